@@ -1,0 +1,1 @@
+//! Criterion benchmarks of seg-adapt live in `benches/benches/`.
