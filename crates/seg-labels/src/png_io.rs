@@ -1,0 +1,404 @@
+//! Reading and writing the PNG files that carry images and label maps, with errors that name
+//! the file and the reason. Label decoding never goes through RGB: palette PNGs give their
+//! indices, 16-bit SYNTHIA labels give the first channel's full 16-bit value. Declared sizes are
+//! bounded before anything is allocated.
+
+use std::io::{BufReader, Cursor};
+use std::path::{Path, PathBuf};
+
+/// Largest image accepted, in pixels (a decompression-bomb guard: 8192 × 8192).
+pub const MAX_PIXELS: u64 = 8192 * 8192;
+
+/// What went wrong with one PNG file.
+#[derive(Debug, thiserror::Error)]
+pub enum PngError {
+    #[error("{path}: cannot read file: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: not a valid PNG ({reason})")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("{path}: declared size {width}x{height} exceeds the limit of {max} pixels")]
+    TooLarge { path: PathBuf, width: u32, height: u32, max: u64 },
+    #[error("{path}: {found} where {expected} is expected")]
+    WrongEncoding { path: PathBuf, found: String, expected: &'static str },
+    #[error("{path}: cannot write PNG: {reason}")]
+    Write { path: PathBuf, reason: String },
+}
+
+/// An 8-bit RGB image, row-major, `data.len() == 3 * width * height`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RgbImage {
+    pub width: u32,
+    pub height: u32,
+    pub data: Vec<u8>,
+}
+
+/// A label map of raw (dataset-specific) values, row-major.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabelImage {
+    pub width: u32,
+    pub height: u32,
+    pub data: Vec<u16>,
+}
+
+/// How a label PNG is expected to be encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LabelEncoding {
+    /// One 8-bit channel of ids: grayscale (`L`) or palette indices (`P`), as Cityscapes
+    /// `labelIds`/`labelTrainIds`, GTA5 labels and prediction PNGs are read by PIL.
+    Ids8,
+    /// SYNTHIA `GT/LABELS`: 16 bits per channel, class id in the first channel.
+    Synthia16,
+}
+
+impl LabelEncoding {
+    fn describe(self) -> &'static str {
+        match self {
+            LabelEncoding::Ids8 => "a single-channel 8-bit label-id PNG (grayscale or palette)",
+            LabelEncoding::Synthia16 => "a 16-bit SYNTHIA label PNG (class id in the first channel)",
+        }
+    }
+}
+
+fn describe_png(color: png::ColorType, depth: png::BitDepth) -> String {
+    let bits = depth as u8;
+    let what = match color {
+        png::ColorType::Grayscale => "grayscale",
+        png::ColorType::Rgb => "colour (RGB)",
+        png::ColorType::Indexed => "palette",
+        png::ColorType::GrayscaleAlpha => "grayscale+alpha",
+        png::ColorType::Rgba => "colour (RGBA)",
+    };
+    format!("a {bits}-bit {what} PNG")
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>, PngError> {
+    std::fs::read(path).map_err(|source| PngError::Io { path: path.to_path_buf(), source })
+}
+
+fn corrupt(path: &Path, e: impl std::fmt::Display) -> PngError {
+    let mut reason = e.to_string();
+    if reason.contains("end of file") || reason.contains("UnexpectedEof") || reason.contains("unexpected EOF") {
+        reason = format!("truncated: {reason}");
+    }
+    PngError::Corrupt { path: path.to_path_buf(), reason }
+}
+
+/// Reads the header only: `(width, height, colour type, bit depth)`.
+pub fn probe(path: &Path) -> Result<(u32, u32), PngError> {
+    let bytes = read_file(path)?;
+    let (info, _) = open(path, &bytes, png::Transformations::IDENTITY)?;
+    Ok((info.0, info.1))
+}
+
+type Header = (u32, u32, png::ColorType, png::BitDepth);
+
+fn open<'a>(
+    path: &Path,
+    bytes: &'a [u8],
+    transform: png::Transformations,
+) -> Result<(Header, png::Reader<BufReader<Cursor<&'a [u8]>>>), PngError> {
+    if bytes.is_empty() {
+        return Err(PngError::Corrupt { path: path.to_path_buf(), reason: "empty file".into() });
+    }
+    let limits = png::Limits { bytes: (MAX_PIXELS * 8) as usize };
+    let mut dec = png::Decoder::new_with_limits(BufReader::new(Cursor::new(bytes)), limits);
+    dec.set_transformations(transform);
+    let reader = dec.read_info().map_err(|e| corrupt(path, e))?;
+    let info = reader.info();
+    let (w, h) = (info.width, info.height);
+    if w as u64 * h as u64 > MAX_PIXELS {
+        return Err(PngError::TooLarge { path: path.to_path_buf(), width: w, height: h, max: MAX_PIXELS });
+    }
+    if w == 0 || h == 0 {
+        return Err(PngError::Corrupt { path: path.to_path_buf(), reason: "zero width or height".into() });
+    }
+    Ok(((w, h, info.color_type, info.bit_depth), reader))
+}
+
+fn decode_frame<R: std::io::BufRead + std::io::Seek>(
+    path: &Path,
+    reader: &mut png::Reader<R>,
+) -> Result<Vec<u8>, PngError> {
+    let size = reader
+        .output_buffer_size()
+        .ok_or_else(|| PngError::Corrupt { path: path.to_path_buf(), reason: "image too large".into() })?;
+    let mut buf = vec![0u8; size];
+    let out = reader.next_frame(&mut buf).map_err(|e| corrupt(path, e))?;
+    buf.truncate(out.buffer_size());
+    Ok(buf)
+}
+
+/// Decodes any PNG as 8-bit RGB (palette expanded, gray replicated, alpha dropped, 16-bit
+/// reduced to its high byte).
+pub fn read_rgb(path: &Path) -> Result<RgbImage, PngError> {
+    let bytes = read_file(path)?;
+    decode_rgb(path, &bytes)
+}
+
+/// [`read_rgb`] from bytes already in memory; `path` only names the file in errors.
+pub fn decode_rgb(path: &Path, bytes: &[u8]) -> Result<RgbImage, PngError> {
+    let ((w, h, _, _), mut reader) = open(path, bytes, png::Transformations::EXPAND)?;
+    let buf = decode_frame(path, &mut reader)?;
+    let (color, depth) = reader.output_color_type();
+    let n = (w * h) as usize;
+    let step = if depth == png::BitDepth::Sixteen { 2 } else { 1 };
+    let channels = match color {
+        png::ColorType::Grayscale => 1,
+        png::ColorType::GrayscaleAlpha => 2,
+        png::ColorType::Rgb => 3,
+        png::ColorType::Rgba => 4,
+        png::ColorType::Indexed => {
+            return Err(corrupt(path, "palette was not expanded"));
+        }
+    };
+    if buf.len() < n * channels * step {
+        return Err(corrupt(path, "pixel data shorter than the header declares"));
+    }
+    let mut data = Vec::with_capacity(n * 3);
+    for px in buf.chunks_exact(channels * step).take(n) {
+        let at = |c: usize| px[c * step];
+        if channels < 3 {
+            data.extend_from_slice(&[at(0); 3]);
+        } else {
+            data.extend_from_slice(&[at(0), at(1), at(2)]);
+        }
+    }
+    Ok(RgbImage { width: w, height: h, data })
+}
+
+/// Decodes a label PNG with the expected encoding, refusing anything else with a message
+/// that names what the file actually is.
+pub fn read_label(path: &Path, encoding: LabelEncoding) -> Result<LabelImage, PngError> {
+    let bytes = read_file(path)?;
+    decode_label(path, &bytes, encoding)
+}
+
+/// [`read_label`] from bytes already in memory; `path` only names the file in errors.
+pub fn decode_label(path: &Path, bytes: &[u8], encoding: LabelEncoding) -> Result<LabelImage, PngError> {
+    let ((w, h, color, depth), mut reader) = open(path, bytes, png::Transformations::IDENTITY)?;
+    let wrong = |hint: &str| PngError::WrongEncoding {
+        path: path.to_path_buf(),
+        found: format!("{}{hint}", describe_png(color, depth)),
+        expected: encoding.describe(),
+    };
+    let bits = depth as u8;
+    match (encoding, color) {
+        (LabelEncoding::Ids8, png::ColorType::Grayscale | png::ColorType::Indexed) if bits <= 8 => {}
+        (LabelEncoding::Ids8, png::ColorType::Grayscale) => {
+            return Err(wrong(" (16-bit values: an instanceIds or SYNTHIA-style file?)"))
+        }
+        (LabelEncoding::Ids8, png::ColorType::Rgb | png::ColorType::Rgba) => {
+            return Err(wrong(" (a colour image: label ids must be one channel, not a *_color.png rendering)"))
+        }
+        (LabelEncoding::Synthia16, png::ColorType::Rgb | png::ColorType::Rgba | png::ColorType::Grayscale)
+            if bits == 16 => {}
+        (LabelEncoding::Synthia16, png::ColorType::Rgb | png::ColorType::Rgba) => {
+            return Err(wrong(" (8-bit colour: a GT/COLOR rendering, or a label re-saved by a tool that dropped the high byte?)"))
+        }
+        _ => return Err(wrong("")),
+    }
+    let buf = decode_frame(path, &mut reader)?;
+    let n = (w as usize) * (h as usize);
+    let row_bytes = (w as usize * bits as usize).div_ceil(8);
+    let data: Vec<u16> = match encoding {
+        LabelEncoding::Ids8 => {
+            if buf.len() < row_bytes * h as usize {
+                return Err(corrupt(path, "pixel data shorter than the header declares"));
+            }
+            if bits == 8 {
+                buf[..n].iter().map(|&v| v as u16).collect()
+            } else {
+                // Packed 1/2/4-bit rows: unpack each row's values, most significant bits first.
+                let per_byte = 8 / bits as usize;
+                let mask = (1u16 << bits) - 1;
+                let mut out = Vec::with_capacity(n);
+                for row in buf.chunks_exact(row_bytes).take(h as usize) {
+                    for x in 0..w as usize {
+                        let byte = row[x / per_byte] as u16;
+                        let shift = 8 - bits as usize * (x % per_byte + 1);
+                        out.push((byte >> shift) & mask);
+                    }
+                }
+                out
+            }
+        }
+        LabelEncoding::Synthia16 => {
+            let channels = match color {
+                png::ColorType::Grayscale => 1,
+                png::ColorType::Rgb => 3,
+                _ => 4,
+            };
+            if buf.len() < n * channels * 2 {
+                return Err(corrupt(path, "pixel data shorter than the header declares"));
+            }
+            buf.chunks_exact(channels * 2).take(n).map(|px| u16::from_be_bytes([px[0], px[1]])).collect()
+        }
+    };
+    Ok(LabelImage { width: w, height: h, data })
+}
+
+fn encode(
+    path: &Path,
+    width: u32,
+    height: u32,
+    color: png::ColorType,
+    depth: png::BitDepth,
+    palette: Option<Vec<u8>>,
+    data: &[u8],
+) -> Result<Vec<u8>, PngError> {
+    let err = |e: png::EncodingError| PngError::Write { path: path.to_path_buf(), reason: e.to_string() };
+    let mut out = Vec::new();
+    {
+        let mut enc = png::Encoder::new(&mut out, width, height);
+        enc.set_color(color);
+        enc.set_depth(depth);
+        enc.set_compression(png::Compression::Fast);
+        if let Some(p) = palette {
+            enc.set_palette(p);
+        }
+        let mut w = enc.write_header().map_err(err)?;
+        w.write_image_data(data).map_err(err)?;
+        w.finish().map_err(err)?;
+    }
+    Ok(out)
+}
+
+fn save(path: &Path, bytes: &[u8]) -> Result<(), PngError> {
+    crate::fsutil::write_atomic(path, bytes).map_err(|e| PngError::Write { path: path.to_path_buf(), reason: e.to_string() })
+}
+
+fn check_len(path: &Path, got: usize, want: usize) -> Result<(), PngError> {
+    if got != want {
+        return Err(PngError::Write {
+            path: path.to_path_buf(),
+            reason: format!("buffer holds {got} values, the image needs {want}"),
+        });
+    }
+    Ok(())
+}
+
+/// Encodes an 8-bit RGB PNG.
+pub fn encode_rgb(path: &Path, img: &RgbImage) -> Result<Vec<u8>, PngError> {
+    check_len(path, img.data.len(), 3 * (img.width * img.height) as usize)?;
+    encode(path, img.width, img.height, png::ColorType::Rgb, png::BitDepth::Eight, None, &img.data)
+}
+
+/// Writes an 8-bit RGB PNG atomically.
+pub fn write_rgb(path: &Path, img: &RgbImage) -> Result<(), PngError> {
+    save(path, &encode_rgb(path, img)?)
+}
+
+/// Writes an 8-bit grayscale (`L`) PNG of ids atomically, as Cityscapes `labelIds` are stored.
+pub fn write_gray8(path: &Path, width: u32, height: u32, ids: &[u8]) -> Result<(), PngError> {
+    check_len(path, ids.len(), (width * height) as usize)?;
+    save(path, &encode(path, width, height, png::ColorType::Grayscale, png::BitDepth::Eight, None, ids)?)
+}
+
+/// Writes an 8-bit palette (`P`) PNG atomically, as GTA5 labels are stored: index = label id.
+pub fn write_palette8(path: &Path, width: u32, height: u32, ids: &[u8], palette: &[[u8; 3]]) -> Result<(), PngError> {
+    check_len(path, ids.len(), (width * height) as usize)?;
+    let pal: Vec<u8> = palette.iter().flatten().copied().collect();
+    save(path, &encode(path, width, height, png::ColorType::Indexed, png::BitDepth::Eight, Some(pal), ids)?)
+}
+
+/// Writes a 16-bit-per-channel RGB PNG atomically, as SYNTHIA `GT/LABELS` are stored.
+pub fn write_rgb16(path: &Path, width: u32, height: u32, pixels: &[[u16; 3]]) -> Result<(), PngError> {
+    check_len(path, pixels.len(), (width * height) as usize)?;
+    let bytes: Vec<u8> = pixels.iter().flat_map(|p| p.iter().flat_map(|c| c.to_be_bytes())).collect();
+    save(path, &encode(path, width, height, png::ColorType::Rgb, png::BitDepth::Sixteen, None, &bytes)?)
+}
+
+/// Writes a 16-bit grayscale PNG atomically (Cityscapes `instanceIds`).
+pub fn write_gray16(path: &Path, width: u32, height: u32, values: &[u16]) -> Result<(), PngError> {
+    check_len(path, values.len(), (width * height) as usize)?;
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_be_bytes()).collect();
+    save(path, &encode(path, width, height, png::ColorType::Grayscale, png::BitDepth::Sixteen, None, &bytes)?)
+}
+
+/// Writes an 8-bit RGBA PNG atomically (Cityscapes `*_gtFine_color.png`).
+pub fn write_rgba(path: &Path, width: u32, height: u32, rgba: &[u8]) -> Result<(), PngError> {
+    check_len(path, rgba.len(), 4 * (width * height) as usize)?;
+    save(path, &encode(path, width, height, png::ColorType::Rgba, png::BitDepth::Eight, None, rgba)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_round_trips_in_every_encoding() {
+        let dir = tempfile::tempdir().unwrap();
+        let ids: Vec<u8> = (0..35u8).map(|i| i % 34).collect();
+        let p = dir.path().join("l.png");
+        write_gray8(&p, 7, 5, &ids).unwrap();
+        let l = read_label(&p, LabelEncoding::Ids8).unwrap();
+        assert_eq!((l.width, l.height), (7, 5));
+        assert_eq!(l.data, ids.iter().map(|&v| v as u16).collect::<Vec<_>>());
+
+        let pal = crate::cityscapes::label_id_palette();
+        write_palette8(&p, 7, 5, &ids, &pal).unwrap();
+        assert_eq!(read_label(&p, LabelEncoding::Ids8).unwrap().data, l.data);
+        // As RGB the palette gives the colours, never the ids.
+        let rgb = read_rgb(&p).unwrap();
+        assert_eq!(&rgb.data[7 * 3..7 * 3 + 3], &[128, 64, 128]);
+
+        let px: Vec<[u16; 3]> = (0..35u16).map(|i| [i * 300, 7, 0]).collect();
+        write_rgb16(&p, 7, 5, &px).unwrap();
+        let s = read_label(&p, LabelEncoding::Synthia16).unwrap();
+        assert_eq!(s.data, (0..35u16).map(|i| i * 300).collect::<Vec<_>>());
+        let err = read_label(&p, LabelEncoding::Ids8).unwrap_err().to_string();
+        assert!(err.contains("16-bit colour (RGB)") && err.contains("l.png"), "{err}");
+    }
+
+    #[test]
+    fn bad_files_name_the_file_and_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("bad.png");
+        std::fs::write(&p, b"").unwrap();
+        let e = read_label(&p, LabelEncoding::Ids8).unwrap_err().to_string();
+        assert!(e.contains("bad.png") && e.contains("empty"), "{e}");
+
+        let img = RgbImage { width: 16, height: 16, data: vec![200; 16 * 16 * 3] };
+        write_rgb(&p, &img).unwrap();
+        let e = read_label(&p, LabelEncoding::Ids8).unwrap_err().to_string();
+        assert!(e.contains("colour image"), "{e}");
+        let e = read_label(&p, LabelEncoding::Synthia16).unwrap_err().to_string();
+        assert!(e.contains("8-bit colour"), "{e}");
+
+        let bytes = std::fs::read(&p).unwrap();
+        std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
+        let e = read_rgb(&p).unwrap_err().to_string();
+        assert!(e.contains("bad.png") && e.contains("not a valid PNG"), "{e}");
+
+        let e = read_rgb(&dir.path().join("missing.png")).unwrap_err().to_string();
+        assert!(e.contains("missing.png") && e.contains("cannot read"), "{e}");
+    }
+
+    #[test]
+    fn huge_declared_size_is_refused_before_allocation() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("bomb.png");
+        write_gray8(&p, 4, 4, &[0; 16]).unwrap();
+        let mut bytes = std::fs::read(&p).unwrap();
+        // IHDR width/height live at offsets 16..24; declare 100000 x 100000.
+        bytes[16..20].copy_from_slice(&100_000u32.to_be_bytes());
+        bytes[20..24].copy_from_slice(&100_000u32.to_be_bytes());
+        // Fix the IHDR CRC so the decoder gets as far as the size check.
+        let crc = crc32(&bytes[12..29]);
+        bytes[29..33].copy_from_slice(&crc.to_be_bytes());
+        std::fs::write(&p, &bytes).unwrap();
+        let e = read_label(&p, LabelEncoding::Ids8).unwrap_err().to_string();
+        assert!(e.contains("bomb.png") && (e.contains("exceeds") || e.contains("limit")), "{e}");
+    }
+
+    fn crc32(data: &[u8]) -> u32 {
+        let mut crc = 0xFFFF_FFFFu32;
+        for &b in data {
+            crc ^= b as u32;
+            for _ in 0..8 {
+                crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            }
+        }
+        !crc
+    }
+}
