@@ -1,1 +1,33 @@
-fn main() {}
+//! `seg-adapt`: the composition root. It names the concrete readers, models, heads and metrics
+//! and wires them to one subcommand each; the work itself lives in the library crates.
+
+mod cmd;
+
+use clap::Parser;
+
+#[derive(Parser, Debug)]
+#[command(name = "seg-adapt", version, about = "Train semantic segmentation on synthetic data and adapt it to real images")]
+struct Cli {
+    #[command(subcommand)]
+    command: cmd::Command,
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SEG_ADAPT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .without_time()
+        .with_target(false)
+        .init();
+    let cli = Cli::parse();
+    match cmd::run(cli.command) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! One module per subcommand; each has an `Args` (clap) and a `run`.
+
+pub mod eval;
+pub mod gen_toy;
+pub mod inspect;
+
+#[derive(clap::Subcommand, Debug)]
+pub enum Command {
+    /// Write the embedded synthetic-to-real benchmark in the GTA5, SYNTHIA and Cityscapes formats.
+    GenToy(gen_toy::Args),
+    /// Count samples, sizes and class pixels of a dataset, and list every problem sample.
+    Inspect(inspect::Args),
+    /// Evaluate predictions (a folder of PNGs, or a checkpoint) against Cityscapes ground truth.
+    Eval(eval::Args),
+}
+
+pub fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::GenToy(a) => gen_toy::run(a),
+        Command::Inspect(a) => inspect::run(a),
+        Command::Eval(a) => eval::run(a),
+    }
+}
