@@ -1,8 +1,98 @@
-//! Placeholder until the command lands.
+//! `seg-adapt inspect`: counts and problems of one dataset split.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use seg_data::{DatasetName, DatasetOptions, SizePolicy};
+use seg_labels::TRAIN_CLASS_NAMES;
 
 #[derive(clap::Args, Debug)]
-pub struct Args {}
+pub struct Args {
+    /// cityscapes, gta5 or synthia.
+    #[arg(long)]
+    pub dataset: DatasetName,
+    #[arg(long)]
+    pub root: PathBuf,
+    /// Cityscapes split (train, val, test); GTA5 and SYNTHIA have none.
+    #[arg(long, default_value = "train")]
+    pub split: String,
+    /// A split list file instead of a directory scan.
+    #[arg(long)]
+    pub list: Option<PathBuf>,
+    /// What to do with image/label size mismatches: skip (report) or resize-label-nearest.
+    #[arg(long, default_value = "skip", value_parser = parse_size_policy)]
+    pub size_policy: SizePolicy,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+pub fn parse_size_policy(s: &str) -> Result<SizePolicy, String> {
+    match s {
+        "skip" => Ok(SizePolicy::Skip),
+        "resize-label-nearest" => Ok(SizePolicy::ResizeLabelNearest),
+        o => Err(format!("unknown size policy `{o}`: expected skip or resize-label-nearest")),
+    }
+}
+
+#[derive(serde::Serialize)]
+struct JsonReport<'a> {
+    dataset: &'a str,
+    split: &'a str,
+    samples: usize,
+    usable: usize,
+    image_sizes: &'a std::collections::BTreeMap<String, usize>,
+    class_pixels: serde_json::Map<String, serde_json::Value>,
+    ignored_pixels: u64,
+    outside_table_pixels: u64,
+    problems: &'a [seg_data::Problem],
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let options = DatasetOptions { size_policy: args.size_policy, list: args.list.clone(), ..Default::default() };
+    let ds = seg_data::open_dataset(args.dataset, &args.root, &args.split, options)
+        .with_context(|| format!("opening {} at {}", args.dataset, args.root.display()))?;
+    let r = seg_data::inspect(&ds);
+    if args.json {
+        let class_pixels = TRAIN_CLASS_NAMES
+            .iter()
+            .zip(r.class_pixels)
+            .map(|(n, c)| (n.to_string(), serde_json::Value::from(c)))
+            .collect();
+        let j = JsonReport {
+            dataset: &r.dataset,
+            split: &r.split,
+            samples: r.samples,
+            usable: r.usable,
+            image_sizes: &r.image_sizes,
+            class_pixels,
+            ignored_pixels: r.ignored_pixels,
+            outside_table_pixels: r.outside_table_pixels,
+            problems: &r.problems,
+        };
+        println!("{}", serde_json::to_string(&j)?);
+        return Ok(());
+    }
+    println!("{} {}: {} samples, {} usable", r.dataset, r.split, r.samples, r.usable);
+    for (size, n) in &r.image_sizes {
+        println!("  image size {size}: {n}");
+    }
+    let total: u64 = r.class_pixels.iter().sum::<u64>() + r.ignored_pixels;
+    println!("  {:<14} {:>12} {:>7}", "class", "pixels", "%");
+    for (name, c) in TRAIN_CLASS_NAMES.iter().zip(r.class_pixels) {
+        println!("  {name:<14} {c:>12} {:>6.2}%", 100.0 * c as f64 / total.max(1) as f64);
+    }
+    println!("  {:<14} {:>12} {:>6.2}%", "ignored", r.ignored_pixels, 100.0 * r.ignored_pixels as f64 / total.max(1) as f64);
+    if r.outside_table_pixels > 0 {
+        println!("  ({} label pixels had ids outside the dataset's table and were ignored)", r.outside_table_pixels);
+    }
+    if r.problems.is_empty() {
+        println!("no problems");
+    } else {
+        println!("{} problems:", r.problems.len());
+        for p in &r.problems {
+            println!("  {}: {}", p.file, p.reason);
+        }
+    }
+    Ok(())
 }

@@ -1,0 +1,185 @@
+//! A dataset as plain data: a list of image/label file pairs plus how to decode them.
+//! `len()` + `get(i)`, no tensors, so it is testable without candle and decodes in parallel.
+
+use std::path::{Path, PathBuf};
+
+use seg_labels::png_io::{self, LabelEncoding, RgbImage};
+use seg_labels::LabelMap;
+
+use crate::error::DataError;
+
+/// One image and, where the dataset has one, its label file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SampleRef {
+    /// The name that pairs image and label (e.g. `00001` or `frankfurt_000000_000294`).
+    pub name: String,
+    pub image: PathBuf,
+    pub label: Option<PathBuf>,
+}
+
+/// What to do when an image and its label differ in size (real in GTA5).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SizePolicy {
+    /// Leave the pair out and report it.
+    #[default]
+    Skip,
+    /// Resize the label to the image size with nearest neighbour.
+    ResizeLabelNearest,
+}
+
+/// What to do with an unreadable or corrupt sample during training.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorPolicy {
+    /// Stop with an error naming the file.
+    #[default]
+    Fail,
+    /// Leave the sample out, say so, and go on.
+    Skip,
+}
+
+/// Which Cityscapes label file to read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LabelSource {
+    /// `*_gtFine_labelIds.png` where present, else `*_gtFine_labelTrainIds.png`.
+    #[default]
+    Auto,
+    LabelIds,
+    TrainIds,
+}
+
+/// How a reader opens a dataset.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatasetOptions {
+    pub size_policy: SizePolicy,
+    pub error_policy: ErrorPolicy,
+    pub label_source: LabelSource,
+    /// A split list file (one image name or relative path per line) instead of a directory scan.
+    pub list: Option<PathBuf>,
+    /// Whether every image must have a label (false for unlabelled target training).
+    pub require_labels: bool,
+}
+
+/// A decoded sample: RGB pixels and train ids (255 = ignore).
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub name: String,
+    pub image: RgbImage,
+    /// Train ids, `width * height`, when the dataset is labelled.
+    pub label: Option<Vec<u8>>,
+    /// Label pixels whose raw value was outside the dataset's table (now 255).
+    pub outside_ids: u64,
+}
+
+/// A dataset: its samples and how to decode their labels.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    pub(crate) name: &'static str,
+    pub(crate) split: String,
+    pub(crate) root: PathBuf,
+    pub(crate) entries: Vec<SampleRef>,
+    pub(crate) label_maps: Vec<(String, LabelMap)>,
+    pub(crate) encoding: LabelEncoding,
+    pub(crate) options: DatasetOptions,
+}
+
+impl Dataset {
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    pub fn split(&self) -> &str {
+        &self.split
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn entries(&self) -> &[SampleRef] {
+        &self.entries
+    }
+
+    pub fn options(&self) -> &DatasetOptions {
+        &self.options
+    }
+
+    /// Keeps only the entries for which `keep` is true (used after validation).
+    pub fn retain(&mut self, keep: impl FnMut(&SampleRef) -> bool) {
+        self.entries.retain(keep);
+    }
+
+    /// The label map for a label file (Cityscapes mixes labelIds and labelTrainIds files).
+    fn label_map_for(&self, label: &Path) -> &LabelMap {
+        let name = label.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+        self.label_maps
+            .iter()
+            .find(|(suffix, _)| name.ends_with(suffix.as_str()))
+            .or_else(|| self.label_maps.first())
+            .map(|(_, m)| m)
+            .expect("every reader registers at least one label map")
+    }
+
+    /// Decodes the label of entry `i` to train ids: `(width, height, ids, outside_count)`.
+    pub fn load_label(&self, i: usize) -> Result<Option<(u32, u32, Vec<u8>, u64)>, DataError> {
+        let entry = &self.entries[i];
+        let Some(path) = &entry.label else { return Ok(None) };
+        let raw = png_io::read_label(path, self.encoding)?;
+        let (ids, outside) = self.label_map_for(path).map_all(&raw.data);
+        Ok(Some((raw.width, raw.height, ids, outside)))
+    }
+
+    /// Decodes entry `i` fully, applying the size policy to a mismatched label.
+    pub fn get(&self, i: usize) -> Result<Sample, DataError> {
+        let entry = &self.entries[i];
+        let image = png_io::read_rgb(&entry.image)?;
+        let mut outside_ids = 0;
+        let label = match self.load_label(i)? {
+            None if self.options.require_labels => {
+                return Err(DataError::NoLabel {
+                    path: entry.image.clone(),
+                    expected: PathBuf::from(format!("a label file for `{}`", entry.name)),
+                })
+            }
+            None => None,
+            Some((lw, lh, ids, outside)) => {
+                outside_ids = outside;
+                if (lw, lh) != (image.width, image.height) {
+                    match self.options.size_policy {
+                        SizePolicy::Skip => {
+                            return Err(DataError::SizeMismatch {
+                                image: entry.image.clone(),
+                                label: entry.label.clone().unwrap_or_default(),
+                                iw: image.width,
+                                ih: image.height,
+                                lw,
+                                lh,
+                            })
+                        }
+                        SizePolicy::ResizeLabelNearest => Some(crate::transform::resize_nearest(
+                            &ids,
+                            lw,
+                            lh,
+                            image.width,
+                            image.height,
+                        )),
+                    }
+                } else {
+                    Some(ids)
+                }
+            }
+        };
+        Ok(Sample { name: entry.name.clone(), image, label, outside_ids })
+    }
+}

@@ -1,0 +1,48 @@
+//! Errors of the data crate: each names the file or folder and the reason.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("{what} not found: expected {path}")]
+    Missing { what: &'static str, path: PathBuf },
+    #[error("{path}: cannot list directory: {source}")]
+    ReadDir { path: PathBuf, source: std::io::Error },
+    #[error("{path}: cannot read split list: {source}")]
+    List { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Png(#[from] seg_labels::PngError),
+    #[error("{image}: image is {iw}x{ih} but its label {label} is {lw}x{lh}")]
+    SizeMismatch { image: PathBuf, label: PathBuf, iw: u32, ih: u32, lw: u32, lh: u32 },
+    #[error("{path}: no label file for this image (expected {expected})")]
+    NoLabel { path: PathBuf, expected: PathBuf },
+    #[error("{root}: the {dataset} {split} split has no usable samples{detail}")]
+    Empty { dataset: &'static str, split: String, root: PathBuf, detail: String },
+    #[error("{path}: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+    #[error("tensor collation failed: {0}")]
+    Tensor(#[from] candle_core::Error),
+}
+
+impl DataError {
+    /// The file the error is about, where there is one.
+    pub fn file(&self) -> Option<&std::path::Path> {
+        match self {
+            DataError::Missing { path, .. }
+            | DataError::ReadDir { path, .. }
+            | DataError::List { path, .. }
+            | DataError::NoLabel { path, .. }
+            | DataError::Invalid { path, .. } => Some(path),
+            DataError::SizeMismatch { image, .. } => Some(image),
+            DataError::Empty { root, .. } => Some(root),
+            DataError::Png(e) => match e {
+                seg_labels::PngError::Io { path, .. }
+                | seg_labels::PngError::Corrupt { path, .. }
+                | seg_labels::PngError::TooLarge { path, .. }
+                | seg_labels::PngError::WrongEncoding { path, .. }
+                | seg_labels::PngError::Write { path, .. } => Some(path),
+            },
+            DataError::Tensor(_) => None,
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! Dataset inspection: sample count, image sizes, per-class pixel counts over the 19 train
+//! classes (of the samples training would use), ignored pixels, and every problem sample.
+
+use std::collections::BTreeMap;
+
+use rayon::prelude::*;
+use seg_labels::{IGNORE, NUM_CLASSES};
+
+use crate::dataset::Dataset;
+use crate::error::DataError;
+
+/// A sample that training would not use, and why.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Problem {
+    pub file: String,
+    pub reason: String,
+}
+
+/// What `inspect` found.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct InspectReport {
+    pub dataset: String,
+    pub split: String,
+    /// Samples found (usable or not).
+    pub samples: usize,
+    /// Samples training would use.
+    pub usable: usize,
+    /// Image sizes as `WxH` → count.
+    pub image_sizes: BTreeMap<String, usize>,
+    /// Label pixels per train class, in train-id order.
+    pub class_pixels: [u64; NUM_CLASSES],
+    pub ignored_pixels: u64,
+    /// Label pixels whose raw value was outside the dataset's table (counted in `ignored_pixels`).
+    pub outside_table_pixels: u64,
+    pub problems: Vec<Problem>,
+}
+
+struct One {
+    size: Option<(u32, u32)>,
+    counts: Option<([u64; NUM_CLASSES], u64, u64)>,
+    problem: Option<Problem>,
+}
+
+/// Decodes every sample (in parallel) and reports counts and problems. Never fails on a bad
+/// sample: it becomes a problem entry.
+pub fn inspect(ds: &Dataset) -> InspectReport {
+    let results: Vec<One> = (0..ds.len())
+        .into_par_iter()
+        .map(|i| match ds.get(i) {
+            Ok(s) => {
+                let counts = s.label.as_ref().map(|l| {
+                    let mut c = [0u64; NUM_CLASSES];
+                    let mut ign = 0;
+                    for &v in l {
+                        if v == IGNORE {
+                            ign += 1;
+                        } else {
+                            c[v as usize] += 1;
+                        }
+                    }
+                    (c, ign, s.outside_ids)
+                });
+                One { size: Some((s.image.width, s.image.height)), counts, problem: None }
+            }
+            Err(e) => One { size: None, counts: None, problem: Some(problem_of(&e, &ds.entries()[i].image)) },
+        })
+        .collect();
+    let mut report = InspectReport {
+        dataset: ds.name().to_string(),
+        split: ds.split().to_string(),
+        samples: ds.len(),
+        usable: 0,
+        image_sizes: BTreeMap::new(),
+        class_pixels: [0; NUM_CLASSES],
+        ignored_pixels: 0,
+        outside_table_pixels: 0,
+        problems: Vec::new(),
+    };
+    for r in results {
+        if let Some(p) = r.problem {
+            report.problems.push(p);
+            continue;
+        }
+        report.usable += 1;
+        if let Some((w, h)) = r.size {
+            *report.image_sizes.entry(format!("{w}x{h}")).or_default() += 1;
+        }
+        if let Some((c, ign, outside)) = r.counts {
+            for (a, b) in report.class_pixels.iter_mut().zip(c) {
+                *a += b;
+            }
+            report.ignored_pixels += ign;
+            report.outside_table_pixels += outside;
+        }
+    }
+    for orphan in crate::readers::orphan_labels(ds) {
+        report.problems.push(Problem {
+            file: orphan.display().to_string(),
+            reason: "label file with no matching image".into(),
+        });
+    }
+    report
+}
+
+/// Turns a decoding error into a problem entry naming the file.
+pub fn problem_of(e: &DataError, fallback: &std::path::Path) -> Problem {
+    let file = e.file().unwrap_or(fallback).display().to_string();
+    let full = e.to_string();
+    let reason = full.strip_prefix(&format!("{file}: ")).map(String::from).unwrap_or(full);
+    Problem { file, reason }
+}

@@ -1,0 +1,341 @@
+//! From dataset to candle batches: an endless, reshuffling, seeded [`Sampler`]; [`Augment`]
+//! settings; a training [`Loader`] that decodes and augments a batch in parallel with rayon
+//! and collates it on a device; and an in-order [`Batcher`] for evaluation.
+//!
+//! Every random choice for a sample is drawn from a generator derived from (seed, draw number,
+//! slot), so a batch is the same whatever the thread scheduling, and a resumed run continues
+//! the exact sequence from the saved [`LoaderState`].
+
+use std::sync::{Arc, OnceLock};
+
+use candle_core::{Device, Tensor};
+use rayon::prelude::*;
+use seg_core::{Batch, Domain, Rng};
+
+use crate::dataset::{Dataset, ErrorPolicy, Sample};
+use crate::error::DataError;
+use crate::transform;
+
+/// Endless sampler: a fresh permutation per epoch, derived from the seed and the epoch number.
+#[derive(Debug, Clone)]
+pub struct Sampler {
+    len: usize,
+    seed: u64,
+    epoch: u64,
+    pos: usize,
+    order: Vec<usize>,
+}
+
+impl Sampler {
+    pub fn new(len: usize, seed: u64) -> Self {
+        let mut s = Self { len, seed, epoch: 0, pos: 0, order: Vec::new() };
+        s.reshuffle();
+        s
+    }
+
+    fn reshuffle(&mut self) {
+        self.order = (0..self.len).collect();
+        Rng::derive(self.seed, &[self.epoch]).shuffle(&mut self.order);
+    }
+
+    /// The next index; wraps into a new, reshuffled epoch.
+    pub fn next_index(&mut self) -> usize {
+        if self.pos >= self.len {
+            self.epoch += 1;
+            self.pos = 0;
+            self.reshuffle();
+        }
+        let i = self.order.get(self.pos).copied().unwrap_or(0);
+        self.pos += 1;
+        i
+    }
+
+    pub fn position(&self) -> (u64, usize) {
+        (self.epoch, self.pos)
+    }
+
+    pub fn seek(&mut self, epoch: u64, pos: usize) {
+        self.epoch = epoch;
+        self.pos = pos;
+        self.reshuffle();
+    }
+}
+
+/// Augmentation settings for training batches.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Augment {
+    /// Resize factor applied to every sample before anything else (1.0 = as stored).
+    pub base_scale: f32,
+    /// Random extra scale range `[lo, hi]` (1.0, 1.0 = off).
+    pub scale_range: [f32; 2],
+    /// Crop `[width, height]`; padded with ignore where the image is smaller.
+    pub crop: Option<[u32; 2]>,
+    pub hflip: bool,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+impl Default for Augment {
+    fn default() -> Self {
+        Self {
+            base_scale: 1.0,
+            scale_range: [1.0, 1.0],
+            crop: None,
+            hflip: true,
+            mean: transform::IMAGENET_MEAN,
+            std: transform::IMAGENET_STD,
+        }
+    }
+}
+
+/// Position of a loader, stored in checkpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LoaderState {
+    pub epoch: u64,
+    pub pos: usize,
+    pub draws: u64,
+}
+
+/// An augmented sample in CHW floats.
+struct Prepared {
+    name: String,
+    width: u32,
+    height: u32,
+    pixels: Vec<f32>,
+    label: Option<Vec<u8>>,
+}
+
+/// Applies base scale, random scale, crop, flip and normalisation to one sample.
+pub fn prepare(sample: &Sample, aug: &Augment, rng: &mut Rng) -> (seg_labels::RgbImage, Option<Vec<u8>>) {
+    let s = aug.base_scale * rng.range_f32(aug.scale_range[0], aug.scale_range[1].max(aug.scale_range[0]));
+    let (w, h) = (sample.image.width, sample.image.height);
+    let (nw, nh) = (((w as f32 * s).round() as u32).max(1), ((h as f32 * s).round() as u32).max(1));
+    let img = transform::resize_bilinear(&sample.image, nw, nh);
+    let lab = sample.label.as_ref().map(|l| transform::resize_nearest(l, w, h, nw, nh));
+    let (mut img, mut lab) = match aug.crop {
+        Some([cw, ch]) => transform::random_crop(&img, lab.as_deref(), cw, ch, rng),
+        None => (img, lab),
+    };
+    if aug.hflip && rng.chance(0.5) {
+        transform::hflip(&mut img, lab.as_mut());
+    }
+    (img, lab)
+}
+
+/// Training loader: endless, shuffled, augmented batches on a device.
+pub struct Loader {
+    dataset: Arc<Dataset>,
+    sampler: Sampler,
+    augment: Augment,
+    batch_size: usize,
+    seed: u64,
+    draws: u64,
+    domain: Domain,
+    with_labels: bool,
+    cache: Option<Vec<OnceLock<Arc<Sample>>>>,
+    device: Device,
+}
+
+impl Loader {
+    pub fn new(dataset: Arc<Dataset>, batch_size: usize, augment: Augment, seed: u64, domain: Domain, device: Device) -> Self {
+        let sampler = Sampler::new(dataset.len(), seed);
+        Self {
+            dataset,
+            sampler,
+            augment,
+            batch_size: batch_size.max(1),
+            seed,
+            draws: 0,
+            domain,
+            with_labels: true,
+            cache: None,
+            device,
+        }
+    }
+
+    /// Keep decoded samples in memory (small datasets such as the embedded benchmark).
+    pub fn with_cache(mut self, cache: bool) -> Self {
+        self.cache = cache.then(|| (0..self.dataset.len()).map(|_| OnceLock::new()).collect());
+        self
+    }
+
+    /// Whether batches carry labels (false for unlabelled target batches).
+    pub fn with_labels(mut self, with_labels: bool) -> Self {
+        self.with_labels = with_labels;
+        self
+    }
+
+    pub fn state(&self) -> LoaderState {
+        let (epoch, pos) = self.sampler.position();
+        LoaderState { epoch, pos, draws: self.draws }
+    }
+
+    pub fn restore(&mut self, state: LoaderState) {
+        self.sampler.seek(state.epoch, state.pos);
+        self.draws = state.draws;
+    }
+
+    fn load(&self, i: usize) -> Result<Arc<Sample>, DataError> {
+        if let Some(cache) = &self.cache {
+            if let Some(s) = cache[i].get() {
+                return Ok(s.clone());
+            }
+            let s = Arc::new(self.dataset.get(i)?);
+            let _ = cache[i].set(s.clone());
+            return Ok(s);
+        }
+        Ok(Arc::new(self.dataset.get(i)?))
+    }
+
+    /// The next batch. Under [`ErrorPolicy::Skip`] a sample that fails to decode is replaced by
+    /// the next one from the sampler (with a warning); under `Fail` the error names the file.
+    pub fn next_batch(&mut self) -> Result<Batch, DataError> {
+        let draw = self.draws;
+        self.draws += 1;
+        let indices: Vec<usize> = (0..self.batch_size).map(|_| self.sampler.next_index()).collect();
+        let skip = self.dataset.options().error_policy == ErrorPolicy::Skip;
+        let mut prepared: Vec<Option<Prepared>> = indices
+            .par_iter()
+            .enumerate()
+            .map(|(slot, &i)| self.prepare_one(i, draw, slot as u64))
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|r| match r {
+                Ok(p) => Ok(Some(p)),
+                Err(e) if skip => {
+                    tracing::warn!("skipping sample: {e}");
+                    Ok(None)
+                }
+                Err(e) => Err(e),
+            })
+            .collect::<Result<_, _>>()?;
+        // Refill skipped slots sequentially; give up after a full pass over the dataset.
+        let mut attempts = 0;
+        for slot in 0..prepared.len() {
+            while prepared[slot].is_none() {
+                attempts += 1;
+                if attempts > self.dataset.len() {
+                    return Err(DataError::Empty {
+                        dataset: self.dataset.name(),
+                        split: self.dataset.split().to_string(),
+                        root: self.dataset.root().to_path_buf(),
+                        detail: ": every sample failed to decode".into(),
+                    });
+                }
+                let i = self.sampler.next_index();
+                match self.prepare_one(i, draw, 1000 + attempts as u64) {
+                    Ok(p) => prepared[slot] = Some(p),
+                    Err(e) => tracing::warn!("skipping sample: {e}"),
+                }
+            }
+        }
+        let prepared: Vec<Prepared> = prepared.into_iter().flatten().collect();
+        self.collate(prepared)
+    }
+
+    fn prepare_one(&self, i: usize, draw: u64, slot: u64) -> Result<Prepared, DataError> {
+        let sample = self.load(i)?;
+        let mut rng = Rng::derive(self.seed, &[draw, slot]);
+        let (img, lab) = prepare(&sample, &self.augment, &mut rng);
+        let mut pixels = Vec::new();
+        transform::normalize_chw(&img, self.augment.mean, self.augment.std, &mut pixels);
+        Ok(Prepared {
+            name: sample.name.clone(),
+            width: img.width,
+            height: img.height,
+            pixels,
+            label: if self.with_labels { lab } else { None },
+        })
+    }
+
+    fn collate(&self, prepared: Vec<Prepared>) -> Result<Batch, DataError> {
+        collate(prepared, self.domain, &self.device)
+    }
+}
+
+fn collate(prepared: Vec<Prepared>, domain: Domain, device: &Device) -> Result<Batch, DataError> {
+    let n = prepared.len();
+    let (w, h) = (prepared[0].width, prepared[0].height);
+    if let Some(p) = prepared.iter().find(|p| (p.width, p.height) != (w, h)) {
+        return Err(DataError::Invalid {
+            path: p.name.clone().into(),
+            reason: format!(
+                "batch samples differ in size ({}x{} vs {w}x{h}): set a crop size to batch images of different sizes",
+                p.width, p.height
+            ),
+        });
+    }
+    let mut pixels = Vec::with_capacity(n * 3 * (w * h) as usize);
+    let mut labels: Option<Vec<u32>> = prepared[0].label.as_ref().map(|_| Vec::with_capacity(n * (w * h) as usize));
+    let mut names = Vec::with_capacity(n);
+    for p in prepared {
+        pixels.extend_from_slice(&p.pixels);
+        if let (Some(all), Some(l)) = (labels.as_mut(), p.label.as_ref()) {
+            all.extend(l.iter().map(|&v| v as u32));
+        }
+        names.push(p.name);
+    }
+    let (h, w) = (h as usize, w as usize);
+    let images = Tensor::from_vec(pixels, (n, 3, h, w), device)?;
+    let labels = match labels {
+        Some(l) if l.len() == n * h * w => Some(Tensor::from_vec(l, (n, h, w), device)?),
+        _ => None,
+    };
+    Ok(Batch { images, labels, domain, names })
+}
+
+/// In-order batches of decoded samples for evaluation, in candle-datasets' builder shape.
+pub struct Batcher<'a> {
+    dataset: &'a Dataset,
+    batch_size: usize,
+    return_last_incomplete_batch: bool,
+    next: usize,
+}
+
+impl<'a> Batcher<'a> {
+    pub fn new(dataset: &'a Dataset) -> Self {
+        Self { dataset, batch_size: 16, return_last_incomplete_batch: true, next: 0 }
+    }
+
+    pub fn batch_size(mut self, batch_size: usize) -> Self {
+        self.batch_size = batch_size.max(1);
+        self
+    }
+
+    pub fn return_last_incomplete_batch(mut self, yes: bool) -> Self {
+        self.return_last_incomplete_batch = yes;
+        self
+    }
+}
+
+impl Iterator for Batcher<'_> {
+    type Item = Result<Vec<Sample>, DataError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let len = self.dataset.len();
+        if self.next >= len {
+            return None;
+        }
+        let end = (self.next + self.batch_size).min(len);
+        if end - self.next < self.batch_size && !self.return_last_incomplete_batch {
+            return None;
+        }
+        let range = self.next..end;
+        self.next = end;
+        Some(range.into_par_iter().map(|i| self.dataset.get(i)).collect())
+    }
+}
+
+/// Normalises whole decoded samples into one `N×3×H×W` tensor (all the same size).
+pub fn images_to_tensor(samples: &[&seg_labels::RgbImage], aug: &Augment, device: &Device) -> Result<Tensor, DataError> {
+    let prepared = samples
+        .iter()
+        .map(|img| {
+            let mut pixels = Vec::new();
+            transform::normalize_chw(img, aug.mean, aug.std, &mut pixels);
+            Prepared { name: String::new(), width: img.width, height: img.height, pixels, label: None }
+        })
+        .collect();
+    Ok(collate(prepared, Domain::Target, device)?.images)
+}

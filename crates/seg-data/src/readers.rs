@@ -1,0 +1,276 @@
+//! Readers for the three on-disk formats (`shared/docs/formats.md`): each finds image/label
+//! pairs by name, from a directory scan or a split list file, and returns a [`Dataset`].
+//!
+//! - Cityscapes: `leftImg8bit/{split}/{city}/{stem}_leftImg8bit.png` with
+//!   `gtFine/{split}/{city}/{stem}_gtFine_labelIds.png` (or `_labelTrainIds.png`).
+//! - GTA5: `images/NNNNN.png` with palettized `labels/NNNNN.png` (index = label id).
+//! - SYNTHIA-RAND-CITYSCAPES: `RGB/NNNNNNN.png` with 16-bit `GT/LABELS/NNNNNNN.png`.
+
+use std::path::{Path, PathBuf};
+
+use seg_labels::{DatasetKind, LabelEncoding, LabelMap};
+
+use crate::dataset::{Dataset, DatasetOptions, LabelSource, SampleRef};
+use crate::error::DataError;
+
+/// The dataset formats the readers understand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DatasetName {
+    Cityscapes,
+    Gta5,
+    Synthia,
+}
+
+impl DatasetName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DatasetName::Cityscapes => "cityscapes",
+            DatasetName::Gta5 => "gta5",
+            DatasetName::Synthia => "synthia",
+        }
+    }
+}
+
+impl std::str::FromStr for DatasetName {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "cityscapes" => Ok(DatasetName::Cityscapes),
+            "gta5" | "gta" => Ok(DatasetName::Gta5),
+            "synthia" => Ok(DatasetName::Synthia),
+            other => Err(format!("unknown dataset `{other}`: expected cityscapes, gta5 or synthia")),
+        }
+    }
+}
+
+impl std::fmt::Display for DatasetName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A split name (`train`, `val`, `test`, or `all` for datasets without splits).
+pub type Split = String;
+
+/// Opens a dataset of the given format.
+pub fn open_dataset(name: DatasetName, root: &Path, split: &str, options: DatasetOptions) -> Result<Dataset, DataError> {
+    if !root.is_dir() {
+        return Err(DataError::Missing { what: "dataset root", path: root.to_path_buf() });
+    }
+    let ds = match name {
+        DatasetName::Cityscapes => open_cityscapes(root, split, options)?,
+        DatasetName::Gta5 => open_flat(
+            root,
+            "gta5",
+            &root.join("images"),
+            &root.join("labels"),
+            LabelEncoding::Ids8,
+            DatasetKind::Gta5,
+            options,
+        )?,
+        DatasetName::Synthia => open_flat(
+            root,
+            "synthia",
+            &root.join("RGB"),
+            &root.join("GT").join("LABELS"),
+            LabelEncoding::Synthia16,
+            DatasetKind::Synthia,
+            options,
+        )?,
+    };
+    if ds.is_empty() {
+        return Err(DataError::Empty {
+            dataset: ds.name,
+            split: ds.split.clone(),
+            root: root.to_path_buf(),
+            detail: String::from(": no images found"),
+        });
+    }
+    Ok(ds)
+}
+
+fn sorted_pngs(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
+    let rd = std::fs::read_dir(dir).map_err(|source| DataError::ReadDir { path: dir.to_path_buf(), source })?;
+    let mut out = Vec::new();
+    for e in rd {
+        let e = e.map_err(|source| DataError::ReadDir { path: dir.to_path_buf(), source })?;
+        let p = e.path();
+        if p.extension().is_some_and(|x| x.eq_ignore_ascii_case("png")) && p.is_file() {
+            out.push(p);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn sorted_dirs(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
+    let rd = std::fs::read_dir(dir).map_err(|source| DataError::ReadDir { path: dir.to_path_buf(), source })?;
+    let mut out = Vec::new();
+    for e in rd {
+        let e = e.map_err(|source| DataError::ReadDir { path: dir.to_path_buf(), source })?;
+        // Only real directories: a symlink loop is never followed.
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            out.push(e.path());
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn read_list(path: &Path) -> Result<Vec<String>, DataError> {
+    let text = std::fs::read_to_string(path).map_err(|source| DataError::List { path: path.to_path_buf(), source })?;
+    Ok(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from).collect())
+}
+
+fn file_stem(p: &Path) -> String {
+    p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+/// GTA5 and SYNTHIA: one image folder and one label folder, paired by file name.
+fn open_flat(
+    root: &Path,
+    name: &'static str,
+    image_dir: &Path,
+    label_dir: &Path,
+    encoding: LabelEncoding,
+    kind: DatasetKind,
+    options: DatasetOptions,
+) -> Result<Dataset, DataError> {
+    if !image_dir.is_dir() {
+        return Err(DataError::Missing { what: "image folder", path: image_dir.to_path_buf() });
+    }
+    let images: Vec<PathBuf> = match &options.list {
+        Some(list) => read_list(list)?
+            .into_iter()
+            .map(|l| {
+                let file = Path::new(&l).file_name().map(PathBuf::from).unwrap_or_else(|| PathBuf::from(&l));
+                let file = if file.extension().is_none() { file.with_extension("png") } else { file };
+                image_dir.join(file)
+            })
+            .collect(),
+        None => sorted_pngs(image_dir)?,
+    };
+    let has_labels = label_dir.is_dir();
+    if options.require_labels && !has_labels {
+        return Err(DataError::Missing { what: "label folder", path: label_dir.to_path_buf() });
+    }
+    let entries = images
+        .into_iter()
+        .map(|image| {
+            let label = image.file_name().map(|f| label_dir.join(f)).filter(|_| has_labels);
+            SampleRef { name: file_stem(&image), image, label }
+        })
+        .collect();
+    Ok(Dataset {
+        name,
+        split: "all".into(),
+        root: root.to_path_buf(),
+        entries,
+        label_maps: vec![(String::new(), LabelMap::new(kind))],
+        encoding,
+        options,
+    })
+}
+
+const CS_IMAGE_SUFFIX: &str = "_leftImg8bit.png";
+const CS_LABEL_IDS: &str = "_gtFine_labelIds.png";
+const CS_TRAIN_IDS: &str = "_gtFine_labelTrainIds.png";
+
+fn open_cityscapes(root: &Path, split: &str, options: DatasetOptions) -> Result<Dataset, DataError> {
+    let image_root = root.join("leftImg8bit").join(split);
+    if !image_root.is_dir() {
+        return Err(DataError::Missing { what: "Cityscapes image split", path: image_root });
+    }
+    let label_root = root.join("gtFine").join(split);
+    if options.require_labels && !label_root.is_dir() {
+        return Err(DataError::Missing { what: "Cityscapes gtFine split", path: label_root });
+    }
+    let images: Vec<PathBuf> = match &options.list {
+        Some(list) => read_list(list)?
+            .into_iter()
+            .map(|l| {
+                // Accept `city/stem_leftImg8bit.png`, `leftImg8bit/val/city/...`, or a bare stem.
+                let rel = l.trim_start_matches("leftImg8bit/").trim_start_matches(&format!("{split}/")).to_string();
+                let rel = if rel.ends_with(".png") { rel } else { format!("{rel}{CS_IMAGE_SUFFIX}") };
+                let file = Path::new(&rel).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+                let city = file.split('_').next().unwrap_or_default().to_string();
+                image_root.join(city).join(file)
+            })
+            .collect(),
+        None => {
+            let mut all = Vec::new();
+            for city in sorted_dirs(&image_root)? {
+                all.extend(
+                    sorted_pngs(&city)?
+                        .into_iter()
+                        .filter(|p| p.file_name().is_some_and(|f| f.to_string_lossy().ends_with(CS_IMAGE_SUFFIX))),
+                );
+            }
+            all
+        }
+    };
+    let entries = images
+        .into_iter()
+        .map(|image| {
+            let file = image.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+            let stem = file.strip_suffix(CS_IMAGE_SUFFIX).unwrap_or(&file).to_string();
+            let city = image.parent().and_then(|p| p.file_name()).map(PathBuf::from).unwrap_or_default();
+            let dir = label_root.join(city);
+            let ids = dir.join(format!("{stem}{CS_LABEL_IDS}"));
+            let train = dir.join(format!("{stem}{CS_TRAIN_IDS}"));
+            let label = match options.label_source {
+                LabelSource::LabelIds => Some(ids).filter(|p| p.is_file()),
+                LabelSource::TrainIds => Some(train).filter(|p| p.is_file()),
+                LabelSource::Auto => {
+                    if ids.is_file() {
+                        Some(ids)
+                    } else {
+                        Some(train).filter(|p| p.is_file())
+                    }
+                }
+            };
+            SampleRef { name: stem, image, label }
+        })
+        .collect();
+    Ok(Dataset {
+        name: "cityscapes",
+        split: split.to_string(),
+        root: root.to_path_buf(),
+        entries,
+        label_maps: vec![
+            (CS_LABEL_IDS.into(), LabelMap::new(DatasetKind::Cityscapes)),
+            (CS_TRAIN_IDS.into(), LabelMap::new(DatasetKind::CityscapesTrainIds)),
+        ],
+        encoding: LabelEncoding::Ids8,
+        options,
+    })
+}
+
+/// Label files with no image beside them, for inspection reports.
+pub fn orphan_labels(ds: &Dataset) -> Vec<PathBuf> {
+    let label_dir = match ds.name {
+        "gta5" => ds.root.join("labels"),
+        "synthia" => ds.root.join("GT").join("LABELS"),
+        _ => return cityscapes_orphans(ds),
+    };
+    let have: std::collections::HashSet<String> = ds.entries.iter().map(|e| e.name.clone()).collect();
+    sorted_pngs(&label_dir).unwrap_or_default().into_iter().filter(|p| !have.contains(&file_stem(p))).collect()
+}
+
+fn cityscapes_orphans(ds: &Dataset) -> Vec<PathBuf> {
+    let label_root = ds.root.join("gtFine").join(&ds.split);
+    let have: std::collections::HashSet<String> = ds.entries.iter().map(|e| e.name.clone()).collect();
+    let mut out = Vec::new();
+    for city in sorted_dirs(&label_root).unwrap_or_default() {
+        for p in sorted_pngs(&city).unwrap_or_default() {
+            let f = p.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+            if let Some(stem) = f.strip_suffix(CS_LABEL_IDS) {
+                if !have.contains(stem) {
+                    out.push(p);
+                }
+            }
+        }
+    }
+    out
+}

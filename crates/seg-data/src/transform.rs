@@ -1,0 +1,172 @@
+//! Augmentations on plain buffers: bilinear image resize, nearest label resize, random scale,
+//! random crop (label padding = ignore), horizontal flip, and normalisation to CHW floats.
+
+use seg_core::Rng;
+use seg_labels::png_io::RgbImage;
+use seg_labels::IGNORE;
+
+/// ImageNet channel means, the default normalisation.
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+/// ImageNet channel standard deviations.
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+/// Bilinear resize with half-pixel centres (PIL/PyTorch `align_corners=False`, no antialias).
+pub fn resize_bilinear(img: &RgbImage, nw: u32, nh: u32) -> RgbImage {
+    if (nw, nh) == (img.width, img.height) {
+        return img.clone();
+    }
+    let (w, h) = (img.width as usize, img.height as usize);
+    let taps = |n_out: u32, n_in: usize| -> Vec<(usize, usize, f32)> {
+        let scale = n_in as f32 / n_out as f32;
+        (0..n_out)
+            .map(|o| {
+                let src = ((o as f32 + 0.5) * scale - 0.5).max(0.0);
+                let i0 = (src.floor() as usize).min(n_in - 1);
+                let i1 = (i0 + 1).min(n_in - 1);
+                (i0, i1, src - i0 as f32)
+            })
+            .collect()
+    };
+    let xs = taps(nw, w);
+    let ys = taps(nh, h);
+    let mut data = Vec::with_capacity((nw * nh * 3) as usize);
+    for &(y0, y1, fy) in &ys {
+        let r0 = &img.data[y0 * w * 3..(y0 + 1) * w * 3];
+        let r1 = &img.data[y1 * w * 3..(y1 + 1) * w * 3];
+        for &(x0, x1, fx) in &xs {
+            for c in 0..3 {
+                let a = r0[x0 * 3 + c] as f32 * (1.0 - fx) + r0[x1 * 3 + c] as f32 * fx;
+                let b = r1[x0 * 3 + c] as f32 * (1.0 - fx) + r1[x1 * 3 + c] as f32 * fx;
+                data.push((a * (1.0 - fy) + b * fy).round().clamp(0.0, 255.0) as u8);
+            }
+        }
+    }
+    RgbImage { width: nw, height: nh, data }
+}
+
+/// Nearest-neighbour resize of a label map (PIL `NEAREST`: source = floor((x + 0.5) * in / out)).
+pub fn resize_nearest(label: &[u8], w: u32, h: u32, nw: u32, nh: u32) -> Vec<u8> {
+    if (nw, nh) == (w, h) {
+        return label.to_vec();
+    }
+    let xs: Vec<usize> =
+        (0..nw).map(|x| (((x as f64 + 0.5) * w as f64 / nw as f64) as usize).min(w as usize - 1)).collect();
+    let mut out = Vec::with_capacity((nw * nh) as usize);
+    for y in 0..nh {
+        let sy = (((y as f64 + 0.5) * h as f64 / nh as f64) as usize).min(h as usize - 1);
+        let row = &label[sy * w as usize..(sy + 1) * w as usize];
+        out.extend(xs.iter().map(|&sx| row[sx]));
+    }
+    out
+}
+
+/// Mirrors image and label left-right.
+pub fn hflip(img: &mut RgbImage, label: Option<&mut Vec<u8>>) {
+    let (w, h) = (img.width as usize, img.height as usize);
+    for row in img.data.chunks_exact_mut(w * 3).take(h) {
+        for x in 0..w / 2 {
+            for c in 0..3 {
+                row.swap(x * 3 + c, (w - 1 - x) * 3 + c);
+            }
+        }
+    }
+    if let Some(l) = label {
+        for row in l.chunks_exact_mut(w).take(h) {
+            row.reverse();
+        }
+    }
+}
+
+/// Crops `cw × ch` at a random position; where the image is smaller it is padded first
+/// (image with 0, label with 255 = ignore).
+pub fn random_crop(img: &RgbImage, label: Option<&[u8]>, cw: u32, ch: u32, rng: &mut Rng) -> (RgbImage, Option<Vec<u8>>) {
+    let (w, h) = (img.width, img.height);
+    let x0 = if w > cw { rng.below((w - cw + 1) as usize) as u32 } else { 0 };
+    let y0 = if h > ch { rng.below((h - ch + 1) as usize) as u32 } else { 0 };
+    let mut data = vec![0u8; (cw * ch * 3) as usize];
+    let mut lab = label.map(|_| vec![IGNORE; (cw * ch) as usize]);
+    let cols = cw.min(w - x0) as usize;
+    for y in 0..ch.min(h - y0) as usize {
+        let sy = y0 as usize + y;
+        let src = &img.data[(sy * w as usize + x0 as usize) * 3..][..cols * 3];
+        data[y * cw as usize * 3..][..cols * 3].copy_from_slice(src);
+        if let (Some(dst), Some(l)) = (lab.as_mut(), label) {
+            dst[y * cw as usize..][..cols].copy_from_slice(&l[sy * w as usize + x0 as usize..][..cols]);
+        }
+    }
+    (RgbImage { width: cw, height: ch, data }, lab)
+}
+
+/// Converts to CHW floats: `(v / 255 - mean) / std`.
+pub fn normalize_chw(img: &RgbImage, mean: [f32; 3], std: [f32; 3], out: &mut Vec<f32>) {
+    let n = (img.width * img.height) as usize;
+    let base = out.len();
+    out.resize(base + 3 * n, 0.0);
+    let (r, rest) = out[base..].split_at_mut(n);
+    let (g, b) = rest.split_at_mut(n);
+    let planes = [r, g, b];
+    let scale: [f32; 3] = std::array::from_fn(|c| 1.0 / (255.0 * std[c]));
+    let shift: [f32; 3] = std::array::from_fn(|c| mean[c] / std[c]);
+    let [r, g, b] = planes;
+    for (i, px) in img.data.chunks_exact(3).enumerate() {
+        r[i] = px[0] as f32 * scale[0] - shift[0];
+        g[i] = px[1] as f32 * scale[1] - shift[1];
+        b[i] = px[2] as f32 * scale[2] - shift[2];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn img(w: u32, h: u32) -> RgbImage {
+        RgbImage { width: w, height: h, data: (0..w * h * 3).map(|v| (v % 251) as u8).collect() }
+    }
+
+    #[test]
+    fn nearest_resize_matches_pil_rule() {
+        // 4 -> 2 picks source columns 1 and 3 (floor((x+0.5)*2)).
+        let l = [0u8, 1, 2, 3];
+        assert_eq!(resize_nearest(&l, 4, 1, 2, 1), vec![1, 3]);
+        // 2 -> 4 repeats.
+        assert_eq!(resize_nearest(&[5, 6], 2, 1, 4, 1), vec![5, 5, 6, 6]);
+    }
+
+    #[test]
+    fn bilinear_keeps_constant_and_interpolates() {
+        let c = RgbImage { width: 3, height: 2, data: vec![77; 18] };
+        assert!(resize_bilinear(&c, 7, 5).data.iter().all(|&v| v == 77));
+        // 2 -> 4 along x with values 0 and 200: half-pixel centres give 0, 50, 150, 200.
+        let g = RgbImage { width: 2, height: 1, data: vec![0, 0, 0, 200, 200, 200] };
+        let r = resize_bilinear(&g, 4, 1);
+        let red: Vec<u8> = r.data.chunks(3).map(|p| p[0]).collect();
+        assert_eq!(red, vec![0, 50, 150, 200]);
+    }
+
+    #[test]
+    fn crop_pads_label_with_ignore_and_flip_mirrors() {
+        let im = img(3, 2);
+        let lab = vec![1u8, 2, 3, 4, 5, 6];
+        let mut rng = Rng::new(0);
+        let (c, l) = random_crop(&im, Some(&lab), 5, 3, &mut rng);
+        let l = l.unwrap();
+        assert_eq!((c.width, c.height), (5, 3));
+        assert_eq!(&l[..5], &[1, 2, 3, 255, 255]);
+        assert_eq!(&l[10..], &[255; 5]);
+        assert_eq!(&c.data[..9], &im.data[..9]);
+        let mut im2 = img(3, 1);
+        let mut l2 = vec![1u8, 2, 3];
+        hflip(&mut im2, Some(&mut l2));
+        assert_eq!(l2, vec![3, 2, 1]);
+        assert_eq!(&im2.data[..3], &img(3, 1).data[6..9]);
+    }
+
+    #[test]
+    fn normalisation_is_imagenet() {
+        let im = RgbImage { width: 1, height: 1, data: vec![255, 0, 128] };
+        let mut out = Vec::new();
+        normalize_chw(&im, IMAGENET_MEAN, IMAGENET_STD, &mut out);
+        assert!((out[0] - (1.0 - 0.485) / 0.229).abs() < 1e-5);
+        assert!((out[1] - (-0.456 / 0.224)).abs() < 1e-5);
+    }
+}
