@@ -210,12 +210,14 @@ impl Loader {
                 Err(e) => Err(e),
             })
             .collect::<Result<_, _>>()?;
-        // Refill skipped slots sequentially; give up after a full pass over the dataset.
+        // Refill skipped slots sequentially; give up after two epochs without one good sample.
         let mut attempts = 0;
         for slot in 0..prepared.len() {
+            let mut misses = 0;
             while prepared[slot].is_none() {
                 attempts += 1;
-                if attempts > self.dataset.len() {
+                misses += 1;
+                if misses > 2 * self.dataset.len() {
                     return Err(DataError::Empty {
                         dataset: self.dataset.name(),
                         split: self.dataset.split().to_string(),
