@@ -8,6 +8,6 @@ pub mod model;
 pub mod rng;
 
 pub use batch::{Batch, Domain};
-pub use model::{Backbone, FeatureTap, Features, LossTerm, ParamGroup};
+pub use model::{AdaptationHead, Backbone, FeatureTap, Features, HeadInput, LossTerm, ParamGroup, StepInfo};
 pub use rng::Rng;
 pub use seg_labels::{IGNORE, NUM_CLASSES};

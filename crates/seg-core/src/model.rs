@@ -70,12 +70,67 @@ pub struct LossTerm {
 
 /// A segmentation backbone: image batch in, feature taps and full-resolution logits out.
 pub trait Backbone: Send + Sync {
-    /// Forward pass; `train` switches dropout and batch norm to training mode.
+    /// Forward pass; `train` switches dropout and batch norm to training mode. The result
+    /// holds `Logits` (at the input's size) and at least the requested taps.
     fn forward_taps(&self, images: &Tensor, train: bool, taps: &[FeatureTap]) -> Result<Features>;
-    /// Output stride of the deepest features relative to the input.
+    /// Recomputes the logits from `tap` onward with that tap's map replaced by `replaced`
+    /// (same shape), reusing the other maps of `feats` where the network has skips. SAN adds
+    /// its generated residual to conv5 this way.
+    fn forward_from(&self, feats: &Features, tap: FeatureTap, replaced: &Tensor, train: bool) -> Result<Tensor>;
+    /// Output stride of the deepest features relative to the input; input sizes must be
+    /// multiples of it.
     fn stride(&self) -> usize;
     /// The taps this model can provide.
     fn taps(&self) -> &'static [FeatureTap];
     /// Channels of the feature map at a tap, if the model has that tap.
     fn tap_channels(&self, tap: FeatureTap) -> Option<usize>;
+    /// Number of output classes.
+    fn num_classes(&self) -> usize;
+    /// Whether the model has batch norm (AdaBN needs it).
+    fn has_batch_norm(&self) -> bool;
+    /// Sets the running-statistics momentum of every batch-norm layer (`None` = PyTorch's
+    /// cumulative average, used to re-estimate statistics), and optionally resets them.
+    fn set_bn_momentum(&self, momentum: Option<f64>, reset: bool) -> Result<()>;
+}
+
+/// Where training is, for schedules inside heads.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepInfo {
+    pub step: usize,
+    pub total_steps: usize,
+}
+
+impl StepInfo {
+    /// Training progress in `[0, 1]`.
+    pub fn progress(&self) -> f64 {
+        if self.total_steps == 0 {
+            1.0
+        } else {
+            (self.step as f64 / self.total_steps as f64).clamp(0.0, 1.0)
+        }
+    }
+}
+
+/// Everything a head sees in one training step.
+pub struct HeadInput<'a> {
+    pub backbone: &'a dyn Backbone,
+    /// Source features (with the head's taps and logits) and labels (`N×H×W` u32).
+    pub source: &'a Features,
+    pub source_labels: &'a Tensor,
+    /// Target features (with the head's taps and logits); never target labels.
+    pub target: &'a Features,
+    pub step: StepInfo,
+}
+
+/// A feature- or model-level adaptation method: reads feature taps of a source and a target
+/// batch and returns named loss terms, each tagged with the parameter group it trains. Its own
+/// parameters live under the variable-name prefixes it reports.
+pub trait AdaptationHead: Send + Sync {
+    fn name(&self) -> &'static str;
+    /// Taps the head needs on both domains.
+    fn taps(&self) -> Vec<FeatureTap>;
+    /// `(variable-name prefix, group, learning-rate multiplier)` of the head's parameters.
+    fn param_groups(&self) -> Vec<(String, ParamGroup, f64)>;
+    /// Loss terms for one step. Terms of the discriminator group must see detached features.
+    fn losses(&self, input: &HeadInput<'_>) -> Result<Vec<LossTerm>>;
 }

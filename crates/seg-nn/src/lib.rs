@@ -1,1 +1,15 @@
-//! placeholder
+//! What candle 0.11 lacks or gets wrong for segmentation training, written once and tested
+//! against reference numbers: a 2×2 max pool with the correct gradient, batch norm with running
+//! statistics (and their re-estimation for AdaBN), masked cross-entropy with an ignore index,
+//! binary cross-entropy on logits, a differentiable bilinear resize, bilinear-initialised
+//! learned upsampling, SGD with momentum and weight decay, Adam, and learning-rate schedules.
+
+pub mod layers;
+pub mod loss;
+pub mod optim;
+pub mod schedule;
+
+pub use layers::{bilinear_kernel, conv2d, max_pool2x2, resize_bilinear, BatchNorm2d, Conv2d, ConvTranspose2d};
+pub use loss::{bce_with_logits, cross_entropy_ignore};
+pub use optim::{Adam, Optimizer, OptimizerConfig, Sgd};
+pub use schedule::{lambda_schedule, poly_lr};

@@ -1,0 +1,248 @@
+//! Layers with gradients we can trust: convolutions (candle's own ops, with `vb` names equal to
+//! field paths), a 2×2 max pool written as reshape + max (candle's `max_pool2d` scales its
+//! gradient by 1/4), batch norm with running statistics, bilinear resize as two matmuls, and
+//! transposed convolutions initialised to bilinear upsampling.
+
+use candle_core::{DType, Device, Module, ModuleT, Result, Tensor, D};
+use candle_nn::{Init, VarBuilder};
+
+/// A 2D convolution with optional bias, stride, padding and dilation.
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    stride: usize,
+    padding: usize,
+    dilation: usize,
+    groups: usize,
+}
+
+/// Convolution settings.
+#[derive(Debug, Clone, Copy)]
+pub struct ConvCfg {
+    pub stride: usize,
+    pub padding: usize,
+    pub dilation: usize,
+    pub groups: usize,
+    pub bias: bool,
+    /// Standard deviation of a normal init; `None` = Kaiming-uniform (PyTorch default).
+    pub init_std: Option<f64>,
+}
+
+impl Default for ConvCfg {
+    fn default() -> Self {
+        Self { stride: 1, padding: 0, dilation: 1, groups: 1, bias: true, init_std: None }
+    }
+}
+
+/// Builds a conv `c_in → c_out` with a square `k × k` kernel under `vb` (`weight`, `bias`).
+pub fn conv2d(c_in: usize, c_out: usize, k: usize, cfg: ConvCfg, vb: VarBuilder<'_>) -> Result<Conv2d> {
+    let fan_in = (c_in / cfg.groups) * k * k;
+    let init = match cfg.init_std {
+        Some(stdev) => Init::Randn { mean: 0.0, stdev },
+        None => {
+            let bound = 1.0 / (fan_in as f64).sqrt();
+            Init::Uniform { lo: -bound * 3f64.sqrt(), up: bound * 3f64.sqrt() }
+        }
+    };
+    let weight = vb.get_with_hints((c_out, c_in / cfg.groups, k, k), "weight", init)?;
+    let bias = if cfg.bias {
+        let bound = 1.0 / (fan_in as f64).sqrt();
+        let init = if cfg.init_std.is_some() { Init::Const(0.0) } else { Init::Uniform { lo: -bound, up: bound } };
+        Some(vb.get_with_hints(c_out, "bias", init)?)
+    } else {
+        None
+    };
+    Ok(Conv2d { weight, bias, stride: cfg.stride, padding: cfg.padding, dilation: cfg.dilation, groups: cfg.groups })
+}
+
+impl Conv2d {
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+}
+
+impl Module for Conv2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = x.conv2d(&self.weight, self.padding, self.stride, self.dilation, self.groups)?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?),
+            None => Ok(y),
+        }
+    }
+}
+
+/// 2×2 max pool, stride 2, as reshape + max: its gradient goes to the maximum of each window
+/// unscaled (to every tied maximum). Height and width must be even.
+pub fn max_pool2x2(x: &Tensor) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    if h % 2 != 0 || w % 2 != 0 {
+        candle_core::bail!("max_pool2x2 needs even height and width, got {h}x{w}");
+    }
+    x.reshape((n, c, h / 2, 2, w / 2, 2))?.max(5)?.max(3)
+}
+
+/// Batch norm over channels with running statistics stored as (non-trained) variables
+/// `running_mean` and `running_var`, PyTorch semantics (momentum 0.1, unbiased running var).
+#[derive(Debug, Clone)]
+pub struct BatchNorm2d {
+    weight: Tensor,
+    bias: Tensor,
+    running_mean: candle_core::Var,
+    running_var: candle_core::Var,
+    momentum: f64,
+    eps: f64,
+}
+
+/// Names of variables that hold statistics, not trained parameters.
+pub fn is_statistic(name: &str) -> bool {
+    name.ends_with("running_mean") || name.ends_with("running_var")
+}
+
+impl BatchNorm2d {
+    /// Creates the layer under `vb`; running statistics are looked up in `stats` under the same
+    /// names (the trainer keeps one `VarMap` for both).
+    pub fn new(c: usize, vb: VarBuilder<'_>, stats: &candle_nn::VarMap) -> Result<Self> {
+        let weight = vb.get_with_hints(c, "weight", Init::Const(1.0))?;
+        let bias = vb.get_with_hints(c, "bias", Init::Const(0.0))?;
+        let prefix = vb.prefix();
+        stats.get(c, &format!("{prefix}.running_mean"), Init::Const(0.0), DType::F32, vb.device())?;
+        stats.get(c, &format!("{prefix}.running_var"), Init::Const(1.0), DType::F32, vb.device())?;
+        let data = stats.data().lock().map_err(|_| candle_core::Error::Msg("poisoned var map".into()))?;
+        let var = |n: &str| {
+            data.get(&format!("{prefix}.{n}"))
+                .cloned()
+                .ok_or_else(|| candle_core::Error::Msg(format!("missing statistic {prefix}.{n}")))
+        };
+        let (running_mean, running_var) = (var("running_mean")?, var("running_var")?);
+        Ok(Self { weight, bias, running_mean, running_var, momentum: 0.1, eps: 1e-5 })
+    }
+
+    fn normalise(&self, x: &Tensor, mean: &Tensor, var: &Tensor) -> Result<Tensor> {
+        let c = self.weight.dim(0)?;
+        let shape = (1, c, 1, 1);
+        let scale = (&self.weight * (var + self.eps)?.sqrt()?.recip()?)?;
+        let shift = (&self.bias - (mean * &scale)?)?;
+        x.broadcast_mul(&scale.reshape(shape)?)?.broadcast_add(&shift.reshape(shape)?)
+    }
+
+    /// Batch statistics `(mean, biased var)` per channel.
+    fn batch_stats(x: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (n, c, h, w) = x.dims4()?;
+        let xt = x.transpose(0, 1)?.reshape((c, n * h * w))?;
+        let mean = xt.mean(1)?;
+        let var = xt.broadcast_sub(&mean.unsqueeze(1)?)?.sqr()?.mean(1)?;
+        Ok((mean, var))
+    }
+
+    /// Replaces the running statistics (AdaBN re-estimation sets them directly).
+    pub fn set_running(&self, mean: &Tensor, var: &Tensor) -> Result<()> {
+        self.running_mean.set(mean)?;
+        self.running_var.set(var)
+    }
+
+    /// Batch statistics of `x` without touching anything (for AdaBN accumulation).
+    pub fn stats_of(x: &Tensor) -> Result<(Tensor, Tensor)> {
+        Self::batch_stats(&x.detach())
+    }
+}
+
+impl ModuleT for BatchNorm2d {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if !train {
+            return self.normalise(x, self.running_mean.as_tensor(), self.running_var.as_tensor());
+        }
+        let (mean, var) = Self::batch_stats(x)?;
+        let (n, _, h, w) = x.dims4()?;
+        let count = (n * h * w) as f64;
+        let unbiased = if count > 1.0 { (var.detach() * (count / (count - 1.0)))? } else { var.detach() };
+        let m = self.momentum;
+        let new_mean = ((self.running_mean.as_tensor() * (1.0 - m))? + (mean.detach() * m)?)?;
+        let new_var = ((self.running_var.as_tensor() * (1.0 - m))? + (unbiased * m)?)?;
+        self.running_mean.set(&new_mean)?;
+        self.running_var.set(&new_var)?;
+        self.normalise(x, &mean, &var)
+    }
+}
+
+/// A transposed convolution, initialised to bilinear upsampling (FCN's learned upsampling).
+#[derive(Debug, Clone)]
+pub struct ConvTranspose2d {
+    weight: Tensor,
+    stride: usize,
+    padding: usize,
+}
+
+/// The `c × c × k × k` kernel that makes a transposed conv with stride `k/2` a bilinear upsample.
+pub fn bilinear_kernel(c: usize, k: usize, device: &Device) -> Result<Tensor> {
+    let factor = k.div_ceil(2);
+    let center = if k % 2 == 1 { factor as f32 - 1.0 } else { factor as f32 - 0.5 };
+    let mut filt = vec![0f32; k * k];
+    for y in 0..k {
+        for x in 0..k {
+            filt[y * k + x] =
+                (1.0 - (y as f32 - center).abs() / factor as f32) * (1.0 - (x as f32 - center).abs() / factor as f32);
+        }
+    }
+    let mut w = vec![0f32; c * c * k * k];
+    for i in 0..c {
+        w[(i * c + i) * k * k..(i * c + i + 1) * k * k].copy_from_slice(&filt);
+    }
+    Tensor::from_vec(w, (c, c, k, k), device)
+}
+
+impl ConvTranspose2d {
+    /// `c → c` channels, kernel `2 × stride`, upsampling by `stride`; weight `weight` under `vb`.
+    pub fn bilinear(c: usize, stride: usize, vb: VarBuilder<'_>, vars: &candle_nn::VarMap) -> Result<Self> {
+        let k = 2 * stride;
+        // VarBuilder has no tensor init: create the variable, then set it to the bilinear kernel.
+        let weight = vb.get_with_hints((c, c, k, k), "weight", Init::Const(0.0))?;
+        let name = format!("{}.weight", vb.prefix());
+        let data = vars.data().lock().map_err(|_| candle_core::Error::Msg("poisoned var map".into()))?;
+        if let Some(var) = data.get(&name) {
+            var.set(&bilinear_kernel(c, k, vb.device())?)?;
+        }
+        Ok(Self { weight, stride, padding: stride / 2 })
+    }
+}
+
+impl Module for ConvTranspose2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        x.conv_transpose2d(&self.weight, self.padding, 0, self.stride, 1)
+    }
+}
+
+/// Interpolation matrix `out × inp` of a half-pixel-centre (align_corners = false) bilinear
+/// resize, PyTorch's rule.
+fn interp_matrix(out: usize, inp: usize, device: &Device) -> Result<Tensor> {
+    let mut m = vec![0f32; out * inp];
+    let scale = inp as f32 / out as f32;
+    for o in 0..out {
+        let src = ((o as f32 + 0.5) * scale - 0.5).max(0.0);
+        let i0 = (src.floor() as usize).min(inp - 1);
+        let i1 = (i0 + 1).min(inp - 1);
+        let f = src - i0 as f32;
+        m[o * inp + i0] += 1.0 - f;
+        m[o * inp + i1] += f;
+    }
+    Tensor::from_vec(m, (out, inp), device)
+}
+
+/// Differentiable bilinear resize of `N×C×H×W` to `h × w` (align_corners = false), as two
+/// matmuls with interpolation matrices.
+pub fn resize_bilinear(x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
+    let (n, c, hi, wi) = x.dims4()?;
+    if (hi, wi) == (h, w) {
+        return Ok(x.clone());
+    }
+    let rx = interp_matrix(w, wi, x.device())?.to_dtype(x.dtype())?.t()?; // wi × w
+    let ry = interp_matrix(h, hi, x.device())?.to_dtype(x.dtype())?; // h × hi
+    let y = x.reshape((n * c * hi, wi))?.matmul(&rx)?; // (n c hi) × w
+    let y = y.reshape((n * c, hi, w))?;
+    ry.broadcast_left(n * c)?.matmul(&y)?.reshape((n, c, h, w))
+}
+
+/// Mean over the last two dims, keeping them (global average per channel).
+pub fn spatial_mean(x: &Tensor) -> Result<Tensor> {
+    x.mean_keepdim(D::Minus1)?.mean_keepdim(D::Minus2)
+}

@@ -1,0 +1,49 @@
+//! Losses: pixel cross-entropy that skips an ignore label (candle's `cross_entropy` takes rank 2
+//! only, with no ignore index), and binary cross-entropy on logits.
+
+use candle_core::{DType, Result, Tensor, D};
+
+/// Mean cross-entropy over the pixels whose label is not `ignore`.
+/// `logits`: `N×C×H×W`; `labels`: `N×H×W` (u32). Zero when every pixel is ignored.
+pub fn cross_entropy_ignore(logits: &Tensor, labels: &Tensor, ignore: u32) -> Result<Tensor> {
+    let (n, c, h, w) = logits.dims4()?;
+    let (ln, lh, lw) = labels.dims3()?;
+    if (ln, lh, lw) != (n, h, w) {
+        candle_core::bail!("cross_entropy_ignore: logits {n}x{c}x{h}x{w} and labels {ln}x{lh}x{lw} disagree");
+    }
+    let labels = labels.to_dtype(DType::U32)?;
+    let valid = labels.ne(ignore)?;
+    let safe = valid.where_cond(&labels, &labels.zeros_like()?)?;
+    let logp = candle_nn::ops::log_softmax(logits, 1)?;
+    let picked = logp.gather(&safe.unsqueeze(1)?.contiguous()?, 1)?.squeeze(1)?;
+    let mask = valid.to_dtype(logits.dtype())?;
+    let count = mask.sum_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+    let total = (picked * &mask)?.sum_all()?;
+    total.affine(-1.0 / count.max(1.0) as f64, 0.0)
+}
+
+/// Mean binary cross-entropy of `logits` against a constant target in `[0, 1]`, computed stably
+/// as `max(x, 0) - x t + log(1 + exp(-|x|))`.
+pub fn bce_with_logits(logits: &Tensor, target: f64) -> Result<Tensor> {
+    let pos = logits.relu()?;
+    let soft = logits.abs()?.neg()?.exp()?.affine(1.0, 1.0)?.log()?;
+    ((pos - logits.affine(target, 0.0)?)? + soft)?.mean_all()
+}
+
+/// Per-element binary cross-entropy on logits (no reduction), target a tensor of the same shape.
+pub fn bce_with_logits_elementwise(logits: &Tensor, target: &Tensor) -> Result<Tensor> {
+    let pos = logits.relu()?;
+    let soft = logits.abs()?.neg()?.exp()?.affine(1.0, 1.0)?.log()?;
+    (pos - (logits * target)?)? + soft
+}
+
+/// Softmax over the class dimension (1) with a working gradient (composite ops).
+pub fn softmax_channels(logits: &Tensor) -> Result<Tensor> {
+    candle_nn::ops::softmax(logits, 1)
+}
+
+/// Mean over all but the first dim: one value per sample.
+pub fn per_sample_mean(x: &Tensor) -> Result<Tensor> {
+    let n = x.dim(0)?;
+    x.reshape((n, ()))?.mean(D::Minus1)
+}

@@ -1,0 +1,129 @@
+//! Reference-value tests of the layers, losses and optimisers (values derived by hand in the
+//! comments, or checked with central finite differences).
+
+use candle_core::{DType, Device, Module, ModuleT, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+use seg_nn::{cross_entropy_ignore, max_pool2x2, resize_bilinear, BatchNorm2d, ConvTranspose2d, Optimizer};
+
+fn cpu() -> Device {
+    Device::Cpu
+}
+
+fn close(a: f32, b: f32, tol: f32) -> bool {
+    (a - b).abs() <= tol * (1.0 + b.abs())
+}
+
+#[test]
+fn max_pool_gradient_is_one_at_the_maximum() {
+    let x = Var::from_vec((0..16).map(|v| ((v * 7) % 16) as f32).collect::<Vec<_>>(), (1, 1, 4, 4), &cpu()).unwrap();
+    let y = max_pool2x2(x.as_tensor()).unwrap();
+    assert_eq!(y.dims(), &[1, 1, 2, 2]);
+    // Windows of [0,7,14,5 / 12,3,10,1 / 8,15,6,13 / 4,11,2,9]: maxima 12, 14, 15, 13.
+    assert_eq!(y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![12.0, 14.0, 15.0, 13.0]);
+    let g = y.sum_all().unwrap().backward().unwrap();
+    let gx = g.get(x.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!(gx.iter().sum::<f32>(), 4.0, "unscaled: one unit per window");
+    assert_eq!(gx[4], 1.0); // 12
+    assert_eq!(gx[2], 1.0); // 14
+    assert!(max_pool2x2(&Tensor::zeros((1, 1, 3, 4), DType::F32, &cpu()).unwrap()).is_err());
+}
+
+#[test]
+fn cross_entropy_skips_ignored_pixels() {
+    // Two classes, three pixels: logits (0, ln 3) → p = (0.25, 0.75).
+    let l3 = 3f32.ln();
+    let logits = Var::from_vec(vec![0.0, 0.0, 0.0, l3, l3, l3], (1, 2, 1, 3), &cpu()).unwrap();
+    let labels = Tensor::from_vec(vec![1u32, 0, 255], (1, 1, 3), &cpu()).unwrap();
+    let loss = cross_entropy_ignore(logits.as_tensor(), &labels, 255).unwrap();
+    let want = (-(0.75f32.ln()) - 0.25f32.ln()) / 2.0;
+    assert!(close(loss.to_scalar::<f32>().unwrap(), want, 1e-5));
+    // d/dlogit = (p - onehot) / valid_count; ignored pixel gets nothing.
+    let g = loss.backward().unwrap();
+    let gl = g.get(logits.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let want_g = [0.25 / 2.0, (0.25 - 1.0) / 2.0, 0.0, (0.75 - 1.0) / 2.0, 0.75 / 2.0, 0.0];
+    for (a, b) in gl.iter().zip(want_g) {
+        assert!(close(*a, b, 1e-5), "{gl:?}");
+    }
+    let all_ignored = Tensor::from_vec(vec![255u32; 3], (1, 1, 3), &cpu()).unwrap();
+    assert_eq!(cross_entropy_ignore(logits.as_tensor(), &all_ignored, 255).unwrap().to_scalar::<f32>().unwrap(), 0.0);
+}
+
+#[test]
+fn bilinear_resize_matches_pytorch_rule_and_has_gradients() {
+    let x = Var::from_vec(vec![0f32, 200.0], (1, 1, 1, 2), &cpu()).unwrap();
+    let y = resize_bilinear(x.as_tensor(), 1, 4).unwrap();
+    assert_eq!(y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![0.0, 50.0, 150.0, 200.0]);
+    // d sum(y) / dx = column sums of the interpolation matrix: (1 + .75 + .25, .25 + .75 + 1).
+    let g = y.sum_all().unwrap().backward().unwrap();
+    assert_eq!(g.get(x.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![2.0, 2.0]);
+    // Odd sizes, both directions.
+    let z = Tensor::arange(0f32, 2.0 * 3.0 * 5.0 * 7.0, &cpu()).unwrap().reshape((2, 3, 5, 7)).unwrap();
+    assert_eq!(resize_bilinear(&z, 9, 4).unwrap().dims(), &[2, 3, 9, 4]);
+}
+
+#[test]
+fn sgd_momentum_and_weight_decay_follow_pytorch() {
+    // p0 = 1, loss = 3 p (g = 3), wd = 0.1, m = 0.9, lr = 0.1.
+    // step 1: g' = 3 + 0.1 = 3.1; b = 3.1; p = 1 - 0.31 = 0.69
+    // step 2: g' = 3 + 0.069 = 3.069; b = 0.9*3.1 + 3.069 = 5.859; p = 0.69 - 0.5859 = 0.1041
+    let p = Var::from_vec(vec![1f32], 1, &cpu()).unwrap();
+    let mut opt = seg_nn::Sgd::new(vec![("p".into(), p.clone(), 1.0)], 0.9, 0.1).unwrap();
+    for want in [0.69f32, 0.1041] {
+        let g = (p.as_tensor() * 3.0).unwrap().sum_all().unwrap().backward().unwrap();
+        opt.step(&g, 0.1).unwrap();
+        assert!(close(p.as_tensor().to_vec1::<f32>().unwrap()[0], want, 1e-5));
+    }
+    let state = opt.state();
+    assert_eq!(state[0].0, "p.momentum");
+    assert!(close(state[0].1.to_vec1::<f32>().unwrap()[0], 5.859, 1e-5));
+}
+
+#[test]
+fn adam_first_step_moves_by_lr() {
+    let p = Var::from_vec(vec![1f32, -2.0], 2, &cpu()).unwrap();
+    let mut opt = seg_nn::Adam::new(vec![("p".into(), p.clone(), 1.0)], 0.9, 0.999, 1e-8, 0.0).unwrap();
+    let g = (p.as_tensor() * Tensor::new(&[5f32, -0.01], &cpu()).unwrap()).unwrap().sum_all().unwrap().backward().unwrap();
+    opt.step(&g, 0.01).unwrap();
+    let v = p.as_tensor().to_vec1::<f32>().unwrap();
+    assert!(close(v[0], 0.99, 1e-5) && close(v[1], -1.99, 1e-5), "{v:?}");
+}
+
+#[test]
+fn batch_norm_uses_batch_stats_in_training_and_updates_running_ones() {
+    let vars = VarMap::new();
+    let vb = VarBuilder::from_varmap(&vars, DType::F32, &cpu());
+    let bn = BatchNorm2d::new(1, vb.pp("bn"), &vars).unwrap();
+    // Values 1, 2, 3, 6: mean 3, biased var 3.5, unbiased 14/3.
+    let x = Tensor::from_vec(vec![1f32, 2.0, 3.0, 6.0], (1, 1, 2, 2), &cpu()).unwrap();
+    let y = bn.forward_t(&x, true).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert!(close(y[0], -2.0 / (3.5f32 + 1e-5).sqrt(), 1e-5));
+    let data = vars.data().lock().unwrap();
+    let rm = data["bn.running_mean"].as_tensor().to_vec1::<f32>().unwrap()[0];
+    let rv = data["bn.running_var"].as_tensor().to_vec1::<f32>().unwrap()[0];
+    assert!(close(rm, 0.3, 1e-6) && close(rv, 0.9 + 0.1 * 14.0 / 3.0, 1e-5), "{rm} {rv}");
+    drop(data);
+    // Evaluation uses the running statistics.
+    let e = bn.forward_t(&x, false).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert!(close(e[0], (1.0 - rm) / (rv + 1e-5).sqrt(), 1e-5));
+}
+
+#[test]
+fn learned_upsampling_starts_bilinear() {
+    let vars = VarMap::new();
+    let vb = VarBuilder::from_varmap(&vars, DType::F32, &cpu());
+    let up = ConvTranspose2d::bilinear(2, 2, vb.pp("up"), &vars).unwrap();
+    let x = Tensor::ones((1, 2, 3, 3), DType::F32, &cpu()).unwrap();
+    let y = up.forward(&x).unwrap();
+    assert_eq!(y.dims(), &[1, 2, 6, 6]);
+    // Interior of a constant map stays constant; channels do not mix.
+    let v = y.get(0).unwrap().get(1).unwrap().get(2).unwrap().to_vec1::<f32>().unwrap();
+    assert!(v[1..5].iter().all(|&a| close(a, 1.0, 1e-6)), "{v:?}");
+}
+
+#[test]
+fn bce_on_logits_is_stable() {
+    let x = Tensor::new(&[0f32, 100.0, -100.0], &cpu()).unwrap();
+    let l = seg_nn::bce_with_logits(&x, 1.0).unwrap().to_scalar::<f32>().unwrap();
+    // (ln 2 + 0 + 100) / 3
+    assert!(close(l, (2f32.ln() + 100.0) / 3.0, 1e-5), "{l}");
+}
