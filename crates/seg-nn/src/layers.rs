@@ -90,8 +90,16 @@ pub struct BatchNorm2d {
     bias: Tensor,
     running_mean: candle_core::Var,
     running_var: candle_core::Var,
-    momentum: f64,
+    mode: std::sync::Arc<std::sync::Mutex<BnMode>>,
     eps: f64,
+}
+
+/// How running statistics are updated: exponential (`Some(momentum)`) or a cumulative average
+/// over the batches seen since the last reset (`None`, PyTorch's `momentum=None`).
+#[derive(Debug, Clone, Copy)]
+struct BnMode {
+    momentum: Option<f64>,
+    batches: u64,
 }
 
 /// Names of variables that hold statistics, not trained parameters.
@@ -115,7 +123,8 @@ impl BatchNorm2d {
                 .ok_or_else(|| candle_core::Error::Msg(format!("missing statistic {prefix}.{n}")))
         };
         let (running_mean, running_var) = (var("running_mean")?, var("running_var")?);
-        Ok(Self { weight, bias, running_mean, running_var, momentum: 0.1, eps: 1e-5 })
+        let mode = std::sync::Arc::new(std::sync::Mutex::new(BnMode { momentum: Some(0.1), batches: 0 }));
+        Ok(Self { weight, bias, running_mean, running_var, mode, eps: 1e-5 })
     }
 
     fn normalise(&self, x: &Tensor, mean: &Tensor, var: &Tensor) -> Result<Tensor> {
@@ -135,15 +144,17 @@ impl BatchNorm2d {
         Ok((mean, var))
     }
 
-    /// Replaces the running statistics (AdaBN re-estimation sets them directly).
-    pub fn set_running(&self, mean: &Tensor, var: &Tensor) -> Result<()> {
-        self.running_mean.set(mean)?;
-        self.running_var.set(var)
-    }
-
-    /// Batch statistics of `x` without touching anything (for AdaBN accumulation).
-    pub fn stats_of(x: &Tensor) -> Result<(Tensor, Tensor)> {
-        Self::batch_stats(&x.detach())
+    /// Sets the update rule of the running statistics (`None` = cumulative average) and, with
+    /// `reset`, restarts them at mean 0, variance 1 (AdaBN re-estimation).
+    pub fn set_momentum(&self, momentum: Option<f64>, reset: bool) -> Result<()> {
+        let mut mode = self.mode.lock().map_err(|_| candle_core::Error::Msg("poisoned batch-norm mode".into()))?;
+        mode.momentum = momentum;
+        if reset {
+            mode.batches = 0;
+            self.running_mean.set(&self.running_mean.as_tensor().zeros_like()?)?;
+            self.running_var.set(&self.running_var.as_tensor().ones_like()?)?;
+        }
+        Ok(())
     }
 }
 
@@ -156,7 +167,11 @@ impl ModuleT for BatchNorm2d {
         let (n, _, h, w) = x.dims4()?;
         let count = (n * h * w) as f64;
         let unbiased = if count > 1.0 { (var.detach() * (count / (count - 1.0)))? } else { var.detach() };
-        let m = self.momentum;
+        let m = {
+            let mut mode = self.mode.lock().map_err(|_| candle_core::Error::Msg("poisoned batch-norm mode".into()))?;
+            mode.batches += 1;
+            mode.momentum.unwrap_or(1.0 / mode.batches as f64)
+        };
         let new_mean = ((self.running_mean.as_tensor() * (1.0 - m))? + (mean.detach() * m)?)?;
         let new_var = ((self.running_var.as_tensor() * (1.0 - m))? + (unbiased * m)?)?;
         self.running_mean.set(&new_mean)?;

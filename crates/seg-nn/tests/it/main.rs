@@ -127,3 +127,18 @@ fn bce_on_logits_is_stable() {
     // (ln 2 + 0 + 100) / 3
     assert!(close(l, (2f32.ln() + 100.0) / 3.0, 1e-5), "{l}");
 }
+
+#[test]
+fn cumulative_batch_norm_statistics_average_the_batches() {
+    let vars = VarMap::new();
+    let vb = VarBuilder::from_varmap(&vars, DType::F32, &cpu());
+    let bn = BatchNorm2d::new(1, vb.pp("bn"), &vars).unwrap();
+    bn.set_momentum(None, true).unwrap();
+    for v in [[1f32, 3.0], [5.0, 7.0]] {
+        bn.forward_t(&Tensor::from_vec(v.to_vec(), (1, 1, 1, 2), &cpu()).unwrap(), true).unwrap();
+    }
+    let data = vars.data().lock().unwrap();
+    // Means 2 and 6 → 4; unbiased variances 2 and 2 → 2.
+    assert_eq!(data["bn.running_mean"].as_tensor().to_vec1::<f32>().unwrap(), vec![4.0]);
+    assert_eq!(data["bn.running_var"].as_tensor().to_vec1::<f32>().unwrap(), vec![2.0]);
+}

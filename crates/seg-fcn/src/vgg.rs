@@ -1,0 +1,193 @@
+//! VGG16-FCN8s (Long, Shelhamer, Darrell). The VGG16 convolutions keep torchvision's indices
+//! (`features.0` … `features.28`); fc6/fc7 are convolutions; scores on pool3, pool4 and fc7 are
+//! fused with learned (bilinear-initialised) 2×, 2× and 8× upsampling. Stride 32: inputs must be
+//! multiples of 32. Dropout after fc6/fc7 is left out (documented in ARCHITECTURE.md).
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use seg_core::{Backbone, FeatureTap, Features};
+use seg_nn::layers::ConvCfg;
+use seg_nn::{conv2d, max_pool2x2, Conv2d, ConvTranspose2d};
+
+/// Size of fc6/fc7.
+#[derive(Debug, Clone, Copy)]
+pub struct FcnCfg {
+    pub num_classes: usize,
+    pub fc_channels: usize,
+    pub fc6_kernel: usize,
+}
+
+impl FcnCfg {
+    pub fn full(num_classes: usize) -> Self {
+        Self { num_classes, fc_channels: 4096, fc6_kernel: 7 }
+    }
+
+    pub fn reduced(num_classes: usize) -> Self {
+        Self { num_classes, fc_channels: 1024, fc6_kernel: 3 }
+    }
+}
+
+/// VGG16 conv layout: (torchvision index, in, out); a `None` marks a 2×2 max pool.
+const VGG16: [Option<(usize, usize, usize)>; 18] = [
+    Some((0, 3, 64)),
+    Some((2, 64, 64)),
+    None,
+    Some((5, 64, 128)),
+    Some((7, 128, 128)),
+    None,
+    Some((10, 128, 256)),
+    Some((12, 256, 256)),
+    Some((14, 256, 256)),
+    None,
+    Some((17, 256, 512)),
+    Some((19, 512, 512)),
+    Some((21, 512, 512)),
+    None,
+    Some((24, 512, 512)),
+    Some((26, 512, 512)),
+    Some((28, 512, 512)),
+    None,
+];
+
+pub struct Fcn8s {
+    cfg: FcnCfg,
+    features: Vec<Option<Conv2d>>,
+    fc6: Conv2d,
+    fc7: Conv2d,
+    score_fr: Conv2d,
+    score_pool4: Conv2d,
+    score_pool3: Conv2d,
+    upscore2: ConvTranspose2d,
+    upscore_pool4: ConvTranspose2d,
+    upscore8: ConvTranspose2d,
+}
+
+const TAPS: [FeatureTap; 6] =
+    [FeatureTap::Conv1, FeatureTap::Pool3, FeatureTap::Pool4, FeatureTap::Conv5, FeatureTap::Fc7, FeatureTap::Logits];
+
+impl Fcn8s {
+    pub fn new(cfg: FcnCfg, vb: VarBuilder<'_>, vars: &VarMap) -> Result<Self> {
+        let pad1 = ConvCfg { padding: 1, ..Default::default() };
+        let features = VGG16
+            .iter()
+            .map(|l| l.map(|(i, cin, cout)| conv2d(cin, cout, 3, pad1, vb.pp(format!("features.{i}")))).transpose())
+            .collect::<Result<Vec<_>>>()?;
+        let fc = cfg.fc_channels;
+        let fc6 = conv2d(512, fc, cfg.fc6_kernel, ConvCfg { padding: cfg.fc6_kernel / 2, ..Default::default() }, vb.pp("fc6"))?;
+        let fc7 = conv2d(fc, fc, 1, ConvCfg::default(), vb.pp("fc7"))?;
+        let zero = ConvCfg { init_std: Some(0.0), ..Default::default() };
+        let small = ConvCfg { init_std: Some(1e-3), ..Default::default() };
+        let c = cfg.num_classes;
+        Ok(Self {
+            cfg,
+            features,
+            fc6,
+            fc7,
+            score_fr: conv2d(fc, c, 1, small, vb.pp("score_fr"))?,
+            score_pool4: conv2d(512, c, 1, zero, vb.pp("score_pool4"))?,
+            score_pool3: conv2d(256, c, 1, zero, vb.pp("score_pool3"))?,
+            upscore2: ConvTranspose2d::bilinear(c, 2, vb.pp("upscore2"), vars)?,
+            upscore_pool4: ConvTranspose2d::bilinear(c, 2, vb.pp("upscore_pool4"), vars)?,
+            upscore8: ConvTranspose2d::bilinear(c, 8, vb.pp("upscore8"), vars)?,
+        })
+    }
+
+    /// From conv5 (conv5_3 after ReLU) to logits, with pool3/pool4 for the skips.
+    fn head(&self, conv5: &Tensor, pool3: &Tensor, pool4: &Tensor) -> Result<Tensor> {
+        let pool5 = max_pool2x2(conv5)?;
+        let fc6 = self.fc6.forward(&pool5)?.relu()?;
+        let fc7 = self.fc7.forward(&fc6)?.relu()?;
+        self.scores(&fc7, pool3, pool4)
+    }
+
+    fn scores(&self, fc7: &Tensor, pool3: &Tensor, pool4: &Tensor) -> Result<Tensor> {
+        let up2 = self.upscore2.forward(&self.score_fr.forward(fc7)?)?;
+        let fuse4 = (up2 + self.score_pool4.forward(pool4)?)?;
+        let up4 = self.upscore_pool4.forward(&fuse4)?;
+        let fuse3 = (up4 + self.score_pool3.forward(pool3)?)?;
+        self.upscore8.forward(&fuse3)
+    }
+}
+
+impl Backbone for Fcn8s {
+    fn forward_taps(&self, images: &Tensor, _train: bool, _taps: &[FeatureTap]) -> Result<Features> {
+        let mut f = Features::default();
+        let mut x = images.clone();
+        let mut pools = 0;
+        for (i, layer) in self.features.iter().enumerate() {
+            match layer {
+                Some(conv) => {
+                    x = conv.forward(&x)?.relu()?;
+                    if i == 1 {
+                        f.maps.insert(FeatureTap::Conv1, x.clone());
+                    }
+                    if i == 16 {
+                        f.maps.insert(FeatureTap::Conv5, x.clone());
+                    }
+                }
+                None => {
+                    pools += 1;
+                    if pools == 5 {
+                        break;
+                    }
+                    x = max_pool2x2(&x)?;
+                    match pools {
+                        3 => {
+                            f.maps.insert(FeatureTap::Pool3, x.clone());
+                        }
+                        4 => {
+                            f.maps.insert(FeatureTap::Pool4, x.clone());
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        let conv5 = f.get(FeatureTap::Conv5)?.clone();
+        let pool5 = max_pool2x2(&conv5)?;
+        let fc7 = self.fc7.forward(&self.fc6.forward(&pool5)?.relu()?)?.relu()?;
+        let logits = self.scores(&fc7, f.get(FeatureTap::Pool3)?, f.get(FeatureTap::Pool4)?)?;
+        f.maps.insert(FeatureTap::Fc7, fc7);
+        f.maps.insert(FeatureTap::Logits, logits);
+        Ok(f)
+    }
+
+    fn forward_from(&self, feats: &Features, tap: FeatureTap, replaced: &Tensor, _train: bool) -> Result<Tensor> {
+        let (p3, p4) = (feats.get(FeatureTap::Pool3)?, feats.get(FeatureTap::Pool4)?);
+        match tap {
+            FeatureTap::Conv5 => self.head(replaced, p3, p4),
+            FeatureTap::Fc7 => self.scores(replaced, p3, p4),
+            other => candle_core::bail!("vgg16-fcn8s cannot resume from tap `{}`", other.name()),
+        }
+    }
+
+    fn stride(&self) -> usize {
+        32
+    }
+
+    fn taps(&self) -> &'static [FeatureTap] {
+        &TAPS
+    }
+
+    fn tap_channels(&self, tap: FeatureTap) -> Option<usize> {
+        Some(match tap {
+            FeatureTap::Conv1 => 64,
+            FeatureTap::Pool3 => 256,
+            FeatureTap::Pool4 | FeatureTap::Conv5 => 512,
+            FeatureTap::Fc7 => self.cfg.fc_channels,
+            FeatureTap::Logits => self.cfg.num_classes,
+        })
+    }
+
+    fn num_classes(&self) -> usize {
+        self.cfg.num_classes
+    }
+
+    fn has_batch_norm(&self) -> bool {
+        false
+    }
+
+    fn set_bn_momentum(&self, _momentum: Option<f64>, _reset: bool) -> Result<()> {
+        Ok(())
+    }
+}

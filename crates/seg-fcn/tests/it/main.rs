@@ -1,0 +1,73 @@
+//! Shape, tap and weight-loading tests of the FCN models.
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use seg_core::FeatureTap;
+use seg_fcn::{build, ModelName};
+
+fn model(name: ModelName) -> (VarMap, Box<dyn seg_core::Backbone>) {
+    let vars = VarMap::new();
+    let vb = VarBuilder::from_varmap(&vars, DType::F32, &Device::Cpu);
+    let m = build(name, 19, vb.pp("model"), &vars).unwrap();
+    (vars, m)
+}
+
+#[test]
+fn small_model_taps_have_the_documented_shapes() {
+    let (_, m) = model(ModelName::Small);
+    let x = Tensor::randn(0f32, 1.0, (2, 3, 40, 56), &Device::Cpu).unwrap();
+    let f = m.forward_taps(&x, true, m.taps()).unwrap();
+    assert_eq!(f.logits().unwrap().dims(), &[2, 19, 40, 56]);
+    assert_eq!(f.get(FeatureTap::Conv1).unwrap().dims(), &[2, 16, 40, 56]);
+    assert_eq!(f.get(FeatureTap::Fc7).unwrap().dims(), &[2, 64, 5, 7]);
+    assert!(m.tap_channels(FeatureTap::Pool4).is_none());
+    // Resuming from conv5 with the same map reproduces the logits (eval mode is deterministic).
+    let f = m.forward_taps(&x, false, m.taps()).unwrap();
+    let again = m.forward_from(&f, FeatureTap::Conv5, f.get(FeatureTap::Conv5).unwrap(), false).unwrap();
+    let d = (again - f.logits().unwrap()).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(d < 1e-5);
+}
+
+#[test]
+fn reduced_vgg_fcn8s_has_torchvision_names_and_stride_32() {
+    let (vars, m) = model(ModelName::Vgg16Fcn8sReduced);
+    let names: Vec<String> = vars.data().lock().unwrap().keys().cloned().collect();
+    for n in ["model.features.0.weight", "model.features.28.bias", "model.fc6.weight", "model.upscore8.weight"] {
+        assert!(names.contains(&n.to_string()), "{n} missing");
+    }
+    assert_eq!(m.stride(), 32);
+    let x = Tensor::randn(0f32, 1.0, (1, 3, 64, 96), &Device::Cpu).unwrap();
+    let f = m.forward_taps(&x, false, m.taps()).unwrap();
+    assert_eq!(f.logits().unwrap().dims(), &[1, 19, 64, 96]);
+    assert_eq!(f.get(FeatureTap::Pool3).unwrap().dims(), &[1, 256, 8, 12]);
+    assert_eq!(f.get(FeatureTap::Pool4).unwrap().dims(), &[1, 512, 4, 6]);
+    assert_eq!(f.get(FeatureTap::Fc7).unwrap().dims(), &[1, 1024, 2, 3]);
+}
+
+#[test]
+fn torchvision_keys_load_into_the_model_and_mismatches_are_errors() {
+    let (vars, _m) = model(ModelName::Vgg16Fcn8sReduced);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vgg16.safetensors");
+    let w = Tensor::full(0.5f32, (64, 3, 3, 3), &Device::Cpu).unwrap();
+    let mut t: HashMap<String, Tensor> = HashMap::new();
+    t.insert("features.0.weight".into(), w);
+    t.insert("features.0.bias".into(), Tensor::zeros(64, DType::F32, &Device::Cpu).unwrap());
+    t.insert("classifier.6.weight".into(), Tensor::zeros((10, 4), DType::F32, &Device::Cpu).unwrap());
+    candle_core::safetensors::save(&t, &path).unwrap();
+    let r = seg_fcn::weights::load_init_weights(&vars, "model", &path).unwrap();
+    assert_eq!(r.loaded, vec!["features.0.bias", "features.0.weight"]);
+    assert_eq!(r.skipped, vec!["classifier.6.weight"]);
+    let v = vars.data().lock().unwrap()["model.features.0.weight"].as_tensor().mean_all().unwrap().to_scalar::<f32>().unwrap();
+    assert_eq!(v, 0.5);
+
+    t.insert("features.2.weight".into(), Tensor::zeros((64, 64, 1, 1), DType::F32, &Device::Cpu).unwrap());
+    candle_core::safetensors::save(&t, &path).unwrap();
+    let e = seg_fcn::weights::load_init_weights(&vars, "model", &path).unwrap_err().to_string();
+    assert!(e.contains("features.2.weight") && e.contains("[64, 64, 3, 3]"), "{e}");
+    std::fs::write(&path, b"not safetensors").unwrap();
+    let e = seg_fcn::weights::load_init_weights(&vars, "model", &path).unwrap_err().to_string();
+    assert!(e.contains("vgg16.safetensors"), "{e}");
+}
