@@ -1,1 +1,18 @@
-//! placeholder
+//! Semantic-segmentation metrics that agree with the official Cityscapes evaluator: a streaming
+//! confusion matrix over the 19 train classes, IoU and accuracies under the 19/16/13-class
+//! protocols, reports (`report.json`, `report.md`, `confusion.csv`, pictures), and the
+//! evaluation of a folder of prediction PNGs. Pure Rust: no candle, no tensors.
+//!
+//! The one evaluation path: build an [`Evaluator`], call [`Evaluator::add`] per image with
+//! ground-truth and predicted train ids (and [`Evaluator::keep_sample`] for pictures), then
+//! [`Evaluator::finish`] and [`Report::write`]. [`folder::evaluate_folder`] is that path fed
+//! from PNG files.
+
+pub mod confusion;
+pub mod folder;
+pub mod pictures;
+pub mod report;
+
+pub use confusion::{ConfusionMatrix, MetricsError, COLUMNS, VOID_COLUMN};
+pub use folder::{evaluate_folder, FolderError, FolderOptions, PredFormat};
+pub use report::{ClassScores, Evaluator, Report, ReportError, Sample};

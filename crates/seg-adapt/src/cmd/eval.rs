@@ -1,8 +1,97 @@
-//! Placeholder until the command lands.
+//! `seg-adapt eval`: scores predictions against Cityscapes ground truth with the official
+//! rules, prints the per-class table and writes the report folder (`report.json`,
+//! `report.md`, `confusion.csv`, `pictures/`). The work is `seg_metrics`'s; this wires flags.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use seg_labels::Protocol;
+use seg_metrics::{FolderOptions, PredFormat};
+
+/// Ground-truth datasets that can be evaluated against.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dataset {
+    Cityscapes,
+}
 
 #[derive(clap::Args, Debug)]
-pub struct Args {}
+#[command(group(clap::ArgGroup::new("input").required(true).args(["pred", "checkpoint"])))]
+pub struct Args {
+    /// Dataset holding the ground truth.
+    #[arg(long, value_enum, default_value_t = Dataset::Cityscapes)]
+    pub dataset: Dataset,
+    /// Dataset root (with gtFine/, and leftImg8bit/ for overlays).
+    #[arg(long)]
+    pub root: PathBuf,
+    /// Split to evaluate.
+    #[arg(long, default_value = "val")]
+    pub split: String,
+    /// Folder of prediction PNGs, searched recursively: one `{city}_{seq}_{frame}*.png` per
+    /// ground-truth image.
+    #[arg(long, conflicts_with = "checkpoint")]
+    pub pred: Option<PathBuf>,
+    /// Run folder of a trained model to evaluate instead of a prediction folder.
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+    /// What the prediction PNGs hold: `labelids` (0..=33, official) or `trainids` (0..=18, 255).
+    #[arg(long, default_value = "labelids")]
+    pub pred_format: PredFormat,
+    /// Classes averaged in the mean IoU: 19, 16 (SYNTHIA) or 13.
+    #[arg(long, default_value = "19")]
+    pub protocol: Protocol,
+    /// Count ground-truth images without a prediction as all wrong instead of failing.
+    #[arg(long)]
+    pub missing_as_wrong: bool,
+    /// Number of images (the first by name) shown in the report's pictures.
+    #[arg(long, default_value_t = 4)]
+    pub samples: usize,
+    /// Output folder for the report.
+    #[arg(long)]
+    pub out: PathBuf,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let Dataset::Cityscapes = args.dataset;
+    if let Some(run_dir) = &args.checkpoint {
+        anyhow::bail!(
+            "evaluating a checkpoint needs the trainer (not built yet): {}",
+            run_dir.display()
+        );
+    }
+    let pred = args
+        .pred
+        .clone()
+        .context("give a prediction folder with --pred")?;
+    let opts = FolderOptions {
+        root: args.root.clone(),
+        split: args.split.clone(),
+        pred_dir: pred.clone(),
+        pred_format: args.pred_format,
+        missing_as_wrong: args.missing_as_wrong,
+        samples: args.samples,
+    };
+    let evaluator = seg_metrics::evaluate_folder(&opts).with_context(|| {
+        format!(
+            "evaluating predictions in {} against {}",
+            pred.display(),
+            args.root.display()
+        )
+    })?;
+    for w in evaluator.warnings() {
+        eprintln!("warning: {w}");
+    }
+    let mut report = evaluator.finish(args.protocol);
+    report.source = Some(format!(
+        "Cityscapes `{}` split under `{}`; predictions ({}) from `{}`.",
+        args.split,
+        args.root.display(),
+        args.pred_format,
+        pred.display()
+    ));
+    report
+        .write(&args.out)
+        .with_context(|| format!("writing the report to {}", args.out.display()))?;
+    print!("{}", report.text_table());
+    println!("report: {}", args.out.join("report.md").display());
+    Ok(())
 }

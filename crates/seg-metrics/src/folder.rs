@@ -1,0 +1,493 @@
+//! Evaluation of a folder of prediction PNGs against Cityscapes ground truth, matched the way
+//! the official evaluator does it: ground truth is `ROOT/gtFine/SPLIT/*/*_gtFine_labelIds.png`,
+//! and each `{city}_{seq}_{frame}` needs exactly one `.png` anywhere under the prediction folder
+//! (walked recursively without following symlinked folders, as `os.walk` does) whose file name
+//! starts with it. Images are decoded in parallel; counts go through [`Evaluator`].
+
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+use seg_labels::cityscapes::{id_to_train_id, NUM_LABEL_IDS};
+use seg_labels::png_io::{self, LabelEncoding, PngError};
+use seg_labels::{DatasetKind, LabelMap, IGNORE, NUM_CLASSES};
+
+use crate::confusion::MetricsError;
+use crate::report::{Evaluator, Sample};
+
+const GT_SUFFIX: &str = "_gtFine_labelIds.png";
+
+/// How prediction PNGs encode classes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PredFormat {
+    /// Cityscapes label ids 0..=33, what the official evaluator reads.
+    #[default]
+    LabelIds,
+    /// Train ids 0..=18, and 255 for "no class".
+    TrainIds,
+}
+
+impl PredFormat {
+    fn range(self) -> &'static str {
+        match self {
+            PredFormat::LabelIds => "label ids 0..=33",
+            PredFormat::TrainIds => "train ids 0..=18 or 255",
+        }
+    }
+}
+
+impl std::fmt::Display for PredFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PredFormat::LabelIds => "labelids",
+            PredFormat::TrainIds => "trainids",
+        })
+    }
+}
+
+impl std::str::FromStr for PredFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "labelids" => Ok(PredFormat::LabelIds),
+            "trainids" => Ok(PredFormat::TrainIds),
+            other => Err(format!(
+                "unknown prediction format `{other}`: expected labelids or trainids"
+            )),
+        }
+    }
+}
+
+/// What to evaluate.
+#[derive(Debug, Clone)]
+pub struct FolderOptions {
+    /// Cityscapes root (holding `gtFine/` and, for overlays, `leftImg8bit/`).
+    pub root: PathBuf,
+    /// Split folder name, e.g. `val`.
+    pub split: String,
+    /// Folder searched recursively for predictions.
+    pub pred_dir: PathBuf,
+    pub pred_format: PredFormat,
+    /// Count ground-truth images without a prediction as all wrong instead of failing.
+    pub missing_as_wrong: bool,
+    /// How many images (the first by name) to keep for pictures.
+    pub samples: usize,
+}
+
+/// Why a folder could not be evaluated. Every variant names the files involved.
+#[derive(Debug, thiserror::Error)]
+pub enum FolderError {
+    #[error("{what} folder not found: {path}")]
+    MissingDir { what: &'static str, path: PathBuf },
+    #[error("no ground truth found: nothing matches {pattern}")]
+    NoGroundTruth { pattern: String },
+    #[error("{path}: cannot read folder: {source}")]
+    ReadDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "{} ground-truth image(s) have no prediction under {} (each needs one `<city>_<seq>_<frame>*.png`): {}",
+        names.len(), pred_dir.display(), list_names(names)
+    )]
+    Missing {
+        pred_dir: PathBuf,
+        names: Vec<String>,
+    },
+    #[error("several predictions for {name}: {}", list_paths(candidates))]
+    Ambiguous {
+        name: String,
+        candidates: Vec<PathBuf>,
+    },
+    #[error("{pred}: prediction is {pred_width}x{pred_height} but the ground truth {gt} is {gt_width}x{gt_height}")]
+    SizeMismatch {
+        pred: PathBuf,
+        pred_width: u32,
+        pred_height: u32,
+        gt: PathBuf,
+        gt_width: u32,
+        gt_height: u32,
+    },
+    #[error("{path}: value {value} is outside the range of {} (prediction format {format})", format.range())]
+    ValueOutOfRange {
+        path: PathBuf,
+        value: u16,
+        format: PredFormat,
+    },
+    #[error(transparent)]
+    Png(#[from] PngError),
+    #[error("{path}: {source}")]
+    Metrics { path: PathBuf, source: MetricsError },
+}
+
+fn list_names(names: &[String]) -> String {
+    const SHOWN: usize = 20;
+    let mut s = names
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > SHOWN {
+        s.push_str(&format!(" … and {} more", names.len() - SHOWN));
+    }
+    s
+}
+
+fn list_paths(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// One ground-truth image and its prediction (if any).
+#[derive(Debug, Clone)]
+struct Pair {
+    /// `{city}_{seq}_{frame}`.
+    name: String,
+    city: String,
+    gt: PathBuf,
+    pred: Option<PathBuf>,
+}
+
+fn read_dir_sorted(dir: &Path) -> Result<Vec<std::fs::DirEntry>, FolderError> {
+    let err = |source| FolderError::ReadDir {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut entries = std::fs::read_dir(dir)
+        .map_err(err)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(err)?;
+    entries.sort_by_key(|e| e.file_name());
+    Ok(entries)
+}
+
+/// `ROOT/gtFine/SPLIT/*/*_gtFine_labelIds.png`, sorted by name.
+fn find_ground_truth(root: &Path, split: &str) -> Result<Vec<Pair>, FolderError> {
+    if !root.is_dir() {
+        return Err(FolderError::MissingDir {
+            what: "dataset root",
+            path: root.to_path_buf(),
+        });
+    }
+    let gt_dir = root.join("gtFine").join(split);
+    if !gt_dir.is_dir() {
+        return Err(FolderError::MissingDir {
+            what: "ground-truth split",
+            path: gt_dir,
+        });
+    }
+    let mut pairs = Vec::new();
+    for city in read_dir_sorted(&gt_dir)? {
+        let city_path = city.path();
+        if !city_path.is_dir() {
+            continue;
+        }
+        for f in read_dir_sorted(&city_path)? {
+            let file = f.file_name().to_string_lossy().into_owned();
+            if let Some(name) = file.strip_suffix(GT_SUFFIX) {
+                pairs.push(Pair {
+                    name: name.to_string(),
+                    city: city.file_name().to_string_lossy().into_owned(),
+                    gt: f.path(),
+                    pred: None,
+                });
+            }
+        }
+    }
+    if pairs.is_empty() {
+        return Err(FolderError::NoGroundTruth {
+            pattern: gt_dir
+                .join("*")
+                .join(format!("*{GT_SUFFIX}"))
+                .display()
+                .to_string(),
+        });
+    }
+    pairs.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(pairs)
+}
+
+/// Every `*.png` under `dir` as (file name, path), sorted by name. Symlinked folders are not
+/// entered (so links cannot loop); symlinked files count.
+fn find_predictions(dir: &Path) -> Result<Vec<(String, PathBuf)>, FolderError> {
+    if !dir.is_dir() {
+        return Err(FolderError::MissingDir {
+            what: "prediction",
+            path: dir.to_path_buf(),
+        });
+    }
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in read_dir_sorted(&d)? {
+            let path = e.path();
+            let ft = e.file_type().map_err(|source| FolderError::ReadDir {
+                path: path.clone(),
+                source,
+            })?;
+            if ft.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let is_file = ft.is_file() || (ft.is_symlink() && path.is_file());
+            let name = e.file_name().to_string_lossy().into_owned();
+            if is_file && name.ends_with(".png") {
+                out.push((name, path));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Matches each ground truth to the predictions whose name starts with it.
+fn match_predictions(
+    pairs: &mut [Pair],
+    preds: &[(String, PathBuf)],
+) -> Result<Vec<String>, FolderError> {
+    let mut missing = Vec::new();
+    for p in pairs.iter_mut() {
+        let start = preds.partition_point(|(n, _)| n.as_str() < p.name.as_str());
+        let found: Vec<&PathBuf> = preds[start..]
+            .iter()
+            .take_while(|(n, _)| n.starts_with(&p.name))
+            .map(|(_, path)| path)
+            .collect();
+        match found.as_slice() {
+            [] => missing.push(p.name.clone()),
+            [one] => p.pred = Some((*one).clone()),
+            many => {
+                return Err(FolderError::Ambiguous {
+                    name: p.name.clone(),
+                    candidates: many.iter().map(|p| (*p).clone()).collect(),
+                })
+            }
+        }
+    }
+    Ok(missing)
+}
+
+/// Label id → train id, for every byte value (ids above 33 are rejected before this is used).
+fn label_to_train() -> [u8; 256] {
+    std::array::from_fn(|i| {
+        if i < NUM_LABEL_IDS {
+            id_to_train_id(i as u8)
+        } else {
+            IGNORE
+        }
+    })
+}
+
+/// Reads one prediction as train ids; also returns its largest raw value.
+fn read_prediction(
+    path: &Path,
+    format: PredFormat,
+) -> Result<(u32, u32, Vec<u8>, u16), FolderError> {
+    let img = png_io::read_label(path, LabelEncoding::Ids8)?;
+    let valid = |v: u16| match format {
+        PredFormat::LabelIds => (v as usize) < NUM_LABEL_IDS,
+        PredFormat::TrainIds => v < NUM_CLASSES as u16 || v == IGNORE as u16,
+    };
+    if let Some(&value) = img.data.iter().find(|&&v| !valid(v)) {
+        return Err(FolderError::ValueOutOfRange {
+            path: path.to_path_buf(),
+            value,
+            format,
+        });
+    }
+    let max = img.data.iter().copied().max().unwrap_or(0);
+    let ids = match format {
+        PredFormat::LabelIds => {
+            let table = label_to_train();
+            img.data.iter().map(|&v| table[v as usize & 0xff]).collect()
+        }
+        PredFormat::TrainIds => img.data.iter().map(|&v| v as u8).collect(),
+    };
+    Ok((img.width, img.height, ids, max))
+}
+
+/// Partial result of one worker: the evaluation and the largest prediction value seen.
+struct Partial {
+    ev: Evaluator,
+    max_pred: Option<u16>,
+}
+
+fn evaluate_pair(
+    opts: &FolderOptions,
+    map: &LabelMap,
+    pair: &Pair,
+    keep: bool,
+    acc: &mut Partial,
+) -> Result<(), FolderError> {
+    let gt_img = png_io::read_label(&pair.gt, LabelEncoding::Ids8)?;
+    let (gt, outside) = map.map_all(&gt_img.data);
+    if outside > 0 {
+        acc.ev.warn(format!(
+            "{}: {outside} pixels hold label ids outside 0..=33; they are ignored",
+            pair.gt.display()
+        ));
+    }
+    let metrics_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| FolderError::Metrics { path, source }
+    };
+    let pred = match &pair.pred {
+        Some(path) => {
+            let (w, h, ids, max) = read_prediction(path, opts.pred_format)?;
+            if (w, h) != (gt_img.width, gt_img.height) {
+                return Err(FolderError::SizeMismatch {
+                    pred: path.clone(),
+                    pred_width: w,
+                    pred_height: h,
+                    gt: pair.gt.clone(),
+                    gt_width: gt_img.width,
+                    gt_height: gt_img.height,
+                });
+            }
+            acc.max_pred = Some(acc.max_pred.map_or(max, |m| m.max(max)));
+            acc.ev.add(&gt, &ids).map_err(metrics_err(path))?;
+            ids
+        }
+        None => {
+            acc.ev
+                .add_missing(&pair.name, &gt)
+                .map_err(metrics_err(&pair.gt))?;
+            vec![IGNORE; gt.len()]
+        }
+    };
+    if keep {
+        let image_path = opts
+            .root
+            .join("leftImg8bit")
+            .join(&opts.split)
+            .join(&pair.city)
+            .join(format!("{}_leftImg8bit.png", pair.name));
+        let image = if image_path.is_file() {
+            match png_io::read_rgb(&image_path) {
+                Ok(img) => Some(img),
+                Err(e) => {
+                    acc.ev.warn(format!("{e}; overlay skipped"));
+                    None
+                }
+            }
+        } else {
+            acc.ev.warn(format!(
+                "{}: camera image not found; overlay skipped",
+                image_path.display()
+            ));
+            None
+        };
+        acc.ev.keep_sample(Sample {
+            name: pair.name.clone(),
+            width: gt_img.width,
+            height: gt_img.height,
+            gt,
+            pred,
+            image,
+        });
+    }
+    Ok(())
+}
+
+/// Evaluates every ground-truth image of `ROOT/gtFine/SPLIT` against the prediction folder.
+/// Warnings (trainIds-looking label ids, missing camera images, …) are in the returned
+/// evaluator's [`Evaluator::warnings`].
+pub fn evaluate_folder(opts: &FolderOptions) -> Result<Evaluator, FolderError> {
+    let mut pairs = find_ground_truth(&opts.root, &opts.split)?;
+    let preds = find_predictions(&opts.pred_dir)?;
+    let missing = match_predictions(&mut pairs, &preds)?;
+    if !missing.is_empty() && !opts.missing_as_wrong {
+        return Err(FolderError::Missing {
+            pred_dir: opts.pred_dir.clone(),
+            names: missing,
+        });
+    }
+    let map = LabelMap::new(DatasetKind::Cityscapes);
+    let new_partial = || Partial {
+        ev: Evaluator::new(opts.samples),
+        max_pred: None,
+    };
+    let result = pairs
+        .par_iter()
+        .enumerate()
+        .try_fold(new_partial, |mut acc, (i, pair)| {
+            evaluate_pair(opts, &map, pair, i < opts.samples, &mut acc)?;
+            Ok::<_, FolderError>(acc)
+        })
+        .try_reduce(new_partial, |mut a, b| {
+            a.ev.merge(b.ev);
+            a.max_pred = match (a.max_pred, b.max_pred) {
+                (Some(x), Some(y)) => Some(x.max(y)),
+                (x, y) => x.or(y),
+            };
+            Ok(a)
+        })?;
+    let mut ev = result.ev;
+    if opts.pred_format == PredFormat::LabelIds {
+        if let Some(max) = result.max_pred.filter(|&m| m < NUM_CLASSES as u16) {
+            ev.warn(format!(
+                "every prediction holds only values 0..={max}: these look like trainIds, not label ids; \
+                 if so, evaluate them with the trainids prediction format (`--pred-format trainids`)"
+            ));
+        }
+    }
+    Ok(ev)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_to_train_table_is_the_official_map() {
+        for id in 0..=255u8 {
+            let want = if (id as usize) < NUM_LABEL_IDS {
+                id_to_train_id(id)
+            } else {
+                IGNORE
+            };
+            assert_eq!(label_to_train()[id as usize], want, "id {id}");
+        }
+    }
+
+    #[test]
+    fn prefix_matching_follows_the_official_rule() {
+        let mk = |n: &str| Pair {
+            name: n.into(),
+            city: "c".into(),
+            gt: PathBuf::new(),
+            pred: None,
+        };
+        let mut pairs = vec![
+            mk("c_000001_000019"),
+            mk("c_000002_000019"),
+            mk("c_000003_000019"),
+        ];
+        let preds: Vec<(String, PathBuf)> = [
+            "c_000001_000019_pred.png",
+            "c_000001_000019x.png",
+            "c_000002_000019.png",
+            "c_000010.png",
+        ]
+        .iter()
+        .map(|n| (n.to_string(), PathBuf::from(n)))
+        .collect();
+        let mut sorted = preds.clone();
+        sorted.sort();
+        let e = match_predictions(&mut pairs, &sorted).unwrap_err();
+        assert!(
+            matches!(&e, FolderError::Ambiguous { name, candidates } if name == "c_000001_000019" && candidates.len() == 2),
+            "{e}"
+        );
+        let mut pairs = vec![mk("c_000002_000019"), mk("c_000003_000019")];
+        let missing = match_predictions(&mut pairs, &sorted).unwrap();
+        assert_eq!(missing, ["c_000003_000019"]);
+        assert_eq!(
+            pairs[0].pred.as_deref(),
+            Some(Path::new("c_000002_000019.png"))
+        );
+    }
+}
