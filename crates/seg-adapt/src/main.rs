@@ -2,6 +2,8 @@
 //! and wires them to one subcommand each; the work itself lives in the library crates.
 
 mod cmd;
+mod config;
+mod run;
 
 use clap::Parser;
 

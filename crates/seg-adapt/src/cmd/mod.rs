@@ -3,6 +3,8 @@
 pub mod eval;
 pub mod gen_toy;
 pub mod inspect;
+pub mod predict;
+pub mod train;
 
 #[derive(clap::Subcommand, Debug)]
 pub enum Command {
@@ -12,6 +14,10 @@ pub enum Command {
     Inspect(inspect::Args),
     /// Evaluate predictions (a folder of PNGs, or a checkpoint) against Cityscapes ground truth.
     Eval(eval::Args),
+    /// Train one run (source-only, oracle, adabn or an adaptation method).
+    Train(Box<train::Args>),
+    /// Predict with a trained model: label-id PNGs, colour maps or overlays.
+    Predict(predict::Args),
 }
 
 pub fn run(command: Command) -> anyhow::Result<()> {
@@ -19,5 +25,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::GenToy(a) => gen_toy::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Train(a) => train::run(*a),
+        Command::Predict(a) => predict::run(a),
     }
 }

@@ -1,0 +1,155 @@
+//! `seg-adapt train`: one training run from a config file and/or flags (flags win).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use seg_data::DatasetName;
+use seg_fcn::ModelName;
+use seg_heads::MethodConfig;
+
+use crate::config::{parse_crop, DataConfig, ModelConfig, RunConfig};
+
+#[derive(clap::Args, Debug, Default)]
+pub struct Args {
+    /// A TOML run configuration; flags below override its values.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    #[arg(long)]
+    pub source_dataset: Option<DatasetName>,
+    #[arg(long)]
+    pub source_root: Option<PathBuf>,
+    #[arg(long)]
+    pub target_dataset: Option<DatasetName>,
+    #[arg(long)]
+    pub target_root: Option<PathBuf>,
+    /// source-only, oracle, adabn, dann, fcn-wild, cross-city or san.
+    #[arg(long)]
+    pub method: Option<String>,
+    /// vgg16-fcn8s, vgg16-fcn8s-reduced or small.
+    #[arg(long)]
+    pub model: Option<ModelName>,
+    #[arg(long)]
+    pub init_weights: Option<PathBuf>,
+    #[arg(long)]
+    pub steps: Option<usize>,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Crop size `WxH` (after `--scale`); a multiple of the network's stride.
+    #[arg(long, value_parser = parse_crop)]
+    pub crop: Option<[u32; 2]>,
+    /// Resize factor applied to every image before cropping (and at evaluation).
+    #[arg(long)]
+    pub scale: Option<f32>,
+    #[arg(long)]
+    pub lr: Option<f64>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    #[arg(long)]
+    pub checkpoint_every: Option<usize>,
+    #[arg(long)]
+    pub eval_every: Option<usize>,
+    /// Run folder: config.toml, checkpoint.safetensors, metrics.jsonl, eval/.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Continue from the run folder's checkpoint (with its saved config).
+    #[arg(long)]
+    pub resume: bool,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+/// Merges a config file (or the saved config, on resume) with flags.
+pub fn resolve(args: &Args) -> anyhow::Result<RunConfig> {
+    let saved = args.out.join("config.toml");
+    let base = match (&args.config, args.resume && saved.exists()) {
+        (_, true) => Some(RunConfig::load(&saved)?),
+        (Some(path), false) => Some(RunConfig::load(path)?),
+        (None, false) => None,
+    };
+    let mut cfg = match base {
+        Some(c) => c,
+        None => {
+            let need = |what: &str| anyhow::anyhow!("--{what} is required without --config");
+            RunConfig {
+                data: DataConfig {
+                    source_dataset: args.source_dataset.ok_or_else(|| need("source-dataset"))?,
+                    source_root: args.source_root.clone().ok_or_else(|| need("source-root"))?,
+                    target_dataset: args.target_dataset.unwrap_or(DatasetName::Cityscapes),
+                    target_root: args.target_root.clone().ok_or_else(|| need("target-root"))?,
+                    target_train_split: "train".into(),
+                    target_val_split: "val".into(),
+                    source_list: None,
+                    size_policy: Default::default(),
+                    error_policy: Default::default(),
+                },
+                model: ModelConfig { name: args.model.unwrap_or(ModelName::Small), init_weights: None },
+                method: MethodConfig::SourceOnly,
+                augment: Default::default(),
+                trainer: Default::default(),
+                eval: Default::default(),
+            }
+        }
+    };
+    if let Some(v) = args.source_dataset {
+        cfg.data.source_dataset = v;
+    }
+    if let Some(v) = &args.source_root {
+        cfg.data.source_root = v.clone();
+    }
+    if let Some(v) = args.target_dataset {
+        cfg.data.target_dataset = v;
+    }
+    if let Some(v) = &args.target_root {
+        cfg.data.target_root = v.clone();
+    }
+    if let Some(m) = &args.method {
+        cfg.method = m.parse::<MethodConfig>().map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    if let Some(v) = args.model {
+        cfg.model.name = v;
+    }
+    if let Some(v) = &args.init_weights {
+        cfg.model.init_weights = Some(v.clone());
+    }
+    if let Some(v) = args.steps {
+        cfg.trainer.steps = v;
+    }
+    if let Some(v) = args.batch_size {
+        cfg.trainer.batch_size = v;
+    }
+    if let Some(v) = args.crop {
+        cfg.augment.crop = Some(v);
+    }
+    if let Some(v) = args.scale {
+        cfg.augment.base_scale = v;
+    }
+    if let Some(v) = args.lr {
+        cfg.trainer.lr = v;
+    }
+    if let Some(v) = args.seed {
+        cfg.trainer.seed = v;
+    }
+    if let Some(v) = args.checkpoint_every {
+        cfg.trainer.checkpoint_every = v;
+    }
+    if let Some(v) = args.eval_every {
+        cfg.trainer.eval_every = v;
+    }
+    Ok(cfg)
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let cfg = resolve(&args)?;
+    let device = crate::run::device(&args.device)?;
+    let outcome = crate::run::train(&cfg, &args.out, &device, args.resume, true)
+        .with_context(|| format!("training run {}", args.out.display()))?;
+    println!(
+        "run {}: {} steps in {:.1}s, checkpoint {}, target val mIoU {}",
+        args.out.display(),
+        outcome.steps,
+        outcome.seconds,
+        outcome.checkpoint.display(),
+        outcome.final_miou.map_or("n/a".into(), |m| format!("{:.2}", 100.0 * m))
+    );
+    Ok(())
+}

@@ -1,0 +1,164 @@
+//! The run configuration: one typed TOML file (unknown keys are errors that name the key),
+//! composed of each crate's own section, saved resolved into the run folder before training.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use seg_data::{Augment, DatasetName, ErrorPolicy, SizePolicy};
+use seg_fcn::ModelName;
+use seg_heads::MethodConfig;
+use seg_labels::Protocol;
+use seg_train::TrainerConfig;
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    pub source_dataset: DatasetName,
+    pub source_root: PathBuf,
+    pub target_dataset: DatasetName,
+    pub target_root: PathBuf,
+    #[serde(default = "train_split")]
+    pub target_train_split: String,
+    #[serde(default = "val_split")]
+    pub target_val_split: String,
+    /// Split list file for the source (instead of a directory scan).
+    #[serde(default)]
+    pub source_list: Option<PathBuf>,
+    #[serde(default)]
+    pub size_policy: SizePolicy,
+    #[serde(default)]
+    pub error_policy: ErrorPolicy,
+}
+
+fn train_split() -> String {
+    "train".into()
+}
+fn val_split() -> String {
+    "val".into()
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    pub name: ModelName,
+    /// ImageNet weights (torchvision VGG16 keys) in safetensors.
+    #[serde(default)]
+    pub init_weights: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EvalConfig {
+    pub protocol: Protocol,
+    /// Images shown in the report's pictures.
+    pub pictures: usize,
+    pub batch_size: usize,
+    /// AdaBN: target batches used to re-estimate batch-norm statistics.
+    pub adabn_batches: usize,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self { protocol: Protocol::Classes19, pictures: 4, batch_size: 4, adabn_batches: 50 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    pub data: DataConfig,
+    pub model: ModelConfig,
+    pub method: MethodConfig,
+    #[serde(default)]
+    pub augment: Augment,
+    #[serde(default)]
+    pub trainer: TrainerConfig,
+    #[serde(default)]
+    pub eval: EvalConfig,
+}
+
+impl RunConfig {
+    /// Reads a TOML file; errors name the file and the offending key.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read config", path.display()))?;
+        Self::parse(&text).with_context(|| format!("{}: invalid config", path.display()))
+    }
+
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))
+    }
+
+    pub fn to_toml(&self) -> anyhow::Result<String> {
+        toml::to_string_pretty(self).context("cannot serialise the config")
+    }
+
+    /// Checks what can be checked before any work starts.
+    pub fn validate(&self, stride: usize) -> anyhow::Result<()> {
+        let t = &self.trainer;
+        anyhow::ensure!(t.steps > 0, "trainer.steps must be at least 1");
+        anyhow::ensure!(t.batch_size > 0, "trainer.batch_size must be at least 1");
+        anyhow::ensure!(self.augment.base_scale > 0.0, "augment.base_scale must be positive");
+        if let Some([w, h]) = self.augment.crop {
+            anyhow::ensure!(
+                w % stride as u32 == 0 && h % stride as u32 == 0 && w > 0 && h > 0,
+                "crop {w}x{h} is not a multiple of the network's stride {stride} (model {})",
+                self.model.name
+            );
+        } else {
+            anyhow::bail!("augment.crop is required (--crop WxH): batches need one size");
+        }
+        Ok(())
+    }
+}
+
+/// Parses `WxH`.
+pub fn parse_crop(s: &str) -> Result<[u32; 2], String> {
+    let (w, h) = s.split_once(['x', 'X']).ok_or_else(|| format!("crop `{s}` is not WxH"))?;
+    let w = w.trim().parse::<u32>().map_err(|_| format!("crop width `{w}` is not a number"))?;
+    let h = h.trim().parse::<u32>().map_err(|_| format!("crop height `{h}` is not a number"))?;
+    Ok([w, h])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[data]
+source_dataset = "gta5"
+source_root = "toy/gta5"
+target_dataset = "cityscapes"
+target_root = "toy/cityscapes"
+
+[model]
+name = "small"
+
+[method]
+kind = "source-only"
+
+[augment]
+crop = [64, 64]
+"#;
+
+    #[test]
+    fn minimal_config_round_trips() {
+        let c = RunConfig::parse(MINIMAL).unwrap();
+        assert_eq!(c.model.name, ModelName::Small);
+        let again = RunConfig::parse(&c.to_toml().unwrap()).unwrap();
+        assert_eq!(c, again);
+        c.validate(8).unwrap();
+        assert!(c.validate(48).unwrap_err().to_string().contains("multiple of the network's stride"));
+    }
+
+    #[test]
+    fn unknown_keys_and_wrong_types_name_the_key() {
+        let e = RunConfig::parse(&MINIMAL.replace("[model]", "[model]\nwidth = 3")).unwrap_err().to_string();
+        assert!(e.contains("width"), "{e}");
+        let e = RunConfig::parse(&format!("{MINIMAL}\n[trainer]\nsteps = \"many\"\n")).unwrap_err().to_string();
+        assert!(e.contains("steps"), "{e}");
+        let e = RunConfig::parse(&MINIMAL.replace("source-only", "magic")).unwrap_err().to_string();
+        assert!(e.contains("magic"), "{e}");
+        assert_eq!(parse_crop("64x32").unwrap(), [64, 32]);
+        assert!(parse_crop("64").is_err());
+    }
+}

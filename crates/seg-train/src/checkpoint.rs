@@ -1,0 +1,101 @@
+//! Checkpoints: one safetensors file holding every variable (model, head, batch-norm
+//! statistics) and every optimiser's state, with the step, the loaders' positions and the
+//! resolved run configuration in its metadata. Written to a temporary file and renamed, so a
+//! crash leaves the previous checkpoint intact; a truncated or foreign file is refused before
+//! anything is overwritten.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use seg_data::loader::LoaderState;
+
+use crate::error::TrainError;
+
+/// Marker that identifies our checkpoints.
+pub const FORMAT: &str = "seg-adapt-checkpoint";
+pub const VERSION: &str = "1";
+
+/// Everything in a checkpoint besides tensors.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CheckpointMeta {
+    pub step: usize,
+    pub source_loader: Option<LoaderState>,
+    pub target_loader: Option<LoaderState>,
+    /// The resolved run configuration (TOML), so a checkpoint file alone can rebuild its model.
+    pub config: String,
+}
+
+/// A loaded checkpoint.
+pub struct Checkpoint {
+    pub meta: CheckpointMeta,
+    pub tensors: HashMap<String, Tensor>,
+    pub path: PathBuf,
+}
+
+fn bad(path: &Path, reason: impl Into<String>) -> TrainError {
+    TrainError::Checkpoint { path: path.to_path_buf(), reason: reason.into() }
+}
+
+/// Serialises tensors + metadata and writes them atomically.
+pub fn save(path: &Path, tensors: &[(String, Tensor)], meta: &CheckpointMeta) -> Result<(), TrainError> {
+    let mut info = HashMap::new();
+    info.insert("format".to_string(), FORMAT.to_string());
+    info.insert("version".to_string(), VERSION.to_string());
+    info.insert("meta".to_string(), serde_json::to_string(meta).map_err(|e| bad(path, e.to_string()))?);
+    let cpu: Vec<(String, Tensor)> =
+        tensors.iter().map(|(n, t)| Ok((n.clone(), t.to_device(&Device::Cpu)?))).collect::<candle_core::Result<_>>()?;
+    let bytes = safetensors::serialize(cpu.iter().map(|(n, t)| (n.as_str(), t)), Some(info))
+        .map_err(|e| bad(path, format!("cannot serialise checkpoint: {e}")))?;
+    seg_labels::fsutil::write_atomic(path, &bytes).map_err(|source| TrainError::Write { path: path.to_path_buf(), source })
+}
+
+/// Reads and validates a checkpoint.
+pub fn load(path: &Path, device: &Device) -> Result<Checkpoint, TrainError> {
+    let bytes = std::fs::read(path).map_err(|e| bad(path, format!("cannot read checkpoint: {e}")))?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| bad(path, format!("not a safetensors file or truncated ({e:?})")))?;
+    let info = header.metadata().clone().unwrap_or_default();
+    if info.get("format").map(String::as_str) != Some(FORMAT) {
+        return Err(bad(path, "not a seg-adapt checkpoint (no `format: seg-adapt-checkpoint` in its metadata)"));
+    }
+    if info.get("version").map(String::as_str) != Some(VERSION) {
+        return Err(bad(path, format!("unsupported checkpoint version {:?}", info.get("version"))));
+    }
+    let meta: CheckpointMeta = serde_json::from_str(info.get("meta").map(String::as_str).unwrap_or(""))
+        .map_err(|e| bad(path, format!("corrupt checkpoint metadata: {e}")))?;
+    // Validates every tensor's extent against the file size (a truncated body is refused here).
+    safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(path, format!("truncated or corrupt checkpoint ({e:?})")))?;
+    let tensors = candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| bad(path, e.to_string()))?;
+    Ok(Checkpoint { meta, tensors, path: path.to_path_buf() })
+}
+
+impl Checkpoint {
+    /// Copies the stored values into `vars`, refusing missing names and wrong shapes before
+    /// changing anything.
+    pub fn restore_vars(&self, vars: &candle_nn::VarMap) -> Result<(), TrainError> {
+        let data = vars.data().lock().map_err(|_| bad(&self.path, "poisoned var map"))?;
+        for (name, var) in data.iter() {
+            let t = self
+                .tensors
+                .get(name)
+                .ok_or_else(|| bad(&self.path, format!("variable `{name}` missing: the checkpoint is for another model or method")))?;
+            if t.dims() != var.dims() {
+                return Err(bad(&self.path, format!("variable `{name}` has shape {:?}, the model expects {:?}", t.dims(), var.dims())));
+            }
+        }
+        for (name, var) in data.iter() {
+            var.set(&self.tensors[name].to_dtype(var.dtype())?)?;
+        }
+        Ok(())
+    }
+
+    /// Optimiser state of one group (keys with the group prefix stripped).
+    pub fn optimizer_state(&self, group: &str) -> HashMap<String, Tensor> {
+        let prefix = format!("optim.{group}.");
+        self.tensors
+            .iter()
+            .filter_map(|(k, v)| k.strip_prefix(&prefix).map(|k| (k.to_string(), v.clone())))
+            .collect()
+    }
+}

@@ -1,0 +1,65 @@
+//! The trainer's typed configuration (one section of the run's TOML file).
+
+use seg_nn::OptimizerConfig;
+
+/// Which domain's images set the batch-norm running statistics during adaptation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BnStats {
+    /// Source and target passes use their own batch statistics; only target passes update the
+    /// running statistics used at test time (when there is a target batch).
+    #[default]
+    Target,
+    /// Every forward pass updates the running statistics.
+    Mixed,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainerConfig {
+    /// Training iterations.
+    pub steps: usize,
+    /// Source images per step.
+    pub batch_size: usize,
+    /// Target images per step (defaults to `batch_size`).
+    pub target_batch_size: Option<usize>,
+    /// Segmenter learning rate at step 0 (poly decay to 0).
+    pub lr: f64,
+    /// Poly decay power.
+    pub lr_power: f64,
+    pub optimizer: OptimizerConfig,
+    /// Learning rate of the head's groups (discriminators, generators), before multipliers.
+    pub head_lr: f64,
+    pub head_optimizer: OptimizerConfig,
+    pub seed: u64,
+    /// Write a checkpoint every N steps (and always at the end); 0 = only at the end.
+    pub checkpoint_every: usize,
+    /// Evaluate on the target val split every N steps; 0 = only at the end.
+    pub eval_every: usize,
+    /// Append a `metrics.jsonl` line every N steps.
+    pub log_every: usize,
+    pub bn_stats: BnStats,
+    /// Keep decoded images in memory (small datasets).
+    pub cache_images: bool,
+}
+
+impl Default for TrainerConfig {
+    fn default() -> Self {
+        Self {
+            steps: 1000,
+            batch_size: 8,
+            target_batch_size: None,
+            lr: 0.01,
+            lr_power: 0.9,
+            optimizer: OptimizerConfig::Sgd { momentum: 0.9, weight_decay: 5e-4 },
+            head_lr: 1e-3,
+            head_optimizer: OptimizerConfig::Adam { beta1: 0.9, beta2: 0.99, eps: 1e-8, weight_decay: 0.0 },
+            seed: 0,
+            checkpoint_every: 0,
+            eval_every: 0,
+            log_every: 10,
+            bn_stats: BnStats::Target,
+            cache_images: true,
+        }
+    }
+}

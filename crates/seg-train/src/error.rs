@@ -1,0 +1,23 @@
+//! Errors of the training core, each naming the file, step or key concerned.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("{path}: {reason}")]
+    Checkpoint { path: PathBuf, reason: String },
+    #[error("{path}: cannot write: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("loss `{term}` became {value} at step {step}; stopped. The last good checkpoint ({last}) is kept")]
+    NonFinite { term: String, value: f32, step: usize, last: String },
+    #[error("invalid setup: {0}")]
+    Setup(String),
+    #[error(transparent)]
+    Data(#[from] seg_data::DataError),
+    #[error(transparent)]
+    Metrics(#[from] seg_metrics::confusion::MetricsError),
+    #[error(transparent)]
+    Report(#[from] seg_metrics::report::ReportError),
+    #[error("tensor error: {0}")]
+    Tensor(#[from] candle_core::Error),
+}

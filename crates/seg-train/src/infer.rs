@@ -1,0 +1,97 @@
+//! Inference and evaluation: full-resolution prediction (resize by the training scale, pad to a
+//! multiple of the network's stride, crop, upsample the logits to the label size, argmax), the
+//! evaluation of a model on a labelled split through `seg-metrics`' `Evaluator` (the same code
+//! path as prediction-folder evaluation), and AdaBN's re-estimation of batch-norm statistics.
+
+use candle_core::Device;
+use seg_core::Backbone;
+use seg_data::loader::{images_to_tensor, Augment};
+use seg_data::{Batcher, Dataset, Loader};
+use seg_labels::png_io::RgbImage;
+use seg_metrics::report::{Evaluator, Sample};
+
+use crate::error::TrainError;
+
+/// How to evaluate: the normalisation and scale the model was trained with, and the device.
+#[derive(Debug, Clone)]
+pub struct EvalSetup {
+    pub augment: Augment,
+    pub device: Device,
+    /// Images per forward pass.
+    pub batch_size: usize,
+    /// Images kept for the report's pictures.
+    pub keep_samples: usize,
+}
+
+/// Predicts train ids at each image's full resolution. All images must share one size.
+pub fn predict_train_ids(backbone: &dyn Backbone, images: &[&RgbImage], setup: &EvalSetup) -> Result<Vec<Vec<u8>>, TrainError> {
+    let Some(first) = images.first() else { return Ok(Vec::new()) };
+    let (w, h) = (first.width, first.height);
+    let s = setup.augment.base_scale;
+    let (sw, sh) = (((w as f32 * s).round() as u32).max(1), ((h as f32 * s).round() as u32).max(1));
+    let scaled: Vec<RgbImage> = images.iter().map(|im| seg_data::transform::resize_bilinear(im, sw, sh)).collect();
+    let refs: Vec<&RgbImage> = scaled.iter().collect();
+    let x = images_to_tensor(&refs, &setup.augment, &setup.device)?;
+    let stride = backbone.stride();
+    let (ph, pw) = ((sh as usize).div_ceil(stride) * stride, (sw as usize).div_ceil(stride) * stride);
+    let x = x.pad_with_zeros(2, 0, ph - sh as usize)?.pad_with_zeros(3, 0, pw - sw as usize)?;
+    let feats = backbone.forward_taps(&x, false, &[])?;
+    let logits = feats.logits()?.narrow(2, 0, sh as usize)?.narrow(3, 0, sw as usize)?;
+    let logits = seg_nn::resize_bilinear(&logits, h as usize, w as usize)?;
+    let pred = logits.argmax(1)?.to_dtype(candle_core::DType::U8)?.to_device(&Device::Cpu)?;
+    let n = images.len();
+    let flat = pred.reshape((n, (w * h) as usize))?.to_vec2::<u8>()?;
+    Ok(flat)
+}
+
+/// Evaluates `backbone` on a labelled dataset; every image is predicted at full resolution.
+pub fn evaluate(backbone: &dyn Backbone, dataset: &Dataset, setup: &EvalSetup) -> Result<Evaluator, TrainError> {
+    let mut ev = Evaluator::new(setup.keep_samples);
+    for batch in Batcher::new(dataset).batch_size(setup.batch_size).return_last_incomplete_batch(true) {
+        let batch = batch?;
+        // Group by size: real datasets may mix sizes.
+        let mut i = 0;
+        while i < batch.len() {
+            let size = (batch[i].image.width, batch[i].image.height);
+            let j = batch[i..].iter().position(|s| (s.image.width, s.image.height) != size).map_or(batch.len(), |k| i + k);
+            let imgs: Vec<&RgbImage> = batch[i..j].iter().map(|s| &s.image).collect();
+            let preds = predict_train_ids(backbone, &imgs, setup)?;
+            for (s, pred) in batch[i..j].iter().zip(preds) {
+                let Some(gt) = &s.label else {
+                    return Err(TrainError::Setup(format!("evaluation sample `{}` has no label", s.name)));
+                };
+                ev.add(gt, &pred)?;
+                if ev.wants_sample(&s.name) {
+                    ev.keep_sample(Sample {
+                        name: s.name.clone(),
+                        width: s.image.width,
+                        height: s.image.height,
+                        gt: gt.clone(),
+                        pred,
+                        image: Some(s.image.clone()),
+                    });
+                }
+            }
+            i = j;
+        }
+    }
+    Ok(ev)
+}
+
+/// AdaBN: re-estimates every batch-norm layer's statistics as the cumulative average over
+/// `batches` target batches (forward passes in training mode, no gradient step).
+pub fn reestimate_bn(backbone: &dyn Backbone, target: &mut Loader, batches: usize) -> Result<(), TrainError> {
+    if !backbone.has_batch_norm() {
+        return Err(TrainError::Setup("AdaBN needs a model with batch norm (use --model small)".into()));
+    }
+    backbone.set_bn_momentum(None, true)?;
+    let result = (|| {
+        for _ in 0..batches.max(1) {
+            let b = target.next_batch()?;
+            backbone.forward_taps(&b.images.detach(), true, &[])?;
+        }
+        Ok::<_, TrainError>(())
+    })();
+    backbone.set_bn_momentum(Some(0.1), false)?;
+    result
+}

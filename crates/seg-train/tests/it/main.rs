@@ -1,0 +1,110 @@
+//! Training-core tests on a tiny run of the small model over the quick embedded benchmark:
+//! resume reaches the same weights as an uninterrupted run, checkpoints refuse truncated and
+//! foreign files, and a non-finite loss stops the run and keeps the last good checkpoint.
+
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+
+use candle_core::{DType, Device};
+use candle_nn::VarMap;
+use seg_core::Domain;
+use seg_data::{open_dataset, Augment, DatasetName, DatasetOptions, Loader};
+use seg_train::{TrainSetup, Trainer, TrainerConfig};
+
+fn toy() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let d = tempfile::tempdir().unwrap();
+        seg_data::toy::generate(d.path(), 11, seg_data::toy::Preset::Quick).unwrap();
+        d
+    })
+    .path()
+}
+
+fn setup(run_dir: &Path, steps: usize, lr: f64, resume: bool) -> TrainSetup {
+    let device = Device::Cpu;
+    let vars = VarMap::new();
+    let vb = seg_nn::init::seeded_builder(&vars, 3, DType::F32, &device);
+    let backbone = seg_fcn::build(seg_fcn::ModelName::Small, 19, vb.pp("model"), &vars).unwrap();
+    let opts = DatasetOptions { require_labels: true, ..Default::default() };
+    let ds = Arc::new(open_dataset(DatasetName::Gta5, &toy().join("gta5"), "all", opts).unwrap());
+    let aug = Augment { crop: Some([32, 32]), scale_range: [0.8, 1.2], ..Default::default() };
+    let config = TrainerConfig { steps, batch_size: 2, lr, checkpoint_every: 2, log_every: 1, seed: 5, ..Default::default() };
+    TrainSetup {
+        run_dir: run_dir.to_path_buf(),
+        source: Loader::new(ds, 2, aug, 5, Domain::Source, device.clone()),
+        config,
+        config_toml: String::from("# test"),
+        vars,
+        backbone,
+        head: None,
+        target: None,
+        eval: None,
+        device,
+        resume,
+        progress: false,
+    }
+}
+
+fn weights(path: &Path) -> Vec<(String, Vec<f32>)> {
+    let ck = seg_train::checkpoint::load(path, &Device::Cpu).unwrap();
+    let mut v: Vec<_> = ck
+        .tensors
+        .iter()
+        .map(|(k, t)| (k.clone(), t.flatten_all().unwrap().to_dtype(DType::F32).unwrap().to_vec1::<f32>().unwrap()))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+#[test]
+fn resumed_run_ends_with_the_same_weights() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    Trainer::new(setup(a.path(), 5, 0.01, false)).unwrap().run().unwrap();
+    Trainer::new(setup(b.path(), 5, 0.01, false)).unwrap().run_until(3).unwrap();
+    // A line past the checkpoint (as a crash between log and checkpoint would leave).
+    seg_labels::fsutil::append_line(&b.path().join("metrics.jsonl"), r#"{"step":4,"lr":0}"#).unwrap();
+    Trainer::new(setup(b.path(), 5, 0.01, true)).unwrap().run().unwrap();
+    let (wa, wb) = (weights(&a.path().join("checkpoint.safetensors")), weights(&b.path().join("checkpoint.safetensors")));
+    assert_eq!(wa.len(), wb.len());
+    for ((na, va), (nb, vb)) in wa.iter().zip(&wb) {
+        assert_eq!(na, nb);
+        assert_eq!(va, vb, "{na} differs after resume");
+    }
+    let log_a = std::fs::read_to_string(a.path().join("metrics.jsonl")).unwrap();
+    let log_b = std::fs::read_to_string(b.path().join("metrics.jsonl")).unwrap();
+    let strip = |s: &str| s.lines().map(|l| l.split("\"images_per_sec\"").next().unwrap().to_string()).collect::<Vec<_>>();
+    assert_eq!(strip(&log_a), strip(&log_b));
+}
+
+#[test]
+fn truncated_and_foreign_checkpoints_are_refused() {
+    let a = tempfile::tempdir().unwrap();
+    Trainer::new(setup(a.path(), 2, 0.01, false)).unwrap().run().unwrap();
+    let ck = a.path().join("checkpoint.safetensors");
+    let bytes = std::fs::read(&ck).unwrap();
+    let t = a.path().join("truncated.safetensors");
+    std::fs::write(&t, &bytes[..bytes.len() / 2]).unwrap();
+    let e = seg_train::checkpoint::load(&t, &Device::Cpu).err().unwrap().to_string();
+    assert!(e.contains("truncated.safetensors") && e.contains("truncated"), "{e}");
+    let f = a.path().join("foreign.safetensors");
+    let mut m = std::collections::HashMap::new();
+    m.insert("w".to_string(), candle_core::Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap());
+    candle_core::safetensors::save(&m, &f).unwrap();
+    let e = seg_train::checkpoint::load(&f, &Device::Cpu).err().unwrap().to_string();
+    assert!(e.contains("not a seg-adapt checkpoint"), "{e}");
+    // Resuming from a truncated checkpoint leaves it untouched.
+    std::fs::write(&ck, &bytes[..bytes.len() - 7]).unwrap();
+    let err = Trainer::new(setup(a.path(), 4, 0.01, true)).unwrap().run().unwrap_err().to_string();
+    assert!(err.contains("checkpoint.safetensors"), "{err}");
+    assert_eq!(std::fs::read(&ck).unwrap(), &bytes[..bytes.len() - 7]);
+}
+
+#[test]
+fn non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint() {
+    let a = tempfile::tempdir().unwrap();
+    let err = Trainer::new(setup(a.path(), 40, 1e12, false)).unwrap().run().unwrap_err().to_string();
+    assert!(err.contains("at step") && (err.contains("NaN") || err.contains("inf")), "{err}");
+    assert!(err.contains("checkpoint"), "{err}");
+}
