@@ -1,0 +1,33 @@
+//! Project automation (`cargo xtask <task>`): it orchestrates, the `seg-adapt` binary does the
+//! work and runs without it.
+//!
+//! Tasks:
+//! - `train-seg [--config FILE] [--method M] [--cuda] [--release|--debug] [-- extra flags]`:
+//!   builds `seg-adapt` with the right features and profile, runs `seg-adapt train`, and prints
+//!   where the run went.
+//! - `check-cuda`: builds `seg-adapt` with `--features cuda` (needs the CUDA toolchain from
+//!   `shared/tools/cuda-toolchain.sh`; no GPU needed).
+
+mod tasks;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((task, rest)) = args.split_first() else {
+        eprintln!("usage: cargo xtask <train-seg|check-cuda> [args]");
+        return ExitCode::FAILURE;
+    };
+    let result = match task.as_str() {
+        "train-seg" => tasks::train_seg(rest),
+        "check-cuda" => tasks::check_cuda(rest),
+        other => Err(format!("unknown task `{other}`: expected train-seg or check-cuda")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! The tasks, one function each.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn run(cmd: &mut Command) -> Result<(), String> {
+    eprintln!("$ {cmd:?}");
+    let status = cmd.status().map_err(|e| format!("cannot start {cmd:?}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{cmd:?} failed with {status}"))
+    }
+}
+
+/// `cargo xtask train-seg`.
+pub fn train_seg(args: &[String]) -> Result<(), String> {
+    let (ours, extra) = match args.iter().position(|a| a == "--") {
+        Some(i) => (&args[..i], &args[i + 1..]),
+        None => (args, &[][..]),
+    };
+    let mut cuda = false;
+    let mut release = true;
+    let mut pass: Vec<String> = Vec::new();
+    let mut it = ours.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--cuda" => cuda = true,
+            "--debug" => release = false,
+            "--release" => release = true,
+            "--config" | "--method" | "--out" | "--steps" | "--model" | "--seed" => {
+                let v = it.next().ok_or_else(|| format!("{a} needs a value"))?;
+                pass.push(a.clone());
+                pass.push(v.clone());
+            }
+            other => return Err(format!("unknown flag `{other}` (put seg-adapt flags after `--`)")),
+        }
+    }
+    pass.extend(extra.iter().cloned());
+    let out = match pass.iter().position(|a| a == "--out") {
+        Some(i) => pass[i + 1].clone(),
+        None => {
+            let method = pass.iter().position(|a| a == "--method").map_or("run".to_string(), |i| pass[i + 1].clone());
+            let dir = format!("runs/{method}");
+            pass.push("--out".into());
+            pass.push(dir.clone());
+            dir
+        }
+    };
+    let root = root();
+    let mut build = Command::new(env!("CARGO"));
+    build.current_dir(&root).args(["build", "-p", "seg-adapt"]);
+    if release {
+        build.arg("--release");
+    }
+    if cuda {
+        build.args(["--features", "cuda"]);
+    }
+    run(&mut build)?;
+    let bin = root.join("target").join(if release { "release" } else { "debug" }).join("seg-adapt");
+    let mut train = Command::new(&bin);
+    train.current_dir(&root).arg("train").args(&pass);
+    if cuda {
+        train.args(["--device", "cuda"]);
+    }
+    run(&mut train)?;
+    println!("run written to {}", root.join(&out).display());
+    Ok(())
+}
+
+/// `cargo xtask check-cuda`.
+pub fn check_cuda(args: &[String]) -> Result<(), String> {
+    if let Some(a) = args.first() {
+        return Err(format!("check-cuda takes no arguments, got `{a}`"));
+    }
+    let root = root();
+    if Command::new("nvcc").arg("--version").output().is_err() {
+        return Err("nvcc not found: run `eval \"$(../shared/tools/cuda-toolchain.sh)\"` first (see README, CUDA)".into());
+    }
+    run(Command::new(env!("CARGO")).current_dir(&root).args(["build", "--release", "-p", "seg-adapt", "--features", "cuda"]))?;
+    println!("CUDA build OK: {}", root.join("target/release/seg-adapt").display());
+    Ok(())
+}
