@@ -3,6 +3,22 @@
 //! of both maps (what any single pass must at least cost once the maps are in cache) and a
 //! sum over a 256 MiB buffer (main-memory bandwidth, reported as pixel equivalents at 2 bytes
 //! per pixel). Compare with `benches/reference/confusion_numpy.py` (`numpy.bincount`).
+//!
+//! Measured on the 2-vCPU development machine (Intel Xeon @ 2.50GHz, shared, so expect
+//! ±20% run to run), `cargo bench -p seg-benches --bench confusion`, medians:
+//!
+//! | what                                              | pixels/s      |
+//! |---------------------------------------------------|---------------|
+//! | `ConfusionMatrix::add`, 2 threads                 | 1.00 G        |
+//! | `ConfusionMatrix::add`, 1 thread                  | 0.73 G        |
+//! | numpy 2.3.5 masked bincount (same computation)    | 0.078 G       |
+//! | numpy 2.3.5 bare `bincount(gt*256+pred)`          | 0.127 G       |
+//! | sum of the same 2 x 2 MiB (cached), 1 thread      | 10.6 G        |
+//! | 256 MiB sum (main memory), 1 / 2 threads          | 4.2 G / 7.4 G |
+//!
+//! So `add` runs 13x the equivalent numpy (8x the bare bincount) and is compute-bound at
+//! about 3.4 cycles per pixel: about 7% of what a single cached pass over the bytes costs,
+//! and 13% of main-memory bandwidth with both threads.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use seg_metrics::ConfusionMatrix;
