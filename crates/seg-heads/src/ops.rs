@@ -1,0 +1,92 @@
+//! Tensor helpers shared by the heads: one-hot labels, average pooling of full-resolution maps
+//! down to a feature grid, binary cross-entropy against a constant, and presence-weighted
+//! class-wise losses.
+
+use candle_core::{DType, Result, Tensor, D};
+use seg_core::Rng;
+
+/// `N×H×W` integer labels to an `N×classes×H×W` one-hot map in `dtype`; pixels with a label
+/// outside `0..classes` (the ignore label included) are all zeros.
+pub fn one_hot(labels: &Tensor, classes: usize, dtype: DType) -> Result<Tensor> {
+    let labels = labels.to_dtype(DType::U32)?.unsqueeze(1)?;
+    let ids = Tensor::arange(0u32, classes as u32, labels.device())?.reshape((1, classes, 1, 1))?;
+    labels.broadcast_eq(&ids)?.to_dtype(dtype)
+}
+
+/// Average-pools `N×C×H×W` down to `h × w`: exact block means (reshape + mean) when `H` and `W`
+/// are multiples of `h` and `w`, otherwise a bilinear resize (a fallback for models whose grid
+/// is not an exact division of the input).
+pub fn pool_to(x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
+    let (n, c, hi, wi) = x.dims4()?;
+    if (hi, wi) == (h, w) {
+        return Ok(x.clone());
+    }
+    if h > 0 && w > 0 && hi % h == 0 && wi % w == 0 {
+        let (sh, sw) = (hi / h, wi / w);
+        x.contiguous()?
+            .reshape((n, c, h, sh, w, sw))?
+            .mean(5)?
+            .mean(3)
+    } else {
+        seg_nn::resize_bilinear(x, h, w)
+    }
+}
+
+/// 2×2-style max pooling by an integer factor (reshape + max: gradients go to the maximum
+/// unscaled), or a bilinear resize when the sizes do not divide.
+pub fn max_pool_to(x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
+    let (n, c, hi, wi) = x.dims4()?;
+    if (hi, wi) == (h, w) {
+        return Ok(x.clone());
+    }
+    if h > 0 && w > 0 && hi % h == 0 && wi % w == 0 {
+        let (sh, sw) = (hi / h, wi / w);
+        x.contiguous()?
+            .reshape((n, c, h, sh, w, sw))?
+            .max(5)?
+            .max(3)
+    } else {
+        seg_nn::resize_bilinear(x, h, w)
+    }
+}
+
+/// Per-element binary cross-entropy of logits against the constant `target`,
+/// `max(x, 0) - x t + log(1 + exp(-|x|))`.
+pub fn bce_const(logits: &Tensor, target: f64) -> Result<Tensor> {
+    let soft = logits.abs()?.neg()?.exp()?.affine(1.0, 1.0)?.log()?;
+    (logits.relu()? - logits.affine(target, 0.0)?)? + soft
+}
+
+/// Class-wise loss weighted by soft presence: for each image `n` and class `c`,
+/// `sum_cells w · bce(x, target) / sum_cells w`, averaged over the `(n, c)` pairs whose mean
+/// weight per cell exceeds `min_presence` (pairs below it are ignored; zero when none is left).
+/// `logits`, `weights`: `N×C×h×w`; `weights` should carry no gradient.
+pub fn presence_weighted_bce(
+    logits: &Tensor,
+    weights: &Tensor,
+    target: f64,
+    min_presence: f64,
+) -> Result<Tensor> {
+    let (_, _, h, w) = logits.dims4()?;
+    let weights = weights.detach();
+    let per = bce_const(logits, target)?;
+    let num = (per * &weights)?.sum(D::Minus1)?.sum(D::Minus1)?; // N × C
+    let den = weights.sum(D::Minus1)?.sum(D::Minus1)?;
+    let present = den
+        .ge(min_presence.max(0.0) * (h * w) as f64)?
+        .to_dtype(logits.dtype())?;
+    let count = present
+        .sum_all()?
+        .to_dtype(DType::F32)?
+        .to_scalar::<f32>()?;
+    let per_pair = (num / den.clamp(1e-12, f64::INFINITY)?)?;
+    (per_pair * present)?
+        .sum_all()?
+        .affine(1.0 / count.max(1.0) as f64, 0.0)
+}
+
+/// The random stream of one use site in one step: independent of every other stream, so a
+/// resumed run draws exactly the same dropout masks and noise.
+pub(crate) fn stream(seed: u64, step: usize, site: u64) -> Rng {
+    Rng::derive(seed, &[step as u64, site])
+}

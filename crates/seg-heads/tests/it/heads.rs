@@ -1,0 +1,434 @@
+//! Every head on odd-sized tiny inputs: term names and groups, gradient routing (discriminator
+//! terms never reach the backbone), one group's optimiser step leaving every other group's
+//! variables bit-identical, and losses that fall on tiny separable problems.
+
+use std::collections::BTreeMap;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use seg_core::{FeatureTap, Features, HeadInput, LossTerm, ParamGroup, Rng, StepInfo};
+use seg_heads::{CrossCityConfig, DannConfig, FcnWildConfig, MethodConfig, SanConfig};
+use seg_nn::{Adam, Optimizer, Sgd};
+
+use crate::common::{
+    forward, randn, setup, snapshot, vars_under, Setup, TinyNet, C, CLASSES, GRID, SIDE,
+};
+
+/// The four heads with narrower discriminators than the defaults (the tests check logic, and
+/// must stay fast in a debug build), the class-wise terms on from the start, and SAN's optional
+/// segmenter adversarial term on.
+fn methods() -> Vec<MethodConfig> {
+    vec![
+        MethodConfig::Dann(DannConfig {
+            hidden: 16,
+            ..Default::default()
+        }),
+        MethodConfig::FcnWild(FcnWildConfig {
+            hidden: 16,
+            ..Default::default()
+        }),
+        MethodConfig::CrossCity(CrossCityConfig {
+            hidden: 16,
+            ca_hidden: 8,
+            ca_start_fraction: 0.0,
+            ..Default::default()
+        }),
+        MethodConfig::San(SanConfig {
+            disc_hidden: 16,
+            width: 8,
+            segmenter_adv_weight: 0.5,
+            ..Default::default()
+        }),
+    ]
+}
+
+const MID: StepInfo = StepInfo {
+    step: 5,
+    total_steps: 10,
+};
+
+fn losses(
+    s: &Setup,
+    src: &Features,
+    tgt: &Features,
+    labels: &Tensor,
+    step: StepInfo,
+) -> Vec<LossTerm> {
+    let input = HeadInput {
+        backbone: &s.net,
+        source: src,
+        source_labels: labels,
+        target: tgt,
+        step,
+    };
+    s.head.losses(&input).unwrap()
+}
+
+fn group_sum(terms: &[LossTerm], group: ParamGroup) -> Option<Tensor> {
+    terms
+        .iter()
+        .filter(|t| t.group == group)
+        .map(|t| t.value.clone())
+        .reduce(|a, b| (a + b).unwrap())
+}
+
+fn grad_mass(grads: &candle_core::backprop::GradStore, vars: &[(String, candle_core::Var)]) -> f32 {
+    vars.iter()
+        .filter_map(|(_, v)| grads.get(v.as_tensor()))
+        .map(|g| {
+            g.abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        })
+        .sum()
+}
+
+/// Trained variables of each group: the backbone (`model.`) for the segmenter, the head's
+/// prefixes for the others; batch-norm statistics excluded.
+fn groups(s: &Setup) -> BTreeMap<ParamGroup, Vec<(String, candle_core::Var)>> {
+    let mut out: BTreeMap<ParamGroup, Vec<_>> = BTreeMap::new();
+    out.insert(ParamGroup::Segmenter, vars_under(&s.vars, "model"));
+    for (prefix, group, _) in s.head.param_groups() {
+        let v = vars_under(&s.vars, &prefix)
+            .into_iter()
+            .filter(|(n, _)| !seg_nn::layers::is_statistic(n));
+        out.entry(group).or_default().extend(v);
+    }
+    out
+}
+
+#[test]
+fn terms_have_the_documented_names_groups_and_finite_values() {
+    use ParamGroup::*;
+    let expected: [&[(&str, ParamGroup)]; 4] = [
+        &[("domain_disc", Discriminator), ("domain_adv", Segmenter)],
+        &[
+            ("ga_disc", Discriminator),
+            ("ga_confusion", Segmenter),
+            ("size_constraint", Segmenter),
+        ],
+        &[
+            ("ga_disc", Discriminator),
+            ("ga_adv", Segmenter),
+            ("ca_disc", Discriminator),
+            ("ca_adv", Segmenter),
+        ],
+        &[
+            ("san_disc", Discriminator),
+            ("gen_adv", Generator),
+            ("gen_task", Generator),
+            ("san_task", Segmenter),
+            ("san_adv", Segmenter),
+        ],
+    ];
+    for (method, want) in methods().iter().zip(expected) {
+        let s = setup(method);
+        let (src, tgt, labels) = forward(&s, 1);
+        let terms = losses(&s, &src, &tgt, &labels, MID);
+        let got: Vec<(&str, ParamGroup)> = terms.iter().map(|t| (t.name, t.group)).collect();
+        assert_eq!(got, want, "{}", method.name());
+        for t in &terms {
+            let v = t.value.to_scalar::<f32>().unwrap();
+            assert!(
+                v.is_finite() && v > 0.0,
+                "{}: {} = {v}",
+                method.name(),
+                t.name
+            );
+        }
+    }
+}
+
+#[test]
+fn discriminator_terms_never_reach_the_backbone_and_the_others_do() {
+    for method in methods() {
+        let s = setup(&method);
+        let groups = groups(&s);
+        let (src, tgt, labels) = forward(&s, 2);
+        let terms = losses(&s, &src, &tgt, &labels, MID);
+        let model = &groups[&ParamGroup::Segmenter];
+
+        let disc = group_sum(&terms, ParamGroup::Discriminator)
+            .unwrap()
+            .backward()
+            .unwrap();
+        assert_eq!(
+            grad_mass(&disc, model),
+            0.0,
+            "{}: a discriminator term moved the backbone",
+            method.name()
+        );
+        for (name, v) in &groups[&ParamGroup::Discriminator] {
+            if name.ends_with("weight") {
+                assert!(
+                    disc.get(v.as_tensor()).is_some(),
+                    "{}: {name} got no gradient",
+                    method.name()
+                );
+            }
+        }
+        assert!(grad_mass(&disc, &groups[&ParamGroup::Discriminator]) > 0.0);
+
+        let seg = group_sum(&terms, ParamGroup::Segmenter)
+            .unwrap()
+            .backward()
+            .unwrap();
+        assert!(
+            grad_mass(&seg, model) > 0.0,
+            "{}: segmenter terms give the backbone no gradient",
+            method.name()
+        );
+
+        if let Some(gen) = group_sum(&terms, ParamGroup::Generator) {
+            let gen = gen.backward().unwrap();
+            assert!(
+                grad_mass(&gen, &groups[&ParamGroup::Generator]) > 0.0,
+                "generator terms miss the generator"
+            );
+        }
+    }
+}
+
+#[test]
+fn one_group_step_leaves_every_other_group_bit_identical() {
+    for method in methods() {
+        let s = setup(&method);
+        let groups = groups(&s);
+        for (&group, params) in &groups {
+            let (src, tgt, labels) = forward(&s, 3);
+            let terms = losses(&s, &src, &tgt, &labels, MID);
+            let grads = group_sum(&terms, group).unwrap().backward().unwrap();
+            let before: BTreeMap<_, _> = groups.iter().map(|(g, v)| (*g, snapshot(v))).collect();
+            let params = params
+                .iter()
+                .map(|(n, v)| (n.clone(), v.clone(), 1.0))
+                .collect();
+            let mut sgd = Sgd::new(params, 0.0, 0.0).unwrap();
+            sgd.step(&grads, 0.1).unwrap();
+            for (other, vars) in &groups {
+                let after = snapshot(vars);
+                if *other == group {
+                    assert_ne!(
+                        after,
+                        before[other],
+                        "{}: the {group:?} step changed nothing",
+                        method.name()
+                    );
+                } else {
+                    assert_eq!(
+                        after,
+                        before[other],
+                        "{}: the {group:?} step moved {other:?}",
+                        method.name()
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn head_variables_live_under_the_reported_prefixes() {
+    let want: [&[(&str, ParamGroup, f64)]; 4] = [
+        &[("head.disc", ParamGroup::Discriminator, 1.0)],
+        &[("head.disc", ParamGroup::Discriminator, 1.0)],
+        &[
+            ("head.ga", ParamGroup::Discriminator, 10.0),
+            ("head.ca", ParamGroup::Discriminator, 20.0),
+        ],
+        &[
+            ("head.gen", ParamGroup::Generator, 1.0),
+            ("head.disc", ParamGroup::Discriminator, 1.0),
+        ],
+    ];
+    for (method, want) in methods().iter().zip(want) {
+        let s = setup(method);
+        let groups = s.head.param_groups();
+        let got: Vec<(&str, ParamGroup, f64)> = groups
+            .iter()
+            .map(|(p, g, m)| (p.as_str(), *g, *m))
+            .collect();
+        assert_eq!(got, want, "{}", method.name());
+        for (name, _) in vars_under(&s.vars, "head") {
+            assert!(
+                groups
+                    .iter()
+                    .any(|(p, _, _)| name.starts_with(&format!("{p}."))),
+                "{}: {name} is under no reported prefix",
+                method.name()
+            );
+        }
+    }
+}
+
+/// Features where source and target differ by a shift of +-1 in every map.
+fn separable(n: usize, offset: f32, rng: &mut Rng) -> Features {
+    let mut f = Features::default();
+    f.maps
+        .insert(FeatureTap::Conv1, randn(rng, &[n, C, SIDE, SIDE], offset));
+    f.maps
+        .insert(FeatureTap::Conv5, randn(rng, &[n, C, GRID, GRID], offset));
+    f.maps
+        .insert(FeatureTap::Fc7, randn(rng, &[n, C, GRID, GRID], offset));
+    f.maps.insert(
+        FeatureTap::Logits,
+        randn(rng, &[n, CLASSES, SIDE, SIDE], 0.0),
+    );
+    f
+}
+
+#[test]
+fn discriminator_losses_fall_on_separable_features() {
+    for method in methods() {
+        let s = setup(&method);
+        let mut rng = Rng::new(7);
+        let (src, tgt) = (separable(2, 1.0, &mut rng), separable(3, -1.0, &mut rng));
+        let labels = crate::common::labels(&mut rng, 2);
+        let mut params = Vec::new();
+        for (prefix, group, mult) in s.head.param_groups() {
+            if group == ParamGroup::Discriminator {
+                params.extend(
+                    vars_under(&s.vars, &prefix)
+                        .into_iter()
+                        .map(|(n, v)| (n, v, mult)),
+                );
+            }
+        }
+        let mut adam = Adam::new(params, 0.9, 0.999, 1e-8, 0.0).unwrap();
+        let mut history = Vec::new();
+        for _ in 0..30 {
+            let terms = losses(&s, &src, &tgt, &labels, MID);
+            let loss = group_sum(&terms, ParamGroup::Discriminator).unwrap();
+            history.push(loss.to_scalar::<f32>().unwrap());
+            adam.step(&loss.backward().unwrap(), 1e-2).unwrap();
+        }
+        let first: f32 = history[..3].iter().sum::<f32>() / 3.0;
+        let last: f32 = history[history.len() - 3..].iter().sum::<f32>() / 3.0;
+        assert!(
+            last < 0.5 * first,
+            "{}: discriminator loss {first} -> {last}: {history:?}",
+            method.name()
+        );
+    }
+}
+
+#[test]
+fn cross_city_class_wise_terms_start_late() {
+    let s = setup(&MethodConfig::parse("cross-city").unwrap());
+    let (src, tgt, labels) = forward(&s, 4);
+    let value = |terms: &[LossTerm], name: &str| {
+        terms
+            .iter()
+            .find(|t| t.name == name)
+            .unwrap()
+            .value
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    let early = losses(
+        &s,
+        &src,
+        &tgt,
+        &labels,
+        StepInfo {
+            step: 2,
+            total_steps: 10,
+        },
+    );
+    assert_eq!(value(&early, "ca_disc"), 0.0);
+    assert_eq!(value(&early, "ca_adv"), 0.0);
+    assert!(value(&early, "ga_adv") > 0.0);
+    let late = losses(
+        &s,
+        &src,
+        &tgt,
+        &labels,
+        StepInfo {
+            step: 4,
+            total_steps: 10,
+        },
+    );
+    assert!(value(&late, "ca_disc") > 0.0);
+    assert!(value(&late, "ca_adv") > 0.0);
+    let start = losses(
+        &s,
+        &src,
+        &tgt,
+        &labels,
+        StepInfo {
+            step: 0,
+            total_steps: 10,
+        },
+    );
+    assert_eq!(value(&start, "ga_adv"), 0.0, "the ramp starts at zero");
+}
+
+#[test]
+fn san_noise_is_reproducible_per_seed_and_step() {
+    let cfg = MethodConfig::parse("san").unwrap();
+    let s = setup(&cfg);
+    let (src, tgt, labels) = forward(&s, 5);
+    let gen_task = |s: &Setup, step| {
+        let terms = losses(
+            s,
+            &src,
+            &tgt,
+            &labels,
+            StepInfo {
+                step,
+                total_steps: 10,
+            },
+        );
+        terms
+            .iter()
+            .find(|t| t.name == "gen_task")
+            .unwrap()
+            .value
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    assert_eq!(gen_task(&s, 3), gen_task(&s, 3));
+    assert_ne!(gen_task(&s, 3), gen_task(&s, 4));
+
+    // Another seed draws other noise.
+    let vars = VarMap::new();
+    let vb = VarBuilder::from_varmap(&vars, DType::F32, &Device::Cpu);
+    let net = TinyNet::new(vb.pp("model"), true).unwrap();
+    let build = |seed, prefix: &str| {
+        seg_heads::SanHead::new(
+            &SanConfig {
+                seed,
+                ..Default::default()
+            },
+            &net,
+            vb.pp(prefix),
+            &vars,
+        )
+        .unwrap()
+    };
+    let conv1 = src.get(FeatureTap::Conv1).unwrap();
+    let z0 = build(0, "a").noise(conv1, 3).unwrap();
+    let z9 = build(9, "b").noise(conv1, 3).unwrap();
+    assert_eq!(z0.dims(), &[2, 1, SIDE, SIDE]);
+    let d = (z0 - &z9)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(d > 0.0);
+    let range = z9.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert!(range.iter().all(|v| (-1.0..1.0).contains(v)));
+    assert_eq!(
+        cfg.with_seed(9),
+        MethodConfig::San(SanConfig {
+            seed: 9,
+            ..Default::default()
+        })
+    );
+}
