@@ -101,6 +101,8 @@ pub fn build_setup(cfg: &RunConfig, run_dir: &Path, device: &Device, resume: boo
     let vb = seg_nn::init::seeded_builder(&vars, cfg.trainer.seed ^ 0x4EAD, DType::F32, device);
     let head = cfg
         .method
+        .clone()
+        .with_seed(cfg.trainer.seed)
         .build_head(backbone.as_ref(), vb.pp("head"), &vars, stats.as_ref())
         .with_context(|| format!("method `{}` with model `{}`", cfg.method.name(), cfg.model.name))?;
     let t = &cfg.trainer;

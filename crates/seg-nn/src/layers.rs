@@ -62,9 +62,49 @@ impl Conv2d {
     }
 }
 
+/// Stride-1 convolution as im2col + one matmul, built from candle ops whose gradients are
+/// themselves matmuls and copies. candle's own `conv2d` computes the input gradient with a
+/// naive `conv_transpose2d` loop; this path is several times faster to train and runs on any
+/// device candle supports.
+pub fn conv2d_im2col(x: &Tensor, w: &Tensor, padding: usize, dilation: usize) -> Result<Tensor> {
+    let (n, c, h, wd) = x.dims4()?;
+    let (co, ci, kh, kw) = w.dims4()?;
+    if ci != c {
+        candle_core::bail!("conv2d: input has {c} channels, the kernel expects {ci}");
+    }
+    let (eh, ew) = (dilation * (kh - 1), dilation * (kw - 1));
+    if h + 2 * padding < eh + 1 || wd + 2 * padding < ew + 1 {
+        candle_core::bail!("conv2d: input {h}x{wd} is smaller than the dilated kernel");
+    }
+    let (ho, wo) = (h + 2 * padding - eh, wd + 2 * padding - ew);
+    if kh == 1 && kw == 1 && padding == 0 {
+        let y = w.reshape((co, c))?.broadcast_left(n)?.matmul(&x.reshape((n, c, h * wd))?)?;
+        return y.reshape((n, co, ho, wo));
+    }
+    if crate::cpu_ops::applies(x) {
+        let cols = crate::cpu_ops::im2col(x, kh, kw, padding, dilation)?;
+        let wm = w.permute((0, 2, 3, 1))?.reshape((co, kh * kw * c))?;
+        return wm.broadcast_left(n)?.matmul(&cols)?.reshape((n, co, ho, wo));
+    }
+    let xp = if padding > 0 { x.pad_with_zeros(2, padding, padding)?.pad_with_zeros(3, padding, padding)? } else { x.clone() };
+    let mut cols = Vec::with_capacity(kh * kw);
+    for ky in 0..kh {
+        for kx in 0..kw {
+            cols.push(xp.narrow(2, ky * dilation, ho)?.narrow(3, kx * dilation, wo)?);
+        }
+    }
+    let cols = Tensor::cat(&cols, 1)?.reshape((n, kh * kw * c, ho * wo))?;
+    let wm = w.permute((0, 2, 3, 1))?.reshape((co, kh * kw * c))?;
+    wm.broadcast_left(n)?.matmul(&cols)?.reshape((n, co, ho, wo))
+}
+
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.conv2d(&self.weight, self.padding, self.stride, self.dilation, self.groups)?;
+        let y = if self.stride == 1 && self.groups == 1 {
+            conv2d_im2col(x, &self.weight, self.padding, self.dilation)?
+        } else {
+            x.conv2d(&self.weight, self.padding, self.stride, self.dilation, self.groups)?
+        };
         match &self.bias {
             Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?),
             None => Ok(y),
@@ -78,6 +118,9 @@ pub fn max_pool2x2(x: &Tensor) -> Result<Tensor> {
     let (n, c, h, w) = x.dims4()?;
     if h % 2 != 0 || w % 2 != 0 {
         candle_core::bail!("max_pool2x2 needs even height and width, got {h}x{w}");
+    }
+    if crate::cpu_ops::applies(x) {
+        return crate::cpu_ops::max_pool2(x);
     }
     x.reshape((n, c, h / 2, 2, w / 2, 2))?.max(5)?.max(3)
 }
@@ -163,9 +206,17 @@ impl ModuleT for BatchNorm2d {
         if !train {
             return self.normalise(x, self.running_mean.as_tensor(), self.running_var.as_tensor());
         }
-        let (mean, var) = Self::batch_stats(x)?;
-        let (n, _, h, w) = x.dims4()?;
+        let (n, c, h, w) = x.dims4()?;
         let count = (n * h * w) as f64;
+        let (normalised, mean, var) = if crate::cpu_ops::applies(x) {
+            let (stats, _) = crate::cpu_ops::batch_stats(x)?;
+            let mean = Tensor::from_vec(stats.iter().map(|s| s.0 as f32).collect::<Vec<_>>(), c, x.device())?;
+            let var = Tensor::from_vec(stats.iter().map(|s| s.1 as f32).collect::<Vec<_>>(), c, x.device())?;
+            (Some(crate::cpu_ops::bn_train(x, &self.weight, &self.bias, self.eps)?), mean, var)
+        } else {
+            let (mean, var) = Self::batch_stats(x)?;
+            (None, mean, var)
+        };
         let unbiased = if count > 1.0 { (var.detach() * (count / (count - 1.0)))? } else { var.detach() };
         let m = {
             let mut mode = self.mode.lock().map_err(|_| candle_core::Error::Msg("poisoned batch-norm mode".into()))?;
@@ -176,7 +227,10 @@ impl ModuleT for BatchNorm2d {
         let new_var = ((self.running_var.as_tensor() * (1.0 - m))? + (unbiased * m)?)?;
         self.running_mean.set(&new_mean)?;
         self.running_var.set(&new_var)?;
-        self.normalise(x, &mean, &var)
+        match normalised {
+            Some(y) => Ok(y),
+            None => self.normalise(x, &mean, &var),
+        }
     }
 }
 

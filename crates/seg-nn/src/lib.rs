@@ -4,6 +4,7 @@
 //! binary cross-entropy on logits, a differentiable bilinear resize, bilinear-initialised
 //! learned upsampling, SGD with momentum and weight decay, Adam, and learning-rate schedules.
 
+pub mod cpu_ops;
 pub mod init;
 pub mod layers;
 pub mod loss;

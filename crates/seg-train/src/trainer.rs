@@ -87,7 +87,7 @@ impl Trainer {
                 }
                 let best = head_groups
                     .iter()
-                    .filter(|(prefix, _, _)| name.starts_with(prefix.as_str()))
+                    .filter(|(prefix, _, _)| name.starts_with(&format!("{prefix}.")))
                     .max_by_key(|(prefix, _, _)| prefix.len());
                 match best {
                     Some((_, g, mult)) => by_group.entry(*g).or_default().push((name.clone(), var, *mult)),

@@ -142,3 +142,57 @@ fn cumulative_batch_norm_statistics_average_the_batches() {
     assert_eq!(data["bn.running_mean"].as_tensor().to_vec1::<f32>().unwrap(), vec![4.0]);
     assert_eq!(data["bn.running_var"].as_tensor().to_vec1::<f32>().unwrap(), vec![2.0]);
 }
+
+#[test]
+fn im2col_convolution_matches_candle_and_its_gradients() {
+    for (c, co, k, pad, dil, h, w) in [(3, 5, 3, 1, 1, 7, 9), (4, 2, 3, 2, 2, 6, 5), (8, 3, 1, 0, 1, 5, 7), (2, 3, 7, 3, 1, 9, 8)] {
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, c, h, w), &cpu()).unwrap()).unwrap();
+        let k_ = Var::from_tensor(&Tensor::randn(0f32, 1.0, (co, c, k, k), &cpu()).unwrap()).unwrap();
+        let ours = seg_nn::layers::conv2d_im2col(x.as_tensor(), k_.as_tensor(), pad, dil).unwrap();
+        let theirs = x.as_tensor().conv2d(k_.as_tensor(), pad, 1, dil, 1).unwrap();
+        assert_eq!(ours.dims(), theirs.dims());
+        let d = (&ours - &theirs).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(d < 1e-4, "forward differs by {d}");
+        // Gradients of a weighted sum against candle's own conv (whose gradients are correct).
+        let wts = Tensor::randn(0f32, 1.0, ours.dims(), &cpu()).unwrap();
+        let g1 = (ours * &wts).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (theirs * &wts).unwrap().sum_all().unwrap().backward().unwrap();
+        for v in [&x, &k_] {
+            let a = g1.get(v.as_tensor()).unwrap();
+            let b = g2.get(v.as_tensor()).unwrap();
+            let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(d < 1e-3, "gradient differs by {d}");
+        }
+    }
+}
+
+#[test]
+fn batch_norm_gradient_matches_finite_differences() {
+    let vars = VarMap::new();
+    let vb = VarBuilder::from_varmap(&vars, DType::F32, &cpu());
+    let bn = BatchNorm2d::new(3, vb.pp("bn"), &vars).unwrap();
+    let x0: Vec<f32> = (0..2 * 3 * 3 * 5).map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0).collect();
+    let wts = Tensor::from_vec((0..90).map(|i| ((i * 13 % 17) as f32 - 8.0) / 5.0).collect::<Vec<_>>(), (2, 3, 3, 5), &cpu()).unwrap();
+    let f = |v: &[f32]| -> f64 {
+        let x = Tensor::from_vec(v.to_vec(), (2, 3, 3, 5), &cpu()).unwrap().to_dtype(DType::F64).unwrap();
+        // Reference in f64: (x - mean) / sqrt(var + eps) per channel.
+        let xt = x.transpose(0, 1).unwrap().reshape((3, 30)).unwrap();
+        let mean = xt.mean_keepdim(1).unwrap();
+        let var = xt.broadcast_sub(&mean).unwrap().sqr().unwrap().mean_keepdim(1).unwrap();
+        let xh = xt.broadcast_sub(&mean).unwrap().broadcast_div(&(var + 1e-5).unwrap().sqrt().unwrap()).unwrap();
+        let xh = xh.reshape((3, 2, 3, 5)).unwrap().transpose(0, 1).unwrap();
+        (xh * wts.to_dtype(DType::F64).unwrap()).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap()
+    };
+    let x = Var::from_vec(x0.clone(), (2, 3, 3, 5), &cpu()).unwrap();
+    let y = bn.forward_t(x.as_tensor(), true).unwrap();
+    let got = (y * &wts).unwrap().sum_all().unwrap();
+    assert!(close(got.to_scalar::<f32>().unwrap(), f(&x0) as f32, 1e-4));
+    let g = got.backward().unwrap().get(x.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    for i in [0, 7, 31, 64, 89] {
+        let (mut a, mut b) = (x0.clone(), x0.clone());
+        a[i] += 1e-3;
+        b[i] -= 1e-3;
+        let num = (f(&a) - f(&b)) / 2e-3;
+        assert!((g[i] as f64 - num).abs() < 2e-3 * (1.0 + num.abs()), "element {i}: {} vs {num}", g[i]);
+    }
+}
