@@ -104,7 +104,7 @@ pub struct SheetRow {
 /// Lays rows out as a grid of `tile_width`-wide tiles separated by white gaps. A missing
 /// camera image becomes a dark gray tile.
 pub fn sheet(rows: &[SheetRow], tile_width: u32) -> RgbImage {
-    let tiles: Vec<[RgbImage; 4]> = rows
+    let tiles: Vec<Vec<RgbImage>> = rows
         .iter()
         .map(|r| {
             let gt = resize_to_width(&r.gt, tile_width);
@@ -116,7 +116,7 @@ pub fn sheet(rows: &[SheetRow], tile_width: u32) -> RgbImage {
                     data: MISSING_COLOR.repeat(gt.width as usize * gt.height as usize),
                 },
             };
-            [
+            vec![
                 image,
                 gt,
                 resize_to_width(&r.pred, tile_width),
@@ -124,20 +124,31 @@ pub fn sheet(rows: &[SheetRow], tile_width: u32) -> RgbImage {
             ]
         })
         .collect();
-    let width = 4 * tile_width + 5 * GAP;
-    let height = tiles.iter().map(|t| t[1].height + GAP).sum::<u32>() + GAP;
+    grid(&tiles)
+}
+
+/// Lays out rows of tiles (each row as tall as its tallest tile) with white gaps.
+pub fn grid(rows: &[Vec<RgbImage>]) -> RgbImage {
+    let width = rows
+        .iter()
+        .map(|r| r.iter().map(|t| t.width + GAP).sum::<u32>() + GAP)
+        .max()
+        .unwrap_or(GAP);
+    let row_height = |r: &Vec<RgbImage>| r.iter().map(|t| t.height).max().unwrap_or(0);
+    let height = rows.iter().map(|r| row_height(r) + GAP).sum::<u32>() + GAP;
     let mut out = RgbImage {
         width,
         height,
         data: vec![255; 3 * width as usize * height as usize],
     };
     let mut y0 = GAP;
-    for row in &tiles {
-        for (k, tile) in row.iter().enumerate() {
-            let x0 = GAP + k as u32 * (tile_width + GAP);
+    for row in rows {
+        let mut x0 = GAP;
+        for tile in row {
             blit(&mut out, tile, x0, y0);
+            x0 += tile.width + GAP;
         }
-        y0 += row[1].height + GAP;
+        y0 += row_height(row) + GAP;
     }
     out
 }

@@ -48,16 +48,50 @@ pub struct Args {
     /// Output folder for the report.
     #[arg(long)]
     pub out: PathBuf,
+    /// Device for `--checkpoint` inference: cpu or cuda.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let Dataset::Cityscapes = args.dataset;
-    if let Some(run_dir) = &args.checkpoint {
-        anyhow::bail!(
-            "evaluating a checkpoint needs the trainer (not built yet): {}",
-            run_dir.display()
-        );
+    let (evaluator, source) = match &args.checkpoint {
+        Some(run_dir) => evaluate_checkpoint(&args, run_dir)?,
+        None => evaluate_predictions(&args)?,
+    };
+    for w in evaluator.warnings() {
+        eprintln!("warning: {w}");
     }
+    let mut report = evaluator.finish(args.protocol);
+    report.source = Some(source);
+    report
+        .write(&args.out)
+        .with_context(|| format!("writing the report to {}", args.out.display()))?;
+    print!("{}", report.text_table());
+    println!("report written to {}", args.out.join("report.md").display());
+    Ok(())
+}
+
+/// Full-resolution inference of a trained model on the split, through the same evaluator.
+fn evaluate_checkpoint(args: &Args, run_dir: &std::path::Path) -> anyhow::Result<(seg_metrics::report::Evaluator, String)> {
+    let device = crate::run::device(&args.device)?;
+    let trained = crate::run::load_trained(run_dir, &device)?;
+    let opts = seg_data::DatasetOptions { require_labels: true, ..Default::default() };
+    let ds = seg_data::open_dataset(seg_data::DatasetName::Cityscapes, &args.root, &args.split, opts)?;
+    let mut setup = crate::run::eval_setup(&trained.cfg, &device);
+    setup.keep_samples = args.samples;
+    let ev = seg_train::evaluate(trained.backbone.as_ref(), &ds, &setup)?;
+    let source = format!(
+        "Cityscapes `{}` split under `{}`; model from `{}` (step {}), full-resolution inference.",
+        args.split,
+        args.root.display(),
+        run_dir.display(),
+        trained.step
+    );
+    Ok((ev, source))
+}
+
+fn evaluate_predictions(args: &Args) -> anyhow::Result<(seg_metrics::report::Evaluator, String)> {
     let pred = args
         .pred
         .clone()
@@ -77,21 +111,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             args.root.display()
         )
     })?;
-    for w in evaluator.warnings() {
-        eprintln!("warning: {w}");
-    }
-    let mut report = evaluator.finish(args.protocol);
-    report.source = Some(format!(
+    let source = format!(
         "Cityscapes `{}` split under `{}`; predictions ({}) from `{}`.",
         args.split,
         args.root.display(),
         args.pred_format,
         pred.display()
-    ));
-    report
-        .write(&args.out)
-        .with_context(|| format!("writing the report to {}", args.out.display()))?;
-    print!("{}", report.text_table());
-    println!("report: {}", args.out.join("report.md").display());
-    Ok(())
+    );
+    Ok((evaluator, source))
 }

@@ -1,5 +1,6 @@
 //! One module per subcommand; each has an `Args` (clap) and a `run`.
 
+pub mod demo;
 pub mod eval;
 pub mod gen_toy;
 pub mod inspect;
@@ -8,6 +9,9 @@ pub mod train;
 
 #[derive(clap::Subcommand, Debug)]
 pub enum Command {
+    /// The main job: generate the embedded benchmark, train every method over several seeds,
+    /// evaluate, and write a comparison report.
+    Demo(demo::Args),
     /// Write the embedded synthetic-to-real benchmark in the GTA5, SYNTHIA and Cityscapes formats.
     GenToy(gen_toy::Args),
     /// Count samples, sizes and class pixels of a dataset, and list every problem sample.
@@ -22,6 +26,7 @@ pub enum Command {
 
 pub fn run(command: Command) -> anyhow::Result<()> {
     match command {
+        Command::Demo(a) => demo::run(a),
         Command::GenToy(a) => gen_toy::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Eval(a) => eval::run(a),
