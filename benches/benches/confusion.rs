@@ -28,9 +28,7 @@ const W: usize = 2048;
 const H: usize = 1024;
 
 fn lcg(seed: &mut u64) -> u64 {
-    *seed = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
+    *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
     *seed >> 33
 }
 
@@ -49,9 +47,7 @@ fn maps() -> (Vec<u8>, Vec<u8>) {
             }
         })
         .collect();
-    let gt: Vec<u8> = (0..W * H)
-        .map(|i| blocks[(i / W / 16) * bw + (i % W) / 16])
-        .collect();
+    let gt: Vec<u8> = (0..W * H).map(|i| blocks[(i / W / 16) * bw + (i % W) / 16]).collect();
     let pred = gt
         .iter()
         .map(|&g| match lcg(&mut seed) % 10 {
@@ -76,10 +72,7 @@ fn sum_bytes(a: &[u8]) -> u64 {
 fn bench(c: &mut Criterion) {
     let (gt, pred) = maps();
     let pixels = (W * H) as u64;
-    let single = rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
-        .build()
-        .unwrap();
+    let single = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
     let threads = rayon::current_num_threads();
 
     let mut g = c.benchmark_group("confusion_2048x1024");
@@ -118,12 +111,7 @@ fn bench(c: &mut Criterion) {
         BenchmarkId::new("sum_as_pixel_pairs", format!("{threads}_threads")),
         |b| {
             use rayon::prelude::*;
-            b.iter(|| {
-                black_box(&big)
-                    .par_chunks(1 << 20)
-                    .map(sum_bytes)
-                    .sum::<u64>()
-            })
+            b.iter(|| black_box(&big).par_chunks(1 << 20).map(sum_bytes).sum::<u64>())
         },
     );
     g.finish();

@@ -59,7 +59,12 @@ pub struct EvalConfig {
 
 impl Default for EvalConfig {
     fn default() -> Self {
-        Self { protocol: Protocol::Classes19, pictures: 4, batch_size: 4, adabn_batches: 50 }
+        Self {
+            protocol: Protocol::Classes19,
+            pictures: 4,
+            batch_size: 4,
+            adabn_batches: 50,
+        }
     }
 }
 
@@ -113,9 +118,17 @@ impl RunConfig {
 
 /// Parses `WxH`.
 pub fn parse_crop(s: &str) -> Result<[u32; 2], String> {
-    let (w, h) = s.split_once(['x', 'X']).ok_or_else(|| format!("crop `{s}` is not WxH"))?;
-    let w = w.trim().parse::<u32>().map_err(|_| format!("crop width `{w}` is not a number"))?;
-    let h = h.trim().parse::<u32>().map_err(|_| format!("crop height `{h}` is not a number"))?;
+    let (w, h) = s
+        .split_once(['x', 'X'])
+        .ok_or_else(|| format!("crop `{s}` is not WxH"))?;
+    let w = w
+        .trim()
+        .parse::<u32>()
+        .map_err(|_| format!("crop width `{w}` is not a number"))?;
+    let h = h
+        .trim()
+        .parse::<u32>()
+        .map_err(|_| format!("crop height `{h}` is not a number"))?;
     Ok([w, h])
 }
 
@@ -147,16 +160,26 @@ crop = [64, 64]
         let again = RunConfig::parse(&c.to_toml().unwrap()).unwrap();
         assert_eq!(c, again);
         c.validate(8).unwrap();
-        assert!(c.validate(48).unwrap_err().to_string().contains("multiple of the network's stride"));
+        assert!(c
+            .validate(48)
+            .unwrap_err()
+            .to_string()
+            .contains("multiple of the network's stride"));
     }
 
     #[test]
     fn unknown_keys_and_wrong_types_name_the_key() {
-        let e = RunConfig::parse(&MINIMAL.replace("[model]", "[model]\nwidth = 3")).unwrap_err().to_string();
+        let e = RunConfig::parse(&MINIMAL.replace("[model]", "[model]\nwidth = 3"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("width"), "{e}");
-        let e = RunConfig::parse(&format!("{MINIMAL}\n[trainer]\nsteps = \"many\"\n")).unwrap_err().to_string();
+        let e = RunConfig::parse(&format!("{MINIMAL}\n[trainer]\nsteps = \"many\"\n"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("steps"), "{e}");
-        let e = RunConfig::parse(&MINIMAL.replace("source-only", "magic")).unwrap_err().to_string();
+        let e = RunConfig::parse(&MINIMAL.replace("source-only", "magic"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("magic"), "{e}");
         assert_eq!(parse_crop("64x32").unwrap(), [64, 32]);
         assert!(parse_crop("64").is_err());

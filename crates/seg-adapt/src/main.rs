@@ -8,7 +8,11 @@ mod run;
 use clap::Parser;
 
 #[derive(Parser, Debug)]
-#[command(name = "seg-adapt", version, about = "Train semantic segmentation on synthetic data and adapt it to real images")]
+#[command(
+    name = "seg-adapt",
+    version,
+    about = "Train semantic segmentation on synthetic data and adapt it to real images"
+)]
 struct Cli {
     #[command(subcommand)]
     command: cmd::Command,

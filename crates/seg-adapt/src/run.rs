@@ -34,12 +34,33 @@ fn open(cfg: &RunConfig, which: &str) -> anyhow::Result<Dataset> {
         ..Default::default()
     };
     let (name, root, split, o) = match which {
-        "source" => (d.source_dataset, &d.source_root, "train", opts(true, d.source_list.clone())),
-        "target-train" => (d.target_dataset, &d.target_root, d.target_train_split.as_str(), opts(false, None)),
-        "target-train-labelled" => (d.target_dataset, &d.target_root, d.target_train_split.as_str(), opts(true, None)),
-        _ => (d.target_dataset, &d.target_root, d.target_val_split.as_str(), opts(true, None)),
+        "source" => (
+            d.source_dataset,
+            &d.source_root,
+            "train",
+            opts(true, d.source_list.clone()),
+        ),
+        "target-train" => (
+            d.target_dataset,
+            &d.target_root,
+            d.target_train_split.as_str(),
+            opts(false, None),
+        ),
+        "target-train-labelled" => (
+            d.target_dataset,
+            &d.target_root,
+            d.target_train_split.as_str(),
+            opts(true, None),
+        ),
+        _ => (
+            d.target_dataset,
+            &d.target_root,
+            d.target_val_split.as_str(),
+            opts(true, None),
+        ),
     };
-    open_dataset(name, root, split, o).with_context(|| format!("opening the {which} dataset ({name} at {})", root.display()))
+    open_dataset(name, root, split, o)
+        .with_context(|| format!("opening the {which} dataset ({name} at {})", root.display()))
 }
 
 /// Builds the model (and its variables) a config describes.
@@ -56,7 +77,8 @@ fn source_fractions(ds: &Dataset) -> anyhow::Result<SizeConstraints> {
     let fractions: Vec<[f32; seg_labels::NUM_CLASSES]> = (0..ds.len())
         .into_par_iter()
         .filter_map(|i| ds.load_label(i).ok().flatten())
-        .map(|(_, _, ids, _)| {
+        .map(|label| {
+            let ids = label.ids;
             let mut c = [0u64; seg_labels::NUM_CLASSES];
             let mut n = 0u64;
             for &v in &ids {
@@ -68,20 +90,35 @@ fn source_fractions(ds: &Dataset) -> anyhow::Result<SizeConstraints> {
             std::array::from_fn(|k| if n == 0 { 0.0 } else { c[k] as f32 / n as f32 })
         })
         .collect();
-    anyhow::ensure!(!fractions.is_empty(), "no readable source labels to learn size constraints from");
+    anyhow::ensure!(
+        !fractions.is_empty(),
+        "no readable source labels to learn size constraints from"
+    );
     Ok(SizeConstraints::from_fractions(&fractions))
 }
 
 fn first_size(ds: &Dataset) -> Option<(u32, u32)> {
-    ds.entries().first().and_then(|e| seg_labels::png_io::probe(&e.image).ok())
+    ds.entries()
+        .first()
+        .and_then(|e| seg_labels::png_io::probe(&e.image).ok())
 }
 
 /// Everything `train` needs, checked before any work starts.
-pub fn build_setup(cfg: &RunConfig, run_dir: &Path, device: &Device, resume: bool, progress: bool) -> anyhow::Result<TrainSetup> {
+pub fn build_setup(
+    cfg: &RunConfig,
+    run_dir: &Path,
+    device: &Device,
+    resume: bool,
+    progress: bool,
+) -> anyhow::Result<TrainSetup> {
     let (vars, backbone) = build_model(cfg, device)?;
     cfg.validate(backbone.stride())?;
     let oracle = matches!(cfg.method, MethodConfig::Oracle);
-    let source = Arc::new(if oracle { open(cfg, "target-train-labelled")? } else { open(cfg, "source")? });
+    let source = Arc::new(if oracle {
+        open(cfg, "target-train-labelled")?
+    } else {
+        open(cfg, "source")?
+    });
     let crop = cfg.augment.crop.unwrap_or([0, 0]);
     if let Some((w, h)) = first_size(&source) {
         let s = cfg.augment.base_scale * cfg.augment.scale_range[0].min(cfg.augment.scale_range[1]);
@@ -95,9 +132,18 @@ pub fn build_setup(cfg: &RunConfig, run_dir: &Path, device: &Device, resume: boo
     }
     if let Some(init) = &cfg.model.init_weights {
         let r = seg_fcn::weights::load_init_weights(&vars, "model", init)?;
-        tracing::info!("loaded {} tensors from {} ({} skipped)", r.loaded.len(), init.display(), r.skipped.len());
+        tracing::info!(
+            "loaded {} tensors from {} ({} skipped)",
+            r.loaded.len(),
+            init.display(),
+            r.skipped.len()
+        );
     }
-    let stats = if matches!(cfg.method, MethodConfig::FcnWild(_)) { Some(source_fractions(&source)?) } else { None };
+    let stats = if matches!(cfg.method, MethodConfig::FcnWild(_)) {
+        Some(source_fractions(&source)?)
+    } else {
+        None
+    };
     let vb = seg_nn::init::seeded_builder(&vars, cfg.trainer.seed ^ 0x4EAD, DType::F32, device);
     let head = cfg
         .method
@@ -106,15 +152,29 @@ pub fn build_setup(cfg: &RunConfig, run_dir: &Path, device: &Device, resume: boo
         .build_head(backbone.as_ref(), vb.pp("head"), &vars, stats.as_ref())
         .with_context(|| format!("method `{}` with model `{}`", cfg.method.name(), cfg.model.name))?;
     let t = &cfg.trainer;
-    let src_loader = Loader::new(source, t.batch_size, cfg.augment.clone(), t.seed, Domain::Source, device.clone())
-        .with_cache(t.cache_images);
+    let src_loader = Loader::new(
+        source,
+        t.batch_size,
+        cfg.augment.clone(),
+        t.seed,
+        Domain::Source,
+        device.clone(),
+    )
+    .with_cache(t.cache_images);
     let target = if head.is_some() {
         let ds = Arc::new(open(cfg, "target-train")?);
         let n = t.target_batch_size.unwrap_or(t.batch_size);
         Some(
-            Loader::new(ds, n, cfg.augment.clone(), t.seed ^ 0x7A6E_7461, Domain::Target, device.clone())
-                .with_cache(t.cache_images)
-                .with_labels(false),
+            Loader::new(
+                ds,
+                n,
+                cfg.augment.clone(),
+                t.seed ^ 0x7A6E_7461,
+                Domain::Target,
+                device.clone(),
+            )
+            .with_cache(t.cache_images)
+            .with_labels(false),
         )
     } else {
         None
@@ -153,7 +213,13 @@ pub fn eval_setup(cfg: &RunConfig, device: &Device) -> EvalSetup {
 
 /// Trains one run: saves the resolved config, then trains (or resumes). AdaBN trains the
 /// source-only model, then re-estimates batch-norm statistics on target images.
-pub fn train(cfg: &RunConfig, run_dir: &Path, device: &Device, resume: bool, progress: bool) -> anyhow::Result<TrainOutcome> {
+pub fn train(
+    cfg: &RunConfig,
+    run_dir: &Path,
+    device: &Device,
+    resume: bool,
+    progress: bool,
+) -> anyhow::Result<TrainOutcome> {
     std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
     let setup = build_setup(cfg, run_dir, device, resume, progress)?;
     seg_labels::fsutil::write_atomic(&run_dir.join("config.toml"), cfg.to_toml()?.as_bytes())
@@ -175,19 +241,38 @@ pub struct Trained {
 }
 
 pub fn load_trained(checkpoint: &Path, device: &Device) -> anyhow::Result<Trained> {
-    let file = if checkpoint.is_dir() { checkpoint.join("checkpoint.safetensors") } else { checkpoint.to_path_buf() };
+    let file = if checkpoint.is_dir() {
+        checkpoint.join("checkpoint.safetensors")
+    } else {
+        checkpoint.to_path_buf()
+    };
     let ck = seg_train::checkpoint::load(&file, device)?;
-    let cfg = RunConfig::parse(&ck.meta.config).with_context(|| format!("{}: config stored in the checkpoint", file.display()))?;
+    let cfg = RunConfig::parse(&ck.meta.config)
+        .with_context(|| format!("{}: config stored in the checkpoint", file.display()))?;
     let (vars, backbone) = build_model(&cfg, device)?;
     // Head variables are not needed for inference: restore only the model's.
     let data = vars.data().lock().map_err(|_| anyhow::anyhow!("poisoned var map"))?;
     for (name, var) in data.iter() {
-        let t = ck.tensors.get(name).with_context(|| format!("{}: variable `{name}` missing", file.display()))?;
-        anyhow::ensure!(t.dims() == var.dims(), "{}: `{name}` has shape {:?}, expected {:?}", file.display(), t.dims(), var.dims());
+        let t = ck
+            .tensors
+            .get(name)
+            .with_context(|| format!("{}: variable `{name}` missing", file.display()))?;
+        anyhow::ensure!(
+            t.dims() == var.dims(),
+            "{}: `{name}` has shape {:?}, expected {:?}",
+            file.display(),
+            t.dims(),
+            var.dims()
+        );
         var.set(t)?;
     }
     drop(data);
-    Ok(Trained { cfg, vars, backbone, step: ck.meta.step })
+    Ok(Trained {
+        cfg,
+        vars,
+        backbone,
+        step: ck.meta.step,
+    })
 }
 
 /// AdaBN: loads the source-only model of `from_dir`, re-estimates its batch-norm statistics on
@@ -196,13 +281,30 @@ pub fn adabn_from(cfg: &RunConfig, from_dir: &Path, run_dir: &Path, device: &Dev
     let start = std::time::Instant::now();
     let trained = load_trained(from_dir, device)?;
     let ds = Arc::new(open(cfg, "target-train")?);
-    let mut loader = Loader::new(ds, cfg.trainer.batch_size, cfg.augment.clone(), cfg.trainer.seed ^ 0xADAB, Domain::Target, device.clone())
-        .with_labels(false);
+    let mut loader = Loader::new(
+        ds,
+        cfg.trainer.batch_size,
+        cfg.augment.clone(),
+        cfg.trainer.seed ^ 0xADAB,
+        Domain::Target,
+        device.clone(),
+    )
+    .with_labels(false);
     seg_train::reestimate_bn(trained.backbone.as_ref(), &mut loader, cfg.eval.adabn_batches)?;
-    let data = trained.vars.data().lock().map_err(|_| anyhow::anyhow!("poisoned var map"))?;
-    let tensors: Vec<(String, candle_core::Tensor)> = data.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
+    let data = trained
+        .vars
+        .data()
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned var map"))?;
+    let tensors: Vec<(String, candle_core::Tensor)> =
+        data.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
     drop(data);
-    let meta = seg_train::CheckpointMeta { step: trained.step, source_loader: None, target_loader: None, config: cfg.to_toml()? };
+    let meta = seg_train::CheckpointMeta {
+        step: trained.step,
+        source_loader: None,
+        target_loader: None,
+        config: cfg.to_toml()?,
+    };
     let ck = run_dir.join("checkpoint.safetensors");
     if ck.exists() {
         // Keep the trained source-only checkpoint (with its optimiser state) beside the result.
@@ -212,7 +314,13 @@ pub fn adabn_from(cfg: &RunConfig, from_dir: &Path, run_dir: &Path, device: &Dev
     seg_train::checkpoint::save(&ck, &tensors, &meta)?;
     seg_labels::fsutil::write_atomic(&run_dir.join("config.toml"), cfg.to_toml()?.as_bytes())?;
     let val = open(cfg, "val")?;
-    let report = seg_train::evaluate(trained.backbone.as_ref(), &val, &eval_setup(cfg, device))?.finish(cfg.eval.protocol);
+    let report =
+        seg_train::evaluate(trained.backbone.as_ref(), &val, &eval_setup(cfg, device))?.finish(cfg.eval.protocol);
     report.write(&run_dir.join("eval").join(format!("step_{:06}", trained.step)))?;
-    Ok(TrainOutcome { steps: trained.step, final_miou: report.miou, checkpoint: ck, seconds: start.elapsed().as_secs_f64() })
+    Ok(TrainOutcome {
+        steps: trained.step,
+        final_miou: report.miou,
+        checkpoint: ck,
+        seconds: start.elapsed().as_secs_f64(),
+    })
 }

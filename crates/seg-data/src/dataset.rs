@@ -74,6 +74,16 @@ pub struct Sample {
     pub outside_ids: u64,
 }
 
+/// A label decoded to train ids.
+#[derive(Debug, Clone)]
+pub struct DecodedLabel {
+    pub width: u32,
+    pub height: u32,
+    pub ids: Vec<u8>,
+    /// Pixels whose raw value was outside the dataset's table (now 255).
+    pub outside: u64,
+}
+
 /// A dataset: its samples and how to decode their labels.
 #[derive(Debug, Clone)]
 pub struct Dataset {
@@ -131,13 +141,13 @@ impl Dataset {
             .expect("every reader registers at least one label map")
     }
 
-    /// Decodes the label of entry `i` to train ids: `(width, height, ids, outside_count)`.
-    pub fn load_label(&self, i: usize) -> Result<Option<(u32, u32, Vec<u8>, u64)>, DataError> {
+    /// Decodes the label of entry `i` to train ids.
+    pub fn load_label(&self, i: usize) -> Result<Option<DecodedLabel>, DataError> {
         let entry = &self.entries[i];
         let Some(path) = &entry.label else { return Ok(None) };
         let raw = png_io::read_label(path, self.encoding)?;
         let (ids, outside) = self.label_map_for(path).map_all(&raw.data);
-        Ok(Some((raw.width, raw.height, ids, outside)))
+        Ok(Some(DecodedLabel { width: raw.width, height: raw.height, ids, outside }))
     }
 
     /// Decodes entry `i` fully, applying the size policy to a mismatched label.
@@ -153,7 +163,7 @@ impl Dataset {
                 })
             }
             None => None,
-            Some((lw, lh, ids, outside)) => {
+            Some(DecodedLabel { width: lw, height: lh, ids, outside }) => {
                 outside_ids = outside;
                 if (lw, lh) != (image.width, image.height) {
                     match self.options.size_policy {
@@ -180,6 +190,11 @@ impl Dataset {
                 }
             }
         };
-        Ok(Sample { name: entry.name.clone(), image, label, outside_ids })
+        Ok(Sample {
+            name: entry.name.clone(),
+            image,
+            label,
+            outside_ids,
+        })
     }
 }

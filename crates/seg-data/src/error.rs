@@ -13,11 +13,23 @@ pub enum DataError {
     #[error(transparent)]
     Png(#[from] seg_labels::PngError),
     #[error("{image}: image is {iw}x{ih} but its label {label} is {lw}x{lh}")]
-    SizeMismatch { image: PathBuf, label: PathBuf, iw: u32, ih: u32, lw: u32, lh: u32 },
+    SizeMismatch {
+        image: PathBuf,
+        label: PathBuf,
+        iw: u32,
+        ih: u32,
+        lw: u32,
+        lh: u32,
+    },
     #[error("{path}: no label file for this image (expected {expected})")]
     NoLabel { path: PathBuf, expected: PathBuf },
     #[error("{root}: the {dataset} {split} split has no usable samples{detail}")]
-    Empty { dataset: &'static str, split: String, root: PathBuf, detail: String },
+    Empty {
+        dataset: &'static str,
+        split: String,
+        root: PathBuf,
+        detail: String,
+    },
     #[error("{path}: {reason}")]
     Invalid { path: PathBuf, reason: String },
     #[error("tensor collation failed: {0}")]

@@ -60,9 +60,17 @@ pub fn inspect(ds: &Dataset) -> InspectReport {
                     }
                     (c, ign, s.outside_ids)
                 });
-                One { size: Some((s.image.width, s.image.height)), counts, problem: None }
+                One {
+                    size: Some((s.image.width, s.image.height)),
+                    counts,
+                    problem: None,
+                }
             }
-            Err(e) => One { size: None, counts: None, problem: Some(problem_of(&e, &ds.entries()[i].image)) },
+            Err(e) => One {
+                size: None,
+                counts: None,
+                problem: Some(problem_of(&e, &ds.entries()[i].image)),
+            },
         })
         .collect();
     let mut report = InspectReport {
@@ -106,6 +114,9 @@ pub fn inspect(ds: &Dataset) -> InspectReport {
 pub fn problem_of(e: &DataError, fallback: &std::path::Path) -> Problem {
     let file = e.file().unwrap_or(fallback).display().to_string();
     let full = e.to_string();
-    let reason = full.strip_prefix(&format!("{file}: ")).map(String::from).unwrap_or(full);
+    let reason = full
+        .strip_prefix(&format!("{file}: "))
+        .map(String::from)
+        .unwrap_or(full);
     Problem { file, reason }
 }

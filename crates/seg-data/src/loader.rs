@@ -28,7 +28,13 @@ pub struct Sampler {
 
 impl Sampler {
     pub fn new(len: usize, seed: u64) -> Self {
-        let mut s = Self { len, seed, epoch: 0, pos: 0, order: Vec::new() };
+        let mut s = Self {
+            len,
+            seed,
+            epoch: 0,
+            pos: 0,
+            order: Vec::new(),
+        };
         s.reshuffle();
         s
     }
@@ -110,9 +116,15 @@ struct Prepared {
 pub fn prepare(sample: &Sample, aug: &Augment, rng: &mut Rng) -> (seg_labels::RgbImage, Option<Vec<u8>>) {
     let s = aug.base_scale * rng.range_f32(aug.scale_range[0], aug.scale_range[1].max(aug.scale_range[0]));
     let (w, h) = (sample.image.width, sample.image.height);
-    let (nw, nh) = (((w as f32 * s).round() as u32).max(1), ((h as f32 * s).round() as u32).max(1));
+    let (nw, nh) = (
+        ((w as f32 * s).round() as u32).max(1),
+        ((h as f32 * s).round() as u32).max(1),
+    );
     let img = transform::resize_bilinear(&sample.image, nw, nh);
-    let lab = sample.label.as_ref().map(|l| transform::resize_nearest(l, w, h, nw, nh));
+    let lab = sample
+        .label
+        .as_ref()
+        .map(|l| transform::resize_nearest(l, w, h, nw, nh));
     let (mut img, mut lab) = match aug.crop {
         Some([cw, ch]) => transform::random_crop(&img, lab.as_deref(), cw, ch, rng),
         None => (img, lab),
@@ -138,7 +150,14 @@ pub struct Loader {
 }
 
 impl Loader {
-    pub fn new(dataset: Arc<Dataset>, batch_size: usize, augment: Augment, seed: u64, domain: Domain, device: Device) -> Self {
+    pub fn new(
+        dataset: Arc<Dataset>,
+        batch_size: usize,
+        augment: Augment,
+        seed: u64,
+        domain: Domain,
+        device: Device,
+    ) -> Self {
         let sampler = Sampler::new(dataset.len(), seed);
         Self {
             dataset,
@@ -168,7 +187,11 @@ impl Loader {
 
     pub fn state(&self) -> LoaderState {
         let (epoch, pos) = self.sampler.position();
-        LoaderState { epoch, pos, draws: self.draws }
+        LoaderState {
+            epoch,
+            pos,
+            draws: self.draws,
+        }
     }
 
     pub fn restore(&mut self, state: LoaderState) {
@@ -212,9 +235,9 @@ impl Loader {
             .collect::<Result<_, _>>()?;
         // Refill skipped slots sequentially; give up after two epochs without one good sample.
         let mut attempts = 0;
-        for slot in 0..prepared.len() {
+        for slot in prepared.iter_mut() {
             let mut misses = 0;
-            while prepared[slot].is_none() {
+            while slot.is_none() {
                 attempts += 1;
                 misses += 1;
                 if misses > 2 * self.dataset.len() {
@@ -227,7 +250,7 @@ impl Loader {
                 }
                 let i = self.sampler.next_index();
                 match self.prepare_one(i, draw, 1000 + attempts as u64) {
-                    Ok(p) => prepared[slot] = Some(p),
+                    Ok(p) => *slot = Some(p),
                     Err(e) => tracing::warn!("skipping sample: {e}"),
                 }
             }
@@ -269,7 +292,10 @@ fn collate(prepared: Vec<Prepared>, domain: Domain, device: &Device) -> Result<B
         });
     }
     let mut pixels = Vec::with_capacity(n * 3 * (w * h) as usize);
-    let mut labels: Option<Vec<u32>> = prepared[0].label.as_ref().map(|_| Vec::with_capacity(n * (w * h) as usize));
+    let mut labels: Option<Vec<u32>> = prepared[0]
+        .label
+        .as_ref()
+        .map(|_| Vec::with_capacity(n * (w * h) as usize));
     let mut names = Vec::with_capacity(n);
     for p in prepared {
         pixels.extend_from_slice(&p.pixels);
@@ -284,7 +310,12 @@ fn collate(prepared: Vec<Prepared>, domain: Domain, device: &Device) -> Result<B
         Some(l) if l.len() == n * h * w => Some(Tensor::from_vec(l, (n, h, w), device)?),
         _ => None,
     };
-    Ok(Batch { images, labels, domain, names })
+    Ok(Batch {
+        images,
+        labels,
+        domain,
+        names,
+    })
 }
 
 /// In-order batches of decoded samples for evaluation, in candle-datasets' builder shape.
@@ -297,7 +328,12 @@ pub struct Batcher<'a> {
 
 impl<'a> Batcher<'a> {
     pub fn new(dataset: &'a Dataset) -> Self {
-        Self { dataset, batch_size: 16, return_last_incomplete_batch: true, next: 0 }
+        Self {
+            dataset,
+            batch_size: 16,
+            return_last_incomplete_batch: true,
+            next: 0,
+        }
     }
 
     pub fn batch_size(mut self, batch_size: usize) -> Self {
@@ -330,13 +366,23 @@ impl Iterator for Batcher<'_> {
 }
 
 /// Normalises whole decoded samples into one `N×3×H×W` tensor (all the same size).
-pub fn images_to_tensor(samples: &[&seg_labels::RgbImage], aug: &Augment, device: &Device) -> Result<Tensor, DataError> {
+pub fn images_to_tensor(
+    samples: &[&seg_labels::RgbImage],
+    aug: &Augment,
+    device: &Device,
+) -> Result<Tensor, DataError> {
     let prepared = samples
         .iter()
         .map(|img| {
             let mut pixels = Vec::new();
             transform::normalize_chw(img, aug.mean, aug.std, &mut pixels);
-            Prepared { name: String::new(), width: img.width, height: img.height, pixels, label: None }
+            Prepared {
+                name: String::new(),
+                width: img.width,
+                height: img.height,
+                pixels,
+                label: None,
+            }
         })
         .collect();
     Ok(collate(prepared, Domain::Target, device)?.images)

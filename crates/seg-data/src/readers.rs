@@ -39,7 +39,9 @@ impl std::str::FromStr for DatasetName {
             "cityscapes" => Ok(DatasetName::Cityscapes),
             "gta5" | "gta" => Ok(DatasetName::Gta5),
             "synthia" => Ok(DatasetName::Synthia),
-            other => Err(format!("unknown dataset `{other}`: expected cityscapes, gta5 or synthia")),
+            other => Err(format!(
+                "unknown dataset `{other}`: expected cityscapes, gta5 or synthia"
+            )),
         }
     }
 }
@@ -54,9 +56,17 @@ impl std::fmt::Display for DatasetName {
 pub type Split = String;
 
 /// Opens a dataset of the given format.
-pub fn open_dataset(name: DatasetName, root: &Path, split: &str, options: DatasetOptions) -> Result<Dataset, DataError> {
+pub fn open_dataset(
+    name: DatasetName,
+    root: &Path,
+    split: &str,
+    options: DatasetOptions,
+) -> Result<Dataset, DataError> {
     if !root.is_dir() {
-        return Err(DataError::Missing { what: "dataset root", path: root.to_path_buf() });
+        return Err(DataError::Missing {
+            what: "dataset root",
+            path: root.to_path_buf(),
+        });
     }
     let ds = match name {
         DatasetName::Cityscapes => open_cityscapes(root, split, options)?,
@@ -91,10 +101,16 @@ pub fn open_dataset(name: DatasetName, root: &Path, split: &str, options: Datase
 }
 
 fn sorted_pngs(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
-    let rd = std::fs::read_dir(dir).map_err(|source| DataError::ReadDir { path: dir.to_path_buf(), source })?;
+    let rd = std::fs::read_dir(dir).map_err(|source| DataError::ReadDir {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     let mut out = Vec::new();
     for e in rd {
-        let e = e.map_err(|source| DataError::ReadDir { path: dir.to_path_buf(), source })?;
+        let e = e.map_err(|source| DataError::ReadDir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
         let p = e.path();
         if p.extension().is_some_and(|x| x.eq_ignore_ascii_case("png")) && p.is_file() {
             out.push(p);
@@ -105,10 +121,16 @@ fn sorted_pngs(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
 }
 
 fn sorted_dirs(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
-    let rd = std::fs::read_dir(dir).map_err(|source| DataError::ReadDir { path: dir.to_path_buf(), source })?;
+    let rd = std::fs::read_dir(dir).map_err(|source| DataError::ReadDir {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     let mut out = Vec::new();
     for e in rd {
-        let e = e.map_err(|source| DataError::ReadDir { path: dir.to_path_buf(), source })?;
+        let e = e.map_err(|source| DataError::ReadDir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
         // Only real directories: a symlink loop is never followed.
         if e.file_type().is_ok_and(|t| t.is_dir()) {
             out.push(e.path());
@@ -119,12 +141,22 @@ fn sorted_dirs(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
 }
 
 fn read_list(path: &Path) -> Result<Vec<String>, DataError> {
-    let text = std::fs::read_to_string(path).map_err(|source| DataError::List { path: path.to_path_buf(), source })?;
-    Ok(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from).collect())
+    let text = std::fs::read_to_string(path).map_err(|source| DataError::List {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(String::from)
+        .collect())
 }
 
 fn file_stem(p: &Path) -> String {
-    p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+    p.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// GTA5 and SYNTHIA: one image folder and one label folder, paired by file name.
@@ -138,14 +170,24 @@ fn open_flat(
     options: DatasetOptions,
 ) -> Result<Dataset, DataError> {
     if !image_dir.is_dir() {
-        return Err(DataError::Missing { what: "image folder", path: image_dir.to_path_buf() });
+        return Err(DataError::Missing {
+            what: "image folder",
+            path: image_dir.to_path_buf(),
+        });
     }
     let images: Vec<PathBuf> = match &options.list {
         Some(list) => read_list(list)?
             .into_iter()
             .map(|l| {
-                let file = Path::new(&l).file_name().map(PathBuf::from).unwrap_or_else(|| PathBuf::from(&l));
-                let file = if file.extension().is_none() { file.with_extension("png") } else { file };
+                let file = Path::new(&l)
+                    .file_name()
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| PathBuf::from(&l));
+                let file = if file.extension().is_none() {
+                    file.with_extension("png")
+                } else {
+                    file
+                };
                 image_dir.join(file)
             })
             .collect(),
@@ -153,13 +195,20 @@ fn open_flat(
     };
     let has_labels = label_dir.is_dir();
     if options.require_labels && !has_labels {
-        return Err(DataError::Missing { what: "label folder", path: label_dir.to_path_buf() });
+        return Err(DataError::Missing {
+            what: "label folder",
+            path: label_dir.to_path_buf(),
+        });
     }
     let entries = images
         .into_iter()
         .map(|image| {
             let label = image.file_name().map(|f| label_dir.join(f)).filter(|_| has_labels);
-            SampleRef { name: file_stem(&image), image, label }
+            SampleRef {
+                name: file_stem(&image),
+                image,
+                label,
+            }
         })
         .collect();
     Ok(Dataset {
@@ -180,20 +229,36 @@ const CS_TRAIN_IDS: &str = "_gtFine_labelTrainIds.png";
 fn open_cityscapes(root: &Path, split: &str, options: DatasetOptions) -> Result<Dataset, DataError> {
     let image_root = root.join("leftImg8bit").join(split);
     if !image_root.is_dir() {
-        return Err(DataError::Missing { what: "Cityscapes image split", path: image_root });
+        return Err(DataError::Missing {
+            what: "Cityscapes image split",
+            path: image_root,
+        });
     }
     let label_root = root.join("gtFine").join(split);
     if options.require_labels && !label_root.is_dir() {
-        return Err(DataError::Missing { what: "Cityscapes gtFine split", path: label_root });
+        return Err(DataError::Missing {
+            what: "Cityscapes gtFine split",
+            path: label_root,
+        });
     }
     let images: Vec<PathBuf> = match &options.list {
         Some(list) => read_list(list)?
             .into_iter()
             .map(|l| {
                 // Accept `city/stem_leftImg8bit.png`, `leftImg8bit/val/city/...`, or a bare stem.
-                let rel = l.trim_start_matches("leftImg8bit/").trim_start_matches(&format!("{split}/")).to_string();
-                let rel = if rel.ends_with(".png") { rel } else { format!("{rel}{CS_IMAGE_SUFFIX}") };
-                let file = Path::new(&rel).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+                let rel = l
+                    .trim_start_matches("leftImg8bit/")
+                    .trim_start_matches(&format!("{split}/"))
+                    .to_string();
+                let rel = if rel.ends_with(".png") {
+                    rel
+                } else {
+                    format!("{rel}{CS_IMAGE_SUFFIX}")
+                };
+                let file = Path::new(&rel)
+                    .file_name()
+                    .map(|f| f.to_string_lossy().into_owned())
+                    .unwrap_or_default();
                 let city = file.split('_').next().unwrap_or_default().to_string();
                 image_root.join(city).join(file)
             })
@@ -201,11 +266,10 @@ fn open_cityscapes(root: &Path, split: &str, options: DatasetOptions) -> Result<
         None => {
             let mut all = Vec::new();
             for city in sorted_dirs(&image_root)? {
-                all.extend(
-                    sorted_pngs(&city)?
-                        .into_iter()
-                        .filter(|p| p.file_name().is_some_and(|f| f.to_string_lossy().ends_with(CS_IMAGE_SUFFIX))),
-                );
+                all.extend(sorted_pngs(&city)?.into_iter().filter(|p| {
+                    p.file_name()
+                        .is_some_and(|f| f.to_string_lossy().ends_with(CS_IMAGE_SUFFIX))
+                }));
             }
             all
         }
@@ -213,9 +277,16 @@ fn open_cityscapes(root: &Path, split: &str, options: DatasetOptions) -> Result<
     let entries = images
         .into_iter()
         .map(|image| {
-            let file = image.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+            let file = image
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default();
             let stem = file.strip_suffix(CS_IMAGE_SUFFIX).unwrap_or(&file).to_string();
-            let city = image.parent().and_then(|p| p.file_name()).map(PathBuf::from).unwrap_or_default();
+            let city = image
+                .parent()
+                .and_then(|p| p.file_name())
+                .map(PathBuf::from)
+                .unwrap_or_default();
             let dir = label_root.join(city);
             let ids = dir.join(format!("{stem}{CS_LABEL_IDS}"));
             let train = dir.join(format!("{stem}{CS_TRAIN_IDS}"));
@@ -230,7 +301,11 @@ fn open_cityscapes(root: &Path, split: &str, options: DatasetOptions) -> Result<
                     }
                 }
             };
-            SampleRef { name: stem, image, label }
+            SampleRef {
+                name: stem,
+                image,
+                label,
+            }
         })
         .collect();
     Ok(Dataset {
@@ -255,7 +330,11 @@ pub fn orphan_labels(ds: &Dataset) -> Vec<PathBuf> {
         _ => return cityscapes_orphans(ds),
     };
     let have: std::collections::HashSet<String> = ds.entries.iter().map(|e| e.name.clone()).collect();
-    sorted_pngs(&label_dir).unwrap_or_default().into_iter().filter(|p| !have.contains(&file_stem(p))).collect()
+    sorted_pngs(&label_dir)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| !have.contains(&file_stem(p)))
+        .collect()
 }
 
 fn cityscapes_orphans(ds: &Dataset) -> Vec<PathBuf> {
@@ -264,7 +343,10 @@ fn cityscapes_orphans(ds: &Dataset) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for city in sorted_dirs(&label_root).unwrap_or_default() {
         for p in sorted_pngs(&city).unwrap_or_default() {
-            let f = p.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+            let f = p
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default();
             if let Some(stem) = f.strip_suffix(CS_LABEL_IDS) {
                 if !have.contains(stem) {
                     out.push(p);

@@ -59,8 +59,22 @@ pub struct ToySizes {
 impl Preset {
     pub fn sizes(self) -> ToySizes {
         match self {
-            Preset::Quick => ToySizes { width: 128, height: 64, gta5: 160, synthia: 80, target_train: 120, target_val: 30 },
-            Preset::Default => ToySizes { width: 256, height: 128, gta5: 600, synthia: 300, target_train: 400, target_val: 100 },
+            Preset::Quick => ToySizes {
+                width: 128,
+                height: 64,
+                gta5: 160,
+                synthia: 80,
+                target_train: 120,
+                target_val: 30,
+            },
+            Preset::Default => ToySizes {
+                width: 256,
+                height: 128,
+                gta5: 600,
+                synthia: 300,
+                target_train: 400,
+                target_val: 100,
+            },
         }
     }
 }
@@ -190,11 +204,33 @@ impl Domain {
 
     fn look(self) -> Look {
         match self {
-            Domain::Gta5 => Look { shift: 0.0, tint: 0.07, texture: 0.0, cast: 0.0, shadow: 0.0, blur: false, noise: 0.0 },
-            Domain::Synthia => {
-                Look { shift: 0.1, tint: 0.09, texture: 0.25, cast: 0.15, shadow: 0.0, blur: false, noise: 1.5 }
-            }
-            Domain::Target => Look { shift: 0.45, tint: 0.12, texture: 1.0, cast: 1.0, shadow: 0.6, blur: true, noise: 7.0 },
+            Domain::Gta5 => Look {
+                shift: 0.0,
+                tint: 0.07,
+                texture: 0.0,
+                cast: 0.0,
+                shadow: 0.0,
+                blur: false,
+                noise: 0.0,
+            },
+            Domain::Synthia => Look {
+                shift: 0.1,
+                tint: 0.09,
+                texture: 0.25,
+                cast: 0.15,
+                shadow: 0.0,
+                blur: false,
+                noise: 1.5,
+            },
+            Domain::Target => Look {
+                shift: 0.45,
+                tint: 0.12,
+                texture: 1.0,
+                cast: 1.0,
+                shadow: 0.6,
+                blur: true,
+                noise: 7.0,
+            },
         }
     }
 }
@@ -263,7 +299,13 @@ struct Scene {
 
 impl Scene {
     fn new(w: usize, h: usize) -> Self {
-        Self { w, h, ids: vec![0; w * h], objects: vec![0; w * h], object_info: vec![(0, [0.0; 3], 0)] }
+        Self {
+            w,
+            h,
+            ids: vec![0; w * h],
+            objects: vec![0; w * h],
+            object_info: vec![(0, [0.0; 3], 0)],
+        }
     }
 
     fn object(&mut self, id: u8, rng: &mut Rng, tint: f32) -> u16 {
@@ -335,7 +377,12 @@ fn draw_scene(w: usize, h: usize, layout: &Layout, look: &Look, rng: &mut Rng) -
             let b = s.object(BUILDING, rng, tint);
             s.rect(x, top, x + bw, yh + hf * 0.03, b);
         }
-        x += bw + if rng.chance(0.2) { wf * rng.range_f32(0.0, 0.08) } else { 0.0 };
+        x += bw
+            + if rng.chance(0.2) {
+                wf * rng.range_f32(0.0, 0.08)
+            } else {
+                0.0
+            };
     }
     // Background trees between buildings.
     for _ in 0..range(rng, layout.trees) {
@@ -436,7 +483,15 @@ fn draw_scene(w: usize, h: usize, layout: &Layout, look: &Look, rng: &mut Rng) -
     }
     let mut things: Vec<(f32, Thing)> = Vec::new();
     for _ in 0..range(rng, layout.cars) {
-        let kind = if rng.chance(layout.big_vehicle) { if rng.chance(0.5) { TRUCK } else { BUS } } else { CAR };
+        let kind = if rng.chance(layout.big_vehicle) {
+            if rng.chance(0.5) {
+                TRUCK
+            } else {
+                BUS
+            }
+        } else {
+            CAR
+        };
         things.push((rng.range_f32(0.08, 0.95), Thing::Vehicle(kind)));
     }
     for _ in 0..range(rng, layout.people) {
@@ -498,7 +553,8 @@ fn draw_scene(w: usize, h: usize, layout: &Layout, look: &Look, rng: &mut Rng) -
 /// Smooth value noise in [-1, 1].
 fn value_noise(seed: u64, x: f32, y: f32) -> f32 {
     fn hash(seed: u64, xi: i64, yi: i64) -> f32 {
-        let mut v = seed ^ (xi as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (yi as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+        let mut v =
+            seed ^ (xi as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (yi as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
         v ^= v >> 29;
         v = v.wrapping_mul(0xBF58_476D_1CE4_E5B9);
         v ^= v >> 32;
@@ -520,14 +576,22 @@ fn texture(id: u8, x: f32, y: f32, w: f32, seed: u64) -> f32 {
     match id {
         ROAD => 10.0 * value_noise(seed, u * 0.6, v * 0.6) + 6.0 * value_noise(seed ^ 1, u * 0.1, v * 0.1),
         SIDEWALK => {
-            let tile = if ((u / 6.0).floor() as i64 + (v / 6.0).floor() as i64) % 2 == 0 { 8.0 } else { -8.0 };
+            let tile = if ((u / 6.0).floor() as i64 + (v / 6.0).floor() as i64) % 2 == 0 {
+                8.0
+            } else {
+                -8.0
+            };
             tile + 5.0 * value_noise(seed, u * 0.5, v * 0.5)
         }
         BUILDING => {
             // Rows of windows.
             let wx = (u / 7.0).fract();
             let wy = (v / 9.0).fract();
-            let window = if (0.3..0.75).contains(&wx) && (0.3..0.8).contains(&wy) { -35.0 } else { 0.0 };
+            let window = if (0.3..0.75).contains(&wx) && (0.3..0.8).contains(&wy) {
+                -35.0
+            } else {
+                0.0
+            };
             window + 8.0 * value_noise(seed, u * 0.2, v * 0.2)
         }
         VEGETATION => 30.0 * value_noise(seed, u * 0.7, v * 0.7) + 10.0 * value_noise(seed ^ 3, u * 2.0, v * 2.0),
@@ -573,7 +637,11 @@ fn render(scene: &Scene, look: &Look, rng: &mut Rng) -> RgbImage {
             let (id, jitter, _) = scene.object_info[scene.objects[i] as usize];
             let id = if scene.objects[i] == 0 { scene.ids[i] } else { id };
             let (src, real) = (source_color(id), real_color(id));
-            let t = if look.texture > 0.0 { look.texture * texture(id, x as f32, y as f32, w as f32, tex_seed) } else { 0.0 };
+            let t = if look.texture > 0.0 {
+                look.texture * texture(id, x as f32, y as f32, w as f32, tex_seed)
+            } else {
+                0.0
+            };
             let mut shade = 1.0;
             if let Some((x0, slope, width, dark)) = shadow {
                 let edge = x0 + slope * y as f32;
@@ -594,11 +662,19 @@ fn render(scene: &Scene, look: &Look, rng: &mut Rng) -> RgbImage {
     let data = px
         .iter()
         .map(|&v| {
-            let n = if look.noise > 0.0 { rng.normal() * look.noise } else { 0.0 };
+            let n = if look.noise > 0.0 {
+                rng.normal() * look.noise
+            } else {
+                0.0
+            };
             (v + n).round().clamp(0.0, 255.0) as u8
         })
         .collect();
-    RgbImage { width: w as u32, height: h as u32, data }
+    RgbImage {
+        width: w as u32,
+        height: h as u32,
+        data,
+    }
 }
 
 fn box_blur(px: &[f32], w: usize, h: usize) -> Vec<f32> {
@@ -650,7 +726,11 @@ fn generate_one(domain: Domain, seed: u64, index: u64, w: u32, h: u32) -> ToySam
             }
         })
         .collect();
-    ToySample { image, label_ids: scene.ids, instance_ids }
+    ToySample {
+        image,
+        label_ids: scene.ids,
+        instance_ids,
+    }
 }
 
 fn io<T>(r: Result<T, seg_labels::PngError>) -> Result<T, DataError> {
@@ -661,7 +741,10 @@ fn io<T>(r: Result<T, seg_labels::PngError>) -> Result<T, DataError> {
 pub fn generate(out: &Path, seed: u64, preset: Preset) -> Result<ToyManifest, DataError> {
     let sizes = preset.sizes();
     let (w, h) = (sizes.width, sizes.height);
-    std::fs::create_dir_all(out).map_err(|source| DataError::ReadDir { path: out.to_path_buf(), source })?;
+    std::fs::create_dir_all(out).map_err(|source| DataError::ReadDir {
+        path: out.to_path_buf(),
+        source,
+    })?;
     let palette = label_id_palette();
 
     // GTA5: images/NNNNN.png, labels/NNNNN.png (palette index = label id).
@@ -669,7 +752,13 @@ pub fn generate(out: &Path, seed: u64, preset: Preset) -> Result<ToyManifest, Da
         let s = generate_one(Domain::Gta5, seed, i as u64, w, h);
         let name = format!("{:05}.png", i + 1);
         io(png_io::write_rgb(&out.join("gta5/images").join(&name), &s.image))?;
-        io(png_io::write_palette8(&out.join("gta5/labels").join(&name), w, h, &s.label_ids, &palette))
+        io(png_io::write_palette8(
+            &out.join("gta5/labels").join(&name),
+            w,
+            h,
+            &s.label_ids,
+            &palette,
+        ))
     })?;
 
     // SYNTHIA: RGB/NNNNNNN.png, GT/LABELS/NNNNNNN.png (16-bit; class, instance, 0).
@@ -688,7 +777,12 @@ pub fn generate(out: &Path, seed: u64, preset: Preset) -> Result<ToyManifest, Da
             })
             .collect();
         io(png_io::write_rgb(&out.join("synthia/RGB").join(&name), &s.image))?;
-        io(png_io::write_rgb16(&out.join("synthia/GT/LABELS").join(&name), w, h, &px))
+        io(png_io::write_rgb16(
+            &out.join("synthia/GT/LABELS").join(&name),
+            w,
+            h,
+            &px,
+        ))
     })?;
 
     // Cityscapes: leftImg8bit + gtFine (labelIds, instanceIds, color).
@@ -699,13 +793,31 @@ pub fn generate(out: &Path, seed: u64, preset: Preset) -> Result<ToyManifest, Da
         .collect();
     jobs.par_iter().try_for_each(|&(split, city, i)| {
         let s = generate_one(Domain::Target, seed, i as u64, w, h);
-        let frame = if matches!(city, "lindau" | "munster") { 19 } else { (i * 37 % 900 + 19) as u32 };
+        let frame = if matches!(city, "lindau" | "munster") {
+            19
+        } else {
+            (i * 37 % 900 + 19) as u32
+        };
         let stem = format!("{city}_{:06}_{frame:06}", i);
-        let img_path = cs.join("leftImg8bit").join(split).join(city).join(format!("{stem}_leftImg8bit.png"));
+        let img_path = cs
+            .join("leftImg8bit")
+            .join(split)
+            .join(city)
+            .join(format!("{stem}_leftImg8bit.png"));
         io(png_io::write_rgb(&img_path, &s.image))?;
         let gt = cs.join("gtFine").join(split).join(city);
-        io(png_io::write_gray8(&gt.join(format!("{stem}_gtFine_labelIds.png")), w, h, &s.label_ids))?;
-        io(png_io::write_gray16(&gt.join(format!("{stem}_gtFine_instanceIds.png")), w, h, &s.instance_ids))?;
+        io(png_io::write_gray8(
+            &gt.join(format!("{stem}_gtFine_labelIds.png")),
+            w,
+            h,
+            &s.label_ids,
+        ))?;
+        io(png_io::write_gray16(
+            &gt.join(format!("{stem}_gtFine_instanceIds.png")),
+            w,
+            h,
+            &s.instance_ids,
+        ))?;
         let rgba: Vec<u8> = s
             .label_ids
             .iter()
@@ -714,16 +826,28 @@ pub fn generate(out: &Path, seed: u64, preset: Preset) -> Result<ToyManifest, Da
                 [c[0], c[1], c[2], 255]
             })
             .collect();
-        io(png_io::write_rgba(&gt.join(format!("{stem}_gtFine_color.png")), w, h, &rgba))
+        io(png_io::write_rgba(
+            &gt.join(format!("{stem}_gtFine_color.png")),
+            w,
+            h,
+            &rgba,
+        ))
     })?;
 
-    let manifest = ToyManifest { generator_version: GENERATOR_VERSION, seed, preset, sizes };
+    let manifest = ToyManifest {
+        generator_version: GENERATOR_VERSION,
+        seed,
+        preset,
+        sizes,
+    };
     let json = serde_json::to_vec_pretty(&manifest).map_err(|e| DataError::Invalid {
         path: out.join("toy.json"),
         reason: e.to_string(),
     })?;
-    seg_labels::fsutil::write_atomic(&out.join("toy.json"), &json)
-        .map_err(|source| DataError::ReadDir { path: out.join("toy.json"), source })?;
+    seg_labels::fsutil::write_atomic(&out.join("toy.json"), &json).map_err(|source| DataError::ReadDir {
+        path: out.join("toy.json"),
+        source,
+    })?;
     Ok(manifest)
 }
 

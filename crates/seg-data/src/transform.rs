@@ -41,7 +41,11 @@ pub fn resize_bilinear(img: &RgbImage, nw: u32, nh: u32) -> RgbImage {
             }
         }
     }
-    RgbImage { width: nw, height: nh, data }
+    RgbImage {
+        width: nw,
+        height: nh,
+        data,
+    }
 }
 
 /// Nearest-neighbour resize of a label map (PIL `NEAREST`: source = floor((x + 0.5) * in / out)).
@@ -49,8 +53,9 @@ pub fn resize_nearest(label: &[u8], w: u32, h: u32, nw: u32, nh: u32) -> Vec<u8>
     if (nw, nh) == (w, h) {
         return label.to_vec();
     }
-    let xs: Vec<usize> =
-        (0..nw).map(|x| (((x as f64 + 0.5) * w as f64 / nw as f64) as usize).min(w as usize - 1)).collect();
+    let xs: Vec<usize> = (0..nw)
+        .map(|x| (((x as f64 + 0.5) * w as f64 / nw as f64) as usize).min(w as usize - 1))
+        .collect();
     let mut out = Vec::with_capacity((nw * nh) as usize);
     for y in 0..nh {
         let sy = (((y as f64 + 0.5) * h as f64 / nh as f64) as usize).min(h as usize - 1);
@@ -79,10 +84,24 @@ pub fn hflip(img: &mut RgbImage, label: Option<&mut Vec<u8>>) {
 
 /// Crops `cw × ch` at a random position; where the image is smaller it is padded first
 /// (image with 0, label with 255 = ignore).
-pub fn random_crop(img: &RgbImage, label: Option<&[u8]>, cw: u32, ch: u32, rng: &mut Rng) -> (RgbImage, Option<Vec<u8>>) {
+pub fn random_crop(
+    img: &RgbImage,
+    label: Option<&[u8]>,
+    cw: u32,
+    ch: u32,
+    rng: &mut Rng,
+) -> (RgbImage, Option<Vec<u8>>) {
     let (w, h) = (img.width, img.height);
-    let x0 = if w > cw { rng.below((w - cw + 1) as usize) as u32 } else { 0 };
-    let y0 = if h > ch { rng.below((h - ch + 1) as usize) as u32 } else { 0 };
+    let x0 = if w > cw {
+        rng.below((w - cw + 1) as usize) as u32
+    } else {
+        0
+    };
+    let y0 = if h > ch {
+        rng.below((h - ch + 1) as usize) as u32
+    } else {
+        0
+    };
     let mut data = vec![0u8; (cw * ch * 3) as usize];
     let mut lab = label.map(|_| vec![IGNORE; (cw * ch) as usize]);
     let cols = cw.min(w - x0) as usize;
@@ -94,7 +113,14 @@ pub fn random_crop(img: &RgbImage, label: Option<&[u8]>, cw: u32, ch: u32, rng: 
             dst[y * cw as usize..][..cols].copy_from_slice(&l[sy * w as usize + x0 as usize..][..cols]);
         }
     }
-    (RgbImage { width: cw, height: ch, data }, lab)
+    (
+        RgbImage {
+            width: cw,
+            height: ch,
+            data,
+        },
+        lab,
+    )
 }
 
 /// Converts to CHW floats: `(v / 255 - mean) / std`.
@@ -120,7 +146,11 @@ mod tests {
     use super::*;
 
     fn img(w: u32, h: u32) -> RgbImage {
-        RgbImage { width: w, height: h, data: (0..w * h * 3).map(|v| (v % 251) as u8).collect() }
+        RgbImage {
+            width: w,
+            height: h,
+            data: (0..w * h * 3).map(|v| (v % 251) as u8).collect(),
+        }
     }
 
     #[test]
@@ -134,10 +164,18 @@ mod tests {
 
     #[test]
     fn bilinear_keeps_constant_and_interpolates() {
-        let c = RgbImage { width: 3, height: 2, data: vec![77; 18] };
+        let c = RgbImage {
+            width: 3,
+            height: 2,
+            data: vec![77; 18],
+        };
         assert!(resize_bilinear(&c, 7, 5).data.iter().all(|&v| v == 77));
         // 2 -> 4 along x with values 0 and 200: half-pixel centres give 0, 50, 150, 200.
-        let g = RgbImage { width: 2, height: 1, data: vec![0, 0, 0, 200, 200, 200] };
+        let g = RgbImage {
+            width: 2,
+            height: 1,
+            data: vec![0, 0, 0, 200, 200, 200],
+        };
         let r = resize_bilinear(&g, 4, 1);
         let red: Vec<u8> = r.data.chunks(3).map(|p| p[0]).collect();
         assert_eq!(red, vec![0, 50, 150, 200]);
@@ -163,7 +201,11 @@ mod tests {
 
     #[test]
     fn normalisation_is_imagenet() {
-        let im = RgbImage { width: 1, height: 1, data: vec![255, 0, 128] };
+        let im = RgbImage {
+            width: 1,
+            height: 1,
+            data: vec![255, 0, 128],
+        };
         let mut out = Vec::new();
         normalize_chw(&im, IMAGENET_MEAN, IMAGENET_STD, &mut out);
         assert!((out[0] - (1.0 - 0.485) / 0.229).abs() < 1e-5);

@@ -18,8 +18,16 @@ fn main() {
     let w = Var::from_tensor(&Tensor::randn(0f32, 0.1, (24, 16, 3, 3), &dev).unwrap()).unwrap();
     time("pool reshape+max", || seg_nn::max_pool2x2(x.as_tensor()).unwrap(), &x);
     time("pool candle", || x.as_tensor().max_pool2d(2).unwrap(), &x);
-    time("conv im2col 16->24", || seg_nn::layers::conv2d_im2col(x.as_tensor(), w.as_tensor(), 1, 1).unwrap(), &x);
-    time("conv candle 16->24", || x.as_tensor().conv2d(w.as_tensor(), 1, 1, 1, 1).unwrap(), &x);
+    time(
+        "conv im2col 16->24",
+        || seg_nn::layers::conv2d_im2col(x.as_tensor(), w.as_tensor(), 1, 1).unwrap(),
+        &x,
+    );
+    time(
+        "conv candle 16->24",
+        || x.as_tensor().conv2d(w.as_tensor(), 1, 1, 1, 1).unwrap(),
+        &x,
+    );
     time("relu", || x.as_tensor().relu().unwrap(), &x);
     let vars = candle_nn::VarMap::new();
     let vb = seg_nn::init::seeded_builder(&vars, 1, candle_core::DType::F32, &dev);
@@ -27,5 +35,9 @@ fn main() {
     use candle_core::ModuleT;
     time("bn", || bn.forward_t(x.as_tensor(), true).unwrap(), &x);
     let l = Var::from_tensor(&Tensor::randn(0f32, 1.0, (8, 19, 8, 16), &dev).unwrap()).unwrap();
-    time("resize 8x16->64x128 (19ch)", || seg_nn::resize_bilinear(l.as_tensor(), 64, 128).unwrap(), &l);
+    time(
+        "resize 8x16->64x128 (19ch)",
+        || seg_nn::resize_bilinear(l.as_tensor(), 64, 128).unwrap(),
+        &l,
+    );
 }

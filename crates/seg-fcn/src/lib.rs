@@ -42,7 +42,10 @@ impl std::str::FromStr for ModelName {
             "vgg16-fcn8s" => Ok(ModelName::Vgg16Fcn8s),
             "vgg16-fcn8s-reduced" => Ok(ModelName::Vgg16Fcn8sReduced),
             "small" => Ok(ModelName::Small),
-            o => Err(format!("unknown model `{o}`: expected one of {}", ModelName::ALL.join(", "))),
+            o => Err(format!(
+                "unknown model `{o}`: expected one of {}",
+                ModelName::ALL.join(", ")
+            )),
         }
     }
 }
@@ -54,7 +57,12 @@ impl std::fmt::Display for ModelName {
 }
 
 /// Builds a model with its variables under `vb` (the trainer passes `vb.pp("model")`).
-pub fn build(name: ModelName, num_classes: usize, vb: VarBuilder<'_>, vars: &VarMap) -> candle_core::Result<Box<dyn Backbone>> {
+pub fn build(
+    name: ModelName,
+    num_classes: usize,
+    vb: VarBuilder<'_>,
+    vars: &VarMap,
+) -> candle_core::Result<Box<dyn Backbone>> {
     Ok(match name {
         ModelName::Vgg16Fcn8s => Box::new(vgg::Fcn8s::new(vgg::FcnCfg::full(num_classes), vb, vars)?),
         ModelName::Vgg16Fcn8sReduced => Box::new(vgg::Fcn8s::new(vgg::FcnCfg::reduced(num_classes), vb, vars)?),

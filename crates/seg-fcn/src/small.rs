@@ -18,7 +18,11 @@ pub struct SmallCfg {
 
 impl SmallCfg {
     pub fn demo(num_classes: usize) -> Self {
-        Self { num_classes, widths: [16, 24, 32, 48, 48], fc7: 64 }
+        Self {
+            num_classes,
+            widths: [16, 24, 32, 48, 48],
+            fc7: 64,
+        }
     }
 }
 
@@ -29,8 +33,16 @@ struct Block {
 
 impl Block {
     fn new(cin: usize, cout: usize, k: usize, dilation: usize, vb: VarBuilder<'_>, vars: &VarMap) -> Result<Self> {
-        let cfg = ConvCfg { padding: dilation * (k / 2), dilation, bias: false, ..Default::default() };
-        Ok(Self { conv: conv2d(cin, cout, k, cfg, vb.pp("conv"))?, bn: BatchNorm2d::new(cout, vb.pp("bn"), vars)? })
+        let cfg = ConvCfg {
+            padding: dilation * (k / 2),
+            dilation,
+            bias: false,
+            ..Default::default()
+        };
+        Ok(Self {
+            conv: conv2d(cin, cout, k, cfg, vb.pp("conv"))?,
+            bn: BatchNorm2d::new(cout, vb.pp("bn"), vars)?,
+        })
     }
 
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
@@ -45,7 +57,13 @@ pub struct SmallFcn {
     classifier: Conv2d,
 }
 
-const TAPS: [FeatureTap; 5] = [FeatureTap::Conv1, FeatureTap::Pool3, FeatureTap::Conv5, FeatureTap::Fc7, FeatureTap::Logits];
+const TAPS: [FeatureTap; 5] = [
+    FeatureTap::Conv1,
+    FeatureTap::Pool3,
+    FeatureTap::Conv5,
+    FeatureTap::Fc7,
+    FeatureTap::Logits,
+];
 
 impl SmallFcn {
     pub fn new(cfg: SmallCfg, vb: VarBuilder<'_>, vars: &VarMap) -> Result<Self> {
@@ -59,7 +77,12 @@ impl SmallFcn {
         ];
         let fc7 = Block::new(w[4], cfg.fc7, 1, 1, vb.pp("fc7"), vars)?;
         let classifier = conv2d(cfg.fc7, cfg.num_classes, 1, ConvCfg::default(), vb.pp("classifier"))?;
-        Ok(Self { cfg, blocks, fc7, classifier })
+        Ok(Self {
+            cfg,
+            blocks,
+            fc7,
+            classifier,
+        })
     }
 
     fn head(&self, conv5: &Tensor, train: bool, size: (usize, usize)) -> Result<(Tensor, Tensor)> {

@@ -19,11 +19,19 @@ pub struct FcnCfg {
 
 impl FcnCfg {
     pub fn full(num_classes: usize) -> Self {
-        Self { num_classes, fc_channels: 4096, fc6_kernel: 7 }
+        Self {
+            num_classes,
+            fc_channels: 4096,
+            fc6_kernel: 7,
+        }
     }
 
     pub fn reduced(num_classes: usize) -> Self {
-        Self { num_classes, fc_channels: 1024, fc6_kernel: 3 }
+        Self {
+            num_classes,
+            fc_channels: 1024,
+            fc6_kernel: 3,
+        }
     }
 }
 
@@ -62,21 +70,48 @@ pub struct Fcn8s {
     upscore8: ConvTranspose2d,
 }
 
-const TAPS: [FeatureTap; 6] =
-    [FeatureTap::Conv1, FeatureTap::Pool3, FeatureTap::Pool4, FeatureTap::Conv5, FeatureTap::Fc7, FeatureTap::Logits];
+const TAPS: [FeatureTap; 6] = [
+    FeatureTap::Conv1,
+    FeatureTap::Pool3,
+    FeatureTap::Pool4,
+    FeatureTap::Conv5,
+    FeatureTap::Fc7,
+    FeatureTap::Logits,
+];
 
 impl Fcn8s {
     pub fn new(cfg: FcnCfg, vb: VarBuilder<'_>, vars: &VarMap) -> Result<Self> {
-        let pad1 = ConvCfg { padding: 1, ..Default::default() };
+        let pad1 = ConvCfg {
+            padding: 1,
+            ..Default::default()
+        };
         let features = VGG16
             .iter()
-            .map(|l| l.map(|(i, cin, cout)| conv2d(cin, cout, 3, pad1, vb.pp(format!("features.{i}")))).transpose())
+            .map(|l| {
+                l.map(|(i, cin, cout)| conv2d(cin, cout, 3, pad1, vb.pp(format!("features.{i}"))))
+                    .transpose()
+            })
             .collect::<Result<Vec<_>>>()?;
         let fc = cfg.fc_channels;
-        let fc6 = conv2d(512, fc, cfg.fc6_kernel, ConvCfg { padding: cfg.fc6_kernel / 2, ..Default::default() }, vb.pp("fc6"))?;
+        let fc6 = conv2d(
+            512,
+            fc,
+            cfg.fc6_kernel,
+            ConvCfg {
+                padding: cfg.fc6_kernel / 2,
+                ..Default::default()
+            },
+            vb.pp("fc6"),
+        )?;
         let fc7 = conv2d(fc, fc, 1, ConvCfg::default(), vb.pp("fc7"))?;
-        let zero = ConvCfg { init_std: Some(0.0), ..Default::default() };
-        let small = ConvCfg { init_std: Some(1e-3), ..Default::default() };
+        let zero = ConvCfg {
+            init_std: Some(0.0),
+            ..Default::default()
+        };
+        let small = ConvCfg {
+            init_std: Some(1e-3),
+            ..Default::default()
+        };
         let c = cfg.num_classes;
         Ok(Self {
             cfg,

@@ -20,17 +20,31 @@ pub enum WeightsError {
     #[error("{path}: cannot read safetensors file: {reason}")]
     Read { path: String, reason: String },
     #[error("{path}: tensor `{key}` has shape {found:?} but the model's `{target}` is {expected:?}")]
-    Shape { path: String, key: String, target: String, found: Vec<usize>, expected: Vec<usize> },
-    #[error("{path}: no tensor in the file matches the model (expected torchvision VGG16 keys such as `features.0.weight`)")]
+    Shape {
+        path: String,
+        key: String,
+        target: String,
+        found: Vec<usize>,
+        expected: Vec<usize>,
+    },
+    #[error(
+        "{path}: no tensor in the file matches the model (expected torchvision VGG16 keys such as `features.0.weight`)"
+    )]
     NothingLoaded { path: String },
 }
 
 /// Loads `path` into the variables of `vars` under `prefix` (e.g. `model`).
 pub fn load_init_weights(vars: &VarMap, prefix: &str, path: &Path) -> Result<InitReport, WeightsError> {
     let p = path.display().to_string();
-    let read = |e: candle_core::Error| WeightsError::Read { path: p.clone(), reason: e.to_string() };
+    let read = |e: candle_core::Error| WeightsError::Read {
+        path: p.clone(),
+        reason: e.to_string(),
+    };
     let tensors = candle_core::safetensors::load(path, &Device::Cpu).map_err(read)?;
-    let data = vars.data().lock().map_err(|_| WeightsError::Read { path: p.clone(), reason: "poisoned var map".into() })?;
+    let data = vars.data().lock().map_err(|_| WeightsError::Read {
+        path: p.clone(),
+        reason: "poisoned var map".into(),
+    })?;
     let mut report = InitReport::default();
     let mut keys: Vec<_> = tensors.keys().cloned().collect();
     keys.sort();
@@ -59,8 +73,15 @@ pub fn load_init_weights(vars: &VarMap, prefix: &str, path: &Path) -> Result<Ini
         if t.elem_count() != var.elem_count() {
             return Err(shape_err());
         }
-        let t: Tensor = if t.dims() == want.as_slice() { t.clone() } else { t.reshape(want.as_slice()).map_err(|_| shape_err())? };
-        let t = t.to_dtype(var.dtype()).and_then(|t| t.to_device(var.device())).map_err(read)?;
+        let t: Tensor = if t.dims() == want.as_slice() {
+            t.clone()
+        } else {
+            t.reshape(want.as_slice()).map_err(|_| shape_err())?
+        };
+        let t = t
+            .to_dtype(var.dtype())
+            .and_then(|t| t.to_device(var.device()))
+            .map_err(read)?;
         var.set(&t).map_err(read)?;
         report.loaded.push(key);
     }

@@ -120,17 +120,13 @@ impl MethodConfig {
             MethodConfig::SourceOnly | MethodConfig::Oracle => None,
             MethodConfig::Adabn => {
                 if !backbone.has_batch_norm() {
-                    return Err(HeadError::NoBatchNorm {
-                        method: self.name(),
-                    });
+                    return Err(HeadError::NoBatchNorm { method: self.name() });
                 }
                 None
             }
             MethodConfig::Dann(c) => Some(Box::new(DannHead::new(c, backbone, vb)?)),
             MethodConfig::FcnWild(c) => {
-                let stats = source_stats.ok_or(HeadError::MissingSourceStats {
-                    method: self.name(),
-                })?;
+                let stats = source_stats.ok_or(HeadError::MissingSourceStats { method: self.name() })?;
                 Some(Box::new(FcnWildHead::new(c, backbone, vb, stats)?))
             }
             MethodConfig::CrossCity(c) => Some(Box::new(CrossCityHead::new(c, backbone, vb)?)),

@@ -82,11 +82,7 @@ impl CrossCityConfig {
             return Err(HeadError::invalid(METHOD, "hidden", "must be at least 1"));
         }
         if self.ca_hidden == 0 {
-            return Err(HeadError::invalid(
-                METHOD,
-                "ca_hidden",
-                "must be at least 1",
-            ));
+            return Err(HeadError::invalid(METHOD, "ca_hidden", "must be at least 1"));
         }
         check_range(METHOD, "init_std", self.init_std, 0.0, f64::MAX)?;
         check_range(METHOD, "dropout", self.dropout as f64, 0.0, 0.99)?;
@@ -94,13 +90,7 @@ impl CrossCityConfig {
         check_range(METHOD, "ca_weight", self.ca_weight, 0.0, f64::MAX)?;
         check_range(METHOD, "ramp_fraction", self.ramp_fraction, 0.0, 1.0)?;
         check_range(METHOD, "gamma", self.gamma, 0.0, f64::MAX)?;
-        check_range(
-            METHOD,
-            "ca_start_fraction",
-            self.ca_start_fraction,
-            0.0,
-            1.0,
-        )?;
+        check_range(METHOD, "ca_start_fraction", self.ca_start_fraction, 0.0, 1.0)?;
         check_range(METHOD, "min_presence", self.min_presence, 0.0, 1.0)?;
         check_range(METHOD, "ga_lr_mult", self.ga_lr_mult, 0.0, f64::MAX)?;
         check_range(METHOD, "ca_lr_mult", self.ca_lr_mult, 0.0, f64::MAX)
@@ -171,8 +161,7 @@ impl CrossCityHead {
             hidden: cfg.ca_hidden,
             ..spec
         };
-        let ca = ClassDiscriminatorBank::new(c, classes, &ca_spec, vb_ca)
-            .map_err(HeadError::build(METHOD))?;
+        let ca = ClassDiscriminatorBank::new(c, classes, &ca_spec, vb_ca).map_err(HeadError::build(METHOD))?;
         Ok(Self {
             cfg: cfg.clone(),
             ga,
@@ -187,14 +176,7 @@ impl CrossCityHead {
         bce_const(&self.ga.forward_t(x, Some(&mut rng))?, target)?.mean_all()
     }
 
-    fn ca_loss(
-        &self,
-        x: &Tensor,
-        weights: &Tensor,
-        target: f64,
-        step: usize,
-        site: u64,
-    ) -> Result<Tensor> {
+    fn ca_loss(&self, x: &Tensor, weights: &Tensor, target: f64, step: usize, site: u64) -> Result<Tensor> {
         let mut rng = stream(self.cfg.seed, step, site);
         let logits = self.ca.forward_t(x, Some(&mut rng))?;
         presence_weighted_bce(&logits, weights, target, self.cfg.min_presence)
@@ -218,11 +200,7 @@ impl CrossCityHead {
         }
         let src = one_hot(input.source_labels, classes, t_logits.dtype())?;
         let src = pool_to(&src, s_grid.0, s_grid.1)?;
-        let tgt = pool_to(
-            &seg_nn::loss::softmax_channels(&t_logits)?,
-            t_grid.0,
-            t_grid.1,
-        )?;
+        let tgt = pool_to(&seg_nn::loss::softmax_channels(&t_logits)?, t_grid.0, t_grid.1)?;
         Ok((src, tgt))
     }
 }
@@ -238,16 +216,8 @@ impl AdaptationHead for CrossCityHead {
 
     fn param_groups(&self) -> Vec<(String, ParamGroup, f64)> {
         vec![
-            (
-                self.ga_prefix.clone(),
-                ParamGroup::Discriminator,
-                self.cfg.ga_lr_mult,
-            ),
-            (
-                self.ca_prefix.clone(),
-                ParamGroup::Discriminator,
-                self.cfg.ca_lr_mult,
-            ),
+            (self.ga_prefix.clone(), ParamGroup::Discriminator, self.cfg.ga_lr_mult),
+            (self.ca_prefix.clone(), ParamGroup::Discriminator, self.cfg.ca_lr_mult),
         ]
     }
 
@@ -259,20 +229,16 @@ impl AdaptationHead for CrossCityHead {
         let r = self.cfg.ramp_weight(p);
         let (sd, td) = (s.detach(), t.detach());
 
-        let ga_disc =
-            ((self.ga_mean(&sd, 1.0, step, 0)? + self.ga_mean(&td, 0.0, step, 1)?)? * 0.5)?;
-        let ga_adv = ((self.ga_mean(s, 0.0, step, 2)? + self.ga_mean(t, 1.0, step, 3)?)?
-            * (0.5 * self.cfg.ga_weight * r))?;
+        let ga_disc = ((self.ga_mean(&sd, 1.0, step, 0)? + self.ga_mean(&td, 0.0, step, 1)?)? * 0.5)?;
+        let ga_adv =
+            ((self.ga_mean(s, 0.0, step, 2)? + self.ga_mean(t, 1.0, step, 3)?)? * (0.5 * self.cfg.ga_weight * r))?;
 
         let (ca_disc, ca_adv) = if p >= self.cfg.ca_start_fraction {
             let (_, _, h, w) = s.dims4()?;
             let (_, _, ht, wt) = t.dims4()?;
             let (w_s, w_t) = self.presence(input, (h, w), (ht, wt))?;
-            let disc = ((self.ca_loss(&sd, &w_s, 1.0, step, 4)?
-                + self.ca_loss(&td, &w_t, 0.0, step, 5)?)?
-                * 0.5)?;
-            let adv = ((self.ca_loss(s, &w_s, 0.5, step, 6)?
-                + self.ca_loss(t, &w_t, 0.5, step, 7)?)?
+            let disc = ((self.ca_loss(&sd, &w_s, 1.0, step, 4)? + self.ca_loss(&td, &w_t, 0.0, step, 5)?)? * 0.5)?;
+            let adv = ((self.ca_loss(s, &w_s, 0.5, step, 6)? + self.ca_loss(t, &w_t, 0.5, step, 7)?)?
                 * (0.5 * self.cfg.ca_weight * r))?;
             (disc, adv)
         } else {

@@ -90,11 +90,7 @@ pub struct DannHead {
 
 impl DannHead {
     /// Builds the head under `vb` (the trainer passes `vb.pp("head")`), checking the tap.
-    pub fn new(
-        cfg: &DannConfig,
-        backbone: &dyn Backbone,
-        vb: VarBuilder<'_>,
-    ) -> std::result::Result<Self, HeadError> {
+    pub fn new(cfg: &DannConfig, backbone: &dyn Backbone, vb: VarBuilder<'_>) -> std::result::Result<Self, HeadError> {
         cfg.validate()?;
         let c = require_tap(backbone, METHOD, cfg.tap)?;
         let vb = vb.pp("disc");
@@ -131,11 +127,7 @@ impl AdaptationHead for DannHead {
     }
 
     fn param_groups(&self) -> Vec<(String, ParamGroup, f64)> {
-        vec![(
-            self.prefix.clone(),
-            ParamGroup::Discriminator,
-            self.cfg.disc_lr_mult,
-        )]
+        vec![(self.prefix.clone(), ParamGroup::Discriminator, self.cfg.disc_lr_mult)]
     }
 
     fn losses(&self, input: &HeadInput<'_>) -> Result<Vec<LossTerm>> {
@@ -144,12 +136,7 @@ impl AdaptationHead for DannHead {
         let step = input.step.step;
         let disc = self.domain_loss(&s.detach(), &t.detach(), step, 0)?;
         let lambda = self.lambda(input.step.progress());
-        let adv = self.domain_loss(
-            &grad_reverse(s, lambda)?,
-            &grad_reverse(t, lambda)?,
-            step,
-            2,
-        )?;
+        let adv = self.domain_loss(&grad_reverse(s, lambda)?, &grad_reverse(t, lambda)?, step, 2)?;
         Ok(vec![
             LossTerm {
                 name: "domain_disc",

@@ -80,13 +80,7 @@ impl Module for CellDiscriminator {
 
 /// Runs three (grouped) 1×1 layers with ReLU (+ dropout) between them on `N×c_in×h×w`,
 /// returning `N×groups×h×w`.
-fn run_stack(
-    layers: [&Grouped1x1; 3],
-    groups: usize,
-    p: f32,
-    x: &Tensor,
-    mut rng: Option<&mut Rng>,
-) -> Result<Tensor> {
+fn run_stack(layers: [&Grouped1x1; 3], groups: usize, p: f32, x: &Tensor, mut rng: Option<&mut Rng>) -> Result<Tensor> {
     let (n, c_in, h, w) = x.dims4()?;
     let m = n * h * w;
     let flat = x.transpose(0, 1)?.contiguous()?.reshape((c_in, m))?;
@@ -106,13 +100,7 @@ struct Grouped1x1 {
 }
 
 impl Grouped1x1 {
-    fn new(
-        groups: usize,
-        c_in: usize,
-        c_out: usize,
-        init_std: f64,
-        vb: VarBuilder<'_>,
-    ) -> Result<Self> {
+    fn new(groups: usize, c_in: usize, c_out: usize, init_std: f64, vb: VarBuilder<'_>) -> Result<Self> {
         let (w_init, b_init) = if init_std > 0.0 {
             (
                 Init::Randn {
@@ -129,10 +117,7 @@ impl Grouped1x1 {
                     lo: -bound * 3f64.sqrt(),
                     up: bound * 3f64.sqrt(),
                 },
-                Init::Uniform {
-                    lo: -bound,
-                    up: bound,
-                },
+                Init::Uniform { lo: -bound, up: bound },
             )
         };
         let weight = vb.get_with_hints((groups * c_out, c_in, 1, 1), "weight", w_init)?;
@@ -152,10 +137,7 @@ impl Grouped1x1 {
         let y = if x.rank() == 2 {
             // Input shared by all groups: one plain matmul (the grouped conv of the repeated input).
             let m = x.dim(1)?;
-            self.weight
-                .reshape((g * o, c_in))?
-                .matmul(x)?
-                .reshape((g, o, m))?
+            self.weight.reshape((g * o, c_in))?.matmul(x)?.reshape((g, o, m))?
         } else {
             self.weight.reshape((g, o, c_in))?.matmul(x)?
         };
@@ -178,21 +160,10 @@ pub struct ClassDiscriminatorBank {
 }
 
 impl ClassDiscriminatorBank {
-    pub fn new(
-        c_in: usize,
-        classes: usize,
-        spec: &DiscriminatorSpec,
-        vb: VarBuilder<'_>,
-    ) -> Result<Self> {
+    pub fn new(c_in: usize, classes: usize, spec: &DiscriminatorSpec, vb: VarBuilder<'_>) -> Result<Self> {
         Ok(Self {
             fc1: Grouped1x1::new(classes, c_in, spec.hidden, spec.init_std, vb.pp("fc1"))?,
-            fc2: Grouped1x1::new(
-                classes,
-                spec.hidden,
-                spec.hidden,
-                spec.init_std,
-                vb.pp("fc2"),
-            )?,
+            fc2: Grouped1x1::new(classes, spec.hidden, spec.hidden, spec.init_std, vb.pp("fc2"))?,
             out: Grouped1x1::new(classes, spec.hidden, 1, spec.init_std, vb.pp("out"))?,
             classes,
             dropout: spec.dropout,
@@ -206,13 +177,7 @@ impl ClassDiscriminatorBank {
     /// `N×c_in×h×w` features to `N×C×h×w` logits: channel `c` is class `c`'s discriminator
     /// (1 = source). With `rng`, dropout is applied (training mode).
     pub fn forward_t(&self, x: &Tensor, rng: Option<&mut Rng>) -> Result<Tensor> {
-        run_stack(
-            [&self.fc1, &self.fc2, &self.out],
-            self.classes,
-            self.dropout,
-            x,
-            rng,
-        )
+        run_stack([&self.fc1, &self.fc2, &self.out], self.classes, self.dropout, x, rng)
     }
 }
 

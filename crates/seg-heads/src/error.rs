@@ -27,9 +27,7 @@ pub enum HeadError {
     #[error("method `{method}` needs a model with batch norm, and this model has none")]
     NoBatchNorm { method: &'static str },
     /// FCNs in the Wild's size constraints come from source label statistics.
-    #[error(
-        "method `{method}` needs the source label statistics (SizeConstraints), none were given"
-    )]
+    #[error("method `{method}` needs the source label statistics (SizeConstraints), none were given")]
     MissingSourceStats { method: &'static str },
     /// A hyperparameter outside its valid range.
     #[error("method `{method}`: invalid `{field}`: {reason}")]
@@ -48,11 +46,7 @@ pub enum HeadError {
 }
 
 impl HeadError {
-    pub(crate) fn invalid(
-        method: &'static str,
-        field: &'static str,
-        reason: impl Into<String>,
-    ) -> Self {
+    pub(crate) fn invalid(method: &'static str, field: &'static str, reason: impl Into<String>) -> Self {
         HeadError::InvalidConfig {
             method,
             field,
@@ -76,12 +70,7 @@ pub(crate) fn require_tap(
         None => Err(HeadError::MissingTap {
             method,
             tap: tap.name(),
-            available: backbone
-                .taps()
-                .iter()
-                .map(|t| t.name())
-                .collect::<Vec<_>>()
-                .join(", "),
+            available: backbone.taps().iter().map(|t| t.name()).collect::<Vec<_>>().join(", "),
         }),
     }
 }

@@ -3,9 +3,7 @@
 
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
-use seg_core::{
-    AdaptationHead, Backbone, FeatureTap, HeadInput, LossTerm, ParamGroup, NUM_CLASSES,
-};
+use seg_core::{AdaptationHead, Backbone, FeatureTap, HeadInput, LossTerm, ParamGroup, NUM_CLASSES};
 use seg_nn::lambda_schedule;
 
 use crate::discriminator::{CellDiscriminator, DiscriminatorSpec};
@@ -79,13 +77,7 @@ impl FcnWildConfig {
         check_range(METHOD, "dropout", self.dropout as f64, 0.0, 0.99)?;
         check_range(METHOD, "ga_weight", self.ga_weight, 0.0, f64::MAX)?;
         check_range(METHOD, "size_weight", self.size_weight, 0.0, f64::MAX)?;
-        check_range(
-            METHOD,
-            "presence_factor",
-            self.presence_factor,
-            0.0,
-            f64::MAX,
-        )?;
+        check_range(METHOD, "presence_factor", self.presence_factor, 0.0, f64::MAX)?;
         check_range(METHOD, "large_alpha", self.large_alpha, 0.0, 1.0)?;
         check_range(METHOD, "large_grad_scale", self.large_grad_scale, 0.0, 1.0)?;
         check_range(METHOD, "gamma", self.gamma, 0.0, f64::MAX)?;
@@ -168,11 +160,7 @@ impl AdaptationHead for FcnWildHead {
     }
 
     fn param_groups(&self) -> Vec<(String, ParamGroup, f64)> {
-        vec![(
-            self.prefix.clone(),
-            ParamGroup::Discriminator,
-            self.cfg.disc_lr_mult,
-        )]
+        vec![(self.prefix.clone(), ParamGroup::Discriminator, self.cfg.disc_lr_mult)]
     }
 
     fn losses(&self, input: &HeadInput<'_>) -> Result<Vec<LossTerm>> {
@@ -181,12 +169,10 @@ impl AdaptationHead for FcnWildHead {
         let step = input.step.step;
         let w = self.weight(input.step.progress());
 
-        let disc = ((self.disc_mean(&s.detach(), 1.0, step, 0)?
-            + self.disc_mean(&t.detach(), 0.0, step, 1)?)?
-            * 0.5)?;
+        let disc = ((self.disc_mean(&s.detach(), 1.0, step, 0)? + self.disc_mean(&t.detach(), 0.0, step, 1)?)? * 0.5)?;
         // (BCE(x, y) + BCE(x, 1 - y)) / 2 = BCE(x, 0.5): the confusion target.
-        let conf = ((self.disc_mean(s, 0.5, step, 2)? + self.disc_mean(t, 0.5, step, 3)?)?
-            * (0.5 * self.cfg.ga_weight * w))?;
+        let conf =
+            ((self.disc_mean(s, 0.5, step, 2)? + self.disc_mean(t, 0.5, step, 3)?)? * (0.5 * self.cfg.ga_weight * w))?;
         let size = self.sizes.penalty(
             input.target.logits()?,
             self.cfg.presence_factor,

@@ -23,10 +23,7 @@ pub fn pool_to(x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
     }
     if h > 0 && w > 0 && hi % h == 0 && wi % w == 0 {
         let (sh, sw) = (hi / h, wi / w);
-        x.contiguous()?
-            .reshape((n, c, h, sh, w, sw))?
-            .mean(5)?
-            .mean(3)
+        x.contiguous()?.reshape((n, c, h, sh, w, sw))?.mean(5)?.mean(3)
     } else {
         seg_nn::resize_bilinear(x, h, w)
     }
@@ -41,10 +38,7 @@ pub fn max_pool_to(x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
     }
     if h > 0 && w > 0 && hi % h == 0 && wi % w == 0 {
         let (sh, sw) = (hi / h, wi / w);
-        x.contiguous()?
-            .reshape((n, c, h, sh, w, sw))?
-            .max(5)?
-            .max(3)
+        x.contiguous()?.reshape((n, c, h, sh, w, sw))?.max(5)?.max(3)
     } else {
         seg_nn::resize_bilinear(x, h, w)
     }
@@ -61,12 +55,7 @@ pub fn bce_const(logits: &Tensor, target: f64) -> Result<Tensor> {
 /// `sum_cells w · bce(x, target) / sum_cells w`, averaged over the `(n, c)` pairs whose mean
 /// weight per cell exceeds `min_presence` (pairs below it are ignored; zero when none is left).
 /// `logits`, `weights`: `N×C×h×w`; `weights` should carry no gradient.
-pub fn presence_weighted_bce(
-    logits: &Tensor,
-    weights: &Tensor,
-    target: f64,
-    min_presence: f64,
-) -> Result<Tensor> {
+pub fn presence_weighted_bce(logits: &Tensor, weights: &Tensor, target: f64, min_presence: f64) -> Result<Tensor> {
     let (_, _, h, w) = logits.dims4()?;
     let weights = weights.detach();
     let per = bce_const(logits, target)?;
@@ -75,10 +64,7 @@ pub fn presence_weighted_bce(
     let present = den
         .ge(min_presence.max(0.0) * (h * w) as f64)?
         .to_dtype(logits.dtype())?;
-    let count = present
-        .sum_all()?
-        .to_dtype(DType::F32)?
-        .to_scalar::<f32>()?;
+    let count = present.sum_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
     let per_pair = (num / den.clamp(1e-12, f64::INFINITY)?)?;
     (per_pair * present)?
         .sum_all()?

@@ -92,24 +92,14 @@ impl SanConfig {
             return Err(HeadError::invalid(METHOD, "width", "must be at least 1"));
         }
         if self.disc_hidden == 0 {
-            return Err(HeadError::invalid(
-                METHOD,
-                "disc_hidden",
-                "must be at least 1",
-            ));
+            return Err(HeadError::invalid(METHOD, "disc_hidden", "must be at least 1"));
         }
         check_range(METHOD, "out_init_std", self.out_init_std, 0.0, f64::MAX)?;
         check_range(METHOD, "disc_init_std", self.disc_init_std, 0.0, f64::MAX)?;
         check_range(METHOD, "disc_dropout", self.disc_dropout as f64, 0.0, 0.99)?;
         check_range(METHOD, "adv_weight", self.adv_weight, 0.0, f64::MAX)?;
         check_range(METHOD, "alpha", self.alpha, 0.0, f64::MAX)?;
-        check_range(
-            METHOD,
-            "segmenter_adv_weight",
-            self.segmenter_adv_weight,
-            0.0,
-            f64::MAX,
-        )?;
+        check_range(METHOD, "segmenter_adv_weight", self.segmenter_adv_weight, 0.0, f64::MAX)?;
         check_range(METHOD, "gen_lr_mult", self.gen_lr_mult, 0.0, f64::MAX)?;
         check_range(METHOD, "disc_lr_mult", self.disc_lr_mult, 0.0, f64::MAX)
     }
@@ -155,13 +145,7 @@ pub struct SanGenerator {
 }
 
 impl SanGenerator {
-    pub fn new(
-        c1: usize,
-        c5: usize,
-        cfg: &SanConfig,
-        vb: VarBuilder<'_>,
-        vars: &VarMap,
-    ) -> Result<Self> {
+    pub fn new(c1: usize, c5: usize, cfg: &SanConfig, vb: VarBuilder<'_>, vars: &VarMap) -> Result<Self> {
         let input = conv2d(
             c1 + 1,
             cfg.width,
@@ -190,13 +174,7 @@ impl SanGenerator {
 
     /// The residual for conv5 features of size `grid` from conv1 features `N×C1×H1×W1` and noise
     /// `N×1×H1×W1`.
-    pub fn forward(
-        &self,
-        conv1: &Tensor,
-        z: &Tensor,
-        grid: (usize, usize),
-        train: bool,
-    ) -> Result<Tensor> {
+    pub fn forward(&self, conv1: &Tensor, z: &Tensor, grid: (usize, usize), train: bool) -> Result<Tensor> {
         let mut x = self.input.forward(&Tensor::cat(&[conv1, z], 1)?)?.relu()?;
         for b in &self.blocks {
             x = b.forward(&x, train)?;
@@ -309,11 +287,7 @@ impl AdaptationHead for SanHead {
 
     fn param_groups(&self) -> Vec<(String, ParamGroup, f64)> {
         vec![
-            (
-                self.gen_prefix.clone(),
-                ParamGroup::Generator,
-                self.cfg.gen_lr_mult,
-            ),
+            (self.gen_prefix.clone(), ParamGroup::Generator, self.cfg.gen_lr_mult),
             (
                 self.disc_prefix.clone(),
                 ParamGroup::Discriminator,
@@ -327,15 +301,13 @@ impl AdaptationHead for SanHead {
         let fake = self.generated(input.source, step)?;
         let real = input.target.get(FeatureTap::Conv5)?;
 
-        let disc = ((self.disc_mean(&real.detach(), 1.0, step, 1)?
-            + self.disc_mean(&fake.detach(), 0.0, step, 2)?)?
-            * 0.5)?;
+        let disc =
+            ((self.disc_mean(&real.detach(), 1.0, step, 1)? + self.disc_mean(&fake.detach(), 0.0, step, 2)?)? * 0.5)?;
         let fool = self.disc_mean(&fake, 1.0, step, 3)?;
         let logits = input
             .backbone
             .forward_from(input.source, FeatureTap::Conv5, &fake, true)?;
-        let task =
-            (cross_entropy_ignore(&logits, input.source_labels, IGNORE as u32)? * self.cfg.alpha)?;
+        let task = (cross_entropy_ignore(&logits, input.source_labels, IGNORE as u32)? * self.cfg.alpha)?;
 
         let mut terms = vec![
             LossTerm {

@@ -110,18 +110,13 @@ impl SizeConstraints {
                 }
             })
             .collect())?;
-        let frac_scaled = (frac.broadcast_mul(&scale)?
-            + frac.detach().broadcast_mul(&scale.affine(-1.0, 1.0)?)?)?;
+        let frac_scaled = (frac.broadcast_mul(&scale)? + frac.detach().broadcast_mul(&scale.affine(-1.0, 1.0)?)?)?;
         let threshold = row(self
             .alpha
             .iter()
             .map(|&a| (a as f64 * presence_factor) as f32)
             .collect())?;
-        let known = row(self
-            .present
-            .iter()
-            .map(|&p| if p { 1.0 } else { 0.0 })
-            .collect())?;
+        let known = row(self.present.iter().map(|&p| if p { 1.0 } else { 0.0 }).collect())?;
         let present = frac
             .detach()
             .broadcast_gt(&threshold)?

@@ -15,6 +15,7 @@ pub struct Label {
     pub color: [u8; 3],
 }
 
+#[allow(clippy::too_many_arguments)] // one argument per column of the official table
 const fn l(
     name: &'static str,
     id: i16,
@@ -25,7 +26,16 @@ const fn l(
     ignore_in_eval: bool,
     color: [u8; 3],
 ) -> Label {
-    Label { name, id, train_id, category, cat_id, has_instances, ignore_in_eval, color }
+    Label {
+        name,
+        id,
+        train_id,
+        category,
+        cat_id,
+        has_instances,
+        ignore_in_eval,
+        color,
+    }
 }
 
 /// The table, in the official order.

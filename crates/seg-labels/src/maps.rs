@@ -93,9 +93,9 @@ impl LabelMap {
     pub fn new(kind: DatasetKind) -> Self {
         let table: Vec<u8> = match kind {
             DatasetKind::Cityscapes | DatasetKind::Gta5 => (0..=33u8).map(id_to_train_id).collect(),
-            DatasetKind::CityscapesTrainIds => {
-                (0..=255u16).map(|v| if v < NUM_CLASSES as u16 { v as u8 } else { IGNORE }).collect()
-            }
+            DatasetKind::CityscapesTrainIds => (0..=255u16)
+                .map(|v| if v < NUM_CLASSES as u16 { v as u8 } else { IGNORE })
+                .collect(),
             DatasetKind::Synthia => SYNTHIA_TO_TRAIN.to_vec(),
         };
         Self { kind, table }
@@ -198,8 +198,25 @@ mod tests {
     fn gta5_map_is_the_cityscapes_train_id_map() {
         let m = LabelMap::new(DatasetKind::Gta5);
         let expected = [
-            (7, 0), (8, 1), (11, 2), (12, 3), (13, 4), (17, 5), (19, 6), (20, 7), (21, 8), (22, 9),
-            (23, 10), (24, 11), (25, 12), (26, 13), (27, 14), (28, 15), (31, 16), (32, 17), (33, 18),
+            (7, 0),
+            (8, 1),
+            (11, 2),
+            (12, 3),
+            (13, 4),
+            (17, 5),
+            (19, 6),
+            (20, 7),
+            (21, 8),
+            (22, 9),
+            (23, 10),
+            (24, 11),
+            (25, 12),
+            (26, 13),
+            (27, 14),
+            (28, 15),
+            (31, 16),
+            (32, 17),
+            (33, 18),
         ];
         for raw in 0..=33u16 {
             let want = expected.iter().find(|e| e.0 == raw).map_or(255, |e| e.1);
@@ -213,8 +230,25 @@ mod tests {
     fn synthia_map_matches_the_published_table() {
         let m = LabelMap::new(DatasetKind::Synthia);
         let expected = [
-            (3, 0), (4, 1), (2, 2), (21, 3), (5, 4), (7, 5), (15, 6), (9, 7), (6, 8), (16, 9),
-            (1, 10), (10, 11), (17, 12), (8, 13), (18, 14), (19, 15), (20, 16), (12, 17), (11, 18),
+            (3, 0),
+            (4, 1),
+            (2, 2),
+            (21, 3),
+            (5, 4),
+            (7, 5),
+            (15, 6),
+            (9, 7),
+            (6, 8),
+            (16, 9),
+            (1, 10),
+            (10, 11),
+            (17, 12),
+            (8, 13),
+            (18, 14),
+            (19, 15),
+            (20, 16),
+            (12, 17),
+            (11, 18),
         ];
         for raw in 0..=22u16 {
             let want = expected.iter().find(|e| e.0 == raw).map_or(255, |e| e.1);
@@ -242,11 +276,17 @@ mod tests {
         assert_eq!(outside, 2);
         assert_eq!(Protocol::Classes16.num_classes(), 16);
         assert_eq!(Protocol::Classes13.num_classes(), 13);
-        let names16: Vec<_> =
-            Protocol::Classes16.train_ids().iter().map(|&t| TRAIN_CLASS_NAMES[t as usize]).collect();
+        let names16: Vec<_> = Protocol::Classes16
+            .train_ids()
+            .iter()
+            .map(|&t| TRAIN_CLASS_NAMES[t as usize])
+            .collect();
         assert!(!names16.contains(&"terrain") && !names16.contains(&"truck") && !names16.contains(&"train"));
-        let names13: Vec<_> =
-            Protocol::Classes13.train_ids().iter().map(|&t| TRAIN_CLASS_NAMES[t as usize]).collect();
+        let names13: Vec<_> = Protocol::Classes13
+            .train_ids()
+            .iter()
+            .map(|&t| TRAIN_CLASS_NAMES[t as usize])
+            .collect();
         assert!(!names13.contains(&"wall") && !names13.contains(&"fence") && !names13.contains(&"pole"));
         assert_eq!("16".parse::<Protocol>().unwrap(), Protocol::Classes16);
         assert!("17".parse::<Protocol>().is_err());

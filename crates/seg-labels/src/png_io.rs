@@ -17,9 +17,18 @@ pub enum PngError {
     #[error("{path}: not a valid PNG ({reason})")]
     Corrupt { path: PathBuf, reason: String },
     #[error("{path}: declared size {width}x{height} exceeds the limit of {max} pixels")]
-    TooLarge { path: PathBuf, width: u32, height: u32, max: u64 },
+    TooLarge {
+        path: PathBuf,
+        width: u32,
+        height: u32,
+        max: u64,
+    },
     #[error("{path}: {found} where {expected} is expected")]
-    WrongEncoding { path: PathBuf, found: String, expected: &'static str },
+    WrongEncoding {
+        path: PathBuf,
+        found: String,
+        expected: &'static str,
+    },
     #[error("{path}: cannot write PNG: {reason}")]
     Write { path: PathBuf, reason: String },
 }
@@ -72,7 +81,10 @@ fn describe_png(color: png::ColorType, depth: png::BitDepth) -> String {
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>, PngError> {
-    std::fs::read(path).map_err(|source| PngError::Io { path: path.to_path_buf(), source })
+    std::fs::read(path).map_err(|source| PngError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 fn corrupt(path: &Path, e: impl std::fmt::Display) -> PngError {
@@ -80,7 +92,10 @@ fn corrupt(path: &Path, e: impl std::fmt::Display) -> PngError {
     if reason.contains("end of file") || reason.contains("UnexpectedEof") || reason.contains("unexpected EOF") {
         reason = format!("truncated: {reason}");
     }
-    PngError::Corrupt { path: path.to_path_buf(), reason }
+    PngError::Corrupt {
+        path: path.to_path_buf(),
+        reason,
+    }
 }
 
 /// Reads the header only: `(width, height, colour type, bit depth)`.
@@ -91,26 +106,40 @@ pub fn probe(path: &Path) -> Result<(u32, u32), PngError> {
 }
 
 type Header = (u32, u32, png::ColorType, png::BitDepth);
+type MemReader<'a> = png::Reader<BufReader<Cursor<&'a [u8]>>>;
 
 fn open<'a>(
     path: &Path,
     bytes: &'a [u8],
     transform: png::Transformations,
-) -> Result<(Header, png::Reader<BufReader<Cursor<&'a [u8]>>>), PngError> {
+) -> Result<(Header, MemReader<'a>), PngError> {
     if bytes.is_empty() {
-        return Err(PngError::Corrupt { path: path.to_path_buf(), reason: "empty file".into() });
+        return Err(PngError::Corrupt {
+            path: path.to_path_buf(),
+            reason: "empty file".into(),
+        });
     }
-    let limits = png::Limits { bytes: (MAX_PIXELS * 8) as usize };
+    let limits = png::Limits {
+        bytes: (MAX_PIXELS * 8) as usize,
+    };
     let mut dec = png::Decoder::new_with_limits(BufReader::new(Cursor::new(bytes)), limits);
     dec.set_transformations(transform);
     let reader = dec.read_info().map_err(|e| corrupt(path, e))?;
     let info = reader.info();
     let (w, h) = (info.width, info.height);
     if w as u64 * h as u64 > MAX_PIXELS {
-        return Err(PngError::TooLarge { path: path.to_path_buf(), width: w, height: h, max: MAX_PIXELS });
+        return Err(PngError::TooLarge {
+            path: path.to_path_buf(),
+            width: w,
+            height: h,
+            max: MAX_PIXELS,
+        });
     }
     if w == 0 || h == 0 {
-        return Err(PngError::Corrupt { path: path.to_path_buf(), reason: "zero width or height".into() });
+        return Err(PngError::Corrupt {
+            path: path.to_path_buf(),
+            reason: "zero width or height".into(),
+        });
     }
     Ok(((w, h, info.color_type, info.bit_depth), reader))
 }
@@ -119,9 +148,10 @@ fn decode_frame<R: std::io::BufRead + std::io::Seek>(
     path: &Path,
     reader: &mut png::Reader<R>,
 ) -> Result<Vec<u8>, PngError> {
-    let size = reader
-        .output_buffer_size()
-        .ok_or_else(|| PngError::Corrupt { path: path.to_path_buf(), reason: "image too large".into() })?;
+    let size = reader.output_buffer_size().ok_or_else(|| PngError::Corrupt {
+        path: path.to_path_buf(),
+        reason: "image too large".into(),
+    })?;
     let mut buf = vec![0u8; size];
     let out = reader.next_frame(&mut buf).map_err(|e| corrupt(path, e))?;
     buf.truncate(out.buffer_size());
@@ -163,7 +193,11 @@ pub fn decode_rgb(path: &Path, bytes: &[u8]) -> Result<RgbImage, PngError> {
             data.extend_from_slice(&[at(0), at(1), at(2)]);
         }
     }
-    Ok(RgbImage { width: w, height: h, data })
+    Ok(RgbImage {
+        width: w,
+        height: h,
+        data,
+    })
 }
 
 /// Decodes a label PNG with the expected encoding, refusing anything else with a message
@@ -188,12 +222,16 @@ pub fn decode_label(path: &Path, bytes: &[u8], encoding: LabelEncoding) -> Resul
             return Err(wrong(" (16-bit values: an instanceIds or SYNTHIA-style file?)"))
         }
         (LabelEncoding::Ids8, png::ColorType::Rgb | png::ColorType::Rgba) => {
-            return Err(wrong(" (a colour image: label ids must be one channel, not a *_color.png rendering)"))
+            return Err(wrong(
+                " (a colour image: label ids must be one channel, not a *_color.png rendering)",
+            ))
         }
         (LabelEncoding::Synthia16, png::ColorType::Rgb | png::ColorType::Rgba | png::ColorType::Grayscale)
             if bits == 16 => {}
         (LabelEncoding::Synthia16, png::ColorType::Rgb | png::ColorType::Rgba) => {
-            return Err(wrong(" (8-bit colour: a GT/COLOR rendering, or a label re-saved by a tool that dropped the high byte?)"))
+            return Err(wrong(
+                " (8-bit colour: a GT/COLOR rendering, or a label re-saved by a tool that dropped the high byte?)",
+            ))
         }
         _ => return Err(wrong("")),
     }
@@ -231,10 +269,17 @@ pub fn decode_label(path: &Path, bytes: &[u8], encoding: LabelEncoding) -> Resul
             if buf.len() < n * channels * 2 {
                 return Err(corrupt(path, "pixel data shorter than the header declares"));
             }
-            buf.chunks_exact(channels * 2).take(n).map(|px| u16::from_be_bytes([px[0], px[1]])).collect()
+            buf.chunks_exact(channels * 2)
+                .take(n)
+                .map(|px| u16::from_be_bytes([px[0], px[1]]))
+                .collect()
         }
     };
-    Ok(LabelImage { width: w, height: h, data })
+    Ok(LabelImage {
+        width: w,
+        height: h,
+        data,
+    })
 }
 
 fn encode(
@@ -246,7 +291,10 @@ fn encode(
     palette: Option<Vec<u8>>,
     data: &[u8],
 ) -> Result<Vec<u8>, PngError> {
-    let err = |e: png::EncodingError| PngError::Write { path: path.to_path_buf(), reason: e.to_string() };
+    let err = |e: png::EncodingError| PngError::Write {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
     let mut out = Vec::new();
     {
         let mut enc = png::Encoder::new(&mut out, width, height);
@@ -264,7 +312,10 @@ fn encode(
 }
 
 fn save(path: &Path, bytes: &[u8]) -> Result<(), PngError> {
-    crate::fsutil::write_atomic(path, bytes).map_err(|e| PngError::Write { path: path.to_path_buf(), reason: e.to_string() })
+    crate::fsutil::write_atomic(path, bytes).map_err(|e| PngError::Write {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
 }
 
 fn check_len(path: &Path, got: usize, want: usize) -> Result<(), PngError> {
@@ -280,7 +331,15 @@ fn check_len(path: &Path, got: usize, want: usize) -> Result<(), PngError> {
 /// Encodes an 8-bit RGB PNG.
 pub fn encode_rgb(path: &Path, img: &RgbImage) -> Result<Vec<u8>, PngError> {
     check_len(path, img.data.len(), 3 * (img.width * img.height) as usize)?;
-    encode(path, img.width, img.height, png::ColorType::Rgb, png::BitDepth::Eight, None, &img.data)
+    encode(
+        path,
+        img.width,
+        img.height,
+        png::ColorType::Rgb,
+        png::BitDepth::Eight,
+        None,
+        &img.data,
+    )
 }
 
 /// Writes an 8-bit RGB PNG atomically.
@@ -291,34 +350,92 @@ pub fn write_rgb(path: &Path, img: &RgbImage) -> Result<(), PngError> {
 /// Writes an 8-bit grayscale (`L`) PNG of ids atomically, as Cityscapes `labelIds` are stored.
 pub fn write_gray8(path: &Path, width: u32, height: u32, ids: &[u8]) -> Result<(), PngError> {
     check_len(path, ids.len(), (width * height) as usize)?;
-    save(path, &encode(path, width, height, png::ColorType::Grayscale, png::BitDepth::Eight, None, ids)?)
+    save(
+        path,
+        &encode(
+            path,
+            width,
+            height,
+            png::ColorType::Grayscale,
+            png::BitDepth::Eight,
+            None,
+            ids,
+        )?,
+    )
 }
 
 /// Writes an 8-bit palette (`P`) PNG atomically, as GTA5 labels are stored: index = label id.
 pub fn write_palette8(path: &Path, width: u32, height: u32, ids: &[u8], palette: &[[u8; 3]]) -> Result<(), PngError> {
     check_len(path, ids.len(), (width * height) as usize)?;
     let pal: Vec<u8> = palette.iter().flatten().copied().collect();
-    save(path, &encode(path, width, height, png::ColorType::Indexed, png::BitDepth::Eight, Some(pal), ids)?)
+    save(
+        path,
+        &encode(
+            path,
+            width,
+            height,
+            png::ColorType::Indexed,
+            png::BitDepth::Eight,
+            Some(pal),
+            ids,
+        )?,
+    )
 }
 
 /// Writes a 16-bit-per-channel RGB PNG atomically, as SYNTHIA `GT/LABELS` are stored.
 pub fn write_rgb16(path: &Path, width: u32, height: u32, pixels: &[[u16; 3]]) -> Result<(), PngError> {
     check_len(path, pixels.len(), (width * height) as usize)?;
-    let bytes: Vec<u8> = pixels.iter().flat_map(|p| p.iter().flat_map(|c| c.to_be_bytes())).collect();
-    save(path, &encode(path, width, height, png::ColorType::Rgb, png::BitDepth::Sixteen, None, &bytes)?)
+    let bytes: Vec<u8> = pixels
+        .iter()
+        .flat_map(|p| p.iter().flat_map(|c| c.to_be_bytes()))
+        .collect();
+    save(
+        path,
+        &encode(
+            path,
+            width,
+            height,
+            png::ColorType::Rgb,
+            png::BitDepth::Sixteen,
+            None,
+            &bytes,
+        )?,
+    )
 }
 
 /// Writes a 16-bit grayscale PNG atomically (Cityscapes `instanceIds`).
 pub fn write_gray16(path: &Path, width: u32, height: u32, values: &[u16]) -> Result<(), PngError> {
     check_len(path, values.len(), (width * height) as usize)?;
     let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_be_bytes()).collect();
-    save(path, &encode(path, width, height, png::ColorType::Grayscale, png::BitDepth::Sixteen, None, &bytes)?)
+    save(
+        path,
+        &encode(
+            path,
+            width,
+            height,
+            png::ColorType::Grayscale,
+            png::BitDepth::Sixteen,
+            None,
+            &bytes,
+        )?,
+    )
 }
 
 /// Writes an 8-bit RGBA PNG atomically (Cityscapes `*_gtFine_color.png`).
 pub fn write_rgba(path: &Path, width: u32, height: u32, rgba: &[u8]) -> Result<(), PngError> {
     check_len(path, rgba.len(), 4 * (width * height) as usize)?;
-    save(path, &encode(path, width, height, png::ColorType::Rgba, png::BitDepth::Eight, None, rgba)?)
+    save(
+        path,
+        &encode(
+            path,
+            width,
+            height,
+            png::ColorType::Rgba,
+            png::BitDepth::Eight,
+            None,
+            rgba,
+        )?,
+    )
 }
 
 #[cfg(test)]
@@ -358,7 +475,11 @@ mod tests {
         let e = read_label(&p, LabelEncoding::Ids8).unwrap_err().to_string();
         assert!(e.contains("bad.png") && e.contains("empty"), "{e}");
 
-        let img = RgbImage { width: 16, height: 16, data: vec![200; 16 * 16 * 3] };
+        let img = RgbImage {
+            width: 16,
+            height: 16,
+            data: vec![200; 16 * 16 * 3],
+        };
         write_rgb(&p, &img).unwrap();
         let e = read_label(&p, LabelEncoding::Ids8).unwrap_err().to_string();
         assert!(e.contains("colour image"), "{e}");
@@ -388,7 +509,10 @@ mod tests {
         bytes[29..33].copy_from_slice(&crc.to_be_bytes());
         std::fs::write(&p, &bytes).unwrap();
         let e = read_label(&p, LabelEncoding::Ids8).unwrap_err().to_string();
-        assert!(e.contains("bomb.png") && (e.contains("exceeds") || e.contains("limit")), "{e}");
+        assert!(
+            e.contains("bomb.png") && (e.contains("exceeds") || e.contains("limit")),
+            "{e}"
+        );
     }
 
     fn crc32(data: &[u8]) -> u32 {
@@ -396,7 +520,11 @@ mod tests {
         for &b in data {
             crc ^= b as u32;
             for _ in 0..8 {
-                crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+                crc = if crc & 1 != 0 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
             }
         }
         !crc

@@ -241,10 +241,7 @@ impl ConfusionMatrix {
     /// False positives of class `c`: pixels predicted `c` whose ground truth is another
     /// evaluated class (pixels with ignored ground truth never count).
     pub fn false_positives(&self, c: usize) -> u64 {
-        (0..NUM_CLASSES)
-            .filter(|&r| r != c)
-            .map(|r| self.counts[r][c])
-            .sum()
+        (0..NUM_CLASSES).filter(|&r| r != c).map(|r| self.counts[r][c]).sum()
     }
 
     /// Ground-truth pixels of class `c`.
@@ -313,9 +310,7 @@ mod tests {
     }
 
     fn lcg(seed: &mut u64) -> u64 {
-        *seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         *seed >> 33
     }
 
@@ -352,10 +347,7 @@ mod tests {
         m.add(&[0, 1], &[0, 1]).unwrap();
         let before = m.clone();
         let e = m.add(&[0, 1, 2], &[0, 1]).unwrap_err();
-        assert!(
-            matches!(e, MetricsError::LengthMismatch { gt: 3, pred: 2 }),
-            "{e}"
-        );
+        assert!(matches!(e, MetricsError::LengthMismatch { gt: 3, pred: 2 }), "{e}");
         let e = m.add(&[0, 1, 2], &[0, 19, 254]).unwrap_err();
         assert_eq!(
             e.to_string(),
@@ -420,19 +412,11 @@ mod tests {
         m.add(&gt, &pred).unwrap();
         assert_eq!(m.total(), 15);
         assert_eq!(
-            (
-                m.true_positives(0),
-                m.false_negatives(0),
-                m.false_positives(0)
-            ),
+            (m.true_positives(0), m.false_negatives(0), m.false_positives(0)),
             (6, 3, 1)
         );
         assert_eq!(
-            (
-                m.true_positives(1),
-                m.false_negatives(1),
-                m.false_positives(1)
-            ),
+            (m.true_positives(1), m.false_negatives(1), m.false_positives(1)),
             (3, 1, 2)
         );
         assert_eq!(m.counts()[0][VOID_COLUMN], 1);
@@ -441,16 +425,9 @@ mod tests {
         assert_eq!(iou[1], Some(0.5));
         assert_eq!(iou[2], Some(0.0));
         assert_eq!(iou[18], Some(0.0), "absent from GT but predicted: 0");
-        assert_eq!(
-            iou[13], None,
-            "predicted only on ignored GT: not a false positive"
-        );
+        assert_eq!(iou[13], None, "predicted only on ignored GT: not a false positive");
         assert_eq!(iou.iter().filter(|v| v.is_none()).count(), 15);
-        for p in [
-            Protocol::Classes19,
-            Protocol::Classes16,
-            Protocol::Classes13,
-        ] {
+        for p in [Protocol::Classes19, Protocol::Classes16, Protocol::Classes13] {
             assert!((m.miou(p).unwrap() - 0.275).abs() < 1e-15, "{p:?}");
         }
         assert_eq!(m.pixel_accuracy(), Some(0.6));

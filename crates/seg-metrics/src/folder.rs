@@ -81,23 +81,14 @@ pub enum FolderError {
     #[error("no ground truth found: nothing matches {pattern}")]
     NoGroundTruth { pattern: String },
     #[error("{path}: cannot read folder: {source}")]
-    ReadDir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    ReadDir { path: PathBuf, source: std::io::Error },
     #[error(
         "{} ground-truth image(s) have no prediction under {} (each needs one `<city>_<seq>_<frame>*.png`): {}",
         names.len(), pred_dir.display(), list_names(names)
     )]
-    Missing {
-        pred_dir: PathBuf,
-        names: Vec<String>,
-    },
+    Missing { pred_dir: PathBuf, names: Vec<String> },
     #[error("several predictions for {name}: {}", list_paths(candidates))]
-    Ambiguous {
-        name: String,
-        candidates: Vec<PathBuf>,
-    },
+    Ambiguous { name: String, candidates: Vec<PathBuf> },
     #[error("{pred}: prediction is {pred_width}x{pred_height} but the ground truth {gt} is {gt_width}x{gt_height}")]
     SizeMismatch {
         pred: PathBuf,
@@ -121,12 +112,7 @@ pub enum FolderError {
 
 fn list_names(names: &[String]) -> String {
     const SHOWN: usize = 20;
-    let mut s = names
-        .iter()
-        .take(SHOWN)
-        .cloned()
-        .collect::<Vec<_>>()
-        .join(", ");
+    let mut s = names.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
     if names.len() > SHOWN {
         s.push_str(&format!(" … and {} more", names.len() - SHOWN));
     }
@@ -199,11 +185,7 @@ fn find_ground_truth(root: &Path, split: &str) -> Result<Vec<Pair>, FolderError>
     }
     if pairs.is_empty() {
         return Err(FolderError::NoGroundTruth {
-            pattern: gt_dir
-                .join("*")
-                .join(format!("*{GT_SUFFIX}"))
-                .display()
-                .to_string(),
+            pattern: gt_dir.join("*").join(format!("*{GT_SUFFIX}")).display().to_string(),
         });
     }
     pairs.sort_by(|a, b| a.name.cmp(&b.name));
@@ -244,10 +226,7 @@ fn find_predictions(dir: &Path) -> Result<Vec<(String, PathBuf)>, FolderError> {
 }
 
 /// Matches each ground truth to the predictions whose name starts with it.
-fn match_predictions(
-    pairs: &mut [Pair],
-    preds: &[(String, PathBuf)],
-) -> Result<Vec<String>, FolderError> {
+fn match_predictions(pairs: &mut [Pair], preds: &[(String, PathBuf)]) -> Result<Vec<String>, FolderError> {
     let mut missing = Vec::new();
     for p in pairs.iter_mut() {
         let start = preds.partition_point(|(n, _)| n.as_str() < p.name.as_str());
@@ -282,10 +261,7 @@ fn label_to_train() -> [u8; 256] {
 }
 
 /// Reads one prediction as train ids; also returns its largest raw value.
-fn read_prediction(
-    path: &Path,
-    format: PredFormat,
-) -> Result<(u32, u32, Vec<u8>, u16), FolderError> {
+fn read_prediction(path: &Path, format: PredFormat) -> Result<(u32, u32, Vec<u8>, u16), FolderError> {
     let img = png_io::read_label(path, LabelEncoding::Ids8)?;
     let valid = |v: u16| match format {
         PredFormat::LabelIds => (v as usize) < NUM_LABEL_IDS,
@@ -352,9 +328,7 @@ fn evaluate_pair(
             ids
         }
         None => {
-            acc.ev
-                .add_missing(&pair.name, &gt)
-                .map_err(metrics_err(&pair.gt))?;
+            acc.ev.add_missing(&pair.name, &gt).map_err(metrics_err(&pair.gt))?;
             vec![IGNORE; gt.len()]
         }
     };
@@ -461,11 +435,7 @@ mod tests {
             gt: PathBuf::new(),
             pred: None,
         };
-        let mut pairs = vec![
-            mk("c_000001_000019"),
-            mk("c_000002_000019"),
-            mk("c_000003_000019"),
-        ];
+        let mut pairs = vec![mk("c_000001_000019"), mk("c_000002_000019"), mk("c_000003_000019")];
         let preds: Vec<(String, PathBuf)> = [
             "c_000001_000019_pred.png",
             "c_000001_000019x.png",
@@ -485,9 +455,6 @@ mod tests {
         let mut pairs = vec![mk("c_000002_000019"), mk("c_000003_000019")];
         let missing = match_predictions(&mut pairs, &sorted).unwrap();
         assert_eq!(missing, ["c_000003_000019"]);
-        assert_eq!(
-            pairs[0].pred.as_deref(),
-            Some(Path::new("c_000002_000019.png"))
-        );
+        assert_eq!(pairs[0].pred.as_deref(), Some(Path::new("c_000002_000019.png")));
     }
 }

@@ -16,10 +16,7 @@ const MISSING_COLOR: [u8; 3] = [64, 64, 64];
 const GAP: u32 = 4;
 
 fn color_of(train_id: u8) -> [u8; 3] {
-    TRAIN_COLORS
-        .get(train_id as usize)
-        .copied()
-        .unwrap_or(IGNORE_COLOR)
+    TRAIN_COLORS.get(train_id as usize).copied().unwrap_or(IGNORE_COLOR)
 }
 
 fn from_pixels(width: u32, height: u32, pixels: impl Iterator<Item = [u8; 3]>) -> RgbImage {
@@ -27,11 +24,7 @@ fn from_pixels(width: u32, height: u32, pixels: impl Iterator<Item = [u8; 3]>) -
     for p in pixels {
         data.extend_from_slice(&p);
     }
-    RgbImage {
-        width,
-        height,
-        data,
-    }
+    RgbImage { width, height, data }
 }
 
 /// A train-id map in the official Cityscapes colours; 255 (and anything outside 0..=18) black.
@@ -42,11 +35,7 @@ pub fn colorize(width: u32, height: u32, train_ids: &[u8]) -> RgbImage {
 /// `image` with the prediction's colours blended over it at `alpha` (0.5 in reports).
 /// Pixels predicted 255 show the image unchanged. `image` must have the label map's size.
 pub fn overlay(image: &RgbImage, train_ids: &[u8], alpha: f32) -> RgbImage {
-    let blend = |a: u8, b: u8| {
-        (a as f32 * (1.0 - alpha) + b as f32 * alpha)
-            .round()
-            .clamp(0.0, 255.0) as u8
-    };
+    let blend = |a: u8, b: u8| (a as f32 * (1.0 - alpha) + b as f32 * alpha).round().clamp(0.0, 255.0) as u8;
     let pixels = image.data.chunks_exact(3).zip(train_ids).map(|(px, &t)| {
         if (t as usize) < TRAIN_COLORS.len() {
             let c = color_of(t);
@@ -77,20 +66,14 @@ pub fn resize_to_width(img: &RgbImage, width: u32) -> RgbImage {
     let height = ((img.height as u64 * width as u64) / img.width as u64).max(1) as u32;
     let mut data = Vec::with_capacity(3 * width as usize * height as usize);
     for y in 0..height as u64 {
-        let sy = ((y * img.height as u64 + img.height as u64 / 2) / height as u64)
-            .min(img.height as u64 - 1);
+        let sy = ((y * img.height as u64 + img.height as u64 / 2) / height as u64).min(img.height as u64 - 1);
         for x in 0..width as u64 {
-            let sx = ((x * img.width as u64 + img.width as u64 / 2) / width as u64)
-                .min(img.width as u64 - 1);
+            let sx = ((x * img.width as u64 + img.width as u64 / 2) / width as u64).min(img.width as u64 - 1);
             let i = 3 * (sy * img.width as u64 + sx) as usize;
             data.extend_from_slice(&img.data[i..i + 3]);
         }
     }
-    RgbImage {
-        width,
-        height,
-        data,
-    }
+    RgbImage { width, height, data }
 }
 
 /// One row of the sheet: camera image (if available), ground truth, prediction, error map.
@@ -182,11 +165,7 @@ mod tests {
         };
         let o = overlay(&img, &ids, 0.5);
         assert_eq!(&o.data[0..3], &[114, 82, 114]);
-        assert_eq!(
-            &o.data[6..9],
-            &[100, 100, 100],
-            "ignored prediction leaves the image"
-        );
+        assert_eq!(&o.data[6..9], &[100, 100, 100], "ignored prediction leaves the image");
         let e = error_map(2, 2, &[0, 255, 1, 2], &[0, 3, 2, 255]);
         assert_eq!(&e.data[0..3], &CORRECT_COLOR);
         assert_eq!(&e.data[3..6], &IGNORE_COLOR);

@@ -30,10 +30,7 @@ pub const OVERLAY_ALPHA: f32 = 0.5;
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
     #[error("{path}: cannot write: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
     Png(#[from] png_io::PngError),
     #[error("cannot serialise the report: {0}")]
@@ -94,8 +91,7 @@ impl Evaluator {
 
     /// Whether a sample with this name would be kept (lets callers skip loading its image).
     pub fn wants_sample(&self, name: &str) -> bool {
-        self.samples.len() < self.keep
-            || self.samples.last().is_some_and(|s| name < s.name.as_str())
+        self.samples.len() < self.keep || self.samples.last().is_some_and(|s| name < s.name.as_str())
     }
 
     /// Offers a sample for the pictures; the `keep_samples` smallest names are kept.
@@ -233,10 +229,7 @@ impl<'de> Deserialize<'de> for ClassScores {
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a map from class name to score or null")
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut a: A,
-            ) -> Result<ClassScores, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<ClassScores, A::Error> {
                 let mut out = Vec::new();
                 while let Some((k, v)) = a.next_entry::<String, Option<f64>>()? {
                     out.push((k, v));
@@ -330,16 +323,8 @@ impl Report {
             "* pixel accuracy: {} % (all 19 classes' pixels)",
             pct(self.pixel_accuracy)
         );
-        let _ = writeln!(
-            s,
-            "* mean class accuracy: {} %",
-            pct(self.mean_class_accuracy)
-        );
-        let _ = writeln!(
-            s,
-            "* images: {}, evaluated pixels: {}",
-            self.images, self.pixels
-        );
+        let _ = writeln!(s, "* mean class accuracy: {} %", pct(self.mean_class_accuracy));
+        let _ = writeln!(s, "* images: {}, evaluated pixels: {}", self.images, self.pixels);
         if !self.missing_counted_wrong.is_empty() {
             let _ = writeln!(
                 s,
@@ -366,11 +351,18 @@ impl Report {
         );
         if !self.pictures.is_empty() {
             let _ = writeln!(s, "\n## Pictures\n");
-            let _ = writeln!(s, "Each row: image | ground truth | prediction | errors (black: ignored, gray: correct, red: wrong).\n");
+            let _ = writeln!(
+                s,
+                "Each row: image | ground truth | prediction | errors (black: ignored, gray: correct, red: wrong).\n"
+            );
             let _ = writeln!(s, "![sheet](pictures/sheet.png)\n");
             for smp in &self.samples {
                 let stem = file_stem(&smp.name);
-                let _ = write!(s, "* {}: [ground truth](pictures/{stem}_gt.png), [prediction](pictures/{stem}_pred.png)", smp.name);
+                let _ = write!(
+                    s,
+                    "* {}: [ground truth](pictures/{stem}_gt.png), [prediction](pictures/{stem}_pred.png)",
+                    smp.name
+                );
                 if smp.image.is_some() {
                     let _ = write!(s, ", [overlay](pictures/{stem}_overlay.png)");
                 }
@@ -383,7 +375,10 @@ impl Report {
                 let _ = writeln!(s, "* {w}");
             }
         }
-        let _ = writeln!(s, "\nConfusion matrix (pixels, rows = ground truth, columns = prediction): [confusion.csv](confusion.csv)");
+        let _ = writeln!(
+            s,
+            "\nConfusion matrix (pixels, rows = ground truth, columns = prediction): [confusion.csv](confusion.csv)"
+        );
         s
     }
 
@@ -411,8 +406,7 @@ impl Report {
     pub fn write(&self, out_dir: &Path) -> Result<(), ReportError> {
         let put = |name: &str, bytes: &[u8]| {
             let path = out_dir.join(name);
-            seg_labels::fsutil::write_atomic(&path, bytes)
-                .map_err(|source| ReportError::Io { path, source })
+            seg_labels::fsutil::write_atomic(&path, bytes).map_err(|source| ReportError::Io { path, source })
         };
         let mut json = serde_json::to_string_pretty(self)?;
         json.push('\n');
@@ -445,13 +439,7 @@ impl Report {
                 errors,
             });
         }
-        let tile = SHEET_TILE_WIDTH.min(
-            self.samples
-                .iter()
-                .map(|s| s.width)
-                .max()
-                .unwrap_or(SHEET_TILE_WIDTH),
-        );
+        let tile = SHEET_TILE_WIDTH.min(self.samples.iter().map(|s| s.width).max().unwrap_or(SHEET_TILE_WIDTH));
         png_io::write_rgb(&dir.join("sheet.png"), &pictures::sheet(&rows, tile))?;
         Ok(())
     }

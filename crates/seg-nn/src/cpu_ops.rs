@@ -8,7 +8,9 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, S
 use rayon::prelude::*;
 
 fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else { candle_core::bail!("{what}: f32 input expected") };
+    let CpuStorage::F32(v) = s else {
+        candle_core::bail!("{what}: f32 input expected")
+    };
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&v[a..b]),
         None => candle_core::bail!("{what}: contiguous input expected"),
@@ -63,7 +65,11 @@ fn im2col_one(g: &Geom, x: &[f32], out: &mut [f32]) {
                     let off = (kx * g.dil) as isize - g.pad as isize;
                     for (ox, d) in dst.iter_mut().enumerate() {
                         let ix = ox as isize + off;
-                        *d = if ix >= 0 && ix < g.w as isize { src[ix as usize] } else { 0.0 };
+                        *d = if ix >= 0 && ix < g.w as isize {
+                            src[ix as usize]
+                        } else {
+                            0.0
+                        };
                     }
                 }
             }
@@ -109,7 +115,9 @@ impl CustomOp1 for Im2Col {
         let x = f32_slice(s, l, "im2col")?;
         let per = g.rows() * g.cols();
         let mut out = vec![0f32; g.n * per];
-        out.par_chunks_mut(per).zip(x.par_chunks(g.c * g.h * g.w)).for_each(|(o, xi)| im2col_one(&g, xi, o));
+        out.par_chunks_mut(per)
+            .zip(x.par_chunks(g.c * g.h * g.w))
+            .for_each(|(o, xi)| im2col_one(&g, xi, o));
         Ok((CpuStorage::F32(out), Shape::from((g.n, g.rows(), g.cols()))))
     }
 
@@ -128,7 +136,9 @@ impl CustomOp1 for Col2Im {
         let cols = f32_slice(s, l, "col2im")?;
         let per = g.c * g.h * g.w;
         let mut out = vec![0f32; g.n * per];
-        out.par_chunks_mut(per).zip(cols.par_chunks(g.rows() * g.cols())).for_each(|(o, ci)| col2im_one(&g, ci, o));
+        out.par_chunks_mut(per)
+            .zip(cols.par_chunks(g.rows() * g.cols()))
+            .for_each(|(o, ci)| col2im_one(&g, ci, o));
         Ok((CpuStorage::F32(out), Shape::from((g.n, g.c, g.h, g.w))))
     }
 }
@@ -138,7 +148,18 @@ pub fn im2col(x: &Tensor, kh: usize, kw: usize, pad: usize, dil: usize) -> Resul
     let (n, c, h, w) = x.dims4()?;
     let ho = h + 2 * pad - dil * (kh - 1);
     let wo = w + 2 * pad - dil * (kw - 1);
-    x.contiguous()?.apply_op1(Im2Col(Geom { n, c, h, w, kh, kw, pad, dil, ho, wo }))
+    x.contiguous()?.apply_op1(Im2Col(Geom {
+        n,
+        c,
+        h,
+        w,
+        kh,
+        kw,
+        pad,
+        dil,
+        ho,
+        wo,
+    }))
 }
 
 /// 2×2 max pool, stride 2; the gradient goes to the first maximum of each window (PyTorch).
@@ -155,21 +176,25 @@ impl CustomOp1 for MaxPool2 {
         let x = f32_slice(s, l, "max_pool2x2")?;
         let (ho, wo) = (h / 2, w / 2);
         let mut out = vec![0f32; n * c * ho * wo];
-        out.par_chunks_mut(ho * wo).zip(x.par_chunks(h * w)).for_each(|(o, xi)| {
-            for oy in 0..ho {
-                let r0 = &xi[2 * oy * w..2 * oy * w + w];
-                let r1 = &xi[(2 * oy + 1) * w..(2 * oy + 1) * w + w];
-                for ox in 0..wo {
-                    let m = r0[2 * ox].max(r0[2 * ox + 1]).max(r1[2 * ox]).max(r1[2 * ox + 1]);
-                    o[oy * wo + ox] = m;
+        out.par_chunks_mut(ho * wo)
+            .zip(x.par_chunks(h * w))
+            .for_each(|(o, xi)| {
+                for oy in 0..ho {
+                    let r0 = &xi[2 * oy * w..2 * oy * w + w];
+                    let r1 = &xi[(2 * oy + 1) * w..(2 * oy + 1) * w + w];
+                    for ox in 0..wo {
+                        let m = r0[2 * ox].max(r0[2 * ox + 1]).max(r1[2 * ox]).max(r1[2 * ox + 1]);
+                        o[oy * wo + ox] = m;
+                    }
                 }
-            }
-        });
+            });
         Ok((CpuStorage::F32(out), Shape::from((n, c, ho, wo))))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(arg.contiguous()?.apply_op2_no_bwd(&grad.contiguous()?, &MaxPool2Bwd)?))
+        Ok(Some(
+            arg.contiguous()?.apply_op2_no_bwd(&grad.contiguous()?, &MaxPool2Bwd)?,
+        ))
     }
 }
 
@@ -184,20 +209,28 @@ impl CustomOp2 for MaxPool2Bwd {
         let g = f32_slice(s2, l2, "max_pool2x2 backward")?;
         let (ho, wo) = (h / 2, w / 2);
         let mut out = vec![0f32; n * c * h * w];
-        out.par_chunks_mut(h * w).zip(x.par_chunks(h * w)).zip(g.par_chunks(ho * wo)).for_each(|((o, xi), gi)| {
-            for oy in 0..ho {
-                for ox in 0..wo {
-                    let idx = [2 * oy * w + 2 * ox, 2 * oy * w + 2 * ox + 1, (2 * oy + 1) * w + 2 * ox, (2 * oy + 1) * w + 2 * ox + 1];
-                    let mut best = idx[0];
-                    for &i in &idx[1..] {
-                        if xi[i] > xi[best] {
-                            best = i;
+        out.par_chunks_mut(h * w)
+            .zip(x.par_chunks(h * w))
+            .zip(g.par_chunks(ho * wo))
+            .for_each(|((o, xi), gi)| {
+                for oy in 0..ho {
+                    for ox in 0..wo {
+                        let idx = [
+                            2 * oy * w + 2 * ox,
+                            2 * oy * w + 2 * ox + 1,
+                            (2 * oy + 1) * w + 2 * ox,
+                            (2 * oy + 1) * w + 2 * ox + 1,
+                        ];
+                        let mut best = idx[0];
+                        for &i in &idx[1..] {
+                            if xi[i] > xi[best] {
+                                best = i;
+                            }
                         }
+                        o[best] += gi[oy * wo + ox];
                     }
-                    o[best] += gi[oy * wo + ox];
                 }
-            }
-        });
+            });
         Ok((CpuStorage::F32(out), Shape::from((n, c, h, w))))
     }
 }
@@ -265,15 +298,18 @@ impl CustomOp3 for BnTrain {
         let hw = h * w;
         let stats = channel_stats(x, n, c, hw);
         let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(hw).zip(x.par_chunks(hw)).enumerate().for_each(|(i, (o, xi))| {
-            let ch = i % c;
-            let (mean, var) = stats[ch];
-            let scale = gamma[ch] / (var as f32 + self.eps).sqrt();
-            let shift = beta[ch] - mean as f32 * scale;
-            for (d, &v) in o.iter_mut().zip(xi) {
-                *d = v * scale + shift;
-            }
-        });
+        out.par_chunks_mut(hw)
+            .zip(x.par_chunks(hw))
+            .enumerate()
+            .for_each(|(i, (o, xi))| {
+                let ch = i % c;
+                let (mean, var) = stats[ch];
+                let scale = gamma[ch] / (var as f32 + self.eps).sqrt();
+                let shift = beta[ch] - mean as f32 * scale;
+                for (d, &v) in o.iter_mut().zip(xi) {
+                    *d = v * scale + shift;
+                }
+            });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -327,7 +363,11 @@ impl CustomOp3 for BnTrain {
         let dev = x.device();
         let dgamma = Tensor::from_vec(sums.iter().map(|s| s.1 as f32).collect::<Vec<_>>(), c, dev)?;
         let dbeta = Tensor::from_vec(sums.iter().map(|s| s.0 as f32).collect::<Vec<_>>(), c, dev)?;
-        Ok((Some(Tensor::from_vec(dx, (n, c, h, w), dev)?), Some(dgamma), Some(dbeta)))
+        Ok((
+            Some(Tensor::from_vec(dx, (n, c, h, w), dev)?),
+            Some(dgamma),
+            Some(dbeta),
+        ))
     }
 }
 
@@ -337,14 +377,17 @@ pub fn batch_stats(x: &Tensor) -> Result<(Vec<(f64, f64)>, usize)> {
     let (n, c, h, w) = x.dims4()?;
     let x = x.contiguous()?;
     let (s, l) = x.storage_and_layout();
-    let candle_core::Storage::Cpu(s) = &*s else { candle_core::bail!("batch_stats: CPU tensor expected") };
+    let candle_core::Storage::Cpu(s) = &*s else {
+        candle_core::bail!("batch_stats: CPU tensor expected")
+    };
     let data = f32_slice(s, l, "batch norm statistics")?;
     Ok((channel_stats(data, n, c, h * w), n * h * w))
 }
 
 /// Training-mode batch norm with batch statistics (custom op with closed-form gradients).
 pub fn bn_train(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
-    x.contiguous()?.apply_op3(&gamma.contiguous()?, &beta.contiguous()?, BnTrain { eps: eps as f32 })
+    x.contiguous()?
+        .apply_op3(&gamma.contiguous()?, &beta.contiguous()?, BnTrain { eps: eps as f32 })
 }
 
 /// Whether the fast CPU kernels apply to `x`.
@@ -359,7 +402,9 @@ struct CrossEntropy {
 }
 
 fn labels_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [u32]> {
-    let CpuStorage::U32(v) = s else { candle_core::bail!("cross entropy: u32 labels expected") };
+    let CpuStorage::U32(v) = s else {
+        candle_core::bail!("cross entropy: u32 labels expected")
+    };
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&v[a..b]),
         None => candle_core::bail!("cross entropy: contiguous labels expected"),
@@ -407,7 +452,13 @@ impl CustomOp2 for CrossEntropy {
         Ok((CpuStorage::F32(vec![loss]), Shape::from(())))
     }
 
-    fn bwd(&self, logits: &Tensor, labels: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        logits: &Tensor,
+        labels: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (n, c, h, w) = logits.dims4()?;
         let hw = h * w;
         let x = cpu_data(logits, "cross entropy backward")?;
@@ -416,30 +467,35 @@ impl CustomOp2 for CrossEntropy {
         let valid = lab.iter().filter(|&&t| t != self.ignore && (t as usize) < c).count();
         let scale = if valid == 0 { 0.0 } else { g / valid as f32 };
         let mut dx = vec![0f32; x.len()];
-        dx.par_chunks_mut(c * hw).zip(x.par_chunks(c * hw)).zip(lab.par_chunks(hw)).for_each(|((d, xi), li)| {
-            for (p, &t) in li.iter().enumerate() {
-                if t == self.ignore || t as usize >= c {
-                    continue;
+        dx.par_chunks_mut(c * hw)
+            .zip(x.par_chunks(c * hw))
+            .zip(lab.par_chunks(hw))
+            .for_each(|((d, xi), li)| {
+                for (p, &t) in li.iter().enumerate() {
+                    if t == self.ignore || t as usize >= c {
+                        continue;
+                    }
+                    let mut m = f32::NEG_INFINITY;
+                    for k in 0..c {
+                        m = m.max(xi[k * hw + p]);
+                    }
+                    let mut s = 0f32;
+                    for k in 0..c {
+                        s += (xi[k * hw + p] - m).exp();
+                    }
+                    for k in 0..c {
+                        d[k * hw + p] = (xi[k * hw + p] - m).exp() / s * scale;
+                    }
+                    d[t as usize * hw + p] -= scale;
                 }
-                let mut m = f32::NEG_INFINITY;
-                for k in 0..c {
-                    m = m.max(xi[k * hw + p]);
-                }
-                let mut s = 0f32;
-                for k in 0..c {
-                    s += (xi[k * hw + p] - m).exp();
-                }
-                for k in 0..c {
-                    d[k * hw + p] = (xi[k * hw + p] - m).exp() / s * scale;
-                }
-                d[t as usize * hw + p] -= scale;
-            }
-        });
+            });
         Ok((Some(Tensor::from_vec(dx, (n, c, h, w), logits.device())?), None))
     }
 }
 
 /// Fused masked cross-entropy on CPU f32 logits `N×C×H×W` and u32 labels `N×H×W`.
 pub fn cross_entropy(logits: &Tensor, labels: &Tensor, ignore: u32) -> Result<Tensor> {
-    logits.contiguous()?.apply_op2(&labels.contiguous()?, CrossEntropy { ignore })
+    logits
+        .contiguous()?
+        .apply_op2(&labels.contiguous()?, CrossEntropy { ignore })
 }

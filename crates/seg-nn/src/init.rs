@@ -48,12 +48,7 @@ pub struct SeededBackend {
 }
 
 /// A `VarBuilder` over `vars` that initialises new variables deterministically from `seed`.
-pub fn seeded_builder(
-    vars: &VarMap,
-    seed: u64,
-    dtype: DType,
-    device: &Device,
-) -> VarBuilder<'static> {
+pub fn seeded_builder(vars: &VarMap, seed: u64, dtype: DType, device: &Device) -> VarBuilder<'static> {
     VarBuilder::from_backend(
         Box::new(SeededBackend {
             vars: vars.clone(),
@@ -65,37 +60,22 @@ pub fn seeded_builder(
 }
 
 /// Draws a tensor for `init` from a generator keyed by `(seed, name)`.
-pub fn init_tensor(
-    shape: &Shape,
-    init: Init,
-    seed: u64,
-    name: &str,
-    dtype: DType,
-    dev: &Device,
-) -> Result<Tensor> {
+pub fn init_tensor(shape: &Shape, init: Init, seed: u64, name: &str, dtype: DType, dev: &Device) -> Result<Tensor> {
     let n = shape.elem_count();
     let mut rng = Rng::new(seed ^ name_hash(name).rotate_left(17));
     let dims = shape.dims();
     let fan_in: usize = dims.iter().skip(1).product::<usize>().max(1);
     let values: Vec<f32> = match init {
         Init::Const(v) => return Tensor::full(v as f32, shape, dev)?.to_dtype(dtype),
-        Init::Randn { mean, stdev } => (0..n)
-            .map(|_| (mean + stdev * rng.normal()) as f32)
-            .collect(),
-        Init::Uniform { lo, up } => (0..n)
-            .map(|_| (lo + (up - lo) * rng.uniform()) as f32)
-            .collect(),
+        Init::Randn { mean, stdev } => (0..n).map(|_| (mean + stdev * rng.normal()) as f32).collect(),
+        Init::Uniform { lo, up } => (0..n).map(|_| (lo + (up - lo) * rng.uniform()) as f32).collect(),
         Init::Kaiming { dist, .. } => {
             let std = (2.0 / fan_in as f64).sqrt();
             match dist {
-                candle_nn::init::NormalOrUniform::Normal => {
-                    (0..n).map(|_| (std * rng.normal()) as f32).collect()
-                }
+                candle_nn::init::NormalOrUniform::Normal => (0..n).map(|_| (std * rng.normal()) as f32).collect(),
                 candle_nn::init::NormalOrUniform::Uniform => {
                     let b = std * 3f64.sqrt();
-                    (0..n)
-                        .map(|_| (-b + 2.0 * b * rng.uniform()) as f32)
-                        .collect()
+                    (0..n).map(|_| (-b + 2.0 * b * rng.uniform()) as f32).collect()
                 }
             }
         }
@@ -139,11 +119,7 @@ impl SimpleBackend for SeededBackend {
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
-        self.vars
-            .data()
-            .lock()
-            .map(|d| d.contains_key(name))
-            .unwrap_or(false)
+        self.vars.data().lock().map(|d| d.contains_key(name)).unwrap_or(false)
     }
 }
 
@@ -157,14 +133,7 @@ mod tests {
             let vars = VarMap::new();
             let vb = seeded_builder(&vars, seed, DType::F32, &Device::Cpu);
             vb.pp("a")
-                .get_with_hints(
-                    (3, 4),
-                    "w",
-                    Init::Randn {
-                        mean: 0.0,
-                        stdev: 1.0,
-                    },
-                )
+                .get_with_hints((3, 4), "w", Init::Randn { mean: 0.0, stdev: 1.0 })
                 .unwrap()
                 .flatten_all()
                 .unwrap()

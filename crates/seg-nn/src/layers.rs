@@ -31,7 +31,14 @@ pub struct ConvCfg {
 
 impl Default for ConvCfg {
     fn default() -> Self {
-        Self { stride: 1, padding: 0, dilation: 1, groups: 1, bias: true, init_std: None }
+        Self {
+            stride: 1,
+            padding: 0,
+            dilation: 1,
+            groups: 1,
+            bias: true,
+            init_std: None,
+        }
     }
 }
 
@@ -42,18 +49,32 @@ pub fn conv2d(c_in: usize, c_out: usize, k: usize, cfg: ConvCfg, vb: VarBuilder<
         Some(stdev) => Init::Randn { mean: 0.0, stdev },
         None => {
             let bound = 1.0 / (fan_in as f64).sqrt();
-            Init::Uniform { lo: -bound * 3f64.sqrt(), up: bound * 3f64.sqrt() }
+            Init::Uniform {
+                lo: -bound * 3f64.sqrt(),
+                up: bound * 3f64.sqrt(),
+            }
         }
     };
     let weight = vb.get_with_hints((c_out, c_in / cfg.groups, k, k), "weight", init)?;
     let bias = if cfg.bias {
         let bound = 1.0 / (fan_in as f64).sqrt();
-        let init = if cfg.init_std.is_some() { Init::Const(0.0) } else { Init::Uniform { lo: -bound, up: bound } };
+        let init = if cfg.init_std.is_some() {
+            Init::Const(0.0)
+        } else {
+            Init::Uniform { lo: -bound, up: bound }
+        };
         Some(vb.get_with_hints(c_out, "bias", init)?)
     } else {
         None
     };
-    Ok(Conv2d { weight, bias, stride: cfg.stride, padding: cfg.padding, dilation: cfg.dilation, groups: cfg.groups })
+    Ok(Conv2d {
+        weight,
+        bias,
+        stride: cfg.stride,
+        padding: cfg.padding,
+        dilation: cfg.dilation,
+        groups: cfg.groups,
+    })
 }
 
 impl Conv2d {
@@ -78,7 +99,10 @@ pub fn conv2d_im2col(x: &Tensor, w: &Tensor, padding: usize, dilation: usize) ->
     }
     let (ho, wo) = (h + 2 * padding - eh, wd + 2 * padding - ew);
     if kh == 1 && kw == 1 && padding == 0 {
-        let y = w.reshape((co, c))?.broadcast_left(n)?.matmul(&x.reshape((n, c, h * wd))?)?;
+        let y = w
+            .reshape((co, c))?
+            .broadcast_left(n)?
+            .matmul(&x.reshape((n, c, h * wd))?)?;
         return y.reshape((n, co, ho, wo));
     }
     if crate::cpu_ops::applies(x) {
@@ -86,7 +110,12 @@ pub fn conv2d_im2col(x: &Tensor, w: &Tensor, padding: usize, dilation: usize) ->
         let wm = w.permute((0, 2, 3, 1))?.reshape((co, kh * kw * c))?;
         return wm.broadcast_left(n)?.matmul(&cols)?.reshape((n, co, ho, wo));
     }
-    let xp = if padding > 0 { x.pad_with_zeros(2, padding, padding)?.pad_with_zeros(3, padding, padding)? } else { x.clone() };
+    let xp = if padding > 0 {
+        x.pad_with_zeros(2, padding, padding)?
+            .pad_with_zeros(3, padding, padding)?
+    } else {
+        x.clone()
+    };
     let mut cols = Vec::with_capacity(kh * kw);
     for ky in 0..kh {
         for kx in 0..kw {
@@ -157,17 +186,42 @@ impl BatchNorm2d {
         let weight = vb.get_with_hints(c, "weight", Init::Const(1.0))?;
         let bias = vb.get_with_hints(c, "bias", Init::Const(0.0))?;
         let prefix = vb.prefix();
-        stats.get(c, &format!("{prefix}.running_mean"), Init::Const(0.0), DType::F32, vb.device())?;
-        stats.get(c, &format!("{prefix}.running_var"), Init::Const(1.0), DType::F32, vb.device())?;
-        let data = stats.data().lock().map_err(|_| candle_core::Error::Msg("poisoned var map".into()))?;
+        stats.get(
+            c,
+            &format!("{prefix}.running_mean"),
+            Init::Const(0.0),
+            DType::F32,
+            vb.device(),
+        )?;
+        stats.get(
+            c,
+            &format!("{prefix}.running_var"),
+            Init::Const(1.0),
+            DType::F32,
+            vb.device(),
+        )?;
+        let data = stats
+            .data()
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("poisoned var map".into()))?;
         let var = |n: &str| {
             data.get(&format!("{prefix}.{n}"))
                 .cloned()
                 .ok_or_else(|| candle_core::Error::Msg(format!("missing statistic {prefix}.{n}")))
         };
         let (running_mean, running_var) = (var("running_mean")?, var("running_var")?);
-        let mode = std::sync::Arc::new(std::sync::Mutex::new(BnMode { momentum: Some(0.1), batches: 0 }));
-        Ok(Self { weight, bias, running_mean, running_var, mode, eps: 1e-5 })
+        let mode = std::sync::Arc::new(std::sync::Mutex::new(BnMode {
+            momentum: Some(0.1),
+            batches: 0,
+        }));
+        Ok(Self {
+            weight,
+            bias,
+            running_mean,
+            running_var,
+            mode,
+            eps: 1e-5,
+        })
     }
 
     fn normalise(&self, x: &Tensor, mean: &Tensor, var: &Tensor) -> Result<Tensor> {
@@ -175,7 +229,8 @@ impl BatchNorm2d {
         let shape = (1, c, 1, 1);
         let scale = (&self.weight * (var + self.eps)?.sqrt()?.recip()?)?;
         let shift = (&self.bias - (mean * &scale)?)?;
-        x.broadcast_mul(&scale.reshape(shape)?)?.broadcast_add(&shift.reshape(shape)?)
+        x.broadcast_mul(&scale.reshape(shape)?)?
+            .broadcast_add(&shift.reshape(shape)?)
     }
 
     /// Batch statistics `(mean, biased var)` per channel.
@@ -190,7 +245,10 @@ impl BatchNorm2d {
     /// Sets the update rule of the running statistics (`None` = cumulative average) and, with
     /// `reset`, restarts them at mean 0, variance 1 (AdaBN re-estimation).
     pub fn set_momentum(&self, momentum: Option<f64>, reset: bool) -> Result<()> {
-        let mut mode = self.mode.lock().map_err(|_| candle_core::Error::Msg("poisoned batch-norm mode".into()))?;
+        let mut mode = self
+            .mode
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("poisoned batch-norm mode".into()))?;
         mode.momentum = momentum;
         if reset {
             mode.batches = 0;
@@ -212,14 +270,25 @@ impl ModuleT for BatchNorm2d {
             let (stats, _) = crate::cpu_ops::batch_stats(x)?;
             let mean = Tensor::from_vec(stats.iter().map(|s| s.0 as f32).collect::<Vec<_>>(), c, x.device())?;
             let var = Tensor::from_vec(stats.iter().map(|s| s.1 as f32).collect::<Vec<_>>(), c, x.device())?;
-            (Some(crate::cpu_ops::bn_train(x, &self.weight, &self.bias, self.eps)?), mean, var)
+            (
+                Some(crate::cpu_ops::bn_train(x, &self.weight, &self.bias, self.eps)?),
+                mean,
+                var,
+            )
         } else {
             let (mean, var) = Self::batch_stats(x)?;
             (None, mean, var)
         };
-        let unbiased = if count > 1.0 { (var.detach() * (count / (count - 1.0)))? } else { var.detach() };
+        let unbiased = if count > 1.0 {
+            (var.detach() * (count / (count - 1.0)))?
+        } else {
+            var.detach()
+        };
         let m = {
-            let mut mode = self.mode.lock().map_err(|_| candle_core::Error::Msg("poisoned batch-norm mode".into()))?;
+            let mut mode = self
+                .mode
+                .lock()
+                .map_err(|_| candle_core::Error::Msg("poisoned batch-norm mode".into()))?;
             mode.batches += 1;
             mode.momentum.unwrap_or(1.0 / mode.batches as f64)
         };
@@ -245,7 +314,11 @@ pub struct ConvTranspose2d {
 /// The `c × c × k × k` kernel that makes a transposed conv with stride `k/2` a bilinear upsample.
 pub fn bilinear_kernel(c: usize, k: usize, device: &Device) -> Result<Tensor> {
     let factor = k.div_ceil(2);
-    let center = if k % 2 == 1 { factor as f32 - 1.0 } else { factor as f32 - 0.5 };
+    let center = if k % 2 == 1 {
+        factor as f32 - 1.0
+    } else {
+        factor as f32 - 0.5
+    };
     let mut filt = vec![0f32; k * k];
     for y in 0..k {
         for x in 0..k {
@@ -267,11 +340,18 @@ impl ConvTranspose2d {
         // VarBuilder has no tensor init: create the variable, then set it to the bilinear kernel.
         let weight = vb.get_with_hints((c, c, k, k), "weight", Init::Const(0.0))?;
         let name = format!("{}.weight", vb.prefix());
-        let data = vars.data().lock().map_err(|_| candle_core::Error::Msg("poisoned var map".into()))?;
+        let data = vars
+            .data()
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("poisoned var map".into()))?;
         if let Some(var) = data.get(&name) {
             var.set(&bilinear_kernel(c, k, vb.device())?)?;
         }
-        Ok(Self { weight, stride, padding: stride / 2 })
+        Ok(Self {
+            weight,
+            stride,
+            padding: stride / 2,
+        })
     }
 }
 

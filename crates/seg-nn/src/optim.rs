@@ -47,9 +47,12 @@ impl OptimizerConfig {
     pub fn build(&self, params: Vec<(String, Var, f64)>) -> Result<Box<dyn Optimizer>> {
         Ok(match *self {
             OptimizerConfig::Sgd { momentum, weight_decay } => Box::new(Sgd::new(params, momentum, weight_decay)?),
-            OptimizerConfig::Adam { beta1, beta2, eps, weight_decay } => {
-                Box::new(Adam::new(params, beta1, beta2, eps, weight_decay)?)
-            }
+            OptimizerConfig::Adam {
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+            } => Box::new(Adam::new(params, beta1, beta2, eps, weight_decay)?),
         })
     }
 }
@@ -70,7 +73,9 @@ fn zeros_var(v: &Var) -> Result<Var> {
 }
 
 fn load_into(state: &HashMap<String, Tensor>, key: &str, var: &Var) -> Result<()> {
-    let t = state.get(key).ok_or_else(|| candle_core::Error::Msg(format!("optimizer state `{key}` missing")))?;
+    let t = state
+        .get(key)
+        .ok_or_else(|| candle_core::Error::Msg(format!("optimizer state `{key}` missing")))?;
     var.set(&t.to_device(var.device())?.to_dtype(var.dtype())?)
 }
 
@@ -85,7 +90,12 @@ pub struct Sgd {
 impl Sgd {
     pub fn new(params: Vec<(String, Var, f64)>, momentum: f64, weight_decay: f64) -> Result<Self> {
         let bufs = params.iter().map(|(_, v, _)| zeros_var(v)).collect::<Result<_>>()?;
-        Ok(Self { params, bufs, momentum, weight_decay })
+        Ok(Self {
+            params,
+            bufs,
+            momentum,
+            weight_decay,
+        })
     }
 }
 
@@ -93,8 +103,16 @@ impl Optimizer for Sgd {
     fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
         for ((_, p, mult), buf) in self.params.iter().zip(&self.bufs) {
             let Some(g) = grads.get(p.as_tensor()) else { continue };
-            let g = if self.weight_decay != 0.0 { (g + (p.as_tensor() * self.weight_decay)?)? } else { g.clone() };
-            let b = if self.momentum != 0.0 { ((buf.as_tensor() * self.momentum)? + g)? } else { g };
+            let g = if self.weight_decay != 0.0 {
+                (g + (p.as_tensor() * self.weight_decay)?)?
+            } else {
+                g.clone()
+            };
+            let b = if self.momentum != 0.0 {
+                ((buf.as_tensor() * self.momentum)? + g)?
+            } else {
+                g
+            };
             p.set(&(p.as_tensor() - (&b * (lr * mult))?)?)?;
             buf.set(&b)?;
         }
@@ -102,7 +120,11 @@ impl Optimizer for Sgd {
     }
 
     fn state(&self) -> Vec<(String, Tensor)> {
-        self.params.iter().zip(&self.bufs).map(|((n, _, _), b)| (format!("{n}.momentum"), b.as_tensor().clone())).collect()
+        self.params
+            .iter()
+            .zip(&self.bufs)
+            .map(|((n, _, _), b)| (format!("{n}.momentum"), b.as_tensor().clone()))
+            .collect()
     }
 
     fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()> {
@@ -130,7 +152,16 @@ impl Adam {
         let m = params.iter().map(|(_, v, _)| zeros_var(v)).collect::<Result<_>>()?;
         let v = params.iter().map(|(_, v, _)| zeros_var(v)).collect::<Result<_>>()?;
         let t = Var::from_tensor(&Tensor::zeros(1, candle_core::DType::F32, &candle_core::Device::Cpu)?)?;
-        Ok(Self { params, m, v, t, beta1, beta2, eps, weight_decay })
+        Ok(Self {
+            params,
+            m,
+            v,
+            t,
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+        })
     }
 }
 
@@ -141,7 +172,11 @@ impl Optimizer for Adam {
         let (bc1, bc2) = (1.0 - self.beta1.powf(t), 1.0 - self.beta2.powf(t));
         for (((_, p, mult), m), v) in self.params.iter().zip(&self.m).zip(&self.v) {
             let Some(g) = grads.get(p.as_tensor()) else { continue };
-            let g = if self.weight_decay != 0.0 { (g + (p.as_tensor() * self.weight_decay)?)? } else { g.clone() };
+            let g = if self.weight_decay != 0.0 {
+                (g + (p.as_tensor() * self.weight_decay)?)?
+            } else {
+                g.clone()
+            };
             let m_new = ((m.as_tensor() * self.beta1)? + (&g * (1.0 - self.beta1))?)?;
             let v_new = ((v.as_tensor() * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?;
             let denom = ((&v_new / bc2)?.sqrt()? + self.eps)?;

@@ -34,7 +34,10 @@ pub struct Checkpoint {
 }
 
 fn bad(path: &Path, reason: impl Into<String>) -> TrainError {
-    TrainError::Checkpoint { path: path.to_path_buf(), reason: reason.into() }
+    TrainError::Checkpoint {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
 }
 
 /// Serialises tensors + metadata and writes them atomically.
@@ -42,12 +45,20 @@ pub fn save(path: &Path, tensors: &[(String, Tensor)], meta: &CheckpointMeta) ->
     let mut info = HashMap::new();
     info.insert("format".to_string(), FORMAT.to_string());
     info.insert("version".to_string(), VERSION.to_string());
-    info.insert("meta".to_string(), serde_json::to_string(meta).map_err(|e| bad(path, e.to_string()))?);
-    let cpu: Vec<(String, Tensor)> =
-        tensors.iter().map(|(n, t)| Ok((n.clone(), t.to_device(&Device::Cpu)?))).collect::<candle_core::Result<_>>()?;
+    info.insert(
+        "meta".to_string(),
+        serde_json::to_string(meta).map_err(|e| bad(path, e.to_string()))?,
+    );
+    let cpu: Vec<(String, Tensor)> = tensors
+        .iter()
+        .map(|(n, t)| Ok((n.clone(), t.to_device(&Device::Cpu)?)))
+        .collect::<candle_core::Result<_>>()?;
     let bytes = safetensors::serialize(cpu.iter().map(|(n, t)| (n.as_str(), t)), Some(info))
         .map_err(|e| bad(path, format!("cannot serialise checkpoint: {e}")))?;
-    seg_labels::fsutil::write_atomic(path, &bytes).map_err(|source| TrainError::Write { path: path.to_path_buf(), source })
+    seg_labels::fsutil::write_atomic(path, &bytes).map_err(|source| TrainError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Reads and validates a checkpoint.
@@ -57,17 +68,28 @@ pub fn load(path: &Path, device: &Device) -> Result<Checkpoint, TrainError> {
         .map_err(|e| bad(path, format!("not a safetensors file or truncated ({e:?})")))?;
     let info = header.metadata().clone().unwrap_or_default();
     if info.get("format").map(String::as_str) != Some(FORMAT) {
-        return Err(bad(path, "not a seg-adapt checkpoint (no `format: seg-adapt-checkpoint` in its metadata)"));
+        return Err(bad(
+            path,
+            "not a seg-adapt checkpoint (no `format: seg-adapt-checkpoint` in its metadata)",
+        ));
     }
     if info.get("version").map(String::as_str) != Some(VERSION) {
-        return Err(bad(path, format!("unsupported checkpoint version {:?}", info.get("version"))));
+        return Err(bad(
+            path,
+            format!("unsupported checkpoint version {:?}", info.get("version")),
+        ));
     }
     let meta: CheckpointMeta = serde_json::from_str(info.get("meta").map(String::as_str).unwrap_or(""))
         .map_err(|e| bad(path, format!("corrupt checkpoint metadata: {e}")))?;
     // Validates every tensor's extent against the file size (a truncated body is refused here).
-    safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(path, format!("truncated or corrupt checkpoint ({e:?})")))?;
+    safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| bad(path, format!("truncated or corrupt checkpoint ({e:?})")))?;
     let tensors = candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| bad(path, e.to_string()))?;
-    Ok(Checkpoint { meta, tensors, path: path.to_path_buf() })
+    Ok(Checkpoint {
+        meta,
+        tensors,
+        path: path.to_path_buf(),
+    })
 }
 
 impl Checkpoint {
@@ -76,12 +98,21 @@ impl Checkpoint {
     pub fn restore_vars(&self, vars: &candle_nn::VarMap) -> Result<(), TrainError> {
         let data = vars.data().lock().map_err(|_| bad(&self.path, "poisoned var map"))?;
         for (name, var) in data.iter() {
-            let t = self
-                .tensors
-                .get(name)
-                .ok_or_else(|| bad(&self.path, format!("variable `{name}` missing: the checkpoint is for another model or method")))?;
+            let t = self.tensors.get(name).ok_or_else(|| {
+                bad(
+                    &self.path,
+                    format!("variable `{name}` missing: the checkpoint is for another model or method"),
+                )
+            })?;
             if t.dims() != var.dims() {
-                return Err(bad(&self.path, format!("variable `{name}` has shape {:?}, the model expects {:?}", t.dims(), var.dims())));
+                return Err(bad(
+                    &self.path,
+                    format!(
+                        "variable `{name}` has shape {:?}, the model expects {:?}",
+                        t.dims(),
+                        var.dims()
+                    ),
+                ));
             }
         }
         for (name, var) in data.iter() {

@@ -9,7 +9,12 @@ pub enum TrainError {
     #[error("{path}: cannot write: {source}")]
     Write { path: PathBuf, source: std::io::Error },
     #[error("loss `{term}` became {value} at step {step}; stopped. The last good checkpoint ({last}) is kept")]
-    NonFinite { term: String, value: f32, step: usize, last: String },
+    NonFinite {
+        term: String,
+        value: f32,
+        step: usize,
+        last: String,
+    },
     #[error("invalid setup: {0}")]
     Setup(String),
     #[error(transparent)]

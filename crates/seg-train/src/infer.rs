@@ -24,21 +24,41 @@ pub struct EvalSetup {
 }
 
 /// Predicts train ids at each image's full resolution. All images must share one size.
-pub fn predict_train_ids(backbone: &dyn Backbone, images: &[&RgbImage], setup: &EvalSetup) -> Result<Vec<Vec<u8>>, TrainError> {
-    let Some(first) = images.first() else { return Ok(Vec::new()) };
+pub fn predict_train_ids(
+    backbone: &dyn Backbone,
+    images: &[&RgbImage],
+    setup: &EvalSetup,
+) -> Result<Vec<Vec<u8>>, TrainError> {
+    let Some(first) = images.first() else {
+        return Ok(Vec::new());
+    };
     let (w, h) = (first.width, first.height);
     let s = setup.augment.base_scale;
-    let (sw, sh) = (((w as f32 * s).round() as u32).max(1), ((h as f32 * s).round() as u32).max(1));
-    let scaled: Vec<RgbImage> = images.iter().map(|im| seg_data::transform::resize_bilinear(im, sw, sh)).collect();
+    let (sw, sh) = (
+        ((w as f32 * s).round() as u32).max(1),
+        ((h as f32 * s).round() as u32).max(1),
+    );
+    let scaled: Vec<RgbImage> = images
+        .iter()
+        .map(|im| seg_data::transform::resize_bilinear(im, sw, sh))
+        .collect();
     let refs: Vec<&RgbImage> = scaled.iter().collect();
     let x = images_to_tensor(&refs, &setup.augment, &setup.device)?;
     let stride = backbone.stride();
-    let (ph, pw) = ((sh as usize).div_ceil(stride) * stride, (sw as usize).div_ceil(stride) * stride);
-    let x = x.pad_with_zeros(2, 0, ph - sh as usize)?.pad_with_zeros(3, 0, pw - sw as usize)?;
+    let (ph, pw) = (
+        (sh as usize).div_ceil(stride) * stride,
+        (sw as usize).div_ceil(stride) * stride,
+    );
+    let x = x
+        .pad_with_zeros(2, 0, ph - sh as usize)?
+        .pad_with_zeros(3, 0, pw - sw as usize)?;
     let feats = backbone.forward_taps(&x, false, &[])?;
     let logits = feats.logits()?.narrow(2, 0, sh as usize)?.narrow(3, 0, sw as usize)?;
     let logits = seg_nn::resize_bilinear(&logits, h as usize, w as usize)?;
-    let pred = logits.argmax(1)?.to_dtype(candle_core::DType::U8)?.to_device(&Device::Cpu)?;
+    let pred = logits
+        .argmax(1)?
+        .to_dtype(candle_core::DType::U8)?
+        .to_device(&Device::Cpu)?;
     let n = images.len();
     let flat = pred.reshape((n, (w * h) as usize))?.to_vec2::<u8>()?;
     Ok(flat)
@@ -47,18 +67,27 @@ pub fn predict_train_ids(backbone: &dyn Backbone, images: &[&RgbImage], setup: &
 /// Evaluates `backbone` on a labelled dataset; every image is predicted at full resolution.
 pub fn evaluate(backbone: &dyn Backbone, dataset: &Dataset, setup: &EvalSetup) -> Result<Evaluator, TrainError> {
     let mut ev = Evaluator::new(setup.keep_samples);
-    for batch in Batcher::new(dataset).batch_size(setup.batch_size).return_last_incomplete_batch(true) {
+    for batch in Batcher::new(dataset)
+        .batch_size(setup.batch_size)
+        .return_last_incomplete_batch(true)
+    {
         let batch = batch?;
         // Group by size: real datasets may mix sizes.
         let mut i = 0;
         while i < batch.len() {
             let size = (batch[i].image.width, batch[i].image.height);
-            let j = batch[i..].iter().position(|s| (s.image.width, s.image.height) != size).map_or(batch.len(), |k| i + k);
+            let j = batch[i..]
+                .iter()
+                .position(|s| (s.image.width, s.image.height) != size)
+                .map_or(batch.len(), |k| i + k);
             let imgs: Vec<&RgbImage> = batch[i..j].iter().map(|s| &s.image).collect();
             let preds = predict_train_ids(backbone, &imgs, setup)?;
             for (s, pred) in batch[i..j].iter().zip(preds) {
                 let Some(gt) = &s.label else {
-                    return Err(TrainError::Setup(format!("evaluation sample `{}` has no label", s.name)));
+                    return Err(TrainError::Setup(format!(
+                        "evaluation sample `{}` has no label",
+                        s.name
+                    )));
                 };
                 ev.add(gt, &pred)?;
                 if ev.wants_sample(&s.name) {
@@ -82,7 +111,9 @@ pub fn evaluate(backbone: &dyn Backbone, dataset: &Dataset, setup: &EvalSetup) -
 /// `batches` target batches (forward passes in training mode, no gradient step).
 pub fn reestimate_bn(backbone: &dyn Backbone, target: &mut Loader, batches: usize) -> Result<(), TrainError> {
     if !backbone.has_batch_norm() {
-        return Err(TrainError::Setup("AdaBN needs a model with batch norm (use --model small)".into()));
+        return Err(TrainError::Setup(
+            "AdaBN needs a model with batch norm (use --model small)".into(),
+        ));
     }
     backbone.set_bn_momentum(None, true)?;
     let result = (|| {

@@ -73,7 +73,11 @@ impl Trainer {
         let head_groups = s.head.as_ref().map(|h| h.param_groups()).unwrap_or_default();
         let mut by_group: BTreeMap<ParamGroup, Vec<(String, Var, f64)>> = BTreeMap::new();
         {
-            let data = s.vars.data().lock().map_err(|_| TrainError::Setup("poisoned var map".into()))?;
+            let data = s
+                .vars
+                .data()
+                .lock()
+                .map_err(|_| TrainError::Setup("poisoned var map".into()))?;
             let mut names: Vec<&String> = data.keys().collect();
             names.sort();
             for name in names {
@@ -82,7 +86,10 @@ impl Trainer {
                 }
                 let var = data[name].clone();
                 if name.starts_with("model.") {
-                    by_group.entry(ParamGroup::Segmenter).or_default().push((name.clone(), var, 1.0));
+                    by_group
+                        .entry(ParamGroup::Segmenter)
+                        .or_default()
+                        .push((name.clone(), var, 1.0));
                     continue;
                 }
                 let best = head_groups
@@ -91,7 +98,11 @@ impl Trainer {
                     .max_by_key(|(prefix, _, _)| prefix.len());
                 match best {
                     Some((_, g, mult)) => by_group.entry(*g).or_default().push((name.clone(), var, *mult)),
-                    None => return Err(TrainError::Setup(format!("variable `{name}` belongs to no parameter group"))),
+                    None => {
+                        return Err(TrainError::Setup(format!(
+                            "variable `{name}` belongs to no parameter group"
+                        )))
+                    }
                 }
             }
         }
@@ -101,7 +112,11 @@ impl Trainer {
                 ParamGroup::Segmenter => (&s.config.optimizer, s.config.lr),
                 _ => (&s.config.head_optimizer, s.config.head_lr),
             };
-            groups.push(Group { group: g, optimizer: cfg.build(params)?, lr });
+            groups.push(Group {
+                group: g,
+                optimizer: cfg.build(params)?,
+                lr,
+            });
         }
         Ok(Self { s, groups, step: 0 })
     }
@@ -145,7 +160,8 @@ impl Trainer {
                 })
                 .map(|l| format!("{l}\n"))
                 .collect();
-            seg_labels::fsutil::write_atomic(&path, kept.as_bytes()).map_err(|source| TrainError::Write { path, source })?;
+            seg_labels::fsutil::write_atomic(&path, kept.as_bytes())
+                .map_err(|source| TrainError::Write { path, source })?;
         }
         tracing::info!("resumed from step {} ({})", self.step, ck.path.display());
         Ok(())
@@ -153,7 +169,12 @@ impl Trainer {
 
     fn save_checkpoint(&self) -> Result<(), TrainError> {
         let mut tensors: Vec<(String, Tensor)> = {
-            let data = self.s.vars.data().lock().map_err(|_| TrainError::Setup("poisoned var map".into()))?;
+            let data = self
+                .s
+                .vars
+                .data()
+                .lock()
+                .map_err(|_| TrainError::Setup("poisoned var map".into()))?;
             data.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect()
         };
         for g in &self.groups {
@@ -177,18 +198,25 @@ impl Trainer {
 
     /// Evaluates on the target val split and writes `eval/step_N/`.
     pub fn evaluate_now(&self) -> Result<Option<f64>, TrainError> {
-        let Some((ds, setup, protocol)) = &self.s.eval else { return Ok(None) };
+        let Some((ds, setup, protocol)) = &self.s.eval else {
+            return Ok(None);
+        };
         let report = evaluate(self.s.backbone.as_ref(), ds, setup)?.finish(*protocol);
         let dir = self.s.run_dir.join("eval").join(format!("step_{:06}", self.step));
         report.write(&dir)?;
-        self.log(serde_json::json!({"step": self.step, "eval": {"miou": report.miou, "dir": dir.display().to_string()}}))?;
+        self.log(
+            serde_json::json!({"step": self.step, "eval": {"miou": report.miou, "dir": dir.display().to_string()}}),
+        )?;
         Ok(report.miou)
     }
 
     fn one_step(&mut self) -> Result<BTreeMap<String, f32>, TrainError> {
         let cfg = &self.s.config;
         let src = self.s.source.next_batch()?;
-        let labels = src.labels.clone().ok_or_else(|| TrainError::Setup("source batch has no labels".into()))?;
+        let labels = src
+            .labels
+            .clone()
+            .ok_or_else(|| TrainError::Setup("source batch has no labels".into()))?;
         let head_taps: Vec<FeatureTap> = self.s.head.as_ref().map(|h| h.taps()).unwrap_or_default();
         let has_target = self.s.head.is_some();
         let bb = self.s.backbone.as_ref();
@@ -212,7 +240,10 @@ impl Trainer {
                 source: &src_f,
                 source_labels: &labels,
                 target: &tgt_f,
-                step: StepInfo { step: self.step, total_steps: cfg.steps },
+                step: StepInfo {
+                    step: self.step,
+                    total_steps: cfg.steps,
+                },
             };
             terms.extend(head.losses(&input)?);
         } else if bb.has_batch_norm() {
@@ -227,7 +258,12 @@ impl Trainer {
                 } else {
                     "none written yet".to_string()
                 };
-                return Err(TrainError::NonFinite { term: t.name.to_string(), value: v, step: self.step, last });
+                return Err(TrainError::NonFinite {
+                    term: t.name.to_string(),
+                    value: v,
+                    step: self.step,
+                    last,
+                });
             }
             *values.entry(t.name.to_string()).or_insert(0.0) += v;
         }
@@ -264,8 +300,10 @@ impl Trainer {
     /// Like [`Trainer::run`], but stops after step `stop` (checkpointing there) as if the run
     /// had been interrupted; the learning-rate schedule still follows `config.steps`.
     pub fn run_until(mut self, stop: usize) -> Result<TrainOutcome, TrainError> {
-        std::fs::create_dir_all(&self.s.run_dir)
-            .map_err(|source| TrainError::Write { path: self.s.run_dir.clone(), source })?;
+        std::fs::create_dir_all(&self.s.run_dir).map_err(|source| TrainError::Write {
+            path: self.s.run_dir.clone(),
+            source,
+        })?;
         if self.s.resume {
             self.resume()?;
         } else {
@@ -285,7 +323,11 @@ impl Trainer {
             indicatif::ProgressBar::hidden()
         };
         let per_step = self.s.config.batch_size
-            + if self.s.head.is_some() { self.s.config.target_batch_size.unwrap_or(self.s.config.batch_size) } else { 0 };
+            + if self.s.head.is_some() {
+                self.s.config.target_batch_size.unwrap_or(self.s.config.batch_size)
+            } else {
+                0
+            };
         let mut last_eval = None;
         let stop = stop.min(total);
         while self.step < stop {

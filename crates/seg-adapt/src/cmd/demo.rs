@@ -38,7 +38,15 @@ pub struct Args {
 }
 
 /// Every method the demo compares, in table order.
-pub const METHODS: [&str; 7] = ["source-only", "adabn", "oracle", "dann", "fcn-wild", "cross-city", "san"];
+pub const METHODS: [&str; 7] = [
+    "source-only",
+    "adabn",
+    "oracle",
+    "dann",
+    "fcn-wild",
+    "cross-city",
+    "san",
+];
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct RunResult {
@@ -75,9 +83,17 @@ pub fn demo_config(data: &Path, preset: Preset, method: &str, seed: u64, steps: 
             size_policy: Default::default(),
             error_policy: Default::default(),
         },
-        model: ModelConfig { name: ModelName::Small, init_weights: None },
+        model: ModelConfig {
+            name: ModelName::Small,
+            init_weights: None,
+        },
         method,
-        augment: Augment { base_scale: scale, crop: Some([128, 64]), hflip: true, ..Default::default() },
+        augment: Augment {
+            base_scale: scale,
+            crop: Some([128, 64]),
+            hflip: true,
+            ..Default::default()
+        },
         trainer: seg_train::TrainerConfig {
             steps,
             batch_size: 8,
@@ -86,7 +102,11 @@ pub fn demo_config(data: &Path, preset: Preset, method: &str, seed: u64, steps: 
             log_every: 10,
             ..Default::default()
         },
-        eval: EvalConfig { pictures: 3, adabn_batches: 30, ..Default::default() },
+        eval: EvalConfig {
+            pictures: 3,
+            adabn_batches: 30,
+            ..Default::default()
+        },
     })
 }
 
@@ -98,7 +118,9 @@ fn final_report(run_dir: &Path) -> anyhow::Result<serde_json::Value> {
         .map(|e| e.path())
         .collect();
     steps.sort();
-    let last = steps.last().with_context(|| format!("{}: no evaluation", eval.display()))?;
+    let last = steps
+        .last()
+        .with_context(|| format!("{}: no evaluation", eval.display()))?;
     let text = std::fs::read_to_string(last.join("report.json"))?;
     Ok(serde_json::from_str(&text)?)
 }
@@ -143,8 +165,19 @@ fn summarise(runs: &[RunResult], methods: &[String]) -> BTreeMap<String, Summary
                 return None;
             }
             let mean = v.iter().sum::<f64>() / v.len() as f64;
-            let var = if v.len() > 1 { v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (v.len() - 1) as f64 } else { 0.0 };
-            Some((m.clone(), Summary { mean, std: var.sqrt(), n: v.len() }))
+            let var = if v.len() > 1 {
+                v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (v.len() - 1) as f64
+            } else {
+                0.0
+            };
+            Some((
+                m.clone(),
+                Summary {
+                    mean,
+                    std: var.sqrt(),
+                    n: v.len(),
+                },
+            ))
         })
         .collect()
 }
@@ -173,7 +206,10 @@ fn markdown(runs: &[RunResult], summary: &BTreeMap<String, Summary>, methods: &[
     }
     if let Some(so) = so {
         s.push_str("\nVerdicts (a gain counts when it exceeds the larger of the two methods' seed spreads):\n\n");
-        for m in methods.iter().filter(|m| !["source-only", "oracle", "adabn"].contains(&m.as_str())) {
+        for m in methods
+            .iter()
+            .filter(|m| !["source-only", "oracle", "adabn"].contains(&m.as_str()))
+        {
             let Some(x) = summary.get(m) else { continue };
             let spread = x.std.max(so.std);
             let gain = x.mean - so.mean;
@@ -181,8 +217,16 @@ fn markdown(runs: &[RunResult], summary: &BTreeMap<String, Summary>, methods: &[
             s.push_str(&format!(
                 "- **{m}**: {:+.2} points over source-only ({}){}\n",
                 100.0 * gain,
-                if gain > spread { "clearly above the seed spread" } else { "NOT above the seed spread" },
-                vs_ab.map_or(String::new(), |d| format!("; {:+.2} vs AdaBN ({})", 100.0 * d, if d > 0.0 { "above" } else { "below" }))
+                if gain > spread {
+                    "clearly above the seed spread"
+                } else {
+                    "NOT above the seed spread"
+                },
+                vs_ab.map_or(String::new(), |d| format!(
+                    "; {:+.2} vs AdaBN ({})",
+                    100.0 * d,
+                    if d > 0.0 { "above" } else { "below" }
+                ))
             ));
         }
     }
@@ -217,15 +261,27 @@ fn markdown(runs: &[RunResult], summary: &BTreeMap<String, Summary>, methods: &[
 }
 
 /// Image | ground truth | each method's prediction (first seed), for the first val images.
-fn comparison(out: &Path, cfg: &RunConfig, methods: &[String], seed: u64, device: &candle_core::Device) -> anyhow::Result<()> {
-    let opts = DatasetOptions { require_labels: true, ..Default::default() };
+fn comparison(
+    out: &Path,
+    cfg: &RunConfig,
+    methods: &[String],
+    seed: u64,
+    device: &candle_core::Device,
+) -> anyhow::Result<()> {
+    let opts = DatasetOptions {
+        require_labels: true,
+        ..Default::default()
+    };
     let val = seg_data::open_dataset(DatasetName::Cityscapes, &cfg.data.target_root, "val", opts)?;
     let samples: Vec<_> = (0..val.len().min(4)).map(|i| val.get(i)).collect::<Result<_, _>>()?;
     let mut rows: Vec<Vec<png_io::RgbImage>> = samples
         .iter()
         .map(|s| {
             let (w, h) = (s.image.width, s.image.height);
-            vec![s.image.clone(), seg_metrics::pictures::colorize(w, h, s.label.as_deref().unwrap_or(&[]))]
+            vec![
+                s.image.clone(),
+                seg_metrics::pictures::colorize(w, h, s.label.as_deref().unwrap_or(&[])),
+            ]
         })
         .collect();
     for m in methods {
@@ -237,8 +293,14 @@ fn comparison(out: &Path, cfg: &RunConfig, methods: &[String], seed: u64, device
             row.push(seg_metrics::pictures::colorize(s.image.width, s.image.height, &pred));
         }
     }
-    let rows: Vec<Vec<_>> =
-        rows.iter().map(|r| r.iter().map(|t| seg_metrics::pictures::resize_to_width(t, 192)).collect()).collect();
+    let rows: Vec<Vec<_>> = rows
+        .iter()
+        .map(|r| {
+            r.iter()
+                .map(|t| seg_metrics::pictures::resize_to_width(t, 192))
+                .collect()
+        })
+        .collect();
     png_io::write_rgb(&out.join("comparison.png"), &seg_metrics::pictures::grid(&rows))?;
     Ok(())
 }
@@ -276,7 +338,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let cfg = demo_config(&data, preset, m, seed, steps)?;
             eprintln!("[{:>5.0}s] {m} seed {seed}", start.elapsed().as_secs_f64());
             let r = run_one(&cfg, m, &args.out, &device).with_context(|| format!("demo run {m} seed {seed}"))?;
-            eprintln!("         mIoU {}", r.miou.map_or("n/a".into(), |v| format!("{:.2}", 100.0 * v)));
+            eprintln!(
+                "         mIoU {}",
+                r.miou.map_or("n/a".into(), |v| format!("{:.2}", 100.0 * v))
+            );
             runs.push(r);
         }
     }
@@ -295,9 +360,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     );
     let md = markdown(&runs, &summary, &methods, &meta);
     let json = serde_json::json!({"runs": runs, "summary": summary, "steps": steps, "seeds": seeds, "preset": preset});
-    seg_labels::fsutil::write_atomic(&args.out.join("report.json"), serde_json::to_string_pretty(&json)?.as_bytes())?;
+    seg_labels::fsutil::write_atomic(
+        &args.out.join("report.json"),
+        serde_json::to_string_pretty(&json)?.as_bytes(),
+    )?;
     seg_labels::fsutil::write_atomic(&args.out.join("report.md"), md.as_bytes())?;
     println!("{md}");
-    println!("wrote {}, {} and {}", args.out.join("report.md").display(), args.out.join("report.json").display(), args.out.join("comparison.png").display());
+    println!(
+        "wrote {}, {} and {}",
+        args.out.join("report.md").display(),
+        args.out.join("report.json").display(),
+        args.out.join("comparison.png").display()
+    );
     Ok(())
 }

@@ -73,10 +73,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 }
 
 /// Full-resolution inference of a trained model on the split, through the same evaluator.
-fn evaluate_checkpoint(args: &Args, run_dir: &std::path::Path) -> anyhow::Result<(seg_metrics::report::Evaluator, String)> {
+fn evaluate_checkpoint(
+    args: &Args,
+    run_dir: &std::path::Path,
+) -> anyhow::Result<(seg_metrics::report::Evaluator, String)> {
     let device = crate::run::device(&args.device)?;
     let trained = crate::run::load_trained(run_dir, &device)?;
-    let opts = seg_data::DatasetOptions { require_labels: true, ..Default::default() };
+    let opts = seg_data::DatasetOptions {
+        require_labels: true,
+        ..Default::default()
+    };
     let ds = seg_data::open_dataset(seg_data::DatasetName::Cityscapes, &args.root, &args.split, opts)?;
     let mut setup = crate::run::eval_setup(&trained.cfg, &device);
     setup.keep_samples = args.samples;
@@ -92,10 +98,7 @@ fn evaluate_checkpoint(args: &Args, run_dir: &std::path::Path) -> anyhow::Result
 }
 
 fn evaluate_predictions(args: &Args) -> anyhow::Result<(seg_metrics::report::Evaluator, String)> {
-    let pred = args
-        .pred
-        .clone()
-        .context("give a prediction folder with --pred")?;
+    let pred = args.pred.clone().context("give a prediction folder with --pred")?;
     let opts = FolderOptions {
         root: args.root.clone(),
         split: args.split.clone(),

@@ -31,7 +31,9 @@ pub fn parse_size_policy(s: &str) -> Result<SizePolicy, String> {
     match s {
         "skip" => Ok(SizePolicy::Skip),
         "resize-label-nearest" => Ok(SizePolicy::ResizeLabelNearest),
-        o => Err(format!("unknown size policy `{o}`: expected skip or resize-label-nearest")),
+        o => Err(format!(
+            "unknown size policy `{o}`: expected skip or resize-label-nearest"
+        )),
     }
 }
 
@@ -49,7 +51,11 @@ struct JsonReport<'a> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let options = DatasetOptions { size_policy: args.size_policy, list: args.list.clone(), ..Default::default() };
+    let options = DatasetOptions {
+        size_policy: args.size_policy,
+        list: args.list.clone(),
+        ..Default::default()
+    };
     let ds = seg_data::open_dataset(args.dataset, &args.root, &args.split, options)
         .with_context(|| format!("opening {} at {}", args.dataset, args.root.display()))?;
     let r = seg_data::inspect(&ds);
@@ -82,9 +88,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     for (name, c) in TRAIN_CLASS_NAMES.iter().zip(r.class_pixels) {
         println!("  {name:<14} {c:>12} {:>6.2}%", 100.0 * c as f64 / total.max(1) as f64);
     }
-    println!("  {:<14} {:>12} {:>6.2}%", "ignored", r.ignored_pixels, 100.0 * r.ignored_pixels as f64 / total.max(1) as f64);
+    println!(
+        "  {:<14} {:>12} {:>6.2}%",
+        "ignored",
+        r.ignored_pixels,
+        100.0 * r.ignored_pixels as f64 / total.max(1) as f64
+    );
     if r.outside_table_pixels > 0 {
-        println!("  ({} label pixels had ids outside the dataset's table and were ignored)", r.outside_table_pixels);
+        println!(
+            "  ({} label pixels had ids outside the dataset's table and were ignored)",
+            r.outside_table_pixels
+        );
     }
     if r.problems.is_empty() {
         println!("no problems");

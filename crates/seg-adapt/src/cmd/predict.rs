@@ -32,7 +32,11 @@ pub struct Args {
 }
 
 fn collect_pngs(dir: &Path, out: &mut Vec<PathBuf>, depth: usize) -> anyhow::Result<()> {
-    anyhow::ensure!(depth < 32, "{}: folders nested too deep (a symlink loop?)", dir.display());
+    anyhow::ensure!(
+        depth < 32,
+        "{}: folders nested too deep (a symlink loop?)",
+        dir.display()
+    );
     let mut entries: Vec<_> = std::fs::read_dir(dir)
         .with_context(|| format!("{}: cannot list", dir.display()))?
         .filter_map(Result::ok)
@@ -63,12 +67,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         vec![args.input.clone()]
     };
     anyhow::ensure!(!inputs.is_empty(), "{}: no PNG images found", args.input.display());
-    let base = if args.input.is_dir() { args.input.clone() } else { args.input.parent().map(Path::to_path_buf).unwrap_or_default() };
+    let base = if args.input.is_dir() {
+        args.input.clone()
+    } else {
+        args.input.parent().map(Path::to_path_buf).unwrap_or_default()
+    };
     for path in &inputs {
         let img = png_io::read_rgb(path)?;
         let pred = seg_train::predict_train_ids(trained.backbone.as_ref(), &[&img], &setup)?.remove(0);
         let rel = path.strip_prefix(&base).unwrap_or(path).to_path_buf();
-        let stem = rel.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let stem = rel
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let stem = stem.strip_suffix("_leftImg8bit").unwrap_or(&stem).to_string();
         let dir = args.out.join(rel.parent().unwrap_or(Path::new("")));
         let (w, h) = (img.width, img.height);
@@ -78,10 +89,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 png_io::write_gray8(&dir.join(format!("{stem}_labelIds.png")), w, h, &ids)?;
             }
             Format::Trainids => png_io::write_gray8(&dir.join(format!("{stem}_labelTrainIds.png")), w, h, &pred)?,
-            Format::Color => png_io::write_rgb(&dir.join(format!("{stem}_color.png")), &seg_metrics::pictures::colorize(w, h, &pred))?,
-            Format::Overlay => {
-                png_io::write_rgb(&dir.join(format!("{stem}_overlay.png")), &seg_metrics::pictures::overlay(&img, &pred, 0.5))?
-            }
+            Format::Color => png_io::write_rgb(
+                &dir.join(format!("{stem}_color.png")),
+                &seg_metrics::pictures::colorize(w, h, &pred),
+            )?,
+            Format::Overlay => png_io::write_rgb(
+                &dir.join(format!("{stem}_overlay.png")),
+                &seg_metrics::pictures::overlay(&img, &pred, 0.5),
+            )?,
         }
     }
     println!("wrote {} predictions to {}", inputs.len(), args.out.display());

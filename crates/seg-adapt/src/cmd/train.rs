@@ -82,7 +82,10 @@ pub fn resolve(args: &Args) -> anyhow::Result<RunConfig> {
                     size_policy: Default::default(),
                     error_policy: Default::default(),
                 },
-                model: ModelConfig { name: args.model.unwrap_or(ModelName::Small), init_weights: None },
+                model: ModelConfig {
+                    name: args.model.unwrap_or(ModelName::Small),
+                    init_weights: None,
+                },
                 method: MethodConfig::SourceOnly,
                 augment: Default::default(),
                 trainer: Default::default(),

@@ -9,11 +9,18 @@ use seg_labels::cityscapes::label_id_palette;
 use seg_labels::png_io::{self, RgbImage};
 
 fn rgb(w: u32, h: u32, v: u8) -> RgbImage {
-    RgbImage { width: w, height: h, data: vec![v; (w * h * 3) as usize] }
+    RgbImage {
+        width: w,
+        height: h,
+        data: vec![v; (w * h * 3) as usize],
+    }
 }
 
 fn labelled() -> DatasetOptions {
-    DatasetOptions { require_labels: true, ..Default::default() }
+    DatasetOptions {
+        require_labels: true,
+        ..Default::default()
+    }
 }
 
 /// A GTA5 tree: `00001` good (palette), `00002` label size mismatch, `00003` truncated image.
@@ -49,7 +56,11 @@ fn gta5_palette_labels_are_read_as_indices_and_problems_listed() {
     assert_eq!(r.outside_table_pixels, 1);
     assert_eq!(r.problems.len(), 2, "{:?}", r.problems);
     assert!(r.problems[0].file.ends_with("00002.png"));
-    assert!(r.problems[0].reason.contains("4x2") && r.problems[0].reason.contains("2x1"), "{:?}", r.problems[0]);
+    assert!(
+        r.problems[0].reason.contains("4x2") && r.problems[0].reason.contains("2x1"),
+        "{:?}",
+        r.problems[0]
+    );
     assert!(r.problems[1].file.ends_with("images/00003.png"));
     assert!(r.problems[1].reason.contains("not a valid PNG"), "{:?}", r.problems[1]);
 }
@@ -58,7 +69,10 @@ fn gta5_palette_labels_are_read_as_indices_and_problems_listed() {
 fn size_mismatch_policy_resizes_with_nearest() {
     let dir = tempfile::tempdir().unwrap();
     gta5_tree(dir.path());
-    let opts = DatasetOptions { size_policy: SizePolicy::ResizeLabelNearest, ..labelled() };
+    let opts = DatasetOptions {
+        size_policy: SizePolicy::ResizeLabelNearest,
+        ..labelled()
+    };
     let ds = open_dataset(DatasetName::Gta5, dir.path(), "all", opts).unwrap();
     let s = ds.get(1).unwrap();
     assert_eq!(s.label.unwrap(), vec![0, 0, 1, 1, 0, 0, 1, 1]);
@@ -70,7 +84,13 @@ fn synthia_16bit_labels_use_the_first_channel() {
     let root = dir.path();
     png_io::write_rgb(&root.join("RGB/0000000.png"), &rgb(3, 1, 5)).unwrap();
     // road (3), lanemarking (22, ignored), and 300 (outside the table); instance in channel 1.
-    png_io::write_rgb16(&root.join("GT/LABELS/0000000.png"), 3, 1, &[[3, 9, 0], [22, 0, 0], [300, 1, 0]]).unwrap();
+    png_io::write_rgb16(
+        &root.join("GT/LABELS/0000000.png"),
+        3,
+        1,
+        &[[3, 9, 0], [22, 0, 0], [300, 1, 0]],
+    )
+    .unwrap();
     let ds = open_dataset(DatasetName::Synthia, root, "all", labelled()).unwrap();
     let s = ds.get(0).unwrap();
     assert_eq!(s.label.unwrap(), vec![0, 255, 255]);
@@ -91,9 +111,19 @@ fn colour_label_is_an_error_that_says_so() {
 fn cityscapes_tree(root: &Path) {
     for (split, city, seq) in [("train", "aachen", 0), ("train", "aachen", 1), ("val", "lindau", 5)] {
         let stem = format!("{city}_{seq:06}_000019");
-        png_io::write_rgb(&root.join(format!("leftImg8bit/{split}/{city}/{stem}_leftImg8bit.png")), &rgb(4, 2, 1)).unwrap();
+        png_io::write_rgb(
+            &root.join(format!("leftImg8bit/{split}/{city}/{stem}_leftImg8bit.png")),
+            &rgb(4, 2, 1),
+        )
+        .unwrap();
         let gt = root.join(format!("gtFine/{split}/{city}"));
-        png_io::write_gray8(&gt.join(format!("{stem}_gtFine_labelIds.png")), 4, 2, &[7, 8, 11, 9, 23, 24, 33, 1]).unwrap();
+        png_io::write_gray8(
+            &gt.join(format!("{stem}_gtFine_labelIds.png")),
+            4,
+            2,
+            &[7, 8, 11, 9, 23, 24, 33, 1],
+        )
+        .unwrap();
     }
 }
 
@@ -108,7 +138,10 @@ fn cityscapes_pairs_by_name_and_accepts_a_split_list() {
 
     let list = dir.path().join("val.txt");
     std::fs::write(&list, "lindau/lindau_000005_000019_leftImg8bit.png\n").unwrap();
-    let opts = DatasetOptions { list: Some(list), ..labelled() };
+    let opts = DatasetOptions {
+        list: Some(list),
+        ..labelled()
+    };
     let ds = open_dataset(DatasetName::Cityscapes, dir.path(), "val", opts).unwrap();
     assert_eq!(ds.len(), 1);
     assert!(ds.get(0).is_ok());
@@ -116,7 +149,13 @@ fn cityscapes_pairs_by_name_and_accepts_a_split_list() {
     // labelTrainIds are used where labelIds are absent.
     let gt = dir.path().join("gtFine/val/lindau");
     std::fs::remove_file(gt.join("lindau_000005_000019_gtFine_labelIds.png")).unwrap();
-    png_io::write_gray8(&gt.join("lindau_000005_000019_gtFine_labelTrainIds.png"), 4, 2, &[0, 1, 2, 255, 18, 19, 3, 3]).unwrap();
+    png_io::write_gray8(
+        &gt.join("lindau_000005_000019_gtFine_labelTrainIds.png"),
+        4,
+        2,
+        &[0, 1, 2, 255, 18, 19, 3, 3],
+    )
+    .unwrap();
     let ds = open_dataset(DatasetName::Cityscapes, dir.path(), "val", labelled()).unwrap();
     let s = ds.get(0).unwrap();
     assert_eq!(s.label.unwrap(), vec![0, 1, 2, 255, 18, 255, 3, 3]);
@@ -126,13 +165,19 @@ fn cityscapes_pairs_by_name_and_accepts_a_split_list() {
 #[test]
 fn missing_roots_and_empty_splits_name_the_path() {
     let dir = tempfile::tempdir().unwrap();
-    let e = open_dataset(DatasetName::Cityscapes, &dir.path().join("nope"), "val", labelled()).unwrap_err().to_string();
+    let e = open_dataset(DatasetName::Cityscapes, &dir.path().join("nope"), "val", labelled())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("nope") && e.contains("not found"), "{e}");
-    let e = open_dataset(DatasetName::Cityscapes, dir.path(), "val", labelled()).unwrap_err().to_string();
+    let e = open_dataset(DatasetName::Cityscapes, dir.path(), "val", labelled())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("leftImg8bit/val"), "{e}");
     std::fs::create_dir_all(dir.path().join("images")).unwrap();
     std::fs::create_dir_all(dir.path().join("labels")).unwrap();
-    let e = open_dataset(DatasetName::Gta5, dir.path(), "all", labelled()).unwrap_err().to_string();
+    let e = open_dataset(DatasetName::Gta5, dir.path(), "all", labelled())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("no usable samples") || e.contains("no images"), "{e}");
 }
 
@@ -141,7 +186,11 @@ fn loader_batches_are_seeded_and_resumable() {
     let dir = tempfile::tempdir().unwrap();
     cityscapes_tree(dir.path());
     let ds = Arc::new(open_dataset(DatasetName::Cityscapes, dir.path(), "train", labelled()).unwrap());
-    let aug = Augment { crop: Some([3, 3]), scale_range: [0.8, 1.5], ..Default::default() };
+    let aug = Augment {
+        crop: Some([3, 3]),
+        scale_range: [0.8, 1.5],
+        ..Default::default()
+    };
     let dev = candle_core::Device::Cpu;
     let mut a = Loader::new(ds.clone(), 2, aug.clone(), 7, seg_core::Domain::Source, dev.clone());
     let first = a.next_batch().unwrap();
@@ -161,13 +210,19 @@ fn loader_batches_are_seeded_and_resumable() {
 fn loader_skips_or_fails_on_a_corrupt_sample_as_asked() {
     let dir = tempfile::tempdir().unwrap();
     gta5_tree(dir.path());
-    let aug = Augment { crop: Some([2, 2]), ..Default::default() };
+    let aug = Augment {
+        crop: Some([2, 2]),
+        ..Default::default()
+    };
     let dev = candle_core::Device::Cpu;
     let fail = Arc::new(open_dataset(DatasetName::Gta5, dir.path(), "all", labelled()).unwrap());
     let mut l = Loader::new(fail, 3, aug.clone(), 1, seg_core::Domain::Source, dev.clone());
     let e = l.next_batch().unwrap_err().to_string();
     assert!(e.contains("0000"), "{e}");
-    let opts = DatasetOptions { error_policy: ErrorPolicy::Skip, ..labelled() };
+    let opts = DatasetOptions {
+        error_policy: ErrorPolicy::Skip,
+        ..labelled()
+    };
     let skip = Arc::new(open_dataset(DatasetName::Gta5, dir.path(), "all", opts).unwrap());
     let mut l = Loader::new(skip, 3, aug, 1, seg_core::Domain::Source, dev);
     let b = l.next_batch().unwrap();
@@ -187,7 +242,11 @@ fn toy_benchmark_is_deterministic_and_readable() {
         "cityscapes/leftImg8bit/val/lindau/lindau_000121_000019_leftImg8bit.png",
         "cityscapes/gtFine/val/lindau/lindau_000121_000019_gtFine_labelIds.png",
     ] {
-        assert_eq!(std::fs::read(a.path().join(rel)).unwrap(), std::fs::read(b.path().join(rel)).unwrap(), "{rel}");
+        assert_eq!(
+            std::fs::read(a.path().join(rel)).unwrap(),
+            std::fs::read(b.path().join(rel)).unwrap(),
+            "{rel}"
+        );
     }
     let (gta, syn, cs) = seg_data::toy::paths(a.path());
     for (name, root, split, n) in [

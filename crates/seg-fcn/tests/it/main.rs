@@ -25,8 +25,17 @@ fn small_model_taps_have_the_documented_shapes() {
     assert!(m.tap_channels(FeatureTap::Pool4).is_none());
     // Resuming from conv5 with the same map reproduces the logits (eval mode is deterministic).
     let f = m.forward_taps(&x, false, m.taps()).unwrap();
-    let again = m.forward_from(&f, FeatureTap::Conv5, f.get(FeatureTap::Conv5).unwrap(), false).unwrap();
-    let d = (again - f.logits().unwrap()).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let again = m
+        .forward_from(&f, FeatureTap::Conv5, f.get(FeatureTap::Conv5).unwrap(), false)
+        .unwrap();
+    let d = (again - f.logits().unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert!(d < 1e-5);
 }
 
@@ -34,7 +43,12 @@ fn small_model_taps_have_the_documented_shapes() {
 fn reduced_vgg_fcn8s_has_torchvision_names_and_stride_32() {
     let (vars, m) = model(ModelName::Vgg16Fcn8sReduced);
     let names: Vec<String> = vars.data().lock().unwrap().keys().cloned().collect();
-    for n in ["model.features.0.weight", "model.features.28.bias", "model.fc6.weight", "model.upscore8.weight"] {
+    for n in [
+        "model.features.0.weight",
+        "model.features.28.bias",
+        "model.fc6.weight",
+        "model.upscore8.weight",
+    ] {
         assert!(names.contains(&n.to_string()), "{n} missing");
     }
     assert_eq!(m.stride(), 32);
@@ -54,20 +68,38 @@ fn torchvision_keys_load_into_the_model_and_mismatches_are_errors() {
     let w = Tensor::full(0.5f32, (64, 3, 3, 3), &Device::Cpu).unwrap();
     let mut t: HashMap<String, Tensor> = HashMap::new();
     t.insert("features.0.weight".into(), w);
-    t.insert("features.0.bias".into(), Tensor::zeros(64, DType::F32, &Device::Cpu).unwrap());
-    t.insert("classifier.6.weight".into(), Tensor::zeros((10, 4), DType::F32, &Device::Cpu).unwrap());
+    t.insert(
+        "features.0.bias".into(),
+        Tensor::zeros(64, DType::F32, &Device::Cpu).unwrap(),
+    );
+    t.insert(
+        "classifier.6.weight".into(),
+        Tensor::zeros((10, 4), DType::F32, &Device::Cpu).unwrap(),
+    );
     candle_core::safetensors::save(&t, &path).unwrap();
     let r = seg_fcn::weights::load_init_weights(&vars, "model", &path).unwrap();
     assert_eq!(r.loaded, vec!["features.0.bias", "features.0.weight"]);
     assert_eq!(r.skipped, vec!["classifier.6.weight"]);
-    let v = vars.data().lock().unwrap()["model.features.0.weight"].as_tensor().mean_all().unwrap().to_scalar::<f32>().unwrap();
+    let v = vars.data().lock().unwrap()["model.features.0.weight"]
+        .as_tensor()
+        .mean_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert_eq!(v, 0.5);
 
-    t.insert("features.2.weight".into(), Tensor::zeros((64, 64, 1, 1), DType::F32, &Device::Cpu).unwrap());
+    t.insert(
+        "features.2.weight".into(),
+        Tensor::zeros((64, 64, 1, 1), DType::F32, &Device::Cpu).unwrap(),
+    );
     candle_core::safetensors::save(&t, &path).unwrap();
-    let e = seg_fcn::weights::load_init_weights(&vars, "model", &path).unwrap_err().to_string();
+    let e = seg_fcn::weights::load_init_weights(&vars, "model", &path)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("features.2.weight") && e.contains("[64, 64, 3, 3]"), "{e}");
     std::fs::write(&path, b"not safetensors").unwrap();
-    let e = seg_fcn::weights::load_init_weights(&vars, "model", &path).unwrap_err().to_string();
+    let e = seg_fcn::weights::load_init_weights(&vars, "model", &path)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("vgg16.safetensors"), "{e}");
 }

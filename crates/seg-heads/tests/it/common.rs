@@ -62,12 +62,7 @@ impl TinyNet {
 }
 
 impl Backbone for TinyNet {
-    fn forward_taps(
-        &self,
-        images: &Tensor,
-        _train: bool,
-        _taps: &[FeatureTap],
-    ) -> Result<Features> {
+    fn forward_taps(&self, images: &Tensor, _train: bool, _taps: &[FeatureTap]) -> Result<Features> {
         let mut feats = Features::default();
         let c1 = self.conv1.forward(images)?.relu()?;
         let c5 = self.conv5.forward(&max_pool2x2(&c1)?)?.relu()?;
@@ -79,13 +74,7 @@ impl Backbone for TinyNet {
         Ok(feats)
     }
 
-    fn forward_from(
-        &self,
-        feats: &Features,
-        tap: FeatureTap,
-        replaced: &Tensor,
-        _train: bool,
-    ) -> Result<Tensor> {
+    fn forward_from(&self, feats: &Features, tap: FeatureTap, replaced: &Tensor, _train: bool) -> Result<Tensor> {
         if tap != FeatureTap::Conv5 {
             candle_core::bail!("tiny net: forward_from supports conv5 only");
         }

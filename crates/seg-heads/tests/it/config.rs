@@ -4,8 +4,7 @@
 use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
 use seg_heads::{
-    parse_method, CrossCityConfig, DannConfig, FcnWildConfig, HeadError, MethodConfig, SanConfig,
-    SanPool, METHOD_NAMES,
+    parse_method, CrossCityConfig, DannConfig, FcnWildConfig, HeadError, MethodConfig, SanConfig, SanPool, METHOD_NAMES,
 };
 
 use crate::common::{stats, TinyNet};
@@ -74,10 +73,8 @@ fn configs_round_trip_through_toml() {
 
 #[test]
 fn partial_toml_takes_defaults() {
-    let run: RunConfig = toml::from_str(
-        "steps = 3\n[method]\nkind = \"cross-city\"\nhidden = 32\ntap = \"conv5\"\n",
-    )
-    .unwrap();
+    let run: RunConfig =
+        toml::from_str("steps = 3\n[method]\nkind = \"cross-city\"\nhidden = 32\ntap = \"conv5\"\n").unwrap();
     let want = CrossCityConfig {
         hidden: 32,
         tap: seg_core::FeatureTap::Conv5,
@@ -137,11 +134,7 @@ fn heads_build_only_for_the_methods_that_have_one() {
 fn a_tap_the_model_lacks_is_an_error_naming_it_and_the_models_taps() {
     let err = build(&parse_method("san").unwrap(), false, true).unwrap_err();
     match &err {
-        HeadError::MissingTap {
-            method,
-            tap,
-            available,
-        } => {
+        HeadError::MissingTap { method, tap, available } => {
             assert_eq!((*method, *tap), ("san", "conv1"));
             assert_eq!(available, "conv5, fc7, logits");
         }
@@ -157,10 +150,7 @@ fn a_tap_the_model_lacks_is_an_error_naming_it_and_the_models_taps() {
         ..Default::default()
     });
     let err = build(&dann, true, true).unwrap_err();
-    assert!(
-        matches!(err, HeadError::MissingTap { tap: "pool4", .. }),
-        "{err}"
-    );
+    assert!(matches!(err, HeadError::MissingTap { tap: "pool4", .. }), "{err}");
 }
 
 #[test]

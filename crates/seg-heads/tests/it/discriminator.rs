@@ -10,13 +10,7 @@ use seg_heads::{CellDiscriminator, ClassDiscriminatorBank, DiscriminatorSpec};
 use crate::common::randn;
 
 fn var(vars: &VarMap, name: &str) -> Tensor {
-    vars.data()
-        .lock()
-        .unwrap()
-        .get(name)
-        .unwrap()
-        .as_tensor()
-        .clone()
+    vars.data().lock().unwrap().get(name).unwrap().as_tensor().clone()
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
@@ -85,17 +79,9 @@ fn class_bank_equals_separate_convs_and_grouped_conv() {
                 1,
             );
             let h = h.relu().unwrap();
-            let y = conv(
-                &h,
-                &w3.narrow(0, c, 1).unwrap(),
-                &b3.narrow(0, c, 1).unwrap(),
-                1,
-            );
+            let y = conv(&h, &w3.narrow(0, c, 1).unwrap(), &b3.narrow(0, c, 1).unwrap(), 1);
             let d = max_abs_diff(&y, &out.narrow(1, c, 1).unwrap());
-            assert!(
-                d < 1e-5,
-                "class {c}: bank differs from its own discriminator by {d}"
-            );
+            assert!(d < 1e-5, "class {c}: bank differs from its own discriminator by {d}");
         }
 
         // One grouped 1x1 conv over the input repeated C times.
@@ -132,12 +118,7 @@ fn cell_discriminator_gives_one_logit_per_cell() {
             .broadcast_add(&b.reshape((1, b.dim(0).unwrap(), 1, 1)).unwrap())
             .unwrap()
     };
-    let want = conv(
-        &conv(&conv(&x, "fc1").relu().unwrap(), "fc2")
-            .relu()
-            .unwrap(),
-        "out",
-    );
+    let want = conv(&conv(&conv(&x, "fc1").relu().unwrap(), "fc2").relu().unwrap(), "out");
     assert!(max_abs_diff(&y, &want) < 1e-6);
     // Same random stream, same dropout masks: reproducible; another stream differs.
     let a = d.forward_t(&x, Some(&mut Rng::new(4))).unwrap();

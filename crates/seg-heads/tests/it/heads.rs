@@ -10,9 +10,7 @@ use seg_core::{FeatureTap, Features, HeadInput, LossTerm, ParamGroup, Rng, StepI
 use seg_heads::{CrossCityConfig, DannConfig, FcnWildConfig, MethodConfig, SanConfig};
 use seg_nn::{Adam, Optimizer, Sgd};
 
-use crate::common::{
-    forward, randn, setup, snapshot, vars_under, Setup, TinyNet, C, CLASSES, GRID, SIDE,
-};
+use crate::common::{forward, randn, setup, snapshot, vars_under, Setup, TinyNet, C, CLASSES, GRID, SIDE};
 
 /// The four heads with narrower discriminators than the defaults (the tests check logic, and
 /// must stay fast in a debug build), the class-wise terms on from the start, and SAN's optional
@@ -47,13 +45,7 @@ const MID: StepInfo = StepInfo {
     total_steps: 10,
 };
 
-fn losses(
-    s: &Setup,
-    src: &Features,
-    tgt: &Features,
-    labels: &Tensor,
-    step: StepInfo,
-) -> Vec<LossTerm> {
+fn losses(s: &Setup, src: &Features, tgt: &Features, labels: &Tensor, step: StepInfo) -> Vec<LossTerm> {
     let input = HeadInput {
         backbone: &s.net,
         source: src,
@@ -75,14 +67,7 @@ fn group_sum(terms: &[LossTerm], group: ParamGroup) -> Option<Tensor> {
 fn grad_mass(grads: &candle_core::backprop::GradStore, vars: &[(String, candle_core::Var)]) -> f32 {
     vars.iter()
         .filter_map(|(_, v)| grads.get(v.as_tensor()))
-        .map(|g| {
-            g.abs()
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        })
+        .map(|g| g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap())
         .sum()
 }
 
@@ -132,12 +117,7 @@ fn terms_have_the_documented_names_groups_and_finite_values() {
         assert_eq!(got, want, "{}", method.name());
         for t in &terms {
             let v = t.value.to_scalar::<f32>().unwrap();
-            assert!(
-                v.is_finite() && v > 0.0,
-                "{}: {} = {v}",
-                method.name(),
-                t.name
-            );
+            assert!(v.is_finite() && v > 0.0, "{}: {} = {v}", method.name(), t.name);
         }
     }
 }
@@ -172,10 +152,7 @@ fn discriminator_terms_never_reach_the_backbone_and_the_others_do() {
         }
         assert!(grad_mass(&disc, &groups[&ParamGroup::Discriminator]) > 0.0);
 
-        let seg = group_sum(&terms, ParamGroup::Segmenter)
-            .unwrap()
-            .backward()
-            .unwrap();
+        let seg = group_sum(&terms, ParamGroup::Segmenter).unwrap().backward().unwrap();
         assert!(
             grad_mass(&seg, model) > 0.0,
             "{}: segmenter terms give the backbone no gradient",
@@ -202,10 +179,7 @@ fn one_group_step_leaves_every_other_group_bit_identical() {
             let terms = losses(&s, &src, &tgt, &labels, MID);
             let grads = group_sum(&terms, group).unwrap().backward().unwrap();
             let before: BTreeMap<_, _> = groups.iter().map(|(g, v)| (*g, snapshot(v))).collect();
-            let params = params
-                .iter()
-                .map(|(n, v)| (n.clone(), v.clone(), 1.0))
-                .collect();
+            let params = params.iter().map(|(n, v)| (n.clone(), v.clone(), 1.0)).collect();
             let mut sgd = Sgd::new(params, 0.0, 0.0).unwrap();
             sgd.step(&grads, 0.1).unwrap();
             for (other, vars) in &groups {
@@ -247,16 +221,11 @@ fn head_variables_live_under_the_reported_prefixes() {
     for (method, want) in methods().iter().zip(want) {
         let s = setup(method);
         let groups = s.head.param_groups();
-        let got: Vec<(&str, ParamGroup, f64)> = groups
-            .iter()
-            .map(|(p, g, m)| (p.as_str(), *g, *m))
-            .collect();
+        let got: Vec<(&str, ParamGroup, f64)> = groups.iter().map(|(p, g, m)| (p.as_str(), *g, *m)).collect();
         assert_eq!(got, want, "{}", method.name());
         for (name, _) in vars_under(&s.vars, "head") {
             assert!(
-                groups
-                    .iter()
-                    .any(|(p, _, _)| name.starts_with(&format!("{p}."))),
+                groups.iter().any(|(p, _, _)| name.starts_with(&format!("{p}."))),
                 "{}: {name} is under no reported prefix",
                 method.name()
             );
@@ -271,12 +240,9 @@ fn separable(n: usize, offset: f32, rng: &mut Rng) -> Features {
         .insert(FeatureTap::Conv1, randn(rng, &[n, C, SIDE, SIDE], offset));
     f.maps
         .insert(FeatureTap::Conv5, randn(rng, &[n, C, GRID, GRID], offset));
+    f.maps.insert(FeatureTap::Fc7, randn(rng, &[n, C, GRID, GRID], offset));
     f.maps
-        .insert(FeatureTap::Fc7, randn(rng, &[n, C, GRID, GRID], offset));
-    f.maps.insert(
-        FeatureTap::Logits,
-        randn(rng, &[n, CLASSES, SIDE, SIDE], 0.0),
-    );
+        .insert(FeatureTap::Logits, randn(rng, &[n, CLASSES, SIDE, SIDE], 0.0));
     f
 }
 
@@ -290,11 +256,7 @@ fn discriminator_losses_fall_on_separable_features() {
         let mut params = Vec::new();
         for (prefix, group, mult) in s.head.param_groups() {
             if group == ParamGroup::Discriminator {
-                params.extend(
-                    vars_under(&s.vars, &prefix)
-                        .into_iter()
-                        .map(|(n, v)| (n, v, mult)),
-                );
+                params.extend(vars_under(&s.vars, &prefix).into_iter().map(|(n, v)| (n, v, mult)));
             }
         }
         let mut adam = Adam::new(params, 0.9, 0.999, 1e-8, 0.0).unwrap();
@@ -372,16 +334,7 @@ fn san_noise_is_reproducible_per_seed_and_step() {
     let s = setup(&cfg);
     let (src, tgt, labels) = forward(&s, 5);
     let gen_task = |s: &Setup, step| {
-        let terms = losses(
-            s,
-            &src,
-            &tgt,
-            &labels,
-            StepInfo {
-                step,
-                total_steps: 10,
-            },
-        );
+        let terms = losses(s, &src, &tgt, &labels, StepInfo { step, total_steps: 10 });
         terms
             .iter()
             .find(|t| t.name == "gen_task")

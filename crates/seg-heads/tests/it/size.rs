@@ -115,21 +115,9 @@ fn size_constraint_falls_when_optimised() {
         seg_core::FeatureTap::Fc7,
         crate::common::randn(&mut rng, &[2, 8, 3, 3], 0.0),
     );
-    let logits = Var::from_tensor(&crate::common::randn(
-        &mut rng,
-        &[2, NUM_CLASSES, 9, 11],
-        0.0,
-    ))
-    .unwrap();
+    let logits = Var::from_tensor(&crate::common::randn(&mut rng, &[2, NUM_CLASSES, 9, 11], 0.0)).unwrap();
     let labels = Tensor::zeros((1, 6, 6), DType::U32, &Device::Cpu).unwrap();
-    let mut adam = Adam::new(
-        vec![("logits".into(), logits.clone(), 1.0)],
-        0.9,
-        0.999,
-        1e-8,
-        0.0,
-    )
-    .unwrap();
+    let mut adam = Adam::new(vec![("logits".into(), logits.clone(), 1.0)], 0.9, 0.999, 1e-8, 0.0).unwrap();
     let mut history = Vec::new();
     for step in 0..30 {
         tgt.maps
@@ -139,10 +127,7 @@ fn size_constraint_falls_when_optimised() {
             source: &src,
             source_labels: &labels,
             target: &tgt,
-            step: StepInfo {
-                step,
-                total_steps: 30,
-            },
+            step: StepInfo { step, total_steps: 30 },
         };
         use seg_core::AdaptationHead;
         let terms = head.losses(&input).unwrap();

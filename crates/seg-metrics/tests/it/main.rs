@@ -32,14 +32,7 @@ const H: u32 = 3;
 /// mIoU19 = (2/3 + 1/2 + 0) / 3 = 7/18. Pixel accuracy = 12/17.
 /// 16 and 13 classes keep road, sidewalk and car: the same 7/18.
 fn golden_pair() -> (Vec<u8>, Vec<u8>) {
-    let runs: [(usize, u8, u8); 6] = [
-        (8, 7, 7),
-        (4, 7, 8),
-        (4, 8, 8),
-        (2, 0, 7),
-        (1, 26, 0),
-        (2, 4, 26),
-    ];
+    let runs: [(usize, u8, u8); 6] = [(8, 7, 7), (4, 7, 8), (4, 8, 8), (2, 0, 7), (1, 26, 0), (2, 4, 26)];
     let mut gt = Vec::new();
     let mut pred = Vec::new();
     for (n, g, p) in runs {
@@ -56,11 +49,7 @@ impl Fixture {
         let root = dir.path().join("cityscapes");
         let pred = dir.path().join("pred");
         std::fs::create_dir_all(&pred).unwrap();
-        Self {
-            _dir: dir,
-            root,
-            pred,
-        }
+        Self { _dir: dir, root, pred }
     }
 
     fn gt(&self, city: &str, stem: &str, ids: &[u8]) {
@@ -134,16 +123,9 @@ fn golden_folder_gives_the_hand_computed_scores_and_a_full_report() {
     assert_eq!(ev.images(), 2);
     let warnings = ev.warnings().to_vec();
     assert_eq!(warnings.len(), 1, "{warnings:?}");
-    assert!(
-        warnings[0].contains("lindau_000001_000019_leftImg8bit.png")
-            && warnings[0].contains("overlay skipped")
-    );
+    assert!(warnings[0].contains("lindau_000001_000019_leftImg8bit.png") && warnings[0].contains("overlay skipped"));
     let report = ev.finish(Protocol::Classes19);
-    assert!(
-        (report.miou.unwrap() - 7.0 / 18.0).abs() < 1e-12,
-        "{:?}",
-        report.miou
-    );
+    assert!((report.miou.unwrap() - 7.0 / 18.0).abs() < 1e-12, "{:?}", report.miou);
     assert!((report.pixel_accuracy.unwrap() - 12.0 / 17.0).abs() < 1e-12);
     assert_eq!(report.class_iou.get("car"), Some(Some(0.0)));
     assert_eq!(report.class_iou.get("bus"), Some(None));
@@ -151,26 +133,16 @@ fn golden_folder_gives_the_hand_computed_scores_and_a_full_report() {
 
     let out = f.root.parent().unwrap().join("out");
     report.write(&out).unwrap();
-    let json: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
     assert_eq!(json["protocol"], "19");
     assert_eq!(json["images"], 2);
     assert!((json["class_iou"]["road"].as_f64().unwrap() - 2.0 / 3.0).abs() < 1e-12);
     assert!(json["class_iou"]["train"].is_null());
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
-    assert!(
-        md.contains("| road | 66.67 |") && md.contains("38.89"),
-        "{md}"
-    );
-    assert!(
-        md.contains("pictures/sheet.png")
-            && md.contains("pictures/frankfurt_000000_000294_overlay.png")
-    );
+    assert!(md.contains("| road | 66.67 |") && md.contains("38.89"), "{md}");
+    assert!(md.contains("pictures/sheet.png") && md.contains("pictures/frankfurt_000000_000294_overlay.png"));
     let csv = std::fs::read_to_string(out.join("confusion.csv")).unwrap();
-    assert!(
-        csv.lines().nth(1).unwrap().starts_with("road,16,8,"),
-        "{csv}"
-    );
+    assert!(csv.lines().nth(1).unwrap().starts_with("road,16,8,"), "{csv}");
     assert!(
         csv.lines().nth(14).unwrap().ends_with(",2"),
         "car row: the void column holds 2"
@@ -180,14 +152,10 @@ fn golden_folder_gives_the_hand_computed_scores_and_a_full_report() {
         let img = seg_labels::png_io::read_rgb(&path).unwrap();
         assert!(img.width > 0, "{}", path.display());
     }
-    let overlay =
-        seg_labels::png_io::read_rgb(&out.join("pictures/frankfurt_000000_000294_overlay.png"))
-            .unwrap();
+    let overlay = seg_labels::png_io::read_rgb(&out.join("pictures/frankfurt_000000_000294_overlay.png")).unwrap();
     // road (128, 64, 128) at 0.5 over gray 90.
     assert_eq!(&overlay.data[..3], &[109, 77, 109]);
-    assert!(!out
-        .join("pictures/lindau_000001_000019_overlay.png")
-        .exists());
+    assert!(!out.join("pictures/lindau_000001_000019_overlay.png").exists());
 }
 
 #[test]
@@ -207,8 +175,7 @@ fn missing_prediction_is_an_error_or_counts_as_wrong() {
     f.gt("munster", "munster_000002_000019", &gt);
     let e = err_of(&f, &f.opts());
     assert!(
-        e.contains("1 ground-truth image(s) have no prediction")
-            && e.contains("munster_000002_000019"),
+        e.contains("1 ground-truth image(s) have no prediction") && e.contains("munster_000002_000019"),
         "{e}"
     );
     let mut opts = f.opts();
@@ -218,11 +185,7 @@ fn missing_prediction_is_an_error_or_counts_as_wrong() {
     assert_eq!(r.missing_counted_wrong, ["munster_000002_000019"]);
     // road: TP 16, FN 8 + 12 (all wrong) → 16/36; sidewalk: TP 8, FP 8, FN 4 → 8/20; car 0/3.
     let want = (16.0 / 36.0 + 8.0 / 20.0 + 0.0) / 3.0;
-    assert!(
-        (r.miou.unwrap() - want).abs() < 1e-12,
-        "{:?} vs {want}",
-        r.miou
-    );
+    assert!((r.miou.unwrap() - want).abs() < 1e-12, "{:?} vs {want}", r.miou);
 }
 
 #[test]
@@ -231,10 +194,7 @@ fn several_candidates_are_an_error_naming_them() {
     let (_, pred) = golden_pair();
     f.pred("other/lindau_000001_000019_v2.png", &pred);
     let e = err_of(&f, &f.opts());
-    assert!(
-        e.contains("several predictions for lindau_000001_000019"),
-        "{e}"
-    );
+    assert!(e.contains("several predictions for lindau_000001_000019"), "{e}");
     assert!(
         e.contains("lindau_000001_000019_pred.png") && e.contains("lindau_000001_000019_v2.png"),
         "{e}"
@@ -261,9 +221,7 @@ fn out_of_range_values_name_the_file_and_value() {
     f.pred("nested/deeper/lindau_000001_000019_pred.png", &pred);
     let e = err_of(&f, &f.opts());
     assert!(
-        e.contains("lindau_000001_000019_pred.png")
-            && e.contains("value 34")
-            && e.contains("0..=33"),
+        e.contains("lindau_000001_000019_pred.png") && e.contains("value 34") && e.contains("0..=33"),
         "{e}"
     );
     // 255 is fine as a train id but not as a label id.
@@ -287,9 +245,7 @@ fn train_ids_as_label_ids_warn_and_trainids_format_agrees() {
     let pred_train: Vec<u8> = pred.iter().map(to_train).collect();
     // Label ids: reference scores.
     f.pred("frankfurt_000000_000294.png", &pred);
-    let want = evaluate_folder(&f.opts())
-        .unwrap()
-        .finish(Protocol::Classes19);
+    let want = evaluate_folder(&f.opts()).unwrap().finish(Protocol::Classes19);
     // The same prediction as train ids (void → 255).
     f.pred("frankfurt_000000_000294.png", &pred_train);
     let mut opts = f.opts();
@@ -302,9 +258,7 @@ fn train_ids_as_label_ids_warn_and_trainids_format_agrees() {
     f.pred("frankfurt_000000_000294.png", &no_void);
     let ev = evaluate_folder(&f.opts()).unwrap();
     assert!(
-        ev.warnings()
-            .iter()
-            .any(|w| w.contains("look like trainIds")),
+        ev.warnings().iter().any(|w| w.contains("look like trainIds")),
         "{:?}",
         ev.warnings()
     );
@@ -323,10 +277,7 @@ fn missing_folders_name_the_expected_path() {
     let mut opts = f.opts();
     opts.pred_dir = f.pred.join("nope");
     let e = err_of(&f, &opts);
-    assert!(
-        e.contains("prediction folder not found") && e.contains("nope"),
-        "{e}"
-    );
+    assert!(e.contains("prediction folder not found") && e.contains("nope"), "{e}");
     let mut opts = f.opts();
     opts.root = f.root.join("missing-root");
     let e = err_of(&f, &opts);

@@ -15,13 +15,27 @@ fn close(a: f32, b: f32, tol: f32) -> bool {
 
 #[test]
 fn max_pool_gradient_is_one_at_the_maximum() {
-    let x = Var::from_vec((0..16).map(|v| ((v * 7) % 16) as f32).collect::<Vec<_>>(), (1, 1, 4, 4), &cpu()).unwrap();
+    let x = Var::from_vec(
+        (0..16).map(|v| ((v * 7) % 16) as f32).collect::<Vec<_>>(),
+        (1, 1, 4, 4),
+        &cpu(),
+    )
+    .unwrap();
     let y = max_pool2x2(x.as_tensor()).unwrap();
     assert_eq!(y.dims(), &[1, 1, 2, 2]);
     // Windows of [0,7,14,5 / 12,3,10,1 / 8,15,6,13 / 4,11,2,9]: maxima 12, 14, 15, 13.
-    assert_eq!(y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![12.0, 14.0, 15.0, 13.0]);
+    assert_eq!(
+        y.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        vec![12.0, 14.0, 15.0, 13.0]
+    );
     let g = y.sum_all().unwrap().backward().unwrap();
-    let gx = g.get(x.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let gx = g
+        .get(x.as_tensor())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
     assert_eq!(gx.iter().sum::<f32>(), 4.0, "unscaled: one unit per window");
     assert_eq!(gx[4], 1.0); // 12
     assert_eq!(gx[2], 1.0); // 14
@@ -39,25 +53,51 @@ fn cross_entropy_skips_ignored_pixels() {
     assert!(close(loss.to_scalar::<f32>().unwrap(), want, 1e-5));
     // d/dlogit = (p - onehot) / valid_count; ignored pixel gets nothing.
     let g = loss.backward().unwrap();
-    let gl = g.get(logits.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let gl = g
+        .get(logits.as_tensor())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
     let want_g = [0.25 / 2.0, (0.25 - 1.0) / 2.0, 0.0, (0.75 - 1.0) / 2.0, 0.75 / 2.0, 0.0];
     for (a, b) in gl.iter().zip(want_g) {
         assert!(close(*a, b, 1e-5), "{gl:?}");
     }
     let all_ignored = Tensor::from_vec(vec![255u32; 3], (1, 1, 3), &cpu()).unwrap();
-    assert_eq!(cross_entropy_ignore(logits.as_tensor(), &all_ignored, 255).unwrap().to_scalar::<f32>().unwrap(), 0.0);
+    assert_eq!(
+        cross_entropy_ignore(logits.as_tensor(), &all_ignored, 255)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap(),
+        0.0
+    );
 }
 
 #[test]
 fn bilinear_resize_matches_pytorch_rule_and_has_gradients() {
     let x = Var::from_vec(vec![0f32, 200.0], (1, 1, 1, 2), &cpu()).unwrap();
     let y = resize_bilinear(x.as_tensor(), 1, 4).unwrap();
-    assert_eq!(y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![0.0, 50.0, 150.0, 200.0]);
+    assert_eq!(
+        y.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        vec![0.0, 50.0, 150.0, 200.0]
+    );
     // d sum(y) / dx = column sums of the interpolation matrix: (1 + .75 + .25, .25 + .75 + 1).
     let g = y.sum_all().unwrap().backward().unwrap();
-    assert_eq!(g.get(x.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![2.0, 2.0]);
+    assert_eq!(
+        g.get(x.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap(),
+        vec![2.0, 2.0]
+    );
     // Odd sizes, both directions.
-    let z = Tensor::arange(0f32, 2.0 * 3.0 * 5.0 * 7.0, &cpu()).unwrap().reshape((2, 3, 5, 7)).unwrap();
+    let z = Tensor::arange(0f32, 2.0 * 3.0 * 5.0 * 7.0, &cpu())
+        .unwrap()
+        .reshape((2, 3, 5, 7))
+        .unwrap();
     assert_eq!(resize_bilinear(&z, 9, 4).unwrap().dims(), &[2, 3, 9, 4]);
 }
 
@@ -82,7 +122,12 @@ fn sgd_momentum_and_weight_decay_follow_pytorch() {
 fn adam_first_step_moves_by_lr() {
     let p = Var::from_vec(vec![1f32, -2.0], 2, &cpu()).unwrap();
     let mut opt = seg_nn::Adam::new(vec![("p".into(), p.clone(), 1.0)], 0.9, 0.999, 1e-8, 0.0).unwrap();
-    let g = (p.as_tensor() * Tensor::new(&[5f32, -0.01], &cpu()).unwrap()).unwrap().sum_all().unwrap().backward().unwrap();
+    let g = (p.as_tensor() * Tensor::new(&[5f32, -0.01], &cpu()).unwrap())
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
     opt.step(&g, 0.01).unwrap();
     let v = p.as_tensor().to_vec1::<f32>().unwrap();
     assert!(close(v[0], 0.99, 1e-5) && close(v[1], -1.99, 1e-5), "{v:?}");
@@ -95,15 +140,30 @@ fn batch_norm_uses_batch_stats_in_training_and_updates_running_ones() {
     let bn = BatchNorm2d::new(1, vb.pp("bn"), &vars).unwrap();
     // Values 1, 2, 3, 6: mean 3, biased var 3.5, unbiased 14/3.
     let x = Tensor::from_vec(vec![1f32, 2.0, 3.0, 6.0], (1, 1, 2, 2), &cpu()).unwrap();
-    let y = bn.forward_t(&x, true).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let y = bn
+        .forward_t(&x, true)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
     assert!(close(y[0], -2.0 / (3.5f32 + 1e-5).sqrt(), 1e-5));
     let data = vars.data().lock().unwrap();
     let rm = data["bn.running_mean"].as_tensor().to_vec1::<f32>().unwrap()[0];
     let rv = data["bn.running_var"].as_tensor().to_vec1::<f32>().unwrap()[0];
-    assert!(close(rm, 0.3, 1e-6) && close(rv, 0.9 + 0.1 * 14.0 / 3.0, 1e-5), "{rm} {rv}");
+    assert!(
+        close(rm, 0.3, 1e-6) && close(rv, 0.9 + 0.1 * 14.0 / 3.0, 1e-5),
+        "{rm} {rv}"
+    );
     drop(data);
     // Evaluation uses the running statistics.
-    let e = bn.forward_t(&x, false).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let e = bn
+        .forward_t(&x, false)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
     assert!(close(e[0], (1.0 - rm) / (rv + 1e-5).sqrt(), 1e-5));
 }
 
@@ -116,7 +176,15 @@ fn learned_upsampling_starts_bilinear() {
     let y = up.forward(&x).unwrap();
     assert_eq!(y.dims(), &[1, 2, 6, 6]);
     // Interior of a constant map stays constant; channels do not mix.
-    let v = y.get(0).unwrap().get(1).unwrap().get(2).unwrap().to_vec1::<f32>().unwrap();
+    let v = y
+        .get(0)
+        .unwrap()
+        .get(1)
+        .unwrap()
+        .get(2)
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
     assert!(v[1..5].iter().all(|&a| close(a, 1.0, 1e-6)), "{v:?}");
 }
 
@@ -135,7 +203,8 @@ fn cumulative_batch_norm_statistics_average_the_batches() {
     let bn = BatchNorm2d::new(1, vb.pp("bn"), &vars).unwrap();
     bn.set_momentum(None, true).unwrap();
     for v in [[1f32, 3.0], [5.0, 7.0]] {
-        bn.forward_t(&Tensor::from_vec(v.to_vec(), (1, 1, 1, 2), &cpu()).unwrap(), true).unwrap();
+        bn.forward_t(&Tensor::from_vec(v.to_vec(), (1, 1, 1, 2), &cpu()).unwrap(), true)
+            .unwrap();
     }
     let data = vars.data().lock().unwrap();
     // Means 2 and 6 → 4; unbiased variances 2 and 2 → 2.
@@ -145,13 +214,25 @@ fn cumulative_batch_norm_statistics_average_the_batches() {
 
 #[test]
 fn im2col_convolution_matches_candle_and_its_gradients() {
-    for (c, co, k, pad, dil, h, w) in [(3, 5, 3, 1, 1, 7, 9), (4, 2, 3, 2, 2, 6, 5), (8, 3, 1, 0, 1, 5, 7), (2, 3, 7, 3, 1, 9, 8)] {
+    for (c, co, k, pad, dil, h, w) in [
+        (3, 5, 3, 1, 1, 7, 9),
+        (4, 2, 3, 2, 2, 6, 5),
+        (8, 3, 1, 0, 1, 5, 7),
+        (2, 3, 7, 3, 1, 9, 8),
+    ] {
         let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, c, h, w), &cpu()).unwrap()).unwrap();
         let k_ = Var::from_tensor(&Tensor::randn(0f32, 1.0, (co, c, k, k), &cpu()).unwrap()).unwrap();
         let ours = seg_nn::layers::conv2d_im2col(x.as_tensor(), k_.as_tensor(), pad, dil).unwrap();
         let theirs = x.as_tensor().conv2d(k_.as_tensor(), pad, 1, dil, 1).unwrap();
         assert_eq!(ours.dims(), theirs.dims());
-        let d = (&ours - &theirs).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let d = (&ours - &theirs)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(d < 1e-4, "forward differs by {d}");
         // Gradients of a weighted sum against candle's own conv (whose gradients are correct).
         let wts = Tensor::randn(0f32, 1.0, ours.dims(), &cpu()).unwrap();
@@ -160,7 +241,14 @@ fn im2col_convolution_matches_candle_and_its_gradients() {
         for v in [&x, &k_] {
             let a = g1.get(v.as_tensor()).unwrap();
             let b = g2.get(v.as_tensor()).unwrap();
-            let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let d = (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
             assert!(d < 1e-3, "gradient differs by {d}");
         }
     }
@@ -171,28 +259,59 @@ fn batch_norm_gradient_matches_finite_differences() {
     let vars = VarMap::new();
     let vb = VarBuilder::from_varmap(&vars, DType::F32, &cpu());
     let bn = BatchNorm2d::new(3, vb.pp("bn"), &vars).unwrap();
-    let x0: Vec<f32> = (0..2 * 3 * 3 * 5).map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0).collect();
-    let wts = Tensor::from_vec((0..90).map(|i| ((i * 13 % 17) as f32 - 8.0) / 5.0).collect::<Vec<_>>(), (2, 3, 3, 5), &cpu()).unwrap();
+    let x0: Vec<f32> = (0..2 * 3 * 3 * 5)
+        .map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0)
+        .collect();
+    let wts = Tensor::from_vec(
+        (0..90).map(|i| ((i * 13 % 17) as f32 - 8.0) / 5.0).collect::<Vec<_>>(),
+        (2, 3, 3, 5),
+        &cpu(),
+    )
+    .unwrap();
     let f = |v: &[f32]| -> f64 {
-        let x = Tensor::from_vec(v.to_vec(), (2, 3, 3, 5), &cpu()).unwrap().to_dtype(DType::F64).unwrap();
+        let x = Tensor::from_vec(v.to_vec(), (2, 3, 3, 5), &cpu())
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap();
         // Reference in f64: (x - mean) / sqrt(var + eps) per channel.
         let xt = x.transpose(0, 1).unwrap().reshape((3, 30)).unwrap();
         let mean = xt.mean_keepdim(1).unwrap();
         let var = xt.broadcast_sub(&mean).unwrap().sqr().unwrap().mean_keepdim(1).unwrap();
-        let xh = xt.broadcast_sub(&mean).unwrap().broadcast_div(&(var + 1e-5).unwrap().sqrt().unwrap()).unwrap();
+        let xh = xt
+            .broadcast_sub(&mean)
+            .unwrap()
+            .broadcast_div(&(var + 1e-5).unwrap().sqrt().unwrap())
+            .unwrap();
         let xh = xh.reshape((3, 2, 3, 5)).unwrap().transpose(0, 1).unwrap();
-        (xh * wts.to_dtype(DType::F64).unwrap()).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap()
+        (xh * wts.to_dtype(DType::F64).unwrap())
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
     };
     let x = Var::from_vec(x0.clone(), (2, 3, 3, 5), &cpu()).unwrap();
     let y = bn.forward_t(x.as_tensor(), true).unwrap();
     let got = (y * &wts).unwrap().sum_all().unwrap();
     assert!(close(got.to_scalar::<f32>().unwrap(), f(&x0) as f32, 1e-4));
-    let g = got.backward().unwrap().get(x.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let g = got
+        .backward()
+        .unwrap()
+        .get(x.as_tensor())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
     for i in [0, 7, 31, 64, 89] {
         let (mut a, mut b) = (x0.clone(), x0.clone());
         a[i] += 1e-3;
         b[i] -= 1e-3;
         let num = (f(&a) - f(&b)) / 2e-3;
-        assert!((g[i] as f64 - num).abs() < 2e-3 * (1.0 + num.abs()), "element {i}: {} vs {num}", g[i]);
+        assert!(
+            (g[i] as f64 - num).abs() < 2e-3 * (1.0 + num.abs()),
+            "element {i}: {} vs {num}",
+            g[i]
+        );
     }
 }

@@ -26,10 +26,25 @@ fn setup(run_dir: &Path, steps: usize, lr: f64, resume: bool) -> TrainSetup {
     let vars = VarMap::new();
     let vb = seg_nn::init::seeded_builder(&vars, 3, DType::F32, &device);
     let backbone = seg_fcn::build(seg_fcn::ModelName::Small, 19, vb.pp("model"), &vars).unwrap();
-    let opts = DatasetOptions { require_labels: true, ..Default::default() };
+    let opts = DatasetOptions {
+        require_labels: true,
+        ..Default::default()
+    };
     let ds = Arc::new(open_dataset(DatasetName::Gta5, &toy().join("gta5"), "all", opts).unwrap());
-    let aug = Augment { crop: Some([32, 32]), scale_range: [0.8, 1.2], ..Default::default() };
-    let config = TrainerConfig { steps, batch_size: 2, lr, checkpoint_every: 2, log_every: 1, seed: 5, ..Default::default() };
+    let aug = Augment {
+        crop: Some([32, 32]),
+        scale_range: [0.8, 1.2],
+        ..Default::default()
+    };
+    let config = TrainerConfig {
+        steps,
+        batch_size: 2,
+        lr,
+        checkpoint_every: 2,
+        log_every: 1,
+        seed: 5,
+        ..Default::default()
+    };
     TrainSetup {
         run_dir: run_dir.to_path_buf(),
         source: Loader::new(ds, 2, aug, 5, Domain::Source, device.clone()),
@@ -51,7 +66,17 @@ fn weights(path: &Path) -> Vec<(String, Vec<f32>)> {
     let mut v: Vec<_> = ck
         .tensors
         .iter()
-        .map(|(k, t)| (k.clone(), t.flatten_all().unwrap().to_dtype(DType::F32).unwrap().to_vec1::<f32>().unwrap()))
+        .map(|(k, t)| {
+            (
+                k.clone(),
+                t.flatten_all()
+                    .unwrap()
+                    .to_dtype(DType::F32)
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap(),
+            )
+        })
         .collect();
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v
@@ -62,11 +87,17 @@ fn resumed_run_ends_with_the_same_weights() {
     let a = tempfile::tempdir().unwrap();
     let b = tempfile::tempdir().unwrap();
     Trainer::new(setup(a.path(), 5, 0.01, false)).unwrap().run().unwrap();
-    Trainer::new(setup(b.path(), 5, 0.01, false)).unwrap().run_until(3).unwrap();
+    Trainer::new(setup(b.path(), 5, 0.01, false))
+        .unwrap()
+        .run_until(3)
+        .unwrap();
     // A line past the checkpoint (as a crash between log and checkpoint would leave).
     seg_labels::fsutil::append_line(&b.path().join("metrics.jsonl"), r#"{"step":4,"lr":0}"#).unwrap();
     Trainer::new(setup(b.path(), 5, 0.01, true)).unwrap().run().unwrap();
-    let (wa, wb) = (weights(&a.path().join("checkpoint.safetensors")), weights(&b.path().join("checkpoint.safetensors")));
+    let (wa, wb) = (
+        weights(&a.path().join("checkpoint.safetensors")),
+        weights(&b.path().join("checkpoint.safetensors")),
+    );
     assert_eq!(wa.len(), wb.len());
     for ((na, va), (nb, vb)) in wa.iter().zip(&wb) {
         assert_eq!(na, nb);
@@ -74,7 +105,11 @@ fn resumed_run_ends_with_the_same_weights() {
     }
     let log_a = std::fs::read_to_string(a.path().join("metrics.jsonl")).unwrap();
     let log_b = std::fs::read_to_string(b.path().join("metrics.jsonl")).unwrap();
-    let strip = |s: &str| s.lines().map(|l| l.split("\"images_per_sec\"").next().unwrap().to_string()).collect::<Vec<_>>();
+    let strip = |s: &str| {
+        s.lines()
+            .map(|l| l.split("\"images_per_sec\"").next().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
     assert_eq!(strip(&log_a), strip(&log_b));
 }
 
@@ -90,13 +125,20 @@ fn truncated_and_foreign_checkpoints_are_refused() {
     assert!(e.contains("truncated.safetensors") && e.contains("truncated"), "{e}");
     let f = a.path().join("foreign.safetensors");
     let mut m = std::collections::HashMap::new();
-    m.insert("w".to_string(), candle_core::Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap());
+    m.insert(
+        "w".to_string(),
+        candle_core::Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap(),
+    );
     candle_core::safetensors::save(&m, &f).unwrap();
     let e = seg_train::checkpoint::load(&f, &Device::Cpu).err().unwrap().to_string();
     assert!(e.contains("not a seg-adapt checkpoint"), "{e}");
     // Resuming from a truncated checkpoint leaves it untouched.
     std::fs::write(&ck, &bytes[..bytes.len() - 7]).unwrap();
-    let err = Trainer::new(setup(a.path(), 4, 0.01, true)).unwrap().run().unwrap_err().to_string();
+    let err = Trainer::new(setup(a.path(), 4, 0.01, true))
+        .unwrap()
+        .run()
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("checkpoint.safetensors"), "{err}");
     assert_eq!(std::fs::read(&ck).unwrap(), &bytes[..bytes.len() - 7]);
 }
@@ -104,7 +146,14 @@ fn truncated_and_foreign_checkpoints_are_refused() {
 #[test]
 fn non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint() {
     let a = tempfile::tempdir().unwrap();
-    let err = Trainer::new(setup(a.path(), 40, 1e12, false)).unwrap().run().unwrap_err().to_string();
-    assert!(err.contains("at step") && (err.contains("NaN") || err.contains("inf")), "{err}");
+    let err = Trainer::new(setup(a.path(), 40, 1e12, false))
+        .unwrap()
+        .run()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("at step") && (err.contains("NaN") || err.contains("inf")),
+        "{err}"
+    );
     assert!(err.contains("checkpoint"), "{err}");
 }
