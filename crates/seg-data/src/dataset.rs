@@ -147,7 +147,12 @@ impl Dataset {
         let Some(path) = &entry.label else { return Ok(None) };
         let raw = png_io::read_label(path, self.encoding)?;
         let (ids, outside) = self.label_map_for(path).map_all(&raw.data);
-        Ok(Some(DecodedLabel { width: raw.width, height: raw.height, ids, outside }))
+        Ok(Some(DecodedLabel {
+            width: raw.width,
+            height: raw.height,
+            ids,
+            outside,
+        }))
     }
 
     /// Decodes entry `i` fully, applying the size policy to a mismatched label.
@@ -163,7 +168,12 @@ impl Dataset {
                 })
             }
             None => None,
-            Some(DecodedLabel { width: lw, height: lh, ids, outside }) => {
+            Some(DecodedLabel {
+                width: lw,
+                height: lh,
+                ids,
+                outside,
+            }) => {
                 outside_ids = outside;
                 if (lw, lh) != (image.width, image.height) {
                     match self.options.size_policy {
