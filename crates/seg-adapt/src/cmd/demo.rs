@@ -27,7 +27,7 @@ pub struct Args {
     /// Seeds per method.
     #[arg(long)]
     pub seeds: Option<usize>,
-    /// Training steps per run (default: 300, or 60 with --quick).
+    /// Training steps per run (default: 120, or 25 with --quick).
     #[arg(long)]
     pub steps: Option<usize>,
     /// Comma-separated subset of methods (default: all).
@@ -70,7 +70,13 @@ pub fn demo_config(data: &Path, preset: Preset, method: &str, seed: u64, steps: 
     let s = preset.sizes();
     // Train at 64x128 whatever the stored size; evaluation upsamples to full resolution.
     let scale = 64.0 / s.height as f32;
-    let method: MethodConfig = method.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut method: MethodConfig = method.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let MethodConfig::San(c) = &mut method {
+        // The generator runs at conv1's full resolution: on a 2-core CPU the demo uses one
+        // residual block of width 8 (paper: 16 blocks of width 64).
+        c.width = 8;
+        c.blocks = 1;
+    }
     Ok(RunConfig {
         data: DataConfig {
             source_dataset: DatasetName::Gta5,
@@ -310,7 +316,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let device = crate::run::device(&args.device)?;
     let preset = if args.quick { Preset::Quick } else { Preset::Default };
     let seeds = args.seeds.unwrap_or(if args.quick { 2 } else { 3 });
-    let steps = args.steps.unwrap_or(if args.quick { 60 } else { 300 });
+    let steps = args.steps.unwrap_or(if args.quick { 25 } else { 120 });
     let methods: Vec<String> = match &args.methods {
         Some(list) => {
             for m in list {

@@ -1,0 +1,194 @@
+//! End-to-end tests of the `seg-adapt` binary on the quick embedded benchmark: the commands a
+//! user runs, and the errors bad input must give before any work starts.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_seg-adapt"))
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(bin())
+        .args(args)
+        .env("SEG_ADAPT_LOG", "warn")
+        .output()
+        .expect("binary runs")
+}
+
+fn ok(args: &[&str]) -> String {
+    let o = run(args);
+    assert!(
+        o.status.success(),
+        "{args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn err(args: &[&str]) -> String {
+    let o = run(args);
+    assert!(!o.status.success(), "{args:?} should fail");
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn toy() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let d = tempfile::tempdir().unwrap();
+        ok(&[
+            "gen-toy",
+            "--out",
+            d.path().to_str().unwrap(),
+            "--preset",
+            "quick",
+            "--seed",
+            "1",
+        ]);
+        d
+    })
+    .path()
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+fn train_args<'a>(out: &'a str, gta: &'a str, cs: &'a str, method: &'a str) -> Vec<&'a str> {
+    vec![
+        "train",
+        "--source-dataset",
+        "gta5",
+        "--source-root",
+        gta,
+        "--target-root",
+        cs,
+        "--method",
+        method,
+        "--model",
+        "small",
+        "--steps",
+        "3",
+        "--batch-size",
+        "2",
+        "--crop",
+        "64x64",
+        "--out",
+        out,
+    ]
+}
+
+#[test]
+fn inspect_json_counts_the_generated_labels() {
+    let out = ok(&[
+        "inspect",
+        "--dataset",
+        "cityscapes",
+        "--root",
+        p(&toy().join("cityscapes")),
+        "--split",
+        "val",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["samples"], 30);
+    assert_eq!(v["class_pixels"].as_object().unwrap().len(), 19);
+    assert!(v["class_pixels"]["road"].as_u64().unwrap() > 0);
+    assert_eq!(v["problems"].as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn train_eval_predict_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("run");
+    let (gta, cs) = (toy().join("gta5"), toy().join("cityscapes"));
+    let out = ok(&train_args(p(&run_dir), p(&gta), p(&cs), "dann"));
+    assert!(out.contains("target val mIoU"), "{out}");
+    for f in ["config.toml", "checkpoint.safetensors", "metrics.jsonl"] {
+        assert!(run_dir.join(f).exists(), "{f}");
+    }
+    let ev = dir.path().join("eval");
+    let table = ok(&["eval", "--checkpoint", p(&run_dir), "--root", p(&cs), "--out", p(&ev)]);
+    assert!(table.contains("mIoU"));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ev.join("report.json")).unwrap()).unwrap();
+    let preds = dir.path().join("pred");
+    ok(&[
+        "predict",
+        "--checkpoint",
+        p(&run_dir),
+        "--input",
+        p(&cs.join("leftImg8bit/val")),
+        "--out",
+        p(&preds),
+    ]);
+    let ev2 = dir.path().join("eval2");
+    ok(&["eval", "--pred", p(&preds), "--root", p(&cs), "--out", p(&ev2)]);
+    let report2: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ev2.join("report.json")).unwrap()).unwrap();
+    assert_eq!(
+        report["miou"], report2["miou"],
+        "checkpoint evaluation and prediction-folder evaluation agree"
+    );
+}
+
+#[test]
+fn bad_input_is_refused_before_training_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let (gta, cs) = (toy().join("gta5"), toy().join("cityscapes"));
+    let e = err(&train_args(p(&out), p(&gta), p(&cs), "magic"));
+    assert!(e.contains("magic") && e.contains("dann"), "{e}");
+    let e = err(&train_args(p(&out), p(&gta), p(&dir.path().join("nowhere")), "dann"));
+    assert!(e.contains("nowhere"), "{e}");
+    let mut a = train_args(p(&out), p(&gta), p(&cs), "source-only");
+    a[16] = "60x60";
+    let e = err(&a);
+    assert!(e.contains("multiple of the network's stride"), "{e}");
+    a[16] = "512x512";
+    let e = err(&a);
+    assert!(e.contains("larger than the source images"), "{e}");
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(&cfg, "[data]\nsource_dataset = \"gta5\"\nsource_rot = \"x\"\n").unwrap();
+    let e = err(&["train", "--config", p(&cfg), "--out", p(&out)]);
+    assert!(e.contains("source_rot") && e.contains("bad.toml"), "{e}");
+    assert!(!out.join("checkpoint.safetensors").exists());
+}
+
+#[test]
+fn demo_quick_reports_every_method() {
+    if std::env::var("SEG_SKIP_SLOW").is_ok_and(|v| v == "1") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = ok(&[
+        "demo",
+        "--quick",
+        "--out",
+        p(dir.path()),
+        "--seeds",
+        "1",
+        "--steps",
+        "2",
+    ]);
+    assert!(out.contains("source-only") && out.contains("cross-city"), "{out}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("report.json")).unwrap()).unwrap();
+    let runs = v["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 7);
+    for m in [
+        "source-only",
+        "adabn",
+        "oracle",
+        "dann",
+        "fcn-wild",
+        "cross-city",
+        "san",
+    ] {
+        assert!(v["summary"][m]["mean"].is_number(), "{m}");
+    }
+    assert!(dir.path().join("comparison.png").exists());
+    assert!(dir.path().join("report.md").exists());
+}
