@@ -1,0 +1,82 @@
+"""PyTorch reference for `cargo bench -p seg-benches --bench train_step`: one training step
+(forward, masked cross-entropy, backward, SGD with momentum 0.9 and weight decay 5e-4) of
+VGG16-FCN8s (fc6 7x7x4096 / fc7 1x1x4096) and the reduced variant (fc6 3x3x1024 / fc7 1x1x1024)
+at 1x3x256x512, with the same layer shapes as `crates/seg-fcn/src/vgg.rs`.
+
+    python benches/reference/train_step_torch.py --threads 2
+"""
+import argparse
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512]
+
+
+class Fcn8s(nn.Module):
+    def __init__(self, fc=4096, k6=7, classes=19):
+        super().__init__()
+        layers, c = [], 3
+        for v in CFG:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2))
+            else:
+                layers += [nn.Conv2d(c, v, 3, padding=1), nn.ReLU(inplace=True)]
+                c = v
+        self.features = nn.Sequential(*layers)
+        self.fc6 = nn.Conv2d(512, fc, k6, padding=k6 // 2)
+        self.fc7 = nn.Conv2d(fc, fc, 1)
+        self.score_fr = nn.Conv2d(fc, classes, 1)
+        self.score_pool4 = nn.Conv2d(512, classes, 1)
+        self.score_pool3 = nn.Conv2d(256, classes, 1)
+        self.up2 = nn.ConvTranspose2d(classes, classes, 4, 2, 1, bias=False)
+        self.up4 = nn.ConvTranspose2d(classes, classes, 4, 2, 1, bias=False)
+        self.up8 = nn.ConvTranspose2d(classes, classes, 16, 8, 4, bias=False)
+
+    def forward(self, x):
+        pool3 = pool4 = None
+        pools = 0
+        for layer in self.features:
+            x = layer(x)
+            if isinstance(layer, nn.MaxPool2d):
+                pools += 1
+                if pools == 3:
+                    pool3 = x
+                elif pools == 4:
+                    pool4 = x
+        x = F.max_pool2d(x, 2)
+        x = F.relu(self.fc7(F.relu(self.fc6(x))))
+        x = self.up2(self.score_fr(x)) + self.score_pool4(pool4)
+        x = self.up4(x) + self.score_pool3(pool3)
+        return self.up8(x)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--iters", type=int, default=5)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    x = torch.randn(1, 3, 256, 512)
+    y = torch.zeros(1, 256, 512, dtype=torch.long)
+    for name, fc, k in [("vgg16-fcn8s-reduced", 1024, 3), ("vgg16-fcn8s", 4096, 7)]:
+        m = Fcn8s(fc, k)
+        opt = torch.optim.SGD(m.parameters(), lr=1e-4, momentum=0.9, weight_decay=5e-4)
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(m(x), y, ignore_index=255).backward()
+            opt.step()
+
+        step()
+        t = time.perf_counter()
+        for _ in range(a.iters):
+            step()
+        dt = (time.perf_counter() - t) / a.iters
+        print(f"torch {name} 1x3x256x512: {dt:.3f} s/step ({1 / dt:.3f} images/s), {a.threads} threads, torch {torch.__version__}")
+
+
+if __name__ == "__main__":
+    main()
