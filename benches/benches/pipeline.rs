@@ -41,13 +41,18 @@ fn fixture(dir: &std::path::Path, n: usize) {
 }
 
 fn bench(c: &mut Criterion) {
-    let dir = tempfile::tempdir().unwrap();
-    fixture(dir.path(), 16);
+    // SEG_BENCH_PIPELINE_DIR keeps the fixture for the PyTorch reference to read the same files.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir =
+        std::env::var_os("SEG_BENCH_PIPELINE_DIR").map_or_else(|| tmp.path().to_path_buf(), std::path::PathBuf::from);
+    if !dir.join("leftImg8bit").exists() {
+        fixture(&dir, 16);
+    }
     let opts = DatasetOptions {
         require_labels: true,
         ..Default::default()
     };
-    let ds = Arc::new(open_dataset(DatasetName::Cityscapes, dir.path(), "val", opts).unwrap());
+    let ds = Arc::new(open_dataset(DatasetName::Cityscapes, &dir, "val", opts).unwrap());
     let aug = Augment {
         crop: Some([1024, 512]),
         scale_range: [0.75, 1.25],
