@@ -100,44 +100,33 @@ pub fn open_dataset(
     Ok(ds)
 }
 
-fn sorted_pngs(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
-    let rd = std::fs::read_dir(dir).map_err(|source| DataError::ReadDir {
+/// The entries of `dir` that `keep` accepts, sorted by path.
+fn sorted_entries(dir: &Path, keep: impl Fn(&std::fs::DirEntry) -> bool) -> Result<Vec<PathBuf>, DataError> {
+    let err = |source| DataError::ReadDir {
         path: dir.to_path_buf(),
         source,
-    })?;
+    };
     let mut out = Vec::new();
-    for e in rd {
-        let e = e.map_err(|source| DataError::ReadDir {
-            path: dir.to_path_buf(),
-            source,
-        })?;
-        let p = e.path();
-        if p.extension().is_some_and(|x| x.eq_ignore_ascii_case("png")) && p.is_file() {
-            out.push(p);
+    for e in std::fs::read_dir(dir).map_err(err)? {
+        let e = e.map_err(err)?;
+        if keep(&e) {
+            out.push(e.path());
         }
     }
     out.sort();
     Ok(out)
 }
 
+fn sorted_pngs(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
+    sorted_entries(dir, |e| {
+        let p = e.path();
+        p.extension().is_some_and(|x| x.eq_ignore_ascii_case("png")) && p.is_file()
+    })
+}
+
 fn sorted_dirs(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
-    let rd = std::fs::read_dir(dir).map_err(|source| DataError::ReadDir {
-        path: dir.to_path_buf(),
-        source,
-    })?;
-    let mut out = Vec::new();
-    for e in rd {
-        let e = e.map_err(|source| DataError::ReadDir {
-            path: dir.to_path_buf(),
-            source,
-        })?;
-        // Only real directories: a symlink loop is never followed.
-        if e.file_type().is_ok_and(|t| t.is_dir()) {
-            out.push(e.path());
-        }
-    }
-    out.sort();
-    Ok(out)
+    // Only real directories: a symlink loop is never followed.
+    sorted_entries(dir, |e| e.file_type().is_ok_and(|t| t.is_dir()))
 }
 
 fn read_list(path: &Path) -> Result<Vec<String>, DataError> {
