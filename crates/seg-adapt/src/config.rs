@@ -30,6 +30,28 @@ pub struct DataConfig {
     pub error_policy: ErrorPolicy,
 }
 
+impl DataConfig {
+    /// Source and target with the default splits and policies.
+    pub fn new(
+        source_dataset: DatasetName,
+        source_root: PathBuf,
+        target_dataset: DatasetName,
+        target_root: PathBuf,
+    ) -> Self {
+        Self {
+            source_dataset,
+            source_root,
+            target_dataset,
+            target_root,
+            target_train_split: train_split(),
+            target_val_split: val_split(),
+            source_list: None,
+            size_policy: SizePolicy::default(),
+            error_policy: ErrorPolicy::default(),
+        }
+    }
+}
+
 fn train_split() -> String {
     "train".into()
 }

@@ -78,17 +78,7 @@ pub fn demo_config(data: &Path, preset: Preset, method: &str, seed: u64, steps: 
         c.blocks = 1;
     }
     Ok(RunConfig {
-        data: DataConfig {
-            source_dataset: DatasetName::Gta5,
-            source_root: gta,
-            target_dataset: DatasetName::Cityscapes,
-            target_root: cs,
-            target_train_split: "train".into(),
-            target_val_split: "val".into(),
-            source_list: None,
-            size_policy: Default::default(),
-            error_policy: Default::default(),
-        },
+        data: DataConfig::new(DatasetName::Gta5, gta, DatasetName::Cityscapes, cs),
         model: ModelConfig {
             name: ModelName::Small,
             init_weights: None,

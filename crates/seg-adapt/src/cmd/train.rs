@@ -71,17 +71,12 @@ pub fn resolve(args: &Args) -> anyhow::Result<RunConfig> {
         None => {
             let need = |what: &str| anyhow::anyhow!("--{what} is required without --config");
             RunConfig {
-                data: DataConfig {
-                    source_dataset: args.source_dataset.ok_or_else(|| need("source-dataset"))?,
-                    source_root: args.source_root.clone().ok_or_else(|| need("source-root"))?,
-                    target_dataset: args.target_dataset.unwrap_or(DatasetName::Cityscapes),
-                    target_root: args.target_root.clone().ok_or_else(|| need("target-root"))?,
-                    target_train_split: "train".into(),
-                    target_val_split: "val".into(),
-                    source_list: None,
-                    size_policy: Default::default(),
-                    error_policy: Default::default(),
-                },
+                data: DataConfig::new(
+                    args.source_dataset.ok_or_else(|| need("source-dataset"))?,
+                    args.source_root.clone().ok_or_else(|| need("source-root"))?,
+                    args.target_dataset.unwrap_or(DatasetName::Cityscapes),
+                    args.target_root.clone().ok_or_else(|| need("target-root"))?,
+                ),
                 model: ModelConfig {
                     name: args.model.unwrap_or(ModelName::Small),
                     init_weights: None,
