@@ -7,7 +7,10 @@
 //!   where the run went.
 //! - `check-cuda`: builds `seg-adapt` with `--features cuda` (needs the CUDA toolchain from
 //!   `shared/tools/cuda-toolchain.sh`; no GPU needed).
+//! - `crash-test [--trials N] [--steps N]`: SIGKILLs training at random moments, resumes, and
+//!   checks that nothing is half-written and the final weights equal an uninterrupted run's.
 
+mod crash_test;
 mod tasks;
 
 use std::process::ExitCode;
@@ -15,13 +18,16 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((task, rest)) = args.split_first() else {
-        eprintln!("usage: cargo xtask <train-seg|check-cuda> [args]");
+        eprintln!("usage: cargo xtask <train-seg|check-cuda|crash-test> [args]");
         return ExitCode::FAILURE;
     };
     let result = match task.as_str() {
         "train-seg" => tasks::train_seg(rest),
         "check-cuda" => tasks::check_cuda(rest),
-        other => Err(format!("unknown task `{other}`: expected train-seg or check-cuda")),
+        "crash-test" => crash_test::run(rest, &tasks::root()),
+        other => Err(format!(
+            "unknown task `{other}`: expected train-seg, check-cuda or crash-test"
+        )),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -3,11 +3,14 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
 }
 
-fn run(cmd: &mut Command) -> Result<(), String> {
+pub fn run(cmd: &mut Command) -> Result<(), String> {
     eprintln!("$ {cmd:?}");
     let status = cmd.status().map_err(|e| format!("cannot start {cmd:?}: {e}"))?;
     if status.success() {
@@ -44,7 +47,10 @@ pub fn train_seg(args: &[String]) -> Result<(), String> {
     let out = match pass.iter().position(|a| a == "--out") {
         Some(i) => pass[i + 1].clone(),
         None => {
-            let method = pass.iter().position(|a| a == "--method").map_or("run".to_string(), |i| pass[i + 1].clone());
+            let method = pass
+                .iter()
+                .position(|a| a == "--method")
+                .map_or("run".to_string(), |i| pass[i + 1].clone());
             let dir = format!("runs/{method}");
             pass.push("--out".into());
             pass.push(dir.clone());
@@ -61,7 +67,10 @@ pub fn train_seg(args: &[String]) -> Result<(), String> {
         build.args(["--features", "cuda"]);
     }
     run(&mut build)?;
-    let bin = root.join("target").join(if release { "release" } else { "debug" }).join("seg-adapt");
+    let bin = root
+        .join("target")
+        .join(if release { "release" } else { "debug" })
+        .join("seg-adapt");
     let mut train = Command::new(&bin);
     train.current_dir(&root).arg("train").args(&pass);
     if cuda {
@@ -79,9 +88,23 @@ pub fn check_cuda(args: &[String]) -> Result<(), String> {
     }
     let root = root();
     if Command::new("nvcc").arg("--version").output().is_err() {
-        return Err("nvcc not found: run `eval \"$(../shared/tools/cuda-toolchain.sh)\"` first (see README, CUDA)".into());
+        return Err(
+            "nvcc not found: run `eval \"$(../shared/tools/cuda-toolchain.sh)\"` first (see README, CUDA)".into(),
+        );
     }
-    run(Command::new(env!("CARGO")).current_dir(&root).args(["build", "--release", "-p", "seg-adapt", "--features", "cuda"]))?;
+    run(Command::new(env!("CARGO")).current_dir(&root).args([
+        "build",
+        "--release",
+        "-p",
+        "seg-adapt",
+        "--features",
+        "cuda",
+    ]))?;
     println!("CUDA build OK: {}", root.join("target/release/seg-adapt").display());
     Ok(())
+}
+
+/// Runs cargo in the workspace root.
+pub fn cargo(root: &Path, args: &[&str]) -> Result<(), String> {
+    run(Command::new(env!("CARGO")).current_dir(root).args(args))
 }

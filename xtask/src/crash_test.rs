@@ -1,0 +1,159 @@
+//! `cargo xtask crash-test`: kills training with SIGKILL at random moments (checkpoint writes
+//! included, with a checkpoint after every other step), resumes each time, and checks that every
+//! `metrics.jsonl` line is whole, that the run always resumes, and that the final weights are
+//! byte-identical to an uninterrupted run with the same seed.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// Deterministic jitter for kill times (SplitMix64).
+struct Jitter(u64);
+
+impl Jitter {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+fn train_cmd(bin: &Path, data: &Path, out: &Path, steps: usize, resume: bool) -> Command {
+    let mut c = Command::new(bin);
+    c.args(["train", "--source-dataset", "gta5", "--source-root"])
+        .arg(data.join("gta5"))
+        .arg("--target-root")
+        .arg(data.join("cityscapes"))
+        .args([
+            "--method",
+            "dann",
+            "--model",
+            "small",
+            "--batch-size",
+            "2",
+            "--crop",
+            "64x64",
+            "--seed",
+            "3",
+        ])
+        .args([
+            "--steps",
+            &steps.to_string(),
+            "--checkpoint-every",
+            "2",
+            "--eval-every",
+            "0",
+        ])
+        .arg("--out")
+        .arg(out)
+        .env("SEG_ADAPT_LOG", "error");
+    if resume {
+        c.arg("--resume");
+    }
+    c
+}
+
+/// The tensor bytes of a safetensors file (everything after the JSON header, whose metadata
+/// order may differ between runs).
+fn tensor_bytes(path: &Path) -> Result<Vec<u8>, String> {
+    let b = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let n = u64::from_le_bytes(b.get(..8).ok_or("short file")?.try_into().map_err(|_| "short file")?) as usize;
+    Ok(b.get(8 + n..)
+        .ok_or_else(|| format!("{}: truncated", path.display()))?
+        .to_vec())
+}
+
+fn check_metrics(path: &Path) -> Result<(), String> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    for (i, line) in text.lines().enumerate() {
+        let l = line.trim();
+        if !(l.starts_with('{') && l.ends_with('}')) {
+            return Err(format!(
+                "{}: line {} is not a whole JSON object: {l:?}",
+                path.display(),
+                i + 1
+            ));
+        }
+    }
+    if !text.is_empty() && !text.ends_with('\n') {
+        return Err(format!("{}: last line is cut", path.display()));
+    }
+    Ok(())
+}
+
+pub fn run(args: &[String], root: &Path) -> Result<(), String> {
+    let mut trials = 12usize;
+    let mut steps = 200usize;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let v = it.next().ok_or_else(|| format!("{a} needs a value"))?;
+        let n = v.parse::<usize>().map_err(|_| format!("{a}: `{v}` is not a number"))?;
+        match a.as_str() {
+            "--trials" => trials = n,
+            "--steps" => steps = n,
+            o => return Err(format!("unknown flag `{o}`: expected --trials N, --steps N")),
+        }
+    }
+    crate::tasks::cargo(root, &["build", "--release", "-p", "seg-adapt"])?;
+    let bin = root.join("target/release/seg-adapt");
+    let work: PathBuf = root.join("target/crash-test");
+    let _ = std::fs::remove_dir_all(&work);
+    let data = work.join("data");
+    crate::tasks::run(
+        Command::new(&bin)
+            .args(["gen-toy", "--preset", "quick", "--seed", "5", "--out"])
+            .arg(&data),
+    )?;
+
+    let reference = work.join("reference");
+    let t0 = Instant::now();
+    crate::tasks::run(&mut train_cmd(&bin, &data, &reference, steps, false))?;
+    let full = t0.elapsed();
+    eprintln!("uninterrupted run: {:.1}s", full.as_secs_f64());
+
+    let crashed = work.join("crashed");
+    let mut jitter = Jitter(0xC0FFEE);
+    let mut kills = 0;
+    for trial in 0..trials {
+        let resume = crashed.join("checkpoint.safetensors").exists();
+        let mut child = train_cmd(&bin, &data, &crashed, steps, resume)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start seg-adapt: {e}"))?;
+        let wait = Duration::from_millis(300 + jitter.next() % 700);
+        std::thread::sleep(wait);
+        match child.try_wait().map_err(|e| e.to_string())? {
+            Some(status) => {
+                if !status.success() {
+                    return Err(format!("trial {trial}: training failed on its own ({status})"));
+                }
+                eprintln!("trial {trial}: finished before the kill");
+                break;
+            }
+            None => {
+                child.kill().map_err(|e| e.to_string())?; // SIGKILL on Unix
+                let _ = child.wait();
+                kills += 1;
+                eprintln!("trial {trial}: killed after {} ms (resume: {resume})", wait.as_millis());
+            }
+        }
+        check_metrics(&crashed.join("metrics.jsonl"))?;
+    }
+    // Finish the interrupted run.
+    let resume = crashed.join("checkpoint.safetensors").exists();
+    crate::tasks::run(&mut train_cmd(&bin, &data, &crashed, steps, resume))?;
+    check_metrics(&crashed.join("metrics.jsonl"))?;
+    let a = tensor_bytes(&reference.join("checkpoint.safetensors"))?;
+    let b = tensor_bytes(&crashed.join("checkpoint.safetensors"))?;
+    if a != b {
+        return Err("the final weights after crashes differ from the uninterrupted run".into());
+    }
+    println!(
+        "crash-test passed: {kills} SIGKILLs over {trials} trials; final weights identical to the uninterrupted run"
+    );
+    Ok(())
+}
