@@ -250,23 +250,8 @@ pub fn load_trained(checkpoint: &Path, device: &Device) -> anyhow::Result<Traine
     let cfg = RunConfig::parse(&ck.meta.config)
         .with_context(|| format!("{}: config stored in the checkpoint", file.display()))?;
     let (vars, backbone) = build_model(&cfg, device)?;
-    // Head variables are not needed for inference: restore only the model's.
-    let data = vars.data().lock().map_err(|_| anyhow::anyhow!("poisoned var map"))?;
-    for (name, var) in data.iter() {
-        let t = ck
-            .tensors
-            .get(name)
-            .with_context(|| format!("{}: variable `{name}` missing", file.display()))?;
-        anyhow::ensure!(
-            t.dims() == var.dims(),
-            "{}: `{name}` has shape {:?}, expected {:?}",
-            file.display(),
-            t.dims(),
-            var.dims()
-        );
-        var.set(t)?;
-    }
-    drop(data);
+    // `vars` holds only the model's variables (no head): those are all that inference needs.
+    ck.restore_vars(&vars)?;
     Ok(Trained {
         cfg,
         vars,

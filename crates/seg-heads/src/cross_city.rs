@@ -9,7 +9,8 @@ use seg_core::{AdaptationHead, Backbone, FeatureTap, HeadInput, LossTerm, ParamG
 use crate::discriminator::{CellDiscriminator, ClassDiscriminatorBank, DiscriminatorSpec};
 use crate::error::{check_range, require_tap, HeadError};
 use crate::grl::ramp;
-use crate::ops::{bce_const, one_hot, pool_to, presence_weighted_bce, stream};
+use crate::ops::{one_hot, pool_to, presence_weighted_bce, stream};
+use seg_nn::bce_with_logits_per_element;
 
 const METHOD: &str = "cross-city";
 
@@ -177,7 +178,7 @@ impl CrossCityHead {
 
     fn ga_mean(&self, x: &Tensor, target: f64, step: usize, site: u64) -> Result<Tensor> {
         let mut rng = stream(self.cfg.seed, step, site);
-        bce_const(&self.ga.forward_t(x, Some(&mut rng))?, target)?.mean_all()
+        bce_with_logits_per_element(&self.ga.forward_t(x, Some(&mut rng))?, target)?.mean_all()
     }
 
     fn ca_loss(&self, x: &Tensor, weights: &Tensor, target: f64, step: usize, site: u64) -> Result<Tensor> {

@@ -9,7 +9,8 @@ use seg_nn::lambda_schedule;
 use crate::discriminator::{CellDiscriminator, DiscriminatorSpec};
 use crate::error::{check_range, require_tap, HeadError};
 use crate::grl::grad_reverse;
-use crate::ops::{bce_const, stream};
+use crate::ops::stream;
+use seg_nn::bce_with_logits_per_element;
 
 const METHOD: &str = "dann";
 
@@ -111,8 +112,8 @@ impl DannHead {
     fn domain_loss(&self, s: &Tensor, t: &Tensor, step: usize, site: u64) -> Result<Tensor> {
         let mut rng_s = stream(self.cfg.seed, step, site);
         let mut rng_t = stream(self.cfg.seed, step, site + 1);
-        let ls = bce_const(&self.disc.forward_t(s, Some(&mut rng_s))?, 1.0)?.mean_all()?;
-        let lt = bce_const(&self.disc.forward_t(t, Some(&mut rng_t))?, 0.0)?.mean_all()?;
+        let ls = bce_with_logits_per_element(&self.disc.forward_t(s, Some(&mut rng_s))?, 1.0)?.mean_all()?;
+        let lt = bce_with_logits_per_element(&self.disc.forward_t(t, Some(&mut rng_t))?, 0.0)?.mean_all()?;
         (ls + lt)? * 0.5
     }
 }

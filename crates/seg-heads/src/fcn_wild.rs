@@ -8,8 +8,9 @@ use seg_nn::lambda_schedule;
 
 use crate::discriminator::{CellDiscriminator, DiscriminatorSpec};
 use crate::error::{check_range, require_tap, HeadError};
-use crate::ops::{bce_const, stream};
+use crate::ops::stream;
 use crate::size::SizeConstraints;
+use seg_nn::bce_with_logits_per_element;
 
 const METHOD: &str = "fcn-wild";
 
@@ -146,7 +147,7 @@ impl FcnWildHead {
 
     fn disc_mean(&self, x: &Tensor, target: f64, step: usize, site: u64) -> Result<Tensor> {
         let mut rng = stream(self.cfg.seed, step, site);
-        bce_const(&self.disc.forward_t(x, Some(&mut rng))?, target)?.mean_all()
+        bce_with_logits_per_element(&self.disc.forward_t(x, Some(&mut rng))?, target)?.mean_all()
     }
 }
 

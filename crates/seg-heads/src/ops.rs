@@ -44,13 +44,6 @@ pub fn max_pool_to(x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
     }
 }
 
-/// Per-element binary cross-entropy of logits against the constant `target`,
-/// `max(x, 0) - x t + log(1 + exp(-|x|))`.
-pub fn bce_const(logits: &Tensor, target: f64) -> Result<Tensor> {
-    let soft = logits.abs()?.neg()?.exp()?.affine(1.0, 1.0)?.log()?;
-    (logits.relu()? - logits.affine(target, 0.0)?)? + soft
-}
-
 /// Class-wise loss weighted by soft presence: for each image `n` and class `c`,
 /// `sum_cells w · bce(x, target) / sum_cells w`, averaged over the `(n, c)` pairs whose mean
 /// weight per cell exceeds `min_presence` (pairs below it are ignored; zero when none is left).
@@ -58,7 +51,7 @@ pub fn bce_const(logits: &Tensor, target: f64) -> Result<Tensor> {
 pub fn presence_weighted_bce(logits: &Tensor, weights: &Tensor, target: f64, min_presence: f64) -> Result<Tensor> {
     let (_, _, h, w) = logits.dims4()?;
     let weights = weights.detach();
-    let per = bce_const(logits, target)?;
+    let per = seg_nn::bce_with_logits_per_element(logits, target)?;
     let num = (per * &weights)?.sum(D::Minus1)?.sum(D::Minus1)?; // N × C
     let den = weights.sum(D::Minus1)?.sum(D::Minus1)?;
     let present = den

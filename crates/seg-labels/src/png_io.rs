@@ -311,6 +311,18 @@ fn encode(
     Ok(out)
 }
 
+/// Encodes and writes atomically.
+fn write_png(
+    path: &Path,
+    (width, height): (u32, u32),
+    color: png::ColorType,
+    depth: png::BitDepth,
+    palette: Option<Vec<u8>>,
+    data: &[u8],
+) -> Result<(), PngError> {
+    save(path, &encode(path, width, height, color, depth, palette, data)?)
+}
+
 fn save(path: &Path, bytes: &[u8]) -> Result<(), PngError> {
     crate::fsutil::write_atomic(path, bytes).map_err(|e| PngError::Write {
         path: path.to_path_buf(),
@@ -350,17 +362,13 @@ pub fn write_rgb(path: &Path, img: &RgbImage) -> Result<(), PngError> {
 /// Writes an 8-bit grayscale (`L`) PNG of ids atomically, as Cityscapes `labelIds` are stored.
 pub fn write_gray8(path: &Path, width: u32, height: u32, ids: &[u8]) -> Result<(), PngError> {
     check_len(path, ids.len(), (width * height) as usize)?;
-    save(
+    write_png(
         path,
-        &encode(
-            path,
-            width,
-            height,
-            png::ColorType::Grayscale,
-            png::BitDepth::Eight,
-            None,
-            ids,
-        )?,
+        (width, height),
+        png::ColorType::Grayscale,
+        png::BitDepth::Eight,
+        None,
+        ids,
     )
 }
 
@@ -368,17 +376,13 @@ pub fn write_gray8(path: &Path, width: u32, height: u32, ids: &[u8]) -> Result<(
 pub fn write_palette8(path: &Path, width: u32, height: u32, ids: &[u8], palette: &[[u8; 3]]) -> Result<(), PngError> {
     check_len(path, ids.len(), (width * height) as usize)?;
     let pal: Vec<u8> = palette.iter().flatten().copied().collect();
-    save(
+    write_png(
         path,
-        &encode(
-            path,
-            width,
-            height,
-            png::ColorType::Indexed,
-            png::BitDepth::Eight,
-            Some(pal),
-            ids,
-        )?,
+        (width, height),
+        png::ColorType::Indexed,
+        png::BitDepth::Eight,
+        Some(pal),
+        ids,
     )
 }
 
@@ -389,17 +393,13 @@ pub fn write_rgb16(path: &Path, width: u32, height: u32, pixels: &[[u16; 3]]) ->
         .iter()
         .flat_map(|p| p.iter().flat_map(|c| c.to_be_bytes()))
         .collect();
-    save(
+    write_png(
         path,
-        &encode(
-            path,
-            width,
-            height,
-            png::ColorType::Rgb,
-            png::BitDepth::Sixteen,
-            None,
-            &bytes,
-        )?,
+        (width, height),
+        png::ColorType::Rgb,
+        png::BitDepth::Sixteen,
+        None,
+        &bytes,
     )
 }
 
@@ -407,34 +407,26 @@ pub fn write_rgb16(path: &Path, width: u32, height: u32, pixels: &[[u16; 3]]) ->
 pub fn write_gray16(path: &Path, width: u32, height: u32, values: &[u16]) -> Result<(), PngError> {
     check_len(path, values.len(), (width * height) as usize)?;
     let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_be_bytes()).collect();
-    save(
+    write_png(
         path,
-        &encode(
-            path,
-            width,
-            height,
-            png::ColorType::Grayscale,
-            png::BitDepth::Sixteen,
-            None,
-            &bytes,
-        )?,
+        (width, height),
+        png::ColorType::Grayscale,
+        png::BitDepth::Sixteen,
+        None,
+        &bytes,
     )
 }
 
 /// Writes an 8-bit RGBA PNG atomically (Cityscapes `*_gtFine_color.png`).
 pub fn write_rgba(path: &Path, width: u32, height: u32, rgba: &[u8]) -> Result<(), PngError> {
     check_len(path, rgba.len(), 4 * (width * height) as usize)?;
-    save(
+    write_png(
         path,
-        &encode(
-            path,
-            width,
-            height,
-            png::ColorType::Rgba,
-            png::BitDepth::Eight,
-            None,
-            rgba,
-        )?,
+        (width, height),
+        png::ColorType::Rgba,
+        png::BitDepth::Eight,
+        None,
+        rgba,
     )
 }
 

@@ -3,7 +3,7 @@
 //! gradient by 1/4), batch norm with running statistics, bilinear resize as two matmuls, and
 //! transposed convolutions initialised to bilinear upsampling.
 
-use candle_core::{DType, Device, Module, ModuleT, Result, Tensor, D};
+use candle_core::{DType, Device, Module, ModuleT, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 /// A 2D convolution with optional bias, stride, padding and dilation.
@@ -389,9 +389,4 @@ pub fn resize_bilinear(x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
     let y = x.reshape((n * c * hi, wi))?.matmul(&rx)?; // (n c hi) × w
     let y = y.reshape((n * c, hi, w))?;
     ry.broadcast_left(n * c)?.matmul(&y)?.reshape((n, c, h, w))
-}
-
-/// Mean over the last two dims, keeping them (global average per channel).
-pub fn spatial_mean(x: &Tensor) -> Result<Tensor> {
-    x.mean_keepdim(D::Minus1)?.mean_keepdim(D::Minus2)
 }

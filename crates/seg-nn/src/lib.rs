@@ -12,6 +12,6 @@ pub mod optim;
 pub mod schedule;
 
 pub use layers::{bilinear_kernel, conv2d, max_pool2x2, resize_bilinear, BatchNorm2d, Conv2d, ConvTranspose2d};
-pub use loss::{bce_with_logits, cross_entropy_ignore};
+pub use loss::{bce_with_logits, bce_with_logits_per_element, cross_entropy_ignore};
 pub use optim::{Adam, Optimizer, OptimizerConfig, Sgd};
 pub use schedule::{lambda_schedule, poly_lr};

@@ -1,7 +1,7 @@
 //! Losses: pixel cross-entropy that skips an ignore label (candle's `cross_entropy` takes rank 2
 //! only, with no ignore index), and binary cross-entropy on logits.
 
-use candle_core::{DType, Result, Tensor, D};
+use candle_core::{DType, Result, Tensor};
 
 /// Mean cross-entropy over the pixels whose label is not `ignore`.
 /// `logits`: `N×C×H×W`; `labels`: `N×H×W` (u32). Zero when every pixel is ignored.
@@ -28,25 +28,16 @@ pub fn cross_entropy_ignore(logits: &Tensor, labels: &Tensor, ignore: u32) -> Re
 /// Mean binary cross-entropy of `logits` against a constant target in `[0, 1]`, computed stably
 /// as `max(x, 0) - x t + log(1 + exp(-|x|))`.
 pub fn bce_with_logits(logits: &Tensor, target: f64) -> Result<Tensor> {
-    let pos = logits.relu()?;
-    let soft = logits.abs()?.neg()?.exp()?.affine(1.0, 1.0)?.log()?;
-    ((pos - logits.affine(target, 0.0)?)? + soft)?.mean_all()
+    bce_with_logits_per_element(logits, target)?.mean_all()
 }
 
-/// Per-element binary cross-entropy on logits (no reduction), target a tensor of the same shape.
-pub fn bce_with_logits_elementwise(logits: &Tensor, target: &Tensor) -> Result<Tensor> {
-    let pos = logits.relu()?;
+/// Per-element binary cross-entropy of logits against the constant `target` (no reduction).
+pub fn bce_with_logits_per_element(logits: &Tensor, target: f64) -> Result<Tensor> {
     let soft = logits.abs()?.neg()?.exp()?.affine(1.0, 1.0)?.log()?;
-    (pos - (logits * target)?)? + soft
+    (logits.relu()? - logits.affine(target, 0.0)?)? + soft
 }
 
 /// Softmax over the class dimension (1) with a working gradient (composite ops).
 pub fn softmax_channels(logits: &Tensor) -> Result<Tensor> {
     candle_nn::ops::softmax(logits, 1)
-}
-
-/// Mean over all but the first dim: one value per sample.
-pub fn per_sample_mean(x: &Tensor) -> Result<Tensor> {
-    let n = x.dim(0)?;
-    x.reshape((n, ()))?.mean(D::Minus1)
 }

@@ -369,10 +369,3 @@ impl Trainer {
         self.s.backbone.as_ref()
     }
 }
-
-/// Loads a checkpoint's variables into `vars` (for evaluation and prediction).
-pub fn load_weights(vars: &VarMap, path: &std::path::Path, device: &Device) -> Result<CheckpointMeta, TrainError> {
-    let ck = checkpoint::load(path, device)?;
-    ck.restore_vars(vars)?;
-    Ok(ck.meta)
-}
