@@ -2,7 +2,10 @@
 //! second: VGG16-FCN8s and its reduced variant at 1×3×256×512 (SGD with momentum, as the
 //! PyTorch reference `benches/reference/train_step_torch.py`), and one step of every adaptation
 //! method next to source-only on the demo model and crop, so the cost of adaptation per batch
-//! is visible. Set `SEG_BENCH_VGG=0` to skip the (slow) VGG steps.
+//! is visible; and inference (forward + argmax) at Cityscapes' full 1024×2048. Set
+//! `SEG_BENCH_VGG=0` to skip the (slow) VGG steps. `SEG_BENCH_DEVICE=cuda` runs everything on
+//! CUDA device 0 (build with `--features cuda`); each timed iteration ends with a device
+//! synchronize, so the time covers the GPU's work.
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
@@ -11,6 +14,10 @@ use seg_core::{FeatureTap, HeadInput, LossTerm, ParamGroup, StepInfo};
 use seg_heads::MethodConfig;
 use seg_nn::{cross_entropy_ignore, OptimizerConfig};
 
+/// Large buffers are reused across training steps instead of re-faulted (see `seg_nn::alloc`).
+#[global_allocator]
+static ALLOC: seg_nn::alloc::CachingAlloc = seg_nn::alloc::CachingAlloc::new();
+
 struct Step {
     vars: VarMap,
     backbone: Box<dyn seg_core::Backbone>,
@@ -18,8 +25,15 @@ struct Step {
     opts: Vec<(ParamGroup, Box<dyn seg_nn::Optimizer>)>,
 }
 
-fn build(model: seg_fcn::ModelName, method: &MethodConfig) -> Step {
-    let dev = Device::Cpu;
+fn device() -> Device {
+    match std::env::var("SEG_BENCH_DEVICE").as_deref() {
+        Ok("cuda") => Device::new_cuda(0).expect("CUDA device 0 (build with --features cuda)"),
+        _ => Device::Cpu,
+    }
+}
+
+fn build(model: seg_fcn::ModelName, method: &MethodConfig, dev: &Device) -> Step {
+    let dev = dev.clone();
     let vars = VarMap::new();
     let vb = seg_nn::init::seeded_builder(&vars, 0, DType::F32, &dev);
     let backbone = seg_fcn::build(model, 19, vb.pp("model"), &vars).unwrap();
@@ -91,17 +105,19 @@ fn step(s: &mut Step, x: &Tensor, y: &Tensor, xt: &Tensor) {
     for ((_, o), g) in s.opts.iter_mut().zip(grads) {
         o.step(&g, 1e-4).unwrap();
     }
+    x.device().synchronize().unwrap();
 }
 
 fn bench(c: &mut Criterion) {
-    let dev = Device::Cpu;
+    let dev = device();
+    let vgg = std::env::var("SEG_BENCH_VGG").map_or(true, |v| v != "0");
     let mut group = c.benchmark_group("train_step");
     group.sample_size(10);
-    if std::env::var("SEG_BENCH_VGG").map_or(true, |v| v != "0") {
+    if vgg {
         let x = Tensor::randn(0f32, 1.0, (1, 3, 256, 512), &dev).unwrap();
         let y = Tensor::zeros((1, 256, 512), DType::U32, &dev).unwrap();
         for model in [seg_fcn::ModelName::Vgg16Fcn8sReduced, seg_fcn::ModelName::Vgg16Fcn8s] {
-            let mut s = build(model, &MethodConfig::SourceOnly);
+            let mut s = build(model, &MethodConfig::SourceOnly, &dev);
             group.throughput(Throughput::Elements(1));
             group.bench_function(format!("{model}/1x3x256x512"), |b| b.iter(|| step(&mut s, &x, &y, &x)));
         }
@@ -110,10 +126,32 @@ fn bench(c: &mut Criterion) {
     let y = Tensor::zeros((8, 64, 128), DType::U32, &dev).unwrap();
     for method in ["source-only", "dann", "fcn-wild", "cross-city", "san"] {
         let cfg: MethodConfig = method.parse().unwrap();
-        let mut s = build(seg_fcn::ModelName::Small, &cfg);
+        let mut s = build(seg_fcn::ModelName::Small, &cfg, &dev);
         group.throughput(Throughput::Elements(8));
         group.bench_function(format!("small/{method}/8x3x64x128"), |b| {
             b.iter(|| step(&mut s, &x, &y, &x))
+        });
+    }
+    group.finish();
+
+    // Inference at full resolution: forward in eval mode and the per-pixel argmax.
+    let mut group = c.benchmark_group("infer");
+    group.sample_size(10);
+    let x = Tensor::randn(0f32, 1.0, (1, 3, 1024, 2048), &dev).unwrap();
+    let mut models = vec![seg_fcn::ModelName::Small];
+    if vgg && (dev.is_cuda() || std::env::var("SEG_BENCH_VGG_FULLRES").is_ok_and(|v| v == "1")) {
+        models.push(seg_fcn::ModelName::Vgg16Fcn8s);
+    }
+    for model in models {
+        let s = build(model, &MethodConfig::SourceOnly, &dev);
+        group.throughput(Throughput::Elements(1));
+        group.bench_function(format!("{model}/1x3x1024x2048"), |b| {
+            b.iter(|| {
+                let f = s.backbone.forward_taps(&x, false, &[]).unwrap();
+                let ids = f.logits().unwrap().argmax_keepdim(1).unwrap();
+                dev.synchronize().unwrap();
+                ids
+            })
         });
     }
     group.finish();

@@ -4,6 +4,11 @@ VGG16-FCN8s (fc6 7x7x4096 / fc7 1x1x4096) and the reduced variant (fc6 3x3x1024 
 at 1x3x256x512, with the same layer shapes as `crates/seg-fcn/src/vgg.rs`.
 
     python benches/reference/train_step_torch.py --threads 2
+    python benches/reference/train_step_torch.py --device cuda --iters 20
+
+It also times inference (eval mode, forward + argmax) at 1x3x1024x2048 (`--infer`), and prints
+the process's peak resident memory (`--peak-rss`, CPU only: one model per process then).
+GPU work is synchronised inside the timed region.
 """
 import argparse
 import time
@@ -53,29 +58,61 @@ class Fcn8s(nn.Module):
         return self.up8(x)
 
 
+MODELS = {"vgg16-fcn8s-reduced": (1024, 3), "vgg16-fcn8s": (4096, 7)}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--model", choices=sorted(MODELS), action="append")
+    ap.add_argument("--infer", action="store_true", help="also time inference at 1x3x1024x2048")
+    ap.add_argument("--peak-rss", action="store_true", help="print peak resident memory at exit")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    x = torch.randn(1, 3, 256, 512)
-    y = torch.zeros(1, 256, 512, dtype=torch.long)
-    for name, fc, k in [("vgg16-fcn8s-reduced", 1024, 3), ("vgg16-fcn8s", 4096, 7)]:
-        m = Fcn8s(fc, k)
+    dev = torch.device(a.device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    where = f"{a.threads} threads" if dev.type == "cpu" else torch.cuda.get_device_name(dev)
+    x = torch.randn(1, 3, 256, 512, device=dev)
+    y = torch.zeros(1, 256, 512, dtype=torch.long, device=dev)
+    for name in a.model or ["vgg16-fcn8s-reduced", "vgg16-fcn8s"]:
+        fc, k = MODELS[name]
+        m = Fcn8s(fc, k).to(dev)
         opt = torch.optim.SGD(m.parameters(), lr=1e-4, momentum=0.9, weight_decay=5e-4)
 
         def step():
             opt.zero_grad(set_to_none=True)
             F.cross_entropy(m(x), y, ignore_index=255).backward()
             opt.step()
+            sync()
 
         step()
         t = time.perf_counter()
         for _ in range(a.iters):
             step()
         dt = (time.perf_counter() - t) / a.iters
-        print(f"torch {name} 1x3x256x512: {dt:.3f} s/step ({1 / dt:.3f} images/s), {a.threads} threads, torch {torch.__version__}")
+        print(f"torch {name} 1x3x256x512: {dt:.4f} s/step ({1 / dt:.3f} images/s), {where}, torch {torch.__version__}")
+        if a.infer:
+            m.eval()
+            xf = torch.randn(1, 3, 1024, 2048, device=dev)
+
+            def infer():
+                with torch.no_grad():
+                    ids = m(xf).argmax(1)
+                sync()
+                return ids
+
+            infer()
+            t = time.perf_counter()
+            for _ in range(a.iters):
+                infer()
+            dt = (time.perf_counter() - t) / a.iters
+            print(f"torch infer {name} 1x3x1024x2048: {dt:.4f} s/image ({1 / dt:.3f} images/s), {where}")
+    if a.peak_rss:
+        import resource
+
+        print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -5,11 +5,14 @@
 //! - `train-seg [--config FILE] [--method M] [--cuda] [--release|--debug] [-- extra flags]`:
 //!   builds `seg-adapt` with the right features and profile, runs `seg-adapt train`, and prints
 //!   where the run went.
-//! - `check-cuda`: builds `seg-adapt` with `--features cuda` (needs the CUDA toolchain from
-//!   `shared/tools/cuda-toolchain.sh`; no GPU needed).
+//! - `check-cuda`: builds `seg-adapt` with `--features cuda` into `target/cuda` (no GPU needed;
+//!   sets up the CUDA toolchain with `../shared/tools/cuda-toolchain.sh` when nvcc is missing).
+//! - `bench-compare [--python PATH] [--skip-vgg]`: criterion benchmarks and the PyTorch / numpy
+//!   references back to back, and a table of ratios against the goals.
 //! - `crash-test [--trials N] [--steps N]`: SIGKILLs training at random moments, resumes, and
 //!   checks that nothing is half-written and the final weights equal an uninterrupted run's.
 
+mod bench_compare;
 mod crash_test;
 mod tasks;
 
@@ -18,15 +21,16 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((task, rest)) = args.split_first() else {
-        eprintln!("usage: cargo xtask <train-seg|check-cuda|crash-test> [args]");
+        eprintln!("usage: cargo xtask <train-seg|check-cuda|crash-test|bench-compare> [args]");
         return ExitCode::FAILURE;
     };
     let result = match task.as_str() {
         "train-seg" => tasks::train_seg(rest),
         "check-cuda" => tasks::check_cuda(rest),
         "crash-test" => crash_test::run(rest, &tasks::root()),
+        "bench-compare" => bench_compare::run_task(rest, &tasks::root()),
         other => Err(format!(
-            "unknown task `{other}`: expected train-seg, check-cuda or crash-test"
+            "unknown task `{other}`: expected train-seg, check-cuda, crash-test or bench-compare"
         )),
     };
     match result {

@@ -87,20 +87,23 @@ pub fn check_cuda(args: &[String]) -> Result<(), String> {
         return Err(format!("check-cuda takes no arguments, got `{a}`"));
     }
     let root = root();
-    if Command::new("nvcc").arg("--version").output().is_err() {
-        return Err(
-            "nvcc not found: run `eval \"$(../shared/tools/cuda-toolchain.sh)\"` first (see README, CUDA)".into(),
-        );
-    }
-    run(Command::new(env!("CARGO")).current_dir(&root).args([
-        "build",
-        "--release",
-        "-p",
-        "seg-adapt",
-        "--features",
-        "cuda",
-    ]))?;
-    println!("CUDA build OK: {}", root.join("target/release/seg-adapt").display());
+    let build = "cargo build --release -p seg-adapt --features cuda --target-dir target/cuda";
+    let script = if Command::new("nvcc").arg("--version").output().is_ok() {
+        build.to_string()
+    } else {
+        let tool = root.join("../shared/tools/cuda-toolchain.sh");
+        if !tool.exists() {
+            return Err(format!(
+                "nvcc not found and no {}: install CUDA 13.0's nvcc (see README, CUDA)",
+                tool.display()
+            ));
+        }
+        // The toolchain script lists cudarc's driver entry points from its sources.
+        cargo(&root, &["fetch"])?;
+        format!("eval \"$({})\" && {build}", tool.display())
+    };
+    run(Command::new("bash").current_dir(&root).args(["-c", &script]))?;
+    println!("CUDA build OK: {}", root.join("target/cuda/release/seg-adapt").display());
     Ok(())
 }
 

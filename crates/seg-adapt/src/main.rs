@@ -7,6 +7,10 @@ mod run;
 
 use clap::Parser;
 
+/// Large buffers are reused across training steps instead of re-faulted (see `seg_nn::alloc`).
+#[global_allocator]
+static ALLOC: seg_nn::alloc::CachingAlloc = seg_nn::alloc::CachingAlloc::new();
+
 #[derive(Parser, Debug)]
 #[command(
     name = "seg-adapt",

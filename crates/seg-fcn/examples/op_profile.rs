@@ -19,8 +19,8 @@ fn main() {
     time("pool reshape+max", || seg_nn::max_pool2x2(x.as_tensor()).unwrap(), &x);
     time("pool candle", || x.as_tensor().max_pool2d(2).unwrap(), &x);
     time(
-        "conv im2col 16->24",
-        || seg_nn::layers::conv2d_im2col(x.as_tensor(), w.as_tensor(), 1, 1).unwrap(),
+        "conv ops 16->24",
+        || seg_nn::conv_ops::conv2d(x.as_tensor(), w.as_tensor(), 1, 1, 1).unwrap(),
         &x,
     );
     time(

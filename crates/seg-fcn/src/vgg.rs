@@ -26,6 +26,33 @@ impl FcnCfg {
         }
     }
 
+    /// Multiply-adds of one forward pass of the convolutions (VGG16, fc6, fc7, scores and
+    /// the three upsamplings) on an `h × w` image; a training step costs about three times
+    /// this (forward, input gradient, weight gradient), less conv1_1's unneeded input gradient.
+    pub fn forward_macs(&self, h: usize, w: usize) -> u64 {
+        let mut macs = 0u64;
+        let (mut c, mut s) = (3usize, 1usize);
+        let mut at = [0u64; 6]; // pixels at stride 1, 2, 4, 8, 16, 32
+        for l in VGG16 {
+            match l {
+                Some((_, cin, cout)) => {
+                    macs += (cin * cout * 9 * (h / s) * (w / s)) as u64;
+                    c = cout;
+                }
+                None => s *= 2,
+            }
+        }
+        for (i, a) in at.iter_mut().enumerate() {
+            *a = ((h >> i) * (w >> i)) as u64;
+        }
+        let (fc, k, n) = (self.fc_channels as u64, self.fc6_kernel as u64, self.num_classes as u64);
+        macs += at[5] * (c as u64 * fc * k * k + fc * fc + fc * n); // fc6, fc7, score_fr
+        macs += at[4] * 512 * n + at[3] * 256 * n; // score_pool4, score_pool3
+                                                   // Transposed convs: each input pixel spreads n×n×k×k.
+        macs += at[5] * n * n * 16 + at[4] * n * n * 16 + at[3] * n * n * 256;
+        macs
+    }
+
     pub fn reduced(num_classes: usize) -> Self {
         Self {
             num_classes,

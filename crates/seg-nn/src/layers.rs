@@ -1,5 +1,5 @@
-//! Layers with gradients we can trust: convolutions (candle's own ops, with `vb` names equal to
-//! field paths), a 2×2 max pool written as reshape + max (candle's `max_pool2d` scales its
+//! Layers with gradients we can trust: convolutions (the custom ops of [`crate::conv_ops`], with
+//! `vb` names equal to field paths), a 2×2 max pool written as reshape + max (candle's `max_pool2d` scales its
 //! gradient by 1/4), batch norm with running statistics, bilinear resize as two matmuls, and
 //! transposed convolutions initialised to bilinear upsampling.
 
@@ -83,54 +83,10 @@ impl Conv2d {
     }
 }
 
-/// Stride-1 convolution as im2col + one matmul, built from candle ops whose gradients are
-/// themselves matmuls and copies. candle's own `conv2d` computes the input gradient with a
-/// naive `conv_transpose2d` loop; this path is several times faster to train and runs on any
-/// device candle supports.
-pub fn conv2d_im2col(x: &Tensor, w: &Tensor, padding: usize, dilation: usize) -> Result<Tensor> {
-    let (n, c, h, wd) = x.dims4()?;
-    let (co, ci, kh, kw) = w.dims4()?;
-    if ci != c {
-        candle_core::bail!("conv2d: input has {c} channels, the kernel expects {ci}");
-    }
-    let (eh, ew) = (dilation * (kh - 1), dilation * (kw - 1));
-    if h + 2 * padding < eh + 1 || wd + 2 * padding < ew + 1 {
-        candle_core::bail!("conv2d: input {h}x{wd} is smaller than the dilated kernel");
-    }
-    let (ho, wo) = (h + 2 * padding - eh, wd + 2 * padding - ew);
-    if kh == 1 && kw == 1 && padding == 0 {
-        let y = w
-            .reshape((co, c))?
-            .broadcast_left(n)?
-            .matmul(&x.reshape((n, c, h * wd))?)?;
-        return y.reshape((n, co, ho, wo));
-    }
-    if crate::cpu_ops::applies(x) {
-        let cols = crate::cpu_ops::im2col(x, kh, kw, padding, dilation)?;
-        let wm = w.permute((0, 2, 3, 1))?.reshape((co, kh * kw * c))?;
-        return wm.broadcast_left(n)?.matmul(&cols)?.reshape((n, co, ho, wo));
-    }
-    let xp = if padding > 0 {
-        x.pad_with_zeros(2, padding, padding)?
-            .pad_with_zeros(3, padding, padding)?
-    } else {
-        x.clone()
-    };
-    let mut cols = Vec::with_capacity(kh * kw);
-    for ky in 0..kh {
-        for kx in 0..kw {
-            cols.push(xp.narrow(2, ky * dilation, ho)?.narrow(3, kx * dilation, wo)?);
-        }
-    }
-    let cols = Tensor::cat(&cols, 1)?.reshape((n, kh * kw * c, ho * wo))?;
-    let wm = w.permute((0, 2, 3, 1))?.reshape((co, kh * kw * c))?;
-    wm.broadcast_left(n)?.matmul(&cols)?.reshape((n, co, ho, wo))
-}
-
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = if self.stride == 1 && self.groups == 1 {
-            conv2d_im2col(x, &self.weight, self.padding, self.dilation)?
+        let y = if self.groups == 1 {
+            crate::conv_ops::conv2d(x, &self.weight, self.stride, self.padding, self.dilation)?
         } else {
             x.conv2d(&self.weight, self.padding, self.stride, self.dilation, self.groups)?
         };
@@ -357,7 +313,7 @@ impl ConvTranspose2d {
 
 impl Module for ConvTranspose2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        x.conv_transpose2d(&self.weight, self.padding, 0, self.stride, 1)
+        crate::conv_ops::conv_transpose2d(x, &self.weight, self.stride, self.padding, 1)
     }
 }
 

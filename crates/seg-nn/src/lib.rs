@@ -4,6 +4,8 @@
 //! binary cross-entropy on logits, a differentiable bilinear resize, bilinear-initialised
 //! learned upsampling, SGD with momentum and weight decay, Adam, and learning-rate schedules.
 
+pub mod alloc;
+pub mod conv_ops;
 pub mod cpu_ops;
 pub mod init;
 pub mod layers;

@@ -1,6 +1,10 @@
 //! Optimisers with PyTorch semantics: SGD with momentum and (coupled) weight decay, and Adam.
 //! State (momentum buffers, moments, step count) is exposed by name so checkpoints store it and
 //! a resumed run continues bit for bit. Buffers are variables updated in place.
+//!
+//! On the CPU each update is a fused in-place pass over the parameter and its buffers (candle
+//! in-place custom ops, [`inplace`]): no tensor is allocated per parameter per step. Elsewhere
+//! the same formulas run as tensor ops.
 
 use std::collections::HashMap;
 
@@ -103,6 +107,12 @@ impl Optimizer for Sgd {
     fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
         for ((_, p, mult), buf) in self.params.iter().zip(&self.bufs) {
             let Some(g) = grads.get(p.as_tensor()) else { continue };
+            if inplace::applies(&[p.as_tensor(), buf.as_tensor(), g]) {
+                let (m, wd) = (self.momentum as f32, self.weight_decay as f32);
+                buf.inplace_op3(g, p.as_tensor(), &inplace::Momentum { m, wd })?;
+                p.inplace_op2(buf.as_tensor(), &inplace::Descend { lr: (lr * mult) as f32 })?;
+                continue;
+            }
             let g = if self.weight_decay != 0.0 {
                 (g + (p.as_tensor() * self.weight_decay)?)?
             } else {
@@ -172,6 +182,36 @@ impl Optimizer for Adam {
         let (bc1, bc2) = (1.0 - self.beta1.powf(t), 1.0 - self.beta2.powf(t));
         for (((_, p, mult), m), v) in self.params.iter().zip(&self.m).zip(&self.v) {
             let Some(g) = grads.get(p.as_tensor()) else { continue };
+            if inplace::applies(&[p.as_tensor(), m.as_tensor(), v.as_tensor(), g]) {
+                let wd = self.weight_decay as f32;
+                let (b1, b2) = (self.beta1 as f32, self.beta2 as f32);
+                m.inplace_op3(
+                    g,
+                    p.as_tensor(),
+                    &inplace::Moment {
+                        beta: b1,
+                        wd,
+                        square: false,
+                    },
+                )?;
+                v.inplace_op3(
+                    g,
+                    p.as_tensor(),
+                    &inplace::Moment {
+                        beta: b2,
+                        wd,
+                        square: true,
+                    },
+                )?;
+                let step = inplace::AdamStep {
+                    lr: (lr * mult) as f32,
+                    bc1: bc1 as f32,
+                    bc2: bc2 as f32,
+                    eps: self.eps as f32,
+                };
+                p.inplace_op3(m.as_tensor(), v.as_tensor(), &step)?;
+                continue;
+            }
             let g = if self.weight_decay != 0.0 {
                 (g + (p.as_tensor() * self.weight_decay)?)?
             } else {
@@ -204,5 +244,164 @@ impl Optimizer for Adam {
             load_into(state, &format!("{n}.adam_v"), v)?;
         }
         Ok(())
+    }
+}
+
+/// The in-place CPU updates: the tensor path's formulas in one pass over f32 memory.
+pub mod inplace {
+    use candle_core::{CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Result, Tensor};
+    use rayon::prelude::*;
+
+    /// Chunk of elements per rayon task.
+    const CHUNK: usize = 1 << 16;
+
+    /// All on the CPU, f32, contiguous, of one shape.
+    pub fn applies(ts: &[&Tensor]) -> bool {
+        ts.iter()
+            .all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous())
+            && ts.windows(2).all(|w| w[0].shape() == w[1].shape())
+    }
+
+    fn read<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+        match (s, l.contiguous_offsets()) {
+            (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
+            _ => candle_core::bail!("in-place optimizer step: contiguous f32 expected"),
+        }
+    }
+
+    fn write<'a>(s: &'a mut CpuStorage, l: &Layout) -> Result<&'a mut [f32]> {
+        match (s, l.contiguous_offsets()) {
+            (CpuStorage::F32(v), Some((a, b))) => Ok(&mut v[a..b]),
+            _ => candle_core::bail!("in-place optimizer step: contiguous f32 expected"),
+        }
+    }
+
+    /// `buf = m·buf + (g + wd·p)` (SGD's momentum buffer; with m = 0 it is the step).
+    pub struct Momentum {
+        pub m: f32,
+        pub wd: f32,
+    }
+
+    impl InplaceOp3 for Momentum {
+        fn name(&self) -> &'static str {
+            "sgd-momentum"
+        }
+
+        fn cpu_fwd(
+            &self,
+            s1: &mut CpuStorage,
+            l1: &Layout,
+            s2: &CpuStorage,
+            l2: &Layout,
+            s3: &CpuStorage,
+            l3: &Layout,
+        ) -> Result<()> {
+            let (buf, g, p) = (write(s1, l1)?, read(s2, l2)?, read(s3, l3)?);
+            let (m, wd) = (self.m, self.wd);
+            buf.par_chunks_mut(CHUNK)
+                .zip(g.par_chunks(CHUNK).zip(p.par_chunks(CHUNK)))
+                .for_each(|(b, (g, p))| {
+                    for ((b, &g), &p) in b.iter_mut().zip(g).zip(p) {
+                        let g = if wd != 0.0 { g + p * wd } else { g };
+                        *b = if m != 0.0 { *b * m + g } else { g };
+                    }
+                });
+            Ok(())
+        }
+    }
+
+    /// `p = p − lr·buf`.
+    pub struct Descend {
+        pub lr: f32,
+    }
+
+    impl InplaceOp2 for Descend {
+        fn name(&self) -> &'static str {
+            "sgd-descend"
+        }
+
+        fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<()> {
+            let (p, b) = (write(s1, l1)?, read(s2, l2)?);
+            let lr = self.lr;
+            p.par_chunks_mut(CHUNK).zip(b.par_chunks(CHUNK)).for_each(|(p, b)| {
+                for (p, &b) in p.iter_mut().zip(b) {
+                    *p -= b * lr;
+                }
+            });
+            Ok(())
+        }
+    }
+
+    /// Adam's moment: `mom = β·mom + (1−β)·h` with `h = g'` or `g'²`, `g' = g + wd·p`.
+    pub struct Moment {
+        pub beta: f32,
+        pub wd: f32,
+        pub square: bool,
+    }
+
+    impl InplaceOp3 for Moment {
+        fn name(&self) -> &'static str {
+            "adam-moment"
+        }
+
+        fn cpu_fwd(
+            &self,
+            s1: &mut CpuStorage,
+            l1: &Layout,
+            s2: &CpuStorage,
+            l2: &Layout,
+            s3: &CpuStorage,
+            l3: &Layout,
+        ) -> Result<()> {
+            let (mom, g, p) = (write(s1, l1)?, read(s2, l2)?, read(s3, l3)?);
+            let (beta, wd, square) = (self.beta, self.wd, self.square);
+            let one_minus = (1.0 - beta as f64) as f32;
+            mom.par_chunks_mut(CHUNK)
+                .zip(g.par_chunks(CHUNK).zip(p.par_chunks(CHUNK)))
+                .for_each(|(mo, (g, p))| {
+                    for ((mo, &g), &p) in mo.iter_mut().zip(g).zip(p) {
+                        let g = if wd != 0.0 { g + p * wd } else { g };
+                        let h = if square { g * g } else { g };
+                        *mo = *mo * beta + h * one_minus;
+                    }
+                });
+            Ok(())
+        }
+    }
+
+    /// `p = p − lr · (m / bc1) / (sqrt(v / bc2) + eps)`.
+    pub struct AdamStep {
+        pub lr: f32,
+        pub bc1: f32,
+        pub bc2: f32,
+        pub eps: f32,
+    }
+
+    impl InplaceOp3 for AdamStep {
+        fn name(&self) -> &'static str {
+            "adam-step"
+        }
+
+        fn cpu_fwd(
+            &self,
+            s1: &mut CpuStorage,
+            l1: &Layout,
+            s2: &CpuStorage,
+            l2: &Layout,
+            s3: &CpuStorage,
+            l3: &Layout,
+        ) -> Result<()> {
+            let (p, m, v) = (write(s1, l1)?, read(s2, l2)?, read(s3, l3)?);
+            let (lr, bc1, bc2, eps) = (self.lr, self.bc1, self.bc2, self.eps);
+            p.par_chunks_mut(CHUNK)
+                .zip(m.par_chunks(CHUNK).zip(v.par_chunks(CHUNK)))
+                .for_each(|(p, (m, v))| {
+                    for ((p, &m), &v) in p.iter_mut().zip(m).zip(v) {
+                        let denom = (v / bc2).sqrt() + eps;
+                        *p -= (m / bc1) / denom * lr;
+                    }
+                });
+            Ok(())
+        }
     }
 }

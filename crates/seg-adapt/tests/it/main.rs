@@ -5,6 +5,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
+#[cfg(feature = "cuda")]
+mod cuda;
+
 fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_seg-adapt"))
 }

@@ -1,0 +1,116 @@
+//! The custom ops on a CUDA device against the CPU kernels, in value and gradient. Compiled only
+//! with `--features cuda`; then a missing GPU is a failure, not a skip.
+
+use candle_core::{DType, Device, ModuleT, Tensor, Var};
+
+fn gpu() -> Device {
+    Device::new_cuda(0).expect("these tests need CUDA device 0 (the build has `--features cuda`)")
+}
+
+fn host(t: &Tensor) -> Vec<f32> {
+    t.to_device(&Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+}
+
+fn agree(a: &Tensor, b: &Tensor, what: &str) {
+    let (a, b) = (host(a), host(b));
+    assert_eq!(a.len(), b.len(), "{what}: sizes");
+    let scale = b.iter().fold(1f32, |m, v| m.max(v.abs()));
+    let d = a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    assert!(d <= 1e-4 * scale, "{what}: CUDA and CPU differ by {d} (scale {scale})");
+}
+
+/// Runs `f` on CPU and GPU copies of the same inputs; compares output and every input gradient.
+fn parity(inputs: &[Tensor], f: &dyn Fn(&[Tensor]) -> Tensor, what: &str) {
+    let on = |dev: &Device| {
+        let vars: Vec<Var> = inputs
+            .iter()
+            .map(|t| Var::from_tensor(&t.to_device(dev).unwrap()).unwrap())
+            .collect();
+        let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+        let y = f(&ts);
+        // Fixed output weights, the same on both devices.
+        let n = y.elem_count();
+        let wts: Vec<f32> = (0..n).map(|i| ((i * 7919) % 13) as f32 / 6.0 - 1.0).collect();
+        let wts = Tensor::from_vec(wts, y.dims(), &Device::Cpu)
+            .unwrap()
+            .to_device(dev)
+            .unwrap();
+        let grads = (&y * &wts).unwrap().sum_all().unwrap().backward().unwrap();
+        let gs: Vec<Tensor> = vars.iter().map(|v| grads.get(v.as_tensor()).unwrap().clone()).collect();
+        (y, gs)
+    };
+    let (yc, gc) = on(&Device::Cpu);
+    let (yg, gg) = on(&gpu());
+    agree(&yg, &yc, &format!("{what}: output"));
+    for (i, (a, b)) in gg.iter().zip(&gc).enumerate() {
+        agree(a, b, &format!("{what}: gradient of input {i}"));
+    }
+}
+
+#[test]
+fn convolutions_on_cuda_match_the_cpu() {
+    for (c, co, k, stride, pad, dil, h, w) in super::CONV_CASES {
+        let x = Tensor::randn(0f32, 1.0, (2, c, h, w), &Device::Cpu).unwrap();
+        let kt = Tensor::randn(0f32, 1.0, (co, c, k, k), &Device::Cpu).unwrap();
+        parity(
+            &[x, kt],
+            &|t| seg_nn::conv_ops::conv2d(&t[0], &t[1], stride, pad, dil).unwrap(),
+            &format!("conv {c}->{co} k{k} s{stride} p{pad} d{dil}"),
+        );
+    }
+    for (ci, co, k, stride, pad) in [(3, 3, 4, 2, 1), (19, 19, 16, 8, 4)] {
+        let x = Tensor::randn(0f32, 1.0, (2, ci, 5, 7), &Device::Cpu).unwrap();
+        let kt = Tensor::randn(0f32, 1.0, (ci, co, k, k), &Device::Cpu).unwrap();
+        parity(
+            &[x, kt],
+            &|t| seg_nn::conv_ops::conv_transpose2d(&t[0], &t[1], stride, pad, 1).unwrap(),
+            &format!("convT {ci}->{co} k{k} s{stride}"),
+        );
+    }
+}
+
+#[test]
+fn pool_norm_loss_and_resize_on_cuda_match_the_cpu() {
+    let x = Tensor::randn(0f32, 1.0, (2, 5, 8, 12), &Device::Cpu).unwrap();
+    parity(
+        std::slice::from_ref(&x),
+        &|t| seg_nn::max_pool2x2(&t[0]).unwrap(),
+        "max pool",
+    );
+    parity(
+        std::slice::from_ref(&x),
+        &|t| seg_nn::resize_bilinear(&t[0], 13, 7).unwrap(),
+        "resize",
+    );
+    let labels: Vec<u32> = (0..2 * 8 * 12)
+        .map(|i| if i % 7 == 0 { 255 } else { (i % 5) as u32 })
+        .collect();
+    let lab = Tensor::from_vec(labels, (2, 8, 12), &Device::Cpu).unwrap();
+    parity(
+        std::slice::from_ref(&x),
+        &|t| seg_nn::cross_entropy_ignore(&t[0], &lab.to_device(t[0].device()).unwrap(), 255).unwrap(),
+        "cross-entropy",
+    );
+    let bn = |dev: &Device| {
+        let vars = candle_nn::VarMap::new();
+        let vb = candle_nn::VarBuilder::from_varmap(&vars, DType::F32, dev);
+        (seg_nn::BatchNorm2d::new(5, vb.pp("bn"), &vars).unwrap(), vars)
+    };
+    let (bn_c, _vc) = bn(&Device::Cpu);
+    let (bn_g, _vg) = bn(&gpu());
+    parity(
+        std::slice::from_ref(&x),
+        &|t| {
+            let m = if t[0].device().is_cpu() { &bn_c } else { &bn_g };
+            m.forward_t(&t[0], true).unwrap()
+        },
+        "batch norm (training)",
+    );
+}

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Every GPU check in one run, for a machine with an NVIDIA GPU, PyTorch with CUDA and no
+# registry. Build here first (needs the CUDA toolchain, see ../shared/docs/cuda.md):
+#   scripts/gpu-check.sh --build      # writes gpu/ : xz-compressed CUDA binaries
+# then, on the GPU machine, in the repository root with gpu/ beside it:
+#   scripts/gpu-check.sh OUTDIR       # ldd, CUDA tests, benchmarks vs PyTorch, demo
+# Results: OUTDIR/summary.txt plus one log per step.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "${1:-}" = "--build" ]; then
+  set -e
+  T=target/cuda
+  # One cargo invocation, so candle's CUDA kernels are compiled once for all three.
+  cargo test --release -p seg-nn -p seg-adapt -p seg-benches --tests --benches --no-run \
+    --features seg-nn/cuda,seg-adapt/cuda,seg-benches/cuda --target-dir $T --message-format json > $T/artifacts.json
+  pick() { # the executable of target $1 of package $2; $3 = test (a test harness) or bin
+    python3 -c 'import json,sys
+for l in open(sys.argv[4]):
+    m=json.loads(l)
+    if (m.get("reason")=="compiler-artifact" and m.get("executable") and m["target"]["name"]==sys.argv[1]
+            and "/"+sys.argv[2]+"#" in m["package_id"] and m["profile"]["test"]==(sys.argv[3]=="test")):
+        print(m["executable"])' "$1" "$2" "$3" $T/artifacts.json | tail -1
+  }
+  NN=$(pick it seg-nn test); AD=$(pick it seg-adapt test); BE=$(pick train_step benches test)
+  BIN=$(pick seg-adapt seg-adapt bin)
+  rm -rf gpu && mkdir gpu
+  for pair in "$BIN:seg-adapt" "$NN:test-seg-nn" "$AD:test-seg-adapt" "$BE:bench-train-step"; do
+    src=${pair%%:*}; dst=${pair##*:}
+    strip -o "gpu/$dst" "$src" && xz -6 -T2 "gpu/$dst"
+  done
+  ls -la gpu
+  exit 0
+fi
+
+OUT=${1:?usage: scripts/gpu-check.sh OUTDIR | --build}
+mkdir -p "$OUT"
+S="$OUT/summary.txt"
+say() { echo "$*" | tee -a "$S"; }
+say "date: $(date -u +%FT%TZ)"
+say "gpu: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1)"
+say "torch: $(python3 -c 'import torch;print(torch.__version__, torch.version.cuda)' 2>&1)"
+B=/tmp/seg-gpu && mkdir -p $B
+for f in gpu/*.xz; do xz -dc "$f" > "$B/$(basename "$f" .xz)"; chmod +x "$B/$(basename "$f" .xz)"; done
+NV=$(python3 -c 'import nvidia,os;print(os.path.dirname(nvidia.__path__[0]))' 2>/dev/null)/nvidia
+export LD_LIBRARY_PATH="$NV/cu13/lib:$NV/cublas/lib:$NV/cuda_runtime/lib:$NV/curand/lib:${LD_LIBRARY_PATH:-}"
+ldd $B/seg-adapt > "$OUT/ldd.txt" 2>&1
+if grep -q "not found" "$OUT/ldd.txt"; then say "ldd: MISSING $(grep 'not found' "$OUT/ldd.txt" | tr '\n' ' ')"; else say "ldd: all libraries found"; fi
+export SEG_ADAPT_BIN=$B/seg-adapt
+
+step() { # name timeout command...
+  local name=$1 t=$2; shift 2
+  local t0=$(date +%s.%N)
+  timeout "$t" "$@" > "$OUT/$name.log" 2>&1
+  local rc=$?
+  say "$name: rc=$rc ($(python3 -c "print(round($(date +%s.%N)-$t0,1))") s)"
+  return $rc
+}
+step test-seg-nn 90 $B/test-seg-nn cuda --test-threads 1
+grep -E "^test |test result" "$OUT/test-seg-nn.log" | tee -a "$S"
+step test-seg-adapt 150 $B/test-seg-adapt cuda --test-threads 1
+grep -E "^test |test result" "$OUT/test-seg-adapt.log" | tee -a "$S"
+# Training step and inference, ours then PyTorch eager, same card, back to back.
+export SEG_BENCH_DEVICE=cuda
+step bench-ours 150 $B/bench-train-step --bench --noplot --warm-up-time 1 --measurement-time 3
+grep -E "^(train_step|infer)/|time:|thrpt:" "$OUT/bench-ours.log" | tee -a "$S"
+step bench-torch 90 python3 benches/reference/train_step_torch.py --device cuda --iters 20 --infer
+cat "$OUT/bench-torch.log" | tee -a "$S"
+step demo-quick 90 $B/seg-adapt demo --quick --device cuda --seeds 1 --out "$OUT/demo"
+tail -15 "$OUT/demo-quick.log" | tee -a "$S"

@@ -1,0 +1,217 @@
+//! `cargo xtask bench-compare`: our criterion benchmarks and the PyTorch / numpy reference
+//! scripts (`benches/reference/`), run back to back on this machine, and one table of ratios
+//! against the goals of issue #6.
+//!
+//! The references run in a virtual environment this task creates under
+//! `target/bench-venv` (pinned torch, numpy, pillow) unless `--python PATH` names an
+//! interpreter that already has them. Everything runs with two threads, the CI machine's size.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::tasks::run;
+
+/// Reference packages, pinned.
+const PIP: [&str; 3] = ["torch==2.15.0", "numpy==2.4.6", "pillow==13.0.0"];
+const THREADS: &str = "2";
+
+struct Row {
+    what: String,
+    ours: String,
+    theirs: String,
+    ratio: Option<f64>,
+    goal: f64,
+}
+
+fn usage() -> String {
+    "usage: cargo xtask bench-compare [--python PATH] [--skip-vgg]".into()
+}
+
+/// Runs a command, echoing it, and returns its stdout (its stderr goes to ours).
+fn output(cmd: &mut Command) -> Result<String, String> {
+    eprintln!("$ {cmd:?}");
+    let out = cmd
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot start {cmd:?}: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    print!("{text}");
+    if out.status.success() {
+        Ok(text)
+    } else {
+        Err(format!("{cmd:?} failed with {}", out.status))
+    }
+}
+
+/// The first number after `key` on the first line containing it.
+fn number_after(text: &str, key: &str) -> Result<f64, String> {
+    let line = text
+        .lines()
+        .find(|l| l.contains(key))
+        .ok_or_else(|| format!("no line with `{key}` in:\n{text}"))?;
+    let rest = &line[line.find(key).unwrap_or(0) + key.len()..];
+    let num: String = rest
+        .trim_start()
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == 'e' || *c == '-')
+        .collect();
+    num.parse().map_err(|_| format!("no number after `{key}` in `{line}`"))
+}
+
+/// Median time (seconds) of a criterion benchmark, from `target/criterion/<dir>/new/estimates.json`.
+fn criterion_median(root: &Path, dir: &str) -> Result<f64, String> {
+    let path = root.join("target/criterion").join(dir).join("new/estimates.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let median = &text[text.find("\"median\"").ok_or_else(|| format!("{}: no median", path.display()))?..];
+    Ok(number_after(median, "\"point_estimate\":")? / 1e9)
+}
+
+fn python(root: &Path, given: Option<PathBuf>) -> Result<PathBuf, String> {
+    if let Some(p) = given {
+        return Ok(p);
+    }
+    let venv = root.join("target/bench-venv");
+    let py = venv.join("bin/python");
+    let stamp = venv.join("installed.txt");
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(&PIP.join("\n")) {
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+        run(Command::new(&py).args(["-m", "pip", "install", "-q"]).args(PIP))?;
+        std::fs::write(&stamp, PIP.join("\n")).map_err(|e| format!("{}: {e}", stamp.display()))?;
+    }
+    Ok(py)
+}
+
+fn cargo_bench(root: &Path, bench: &str, envs: &[(&str, &str)]) -> Result<(), String> {
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.current_dir(root)
+        .args(["bench", "-p", "seg-benches", "--bench", bench, "--", "--noplot"])
+        .env("RAYON_NUM_THREADS", THREADS);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    run(&mut cmd)
+}
+
+fn example(root: &Path, pkg: &str, name: &str, args: &[&str]) -> Result<String, String> {
+    output(
+        Command::new(env!("CARGO"))
+            .current_dir(root)
+            .args(["run", "-q", "--release", "-p", pkg, "--example", name, "--"])
+            .args(args)
+            .env("RAYON_NUM_THREADS", THREADS),
+    )
+}
+
+pub fn run_task(args: &[String], root: &Path) -> Result<(), String> {
+    let (mut given, mut vgg) = (None, true);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--python" => given = Some(PathBuf::from(it.next().ok_or_else(usage)?)),
+            "--skip-vgg" => vgg = false,
+            other => return Err(format!("unknown argument `{other}`\n{}", usage())),
+        }
+    }
+    let py = python(root, given)?;
+    let refs = root.join("benches/reference");
+    let mut rows = Vec::new();
+
+    let ceiling = number_after(&example(root, "seg-nn", "gemm_ceiling", &[])?, "gemm ceiling:")?;
+
+    // Training steps of VGG16-FCN8s, both variants; peak memory of the full one.
+    if vgg {
+        cargo_bench(root, "train_step", &[])?;
+        let torch = output(
+            Command::new(&py)
+                .arg(refs.join("train_step_torch.py"))
+                .args(["--threads", THREADS]),
+        )?;
+        for (name, fcn) in [("vgg16-fcn8s-reduced", "reduced"), ("vgg16-fcn8s", "full")] {
+            let ours = criterion_median(root, &format!("train_step/{name}_1x3x256x512"))?;
+            let theirs = number_after(&torch, &format!("torch {name} 1x3x256x512:"))?;
+            rows.push(Row {
+                what: format!("train step {name} 1x3x256x512 (s/step)"),
+                ours: format!("{ours:.3}"),
+                theirs: format!("{theirs:.3}"),
+                ratio: Some(theirs / ours),
+                goal: 1.0,
+            });
+            let step = example(root, "seg-fcn", "vgg_step", &[fcn, "2"])?;
+            let gflop = number_after(&step, "train GFLOP per step:")?;
+            rows.push(Row {
+                what: format!("  {name}: share of the gemm ceiling ({ceiling:.0} GFLOP/s)"),
+                ours: format!("{:.0} GFLOP/s", gflop / ours),
+                theirs: format!("{:.0} GFLOP/s", gflop / theirs),
+                ratio: Some(gflop / ours / ceiling),
+                goal: 0.5,
+            });
+            if fcn == "full" {
+                let ours_mb = number_after(&step, "peak RSS:")?;
+                let t = output(
+                    Command::new(&py)
+                        .arg(refs.join("train_step_torch.py"))
+                        .args(["--threads", THREADS, "--iters", "1", "--model", name, "--peak-rss"]),
+                )?;
+                let theirs_mb = number_after(&t, "peak RSS:")?;
+                rows.push(Row {
+                    what: format!("peak memory, 2 training steps of {name} (MiB)"),
+                    ours: format!("{ours_mb:.0}"),
+                    theirs: format!("{theirs_mb:.0}"),
+                    ratio: Some(theirs_mb / ours_mb),
+                    goal: 1.0,
+                });
+            }
+        }
+    }
+
+    // Data pipeline: the Rust bench keeps its fixture for the DataLoader reference.
+    let fixture = root.join("target/bench-pipeline");
+    let fixture_s = fixture.to_string_lossy().into_owned();
+    cargo_bench(root, "pipeline", &[("SEG_BENCH_PIPELINE_DIR", &fixture_s)])?;
+    let ours = 8.0 / criterion_median(root, "pipeline/cityscapes_2048x1024_crop1024x512_batch8")?;
+    let dl = output(
+        Command::new(&py)
+            .arg(refs.join("dataloader_torch.py"))
+            .arg("--root")
+            .arg(&fixture)
+            .args(["--workers", THREADS]),
+    )?;
+    let theirs = number_after(&dl, "torch DataLoader:")?;
+    rows.push(Row {
+        what: "data pipeline, batches of 8 (images/s)".into(),
+        ours: format!("{ours:.2}"),
+        theirs: format!("{theirs:.2}"),
+        ratio: Some(ours / theirs),
+        goal: 2.0,
+    });
+
+    // Confusion matrix over a 2048×1024 map.
+    cargo_bench(root, "confusion", &[])?;
+    let ours = 2048.0 * 1024.0 / criterion_median(root, "confusion_2048x1024/add/2_threads")? / 1e6;
+    let np = output(Command::new(&py).arg(refs.join("confusion_numpy.py")))?;
+    let theirs = number_after(&np, "official-style masked bincount:")?;
+    rows.push(Row {
+        what: "confusion matrix 2048x1024 (Mpixels/s)".into(),
+        ours: format!("{ours:.0}"),
+        theirs: format!("{theirs:.0}"),
+        ratio: Some(ours / theirs),
+        goal: 5.0,
+    });
+
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| t.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .unwrap_or_else(|| "unknown CPU".into());
+    println!("\n## bench-compare: {cpu}, {THREADS} threads\n");
+    println!("| benchmark | seg-adapt | reference | ratio | goal | met |");
+    println!("|---|---:|---:|---:|---:|:---:|");
+    for r in &rows {
+        let (ratio, met) = match r.ratio {
+            Some(x) => (format!("{x:.2}"), if x >= r.goal { "yes" } else { "no" }),
+            None => ("-".into(), "-"),
+        };
+        println!("| {} | {} | {} | {ratio} | {:.1} | {met} |", r.what, r.ours, r.theirs, r.goal);
+    }
+    println!("\nratio: reference time / our time (for rates: ours / reference; ceiling row: our share).");
+    Ok(())
+}
