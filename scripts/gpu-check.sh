@@ -56,9 +56,9 @@ step() { # name timeout command...
   say "$name: rc=$rc ($(python3 -c "print(round($(date +%s.%N)-$t0,1))") s)"
   return $rc
 }
-step test-seg-nn 90 $B/test-seg-nn cuda --test-threads 1
+step test-seg-nn 60 $B/test-seg-nn cuda --test-threads 1
 grep -E "^test |test result" "$OUT/test-seg-nn.log" | tee -a "$S"
-step test-seg-adapt 150 $B/test-seg-adapt cuda --test-threads 1
+step test-seg-adapt 120 $B/test-seg-adapt cuda --test-threads 1
 grep -E "^test |test result" "$OUT/test-seg-adapt.log" | tee -a "$S"
 # Training step and inference, ours then PyTorch eager, same card, back to back.
 export SEG_BENCH_DEVICE=cuda
@@ -66,5 +66,5 @@ step bench-ours 150 $B/bench-train-step --bench --noplot --warm-up-time 1 --meas
 grep -E "^(train_step|infer)/|time:|thrpt:" "$OUT/bench-ours.log" | tee -a "$S"
 step bench-torch 90 python3 benches/reference/train_step_torch.py --device cuda --iters 20 --infer
 cat "$OUT/bench-torch.log" | tee -a "$S"
-step demo-quick 90 $B/seg-adapt demo --quick --device cuda --seeds 1 --out "$OUT/demo"
+step demo-quick 80 $B/seg-adapt demo --quick --device cuda --seeds 1 --out "$OUT/demo"
 tail -15 "$OUT/demo-quick.log" | tee -a "$S"
