@@ -497,6 +497,9 @@ pub mod composite {
     /// For stride 1: a forward conv of `dy` with the flipped, transposed kernel and padding
     /// `d·(k−1) − p` (a negative padding crops `dy` instead). Otherwise candle's transposed conv.
     pub fn input_grad(g: &Geom, dy: &Tensor, w: &Tensor) -> Result<Tensor> {
+        if g.stride > 1 && g.dil == 1 && g.kh % g.stride == 0 && g.kw % g.stride == 0 {
+            return strided_input_grad(g, dy, w);
+        }
         if g.stride != 1 || g.kh != g.kw {
             let out_pad = (g.h + 2 * g.pad - g.dil * (g.kh - 1) - 1) % g.stride;
             return dy.conv_transpose2d(w, g.pad, out_pad, g.stride, g.dil);
@@ -517,6 +520,49 @@ pub mod composite {
             let dy = dy.narrow(2, crop, g.ho - 2 * crop)?.narrow(3, crop, g.wo - 2 * crop)?;
             dy.contiguous()?.conv2d(&wf, 0, 1, g.dil, 1)
         }
+    }
+
+    /// A strided conv's input gradient (a transposed conv, FCN's upsampling) when the kernel is
+    /// a multiple of the stride: one matmul spreads every `dy` pixel over its `kh × kw` window,
+    /// and the `(kh/s)·(kw/s)` window blocks are overlap-added as shifted, zero-padded copies.
+    /// All of it runs on cuBLAS and copy kernels (candle's CUDA transposed conv is a naive loop).
+    fn strided_input_grad(g: &Geom, dy: &Tensor, w: &Tensor) -> Result<Tensor> {
+        let s = g.stride;
+        let (mh, mw) = (g.kh / s, g.kw / s);
+        let (n, co, ho, wo) = (g.n, g.co, g.ho, g.wo);
+        let k = g.c * g.kh * g.kw;
+        // cols[n, (c, by, ry, bx, rx), (oy, ox)] = Σ_co w[co, c, ky, kx] · dy[n, co, oy, ox].
+        let wt = w.reshape((co, k))?.t()?.contiguous()?;
+        let cols = wt
+            .broadcast_left(n)?
+            .matmul(&dy.reshape((n, co, ho * wo))?)?
+            .reshape(vec![n, g.c, mh, s, mw, s, ho, wo])?;
+        // acc[n, c, Y, ry, X, rx] with Y = oy + by: input row Y·s + ry − p.
+        let mut acc: Option<Tensor> = None;
+        for by in 0..mh {
+            for bx in 0..mw {
+                let part = cols
+                    .narrow(2, by, 1)?
+                    .narrow(4, bx, 1)?
+                    .squeeze(4)?
+                    .squeeze(2)? // n, c, ry, rx, oy, ox
+                    .pad_with_zeros(4, by, mh - 1 - by)?
+                    .pad_with_zeros(5, bx, mw - 1 - bx)?;
+                acc = Some(match acc {
+                    Some(a) => (a + part)?,
+                    None => part,
+                });
+            }
+        }
+        let acc = acc.ok_or_else(|| candle_core::Error::Msg("empty kernel".into()))?;
+        let (yh, yw) = (ho + mh - 1, wo + mw - 1);
+        let full = acc.permute((0, 1, 4, 2, 5, 3))?.reshape((n, g.c, yh * s, yw * s))?;
+        // Rows p .. p + H (zero-padded where the windows stop short).
+        let (need_h, need_w) = (g.pad + g.h, g.pad + g.w);
+        let full = full
+            .pad_with_zeros(2, 0, need_h.saturating_sub(yh * s))?
+            .pad_with_zeros(3, 0, need_w.saturating_sub(yw * s))?;
+        full.narrow(2, g.pad, g.h)?.narrow(3, g.pad, g.w)?.contiguous()
     }
 
     /// candle's own kernel gradient: a conv of the transposed input by the transposed `dy`.
