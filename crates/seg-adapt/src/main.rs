@@ -1,11 +1,8 @@
 //! `seg-adapt`: the composition root. It names the concrete readers, models, heads and metrics
 //! and wires them to one subcommand each; the work itself lives in the library crates.
 
-mod cmd;
-mod config;
-mod run;
-
 use clap::Parser;
+use seg_adapt::cmd;
 
 /// Large buffers are reused across training steps instead of re-faulted (see `seg_nn::alloc`).
 #[global_allocator]

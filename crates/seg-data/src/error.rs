@@ -32,6 +32,13 @@ pub enum DataError {
     },
     #[error("{path}: {reason}")]
     Invalid { path: PathBuf, reason: String },
+    #[error("{second}: duplicate sample name `{name}` (also {first}){hint}")]
+    Duplicate {
+        name: String,
+        first: PathBuf,
+        second: PathBuf,
+        hint: String,
+    },
     #[error("tensor collation failed: {0}")]
     Tensor(#[from] candle_core::Error),
 }
@@ -46,6 +53,7 @@ impl DataError {
             | DataError::NoLabel { path, .. }
             | DataError::Invalid { path, .. } => Some(path),
             DataError::SizeMismatch { image, .. } => Some(image),
+            DataError::Duplicate { second, .. } => Some(second),
             DataError::Empty { root, .. } => Some(root),
             DataError::Png(e) => match e {
                 seg_labels::PngError::Io { path, .. }

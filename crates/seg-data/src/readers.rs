@@ -117,11 +117,35 @@ fn sorted_entries(dir: &Path, keep: impl Fn(&std::fs::DirEntry) -> bool) -> Resu
     Ok(out)
 }
 
+/// `*.png` entries that are not directories. Symbolic links are kept even when they lead
+/// nowhere (or in a loop): reading them then fails with an error that names the file, instead
+/// of the file silently vanishing from the dataset.
 fn sorted_pngs(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
     sorted_entries(dir, |e| {
         let p = e.path();
-        p.extension().is_some_and(|x| x.eq_ignore_ascii_case("png")) && p.is_file()
+        let is_dir = std::fs::metadata(&p).is_ok_and(|m| m.is_dir());
+        p.extension().is_some_and(|x| x.eq_ignore_ascii_case("png")) && !is_dir
     })
+}
+
+/// Refuses two samples with one name (a split list naming a file twice, or `a.png` beside
+/// `a.PNG`): they would pair with the same label and count twice.
+fn check_unique(entries: &[SampleRef], list: Option<&Path>) -> Result<(), DataError> {
+    let mut seen: std::collections::HashMap<&str, &Path> = std::collections::HashMap::new();
+    for e in entries {
+        if let Some(first) = seen.insert(&e.name, &e.image) {
+            return Err(DataError::Duplicate {
+                name: e.name.clone(),
+                first: first.to_path_buf(),
+                second: e.image.clone(),
+                hint: match list {
+                    Some(l) => format!("; the split list {} names it twice", l.display()),
+                    None => String::new(),
+                },
+            });
+        }
+    }
+    Ok(())
 }
 
 fn sorted_dirs(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
@@ -199,7 +223,8 @@ fn open_flat(
                 label,
             }
         })
-        .collect();
+        .collect::<Vec<_>>();
+    check_unique(&entries, options.list.as_deref())?;
     Ok(Dataset {
         name,
         split: "all".into(),
@@ -296,7 +321,8 @@ fn open_cityscapes(root: &Path, split: &str, options: DatasetOptions) -> Result<
                 label,
             }
         })
-        .collect();
+        .collect::<Vec<_>>();
+    check_unique(&entries, options.list.as_deref())?;
     Ok(Dataset {
         name: "cityscapes",
         split: split.to_string(),

@@ -69,6 +69,23 @@ mod tests {
         assert_eq!(names.len(), 1);
     }
 
+    /// A full disk (ENOSPC) mid-write: the reason reaches the caller, the old file survives and
+    /// no temp file is left. (The binary-level test mounts a real, tiny tmpfs.)
+    #[test]
+    fn full_disk_keeps_old_file_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("report.json");
+        write_atomic(&p, b"old").unwrap();
+        let err = write_atomic_with(&p, |w| {
+            w.write_all(b"half")?;
+            Err(std::io::Error::from_raw_os_error(28))
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("No space left on device"), "{err}");
+        assert_eq!(std::fs::read(&p).unwrap(), b"old");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
     #[test]
     fn failed_write_keeps_old_file() {
         let dir = tempfile::tempdir().unwrap();

@@ -521,4 +521,72 @@ mod tests {
         }
         !crc
     }
+    /// A PNG of any colour type and bit depth, written with the `png` crate directly.
+    fn raw_png(path: &Path, w: u32, h: u32, color: png::ColorType, depth: png::BitDepth, data: &[u8]) {
+        let file = std::fs::File::create(path).unwrap();
+        let mut enc = png::Encoder::new(std::io::BufWriter::new(file), w, h);
+        enc.set_color(color);
+        enc.set_depth(depth);
+        enc.write_header().unwrap().write_image_data(data).unwrap();
+    }
+
+    /// The bit-depth rows of the malformed-input matrix: images take any depth and colour
+    /// type (as PIL's `convert("RGB")`), labels only one channel of 1-8 bits (or SYNTHIA's 16).
+    #[test]
+    fn bit_depths_and_alpha_are_read_or_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.png");
+        // RGBA image: alpha dropped.
+        raw_png(
+            &p,
+            2,
+            1,
+            png::ColorType::Rgba,
+            png::BitDepth::Eight,
+            &[1, 2, 3, 0, 4, 5, 6, 255],
+        );
+        assert_eq!(read_rgb(&p).unwrap().data, vec![1, 2, 3, 4, 5, 6]);
+        // 16-bit RGB image: high bytes.
+        raw_png(
+            &p,
+            1,
+            1,
+            png::ColorType::Rgb,
+            png::BitDepth::Sixteen,
+            &[9, 1, 8, 2, 7, 3],
+        );
+        assert_eq!(read_rgb(&p).unwrap().data, vec![9, 8, 7]);
+        // 4-bit grayscale label: ids 0..15 as PIL reads them.
+        raw_png(&p, 4, 1, png::ColorType::Grayscale, png::BitDepth::Four, &[0x7B, 0x1F]);
+        assert_eq!(read_label(&p, LabelEncoding::Ids8).unwrap().data, vec![7, 11, 1, 15]);
+        // Grayscale + alpha label: refused, naming what it is.
+        raw_png(
+            &p,
+            1,
+            1,
+            png::ColorType::GrayscaleAlpha,
+            png::BitDepth::Eight,
+            &[7, 255],
+        );
+        let e = read_label(&p, LabelEncoding::Ids8).unwrap_err().to_string();
+        assert!(
+            e.contains("x.png") && e.contains("8-bit grayscale+alpha PNG") && e.contains("single-channel 8-bit"),
+            "{e}"
+        );
+        // 16-bit grayscale where 8-bit ids are expected (an instanceIds file).
+        raw_png(
+            &p,
+            1,
+            1,
+            png::ColorType::Grayscale,
+            png::BitDepth::Sixteen,
+            &[0x6A, 0x01],
+        );
+        let e = read_label(&p, LabelEncoding::Ids8).unwrap_err().to_string();
+        assert!(e.contains("16-bit grayscale") && e.contains("instanceIds"), "{e}");
+        // 8-bit grayscale where SYNTHIA's 16-bit labels are expected.
+        raw_png(&p, 1, 1, png::ColorType::Grayscale, png::BitDepth::Eight, &[3]);
+        let e = read_label(&p, LabelEncoding::Synthia16).unwrap_err().to_string();
+        assert!(e.contains("8-bit grayscale PNG") && e.contains("16-bit SYNTHIA"), "{e}");
+    }
 }

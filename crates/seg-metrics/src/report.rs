@@ -29,8 +29,9 @@ pub const OVERLAY_ALPHA: f32 = 0.5;
 /// Errors while writing a report.
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
-    #[error("{path}: cannot write: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    /// The reason is in the message (not also a `source`, which would print it twice).
+    #[error("{path}: cannot write: {cause}")]
+    Io { path: PathBuf, cause: std::io::Error },
     #[error(transparent)]
     Png(#[from] png_io::PngError),
     #[error("cannot serialise the report: {0}")]
@@ -406,7 +407,7 @@ impl Report {
     pub fn write(&self, out_dir: &Path) -> Result<(), ReportError> {
         let put = |name: &str, bytes: &[u8]| {
             let path = out_dir.join(name);
-            seg_labels::fsutil::write_atomic(&path, bytes).map_err(|source| ReportError::Io { path, source })
+            seg_labels::fsutil::write_atomic(&path, bytes).map_err(|cause| ReportError::Io { path, cause })
         };
         let mut json = serde_json::to_string_pretty(self)?;
         json.push('\n');

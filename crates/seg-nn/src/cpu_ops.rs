@@ -300,7 +300,10 @@ impl CustomOp2 for CrossEntropy {
             .par_chunks(c * hw)
             .zip(lab.par_chunks(hw))
             .map(|(xi, li)| ce_image(xi, li, c, hw, self.ignore))
-            .reduce(|| (0.0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+            .collect::<Vec<_>>()
+            .into_iter()
+            // In image order: a parallel reduction's grouping (and so its rounding) would vary.
+            .fold((0.0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
         let _ = n;
         let loss = if valid == 0 { 0.0 } else { (total / valid as f64) as f32 };
         Ok((CpuStorage::F32(vec![loss]), Shape::from(())))

@@ -40,6 +40,31 @@ fn bad(path: &Path, reason: impl Into<String>) -> TrainError {
     }
 }
 
+/// Rewrites a serialised file's header with its metadata keys sorted: safetensors writes them
+/// in a `HashMap`'s (per-process random) order, and the same run must give the same bytes.
+/// Reordering keeps the header's length, so the tensor offsets stay valid.
+fn sorted_metadata(mut bytes: Vec<u8>) -> Result<Vec<u8>, String> {
+    let n = bytes
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()) as usize)
+        .filter(|&n| n + 8 <= bytes.len())
+        .ok_or("short header")?;
+    let mut header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&bytes[8..8 + n]).map_err(|e| e.to_string())?;
+    if let Some(serde_json::Value::Object(meta)) = header.get_mut("__metadata__") {
+        let mut entries: Vec<_> = std::mem::take(meta).into_iter().collect();
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        meta.extend(entries);
+    }
+    let text = serde_json::to_string(&header).map_err(|e| e.to_string())?;
+    if text.len() > n {
+        return Err(format!("header grew from {n} to {} bytes", text.len()));
+    }
+    bytes[8..8 + text.len()].copy_from_slice(text.as_bytes());
+    bytes[8 + text.len()..8 + n].fill(b' ');
+    Ok(bytes)
+}
+
 /// Serialises tensors + metadata and writes them atomically.
 pub fn save(path: &Path, tensors: &[(String, Tensor)], meta: &CheckpointMeta) -> Result<(), TrainError> {
     let mut info = HashMap::new();
@@ -55,16 +80,22 @@ pub fn save(path: &Path, tensors: &[(String, Tensor)], meta: &CheckpointMeta) ->
         .collect::<candle_core::Result<_>>()?;
     let bytes = safetensors::serialize(cpu.iter().map(|(n, t)| (n.as_str(), t)), Some(info))
         .map_err(|e| bad(path, format!("cannot serialise checkpoint: {e}")))?;
-    seg_labels::fsutil::write_atomic(path, &bytes).map_err(|source| TrainError::Write {
+    let bytes = sorted_metadata(bytes).map_err(|e| bad(path, format!("cannot serialise checkpoint: {e}")))?;
+    seg_labels::fsutil::write_atomic(path, &bytes).map_err(|cause| TrainError::Write {
         path: path.to_path_buf(),
-        source,
+        cause,
     })
 }
 
 /// Reads and validates a checkpoint.
 pub fn load(path: &Path, device: &Device) -> Result<Checkpoint, TrainError> {
     let bytes = std::fs::read(path).map_err(|e| bad(path, format!("cannot read checkpoint: {e}")))?;
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+    from_bytes(path, &bytes, device)
+}
+
+/// Validates and decodes checkpoint `bytes` (read from `path`, which errors name).
+pub fn from_bytes(path: &Path, bytes: &[u8], device: &Device) -> Result<Checkpoint, TrainError> {
+    let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
         .map_err(|e| bad(path, format!("not a safetensors file or truncated ({e:?})")))?;
     let info = header.metadata().clone().unwrap_or_default();
     if info.get("format").map(String::as_str) != Some(FORMAT) {
@@ -82,9 +113,9 @@ pub fn load(path: &Path, device: &Device) -> Result<Checkpoint, TrainError> {
     let meta: CheckpointMeta = serde_json::from_str(info.get("meta").map(String::as_str).unwrap_or(""))
         .map_err(|e| bad(path, format!("corrupt checkpoint metadata: {e}")))?;
     // Validates every tensor's extent against the file size (a truncated body is refused here).
-    safetensors::SafeTensors::deserialize(&bytes)
+    safetensors::SafeTensors::deserialize(bytes)
         .map_err(|e| bad(path, format!("truncated or corrupt checkpoint ({e:?})")))?;
-    let tensors = candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| bad(path, e.to_string()))?;
+    let tensors = candle_core::safetensors::load_buffer(bytes, device).map_err(|e| bad(path, e.to_string()))?;
     Ok(Checkpoint {
         meta,
         tensors,

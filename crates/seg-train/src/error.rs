@@ -6,8 +6,9 @@ use std::path::PathBuf;
 pub enum TrainError {
     #[error("{path}: {reason}")]
     Checkpoint { path: PathBuf, reason: String },
-    #[error("{path}: cannot write: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    /// The reason is in the message (not also a `source`, which would print it twice).
+    #[error("{path}: cannot write: {cause}")]
+    Write { path: PathBuf, cause: std::io::Error },
     #[error("loss `{term}` became {value} at step {step}; stopped. The last good checkpoint ({last}) is kept")]
     NonFinite {
         term: String,

@@ -161,7 +161,7 @@ impl Trainer {
                 .map(|l| format!("{l}\n"))
                 .collect();
             seg_labels::fsutil::write_atomic(&path, kept.as_bytes())
-                .map_err(|source| TrainError::Write { path, source })?;
+                .map_err(|cause| TrainError::Write { path, cause })?;
         }
         tracing::info!("resumed from step {} ({})", self.step, ck.path.display());
         Ok(())
@@ -193,7 +193,7 @@ impl Trainer {
 
     fn log(&self, value: serde_json::Value) -> Result<(), TrainError> {
         let path = self.metrics_path();
-        seg_labels::fsutil::append_line(&path, &value.to_string()).map_err(|source| TrainError::Write { path, source })
+        seg_labels::fsutil::append_line(&path, &value.to_string()).map_err(|cause| TrainError::Write { path, cause })
     }
 
     /// Evaluates on the target val split and writes `eval/step_N/`.
@@ -300,9 +300,9 @@ impl Trainer {
     /// Like [`Trainer::run`], but stops after step `stop` (checkpointing there) as if the run
     /// had been interrupted; the learning-rate schedule still follows `config.steps`.
     pub fn run_until(mut self, stop: usize) -> Result<TrainOutcome, TrainError> {
-        std::fs::create_dir_all(&self.s.run_dir).map_err(|source| TrainError::Write {
+        std::fs::create_dir_all(&self.s.run_dir).map_err(|cause| TrainError::Write {
             path: self.s.run_dir.clone(),
-            source,
+            cause,
         })?;
         if self.s.resume {
             self.resume()?;

@@ -7,6 +7,8 @@ use std::sync::OnceLock;
 
 #[cfg(feature = "cuda")]
 mod cuda;
+mod determinism;
+mod matrix;
 
 /// The binary under test; `SEG_ADAPT_BIN` points elsewhere when the tests run on another
 /// machine than the one that built them (the GPU check).

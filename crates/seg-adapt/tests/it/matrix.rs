@@ -1,0 +1,263 @@
+//! The malformed-input matrix (README, "Malformed input"): each case breaks a copy of the quick
+//! benchmark and checks the message the user sees. PNG-level rows (bit depths, colour labels,
+//! bombs) are tested in `seg-labels`; config rows in `main.rs`.
+
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::{bin, err, ok, p, toy, train_args};
+
+/// A GTA5-layout copy of the first `n` source pairs.
+fn gta_copy(n: usize) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("gta5");
+    for sub in ["images", "labels"] {
+        std::fs::create_dir_all(root.join(sub)).unwrap();
+        for i in 1..=n {
+            let f = format!("{i:05}.png");
+            std::fs::copy(toy().join("gta5").join(sub).join(&f), root.join(sub).join(&f)).unwrap();
+        }
+    }
+    (dir, root)
+}
+
+fn inspect_json(root: &Path) -> serde_json::Value {
+    let out = ok(&["inspect", "--dataset", "gta5", "--root", p(root), "--json"]);
+    serde_json::from_str(&out).unwrap()
+}
+
+/// `(file, reason)` of every problem `inspect` lists.
+fn problems(v: &serde_json::Value) -> Vec<(String, String)> {
+    v["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["file"].as_str().unwrap().to_string(),
+                p["reason"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn missing_pairs_and_symlink_loops_are_listed_with_the_os_reason() {
+    let (_d, root) = gta_copy(4);
+    std::fs::remove_file(root.join("labels/00002.png")).unwrap();
+    std::os::unix::fs::symlink("loop.png", root.join("images/loop.png")).unwrap();
+    // A looping directory link too: never followed, never hangs.
+    std::os::unix::fs::symlink("..", root.join("images/up")).unwrap();
+    let v = inspect_json(&root);
+    let probs = problems(&v);
+    assert!(
+        probs
+            .iter()
+            .any(|(f, r)| f.ends_with("labels/00002.png") && r.contains("No such file or directory")),
+        "{probs:?}"
+    );
+    assert!(
+        probs
+            .iter()
+            .any(|(f, r)| f.ends_with("images/loop.png") && r.contains("Too many levels of symbolic links")),
+        "{probs:?}"
+    );
+    assert_eq!(probs.len(), 2, "{probs:?}");
+}
+
+#[test]
+fn non_utf8_file_names_are_read_like_any_other() {
+    let (_d, root) = gta_copy(2);
+    let odd = std::ffi::OsStr::from_bytes(b"caf\xe9.png");
+    for sub in ["images", "labels"] {
+        std::fs::copy(root.join(sub).join("00001.png"), root.join(sub).join(odd)).unwrap();
+    }
+    let v = inspect_json(&root);
+    assert_eq!(v["samples"], 3, "{v}");
+    assert!(problems(&v).is_empty(), "{v}");
+    // A root whose own path is not UTF-8 works too.
+    let parent = root.parent().unwrap().join(std::ffi::OsStr::from_bytes(b"d\xfcr"));
+    std::fs::rename(&root, &parent).unwrap();
+    let out = Command::new(bin())
+        .args(["inspect", "--dataset", "gta5", "--json", "--root"])
+        .arg(&parent)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn duplicate_sample_names_are_refused_naming_both_files() {
+    let (_d, root) = gta_copy(3);
+    std::fs::copy(root.join("images/00003.png"), root.join("images/00003.PNG")).unwrap();
+    let e = err(&["inspect", "--dataset", "gta5", "--root", p(&root)]);
+    assert!(
+        e.contains("duplicate sample name `00003`") && e.contains("00003.png") && e.contains("00003.PNG"),
+        "{e}"
+    );
+    std::fs::remove_file(root.join("images/00003.PNG")).unwrap();
+    let list = root.join("list.txt");
+    std::fs::write(&list, "00001.png\n00002.png\n00001.png\n").unwrap();
+    let e = err(&["inspect", "--dataset", "gta5", "--root", p(&root), "--list", p(&list)]);
+    assert!(
+        e.contains("duplicate sample name `00001`") && e.contains("list.txt names it twice"),
+        "{e}"
+    );
+}
+
+/// Effective user id, from /proc (no libc binding needed).
+fn euid() -> u32 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    line.split_whitespace().nth(2).unwrap().parse().unwrap()
+}
+
+#[test]
+fn unreadable_files_name_the_file_and_the_permission() {
+    let (d, root) = gta_copy(3);
+    let label = root.join("labels/00002.png");
+    std::fs::set_permissions(&label, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let mut cmd = Command::new(bin());
+    cmd.args(["inspect", "--dataset", "gta5", "--json", "--root", p(&root)]);
+    if euid() == 0 {
+        // root reads anything: run the check as `nobody`, who can walk the copy but not the file.
+        for dir in [d.path(), root.as_path(), &root.join("images"), &root.join("labels")] {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        for f in std::fs::read_dir(root.join("images")).unwrap() {
+            std::fs::set_permissions(f.unwrap().path(), std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        std::fs::set_permissions(root.join("labels/00001.png"), std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::set_permissions(root.join("labels/00003.png"), std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::os::unix::process::CommandExt::uid(&mut cmd, 65534);
+        std::os::unix::process::CommandExt::gid(&mut cmd, 65534);
+        // The binary itself must be reachable by `nobody`.
+        let exe = bin();
+        assert!(
+            exe.ancestors()
+                .skip(1)
+                .all(|a| a.as_os_str().is_empty()
+                    || std::fs::metadata(a).is_ok_and(|m| m.permissions().mode() & 0o001 != 0)),
+            "{} is not reachable by other users; cannot run the permission check",
+            exe.display()
+        );
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let probs = problems(&v);
+    assert!(
+        probs
+            .iter()
+            .any(|(f, r)| f.ends_with("labels/00002.png") && r.contains("Permission denied")),
+        "{probs:?}"
+    );
+}
+
+#[test]
+fn bad_toml_and_unknown_model_name_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("run.toml");
+    std::fs::write(&cfg, "[trainer]\nsteps = 3\nlr = [oops\n").unwrap();
+    let e = err(&["train", "--config", p(&cfg), "--out", p(&dir.path().join("o"))]);
+    assert!(e.contains("run.toml") && e.contains("line 3"), "{e}");
+    let (gta, cs) = (toy().join("gta5"), toy().join("cityscapes"));
+    let out = dir.path().join("o2");
+    let mut args = train_args(p(&out), p(&gta), p(&cs), "source-only");
+    let m = args.iter().position(|a| *a == "--model").unwrap() + 1;
+    args[m] = "resnet50";
+    let e = err(&args);
+    assert!(
+        e.contains("resnet50") && e.contains("vgg16-fcn8s") && e.contains("small"),
+        "{e}"
+    );
+}
+
+/// Runs `script` in a private mount namespace (`unshare -rm`) where `mnt` is a tmpfs of
+/// `size`; returns (success, stdout, stderr). `None` when this machine refuses namespaces.
+fn with_tiny_disk(mnt: &Path, size: &str, script: &str) -> Option<(bool, String, String)> {
+    let full = format!(
+        "mount -t tmpfs -o size={size} none '{}' || exit 97\n{script}",
+        mnt.display()
+    );
+    let out = Command::new("unshare").args(["-rm", "sh", "-c", &full]).output().ok()?;
+    if out.status.code() == Some(97)
+        || (!out.status.success() && out.stdout.is_empty() && out.stderr.starts_with(b"unshare:"))
+    {
+        eprintln!(
+            "SKIPPED: no private mount namespace here ({}); the full-disk path is still covered by \
+             seg-labels' fsutil tests with an injected ENOSPC",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        return None;
+    }
+    Some((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+#[test]
+fn a_full_disk_while_writing_a_checkpoint_or_report_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (gta, cs) = (toy().join("gta5"), toy().join("cityscapes"));
+    // A finished run to evaluate, on a normal disk.
+    let run_dir = dir.path().join("run");
+    ok(&train_args(p(&run_dir), p(&gta), p(&cs), "source-only"));
+    let mnt = dir.path().join("tiny");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let exe = bin();
+    // Training whose checkpoint does not fit: the error names the file and the reason, and the
+    // disk holds no partial checkpoint or temp file afterwards.
+    let args = train_args(&format!("{}/run", mnt.display()), p(&gta), p(&cs), "source-only")
+        .iter()
+        .map(|a| format!("'{a}'"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let script = format!(
+        "SEG_ADAPT_LOG=warn '{}' {args} 2>&1; echo \"exit=$?\"; ls -A '{}/run'",
+        exe.display(),
+        mnt.display()
+    );
+    let Some((_, out, _)) = with_tiny_disk(&mnt, "24k", &script) else {
+        return;
+    };
+    assert!(
+        out.contains("checkpoint.safetensors: cannot write: No space left on device"),
+        "{out}"
+    );
+    assert_eq!(out.matches("No space left").count(), 1, "the reason once: {out}");
+    assert!(!out.contains("exit=0"), "{out}");
+    assert_eq!(
+        listing(&out),
+        ["config.toml", "metrics.jsonl"],
+        "no partial checkpoint or temp file: {out}"
+    );
+    // Evaluation whose report does not fit: same.
+    let script = format!(
+        "SEG_ADAPT_LOG=warn '{}' eval --checkpoint '{}' --root '{}' --out '{}/ev' 2>&1; echo \"exit=$?\"; ls -A '{}/ev'",
+        exe.display(),
+        p(&run_dir),
+        p(&cs),
+        mnt.display(),
+        mnt.display()
+    );
+    let Some((_, out, _)) = with_tiny_disk(&mnt, "8k", &script) else {
+        return;
+    };
+    assert!(out.contains("cannot write: No space left on device"), "{out}");
+    assert!(out.contains("/ev/"), "{out}");
+    assert!(!out.contains("exit=0"), "{out}");
+    assert!(
+        listing(&out).iter().all(|f| !f.ends_with(".tmp")),
+        "a temp file was left: {out}"
+    );
+}
+
+/// The `ls -A` lines after the `exit=` line.
+fn listing(out: &str) -> Vec<&str> {
+    out.lines().skip_while(|l| !l.starts_with("exit=")).skip(1).collect()
+}
