@@ -85,7 +85,7 @@ impl CachingAlloc {
     fn take(&self, size: usize) -> Option<*mut u8> {
         let mut c = self.cache.lock().ok()?;
         let slot = c.slots.iter().position(|&(a, s)| a != 0 && s == size)?;
-        let (addr, _) = std::mem::replace(&mut c.slots[slot], (0, 0));
+        let (addr, _) = std::mem::take(&mut c.slots[slot]);
         c.bytes -= size;
         Some(addr as *mut u8)
     }

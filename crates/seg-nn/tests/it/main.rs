@@ -311,7 +311,10 @@ fn same_op_and_gradients(
 /// than the kernel (FCN's conv1_1 pads by 100), and one big enough to be cut into several bands.
 /// Strided sizes leave no remainder: candle's own conv gradient fails on those (its transposed
 /// conv gets no output padding); the finite-difference test covers a remainder.
-const CONV_CASES: [(usize, usize, usize, usize, usize, usize, usize, usize); 11] = [
+/// (c, co, k, stride, pad, dil, h, w)
+type ConvCase = (usize, usize, usize, usize, usize, usize, usize, usize);
+
+const CONV_CASES: [ConvCase; 11] = [
     (3, 2, 16, 8, 4, 1, 24, 32),
     (2, 3, 4, 2, 0, 1, 10, 8),
     (3, 5, 3, 1, 1, 1, 7, 9),
