@@ -157,8 +157,8 @@ impl Fcn8s {
     /// From conv5 (conv5_3 after ReLU) to logits, with pool3/pool4 for the skips.
     fn head(&self, conv5: &Tensor, pool3: &Tensor, pool4: &Tensor) -> Result<Tensor> {
         let pool5 = max_pool2x2(conv5)?;
-        let fc6 = self.fc6.forward(&pool5)?.relu()?;
-        let fc7 = self.fc7.forward(&fc6)?.relu()?;
+        let fc6 = self.fc6.forward_relu(&pool5)?;
+        let fc7 = self.fc7.forward_relu(&fc6)?;
         self.scores(&fc7, pool3, pool4)
     }
 
@@ -179,7 +179,7 @@ impl Backbone for Fcn8s {
         for (i, layer) in self.features.iter().enumerate() {
             match layer {
                 Some(conv) => {
-                    x = conv.forward(&x)?.relu()?;
+                    x = conv.forward_relu(&x)?;
                     if i == 1 {
                         f.maps.insert(FeatureTap::Conv1, x.clone());
                     }
@@ -207,7 +207,7 @@ impl Backbone for Fcn8s {
         }
         let conv5 = f.get(FeatureTap::Conv5)?.clone();
         let pool5 = max_pool2x2(&conv5)?;
-        let fc7 = self.fc7.forward(&self.fc6.forward(&pool5)?.relu()?)?.relu()?;
+        let fc7 = self.fc7.forward_relu(&self.fc6.forward_relu(&pool5)?)?;
         let logits = self.scores(&fc7, f.get(FeatureTap::Pool3)?, f.get(FeatureTap::Pool4)?)?;
         f.maps.insert(FeatureTap::Fc7, fc7);
         f.maps.insert(FeatureTap::Logits, logits);

@@ -12,7 +12,7 @@
 //! which take the cuDNN / im2col + cuBLAS path; the input gradient of a stride-1 conv is a
 //! forward conv with the flipped, transposed kernel there.
 
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// Upper bound on one tile's column buffer (bytes). Chosen to stay inside the last-level cache.
@@ -665,4 +665,131 @@ pub fn conv_transpose2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize, d
             piece: Piece::InputGrad,
         },
     )
+}
+
+/// `relu(conv2d(x, w) + b)` as one op: the output is the only activation kept for the backward
+/// pass (its sign is the ReLU mask), where the unfused layer keeps three (the conv output, the
+/// biased sum and the ReLU output) and makes four more passes over them.
+#[derive(Debug, Clone, Copy)]
+struct ConvBiasRelu(Geom);
+
+/// `dr · [r > 0]`, the gradient through a ReLU whose output is `r`.
+struct ReluGrad;
+
+impl CustomOp2 for ReluGrad {
+    fn name(&self) -> &'static str {
+        "relu-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (dr, r) = (f32_slice(s1, l1, "relu-grad")?, f32_slice(s2, l2, "relu-grad")?);
+        let mut g = vec![0f32; dr.len()];
+        g.par_chunks_mut(1 << 16)
+            .zip(dr.par_chunks(1 << 16).zip(r.par_chunks(1 << 16)))
+            .for_each(|(g, (d, r))| {
+                for ((g, &d), &r) in g.iter_mut().zip(d).zip(r) {
+                    *g = if r > 0.0 { d } else { 0.0 };
+                }
+            });
+        Ok((CpuStorage::F32(g), l1.shape().clone()))
+    }
+}
+
+impl CustomOp3 for ConvBiasRelu {
+    fn name(&self) -> &'static str {
+        "conv2d-bias-relu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = &self.0;
+        let (x, w, b) = (
+            f32_slice(s1, l1, self.name())?,
+            f32_slice(s2, l2, self.name())?,
+            f32_slice(s3, l3, self.name())?,
+        );
+        let mut y = forward_cpu(g, x, w);
+        let plane = g.ho * g.wo;
+        y.par_chunks_mut(plane).enumerate().for_each(|(i, p)| {
+            let bias = b[i % g.co];
+            for v in p {
+                *v = (*v + bias).max(0.0);
+            }
+        });
+        Ok((CpuStorage::F32(y), Shape::from((g.n, g.co, g.ho, g.wo))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (x, w, b) = (cuda::tensor(s1, l1)?, cuda::tensor(s2, l2)?, cuda::tensor(s3, l3)?);
+        let y = composite::forward(&self.0, &x, &w)?.broadcast_add(&b.reshape((1, self.0.co, 1, 1))?)?;
+        cuda::storage(&y.relu()?)
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        r: &Tensor,
+        dr: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dr = dr.contiguous()?;
+        let g = if supported_cpu(&dr) {
+            dr.apply_op2_no_bwd(r, &ReluGrad)?
+        } else {
+            (&dr * r.gt(0.0)?.to_dtype(dr.dtype())?)?
+        };
+        let db = g.sum(3)?.sum(2)?.sum(0)?;
+        let op = ConvOp {
+            g: self.0,
+            piece: Piece::Forward,
+        };
+        Ok((
+            Some(op.run(&g, w, Piece::InputGrad)?),
+            Some(op.run(x, &g, Piece::WeightGrad)?),
+            Some(db),
+        ))
+    }
+}
+
+fn supported_cpu(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == DType::F32
+}
+
+/// `relu(conv2d(x, w) + b)` with `b` of length `Co`: one fused op (see [`conv2d`]).
+pub fn conv2d_bias_relu(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    stride: usize,
+    padding: usize,
+    dilation: usize,
+) -> Result<Tensor> {
+    let g = Geom::conv(x.dims4()?, w.dims4()?, stride, padding, dilation)?;
+    if b.dims1()? != g.co {
+        candle_core::bail!("conv2d: bias has {} entries for {} output channels", b.dims1()?, g.co);
+    }
+    if !supported(x) || x.dtype() != w.dtype() || x.dtype() != b.dtype() {
+        return x
+            .conv2d(w, padding, stride, dilation, 1)?
+            .broadcast_add(&b.reshape((1, g.co, 1, 1))?)?
+            .relu();
+    }
+    packed(x)?.apply_op3(&packed(w)?, &packed(b)?, ConvBiasRelu(g))
 }

@@ -81,6 +81,16 @@ impl Conv2d {
     pub fn weight(&self) -> &Tensor {
         &self.weight
     }
+
+    /// `relu(self.forward(x))`, fused into one op when the layer has a bias and one group.
+    pub fn forward_relu(&self, x: &Tensor) -> Result<Tensor> {
+        match &self.bias {
+            Some(b) if self.groups == 1 => {
+                crate::conv_ops::conv2d_bias_relu(x, &self.weight, b, self.stride, self.padding, self.dilation)
+            }
+            _ => self.forward(x)?.relu(),
+        }
+    }
 }
 
 impl Module for Conv2d {

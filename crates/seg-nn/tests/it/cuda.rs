@@ -65,6 +65,14 @@ fn convolutions_on_cuda_match_the_cpu() {
             &format!("conv {c}->{co} k{k} s{stride} p{pad} d{dil}"),
         );
     }
+    let x = Tensor::randn(0f32, 1.0, (2, 4, 9, 7), &Device::Cpu).unwrap();
+    let kt = Tensor::randn(0f32, 1.0, (5, 4, 3, 3), &Device::Cpu).unwrap();
+    let b = Tensor::randn(0f32, 1.0, 5, &Device::Cpu).unwrap();
+    parity(
+        &[x, kt, b],
+        &|t| seg_nn::conv_ops::conv2d_bias_relu(&t[0], &t[1], &t[2], 1, 1, 1).unwrap(),
+        "fused conv+bias+relu",
+    );
     for (ci, co, k, stride, pad) in [(3, 3, 4, 2, 1), (19, 19, 16, 8, 4)] {
         let x = Tensor::randn(0f32, 1.0, (2, ci, 5, 7), &Device::Cpu).unwrap();
         let kt = Tensor::randn(0f32, 1.0, (ci, co, k, k), &Device::Cpu).unwrap();

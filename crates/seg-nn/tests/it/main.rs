@@ -344,6 +344,37 @@ fn convolution_ops_match_candle_in_value_and_gradients() {
 }
 
 #[test]
+fn fused_conv_bias_relu_matches_the_unfused_layer() {
+    for (c, co, k, stride, pad, dil, h, w) in [
+        (3, 5, 3, 1, 1, 1, 7, 9),
+        (4, 3, 3, 2, 1, 1, 8, 6),
+        (6, 4, 1, 1, 0, 1, 5, 5),
+    ] {
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, c, h, w), &cpu()).unwrap()).unwrap();
+        let kv = Var::from_tensor(&Tensor::randn(0f32, 1.0, (co, c, k, k), &cpu()).unwrap()).unwrap();
+        let b = Var::from_tensor(&Tensor::randn(0f32, 1.0, co, &cpu()).unwrap()).unwrap();
+        let fused =
+            seg_nn::conv_ops::conv2d_bias_relu(x.as_tensor(), kv.as_tensor(), b.as_tensor(), stride, pad, dil).unwrap();
+        let plain = x
+            .as_tensor()
+            .conv2d(kv.as_tensor(), pad, stride, dil, 1)
+            .unwrap()
+            .broadcast_add(&b.as_tensor().reshape((1, co, 1, 1)).unwrap())
+            .unwrap()
+            .relu()
+            .unwrap();
+        assert!(max_diff(&fused, &plain) < 1e-4, "forward");
+        let wts = Tensor::randn(0f32, 1.0, fused.dims(), &cpu()).unwrap();
+        let g1 = (fused * &wts).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (plain * &wts).unwrap().sum_all().unwrap().backward().unwrap();
+        for (v, name) in [(&x, "input"), (&kv, "kernel"), (&b, "bias")] {
+            let d = max_diff(g1.get(v.as_tensor()).unwrap(), g2.get(v.as_tensor()).unwrap());
+            assert!(d < 1e-3, "k{k} s{stride}: {name} gradient differs by {d}");
+        }
+    }
+}
+
+#[test]
 fn transposed_convolution_matches_candle_in_value_and_gradients() {
     // FCN's upsampling: kernel 2s, padding s/2; plus odd sizes and a dilation.
     for (ci, co, k, stride, pad, dil, h, w) in [
