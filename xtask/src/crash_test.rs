@@ -44,7 +44,7 @@ fn train_cmd(bin: &Path, data: &Path, out: &Path, steps: usize, resume: bool) ->
             "--checkpoint-every",
             "2",
             "--eval-every",
-            "0",
+            "25",
         ])
         .arg("--out")
         .arg(out)
@@ -63,6 +63,52 @@ fn tensor_bytes(path: &Path) -> Result<Vec<u8>, String> {
     Ok(b.get(8 + n..)
         .ok_or_else(|| format!("{}: truncated", path.display()))?
         .to_vec())
+}
+
+/// A checkpoint on disk is whole: its header is complete JSON and the file ends exactly where
+/// the last tensor does.
+fn check_checkpoint(path: &Path) -> Result<(), String> {
+    let Ok(b) = std::fs::read(path) else {
+        return Ok(());
+    };
+    let n = u64::from_le_bytes(b.get(..8).ok_or("short checkpoint")?.try_into().map_err(|_| "short")?) as usize;
+    let header = std::str::from_utf8(b.get(8..8 + n).ok_or_else(|| format!("{}: header cut", path.display()))?)
+        .map_err(|e| format!("{}: header not UTF-8: {e}", path.display()))?;
+    if !header.trim_end().ends_with('}') {
+        return Err(format!("{}: header is not whole JSON", path.display()));
+    }
+    let end = header
+        .split("\"data_offsets\":[")
+        .skip(1)
+        .filter_map(|t| t.split(']').next()?.split(',').nth(1)?.trim().parse::<usize>().ok())
+        .max()
+        .unwrap_or(0);
+    if b.len() != 8 + n + end {
+        return Err(format!("{}: {} bytes, the header describes {}", path.display(), b.len(), 8 + n + end));
+    }
+    Ok(())
+}
+
+/// Every `report.json` under `dir` is a whole JSON object (reports are written by rename).
+fn check_reports(dir: &Path) -> Result<(), String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            check_reports(&p)?;
+        } else if p.file_name().is_some_and(|f| f == "report.json") {
+            let t = std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+            let t = t.trim();
+            if !(t.starts_with('{') && t.ends_with('}')) {
+                return Err(format!("{}: half-written report", p.display()));
+            }
+        } else if p.extension().is_some_and(|x| x == "tmp") {
+            eprintln!("note: {} left by a killed write (ignored by readers, replaced next time)", p.display());
+        }
+    }
+    Ok(())
 }
 
 fn check_metrics(path: &Path) -> Result<(), String> {
@@ -142,6 +188,8 @@ pub fn run(args: &[String], root: &Path) -> Result<(), String> {
             }
         }
         check_metrics(&crashed.join("metrics.jsonl"))?;
+        check_checkpoint(&crashed.join("checkpoint.safetensors"))?;
+        check_reports(&crashed)?;
     }
     // Finish the interrupted run.
     let resume = crashed.join("checkpoint.safetensors").exists();
