@@ -43,6 +43,33 @@ pub fn write_atomic_with(
     result
 }
 
+/// Whether `name` is one of [`write_atomic_with`]'s temporary files: `.NAME.PID.tmp`.
+fn is_temp_name(name: &str) -> bool {
+    let Some(inner) = name.strip_prefix('.').and_then(|n| n.strip_suffix(".tmp")) else {
+        return false;
+    };
+    inner
+        .rsplit_once('.')
+        .is_some_and(|(target, pid)| !target.is_empty() && !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Removes the temporary files that writes killed midway left under `dir` (recursively, not
+/// following links); returns how many. Run before resuming into a folder.
+pub fn remove_stale_temps(dir: &Path) -> std::io::Result<usize> {
+    let mut removed = 0;
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let kind = e.file_type()?;
+        if kind.is_dir() {
+            removed += remove_stale_temps(&e.path())?;
+        } else if kind.is_file() && is_temp_name(&e.file_name().to_string_lossy()) {
+            std::fs::remove_file(e.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 /// Appends one line to a log file and syncs it. A line is written with a single `write` call,
 /// so a crash leaves at most one trailing partial line, which readers skip.
 pub fn append_line(path: &Path, line: &str) -> std::io::Result<()> {
@@ -84,6 +111,24 @@ mod tests {
         assert!(err.to_string().contains("No space left on device"), "{err}");
         assert_eq!(std::fs::read(&p).unwrap(), b"old");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn stale_temps_are_removed_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("eval/pictures");
+        std::fs::create_dir_all(&sub).unwrap();
+        for name in [".a.png.123.tmp", "keep.png", ".hidden", "x.tmp", ".b.json.tmp"] {
+            std::fs::write(sub.join(name), b"x").unwrap();
+        }
+        std::fs::write(dir.path().join(".checkpoint.safetensors.9.tmp"), b"x").unwrap();
+        assert_eq!(remove_stale_temps(dir.path()).unwrap(), 2);
+        let mut left: Vec<_> = std::fs::read_dir(&sub)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, [".b.json.tmp", ".hidden", "keep.png", "x.tmp"]);
     }
 
     #[test]

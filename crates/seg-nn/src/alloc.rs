@@ -70,7 +70,7 @@ impl CachingAlloc {
             .ok()
             .and_then(|v| v.trim().parse::<usize>().ok())
             .unwrap_or(1024);
-        let l = mb.saturating_mul(1 << 20);
+        let l = mb.saturating_mul(1 << 20).min(UNSET - 1);
         self.limit.store(l, Ordering::Relaxed);
         l
     }

@@ -59,6 +59,9 @@ impl Geom {
         if stride == 0 || dil == 0 || kh == 0 || kw == 0 {
             candle_core::bail!("conv2d: stride, dilation and kernel size must be positive");
         }
+        if n == 0 || c == 0 || h == 0 || w == 0 || co == 0 {
+            candle_core::bail!("conv2d: empty input {n}x{c}x{h}x{w} or kernel with {co} outputs");
+        }
         let (eh, ew) = (dil * (kh - 1) + 1, dil * (kw - 1) + 1);
         if h + 2 * pad < eh || w + 2 * pad < ew {
             candle_core::bail!("conv2d: input {h}x{w} (padding {pad}) is smaller than the dilated {eh}x{ew} kernel");
@@ -215,6 +218,11 @@ fn im2col(g: &Geom, x: &[f32], oy0: usize, oy1: usize, cols: &mut [f32]) {
                             // Valid output columns: 0 <= ox + off < W.
                             let lo = (-off).clamp(0, g.wo as isize) as usize;
                             let hi = (g.w as isize - off).clamp(lo as isize, g.wo as isize) as usize;
+                            if hi == lo {
+                                // This kernel column only ever sees padding.
+                                dst.fill(0.0);
+                                continue;
+                            }
                             dst[..lo].fill(0.0);
                             dst[hi..].fill(0.0);
                             let s0 = (lo as isize + off) as usize;
@@ -256,6 +264,9 @@ fn col2im(g: &Geom, cols: &[f32], oy0: usize, oy1: usize, dx: &mut [f32]) {
                         if g.stride == 1 {
                             let lo = (-off).clamp(0, g.wo as isize) as usize;
                             let hi = (g.w as isize - off).clamp(lo as isize, g.wo as isize) as usize;
+                            if hi == lo {
+                                continue;
+                            }
                             let d0 = (lo as isize + off) as usize;
                             for (d, s) in dst[d0..d0 + (hi - lo)].iter_mut().zip(&src[lo..hi]) {
                                 *d += s;
@@ -501,8 +512,17 @@ pub mod composite {
             return strided_input_grad(g, dy, w);
         }
         if g.stride != 1 || g.kh != g.kw {
-            let out_pad = (g.h + 2 * g.pad - g.dil * (g.kh - 1) - 1) % g.stride;
-            return dy.conv_transpose2d(w, g.pad, out_pad, g.stride, g.dil);
+            // The full transposed conv (no padding), then the input's window `p .. p + H`; rows
+            // and columns past its end are ones no output reaches (zero gradient). This also
+            // covers remainders that differ between height and width.
+            let dx = dy.conv_transpose2d(w, 0, 0, g.stride, g.dil)?;
+            let (_, _, h0, w0) = dx.dims4()?;
+            return dx
+                .pad_with_zeros(2, 0, (g.pad + g.h).saturating_sub(h0))?
+                .pad_with_zeros(3, 0, (g.pad + g.w).saturating_sub(w0))?
+                .narrow(2, g.pad, g.h)?
+                .narrow(3, g.pad, g.w)?
+                .contiguous();
         }
         let dev = w.device();
         let rev = |k: usize| Tensor::from_vec((0..k as u32).rev().collect::<Vec<_>>(), k, dev);
@@ -645,6 +665,9 @@ pub fn conv_transpose2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize, d
     let (wci, co, kh, kw) = w.dims4()?;
     if wci != ci {
         candle_core::bail!("conv_transpose2d: input has {ci} channels, the kernel expects {wci}");
+    }
+    if kh == 0 || kw == 0 || stride == 0 || dilation == 0 || h == 0 || wd == 0 {
+        candle_core::bail!("conv_transpose2d: empty input {h}x{wd}, kernel {kh}x{kw} or zero stride/dilation");
     }
     let size = |i: usize, k: usize| ((i.max(1) - 1) * stride + dilation * (k - 1) + 1).checked_sub(2 * padding);
     let (Some(ho), Some(wo)) = (size(h, kh), size(wd, kw)) else {

@@ -190,6 +190,7 @@ impl Optimizer for Adam {
                     p.as_tensor(),
                     &inplace::Moment {
                         beta: b1,
+                        rest: (1.0 - self.beta1) as f32,
                         wd,
                         square: false,
                     },
@@ -199,6 +200,7 @@ impl Optimizer for Adam {
                     p.as_tensor(),
                     &inplace::Moment {
                         beta: b2,
+                        rest: (1.0 - self.beta2) as f32,
                         wd,
                         square: true,
                     },
@@ -276,6 +278,17 @@ pub mod inplace {
         }
     }
 
+    /// `f(dst[i], a[i], b[i])` for every element, in parallel chunks.
+    fn each3(dst: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(&mut f32, f32, f32) + Sync) {
+        dst.par_chunks_mut(CHUNK)
+            .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+            .for_each(|(d, (a, b))| {
+                for ((d, &a), &b) in d.iter_mut().zip(a).zip(b) {
+                    f(d, a, b);
+                }
+            });
+    }
+
     /// `buf = m·buf + (g + wd·p)` (SGD's momentum buffer; with m = 0 it is the step).
     pub struct Momentum {
         pub m: f32,
@@ -298,14 +311,10 @@ pub mod inplace {
         ) -> Result<()> {
             let (buf, g, p) = (write(s1, l1)?, read(s2, l2)?, read(s3, l3)?);
             let (m, wd) = (self.m, self.wd);
-            buf.par_chunks_mut(CHUNK)
-                .zip(g.par_chunks(CHUNK).zip(p.par_chunks(CHUNK)))
-                .for_each(|(b, (g, p))| {
-                    for ((b, &g), &p) in b.iter_mut().zip(g).zip(p) {
-                        let g = if wd != 0.0 { g + p * wd } else { g };
-                        *b = if m != 0.0 { *b * m + g } else { g };
-                    }
-                });
+            each3(buf, g, p, |b, g, p| {
+                let g = if wd != 0.0 { g + p * wd } else { g };
+                *b = if m != 0.0 { *b * m + g } else { g };
+            });
             Ok(())
         }
     }
@@ -332,9 +341,11 @@ pub mod inplace {
         }
     }
 
-    /// Adam's moment: `mom = β·mom + (1−β)·h` with `h = g'` or `g'²`, `g' = g + wd·p`.
+    /// Adam's moment: `mom = β·mom + (1−β)·h` with `h = g'` or `g'²`, `g' = g + wd·p`;
+    /// `rest` is `1 − β` computed in f64, as the tensor path does.
     pub struct Moment {
         pub beta: f32,
+        pub rest: f32,
         pub wd: f32,
         pub square: bool,
     }
@@ -354,17 +365,12 @@ pub mod inplace {
             l3: &Layout,
         ) -> Result<()> {
             let (mom, g, p) = (write(s1, l1)?, read(s2, l2)?, read(s3, l3)?);
-            let (beta, wd, square) = (self.beta, self.wd, self.square);
-            let one_minus = (1.0 - beta as f64) as f32;
-            mom.par_chunks_mut(CHUNK)
-                .zip(g.par_chunks(CHUNK).zip(p.par_chunks(CHUNK)))
-                .for_each(|(mo, (g, p))| {
-                    for ((mo, &g), &p) in mo.iter_mut().zip(g).zip(p) {
-                        let g = if wd != 0.0 { g + p * wd } else { g };
-                        let h = if square { g * g } else { g };
-                        *mo = *mo * beta + h * one_minus;
-                    }
-                });
+            let (beta, one_minus, wd, square) = (self.beta, self.rest, self.wd, self.square);
+            each3(mom, g, p, |mo, g, p| {
+                let g = if wd != 0.0 { g + p * wd } else { g };
+                let h = if square { g * g } else { g };
+                *mo = *mo * beta + h * one_minus;
+            });
             Ok(())
         }
     }
@@ -393,14 +399,10 @@ pub mod inplace {
         ) -> Result<()> {
             let (p, m, v) = (write(s1, l1)?, read(s2, l2)?, read(s3, l3)?);
             let (lr, bc1, bc2, eps) = (self.lr, self.bc1, self.bc2, self.eps);
-            p.par_chunks_mut(CHUNK)
-                .zip(m.par_chunks(CHUNK).zip(v.par_chunks(CHUNK)))
-                .for_each(|(p, (m, v))| {
-                    for ((p, &m), &v) in p.iter_mut().zip(m).zip(v) {
-                        let denom = (v / bc2).sqrt() + eps;
-                        *p -= (m / bc1) / denom * lr;
-                    }
-                });
+            each3(p, m, v, |p, m, v| {
+                let denom = (v / bc2).sqrt() + eps;
+                *p -= (m / bc1) / denom * lr;
+            });
             Ok(())
         }
     }

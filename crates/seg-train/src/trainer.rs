@@ -133,6 +133,12 @@ impl Trainer {
     /// and drops `metrics.jsonl` lines written after it.
     fn resume(&mut self) -> Result<(), TrainError> {
         let ck = checkpoint::load(&self.checkpoint_path(), &self.s.device)?;
+        // Writes killed midway leave `.NAME.PID.tmp` files; nothing reads them.
+        match seg_labels::fsutil::remove_stale_temps(&self.s.run_dir) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("removed {n} temporary file(s) left by an interrupted write"),
+            Err(e) => tracing::warn!("{}: cannot clear temporary files: {e}", self.s.run_dir.display()),
+        }
         ck.restore_vars(&self.s.vars)?;
         for g in &mut self.groups {
             let state = ck.optimizer_state(group_name(g.group));

@@ -314,7 +314,8 @@ fn same_op_and_gradients(
 /// (c, co, k, stride, pad, dil, h, w)
 type ConvCase = (usize, usize, usize, usize, usize, usize, usize, usize);
 
-const CONV_CASES: [ConvCase; 11] = [
+const CONV_CASES: [ConvCase; 12] = [
+    (2, 3, 3, 1, 2, 2, 3, 1),
     (3, 2, 16, 8, 4, 1, 24, 32),
     (2, 3, 4, 2, 0, 1, 10, 8),
     (3, 5, 3, 1, 1, 1, 7, 9),
@@ -400,7 +401,9 @@ fn transposed_convolution_matches_candle_in_value_and_gradients() {
 #[test]
 fn composite_pieces_used_on_cuda_match_the_cpu_kernels() {
     use seg_nn::conv_ops::{composite, Geom};
-    for (c, co, k, stride, pad, dil, h, w) in CONV_CASES {
+    // Plus strided sizes whose remainders differ between height and width.
+    let extra: [ConvCase; 2] = [(2, 2, 3, 2, 1, 1, 9, 8), (3, 2, 4, 3, 1, 1, 10, 12)];
+    for (c, co, k, stride, pad, dil, h, w) in CONV_CASES.into_iter().chain(extra) {
         let x = Tensor::randn(0f32, 1.0, (2, c, h, w), &cpu()).unwrap();
         let kt = Tensor::randn(0f32, 1.0, (co, c, k, k), &cpu()).unwrap();
         let g = Geom::conv(x.dims4().unwrap(), kt.dims4().unwrap(), stride, pad, dil).unwrap();
