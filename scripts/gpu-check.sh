@@ -4,6 +4,7 @@
 #   scripts/gpu-check.sh --build      # writes gpu/ : xz-compressed CUDA binaries
 # then, on the GPU machine, in the repository root with gpu/ beside it:
 #   scripts/gpu-check.sh OUTDIR       # ldd, CUDA tests, benchmarks vs PyTorch, demo
+#   scripts/gpu-check.sh OUTDIR tests # ldd and the CUDA tests only
 # Results: OUTDIR/summary.txt plus one log per step.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -60,6 +61,7 @@ step test-seg-nn 60 $B/test-seg-nn cuda --test-threads 1
 grep -E "^test |test result" "$OUT/test-seg-nn.log" | tee -a "$S"
 step test-seg-adapt 120 $B/test-seg-adapt cuda --test-threads 1
 grep -E "^test |test result" "$OUT/test-seg-adapt.log" | tee -a "$S"
+[ "${2:-}" = "tests" ] && exit 0   # `scripts/gpu-check.sh OUT tests`: the CUDA tests only
 # Training step and inference, ours then PyTorch eager, same card, back to back.
 export SEG_BENCH_DEVICE=cuda
 step bench-ours 150 $B/bench-train-step --bench --noplot --warm-up-time 1 --measurement-time 3
