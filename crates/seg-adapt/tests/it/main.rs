@@ -185,15 +185,7 @@ fn demo_quick_reports_every_method() {
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("report.json")).unwrap()).unwrap();
     let runs = v["runs"].as_array().unwrap();
     assert_eq!(runs.len(), 7);
-    for m in [
-        "source-only",
-        "adabn",
-        "oracle",
-        "dann",
-        "fcn-wild",
-        "cross-city",
-        "san",
-    ] {
+    for m in seg_adapt::cmd::demo::METHODS {
         assert!(v["summary"][m]["mean"].is_number(), "{m}");
     }
     assert!(dir.path().join("comparison.png").exists());

@@ -8,6 +8,17 @@ use seg_nn::{cross_entropy_ignore, max_pool2x2, resize_bilinear, BatchNorm2d, Co
 #[cfg(feature = "cuda")]
 mod cuda;
 
+/// All values of a tensor, flattened.
+trait Flat {
+    fn flat(&self) -> Vec<f32>;
+}
+
+impl Flat for Tensor {
+    fn flat(&self) -> Vec<f32> {
+        self.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    }
+}
+
 fn cpu() -> Device {
     Device::Cpu
 }
@@ -27,18 +38,9 @@ fn max_pool_gradient_is_one_at_the_maximum() {
     let y = max_pool2x2(x.as_tensor()).unwrap();
     assert_eq!(y.dims(), &[1, 1, 2, 2]);
     // Windows of [0,7,14,5 / 12,3,10,1 / 8,15,6,13 / 4,11,2,9]: maxima 12, 14, 15, 13.
-    assert_eq!(
-        y.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-        vec![12.0, 14.0, 15.0, 13.0]
-    );
+    assert_eq!(y.flat(), vec![12.0, 14.0, 15.0, 13.0]);
     let g = y.sum_all().unwrap().backward().unwrap();
-    let gx = g
-        .get(x.as_tensor())
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
+    let gx = g.get(x.as_tensor()).unwrap().flat();
     assert_eq!(gx.iter().sum::<f32>(), 4.0, "unscaled: one unit per window");
     assert_eq!(gx[4], 1.0); // 12
     assert_eq!(gx[2], 1.0); // 14
@@ -56,13 +58,7 @@ fn cross_entropy_skips_ignored_pixels() {
     assert!(close(loss.to_scalar::<f32>().unwrap(), want, 1e-5));
     // d/dlogit = (p - onehot) / valid_count; ignored pixel gets nothing.
     let g = loss.backward().unwrap();
-    let gl = g
-        .get(logits.as_tensor())
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
+    let gl = g.get(logits.as_tensor()).unwrap().flat();
     let want_g = [0.25 / 2.0, (0.25 - 1.0) / 2.0, 0.0, (0.75 - 1.0) / 2.0, 0.75 / 2.0, 0.0];
     for (a, b) in gl.iter().zip(want_g) {
         assert!(close(*a, b, 1e-5), "{gl:?}");
@@ -81,21 +77,10 @@ fn cross_entropy_skips_ignored_pixels() {
 fn bilinear_resize_matches_pytorch_rule_and_has_gradients() {
     let x = Var::from_vec(vec![0f32, 200.0], (1, 1, 1, 2), &cpu()).unwrap();
     let y = resize_bilinear(x.as_tensor(), 1, 4).unwrap();
-    assert_eq!(
-        y.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-        vec![0.0, 50.0, 150.0, 200.0]
-    );
+    assert_eq!(y.flat(), vec![0.0, 50.0, 150.0, 200.0]);
     // d sum(y) / dx = column sums of the interpolation matrix: (1 + .75 + .25, .25 + .75 + 1).
     let g = y.sum_all().unwrap().backward().unwrap();
-    assert_eq!(
-        g.get(x.as_tensor())
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap(),
-        vec![2.0, 2.0]
-    );
+    assert_eq!(g.get(x.as_tensor()).unwrap().flat(), vec![2.0, 2.0]);
     // Odd sizes, both directions.
     let z = Tensor::arange(0f32, 2.0 * 3.0 * 5.0 * 7.0, &cpu())
         .unwrap()
@@ -191,13 +176,7 @@ fn batch_norm_uses_batch_stats_in_training_and_updates_running_ones() {
     let bn = BatchNorm2d::new(1, vb.pp("bn"), &vars).unwrap();
     // Values 1, 2, 3, 6: mean 3, biased var 3.5, unbiased 14/3.
     let x = Tensor::from_vec(vec![1f32, 2.0, 3.0, 6.0], (1, 1, 2, 2), &cpu()).unwrap();
-    let y = bn
-        .forward_t(&x, true)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
+    let y = bn.forward_t(&x, true).unwrap().flat();
     assert!(close(y[0], -2.0 / (3.5f32 + 1e-5).sqrt(), 1e-5));
     let data = vars.data().lock().unwrap();
     let rm = data["bn.running_mean"].as_tensor().to_vec1::<f32>().unwrap()[0];
@@ -208,13 +187,7 @@ fn batch_norm_uses_batch_stats_in_training_and_updates_running_ones() {
     );
     drop(data);
     // Evaluation uses the running statistics.
-    let e = bn
-        .forward_t(&x, false)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
+    let e = bn.forward_t(&x, false).unwrap().flat();
     assert!(close(e[0], (1.0 - rm) / (rv + 1e-5).sqrt(), 1e-5));
 }
 
@@ -408,7 +381,7 @@ fn composite_pieces_used_on_cuda_match_the_cpu_kernels() {
         let kt = Tensor::randn(0f32, 1.0, (co, c, k, k), &cpu()).unwrap();
         let g = Geom::conv(x.dims4().unwrap(), kt.dims4().unwrap(), stride, pad, dil).unwrap();
         let dy = Tensor::randn(0f32, 1.0, (2, co, g.ho, g.wo), &cpu()).unwrap();
-        let data = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let data = |t: &Tensor| t.flat();
         let cmp = |cpu: Vec<f32>, comp: Tensor, what: &str| {
             let comp = data(&comp);
             assert_eq!(cpu.len(), comp.len(), "{what}");
@@ -449,14 +422,8 @@ fn convolution_gradients_match_finite_differences() {
         (y * &wts).unwrap().sum_all().unwrap().backward().unwrap()
     };
     for v in [&x, &kv] {
-        let base = v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let analytic = grads
-            .get(v.as_tensor())
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
+        let base = v.as_tensor().flat();
+        let analytic = grads.get(v.as_tensor()).unwrap().flat();
         for i in (0..base.len()).step_by(5) {
             let at = |delta: f32| {
                 let mut p = base.clone();
@@ -518,15 +485,7 @@ fn batch_norm_gradient_matches_finite_differences() {
     let y = bn.forward_t(x.as_tensor(), true).unwrap();
     let got = (y * &wts).unwrap().sum_all().unwrap();
     assert!(close(got.to_scalar::<f32>().unwrap(), f(&x0) as f32, 1e-4));
-    let g = got
-        .backward()
-        .unwrap()
-        .get(x.as_tensor())
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
+    let g = got.backward().unwrap().get(x.as_tensor()).unwrap().flat();
     for i in [0, 7, 31, 64, 89] {
         let (mut a, mut b) = (x0.clone(), x0.clone());
         a[i] += 1e-3;
