@@ -162,7 +162,9 @@ pub struct Setup {
 
 pub fn setup(method: &MethodConfig) -> Setup {
     let vars = VarMap::new();
-    let vb = VarBuilder::from_varmap(&vars, DType::F32, &Device::Cpu);
+    // Seeded: candle's own CPU initialiser cannot be seeded, and some random draws leave the
+    // tiny net's ReLUs dead (a flaky "step changed nothing" for feature-level terms).
+    let vb = seg_nn::init::seeded_builder(&vars, 7, DType::F32, &Device::Cpu);
     let net = TinyNet::new(vb.pp("model"), true).unwrap();
     let head = method
         .build_head(&net, vb.pp("head"), &vars, Some(&stats()))
