@@ -95,11 +95,8 @@ fn step(s: &mut Step, x: &Tensor, y: &Tensor, xt: &Tensor) {
         .iter()
         .map(|(g, _)| {
             let mine: Vec<&Tensor> = terms.iter().filter(|t| t.group == *g).map(|t| &t.value).collect();
-            mine.iter()
-                .skip(1)
-                .fold(mine[0].clone(), |a, b| (a + *b).unwrap())
-                .backward()
-                .unwrap()
+            let total = mine.iter().skip(1).fold(mine[0].clone(), |a, b| (a + *b).unwrap());
+            seg_nn::backward(&total).unwrap()
         })
         .collect();
     for ((_, o), g) in s.opts.iter_mut().zip(grads) {

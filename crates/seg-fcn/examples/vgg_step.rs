@@ -44,7 +44,7 @@ fn main() {
         let t1 = t.elapsed();
         let l = seg_nn::cross_entropy_ignore(f.logits().unwrap(), &y, 255).unwrap();
         let t2 = t.elapsed();
-        let g = l.backward().unwrap();
+        let g = seg_nn::backward(&l).unwrap();
         let t3 = t.elapsed();
         seg_nn::Optimizer::step(&mut opt, &g, 1e-10).unwrap();
         let t4 = t.elapsed();

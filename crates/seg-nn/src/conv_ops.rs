@@ -472,13 +472,13 @@ impl CustomOp2 for ConvOp {
         match self.piece {
             // y = conv(x, w): dx = convᵀ(dy, w), dw = Σ dy · im2col(x)ᵀ.
             Piece::Forward => Ok((
-                Some(self.run(&grad, b, Piece::InputGrad)?),
-                Some(self.run(a, &grad, Piece::WeightGrad)?),
+                needed(a, || self.run(&grad, b, Piece::InputGrad))?,
+                weight_grad(b, || self.run(a, &grad, Piece::WeightGrad))?,
             )),
             // A transposed conv t = convᵀ(u, w): du = conv(dt, w), dw = Σ u · im2col(dt)ᵀ.
             Piece::InputGrad => Ok((
-                Some(self.run(&grad, b, Piece::Forward)?),
-                Some(self.run(&grad, a, Piece::WeightGrad)?),
+                needed(a, || self.run(&grad, b, Piece::Forward))?,
+                weight_grad(b, || self.run(&grad, a, Piece::WeightGrad))?,
             )),
             Piece::WeightGrad => candle_core::bail!("conv2d-weight-grad has no gradient"),
         }
@@ -757,7 +757,7 @@ impl CustomOp3 for ConvBiasRelu {
         &self,
         x: &Tensor,
         w: &Tensor,
-        _b: &Tensor,
+        b: &Tensor,
         r: &Tensor,
         dr: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
@@ -773,10 +773,29 @@ impl CustomOp3 for ConvBiasRelu {
             piece: Piece::Forward,
         };
         Ok((
-            Some(op.run(&g, w, Piece::InputGrad)?),
-            Some(op.run(x, &g, Piece::WeightGrad)?),
-            Some(db),
+            needed(x, || op.run(&g, w, Piece::InputGrad))?,
+            weight_grad(w, || op.run(x, &g, Piece::WeightGrad))?,
+            weight_grad(b, || Ok(db))?,
         ))
+    }
+}
+
+/// The gradient `f` computes for `t`, or nothing where `t` takes no part in differentiation
+/// (an input image: no variable, no op behind it).
+fn needed(t: &Tensor, f: impl FnOnce() -> Result<Tensor>) -> Result<Option<Tensor>> {
+    if t.track_op() {
+        f().map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
+/// A parameter's gradient: to the installed sink where there is one (see [`crate::grad`]),
+/// otherwise back to candle.
+fn weight_grad(w: &Tensor, f: impl FnOnce() -> Result<Tensor>) -> Result<Option<Tensor>> {
+    match needed(w, f)? {
+        Some(dw) => crate::grad::offer(w, dw),
+        None => Ok(None),
     }
 }
 

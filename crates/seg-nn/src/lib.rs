@@ -7,12 +7,14 @@
 pub mod alloc;
 pub mod conv_ops;
 pub mod cpu_ops;
+pub mod grad;
 pub mod init;
 pub mod layers;
 pub mod loss;
 pub mod optim;
 pub mod schedule;
 
+pub use grad::backward;
 pub use layers::{bilinear_kernel, conv2d, max_pool2x2, resize_bilinear, BatchNorm2d, Conv2d, ConvTranspose2d};
 pub use loss::{bce_with_logits, bce_with_logits_per_element, cross_entropy_ignore};
 pub use optim::{Adam, Optimizer, OptimizerConfig, Sgd};

@@ -285,7 +285,7 @@ impl Trainer {
             for t in &mine[1..] {
                 total = (total + *t)?;
             }
-            grads.push(Some(total.backward()?));
+            grads.push(Some(seg_nn::backward(&total)?));
         }
         let progress_step = self.step;
         for (g, grad) in self.groups.iter_mut().zip(grads) {
