@@ -155,6 +155,25 @@ fn matmul(m: usize, n: usize, k: usize, dst: &mut [f32], d: Mat, acc: bool, lhs:
     assert!(last(k, n, b) as usize <= rhs.len());
     // `Geom::conv` refuses empty shapes, so every product here has a non-empty reduction.
     debug_assert!(m > 0 && n > 0 && k > 0);
+    if prefer_sgemm(m, a) {
+        let v = |m: Mat| crate::sgemm::View { rs: m.rs, cs: m.cs };
+        // SAFETY: as below; `prefer_sgemm` checked for AVX-512.
+        unsafe {
+            crate::sgemm::sgemm(
+                m,
+                n,
+                k,
+                dst.as_mut_ptr(),
+                v(d),
+                acc,
+                lhs.as_ptr(),
+                v(a),
+                rhs.as_ptr(),
+                v(b),
+            );
+        }
+        return;
+    }
     // SAFETY: the asserts above keep every addressed element inside its slice, strides are
     // positive, and `dst` does not alias `lhs` or `rhs` (distinct borrows).
     unsafe {
@@ -180,6 +199,18 @@ fn matmul(m: usize, n: usize, k: usize, dst: &mut [f32], d: Mat, acc: bool, lhs:
             threads(),
         )
     }
+}
+
+/// Which products go to [`crate::sgemm`] rather than `gemm`: those whose left operand is stored
+/// by columns (the forward's transposed kernel, every input gradient), which `gemm` runs at
+/// about half speed, and those with few rows (narrow layers' weight gradients). Measured side by
+/// side at VGG16-FCN8s's shapes (`cargo run --release -p seg-nn --example sgemm_shapes`): `gemm`
+/// stays ahead on large row-major products with a long reduction (fc6's forward and weight
+/// gradient). `SEG_SGEMM=0` sends everything to `gemm`.
+fn prefer_sgemm(m: usize, a: Mat) -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let on = *ON.get_or_init(|| crate::sgemm::available() && std::env::var("SEG_SGEMM").map_or(true, |v| v != "0"));
+    on && (a.rs == 1 || m < 256)
 }
 
 /// Unfolds output rows `oy0..oy1` of image `x` (C×H×W) into `cols` (K × rows·Wo).
@@ -497,7 +528,7 @@ pub mod composite {
     /// For stride 1: a forward conv of `dy` with the flipped, transposed kernel and padding
     /// `d·(k−1) − p` (a negative padding crops `dy` instead). Otherwise candle's transposed conv.
     pub fn input_grad(g: &Geom, dy: &Tensor, w: &Tensor) -> Result<Tensor> {
-        if g.stride > 1 && g.dil == 1 && g.kh % g.stride == 0 && g.kw % g.stride == 0 {
+        if g.stride > 1 && g.dil == 1 && g.kh.is_multiple_of(g.stride) && g.kw.is_multiple_of(g.stride) {
             return strided_input_grad(g, dy, w);
         }
         if g.stride != 1 || g.kh != g.kw {

@@ -13,6 +13,7 @@ pub mod layers;
 pub mod loss;
 pub mod optim;
 pub mod schedule;
+pub mod sgemm;
 
 pub use grad::backward;
 pub use layers::{bilinear_kernel, conv2d, max_pool2x2, resize_bilinear, BatchNorm2d, Conv2d, ConvTranspose2d};

@@ -342,7 +342,7 @@ impl Trainer {
             self.step += 1;
             let ips = per_step as f64 / t0.elapsed().as_secs_f64().max(1e-9);
             let cfg = &self.s.config;
-            if cfg.log_every > 0 && (self.step % cfg.log_every == 0 || self.step == total) {
+            if cfg.log_every > 0 && (self.step.is_multiple_of(cfg.log_every) || self.step == total) {
                 let lr = seg_nn::poly_lr(cfg.lr, self.step - 1, total, cfg.lr_power);
                 self.log(serde_json::json!({"step": self.step, "lr": lr, "losses": losses, "images_per_sec": ips}))?;
             }
@@ -350,10 +350,10 @@ impl Trainer {
             bar.set_message(format!("{} | {ips:.1} img/s", msg.join(" ")));
             bar.set_position(self.step as u64);
             let cfg = &self.s.config;
-            if cfg.checkpoint_every > 0 && self.step % cfg.checkpoint_every == 0 && self.step < total {
+            if cfg.checkpoint_every > 0 && self.step.is_multiple_of(cfg.checkpoint_every) && self.step < total {
                 self.save_checkpoint()?;
             }
-            if cfg.eval_every > 0 && self.step % cfg.eval_every == 0 && self.step < total {
+            if cfg.eval_every > 0 && self.step.is_multiple_of(cfg.eval_every) && self.step < total {
                 last_eval = self.evaluate_now()?;
             }
         }
