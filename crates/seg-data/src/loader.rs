@@ -120,13 +120,23 @@ pub fn prepare(sample: &Sample, aug: &Augment, rng: &mut Rng) -> (seg_labels::Rg
         ((w as f32 * s).round() as u32).max(1),
         ((h as f32 * s).round() as u32).max(1),
     );
-    let img = transform::resize_bilinear(&sample.image, nw, nh);
+    // The crop is drawn first and only its window is resampled (the same pixels as resizing
+    // the whole image and cropping it; the draw order of the random numbers is unchanged).
+    let (win, crop) = match aug.crop {
+        Some([cw, ch]) => (transform::crop_window(nw, nh, cw, ch, rng), Some((cw, ch))),
+        None => (transform::Window::whole(nw, nh), None),
+    };
+    let img = if (nw, nh) == (w, h) && win == transform::Window::whole(w, h) {
+        sample.image.clone()
+    } else {
+        transform::resize_bilinear_window(&sample.image, nw, nh, win)
+    };
     let lab = sample
         .label
         .as_ref()
-        .map(|l| transform::resize_nearest(l, w, h, nw, nh));
-    let (mut img, mut lab) = match aug.crop {
-        Some([cw, ch]) => transform::random_crop(&img, lab.as_deref(), cw, ch, rng),
+        .map(|l| transform::resize_nearest_window(l, w, h, nw, nh, win));
+    let (mut img, mut lab) = match crop {
+        Some((cw, ch)) => transform::pad_to(img, lab, cw, ch),
         None => (img, lab),
     };
     if aug.hflip && rng.chance(0.5) {

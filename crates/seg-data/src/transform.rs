@@ -15,10 +15,31 @@ pub fn resize_bilinear(img: &RgbImage, nw: u32, nh: u32) -> RgbImage {
     if (nw, nh) == (img.width, img.height) {
         return img.clone();
     }
+    resize_bilinear_window(img, nw, nh, Window::whole(nw, nh))
+}
+
+/// A rectangle of a resized image: columns `x0 .. x0 + w`, rows `y0 .. y0 + h`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub x0: u32,
+    pub y0: u32,
+    pub w: u32,
+    pub h: u32,
+}
+
+impl Window {
+    pub fn whole(w: u32, h: u32) -> Self {
+        Self { x0: 0, y0: 0, w, h }
+    }
+}
+
+/// The pixels of `resize_bilinear(img, nw, nh)` inside `win`, computed without the rest: a
+/// random crop of a rescaled image costs the crop, not the whole rescaled image.
+pub fn resize_bilinear_window(img: &RgbImage, nw: u32, nh: u32, win: Window) -> RgbImage {
     let (w, h) = (img.width as usize, img.height as usize);
-    let taps = |n_out: u32, n_in: usize| -> Vec<(usize, usize, f32)> {
+    let taps = |range: std::ops::Range<u32>, n_out: u32, n_in: usize| -> Vec<(usize, usize, f32)> {
         let scale = n_in as f32 / n_out as f32;
-        (0..n_out)
+        range
             .map(|o| {
                 let src = ((o as f32 + 0.5) * scale - 0.5).max(0.0);
                 let i0 = (src.floor() as usize).min(n_in - 1);
@@ -27,9 +48,9 @@ pub fn resize_bilinear(img: &RgbImage, nw: u32, nh: u32) -> RgbImage {
             })
             .collect()
     };
-    let xs = taps(nw, w);
-    let ys = taps(nh, h);
-    let mut data = Vec::with_capacity((nw * nh * 3) as usize);
+    let xs = taps(win.x0..win.x0 + win.w, nw, w);
+    let ys = taps(win.y0..win.y0 + win.h, nh, h);
+    let mut data = Vec::with_capacity((win.w * win.h * 3) as usize);
     for &(y0, y1, fy) in &ys {
         let r0 = &img.data[y0 * w * 3..(y0 + 1) * w * 3];
         let r1 = &img.data[y1 * w * 3..(y1 + 1) * w * 3];
@@ -42,8 +63,8 @@ pub fn resize_bilinear(img: &RgbImage, nw: u32, nh: u32) -> RgbImage {
         }
     }
     RgbImage {
-        width: nw,
-        height: nh,
+        width: win.w,
+        height: win.h,
         data,
     }
 }
@@ -53,11 +74,16 @@ pub fn resize_nearest(label: &[u8], w: u32, h: u32, nw: u32, nh: u32) -> Vec<u8>
     if (nw, nh) == (w, h) {
         return label.to_vec();
     }
-    let xs: Vec<usize> = (0..nw)
+    resize_nearest_window(label, w, h, nw, nh, Window::whole(nw, nh))
+}
+
+/// The pixels of `resize_nearest(label, w, h, nw, nh)` inside `win`.
+pub fn resize_nearest_window(label: &[u8], w: u32, h: u32, nw: u32, nh: u32, win: Window) -> Vec<u8> {
+    let xs: Vec<usize> = (win.x0..win.x0 + win.w)
         .map(|x| (((x as f64 + 0.5) * w as f64 / nw as f64) as usize).min(w as usize - 1))
         .collect();
-    let mut out = Vec::with_capacity((nw * nh) as usize);
-    for y in 0..nh {
+    let mut out = Vec::with_capacity((win.w * win.h) as usize);
+    for y in win.y0..win.y0 + win.h {
         let sy = (((y as f64 + 0.5) * h as f64 / nh as f64) as usize).min(h as usize - 1);
         let row = &label[sy * w as usize..(sy + 1) * w as usize];
         out.extend(xs.iter().map(|&sx| row[sx]));
@@ -82,16 +108,9 @@ pub fn hflip(img: &mut RgbImage, label: Option<&mut Vec<u8>>) {
     }
 }
 
-/// Crops `cw × ch` at a random position; where the image is smaller it is padded first
-/// (image with 0, label with 255 = ignore).
-pub fn random_crop(
-    img: &RgbImage,
-    label: Option<&[u8]>,
-    cw: u32,
-    ch: u32,
-    rng: &mut Rng,
-) -> (RgbImage, Option<Vec<u8>>) {
-    let (w, h) = (img.width, img.height);
+/// Where a `cw × ch` crop of a `w × h` image lands, drawn at random: the window of the image
+/// it covers (the rest of the crop is padding).
+pub fn crop_window(w: u32, h: u32, cw: u32, ch: u32, rng: &mut Rng) -> Window {
     let x0 = if w > cw {
         rng.below((w - cw + 1) as usize) as u32
     } else {
@@ -102,15 +121,27 @@ pub fn random_crop(
     } else {
         0
     };
+    Window {
+        x0,
+        y0,
+        w: cw.min(w - x0),
+        h: ch.min(h - y0),
+    }
+}
+
+/// Places a window's pixels (`win.w × win.h`) at the top left of a `cw × ch` canvas, padded
+/// with 0 (image) and 255 = ignore (label).
+pub fn pad_to(img: RgbImage, label: Option<Vec<u8>>, cw: u32, ch: u32) -> (RgbImage, Option<Vec<u8>>) {
+    if (img.width, img.height) == (cw, ch) {
+        return (img, label);
+    }
+    let (w, h) = (img.width as usize, img.height as usize);
     let mut data = vec![0u8; (cw * ch * 3) as usize];
-    let mut lab = label.map(|_| vec![IGNORE; (cw * ch) as usize]);
-    let cols = cw.min(w - x0) as usize;
-    for y in 0..ch.min(h - y0) as usize {
-        let sy = y0 as usize + y;
-        let src = &img.data[(sy * w as usize + x0 as usize) * 3..][..cols * 3];
-        data[y * cw as usize * 3..][..cols * 3].copy_from_slice(src);
-        if let (Some(dst), Some(l)) = (lab.as_mut(), label) {
-            dst[y * cw as usize..][..cols].copy_from_slice(&l[sy * w as usize + x0 as usize..][..cols]);
+    let mut lab = label.as_ref().map(|_| vec![IGNORE; (cw * ch) as usize]);
+    for y in 0..h {
+        data[y * cw as usize * 3..][..w * 3].copy_from_slice(&img.data[y * w * 3..][..w * 3]);
+        if let (Some(dst), Some(l)) = (lab.as_mut(), label.as_ref()) {
+            dst[y * cw as usize..][..w].copy_from_slice(&l[y * w..][..w]);
         }
     }
     (
@@ -121,6 +152,33 @@ pub fn random_crop(
         },
         lab,
     )
+}
+
+/// Crops `cw × ch` at a random position; where the image is smaller it is padded first
+/// (image with 0, label with 255 = ignore).
+pub fn random_crop(
+    img: &RgbImage,
+    label: Option<&[u8]>,
+    cw: u32,
+    ch: u32,
+    rng: &mut Rng,
+) -> (RgbImage, Option<Vec<u8>>) {
+    let (w, h) = (img.width, img.height);
+    let win = crop_window(w, h, cw, ch, rng);
+    let mut data = Vec::with_capacity((win.w * win.h * 3) as usize);
+    let mut lab = label.map(|_| Vec::with_capacity((win.w * win.h) as usize));
+    for sy in win.y0 as usize..(win.y0 + win.h) as usize {
+        data.extend_from_slice(&img.data[(sy * w as usize + win.x0 as usize) * 3..][..win.w as usize * 3]);
+        if let (Some(dst), Some(l)) = (lab.as_mut(), label) {
+            dst.extend_from_slice(&l[sy * w as usize + win.x0 as usize..][..win.w as usize]);
+        }
+    }
+    let img = RgbImage {
+        width: win.w,
+        height: win.h,
+        data,
+    };
+    pad_to(img, lab, cw, ch)
 }
 
 /// Converts to CHW floats: `(v / 255 - mean) / std`.
@@ -150,6 +208,32 @@ mod tests {
             width: w,
             height: h,
             data: (0..w * h * 3).map(|v| (v % 251) as u8).collect(),
+        }
+    }
+
+    #[test]
+    fn resampling_only_the_crop_window_equals_resizing_then_cropping() {
+        let (w, h) = (37u32, 23u32);
+        let im = img(w, h);
+        let lab: Vec<u8> = (0..w * h).map(|v| (v * 7 % 19) as u8).collect();
+        for seed in 0..40u64 {
+            let mut r = Rng::new(seed);
+            let (nw, nh) = (10 + r.below(50) as u32, 8 + r.below(30) as u32);
+            let (cw, ch) = (5 + r.below(40) as u32, 4 + r.below(30) as u32);
+            let (mut r1, mut r2) = (Rng::new(seed + 100), Rng::new(seed + 100));
+            let big = resize_bilinear(&im, nw, nh);
+            let big_lab = resize_nearest(&lab, w, h, nw, nh);
+            let (want, want_lab) = random_crop(&big, Some(&big_lab), cw, ch, &mut r1);
+            let win = crop_window(nw, nh, cw, ch, &mut r2);
+            let (got, got_lab) = pad_to(
+                resize_bilinear_window(&im, nw, nh, win),
+                Some(resize_nearest_window(&lab, w, h, nw, nh, win)),
+                cw,
+                ch,
+            );
+            assert_eq!((got.width, got.height), (cw, ch));
+            assert_eq!(got.data, want.data, "seed {seed}: {nw}x{nh} crop {cw}x{ch} at {win:?}");
+            assert_eq!(got_lab, want_lab, "seed {seed}");
         }
     }
 
