@@ -143,16 +143,9 @@ fn COL(rows: usize) -> Mat {
 /// `dst (m×n) = [dst +] lhs (m×k) · rhs (k×n)`, with bounds checked against the slices.
 #[allow(clippy::too_many_arguments)]
 fn matmul(m: usize, n: usize, k: usize, dst: &mut [f32], d: Mat, acc: bool, lhs: &[f32], a: Mat, rhs: &[f32], b: Mat) {
-    let last = |rows: usize, cols: usize, v: Mat| {
-        if rows == 0 || cols == 0 {
-            0
-        } else {
-            (rows as isize - 1) * v.rs + (cols as isize - 1) * v.cs + 1
-        }
-    };
-    assert!(last(m, n, d) as usize <= dst.len());
-    assert!(last(m, k, a) as usize <= lhs.len());
-    assert!(last(k, n, b) as usize <= rhs.len());
+    assert!(extent(m, n, d) <= dst.len());
+    assert!(extent(m, k, a) <= lhs.len());
+    assert!(extent(k, n, b) <= rhs.len());
     // `Geom::conv` refuses empty shapes, so every product here has a non-empty reduction.
     debug_assert!(m > 0 && n > 0 && k > 0);
     if prefer_sgemm(m, a) {
@@ -208,9 +201,65 @@ fn matmul(m: usize, n: usize, k: usize, dst: &mut [f32], d: Mat, acc: bool, lhs:
 /// stays ahead on large row-major products with a long reduction (fc6's forward and weight
 /// gradient). `SEG_SGEMM=0` sends everything to `gemm`.
 fn prefer_sgemm(m: usize, a: Mat) -> bool {
+    sgemm_on() && (a.rs == 1 || m < 256)
+}
+
+fn sgemm_on() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let on = *ON.get_or_init(|| crate::sgemm::available() && std::env::var("SEG_SGEMM").map_or(true, |v| v != "0"));
-    on && (a.rs == 1 || m < 256)
+    *ON.get_or_init(|| crate::sgemm::available() && std::env::var("SEG_SGEMM").map_or(true, |v| v != "0"))
+}
+
+fn view(m: Mat) -> crate::sgemm::View {
+    crate::sgemm::View { rs: m.rs, cs: m.cs }
+}
+
+/// Index one past the last element a `rows × cols` view addresses.
+fn extent(rows: usize, cols: usize, v: Mat) -> usize {
+    if rows == 0 || cols == 0 {
+        0
+    } else {
+        ((rows as isize - 1) * v.rs + (cols as isize - 1) * v.cs + 1) as usize
+    }
+}
+
+/// The left operand of a convolution's products: as stored, or packed once into
+/// [`crate::sgemm`]'s layout when several products (bands, images) share it.
+enum Lhs<'a> {
+    Plain(&'a [f32], Mat),
+    Packed(crate::sgemm::PackedA),
+}
+
+impl<'a> Lhs<'a> {
+    /// `a` (m×k through `v`), packed when `reuse` and the AVX-512 kernel runs here.
+    fn new(m: usize, k: usize, a: &'a [f32], v: Mat, reuse: bool) -> Self {
+        assert!(extent(m, k, v) <= a.len());
+        if reuse && sgemm_on() {
+            // SAFETY: the assert above keeps every element of the view inside `a`.
+            Lhs::Packed(unsafe { crate::sgemm::PackedA::new(m, k, a.as_ptr(), view(v)) })
+        } else {
+            Lhs::Plain(a, v)
+        }
+    }
+
+    fn packed(&self) -> bool {
+        matches!(self, Lhs::Packed(_))
+    }
+}
+
+/// `dst (m×n) = [dst +] lhs (m×k) · rhs (k×n)`.
+#[allow(clippy::too_many_arguments)]
+fn product(m: usize, n: usize, k: usize, dst: &mut [f32], d: Mat, acc: bool, lhs: &Lhs<'_>, rhs: &[f32], b: Mat) {
+    match lhs {
+        Lhs::Plain(a, v) => matmul(m, n, k, dst, d, acc, a, *v, rhs, b),
+        Lhs::Packed(p) => {
+            assert_eq!(p.dims(), (m, k));
+            assert!(extent(m, n, d) <= dst.len());
+            assert!(extent(k, n, b) <= rhs.len());
+            // SAFETY: the asserts keep C and B inside their slices; `dst` does not alias
+            // `rhs` (distinct borrows).
+            unsafe { crate::sgemm::sgemm_packed(n, dst.as_mut_ptr(), view(d), acc, p, rhs.as_ptr(), view(b)) }
+        }
+    }
 }
 
 /// Unfolds output rows `oy0..oy1` of image `x` (C×H×W) into `cols` (K × rows·Wo).
@@ -317,32 +366,26 @@ pub fn forward_cpu(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
     let (k, p) = (g.k(), g.ho * g.wo);
     let mut y = vec![0f32; g.n * g.y_len()];
     let mut cols = vec![0f32; if g.pointwise() { 0 } else { k * g.band() * g.wo }];
+    let reuse = g.n * bands(g).count() > 1;
+    let packed = Lhs::new(g.co, k, w, ROW(k), reuse);
     // gemm runs this product 1.2-1.4x faster with the kernel stored transposed (measured on an
     // AVX-512 Xeon); the copy is skipped for huge kernels (fc6) where it would cost more.
-    let wt = (!g.pointwise() && g.co * k <= WT_MAX).then(|| transposed(w, g.co, k));
+    let wt;
+    let lhs = if packed.packed() || g.pointwise() || g.co * k > WT_MAX {
+        packed
+    } else {
+        wt = transposed(w, g.co, k);
+        Lhs::Plain(&wt, COL(g.co))
+    };
     for (yi, xi) in y.chunks_mut(g.y_len()).zip(x.chunks(g.x_len())) {
         if g.pointwise() {
-            matmul(g.co, p, k, yi, ROW(p), false, w, ROW(k), xi, ROW(p));
+            product(g.co, p, k, yi, ROW(p), false, &lhs, xi, ROW(p));
             continue;
         }
         for (a, b) in bands(g) {
             let t = (b - a) * g.wo;
             im2col(g, xi, a, b, &mut cols);
-            match &wt {
-                Some(wt) => matmul(
-                    g.co,
-                    t,
-                    k,
-                    &mut yi[a * g.wo..],
-                    ROW(p),
-                    false,
-                    wt,
-                    COL(g.co),
-                    &cols,
-                    ROW(t),
-                ),
-                None => matmul(g.co, t, k, &mut yi[a * g.wo..], ROW(p), false, w, ROW(k), &cols, ROW(t)),
-            }
+            product(g.co, t, k, &mut yi[a * g.wo..], ROW(p), false, &lhs, &cols, ROW(t));
         }
     }
     y
@@ -364,25 +407,15 @@ pub fn input_grad_cpu(g: &Geom, dy: &[f32], w: &[f32]) -> Vec<f32> {
     let (k, p) = (g.k(), g.ho * g.wo);
     let mut dx = vec![0f32; g.n * g.x_len()];
     let mut cols = vec![0f32; if g.pointwise() { 0 } else { k * g.band() * g.wo }];
+    let lhs = Lhs::new(k, g.co, w, COL(k), g.n * bands(g).count() > 1);
     for (dxi, dyi) in dx.chunks_mut(g.x_len()).zip(dy.chunks(g.y_len())) {
         if g.pointwise() {
-            matmul(k, p, g.co, dxi, ROW(p), false, w, COL(k), dyi, ROW(p));
+            product(k, p, g.co, dxi, ROW(p), false, &lhs, dyi, ROW(p));
             continue;
         }
         for (a, b) in bands(g) {
             let t = (b - a) * g.wo;
-            matmul(
-                k,
-                t,
-                g.co,
-                &mut cols,
-                ROW(t),
-                false,
-                w,
-                COL(k),
-                &dyi[a * g.wo..],
-                ROW(p),
-            );
+            product(k, t, g.co, &mut cols, ROW(t), false, &lhs, &dyi[a * g.wo..], ROW(p));
             col2im(g, &cols, a, b, dxi);
         }
     }

@@ -101,7 +101,101 @@ pub unsafe fn sgemm(
         }
         return;
     }
-    let p = Ptrs { c, a, b };
+    // SAFETY: forwarded contract.
+    unsafe { run(m, n, k, Ptrs { c, a, b }, vc, acc, Lhs::Raw(va), vb) }
+}
+
+/// A left operand packed once into the register kernel's layout, for products that reuse it
+/// (a convolution's kernel across its bands of output rows).
+pub struct PackedA {
+    m: usize,
+    k: usize,
+    buf: Vec<f32>,
+    off: usize,
+}
+
+impl PackedA {
+    /// Packs `A (m×k)`.
+    ///
+    /// # Safety
+    /// Every element addressed through `va` must lie inside `a`'s allocation.
+    pub unsafe fn new(m: usize, k: usize, a: *const f32, va: View) -> Self {
+        let slivers = m.div_ceil(MR);
+        let len = slivers * MR * k;
+        let mut buf = vec![0f32; len + 16];
+        let off = buf.as_ptr().align_offset(64);
+        let src = Ptrs {
+            c: std::ptr::null_mut(),
+            a,
+            b: std::ptr::null(),
+        };
+        buf[off..off + len]
+            .par_chunks_mut(slivers * MR * KC)
+            .enumerate()
+            .for_each(|(blk, o)| {
+                let pc = blk * KC;
+                let kc = KC.min(k - pc);
+                let a = src.shifted(0, pc as isize * va.cs, 0).a;
+                // SAFETY: columns pc..pc + kc of A, inside it by the caller's contract.
+                unsafe { pack_a(m, kc, a, va, &mut o[..slivers * MR * kc]) };
+            });
+        Self { m, k, buf, off }
+    }
+
+    /// `(rows, columns)` of the packed matrix.
+    pub fn dims(&self) -> (usize, usize) {
+        (self.m, self.k)
+    }
+
+    /// The slivers of depth block `pc` (a multiple of `KC`).
+    fn block(&self, pc: usize) -> &[f32] {
+        let slivers = self.m.div_ceil(MR);
+        let kc = KC.min(self.k - pc);
+        &self.buf[self.off + slivers * MR * pc..][..slivers * MR * kc]
+    }
+}
+
+/// `C (m×n) = [C +] A · B (k×n)` with A packed beforehand (`A` is `packed.m × packed.k`).
+///
+/// # Safety
+/// As [`sgemm`], for C and B.
+pub unsafe fn sgemm_packed(n: usize, c: *mut f32, vc: View, acc: bool, a: &PackedA, b: *const f32, vb: View) {
+    let (m, k) = (a.m, a.k);
+    if m == 0 || n == 0 || k == 0 {
+        // SAFETY: forwarded contract (no A element is read when k = 0).
+        unsafe { sgemm(m, n, 0, c, vc, acc, std::ptr::null(), View { rs: 0, cs: 0 }, b, vb) };
+        return;
+    }
+    let p = Ptrs {
+        c,
+        a: std::ptr::null(),
+        b,
+    };
+    // SAFETY: forwarded contract.
+    unsafe { run(m, n, k, p, vc, acc, Lhs::Packed(a, 0), vb) }
+}
+
+/// Where the left operand comes from.
+#[derive(Clone, Copy)]
+enum Lhs<'a> {
+    /// Strided, packed block by block as the product goes.
+    Raw(View),
+    /// Packed beforehand; the product starts at this row (a multiple of `MR`).
+    Packed(&'a PackedA, usize),
+}
+
+impl Lhs<'_> {
+    fn at(&self, a: *const f32, i: usize, p: usize) -> *const f32 {
+        match self {
+            Lhs::Raw(v) => a.wrapping_offset(i as isize * v.rs + p as isize * v.cs),
+            Lhs::Packed(..) => a,
+        }
+    }
+}
+
+/// Splits the product over the threads and runs each part.
+#[allow(clippy::too_many_arguments)]
+unsafe fn run(m: usize, n: usize, k: usize, p: Ptrs, vc: View, acc: bool, lhs: Lhs<'_>, vb: View) {
     let threads = rayon::current_num_threads().max(1);
     // Split the wider side into one part per thread, in whole kernel tiles.
     let by_cols = n.div_ceil(NR) >= m.div_ceil(MR);
@@ -109,7 +203,7 @@ pub unsafe fn sgemm(
     let parts = threads.min(len.div_ceil(unit)).max(1);
     if parts == 1 || (m * n * k) < (1 << 18) {
         // SAFETY: forwarded contract.
-        unsafe { serial(m, n, k, p, vc, acc, va, vb) };
+        unsafe { serial(m, n, k, p, vc, acc, lhs, vb) };
         return;
     }
     let per = len.div_ceil(unit).div_ceil(parts) * unit;
@@ -119,14 +213,18 @@ pub unsafe fn sgemm(
         if lo >= hi {
             return;
         }
-        let q = if by_cols {
-            p.shifted(lo as isize * vc.cs, 0, lo as isize * vb.cs)
+        let (q, l) = if by_cols {
+            (p.shifted(lo as isize * vc.cs, 0, lo as isize * vb.cs), lhs)
         } else {
-            p.shifted(lo as isize * vc.rs, lo as isize * va.rs, 0)
+            let l = match lhs {
+                Lhs::Raw(va) => (p.shifted(lo as isize * vc.rs, lo as isize * va.rs, 0), lhs),
+                Lhs::Packed(pa, r0) => (p.shifted(lo as isize * vc.rs, 0, 0), Lhs::Packed(pa, r0 + lo)),
+            };
+            l
         };
         let (mm, nn) = if by_cols { (m, hi - lo) } else { (hi - lo, n) };
         // SAFETY: a sub-block of the caller's product; the parts write disjoint parts of C.
-        unsafe { serial(mm, nn, k, q, vc, acc, va, vb) };
+        unsafe { serial(mm, nn, k, q, vc, acc, l, vb) };
     });
 }
 
@@ -137,7 +235,7 @@ thread_local! {
 
 /// One thread's product.
 #[allow(clippy::too_many_arguments)]
-unsafe fn serial(m: usize, n: usize, k: usize, p: Ptrs, vc: View, acc: bool, va: View, vb: View) {
+unsafe fn serial(m: usize, n: usize, k: usize, p: Ptrs, vc: View, acc: bool, lhs: Lhs<'_>, vb: View) {
     PACK.with(|bufs| {
         let mut bufs = bufs.borrow_mut();
         let (pa, pb) = &mut *bufs;
@@ -152,8 +250,14 @@ unsafe fn serial(m: usize, n: usize, k: usize, p: Ptrs, vc: View, acc: bool, va:
                 let add = acc || pc > 0;
                 for ic in (0..m).step_by(MC) {
                     let mc = MC.min(m - ic);
-                    // SAFETY: the block lies inside A.
-                    unsafe { pack_a(mc, kc, p.a.offset(ic as isize * va.rs + pc as isize * va.cs), va, pa) };
+                    let slivers: &[f32] = match lhs {
+                        Lhs::Raw(va) => {
+                            // SAFETY: the block lies inside A.
+                            unsafe { pack_a(mc, kc, lhs.at(p.a, ic, pc), va, pa) };
+                            pa
+                        }
+                        Lhs::Packed(packed, r0) => &packed.block(pc)[(r0 + ic) * kc..],
+                    };
                     for jr in (0..nc).step_by(NR) {
                         let nr = NR.min(nc - jr);
                         for ir in (0..mc).step_by(MR) {
@@ -162,7 +266,18 @@ unsafe fn serial(m: usize, n: usize, k: usize, p: Ptrs, vc: View, acc: bool, va:
                                 p.c.wrapping_offset((ic + ir) as isize * vc.rs + (jc + jr) as isize * vc.cs);
                             // SAFETY: packed slivers hold kc·MR and kc·NR values; the tile
                             // (mr × nr) lies inside C.
-                            unsafe { tile(kc, pa[ir * kc..].as_ptr(), pb[jr * kc..].as_ptr(), cp, vc, mr, nr, add) };
+                            unsafe {
+                                tile(
+                                    kc,
+                                    slivers[ir * kc..].as_ptr(),
+                                    pb[jr * kc..].as_ptr(),
+                                    cp,
+                                    vc,
+                                    mr,
+                                    nr,
+                                    add,
+                                )
+                            };
                         }
                     }
                 }
@@ -390,6 +505,26 @@ mod tests {
                             "{m}x{n}x{k} [{i}]: {got} vs {w}"
                         );
                     }
+                }
+                // The same product with A packed beforehand.
+                let packed = unsafe { PackedA::new(m, k, a.as_ptr(), va) };
+                let mut c = vec![f32::NAN; m * n];
+                unsafe {
+                    sgemm_packed(
+                        n,
+                        c.as_mut_ptr(),
+                        View { rs: n as isize, cs: 1 },
+                        false,
+                        &packed,
+                        b.as_ptr(),
+                        vb,
+                    )
+                };
+                for (i, (&got, &w)) in c.iter().zip(&want).enumerate() {
+                    assert!(
+                        (got - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                        "packed {m}x{n}x{k} [{i}]: {got} vs {w}"
+                    );
                 }
                 // A column-major C.
                 let mut c = vec![0f32; m * n];
