@@ -262,6 +262,105 @@ fn product(m: usize, n: usize, k: usize, dst: &mut [f32], d: Mat, acc: bool, lhs
     }
 }
 
+/// The unfolded input of output rows `oy0..` of one image, packed for the product straight
+/// from the image: the forward never writes the column buffer (B = im2col(x), `K × t`).
+struct Unfolded<'a> {
+    g: &'a Geom,
+    x: &'a [f32],
+    oy0: usize,
+}
+
+impl Unfolded<'_> {
+    /// `row[..]` = B(kidx, j ..) for kidx = (c, ky, kx): unfolded row `kidx` at band pixels
+    /// `j ..` (any geometry; may cross output rows).
+    fn fill(&self, (c, ky, kx): (usize, usize, usize), j: usize, row: &mut [f32]) {
+        let g = self.g;
+        let img = &self.x[c * g.h * g.w..(c + 1) * g.h * g.w];
+        let off = (kx * g.dil) as isize - g.pad as isize;
+        let mut done = 0;
+        while done < row.len() {
+            let jj = j + done;
+            let (oy, ox) = (self.oy0 + jj / g.wo, jj % g.wo);
+            let run = (g.wo - ox).min(row.len() - done);
+            let dst = &mut row[done..done + run];
+            done += run;
+            let iy = (oy * g.stride + ky * g.dil) as isize - g.pad as isize;
+            if iy < 0 || iy >= g.h as isize {
+                dst.fill(0.0);
+                continue;
+            }
+            let src = &img[iy as usize * g.w..(iy as usize + 1) * g.w];
+            if g.stride == 1 {
+                // Valid: 0 <= ox + i + off < W.
+                let lo = (-(ox as isize) - off).clamp(0, run as isize) as usize;
+                let hi = (g.w as isize - ox as isize - off).clamp(lo as isize, run as isize) as usize;
+                dst[..lo].fill(0.0);
+                dst[hi..].fill(0.0);
+                if hi > lo {
+                    let s0 = (ox as isize + lo as isize + off) as usize;
+                    dst[lo..hi].copy_from_slice(&src[s0..s0 + (hi - lo)]);
+                }
+            } else {
+                for (i, d) in dst.iter_mut().enumerate() {
+                    let ix = ((ox + i) * g.stride) as isize + off;
+                    *d = if ix >= 0 && ix < g.w as isize {
+                        src[ix as usize]
+                    } else {
+                        0.0
+                    };
+                }
+            }
+        }
+    }
+}
+
+/// A sliver's first pixel, its columns, and its (output row, column) when it lies inside one
+/// output row.
+type Sliver = (usize, usize, Option<(usize, usize)>);
+
+impl crate::sgemm::PackB for Unfolded<'_> {
+    fn pack(&self, p0: usize, kc: usize, j0: usize, nc: usize, out: &mut [f32]) {
+        const S: usize = crate::sgemm::SLIVER;
+        let g = self.g;
+        let slivers = nc.div_ceil(S);
+        // Per sliver: first pixel, columns, and (output row, column) when the sliver lies
+        // inside one output row (the common case: widths that are multiples of S).
+        let info: Vec<Sliver> = (0..slivers)
+            .map(|s| {
+                let js = j0 + s * S;
+                let cols = S.min(j0 + nc - js);
+                let (oy, ox) = (self.oy0 + js / g.wo, js % g.wo);
+                (js, cols, (cols == S && ox + S <= g.wo).then_some((oy, ox)))
+            })
+            .collect();
+        for p in 0..kc {
+            let kidx = p0 + p;
+            let (c, r) = (kidx / (g.kh * g.kw), kidx % (g.kh * g.kw));
+            let (ky, kx) = (r / g.kw, r % g.kw);
+            let img = &self.x[c * g.h * g.w..(c + 1) * g.h * g.w];
+            let off = (kx * g.dil) as isize - g.pad as isize;
+            for (s, &(js, cols, whole)) in info.iter().enumerate() {
+                let row: &mut [f32; S] = (&mut out[s * S * kc + p * S..][..S]).try_into().unwrap();
+                if let (Some((oy, ox)), 1) = (whole, g.stride) {
+                    let iy = (oy + ky * g.dil) as isize - g.pad as isize;
+                    let ix = ox as isize + off;
+                    if iy < 0 || iy >= g.h as isize {
+                        *row = [0.0; S];
+                        continue;
+                    }
+                    if ix >= 0 && ix as usize + S <= g.w {
+                        let at = iy as usize * g.w + ix as usize;
+                        row.copy_from_slice(&img[at..at + S]);
+                        continue;
+                    }
+                }
+                self.fill((c, ky, kx), js, &mut row[..cols]);
+                row[cols..].fill(0.0);
+            }
+        }
+    }
+}
+
 /// Unfolds output rows `oy0..oy1` of image `x` (C×H×W) into `cols` (K × rows·Wo).
 fn im2col(g: &Geom, x: &[f32], oy0: usize, oy1: usize, cols: &mut [f32]) {
     let t = (oy1 - oy0) * g.wo;
@@ -365,9 +464,10 @@ fn bands(g: &Geom) -> impl Iterator<Item = (usize, usize)> {
 pub fn forward_cpu(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
     let (k, p) = (g.k(), g.ho * g.wo);
     let mut y = vec![0f32; g.n * g.y_len()];
-    let mut cols = vec![0f32; if g.pointwise() { 0 } else { k * g.band() * g.wo }];
     let reuse = g.n * bands(g).count() > 1;
     let packed = Lhs::new(g.co, k, w, ROW(k), reuse);
+    let unfold = !g.pointwise() && !packed.packed();
+    let mut cols = vec![0f32; if unfold { k * g.band() * g.wo } else { 0 }];
     // gemm runs this product 1.2-1.4x faster with the kernel stored transposed (measured on an
     // AVX-512 Xeon); the copy is skipped for huge kernels (fc6) where it would cost more.
     let wt;
@@ -384,6 +484,15 @@ pub fn forward_cpu(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
         }
         for (a, b) in bands(g) {
             let t = (b - a) * g.wo;
+            if let Lhs::Packed(pa) = &lhs {
+                // The unfolded band is packed straight from the image.
+                let dst = &mut yi[a * g.wo..];
+                assert!(extent(g.co, t, ROW(p)) <= dst.len());
+                let src = Unfolded { g, x: xi, oy0: a };
+                // SAFETY: the assert keeps C inside `dst`.
+                unsafe { crate::sgemm::sgemm_packed_by(t, dst.as_mut_ptr(), view(ROW(p)), false, pa, &src) };
+                continue;
+            }
             im2col(g, xi, a, b, &mut cols);
             product(g.co, t, k, &mut yi[a * g.wo..], ROW(p), false, &lhs, &cols, ROW(t));
         }

@@ -102,7 +102,7 @@ pub unsafe fn sgemm(
         return;
     }
     // SAFETY: forwarded contract.
-    unsafe { run(m, n, k, Ptrs { c, a, b }, vc, acc, Lhs::Raw(va), vb) }
+    unsafe { run(m, n, k, Ptrs { c, a, b }, vc, acc, Lhs::Raw(va), Rhs::Raw(vb)) }
 }
 
 /// A left operand packed once into the register kernel's layout, for products that reuse it
@@ -172,7 +172,61 @@ pub unsafe fn sgemm_packed(n: usize, c: *mut f32, vc: View, acc: bool, a: &Packe
         b,
     };
     // SAFETY: forwarded contract.
-    unsafe { run(m, n, k, p, vc, acc, Lhs::Packed(a, 0), vb) }
+    unsafe { run(m, n, k, p, vc, acc, Lhs::Packed(a, 0), Rhs::Raw(vb)) }
+}
+
+/// A right operand that packs itself: a matrix never stored whole, such as a convolution's
+/// unfolded input (im2col), packed straight from its source.
+pub trait PackB: Sync {
+    /// Writes rows `p0 .. p0 + kc` and columns `j0 .. j0 + nc` of B as slivers of [`NR`]
+    /// columns: `out[s·NR·kc + p·NR + j] = B(p0 + p, j0 + s·NR + j)`, zero past column
+    /// `j0 + nc`. `out` holds `⌈nc / NR⌉·NR·kc` values.
+    fn pack(&self, p0: usize, kc: usize, j0: usize, nc: usize, out: &mut [f32]);
+}
+
+/// Columns per sliver of packed B (what [`PackB::pack`] lays out).
+pub const SLIVER: usize = NR;
+
+/// `C (m×n) = [C +] A · B` with A packed beforehand and B packing itself.
+///
+/// # Safety
+/// Every element of C addressed through `vc` must lie inside its allocation.
+pub unsafe fn sgemm_packed_by(n: usize, c: *mut f32, vc: View, acc: bool, a: &PackedA, b: &dyn PackB) {
+    let (m, k) = (a.m, a.k);
+    if m == 0 || n == 0 || k == 0 {
+        // SAFETY: forwarded contract (no A or B element is read when k = 0).
+        unsafe {
+            sgemm(
+                m,
+                n,
+                0,
+                c,
+                vc,
+                acc,
+                std::ptr::null(),
+                View { rs: 0, cs: 0 },
+                std::ptr::null(),
+                vc,
+            )
+        };
+        return;
+    }
+    let p = Ptrs {
+        c,
+        a: std::ptr::null(),
+        b: std::ptr::null(),
+    };
+    // SAFETY: forwarded contract.
+    unsafe { run(m, n, k, p, vc, acc, Lhs::Packed(a, 0), Rhs::By(b, 0)) }
+}
+
+/// Where the right operand comes from.
+#[derive(Clone, Copy)]
+enum Rhs<'a> {
+    /// Strided, packed block by block.
+    Raw(View),
+    /// Packs itself; the product starts at this column.
+    By(&'a dyn PackB, usize),
 }
 
 /// Where the left operand comes from.
@@ -195,7 +249,7 @@ impl Lhs<'_> {
 
 /// Splits the product over the threads and runs each part.
 #[allow(clippy::too_many_arguments)]
-unsafe fn run(m: usize, n: usize, k: usize, p: Ptrs, vc: View, acc: bool, lhs: Lhs<'_>, vb: View) {
+unsafe fn run(m: usize, n: usize, k: usize, p: Ptrs, vc: View, acc: bool, lhs: Lhs<'_>, rhs: Rhs<'_>) {
     let threads = rayon::current_num_threads().max(1);
     // Split the wider side into one part per thread, in whole kernel tiles.
     let by_cols = n.div_ceil(NR) >= m.div_ceil(MR);
@@ -203,7 +257,7 @@ unsafe fn run(m: usize, n: usize, k: usize, p: Ptrs, vc: View, acc: bool, lhs: L
     let parts = threads.min(len.div_ceil(unit)).max(1);
     if parts == 1 || (m * n * k) < (1 << 18) {
         // SAFETY: forwarded contract.
-        unsafe { serial(m, n, k, p, vc, acc, lhs, vb) };
+        unsafe { serial(m, n, k, p, vc, acc, lhs, rhs) };
         return;
     }
     let per = len.div_ceil(unit).div_ceil(parts) * unit;
@@ -213,8 +267,17 @@ unsafe fn run(m: usize, n: usize, k: usize, p: Ptrs, vc: View, acc: bool, lhs: L
         if lo >= hi {
             return;
         }
+        let r = match rhs {
+            Rhs::Raw(_) => rhs,
+            Rhs::By(src, c0) if by_cols => Rhs::By(src, c0 + lo),
+            Rhs::By(..) => rhs,
+        };
         let (q, l) = if by_cols {
-            (p.shifted(lo as isize * vc.cs, 0, lo as isize * vb.cs), lhs)
+            let vb_cs = match rhs {
+                Rhs::Raw(vb) => vb.cs,
+                Rhs::By(..) => 0,
+            };
+            (p.shifted(lo as isize * vc.cs, 0, lo as isize * vb_cs), lhs)
         } else {
             let l = match lhs {
                 Lhs::Raw(va) => (p.shifted(lo as isize * vc.rs, lo as isize * va.rs, 0), lhs),
@@ -224,7 +287,7 @@ unsafe fn run(m: usize, n: usize, k: usize, p: Ptrs, vc: View, acc: bool, lhs: L
         };
         let (mm, nn) = if by_cols { (m, hi - lo) } else { (hi - lo, n) };
         // SAFETY: a sub-block of the caller's product; the parts write disjoint parts of C.
-        unsafe { serial(mm, nn, k, q, vc, acc, l, vb) };
+        unsafe { serial(mm, nn, k, q, vc, acc, l, r) };
     });
 }
 
@@ -235,7 +298,7 @@ thread_local! {
 
 /// One thread's product.
 #[allow(clippy::too_many_arguments)]
-unsafe fn serial(m: usize, n: usize, k: usize, p: Ptrs, vc: View, acc: bool, lhs: Lhs<'_>, vb: View) {
+unsafe fn serial(m: usize, n: usize, k: usize, p: Ptrs, vc: View, acc: bool, lhs: Lhs<'_>, rhs: Rhs<'_>) {
     PACK.with(|bufs| {
         let mut bufs = bufs.borrow_mut();
         let (pa, pb) = &mut *bufs;
@@ -246,7 +309,12 @@ unsafe fn serial(m: usize, n: usize, k: usize, p: Ptrs, vc: View, acc: bool, lhs
             for pc in (0..k).step_by(KC) {
                 let kc = KC.min(k - pc);
                 // SAFETY: the block lies inside B by the caller's contract.
-                unsafe { pack_b(kc, nc, p.b.offset(pc as isize * vb.rs + jc as isize * vb.cs), vb, pb) };
+                match rhs {
+                    Rhs::Raw(vb) => unsafe {
+                        pack_b(kc, nc, p.b.offset(pc as isize * vb.rs + jc as isize * vb.cs), vb, pb)
+                    },
+                    Rhs::By(src, c0) => src.pack(pc, kc, c0 + jc, nc, &mut pb[..nc.div_ceil(NR) * NR * kc]),
+                }
                 let add = acc || pc > 0;
                 for ic in (0..m).step_by(MC) {
                     let mc = MC.min(m - ic);
@@ -337,7 +405,10 @@ unsafe fn pack_b(kc: usize, nc: usize, b: *const f32, vb: View, out: &mut [f32])
     for (s, j0) in (0..nc).step_by(NR).enumerate() {
         let cols = NR.min(nc - j0);
         let dst = &mut out[s * NR * kc..(s + 1) * NR * kc];
-        if vb.cs == 1 {
+        if vb.cs == 1 && cols == NR {
+            // SAFETY: rows 0..kc, columns j0..j0 + NR, inside B; `dst` holds kc·NR values.
+            unsafe { copy_rows(kc, b.add(j0), vb.rs, dst) };
+        } else if vb.cs == 1 {
             for p in 0..kc {
                 // SAFETY: row p, columns j0..j0+cols, inside B.
                 let src = unsafe { std::slice::from_raw_parts(b.offset(p as isize * vb.rs + j0 as isize), cols) };
@@ -364,6 +435,29 @@ unsafe fn pack_b(kc: usize, nc: usize, b: *const f32, vb: View, out: &mut [f32])
             }
         }
     }
+}
+
+/// Copies `kc` rows of [`NR`] values at stride `rs` into `dst`, one after the other (two vector
+/// moves a row: the packing of a row-major B, which a `memcpy` call per 128 bytes slowed).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn copy_rows(kc: usize, b: *const f32, rs: isize, dst: &mut [f32]) {
+    use std::arch::x86_64::*;
+    assert!(dst.len() >= kc * NR);
+    let d = dst.as_mut_ptr();
+    for p in 0..kc {
+        // SAFETY: row p's NR values lie inside B (caller); `dst` holds kc·NR values.
+        unsafe {
+            let s = b.offset(p as isize * rs);
+            _mm512_storeu_ps(d.add(p * NR), _mm512_loadu_ps(s));
+            _mm512_storeu_ps(d.add(p * NR + 16), _mm512_loadu_ps(s.add(16)));
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn copy_rows(_: usize, _: *const f32, _: isize, _: &mut [f32]) {
+    unreachable!("sgemm::available() is false off x86_64")
 }
 
 /// One `mr × nr` tile of C from packed slivers: straight into C when the tile is whole and C's
