@@ -195,13 +195,13 @@ fn matmul(m: usize, n: usize, k: usize, dst: &mut [f32], d: Mat, acc: bool, lhs:
 }
 
 /// Which products go to [`crate::sgemm`] rather than `gemm`: those whose left operand is stored
-/// by columns (the forward's transposed kernel, every input gradient), which `gemm` runs at
-/// about half speed, and those with few rows (narrow layers' weight gradients). Measured side by
-/// side at VGG16-FCN8s's shapes (`cargo run --release -p seg-nn --example sgemm_shapes`): `gemm`
-/// stays ahead on large row-major products with a long reduction (fc6's forward and weight
-/// gradient). `SEG_SGEMM=0` sends everything to `gemm`.
+/// by columns (every input gradient), which `gemm` runs at about half speed, and those with
+/// fewer than 1024 rows (the weight gradients of conv1-conv5, 10-40% faster here). Measured
+/// side by side at VGG16-FCN8s's shapes (`cargo run --release -p seg-nn --example
+/// sgemm_shapes`, `--example conv_gflops` with `SEG_SGEMM=0` and without): `gemm` stays
+/// ahead on fc6/fc7's large row-major products. `SEG_SGEMM=0` sends everything to `gemm`.
 fn prefer_sgemm(m: usize, a: Mat) -> bool {
-    sgemm_on() && (a.rs == 1 || m < 256)
+    sgemm_on() && (a.rs == 1 || m < 1024)
 }
 
 fn sgemm_on() -> bool {

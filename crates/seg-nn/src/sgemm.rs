@@ -408,6 +408,22 @@ unsafe fn pack_b(kc: usize, nc: usize, b: *const f32, vb: View, out: &mut [f32])
         if vb.cs == 1 && cols == NR {
             // SAFETY: rows 0..kc, columns j0..j0 + NR, inside B; `dst` holds kc·NR values.
             unsafe { copy_rows(kc, b.add(j0), vb.rs, dst) };
+        } else if vb.rs == 1 && cols == NR && kc >= 16 {
+            // Column-stored B (a weight gradient's unfolded input): 16×16 register transposes
+            // for whole blocks of 16 rows, then the remainder one value at a time.
+            let whole = kc / 16 * 16;
+            for half in 0..NR / 16 {
+                let col = b.wrapping_offset((j0 + 16 * half) as isize * vb.cs);
+                // SAFETY: columns j0 + 16·half .. +16, rows 0..whole, inside B; `dst` holds
+                // kc·NR values.
+                unsafe { transpose_rows(whole, col, vb.cs, &mut dst[16 * half..]) };
+            }
+            for j in 0..cols {
+                for p in whole..kc {
+                    // SAFETY: inside B.
+                    dst[p * NR + j] = unsafe { *b.offset((j0 + j) as isize * vb.cs + p as isize) };
+                }
+            }
         } else if vb.cs == 1 {
             for p in 0..kc {
                 // SAFETY: row p, columns j0..j0+cols, inside B.
@@ -453,6 +469,70 @@ unsafe fn copy_rows(kc: usize, b: *const f32, rs: isize, dst: &mut [f32]) {
             _mm512_storeu_ps(d.add(p * NR + 16), _mm512_loadu_ps(s.add(16)));
         }
     }
+}
+
+/// For 16 columns of a column-stored matrix (column `j` at `b + j·cs`, contiguous in its
+/// rows): writes rows `0..rows` (a multiple of 16) as `dst[p·NR + j]`, transposing 16×16 blocks
+/// in registers.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn transpose_rows(rows: usize, b: *const f32, cs: isize, dst: &mut [f32]) {
+    use std::arch::x86_64::*;
+    assert!(rows % 16 == 0 && (rows == 0 || dst.len() >= (rows - 1) * NR + 16));
+    let d = dst.as_mut_ptr();
+    for p0 in (0..rows).step_by(16) {
+        // SAFETY: columns 0..16 at stride cs, rows p0..p0 + 16, inside B (caller); the
+        // stores land in rows p0..p0 + 16 of `dst` (asserted above).
+        unsafe {
+            let r: [__m512; 16] = std::array::from_fn(|j| _mm512_loadu_ps(b.offset(j as isize * cs).add(p0)));
+            let t: [__m512; 16] = std::array::from_fn(|i| {
+                let (a, c) = (r[(i / 2) * 2], r[(i / 2) * 2 + 1]);
+                if i % 2 == 0 {
+                    _mm512_unpacklo_ps(a, c)
+                } else {
+                    _mm512_unpackhi_ps(a, c)
+                }
+            });
+            // Pairs of 64-bit lanes: u[4q + 0..4] from t[4q + 0..4].
+            let u: [__m512; 16] = std::array::from_fn(|i| {
+                let q = i / 4 * 4;
+                let (a, c) = match i % 4 {
+                    0 | 1 => (t[q], t[q + 2]),
+                    _ => (t[q + 1], t[q + 3]),
+                };
+                let (a, c) = (_mm512_castps_pd(a), _mm512_castps_pd(c));
+                _mm512_castpd_ps(if i % 2 == 0 {
+                    _mm512_unpacklo_pd(a, c)
+                } else {
+                    _mm512_unpackhi_pd(a, c)
+                })
+            });
+            // 128-bit lanes, twice.
+            let v: [__m512; 16] = std::array::from_fn(|i| {
+                let (g, k) = (i / 8 * 8, i % 8);
+                let (a, c) = (u[g + k % 4], u[g + 4 + k % 4]);
+                if k < 4 {
+                    _mm512_shuffle_f32x4::<0x88>(a, c)
+                } else {
+                    _mm512_shuffle_f32x4::<0xdd>(a, c)
+                }
+            });
+            for i in 0..16 {
+                let (a, c) = (v[i % 8], v[8 + i % 8]);
+                let row = if i < 8 {
+                    _mm512_shuffle_f32x4::<0x88>(a, c)
+                } else {
+                    _mm512_shuffle_f32x4::<0xdd>(a, c)
+                };
+                _mm512_storeu_ps(d.add((p0 + i) * NR), row);
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn transpose_rows(_: usize, _: *const f32, _: isize, _: &mut [f32]) {
+    unreachable!("sgemm::available() is false off x86_64")
 }
 
 #[cfg(not(target_arch = "x86_64"))]
