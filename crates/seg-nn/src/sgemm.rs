@@ -478,7 +478,7 @@ unsafe fn copy_rows(kc: usize, b: *const f32, rs: isize, dst: &mut [f32]) {
 #[target_feature(enable = "avx512f")]
 unsafe fn transpose_rows(rows: usize, b: *const f32, cs: isize, dst: &mut [f32]) {
     use std::arch::x86_64::*;
-    assert!(rows % 16 == 0 && (rows == 0 || dst.len() >= (rows - 1) * NR + 16));
+    assert!(rows.is_multiple_of(16) && (rows == 0 || dst.len() >= (rows - 1) * NR + 16));
     let d = dst.as_mut_ptr();
     for p0 in (0..rows).step_by(16) {
         // SAFETY: columns 0..16 at stride cs, rows p0..p0 + 16, inside B (caller); the
