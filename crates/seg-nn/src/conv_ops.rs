@@ -230,10 +230,13 @@ enum Lhs<'a> {
 }
 
 impl<'a> Lhs<'a> {
-    /// `a` (m×k through `v`), packed when `reuse` and the AVX-512 kernel runs here.
+    /// `a` (m×k through `v`), packed when the AVX-512 kernel runs here and either several
+    /// products share it (`reuse`) or its one product goes to that kernel: packed once, the
+    /// threads split the product by columns and none packs what another packs. Kernels over
+    /// 64 MiB (fc6's) stay as they are.
     fn new(m: usize, k: usize, a: &'a [f32], v: Mat, reuse: bool) -> Self {
         assert!(extent(m, k, v) <= a.len());
-        if reuse && sgemm_on() {
+        if sgemm_on() && m * k <= 1 << 24 && (reuse || prefer_sgemm(m, v)) {
             // SAFETY: the assert above keeps every element of the view inside `a`.
             Lhs::Packed(unsafe { crate::sgemm::PackedA::new(m, k, a.as_ptr(), view(v)) })
         } else {

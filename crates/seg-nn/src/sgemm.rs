@@ -251,8 +251,11 @@ impl Lhs<'_> {
 #[allow(clippy::too_many_arguments)]
 unsafe fn run(m: usize, n: usize, k: usize, p: Ptrs, vc: View, acc: bool, lhs: Lhs<'_>, rhs: Rhs<'_>) {
     let threads = rayon::current_num_threads().max(1);
-    // Split the wider side into one part per thread, in whole kernel tiles.
-    let by_cols = n.div_ceil(NR) >= m.div_ceil(MR);
+    // Split the wider side into one part per thread, in whole kernel tiles; with A packed
+    // beforehand, split B's columns whenever there are enough, so that no thread packs the
+    // same part of B as another.
+    let prepacked = matches!(lhs, Lhs::Packed(..));
+    let by_cols = n.div_ceil(NR) >= m.div_ceil(MR) || (prepacked && n.div_ceil(NR) >= 2 * threads);
     let (len, unit) = if by_cols { (n, NR) } else { (m, MR) };
     let parts = threads.min(len.div_ceil(unit)).max(1);
     if parts == 1 || (m * n * k) < (1 << 18) {
