@@ -24,7 +24,7 @@ struct Row {
 }
 
 fn usage() -> String {
-    "usage: cargo xtask bench-compare [--python PATH] [--skip-vgg]".into()
+    "usage: cargo xtask bench-compare [--python PATH] [--skip-vgg] [--rounds N (default 2)]".into()
 }
 
 /// Runs a command, echoing it, and returns its stdout (its stderr goes to ours).
@@ -62,7 +62,9 @@ fn number_after(text: &str, key: &str) -> Result<f64, String> {
 fn criterion_median(root: &Path, dir: &str) -> Result<f64, String> {
     let path = root.join("target/criterion").join(dir).join("new/estimates.json");
     let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let median = &text[text.find("\"median\"").ok_or_else(|| format!("{}: no median", path.display()))?..];
+    let median = &text[text
+        .find("\"median\"")
+        .ok_or_else(|| format!("{}: no median", path.display()))?..];
     Ok(number_after(median, "\"point_estimate\":")? / 1e9)
 }
 
@@ -81,10 +83,11 @@ fn python(root: &Path, given: Option<PathBuf>) -> Result<PathBuf, String> {
     Ok(py)
 }
 
-fn cargo_bench(root: &Path, bench: &str, envs: &[(&str, &str)]) -> Result<(), String> {
+fn cargo_bench(root: &Path, bench: &str, filter: Option<&str>, envs: &[(&str, &str)]) -> Result<(), String> {
     let mut cmd = Command::new(env!("CARGO"));
     cmd.current_dir(root)
         .args(["bench", "-p", "seg-benches", "--bench", bench, "--", "--noplot"])
+        .args(filter)
         .env("RAYON_NUM_THREADS", THREADS);
     for (k, v) in envs {
         cmd.env(k, v);
@@ -103,12 +106,19 @@ fn example(root: &Path, pkg: &str, name: &str, args: &[&str]) -> Result<String, 
 }
 
 pub fn run_task(args: &[String], root: &Path) -> Result<(), String> {
-    let (mut given, mut vgg) = (None, true);
+    let (mut given, mut vgg, mut rounds) = (None, true, 2usize);
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--python" => given = Some(PathBuf::from(it.next().ok_or_else(usage)?)),
             "--skip-vgg" => vgg = false,
+            "--rounds" => {
+                rounds = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .filter(|&r| r > 0)
+                    .ok_or_else(usage)?
+            }
             other => return Err(format!("unknown argument `{other}`\n{}", usage())),
         }
     }
@@ -120,17 +130,29 @@ pub fn run_task(args: &[String], root: &Path) -> Result<(), String> {
 
     // Training steps of VGG16-FCN8s, both variants; peak memory of the full one.
     if vgg {
-        cargo_bench(root, "train_step", &[])?;
-        let torch = output(
-            Command::new(&py)
-                .arg(refs.join("train_step_torch.py"))
-                .args(["--threads", THREADS]),
-        )?;
-        for (name, fcn) in [("vgg16-fcn8s-reduced", "reduced"), ("vgg16-fcn8s", "full")] {
-            let ours = criterion_median(root, &format!("train_step/{name}_1x3x256x512"))?;
-            let theirs = number_after(&torch, &format!("torch {name} 1x3x256x512:"))?;
+        // The machine is shared: both sides run `rounds` times, alternating, and each keeps
+        // its fastest round (noise here only ever slows a run down).
+        const VGG: [(&str, &str); 2] = [("vgg16-fcn8s-reduced", "reduced"), ("vgg16-fcn8s", "full")];
+        let mut best = [(f64::INFINITY, f64::INFINITY); 2];
+        for round in 0..rounds {
+            // The first round runs every training-step bench (all models and methods).
+            cargo_bench(root, "train_step", (round > 0).then_some("vgg16"), &[])?;
+            let torch = output(
+                Command::new(&py)
+                    .arg(refs.join("train_step_torch.py"))
+                    .args(["--threads", THREADS]),
+            )?;
+            for (i, (name, _)) in VGG.iter().enumerate() {
+                let ours = criterion_median(root, &format!("train_step/{name}_1x3x256x512"))?;
+                let theirs = number_after(&torch, &format!("torch {name} 1x3x256x512:"))?;
+                eprintln!("round {}: {name}: ours {ours:.3} s, PyTorch {theirs:.3} s", round + 1);
+                best[i] = (best[i].0.min(ours), best[i].1.min(theirs));
+            }
+        }
+        for (i, (name, fcn)) in VGG.into_iter().enumerate() {
+            let (ours, theirs) = best[i];
             rows.push(Row {
-                what: format!("train step {name} 1x3x256x512 (s/step)"),
+                what: format!("train step {name} 1x3x256x512 (s/step, best of {rounds} rounds)"),
                 ours: format!("{ours:.3}"),
                 theirs: format!("{theirs:.3}"),
                 ratio: Some(theirs / ours),
@@ -147,11 +169,15 @@ pub fn run_task(args: &[String], root: &Path) -> Result<(), String> {
             });
             if fcn == "full" {
                 let ours_mb = number_after(&step, "peak RSS:")?;
-                let t = output(
-                    Command::new(&py)
-                        .arg(refs.join("train_step_torch.py"))
-                        .args(["--threads", THREADS, "--iters", "1", "--model", name, "--peak-rss"]),
-                )?;
+                let t = output(Command::new(&py).arg(refs.join("train_step_torch.py")).args([
+                    "--threads",
+                    THREADS,
+                    "--iters",
+                    "1",
+                    "--model",
+                    name,
+                    "--peak-rss",
+                ]))?;
                 let theirs_mb = number_after(&t, "peak RSS:")?;
                 rows.push(Row {
                     what: format!("peak memory, 2 training steps of {name} (MiB)"),
@@ -167,7 +193,7 @@ pub fn run_task(args: &[String], root: &Path) -> Result<(), String> {
     // Data pipeline: the Rust bench keeps its fixture for the DataLoader reference.
     let fixture = root.join("target/bench-pipeline");
     let fixture_s = fixture.to_string_lossy().into_owned();
-    cargo_bench(root, "pipeline", &[("SEG_BENCH_PIPELINE_DIR", &fixture_s)])?;
+    cargo_bench(root, "pipeline", None, &[("SEG_BENCH_PIPELINE_DIR", &fixture_s)])?;
     let ours = 8.0 / criterion_median(root, "pipeline/cityscapes_2048x1024_crop1024x512_batch8")?;
     let dl = output(
         Command::new(&py)
@@ -186,7 +212,7 @@ pub fn run_task(args: &[String], root: &Path) -> Result<(), String> {
     });
 
     // Confusion matrix over a 2048×1024 map.
-    cargo_bench(root, "confusion", &[])?;
+    cargo_bench(root, "confusion", None, &[])?;
     let ours = 2048.0 * 1024.0 / criterion_median(root, "confusion_2048x1024/add/2_threads")? / 1e6;
     let np = output(Command::new(&py).arg(refs.join("confusion_numpy.py")))?;
     let theirs = number_after(&np, "official-style masked bincount:")?;
@@ -200,7 +226,11 @@ pub fn run_task(args: &[String], root: &Path) -> Result<(), String> {
 
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|t| t.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_else(|| "unknown CPU".into());
     println!("\n## bench-compare: {cpu}, {THREADS} threads\n");
     println!("| benchmark | seg-adapt | reference | ratio | goal | met |");
@@ -210,7 +240,10 @@ pub fn run_task(args: &[String], root: &Path) -> Result<(), String> {
             Some(x) => (format!("{x:.2}"), if x >= r.goal { "yes" } else { "no" }),
             None => ("-".into(), "-"),
         };
-        println!("| {} | {} | {} | {ratio} | {:.1} | {met} |", r.what, r.ours, r.theirs, r.goal);
+        println!(
+            "| {} | {} | {} | {ratio} | {:.1} | {met} |",
+            r.what, r.ours, r.theirs, r.goal
+        );
     }
     println!("\nratio: reference time / our time (for rates: ours / reference; ceiling row: our share).");
     Ok(())

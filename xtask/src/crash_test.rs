@@ -72,8 +72,11 @@ fn check_checkpoint(path: &Path) -> Result<(), String> {
         return Ok(());
     };
     let n = u64::from_le_bytes(b.get(..8).ok_or("short checkpoint")?.try_into().map_err(|_| "short")?) as usize;
-    let header = std::str::from_utf8(b.get(8..8 + n).ok_or_else(|| format!("{}: header cut", path.display()))?)
-        .map_err(|e| format!("{}: header not UTF-8: {e}", path.display()))?;
+    let header = std::str::from_utf8(
+        b.get(8..8 + n)
+            .ok_or_else(|| format!("{}: header cut", path.display()))?,
+    )
+    .map_err(|e| format!("{}: header not UTF-8: {e}", path.display()))?;
     if !header.trim_end().ends_with('}') {
         return Err(format!("{}: header is not whole JSON", path.display()));
     }
@@ -84,7 +87,12 @@ fn check_checkpoint(path: &Path) -> Result<(), String> {
         .max()
         .unwrap_or(0);
     if b.len() != 8 + n + end {
-        return Err(format!("{}: {} bytes, the header describes {}", path.display(), b.len(), 8 + n + end));
+        return Err(format!(
+            "{}: {} bytes, the header describes {}",
+            path.display(),
+            b.len(),
+            8 + n + end
+        ));
     }
     Ok(())
 }
@@ -105,7 +113,10 @@ fn check_reports(dir: &Path) -> Result<(), String> {
                 return Err(format!("{}: half-written report", p.display()));
             }
         } else if p.extension().is_some_and(|x| x == "tmp") {
-            eprintln!("note: {} left by a killed write (ignored by readers, replaced next time)", p.display());
+            eprintln!(
+                "note: {} left by a killed write (ignored by readers, replaced next time)",
+                p.display()
+            );
         }
     }
     Ok(())

@@ -7,7 +7,7 @@
 //!   where the run went.
 //! - `check-cuda`: builds `seg-adapt` with `--features cuda` into `target/cuda` (no GPU needed;
 //!   sets up the CUDA toolchain with `../shared/tools/cuda-toolchain.sh` when nvcc is missing).
-//! - `bench-compare [--python PATH] [--skip-vgg]`: criterion benchmarks and the PyTorch / numpy
+//! - `bench-compare [--python PATH] [--skip-vgg] [--rounds N]`: criterion benchmarks and the PyTorch / numpy
 //!   references back to back, and a table of ratios against the goals.
 //! - `crash-test [--trials N] [--steps N]`: SIGKILLs training at random moments, resumes, and
 //!   checks that nothing is half-written and the final weights equal an uninterrupted run's.

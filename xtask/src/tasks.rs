@@ -103,7 +103,10 @@ pub fn check_cuda(args: &[String]) -> Result<(), String> {
         format!("eval \"$({})\" && {build}", tool.display())
     };
     run(Command::new("bash").current_dir(&root).args(["-c", &script]))?;
-    println!("CUDA build OK: {}", root.join("target/cuda/release/seg-adapt").display());
+    println!(
+        "CUDA build OK: {}",
+        root.join("target/cuda/release/seg-adapt").display()
+    );
     Ok(())
 }
 

@@ -6,7 +6,7 @@ fn time(name: &str, f: impl Fn() -> Tensor, x: &Var) {
     let t = Instant::now();
     for _ in 0..5 {
         let y = f();
-        let _ = y.sum_all().unwrap().backward().unwrap();
+        let _ = seg_nn::backward(&y.sum_all().unwrap()).unwrap();
     }
     let _ = x;
     println!("{name}: {:?}/iter", t.elapsed() / 5);

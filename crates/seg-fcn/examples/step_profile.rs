@@ -16,7 +16,7 @@ fn main() {
         let t1 = t.elapsed();
         let l = seg_nn::cross_entropy_ignore(f.logits().unwrap(), &y, 255).unwrap();
         let t2 = t.elapsed();
-        let _g = l.backward().unwrap();
+        let _g = seg_nn::backward(&l).unwrap();
         let t3 = t.elapsed();
         println!("fwd {:?} loss {:?} bwd {:?}", t1, t2 - t1, t3 - t2);
     }
