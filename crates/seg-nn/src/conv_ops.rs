@@ -862,25 +862,43 @@ pub fn conv_transpose2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize, d
 struct ConvBiasRelu(Geom);
 
 /// `dr · [r > 0]`, the gradient through a ReLU whose output is `r`.
-struct ReluGrad;
-
-impl CustomOp2 for ReluGrad {
-    fn name(&self) -> &'static str {
-        "relu-grad"
+/// ReLU's gradient `g = dr · [r > 0]` and the bias gradient `Σ g` per channel, in one pass
+/// (CPU, f32, contiguous `N×C×H×W`). Each plane is summed row by row, then the planes over
+/// the batch, always in the same order.
+fn relu_grad_and_bias_sum(dr: &Tensor, r: &Tensor) -> Result<(Tensor, Tensor)> {
+    let (n, c, h, w) = dr.dims4()?;
+    if r.dims4()? != (n, c, h, w) {
+        candle_core::bail!("relu-grad: gradient {:?} and output {:?} differ", dr.dims(), r.dims());
     }
-
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (dr, r) = (f32_slice(s1, l1, "relu-grad")?, f32_slice(s2, l2, "relu-grad")?);
-        let mut g = vec![0f32; dr.len()];
-        g.par_chunks_mut(1 << 16)
-            .zip(dr.par_chunks(1 << 16).zip(r.par_chunks(1 << 16)))
-            .for_each(|(g, (d, r))| {
+    let (ds, dl) = dr.storage_and_layout();
+    let (rs, rl) = r.storage_and_layout();
+    let (candle_core::Storage::Cpu(ds), candle_core::Storage::Cpu(rs)) = (&*ds, &*rs) else {
+        candle_core::bail!("relu-grad: CPU tensors expected")
+    };
+    let (d, rv) = (f32_slice(ds, dl, "relu-grad")?, f32_slice(rs, rl, "relu-grad")?);
+    let plane = (h * w).max(1);
+    let mut g = vec![0f32; d.len()];
+    let sums: Vec<f32> = g
+        .par_chunks_mut(plane)
+        .zip(d.par_chunks(plane).zip(rv.par_chunks(plane)))
+        .map(|(g, (d, r))| {
+            let mut total = 0f32;
+            for ((g, d), r) in g.chunks_mut(w.max(1)).zip(d.chunks(w.max(1))).zip(r.chunks(w.max(1))) {
+                let mut row = 0f32;
                 for ((g, &d), &r) in g.iter_mut().zip(d).zip(r) {
                     *g = if r > 0.0 { d } else { 0.0 };
+                    row += *g;
                 }
-            });
-        Ok((CpuStorage::F32(g), l1.shape().clone()))
-    }
+                total += row;
+            }
+            total
+        })
+        .collect();
+    let db: Vec<f32> = (0..c).map(|ci| (0..n).map(|ni| sums[ni * c + ci]).sum()).collect();
+    Ok((
+        Tensor::from_vec(g, (n, c, h, w), dr.device())?,
+        Tensor::from_vec(db, c, dr.device())?,
+    ))
 }
 
 impl CustomOp3 for ConvBiasRelu {
@@ -938,12 +956,13 @@ impl CustomOp3 for ConvBiasRelu {
         dr: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let dr = dr.contiguous()?;
-        let g = if supported_cpu(&dr) {
-            dr.apply_op2_no_bwd(r, &ReluGrad)?
+        let (g, db) = if supported_cpu(&dr) {
+            relu_grad_and_bias_sum(&dr, &r.contiguous()?)?
         } else {
-            (&dr * r.gt(0.0)?.to_dtype(dr.dtype())?)?
+            let g = (&dr * r.gt(0.0)?.to_dtype(dr.dtype())?)?;
+            let db = g.sum(3)?.sum(2)?.sum(0)?;
+            (g, db)
         };
-        let db = g.sum(3)?.sum(2)?.sum(0)?;
         let op = ConvOp {
             g: self.0,
             piece: Piece::Forward,
