@@ -285,34 +285,40 @@ impl Unfolded<'_> {
             let jj = j + done;
             let (oy, ox) = (self.oy0 + jj / g.wo, jj % g.wo);
             let run = (g.wo - ox).min(row.len() - done);
-            let dst = &mut row[done..done + run];
-            done += run;
             let iy = (oy * g.stride + ky * g.dil) as isize - g.pad as isize;
-            if iy < 0 || iy >= g.h as isize {
-                dst.fill(0.0);
-                continue;
-            }
-            let src = &img[iy as usize * g.w..(iy as usize + 1) * g.w];
-            if g.stride == 1 {
-                // Valid: 0 <= ox + i + off < W.
-                let lo = (-(ox as isize) - off).clamp(0, run as isize) as usize;
-                let hi = (g.w as isize - ox as isize - off).clamp(lo as isize, run as isize) as usize;
-                dst[..lo].fill(0.0);
-                dst[hi..].fill(0.0);
-                if hi > lo {
-                    let s0 = (ox as isize + lo as isize + off) as usize;
-                    dst[lo..hi].copy_from_slice(&src[s0..s0 + (hi - lo)]);
-                }
+            unfold_run(g, img, iy, ox, off, &mut row[done..done + run]);
+            done += run;
+        }
+    }
+}
+
+/// Output columns `ox .. ox + dst.len()` of one unfolded row: source row `iy` of `img` at
+/// columns `ox·stride + off`, zero where that falls outside the image.
+fn unfold_run(g: &Geom, img: &[f32], iy: isize, ox: usize, off: isize, dst: &mut [f32]) {
+    if iy < 0 || iy >= g.h as isize {
+        dst.fill(0.0);
+        return;
+    }
+    let src = &img[iy as usize * g.w..(iy as usize + 1) * g.w];
+    let run = dst.len();
+    if g.stride == 1 {
+        // Valid: 0 <= ox + i + off < W.
+        let lo = (-(ox as isize) - off).clamp(0, run as isize) as usize;
+        let hi = (g.w as isize - ox as isize - off).clamp(lo as isize, run as isize) as usize;
+        dst[..lo].fill(0.0);
+        dst[hi..].fill(0.0);
+        if hi > lo {
+            let s0 = (ox as isize + lo as isize + off) as usize;
+            dst[lo..hi].copy_from_slice(&src[s0..s0 + (hi - lo)]);
+        }
+    } else {
+        for (i, d) in dst.iter_mut().enumerate() {
+            let ix = ((ox + i) * g.stride) as isize + off;
+            *d = if ix >= 0 && ix < g.w as isize {
+                src[ix as usize]
             } else {
-                for (i, d) in dst.iter_mut().enumerate() {
-                    let ix = ((ox + i) * g.stride) as isize + off;
-                    *d = if ix >= 0 && ix < g.w as isize {
-                        src[ix as usize]
-                    } else {
-                        0.0
-                    };
-                }
-            }
+                0.0
+            };
         }
     }
 }
@@ -378,36 +384,8 @@ fn im2col(g: &Geom, x: &[f32], oy0: usize, oy1: usize, cols: &mut [f32]) {
                     let row = &mut block[(ky * g.kw + kx) * t..(ky * g.kw + kx + 1) * t];
                     let off = (kx * g.dil) as isize - g.pad as isize;
                     for (r, oy) in (oy0..oy1).enumerate() {
-                        let dst = &mut row[r * g.wo..(r + 1) * g.wo];
                         let iy = (oy * g.stride + ky * g.dil) as isize - g.pad as isize;
-                        if iy < 0 || iy >= g.h as isize {
-                            dst.fill(0.0);
-                            continue;
-                        }
-                        let src = &img[iy as usize * g.w..(iy as usize + 1) * g.w];
-                        if g.stride == 1 {
-                            // Valid output columns: 0 <= ox + off < W.
-                            let lo = (-off).clamp(0, g.wo as isize) as usize;
-                            let hi = (g.w as isize - off).clamp(lo as isize, g.wo as isize) as usize;
-                            if hi == lo {
-                                // This kernel column only ever sees padding.
-                                dst.fill(0.0);
-                                continue;
-                            }
-                            dst[..lo].fill(0.0);
-                            dst[hi..].fill(0.0);
-                            let s0 = (lo as isize + off) as usize;
-                            dst[lo..hi].copy_from_slice(&src[s0..s0 + (hi - lo)]);
-                        } else {
-                            for (ox, d) in dst.iter_mut().enumerate() {
-                                let ix = (ox * g.stride) as isize + off;
-                                *d = if ix >= 0 && ix < g.w as isize {
-                                    src[ix as usize]
-                                } else {
-                                    0.0
-                                };
-                            }
-                        }
+                        unfold_run(g, img, iy, 0, off, &mut row[r * g.wo..(r + 1) * g.wo]);
                     }
                 }
             }
