@@ -2,16 +2,19 @@
 //! views, blocked and packed the way BLIS does it, with an AVX-512 register kernel of 12 rows
 //! by 32 columns.
 //!
-//! Why not the `gemm` crate alone: at the shapes a training step produces it reaches 40-70% of
-//! this machine's FMA peak and loses half its speed when the left operand is stored by columns
-//! (the input gradient's transposed kernel). This kernel packs both operands from any strides
-//! into the layout the register kernel reads, so every layout runs at one speed. Where AVX-512
-//! is missing (checked at run time) [`matmul`] hands the product to `gemm`.
+//! Why not the `gemm` crate alone: at the shapes a training step produces it loses about half
+//! its speed when the left operand is stored by columns (every input gradient) and on narrow
+//! weight gradients, and a convolution wants to pack its kernel once and its unfolded input
+//! straight from the image, which an opaque product cannot do. This one packs both operands
+//! from any strides into the layout the register kernel reads ([`PackedA`] for an operand packed
+//! once and reused, [`PackB`] for one that packs itself). Where AVX-512 is missing (checked at
+//! run time, [`available`]) the convolutions hand every product to `gemm` instead.
 //!
 //! Blocking (for 32 KiB L1, 1 MiB L2 per core): a `KC × NC` block of B is packed once per
-//! (column block, depth block) and read from L2; an `MR × KC` sliver of A stays in L1 while the
-//! kernel walks across B's slivers. Threads split C's columns (or rows, for narrow products) and
-//! pack their own copies.
+//! (column block, depth block); for each `MC`-row block of A, the kernel keeps one `KC × NR`
+//! sliver of B in L1 while it walks down A's slivers, then moves to the next B sliver. Threads
+//! split C's columns (or its rows, for products with few columns and an A packed as it goes)
+//! and pack their own parts of the operands.
 
 use rayon::prelude::*;
 
@@ -21,7 +24,7 @@ const MR: usize = 12;
 const NR: usize = 32;
 /// Depth of one packed block.
 const KC: usize = 256;
-/// Columns of one packed B block (`KC·NC·4` bytes = 384 KiB, in L2).
+/// Columns of one packed B block (`KC·NC·4` bytes = 512 KiB, in L2).
 const NC: usize = 512;
 /// Rows of one packed A block.
 const MC: usize = 96;
