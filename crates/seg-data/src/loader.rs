@@ -126,11 +126,7 @@ pub fn prepare(sample: &Sample, aug: &Augment, rng: &mut Rng) -> (seg_labels::Rg
         Some([cw, ch]) => (transform::crop_window(nw, nh, cw, ch, rng), Some((cw, ch))),
         None => (transform::Window::whole(nw, nh), None),
     };
-    let img = if (nw, nh) == (w, h) && win == transform::Window::whole(w, h) {
-        sample.image.clone()
-    } else {
-        transform::resize_bilinear_window(&sample.image, nw, nh, win)
-    };
+    let img = transform::resize_bilinear_window(&sample.image, nw, nh, win);
     let lab = sample
         .label
         .as_ref()

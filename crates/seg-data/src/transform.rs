@@ -12,9 +12,6 @@ pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
 /// Bilinear resize with half-pixel centres (PIL/PyTorch `align_corners=False`, no antialias).
 pub fn resize_bilinear(img: &RgbImage, nw: u32, nh: u32) -> RgbImage {
-    if (nw, nh) == (img.width, img.height) {
-        return img.clone();
-    }
     resize_bilinear_window(img, nw, nh, Window::whole(nw, nh))
 }
 
@@ -36,6 +33,9 @@ impl Window {
 /// The pixels of `resize_bilinear(img, nw, nh)` inside `win`, computed without the rest: a
 /// random crop of a rescaled image costs the crop, not the whole rescaled image.
 pub fn resize_bilinear_window(img: &RgbImage, nw: u32, nh: u32, win: Window) -> RgbImage {
+    if (nw, nh) == (img.width, img.height) && win == Window::whole(nw, nh) {
+        return img.clone();
+    }
     let (w, h) = (img.width as usize, img.height as usize);
     let taps = |range: std::ops::Range<u32>, n_out: u32, n_in: usize| -> Vec<(usize, usize, f32)> {
         let scale = n_in as f32 / n_out as f32;
@@ -94,14 +94,14 @@ pub fn resize_bilinear_window(img: &RgbImage, nw: u32, nh: u32, win: Window) -> 
 
 /// Nearest-neighbour resize of a label map (PIL `NEAREST`: source = floor((x + 0.5) * in / out)).
 pub fn resize_nearest(label: &[u8], w: u32, h: u32, nw: u32, nh: u32) -> Vec<u8> {
-    if (nw, nh) == (w, h) {
-        return label.to_vec();
-    }
     resize_nearest_window(label, w, h, nw, nh, Window::whole(nw, nh))
 }
 
 /// The pixels of `resize_nearest(label, w, h, nw, nh)` inside `win`.
 pub fn resize_nearest_window(label: &[u8], w: u32, h: u32, nw: u32, nh: u32, win: Window) -> Vec<u8> {
+    if (nw, nh) == (w, h) && win == Window::whole(nw, nh) {
+        return label.to_vec();
+    }
     let xs: Vec<usize> = (win.x0..win.x0 + win.w)
         .map(|x| (((x as f64 + 0.5) * w as f64 / nw as f64) as usize).min(w as usize - 1))
         .collect();

@@ -99,6 +99,12 @@ impl Geom {
         by_bytes.max(by_cols).clamp(1, self.ho.max(1))
     }
 
+    /// Whether one op makes more than one product with the same kernel (several bands or
+    /// images), so that packing the kernel once pays.
+    fn several_products(&self) -> bool {
+        self.n * self.ho.div_ceil(self.band()) > 1
+    }
+
     fn x_len(&self) -> usize {
         self.c * self.h * self.w
     }
@@ -149,7 +155,6 @@ fn matmul(m: usize, n: usize, k: usize, dst: &mut [f32], d: Mat, acc: bool, lhs:
     // `Geom::conv` refuses empty shapes, so every product here has a non-empty reduction.
     debug_assert!(m > 0 && n > 0 && k > 0);
     if prefer_sgemm(m, a) {
-        let v = |m: Mat| crate::sgemm::View { rs: m.rs, cs: m.cs };
         // SAFETY: as below; `prefer_sgemm` checked for AVX-512.
         unsafe {
             crate::sgemm::sgemm(
@@ -157,12 +162,12 @@ fn matmul(m: usize, n: usize, k: usize, dst: &mut [f32], d: Mat, acc: bool, lhs:
                 n,
                 k,
                 dst.as_mut_ptr(),
-                v(d),
+                view(d),
                 acc,
                 lhs.as_ptr(),
-                v(a),
+                view(a),
                 rhs.as_ptr(),
-                v(b),
+                view(b),
             );
         }
         return;
@@ -349,22 +354,17 @@ impl crate::sgemm::PackB for Unfolded<'_> {
             let img = &self.x[c * g.h * g.w..(c + 1) * g.h * g.w];
             let off = (kx * g.dil) as isize - g.pad as isize;
             for (s, &(js, cols, whole)) in info.iter().enumerate() {
-                let row: &mut [f32; S] = (&mut out[s * S * kc + p * S..][..S]).try_into().unwrap();
-                if let (Some((oy, ox)), 1) = (whole, g.stride) {
-                    let iy = (oy + ky * g.dil) as isize - g.pad as isize;
-                    let ix = ox as isize + off;
-                    if iy < 0 || iy >= g.h as isize {
-                        *row = [0.0; S];
-                        continue;
+                let row = &mut out[s * S * kc + p * S..][..S];
+                match whole {
+                    Some((oy, ox)) => {
+                        let iy = (oy * g.stride + ky * g.dil) as isize - g.pad as isize;
+                        unfold_run(g, img, iy, ox, off, row);
                     }
-                    if ix >= 0 && ix as usize + S <= g.w {
-                        let at = iy as usize * g.w + ix as usize;
-                        row.copy_from_slice(&img[at..at + S]);
-                        continue;
+                    None => {
+                        self.fill((c, ky, kx), js, &mut row[..cols]);
+                        row[cols..].fill(0.0);
                     }
                 }
-                self.fill((c, ky, kx), js, &mut row[..cols]);
-                row[cols..].fill(0.0);
             }
         }
     }
@@ -445,14 +445,14 @@ fn bands(g: &Geom) -> impl Iterator<Item = (usize, usize)> {
 pub fn forward_cpu(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
     let (k, p) = (g.k(), g.ho * g.wo);
     let mut y = vec![0f32; g.n * g.y_len()];
-    let reuse = g.n * bands(g).count() > 1;
-    let packed = Lhs::new(g.co, k, w, ROW(k), reuse);
+    let packed = Lhs::new(g.co, k, w, ROW(k), g.several_products());
     let unfold = !g.pointwise() && !packed.packed();
     let mut cols = vec![0f32; if unfold { k * g.band() * g.wo } else { 0 }];
     // gemm runs this product 1.2-1.4x faster with the kernel stored transposed (measured on an
-    // AVX-512 Xeon); the copy is skipped for huge kernels (fc6) where it would cost more.
+    // AVX-512 Xeon); the copy is skipped for huge kernels (fc6) where it would cost more, and
+    // where sgemm runs (it packs the kernel from either layout).
     let wt;
-    let lhs = if packed.packed() || g.pointwise() || g.co * k > WT_MAX {
+    let lhs = if packed.packed() || g.pointwise() || g.co * k > WT_MAX || sgemm_on() {
         packed
     } else {
         wt = transposed(w, g.co, k);
@@ -497,7 +497,7 @@ pub fn input_grad_cpu(g: &Geom, dy: &[f32], w: &[f32]) -> Vec<f32> {
     let (k, p) = (g.k(), g.ho * g.wo);
     let mut dx = vec![0f32; g.n * g.x_len()];
     let mut cols = vec![0f32; if g.pointwise() { 0 } else { k * g.band() * g.wo }];
-    let lhs = Lhs::new(k, g.co, w, COL(k), g.n * bands(g).count() > 1);
+    let lhs = Lhs::new(k, g.co, w, COL(k), g.several_products());
     for (dxi, dyi) in dx.chunks_mut(g.x_len()).zip(dy.chunks(g.y_len())) {
         if g.pointwise() {
             product(k, p, g.co, dxi, ROW(p), false, &lhs, dyi, ROW(p));
@@ -839,7 +839,6 @@ pub fn conv_transpose2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize, d
 #[derive(Debug, Clone, Copy)]
 struct ConvBiasRelu(Geom);
 
-/// `dr · [r > 0]`, the gradient through a ReLU whose output is `r`.
 /// ReLU's gradient `g = dr · [r > 0]` and the bias gradient `Σ g` per channel, in one pass
 /// (CPU, f32, contiguous `N×C×H×W`). Each plane is summed row by row, then the planes over
 /// the batch, always in the same order.

@@ -90,20 +90,6 @@ pub unsafe fn sgemm(
     b: *const f32,
     vb: View,
 ) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !acc {
-            for i in 0..m {
-                for j in 0..n {
-                    // SAFETY: inside C by the caller's contract.
-                    unsafe { *c.offset(i as isize * vc.rs + j as isize * vc.cs) = 0.0 };
-                }
-            }
-        }
-        return;
-    }
     // SAFETY: forwarded contract.
     unsafe { run(m, n, k, Ptrs { c, a, b }, vc, acc, Lhs::Raw(va), Rhs::Raw(vb)) }
 }
@@ -163,19 +149,13 @@ impl PackedA {
 /// # Safety
 /// As [`sgemm`], for C and B.
 pub unsafe fn sgemm_packed(n: usize, c: *mut f32, vc: View, acc: bool, a: &PackedA, b: *const f32, vb: View) {
-    let (m, k) = (a.m, a.k);
-    if m == 0 || n == 0 || k == 0 {
-        // SAFETY: forwarded contract (no A element is read when k = 0).
-        unsafe { sgemm(m, n, 0, c, vc, acc, std::ptr::null(), View { rs: 0, cs: 0 }, b, vb) };
-        return;
-    }
     let p = Ptrs {
         c,
         a: std::ptr::null(),
         b,
     };
     // SAFETY: forwarded contract.
-    unsafe { run(m, n, k, p, vc, acc, Lhs::Packed(a, 0), Rhs::Raw(vb)) }
+    unsafe { run(a.m, n, a.k, p, vc, acc, Lhs::Packed(a, 0), Rhs::Raw(vb)) }
 }
 
 /// A right operand that packs itself: a matrix never stored whole, such as a convolution's
@@ -195,32 +175,13 @@ pub const SLIVER: usize = NR;
 /// # Safety
 /// Every element of C addressed through `vc` must lie inside its allocation.
 pub unsafe fn sgemm_packed_by(n: usize, c: *mut f32, vc: View, acc: bool, a: &PackedA, b: &dyn PackB) {
-    let (m, k) = (a.m, a.k);
-    if m == 0 || n == 0 || k == 0 {
-        // SAFETY: forwarded contract (no A or B element is read when k = 0).
-        unsafe {
-            sgemm(
-                m,
-                n,
-                0,
-                c,
-                vc,
-                acc,
-                std::ptr::null(),
-                View { rs: 0, cs: 0 },
-                std::ptr::null(),
-                vc,
-            )
-        };
-        return;
-    }
     let p = Ptrs {
         c,
         a: std::ptr::null(),
         b: std::ptr::null(),
     };
     // SAFETY: forwarded contract.
-    unsafe { run(m, n, k, p, vc, acc, Lhs::Packed(a, 0), Rhs::By(b, 0)) }
+    unsafe { run(a.m, n, a.k, p, vc, acc, Lhs::Packed(a, 0), Rhs::By(b, 0)) }
 }
 
 /// Where the right operand comes from.
@@ -241,18 +202,24 @@ enum Lhs<'a> {
     Packed(&'a PackedA, usize),
 }
 
-impl Lhs<'_> {
-    fn at(&self, a: *const f32, i: usize, p: usize) -> *const f32 {
-        match self {
-            Lhs::Raw(v) => a.wrapping_offset(i as isize * v.rs + p as isize * v.cs),
-            Lhs::Packed(..) => a,
-        }
-    }
-}
-
-/// Splits the product over the threads and runs each part.
+/// Splits the product over the threads and runs each part. An empty product writes nothing;
+/// one with no depth (`k = 0`) zeroes C unless it accumulates.
 #[allow(clippy::too_many_arguments)]
 unsafe fn run(m: usize, n: usize, k: usize, p: Ptrs, vc: View, acc: bool, lhs: Lhs<'_>, rhs: Rhs<'_>) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !acc {
+            for i in 0..m {
+                for j in 0..n {
+                    // SAFETY: inside C by the caller's contract.
+                    unsafe { *p.c.offset(i as isize * vc.rs + j as isize * vc.cs) = 0.0 };
+                }
+            }
+        }
+        return;
+    }
     let threads = rayon::current_num_threads().max(1);
     // Split the wider side into one part per thread, in whole kernel tiles; with A packed
     // beforehand, split B's columns whenever there are enough, so that no thread packs the
@@ -273,23 +240,17 @@ unsafe fn run(m: usize, n: usize, k: usize, p: Ptrs, vc: View, acc: bool, lhs: L
         if lo >= hi {
             return;
         }
-        let r = match rhs {
-            Rhs::Raw(_) => rhs,
-            Rhs::By(src, c0) if by_cols => Rhs::By(src, c0 + lo),
-            Rhs::By(..) => rhs,
-        };
-        let (q, l) = if by_cols {
-            let vb_cs = match rhs {
-                Rhs::Raw(vb) => vb.cs,
-                Rhs::By(..) => 0,
-            };
-            (p.shifted(lo as isize * vc.cs, 0, lo as isize * vb_cs), lhs)
+        // Shift the pointers (or the self-packing B's column, the packed A's row) to the part.
+        let (q, l, r) = if by_cols {
+            match rhs {
+                Rhs::Raw(vb) => (p.shifted(lo as isize * vc.cs, 0, lo as isize * vb.cs), lhs, rhs),
+                Rhs::By(src, c0) => (p.shifted(lo as isize * vc.cs, 0, 0), lhs, Rhs::By(src, c0 + lo)),
+            }
         } else {
-            let l = match lhs {
-                Lhs::Raw(va) => (p.shifted(lo as isize * vc.rs, lo as isize * va.rs, 0), lhs),
-                Lhs::Packed(pa, r0) => (p.shifted(lo as isize * vc.rs, 0, 0), Lhs::Packed(pa, r0 + lo)),
-            };
-            l
+            match lhs {
+                Lhs::Raw(va) => (p.shifted(lo as isize * vc.rs, lo as isize * va.rs, 0), lhs, rhs),
+                Lhs::Packed(pa, r0) => (p.shifted(lo as isize * vc.rs, 0, 0), Lhs::Packed(pa, r0 + lo), rhs),
+            }
         };
         let (mm, nn) = if by_cols { (m, hi - lo) } else { (hi - lo, n) };
         // SAFETY: a sub-block of the caller's product; the parts write disjoint parts of C.
@@ -326,8 +287,9 @@ unsafe fn serial(m: usize, n: usize, k: usize, p: Ptrs, vc: View, acc: bool, lhs
                     let mc = MC.min(m - ic);
                     let slivers: &[f32] = match lhs {
                         Lhs::Raw(va) => {
+                            let a = p.a.wrapping_offset(ic as isize * va.rs + pc as isize * va.cs);
                             // SAFETY: the block lies inside A.
-                            unsafe { pack_a(mc, kc, lhs.at(p.a, ic, pc), va, pa) };
+                            unsafe { pack_a(mc, kc, a, va, pa) };
                             pa
                         }
                         Lhs::Packed(packed, r0) => &packed.block(pc)[(r0 + ic) * kc..],
