@@ -13,7 +13,7 @@ if [ "${1:-}" = "--build" ]; then
   set -e
   T=target/cuda
   # One cargo invocation, so candle's CUDA kernels are compiled once for all three.
-  cargo test --release -p seg-nn -p seg-adapt -p seg-benches --tests --benches --no-run \
+  cargo test --release -p seg-nn -p seg-adapt -p seg-benches -p seg-fcn --tests --benches --example vgg_step --no-run \
     --features seg-nn/cuda,seg-adapt/cuda,seg-benches/cuda --target-dir $T --message-format json > $T/artifacts.json
   pick() { # the executable of target $1 of package $2; $3 = test (a test harness) or bin
     python3 -c 'import json,sys
@@ -24,9 +24,9 @@ for l in open(sys.argv[4]):
         print(m["executable"])' "$1" "$2" "$3" $T/artifacts.json | tail -1
   }
   NN=$(pick it seg-nn test); AD=$(pick it seg-adapt test); BE=$(pick train_step benches test)
-  BIN=$(pick seg-adapt seg-adapt bin)
+  BIN=$(pick seg-adapt seg-adapt bin); STEP=$(pick vgg_step seg-fcn test)  # `cargo test --example` builds it with the test profile flag
   rm -rf gpu && mkdir gpu
-  for pair in "$BIN:seg-adapt" "$NN:test-seg-nn" "$AD:test-seg-adapt" "$BE:bench-train-step"; do
+  for pair in "$BIN:seg-adapt" "$NN:test-seg-nn" "$AD:test-seg-adapt" "$BE:bench-train-step" "$STEP:vgg-step"; do
     src=${pair%%:*}; dst=${pair##*:}
     strip -o "gpu/$dst" "$src" && xz -6 -T2 "gpu/$dst"
   done
@@ -44,7 +44,9 @@ say "torch: $(python3 -c 'import torch;print(torch.__version__, torch.version.cu
 B=/tmp/seg-gpu && mkdir -p $B
 for f in gpu/*.xz; do xz -dc "$f" > "$B/$(basename "$f" .xz)"; chmod +x "$B/$(basename "$f" .xz)"; done
 NV=$(python3 -c 'import nvidia,os;print(os.path.dirname(nvidia.__path__[0]))' 2>/dev/null)/nvidia
-export LD_LIBRARY_PATH="$NV/cu13/lib:$NV/cublas/lib:$NV/cuda_runtime/lib:$NV/curand/lib:${LD_LIBRARY_PATH:-}"
+# cuDNN is opened at run time (seg_nn::cudnn), from the same Python environment as PyTorch's.
+export LD_LIBRARY_PATH="$NV/cu13/lib:$NV/cublas/lib:$NV/cuda_runtime/lib:$NV/curand/lib:$NV/cudnn/lib:${LD_LIBRARY_PATH:-}"
+say "cudnn: $(ls $NV/cudnn/lib/libcudnn.so.* $NV/cu13/lib/libcudnn.so.* 2>/dev/null | tr '\n' ' ')"
 ldd $B/seg-adapt > "$OUT/ldd.txt" 2>&1
 if grep -q "not found" "$OUT/ldd.txt"; then say "ldd: MISSING $(grep 'not found' "$OUT/ldd.txt" | tr '\n' ' ')"; else say "ldd: all libraries found"; fi
 export SEG_ADAPT_BIN=$B/seg-adapt
@@ -61,6 +63,9 @@ step test-seg-nn 60 $B/test-seg-nn cuda --test-threads 1
 grep -E "^test |test result" "$OUT/test-seg-nn.log" | tee -a "$S"
 step test-seg-adapt 120 $B/test-seg-adapt cuda --test-threads 1
 grep -E "^test |test result" "$OUT/test-seg-adapt.log" | tee -a "$S"
+# The fallback without cuDNN (candle's im2col + cuBLAS) on the same cases.
+SEG_CUDNN=0 step test-seg-nn-no-cudnn 60 $B/test-seg-nn cuda --test-threads 1
+grep -E "test result" "$OUT/test-seg-nn-no-cudnn.log" | tee -a "$S"
 [ "${2:-}" = "tests" ] && exit 0   # `scripts/gpu-check.sh OUT tests`: the CUDA tests only
 # Training step and inference, ours then PyTorch eager, same card, back to back.
 export SEG_BENCH_DEVICE=cuda
@@ -68,5 +73,15 @@ step bench-ours 150 $B/bench-train-step --bench --noplot --warm-up-time 1 --meas
 grep -E "^(train_step|infer)/|time:|thrpt:" "$OUT/bench-ours.log" | tee -a "$S"
 step bench-torch 90 python3 benches/reference/train_step_torch.py --device cuda --iters 20 --infer
 cat "$OUT/bench-torch.log" | tee -a "$S"
+# Both sides with FP32-only convolutions (no TF32 tensor cores), VGG steps only.
+SEG_CUDA_TF32=0 step bench-ours-fp32 90 $B/bench-train-step --bench --noplot --warm-up-time 1 --measurement-time 3 'train_step/vgg'
+grep -E "^(train_step|infer)/|time:" "$OUT/bench-ours-fp32.log" | tee -a "$S"
+step bench-torch-fp32 60 python3 benches/reference/train_step_torch.py --device cuda --iters 20 --no-tf32
+cat "$OUT/bench-torch-fp32.log" | tee -a "$S"
+# Where a step's time goes (synchronised after each phase).
+SEG_BENCH_DEVICE=cuda step vgg-phases 60 $B/vgg-step full 6
+cat "$OUT/vgg-phases.log" | tee -a "$S"
+SEG_BENCH_DEVICE=cuda step vgg-phases-reduced 60 $B/vgg-step reduced 6
+cat "$OUT/vgg-phases-reduced.log" | tee -a "$S"
 step demo-quick 80 $B/seg-adapt demo --quick --device cuda --seeds 1 --out "$OUT/demo"
 tail -15 "$OUT/demo-quick.log" | tee -a "$S"

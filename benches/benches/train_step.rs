@@ -27,7 +27,7 @@ struct Step {
 
 fn device() -> Device {
     match std::env::var("SEG_BENCH_DEVICE").as_deref() {
-        Ok("cuda") => Device::new_cuda(0).expect("CUDA device 0 (build with --features cuda)"),
+        Ok("cuda") => seg_nn::cuda_device(0).expect("CUDA device 0 (build with --features cuda)"),
         _ => Device::Cpu,
     }
 }

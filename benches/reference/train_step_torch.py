@@ -69,11 +69,18 @@ def main():
     ap.add_argument("--model", choices=sorted(MODELS), action="append")
     ap.add_argument("--infer", action="store_true", help="also time inference at 1x3x1024x2048")
     ap.add_argument("--peak-rss", action="store_true", help="print peak resident memory at exit")
+    ap.add_argument(
+        "--no-tf32", action="store_true", help="FP32-only convolutions (cudnn.allow_tf32 = False; True is the default)"
+    )
     a = ap.parse_args()
+    if a.no_tf32:
+        torch.backends.cudnn.allow_tf32 = False
     torch.set_num_threads(a.threads)
     dev = torch.device(a.device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     where = f"{a.threads} threads" if dev.type == "cpu" else torch.cuda.get_device_name(dev)
+    if dev.type == "cuda":
+        where += f" (cudnn {torch.backends.cudnn.version()}, conv tf32={torch.backends.cudnn.allow_tf32})"
     x = torch.randn(1, 3, 256, 512, device=dev)
     y = torch.zeros(1, 256, 512, dtype=torch.long, device=dev)
     for name in a.model or ["vgg16-fcn8s-reduced", "vgg16-fcn8s"]:

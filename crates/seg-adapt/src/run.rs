@@ -19,7 +19,7 @@ use crate::config::RunConfig;
 pub fn device(name: &str) -> anyhow::Result<Device> {
     match name {
         "cpu" => Ok(Device::Cpu),
-        "cuda" => Device::new_cuda(0).context("opening CUDA device 0 (build with `--features cuda`)"),
+        "cuda" => seg_nn::cuda_device(0).context("opening CUDA device 0 (build with `--features cuda`)"),
         o => anyhow::bail!("unknown device `{o}`: expected cpu or cuda"),
     }
 }

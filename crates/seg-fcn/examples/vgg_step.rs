@@ -1,7 +1,8 @@
 //! Times the phases of one VGG16-FCN8s training step at 1×3×256×512 (forward, loss, backward,
 //! SGD step): `cargo run --release -p seg-fcn --example vgg_step -- [full|reduced] [steps]`.
 //! Ends with the arithmetic per step, the best step's GFLOP/s and the process's peak resident
-//! memory (`cargo xtask bench-compare` reads these lines).
+//! memory (`cargo xtask bench-compare` reads these lines). `SEG_BENCH_DEVICE=cuda` runs it on
+//! CUDA device 0 (build with `--features seg-nn/cuda`), synchronising after every phase.
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use std::time::Instant;
@@ -17,7 +18,11 @@ fn main() {
         _ => seg_fcn::ModelName::Vgg16Fcn8s,
     };
     let steps: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(3);
-    let dev = Device::Cpu;
+    let dev = match std::env::var("SEG_BENCH_DEVICE").as_deref() {
+        Ok("cuda") => seg_nn::cuda_device(0).expect("CUDA device 0 (build with --features seg-nn/cuda)"),
+        _ => Device::Cpu,
+    };
+    let sync = || dev.synchronize().unwrap();
     let vars = VarMap::new();
     let vb = seg_nn::init::seeded_builder(&vars, 1, DType::F32, &dev);
     let m = seg_fcn::build(model, 19, vb.pp("model"), &vars).unwrap();
@@ -41,15 +46,19 @@ fn main() {
     for _ in 0..steps {
         let t = Instant::now();
         let f = m.forward_taps(&x, true, &[]).unwrap();
+        sync();
         let t1 = t.elapsed();
         let l = seg_nn::cross_entropy_ignore(f.logits().unwrap(), &y, 255).unwrap();
+        sync();
         let t2 = t.elapsed();
         let g = seg_nn::backward(&l).unwrap();
+        sync();
         let t3 = t.elapsed();
         seg_nn::Optimizer::step(&mut opt, &g, 1e-10).unwrap();
+        sync();
         let t4 = t.elapsed();
         println!(
-            "fwd {:.3}s loss {:.3}s bwd {:.3}s opt {:.3}s total {:.3}s",
+            "fwd {:.4}s loss {:.4}s bwd {:.4}s opt {:.4}s total {:.4}s",
             t1.as_secs_f64(),
             (t2 - t1).as_secs_f64(),
             (t3 - t2).as_secs_f64(),

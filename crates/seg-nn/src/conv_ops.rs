@@ -25,7 +25,7 @@ const MIN_TILE_COLS: usize = 512;
 const WT_MAX: usize = 1 << 24;
 
 /// Geometry of a convolution `x: N×C×H×W`, `w: Co×C×kh×kw` → `y: N×Co×Ho×Wo`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Geom {
     pub n: usize,
     pub c: usize,
@@ -612,6 +612,15 @@ impl CustomOp2 for ConvOp {
         s2: &candle_core::CudaStorage,
         l2: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
+        if crate::cudnn::available() && candle_core::backend::BackendStorage::dtype(s1) == DType::F32 {
+            let g = &self.g;
+            let out = match self.piece {
+                Piece::Forward => crate::cudnn::forward(g, s1, l1, s2, l2)?,
+                Piece::InputGrad => crate::cudnn::input_grad(g, s1, l1, s2, l2)?,
+                Piece::WeightGrad => crate::cudnn::weight_grad(g, s1, l1, s2, l2)?,
+            };
+            return Ok((out, self.out_shape()));
+        }
         let (a, b) = (cuda::tensor(s1, l1)?, cuda::tensor(s2, l2)?);
         let out = match self.piece {
             Piece::Forward => composite::forward(&self.g, &a, &b)?,
@@ -919,6 +928,11 @@ impl CustomOp3 for ConvBiasRelu {
         s3: &candle_core::CudaStorage,
         l3: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
+        if crate::cudnn::available() && candle_core::backend::BackendStorage::dtype(s1) == DType::F32 {
+            let y = crate::cudnn::forward_bias_relu(&self.0, (s1, l1), (s2, l2), (s3, l3))?;
+            let g = &self.0;
+            return Ok((y, Shape::from((g.n, g.co, g.ho, g.wo))));
+        }
         let (x, w, b) = (cuda::tensor(s1, l1)?, cuda::tensor(s2, l2)?, cuda::tensor(s3, l3)?);
         let y = composite::forward(&self.0, &x, &w)?.broadcast_add(&b.reshape((1, self.0.co, 1, 1))?)?;
         cuda::storage(&y.relu()?)
@@ -935,6 +949,8 @@ impl CustomOp3 for ConvBiasRelu {
         let dr = dr.contiguous()?;
         let (g, db) = if supported_cpu(&dr) {
             relu_grad_and_bias_sum(&dr, &r.contiguous()?)?
+        } else if cudnn_runs(&dr) {
+            crate::cudnn::relu_grad_and_bias_sum(&dr, &r.contiguous()?)?
         } else {
             let g = (&dr * r.gt(0.0)?.to_dtype(dr.dtype())?)?;
             let db = g.sum(3)?.sum(2)?.sum(0)?;
@@ -969,6 +985,17 @@ fn weight_grad(w: &Tensor, f: impl FnOnce() -> Result<Tensor>) -> Result<Option<
         Some(dw) => crate::grad::offer(w, dw),
         None => Ok(None),
     }
+}
+
+/// f32 on CUDA with cuDNN loaded: where [`crate::cudnn`]'s calls run.
+#[cfg(feature = "cuda")]
+fn cudnn_runs(x: &Tensor) -> bool {
+    x.device().is_cuda() && x.dtype() == DType::F32 && crate::cudnn::available()
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cudnn_runs(_: &Tensor) -> bool {
+    false
 }
 
 /// f32 on the CPU: where the CPU kernels run.

@@ -45,6 +45,12 @@ impl CustomOp1 for MaxPool2 {
         Ok((CpuStorage::F32(out), Shape::from((n, c, ho, wo))))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (n, c, h, w) = l.shape().dims4()?;
+        Ok((crate::cuda_kernels::max_pool2(s, l)?, Shape::from((n, c, h / 2, w / 2))))
+    }
+
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         Ok(Some(
             arg.contiguous()?.apply_op2_no_bwd(&grad.contiguous()?, &MaxPool2Bwd)?,
@@ -87,9 +93,21 @@ impl CustomOp2 for MaxPool2Bwd {
             });
         Ok((CpuStorage::F32(out), Shape::from((n, c, h, w))))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        Ok((crate::cuda_kernels::max_pool2_bwd(s1, l1, s2, l2)?, l1.shape().clone()))
+    }
 }
 
-/// 2×2 max pool of a contiguous f32 CPU tensor with even height and width.
+/// 2×2 max pool of a contiguous f32 tensor (CPU, or CUDA with the `cuda` feature) with even
+/// height and width.
 pub fn max_pool2(x: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op1(MaxPool2)
 }

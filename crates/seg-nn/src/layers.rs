@@ -107,14 +107,16 @@ impl Module for Conv2d {
     }
 }
 
-/// 2×2 max pool, stride 2, as reshape + max: its gradient goes to the maximum of each window
-/// unscaled (to every tied maximum). Height and width must be even.
+/// 2×2 max pool, stride 2: its gradient goes to the first maximum of each window (PyTorch's
+/// rule), with the custom op on the CPU and on CUDA; on other devices or dtypes, reshape + max,
+/// whose gradient goes to every tied maximum. Height and width must be even.
 pub fn max_pool2x2(x: &Tensor) -> Result<Tensor> {
     let (n, c, h, w) = x.dims4()?;
     if h % 2 != 0 || w % 2 != 0 {
         candle_core::bail!("max_pool2x2 needs even height and width, got {h}x{w}");
     }
-    if crate::cpu_ops::applies(x) {
+    let on_cuda = cfg!(feature = "cuda") && x.device().is_cuda() && x.dtype() == candle_core::DType::F32;
+    if crate::cpu_ops::applies(x) || on_cuda {
         return crate::cpu_ops::max_pool2(x);
     }
     x.reshape((n, c, h / 2, 2, w / 2, 2))?.max(5)?.max(3)

@@ -107,7 +107,7 @@ impl Optimizer for Sgd {
     fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
         for ((_, p, mult), buf) in self.params.iter().zip(&self.bufs) {
             let Some(g) = grads.get(p.as_tensor()) else { continue };
-            if inplace::applies(&[p.as_tensor(), buf.as_tensor(), g]) {
+            if inplace::applies(&[p.as_tensor(), buf.as_tensor(), g], inplace::CUDA_SGD) {
                 let (m, wd) = (self.momentum as f32, self.weight_decay as f32);
                 buf.inplace_op3(g, p.as_tensor(), &inplace::Momentum { m, wd })?;
                 p.inplace_op2(buf.as_tensor(), &inplace::Descend { lr: (lr * mult) as f32 })?;
@@ -182,7 +182,7 @@ impl Optimizer for Adam {
         let (bc1, bc2) = (1.0 - self.beta1.powf(t), 1.0 - self.beta2.powf(t));
         for (((_, p, mult), m), v) in self.params.iter().zip(&self.m).zip(&self.v) {
             let Some(g) = grads.get(p.as_tensor()) else { continue };
-            if inplace::applies(&[p.as_tensor(), m.as_tensor(), v.as_tensor(), g]) {
+            if inplace::applies(&[p.as_tensor(), m.as_tensor(), v.as_tensor(), g], false) {
                 let wd = self.weight_decay as f32;
                 let (b1, b2) = (self.beta1 as f32, self.beta2 as f32);
                 m.inplace_op3(
@@ -257,11 +257,16 @@ pub mod inplace {
     /// Chunk of elements per rayon task.
     const CHUNK: usize = 1 << 16;
 
-    /// All on the CPU, f32, contiguous, of one shape.
-    pub fn applies(ts: &[&Tensor]) -> bool {
-        ts.iter()
-            .all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous())
-            && ts.windows(2).all(|w| w[0].shape() == w[1].shape())
+    /// Whether SGD's updates have CUDA kernels (`crate::cuda_kernels`); Adam's run on the CPU
+    /// only.
+    pub const CUDA_SGD: bool = cfg!(feature = "cuda");
+
+    /// All f32, contiguous, of one shape, and all on the CPU (or all on CUDA, where `cuda`
+    /// says the ops have a CUDA side).
+    pub fn applies(ts: &[&Tensor], cuda: bool) -> bool {
+        let on = |t: &&Tensor| t.device().is_cpu() || (cuda && t.device().is_cuda());
+        ts.iter().all(|t| on(t) && t.dtype() == DType::F32 && t.is_contiguous())
+            && ts.windows(2).all(|w| w[0].shape() == w[1].shape() && w[0].device().same_device(w[1].device()))
     }
 
     fn read<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
@@ -317,6 +322,19 @@ pub mod inplace {
             });
             Ok(())
         }
+
+        #[cfg(feature = "cuda")]
+        fn cuda_fwd(
+            &self,
+            s1: &mut candle_core::CudaStorage,
+            l1: &Layout,
+            s2: &candle_core::CudaStorage,
+            l2: &Layout,
+            s3: &candle_core::CudaStorage,
+            l3: &Layout,
+        ) -> Result<()> {
+            crate::cuda_kernels::sgd_momentum(s1, l1, s2, l2, s3, l3, self.m, self.wd)
+        }
     }
 
     /// `p = p − lr·buf`.
@@ -338,6 +356,17 @@ pub mod inplace {
                 }
             });
             Ok(())
+        }
+
+        #[cfg(feature = "cuda")]
+        fn cuda_fwd(
+            &self,
+            s1: &mut candle_core::CudaStorage,
+            l1: &Layout,
+            s2: &candle_core::CudaStorage,
+            l2: &Layout,
+        ) -> Result<()> {
+            crate::cuda_kernels::sgd_descend(s1, l1, s2, l2, self.lr)
         }
     }
 

@@ -3,8 +3,43 @@
 
 use candle_core::{DType, Device, ModuleT, Tensor, Var};
 
+/// CUDA device 0 as the trainer opens it, with FP32-only convolutions: with TF32 tensor cores
+/// (the default) results differ from the CPU's by about 1e-3 relative.
 fn gpu() -> Device {
-    Device::new_cuda(0).expect("these tests need CUDA device 0 (the build has `--features cuda`)")
+    seg_nn::set_cuda_tf32(false);
+    seg_nn::cuda_device(0).expect("these tests need CUDA device 0 (the build has `--features cuda`)")
+}
+
+/// The convolutions run on cuDNN where it is installed, unless turned off with `SEG_CUDNN=0`
+/// (then the cases above test candle's im2col fallback).
+#[test]
+fn cudnn_is_loaded_unless_turned_off() {
+    let off = std::env::var("SEG_CUDNN").is_ok_and(|v| v == "0");
+    assert_eq!(seg_nn::cudnn::available(), !off, "cuDNN should load (is libcudnn.so.9 on the library path?)");
+}
+
+/// SGD's fused CUDA updates give the CPU's parameters and momentum after two steps.
+#[test]
+fn sgd_steps_on_cuda_match_the_cpu() {
+    use seg_nn::Optimizer;
+    let p0 = Tensor::randn(0f32, 1.0, (37, 29), &Device::Cpu).unwrap();
+    let w = Tensor::randn(0f32, 1.0, (37, 29), &Device::Cpu).unwrap();
+    let run = |dev: &Device| {
+        let p = Var::from_tensor(&p0.to_device(dev).unwrap()).unwrap();
+        let w = w.to_device(dev).unwrap();
+        let mut sgd = seg_nn::Sgd::new(vec![("p".into(), p.clone(), 2.0)], 0.9, 5e-4).unwrap();
+        for _ in 0..2 {
+            let loss = (p.as_tensor().sqr().unwrap() * &w).unwrap().sum_all().unwrap();
+            let g = loss.backward().unwrap();
+            sgd.step(&g, 0.05).unwrap();
+        }
+        let state = sgd.state();
+        (p.as_tensor().clone(), state[0].1.clone())
+    };
+    let (pc, bc) = run(&Device::Cpu);
+    let (pg, bg) = run(&gpu());
+    agree(&pg, &pc, "sgd parameters");
+    agree(&bg, &bc, "sgd momentum");
 }
 
 fn host(t: &Tensor) -> Vec<f32> {
@@ -65,6 +100,14 @@ fn convolutions_on_cuda_match_the_cpu() {
             &format!("conv {c}->{co} k{k} s{stride} p{pad} d{dil}"),
         );
     }
+    // A VGG-sized layer, where cuDNN picks other algorithms than for the small cases.
+    let x = Tensor::randn(0f32, 1.0, (1, 64, 40, 56), &Device::Cpu).unwrap();
+    let kt = Tensor::randn(0f32, 0.05, (64, 64, 3, 3), &Device::Cpu).unwrap();
+    parity(
+        &[x, kt],
+        &|t| seg_nn::conv_ops::conv2d(&t[0], &t[1], 1, 1, 1).unwrap(),
+        "conv 64->64 k3 at 40x56",
+    );
     let x = Tensor::randn(0f32, 1.0, (2, 4, 9, 7), &Device::Cpu).unwrap();
     let kt = Tensor::randn(0f32, 1.0, (5, 4, 3, 3), &Device::Cpu).unwrap();
     let b = Tensor::randn(0f32, 1.0, 5, &Device::Cpu).unwrap();
@@ -91,6 +134,13 @@ fn pool_norm_loss_and_resize_on_cuda_match_the_cpu() {
         std::slice::from_ref(&x),
         &|t| seg_nn::max_pool2x2(&t[0]).unwrap(),
         "max pool",
+    );
+    // Integers: most windows hold ties, whose gradient goes to the first maximum on both.
+    let ties = (&x * 1.5).unwrap().round().unwrap();
+    parity(
+        std::slice::from_ref(&ties),
+        &|t| seg_nn::max_pool2x2(&t[0]).unwrap(),
+        "max pool with ties",
     );
     parity(
         std::slice::from_ref(&x),
