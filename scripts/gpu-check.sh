@@ -5,6 +5,7 @@
 # then, on the GPU machine, in the repository root with gpu/ beside it:
 #   scripts/gpu-check.sh OUTDIR       # ldd, CUDA tests, benchmarks vs PyTorch, demo
 #   scripts/gpu-check.sh OUTDIR tests # ldd and the CUDA tests only
+#   scripts/gpu-check.sh OUTDIR profile # per-call host cost, phases of a VGG step, VGG benches
 # Results: OUTDIR/summary.txt plus one log per step.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -13,8 +14,10 @@ if [ "${1:-}" = "--build" ]; then
   set -e
   T=target/cuda
   # One cargo invocation, so candle's CUDA kernels are compiled once for all three.
-  cargo test --release -p seg-nn -p seg-adapt -p seg-benches -p seg-fcn --tests --benches --example vgg_step --no-run \
+  cargo test --release -p seg-nn -p seg-adapt -p seg-benches --tests --benches --no-run \
     --features seg-nn/cuda,seg-adapt/cuda,seg-benches/cuda --target-dir $T --message-format json > $T/artifacts.json
+  cargo build --release -p seg-fcn -p seg-nn --example vgg_step --example cuda_overhead --features seg-nn/cuda \
+    --target-dir $T --message-format json >> $T/artifacts.json
   pick() { # the executable of target $1 of package $2; $3 = test (a test harness) or bin
     python3 -c 'import json,sys
 for l in open(sys.argv[4]):
@@ -24,9 +27,10 @@ for l in open(sys.argv[4]):
         print(m["executable"])' "$1" "$2" "$3" $T/artifacts.json | tail -1
   }
   NN=$(pick it seg-nn test); AD=$(pick it seg-adapt test); BE=$(pick train_step benches test)
-  BIN=$(pick seg-adapt seg-adapt bin); STEP=$(pick vgg_step seg-fcn test)  # `cargo test --example` builds it with the test profile flag
+  BIN=$(pick seg-adapt seg-adapt bin); STEP=$(pick vgg_step seg-fcn bin)
+  OVER=$(pick cuda_overhead seg-nn bin)
   rm -rf gpu && mkdir gpu
-  for pair in "$BIN:seg-adapt" "$NN:test-seg-nn" "$AD:test-seg-adapt" "$BE:bench-train-step" "$STEP:vgg-step"; do
+  for pair in "$BIN:seg-adapt" "$NN:test-seg-nn" "$AD:test-seg-adapt" "$BE:bench-train-step" "$STEP:vgg-step" "$OVER:cuda-overhead"; do
     src=${pair%%:*}; dst=${pair##*:}
     strip -o "gpu/$dst" "$src" && xz -6 -T2 "gpu/$dst"
   done
@@ -59,6 +63,17 @@ step() { # name timeout command...
   say "$name: rc=$rc ($(python3 -c "print(round($(date +%s.%N)-$t0,1))") s)"
   return $rc
 }
+if [ "${2:-}" = "profile" ]; then  # `scripts/gpu-check.sh OUT profile`: where a VGG step's time goes
+  step cuda-overhead 60 $B/cuda-overhead; cat "$OUT/cuda-overhead.log" | tee -a "$S"
+  for m in full reduced; do
+    SEG_BENCH_DEVICE=cuda step vgg-phases-$m 60 $B/vgg-step $m 6; cat "$OUT/vgg-phases-$m.log" | tee -a "$S"
+  done
+  SEG_BENCH_DEVICE=cuda SEG_BENCH_VGG=1 step bench-ours 90 $B/bench-train-step --bench --noplot --warm-up-time 1 --measurement-time 3 'train_step/vgg'
+  grep -E "^(train_step|infer)/|time:" "$OUT/bench-ours.log" | tee -a "$S"
+  step bench-torch 60 python3 benches/reference/train_step_torch.py --device cuda --iters 20
+  cat "$OUT/bench-torch.log" | tee -a "$S"
+  exit 0
+fi
 step test-seg-nn 60 $B/test-seg-nn cuda --test-threads 1
 grep -E "^test |test result" "$OUT/test-seg-nn.log" | tee -a "$S"
 step test-seg-adapt 120 $B/test-seg-adapt cuda --test-threads 1
@@ -78,6 +93,9 @@ SEG_CUDA_TF32=0 step bench-ours-fp32 90 $B/bench-train-step --bench --noplot --w
 grep -E "^(train_step|infer)/|time:" "$OUT/bench-ours-fp32.log" | tee -a "$S"
 step bench-torch-fp32 60 python3 benches/reference/train_step_torch.py --device cuda --iters 20 --no-tf32
 cat "$OUT/bench-torch-fp32.log" | tee -a "$S"
+# The host's cost per call of a step's pieces.
+step cuda-overhead 60 $B/cuda-overhead
+cat "$OUT/cuda-overhead.log" | tee -a "$S"
 # Where a step's time goes (synchronised after each phase).
 SEG_BENCH_DEVICE=cuda step vgg-phases 60 $B/vgg-step full 6
 cat "$OUT/vgg-phases.log" | tee -a "$S"

@@ -57,11 +57,10 @@ pub fn presence_weighted_bce(logits: &Tensor, weights: &Tensor, target: f64, min
     let present = den
         .ge(min_presence.max(0.0) * (h * w) as f64)?
         .to_dtype(logits.dtype())?;
-    let count = present.sum_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+    // On the device: no read-back (and wait for the GPU) in the middle of a step.
+    let count = present.sum_all()?.maximum(1.0)?;
     let per_pair = (num / den.clamp(1e-12, f64::INFINITY)?)?;
-    (per_pair * present)?
-        .sum_all()?
-        .affine(1.0 / count.max(1.0) as f64, 0.0)
+    (per_pair * present)?.sum_all()? / count
 }
 
 /// The random stream of one use site in one step: independent of every other stream, so a

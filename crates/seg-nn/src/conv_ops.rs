@@ -949,8 +949,8 @@ impl CustomOp3 for ConvBiasRelu {
         let dr = dr.contiguous()?;
         let (g, db) = if supported_cpu(&dr) {
             relu_grad_and_bias_sum(&dr, &r.contiguous()?)?
-        } else if cudnn_runs(&dr) {
-            crate::cudnn::relu_grad_and_bias_sum(&dr, &r.contiguous()?)?
+        } else if let Some(both) = cudnn_relu_grad(&dr, r)? {
+            both
         } else {
             let g = (&dr * r.gt(0.0)?.to_dtype(dr.dtype())?)?;
             let db = g.sum(3)?.sum(2)?.sum(0)?;
@@ -987,15 +987,18 @@ fn weight_grad(w: &Tensor, f: impl FnOnce() -> Result<Tensor>) -> Result<Option<
     }
 }
 
-/// f32 on CUDA with cuDNN loaded: where [`crate::cudnn`]'s calls run.
+/// ReLU's and the bias's gradients from cuDNN, for f32 CUDA tensors where cuDNN is loaded.
 #[cfg(feature = "cuda")]
-fn cudnn_runs(x: &Tensor) -> bool {
-    x.device().is_cuda() && x.dtype() == DType::F32 && crate::cudnn::available()
+fn cudnn_relu_grad(dr: &Tensor, r: &Tensor) -> Result<Option<(Tensor, Tensor)>> {
+    if dr.device().is_cuda() && dr.dtype() == DType::F32 && crate::cudnn::available() {
+        return crate::cudnn::relu_grad_and_bias_sum(dr, &r.contiguous()?).map(Some);
+    }
+    Ok(None)
 }
 
 #[cfg(not(feature = "cuda"))]
-fn cudnn_runs(_: &Tensor) -> bool {
-    false
+fn cudnn_relu_grad(_: &Tensor, _: &Tensor) -> Result<Option<(Tensor, Tensor)>> {
+    Ok(None)
 }
 
 /// f32 on the CPU: where the CPU kernels run.

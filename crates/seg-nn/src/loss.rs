@@ -20,9 +20,11 @@ pub fn cross_entropy_ignore(logits: &Tensor, labels: &Tensor, ignore: u32) -> Re
     let logp = candle_nn::ops::log_softmax(logits, 1)?;
     let picked = logp.gather(&safe.unsqueeze(1)?.contiguous()?, 1)?.squeeze(1)?;
     let mask = valid.to_dtype(logits.dtype())?;
-    let count = mask.sum_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+    // The count stays on the device: reading it back would stop the host until the forward
+    // pass has run, where it could be queueing the backward meanwhile.
+    let count = mask.sum_all()?.maximum(1.0)?;
     let total = (picked * &mask)?.sum_all()?;
-    total.affine(-1.0 / count.max(1.0) as f64, 0.0)
+    (total / count)?.neg()
 }
 
 /// Mean binary cross-entropy of `logits` against a constant target in `[0, 1]`, computed stably
