@@ -1,6 +1,5 @@
-//! CUDA kernels for what candle's tensor ops do in many passes: the optimiser's in-place
-//! updates, one kernel each (candle's ops would take eight passes and two fresh buffers per
-//! parameter for an SGD step), and the 2×2 max pool with its first-maximum gradient, one kernel
+//! CUDA kernels for what candle's tensor ops do in many passes: SGD's in-place update, one
+//! kernel per parameter (candle's ops would take eight passes and two fresh buffers), and the 2×2 max pool with its first-maximum gradient, one kernel
 //! each way (the reshape + max composite takes about ten, and sends the gradient to every tied
 //! maximum, unlike the CPU op). The source is compiled with NVRTC the first time it is needed,
 //! once per process.
@@ -16,17 +15,15 @@ const MODULE: &str = "seg_nn_kernels";
 /// The same arithmetic, in the same order, as the CPU kernels in [`crate::optim::inplace`] and
 /// [`crate::cpu_ops`].
 const SRC: &str = r#"
-extern "C" __global__ void sgd_momentum(float* buf, const float* g, const float* p, float m, float wd, unsigned int n) {
+// SGD with momentum and weight decay in one pass: buf = m*buf + (g + wd*p); p -= lr*buf.
+extern "C" __global__ void sgd_step(float* p, float* buf, const float* g, float m, float wd, float lr, unsigned int n) {
     unsigned int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
-    float gi = wd != 0.0f ? __fadd_rn(g[i], __fmul_rn(p[i], wd)) : g[i];
-    buf[i] = m != 0.0f ? __fadd_rn(__fmul_rn(buf[i], m), gi) : gi;
-}
-
-extern "C" __global__ void sgd_descend(float* p, const float* b, float lr, unsigned int n) {
-    unsigned int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n) return;
-    p[i] = __fsub_rn(p[i], __fmul_rn(b[i], lr));
+    float pi = p[i];
+    float gi = wd != 0.0f ? __fadd_rn(g[i], __fmul_rn(pi, wd)) : g[i];
+    float b = m != 0.0f ? __fadd_rn(__fmul_rn(buf[i], m), gi) : gi;
+    buf[i] = b;
+    p[i] = __fsub_rn(pi, __fmul_rn(b, lr));
 }
 
 // One thread per output: x is planes x h x w, y planes x (h/2) x (w/2).
@@ -88,49 +85,30 @@ fn config(n: usize, what: &str) -> Result<(LaunchConfig, u32)> {
     ))
 }
 
-/// `buf = m·buf + (g + wd·p)`.
-#[allow(clippy::too_many_arguments)]
-pub fn sgd_momentum(
-    buf: &mut CudaStorage,
+/// One SGD step in place: `buf = m·buf + (g + wd·p)`, then `p = p − lr·buf`. `p` is the op's
+/// in-place operand; `buf` is written too (through its device pointer: candle has no in-place
+/// op with two outputs), so it must be a buffer only the optimiser holds.
+pub fn sgd_step(
+    p: &mut CudaStorage,
+    lp: &Layout,
+    buf: &CudaStorage,
     lb: &Layout,
     g: &CudaStorage,
     lg: &Layout,
-    p: &CudaStorage,
-    lp: &Layout,
-    m: f32,
-    wd: f32,
+    (m, wd, lr): (f32, f32, f32),
 ) -> Result<()> {
-    const WHAT: &str = "sgd-momentum";
-    let ((b0, b1), (g0, g1), (p0, p1)) = (range(lb, WHAT)?, range(lg, WHAT)?, range(lp, WHAT)?);
-    if b1 - b0 != g1 - g0 || b1 - b0 != p1 - p0 {
-        candle_core::bail!("{WHAT}: operands of different sizes");
-    }
-    let (cfg, n) = config(b1 - b0, WHAT)?;
-    let dev = buf.device().clone();
-    let func = dev.get_or_load_custom_func("sgd_momentum", MODULE, ptx()?)?;
-    let (gv, pv) = (g.as_cuda_slice::<f32>()?.slice(g0..g1), p.as_cuda_slice::<f32>()?.slice(p0..p1));
-    let mut bv = buf.as_cuda_slice_mut::<f32>()?.slice_mut(b0..b1);
-    let mut launch = func.builder();
-    launch.arg(&mut bv).arg(&gv).arg(&pv).arg(&m).arg(&wd).arg(&n);
-    // SAFETY: the kernel reads and writes `n` elements of each view, which all hold `n`.
-    unsafe { launch.launch(cfg) }.map_err(candle_core::Error::wrap)?;
-    Ok(())
-}
-
-/// `p = p − lr·b`.
-pub fn sgd_descend(p: &mut CudaStorage, lp: &Layout, b: &CudaStorage, lb: &Layout, lr: f32) -> Result<()> {
-    const WHAT: &str = "sgd-descend";
-    let ((p0, p1), (b0, b1)) = (range(lp, WHAT)?, range(lb, WHAT)?);
-    if p1 - p0 != b1 - b0 {
+    const WHAT: &str = "sgd-step";
+    let ((p0, p1), (b0, b1), (g0, g1)) = (range(lp, WHAT)?, range(lb, WHAT)?, range(lg, WHAT)?);
+    if p1 - p0 != b1 - b0 || p1 - p0 != g1 - g0 {
         candle_core::bail!("{WHAT}: operands of different sizes");
     }
     let (cfg, n) = config(p1 - p0, WHAT)?;
     let dev = p.device().clone();
-    let func = dev.get_or_load_custom_func("sgd_descend", MODULE, ptx()?)?;
-    let bv = b.as_cuda_slice::<f32>()?.slice(b0..b1);
+    let func = dev.get_or_load_custom_func("sgd_step", MODULE, ptx()?)?;
+    let (bv, gv) = (buf.as_cuda_slice::<f32>()?.slice(b0..b1), g.as_cuda_slice::<f32>()?.slice(g0..g1));
     let mut pv = p.as_cuda_slice_mut::<f32>()?.slice_mut(p0..p1);
     let mut launch = func.builder();
-    launch.arg(&mut pv).arg(&bv).arg(&lr).arg(&n);
+    launch.arg(&mut pv).arg(&bv).arg(&gv).arg(&m).arg(&wd).arg(&lr).arg(&n);
     // SAFETY: the kernel reads and writes `n` elements of each view, which all hold `n`.
     unsafe { launch.launch(cfg) }.map_err(candle_core::Error::wrap)?;
     Ok(())
@@ -193,7 +171,7 @@ mod tests {
     #[test]
     fn optimiser_kernels_compile() {
         let ptx = super::ptx().unwrap();
-        for k in ["sgd_momentum", "sgd_descend", "max_pool2_fwd", "max_pool2_bwd"] {
+        for k in ["sgd_step", "max_pool2_fwd", "max_pool2_bwd"] {
             assert!(ptx.contains(&format!(".entry {k}")), "{k} missing from the PTX");
         }
     }

@@ -108,9 +108,13 @@ impl Optimizer for Sgd {
         for ((_, p, mult), buf) in self.params.iter().zip(&self.bufs) {
             let Some(g) = grads.get(p.as_tensor()) else { continue };
             if inplace::applies(&[p.as_tensor(), buf.as_tensor(), g], inplace::CUDA_SGD) {
-                let (m, wd) = (self.momentum as f32, self.weight_decay as f32);
-                buf.inplace_op3(g, p.as_tensor(), &inplace::Momentum { m, wd })?;
-                p.inplace_op2(buf.as_tensor(), &inplace::Descend { lr: (lr * mult) as f32 })?;
+                let (m, wd, lr) = (self.momentum as f32, self.weight_decay as f32, (lr * mult) as f32);
+                if p.device().is_cuda() {
+                    p.inplace_op3(buf.as_tensor(), g, &inplace::SgdStep { m, wd, lr })?;
+                } else {
+                    buf.inplace_op3(g, p.as_tensor(), &inplace::Momentum { m, wd })?;
+                    p.inplace_op2(buf.as_tensor(), &inplace::Descend { lr })?;
+                }
                 continue;
             }
             let g = if self.weight_decay != 0.0 {
@@ -323,18 +327,6 @@ pub mod inplace {
             Ok(())
         }
 
-        #[cfg(feature = "cuda")]
-        fn cuda_fwd(
-            &self,
-            s1: &mut candle_core::CudaStorage,
-            l1: &Layout,
-            s2: &candle_core::CudaStorage,
-            l2: &Layout,
-            s3: &candle_core::CudaStorage,
-            l3: &Layout,
-        ) -> Result<()> {
-            crate::cuda_kernels::sgd_momentum(s1, l1, s2, l2, s3, l3, self.m, self.wd)
-        }
     }
 
     /// `p = p − lr·buf`.
@@ -358,15 +350,36 @@ pub mod inplace {
             Ok(())
         }
 
+    }
+
+    /// SGD's whole step on CUDA in one kernel (`crate::cuda_kernels::sgd_step`): `p` in place,
+    /// the momentum buffer written alongside. The CPU runs [`Momentum`] then [`Descend`].
+    pub struct SgdStep {
+        pub m: f32,
+        pub wd: f32,
+        pub lr: f32,
+    }
+
+    impl InplaceOp3 for SgdStep {
+        fn name(&self) -> &'static str {
+            "sgd-step"
+        }
+
+        fn cpu_fwd(&self, _: &mut CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<()> {
+            candle_core::bail!("sgd-step runs on CUDA only; the CPU uses sgd-momentum and sgd-descend")
+        }
+
         #[cfg(feature = "cuda")]
         fn cuda_fwd(
             &self,
-            s1: &mut candle_core::CudaStorage,
-            l1: &Layout,
-            s2: &candle_core::CudaStorage,
-            l2: &Layout,
+            p: &mut candle_core::CudaStorage,
+            lp: &Layout,
+            buf: &candle_core::CudaStorage,
+            lb: &Layout,
+            g: &candle_core::CudaStorage,
+            lg: &Layout,
         ) -> Result<()> {
-            crate::cuda_kernels::sgd_descend(s1, l1, s2, l2, self.lr)
+            crate::cuda_kernels::sgd_step(p, lp, buf, lb, g, lg, (self.m, self.wd, self.lr))
         }
     }
 
