@@ -103,3 +103,8 @@ SEG_BENCH_DEVICE=cuda step vgg-phases-reduced 60 $B/vgg-step reduced 6
 cat "$OUT/vgg-phases-reduced.log" | tee -a "$S"
 step demo-quick 80 $B/seg-adapt demo --quick --device cuda --seeds 1 --out "$OUT/demo"
 tail -15 "$OUT/demo-quick.log" | tee -a "$S"
+# A second round of the VGG steps, both sides, for the spread between rounds.
+step bench-ours-2 90 $B/bench-train-step --bench --noplot --warm-up-time 1 --measurement-time 3 'train_step/vgg'
+grep -E "^(train_step|infer)/|time:" "$OUT/bench-ours-2.log" | tee -a "$S"
+step bench-torch-2 60 python3 benches/reference/train_step_torch.py --device cuda --iters 20
+cat "$OUT/bench-torch-2.log" | tee -a "$S"
