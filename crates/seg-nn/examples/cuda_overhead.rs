@@ -19,7 +19,11 @@ fn time(dev: &candle_core::Device, name: &str, mut f: impl FnMut() -> Tensor) {
     let host = t.elapsed() / n;
     dev.synchronize().unwrap();
     let total = t.elapsed() / n;
-    println!("{name:<42} host {:>8.1} us/call   with GPU {:>8.1} us/call", host.as_secs_f64() * 1e6, total.as_secs_f64() * 1e6);
+    println!(
+        "{name:<42} host {:>8.1} us/call   with GPU {:>8.1} us/call",
+        host.as_secs_f64() * 1e6,
+        total.as_secs_f64() * 1e6
+    );
 }
 
 fn main() {

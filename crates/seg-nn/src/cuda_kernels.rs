@@ -105,7 +105,10 @@ pub fn sgd_step(
     let (cfg, n) = config(p1 - p0, WHAT)?;
     let dev = p.device().clone();
     let func = dev.get_or_load_custom_func("sgd_step", MODULE, ptx()?)?;
-    let (bv, gv) = (buf.as_cuda_slice::<f32>()?.slice(b0..b1), g.as_cuda_slice::<f32>()?.slice(g0..g1));
+    let (bv, gv) = (
+        buf.as_cuda_slice::<f32>()?.slice(b0..b1),
+        g.as_cuda_slice::<f32>()?.slice(g0..g1),
+    );
     let mut pv = p.as_cuda_slice_mut::<f32>()?.slice_mut(p0..p1);
     let mut launch = func.builder();
     launch.arg(&mut pv).arg(&bv).arg(&gv).arg(&m).arg(&wd).arg(&lr).arg(&n);
@@ -155,7 +158,10 @@ pub fn max_pool2_bwd(x: &CudaStorage, lx: &Layout, g: &CudaStorage, lg: &Layout)
     let (cfg, _) = config(windows, WHAT)?;
     let dev = x.device().clone();
     let func = dev.get_or_load_custom_func("max_pool2_bwd", MODULE, ptx()?)?;
-    let (xv, gv) = (x.as_cuda_slice::<f32>()?.slice(x0..x1), g.as_cuda_slice::<f32>()?.slice(g0..g1));
+    let (xv, gv) = (
+        x.as_cuda_slice::<f32>()?.slice(x0..x1),
+        g.as_cuda_slice::<f32>()?.slice(g0..g1),
+    );
     // SAFETY: every window writes all four of its elements, and the windows tile the input.
     let mut dx = unsafe { dev.alloc::<f32>(x1 - x0) }?;
     let mut launch = func.builder();

@@ -315,7 +315,16 @@ impl Plan {
         unsafe {
             api.check(
                 "algorithm heuristics",
-                get(handle, a, b, conv, c, perf.len() as c_int, &mut count, perf.as_mut_ptr()),
+                get(
+                    handle,
+                    a,
+                    b,
+                    conv,
+                    c,
+                    perf.len() as c_int,
+                    &mut count,
+                    perf.as_mut_ptr(),
+                ),
             )?;
         }
         let found = perf[..count.clamp(0, perf.len() as c_int) as usize]
@@ -356,7 +365,10 @@ fn f32_view<'a>(
 
 /// Runs `f(api, handle, stream, state)` with this thread's handle for `dev`, bound to candle's
 /// stream.
-fn with_handle<T>(dev: &CudaDevice, f: impl FnOnce(&Api, Ptr, &Arc<CudaStream>, &mut ThreadState) -> Result<T>) -> Result<T> {
+fn with_handle<T>(
+    dev: &CudaDevice,
+    f: impl FnOnce(&Api, Ptr, &Arc<CudaStream>, &mut ThreadState) -> Result<T>,
+) -> Result<T> {
     let Some(api) = api() else {
         candle_core::bail!("cuDNN is not available")
     };
@@ -375,7 +387,9 @@ fn with_handle<T>(dev: &CudaDevice, f: impl FnOnce(&Api, Ptr, &Arc<CudaStream>, 
             }
         };
         // SAFETY: the stream belongs to the device whose context is bound.
-        api.check("set stream", unsafe { (api.set_stream)(handle, stream.cu_stream() as Ptr) })?;
+        api.check("set stream", unsafe {
+            (api.set_stream)(handle, stream.cu_stream() as Ptr)
+        })?;
         f(api, handle, &stream, &mut st)
     })
 }
@@ -410,7 +424,14 @@ fn alignment(ptrs: &[u64]) -> usize {
 }
 
 /// One convolution piece: `(x, w) → y`, `(dy, w) → dx` or `(x, dy) → dw`, all NCHW f32.
-fn conv_piece(g: &Geom, kind: Kind, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> Result<CudaStorage> {
+fn conv_piece(
+    g: &Geom,
+    kind: Kind,
+    s1: &CudaStorage,
+    l1: &Layout,
+    s2: &CudaStorage,
+    l2: &Layout,
+) -> Result<CudaStorage> {
     let dev = s1.device().clone();
     let (a, b) = (f32_view(s1, l1)?, f32_view(s2, l2)?);
     let allow = tf32();
@@ -508,7 +529,7 @@ fn conv_piece(g: &Geom, kind: Kind, s1: &CudaStorage, l1: &Layout, s2: &CudaStor
 /// finalised execution plan, kept for the life of the thread. A call then only binds the
 /// pointers (a variant pack) and executes.
 mod graph {
-    use super::{Api, Geom, Kind, Ptr, CPtr, MAX_WORKSPACE};
+    use super::{Api, CPtr, Geom, Kind, Ptr, MAX_WORKSPACE};
     use std::ffi::c_int;
 
     const T_HANDLE: c_int = 0;
@@ -636,7 +657,14 @@ mod graph {
         let mut n = 0i64;
         // SAFETY: out-pointers for one descriptor and the count.
         let s = unsafe {
-            (api.be_get)(cfg, A_CFG_ENGINE, T_DESCRIPTOR, 1, &mut n, &engine.d as *const Ptr as Ptr)
+            (api.be_get)(
+                cfg,
+                A_CFG_ENGINE,
+                T_DESCRIPTOR,
+                1,
+                &mut n,
+                &engine.d as *const Ptr as Ptr,
+            )
         };
         if s != 0 {
             return None;
@@ -644,7 +672,14 @@ mod graph {
         let mut notes = [0 as c_int; 16];
         // SAFETY: room for 16 notes.
         let s = unsafe {
-            (api.be_get)(engine.d, A_ENGINE_NOTES, T_NUMERICAL_NOTE, 16, &mut n, notes.as_mut_ptr() as Ptr)
+            (api.be_get)(
+                engine.d,
+                A_ENGINE_NOTES,
+                T_NUMERICAL_NOTE,
+                16,
+                &mut n,
+                notes.as_mut_ptr() as Ptr,
+            )
         };
         if s != 0 {
             return None;
@@ -706,16 +741,34 @@ mod graph {
             heur.finalize()?;
             let mut count = 0i64;
             // SAFETY: asks for the number of results only.
-            let s = unsafe { (api.be_get)(heur.d, A_HEUR_RESULTS, T_DESCRIPTOR, 0, &mut count, std::ptr::null_mut()) };
+            let s = unsafe {
+                (api.be_get)(
+                    heur.d,
+                    A_HEUR_RESULTS,
+                    T_DESCRIPTOR,
+                    0,
+                    &mut count,
+                    std::ptr::null_mut(),
+                )
+            };
             if s != 0 || count <= 0 {
                 return None;
             }
-            let cfgs: Vec<Desc<'_>> = (0..count.min(64)).map(|_| Desc::new(api, D_ENGINECFG)).collect::<Option<_>>()?;
+            let cfgs: Vec<Desc<'_>> = (0..count.min(64))
+                .map(|_| Desc::new(api, D_ENGINECFG))
+                .collect::<Option<_>>()?;
             let ptrs: Vec<Ptr> = cfgs.iter().map(|c| c.d).collect();
             let mut got = 0i64;
             // SAFETY: `ptrs` holds that many engine-config descriptors to fill.
             let s = unsafe {
-                (api.be_get)(heur.d, A_HEUR_RESULTS, T_DESCRIPTOR, ptrs.len() as i64, &mut got, ptrs.as_ptr() as Ptr)
+                (api.be_get)(
+                    heur.d,
+                    A_HEUR_RESULTS,
+                    T_DESCRIPTOR,
+                    ptrs.len() as i64,
+                    &mut got,
+                    ptrs.as_ptr() as Ptr,
+                )
             };
             if s != 0 {
                 return None;
@@ -733,9 +786,8 @@ mod graph {
                 }
                 let (mut ws, mut n) = (0i64, 0i64);
                 // SAFETY: one INT64 out-value.
-                let s = unsafe {
-                    (api.be_get)(plan.d, A_PLAN_WORKSPACE, T_INT64, 1, &mut n, &mut ws as *mut i64 as Ptr)
-                };
+                let s =
+                    unsafe { (api.be_get)(plan.d, A_PLAN_WORKSPACE, T_INT64, 1, &mut n, &mut ws as *mut i64 as Ptr) };
                 if s != 0 || ws < 0 || ws as usize > MAX_WORKSPACE {
                     continue;
                 }
@@ -755,7 +807,9 @@ mod graph {
             let Some(vp) = Desc::new(api, D_VARIANT_PACK) else {
                 candle_core::bail!("cuDNN: could not create a variant pack")
             };
-            let bound = vp.set(A_VP_POINTERS, T_VOID_PTR, &ptrs).and_then(|_| vp.set(A_VP_UIDS, T_INT64, &UIDS));
+            let bound = vp
+                .set(A_VP_POINTERS, T_VOID_PTR, &ptrs)
+                .and_then(|_| vp.set(A_VP_UIDS, T_INT64, &UIDS));
             let bound = bound.and_then(|_| vp.set(A_VP_WORKSPACE, T_VOID_PTR, &[workspace]));
             if bound.and_then(|_| vp.finalize()).is_none() {
                 candle_core::bail!("cuDNN: could not bind the operands of a convolution");
@@ -803,8 +857,14 @@ pub fn forward_bias_relu(
         // SAFETY: y is N×Co×Ho×Wo and b has Co entries, as the plan's descriptors say; the
         // activation runs in place, which cuDNN allows.
         unsafe {
-            api.check("add bias", (api.add_tensor)(handle, one, e.bias, pb as CPtr, one, e.t, py as Ptr))?;
-            api.check("relu forward", (api.act_fwd)(handle, relu, one, e.t, py as CPtr, zero, e.t, py as Ptr))
+            api.check(
+                "add bias",
+                (api.add_tensor)(handle, one, e.bias, pb as CPtr, one, e.t, py as Ptr),
+            )?;
+            api.check(
+                "relu forward",
+                (api.act_fwd)(handle, relu, one, e.t, py as CPtr, zero, e.t, py as Ptr),
+            )
         }
     })?;
     Ok(y)
@@ -876,8 +936,14 @@ pub fn relu_grad_and_bias_sum(dr: &Tensor, r: &Tensor) -> Result<(Tensor, Tensor
                     handle, relu, one, e.t, pr as CPtr, e.t, pd as CPtr, e.t, pr as CPtr, zero, e.t, pg as Ptr,
                 ),
             )?;
-            api.check("bias gradient", (api.bwd_bias)(handle, one, e.t, pg as CPtr, zero, e.bias, pb as Ptr))
+            api.check(
+                "bias gradient",
+                (api.bwd_bias)(handle, one, e.t, pg as CPtr, zero, e.bias, pb as Ptr),
+            )
         }
     })?;
-    Ok((wrap(CudaStorage::wrap_cuda_slice(g, dev.clone()), (n, c, h, w)), wrap(CudaStorage::wrap_cuda_slice(db, dev), c)))
+    Ok((
+        wrap(CudaStorage::wrap_cuda_slice(g, dev.clone()), (n, c, h, w)),
+        wrap(CudaStorage::wrap_cuda_slice(db, dev), c),
+    ))
 }

@@ -270,7 +270,9 @@ pub mod inplace {
     pub fn applies(ts: &[&Tensor], cuda: bool) -> bool {
         let on = |t: &&Tensor| t.device().is_cpu() || (cuda && t.device().is_cuda());
         ts.iter().all(|t| on(t) && t.dtype() == DType::F32 && t.is_contiguous())
-            && ts.windows(2).all(|w| w[0].shape() == w[1].shape() && w[0].device().same_device(w[1].device()))
+            && ts
+                .windows(2)
+                .all(|w| w[0].shape() == w[1].shape() && w[0].device().same_device(w[1].device()))
     }
 
     fn read<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
@@ -326,7 +328,6 @@ pub mod inplace {
             });
             Ok(())
         }
-
     }
 
     /// `p = p − lr·buf`.
@@ -349,7 +350,6 @@ pub mod inplace {
             });
             Ok(())
         }
-
     }
 
     /// SGD's whole step on CUDA in one kernel (`crate::cuda_kernels::sgd_step`): `p` in place,
@@ -365,7 +365,15 @@ pub mod inplace {
             "sgd-step"
         }
 
-        fn cpu_fwd(&self, _: &mut CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<()> {
+        fn cpu_fwd(
+            &self,
+            _: &mut CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+        ) -> Result<()> {
             candle_core::bail!("sgd-step runs on CUDA only; the CPU uses sgd-momentum and sgd-descend")
         }
 

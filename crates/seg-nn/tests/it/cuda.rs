@@ -15,7 +15,11 @@ fn gpu() -> Device {
 #[test]
 fn cudnn_is_loaded_unless_turned_off() {
     let off = std::env::var("SEG_CUDNN").is_ok_and(|v| v == "0");
-    assert_eq!(seg_nn::cudnn::available(), !off, "cuDNN should load (is libcudnn.so.9 on the library path?)");
+    assert_eq!(
+        seg_nn::cudnn::available(),
+        !off,
+        "cuDNN should load (is libcudnn.so.9 on the library path?)"
+    );
 }
 
 /// SGD's fused CUDA updates give the CPU's parameters and momentum after two steps.
