@@ -41,6 +41,13 @@ const ACTIVATION_RELU: c_int = 1;
 const NOT_PROPAGATE_NAN: c_int = 0;
 /// The largest workspace an algorithm may ask for.
 const MAX_WORKSPACE: usize = 1 << 30;
+/// The scaling factors cuDNN takes by pointer (alpha = 1, beta = 0: overwrite the output).
+static ONE: f32 = 1.0;
+static ZERO: f32 = 0.0;
+
+fn scale(v: &'static f32) -> CPtr {
+    (v as *const f32).cast()
+}
 
 /// `cudnnConvolution{Fwd,BwdData,BwdFilter}AlgoPerf_t` (one layout for all three).
 #[repr(C)]
@@ -488,7 +495,7 @@ fn conv_piece(
             Exec::Graph(p) => return p.run(api, handle, [px as Ptr, pw_ as Ptr, py as Ptr], pw),
             Exec::Legacy(p) => p,
         };
-        let (alpha, beta) = (&1f32 as *const f32 as CPtr, &0f32 as *const f32 as CPtr);
+        let (alpha, beta) = (scale(&ONE), scale(&ZERO));
         let (run, descs, what) = match kind {
             Kind::Forward => (api.fwd, [plan.x, plan.w, plan.y], "convolution forward"),
             Kind::InputGrad => (api.bwd_data, [plan.w, plan.y, plan.x], "convolution backward data"),
@@ -853,9 +860,9 @@ pub fn forward_bias_relu(
         let out = y.as_cuda_slice_mut::<f32>()?;
         let (pb, _rb) = b.device_ptr(stream);
         let (py, _ry) = out.device_ptr_mut(stream);
-        let (one, zero) = (&1f32 as *const f32 as CPtr, &0f32 as *const f32 as CPtr);
-        // SAFETY: y is N×Co×Ho×Wo and b has Co entries, as the plan's descriptors say; the
-        // activation runs in place, which cuDNN allows.
+        let (one, zero) = (scale(&ONE), scale(&ZERO));
+        // SAFETY: y is N×Co×Ho×Wo and b has Co entries, as the descriptors say; the activation
+        // runs in place, which cuDNN allows.
         unsafe {
             api.check(
                 "add bias",
@@ -926,7 +933,7 @@ pub fn relu_grad_and_bias_sum(dr: &Tensor, r: &Tensor) -> Result<(Tensor, Tensor
         let (pr, _rr) = rv.device_ptr(stream);
         let (pg, _rg) = g.device_ptr_mut(stream);
         let (pb, _rb) = db.device_ptr_mut(stream);
-        let (one, zero) = (&1f32 as *const f32 as CPtr, &0f32 as *const f32 as CPtr);
+        let (one, zero) = (scale(&ONE), scale(&ZERO));
         // SAFETY: all four buffers match the descriptors' shapes; for ReLU the mask [x > 0]
         // equals [r > 0], so r stands for both x and y.
         unsafe {
