@@ -237,7 +237,8 @@ struct Elementwise {
 #[derive(Default)]
 struct ThreadState {
     handles: HashMap<candle_core::cuda_backend::DeviceId, Ptr>,
-    plans: HashMap<(Geom, Kind, bool, usize), Exec>,
+    /// Per device (a graph plan belongs to its handle), geometry, piece, TF32 and alignment.
+    plans: HashMap<(candle_core::cuda_backend::DeviceId, Geom, Kind, bool, usize), Exec>,
     shapes: HashMap<(usize, usize, usize, usize), Elementwise>,
     relu: Option<Ptr>,
 }
@@ -453,7 +454,7 @@ fn conv_piece(
         let (pb, _rb) = b.device_ptr(stream);
         let (po, _ro) = out.device_ptr_mut(stream);
         let align = alignment(&[pa, pb, po]);
-        let exec = match st.plans.entry((*g, kind, allow, align)) {
+        let exec = match st.plans.entry((dev.id(), *g, kind, allow, align)) {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(e) => {
                 let built = if legacy_only() {
