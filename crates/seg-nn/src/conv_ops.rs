@@ -1,6 +1,7 @@
 //! Convolutions as candle custom ops: forward, input gradient and weight gradient each run as
-//! tiled im2col/col2im plus one `gemm` call per tile, so no step of training goes through
-//! candle's naive `conv_transpose2d` loop and no full-size im2col buffer is ever built.
+//! tiled im2col/col2im plus one matrix product per tile (`crate::sgemm` or the `gemm` crate),
+//! so no step of training goes through candle's naive `conv_transpose2d` loop and no full-size
+//! im2col buffer is ever built.
 //!
 //! A tile is a band of output rows whose column buffer stays under [`TILE_BYTES`]: the band is
 //! unfolded (in parallel over input channels), multiplied straight into the output (or into the
@@ -8,9 +9,10 @@
 //! next band. 1×1 stride-1 convolutions skip the unfolding. Transposed convolutions (FCN's
 //! learned upsampling) are the same three kernels with their roles swapped.
 //!
-//! On CUDA the ops keep their gradients but compute each piece with candle's own tensor ops,
-//! which take the cuDNN / im2col + cuBLAS path; the input gradient of a stride-1 conv is a
-//! forward conv with the flipped, transposed kernel there.
+//! On CUDA each piece (and the fused bias + ReLU and its gradient) is a cuDNN call
+//! (`crate::cudnn`); where cuDNN is missing, candle's own tensor ops compute it ([`composite`]:
+//! im2col + cuBLAS, the input gradient of a stride-1 conv as a forward conv with the flipped,
+//! transposed kernel).
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -612,7 +614,7 @@ impl CustomOp2 for ConvOp {
         s2: &candle_core::CudaStorage,
         l2: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        if crate::cudnn::available() && candle_core::backend::BackendStorage::dtype(s1) == DType::F32 {
+        if cudnn_runs(candle_core::backend::BackendStorage::dtype(s1)) {
             let g = &self.g;
             let out = match self.piece {
                 Piece::Forward => crate::cudnn::forward(g, s1, l1, s2, l2)?,
@@ -648,7 +650,8 @@ impl CustomOp2 for ConvOp {
     }
 }
 
-/// The same three pieces from candle's tensor ops (the CUDA path, and a reference in tests).
+/// The same three pieces from candle's tensor ops (the CUDA path without cuDNN, and a reference
+/// in tests).
 pub mod composite {
     use super::Geom;
     use candle_core::{Result, Tensor};
@@ -928,7 +931,7 @@ impl CustomOp3 for ConvBiasRelu {
         s3: &candle_core::CudaStorage,
         l3: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        if crate::cudnn::available() && candle_core::backend::BackendStorage::dtype(s1) == DType::F32 {
+        if cudnn_runs(candle_core::backend::BackendStorage::dtype(s1)) {
             let y = crate::cudnn::forward_bias_relu(&self.0, (s1, l1), (s2, l2), (s3, l3))?;
             let g = &self.0;
             return Ok((y, Shape::from((g.n, g.co, g.ho, g.wo))));
@@ -987,10 +990,16 @@ fn weight_grad(w: &Tensor, f: impl FnOnce() -> Result<Tensor>) -> Result<Option<
     }
 }
 
-/// ReLU's and the bias's gradients from cuDNN, for f32 CUDA tensors where cuDNN is loaded.
+/// Whether a CUDA operand of this dtype goes to cuDNN: f32, with cuDNN loaded.
+#[cfg(feature = "cuda")]
+fn cudnn_runs(dtype: DType) -> bool {
+    dtype == DType::F32 && crate::cudnn::available()
+}
+
+/// ReLU's and the bias's gradients from cuDNN, for CUDA tensors cuDNN takes.
 #[cfg(feature = "cuda")]
 fn cudnn_relu_grad(dr: &Tensor, r: &Tensor) -> Result<Option<(Tensor, Tensor)>> {
-    if dr.device().is_cuda() && dr.dtype() == DType::F32 && crate::cudnn::available() {
+    if dr.device().is_cuda() && cudnn_runs(dr.dtype()) {
         return crate::cudnn::relu_grad_and_bias_sum(dr, &r.contiguous()?).map(Some);
     }
     Ok(None)

@@ -1,8 +1,8 @@
 //! CUDA kernels for what candle's tensor ops do in many passes: SGD's in-place update, one
-//! kernel per parameter (candle's ops would take eight passes and two fresh buffers), and the 2×2 max pool with its first-maximum gradient, one kernel
-//! each way (the reshape + max composite takes about ten, and sends the gradient to every tied
-//! maximum, unlike the CPU op). The source is compiled with NVRTC the first time it is needed,
-//! once per process.
+//! kernel per parameter (candle's ops would take eight passes and two fresh buffers), and the
+//! 2×2 max pool with its first-maximum gradient, one kernel each way (the reshape + max
+//! composite takes about ten, and sends the gradient to every tied maximum, unlike the CPU
+//! op). The source is compiled with NVRTC the first time it is needed, once per process.
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
@@ -64,7 +64,7 @@ fn ptx() -> Result<&'static str> {
     static PTX: OnceLock<std::result::Result<String, String>> = OnceLock::new();
     PTX.get_or_init(|| nvrtc::compile_ptx(SRC).map(|p| p.to_src()).map_err(|e| e.to_string()))
         .as_deref()
-        .map_err(|e| candle_core::Error::Msg(format!("NVRTC could not compile the optimiser kernels: {e}")))
+        .map_err(|e| candle_core::Error::Msg(format!("NVRTC could not compile the SGD and max-pool kernels: {e}")))
 }
 
 fn range(l: &Layout, what: &str) -> Result<(usize, usize)> {
@@ -175,7 +175,7 @@ pub fn max_pool2_bwd(x: &CudaStorage, lx: &Layout, g: &CudaStorage, lg: &Layout)
 mod tests {
     /// NVRTC runs on the host: the source compiles on a machine without a GPU too.
     #[test]
-    fn optimiser_kernels_compile() {
+    fn kernels_compile() {
         let ptx = super::ptx().unwrap();
         for k in ["sgd_step", "max_pool2_fwd", "max_pool2_bwd"] {
             assert!(ptx.contains(&format!(".entry {k}")), "{k} missing from the PTX");

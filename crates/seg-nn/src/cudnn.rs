@@ -9,11 +9,13 @@
 //! caller falls back to candle's tensor ops, so `--features cuda` still builds and runs without
 //! cuDNN.
 //!
-//! Algorithms come from cuDNN's heuristics (`cudnnGet…Algorithm_v7`, as PyTorch with
-//! `cudnn.benchmark = False`), chosen once per geometry and kept with their descriptors for the
-//! life of the thread. Tensor cores (TF32) are allowed by default, as in PyTorch
-//! (`torch.backends.cudnn.allow_tf32 = True`); [`set_tf32`]`(false)` or `SEG_CUDA_TF32=0` asks
-//! for FP32 multiply-adds only.
+//! A convolution piece runs through cuDNN's graph API: an execution plan per geometry, built
+//! once from cuDNN's heuristics (as PyTorch with `cudnn.benchmark = False`) and kept for the
+//! life of the thread, so a call only binds pointers and executes. Where no plan builds (or
+//! `SEG_CUDNN_LEGACY=1`), the legacy `cudnnConvolution*` calls run with the algorithm
+//! `cudnnGet…Algorithm_v7` ranks first. Tensor cores (TF32) are allowed by default, as in
+//! PyTorch (`torch.backends.cudnn.allow_tf32 = True`); [`set_tf32`]`(false)` or
+//! `SEG_CUDA_TF32=0` asks for FP32 multiply-adds only.
 
 use crate::conv_ops::Geom;
 use candle_core::backend::BackendStorage;
@@ -218,8 +220,20 @@ enum Kind {
     WeightGrad,
 }
 
-/// Descriptors and the chosen algorithm for one geometry and piece.
-struct Plan {
+impl Kind {
+    /// The order in which the legacy calls take the forward convolution's `(x, w, y)`: the two
+    /// inputs, then the output (`(x, w) → y`, `(w, dy) → dx`, `(x, dy) → dw`).
+    fn legacy_order(self) -> [usize; 3] {
+        match self {
+            Kind::Forward => [0, 1, 2],
+            Kind::InputGrad => [1, 2, 0],
+            Kind::WeightGrad => [0, 2, 1],
+        }
+    }
+}
+
+/// Descriptors and the chosen algorithm of the legacy calls for one geometry and piece.
+struct LegacyPlan {
     x: Ptr,
     y: Ptr,
     w: Ptr,
@@ -229,6 +243,7 @@ struct Plan {
 }
 
 /// Descriptors of one `N×C×H×W` tensor shape, for the elementwise calls.
+#[derive(Clone, Copy)]
 struct Elementwise {
     t: Ptr,
     bias: Ptr,
@@ -275,7 +290,7 @@ fn math_ok(math: c_int, allow_tf32: bool) -> bool {
     }
 }
 
-impl Plan {
+impl LegacyPlan {
     fn new(api: &Api, handle: Ptr, g: &Geom, kind: Kind, allow_tf32: bool) -> Result<Self> {
         let x = tensor_desc(api, (g.n, g.c, g.h, g.w))?;
         let y = tensor_desc(api, (g.n, g.co, g.ho, g.wo))?;
@@ -303,12 +318,8 @@ impl Plan {
             Kind::InputGrad => (api.bwd_data_algo, api.bwd_data_ws),
             Kind::WeightGrad => (api.bwd_filter_algo, api.bwd_filter_ws),
         };
-        // The descriptor order each query takes.
-        let (a, b, c) = match kind {
-            Kind::Forward => (x, w, y),
-            Kind::InputGrad => (w, y, x),
-            Kind::WeightGrad => (x, y, w),
-        };
+        let xwy = [x, w, y];
+        let [a, b, c] = kind.legacy_order().map(|i| xwy[i]);
         let mut perf = [AlgoPerf {
             algo: 0,
             status: 0,
@@ -407,12 +418,13 @@ fn alloc(dev: &CudaDevice, n: usize) -> Result<CudaSlice<f32>> {
     unsafe { dev.alloc::<f32>(n) }
 }
 
-/// How one geometry and piece runs: an execution plan of cuDNN's graph API (a few
-/// microseconds of host time per call), or the legacy call (about 45 µs of host time per call
-/// with cuDNN 9, measured on an H200), where no plan could be built or `SEG_CUDNN_LEGACY=1`.
+/// How one geometry and piece runs: an execution plan of cuDNN's graph API, or the legacy
+/// call where no plan could be built or `SEG_CUDNN_LEGACY=1`. A whole forward call took about
+/// 27 µs of host time the first way and 49 µs the second (cuDNN 9.19, H200,
+/// `--example cuda_overhead`).
 enum Exec {
     Graph(graph::Plan),
-    Legacy(Plan),
+    Legacy(LegacyPlan),
 }
 
 /// Whether to skip the graph API (`SEG_CUDNN_LEGACY=1`).
@@ -464,7 +476,7 @@ fn conv_piece(
                 };
                 e.insert(match built {
                     Some(p) => Exec::Graph(p),
-                    None => Exec::Legacy(Plan::new(api, handle, g, kind, allow)?),
+                    None => Exec::Legacy(LegacyPlan::new(api, handle, g, kind, allow)?),
                 })
             }
         };
@@ -478,7 +490,7 @@ fn conv_piece(
         } else {
             None
         };
-        let (pw, _rw) = match ws.as_mut() {
+        let (pws, _rw) = match ws.as_mut() {
             Some(ws) => {
                 let (p, r) = ws.device_ptr_mut(stream);
                 (p as Ptr, Some(r))
@@ -487,43 +499,40 @@ fn conv_piece(
         };
         // The operands as (x, w, y) of the forward convolution: for the input gradient y is
         // the given dy and x the output; for the kernel gradient w is the output.
-        let (px, pw_, py) = match kind {
-            Kind::Forward => (pa, pb, po),
-            Kind::InputGrad => (po, pb, pa),
-            Kind::WeightGrad => (pa, po, pb),
-        };
+        let xwy = match kind {
+            Kind::Forward => [pa, pb, po],
+            Kind::InputGrad => [po, pb, pa],
+            Kind::WeightGrad => [pa, po, pb],
+        }
+        .map(|p| p as Ptr);
         let plan = match exec {
-            Exec::Graph(p) => return p.run(api, handle, [px as Ptr, pw_ as Ptr, py as Ptr], pw),
+            Exec::Graph(p) => return p.run(api, handle, xwy, pws),
             Exec::Legacy(p) => p,
         };
-        let (alpha, beta) = (scale(&ONE), scale(&ZERO));
-        let (run, descs, what) = match kind {
-            Kind::Forward => (api.fwd, [plan.x, plan.w, plan.y], "convolution forward"),
-            Kind::InputGrad => (api.bwd_data, [plan.w, plan.y, plan.x], "convolution backward data"),
-            Kind::WeightGrad => (api.bwd_filter, [plan.x, plan.y, plan.w], "convolution backward filter"),
+        let (run, what) = match kind {
+            Kind::Forward => (api.fwd, "convolution forward"),
+            Kind::InputGrad => (api.bwd_data, "convolution backward data"),
+            Kind::WeightGrad => (api.bwd_filter, "convolution backward filter"),
         };
-        // The data operands in the order of their descriptors: (x, w), (w, dy), (x, dy).
-        let (p1, p2) = match kind {
-            Kind::Forward | Kind::WeightGrad => (pa, pb),
-            Kind::InputGrad => (pb, pa),
-        };
+        let descs = [plan.x, plan.w, plan.y];
+        let [i1, i2, o] = kind.legacy_order();
         // SAFETY: the pointers are live device buffers of the sizes the descriptors state, on
         // the stream the handle is bound to; the workspace has the size the plan asked for.
         let status = unsafe {
             run(
                 handle,
-                alpha,
-                descs[0],
-                p1 as CPtr,
-                descs[1],
-                p2 as CPtr,
+                scale(&ONE),
+                descs[i1],
+                xwy[i1],
+                descs[i2],
+                xwy[i2],
                 plan.conv,
                 plan.algo,
-                pw,
+                pws,
                 plan.workspace,
-                beta,
-                descs[2],
-                po as Ptr,
+                scale(&ZERO),
+                descs[o],
+                xwy[o],
             )
         };
         api.check(what, status)
@@ -537,7 +546,7 @@ fn conv_piece(
 /// finalised execution plan, kept for the life of the thread. A call then only binds the
 /// pointers (a variant pack) and executes.
 mod graph {
-    use super::{Api, CPtr, Geom, Kind, Ptr, MAX_WORKSPACE};
+    use super::{Api, CPtr, Geom, Kind, Ptr, CROSS_CORRELATION, DATA_FLOAT, MAX_WORKSPACE};
     use std::ffi::c_int;
 
     const T_HANDLE: c_int = 0;
@@ -593,8 +602,6 @@ mod graph {
     const A_BWD_DATA: [c_int; 6] = [706, 707, 708, 710, 709, 711];
     const A_BWD_FILTER: [c_int; 6] = [712, 713, 714, 716, 715, 717];
 
-    const DATA_FLOAT: c_int = 0;
-    const CROSS_CORRELATION: c_int = 1;
     const HEUR_INSTANT: c_int = 0;
     const HEUR_FALLBACK: c_int = 2;
     const NOTE_TENSOR_CORE: c_int = 0;
@@ -887,7 +894,7 @@ fn elementwise(api: &Api, st: &mut ThreadState, shape: (usize, usize, usize, usi
             bias: tensor_desc(api, (1, shape.1, 1, 1))?,
         }),
     };
-    Ok(Elementwise { t: e.t, bias: e.bias })
+    Ok(*e)
 }
 
 fn relu_desc(api: &Api, st: &mut ThreadState) -> Result<Ptr> {
