@@ -63,15 +63,26 @@ step() { # name timeout command...
   say "$name: rc=$rc ($(python3 -c "print(round($(date +%s.%N)-$t0,1))") s)"
   return $rc
 }
-if [ "${2:-}" = "profile" ]; then  # `scripts/gpu-check.sh OUT profile`: where a VGG step's time goes
+export SEG_BENCH_DEVICE=cuda  # the benches and vgg-step run on the GPU
+# The host's cost per call of a step's pieces, and where a VGG step's time goes (synchronised
+# after each phase).
+profile() {
   step cuda-overhead 60 $B/cuda-overhead; cat "$OUT/cuda-overhead.log" | tee -a "$S"
   for m in full reduced; do
-    SEG_BENCH_DEVICE=cuda step vgg-phases-$m 60 $B/vgg-step $m 6; cat "$OUT/vgg-phases-$m.log" | tee -a "$S"
+    step vgg-phases-$m 60 $B/vgg-step $m 6; cat "$OUT/vgg-phases-$m.log" | tee -a "$S"
   done
-  SEG_BENCH_DEVICE=cuda SEG_BENCH_VGG=1 step bench-ours 90 $B/bench-train-step --bench --noplot --warm-up-time 1 --measurement-time 3 'train_step/vgg'
-  grep -E "^(train_step|infer)/|time:" "$OUT/bench-ours.log" | tee -a "$S"
-  step bench-torch 60 python3 benches/reference/train_step_torch.py --device cuda --iters 20
-  cat "$OUT/bench-torch.log" | tee -a "$S"
+}
+# One round of the VGG steps, ours then PyTorch's: vgg_round SUFFIX [reference-script flags].
+vgg_round() {
+  local sfx=$1; shift
+  step bench-ours$sfx 90 $B/bench-train-step --bench --noplot --warm-up-time 1 --measurement-time 3 'train_step/vgg'
+  grep -E "^train_step/|time:" "$OUT/bench-ours$sfx.log" | tee -a "$S"
+  step bench-torch$sfx 60 python3 benches/reference/train_step_torch.py --device cuda --iters 20 "$@"
+  cat "$OUT/bench-torch$sfx.log" | tee -a "$S"
+}
+if [ "${2:-}" = "profile" ]; then  # `scripts/gpu-check.sh OUT profile`: where a VGG step's time goes
+  profile
+  vgg_round ""
   exit 0
 fi
 step test-seg-nn 60 $B/test-seg-nn cuda --test-threads 1
@@ -83,28 +94,14 @@ SEG_CUDNN=0 step test-seg-nn-no-cudnn 60 $B/test-seg-nn cuda --test-threads 1
 grep -E "test result" "$OUT/test-seg-nn-no-cudnn.log" | tee -a "$S"
 [ "${2:-}" = "tests" ] && exit 0   # `scripts/gpu-check.sh OUT tests`: the CUDA tests only
 # Training step and inference, ours then PyTorch eager, same card, back to back.
-export SEG_BENCH_DEVICE=cuda
 step bench-ours 150 $B/bench-train-step --bench --noplot --warm-up-time 1 --measurement-time 3
 grep -E "^(train_step|infer)/|time:|thrpt:" "$OUT/bench-ours.log" | tee -a "$S"
 step bench-torch 90 python3 benches/reference/train_step_torch.py --device cuda --iters 20 --infer
 cat "$OUT/bench-torch.log" | tee -a "$S"
 # Both sides with FP32-only convolutions (no TF32 tensor cores), VGG steps only.
-SEG_CUDA_TF32=0 step bench-ours-fp32 90 $B/bench-train-step --bench --noplot --warm-up-time 1 --measurement-time 3 'train_step/vgg'
-grep -E "^(train_step|infer)/|time:" "$OUT/bench-ours-fp32.log" | tee -a "$S"
-step bench-torch-fp32 60 python3 benches/reference/train_step_torch.py --device cuda --iters 20 --no-tf32
-cat "$OUT/bench-torch-fp32.log" | tee -a "$S"
-# The host's cost per call of a step's pieces.
-step cuda-overhead 60 $B/cuda-overhead
-cat "$OUT/cuda-overhead.log" | tee -a "$S"
-# Where a step's time goes (synchronised after each phase).
-SEG_BENCH_DEVICE=cuda step vgg-phases 60 $B/vgg-step full 6
-cat "$OUT/vgg-phases.log" | tee -a "$S"
-SEG_BENCH_DEVICE=cuda step vgg-phases-reduced 60 $B/vgg-step reduced 6
-cat "$OUT/vgg-phases-reduced.log" | tee -a "$S"
+SEG_CUDA_TF32=0 vgg_round -fp32 --no-tf32
+profile
 step demo-quick 80 $B/seg-adapt demo --quick --device cuda --seeds 1 --out "$OUT/demo"
 tail -15 "$OUT/demo-quick.log" | tee -a "$S"
 # A second round of the VGG steps, both sides, for the spread between rounds.
-step bench-ours-2 90 $B/bench-train-step --bench --noplot --warm-up-time 1 --measurement-time 3 'train_step/vgg'
-grep -E "^(train_step|infer)/|time:" "$OUT/bench-ours-2.log" | tee -a "$S"
-step bench-torch-2 60 python3 benches/reference/train_step_torch.py --device cuda --iters 20
-cat "$OUT/bench-torch-2.log" | tee -a "$S"
+vgg_round -2

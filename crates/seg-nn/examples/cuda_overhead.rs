@@ -57,7 +57,7 @@ fn main() {
     }
     let p = Var::from_tensor(&Tensor::randn(0f32, 1.0, (64, 64, 3, 3), &dev).unwrap()).unwrap();
     let mut sgd = seg_nn::Sgd::new(vec![("p".into(), p.clone(), 1.0)], 0.9, 5e-4).unwrap();
-    let g = (p.as_tensor() * 2.0).unwrap().sum_all().unwrap().backward().unwrap();
+    let g = seg_nn::backward(&(p.as_tensor() * 2.0).unwrap().sum_all().unwrap()).unwrap();
     time(&dev, "sgd step, one 64x64x3x3 parameter", || {
         seg_nn::Optimizer::step(&mut sgd, &g, 1e-3).unwrap();
         p.as_tensor().clone()
