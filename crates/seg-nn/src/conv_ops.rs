@@ -445,6 +445,9 @@ fn bands(g: &Geom) -> impl Iterator<Item = (usize, usize)> {
 
 /// `y = conv(x, w)`.
 pub fn forward_cpu(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
+    if crate::winograd::applies(g) {
+        return crate::winograd::forward(g, x, w, None);
+    }
     let (k, p) = (g.k(), g.ho * g.wo);
     let mut y = vec![0f32; g.n * g.y_len()];
     let packed = Lhs::new(g.co, k, w, ROW(k), g.several_products());
@@ -496,6 +499,9 @@ fn transposed(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 
 /// `dx = convᵀ(dy, w)`: the input gradient (and a transposed convolution's forward).
 pub fn input_grad_cpu(g: &Geom, dy: &[f32], w: &[f32]) -> Vec<f32> {
+    if crate::winograd::applies(g) {
+        return crate::winograd::input_grad(g, dy, w);
+    }
     let (k, p) = (g.k(), g.ho * g.wo);
     let mut dx = vec![0f32; g.n * g.x_len()];
     let mut cols = vec![0f32; if g.pointwise() { 0 } else { k * g.band() * g.wo }];
@@ -516,6 +522,9 @@ pub fn input_grad_cpu(g: &Geom, dy: &[f32], w: &[f32]) -> Vec<f32> {
 
 /// `dw = Σₙ dyₙ · im2col(xₙ)ᵀ`.
 pub fn weight_grad_cpu(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    if crate::winograd::applies(g) {
+        return crate::winograd::weight_grad(g, x, dy);
+    }
     let (k, p) = (g.k(), g.ho * g.wo);
     let mut dw = vec![0f32; g.co * k];
     let mut cols = vec![0f32; if g.pointwise() { 0 } else { k * g.band() * g.wo }];
@@ -910,6 +919,10 @@ impl CustomOp3 for ConvBiasRelu {
             f32_slice(s2, l2, self.name())?,
             f32_slice(s3, l3, self.name())?,
         );
+        if crate::winograd::applies(g) {
+            let y = crate::winograd::forward(g, x, w, Some(b));
+            return Ok((CpuStorage::F32(y), Shape::from((g.n, g.co, g.ho, g.wo))));
+        }
         let mut y = forward_cpu(g, x, w);
         let plane = g.ho * g.wo;
         y.par_chunks_mut(plane).enumerate().for_each(|(i, p)| {

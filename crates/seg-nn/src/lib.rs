@@ -18,6 +18,7 @@ pub mod loss;
 pub mod optim;
 pub mod schedule;
 pub mod sgemm;
+pub mod winograd;
 
 pub use grad::backward;
 pub use layers::{bilinear_kernel, conv2d, max_pool2x2, resize_bilinear, BatchNorm2d, Conv2d, ConvTranspose2d};

@@ -19,9 +19,9 @@
 use rayon::prelude::*;
 
 /// Register kernel rows.
-const MR: usize = 12;
+pub(crate) const MR: usize = 12;
 /// Register kernel columns (two 16-lane vectors).
-const NR: usize = 32;
+pub(crate) const NR: usize = 32;
 /// Depth of one packed block.
 const KC: usize = 256;
 /// Columns of one packed B block (`KC·NC·4` bytes = 512 KiB, in L2).
@@ -92,6 +92,32 @@ pub unsafe fn sgemm(
 ) {
     // SAFETY: forwarded contract.
     unsafe { run(m, n, k, Ptrs { c, a, b }, vc, acc, Lhs::Raw(va), Rhs::Raw(vb)) }
+}
+
+/// [`sgemm`] on the calling thread only (for callers that share out their own work).
+///
+/// # Safety
+/// As [`sgemm`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn sgemm_serial(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: *mut f32,
+    vc: View,
+    acc: bool,
+    a: *const f32,
+    va: View,
+    b: *const f32,
+    vb: View,
+) {
+    if m == 0 || n == 0 || k == 0 {
+        // SAFETY: forwarded contract (`run` zeroes C for an empty depth).
+        unsafe { run(m, n, k, Ptrs { c, a, b }, vc, acc, Lhs::Raw(va), Rhs::Raw(vb)) };
+        return;
+    }
+    // SAFETY: forwarded contract.
+    unsafe { serial(m, n, k, Ptrs { c, a, b }, vc, acc, Lhs::Raw(va), Rhs::Raw(vb)) }
 }
 
 /// A left operand packed once into the register kernel's layout, for products that reuse it
@@ -534,9 +560,15 @@ unsafe fn tile(kc: usize, a: *const f32, b: *const f32, c: *mut f32, vc: View, m
     }
 }
 
+/// `C (MR × NR, rows at stride rsc) = [C +] A·B` from one packed sliver of each operand
+/// (`kc·MR` and `kc·NR` values).
+///
+/// # Safety
+/// AVX-512F present; the slivers hold `kc·MR` and `kc·NR` values; C's tile lies inside its
+/// allocation.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn kernel(kc: usize, a: *const f32, b: *const f32, c: *mut f32, rsc: isize, add: bool) {
+pub(crate) unsafe fn kernel(kc: usize, a: *const f32, b: *const f32, c: *mut f32, rsc: isize, add: bool) {
     use std::arch::x86_64::*;
     let mut acc = [[_mm512_setzero_ps(); 2]; MR];
     // SAFETY (whole function): the slivers hold kc·MR and kc·NR values; C's tile has MR rows
@@ -574,7 +606,7 @@ unsafe fn kernel(kc: usize, a: *const f32, b: *const f32, c: *mut f32, rsc: isiz
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn kernel(_: usize, _: *const f32, _: *const f32, _: *mut f32, _: isize, _: bool) {
+pub(crate) unsafe fn kernel(_: usize, _: *const f32, _: *const f32, _: *mut f32, _: isize, _: bool) {
     unreachable!("sgemm::available() is false off x86_64")
 }
 

@@ -317,6 +317,43 @@ fn convolution_ops_match_candle_in_value_and_gradients() {
     }
 }
 
+/// 3×3 stride-1 convolutions with at least 16 channels on each side go through Winograd's
+/// F(2×2, 3×3) (`seg_nn::winograd`): odd and even sizes, tile rows that do not fill a vector,
+/// paddings 0-2, several tile blocks and images, and a width past one 512-tile block.
+#[test]
+fn winograd_convolutions_match_candle_in_value_and_gradients() {
+    for (n, c, co, pad, h, w) in [
+        (2, 16, 16, 1, 7, 9),
+        (1, 20, 33, 0, 10, 37),
+        (2, 17, 24, 2, 5, 70),
+        (1, 48, 40, 1, 41, 66),
+        (1, 16, 16, 1, 4, 1100),
+    ] {
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (n, c, h, w), &cpu()).unwrap()).unwrap();
+        let kv = Var::from_tensor(&Tensor::randn(0f32, 1.0, (co, c, 3, 3), &cpu()).unwrap()).unwrap();
+        same_op_and_gradients(
+            &x,
+            &kv,
+            |x, k| seg_nn::conv_ops::conv2d(x, k, 1, pad, 1).unwrap(),
+            |x, k| x.conv2d(k, pad, 1, 1, 1).unwrap(),
+            &format!("winograd conv {n}x{c}->{co} p{pad} {h}x{w}"),
+        );
+        // The fused bias + ReLU applies them in the output transform.
+        let b = Tensor::randn(0f32, 1.0, co, &cpu()).unwrap();
+        let fused = seg_nn::conv_ops::conv2d_bias_relu(x.as_tensor(), kv.as_tensor(), &b, 1, pad, 1).unwrap();
+        let plain = x
+            .as_tensor()
+            .conv2d(kv.as_tensor(), pad, 1, 1, 1)
+            .unwrap()
+            .broadcast_add(&b.reshape((1, co, 1, 1)).unwrap())
+            .unwrap()
+            .relu()
+            .unwrap();
+        let d = max_diff(&fused, &plain);
+        assert!(d < 1e-4, "winograd conv+bias+relu {c}->{co} p{pad} {h}x{w}: differs by {d}");
+    }
+}
+
 #[test]
 fn fused_conv_bias_relu_matches_the_unfused_layer() {
     for (c, co, k, stride, pad, dil, h, w) in [

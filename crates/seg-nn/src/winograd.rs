@@ -1,0 +1,643 @@
+//! 3×3 stride-1 convolutions by Winograd's minimal filtering F(2×2, 3×3) (Lavin & Gray, 2016),
+//! for the CPU with AVX-512: 16 multiplications per 2×2 output tile and channel pair where the
+//! direct product takes 36, so the three pieces of a VGG layer's training step cost 2.25× fewer
+//! multiply-adds than the im2col products in `crate::conv_ops`.
+//!
+//! In one dimension, outputs `y0, y1` of a 3-tap correlation over inputs `d0..d3` are
+//! `Aᵀ[(G g) ⊙ (Bᵀ d)]` with `Bᵀ d = (d0−d2, d1+d2, d2−d1, d1−d3)`,
+//! `G g = (g0, (g0+g1+g2)/2, (g0−g1+g2)/2, g2)` and `Aᵀ m = (m0+m1+m2, m1−m2−m3)`; in two
+//! dimensions each transform is applied along rows, then along columns, and every output tile
+//! reads the 4×4 input window starting at `(2·ty − p, 2·tx − p)`. The coefficients are 0, ±1
+//! and ½, so the transforms add no rounding beyond the sums' own and the results stay within
+//! float rounding of the direct products (the tests compare against both).
+//!
+//! The 16 transformed positions ξ give 16 independent matrix products over the channels:
+//! - forward: `M_ξ (Co × T) = U_ξ (Co × C) · V_ξ (C × T)` for a block of `T` tiles, with
+//!   `U = G g Gᵀ` (the kernel, transformed and packed once per call), `V = Bᵀ d B` (the input,
+//!   transformed straight into the register kernel's packed layout), then `y = Aᵀ M A`, with
+//!   the bias and ReLU applied on the way out when the layer has them;
+//! - input gradient: the forward of `dy` with the flipped, transposed kernel and padding `2 − p`;
+//! - weight gradient: `dU_ξ (Co × C) = Σ_tiles dM_ξ · V_ξᵀ` with `dM = A dY Aᵀ`, then
+//!   `dg = Gᵀ dU G` (the exact adjoint of the forward's transforms).
+//!
+//! Every transform runs on 16 tiles at a time (one vector lane per tile), reading the image
+//! rows with masked loads, so the padding is never materialised.
+
+use crate::conv_ops::Geom;
+use crate::sgemm::{self, View, MR, NR};
+use rayon::prelude::*;
+
+/// Depth (channels) of one block of the forward's products: the B sliver (`KCW × NR` values,
+/// 16 KiB) stays in L1 while the kernel walks down the packed kernel.
+const KCW: usize = 128;
+
+/// Scratch (f32 values) one block of the forward aims to keep in L2: its transformed input and
+/// its products.
+const BLOCK_VALUES: usize = 1 << 18;
+
+/// Scratch the weight gradient's chunk of transformed tiles may take (values), in L3.
+const CHUNK_VALUES: usize = 1 << 21;
+
+/// Extra values after each row of a scratch matrix and after each of its 16 planes.
+const SKEW_ROW: usize = 16;
+const SKEW_PLANE: usize = 48;
+
+/// Whether a convolution of this geometry runs here: 3×3, stride 1, no dilation, padding at
+/// most 2 (so that the input gradient is itself such a convolution), enough channels on both
+/// sides for the products to pay, and the AVX-512 kernel present. `SEG_WINOGRAD=0` turns it
+/// off (the im2col products run instead).
+pub fn applies(g: &Geom) -> bool {
+    g.kh == 3 && g.kw == 3 && g.stride == 1 && g.dil == 1 && g.pad <= 2 && g.c >= 16 && g.co >= 16 && on()
+}
+
+fn on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| sgemm::available() && std::env::var("SEG_WINOGRAD").map_or(true, |v| v != "0"))
+}
+
+/// The output tiles of a geometry: `th × tw` tiles of 2×2 outputs, numbered row by row.
+#[derive(Clone, Copy)]
+struct Tiles {
+    th: usize,
+    tw: usize,
+}
+
+impl Tiles {
+    fn of(g: &Geom) -> Self {
+        Self {
+            th: g.ho.div_ceil(2),
+            tw: g.wo.div_ceil(2),
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.th * self.tw
+    }
+
+    /// Splits tiles `t0 .. t1` into runs of at most 16 that stay inside one tile row and do
+    /// not cross a multiple of 16 counted from `t0` (so that a run fills part of one vector
+    /// of the scratch): calls `f(local index, run length, ty, tx)`.
+    fn runs(&self, t0: usize, t1: usize, mut f: impl FnMut(usize, usize, usize, usize)) {
+        let mut l = 0;
+        while t0 + l < t1 {
+            let t = t0 + l;
+            let (ty, tx) = (t / self.tw, t % self.tw);
+            let len = (16 - l % 16).min(self.tw - tx).min(t1 - t);
+            f(l, len, ty, tx);
+            l += len;
+        }
+    }
+}
+
+/// Where a transform writes value ξ of channel `ch` for the tile at local index `l`:
+/// `ξ·xs + ch·cs + (l / 32)·ss + l % 32`. The packed layout of the forward's B operand
+/// (slivers of 32 tiles, depth = channels) has `cs = 32, ss = 32·C`; a plain row-major
+/// `[ξ][ch][tile]` matrix with `Tp` (a multiple of 32) columns has `cs = Tp, ss = 32`.
+#[derive(Clone, Copy)]
+struct Dst {
+    xs: usize,
+    cs: usize,
+    ss: usize,
+}
+
+impl Dst {
+    fn at(&self, xi: usize, ch: usize, l: usize) -> usize {
+        xi * self.xs + ch * self.cs + (l / NR) * self.ss + l % NR
+    }
+}
+
+/// A raw pointer the worker threads may share (each writes its own tiles or its own ξ).
+#[derive(Clone, Copy)]
+struct Shared(*mut f32);
+// SAFETY: the users write disjoint elements (see each use).
+unsafe impl Send for Shared {}
+unsafe impl Sync for Shared {}
+
+impl Shared {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+thread_local! {
+    /// Per-thread scratch of the forward (transformed input, products), reused across calls.
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `U = G g Gᵀ` for the 3×3 kernel `g` (row-major): 16 values, ξ = 4·i + j.
+fn kernel_transform(g: &[f32]) -> [f32; 16] {
+    let g1 = |a: f32, b: f32, c: f32| [a, 0.5 * (a + b + c), 0.5 * (a - b + c), c];
+    // Along the columns of each kernel row, then along the rows.
+    let r: [[f32; 4]; 3] = std::array::from_fn(|ky| g1(g[3 * ky], g[3 * ky + 1], g[3 * ky + 2]));
+    let mut u = [0f32; 16];
+    for j in 0..4 {
+        let col = g1(r[0][j], r[1][j], r[2][j]);
+        for i in 0..4 {
+            u[4 * i + j] = col[i];
+        }
+    }
+    u
+}
+
+/// `dg = Gᵀ dU G` (the adjoint of [`kernel_transform`]): 9 values, row-major.
+fn kernel_transform_adjoint(du: &[f32; 16]) -> [f32; 9] {
+    let gt = |d: [f32; 4]| {
+        let h = 0.5 * (d[1] + d[2]);
+        [d[0] + h, 0.5 * (d[1] - d[2]), h + d[3]]
+    };
+    // Along i for each j, then along j.
+    let c: [[f32; 3]; 4] = std::array::from_fn(|j| gt([du[j], du[4 + j], du[8 + j], du[12 + j]]));
+    let mut g = [0f32; 9];
+    for ky in 0..3 {
+        let row = gt([c[0][ky], c[1][ky], c[2][ky], c[3][ky]]);
+        g[3 * ky..3 * ky + 3].copy_from_slice(&row);
+    }
+    g
+}
+
+/// The kernel `w (Co×C×3×3)` transformed and packed as the forward's left operands: for each
+/// ξ, slivers of [`MR`] output channels, each holding every input channel's `MR` values
+/// (`[ξ][sliver][ch][MR]`, zero past the last output channel).
+fn packed_kernel(w: &[f32], co: usize, c: usize) -> Vec<f32> {
+    let co_pad = co.div_ceil(MR) * MR;
+    let per_xi = co_pad * c;
+    let mut u = vec![0f32; 16 * per_xi];
+    let u_ptr = Shared(u.as_mut_ptr());
+    (0..co).into_par_iter().for_each(|o| {
+        let (s, r) = (o / MR, o % MR);
+        for ch in 0..c {
+            let t = kernel_transform(&w[(o * c + ch) * 9..][..9]);
+            for (xi, &v) in t.iter().enumerate() {
+                // SAFETY: inside `u` (ξ < 16, sliver s < co_pad / MR, ch < c, r < MR); each
+                // output channel `o` writes its own lane r of sliver s.
+                unsafe { *u_ptr.get().add(xi * per_xi + (s * c + ch) * MR + r) = v };
+            }
+        }
+    });
+    u
+}
+
+/// `y = conv(x, w)` (3×3, stride 1, padding `g.pad`), and `relu(y + bias)` when `bias` is given.
+pub fn forward(g: &Geom, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    assert!(x.len() >= g.n * g.c * g.h * g.w && w.len() >= g.co * g.c * 9);
+    assert!(bias.is_none_or(|b| b.len() >= g.co));
+    let (c, co) = (g.c, g.co);
+    let co_pad = co.div_ceil(MR) * MR;
+    let tiles = Tiles::of(g);
+    let total = tiles.count();
+    let u = packed_kernel(w, co, c);
+    // Tiles per block: a multiple of 32 that keeps the block's scratch near L2's size, with at
+    // least two blocks per thread when the image has that many tiles.
+    let threads = rayon::current_num_threads().max(1);
+    let by_cache = (BLOCK_VALUES / (16 * (c + co_pad))) / NR * NR;
+    let by_threads = (g.n * total).div_ceil(2 * threads).div_ceil(NR) * NR;
+    let t_blk = by_cache.min(by_threads).clamp(NR, 512);
+    let blocks = total.div_ceil(t_blk);
+    let mut y = vec![0f32; g.n * co * g.ho * g.wo];
+    let y_ptr = Shared(y.as_mut_ptr());
+    // Plane and row strides skewed off multiples of 4 KiB, so that the 16 planes (and the rows
+    // of one) do not all fall into the same L1 cache sets.
+    let (vx, mr) = (c * t_blk + SKEW_PLANE, t_blk + SKEW_ROW);
+    let mx = co_pad * mr + SKEW_PLANE;
+    let (v_len, m_len) = (16 * vx, 16 * mx);
+    (0..g.n * blocks).into_par_iter().for_each(|job| {
+        let (img, b) = (job / blocks, job % blocks);
+        let (t0, t1) = (b * t_blk, ((b + 1) * t_blk).min(total));
+        SCRATCH.with(|s| {
+            let mut s = s.borrow_mut();
+            if s.len() < v_len + m_len {
+                s.resize(v_len + m_len, 0.0);
+            }
+            let (v, m) = s.split_at_mut(v_len);
+            let xi_img = &x[img * c * g.h * g.w..][..c * g.h * g.w];
+            let packed = Dst {
+                xs: vx,
+                cs: NR,
+                ss: NR * c,
+            };
+            // SAFETY: AVX-512 is present (`applies`); `v` holds 16 planes of c·t_blk values (at
+            // stride vx), which every index `packed.at(ξ, ch, l)` with l < t_blk stays inside.
+            unsafe { input_transform(xi_img, c, g.h, g.w, g.pad, tiles, t0, t1, v, packed) };
+            let slivers = (t1 - t0).div_ceil(NR);
+            for xi in 0..16 {
+                let (uxi, vxi) = (&u[xi * co_pad * c..], &v[xi * vx..]);
+                let mxi = m[xi * mx..].as_mut_ptr();
+                for pc in (0..c).step_by(KCW) {
+                    let kc = KCW.min(c - pc);
+                    for js in 0..slivers {
+                        let bp = vxi[(js * c + pc) * NR..].as_ptr();
+                        for is in 0..co_pad / MR {
+                            let ap = uxi[(is * c + pc) * MR..].as_ptr();
+                            // SAFETY: the A sliver holds kc·MR values and the B sliver kc·NR
+                            // (channels pc..pc + kc); the MR × NR tile of M at row is·MR,
+                            // column js·NR lies inside its co_pad × t_blk plane (rows at mr).
+                            unsafe {
+                                sgemm::kernel(kc, ap, bp, mxi.add(is * MR * mr + js * NR), mr as isize, pc > 0)
+                            };
+                        }
+                    }
+                }
+            }
+            // SAFETY: `m` holds 16 planes of co_pad rows of t_blk; the block's tiles write only
+            // their own outputs of image `img` (tiles never overlap in the output).
+            unsafe {
+                let y_img = y_ptr.get().add(img * co * g.ho * g.wo);
+                output_transform(m, mx, mr, co, g.ho, g.wo, tiles, t0, t1, y_img, bias);
+            }
+        });
+    });
+    y
+}
+
+/// `dx = convᵀ(dy, w)`: the forward of `dy` with the kernel flipped and its channel axes
+/// swapped, and padding `2 − p` (`applies` guarantees `p ≤ 2`).
+pub fn input_grad(g: &Geom, dy: &[f32], w: &[f32]) -> Vec<f32> {
+    let (c, co) = (g.c, g.co);
+    let mut wf = vec![0f32; c * co * 9];
+    for o in 0..co {
+        for ch in 0..c {
+            let src = &w[(o * c + ch) * 9..][..9];
+            let dst = &mut wf[(ch * co + o) * 9..][..9];
+            for (i, d) in dst.iter_mut().enumerate() {
+                *d = src[8 - i];
+            }
+        }
+    }
+    let back = Geom {
+        n: g.n,
+        c: co,
+        h: g.ho,
+        w: g.wo,
+        co: c,
+        kh: 3,
+        kw: 3,
+        stride: 1,
+        pad: 2 - g.pad,
+        dil: 1,
+        ho: g.h,
+        wo: g.w,
+    };
+    debug_assert_eq!((g.ho + 2 * back.pad - 2, g.wo + 2 * back.pad - 2), (g.h, g.w));
+    forward(&back, dy, &wf, None)
+}
+
+/// `dw = Σₙ Σ_tiles`: transformed input and transformed output gradient, multiplied per ξ and
+/// summed over the tiles, then `Gᵀ dU G`. The tiles go in chunks (all images, in order); each
+/// chunk is transformed by all threads, then its 16 products are shared out by ξ, each adding
+/// into its own `dU_ξ`, so the sum runs in the same order whatever the number of threads.
+pub fn weight_grad(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    assert!(x.len() >= g.n * g.c * g.h * g.w && dy.len() >= g.n * g.co * g.ho * g.wo);
+    let (c, co) = (g.c, g.co);
+    let tiles = Tiles::of(g);
+    let total = tiles.count();
+    let chunk = (CHUNK_VALUES / (16 * (c + co)) / NR * NR).clamp(4 * NR, 4096);
+    let mut du = vec![0f32; 16 * co * c];
+    let rs = chunk + SKEW_ROW;
+    let (vx, dx) = (c * rs + SKEW_PLANE, co * rs + SKEW_PLANE);
+    let mut v = vec![0f32; 16 * vx];
+    let mut d = vec![0f32; 16 * dx];
+    for img in 0..g.n {
+        let xi_img = &x[img * c * g.h * g.w..][..c * g.h * g.w];
+        let dy_img = &dy[img * co * g.ho * g.wo..][..co * g.ho * g.wo];
+        for t0 in (0..total).step_by(chunk) {
+            let t1 = (t0 + chunk).min(total);
+            let plain = |xs: usize| Dst { xs, cs: rs, ss: NR };
+            // Transform the chunk: input channels and output-gradient channels, in parallel
+            // (each channel writes its own rows of every ξ plane).
+            let (vp, dp) = (Shared(v.as_mut_ptr()), Shared(d.as_mut_ptr()));
+            (0..c + co).into_par_iter().with_min_len(8).for_each(|ch| {
+                // SAFETY: AVX-512 present (`applies`); channel `ch` writes only its own rows
+                // `ξ·xs + ch·rs + l` (l < chunk) of `v` or `d`.
+                unsafe {
+                    if ch < c {
+                        let one = std::slice::from_raw_parts(xi_img.as_ptr().add(ch * g.h * g.w), g.h * g.w);
+                        let dst = std::slice::from_raw_parts_mut(vp.get(), 16 * vx);
+                        input_transform_channel(one, ch, g.h, g.w, g.pad, tiles, t0, t1, dst, plain(vx));
+                    } else {
+                        let o = ch - c;
+                        let one = std::slice::from_raw_parts(dy_img.as_ptr().add(o * g.ho * g.wo), g.ho * g.wo);
+                        let dst = std::slice::from_raw_parts_mut(dp.get(), 16 * dx);
+                        grad_transform_channel(one, o, g.ho, g.wo, tiles, t0, t1, dst, plain(dx));
+                    }
+                }
+            });
+            let len = t1 - t0;
+            du.par_chunks_mut(co * c).enumerate().for_each(|(xi, du_xi)| {
+                // dU_ξ (co × c) += dM_ξ (co × len, rows at rs) · V_ξᵀ (len × c).
+                let (a, b) = (&d[xi * dx..][..co * rs], &v[xi * vx..][..c * rs]);
+                // SAFETY: A addresses rows < co, columns < len ≤ chunk of its plane; B(p, j) =
+                // V_ξ[j][p] likewise; C is the whole co × c block; AVX-512 present.
+                unsafe {
+                    sgemm::sgemm_serial(
+                        co,
+                        c,
+                        len,
+                        du_xi.as_mut_ptr(),
+                        View { rs: c as isize, cs: 1 },
+                        true,
+                        a.as_ptr(),
+                        View { rs: rs as isize, cs: 1 },
+                        b.as_ptr(),
+                        View { rs: 1, cs: rs as isize },
+                    )
+                };
+            });
+        }
+    }
+    let mut dw = vec![0f32; co * c * 9];
+    dw.par_chunks_mut(9).enumerate().for_each(|(oc, out)| {
+        let t: [f32; 16] = std::array::from_fn(|xi| du[xi * co * c + oc]);
+        out.copy_from_slice(&kernel_transform_adjoint(&t));
+    });
+    dw
+}
+
+/// [`input_transform_channel`] for every channel of one image.
+///
+/// # Safety
+/// AVX-512F present; every index `dst.at(ξ, ch, l)` (ξ < 16, ch < c, l < t1 − t0) lies inside `out`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn input_transform(
+    x: &[f32],
+    c: usize,
+    h: usize,
+    w: usize,
+    pad: usize,
+    tiles: Tiles,
+    t0: usize,
+    t1: usize,
+    out: &mut [f32],
+    dst: Dst,
+) {
+    for ch in 0..c {
+        // SAFETY: forwarded contract.
+        unsafe { input_transform_channel(&x[ch * h * w..][..h * w], ch, h, w, pad, tiles, t0, t1, out, dst) };
+    }
+}
+
+/// `(1 << hi) − (1 << lo)` as a lane mask: lanes `lo .. hi` of 16.
+#[inline(always)]
+fn lanes(lo: isize, hi: isize) -> u16 {
+    let (lo, hi) = (lo.clamp(0, 16) as u32, hi.clamp(0, 16) as u32);
+    if hi <= lo {
+        0
+    } else {
+        (((1u32 << hi) - 1) & !((1u32 << lo) - 1)) as u16
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use std::arch::x86_64::*;
+
+    /// Values `start .. start + 16` of a row of `w`, zero outside `0 .. w`.
+    ///
+    /// # Safety
+    /// `row` points at a row of `w` readable values; AVX-512F present.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn load(row: *const f32, start: isize, w: usize) -> __m512 {
+        let m = super::lanes(-start, w as isize - start);
+        // SAFETY: only the lanes inside the row are read (masked lanes never fault).
+        unsafe { _mm512_maskz_loadu_ps(m, row.wrapping_offset(start)) }
+    }
+
+    /// Even and odd elements of the 32 values `a ‖ b`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub fn deinterleave(a: __m512, b: __m512) -> (__m512, __m512) {
+        let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+        (_mm512_permutex2var_ps(a, even, b), _mm512_permutex2var_ps(a, odd, b))
+    }
+
+    /// The 32 values `a0 b0 a1 b1 …` as two vectors.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub fn interleave(a: __m512, b: __m512) -> (__m512, __m512) {
+        let lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+        let hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+        (_mm512_permutex2var_ps(a, lo, b), _mm512_permutex2var_ps(a, hi, b))
+    }
+
+    /// `Bᵀ d` along one axis: `(d0−d2, d1+d2, d2−d1, d1−d3)`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub fn bt(d: [__m512; 4]) -> [__m512; 4] {
+        [
+            _mm512_sub_ps(d[0], d[2]),
+            _mm512_add_ps(d[1], d[2]),
+            _mm512_sub_ps(d[2], d[1]),
+            _mm512_sub_ps(d[1], d[3]),
+        ]
+    }
+
+    /// `Aᵀ m` along one axis: `(m0+m1+m2, m1−m2−m3)`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub fn at(m: [__m512; 4]) -> [__m512; 2] {
+        [
+            _mm512_add_ps(_mm512_add_ps(m[0], m[1]), m[2]),
+            _mm512_sub_ps(_mm512_sub_ps(m[1], m[2]), m[3]),
+        ]
+    }
+
+    /// `A y` along one axis: `(y0, y0+y1, y0−y1, −y1)`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub fn a(y: [__m512; 2]) -> [__m512; 4] {
+        [
+            y[0],
+            _mm512_add_ps(y[0], y[1]),
+            _mm512_sub_ps(y[0], y[1]),
+            _mm512_sub_ps(_mm512_setzero_ps(), y[1]),
+        ]
+    }
+}
+
+/// `V = Bᵀ d B` of tiles `t0 .. t1` of one input channel `x (h×w)`, written at
+/// `dst.at(ξ, ch, l)` for the tile at local index `l`.
+///
+/// # Safety
+/// AVX-512F present; every index `dst.at(ξ, ch, l)` (ξ < 16, l < t1 − t0) lies inside `out`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn input_transform_channel(
+    x: &[f32],
+    ch: usize,
+    h: usize,
+    w: usize,
+    pad: usize,
+    tiles: Tiles,
+    t0: usize,
+    t1: usize,
+    out: &mut [f32],
+    dst: Dst,
+) {
+    use std::arch::x86_64::*;
+    assert!(x.len() >= h * w);
+    let base = out.as_mut_ptr();
+    tiles.runs(t0, t1, |l, len, ty, tx| {
+        let x0 = (2 * tx) as isize - pad as isize;
+        // Each of the window's 4 rows, transformed along x: r[row][j].
+        let r: [[__m512; 4]; 4] = std::array::from_fn(|row| {
+            let iy = (2 * ty + row) as isize - pad as isize;
+            if iy < 0 || iy >= h as isize {
+                return [_mm512_setzero_ps(); 4];
+            }
+            let p = x[iy as usize * w..].as_ptr();
+            // SAFETY: row iy of x; the loads are masked to its w values.
+            let (k0, k1, k2, k3) = unsafe {
+                let (k0, k1) = simd::deinterleave(simd::load(p, x0, w), simd::load(p, x0 + 16, w));
+                let (k2, k3) = simd::deinterleave(simd::load(p, x0 + 2, w), simd::load(p, x0 + 18, w));
+                (k0, k1, k2, k3)
+            };
+            simd::bt([k0, k1, k2, k3])
+        });
+        let m = lanes(0, len as isize);
+        for j in 0..4 {
+            let col = simd::bt([r[0][j], r[1][j], r[2][j], r[3][j]]);
+            for (i, v) in col.into_iter().enumerate() {
+                // SAFETY: lanes 0..len land at dst.at(ξ, ch, l .. l + len), inside `out` by
+                // the caller's contract (a run never crosses a 32-tile sliver).
+                unsafe { _mm512_mask_storeu_ps(base.add(dst.at(4 * i + j, ch, l)), m, v) };
+            }
+        }
+    });
+}
+
+/// `dM = A dY Aᵀ` of tiles `t0 .. t1` of one output-gradient channel `dy (ho×wo)`, written at
+/// `dst.at(ξ, ch, l)`; outputs past the image's edge count as zero.
+///
+/// # Safety
+/// As [`input_transform_channel`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn grad_transform_channel(
+    dy: &[f32],
+    ch: usize,
+    ho: usize,
+    wo: usize,
+    tiles: Tiles,
+    t0: usize,
+    t1: usize,
+    out: &mut [f32],
+    dst: Dst,
+) {
+    use std::arch::x86_64::*;
+    assert!(dy.len() >= ho * wo);
+    let base = out.as_mut_ptr();
+    tiles.runs(t0, t1, |l, len, ty, tx| {
+        let c0 = (2 * tx) as isize;
+        // The tile's 2 output rows, expanded along x: r[row][j].
+        let r: [[__m512; 4]; 2] = std::array::from_fn(|row| {
+            let oy = 2 * ty + row;
+            if oy >= ho {
+                return [_mm512_setzero_ps(); 4];
+            }
+            let p = dy[oy * wo..].as_ptr();
+            // SAFETY: row oy of dy; the loads are masked to its wo values.
+            let (e, o) = unsafe { simd::deinterleave(simd::load(p, c0, wo), simd::load(p, c0 + 16, wo)) };
+            simd::a([e, o])
+        });
+        let m = lanes(0, len as isize);
+        for j in 0..4 {
+            let col = simd::a([r[0][j], r[1][j]]);
+            for (i, v) in col.into_iter().enumerate() {
+                // SAFETY: as in `input_transform_channel`.
+                unsafe { _mm512_mask_storeu_ps(base.add(dst.at(4 * i + j, ch, l)), m, v) };
+            }
+        }
+    });
+}
+
+/// `y = Aᵀ M A` for tiles `t0 .. t1` from the products `m` (plane ξ at `ξ·xs`, output channel
+/// `o`'s row at `o·rs`, local tile index along the row), into the image `y (co×ho×wo)`,
+/// through `relu(· + bias)` when a bias is given.
+///
+/// # Safety
+/// AVX-512F present; `m` holds 16 planes of `co` rows of at least `(t1 − t0)` rounded up to 16
+/// values; `y` points at `co·ho·wo` writable values, of which these tiles' are written by no
+/// other thread.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn output_transform(
+    m: &[f32],
+    xs: usize,
+    rs: usize,
+    co: usize,
+    ho: usize,
+    wo: usize,
+    tiles: Tiles,
+    t0: usize,
+    t1: usize,
+    y: *mut f32,
+    bias: Option<&[f32]>,
+) {
+    use std::arch::x86_64::*;
+    for o in 0..co {
+        let yo = y.wrapping_add(o * ho * wo);
+        let fused = bias.map(|b| _mm512_set1_ps(b[o]));
+        tiles.runs(t0, t1, |l, len, ty, tx| {
+            // SAFETY: plane ξ, row o, values l .. l + 16 (inside the row: runs stay within a
+            // 16-aligned window of a row rounded up to 32).
+            let mv: [__m512; 16] = std::array::from_fn(|xi| unsafe { _mm512_loadu_ps(m[xi * xs + o * rs + l..].as_ptr()) });
+            // Along i (rows of the 4×4 block) for each column j, then along j.
+            let s: [[__m512; 2]; 4] = std::array::from_fn(|j| simd::at([mv[j], mv[4 + j], mv[8 + j], mv[12 + j]]));
+            for a in 0..2 {
+                let oy = 2 * ty + a;
+                if oy >= ho {
+                    break;
+                }
+                let [mut y0, mut y1] = simd::at([s[0][a], s[1][a], s[2][a], s[3][a]]);
+                if let Some(b) = fused {
+                    let z = _mm512_setzero_ps();
+                    y0 = _mm512_max_ps(_mm512_add_ps(y0, b), z);
+                    y1 = _mm512_max_ps(_mm512_add_ps(y1, b), z);
+                }
+                let (lo, hi) = simd::interleave(y0, y1);
+                let c0 = 2 * tx;
+                let n = ((wo - c0) as isize).min(2 * len as isize);
+                let p = yo.wrapping_add(oy * wo + c0);
+                // SAFETY: columns c0 .. c0 + n of row oy (masked), this block's tiles.
+                unsafe {
+                    _mm512_mask_storeu_ps(p, lanes(0, n), lo);
+                    _mm512_mask_storeu_ps(p.wrapping_add(16), lanes(0, n - 16), hi);
+                }
+            }
+        });
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
+unsafe fn input_transform_channel(_: &[f32], _: usize, _: usize, _: usize, _: usize, _: Tiles, _: usize, _: usize, _: &mut [f32], _: Dst) {
+    unreachable!("winograd::applies() is false off x86_64")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
+unsafe fn grad_transform_channel(_: &[f32], _: usize, _: usize, _: usize, _: Tiles, _: usize, _: usize, _: &mut [f32], _: Dst) {
+    unreachable!("winograd::applies() is false off x86_64")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
+unsafe fn output_transform(
+    _: &[f32],
+    _: usize,
+    _: usize,
+    _: usize,
+    _: usize,
+    _: usize,
+    _: Tiles,
+    _: usize,
+    _: usize,
+    _: *mut f32,
+    _: Option<&[f32]>,
+) {
+    unreachable!("winograd::applies() is false off x86_64")
+}
