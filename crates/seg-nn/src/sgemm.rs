@@ -363,7 +363,19 @@ unsafe fn pack_a(mc: usize, kc: usize, a: *const f32, va: View, out: &mut [f32])
     for (s, i0) in (0..mc).step_by(MR).enumerate() {
         let rows = MR.min(mc - i0);
         let dst = &mut out[s * MR * kc..(s + 1) * MR * kc];
-        if va.cs == 1 {
+        if va.cs == 1 && rows == MR && kc >= 16 {
+            // Row-stored A (a weight gradient's output gradient): register transposes for
+            // whole blocks of 16 depths, then the remainder one value at a time.
+            let whole = kc / 16 * 16;
+            // SAFETY: rows i0..i0 + MR, depths 0..whole, inside A; `dst` holds kc·MR values.
+            unsafe { transpose_sliver(whole, a.offset(i0 as isize * va.rs), va.rs, dst) };
+            for r in 0..MR {
+                for p in whole..kc {
+                    // SAFETY: inside A.
+                    dst[p * MR + r] = unsafe { *a.offset((i0 + r) as isize * va.rs + p as isize) };
+                }
+            }
+        } else if va.cs == 1 {
             for r in 0..rows {
                 // SAFETY: row i0 + r, columns 0..kc, inside A.
                 let src = unsafe { std::slice::from_raw_parts(a.offset((i0 + r) as isize * va.rs), kc) };
@@ -465,6 +477,54 @@ unsafe fn copy_rows(kc: usize, b: *const f32, rs: isize, dst: &mut [f32]) {
     }
 }
 
+/// The 16×16 transpose of `r` (row i in `r[i]`): four rounds of lane shuffles.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn transpose16(r: [std::arch::x86_64::__m512; 16]) -> [std::arch::x86_64::__m512; 16] {
+    use std::arch::x86_64::*;
+    let t: [__m512; 16] = std::array::from_fn(|i| {
+        let (a, c) = (r[(i / 2) * 2], r[(i / 2) * 2 + 1]);
+        if i % 2 == 0 {
+            _mm512_unpacklo_ps(a, c)
+        } else {
+            _mm512_unpackhi_ps(a, c)
+        }
+    });
+    // Pairs of 64-bit lanes: u[4q + 0..4] from t[4q + 0..4].
+    let u: [__m512; 16] = std::array::from_fn(|i| {
+        let q = i / 4 * 4;
+        let (a, c) = match i % 4 {
+            0 | 1 => (t[q], t[q + 2]),
+            _ => (t[q + 1], t[q + 3]),
+        };
+        let (a, c) = (_mm512_castps_pd(a), _mm512_castps_pd(c));
+        _mm512_castpd_ps(if i % 2 == 0 {
+            _mm512_unpacklo_pd(a, c)
+        } else {
+            _mm512_unpackhi_pd(a, c)
+        })
+    });
+    // 128-bit lanes, twice.
+    let v: [__m512; 16] = std::array::from_fn(|i| {
+        let (g, k) = (i / 8 * 8, i % 8);
+        let (a, c) = (u[g + k % 4], u[g + 4 + k % 4]);
+        if k < 4 {
+            _mm512_shuffle_f32x4::<0x88>(a, c)
+        } else {
+            _mm512_shuffle_f32x4::<0xdd>(a, c)
+        }
+    });
+    std::array::from_fn(|i| {
+        let (a, c) = (v[i % 8], v[8 + i % 8]);
+        if i < 8 {
+            _mm512_shuffle_f32x4::<0x88>(a, c)
+        } else {
+            _mm512_shuffle_f32x4::<0xdd>(a, c)
+        }
+    })
+}
+
 /// For 16 columns of a column-stored matrix (column `j` at `b + j·cs`, contiguous in its
 /// rows): writes rows `0..rows` (a multiple of 16) as `dst[p·NR + j]`, transposing 16×16 blocks
 /// in registers.
@@ -479,49 +539,44 @@ unsafe fn transpose_rows(rows: usize, b: *const f32, cs: isize, dst: &mut [f32])
         // stores land in rows p0..p0 + 16 of `dst` (asserted above).
         unsafe {
             let r: [__m512; 16] = std::array::from_fn(|j| _mm512_loadu_ps(b.offset(j as isize * cs).add(p0)));
-            let t: [__m512; 16] = std::array::from_fn(|i| {
-                let (a, c) = (r[(i / 2) * 2], r[(i / 2) * 2 + 1]);
-                if i % 2 == 0 {
-                    _mm512_unpacklo_ps(a, c)
-                } else {
-                    _mm512_unpackhi_ps(a, c)
-                }
-            });
-            // Pairs of 64-bit lanes: u[4q + 0..4] from t[4q + 0..4].
-            let u: [__m512; 16] = std::array::from_fn(|i| {
-                let q = i / 4 * 4;
-                let (a, c) = match i % 4 {
-                    0 | 1 => (t[q], t[q + 2]),
-                    _ => (t[q + 1], t[q + 3]),
-                };
-                let (a, c) = (_mm512_castps_pd(a), _mm512_castps_pd(c));
-                _mm512_castpd_ps(if i % 2 == 0 {
-                    _mm512_unpacklo_pd(a, c)
-                } else {
-                    _mm512_unpackhi_pd(a, c)
-                })
-            });
-            // 128-bit lanes, twice.
-            let v: [__m512; 16] = std::array::from_fn(|i| {
-                let (g, k) = (i / 8 * 8, i % 8);
-                let (a, c) = (u[g + k % 4], u[g + 4 + k % 4]);
-                if k < 4 {
-                    _mm512_shuffle_f32x4::<0x88>(a, c)
-                } else {
-                    _mm512_shuffle_f32x4::<0xdd>(a, c)
-                }
-            });
-            for i in 0..16 {
-                let (a, c) = (v[i % 8], v[8 + i % 8]);
-                let row = if i < 8 {
-                    _mm512_shuffle_f32x4::<0x88>(a, c)
-                } else {
-                    _mm512_shuffle_f32x4::<0xdd>(a, c)
-                };
+            for (i, row) in transpose16(r).into_iter().enumerate() {
                 _mm512_storeu_ps(d.add((p0 + i) * NR), row);
             }
         }
     }
+}
+
+/// One whole sliver of a row-stored A (row `i` at `a + i·rs`, contiguous along the depth):
+/// writes depths `0..kc` (a multiple of 16) as `dst[p·MR + i]`, transposing blocks of 16
+/// depths in registers (the rows past `MR` are padding that is never stored).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn transpose_sliver(kc: usize, a: *const f32, rs: isize, dst: &mut [f32]) {
+    use std::arch::x86_64::*;
+    assert!(kc.is_multiple_of(16) && dst.len() >= kc * MR);
+    let d = dst.as_mut_ptr();
+    let keep: __mmask16 = (1 << MR) - 1;
+    for p0 in (0..kc).step_by(16) {
+        // SAFETY: rows 0..MR, depths p0..p0 + 16, inside A (caller); each masked store writes
+        // MR values of row p0 + i of `dst` (asserted above).
+        unsafe {
+            let r: [__m512; 16] = std::array::from_fn(|i| {
+                if i < MR {
+                    _mm512_loadu_ps(a.offset(i as isize * rs).add(p0))
+                } else {
+                    _mm512_setzero_ps()
+                }
+            });
+            for (i, row) in transpose16(r).into_iter().enumerate() {
+                _mm512_mask_storeu_ps(d.add((p0 + i) * MR), keep, row);
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn transpose_sliver(_: usize, _: *const f32, _: isize, _: &mut [f32]) {
+    unreachable!("sgemm::available() is false off x86_64")
 }
 
 #[cfg(not(target_arch = "x86_64"))]

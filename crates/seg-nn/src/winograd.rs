@@ -73,20 +73,6 @@ impl Tiles {
     fn count(&self) -> usize {
         self.th * self.tw
     }
-
-    /// Splits tiles `t0 .. t1` into runs of at most 16 that stay inside one tile row and do
-    /// not cross a multiple of 16 counted from `t0` (so that a run fills part of one vector
-    /// of the scratch): calls `f(local index, run length, ty, tx)`.
-    fn runs(&self, t0: usize, t1: usize, mut f: impl FnMut(usize, usize, usize, usize)) {
-        let mut l = 0;
-        while t0 + l < t1 {
-            let t = t0 + l;
-            let (ty, tx) = (t / self.tw, t % self.tw);
-            let len = (16 - l % 16).min(self.tw - tx).min(t1 - t);
-            f(l, len, ty, tx);
-            l += len;
-        }
-    }
 }
 
 /// Where a transform writes value ξ of channel `ch` for the tile at local index `l`:
@@ -155,45 +141,76 @@ fn kernel_transform_adjoint(du: &[f32; 16]) -> [f32; 9] {
     g
 }
 
-/// The kernel `w (Co×C×3×3)` transformed and packed as the forward's left operands: for each
-/// ξ, slivers of [`MR`] output channels, each holding every input channel's `MR` values
-/// (`[ξ][sliver][ch][MR]`, zero past the last output channel).
-fn packed_kernel(w: &[f32], co: usize, c: usize) -> Vec<f32> {
-    let co_pad = co.div_ceil(MR) * MR;
-    let per_xi = co_pad * c;
-    let mut u = vec![0f32; 16 * per_xi];
+/// A kernel transformed and packed as the forward's left operands: for each ξ, slivers of
+/// [`MR`] output channels, each holding every input channel's `MR` values
+/// (`[ξ][sliver][ch][MR]`, zero past the last output channel). `tap(o, ch)` gives the 3×3
+/// kernel from input channel `ch` to output channel `o`, row-major.
+fn packed_kernel(co: usize, c: usize, tap: impl Fn(usize, usize) -> [f32; 9] + Sync) -> Vec<f32> {
+    let slivers = co.div_ceil(MR);
+    let per_xi = slivers * MR * c;
+    let mut u: Vec<f32> = Vec::with_capacity(16 * per_xi);
     let u_ptr = Shared(u.as_mut_ptr());
-    (0..co).into_par_iter().for_each(|o| {
-        let (s, r) = (o / MR, o % MR);
+    (0..slivers).into_par_iter().for_each(|s| {
         for ch in 0..c {
-            let t = kernel_transform(&w[(o * c + ch) * 9..][..9]);
-            for (xi, &v) in t.iter().enumerate() {
-                // SAFETY: inside `u` (ξ < 16, sliver s < co_pad / MR, ch < c, r < MR); each
-                // output channel `o` writes its own lane r of sliver s.
-                unsafe { *u_ptr.get().add(xi * per_xi + (s * c + ch) * MR + r) = v };
+            let t: [[f32; 16]; MR] = std::array::from_fn(|r| {
+                let o = s * MR + r;
+                if o < co {
+                    kernel_transform(&tap(o, ch))
+                } else {
+                    [0.0; 16]
+                }
+            });
+            for xi in 0..16 {
+                let at = xi * per_xi + (s * c + ch) * MR;
+                for (r, tr) in t.iter().enumerate() {
+                    // SAFETY: inside the capacity (ξ < 16, s < slivers, ch < c, r < MR); each
+                    // sliver writes only its own values.
+                    unsafe { *u_ptr.get().add(at + r) = tr[xi] };
+                }
             }
         }
     });
+    // SAFETY: the slivers above wrote every value.
+    unsafe { u.set_len(16 * per_xi) };
     u
 }
 
 /// `y = conv(x, w)` (3×3, stride 1, padding `g.pad`), and `relu(y + bias)` when `bias` is given.
 pub fn forward(g: &Geom, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
     assert!(x.len() >= g.n * g.c * g.h * g.w && w.len() >= g.co * g.c * 9);
-    assert!(bias.is_none_or(|b| b.len() >= g.co));
+    let (c, co) = (g.c, g.co);
+    let u = packed_kernel(co, c, |o, ch| w[(o * c + ch) * 9..][..9].try_into().expect("9 taps"));
+    forward_packed(g, x, &u, bias)
+}
+
+/// [`forward`] with the kernel already transformed ([`packed_kernel`]).
+fn forward_packed(g: &Geom, x: &[f32], u: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
     let (c, co) = (g.c, g.co);
     let co_pad = co.div_ceil(MR) * MR;
+    assert!(u.len() >= 16 * co_pad * c && x.len() >= g.n * c * g.h * g.w);
+    assert!(bias.is_none_or(|b| b.len() >= co));
     let tiles = Tiles::of(g);
     let total = tiles.count();
-    let u = packed_kernel(w, co, c);
     // Tiles per block: a multiple of 32 that keeps the block's scratch near L2's size, with at
     // least two blocks per thread when the image has that many tiles.
     let threads = rayon::current_num_threads().max(1);
-    let by_cache = (BLOCK_VALUES / (16 * (c + co_pad))) / NR * NR;
+    let bv: usize = std::env::var("SEG_WG_BLOCK")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(BLOCK_VALUES);
+    let by_cache = (bv / (16 * (c + co_pad))) / NR * NR;
     let by_threads = (g.n * total).div_ceil(2 * threads).div_ceil(NR) * NR;
     let t_blk = by_cache.min(by_threads).clamp(NR, 512);
     let blocks = total.div_ceil(t_blk);
-    let mut y = vec![0f32; g.n * co * g.ho * g.wo];
+    // Every output is written below (each belongs to exactly one tile, and the stores are
+    // masked to the image), so the buffer is not zero-filled first: that fill cost as much as
+    // the output transform. Debug builds fill it with NaN, which a missed value would show.
+    let len = g.n * co * g.ho * g.wo;
+    let mut y: Vec<f32> = Vec::with_capacity(len);
+    if cfg!(debug_assertions) {
+        y.resize(len, f32::NAN);
+        y.clear();
+    }
     let y_ptr = Shared(y.as_mut_ptr());
     // Plane and row strides skewed off multiples of 4 KiB, so that the 16 planes (and the rows
     // of one) do not all fall into the same L1 cache sets.
@@ -209,6 +226,7 @@ pub fn forward(g: &Geom, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32>
                 s.resize(v_len + m_len, 0.0);
             }
             let (v, m) = s.split_at_mut(v_len);
+            let v = v.as_mut_ptr();
             let xi_img = &x[img * c * g.h * g.w..][..c * g.h * g.w];
             let packed = Dst {
                 xs: vx,
@@ -217,23 +235,22 @@ pub fn forward(g: &Geom, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32>
             };
             // SAFETY: AVX-512 is present (`applies`); `v` holds 16 planes of c·t_blk values (at
             // stride vx), which every index `packed.at(ξ, ch, l)` with l < t_blk stays inside.
-            unsafe { input_transform(xi_img, c, g.h, g.w, g.pad, tiles, t0, t1, v, packed) };
+            let runs = runs(g, tiles, t0, t1);
+            unsafe { input_transform(g, xi_img, &runs, v, packed) };
             let slivers = (t1 - t0).div_ceil(NR);
             for xi in 0..16 {
-                let (uxi, vxi) = (&u[xi * co_pad * c..], &v[xi * vx..]);
+                let (uxi, vxi) = (&u[xi * co_pad * c..], v.wrapping_add(xi * vx));
                 let mxi = m[xi * mx..].as_mut_ptr();
                 for pc in (0..c).step_by(KCW) {
                     let kc = KCW.min(c - pc);
                     for js in 0..slivers {
-                        let bp = vxi[(js * c + pc) * NR..].as_ptr();
+                        let bp = vxi.wrapping_add((js * c + pc) * NR);
                         for is in 0..co_pad / MR {
                             let ap = uxi[(is * c + pc) * MR..].as_ptr();
                             // SAFETY: the A sliver holds kc·MR values and the B sliver kc·NR
                             // (channels pc..pc + kc); the MR × NR tile of M at row is·MR,
                             // column js·NR lies inside its co_pad × t_blk plane (rows at mr).
-                            unsafe {
-                                sgemm::kernel(kc, ap, bp, mxi.add(is * MR * mr + js * NR), mr as isize, pc > 0)
-                            };
+                            unsafe { sgemm::kernel(kc, ap, bp, mxi.add(is * MR * mr + js * NR), mr as isize, pc > 0) };
                         }
                     }
                 }
@@ -242,10 +259,12 @@ pub fn forward(g: &Geom, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32>
             // their own outputs of image `img` (tiles never overlap in the output).
             unsafe {
                 let y_img = y_ptr.get().add(img * co * g.ho * g.wo);
-                output_transform(m, mx, mr, co, g.ho, g.wo, tiles, t0, t1, y_img, bias);
+                output_transform(g, m, mx, mr, &runs, y_img, bias);
             }
         });
     });
+    // SAFETY: the blocks above wrote all `len` values.
+    unsafe { y.set_len(len) };
     y
 }
 
@@ -253,16 +272,12 @@ pub fn forward(g: &Geom, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32>
 /// swapped, and padding `2 − p` (`applies` guarantees `p ≤ 2`).
 pub fn input_grad(g: &Geom, dy: &[f32], w: &[f32]) -> Vec<f32> {
     let (c, co) = (g.c, g.co);
-    let mut wf = vec![0f32; c * co * 9];
-    for o in 0..co {
-        for ch in 0..c {
-            let src = &w[(o * c + ch) * 9..][..9];
-            let dst = &mut wf[(ch * co + o) * 9..][..9];
-            for (i, d) in dst.iter_mut().enumerate() {
-                *d = src[8 - i];
-            }
-        }
-    }
+    // The flipped kernel from output channel o of the backward conv (= input channel `o` of
+    // the layer) to its input channel `ch` (= output channel `ch` of the layer).
+    let u = packed_kernel(c, co, |o, ch| {
+        let src = &w[(ch * c + o) * 9..][..9];
+        std::array::from_fn(|i| src[8 - i])
+    });
     let back = Geom {
         n: g.n,
         c: co,
@@ -278,7 +293,7 @@ pub fn input_grad(g: &Geom, dy: &[f32], w: &[f32]) -> Vec<f32> {
         wo: g.w,
     };
     debug_assert_eq!((g.ho + 2 * back.pad - 2, g.wo + 2 * back.pad - 2), (g.h, g.w));
-    forward(&back, dy, &wf, None)
+    forward_packed(&back, dy, &u, None)
 }
 
 /// `dw = Σₙ Σ_tiles`: transformed input and transformed output gradient, multiplied per ξ and
@@ -291,11 +306,15 @@ pub fn weight_grad(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let tiles = Tiles::of(g);
     let total = tiles.count();
     let chunk = (CHUNK_VALUES / (16 * (c + co)) / NR * NR).clamp(4 * NR, 4096);
-    let mut du = vec![0f32; 16 * co * c];
+    // Written by the first chunk's products (not accumulated), so not zero-filled first.
+    let mut du: Vec<f32> = Vec::with_capacity(16 * co * c);
+    let du_ptr = Shared(du.as_mut_ptr());
     let rs = chunk + SKEW_ROW;
     let (vx, dx) = (c * rs + SKEW_PLANE, co * rs + SKEW_PLANE);
-    let mut v = vec![0f32; 16 * vx];
-    let mut d = vec![0f32; 16 * dx];
+    // Scratch the transforms write before the products read it (columns 0 .. len of every
+    // row): left unfilled, and only ever addressed through raw pointers.
+    let mut v: Vec<f32> = Vec::with_capacity(16 * vx);
+    let mut d: Vec<f32> = Vec::with_capacity(16 * dx);
     for img in 0..g.n {
         let xi_img = &x[img * c * g.h * g.w..][..c * g.h * g.w];
         let dy_img = &dy[img * co * g.ho * g.wo..][..co * g.ho * g.wo];
@@ -305,45 +324,49 @@ pub fn weight_grad(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
             // Transform the chunk: input channels and output-gradient channels, in parallel
             // (each channel writes its own rows of every ξ plane).
             let (vp, dp) = (Shared(v.as_mut_ptr()), Shared(d.as_mut_ptr()));
+            let runs = runs(g, tiles, t0, t1);
             (0..c + co).into_par_iter().with_min_len(8).for_each(|ch| {
                 // SAFETY: AVX-512 present (`applies`); channel `ch` writes only its own rows
                 // `ξ·xs + ch·rs + l` (l < chunk) of `v` or `d`.
                 unsafe {
                     if ch < c {
-                        let one = std::slice::from_raw_parts(xi_img.as_ptr().add(ch * g.h * g.w), g.h * g.w);
-                        let dst = std::slice::from_raw_parts_mut(vp.get(), 16 * vx);
-                        input_transform_channel(one, ch, g.h, g.w, g.pad, tiles, t0, t1, dst, plain(vx));
+                        let one = &xi_img[ch * g.h * g.w..][..g.h * g.w];
+                        input_transform_channel(g, one, ch, &runs, vp.get(), plain(vx));
                     } else {
                         let o = ch - c;
-                        let one = std::slice::from_raw_parts(dy_img.as_ptr().add(o * g.ho * g.wo), g.ho * g.wo);
-                        let dst = std::slice::from_raw_parts_mut(dp.get(), 16 * dx);
-                        grad_transform_channel(one, o, g.ho, g.wo, tiles, t0, t1, dst, plain(dx));
+                        let one = &dy_img[o * g.ho * g.wo..][..g.ho * g.wo];
+                        grad_transform_channel(g, one, o, &runs, dp.get(), plain(dx));
                     }
                 }
             });
             let len = t1 - t0;
-            du.par_chunks_mut(co * c).enumerate().for_each(|(xi, du_xi)| {
+            let first = img == 0 && t0 == 0;
+            (0..16).into_par_iter().for_each(|xi| {
                 // dU_ξ (co × c) += dM_ξ (co × len, rows at rs) · V_ξᵀ (len × c).
-                let (a, b) = (&d[xi * dx..][..co * rs], &v[xi * vx..][..c * rs]);
+                let (a, b) = (dp.get().wrapping_add(xi * dx), vp.get().wrapping_add(xi * vx));
                 // SAFETY: A addresses rows < co, columns < len ≤ chunk of its plane; B(p, j) =
-                // V_ξ[j][p] likewise; C is the whole co × c block; AVX-512 present.
+                // V_ξ[j][p] likewise; C is plane ξ of `du` (co × c), written by this ξ alone;
+                // AVX-512 present.
                 unsafe {
                     sgemm::sgemm_serial(
                         co,
                         c,
                         len,
-                        du_xi.as_mut_ptr(),
+                        du_ptr.get().add(xi * co * c),
                         View { rs: c as isize, cs: 1 },
-                        true,
-                        a.as_ptr(),
+                        !first,
+                        a,
                         View { rs: rs as isize, cs: 1 },
-                        b.as_ptr(),
+                        b,
                         View { rs: 1, cs: rs as isize },
                     )
                 };
             });
         }
     }
+    // SAFETY: the first chunk's 16 products wrote every value (`total` > 0: `Geom::conv`
+    // refuses empty shapes).
+    unsafe { du.set_len(16 * co * c) };
     let mut dw = vec![0f32; co * c * 9];
     dw.par_chunks_mut(9).enumerate().for_each(|(oc, out)| {
         let t: [f32; 16] = std::array::from_fn(|xi| du[xi * co * c + oc]);
@@ -352,30 +375,61 @@ pub fn weight_grad(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
     dw
 }
 
+/// A run of at most 16 tiles inside one tile row that does not cross a multiple of 16 counted
+/// from its block's first tile (so that it fills part of one vector of the scratch), with the
+/// lane masks of its loads and stores.
+#[derive(Clone, Copy, Debug)]
+struct Run {
+    /// Local index (from the block's first tile) of its first tile.
+    l: usize,
+    ty: usize,
+    tx: usize,
+    /// Lanes `0 .. len`: one per tile.
+    keep: u16,
+    /// Lanes inside the input row of the loads at `x0`, `x0 + 16`, `x0 + 2`, `x0 + 18`, where
+    /// `x0 = 2·tx − p` is the first tile's first input column.
+    input: [u16; 4],
+    /// Lanes inside the output row (and inside the run) of the 32 output columns from `2·tx`.
+    output: [u16; 2],
+}
+
+/// The runs of tiles `t0 .. t1`.
+fn runs(g: &Geom, tiles: Tiles, t0: usize, t1: usize) -> Vec<Run> {
+    let mut out = Vec::with_capacity((t1 - t0) / 16 + 2 * tiles.th.min(t1 - t0));
+    let mut l = 0;
+    while t0 + l < t1 {
+        let t = t0 + l;
+        let (ty, tx) = (t / tiles.tw, t % tiles.tw);
+        let len = (16 - l % 16).min(tiles.tw - tx).min(t1 - t);
+        let x0 = (2 * tx) as isize - g.pad as isize;
+        let inside = |at: isize| lanes(-at, g.w as isize - at);
+        let n = ((g.wo - 2 * tx) as isize).min(2 * len as isize);
+        out.push(Run {
+            l,
+            ty,
+            tx,
+            keep: lanes(0, len as isize),
+            input: [inside(x0), inside(x0 + 16), inside(x0 + 2), inside(x0 + 18)],
+            output: [lanes(0, n), lanes(0, n - 16)],
+        });
+        l += len;
+    }
+    out
+}
+
 /// [`input_transform_channel`] for every channel of one image.
 ///
 /// # Safety
-/// AVX-512F present; every index `dst.at(ξ, ch, l)` (ξ < 16, ch < c, l < t1 − t0) lies inside `out`.
-#[allow(clippy::too_many_arguments)]
-unsafe fn input_transform(
-    x: &[f32],
-    c: usize,
-    h: usize,
-    w: usize,
-    pad: usize,
-    tiles: Tiles,
-    t0: usize,
-    t1: usize,
-    out: &mut [f32],
-    dst: Dst,
-) {
-    for ch in 0..c {
+/// As [`input_transform_channel`], for every channel `ch < g.c`.
+unsafe fn input_transform(g: &Geom, x: &[f32], runs: &[Run], out: *mut f32, dst: Dst) {
+    let plane = g.h * g.w;
+    for ch in 0..g.c {
         // SAFETY: forwarded contract.
-        unsafe { input_transform_channel(&x[ch * h * w..][..h * w], ch, h, w, pad, tiles, t0, t1, out, dst) };
+        unsafe { input_transform_channel(g, &x[ch * plane..][..plane], ch, runs, out, dst) };
     }
 }
 
-/// `(1 << hi) − (1 << lo)` as a lane mask: lanes `lo .. hi` of 16.
+/// Lanes `lo .. hi` of 16 as a mask (bounds clamped to `0 ..= 16`).
 #[inline(always)]
 fn lanes(lo: isize, hi: isize) -> u16 {
     let (lo, hi) = (lo.clamp(0, 16) as u32, hi.clamp(0, 16) as u32);
@@ -389,18 +443,6 @@ fn lanes(lo: isize, hi: isize) -> u16 {
 #[cfg(target_arch = "x86_64")]
 mod simd {
     use std::arch::x86_64::*;
-
-    /// Values `start .. start + 16` of a row of `w`, zero outside `0 .. w`.
-    ///
-    /// # Safety
-    /// `row` points at a row of `w` readable values; AVX-512F present.
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn load(row: *const f32, start: isize, w: usize) -> __m512 {
-        let m = super::lanes(-start, w as isize - start);
-        // SAFETY: only the lanes inside the row are read (masked lanes never fault).
-        unsafe { _mm512_maskz_loadu_ps(m, row.wrapping_offset(start)) }
-    }
 
     /// Even and odd elements of the 32 values `a ‖ b`.
     #[inline]
@@ -455,140 +497,123 @@ mod simd {
     }
 }
 
-/// `V = Bᵀ d B` of tiles `t0 .. t1` of one input channel `x (h×w)`, written at
-/// `dst.at(ξ, ch, l)` for the tile at local index `l`.
+/// `V = Bᵀ d B` of the tiles of `runs` for one input channel `x (g.h × g.w)`, written at
+/// `dst.at(ξ, ch, l)` for the tile at local index `l`; the window's parts outside the image
+/// read as zero (masked loads: the padding is never materialised).
 ///
 /// # Safety
-/// AVX-512F present; every index `dst.at(ξ, ch, l)` (ξ < 16, l < t1 − t0) lies inside `out`.
+/// AVX-512F present; the runs are [`runs`] of this geometry; every index `dst.at(ξ, ch, l)`
+/// (ξ < 16, l < the block's length) lies inside `out`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn input_transform_channel(
-    x: &[f32],
-    ch: usize,
-    h: usize,
-    w: usize,
-    pad: usize,
-    tiles: Tiles,
-    t0: usize,
-    t1: usize,
-    out: &mut [f32],
-    dst: Dst,
-) {
+#[allow(clippy::needless_range_loop)] // one index picks the same column of several rows
+unsafe fn input_transform_channel(g: &Geom, x: &[f32], ch: usize, runs: &[Run], out: *mut f32, dst: Dst) {
     use std::arch::x86_64::*;
-    assert!(x.len() >= h * w);
-    let base = out.as_mut_ptr();
-    tiles.runs(t0, t1, |l, len, ty, tx| {
-        let x0 = (2 * tx) as isize - pad as isize;
-        // Each of the window's 4 rows, transformed along x: r[row][j].
-        let r: [[__m512; 4]; 4] = std::array::from_fn(|row| {
-            let iy = (2 * ty + row) as isize - pad as isize;
-            if iy < 0 || iy >= h as isize {
+    assert!(x.len() >= g.h * g.w);
+    let base = out;
+    for r in runs {
+        let x0 = (2 * r.tx) as isize - g.pad as isize;
+        // Each of the window's 4 rows, transformed along x: t[row][j].
+        let t: [[__m512; 4]; 4] = std::array::from_fn(|row| {
+            let iy = (2 * r.ty + row) as isize - g.pad as isize;
+            if iy < 0 || iy >= g.h as isize {
                 return [_mm512_setzero_ps(); 4];
             }
-            let p = x[iy as usize * w..].as_ptr();
-            // SAFETY: row iy of x; the loads are masked to its w values.
-            let (k0, k1, k2, k3) = unsafe {
-                let (k0, k1) = simd::deinterleave(simd::load(p, x0, w), simd::load(p, x0 + 16, w));
-                let (k2, k3) = simd::deinterleave(simd::load(p, x0 + 2, w), simd::load(p, x0 + 18, w));
-                (k0, k1, k2, k3)
+            let p = x[iy as usize * g.w..].as_ptr().wrapping_offset(x0);
+            // SAFETY: row iy of x; each load reads only its lanes inside the row (masked lanes
+            // never fault).
+            let [a, b, c, d] = unsafe {
+                [
+                    _mm512_maskz_loadu_ps(r.input[0], p),
+                    _mm512_maskz_loadu_ps(r.input[1], p.wrapping_add(16)),
+                    _mm512_maskz_loadu_ps(r.input[2], p.wrapping_add(2)),
+                    _mm512_maskz_loadu_ps(r.input[3], p.wrapping_add(18)),
+                ]
             };
+            let (k0, k1) = simd::deinterleave(a, b);
+            let (k2, k3) = simd::deinterleave(c, d);
             simd::bt([k0, k1, k2, k3])
         });
-        let m = lanes(0, len as isize);
+        let at = dst.at(0, ch, r.l);
         for j in 0..4 {
-            let col = simd::bt([r[0][j], r[1][j], r[2][j], r[3][j]]);
+            let col = simd::bt([t[0][j], t[1][j], t[2][j], t[3][j]]);
             for (i, v) in col.into_iter().enumerate() {
-                // SAFETY: lanes 0..len land at dst.at(ξ, ch, l .. l + len), inside `out` by
-                // the caller's contract (a run never crosses a 32-tile sliver).
-                unsafe { _mm512_mask_storeu_ps(base.add(dst.at(4 * i + j, ch, l)), m, v) };
+                // SAFETY: the run's lanes land at dst.at(ξ, ch, l ..), inside `out` by the
+                // caller's contract (a run never crosses a 32-tile sliver).
+                unsafe { _mm512_mask_storeu_ps(base.add(at + (4 * i + j) * dst.xs), r.keep, v) };
             }
         }
-    });
+    }
 }
 
-/// `dM = A dY Aᵀ` of tiles `t0 .. t1` of one output-gradient channel `dy (ho×wo)`, written at
-/// `dst.at(ξ, ch, l)`; outputs past the image's edge count as zero.
+/// `dM = A dY Aᵀ` of the tiles of `runs` for one output-gradient channel `dy (g.ho × g.wo)`,
+/// written at `dst.at(ξ, ch, l)`; outputs past the image's edge count as zero.
 ///
 /// # Safety
 /// As [`input_transform_channel`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn grad_transform_channel(
-    dy: &[f32],
-    ch: usize,
-    ho: usize,
-    wo: usize,
-    tiles: Tiles,
-    t0: usize,
-    t1: usize,
-    out: &mut [f32],
-    dst: Dst,
-) {
+#[allow(clippy::needless_range_loop)] // one index picks the same column of several rows
+unsafe fn grad_transform_channel(g: &Geom, dy: &[f32], ch: usize, runs: &[Run], out: *mut f32, dst: Dst) {
     use std::arch::x86_64::*;
-    assert!(dy.len() >= ho * wo);
-    let base = out.as_mut_ptr();
-    tiles.runs(t0, t1, |l, len, ty, tx| {
-        let c0 = (2 * tx) as isize;
-        // The tile's 2 output rows, expanded along x: r[row][j].
-        let r: [[__m512; 4]; 2] = std::array::from_fn(|row| {
-            let oy = 2 * ty + row;
-            if oy >= ho {
+    assert!(dy.len() >= g.ho * g.wo);
+    let base = out;
+    for r in runs {
+        // The tile's 2 output rows, expanded along x: t[row][j].
+        let t: [[__m512; 4]; 2] = std::array::from_fn(|row| {
+            let oy = 2 * r.ty + row;
+            if oy >= g.ho {
                 return [_mm512_setzero_ps(); 4];
             }
-            let p = dy[oy * wo..].as_ptr();
-            // SAFETY: row oy of dy; the loads are masked to its wo values.
-            let (e, o) = unsafe { simd::deinterleave(simd::load(p, c0, wo), simd::load(p, c0 + 16, wo)) };
+            let p = dy[oy * g.wo + 2 * r.tx..].as_ptr();
+            // SAFETY: row oy of dy from column 2·tx; the loads read only the run's columns
+            // inside the row.
+            let (a, b) = unsafe {
+                (
+                    _mm512_maskz_loadu_ps(r.output[0], p),
+                    _mm512_maskz_loadu_ps(r.output[1], p.wrapping_add(16)),
+                )
+            };
+            let (e, o) = simd::deinterleave(a, b);
             simd::a([e, o])
         });
-        let m = lanes(0, len as isize);
+        let at = dst.at(0, ch, r.l);
         for j in 0..4 {
-            let col = simd::a([r[0][j], r[1][j]]);
+            let col = simd::a([t[0][j], t[1][j]]);
             for (i, v) in col.into_iter().enumerate() {
                 // SAFETY: as in `input_transform_channel`.
-                unsafe { _mm512_mask_storeu_ps(base.add(dst.at(4 * i + j, ch, l)), m, v) };
+                unsafe { _mm512_mask_storeu_ps(base.add(at + (4 * i + j) * dst.xs), r.keep, v) };
             }
         }
-    });
+    }
 }
 
-/// `y = Aᵀ M A` for tiles `t0 .. t1` from the products `m` (plane ξ at `ξ·xs`, output channel
-/// `o`'s row at `o·rs`, local tile index along the row), into the image `y (co×ho×wo)`,
-/// through `relu(· + bias)` when a bias is given.
+/// `y = Aᵀ M A` for the tiles of `runs` from the products `m` (plane ξ at `ξ·xs`, output
+/// channel `o`'s row at `o·rs`, local tile index along the row), into the image
+/// `y (g.co × g.ho × g.wo)`, through `relu(· + bias)` when a bias is given.
 ///
 /// # Safety
-/// AVX-512F present; `m` holds 16 planes of `co` rows of at least `(t1 − t0)` rounded up to 16
-/// values; `y` points at `co·ho·wo` writable values, of which these tiles' are written by no
-/// other thread.
+/// AVX-512F present; the runs are [`runs`] of this geometry; `m` holds 16 planes of `g.co` rows
+/// of the block's length rounded up to 32; `y` points at `g.co·g.ho·g.wo` writable values, of
+/// which these tiles' are written by no other thread.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn output_transform(
-    m: &[f32],
-    xs: usize,
-    rs: usize,
-    co: usize,
-    ho: usize,
-    wo: usize,
-    tiles: Tiles,
-    t0: usize,
-    t1: usize,
-    y: *mut f32,
-    bias: Option<&[f32]>,
-) {
+#[allow(clippy::needless_range_loop)] // one index picks the same column of several rows
+unsafe fn output_transform(g: &Geom, m: &[f32], xs: usize, rs: usize, runs: &[Run], y: *mut f32, bias: Option<&[f32]>) {
     use std::arch::x86_64::*;
-    for o in 0..co {
+    let (ho, wo) = (g.ho, g.wo);
+    for o in 0..g.co {
         let yo = y.wrapping_add(o * ho * wo);
         let fused = bias.map(|b| _mm512_set1_ps(b[o]));
-        tiles.runs(t0, t1, |l, len, ty, tx| {
+        let mo = &m[o * rs..];
+        for r in runs {
             // SAFETY: plane ξ, row o, values l .. l + 16 (inside the row: runs stay within a
-            // 16-aligned window of a row rounded up to 32).
-            let mv: [__m512; 16] = std::array::from_fn(|xi| unsafe { _mm512_loadu_ps(m[xi * xs + o * rs + l..].as_ptr()) });
+            // 16-aligned window of a row of a multiple of 32).
+            let mv: [__m512; 16] = std::array::from_fn(|xi| unsafe { _mm512_loadu_ps(mo[xi * xs + r.l..].as_ptr()) });
             // Along i (rows of the 4×4 block) for each column j, then along j.
             let s: [[__m512; 2]; 4] = std::array::from_fn(|j| simd::at([mv[j], mv[4 + j], mv[8 + j], mv[12 + j]]));
             for a in 0..2 {
-                let oy = 2 * ty + a;
+                let oy = 2 * r.ty + a;
                 if oy >= ho {
                     break;
                 }
@@ -599,45 +624,28 @@ unsafe fn output_transform(
                     y1 = _mm512_max_ps(_mm512_add_ps(y1, b), z);
                 }
                 let (lo, hi) = simd::interleave(y0, y1);
-                let c0 = 2 * tx;
-                let n = ((wo - c0) as isize).min(2 * len as isize);
-                let p = yo.wrapping_add(oy * wo + c0);
-                // SAFETY: columns c0 .. c0 + n of row oy (masked), this block's tiles.
+                let p = yo.wrapping_add(oy * wo + 2 * r.tx);
+                // SAFETY: the run's columns of row oy (masked), this block's tiles.
                 unsafe {
-                    _mm512_mask_storeu_ps(p, lanes(0, n), lo);
-                    _mm512_mask_storeu_ps(p.wrapping_add(16), lanes(0, n - 16), hi);
+                    _mm512_mask_storeu_ps(p, r.output[0], lo);
+                    _mm512_mask_storeu_ps(p.wrapping_add(16), r.output[1], hi);
                 }
             }
-        });
+        }
     }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-#[allow(clippy::too_many_arguments)]
-unsafe fn input_transform_channel(_: &[f32], _: usize, _: usize, _: usize, _: usize, _: Tiles, _: usize, _: usize, _: &mut [f32], _: Dst) {
+unsafe fn input_transform_channel(_: &Geom, _: &[f32], _: usize, _: &[Run], _: *mut f32, _: Dst) {
     unreachable!("winograd::applies() is false off x86_64")
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-#[allow(clippy::too_many_arguments)]
-unsafe fn grad_transform_channel(_: &[f32], _: usize, _: usize, _: usize, _: Tiles, _: usize, _: usize, _: &mut [f32], _: Dst) {
+unsafe fn grad_transform_channel(_: &Geom, _: &[f32], _: usize, _: &[Run], _: *mut f32, _: Dst) {
     unreachable!("winograd::applies() is false off x86_64")
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-#[allow(clippy::too_many_arguments)]
-unsafe fn output_transform(
-    _: &[f32],
-    _: usize,
-    _: usize,
-    _: usize,
-    _: usize,
-    _: usize,
-    _: Tiles,
-    _: usize,
-    _: usize,
-    _: *mut f32,
-    _: Option<&[f32]>,
-) {
+unsafe fn output_transform(_: &Geom, _: &[f32], _: usize, _: usize, _: &[Run], _: *mut f32, _: Option<&[f32]>) {
     unreachable!("winograd::applies() is false off x86_64")
 }

@@ -350,7 +350,10 @@ fn winograd_convolutions_match_candle_in_value_and_gradients() {
             .relu()
             .unwrap();
         let d = max_diff(&fused, &plain);
-        assert!(d < 1e-4, "winograd conv+bias+relu {c}->{co} p{pad} {h}x{w}: differs by {d}");
+        assert!(
+            d < 1e-4,
+            "winograd conv+bias+relu {c}->{co} p{pad} {h}x{w}: differs by {d}"
+        );
     }
 }
 
