@@ -191,17 +191,22 @@ fn forward_packed(g: &Geom, x: &[f32], u: &[f32], bias: Option<&[f32]>) -> Vec<f
     assert!(bias.is_none_or(|b| b.len() >= co));
     let tiles = Tiles::of(g);
     let total = tiles.count();
-    // Tiles per block: a multiple of 32 that keeps the block's scratch near L2's size, with at
-    // least two blocks per thread when the image has that many tiles.
+    // Tiles per block: a multiple of 32 that keeps the block's scratch near L2's size. Every
+    // block reads the whole transformed kernel (16 MiB for 512 → 512 channels, from L3); where
+    // the images have too few tiles for several blocks per thread anyway (the deepest layers),
+    // one block takes a whole image and its output channels are split into parts instead, so
+    // that each part reads only its share of the kernel (and transforms the block's input
+    // again, which costs far less).
     let threads = rayon::current_num_threads().max(1);
-    let bv: usize = std::env::var("SEG_WG_BLOCK")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(BLOCK_VALUES);
-    let by_cache = (bv / (16 * (c + co_pad))) / NR * NR;
-    let by_threads = (g.n * total).div_ceil(2 * threads).div_ceil(NR) * NR;
-    let t_blk = by_cache.min(by_threads).clamp(NR, 512);
+    let by_cache = (BLOCK_VALUES / (16 * (c + co_pad))) / NR * NR;
+    let mut t_blk = by_cache.clamp(NR, 512);
+    if g.n * total.div_ceil(t_blk) < 4 * threads {
+        t_blk = (total.div_ceil(NR) * NR).clamp(NR, 512);
+    }
     let blocks = total.div_ceil(t_blk);
+    let slivers_co = co_pad / MR;
+    let parts = threads.div_ceil(g.n * blocks).min(slivers_co).max(1);
+    let per_part = slivers_co.div_ceil(parts);
     // Every output is written below (each belongs to exactly one tile, and the stores are
     // masked to the image), so the buffer is not zero-filled first: that fill cost as much as
     // the output transform. Debug builds fill it with NaN, which a missed value would show.
@@ -217,8 +222,9 @@ fn forward_packed(g: &Geom, x: &[f32], u: &[f32], bias: Option<&[f32]>) -> Vec<f
     let (vx, mr) = (c * t_blk + SKEW_PLANE, t_blk + SKEW_ROW);
     let mx = co_pad * mr + SKEW_PLANE;
     let (v_len, m_len) = (16 * vx, 16 * mx);
-    (0..g.n * blocks).into_par_iter().for_each(|job| {
-        let (img, b) = (job / blocks, job % blocks);
+    (0..g.n * blocks * parts).into_par_iter().for_each(|job| {
+        let (img, b, part) = (job / (blocks * parts), job / parts % blocks, job % parts);
+        let (s0, s1) = (part * per_part, ((part + 1) * per_part).min(slivers_co));
         let (t0, t1) = (b * t_blk, ((b + 1) * t_blk).min(total));
         SCRATCH.with(|s| {
             let mut s = s.borrow_mut();
@@ -245,7 +251,7 @@ fn forward_packed(g: &Geom, x: &[f32], u: &[f32], bias: Option<&[f32]>) -> Vec<f
                     let kc = KCW.min(c - pc);
                     for js in 0..slivers {
                         let bp = vxi.wrapping_add((js * c + pc) * NR);
-                        for is in 0..co_pad / MR {
+                        for is in s0..s1 {
                             let ap = uxi[(is * c + pc) * MR..].as_ptr();
                             // SAFETY: the A sliver holds kc·MR values and the B sliver kc·NR
                             // (channels pc..pc + kc); the MR × NR tile of M at row is·MR,
@@ -259,7 +265,7 @@ fn forward_packed(g: &Geom, x: &[f32], u: &[f32], bias: Option<&[f32]>) -> Vec<f
             // their own outputs of image `img` (tiles never overlap in the output).
             unsafe {
                 let y_img = y_ptr.get().add(img * co * g.ho * g.wo);
-                output_transform(g, m, mx, mr, &runs, y_img, bias);
+                output_transform(g, m, mx, mr, &runs, s0 * MR..(s1 * MR).min(co), y_img, bias);
             }
         });
     });
@@ -590,7 +596,7 @@ unsafe fn grad_transform_channel(g: &Geom, dy: &[f32], ch: usize, runs: &[Run], 
 
 /// `y = Aᵀ M A` for the tiles of `runs` from the products `m` (plane ξ at `ξ·xs`, output
 /// channel `o`'s row at `o·rs`, local tile index along the row), into the image
-/// `y (g.co × g.ho × g.wo)`, through `relu(· + bias)` when a bias is given.
+/// `y (g.co × g.ho × g.wo)` for output channels `outs`, through `relu(· + bias)` when a bias is given.
 ///
 /// # Safety
 /// AVX-512F present; the runs are [`runs`] of this geometry; `m` holds 16 planes of `g.co` rows
@@ -599,10 +605,20 @@ unsafe fn grad_transform_channel(g: &Geom, dy: &[f32], ch: usize, runs: &[Run], 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::needless_range_loop)] // one index picks the same column of several rows
-unsafe fn output_transform(g: &Geom, m: &[f32], xs: usize, rs: usize, runs: &[Run], y: *mut f32, bias: Option<&[f32]>) {
+#[allow(clippy::too_many_arguments)]
+unsafe fn output_transform(
+    g: &Geom,
+    m: &[f32],
+    xs: usize,
+    rs: usize,
+    runs: &[Run],
+    outs: std::ops::Range<usize>,
+    y: *mut f32,
+    bias: Option<&[f32]>,
+) {
     use std::arch::x86_64::*;
     let (ho, wo) = (g.ho, g.wo);
-    for o in 0..g.co {
+    for o in outs {
         let yo = y.wrapping_add(o * ho * wo);
         let fused = bias.map(|b| _mm512_set1_ps(b[o]));
         let mo = &m[o * rs..];
@@ -646,6 +662,16 @@ unsafe fn grad_transform_channel(_: &Geom, _: &[f32], _: usize, _: &[Run], _: *m
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn output_transform(_: &Geom, _: &[f32], _: usize, _: usize, _: &[Run], _: *mut f32, _: Option<&[f32]>) {
+#[allow(clippy::too_many_arguments)]
+unsafe fn output_transform(
+    _: &Geom,
+    _: &[f32],
+    _: usize,
+    _: usize,
+    _: &[Run],
+    _: std::ops::Range<usize>,
+    _: *mut f32,
+    _: Option<&[f32]>,
+) {
     unreachable!("winograd::applies() is false off x86_64")
 }
