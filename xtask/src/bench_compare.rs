@@ -159,12 +159,15 @@ pub fn run_task(args: &[String], root: &Path) -> Result<(), String> {
                 goal: 1.0,
             });
             let step = example(root, "seg-fcn", "vgg_step", &[fcn, "2"])?;
+            // PyTorch performs the direct convolutions' arithmetic; we perform less where the
+            // 3×3 layers go through Winograd. Each side's rate counts what it performs.
             let gflop = number_after(&step, "train GFLOP per step:")?;
+            let performed = number_after(&step, "performed GFLOP per step:")?;
             rows.push(Row {
-                what: format!("  {name}: share of the gemm ceiling ({ceiling:.0} GFLOP/s)"),
-                ours: format!("{:.0} GFLOP/s", gflop / ours),
+                what: format!("  {name}: arithmetic performed per second, share of the gemm ceiling ({ceiling:.0} GFLOP/s)"),
+                ours: format!("{:.0} GFLOP/s", performed / ours),
                 theirs: format!("{:.0} GFLOP/s", gflop / theirs),
-                ratio: Some(gflop / ours / ceiling),
+                ratio: Some(performed / ours / ceiling),
                 goal: 0.5,
             });
             if fcn == "full" {

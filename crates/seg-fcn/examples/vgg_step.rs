@@ -1,7 +1,8 @@
 //! Times the phases of one VGG16-FCN8s training step at 1×3×256×512 (forward, loss, backward,
 //! SGD step): `cargo run --release -p seg-fcn --example vgg_step -- [full|reduced] [steps]`.
-//! Ends with the arithmetic per step, the best step's GFLOP/s and the process's peak resident
-//! memory (`cargo xtask bench-compare` reads these lines). `SEG_BENCH_DEVICE=cuda` runs it on
+//! Ends with the arithmetic per step (counted as direct convolutions, and as performed: the 3×3
+//! layers go through Winograd's F(2×2, 3×3) on AVX-512 CPUs), the best step's GFLOP/s and the
+//! process's peak resident memory (`cargo xtask bench-compare` reads these lines). `SEG_BENCH_DEVICE=cuda` runs it on
 //! CUDA device 0 (build with `--features seg-nn/cuda`), synchronising after every phase.
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
@@ -40,6 +41,8 @@ fn main() {
         _ => seg_fcn::vgg::FcnCfg::full(19),
     };
     let gflop = 3.0 * 2.0 * fcn.forward_macs(256, 512) as f64 / 1e9;
+    let winograd = dev.is_cpu() && seg_nn::winograd::enabled();
+    let performed = 3.0 * 2.0 * fcn.forward_macs_with(256, 512, winograd) as f64 / 1e9;
     let mut best = f64::INFINITY;
     let x = Tensor::randn(0f32, 1.0, (1, 3, 256, 512), &dev).unwrap();
     let y = Tensor::zeros((1, 256, 512), DType::U32, &dev).unwrap();
@@ -68,7 +71,12 @@ fn main() {
         best = best.min(t4.as_secs_f64());
     }
     println!("train GFLOP per step: {gflop:.1}");
-    println!("best step: {best:.3} s = {:.1} GFLOP/s", gflop / best);
+    println!("performed GFLOP per step: {performed:.1} (Winograd 3x3 layers: {winograd})");
+    println!(
+        "best step: {best:.3} s = {:.1} GFLOP/s counted as direct convolutions, {:.1} GFLOP/s performed",
+        gflop / best,
+        performed / best
+    );
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     if let Some(l) = status.lines().find(|l| l.starts_with("VmHWM:")) {
         let kb: f64 = l.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0.0);

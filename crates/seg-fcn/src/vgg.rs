@@ -27,16 +27,31 @@ impl FcnCfg {
     }
 
     /// Multiply-adds of one forward pass of the convolutions (VGG16, fc6, fc7, scores and
-    /// the three upsamplings) on an `h × w` image; a training step costs about three times
-    /// this (forward, input gradient, weight gradient), less conv1_1's unneeded input gradient.
+    /// the three upsamplings) on an `h × w` image, counted as direct convolutions (the work
+    /// PyTorch's oneDNN kernels do); a training step costs about three times this (forward,
+    /// input gradient, weight gradient), less conv1_1's unneeded input gradient.
     pub fn forward_macs(&self, h: usize, w: usize) -> u64 {
+        self.forward_macs_with(h, w, false)
+    }
+
+    /// [`Self::forward_macs`] as performed: with `winograd`, the 3×3 convolutions with at least
+    /// 16 channels each side cost 16 multiply-adds per 2×2 output tile and channel pair
+    /// (`seg_nn::winograd`) instead of 36.
+    pub fn forward_macs_with(&self, h: usize, w: usize, winograd: bool) -> u64 {
+        let conv3 = |cin: usize, cout: usize, ho: usize, wo: usize| -> u64 {
+            if winograd && cin >= 16 && cout >= 16 {
+                (cin * cout * 16 * ho.div_ceil(2) * wo.div_ceil(2)) as u64
+            } else {
+                (cin * cout * 9 * ho * wo) as u64
+            }
+        };
         let mut macs = 0u64;
         let (mut c, mut s) = (3usize, 1usize);
         let mut at = [0u64; 6]; // pixels at stride 1, 2, 4, 8, 16, 32
         for l in VGG16 {
             match l {
                 Some((_, cin, cout)) => {
-                    macs += (cin * cout * 9 * (h / s) * (w / s)) as u64;
+                    macs += conv3(cin, cout, h / s, w / s);
                     c = cout;
                 }
                 None => s *= 2,
@@ -46,7 +61,12 @@ impl FcnCfg {
             *a = ((h >> i) * (w >> i)) as u64;
         }
         let (fc, k, n) = (self.fc_channels as u64, self.fc6_kernel as u64, self.num_classes as u64);
-        macs += at[5] * (c as u64 * fc * k * k + fc * fc + fc * n); // fc6, fc7, score_fr
+        macs += if k == 3 {
+            conv3(c, self.fc_channels, h >> 5, w >> 5)
+        } else {
+            at[5] * c as u64 * fc * k * k
+        };
+        macs += at[5] * (fc * fc + fc * n); // fc7, score_fr
         macs += at[4] * 512 * n + at[3] * 256 * n; // score_pool4, score_pool3
                                                    // Transposed convs: each input pixel spreads n×n×k×k.
         macs += at[5] * n * n * 16 + at[4] * n * n * 16 + at[3] * n * n * 256;

@@ -50,6 +50,11 @@ pub fn applies(g: &Geom) -> bool {
     g.kh == 3 && g.kw == 3 && g.stride == 1 && g.dil == 1 && g.pad <= 2 && g.c >= 16 && g.co >= 16 && on()
 }
 
+/// Whether [`applies`] can be true here: AVX-512 present and `SEG_WINOGRAD` not `0`.
+pub fn enabled() -> bool {
+    on()
+}
+
 fn on() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| sgemm::available() && std::env::var("SEG_WINOGRAD").map_or(true, |v| v != "0"))
