@@ -206,7 +206,7 @@ fn forward_packed(g: &Geom, x: &[f32], u: &[f32], bias: Option<&[f32]>) -> Vec<f
     let by_cache = (BLOCK_VALUES / (16 * (c + co_pad))) / NR * NR;
     let mut t_blk = by_cache.clamp(NR, 512);
     if g.n * total.div_ceil(t_blk) < 4 * threads {
-        t_blk = (total.div_ceil(NR) * NR).clamp(NR, 512);
+        t_blk = (total.div_ceil(NR) * NR).clamp(NR, 4 * NR);
     }
     let blocks = total.div_ceil(t_blk);
     let slivers_co = co_pad / MR;
@@ -225,7 +225,8 @@ fn forward_packed(g: &Geom, x: &[f32], u: &[f32], bias: Option<&[f32]>) -> Vec<f
     // Plane and row strides skewed off multiples of 4 KiB, so that the 16 planes (and the rows
     // of one) do not all fall into the same L1 cache sets.
     let (vx, mr) = (c * t_blk + SKEW_PLANE, t_blk + SKEW_ROW);
-    let mx = co_pad * mr + SKEW_PLANE;
+    // A job's products: the rows of its part of the output channels only.
+    let mx = per_part * MR * mr + SKEW_PLANE;
     let (v_len, m_len) = (16 * vx, 16 * mx);
     (0..g.n * blocks * parts).into_par_iter().for_each(|job| {
         let (img, b, part) = (job / (blocks * parts), job / parts % blocks, job % parts);
@@ -260,13 +261,16 @@ fn forward_packed(g: &Geom, x: &[f32], u: &[f32], bias: Option<&[f32]>) -> Vec<f
                             let ap = uxi[(is * c + pc) * MR..].as_ptr();
                             // SAFETY: the A sliver holds kc·MR values and the B sliver kc·NR
                             // (channels pc..pc + kc); the MR × NR tile of M at row is·MR,
-                            // column js·NR lies inside its co_pad × t_blk plane (rows at mr).
-                            unsafe { sgemm::kernel(kc, ap, bp, mxi.add(is * MR * mr + js * NR), mr as isize, pc > 0) };
+                            // column js·NR lies inside its plane of the part's rows (at stride mr).
+                            unsafe {
+                                let cp = mxi.add((is - s0) * MR * mr + js * NR);
+                                sgemm::kernel(kc, ap, bp, cp, mr as isize, pc > 0)
+                            };
                         }
                     }
                 }
             }
-            // SAFETY: `m` holds 16 planes of co_pad rows of t_blk; the block's tiles write only
+            // SAFETY: `m` holds 16 planes of the part's rows of t_blk; the block's tiles write only
             // their own outputs of image `img` (tiles never overlap in the output).
             unsafe {
                 let y_img = y_ptr.get().add(img * co * g.ho * g.wo);
@@ -600,7 +604,7 @@ unsafe fn grad_transform_channel(g: &Geom, dy: &[f32], ch: usize, runs: &[Run], 
 }
 
 /// `y = Aᵀ M A` for the tiles of `runs` from the products `m` (plane ξ at `ξ·xs`, output
-/// channel `o`'s row at `o·rs`, local tile index along the row), into the image
+/// channel `o`'s row at `(o − outs.start)·rs`, local tile index along the row), into the image
 /// `y (g.co × g.ho × g.wo)` for output channels `outs`, through `relu(· + bias)` when a bias is given.
 ///
 /// # Safety
@@ -623,10 +627,11 @@ unsafe fn output_transform(
 ) {
     use std::arch::x86_64::*;
     let (ho, wo) = (g.ho, g.wo);
+    let first = outs.start;
     for o in outs {
         let yo = y.wrapping_add(o * ho * wo);
         let fused = bias.map(|b| _mm512_set1_ps(b[o]));
-        let mo = &m[o * rs..];
+        let mo = &m[(o - first) * rs..];
         for r in runs {
             // SAFETY: plane ξ, row o, values l .. l + 16 (inside the row: runs stay within a
             // 16-aligned window of a row of a multiple of 32).
