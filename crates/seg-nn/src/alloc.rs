@@ -17,8 +17,9 @@ use std::sync::Mutex;
 
 /// Blocks from this size up are cached.
 const LARGE: usize = 1 << 20;
-/// Cache slots.
-const SLOTS: usize = 64;
+/// Cache slots. A VGG16-FCN8s step frees more than 64 large blocks between reuses: with 64
+/// slots about 21 000 pages a step were faulted in afresh, with 256 next to none.
+const SLOTS: usize = 256;
 const ALIGN: usize = 64;
 const UNSET: usize = usize::MAX;
 
