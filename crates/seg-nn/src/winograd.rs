@@ -115,33 +115,50 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// `U = G g Gᵀ` for the 3×3 kernel `g` (row-major): 16 values, ξ = 4·i + j.
-fn kernel_transform(g: &[f32]) -> [f32; 16] {
-    let g1 = |a: f32, b: f32, c: f32| [a, 0.5 * (a + b + c), 0.5 * (a - b + c), c];
-    // Along the columns of each kernel row, then along the rows.
-    let r: [[f32; 4]; 3] = std::array::from_fn(|ky| g1(g[3 * ky], g[3 * ky + 1], g[3 * ky + 2]));
-    let mut u = [0f32; 16];
-    for j in 0..4 {
-        let col = g1(r[0][j], r[1][j], r[2][j]);
-        for i in 0..4 {
-            u[4 * i + j] = col[i];
+/// `U = G g Gᵀ` for `L` kernels at once (lane `l` of `g[k]` is tap `k`, row-major, of kernel
+/// `l`): 16 values per lane, ξ = 4·i + j. Written lane by lane so that it vectorises.
+fn kernel_transform<const L: usize>(g: &[[f32; L]; 9]) -> [[f32; L]; 16] {
+    // G on three values: (a, (a+b+c)/2, (a−b+c)/2, c).
+    fn g1<const L: usize>(a: &[f32; L], b: &[f32; L], c: &[f32; L]) -> [[f32; L]; 4] {
+        let mut out = [[0f32; L]; 4];
+        for l in 0..L {
+            out[0][l] = a[l];
+            out[1][l] = 0.5 * (a[l] + b[l] + c[l]);
+            out[2][l] = 0.5 * (a[l] - b[l] + c[l]);
+            out[3][l] = c[l];
         }
+        out
+    }
+    // Along the columns of each kernel row, then along the rows.
+    let r: [[[f32; L]; 4]; 3] = std::array::from_fn(|ky| g1(&g[3 * ky], &g[3 * ky + 1], &g[3 * ky + 2]));
+    let mut u = [[0f32; L]; 16];
+    for j in 0..4 {
+        let [c0, c1, c2, c3] = g1(&r[0][j], &r[1][j], &r[2][j]);
+        (u[j], u[4 + j], u[8 + j], u[12 + j]) = (c0, c1, c2, c3);
     }
     u
 }
 
-/// `dg = Gᵀ dU G` (the adjoint of [`kernel_transform`]): 9 values, row-major.
-fn kernel_transform_adjoint(du: &[f32; 16]) -> [f32; 9] {
-    let gt = |d: [f32; 4]| {
-        let h = 0.5 * (d[1] + d[2]);
-        [d[0] + h, 0.5 * (d[1] - d[2]), h + d[3]]
-    };
-    // Along i for each j, then along j.
-    let c: [[f32; 3]; 4] = std::array::from_fn(|j| gt([du[j], du[4 + j], du[8 + j], du[12 + j]]));
-    let mut g = [0f32; 9];
+/// `dg = Gᵀ dU G` (the adjoint of [`kernel_transform`]) for `L` kernels at once: 9 taps per
+/// lane, row-major.
+fn kernel_transform_adjoint<const L: usize>(du: &[[f32; L]; 16]) -> [[f32; L]; 9] {
+    // Gᵀ on four values: (d0 + h, (d1−d2)/2, h + d3) with h = (d1+d2)/2.
+    fn gt<const L: usize>(d0: &[f32; L], d1: &[f32; L], d2: &[f32; L], d3: &[f32; L]) -> [[f32; L]; 3] {
+        let mut out = [[0f32; L]; 3];
+        for l in 0..L {
+            let h = 0.5 * (d1[l] + d2[l]);
+            out[0][l] = d0[l] + h;
+            out[1][l] = 0.5 * (d1[l] - d2[l]);
+            out[2][l] = h + d3[l];
+        }
+        out
+    }
+    // Along i for each j (giving ky), then along j (giving kx).
+    let c: [[[f32; L]; 3]; 4] = std::array::from_fn(|j| gt(&du[j], &du[4 + j], &du[8 + j], &du[12 + j]));
+    let mut g = [[0f32; L]; 9];
     for ky in 0..3 {
-        let row = gt([c[0][ky], c[1][ky], c[2][ky], c[3][ky]]);
-        g[3 * ky..3 * ky + 3].copy_from_slice(&row);
+        let [a, b, d] = gt(&c[0][ky], &c[1][ky], &c[2][ky], &c[3][ky]);
+        (g[3 * ky], g[3 * ky + 1], g[3 * ky + 2]) = (a, b, d);
     }
     g
 }
@@ -157,20 +174,18 @@ fn packed_kernel(co: usize, c: usize, tap: impl Fn(usize, usize) -> [f32; 9] + S
     let u_ptr = Shared(u.as_mut_ptr());
     (0..slivers).into_par_iter().for_each(|s| {
         for ch in 0..c {
-            let t: [[f32; 16]; MR] = std::array::from_fn(|r| {
-                let o = s * MR + r;
-                if o < co {
-                    kernel_transform(&tap(o, ch))
-                } else {
-                    [0.0; 16]
+            let mut taps = [[0f32; MR]; 9];
+            for r in 0..MR.min(co - s * MR) {
+                for (lane, v) in taps.iter_mut().zip(tap(s * MR + r, ch)) {
+                    lane[r] = v;
                 }
-            });
-            for xi in 0..16 {
-                let at = xi * per_xi + (s * c + ch) * MR;
-                for (r, tr) in t.iter().enumerate() {
-                    // SAFETY: inside the capacity (ξ < 16, s < slivers, ch < c, r < MR); each
-                    // sliver writes only its own values.
-                    unsafe { *u_ptr.get().add(at + r) = tr[xi] };
+            }
+            for (xi, u_xi) in kernel_transform(&taps).iter().enumerate() {
+                // SAFETY: MR values inside the capacity (ξ < 16, s < slivers, ch < c); each
+                // sliver writes only its own values.
+                unsafe {
+                    let at = u_ptr.get().add(xi * per_xi + (s * c + ch) * MR);
+                    std::ptr::copy_nonoverlapping(u_xi.as_ptr(), at, MR);
                 }
             }
         }
@@ -382,10 +397,21 @@ pub fn weight_grad(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
     // SAFETY: the first chunk's 16 products wrote every value (`total` > 0: `Geom::conv`
     // refuses empty shapes).
     unsafe { du.set_len(16 * co * c) };
-    let mut dw = vec![0f32; co * c * 9];
-    dw.par_chunks_mut(9).enumerate().for_each(|(oc, out)| {
-        let t: [f32; 16] = std::array::from_fn(|xi| du[xi * co * c + oc]);
-        out.copy_from_slice(&kernel_transform_adjoint(&t));
+    // Sixteen kernels at a time, one per lane.
+    let pairs = co * c;
+    let mut dw = vec![0f32; pairs * 9];
+    dw.par_chunks_mut(16 * 9).enumerate().for_each(|(blk, out)| {
+        let n = out.len() / 9;
+        let mut d = [[0f32; 16]; 16];
+        for (xi, dxi) in d.iter_mut().enumerate() {
+            dxi[..n].copy_from_slice(&du[xi * pairs + 16 * blk..][..n]);
+        }
+        let g = kernel_transform_adjoint(&d);
+        for (l, taps) in out.chunks_exact_mut(9).enumerate() {
+            for (k, t) in taps.iter_mut().enumerate() {
+                *t = g[k][l];
+            }
+        }
     });
     dw
 }
