@@ -275,7 +275,7 @@ fn forward_packed(g: &Geom, x: &[f32], u: &[f32], bias: Option<&[f32]>) -> Vec<f
                         for is in s0..s1 {
                             let ap = uxi[(is * c + pc) * MR..].as_ptr();
                             // SAFETY: the A sliver holds kc·MR values and the B sliver kc·NR
-                            // (channels pc..pc + kc); the MR × NR tile of M at row is·MR,
+                            // (channels pc..pc + kc); the MR × NR tile of M at row (is − s0)·MR,
                             // column js·NR lies inside its plane of the part's rows (at stride mr).
                             unsafe {
                                 let cp = mxi.add((is - s0) * MR * mr + js * NR);
@@ -634,9 +634,9 @@ unsafe fn grad_transform_channel(g: &Geom, dy: &[f32], ch: usize, runs: &[Run], 
 /// `y (g.co × g.ho × g.wo)` for output channels `outs`, through `relu(· + bias)` when a bias is given.
 ///
 /// # Safety
-/// AVX-512F present; the runs are [`runs`] of this geometry; `m` holds 16 planes of `g.co` rows
-/// of the block's length rounded up to 32; `y` points at `g.co·g.ho·g.wo` writable values, of
-/// which these tiles' are written by no other thread.
+/// AVX-512F present; the runs are [`runs`] of this geometry; `m` holds 16 planes of the rows
+/// of `outs`, each at least the block's length; `y` points at `g.co·g.ho·g.wo` writable
+/// values, of which these tiles' are written by no other thread.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::needless_range_loop)] // one index picks the same column of several rows
@@ -659,9 +659,9 @@ unsafe fn output_transform(
         let fused = bias.map(|b| _mm512_set1_ps(b[o]));
         let mo = &m[(o - first) * rs..];
         for r in runs {
-            // SAFETY: plane ξ, row o, values l .. l + 16 (inside the row: runs stay within a
-            // 16-aligned window of a row of a multiple of 32).
-            let mv: [__m512; 16] = std::array::from_fn(|xi| unsafe { _mm512_loadu_ps(mo[xi * xs + r.l..].as_ptr()) });
+            // SAFETY: plane ξ, row o, the run's values l .. l + len (masked), inside the row.
+            let mv: [__m512; 16] =
+                std::array::from_fn(|xi| unsafe { _mm512_maskz_loadu_ps(r.keep, mo[xi * xs + r.l..].as_ptr()) });
             // Along i (rows of the 4×4 block) for each column j, then along j.
             let s: [[__m512; 2]; 4] = std::array::from_fn(|j| simd::at([mv[j], mv[4 + j], mv[8 + j], mv[12 + j]]));
             for a in 0..2 {
