@@ -317,13 +317,47 @@ fn convolution_ops_match_candle_in_value_and_gradients() {
     }
 }
 
-/// 3×3 stride-1 convolutions with at least 16 channels on each side go through Winograd's
-/// F(2×2, 3×3) (`seg_nn::winograd`): odd and even sizes, tile rows that do not fill a vector,
-/// paddings 0-2, several tile blocks and images, a width past one 512-tile block, and one
-/// block whose output channels are split between threads.
+/// One 3×3 stride-1 convolution `n×c×h×w → co` with padding `pad` (Winograd's F(2×2, 3×3)
+/// when both sides have 16 channels or more): value and both gradients against candle's conv,
+/// and with `fused` the conv + bias + ReLU op (bias and ReLU applied in the output transform)
+/// against the unfused layer.
+fn winograd_case((n, c, co, pad, h, w): (usize, usize, usize, usize, usize, usize), fused: bool) {
+    let what = format!("winograd conv {n}x{c}->{co} p{pad} {h}x{w}");
+    let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (n, c, h, w), &cpu()).unwrap()).unwrap();
+    let kv = Var::from_tensor(&Tensor::randn(0f32, 1.0, (co, c, 3, 3), &cpu()).unwrap()).unwrap();
+    same_op_and_gradients(
+        &x,
+        &kv,
+        |x, k| seg_nn::conv_ops::conv2d(x, k, 1, pad, 1).unwrap(),
+        |x, k| x.conv2d(k, pad, 1, 1, 1).unwrap(),
+        &what,
+    );
+    if !fused {
+        return;
+    }
+    let b = Tensor::randn(0f32, 1.0, co, &cpu()).unwrap();
+    let ours = seg_nn::conv_ops::conv2d_bias_relu(x.as_tensor(), kv.as_tensor(), &b, 1, pad, 1).unwrap();
+    let plain = x
+        .as_tensor()
+        .conv2d(kv.as_tensor(), pad, 1, 1, 1)
+        .unwrap()
+        .broadcast_add(&b.reshape((1, co, 1, 1)).unwrap())
+        .unwrap()
+        .relu()
+        .unwrap();
+    let (d, scale) = (
+        max_diff(&ours, &plain),
+        max_diff(&plain, &plain.zeros_like().unwrap()).max(1.0),
+    );
+    assert!(d < 1e-5 * scale, "{what} + bias + relu: differs by {d}");
+}
+
+/// Odd and even sizes, tile rows that do not fill a vector, paddings 0-2, several tile blocks
+/// and images, a width past one 512-tile block, and one block whose output channels are split
+/// between threads.
 #[test]
 fn winograd_convolutions_match_candle_in_value_and_gradients() {
-    for (n, c, co, pad, h, w) in [
+    for case in [
         (2, 16, 16, 1, 7, 9),
         (1, 20, 33, 0, 10, 37),
         (2, 17, 24, 2, 5, 70),
@@ -331,34 +365,7 @@ fn winograd_convolutions_match_candle_in_value_and_gradients() {
         (1, 16, 16, 1, 4, 1100),
         (1, 24, 40, 1, 6, 6),
     ] {
-        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (n, c, h, w), &cpu()).unwrap()).unwrap();
-        let kv = Var::from_tensor(&Tensor::randn(0f32, 1.0, (co, c, 3, 3), &cpu()).unwrap()).unwrap();
-        same_op_and_gradients(
-            &x,
-            &kv,
-            |x, k| seg_nn::conv_ops::conv2d(x, k, 1, pad, 1).unwrap(),
-            |x, k| x.conv2d(k, pad, 1, 1, 1).unwrap(),
-            &format!("winograd conv {n}x{c}->{co} p{pad} {h}x{w}"),
-        );
-        // The fused bias + ReLU applies them in the output transform.
-        let b = Tensor::randn(0f32, 1.0, co, &cpu()).unwrap();
-        let fused = seg_nn::conv_ops::conv2d_bias_relu(x.as_tensor(), kv.as_tensor(), &b, 1, pad, 1).unwrap();
-        let plain = x
-            .as_tensor()
-            .conv2d(kv.as_tensor(), pad, 1, 1, 1)
-            .unwrap()
-            .broadcast_add(&b.reshape((1, co, 1, 1)).unwrap())
-            .unwrap()
-            .relu()
-            .unwrap();
-        let (d, scale) = (
-            max_diff(&fused, &plain),
-            max_diff(&plain, &plain.zeros_like().unwrap()).max(1.0),
-        );
-        assert!(
-            d < 1e-5 * scale,
-            "winograd conv+bias+relu {c}->{co} p{pad} {h}x{w}: differs by {d}"
-        );
+        winograd_case(case, true);
     }
 }
 
@@ -377,15 +384,7 @@ fn winograd_matches_candle_over_random_shapes() {
         let (n, c, co, pad) = (1 + pick(2), 16 + pick(40), 16 + pick(60), pick(3));
         let extra = if pad == 0 { 2 } else { 0 };
         let (h, w) = (1 + pick(20) + extra, 1 + pick(72) + extra);
-        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (n, c, h, w), &cpu()).unwrap()).unwrap();
-        let kv = Var::from_tensor(&Tensor::randn(0f32, 1.0, (co, c, 3, 3), &cpu()).unwrap()).unwrap();
-        same_op_and_gradients(
-            &x,
-            &kv,
-            |x, k| seg_nn::conv_ops::conv2d(x, k, 1, pad, 1).unwrap(),
-            |x, k| x.conv2d(k, pad, 1, 1, 1).unwrap(),
-            &format!("winograd conv {n}x{c}->{co} p{pad} {h}x{w}"),
-        );
+        winograd_case((n, c, co, pad, h, w), false);
     }
 }
 
