@@ -2,8 +2,9 @@
 //! SGD step): `cargo run --release -p seg-fcn --example vgg_step -- [full|reduced] [steps]`.
 //! Ends with the arithmetic per step (counted as direct convolutions, and as performed: the 3×3
 //! layers go through Winograd's F(2×2, 3×3) on AVX-512 CPUs), the best step's GFLOP/s and the
-//! process's peak resident memory (`cargo xtask bench-compare` reads these lines). `SEG_BENCH_DEVICE=cuda` runs it on
-//! CUDA device 0 (build with `--features seg-nn/cuda`), synchronising after every phase.
+//! process's peak resident memory (`cargo xtask bench-compare` reads these lines).
+//! `SEG_BENCH_DEVICE=cuda` runs it on CUDA device 0 (build with `--features seg-nn/cuda`),
+//! synchronising after every phase.
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use std::time::Instant;

@@ -111,13 +111,8 @@ pub(crate) unsafe fn sgemm_serial(
     b: *const f32,
     vb: View,
 ) {
-    if m == 0 || n == 0 || k == 0 {
-        // SAFETY: forwarded contract (`run` zeroes C for an empty depth).
-        unsafe { run(m, n, k, Ptrs { c, a, b }, vc, acc, Lhs::Raw(va), Rhs::Raw(vb)) };
-        return;
-    }
     // SAFETY: forwarded contract.
-    unsafe { serial(m, n, k, Ptrs { c, a, b }, vc, acc, Lhs::Raw(va), Rhs::Raw(vb)) }
+    unsafe { run_on(1, m, n, k, Ptrs { c, a, b }, vc, acc, Lhs::Raw(va), Rhs::Raw(vb)) }
 }
 
 /// A left operand packed once into the register kernel's layout, for products that reuse it
@@ -232,6 +227,23 @@ enum Lhs<'a> {
 /// one with no depth (`k = 0`) zeroes C unless it accumulates.
 #[allow(clippy::too_many_arguments)]
 unsafe fn run(m: usize, n: usize, k: usize, p: Ptrs, vc: View, acc: bool, lhs: Lhs<'_>, rhs: Rhs<'_>) {
+    // SAFETY: forwarded contract.
+    unsafe { run_on(rayon::current_num_threads(), m, n, k, p, vc, acc, lhs, rhs) }
+}
+
+/// [`run`] split over at most `threads` parts.
+#[allow(clippy::too_many_arguments)]
+unsafe fn run_on(
+    threads: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    p: Ptrs,
+    vc: View,
+    acc: bool,
+    lhs: Lhs<'_>,
+    rhs: Rhs<'_>,
+) {
     if m == 0 || n == 0 {
         return;
     }
@@ -246,7 +258,7 @@ unsafe fn run(m: usize, n: usize, k: usize, p: Ptrs, vc: View, acc: bool, lhs: L
         }
         return;
     }
-    let threads = rayon::current_num_threads().max(1);
+    let threads = threads.max(1);
     // Split the wider side into one part per thread, in whole kernel tiles; with A packed
     // beforehand, split B's columns whenever there are enough, so that no thread packs the
     // same part of B as another.

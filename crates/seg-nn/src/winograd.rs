@@ -47,15 +47,11 @@ const SKEW_PLANE: usize = 48;
 /// sides for the products to pay, and the AVX-512 kernel present. `SEG_WINOGRAD=0` turns it
 /// off (the im2col products run instead).
 pub fn applies(g: &Geom) -> bool {
-    g.kh == 3 && g.kw == 3 && g.stride == 1 && g.dil == 1 && g.pad <= 2 && g.c >= 16 && g.co >= 16 && on()
+    g.kh == 3 && g.kw == 3 && g.stride == 1 && g.dil == 1 && g.pad <= 2 && g.c >= 16 && g.co >= 16 && enabled()
 }
 
 /// Whether [`applies`] can be true here: AVX-512 present and `SEG_WINOGRAD` not `0`.
 pub fn enabled() -> bool {
-    on()
-}
-
-fn on() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| sgemm::available() && std::env::var("SEG_WINOGRAD").map_or(true, |v| v != "0"))
 }
@@ -308,21 +304,10 @@ pub fn input_grad(g: &Geom, dy: &[f32], w: &[f32]) -> Vec<f32> {
         let src = &w[(ch * c + o) * 9..][..9];
         std::array::from_fn(|i| src[8 - i])
     });
-    let back = Geom {
-        n: g.n,
-        c: co,
-        h: g.ho,
-        w: g.wo,
-        co: c,
-        kh: 3,
-        kw: 3,
-        stride: 1,
-        pad: 2 - g.pad,
-        dil: 1,
-        ho: g.h,
-        wo: g.w,
-    };
-    debug_assert_eq!((g.ho + 2 * back.pad - 2, g.wo + 2 * back.pad - 2), (g.h, g.w));
+    // Its output is the layer's input: (Ho + 2·(2 − p) − 2) = H rows, likewise columns.
+    let back = Geom::conv((g.n, co, g.ho, g.wo), (c, co, 3, 3), 1, 2 - g.pad, 1)
+        .expect("a 3x3 stride-1 layer's output padded by 2 - p is at least 3 wide");
+    debug_assert_eq!((back.ho, back.wo), (g.h, g.w));
     forward_packed(&back, dy, &u, None)
 }
 
