@@ -66,6 +66,11 @@ pub struct ModelConfig {
     /// ImageNet weights (torchvision VGG16 keys) in safetensors.
     #[serde(default)]
     pub init_weights: Option<PathBuf>,
+    /// Start from another run's trained model: a run folder (or its checkpoint file) whose
+    /// weights and batch-norm statistics are copied in; heads and optimiser state start fresh.
+    /// Its model must be this run's model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -134,6 +139,10 @@ impl RunConfig {
         } else {
             anyhow::bail!("augment.crop is required (--crop WxH): batches need one size");
         }
+        anyhow::ensure!(
+            self.model.init_weights.is_none() || self.model.init_from.is_none(),
+            "model.init_weights and model.init_from are both set: a run starts from one of them"
+        );
         Ok(())
     }
 }

@@ -139,6 +139,9 @@ pub fn build_setup(
             r.skipped.len()
         );
     }
+    if let Some(from) = &cfg.model.init_from {
+        init_from_run(cfg, &vars, from, device)?;
+    }
     let stats = if matches!(cfg.method, MethodConfig::FcnWild(_)) {
         Some(source_fractions(&source)?)
     } else {
@@ -179,6 +182,13 @@ pub fn build_setup(
     } else {
         None
     };
+    // Adaptation runs end with AdaBN's re-estimation of the batch-norm statistics, over the
+    // same target batches as AdaBN.
+    let final_bn = if head.is_some() && backbone.has_batch_norm() && cfg.eval.adabn_batches > 0 {
+        Some((adabn_loader(cfg, device)?, cfg.eval.adabn_batches))
+    } else {
+        None
+    };
     let eval = match open(cfg, "val") {
         Ok(ds) => Some((ds, eval_setup(cfg, device), cfg.eval.protocol)),
         Err(e) => {
@@ -199,7 +209,55 @@ pub fn build_setup(
         device: device.clone(),
         resume,
         progress,
+        final_bn,
     })
+}
+
+/// The checkpoint file of a run folder (or the file itself).
+pub fn checkpoint_file(path: &Path) -> PathBuf {
+    if path.is_dir() {
+        path.join("checkpoint.safetensors")
+    } else {
+        path.to_path_buf()
+    }
+}
+
+/// Copies the model (weights and batch-norm statistics, no head, no optimiser state) of the run
+/// at `from` into `vars`, refusing a run of another model with both names.
+fn init_from_run(cfg: &RunConfig, vars: &VarMap, from: &Path, device: &Device) -> anyhow::Result<()> {
+    let file = checkpoint_file(from);
+    let ck = seg_train::checkpoint::load(&file, device).with_context(|| format!("--init-from {}", from.display()))?;
+    let theirs = RunConfig::parse(&ck.meta.config)
+        .with_context(|| format!("{}: config stored in the checkpoint", file.display()))?;
+    anyhow::ensure!(
+        theirs.model.name == cfg.model.name,
+        "--init-from {}: that run trained model `{}`, this run is model `{}`",
+        from.display(),
+        theirs.model.name,
+        cfg.model.name
+    );
+    let n = ck.restore_prefix(vars, "model")?;
+    tracing::info!(
+        "initialised {n} model tensors from {} (step {})",
+        file.display(),
+        ck.meta.step
+    );
+    Ok(())
+}
+
+/// The target batches AdaBN re-estimates batch-norm statistics over (also used at the end of
+/// every adaptation run, so both see the same images).
+pub fn adabn_loader(cfg: &RunConfig, device: &Device) -> anyhow::Result<Loader> {
+    let ds = Arc::new(open(cfg, "target-train")?);
+    Ok(Loader::new(
+        ds,
+        cfg.trainer.batch_size,
+        cfg.augment.clone(),
+        cfg.trainer.seed ^ 0xADAB,
+        Domain::Target,
+        device.clone(),
+    )
+    .with_labels(false))
 }
 
 pub fn eval_setup(cfg: &RunConfig, device: &Device) -> EvalSetup {
@@ -241,11 +299,7 @@ pub struct Trained {
 }
 
 pub fn load_trained(checkpoint: &Path, device: &Device) -> anyhow::Result<Trained> {
-    let file = if checkpoint.is_dir() {
-        checkpoint.join("checkpoint.safetensors")
-    } else {
-        checkpoint.to_path_buf()
-    };
+    let file = checkpoint_file(checkpoint);
     let ck = seg_train::checkpoint::load(&file, device)?;
     let cfg = RunConfig::parse(&ck.meta.config)
         .with_context(|| format!("{}: config stored in the checkpoint", file.display()))?;
@@ -265,16 +319,7 @@ pub fn load_trained(checkpoint: &Path, device: &Device) -> anyhow::Result<Traine
 pub fn adabn_from(cfg: &RunConfig, from_dir: &Path, run_dir: &Path, device: &Device) -> anyhow::Result<TrainOutcome> {
     let start = std::time::Instant::now();
     let trained = load_trained(from_dir, device)?;
-    let ds = Arc::new(open(cfg, "target-train")?);
-    let mut loader = Loader::new(
-        ds,
-        cfg.trainer.batch_size,
-        cfg.augment.clone(),
-        cfg.trainer.seed ^ 0xADAB,
-        Domain::Target,
-        device.clone(),
-    )
-    .with_labels(false);
+    let mut loader = adabn_loader(cfg, device)?;
     seg_train::reestimate_bn(trained.backbone.as_ref(), &mut loader, cfg.eval.adabn_batches)?;
     let data = trained
         .vars

@@ -133,4 +133,10 @@ pub trait AdaptationHead: Send + Sync {
     fn param_groups(&self) -> Vec<(String, ParamGroup, f64)>;
     /// Loss terms for one step. Terms of the discriminator group must see detached features.
     fn losses(&self, input: &HeadInput<'_>) -> Result<Vec<LossTerm>>;
+    /// Weight of the trainer's plain source cross-entropy (`seg`) while this head trains; a head
+    /// that takes part of the task loss itself (SAN, on generated features) lowers it so that
+    /// the segmenter sees one source cross-entropy in all. Default 1.
+    fn source_task_weight(&self) -> f64 {
+        1.0
+    }
 }

@@ -6,10 +6,17 @@
 //! sidewalks, terrain, fences, poles with signs and lights, trees, cars, trucks, buses, people,
 //! riders on two-wheelers), then rendered with a domain's look: the synthetic source is flat
 //! shaded with clean edges and a fixed colour per class; the "real" target shifts each class's
-//! colour part of the way toward another, adds procedural textures, a global colour cast and
-//! exposure change, shadows, blur and sensor noise, and moves the camera and the class
-//! frequencies a little. The same settings serve every method; adaptation never reads target
-//! train labels.
+//! colour part of the way toward another (never so far that it lands nearer another class's
+//! source colour: see [`target_palette`]), adds procedural textures, a per-image exposure and
+//! white balance, shadows, blur and sensor noise, sees everything through one fixed camera
+//! response, and moves the camera and the class frequencies a little. The same settings serve
+//! every method; adaptation never reads target train labels.
+//!
+//! Version 2 (this one) against version 1: the per-class colour shift is capped per class so that
+//! no target class colour lies nearer another class's source colour (in version 1, 9 of 18 classes
+//! did, a label swap that no unsupervised method can undo); a fixed camera response (white balance
+//! and gamma) was added to the target; poles, signs, lights, people, riders and two-wheelers are
+//! drawn at least 4 pixels wide at the stored size (2 at the demo's training scale).
 
 use std::path::{Path, PathBuf};
 
@@ -22,7 +29,7 @@ use seg_labels::{DatasetKind, LabelMap, IGNORE};
 use crate::error::DataError;
 
 /// Version of the generator; bumped whenever the bytes it writes change.
-pub const GENERATOR_VERSION: u32 = 1;
+pub const GENERATOR_VERSION: u32 = 2;
 
 /// Benchmark size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -130,8 +137,12 @@ struct Layout {
 /// How a domain renders a class.
 #[derive(Debug, Clone, Copy)]
 struct Look {
-    /// Fraction of the way each class colour moves toward its "real" colour.
+    /// Largest fraction of the way a class colour moves toward its "real" colour (capped per
+    /// class by [`target_palette`]).
     shift: f32,
+    /// A fixed camera response: per-channel gain and gamma (1 = none).
+    camera_gain: [f32; 3],
+    camera_gamma: f32,
     /// Amplitude of per-object colour jitter.
     tint: f32,
     /// Procedural texture strength (0 = flat).
@@ -206,6 +217,8 @@ impl Domain {
         match self {
             Domain::Gta5 => Look {
                 shift: 0.0,
+                camera_gain: [1.0; 3],
+                camera_gamma: 1.0,
                 tint: 0.07,
                 texture: 0.0,
                 cast: 0.0,
@@ -215,6 +228,8 @@ impl Domain {
             },
             Domain::Synthia => Look {
                 shift: 0.1,
+                camera_gain: [1.0; 3],
+                camera_gamma: 1.0,
                 tint: 0.09,
                 texture: 0.25,
                 cast: 0.15,
@@ -224,6 +239,8 @@ impl Domain {
             },
             Domain::Target => Look {
                 shift: 0.45,
+                camera_gain: [1.08, 1.0, 0.9],
+                camera_gamma: 0.9,
                 tint: 0.12,
                 texture: 1.0,
                 cast: 1.0,
@@ -285,6 +302,59 @@ fn real_color(id: u8) -> [f32; 3] {
         EGO => [30.0, 35.0, 40.0],
         _ => [0.0, 0.0, 0.0],
     }
+}
+
+/// The classes the scene drawer paints that count in evaluation (the ego vehicle is ignored).
+pub const DRAWN_CLASSES: [u8; 18] = [
+    ROAD, SIDEWALK, BUILDING, WALL, FENCE, POLE, LIGHT, SIGN, VEGETATION, TERRAIN, SKY, PERSON, RIDER, CAR, TRUCK, BUS,
+    MOTORCYCLE, BICYCLE,
+];
+
+/// A shifted class colour stays at most this fraction of its distance to the nearest other
+/// class's source colour away from its own source colour.
+pub const NEAREST_RATIO: f32 = 0.6;
+
+fn distance(a: [f32; 3], b: [f32; 3]) -> f32 {
+    ((a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2) + (a[2] - b[2]).powi(2)).sqrt()
+}
+
+/// The base colour of `id` in a domain whose largest shift is `max_shift`: the source colour
+/// moved toward the class's "real" colour by the largest fraction `k <= max_shift` (in steps of
+/// 0.01) for which it stays within [`NEAREST_RATIO`] of the distance to every other class's
+/// source colour. So every class keeps its own source colour as the nearest one: a colour shift
+/// that feature alignment can undo, never a label swap.
+pub fn shifted_color(id: u8, max_shift: f32) -> [f32; 3] {
+    let (src, real) = (source_color(id), real_color(id));
+    let at = |k: f32| std::array::from_fn(|c| src[c] + (real[c] - src[c]) * k);
+    if !DRAWN_CLASSES.contains(&id) {
+        return at(max_shift);
+    }
+    let steps = (max_shift.max(0.0) * 100.0).round() as u32;
+    let mut best = src;
+    for i in 1..=steps {
+        let t = at(i as f32 / 100.0);
+        let own = distance(t, src);
+        let other = DRAWN_CLASSES
+            .iter()
+            .filter(|&&o| o != id)
+            .map(|&o| distance(t, source_color(o)))
+            .fold(f32::INFINITY, f32::min);
+        if own > NEAREST_RATIO * other {
+            break;
+        }
+        best = t;
+    }
+    best
+}
+
+/// `(id, source colour, target base colour)` of every evaluated class, as the generator draws
+/// them (before per-object jitter, textures, exposure, camera and noise).
+pub fn target_palette() -> Vec<(u8, [f32; 3], [f32; 3])> {
+    let shift = Domain::Target.look().shift;
+    DRAWN_CLASSES
+        .iter()
+        .map(|&id| (id, source_color(id), shifted_color(id, shift)))
+        .collect()
 }
 
 /// A drawn scene: label ids, instance ids, and per-pixel object index.
@@ -362,6 +432,8 @@ fn draw_scene(w: usize, h: usize, layout: &Layout, look: &Look, rng: &mut Rng) -
     let yh = hf * rng.range_f32(layout.horizon.0, layout.horizon.1);
     let vx = wf * rng.range_f32(0.35, 0.65);
     let tint = look.tint;
+    // Thin things are at least this wide: 4 pixels at 256 wide, 2 at the demo's training scale.
+    let min_w = wf / 64.0;
 
     let sky = s.object(SKY, rng, tint * 0.5);
     s.rect(0.0, 0.0, wf, yh + 1.0, sky);
@@ -450,7 +522,7 @@ fn draw_scene(w: usize, h: usize, layout: &Layout, look: &Look, rng: &mut Rng) -
         let (cx, half, walk) = edge(y);
         let px = cx + side * (half + walk * 0.6);
         let ph = hf * (0.15 + 0.5 * t);
-        let pw = (0.8 + 2.5 * t).max(1.0);
+        let pw = (0.8 + 2.5 * t).max(min_w);
         let p = s.object(POLE, rng, tint * 0.5);
         s.rect(px - pw * 0.5, y - ph, px + pw * 0.5, y, p);
         if rng.chance(0.5) {
@@ -524,17 +596,19 @@ fn draw_scene(w: usize, h: usize, layout: &Layout, look: &Look, rng: &mut Rng) -
                 let px = cx + side * (half + walk * rng.range_f32(0.2, 0.9));
                 let ph = scale * 0.55;
                 let p = s.object(PERSON, rng, tint * 1.5);
-                s.rect(px - ph * 0.12, y - ph * 0.85, px + ph * 0.12, y, p);
-                s.ellipse(px, y - ph * 0.9, ph * 0.09, ph * 0.1, p);
+                let half_w = (ph * 0.12).max(min_w * 0.5);
+                s.rect(px - half_w, y - ph * 0.85, px + half_w, y, p);
+                s.ellipse(px, y - ph * 0.9, half_w * 0.75, ph * 0.1, p);
             }
             Thing::Rider(kind) => {
                 let px = cx + rng.range_f32(0.5, 0.95) * half * if rng.chance(0.5) { -1.0 } else { 1.0 };
                 let ph = scale * 0.6;
                 let b = s.object(kind, rng, tint);
-                s.rect(px - ph * 0.3, y - ph * 0.35, px + ph * 0.3, y, b);
+                s.rect(px - (ph * 0.3).max(min_w), y - ph * 0.35, px + (ph * 0.3).max(min_w), y, b);
                 let r = s.object(RIDER, rng, tint * 1.5);
-                s.rect(px - ph * 0.1, y - ph * 0.85, px + ph * 0.1, y - ph * 0.3, r);
-                s.ellipse(px, y - ph * 0.9, ph * 0.08, ph * 0.09, r);
+                let half_w = (ph * 0.1).max(min_w * 0.5);
+                s.rect(px - half_w, y - ph * 0.85, px + half_w, y - ph * 0.3, r);
+                s.ellipse(px, y - ph * 0.9, half_w * 0.8, ph * 0.09, r);
             }
         }
     }
@@ -630,13 +704,22 @@ fn render(scene: &Scene, look: &Look, rng: &mut Rng) -> RgbImage {
         let width = rng.range_f32(0.2, 0.5) * w as f32;
         (x0, slope, width, rng.range_f32(0.45, 0.7))
     });
+    // Base colour per label id, computed once.
+    let base_colors: Vec<[f32; 3]> = (0..=u8::MAX).map(|id| shifted_color(id, look.shift)).collect();
+    let camera = |v: f32, c: usize| -> f32 {
+        if look.camera_gamma == 1.0 && look.camera_gain[c] == 1.0 {
+            v
+        } else {
+            255.0 * (v * look.camera_gain[c] / 255.0).clamp(0.0, 1.0).powf(look.camera_gamma)
+        }
+    };
     let mut px = vec![0f32; w * h * 3];
     for y in 0..h {
         for x in 0..w {
             let i = y * w + x;
             let (id, jitter, _) = scene.object_info[scene.objects[i] as usize];
             let id = if scene.objects[i] == 0 { scene.ids[i] } else { id };
-            let (src, real) = (source_color(id), real_color(id));
+            let base = base_colors[id as usize];
             let t = if look.texture > 0.0 {
                 look.texture * texture(id, x as f32, y as f32, w as f32, tex_seed)
             } else {
@@ -650,9 +733,8 @@ fn render(scene: &Scene, look: &Look, rng: &mut Rng) -> RgbImage {
                 }
             }
             for c in 0..3 {
-                let base = src[c] + (real[c] - src[c]) * look.shift;
-                let v = (base * (1.0 + jitter[c]) + t) * shade;
-                px[i * 3 + c] = v * gains[c] + offset;
+                let v = (base[c] * (1.0 + jitter[c]) + t) * shade;
+                px[i * 3 + c] = camera(v * gains[c] + offset, c);
             }
         }
     }

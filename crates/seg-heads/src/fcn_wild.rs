@@ -8,8 +8,8 @@ use seg_nn::lambda_schedule;
 
 use crate::discriminator::{CellDiscriminator, DiscriminatorSpec};
 use crate::error::{check_range, require_tap, HeadError};
-use crate::ops::stream;
-use crate::size::SizeConstraints;
+use crate::ops::{stream, Presence};
+use crate::size::{SizeConstraints, SizePenalty};
 use seg_nn::bce_with_logits_per_element;
 
 const METHOD: &str = "fcn-wild";
@@ -34,6 +34,14 @@ pub struct FcnWildConfig {
     /// A class counts as present when its predicted fraction exceeds `presence_factor · alpha_c`.
     /// Default 0.1 (paper).
     pub presence_factor: f64,
+    /// Which predicted fraction the presence test reads. Default `argmax` (ours: the softmax
+    /// gives every class some mass, so with the paper's soft fractions nearly every class
+    /// counts as present in every image and is pushed up to its lower bound).
+    pub presence: Presence,
+    /// Lower bound `delta_c - lower_slack · (delta_c - alpha_c)` (the paper: the mean `delta_c`
+    /// "with slack", not published). Default 1, the 10th percentile `alpha_c` (ours: the source
+    /// means of all classes sum to more than 1, so they cannot all hold at once).
+    pub lower_slack: f64,
     /// Classes with `alpha_c` above this have their size gradient scaled. Default 0.1 (paper).
     pub large_alpha: f64,
     /// The gradient scale of those classes. Default 0.1 (paper).
@@ -59,6 +67,8 @@ impl Default for FcnWildConfig {
             ga_weight: 1.0,
             size_weight: 0.1,
             presence_factor: 0.1,
+            presence: Presence::Argmax,
+            lower_slack: 1.0,
             large_alpha: 0.1,
             large_grad_scale: 0.1,
             ramp: true,
@@ -79,6 +89,7 @@ impl FcnWildConfig {
         check_range(METHOD, "ga_weight", self.ga_weight, 0.0, f64::MAX)?;
         check_range(METHOD, "size_weight", self.size_weight, 0.0, f64::MAX)?;
         check_range(METHOD, "presence_factor", self.presence_factor, 0.0, f64::MAX)?;
+        check_range(METHOD, "lower_slack", self.lower_slack, 0.0, 1.0)?;
         check_range(METHOD, "large_alpha", self.large_alpha, 0.0, 1.0)?;
         check_range(METHOD, "large_grad_scale", self.large_grad_scale, 0.0, 1.0)?;
         check_range(METHOD, "gamma", self.gamma, 0.0, f64::MAX)?;
@@ -174,12 +185,14 @@ impl AdaptationHead for FcnWildHead {
         // (BCE(x, y) + BCE(x, 1 - y)) / 2 = BCE(x, 0.5): the confusion target.
         let conf =
             ((self.disc_mean(s, 0.5, step, 2)? + self.disc_mean(t, 0.5, step, 3)?)? * (0.5 * self.cfg.ga_weight * w))?;
-        let size = self.sizes.penalty(
-            input.target.logits()?,
-            self.cfg.presence_factor,
-            self.cfg.large_alpha,
-            self.cfg.large_grad_scale,
-        )?;
+        let opts = SizePenalty {
+            presence_factor: self.cfg.presence_factor,
+            presence: self.cfg.presence,
+            lower_slack: self.cfg.lower_slack,
+            large_alpha: self.cfg.large_alpha,
+            large_grad_scale: self.cfg.large_grad_scale,
+        };
+        let size = self.sizes.penalty(input.target.logits()?, &opts)?;
         let size = (size * (self.cfg.size_weight * w))?;
         Ok(vec![
             LossTerm {

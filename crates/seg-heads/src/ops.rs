@@ -5,6 +5,27 @@
 use candle_core::{DType, Result, Tensor, D};
 use seg_core::Rng;
 
+/// How a head reads a class's presence off a (detached) target prediction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Presence {
+    /// The softmax probabilities (the papers).
+    Soft,
+    /// The one-hot of the predicted class: a class is present only where it is predicted.
+    Argmax,
+}
+
+impl Presence {
+    /// Per-pixel presence `N×C×H×W` from logits `N×C×H×W` (no gradient).
+    pub fn of(self, logits: &Tensor) -> Result<Tensor> {
+        let logits = logits.detach();
+        match self {
+            Presence::Soft => seg_nn::loss::softmax_channels(&logits),
+            Presence::Argmax => one_hot(&logits.argmax(1)?, logits.dim(1)?, logits.dtype()),
+        }
+    }
+}
+
 /// `N×H×W` integer labels to an `N×classes×H×W` one-hot map in `dtype`; pixels with a label
 /// outside `0..classes` (the ignore label included) are all zeros.
 pub fn one_hot(labels: &Tensor, classes: usize, dtype: DType) -> Result<Tensor> {

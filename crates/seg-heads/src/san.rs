@@ -53,10 +53,14 @@ pub struct SanConfig {
     pub adv_weight: f64,
     /// Weight of the task loss on generated features. Default 1 (ours; not published).
     pub alpha: f64,
-    /// Weight of the adversarial loss for the segmenter (term `san_adv`; omitted at 0). The
-    /// paper also updates conv1..conv5 with the adversarial loss (equivalent to 1); default 0
-    /// (ours: only the generator chases the discriminator).
+    /// Weight of the adversarial loss for the segmenter (term `san_adv`; omitted at 0): the
+    /// paper also updates conv1..conv5 with the adversarial loss. Default 1 (paper).
     pub segmenter_adv_weight: f64,
+    /// Share of the segmenter's source task loss taken on generated features: the trainer's
+    /// plain source cross-entropy is weighted `1 - share` and `san_task` (on `f'`) `share`, so
+    /// the segmenter sees one source cross-entropy in all, as in every other method. Default 0.5
+    /// (ours; the paper sums both terms without weights).
+    pub generated_task_share: f64,
     /// Learning-rate multiplier of the generator. Default 1 (ours).
     pub gen_lr_mult: f64,
     /// Learning-rate multiplier of the discriminator. Default 1 (ours).
@@ -79,7 +83,8 @@ impl Default for SanConfig {
             disc_dropout: 0.0,
             adv_weight: 1.0,
             alpha: 1.0,
-            segmenter_adv_weight: 0.0,
+            segmenter_adv_weight: 1.0,
+            generated_task_share: 0.5,
             gen_lr_mult: 1.0,
             disc_lr_mult: 1.0,
             seed: 0,
@@ -101,6 +106,7 @@ impl SanConfig {
         check_range(METHOD, "adv_weight", self.adv_weight, 0.0, f64::MAX)?;
         check_range(METHOD, "alpha", self.alpha, 0.0, f64::MAX)?;
         check_range(METHOD, "segmenter_adv_weight", self.segmenter_adv_weight, 0.0, f64::MAX)?;
+        check_range(METHOD, "generated_task_share", self.generated_task_share, 0.0, 1.0)?;
         check_range(METHOD, "gen_lr_mult", self.gen_lr_mult, 0.0, f64::MAX)?;
         check_range(METHOD, "disc_lr_mult", self.disc_lr_mult, 0.0, f64::MAX)
     }
@@ -193,21 +199,24 @@ impl SanGenerator {
 /// instead of the paper's fully connected one, so any crop size works).
 ///
 /// With `f' = conv5(source) + G(conv1(source), z)` and `z ~ U(-1, 1)` drawn from
-/// `Rng::derive(seed, [step, 0])`, the terms are:
+/// `Rng::derive(seed, [step, 0])`, the terms are (`share` = `generated_task_share`):
 /// - `san_disc` (Discriminator): mean of BCE(D(target conv5), 1) and BCE(D(f'), 0), both
 ///   **detached**.
-/// - `gen_adv` (Generator): `adv_weight · BCE(D(f'), 1)` (non-saturating: fool D).
-/// - `gen_task` (Generator): `alpha · CE(backbone.forward_from(source, conv5, f'), labels)`.
-/// - `san_task` (Segmenter): the same tensor as `gen_task`, so the classifier and conv1..conv5
-///   also learn from generated features (the plain source CE is the trainer's `seg` term).
+/// - `gen_adv` (Generator): `adv_weight · BCE(D(f'), 1)` (non-saturating: fool D), with conv1
+///   and conv5 **detached**: only the generator's own graph is differentiated.
+/// - `gen_task` (Generator): `alpha · CE(backbone.forward_from(source, conv5, f'), labels)`,
+///   conv1 and conv5 detached likewise.
+/// - `san_task` (Segmenter): `share · alpha ·` the same cross-entropy with the generator's
+///   residual **detached**, so the classifier and conv1..conv5 learn from generated features;
+///   the trainer weights its plain source cross-entropy `1 - share`
+///   ([`AdaptationHead::source_task_weight`]).
 /// - `san_adv` (Segmenter, only when `segmenter_adv_weight > 0`): `segmenter_adv_weight ·
-///   BCE(D(f'), 1)`, the paper's adversarial update of conv1..conv5.
+///   BCE(D(f'), 1)` with the residual detached: the paper's adversarial update of conv1..conv5.
 ///
-/// Each term's gradient reaches other groups' variables too (e.g. `gen_task` reaches the
-/// backbone), but the trainer steps only the tagged group's optimizer with it, which gives the
-/// paper's alternation: D on `san_disc`; G on `gen_adv + gen_task`; the segmenter on
-/// `seg + san_task (+ san_adv)`. `forward_from` runs in training mode, so the backbone's batch
-/// norm also sees (and updates its running statistics with) the generated features.
+/// This is the paper's alternation: D on `san_disc`; G on `gen_adv + gen_task`; the segmenter
+/// on `seg + san_task + san_adv`. The extra passes through the backbone's layers after conv5
+/// (`forward_from`) run in training mode; the trainer freezes the batch-norm running statistics
+/// while a head computes its terms, so generated features never enter the test-time statistics.
 pub struct SanHead {
     cfg: SanConfig,
     gen: SanGenerator,
@@ -260,15 +269,19 @@ impl SanHead {
 
     /// `f' = conv5 + G(conv1, z)` for a batch's features at `step`.
     pub fn generated(&self, feats: &seg_core::Features, step: usize) -> Result<Tensor> {
-        let c1 = feats.get(FeatureTap::Conv1)?;
         let c5 = feats.get(FeatureTap::Conv5)?;
+        c5 + self.residual(feats.get(FeatureTap::Conv1)?, c5, step)?
+    }
+
+    /// `G(conv1, z)` on conv5's grid.
+    fn residual(&self, c1: &Tensor, c5: &Tensor, step: usize) -> Result<Tensor> {
         let (_, _, h5, w5) = c5.dims4()?;
         let (_, _, h1, w1) = c1.dims4()?;
         if h1 < h5 || w1 < w5 {
             candle_core::bail!("san: conv1 ({h1}x{w1}) is coarser than conv5 ({h5}x{w5})");
         }
         let z = self.noise(c1, step)?;
-        c5 + self.gen.forward(c1, &z, (h5, w5), true)?
+        self.gen.forward(c1, &z, (h5, w5), true)
     }
 
     fn disc_mean(&self, x: &Tensor, target: f64, step: usize, site: u64) -> Result<Tensor> {
@@ -299,16 +312,24 @@ impl AdaptationHead for SanHead {
 
     fn losses(&self, input: &HeadInput<'_>) -> Result<Vec<LossTerm>> {
         let step = input.step.step;
-        let fake = self.generated(input.source, step)?;
+        let c1 = input.source.get(FeatureTap::Conv1)?;
+        let c5 = input.source.get(FeatureTap::Conv5)?;
+        // The generator's terms see detached backbone features (no wasted backward pass into
+        // the backbone); the segmenter's terms see a detached residual.
+        let residual = self.residual(&c1.detach(), c5, step)?;
+        let fake_gen = (c5.detach() + &residual)?;
+        let fake_seg = (c5 + residual.detach())?;
         let real = input.target.get(FeatureTap::Conv5)?;
 
-        let disc =
-            ((self.disc_mean(&real.detach(), 1.0, step, 1)? + self.disc_mean(&fake.detach(), 0.0, step, 2)?)? * 0.5)?;
-        let fool = self.disc_mean(&fake, 1.0, step, 3)?;
-        let logits = input
-            .backbone
-            .forward_from(input.source, FeatureTap::Conv5, &fake, true)?;
-        let task = (cross_entropy_ignore(&logits, input.source_labels, IGNORE as u32)? * self.cfg.alpha)?;
+        let disc = ((self.disc_mean(&real.detach(), 1.0, step, 1)? + self.disc_mean(&fake_gen.detach(), 0.0, step, 2)?)?
+            * 0.5)?;
+        let fool = self.disc_mean(&fake_gen, 1.0, step, 3)?;
+        let task = |fake: &Tensor| -> Result<Tensor> {
+            let logits = input.backbone.forward_from(input.source, FeatureTap::Conv5, fake, true)?;
+            cross_entropy_ignore(&logits, input.source_labels, IGNORE as u32)? * self.cfg.alpha
+        };
+        let gen_task = task(&fake_gen)?;
+        let san_task = (task(&fake_seg)? * self.cfg.generated_task_share)?;
 
         let mut terms = vec![
             LossTerm {
@@ -323,22 +344,27 @@ impl AdaptationHead for SanHead {
             },
             LossTerm {
                 name: "gen_task",
-                value: task.clone(),
+                value: gen_task,
                 group: ParamGroup::Generator,
             },
             LossTerm {
                 name: "san_task",
-                value: task,
+                value: san_task,
                 group: ParamGroup::Segmenter,
             },
         ];
         if self.cfg.segmenter_adv_weight > 0.0 {
+            let fool_seg = self.disc_mean(&fake_seg, 1.0, step, 3)?;
             terms.push(LossTerm {
                 name: "san_adv",
-                value: (fool * self.cfg.segmenter_adv_weight)?,
+                value: (fool_seg * self.cfg.segmenter_adv_weight)?,
                 group: ParamGroup::Segmenter,
             });
         }
         Ok(terms)
+    }
+
+    fn source_task_weight(&self) -> f64 {
+        1.0 - self.cfg.generated_task_share
     }
 }

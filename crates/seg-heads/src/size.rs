@@ -5,6 +5,25 @@
 use candle_core::{Result, Tensor, D};
 use seg_core::{IGNORE, NUM_CLASSES};
 
+use crate::ops::Presence;
+
+/// How [`SizeConstraints::penalty`] applies the bounds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SizePenalty {
+    /// A class counts as present when its predicted fraction exceeds `presence_factor ·
+    /// alpha_c` (paper: 0.1).
+    pub presence_factor: f64,
+    /// Which predicted fraction the presence test reads: the argmax's (hard) or the softmax's.
+    pub presence: Presence,
+    /// Lower bound `delta_c - lower_slack · (delta_c - alpha_c)`: 0 = the mean, 1 = the 10th
+    /// percentile.
+    pub lower_slack: f64,
+    /// Classes with `alpha_c` above this have their gradient scaled (paper: 0.1)...
+    pub large_alpha: f64,
+    /// ...by this (paper: 0.1).
+    pub large_grad_scale: f64,
+}
+
 /// Per-class statistics of the fraction of an image's labelled pixels that belong to the class,
 /// over the source images that contain the class: `alpha` = 10th percentile, `delta` = mean,
 /// `gamma` = 90th percentile. Classes found in no image have `present = false` and zeros, and
@@ -75,21 +94,16 @@ impl SizeConstraints {
     /// averaged over images.
     ///
     /// Per image, the soft predicted fraction of class `c` is the mean of its softmax over the
-    /// pixels. A class counts as present when that fraction exceeds `presence_factor · alpha_c`
-    /// (paper: 0.1); a present class pays `relu(delta_c - frac) + relu(frac - gamma_c)`. Classes
-    /// with `alpha_c > large_alpha` (paper: 0.1) have their gradient scaled by `large_grad_scale`
-    /// (paper: 0.1); the value is unscaled.
+    /// pixels. A class counts as present when its predicted fraction (`opts.presence`: of the
+    /// argmax map or of the softmax) exceeds `presence_factor · alpha_c`; a present class pays
+    /// `relu(lower_c - frac) + relu(frac - gamma_c)` on the soft fraction, with `lower_c =
+    /// delta_c - lower_slack · (delta_c - alpha_c)`. Classes with `alpha_c > large_alpha` have
+    /// their gradient scaled by `large_grad_scale`; the value is unscaled.
     ///
     /// This is the accepted simplification of the paper's constrained multiple-instance
     /// learning, which instead solves for a latent target label map satisfying the same bounds
     /// (CCNN style) and trains on it with cross-entropy.
-    pub fn penalty(
-        &self,
-        logits: &Tensor,
-        presence_factor: f64,
-        large_alpha: f64,
-        large_grad_scale: f64,
-    ) -> Result<Tensor> {
+    pub fn penalty(&self, logits: &Tensor, opts: &SizePenalty) -> Result<Tensor> {
         let (n, c, _, _) = logits.dims4()?;
         if c != NUM_CLASSES {
             candle_core::bail!("size constraints cover {NUM_CLASSES} classes, logits have {c}");
@@ -99,12 +113,16 @@ impl SizeConstraints {
         let row = |v: Vec<f32>| Tensor::from_vec(v, (1, c), dev)?.to_dtype(dt);
         let prob = seg_nn::loss::softmax_channels(logits)?;
         let frac = prob.flatten_from(2)?.mean(D::Minus1)?; // N × C
+        let seen = match opts.presence {
+            Presence::Soft => frac.detach(),
+            Presence::Argmax => opts.presence.of(logits)?.flatten_from(2)?.mean(D::Minus1)?,
+        };
         let scale = row(self
             .alpha
             .iter()
             .map(|&a| {
-                if a as f64 > large_alpha {
-                    large_grad_scale as f32
+                if a as f64 > opts.large_alpha {
+                    opts.large_grad_scale as f32
                 } else {
                     1.0
                 }
@@ -114,17 +132,19 @@ impl SizeConstraints {
         let threshold = row(self
             .alpha
             .iter()
-            .map(|&a| (a as f64 * presence_factor) as f32)
+            .map(|&a| (a as f64 * opts.presence_factor) as f32)
             .collect())?;
         let known = row(self.present.iter().map(|&p| if p { 1.0 } else { 0.0 }).collect())?;
-        let present = frac
-            .detach()
-            .broadcast_gt(&threshold)?
-            .to_dtype(dt)?
-            .broadcast_mul(&known)?;
-        let delta = row(self.delta.to_vec())?;
+        let present = seen.broadcast_gt(&threshold)?.to_dtype(dt)?.broadcast_mul(&known)?;
+        let slack = opts.lower_slack as f32;
+        let lower = row(self
+            .delta
+            .iter()
+            .zip(&self.alpha)
+            .map(|(&d, &a)| d - slack * (d - a))
+            .collect())?;
         let gamma = row(self.gamma.to_vec())?;
-        let below = frac_scaled.broadcast_sub(&delta)?.neg()?.relu()?;
+        let below = frac_scaled.broadcast_sub(&lower)?.neg()?.relu()?;
         let above = frac_scaled.broadcast_sub(&gamma)?.relu()?;
         ((below + above)? * present)?
             .sum_all()?

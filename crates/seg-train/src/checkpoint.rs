@@ -152,6 +152,36 @@ impl Checkpoint {
         Ok(())
     }
 
+    /// Copies the stored values of the variables of `vars` whose names start with `prefix.`
+    /// (e.g. the model's weights and batch-norm statistics, without a head or optimiser state),
+    /// refusing missing names and wrong shapes before changing anything. Returns how many were
+    /// copied.
+    pub fn restore_prefix(&self, vars: &candle_nn::VarMap, prefix: &str) -> Result<usize, TrainError> {
+        let data = vars.data().lock().map_err(|_| bad(&self.path, "poisoned var map"))?;
+        let dotted = format!("{prefix}.");
+        let mine: Vec<(&String, &candle_core::Var)> = data.iter().filter(|(n, _)| n.starts_with(&dotted)).collect();
+        for (name, var) in &mine {
+            let t = self
+                .tensors
+                .get(*name)
+                .ok_or_else(|| bad(&self.path, format!("variable `{name}` missing: the checkpoint is for another model")))?;
+            if t.dims() != var.dims() {
+                return Err(bad(
+                    &self.path,
+                    format!(
+                        "variable `{name}` has shape {:?}, the model expects {:?}",
+                        t.dims(),
+                        var.dims()
+                    ),
+                ));
+            }
+        }
+        for (name, var) in &mine {
+            var.set(&self.tensors[*name].to_dtype(var.dtype())?)?;
+        }
+        Ok(mine.len())
+    }
+
     /// Optimiser state of one group (keys with the group prefix stripped).
     pub fn optimizer_state(&self, group: &str) -> HashMap<String, Tensor> {
         let prefix = format!("optim.{group}.");

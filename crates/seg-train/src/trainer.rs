@@ -35,6 +35,11 @@ pub struct TrainSetup {
     pub device: Device,
     pub resume: bool,
     pub progress: bool,
+    /// After the last step, re-estimate the batch-norm statistics over this many batches of
+    /// this target loader, exactly as AdaBN does ([`crate::reestimate_bn`]), before the final
+    /// checkpoint and evaluation. The adaptation runs use it so that they end with the same
+    /// test-time statistics procedure (and the same target batches) as AdaBN.
+    pub final_bn: Option<(Loader, usize)>,
 }
 
 /// What a finished run produced.
@@ -230,9 +235,11 @@ impl Trainer {
             bb.set_bn_momentum(Some(0.0), false)?;
         }
         let src_f = bb.forward_taps(&src.images, true, &head_taps)?;
+        let task_weight = self.s.head.as_ref().map_or(1.0, |h| h.source_task_weight());
+        let seg = cross_entropy_ignore(src_f.logits()?, &labels, seg_labels::IGNORE as u32)?;
         let mut terms = vec![LossTerm {
             name: "seg",
-            value: cross_entropy_ignore(src_f.logits()?, &labels, seg_labels::IGNORE as u32)?,
+            value: if task_weight == 1.0 { seg } else { (seg * task_weight)? },
             group: ParamGroup::Segmenter,
         }];
         if let (Some(head), Some(target)) = (self.s.head.as_ref(), self.s.target.as_mut()) {
@@ -241,6 +248,11 @@ impl Trainer {
             }
             let tgt = target.next_batch()?;
             let tgt_f = bb.forward_taps(&tgt.images, true, &head_taps)?;
+            if cfg.bn_stats == BnStats::Target && bb.has_batch_norm() {
+                // Passes a head makes on its own (SAN's generated features through fc7) must
+                // not move the target statistics.
+                bb.set_bn_momentum(Some(0.0), false)?;
+            }
             let input = HeadInput {
                 backbone: bb,
                 source: &src_f,
@@ -358,6 +370,11 @@ impl Trainer {
             }
         }
         bar.finish_and_clear();
+        if self.step == total {
+            if let Some((loader, batches)) = self.s.final_bn.as_mut() {
+                crate::infer::reestimate_bn(self.s.backbone.as_ref(), loader, *batches)?;
+            }
+        }
         self.save_checkpoint()?;
         if self.s.eval.is_some() && self.step == total {
             last_eval = self.evaluate_now()?;

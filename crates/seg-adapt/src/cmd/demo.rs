@@ -1,8 +1,12 @@
 //! `seg-adapt demo`: the README's main command. Generates the embedded benchmark if absent,
-//! trains source-only, AdaBN, oracle and every adaptation method with identical data, steps and
-//! seeds, evaluates each on the target val split, and writes `report.md`, `report.json` and a
-//! picture comparing the methods' predictions on the same target images. Finished runs are
-//! reused, so an interrupted demo continues where it stopped.
+//! then, per seed, follows the field's protocol of adapting a trained source model: one
+//! source-only pretraining run shared by every arm, then each arm continues from it for the same
+//! number of steps (source-only with the task loss alone, AdaBN taken from that, each
+//! adaptation method with its head); the oracle trains from scratch on target labels for the
+//! same total. Every run is evaluated on the target val split; `report.md`, `report.json` and a
+//! picture comparing the methods' predictions are written, with each method's paired per-seed
+//! difference to AdaBN and to source-only (arms of one seed share the initial model and the
+//! batches). Finished runs are reused, so an interrupted demo continues where it stopped.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -27,12 +31,21 @@ pub struct Args {
     /// Seeds per method.
     #[arg(long)]
     pub seeds: Option<usize>,
-    /// Training steps per run (default: 120, or 25 with --quick).
+    /// Source-only pretraining steps shared by every arm of a seed (default: 300, or 40 with
+    /// --quick).
+    #[arg(long)]
+    pub pretrain_steps: Option<usize>,
+    /// Steps of each arm after pretraining (default: 60, or 10 with --quick); the oracle trains
+    /// from scratch for pretrain + these.
     #[arg(long)]
     pub steps: Option<usize>,
+    /// Seed of the generated benchmark: other seeds are other instances of the same benchmark.
+    #[arg(long, default_value_t = 0)]
+    pub data_seed: u64,
     /// Comma-separated subset of methods (default: all).
     #[arg(long, value_delimiter = ',')]
     pub methods: Option<Vec<String>>,
+    /// `cpu` or `cuda` (a build with `--features cuda`).
     #[arg(long, default_value = "cpu")]
     pub device: String,
 }
@@ -48,6 +61,9 @@ pub const METHODS: [&str; 7] = [
     "san",
 ];
 
+/// Where the source-only pretraining of each seed goes (under `runs/`).
+const PRETRAIN: &str = "pretrain";
+
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct RunResult {
     method: String,
@@ -55,6 +71,13 @@ struct RunResult {
     miou: Option<f64>,
     class_iou: serde_json::Value,
     seconds: f64,
+    /// The benchmark instance the run trained on.
+    #[serde(default)]
+    data_seed: u64,
+    /// Digest of the checkpoint the run started from (`model.init_from`); a finished run is
+    /// reused only when it is unchanged.
+    #[serde(default)]
+    init_digest: Option<String>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -64,8 +87,34 @@ struct Summary {
     n: usize,
 }
 
-/// The demo's run configuration for one method and seed.
-pub fn demo_config(data: &Path, preset: Preset, method: &str, seed: u64, steps: usize) -> anyhow::Result<RunConfig> {
+/// The demo's schedule: source-only pretraining shared by every arm, then each arm's own steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Phases {
+    pub pretrain: usize,
+    pub adapt: usize,
+}
+
+/// Which run of the protocol a configuration is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Source-only from scratch, shared by every arm of a seed.
+    Pretrain,
+    /// One arm, continuing from the pretraining run in `init` (the oracle trains from scratch
+    /// for pretrain + adapt steps instead).
+    Arm,
+}
+
+/// The demo's run configuration for one method, seed and phase. `init` is the pretraining run
+/// folder the arms start from.
+pub fn demo_config(
+    data: &Path,
+    preset: Preset,
+    method: &str,
+    seed: u64,
+    phases: Phases,
+    phase: Phase,
+    init: &Path,
+) -> anyhow::Result<RunConfig> {
     let (gta, _, cs) = toy::paths(data);
     let s = preset.sizes();
     // Train at 64x128 whatever the stored size; evaluation upsamples to full resolution.
@@ -77,11 +126,19 @@ pub fn demo_config(data: &Path, preset: Preset, method: &str, seed: u64, steps: 
         c.width = 8;
         c.blocks = 1;
     }
+    // Pretraining and the oracle train from scratch at the demo's learning rate; the arms
+    // continue from the pretrained model at a fifth of it (both decay to 0 with the poly rule).
+    let (steps, lr, init_from) = match (phase, &method) {
+        (Phase::Pretrain, _) => (phases.pretrain, 0.05, None),
+        (Phase::Arm, MethodConfig::Oracle) => (phases.pretrain + phases.adapt, 0.05, None),
+        (Phase::Arm, _) => (phases.adapt, 0.01, Some(init.to_path_buf())),
+    };
     Ok(RunConfig {
         data: DataConfig::new(DatasetName::Gta5, gta, DatasetName::Cityscapes, cs),
         model: ModelConfig {
             name: ModelName::Small,
             init_weights: None,
+            init_from,
         },
         method,
         augment: Augment {
@@ -93,7 +150,7 @@ pub fn demo_config(data: &Path, preset: Preset, method: &str, seed: u64, steps: 
         trainer: seg_train::TrainerConfig {
             steps,
             batch_size: 8,
-            lr: 0.05,
+            lr,
             seed,
             log_every: 10,
             ..Default::default()
@@ -104,6 +161,17 @@ pub fn demo_config(data: &Path, preset: Preset, method: &str, seed: u64, steps: 
             ..Default::default()
         },
     })
+}
+
+/// A 64-bit FNV-1a digest of a file, as hex.
+fn digest(path: &Path) -> anyhow::Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    Ok(format!("{h:016x}"))
 }
 
 fn final_report(run_dir: &Path) -> anyhow::Result<serde_json::Value> {
@@ -121,32 +189,55 @@ fn final_report(run_dir: &Path) -> anyhow::Result<serde_json::Value> {
     Ok(serde_json::from_str(&text)?)
 }
 
-fn run_one(cfg: &RunConfig, method: &str, out: &Path, device: &candle_core::Device) -> anyhow::Result<RunResult> {
+/// Trains (or reuses) one run of the demo into `runs/<name>/seed<N>`.
+fn run_one(
+    cfg: &RunConfig,
+    name: &str,
+    out: &Path,
+    data_seed: u64,
+    device: &candle_core::Device,
+) -> anyhow::Result<RunResult> {
     let seed = cfg.trainer.seed;
-    let dir = out.join("runs").join(method).join(format!("seed{seed}"));
+    let dir = out.join("runs").join(name).join(format!("seed{seed}"));
     let done = dir.join("result.json");
+    // AdaBN starts from the source-only arm, every other arm from `init_from`.
+    let init = if name == "adabn" {
+        Some(out.join("runs").join("source-only").join(format!("seed{seed}")))
+    } else {
+        cfg.model.init_from.clone()
+    };
+    let init_digest = match &init {
+        Some(dir) => Some(digest(&crate::run::checkpoint_file(dir))?),
+        None => None,
+    };
     if let Ok(text) = std::fs::read_to_string(&done) {
         if let Ok(r) = serde_json::from_str::<RunResult>(&text) {
-            if r.miou.is_some() && RunConfig::load(&dir.join("config.toml")).ok().as_ref() == Some(cfg) {
+            if r.miou.is_some()
+                && r.data_seed == data_seed
+                && r.init_digest == init_digest
+                && RunConfig::load(&dir.join("config.toml")).ok().as_ref() == Some(cfg)
+            {
                 return Ok(r);
             }
         }
     }
     let start = std::time::Instant::now();
-    let outcome = if method == "adabn" {
-        let from = out.join("runs").join("source-only").join(format!("seed{seed}"));
-        std::fs::create_dir_all(&dir)?;
-        crate::run::adabn_from(cfg, &from, &dir, device)?
-    } else {
-        crate::run::train(cfg, &dir, device, false, true)?
+    let outcome = match (name, &init) {
+        ("adabn", Some(from)) => {
+            std::fs::create_dir_all(&dir)?;
+            crate::run::adabn_from(cfg, from, &dir, device)?
+        }
+        _ => crate::run::train(cfg, &dir, device, false, true)?,
     };
     let report = final_report(&dir)?;
     let r = RunResult {
-        method: method.to_string(),
+        method: name.to_string(),
         seed,
         miou: outcome.final_miou,
         class_iou: report.get("class_iou").cloned().unwrap_or_default(),
         seconds: start.elapsed().as_secs_f64(),
+        data_seed,
+        init_digest,
     };
     seg_labels::fsutil::write_atomic(&done, serde_json::to_string_pretty(&r)?.as_bytes())?;
     Ok(r)
@@ -178,51 +269,179 @@ fn summarise(runs: &[RunResult], methods: &[String]) -> BTreeMap<String, Summary
         .collect()
 }
 
+/// Two-sided 95% quantile of Student's t distribution with `df` degrees of freedom
+/// (`scipy.stats.t.ppf(0.975, df)`: tabulated to 30, then `1.96 + 2.4 / df`, within 0.002).
+pub fn t_975(df: usize) -> f64 {
+    const TABLE: [f64; 30] = [
+        12.706205, 4.302653, 3.182446, 2.776445, 2.570582, 2.446912, 2.364624, 2.306004, 2.262157, 2.228139,
+        2.200985, 2.178813, 2.160369, 2.144787, 2.131450, 2.119905, 2.109816, 2.100922, 2.093024, 2.085963,
+        2.079614, 2.073873, 2.068658, 2.063899, 2.059539, 2.055529, 2.051831, 2.048407, 2.045230, 2.042272,
+    ];
+    match df {
+        0 => f64::INFINITY,
+        1..=30 => TABLE[df - 1],
+        _ => 1.959964 + 2.4 / df as f64,
+    }
+}
+
+/// A paired comparison over seeds: the per-seed differences `a - b`, their mean, sample
+/// standard deviation, and the 95% confidence interval of the mean from the t distribution
+/// (absent with a single seed).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Paired {
+    pub mean: f64,
+    pub std: f64,
+    pub n: usize,
+    /// `[low, high]` of the 95% confidence interval of the mean difference.
+    pub ci95: Option<[f64; 2]>,
+    /// `(seed, difference)` for every seed both sides have.
+    pub per_seed: Vec<(u64, f64)>,
+    /// Seeds on which the difference is positive.
+    pub positive: usize,
+}
+
+/// Pairs `a` and `b` (`(seed, value)`) by seed; `None` when they share no seed.
+pub fn paired(a: &[(u64, f64)], b: &[(u64, f64)]) -> Option<Paired> {
+    let per_seed: Vec<(u64, f64)> = a
+        .iter()
+        .filter_map(|&(seed, x)| b.iter().find(|(s, _)| *s == seed).map(|&(_, y)| (seed, x - y)))
+        .collect();
+    let n = per_seed.len();
+    if n == 0 {
+        return None;
+    }
+    let mean = per_seed.iter().map(|d| d.1).sum::<f64>() / n as f64;
+    let std = if n > 1 {
+        (per_seed.iter().map(|d| (d.1 - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
+    } else {
+        0.0
+    };
+    let ci95 = (n > 1).then(|| {
+        let half = t_975(n - 1) * std / (n as f64).sqrt();
+        [mean - half, mean + half]
+    });
+    let positive = per_seed.iter().filter(|d| d.1 > 0.0).count();
+    Some(Paired {
+        mean,
+        std,
+        n,
+        ci95,
+        per_seed,
+        positive,
+    })
+}
+
+/// `(seed, mIoU)` of one method's finished runs.
+fn scores(runs: &[RunResult], method: &str) -> Vec<(u64, f64)> {
+    runs.iter()
+        .filter(|r| r.method == method)
+        .filter_map(|r| r.miou.map(|m| (r.seed, m)))
+        .collect()
+}
+
+/// Each method's paired differences to AdaBN and to source-only (in mIoU fractions).
+fn paired_table(runs: &[RunResult], methods: &[String]) -> BTreeMap<String, serde_json::Value> {
+    let so = scores(runs, "source-only");
+    let ab = scores(runs, "adabn");
+    methods
+        .iter()
+        .map(|m| {
+            let mine = scores(runs, m);
+            let vs = |base: &[(u64, f64)], skip: &[&str]| {
+                if skip.contains(&m.as_str()) {
+                    None
+                } else {
+                    paired(&mine, base)
+                }
+            };
+            (
+                m.clone(),
+                serde_json::json!({
+                    "vs_source_only": vs(&so, &["source-only"]),
+                    "vs_adabn": vs(&ab, &["source-only", "adabn"]),
+                }),
+            )
+        })
+        .collect()
+}
+
+/// `+1.23 ± 0.45` (the 95% interval's half-width), in points.
+fn with_ci(p: &Paired) -> String {
+    match p.ci95 {
+        Some([lo, hi]) => format!("{:+.2} ± {:.2}", 100.0 * p.mean, 100.0 * (hi - lo) / 2.0),
+        None => format!("{:+.2}", 100.0 * p.mean),
+    }
+}
+
 fn markdown(runs: &[RunResult], summary: &BTreeMap<String, Summary>, methods: &[String], meta: &str) -> String {
     let mut s = String::from("# seg-adapt demo: synthetic (GTA5-format) → real (Cityscapes-format)\n\n");
     s.push_str(meta);
-    s.push_str("\n\nTarget val mIoU (19 classes, official evaluation rules, last checkpoint), mean ± sample std over seeds:\n\n");
-    s.push_str("| method | mIoU % | ± | seeds | vs source-only | vs AdaBN |\n|---|---:|---:|---:|---:|---:|\n");
-    let so = summary.get("source-only");
-    let ab = summary.get("adabn");
+    s.push_str(
+        "\n\nTarget val mIoU (19 classes, official evaluation rules, last checkpoint), mean ± sample std over \
+         seeds. The \"vs\" columns are paired: the mean over seeds of each seed's difference (arms of one seed \
+         start from the same model and see the same batches), ± the half-width of its 95% confidence interval \
+         (t distribution); the last column counts the seeds on which the method beat AdaBN.\n\n",
+    );
+    s.push_str(
+        "| method | mIoU % | ± | seeds | vs source-only | vs AdaBN | seeds above AdaBN |\n|---|---:|---:|---:|---:|---:|---:|\n",
+    );
+    let so = scores(runs, "source-only");
+    let ab = scores(runs, "adabn");
     for m in methods {
         let Some(x) = summary.get(m) else { continue };
-        let diff = |b: Option<&Summary>, skip: &[&str]| match b {
-            Some(b) if !skip.contains(&m.as_str()) => format!("{:+.2}", 100.0 * (x.mean - b.mean)),
-            _ => String::new(),
-        };
+        let mine = scores(runs, m);
+        let vs_so = (m != "source-only")
+            .then(|| paired(&mine, &so))
+            .flatten();
+        let vs_ab = (!["source-only", "adabn"].contains(&m.as_str()))
+            .then(|| paired(&mine, &ab))
+            .flatten();
         s.push_str(&format!(
-            "| {m} | {:.2} | {:.2} | {} | {} | {} |\n",
+            "| {m} | {:.2} | {:.2} | {} | {} | {} | {} |\n",
             100.0 * x.mean,
             100.0 * x.std,
             x.n,
-            diff(so, &["source-only"]),
-            diff(ab, &["source-only", "adabn"])
+            vs_so.as_ref().map_or(String::new(), with_ci),
+            vs_ab.as_ref().map_or(String::new(), with_ci),
+            vs_ab.as_ref().map_or(String::new(), |p| format!("{}/{}", p.positive, p.n)),
         ));
     }
-    if let Some(so) = so {
-        s.push_str("\nVerdicts (a gain counts when it exceeds the larger of the two methods' seed spreads):\n\n");
+    if let Some(ab_sum) = summary.get("adabn") {
+        s.push_str("\nVerdicts against AdaBN (the baseline that costs no training):\n\n");
         for m in methods
             .iter()
             .filter(|m| !["source-only", "oracle", "adabn"].contains(&m.as_str()))
         {
-            let Some(x) = summary.get(m) else { continue };
-            let spread = x.std.max(so.std);
-            let gain = x.mean - so.mean;
-            let vs_ab = ab.map(|a| x.mean - a.mean);
+            let (Some(x), Some(p)) = (summary.get(m), paired(&scores(runs, m), &ab)) else {
+                continue;
+            };
+            let beyond = x.mean > ab_sum.mean + ab_sum.std;
+            let ci = p.ci95.is_some_and(|[lo, _]| lo > 0.0);
             s.push_str(&format!(
-                "- **{m}**: {:+.2} points over source-only ({}){}\n",
-                100.0 * gain,
-                if gain > spread {
-                    "clearly above the seed spread"
+                "- **{m}**: {:+.2} points over AdaBN on average ({}); above on {} of {} seeds; the 95% interval {}.\n",
+                100.0 * p.mean,
+                if beyond {
+                    "beyond AdaBN's mean + std"
                 } else {
-                    "NOT above the seed spread"
+                    "NOT beyond AdaBN's mean + std"
                 },
-                vs_ab.map_or(String::new(), |d| format!(
-                    "; {:+.2} vs AdaBN ({})",
-                    100.0 * d,
-                    if d > 0.0 { "above" } else { "below" }
-                ))
+                p.positive,
+                p.n,
+                if ci { "excludes 0" } else { "includes 0" },
+            ));
+        }
+        if let (Some(so_sum), Some(or)) = (summary.get("source-only"), summary.get("oracle")) {
+            let best = summary
+                .iter()
+                .filter(|(k, _)| k.as_str() != "oracle")
+                .map(|(_, v)| v.mean)
+                .fold(f64::MIN, f64::max);
+            s.push_str(&format!(
+                "- AdaBN {} source-only ({:+.2}); the oracle {} every other arm ({:+.2} over the best).\n",
+                if ab_sum.mean > so_sum.mean { "above" } else { "NOT above" },
+                100.0 * (ab_sum.mean - so_sum.mean),
+                if or.mean > best { "above" } else { "NOT above" },
+                100.0 * (or.mean - best),
             ));
         }
     }
@@ -306,7 +525,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let device = crate::run::device(&args.device)?;
     let preset = if args.quick { Preset::Quick } else { Preset::Default };
     let seeds = args.seeds.unwrap_or(if args.quick { 2 } else { 3 });
-    let steps = args.steps.unwrap_or(if args.quick { 25 } else { 120 });
+    anyhow::ensure!(seeds > 0, "--seeds must be at least 1");
+    let phases = Phases {
+        pretrain: args.pretrain_steps.unwrap_or(if args.quick { 40 } else { 300 }),
+        adapt: args.steps.unwrap_or(if args.quick { 10 } else { 60 }),
+    };
+    anyhow::ensure!(
+        phases.pretrain > 0 && phases.adapt > 0,
+        "--pretrain-steps and --steps must be at least 1"
+    );
     let methods: Vec<String> = match &args.methods {
         Some(list) => {
             for m in list {
@@ -322,18 +549,38 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let data = args.out.join("data");
     match toy::read_manifest(&data) {
-        Some(m) if m.preset == preset && m.generator_version == toy::GENERATOR_VERSION => {}
+        Some(m) if m.preset == preset && m.generator_version == toy::GENERATOR_VERSION && m.seed == args.data_seed => {}
         _ => {
-            eprintln!("generating the embedded benchmark ({preset:?}) in {}", data.display());
-            toy::generate(&data, 0, preset)?;
+            eprintln!(
+                "generating the embedded benchmark ({preset:?}, seed {}) in {}",
+                args.data_seed,
+                data.display()
+            );
+            toy::generate(&data, args.data_seed, preset)?;
         }
     }
     let mut runs = Vec::new();
     for seed in 0..seeds as u64 {
+        let init = args.out.join("runs").join(PRETRAIN).join(format!("seed{seed}"));
+        if methods.iter().any(|m| m != "oracle") {
+            let cfg = demo_config(&data, preset, "source-only", seed, phases, Phase::Pretrain, &init)?;
+            eprintln!(
+                "[{:>5.0}s] source-only pretraining seed {seed} ({} steps)",
+                start.elapsed().as_secs_f64(),
+                phases.pretrain
+            );
+            let r = run_one(&cfg, PRETRAIN, &args.out, args.data_seed, &device)
+                .with_context(|| format!("demo pretraining seed {seed}"))?;
+            eprintln!(
+                "         mIoU {}",
+                r.miou.map_or("n/a".into(), |v| format!("{:.2}", 100.0 * v))
+            );
+        }
         for m in &methods {
-            let cfg = demo_config(&data, preset, m, seed, steps)?;
+            let cfg = demo_config(&data, preset, m, seed, phases, Phase::Arm, &init)?;
             eprintln!("[{:>5.0}s] {m} seed {seed}", start.elapsed().as_secs_f64());
-            let r = run_one(&cfg, m, &args.out, &device).with_context(|| format!("demo run {m} seed {seed}"))?;
+            let r = run_one(&cfg, m, &args.out, args.data_seed, &device)
+                .with_context(|| format!("demo run {m} seed {seed}"))?;
             eprintln!(
                 "         mIoU {}",
                 r.miou.map_or("n/a".into(), |v| format!("{:.2}", 100.0 * v))
@@ -342,20 +589,38 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     let summary = summarise(&runs, &methods);
-    let cfg0 = demo_config(&data, preset, "source-only", 0, steps)?;
+    let paired = paired_table(&runs, &methods);
+    let init0 = args.out.join("runs").join(PRETRAIN).join("seed0");
+    let cfg0 = demo_config(&data, preset, "source-only", 0, phases, Phase::Arm, &init0)?;
     comparison(&args.out, &cfg0, &methods, 0, &device)?;
     let s = preset.sizes();
     let meta = format!(
-        "Embedded benchmark `{preset:?}` ({} source images, {} target train, {} target val, stored at {}x{}); small BN FCN trained at 64x128, {steps} steps, batch 8 (+8 target), seeds 0..{seeds}. Total time {:.0}s.",
+        "Embedded benchmark `{preset:?}`, generator version {}, data seed {} ({} source images, {} target train, {} target val, stored at {}x{}); small BN FCN trained at 64x128, batch 8 (+8 target). Per seed: {} source-only steps shared by every arm, then {} steps per arm from that model (AdaBN from the source-only arm; adaptation arms end with AdaBN's re-estimation of the batch-norm statistics over the same target batches); the oracle trains from scratch for {} steps. Seeds 0..{seeds}. Total time {:.0}s.",
+        toy::GENERATOR_VERSION,
+        args.data_seed,
         s.gta5,
         s.target_train,
         s.target_val,
         s.width,
         s.height,
+        phases.pretrain,
+        phases.adapt,
+        phases.pretrain + phases.adapt,
         start.elapsed().as_secs_f64()
     );
     let md = markdown(&runs, &summary, &methods, &meta);
-    let json = serde_json::json!({"runs": runs, "summary": summary, "steps": steps, "seeds": seeds, "preset": preset});
+    let json = serde_json::json!({
+        "runs": runs,
+        "summary": summary,
+        "paired": paired,
+        "pretrain_steps": phases.pretrain,
+        "steps": phases.adapt,
+        "seeds": seeds,
+        "preset": preset,
+        "data_seed": args.data_seed,
+        "generator_version": toy::GENERATOR_VERSION,
+        "seconds": start.elapsed().as_secs_f64(),
+    });
     seg_labels::fsutil::write_atomic(
         &args.out.join("report.json"),
         serde_json::to_string_pretty(&json)?.as_bytes(),
@@ -369,4 +634,42 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         args.out.join("comparison.png").display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn t_quantiles_match_scipy() {
+        // scipy.stats.t.ppf(0.975, df) for df = 1, 2, 4, 30, 60, 120.
+        for (df, want) in [
+            (1, 12.706204736),
+            (2, 4.302652730),
+            (4, 2.776445105),
+            (30, 2.042272456),
+            (60, 2.000297822),
+            (120, 1.979930405),
+        ] {
+            assert!((t_975(df) - want).abs() < 2e-3, "df {df}: {} vs {want}", t_975(df));
+        }
+    }
+
+    #[test]
+    fn paired_differences_match_by_seed() {
+        let a = [(0, 0.30), (1, 0.25), (2, 0.28)];
+        let b = [(2, 0.26), (0, 0.27), (1, 0.24), (7, 0.9)];
+        let p = paired(&a, &b).unwrap();
+        assert_eq!(p.n, 3);
+        assert_eq!(p.positive, 3);
+        // Differences 0.03, 0.01, 0.02: mean 0.02, std 0.01, half-width 4.302653 * 0.01 / sqrt(3).
+        assert!((p.mean - 0.02).abs() < 1e-12);
+        assert!((p.std - 0.01).abs() < 1e-12);
+        let [lo, hi] = p.ci95.unwrap();
+        let half = 4.302653 * 0.01 / 3f64.sqrt();
+        assert!((lo - (0.02 - half)).abs() < 1e-9 && (hi - (0.02 + half)).abs() < 1e-9);
+        let one = paired(&a[..1], &b).unwrap();
+        assert_eq!((one.n, one.ci95), (1, None));
+        assert!(paired(&a, &[(9, 0.1)]).is_none());
+    }
 }

@@ -28,8 +28,14 @@ pub struct Args {
     /// vgg16-fcn8s, vgg16-fcn8s-reduced or small.
     #[arg(long)]
     pub model: Option<ModelName>,
+    /// ImageNet weights (torchvision VGG16 keys) in safetensors.
     #[arg(long)]
     pub init_weights: Option<PathBuf>,
+    /// Start from another run's trained model (a run folder or its checkpoint file): weights and
+    /// batch-norm statistics are copied, heads and optimiser state start fresh. The model must
+    /// match.
+    #[arg(long)]
+    pub init_from: Option<PathBuf>,
     #[arg(long)]
     pub steps: Option<usize>,
     #[arg(long)]
@@ -80,6 +86,7 @@ pub fn resolve(args: &Args) -> anyhow::Result<RunConfig> {
                 model: ModelConfig {
                     name: args.model.unwrap_or(ModelName::Small),
                     init_weights: None,
+                    init_from: None,
                 },
                 method: MethodConfig::SourceOnly,
                 augment: Default::default(),
@@ -108,6 +115,9 @@ pub fn resolve(args: &Args) -> anyhow::Result<RunConfig> {
     }
     if let Some(v) = &args.init_weights {
         cfg.model.init_weights = Some(v.clone());
+    }
+    if let Some(v) = &args.init_from {
+        cfg.model.init_from = Some(v.clone());
     }
     if let Some(v) = args.steps {
         cfg.trainer.steps = v;

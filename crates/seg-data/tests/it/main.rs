@@ -265,3 +265,45 @@ fn toy_benchmark_is_deterministic_and_readable() {
         }
     }
 }
+
+#[test]
+fn toy_target_colours_stay_nearest_their_own_source_colour() {
+    // Version 1 shifted every class 45% of the way toward a "real" colour, which put 9 of 18
+    // classes nearer another class's source colour (road -> pole, car -> truck, ...): a label
+    // swap no unsupervised method can undo. Every class must keep its own source colour as the
+    // nearest one, with a margin.
+    let palette = seg_data::toy::target_palette();
+    assert_eq!(palette.len(), 18);
+    let dist = |a: [f32; 3], b: [f32; 3]| ((0..3).map(|c| (a[c] - b[c]).powi(2)).sum::<f32>()).sqrt();
+    let mut shifted = 0;
+    for &(id, src, tgt) in &palette {
+        let own = dist(tgt, src);
+        for &(other, osrc, _) in &palette {
+            if other != id {
+                let d = dist(tgt, osrc);
+                assert!(
+                    own <= seg_data::toy::NEAREST_RATIO * d + 1e-3,
+                    "class {id}: target colour {tgt:?} is {own:.1} from its source colour and {d:.1} from class {other}'s"
+                );
+            }
+        }
+        if own >= 10.0 {
+            shifted += 1;
+        }
+    }
+    // And the gap is real: most classes do move.
+    assert!(shifted >= 10, "only {shifted} classes shifted by 10 or more");
+}
+
+#[test]
+fn toy_seeds_make_other_instances() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    seg_data::toy::generate(a.path(), 3, seg_data::toy::Preset::Quick).unwrap();
+    seg_data::toy::generate(b.path(), 4, seg_data::toy::Preset::Quick).unwrap();
+    let rel = "gta5/labels/00007.png";
+    assert_ne!(
+        std::fs::read(a.path().join(rel)).unwrap(),
+        std::fs::read(b.path().join(rel)).unwrap()
+    );
+}

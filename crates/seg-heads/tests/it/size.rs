@@ -5,7 +5,7 @@
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use seg_core::{HeadInput, StepInfo, NUM_CLASSES};
-use seg_heads::{FcnWildConfig, FcnWildHead, SizeConstraints};
+use seg_heads::{FcnWildConfig, FcnWildHead, Presence, SizeConstraints, SizePenalty};
 use seg_nn::{Adam, Optimizer};
 
 use crate::common::TinyNet;
@@ -37,6 +37,15 @@ fn class_fractions_skip_ignored_pixels() {
     assert!(SizeConstraints::class_fractions(&[255u32, 255]).is_none());
 }
 
+/// The paper's rule: soft fractions, lower bound at the mean.
+const PAPER: SizePenalty = SizePenalty {
+    presence_factor: 0.1,
+    presence: Presence::Soft,
+    lower_slack: 0.0,
+    large_alpha: 0.1,
+    large_grad_scale: 0.1,
+};
+
 fn stats(alpha: f32, with_class1: bool) -> SizeConstraints {
     let mut s = SizeConstraints::from_fractions(&[]);
     s.alpha[0] = alpha;
@@ -57,7 +66,7 @@ fn penalty_value_and_large_class_gradient_scale() {
     let logits = Var::zeros((2, NUM_CLASSES, 5, 7), DType::F32, &Device::Cpu).unwrap();
     let grad_of_class0 = |alpha: f32, with_class1: bool| {
         let p = stats(alpha, with_class1)
-            .penalty(logits.as_tensor(), 0.1, 0.1, 0.1)
+            .penalty(logits.as_tensor(), &PAPER)
             .unwrap();
         let value = p.to_scalar::<f32>().unwrap();
         let g = p
@@ -86,7 +95,7 @@ fn penalty_value_and_large_class_gradient_scale() {
 
     // A class predicted below 0.1 * alpha is absent and pays nothing.
     let p = stats(0.9, true)
-        .penalty(logits.as_tensor(), 0.1, 0.1, 0.1)
+        .penalty(logits.as_tensor(), &PAPER)
         .unwrap()
         .to_scalar::<f32>()
         .unwrap();
@@ -141,4 +150,52 @@ fn size_constraint_falls_when_optimised() {
         adam.step(&size.backward().unwrap(), 0.1).unwrap();
     }
     assert!(history[29] < 0.5 * history[0], "{history:?}");
+}
+
+#[test]
+fn a_prediction_shaped_like_a_typical_source_image_pays_nothing() {
+    // Source images with road, sky and car in varying amounts; the other classes never occur.
+    let per_image: Vec<[f32; NUM_CLASSES]> = (0..20)
+        .map(|i| {
+            let mut f = [0f32; NUM_CLASSES];
+            let car = 0.05 + 0.01 * (i % 5) as f32;
+            f[0] = 0.5 - car;
+            f[10] = 0.5;
+            f[13] = car;
+            f
+        })
+        .collect();
+    let s = SizeConstraints::from_fractions(&per_image);
+    // A confident prediction on a 20x20 map: car in the first two columns of every second row
+    // (5%), road in the rest of the left half (45%), sky in the right half (50%).
+    let (h, w) = (20, 20);
+    let mut v = vec![0f32; NUM_CLASSES * h * w];
+    for y in 0..h {
+        for x in 0..w {
+            let c = if x < 2 && y % 2 == 0 {
+                13
+            } else if x < 10 {
+                0
+            } else {
+                10
+            };
+            v[c * h * w + y * w + x] = 30.0;
+        }
+    }
+    let logits = Tensor::from_vec(v, (1, NUM_CLASSES, h, w), &Device::Cpu).unwrap();
+    let ours = FcnWildConfig::default();
+    let opts = SizePenalty {
+        presence_factor: ours.presence_factor,
+        presence: ours.presence,
+        lower_slack: ours.lower_slack,
+        large_alpha: ours.large_alpha,
+        large_grad_scale: ours.large_grad_scale,
+    };
+    let p = s.penalty(&logits, &opts).unwrap().to_scalar::<f32>().unwrap();
+    assert!(p.abs() < 1e-4, "penalty {p} for a source-like prediction");
+    // With the paper's soft presence and the mean as lower bound, the tiny softmax mass of the
+    // absent classes does not count them (they have no statistics), but every present class
+    // below its mean pays: car at 5% against a mean of 7%.
+    let paper = s.penalty(&logits, &PAPER).unwrap().to_scalar::<f32>().unwrap();
+    assert!(paper > 0.01, "{paper}");
 }

@@ -58,6 +58,7 @@ fn setup(run_dir: &Path, steps: usize, lr: f64, resume: bool) -> TrainSetup {
         device,
         resume,
         progress: false,
+        final_bn: None,
     }
 }
 
