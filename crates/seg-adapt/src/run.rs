@@ -111,6 +111,11 @@ pub fn build_setup(
     resume: bool,
     progress: bool,
 ) -> anyhow::Result<TrainSetup> {
+    // A mismatched --init-from is refused before anything is built.
+    let init = match &cfg.model.init_from {
+        Some(from) => Some(init_checkpoint(cfg, from, device)?),
+        None => None,
+    };
     let (vars, backbone) = build_model(cfg, device)?;
     cfg.validate(backbone.stride())?;
     let oracle = matches!(cfg.method, MethodConfig::Oracle);
@@ -139,8 +144,13 @@ pub fn build_setup(
             r.skipped.len()
         );
     }
-    if let Some(from) = &cfg.model.init_from {
-        init_from_run(cfg, &vars, from, device)?;
+    if let Some(ck) = &init {
+        let n = ck.restore_prefix(&vars, "model")?;
+        tracing::info!(
+            "initialised {n} model tensors from {} (step {})",
+            ck.path.display(),
+            ck.meta.step
+        );
     }
     let stats = if matches!(cfg.method, MethodConfig::FcnWild(_)) {
         Some(source_fractions(&source)?)
@@ -222,9 +232,10 @@ pub fn checkpoint_file(path: &Path) -> PathBuf {
     }
 }
 
-/// Copies the model (weights and batch-norm statistics, no head, no optimiser state) of the run
-/// at `from` into `vars`, refusing a run of another model with both names.
-fn init_from_run(cfg: &RunConfig, vars: &VarMap, from: &Path, device: &Device) -> anyhow::Result<()> {
+/// The checkpoint of the run at `from` that `cfg` starts from (its model's weights and
+/// batch-norm statistics are copied in; heads and optimiser state are not), refusing a run of
+/// another model with both names.
+fn init_checkpoint(cfg: &RunConfig, from: &Path, device: &Device) -> anyhow::Result<seg_train::checkpoint::Checkpoint> {
     let file = checkpoint_file(from);
     let ck = seg_train::checkpoint::load(&file, device).with_context(|| format!("--init-from {}", from.display()))?;
     let theirs = RunConfig::parse(&ck.meta.config)
@@ -236,13 +247,7 @@ fn init_from_run(cfg: &RunConfig, vars: &VarMap, from: &Path, device: &Device) -
         theirs.model.name,
         cfg.model.name
     );
-    let n = ck.restore_prefix(vars, "model")?;
-    tracing::info!(
-        "initialised {n} model tensors from {} (step {})",
-        file.display(),
-        ck.meta.step
-    );
-    Ok(())
+    Ok(ck)
 }
 
 /// The target batches AdaBN re-estimates batch-norm statistics over (also used at the end of

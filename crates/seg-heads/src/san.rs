@@ -54,8 +54,14 @@ pub struct SanConfig {
     /// Weight of the task loss on generated features. Default 1 (ours; not published).
     pub alpha: f64,
     /// Weight of the adversarial loss for the segmenter (term `san_adv`; omitted at 0): the
-    /// paper also updates conv1..conv5 with the adversarial loss. Default 1 (paper).
+    /// paper also updates conv1..conv5 with the adversarial loss, whose two sides are the
+    /// generated source features and the target features. Default 1 (paper).
     pub segmenter_adv_weight: f64,
+    /// Ramp the segmenter's adversarial weight with `2 / (1 + exp(-gamma p)) - 1`. Default true
+    /// (ours: the paper publishes no schedule; this is DANN's).
+    pub ramp: bool,
+    /// Steepness of that ramp. Default 10 (ours, DANN's value).
+    pub gamma: f64,
     /// Share of the segmenter's source task loss taken on generated features: the trainer's
     /// plain source cross-entropy is weighted `1 - share` and `san_task` (on `f'`) `share`, so
     /// the segmenter sees one source cross-entropy in all, as in every other method. Default 0.5
@@ -84,6 +90,8 @@ impl Default for SanConfig {
             adv_weight: 1.0,
             alpha: 1.0,
             segmenter_adv_weight: 1.0,
+            ramp: true,
+            gamma: 10.0,
             generated_task_share: 0.5,
             gen_lr_mult: 1.0,
             disc_lr_mult: 1.0,
@@ -106,6 +114,7 @@ impl SanConfig {
         check_range(METHOD, "adv_weight", self.adv_weight, 0.0, f64::MAX)?;
         check_range(METHOD, "alpha", self.alpha, 0.0, f64::MAX)?;
         check_range(METHOD, "segmenter_adv_weight", self.segmenter_adv_weight, 0.0, f64::MAX)?;
+        check_range(METHOD, "gamma", self.gamma, 0.0, f64::MAX)?;
         check_range(METHOD, "generated_task_share", self.generated_task_share, 0.0, 1.0)?;
         check_range(METHOD, "gen_lr_mult", self.gen_lr_mult, 0.0, f64::MAX)?;
         check_range(METHOD, "disc_lr_mult", self.disc_lr_mult, 0.0, f64::MAX)
@@ -210,8 +219,10 @@ impl SanGenerator {
 ///   residual **detached**, so the classifier and conv1..conv5 learn from generated features;
 ///   the trainer weights its plain source cross-entropy `1 - share`
 ///   ([`AdaptationHead::source_task_weight`]).
-/// - `san_adv` (Segmenter, only when `segmenter_adv_weight > 0`): `segmenter_adv_weight ·
-///   BCE(D(f'), 1)` with the residual detached: the paper's adversarial update of conv1..conv5.
+/// - `san_adv` (Segmenter, only when `segmenter_adv_weight > 0`): `segmenter_adv_weight · w ·`
+///   the mean of BCE(D(f'), 1) (residual detached) and BCE(D(target conv5), 0), with `w` the
+///   ramp (or 1): the paper's adversarial update of conv1..conv5, which moves both sides of
+///   `L_adv` (the discriminator's loss with its labels inverted).
 ///
 /// This is the paper's alternation: D on `san_disc`; G on `gen_adv + gen_task`; the segmenter
 /// on `seg + san_task + san_adv`. The extra passes through the backbone's layers after conv5
@@ -354,10 +365,15 @@ impl AdaptationHead for SanHead {
             },
         ];
         if self.cfg.segmenter_adv_weight > 0.0 {
-            let fool_seg = self.disc_mean(&fake_seg, 1.0, step, 3)?;
+            let w = if self.cfg.ramp {
+                seg_nn::lambda_schedule(input.step.progress(), self.cfg.gamma)
+            } else {
+                1.0
+            };
+            let inverted = (self.disc_mean(&fake_seg, 1.0, step, 4)? + self.disc_mean(real, 0.0, step, 5)?)?;
             terms.push(LossTerm {
                 name: "san_adv",
-                value: (fool_seg * self.cfg.segmenter_adv_weight)?,
+                value: (inverted * (0.5 * self.cfg.segmenter_adv_weight * w))?,
                 group: ParamGroup::Segmenter,
             });
         }

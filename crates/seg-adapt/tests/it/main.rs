@@ -9,6 +9,7 @@ use std::sync::OnceLock;
 mod cuda;
 mod determinism;
 mod matrix;
+mod protocol;
 
 /// The binary under test; `SEG_ADAPT_BIN` points elsewhere when the tests run on another
 /// machine than the one that built them (the GPU check).
@@ -176,18 +177,37 @@ fn demo_quick_reports_every_method() {
         "--out",
         p(dir.path()),
         "--seeds",
-        "1",
+        "2",
+        "--pretrain-steps",
+        "2",
         "--steps",
         "2",
     ]);
     assert!(out.contains("source-only") && out.contains("cross-city"), "{out}");
+    assert!(out.contains("seeds above AdaBN"), "{out}");
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("report.json")).unwrap()).unwrap();
     let runs = v["runs"].as_array().unwrap();
-    assert_eq!(runs.len(), 7);
+    assert_eq!(runs.len(), 14);
     for m in seg_adapt::cmd::demo::METHODS {
         assert!(v["summary"][m]["mean"].is_number(), "{m}");
     }
+    // Paired differences per seed, with a 95% interval around their mean.
+    let dann = &v["paired"]["dann"]["vs_adabn"];
+    assert_eq!(dann["n"], 2);
+    let per_seed = dann["per_seed"].as_array().unwrap();
+    let mean = per_seed.iter().map(|d| d[1].as_f64().unwrap()).sum::<f64>() / 2.0;
+    assert!((dann["mean"].as_f64().unwrap() - mean).abs() < 1e-12);
+    let ci = dann["ci95"].as_array().unwrap();
+    assert!(ci[0].as_f64().unwrap() <= mean && mean <= ci[1].as_f64().unwrap());
+    assert!(v["paired"]["adabn"]["vs_adabn"].is_null());
+    assert_eq!(v["paired"]["adabn"]["vs_source_only"]["n"], 2);
+    // Every arm but the oracle started from the seed's pretraining run.
+    assert!(dir.path().join("runs/pretrain/seed1/checkpoint.safetensors").exists());
+    let arm = std::fs::read_to_string(dir.path().join("runs/dann/seed1/config.toml")).unwrap();
+    assert!(arm.contains("init_from") && arm.contains("pretrain"), "{arm}");
+    let oracle = std::fs::read_to_string(dir.path().join("runs/oracle/seed1/config.toml")).unwrap();
+    assert!(!oracle.contains("init_from") && oracle.contains("steps = 4"), "{oracle}");
     assert!(dir.path().join("comparison.png").exists());
     assert!(dir.path().join("report.md").exists());
 }

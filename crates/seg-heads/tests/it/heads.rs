@@ -280,7 +280,11 @@ fn discriminator_losses_fall_on_separable_features() {
 
 #[test]
 fn cross_city_class_wise_terms_start_late() {
-    let s = setup(&MethodConfig::parse("cross-city").unwrap());
+    // The paper's delayed start (step 1000 of 3000); the default starts at once.
+    let s = setup(&MethodConfig::CrossCity(CrossCityConfig {
+        ca_start_fraction: 1.0 / 3.0,
+        ..Default::default()
+    }));
     let (src, tgt, labels) = forward(&s, 4);
     let value = |terms: &[LossTerm], name: &str| {
         terms
@@ -385,4 +389,92 @@ fn san_noise_is_reproducible_per_seed_and_step() {
             ..Default::default()
         })
     );
+}
+
+#[test]
+fn san_differentiates_only_its_own_graph_per_group() {
+    // Generator terms see detached backbone features (their backward never enters conv1..conv5),
+    // segmenter terms a detached residual (their backward never enters the generator), and the
+    // segmenter sees one source cross-entropy in all.
+    let cfg = SanConfig {
+        disc_hidden: 16,
+        width: 8,
+        ..Default::default()
+    };
+    assert_eq!(cfg.segmenter_adv_weight, 1.0, "the paper's adversarial update of conv1..conv5");
+    let s = setup(&MethodConfig::San(cfg.clone()));
+    let groups = groups(&s);
+    let (src, tgt, labels) = forward(&s, 6);
+    let terms = losses(&s, &src, &tgt, &labels, MID);
+    let names: Vec<&str> = terms.iter().map(|t| t.name).collect();
+    assert!(names.contains(&"san_adv"), "{names:?}");
+    let early_layers: Vec<_> = groups[&ParamGroup::Segmenter]
+        .iter()
+        .filter(|(n, _)| n.starts_with("model.conv1.") || n.starts_with("model.conv5."))
+        .cloned()
+        .collect();
+    assert_eq!(early_layers.len(), 4);
+    let gen = group_sum(&terms, ParamGroup::Generator).unwrap().backward().unwrap();
+    assert_eq!(grad_mass(&gen, &early_layers), 0.0, "generator terms reached conv1..conv5");
+    assert!(grad_mass(&gen, &groups[&ParamGroup::Generator]) > 0.0);
+    let seg = group_sum(&terms, ParamGroup::Segmenter).unwrap().backward().unwrap();
+    assert_eq!(
+        grad_mass(&seg, &groups[&ParamGroup::Generator]),
+        0.0,
+        "segmenter terms reached the generator"
+    );
+    assert!(grad_mass(&seg, &early_layers) > 0.0);
+    // `san_task` is the generated-feature share of the task loss, the trainer's `seg` the rest.
+    let gen_task = terms.iter().find(|t| t.name == "gen_task").unwrap();
+    let san_task = terms.iter().find(|t| t.name == "san_task").unwrap();
+    let ratio = san_task.value.to_scalar::<f32>().unwrap() / gen_task.value.to_scalar::<f32>().unwrap();
+    assert!((ratio - cfg.generated_task_share as f32).abs() < 1e-5, "{ratio}");
+    assert!((s.head.source_task_weight() + cfg.generated_task_share - 1.0).abs() < 1e-12);
+}
+
+#[test]
+fn class_wise_pairs_need_the_class_to_be_predicted() {
+    // A target prediction that puts class 3 everywhere and gives every other class a little
+    // softmax mass: with the paper's soft presence each of the 19 classes would form a pair with
+    // a full weight; with argmax presence only class 3 does.
+    let (n, h, w) = (2, 4, 6);
+    let mut v = vec![0f32; n * CLASSES * h * w];
+    for img in 0..n {
+        for px in 0..h * w {
+            v[(img * CLASSES + 3) * h * w + px] = 5.0;
+        }
+    }
+    let logits = Tensor::from_vec(v, (n, CLASSES, h, w), &Device::Cpu).unwrap();
+    let soft = seg_heads::Presence::Soft.of(&logits).unwrap();
+    let hard = seg_heads::Presence::Argmax.of(&logits).unwrap();
+    let mean_presence = |p: &Tensor| {
+        p.mean(3)
+            .unwrap()
+            .mean(2)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap()
+    };
+    let min_presence = CrossCityConfig::default().min_presence as f32;
+    let soft_pairs = mean_presence(&soft).iter().flatten().filter(|&&p| p >= 1e-3).count();
+    let hard_pairs = mean_presence(&hard)
+        .iter()
+        .flatten()
+        .filter(|&&p| p >= min_presence)
+        .count();
+    assert_eq!(soft_pairs, n * CLASSES, "the old rule: every class of every image");
+    assert_eq!(hard_pairs, n, "only the predicted class");
+    // And the weighted loss takes exactly those pairs: logits of 0 give BCE ln 2 on every cell,
+    // so the mean over kept pairs is ln 2 whichever pairs are kept; with one class's cells
+    // shifted, only a kept pair moves the loss.
+    let mut cells = vec![0f32; n * CLASSES * h * w];
+    for x in cells.iter_mut().skip(5 * h * w).take(h * w) {
+        *x = 4.0; // image 0, class 5: never predicted
+    }
+    let disc = Tensor::from_vec(cells, (n, CLASSES, h, w), &Device::Cpu).unwrap();
+    let loss = seg_heads::ops::presence_weighted_bce(&disc, &hard, 1.0, min_presence as f64)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!((loss - std::f32::consts::LN_2).abs() < 1e-5, "{loss}");
 }

@@ -1,0 +1,126 @@
+//! The adaptation protocol: a run starts from another run's model (`--init-from`), adaptation
+//! runs end with AdaBN's batch-norm statistics over the same target batches, and a head's own
+//! passes through the backbone never move the test-time statistics.
+
+use std::path::Path;
+
+use candle_core::{DType, Device};
+use seg_adapt::cmd::demo::{demo_config, Phase, Phases};
+use seg_adapt::config::RunConfig;
+use seg_data::toy::Preset;
+use seg_heads::MethodConfig;
+
+use crate::{err, ok, p, toy};
+
+const PHASES: Phases = Phases { pretrain: 2, adapt: 2 };
+
+/// A small, fast run of the quick benchmark (the demo's settings, smaller batches and crops).
+fn config(method: &str, phase: Phase, init: &Path) -> RunConfig {
+    let mut cfg = demo_config(toy(), Preset::Quick, method, 3, PHASES, phase, init).unwrap();
+    cfg.trainer.batch_size = 2;
+    cfg.augment.crop = Some([64, 64]);
+    cfg.eval.adabn_batches = 3;
+    if let MethodConfig::San(c) = &mut cfg.method {
+        c.width = 4;
+        c.disc_hidden = 8;
+    }
+    cfg
+}
+
+/// `(name, values)` of a checkpoint's tensors whose names contain `part`, sorted by name.
+fn tensors(run: &Path, part: &str) -> Vec<(String, Vec<f32>)> {
+    let ck = seg_train::checkpoint::load(&run.join("checkpoint.safetensors"), &Device::Cpu).unwrap();
+    let mut v: Vec<_> = ck
+        .tensors
+        .iter()
+        .filter(|(k, _)| k.contains(part))
+        .map(|(k, t)| {
+            let t = t.flatten_all().unwrap().to_dtype(DType::F32).unwrap();
+            (k.clone(), t.to_vec1::<f32>().unwrap())
+        })
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+#[test]
+fn init_from_copies_the_model_and_refuses_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = dir.path().join("first");
+    let cfg = config("source-only", Phase::Pretrain, &first);
+    seg_adapt::run::train(&cfg, &first, &Device::Cpu, false, false).unwrap();
+
+    // The arm's model starts as the first run's: weights and batch-norm statistics.
+    let arm = config("dann", Phase::Arm, &first);
+    assert_eq!(arm.model.init_from.as_deref(), Some(first.as_path()));
+    let setup = seg_adapt::run::build_setup(&arm, &dir.path().join("arm"), &Device::Cpu, false, false).unwrap();
+    let want = tensors(&first, "model.");
+    assert!(want.iter().any(|(k, _)| k.contains("running_mean")));
+    {
+        let data = setup.vars.data().lock().unwrap();
+        for (name, values) in &want {
+            let got = data[name].as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert_eq!(&got, values, "{name}");
+        }
+        // The head starts fresh.
+        assert!(data.keys().any(|k| k.starts_with("head.")));
+    }
+
+    // Another model is refused before training, naming both.
+    let mut other = arm.clone();
+    other.model.name = seg_fcn::ModelName::Vgg16Fcn8sReduced;
+    let e = format!(
+        "{:#}",
+        seg_adapt::run::build_setup(&other, &dir.path().join("other"), &Device::Cpu, false, false)
+            .err()
+            .unwrap()
+    );
+    assert!(e.contains("`small`") && e.contains("`vgg16-fcn8s-reduced`"), "{e}");
+    assert!(e.contains("first"), "{e}");
+
+    // The command line says the same, and a folder without a checkpoint is named.
+    let (gta, cs) = (toy().join("gta5"), toy().join("cityscapes"));
+    let out = dir.path().join("cli");
+    let mut args = crate::train_args(p(&out), p(&gta), p(&cs), "dann");
+    args.extend(["--init-from", p(&first)]);
+    ok(&args);
+    let nowhere = dir.path().join("nowhere");
+    let mut args = crate::train_args(p(&out), p(&gta), p(&cs), "dann");
+    args.extend(["--init-from", p(&nowhere)]);
+    let e = err(&args);
+    assert!(e.contains("nowhere") && e.contains("--init-from"), "{e}");
+}
+
+#[test]
+fn adaptation_runs_end_with_adabns_statistics() {
+    // Re-estimating an adaptation run's statistics as AdaBN does changes nothing: the run already
+    // ended with exactly those statistics, from the same target batches.
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("dann");
+    let cfg = config("dann", Phase::Pretrain, &run);
+    seg_adapt::run::train(&cfg, &run, &Device::Cpu, false, false).unwrap();
+    let again = dir.path().join("again");
+    std::fs::create_dir_all(&again).unwrap();
+    seg_adapt::run::adabn_from(&cfg, &run, &again, &Device::Cpu).unwrap();
+    let (ours, adabn) = (tensors(&run, "running_"), tensors(&again, "running_"));
+    assert!(!ours.is_empty());
+    assert_eq!(ours, adabn);
+}
+
+#[test]
+fn head_passes_never_move_the_running_statistics() {
+    // SAN sends generated features through fc7 in training mode; DANN makes no pass of its own.
+    // After one step from the same model and batches, both must hold the same statistics.
+    let dir = tempfile::tempdir().unwrap();
+    let stats = |method: &str| {
+        let run = dir.path().join(method);
+        let mut cfg = config(method, Phase::Pretrain, &run);
+        cfg.trainer.steps = 3;
+        let setup = seg_adapt::run::build_setup(&cfg, &run, &Device::Cpu, false, false).unwrap();
+        seg_train::Trainer::new(setup).unwrap().run_until(1).unwrap();
+        tensors(&run, "running_")
+    };
+    let (san, dann) = (stats("san"), stats("dann"));
+    let model = |v: Vec<(String, Vec<f32>)>| -> Vec<_> { v.into_iter().filter(|(k, _)| k.starts_with("model.")).collect() };
+    assert_eq!(model(san), model(dann));
+}
