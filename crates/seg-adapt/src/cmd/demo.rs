@@ -35,7 +35,7 @@ pub struct Args {
     /// --quick).
     #[arg(long)]
     pub pretrain_steps: Option<usize>,
-    /// Steps of each arm after pretraining (default: 60, or 10 with --quick); the oracle trains
+    /// Steps of each arm after pretraining (default: 120, or 20 with --quick); the oracle trains
     /// from scratch for pretrain + these.
     #[arg(long)]
     pub steps: Option<usize>,
@@ -528,7 +528,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(seeds > 0, "--seeds must be at least 1");
     let phases = Phases {
         pretrain: args.pretrain_steps.unwrap_or(if args.quick { 40 } else { 300 }),
-        adapt: args.steps.unwrap_or(if args.quick { 10 } else { 60 }),
+        adapt: args.steps.unwrap_or(if args.quick { 20 } else { 120 }),
     };
     anyhow::ensure!(
         phases.pretrain > 0 && phases.adapt > 0,
