@@ -16,7 +16,9 @@
 //! no target class colour lies nearer another class's source colour (in version 1, 9 of 18 classes
 //! did, a label swap that no unsupervised method can undo); a fixed camera response (white balance
 //! and gamma) was added to the target; poles, signs, lights, people, riders and two-wheelers are
-//! drawn at least 4 pixels wide at the stored size (2 at the demo's training scale).
+//! drawn at least a twentieth of the image wide (6.4 pixels at the demo's training scale, so a
+//! model trained on target labels can learn them), people and riders at least 18% of its height
+//! tall, and riders appear in half the source scenes (60% of the target's).
 
 use std::path::{Path, PathBuf};
 
@@ -181,7 +183,7 @@ impl Domain {
                 poles: (1, 4),
                 trees: (0, 3),
                 big_vehicle: 0.35,
-                riders: 0.25,
+                riders: 0.5,
                 fence: 0.4,
                 wall: 0.4,
                 ego_vehicle: false,
@@ -193,7 +195,7 @@ impl Domain {
                 poles: (1, 4),
                 trees: (0, 3),
                 big_vehicle: 0.25,
-                riders: 0.35,
+                riders: 0.5,
                 fence: 0.3,
                 wall: 0.5,
                 ego_vehicle: false,
@@ -205,7 +207,7 @@ impl Domain {
                 poles: (2, 5),
                 trees: (1, 5),
                 big_vehicle: 0.2,
-                riders: 0.3,
+                riders: 0.6,
                 fence: 0.5,
                 wall: 0.3,
                 ego_vehicle: true,
@@ -432,8 +434,11 @@ fn draw_scene(w: usize, h: usize, layout: &Layout, look: &Look, rng: &mut Rng) -
     let yh = hf * rng.range_f32(layout.horizon.0, layout.horizon.1);
     let vx = wf * rng.range_f32(0.35, 0.65);
     let tint = look.tint;
-    // Thin things are at least this wide: 4 pixels at 256 wide, 2 at the demo's training scale.
-    let min_w = wf / 64.0;
+    // Thin things are at least this wide (12.8 pixels at 256 wide, 6.4 at the demo's training
+    // scale, most of one cell of a stride-8 network), so that a model trained on target labels
+    // can learn them.
+    let min_w = wf / 20.0;
+    let min_h = hf * 0.18;
 
     let sky = s.object(SKY, rng, tint * 0.5);
     s.rect(0.0, 0.0, wf, yh + 1.0, sky);
@@ -527,11 +532,12 @@ fn draw_scene(w: usize, h: usize, layout: &Layout, look: &Look, rng: &mut Rng) -
         s.rect(px - pw * 0.5, y - ph, px + pw * 0.5, y, p);
         if rng.chance(0.5) {
             let g = s.object(SIGN, rng, tint);
-            let r = pw * 2.2 + 1.0;
+            let r = (pw * 1.1).max(min_w * 0.9);
             s.rect(px - r, y - ph - r * 0.2, px + r, y - ph + r * 1.4, g);
         } else {
             let l = s.object(LIGHT, rng, tint);
-            s.rect(px - pw * 1.2, y - ph, px + pw * 1.2, y - ph + pw * 4.0, l);
+            let r = (pw * 0.9).max(min_w * 0.8);
+            s.rect(px - r, y - ph, px + r, y - ph + r * 3.0, l);
         }
     }
     // Foreground trees on the sidewalk edges.
@@ -594,7 +600,7 @@ fn draw_scene(w: usize, h: usize, layout: &Layout, look: &Look, rng: &mut Rng) -
             Thing::Person => {
                 let side = if rng.chance(0.5) { -1.0 } else { 1.0 };
                 let px = cx + side * (half + walk * rng.range_f32(0.2, 0.9));
-                let ph = scale * 0.55;
+                let ph = (scale * 0.55).max(min_h);
                 let p = s.object(PERSON, rng, tint * 1.5);
                 let half_w = (ph * 0.12).max(min_w * 0.5);
                 s.rect(px - half_w, y - ph * 0.85, px + half_w, y, p);
@@ -602,7 +608,7 @@ fn draw_scene(w: usize, h: usize, layout: &Layout, look: &Look, rng: &mut Rng) -
             }
             Thing::Rider(kind) => {
                 let px = cx + rng.range_f32(0.5, 0.95) * half * if rng.chance(0.5) { -1.0 } else { 1.0 };
-                let ph = scale * 0.6;
+                let ph = (scale * 0.6).max(min_h * 1.1);
                 let b = s.object(kind, rng, tint);
                 s.rect(px - (ph * 0.3).max(min_w), y - ph * 0.35, px + (ph * 0.3).max(min_w), y, b);
                 let r = s.object(RIDER, rng, tint * 1.5);

@@ -61,6 +61,11 @@ pub const METHODS: [&str; 7] = [
     "san",
 ];
 
+/// Learning rate of the heads' own parameters (discriminators, SAN's generator; Adam) in the
+/// demo (ours: the trainer's default is 1e-3; the demo's arms are short, so its
+/// discriminators must learn fast to give the features a useful gradient).
+const HEAD_LR: f64 = 1e-3;
+
 /// Where the source-only pretraining of each seed goes (under `runs/`).
 const PRETRAIN: &str = "pretrain";
 
@@ -151,6 +156,7 @@ pub fn demo_config(
             steps,
             batch_size: 8,
             lr,
+            head_lr: HEAD_LR,
             seed,
             log_every: 10,
             ..Default::default()
