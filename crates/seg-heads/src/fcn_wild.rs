@@ -51,7 +51,10 @@ pub struct FcnWildConfig {
     pub ramp: bool,
     /// Steepness of that ramp. Default 10 (ours, DANN's value).
     pub gamma: f64,
-    /// Learning-rate multiplier of the discriminator. Default 1 (ours).
+    /// Learning-rate multiplier of the discriminator. Default 3 (ours: the confusion objective's
+    /// gradient vanishes where the discriminator is unsure, so it needs a discriminator that
+    /// learns faster than DANN's; on the demo, 3 against 1 lifted FCNs in the Wild by 0.6-1.6
+    /// points on each of two seeds, while the same change lowered DANN, Cross-City and SAN).
     pub disc_lr_mult: f64,
     /// Seed of the dropout masks (set to the run seed by `MethodConfig::with_seed`). Default 0.
     pub seed: u64,
@@ -73,7 +76,7 @@ impl Default for FcnWildConfig {
             large_grad_scale: 0.1,
             ramp: true,
             gamma: 10.0,
-            disc_lr_mult: 1.0,
+            disc_lr_mult: 3.0,
             seed: 0,
         }
     }
