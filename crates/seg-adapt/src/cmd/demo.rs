@@ -31,11 +31,11 @@ pub struct Args {
     /// Seeds per method.
     #[arg(long)]
     pub seeds: Option<usize>,
-    /// Source-only pretraining steps shared by every arm of a seed (default: 240, or 40 with
+    /// Source-only pretraining steps shared by every arm of a seed (default: 240, or 80 with
     /// --quick).
     #[arg(long)]
     pub pretrain_steps: Option<usize>,
-    /// Steps of each arm after pretraining (default: 160, or 20 with --quick); the oracle trains
+    /// Steps of each arm after pretraining (default: 160, or 40 with --quick); the oracle trains
     /// from scratch for pretrain + these.
     #[arg(long)]
     pub steps: Option<usize>,
@@ -533,8 +533,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let seeds = args.seeds.unwrap_or(if args.quick { 2 } else { 3 });
     anyhow::ensure!(seeds > 0, "--seeds must be at least 1");
     let phases = Phases {
-        pretrain: args.pretrain_steps.unwrap_or(if args.quick { 40 } else { 240 }),
-        adapt: args.steps.unwrap_or(if args.quick { 20 } else { 160 }),
+        pretrain: args.pretrain_steps.unwrap_or(if args.quick { 80 } else { 240 }),
+        adapt: args.steps.unwrap_or(if args.quick { 40 } else { 160 }),
     };
     anyhow::ensure!(
         phases.pretrain > 0 && phases.adapt > 0,
