@@ -610,7 +610,13 @@ fn draw_scene(w: usize, h: usize, layout: &Layout, look: &Look, rng: &mut Rng) -
                 let px = cx + rng.range_f32(0.5, 0.95) * half * if rng.chance(0.5) { -1.0 } else { 1.0 };
                 let ph = (scale * 0.6).max(min_h * 1.1);
                 let b = s.object(kind, rng, tint);
-                s.rect(px - (ph * 0.3).max(min_w), y - ph * 0.35, px + (ph * 0.3).max(min_w), y, b);
+                s.rect(
+                    px - (ph * 0.3).max(min_w),
+                    y - ph * 0.35,
+                    px + (ph * 0.3).max(min_w),
+                    y,
+                    b,
+                );
                 let r = s.object(RIDER, rng, tint * 1.5);
                 let half_w = (ph * 0.1).max(min_w * 0.5);
                 s.rect(px - half_w, y - ph * 0.85, px + half_w, y - ph * 0.3, r);
@@ -716,7 +722,10 @@ fn render(scene: &Scene, look: &Look, rng: &mut Rng) -> RgbImage {
         if look.camera_gamma == 1.0 && look.camera_gain[c] == 1.0 {
             v
         } else {
-            255.0 * (v * look.camera_gain[c] / 255.0).clamp(0.0, 1.0).powf(look.camera_gamma)
+            255.0
+                * (v * look.camera_gain[c] / 255.0)
+                    .clamp(0.0, 1.0)
+                    .powf(look.camera_gamma)
         }
     };
     let mut px = vec![0f32; w * h * 3];

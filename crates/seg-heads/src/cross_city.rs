@@ -14,7 +14,6 @@ use seg_nn::bce_with_logits_per_element;
 
 const METHOD: &str = "cross-city";
 
-
 /// Cross-City's hyperparameters. "paper" = Chen et al.'s value (from their code where the paper
 /// is silent), "ours" = chosen here. Step counts of the paper (ramp over 1200 of 3000 steps,
 /// class-wise from step 1000) are expressed as fractions of the run, so a short run keeps the

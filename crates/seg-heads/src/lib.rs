@@ -27,11 +27,11 @@ pub mod size;
 
 pub use config::{parse_method, MethodConfig, METHOD_NAMES};
 pub use cross_city::{CrossCityConfig, CrossCityHead};
-pub use ops::Presence;
 pub use dann::{DannConfig, DannHead};
 pub use discriminator::{CellDiscriminator, ClassDiscriminatorBank, DiscriminatorSpec};
 pub use error::HeadError;
 pub use fcn_wild::{FcnWildConfig, FcnWildHead};
 pub use grl::{grad_reverse, ramp, GradReverse};
+pub use ops::Presence;
 pub use san::{SanConfig, SanGenerator, SanHead, SanPool};
 pub use size::{SizeConstraints, SizePenalty};

@@ -332,11 +332,14 @@ impl AdaptationHead for SanHead {
         let fake_seg = (c5 + residual.detach())?;
         let real = input.target.get(FeatureTap::Conv5)?;
 
-        let disc = ((self.disc_mean(&real.detach(), 1.0, step, 1)? + self.disc_mean(&fake_gen.detach(), 0.0, step, 2)?)?
+        let disc = ((self.disc_mean(&real.detach(), 1.0, step, 1)?
+            + self.disc_mean(&fake_gen.detach(), 0.0, step, 2)?)?
             * 0.5)?;
         let fool = self.disc_mean(&fake_gen, 1.0, step, 3)?;
         let task = |fake: &Tensor| -> Result<Tensor> {
-            let logits = input.backbone.forward_from(input.source, FeatureTap::Conv5, fake, true)?;
+            let logits = input
+                .backbone
+                .forward_from(input.source, FeatureTap::Conv5, fake, true)?;
             cross_entropy_ignore(&logits, input.source_labels, IGNORE as u32)? * self.cfg.alpha
         };
         let gen_task = task(&fake_gen)?;

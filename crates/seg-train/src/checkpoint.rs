@@ -161,10 +161,12 @@ impl Checkpoint {
         let dotted = format!("{prefix}.");
         let mine: Vec<(&String, &candle_core::Var)> = data.iter().filter(|(n, _)| n.starts_with(&dotted)).collect();
         for (name, var) in &mine {
-            let t = self
-                .tensors
-                .get(*name)
-                .ok_or_else(|| bad(&self.path, format!("variable `{name}` missing: the checkpoint is for another model")))?;
+            let t = self.tensors.get(*name).ok_or_else(|| {
+                bad(
+                    &self.path,
+                    format!("variable `{name}` missing: the checkpoint is for another model"),
+                )
+            })?;
             if t.dims() != var.dims() {
                 return Err(bad(
                     &self.path,

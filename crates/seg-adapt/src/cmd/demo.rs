@@ -279,9 +279,9 @@ fn summarise(runs: &[RunResult], methods: &[String]) -> BTreeMap<String, Summary
 /// (`scipy.stats.t.ppf(0.975, df)`: tabulated to 30, then `1.96 + 2.4 / df`, within 0.002).
 pub fn t_975(df: usize) -> f64 {
     const TABLE: [f64; 30] = [
-        12.706205, 4.302653, 3.182446, 2.776445, 2.570582, 2.446912, 2.364624, 2.306004, 2.262157, 2.228139,
-        2.200985, 2.178813, 2.160369, 2.144787, 2.131450, 2.119905, 2.109816, 2.100922, 2.093024, 2.085963,
-        2.079614, 2.073873, 2.068658, 2.063899, 2.059539, 2.055529, 2.051831, 2.048407, 2.045230, 2.042272,
+        12.706205, 4.302653, 3.182446, 2.776445, 2.570582, 2.446912, 2.364624, 2.306004, 2.262157, 2.228139, 2.200985,
+        2.178813, 2.160369, 2.144787, 2.131450, 2.119905, 2.109816, 2.100922, 2.093024, 2.085963, 2.079614, 2.073873,
+        2.068658, 2.063899, 2.059539, 2.055529, 2.051831, 2.048407, 2.045230, 2.042272,
     ];
     match df {
         0 => f64::INFINITY,
@@ -396,9 +396,7 @@ fn markdown(runs: &[RunResult], summary: &BTreeMap<String, Summary>, methods: &[
     for m in methods {
         let Some(x) = summary.get(m) else { continue };
         let mine = scores(runs, m);
-        let vs_so = (m != "source-only")
-            .then(|| paired(&mine, &so))
-            .flatten();
+        let vs_so = (m != "source-only").then(|| paired(&mine, &so)).flatten();
         let vs_ab = (!["source-only", "adabn"].contains(&m.as_str()))
             .then(|| paired(&mine, &ab))
             .flatten();
@@ -409,7 +407,9 @@ fn markdown(runs: &[RunResult], summary: &BTreeMap<String, Summary>, methods: &[
             x.n,
             vs_so.as_ref().map_or(String::new(), with_ci),
             vs_ab.as_ref().map_or(String::new(), with_ci),
-            vs_ab.as_ref().map_or(String::new(), |p| format!("{}/{}", p.positive, p.n)),
+            vs_ab
+                .as_ref()
+                .map_or(String::new(), |p| format!("{}/{}", p.positive, p.n)),
         ));
     }
     if let Some(ab_sum) = summary.get("adabn") {
@@ -444,7 +444,11 @@ fn markdown(runs: &[RunResult], summary: &BTreeMap<String, Summary>, methods: &[
                 .fold(f64::MIN, f64::max);
             s.push_str(&format!(
                 "- AdaBN {} source-only ({:+.2}); the oracle {} every other arm ({:+.2} over the best).\n",
-                if ab_sum.mean > so_sum.mean { "above" } else { "NOT above" },
+                if ab_sum.mean > so_sum.mean {
+                    "above"
+                } else {
+                    "NOT above"
+                },
                 100.0 * (ab_sum.mean - so_sum.mean),
                 if or.mean > best { "above" } else { "NOT above" },
                 100.0 * (or.mean - best),

@@ -207,7 +207,10 @@ fn demo_quick_reports_every_method() {
     let arm = std::fs::read_to_string(dir.path().join("runs/dann/seed1/config.toml")).unwrap();
     assert!(arm.contains("init_from") && arm.contains("pretrain"), "{arm}");
     let oracle = std::fs::read_to_string(dir.path().join("runs/oracle/seed1/config.toml")).unwrap();
-    assert!(!oracle.contains("init_from") && oracle.contains("steps = 4"), "{oracle}");
+    assert!(
+        !oracle.contains("init_from") && oracle.contains("steps = 4"),
+        "{oracle}"
+    );
     assert!(dir.path().join("comparison.png").exists());
     assert!(dir.path().join("report.md").exists());
 }

@@ -124,6 +124,7 @@ fn head_passes_never_move_the_running_statistics() {
         tensors(&run, "running_")
     };
     let (san, dann) = (stats("san"), stats("dann"));
-    let model = |v: Vec<(String, Vec<f32>)>| -> Vec<_> { v.into_iter().filter(|(k, _)| k.starts_with("model.")).collect() };
+    let model =
+        |v: Vec<(String, Vec<f32>)>| -> Vec<_> { v.into_iter().filter(|(k, _)| k.starts_with("model.")).collect() };
     assert_eq!(model(san), model(dann));
 }

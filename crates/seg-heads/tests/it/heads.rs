@@ -404,7 +404,10 @@ fn san_differentiates_only_its_own_graph_per_group() {
         width: 8,
         ..Default::default()
     };
-    assert_eq!(cfg.segmenter_adv_weight, 1.0, "the paper's adversarial update of conv1..conv5");
+    assert_eq!(
+        cfg.segmenter_adv_weight, 1.0,
+        "the paper's adversarial update of conv1..conv5"
+    );
     let s = setup(&MethodConfig::San(cfg.clone()));
     let groups = groups(&s);
     let (src, tgt, labels) = forward(&s, 6);
@@ -418,7 +421,11 @@ fn san_differentiates_only_its_own_graph_per_group() {
         .collect();
     assert_eq!(early_layers.len(), 4);
     let gen = group_sum(&terms, ParamGroup::Generator).unwrap().backward().unwrap();
-    assert_eq!(grad_mass(&gen, &early_layers), 0.0, "generator terms reached conv1..conv5");
+    assert_eq!(
+        grad_mass(&gen, &early_layers),
+        0.0,
+        "generator terms reached conv1..conv5"
+    );
     assert!(grad_mass(&gen, &groups[&ParamGroup::Generator]) > 0.0);
     let seg = group_sum(&terms, ParamGroup::Segmenter).unwrap().backward().unwrap();
     assert_eq!(
@@ -450,14 +457,7 @@ fn class_wise_pairs_need_the_class_to_be_predicted() {
     let logits = Tensor::from_vec(v, (n, CLASSES, h, w), &Device::Cpu).unwrap();
     let soft = seg_heads::Presence::Soft.of(&logits).unwrap();
     let hard = seg_heads::Presence::Argmax.of(&logits).unwrap();
-    let mean_presence = |p: &Tensor| {
-        p.mean(3)
-            .unwrap()
-            .mean(2)
-            .unwrap()
-            .to_vec2::<f32>()
-            .unwrap()
-    };
+    let mean_presence = |p: &Tensor| p.mean(3).unwrap().mean(2).unwrap().to_vec2::<f32>().unwrap();
     let min_presence = CrossCityConfig::default().min_presence as f32;
     let soft_pairs = mean_presence(&soft).iter().flatten().filter(|&&p| p >= 1e-3).count();
     let hard_pairs = mean_presence(&hard)

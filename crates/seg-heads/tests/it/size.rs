@@ -65,9 +65,7 @@ fn penalty_value_and_large_class_gradient_scale() {
     let u = 1.0 / NUM_CLASSES as f32;
     let logits = Var::zeros((2, NUM_CLASSES, 5, 7), DType::F32, &Device::Cpu).unwrap();
     let grad_of_class0 = |alpha: f32, with_class1: bool| {
-        let p = stats(alpha, with_class1)
-            .penalty(logits.as_tensor(), &PAPER)
-            .unwrap();
+        let p = stats(alpha, with_class1).penalty(logits.as_tensor(), &PAPER).unwrap();
         let value = p.to_scalar::<f32>().unwrap();
         let g = p
             .backward()
