@@ -127,29 +127,8 @@ impl Checkpoint {
     /// Copies the stored values into `vars`, refusing missing names and wrong shapes before
     /// changing anything.
     pub fn restore_vars(&self, vars: &candle_nn::VarMap) -> Result<(), TrainError> {
-        let data = vars.data().lock().map_err(|_| bad(&self.path, "poisoned var map"))?;
-        for (name, var) in data.iter() {
-            let t = self.tensors.get(name).ok_or_else(|| {
-                bad(
-                    &self.path,
-                    format!("variable `{name}` missing: the checkpoint is for another model or method"),
-                )
-            })?;
-            if t.dims() != var.dims() {
-                return Err(bad(
-                    &self.path,
-                    format!(
-                        "variable `{name}` has shape {:?}, the model expects {:?}",
-                        t.dims(),
-                        var.dims()
-                    ),
-                ));
-            }
-        }
-        for (name, var) in data.iter() {
-            var.set(&self.tensors[name].to_dtype(var.dtype())?)?;
-        }
-        Ok(())
+        self.restore_where(vars, |_| true, "another model or method")
+            .map(|_| ())
     }
 
     /// Copies the stored values of the variables of `vars` whose names start with `prefix.`
@@ -157,14 +136,24 @@ impl Checkpoint {
     /// refusing missing names and wrong shapes before changing anything. Returns how many were
     /// copied.
     pub fn restore_prefix(&self, vars: &candle_nn::VarMap, prefix: &str) -> Result<usize, TrainError> {
-        let data = vars.data().lock().map_err(|_| bad(&self.path, "poisoned var map"))?;
         let dotted = format!("{prefix}.");
-        let mine: Vec<(&String, &candle_core::Var)> = data.iter().filter(|(n, _)| n.starts_with(&dotted)).collect();
+        self.restore_where(vars, |name| name.starts_with(&dotted), "another model")
+    }
+
+    /// Checks every selected variable (present, same shape), then copies them all.
+    fn restore_where(
+        &self,
+        vars: &candle_nn::VarMap,
+        select: impl Fn(&str) -> bool,
+        mismatch: &str,
+    ) -> Result<usize, TrainError> {
+        let data = vars.data().lock().map_err(|_| bad(&self.path, "poisoned var map"))?;
+        let mine: Vec<(&String, &candle_core::Var)> = data.iter().filter(|(n, _)| select(n)).collect();
         for (name, var) in &mine {
             let t = self.tensors.get(*name).ok_or_else(|| {
                 bad(
                     &self.path,
-                    format!("variable `{name}` missing: the checkpoint is for another model"),
+                    format!("variable `{name}` missing: the checkpoint is for {mismatch}"),
                 )
             })?;
             if t.dims() != var.dims() {
