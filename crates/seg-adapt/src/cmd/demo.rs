@@ -28,7 +28,7 @@ pub struct Args {
     /// The small benchmark and short runs (about two minutes, for tests).
     #[arg(long)]
     pub quick: bool,
-    /// Seeds per method.
+    /// Seeds per method (default: 3, or 2 with --quick).
     #[arg(long)]
     pub seeds: Option<usize>,
     /// Source-only pretraining steps shared by every arm of a seed (default: 240, or 80 with
