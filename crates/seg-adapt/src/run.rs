@@ -1,6 +1,7 @@
 //! Builds runs from a [`RunConfig`]: datasets, loaders, model, head and trainer; and rebuilds
 //! a trained model from a run folder for evaluation and prediction.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -9,7 +10,7 @@ use candle_core::{DType, Device};
 use candle_nn::VarMap;
 use rayon::prelude::*;
 use seg_core::{Backbone, Domain};
-use seg_data::{open_dataset, Dataset, DatasetOptions, Loader};
+use seg_data::{open_dataset, Dataset, DatasetOptions, LeftOut, Loader};
 use seg_heads::{MethodConfig, SizeConstraints};
 use seg_train::{EvalSetup, TrainOutcome, TrainSetup, Trainer};
 
@@ -24,7 +25,10 @@ pub fn device(name: &str) -> anyhow::Result<Device> {
     }
 }
 
-fn open(cfg: &RunConfig, which: &str) -> anyhow::Result<Dataset> {
+/// Opens one of the run's datasets (`source`, `target-train`, `target-train-labelled`, `val`)
+/// and leaves out the samples its policies say to leave out ([`Dataset::leave_out_unusable`]),
+/// naming each once in the log.
+fn open(cfg: &RunConfig, which: &str) -> anyhow::Result<(Dataset, Vec<LeftOut>)> {
     let d = &cfg.data;
     let opts = |require_labels: bool, list: Option<PathBuf>| DatasetOptions {
         size_policy: d.size_policy,
@@ -59,8 +63,20 @@ fn open(cfg: &RunConfig, which: &str) -> anyhow::Result<Dataset> {
             opts(true, None),
         ),
     };
-    open_dataset(name, root, split, o)
-        .with_context(|| format!("opening the {which} dataset ({name} at {})", root.display()))
+    let what = || format!("opening the {which} dataset ({name} at {})", root.display());
+    let mut ds = open_dataset(name, root, split, o).with_context(what)?;
+    let left_out = ds.leave_out_unusable().with_context(what)?;
+    for l in &left_out {
+        tracing::warn!("{which}: left out `{}`: {}", l.name, l.reason);
+    }
+    anyhow::ensure!(
+        !ds.is_empty(),
+        "{}: every sample of the {which} dataset was left out ({} of them; the first: {})",
+        root.display(),
+        left_out.len(),
+        left_out.first().map_or(String::new(), |l| l.reason.clone())
+    );
+    Ok((ds, left_out))
 }
 
 /// Builds the model (and its variables) a config describes.
@@ -119,11 +135,11 @@ pub fn build_setup(
     let (vars, backbone) = build_model(cfg, device)?;
     cfg.validate(backbone.stride())?;
     let oracle = matches!(cfg.method, MethodConfig::Oracle);
-    let source = Arc::new(if oracle {
-        open(cfg, "target-train-labelled")?
-    } else {
-        open(cfg, "source")?
-    });
+    let mut left_out: BTreeMap<String, Vec<LeftOut>> = BTreeMap::new();
+    let role = if oracle { "target-train-labelled" } else { "source" };
+    let (source, skipped) = open(cfg, role)?;
+    left_out.insert(role.into(), skipped);
+    let source = Arc::new(source);
     let crop = cfg.augment.crop.unwrap_or([0, 0]);
     if let Some((w, h)) = first_size(&source) {
         let s = cfg.augment.base_scale * cfg.augment.scale_range[0].min(cfg.augment.scale_range[1]);
@@ -175,7 +191,9 @@ pub fn build_setup(
     )
     .with_cache(t.cache_images);
     let target = if head.is_some() {
-        let ds = Arc::new(open(cfg, "target-train")?);
+        let (ds, skipped) = open(cfg, "target-train")?;
+        left_out.insert("target-train".into(), skipped);
+        let ds = Arc::new(ds);
         let n = t.target_batch_size.unwrap_or(t.batch_size);
         Some(
             Loader::new(
@@ -200,12 +218,19 @@ pub fn build_setup(
         None
     };
     let eval = match open(cfg, "val") {
-        Ok(ds) => Some((ds, eval_setup(cfg, device), cfg.eval.protocol)),
+        Ok((ds, skipped)) => {
+            left_out.insert("val".into(), skipped);
+            Some((ds, eval_setup(cfg, device), cfg.eval.protocol))
+        }
         Err(e) => {
             tracing::warn!("no evaluation during training: {e:#}");
             None
         }
     };
+    if left_out.values().any(|v| !v.is_empty()) {
+        std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+    }
+    write_left_out(run_dir, &left_out)?;
     Ok(TrainSetup {
         run_dir: run_dir.to_path_buf(),
         config: cfg.trainer.clone(),
@@ -220,7 +245,24 @@ pub fn build_setup(
         resume,
         progress,
         final_bn,
+        left_out: left_out
+            .iter()
+            .map(|(k, v)| (k.clone(), v.len()))
+            .filter(|(_, n)| *n > 0)
+            .collect(),
     })
+}
+
+/// Writes `skipped.json` into the run folder when anything was left out: per dataset role, each
+/// sample's name, image file and reason.
+fn write_left_out(run_dir: &Path, left_out: &BTreeMap<String, Vec<LeftOut>>) -> anyhow::Result<()> {
+    let path = run_dir.join("skipped.json");
+    if left_out.values().all(Vec::is_empty) {
+        let _ = std::fs::remove_file(&path);
+        return Ok(());
+    }
+    let json = serde_json::to_string_pretty(left_out)?;
+    seg_labels::fsutil::write_atomic(&path, json.as_bytes()).with_context(|| format!("writing {}", path.display()))
 }
 
 /// The checkpoint file of a run folder (or the file itself).
@@ -253,7 +295,7 @@ fn init_checkpoint(cfg: &RunConfig, from: &Path, device: &Device) -> anyhow::Res
 /// The target batches AdaBN re-estimates batch-norm statistics over (also used at the end of
 /// every adaptation run, so both see the same images).
 pub fn adabn_loader(cfg: &RunConfig, device: &Device) -> anyhow::Result<Loader> {
-    let ds = Arc::new(open(cfg, "target-train")?);
+    let ds = Arc::new(open(cfg, "target-train")?.0);
     Ok(Loader::new(
         ds,
         cfg.trainer.batch_size,
@@ -348,7 +390,7 @@ pub fn adabn_from(cfg: &RunConfig, from_dir: &Path, run_dir: &Path, device: &Dev
     }
     seg_train::checkpoint::save(&ck, &tensors, &meta)?;
     seg_labels::fsutil::write_atomic(&run_dir.join("config.toml"), cfg.to_toml()?.as_bytes())?;
-    let val = open(cfg, "val")?;
+    let val = open(cfg, "val")?.0;
     let report =
         seg_train::evaluate(trained.backbone.as_ref(), &val, &eval_setup(cfg, device))?.finish(cfg.eval.protocol);
     report.write(&run_dir.join("eval").join(format!("step_{:06}", trained.step)))?;

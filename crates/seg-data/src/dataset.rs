@@ -63,6 +63,14 @@ pub struct DatasetOptions {
     pub require_labels: bool,
 }
 
+/// A sample left out of a run before it started, and why.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LeftOut {
+    pub name: String,
+    pub image: PathBuf,
+    pub reason: String,
+}
+
 /// A decoded sample: RGB pixels and train ids (255 = ignore).
 #[derive(Debug, Clone)]
 pub struct Sample {
@@ -128,6 +136,73 @@ impl Dataset {
     /// Keeps only the entries for which `keep` is true (used after validation).
     pub fn retain(&mut self, keep: impl FnMut(&SampleRef) -> bool) {
         self.entries.retain(keep);
+    }
+
+    /// Leaves out, before any training, the samples that could not be used: under
+    /// `size_policy = "skip"` the pairs whose image and label headers declare different sizes;
+    /// under `error_policy = "skip"` the samples whose files cannot be opened as PNGs and, when
+    /// labels are required, those without a label. Under `error_policy = "fail"` such a file
+    /// is an error naming it. Reads only the files' first bytes (in parallel). Returns what was
+    /// left out, in entry order.
+    pub fn leave_out_unusable(&mut self) -> Result<Vec<LeftOut>, DataError> {
+        use rayon::prelude::*;
+        let opts = self.options.clone();
+        let verdicts: Vec<Result<Option<String>, DataError>> = self
+            .entries
+            .par_iter()
+            .map(|e| {
+                let label = match &e.label {
+                    Some(l) => Some(l),
+                    None if opts.require_labels => {
+                        return Err(DataError::NoLabel {
+                            path: e.image.clone(),
+                            expected: PathBuf::from(format!("a label file for `{}`", e.name)),
+                        })
+                    }
+                    None => None,
+                };
+                let (iw, ih) = png_io::read_size(&e.image)?;
+                if let Some(l) = label {
+                    let (lw, lh) = png_io::read_size(l)?;
+                    if (lw, lh) != (iw, ih) && opts.size_policy == SizePolicy::Skip {
+                        return Ok(Some(
+                            DataError::SizeMismatch {
+                                image: e.image.clone(),
+                                label: l.clone(),
+                                iw,
+                                ih,
+                                lw,
+                                lh,
+                            }
+                            .to_string(),
+                        ));
+                    }
+                }
+                Ok(None)
+            })
+            .collect();
+        let mut left_out = Vec::new();
+        let mut keep = Vec::with_capacity(self.entries.len());
+        for (entry, verdict) in self.entries.iter().zip(verdicts) {
+            let reason = match verdict {
+                Ok(None) => {
+                    keep.push(true);
+                    continue;
+                }
+                Ok(Some(reason)) => reason,
+                Err(e) if opts.error_policy == ErrorPolicy::Skip => e.to_string(),
+                Err(e) => return Err(e),
+            };
+            keep.push(false);
+            left_out.push(LeftOut {
+                name: entry.name.clone(),
+                image: entry.image.clone(),
+                reason,
+            });
+        }
+        let mut flags = keep.into_iter();
+        self.entries.retain(|_| flags.next().unwrap_or(true));
+        Ok(left_out)
     }
 
     /// The label map for a label file (Cityscapes mixes labelIds and labelTrainIds files).

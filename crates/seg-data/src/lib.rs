@@ -14,7 +14,7 @@ pub mod readers;
 pub mod toy;
 pub mod transform;
 
-pub use dataset::{Dataset, DatasetOptions, ErrorPolicy, LabelSource, Sample, SampleRef, SizePolicy};
+pub use dataset::{Dataset, DatasetOptions, ErrorPolicy, LabelSource, LeftOut, Sample, SampleRef, SizePolicy};
 pub use error::DataError;
 pub use inspect::{inspect, InspectReport, Problem};
 pub use loader::{Augment, Batcher, Loader, Sampler};

@@ -98,6 +98,40 @@ fn corrupt(path: &Path, e: impl std::fmt::Display) -> PngError {
     }
 }
 
+/// The declared `(width, height)` of a PNG from its first 24 bytes (signature and IHDR), without
+/// reading the rest of the file: cheap enough to check every pair of a large dataset up front.
+pub fn read_size(path: &Path) -> Result<(u32, u32), PngError> {
+    use std::io::Read;
+    let mut head = [0u8; 24];
+    let mut file = std::fs::File::open(path).map_err(|source| PngError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut got = 0;
+    while got < head.len() {
+        match file.read(&mut head[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(source) => {
+                return Err(PngError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        }
+    }
+    const SIGNATURE: [u8; 8] = [0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A];
+    if got == 0 {
+        return Err(corrupt(path, "empty file"));
+    }
+    if got < head.len() || head[..8] != SIGNATURE || &head[12..16] != b"IHDR" {
+        return Err(corrupt(path, "no PNG signature and IHDR header"));
+    }
+    let be = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+    Ok((be(&head[16..20]), be(&head[20..24])))
+}
+
 /// Reads the header only: `(width, height, colour type, bit depth)`.
 pub fn probe(path: &Path) -> Result<(u32, u32), PngError> {
     let bytes = read_file(path)?;

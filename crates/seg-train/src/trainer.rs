@@ -40,6 +40,9 @@ pub struct TrainSetup {
     /// checkpoint and evaluation. The adaptation runs use it so that they end with the same
     /// test-time statistics procedure (and the same target batches) as AdaBN.
     pub final_bn: Option<(Loader, usize)>,
+    /// Samples left out before the run started, counted per dataset role (the run folder's
+    /// `skipped.json` names them); logged to `metrics.jsonl` at step 0.
+    pub left_out: BTreeMap<String, usize>,
 }
 
 /// What a finished run produced.
@@ -326,6 +329,9 @@ impl Trainer {
             self.resume()?;
         } else {
             let _ = std::fs::remove_file(self.metrics_path());
+            if !self.s.left_out.is_empty() {
+                self.log(serde_json::json!({"step": 0, "left_out": self.s.left_out}))?;
+            }
         }
         let total = self.s.config.steps;
         let start = Instant::now();

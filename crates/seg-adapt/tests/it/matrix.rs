@@ -261,3 +261,74 @@ fn a_full_disk_while_writing_a_checkpoint_or_report_loses_nothing() {
 fn listing(out: &str) -> Vec<&str> {
     out.lines().skip_while(|l| !l.starts_with("exit=")).skip(1).collect()
 }
+
+#[test]
+fn unusable_pairs_are_left_out_named_and_counted() {
+    let (dir, root) = gta_copy(6);
+    // A real GTA5 quirk: a label of another size than its image.
+    seg_labels::png_io::write_gray8(&root.join("labels/00003.png"), 64, 32, &[7u8; 64 * 32]).unwrap();
+    let cs = toy().join("cityscapes");
+    let train = |out: &Path, extra: &[&str]| {
+        let mut a = train_args(p(out), p(&root), p(&cs), "source-only");
+        a.extend(extra);
+        super::run(&a)
+    };
+    let left_out = |out: &Path| -> Option<serde_json::Value> {
+        std::fs::read_to_string(out.join("skipped.json"))
+            .ok()
+            .map(|t| serde_json::from_str(&t).unwrap())
+    };
+
+    // Default size policy: left out before training, named once, counted.
+    let out = dir.path().join("skip");
+    let o = train(&out, &[]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert_eq!(stderr.lines().filter(|l| l.contains("00003")).count(), 1, "{stderr}");
+    assert!(stderr.contains("left out") && stderr.contains("64x32"), "{stderr}");
+    let v = left_out(&out).unwrap();
+    assert_eq!(v["source"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["source"][0]["name"], "00003");
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let first: serde_json::Value = serde_json::from_str(metrics.lines().next().unwrap()).unwrap();
+    assert_eq!(first["left_out"]["source"], 1, "{first}");
+
+    // resize-label-nearest keeps the pair.
+    let cfg = dir.path().join("resize.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[data]\nsource_dataset = \"gta5\"\nsource_root = {:?}\ntarget_dataset = \"cityscapes\"\ntarget_root = {:?}\nsize_policy = \"resize-label-nearest\"\n\n[model]\nname = \"small\"\n\n[method]\nkind = \"source-only\"\n",
+            p(&root),
+            p(&cs)
+        ),
+    )
+    .unwrap();
+    let out = dir.path().join("resize");
+    let o = train(&out, &["--config", p(&cfg)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(left_out(&out).is_none());
+
+    // An image that is not a PNG: an error naming it before training (error_policy = "fail"),
+    // or left out and named with error_policy = "skip".
+    std::fs::write(root.join("images/00005.png"), b"not a png").unwrap();
+    let out = dir.path().join("fail");
+    let e = err(&train_args(p(&out), p(&root), p(&cs), "source-only"));
+    assert!(e.contains("00005.png") && e.contains("not a valid PNG"), "{e}");
+    assert!(!out.join("checkpoint.safetensors").exists());
+    let skip_cfg = dir.path().join("skip.toml");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("size_policy = \"resize-label-nearest\"", "error_policy = \"skip\"");
+    std::fs::write(&skip_cfg, text).unwrap();
+    let out = dir.path().join("skip-errors");
+    let o = train(&out, &["--config", p(&skip_cfg)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let names: Vec<String> = left_out(&out).unwrap()["source"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["00003", "00005"]);
+}

@@ -59,6 +59,7 @@ fn setup(run_dir: &Path, steps: usize, lr: f64, resume: bool) -> TrainSetup {
         resume,
         progress: false,
         final_bn: None,
+        left_out: Default::default(),
     }
 }
 
