@@ -583,7 +583,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 .with_context(|| format!("demo pretraining seed {seed}"))?;
             eprintln!(
                 "         mIoU {}",
-                r.miou.map_or("n/a".into(), |v| format!("{:.2}", 100.0 * v))
+                r.miou.map_or("n/a".into(), |v| format!("{:.2} %", 100.0 * v))
             );
         }
         for m in &methods {
@@ -593,7 +593,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 .with_context(|| format!("demo run {m} seed {seed}"))?;
             eprintln!(
                 "         mIoU {}",
-                r.miou.map_or("n/a".into(), |v| format!("{:.2}", 100.0 * v))
+                r.miou.map_or("n/a".into(), |v| format!("{:.2} %", 100.0 * v))
             );
             runs.push(r);
         }
