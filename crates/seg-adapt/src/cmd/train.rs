@@ -157,7 +157,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         outcome.steps,
         outcome.seconds,
         outcome.checkpoint.display(),
-        outcome.final_miou.map_or("n/a".into(), |m| format!("{:.2} %", 100.0 * m))
+        outcome
+            .final_miou
+            .map_or("n/a".into(), |m| format!("{:.2} %", 100.0 * m))
     );
     Ok(())
 }
