@@ -103,3 +103,57 @@ fn torchvision_keys_load_into_the_model_and_mismatches_are_errors() {
         .to_string();
     assert!(e.contains("vgg16.safetensors"), "{e}");
 }
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+#[test]
+fn torchvision_pth_archives_load_as_they_come() {
+    // Written by PyTorch's torch.save with torchvision's key names (tests/fixtures/README.md).
+    let (vars, _m) = model(ModelName::Vgg16Fcn8sReduced);
+    let path = fixture("vgg16-first-layer.pth");
+    let r = seg_fcn::weights::load_init_weights(&vars, "model", &path).unwrap();
+    assert_eq!(r.loaded, vec!["features.0.bias", "features.0.weight"]);
+    assert_eq!(r.skipped, vec!["classifier.6.bias"]);
+    let data = vars.data().lock().unwrap();
+    let w = data["model.features.0.weight"]
+        .as_tensor()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert_eq!(w.len(), 1728);
+    assert!(
+        w.iter().enumerate().all(|(k, &v)| v == k as f32 / 1000.0),
+        "{:?}",
+        &w[..4]
+    );
+    let b = data["model.features.0.bias"].as_tensor().to_vec1::<f32>().unwrap();
+    assert_eq!(
+        b,
+        (10..74).map(|k| k as f32).collect::<Vec<_>>(),
+        "the view's storage offset"
+    );
+    drop(data);
+
+    // A state_dict with anything but tensors is refused, naming the entry.
+    let e = seg_fcn::weights::load_init_weights(&vars, "model", &fixture("not-only-tensors.pth"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("not-only-tensors.pth") && e.contains("`epoch`") && e.contains("integer 3"),
+        "{e}"
+    );
+
+    // A file named .pth that is not an archive names the file and the reason.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("vgg16.pth");
+    std::fs::write(&bad, b"not a zip").unwrap();
+    let e = seg_fcn::weights::load_init_weights(&vars, "model", &bad)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("vgg16.pth") && e.contains("not a PyTorch archive"), "{e}");
+}
