@@ -46,7 +46,12 @@ pub fn load_init_weights(vars: &VarMap, prefix: &str, path: &Path) -> Result<Ini
         reason: e.to_string(),
     };
     let tensors = if is_pth(path) {
-        read_pth(path)?
+        // candle's pickle reader indexes into tuples it reads from the file; a crafted file can
+        // make it panic, which must not take the process down.
+        std::panic::catch_unwind(|| read_pth(path)).map_err(|_| WeightsError::Read {
+            path: p.clone(),
+            reason: "malformed PyTorch pickle (the reader gave up on its structure)".into(),
+        })??
     } else {
         candle_core::safetensors::load(path, &Device::Cpu).map_err(read)?
     };
@@ -100,7 +105,7 @@ pub fn load_init_weights(vars: &VarMap, prefix: &str, path: &Path) -> Result<Ini
     Ok(report)
 }
 
-/// A PyTorch archive (by extension, or by the zip signature where the name says nothing).
+/// A PyTorch file (by extension, or by its first bytes where the name says nothing).
 fn is_pth(path: &Path) -> bool {
     match path.extension().and_then(|e| e.to_str()) {
         Some("pth" | "pt" | "bin" | "ckpt") => true,
@@ -110,19 +115,36 @@ fn is_pth(path: &Path) -> bool {
             let mut head = [0u8; 4];
             std::fs::File::open(path)
                 .and_then(|mut f| f.read_exact(&mut head))
-                .is_ok_and(|_| head == *b"PK\x03\x04")
+                .is_ok_and(|_| head == *b"PK\x03\x04" || head == LEGACY_MAGIC[..4])
         }
     }
 }
 
-/// Every tensor of a `torch.save(state_dict)` archive, refusing entries that are not tensors.
+/// The first bytes of PyTorch's legacy (pre-1.6, not zip) serialisation: protocol-2 pickle of
+/// the magic number 0x1950a86a20f9469cfc6c. torchvision's `vgg16-397923af.pth` is one.
+const LEGACY_MAGIC: [u8; 15] = [
+    0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19, b'.',
+];
+
+/// Every tensor of a `torch.save(state_dict)` archive (zip or legacy), refusing entries that are
+/// not tensors.
 fn read_pth(path: &Path) -> Result<std::collections::HashMap<String, Tensor>, WeightsError> {
-    use candle_core::pickle::{Object, PthTensors, Stack};
+    use candle_core::pickle::{PthTensors, Stack};
     let p = path.display().to_string();
     let read = |reason: String| WeightsError::Read {
         path: p.clone(),
         reason,
     };
+    {
+        use std::io::Read;
+        let mut head = [0u8; 15];
+        let legacy = std::fs::File::open(path)
+            .and_then(|mut f| f.read_exact(&mut head))
+            .is_ok_and(|_| head == LEGACY_MAGIC);
+        if legacy {
+            return read_legacy_pth(path);
+        }
+    }
     let file = std::fs::File::open(path).map_err(|e| read(e.to_string()))?;
     let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file))
         .map_err(|e| read(format!("not a PyTorch archive (zip): {e}")))?;
@@ -140,14 +162,38 @@ fn read_pth(path: &Path) -> Result<std::collections::HashMap<String, Tensor>, We
             .map_err(|e| read(format!("{pkl}: {e}")))?;
         stack.finalize().map_err(|e| read(format!("{pkl}: {e}")))?
     };
-    let Object::Dict(entries) = obj else {
-        return Err(read(format!(
-            "{pkl} holds {} where a state_dict (a dict of tensors) is expected",
-            describe(&obj)
-        )));
-    };
     let dir = std::path::PathBuf::from(pkl.trim_end_matches(".pkl"));
-    let mut names = Vec::with_capacity(entries.len());
+    let names: Vec<String> = tensor_entries(path, obj, &dir)?.into_iter().map(|(n, _)| n).collect();
+    let pth = PthTensors::new(path, None).map_err(|e| read(e.to_string()))?;
+    let mut out = std::collections::HashMap::with_capacity(names.len());
+    for name in names {
+        let t = pth
+            .get(&name)
+            .map_err(|e| read(format!("tensor `{name}`: {e}")))?
+            .ok_or_else(|| read(format!("tensor `{name}` could not be read")))?;
+        out.insert(name, t);
+    }
+    Ok(out)
+}
+
+/// The `(name, tensor info)` of every entry of a pickled state_dict, refusing anything else.
+fn tensor_entries(
+    path: &Path,
+    obj: candle_core::pickle::Object,
+    dir: &Path,
+) -> Result<Vec<(String, candle_core::pickle::TensorInfo)>, WeightsError> {
+    use candle_core::pickle::Object;
+    let p = path.display().to_string();
+    let Object::Dict(entries) = obj else {
+        return Err(WeightsError::Read {
+            path: p,
+            reason: format!(
+                "it holds {} where a state_dict (a dict of tensors) is expected",
+                describe(&obj)
+            ),
+        });
+    };
+    let mut out = Vec::with_capacity(entries.len());
     for (key, value) in entries {
         let Object::Unicode(name) = &key else {
             return Err(WeightsError::NotTensor {
@@ -157,8 +203,8 @@ fn read_pth(path: &Path) -> Result<std::collections::HashMap<String, Tensor>, We
             });
         };
         let what = describe(&value);
-        match value.into_tensor_info(key.clone(), &dir) {
-            Ok(Some(_)) => names.push(name.clone()),
+        match value.into_tensor_info(key.clone(), dir) {
+            Ok(Some(info)) => out.push((name.clone(), info)),
             _ => {
                 return Err(WeightsError::NotTensor {
                     path: p.clone(),
@@ -168,13 +214,85 @@ fn read_pth(path: &Path) -> Result<std::collections::HashMap<String, Tensor>, We
             }
         }
     }
-    let pth = PthTensors::new(path, None).map_err(|e| read(e.to_string()))?;
-    let mut out = std::collections::HashMap::with_capacity(names.len());
-    for name in names {
-        let t = pth
-            .get(&name)
-            .map_err(|e| read(format!("tensor `{name}`: {e}")))?
-            .ok_or_else(|| read(format!("tensor `{name}` could not be read")))?;
+    Ok(out)
+}
+
+/// PyTorch's legacy serialisation: pickles of the magic number, the protocol version and the
+/// system info, the pickled state_dict (storages as persistent ids), the pickled list of storage
+/// keys, then each storage in that order as a little-endian `i64` element count and raw bytes.
+fn read_legacy_pth(path: &Path) -> Result<std::collections::HashMap<String, Tensor>, WeightsError> {
+    use candle_core::pickle::{Object, Stack};
+    let p = path.display().to_string();
+    let read = |reason: String| WeightsError::Read {
+        path: p.clone(),
+        reason,
+    };
+    let bytes = std::fs::read(path).map_err(|e| read(e.to_string()))?;
+    let mut cur = std::io::Cursor::new(&bytes[LEGACY_MAGIC.len()..]);
+    let mut pickle = |what: &str| -> Result<Object, WeightsError> {
+        let mut stack = Stack::empty();
+        stack
+            .read_loop(&mut cur)
+            .and_then(|_| stack.finalize())
+            .map_err(|e| read(format!("legacy PyTorch file, {what}: {e}")))
+    };
+    let _protocol = pickle("protocol version")?;
+    let _sys_info = pickle("system info")?;
+    let obj = pickle("state_dict")?;
+    let keys = match pickle("storage keys")? {
+        Object::List(keys) => keys
+            .into_iter()
+            .map(|k| match k {
+                Object::Unicode(k) => Ok(k),
+                other => Err(read(format!("storage key {other:?} is not a string"))),
+            })
+            .collect::<Result<Vec<String>, _>>()?,
+        other => return Err(read(format!("storage keys: {} instead of a list", describe(&other)))),
+    };
+    let infos = tensor_entries(path, obj, Path::new(""))?;
+    let key_of = |info: &candle_core::pickle::TensorInfo| info.path.rsplit('/').next().unwrap_or("").to_string();
+    // Each storage's element size, from the tensors that use it.
+    let mut elem = std::collections::HashMap::new();
+    for (_, info) in &infos {
+        elem.insert(key_of(info), info.dtype.size_in_bytes());
+    }
+    let mut pos = LEGACY_MAGIC.len() + cur.position() as usize;
+    let mut storages = std::collections::HashMap::new();
+    for key in keys {
+        let count = bytes
+            .get(pos..pos + 8)
+            .map(|b| i64::from_le_bytes(b.try_into().unwrap_or_default()))
+            .filter(|&n| n >= 0)
+            .ok_or_else(|| read(format!("storage `{key}`: truncated before its size")))? as usize;
+        let size = elem.get(&key).copied().unwrap_or(4);
+        let start = pos + 8;
+        let end = count
+            .checked_mul(size)
+            .and_then(|n| n.checked_add(start))
+            .filter(|&e| e <= bytes.len())
+            .ok_or_else(|| read(format!("storage `{key}`: truncated ({count} elements declared)")))?;
+        storages.insert(key, start..end);
+        pos = end;
+    }
+    let mut out = std::collections::HashMap::with_capacity(infos.len());
+    for (name, info) in infos {
+        let key = key_of(&info);
+        let range = storages
+            .get(&key)
+            .ok_or_else(|| read(format!("tensor `{name}`: storage `{key}` is not in the file")))?;
+        let layout = &info.layout;
+        if !layout.is_contiguous() {
+            return Err(read(format!("tensor `{name}` is not contiguous")));
+        }
+        let size = info.dtype.size_in_bytes();
+        // candle's pickle reader keeps the storage offset in bytes.
+        let first = range.start + layout.start_offset();
+        let last = first + layout.shape().elem_count() * size;
+        if last > range.end {
+            return Err(read(format!("tensor `{name}` runs past its storage `{key}`")));
+        }
+        let t = Tensor::from_raw_buffer(&bytes[first..last], info.dtype, layout.dims(), &Device::Cpu)
+            .map_err(|e| read(format!("tensor `{name}`: {e}")))?;
         out.insert(name, t);
     }
     Ok(out)

@@ -110,14 +110,12 @@ fn fixture(name: &str) -> std::path::PathBuf {
         .join(name)
 }
 
-#[test]
-fn torchvision_pth_archives_load_as_they_come() {
-    // Written by PyTorch's torch.save with torchvision's key names (tests/fixtures/README.md).
+/// Loads a fixture holding VGG16's first layer and checks every value.
+fn first_layer_loads(file: &str) {
     let (vars, _m) = model(ModelName::Vgg16Fcn8sReduced);
-    let path = fixture("vgg16-first-layer.pth");
-    let r = seg_fcn::weights::load_init_weights(&vars, "model", &path).unwrap();
-    assert_eq!(r.loaded, vec!["features.0.bias", "features.0.weight"]);
-    assert_eq!(r.skipped, vec!["classifier.6.bias"]);
+    let r = seg_fcn::weights::load_init_weights(&vars, "model", &fixture(file)).unwrap();
+    assert_eq!(r.loaded, vec!["features.0.bias", "features.0.weight"], "{file}");
+    assert_eq!(r.skipped, vec!["classifier.6.bias"], "{file}");
     let data = vars.data().lock().unwrap();
     let w = data["model.features.0.weight"]
         .as_tensor()
@@ -128,16 +126,25 @@ fn torchvision_pth_archives_load_as_they_come() {
     assert_eq!(w.len(), 1728);
     assert!(
         w.iter().enumerate().all(|(k, &v)| v == k as f32 / 1000.0),
-        "{:?}",
+        "{file}: {:?}",
         &w[..4]
     );
     let b = data["model.features.0.bias"].as_tensor().to_vec1::<f32>().unwrap();
     assert_eq!(
         b,
         (10..74).map(|k| k as f32).collect::<Vec<_>>(),
-        "the view's storage offset"
+        "{file}: the view's storage offset"
     );
-    drop(data);
+}
+
+#[test]
+fn torchvision_pth_archives_load_as_they_come() {
+    // Written by PyTorch's torch.save with torchvision's key names (tests/fixtures/README.md),
+    // in the zip format and in the legacy one torchvision's vgg16-397923af.pth uses.
+    for file in ["vgg16-first-layer.pth", "vgg16-first-layer-legacy.pth"] {
+        first_layer_loads(file);
+    }
+    let (vars, _m) = model(ModelName::Vgg16Fcn8sReduced);
 
     // A state_dict with anything but tensors is refused, naming the entry.
     let e = seg_fcn::weights::load_init_weights(&vars, "model", &fixture("not-only-tensors.pth"))
@@ -156,4 +163,11 @@ fn torchvision_pth_archives_load_as_they_come() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("vgg16.pth") && e.contains("not a PyTorch archive"), "{e}");
+    // A truncated legacy file too.
+    let legacy = std::fs::read(fixture("vgg16-first-layer-legacy.pth")).unwrap();
+    std::fs::write(&bad, &legacy[..legacy.len() - 100]).unwrap();
+    let e = seg_fcn::weights::load_init_weights(&vars, "model", &bad)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("vgg16.pth") && e.contains("truncated"), "{e}");
 }
