@@ -29,6 +29,24 @@ pub fn device(name: &str) -> anyhow::Result<Device> {
 /// and leaves out the samples its policies say to leave out ([`Dataset::leave_out_unusable`]),
 /// naming each once in the log.
 fn open(cfg: &RunConfig, which: &str) -> anyhow::Result<(Dataset, Vec<LeftOut>)> {
+    let what = || format!("checking the {which} dataset");
+    let mut ds = open_all(cfg, which)?;
+    let left_out = ds.leave_out_unusable().with_context(what)?;
+    for l in &left_out {
+        tracing::warn!("{which}: left out `{}`: {}", l.name, l.reason);
+    }
+    anyhow::ensure!(
+        !ds.is_empty(),
+        "{}: every sample of the {which} dataset was left out ({} of them; the first: {})",
+        ds.root().display(),
+        left_out.len(),
+        left_out.first().map_or(String::new(), |l| l.reason.clone())
+    );
+    Ok((ds, left_out))
+}
+
+/// Opens one of the run's datasets as it is on disk (nothing left out).
+pub fn open_all(cfg: &RunConfig, which: &str) -> anyhow::Result<Dataset> {
     let d = &cfg.data;
     let opts = |require_labels: bool, list: Option<PathBuf>| DatasetOptions {
         size_policy: d.size_policy,
@@ -63,20 +81,8 @@ fn open(cfg: &RunConfig, which: &str) -> anyhow::Result<(Dataset, Vec<LeftOut>)>
             opts(true, None),
         ),
     };
-    let what = || format!("opening the {which} dataset ({name} at {})", root.display());
-    let mut ds = open_dataset(name, root, split, o).with_context(what)?;
-    let left_out = ds.leave_out_unusable().with_context(what)?;
-    for l in &left_out {
-        tracing::warn!("{which}: left out `{}`: {}", l.name, l.reason);
-    }
-    anyhow::ensure!(
-        !ds.is_empty(),
-        "{}: every sample of the {which} dataset was left out ({} of them; the first: {})",
-        root.display(),
-        left_out.len(),
-        left_out.first().map_or(String::new(), |l| l.reason.clone())
-    );
-    Ok((ds, left_out))
+    open_dataset(name, root, split, o)
+        .with_context(|| format!("opening the {which} dataset ({name} at {})", root.display()))
 }
 
 /// Builds the model (and its variables) a config describes.

@@ -14,6 +14,20 @@ use crate::error::DataError;
 pub struct Problem {
     pub file: String,
     pub reason: String,
+    pub kind: ProblemKind,
+}
+
+/// What kind of problem, which decides what a run does with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProblemKind {
+    /// A file that cannot be read or decoded, or a missing label: stops a run under
+    /// `error_policy = "fail"`, left out under `"skip"`.
+    Unreadable,
+    /// Image and label sizes differ: left out under `size_policy = "skip"`.
+    SizeMismatch,
+    /// A label with no image: never read by a run.
+    OrphanLabel,
 }
 
 /// What `inspect` found.
@@ -105,6 +119,7 @@ pub fn inspect(ds: &Dataset) -> InspectReport {
         report.problems.push(Problem {
             file: orphan.display().to_string(),
             reason: "label file with no matching image".into(),
+            kind: ProblemKind::OrphanLabel,
         });
     }
     report
@@ -118,5 +133,9 @@ pub fn problem_of(e: &DataError, fallback: &std::path::Path) -> Problem {
         .strip_prefix(&format!("{file}: "))
         .map(String::from)
         .unwrap_or(full);
-    Problem { file, reason }
+    let kind = match e {
+        DataError::SizeMismatch { .. } => ProblemKind::SizeMismatch,
+        _ => ProblemKind::Unreadable,
+    };
+    Problem { file, reason, kind }
 }

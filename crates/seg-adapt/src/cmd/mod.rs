@@ -1,5 +1,6 @@
 //! One module per subcommand; each has an `Args` (clap) and a `run`.
 
+pub mod check;
 pub mod demo;
 pub mod eval;
 pub mod gen_toy;
@@ -9,6 +10,9 @@ pub mod train;
 
 #[derive(clap::Subcommand, Debug)]
 pub enum Command {
+    /// Read every file of every split a run config names, list the problems, and time a few
+    /// training steps for an estimate of the run's duration; fails if the run would stop.
+    Check(check::Args),
     /// The main job: generate the embedded benchmark, train every method over several seeds,
     /// evaluate, and write a comparison report.
     Demo(demo::Args),
@@ -26,6 +30,7 @@ pub enum Command {
 
 pub fn run(command: Command) -> anyhow::Result<()> {
     match command {
+        Command::Check(a) => check::run(a),
         Command::Demo(a) => demo::run(a),
         Command::GenToy(a) => gen_toy::run(a),
         Command::Inspect(a) => inspect::run(a),

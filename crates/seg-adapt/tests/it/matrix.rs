@@ -332,3 +332,40 @@ fn unusable_pairs_are_left_out_named_and_counted() {
         .collect();
     assert_eq!(names, ["00003", "00005"]);
 }
+
+#[test]
+fn check_reads_every_file_times_steps_and_fails_when_the_run_would_stop() {
+    let (dir, root) = gta_copy(6);
+    let cs = toy().join("cityscapes");
+    let cfg = dir.path().join("run.toml");
+    let write = |policy: &str| {
+        std::fs::write(
+            &cfg,
+            format!(
+                "[data]\nsource_dataset = \"gta5\"\nsource_root = {:?}\ntarget_dataset = \"cityscapes\"\ntarget_root = {:?}\nerror_policy = \"{policy}\"\n\n[model]\nname = \"small\"\n\n[method]\nkind = \"dann\"\n\n[augment]\ncrop = [64, 64]\n\n[trainer]\nsteps = 1000\nbatch_size = 2\n",
+                p(&root),
+                p(&cs)
+            ),
+        )
+        .unwrap()
+    };
+    write("fail");
+    let out = ok(&["check", p(&cfg), "--time-steps", "2"]);
+    assert!(
+        out.contains("source: gta5") && out.contains("6 samples, 6 usable, 0 problems"),
+        "{out}"
+    );
+    assert!(
+        out.contains("target-train: cityscapes") && out.contains("val: cityscapes"),
+        "{out}"
+    );
+    assert!(out.contains("s/step") && out.contains("1000 steps: about"), "{out}");
+    assert!(out.contains("kind = \"dann\""), "the resolved config: {out}");
+
+    std::fs::write(root.join("images/00004.png"), b"").unwrap();
+    let e = err(&["check", p(&cfg), "--time-steps", "0"]);
+    assert!(e.contains("would stop the run") && e.contains("00004.png"), "{e}");
+    write("skip");
+    let out = ok(&["check", p(&cfg), "--time-steps", "0"]);
+    assert!(out.contains("00004.png") && out.contains("left out"), "{out}");
+}

@@ -1,0 +1,100 @@
+//! `seg-adapt check CONFIG`: before hours of training, decode every file of every split a run
+//! config names (in parallel), list each problem with its file, show the resolved config, and
+//! time a few training steps on the chosen device for an estimate of the run's duration. Exits
+//! non-zero when the config's error policy would stop the run.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use seg_data::ProblemKind;
+use seg_heads::MethodConfig;
+
+use crate::config::RunConfig;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The run configuration (TOML) to check.
+    pub config: PathBuf,
+    /// Training steps to time for the estimate (0: no timing).
+    #[arg(long, default_value_t = 3)]
+    pub time_steps: usize,
+    /// `cpu` or `cuda` (a build with `--features cuda`): where the steps are timed.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let cfg = RunConfig::load(&args.config)?;
+    println!("# resolved config ({})\n{}", args.config.display(), cfg.to_toml()?);
+    let needs_target = !matches!(cfg.method, MethodConfig::SourceOnly | MethodConfig::Oracle);
+    let mut roles = vec![if matches!(cfg.method, MethodConfig::Oracle) {
+        "target-train-labelled"
+    } else {
+        "source"
+    }];
+    if needs_target {
+        roles.push("target-train");
+    }
+    roles.push("val");
+    let mut blocking = Vec::new();
+    for role in roles {
+        let ds = crate::run::open_all(&cfg, role)?;
+        let start = Instant::now();
+        eprintln!("reading every file of the {role} dataset ({} samples)...", ds.len());
+        let r = seg_data::inspect(&ds);
+        println!(
+            "{role}: {} {} at {}: {} samples, {} usable, {} problems ({:.1}s)",
+            r.dataset,
+            r.split,
+            ds.root().display(),
+            r.samples,
+            r.usable,
+            r.problems.len(),
+            start.elapsed().as_secs_f64()
+        );
+        for p in &r.problems {
+            let verdict = match (p.kind, cfg.data.error_policy) {
+                (ProblemKind::SizeMismatch, _) => "left out (size_policy)",
+                (ProblemKind::OrphanLabel, _) => "never read",
+                (ProblemKind::Unreadable, seg_data::ErrorPolicy::Skip) => "left out (error_policy = \"skip\")",
+                (ProblemKind::Unreadable, seg_data::ErrorPolicy::Fail) => {
+                    blocking.push(p.file.clone());
+                    "STOPS THE RUN (error_policy = \"fail\")"
+                }
+            };
+            println!("  {}: {} [{verdict}]", p.file, p.reason);
+        }
+    }
+    if args.time_steps > 0 && blocking.is_empty() {
+        let device = crate::run::device(&args.device)?;
+        let dir = std::env::temp_dir().join(format!("seg-adapt-check-{}", std::process::id()));
+        let timed = (|| {
+            let setup = crate::run::build_setup(&cfg, &dir, &device, false, false)?;
+            let trainer = seg_train::Trainer::new(setup)?;
+            let start = Instant::now();
+            trainer.run_until(args.time_steps)?;
+            anyhow::Ok(start.elapsed().as_secs_f64())
+        })();
+        let _ = std::fs::remove_dir_all(&dir);
+        let secs = timed.context("timing training steps")?;
+        let n = args.time_steps.min(cfg.trainer.steps);
+        let per = secs / n.max(1) as f64;
+        let total = per * cfg.trainer.steps as f64;
+        println!(
+            "timing: {n} steps on {} in {secs:.1}s ({per:.2} s/step, the first step's warm-up and a checkpoint included); {} steps: about {}h {:02}min, evaluation not included",
+            args.device,
+            cfg.trainer.steps,
+            (total / 3600.0) as u64,
+            ((total % 3600.0) / 60.0).round() as u64
+        );
+    }
+    anyhow::ensure!(
+        blocking.is_empty(),
+        "{} file(s) would stop the run under error_policy = \"fail\" (the first: {}); fix them or set data.error_policy = \"skip\"",
+        blocking.len(),
+        blocking[0]
+    );
+    println!("check passed: {}", args.config.display());
+    Ok(())
+}
