@@ -196,14 +196,18 @@ pub fn build_setup(
         device.clone(),
     )
     .with_cache(t.cache_images);
-    let target = if head.is_some() {
+    let target_ds = if head.is_some() {
         let (ds, skipped) = open(cfg, "target-train")?;
         left_out.insert("target-train".into(), skipped);
-        let ds = Arc::new(ds);
+        Some(Arc::new(ds))
+    } else {
+        None
+    };
+    let target = if let Some(ds) = &target_ds {
         let n = t.target_batch_size.unwrap_or(t.batch_size);
         Some(
             Loader::new(
-                ds,
+                ds.clone(),
                 n,
                 cfg.augment.clone(),
                 t.seed ^ 0x7A6E_7461,
@@ -218,10 +222,11 @@ pub fn build_setup(
     };
     // Adaptation runs end with AdaBN's re-estimation of the batch-norm statistics, over the
     // same target batches as AdaBN.
-    let final_bn = if head.is_some() && backbone.has_batch_norm() && cfg.eval.adabn_batches > 0 {
-        Some((adabn_loader(cfg, device)?, cfg.eval.adabn_batches))
-    } else {
-        None
+    let final_bn = match &target_ds {
+        Some(ds) if backbone.has_batch_norm() && cfg.eval.adabn_batches > 0 => {
+            Some((adabn_loader(cfg, ds.clone(), device), cfg.eval.adabn_batches))
+        }
+        _ => None,
     };
     let eval = match open(cfg, "val") {
         Ok((ds, skipped)) => {
@@ -233,9 +238,6 @@ pub fn build_setup(
             None
         }
     };
-    if left_out.values().any(|v| !v.is_empty()) {
-        std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
-    }
     write_left_out(run_dir, &left_out)?;
     Ok(TrainSetup {
         run_dir: run_dir.to_path_buf(),
@@ -267,6 +269,7 @@ fn write_left_out(run_dir: &Path, left_out: &BTreeMap<String, Vec<LeftOut>>) -> 
         let _ = std::fs::remove_file(&path);
         return Ok(());
     }
+    std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
     let json = serde_json::to_string_pretty(left_out)?;
     seg_labels::fsutil::write_atomic(&path, json.as_bytes()).with_context(|| format!("writing {}", path.display()))
 }
@@ -298,11 +301,10 @@ fn init_checkpoint(cfg: &RunConfig, from: &Path, device: &Device) -> anyhow::Res
     Ok(ck)
 }
 
-/// The target batches AdaBN re-estimates batch-norm statistics over (also used at the end of
-/// every adaptation run, so both see the same images).
-pub fn adabn_loader(cfg: &RunConfig, device: &Device) -> anyhow::Result<Loader> {
-    let ds = Arc::new(open(cfg, "target-train")?.0);
-    Ok(Loader::new(
+/// The target batches (of the target train split `ds`) AdaBN re-estimates batch-norm statistics
+/// over; every adaptation run ends with the same ones.
+pub fn adabn_loader(cfg: &RunConfig, ds: Arc<Dataset>, device: &Device) -> Loader {
+    Loader::new(
         ds,
         cfg.trainer.batch_size,
         cfg.augment.clone(),
@@ -310,7 +312,7 @@ pub fn adabn_loader(cfg: &RunConfig, device: &Device) -> anyhow::Result<Loader> 
         Domain::Target,
         device.clone(),
     )
-    .with_labels(false))
+    .with_labels(false)
 }
 
 pub fn eval_setup(cfg: &RunConfig, device: &Device) -> EvalSetup {
@@ -372,7 +374,7 @@ pub fn load_trained(checkpoint: &Path, device: &Device) -> anyhow::Result<Traine
 pub fn adabn_from(cfg: &RunConfig, from_dir: &Path, run_dir: &Path, device: &Device) -> anyhow::Result<TrainOutcome> {
     let start = std::time::Instant::now();
     let trained = load_trained(from_dir, device)?;
-    let mut loader = adabn_loader(cfg, device)?;
+    let mut loader = adabn_loader(cfg, Arc::new(open(cfg, "target-train")?.0), device);
     seg_train::reestimate_bn(trained.backbone.as_ref(), &mut loader, cfg.eval.adabn_batches)?;
     let data = trained
         .vars

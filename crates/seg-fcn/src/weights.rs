@@ -45,10 +45,14 @@ pub fn load_init_weights(vars: &VarMap, prefix: &str, path: &Path) -> Result<Ini
         path: p.clone(),
         reason: e.to_string(),
     };
-    let tensors = if is_pth(path) {
+    let tensors = if let Some(format) = pth_format(path) {
         // candle's pickle reader indexes into tuples it reads from the file; a crafted file can
         // make it panic, which must not take the process down.
-        std::panic::catch_unwind(|| read_pth(path)).map_err(|_| WeightsError::Read {
+        std::panic::catch_unwind(|| match format {
+            PthFormat::Zip => read_pth(path),
+            PthFormat::Legacy => read_legacy_pth(path),
+        })
+        .map_err(|_| WeightsError::Read {
             path: p.clone(),
             reason: "malformed PyTorch pickle (the reader gave up on its structure)".into(),
         })??
@@ -105,18 +109,35 @@ pub fn load_init_weights(vars: &VarMap, prefix: &str, path: &Path) -> Result<Ini
     Ok(report)
 }
 
-/// A PyTorch file (by extension, or by its first bytes where the name says nothing).
-fn is_pth(path: &Path) -> bool {
-    match path.extension().and_then(|e| e.to_str()) {
-        Some("pth" | "pt" | "bin" | "ckpt") => true,
-        Some("safetensors") => false,
-        _ => {
-            use std::io::Read;
-            let mut head = [0u8; 4];
-            std::fs::File::open(path)
-                .and_then(|mut f| f.read_exact(&mut head))
-                .is_ok_and(|_| head == *b"PK\x03\x04" || head == LEGACY_MAGIC[..4])
-        }
+/// The two formats `torch.save` has written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PthFormat {
+    /// A zip archive (PyTorch 1.6 and later).
+    Zip,
+    /// Pickles followed by raw storages (before 1.6).
+    Legacy,
+}
+
+/// The PyTorch format of a file, from its first bytes; a `.pth`-like name that matches neither
+/// counts as a zip archive (whose reader then says what is wrong); `None` for safetensors (a
+/// `.safetensors` name, or a file of another name that is no PyTorch file).
+fn pth_format(path: &Path) -> Option<PthFormat> {
+    use std::io::Read;
+    let ext = path.extension().and_then(|e| e.to_str());
+    if ext == Some("safetensors") {
+        return None;
+    }
+    let mut head = Vec::with_capacity(LEGACY_MAGIC.len());
+    let _ = std::fs::File::open(path).and_then(|f| f.take(LEGACY_MAGIC.len() as u64).read_to_end(&mut head));
+    if head[..] == LEGACY_MAGIC {
+        Some(PthFormat::Legacy)
+    } else if head.starts_with(b"PK\x03\x04")
+        || head.starts_with(&LEGACY_MAGIC[..4])
+        || matches!(ext, Some("pth" | "pt" | "bin" | "ckpt"))
+    {
+        Some(PthFormat::Zip)
+    } else {
+        None
     }
 }
 
@@ -126,8 +147,7 @@ const LEGACY_MAGIC: [u8; 15] = [
     0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19, b'.',
 ];
 
-/// Every tensor of a `torch.save(state_dict)` archive (zip or legacy), refusing entries that are
-/// not tensors.
+/// Every tensor of a `torch.save(state_dict)` zip archive, refusing entries that are not tensors.
 fn read_pth(path: &Path) -> Result<std::collections::HashMap<String, Tensor>, WeightsError> {
     use candle_core::pickle::{PthTensors, Stack};
     let p = path.display().to_string();
@@ -135,16 +155,6 @@ fn read_pth(path: &Path) -> Result<std::collections::HashMap<String, Tensor>, We
         path: p.clone(),
         reason,
     };
-    {
-        use std::io::Read;
-        let mut head = [0u8; 15];
-        let legacy = std::fs::File::open(path)
-            .and_then(|mut f| f.read_exact(&mut head))
-            .is_ok_and(|_| head == LEGACY_MAGIC);
-        if legacy {
-            return read_legacy_pth(path);
-        }
-    }
     let file = std::fs::File::open(path).map_err(|e| read(e.to_string()))?;
     let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file))
         .map_err(|e| read(format!("not a PyTorch archive (zip): {e}")))?;

@@ -278,12 +278,6 @@ impl SanHead {
         Tensor::from_vec(z, (n, 1, h, w), like.device())?.to_dtype(like.dtype())
     }
 
-    /// `f' = conv5 + G(conv1, z)` for a batch's features at `step`.
-    pub fn generated(&self, feats: &seg_core::Features, step: usize) -> Result<Tensor> {
-        let c5 = feats.get(FeatureTap::Conv5)?;
-        c5 + self.residual(feats.get(FeatureTap::Conv1)?, c5, step)?
-    }
-
     /// `G(conv1, z)` on conv5's grid.
     fn residual(&self, c1: &Tensor, c5: &Tensor, step: usize) -> Result<Tensor> {
         let (_, _, h5, w5) = c5.dims4()?;

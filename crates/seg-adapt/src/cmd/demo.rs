@@ -345,8 +345,16 @@ fn scores(runs: &[RunResult], method: &str) -> Vec<(u64, f64)> {
         .collect()
 }
 
-/// Each method's paired differences to AdaBN and to source-only (in mIoU fractions).
-fn paired_table(runs: &[RunResult], methods: &[String]) -> BTreeMap<String, serde_json::Value> {
+/// One method's paired differences to source-only and to AdaBN (in mIoU fractions; absent for
+/// the baseline itself and where no seed is shared).
+#[derive(Debug, Clone, serde::Serialize)]
+struct Comparison {
+    vs_source_only: Option<Paired>,
+    vs_adabn: Option<Paired>,
+}
+
+/// Every method's [`Comparison`], computed once for the JSON and the markdown report.
+fn comparisons(runs: &[RunResult], methods: &[String]) -> BTreeMap<String, Comparison> {
     let so = scores(runs, "source-only");
     let ab = scores(runs, "adabn");
     methods
@@ -362,10 +370,10 @@ fn paired_table(runs: &[RunResult], methods: &[String]) -> BTreeMap<String, serd
             };
             (
                 m.clone(),
-                serde_json::json!({
-                    "vs_source_only": vs(&so, &["source-only"]),
-                    "vs_adabn": vs(&ab, &["source-only", "adabn"]),
-                }),
+                Comparison {
+                    vs_source_only: vs(&so, &["source-only"]),
+                    vs_adabn: vs(&ab, &["source-only", "adabn"]),
+                },
             )
         })
         .collect()
@@ -379,7 +387,13 @@ fn with_ci(p: &Paired) -> String {
     }
 }
 
-fn markdown(runs: &[RunResult], summary: &BTreeMap<String, Summary>, methods: &[String], meta: &str) -> String {
+fn markdown(
+    runs: &[RunResult],
+    summary: &BTreeMap<String, Summary>,
+    paired: &BTreeMap<String, Comparison>,
+    methods: &[String],
+    meta: &str,
+) -> String {
     let mut s = String::from("# seg-adapt demo: synthetic (GTA5-format) → real (Cityscapes-format)\n\n");
     s.push_str(meta);
     s.push_str(
@@ -391,15 +405,11 @@ fn markdown(runs: &[RunResult], summary: &BTreeMap<String, Summary>, methods: &[
     s.push_str(
         "| method | mIoU % | ± | seeds | vs source-only | vs AdaBN | seeds above AdaBN |\n|---|---:|---:|---:|---:|---:|---:|\n",
     );
-    let so = scores(runs, "source-only");
-    let ab = scores(runs, "adabn");
     for m in methods {
-        let Some(x) = summary.get(m) else { continue };
-        let mine = scores(runs, m);
-        let vs_so = (m != "source-only").then(|| paired(&mine, &so)).flatten();
-        let vs_ab = (!["source-only", "adabn"].contains(&m.as_str()))
-            .then(|| paired(&mine, &ab))
-            .flatten();
+        let (Some(x), Some(c)) = (summary.get(m), paired.get(m)) else {
+            continue;
+        };
+        let (vs_so, vs_ab) = (&c.vs_source_only, &c.vs_adabn);
         s.push_str(&format!(
             "| {m} | {:.2} | {:.2} | {} | {} | {} | {} |\n",
             100.0 * x.mean,
@@ -418,7 +428,7 @@ fn markdown(runs: &[RunResult], summary: &BTreeMap<String, Summary>, methods: &[
             .iter()
             .filter(|m| !["source-only", "oracle", "adabn"].contains(&m.as_str()))
         {
-            let (Some(x), Some(p)) = (summary.get(m), paired(&scores(runs, m), &ab)) else {
+            let (Some(x), Some(p)) = (summary.get(m), paired.get(m).and_then(|c| c.vs_adabn.as_ref())) else {
                 continue;
             };
             let beyond = x.mean > ab_sum.mean + ab_sum.std;
@@ -599,7 +609,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     let summary = summarise(&runs, &methods);
-    let paired = paired_table(&runs, &methods);
+    let paired = comparisons(&runs, &methods);
     let init0 = args.out.join("runs").join(PRETRAIN).join("seed0");
     let cfg0 = demo_config(&data, preset, "source-only", 0, phases, Phase::Arm, &init0)?;
     comparison(&args.out, &cfg0, &methods, 0, &device)?;
@@ -618,7 +628,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         phases.pretrain + phases.adapt,
         start.elapsed().as_secs_f64()
     );
-    let md = markdown(&runs, &summary, &methods, &meta);
+    let md = markdown(&runs, &summary, &paired, &methods, &meta);
     let json = serde_json::json!({
         "runs": runs,
         "summary": summary,
