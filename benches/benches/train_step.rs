@@ -1,7 +1,8 @@
 //! Per-batch throughput of training steps (forward, backward, optimiser step), in images per
-//! second: VGG16-FCN8s and its reduced variant at 1×3×256×512 (SGD with momentum, as the
-//! PyTorch reference `benches/reference/train_step_torch.py`), and one step of every adaptation
-//! method next to source-only on the demo model and crop, so the cost of adaptation per batch
+//! second, each through the trainer's own step function (`seg_train::Stepper`): VGG16-FCN8s and
+//! its reduced variant at 1×3×256×512 (SGD with momentum, as the PyTorch reference
+//! `benches/reference/train_step_torch.py`), and one step of every adaptation method next to
+//! source-only on the demo model and crop, so the cost of adaptation per batch
 //! is visible; and inference (forward + argmax) at Cityscapes' full 1024×2048. Set
 //! `SEG_BENCH_VGG=0` to skip the (slow) VGG steps. `SEG_BENCH_DEVICE=cuda` runs everything on
 //! CUDA device 0 (build with `--features cuda`); each timed iteration ends with a device
@@ -10,19 +11,19 @@
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use seg_core::{FeatureTap, HeadInput, LossTerm, ParamGroup, StepInfo};
-use seg_heads::MethodConfig;
-use seg_nn::{cross_entropy_ignore, OptimizerConfig};
+use seg_core::{Batch, Domain, Method, Stage, StepCx, StepInfo};
+use seg_heads::{MethodConfig, MethodParts};
+use seg_train::{LrAt, Stepper, TrainerConfig};
 
 /// Large buffers are reused across training steps instead of re-faulted (see `seg_nn::alloc`).
 #[global_allocator]
 static ALLOC: seg_nn::alloc::CachingAlloc = seg_nn::alloc::CachingAlloc::new();
 
+/// A method and its optimisers, built as the trainer builds them (default trainer settings:
+/// SGD with momentum for the segmenter, Adam for the other groups).
 struct Step {
-    vars: VarMap,
-    backbone: Box<dyn seg_core::Backbone>,
-    head: Option<Box<dyn seg_core::AdaptationHead>>,
-    opts: Vec<(ParamGroup, Box<dyn seg_nn::Optimizer>)>,
+    method: Box<dyn Method>,
+    stepper: Stepper,
 }
 
 fn device() -> Device {
@@ -33,75 +34,59 @@ fn device() -> Device {
 }
 
 fn build(model: seg_fcn::ModelName, method: &MethodConfig, dev: &Device) -> Step {
-    let dev = dev.clone();
     let vars = VarMap::new();
-    let vb = seg_nn::init::seeded_builder(&vars, 0, DType::F32, &dev);
+    let vb = seg_nn::init::seeded_builder(&vars, 0, DType::F32, dev);
     let backbone = seg_fcn::build(model, 19, vb.pp("model"), &vars).unwrap();
     let stats = seg_heads::SizeConstraints::from_fractions(&[[1.0 / 19.0; 19], [0.5 / 19.0; 19]]);
-    let head = method
-        .build_head(backbone.as_ref(), vb.pp("head"), &vars, Some(&stats))
+    let copy_vb = seg_nn::init::seeded_builder(&vars, 1, DType::F32, dev);
+    let another = |prefix: &str| seg_fcn::build(model, 19, copy_vb.pp(prefix), &vars);
+    let method = method
+        .build(MethodParts {
+            backbone,
+            model_vars: seg_heads::trainable_under(&vars, "model"),
+            vars: &vars,
+            vb: vb.pp("head"),
+            another: &another,
+            source_stats: Some(&stats),
+        })
         .unwrap();
-    let groups = head.as_ref().map(|h| h.param_groups()).unwrap_or_default();
-    let mut by: std::collections::BTreeMap<ParamGroup, Vec<(String, candle_core::Var, f64)>> = Default::default();
-    for (name, var) in vars.data().lock().unwrap().iter() {
-        if seg_nn::layers::is_statistic(name) {
-            continue;
-        }
-        let g = groups
-            .iter()
-            .filter(|(p, _, _)| name.starts_with(&format!("{p}.")))
-            .max_by_key(|(p, _, _)| p.len())
-            .map_or(ParamGroup::Segmenter, |(_, g, _)| *g);
-        by.entry(g).or_default().push((name.clone(), var.clone(), 1.0));
-    }
-    let sgd = OptimizerConfig::Sgd {
-        momentum: 0.9,
-        weight_decay: 5e-4,
-    };
-    let opts = by.into_iter().map(|(g, p)| (g, sgd.build(p).unwrap())).collect();
-    Step {
-        vars,
-        backbone,
-        head,
-        opts,
-    }
+    method.start().unwrap();
+    let stepper = Stepper::new(method.as_ref(), &vars, &TrainerConfig::default()).unwrap();
+    Step { method, stepper }
 }
 
+/// One training step of the trainer's step function, halfway through the schedule.
 fn step(s: &mut Step, x: &Tensor, y: &Tensor, xt: &Tensor) {
-    let _ = &s.vars;
-    let taps: Vec<FeatureTap> = s.head.as_ref().map(|h| h.taps()).unwrap_or_default();
-    let f = s.backbone.forward_taps(x, true, &taps).unwrap();
-    let mut terms = vec![LossTerm {
-        name: "seg",
-        value: cross_entropy_ignore(f.logits().unwrap(), y, 255).unwrap(),
-        group: ParamGroup::Segmenter,
-    }];
-    if let Some(h) = &s.head {
-        let ft = s.backbone.forward_taps(xt, true, &taps).unwrap();
-        let input = HeadInput {
-            backbone: s.backbone.as_ref(),
-            source: &f,
-            source_labels: y,
-            target: &ft,
-            step: StepInfo {
-                step: 500,
-                total_steps: 1000,
-            },
-        };
-        terms.extend(h.losses(&input).unwrap());
-    }
-    let grads: Vec<_> = s
-        .opts
-        .iter()
-        .map(|(g, _)| {
-            let mine: Vec<&Tensor> = terms.iter().filter(|t| t.group == *g).map(|t| &t.value).collect();
-            let total = mine.iter().skip(1).fold(mine[0].clone(), |a, b| (a + *b).unwrap());
-            seg_nn::backward(&total).unwrap()
-        })
-        .collect();
-    for ((_, o), g) in s.opts.iter_mut().zip(grads) {
-        o.step(&g, 1e-4).unwrap();
-    }
+    let source = Batch {
+        images: x.clone(),
+        labels: Some(y.clone()),
+        domain: Domain::Source,
+        names: Vec::new(),
+    };
+    let target = Batch {
+        images: xt.clone(),
+        labels: None,
+        domain: Domain::Target,
+        names: Vec::new(),
+    };
+    let info = StepInfo {
+        step: 500,
+        total_steps: 1000,
+    };
+    let cx = StepCx {
+        source: &source,
+        target: s.method.needs_target().then_some(&target),
+        stage: Stage::Train,
+        step: info,
+        target_bn_only: true,
+    };
+    let at = LrAt {
+        step: 500,
+        total: 1000,
+        power: 0.9,
+    };
+    let terms = s.stepper.step(s.method.as_ref(), &cx, at).unwrap();
+    drop(terms);
     x.device().synchronize().unwrap();
 }
 
@@ -121,7 +106,10 @@ fn bench(c: &mut Criterion) {
     }
     let x = Tensor::randn(0f32, 1.0, (8, 3, 64, 128), &dev).unwrap();
     let y = Tensor::zeros((8, 64, 128), DType::U32, &dev).unwrap();
-    for method in ["source-only", "dann", "fcn-wild", "cross-city", "san"] {
+    for method in seg_heads::METHOD_NAMES
+        .into_iter()
+        .filter(|m| !matches!(*m, "oracle" | "adabn"))
+    {
         let cfg: MethodConfig = method.parse().unwrap();
         let mut s = build(seg_fcn::ModelName::Small, &cfg, &dev);
         group.throughput(Throughput::Elements(8));
@@ -144,7 +132,7 @@ fn bench(c: &mut Criterion) {
         group.throughput(Throughput::Elements(1));
         group.bench_function(format!("{model}/1x3x1024x2048"), |b| {
             b.iter(|| {
-                let f = s.backbone.forward_taps(&x, false, &[]).unwrap();
+                let f = s.method.deployed().forward_taps(&x, false, &[]).unwrap();
                 let ids = f.logits().unwrap().argmax_keepdim(1).unwrap();
                 dev.synchronize().unwrap();
                 ids

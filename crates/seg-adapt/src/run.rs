@@ -9,9 +9,9 @@ use anyhow::Context;
 use candle_core::{DType, Device};
 use candle_nn::VarMap;
 use rayon::prelude::*;
-use seg_core::{Backbone, Domain};
+use seg_core::{Backbone, Domain, Stage};
 use seg_data::{open_dataset, Dataset, DatasetOptions, LeftOut, Loader};
-use seg_heads::{MethodConfig, SizeConstraints};
+use seg_heads::{MethodParts, SizeConstraints};
 use seg_train::{EvalSetup, TrainOutcome, TrainSetup, Trainer};
 
 use crate::config::RunConfig;
@@ -140,9 +140,13 @@ pub fn build_setup(
     };
     let (vars, backbone) = build_model(cfg, device)?;
     cfg.validate(backbone.stride())?;
-    let oracle = matches!(cfg.method, MethodConfig::Oracle);
+    let has_bn = backbone.has_batch_norm();
     let mut left_out: BTreeMap<String, Vec<LeftOut>> = BTreeMap::new();
-    let role = if oracle { "target-train-labelled" } else { "source" };
+    let role = if cfg.method.trains_on_target_labels() {
+        "target-train-labelled"
+    } else {
+        "source"
+    };
     let (source, skipped) = open(cfg, role)?;
     left_out.insert(role.into(), skipped);
     let source = Arc::new(source);
@@ -174,18 +178,29 @@ pub fn build_setup(
             ck.meta.step
         );
     }
-    let stats = if matches!(cfg.method, MethodConfig::FcnWild(_)) {
+    let stats = if cfg.method.needs_source_stats() {
         Some(source_fractions(&source)?)
     } else {
         None
     };
     let vb = seg_nn::init::seeded_builder(&vars, cfg.trainer.seed ^ 0x4EAD, DType::F32, device);
-    let head = cfg
+    // Second streams and frozen copies: the same model, its variables under another prefix.
+    let copy_vb = seg_nn::init::seeded_builder(&vars, cfg.trainer.seed ^ 0xC0B1, DType::F32, device);
+    let another = |prefix: &str| seg_fcn::build(cfg.model.name, seg_labels::NUM_CLASSES, copy_vb.pp(prefix), &vars);
+    let method = cfg
         .method
         .clone()
         .with_seed(cfg.trainer.seed)
-        .build_head(backbone.as_ref(), vb.pp("head"), &vars, stats.as_ref())
+        .build(MethodParts {
+            backbone,
+            model_vars: seg_heads::trainable_under(&vars, "model"),
+            vars: &vars,
+            vb: vb.pp("head"),
+            another: &another,
+            source_stats: stats.as_ref(),
+        })
         .with_context(|| format!("method `{}` with model `{}`", cfg.method.name(), cfg.model.name))?;
+    let reestimate = method.stages().contains(&Stage::ReestimateBn);
     let t = &cfg.trainer;
     let src_loader = Loader::new(
         source,
@@ -196,14 +211,14 @@ pub fn build_setup(
         device.clone(),
     )
     .with_cache(t.cache_images);
-    let target_ds = if head.is_some() {
+    let target_ds = if method.needs_target() || reestimate {
         let (ds, skipped) = open(cfg, "target-train")?;
         left_out.insert("target-train".into(), skipped);
         Some(Arc::new(ds))
     } else {
         None
     };
-    let target = if let Some(ds) = &target_ds {
+    let target = if let (Some(ds), true) = (&target_ds, method.needs_target()) {
         let n = t.target_batch_size.unwrap_or(t.batch_size);
         Some(
             Loader::new(
@@ -220,10 +235,10 @@ pub fn build_setup(
     } else {
         None
     };
-    // Adaptation runs end with AdaBN's re-estimation of the batch-norm statistics, over the
-    // same target batches as AdaBN.
+    // The method's batch-norm re-estimation stage (AdaBN's, over the same target batches for
+    // every method that has it).
     let final_bn = match &target_ds {
-        Some(ds) if backbone.has_batch_norm() && cfg.eval.adabn_batches > 0 => {
+        Some(ds) if reestimate && has_bn && cfg.eval.adabn_batches > 0 => {
             Some((adabn_loader(cfg, ds.clone(), device), cfg.eval.adabn_batches))
         }
         _ => None,
@@ -244,8 +259,7 @@ pub fn build_setup(
         config: cfg.trainer.clone(),
         config_toml: cfg.to_toml()?,
         vars,
-        backbone,
-        head,
+        method,
         source: src_loader,
         target,
         eval,
@@ -324,8 +338,8 @@ pub fn eval_setup(cfg: &RunConfig, device: &Device) -> EvalSetup {
     }
 }
 
-/// Trains one run: saves the resolved config, then trains (or resumes). AdaBN trains the
-/// source-only model, then re-estimates batch-norm statistics on target images.
+/// Trains one run: saves the resolved config, then trains (or resumes) through the method's
+/// stages (AdaBN's re-estimation is the last stage of `adabn` and of every adaptation method).
 pub fn train(
     cfg: &RunConfig,
     run_dir: &Path,
@@ -338,11 +352,7 @@ pub fn train(
     seg_labels::fsutil::write_atomic(&run_dir.join("config.toml"), cfg.to_toml()?.as_bytes())
         .with_context(|| format!("writing {}", run_dir.join("config.toml").display()))?;
     let trainer = Trainer::new(setup)?;
-    let outcome = trainer.run()?;
-    if matches!(cfg.method, MethodConfig::Adabn) {
-        return adabn_from(cfg, run_dir, run_dir, device);
-    }
-    Ok(outcome)
+    Ok(trainer.run()?)
 }
 
 /// A trained model rebuilt from a run folder (or a checkpoint file).
@@ -369,8 +379,9 @@ pub fn load_trained(checkpoint: &Path, device: &Device) -> anyhow::Result<Traine
     })
 }
 
-/// AdaBN: loads the source-only model of `from_dir`, re-estimates its batch-norm statistics on
-/// target train images, writes the checkpoint to `run_dir` and evaluates it.
+/// AdaBN applied to a finished run: loads the model of `from_dir` (the demo's source-only arm),
+/// runs the re-estimation stage on target train images, writes the checkpoint to `run_dir` and
+/// evaluates it. The same as training `adabn`, without training the source-only model again.
 pub fn adabn_from(cfg: &RunConfig, from_dir: &Path, run_dir: &Path, device: &Device) -> anyhow::Result<TrainOutcome> {
     let start = std::time::Instant::now();
     let trained = load_trained(from_dir, device)?;

@@ -48,24 +48,47 @@ impl Features {
     }
 }
 
-/// Which optimiser a loss term (and a parameter) belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ParamGroup {
+/// A parameter group: the name under which an optimiser, its learning rate and its checkpointed
+/// state are kept (`[trainer.groups.<name>]` in the config), and the name a loss term gives to
+/// say which parameters it trains. The set is open: a method may name its own groups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct GroupId(pub &'static str);
+
+impl GroupId {
     /// The segmentation network (backbone and classifier).
-    Segmenter,
+    pub const SEGMENTER: GroupId = GroupId("segmenter");
     /// Domain discriminators.
-    Discriminator,
+    pub const DISCRIMINATOR: GroupId = GroupId("discriminator");
     /// Feature generators (SAN).
-    Generator,
+    pub const GENERATOR: GroupId = GroupId("generator");
+    /// Parameters no optimiser moves (a frozen copy of a network); they are still checkpointed.
+    pub const FROZEN: GroupId = GroupId("frozen");
+
+    pub fn name(self) -> &'static str {
+        self.0
+    }
 }
 
-/// One named loss term and the parameter group whose optimiser it drives.
+impl std::fmt::Display for GroupId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+/// One named loss term and the loss group it belongs to: the sum of a group's terms is
+/// differentiated on its own, and gives their gradient to the parameter sets that name that
+/// loss group ([`crate::ParamSet::loss`]).
 #[derive(Debug, Clone)]
 pub struct LossTerm {
     pub name: &'static str,
     pub value: Tensor,
-    pub group: ParamGroup,
+    pub group: GroupId,
+}
+
+impl LossTerm {
+    pub fn new(name: &'static str, value: Tensor, group: GroupId) -> Self {
+        Self { name, value, group }
+    }
 }
 
 /// A segmentation backbone: image batch in, feature taps and full-resolution logits out.
@@ -114,6 +137,9 @@ impl StepInfo {
 /// Everything a head sees in one training step.
 pub struct HeadInput<'a> {
     pub backbone: &'a dyn Backbone,
+    /// The batches' images (`N×3×H×W`), for heads that look at pixels (DSN's reconstruction).
+    pub source_images: &'a Tensor,
+    pub target_images: &'a Tensor,
     /// Source features (with the head's taps and logits) and labels (`N×H×W` u32).
     pub source: &'a Features,
     pub source_labels: &'a Tensor,
@@ -122,15 +148,38 @@ pub struct HeadInput<'a> {
     pub step: StepInfo,
 }
 
-/// A feature- or model-level adaptation method: reads feature taps of a source and a target
-/// batch and returns named loss terms, each tagged with the parameter group it trains. Its own
-/// parameters live under the variable-name prefixes it reports.
+/// A part of a head's parameters: the variables created below `prefix` (a builder path the head
+/// was given), the optimiser group that moves them, the loss group that gives them their
+/// gradient (usually the same), and a learning-rate multiplier.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeadParams {
+    pub prefix: String,
+    pub group: GroupId,
+    pub loss: GroupId,
+    pub lr_mult: f64,
+}
+
+impl HeadParams {
+    /// Parameters trained by the terms of their own group.
+    pub fn new(prefix: String, group: GroupId, lr_mult: f64) -> Self {
+        Self {
+            prefix,
+            group,
+            loss: group,
+            lr_mult,
+        }
+    }
+}
+
+/// A feature-level adaptation head, run by [`crate::method`]'s feature-alignment step: reads
+/// feature taps (and images) of a source and a target batch and returns named loss terms, each
+/// tagged with the loss group it trains.
 pub trait AdaptationHead: Send + Sync {
     fn name(&self) -> &'static str;
     /// Taps the head needs on both domains.
     fn taps(&self) -> Vec<FeatureTap>;
-    /// `(variable-name prefix, group, learning-rate multiplier)` of the head's parameters.
-    fn param_groups(&self) -> Vec<(String, ParamGroup, f64)>;
+    /// The head's parameters, by the builder prefixes it created them under.
+    fn param_groups(&self) -> Vec<HeadParams>;
     /// Loss terms for one step. Terms of the discriminator group must see detached features.
     fn losses(&self, input: &HeadInput<'_>) -> Result<Vec<LossTerm>>;
     /// Weight of the trainer's plain source cross-entropy (`seg`) while this head trains; a head

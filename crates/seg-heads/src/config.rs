@@ -1,18 +1,27 @@
 //! The method choice: one serde enum tagged by `kind`, parsed from names or TOML, validated
-//! against the backbone and turned into a head before training starts.
+//! against the backbone and turned into a [`Method`] before training starts. The list of
+//! methods lives here and nowhere else.
 
+use candle_core::Var;
 use candle_nn::{VarBuilder, VarMap};
-use seg_core::{AdaptationHead, Backbone};
+use seg_core::{AdaptationHead, Backbone, Method};
 
 use crate::cross_city::{CrossCityConfig, CrossCityHead};
+use crate::curriculum::{Curriculum, CurriculumConfig};
 use crate::dann::{DannConfig, DannHead};
+use crate::dsn::{DsnConfig, DsnHead};
+use crate::entropy::{MinEntConfig, MinEntHead};
 use crate::error::HeadError;
 use crate::fcn_wild::{FcnWildConfig, FcnWildHead};
+use crate::method::FeatureAlignment;
+use crate::output_adv::{OutputAdvConfig, OutputAdvHead, OutputMap};
 use crate::san::{SanConfig, SanHead};
 use crate::size::SizeConstraints;
+use crate::two_stream::{TwoStream, TwoStreamConfig};
 
-/// The valid method names, in the order results are reported.
-pub const METHOD_NAMES: [&str; 7] = [
+/// The valid method names, in the order results are reported: the baselines, the feature- and
+/// model-level methods, then the output-space baselines of later papers.
+pub const METHOD_NAMES: [&str; 13] = [
     "source-only",
     "oracle",
     "adabn",
@@ -20,6 +29,12 @@ pub const METHOD_NAMES: [&str; 7] = [
     "fcn-wild",
     "cross-city",
     "san",
+    "dsn",
+    "curriculum",
+    "two-stream",
+    "adaptsegnet",
+    "advent-minent",
+    "advent",
 ];
 
 /// A training method and its hyperparameters. In TOML: `kind = "dann"` plus the variant's fields
@@ -29,10 +44,11 @@ pub const METHOD_NAMES: [&str; 7] = [
 pub enum MethodConfig {
     /// Cross-entropy on source only (no head).
     SourceOnly,
-    /// Cross-entropy on the target's own train labels: the upper bound (no head).
+    /// Cross-entropy on the target's own train labels: the upper bound (no head; the data
+    /// choice is [`MethodConfig::trains_on_target_labels`]).
     Oracle,
-    /// The source-only model with batch-norm statistics re-estimated on target images (Li et al.,
-    /// 2016; no head, no training of its own).
+    /// Source-only training followed by the batch-norm re-estimation stage on target images
+    /// (Li et al., 2016).
     Adabn,
     /// Gradient reversal and a per-cell domain discriminator.
     Dann(DannConfig),
@@ -42,6 +58,37 @@ pub enum MethodConfig {
     CrossCity(CrossCityConfig),
     /// Conditional generator on conv1 adding a residual to conv5.
     San(SanConfig),
+    /// Domain Separation Networks: private encoders, shared decoder, difference and similarity
+    /// losses.
+    Dsn(DsnConfig),
+    /// Curriculum DA: regressors of label distributions and landmarks first, then the segmenter
+    /// held to them on target.
+    Curriculum(CurriculumConfig),
+    /// Two streams with regularised unshared weights and MMD.
+    TwoStream(TwoStreamConfig),
+    /// Output-space adversarial training on the softmax (AdaptSegNet).
+    Adaptsegnet(OutputAdvConfig),
+    /// Entropy minimisation on target predictions (ADVENT's MinEnt).
+    AdventMinent(MinEntConfig),
+    /// Adversarial training on weighted self-information maps (ADVENT's AdvEnt).
+    Advent(OutputAdvConfig),
+}
+
+/// What a method is built from, supplied by the composition root.
+pub struct MethodParts<'a> {
+    /// The model; the deployed network of every method.
+    pub backbone: Box<dyn Backbone>,
+    /// The model's trainable variables (`model.*`).
+    pub model_vars: Vec<(String, Var)>,
+    /// Every variable of the run (checkpointed together).
+    pub vars: &'a VarMap,
+    /// Builder for the method's own modules (the root passes a seeded builder at `head`).
+    pub vb: VarBuilder<'a>,
+    /// Builds another copy of the model with its variables under the given prefix of `vars`
+    /// (second streams, frozen copies).
+    pub another: &'a dyn Fn(&str) -> candle_core::Result<Box<dyn Backbone>>,
+    /// Per-image class fractions of the source labels (required by `fcn-wild`).
+    pub source_stats: Option<&'a SizeConstraints>,
 }
 
 impl MethodConfig {
@@ -55,6 +102,12 @@ impl MethodConfig {
             MethodConfig::FcnWild(_) => "fcn-wild",
             MethodConfig::CrossCity(_) => "cross-city",
             MethodConfig::San(_) => "san",
+            MethodConfig::Dsn(_) => "dsn",
+            MethodConfig::Curriculum(_) => "curriculum",
+            MethodConfig::TwoStream(_) => "two-stream",
+            MethodConfig::Adaptsegnet(_) => "adaptsegnet",
+            MethodConfig::AdventMinent(_) => "advent-minent",
+            MethodConfig::Advent(_) => "advent",
         }
     }
 
@@ -68,6 +121,12 @@ impl MethodConfig {
             "fcn-wild" => MethodConfig::FcnWild(FcnWildConfig::default()),
             "cross-city" => MethodConfig::CrossCity(CrossCityConfig::default()),
             "san" => MethodConfig::San(SanConfig::default()),
+            "dsn" => MethodConfig::Dsn(DsnConfig::default()),
+            "curriculum" => MethodConfig::Curriculum(CurriculumConfig::default()),
+            "two-stream" => MethodConfig::TwoStream(TwoStreamConfig::default()),
+            "adaptsegnet" => MethodConfig::Adaptsegnet(OutputAdvConfig::default()),
+            "advent-minent" => MethodConfig::AdventMinent(MinEntConfig::default()),
+            "advent" => MethodConfig::Advent(OutputAdvConfig::default()),
             other => {
                 return Err(HeadError::UnknownMethod {
                     name: other.to_string(),
@@ -81,13 +140,19 @@ impl MethodConfig {
     /// trainer passes the run seed so that runs with different seeds differ here too.
     pub fn with_seed(mut self, seed: u64) -> Self {
         match &mut self {
-            MethodConfig::SourceOnly | MethodConfig::Oracle | MethodConfig::Adabn => {}
             MethodConfig::Dann(c) => c.seed = seed,
             MethodConfig::FcnWild(c) => c.seed = seed,
             MethodConfig::CrossCity(c) => c.seed = seed,
             MethodConfig::San(c) => c.seed = seed,
+            _ => {}
         }
         self
+    }
+
+    /// Whether the method trains on the target's train labels instead of the source (the
+    /// oracle: a data choice, not a method of its own).
+    pub fn trains_on_target_labels(&self) -> bool {
+        matches!(self, MethodConfig::Oracle)
     }
 
     /// Whether the method needs [`SizeConstraints`] from the source labels (`fcn-wild`).
@@ -103,12 +168,53 @@ impl MethodConfig {
             MethodConfig::FcnWild(c) => c.validate(),
             MethodConfig::CrossCity(c) => c.validate(),
             MethodConfig::San(c) => c.validate(),
+            MethodConfig::Dsn(c) => c.validate(),
+            MethodConfig::Curriculum(c) => c.validate(),
+            MethodConfig::TwoStream(c) => c.validate(),
+            MethodConfig::Adaptsegnet(c) => c.validate(OutputMap::Softmax),
+            MethodConfig::AdventMinent(c) => c.validate(),
+            MethodConfig::Advent(c) => c.validate(OutputMap::SelfInformation),
         }
     }
 
-    /// Validates the method against `backbone` (taps, channels, classes, batch norm) and builds
-    /// its head with variables under `vb` (the trainer passes `vb.pp("head")`); `None` for the
-    /// methods without one. `source_stats` is required by `fcn-wild` and ignored otherwise.
+    /// Validates the method against the model (taps, channels, classes, batch norm, per-layer
+    /// access) and builds it.
+    pub fn build(&self, parts: MethodParts<'_>) -> Result<Box<dyn Method>, HeadError> {
+        let MethodParts {
+            backbone,
+            model_vars,
+            vars,
+            vb,
+            another,
+            source_stats,
+        } = parts;
+        let name = self.name();
+        match self {
+            MethodConfig::Curriculum(c) => {
+                let frozen = another("frozen").map_err(HeadError::build(name))?;
+                return Ok(Box::new(Curriculum::new(c, backbone, model_vars, frozen, vars, vb)?));
+            }
+            MethodConfig::TwoStream(c) => {
+                let source = another("source_stream").map_err(HeadError::build(name))?;
+                return Ok(Box::new(TwoStream::new(c, backbone, model_vars, source, vars, vb)?));
+            }
+            _ => {}
+        }
+        let head = self.build_head(backbone.as_ref(), vb, vars, source_stats)?;
+        // Every method that adapts ends with AdaBN's re-estimation over the same target batches,
+        // so that test-time statistics are computed the same way for all; AdaBN is that stage.
+        let reestimate = head.is_some() || matches!(self, MethodConfig::Adabn);
+        Ok(Box::new(FeatureAlignment::new(
+            name, backbone, model_vars, head, vars, reestimate,
+        )?))
+    }
+}
+
+impl MethodConfig {
+    /// The feature-alignment head of a method run by [`FeatureAlignment`], validated against
+    /// `backbone`, with variables under `vb`; `None` for the methods without one (source-only,
+    /// oracle, AdaBN) and for those with a step of their own (curriculum, two-stream).
+    /// `source_stats` is required by `fcn-wild` and ignored otherwise.
     pub fn build_head(
         &self,
         backbone: &dyn Backbone,
@@ -116,21 +222,34 @@ impl MethodConfig {
         vars: &VarMap,
         source_stats: Option<&SizeConstraints>,
     ) -> Result<Option<Box<dyn AdaptationHead>>, HeadError> {
+        let name = self.name();
         Ok(match self {
-            MethodConfig::SourceOnly | MethodConfig::Oracle => None,
+            MethodConfig::SourceOnly
+            | MethodConfig::Oracle
+            | MethodConfig::Curriculum(_)
+            | MethodConfig::TwoStream(_) => None,
             MethodConfig::Adabn => {
                 if !backbone.has_batch_norm() {
-                    return Err(HeadError::NoBatchNorm { method: self.name() });
+                    return Err(HeadError::NoBatchNorm { method: name });
                 }
                 None
             }
             MethodConfig::Dann(c) => Some(Box::new(DannHead::new(c, backbone, vb)?)),
             MethodConfig::FcnWild(c) => {
-                let stats = source_stats.ok_or(HeadError::MissingSourceStats { method: self.name() })?;
+                let stats = source_stats.ok_or(HeadError::MissingSourceStats { method: name })?;
                 Some(Box::new(FcnWildHead::new(c, backbone, vb, stats)?))
             }
             MethodConfig::CrossCity(c) => Some(Box::new(CrossCityHead::new(c, backbone, vb)?)),
             MethodConfig::San(c) => Some(Box::new(SanHead::new(c, backbone, vb, vars)?)),
+            MethodConfig::Dsn(c) => Some(Box::new(DsnHead::new(c, backbone, vb)?)),
+            MethodConfig::Adaptsegnet(c) => Some(Box::new(OutputAdvHead::new(c, OutputMap::Softmax, backbone, vb)?)),
+            MethodConfig::AdventMinent(c) => Some(Box::new(MinEntHead::new(c)?)),
+            MethodConfig::Advent(c) => Some(Box::new(OutputAdvHead::new(
+                c,
+                OutputMap::SelfInformation,
+                backbone,
+                vb,
+            )?)),
         })
     }
 }

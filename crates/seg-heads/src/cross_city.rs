@@ -4,7 +4,7 @@
 
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
-use seg_core::{AdaptationHead, Backbone, FeatureTap, HeadInput, LossTerm, ParamGroup};
+use seg_core::{AdaptationHead, Backbone, FeatureTap, GroupId, HeadInput, HeadParams, LossTerm};
 
 use crate::discriminator::{CellDiscriminator, ClassDiscriminatorBank, DiscriminatorSpec};
 use crate::error::{check_range, require_tap, HeadError};
@@ -228,10 +228,10 @@ impl AdaptationHead for CrossCityHead {
         vec![self.cfg.tap]
     }
 
-    fn param_groups(&self) -> Vec<(String, ParamGroup, f64)> {
+    fn param_groups(&self) -> Vec<HeadParams> {
         vec![
-            (self.ga_prefix.clone(), ParamGroup::Discriminator, self.cfg.ga_lr_mult),
-            (self.ca_prefix.clone(), ParamGroup::Discriminator, self.cfg.ca_lr_mult),
+            HeadParams::new(self.ga_prefix.clone(), GroupId::DISCRIMINATOR, self.cfg.ga_lr_mult),
+            HeadParams::new(self.ca_prefix.clone(), GroupId::DISCRIMINATOR, self.cfg.ca_lr_mult),
         ]
     }
 
@@ -263,22 +263,22 @@ impl AdaptationHead for CrossCityHead {
             LossTerm {
                 name: "ga_disc",
                 value: ga_disc,
-                group: ParamGroup::Discriminator,
+                group: GroupId::DISCRIMINATOR,
             },
             LossTerm {
                 name: "ga_adv",
                 value: ga_adv,
-                group: ParamGroup::Segmenter,
+                group: GroupId::SEGMENTER,
             },
             LossTerm {
                 name: "ca_disc",
                 value: ca_disc,
-                group: ParamGroup::Discriminator,
+                group: GroupId::DISCRIMINATOR,
             },
             LossTerm {
                 name: "ca_adv",
                 value: ca_adv,
-                group: ParamGroup::Segmenter,
+                group: GroupId::SEGMENTER,
             },
         ])
     }

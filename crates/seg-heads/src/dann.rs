@@ -3,7 +3,7 @@
 
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
-use seg_core::{AdaptationHead, Backbone, FeatureTap, HeadInput, LossTerm, ParamGroup};
+use seg_core::{AdaptationHead, Backbone, FeatureTap, GroupId, HeadInput, HeadParams, LossTerm};
 use seg_nn::lambda_schedule;
 
 use crate::discriminator::{CellDiscriminator, DiscriminatorSpec};
@@ -127,8 +127,12 @@ impl AdaptationHead for DannHead {
         vec![self.cfg.tap]
     }
 
-    fn param_groups(&self) -> Vec<(String, ParamGroup, f64)> {
-        vec![(self.prefix.clone(), ParamGroup::Discriminator, self.cfg.disc_lr_mult)]
+    fn param_groups(&self) -> Vec<HeadParams> {
+        vec![HeadParams::new(
+            self.prefix.clone(),
+            GroupId::DISCRIMINATOR,
+            self.cfg.disc_lr_mult,
+        )]
     }
 
     fn losses(&self, input: &HeadInput<'_>) -> Result<Vec<LossTerm>> {
@@ -142,12 +146,12 @@ impl AdaptationHead for DannHead {
             LossTerm {
                 name: "domain_disc",
                 value: disc,
-                group: ParamGroup::Discriminator,
+                group: GroupId::DISCRIMINATOR,
             },
             LossTerm {
                 name: "domain_adv",
                 value: adv,
-                group: ParamGroup::Segmenter,
+                group: GroupId::SEGMENTER,
             },
         ])
     }

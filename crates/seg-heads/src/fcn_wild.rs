@@ -3,7 +3,7 @@
 
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
-use seg_core::{AdaptationHead, Backbone, FeatureTap, HeadInput, LossTerm, ParamGroup, NUM_CLASSES};
+use seg_core::{AdaptationHead, Backbone, FeatureTap, GroupId, HeadInput, HeadParams, LossTerm, NUM_CLASSES};
 use seg_nn::lambda_schedule;
 
 use crate::discriminator::{CellDiscriminator, DiscriminatorSpec};
@@ -174,8 +174,12 @@ impl AdaptationHead for FcnWildHead {
         vec![self.cfg.tap]
     }
 
-    fn param_groups(&self) -> Vec<(String, ParamGroup, f64)> {
-        vec![(self.prefix.clone(), ParamGroup::Discriminator, self.cfg.disc_lr_mult)]
+    fn param_groups(&self) -> Vec<HeadParams> {
+        vec![HeadParams::new(
+            self.prefix.clone(),
+            GroupId::DISCRIMINATOR,
+            self.cfg.disc_lr_mult,
+        )]
     }
 
     fn losses(&self, input: &HeadInput<'_>) -> Result<Vec<LossTerm>> {
@@ -201,17 +205,17 @@ impl AdaptationHead for FcnWildHead {
             LossTerm {
                 name: "ga_disc",
                 value: disc,
-                group: ParamGroup::Discriminator,
+                group: GroupId::DISCRIMINATOR,
             },
             LossTerm {
                 name: "ga_confusion",
                 value: conf,
-                group: ParamGroup::Segmenter,
+                group: GroupId::SEGMENTER,
             },
             LossTerm {
                 name: "size_constraint",
                 value: size,
-                group: ParamGroup::Segmenter,
+                group: GroupId::SEGMENTER,
             },
         ])
     }

@@ -16,22 +16,34 @@
 
 pub mod config;
 pub mod cross_city;
+pub mod curriculum;
 pub mod dann;
 pub mod discriminator;
+pub mod dsn;
+pub mod entropy;
 pub mod error;
 pub mod fcn_wild;
 pub mod grl;
+pub mod method;
 pub mod ops;
+pub mod output_adv;
 pub mod san;
 pub mod size;
+pub mod two_stream;
 
-pub use config::{parse_method, MethodConfig, METHOD_NAMES};
+pub use config::{parse_method, MethodConfig, MethodParts, METHOD_NAMES};
 pub use cross_city::{CrossCityConfig, CrossCityHead};
+pub use curriculum::{Curriculum, CurriculumConfig};
 pub use dann::{DannConfig, DannHead};
 pub use discriminator::{CellDiscriminator, ClassDiscriminatorBank, DiscriminatorSpec};
+pub use dsn::{DsnConfig, DsnHead};
+pub use entropy::{MinEntConfig, MinEntHead};
 pub use error::HeadError;
 pub use fcn_wild::{FcnWildConfig, FcnWildHead};
 pub use grl::{grad_reverse, ramp, GradReverse};
+pub use method::{trainable_under, FeatureAlignment};
 pub use ops::Presence;
+pub use output_adv::{OutputAdvConfig, OutputAdvHead, OutputMap};
 pub use san::{SanConfig, SanGenerator, SanHead, SanPool};
 pub use size::{SizeConstraints, SizePenalty};
+pub use two_stream::{TwoStream, TwoStreamConfig};

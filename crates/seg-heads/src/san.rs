@@ -4,7 +4,7 @@
 
 use candle_core::{Module, ModuleT, Result, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use seg_core::{AdaptationHead, Backbone, FeatureTap, HeadInput, LossTerm, ParamGroup, IGNORE};
+use seg_core::{AdaptationHead, Backbone, FeatureTap, GroupId, HeadInput, HeadParams, LossTerm, IGNORE};
 use seg_nn::layers::ConvCfg;
 use seg_nn::{conv2d, cross_entropy_ignore, BatchNorm2d, Conv2d};
 
@@ -304,14 +304,10 @@ impl AdaptationHead for SanHead {
         vec![FeatureTap::Conv1, FeatureTap::Conv5]
     }
 
-    fn param_groups(&self) -> Vec<(String, ParamGroup, f64)> {
+    fn param_groups(&self) -> Vec<HeadParams> {
         vec![
-            (self.gen_prefix.clone(), ParamGroup::Generator, self.cfg.gen_lr_mult),
-            (
-                self.disc_prefix.clone(),
-                ParamGroup::Discriminator,
-                self.cfg.disc_lr_mult,
-            ),
+            HeadParams::new(self.gen_prefix.clone(), GroupId::GENERATOR, self.cfg.gen_lr_mult),
+            HeadParams::new(self.disc_prefix.clone(), GroupId::DISCRIMINATOR, self.cfg.disc_lr_mult),
         ]
     }
 
@@ -343,22 +339,22 @@ impl AdaptationHead for SanHead {
             LossTerm {
                 name: "san_disc",
                 value: disc,
-                group: ParamGroup::Discriminator,
+                group: GroupId::DISCRIMINATOR,
             },
             LossTerm {
                 name: "gen_adv",
                 value: (&fool * self.cfg.adv_weight)?,
-                group: ParamGroup::Generator,
+                group: GroupId::GENERATOR,
             },
             LossTerm {
                 name: "gen_task",
                 value: gen_task,
-                group: ParamGroup::Generator,
+                group: GroupId::GENERATOR,
             },
             LossTerm {
                 name: "san_task",
                 value: san_task,
-                group: ParamGroup::Segmenter,
+                group: GroupId::SEGMENTER,
             },
         ];
         if self.cfg.segmenter_adv_weight > 0.0 {
@@ -371,7 +367,7 @@ impl AdaptationHead for SanHead {
             terms.push(LossTerm {
                 name: "san_adv",
                 value: (inverted * (0.5 * self.cfg.segmenter_adv_weight * w))?,
-                group: ParamGroup::Segmenter,
+                group: GroupId::SEGMENTER,
             });
         }
         Ok(terms)

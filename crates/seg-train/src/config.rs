@@ -1,5 +1,7 @@
 //! The trainer's typed configuration (one section of the run's TOML file).
 
+use std::collections::BTreeMap;
+
 use seg_nn::OptimizerConfig;
 
 /// Which domain's images set the batch-norm running statistics during adaptation.
@@ -31,6 +33,12 @@ pub struct TrainerConfig {
     /// Learning rate of the head's groups (discriminators, generators), before multipliers.
     pub head_lr: f64,
     pub head_optimizer: OptimizerConfig,
+    /// Per parameter group (`segmenter`, `discriminator`, `generator`, or a group a method
+    /// names: `dsn`, `curriculum`, `two-stream`), an optimiser and learning rate replacing the
+    /// defaults above (`optimizer`/`lr` for the segmenter, `head_optimizer`/`head_lr` for every
+    /// other group). In TOML: `[trainer.groups.discriminator] lr = 1e-4`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub groups: BTreeMap<String, GroupSettings>,
     pub seed: u64,
     /// Write a checkpoint every N steps (and always at the end); 0 = only at the end.
     pub checkpoint_every: usize,
@@ -62,12 +70,36 @@ impl Default for TrainerConfig {
                 eps: 1e-8,
                 weight_decay: 0.0,
             },
+            groups: BTreeMap::new(),
             seed: 0,
             checkpoint_every: 0,
             eval_every: 0,
             log_every: 10,
             bn_stats: BnStats::Target,
             cache_images: true,
+        }
+    }
+}
+
+/// One parameter group's optimiser settings; a field left out keeps the default.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GroupSettings {
+    pub optimizer: Option<OptimizerConfig>,
+    pub lr: Option<f64>,
+}
+
+impl TrainerConfig {
+    /// The optimiser and base learning rate of group `name`.
+    pub fn group_settings(&self, name: &str) -> (OptimizerConfig, f64) {
+        let (opt, lr) = if name == "segmenter" {
+            (self.optimizer.clone(), self.lr)
+        } else {
+            (self.head_optimizer.clone(), self.head_lr)
+        };
+        match self.groups.get(name) {
+            Some(g) => (g.optimizer.clone().unwrap_or(opt), g.lr.unwrap_or(lr)),
+            None => (opt, lr),
         }
     }
 }

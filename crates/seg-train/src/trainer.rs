@@ -1,23 +1,23 @@
-//! The training loop. Per step: a source batch (and, with a head, a target batch) goes through
-//! the backbone; the source cross-entropy and the head's terms are grouped by parameter group;
-//! each group's sum is differentiated separately, and only then does each group's optimiser
-//! step, so no gradient is taken through weights another group already moved. Checkpoints are
-//! atomic; `metrics.jsonl` never holds entries past the checkpoint a resumed run restarts from.
+//! The training loop over a [`Method`]'s stages: its pretraining steps (source batches only),
+//! the training steps (a source batch and, when the method asks, a target batch, through
+//! [`crate::step::Stepper`]), and the final batch-norm re-estimation. Loss values are read back
+//! only after the optimisers have stepped. Checkpoints are atomic; `metrics.jsonl` never holds
+//! entries past the checkpoint a resumed run restarts from.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use candle_core::{Device, Tensor, Var};
+use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
-use seg_core::{AdaptationHead, Backbone, FeatureTap, HeadInput, LossTerm, ParamGroup, StepInfo};
+use seg_core::{Backbone, Method, Stage, StepCx, StepInfo};
 use seg_data::{Dataset, Loader};
-use seg_nn::{cross_entropy_ignore, Optimizer};
 
 use crate::checkpoint::{self, CheckpointMeta};
 use crate::config::{BnStats, TrainerConfig};
 use crate::error::TrainError;
 use crate::infer::{evaluate, EvalSetup};
+use crate::step::{read_terms, LrAt, Stepper};
 
 /// Everything a run needs, built by the composition root.
 pub struct TrainSetup {
@@ -26,8 +26,8 @@ pub struct TrainSetup {
     /// The resolved run configuration (TOML) stored in checkpoints.
     pub config_toml: String,
     pub vars: VarMap,
-    pub backbone: Box<dyn Backbone>,
-    pub head: Option<Box<dyn AdaptationHead>>,
+    /// The method: its networks, modules, stages and step.
+    pub method: Box<dyn Method>,
     pub source: Loader,
     pub target: Option<Loader>,
     /// Target validation split and how to evaluate on it.
@@ -35,10 +35,9 @@ pub struct TrainSetup {
     pub device: Device,
     pub resume: bool,
     pub progress: bool,
-    /// After the last step, re-estimate the batch-norm statistics over this many batches of
-    /// this target loader, exactly as AdaBN does ([`crate::reestimate_bn`]), before the final
-    /// checkpoint and evaluation. The adaptation runs use it so that they end with the same
-    /// test-time statistics procedure (and the same target batches) as AdaBN.
+    /// The target batches of the [`Stage::ReestimateBn`] stage (AdaBN's procedure,
+    /// [`crate::reestimate_bn`]), run after the last step before the final checkpoint and
+    /// evaluation; the stage is skipped without them (`eval.adabn_batches = 0`).
     pub final_bn: Option<(Loader, usize)>,
     /// Samples left out before the run started, counted per dataset role (the run folder's
     /// `skipped.json` names them); logged to `metrics.jsonl` at step 0.
@@ -54,79 +53,58 @@ pub struct TrainOutcome {
     pub seconds: f64,
 }
 
-struct Group {
-    group: ParamGroup,
-    optimizer: Box<dyn Optimizer>,
-    /// Learning rate at step 0 (before per-parameter multipliers).
-    lr: f64,
-}
-
 pub struct Trainer {
     s: TrainSetup,
-    groups: Vec<Group>,
+    stepper: Stepper,
+    /// Steps of the method's pretraining stage, before the trainer's `steps`.
+    pretrain: usize,
     step: usize,
 }
 
-fn group_name(g: ParamGroup) -> &'static str {
-    match g {
-        ParamGroup::Segmenter => "segmenter",
-        ParamGroup::Discriminator => "discriminator",
-        ParamGroup::Generator => "generator",
-    }
-}
-
 impl Trainer {
-    /// Sorts variables into parameter groups and builds one optimiser per group.
+    /// Builds one optimiser per parameter group of the method.
     pub fn new(s: TrainSetup) -> Result<Self, TrainError> {
-        let head_groups = s.head.as_ref().map(|h| h.param_groups()).unwrap_or_default();
-        let mut by_group: BTreeMap<ParamGroup, Vec<(String, Var, f64)>> = BTreeMap::new();
-        {
-            let data = s
-                .vars
-                .data()
-                .lock()
-                .map_err(|_| TrainError::Setup("poisoned var map".into()))?;
-            let mut names: Vec<&String> = data.keys().collect();
-            names.sort();
-            for name in names {
-                if seg_nn::layers::is_statistic(name) {
-                    continue;
-                }
-                let var = data[name].clone();
-                if name.starts_with("model.") {
-                    by_group
-                        .entry(ParamGroup::Segmenter)
-                        .or_default()
-                        .push((name.clone(), var, 1.0));
-                    continue;
-                }
-                let best = head_groups
-                    .iter()
-                    .filter(|(prefix, _, _)| name.starts_with(&format!("{prefix}.")))
-                    .max_by_key(|(prefix, _, _)| prefix.len());
-                match best {
-                    Some((_, g, mult)) => by_group.entry(*g).or_default().push((name.clone(), var, *mult)),
-                    None => {
-                        return Err(TrainError::Setup(format!(
-                            "variable `{name}` belongs to no parameter group"
-                        )))
-                    }
-                }
-            }
+        let stepper = Stepper::new(s.method.as_ref(), &s.vars, &s.config)?;
+        let stages = s.method.stages();
+        let pretrain = stages
+            .iter()
+            .map(|st| match st {
+                Stage::Pretrain { steps } => *steps,
+                _ => 0,
+            })
+            .sum();
+        Ok(Self {
+            s,
+            stepper,
+            pretrain,
+            step: 0,
+        })
+    }
+
+    /// Steps of the whole run: the method's pretraining plus the trainer's `steps`.
+    pub fn total_steps(&self) -> usize {
+        self.pretrain + self.s.config.steps
+    }
+
+    /// The stage of global step `step` and the position within it.
+    fn stage_at(&self, step: usize) -> (Stage, StepInfo) {
+        if step < self.pretrain {
+            (
+                Stage::Pretrain { steps: self.pretrain },
+                StepInfo {
+                    step,
+                    total_steps: self.pretrain,
+                },
+            )
+        } else {
+            (
+                Stage::Train,
+                StepInfo {
+                    step: step - self.pretrain,
+                    total_steps: self.s.config.steps,
+                },
+            )
         }
-        let mut groups = Vec::new();
-        for (g, params) in by_group {
-            let (cfg, lr) = match g {
-                ParamGroup::Segmenter => (&s.config.optimizer, s.config.lr),
-                _ => (&s.config.head_optimizer, s.config.head_lr),
-            };
-            groups.push(Group {
-                group: g,
-                optimizer: cfg.build(params)?,
-                lr,
-            });
-        }
-        Ok(Self { s, groups, step: 0 })
     }
 
     fn checkpoint_path(&self) -> PathBuf {
@@ -148,11 +126,11 @@ impl Trainer {
             Err(e) => tracing::warn!("{}: cannot clear temporary files: {e}", self.s.run_dir.display()),
         }
         ck.restore_vars(&self.s.vars)?;
-        for g in &mut self.groups {
-            let state = ck.optimizer_state(group_name(g.group));
+        for g in &mut self.stepper.groups {
+            let state = ck.optimizer_state(g.id.name());
             g.optimizer.load_state(&state).map_err(|e| TrainError::Checkpoint {
                 path: ck.path.clone(),
-                reason: format!("optimizer state of `{}`: {e}", group_name(g.group)),
+                reason: format!("optimizer state of `{}`: {e}", g.id),
             })?;
         }
         if let Some(st) = ck.meta.source_loader {
@@ -191,9 +169,9 @@ impl Trainer {
                 .map_err(|_| TrainError::Setup("poisoned var map".into()))?;
             data.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect()
         };
-        for g in &self.groups {
+        for g in &self.stepper.groups {
             for (n, t) in g.optimizer.state() {
-                tensors.push((format!("optim.{}.{n}", group_name(g.group)), t));
+                tensors.push((format!("optim.{}.{n}", g.id), t));
             }
         }
         let meta = CheckpointMeta {
@@ -215,7 +193,7 @@ impl Trainer {
         let Some((ds, setup, protocol)) = &self.s.eval else {
             return Ok(None);
         };
-        let report = evaluate(self.s.backbone.as_ref(), ds, setup)?.finish(*protocol);
+        let report = evaluate(self.s.method.deployed(), ds, setup)?.finish(*protocol);
         let dir = self.s.run_dir.join("eval").join(format!("step_{:06}", self.step));
         report.write(&dir)?;
         self.log(
@@ -225,101 +203,52 @@ impl Trainer {
     }
 
     fn one_step(&mut self) -> Result<BTreeMap<String, f32>, TrainError> {
-        let cfg = &self.s.config;
+        let (stage, info) = self.stage_at(self.step);
         let src = self.s.source.next_batch()?;
-        let labels = src
-            .labels
-            .clone()
-            .ok_or_else(|| TrainError::Setup("source batch has no labels".into()))?;
-        let head_taps: Vec<FeatureTap> = self.s.head.as_ref().map(|h| h.taps()).unwrap_or_default();
-        let has_target = self.s.head.is_some();
-        let bb = self.s.backbone.as_ref();
-        if has_target && cfg.bn_stats == BnStats::Target && bb.has_batch_norm() {
-            bb.set_bn_momentum(Some(0.0), false)?;
-        }
-        let src_f = bb.forward_taps(&src.images, true, &head_taps)?;
-        let task_weight = self.s.head.as_ref().map_or(1.0, |h| h.source_task_weight());
-        let seg = cross_entropy_ignore(src_f.logits()?, &labels, seg_labels::IGNORE as u32)?;
-        let mut terms = vec![LossTerm {
-            name: "seg",
-            value: if task_weight == 1.0 { seg } else { (seg * task_weight)? },
-            group: ParamGroup::Segmenter,
-        }];
-        if let (Some(head), Some(target)) = (self.s.head.as_ref(), self.s.target.as_mut()) {
-            if bb.has_batch_norm() {
-                bb.set_bn_momentum(Some(0.1), false)?;
-            }
-            let tgt = target.next_batch()?;
-            let tgt_f = bb.forward_taps(&tgt.images, true, &head_taps)?;
-            if cfg.bn_stats == BnStats::Target && bb.has_batch_norm() {
-                // Passes a head makes on its own (SAN's generated features through fc7) must
-                // not move the target statistics.
-                bb.set_bn_momentum(Some(0.0), false)?;
-            }
-            let input = HeadInput {
-                backbone: bb,
-                source: &src_f,
-                source_labels: &labels,
-                target: &tgt_f,
-                step: StepInfo {
-                    step: self.step,
-                    total_steps: cfg.steps,
-                },
-            };
-            terms.extend(head.losses(&input)?);
-        } else if bb.has_batch_norm() {
-            bb.set_bn_momentum(Some(0.1), false)?;
-        }
-        let mut values = BTreeMap::new();
-        for t in &terms {
-            let v = t.value.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?;
-            if !v.is_finite() {
+        let tgt = match (stage, self.s.target.as_mut()) {
+            (Stage::Train, Some(t)) if self.s.method.needs_target() => Some(t.next_batch()?),
+            _ => None,
+        };
+        let cx = StepCx {
+            source: &src,
+            target: tgt.as_ref(),
+            stage,
+            step: info,
+            target_bn_only: self.s.config.bn_stats == BnStats::Target,
+        };
+        let at = LrAt {
+            step: info.step,
+            total: info.total_steps,
+            power: self.s.config.lr_power,
+        };
+        let terms = self.stepper.step(self.s.method.as_ref(), &cx, at)?;
+        match read_terms(&terms)? {
+            Ok(values) => Ok(values),
+            Err((term, value)) => {
                 let last = if self.checkpoint_path().exists() {
                     self.checkpoint_path().display().to_string()
                 } else {
                     "none written yet".to_string()
                 };
-                return Err(TrainError::NonFinite {
-                    term: t.name.to_string(),
-                    value: v,
+                Err(TrainError::NonFinite {
+                    term,
+                    value,
                     step: self.step,
                     last,
-                });
-            }
-            *values.entry(t.name.to_string()).or_insert(0.0) += v;
-        }
-        // Differentiate every group first, then step: no group sees weights another moved.
-        let mut grads = Vec::new();
-        for g in &self.groups {
-            let mine: Vec<&Tensor> = terms.iter().filter(|t| t.group == g.group).map(|t| &t.value).collect();
-            if mine.is_empty() {
-                grads.push(None);
-                continue;
-            }
-            let mut total = mine[0].clone();
-            for t in &mine[1..] {
-                total = (total + *t)?;
-            }
-            grads.push(Some(seg_nn::backward(&total)?));
-        }
-        let progress_step = self.step;
-        for (g, grad) in self.groups.iter_mut().zip(grads) {
-            if let Some(grad) = grad {
-                let lr = seg_nn::poly_lr(g.lr, progress_step, cfg.steps, cfg.lr_power);
-                g.optimizer.step(&grad, lr)?;
+                })
             }
         }
-        Ok(values)
     }
 
     /// Runs (or resumes) training to `config.steps`, checkpointing and evaluating as configured.
     pub fn run(self) -> Result<TrainOutcome, TrainError> {
-        let steps = self.s.config.steps;
+        let steps = self.total_steps();
         self.run_until(steps)
     }
 
     /// Like [`Trainer::run`], but stops after step `stop` (checkpointing there) as if the run
-    /// had been interrupted; the learning-rate schedule still follows `config.steps`.
+    /// had been interrupted (`stop` counts the method's pretraining steps too); the learning-rate
+    /// schedule still follows the stages.
     pub fn run_until(mut self, stop: usize) -> Result<TrainOutcome, TrainError> {
         std::fs::create_dir_all(&self.s.run_dir).map_err(|cause| TrainError::Write {
             path: self.s.run_dir.clone(),
@@ -328,12 +257,13 @@ impl Trainer {
         if self.s.resume {
             self.resume()?;
         } else {
+            self.s.method.start()?;
             let _ = std::fs::remove_file(self.metrics_path());
             if !self.s.left_out.is_empty() {
                 self.log(serde_json::json!({"step": 0, "left_out": self.s.left_out}))?;
             }
         }
-        let total = self.s.config.steps;
+        let total = self.total_steps();
         let start = Instant::now();
         let bar = if self.s.progress {
             let b = indicatif::ProgressBar::new(total as u64);
@@ -347,7 +277,7 @@ impl Trainer {
             indicatif::ProgressBar::hidden()
         };
         let per_step = self.s.config.batch_size
-            + if self.s.head.is_some() {
+            + if self.s.method.needs_target() {
                 self.s.config.target_batch_size.unwrap_or(self.s.config.batch_size)
             } else {
                 0
@@ -361,7 +291,11 @@ impl Trainer {
             let ips = per_step as f64 / t0.elapsed().as_secs_f64().max(1e-9);
             let cfg = &self.s.config;
             if cfg.log_every > 0 && (self.step.is_multiple_of(cfg.log_every) || self.step == total) {
-                let lr = seg_nn::poly_lr(cfg.lr, self.step - 1, total, cfg.lr_power);
+                let (stage, info) = self.stage_at(self.step - 1);
+                let lr = match stage {
+                    Stage::Train => seg_nn::poly_lr(cfg.lr, info.step, info.total_steps, cfg.lr_power),
+                    _ => 0.0,
+                };
                 self.log(serde_json::json!({"step": self.step, "lr": lr, "losses": losses, "images_per_sec": ips}))?;
             }
             let msg: Vec<String> = losses.iter().map(|(k, v)| format!("{k} {v:.3}")).collect();
@@ -376,9 +310,9 @@ impl Trainer {
             }
         }
         bar.finish_and_clear();
-        if self.step == total {
+        if self.step == total && self.s.method.stages().contains(&Stage::ReestimateBn) {
             if let Some((loader, batches)) = self.s.final_bn.as_mut() {
-                crate::infer::reestimate_bn(self.s.backbone.as_ref(), loader, *batches)?;
+                crate::infer::reestimate_bn(self.s.method.deployed(), loader, *batches)?;
             }
         }
         self.save_checkpoint()?;
@@ -393,8 +327,8 @@ impl Trainer {
         })
     }
 
-    /// The backbone (for evaluation after training).
+    /// The deployed network (for evaluation after training).
     pub fn backbone(&self) -> &dyn Backbone {
-        self.s.backbone.as_ref()
+        self.s.method.deployed()
     }
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use seg_core::{FeatureTap, Features, HeadInput, LossTerm, ParamGroup, Rng, StepInfo};
+use seg_core::{FeatureTap, Features, GroupId, HeadInput, HeadParams, LossTerm, Rng, StepInfo};
 use seg_heads::{CrossCityConfig, DannConfig, FcnWildConfig, MethodConfig, SanConfig};
 use seg_nn::{Adam, Optimizer, Sgd};
 
@@ -48,8 +48,12 @@ const MID: StepInfo = StepInfo {
 };
 
 fn losses(s: &Setup, src: &Features, tgt: &Features, labels: &Tensor, step: StepInfo) -> Vec<LossTerm> {
+    let si = Tensor::zeros((labels.dim(0).unwrap(), 3, SIDE, SIDE), DType::F32, &Device::Cpu).unwrap();
+    let ti = Tensor::zeros((3, 3, SIDE, SIDE), DType::F32, &Device::Cpu).unwrap();
     let input = HeadInput {
         backbone: &s.net,
+        source_images: &si,
+        target_images: &ti,
         source: src,
         source_labels: labels,
         target: tgt,
@@ -58,7 +62,7 @@ fn losses(s: &Setup, src: &Features, tgt: &Features, labels: &Tensor, step: Step
     s.head.losses(&input).unwrap()
 }
 
-fn group_sum(terms: &[LossTerm], group: ParamGroup) -> Option<Tensor> {
+fn group_sum(terms: &[LossTerm], group: GroupId) -> Option<Tensor> {
     terms
         .iter()
         .filter(|t| t.group == group)
@@ -75,10 +79,10 @@ fn grad_mass(grads: &candle_core::backprop::GradStore, vars: &[(String, candle_c
 
 /// Trained variables of each group: the backbone (`model.`) for the segmenter, the head's
 /// prefixes for the others; batch-norm statistics excluded.
-fn groups(s: &Setup) -> BTreeMap<ParamGroup, Vec<(String, candle_core::Var)>> {
-    let mut out: BTreeMap<ParamGroup, Vec<_>> = BTreeMap::new();
-    out.insert(ParamGroup::Segmenter, vars_under(&s.vars, "model"));
-    for (prefix, group, _) in s.head.param_groups() {
+fn groups(s: &Setup) -> BTreeMap<GroupId, Vec<(String, candle_core::Var)>> {
+    let mut out: BTreeMap<GroupId, Vec<_>> = BTreeMap::new();
+    out.insert(GroupId::SEGMENTER, vars_under(&s.vars, "model"));
+    for HeadParams { prefix, group, .. } in s.head.param_groups() {
         let v = vars_under(&s.vars, &prefix)
             .into_iter()
             .filter(|(n, _)| !seg_nn::layers::is_statistic(n));
@@ -89,33 +93,26 @@ fn groups(s: &Setup) -> BTreeMap<ParamGroup, Vec<(String, candle_core::Var)>> {
 
 #[test]
 fn terms_have_the_documented_names_groups_and_finite_values() {
-    use ParamGroup::*;
-    let expected: [&[(&str, ParamGroup)]; 4] = [
-        &[("domain_disc", Discriminator), ("domain_adv", Segmenter)],
+    const DISC: GroupId = GroupId::DISCRIMINATOR;
+    const SEG: GroupId = GroupId::SEGMENTER;
+    const GEN: GroupId = GroupId::GENERATOR;
+    let expected: [&[(&str, GroupId)]; 4] = [
+        &[("domain_disc", DISC), ("domain_adv", SEG)],
+        &[("ga_disc", DISC), ("ga_confusion", SEG), ("size_constraint", SEG)],
+        &[("ga_disc", DISC), ("ga_adv", SEG), ("ca_disc", DISC), ("ca_adv", SEG)],
         &[
-            ("ga_disc", Discriminator),
-            ("ga_confusion", Segmenter),
-            ("size_constraint", Segmenter),
-        ],
-        &[
-            ("ga_disc", Discriminator),
-            ("ga_adv", Segmenter),
-            ("ca_disc", Discriminator),
-            ("ca_adv", Segmenter),
-        ],
-        &[
-            ("san_disc", Discriminator),
-            ("gen_adv", Generator),
-            ("gen_task", Generator),
-            ("san_task", Segmenter),
-            ("san_adv", Segmenter),
+            ("san_disc", DISC),
+            ("gen_adv", GEN),
+            ("gen_task", GEN),
+            ("san_task", SEG),
+            ("san_adv", SEG),
         ],
     ];
     for (method, want) in methods().iter().zip(expected) {
         let s = setup(method);
         let (src, tgt, labels) = forward(&s, 1);
         let terms = losses(&s, &src, &tgt, &labels, MID);
-        let got: Vec<(&str, ParamGroup)> = terms.iter().map(|t| (t.name, t.group)).collect();
+        let got: Vec<(&str, GroupId)> = terms.iter().map(|t| (t.name, t.group)).collect();
         assert_eq!(got, want, "{}", method.name());
         for t in &terms {
             let v = t.value.to_scalar::<f32>().unwrap();
@@ -131,19 +128,16 @@ fn discriminator_terms_never_reach_the_backbone_and_the_others_do() {
         let groups = groups(&s);
         let (src, tgt, labels) = forward(&s, 2);
         let terms = losses(&s, &src, &tgt, &labels, MID);
-        let model = &groups[&ParamGroup::Segmenter];
+        let model = &groups[&GroupId::SEGMENTER];
 
-        let disc = group_sum(&terms, ParamGroup::Discriminator)
-            .unwrap()
-            .backward()
-            .unwrap();
+        let disc = group_sum(&terms, GroupId::DISCRIMINATOR).unwrap().backward().unwrap();
         assert_eq!(
             grad_mass(&disc, model),
             0.0,
             "{}: a discriminator term moved the backbone",
             method.name()
         );
-        for (name, v) in &groups[&ParamGroup::Discriminator] {
+        for (name, v) in &groups[&GroupId::DISCRIMINATOR] {
             if name.ends_with("weight") {
                 assert!(
                     disc.get(v.as_tensor()).is_some(),
@@ -152,19 +146,19 @@ fn discriminator_terms_never_reach_the_backbone_and_the_others_do() {
                 );
             }
         }
-        assert!(grad_mass(&disc, &groups[&ParamGroup::Discriminator]) > 0.0);
+        assert!(grad_mass(&disc, &groups[&GroupId::DISCRIMINATOR]) > 0.0);
 
-        let seg = group_sum(&terms, ParamGroup::Segmenter).unwrap().backward().unwrap();
+        let seg = group_sum(&terms, GroupId::SEGMENTER).unwrap().backward().unwrap();
         assert!(
             grad_mass(&seg, model) > 0.0,
             "{}: segmenter terms give the backbone no gradient",
             method.name()
         );
 
-        if let Some(gen) = group_sum(&terms, ParamGroup::Generator) {
+        if let Some(gen) = group_sum(&terms, GroupId::GENERATOR) {
             let gen = gen.backward().unwrap();
             assert!(
-                grad_mass(&gen, &groups[&ParamGroup::Generator]) > 0.0,
+                grad_mass(&gen, &groups[&GroupId::GENERATOR]) > 0.0,
                 "generator terms miss the generator"
             );
         }
@@ -208,28 +202,28 @@ fn one_group_step_leaves_every_other_group_bit_identical() {
 
 #[test]
 fn head_variables_live_under_the_reported_prefixes() {
-    let want: [&[(&str, ParamGroup, f64)]; 4] = [
-        &[("head.disc", ParamGroup::Discriminator, 1.0)],
+    let want: [&[(&str, GroupId, f64)]; 4] = [
+        &[("head.disc", GroupId::DISCRIMINATOR, 1.0)],
         // Default (ours): the confusion objective needs a faster discriminator, see FcnWildConfig.
-        &[("head.disc", ParamGroup::Discriminator, 3.0)],
+        &[("head.disc", GroupId::DISCRIMINATOR, 3.0)],
         &[
             // Defaults (ours): the paper's x10/x20 diverged in the demo, see CrossCityConfig.
-            ("head.ga", ParamGroup::Discriminator, 1.0),
-            ("head.ca", ParamGroup::Discriminator, 1.0),
+            ("head.ga", GroupId::DISCRIMINATOR, 1.0),
+            ("head.ca", GroupId::DISCRIMINATOR, 1.0),
         ],
         &[
-            ("head.gen", ParamGroup::Generator, 1.0),
-            ("head.disc", ParamGroup::Discriminator, 1.0),
+            ("head.gen", GroupId::GENERATOR, 1.0),
+            ("head.disc", GroupId::DISCRIMINATOR, 1.0),
         ],
     ];
     for (method, want) in methods().iter().zip(want) {
         let s = setup(method);
         let groups = s.head.param_groups();
-        let got: Vec<(&str, ParamGroup, f64)> = groups.iter().map(|(p, g, m)| (p.as_str(), *g, *m)).collect();
+        let got: Vec<(&str, GroupId, f64)> = groups.iter().map(|p| (p.prefix.as_str(), p.group, p.lr_mult)).collect();
         assert_eq!(got, want, "{}", method.name());
         for (name, _) in vars_under(&s.vars, "head") {
             assert!(
-                groups.iter().any(|(p, _, _)| name.starts_with(&format!("{p}."))),
+                groups.iter().any(|p| name.starts_with(&format!("{}.", p.prefix))),
                 "{}: {name} is under no reported prefix",
                 method.name()
             );
@@ -258,8 +252,12 @@ fn discriminator_losses_fall_on_separable_features() {
         let (src, tgt) = (separable(2, 1.0, &mut rng), separable(3, -1.0, &mut rng));
         let labels = crate::common::labels(&mut rng, 2);
         let mut params = Vec::new();
-        for (prefix, group, mult) in s.head.param_groups() {
-            if group == ParamGroup::Discriminator {
+        for HeadParams {
+            prefix, group, lr_mult, ..
+        } in s.head.param_groups()
+        {
+            let mult = lr_mult;
+            if group == GroupId::DISCRIMINATOR {
                 params.extend(vars_under(&s.vars, &prefix).into_iter().map(|(n, v)| (n, v, mult)));
             }
         }
@@ -267,7 +265,7 @@ fn discriminator_losses_fall_on_separable_features() {
         let mut history = Vec::new();
         for _ in 0..30 {
             let terms = losses(&s, &src, &tgt, &labels, MID);
-            let loss = group_sum(&terms, ParamGroup::Discriminator).unwrap();
+            let loss = group_sum(&terms, GroupId::DISCRIMINATOR).unwrap();
             history.push(loss.to_scalar::<f32>().unwrap());
             adam.step(&loss.backward().unwrap(), 1e-2).unwrap();
         }
@@ -414,22 +412,22 @@ fn san_differentiates_only_its_own_graph_per_group() {
     let terms = losses(&s, &src, &tgt, &labels, MID);
     let names: Vec<&str> = terms.iter().map(|t| t.name).collect();
     assert!(names.contains(&"san_adv"), "{names:?}");
-    let early_layers: Vec<_> = groups[&ParamGroup::Segmenter]
+    let early_layers: Vec<_> = groups[&GroupId::SEGMENTER]
         .iter()
         .filter(|(n, _)| n.starts_with("model.conv1.") || n.starts_with("model.conv5."))
         .cloned()
         .collect();
     assert_eq!(early_layers.len(), 4);
-    let gen = group_sum(&terms, ParamGroup::Generator).unwrap().backward().unwrap();
+    let gen = group_sum(&terms, GroupId::GENERATOR).unwrap().backward().unwrap();
     assert_eq!(
         grad_mass(&gen, &early_layers),
         0.0,
         "generator terms reached conv1..conv5"
     );
-    assert!(grad_mass(&gen, &groups[&ParamGroup::Generator]) > 0.0);
-    let seg = group_sum(&terms, ParamGroup::Segmenter).unwrap().backward().unwrap();
+    assert!(grad_mass(&gen, &groups[&GroupId::GENERATOR]) > 0.0);
+    let seg = group_sum(&terms, GroupId::SEGMENTER).unwrap().backward().unwrap();
     assert_eq!(
-        grad_mass(&seg, &groups[&ParamGroup::Generator]),
+        grad_mass(&seg, &groups[&GroupId::GENERATOR]),
         0.0,
         "segmenter terms reached the generator"
     );

@@ -129,8 +129,11 @@ fn size_constraint_falls_when_optimised() {
     for step in 0..30 {
         tgt.maps
             .insert(seg_core::FeatureTap::Logits, logits.as_tensor().clone());
+        let images = Tensor::zeros((2, 3, 6, 6), DType::F32, &Device::Cpu).unwrap();
         let input = HeadInput {
             backbone: &net,
+            source_images: &images,
+            target_images: &images,
             source: &src,
             source_labels: &labels,
             target: &tgt,

@@ -50,9 +50,18 @@ fn setup(run_dir: &Path, steps: usize, lr: f64, resume: bool) -> TrainSetup {
         source: Loader::new(ds, 2, aug, 5, Domain::Source, device.clone()),
         config,
         config_toml: String::from("# test"),
+        method: Box::new(
+            seg_heads::FeatureAlignment::new(
+                "source-only",
+                backbone,
+                seg_heads::trainable_under(&vars, "model"),
+                None,
+                &vars,
+                false,
+            )
+            .unwrap(),
+        ),
         vars,
-        backbone,
-        head: None,
         target: None,
         eval: None,
         device,

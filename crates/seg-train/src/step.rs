@@ -1,0 +1,148 @@
+//! The one training step, used by the trainer, the benchmarks and the tests: a method's loss
+//! terms are summed per loss group, each sum is differentiated on its own, and only then does
+//! every optimiser group step with the gradients of the loss group its parameters name, so no
+//! gradient is taken through weights another group already moved. Nothing is read back from
+//! the device here: the step returns the terms as tensors, and the caller reads them after the
+//! optimisers have stepped.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use candle_core::{Tensor, Var};
+use candle_nn::VarMap;
+use seg_core::{GroupId, LossTerm, Method, StepCx};
+use seg_nn::Optimizer;
+
+use crate::config::TrainerConfig;
+use crate::error::TrainError;
+
+/// One optimiser group.
+pub struct Group {
+    pub id: GroupId,
+    /// The loss group whose gradients move it.
+    pub loss: GroupId,
+    pub optimizer: Box<dyn Optimizer>,
+    /// Learning rate at the start of a stage (before per-parameter multipliers).
+    pub lr: f64,
+}
+
+/// The optimiser groups of a method, built from its parameter sets.
+pub struct Stepper {
+    pub groups: Vec<Group>,
+}
+
+/// Where the learning-rate schedule stands: poly decay over the current stage.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LrAt {
+    pub step: usize,
+    pub total: usize,
+    pub power: f64,
+}
+
+impl Stepper {
+    /// One optimiser per group the method's parameter sets name (none for frozen ones), with
+    /// the settings `cfg` gives that group. Every trainable variable of `vars` must belong to
+    /// exactly one set.
+    pub fn new(method: &dyn Method, vars: &VarMap, cfg: &TrainerConfig) -> Result<Self, TrainError> {
+        let mut claimed: BTreeMap<String, GroupId> = BTreeMap::new();
+        let mut by_group: BTreeMap<GroupId, (GroupId, Vec<(String, Var, f64)>)> = BTreeMap::new();
+        for set in method.parameters() {
+            for (name, var) in &set.vars {
+                if let Some(g) = claimed.insert(name.clone(), set.group) {
+                    return Err(TrainError::Setup(format!(
+                        "variable `{name}` is claimed by groups `{g}` and `{}`",
+                        set.group
+                    )));
+                }
+                if set.group != GroupId::FROZEN {
+                    let e = by_group.entry(set.group).or_insert((set.loss, Vec::new()));
+                    if e.0 != set.loss {
+                        return Err(TrainError::Setup(format!(
+                            "group `{}` is driven by two loss groups (`{}` and `{}`)",
+                            set.group, e.0, set.loss
+                        )));
+                    }
+                    e.1.push((name.clone(), var.clone(), set.lr_mult));
+                }
+            }
+        }
+        {
+            let data = vars
+                .data()
+                .lock()
+                .map_err(|_| TrainError::Setup("poisoned var map".into()))?;
+            let mut names: Vec<&String> = data.keys().collect();
+            names.sort();
+            for name in names {
+                if !seg_nn::layers::is_statistic(name) && !claimed.contains_key(name) {
+                    return Err(TrainError::Setup(format!(
+                        "variable `{name}` belongs to no parameter group of method `{}`",
+                        method.name()
+                    )));
+                }
+            }
+        }
+        let known: BTreeSet<&str> = by_group.keys().map(|g| g.name()).collect();
+        if let Some(unknown) = cfg.groups.keys().find(|k| !known.contains(k.as_str())) {
+            return Err(TrainError::Setup(format!(
+                "trainer.groups.{unknown}: method `{}` has no such parameter group (it has: {})",
+                method.name(),
+                known.iter().copied().collect::<Vec<_>>().join(", ")
+            )));
+        }
+        let mut groups = Vec::new();
+        for (id, (loss, mut params)) in by_group {
+            params.sort_by(|a, b| a.0.cmp(&b.0));
+            let (opt, lr) = cfg.group_settings(id.name());
+            groups.push(Group {
+                id,
+                loss,
+                optimizer: opt.build(params)?,
+                lr,
+            });
+        }
+        Ok(Self { groups })
+    }
+
+    /// One step: the method's terms for `cx`, one backward per loss group that has terms, then
+    /// every optimiser group whose loss group had terms steps at `poly(lr, at)`. Returns the
+    /// terms (values still on the device).
+    pub fn step(&mut self, method: &dyn Method, cx: &StepCx<'_>, at: LrAt) -> Result<Vec<LossTerm>, TrainError> {
+        let terms = method.losses(cx)?;
+        let mut grads = BTreeMap::new();
+        for g in &self.groups {
+            if grads.contains_key(&g.loss) {
+                continue;
+            }
+            let mine: Vec<&Tensor> = terms.iter().filter(|t| t.group == g.loss).map(|t| &t.value).collect();
+            let Some((first, rest)) = mine.split_first() else {
+                continue;
+            };
+            let mut total = (*first).clone();
+            for t in rest {
+                total = (total + *t)?;
+            }
+            grads.insert(g.loss, seg_nn::backward(&total)?);
+        }
+        for g in &mut self.groups {
+            if let Some(grad) = grads.get(&g.loss) {
+                let lr = seg_nn::poly_lr(g.lr, at.step, at.total, at.power);
+                g.optimizer.step(grad, lr)?;
+            }
+        }
+        Ok(terms)
+    }
+}
+
+/// Reads the terms' values back (after the optimisers stepped), summed by name; the first
+/// non-finite one is returned as `Err((name, value))`.
+pub fn read_terms(terms: &[LossTerm]) -> Result<Result<BTreeMap<String, f32>, (String, f32)>, TrainError> {
+    let mut values = BTreeMap::new();
+    for t in terms {
+        let v = t.value.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?;
+        if !v.is_finite() {
+            return Ok(Err((t.name.to_string(), v)));
+        }
+        *values.entry(t.name.to_string()).or_insert(0.0) += v;
+    }
+    Ok(Ok(values))
+}
