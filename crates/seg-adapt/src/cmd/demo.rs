@@ -2,8 +2,8 @@
 //! then, per seed, follows the field's protocol of adapting a trained source model: one
 //! source-only pretraining run shared by every arm, then each arm continues from it for the same
 //! number of steps (source-only with the task loss alone, AdaBN taken from that, each
-//! adaptation method with its head); the oracle trains from scratch on target labels for the
-//! same total. Every run is evaluated on the target val split; `report.md`, `report.json` and a
+//! adaptation method with its own step); the oracle is the same arm on target train labels.
+//! Every run is evaluated on the target val split; `report.md`, `report.json` and a
 //! picture comparing the methods' predictions are written, with each method's paired per-seed
 //! difference to AdaBN and to source-only (arms of one seed share the initial model and the
 //! batches). Finished runs are reused, so an interrupted demo continues where it stopped.
@@ -35,8 +35,8 @@ pub struct Args {
     /// --quick).
     #[arg(long)]
     pub pretrain_steps: Option<usize>,
-    /// Steps of each arm after pretraining (default: 160, or 40 with --quick); the oracle trains
-    /// from scratch for pretrain + these.
+    /// Steps of each arm after pretraining (default: 160, or 40 with --quick), the oracle's
+    /// included.
     #[arg(long)]
     pub steps: Option<usize>,
     /// Seed of the generated benchmark: other seeds are other instances of the same benchmark.
@@ -50,16 +50,15 @@ pub struct Args {
     pub device: String,
 }
 
-/// Every method the demo compares, in table order.
-pub const METHODS: [&str; 7] = [
-    "source-only",
-    "adabn",
-    "oracle",
-    "dann",
-    "fcn-wild",
-    "cross-city",
-    "san",
-];
+/// Every method the demo compares, in table order: the three baselines first, then the
+/// methods in the order of [`seg_heads::METHOD_NAMES`] (the one list of methods).
+pub fn methods() -> Vec<&'static str> {
+    const BASELINES: [&str; 3] = ["source-only", "adabn", "oracle"];
+    BASELINES
+        .into_iter()
+        .chain(seg_heads::METHOD_NAMES.into_iter().filter(|m| !BASELINES.contains(m)))
+        .collect()
+}
 
 /// Learning rate of the heads' own parameters (discriminators, SAN's generator; Adam) in the
 /// demo (ours: the trainer's default is 1e-3; the demo's arms are short, so its
@@ -104,8 +103,7 @@ pub struct Phases {
 pub enum Phase {
     /// Source-only from scratch, shared by every arm of a seed.
     Pretrain,
-    /// One arm, continuing from the pretraining run in `init` (the oracle trains from scratch
-    /// for pretrain + adapt steps instead).
+    /// One arm, continuing from the pretraining run in `init`.
     Arm,
 }
 
@@ -131,12 +129,12 @@ pub fn demo_config(
         c.width = 8;
         c.blocks = 1;
     }
-    // Pretraining and the oracle train from scratch at the demo's learning rate; the arms
-    // continue from the pretrained model at a fifth of it (both decay to 0 with the poly rule).
-    let (steps, lr, init_from) = match (phase, &method) {
-        (Phase::Pretrain, _) => (phases.pretrain, 0.05, None),
-        (Phase::Arm, MethodConfig::Oracle) => (phases.pretrain + phases.adapt, 0.05, None),
-        (Phase::Arm, _) => (phases.adapt, 0.01, Some(init.to_path_buf())),
+    // Pretraining trains from scratch at the demo's learning rate; every arm, the oracle
+    // included (it differs only in its data: target train labels), continues from the
+    // pretrained model at a fifth of it (both decay to 0 with the poly rule).
+    let (steps, lr, init_from) = match phase {
+        Phase::Pretrain => (phases.pretrain, 0.05, None),
+        Phase::Arm => (phases.adapt, 0.01, Some(init.to_path_buf())),
     };
     Ok(RunConfig {
         data: DataConfig::new(DatasetName::Gta5, gta, DatasetName::Cityscapes, cs),
@@ -565,7 +563,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             }
             v
         }
-        None => METHODS.iter().map(|s| s.to_string()).collect(),
+        None => methods().iter().map(|s| s.to_string()).collect(),
     };
     let data = args.out.join("data");
     match toy::read_manifest(&data) {
@@ -582,7 +580,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut runs = Vec::new();
     for seed in 0..seeds as u64 {
         let init = args.out.join("runs").join(PRETRAIN).join(format!("seed{seed}"));
-        if methods.iter().any(|m| m != "oracle") {
+        {
             let cfg = demo_config(&data, preset, "source-only", seed, phases, Phase::Pretrain, &init)?;
             eprintln!(
                 "[{:>5.0}s] source-only pretraining seed {seed} ({} steps)",
@@ -615,7 +613,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     comparison(&args.out, &cfg0, &methods, 0, &device)?;
     let s = preset.sizes();
     let meta = format!(
-        "Embedded benchmark `{preset:?}`, generator version {}, data seed {} ({} source images, {} target train, {} target val, stored at {}x{}); small BN FCN trained at 64x128, batch 8 (+8 target). Per seed: {} source-only steps shared by every arm, then {} steps per arm from that model (AdaBN from the source-only arm; adaptation arms end with AdaBN's re-estimation of the batch-norm statistics over the same target batches); the oracle trains from scratch for {} steps. Seeds 0..{seeds}. Total time {:.0}s.",
+        "Embedded benchmark `{preset:?}`, generator version {}, data seed {} ({} source images, {} target train, {} target val, stored at {}x{}); small BN FCN trained at 64x128, batch 8 (+8 target). Per seed: {} source-only steps shared by every arm, then {} steps per arm from that model (AdaBN from the source-only arm; adaptation arms end with AdaBN's re-estimation of the batch-norm statistics over the same target batches; the oracle on target train labels). Seeds 0..{seeds}. Total time {:.0}s.",
         toy::GENERATOR_VERSION,
         args.data_seed,
         s.gta5,
@@ -625,7 +623,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         s.height,
         phases.pretrain,
         phases.adapt,
-        phases.pretrain + phases.adapt,
         start.elapsed().as_secs_f64()
     );
     let md = markdown(&runs, &summary, &paired, &methods, &meta);

@@ -122,8 +122,12 @@ fn heads_build_only_for_the_methods_that_have_one() {
                 let err = build(&method, true, true).unwrap_err();
                 assert!(matches!(err, HeadError::NoBatchNorm { .. }), "{err}");
             }
-            MethodConfig::SourceOnly | MethodConfig::Oracle => {
-                assert!(!build(&method, true, true).unwrap())
+            // No head: plain cross-entropy, or a step of the method's own.
+            MethodConfig::SourceOnly
+            | MethodConfig::Oracle
+            | MethodConfig::Curriculum(_)
+            | MethodConfig::TwoStream(_) => {
+                assert!(!build(&method, true, true).unwrap(), "{name}")
             }
             _ => assert!(build(&method, true, true).unwrap(), "{name}"),
         }

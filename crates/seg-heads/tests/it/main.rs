@@ -5,4 +5,5 @@ mod config;
 mod discriminator;
 mod grl;
 mod heads;
+mod methods;
 mod size;
