@@ -15,6 +15,7 @@ use seg_nn::{bce_with_logits, conv2d, lambda_schedule, resize_bilinear, Conv2d};
 use crate::discriminator::{CellDiscriminator, DiscriminatorSpec};
 use crate::error::{check_range, require_tap, HeadError};
 use crate::grl::grad_reverse;
+use crate::ops::pool_to;
 
 const METHOD: &str = "dsn";
 
@@ -29,7 +30,7 @@ pub struct DsnConfig {
     /// The shared representation's tap. Default `fc7` (ours; the paper's shared code is the
     /// encoder's last layer).
     pub tap: FeatureTap,
-    /// Width of the private encoders' and the decoder's hidden convolutions. Default 16 (ours).
+    /// Width of the private encoders' and the decoder's hidden convolutions. Default 8 (ours).
     pub width: usize,
     /// Weight `alpha` of the scale-invariant reconstruction loss. Default 0.1 (ours; paper
     /// 0.01–0.15 by task).
@@ -43,30 +44,38 @@ pub struct DsnConfig {
     pub gamma: f64,
     /// Hidden width of the per-cell domain discriminator. Default 64 (ours).
     pub disc_hidden: usize,
-    /// Learning-rate multiplier of the private encoders and decoder over `trainer.lr` (their
-    /// optimiser is the segmenter's unless `[trainer.groups.dsn]` says otherwise). Default 1.
+    /// Learning-rate multiplier of the private encoders and decoder over `trainer.head_lr`
+    /// (optimiser group `dsn`, `[trainer.groups.dsn]`). Default 1.
     pub private_lr_mult: f64,
+    /// The decoder reconstructs the image average-pooled by this factor (ours, for the CPU
+    /// demo: 2 quarters the decoder's cost; paper 1). Default 2.
+    pub recon_pool: usize,
 }
 
 impl Default for DsnConfig {
     fn default() -> Self {
         Self {
             tap: FeatureTap::Fc7,
-            width: 16,
+            width: 8,
             recon_weight: 0.1,
             diff_weight: 0.05,
             sim_weight: 1.0,
             gamma: 10.0,
             disc_hidden: 64,
             private_lr_mult: 1.0,
+            recon_pool: 2,
         }
     }
 }
 
 impl DsnConfig {
     pub fn validate(&self) -> std::result::Result<(), HeadError> {
-        if self.width == 0 || self.disc_hidden == 0 {
-            return Err(HeadError::invalid(METHOD, "width", "widths must be at least 1"));
+        if self.width == 0 || self.disc_hidden == 0 || self.recon_pool == 0 {
+            return Err(HeadError::invalid(
+                METHOD,
+                "width",
+                "widths and recon_pool must be at least 1",
+            ));
         }
         check_range(METHOD, "recon_weight", self.recon_weight, 0.0, f64::MAX)?;
         check_range(METHOD, "diff_weight", self.diff_weight, 0.0, f64::MAX)?;
@@ -268,11 +277,21 @@ impl AdaptationHead for DsnHead {
         let ht = input.target.get(self.cfg.tap)?;
         let ps = self.private_source.forward(input.source_images)?;
         let pt = self.private_target.forward(input.target_images)?;
-        let (_, _, h, w) = input.source_images.dims4()?;
+        let p = self.cfg.recon_pool;
+        let small = |x: &Tensor| -> Result<Tensor> {
+            let (_, _, h, w) = x.dims4()?;
+            if p > 1 && h % p == 0 && w % p == 0 {
+                pool_to(x, h / p, w / p)
+            } else {
+                Ok(x.clone())
+            }
+        };
+        let (xs, xt) = (small(input.source_images)?, small(input.target_images)?);
+        let (_, _, h, w) = xs.dims4()?;
         let rs = self.decoder.forward(&(hs + &ps)?, h, w)?;
-        let (_, _, th, tw) = input.target_images.dims4()?;
+        let (_, _, th, tw) = xt.dims4()?;
         let rt = self.decoder.forward(&(ht + &pt)?, th, tw)?;
-        let recon = (scale_invariant_mse(input.source_images, &rs)? + scale_invariant_mse(input.target_images, &rt)?)?;
+        let recon = (scale_invariant_mse(&xs, &rs)? + scale_invariant_mse(&xt, &rt)?)?;
         let diff = (difference_loss(hs, &ps)? + difference_loss(ht, &pt)?)?;
         let lambda = self.cfg.sim_weight * lambda_schedule(input.step.progress(), self.cfg.gamma);
         let sim_disc = self.domain_loss(&hs.detach(), &ht.detach())?;

@@ -12,6 +12,7 @@ use seg_nn::{bce_with_logits, conv2d, Conv2d};
 
 use crate::entropy::self_information;
 use crate::error::{check_range, HeadError};
+use crate::ops::pool_to;
 
 /// What the discriminator looks at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +57,10 @@ pub struct OutputAdvConfig {
     /// Learning-rate multiplier of the discriminator over `trainer.head_lr` (paper: Adam 1e-4,
     /// betas 0.9/0.99). Default 1 (ours).
     pub disc_lr_mult: f64,
+    /// The maps are average-pooled by this factor before the discriminator (ours, for the CPU
+    /// demo: 2 quarters the discriminator's cost; paper 1, the full output resolution).
+    /// Default 2.
+    pub pool: usize,
 }
 
 impl Default for OutputAdvConfig {
@@ -65,6 +70,7 @@ impl Default for OutputAdvConfig {
             adv_weight: 0.01,
             leaky_slope: 0.2,
             disc_lr_mult: 1.0,
+            pool: 2,
         }
     }
 }
@@ -74,6 +80,9 @@ impl OutputAdvConfig {
         let m = map.method();
         if self.ndf == 0 {
             return Err(HeadError::invalid(m, "ndf", "must be at least 1"));
+        }
+        if self.pool == 0 {
+            return Err(HeadError::invalid(m, "pool", "must be at least 1"));
         }
         check_range(m, "adv_weight", self.adv_weight, 0.0, f64::MAX)?;
         check_range(m, "leaky_slope", self.leaky_slope, 0.0, 1.0)?;
@@ -174,8 +183,18 @@ impl AdaptationHead for OutputAdvHead {
     }
 
     fn losses(&self, input: &HeadInput<'_>) -> Result<Vec<LossTerm>> {
-        let ms = self.map.of(input.source.logits()?)?;
-        let mt = self.map.of(input.target.logits()?)?;
+        let pooled = |logits: &Tensor| -> Result<Tensor> {
+            let m = self.map.of(logits)?;
+            let (_, _, h, w) = m.dims4()?;
+            let p = self.cfg.pool;
+            if p > 1 && h % p == 0 && w % p == 0 {
+                pool_to(&m, h / p, w / p)
+            } else {
+                Ok(m)
+            }
+        };
+        let ms = pooled(input.source.logits()?)?;
+        let mt = pooled(input.target.logits()?)?;
         let ds = bce_with_logits(&self.disc.forward(&ms.detach())?, 1.0)?;
         let dt = bce_with_logits(&self.disc.forward(&mt.detach())?, 0.0)?;
         let disc = ((ds + dt)? * 0.5)?;

@@ -22,7 +22,9 @@ pub struct Args {
     pub target_dataset: Option<DatasetName>,
     #[arg(long)]
     pub target_root: Option<PathBuf>,
-    /// source-only, oracle, adabn, dann, fcn-wild, cross-city or san.
+    /// source-only, oracle, adabn, dann, fcn-wild, cross-city, san, dsn, curriculum, two-stream,
+    /// adaptsegnet, advent-minent or advent (default hyperparameters; a config's `[method]`
+    /// section sets them).
     #[arg(long)]
     pub method: Option<String>,
     /// vgg16-fcn8s, vgg16-fcn8s-reduced or small.
