@@ -27,9 +27,9 @@ pub const TWO_STREAM_GROUP: GroupId = GroupId("two-stream");
 pub struct TwoStreamConfig {
     /// Weight of the summed weight regularisers. Default 1 (ours).
     pub reg_weight: f64,
-    /// Divide each layer's squared norm by its number of weights before the exponential
-    /// (ours: a layer of a million weights would otherwise overflow `exp` after a small drift;
-    /// the paper uses the plain norm). Default true.
+    /// Divide each layer's squared norm by its number of weights before the exponential (for
+    /// layers so large that the plain norm would overflow `exp`; the gradient then shrinks with
+    /// the layer's size). Default false (paper: the plain norm).
     pub per_weight: bool,
     /// Weight of the MMD between the streams' last features. Default 1 (ours).
     pub mmd_weight: f64,
@@ -45,7 +45,7 @@ impl Default for TwoStreamConfig {
     fn default() -> Self {
         Self {
             reg_weight: 1.0,
-            per_weight: true,
+            per_weight: false,
             mmd_weight: 1.0,
             tap: FeatureTap::Fc7,
             mmd_cells: 256,

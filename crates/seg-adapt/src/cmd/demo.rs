@@ -35,7 +35,7 @@ pub struct Args {
     /// --quick).
     #[arg(long)]
     pub pretrain_steps: Option<usize>,
-    /// Steps of each arm after pretraining (default: 160, or 40 with --quick), the oracle's
+    /// Steps of each arm after pretraining (default: 120, or 40 with --quick), the oracle's
     /// included.
     #[arg(long)]
     pub steps: Option<usize>,
@@ -546,7 +546,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(seeds > 0, "--seeds must be at least 1");
     let phases = Phases {
         pretrain: args.pretrain_steps.unwrap_or(if args.quick { 80 } else { 240 }),
-        adapt: args.steps.unwrap_or(if args.quick { 40 } else { 160 }),
+        adapt: args.steps.unwrap_or(if args.quick { 40 } else { 120 }),
     };
     anyhow::ensure!(
         phases.pretrain > 0 && phases.adapt > 0,
