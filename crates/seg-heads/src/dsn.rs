@@ -206,7 +206,7 @@ impl DsnHead {
             return Err(HeadError::invalid(
                 METHOD,
                 "tap",
-                &format!("the model's stride {stride} is not a power of two"),
+                format!("the model's stride {stride} is not a power of two"),
             ));
         }
         let build = HeadError::build(METHOD);

@@ -173,14 +173,14 @@ impl TwoStream {
                 HeadError::invalid(
                     METHOD,
                     "model",
-                    &format!("the second stream has no `{other}` for `{name}`: no per-layer access to this model"),
+                    format!("the second stream has no `{other}` for `{name}`: no per-layer access to this model"),
                 )
             })?;
             if vs.shape() != vt.shape() {
                 return Err(HeadError::invalid(
                     METHOD,
                     "model",
-                    &format!("`{other}` and `{name}` differ in shape"),
+                    format!("`{other}` and `{name}` differ in shape"),
                 ));
             }
             let layer = rest.rsplit_once('.').map_or(rest, |(l, _)| l).to_string();

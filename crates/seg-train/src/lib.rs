@@ -15,5 +15,5 @@ pub use checkpoint::{Checkpoint, CheckpointMeta};
 pub use config::{BnStats, GroupSettings, TrainerConfig};
 pub use error::TrainError;
 pub use infer::{evaluate, predict_train_ids, reestimate_bn, EvalSetup};
-pub use step::{read_terms, LrAt, Stepper};
+pub use step::{read_terms, LrAt, NonFiniteTerm, Stepper, TermValues};
 pub use trainer::{TrainOutcome, TrainSetup, Trainer};

@@ -30,6 +30,19 @@ pub struct Stepper {
     pub groups: Vec<Group>,
 }
 
+/// `(name, variable, lr multiplier)` of one optimiser's parameters.
+type Members = Vec<(String, Var, f64)>;
+
+/// Loss values by term name, read back from the device.
+pub type TermValues = BTreeMap<String, f32>;
+
+/// The first term whose value is not finite.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NonFiniteTerm {
+    pub name: String,
+    pub value: f32,
+}
+
 /// Where the learning-rate schedule stands: poly decay over the current stage.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LrAt {
@@ -44,7 +57,7 @@ impl Stepper {
     /// exactly one set.
     pub fn new(method: &dyn Method, vars: &VarMap, cfg: &TrainerConfig) -> Result<Self, TrainError> {
         let mut claimed: BTreeMap<String, GroupId> = BTreeMap::new();
-        let mut by_group: BTreeMap<GroupId, (GroupId, Vec<(String, Var, f64)>)> = BTreeMap::new();
+        let mut by_group: BTreeMap<GroupId, (GroupId, Members)> = BTreeMap::new();
         for set in method.parameters() {
             for (name, var) in &set.vars {
                 if let Some(g) = claimed.insert(name.clone(), set.group) {
@@ -134,13 +147,16 @@ impl Stepper {
 }
 
 /// Reads the terms' values back (after the optimisers stepped), summed by name; the first
-/// non-finite one is returned as `Err((name, value))`.
-pub fn read_terms(terms: &[LossTerm]) -> Result<Result<BTreeMap<String, f32>, (String, f32)>, TrainError> {
+/// non-finite one is returned as the inner error.
+pub fn read_terms(terms: &[LossTerm]) -> Result<Result<TermValues, NonFiniteTerm>, TrainError> {
     let mut values = BTreeMap::new();
     for t in terms {
         let v = t.value.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?;
         if !v.is_finite() {
-            return Ok(Err((t.name.to_string(), v)));
+            return Ok(Err(NonFiniteTerm {
+                name: t.name.to_string(),
+                value: v,
+            }));
         }
         *values.entry(t.name.to_string()).or_insert(0.0) += v;
     }

@@ -224,7 +224,7 @@ impl Trainer {
         let terms = self.stepper.step(self.s.method.as_ref(), &cx, at)?;
         match read_terms(&terms)? {
             Ok(values) => Ok(values),
-            Err((term, value)) => {
+            Err(crate::step::NonFiniteTerm { name: term, value }) => {
                 let last = if self.checkpoint_path().exists() {
                     self.checkpoint_path().display().to_string()
                 } else {

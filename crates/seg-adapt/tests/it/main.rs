@@ -261,9 +261,9 @@ fn the_new_methods_train_on_every_source_format_and_deploy_the_evaluated_network
             let metrics = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap();
             let last = metrics
                 .lines()
+                .rev()
                 .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-                .filter_map(|v| v["eval"]["miou"].as_f64())
-                .last()
+                .find_map(|v| v["eval"]["miou"].as_f64())
                 .unwrap();
             assert_eq!(again["miou"].as_f64().unwrap(), last, "{m} on {name}");
         }
