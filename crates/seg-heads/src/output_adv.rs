@@ -58,9 +58,9 @@ pub struct OutputAdvConfig {
     /// Learning-rate multiplier of the discriminator over `trainer.head_lr` (paper: Adam 1e-4,
     /// betas 0.9/0.99). Default 1 (ours).
     pub disc_lr_mult: f64,
-    /// The maps are average-pooled by this factor before the discriminator (ours, for the CPU
-    /// demo: 2 quarters the discriminator's cost; paper 1, the full output resolution).
-    /// Default 2.
+    /// The maps are average-pooled by this factor before the discriminator when it divides
+    /// their sides and leaves at least 32 pixels a side (ours, for the CPU demo: 2 quarters the
+    /// discriminator's cost; paper 1, the full output resolution). Default 2.
     pub pool: usize,
 }
 
@@ -188,7 +188,9 @@ impl AdaptationHead for OutputAdvHead {
             let m = self.map.of(logits)?;
             let (_, _, h, w) = m.dims4()?;
             let p = self.cfg.pool;
-            if p > 1 && h % p == 0 && w % p == 0 {
+            // The discriminator's five stride-2 convolutions need 32 pixels a side: smaller
+            // outputs are not pooled.
+            if p > 1 && h % p == 0 && w % p == 0 && h / p >= 32 && w / p >= 32 {
                 pool_to(&m, h / p, w / p)
             } else {
                 Ok(m)
