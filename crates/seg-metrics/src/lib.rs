@@ -1,7 +1,7 @@
 //! Semantic-segmentation metrics that agree with the official Cityscapes evaluator: a streaming
 //! confusion matrix over the 19 train classes, IoU and accuracies under the 19/16/13-class
-//! protocols, reports (`report.json`, `report.md`, `confusion.csv`, pictures), and the
-//! evaluation of a folder of prediction PNGs. Pure Rust: no candle, no tensors.
+//! protocols, reports (`report.json`, `report.md`, `confusion.csv`, pictures, and self-contained
+//! HTML pages with SVG charts: [`html`]), and the evaluation of a folder of prediction PNGs. Pure Rust: no candle, no tensors.
 //!
 //! The one evaluation path: build an [`Evaluator`], call [`Evaluator::add`] per image with
 //! ground-truth and predicted train ids (and [`Evaluator::keep_sample`] for pictures), then
@@ -10,6 +10,7 @@
 
 pub mod confusion;
 pub mod folder;
+pub mod html;
 pub mod pictures;
 pub mod report;
 

@@ -319,6 +319,12 @@ impl Trainer {
         if self.s.eval.is_some() && self.step == total {
             last_eval = self.evaluate_now()?;
         }
+        // The run's page: training curves, per-class IoU and predictions, from what is on disk.
+        let title = format!("seg-adapt run: {} ({} steps)", self.s.method.name(), self.step);
+        seg_metrics::html::write_run_page(&self.s.run_dir, &title).map_err(|cause| TrainError::Write {
+            path: self.s.run_dir.join("report.html"),
+            cause,
+        })?;
         Ok(TrainOutcome {
             steps: self.step,
             final_miou: last_eval,

@@ -22,7 +22,7 @@ use crate::config::{DataConfig, EvalConfig, ModelConfig, RunConfig};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Output folder: data/, runs/, report.md, report.json, comparison.png.
+    /// Output folder: data/, runs/, report.html, report.md, report.json, comparison.png.
     #[arg(long, default_value = "runs/demo")]
     pub out: PathBuf,
     /// The small benchmark and short runs (about two minutes, for tests).
@@ -494,6 +494,94 @@ fn markdown(
 }
 
 /// Image | ground truth | each method's prediction (first seed), for the first val images.
+/// The demo's self-contained page: the results table with the paired columns, the per-seed
+/// differences, per-class IoU of every method as a chart, the source cross-entropy of every arm
+/// over steps (seed 0), the predictions picture, and links to each run's own page.
+fn html_report(
+    out: &Path,
+    runs: &[RunResult],
+    summary: &BTreeMap<String, Summary>,
+    paired: &BTreeMap<String, Comparison>,
+    methods: &[String],
+    meta: &str,
+) -> String {
+    use seg_metrics::html;
+    let mut b = format!("<p>{}</p>\n", html::escape(meta));
+    b.push_str(
+        "<h2>Results</h2><p>Target val mIoU (19 classes, official rules, last checkpoint), mean ± sample std over \
+         seeds; paired columns: mean per-seed difference ± half-width of its 95% interval (t distribution), in points.</p>\
+         <table><tr><th>method</th><th>mIoU %</th><th>±</th><th>seeds</th><th>vs source-only</th><th>vs AdaBN</th>\
+         <th>seeds above AdaBN</th><th>per seed vs AdaBN</th></tr>",
+    );
+    for m in methods {
+        let (Some(x), Some(c)) = (summary.get(m), paired.get(m)) else {
+            continue;
+        };
+        let per_seed = c.vs_adabn.as_ref().map_or(String::new(), |p| {
+            p.per_seed
+                .iter()
+                .map(|(s, d)| format!("{s}: {:+.2}", 100.0 * d))
+                .collect::<Vec<_>>()
+                .join(", ")
+        });
+        b.push_str(&format!(
+            "<tr><td><a href=\"runs/{m}/seed0/report.html\">{}</a></td><td>{:.2} %</td><td>{:.2}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            html::escape(m),
+            100.0 * x.mean,
+            100.0 * x.std,
+            x.n,
+            c.vs_source_only.as_ref().map_or(String::new(), with_ci),
+            c.vs_adabn.as_ref().map_or(String::new(), with_ci),
+            c.vs_adabn.as_ref().map_or(String::new(), |p| format!("{}/{}", p.positive, p.n)),
+            per_seed,
+        ));
+    }
+    b.push_str("</table>");
+    let rows: Vec<(String, Vec<Option<f64>>)> = seg_labels::TRAIN_CLASS_NAMES
+        .iter()
+        .map(|name| {
+            let vals = methods
+                .iter()
+                .map(|m| {
+                    let v: Vec<f64> = runs
+                        .iter()
+                        .filter(|r| &r.method == m)
+                        .filter_map(|r| r.class_iou.get(*name).and_then(|v| v.as_f64()))
+                        .collect();
+                    (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+                })
+                .collect();
+            (name.to_string(), vals)
+        })
+        .collect();
+    b.push_str(&html::heat_table("Per-class IoU % (mean over seeds)", methods, &rows));
+    let series: Vec<html::Series> = methods
+        .iter()
+        .filter_map(|m| {
+            let text = std::fs::read_to_string(out.join("runs").join(m).join("seed0/metrics.jsonl")).ok()?;
+            let (losses, _) = html::curves(&text);
+            let seg = losses.into_iter().find(|s| s.name == "seg")?;
+            Some(html::Series {
+                name: m.clone(),
+                points: seg.points,
+            })
+        })
+        .collect();
+    if !series.is_empty() {
+        b.push_str(&html::line_chart(
+            "Source cross-entropy of each arm (seed 0)",
+            "step",
+            "seg loss",
+            &series,
+        ));
+    }
+    if let Some(img) = html::png_img(&out.join("comparison.png"), "predictions of every method") {
+        b.push_str("<h2>Predictions (seed 0)</h2><p>Columns: image, ground truth, then one per method in the table's order.</p>");
+        b.push_str(&img);
+    }
+    html::page("seg-adapt demo: synthetic (GTA5-format) → real (Cityscapes-format)", &b)
+}
+
 fn comparison(
     out: &Path,
     cfg: &RunConfig,
@@ -626,6 +714,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         start.elapsed().as_secs_f64()
     );
     let md = markdown(&runs, &summary, &paired, &methods, &meta);
+    let page = html_report(&args.out, &runs, &summary, &paired, &methods, &meta);
     let json = serde_json::json!({
         "runs": runs,
         "summary": summary,
@@ -643,9 +732,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         serde_json::to_string_pretty(&json)?.as_bytes(),
     )?;
     seg_labels::fsutil::write_atomic(&args.out.join("report.md"), md.as_bytes())?;
+    seg_labels::fsutil::write_atomic(&args.out.join("report.html"), page.as_bytes())?;
     println!("{md}");
     println!(
-        "wrote {}, {} and {}",
+        "wrote {}, {}, {} and {}",
+        args.out.join("report.html").display(),
         args.out.join("report.md").display(),
         args.out.join("report.json").display(),
         args.out.join("comparison.png").display()

@@ -3,7 +3,7 @@
 
 use candle_core::{DType, Device, Module, Result, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
-use seg_core::{AdaptationHead, Backbone, FeatureTap, Features, Rng};
+use seg_core::{AdaptationHead, Backbone, FeatureTap, Features, GroupId, LossTerm, Rng};
 use seg_heads::{MethodConfig, SizeConstraints};
 use seg_nn::layers::ConvCfg;
 use seg_nn::{conv2d, max_pool2x2, Conv2d};
@@ -214,4 +214,21 @@ pub fn snapshot(vars: &[(String, Var)]) -> Vec<Vec<u32>> {
                 .collect()
         })
         .collect()
+}
+
+/// The sum of the terms of one loss group, if it has any.
+pub fn group_sum(terms: &[LossTerm], group: GroupId) -> Option<Tensor> {
+    terms
+        .iter()
+        .filter(|t| t.group == group)
+        .map(|t| t.value.clone())
+        .reduce(|a, b| (a + b).unwrap())
+}
+
+/// Total absolute gradient that `grads` holds for `vars`.
+pub fn grad_mass(grads: &candle_core::backprop::GradStore, vars: &[(String, Var)]) -> f32 {
+    vars.iter()
+        .filter_map(|(_, v)| grads.get(v.as_tensor()))
+        .map(|g| g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap())
+        .sum()
 }

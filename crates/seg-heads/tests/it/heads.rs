@@ -10,7 +10,9 @@ use seg_core::{FeatureTap, Features, GroupId, HeadInput, HeadParams, LossTerm, R
 use seg_heads::{CrossCityConfig, DannConfig, FcnWildConfig, MethodConfig, SanConfig};
 use seg_nn::{Adam, Optimizer, Sgd};
 
-use crate::common::{forward, randn, setup, snapshot, vars_under, Setup, TinyNet, C, CLASSES, GRID, SIDE};
+use crate::common::{
+    forward, grad_mass, group_sum, randn, setup, snapshot, vars_under, Setup, TinyNet, C, CLASSES, GRID, SIDE,
+};
 
 /// The four heads with narrower discriminators than the defaults (the tests check logic, and
 /// must stay fast in a debug build), the class-wise terms on from the start, and SAN's
@@ -60,21 +62,6 @@ fn losses(s: &Setup, src: &Features, tgt: &Features, labels: &Tensor, step: Step
         step,
     };
     s.head.losses(&input).unwrap()
-}
-
-fn group_sum(terms: &[LossTerm], group: GroupId) -> Option<Tensor> {
-    terms
-        .iter()
-        .filter(|t| t.group == group)
-        .map(|t| t.value.clone())
-        .reduce(|a, b| (a + b).unwrap())
-}
-
-fn grad_mass(grads: &candle_core::backprop::GradStore, vars: &[(String, candle_core::Var)]) -> f32 {
-    vars.iter()
-        .filter_map(|(_, v)| grads.get(v.as_tensor()))
-        .map(|g| g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap())
-        .sum()
 }
 
 /// Trained variables of each group: the backbone (`model.`) for the segmenter, the head's

@@ -10,7 +10,7 @@ use seg_heads::entropy::normalized_entropy;
 use seg_heads::two_stream::{layer_regulariser, mmd2};
 use seg_heads::{trainable_under, MethodConfig, MethodParts};
 
-use crate::common::{labels, randn, TinyNet, CLASSES, SIDE};
+use crate::common::{grad_mass, group_sum, labels, randn, TinyNet, CLASSES, SIDE};
 
 const NEW: [&str; 6] = [
     "dsn",
@@ -81,21 +81,6 @@ fn terms(m: &dyn Method, stage: Stage, source: &Batch, target: Option<&Batch>) -
         target_bn_only: true,
     };
     m.losses(&cx).unwrap()
-}
-
-fn group_sum(terms: &[LossTerm], group: GroupId) -> Option<Tensor> {
-    terms
-        .iter()
-        .filter(|t| t.group == group)
-        .map(|t| t.value.clone())
-        .reduce(|a, b| (a + b).unwrap())
-}
-
-fn grad_mass(grads: &candle_core::backprop::GradStore, vars: &[(String, Var)]) -> f32 {
-    vars.iter()
-        .filter_map(|(_, v)| grads.get(v.as_tensor()))
-        .map(|g| scalar(&g.abs().unwrap().sum_all().unwrap()))
-        .sum()
 }
 
 #[test]
