@@ -58,35 +58,53 @@ struct One {
 /// Decodes every sample (in parallel) and reports counts and problems. Never fails on a bad
 /// sample: it becomes a problem entry.
 pub fn inspect(ds: &Dataset) -> InspectReport {
+    inspect_with_progress(ds, &|| {})
+}
+
+/// [`inspect`], calling `done` once per sample read (from the reading threads, in any order),
+/// for a progress bar.
+pub fn inspect_with_progress(ds: &Dataset, done: &(dyn Fn() + Sync)) -> InspectReport {
     let results: Vec<One> = (0..ds.len())
         .into_par_iter()
-        .map(|i| match ds.get(i) {
-            Ok(s) => {
-                let counts = s.label.as_ref().map(|l| {
-                    let mut c = [0u64; NUM_CLASSES];
-                    let mut ign = 0;
-                    for &v in l {
-                        if v == IGNORE {
-                            ign += 1;
-                        } else {
-                            c[v as usize] += 1;
-                        }
-                    }
-                    (c, ign, s.outside_ids)
-                });
-                One {
-                    size: Some((s.image.width, s.image.height)),
-                    counts,
-                    problem: None,
-                }
-            }
-            Err(e) => One {
-                size: None,
-                counts: None,
-                problem: Some(problem_of(&e, &ds.entries()[i].image)),
-            },
+        .map(|i| {
+            let one = inspect_one(ds, i);
+            done();
+            one
         })
         .collect();
+    summarise(ds, results)
+}
+
+fn inspect_one(ds: &Dataset, i: usize) -> One {
+    match ds.get(i) {
+        Ok(s) => {
+            let counts = s.label.as_ref().map(|l| {
+                let mut c = [0u64; NUM_CLASSES];
+                let mut ign = 0;
+                for &v in l {
+                    if v == IGNORE {
+                        ign += 1;
+                    } else {
+                        c[v as usize] += 1;
+                    }
+                }
+                (c, ign, s.outside_ids)
+            });
+            One {
+                size: Some((s.image.width, s.image.height)),
+                counts,
+                problem: None,
+            }
+        }
+        Err(e) => One {
+            size: None,
+            counts: None,
+            problem: Some(problem_of(&e, &ds.entries()[i].image)),
+        },
+    }
+}
+
+fn summarise(ds: &Dataset, results: Vec<One>) -> InspectReport {
     let mut report = InspectReport {
         dataset: ds.name().to_string(),
         split: ds.split().to_string(),

@@ -41,6 +41,9 @@ pub enum Preset {
     Quick,
     /// 128×256 images: the README's demo.
     Default,
+    /// Cityscapes' 1024×2048, a handful of images per split: for timing the real-size presets
+    /// (`configs/`) before a real dataset is at hand.
+    Full,
 }
 
 impl std::str::FromStr for Preset {
@@ -49,7 +52,8 @@ impl std::str::FromStr for Preset {
         match s {
             "quick" => Ok(Preset::Quick),
             "default" => Ok(Preset::Default),
-            o => Err(format!("unknown preset `{o}`: expected quick or default")),
+            "full" => Ok(Preset::Full),
+            o => Err(format!("unknown preset `{o}`: expected quick, default or full")),
         }
     }
 }
@@ -83,6 +87,14 @@ impl Preset {
                 synthia: 300,
                 target_train: 400,
                 target_val: 100,
+            },
+            Preset::Full => ToySizes {
+                width: 2048,
+                height: 1024,
+                gta5: 4,
+                synthia: 4,
+                target_train: 4,
+                target_val: 2,
             },
         }
     }

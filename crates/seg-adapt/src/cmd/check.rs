@@ -41,8 +41,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     for role in roles {
         let ds = crate::run::open_all(&cfg, role)?;
         let start = Instant::now();
-        eprintln!("reading every file of the {role} dataset ({} samples)...", ds.len());
-        let r = seg_data::inspect(&ds);
+        let bar = indicatif::ProgressBar::new(ds.len() as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}]")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar.set_message(format!("reading every file of the {role} dataset"));
+        let r = seg_data::inspect_with_progress(&ds, &|| bar.inc(1));
+        bar.finish_and_clear();
         println!(
             "{role}: {} {} at {}: {} samples, {} usable, {} problems ({:.1}s)",
             r.dataset,

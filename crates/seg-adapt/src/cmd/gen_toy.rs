@@ -12,7 +12,8 @@ pub struct Args {
     pub out: PathBuf,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// `quick` (64×128, small) or `default` (128×256).
+    /// `quick` (64×128, small), `default` (128×256) or `full` (1024×2048, four images a split:
+    /// for timing the real-size presets of `configs/`).
     #[arg(long, default_value = "default")]
     pub preset: Preset,
 }

@@ -128,3 +128,35 @@ fn head_passes_never_move_the_running_statistics() {
         |v: Vec<(String, Vec<f32>)>| -> Vec<_> { v.into_iter().filter(|(k, _)| k.starts_with("model.")).collect() };
     assert_eq!(model(san), model(dann));
 }
+
+#[test]
+fn every_preset_in_configs_loads_and_validates() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+    let mut seen = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let cfg = RunConfig::load(&path).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+        cfg.method
+            .validate()
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        // VGG16-FCN8s: output stride 32.
+        cfg.validate(32).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            name.contains(&format!("_{}_", cfg.method.name())),
+            "{name}: the file name names another method than `{}`",
+            cfg.method.name()
+        );
+        seen.push((cfg.data.source_dataset.to_string(), cfg.method.name()));
+    }
+    // One preset per method for each synthetic source; AdaBN has none: VGG16-FCN8s has no batch
+    // norm to re-estimate (the small model has, and the demo runs it).
+    for m in seg_heads::METHOD_NAMES.into_iter().filter(|m| *m != "adabn") {
+        for src in ["gta5", "synthia"] {
+            assert!(seen.iter().any(|(s, n)| s == src && *n == m), "no {src} preset for {m}");
+        }
+    }
+}
