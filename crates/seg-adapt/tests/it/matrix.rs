@@ -1,4 +1,4 @@
-//! The malformed-input matrix (README, "Malformed input"): each case breaks a copy of the quick
+//! The malformed-input matrix (docs/reliability.md, "Malformed input"): each case breaks a copy of the quick
 //! benchmark and checks the message the user sees. PNG-level rows (bit depths, colour labels,
 //! bombs) are tested in `seg-labels`; config rows in `main.rs`.
 
