@@ -124,6 +124,52 @@ impl RunConfig {
         toml::to_string_pretty(self).context("cannot serialise the config")
     }
 
+    /// The config with one `key=value` override applied (`--set`, as MMSegmentation's
+    /// `--cfg-options`): `key` is a dotted path (`trainer.lr`, `method.hidden`,
+    /// `trainer.groups.discriminator.lr`), `value` a TOML value (`0.01`, `true`, `[896, 512]`,
+    /// or a bare word taken as a string). Setting `method.kind` starts that method from its
+    /// defaults. An unknown key or a wrong type is an error that names the key.
+    pub fn with_set(&self, assignment: &str) -> anyhow::Result<Self> {
+        let (key, value) = assignment
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--set `{assignment}`: expected key=value"))?;
+        let key = key.trim();
+        let value = value.trim();
+        let parsed: toml::Value = match toml::from_str::<toml::Table>(&format!("v = {value}")) {
+            Ok(mut t) => t.remove("v").unwrap_or(toml::Value::String(value.to_string())),
+            Err(_) => toml::Value::String(value.to_string()),
+        };
+        let mut root = toml::Value::try_from(self).context("cannot serialise the config")?;
+        let parts: Vec<&str> = key.split('.').collect();
+        anyhow::ensure!(
+            parts.iter().all(|p| !p.is_empty()),
+            "--set `{assignment}`: `{key}` is not a dotted key"
+        );
+        if parts == ["method", "kind"] {
+            let mut t = toml::Table::new();
+            t.insert("kind".into(), parsed);
+            root.as_table_mut()
+                .expect("a config is a table")
+                .insert("method".into(), toml::Value::Table(t));
+        } else {
+            let mut node = &mut root;
+            for (i, part) in parts.iter().enumerate() {
+                let table = node
+                    .as_table_mut()
+                    .ok_or_else(|| anyhow::anyhow!("--set {key}: `{}` is not a section", parts[..i].join(".")))?;
+                if i + 1 == parts.len() {
+                    table.insert(part.to_string(), parsed.clone());
+                    break;
+                }
+                node = table
+                    .entry(part.to_string())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            }
+        }
+        let text = toml::to_string(&root).context("cannot serialise the config")?;
+        Self::parse(&text).map_err(|e| anyhow::anyhow!("--set {key}={value}: {e:#}"))
+    }
+
     /// Checks what can be checked before any work starts.
     pub fn validate(&self, stride: usize) -> anyhow::Result<()> {
         let t = &self.trainer;

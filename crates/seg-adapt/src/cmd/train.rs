@@ -11,26 +11,40 @@ use crate::config::{parse_crop, DataConfig, ModelConfig, RunConfig};
 
 #[derive(clap::Args, Debug, Default)]
 pub struct Args {
-    /// A TOML run configuration; flags below override its values.
+    /// A TOML run configuration (a preset of `configs/`, or a run's `config.toml`); flags and
+    /// `--set` override its values.
+    #[arg(value_name = "CONFIG", conflicts_with = "config")]
+    pub config_file: Option<PathBuf>,
+    /// The same as the positional CONFIG.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Override one config value, `key=value` with a dotted key (`trainer.lr=0.001`,
+    /// `method.adv_weight=0.01`, `trainer.groups.discriminator.lr=1e-4`); repeatable, applied
+    /// after the other flags. An unknown key or a wrong type is an error naming the key.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Source dataset format: gta5, synthia or cityscapes.
     #[arg(long)]
     pub source_dataset: Option<DatasetName>,
+    /// Source dataset root folder.
     #[arg(long)]
     pub source_root: Option<PathBuf>,
+    /// Target dataset format (default cityscapes).
     #[arg(long)]
     pub target_dataset: Option<DatasetName>,
+    /// Target dataset root folder (its train split unlabelled, its val split for evaluation).
     #[arg(long)]
     pub target_root: Option<PathBuf>,
     /// source-only, oracle, adabn, dann, fcn-wild, cross-city, san, dsn, curriculum, two-stream,
     /// adaptsegnet, advent-minent or advent (default hyperparameters; a config's `[method]`
-    /// section sets them).
+    /// section or `--set method.FIELD=VALUE` sets them).
     #[arg(long)]
-    pub method: Option<String>,
+    pub method: Option<MethodConfig>,
     /// vgg16-fcn8s, vgg16-fcn8s-reduced or small.
     #[arg(long)]
     pub model: Option<ModelName>,
-    /// ImageNet weights (torchvision VGG16 keys) in safetensors.
+    /// ImageNet weights with torchvision's VGG16 keys: torchvision's `.pth` as it downloads,
+    /// or safetensors.
     #[arg(long)]
     pub init_weights: Option<PathBuf>,
     /// Start from another run's trained model (a run folder or its checkpoint file): weights and
@@ -38,8 +52,10 @@ pub struct Args {
     /// match.
     #[arg(long)]
     pub init_from: Option<PathBuf>,
+    /// Training steps.
     #[arg(long)]
     pub steps: Option<usize>,
+    /// Source images per step (and target images, unless the config sets them apart).
     #[arg(long)]
     pub batch_size: Option<usize>,
     /// Crop size `WxH` (after `--scale`); a multiple of the network's stride.
@@ -48,12 +64,16 @@ pub struct Args {
     /// Resize factor applied to every image before cropping (and at evaluation).
     #[arg(long)]
     pub scale: Option<f32>,
+    /// Segmenter learning rate at step 0 (poly decay).
     #[arg(long)]
     pub lr: Option<f64>,
+    /// Seed of initialisation, sampling, augmentation and the methods' random draws.
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Write a checkpoint every N steps (and always at the end).
     #[arg(long)]
     pub checkpoint_every: Option<usize>,
+    /// Evaluate on the target val split every N steps (and always at the end).
     #[arg(long)]
     pub eval_every: Option<usize>,
     /// Run folder: config.toml, checkpoint.safetensors, metrics.jsonl, eval/.
@@ -62,6 +82,7 @@ pub struct Args {
     /// Continue from the run folder's checkpoint (with its saved config).
     #[arg(long)]
     pub resume: bool,
+    /// `cpu` or `cuda` (a build with `--features cuda`).
     #[arg(long, default_value = "cpu")]
     pub device: String,
 }
@@ -69,7 +90,8 @@ pub struct Args {
 /// Merges a config file (or the saved config, on resume) with flags.
 pub fn resolve(args: &Args) -> anyhow::Result<RunConfig> {
     let saved = args.out.join("config.toml");
-    let base = match (&args.config, args.resume && saved.exists()) {
+    let file = args.config_file.as_ref().or(args.config.as_ref());
+    let base = match (file, args.resume && saved.exists()) {
         (_, true) => Some(RunConfig::load(&saved)?),
         (Some(path), false) => Some(RunConfig::load(path)?),
         (None, false) => None,
@@ -110,7 +132,7 @@ pub fn resolve(args: &Args) -> anyhow::Result<RunConfig> {
         cfg.data.target_root = v.clone();
     }
     if let Some(m) = &args.method {
-        cfg.method = m.parse::<MethodConfig>().map_err(|e| anyhow::anyhow!("{e}"))?;
+        cfg.method = m.clone();
     }
     if let Some(v) = args.model {
         cfg.model.name = v;
@@ -144,6 +166,9 @@ pub fn resolve(args: &Args) -> anyhow::Result<RunConfig> {
     }
     if let Some(v) = args.eval_every {
         cfg.trainer.eval_every = v;
+    }
+    for kv in &args.set {
+        cfg = cfg.with_set(kv)?;
     }
     Ok(cfg)
 }

@@ -160,3 +160,28 @@ fn every_preset_in_configs_loads_and_validates() {
         }
     }
 }
+
+#[test]
+fn set_overrides_any_key_and_names_a_bad_one() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+    let cfg = RunConfig::load(&dir.join("gta5-cityscapes_dann_vgg16-fcn8s.toml")).unwrap();
+    let c = cfg.with_set("trainer.lr=0.5").unwrap();
+    assert_eq!(c.trainer.lr, 0.5);
+    let c = cfg.with_set("augment.crop=[512, 256]").unwrap();
+    assert_eq!(c.augment.crop, Some([512, 256]));
+    let c = cfg.with_set("trainer.groups.discriminator.lr=1e-4").unwrap();
+    assert_eq!(c.trainer.groups["discriminator"].lr, Some(1e-4));
+    let c = cfg.with_set("method.kind=advent").unwrap();
+    assert_eq!(c.method, "advent".parse::<MethodConfig>().unwrap());
+    let c = cfg.with_set("data.source_root=/elsewhere/gta5").unwrap();
+    assert_eq!(c.data.source_root, Path::new("/elsewhere/gta5"));
+    for (bad, names) in [
+        ("method.hiden=3", "hiden"),
+        ("trainer.steps=abc", "trainer.steps"),
+        ("trainer.nope=1", "nope"),
+        ("trainer.lr", "trainer.lr"),
+    ] {
+        let e = format!("{:#}", cfg.with_set(bad).unwrap_err());
+        assert!(e.contains(names), "{bad}: {e}");
+    }
+}
