@@ -16,12 +16,45 @@ use seg_train::{EvalSetup, TrainOutcome, TrainSetup, Trainer};
 
 use crate::config::RunConfig;
 
+/// A device named on the command line: `cpu`, `cuda` (GPU 0) or `cuda:N`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DeviceName {
+    #[default]
+    Cpu,
+    Cuda(usize),
+}
+
+impl std::str::FromStr for DeviceName {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "cpu" => Ok(DeviceName::Cpu),
+            "cuda" => Ok(DeviceName::Cuda(0)),
+            other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+                Some(Ok(n)) => Ok(DeviceName::Cuda(n)),
+                _ => Err(format!("unknown device `{other}`: expected cpu, cuda or cuda:N")),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceName::Cpu => f.write_str("cpu"),
+            DeviceName::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
 /// Opens the device named on the command line.
-pub fn device(name: &str) -> anyhow::Result<Device> {
-    match name {
-        "cpu" => Ok(Device::Cpu),
-        "cuda" => seg_nn::cuda_device(0).context("opening CUDA device 0 (build with `--features cuda`)"),
-        o => anyhow::bail!("unknown device `{o}`: expected cpu or cuda"),
+pub fn device(name: &DeviceName) -> anyhow::Result<Device> {
+    match *name {
+        DeviceName::Cpu => Ok(Device::Cpu),
+        DeviceName::Cuda(n) => {
+            seg_nn::cuda_device(n).with_context(|| format!("opening CUDA device {n} (build with `--features cuda`)"))
+        }
     }
 }
 

@@ -19,9 +19,9 @@ pub struct Args {
     /// Training steps to time for the estimate (0: no timing).
     #[arg(long, default_value_t = 3)]
     pub time_steps: usize,
-    /// `cpu` or `cuda` (a build with `--features cuda`): where the steps are timed.
+    /// `cpu`, `cuda` or `cuda:N` (a build with `--features cuda`): where the steps are timed.
     #[arg(long, default_value = "cpu")]
-    pub device: String,
+    pub device: crate::run::DeviceName,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {

@@ -45,9 +45,9 @@ pub struct Args {
     /// Comma-separated subset of methods (default: all).
     #[arg(long, value_delimiter = ',')]
     pub methods: Option<Vec<String>>,
-    /// `cpu` or `cuda` (a build with `--features cuda`).
+    /// `cpu`, `cuda` (GPU 0) or `cuda:N` (a build with `--features cuda`).
     #[arg(long, default_value = "cpu")]
-    pub device: String,
+    pub device: crate::run::DeviceName,
 }
 
 /// Every method the demo compares, in table order: the three baselines first, then the

@@ -48,9 +48,9 @@ pub struct Args {
     /// Output folder for the report.
     #[arg(long)]
     pub out: PathBuf,
-    /// Device for `--checkpoint` inference: cpu or cuda.
+    /// Device for `--checkpoint` inference: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
-    pub device: String,
+    pub device: crate::run::DeviceName,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {

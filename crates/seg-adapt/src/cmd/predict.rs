@@ -27,8 +27,9 @@ pub struct Args {
     pub out: PathBuf,
     #[arg(long, value_enum, default_value = "labelids")]
     pub format: Format,
+    /// `cpu`, `cuda` (GPU 0) or `cuda:N` (a build with `--features cuda`).
     #[arg(long, default_value = "cpu")]
-    pub device: String,
+    pub device: crate::run::DeviceName,
 }
 
 fn collect_pngs(dir: &Path, out: &mut Vec<PathBuf>, depth: usize) -> anyhow::Result<()> {

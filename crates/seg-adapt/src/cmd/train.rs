@@ -82,9 +82,9 @@ pub struct Args {
     /// Continue from the run folder's checkpoint (with its saved config).
     #[arg(long)]
     pub resume: bool,
-    /// `cpu` or `cuda` (a build with `--features cuda`).
+    /// `cpu`, `cuda` (GPU 0) or `cuda:N` (a build with `--features cuda`).
     #[arg(long, default_value = "cpu")]
-    pub device: String,
+    pub device: crate::run::DeviceName,
 }
 
 /// Merges a config file (or the saved config, on resume) with flags.

@@ -185,3 +185,16 @@ fn set_overrides_any_key_and_names_a_bad_one() {
         assert!(e.contains(names), "{bad}: {e}");
     }
 }
+
+#[test]
+fn devices_are_typed_with_an_ordinal() {
+    use seg_adapt::run::DeviceName;
+    assert_eq!("cpu".parse::<DeviceName>(), Ok(DeviceName::Cpu));
+    assert_eq!("cuda".parse::<DeviceName>(), Ok(DeviceName::Cuda(0)));
+    assert_eq!("cuda:3".parse::<DeviceName>(), Ok(DeviceName::Cuda(3)));
+    assert_eq!(DeviceName::Cuda(3).to_string(), "cuda:3");
+    for bad in ["gpu", "cuda:", "cuda:x", "cuda:-1"] {
+        let e = bad.parse::<DeviceName>().unwrap_err();
+        assert!(e.contains(bad.trim()), "{e}");
+    }
+}
