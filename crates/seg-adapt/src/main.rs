@@ -29,6 +29,8 @@ fn main() -> std::process::ExitCode {
         .without_time()
         .with_target(false)
         .init();
+    // The kernels' runtime switches (`SEG_SGEMM`, `SEG_WINOGRAD`, `SEG_CUDNN`, ...), read once.
+    seg_nn::settings::Settings::from_env().apply();
     let cli = Cli::parse();
     match cmd::run(cli.command) {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -212,8 +212,7 @@ fn prefer_sgemm(m: usize, a: Mat) -> bool {
 }
 
 fn sgemm_on() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| crate::sgemm::available() && std::env::var("SEG_SGEMM").map_or(true, |v| v != "0"))
+    crate::sgemm::available() && crate::settings::sgemm()
 }
 
 fn view(m: Mat) -> crate::sgemm::View {

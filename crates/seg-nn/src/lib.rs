@@ -17,6 +17,7 @@ pub mod layers;
 pub mod loss;
 pub mod optim;
 pub mod schedule;
+pub mod settings;
 pub mod sgemm;
 pub mod winograd;
 

@@ -50,10 +50,10 @@ pub fn applies(g: &Geom) -> bool {
     g.kh == 3 && g.kw == 3 && g.stride == 1 && g.dil == 1 && g.pad <= 2 && g.c >= 16 && g.co >= 16 && enabled()
 }
 
-/// Whether [`applies`] can be true here: AVX-512 present and `SEG_WINOGRAD` not `0`.
+/// Whether [`applies`] can be true here: AVX-512 present and the `winograd` setting on
+/// ([`crate::settings`], `SEG_WINOGRAD=0` turns it off).
 pub fn enabled() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| sgemm::available() && std::env::var("SEG_WINOGRAD").map_or(true, |v| v != "0"))
+    sgemm::available() && crate::settings::winograd()
 }
 
 /// The output tiles of a geometry: `th × tw` tiles of 2×2 outputs, numbered row by row.

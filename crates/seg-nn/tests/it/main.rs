@@ -569,3 +569,42 @@ fn batch_norm_gradient_matches_finite_differences() {
         );
     }
 }
+
+#[test]
+fn settings_switch_the_cpu_kernels_in_one_process_with_the_same_results() {
+    use seg_nn::settings::Settings;
+    let before = Settings::current();
+    let vars = VarMap::new();
+    let vb = VarBuilder::from_varmap(&vars, DType::F32, &cpu());
+    let cfg = seg_nn::layers::ConvCfg {
+        padding: 1,
+        ..Default::default()
+    };
+    let conv = seg_nn::conv2d(16, 32, 3, cfg, vb.pp("c")).unwrap();
+    let x = Tensor::randn(0f32, 1.0, (2, 16, 20, 24), &cpu()).unwrap();
+    let fast = Settings {
+        sgemm: true,
+        winograd: true,
+        ..before
+    };
+    fast.apply();
+    assert_eq!(Settings::current(), fast);
+    let y_fast = conv.forward(&x).unwrap();
+    let slow = Settings {
+        sgemm: false,
+        winograd: false,
+        ..before
+    };
+    slow.apply();
+    assert_eq!(Settings::current(), slow);
+    assert!(!seg_nn::winograd::enabled(), "winograd must be off when its setting is");
+    let y_slow = conv.forward(&x).unwrap();
+    before.apply();
+    assert!(max_diff(&y_fast, &y_slow) < 1e-3, "{}", max_diff(&y_fast, &y_slow));
+    // Where AVX-512 is, the fast path really is another path.
+    if seg_nn::sgemm::available() {
+        fast.apply();
+        assert!(seg_nn::winograd::enabled());
+        before.apply();
+    }
+}
