@@ -57,7 +57,7 @@ impl Switch {
         }
     }
 
-    fn from_env(&self) -> bool {
+    fn read_env(&self) -> bool {
         match std::env::var(self.var) {
             Ok(v) if v == self.flip => !self.default,
             _ => self.default,
@@ -67,7 +67,7 @@ impl Switch {
     fn get(&self) -> bool {
         match self.state.load(Ordering::Relaxed) {
             0 => {
-                let v = self.from_env();
+                let v = self.read_env();
                 self.set(v);
                 v
             }
@@ -90,11 +90,11 @@ impl Settings {
     /// The settings the environment asks for (unset variables give the defaults).
     pub fn from_env() -> Self {
         Self {
-            sgemm: SGEMM.from_env(),
-            winograd: WINOGRAD.from_env(),
-            cudnn: CUDNN.from_env(),
-            cudnn_legacy: CUDNN_LEGACY.from_env(),
-            cuda_tf32: CUDA_TF32.from_env(),
+            sgemm: SGEMM.read_env(),
+            winograd: WINOGRAD.read_env(),
+            cudnn: CUDNN.read_env(),
+            cudnn_legacy: CUDNN_LEGACY.read_env(),
+            cuda_tf32: CUDA_TF32.read_env(),
         }
     }
 
