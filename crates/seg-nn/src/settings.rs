@@ -127,22 +127,22 @@ pub(crate) fn winograd() -> bool {
     WINOGRAD.get()
 }
 
-#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+#[cfg(feature = "cuda")]
 pub(crate) fn cudnn() -> bool {
     CUDNN.get()
 }
 
-#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+#[cfg(feature = "cuda")]
 pub(crate) fn cudnn_legacy() -> bool {
     CUDNN_LEGACY.get()
 }
 
-#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+#[cfg(feature = "cuda")]
 pub(crate) fn cuda_tf32() -> bool {
     CUDA_TF32.get()
 }
 
-#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+#[cfg(feature = "cuda")]
 pub(crate) fn set_cuda_tf32(on: bool) {
     CUDA_TF32.set(on);
 }
