@@ -14,7 +14,7 @@ use seg_nn::layers::ConvCfg;
 use seg_nn::{conv2d, cross_entropy_ignore, Conv2d};
 
 use crate::error::{check_range, require_tap, HeadError};
-use crate::method::{seg_labels_ignore, trainable_under};
+use crate::method::{copy_network, seg_labels_ignore, trainable_under};
 use crate::ops::{one_hot, pool_to};
 
 const METHOD: &str = "curriculum";
@@ -310,22 +310,4 @@ impl Method for Curriculum {
     fn deployed(&self) -> &dyn Backbone {
         self.backbone.as_ref()
     }
-}
-
-/// Copies every variable `from.*` (parameters and batch-norm statistics) into `to.*`; an
-/// error names a variable of `from` with no counterpart or another shape.
-pub fn copy_network(vars: &VarMap, from: &str, to: &str) -> Result<()> {
-    let data = vars.data().lock().unwrap_or_else(|p| p.into_inner());
-    let from_dot = format!("{from}.");
-    for (name, var) in data.iter() {
-        let Some(rest) = name.strip_prefix(&from_dot) else {
-            continue;
-        };
-        let other = format!("{to}.{rest}");
-        let dst = data
-            .get(&other)
-            .ok_or_else(|| candle_core::Error::Msg(format!("`{name}` has no counterpart `{other}`")))?;
-        dst.set(var.as_tensor())?;
-    }
-    Ok(())
 }

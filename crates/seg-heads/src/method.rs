@@ -25,6 +25,24 @@ pub fn trainable_under(vars: &VarMap, prefix: &str) -> Vec<(String, Var)> {
     out
 }
 
+/// Copies every variable `from.*` (parameters and batch-norm statistics) into `to.*`; an
+/// error names a variable of `from` with no counterpart or another shape.
+pub fn copy_network(vars: &VarMap, from: &str, to: &str) -> Result<()> {
+    let data = vars.data().lock().unwrap_or_else(|p| p.into_inner());
+    let from_dot = format!("{from}.");
+    for (name, var) in data.iter() {
+        let Some(rest) = name.strip_prefix(&from_dot) else {
+            continue;
+        };
+        let other = format!("{to}.{rest}");
+        let dst = data
+            .get(&other)
+            .ok_or_else(|| candle_core::Error::Msg(format!("`{name}` has no counterpart `{other}`")))?;
+        dst.set(var.as_tensor())?;
+    }
+    Ok(())
+}
+
 /// Source cross-entropy (and a head's terms): see the module documentation.
 pub struct FeatureAlignment {
     name: &'static str,

@@ -12,9 +12,8 @@ use candle_nn::{Init, VarBuilder, VarMap};
 use seg_core::{Backbone, FeatureTap, GroupId, LossTerm, Method, ParamSet, Stage, StepCx};
 use seg_nn::cross_entropy_ignore;
 
-use crate::curriculum::copy_network;
 use crate::error::{check_range, require_tap, HeadError};
-use crate::method::{seg_labels_ignore, trainable_under};
+use crate::method::{copy_network, seg_labels_ignore, trainable_under};
 
 const METHOD: &str = "two-stream";
 
@@ -69,7 +68,6 @@ impl TwoStreamConfig {
 /// One layer's weights in both streams: `(source, target)` pairs (weight and bias).
 struct Layer {
     pairs: Vec<(Var, Var)>,
-    count: usize,
 }
 
 /// `exp(s) − 1` of `s = ‖a·w_s + b − w_t‖²` (divided by the weight count with `per_weight`)
@@ -184,12 +182,11 @@ impl TwoStream {
                 ));
             }
             let layer = rest.rsplit_once('.').map_or(rest, |(l, _)| l).to_string();
-            let e = grouped.entry(layer).or_insert(Layer {
-                pairs: Vec::new(),
-                count: 0,
-            });
-            e.count += vt.elem_count();
-            e.pairs.push(((*vs).clone(), vt.clone()));
+            grouped
+                .entry(layer)
+                .or_insert(Layer { pairs: Vec::new() })
+                .pairs
+                .push(((*vs).clone(), vt.clone()));
         }
         if grouped.is_empty() || source_vars.len() != model_vars.len() {
             return Err(HeadError::invalid(
@@ -207,11 +204,11 @@ impl TwoStream {
         let b = vb
             .get_with_hints(l, "b", Init::Const(0.0))
             .map_err(HeadError::build(METHOD))?;
+        let own = trainable_under(vars, &prefix);
         let find = |t: &Tensor| {
-            trainable_under(vars, &prefix)
-                .into_iter()
+            own.iter()
                 .find(|(_, v)| v.as_tensor().id() == t.id())
-                .map(|(_, v)| v)
+                .map(|(_, v)| v.clone())
         };
         let (a, b) = match (find(&a), find(&b)) {
             (Some(a), Some(b)) => (a, b),
@@ -234,7 +231,7 @@ impl TwoStream {
                 group: TWO_STREAM_GROUP,
                 loss: GroupId::SEGMENTER,
                 lr_mult: cfg.lr_mult,
-                vars: trainable_under(vars, &prefix),
+                vars: own,
             },
         ];
         Ok(Self {
@@ -260,7 +257,6 @@ impl TwoStream {
                 .iter()
                 .map(|(s, t)| (s.as_tensor().clone(), t.as_tensor().clone()))
                 .collect();
-            debug_assert!(layer.count > 0);
             let r = layer_regulariser(&pairs, &a, &b, self.cfg.per_weight)?;
             total = Some(match total {
                 Some(t) => (t + r)?,

@@ -263,7 +263,7 @@ pub fn bar_chart(title: &str, bars: &[(String, Option<f64>)]) -> String {
 }
 
 /// A table of IoU (percent) by row and column, each cell shaded by its value.
-pub fn heat_table(title: &str, columns: &[String], rows: &[(String, Vec<Option<f64>>)]) -> String {
+pub fn heat_table(title: &str, columns: &[String], rows: &[(&str, Vec<Option<f64>>)]) -> String {
     let (l, cw, rh) = (120.0, 64.0, 18.0);
     let w = l + cw * columns.len() as f64 + 10.0;
     let h = 70.0 + rh * rows.len() as f64;

@@ -28,7 +28,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let cfg = RunConfig::load(&args.config)?;
     println!("# resolved config ({})\n{}", args.config.display(), cfg.to_toml()?);
     let needs_target = !matches!(cfg.method, MethodConfig::SourceOnly | MethodConfig::Oracle);
-    let mut roles = vec![if matches!(cfg.method, MethodConfig::Oracle) {
+    let mut roles = vec![if cfg.method.trains_on_target_labels() {
         "target-train-labelled"
     } else {
         "source"

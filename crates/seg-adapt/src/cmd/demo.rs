@@ -385,6 +385,28 @@ fn with_ci(p: &Paired) -> String {
     }
 }
 
+/// Per class (train-id order), each method's IoU averaged over its seeds (`None` where no run
+/// scored the class); the markdown table and the HTML chart show the same numbers.
+fn class_means(runs: &[RunResult], methods: &[String]) -> Vec<(&'static str, Vec<Option<f64>>)> {
+    seg_labels::TRAIN_CLASS_NAMES
+        .iter()
+        .map(|name| {
+            let vals = methods
+                .iter()
+                .map(|m| {
+                    let v: Vec<f64> = runs
+                        .iter()
+                        .filter(|r| &r.method == m)
+                        .filter_map(|r| r.class_iou.get(*name).and_then(|v| v.as_f64()))
+                        .collect();
+                    (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+                })
+                .collect();
+            (*name, vals)
+        })
+        .collect()
+}
+
 fn markdown(
     runs: &[RunResult],
     summary: &BTreeMap<String, Summary>,
@@ -472,18 +494,12 @@ fn markdown(
         s.push_str("---:|");
     }
     s.push('\n');
-    for name in seg_labels::TRAIN_CLASS_NAMES {
+    for (name, vals) in class_means(runs, methods) {
         s.push_str(&format!("| {name} |"));
-        for m in methods {
-            let v: Vec<f64> = runs
-                .iter()
-                .filter(|r| &r.method == m)
-                .filter_map(|r| r.class_iou.get(name).and_then(|v| v.as_f64()))
-                .collect();
-            if v.is_empty() {
-                s.push_str(" n/a |");
-            } else {
-                s.push_str(&format!(" {:.1} |", 100.0 * v.iter().sum::<f64>() / v.len() as f64));
+        for v in vals {
+            match v {
+                Some(v) => s.push_str(&format!(" {:.1} |", 100.0 * v)),
+                None => s.push_str(" n/a |"),
             }
         }
         s.push('\n');
@@ -493,7 +509,6 @@ fn markdown(
     s
 }
 
-/// Image | ground truth | each method's prediction (first seed), for the first val images.
 /// The demo's self-contained page: the results table with the paired columns, the per-seed
 /// differences, per-class IoU of every method as a chart, the source cross-entropy of every arm
 /// over steps (seed 0), the predictions picture, and links to each run's own page.
@@ -537,23 +552,7 @@ fn html_report(
         ));
     }
     b.push_str("</table>");
-    let rows: Vec<(String, Vec<Option<f64>>)> = seg_labels::TRAIN_CLASS_NAMES
-        .iter()
-        .map(|name| {
-            let vals = methods
-                .iter()
-                .map(|m| {
-                    let v: Vec<f64> = runs
-                        .iter()
-                        .filter(|r| &r.method == m)
-                        .filter_map(|r| r.class_iou.get(*name).and_then(|v| v.as_f64()))
-                        .collect();
-                    (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
-                })
-                .collect();
-            (name.to_string(), vals)
-        })
-        .collect();
+    let rows = class_means(runs, methods);
     b.push_str(&html::heat_table("Per-class IoU % (mean over seeds)", methods, &rows));
     let series: Vec<html::Series> = methods
         .iter()
@@ -582,6 +581,7 @@ fn html_report(
     html::page("seg-adapt demo: synthetic (GTA5-format) → real (Cityscapes-format)", &b)
 }
 
+/// Image | ground truth | each method's prediction (first seed), for the first val images.
 fn comparison(
     out: &Path,
     cfg: &RunConfig,
