@@ -57,6 +57,9 @@ pub enum LabelEncoding {
     Ids8,
     /// SYNTHIA `GT/LABELS`: 16 bits per channel, class id in the first channel.
     Synthia16,
+    /// Cityscapes `*_gtFine_instanceIds.png`: one 16-bit grayscale channel (8-bit accepted);
+    /// values ≥ 1000 are `label id × 1000 + instance`, smaller ones plain label ids.
+    Instance16,
 }
 
 impl LabelEncoding {
@@ -64,6 +67,7 @@ impl LabelEncoding {
         match self {
             LabelEncoding::Ids8 => "a single-channel 8-bit label-id PNG (grayscale or palette)",
             LabelEncoding::Synthia16 => "a 16-bit SYNTHIA label PNG (class id in the first channel)",
+            LabelEncoding::Instance16 => "a single-channel 16-bit instance-id PNG (Cityscapes instanceIds)",
         }
     }
 }
@@ -267,13 +271,20 @@ pub fn decode_label(path: &Path, bytes: &[u8], encoding: LabelEncoding) -> Resul
                 " (8-bit colour: a GT/COLOR rendering, or a label re-saved by a tool that dropped the high byte?)",
             ))
         }
+        (LabelEncoding::Instance16, png::ColorType::Grayscale) if bits == 16 || bits == 8 => {}
         _ => return Err(wrong("")),
     }
     let buf = decode_frame(path, &mut reader)?;
     let n = (w as usize) * (h as usize);
     let row_bytes = (w as usize * bits as usize).div_ceil(8);
     let data: Vec<u16> = match encoding {
-        LabelEncoding::Ids8 => {
+        LabelEncoding::Instance16 if bits == 16 => {
+            if buf.len() < n * 2 {
+                return Err(corrupt(path, "pixel data shorter than the header declares"));
+            }
+            buf.chunks_exact(2).take(n).map(|px| u16::from_be_bytes([px[0], px[1]])).collect()
+        }
+        LabelEncoding::Ids8 | LabelEncoding::Instance16 => {
             if buf.len() < row_bytes * h as usize {
                 return Err(corrupt(path, "pixel data shorter than the header declares"));
             }

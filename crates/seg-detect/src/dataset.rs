@@ -1,0 +1,333 @@
+//! Detection datasets: Sim10k (`VOC2012/JPEGImages/*.jpg`, `VOC2012/Annotations/*.xml`, the
+//! split list `VOC2012/ImageSets/Main/trainval10k.txt`) and Cityscapes with boxes derived from
+//! `gtFine/<split>/<city>/*_gtFine_instanceIds.png`.
+
+use std::path::{Path, PathBuf};
+
+use seg_labels::png_io::{self, LabelEncoding};
+use seg_labels::RgbImage;
+
+use crate::boxes::{GtBox, PixelBox};
+use crate::classes::{class_of_label_id, ClassSet};
+use crate::error::DetError;
+use crate::voc::parse_voc;
+
+/// The on-disk format of a detection dataset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DetFormat {
+    Sim10k,
+    Cityscapes,
+}
+
+impl DetFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DetFormat::Sim10k => "sim10k",
+            DetFormat::Cityscapes => "cityscapes",
+        }
+    }
+}
+
+/// One sample: its name (Sim10k id, or Cityscapes `city_seq_frame`), image and annotation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DetEntry {
+    pub name: String,
+    pub image: PathBuf,
+    pub annotation: Option<PathBuf>,
+}
+
+/// A decoded sample.
+#[derive(Debug, Clone)]
+pub struct DetSample {
+    pub name: String,
+    pub image: RgbImage,
+    /// Boxes of the dataset's class set (empty when read without annotations).
+    pub boxes: Vec<GtBox>,
+}
+
+/// Ground truth of one sample, without its pixels.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DetTruth {
+    pub width: u32,
+    pub height: u32,
+    pub boxes: Vec<GtBox>,
+    /// Boxes of every class, by class index (for counts).
+    pub all_boxes: usize,
+    pub problems: Vec<String>,
+}
+
+/// A listed detection dataset.
+#[derive(Debug, Clone)]
+pub struct DetDataset {
+    pub format: DetFormat,
+    pub root: PathBuf,
+    pub split: String,
+    pub classes: ClassSet,
+    pub entries: Vec<DetEntry>,
+}
+
+fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>, DetError> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(DetError::io(dir))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+impl DetDataset {
+    /// Sim10k under `root` (the folder holding `VOC2012/`, or `VOC2012/` itself). Samples are
+    /// the ids of `list` if given, else of `ImageSets/Main/trainval10k.txt` if present, else
+    /// every `Annotations/*.xml`.
+    pub fn open_sim10k(root: &Path, list: Option<&Path>, classes: ClassSet) -> Result<Self, DetError> {
+        let voc = if root.join("VOC2012").is_dir() {
+            root.join("VOC2012")
+        } else {
+            root.to_path_buf()
+        };
+        let ann_dir = voc.join("Annotations");
+        let img_dir = voc.join("JPEGImages");
+        if !ann_dir.is_dir() || !img_dir.is_dir() {
+            return Err(DetError::invalid(
+                root,
+                "not a Sim10k folder: expected VOC2012/Annotations/ and VOC2012/JPEGImages/",
+            ));
+        }
+        let default_list = voc.join("ImageSets/Main/trainval10k.txt");
+        let list = list.map(Path::to_path_buf).or_else(|| default_list.is_file().then_some(default_list));
+        let ids: Vec<String> = match &list {
+            Some(l) => {
+                let text = std::fs::read_to_string(l).map_err(DetError::io(l))?;
+                text.lines()
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| s.split_whitespace().next().unwrap_or(s).to_string())
+                    .collect()
+            }
+            None => read_dir_sorted(&ann_dir)?
+                .into_iter()
+                .filter(|p| p.extension().is_some_and(|e| e == "xml"))
+                .filter_map(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+                .collect(),
+        };
+        if ids.is_empty() {
+            return Err(DetError::invalid(
+                list.as_deref().unwrap_or(&ann_dir),
+                "no samples listed",
+            ));
+        }
+        let entries = ids
+            .into_iter()
+            .map(|id| DetEntry {
+                image: img_dir.join(format!("{id}.jpg")),
+                annotation: Some(ann_dir.join(format!("{id}.xml"))),
+                name: id,
+            })
+            .collect();
+        Ok(Self {
+            format: DetFormat::Sim10k,
+            root: root.to_path_buf(),
+            split: list
+                .as_deref()
+                .and_then(|l| l.file_stem())
+                .map_or("all".into(), |s| s.to_string_lossy().into_owned()),
+            classes,
+            entries,
+        })
+    }
+
+    /// Cityscapes' `split` under `root`. With `annotations`, the samples are the
+    /// `gtFine/<split>/*/*_gtFine_instanceIds.png` files (the evaluation's image list); without,
+    /// the `leftImg8bit/<split>/*/*_leftImg8bit.png` images (unlabelled target training).
+    pub fn open_cityscapes(root: &Path, split: &str, annotations: bool, classes: ClassSet) -> Result<Self, DetError> {
+        let (top, suffix) = if annotations {
+            ("gtFine", "_gtFine_instanceIds.png")
+        } else {
+            ("leftImg8bit", "_leftImg8bit.png")
+        };
+        let dir = root.join(top).join(split);
+        if !dir.is_dir() {
+            return Err(DetError::invalid(&dir, "missing: not a Cityscapes split folder"));
+        }
+        let mut entries = Vec::new();
+        for city in read_dir_sorted(&dir)?.into_iter().filter(|p| p.is_dir()) {
+            for f in read_dir_sorted(&city)? {
+                let Some(stem) = f
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.strip_suffix(suffix))
+                    .map(str::to_string)
+                else {
+                    continue;
+                };
+                let city_name = city.file_name().map(|c| c.to_string_lossy().into_owned()).unwrap_or_default();
+                let image = root
+                    .join("leftImg8bit")
+                    .join(split)
+                    .join(&city_name)
+                    .join(format!("{stem}_leftImg8bit.png"));
+                let ann = root
+                    .join("gtFine")
+                    .join(split)
+                    .join(&city_name)
+                    .join(format!("{stem}_gtFine_instanceIds.png"));
+                entries.push(DetEntry {
+                    name: stem,
+                    image,
+                    annotation: annotations.then_some(ann),
+                });
+            }
+        }
+        if entries.is_empty() {
+            return Err(DetError::invalid(&dir, format!("no `*{suffix}` files found")));
+        }
+        Ok(Self {
+            format: DetFormat::Cityscapes,
+            root: root.to_path_buf(),
+            split: split.to_string(),
+            classes,
+            entries,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The ground truth of sample `i` (its annotation only).
+    pub fn truth(&self, i: usize) -> Result<DetTruth, DetError> {
+        let e = &self.entries[i];
+        let ann = e
+            .annotation
+            .as_ref()
+            .ok_or_else(|| DetError::invalid(&e.image, "this dataset was opened without annotations"))?;
+        match self.format {
+            DetFormat::Sim10k => {
+                let text = std::fs::read_to_string(ann).map_err(DetError::io(ann))?;
+                let a = parse_voc(ann, &text, self.classes)?;
+                Ok(DetTruth {
+                    width: a.width,
+                    height: a.height,
+                    boxes: a.boxes,
+                    all_boxes: a.objects,
+                    problems: a.problems,
+                })
+            }
+            DetFormat::Cityscapes => {
+                let l = png_io::read_label(ann, LabelEncoding::Instance16)?;
+                let all = boxes_from_instance_ids(l.width, l.height, &l.data, ClassSet::All);
+                let boxes = all.iter().copied().filter(|b| self.classes.contains(b.class)).collect();
+                Ok(DetTruth {
+                    width: l.width,
+                    height: l.height,
+                    all_boxes: all.len(),
+                    boxes,
+                    problems: Vec::new(),
+                })
+            }
+        }
+    }
+
+    /// Decodes sample `i`'s image (JPEG or PNG), with its boxes when the dataset has
+    /// annotations; an image whose size differs from its annotation's is refused.
+    pub fn load(&self, i: usize) -> Result<DetSample, DetError> {
+        let e = &self.entries[i];
+        let image = decode_image(&e.image)?;
+        let boxes = if e.annotation.is_some() {
+            let t = self.truth(i)?;
+            if (t.width, t.height) != (image.width, image.height) {
+                return Err(DetError::invalid(
+                    &e.image,
+                    format!(
+                        "image is {}x{} but its annotation {} says {}x{}",
+                        image.width,
+                        image.height,
+                        e.annotation.as_ref().map_or(String::new(), |a| a.display().to_string()),
+                        t.width,
+                        t.height
+                    ),
+                ));
+            }
+            t.boxes
+        } else {
+            Vec::new()
+        };
+        Ok(DetSample {
+            name: e.name.clone(),
+            image,
+            boxes,
+        })
+    }
+}
+
+/// Decodes a JPEG or PNG file to 8-bit RGB, naming the file on failure.
+pub fn decode_image(path: &Path) -> Result<RgbImage, DetError> {
+    let bytes = std::fs::read(path).map_err(DetError::io(path))?;
+    let img = image::load_from_memory(&bytes).map_err(|e| DetError::invalid(path, format!("cannot decode image: {e}")))?;
+    let rgb = img.to_rgb8();
+    Ok(RgbImage {
+        width: rgb.width(),
+        height: rgb.height(),
+        data: rgb.into_raw(),
+    })
+}
+
+/// Boxes of a Cityscapes instance-id map: every value ≥ 1000 is one instance of label id
+/// `value / 1000`; instances of the detection classes in `classes` get the tight box of their
+/// pixels (0-based, inclusive), in increasing instance-value order. Values below 1000 (label
+/// ids of pixels without an instance) and instances of other labels (caravan, trailer) give no
+/// box.
+pub fn boxes_from_instance_ids(width: u32, height: u32, values: &[u16], classes: ClassSet) -> Vec<GtBox> {
+    let mut ext: std::collections::BTreeMap<u16, [u32; 4]> = std::collections::BTreeMap::new();
+    for (i, &v) in values.iter().enumerate().take(width as usize * height as usize) {
+        if v < 1000 {
+            continue;
+        }
+        let (x, y) = ((i % width as usize) as u32, (i / width as usize) as u32);
+        let e = ext.entry(v).or_insert([x, y, x, y]);
+        e[0] = e[0].min(x);
+        e[1] = e[1].min(y);
+        e[2] = e[2].max(x);
+        e[3] = e[3].max(y);
+    }
+    ext.into_iter()
+        .filter_map(|(v, e)| {
+            let class = class_of_label_id(v / 1000)?;
+            classes.contains(class).then_some(GtBox {
+                class,
+                bbox: PixelBox::new(e[0] as f64, e[1] as f64, e[2] as f64, e[3] as f64),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classes::CAR;
+
+    #[test]
+    fn instance_boxes_follow_the_detectron_rule() {
+        // 6×4 map: a car (26000) in two parts, a person (24001), a caravan (29000),
+        // plain label ids 26 (car group) and 7 (road).
+        #[rustfmt::skip]
+        let v: Vec<u16> = vec![
+            7,     26000, 26000, 7,     7,     26,
+            7,     26000, 7,     24001, 24001, 26,
+            29000, 7,     7,     24001, 24001, 7,
+            29000, 7,     26000, 7,     7,     7,
+        ];
+        let b = boxes_from_instance_ids(6, 4, &v, ClassSet::All);
+        assert_eq!(b.len(), 2);
+        assert_eq!(b[0].class, 0);
+        assert_eq!(b[0].bbox, PixelBox::new(3.0, 1.0, 4.0, 2.0));
+        assert_eq!(b[1].class, CAR);
+        assert_eq!(b[1].bbox, PixelBox::new(1.0, 0.0, 2.0, 3.0));
+        assert_eq!(boxes_from_instance_ids(6, 4, &v, ClassSet::Car).len(), 1);
+    }
+}

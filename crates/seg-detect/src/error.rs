@@ -1,0 +1,46 @@
+//! Errors of the detection readers and evaluator; each names the file and the reason.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DetError {
+    /// A file exists but its content is unusable.
+    #[error("{path}: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+    /// A file or folder could not be read.
+    #[error("reading {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Png(#[from] seg_labels::PngError),
+    /// One entry of a detections file is refused.
+    #[error("detections file {path}, entry {index}: {reason}")]
+    Detection { path: PathBuf, index: usize, reason: String },
+}
+
+impl DetError {
+    pub(crate) fn invalid(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+        DetError::Invalid {
+            path: path.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.into();
+        move |source| DetError::Io { path, source }
+    }
+
+    /// The file the error is about.
+    pub fn file(&self) -> Option<&std::path::Path> {
+        match self {
+            DetError::Invalid { path, .. } | DetError::Io { path, .. } | DetError::Detection { path, .. } => {
+                Some(path)
+            }
+            DetError::Png(_) => None,
+        }
+    }
+}

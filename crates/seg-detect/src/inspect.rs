@@ -1,0 +1,123 @@
+//! `inspect` for detection datasets: every image decoded and every annotation read (in
+//! parallel), boxes counted per class, problems listed per file.
+
+use std::collections::BTreeMap;
+
+use rayon::prelude::*;
+
+use crate::classes::DET_CLASSES;
+use crate::dataset::{decode_image, DetDataset};
+
+/// One problem, with the file it is about.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct DetProblem {
+    pub file: String,
+    pub reason: String,
+}
+
+/// Counts and problems of one detection split.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DetInspectReport {
+    pub dataset: String,
+    pub split: String,
+    pub samples: usize,
+    /// Samples whose image and annotation both read.
+    pub usable: usize,
+    pub image_sizes: BTreeMap<String, usize>,
+    /// Boxes of the dataset's class set, by class name (every class listed, zeros included).
+    pub boxes: BTreeMap<String, usize>,
+    pub problems: Vec<DetProblem>,
+}
+
+struct One {
+    size: Option<(u32, u32)>,
+    boxes: Vec<usize>,
+    problems: Vec<DetProblem>,
+    usable: bool,
+}
+
+/// Reads every sample of `ds`; `progress` is called once per sample read.
+pub fn inspect(ds: &DetDataset, progress: &(dyn Fn() + Sync)) -> DetInspectReport {
+    let ones: Vec<One> = (0..ds.len())
+        .into_par_iter()
+        .map(|i| {
+            let e = &ds.entries[i];
+            let mut one = One {
+                size: None,
+                boxes: Vec::new(),
+                problems: Vec::new(),
+                usable: true,
+            };
+            match decode_image(&e.image) {
+                Ok(img) => one.size = Some((img.width, img.height)),
+                Err(err) => {
+                    one.usable = false;
+                    one.problems.push(DetProblem {
+                        file: e.image.display().to_string(),
+                        reason: err.to_string(),
+                    });
+                }
+            }
+            if let Some(ann) = &e.annotation {
+                let file = ann.display().to_string();
+                match ds.truth(i) {
+                    Ok(t) => {
+                        if let Some(s) = one.size {
+                            if s != (t.width, t.height) {
+                                one.usable = false;
+                                one.problems.push(DetProblem {
+                                    file: file.clone(),
+                                    reason: format!(
+                                        "annotation says {}x{} but the image is {}x{}",
+                                        t.width, t.height, s.0, s.1
+                                    ),
+                                });
+                            }
+                        }
+                        for p in t.problems {
+                            one.problems.push(DetProblem {
+                                file: file.clone(),
+                                reason: p,
+                            });
+                        }
+                        one.boxes = t.boxes.iter().map(|b| b.class).collect();
+                    }
+                    Err(err) => {
+                        one.usable = false;
+                        one.problems.push(DetProblem {
+                            file,
+                            reason: err.to_string(),
+                        });
+                    }
+                }
+            }
+            progress();
+            one
+        })
+        .collect();
+    let mut r = DetInspectReport {
+        dataset: ds.format.as_str().to_string(),
+        split: ds.split.clone(),
+        samples: ds.len(),
+        usable: 0,
+        image_sizes: BTreeMap::new(),
+        boxes: ds
+            .classes
+            .indices()
+            .into_iter()
+            .map(|c| (DET_CLASSES[c].name.to_string(), 0))
+            .collect(),
+        problems: Vec::new(),
+    };
+    for one in ones {
+        r.usable += one.usable as usize;
+        if let Some((w, h)) = one.size {
+            *r.image_sizes.entry(format!("{w}x{h}")).or_insert(0) += 1;
+        }
+        for c in one.boxes {
+            *r.boxes.entry(DET_CLASSES[c].name.to_string()).or_insert(0) += 1;
+        }
+        r.problems.extend(one.problems);
+    }
+    r
+}

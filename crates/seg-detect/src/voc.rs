@@ -1,0 +1,203 @@
+//! PASCAL VOC XML annotations, as Sim10k ships them (`VOC2012/Annotations/*.xml`).
+//!
+//! Read: `<size><width>/<height>`, and per `<object>` its `<name>`, `<difficult>` (default 0) and
+//! `<bndbox>` with `xmin ymin xmax ymax` as 1-based inclusive pixel indices (shifted to 0-based
+//! here). Refused with the file named: text that is not XML, a missing or non-numeric size or
+//! coordinate, `xmax < xmin` or `ymax < ymin`, an object name that is not a known class. Listed
+//! as problems (the box kept, clipped to the image): a box reaching outside the image. A box
+//! wholly outside the image is dropped, also listed; so is an annotation with no objects.
+
+use std::path::Path;
+
+use roxmltree::{Document, Node};
+
+use crate::boxes::{GtBox, PixelBox};
+use crate::classes::{sim10k_class, ClassSet};
+use crate::error::DetError;
+
+/// One parsed annotation file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VocAnnotation {
+    pub filename: Option<String>,
+    pub width: u32,
+    pub height: u32,
+    /// Boxes of the classes asked for, 0-based, clipped to the image.
+    pub boxes: Vec<GtBox>,
+    /// Objects of every known class, before the class filter.
+    pub objects: usize,
+    /// Problems that did not stop the read (clipped or dropped boxes, no objects).
+    pub problems: Vec<String>,
+}
+
+fn child<'a>(n: Node<'a, 'a>, tag: &str) -> Option<Node<'a, 'a>> {
+    n.children().find(|c| c.has_tag_name(tag))
+}
+
+fn text_of<'a>(n: Node<'a, 'a>, tag: &str) -> Option<&'a str> {
+    child(n, tag).and_then(|c| c.text()).map(str::trim)
+}
+
+fn number(path: &Path, n: Node<'_, '_>, tag: &str, what: &str) -> Result<f64, DetError> {
+    let t = text_of(n, tag).ok_or_else(|| DetError::invalid(path, format!("{what}: missing <{tag}>")))?;
+    let v: f64 = t
+        .parse()
+        .map_err(|_| DetError::invalid(path, format!("{what}: <{tag}> is `{t}`, not a number")))?;
+    if !v.is_finite() {
+        return Err(DetError::invalid(path, format!("{what}: <{tag}> is `{t}`")));
+    }
+    Ok(v)
+}
+
+/// Parses the XML text of `path` (named in errors), keeping the boxes of `classes`.
+pub fn parse_voc(path: &Path, text: &str, classes: ClassSet) -> Result<VocAnnotation, DetError> {
+    let doc = Document::parse(text).map_err(|e| DetError::invalid(path, format!("malformed XML: {e}")))?;
+    let root = doc.root_element();
+    if !root.has_tag_name("annotation") {
+        return Err(DetError::invalid(
+            path,
+            format!("root element is <{}>, expected <annotation>", root.tag_name().name()),
+        ));
+    }
+    let size = child(root, "size").ok_or_else(|| DetError::invalid(path, "missing <size>"))?;
+    let width = number(path, size, "width", "<size>")?;
+    let height = number(path, size, "height", "<size>")?;
+    if width < 1.0 || height < 1.0 || width > 65535.0 || height > 65535.0 || width.fract() != 0.0 || height.fract() != 0.0
+    {
+        return Err(DetError::invalid(path, format!("image size {width}x{height} is not a valid size")));
+    }
+    let (w, h) = (width as u32, height as u32);
+    let mut out = VocAnnotation {
+        filename: text_of(root, "filename").map(str::to_string),
+        width: w,
+        height: h,
+        boxes: Vec::new(),
+        objects: 0,
+        problems: Vec::new(),
+    };
+    for (k, obj) in root.children().filter(|c| c.has_tag_name("object")).enumerate() {
+        let name = text_of(obj, "name").ok_or_else(|| DetError::invalid(path, format!("object {k}: missing <name>")))?;
+        let class = sim10k_class(name).ok_or_else(|| {
+            DetError::invalid(
+                path,
+                format!("object {k}: unknown class `{name}` (expected car, motorbike or person)"),
+            )
+        })?;
+        let what = format!("object {k} ({name})");
+        let bb = child(obj, "bndbox").ok_or_else(|| DetError::invalid(path, format!("{what}: missing <bndbox>")))?;
+        let x0 = number(path, bb, "xmin", &what)? - 1.0;
+        let y0 = number(path, bb, "ymin", &what)? - 1.0;
+        let x1 = number(path, bb, "xmax", &what)? - 1.0;
+        let y1 = number(path, bb, "ymax", &what)? - 1.0;
+        if x1 < x0 || y1 < y0 {
+            return Err(DetError::invalid(
+                path,
+                format!(
+                    "{what}: box ({}, {}, {}, {}) has xmax < xmin or ymax < ymin",
+                    x0 + 1.0,
+                    y0 + 1.0,
+                    x1 + 1.0,
+                    y1 + 1.0
+                ),
+            ));
+        }
+        out.objects += 1;
+        let (wm, hm) = ((w - 1) as f64, (h - 1) as f64);
+        let b = PixelBox::new(x0, y0, x1, y1);
+        if x1 < 0.0 || y1 < 0.0 || x0 > wm || y0 > hm {
+            out.problems.push(format!(
+                "{what}: box ({}, {}, {}, {}) lies outside the {w}x{h} image; dropped",
+                x0 + 1.0,
+                y0 + 1.0,
+                x1 + 1.0,
+                y1 + 1.0
+            ));
+            continue;
+        }
+        let clipped = PixelBox::new(x0.max(0.0), y0.max(0.0), x1.min(wm), y1.min(hm));
+        if clipped != b {
+            out.problems.push(format!(
+                "{what}: box ({}, {}, {}, {}) reaches outside the {w}x{h} image; clipped",
+                x0 + 1.0,
+                y0 + 1.0,
+                x1 + 1.0,
+                y1 + 1.0
+            ));
+        }
+        if classes.contains(class) {
+            out.boxes.push(GtBox { class, bbox: clipped });
+        }
+    }
+    if out.objects == 0 {
+        out.problems.push("annotation has no objects".into());
+    }
+    Ok(out)
+}
+
+/// Writes a VOC XML annotation (1-based boxes) for `boxes`, with Sim10k's class names.
+pub fn to_voc_xml(filename: &str, width: u32, height: u32, boxes: &[GtBox]) -> String {
+    let mut s = String::from("<annotation>\n  <folder>VOC2012</folder>\n");
+    s += &format!("  <filename>{filename}</filename>\n");
+    s += &format!("  <size>\n    <width>{width}</width>\n    <height>{height}</height>\n    <depth>3</depth>\n  </size>\n");
+    for b in boxes {
+        let name = match crate::DET_CLASSES[b.class].name {
+            "motorcycle" => "motorbike",
+            n => n,
+        };
+        s += &format!(
+            "  <object>\n    <name>{name}</name>\n    <difficult>0</difficult>\n    <bndbox>\n      <xmin>{}</xmin>\n      <ymin>{}</ymin>\n      <xmax>{}</xmax>\n      <ymax>{}</ymax>\n    </bndbox>\n  </object>\n",
+            b.bbox.x_min + 1.0,
+            b.bbox.y_min + 1.0,
+            b.bbox.x_max + 1.0,
+            b.bbox.y_max + 1.0
+        );
+    }
+    s += "</annotation>\n";
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classes::CAR;
+
+    const GOOD: &str = "<annotation><filename>3384827.jpg</filename><size><width>100</width><height>50</height><depth>3</depth></size>\
+        <object><name>car</name><difficult>0</difficult><bndbox><xmin>1</xmin><ymin>2</ymin><xmax>30</xmax><ymax>20</ymax></bndbox></object>\
+        <object><name>motorbike</name><bndbox><xmin>40</xmin><ymin>10</ymin><xmax>120</xmax><ymax>40</ymax></bndbox></object>\
+        <object><name>person</name><bndbox><xmin>200</xmin><ymin>10</ymin><xmax>210</xmax><ymax>40</ymax></bndbox></object>\
+        </annotation>";
+
+    #[test]
+    fn reads_shifts_clips_and_filters() {
+        let p = Path::new("a.xml");
+        let a = parse_voc(p, GOOD, ClassSet::All).unwrap();
+        assert_eq!((a.width, a.height, a.objects), (100, 50, 3));
+        assert_eq!(a.boxes.len(), 2);
+        assert_eq!(a.boxes[0].class, CAR);
+        assert_eq!(a.boxes[0].bbox, PixelBox::new(0.0, 1.0, 29.0, 19.0));
+        assert_eq!(a.boxes[1].bbox, PixelBox::new(39.0, 9.0, 99.0, 39.0));
+        assert_eq!(a.problems.len(), 2, "{:?}", a.problems);
+        assert!(a.problems[0].contains("clipped") && a.problems[1].contains("dropped"));
+        let cars = parse_voc(p, GOOD, ClassSet::Car).unwrap();
+        assert_eq!(cars.boxes.len(), 1);
+        let round = parse_voc(p, &to_voc_xml("x.jpg", 100, 50, &a.boxes), ClassSet::All).unwrap();
+        assert_eq!(round.boxes, a.boxes);
+    }
+
+    #[test]
+    fn refuses_bad_annotations_naming_the_reason() {
+        let p = Path::new("bad.xml");
+        let err = |t: &str| parse_voc(p, t, ClassSet::All).unwrap_err().to_string();
+        assert!(err("<annotation><size>").contains("malformed XML"));
+        assert!(err("<annotation></annotation>").contains("missing <size>"));
+        let bad_name = GOOD.replace("person", "tractor");
+        assert!(err(&bad_name).contains("unknown class `tractor`"));
+        let swapped = GOOD.replace("<xmax>30</xmax>", "<xmax>0</xmax>");
+        assert!(err(&swapped).contains("xmax < xmin"));
+        let nan = GOOD.replace("<ymin>2</ymin>", "<ymin>two</ymin>");
+        assert!(err(&nan).contains("not a number"));
+        assert!(err(&nan).starts_with("bad.xml"));
+        let empty = "<annotation><size><width>4</width><height>4</height></size></annotation>";
+        let a = parse_voc(p, empty, ClassSet::Car).unwrap();
+        assert_eq!(a.problems, vec!["annotation has no objects".to_string()]);
+    }
+}
