@@ -11,7 +11,7 @@
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use seg_core::{Batch, Domain, Method, Stage, StepCx, StepInfo};
+use seg_core::{Batch, Domain, SegMethod, Stage, StepCx, StepInfo};
 use seg_heads::{MethodConfig, MethodParts};
 use seg_train::{LrAt, Stepper, TrainerConfig};
 
@@ -22,7 +22,7 @@ static ALLOC: seg_nn::alloc::CachingAlloc = seg_nn::alloc::CachingAlloc::new();
 /// A method and its optimisers, built as the trainer builds them (default trainer settings:
 /// SGD with momentum for the segmenter, Adam for the other groups).
 struct Step {
-    method: Box<dyn Method>,
+    method: Box<dyn SegMethod>,
     stepper: Stepper,
 }
 
@@ -62,12 +62,14 @@ fn step(s: &mut Step, x: &Tensor, y: &Tensor, xt: &Tensor) {
         labels: Some(y.clone()),
         domain: Domain::Source,
         names: Vec::new(),
+        det: None,
     };
     let target = Batch {
         images: xt.clone(),
         labels: None,
         domain: Domain::Target,
         names: Vec::new(),
+        det: None,
     };
     let info = StepInfo {
         step: 500,

@@ -21,4 +21,15 @@ pub struct Batch {
     pub domain: Domain,
     /// Sample names, for messages and pictures.
     pub names: Vec<String>,
+    /// Detection targets, for a detector's labelled batches.
+    pub det: Option<DetTargets>,
+}
+
+/// A detection batch's ground truth, matched to the detector's default boxes on the host
+/// (SSD's matching): per image and default box, the class (`N×P` u32, 0 = background, `c + 1`
+/// = class `c`) and the encoded offsets of its matched box (`N×P×4` f32).
+#[derive(Debug, Clone)]
+pub struct DetTargets {
+    pub classes: Tensor,
+    pub offsets: Tensor,
 }

@@ -9,8 +9,8 @@ pub mod method;
 pub mod model;
 pub mod rng;
 
-pub use batch::{Batch, Domain};
-pub use method::{Method, ParamSet, Stage, StepCx};
+pub use batch::{Batch, DetTargets, Domain};
+pub use method::{Method, ParamSet, SegMethod, Stage, StepCx};
 pub use model::{AdaptationHead, Backbone, FeatureTap, Features, GroupId, HeadInput, HeadParams, LossTerm, StepInfo};
 pub use rng::Rng;
 pub use seg_labels::{IGNORE, NUM_CLASSES};

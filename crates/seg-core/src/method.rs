@@ -72,7 +72,9 @@ impl StepCx<'_> {
     }
 }
 
-/// A training method. See the module documentation.
+/// A training method: what the one step function (`seg_train::Stepper`) needs. See the
+/// module documentation. Segmentation methods are [`SegMethod`]s (they deploy a
+/// [`Backbone`]); detection methods deploy a detector and implement `seg_ssd`'s `DetMethod`.
 pub trait Method: Send + Sync {
     /// The method's name (as in the config's `kind`).
     fn name(&self) -> &'static str;
@@ -92,6 +94,10 @@ pub trait Method: Send + Sync {
     }
     /// The loss terms of one step.
     fn losses(&self, cx: &StepCx<'_>) -> Result<Vec<LossTerm>>;
+}
+
+/// A segmentation method: a [`Method`] whose deployed network is a segmentation [`Backbone`].
+pub trait SegMethod: Method {
     /// The network that is evaluated and deployed; its variables are the `model.*` ones.
     fn deployed(&self) -> &dyn Backbone;
 }

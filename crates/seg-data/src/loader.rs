@@ -321,6 +321,7 @@ fn collate(prepared: Vec<Prepared>, domain: Domain, device: &Device) -> Result<B
         labels,
         domain,
         names,
+        det: None,
     })
 }
 

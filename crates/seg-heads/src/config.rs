@@ -4,7 +4,7 @@
 
 use candle_core::Var;
 use candle_nn::{VarBuilder, VarMap};
-use seg_core::{AdaptationHead, Backbone, Method};
+use seg_core::{AdaptationHead, Backbone, SegMethod};
 
 use crate::cross_city::{CrossCityConfig, CrossCityHead};
 use crate::curriculum::{Curriculum, CurriculumConfig};
@@ -179,7 +179,7 @@ impl MethodConfig {
 
     /// Validates the method against the model (taps, channels, classes, batch norm, per-layer
     /// access) and builds it.
-    pub fn build(&self, parts: MethodParts<'_>) -> Result<Box<dyn Method>, HeadError> {
+    pub fn build(&self, parts: MethodParts<'_>) -> Result<Box<dyn SegMethod>, HeadError> {
         let MethodParts {
             backbone,
             model_vars,

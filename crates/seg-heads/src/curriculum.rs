@@ -9,7 +9,7 @@
 
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{VarBuilder, VarMap};
-use seg_core::{Backbone, FeatureTap, GroupId, LossTerm, Method, ParamSet, Stage, StepCx};
+use seg_core::{Backbone, FeatureTap, GroupId, LossTerm, Method, ParamSet, SegMethod, Stage, StepCx};
 use seg_nn::layers::ConvCfg;
 use seg_nn::{conv2d, cross_entropy_ignore, Conv2d};
 
@@ -307,6 +307,9 @@ impl Method for Curriculum {
         }
     }
 
+}
+
+impl SegMethod for Curriculum {
     fn deployed(&self) -> &dyn Backbone {
         self.backbone.as_ref()
     }

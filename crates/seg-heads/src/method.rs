@@ -6,7 +6,7 @@
 
 use candle_core::{Result, Var};
 use candle_nn::VarMap;
-use seg_core::{AdaptationHead, Backbone, GroupId, HeadInput, LossTerm, Method, ParamSet, Stage, StepCx};
+use seg_core::{AdaptationHead, Backbone, GroupId, HeadInput, LossTerm, Method, ParamSet, SegMethod, Stage, StepCx};
 use seg_nn::cross_entropy_ignore;
 
 use crate::error::HeadError;
@@ -157,6 +157,9 @@ impl Method for FeatureAlignment {
         Ok(terms)
     }
 
+}
+
+impl SegMethod for FeatureAlignment {
     fn deployed(&self) -> &dyn Backbone {
         self.backbone.as_ref()
     }

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use candle_core::{Result, Tensor, Var};
 use candle_nn::{Init, VarBuilder, VarMap};
-use seg_core::{Backbone, FeatureTap, GroupId, LossTerm, Method, ParamSet, Stage, StepCx};
+use seg_core::{Backbone, FeatureTap, GroupId, LossTerm, Method, ParamSet, SegMethod, Stage, StepCx};
 use seg_nn::cross_entropy_ignore;
 
 use crate::error::{check_range, require_tap, HeadError};
@@ -317,6 +317,9 @@ impl Method for TwoStream {
         ])
     }
 
+}
+
+impl SegMethod for TwoStream {
     fn deployed(&self) -> &dyn Backbone {
         self.target.as_ref()
     }

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
-use seg_core::{Backbone, Method, Stage, StepCx, StepInfo};
+use seg_core::{Backbone, SegMethod, Stage, StepCx, StepInfo};
 use seg_data::{Dataset, Loader};
 
 use crate::checkpoint::{self, CheckpointMeta};
@@ -27,7 +27,7 @@ pub struct TrainSetup {
     pub config_toml: String,
     pub vars: VarMap,
     /// The method: its networks, modules, stages and step.
-    pub method: Box<dyn Method>,
+    pub method: Box<dyn SegMethod>,
     pub source: Loader,
     pub target: Option<Loader>,
     /// Target validation split and how to evaluate on it.

@@ -4,7 +4,7 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
-use seg_core::{Backbone, Batch, Domain, GroupId, LossTerm, Method, Rng, Stage, StepCx, StepInfo};
+use seg_core::{Backbone, Batch, Domain, GroupId, LossTerm, Method, Rng, SegMethod, Stage, StepCx, StepInfo};
 use seg_heads::dsn::{difference_loss, scale_invariant_mse};
 use seg_heads::entropy::normalized_entropy;
 use seg_heads::two_stream::{layer_regulariser, mmd2};
@@ -27,7 +27,7 @@ fn scalar(t: &Tensor) -> f32 {
 
 struct Built {
     vars: VarMap,
-    method: Box<dyn Method>,
+    method: Box<dyn SegMethod>,
 }
 
 fn build(name: &str, second_with_conv1: bool) -> Result<Built, seg_heads::HeadError> {
@@ -59,12 +59,14 @@ fn batches(seed: u64, target_labels: bool) -> (Batch, Batch) {
         labels: Some(labels(&mut rng, 2)),
         domain: Domain::Source,
         names: vec!["s0".into(), "s1".into()],
+        det: None,
     };
     let target = Batch {
         images: randn(&mut rng, &[2, 3, SIDE, SIDE], -0.5),
         labels: target_labels.then(|| labels(&mut rng, 2)),
         domain: Domain::Target,
         names: vec!["t0".into(), "t1".into()],
+        det: None,
     };
     (source, target)
 }
