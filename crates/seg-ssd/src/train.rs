@@ -1,0 +1,514 @@
+//! A detection run: a config ([`DetRunConfig`], TOML), the training loop (the same
+//! `seg_train::Stepper` as segmentation: one backward per loss group, no read-back before the
+//! optimisers step), the AdaBN re-estimation stage, the checkpoint (`model.*`, through a
+//! temporary file and a rename), inference (score > 0.01, top 400 per class, per-class NMS 0.45,
+//! top 200 per image) and the evaluation on target val (`seg_detect::report`).
+//!
+//! A run folder holds `config.toml`, `metrics.jsonl`, `checkpoint.safetensors`,
+//! `detections.json` (target val) and `eval/` (`report.json`, `report.md`, `pictures/`).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::{Device, Tensor, D};
+use candle_nn::VarMap;
+use seg_core::{Domain, Stage, StepCx, StepInfo};
+use seg_detect::ap::ApInput;
+use seg_detect::dets::{write_detections, Detection};
+use seg_detect::report::{picture, DetReport};
+use seg_detect::{DetDataset, DetError, DetFormat, PixelBox, DET_CLASSES};
+use seg_train::step::{read_terms, LrAt, Stepper};
+use seg_train::TrainError;
+
+use crate::coding::{decode, nms};
+use crate::data::{images_tensor, prepare, DetLoader};
+use crate::method::{DetMethod, DetMethodConfig};
+use crate::model::{Ssd, SsdConfig};
+
+/// Inference: minimum class score, candidates per class, NMS IoU, detections per image
+/// (torchvision's SSD defaults).
+pub const SCORE_THRESHOLD: f32 = 0.01;
+pub const CANDIDATES_PER_CLASS: usize = 400;
+pub const NMS_IOU: f32 = 0.45;
+pub const DETECTIONS_PER_IMAGE: usize = 200;
+
+/// Where the data is.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DetDataConfig {
+    /// Source format: `sim10k` (VOC XML) or `cityscapes` (instance boxes of `source_split`).
+    pub source_format: DetFormat,
+    pub source_root: PathBuf,
+    /// Sim10k split list (default `VOC2012/ImageSets/Main/trainval10k.txt` when present).
+    pub source_list: Option<PathBuf>,
+    /// Cityscapes-format source split.
+    pub source_split: String,
+    /// Cityscapes root of the target.
+    pub target_root: PathBuf,
+    pub target_train: String,
+    pub target_val: String,
+}
+
+impl Default for DetDataConfig {
+    fn default() -> Self {
+        Self {
+            source_format: DetFormat::Sim10k,
+            source_root: PathBuf::new(),
+            source_list: None,
+            source_split: "train".into(),
+            target_root: PathBuf::new(),
+            target_train: "train".into(),
+            target_val: "val".into(),
+        }
+    }
+}
+
+/// The optimisation settings.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DetTrainerConfig {
+    pub steps: usize,
+    pub batch_size: usize,
+    /// SGD learning rate of the detector (poly decay with `lr_power`; 0 = constant).
+    pub lr: f64,
+    pub lr_power: f64,
+    pub momentum: f64,
+    pub weight_decay: f64,
+    /// Learning rate of the domain branches (SGD, same momentum, no weight decay).
+    pub head_lr: f64,
+    pub seed: u64,
+    pub hflip: bool,
+    pub log_every: usize,
+}
+
+impl Default for DetTrainerConfig {
+    fn default() -> Self {
+        // SSD300's published schedule (Liu et al.): SGD 1e-3, momentum 0.9, weight decay 5e-4,
+        // batch 32; 120k iterations on VOC.
+        Self {
+            steps: 120_000,
+            batch_size: 32,
+            lr: 1e-3,
+            lr_power: 0.0,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+            head_lr: 1e-3,
+            seed: 0,
+            hflip: true,
+            log_every: 10,
+        }
+    }
+}
+
+/// A whole detection run.
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DetRunConfig {
+    pub model: SsdConfig,
+    pub method: DetMethodConfigField,
+    pub data: DetDataConfig,
+    pub trainer: DetTrainerConfig,
+    /// ImageNet weights for SSD300's VGG16 trunk (torchvision keys; safetensors or `.pth`).
+    pub init_weights: Option<PathBuf>,
+}
+
+/// `[method]` with a default (source-only).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct DetMethodConfigField(pub DetMethodConfig);
+
+impl Default for DetMethodConfigField {
+    fn default() -> Self {
+        Self(DetMethodConfig::SourceOnly)
+    }
+}
+
+/// Errors of a detection run.
+#[derive(Debug, thiserror::Error)]
+pub enum DetRunError {
+    #[error("invalid detection config: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Data(#[from] DetError),
+    #[error(transparent)]
+    Train(#[from] TrainError),
+    #[error("tensor error: {0}")]
+    Tensor(#[from] candle_core::Error),
+    #[error(transparent)]
+    Weights(#[from] seg_fcn::weights::WeightsError),
+}
+
+impl DetRunConfig {
+    pub fn validate(&self) -> Result<(), DetRunError> {
+        self.model.validate().map_err(DetRunError::Config)?;
+        self.method.0.validate(&self.model).map_err(DetRunError::Config)?;
+        let t = &self.trainer;
+        if t.batch_size == 0 {
+            return Err(DetRunError::Config("trainer.batch_size must be at least 1".into()));
+        }
+        for (k, v) in [("lr", t.lr), ("head_lr", t.head_lr), ("momentum", t.momentum), ("weight_decay", t.weight_decay)] {
+            if !v.is_finite() || v < 0.0 {
+                return Err(DetRunError::Config(format!("trainer.{k} = {v}: must be finite and ≥ 0")));
+            }
+        }
+        if self.init_weights.is_some() && self.model.arch != crate::SsdArch::Vgg300 {
+            return Err(DetRunError::Config("init_weights: only SSD300's VGG16 trunk takes ImageNet weights".into()));
+        }
+        Ok(())
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_default()
+    }
+
+    /// The source dataset (with boxes).
+    pub fn open_source(&self) -> Result<DetDataset, DetError> {
+        let d = &self.data;
+        match d.source_format {
+            DetFormat::Sim10k => DetDataset::open_sim10k(&d.source_root, d.source_list.as_deref(), self.model.classes),
+            DetFormat::Cityscapes => DetDataset::open_cityscapes(&d.source_root, &d.source_split, true, self.model.classes),
+        }
+    }
+
+    fn trainer_config(&self) -> seg_train::TrainerConfig {
+        let t = &self.trainer;
+        seg_train::TrainerConfig {
+            steps: t.steps,
+            batch_size: t.batch_size,
+            lr: t.lr,
+            lr_power: t.lr_power,
+            optimizer: seg_nn::OptimizerConfig::Sgd {
+                momentum: t.momentum,
+                weight_decay: t.weight_decay,
+            },
+            head_lr: t.head_lr,
+            head_optimizer: seg_nn::OptimizerConfig::Sgd {
+                momentum: t.momentum,
+                weight_decay: 0.0,
+            },
+            seed: t.seed,
+            log_every: t.log_every,
+            ..Default::default()
+        }
+    }
+}
+
+/// What a finished run gives back.
+pub struct DetOutcome {
+    pub report: DetReport,
+    /// The last logged loss values.
+    pub last_losses: std::collections::BTreeMap<String, f32>,
+}
+
+fn write_err(path: &Path) -> impl FnOnce(std::io::Error) -> DetRunError + '_ {
+    move |cause| {
+        DetRunError::Train(TrainError::Write {
+            path: path.to_path_buf(),
+            cause,
+        })
+    }
+}
+
+/// Trains `cfg` into `out`, evaluates on target val, and returns the report. `progress` gets
+/// `(step, total, losses)` at each logged step.
+pub fn run(
+    cfg: &DetRunConfig,
+    out: &Path,
+    device: &Device,
+    progress: &mut dyn FnMut(usize, usize, &std::collections::BTreeMap<String, f32>),
+) -> Result<DetOutcome, DetRunError> {
+    cfg.validate()?;
+    std::fs::create_dir_all(out).map_err(write_err(out))?;
+    let cfg_path = out.join("config.toml");
+    seg_labels::fsutil::write_atomic(&cfg_path, cfg.to_toml().as_bytes()).map_err(write_err(&cfg_path))?;
+    let method_cfg = &cfg.method.0;
+    let classes = cfg.model.classes;
+    let d = &cfg.data;
+    let source = if method_cfg.trains_on_target_labels() {
+        DetDataset::open_cityscapes(&d.target_root, &d.target_train, true, classes)?
+    } else {
+        cfg.open_source()?
+    };
+    let vars = VarMap::new();
+    let method = method_cfg.build(&cfg.model, &vars, device)?;
+    if let Some(w) = &cfg.init_weights {
+        seg_fcn::weights::load_init_weights(&vars, "model", w)?;
+    }
+    let tcfg = cfg.trainer_config();
+    let mut stepper = Stepper::new(method.as_ref(), &vars, &tcfg)?;
+    let ssd = method.detector();
+    let size = cfg.model.input_size();
+    let priors = Arc::new(ssd.priors().to_vec());
+    let t = &cfg.trainer;
+    let mut src = DetLoader::new(
+        Arc::new(source),
+        t.batch_size,
+        size,
+        priors.clone(),
+        true,
+        Domain::Source,
+        t.seed,
+        device.clone(),
+    )
+    .with_hflip(t.hflip);
+    let needs_target_images = method.needs_target() || method.stages().contains(&Stage::ReestimateBn);
+    let target_train = if needs_target_images {
+        Some(Arc::new(DetDataset::open_cityscapes(&d.target_root, &d.target_train, false, classes)?))
+    } else {
+        None
+    };
+    let mut tgt = match (&target_train, method.needs_target()) {
+        (Some(ds), true) => Some(
+            DetLoader::new(
+                ds.clone(),
+                t.batch_size,
+                size,
+                priors.clone(),
+                false,
+                Domain::Target,
+                t.seed ^ 0x7A59,
+                device.clone(),
+            )
+            .with_hflip(t.hflip),
+        ),
+        _ => None,
+    };
+    let metrics = out.join("metrics.jsonl");
+    let _ = std::fs::remove_file(&metrics);
+    let mut last = std::collections::BTreeMap::new();
+    for step in 0..t.steps {
+        let sb = src.next_batch()?;
+        let tb = match &mut tgt {
+            Some(l) => Some(l.next_batch()?),
+            None => None,
+        };
+        let cx = StepCx {
+            source: &sb,
+            target: tb.as_ref(),
+            stage: Stage::Train,
+            step: StepInfo {
+                step,
+                total_steps: t.steps,
+            },
+            target_bn_only: false,
+        };
+        let at = LrAt {
+            step,
+            total: t.steps,
+            power: t.lr_power,
+        };
+        let terms = stepper.step(method.as_ref(), &cx, at)?;
+        let logged = t.log_every > 0 && ((step + 1) % t.log_every == 0 || step + 1 == t.steps);
+        if logged {
+            let values = read_terms(&terms)?.map_err(|bad| TrainError::NonFinite {
+                term: bad.name,
+                value: bad.value,
+                step: step + 1,
+                last: "none: detection runs write their checkpoint at the end".into(),
+            })?;
+            let line = serde_json::json!({"step": step + 1, "losses": values});
+            seg_labels::fsutil::append_line(&metrics, &line.to_string()).map_err(write_err(&metrics))?;
+            progress(step + 1, t.steps, &values);
+            last = values;
+        }
+    }
+    if method.stages().contains(&Stage::ReestimateBn) {
+        if let Some(ds) = &target_train {
+            reestimate_bn(ssd, ds, size, t.batch_size, device)?;
+        }
+    }
+    let ckpt = out.join("checkpoint.safetensors");
+    let tensors = seg_heads::trainable_under(&vars, "model")
+        .into_iter()
+        .map(|(n, v)| (n, v.as_tensor().clone()))
+        .chain(stats_under(&vars, "model"))
+        .collect::<Vec<_>>();
+    seg_train::checkpoint::save(
+        &ckpt,
+        &tensors,
+        &seg_train::checkpoint::CheckpointMeta {
+            step: t.steps,
+            source_loader: None,
+            target_loader: None,
+            config: cfg.to_toml(),
+        },
+    )?;
+    let val = DetDataset::open_cityscapes(&d.target_root, &d.target_val, true, classes)?;
+    let mut report = evaluate_detector(ssd, &val, t.batch_size.max(1), device, &out.join("eval"), Some(&out.join("detections.json")))?;
+    report.source = Some(format!(
+        "Cityscapes `{}` split under `{}`; {} ({}) after {} steps.",
+        d.target_val,
+        d.target_root.display(),
+        method.name(),
+        match cfg.model.arch {
+            crate::SsdArch::Vgg300 => "SSD300, VGG16",
+            crate::SsdArch::Small => "small batch-norm SSD",
+        },
+        t.steps
+    ));
+    report.write(&out.join("eval"), &[])?;
+    Ok(DetOutcome { report, last_losses: last })
+}
+
+/// Batch-norm running statistics `prefix.*` (checkpointed with the weights).
+fn stats_under(vars: &VarMap, prefix: &str) -> Vec<(String, Tensor)> {
+    let data = vars.data().lock().unwrap_or_else(|p| p.into_inner());
+    let dotted = format!("{prefix}.");
+    let mut v: Vec<(String, Tensor)> = data
+        .iter()
+        .filter(|(n, _)| n.starts_with(&dotted) && seg_nn::layers::is_statistic(n))
+        .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+/// AdaBN: the detector's batch-norm statistics recomputed as the cumulative average over every
+/// target train image (one pass, no gradients), then back to momentum 0.1.
+pub fn reestimate_bn(ssd: &Ssd, ds: &DetDataset, size: (usize, usize), batch: usize, device: &Device) -> Result<(), DetRunError> {
+    if !ssd.has_batch_norm() {
+        return Ok(());
+    }
+    ssd.set_bn_momentum(None, true)?;
+    for chunk in (0..ds.len()).collect::<Vec<_>>().chunks(batch.max(1)) {
+        let prepared = chunk.iter().map(|&i| prepare(ds, i, size)).collect::<Result<Vec<_>, _>>()?;
+        let x = images_tensor(&prepared.iter().map(|p| &p.image).collect::<Vec<_>>(), device)?;
+        ssd.sources(&x, true)?;
+    }
+    ssd.set_bn_momentum(Some(0.1), false)?;
+    Ok(())
+}
+
+/// Detections of one image from its offsets `P×4` and class probabilities `P×C` (background
+/// first), as `(class position, unit box, score)`.
+pub fn postprocess(loc: &[Vec<f32>], probs: &[Vec<f32>], priors: &[[f32; 4]]) -> Vec<(usize, [f32; 4], f32)> {
+    let nc = probs.first().map_or(0, Vec::len);
+    let mut out = Vec::new();
+    for c in 1..nc {
+        let mut cand: Vec<usize> = (0..priors.len()).filter(|&i| probs[i][c] > SCORE_THRESHOLD).collect();
+        cand.sort_by(|&a, &b| probs[b][c].total_cmp(&probs[a][c]));
+        cand.truncate(CANDIDATES_PER_CLASS);
+        let boxes: Vec<[f32; 4]> = cand
+            .iter()
+            .map(|&i| {
+                let b = decode([loc[i][0], loc[i][1], loc[i][2], loc[i][3]], priors[i]);
+                [b[0].clamp(0.0, 1.0), b[1].clamp(0.0, 1.0), b[2].clamp(0.0, 1.0), b[3].clamp(0.0, 1.0)]
+            })
+            .collect();
+        let scores: Vec<f32> = cand.iter().map(|&i| probs[i][c]).collect();
+        for k in nms(&boxes, &scores, NMS_IOU, DETECTIONS_PER_IMAGE) {
+            if boxes[k][2] > boxes[k][0] && boxes[k][3] > boxes[k][1] {
+                out.push((c - 1, boxes[k], scores[k]));
+            }
+        }
+    }
+    out.sort_by(|a, b| b.2.total_cmp(&a.2));
+    out.truncate(DETECTIONS_PER_IMAGE);
+    out
+}
+
+/// Runs the detector over every image of `ds`: per image, its detections as
+/// `(class index, pixel box in the original image, score)`.
+pub fn detect(ssd: &Ssd, ds: &DetDataset, batch: usize, device: &Device) -> Result<Vec<Vec<(usize, PixelBox, f64)>>, DetRunError> {
+    let size = ssd.config().input_size();
+    let classes = ds.classes.indices();
+    let mut all = Vec::with_capacity(ds.len());
+    for chunk in (0..ds.len()).collect::<Vec<_>>().chunks(batch.max(1)) {
+        let mut images = Vec::new();
+        let mut orig = Vec::new();
+        for &i in chunk {
+            let img = seg_detect::dataset::decode_image(&ds.entries[i].image)?;
+            orig.push((img.width, img.height));
+            images.push(if (img.width as usize, img.height as usize) == size {
+                img
+            } else {
+                seg_data::transform::resize_bilinear(&img, size.0 as u32, size.1 as u32)
+            });
+        }
+        let x = images_tensor(&images.iter().collect::<Vec<_>>(), device)?;
+        let out = ssd.forward(&x, false)?;
+        let probs = candle_nn::ops::softmax(&out.conf, D::Minus1)?.to_vec3::<f32>()?;
+        let loc = out.loc.to_vec3::<f32>()?;
+        for (k, (l, p)) in loc.iter().zip(&probs).enumerate() {
+            let (w, h) = orig[k];
+            all.push(
+                postprocess(l, p, ssd.priors())
+                    .into_iter()
+                    .map(|(c, b, s)| (classes[c], PixelBox::from_unit(b, w, h), s as f64))
+                    .collect(),
+            );
+        }
+    }
+    Ok(all)
+}
+
+/// Detects on `ds` (annotated), writes the report (with pictures of the first four images) to
+/// `out` and, if asked, the detections file.
+pub fn evaluate_detector(
+    ssd: &Ssd,
+    ds: &DetDataset,
+    batch: usize,
+    device: &Device,
+    out: &Path,
+    dets_file: Option<&Path>,
+) -> Result<DetReport, DetRunError> {
+    let found = detect(ssd, ds, batch, device)?;
+    let gt = (0..ds.len()).map(|i| ds.truth(i).map(|t| t.boxes)).collect::<Result<Vec<_>, _>>()?;
+    let mut inputs = Vec::new();
+    let mut records = Vec::new();
+    for (i, dets) in found.iter().enumerate() {
+        for &(class, bbox, score) in dets {
+            inputs.push(ApInput { image: i, class, bbox, score });
+            records.push(Detection {
+                image: ds.entries[i].name.clone(),
+                class: DET_CLASSES[class].name.to_string(),
+                bbox: [bbox.x_min, bbox.y_min, bbox.x_max, bbox.y_max],
+                score,
+            });
+        }
+    }
+    if let Some(p) = dets_file {
+        write_detections(p, &records)?;
+    }
+    let mut report = DetReport::compute(&gt, &inputs, ds.classes);
+    let mut pictures = Vec::new();
+    for i in 0..ds.len().min(4) {
+        if let Ok(img) = seg_detect::dataset::decode_image(&ds.entries[i].image) {
+            let d: Vec<(PixelBox, f64)> = found[i].iter().map(|&(_, b, s)| (b, s)).collect();
+            pictures.push(picture(&img, &gt[i], &d));
+        }
+    }
+    report.write(out, &pictures)?;
+    Ok(report)
+}
+
+/// A trained detector loaded from a run folder (its `config.toml` and checkpoint).
+pub struct LoadedDetector {
+    pub cfg: DetRunConfig,
+    pub method: Box<dyn DetMethod>,
+    pub step: usize,
+    _vars: VarMap,
+}
+
+/// Loads `run_dir`'s detector.
+pub fn load_detector(run_dir: &Path, device: &Device) -> Result<LoadedDetector, DetRunError> {
+    let ckpt_path = run_dir.join("checkpoint.safetensors");
+    let ckpt = seg_train::checkpoint::load(&ckpt_path, device)?;
+    let cfg: DetRunConfig = toml::from_str(&ckpt.meta.config)
+        .map_err(|e| DetRunError::Config(format!("{}: not a detection checkpoint: {e}", ckpt_path.display())))?;
+    let vars = VarMap::new();
+    let method = cfg.method.0.build(&cfg.model, &vars, device)?;
+    ckpt.restore_prefix(&vars, "model")?;
+    Ok(LoadedDetector {
+        step: ckpt.meta.step,
+        cfg,
+        method,
+        _vars: vars,
+    })
+}
+
+/// The image-name index of a split, for reading a detections file.
+pub fn image_index(ds: &DetDataset) -> HashMap<String, usize> {
+    ds.entries.iter().enumerate().map(|(i, e)| (e.name.clone(), i)).collect()
+}
