@@ -19,6 +19,11 @@
 //! drawn at least a twentieth of the image wide (6.4 pixels at the demo's training scale, so a
 //! model trained on target labels can learn them), people and riders at least 18% of its height
 //! tall, and riders appear in half the source scenes (60% of the target's).
+//!
+//! Version 3 adds the detection view: `sim10k/` holds further scenes of the GTA5-like source
+//! in Sim10k's layout (JPEG images, PASCAL VOC XML boxes of cars, motorbikes and persons, the
+//! split list `trainval10k.txt`); the target's boxes come from the Cityscapes `instanceIds` it
+//! already wrote. The segmentation datasets' bytes are unchanged from version 2.
 
 use std::path::{Path, PathBuf};
 
@@ -31,7 +36,7 @@ use seg_labels::{DatasetKind, LabelMap, IGNORE};
 use crate::error::DataError;
 
 /// Version of the generator; bumped whenever the bytes it writes change.
-pub const GENERATOR_VERSION: u32 = 2;
+pub const GENERATOR_VERSION: u32 = 3;
 
 /// Benchmark size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -65,6 +70,9 @@ pub struct ToySizes {
     pub height: u32,
     pub gta5: usize,
     pub synthia: usize,
+    /// Sim10k-layout source images (detection).
+    #[serde(default)]
+    pub sim10k: usize,
     pub target_train: usize,
     pub target_val: usize,
 }
@@ -76,6 +84,7 @@ impl Preset {
                 width: 128,
                 height: 64,
                 gta5: 160,
+                sim10k: 160,
                 synthia: 80,
                 target_train: 120,
                 target_val: 30,
@@ -84,6 +93,7 @@ impl Preset {
                 width: 256,
                 height: 128,
                 gta5: 600,
+                sim10k: 600,
                 synthia: 300,
                 target_train: 400,
                 target_val: 100,
@@ -92,6 +102,7 @@ impl Preset {
                 width: 2048,
                 height: 1024,
                 gta5: 4,
+                sim10k: 4,
                 synthia: 4,
                 target_train: 4,
                 target_val: 2,
@@ -894,6 +905,29 @@ pub fn generate(out: &Path, seed: u64, preset: Preset) -> Result<ToyManifest, Da
         ))
     })?;
 
+    // Sim10k: VOC2012/JPEGImages/NNNNNNN.jpg, VOC2012/Annotations/NNNNNNN.xml (boxes of cars,
+    // motorbikes and persons: the tight boxes of their visible pixels), and the split list.
+    // Scenes of the GTA5-like source, numbered after the GTA5 set's (so not the same images).
+    let voc = out.join("sim10k/VOC2012");
+    let ids: Vec<String> = (0..sizes.sim10k).map(|i| format!("{}", 3_000_000 + i)).collect();
+    ids.par_iter().enumerate().try_for_each(|(i, id)| {
+        let s = generate_one(Domain::Gta5, seed, (1_000_000 + i) as u64, w, h);
+        let boxes: Vec<seg_detect::GtBox> =
+            seg_detect::dataset::boxes_from_instance_ids(w, h, &s.instance_ids, seg_detect::ClassSet::All)
+                .into_iter()
+                .filter(|b| matches!(seg_detect::DET_CLASSES[b.class].name, "car" | "motorcycle" | "person"))
+                .collect();
+        let jpg = voc.join("JPEGImages").join(format!("{id}.jpg"));
+        write_jpeg(&jpg, &s.image)?;
+        let xml = seg_detect::voc::to_voc_xml(&format!("{id}.jpg"), w, h, &boxes);
+        let xp = voc.join("Annotations").join(format!("{id}.xml"));
+        write_file(&xp, xml.as_bytes())
+    })?;
+    if sizes.sim10k > 0 {
+        let list = ids.join("\n") + "\n";
+        write_file(&voc.join("ImageSets/Main/trainval10k.txt"), list.as_bytes())?;
+    }
+
     // Cityscapes: leftImg8bit + gtFine (labelIds, instanceIds, color).
     let cs = out.join("cityscapes");
     let jobs: Vec<(&str, &str, usize)> = (0..sizes.target_train)
@@ -960,10 +994,38 @@ pub fn generate(out: &Path, seed: u64, preset: Preset) -> Result<ToyManifest, Da
     Ok(manifest)
 }
 
+fn write_file(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
+    let err = |source| DataError::ReadDir {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    seg_labels::fsutil::write_atomic(path, bytes).map_err(err)
+}
+
+/// Writes an RGB image as a JPEG (quality 90).
+pub fn write_jpeg(path: &Path, img: &RgbImage) -> Result<(), DataError> {
+    let mut bytes = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 90)
+        .encode(&img.data, img.width, img.height, image::ExtendedColorType::Rgb8)
+        .map_err(|e| DataError::Invalid {
+            path: path.to_path_buf(),
+            reason: format!("cannot encode JPEG: {e}"),
+        })?;
+    write_file(path, &bytes)
+}
+
 /// Reads `toy.json` if a complete benchmark is present under `dir`.
 pub fn read_manifest(dir: &Path) -> Option<ToyManifest> {
     let bytes = std::fs::read(dir.join("toy.json")).ok()?;
     serde_json::from_slice(&bytes).ok()
+}
+
+/// The generated Sim10k-layout source (detection).
+pub fn sim10k_path(dir: &Path) -> PathBuf {
+    dir.join("sim10k")
 }
 
 /// Paths of the generated datasets.

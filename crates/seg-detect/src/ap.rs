@@ -222,7 +222,10 @@ mod tests {
     /// 2/3; precision 1, 1/2, 1/3, 1/2.
     #[test]
     fn hand_computed_case() {
-        let g = vec![vec![gt([0.0, 0.0, 9.0, 9.0]), gt([20.0, 20.0, 29.0, 29.0])], vec![gt([0.0, 0.0, 9.0, 9.0])]];
+        let g = vec![
+            vec![gt([0.0, 0.0, 9.0, 9.0]), gt([20.0, 20.0, 29.0, 29.0])],
+            vec![gt([0.0, 0.0, 9.0, 9.0])],
+        ];
         let d = vec![
             det(0, [0.0, 0.0, 9.0, 9.0], 0.9),
             det(1, [50.0, 50.0, 59.0, 59.0], 0.8),
@@ -246,14 +249,24 @@ mod tests {
         let g = vec![vec![gt([0.0, 0.0, 9.0, 9.0]), gt([3.0, 0.0, 12.0, 9.0])]];
         let d = vec![det(0, [0.0, 0.0, 9.0, 9.0], 0.9), det(0, [1.0, 0.0, 10.0, 9.0], 0.8)];
         let ap = evaluate(&g, &d, 2).unwrap();
-        assert!((ap.all_point - 0.5).abs() < 1e-12, "voc: the duplicate is a false positive");
+        assert!(
+            (ap.all_point - 0.5).abs() < 1e-12,
+            "voc: the duplicate is a false positive"
+        );
         assert!((ap.coco - 1.0).abs() < 1e-12, "coco: it takes the free box");
     }
 
     #[test]
     fn no_detections_is_zero_and_strict_half_iou() {
         let g = vec![vec![gt([0.0, 0.0, 9.0, 9.0])]];
-        assert_eq!(evaluate(&g, &[], 2).unwrap(), Ap3 { voc07: 0.0, all_point: 0.0, coco: 0.0 });
+        assert_eq!(
+            evaluate(&g, &[], 2).unwrap(),
+            Ap3 {
+                voc07: 0.0,
+                all_point: 0.0,
+                coco: 0.0
+            }
+        );
         // IoU exactly 0.5: 10×10 box against a 10×20 one containing it.
         let d = vec![det(0, [0.0, 0.0, 9.0, 19.0], 0.5)];
         let ap = evaluate(&g, &d, 2).unwrap();

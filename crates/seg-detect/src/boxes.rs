@@ -12,7 +12,12 @@ pub struct PixelBox {
 
 impl PixelBox {
     pub fn new(x_min: f64, y_min: f64, x_max: f64, y_max: f64) -> Self {
-        Self { x_min, y_min, x_max, y_max }
+        Self {
+            x_min,
+            y_min,
+            x_max,
+            y_max,
+        }
     }
 
     pub fn width(&self) -> f64 {

@@ -11,14 +11,38 @@ pub struct DetClass {
 /// Cityscapes' classes with instances that are evaluated (caravan and trailer have instances
 /// but are ignored in evaluation), in label-id order. A class index is a position here.
 pub const DET_CLASSES: [DetClass; 8] = [
-    DetClass { name: "person", label_id: 24 },
-    DetClass { name: "rider", label_id: 25 },
-    DetClass { name: "car", label_id: 26 },
-    DetClass { name: "truck", label_id: 27 },
-    DetClass { name: "bus", label_id: 28 },
-    DetClass { name: "train", label_id: 31 },
-    DetClass { name: "motorcycle", label_id: 32 },
-    DetClass { name: "bicycle", label_id: 33 },
+    DetClass {
+        name: "person",
+        label_id: 24,
+    },
+    DetClass {
+        name: "rider",
+        label_id: 25,
+    },
+    DetClass {
+        name: "car",
+        label_id: 26,
+    },
+    DetClass {
+        name: "truck",
+        label_id: 27,
+    },
+    DetClass {
+        name: "bus",
+        label_id: 28,
+    },
+    DetClass {
+        name: "train",
+        label_id: 31,
+    },
+    DetClass {
+        name: "motorcycle",
+        label_id: 32,
+    },
+    DetClass {
+        name: "bicycle",
+        label_id: 33,
+    },
 ];
 
 /// Index of `car` in [`DET_CLASSES`].

@@ -95,7 +95,9 @@ impl DetDataset {
             ));
         }
         let default_list = voc.join("ImageSets/Main/trainval10k.txt");
-        let list = list.map(Path::to_path_buf).or_else(|| default_list.is_file().then_some(default_list));
+        let list = list
+            .map(Path::to_path_buf)
+            .or_else(|| default_list.is_file().then_some(default_list));
         let ids: Vec<String> = match &list {
             Some(l) => {
                 let text = std::fs::read_to_string(l).map_err(DetError::io(l))?;
@@ -161,7 +163,10 @@ impl DetDataset {
                 else {
                     continue;
                 };
-                let city_name = city.file_name().map(|c| c.to_string_lossy().into_owned()).unwrap_or_default();
+                let city_name = city
+                    .file_name()
+                    .map(|c| c.to_string_lossy().into_owned())
+                    .unwrap_or_default();
                 let image = root
                     .join("leftImg8bit")
                     .join(split)
@@ -268,7 +273,8 @@ impl DetDataset {
 /// Decodes a JPEG or PNG file to 8-bit RGB, naming the file on failure.
 pub fn decode_image(path: &Path) -> Result<RgbImage, DetError> {
     let bytes = std::fs::read(path).map_err(DetError::io(path))?;
-    let img = image::load_from_memory(&bytes).map_err(|e| DetError::invalid(path, format!("cannot decode image: {e}")))?;
+    let img =
+        image::load_from_memory(&bytes).map_err(|e| DetError::invalid(path, format!("cannot decode image: {e}")))?;
     let rgb = img.to_rgb8();
     Ok(RgbImage {
         width: rgb.width(),

@@ -90,11 +90,23 @@ mod tests {
         assert_eq!(check(ok).unwrap().len(), 1);
         let e = check(&ok.replace("a_000000_000019", "b")).unwrap_err().to_string();
         assert!(e.contains("entry 0") && e.contains("image `b`"), "{e}");
-        assert!(check(&ok.replace("\"car\"", "\"tank\"")).unwrap_err().to_string().contains("unknown class `tank`"));
-        assert!(check(&ok.replace("3.5", "0")).unwrap_err().to_string().contains("x_max < x_min"));
-        assert!(check(&ok.replace("0.5", "NaN")).unwrap_err().to_string().contains("not JSON"));
+        assert!(check(&ok.replace("\"car\"", "\"tank\""))
+            .unwrap_err()
+            .to_string()
+            .contains("unknown class `tank`"));
+        assert!(check(&ok.replace("3.5", "0"))
+            .unwrap_err()
+            .to_string()
+            .contains("x_max < x_min"));
+        assert!(check(&ok.replace("0.5", "NaN"))
+            .unwrap_err()
+            .to_string()
+            .contains("not JSON"));
         assert!(check(&ok.replace("0.5}", "1e999}")).is_err());
         assert!(check("{}").unwrap_err().to_string().contains("list"));
-        assert!(check(&ok.replace(", \"score\": 0.5", "")).unwrap_err().to_string().contains("score"));
+        assert!(check(&ok.replace(", \"score\": 0.5", ""))
+            .unwrap_err()
+            .to_string()
+            .contains("score"));
     }
 }

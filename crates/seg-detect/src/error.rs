@@ -18,7 +18,11 @@ pub enum DetError {
     Png(#[from] seg_labels::PngError),
     /// One entry of a detections file is refused.
     #[error("detections file {path}, entry {index}: {reason}")]
-    Detection { path: PathBuf, index: usize, reason: String },
+    Detection {
+        path: PathBuf,
+        index: usize,
+        reason: String,
+    },
 }
 
 impl DetError {
@@ -37,9 +41,7 @@ impl DetError {
     /// The file the error is about.
     pub fn file(&self) -> Option<&std::path::Path> {
         match self {
-            DetError::Invalid { path, .. } | DetError::Io { path, .. } | DetError::Detection { path, .. } => {
-                Some(path)
-            }
+            DetError::Invalid { path, .. } | DetError::Io { path, .. } | DetError::Detection { path, .. } => Some(path),
             DetError::Png(_) => None,
         }
     }

@@ -92,7 +92,11 @@ impl DetReport {
         if !pictures.is_empty() {
             let rows: Vec<Vec<RgbImage>> = pictures
                 .chunks(2)
-                .map(|c| c.iter().map(|p| seg_metrics::pictures::resize_to_width(p, TILE_WIDTH)).collect())
+                .map(|c| {
+                    c.iter()
+                        .map(|p| seg_metrics::pictures::resize_to_width(p, TILE_WIDTH))
+                        .collect()
+                })
                 .collect();
             let sheet = seg_metrics::pictures::grid(&rows);
             let path = out.join("pictures/detections.png");
@@ -173,7 +177,14 @@ pub fn picture(image: &RgbImage, gt: &[GtBox], dets: &[(PixelBox, f64)]) -> RgbI
     let scale = (TILE_WIDTH / image.width.max(1)).max(1);
     let mut img = seg_metrics::pictures::resize_to_width(image, image.width * scale);
     let s = scale as f64;
-    let up = |b: &PixelBox| PixelBox::new(b.x_min * s, b.y_min * s, (b.x_max + 1.0) * s - 1.0, (b.y_max + 1.0) * s - 1.0);
+    let up = |b: &PixelBox| {
+        PixelBox::new(
+            b.x_min * s,
+            b.y_min * s,
+            (b.x_max + 1.0) * s - 1.0,
+            (b.y_max + 1.0) * s - 1.0,
+        )
+    };
     for g in gt {
         draw_box(&mut img, &up(&g.bbox), [40, 220, 60], 2);
     }

@@ -61,9 +61,17 @@ pub fn parse_voc(path: &Path, text: &str, classes: ClassSet) -> Result<VocAnnota
     let size = child(root, "size").ok_or_else(|| DetError::invalid(path, "missing <size>"))?;
     let width = number(path, size, "width", "<size>")?;
     let height = number(path, size, "height", "<size>")?;
-    if width < 1.0 || height < 1.0 || width > 65535.0 || height > 65535.0 || width.fract() != 0.0 || height.fract() != 0.0
+    if width < 1.0
+        || height < 1.0
+        || width > 65535.0
+        || height > 65535.0
+        || width.fract() != 0.0
+        || height.fract() != 0.0
     {
-        return Err(DetError::invalid(path, format!("image size {width}x{height} is not a valid size")));
+        return Err(DetError::invalid(
+            path,
+            format!("image size {width}x{height} is not a valid size"),
+        ));
     }
     let (w, h) = (width as u32, height as u32);
     let mut out = VocAnnotation {
@@ -75,7 +83,8 @@ pub fn parse_voc(path: &Path, text: &str, classes: ClassSet) -> Result<VocAnnota
         problems: Vec::new(),
     };
     for (k, obj) in root.children().filter(|c| c.has_tag_name("object")).enumerate() {
-        let name = text_of(obj, "name").ok_or_else(|| DetError::invalid(path, format!("object {k}: missing <name>")))?;
+        let name =
+            text_of(obj, "name").ok_or_else(|| DetError::invalid(path, format!("object {k}: missing <name>")))?;
         let class = sim10k_class(name).ok_or_else(|| {
             DetError::invalid(
                 path,
@@ -137,7 +146,9 @@ pub fn parse_voc(path: &Path, text: &str, classes: ClassSet) -> Result<VocAnnota
 pub fn to_voc_xml(filename: &str, width: u32, height: u32, boxes: &[GtBox]) -> String {
     let mut s = String::from("<annotation>\n  <folder>VOC2012</folder>\n");
     s += &format!("  <filename>{filename}</filename>\n");
-    s += &format!("  <size>\n    <width>{width}</width>\n    <height>{height}</height>\n    <depth>3</depth>\n  </size>\n");
+    s += &format!(
+        "  <size>\n    <width>{width}</width>\n    <height>{height}</height>\n    <depth>3</depth>\n  </size>\n"
+    );
     for b in boxes {
         let name = match crate::DET_CLASSES[b.class].name {
             "motorcycle" => "motorbike",

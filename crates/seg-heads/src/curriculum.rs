@@ -306,7 +306,6 @@ impl Method for Curriculum {
             _ => self.stage2(cx),
         }
     }
-
 }
 
 impl SegMethod for Curriculum {

@@ -156,7 +156,6 @@ impl Method for FeatureAlignment {
         }
         Ok(terms)
     }
-
 }
 
 impl SegMethod for FeatureAlignment {

@@ -316,7 +316,6 @@ impl Method for TwoStream {
             LossTerm::new("mmd", mmd, GroupId::SEGMENTER),
         ])
     }
-
 }
 
 impl SegMethod for TwoStream {

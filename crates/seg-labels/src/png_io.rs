@@ -282,7 +282,10 @@ pub fn decode_label(path: &Path, bytes: &[u8], encoding: LabelEncoding) -> Resul
             if buf.len() < n * 2 {
                 return Err(corrupt(path, "pixel data shorter than the header declares"));
             }
-            buf.chunks_exact(2).take(n).map(|px| u16::from_be_bytes([px[0], px[1]])).collect()
+            buf.chunks_exact(2)
+                .take(n)
+                .map(|px| u16::from_be_bytes([px[0], px[1]]))
+                .collect()
         }
         LabelEncoding::Ids8 | LabelEncoding::Instance16 => {
             if buf.len() < row_bytes * h as usize {

@@ -8,7 +8,12 @@ pub const VARIANCES: [f32; 2] = [0.1, 0.2];
 
 /// `(cx, cy, w, h)` → `(x_min, y_min, x_max, y_max)`.
 pub fn point_form(p: [f32; 4]) -> [f32; 4] {
-    [p[0] - p[2] / 2.0, p[1] - p[3] / 2.0, p[0] + p[2] / 2.0, p[1] + p[3] / 2.0]
+    [
+        p[0] - p[2] / 2.0,
+        p[1] - p[3] / 2.0,
+        p[0] + p[2] / 2.0,
+        p[1] + p[3] / 2.0,
+    ]
 }
 
 /// IoU of two continuous boxes.
@@ -51,7 +56,12 @@ pub fn decode(l: [f32; 4], p: [f32; 4]) -> [f32; 4] {
 /// a prior two claim); a prior whose overlap is below `threshold` and that no ground truth
 /// claimed is background. Returns per prior the class (0 = background, `label + 1`) and the
 /// encoded offsets of its box (zeros for background).
-pub fn match_priors(truths: &[[f32; 4]], labels: &[u32], priors: &[[f32; 4]], threshold: f32) -> (Vec<u32>, Vec<[f32; 4]>) {
+pub fn match_priors(
+    truths: &[[f32; 4]],
+    labels: &[u32],
+    priors: &[[f32; 4]],
+    threshold: f32,
+) -> (Vec<u32>, Vec<[f32; 4]>) {
     let n = priors.len();
     let mut classes = vec![0u32; n];
     let mut offsets = vec![[0.0f32; 4]; n];

@@ -154,14 +154,19 @@ impl DetLoader {
             .map(|(slot, &i)| {
                 let p = self.cached(i)?;
                 let mut rng = Rng::derive(self.seed, &[draw, slot as u64, 0xF11F]);
-                Ok(if self.hflip && rng.chance(0.5) { flip(p) } else { p.clone() })
+                Ok(if self.hflip && rng.chance(0.5) {
+                    flip(p)
+                } else {
+                    p.clone()
+                })
             })
             .collect::<Result<_, DetError>>()?;
         let dev_err = |e: candle_core::Error| DetError::Invalid {
             path: self.ds.root.clone(),
             reason: format!("building a batch: {e}"),
         };
-        let images = images_tensor(&prepared.iter().map(|p| &p.image).collect::<Vec<_>>(), &self.device).map_err(dev_err)?;
+        let images =
+            images_tensor(&prepared.iter().map(|p| &p.image).collect::<Vec<_>>(), &self.device).map_err(dev_err)?;
         let det = if self.labelled {
             let np = self.priors.len();
             let mut classes = Vec::with_capacity(prepared.len() * np);

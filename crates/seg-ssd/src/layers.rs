@@ -25,7 +25,8 @@ impl L2Norm {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let c = self.weight.dim(0)?;
         let norm = (x.sqr()?.sum_keepdim(1)?.sqrt()? + Self::EPS)?;
-        x.broadcast_div(&norm)?.broadcast_mul(&self.weight.reshape((1, c, 1, 1))?)
+        x.broadcast_div(&norm)?
+            .broadcast_mul(&self.weight.reshape((1, c, 1, 1))?)
     }
 }
 
@@ -35,16 +36,25 @@ impl L2Norm {
 pub fn max_pool3x3_s1_p1(x: &Tensor) -> Result<Tensor> {
     let (_, _, h, w) = x.dims4()?;
     let xp = x.pad_with_same(3, 1, 1)?;
-    let r = xp.narrow(3, 0, w)?.maximum(&xp.narrow(3, 1, w)?)?.maximum(&xp.narrow(3, 2, w)?)?;
+    let r = xp
+        .narrow(3, 0, w)?
+        .maximum(&xp.narrow(3, 1, w)?)?
+        .maximum(&xp.narrow(3, 2, w)?)?;
     let rp = r.pad_with_same(2, 1, 1)?;
-    rp.narrow(2, 0, h)?.maximum(&rp.narrow(2, 1, h)?)?.maximum(&rp.narrow(2, 2, h)?)
+    rp.narrow(2, 0, h)?
+        .maximum(&rp.narrow(2, 1, h)?)?
+        .maximum(&rp.narrow(2, 2, h)?)
 }
 
 /// 2×2 max pool, stride 2, in ceil mode: an odd height or width gets one more output row or
 /// column, over the last input one alone (the edge repeated, which leaves its maximum unchanged).
 pub fn max_pool2x2_ceil(x: &Tensor) -> Result<Tensor> {
     let (_, _, h, w) = x.dims4()?;
-    let x = if h % 2 == 1 { x.pad_with_same(2, 0, 1)? } else { x.clone() };
+    let x = if h % 2 == 1 {
+        x.pad_with_same(2, 0, 1)?
+    } else {
+        x.clone()
+    };
     let x = if w % 2 == 1 { x.pad_with_same(3, 0, 1)? } else { x };
     seg_nn::max_pool2x2(&x)
 }
@@ -79,18 +89,32 @@ mod tests {
         let mut rng = seg_core::Rng::new(3);
         let v: Vec<f32> = (0..h * w).map(|_| rng.normal()).collect();
         let x = Tensor::from_vec(v.clone(), (1, 1, h, w), &Device::Cpu).unwrap();
-        let p5 = max_pool3x3_s1_p1(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let p5 = max_pool3x3_s1_p1(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         assert_eq!(p5, naive_pool(&v, h, w, 3, 1, 1, h, w));
         let p3 = max_pool2x2_ceil(&x).unwrap();
         assert_eq!(p3.dims4().unwrap(), (1, 1, 3, 4));
-        assert_eq!(p3.flatten_all().unwrap().to_vec1::<f32>().unwrap(), naive_pool(&v, h, w, 2, 2, 0, 3, 4));
+        assert_eq!(
+            p3.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            naive_pool(&v, h, w, 2, 2, 0, 3, 4)
+        );
         // SSD300's pool3: 75 → 38.
         let big = Tensor::zeros((1, 2, 75, 75), candle_core::DType::F32, &Device::Cpu).unwrap();
         assert_eq!(max_pool2x2_ceil(&big).unwrap().dims4().unwrap(), (1, 2, 38, 38));
         // The gradient reaches each window's maximum.
         let xv = Var::from_tensor(&x).unwrap();
         let g = seg_nn::backward(&max_pool2x2_ceil(xv.as_tensor()).unwrap().sum_all().unwrap()).unwrap();
-        let gx = g.get(xv.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let gx = g
+            .get(xv.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         assert_eq!(gx.iter().sum::<f32>(), 12.0);
     }
 

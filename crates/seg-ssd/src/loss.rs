@@ -20,8 +20,11 @@ pub fn multibox_loss(loc: &Tensor, conf: &Tensor, t: &DetTargets) -> Result<(Ten
     let pos = t.classes.gt(0u32)?.to_dtype(DType::F32)?; // N×P
     let n_pos = pos.sum_all()?.clamp(1f32, f32::MAX)?;
     let logp = candle_nn::ops::log_softmax(conf, D::Minus1)?;
-    let ce = logp.gather(&t.classes.unsqueeze(2)?.contiguous()?, 2)?.squeeze(2)?.neg()?; // N×P
-    // Hard negatives: rank the background priors by their (detached) loss, per image.
+    let ce = logp
+        .gather(&t.classes.unsqueeze(2)?.contiguous()?, 2)?
+        .squeeze(2)?
+        .neg()?; // N×P
+                 // Hard negatives: rank the background priors by their (detached) loss, per image.
     let mining = (ce.detach() * (1.0 - &pos)?)?;
     let order = mining.arg_sort_last_dim(false)?;
     let rank = order.arg_sort_last_dim(true)?.to_dtype(DType::F32)?;
@@ -119,6 +122,9 @@ mod tests {
             offsets: t.offsets.clone(),
         };
         let (c, l) = multibox_loss(&loc, &conf, &t0).unwrap();
-        assert_eq!((c.to_scalar::<f32>().unwrap(), l.to_scalar::<f32>().unwrap()), (0.0, 0.0));
+        assert_eq!(
+            (c.to_scalar::<f32>().unwrap(), l.to_scalar::<f32>().unwrap()),
+            (0.0, 0.0)
+        );
     }
 }

@@ -19,7 +19,7 @@
 //! layer, so the detector receives −weight times its gradient.
 
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{VarBuilder, VarMap};
+use candle_nn::VarMap;
 use seg_core::{GroupId, LossTerm, Method, ParamSet, Stage, StepCx};
 use seg_heads::{grad_reverse, trainable_under};
 use seg_nn::layers::ConvCfg;
@@ -130,7 +130,10 @@ impl DetMethodConfig {
             }
             DetMethodConfig::DaImage(c) => {
                 if c.maps.is_empty() || c.maps.iter().any(|&m| m >= sources) {
-                    return Err(format!("method.maps {:?}: the detector has source maps 0..{sources}", c.maps));
+                    return Err(format!(
+                        "method.maps {:?}: the detector has source maps 0..{sources}",
+                        c.maps
+                    ));
                 }
                 if c.hidden == 0 {
                     return Err("method.hidden must be at least 1".into());
@@ -147,10 +150,12 @@ impl DetMethodConfig {
         }
     }
 
-    /// Builds the detector (`model.*`) and the method's branches (`domain.*`) in `vars`.
-    pub fn build(&self, model: &SsdConfig, vars: &VarMap, device: &Device) -> Result<Box<dyn DetMethod>> {
+    /// Builds the detector (`model.*`) and the method's branches (`domain.*`) in `vars`, new
+    /// variables drawn from `seed` and their names (the same seed gives every method the same
+    /// initial detector).
+    pub fn build(&self, model: &SsdConfig, vars: &VarMap, device: &Device, seed: u64) -> Result<Box<dyn DetMethod>> {
         self.validate(model).map_err(candle_core::Error::Msg)?;
-        let vb = VarBuilder::from_varmap(vars, DType::F32, device);
+        let vb = seg_nn::init::seeded_builder(vars, seed, DType::F32, device);
         let ssd = Ssd::new(model, vb.pp("model"), vars)?;
         let channels = ssd.source_channels();
         let dvb = vb.pp("domain");

@@ -105,7 +105,9 @@ impl SsdConfig {
         if self.arch == SsdArch::Small {
             let [w, h] = self.input;
             if w < 64 || h < 64 || w % 64 != 0 || h % 64 != 0 {
-                return Err(format!("model.input {w}x{h}: width and height must be multiples of 64, at least 64"));
+                return Err(format!(
+                    "model.input {w}x{h}: width and height must be multiples of 64, at least 64"
+                ));
             }
             if self.widths.contains(&0) {
                 return Err("model.widths: every width must be at least 1".into());
@@ -178,7 +180,10 @@ impl Ssd {
             SsdArch::Vgg300 => {
                 let features = VGG16
                     .iter()
-                    .map(|l| l.map(|(i, cin, cout)| conv2d(cin, cout, 3, k3, vb.pp(format!("features.{i}")))).transpose())
+                    .map(|l| {
+                        l.map(|(i, cin, cout)| conv2d(cin, cout, 3, k3, vb.pp(format!("features.{i}"))))
+                            .transpose()
+                    })
                     .collect::<Result<Vec<_>>>()?;
                 let fc6 = conv2d(
                     512,
@@ -236,7 +241,10 @@ impl Ssd {
                 let mut cin = 3;
                 for (i, &cout) in w.iter().enumerate() {
                     let vbb = vb.pp(format!("block{}", i + 1));
-                    blocks.push((conv2d(cin, cout, 3, s2, vbb.pp("conv"))?, BatchNorm2d::new(cout, vbb.pp("bn"), vars)?));
+                    blocks.push((
+                        conv2d(cin, cout, 3, s2, vbb.pp("conv"))?,
+                        BatchNorm2d::new(cout, vbb.pp("bn"), vars)?,
+                    ));
                     cin = cout;
                 }
                 (Trunk::Small { blocks }, vec![w[2], w[3], w[4], w[5]])
@@ -276,10 +284,7 @@ impl Ssd {
 
     /// Channels of each source map.
     pub fn source_channels(&self) -> Vec<usize> {
-        self.loc
-            .iter()
-            .map(|l| l.weight().dim(1).unwrap_or(0))
-            .collect()
+        self.loc.iter().map(|l| l.weight().dim(1).unwrap_or(0)).collect()
     }
 
     pub fn has_batch_norm(&self) -> bool {
@@ -327,7 +332,11 @@ impl Ssd {
                         }
                         _ => {
                             pools += 1;
-                            x = if pools == 3 { max_pool2x2_ceil(&x)? } else { seg_nn::max_pool2x2(&x)? };
+                            x = if pools == 3 {
+                                max_pool2x2_ceil(&x)?
+                            } else {
+                                seg_nn::max_pool2x2(&x)?
+                            };
                         }
                     }
                 }

@@ -30,7 +30,14 @@ impl PriorSpec {
             steps: vec![8.0, 16.0, 32.0, 64.0, 100.0, 300.0],
             min_sizes: vec![30.0, 60.0, 111.0, 162.0, 213.0, 264.0],
             max_sizes: vec![60.0, 111.0, 162.0, 213.0, 264.0, 315.0],
-            aspect_ratios: vec![vec![2.0], vec![2.0, 3.0], vec![2.0, 3.0], vec![2.0, 3.0], vec![2.0], vec![2.0]],
+            aspect_ratios: vec![
+                vec![2.0],
+                vec![2.0, 3.0],
+                vec![2.0, 3.0],
+                vec![2.0, 3.0],
+                vec![2.0],
+                vec![2.0],
+            ],
             clip: true,
         }
     }
@@ -69,7 +76,13 @@ impl PriorSpec {
                 return Err(format!("{what} has {len} entries for {n} source maps"));
             }
         }
-        if self.min_sizes.iter().chain(&self.max_sizes).chain(&self.steps).any(|v| !(*v > 0.0)) {
+        if self
+            .min_sizes
+            .iter()
+            .chain(&self.max_sizes)
+            .chain(&self.steps)
+            .any(|v| !(*v > 0.0))
+        {
             return Err("sizes and steps must be positive".into());
         }
         if self.aspect_ratios.iter().flatten().any(|r| !(*r > 0.0)) {

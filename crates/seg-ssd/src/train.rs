@@ -147,13 +147,22 @@ impl DetRunConfig {
         if t.batch_size == 0 {
             return Err(DetRunError::Config("trainer.batch_size must be at least 1".into()));
         }
-        for (k, v) in [("lr", t.lr), ("head_lr", t.head_lr), ("momentum", t.momentum), ("weight_decay", t.weight_decay)] {
+        for (k, v) in [
+            ("lr", t.lr),
+            ("head_lr", t.head_lr),
+            ("momentum", t.momentum),
+            ("weight_decay", t.weight_decay),
+        ] {
             if !v.is_finite() || v < 0.0 {
-                return Err(DetRunError::Config(format!("trainer.{k} = {v}: must be finite and ≥ 0")));
+                return Err(DetRunError::Config(format!(
+                    "trainer.{k} = {v}: must be finite and ≥ 0"
+                )));
             }
         }
         if self.init_weights.is_some() && self.model.arch != crate::SsdArch::Vgg300 {
-            return Err(DetRunError::Config("init_weights: only SSD300's VGG16 trunk takes ImageNet weights".into()));
+            return Err(DetRunError::Config(
+                "init_weights: only SSD300's VGG16 trunk takes ImageNet weights".into(),
+            ));
         }
         Ok(())
     }
@@ -167,7 +176,9 @@ impl DetRunConfig {
         let d = &self.data;
         match d.source_format {
             DetFormat::Sim10k => DetDataset::open_sim10k(&d.source_root, d.source_list.as_deref(), self.model.classes),
-            DetFormat::Cityscapes => DetDataset::open_cityscapes(&d.source_root, &d.source_split, true, self.model.classes),
+            DetFormat::Cityscapes => {
+                DetDataset::open_cityscapes(&d.source_root, &d.source_split, true, self.model.classes)
+            }
         }
     }
 
@@ -231,7 +242,7 @@ pub fn run(
         cfg.open_source()?
     };
     let vars = VarMap::new();
-    let method = method_cfg.build(&cfg.model, &vars, device)?;
+    let method = method_cfg.build(&cfg.model, &vars, device, cfg.trainer.seed)?;
     if let Some(w) = &cfg.init_weights {
         seg_fcn::weights::load_init_weights(&vars, "model", w)?;
     }
@@ -254,7 +265,12 @@ pub fn run(
     .with_hflip(t.hflip);
     let needs_target_images = method.needs_target() || method.stages().contains(&Stage::ReestimateBn);
     let target_train = if needs_target_images {
-        Some(Arc::new(DetDataset::open_cityscapes(&d.target_root, &d.target_train, false, classes)?))
+        Some(Arc::new(DetDataset::open_cityscapes(
+            &d.target_root,
+            &d.target_train,
+            false,
+            classes,
+        )?))
     } else {
         None
     };
@@ -335,7 +351,14 @@ pub fn run(
         },
     )?;
     let val = DetDataset::open_cityscapes(&d.target_root, &d.target_val, true, classes)?;
-    let mut report = evaluate_detector(ssd, &val, t.batch_size.max(1), device, &out.join("eval"), Some(&out.join("detections.json")))?;
+    let mut report = evaluate_detector(
+        ssd,
+        &val,
+        t.batch_size.max(1),
+        device,
+        &out.join("eval"),
+        Some(&out.join("detections.json")),
+    )?;
     report.source = Some(format!(
         "Cityscapes `{}` split under `{}`; {} ({}) after {} steps.",
         d.target_val,
@@ -348,7 +371,10 @@ pub fn run(
         t.steps
     ));
     report.write(&out.join("eval"), &[])?;
-    Ok(DetOutcome { report, last_losses: last })
+    Ok(DetOutcome {
+        report,
+        last_losses: last,
+    })
 }
 
 /// Batch-norm running statistics `prefix.*` (checkpointed with the weights).
@@ -366,13 +392,22 @@ fn stats_under(vars: &VarMap, prefix: &str) -> Vec<(String, Tensor)> {
 
 /// AdaBN: the detector's batch-norm statistics recomputed as the cumulative average over every
 /// target train image (one pass, no gradients), then back to momentum 0.1.
-pub fn reestimate_bn(ssd: &Ssd, ds: &DetDataset, size: (usize, usize), batch: usize, device: &Device) -> Result<(), DetRunError> {
+pub fn reestimate_bn(
+    ssd: &Ssd,
+    ds: &DetDataset,
+    size: (usize, usize),
+    batch: usize,
+    device: &Device,
+) -> Result<(), DetRunError> {
     if !ssd.has_batch_norm() {
         return Ok(());
     }
     ssd.set_bn_momentum(None, true)?;
     for chunk in (0..ds.len()).collect::<Vec<_>>().chunks(batch.max(1)) {
-        let prepared = chunk.iter().map(|&i| prepare(ds, i, size)).collect::<Result<Vec<_>, _>>()?;
+        let prepared = chunk
+            .iter()
+            .map(|&i| prepare(ds, i, size))
+            .collect::<Result<Vec<_>, _>>()?;
         let x = images_tensor(&prepared.iter().map(|p| &p.image).collect::<Vec<_>>(), device)?;
         ssd.sources(&x, true)?;
     }
@@ -393,7 +428,12 @@ pub fn postprocess(loc: &[Vec<f32>], probs: &[Vec<f32>], priors: &[[f32; 4]]) ->
             .iter()
             .map(|&i| {
                 let b = decode([loc[i][0], loc[i][1], loc[i][2], loc[i][3]], priors[i]);
-                [b[0].clamp(0.0, 1.0), b[1].clamp(0.0, 1.0), b[2].clamp(0.0, 1.0), b[3].clamp(0.0, 1.0)]
+                [
+                    b[0].clamp(0.0, 1.0),
+                    b[1].clamp(0.0, 1.0),
+                    b[2].clamp(0.0, 1.0),
+                    b[3].clamp(0.0, 1.0),
+                ]
             })
             .collect();
         let scores: Vec<f32> = cand.iter().map(|&i| probs[i][c]).collect();
@@ -410,7 +450,12 @@ pub fn postprocess(loc: &[Vec<f32>], probs: &[Vec<f32>], priors: &[[f32; 4]]) ->
 
 /// Runs the detector over every image of `ds`: per image, its detections as
 /// `(class index, pixel box in the original image, score)`.
-pub fn detect(ssd: &Ssd, ds: &DetDataset, batch: usize, device: &Device) -> Result<Vec<Vec<(usize, PixelBox, f64)>>, DetRunError> {
+pub fn detect(
+    ssd: &Ssd,
+    ds: &DetDataset,
+    batch: usize,
+    device: &Device,
+) -> Result<Vec<Vec<(usize, PixelBox, f64)>>, DetRunError> {
     let size = ssd.config().input_size();
     let classes = ds.classes.indices();
     let mut all = Vec::with_capacity(ds.len());
@@ -454,12 +499,19 @@ pub fn evaluate_detector(
     dets_file: Option<&Path>,
 ) -> Result<DetReport, DetRunError> {
     let found = detect(ssd, ds, batch, device)?;
-    let gt = (0..ds.len()).map(|i| ds.truth(i).map(|t| t.boxes)).collect::<Result<Vec<_>, _>>()?;
+    let gt = (0..ds.len())
+        .map(|i| ds.truth(i).map(|t| t.boxes))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut inputs = Vec::new();
     let mut records = Vec::new();
     for (i, dets) in found.iter().enumerate() {
         for &(class, bbox, score) in dets {
-            inputs.push(ApInput { image: i, class, bbox, score });
+            inputs.push(ApInput {
+                image: i,
+                class,
+                bbox,
+                score,
+            });
             records.push(Detection {
                 image: ds.entries[i].name.clone(),
                 class: DET_CLASSES[class].name.to_string(),
@@ -498,7 +550,7 @@ pub fn load_detector(run_dir: &Path, device: &Device) -> Result<LoadedDetector, 
     let cfg: DetRunConfig = toml::from_str(&ckpt.meta.config)
         .map_err(|e| DetRunError::Config(format!("{}: not a detection checkpoint: {e}", ckpt_path.display())))?;
     let vars = VarMap::new();
-    let method = cfg.method.0.build(&cfg.model, &vars, device)?;
+    let method = cfg.method.0.build(&cfg.model, &vars, device, cfg.trainer.seed)?;
     ckpt.restore_prefix(&vars, "model")?;
     Ok(LoadedDetector {
         step: ckpt.meta.step,
@@ -510,5 +562,9 @@ pub fn load_detector(run_dir: &Path, device: &Device) -> Result<LoadedDetector, 
 
 /// The image-name index of a split, for reading a detections file.
 pub fn image_index(ds: &DetDataset) -> HashMap<String, usize> {
-    ds.entries.iter().enumerate().map(|(i, e)| (e.name.clone(), i)).collect()
+    ds.entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.name.clone(), i))
+        .collect()
 }

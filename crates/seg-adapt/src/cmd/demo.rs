@@ -48,6 +48,11 @@ pub struct Args {
     /// `cpu`, `cuda` (GPU 0) or `cuda:N` (a build with `--features cuda`).
     #[arg(long, default_value = "cpu")]
     pub device: crate::run::DeviceName,
+    /// `segmentation` (the default) or `detection`: the small SSD on the Sim10k-format source
+    /// and Cityscapes boxes, arms source-only, adabn, da-image, da-maps and oracle (`--steps`
+    /// per arm, default 300 or 30 with --quick; `--pretrain-steps` does not apply).
+    #[arg(long, value_enum, default_value_t = super::Task::Segmentation)]
+    pub task: super::Task,
 }
 
 /// Every method the demo compares, in table order: the three baselines first, then the
@@ -378,7 +383,7 @@ fn comparisons(runs: &[RunResult], methods: &[String]) -> BTreeMap<String, Compa
 }
 
 /// `+1.23 ± 0.45` (the 95% interval's half-width), in points.
-fn with_ci(p: &Paired) -> String {
+pub(crate) fn with_ci(p: &Paired) -> String {
     match p.ci95 {
         Some([lo, hi]) => format!("{:+.2} ± {:.2}", 100.0 * p.mean, 100.0 * (hi - lo) / 2.0),
         None => format!("{:+.2}", 100.0 * p.mean),
@@ -627,6 +632,21 @@ fn comparison(
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if args.task == super::Task::Detection {
+        anyhow::ensure!(
+            args.pretrain_steps.is_none(),
+            "--pretrain-steps does not apply to --task detection"
+        );
+        return super::detect::demo(
+            &args.out,
+            args.quick,
+            args.seeds,
+            args.steps,
+            args.data_seed,
+            args.methods.clone(),
+            &args.device,
+        );
+    }
     let start = std::time::Instant::now();
     let device = crate::run::device(&args.device)?;
     let preset = if args.quick { Preset::Quick } else { Preset::Default };

@@ -17,6 +17,14 @@ pub enum Dataset {
 #[derive(clap::Args, Debug)]
 #[command(group(clap::ArgGroup::new("input").required(true).args(["pred", "checkpoint"])))]
 pub struct Args {
+    /// `segmentation` (prediction PNGs against labelIds) or `detection` (a detections JSON
+    /// file, or a trained detector, against boxes derived from `*_gtFine_instanceIds.png`:
+    /// AP at IoU 0.5 per class in the VOC07, all-point and COCO flavours).
+    #[arg(long, value_enum, default_value_t = super::Task::Segmentation)]
+    pub task: super::Task,
+    /// Detection: the classes evaluated, `all` (Cityscapes' eight instance classes) or `car`.
+    #[arg(long, default_value = "all")]
+    pub classes: seg_detect::ClassSet,
     /// Dataset holding the ground truth.
     #[arg(long, value_enum, default_value_t = Dataset::Cityscapes)]
     pub dataset: Dataset,
@@ -26,8 +34,10 @@ pub struct Args {
     /// Split to evaluate.
     #[arg(long, default_value = "val")]
     pub split: String,
-    /// Folder of prediction PNGs, searched recursively: one `{city}_{seq}_{frame}*.png` per
-    /// ground-truth image.
+    /// Segmentation: folder of prediction PNGs, searched recursively, one
+    /// `{city}_{seq}_{frame}*.png` per ground-truth image. Detection: a JSON list of
+    /// `{"image": stem, "class": name, "box": [x_min, y_min, x_max, y_max], "score": s}` with
+    /// 0-based inclusive pixel indices.
     #[arg(long, conflicts_with = "checkpoint")]
     pub pred: Option<PathBuf>,
     /// Run folder of a trained model to evaluate instead of a prediction folder.
@@ -55,6 +65,17 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let Dataset::Cityscapes = args.dataset;
+    if args.task == super::Task::Detection {
+        return super::detect::eval(
+            &args.root,
+            &args.split,
+            args.pred.as_deref(),
+            args.checkpoint.as_deref(),
+            args.classes,
+            &args.out,
+            &args.device,
+        );
+    }
     let (evaluator, source) = match &args.checkpoint {
         Some(run_dir) => evaluate_checkpoint(&args, run_dir)?,
         None => evaluate_predictions(&args)?,

@@ -7,7 +7,7 @@ use seg_data::toy::{self, Preset};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Output folder; `gta5/`, `synthia/`, `cityscapes/` and `toy.json` are written inside.
+    /// Output folder; `gta5/`, `synthia/`, `sim10k/`, `cityscapes/` and `toy.json` are written inside.
     #[arg(long)]
     pub out: PathBuf,
     #[arg(long, default_value_t = 0)]
@@ -24,11 +24,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("generating the embedded benchmark in {}", args.out.display()))?;
     let s = m.sizes;
     println!(
-        "wrote {} in {:.1}s: gta5 {} images, synthia {}, cityscapes train {} / val {} ({}x{})",
+        "wrote {} in {:.1}s: gta5 {} images, synthia {}, sim10k {}, cityscapes train {} / val {} ({}x{})",
         args.out.display(),
         start.elapsed().as_secs_f32(),
         s.gta5,
         s.synthia,
+        s.sim10k,
         s.target_train,
         s.target_val,
         s.width,

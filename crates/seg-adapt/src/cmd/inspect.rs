@@ -8,9 +8,16 @@ use seg_labels::TRAIN_CLASS_NAMES;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// cityscapes, gta5 or synthia.
-    #[arg(long)]
-    pub dataset: DatasetName,
+    /// cityscapes, gta5, synthia or sim10k (detection).
+    #[arg(long, value_enum)]
+    pub dataset: InspectDataset,
+    /// `segmentation` (label pixels) or `detection` (boxes: Cityscapes from instanceIds;
+    /// sim10k is always detection).
+    #[arg(long, value_enum, default_value_t = super::Task::Segmentation)]
+    pub task: super::Task,
+    /// Detection: `all` eight Cityscapes instance classes, or `car`.
+    #[arg(long, default_value = "all")]
+    pub classes: seg_detect::ClassSet,
     #[arg(long)]
     pub root: PathBuf,
     /// Cityscapes split (train, val, test); GTA5 and SYNTHIA have none.
@@ -25,6 +32,16 @@ pub struct Args {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+/// The datasets `inspect` reads.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InspectDataset {
+    Cityscapes,
+    #[value(alias = "gta")]
+    Gta5,
+    Synthia,
+    Sim10k,
 }
 
 pub fn parse_size_policy(s: &str) -> Result<SizePolicy, String> {
@@ -51,13 +68,29 @@ struct JsonReport<'a> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    let dataset = match (args.dataset, args.task) {
+        (InspectDataset::Sim10k, _) => {
+            let ds = seg_detect::DetDataset::open_sim10k(&args.root, args.list.as_deref(), args.classes)
+                .with_context(|| format!("opening sim10k at {}", args.root.display()))?;
+            return super::detect::inspect(&ds, args.json);
+        }
+        (InspectDataset::Cityscapes, super::Task::Detection) => {
+            let ds = seg_detect::DetDataset::open_cityscapes(&args.root, &args.split, true, args.classes)
+                .with_context(|| format!("opening cityscapes at {}", args.root.display()))?;
+            return super::detect::inspect(&ds, args.json);
+        }
+        (_, super::Task::Detection) => anyhow::bail!("--task detection: only cityscapes and sim10k have boxes"),
+        (InspectDataset::Cityscapes, _) => DatasetName::Cityscapes,
+        (InspectDataset::Gta5, _) => DatasetName::Gta5,
+        (InspectDataset::Synthia, _) => DatasetName::Synthia,
+    };
     let options = DatasetOptions {
         size_policy: args.size_policy,
         list: args.list.clone(),
         ..Default::default()
     };
-    let ds = seg_data::open_dataset(args.dataset, &args.root, &args.split, options)
-        .with_context(|| format!("opening {} at {}", args.dataset, args.root.display()))?;
+    let ds = seg_data::open_dataset(dataset, &args.root, &args.split, options)
+        .with_context(|| format!("opening {} at {}", dataset, args.root.display()))?;
     let r = seg_data::inspect(&ds);
     if args.json {
         let class_pixels = TRAIN_CLASS_NAMES

@@ -2,6 +2,7 @@
 
 pub mod check;
 pub mod demo;
+pub mod detect;
 pub mod eval;
 pub mod gen_toy;
 pub mod inspect;
@@ -24,6 +25,9 @@ pub enum Command {
     Eval(eval::Args),
     /// Train one run (source-only, oracle, adabn or an adaptation method).
     Train(Box<train::Args>),
+    /// Train one detector (SSD; source-only, oracle, adabn, da-image or da-maps) from a TOML
+    /// config, and evaluate it on the target val split.
+    TrainDetector(detect::TrainArgs),
     /// Predict with a trained model: label-id PNGs, colour maps or overlays.
     Predict(predict::Args),
 }
@@ -36,6 +40,17 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Inspect(a) => inspect::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Train(a) => train::run(*a),
+        Command::TrainDetector(a) => detect::train(a),
         Command::Predict(a) => predict::run(a),
     }
+}
+
+/// Which task a command works on.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Task {
+    /// Semantic segmentation (the default).
+    #[default]
+    Segmentation,
+    /// Object detection (Sim10k → Cityscapes boxes).
+    Detection,
 }
