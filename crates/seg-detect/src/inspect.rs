@@ -24,7 +24,8 @@ pub struct DetInspectReport {
     /// Samples whose image and annotation both read.
     pub usable: usize,
     pub image_sizes: BTreeMap<String, usize>,
-    /// Boxes of the dataset's class set, by class name (every class listed, zeros included).
+    /// Boxes of the dataset's class set in usable samples, by class name (every class listed,
+    /// zeros included).
     pub boxes: BTreeMap<String, usize>,
     pub problems: Vec<DetProblem>,
 }
@@ -114,7 +115,7 @@ pub fn inspect(ds: &DetDataset, progress: &(dyn Fn() + Sync)) -> DetInspectRepor
         if let Some((w, h)) = one.size {
             *r.image_sizes.entry(format!("{w}x{h}")).or_insert(0) += 1;
         }
-        for c in one.boxes {
+        for c in one.boxes.into_iter().filter(|_| one.usable) {
             *r.boxes.entry(DET_CLASSES[c].name.to_string()).or_insert(0) += 1;
         }
         r.problems.extend(one.problems);

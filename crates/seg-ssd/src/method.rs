@@ -13,6 +13,9 @@
 //!   detection branches"): one 3×3 conv per source map, one domain logit per default box,
 //!   behind gradient reversal.
 //!
+//! Where the detector has batch norm, the adaptation methods end, like AdaBN, with the
+//! statistics re-estimated on target train (as the segmentation methods do).
+//!
 //! Domain terms follow the project's GRL pattern: `domain_disc` (discriminator group) trains
 //! the classifiers on detached maps, source = 1, target = 0, binary cross-entropy averaged over
 //! locations and sites; `domain_adv` (segmenter group) is the same loss through the reversal
@@ -282,7 +285,9 @@ impl Method for DetAdapt {
     }
 
     fn stages(&self) -> Vec<Stage> {
-        if self.adabn {
+        // As on the segmentation side, the adaptation methods end with AdaBN's re-estimation
+        // when the detector has batch norm.
+        if self.adabn || (!self.branches.is_empty() && self.model.has_batch_norm()) {
             vec![Stage::Train, Stage::ReestimateBn]
         } else {
             vec![Stage::Train]

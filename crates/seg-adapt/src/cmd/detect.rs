@@ -67,7 +67,12 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
 /// The demo's config for one arm (the AdaBN arm is derived from source-only's run).
 pub fn demo_config(data: &Path, preset: Preset, method: &str, seed: u64, steps: usize) -> anyhow::Result<DetRunConfig> {
     let s = preset.sizes();
-    let method = DetMethodConfig::parse(method).map_err(|e| anyhow::anyhow!(e))?;
+    let mut method = DetMethodConfig::parse(method).map_err(|e| anyhow::anyhow!(e))?;
+    if let DetMethodConfig::DaImage(c) = &mut method {
+        // Ours: the small SSD's maps have 48 and 64 channels; DA-Faster's 512 hidden channels
+        // (for conv5_3's 512) would cost five times the detector itself.
+        c.hidden = 64;
+    }
     Ok(DetRunConfig {
         model: SsdConfig {
             input: [s.width as usize, s.height as usize],
@@ -271,7 +276,7 @@ pub fn demo(
     }
     let s = preset.sizes();
     let meta = format!(
-        "Embedded benchmark `{preset:?}`, generator version {}, data seed {data_seed}: source {} Sim10k-layout images (JPEG, VOC XML), target Cityscapes train {} (unlabelled) / val {}, {}x{}. Small batch-norm SSD at {}x{}, car only, batch 8 (+8 target), SGD lr 0.02 poly 0.9, {steps} steps per arm from the same seeded weights; AdaBN = the source-only detector with its statistics re-estimated on target train. Seeds 0..{seeds}. Last checkpoint only. Total time {:.0}s.",
+        "Embedded benchmark `{preset:?}`, generator version {}, data seed {data_seed}: source {} Sim10k-layout images (JPEG, VOC XML), target Cityscapes train {} (unlabelled) / val {}, {}x{}. Small batch-norm SSD at {}x{}, car only, batch 8 (+8 target), SGD lr 0.02 poly 0.9, {steps} steps per arm (da-image's classifiers with 64 hidden channels) from the same seeded weights; AdaBN = the source-only detector with its statistics re-estimated on target train; the adaptation arms end with the same re-estimation. Seeds 0..{seeds}. Last checkpoint only. Total time {:.0}s.",
         toy::GENERATOR_VERSION,
         s.sim10k,
         s.target_train,

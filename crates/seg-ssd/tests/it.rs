@@ -1,0 +1,281 @@
+//! Integration tests of the detectors, the detection methods and the detection readers on
+//! files written here.
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarMap;
+use seg_core::{Batch, DetTargets, Domain, GroupId, Stage, StepCx, StepInfo};
+use seg_detect::{ClassSet, DetDataset, GtBox, PixelBox};
+use seg_ssd::{DetMethodConfig, SsdArch, SsdConfig};
+
+fn small() -> SsdConfig {
+    SsdConfig {
+        input: [128, 64],
+        widths: [8, 8, 8, 8, 8, 8],
+        ..Default::default()
+    }
+}
+
+#[test]
+fn ssd300_gives_8732_boxes_from_six_source_maps() {
+    let cfg = SsdConfig::vgg300(ClassSet::All);
+    let vars = VarMap::new();
+    let m = DetMethodConfig::SourceOnly.build(&cfg, &vars, &Device::Cpu, 0).unwrap();
+    let ssd = m.detector();
+    let x = Tensor::zeros((1, 3, 300, 300), DType::F32, &Device::Cpu).unwrap();
+    let out = ssd.forward(&x, false).unwrap();
+    assert_eq!(out.loc.dims3().unwrap(), (1, 8732, 4));
+    assert_eq!(out.conf.dims3().unwrap(), (1, 8732, 9));
+    let shapes: Vec<(usize, usize, usize)> = out
+        .sources
+        .iter()
+        .map(|s| {
+            let (_, c, h, w) = s.dims4().unwrap();
+            (c, h, w)
+        })
+        .collect();
+    assert_eq!(
+        shapes,
+        vec![
+            (512, 38, 38),
+            (1024, 19, 19),
+            (512, 10, 10),
+            (256, 5, 5),
+            (256, 3, 3),
+            (256, 1, 1)
+        ]
+    );
+    // torchvision's VGG16 names, so ImageNet weights load; conv4_3's L2Norm scale starts at 20.
+    let data = vars.data().lock().unwrap();
+    assert!(data.contains_key("model.features.28.weight") && data.contains_key("model.fc6.weight"));
+    let l2 = data["model.l2norm.weight"].as_tensor().to_vec1::<f32>().unwrap();
+    assert!(l2.iter().all(|&v| v == 20.0));
+    drop(data);
+    assert!(DetMethodConfig::Adabn
+        .validate(&cfg)
+        .unwrap_err()
+        .contains("no batch norm"));
+    assert!(ssd.config().arch == SsdArch::Vgg300);
+}
+
+fn batch(n: usize, cfg: &SsdConfig, domain: Domain, seed: u64) -> Batch {
+    let (w, h) = cfg.input_size();
+    let mut rng = seg_core::Rng::new(seed);
+    let px: Vec<f32> = (0..n * 3 * h * w).map(|_| rng.normal()).collect();
+    let images = Tensor::from_vec(px, (n, 3, h, w), &Device::Cpu).unwrap();
+    let priors = cfg.prior_spec().priors();
+    let mut classes = Vec::new();
+    let mut offsets = Vec::new();
+    for _ in 0..n {
+        let (c, o) = seg_ssd::coding::match_priors(&[[0.1, 0.2, 0.4, 0.8]], &[0], &priors, 0.5);
+        classes.extend(c);
+        offsets.extend(o.into_iter().flatten());
+    }
+    let p = priors.len();
+    Batch {
+        images,
+        labels: None,
+        domain,
+        names: (0..n).map(|i| format!("img{i}")).collect(),
+        det: Some(DetTargets {
+            classes: Tensor::from_vec(classes, (n, p), &Device::Cpu).unwrap(),
+            offsets: Tensor::from_vec(offsets, (n, p, 4), &Device::Cpu).unwrap(),
+        }),
+    }
+}
+
+#[test]
+fn domain_terms_train_the_branches_and_reverse_into_the_detector() {
+    let cfg = small();
+    for kind in ["da-image", "da-maps"] {
+        let vars = VarMap::new();
+        let m = DetMethodConfig::parse(kind)
+            .unwrap()
+            .build(&cfg, &vars, &Device::Cpu, 1)
+            .unwrap();
+        assert!(seg_core::Method::needs_target(m.as_ref()));
+        let (s, t) = (batch(2, &cfg, Domain::Source, 1), batch(2, &cfg, Domain::Target, 2));
+        let cx = StepCx {
+            source: &s,
+            target: Some(&t),
+            stage: Stage::Train,
+            step: StepInfo {
+                step: 0,
+                total_steps: 1,
+            },
+            target_bn_only: false,
+        };
+        let terms = seg_core::Method::losses(m.as_ref(), &cx).unwrap();
+        let names: Vec<&str> = terms.iter().map(|t| t.name).collect();
+        assert_eq!(names, ["det_conf", "det_loc", "domain_disc", "domain_adv"], "{kind}");
+        let params = seg_core::Method::parameters(m.as_ref());
+        let set = |g: GroupId| params.iter().find(|p| p.group == g).unwrap().vars.clone();
+        let (model, domain) = (set(GroupId::SEGMENTER), set(GroupId::DISCRIMINATOR));
+        assert!(model.iter().all(|(n, _)| n.starts_with("model.")));
+        assert!(!domain.is_empty() && domain.iter().all(|(n, _)| n.starts_with("domain.")));
+        let grad_norm = |term: &str, vars: &[(String, candle_core::Var)]| -> f32 {
+            let t = terms.iter().find(|t| t.name == term).unwrap();
+            let g = seg_nn::backward(&t.value).unwrap();
+            vars.iter()
+                .filter_map(|(_, v)| g.get(v.as_tensor()))
+                .map(|g| g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap())
+                .sum()
+        };
+        assert_eq!(
+            grad_norm("domain_disc", &model),
+            0.0,
+            "{kind}: the classifiers see detached maps"
+        );
+        assert!(grad_norm("domain_disc", &domain) > 0.0);
+        assert!(
+            grad_norm("domain_adv", &model) > 0.0,
+            "{kind}: reversal reaches the detector"
+        );
+        let v = |n: &str| {
+            terms
+                .iter()
+                .find(|t| t.name == n)
+                .unwrap()
+                .value
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        assert!(
+            (v("domain_disc") - v("domain_adv")).abs() < 1e-4,
+            "same loss value on both sides"
+        );
+        // The method's parameter sets cover every variable (the one step function checks).
+        let tc = seg_train::TrainerConfig::default();
+        seg_train::step::Stepper::new(m.as_ref(), &vars, &tc).unwrap();
+    }
+    // Source-only asks for no target and has no domain terms.
+    let vars = VarMap::new();
+    let m = DetMethodConfig::SourceOnly.build(&cfg, &vars, &Device::Cpu, 1).unwrap();
+    assert!(!seg_core::Method::needs_target(m.as_ref()));
+    let s = batch(2, &cfg, Domain::Source, 1);
+    let mut st = seg_train::step::Stepper::new(m.as_ref(), &vars, &seg_train::TrainerConfig::default()).unwrap();
+    let cx = StepCx {
+        source: &s,
+        target: None,
+        stage: Stage::Train,
+        step: StepInfo {
+            step: 0,
+            total_steps: 2,
+        },
+        target_bn_only: false,
+    };
+    let first = seg_train::step::read_terms(
+        &st.step(
+            m.as_ref(),
+            &cx,
+            seg_train::step::LrAt {
+                step: 0,
+                total: 2,
+                power: 0.0,
+            },
+        )
+        .unwrap(),
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(first.keys().collect::<Vec<_>>(), ["det_conf", "det_loc"]);
+    let mut unlabelled = s.clone();
+    unlabelled.det = None;
+    let cx = StepCx {
+        source: &unlabelled,
+        ..cx
+    };
+    let e = seg_core::Method::losses(m.as_ref(), &cx).err().unwrap().to_string();
+    assert!(e.contains("img0") && e.contains("no box targets"), "{e}");
+}
+
+#[test]
+fn the_same_seed_gives_every_method_the_same_detector() {
+    let cfg = small();
+    let weights = |kind: &str| {
+        let vars = VarMap::new();
+        let _m = DetMethodConfig::parse(kind)
+            .unwrap()
+            .build(&cfg, &vars, &Device::Cpu, 5)
+            .unwrap();
+        let d = vars.data().lock().unwrap();
+        d["model.conf.0.weight"]
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    assert_eq!(weights("source-only"), weights("da-maps"));
+}
+
+fn write_sim10k(root: &std::path::Path, n: usize) {
+    let voc = root.join("VOC2012");
+    for d in ["JPEGImages", "Annotations", "ImageSets/Main"] {
+        std::fs::create_dir_all(voc.join(d)).unwrap();
+    }
+    let img = seg_labels::RgbImage {
+        width: 64,
+        height: 32,
+        data: vec![120; 64 * 32 * 3],
+    };
+    let boxes = [GtBox {
+        class: seg_detect::classes::CAR,
+        bbox: PixelBox::new(3.0, 4.0, 20.0, 15.0),
+    }];
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let id = format!("{}", 100 + i);
+        seg_data::toy::write_jpeg(&voc.join(format!("JPEGImages/{id}.jpg")), &img).unwrap();
+        std::fs::write(
+            voc.join(format!("Annotations/{id}.xml")),
+            seg_detect::voc::to_voc_xml(&format!("{id}.jpg"), 64, 32, &boxes),
+        )
+        .unwrap();
+        ids.push(id);
+    }
+    std::fs::write(voc.join("ImageSets/Main/trainval10k.txt"), ids.join("\n")).unwrap();
+}
+
+#[test]
+fn bad_sim10k_files_are_named_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    write_sim10k(dir.path(), 4);
+    let voc = dir.path().join("VOC2012");
+    // A truncated JPEG, a malformed XML, a box outside the image, an unknown class.
+    let jpg = voc.join("JPEGImages/100.jpg");
+    let bytes = std::fs::read(&jpg).unwrap();
+    std::fs::write(&jpg, &bytes[..bytes.len() / 3]).unwrap();
+    std::fs::write(voc.join("Annotations/101.xml"), "<annotation><size><width>64</width>").unwrap();
+    let xml = std::fs::read_to_string(voc.join("Annotations/102.xml")).unwrap();
+    std::fs::write(
+        voc.join("Annotations/102.xml"),
+        xml.replace("<xmax>21</xmax>", "<xmax>90</xmax>"),
+    )
+    .unwrap();
+    std::fs::write(
+        voc.join("Annotations/103.xml"),
+        xml.replace("<name>car</name>", "<name>tank</name>"),
+    )
+    .unwrap();
+    let ds = DetDataset::open_sim10k(dir.path(), None, ClassSet::Car).unwrap();
+    assert_eq!(ds.len(), 4);
+    let e0 = ds.load(0).unwrap_err().to_string();
+    assert!(e0.contains("100.jpg") && e0.contains("cannot decode"), "{e0}");
+    let e1 = ds.load(1).unwrap_err().to_string();
+    assert!(e1.contains("101.xml") && e1.contains("malformed XML"), "{e1}");
+    let s2 = ds.load(2).unwrap();
+    assert_eq!(s2.boxes[0].bbox.x_max, 63.0, "clipped to the image");
+    let e3 = ds.load(3).unwrap_err().to_string();
+    assert!(e3.contains("103.xml") && e3.contains("unknown class `tank`"), "{e3}");
+    let r = seg_detect::inspect::inspect(&ds, &|| {});
+    assert_eq!((r.samples, r.usable), (4, 1));
+    assert_eq!(r.boxes["car"], 1);
+    let reasons: Vec<String> = r.problems.iter().map(|p| format!("{}: {}", p.file, p.reason)).collect();
+    assert_eq!(reasons.len(), 4, "{reasons:?}");
+    assert!(reasons.iter().any(|p| p.contains("102.xml") && p.contains("clipped")));
+    // A missing split folder is refused by name.
+    let e = DetDataset::open_sim10k(&dir.path().join("nope"), None, ClassSet::Car)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not a Sim10k folder"), "{e}");
+}
