@@ -7,6 +7,7 @@ use std::sync::OnceLock;
 
 #[cfg(feature = "cuda")]
 mod cuda;
+mod detection;
 mod determinism;
 mod matrix;
 mod protocol;

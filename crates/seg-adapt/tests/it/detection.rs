@@ -1,0 +1,220 @@
+//! The detection commands end to end on the quick embedded benchmark: `train-detector`,
+//! `eval --task detection` (checkpoint and detections file agree), `inspect` of boxes, the
+//! detection demo, and refusals that name the bad input.
+
+use super::{err, ok, p, toy};
+
+fn config(dir: &std::path::Path) -> std::path::PathBuf {
+    let (_, _, cs) = seg_data::toy::paths(toy());
+    let text = format!(
+        "[model]\narch = \"small\"\nclasses = \"car\"\ninput = [128, 64]\n\n[method]\nkind = \"source-only\"\n\n\
+         [data]\nsource_format = \"sim10k\"\nsource_root = {:?}\ntarget_root = {:?}\n\n\
+         [trainer]\nsteps = 2\nbatch_size = 4\nlr = 0.01\nlog_every = 1\n",
+        p(&seg_data::toy::sim10k_path(toy())),
+        p(&cs)
+    );
+    let path = dir.join("det.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn json(path: &std::path::Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[test]
+fn train_detector_then_eval_the_checkpoint_and_its_detections_file_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let run = dir.path().join("run");
+    let out = ok(&[
+        "train-detector",
+        p(&cfg),
+        "--out",
+        p(&run),
+        "--set",
+        "method.kind=da-maps",
+        "--set",
+        "trainer.steps=3",
+    ]);
+    assert!(out.contains("AP50 VOC07") && out.contains("car"), "{out}");
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 3);
+    assert!(
+        metrics.contains("domain_adv") && metrics.contains("det_loc"),
+        "{metrics}"
+    );
+    let trained = json(&run.join("eval/report.json"));
+    assert!(run.join("eval/pictures/detections.png").exists());
+    let (_, _, cs) = seg_data::toy::paths(toy());
+    let by_ckpt = dir.path().join("by-ckpt");
+    ok(&[
+        "eval",
+        "--task",
+        "detection",
+        "--classes",
+        "car",
+        "--root",
+        p(&cs),
+        "--split",
+        "val",
+        "--checkpoint",
+        p(&run),
+        "--out",
+        p(&by_ckpt),
+    ]);
+    let by_file = dir.path().join("by-file");
+    ok(&[
+        "eval",
+        "--task",
+        "detection",
+        "--classes",
+        "car",
+        "--root",
+        p(&cs),
+        "--split",
+        "val",
+        "--pred",
+        p(&run.join("detections.json")),
+        "--out",
+        p(&by_file),
+    ]);
+    let (a, b) = (json(&by_ckpt.join("report.json")), json(&by_file.join("report.json")));
+    assert_eq!(a["ap50"], trained["ap50"]);
+    assert_eq!(a["ap50"], b["ap50"]);
+    assert!(a["ap50"]["car"]["voc07"].is_number() && a["images"].as_u64() == Some(30));
+    // All eight classes by default; the classes without boxes in the split are null.
+    let all = dir.path().join("all");
+    ok(&[
+        "eval",
+        "--task",
+        "detection",
+        "--root",
+        p(&cs),
+        "--pred",
+        p(&run.join("detections.json")),
+        "--out",
+        p(&all),
+    ]);
+    let v = json(&all.join("report.json"));
+    assert_eq!(v["ap50"].as_object().unwrap().len(), 8);
+    assert!(v["ap50"]["train"].is_null());
+    assert_eq!(v["ap50"]["car"], a["ap50"]["car"]);
+}
+
+#[test]
+fn detection_input_errors_name_the_entry_or_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let e = err(&[
+        "train-detector",
+        p(&cfg),
+        "--out",
+        p(&dir.path().join("r")),
+        "--set",
+        "trainer.stepz=3",
+    ]);
+    assert!(e.contains("stepz"), "{e}");
+    let e = err(&[
+        "train-detector",
+        p(&cfg),
+        "--out",
+        p(&dir.path().join("r")),
+        "--set",
+        "method.kind=yolo",
+    ]);
+    assert!(e.contains("yolo"), "{e}");
+    let (_, _, cs) = seg_data::toy::paths(toy());
+    let dets = dir.path().join("d.json");
+    std::fs::write(
+        &dets,
+        r#"[{"image": "nowhere_000000_000019", "class": "car", "box": [0, 0, 4, 4], "score": 0.9}]"#,
+    )
+    .unwrap();
+    let e = err(&[
+        "eval",
+        "--task",
+        "detection",
+        "--root",
+        p(&cs),
+        "--pred",
+        p(&dets),
+        "--out",
+        p(&dir.path().join("e")),
+    ]);
+    assert!(e.contains("entry 0") && e.contains("nowhere_000000_000019"), "{e}");
+    let help = ok(&["train-detector", "--help"]);
+    for flag in ["--out", "--set", "--device"] {
+        assert!(help.contains(flag), "{help}");
+    }
+}
+
+#[test]
+fn inspect_counts_boxes_of_both_formats() {
+    let (_, _, cs) = seg_data::toy::paths(toy());
+    let s = ok(&[
+        "inspect",
+        "--dataset",
+        "sim10k",
+        "--root",
+        p(&seg_data::toy::sim10k_path(toy())),
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+    assert_eq!(v["samples"], 160);
+    assert!(v["boxes"]["car"].as_u64().unwrap() > 100, "{v}");
+    assert!(v["boxes"]["motorcycle"].is_number() && v["problems"].is_array());
+    let s = ok(&[
+        "inspect",
+        "--dataset",
+        "cityscapes",
+        "--task",
+        "detection",
+        "--root",
+        p(&cs),
+        "--split",
+        "val",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+    assert_eq!(v["samples"], 30);
+    assert!(
+        v["boxes"]["car"].as_u64().unwrap() > 10 && v["boxes"]["person"].is_number(),
+        "{v}"
+    );
+}
+
+#[test]
+fn detection_demo_quick_reports_every_arm() {
+    if std::env::var("SEG_SKIP_SLOW").is_ok_and(|v| v == "1") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = ok(&[
+        "demo",
+        "--task",
+        "detection",
+        "--quick",
+        "--out",
+        p(dir.path()),
+        "--seeds",
+        "2",
+        "--steps",
+        "2",
+    ]);
+    assert!(out.contains("car AP50") && out.contains("da-maps"), "{out}");
+    let v = json(&dir.path().join("report.json"));
+    assert_eq!(
+        v["runs"].as_array().unwrap().len(),
+        2 * seg_ssd::method::DET_METHOD_NAMES.len()
+    );
+    for m in seg_ssd::method::DET_METHOD_NAMES {
+        assert!(v["summary"][m]["mean"].is_number(), "{m}: {v}");
+        assert!(
+            dir.path().join(format!("runs/{m}/seed0/eval/report.json")).exists(),
+            "{m}"
+        );
+    }
+    assert!(dir.path().join("runs/da-image/seed1/checkpoint.safetensors").exists());
+    super::check_page_in_chromium(&dir.path().join("report.html"));
+}
