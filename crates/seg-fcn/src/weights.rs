@@ -4,7 +4,9 @@
 //! is refused by name).
 //! `features.N.*` load as they are; `classifier.0` / `classifier.3` (the fully connected fc6 and
 //! fc7) are reshaped into the convolutional fc6 (7×7) and fc7 (1×1) when the shapes allow, as
-//! FCN's "convolutionalisation" does. Keys the model does not have are reported, not loaded.
+//! FCN's "convolutionalisation" does (when the model's fc6/fc7 have other sizes, as SSD300's,
+//! they are skipped and trained from scratch). Keys the model does not have are reported, not
+//! loaded.
 
 use std::path::Path;
 
@@ -89,6 +91,12 @@ pub fn load_init_weights(vars: &VarMap, prefix: &str, path: &Path) -> Result<Ini
             expected: want.clone(),
         };
         if t.elem_count() != var.elem_count() {
+            if key.starts_with("classifier.") {
+                // A model whose fc6/fc7 are not VGG16's (SSD300's dilated 3×3 fc6 with 1024
+                // channels) trains them from scratch.
+                report.skipped.push(key);
+                continue;
+            }
             return Err(shape_err());
         }
         let t: Tensor = if t.dims() == want.as_slice() {

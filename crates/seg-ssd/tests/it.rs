@@ -279,3 +279,41 @@ fn bad_sim10k_files_are_named_with_the_reason() {
         .to_string();
     assert!(e.contains("not a Sim10k folder"), "{e}");
 }
+
+#[test]
+fn ssd300_takes_torchvision_vgg16_weights_and_trains_its_own_fc6_fc7() {
+    let cfg = SsdConfig::vgg300(ClassSet::Car);
+    let vars = VarMap::new();
+    let _m = DetMethodConfig::SourceOnly.build(&cfg, &vars, &Device::Cpu, 0).unwrap();
+    let fixture =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../seg-fcn/tests/fixtures/vgg16-first-layer.pth");
+    let r = seg_fcn::weights::load_init_weights(&vars, "model", &fixture).unwrap();
+    assert_eq!(r.loaded, ["features.0.bias", "features.0.weight"]);
+    let w = vars.data().lock().unwrap()["model.features.0.weight"]
+        .as_tensor()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert!((w[5] - 0.005).abs() < 1e-7);
+    // VGG16's fully connected fc6 does not fit SSD300's dilated 3×3 fc6: skipped, not an error.
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("w.safetensors");
+    let t = |n: usize| Tensor::zeros(n, DType::F32, &Device::Cpu).unwrap();
+    candle_core::safetensors::save(
+        &std::collections::HashMap::from([
+            ("features.2.bias".to_string(), t(64)),
+            ("classifier.0.weight".to_string(), t(10)),
+        ]),
+        &f,
+    )
+    .unwrap();
+    let r = seg_fcn::weights::load_init_weights(&vars, "model", &f).unwrap();
+    assert_eq!(
+        (r.loaded.as_slice(), r.skipped.as_slice()),
+        (
+            &["features.2.bias".to_string()][..],
+            &["classifier.0.weight".to_string()][..]
+        )
+    );
+}

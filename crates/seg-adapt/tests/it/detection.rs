@@ -218,3 +218,22 @@ fn detection_demo_quick_reports_every_arm() {
     assert!(dir.path().join("runs/da-image/seed1/checkpoint.safetensors").exists());
     super::check_page_in_chromium(&dir.path().join("report.html"));
 }
+
+#[test]
+fn every_detection_preset_loads_and_validates() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/detection");
+    let mut seen = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let cfg =
+            seg_adapt::cmd::detect::load_config(&path, &[]).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(name.contains(&format!("_{}_", cfg.method.0.name())), "{name}");
+        assert_eq!(cfg.model.arch, seg_ssd::SsdArch::Vgg300, "{name}");
+        seen.push(cfg.method.0.name());
+    }
+    // Every method but AdaBN (SSD300 on VGG16 has no batch norm).
+    for m in seg_ssd::method::DET_METHOD_NAMES.into_iter().filter(|m| *m != "adabn") {
+        assert!(seen.contains(&m), "no preset for {m}");
+    }
+}
