@@ -175,6 +175,49 @@ pub fn parse_crop(s: &str) -> Result<[u32; 2], String> {
     Ok([w, h])
 }
 
+/// Applies one `--set key=value` to a config as a TOML tree: the value is read as TOML (a
+/// number, boolean, array...) or else taken as a string; `method.kind = X` replaces the whole
+/// `[method]` section (another method's settings would not fit). Returns the key and value
+/// for messages; the caller re-parses the tree, which names an unknown key or a wrong type.
+pub fn set_key(root: &mut toml::Value, assignment: &str) -> anyhow::Result<(String, String)> {
+    let (key, value) = assignment
+        .split_once('=')
+        .ok_or_else(|| anyhow::anyhow!("--set `{assignment}`: expected key=value"))?;
+    let key = key.trim();
+    let value = value.trim();
+    let parsed: toml::Value = match toml::from_str::<toml::Table>(&format!("v = {value}")) {
+        Ok(mut t) => t.remove("v").unwrap_or(toml::Value::String(value.to_string())),
+        Err(_) => toml::Value::String(value.to_string()),
+    };
+    let parts: Vec<&str> = key.split('.').collect();
+    anyhow::ensure!(
+        parts.iter().all(|p| !p.is_empty()),
+        "--set `{assignment}`: `{key}` is not a dotted key"
+    );
+    let table = root
+        .as_table_mut()
+        .ok_or_else(|| anyhow::anyhow!("the config is not a table"))?;
+    if parts == ["method", "kind"] {
+        let mut t = toml::Table::new();
+        t.insert("kind".into(), parsed);
+        table.insert("method".into(), toml::Value::Table(t));
+    } else {
+        let mut node = table;
+        for (i, part) in parts.iter().enumerate() {
+            if i + 1 == parts.len() {
+                node.insert(part.to_string(), parsed.clone());
+                break;
+            }
+            node = node
+                .entry(part.to_string())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                .as_table_mut()
+                .ok_or_else(|| anyhow::anyhow!("--set {key}: `{}` is not a section", parts[..=i].join(".")))?;
+        }
+    }
+    Ok((key.to_string(), value.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,47 +270,4 @@ crop = [64, 64]
         assert_eq!(parse_crop("64x32").unwrap(), [64, 32]);
         assert!(parse_crop("64").is_err());
     }
-}
-
-/// Applies one `--set key=value` to a config as a TOML tree: the value is read as TOML (a
-/// number, boolean, array...) or else taken as a string; `method.kind = X` replaces the whole
-/// `[method]` section (another method's settings would not fit). Returns the key and value
-/// for messages; the caller re-parses the tree, which names an unknown key or a wrong type.
-pub fn set_key(root: &mut toml::Value, assignment: &str) -> anyhow::Result<(String, String)> {
-    let (key, value) = assignment
-        .split_once('=')
-        .ok_or_else(|| anyhow::anyhow!("--set `{assignment}`: expected key=value"))?;
-    let key = key.trim();
-    let value = value.trim();
-    let parsed: toml::Value = match toml::from_str::<toml::Table>(&format!("v = {value}")) {
-        Ok(mut t) => t.remove("v").unwrap_or(toml::Value::String(value.to_string())),
-        Err(_) => toml::Value::String(value.to_string()),
-    };
-    let parts: Vec<&str> = key.split('.').collect();
-    anyhow::ensure!(
-        parts.iter().all(|p| !p.is_empty()),
-        "--set `{assignment}`: `{key}` is not a dotted key"
-    );
-    let table = root
-        .as_table_mut()
-        .ok_or_else(|| anyhow::anyhow!("the config is not a table"))?;
-    if parts == ["method", "kind"] {
-        let mut t = toml::Table::new();
-        t.insert("kind".into(), parsed);
-        table.insert("method".into(), toml::Value::Table(t));
-    } else {
-        let mut node = table;
-        for (i, part) in parts.iter().enumerate() {
-            if i + 1 == parts.len() {
-                node.insert(part.to_string(), parsed.clone());
-                break;
-            }
-            node = node
-                .entry(part.to_string())
-                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-                .as_table_mut()
-                .ok_or_else(|| anyhow::anyhow!("--set {key}: `{}` is not a section", parts[..=i].join(".")))?;
-        }
-    }
-    Ok((key.to_string(), value.to_string()))
 }

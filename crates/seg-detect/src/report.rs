@@ -195,3 +195,23 @@ pub fn picture(image: &RgbImage, gt: &[GtBox], dets: &[(PixelBox, f64)]) -> RgbI
     }
     img
 }
+
+/// Pictures of the first `n` images of `ds` (those whose image decodes): ground truth `gt[i]`
+/// and the detections `dets(i)` as `(box, score)`.
+pub fn first_pictures(
+    ds: &crate::DetDataset,
+    gt: &[Vec<GtBox>],
+    dets: impl Fn(usize) -> Vec<(PixelBox, f64)>,
+    n: usize,
+) -> Vec<RgbImage> {
+    ds.entries
+        .iter()
+        .zip(gt)
+        .enumerate()
+        .take(n)
+        .filter_map(|(i, (e, g))| {
+            let img = crate::dataset::decode_image(&e.image).ok()?;
+            Some(picture(&img, g, &dets(i)))
+        })
+        .collect()
+}

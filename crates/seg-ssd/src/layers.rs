@@ -64,7 +64,16 @@ mod tests {
     use super::*;
     use candle_core::{Device, Var};
 
-    fn naive_pool(x: &[f32], h: usize, w: usize, k: usize, s: usize, pad: usize, oh: usize, ow: usize) -> Vec<f32> {
+    /// Max pooling by definition: window `k`, stride `s`, padding `pad` (outside = −∞), output
+    /// `out = (oh, ow)`.
+    fn naive_pool(
+        x: &[f32],
+        (h, w): (usize, usize),
+        k: usize,
+        s: usize,
+        pad: usize,
+        (oh, ow): (usize, usize),
+    ) -> Vec<f32> {
         let mut out = Vec::new();
         for oy in 0..oh {
             for ox in 0..ow {
@@ -95,12 +104,12 @@ mod tests {
             .unwrap()
             .to_vec1::<f32>()
             .unwrap();
-        assert_eq!(p5, naive_pool(&v, h, w, 3, 1, 1, h, w));
+        assert_eq!(p5, naive_pool(&v, (h, w), 3, 1, 1, (h, w)));
         let p3 = max_pool2x2_ceil(&x).unwrap();
         assert_eq!(p3.dims4().unwrap(), (1, 1, 3, 4));
         assert_eq!(
             p3.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-            naive_pool(&v, h, w, 2, 2, 0, 3, 4)
+            naive_pool(&v, (h, w), 2, 2, 0, (3, 4))
         );
         // SSD300's pool3: 75 → 38.
         let big = Tensor::zeros((1, 2, 75, 75), candle_core::DType::F32, &Device::Cpu).unwrap();

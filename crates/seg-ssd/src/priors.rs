@@ -81,11 +81,16 @@ impl PriorSpec {
             .iter()
             .chain(&self.max_sizes)
             .chain(&self.steps)
-            .any(|v| !(*v > 0.0))
+            .any(|v| v.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater))
         {
             return Err("sizes and steps must be positive".into());
         }
-        if self.aspect_ratios.iter().flatten().any(|r| !(*r > 0.0)) {
+        if self
+            .aspect_ratios
+            .iter()
+            .flatten()
+            .any(|r| r.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater))
+        {
             return Err("aspect ratios must be positive".into());
         }
         Ok(())

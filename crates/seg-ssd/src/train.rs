@@ -16,7 +16,7 @@ use candle_nn::VarMap;
 use seg_core::{Domain, Stage, StepCx, StepInfo};
 use seg_detect::ap::ApInput;
 use seg_detect::dets::{write_detections, Detection};
-use seg_detect::report::{picture, DetReport};
+use seg_detect::report::{first_pictures, DetReport};
 use seg_detect::{DetDataset, DetError, DetFormat, PixelBox, DET_CLASSES};
 use seg_train::step::{read_terms, LrAt, Stepper};
 use seg_train::TrainError;
@@ -205,6 +205,12 @@ impl DetRunConfig {
     }
 }
 
+/// Called at each logged step with `(step, total, losses)`.
+pub type Progress<'a> = &'a mut dyn FnMut(usize, usize, &std::collections::BTreeMap<String, f32>);
+
+/// One image's detections: `(class index, box in the image's pixels, score)`.
+pub type ImageDetections = Vec<(usize, PixelBox, f64)>;
+
 /// What a finished run gives back.
 pub struct DetOutcome {
     pub report: DetReport,
@@ -223,12 +229,7 @@ fn write_err(path: &Path) -> impl FnOnce(std::io::Error) -> DetRunError + '_ {
 
 /// Trains `cfg` into `out`, evaluates on target val, and returns the report. `progress` gets
 /// `(step, total, losses)` at each logged step.
-pub fn run(
-    cfg: &DetRunConfig,
-    out: &Path,
-    device: &Device,
-    progress: &mut dyn FnMut(usize, usize, &std::collections::BTreeMap<String, f32>),
-) -> Result<DetOutcome, DetRunError> {
+pub fn run(cfg: &DetRunConfig, out: &Path, device: &Device, progress: Progress<'_>) -> Result<DetOutcome, DetRunError> {
     cfg.validate()?;
     std::fs::create_dir_all(out).map_err(write_err(out))?;
     let cfg_path = out.join("config.toml");
@@ -420,9 +421,12 @@ pub fn reestimate_bn(
 pub fn postprocess(loc: &[Vec<f32>], probs: &[Vec<f32>], priors: &[[f32; 4]]) -> Vec<(usize, [f32; 4], f32)> {
     let nc = probs.first().map_or(0, Vec::len);
     let mut out = Vec::new();
+    // `c` indexes each prior's class probabilities, not the list of priors.
+    #[allow(clippy::needless_range_loop)]
     for c in 1..nc {
-        let mut cand: Vec<usize> = (0..priors.len()).filter(|&i| probs[i][c] > SCORE_THRESHOLD).collect();
-        cand.sort_by(|&a, &b| probs[b][c].total_cmp(&probs[a][c]));
+        let score = |i: usize| probs[i][c];
+        let mut cand: Vec<usize> = (0..priors.len()).filter(|&i| score(i) > SCORE_THRESHOLD).collect();
+        cand.sort_by(|&a, &b| score(b).total_cmp(&score(a)));
         cand.truncate(CANDIDATES_PER_CLASS);
         let boxes: Vec<[f32; 4]> = cand
             .iter()
@@ -436,7 +440,7 @@ pub fn postprocess(loc: &[Vec<f32>], probs: &[Vec<f32>], priors: &[[f32; 4]]) ->
                 ]
             })
             .collect();
-        let scores: Vec<f32> = cand.iter().map(|&i| probs[i][c]).collect();
+        let scores: Vec<f32> = cand.iter().map(|&i| score(i)).collect();
         for k in nms(&boxes, &scores, NMS_IOU, DETECTIONS_PER_IMAGE) {
             if boxes[k][2] > boxes[k][0] && boxes[k][3] > boxes[k][1] {
                 out.push((c - 1, boxes[k], scores[k]));
@@ -450,12 +454,7 @@ pub fn postprocess(loc: &[Vec<f32>], probs: &[Vec<f32>], priors: &[[f32; 4]]) ->
 
 /// Runs the detector over every image of `ds`: per image, its detections as
 /// `(class index, pixel box in the original image, score)`.
-pub fn detect(
-    ssd: &Ssd,
-    ds: &DetDataset,
-    batch: usize,
-    device: &Device,
-) -> Result<Vec<Vec<(usize, PixelBox, f64)>>, DetRunError> {
+pub fn detect(ssd: &Ssd, ds: &DetDataset, batch: usize, device: &Device) -> Result<Vec<ImageDetections>, DetRunError> {
     let size = ssd.config().input_size();
     let classes = ds.classes.indices();
     let mut all = Vec::with_capacity(ds.len());
@@ -524,13 +523,7 @@ pub fn evaluate_detector(
         write_detections(p, &records)?;
     }
     let mut report = DetReport::compute(&gt, &inputs, ds.classes);
-    let mut pictures = Vec::new();
-    for i in 0..ds.len().min(4) {
-        if let Ok(img) = seg_detect::dataset::decode_image(&ds.entries[i].image) {
-            let d: Vec<(PixelBox, f64)> = found[i].iter().map(|&(_, b, s)| (b, s)).collect();
-            pictures.push(picture(&img, &gt[i], &d));
-        }
-    }
+    let pictures = first_pictures(ds, &gt, |i| found[i].iter().map(|&(_, b, s)| (b, s)).collect(), 4);
     report.write(out, &pictures)?;
     Ok(report)
 }

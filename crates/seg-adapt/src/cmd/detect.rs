@@ -431,17 +431,17 @@ pub fn eval(
                 .collect::<Result<Vec<_>, _>>()?;
             let dets = seg_detect::dets::read_detections(p, &seg_ssd::train::image_index(&ds))?;
             let mut r = DetReport::compute(&gt, &dets, classes);
-            let mut pictures = Vec::new();
-            for i in 0..ds.len().min(4) {
-                if let Ok(img) = seg_detect::dataset::decode_image(&ds.entries[i].image) {
-                    let d: Vec<_> = dets
-                        .iter()
+            let pictures = seg_detect::report::first_pictures(
+                &ds,
+                &gt,
+                |i| {
+                    dets.iter()
                         .filter(|d| d.image == i)
                         .map(|d| (d.bbox, d.score))
-                        .collect();
-                    pictures.push(seg_detect::report::picture(&img, &gt[i], &d));
-                }
-            }
+                        .collect()
+                },
+                4,
+            );
             r.source = Some(format!(
                 "Cityscapes `{split}` split under `{}`; detections from `{}`.",
                 root.display(),
