@@ -12,7 +12,7 @@ use std::process::Command;
 use crate::tasks::run;
 
 /// Reference packages, pinned.
-const PIP: [&str; 3] = ["torch==2.15.0", "numpy==2.4.6", "pillow==13.0.0"];
+const PIP: [&str; 4] = ["torch==2.15.0", "torchvision==0.29.2", "numpy==2.4.6", "pillow==13.0.0"];
 const THREADS: &str = "2";
 
 struct Row {
@@ -25,7 +25,7 @@ struct Row {
 }
 
 fn usage() -> String {
-    "usage: cargo xtask bench-compare [--python PATH] [--skip-vgg] [--rounds N (default 2)]".into()
+    "usage: cargo xtask bench-compare [--python PATH] [--skip-vgg] [--skip-ssd] [--rounds N (default 2)]".into()
 }
 
 /// Runs a command, echoing it, and returns its stdout (its stderr goes to ours).
@@ -107,12 +107,13 @@ fn example(root: &Path, pkg: &str, name: &str, args: &[&str]) -> Result<String, 
 }
 
 pub fn run_task(args: &[String], root: &Path) -> Result<(), String> {
-    let (mut given, mut vgg, mut rounds) = (None, true, 2usize);
+    let (mut given, mut vgg, mut ssd, mut rounds) = (None, true, true, 2usize);
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--python" => given = Some(PathBuf::from(it.next().ok_or_else(usage)?)),
             "--skip-vgg" => vgg = false,
+            "--skip-ssd" => ssd = false,
             "--rounds" => {
                 rounds = it
                     .next()
@@ -200,6 +201,38 @@ pub fn run_task(args: &[String], root: &Path) -> Result<(), String> {
                 });
             }
         }
+    }
+
+    // SSD300 training steps at 8x3x300x300 against torchvision's ssd300_vgg16.
+    if ssd {
+        let mut best = (f64::INFINITY, f64::INFINITY);
+        for round in 0..rounds {
+            cargo_bench(root, "ssd_step", (round > 0).then_some("source-only"), &[])?;
+            let torch = output(
+                Command::new(&py)
+                    .arg(refs.join("ssd_step_torch.py"))
+                    .args(["--threads", THREADS]),
+            )?;
+            let ours = criterion_median(root, "ssd_step/ssd300_source-only_8x3x300x300")?;
+            let theirs = number_after(&torch, "torch ssd300 8x3x300x300:")?;
+            eprintln!("round {}: ssd300: ours {ours:.3} s, PyTorch {theirs:.3} s", round + 1);
+            best = (best.0.min(ours), best.1.min(theirs));
+        }
+        rows.push(Row {
+            what: format!("train step ssd300 (car) 8x3x300x300 (s/step, best of {rounds} rounds)"),
+            ours: format!("{:.3}", best.0),
+            theirs: format!("{:.3}", best.1),
+            ratio: Some(best.1 / best.0),
+            goal: Some(1.0),
+        });
+        let da = criterion_median(root, "ssd_step/ssd300_da-image_8x3x300x300")?;
+        rows.push(Row {
+            what: "  ssd300 da-image step (8 source + 8 target), s/step; ratio: source-only / da-image".into(),
+            ours: format!("{da:.3}"),
+            theirs: "-".into(),
+            ratio: Some(best.0 / da),
+            goal: None,
+        });
     }
 
     // Data pipeline: the Rust bench keeps its fixture for the DataLoader reference.

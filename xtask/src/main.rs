@@ -7,7 +7,7 @@
 //!   where the run went.
 //! - `check-cuda`: builds `seg-adapt` with `--features cuda` into `target/cuda` (no GPU needed;
 //!   sets up the CUDA toolchain with `../shared/tools/cuda-toolchain.sh` when nvcc is missing).
-//! - `bench-compare [--python PATH] [--skip-vgg] [--rounds N]`: criterion benchmarks and the PyTorch / numpy
+//! - `bench-compare [--python PATH] [--skip-vgg] [--skip-ssd] [--rounds N]`: criterion benchmarks and the PyTorch / numpy
 //!   references back to back, and a table of ratios against the goals.
 //! - `crash-test [--trials N] [--steps N]`: SIGKILLs training at random moments, resumes, and
 //!   checks that nothing is half-written and the final weights equal an uninterrupted run's.
@@ -18,12 +18,33 @@ mod tasks;
 
 use std::process::ExitCode;
 
+/// Every task with its options, as `--help` prints them.
+const USAGE: &str = "usage: cargo xtask <task> [options]
+
+tasks:
+  train-seg [--config FILE] [--method M] [--cuda] [--release|--debug] [-- extra flags]
+      build seg-adapt with the right features and profile and run `seg-adapt train`
+  check-cuda
+      build seg-adapt with --features cuda into target/cuda (no GPU needed)
+  bench-compare [--python PATH] [--skip-vgg] [--skip-ssd] [--rounds N (default 2)]
+      criterion benchmarks and the PyTorch / numpy references back to back, and a table of
+      ratios against the goals (2 threads; the references in target/bench-venv)
+  crash-test [--trials N] [--steps N]
+      SIGKILL training at random moments, resume, and check that nothing is half-written and
+      the final weights equal an uninterrupted run's
+
+`cargo xtask <task> --help` prints this too.";
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((task, rest)) = args.split_first() else {
-        eprintln!("usage: cargo xtask <train-seg|check-cuda|crash-test|bench-compare> [args]");
+        eprintln!("{USAGE}");
         return ExitCode::FAILURE;
     };
+    if matches!(task.as_str(), "--help" | "-h" | "help") || rest.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
     let result = match task.as_str() {
         "train-seg" => tasks::train_seg(rest),
         "check-cuda" => tasks::check_cuda(rest),
