@@ -85,8 +85,9 @@ impl FcnCfg {
     }
 }
 
-/// VGG16 conv layout: (torchvision index, in, out); a `None` marks a 2×2 max pool.
-const VGG16: [Option<(usize, usize, usize)>; 18] = [
+/// VGG16 conv layout: (torchvision index, in, out); a `None` marks a 2×2 max pool (SSD300
+/// uses the first 17 entries, up to conv5_3).
+pub const VGG16: [Option<(usize, usize, usize)>; 18] = [
     Some((0, 3, 64)),
     Some((2, 64, 64)),
     None,

@@ -54,26 +54,9 @@ impl Default for SsdConfig {
     }
 }
 
-/// VGG16's convolutions (torchvision index, in, out) and pools (`None`), up to conv5_3.
-const VGG16: [Option<(usize, usize, usize)>; 17] = [
-    Some((0, 3, 64)),
-    Some((2, 64, 64)),
-    None,
-    Some((5, 64, 128)),
-    Some((7, 128, 128)),
-    None,
-    Some((10, 128, 256)),
-    Some((12, 256, 256)),
-    Some((14, 256, 256)),
-    None, // pool3, ceil mode
-    Some((17, 256, 512)),
-    Some((19, 512, 512)),
-    Some((21, 512, 512)), // conv4_3: first source (L2Norm)
-    None,
-    Some((24, 512, 512)),
-    Some((26, 512, 512)),
-    Some((28, 512, 512)),
-];
+/// VGG16's convolutions (torchvision index, in, out) and pools (`None`), up to conv5_3 (pool3
+/// runs in ceil mode here; pool5 is replaced by SSD's 3×3/1).
+const VGG16: &[Option<(usize, usize, usize)>] = seg_fcn::vgg::VGG16.split_at(17).0;
 
 /// torchvision's index of conv4_3, the first source map.
 const CONV4_3: usize = 21;
@@ -322,7 +305,7 @@ impl Ssd {
                 let mut out = Vec::with_capacity(6);
                 let mut x = x.clone();
                 let mut pools = 0;
-                for (layer, plan) in features.iter().zip(VGG16) {
+                for (layer, plan) in features.iter().zip(VGG16.iter().copied()) {
                     match (layer, plan) {
                         (Some(c), Some((index, _, _))) => {
                             x = c.forward_relu(&x)?;

@@ -269,10 +269,15 @@ pub fn demo(
         if let Some(x) = summarise(&s.iter().map(|v| v.1).collect::<Vec<_>>()) {
             summary.insert(m.clone(), x);
         }
-        vs.insert(
-            m.clone(),
-            (paired(&s, &scores("source-only")), paired(&s, &scores("adabn"))),
-        );
+        // Paired columns as in the segmentation table: none against itself, and source-only
+        // is not compared with AdaBN (it is AdaBN's starting point).
+        let so = (m != "source-only")
+            .then(|| paired(&s, &scores("source-only")))
+            .flatten();
+        let ab = (m != "source-only" && m != "adabn")
+            .then(|| paired(&s, &scores("adabn")))
+            .flatten();
+        vs.insert(m.clone(), (so, ab));
     }
     let s = preset.sizes();
     let meta = format!(
@@ -299,13 +304,9 @@ pub fn demo(
             100.0 * x.mean,
             100.0 * x.std,
             x.n,
-            so.as_ref()
-                .filter(|_| m != "source-only")
-                .map_or(String::new(), with_ci),
-            ab.as_ref().filter(|_| m != "adabn").map_or(String::new(), with_ci),
-            so.as_ref()
-                .filter(|_| m != "source-only")
-                .map_or(String::new(), |p| format!("{}/{}", p.positive, p.n)),
+            so.as_ref().map_or(String::new(), with_ci),
+            ab.as_ref().map_or(String::new(), with_ci),
+            so.as_ref().map_or(String::new(), |p| format!("{}/{}", p.positive, p.n)),
         );
     }
     if let Some(so) = summary.get("source-only") {
@@ -331,6 +332,10 @@ pub fn demo(
         "task": "detection",
         "runs": runs,
         "summary": summary,
+        "paired": vs
+            .iter()
+            .map(|(m, (so, ab))| (m.clone(), serde_json::json!({"vs_source_only": so, "vs_adabn": ab})))
+            .collect::<serde_json::Map<String, serde_json::Value>>(),
         "steps": steps,
         "seeds": seeds,
         "preset": preset,
@@ -374,10 +379,8 @@ fn html_page(
             100.0 * x.mean,
             100.0 * x.std,
             x.n,
-            so.as_ref()
-                .filter(|_| m != "source-only")
-                .map_or(String::new(), with_ci),
-            ab.as_ref().filter(|_| m != "adabn").map_or(String::new(), with_ci),
+            so.as_ref().map_or(String::new(), with_ci),
+            ab.as_ref().map_or(String::new(), with_ci),
         );
         bars.push((m.clone(), Some(100.0 * x.mean)));
     }
@@ -504,13 +507,6 @@ pub fn inspect(ds: &DetDataset, json: bool) -> anyhow::Result<()> {
     for (class, n) in &r.boxes {
         println!("  {class:<12} {n:>8} boxes");
     }
-    if r.problems.is_empty() {
-        println!("no problems");
-    } else {
-        println!("{} problems:", r.problems.len());
-        for p in &r.problems {
-            println!("  {}: {}", p.file, p.reason);
-        }
-    }
+    super::inspect::print_problems(r.problems.iter().map(|p| (p.file.as_str(), p.reason.as_str())));
     Ok(())
 }

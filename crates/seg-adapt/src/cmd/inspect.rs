@@ -133,13 +133,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             r.outside_table_pixels
         );
     }
-    if r.problems.is_empty() {
-        println!("no problems");
-    } else {
-        println!("{} problems:", r.problems.len());
-        for p in &r.problems {
-            println!("  {}: {}", p.file, p.reason);
-        }
-    }
+    print_problems(r.problems.iter().map(|p| (p.file.as_str(), p.reason.as_str())));
     Ok(())
+}
+
+/// `no problems`, or the count and one `file: reason` line each.
+pub fn print_problems<'a>(problems: impl ExactSizeIterator<Item = (&'a str, &'a str)>) {
+    if problems.len() == 0 {
+        println!("no problems");
+        return;
+    }
+    println!("{} problems:", problems.len());
+    for (file, reason) in problems {
+        println!("  {file}: {reason}");
+    }
 }

@@ -216,6 +216,18 @@ fn detection_demo_quick_reports_every_arm() {
         );
     }
     assert!(dir.path().join("runs/da-image/seed1/checkpoint.safetensors").exists());
+    // Paired per-seed differences, as in the segmentation report.
+    let p = &v["paired"]["da-maps"]["vs_adabn"];
+    assert_eq!(p["n"], 2);
+    let mean = p["per_seed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d[1].as_f64().unwrap())
+        .sum::<f64>()
+        / 2.0;
+    assert!((p["mean"].as_f64().unwrap() - mean).abs() < 1e-12);
+    assert!(v["paired"]["source-only"]["vs_adabn"].is_null());
     super::check_page_in_chromium(&dir.path().join("report.html"));
 }
 
