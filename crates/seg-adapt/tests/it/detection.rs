@@ -47,55 +47,36 @@ fn train_detector_then_eval_the_checkpoint_and_its_detections_file_alike() {
     let trained = json(&run.join("eval/report.json"));
     assert!(run.join("eval/pictures/detections.png").exists());
     let (_, _, cs) = seg_data::toy::paths(toy());
-    let by_ckpt = dir.path().join("by-ckpt");
-    ok(&[
-        "eval",
-        "--task",
-        "detection",
-        "--classes",
-        "car",
-        "--root",
-        p(&cs),
-        "--split",
-        "val",
-        "--checkpoint",
-        p(&run),
-        "--out",
-        p(&by_ckpt),
-    ]);
-    let by_file = dir.path().join("by-file");
-    ok(&[
-        "eval",
-        "--task",
-        "detection",
-        "--classes",
-        "car",
-        "--root",
-        p(&cs),
-        "--split",
-        "val",
-        "--pred",
-        p(&run.join("detections.json")),
-        "--out",
-        p(&by_file),
-    ]);
+    // `eval --task detection` on val with `input` (`--checkpoint DIR` or `--pred FILE`).
+    let eval = |name: &str, classes: &str, input: [&str; 2]| {
+        let out = dir.path().join(name);
+        let root = p(&cs);
+        ok(&[
+            "eval",
+            "--task",
+            "detection",
+            "--classes",
+            classes,
+            "--root",
+            root,
+            "--split",
+            "val",
+            input[0],
+            input[1],
+            "--out",
+            p(&out),
+        ]);
+        out
+    };
+    let dets = run.join("detections.json");
+    let by_ckpt = eval("by-ckpt", "car", ["--checkpoint", p(&run)]);
+    let by_file = eval("by-file", "car", ["--pred", p(&dets)]);
     let (a, b) = (json(&by_ckpt.join("report.json")), json(&by_file.join("report.json")));
     assert_eq!(a["ap50"], trained["ap50"]);
     assert_eq!(a["ap50"], b["ap50"]);
     assert!(a["ap50"]["car"]["voc07"].is_number() && a["images"].as_u64() == Some(30));
     // All eight classes by default; the classes without boxes in the split are null.
-    let all = dir.path().join("all");
-    ok(&[
-        "eval",
-        "--task",
-        "detection",
-        "--root",
-        p(&cs),
-        "--pred",
-        p(&run.join("detections.json")),
-        "--out",
-        p(&all),
-    ]);
+    let all = eval("all", "all", ["--pred", p(&dets)]);
     let v = json(&all.join("report.json"));
     assert_eq!(v["ap50"].as_object().unwrap().len(), 8);
     assert!(v["ap50"]["train"].is_null());
