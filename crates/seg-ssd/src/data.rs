@@ -130,6 +130,22 @@ impl DetLoader {
         }
     }
 
+    /// Where the loader is (saved in checkpoints).
+    pub fn state(&self) -> seg_data::loader::LoaderState {
+        let (epoch, pos) = self.sampler.position();
+        seg_data::loader::LoaderState {
+            epoch,
+            pos,
+            draws: self.draws,
+        }
+    }
+
+    /// Continues from a saved [`Self::state`].
+    pub fn restore(&mut self, st: seg_data::loader::LoaderState) {
+        self.sampler.seek(st.epoch, st.pos);
+        self.draws = st.draws;
+    }
+
     pub fn with_hflip(mut self, hflip: bool) -> Self {
         self.hflip = hflip;
         self

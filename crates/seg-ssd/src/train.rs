@@ -1,7 +1,9 @@
 //! A detection run: a config ([`DetRunConfig`], TOML), the training loop (the same
 //! `seg_train::Stepper` as segmentation: one backward per loss group, no read-back before the
-//! optimisers step), the AdaBN re-estimation stage, the checkpoint (`model.*`, through a
-//! temporary file and a rename), inference (score > 0.01, top 400 per class, per-class NMS 0.45,
+//! optimisers step), the AdaBN re-estimation stage, checkpoints every `checkpoint_every` steps
+//! and at the end (every variable, optimiser state and loader position, through a temporary
+//! file and a rename; [`RunControl::resume`] continues one, to the same weights as a run that
+//! never stopped), inference (score > 0.01, top 400 per class, per-class NMS 0.45,
 //! top 200 per image) and the evaluation on target val (`seg_detect::report`).
 //!
 //! A run folder holds `config.toml`, `metrics.jsonl`, `checkpoint.safetensors`,
@@ -80,6 +82,9 @@ pub struct DetTrainerConfig {
     pub seed: u64,
     pub hflip: bool,
     pub log_every: usize,
+    /// Write a checkpoint (weights, optimiser state, loader positions) every N steps, and
+    /// always at the end; 0 = only at the end. `train-detector --resume` continues from it.
+    pub checkpoint_every: usize,
 }
 
 impl Default for DetTrainerConfig {
@@ -97,6 +102,7 @@ impl Default for DetTrainerConfig {
             seed: 0,
             hflip: true,
             log_every: 10,
+            checkpoint_every: 1000,
         }
     }
 }
@@ -227,11 +233,36 @@ fn write_err(path: &Path) -> impl FnOnce(std::io::Error) -> DetRunError + '_ {
     }
 }
 
-/// Trains `cfg` into `out`, evaluates on target val, and returns the report. `progress` gets
-/// `(step, total, losses)` at each logged step.
-pub fn run(cfg: &DetRunConfig, out: &Path, device: &Device, progress: Progress<'_>) -> Result<DetOutcome, DetRunError> {
+/// How a run starts and ends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunControl {
+    /// Continue from `out/checkpoint.safetensors` (its config must be this one). Without it, a
+    /// folder that already holds a checkpoint is refused.
+    pub resume: bool,
+    /// Stop after this many steps (a checkpoint is written there; no evaluation). For tests of
+    /// resuming.
+    pub stop_after: Option<usize>,
+}
+
+/// Trains `cfg` into `out`, evaluates on target val, and returns the report (`None` when
+/// `control.stop_after` stopped it first). `progress` gets `(step, total, losses)` at each
+/// logged step.
+pub fn run(
+    cfg: &DetRunConfig,
+    out: &Path,
+    device: &Device,
+    progress: Progress<'_>,
+    control: RunControl,
+) -> Result<Option<DetOutcome>, DetRunError> {
     cfg.validate()?;
     std::fs::create_dir_all(out).map_err(write_err(out))?;
+    let ckpt = out.join("checkpoint.safetensors");
+    if ckpt.exists() && !control.resume {
+        return Err(DetRunError::Config(format!(
+            "{} already holds a checkpoint: pass --resume to continue it, or choose another --out",
+            out.display()
+        )));
+    }
     let cfg_path = out.join("config.toml");
     seg_labels::fsutil::write_atomic(&cfg_path, cfg.to_toml().as_bytes()).map_err(write_err(&cfg_path))?;
     let method_cfg = &cfg.method.0;
@@ -292,9 +323,57 @@ pub fn run(cfg: &DetRunConfig, out: &Path, device: &Device, progress: Progress<'
         _ => None,
     };
     let metrics = out.join("metrics.jsonl");
-    let _ = std::fs::remove_file(&metrics);
+    let mut start = 0;
+    if control.resume && ckpt.exists() {
+        let ck = seg_train::checkpoint::load(&ckpt, device)?;
+        if ck.meta.config != cfg.to_toml() {
+            return Err(DetRunError::Config(format!(
+                "{}: the checkpoint was written by another config; resume with the run's own config.toml",
+                ckpt.display()
+            )));
+        }
+        let _ = seg_labels::fsutil::remove_stale_temps(out);
+        ck.restore_vars(&vars)?;
+        for g in &mut stepper.groups {
+            g.optimizer.load_state(&ck.optimizer_state(g.id.name())).map_err(|e| {
+                DetRunError::Train(TrainError::Checkpoint {
+                    path: ckpt.clone(),
+                    reason: format!("optimizer state of `{}`: {e}", g.id),
+                })
+            })?;
+        }
+        if let Some(st) = ck.meta.source_loader {
+            src.restore(st);
+        }
+        if let (Some(l), Some(st)) = (tgt.as_mut(), ck.meta.target_loader) {
+            l.restore(st);
+        }
+        start = ck.meta.step;
+        seg_train::checkpoint::trim_metrics(&metrics, start)?;
+    } else {
+        let _ = std::fs::remove_file(&metrics);
+    }
+    let save = |step: usize, src: &DetLoader, tgt: Option<&DetLoader>, stepper: &Stepper| -> Result<(), DetRunError> {
+        let mut tensors: Vec<(String, Tensor)> = {
+            let data = vars.data().lock().unwrap_or_else(|p| p.into_inner());
+            data.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect()
+        };
+        for g in &stepper.groups {
+            for (n, t) in g.optimizer.state() {
+                tensors.push((format!("optim.{}.{n}", g.id), t));
+            }
+        }
+        let meta = seg_train::checkpoint::CheckpointMeta {
+            step,
+            source_loader: Some(src.state()),
+            target_loader: tgt.map(|l| l.state()),
+            config: cfg.to_toml(),
+        };
+        Ok(seg_train::checkpoint::save(&ckpt, &tensors, &meta)?)
+    };
     let mut last = std::collections::BTreeMap::new();
-    for step in 0..t.steps {
+    let mut saved_at = start;
+    for step in start..t.steps {
         let sb = src.next_batch()?;
         let tb = match &mut tgt {
             Some(l) => Some(l.next_batch()?),
@@ -322,12 +401,25 @@ pub fn run(cfg: &DetRunConfig, out: &Path, device: &Device, progress: Progress<'
                 term: bad.name,
                 value: bad.value,
                 step: step + 1,
-                last: "none: detection runs write their checkpoint at the end".into(),
+                last: if saved_at > 0 {
+                    format!("step {saved_at}, {}", ckpt.display())
+                } else {
+                    "none yet".into()
+                },
             })?;
             let line = serde_json::json!({"step": step + 1, "losses": values});
             seg_labels::fsutil::append_line(&metrics, &line.to_string()).map_err(write_err(&metrics))?;
             progress(step + 1, t.steps, &values);
             last = values;
+        }
+        let done = step + 1;
+        let periodic = t.checkpoint_every > 0 && done % t.checkpoint_every == 0 && done < t.steps;
+        if periodic || control.stop_after == Some(done) {
+            save(done, &src, tgt.as_ref(), &stepper)?;
+            saved_at = done;
+        }
+        if control.stop_after == Some(done) {
+            return Ok(None);
         }
     }
     if method.stages().contains(&Stage::ReestimateBn) {
@@ -335,22 +427,7 @@ pub fn run(cfg: &DetRunConfig, out: &Path, device: &Device, progress: Progress<'
             reestimate_bn(ssd, ds, size, t.batch_size, device)?;
         }
     }
-    let ckpt = out.join("checkpoint.safetensors");
-    let tensors = seg_heads::trainable_under(&vars, "model")
-        .into_iter()
-        .map(|(n, v)| (n, v.as_tensor().clone()))
-        .chain(stats_under(&vars, "model"))
-        .collect::<Vec<_>>();
-    seg_train::checkpoint::save(
-        &ckpt,
-        &tensors,
-        &seg_train::checkpoint::CheckpointMeta {
-            step: t.steps,
-            source_loader: None,
-            target_loader: None,
-            config: cfg.to_toml(),
-        },
-    )?;
+    save(t.steps, &src, tgt.as_ref(), &stepper)?;
     let val = DetDataset::open_cityscapes(&d.target_root, &d.target_val, true, classes)?;
     let mut report = evaluate_detector(
         ssd,
@@ -372,23 +449,10 @@ pub fn run(cfg: &DetRunConfig, out: &Path, device: &Device, progress: Progress<'
         t.steps
     ));
     report.write(&out.join("eval"), &[])?;
-    Ok(DetOutcome {
+    Ok(Some(DetOutcome {
         report,
         last_losses: last,
-    })
-}
-
-/// Batch-norm running statistics `prefix.*` (checkpointed with the weights).
-fn stats_under(vars: &VarMap, prefix: &str) -> Vec<(String, Tensor)> {
-    let data = vars.data().lock().unwrap_or_else(|p| p.into_inner());
-    let dotted = format!("{prefix}.");
-    let mut v: Vec<(String, Tensor)> = data
-        .iter()
-        .filter(|(n, _)| n.starts_with(&dotted) && seg_nn::layers::is_statistic(n))
-        .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
-        .collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
+    }))
 }
 
 /// AdaBN: the detector's batch-norm statistics recomputed as the cumulative average over every

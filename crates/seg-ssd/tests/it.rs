@@ -317,3 +317,64 @@ fn ssd300_takes_torchvision_vgg16_weights_and_trains_its_own_fc6_fc7() {
         )
     );
 }
+
+#[test]
+fn a_resumed_detection_run_ends_with_the_weights_of_one_that_never_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("toy");
+    seg_data::toy::generate(&data, 3, seg_data::toy::Preset::Quick).unwrap();
+    let cfg = seg_ssd::train::DetRunConfig {
+        model: small(),
+        method: seg_ssd::train::DetMethodConfigField(DetMethodConfig::parse("da-maps").unwrap()),
+        data: seg_ssd::train::DetDataConfig {
+            source_root: seg_data::toy::sim10k_path(&data),
+            target_root: seg_data::toy::paths(&data).2,
+            ..Default::default()
+        },
+        trainer: seg_ssd::train::DetTrainerConfig {
+            steps: 4,
+            batch_size: 2,
+            lr: 0.01,
+            log_every: 1,
+            checkpoint_every: 2,
+            ..Default::default()
+        },
+        init_weights: None,
+    };
+    let weights = |run: &std::path::Path| {
+        let ck = seg_train::checkpoint::load(&run.join("checkpoint.safetensors"), &Device::Cpu).unwrap();
+        let mut v: Vec<(String, Vec<f32>)> = ck
+            .tensors
+            .iter()
+            .map(|(n, t)| (n.clone(), t.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    let go = |run: &std::path::Path, control: seg_ssd::train::RunControl| {
+        seg_ssd::train::run(&cfg, run, &Device::Cpu, &mut |_, _, _| {}, control).map_err(|e| e.to_string())
+    };
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let whole = go(&a, Default::default()).unwrap().unwrap();
+    let stop = seg_ssd::train::RunControl {
+        resume: false,
+        stop_after: Some(3),
+    };
+    assert!(go(&b, stop).unwrap().is_none());
+    // Without --resume a folder with a checkpoint is refused.
+    let e = go(&b, Default::default()).err().unwrap();
+    assert!(e.contains("--resume"), "{e}");
+    let resumed = go(
+        &b,
+        seg_ssd::train::RunControl {
+            resume: true,
+            stop_after: None,
+        },
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(weights(&a), weights(&b));
+    assert_eq!(whole.report, resumed.report);
+    let lines = std::fs::read_to_string(b.join("metrics.jsonl")).unwrap();
+    assert_eq!(lines.lines().count(), 4, "{lines}");
+}

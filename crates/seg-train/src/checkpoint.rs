@@ -182,3 +182,25 @@ impl Checkpoint {
             .collect()
     }
 }
+
+/// Keeps the lines of a run's `metrics.jsonl` whose `step` is at most `step` (a resumed run
+/// writes the rest again); a missing file is left missing.
+pub fn trim_metrics(path: &Path, step: usize) -> Result<(), TrainError> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let kept: String = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
+                .is_some_and(|s| s as usize <= step)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    seg_labels::fsutil::write_atomic(path, kept.as_bytes()).map_err(|cause| TrainError::Write {
+        path: path.to_path_buf(),
+        cause,
+    })
+}

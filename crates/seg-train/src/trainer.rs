@@ -140,21 +140,7 @@ impl Trainer {
             t.restore(st);
         }
         self.step = ck.meta.step;
-        let path = self.metrics_path();
-        if let Ok(text) = std::fs::read_to_string(&path) {
-            let kept: String = text
-                .lines()
-                .filter(|l| {
-                    serde_json::from_str::<serde_json::Value>(l)
-                        .ok()
-                        .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
-                        .is_some_and(|s| s as usize <= self.step)
-                })
-                .map(|l| format!("{l}\n"))
-                .collect();
-            seg_labels::fsutil::write_atomic(&path, kept.as_bytes())
-                .map_err(|cause| TrainError::Write { path, cause })?;
-        }
+        crate::checkpoint::trim_metrics(&self.metrics_path(), self.step)?;
         tracing::info!("resumed from step {} ({})", self.step, ck.path.display());
         Ok(())
     }

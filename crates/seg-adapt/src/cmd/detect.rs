@@ -36,6 +36,9 @@ pub struct TrainArgs {
     /// `cpu`, `cuda` (GPU 0) or `cuda:N`.
     #[arg(long, default_value = "cpu")]
     pub device: crate::run::DeviceName,
+    /// Continue the run in `--out` from its last checkpoint (same config).
+    #[arg(long)]
+    pub resume: bool,
 }
 
 /// Reads a detection config file and applies `--set` overrides.
@@ -55,10 +58,21 @@ pub fn load_config(path: &Path, sets: &[String]) -> anyhow::Result<DetRunConfig>
 pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     let cfg = load_config(&args.config, &args.set)?;
     let device = crate::run::device(&args.device)?;
-    let out = seg_ssd::train::run(&cfg, &args.out, &device, &mut |step, total, losses| {
-        let l: Vec<String> = losses.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
-        eprintln!("step {step}/{total}: {}", l.join(", "));
-    })?;
+    let control = seg_ssd::train::RunControl {
+        resume: args.resume,
+        stop_after: None,
+    };
+    let out = seg_ssd::train::run(
+        &cfg,
+        &args.out,
+        &device,
+        &mut |step, total, losses| {
+            let l: Vec<String> = losses.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
+            eprintln!("step {step}/{total}: {}", l.join(", "));
+        },
+        control,
+    )?
+    .context("the run stopped before its last step")?;
     print!("{}", out.report.text_table());
     println!("run written to {}", args.out.display());
     Ok(())
@@ -100,6 +114,7 @@ pub fn demo_config(data: &Path, preset: Preset, method: &str, seed: u64, steps: 
             seed,
             hflip: true,
             log_every: 10,
+            checkpoint_every: 100,
         },
         init_weights: None,
     })
@@ -149,7 +164,19 @@ fn run_arm(
         }
     }
     let t = std::time::Instant::now();
-    let o = seg_ssd::train::run(&cfg, &dir, device, &mut |_, _, _| {})?;
+    // An arm killed midway continues from its last checkpoint; one of another config (other
+    // steps or data) starts over.
+    let ckpt = dir.join("checkpoint.safetensors");
+    let same = seg_train::checkpoint::load(&ckpt, device).is_ok_and(|c| c.meta.config == cfg.to_toml());
+    if !same && ckpt.exists() {
+        std::fs::remove_file(&ckpt).with_context(|| format!("removing {}", ckpt.display()))?;
+    }
+    let control = seg_ssd::train::RunControl {
+        resume: same,
+        stop_after: None,
+    };
+    let o = seg_ssd::train::run(&cfg, &dir, device, &mut |_, _, _| {}, control)?
+        .context("the run stopped before its last step")?;
     let r = result(method, seed, &o.report, t.elapsed().as_secs_f64());
     seg_labels::fsutil::write_atomic(&done, &serde_json::to_vec(&(cfg.to_toml(), &r))?)?;
     Ok(r)
