@@ -238,6 +238,11 @@ impl DetDataset {
         }
     }
 
+    /// The ground-truth boxes of every sample, in order (the evaluation's ground truth).
+    pub fn all_boxes(&self) -> Result<Vec<Vec<GtBox>>, DetError> {
+        (0..self.len()).map(|i| self.truth(i).map(|t| t.boxes)).collect()
+    }
+
     /// Decodes sample `i`'s image (JPEG or PNG), with its boxes when the dataset has
     /// annotations; an image whose size differs from its annotation's is refused.
     pub fn load(&self, i: usize) -> Result<DetSample, DetError> {

@@ -63,22 +63,13 @@ pub fn images_tensor(images: &[&RgbImage], device: &Device) -> candle_core::Resu
     Tensor::from_vec(px, (images.len(), 3, h, w), device)
 }
 
+/// The sample mirrored left to right (image and boxes).
 fn flip(p: &Prepared) -> Prepared {
-    let (w, h) = (p.image.width as usize, p.image.height as usize);
-    let mut data = vec![0u8; p.image.data.len()];
-    for y in 0..h {
-        for x in 0..w {
-            let (s, d) = (3 * (y * w + x), 3 * (y * w + (w - 1 - x)));
-            data[d..d + 3].copy_from_slice(&p.image.data[s..s + 3]);
-        }
-    }
+    let mut image = p.image.clone();
+    seg_data::transform::hflip(&mut image, None);
     Prepared {
         name: p.name.clone(),
-        image: RgbImage {
-            width: p.image.width,
-            height: p.image.height,
-            data,
-        },
+        image,
         boxes: p.boxes.iter().map(|b| [1.0 - b[2], b[1], 1.0 - b[0], b[3]]).collect(),
         labels: p.labels.clone(),
     }

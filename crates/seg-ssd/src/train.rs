@@ -429,15 +429,7 @@ pub fn run(
     }
     save(t.steps, &src, tgt.as_ref(), &stepper)?;
     let val = DetDataset::open_cityscapes(&d.target_root, &d.target_val, true, classes)?;
-    let mut report = evaluate_detector(
-        ssd,
-        &val,
-        t.batch_size.max(1),
-        device,
-        &out.join("eval"),
-        Some(&out.join("detections.json")),
-    )?;
-    report.source = Some(format!(
+    let source = format!(
         "Cityscapes `{}` split under `{}`; {} ({}) after {} steps.",
         d.target_val,
         d.target_root.display(),
@@ -447,8 +439,16 @@ pub fn run(
             crate::SsdArch::Small => "small batch-norm SSD",
         },
         t.steps
-    ));
-    report.write(&out.join("eval"), &[])?;
+    );
+    let report = evaluate_detector(
+        ssd,
+        &val,
+        t.batch_size.max(1),
+        device,
+        &out.join("eval"),
+        Some(&out.join("detections.json")),
+        source,
+    )?;
     Ok(Some(DetOutcome {
         report,
         last_losses: last,
@@ -517,10 +517,11 @@ pub fn postprocess(loc: &[Vec<f32>], probs: &[Vec<f32>], priors: &[[f32; 4]]) ->
 }
 
 /// Runs the detector over every image of `ds`: per image, its detections as
-/// `(class index, pixel box in the original image, score)`.
+/// `(class index, pixel box in the original image, score)`, for every class the detector has
+/// (whatever the dataset's class set).
 pub fn detect(ssd: &Ssd, ds: &DetDataset, batch: usize, device: &Device) -> Result<Vec<ImageDetections>, DetRunError> {
     let size = ssd.config().input_size();
-    let classes = ds.classes.indices();
+    let classes = ssd.config().classes.indices();
     let mut all = Vec::with_capacity(ds.len());
     for chunk in (0..ds.len()).collect::<Vec<_>>().chunks(batch.max(1)) {
         let mut images = Vec::new();
@@ -551,8 +552,9 @@ pub fn detect(ssd: &Ssd, ds: &DetDataset, batch: usize, device: &Device) -> Resu
     Ok(all)
 }
 
-/// Detects on `ds` (annotated), writes the report (with pictures of the first four images) to
-/// `out` and, if asked, the detections file.
+/// Detects on `ds` (annotated), scores the classes of `ds`'s class set, writes the report
+/// (saying where it came from: `source`; pictures of the first four images) to `out` and, if
+/// asked, the detections file.
 pub fn evaluate_detector(
     ssd: &Ssd,
     ds: &DetDataset,
@@ -560,11 +562,10 @@ pub fn evaluate_detector(
     device: &Device,
     out: &Path,
     dets_file: Option<&Path>,
+    source: String,
 ) -> Result<DetReport, DetRunError> {
     let found = detect(ssd, ds, batch, device)?;
-    let gt = (0..ds.len())
-        .map(|i| ds.truth(i).map(|t| t.boxes))
-        .collect::<Result<Vec<_>, _>>()?;
+    let gt = ds.all_boxes()?;
     let mut inputs = Vec::new();
     let mut records = Vec::new();
     for (i, dets) in found.iter().enumerate() {
@@ -587,6 +588,7 @@ pub fn evaluate_detector(
         write_detections(p, &records)?;
     }
     let mut report = DetReport::compute(&gt, &inputs, ds.classes);
+    report.source = Some(source);
     let pictures = first_pictures(ds, &gt, |i| found[i].iter().map(|&(_, b, s)| (b, s)).collect(), 4);
     report.write(out, &pictures)?;
     Ok(report)

@@ -89,11 +89,33 @@ struct RunResult {
     init_digest: Option<String>,
 }
 
+/// Mean, sample standard deviation (0 for one value) and count of a method's scores over seeds.
 #[derive(Debug, Clone, serde::Serialize)]
-struct Summary {
-    mean: f64,
-    std: f64,
-    n: usize,
+pub(crate) struct Summary {
+    pub(crate) mean: f64,
+    pub(crate) std: f64,
+    pub(crate) n: usize,
+}
+
+impl Summary {
+    /// `None` for no values.
+    pub(crate) fn of(v: &[f64]) -> Option<Self> {
+        let n = v.len();
+        if n == 0 {
+            return None;
+        }
+        let mean = v.iter().sum::<f64>() / n as f64;
+        let var = if n > 1 {
+            v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64
+        } else {
+            0.0
+        };
+        Some(Self {
+            mean,
+            std: var.sqrt(),
+            n,
+        })
+    }
 }
 
 /// The demo's schedule: source-only pretraining shared by every arm, then each arm's own steps.
@@ -257,23 +279,7 @@ fn summarise(runs: &[RunResult], methods: &[String]) -> BTreeMap<String, Summary
         .iter()
         .filter_map(|m| {
             let v: Vec<f64> = runs.iter().filter(|r| &r.method == m).filter_map(|r| r.miou).collect();
-            if v.is_empty() {
-                return None;
-            }
-            let mean = v.iter().sum::<f64>() / v.len() as f64;
-            let var = if v.len() > 1 {
-                v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (v.len() - 1) as f64
-            } else {
-                0.0
-            };
-            Some((
-                m.clone(),
-                Summary {
-                    mean,
-                    std: var.sqrt(),
-                    n: v.len(),
-                },
-            ))
+            Summary::of(&v).map(|x| (m.clone(), x))
         })
         .collect()
 }
@@ -315,16 +321,8 @@ pub fn paired(a: &[(u64, f64)], b: &[(u64, f64)]) -> Option<Paired> {
         .iter()
         .filter_map(|&(seed, x)| b.iter().find(|(s, _)| *s == seed).map(|&(_, y)| (seed, x - y)))
         .collect();
-    let n = per_seed.len();
-    if n == 0 {
-        return None;
-    }
-    let mean = per_seed.iter().map(|d| d.1).sum::<f64>() / n as f64;
-    let std = if n > 1 {
-        (per_seed.iter().map(|d| (d.1 - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
-    } else {
-        0.0
-    };
+    let diffs: Vec<f64> = per_seed.iter().map(|d| d.1).collect();
+    let Summary { mean, std, n } = Summary::of(&diffs)?;
     let ci95 = (n > 1).then(|| {
         let half = t_975(n - 1) * std / (n as f64).sqrt();
         [mean - half, mean + half]

@@ -20,7 +20,7 @@ use seg_ssd::method::DET_METHOD_NAMES;
 use seg_ssd::train::{DetMethodConfigField, DetRunConfig};
 use seg_ssd::{DetMethodConfig, SsdConfig};
 
-use super::demo::{paired, with_ci, Paired};
+use super::demo::{paired, with_ci, Paired, Summary};
 
 #[derive(clap::Args, Debug)]
 pub struct TrainArgs {
@@ -183,7 +183,7 @@ fn run_arm(
 }
 
 /// AdaBN from the source-only run of `seed`.
-fn run_adabn(out: &Path, data: &Path, seed: u64, device: &candle_core::Device) -> anyhow::Result<DetResult> {
+fn run_adabn(out: &Path, seed: u64, device: &candle_core::Device) -> anyhow::Result<DetResult> {
     let t = std::time::Instant::now();
     let from = out.join("runs/source-only").join(format!("seed{seed}"));
     let loaded = seg_ssd::train::load_detector(&from, device)?;
@@ -200,30 +200,15 @@ fn run_adabn(out: &Path, data: &Path, seed: u64, device: &candle_core::Device) -
         device,
         &dir.join("eval"),
         Some(&dir.join("detections.json")),
+        format!(
+            "Cityscapes `{}` split under `{}`; the source-only detector of `{}` with its batch-norm statistics re-estimated on `{}`.",
+            cfg.data.target_val,
+            cfg.data.target_root.display(),
+            from.display(),
+            cfg.data.target_train
+        ),
     )?;
-    let _ = data;
     Ok(result("adabn", seed, &report, t.elapsed().as_secs_f64()))
-}
-
-#[derive(Debug, Clone, serde::Serialize)]
-struct Summary {
-    mean: f64,
-    std: f64,
-    n: usize,
-}
-
-fn summarise(v: &[f64]) -> Option<Summary> {
-    let n = v.len();
-    if n == 0 {
-        return None;
-    }
-    let mean = v.iter().sum::<f64>() / n as f64;
-    let std = if n > 1 {
-        (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
-    } else {
-        0.0
-    };
-    Some(Summary { mean, std, n })
 }
 
 /// `seg-adapt demo --task detection`.
@@ -271,7 +256,7 @@ pub fn demo(
         for m in &methods {
             eprintln!("[{:>5.0}s] detection {m} seed {seed}", start.elapsed().as_secs_f64());
             let r = if m == "adabn" {
-                run_adabn(out, &data, seed, &device)
+                run_adabn(out, seed, &device)
             } else {
                 run_arm(out, &data, preset, m, seed, steps, &device)
             }
@@ -293,7 +278,7 @@ pub fn demo(
     let mut vs: BTreeMap<String, (Option<Paired>, Option<Paired>)> = BTreeMap::new();
     for m in &methods {
         let s = scores(m);
-        if let Some(x) = summarise(&s.iter().map(|v| v.1).collect::<Vec<_>>()) {
+        if let Some(x) = Summary::of(&s.iter().map(|v| v.1).collect::<Vec<_>>()) {
             summary.insert(m.clone(), x);
         }
         // Paired columns as in the segmentation table: none against itself, and source-only
@@ -454,11 +439,9 @@ pub fn eval(
     device: &crate::run::DeviceName,
 ) -> anyhow::Result<()> {
     let ds = DetDataset::open_cityscapes(root, split, true, classes)?;
-    let mut report = match (pred, checkpoint) {
+    let report = match (pred, checkpoint) {
         (Some(p), _) => {
-            let gt = (0..ds.len())
-                .map(|i| ds.truth(i).map(|t| t.boxes))
-                .collect::<Result<Vec<_>, _>>()?;
+            let gt = ds.all_boxes()?;
             let dets = seg_detect::dets::read_detections(p, &seg_ssd::train::image_index(&ds))?;
             let mut r = DetReport::compute(&gt, &dets, classes);
             let pictures = seg_detect::report::first_pictures(
@@ -483,33 +466,29 @@ pub fn eval(
         (None, Some(run_dir)) => {
             let device = crate::run::device(device)?;
             let loaded = seg_ssd::train::load_detector(run_dir, &device)?;
+            let has = loaded.cfg.model.classes;
             anyhow::ensure!(
-                loaded.cfg.model.classes == classes || classes == ClassSet::Car,
-                "the detector detects `{}` classes; evaluate it with --classes {}",
-                loaded.cfg.model.classes,
-                loaded.cfg.model.classes
+                classes.indices().into_iter().all(|c| has.contains(c)),
+                "the detector detects `{has}` classes; evaluate it with --classes {has}"
             );
-            let ds = DetDataset::open_cityscapes(root, split, true, loaded.cfg.model.classes)?;
-            let mut r = seg_ssd::train::evaluate_detector(
+            let source = format!(
+                "Cityscapes `{split}` split under `{}`; detector from `{}` (step {}).",
+                root.display(),
+                run_dir.display(),
+                loaded.step
+            );
+            seg_ssd::train::evaluate_detector(
                 loaded.method.detector(),
                 &ds,
                 8,
                 &device,
                 out,
                 Some(&out.join("detections.json")),
-            )?;
-            r.source = Some(format!(
-                "Cityscapes `{split}` split under `{}`; detector from `{}` (step {}).",
-                root.display(),
-                run_dir.display(),
-                loaded.step
-            ));
-            r.write(out, &[])?;
-            r
+                source,
+            )?
         }
         (None, None) => anyhow::bail!("give --pred DETS.json or --checkpoint RUN_DIR"),
     };
-    report.pictures.retain(|p| out.join(p).exists());
     print!("{}", report.text_table());
     println!("report written to {}", out.join("report.json").display());
     Ok(())

@@ -71,6 +71,19 @@ fn train_detector_then_eval_the_checkpoint_and_its_detections_file_alike() {
     let dets = run.join("detections.json");
     let by_ckpt = eval("by-ckpt", "car", ["--checkpoint", p(&run)]);
     let by_file = eval("by-file", "car", ["--pred", p(&dets)]);
+    // A car detector is not scored on all eight classes.
+    let e = err(&[
+        "eval",
+        "--task",
+        "detection",
+        "--root",
+        p(&cs),
+        "--checkpoint",
+        p(&run),
+        "--out",
+        p(&dir.path().join("x")),
+    ]);
+    assert!(e.contains("--classes car"), "{e}");
     let (a, b) = (json(&by_ckpt.join("report.json")), json(&by_file.join("report.json")));
     assert_eq!(a["ap50"], trained["ap50"]);
     assert_eq!(a["ap50"], b["ap50"]);
@@ -87,24 +100,11 @@ fn train_detector_then_eval_the_checkpoint_and_its_detections_file_alike() {
 fn detection_input_errors_name_the_entry_or_key() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path());
-    let e = err(&[
-        "train-detector",
-        p(&cfg),
-        "--out",
-        p(&dir.path().join("r")),
-        "--set",
-        "trainer.stepz=3",
-    ]);
-    assert!(e.contains("stepz"), "{e}");
-    let e = err(&[
-        "train-detector",
-        p(&cfg),
-        "--out",
-        p(&dir.path().join("r")),
-        "--set",
-        "method.kind=yolo",
-    ]);
-    assert!(e.contains("yolo"), "{e}");
+    let out = dir.path().join("r");
+    for (set, named) in [("trainer.stepz=3", "stepz"), ("method.kind=yolo", "yolo")] {
+        let e = err(&["train-detector", p(&cfg), "--out", p(&out), "--set", set]);
+        assert!(e.contains(named), "{set}: {e}");
+    }
     let (_, _, cs) = seg_data::toy::paths(toy());
     let dets = dir.path().join("d.json");
     std::fs::write(
