@@ -10,9 +10,9 @@ use seg_core::Domain;
 use seg_data::{open_dataset, Augment, DatasetName, DatasetOptions, Loader};
 use seg_labels::png_io;
 
-/// Large buffers are reused across training steps instead of re-faulted (see `seg_nn::alloc`).
+/// Large buffers are reused across training steps instead of re-faulted (see `seg_alloc`).
 #[global_allocator]
-static ALLOC: seg_nn::alloc::CachingAlloc = seg_nn::alloc::CachingAlloc::new();
+static ALLOC: seg_alloc::CachingAlloc = seg_alloc::CachingAlloc::new();
 
 fn fixture(dir: &std::path::Path, n: usize) {
     let (w, h) = (2048u32, 1024u32);

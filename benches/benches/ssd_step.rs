@@ -15,7 +15,7 @@ use seg_ssd::{DetMethodConfig, SsdConfig};
 use seg_train::{LrAt, Stepper, TrainerConfig};
 
 #[global_allocator]
-static ALLOC: seg_nn::alloc::CachingAlloc = seg_nn::alloc::CachingAlloc::new();
+static ALLOC: seg_alloc::CachingAlloc = seg_alloc::CachingAlloc::new();
 
 const N: usize = 8;
 

@@ -15,9 +15,9 @@ use seg_core::{Batch, Domain, SegMethod, Stage, StepCx, StepInfo};
 use seg_heads::{MethodConfig, MethodParts};
 use seg_train::{LrAt, Stepper, TrainerConfig};
 
-/// Large buffers are reused across training steps instead of re-faulted (see `seg_nn::alloc`).
+/// Large buffers are reused across training steps instead of re-faulted (see `seg_alloc`).
 #[global_allocator]
-static ALLOC: seg_nn::alloc::CachingAlloc = seg_nn::alloc::CachingAlloc::new();
+static ALLOC: seg_alloc::CachingAlloc = seg_alloc::CachingAlloc::new();
 
 /// A method and its optimisers, built as the trainer builds them (default trainer settings:
 /// SGD with momentum for the segmenter, Adam for the other groups).

@@ -4,9 +4,9 @@
 use clap::Parser;
 use seg_adapt::cmd;
 
-/// Large buffers are reused across training steps instead of re-faulted (see `seg_nn::alloc`).
+/// Large buffers are reused across training steps instead of re-faulted (see `seg_alloc`).
 #[global_allocator]
-static ALLOC: seg_nn::alloc::CachingAlloc = seg_nn::alloc::CachingAlloc::new();
+static ALLOC: seg_alloc::CachingAlloc = seg_alloc::CachingAlloc::new();
 
 #[derive(Parser, Debug)]
 #[command(
@@ -30,7 +30,8 @@ fn main() -> std::process::ExitCode {
         .with_target(false)
         .init();
     // The kernels' runtime switches (`SEG_SGEMM`, `SEG_WINOGRAD`, `SEG_CUDNN`, ...), read once.
-    seg_nn::settings::Settings::from_env().apply();
+    seg_kernels::Settings::from_env().apply();
+    seg_cuda::Settings::from_env().apply();
     let cli = Cli::parse();
     match cmd::run(cli.command) {
         Ok(()) => std::process::ExitCode::SUCCESS,

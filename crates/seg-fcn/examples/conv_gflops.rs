@@ -2,12 +2,13 @@
 //! `cargo run --release -p seg-fcn --example conv_gflops [layer index …] [-- reps]`. The GF/s
 //! count the direct convolution's multiply-adds whatever algorithm runs (`SEG_WINOGRAD=0` for
 //! the im2col products alone).
-use seg_nn::conv_ops::{forward_cpu, input_grad_cpu, weight_grad_cpu, Geom};
+use seg_kernels::conv::{forward as forward_cpu, input_grad as input_grad_cpu, weight_grad as weight_grad_cpu};
+use seg_kernels::Geom;
 use std::time::Instant;
 
-/// Large buffers are reused across training steps instead of re-faulted (see `seg_nn::alloc`).
+/// Large buffers are reused across training steps instead of re-faulted (see `seg_alloc`).
 #[global_allocator]
-static ALLOC: seg_nn::alloc::CachingAlloc = seg_nn::alloc::CachingAlloc::new();
+static ALLOC: seg_alloc::CachingAlloc = seg_alloc::CachingAlloc::new();
 
 fn best(reps: usize, f: &mut dyn FnMut()) -> f64 {
     (0..reps)

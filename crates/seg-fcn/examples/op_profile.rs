@@ -20,7 +20,7 @@ fn main() {
     time("pool candle", || x.as_tensor().max_pool2d(2).unwrap(), &x);
     time(
         "conv ops 16->24",
-        || seg_nn::conv_ops::conv2d(x.as_tensor(), w.as_tensor(), 1, 1, 1).unwrap(),
+        || seg_nn::ops::conv::conv2d(x.as_tensor(), w.as_tensor(), 1, 1, 1).unwrap(),
         &x,
     );
     time(

@@ -9,9 +9,9 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use std::time::Instant;
 
-/// Large buffers are reused across training steps instead of re-faulted (see `seg_nn::alloc`).
+/// Large buffers are reused across training steps instead of re-faulted (see `seg_alloc`).
 #[global_allocator]
-static ALLOC: seg_nn::alloc::CachingAlloc = seg_nn::alloc::CachingAlloc::new();
+static ALLOC: seg_alloc::CachingAlloc = seg_alloc::CachingAlloc::new();
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -42,7 +42,7 @@ fn main() {
         _ => seg_fcn::vgg::FcnCfg::full(19),
     };
     let gflop = 3.0 * 2.0 * fcn.forward_macs(256, 512) as f64 / 1e9;
-    let winograd = dev.is_cpu() && seg_nn::winograd::enabled();
+    let winograd = dev.is_cpu() && seg_kernels::winograd::enabled();
     let performed = 3.0 * 2.0 * fcn.forward_macs_with(256, 512, winograd) as f64 / 1e9;
     let mut best = f64::INFINITY;
     let x = Tensor::randn(0f32, 1.0, (1, 3, 256, 512), &dev).unwrap();

@@ -35,14 +35,14 @@ impl FcnCfg {
     }
 
     /// [`Self::forward_macs`] as performed: with `winograd`, the 3×3 convolutions that
-    /// `seg_nn::winograd::applies` to cost 16 multiply-adds per 2×2 output tile and channel
+    /// `seg_kernels::winograd::applies` to cost 16 multiply-adds per 2×2 output tile and channel
     /// pair instead of 36.
     pub fn forward_macs_with(&self, h: usize, w: usize, winograd: bool) -> u64 {
         // A 3×3 convolution with padding 1 on a `ho × wo` input (same size out).
         let conv3 = |cin: usize, cout: usize, ho: usize, wo: usize| -> u64 {
-            let g = seg_nn::conv_ops::Geom::conv((1, cin, ho, wo), (cout, cin, 3, 3), 1, 1, 1);
+            let g = seg_kernels::Geom::conv((1, cin, ho, wo), (cout, cin, 3, 3), 1, 1, 1);
             match g {
-                Ok(g) if winograd && seg_nn::winograd::applies(&g) => {
+                Ok(g) if winograd && seg_kernels::winograd::applies(&g) => {
                     (cin * cout * 16 * ho.div_ceil(2) * wo.div_ceil(2)) as u64
                 }
                 _ => (cin * cout * 9 * ho * wo) as u64,

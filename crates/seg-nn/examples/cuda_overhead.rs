@@ -28,20 +28,20 @@ fn time(dev: &candle_core::Device, name: &str, mut f: impl FnMut() -> Tensor) {
 
 fn main() {
     let dev = seg_nn::cuda_device(0).expect("CUDA device 0");
-    println!("cuDNN: {}", seg_nn::cudnn::available());
+    println!("cuDNN: {}", seg_cuda::cudnn::available());
     for (label, h, w) in [("8x8", 8, 8), ("128x256", 128, 256)] {
         let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (1, 64, h, w), &dev).unwrap()).unwrap();
         let k = Var::from_tensor(&Tensor::randn(0f32, 0.05, (64, 64, 3, 3), &dev).unwrap()).unwrap();
         let b = Var::from_tensor(&Tensor::zeros(64, candle_core::DType::F32, &dev).unwrap()).unwrap();
         let (x, k, b) = (x.as_tensor(), k.as_tensor(), b.as_tensor());
         time(&dev, &format!("conv 64->64 k3 {label}"), || {
-            seg_nn::conv_ops::conv2d(x, k, 1, 1, 1).unwrap()
+            seg_nn::ops::conv::conv2d(x, k, 1, 1, 1).unwrap()
         });
         time(&dev, &format!("conv+bias+relu {label}"), || {
-            seg_nn::conv_ops::conv2d_bias_relu(x, k, b, 1, 1, 1).unwrap()
+            seg_nn::ops::conv::conv2d_bias_relu(x, k, b, 1, 1, 1).unwrap()
         });
         time(&dev, &format!("conv+bias+relu fwd+bwd {label}"), || {
-            let y = seg_nn::conv_ops::conv2d_bias_relu(x, k, b, 1, 1, 1).unwrap();
+            let y = seg_nn::ops::conv::conv2d_bias_relu(x, k, b, 1, 1, 1).unwrap();
             let _ = seg_nn::backward(&y.sum_all().unwrap()).unwrap();
             y
         });

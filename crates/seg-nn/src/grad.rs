@@ -121,8 +121,8 @@ mod tests {
         let w = Var::from_tensor(&Tensor::randn(0f32, 0.3, (4, 3, 3, 3), &dev).unwrap()).unwrap();
         // The weight is used twice (and once more through a candle op).
         let loss = |w: &Tensor| -> Tensor {
-            let a = crate::conv_ops::conv2d(&x, w, 1, 1, 1).unwrap();
-            let b = crate::conv_ops::conv2d(&(&x * 0.5).unwrap(), w, 1, 1, 1).unwrap();
+            let a = crate::ops::conv::conv2d(&x, w, 1, 1, 1).unwrap();
+            let b = crate::ops::conv::conv2d(&(&x * 0.5).unwrap(), w, 1, 1, 1).unwrap();
             let pen = w.sqr().unwrap().sum_all().unwrap();
             ((a.sqr().unwrap().sum_all().unwrap() + b.sum_all().unwrap()).unwrap() + pen).unwrap()
         };

@@ -1,4 +1,4 @@
-//! Layers with gradients we can trust: convolutions (the custom ops of [`crate::conv_ops`], with
+//! Layers with gradients we can trust: convolutions (the custom ops of [`crate::ops::conv`], with
 //! `vb` names equal to field paths), a 2×2 max pool written as reshape + max (candle's `max_pool2d` scales its
 //! gradient by 1/4), batch norm with running statistics, bilinear resize as two matmuls, and
 //! transposed convolutions initialised to bilinear upsampling.
@@ -86,7 +86,7 @@ impl Conv2d {
     pub fn forward_relu(&self, x: &Tensor) -> Result<Tensor> {
         match &self.bias {
             Some(b) if self.groups == 1 => {
-                crate::conv_ops::conv2d_bias_relu(x, &self.weight, b, self.stride, self.padding, self.dilation)
+                crate::ops::conv::conv2d_bias_relu(x, &self.weight, b, self.stride, self.padding, self.dilation)
             }
             _ => self.forward(x)?.relu(),
         }
@@ -96,7 +96,7 @@ impl Conv2d {
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = if self.groups == 1 {
-            crate::conv_ops::conv2d(x, &self.weight, self.stride, self.padding, self.dilation)?
+            crate::ops::conv::conv2d(x, &self.weight, self.stride, self.padding, self.dilation)?
         } else {
             x.conv2d(&self.weight, self.padding, self.stride, self.dilation, self.groups)?
         };
@@ -116,8 +116,8 @@ pub fn max_pool2x2(x: &Tensor) -> Result<Tensor> {
         candle_core::bail!("max_pool2x2 needs even height and width, got {h}x{w}");
     }
     let on_cuda = cfg!(feature = "cuda") && x.device().is_cuda() && x.dtype() == candle_core::DType::F32;
-    if crate::cpu_ops::applies(x) || on_cuda {
-        return crate::cpu_ops::max_pool2(x);
+    if crate::ops::applies(x) || on_cuda {
+        return crate::ops::pool::max_pool2(x);
     }
     x.reshape((n, c, h / 2, 2, w / 2, 2))?.max(5)?.max(3)
 }
@@ -234,12 +234,12 @@ impl ModuleT for BatchNorm2d {
         }
         let (n, c, h, w) = x.dims4()?;
         let count = (n * h * w) as f64;
-        let (normalised, mean, var) = if crate::cpu_ops::applies(x) {
-            let (stats, _) = crate::cpu_ops::batch_stats(x)?;
+        let (normalised, mean, var) = if crate::ops::applies(x) {
+            let (stats, _) = crate::ops::norm::batch_stats(x)?;
             let mean = Tensor::from_vec(stats.iter().map(|s| s.0 as f32).collect::<Vec<_>>(), c, x.device())?;
             let var = Tensor::from_vec(stats.iter().map(|s| s.1 as f32).collect::<Vec<_>>(), c, x.device())?;
             (
-                Some(crate::cpu_ops::bn_train(x, &self.weight, &self.bias, self.eps)?),
+                Some(crate::ops::norm::bn_train(x, &self.weight, &self.bias, self.eps)?),
                 mean,
                 var,
             )
@@ -325,7 +325,7 @@ impl ConvTranspose2d {
 
 impl Module for ConvTranspose2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        crate::conv_ops::conv_transpose2d(x, &self.weight, self.stride, self.padding, 1)
+        crate::ops::conv::conv_transpose2d(x, &self.weight, self.stride, self.padding, 1)
     }
 }
 

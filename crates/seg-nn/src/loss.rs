@@ -12,8 +12,8 @@ pub fn cross_entropy_ignore(logits: &Tensor, labels: &Tensor, ignore: u32) -> Re
         candle_core::bail!("cross_entropy_ignore: logits {n}x{c}x{h}x{w} and labels {ln}x{lh}x{lw} disagree");
     }
     let labels = labels.to_dtype(DType::U32)?;
-    if crate::cpu_ops::applies(logits) && labels.device().is_cpu() {
-        return crate::cpu_ops::cross_entropy(logits, &labels, ignore);
+    if crate::ops::applies(logits) && labels.device().is_cpu() {
+        return crate::ops::xent::cross_entropy(logits, &labels, ignore);
     }
     let valid = labels.ne(ignore)?;
     let safe = valid.where_cond(&labels, &labels.zeros_like()?)?;

@@ -256,12 +256,9 @@ impl Optimizer for Adam {
 /// The in-place CPU updates: the tensor path's formulas in one pass over f32 memory.
 pub mod inplace {
     use candle_core::{CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Result, Tensor};
-    use rayon::prelude::*;
+    use seg_kernels::update;
 
-    /// Chunk of elements per rayon task.
-    const CHUNK: usize = 1 << 16;
-
-    /// Whether SGD's updates have CUDA kernels (`crate::cuda_kernels`); Adam's run on the CPU
+    /// Whether SGD's updates have CUDA kernels (`seg_cuda::nvrtc`); Adam's run on the CPU
     /// only.
     pub const CUDA_SGD: bool = cfg!(feature = "cuda");
 
@@ -289,15 +286,11 @@ pub mod inplace {
         }
     }
 
-    /// `f(dst[i], a[i], b[i])` for every element, in parallel chunks.
-    fn each3(dst: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(&mut f32, f32, f32) + Sync) {
-        dst.par_chunks_mut(CHUNK)
-            .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
-            .for_each(|(d, (a, b))| {
-                for ((d, &a), &b) in d.iter_mut().zip(a).zip(b) {
-                    f(d, a, b);
-                }
-            });
+    fn same_len(a: usize, b: usize, c: usize) -> Result<()> {
+        if a != b || a != c {
+            candle_core::bail!("in-place optimizer step: operands of {a}, {b} and {c} values");
+        }
+        Ok(())
     }
 
     /// `buf = m·buf + (g + wd·p)` (SGD's momentum buffer; with m = 0 it is the step).
@@ -321,11 +314,8 @@ pub mod inplace {
             l3: &Layout,
         ) -> Result<()> {
             let (buf, g, p) = (write(s1, l1)?, read(s2, l2)?, read(s3, l3)?);
-            let (m, wd) = (self.m, self.wd);
-            each3(buf, g, p, |b, g, p| {
-                let g = if wd != 0.0 { g + p * wd } else { g };
-                *b = if m != 0.0 { *b * m + g } else { g };
-            });
+            same_len(buf.len(), g.len(), p.len())?;
+            update::momentum(buf, g, p, self.m, self.wd);
             Ok(())
         }
     }
@@ -342,17 +332,13 @@ pub mod inplace {
 
         fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<()> {
             let (p, b) = (write(s1, l1)?, read(s2, l2)?);
-            let lr = self.lr;
-            p.par_chunks_mut(CHUNK).zip(b.par_chunks(CHUNK)).for_each(|(p, b)| {
-                for (p, &b) in p.iter_mut().zip(b) {
-                    *p -= b * lr;
-                }
-            });
+            same_len(p.len(), b.len(), b.len())?;
+            update::descend(p, b, self.lr);
             Ok(())
         }
     }
 
-    /// SGD's whole step on CUDA in one kernel (`crate::cuda_kernels::sgd_step`): `p` in place,
+    /// SGD's whole step on CUDA in one kernel (`seg_cuda::nvrtc::sgd_step`): `p` in place,
     /// the momentum buffer written alongside. The CPU runs [`Momentum`] then [`Descend`].
     pub struct SgdStep {
         pub m: f32,
@@ -387,7 +373,7 @@ pub mod inplace {
             g: &candle_core::CudaStorage,
             lg: &Layout,
         ) -> Result<()> {
-            crate::cuda_kernels::sgd_step(p, lp, buf, lb, g, lg, (self.m, self.wd, self.lr))
+            seg_cuda::nvrtc::sgd_step(p, lp, buf, lb, g, lg, (self.m, self.wd, self.lr))
         }
     }
 
@@ -415,12 +401,8 @@ pub mod inplace {
             l3: &Layout,
         ) -> Result<()> {
             let (mom, g, p) = (write(s1, l1)?, read(s2, l2)?, read(s3, l3)?);
-            let (beta, one_minus, wd, square) = (self.beta, self.rest, self.wd, self.square);
-            each3(mom, g, p, |mo, g, p| {
-                let g = if wd != 0.0 { g + p * wd } else { g };
-                let h = if square { g * g } else { g };
-                *mo = *mo * beta + h * one_minus;
-            });
+            same_len(mom.len(), g.len(), p.len())?;
+            update::moment(mom, g, p, self.beta, self.rest, self.wd, self.square);
             Ok(())
         }
     }
@@ -448,11 +430,8 @@ pub mod inplace {
             l3: &Layout,
         ) -> Result<()> {
             let (p, m, v) = (write(s1, l1)?, read(s2, l2)?, read(s3, l3)?);
-            let (lr, bc1, bc2, eps) = (self.lr, self.bc1, self.bc2, self.eps);
-            each3(p, m, v, |p, m, v| {
-                let denom = (v / bc2).sqrt() + eps;
-                *p -= (m / bc1) / denom * lr;
-            });
+            same_len(p.len(), m.len(), v.len())?;
+            update::adam_step(p, m, v, self.lr, self.bc1, self.bc2, self.eps);
             Ok(())
         }
     }

@@ -11,6 +11,7 @@ mod detection;
 mod determinism;
 mod matrix;
 mod protocol;
+mod tidy;
 
 /// The binary under test; `SEG_ADAPT_BIN` points elsewhere when the tests run on another
 /// machine than the one that built them (the GPU check).

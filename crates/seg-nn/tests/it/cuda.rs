@@ -6,7 +6,7 @@ use candle_core::{DType, Device, ModuleT, Tensor, Var};
 /// CUDA device 0 as the trainer opens it, with FP32-only convolutions: with TF32 tensor cores
 /// (the default) results differ from the CPU's by about 1e-3 relative.
 fn gpu() -> Device {
-    seg_nn::set_cuda_tf32(false);
+    seg_cuda::cudnn::set_tf32(false);
     seg_nn::cuda_device(0).expect("these tests need CUDA device 0 (the build has `--features cuda`)")
 }
 
@@ -14,9 +14,9 @@ fn gpu() -> Device {
 /// (then the cases above test candle's im2col fallback).
 #[test]
 fn cudnn_is_loaded_unless_turned_off() {
-    let off = std::env::var("SEG_CUDNN").is_ok_and(|v| v == "0");
+    let off = !seg_cuda::Settings::current().cudnn;
     assert_eq!(
-        seg_nn::cudnn::available(),
+        seg_cuda::cudnn::available(),
         !off,
         "cuDNN should load (is libcudnn.so.9 on the library path?)"
     );
@@ -100,7 +100,7 @@ fn convolutions_on_cuda_match_the_cpu() {
         let kt = Tensor::randn(0f32, 1.0, (co, c, k, k), &Device::Cpu).unwrap();
         parity(
             &[x, kt],
-            &|t| seg_nn::conv_ops::conv2d(&t[0], &t[1], stride, pad, dil).unwrap(),
+            &|t| seg_nn::ops::conv::conv2d(&t[0], &t[1], stride, pad, dil).unwrap(),
             &format!("conv {c}->{co} k{k} s{stride} p{pad} d{dil}"),
         );
     }
@@ -109,7 +109,7 @@ fn convolutions_on_cuda_match_the_cpu() {
     let kt = Tensor::randn(0f32, 0.05, (64, 64, 3, 3), &Device::Cpu).unwrap();
     parity(
         &[x, kt],
-        &|t| seg_nn::conv_ops::conv2d(&t[0], &t[1], 1, 1, 1).unwrap(),
+        &|t| seg_nn::ops::conv::conv2d(&t[0], &t[1], 1, 1, 1).unwrap(),
         "conv 64->64 k3 at 40x56",
     );
     let x = Tensor::randn(0f32, 1.0, (2, 4, 9, 7), &Device::Cpu).unwrap();
@@ -117,7 +117,7 @@ fn convolutions_on_cuda_match_the_cpu() {
     let b = Tensor::randn(0f32, 1.0, 5, &Device::Cpu).unwrap();
     parity(
         &[x, kt, b],
-        &|t| seg_nn::conv_ops::conv2d_bias_relu(&t[0], &t[1], &t[2], 1, 1, 1).unwrap(),
+        &|t| seg_nn::ops::conv::conv2d_bias_relu(&t[0], &t[1], &t[2], 1, 1, 1).unwrap(),
         "fused conv+bias+relu",
     );
     for (ci, co, k, stride, pad) in [(3, 3, 4, 2, 1), (19, 19, 16, 8, 4)] {
@@ -125,7 +125,7 @@ fn convolutions_on_cuda_match_the_cpu() {
         let kt = Tensor::randn(0f32, 1.0, (ci, co, k, k), &Device::Cpu).unwrap();
         parity(
             &[x, kt],
-            &|t| seg_nn::conv_ops::conv_transpose2d(&t[0], &t[1], stride, pad, 1).unwrap(),
+            &|t| seg_nn::ops::conv::conv_transpose2d(&t[0], &t[1], stride, pad, 1).unwrap(),
             &format!("convT {ci}->{co} k{k} s{stride}"),
         );
     }

@@ -310,7 +310,7 @@ fn convolution_ops_match_candle_in_value_and_gradients() {
         same_op_and_gradients(
             &x,
             &kv,
-            |x, k| seg_nn::conv_ops::conv2d(x, k, stride, pad, dil).unwrap(),
+            |x, k| seg_nn::ops::conv::conv2d(x, k, stride, pad, dil).unwrap(),
             |x, k| x.conv2d(k, pad, stride, dil, 1).unwrap(),
             &format!("conv {c}->{co} k{k} s{stride} p{pad} d{dil} {h}x{w}"),
         );
@@ -328,7 +328,7 @@ fn winograd_case((n, c, co, pad, h, w): (usize, usize, usize, usize, usize, usiz
     same_op_and_gradients(
         &x,
         &kv,
-        |x, k| seg_nn::conv_ops::conv2d(x, k, 1, pad, 1).unwrap(),
+        |x, k| seg_nn::ops::conv::conv2d(x, k, 1, pad, 1).unwrap(),
         |x, k| x.conv2d(k, pad, 1, 1, 1).unwrap(),
         &what,
     );
@@ -336,7 +336,7 @@ fn winograd_case((n, c, co, pad, h, w): (usize, usize, usize, usize, usize, usiz
         return;
     }
     let b = Tensor::randn(0f32, 1.0, co, &cpu()).unwrap();
-    let ours = seg_nn::conv_ops::conv2d_bias_relu(x.as_tensor(), kv.as_tensor(), &b, 1, pad, 1).unwrap();
+    let ours = seg_nn::ops::conv::conv2d_bias_relu(x.as_tensor(), kv.as_tensor(), &b, 1, pad, 1).unwrap();
     let plain = x
         .as_tensor()
         .conv2d(kv.as_tensor(), pad, 1, 1, 1)
@@ -398,8 +398,8 @@ fn fused_conv_bias_relu_matches_the_unfused_layer() {
         let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, c, h, w), &cpu()).unwrap()).unwrap();
         let kv = Var::from_tensor(&Tensor::randn(0f32, 1.0, (co, c, k, k), &cpu()).unwrap()).unwrap();
         let b = Var::from_tensor(&Tensor::randn(0f32, 1.0, co, &cpu()).unwrap()).unwrap();
-        let fused =
-            seg_nn::conv_ops::conv2d_bias_relu(x.as_tensor(), kv.as_tensor(), b.as_tensor(), stride, pad, dil).unwrap();
+        let fused = seg_nn::ops::conv::conv2d_bias_relu(x.as_tensor(), kv.as_tensor(), b.as_tensor(), stride, pad, dil)
+            .unwrap();
         let plain = x
             .as_tensor()
             .conv2d(kv.as_tensor(), pad, stride, dil, 1)
@@ -433,7 +433,7 @@ fn transposed_convolution_matches_candle_in_value_and_gradients() {
         same_op_and_gradients(
             &x,
             &kv,
-            |x, k| seg_nn::conv_ops::conv_transpose2d(x, k, stride, pad, dil).unwrap(),
+            |x, k| seg_nn::ops::conv::conv_transpose2d(x, k, stride, pad, dil).unwrap(),
             |x, k| x.conv_transpose2d(k, pad, 0, stride, dil).unwrap(),
             &format!("convT {ci}->{co} k{k} s{stride} p{pad} d{dil} {h}x{w}"),
         );
@@ -444,7 +444,8 @@ fn transposed_convolution_matches_candle_in_value_and_gradients() {
 /// for the input gradient); the same functions on the CPU must give the CPU kernels' numbers.
 #[test]
 fn composite_pieces_used_on_cuda_match_the_cpu_kernels() {
-    use seg_nn::conv_ops::{composite, Geom};
+    use seg_kernels::Geom;
+    use seg_nn::ops::conv::composite;
     // Plus strided sizes whose remainders differ between height and width.
     let extra: [ConvCase; 2] = [(2, 2, 3, 2, 1, 1, 9, 8), (3, 2, 4, 3, 1, 1, 10, 12)];
     for (c, co, k, stride, pad, dil, h, w) in CONV_CASES.into_iter().chain(extra) {
@@ -462,17 +463,17 @@ fn composite_pieces_used_on_cuda_match_the_cpu_kernels() {
         };
         let (xv, kv, dyv) = (data(&x), data(&kt), data(&dy));
         cmp(
-            seg_nn::conv_ops::forward_cpu(&g, &xv, &kv),
+            seg_kernels::conv::forward(&g, &xv, &kv),
             composite::forward(&g, &x, &kt).unwrap(),
             "forward",
         );
         cmp(
-            seg_nn::conv_ops::input_grad_cpu(&g, &dyv, &kv),
+            seg_kernels::conv::input_grad(&g, &dyv, &kv),
             composite::input_grad(&g, &dy, &kt).unwrap(),
             "input grad",
         );
         cmp(
-            seg_nn::conv_ops::weight_grad_cpu(&g, &xv, &dyv),
+            seg_kernels::conv::weight_grad(&g, &xv, &dyv),
             composite::weight_grad(&g, &x, &dy).unwrap(),
             "weight grad",
         );
@@ -485,11 +486,11 @@ fn convolution_gradients_match_finite_differences() {
     let kv = Var::from_tensor(&Tensor::randn(0f32, 1.0, (3, 2, 3, 3), &cpu()).unwrap()).unwrap();
     let wts = Tensor::randn(0f32, 1.0, (1, 3, 3, 3), &cpu()).unwrap();
     let f = |x: &Tensor, k: &Tensor| -> f32 {
-        let y = seg_nn::conv_ops::conv2d(x, k, 2, 1, 1).unwrap();
+        let y = seg_nn::ops::conv::conv2d(x, k, 2, 1, 1).unwrap();
         (y * &wts).unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap()
     };
     let grads = {
-        let y = seg_nn::conv_ops::conv2d(x.as_tensor(), kv.as_tensor(), 2, 1, 1).unwrap();
+        let y = seg_nn::ops::conv::conv2d(x.as_tensor(), kv.as_tensor(), 2, 1, 1).unwrap();
         (y * &wts).unwrap().sum_all().unwrap().backward().unwrap()
     };
     for v in [&x, &kv] {
@@ -572,7 +573,7 @@ fn batch_norm_gradient_matches_finite_differences() {
 
 #[test]
 fn settings_switch_the_cpu_kernels_in_one_process_with_the_same_results() {
-    use seg_nn::settings::Settings;
+    use seg_kernels::settings::Settings;
     let before = Settings::current();
     let vars = VarMap::new();
     let vb = VarBuilder::from_varmap(&vars, DType::F32, &cpu());
@@ -585,7 +586,6 @@ fn settings_switch_the_cpu_kernels_in_one_process_with_the_same_results() {
     let fast = Settings {
         sgemm: true,
         winograd: true,
-        ..before
     };
     fast.apply();
     assert_eq!(Settings::current(), fast);
@@ -593,18 +593,20 @@ fn settings_switch_the_cpu_kernels_in_one_process_with_the_same_results() {
     let slow = Settings {
         sgemm: false,
         winograd: false,
-        ..before
     };
     slow.apply();
     assert_eq!(Settings::current(), slow);
-    assert!(!seg_nn::winograd::enabled(), "winograd must be off when its setting is");
+    assert!(
+        !seg_kernels::winograd::enabled(),
+        "winograd must be off when its setting is"
+    );
     let y_slow = conv.forward(&x).unwrap();
     before.apply();
     assert!(max_diff(&y_fast, &y_slow) < 1e-3, "{}", max_diff(&y_fast, &y_slow));
     // Where AVX-512 is, the fast path really is another path.
-    if seg_nn::sgemm::available() {
+    if seg_kernels::sgemm::available() {
         fast.apply();
-        assert!(seg_nn::winograd::enabled());
+        assert!(seg_kernels::winograd::enabled());
         before.apply();
     }
 }

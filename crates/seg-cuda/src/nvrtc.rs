@@ -12,8 +12,8 @@ use std::sync::OnceLock;
 
 const MODULE: &str = "seg_nn_kernels";
 
-/// The same arithmetic, in the same order, as the CPU kernels in [`crate::optim::inplace`] and
-/// [`crate::cpu_ops`].
+/// The same arithmetic, in the same order, as the CPU kernels in `seg_kernels::update` and
+/// `seg_kernels::pool`.
 const SRC: &str = r#"
 // SGD with momentum and weight decay in one pass: buf = m*buf + (g + wd*p); p -= lr*buf.
 extern "C" __global__ void sgd_step(float* p, float* buf, const float* g, float m, float wd, float lr, unsigned int n) {

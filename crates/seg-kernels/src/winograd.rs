@@ -1,7 +1,7 @@
 //! 3×3 stride-1 convolutions by Winograd's minimal filtering F(2×2, 3×3) (Lavin & Gray, 2016),
 //! for the CPU with AVX-512: 16 multiplications per 2×2 output tile and channel pair where the
 //! direct product takes 36, so the three pieces of a VGG layer's training step cost 2.25× fewer
-//! multiply-adds than the im2col products in `crate::conv_ops`.
+//! multiply-adds than the im2col products in [`crate::conv`].
 //!
 //! In one dimension, outputs `y0, y1` of a 3-tap correlation over inputs `d0..d3` are
 //! `Aᵀ[(G g) ⊙ (Bᵀ d)]` with `Bᵀ d = (d0−d2, d1+d2, d2−d1, d1−d3)`,
@@ -23,7 +23,7 @@
 //! Every transform runs on 16 tiles at a time (one vector lane per tile), reading the image
 //! rows with masked loads, so the padding is never materialised.
 
-use crate::conv_ops::Geom;
+use crate::geom::Geom;
 use crate::sgemm::{self, View, MR, NR};
 use rayon::prelude::*;
 

@@ -1,6 +1,6 @@
-//! GFLOP/s of `seg_nn::sgemm` next to the `gemm` crate at the products a VGG16-FCN8s step makes
-//! (and 2048³), both operand layouts: `cargo run --release -p seg-nn --example sgemm_shapes`.
-use seg_nn::sgemm::{sgemm, View};
+//! GFLOP/s of `seg_kernels::sgemm` next to the `gemm` crate at the products a VGG16-FCN8s step makes
+//! (and 2048³), both operand layouts: `cargo run --release -p seg-kernels --example sgemm_shapes`.
+use seg_kernels::sgemm::{sgemm, View};
 use std::time::Instant;
 
 fn best(f: &mut dyn FnMut()) -> f64 {
@@ -28,7 +28,7 @@ fn view(rows: usize, cols: usize, by_rows: bool) -> View {
 }
 
 fn main() {
-    assert!(seg_nn::sgemm::available(), "needs AVX-512");
+    assert!(seg_kernels::sgemm::available(), "needs AVX-512");
     let par = gemm::Parallelism::Rayon(rayon::current_num_threads());
     // (m, n, k, A by rows, B by rows, what)
     let shapes = [

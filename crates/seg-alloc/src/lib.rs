@@ -7,7 +7,7 @@
 //! allocator rounds large sizes to a size class and parks freed blocks in a small cache,
 //! bounded in bytes, from which the next request of that class is served.
 //!
-//! Binaries opt in: `#[global_allocator] static A: seg_nn::alloc::CachingAlloc = CachingAlloc::new();`
+//! Binaries opt in: `#[global_allocator] static A: seg_alloc::CachingAlloc = seg_alloc::CachingAlloc::new();`
 //! (`seg-adapt`, the benchmarks and the examples do). `SEG_ALLOC_CACHE_MB` sets the bound
 //! (default 1024; 0 turns caching off).
 

@@ -1,7 +1,7 @@
 //! The machine's single-precision matrix-product ceiling as the convolutions see it: the best
 //! of five 2048×2048×2048 products on all rayon threads, through `gemm` and through
-//! `seg_nn::sgemm` (where AVX-512 runs), in GFLOP/s; the ceiling is the faster of the two.
-//! `cargo run --release -p seg-nn --example gemm_ceiling`
+//! `seg_kernels::sgemm` (where AVX-512 runs), in GFLOP/s; the ceiling is the faster of the two.
+//! `cargo run --release -p seg-kernels --example gemm_ceiling`
 use std::time::Instant;
 
 fn best(f: &mut dyn FnMut()) -> f64 {
@@ -55,14 +55,14 @@ fn main() {
     assert_eq!(c[0], n as f32 * 0.5);
     println!("gemm crate: {:.1} GFLOP/s", flop / t_gemm / 1e9);
     let mut rate = flop / t_gemm / 1e9;
-    if seg_nn::sgemm::available() {
-        let v = seg_nn::sgemm::View { rs: n as isize, cs: 1 };
+    if seg_kernels::sgemm::available() {
+        let v = seg_kernels::sgemm::View { rs: n as isize, cs: 1 };
         let t_ours = best(&mut || {
             // SAFETY: as above; AVX-512 checked.
-            unsafe { seg_nn::sgemm::sgemm(n, n, n, c.as_mut_ptr(), v, false, a.as_ptr(), v, b.as_ptr(), v) }
+            unsafe { seg_kernels::sgemm::sgemm(n, n, n, c.as_mut_ptr(), v, false, a.as_ptr(), v, b.as_ptr(), v) }
         });
         assert_eq!(c[0], n as f32 * 0.5);
-        println!("seg_nn::sgemm: {:.1} GFLOP/s", flop / t_ours / 1e9);
+        println!("seg_kernels::sgemm: {:.1} GFLOP/s", flop / t_ours / 1e9);
         rate = rate.max(flop / t_ours / 1e9);
     }
     println!("gemm ceiling: {rate:.1} GFLOP/s ({n}^3 f32, {threads} threads)");

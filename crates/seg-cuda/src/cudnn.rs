@@ -17,12 +17,12 @@
 //! PyTorch (`torch.backends.cudnn.allow_tf32 = True`); [`set_tf32`]`(false)` or
 //! `SEG_CUDA_TF32=0` asks for FP32 multiply-adds only.
 
-use crate::conv_ops::Geom;
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
 use candle_core::cuda_backend::CudaDevice;
 use candle_core::op::BackpropOp;
 use candle_core::{CudaStorage, Layout, Result, Shape, Storage, Tensor};
+use seg_kernels::Geom;
 use std::cell::RefCell;
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
