@@ -58,10 +58,50 @@ pub fn device(name: &DeviceName) -> anyhow::Result<Device> {
     }
 }
 
-/// Opens one of the run's datasets (`source`, `target-train`, `target-train-labelled`, `val`)
-/// and leaves out the samples its policies say to leave out ([`Dataset::leave_out_unusable`]),
+/// One of a run's datasets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    /// The labelled synthetic source (train split).
+    Source,
+    /// The target's training split, images only (what adaptation sees).
+    TargetTrain,
+    /// The target's training split with its labels (the oracle's training data).
+    TargetTrainLabelled,
+    /// The target's validation split, with labels (evaluation).
+    Val,
+}
+
+impl Split {
+    /// The name used in messages and in `left_out.json`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Split::Source => "source",
+            Split::TargetTrain => "target-train",
+            Split::TargetTrainLabelled => "target-train-labelled",
+            Split::Val => "val",
+        }
+    }
+
+    /// The split a method trains its segmenter on: the target's labelled training split for the
+    /// oracle, the source otherwise.
+    pub fn training(cfg: &RunConfig) -> Self {
+        if cfg.method.trains_on_target_labels() {
+            Split::TargetTrainLabelled
+        } else {
+            Split::Source
+        }
+    }
+}
+
+impl std::fmt::Display for Split {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Opens one of the run's datasets and leaves out the samples its policies say to leave out ([`Dataset::leave_out_unusable`]),
 /// naming each once in the log.
-fn open(cfg: &RunConfig, which: &str) -> anyhow::Result<(Dataset, Vec<LeftOut>)> {
+fn open(cfg: &RunConfig, which: Split) -> anyhow::Result<(Dataset, Vec<LeftOut>)> {
     let what = || format!("checking the {which} dataset");
     let mut ds = open_all(cfg, which)?;
     let left_out = ds.leave_out_unusable().with_context(what)?;
@@ -79,7 +119,7 @@ fn open(cfg: &RunConfig, which: &str) -> anyhow::Result<(Dataset, Vec<LeftOut>)>
 }
 
 /// Opens one of the run's datasets as it is on disk (nothing left out).
-pub fn open_all(cfg: &RunConfig, which: &str) -> anyhow::Result<Dataset> {
+pub fn open_all(cfg: &RunConfig, which: Split) -> anyhow::Result<Dataset> {
     let d = &cfg.data;
     let opts = |require_labels: bool, list: Option<PathBuf>| DatasetOptions {
         size_policy: d.size_policy,
@@ -89,25 +129,25 @@ pub fn open_all(cfg: &RunConfig, which: &str) -> anyhow::Result<Dataset> {
         ..Default::default()
     };
     let (name, root, split, o) = match which {
-        "source" => (
+        Split::Source => (
             d.source_dataset,
             &d.source_root,
             "train",
             opts(true, d.source_list.clone()),
         ),
-        "target-train" => (
+        Split::TargetTrain => (
             d.target_dataset,
             &d.target_root,
             d.target_train_split.as_str(),
             opts(false, None),
         ),
-        "target-train-labelled" => (
+        Split::TargetTrainLabelled => (
             d.target_dataset,
             &d.target_root,
             d.target_train_split.as_str(),
             opts(true, None),
         ),
-        _ => (
+        Split::Val => (
             d.target_dataset,
             &d.target_root,
             d.target_val_split.as_str(),
@@ -175,13 +215,9 @@ pub fn build_setup(
     cfg.validate(backbone.stride())?;
     let has_bn = backbone.has_batch_norm();
     let mut left_out: BTreeMap<String, Vec<LeftOut>> = BTreeMap::new();
-    let role = if cfg.method.trains_on_target_labels() {
-        "target-train-labelled"
-    } else {
-        "source"
-    };
+    let role = Split::training(cfg);
     let (source, skipped) = open(cfg, role)?;
-    left_out.insert(role.into(), skipped);
+    left_out.insert(role.name().into(), skipped);
     let source = Arc::new(source);
     let crop = cfg.augment.crop.unwrap_or([0, 0]);
     if let Some((w, h)) = first_size(&source) {
@@ -245,8 +281,8 @@ pub fn build_setup(
     )
     .with_cache(t.cache_images);
     let target_ds = if method.needs_target() || reestimate {
-        let (ds, skipped) = open(cfg, "target-train")?;
-        left_out.insert("target-train".into(), skipped);
+        let (ds, skipped) = open(cfg, Split::TargetTrain)?;
+        left_out.insert(Split::TargetTrain.name().into(), skipped);
         Some(Arc::new(ds))
     } else {
         None
@@ -276,7 +312,7 @@ pub fn build_setup(
         }
         _ => None,
     };
-    let eval = match open(cfg, "val") {
+    let eval = match open(cfg, Split::Val) {
         Ok((ds, skipped)) => {
             left_out.insert("val".into(), skipped);
             Some((ds, eval_setup(cfg, device), cfg.eval.protocol))
@@ -324,7 +360,7 @@ fn write_left_out(run_dir: &Path, left_out: &BTreeMap<String, Vec<LeftOut>>) -> 
 /// The checkpoint file of a run folder (or the file itself).
 pub fn checkpoint_file(path: &Path) -> PathBuf {
     if path.is_dir() {
-        path.join("checkpoint.safetensors")
+        path.join(seg_train::checkpoint::FILE)
     } else {
         path.to_path_buf()
     }
@@ -418,7 +454,7 @@ pub fn load_trained(checkpoint: &Path, device: &Device) -> anyhow::Result<Traine
 pub fn adabn_from(cfg: &RunConfig, from_dir: &Path, run_dir: &Path, device: &Device) -> anyhow::Result<TrainOutcome> {
     let start = std::time::Instant::now();
     let trained = load_trained(from_dir, device)?;
-    let mut loader = adabn_loader(cfg, Arc::new(open(cfg, "target-train")?.0), device);
+    let mut loader = adabn_loader(cfg, Arc::new(open(cfg, Split::TargetTrain)?.0), device);
     seg_train::reestimate_bn(trained.backbone.as_ref(), &mut loader, cfg.eval.adabn_batches)?;
     let data = trained
         .vars
@@ -434,7 +470,7 @@ pub fn adabn_from(cfg: &RunConfig, from_dir: &Path, run_dir: &Path, device: &Dev
         target_loader: None,
         config: cfg.to_toml()?,
     };
-    let ck = run_dir.join("checkpoint.safetensors");
+    let ck = run_dir.join(seg_train::checkpoint::FILE);
     if ck.exists() {
         // Keep the trained source-only checkpoint (with its optimiser state) beside the result.
         std::fs::copy(&ck, run_dir.join("checkpoint-before-adabn.safetensors"))
@@ -442,7 +478,7 @@ pub fn adabn_from(cfg: &RunConfig, from_dir: &Path, run_dir: &Path, device: &Dev
     }
     seg_train::checkpoint::save(&ck, &tensors, &meta)?;
     seg_labels::fsutil::write_atomic(&run_dir.join("config.toml"), cfg.to_toml()?.as_bytes())?;
-    let val = open(cfg, "val")?.0;
+    let val = open(cfg, Split::Val)?.0;
     let report =
         seg_train::evaluate(trained.backbone.as_ref(), &val, &eval_setup(cfg, device))?.finish(cfg.eval.protocol);
     report.write(&run_dir.join("eval").join(format!("step_{:06}", trained.step)))?;

@@ -10,7 +10,6 @@ use crate::discriminator::{CellDiscriminator, ClassDiscriminatorBank, Discrimina
 use crate::error::{check_range, require_tap, HeadError};
 use crate::grl::ramp;
 use crate::ops::{one_hot, pool_to, presence_weighted_bce, stream, Presence};
-use seg_nn::bce_with_logits_per_element;
 
 const METHOD: &str = "cross-city";
 
@@ -186,8 +185,7 @@ impl CrossCityHead {
     }
 
     fn ga_mean(&self, x: &Tensor, target: f64, step: usize, site: u64) -> Result<Tensor> {
-        let mut rng = stream(self.cfg.seed, step, site);
-        bce_with_logits_per_element(&self.ga.forward_t(x, Some(&mut rng))?, target)?.mean_all()
+        self.ga.bce_mean(x, target, (self.cfg.seed, step, site))
     }
 
     fn ca_loss(&self, x: &Tensor, weights: &Tensor, target: f64, step: usize, site: u64) -> Result<Tensor> {

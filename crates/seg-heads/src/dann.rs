@@ -9,8 +9,6 @@ use seg_nn::lambda_schedule;
 use crate::discriminator::{CellDiscriminator, DiscriminatorSpec};
 use crate::error::{check_range, require_tap, HeadError};
 use crate::grl::grad_reverse;
-use crate::ops::stream;
-use seg_nn::bce_with_logits_per_element;
 
 const METHOD: &str = "dann";
 
@@ -110,10 +108,9 @@ impl DannHead {
     }
 
     fn domain_loss(&self, s: &Tensor, t: &Tensor, step: usize, site: u64) -> Result<Tensor> {
-        let mut rng_s = stream(self.cfg.seed, step, site);
-        let mut rng_t = stream(self.cfg.seed, step, site + 1);
-        let ls = bce_with_logits_per_element(&self.disc.forward_t(s, Some(&mut rng_s))?, 1.0)?.mean_all()?;
-        let lt = bce_with_logits_per_element(&self.disc.forward_t(t, Some(&mut rng_t))?, 0.0)?.mean_all()?;
+        let seed = self.cfg.seed;
+        let ls = self.disc.bce_mean(s, 1.0, (seed, step, site))?;
+        let lt = self.disc.bce_mean(t, 0.0, (seed, step, site + 1))?;
         (ls + lt)? * 0.5
     }
 }

@@ -70,6 +70,13 @@ impl CellDiscriminator {
     pub fn forward_t(&self, x: &Tensor, rng: Option<&mut Rng>) -> Result<Tensor> {
         run_stack([&self.fc1, &self.fc2, &self.out], 1, self.dropout, x, rng)
     }
+
+    /// The mean binary cross-entropy of its logits on `x` against `target` (1 = source), with
+    /// dropout from the head's stream for `(seed, step, site)`.
+    pub fn bce_mean(&self, x: &Tensor, target: f64, (seed, step, site): (u64, usize, u64)) -> Result<Tensor> {
+        let mut rng = crate::ops::stream(seed, step, site);
+        seg_nn::bce_with_logits_per_element(&self.forward_t(x, Some(&mut rng))?, target)?.mean_all()
+    }
 }
 
 impl Module for CellDiscriminator {

@@ -8,9 +8,8 @@ use seg_nn::lambda_schedule;
 
 use crate::discriminator::{CellDiscriminator, DiscriminatorSpec};
 use crate::error::{check_range, require_tap, HeadError};
-use crate::ops::{stream, Presence};
+use crate::ops::Presence;
 use crate::size::{SizeConstraints, SizePenalty};
-use seg_nn::bce_with_logits_per_element;
 
 const METHOD: &str = "fcn-wild";
 
@@ -160,8 +159,7 @@ impl FcnWildHead {
     }
 
     fn disc_mean(&self, x: &Tensor, target: f64, step: usize, site: u64) -> Result<Tensor> {
-        let mut rng = stream(self.cfg.seed, step, site);
-        bce_with_logits_per_element(&self.disc.forward_t(x, Some(&mut rng))?, target)?.mean_all()
+        self.disc.bce_mean(x, target, (self.cfg.seed, step, site))
     }
 }
 

@@ -38,28 +38,30 @@ pub fn one_hot(labels: &Tensor, classes: usize, dtype: DType) -> Result<Tensor> 
 /// are multiples of `h` and `w`, otherwise a bilinear resize (a fallback for models whose grid
 /// is not an exact division of the input).
 pub fn pool_to(x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
-    let (n, c, hi, wi) = x.dims4()?;
-    if (hi, wi) == (h, w) {
-        return Ok(x.clone());
-    }
-    if h > 0 && w > 0 && hi % h == 0 && wi % w == 0 {
-        let (sh, sw) = (hi / h, wi / w);
-        x.contiguous()?.reshape((n, c, h, sh, w, sw))?.mean(5)?.mean(3)
-    } else {
-        seg_nn::resize_bilinear(x, h, w)
-    }
+    reduce_blocks_to(x, h, w, |t, d| t.mean(d))
 }
 
 /// 2×2-style max pooling by an integer factor (reshape + max: gradients go to the maximum
 /// unscaled), or a bilinear resize when the sizes do not divide.
 pub fn max_pool_to(x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
+    reduce_blocks_to(x, h, w, |t, d| t.max(d))
+}
+
+/// `N×C×H×W` to `h × w` by `reduce` over each `H/h × W/w` block (the block's columns, then its
+/// rows), or a bilinear resize when the sizes do not divide; unchanged at the same size.
+fn reduce_blocks_to(
+    x: &Tensor,
+    h: usize,
+    w: usize,
+    reduce: impl Fn(&Tensor, usize) -> Result<Tensor>,
+) -> Result<Tensor> {
     let (n, c, hi, wi) = x.dims4()?;
     if (hi, wi) == (h, w) {
         return Ok(x.clone());
     }
     if h > 0 && w > 0 && hi % h == 0 && wi % w == 0 {
         let (sh, sw) = (hi / h, wi / w);
-        x.contiguous()?.reshape((n, c, h, sh, w, sw))?.max(5)?.max(3)
+        reduce(&reduce(&x.contiguous()?.reshape((n, c, h, sh, w, sw))?, 5)?, 3)
     } else {
         seg_nn::resize_bilinear(x, h, w)
     }

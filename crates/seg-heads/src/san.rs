@@ -11,7 +11,6 @@ use seg_nn::{conv2d, cross_entropy_ignore, BatchNorm2d, Conv2d};
 use crate::discriminator::{CellDiscriminator, DiscriminatorSpec};
 use crate::error::{check_range, require_tap, HeadError};
 use crate::ops::{max_pool_to, pool_to, stream};
-use seg_nn::bce_with_logits_per_element;
 
 const METHOD: &str = "san";
 
@@ -290,8 +289,7 @@ impl SanHead {
     }
 
     fn disc_mean(&self, x: &Tensor, target: f64, step: usize, site: u64) -> Result<Tensor> {
-        let mut rng = stream(self.cfg.seed, step, site);
-        bce_with_logits_per_element(&self.disc.forward_t(x, Some(&mut rng))?, target)?.mean_all()
+        self.disc.bce_mean(x, target, (self.cfg.seed, step, site))
     }
 }
 

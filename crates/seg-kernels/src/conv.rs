@@ -11,7 +11,7 @@
 //! Layouts: `x` is `N×C×H×W`, `w` is `Co×C×kh×kw`, `y` is `N×Co×Ho×Wo`, all row-major.
 
 use crate::geom::Geom;
-use crate::matmul::{extent, matmul, product, sgemm_on, view, Lhs, COL, ROW};
+use crate::matmul::{extent, matmul, product, sgemm_on, Lhs, COL, ROW};
 use crate::sgemm;
 use rayon::prelude::*;
 
@@ -222,7 +222,7 @@ pub fn forward(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
                 assert!(extent(g.co, t, ROW(p)) <= dst.len());
                 let src = Unfolded { g, x: xi, oy0: a };
                 // SAFETY: the assert keeps C inside `dst`.
-                unsafe { sgemm::sgemm_packed_by(t, dst.as_mut_ptr(), view(ROW(p)), false, pa, &src) };
+                unsafe { sgemm::sgemm_packed_by(t, dst.as_mut_ptr(), ROW(p), false, pa, &src) };
                 continue;
             }
             im2col(g, xi, a, b, &mut cols);

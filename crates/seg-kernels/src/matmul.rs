@@ -2,7 +2,7 @@
 //! strided views, sent to [`crate::sgemm`] (AVX-512) or to the `gemm` crate by shape, with the
 //! left operand packed once when several products share it.
 
-use crate::sgemm;
+use crate::sgemm::{self, View};
 
 pub(crate) fn threads() -> gemm::Parallelism {
     match rayon::current_num_threads() {
@@ -11,17 +11,10 @@ pub(crate) fn threads() -> gemm::Parallelism {
     }
 }
 
-/// A row-major matrix view: element (i, j) at `ptr + i·rs + j·cs`.
-#[derive(Clone, Copy)]
-pub(crate) struct Mat {
-    pub(crate) rs: isize,
-    pub(crate) cs: isize,
-}
-
 /// Row-major with `cols` columns.
 #[allow(non_snake_case)]
-pub(crate) fn ROW(cols: usize) -> Mat {
-    Mat {
+pub(crate) fn ROW(cols: usize) -> View {
+    View {
         rs: cols as isize,
         cs: 1,
     }
@@ -29,8 +22,8 @@ pub(crate) fn ROW(cols: usize) -> Mat {
 
 /// The transpose of a row-major matrix with `rows` columns.
 #[allow(non_snake_case)]
-pub(crate) fn COL(rows: usize) -> Mat {
-    Mat {
+pub(crate) fn COL(rows: usize) -> View {
+    View {
         rs: 1,
         cs: rows as isize,
     }
@@ -43,12 +36,12 @@ pub(crate) fn matmul(
     n: usize,
     k: usize,
     dst: &mut [f32],
-    d: Mat,
+    d: View,
     acc: bool,
     lhs: &[f32],
-    a: Mat,
+    a: View,
     rhs: &[f32],
-    b: Mat,
+    b: View,
 ) {
     assert!(extent(m, n, d) <= dst.len());
     assert!(extent(m, k, a) <= lhs.len());
@@ -58,18 +51,7 @@ pub(crate) fn matmul(
     if prefer_sgemm(m, a) {
         // SAFETY: as below; `prefer_sgemm` checked for AVX-512.
         unsafe {
-            sgemm::sgemm(
-                m,
-                n,
-                k,
-                dst.as_mut_ptr(),
-                view(d),
-                acc,
-                lhs.as_ptr(),
-                view(a),
-                rhs.as_ptr(),
-                view(b),
-            );
+            sgemm::sgemm(m, n, k, dst.as_mut_ptr(), d, acc, lhs.as_ptr(), a, rhs.as_ptr(), b);
         }
         return;
     }
@@ -106,7 +88,7 @@ pub(crate) fn matmul(
 /// side by side at VGG16-FCN8s's shapes (`cargo run --release -p seg-kernels --example
 /// sgemm_shapes`, `-p seg-fcn --example conv_gflops` with `SEG_SGEMM=0` and without): `gemm` stays
 /// ahead on fc6/fc7's large row-major products. `SEG_SGEMM=0` sends everything to `gemm`.
-pub(crate) fn prefer_sgemm(m: usize, a: Mat) -> bool {
+pub(crate) fn prefer_sgemm(m: usize, a: View) -> bool {
     sgemm_on() && (a.rs == 1 || m < 1024)
 }
 
@@ -114,12 +96,8 @@ pub(crate) fn sgemm_on() -> bool {
     sgemm::available() && crate::settings::sgemm()
 }
 
-pub(crate) fn view(m: Mat) -> sgemm::View {
-    sgemm::View { rs: m.rs, cs: m.cs }
-}
-
 /// Index one past the last element a `rows × cols` view addresses.
-pub(crate) fn extent(rows: usize, cols: usize, v: Mat) -> usize {
+pub(crate) fn extent(rows: usize, cols: usize, v: View) -> usize {
     if rows == 0 || cols == 0 {
         0
     } else {
@@ -130,7 +108,7 @@ pub(crate) fn extent(rows: usize, cols: usize, v: Mat) -> usize {
 /// The left operand of a convolution's products: as stored, or packed once into
 /// [`crate::sgemm`]'s layout when several products (bands, images) share it.
 pub(crate) enum Lhs<'a> {
-    Plain(&'a [f32], Mat),
+    Plain(&'a [f32], View),
     Packed(sgemm::PackedA),
 }
 
@@ -139,11 +117,11 @@ impl<'a> Lhs<'a> {
     /// products share it (`reuse`) or its one product goes to that kernel: packed once, the
     /// threads split the product by columns and none packs what another packs. Kernels over
     /// 64 MiB (fc6's) stay as they are.
-    pub(crate) fn new(m: usize, k: usize, a: &'a [f32], v: Mat, reuse: bool) -> Self {
+    pub(crate) fn new(m: usize, k: usize, a: &'a [f32], v: View, reuse: bool) -> Self {
         assert!(extent(m, k, v) <= a.len());
         if sgemm_on() && m * k <= 1 << 24 && (reuse || prefer_sgemm(m, v)) {
             // SAFETY: the assert above keeps every element of the view inside `a`.
-            Lhs::Packed(unsafe { sgemm::PackedA::new(m, k, a.as_ptr(), view(v)) })
+            Lhs::Packed(unsafe { sgemm::PackedA::new(m, k, a.as_ptr(), v) })
         } else {
             Lhs::Plain(a, v)
         }
@@ -161,11 +139,11 @@ pub(crate) fn product(
     n: usize,
     k: usize,
     dst: &mut [f32],
-    d: Mat,
+    d: View,
     acc: bool,
     lhs: &Lhs<'_>,
     rhs: &[f32],
-    b: Mat,
+    b: View,
 ) {
     match lhs {
         Lhs::Plain(a, v) => matmul(m, n, k, dst, d, acc, a, *v, rhs, b),
@@ -175,7 +153,7 @@ pub(crate) fn product(
             assert!(extent(k, n, b) <= rhs.len());
             // SAFETY: the asserts keep C and B inside their slices; `dst` does not alias
             // `rhs` (distinct borrows).
-            unsafe { sgemm::sgemm_packed(n, dst.as_mut_ptr(), view(d), acc, p, rhs.as_ptr(), view(b)) }
+            unsafe { sgemm::sgemm_packed(n, dst.as_mut_ptr(), d, acc, p, rhs.as_ptr(), b) }
         }
     }
 }

@@ -286,11 +286,22 @@ pub mod inplace {
         }
     }
 
-    fn same_len(a: usize, b: usize, c: usize) -> Result<()> {
-        if a != b || a != c {
-            candle_core::bail!("in-place optimizer step: operands of {a}, {b} and {c} values");
+    /// The three operands of an in-place update as slices (the first written), of one length.
+    fn operands<'a>(
+        (s1, l1): (&'a mut CpuStorage, &Layout),
+        (s2, l2): (&'a CpuStorage, &Layout),
+        (s3, l3): (&'a CpuStorage, &Layout),
+    ) -> Result<(&'a mut [f32], &'a [f32], &'a [f32])> {
+        let (a, b, c) = (write(s1, l1)?, read(s2, l2)?, read(s3, l3)?);
+        if a.len() != b.len() || a.len() != c.len() {
+            candle_core::bail!(
+                "in-place optimizer step: operands of {}, {} and {} values",
+                a.len(),
+                b.len(),
+                c.len()
+            );
         }
-        Ok(())
+        Ok((a, b, c))
     }
 
     /// `buf = m·buf + (g + wd·p)` (SGD's momentum buffer; with m = 0 it is the step).
@@ -313,8 +324,7 @@ pub mod inplace {
             s3: &CpuStorage,
             l3: &Layout,
         ) -> Result<()> {
-            let (buf, g, p) = (write(s1, l1)?, read(s2, l2)?, read(s3, l3)?);
-            same_len(buf.len(), g.len(), p.len())?;
+            let (buf, g, p) = operands((s1, l1), (s2, l2), (s3, l3))?;
             update::momentum(buf, g, p, self.m, self.wd);
             Ok(())
         }
@@ -332,7 +342,13 @@ pub mod inplace {
 
         fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<()> {
             let (p, b) = (write(s1, l1)?, read(s2, l2)?);
-            same_len(p.len(), b.len(), b.len())?;
+            if p.len() != b.len() {
+                candle_core::bail!(
+                    "in-place optimizer step: operands of {} and {} values",
+                    p.len(),
+                    b.len()
+                );
+            }
             update::descend(p, b, self.lr);
             Ok(())
         }
@@ -400,8 +416,7 @@ pub mod inplace {
             s3: &CpuStorage,
             l3: &Layout,
         ) -> Result<()> {
-            let (mom, g, p) = (write(s1, l1)?, read(s2, l2)?, read(s3, l3)?);
-            same_len(mom.len(), g.len(), p.len())?;
+            let (mom, g, p) = operands((s1, l1), (s2, l2), (s3, l3))?;
             update::moment(mom, g, p, self.beta, self.rest, self.wd, self.square);
             Ok(())
         }
@@ -429,8 +444,7 @@ pub mod inplace {
             s3: &CpuStorage,
             l3: &Layout,
         ) -> Result<()> {
-            let (p, m, v) = (write(s1, l1)?, read(s2, l2)?, read(s3, l3)?);
-            same_len(p.len(), m.len(), v.len())?;
+            let (p, m, v) = operands((s1, l1), (s2, l2), (s3, l3))?;
             update::adam_step(p, m, v, self.lr, self.bc1, self.bc2, self.eps);
             Ok(())
         }

@@ -256,7 +256,7 @@ pub fn run(
 ) -> Result<Option<DetOutcome>, DetRunError> {
     cfg.validate()?;
     std::fs::create_dir_all(out).map_err(write_err(out))?;
-    let ckpt = out.join("checkpoint.safetensors");
+    let ckpt = out.join(seg_train::checkpoint::FILE);
     if ckpt.exists() && !control.resume {
         return Err(DetRunError::Config(format!(
             "{} already holds a checkpoint: pass --resume to continue it, or choose another --out",
@@ -604,7 +604,7 @@ pub struct LoadedDetector {
 
 /// Loads `run_dir`'s detector.
 pub fn load_detector(run_dir: &Path, device: &Device) -> Result<LoadedDetector, DetRunError> {
-    let ckpt_path = run_dir.join("checkpoint.safetensors");
+    let ckpt_path = run_dir.join(seg_train::checkpoint::FILE);
     let ckpt = seg_train::checkpoint::load(&ckpt_path, device)?;
     let cfg: DetRunConfig = toml::from_str(&ckpt.meta.config)
         .map_err(|e| DetRunError::Config(format!("{}: not a detection checkpoint: {e}", ckpt_path.display())))?;

@@ -15,6 +15,8 @@ use crate::error::TrainError;
 /// Marker that identifies our checkpoints.
 pub const FORMAT: &str = "seg-adapt-checkpoint";
 pub const VERSION: &str = "1";
+/// The checkpoint's file name in a run folder (segmentation and detection runs alike).
+pub const FILE: &str = "checkpoint.safetensors";
 
 /// Everything in a checkpoint besides tensors.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]

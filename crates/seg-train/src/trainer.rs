@@ -108,7 +108,7 @@ impl Trainer {
     }
 
     fn checkpoint_path(&self) -> PathBuf {
-        self.s.run_dir.join("checkpoint.safetensors")
+        self.s.run_dir.join(crate::checkpoint::FILE)
     }
 
     fn metrics_path(&self) -> PathBuf {

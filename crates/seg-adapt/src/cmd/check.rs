@@ -11,6 +11,7 @@ use seg_data::ProblemKind;
 use seg_heads::MethodConfig;
 
 use crate::config::RunConfig;
+use crate::run::Split;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -28,15 +29,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let cfg = RunConfig::load(&args.config)?;
     println!("# resolved config ({})\n{}", args.config.display(), cfg.to_toml()?);
     let needs_target = !matches!(cfg.method, MethodConfig::SourceOnly | MethodConfig::Oracle);
-    let mut roles = vec![if cfg.method.trains_on_target_labels() {
-        "target-train-labelled"
-    } else {
-        "source"
-    }];
+    let mut roles = vec![Split::training(&cfg)];
     if needs_target {
-        roles.push("target-train");
+        roles.push(Split::TargetTrain);
     }
-    roles.push("val");
+    roles.push(Split::Val);
     let mut blocking = Vec::new();
     for role in roles {
         let ds = crate::run::open_all(&cfg, role)?;

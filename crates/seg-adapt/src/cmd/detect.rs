@@ -166,7 +166,7 @@ fn run_arm(
     let t = std::time::Instant::now();
     // An arm killed midway continues from its last checkpoint; one of another config (other
     // steps or data) starts over.
-    let ckpt = dir.join("checkpoint.safetensors");
+    let ckpt = dir.join(seg_train::checkpoint::FILE);
     let same = seg_train::checkpoint::load(&ckpt, device).is_ok_and(|c| c.meta.config == cfg.to_toml());
     if !same && ckpt.exists() {
         std::fs::remove_file(&ckpt).with_context(|| format!("removing {}", ckpt.display()))?;
