@@ -173,6 +173,7 @@ mod tests {
         let a = CachingAlloc::new();
         a.limit.store(64 << 20, Ordering::Relaxed);
         let l = Layout::from_size_align(3 << 20, 8).unwrap();
+        // SAFETY: the layout is non-zero; each block is written within its size and freed once.
         unsafe {
             let p = a.alloc(l);
             p.write_bytes(7, l.size());

@@ -57,6 +57,7 @@ impl Ptrs {
 
 // SAFETY: the threads read A and B and write disjoint column (or row) ranges of C.
 unsafe impl Send for Ptrs {}
+// SAFETY: as for `Send`: shared reads, disjoint writes.
 unsafe impl Sync for Ptrs {}
 
 /// Whether the AVX-512 kernel runs on this machine.
@@ -313,8 +314,8 @@ unsafe fn serial(m: usize, n: usize, k: usize, p: Ptrs, vc: View, acc: bool, lhs
             let nc = NC.min(n - jc);
             for pc in (0..k).step_by(KC) {
                 let kc = KC.min(k - pc);
-                // SAFETY: the block lies inside B by the caller's contract.
                 match rhs {
+                    // SAFETY: the block lies inside B by the caller's contract.
                     Rhs::Raw(vb) => unsafe {
                         pack_b(kc, nc, p.b.offset(pc as isize * vb.rs + jc as isize * vb.cs), vb, pb)
                     },
@@ -457,12 +458,14 @@ unsafe fn pack_b(kc: usize, nc: usize, b: *const f32, vb: View, out: &mut [f32])
                 // SAFETY: column j0 + j, rows 0..kc, inside B.
                 let col = b.wrapping_offset((j0 + j) as isize * vb.cs);
                 if vb.rs == 1 {
+                    // SAFETY: B's column j0 + j has kc contiguous values from `col`.
                     let src = unsafe { std::slice::from_raw_parts(col, kc) };
                     for (d, &v) in dst.chunks_exact_mut(NR).zip(src) {
                         d[j] = v;
                     }
                 } else {
                     for p in 0..kc {
+                        // SAFETY: row p < kc of the column, inside B.
                         dst[p * NR + j] = unsafe { *col.offset(p as isize * vb.rs) };
                     }
                 }
@@ -638,8 +641,8 @@ unsafe fn tile(kc: usize, a: *const f32, b: *const f32, c: *mut f32, vc: View, m
 pub(crate) unsafe fn kernel(kc: usize, a: *const f32, b: *const f32, c: *mut f32, rsc: isize, add: bool) {
     use std::arch::x86_64::*;
     let mut acc = [[_mm512_setzero_ps(); 2]; MR];
-    // SAFETY (whole function): the slivers hold kc·MR and kc·NR values; C's tile has MR rows
-    // of NR contiguous values at stride rsc.
+    // SAFETY: (the whole function) the slivers hold kc·MR and kc·NR values; C's tile has MR
+    // rows of NR contiguous values at stride rsc.
     unsafe {
         if add {
             // C's tile is read only at the end: start fetching it now.
@@ -725,6 +728,7 @@ mod tests {
                 let want = naive(m, n, k, &a, va, &b, vb);
                 for acc in [false, true] {
                     let mut c = vec![if acc { 1.0 } else { f32::NAN }; m * n];
+                    // SAFETY: AVX-512 checked above; the slices hold m·k, k·n and m·n values for these views.
                     unsafe {
                         sgemm(
                             m,
@@ -748,8 +752,10 @@ mod tests {
                     }
                 }
                 // The same product with A packed beforehand.
+                // SAFETY: as above, and the packed copy reads the same A.
                 let packed = unsafe { PackedA::new(m, k, a.as_ptr(), va) };
                 let mut c = vec![f32::NAN; m * n];
+                // SAFETY: C holds m·n values; B is inside `b` for its view.
                 unsafe {
                     sgemm_packed(
                         n,
@@ -769,6 +775,7 @@ mod tests {
                 }
                 // A column-major C.
                 let mut c = vec![0f32; m * n];
+                // SAFETY: as above, with C stored by columns.
                 unsafe {
                     sgemm(
                         m,

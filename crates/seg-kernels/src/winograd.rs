@@ -98,6 +98,7 @@ impl Dst {
 struct Shared(*mut f32);
 // SAFETY: the users write disjoint elements (see each use).
 unsafe impl Send for Shared {}
+// SAFETY: as for `Send`: every user writes elements no other touches.
 unsafe impl Sync for Shared {}
 
 impl Shared {
@@ -256,9 +257,9 @@ fn forward_packed(g: &Geom, x: &[f32], u: &[f32], bias: Option<&[f32]>) -> Vec<f
                 cs: NR,
                 ss: NR * c,
             };
+            let runs = runs(g, tiles, t0, t1);
             // SAFETY: AVX-512 is present (`applies`); `v` holds 16 planes of c·t_blk values (at
             // stride vx), which every index `packed.at(ξ, ch, l)` with l < t_blk stays inside.
-            let runs = runs(g, tiles, t0, t1);
             unsafe { input_transform(g, xi_img, &runs, v, packed) };
             let slivers = (t1 - t0).div_ceil(NR);
             for xi in 0..16 {
@@ -473,7 +474,7 @@ mod simd {
     /// Even and odd elements of the 32 values `a ‖ b`.
     #[inline]
     #[target_feature(enable = "avx512f")]
-    pub fn deinterleave(a: __m512, b: __m512) -> (__m512, __m512) {
+    pub(super) fn deinterleave(a: __m512, b: __m512) -> (__m512, __m512) {
         let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
         let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
         (_mm512_permutex2var_ps(a, even, b), _mm512_permutex2var_ps(a, odd, b))
@@ -482,7 +483,7 @@ mod simd {
     /// The 32 values `a0 b0 a1 b1 …` as two vectors.
     #[inline]
     #[target_feature(enable = "avx512f")]
-    pub fn interleave(a: __m512, b: __m512) -> (__m512, __m512) {
+    pub(super) fn interleave(a: __m512, b: __m512) -> (__m512, __m512) {
         let lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
         let hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
         (_mm512_permutex2var_ps(a, lo, b), _mm512_permutex2var_ps(a, hi, b))
@@ -491,7 +492,7 @@ mod simd {
     /// `Bᵀ d` along one axis: `(d0−d2, d1+d2, d2−d1, d1−d3)`.
     #[inline]
     #[target_feature(enable = "avx512f")]
-    pub fn bt(d: [__m512; 4]) -> [__m512; 4] {
+    pub(super) fn bt(d: [__m512; 4]) -> [__m512; 4] {
         [
             _mm512_sub_ps(d[0], d[2]),
             _mm512_add_ps(d[1], d[2]),
@@ -503,7 +504,7 @@ mod simd {
     /// `Aᵀ m` along one axis: `(m0+m1+m2, m1−m2−m3)`.
     #[inline]
     #[target_feature(enable = "avx512f")]
-    pub fn at(m: [__m512; 4]) -> [__m512; 2] {
+    pub(super) fn at(m: [__m512; 4]) -> [__m512; 2] {
         [
             _mm512_add_ps(_mm512_add_ps(m[0], m[1]), m[2]),
             _mm512_sub_ps(_mm512_sub_ps(m[1], m[2]), m[3]),
@@ -513,7 +514,7 @@ mod simd {
     /// `A y` along one axis: `(y0, y0+y1, y0−y1, −y1)`.
     #[inline]
     #[target_feature(enable = "avx512f")]
-    pub fn a(y: [__m512; 2]) -> [__m512; 4] {
+    pub(super) fn a(y: [__m512; 2]) -> [__m512; 4] {
         [
             y[0],
             _mm512_add_ps(y[0], y[1]),

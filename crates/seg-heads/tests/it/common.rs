@@ -8,13 +8,13 @@ use seg_heads::{MethodConfig, SizeConstraints};
 use seg_nn::layers::ConvCfg;
 use seg_nn::{conv2d, max_pool2x2, Conv2d};
 
-pub const C: usize = 8;
-pub const CLASSES: usize = 19;
+pub(crate) const C: usize = 8;
+pub(crate) const CLASSES: usize = 19;
 /// Input side: even for the pool, and the 23×23 feature grid is odd.
-pub const SIDE: usize = 46;
-pub const GRID: usize = 23;
+pub(crate) const SIDE: usize = 46;
+pub(crate) const GRID: usize = 23;
 
-pub struct TinyNet {
+pub(crate) struct TinyNet {
     conv1: Conv2d,
     conv5: Conv2d,
     fc7: Conv2d,
@@ -31,7 +31,7 @@ const ALL_TAPS: [FeatureTap; 4] = [
 const NO_CONV1: [FeatureTap; 3] = [FeatureTap::Conv5, FeatureTap::Fc7, FeatureTap::Logits];
 
 impl TinyNet {
-    pub fn new(vb: VarBuilder<'_>, with_conv1: bool) -> Result<Self> {
+    pub(crate) fn new(vb: VarBuilder<'_>, with_conv1: bool) -> Result<Self> {
         let pad = ConvCfg {
             padding: 1,
             ..Default::default()
@@ -118,14 +118,14 @@ impl Backbone for TinyNet {
 }
 
 /// A normal random tensor (seeded) plus `offset`.
-pub fn randn(rng: &mut Rng, shape: &[usize], offset: f32) -> Tensor {
+pub(crate) fn randn(rng: &mut Rng, shape: &[usize], offset: f32) -> Tensor {
     let n: usize = shape.iter().product();
     let v: Vec<f32> = (0..n).map(|_| rng.normal() + offset).collect();
     Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
 }
 
 /// Random labels in `0..CLASSES` with some ignore pixels, `n×SIDE×SIDE` u32.
-pub fn labels(rng: &mut Rng, n: usize) -> Tensor {
+pub(crate) fn labels(rng: &mut Rng, n: usize) -> Tensor {
     let v: Vec<u32> = (0..n * SIDE * SIDE)
         .map(|_| {
             if rng.chance(0.1) {
@@ -139,7 +139,7 @@ pub fn labels(rng: &mut Rng, n: usize) -> Tensor {
 }
 
 /// Source-like size statistics with every class present.
-pub fn stats() -> SizeConstraints {
+pub(crate) fn stats() -> SizeConstraints {
     let mut rng = Rng::new(3);
     let per_image: Vec<[f32; CLASSES]> = (0..20)
         .map(|_| {
@@ -154,13 +154,13 @@ pub fn stats() -> SizeConstraints {
 }
 
 /// A model, its variables and a head for `method`.
-pub struct Setup {
+pub(crate) struct Setup {
     pub vars: VarMap,
     pub net: TinyNet,
     pub head: Box<dyn AdaptationHead>,
 }
 
-pub fn setup(method: &MethodConfig) -> Setup {
+pub(crate) fn setup(method: &MethodConfig) -> Setup {
     let vars = VarMap::new();
     // Seeded: candle's own CPU initialiser cannot be seeded, and some random draws leave the
     // tiny net's ReLUs dead (a flaky "step changed nothing" for feature-level terms).
@@ -174,7 +174,7 @@ pub fn setup(method: &MethodConfig) -> Setup {
 }
 
 /// Source (2 images) and target (3 images) features of the tiny net, and source labels.
-pub fn forward(s: &Setup, seed: u64) -> (Features, Features, Tensor) {
+pub(crate) fn forward(s: &Setup, seed: u64) -> (Features, Features, Tensor) {
     let mut rng = Rng::new(seed);
     let taps = s.head.taps();
     let src = s
@@ -189,7 +189,7 @@ pub fn forward(s: &Setup, seed: u64) -> (Features, Features, Tensor) {
 }
 
 /// Variables whose name starts with `prefix.`, with names.
-pub fn vars_under(vars: &VarMap, prefix: &str) -> Vec<(String, Var)> {
+pub(crate) fn vars_under(vars: &VarMap, prefix: &str) -> Vec<(String, Var)> {
     let data = vars.data().lock().unwrap();
     let mut v: Vec<(String, Var)> = data
         .iter()
@@ -201,7 +201,7 @@ pub fn vars_under(vars: &VarMap, prefix: &str) -> Vec<(String, Var)> {
 }
 
 /// Bit-exact snapshot of variables.
-pub fn snapshot(vars: &[(String, Var)]) -> Vec<Vec<u32>> {
+pub(crate) fn snapshot(vars: &[(String, Var)]) -> Vec<Vec<u32>> {
     vars.iter()
         .map(|(_, v)| {
             v.as_tensor()
@@ -217,7 +217,7 @@ pub fn snapshot(vars: &[(String, Var)]) -> Vec<Vec<u32>> {
 }
 
 /// The sum of the terms of one loss group, if it has any.
-pub fn group_sum(terms: &[LossTerm], group: GroupId) -> Option<Tensor> {
+pub(crate) fn group_sum(terms: &[LossTerm], group: GroupId) -> Option<Tensor> {
     terms
         .iter()
         .filter(|t| t.group == group)
@@ -226,7 +226,7 @@ pub fn group_sum(terms: &[LossTerm], group: GroupId) -> Option<Tensor> {
 }
 
 /// Total absolute gradient that `grads` holds for `vars`.
-pub fn grad_mass(grads: &candle_core::backprop::GradStore, vars: &[(String, Var)]) -> f32 {
+pub(crate) fn grad_mass(grads: &candle_core::backprop::GradStore, vars: &[(String, Var)]) -> f32 {
     vars.iter()
         .filter_map(|(_, v)| grads.get(v.as_tensor()))
         .map(|g| g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap())
