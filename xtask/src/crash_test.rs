@@ -20,32 +20,26 @@ impl Jitter {
     }
 }
 
-fn train_cmd(bin: &Path, data: &Path, out: &Path, steps: usize, resume: bool) -> Command {
+/// The run every trial makes: DANN on the small model over the generated benchmark in `data`,
+/// a checkpoint every 2 steps.
+fn write_config(data: &Path) -> Result<PathBuf, String> {
+    let path = data.join("crash-test.toml");
+    let text = format!(
+        "[data]\nsource_dataset = \"gta5\"\nsource_root = {:?}\ntarget_dataset = \"cityscapes\"\ntarget_root = {:?}\n\n\
+         [model]\nname = \"small\"\n\n[method]\nkind = \"dann\"\n\n[augment]\ncrop = [64, 64]\n\n\
+         [trainer]\nbatch_size = 2\nseed = 3\ncheckpoint_every = 2\neval_every = 25\n",
+        data.join("gta5").display().to_string(),
+        data.join("cityscapes").display().to_string()
+    );
+    std::fs::write(&path, text).map_err(|e| format!("{}: cannot write: {e}", path.display()))?;
+    Ok(path)
+}
+
+fn train_cmd(bin: &Path, config: &Path, out: &Path, steps: usize, resume: bool) -> Command {
     let mut c = Command::new(bin);
-    c.args(["train", "--source-dataset", "gta5", "--source-root"])
-        .arg(data.join("gta5"))
-        .arg("--target-root")
-        .arg(data.join("cityscapes"))
-        .args([
-            "--method",
-            "dann",
-            "--model",
-            "small",
-            "--batch-size",
-            "2",
-            "--crop",
-            "64x64",
-            "--seed",
-            "3",
-        ])
-        .args([
-            "--steps",
-            &steps.to_string(),
-            "--checkpoint-every",
-            "2",
-            "--eval-every",
-            "25",
-        ])
+    c.arg("train")
+        .arg(config)
+        .args(["--steps", &steps.to_string()])
         .arg("--out")
         .arg(out)
         .env("SEG_ADAPT_LOG", "error");
@@ -165,10 +159,11 @@ pub fn run(args: &[String], root: &Path) -> Result<(), String> {
             .args(["gen-toy", "--preset", "quick", "--seed", "5", "--out"])
             .arg(&data),
     )?;
+    let config = write_config(&data)?;
 
     let reference = work.join("reference");
     let t0 = Instant::now();
-    crate::tasks::run(&mut train_cmd(&bin, &data, &reference, steps, false))?;
+    crate::tasks::run(&mut train_cmd(&bin, &config, &reference, steps, false))?;
     let full = t0.elapsed();
     eprintln!("uninterrupted run: {:.1}s", full.as_secs_f64());
 
@@ -177,7 +172,7 @@ pub fn run(args: &[String], root: &Path) -> Result<(), String> {
     let mut kills = 0;
     for trial in 0..trials {
         let resume = crashed.join("checkpoint.safetensors").exists();
-        let mut child = train_cmd(&bin, &data, &crashed, steps, resume)
+        let mut child = train_cmd(&bin, &config, &crashed, steps, resume)
             .stdout(std::process::Stdio::null())
             .spawn()
             .map_err(|e| format!("cannot start seg-adapt: {e}"))?;
@@ -204,7 +199,7 @@ pub fn run(args: &[String], root: &Path) -> Result<(), String> {
     }
     // Finish the interrupted run.
     let resume = crashed.join("checkpoint.safetensors").exists();
-    crate::tasks::run(&mut train_cmd(&bin, &data, &crashed, steps, resume))?;
+    crate::tasks::run(&mut train_cmd(&bin, &config, &crashed, steps, resume))?;
     check_metrics(&crashed.join("metrics.jsonl"))?;
     let a = tensor_bytes(&reference.join("checkpoint.safetensors"))?;
     let b = tensor_bytes(&crashed.join("checkpoint.safetensors"))?;

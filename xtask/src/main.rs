@@ -2,7 +2,8 @@
 //! work and runs without it.
 //!
 //! Tasks:
-//! - `train-seg [--config FILE] [--method M] [--cuda] [--release|--debug] [-- extra flags]`:
+//! - `train-seg --config FILE [--method M] [--steps N] [--seed S] [--out DIR] [--cuda]
+//!   [--release|--debug] [-- extra seg-adapt flags]`:
 //!   builds `seg-adapt` with the right features and profile, runs `seg-adapt train`, and prints
 //!   where the run went.
 //! - `check-cuda`: builds `seg-adapt` with `--features cuda` into `target/cuda` (no GPU needed;
@@ -22,8 +23,9 @@ use std::process::ExitCode;
 const USAGE: &str = "usage: cargo xtask <task> [options]
 
 tasks:
-  train-seg [--config FILE] [--method M] [--cuda] [--release|--debug] [-- extra flags]
-      build seg-adapt with the right features and profile and run `seg-adapt train`
+  train-seg --config FILE [--method M] [--steps N] [--seed S] [--out DIR (default runs/METHOD)]
+            [--cuda] [--release|--debug] [-- extra seg-adapt train flags, e.g. --set key=value]
+      build seg-adapt with the right features and profile and run `seg-adapt train FILE`
   check-cuda
       build seg-adapt with --features cuda into target/cuda (no GPU needed)
   bench-compare [--python PATH] [--skip-vgg] [--skip-ssd] [--rounds N (default 2)]

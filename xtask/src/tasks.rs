@@ -29,13 +29,18 @@ pub fn train_seg(args: &[String]) -> Result<(), String> {
     let mut cuda = false;
     let mut release = true;
     let mut pass: Vec<String> = Vec::new();
+    let mut config: Option<String> = None;
     let mut it = ours.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--cuda" => cuda = true,
             "--debug" => release = false,
             "--release" => release = true,
-            "--config" | "--method" | "--out" | "--steps" | "--model" | "--seed" => {
+            "--config" => {
+                let v = it.next().ok_or_else(|| format!("{a} needs a value"))?;
+                config = Some(v.clone());
+            }
+            "--method" | "--out" | "--steps" | "--seed" => {
                 let v = it.next().ok_or_else(|| format!("{a} needs a value"))?;
                 pass.push(a.clone());
                 pass.push(v.clone());
@@ -43,6 +48,8 @@ pub fn train_seg(args: &[String]) -> Result<(), String> {
             other => return Err(format!("unknown flag `{other}` (put seg-adapt flags after `--`)")),
         }
     }
+    let config =
+        config.ok_or("train-seg needs --config FILE (a preset of configs/, e.g. configs/demo/pretrain.toml)")?;
     pass.extend(extra.iter().cloned());
     let out = match pass.iter().position(|a| a == "--out") {
         Some(i) => pass[i + 1].clone(),
@@ -72,7 +79,7 @@ pub fn train_seg(args: &[String]) -> Result<(), String> {
         .join(if release { "release" } else { "debug" })
         .join("seg-adapt");
     let mut train = Command::new(&bin);
-    train.current_dir(&root).arg("train").args(&pass);
+    train.current_dir(&root).arg("train").arg(&config).args(&pass);
     if cuda {
         train.args(["--device", "cuda"]);
     }

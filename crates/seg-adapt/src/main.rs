@@ -15,6 +15,10 @@ static ALLOC: seg_alloc::CachingAlloc = seg_alloc::CachingAlloc::new();
     about = "Train semantic segmentation on synthetic data and adapt it to real images"
 )]
 struct Cli {
+    /// Where to compute: `cpu`, `cuda` (GPU 0) or `cuda:N` (a build with `--features cuda`);
+    /// before or after the subcommand.
+    #[arg(long, global = true, default_value = "cpu")]
+    device: seg_adapt::run::DeviceName,
     #[command(subcommand)]
     command: cmd::Command,
 }
@@ -33,7 +37,7 @@ fn main() -> std::process::ExitCode {
     seg_kernels::Settings::from_env().apply();
     seg_cuda::Settings::from_env().apply();
     let cli = Cli::parse();
-    match cmd::run(cli.command) {
+    match cmd::run(cli.command, &cli.device) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -11,7 +11,7 @@ use seg_data::ProblemKind;
 use seg_heads::MethodConfig;
 
 use crate::config::RunConfig;
-use crate::run::Split;
+use crate::run::{DeviceName, Split};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -20,12 +20,9 @@ pub struct Args {
     /// Training steps to time for the estimate (0: no timing).
     #[arg(long, default_value_t = 3)]
     pub time_steps: usize,
-    /// `cpu`, `cuda` or `cuda:N` (a build with `--features cuda`): where the steps are timed.
-    #[arg(long, default_value = "cpu")]
-    pub device: crate::run::DeviceName,
 }
 
-pub fn run(args: Args) -> anyhow::Result<()> {
+pub fn run(args: Args, device_name: &DeviceName) -> anyhow::Result<()> {
     let cfg = RunConfig::load(&args.config)?;
     println!("# resolved config ({})\n{}", args.config.display(), cfg.to_toml()?);
     let needs_target = !matches!(cfg.method, MethodConfig::SourceOnly | MethodConfig::Oracle);
@@ -70,7 +67,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     if args.time_steps > 0 && blocking.is_empty() {
-        let device = crate::run::device(&args.device)?;
+        let device = crate::run::device(device_name)?;
         let dir = std::env::temp_dir().join(format!("seg-adapt-check-{}", std::process::id()));
         let timed = (|| {
             let setup = crate::run::build_setup(&cfg, &dir, &device, false, false)?;
@@ -86,7 +83,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let total = per * cfg.trainer.steps as f64;
         println!(
             "timing: {n} steps on {} in {secs:.1}s ({per:.2} s/step, the first step's warm-up and a checkpoint included); {} steps: about {}h {:02}min, evaluation not included",
-            args.device,
+            device_name,
             cfg.trainer.steps,
             (total / 3600.0) as u64,
             ((total % 3600.0) / 60.0).round() as u64

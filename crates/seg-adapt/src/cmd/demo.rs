@@ -45,9 +45,6 @@ pub struct Args {
     /// Comma-separated subset of methods (default: all).
     #[arg(long, value_delimiter = ',')]
     pub methods: Option<Vec<String>>,
-    /// `cpu`, `cuda` (GPU 0) or `cuda:N` (a build with `--features cuda`).
-    #[arg(long, default_value = "cpu")]
-    pub device: crate::run::DeviceName,
     /// `segmentation` (the default) or `detection`: the small SSD on the Sim10k-format source
     /// and Cityscapes boxes, arms source-only, adabn, da-image, da-maps and oracle (`--steps`
     /// per arm, default 300 or 30 with --quick; `--pretrain-steps` does not apply).
@@ -71,7 +68,8 @@ pub fn methods() -> Vec<&'static str> {
 const HEAD_LR: f64 = 1e-3;
 
 /// Where the source-only pretraining of each seed goes (under `runs/`).
-const PRETRAIN: &str = "pretrain";
+/// The pretraining run's name among the demo's runs (`runs/pretrain/seedN`).
+pub const PRETRAIN: &str = "pretrain";
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct RunResult {
@@ -123,6 +121,19 @@ impl Summary {
 pub struct Phases {
     pub pretrain: usize,
     pub adapt: usize,
+}
+
+impl Phases {
+    /// The demo's lengths: 240 pretraining steps, 120 per arm.
+    pub const DEFAULT: Self = Self {
+        pretrain: 240,
+        adapt: 120,
+    };
+    /// `--quick`'s: 80 and 40.
+    pub const QUICK: Self = Self {
+        pretrain: 80,
+        adapt: 40,
+    };
 }
 
 /// Which run of the protocol a configuration is for.
@@ -629,7 +640,7 @@ fn comparison(
     Ok(())
 }
 
-pub fn run(args: Args) -> anyhow::Result<()> {
+pub fn run(args: Args, device_name: &crate::run::DeviceName) -> anyhow::Result<()> {
     if args.task == super::Task::Detection {
         anyhow::ensure!(
             args.pretrain_steps.is_none(),
@@ -642,17 +653,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             args.steps,
             args.data_seed,
             args.methods.clone(),
-            &args.device,
+            device_name,
         );
     }
     let start = std::time::Instant::now();
-    let device = crate::run::device(&args.device)?;
+    let device = crate::run::device(device_name)?;
     let preset = if args.quick { Preset::Quick } else { Preset::Default };
     let seeds = args.seeds.unwrap_or(if args.quick { 2 } else { 3 });
     anyhow::ensure!(seeds > 0, "--seeds must be at least 1");
+    let lengths = if args.quick { Phases::QUICK } else { Phases::DEFAULT };
     let phases = Phases {
-        pretrain: args.pretrain_steps.unwrap_or(if args.quick { 80 } else { 240 }),
-        adapt: args.steps.unwrap_or(if args.quick { 40 } else { 120 }),
+        pretrain: args.pretrain_steps.unwrap_or(lengths.pretrain),
+        adapt: args.steps.unwrap_or(lengths.adapt),
     };
     anyhow::ensure!(
         phases.pretrain > 0 && phases.adapt > 0,

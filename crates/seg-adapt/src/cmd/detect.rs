@@ -33,9 +33,6 @@ pub struct TrainArgs {
     /// `--set method.kind=da-maps`; an unknown key or a wrong type is an error naming it.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
-    /// `cpu`, `cuda` (GPU 0) or `cuda:N`.
-    #[arg(long, default_value = "cpu")]
-    pub device: crate::run::DeviceName,
     /// Continue the run in `--out` from its last checkpoint (same config).
     #[arg(long)]
     pub resume: bool,
@@ -55,9 +52,9 @@ pub fn load_config(path: &Path, sets: &[String]) -> anyhow::Result<DetRunConfig>
     Ok(cfg)
 }
 
-pub fn train(args: TrainArgs) -> anyhow::Result<()> {
+pub fn train(args: TrainArgs, device_name: &crate::run::DeviceName) -> anyhow::Result<()> {
     let cfg = load_config(&args.config, &args.set)?;
-    let device = crate::run::device(&args.device)?;
+    let device = crate::run::device(device_name)?;
     let control = seg_ssd::train::RunControl {
         resume: args.resume,
         stop_after: None,

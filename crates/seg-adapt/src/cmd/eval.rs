@@ -58,12 +58,9 @@ pub struct Args {
     /// Output folder for the report.
     #[arg(long)]
     pub out: PathBuf,
-    /// Device for `--checkpoint` inference: cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    pub device: crate::run::DeviceName,
 }
 
-pub fn run(args: Args) -> anyhow::Result<()> {
+pub fn run(args: Args, device_name: &crate::run::DeviceName) -> anyhow::Result<()> {
     let Dataset::Cityscapes = args.dataset;
     if args.task == super::Task::Detection {
         return super::detect::eval(
@@ -73,11 +70,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             args.checkpoint.as_deref(),
             args.classes,
             &args.out,
-            &args.device,
+            device_name,
         );
     }
     let (evaluator, source) = match &args.checkpoint {
-        Some(run_dir) => evaluate_checkpoint(&args, run_dir)?,
+        Some(run_dir) => evaluate_checkpoint(&args, run_dir, device_name)?,
         None => evaluate_predictions(&args)?,
     };
     for w in evaluator.warnings() {
@@ -97,8 +94,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 fn evaluate_checkpoint(
     args: &Args,
     run_dir: &std::path::Path,
+    device_name: &crate::run::DeviceName,
 ) -> anyhow::Result<(seg_metrics::report::Evaluator, String)> {
-    let device = crate::run::device(&args.device)?;
+    let device = crate::run::device(device_name)?;
     let trained = crate::run::load_trained(run_dir, &device)?;
     let opts = seg_data::DatasetOptions {
         require_labels: true,

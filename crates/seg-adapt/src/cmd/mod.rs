@@ -32,16 +32,18 @@ pub enum Command {
     Predict(predict::Args),
 }
 
-pub fn run(command: Command) -> anyhow::Result<()> {
+/// Runs one subcommand; `device` is the global `--device` (commands that compute nothing on a
+/// device ignore it).
+pub fn run(command: Command, device: &crate::run::DeviceName) -> anyhow::Result<()> {
     match command {
-        Command::Check(a) => check::run(a),
-        Command::Demo(a) => demo::run(a),
+        Command::Check(a) => check::run(a, device),
+        Command::Demo(a) => demo::run(a, device),
         Command::GenToy(a) => gen_toy::run(a),
         Command::Inspect(a) => inspect::run(a),
-        Command::Eval(a) => eval::run(a),
-        Command::Train(a) => train::run(*a),
-        Command::TrainDetector(a) => detect::train(a),
-        Command::Predict(a) => predict::run(a),
+        Command::Eval(a) => eval::run(a, device),
+        Command::Train(a) => train::run(*a, device),
+        Command::TrainDetector(a) => detect::train(a, device),
+        Command::Predict(a) => predict::run(a, device),
     }
 }
 

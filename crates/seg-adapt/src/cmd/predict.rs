@@ -27,9 +27,6 @@ pub struct Args {
     pub out: PathBuf,
     #[arg(long, value_enum, default_value = "labelids")]
     pub format: Format,
-    /// `cpu`, `cuda` (GPU 0) or `cuda:N` (a build with `--features cuda`).
-    #[arg(long, default_value = "cpu")]
-    pub device: crate::run::DeviceName,
 }
 
 fn collect_pngs(dir: &Path, out: &mut Vec<PathBuf>, depth: usize) -> anyhow::Result<()> {
@@ -55,8 +52,8 @@ fn collect_pngs(dir: &Path, out: &mut Vec<PathBuf>, depth: usize) -> anyhow::Res
     Ok(())
 }
 
-pub fn run(args: Args) -> anyhow::Result<()> {
-    let device = crate::run::device(&args.device)?;
+pub fn run(args: Args, device_name: &crate::run::DeviceName) -> anyhow::Result<()> {
+    let device = crate::run::device(device_name)?;
     let trained = crate::run::load_trained(&args.checkpoint, &device)?;
     let setup = crate::run::eval_setup(&trained.cfg, &device);
     let inputs = if args.input.is_dir() {

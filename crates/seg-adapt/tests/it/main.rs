@@ -66,25 +66,45 @@ fn p(path: &Path) -> &str {
     path.to_str().unwrap()
 }
 
+/// A test's owned string with the life of the test process (for argument lists).
+fn leak(s: String) -> &'static str {
+    Box::leak(s.into_boxed_str())
+}
+
+/// The tests' base run config: the small model on GTA5-format source and Cityscapes-format
+/// target, batch 2, 64×64 crops, 3 steps; the roots come from `--set`.
+fn base_config() -> &'static str {
+    static FILE: OnceLock<(tempfile::TempDir, String)> = OnceLock::new();
+    &FILE
+        .get_or_init(|| {
+            let d = tempfile::tempdir().unwrap();
+            let f = d.path().join("small.toml");
+            std::fs::write(
+                &f,
+                "[data]\nsource_dataset = \"gta5\"\nsource_root = \"\"\ntarget_dataset = \"cityscapes\"\ntarget_root = \"\"\n\n\
+                 [model]\nname = \"small\"\n\n[method]\nkind = \"source-only\"\n\n\
+                 [augment]\ncrop = [64, 64]\n\n[trainer]\nsteps = 3\nbatch_size = 2\n",
+            )
+            .unwrap();
+            let s = f.to_str().unwrap().to_string();
+            (d, s)
+        })
+        .1
+}
+
+/// `train` on the base config with these roots and method; more `--set`s may follow.
 fn train_args<'a>(out: &'a str, gta: &'a str, cs: &'a str, method: &'a str) -> Vec<&'a str> {
     vec![
         "train",
-        "--source-dataset",
-        "gta5",
-        "--source-root",
-        gta,
-        "--target-root",
-        cs,
+        base_config(),
         "--method",
         method,
-        "--model",
-        "small",
         "--steps",
         "3",
-        "--batch-size",
-        "2",
-        "--crop",
-        "64x64",
+        "--set",
+        leak(format!("data.source_root={gta}")),
+        "--set",
+        leak(format!("data.target_root={cs}")),
         "--out",
         out,
     ]
@@ -154,15 +174,15 @@ fn bad_input_is_refused_before_training_with_a_clear_message() {
     let e = err(&train_args(p(&out), p(&gta), p(&dir.path().join("nowhere")), "dann"));
     assert!(e.contains("nowhere"), "{e}");
     let mut a = train_args(p(&out), p(&gta), p(&cs), "source-only");
-    a[16] = "60x60";
+    a.extend(["--set", "augment.crop=[60, 60]"]);
     let e = err(&a);
     assert!(e.contains("multiple of the network's stride"), "{e}");
-    a[16] = "512x512";
+    a.extend(["--set", "augment.crop=[512, 512]"]);
     let e = err(&a);
     assert!(e.contains("larger than the source images"), "{e}");
     let cfg = dir.path().join("bad.toml");
     std::fs::write(&cfg, "[data]\nsource_dataset = \"gta5\"\nsource_rot = \"x\"\n").unwrap();
-    let e = err(&["train", "--config", p(&cfg), "--out", p(&out)]);
+    let e = err(&["train", p(&cfg), "--out", p(&out)]);
     assert!(e.contains("source_rot") && e.contains("bad.toml"), "{e}");
     assert!(!out.join("checkpoint.safetensors").exists());
 }
@@ -234,27 +254,10 @@ fn the_new_methods_train_on_every_source_format_and_deploy_the_evaluated_network
     ] {
         for (name, root) in sources {
             let run_dir = dir.path().join(format!("{m}-{name}"));
-            let out = ok(&[
-                "train",
-                "--source-dataset",
-                name,
-                "--source-root",
-                p(root),
-                "--target-root",
-                p(&cs),
-                "--method",
-                m,
-                "--model",
-                "small",
-                "--steps",
-                "2",
-                "--batch-size",
-                "2",
-                "--crop",
-                "64x64",
-                "--out",
-                p(&run_dir),
-            ]);
+            let mut args = train_args(p(&run_dir), p(root), p(&cs), m);
+            args[5] = "2"; // --steps
+            args.extend(["--set", leak(format!("data.source_dataset={name}"))]);
+            let out = ok(&args);
             assert!(out.contains("target val mIoU"), "{m} on {name}: {out}");
             // The deployed network is the one `eval` rebuilds from the checkpoint: the same
             // mIoU as the run's own last evaluation.

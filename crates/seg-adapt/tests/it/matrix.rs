@@ -161,13 +161,12 @@ fn bad_toml_and_unknown_model_name_the_problem() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("run.toml");
     std::fs::write(&cfg, "[trainer]\nsteps = 3\nlr = [oops\n").unwrap();
-    let e = err(&["train", "--config", p(&cfg), "--out", p(&dir.path().join("o"))]);
+    let e = err(&["train", p(&cfg), "--out", p(&dir.path().join("o"))]);
     assert!(e.contains("run.toml") && e.contains("line 3"), "{e}");
     let (gta, cs) = (toy().join("gta5"), toy().join("cityscapes"));
     let out = dir.path().join("o2");
     let mut args = train_args(p(&out), p(&gta), p(&cs), "source-only");
-    let m = args.iter().position(|a| *a == "--model").unwrap() + 1;
-    args[m] = "resnet50";
+    args.extend(["--set", "model.name=resnet50"]);
     let e = err(&args);
     assert!(
         e.contains("resnet50") && e.contains("vgg16-fcn8s") && e.contains("small"),
@@ -294,18 +293,8 @@ fn unusable_pairs_are_left_out_named_and_counted() {
     assert_eq!(first["left_out"]["source"], 1, "{first}");
 
     // resize-label-nearest keeps the pair.
-    let cfg = dir.path().join("resize.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[data]\nsource_dataset = \"gta5\"\nsource_root = {:?}\ntarget_dataset = \"cityscapes\"\ntarget_root = {:?}\nsize_policy = \"resize-label-nearest\"\n\n[model]\nname = \"small\"\n\n[method]\nkind = \"source-only\"\n",
-            p(&root),
-            p(&cs)
-        ),
-    )
-    .unwrap();
     let out = dir.path().join("resize");
-    let o = train(&out, &["--config", p(&cfg)]);
+    let o = train(&out, &["--set", "data.size_policy=resize-label-nearest"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(left_out(&out).is_none());
 
@@ -316,13 +305,8 @@ fn unusable_pairs_are_left_out_named_and_counted() {
     let e = err(&train_args(p(&out), p(&root), p(&cs), "source-only"));
     assert!(e.contains("00005.png") && e.contains("not a valid PNG"), "{e}");
     assert!(!out.join("checkpoint.safetensors").exists());
-    let skip_cfg = dir.path().join("skip.toml");
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("size_policy = \"resize-label-nearest\"", "error_policy = \"skip\"");
-    std::fs::write(&skip_cfg, text).unwrap();
     let out = dir.path().join("skip-errors");
-    let o = train(&out, &["--config", p(&skip_cfg)]);
+    let o = train(&out, &["--set", "data.error_policy=skip"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let names: Vec<String> = left_out(&out).unwrap()["source"]
         .as_array()

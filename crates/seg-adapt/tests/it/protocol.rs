@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use candle_core::{DType, Device};
-use seg_adapt::cmd::demo::{demo_config, Phase, Phases};
+use seg_adapt::cmd::demo::{demo_config, methods, Phase, Phases, PRETRAIN};
 use seg_adapt::config::RunConfig;
 use seg_data::toy::Preset;
 use seg_heads::MethodConfig;
@@ -196,5 +196,34 @@ fn devices_are_typed_with_an_ordinal() {
     for bad in ["gpu", "cuda:", "cuda:x", "cuda:-1"] {
         let e = bad.parse::<DeviceName>().unwrap_err();
         assert!(e.contains(bad.trim()), "{e}");
+    }
+}
+
+/// `configs/demo/` holds the demo's settings (seed 0, `seg-adapt demo`'s default output folder):
+/// `pretrain.toml` and one preset per arm, each equal to what the demo runs, so
+/// `seg-adapt train configs/demo/dann.toml --out runs/dann` repeats one arm of the table.
+/// `UPDATE_PRESETS=1` rewrites them from the demo's code.
+#[test]
+fn demo_presets_are_the_demos_settings() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/demo");
+    let data = Path::new("runs/demo/data");
+    let init = Path::new("runs/demo/runs").join(PRETRAIN).join("seed0");
+    let mut presets = vec![(PRETRAIN.to_string(), "source-only", Phase::Pretrain)];
+    presets.extend(methods().into_iter().map(|m| (m.to_string(), m, Phase::Arm)));
+    let update = std::env::var("UPDATE_PRESETS").is_ok_and(|v| v == "1");
+    for (name, method, phase) in presets {
+        let want = demo_config(data, Preset::Default, method, 0, Phases::DEFAULT, phase, &init).unwrap();
+        let file = dir.join(format!("{name}.toml"));
+        if update {
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(&file, want.to_toml().unwrap()).unwrap();
+        }
+        let got = RunConfig::load(&file).unwrap_or_else(|e| panic!("{e:#} (UPDATE_PRESETS=1 writes it)"));
+        assert_eq!(
+            got,
+            want,
+            "{} differs from the demo's settings (UPDATE_PRESETS=1 rewrites it)",
+            file.display()
+        );
     }
 }
