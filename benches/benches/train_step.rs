@@ -12,7 +12,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use seg_core::{Batch, Domain, SegMethod, Stage, StepCx, StepInfo};
-use seg_heads::{MethodConfig, MethodParts};
+use seg_methods::{MethodConfig, MethodParts};
 use seg_train::{LrAt, Stepper, TrainerConfig};
 
 /// Large buffers are reused across training steps instead of re-faulted (see `seg_alloc`).
@@ -43,7 +43,7 @@ fn build(model: seg_fcn::ModelName, method: &MethodConfig, dev: &Device) -> Step
     let method = method
         .build(MethodParts {
             backbone,
-            model_vars: seg_heads::trainable_under(&vars, "model"),
+            model_vars: seg_nn::vars::trainable_under(&vars, "model"),
             vars: &vars,
             vb: vb.pp("head"),
             another: &another,
@@ -108,7 +108,7 @@ fn bench(c: &mut Criterion) {
     }
     let x = Tensor::randn(0f32, 1.0, (8, 3, 64, 128), &dev).unwrap();
     let y = Tensor::zeros((8, 64, 128), DType::U32, &dev).unwrap();
-    for method in seg_heads::METHOD_NAMES
+    for method in seg_methods::METHOD_NAMES
         .into_iter()
         .filter(|m| !matches!(*m, "oracle" | "adabn"))
     {

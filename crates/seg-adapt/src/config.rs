@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use seg_data::{Augment, DatasetName, ErrorPolicy, SizePolicy};
 use seg_fcn::ModelName;
-use seg_heads::MethodConfig;
 use seg_labels::Protocol;
+use seg_methods::MethodConfig;
 use seg_train::TrainerConfig;
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]

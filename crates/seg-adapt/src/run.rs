@@ -11,7 +11,8 @@ use candle_nn::VarMap;
 use rayon::prelude::*;
 use seg_core::{Backbone, Domain, Stage};
 use seg_data::{open_dataset, Dataset, DatasetOptions, LeftOut, Loader};
-use seg_heads::{MethodParts, SizeConstraints};
+use seg_heads::SizeConstraints;
+use seg_methods::MethodParts;
 use seg_train::{EvalSetup, TrainOutcome, TrainSetup, Trainer};
 
 use crate::config::RunConfig;
@@ -262,7 +263,7 @@ pub fn build_setup(
         .with_seed(cfg.trainer.seed)
         .build(MethodParts {
             backbone,
-            model_vars: seg_heads::trainable_under(&vars, "model"),
+            model_vars: seg_nn::vars::trainable_under(&vars, "model"),
             vars: &vars,
             vb: vb.pp("head"),
             another: &another,

@@ -79,3 +79,22 @@ pub(crate) fn cuda_tf32() -> bool {
 pub(crate) fn set_cuda_tf32(on: bool) {
     CUDA_TF32.set(on);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn applied_settings_are_in_force_until_applied_back() {
+        let before = Settings::current();
+        let other = Settings {
+            cudnn: !before.cudnn,
+            cudnn_legacy: !before.cudnn_legacy,
+            cuda_tf32: !before.cuda_tf32,
+        };
+        other.apply();
+        assert_eq!(Settings::current(), other);
+        before.apply();
+        assert_eq!(Settings::current(), before);
+    }
+}

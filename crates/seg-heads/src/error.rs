@@ -46,7 +46,7 @@ pub enum HeadError {
 }
 
 impl HeadError {
-    pub(crate) fn invalid(method: &'static str, field: &'static str, reason: impl Into<String>) -> Self {
+    pub fn invalid(method: &'static str, field: &'static str, reason: impl Into<String>) -> Self {
         HeadError::InvalidConfig {
             method,
             field,
@@ -54,13 +54,13 @@ impl HeadError {
         }
     }
 
-    pub(crate) fn build(method: &'static str) -> impl FnOnce(candle_core::Error) -> Self {
+    pub fn build(method: &'static str) -> impl FnOnce(candle_core::Error) -> Self {
         move |source| HeadError::Build { method, source }
     }
 }
 
 /// Channels of `tap` in `backbone`, or [`HeadError::MissingTap`] naming the model's taps.
-pub(crate) fn require_tap(
+pub fn require_tap(
     backbone: &dyn seg_core::Backbone,
     method: &'static str,
     tap: FeatureTap,
@@ -76,13 +76,7 @@ pub(crate) fn require_tap(
 }
 
 /// Checks that `value` lies in `[lo, hi]` (finite).
-pub(crate) fn check_range(
-    method: &'static str,
-    field: &'static str,
-    value: f64,
-    lo: f64,
-    hi: f64,
-) -> Result<(), HeadError> {
+pub fn check_range(method: &'static str, field: &'static str, value: f64, lo: f64, hi: f64) -> Result<(), HeadError> {
     if value.is_finite() && (lo..=hi).contains(&value) {
         Ok(())
     } else {

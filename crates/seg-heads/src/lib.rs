@@ -12,11 +12,11 @@
 //!
 //! Code map: [`grl`] (gradient reversal, ramp), [`discriminator`] (per-cell and class-wise
 //! discriminators), [`size`] (source size statistics), [`dann`], [`fcn_wild`], [`cross_city`],
-//! [`san`] (the methods), [`config`] (the `MethodConfig` enum), [`ops`] (shared tensor helpers).
+//! [`san`], [`dsn`], [`output_adv`] (AdaptSegNet, AdvEnt), [`entropy`] (MinEnt): the heads;
+//! [`ops`] (shared tensor helpers), [`error`]. The methods that run them, and the list of
+//! methods, are `seg-methods`.
 
-pub mod config;
 pub mod cross_city;
-pub mod curriculum;
 pub mod dann;
 pub mod discriminator;
 pub mod dsn;
@@ -24,16 +24,12 @@ pub mod entropy;
 pub mod error;
 pub mod fcn_wild;
 pub mod grl;
-pub mod method;
 pub mod ops;
 pub mod output_adv;
 pub mod san;
 pub mod size;
-pub mod two_stream;
 
-pub use config::{parse_method, MethodConfig, MethodParts, METHOD_NAMES};
 pub use cross_city::{CrossCityConfig, CrossCityHead};
-pub use curriculum::{Curriculum, CurriculumConfig};
 pub use dann::{DannConfig, DannHead};
 pub use discriminator::{CellDiscriminator, ClassDiscriminatorBank, DiscriminatorSpec};
 pub use dsn::{DsnConfig, DsnHead};
@@ -41,9 +37,7 @@ pub use entropy::{MinEntConfig, MinEntHead};
 pub use error::HeadError;
 pub use fcn_wild::{FcnWildConfig, FcnWildHead};
 pub use grl::{grad_reverse, ramp, GradReverse};
-pub use method::{trainable_under, FeatureAlignment};
 pub use ops::Presence;
 pub use output_adv::{OutputAdvConfig, OutputAdvHead, OutputMap};
 pub use san::{SanConfig, SanGenerator, SanHead, SanPool};
 pub use size::{SizeConstraints, SizePenalty};
-pub use two_stream::{TwoStream, TwoStreamConfig};

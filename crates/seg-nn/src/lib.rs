@@ -16,6 +16,7 @@ pub mod loss;
 pub mod ops;
 pub mod optim;
 pub mod schedule;
+pub mod vars;
 
 pub use grad::backward;
 pub use layers::{bilinear_kernel, conv2d, max_pool2x2, resize_bilinear, BatchNorm2d, Conv2d, ConvTranspose2d};

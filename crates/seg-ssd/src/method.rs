@@ -24,8 +24,9 @@
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarMap;
 use seg_core::{GroupId, LossTerm, Method, ParamSet, Stage, StepCx};
-use seg_heads::{grad_reverse, trainable_under};
+use seg_heads::grad_reverse;
 use seg_nn::layers::ConvCfg;
+use seg_nn::vars::trainable_under;
 use seg_nn::{bce_with_logits_per_element, conv2d, Conv2d};
 
 use crate::loss::multibox_loss;

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use seg_data::ProblemKind;
-use seg_heads::MethodConfig;
+use seg_methods::MethodConfig;
 
 use crate::config::RunConfig;
 use crate::run::{DeviceName, Split};

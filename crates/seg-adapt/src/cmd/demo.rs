@@ -15,8 +15,8 @@ use anyhow::Context;
 use seg_data::toy::{self, Preset};
 use seg_data::{Augment, DatasetName, DatasetOptions};
 use seg_fcn::ModelName;
-use seg_heads::MethodConfig;
 use seg_labels::png_io;
+use seg_methods::MethodConfig;
 
 use crate::config::{DataConfig, EvalConfig, ModelConfig, RunConfig};
 
@@ -53,12 +53,12 @@ pub struct Args {
 }
 
 /// Every method the demo compares, in table order: the three baselines first, then the
-/// methods in the order of [`seg_heads::METHOD_NAMES`] (the one list of methods).
+/// methods in the order of [`seg_methods::METHOD_NAMES`] (the one list of methods).
 pub fn methods() -> Vec<&'static str> {
     const BASELINES: [&str; 3] = ["source-only", "adabn", "oracle"];
     BASELINES
         .into_iter()
-        .chain(seg_heads::METHOD_NAMES.into_iter().filter(|m| !BASELINES.contains(m)))
+        .chain(seg_methods::METHOD_NAMES.into_iter().filter(|m| !BASELINES.contains(m)))
         .collect()
 }
 

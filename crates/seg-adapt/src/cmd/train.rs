@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use seg_heads::MethodConfig;
+use seg_methods::MethodConfig;
 
 use crate::config::RunConfig;
 

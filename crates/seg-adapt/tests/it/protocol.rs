@@ -8,7 +8,7 @@ use candle_core::{DType, Device};
 use seg_adapt::cmd::demo::{demo_config, methods, Phase, Phases, PRETRAIN};
 use seg_adapt::config::RunConfig;
 use seg_data::toy::Preset;
-use seg_heads::MethodConfig;
+use seg_methods::MethodConfig;
 
 use crate::{err, ok, p, toy};
 
@@ -154,7 +154,7 @@ fn every_preset_in_configs_loads_and_validates() {
     }
     // One preset per method for each synthetic source; AdaBN has none: VGG16-FCN8s has no batch
     // norm to re-estimate (the small model has, and the demo runs it).
-    for m in seg_heads::METHOD_NAMES.into_iter().filter(|m| *m != "adabn") {
+    for m in seg_methods::METHOD_NAMES.into_iter().filter(|m| *m != "adabn") {
         for src in ["gta5", "synthia"] {
             assert!(seen.iter().any(|(s, n)| s == src && *n == m), "no {src} preset for {m}");
         }

@@ -1,9 +1,6 @@
-//! Integration tests of seg-heads: one binary (`tests/it`) with a tiny test backbone.
+//! Integration tests of seg-heads' building blocks (discriminators, gradient reversal), one
+//! binary (`tests/it`). The heads themselves are tested in `seg-methods`, as methods run them.
 
 mod common;
-mod config;
 mod discriminator;
 mod grl;
-mod heads;
-mod methods;
-mod size;

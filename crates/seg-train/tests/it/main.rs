@@ -51,10 +51,10 @@ fn setup(run_dir: &Path, steps: usize, lr: f64, resume: bool) -> TrainSetup {
         config,
         config_toml: String::from("# test"),
         method: Box::new(
-            seg_heads::FeatureAlignment::new(
+            seg_methods::FeatureAlignment::new(
                 "source-only",
                 backbone,
-                seg_heads::trainable_under(&vars, "model"),
+                seg_nn::vars::trainable_under(&vars, "model"),
                 None,
                 &vars,
                 false,

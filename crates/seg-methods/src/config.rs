@@ -6,18 +6,18 @@ use candle_core::Var;
 use candle_nn::{VarBuilder, VarMap};
 use seg_core::{AdaptationHead, Backbone, SegMethod};
 
-use crate::cross_city::{CrossCityConfig, CrossCityHead};
 use crate::curriculum::{Curriculum, CurriculumConfig};
-use crate::dann::{DannConfig, DannHead};
-use crate::dsn::{DsnConfig, DsnHead};
-use crate::entropy::{MinEntConfig, MinEntHead};
-use crate::error::HeadError;
-use crate::fcn_wild::{FcnWildConfig, FcnWildHead};
-use crate::method::FeatureAlignment;
-use crate::output_adv::{OutputAdvConfig, OutputAdvHead, OutputMap};
-use crate::san::{SanConfig, SanHead};
-use crate::size::SizeConstraints;
+use crate::feature_alignment::FeatureAlignment;
 use crate::two_stream::{TwoStream, TwoStreamConfig};
+use seg_heads::cross_city::{CrossCityConfig, CrossCityHead};
+use seg_heads::dann::{DannConfig, DannHead};
+use seg_heads::dsn::{DsnConfig, DsnHead};
+use seg_heads::entropy::{MinEntConfig, MinEntHead};
+use seg_heads::error::HeadError;
+use seg_heads::fcn_wild::{FcnWildConfig, FcnWildHead};
+use seg_heads::output_adv::{OutputAdvConfig, OutputAdvHead, OutputMap};
+use seg_heads::san::{SanConfig, SanHead};
+use seg_heads::size::SizeConstraints;
 
 /// The valid method names, in the order results are reported: the baselines, the feature- and
 /// model-level methods, then the output-space baselines of later papers.

@@ -13,9 +13,10 @@ use seg_core::{Backbone, FeatureTap, GroupId, LossTerm, Method, ParamSet, SegMet
 use seg_nn::layers::ConvCfg;
 use seg_nn::{conv2d, cross_entropy_ignore, Conv2d};
 
-use crate::error::{check_range, require_tap, HeadError};
-use crate::method::{copy_network, seg_labels_ignore, trainable_under};
-use crate::ops::{one_hot, pool_to};
+use crate::feature_alignment::seg_labels_ignore;
+use seg_heads::error::{check_range, require_tap, HeadError};
+use seg_heads::ops::{one_hot, pool_to};
+use seg_nn::vars::{copy_network, trainable_under};
 
 const METHOD: &str = "curriculum";
 

@@ -3,9 +3,8 @@
 
 use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
-use seg_heads::{
-    parse_method, CrossCityConfig, DannConfig, FcnWildConfig, HeadError, MethodConfig, SanConfig, SanPool, METHOD_NAMES,
-};
+use seg_heads::{CrossCityConfig, DannConfig, FcnWildConfig, HeadError, SanConfig, SanPool};
+use seg_methods::{parse_method, MethodConfig, METHOD_NAMES};
 
 use crate::common::{stats, TinyNet};
 

@@ -7,8 +7,9 @@ use candle_nn::VarMap;
 use seg_core::{Backbone, Batch, Domain, GroupId, LossTerm, Method, Rng, SegMethod, Stage, StepCx, StepInfo};
 use seg_heads::dsn::{difference_loss, scale_invariant_mse};
 use seg_heads::entropy::normalized_entropy;
-use seg_heads::two_stream::{layer_regulariser, mmd2};
-use seg_heads::{trainable_under, MethodConfig, MethodParts};
+use seg_methods::two_stream::{layer_regulariser, mmd2};
+use seg_methods::{MethodConfig, MethodParts};
+use seg_nn::vars::trainable_under;
 
 use crate::common::{grad_mass, group_sum, labels, randn, TinyNet, CLASSES, SIDE};
 

@@ -12,8 +12,9 @@ use candle_nn::{Init, VarBuilder, VarMap};
 use seg_core::{Backbone, FeatureTap, GroupId, LossTerm, Method, ParamSet, SegMethod, Stage, StepCx};
 use seg_nn::cross_entropy_ignore;
 
-use crate::error::{check_range, require_tap, HeadError};
-use crate::method::{copy_network, seg_labels_ignore, trainable_under};
+use crate::feature_alignment::seg_labels_ignore;
+use seg_heads::error::{check_range, require_tap, HeadError};
+use seg_nn::vars::{copy_network, trainable_under};
 
 const METHOD: &str = "two-stream";
 

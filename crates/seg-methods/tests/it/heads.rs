@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use seg_core::{FeatureTap, Features, GroupId, HeadInput, HeadParams, LossTerm, Rng, StepInfo};
-use seg_heads::{CrossCityConfig, DannConfig, FcnWildConfig, MethodConfig, SanConfig};
+use seg_heads::{CrossCityConfig, DannConfig, FcnWildConfig, SanConfig};
+use seg_methods::MethodConfig;
 use seg_nn::{Adam, Optimizer, Sgd};
 
 use crate::common::{
