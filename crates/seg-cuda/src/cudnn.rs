@@ -596,7 +596,7 @@ mod graph {
     /// Tensor ids in the variant pack: x, w, y.
     const UIDS: [i64; 3] = [1, 2, 3];
 
-    pub struct Plan {
+    pub(super) struct Plan {
         plan: Ptr,
         pub workspace: usize,
     }
@@ -693,7 +693,14 @@ mod graph {
     impl Plan {
         /// The plan, or `None` where the graph API cannot build one (the caller then uses the
         /// legacy call).
-        pub fn new(api: &Api, handle: Ptr, g: &Geom, kind: Kind, allow_tf32: bool, align: usize) -> Option<Self> {
+        pub(super) fn new(
+            api: &Api,
+            handle: Ptr,
+            g: &Geom,
+            kind: Kind,
+            allow_tf32: bool,
+            align: usize,
+        ) -> Option<Self> {
             let x = tensor(api, [g.n, g.c, g.h, g.w], UIDS[0], align)?;
             let w = tensor(api, [g.co, g.c, g.kh, g.kw], UIDS[1], align)?;
             let y = tensor(api, [g.n, g.co, g.ho, g.wo], UIDS[2], align)?;
@@ -805,7 +812,7 @@ mod graph {
         }
 
         /// Runs the plan on `ptrs` (x, w, y as the forward convolution names them).
-        pub fn run(&self, api: &Api, handle: Ptr, ptrs: [Ptr; 3], workspace: Ptr) -> candle_core::Result<()> {
+        pub(super) fn run(&self, api: &Api, handle: Ptr, ptrs: [Ptr; 3], workspace: Ptr) -> candle_core::Result<()> {
             let Some(vp) = Desc::new(api, D_VARIANT_PACK) else {
                 candle_core::bail!("cuDNN: could not create a variant pack")
             };

@@ -227,7 +227,7 @@ mod cuda {
     use candle_core::{CudaStorage, Layout, Result, Shape, Storage, Tensor};
 
     /// A tensor (no gradient) holding a device copy of `s`.
-    pub fn tensor(s: &CudaStorage, l: &Layout) -> Result<Tensor> {
+    pub(super) fn tensor(s: &CudaStorage, l: &Layout) -> Result<Tensor> {
         if !l.is_contiguous() || l.start_offset() != 0 {
             candle_core::bail!("conv2d on CUDA: contiguous input at offset 0 expected");
         }
@@ -239,7 +239,7 @@ mod cuda {
         ))
     }
 
-    pub fn storage(t: &Tensor) -> Result<(CudaStorage, Shape)> {
+    pub(super) fn storage(t: &Tensor) -> Result<(CudaStorage, Shape)> {
         let t = t.contiguous()?;
         let (st, l) = t.storage_and_layout();
         match &*st {
