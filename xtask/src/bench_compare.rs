@@ -128,7 +128,7 @@ pub fn run_task(args: &[String], root: &Path) -> Result<(), String> {
     let refs = root.join("benches/reference");
     let mut rows = Vec::new();
 
-    let ceiling = number_after(&example(root, "seg-nn", "gemm_ceiling", &[])?, "gemm ceiling:")?;
+    let ceiling = number_after(&example(root, "seg-kernels", "gemm_ceiling", &[])?, "gemm ceiling:")?;
 
     // Training steps of VGG16-FCN8s, both variants; peak memory of the full one.
     if vgg {

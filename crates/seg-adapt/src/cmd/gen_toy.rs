@@ -10,6 +10,8 @@ pub struct Args {
     /// Output folder; `gta5/`, `synthia/`, `sim10k/`, `cityscapes/` and `toy.json` are written inside.
     #[arg(long)]
     pub out: PathBuf,
+    /// Seed of the generator: the same seed writes the same bytes; another seed is another
+    /// instance of the same benchmark.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// `quick` (64×128, small), `default` (128×256) or `full` (1024×2048, four images a split:

@@ -18,6 +18,7 @@ pub struct Args {
     /// Detection: `all` eight Cityscapes instance classes, or `car`.
     #[arg(long, default_value = "all")]
     pub classes: seg_detect::ClassSet,
+    /// The dataset's root folder (the layout of `data/README.md`).
     #[arg(long)]
     pub root: PathBuf,
     /// Cityscapes split (train, val, test); GTA5 and SYNTHIA have none.

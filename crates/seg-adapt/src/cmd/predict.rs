@@ -23,8 +23,12 @@ pub struct Args {
     /// An image, or a folder searched recursively for PNGs.
     #[arg(long)]
     pub input: PathBuf,
+    /// Output folder: one PNG per input image, in the input's sub-folders, named
+    /// `<stem>_labelIds.png` (or `_labelTrainIds`, `_color`, `_overlay`).
     #[arg(long)]
     pub out: PathBuf,
+    /// `labelids` (what the official evaluator takes), `trainids`, `color` (the Cityscapes
+    /// palette) or `overlay` (the palette blended over the image).
     #[arg(long, value_enum, default_value = "labelids")]
     pub format: Format,
 }
