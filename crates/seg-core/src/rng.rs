@@ -8,7 +8,9 @@ pub struct Rng {
     s: [u64; 4],
 }
 
-fn splitmix(x: &mut u64) -> u64 {
+/// One step of SplitMix64: advances `x` and returns the next output (also what seeds
+/// [`Rng`]'s state, and the stream `seg_nn::init` draws initial weights from).
+pub fn splitmix64(x: &mut u64) -> u64 {
     *x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
     let mut z = *x;
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -20,7 +22,7 @@ impl Rng {
     pub fn new(seed: u64) -> Self {
         let mut x = seed;
         Self {
-            s: [splitmix(&mut x), splitmix(&mut x), splitmix(&mut x), splitmix(&mut x)],
+            s: [splitmix64(&mut x), splitmix64(&mut x), splitmix64(&mut x), splitmix64(&mut x)],
         }
     }
 
@@ -29,7 +31,7 @@ impl Rng {
     pub fn derive(seed: u64, keys: &[u64]) -> Self {
         let mut x = seed ^ 0x5EED_0F5E_6ADA_9715;
         for &k in keys {
-            x = splitmix(&mut x) ^ k.wrapping_mul(0xD6E8_FEB8_6659_FD93);
+            x = splitmix64(&mut x) ^ k.wrapping_mul(0xD6E8_FEB8_6659_FD93);
         }
         Self::new(x)
     }

@@ -6,7 +6,7 @@
 use candle_core::{DType, Device, Result, Shape, Tensor, Var};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder, VarMap};
-/// SplitMix64, enough for initial weights (seg-nn stays a leaf crate without seg-core).
+/// SplitMix64 ([`seg_core::rng::splitmix64`]) as a stream of its own: enough for initial weights.
 struct Rng(u64);
 
 impl Rng {
@@ -15,11 +15,7 @@ impl Rng {
     }
 
     fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        seg_core::rng::splitmix64(&mut self.0)
     }
 
     fn uniform(&mut self) -> f64 {
