@@ -22,7 +22,12 @@ impl Rng {
     pub fn new(seed: u64) -> Self {
         let mut x = seed;
         Self {
-            s: [splitmix64(&mut x), splitmix64(&mut x), splitmix64(&mut x), splitmix64(&mut x)],
+            s: [
+                splitmix64(&mut x),
+                splitmix64(&mut x),
+                splitmix64(&mut x),
+                splitmix64(&mut x),
+            ],
         }
     }
 

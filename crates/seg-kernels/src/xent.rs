@@ -4,6 +4,20 @@
 
 use rayon::prelude::*;
 
+/// Pixel `p` of one image's `c` planes of `hw` logits: the largest logit `m` and `Σ exp(x − m)`
+/// (the stable log-sum-exp is `m + ln Σ`).
+fn max_and_sum_exp(x: &[f32], c: usize, hw: usize, p: usize) -> (f32, f32) {
+    let mut m = f32::NEG_INFINITY;
+    for k in 0..c {
+        m = m.max(x[k * hw + p]);
+    }
+    let mut s = 0f32;
+    for k in 0..c {
+        s += (x[k * hw + p] - m).exp();
+    }
+    (m, s)
+}
+
 /// Per image: (sum of −log p over valid pixels, valid count).
 fn image(x: &[f32], lab: &[u32], c: usize, hw: usize, ignore: u32) -> (f64, u64) {
     let (mut total, mut valid) = (0f64, 0u64);
@@ -11,14 +25,7 @@ fn image(x: &[f32], lab: &[u32], c: usize, hw: usize, ignore: u32) -> (f64, u64)
         if t == ignore || t as usize >= c {
             continue;
         }
-        let mut m = f32::NEG_INFINITY;
-        for k in 0..c {
-            m = m.max(x[k * hw + p]);
-        }
-        let mut s = 0f32;
-        for k in 0..c {
-            s += (x[k * hw + p] - m).exp();
-        }
+        let (m, s) = max_and_sum_exp(x, c, hw, p);
         total += (m + s.ln() - x[t as usize * hw + p]) as f64;
         valid += 1;
     }
@@ -66,14 +73,7 @@ pub fn grad(x: &[f32], labels: &[u32], c: usize, hw: usize, ignore: u32, scale: 
                 if t == ignore || t as usize >= c {
                     continue;
                 }
-                let mut m = f32::NEG_INFINITY;
-                for k in 0..c {
-                    m = m.max(xi[k * hw + p]);
-                }
-                let mut s = 0f32;
-                for k in 0..c {
-                    s += (xi[k * hw + p] - m).exp();
-                }
+                let (m, s) = max_and_sum_exp(xi, c, hw, p);
                 for k in 0..c {
                     d[k * hw + p] = (xi[k * hw + p] - m).exp() / s * scale;
                 }
