@@ -6,6 +6,8 @@
 #   scripts/gpu-check.sh OUTDIR       # ldd, CUDA tests, benchmarks vs PyTorch, demo
 #   scripts/gpu-check.sh OUTDIR tests # ldd and the CUDA tests only
 #   scripts/gpu-check.sh OUTDIR profile # per-call host cost, phases of a VGG step, VGG benches
+#   scripts/gpu-check.sh OUTDIR precision # bf16 and real sizes against PyTorch (f32, autocast,
+#                                         # channels-last), FP32-only convolutions, inference
 # Results: OUTDIR/summary.txt plus one log per step.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -75,11 +77,36 @@ profile() {
 # One round of the VGG steps, ours then PyTorch's: vgg_round SUFFIX [reference-script flags].
 vgg_round() {
   local sfx=$1; shift
-  step bench-ours$sfx 90 $B/bench-train-step --bench --noplot --warm-up-time 1 --measurement-time 3 'train_step/vgg'
+  step bench-ours$sfx 90 $B/bench-train-step --bench --noplot --warm-up-time 1 --measurement-time 3 'train_step/vgg[^/]*/1x3x256x512'
   grep -E "^train_step/|time:" "$OUT/bench-ours$sfx.log" | tee -a "$S"
   step bench-torch$sfx 60 python3 benches/reference/train_step_torch.py --device cuda --iters 20 "$@"
   cat "$OUT/bench-torch$sfx.log" | tee -a "$S"
 }
+# Mixed precision and real sizes against PyTorch on the same card: our VGG steps at 1x3x256x512,
+# 1x3x512x1024 and 4x3x512x1024 in f32 and bf16, PyTorch eager f32, bf16 autocast and bf16
+# autocast channels-last at the same sizes, both sides with FP32-only convolutions, inference.
+precision_round() {
+  local sizes="--size 1x256x512 --size 1x512x1024 --size 4x512x1024"
+  step bench-ours-sizes 420 $B/bench-train-step --bench --noplot --warm-up-time 1 --measurement-time 3 'train_step/vgg'
+  grep -E "^train_step/|time:" "$OUT/bench-ours-sizes.log" | tee -a "$S"
+  step bench-torch-f32 240 python3 benches/reference/train_step_torch.py --device cuda --iters 10 $sizes
+  cat "$OUT/bench-torch-f32.log" | tee -a "$S"
+  step bench-torch-bf16 240 python3 benches/reference/train_step_torch.py --device cuda --iters 10 --amp bf16 $sizes
+  cat "$OUT/bench-torch-bf16.log" | tee -a "$S"
+  step bench-torch-bf16-cl 240 python3 benches/reference/train_step_torch.py --device cuda --iters 10 --amp bf16 --channels-last $sizes
+  cat "$OUT/bench-torch-bf16-cl.log" | tee -a "$S"
+  step infer-ours 90 $B/bench-train-step --bench --noplot --warm-up-time 1 --measurement-time 3 'infer/vgg'
+  grep -E "^infer/|time:" "$OUT/infer-ours.log" | tee -a "$S"
+  step infer-torch 90 python3 benches/reference/train_step_torch.py --device cuda --iters 10 --model vgg16-fcn8s --infer
+  cat "$OUT/infer-torch.log" | tee -a "$S"
+}
+if [ "${2:-}" = "precision" ]; then  # `scripts/gpu-check.sh OUT precision`: bf16, real sizes, inference
+  step test-seg-nn 60 $B/test-seg-nn cuda --test-threads 1
+  grep -E "^test |test result" "$OUT/test-seg-nn.log" | tee -a "$S"
+  precision_round
+  SEG_CUDA_TF32=0 vgg_round -fp32 --no-tf32
+  exit 0
+fi
 if [ "${2:-}" = "profile" ]; then  # `scripts/gpu-check.sh OUT profile`: where a VGG step's time goes
   profile
   vgg_round ""
@@ -94,7 +121,7 @@ SEG_CUDNN=0 step test-seg-nn-no-cudnn 60 $B/test-seg-nn cuda --test-threads 1
 grep -E "test result" "$OUT/test-seg-nn-no-cudnn.log" | tee -a "$S"
 [ "${2:-}" = "tests" ] && exit 0   # `scripts/gpu-check.sh OUT tests`: the CUDA tests only
 # Training step and inference, ours then PyTorch eager, same card, back to back.
-step bench-ours 150 $B/bench-train-step --bench --noplot --warm-up-time 1 --measurement-time 3
+step bench-ours 420 $B/bench-train-step --bench --noplot --warm-up-time 1 --measurement-time 3
 grep -E "^(train_step|infer)/|time:|thrpt:" "$OUT/bench-ours.log" | tee -a "$S"
 step bench-torch 90 python3 benches/reference/train_step_torch.py --device cuda --iters 20 --infer
 cat "$OUT/bench-torch.log" | tee -a "$S"

@@ -1,6 +1,8 @@
 //! Per-batch throughput of training steps (forward, backward, optimiser step), in images per
 //! second, each through the trainer's own step function (`seg_train::Stepper`): VGG16-FCN8s and
-//! its reduced variant at 1×3×256×512 (SGD with momentum, as the PyTorch reference
+//! its reduced variant at 1×3×256×512 (on CUDA also at 1×3×512×1024 and 4×3×512×1024, each in
+//! f32 and in bf16 mixed precision, `train_step/<model>/bf16/<size>`) (SGD with momentum, as
+//! the PyTorch reference
 //! `benches/reference/train_step_torch.py`), and one step of every adaptation method next to
 //! source-only on the demo model and crop, so the cost of adaptation per batch
 //! is visible; and inference (forward + argmax) at Cityscapes' full 1024×2048. Set
@@ -34,6 +36,10 @@ fn device() -> Device {
 }
 
 fn build(model: seg_fcn::ModelName, method: &MethodConfig, dev: &Device) -> Step {
+    build_with(model, method, dev, &TrainerConfig::default())
+}
+
+fn build_with(model: seg_fcn::ModelName, method: &MethodConfig, dev: &Device, cfg: &TrainerConfig) -> Step {
     let vars = VarMap::new();
     let vb = seg_nn::init::seeded_builder(&vars, 0, DType::F32, dev);
     let backbone = seg_fcn::build(model, 19, vb.pp("model"), &vars).unwrap();
@@ -51,7 +57,7 @@ fn build(model: seg_fcn::ModelName, method: &MethodConfig, dev: &Device) -> Step
         })
         .unwrap();
     method.start().unwrap();
-    let stepper = Stepper::new(method.as_ref(), &vars, &TrainerConfig::default()).unwrap();
+    let stepper = Stepper::new(method.as_ref(), &vars, cfg).unwrap();
     Step { method, stepper }
 }
 
@@ -98,12 +104,36 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("train_step");
     group.sample_size(10);
     if vgg {
-        let x = Tensor::randn(0f32, 1.0, (1, 3, 256, 512), &dev).unwrap();
-        let y = Tensor::zeros((1, 256, 512), DType::U32, &dev).unwrap();
-        for model in [seg_fcn::ModelName::Vgg16Fcn8sReduced, seg_fcn::ModelName::Vgg16Fcn8s] {
-            let mut s = build(model, &MethodConfig::SourceOnly, &dev);
-            group.throughput(Throughput::Elements(1));
-            group.bench_function(format!("{model}/1x3x256x512"), |b| b.iter(|| step(&mut s, &x, &y, &x)));
+        // On CUDA also the real sizes, and each size in bf16 mixed precision (the CPU has no
+        // bf16 kernels: its bf16 path only emulates the numerics).
+        let sizes: &[(usize, usize, usize)] = if dev.is_cuda() {
+            &[(1, 256, 512), (1, 512, 1024), (4, 512, 1024)]
+        } else {
+            &[(1, 256, 512)]
+        };
+        let precisions: &[seg_nn::Precision] = if dev.is_cuda() {
+            &[seg_nn::Precision::F32, seg_nn::Precision::Bf16]
+        } else {
+            &[seg_nn::Precision::F32]
+        };
+        for &(n, h, w) in sizes {
+            let x = Tensor::randn(0f32, 1.0, (n, 3, h, w), &dev).unwrap();
+            let y = Tensor::zeros((n, h, w), DType::U32, &dev).unwrap();
+            for model in [seg_fcn::ModelName::Vgg16Fcn8sReduced, seg_fcn::ModelName::Vgg16Fcn8s] {
+                for &precision in precisions {
+                    let cfg = TrainerConfig {
+                        precision,
+                        ..Default::default()
+                    };
+                    let mut s = build_with(model, &MethodConfig::SourceOnly, &dev, &cfg);
+                    let name = match precision {
+                        seg_nn::Precision::F32 => format!("{model}/{n}x3x{h}x{w}"),
+                        seg_nn::Precision::Bf16 => format!("{model}/bf16/{n}x3x{h}x{w}"),
+                    };
+                    group.throughput(Throughput::Elements(n as u64));
+                    group.bench_function(name, |b| b.iter(|| step(&mut s, &x, &y, &x)));
+                }
+            }
         }
     }
     let x = Tensor::randn(0f32, 1.0, (8, 3, 64, 128), &dev).unwrap();

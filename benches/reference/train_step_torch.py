@@ -5,12 +5,20 @@ at 1x3x256x512, with the same layer shapes as `crates/seg-fcn/src/vgg.rs`.
 
     python benches/reference/train_step_torch.py --threads 2
     python benches/reference/train_step_torch.py --device cuda --iters 20
+    python benches/reference/train_step_torch.py --device cuda --size 1x512x1024 --size 4x512x1024 --amp bf16
+
+`--size NxHxW` (repeatable; default 1x256x512) sets the batch and crop; `--amp bf16` runs the
+forward and loss under `torch.autocast(dtype=torch.bfloat16)` (PyTorch's mixed precision: bf16
+convolutions, f32 weights, optimiser and reductions), `--channels-last` stores the model and the
+input channels-last. Each variant names itself in the output line (`torch vgg16-fcn8s bf16
+4x3x512x1024: ...`); the default line is unchanged (`torch vgg16-fcn8s 1x3x256x512: ...`).
 
 It also times inference (eval mode, forward + argmax) at 1x3x1024x2048 (`--infer`), and prints
 the process's peak resident memory (`--peak-rss`, CPU only: one model per process then).
 GPU work is synchronised inside the timed region.
 """
 import argparse
+import contextlib
 import time
 
 import torch
@@ -72,6 +80,9 @@ def main():
     ap.add_argument(
         "--no-tf32", action="store_true", help="FP32-only convolutions (cudnn.allow_tf32 = False; True is the default)"
     )
+    ap.add_argument("--size", action="append", help="NxHxW of the training batch (repeatable; default 1x256x512)")
+    ap.add_argument("--amp", choices=["bf16"], help="train under torch.autocast with this dtype")
+    ap.add_argument("--channels-last", action="store_true", help="model and input in channels-last memory format")
     a = ap.parse_args()
     if a.no_tf32:
         torch.backends.cudnn.allow_tf32 = False
@@ -81,25 +92,38 @@ def main():
     where = f"{a.threads} threads" if dev.type == "cpu" else torch.cuda.get_device_name(dev)
     if dev.type == "cuda":
         where += f" (cudnn {torch.backends.cudnn.version()}, conv tf32={torch.backends.cudnn.allow_tf32})"
-    x = torch.randn(1, 3, 256, 512, device=dev)
-    y = torch.zeros(1, 256, 512, dtype=torch.long, device=dev)
+    fmt = torch.channels_last if a.channels_last else torch.contiguous_format
+    tag = "".join([f" {a.amp}" if a.amp else "", " channels-last" if a.channels_last else ""])
+    amp = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if a.amp == "bf16" else contextlib.nullcontext
+    sizes = [tuple(int(v) for v in s.split("x")) for s in (a.size or ["1x256x512"])]
     for name in a.model or ["vgg16-fcn8s-reduced", "vgg16-fcn8s"]:
         fc, k = MODELS[name]
-        m = Fcn8s(fc, k).to(dev)
+        m = Fcn8s(fc, k).to(dev).to(memory_format=fmt)
         opt = torch.optim.SGD(m.parameters(), lr=1e-4, momentum=0.9, weight_decay=5e-4)
+        for n, h, w in sizes:
+            x = torch.randn(n, 3, h, w, device=dev).to(memory_format=fmt)
+            y = torch.zeros(n, h, w, dtype=torch.long, device=dev)
 
-        def step():
-            opt.zero_grad(set_to_none=True)
-            F.cross_entropy(m(x), y, ignore_index=255).backward()
-            opt.step()
-            sync()
+            def step():
+                opt.zero_grad(set_to_none=True)
+                with amp():
+                    loss = F.cross_entropy(m(x), y, ignore_index=255)
+                loss.backward()
+                opt.step()
+                sync()
 
-        step()
-        t = time.perf_counter()
-        for _ in range(a.iters):
             step()
-        dt = (time.perf_counter() - t) / a.iters
-        print(f"torch {name} 1x3x256x512: {dt:.4f} s/step ({1 / dt:.3f} images/s), {where}, torch {torch.__version__}")
+            t = time.perf_counter()
+            for _ in range(a.iters):
+                step()
+            dt = (time.perf_counter() - t) / a.iters
+            print(
+                f"torch {name}{tag} {n}x3x{h}x{w}: {dt:.4f} s/step ({n / dt:.3f} images/s), {where}, "
+                f"torch {torch.__version__}"
+            )
+            if dev.type == "cuda":
+                print(f"torch {name}{tag} {n}x3x{h}x{w} peak GPU memory: {torch.cuda.max_memory_allocated(dev) / 2**20:.0f} MiB")
+                torch.cuda.reset_peak_memory_stats(dev)
         if a.infer:
             m.eval()
             xf = torch.randn(1, 3, 1024, 2048, device=dev)

@@ -84,6 +84,15 @@ impl Conv2d {
 
     /// `relu(self.forward(x))`, fused into one op when the layer has a bias and one group.
     pub fn forward_relu(&self, x: &Tensor) -> Result<Tensor> {
+        if crate::precision::lowers(x) {
+            let low = Self {
+                weight: crate::precision::operand(&self.weight)?,
+                bias: self.bias.as_ref().map(crate::precision::operand).transpose()?,
+                ..self.clone()
+            };
+            let _f32 = crate::precision::autocast(crate::Precision::F32);
+            return crate::precision::result(&low.forward_relu(&crate::precision::operand(x)?)?);
+        }
         match &self.bias {
             Some(b) if self.groups == 1 => {
                 crate::ops::conv::conv2d_bias_relu(x, &self.weight, b, self.stride, self.padding, self.dilation)
@@ -95,6 +104,15 @@ impl Conv2d {
 
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if crate::precision::lowers(x) {
+            let low = Self {
+                weight: crate::precision::operand(&self.weight)?,
+                bias: self.bias.as_ref().map(crate::precision::operand).transpose()?,
+                ..self.clone()
+            };
+            let _f32 = crate::precision::autocast(crate::Precision::F32);
+            return crate::precision::result(&low.forward(&crate::precision::operand(x)?)?);
+        }
         let y = if self.groups == 1 {
             crate::ops::conv::conv2d(x, &self.weight, self.stride, self.padding, self.dilation)?
         } else {
@@ -325,6 +343,11 @@ impl ConvTranspose2d {
 
 impl Module for ConvTranspose2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if crate::precision::lowers(x) {
+            let (x, w) = (crate::precision::operand(x)?, crate::precision::operand(&self.weight)?);
+            let y = crate::ops::conv::conv_transpose2d(&x, &w, self.stride, self.padding, 1)?;
+            return crate::precision::result(&y);
+        }
         crate::ops::conv::conv_transpose2d(x, &self.weight, self.stride, self.padding, 1)
     }
 }

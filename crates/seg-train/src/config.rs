@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use seg_nn::OptimizerConfig;
+use seg_nn::{OptimizerConfig, Precision};
 
 /// Which domain's images set the batch-norm running statistics during adaptation.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -49,6 +49,11 @@ pub struct TrainerConfig {
     pub bn_stats: BnStats,
     /// Keep decoded images in memory (small datasets).
     pub cache_images: bool,
+    /// `f32` (the default) or `bf16`: mixed precision as PyTorch's bfloat16 autocast, bf16
+    /// convolutions with f32 master weights, optimiser state, batch norm and losses
+    /// ([`seg_nn::precision`]). Evaluation runs in f32.
+    #[serde(skip_serializing_if = "Precision::is_f32")]
+    pub precision: Precision,
 }
 
 impl Default for TrainerConfig {
@@ -77,6 +82,7 @@ impl Default for TrainerConfig {
             log_every: 10,
             bn_stats: BnStats::Target,
             cache_images: true,
+            precision: Precision::F32,
         }
     }
 }

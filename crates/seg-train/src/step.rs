@@ -28,6 +28,8 @@ pub struct Group {
 /// The optimiser groups of a method, built from its parameter sets.
 pub struct Stepper {
     pub groups: Vec<Group>,
+    /// The arithmetic of the step's forward pass (`trainer.precision`).
+    pub precision: seg_nn::Precision,
 }
 
 /// `(name, variable, lr multiplier)` of one optimiser's parameters.
@@ -113,14 +115,20 @@ impl Stepper {
                 lr,
             });
         }
-        Ok(Self { groups })
+        Ok(Self {
+            groups,
+            precision: cfg.precision,
+        })
     }
 
     /// One step: the method's terms for `cx`, one backward per loss group that has terms, then
     /// every optimiser group whose loss group had terms steps at `poly(lr, at)`. Returns the
     /// terms (values still on the device).
     pub fn step(&mut self, method: &dyn Method, cx: &StepCx<'_>, at: LrAt) -> Result<Vec<LossTerm>, TrainError> {
-        let terms = method.losses(cx)?;
+        let terms = {
+            let _precision = seg_nn::autocast(self.precision);
+            method.losses(cx)?
+        };
         let mut grads = BTreeMap::new();
         for g in &self.groups {
             if grads.contains_key(&g.loss) {

@@ -343,3 +343,30 @@ fn a_second_stream_without_the_same_layers_is_refused_naming_the_method() {
         .to_string();
     assert!(err.contains("two-stream") && err.contains("per-layer"), "{err}");
 }
+
+/// Every method's terms under bf16 autocast (the CPU's emulation of bf16 convolutions) stay
+/// within bf16's rounding of its f32 terms, on the same model and batches.
+#[test]
+fn every_method_computes_its_terms_in_bf16_within_rounding_of_f32() {
+    let (source, target) = batches(11, true);
+    // AdaBN's step is source-only's (the tiny net has no batch norm to re-estimate).
+    for name in seg_methods::METHOD_NAMES.into_iter().filter(|m| *m != "adabn") {
+        let b = build(name, true).unwrap();
+        let target = b.method.needs_target().then_some(&target);
+        let f32_terms = terms(b.method.as_ref(), Stage::Train, &source, target);
+        let bf16_terms = {
+            let _bf16 = seg_nn::autocast(seg_nn::Precision::Bf16);
+            terms(b.method.as_ref(), Stage::Train, &source, target)
+        };
+        assert_eq!(f32_terms.len(), bf16_terms.len(), "{name}");
+        for (a, l) in f32_terms.iter().zip(&bf16_terms) {
+            let (x, y) = (scalar(&a.value), scalar(&l.value));
+            assert!(y.is_finite(), "{name}: {} is {y} in bf16", l.name);
+            assert!(
+                (x - y).abs() <= 0.03 * x.abs() + 2e-3,
+                "{name}: {} is {x} in f32 and {y} in bf16",
+                a.name
+            );
+        }
+    }
+}

@@ -176,3 +176,44 @@ fn pool_norm_loss_and_resize_on_cuda_match_the_cpu() {
         "batch norm (training)",
     );
 }
+
+/// bf16 autocast on CUDA (bf16 operands, products accumulated in f32, a bf16 result) against the
+/// CPU's emulation of the same numerics: a conv layer with bias, its fused ReLU form and a
+/// transposed conv, output and weight gradient, within bf16's rounding.
+#[test]
+fn bf16_autocast_on_cuda_matches_the_cpu_emulation() {
+    use candle_core::Module;
+    use candle_nn::{VarBuilder, VarMap};
+    let x0 = Tensor::randn(0f32, 1.0, (2, 16, 20, 24), &Device::Cpu).unwrap();
+    let run = |dev: &Device| {
+        let vars = VarMap::new();
+        let vb = seg_nn::init::seeded_builder(&vars, 4, DType::F32, dev);
+        let cfg = seg_nn::layers::ConvCfg {
+            padding: 1,
+            ..Default::default()
+        };
+        let conv = seg_nn::conv2d(16, 32, 3, cfg, vb.pp("c")).unwrap();
+        let up =
+            seg_nn::ConvTranspose2d::bilinear(32, 2, VarBuilder::from_varmap(&vars, DType::F32, dev).pp("up"), &vars)
+                .unwrap();
+        let x = x0.to_device(dev).unwrap();
+        let _bf16 = seg_nn::autocast(seg_nn::Precision::Bf16);
+        let y = up.forward(&conv.forward_relu(&x).unwrap()).unwrap();
+        let z = conv.forward(&x).unwrap();
+        let loss = (y.sqr().unwrap().mean_all().unwrap() + z.sqr().unwrap().mean_all().unwrap()).unwrap();
+        let g = loss.backward().unwrap();
+        let w = vars.data().lock().unwrap()["c.weight"].clone();
+        (y, g.get(w.as_tensor()).unwrap().clone())
+    };
+    let (yc, gc) = run(&Device::Cpu);
+    let (yg, gg) = run(&gpu());
+    for (a, b, what) in [(&yg, &yc, "bf16 output"), (&gg, &gc, "bf16 weight gradient")] {
+        let (a, b) = (host(a), host(b));
+        let scale = b.iter().fold(1f32, |m, v| m.max(v.abs()));
+        let d = a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(
+            d <= 2e-2 * scale,
+            "{what}: CUDA and the CPU emulation differ by {d} (scale {scale})"
+        );
+    }
+}

@@ -610,3 +610,72 @@ fn settings_switch_the_cpu_kernels_in_one_process_with_the_same_results() {
         before.apply();
     }
 }
+
+/// Inside a bf16 autocast scope a conv layer computes on bf16-rounded operands and rounds its
+/// result (the CPU's emulation of a bf16 product); outside, and after the scope, it is f32
+/// again. Gradients reach the f32 weights and stay close to f32's.
+#[test]
+fn bf16_autocast_rounds_the_convolutions_operands_and_result() {
+    let vars = VarMap::new();
+    let vb = VarBuilder::from_varmap(&vars, DType::F32, &cpu());
+    let cfg = seg_nn::layers::ConvCfg {
+        padding: 1,
+        ..Default::default()
+    };
+    let conv = seg_nn::conv2d(8, 16, 3, cfg, vb.pp("c")).unwrap();
+    let up = ConvTranspose2d::bilinear(16, 2, vb.pp("up"), &vars).unwrap();
+    let x = Tensor::randn(0f32, 1.0, (2, 8, 12, 10), &cpu()).unwrap();
+    let round = |t: &Tensor| t.to_dtype(DType::BF16).unwrap().to_dtype(DType::F32).unwrap();
+    let full = conv.forward(&x).unwrap();
+    let (low, low_relu, low_up) = {
+        let _bf16 = seg_nn::autocast(seg_nn::Precision::Bf16);
+        (
+            conv.forward(&x).unwrap(),
+            conv.forward_relu(&x).unwrap(),
+            up.forward(&full).unwrap(),
+        )
+    };
+    assert_eq!(seg_nn::precision::current(), seg_nn::Precision::F32, "the scope ended");
+    assert_eq!(low.dtype(), DType::F32);
+    // The same computation by hand: rounded operands, f32 product, rounded result.
+    let w = vars.data().lock().unwrap()["c.weight"].as_tensor().clone();
+    let b = vars.data().lock().unwrap()["c.bias"].as_tensor().clone();
+    let by_hand = round(
+        &seg_nn::ops::conv::conv2d(&round(&x), &round(&w), 1, 1, 1)
+            .unwrap()
+            .broadcast_add(&round(&b).reshape((1, 16, 1, 1)).unwrap())
+            .unwrap(),
+    );
+    assert!(max_diff(&low, &by_hand) < 1e-6, "{}", max_diff(&low, &by_hand));
+    assert!(max_diff(&low_relu, &low.relu().unwrap()) < 1e-2);
+    let scale = full.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let d = max_diff(&low, &full);
+    assert!(
+        d > 0.0 && d < 2e-2 * scale,
+        "bf16 differs from f32 by {d} (scale {scale})"
+    );
+    assert!(max_diff(&low_up, &up.forward(&full).unwrap()) < 2e-2 * scale);
+    // Gradients reach the f32 weight through the casts.
+    let wv = vars.data().lock().unwrap()["c.weight"].clone();
+    let grad = |p: seg_nn::Precision| {
+        let _scope = seg_nn::autocast(p);
+        let g = conv
+            .forward(&x)
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        g.get(wv.as_tensor()).unwrap().clone()
+    };
+    let (g32, g16) = (grad(seg_nn::Precision::F32), grad(seg_nn::Precision::Bf16));
+    assert_eq!(g16.dtype(), DType::F32);
+    let gscale = g32.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(
+        max_diff(&g16, &g32) < 3e-2 * gscale,
+        "{} vs {gscale}",
+        max_diff(&g16, &g32)
+    );
+}
