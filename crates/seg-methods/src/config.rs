@@ -92,6 +92,21 @@ pub struct MethodParts<'a> {
 }
 
 impl MethodConfig {
+    /// Source-only steps the method runs before its training stage (the curriculum's stage 1),
+    /// and the same method with that stage left out (what timing its training steps needs).
+    pub fn pretraining(&self) -> (usize, Self) {
+        match self {
+            MethodConfig::Curriculum(c) => (
+                c.pretrain_steps,
+                MethodConfig::Curriculum(CurriculumConfig {
+                    pretrain_steps: 0,
+                    ..c.clone()
+                }),
+            ),
+            other => (0, other.clone()),
+        }
+    }
+
     /// The method's kebab-case name, as in [`METHOD_NAMES`] and the TOML `kind`.
     pub fn name(&self) -> &'static str {
         match self {

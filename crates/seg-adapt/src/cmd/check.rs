@@ -69,22 +69,43 @@ pub fn run(args: Args, device_name: &DeviceName) -> anyhow::Result<()> {
     if args.time_steps > 0 && blocking.is_empty() {
         let device = crate::run::device(device_name)?;
         let dir = std::env::temp_dir().join(format!("seg-adapt-check-{}", std::process::id()));
-        let timed = (|| {
-            let setup = crate::run::build_setup(&cfg, &dir, &device, false, false)?;
-            let trainer = seg_train::Trainer::new(setup)?;
-            let start = Instant::now();
-            trainer.run_until(args.time_steps)?;
-            anyhow::Ok(start.elapsed().as_secs_f64())
-        })();
-        let _ = std::fs::remove_dir_all(&dir);
-        let secs = timed.context("timing training steps")?;
+        let time = |cfg: &RunConfig| {
+            let timed = (|| {
+                let setup = crate::run::build_setup(cfg, &dir, &device, false, false)?;
+                let trainer = seg_train::Trainer::new(setup)?;
+                let start = Instant::now();
+                trainer.run_until(args.time_steps)?;
+                anyhow::Ok(start.elapsed().as_secs_f64())
+            })();
+            let _ = std::fs::remove_dir_all(&dir);
+            timed.context("timing training steps")
+        };
+        // A method with a stage before training (the curriculum's) is timed twice: its first
+        // steps, which are that stage's, and then the training stage's with that stage left out.
+        let (pretrain, without) = cfg.method.pretraining();
+        let mut before = 0.0;
+        if pretrain > 0 {
+            let n = args.time_steps.min(pretrain);
+            let secs = time(&cfg)?;
+            let per = secs / n.max(1) as f64;
+            before = per * pretrain as f64;
+            println!(
+                "timing: {n} steps of the {pretrain}-step stage before training on {device_name} in {secs:.1}s ({per:.2} s/step)"
+            );
+        }
+        let train_cfg = RunConfig {
+            method: without,
+            ..cfg.clone()
+        };
+        let secs = time(&train_cfg)?;
         let n = args.time_steps.min(cfg.trainer.steps);
         let per = secs / n.max(1) as f64;
-        let total = per * cfg.trainer.steps as f64;
+        let total = before + per * cfg.trainer.steps as f64;
         println!(
-            "timing: {n} steps on {} in {secs:.1}s ({per:.2} s/step, the first step's warm-up and a checkpoint included); {} steps: about {}h {:02}min, evaluation not included",
+            "timing: {n} training steps on {} in {secs:.1}s ({per:.2} s/step, the first step's warm-up and a checkpoint included); {} steps{}: about {}h {:02}min, evaluation not included",
             device_name,
             cfg.trainer.steps,
+            if pretrain > 0 { format!(" and the {pretrain} before them") } else { String::new() },
             (total / 3600.0) as u64,
             ((total % 3600.0) / 60.0).round() as u64
         );

@@ -345,6 +345,20 @@ fn check_reads_every_file_times_steps_and_fails_when_the_run_would_stop() {
     );
     assert!(out.contains("s/step") && out.contains("1000 steps: about"), "{out}");
     assert!(out.contains("kind = \"dann\""), "the resolved config: {out}");
+    // The curriculum's stage 1 and its training steps are timed apart, and both are counted.
+    let curriculum = dir.path().join("curriculum.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &curriculum,
+        text.replace("kind = \"dann\"", "kind = \"curriculum\"\npretrain_steps = 50"),
+    )
+    .unwrap();
+    let out = ok(&["check", p(&curriculum), "--time-steps", "1"]);
+    assert!(out.contains("1 steps of the 50-step stage before training"), "{out}");
+    assert!(
+        out.contains("1 training steps") && out.contains("1000 steps and the 50 before them: about"),
+        "{out}"
+    );
 
     std::fs::write(root.join("images/00004.png"), b"").unwrap();
     let e = err(&["check", p(&cfg), "--time-steps", "0"]);
