@@ -13,7 +13,7 @@ use seg_core::{Backbone, FeatureTap, GroupId, LossTerm, Method, ParamSet, SegMet
 use seg_nn::layers::ConvCfg;
 use seg_nn::{conv2d, cross_entropy_ignore, Conv2d};
 
-use crate::feature_alignment::seg_labels_ignore;
+use crate::feature_alignment::{seg_labels_ignore, train_then_reestimate};
 use seg_heads::error::{check_range, require_tap, HeadError};
 use seg_heads::ops::{one_hot, pool_to};
 use seg_nn::vars::{copy_network, trainable_under};
@@ -281,16 +281,10 @@ impl Method for Curriculum {
     }
 
     fn stages(&self) -> Vec<Stage> {
-        let mut s = vec![
-            Stage::Pretrain {
-                steps: self.cfg.pretrain_steps,
-            },
-            Stage::Train,
-        ];
-        if self.backbone.has_batch_norm() {
-            s.push(Stage::ReestimateBn);
-        }
-        s
+        let pretrain = Stage::Pretrain {
+            steps: self.cfg.pretrain_steps,
+        };
+        train_then_reestimate(vec![pretrain], self.backbone.as_ref())
     }
 
     fn needs_target(&self) -> bool {

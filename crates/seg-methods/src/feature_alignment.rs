@@ -12,6 +12,16 @@ use seg_nn::vars::trainable_under;
 
 use seg_heads::error::HeadError;
 
+/// `before`, then the training stage, then AdaBN's re-estimation of the deployed network's
+/// batch-norm statistics when it has batch norm (every adapting method ends so).
+pub(crate) fn train_then_reestimate(mut before: Vec<Stage>, deployed: &dyn Backbone) -> Vec<Stage> {
+    before.push(Stage::Train);
+    if deployed.has_batch_norm() {
+        before.push(Stage::ReestimateBn);
+    }
+    before
+}
+
 /// Source cross-entropy (and a head's terms): see the module documentation.
 pub struct FeatureAlignment {
     name: &'static str,
@@ -53,10 +63,11 @@ impl FeatureAlignment {
                 });
             }
         }
-        let mut stages = vec![Stage::Train];
-        if reestimate_bn && backbone.has_batch_norm() {
-            stages.push(Stage::ReestimateBn);
-        }
+        let stages = if reestimate_bn {
+            train_then_reestimate(Vec::new(), backbone.as_ref())
+        } else {
+            vec![Stage::Train]
+        };
         Ok(Self {
             name,
             backbone,

@@ -12,7 +12,7 @@ use candle_nn::{Init, VarBuilder, VarMap};
 use seg_core::{Backbone, FeatureTap, GroupId, LossTerm, Method, ParamSet, SegMethod, Stage, StepCx};
 use seg_nn::cross_entropy_ignore;
 
-use crate::feature_alignment::seg_labels_ignore;
+use crate::feature_alignment::{seg_labels_ignore, train_then_reestimate};
 use seg_heads::error::{check_range, require_tap, HeadError};
 use seg_nn::vars::{copy_network, trainable_under};
 
@@ -286,11 +286,7 @@ impl Method for TwoStream {
     }
 
     fn stages(&self) -> Vec<Stage> {
-        let mut s = vec![Stage::Train];
-        if self.target.has_batch_norm() {
-            s.push(Stage::ReestimateBn);
-        }
-        s
+        train_then_reestimate(Vec::new(), self.target.as_ref())
     }
 
     fn needs_target(&self) -> bool {
