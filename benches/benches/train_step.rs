@@ -131,7 +131,15 @@ fn bench(c: &mut Criterion) {
                         seg_nn::Precision::Bf16 => format!("{model}/bf16/{n}x3x{h}x{w}"),
                     };
                     group.throughput(Throughput::Elements(n as u64));
-                    group.bench_function(name, |b| b.iter(|| step(&mut s, &x, &y, &x)));
+                    seg_cuda::reset_peak_memory(&dev).unwrap();
+                    group.bench_function(&name, |b| b.iter(|| step(&mut s, &x, &y, &x)));
+                    if let Some(peak) = seg_cuda::peak_memory(&dev).unwrap() {
+                        // PyTorch's counterpart: the reference script's "peak GPU memory" line.
+                        println!(
+                            "peak GPU memory train_step/{name}: {:.0} MiB",
+                            peak as f64 / (1u64 << 20) as f64
+                        );
+                    }
                 }
             }
         }

@@ -63,3 +63,68 @@ pub fn cuda_device(ordinal: usize) -> candle_core::Result<candle_core::Device> {
 pub fn cuda_device(ordinal: usize) -> candle_core::Result<candle_core::Device> {
     candle_core::Device::new_cuda(ordinal)
 }
+
+/// The most bytes in use at once in a CUDA device's stream-ordered memory pool (where every
+/// buffer of this project and of candle is allocated) since the last [`reset_peak_memory`], as
+/// PyTorch's `torch.cuda.max_memory_allocated`; `None` for other devices.
+#[cfg(feature = "cuda")]
+pub fn peak_memory(dev: &candle_core::Device) -> candle_core::Result<Option<u64>> {
+    use candle_core::cuda_backend::cudarc::driver::sys;
+    let candle_core::Device::Cuda(d) = dev else {
+        return Ok(None);
+    };
+    let mut pool = std::ptr::null_mut();
+    let mut high = 0u64;
+    // SAFETY: valid out-pointers; the attribute's value is a u64 (cuuint64_t).
+    unsafe {
+        sys::cuDeviceGetDefaultMemPool(&mut pool, d.cuda_stream().context().cu_device())
+            .result()
+            .map_err(candle_core::Error::wrap)?;
+        sys::cuMemPoolGetAttribute(
+            pool,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+            (&mut high as *mut u64).cast(),
+        )
+        .result()
+        .map_err(candle_core::Error::wrap)?;
+    }
+    Ok(Some(high))
+}
+
+/// Starts [`peak_memory`]'s count afresh (no effect for other devices).
+#[cfg(feature = "cuda")]
+pub fn reset_peak_memory(dev: &candle_core::Device) -> candle_core::Result<()> {
+    use candle_core::cuda_backend::cudarc::driver::sys;
+    let candle_core::Device::Cuda(d) = dev else {
+        return Ok(());
+    };
+    let mut pool = std::ptr::null_mut();
+    let mut zero = 0u64;
+    // SAFETY: valid out-pointer; the high-water mark takes a u64, and 0 is the value that
+    // resets it.
+    unsafe {
+        sys::cuDeviceGetDefaultMemPool(&mut pool, d.cuda_stream().context().cu_device())
+            .result()
+            .map_err(candle_core::Error::wrap)?;
+        sys::cuMemPoolSetAttribute(
+            pool,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+            (&mut zero as *mut u64).cast(),
+        )
+        .result()
+        .map_err(candle_core::Error::wrap)?;
+    }
+    Ok(())
+}
+
+/// Peak pool memory (no CUDA in this build: none).
+#[cfg(not(feature = "cuda"))]
+pub fn peak_memory(_: &candle_core::Device) -> candle_core::Result<Option<u64>> {
+    Ok(None)
+}
+
+/// Resets the peak (no CUDA in this build: nothing to reset).
+#[cfg(not(feature = "cuda"))]
+pub fn reset_peak_memory(_: &candle_core::Device) -> candle_core::Result<()> {
+    Ok(())
+}
