@@ -50,7 +50,7 @@ say "torch: $(python3 -c 'import torch;print(torch.__version__, torch.version.cu
 B=/tmp/seg-gpu && mkdir -p $B
 for f in gpu/*.xz; do xz -dc "$f" > "$B/$(basename "$f" .xz)"; chmod +x "$B/$(basename "$f" .xz)"; done
 NV=$(python3 -c 'import nvidia,os;print(os.path.dirname(nvidia.__path__[0]))' 2>/dev/null)/nvidia
-# cuDNN is opened at run time (seg_nn::cudnn), from the same Python environment as PyTorch's.
+# cuDNN is opened at run time (seg_cuda::cudnn), from the same Python environment as PyTorch's.
 export LD_LIBRARY_PATH="$NV/cu13/lib:$NV/cublas/lib:$NV/cuda_runtime/lib:$NV/curand/lib:$NV/cudnn/lib:${LD_LIBRARY_PATH:-}"
 say "cudnn: $(ls $NV/cudnn/lib/libcudnn.so.* $NV/cu13/lib/libcudnn.so.* 2>/dev/null | tr '\n' ' ')"
 ldd $B/seg-adapt > "$OUT/ldd.txt" 2>&1

@@ -149,7 +149,7 @@ impl RunConfig {
                 self.model.name
             );
         } else {
-            anyhow::bail!("augment.crop is required (--crop WxH): batches need one size");
+            anyhow::bail!("augment.crop is required (`crop = [W, H]` in [augment], or --set augment.crop=[W,H]): batches need one size");
         }
         anyhow::ensure!(
             self.model.init_weights.is_none() || self.model.init_from.is_none(),

@@ -1,4 +1,4 @@
-//! Readers for the three on-disk formats (`shared/docs/formats.md`): each finds image/label
+//! Readers for the three on-disk formats (`data/README.md`): each finds image/label
 //! pairs by name, from a directory scan or a split list file, and returns a [`Dataset`].
 //!
 //! - Cityscapes: `leftImg8bit/{split}/{city}/{stem}_leftImg8bit.png` with

@@ -6,7 +6,7 @@ use seg_core::FeatureTap;
 /// Why a method could not be parsed or its head could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum HeadError {
-    /// A method name that is not one of [`crate::METHOD_NAMES`].
+    /// A method name that is not one of `seg_methods::METHOD_NAMES`.
     #[error("unknown method `{name}`: expected one of {valid}")]
     UnknownMethod { name: String, valid: String },
     /// The head reads a feature tap the backbone does not provide.

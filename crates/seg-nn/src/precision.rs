@@ -7,7 +7,11 @@
 //! On CUDA the operands are cast to bf16 and the product runs in bf16 (accumulating in f32).
 //! The CPU has no bf16 kernels (candle 0.11's CPU convolutions refuse bf16), so there the same
 //! numerics are emulated: operands rounded to bf16, the f32 product, the result rounded to bf16.
-//! Both give the same rounding of inputs and outputs; the CPU path exists to test the numerics.
+//! Both round the operands and the product the same way; with a bias, CUDA adds it in bf16 (a
+//! second rounding) where the CPU adds it in f32 before its one rounding, which the CUDA test's
+//! tolerance covers. The CPU path exists to test the numerics. The bf16 weights are casts of
+//! the f32 variables, so their gradients go back through candle's accumulation, not
+//! [`crate::grad`]'s sink.
 //!
 //! The scope is per thread (the thread that builds the graph: the training step's).
 
@@ -46,6 +50,8 @@ pub fn current() -> Precision {
 #[must_use = "the precision holds only while the guard lives"]
 pub struct Autocast {
     previous: Precision,
+    /// The scope belongs to the thread that opened it (not `Send`).
+    _thread: std::marker::PhantomData<*const ()>,
 }
 
 impl Drop for Autocast {
@@ -57,7 +63,10 @@ impl Drop for Autocast {
 /// Puts `p` in force on this thread until the returned guard is dropped.
 pub fn autocast(p: Precision) -> Autocast {
     let previous = CURRENT.with(|c| c.replace(p));
-    Autocast { previous }
+    Autocast {
+        previous,
+        _thread: std::marker::PhantomData,
+    }
 }
 
 /// Whether `x`'s convolutions run in bf16 now: the scope says so and `x` is f32.

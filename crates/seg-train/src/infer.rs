@@ -112,7 +112,7 @@ pub fn evaluate(backbone: &dyn Backbone, dataset: &Dataset, setup: &EvalSetup) -
 pub fn reestimate_bn(backbone: &dyn Backbone, target: &mut Loader, batches: usize) -> Result<(), TrainError> {
     if !backbone.has_batch_norm() {
         return Err(TrainError::Setup(
-            "AdaBN needs a model with batch norm (use --model small)".into(),
+            "AdaBN needs a model with batch norm (model.name = \"small\")".into(),
         ));
     }
     backbone.set_bn_momentum(None, true)?;

@@ -69,12 +69,12 @@ pub fn run(args: Args, device_name: &DeviceName) -> anyhow::Result<()> {
     if args.time_steps > 0 && blocking.is_empty() {
         let device = crate::run::device(device_name)?;
         let dir = std::env::temp_dir().join(format!("seg-adapt-check-{}", std::process::id()));
-        let time = |cfg: &RunConfig| {
+        let time = |cfg: &RunConfig, n: usize| {
             let timed = (|| {
                 let setup = crate::run::build_setup(cfg, &dir, &device, false, false)?;
                 let trainer = seg_train::Trainer::new(setup)?;
                 let start = Instant::now();
-                trainer.run_until(args.time_steps)?;
+                trainer.run_until(n)?;
                 anyhow::Ok(start.elapsed().as_secs_f64())
             })();
             let _ = std::fs::remove_dir_all(&dir);
@@ -86,7 +86,7 @@ pub fn run(args: Args, device_name: &DeviceName) -> anyhow::Result<()> {
         let mut before = 0.0;
         if pretrain > 0 {
             let n = args.time_steps.min(pretrain);
-            let secs = time(&cfg)?;
+            let secs = time(&cfg, n)?;
             let per = secs / n.max(1) as f64;
             before = per * pretrain as f64;
             println!(
@@ -97,8 +97,8 @@ pub fn run(args: Args, device_name: &DeviceName) -> anyhow::Result<()> {
             method: without,
             ..cfg.clone()
         };
-        let secs = time(&train_cfg)?;
         let n = args.time_steps.min(cfg.trainer.steps);
+        let secs = time(&train_cfg, n)?;
         let per = secs / n.max(1) as f64;
         let total = before + per * cfg.trainer.steps as f64;
         println!(

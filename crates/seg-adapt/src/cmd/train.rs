@@ -46,18 +46,26 @@ pub struct Args {
     pub init_from: Option<PathBuf>,
 }
 
-/// The run's configuration: the config file (or, with `--resume`, the run folder's saved
-/// config), then the flags, then each `--set`.
+/// The run's configuration: the config file (with `--resume` and no CONFIG, the run folder's
+/// saved config), then the flags, then each `--set`. A resumed run keeps its saved config: the
+/// result may differ from it in `trainer.steps` only (to extend a run), anything else is an error
+/// naming the key. Starting from another run's model (`--init-from`, or `model.init_from` set on
+/// the command line) replaces the preset's ImageNet weights.
 pub fn resolve(args: &Args) -> anyhow::Result<RunConfig> {
-    let saved = args.out.join("config.toml");
-    let mut cfg = match (&args.config, args.resume && saved.exists()) {
-        (_, true) => RunConfig::load(&saved)?,
-        (Some(path), false) => RunConfig::load(path)?,
-        (None, false) => anyhow::bail!(
+    let saved_path = args.out.join("config.toml");
+    let saved = match args.resume && saved_path.exists() {
+        true => Some(RunConfig::load(&saved_path)?),
+        false => None,
+    };
+    let mut cfg = match (&args.config, &saved) {
+        (Some(path), _) => RunConfig::load(path)?,
+        (None, Some(s)) => s.clone(),
+        (None, None) => anyhow::bail!(
             "{}: no saved config to resume from; name a CONFIG (a preset of `configs/`)",
-            saved.display()
+            saved_path.display()
         ),
     };
+    let from_file = cfg.model.init_from.clone();
     if let Some(m) = &args.method {
         cfg.method = m.clone();
     }
@@ -73,7 +81,55 @@ pub fn resolve(args: &Args) -> anyhow::Result<RunConfig> {
     for kv in &args.set {
         cfg = cfg.with_set(kv)?;
     }
+    if cfg.model.init_from.is_some() && cfg.model.init_from != from_file && cfg.model.init_weights.is_some() {
+        tracing::info!("starting from the model of --init-from: the config's init_weights are not loaded");
+        cfg.model.init_weights = None;
+    }
+    if let Some(saved) = saved {
+        let extended = RunConfig {
+            trainer: seg_train::TrainerConfig {
+                steps: saved.trainer.steps,
+                ..cfg.trainer.clone()
+            },
+            ..cfg.clone()
+        };
+        if extended != saved {
+            let key = first_difference(&saved, &extended)?;
+            anyhow::bail!(
+                "--resume continues the run in {} with its saved config; CONFIG or the flags change `{key}` \
+                 (only trainer.steps may change on resume): start a new run in another folder",
+                args.out.display()
+            );
+        }
+    }
     Ok(cfg)
+}
+
+/// The first dotted key whose value differs between two configs.
+fn first_difference(a: &RunConfig, b: &RunConfig) -> anyhow::Result<String> {
+    fn flatten(prefix: &str, v: &toml::Value, out: &mut std::collections::BTreeMap<String, String>) {
+        match v {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    flatten(&key, v, out);
+                }
+            }
+            other => {
+                out.insert(prefix.to_string(), other.to_string());
+            }
+        }
+    }
+    let mut fa = std::collections::BTreeMap::new();
+    let mut fb = std::collections::BTreeMap::new();
+    flatten("", &toml::Value::try_from(a)?, &mut fa);
+    flatten("", &toml::Value::try_from(b)?, &mut fb);
+    let differs = fa.keys().chain(fb.keys()).find(|k| fa.get(*k) != fb.get(*k)).cloned();
+    Ok(differs.unwrap_or_else(|| "the config".into()))
 }
 
 pub fn run(args: Args, device_name: &crate::run::DeviceName) -> anyhow::Result<()> {

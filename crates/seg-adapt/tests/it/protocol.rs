@@ -92,6 +92,31 @@ fn init_from_copies_the_model_and_refuses_another() {
     args.extend(["--init-from", p(&nowhere)]);
     let e = err(&args);
     assert!(e.contains("nowhere") && e.contains("--init-from"), "{e}");
+
+    // A preset's ImageNet weights give way to --init-from (the presets all name them).
+    let out = dir.path().join("preset-then-init-from");
+    let mut args = crate::train_args(p(&out), p(&gta), p(&cs), "dann");
+    args.extend([
+        "--set",
+        "model.init_weights=weights/vgg16-397923af.pth",
+        "--init-from",
+        p(&first),
+    ]);
+    ok(&args);
+
+    // A resumed run keeps its saved config: only trainer.steps may change.
+    let mut args = crate::train_args(p(&out), p(&gta), p(&cs), "dann");
+    args.extend([
+        "--set",
+        "model.init_weights=weights/vgg16-397923af.pth",
+        "--init-from",
+        p(&first),
+        "--resume",
+    ]);
+    ok(&args);
+    args.extend(["--seed", "9"]);
+    let e = err(&args);
+    assert!(e.contains("trainer.seed") && e.contains("--resume"), "{e}");
 }
 
 #[test]
