@@ -39,13 +39,10 @@ pub fn cuda_device(ordinal: usize) -> candle_core::Result<candle_core::Device> {
         // SAFETY: every op of this crate and of candle runs on the device's one stream, so no
         // buffer is used on a stream other than the one that made it.
         unsafe { d.disable_event_tracking() };
-        let mut pool = std::ptr::null_mut();
+        let pool = default_pool(d)?;
         let mut keep = u64::MAX;
-        // SAFETY: valid out-pointer and attribute value of the type the attribute takes (u64).
+        // SAFETY: a valid pool and an attribute value of the type the attribute takes (u64).
         unsafe {
-            sys::cuDeviceGetDefaultMemPool(&mut pool, d.cuda_stream().context().cu_device())
-                .result()
-                .map_err(candle_core::Error::wrap)?;
             sys::cuMemPoolSetAttribute(
                 pool,
                 sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
@@ -64,6 +61,20 @@ pub fn cuda_device(ordinal: usize) -> candle_core::Result<candle_core::Device> {
     candle_core::Device::new_cuda(ordinal)
 }
 
+/// The device's default stream-ordered memory pool (where candle and this project allocate).
+#[cfg(feature = "cuda")]
+fn default_pool(
+    d: &candle_core::cuda_backend::CudaDevice,
+) -> candle_core::Result<candle_core::cuda_backend::cudarc::driver::sys::CUmemoryPool> {
+    use candle_core::cuda_backend::cudarc::driver::sys;
+    let mut pool = std::ptr::null_mut();
+    // SAFETY: a valid out-pointer and the device's own ordinal.
+    unsafe { sys::cuDeviceGetDefaultMemPool(&mut pool, d.cuda_stream().context().cu_device()) }
+        .result()
+        .map_err(candle_core::Error::wrap)?;
+    Ok(pool)
+}
+
 /// The most bytes in use at once in a CUDA device's stream-ordered memory pool (where every
 /// buffer of this project and of candle is allocated) since the last [`reset_peak_memory`], as
 /// PyTorch's `torch.cuda.max_memory_allocated`; `None` for other devices.
@@ -73,21 +84,13 @@ pub fn peak_memory(dev: &candle_core::Device) -> candle_core::Result<Option<u64>
     let candle_core::Device::Cuda(d) = dev else {
         return Ok(None);
     };
-    let mut pool = std::ptr::null_mut();
+    let pool = default_pool(d)?;
     let mut high = 0u64;
-    // SAFETY: valid out-pointers; the attribute's value is a u64 (cuuint64_t).
-    unsafe {
-        sys::cuDeviceGetDefaultMemPool(&mut pool, d.cuda_stream().context().cu_device())
-            .result()
-            .map_err(candle_core::Error::wrap)?;
-        sys::cuMemPoolGetAttribute(
-            pool,
-            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
-            (&mut high as *mut u64).cast(),
-        )
+    let attr = sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH;
+    // SAFETY: a valid pool and out-pointer; the attribute's value is a u64 (cuuint64_t).
+    unsafe { sys::cuMemPoolGetAttribute(pool, attr, (&mut high as *mut u64).cast()) }
         .result()
         .map_err(candle_core::Error::wrap)?;
-    }
     Ok(Some(high))
 }
 
@@ -98,22 +101,13 @@ pub fn reset_peak_memory(dev: &candle_core::Device) -> candle_core::Result<()> {
     let candle_core::Device::Cuda(d) = dev else {
         return Ok(());
     };
-    let mut pool = std::ptr::null_mut();
+    let pool = default_pool(d)?;
     let mut zero = 0u64;
-    // SAFETY: valid out-pointer; the high-water mark takes a u64, and 0 is the value that
-    // resets it.
-    unsafe {
-        sys::cuDeviceGetDefaultMemPool(&mut pool, d.cuda_stream().context().cu_device())
-            .result()
-            .map_err(candle_core::Error::wrap)?;
-        sys::cuMemPoolSetAttribute(
-            pool,
-            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
-            (&mut zero as *mut u64).cast(),
-        )
+    let attr = sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH;
+    // SAFETY: a valid pool; the high-water mark takes a u64, and 0 is the value that resets it.
+    unsafe { sys::cuMemPoolSetAttribute(pool, attr, (&mut zero as *mut u64).cast()) }
         .result()
         .map_err(candle_core::Error::wrap)?;
-    }
     Ok(())
 }
 

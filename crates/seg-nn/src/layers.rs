@@ -82,16 +82,22 @@ impl Conv2d {
         &self.weight
     }
 
+    /// `f` on bf16 operands (this layer's weight and bias, and `x`), in f32 mode inside, with
+    /// the result back in f32 ([`crate::precision`]).
+    fn lowered(&self, x: &Tensor, f: impl FnOnce(&Self, &Tensor) -> Result<Tensor>) -> Result<Tensor> {
+        let low = Self {
+            weight: crate::precision::operand(&self.weight)?,
+            bias: self.bias.as_ref().map(crate::precision::operand).transpose()?,
+            ..self.clone()
+        };
+        let _f32 = crate::precision::autocast(crate::Precision::F32);
+        crate::precision::result(&f(&low, &crate::precision::operand(x)?)?)
+    }
+
     /// `relu(self.forward(x))`, fused into one op when the layer has a bias and one group.
     pub fn forward_relu(&self, x: &Tensor) -> Result<Tensor> {
         if crate::precision::lowers(x) {
-            let low = Self {
-                weight: crate::precision::operand(&self.weight)?,
-                bias: self.bias.as_ref().map(crate::precision::operand).transpose()?,
-                ..self.clone()
-            };
-            let _f32 = crate::precision::autocast(crate::Precision::F32);
-            return crate::precision::result(&low.forward_relu(&crate::precision::operand(x)?)?);
+            return self.lowered(x, |c, x| c.forward_relu(x));
         }
         match &self.bias {
             Some(b) if self.groups == 1 => {
@@ -105,13 +111,7 @@ impl Conv2d {
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if crate::precision::lowers(x) {
-            let low = Self {
-                weight: crate::precision::operand(&self.weight)?,
-                bias: self.bias.as_ref().map(crate::precision::operand).transpose()?,
-                ..self.clone()
-            };
-            let _f32 = crate::precision::autocast(crate::Precision::F32);
-            return crate::precision::result(&low.forward(&crate::precision::operand(x)?)?);
+            return self.lowered(x, |c, x| c.forward(x));
         }
         let y = if self.groups == 1 {
             crate::ops::conv::conv2d(x, &self.weight, self.stride, self.padding, self.dilation)?
