@@ -86,13 +86,8 @@ pub fn resolve(args: &Args) -> anyhow::Result<RunConfig> {
         cfg.model.init_weights = None;
     }
     if let Some(saved) = saved {
-        let extended = RunConfig {
-            trainer: seg_train::TrainerConfig {
-                steps: saved.trainer.steps,
-                ..cfg.trainer.clone()
-            },
-            ..cfg.clone()
-        };
+        let mut extended = cfg.clone();
+        extended.trainer.steps = saved.trainer.steps;
         if extended != saved {
             let key = first_difference(&saved, &extended)?;
             anyhow::bail!(

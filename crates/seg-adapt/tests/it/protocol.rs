@@ -105,14 +105,7 @@ fn init_from_copies_the_model_and_refuses_another() {
     ok(&args);
 
     // A resumed run keeps its saved config: only trainer.steps may change.
-    let mut args = crate::train_args(p(&out), p(&gta), p(&cs), "dann");
-    args.extend([
-        "--set",
-        "model.init_weights=weights/vgg16-397923af.pth",
-        "--init-from",
-        p(&first),
-        "--resume",
-    ]);
+    args.push("--resume");
     ok(&args);
     args.extend(["--seed", "9"]);
     let e = err(&args);
