@@ -94,11 +94,12 @@ impl LossTerm {
 /// A segmentation backbone: image batch in, feature taps and full-resolution logits out.
 pub trait Backbone: Send + Sync {
     /// Forward pass; `train` switches dropout and batch norm to training mode. The result
-    /// holds `Logits` (at the input's size) and at least the requested taps.
+    /// holds `Logits` (at the input's size) and at least the requested taps, those two in f32
+    /// even under bf16 mixed precision (`seg_nn::precision::leave`).
     fn forward_taps(&self, images: &Tensor, train: bool, taps: &[FeatureTap]) -> Result<Features>;
     /// Recomputes the logits from `tap` onward with that tap's map replaced by `replaced`
     /// (same shape), reusing the other maps of `feats` where the network has skips. SAN adds
-    /// its generated residual to conv5 this way.
+    /// its generated residual to conv5 this way. The logits are f32, as from `forward_taps`.
     fn forward_from(&self, feats: &Features, tap: FeatureTap, replaced: &Tensor, train: bool) -> Result<Tensor>;
     /// Output stride of the deepest features relative to the input; input sizes must be
     /// multiples of it.

@@ -16,12 +16,18 @@
 //! `cudnnGet…Algorithm_v7` ranks first. Tensor cores (TF32) are allowed by default, as in
 //! PyTorch (`torch.backends.cudnn.allow_tf32 = True`); [`set_tf32`]`(false)` or
 //! `SEG_CUDA_TF32=0` asks for FP32 multiply-adds only.
+//!
+//! The convolution pieces take f32 or bf16 operands (mixed precision): bf16 tensors with f32
+//! accumulation (cuDNN's "pseudo-bf16" configuration), on tensor cores whatever the TF32
+//! setting. A geometry no plan and no legacy algorithm takes (bf16 on a GPU without bf16
+//! engines, say) is logged once and left to the caller's candle fallback. The fused bias and
+//! ReLU of [`forward_bias_relu`] run on cuDNN for f32 and as one NVRTC kernel for bf16.
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
-use candle_core::cuda_backend::CudaDevice;
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr};
+use candle_core::cuda_backend::{CudaDType, CudaDevice};
 use candle_core::op::BackpropOp;
-use candle_core::{CudaStorage, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{CudaStorage, DType, Layout, Result, Shape, Storage, Tensor};
 use seg_kernels::Geom;
 use std::cell::RefCell;
 use std::collections::hash_map::Entry;
@@ -34,9 +40,11 @@ type Ptr = *mut c_void;
 type CPtr = *const c_void;
 
 const DATA_FLOAT: c_int = 0;
+const DATA_BFLOAT16: c_int = 9;
 const NCHW: c_int = 0;
 const CROSS_CORRELATION: c_int = 1;
 const DEFAULT_MATH: c_int = 0;
+const TENSOR_OP_MATH: c_int = 1;
 const FMA_MATH: c_int = 3;
 const ACTIVATION_RELU: c_int = 1;
 const NOT_PROPAGATE_NAN: c_int = 0;
@@ -201,6 +209,31 @@ pub fn tf32() -> bool {
     crate::settings::cuda_tf32()
 }
 
+/// Whether cuDNN runs the convolution pieces on operands of `dtype`: f32 or bf16, with cuDNN
+/// loaded.
+pub fn takes(dtype: DType) -> bool {
+    matches!(dtype, DType::F32 | DType::BF16) && available()
+}
+
+/// An element type of the convolution pieces.
+trait Elem: CudaDType + DeviceRepr {
+    /// Its `cudnnDataType_t`.
+    const CUDNN: c_int;
+}
+
+impl Elem for f32 {
+    const CUDNN: c_int = DATA_FLOAT;
+}
+
+impl Elem for half::bf16 {
+    const CUDNN: c_int = DATA_BFLOAT16;
+}
+
+/// How a plan may use tensor cores: TF32 for f32 where allowed, always for bf16.
+fn tensor_cores(data_type: c_int, allow_tf32: bool) -> bool {
+    data_type == DATA_BFLOAT16 || allow_tf32
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 enum Kind {
     Forward,
@@ -240,8 +273,9 @@ struct Elementwise {
 #[derive(Default)]
 struct ThreadState {
     handles: HashMap<candle_core::cuda_backend::DeviceId, Ptr>,
-    /// Per device (a graph plan belongs to its handle), geometry, piece, TF32 and alignment.
-    plans: HashMap<(candle_core::cuda_backend::DeviceId, Geom, Kind, bool, usize), Exec>,
+    /// Per device (a graph plan belongs to its handle), geometry, piece, element type, TF32 and
+    /// alignment.
+    plans: HashMap<(candle_core::cuda_backend::DeviceId, Geom, Kind, c_int, bool, usize), Exec>,
     shapes: HashMap<(usize, usize, usize, usize), Elementwise>,
     relu: Option<Ptr>,
 }
@@ -256,32 +290,34 @@ fn dim(v: usize) -> Result<c_int> {
     c_int::try_from(v).map_err(|_| candle_core::Error::Msg(format!("cuDNN: dimension {v} exceeds int")))
 }
 
-fn tensor_desc(api: &Api, (n, c, h, w): (usize, usize, usize, usize)) -> Result<Ptr> {
+fn tensor_desc(api: &Api, (n, c, h, w): (usize, usize, usize, usize), data_type: c_int) -> Result<Ptr> {
     let mut d = std::ptr::null_mut();
     // SAFETY: d is a valid out-pointer; the descriptor is then set with plain integers.
     unsafe {
         api.check("create tensor descriptor", (api.create_tensor)(&mut d))?;
         api.check(
             "set tensor descriptor",
-            (api.set_tensor_4d)(d, NCHW, DATA_FLOAT, dim(n)?, dim(c)?, dim(h)?, dim(w)?),
+            (api.set_tensor_4d)(d, NCHW, data_type, dim(n)?, dim(c)?, dim(h)?, dim(w)?),
         )?;
     }
     Ok(d)
 }
 
-/// Tensor-core math (1) only where TF32 is allowed; never down-conversion to FP16 (2).
-fn math_ok(math: c_int, allow_tf32: bool) -> bool {
+/// Tensor-core math (1) only where tensor cores may be used ([`tensor_cores`]); never
+/// down-conversion to FP16 (2).
+fn math_ok(math: c_int, tensor_cores: bool) -> bool {
     match math {
-        1 => allow_tf32,
+        1 => tensor_cores,
         2 => false,
         _ => true,
     }
 }
 
 impl LegacyPlan {
-    fn new(api: &Api, handle: Ptr, g: &Geom, kind: Kind, allow_tf32: bool) -> Result<Self> {
-        let x = tensor_desc(api, (g.n, g.c, g.h, g.w))?;
-        let y = tensor_desc(api, (g.n, g.co, g.ho, g.wo))?;
+    fn new(api: &Api, handle: Ptr, g: &Geom, kind: Kind, data_type: c_int, allow_tf32: bool) -> Result<Self> {
+        let cores = tensor_cores(data_type, allow_tf32);
+        let x = tensor_desc(api, (g.n, g.c, g.h, g.w), data_type)?;
+        let y = tensor_desc(api, (g.n, g.co, g.ho, g.wo), data_type)?;
         let (mut w, mut conv) = (std::ptr::null_mut(), std::ptr::null_mut());
         let (p, s, d) = (dim(g.pad)?, dim(g.stride)?, dim(g.dil)?);
         // SAFETY: out-pointers are valid; the setters take plain integers.
@@ -289,17 +325,21 @@ impl LegacyPlan {
             api.check("create filter descriptor", (api.create_filter)(&mut w))?;
             api.check(
                 "set filter descriptor",
-                (api.set_filter_4d)(w, DATA_FLOAT, NCHW, dim(g.co)?, dim(g.c)?, dim(g.kh)?, dim(g.kw)?),
+                (api.set_filter_4d)(w, data_type, NCHW, dim(g.co)?, dim(g.c)?, dim(g.kh)?, dim(g.kw)?),
             )?;
             api.check("create convolution descriptor", (api.create_conv)(&mut conv))?;
             api.check(
                 "set convolution descriptor",
                 (api.set_conv_2d)(conv, p, p, s, s, d, d, CROSS_CORRELATION, DATA_FLOAT),
             )?;
-            api.check(
-                "set math type",
-                (api.set_math)(conv, if allow_tf32 { DEFAULT_MATH } else { FMA_MATH }),
-            )?;
+            let math = if data_type == DATA_BFLOAT16 {
+                TENSOR_OP_MATH
+            } else if allow_tf32 {
+                DEFAULT_MATH
+            } else {
+                FMA_MATH
+            };
+            api.check("set math type", (api.set_math)(conv, math))?;
         }
         let (get, size): (GetAlgo, WorkspaceSize) = match kind {
             Kind::Forward => (api.fwd_algo, api.fwd_ws),
@@ -336,14 +376,14 @@ impl LegacyPlan {
         }
         let found = perf[..count.clamp(0, perf.len() as c_int) as usize]
             .iter()
-            .find(|p| p.status == 0 && p.memory <= MAX_WORKSPACE && math_ok(p.math_type, allow_tf32));
+            .find(|p| p.status == 0 && p.memory <= MAX_WORKSPACE && math_ok(p.math_type, cores));
         let Some(best) = found else {
             candle_core::bail!("cuDNN: no {kind:?} algorithm for {g:?}")
         };
         let mut workspace = 0;
         // SAFETY: descriptors as above; workspace is a valid out-pointer.
         unsafe {
-            if allow_tf32 {
+            if cores {
                 api.check("set math type", (api.set_math)(conv, best.math_type))?;
             }
             api.check("workspace size", size(handle, a, b, conv, c, best.algo, &mut workspace))?;
@@ -359,15 +399,23 @@ impl LegacyPlan {
     }
 }
 
+/// A contiguous view of a CUDA operand of element type `T`.
+fn view<'a, T: Elem>(
+    s: &'a CudaStorage,
+    l: &Layout,
+) -> Result<candle_core::cuda_backend::cudarc::driver::CudaView<'a, T>> {
+    let Some((a, b)) = l.contiguous_offsets() else {
+        candle_core::bail!("cuDNN: contiguous operands expected")
+    };
+    Ok(s.as_cuda_slice::<T>()?.slice(a..b))
+}
+
 /// A contiguous f32 view of a CUDA operand.
 fn f32_view<'a>(
     s: &'a CudaStorage,
     l: &Layout,
 ) -> Result<candle_core::cuda_backend::cudarc::driver::CudaView<'a, f32>> {
-    let Some((a, b)) = l.contiguous_offsets() else {
-        candle_core::bail!("cuDNN: contiguous operands expected")
-    };
-    Ok(s.as_cuda_slice::<f32>()?.slice(a..b))
+    view::<f32>(s, l)
 }
 
 /// Runs `f(api, handle, stream, state)` with this thread's handle for `dev`, bound to candle's
@@ -401,9 +449,9 @@ fn with_handle<T>(
     })
 }
 
-fn alloc(dev: &CudaDevice, n: usize) -> Result<CudaSlice<f32>> {
+fn alloc<T: Elem>(dev: &CudaDevice, n: usize) -> Result<CudaSlice<T>> {
     // SAFETY: every caller has cuDNN overwrite the whole buffer (beta = 0) before it is read.
-    unsafe { dev.alloc::<f32>(n) }
+    unsafe { dev.alloc::<T>(n) }
 }
 
 /// How one geometry and piece runs: an execution plan of cuDNN's graph API, or the legacy
@@ -413,6 +461,8 @@ fn alloc(dev: &CudaDevice, n: usize) -> Result<CudaSlice<f32>> {
 enum Exec {
     Graph(graph::Plan),
     Legacy(LegacyPlan),
+    /// Neither builds for this geometry and type: the caller's fallback runs it.
+    Unsupported,
 }
 
 /// Whether to skip the graph API (the `cudnn_legacy` setting, `SEG_CUDNN_LEGACY=1`).
@@ -430,7 +480,8 @@ fn alignment(ptrs: &[u64]) -> usize {
     a as usize
 }
 
-/// One convolution piece: `(x, w) → y`, `(dy, w) → dx` or `(x, dy) → dw`, all NCHW f32.
+/// One convolution piece: `(x, w) → y`, `(dy, w) → dx` or `(x, dy) → dw`, all NCHW, both
+/// operands f32 or both bf16; `None` where cuDNN has no way to run it.
 fn conv_piece(
     g: &Geom,
     kind: Kind,
@@ -438,38 +489,62 @@ fn conv_piece(
     l1: &Layout,
     s2: &CudaStorage,
     l2: &Layout,
-) -> Result<CudaStorage> {
+) -> Result<Option<CudaStorage>> {
+    use candle_core::backend::BackendStorage;
+    match (s1.dtype(), s2.dtype()) {
+        (DType::F32, DType::F32) => conv_piece_of::<f32>(g, kind, (s1, l1), (s2, l2)),
+        (DType::BF16, DType::BF16) => conv_piece_of::<half::bf16>(g, kind, (s1, l1), (s2, l2)),
+        (a, b) => candle_core::bail!("cuDNN convolution: operands of {a:?} and {b:?} (two f32 or two bf16 expected)"),
+    }
+}
+
+fn conv_piece_of<T: Elem>(
+    g: &Geom,
+    kind: Kind,
+    (s1, l1): (&CudaStorage, &Layout),
+    (s2, l2): (&CudaStorage, &Layout),
+) -> Result<Option<CudaStorage>> {
     let dev = s1.device().clone();
-    let (a, b) = (f32_view(s1, l1)?, f32_view(s2, l2)?);
+    let (a, b) = (view::<T>(s1, l1)?, view::<T>(s2, l2)?);
     let allow = tf32();
     let len = match kind {
         Kind::Forward => g.n * g.co * g.ho * g.wo,
         Kind::InputGrad => g.n * g.c * g.h * g.w,
         Kind::WeightGrad => g.co * g.c * g.kh * g.kw,
     };
-    let mut out = alloc(&dev, len)?;
-    with_handle(&dev, |api, handle, stream, st| {
+    let mut out = alloc::<T>(&dev, len)?;
+    let ran = with_handle(&dev, |api, handle, stream, st| {
         let (pa, _ra) = a.device_ptr(stream);
         let (pb, _rb) = b.device_ptr(stream);
         let (po, _ro) = out.device_ptr_mut(stream);
         let align = alignment(&[pa, pb, po]);
-        let exec = match st.plans.entry((dev.id(), *g, kind, allow, align)) {
+        let exec = match st.plans.entry((dev.id(), *g, kind, T::CUDNN, allow, align)) {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(e) => {
                 let built = if legacy_only() {
                     None
                 } else {
-                    graph::Plan::new(api, handle, g, kind, allow, align)
+                    graph::Plan::new(api, handle, g, kind, T::CUDNN, allow, align)
                 };
                 e.insert(match built {
                     Some(p) => Exec::Graph(p),
-                    None => Exec::Legacy(LegacyPlan::new(api, handle, g, kind, allow)?),
+                    None => match LegacyPlan::new(api, handle, g, kind, T::CUDNN, allow) {
+                        Ok(p) => Exec::Legacy(p),
+                        Err(err) => {
+                            tracing::warn!(
+                                "cuDNN runs no {kind:?} convolution for {g:?} in {}: {err}; candle's ops run it",
+                                if T::CUDNN == DATA_BFLOAT16 { "bf16" } else { "f32" }
+                            );
+                            Exec::Unsupported
+                        }
+                    },
                 })
             }
         };
         let workspace = match exec {
             Exec::Graph(p) => p.workspace,
             Exec::Legacy(p) => p.workspace,
+            Exec::Unsupported => return Ok(false),
         };
         let mut ws = if workspace > 0 {
             // SAFETY: scratch space cuDNN writes before it reads.
@@ -493,8 +568,9 @@ fn conv_piece(
         }
         .map(|p| p as Ptr);
         let plan = match exec {
-            Exec::Graph(p) => return p.run(api, handle, xwy, pws),
+            Exec::Graph(p) => return p.run(api, handle, xwy, pws).map(|()| true),
             Exec::Legacy(p) => p,
+            Exec::Unsupported => return Ok(false),
         };
         let (run, what) = match kind {
             Kind::Forward => (api.fwd, "convolution forward"),
@@ -522,9 +598,9 @@ fn conv_piece(
                 xwy[o],
             )
         };
-        api.check(what, status)
+        api.check(what, status).map(|()| true)
     })?;
-    Ok(CudaStorage::wrap_cuda_slice(out, dev))
+    Ok(ran.then(|| CudaStorage::wrap_cuda_slice(out, dev)))
 }
 
 /// cuDNN's graph ("backend") API for one convolution piece: the operation graph, the engine
@@ -640,11 +716,11 @@ mod graph {
         }
     }
 
-    fn tensor(api: &Api, dims: [usize; 4], uid: i64, align: usize) -> Option<Desc<'_>> {
+    fn tensor(api: &Api, dims: [usize; 4], uid: i64, data_type: c_int, align: usize) -> Option<Desc<'_>> {
         let t = Desc::new(api, D_TENSOR)?;
         let d: [i64; 4] = dims.map(|v| v as i64);
         let strides = [d[1] * d[2] * d[3], d[2] * d[3], d[3], 1];
-        t.set(A_TENSOR_DATA_TYPE, T_DATA_TYPE, &[DATA_FLOAT])?;
+        t.set(A_TENSOR_DATA_TYPE, T_DATA_TYPE, &[data_type])?;
         t.set(A_TENSOR_DIMS, T_INT64, &d)?;
         t.set(A_TENSOR_STRIDES, T_INT64, &strides)?;
         t.set(A_TENSOR_UID, T_INT64, &[uid])?;
@@ -653,8 +729,8 @@ mod graph {
         Some(t)
     }
 
-    /// Whether the engine of `cfg` is one we may run.
-    fn acceptable(api: &Api, cfg: Ptr, allow_tf32: bool) -> Option<bool> {
+    /// Whether the engine of `cfg` is one we may run (tensor cores only where `cores`).
+    fn acceptable(api: &Api, cfg: Ptr, cores: bool) -> Option<bool> {
         let engine = Desc::new(api, D_ENGINE)?;
         let mut n = 0i64;
         // SAFETY: out-pointers for one descriptor and the count.
@@ -687,7 +763,7 @@ mod graph {
             return None;
         }
         let notes = &notes[..n.clamp(0, 16) as usize];
-        Some(!notes.contains(&NOTE_DOWN_CONVERT) && (allow_tf32 || !notes.contains(&NOTE_TENSOR_CORE)))
+        Some(!notes.contains(&NOTE_DOWN_CONVERT) && (cores || !notes.contains(&NOTE_TENSOR_CORE)))
     }
 
     impl Plan {
@@ -698,12 +774,14 @@ mod graph {
             handle: Ptr,
             g: &Geom,
             kind: Kind,
+            data_type: c_int,
             allow_tf32: bool,
             align: usize,
         ) -> Option<Self> {
-            let x = tensor(api, [g.n, g.c, g.h, g.w], UIDS[0], align)?;
-            let w = tensor(api, [g.co, g.c, g.kh, g.kw], UIDS[1], align)?;
-            let y = tensor(api, [g.n, g.co, g.ho, g.wo], UIDS[2], align)?;
+            let cores = super::tensor_cores(data_type, allow_tf32);
+            let x = tensor(api, [g.n, g.c, g.h, g.w], UIDS[0], data_type, align)?;
+            let w = tensor(api, [g.co, g.c, g.kh, g.kw], UIDS[1], data_type, align)?;
+            let y = tensor(api, [g.n, g.co, g.ho, g.wo], UIDS[2], data_type, align)?;
             let conv = Desc::new(api, D_CONVOLUTION)?;
             let (p, st, dl) = (g.pad as i64, g.stride as i64, g.dil as i64);
             conv.set(A_CONV_COMP_TYPE, T_DATA_TYPE, &[DATA_FLOAT])?;
@@ -732,7 +810,7 @@ mod graph {
             graph.set(A_GRAPH_HANDLE, T_HANDLE, &[handle])?;
             graph.finalize()?;
             for mode in [HEUR_INSTANT, HEUR_FALLBACK] {
-                if let Some(plan) = Self::from_heuristics(api, handle, &graph, mode, allow_tf32) {
+                if let Some(plan) = Self::from_heuristics(api, handle, &graph, mode, cores) {
                     // The plan refers to these.
                     for d in [x, w, y, conv, op, graph] {
                         d.keep();
@@ -743,7 +821,7 @@ mod graph {
             None
         }
 
-        fn from_heuristics(api: &Api, handle: Ptr, graph: &Desc<'_>, mode: c_int, allow_tf32: bool) -> Option<Self> {
+        fn from_heuristics(api: &Api, handle: Ptr, graph: &Desc<'_>, mode: c_int, cores: bool) -> Option<Self> {
             let heur = Desc::new(api, D_ENGINEHEUR)?;
             heur.set(A_HEUR_GRAPH, T_DESCRIPTOR, &[graph.d])?;
             heur.set(A_HEUR_MODE, T_HEUR_MODE, &[mode])?;
@@ -783,7 +861,7 @@ mod graph {
                 return None;
             }
             for cfg in cfgs.into_iter().take(got.clamp(0, ptrs.len() as i64) as usize) {
-                if acceptable(api, cfg.d, allow_tf32) != Some(true) {
+                if acceptable(api, cfg.d, cores) != Some(true) {
                     continue;
                 }
                 let Some(plan) = Desc::new(api, D_PLAN) else { continue };
@@ -831,29 +909,49 @@ mod graph {
     }
 }
 
-/// `y = conv(x, w)`.
-pub fn forward(g: &Geom, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> Result<CudaStorage> {
+/// `y = conv(x, w)`; `None` where cuDNN cannot run it (the caller falls back).
+pub fn forward(g: &Geom, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> Result<Option<CudaStorage>> {
     conv_piece(g, Kind::Forward, s1, l1, s2, l2)
 }
 
-/// `dx = convᵀ(dy, w)` (and a transposed convolution's forward).
-pub fn input_grad(g: &Geom, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> Result<CudaStorage> {
+/// `dx = convᵀ(dy, w)` (and a transposed convolution's forward); `None` as for [`forward`].
+pub fn input_grad(
+    g: &Geom,
+    s1: &CudaStorage,
+    l1: &Layout,
+    s2: &CudaStorage,
+    l2: &Layout,
+) -> Result<Option<CudaStorage>> {
     conv_piece(g, Kind::InputGrad, s1, l1, s2, l2)
 }
 
-/// `dw` from `(x, dy)`.
-pub fn weight_grad(g: &Geom, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> Result<CudaStorage> {
+/// `dw` from `(x, dy)`; `None` as for [`forward`].
+pub fn weight_grad(
+    g: &Geom,
+    s1: &CudaStorage,
+    l1: &Layout,
+    s2: &CudaStorage,
+    l2: &Layout,
+) -> Result<Option<CudaStorage>> {
     conv_piece(g, Kind::WeightGrad, s1, l1, s2, l2)
 }
 
-/// `relu(conv(x, w) + b)`: the convolution, then the bias added and the ReLU applied in place.
+/// `relu(conv(x, w) + b)`: the convolution, then the bias added and the ReLU applied in place
+/// (cuDNN for f32; for bf16 one NVRTC kernel, [`crate::nvrtc::bias_relu_bf16`]); `None` where
+/// cuDNN cannot run the convolution.
 pub fn forward_bias_relu(
     g: &Geom,
     (s1, l1): (&CudaStorage, &Layout),
     (s2, l2): (&CudaStorage, &Layout),
     (s3, l3): (&CudaStorage, &Layout),
-) -> Result<CudaStorage> {
-    let mut y = forward(g, s1, l1, s2, l2)?;
+) -> Result<Option<CudaStorage>> {
+    let Some(mut y) = forward(g, s1, l1, s2, l2)? else {
+        return Ok(None);
+    };
+    if candle_core::backend::BackendStorage::dtype(&y) == DType::BF16 {
+        crate::nvrtc::bias_relu_bf16(&mut y, (g.n, g.co, g.ho * g.wo), s3, l3)?;
+        return Ok(Some(y));
+    }
     let dev = y.device().clone();
     let b = f32_view(s3, l3)?;
     with_handle(&dev, |api, handle, stream, st| {
@@ -876,7 +974,7 @@ pub fn forward_bias_relu(
             )
         }
     })?;
-    Ok(y)
+    Ok(Some(y))
 }
 
 /// The descriptors of an `N×C×H×W` tensor and its per-channel bias, made once per shape.
@@ -884,8 +982,8 @@ fn elementwise(api: &Api, st: &mut ThreadState, shape: (usize, usize, usize, usi
     let e = match st.shapes.entry(shape) {
         Entry::Occupied(e) => e.into_mut(),
         Entry::Vacant(e) => e.insert(Elementwise {
-            t: tensor_desc(api, shape)?,
-            bias: tensor_desc(api, (1, shape.1, 1, 1))?,
+            t: tensor_desc(api, shape, DATA_FLOAT)?,
+            bias: tensor_desc(api, (1, shape.1, 1, 1), DATA_FLOAT)?,
         }),
     };
     Ok(*e)
@@ -926,8 +1024,8 @@ pub fn relu_grad_and_bias_sum(dr: &Tensor, r: &Tensor) -> Result<(Tensor, Tensor
     };
     let dev = ds.device().clone();
     let (dv, rv) = (f32_view(ds, dl)?, f32_view(rs, rl)?);
-    let mut g = alloc(&dev, n * c * h * w)?;
-    let mut db = alloc(&dev, c)?;
+    let mut g = alloc::<f32>(&dev, n * c * h * w)?;
+    let mut db = alloc::<f32>(&dev, c)?;
     with_handle(&dev, |api, handle, stream, st| {
         let relu = relu_desc(api, st)?;
         let e = elementwise(api, st, (n, c, h, w))?;

@@ -2,12 +2,19 @@
 //! kernel per parameter (candle's ops would take eight passes and two fresh buffers), and the
 //! 2×2 max pool with its first-maximum gradient, one kernel each way (the reshape + max
 //! composite takes about ten, and sends the gradient to every tied maximum, unlike the CPU
-//! op). The source is compiled with NVRTC the first time it is needed, once per process.
+//! op). For bf16 mixed precision: the same pool on bf16 (exact: a maximum and a routed gradient
+//! need no rounding), the bias and ReLU after a bf16 convolution in place, and ReLU's gradient
+//! with the bias gradient summed in f32. bf16 values are handled as their bits (`unsigned
+//! short`) with explicit conversions, so no CUDA header is needed. The source is compiled with
+//! NVRTC the first time it is needed, once per process.
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::cudarc::nvrtc;
-use candle_core::{CudaStorage, Layout, Result};
+use candle_core::cuda_backend::CudaDType;
+use candle_core::op::BackpropOp;
+use candle_core::{CudaStorage, DType, Layout, Result, Storage, Tensor};
+use half::bf16;
 use std::sync::OnceLock;
 
 const MODULE: &str = "seg_nn_kernels";
@@ -58,7 +65,83 @@ extern "C" __global__ void max_pool2_bwd(const float* x, const float* g, float* 
         dx[o[k]] = k == best ? g[i] : 0.0f;
     }
 }
+
+// bf16 as its bits: widening is exact; narrowing rounds to nearest even (NaN stays NaN).
+__device__ __forceinline__ float bf_f(unsigned short h) { return __uint_as_float(((unsigned int)h) << 16); }
+__device__ __forceinline__ unsigned short f_bf(float f) {
+    unsigned int u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (unsigned short)(u >> 16);
+}
+
+// The two pool kernels above on bf16 (the same comparisons, on the widened values).
+extern "C" __global__ void max_pool2_fwd_bf16(const unsigned short* x, unsigned short* y, unsigned int planes, unsigned int h, unsigned int w) {
+    unsigned int ho = h / 2, wo = w / 2;
+    unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (unsigned long long)planes * ho * wo) return;
+    unsigned int ox = i % wo, oy = (i / wo) % ho;
+    unsigned long long p = i / ((unsigned long long)wo * ho);
+    const unsigned short* b = x + p * h * w + 2ull * oy * w + 2ull * ox;
+    y[i] = f_bf(fmaxf(fmaxf(fmaxf(bf_f(b[0]), bf_f(b[1])), bf_f(b[w])), bf_f(b[w + 1])));
+}
+
+extern "C" __global__ void max_pool2_bwd_bf16(const unsigned short* x, const unsigned short* g, unsigned short* dx, unsigned int planes, unsigned int h, unsigned int w) {
+    unsigned int ho = h / 2, wo = w / 2;
+    unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (unsigned long long)planes * ho * wo) return;
+    unsigned int ox = i % wo, oy = (i / wo) % ho;
+    unsigned long long p = i / ((unsigned long long)wo * ho);
+    unsigned long long o[4];
+    o[0] = p * h * w + 2ull * oy * w + 2ull * ox;
+    o[1] = o[0] + 1;
+    o[2] = o[0] + w;
+    o[3] = o[2] + 1;
+    int best = 0;
+    for (int k = 1; k < 4; k++) {
+        if (bf_f(x[o[k]]) > bf_f(x[o[best]])) best = k;
+    }
+    for (int k = 0; k < 4; k++) {
+        dx[o[k]] = k == best ? g[i] : (unsigned short)0;
+    }
+}
+
+// y = relu(y + b[channel]) in place on an N x C x HW bf16 tensor, one rounding.
+extern "C" __global__ void bias_relu_bf16(unsigned short* y, const unsigned short* b, unsigned int c, unsigned int hw, unsigned int n) {
+    unsigned int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float v = bf_f(y[i]) + bf_f(b[(i / hw) % c]);
+    y[i] = f_bf(v > 0.0f ? v : 0.0f);
+}
+
+// g = dr * [r > 0] (exact) over N x C x HW, and db[channel] += the sum of g over a chunk of
+// CHUNK elements of that channel (f32, db zeroed by the caller). Grid: (chunks, C), 256 threads.
+#define CHUNK 4096
+extern "C" __global__ void relu_grad_bias_sum_bf16(const unsigned short* dr, const unsigned short* r, unsigned short* g, float* db, unsigned int n, unsigned int c, unsigned int hw) {
+    __shared__ float part[256];
+    unsigned int ch = blockIdx.y;
+    unsigned long long per = (unsigned long long)n * hw;
+    unsigned long long k0 = (unsigned long long)blockIdx.x * CHUNK;
+    float acc = 0.0f;
+    for (unsigned long long k = k0 + threadIdx.x; k < k0 + CHUNK && k < per; k += blockDim.x) {
+        unsigned long long img = k / hw, j = k % hw;
+        unsigned long long at = (img * c + ch) * hw + j;
+        unsigned short v = bf_f(r[at]) > 0.0f ? dr[at] : (unsigned short)0;
+        g[at] = v;
+        acc += bf_f(v);
+    }
+    part[threadIdx.x] = acc;
+    __syncthreads();
+    for (unsigned int s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) part[threadIdx.x] += part[threadIdx.x + s];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) atomicAdd(&db[ch], part[0]);
+}
 "#;
+
+/// Elements of one channel per block of `relu_grad_bias_sum_bf16` (`CHUNK` in the source).
+const CHUNK: usize = 4096;
 
 fn ptx() -> Result<&'static str> {
     static PTX: OnceLock<std::result::Result<String, String>> = OnceLock::new();
@@ -127,27 +210,48 @@ fn pool_dims(l: &Layout, what: &str) -> Result<(u32, u32, u32)> {
     Ok((u(n * c)?, u(h)?, u(w)?))
 }
 
-/// 2×2 max pool, stride 2, of a contiguous `N×C×H×W` f32 tensor.
+/// 2×2 max pool, stride 2, of a contiguous `N×C×H×W` f32 or bf16 tensor.
 pub fn max_pool2(x: &CudaStorage, l: &Layout) -> Result<CudaStorage> {
+    match x.dtype() {
+        DType::F32 => max_pool2_of::<f32>(x, l, "max_pool2_fwd"),
+        DType::BF16 => max_pool2_of::<bf16>(x, l, "max_pool2_fwd_bf16"),
+        other => candle_core::bail!("max_pool2x2 on CUDA: f32 or bf16 expected, got {other:?}"),
+    }
+}
+
+fn max_pool2_of<T: CudaDType + DeviceRepr>(x: &CudaStorage, l: &Layout, kernel: &str) -> Result<CudaStorage> {
     const WHAT: &str = "max_pool2x2";
     let (planes, h, w) = pool_dims(l, WHAT)?;
     let (x0, x1) = range(l, WHAT)?;
     let n = planes as usize * (h / 2) as usize * (w / 2) as usize;
     let (cfg, _) = config(n, WHAT)?;
     let dev = x.device().clone();
-    let func = dev.get_or_load_custom_func("max_pool2_fwd", MODULE, ptx()?)?;
-    let xv = x.as_cuda_slice::<f32>()?.slice(x0..x1);
+    let func = dev.get_or_load_custom_func(kernel, MODULE, ptx()?)?;
+    let xv = x.as_cuda_slice::<T>()?.slice(x0..x1);
     // SAFETY: the kernel writes every one of the `n` outputs.
-    let mut y = unsafe { dev.alloc::<f32>(n) }?;
+    let mut y = unsafe { dev.alloc::<T>(n) }?;
     let mut launch = func.builder();
     launch.arg(&xv).arg(&mut y).arg(&planes).arg(&h).arg(&w);
-    // SAFETY: x holds planes·h·w elements, y planes·(h/2)·(w/2).
+    // SAFETY: x holds planes·h·w elements of T, y planes·(h/2)·(w/2).
     unsafe { launch.launch(cfg) }.map_err(candle_core::Error::wrap)?;
     Ok(CudaStorage::wrap_cuda_slice(y, dev))
 }
 
-/// The pool's input gradient from its input `x` and output gradient `g`.
+/// The pool's input gradient from its input `x` and output gradient `g` (both f32 or both
+/// bf16).
 pub fn max_pool2_bwd(x: &CudaStorage, lx: &Layout, g: &CudaStorage, lg: &Layout) -> Result<CudaStorage> {
+    match (x.dtype(), g.dtype()) {
+        (DType::F32, DType::F32) => max_pool2_bwd_of::<f32>((x, lx), (g, lg), "max_pool2_bwd"),
+        (DType::BF16, DType::BF16) => max_pool2_bwd_of::<bf16>((x, lx), (g, lg), "max_pool2_bwd_bf16"),
+        (a, b) => candle_core::bail!("max_pool2x2 backward on CUDA: input {a:?} and gradient {b:?}"),
+    }
+}
+
+fn max_pool2_bwd_of<T: CudaDType + DeviceRepr>(
+    (x, lx): (&CudaStorage, &Layout),
+    (g, lg): (&CudaStorage, &Layout),
+    kernel: &str,
+) -> Result<CudaStorage> {
     const WHAT: &str = "max_pool2x2 backward";
     let (planes, h, w) = pool_dims(lx, WHAT)?;
     let ((x0, x1), (g0, g1)) = (range(lx, WHAT)?, range(lg, WHAT)?);
@@ -157,18 +261,102 @@ pub fn max_pool2_bwd(x: &CudaStorage, lx: &Layout, g: &CudaStorage, lg: &Layout)
     }
     let (cfg, _) = config(windows, WHAT)?;
     let dev = x.device().clone();
-    let func = dev.get_or_load_custom_func("max_pool2_bwd", MODULE, ptx()?)?;
+    let func = dev.get_or_load_custom_func(kernel, MODULE, ptx()?)?;
     let (xv, gv) = (
-        x.as_cuda_slice::<f32>()?.slice(x0..x1),
-        g.as_cuda_slice::<f32>()?.slice(g0..g1),
+        x.as_cuda_slice::<T>()?.slice(x0..x1),
+        g.as_cuda_slice::<T>()?.slice(g0..g1),
     );
     // SAFETY: every window writes all four of its elements, and the windows tile the input.
-    let mut dx = unsafe { dev.alloc::<f32>(x1 - x0) }?;
+    let mut dx = unsafe { dev.alloc::<T>(x1 - x0) }?;
     let mut launch = func.builder();
     launch.arg(&xv).arg(&gv).arg(&mut dx).arg(&planes).arg(&h).arg(&w);
     // SAFETY: sizes checked above.
     unsafe { launch.launch(cfg) }.map_err(candle_core::Error::wrap)?;
     Ok(CudaStorage::wrap_cuda_slice(dx, dev))
+}
+
+/// `y = relu(y + b)` in place, for a contiguous bf16 `N×C×HW` result `y` (as a convolution gives
+/// it, offset 0) and a bias `b` of `C` bf16 values: one rounding, as PyTorch's bf16 bias add.
+pub fn bias_relu_bf16(
+    y: &mut CudaStorage,
+    (n, c, hw): (usize, usize, usize),
+    b: &CudaStorage,
+    lb: &Layout,
+) -> Result<()> {
+    const WHAT: &str = "bias + relu (bf16)";
+    let (b0, b1) = range(lb, WHAT)?;
+    if b1 - b0 != c {
+        candle_core::bail!("{WHAT}: {} bias values for {c} channels", b1 - b0);
+    }
+    let total = n * c * hw;
+    if y.as_cuda_slice::<bf16>()?.len() < total {
+        candle_core::bail!("{WHAT}: the output holds fewer than {total} values");
+    }
+    let (cfg, total) = config(total, WHAT)?;
+    let u = |v: usize| u32::try_from(v).map_err(|_| candle_core::Error::Msg(format!("{WHAT}: {v} exceeds u32")));
+    let (c32, hw32) = (u(c)?, u(hw)?);
+    let dev = y.device().clone();
+    let func = dev.get_or_load_custom_func("bias_relu_bf16", MODULE, ptx()?)?;
+    let bv = b.as_cuda_slice::<bf16>()?.slice(b0..b1);
+    let yv = y.as_cuda_slice_mut::<bf16>()?;
+    let mut launch = func.builder();
+    launch.arg(yv).arg(&bv).arg(&c32).arg(&hw32).arg(&total);
+    // SAFETY: y holds at least `total` = N·C·HW values (checked), b holds C.
+    unsafe { launch.launch(cfg) }.map_err(candle_core::Error::wrap)?;
+    Ok(())
+}
+
+/// ReLU's gradient `g = dr · [r > 0]` and the bias gradient `Σ g` per channel (summed in f32,
+/// then rounded to bf16), from the ReLU output `r` (`N×C×H×W`, CUDA, bf16).
+pub fn relu_grad_and_bias_sum_bf16(dr: &Tensor, r: &Tensor) -> Result<(Tensor, Tensor)> {
+    const WHAT: &str = "relu-grad (bf16)";
+    let (n, c, h, w) = dr.dims4()?;
+    if r.dims4()? != (n, c, h, w) {
+        candle_core::bail!("{WHAT}: gradient {:?} and output {:?} differ", dr.dims(), r.dims());
+    }
+    let (ds, dl) = dr.storage_and_layout();
+    let (rs, rl) = r.storage_and_layout();
+    let (Storage::Cuda(ds), Storage::Cuda(rs)) = (&*ds, &*rs) else {
+        candle_core::bail!("{WHAT}: CUDA tensors expected")
+    };
+    let ((d0, d1), (r0, r1)) = (range(dl, WHAT)?, range(rl, WHAT)?);
+    let total = n * c * h * w;
+    let u = |v: usize| u32::try_from(v).map_err(|_| candle_core::Error::Msg(format!("{WHAT}: {v} exceeds u32")));
+    let (n32, c32, hw32) = (u(n)?, u(c)?, u(h * w)?);
+    u(total)?;
+    let chunks = u((n * h * w).div_ceil(CHUNK).max(1))?;
+    let cfg = LaunchConfig {
+        grid_dim: (chunks, c32.max(1), 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let dev = ds.device().clone();
+    let func = dev.get_or_load_custom_func("relu_grad_bias_sum_bf16", MODULE, ptx()?)?;
+    let (dv, rv) = (
+        ds.as_cuda_slice::<bf16>()?.slice(d0..d1),
+        rs.as_cuda_slice::<bf16>()?.slice(r0..r1),
+    );
+    // SAFETY: the kernel writes every element of g (each (image, channel, pixel) once).
+    let mut g = unsafe { dev.alloc::<bf16>(total) }?;
+    let mut db = dev.alloc_zeros::<f32>(c)?;
+    let mut launch = func.builder();
+    launch
+        .arg(&dv)
+        .arg(&rv)
+        .arg(&mut g)
+        .arg(&mut db)
+        .arg(&n32)
+        .arg(&c32)
+        .arg(&hw32);
+    // SAFETY: dr, r and g hold N·C·H·W values, db C; the grid covers every channel and chunk.
+    unsafe { launch.launch(cfg) }.map_err(candle_core::Error::wrap)?;
+    let wrap = |s: CudaStorage, shape: candle_core::Shape| {
+        Tensor::from_storage(Storage::Cuda(s), shape, BackpropOp::none(), false)
+    };
+    Ok((
+        wrap(CudaStorage::wrap_cuda_slice(g, dev.clone()), (n, c, h, w).into()),
+        wrap(CudaStorage::wrap_cuda_slice(db, dev), c.into()).to_dtype(DType::BF16)?,
+    ))
 }
 
 #[cfg(test)]
@@ -177,7 +365,15 @@ mod tests {
     #[test]
     fn kernels_compile() {
         let ptx = super::ptx().unwrap();
-        for k in ["sgd_step", "max_pool2_fwd", "max_pool2_bwd"] {
+        for k in [
+            "sgd_step",
+            "max_pool2_fwd",
+            "max_pool2_bwd",
+            "max_pool2_fwd_bf16",
+            "max_pool2_bwd_bf16",
+            "bias_relu_bf16",
+            "relu_grad_bias_sum_bf16",
+        ] {
             assert!(ptx.contains(&format!(".entry {k}")), "{k} missing from the PTX");
         }
     }

@@ -93,7 +93,7 @@ impl SmallFcn {
 }
 
 impl Backbone for SmallFcn {
-    fn forward_taps(&self, images: &Tensor, train: bool, _taps: &[FeatureTap]) -> Result<Features> {
+    fn forward_taps(&self, images: &Tensor, train: bool, taps: &[FeatureTap]) -> Result<Features> {
         let (_, _, h, w) = images.dims4()?;
         let mut f = Features::default();
         let c1 = self.blocks[0].forward(images, train)?;
@@ -108,16 +108,17 @@ impl Backbone for SmallFcn {
         f.maps.insert(FeatureTap::Conv5, c5);
         f.maps.insert(FeatureTap::Fc7, fc7);
         f.maps.insert(FeatureTap::Logits, logits);
-        Ok(f)
+        seg_nn::precision::leave(f, taps)
     }
 
     fn forward_from(&self, feats: &Features, tap: FeatureTap, replaced: &Tensor, train: bool) -> Result<Tensor> {
         let (_, _, h, w) = feats.logits()?.dims4()?;
-        match tap {
-            FeatureTap::Conv5 => Ok(self.head(replaced, train, (h, w))?.1),
-            FeatureTap::Fc7 => resize_bilinear(&self.classifier.forward(replaced)?, h, w),
+        let logits = match tap {
+            FeatureTap::Conv5 => self.head(replaced, train, (h, w))?.1,
+            FeatureTap::Fc7 => resize_bilinear(&self.classifier.forward(replaced)?, h, w)?,
             other => candle_core::bail!("the small model cannot resume from tap `{}`", other.name()),
-        }
+        };
+        seg_nn::precision::to_f32(&logits)
     }
 
     fn stride(&self) -> usize {

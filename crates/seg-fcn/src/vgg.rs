@@ -196,7 +196,7 @@ impl Fcn8s {
 }
 
 impl Backbone for Fcn8s {
-    fn forward_taps(&self, images: &Tensor, _train: bool, _taps: &[FeatureTap]) -> Result<Features> {
+    fn forward_taps(&self, images: &Tensor, _train: bool, taps: &[FeatureTap]) -> Result<Features> {
         let mut f = Features::default();
         let mut x = images.clone();
         let mut pools = 0;
@@ -235,16 +235,17 @@ impl Backbone for Fcn8s {
         let logits = self.scores(&fc7, f.get(FeatureTap::Pool3)?, f.get(FeatureTap::Pool4)?)?;
         f.maps.insert(FeatureTap::Fc7, fc7);
         f.maps.insert(FeatureTap::Logits, logits);
-        Ok(f)
+        seg_nn::precision::leave(f, taps)
     }
 
     fn forward_from(&self, feats: &Features, tap: FeatureTap, replaced: &Tensor, _train: bool) -> Result<Tensor> {
         let (p3, p4) = (feats.get(FeatureTap::Pool3)?, feats.get(FeatureTap::Pool4)?);
-        match tap {
-            FeatureTap::Conv5 => self.head(replaced, p3, p4),
-            FeatureTap::Fc7 => self.scores(replaced, p3, p4),
+        let logits = match tap {
+            FeatureTap::Conv5 => self.head(replaced, p3, p4)?,
+            FeatureTap::Fc7 => self.scores(replaced, p3, p4)?,
             other => candle_core::bail!("vgg16-fcn8s cannot resume from tap `{}`", other.name()),
-        }
+        };
+        seg_nn::precision::to_f32(&logits)
     }
 
     fn stride(&self) -> usize {

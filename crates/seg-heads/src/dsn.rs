@@ -146,7 +146,7 @@ impl PrivateEncoder {
         for c in &self.convs {
             x = c.forward(&x)?.relu()?;
         }
-        self.proj.forward(&x)
+        seg_nn::precision::to_f32(&self.proj.forward(&x)?)
     }
 }
 
@@ -175,7 +175,7 @@ impl Decoder {
         let x = self.inp.forward(code)?.relu()?;
         let x = resize_bilinear(&x, h, w)?;
         let x = self.mid.forward(&x)?.relu()?;
-        self.out.forward(&x)
+        seg_nn::precision::to_f32(&self.out.forward(&x)?)
     }
 }
 

@@ -121,7 +121,7 @@ impl OutputDiscriminator {
                 x = x.maximum(&(&x * self.slope)?)?;
             }
         }
-        Ok(x)
+        seg_nn::precision::to_f32(&x)
     }
 }
 

@@ -198,7 +198,7 @@ impl SanGenerator {
             SanPool::Avg => pool_to(&x, grid.0, grid.1)?,
             SanPool::Max => max_pool_to(&x, grid.0, grid.1)?,
         };
-        self.out.forward(&x)
+        seg_nn::precision::to_f32(&self.out.forward(&x)?)
     }
 }
 

@@ -192,9 +192,9 @@ impl Curriculum {
     /// Estimated global distribution (log-probabilities, `N×C`) and cell logits (`N×C×h×w`).
     fn regress(&self, feats: &Tensor) -> Result<(Tensor, Tensor)> {
         let pooled = feats.mean_keepdim(D::Minus1)?.mean_keepdim(D::Minus2)?;
-        let g = self.reg.global.forward(&pooled)?.flatten_from(1)?;
+        let g = seg_nn::precision::to_f32(&self.reg.global.forward(&pooled)?)?.flatten_from(1)?;
         let logq = candle_nn::ops::log_softmax(&g, 1)?;
-        Ok((logq, self.reg.cells.forward(feats)?))
+        Ok((logq, seg_nn::precision::to_f32(&self.reg.cells.forward(feats)?)?))
     }
 
     fn stage1(&self, cx: &StepCx<'_>) -> Result<Vec<LossTerm>> {

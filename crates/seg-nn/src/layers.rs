@@ -82,8 +82,8 @@ impl Conv2d {
         &self.weight
     }
 
-    /// `f` on bf16 operands (this layer's weight and bias, and `x`), in f32 mode inside, with
-    /// the result back in f32 ([`crate::precision`]).
+    /// `f` on bf16 operands (this layer's weight and bias, and `x`), in f32 mode inside (so the
+    /// op takes them as they are), with the result in bf16 ([`crate::precision`]).
     fn lowered(&self, x: &Tensor, f: impl FnOnce(&Self, &Tensor) -> Result<Tensor>) -> Result<Tensor> {
         let low = Self {
             weight: crate::precision::operand(&self.weight)?,
@@ -91,7 +91,7 @@ impl Conv2d {
             ..self.clone()
         };
         let _f32 = crate::precision::autocast(crate::Precision::F32);
-        crate::precision::result(&f(&low, &crate::precision::operand(x)?)?)
+        f(&low, &crate::precision::operand(x)?)
     }
 
     /// `relu(self.forward(x))`, fused into one op when the layer has a bias and one group.
@@ -133,8 +133,9 @@ pub fn max_pool2x2(x: &Tensor) -> Result<Tensor> {
     if h % 2 != 0 || w % 2 != 0 {
         candle_core::bail!("max_pool2x2 needs even height and width, got {h}x{w}");
     }
-    let on_cuda = cfg!(feature = "cuda") && x.device().is_cuda() && x.dtype() == candle_core::DType::F32;
-    if crate::ops::applies(x) || on_cuda {
+    let low = matches!(x.dtype(), DType::F32 | DType::BF16);
+    let on_cuda = cfg!(feature = "cuda") && x.device().is_cuda() && low;
+    if crate::ops::applies_low(x) || on_cuda {
         return crate::ops::pool::max_pool2(x);
     }
     x.reshape((n, c, h / 2, 2, w / 2, 2))?.max(5)?.max(3)
@@ -246,7 +247,11 @@ impl BatchNorm2d {
 }
 
 impl ModuleT for BatchNorm2d {
+    /// In f32; a bf16 input (mixed precision) is widened and the result rounded back.
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if x.dtype() == DType::BF16 {
+            return crate::precision::in_f32(x, |x| self.forward_t(x, train));
+        }
         if !train {
             return self.normalise(x, self.running_mean.as_tensor(), self.running_var.as_tensor());
         }
@@ -345,8 +350,7 @@ impl Module for ConvTranspose2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if crate::precision::lowers(x) {
             let (x, w) = (crate::precision::operand(x)?, crate::precision::operand(&self.weight)?);
-            let y = crate::ops::conv::conv_transpose2d(&x, &w, self.stride, self.padding, 1)?;
-            return crate::precision::result(&y);
+            return crate::ops::conv::conv_transpose2d(&x, &w, self.stride, self.padding, 1);
         }
         crate::ops::conv::conv_transpose2d(x, &self.weight, self.stride, self.padding, 1)
     }
@@ -369,11 +373,14 @@ fn interp_matrix(out: usize, inp: usize, device: &Device) -> Result<Tensor> {
 }
 
 /// Differentiable bilinear resize of `N×C×H×W` to `h × w` (align_corners = false), as two
-/// matmuls with interpolation matrices.
+/// matmuls with interpolation matrices. A bf16 input is resized in f32 and rounded back.
 pub fn resize_bilinear(x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
     let (n, c, hi, wi) = x.dims4()?;
     if (hi, wi) == (h, w) {
         return Ok(x.clone());
+    }
+    if x.dtype() == DType::BF16 {
+        return crate::precision::in_f32(x, |x| resize_bilinear(x, h, w));
     }
     let rx = interp_matrix(w, wi, x.device())?.to_dtype(x.dtype())?.t()?; // wi × w
     let ry = interp_matrix(h, hi, x.device())?.to_dtype(x.dtype())?; // h × hi

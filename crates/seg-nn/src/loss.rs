@@ -4,8 +4,10 @@
 use candle_core::{DType, Result, Tensor};
 
 /// Mean cross-entropy over the pixels whose label is not `ignore`.
-/// `logits`: `N×C×H×W`; `labels`: `N×H×W` (u32). Zero when every pixel is ignored.
+/// `logits`: `N×C×H×W`; `labels`: `N×H×W` (u32). Zero when every pixel is ignored. Computed in
+/// f32 (bf16 logits are widened), as every loss here.
 pub fn cross_entropy_ignore(logits: &Tensor, labels: &Tensor, ignore: u32) -> Result<Tensor> {
+    let logits = &crate::precision::to_f32(logits)?;
     let (n, c, h, w) = logits.dims4()?;
     let (ln, lh, lw) = labels.dims3()?;
     if (ln, lh, lw) != (n, h, w) {
@@ -35,11 +37,12 @@ pub fn bce_with_logits(logits: &Tensor, target: f64) -> Result<Tensor> {
 
 /// Per-element binary cross-entropy of logits against the constant `target` (no reduction).
 pub fn bce_with_logits_per_element(logits: &Tensor, target: f64) -> Result<Tensor> {
+    let logits = &crate::precision::to_f32(logits)?;
     let soft = logits.abs()?.neg()?.exp()?.affine(1.0, 1.0)?.log()?;
     (logits.relu()? - logits.affine(target, 0.0)?)? + soft
 }
 
 /// Softmax over the class dimension (1) with a working gradient (composite ops).
 pub fn softmax_channels(logits: &Tensor) -> Result<Tensor> {
-    candle_nn::ops::softmax(logits, 1)
+    candle_nn::ops::softmax(&crate::precision::to_f32(logits)?, 1)
 }

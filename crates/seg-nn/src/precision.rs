@@ -1,14 +1,18 @@
 //! Mixed precision, as PyTorch's `torch.autocast(dtype=torch.bfloat16)` does it: inside an
 //! [`autocast`] scope the convolutions (and transposed convolutions) of [`crate::layers`] take
-//! bfloat16 operands and give a bfloat16-rounded result, which continues in f32; weights,
-//! optimiser state, batch norm, losses and every reduction stay f32 (the "master weights").
-//! Outside a scope, or with [`Precision::F32`], nothing changes.
+//! bfloat16 operands (f32 inputs and the f32 weights are cast) and give a bfloat16 result, and
+//! the activations stay bf16 through what follows inside the network: ReLU, the max pool,
+//! skip additions and crops keep their input's type, and batch norm and bilinear resize compute
+//! in f32 and hand back bf16. A network's outputs leave the region through [`to_f32`] (the
+//! backbones' feature maps and logits, the heads' outputs), so losses, reductions and everything
+//! the methods compute stay f32, as do the weights, optimiser state and batch-norm statistics
+//! (the "master weights"). Outside a scope, or with [`Precision::F32`], nothing changes.
 //!
-//! On CUDA the operands are cast to bf16 and the product runs in bf16 (accumulating in f32).
-//! The CPU has no bf16 kernels (candle 0.11's CPU convolutions refuse bf16), so there the same
-//! numerics are emulated: operands rounded to bf16, the f32 product, the result rounded to bf16.
-//! Both round the operands and the product the same way; with a bias, CUDA adds it in bf16 (a
-//! second rounding) where the CPU adds it in f32 before its one rounding, which the CUDA test's
+//! Both devices carry real bf16 tensors, so a type mismatch shows on the CPU as on CUDA. On
+//! CUDA the products run in bf16 on cuDNN (accumulating in f32). The CPU has no bf16 kernels
+//! (candle 0.11's CPU convolutions refuse bf16), so the custom ops widen bf16 operands to f32,
+//! run the f32 kernels and round the result to bf16: the same numerics but one rounding where
+//! CUDA with a bias has two (the product, then the bias added in bf16), which the CUDA test's
 //! tolerance covers. The CPU path exists to test the numerics. The bf16 weights are casts of
 //! the f32 variables, so their gradients go back through candle's accumulation, not
 //! [`crate::grad`]'s sink.
@@ -18,6 +22,7 @@
 use std::cell::Cell;
 
 use candle_core::{DType, Result, Tensor};
+use seg_core::{FeatureTap, Features};
 
 /// The arithmetic of the convolutions in a training step (`trainer.precision`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -69,27 +74,40 @@ pub fn autocast(p: Precision) -> Autocast {
     }
 }
 
-/// Whether `x`'s convolutions run in bf16 now: the scope says so and `x` is f32.
+/// Whether `x`'s convolutions run in bf16 now: the scope says so and `x` is f32 or bf16.
 pub(crate) fn lowers(x: &Tensor) -> bool {
-    current() == Precision::Bf16 && x.dtype() == DType::F32
+    current() == Precision::Bf16 && matches!(x.dtype(), DType::F32 | DType::BF16)
 }
 
-/// An operand as a bf16 product takes it: bf16 on CUDA; on the CPU rounded to bf16 and kept in
-/// f32 (see the module documentation).
+/// An operand as a bf16 product takes it (unchanged when it is bf16 already).
 pub(crate) fn operand(t: &Tensor) -> Result<Tensor> {
-    let low = t.to_dtype(DType::BF16)?;
-    if t.device().is_cpu() {
-        low.to_dtype(DType::F32)
+    t.to_dtype(DType::BF16)
+}
+
+/// `t` in f32, where a network's output leaves the bf16 region (unchanged when it is f32).
+pub fn to_f32(t: &Tensor) -> Result<Tensor> {
+    t.to_dtype(DType::F32)
+}
+
+/// Runs `f` on `x` in f32 and gives the result in `x`'s type: batch norm and resize inside the
+/// bf16 region, as autocast runs them (f32 arithmetic, bf16 out).
+pub(crate) fn in_f32(x: &Tensor, f: impl FnOnce(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
+    if x.dtype() == DType::BF16 {
+        f(&x.to_dtype(DType::F32)?)?.to_dtype(DType::BF16)
     } else {
-        Ok(low)
+        f(x)
     }
 }
 
-/// A bf16 product's result back in f32 (on the CPU: the f32 result rounded to bf16 first).
-pub(crate) fn result(t: &Tensor) -> Result<Tensor> {
-    if t.dtype() == DType::F32 {
-        t.to_dtype(DType::BF16)?.to_dtype(DType::F32)
-    } else {
-        t.to_dtype(DType::F32)
+/// The feature maps as a backbone hands them out ([`seg_core::Backbone::forward_taps`]): in f32
+/// (under bf16 they are bf16 inside the network). The deep maps and the logits always; the large
+/// early maps (conv1, pool3, pool4) only where `taps` asks for them, since otherwise only the
+/// network itself reads them back ([`seg_core::Backbone::forward_from`]).
+pub fn leave(mut f: Features, taps: &[FeatureTap]) -> Result<Features> {
+    for (tap, t) in f.maps.iter_mut() {
+        if taps.contains(tap) || matches!(tap, FeatureTap::Conv5 | FeatureTap::Fc7 | FeatureTap::Logits) {
+            *t = to_f32(t)?;
+        }
     }
+    Ok(f)
 }

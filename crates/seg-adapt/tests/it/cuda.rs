@@ -7,11 +7,7 @@ use super::{ok, p, toy, train_args};
 
 fn final_losses(run_dir: &std::path::Path) -> serde_json::Map<String, serde_json::Value> {
     let text = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap();
-    let last = text
-        .lines()
-        .filter(|l| l.contains("\"losses\""))
-        .last()
-        .expect("a logged step");
+    let last = text.lines().rfind(|l| l.contains("\"losses\"")).expect("a logged step");
     let v: serde_json::Value = serde_json::from_str(last).unwrap();
     v["losses"].as_object().unwrap().clone()
 }

@@ -63,7 +63,7 @@ impl TinyNet {
 }
 
 impl Backbone for TinyNet {
-    fn forward_taps(&self, images: &Tensor, _train: bool, _taps: &[FeatureTap]) -> Result<Features> {
+    fn forward_taps(&self, images: &Tensor, _train: bool, taps: &[FeatureTap]) -> Result<Features> {
         let mut feats = Features::default();
         let c1 = self.conv1.forward(images)?.relu()?;
         let c5 = self.conv5.forward(&max_pool2x2(&c1)?)?.relu()?;
@@ -72,7 +72,7 @@ impl Backbone for TinyNet {
             feats.maps.insert(FeatureTap::Conv1, c1);
         }
         feats.maps.insert(FeatureTap::Conv5, c5);
-        Ok(feats)
+        seg_nn::precision::leave(feats, taps)
     }
 
     fn forward_from(&self, feats: &Features, tap: FeatureTap, replaced: &Tensor, _train: bool) -> Result<Tensor> {
@@ -81,7 +81,7 @@ impl Backbone for TinyNet {
         }
         let mut out = feats.clone();
         self.head_from_conv5(replaced, &mut out)?;
-        out.logits().cloned()
+        seg_nn::precision::to_f32(out.logits()?)
     }
 
     fn stride(&self) -> usize {

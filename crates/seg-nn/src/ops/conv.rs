@@ -5,10 +5,13 @@
 //! ([`composite`]: im2col + cuBLAS, the input gradient of a stride-1 conv as a forward conv with
 //! the flipped, transposed kernel). Transposed convolutions (FCN's learned upsampling) are the
 //! same pieces with their roles swapped. Weight gradients go to [`crate::grad`]'s sink where
-//! one is installed.
+//! one is installed. Every piece takes f32 or bf16 operands (mixed precision) and gives its
+//! result in the operands' type; bf16 goes to cuDNN as bf16 (products accumulated in f32), and on
+//! the CPU through the f32 kernels on the widened values, rounded back.
 
-use super::f32_slice;
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use super::{applies_low, f32_values, storage_of};
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use seg_kernels::conv as kernel;
 use seg_kernels::Geom;
 
@@ -65,14 +68,14 @@ impl CustomOp2 for ConvOp {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (a, b) = (f32_slice(s1, l1, self.name())?, f32_slice(s2, l2, self.name())?);
+        let (a, b) = (f32_values(s1, l1, self.name())?, f32_values(s2, l2, self.name())?);
         let g = &self.g;
         let out = match self.piece {
-            Piece::Forward => kernel::forward(g, a, b),
-            Piece::InputGrad => kernel::input_grad(g, a, b),
-            Piece::WeightGrad => kernel::weight_grad(g, a, b),
+            Piece::Forward => kernel::forward(g, &a, &b),
+            Piece::InputGrad => kernel::input_grad(g, &a, &b),
+            Piece::WeightGrad => kernel::weight_grad(g, &a, &b),
         };
-        Ok((CpuStorage::F32(out), self.out_shape()))
+        Ok((storage_of(out, s1.dtype()), self.out_shape()))
     }
 
     #[cfg(feature = "cuda")]
@@ -83,14 +86,16 @@ impl CustomOp2 for ConvOp {
         s2: &candle_core::CudaStorage,
         l2: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        if cudnn_runs(candle_core::backend::BackendStorage::dtype(s1)) {
+        if seg_cuda::cudnn::takes(s1.dtype()) {
             let g = &self.g;
             let out = match self.piece {
                 Piece::Forward => seg_cuda::cudnn::forward(g, s1, l1, s2, l2)?,
                 Piece::InputGrad => seg_cuda::cudnn::input_grad(g, s1, l1, s2, l2)?,
                 Piece::WeightGrad => seg_cuda::cudnn::weight_grad(g, s1, l1, s2, l2)?,
             };
-            return Ok((out, self.out_shape()));
+            if let Some(out) = out {
+                return Ok((out, self.out_shape()));
+            }
         }
         let (a, b) = (cuda::tensor(s1, l1)?, cuda::tensor(s2, l2)?);
         let out = match self.piece {
@@ -101,8 +106,8 @@ impl CustomOp2 for ConvOp {
         cuda::storage(&out)
     }
 
-    fn bwd(&self, a: &Tensor, b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let grad = grad.contiguous()?;
+    fn bwd(&self, a: &Tensor, b: &Tensor, res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.to_dtype(res.dtype())?.contiguous()?;
         match self.piece {
             // y = conv(x, w): dx = convᵀ(dy, w), dw = Σ dy · im2col(x)ᵀ.
             Piece::Forward => Ok((
@@ -249,10 +254,10 @@ mod cuda {
     }
 }
 
-/// Whether the custom op runs on this tensor: f32 on the CPU, or any CUDA tensor.
+/// Whether the custom op runs on this tensor: f32 or bf16 on the CPU, or any CUDA tensor.
 fn supported(x: &Tensor) -> bool {
     match x.device() {
-        candle_core::Device::Cpu => supported_cpu(x),
+        candle_core::Device::Cpu => applies_low(x),
         candle_core::Device::Cuda(_) => true,
         _ => false,
     }
@@ -321,7 +326,8 @@ pub fn conv_transpose2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize, d
 struct ConvBiasRelu(Geom);
 
 /// ReLU's gradient `g = dr · [r > 0]` and the bias gradient `Σ g` per channel, in one pass
-/// (CPU, f32, contiguous `N×C×H×W`; [`kernel::relu_grad_and_bias_sum`]).
+/// (CPU, f32 or bf16, contiguous `N×C×H×W`; [`kernel::relu_grad_and_bias_sum`], in f32, the
+/// results in `dr`'s type).
 fn relu_grad_and_bias_sum(dr: &Tensor, r: &Tensor) -> Result<(Tensor, Tensor)> {
     let (n, c, h, w) = dr.dims4()?;
     if r.dims4()? != (n, c, h, w) {
@@ -332,11 +338,11 @@ fn relu_grad_and_bias_sum(dr: &Tensor, r: &Tensor) -> Result<(Tensor, Tensor)> {
     let (candle_core::Storage::Cpu(ds), candle_core::Storage::Cpu(rs)) = (&*ds, &*rs) else {
         candle_core::bail!("relu-grad: CPU tensors expected")
     };
-    let (d, rv) = (f32_slice(ds, dl, "relu-grad")?, f32_slice(rs, rl, "relu-grad")?);
-    let (g, db) = kernel::relu_grad_and_bias_sum(n, c, h * w, d, rv);
+    let (d, rv) = (f32_values(ds, dl, "relu-grad")?, f32_values(rs, rl, "relu-grad")?);
+    let (g, db) = kernel::relu_grad_and_bias_sum(n, c, h * w, &d, &rv);
     Ok((
-        Tensor::from_vec(g, (n, c, h, w), dr.device())?,
-        Tensor::from_vec(db, c, dr.device())?,
+        Tensor::from_vec(g, (n, c, h, w), dr.device())?.to_dtype(dr.dtype())?,
+        Tensor::from_vec(db, c, dr.device())?.to_dtype(dr.dtype())?,
     ))
 }
 
@@ -356,12 +362,12 @@ impl CustomOp3 for ConvBiasRelu {
     ) -> Result<(CpuStorage, Shape)> {
         let g = &self.0;
         let (x, w, b) = (
-            f32_slice(s1, l1, self.name())?,
-            f32_slice(s2, l2, self.name())?,
-            f32_slice(s3, l3, self.name())?,
+            f32_values(s1, l1, self.name())?,
+            f32_values(s2, l2, self.name())?,
+            f32_values(s3, l3, self.name())?,
         );
-        let y = kernel::forward_bias_relu(g, x, w, b);
-        Ok((CpuStorage::F32(y), Shape::from((g.n, g.co, g.ho, g.wo))))
+        let y = kernel::forward_bias_relu(g, &x, &w, &b);
+        Ok((storage_of(y, s1.dtype()), Shape::from((g.n, g.co, g.ho, g.wo))))
     }
 
     #[cfg(feature = "cuda")]
@@ -374,10 +380,11 @@ impl CustomOp3 for ConvBiasRelu {
         s3: &candle_core::CudaStorage,
         l3: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        if cudnn_runs(candle_core::backend::BackendStorage::dtype(s1)) {
-            let y = seg_cuda::cudnn::forward_bias_relu(&self.0, (s1, l1), (s2, l2), (s3, l3))?;
-            let g = &self.0;
-            return Ok((y, Shape::from((g.n, g.co, g.ho, g.wo))));
+        if seg_cuda::cudnn::takes(s1.dtype()) {
+            if let Some(y) = seg_cuda::cudnn::forward_bias_relu(&self.0, (s1, l1), (s2, l2), (s3, l3))? {
+                let g = &self.0;
+                return Ok((y, Shape::from((g.n, g.co, g.ho, g.wo))));
+            }
         }
         let (x, w, b) = (cuda::tensor(s1, l1)?, cuda::tensor(s2, l2)?, cuda::tensor(s3, l3)?);
         let y = composite::forward(&self.0, &x, &w)?.broadcast_add(&b.reshape((1, self.0.co, 1, 1))?)?;
@@ -392,10 +399,10 @@ impl CustomOp3 for ConvBiasRelu {
         r: &Tensor,
         dr: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let dr = dr.contiguous()?;
-        let (g, db) = if supported_cpu(&dr) {
+        let dr = dr.to_dtype(r.dtype())?.contiguous()?;
+        let (g, db) = if applies_low(&dr) {
             relu_grad_and_bias_sum(&dr, &r.contiguous()?)?
-        } else if let Some(both) = cudnn_relu_grad(&dr, r)? {
+        } else if let Some(both) = cuda_relu_grad(&dr, r)? {
             both
         } else {
             let g = (&dr * r.gt(0.0)?.to_dtype(dr.dtype())?)?;
@@ -433,29 +440,25 @@ fn weight_grad(w: &Tensor, f: impl FnOnce() -> Result<Tensor>) -> Result<Option<
     }
 }
 
-/// Whether a CUDA operand of this dtype goes to cuDNN: f32, with cuDNN loaded.
+/// ReLU's and the bias's gradients in one call on CUDA: cuDNN's for f32 (where it is loaded),
+/// an NVRTC kernel's for bf16 (the sum accumulated in f32).
 #[cfg(feature = "cuda")]
-fn cudnn_runs(dtype: DType) -> bool {
-    dtype == DType::F32 && seg_cuda::cudnn::available()
-}
-
-/// ReLU's and the bias's gradients from cuDNN, for CUDA tensors cuDNN takes.
-#[cfg(feature = "cuda")]
-fn cudnn_relu_grad(dr: &Tensor, r: &Tensor) -> Result<Option<(Tensor, Tensor)>> {
-    if dr.device().is_cuda() && cudnn_runs(dr.dtype()) {
-        return seg_cuda::cudnn::relu_grad_and_bias_sum(dr, &r.contiguous()?).map(Some);
+fn cuda_relu_grad(dr: &Tensor, r: &Tensor) -> Result<Option<(Tensor, Tensor)>> {
+    if !dr.device().is_cuda() {
+        return Ok(None);
     }
-    Ok(None)
+    match dr.dtype() {
+        candle_core::DType::F32 if seg_cuda::cudnn::available() => {
+            seg_cuda::cudnn::relu_grad_and_bias_sum(dr, &r.contiguous()?).map(Some)
+        }
+        candle_core::DType::BF16 => seg_cuda::nvrtc::relu_grad_and_bias_sum_bf16(dr, &r.contiguous()?).map(Some),
+        _ => Ok(None),
+    }
 }
 
 #[cfg(not(feature = "cuda"))]
-fn cudnn_relu_grad(_: &Tensor, _: &Tensor) -> Result<Option<(Tensor, Tensor)>> {
+fn cuda_relu_grad(_: &Tensor, _: &Tensor) -> Result<Option<(Tensor, Tensor)>> {
     Ok(None)
-}
-
-/// f32 on the CPU: where the CPU kernels run.
-fn supported_cpu(x: &Tensor) -> bool {
-    x.device().is_cpu() && x.dtype() == DType::F32
 }
 
 /// `relu(conv2d(x, w) + b)` with `b` of length `Co`: one fused op (see [`conv2d`]).

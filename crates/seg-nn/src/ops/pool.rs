@@ -1,7 +1,9 @@
 //! 2×2 max pool, stride 2, as a custom op: the gradient goes to the first maximum of each
-//! window (PyTorch), on the CPU ([`seg_kernels::pool`]) and on CUDA ([`seg_cuda::nvrtc`]).
+//! window (PyTorch), on the CPU ([`seg_kernels::pool`]) and on CUDA ([`seg_cuda::nvrtc`]), in
+//! f32 or bf16 (a maximum and a routed gradient are exact in either).
 
-use super::f32_slice;
+use super::{f32_values, storage_of};
+use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 
 struct MaxPool2;
@@ -14,9 +16,9 @@ impl CustomOp1 for MaxPool2 {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = l.shape().dims4()?;
-        let x = f32_slice(s, l, "max_pool2x2")?;
-        let out = seg_kernels::pool::max_pool2(x, n * c, h, w);
-        Ok((CpuStorage::F32(out), Shape::from((n, c, h / 2, w / 2))))
+        let x = f32_values(s, l, "max_pool2x2")?;
+        let out = seg_kernels::pool::max_pool2(&x, n * c, h, w);
+        Ok((storage_of(out, s.dtype()), Shape::from((n, c, h / 2, w / 2))))
     }
 
     #[cfg(feature = "cuda")]
@@ -26,9 +28,8 @@ impl CustomOp1 for MaxPool2 {
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(
-            arg.contiguous()?.apply_op2_no_bwd(&grad.contiguous()?, &MaxPool2Bwd)?,
-        ))
+        let grad = grad.to_dtype(arg.dtype())?.contiguous()?;
+        Ok(Some(arg.contiguous()?.apply_op2_no_bwd(&grad, &MaxPool2Bwd)?))
     }
 }
 
@@ -39,16 +40,16 @@ impl CustomOp2 for MaxPool2Bwd {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = l1.shape().dims4()?;
-        let x = f32_slice(s1, l1, "max_pool2x2 backward")?;
-        let g = f32_slice(s2, l2, "max_pool2x2 backward")?;
+        let x = f32_values(s1, l1, "max_pool2x2 backward")?;
+        let g = f32_values(s2, l2, "max_pool2x2 backward")?;
         if g.len() != n * c * (h / 2) * (w / 2) {
             candle_core::bail!(
                 "max_pool2x2 backward: gradient of {} values for {n}x{c}x{h}x{w}",
                 g.len()
             );
         }
-        let out = seg_kernels::pool::max_pool2_grad(x, g, n * c, h, w);
-        Ok((CpuStorage::F32(out), Shape::from((n, c, h, w))))
+        let out = seg_kernels::pool::max_pool2_grad(&x, &g, n * c, h, w);
+        Ok((storage_of(out, s2.dtype()), Shape::from((n, c, h, w))))
     }
 
     #[cfg(feature = "cuda")]
@@ -63,8 +64,8 @@ impl CustomOp2 for MaxPool2Bwd {
     }
 }
 
-/// 2×2 max pool of a contiguous f32 tensor (CPU, or CUDA with the `cuda` feature) with even
-/// height and width.
+/// 2×2 max pool of a contiguous f32 or bf16 tensor (CPU, or CUDA with the `cuda` feature) with
+/// even height and width.
 pub fn max_pool2(x: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op1(MaxPool2)
 }

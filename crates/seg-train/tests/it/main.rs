@@ -179,9 +179,9 @@ fn seg_losses(run: &Path) -> Vec<f64> {
         .collect()
 }
 
-/// bf16 mixed precision (on the CPU, its numerics emulated: operands and results of every
-/// convolution rounded to bf16) trains the small model as f32 does: after 6 steps the losses
-/// differ by a few per cent at most, and the weights stay f32.
+/// bf16 mixed precision (on the CPU: bf16 activations inside the network, every convolution's
+/// product computed in f32 on the widened operands and rounded) trains the small model as f32
+/// does: after 6 steps the losses differ by a few per cent at most, and the weights stay f32.
 #[test]
 fn bf16_mixed_precision_trains_within_a_few_per_cent_of_f32() {
     let runs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
