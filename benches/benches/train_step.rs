@@ -172,6 +172,7 @@ fn bench(c: &mut Criterion) {
         group.throughput(Throughput::Elements(1));
         group.bench_function(format!("{model}/1x3x1024x2048"), |b| {
             b.iter(|| {
+                let _no_grad = seg_train::infer::graph_free(&dev);
                 let f = s.method.deployed().forward_taps(&x, false, &[]).unwrap();
                 let ids = f.logits().unwrap().argmax_keepdim(1).unwrap();
                 dev.synchronize().unwrap();

@@ -9,7 +9,7 @@
 //! found for the same variable. Without a sink (a plain `loss.backward()`) the ops return their
 //! gradients to candle as usual; both give the same numbers.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
 use candle_core::backprop::GradStore;
@@ -19,6 +19,41 @@ use rayon::prelude::*;
 thread_local! {
     /// One map per [`backward`] in progress on this thread (innermost last).
     static SINKS: RefCell<Vec<HashMap<TensorId, Tensor>>> = const { RefCell::new(Vec::new()) };
+    /// How many [`no_grad`] scopes are open on this thread.
+    static NO_GRAD: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Closes a [`no_grad`] scope when dropped.
+#[must_use = "the scope holds only while the guard lives"]
+pub struct NoGrad {
+    /// The scope belongs to the thread that opened it (not `Send`).
+    _thread: std::marker::PhantomData<*const ()>,
+}
+
+impl Drop for NoGrad {
+    fn drop(&mut self) {
+        NO_GRAD.with(|n| n.set(n.get().saturating_sub(1)));
+    }
+}
+
+/// Until the guard is dropped, the layers of [`crate::layers`] use their parameters detached on
+/// this thread, so a forward pass builds no backward graph and each activation is freed as soon
+/// as the next layer has read it, as under PyTorch's `torch.no_grad()`: for prediction,
+/// evaluation and batch-norm re-estimation. Values are unchanged.
+pub fn no_grad() -> NoGrad {
+    NO_GRAD.with(|n| n.set(n.get() + 1));
+    NoGrad {
+        _thread: std::marker::PhantomData,
+    }
+}
+
+/// `t` as a layer uses it now: detached inside a [`no_grad`] scope, itself otherwise.
+pub(crate) fn param(t: &Tensor) -> Tensor {
+    if NO_GRAD.with(Cell::get) > 0 {
+        t.detach()
+    } else {
+        t.clone()
+    }
 }
 
 /// Pops this thread's innermost sink when dropped, also on an error return.

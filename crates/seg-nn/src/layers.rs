@@ -82,22 +82,39 @@ impl Conv2d {
         &self.weight
     }
 
-    /// `f` on bf16 operands (this layer's weight and bias, and `x`), in f32 mode inside (so the
-    /// op takes them as they are), with the result in bf16 ([`crate::precision`]).
-    fn lowered(&self, x: &Tensor, f: impl FnOnce(&Self, &Tensor) -> Result<Tensor>) -> Result<Tensor> {
-        let low = Self {
-            weight: crate::precision::operand(&self.weight)?,
-            bias: self.bias.as_ref().map(crate::precision::operand).transpose()?,
+    /// This layer and `x` as a forward pass takes them now, where that differs from as they
+    /// are: inside a bf16 scope the weight, bias and `x` in bf16 ([`crate::precision`]), inside
+    /// a no-grad scope the weight and bias detached ([`crate::grad::no_grad`]). `f` then runs on
+    /// them in f32 mode (so the op takes the bf16 operands as they are) and its result, bf16
+    /// under autocast, is returned.
+    fn in_use(&self, x: &Tensor, f: impl FnOnce(&Self, &Tensor) -> Result<Tensor>) -> Result<Option<Tensor>> {
+        let low = crate::precision::lowers(x);
+        let frozen = crate::grad::param(&self.weight).id() != self.weight.id();
+        if !low && !frozen {
+            return Ok(None);
+        }
+        let prepare = |t: &Tensor| {
+            let t = crate::grad::param(t);
+            if low {
+                crate::precision::operand(&t)
+            } else {
+                Ok(t)
+            }
+        };
+        let layer = Self {
+            weight: prepare(&self.weight)?,
+            bias: self.bias.as_ref().map(prepare).transpose()?,
             ..self.clone()
         };
+        let x = if low { crate::precision::operand(x)? } else { x.clone() };
         let _f32 = crate::precision::autocast(crate::Precision::F32);
-        f(&low, &crate::precision::operand(x)?)
+        f(&layer, &x).map(Some)
     }
 
     /// `relu(self.forward(x))`, fused into one op when the layer has a bias and one group.
     pub fn forward_relu(&self, x: &Tensor) -> Result<Tensor> {
-        if crate::precision::lowers(x) {
-            return self.lowered(x, |c, x| c.forward_relu(x));
+        if let Some(y) = self.in_use(x, |c, x| c.forward_relu(x))? {
+            return Ok(y);
         }
         match &self.bias {
             Some(b) if self.groups == 1 => {
@@ -110,8 +127,8 @@ impl Conv2d {
 
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if crate::precision::lowers(x) {
-            return self.lowered(x, |c, x| c.forward(x));
+        if let Some(y) = self.in_use(x, |c, x| c.forward(x))? {
+            return Ok(y);
         }
         let y = if self.groups == 1 {
             crate::ops::conv::conv2d(x, &self.weight, self.stride, self.padding, self.dilation)?
@@ -212,10 +229,11 @@ impl BatchNorm2d {
     }
 
     fn normalise(&self, x: &Tensor, mean: &Tensor, var: &Tensor) -> Result<Tensor> {
-        let c = self.weight.dim(0)?;
+        let (weight, bias) = (crate::grad::param(&self.weight), crate::grad::param(&self.bias));
+        let c = weight.dim(0)?;
         let shape = (1, c, 1, 1);
-        let scale = (&self.weight * (var + self.eps)?.sqrt()?.recip()?)?;
-        let shift = (&self.bias - (mean * &scale)?)?;
+        let scale = (&weight * (var + self.eps)?.sqrt()?.recip()?)?;
+        let shift = (&bias - (mean * &scale)?)?;
         x.broadcast_mul(&scale.reshape(shape)?)?
             .broadcast_add(&shift.reshape(shape)?)
     }
@@ -253,7 +271,8 @@ impl ModuleT for BatchNorm2d {
             return crate::precision::in_f32(x, |x| self.forward_t(x, train));
         }
         if !train {
-            return self.normalise(x, self.running_mean.as_tensor(), self.running_var.as_tensor());
+            let (mean, var) = (self.running_mean.as_tensor(), self.running_var.as_tensor());
+            return self.normalise(x, &crate::grad::param(mean), &crate::grad::param(var));
         }
         let (n, c, h, w) = x.dims4()?;
         let count = (n * h * w) as f64;
@@ -261,8 +280,9 @@ impl ModuleT for BatchNorm2d {
             let (stats, _) = crate::ops::norm::batch_stats(x)?;
             let mean = Tensor::from_vec(stats.iter().map(|s| s.0 as f32).collect::<Vec<_>>(), c, x.device())?;
             let var = Tensor::from_vec(stats.iter().map(|s| s.1 as f32).collect::<Vec<_>>(), c, x.device())?;
+            let (weight, bias) = (crate::grad::param(&self.weight), crate::grad::param(&self.bias));
             (
-                Some(crate::ops::norm::bn_train(x, &self.weight, &self.bias, self.eps)?),
+                Some(crate::ops::norm::bn_train(x, &weight, &bias, self.eps)?),
                 mean,
                 var,
             )
@@ -348,11 +368,12 @@ impl ConvTranspose2d {
 
 impl Module for ConvTranspose2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let w = crate::grad::param(&self.weight);
         if crate::precision::lowers(x) {
-            let (x, w) = (crate::precision::operand(x)?, crate::precision::operand(&self.weight)?);
+            let (x, w) = (crate::precision::operand(x)?, crate::precision::operand(&w)?);
             return crate::ops::conv::conv_transpose2d(&x, &w, self.stride, self.padding, 1);
         }
-        crate::ops::conv::conv_transpose2d(x, &self.weight, self.stride, self.padding, 1)
+        crate::ops::conv::conv_transpose2d(x, &w, self.stride, self.padding, 1)
     }
 }
 

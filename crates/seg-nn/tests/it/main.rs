@@ -740,3 +740,38 @@ fn bf16_network_pieces_keep_bf16_and_track_f32() {
         max_diff(&g16, &g32)
     );
 }
+
+/// Inside `no_grad` the layers build no backward graph (the result tracks nothing) and give the
+/// same values, in f32 and under bf16; the scope ends with its guard.
+#[test]
+fn no_grad_builds_no_graph_and_keeps_the_values() {
+    let vars = VarMap::new();
+    let vb = seg_nn::init::seeded_builder(&vars, 5, DType::F32, &cpu());
+    let pad = seg_nn::layers::ConvCfg {
+        padding: 1,
+        ..Default::default()
+    };
+    let conv = seg_nn::conv2d(3, 4, 3, pad, vb.pp("c")).unwrap();
+    let bn = seg_nn::BatchNorm2d::new(4, vb.pp("bn"), &vars).unwrap();
+    let up = ConvTranspose2d::bilinear(4, 2, vb.pp("up"), &vars).unwrap();
+    let x = Tensor::ones((1, 3, 6, 8), DType::F32, &cpu()).unwrap();
+    let net = |p: seg_nn::Precision| {
+        let _scope = seg_nn::autocast(p);
+        let a = candle_core::ModuleT::forward_t(&bn, &conv.forward_relu(&x).unwrap(), false).unwrap();
+        seg_nn::precision::to_f32(&up.forward(&conv.forward(&x).unwrap()).unwrap())
+            .unwrap()
+            .broadcast_add(&a.sum_all().unwrap().to_dtype(DType::F32).unwrap())
+            .unwrap()
+    };
+    for p in [seg_nn::Precision::F32, seg_nn::Precision::Bf16] {
+        let tracked = net(p);
+        assert!(tracked.track_op(), "a plain forward builds the graph");
+        let free = {
+            let _no_grad = seg_nn::grad::no_grad();
+            net(p)
+        };
+        assert!(!free.track_op(), "{p:?}: no graph inside no_grad");
+        assert_eq!(max_diff(&free, &tracked), 0.0, "{p:?}: same values");
+        assert!(net(p).track_op(), "the scope ended with its guard");
+    }
+}
