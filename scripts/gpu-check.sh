@@ -99,6 +99,8 @@ precision_round() {
   grep -E "^infer/|time:" "$OUT/infer-ours.log" | tee -a "$S"
   step infer-torch 90 python3 benches/reference/train_step_torch.py --device cuda --iters 10 --model vgg16-fcn8s --infer
   cat "$OUT/infer-torch.log" | tee -a "$S"
+  step infer-torch-bf16 90 python3 benches/reference/train_step_torch.py --device cuda --iters 10 --model vgg16-fcn8s --infer --amp bf16
+  cat "$OUT/infer-torch-bf16.log" | tee -a "$S"
 }
 if [ "${2:-}" = "precision" ]; then  # `scripts/gpu-check.sh OUT precision`: bf16, real sizes, inference
   step test-seg-nn 60 $B/test-seg-nn cuda --test-threads 1

@@ -167,18 +167,28 @@ fn bench(c: &mut Criterion) {
     if vgg && (dev.is_cuda() || std::env::var("SEG_BENCH_VGG_FULLRES").is_ok_and(|v| v == "1")) {
         models.push(seg_fcn::ModelName::Vgg16Fcn8s);
     }
+    // On CUDA also under bf16 autocast (bf16 activations, f32 logits), PyTorch's `--infer --amp
+    // bf16` counterpart.
+    let precisions: &[(&str, seg_nn::Precision)] = if dev.is_cuda() {
+        &[("", seg_nn::Precision::F32), ("/bf16", seg_nn::Precision::Bf16)]
+    } else {
+        &[("", seg_nn::Precision::F32)]
+    };
     for model in models {
         let s = build(model, &MethodConfig::SourceOnly, &dev);
         group.throughput(Throughput::Elements(1));
-        group.bench_function(format!("{model}/1x3x1024x2048"), |b| {
-            b.iter(|| {
-                let _no_grad = seg_train::infer::graph_free(&dev);
-                let f = s.method.deployed().forward_taps(&x, false, &[]).unwrap();
-                let ids = f.logits().unwrap().argmax_keepdim(1).unwrap();
-                dev.synchronize().unwrap();
-                ids
-            })
-        });
+        for &(tag, precision) in precisions {
+            group.bench_function(format!("{model}{tag}/1x3x1024x2048"), |b| {
+                b.iter(|| {
+                    let _no_grad = seg_train::infer::graph_free(&dev);
+                    let _precision = seg_nn::autocast(precision);
+                    let f = s.method.deployed().forward_taps(&x, false, &[]).unwrap();
+                    let ids = f.logits().unwrap().argmax_keepdim(1).unwrap();
+                    dev.synchronize().unwrap();
+                    ids
+                })
+            });
+        }
     }
     group.finish();
 }

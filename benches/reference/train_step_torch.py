@@ -126,10 +126,10 @@ def main():
                 torch.cuda.reset_peak_memory_stats(dev)
         if a.infer:
             m.eval()
-            xf = torch.randn(1, 3, 1024, 2048, device=dev)
+            xf = torch.randn(1, 3, 1024, 2048, device=dev).contiguous(memory_format=fmt)
 
             def infer():
-                with torch.no_grad():
+                with torch.no_grad(), amp():
                     ids = m(xf).argmax(1)
                 sync()
                 return ids
@@ -139,7 +139,7 @@ def main():
             for _ in range(a.iters):
                 infer()
             dt = (time.perf_counter() - t) / a.iters
-            print(f"torch infer {name} 1x3x1024x2048: {dt:.4f} s/image ({1 / dt:.3f} images/s), {where}")
+            print(f"torch infer {name}{tag} 1x3x1024x2048: {dt:.4f} s/image ({1 / dt:.3f} images/s), {where}")
     if a.peak_rss:
         import resource
 
