@@ -14,7 +14,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use seg_core::{Batch, Domain, SegMethod, Stage, StepCx, StepInfo};
-use seg_methods::{MethodConfig, MethodParts};
+use seg_methods::{MethodConfig, PartSeeds};
 use seg_train::{LrAt, Stepper, TrainerConfig};
 
 /// Large buffers are reused across training steps instead of re-faulted (see `seg_alloc`).
@@ -44,17 +44,10 @@ fn build_with(model: seg_fcn::ModelName, method: &MethodConfig, dev: &Device, cf
     let vb = seg_nn::init::seeded_builder(&vars, 0, DType::F32, dev);
     let backbone = seg_fcn::build(model, 19, vb.pp("model"), &vars).unwrap();
     let stats = seg_heads::SizeConstraints::from_fractions(&[[1.0 / 19.0; 19], [0.5 / 19.0; 19]]);
-    let copy_vb = seg_nn::init::seeded_builder(&vars, 1, DType::F32, dev);
-    let another = |prefix: &str| seg_fcn::build(model, 19, copy_vb.pp(prefix), &vars);
+    let seeds = PartSeeds { head: 0, copies: 1 };
+    let rebuild = |vb: candle_nn::VarBuilder<'_>| seg_fcn::build(model, 19, vb, &vars);
     let method = method
-        .build(MethodParts {
-            backbone,
-            model_vars: seg_nn::vars::trainable_under(&vars, "model"),
-            vars: &vars,
-            vb: vb.pp("head"),
-            another: &another,
-            source_stats: Some(&stats),
-        })
+        .build_on(backbone, &vars, dev, seeds, &rebuild, Some(&stats))
         .unwrap();
     method.start().unwrap();
     let stepper = Stepper::new(method.as_ref(), &vars, cfg).unwrap();

@@ -12,7 +12,7 @@ use rayon::prelude::*;
 use seg_core::{Backbone, Domain, Stage};
 use seg_data::{open_dataset, Dataset, DatasetOptions, LeftOut, Loader};
 use seg_heads::SizeConstraints;
-use seg_methods::MethodParts;
+use seg_methods::PartSeeds;
 use seg_train::{EvalSetup, TrainOutcome, TrainSetup, Trainer};
 
 use crate::config::RunConfig;
@@ -253,22 +253,17 @@ pub fn build_setup(
     } else {
         None
     };
-    let vb = seg_nn::init::seeded_builder(&vars, cfg.trainer.seed ^ 0x4EAD, DType::F32, device);
+    let seeds = PartSeeds {
+        head: cfg.trainer.seed ^ 0x4EAD,
+        copies: cfg.trainer.seed ^ 0xC0B1,
+    };
     // Second streams and frozen copies: the same model, its variables under another prefix.
-    let copy_vb = seg_nn::init::seeded_builder(&vars, cfg.trainer.seed ^ 0xC0B1, DType::F32, device);
-    let another = |prefix: &str| seg_fcn::build(cfg.model.name, seg_labels::NUM_CLASSES, copy_vb.pp(prefix), &vars);
+    let rebuild = |vb: candle_nn::VarBuilder<'_>| seg_fcn::build(cfg.model.name, seg_labels::NUM_CLASSES, vb, &vars);
     let method = cfg
         .method
         .clone()
         .with_seed(cfg.trainer.seed)
-        .build(MethodParts {
-            backbone,
-            model_vars: seg_nn::vars::trainable_under(&vars, "model"),
-            vars: &vars,
-            vb: vb.pp("head"),
-            another: &another,
-            source_stats: stats.as_ref(),
-        })
+        .build_on(backbone, &vars, device, seeds, &rebuild, stats.as_ref())
         .with_context(|| format!("method `{}` with model `{}`", cfg.method.name(), cfg.model.name))?;
     let reestimate = method.stages().contains(&Stage::ReestimateBn);
     let t = &cfg.trainer;

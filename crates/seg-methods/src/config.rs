@@ -91,7 +91,43 @@ pub struct MethodParts<'a> {
     pub source_stats: Option<&'a SizeConstraints>,
 }
 
+/// Where the variables of a method built by [`MethodConfig::build_on`] come from: the seed of
+/// its own modules' stream (under `head`) and of the copies of the model (second streams,
+/// frozen copies).
+#[derive(Debug, Clone, Copy)]
+pub struct PartSeeds {
+    pub head: u64,
+    pub copies: u64,
+}
+
 impl MethodConfig {
+    /// Builds the method as a run does: on `backbone`, whose variables are under `model` in
+    /// `vars`; its own modules under `head`, initialised from `seeds.head`; copies of the model
+    /// made by `rebuild` (the same network on another builder) from `seeds.copies`. The
+    /// composition root and the benchmarks both build their methods here.
+    pub fn build_on(
+        &self,
+        backbone: Box<dyn Backbone>,
+        vars: &VarMap,
+        device: &candle_core::Device,
+        seeds: PartSeeds,
+        rebuild: &dyn Fn(VarBuilder<'_>) -> candle_core::Result<Box<dyn Backbone>>,
+        source_stats: Option<&SizeConstraints>,
+    ) -> Result<Box<dyn SegMethod>, HeadError> {
+        let f32 = candle_core::DType::F32;
+        let vb = seg_nn::init::seeded_builder(vars, seeds.head, f32, device);
+        let copy_vb = seg_nn::init::seeded_builder(vars, seeds.copies, f32, device);
+        let another = |prefix: &str| rebuild(copy_vb.pp(prefix));
+        self.build(MethodParts {
+            backbone,
+            model_vars: seg_nn::vars::trainable_under(vars, "model"),
+            vars,
+            vb: vb.pp("head"),
+            another: &another,
+            source_stats,
+        })
+    }
+
     /// Source-only steps the method runs before its training stage (the curriculum's stage 1),
     /// and the same method with that stage left out (what timing its training steps needs).
     pub fn pretraining(&self) -> (usize, Self) {
@@ -168,6 +204,15 @@ impl MethodConfig {
     /// oracle: a data choice, not a method of its own).
     pub fn trains_on_target_labels(&self) -> bool {
         matches!(self, MethodConfig::Oracle)
+    }
+
+    /// Whether a run of the method reads the target's train split: for the target batches of
+    /// its steps or for AdaBN's re-estimation after them; every method but source-only and the
+    /// oracle. What the built method says ([`SegMethod::needs_target`], or a
+    /// [`seg_core::Stage::ReestimateBn`] stage) agrees, and a test holds the two together; a
+    /// run opens the split by the built method, `seg-adapt check` by this.
+    pub fn reads_target_train(&self) -> bool {
+        !matches!(self, MethodConfig::SourceOnly | MethodConfig::Oracle)
     }
 
     /// Whether the method needs [`SizeConstraints`] from the source labels (`fcn-wild`).

@@ -12,7 +12,7 @@ pub mod curriculum;
 pub mod feature_alignment;
 pub mod two_stream;
 
-pub use config::{parse_method, MethodConfig, MethodParts, METHOD_NAMES};
+pub use config::{parse_method, MethodConfig, MethodParts, PartSeeds, METHOD_NAMES};
 pub use curriculum::{Curriculum, CurriculumConfig};
 pub use feature_alignment::FeatureAlignment;
 pub use two_stream::{TwoStream, TwoStreamConfig};

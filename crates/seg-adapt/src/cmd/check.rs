@@ -8,7 +8,6 @@ use std::time::Instant;
 
 use anyhow::Context;
 use seg_data::ProblemKind;
-use seg_methods::MethodConfig;
 
 use crate::config::RunConfig;
 use crate::run::{DeviceName, Split};
@@ -25,9 +24,8 @@ pub struct Args {
 pub fn run(args: Args, device_name: &DeviceName) -> anyhow::Result<()> {
     let cfg = RunConfig::load(&args.config)?;
     println!("# resolved config ({})\n{}", args.config.display(), cfg.to_toml()?);
-    let needs_target = !matches!(cfg.method, MethodConfig::SourceOnly | MethodConfig::Oracle);
     let mut roles = vec![Split::training(&cfg)];
-    if needs_target {
+    if cfg.method.reads_target_train() {
         roles.push(Split::TargetTrain);
     }
     roles.push(Split::Val);

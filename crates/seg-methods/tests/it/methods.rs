@@ -344,8 +344,27 @@ fn a_second_stream_without_the_same_layers_is_refused_naming_the_method() {
     assert!(err.contains("two-stream") && err.contains("per-layer"), "{err}");
 }
 
-/// Every method's terms under bf16 autocast (the CPU's emulation of bf16 convolutions) stay
-/// within bf16's rounding of its f32 terms, on the same model and batches.
+/// What the method config says about reading the target's train split (`seg-adapt check`)
+/// agrees with the built method (a run): target batches in its steps, or AdaBN's re-estimation.
+#[test]
+fn the_config_and_the_built_method_agree_on_reading_the_target() {
+    for name in seg_methods::METHOD_NAMES {
+        let cfg: MethodConfig = name.parse().unwrap();
+        if name == "adabn" {
+            // The tiny net has no batch norm, which AdaBN refuses; its only use of the target
+            // is the re-estimation.
+            assert!(cfg.reads_target_train());
+            continue;
+        }
+        let b = build(name, true).unwrap();
+        let reads = b.method.needs_target() || b.method.stages().contains(&Stage::ReestimateBn);
+        assert_eq!(cfg.reads_target_train(), reads, "{name}");
+    }
+}
+
+/// Every method's terms under bf16 autocast (bf16 activations inside the networks; on the CPU
+/// the products in f32 on the widened operands) stay within bf16's rounding of its f32 terms,
+/// on the same model and batches.
 #[test]
 fn every_method_computes_its_terms_in_bf16_within_rounding_of_f32() {
     let (source, target) = batches(11, true);
