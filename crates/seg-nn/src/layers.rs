@@ -83,19 +83,21 @@ impl Conv2d {
     }
 
     /// This layer and `x` as a forward pass takes them now, where that differs from as they
-    /// are: inside a bf16 scope the weight, bias and `x` in bf16 ([`crate::precision`]), inside
-    /// a no-grad scope the weight and bias detached ([`crate::grad::no_grad`]). `f` then runs on
-    /// them in f32 mode (so the op takes the bf16 operands as they are) and its result, bf16
-    /// under autocast, is returned.
+    /// are: inside a bf16 scope `x` in bf16 ([`crate::precision`]; the ops take the f32 weight
+    /// and bias as they are and compute in bf16, so their gradients reach the variables
+    /// directly; a grouped conv, which candle runs, gets a bf16 weight), inside a no-grad scope
+    /// the weight and bias detached ([`crate::grad::no_grad`]). `f` then runs on them in f32
+    /// mode (so nothing is lowered twice) and its result, bf16 under autocast, is returned.
     fn in_use(&self, x: &Tensor, f: impl FnOnce(&Self, &Tensor) -> Result<Tensor>) -> Result<Option<Tensor>> {
         let low = crate::precision::lowers(x);
         let frozen = crate::grad::param(&self.weight).id() != self.weight.id();
         if !low && !frozen {
             return Ok(None);
         }
+        let grouped = self.groups != 1;
         let prepare = |t: &Tensor| {
             let t = crate::grad::param(t);
-            if low {
+            if low && grouped {
                 crate::precision::operand(&t)
             } else {
                 Ok(t)
@@ -136,7 +138,8 @@ impl Module for Conv2d {
             x.conv2d(&self.weight, self.padding, self.stride, self.dilation, self.groups)?
         };
         match &self.bias {
-            Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?),
+            // In bf16 (mixed precision) the bias is added in bf16, as autocast adds it.
+            Some(b) => y.broadcast_add(&b.to_dtype(y.dtype())?.reshape((1, b.dim(0)?, 1, 1))?),
             None => Ok(y),
         }
     }
@@ -370,7 +373,8 @@ impl Module for ConvTranspose2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let w = crate::grad::param(&self.weight);
         if crate::precision::lowers(x) {
-            let (x, w) = (crate::precision::operand(x)?, crate::precision::operand(&w)?);
+            // bf16 activations, the f32 weight cast inside the op (see `Conv2d::in_use`).
+            let x = crate::precision::operand(x)?;
             return crate::ops::conv::conv_transpose2d(&x, &w, self.stride, self.padding, 1);
         }
         crate::ops::conv::conv_transpose2d(x, &w, self.stride, self.padding, 1)

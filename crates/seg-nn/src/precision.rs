@@ -1,6 +1,7 @@
 //! Mixed precision, as PyTorch's `torch.autocast(dtype=torch.bfloat16)` does it: inside an
 //! [`autocast`] scope the convolutions (and transposed convolutions) of [`crate::layers`] take
-//! bfloat16 operands (f32 inputs and the f32 weights are cast) and give a bfloat16 result, and
+//! bfloat16 operands (f32 inputs are cast; the f32 weights and biases are cast inside the op)
+//! and give a bfloat16 result, and
 //! the activations stay bf16 through what follows inside the network: ReLU, the max pool,
 //! skip additions and crops keep their input's type, and batch norm and bilinear resize compute
 //! in f32 and hand back bf16. A network's outputs leave the region through [`to_f32`] (the
@@ -13,9 +14,10 @@
 //! (candle 0.11's CPU convolutions refuse bf16), so the custom ops widen bf16 operands to f32,
 //! run the f32 kernels and round the result to bf16: the same numerics but one rounding where
 //! CUDA with a bias has two (the product, then the bias added in bf16), which the CUDA test's
-//! tolerance covers. The CPU path exists to test the numerics. The bf16 weights are casts of
-//! the f32 variables, so their gradients go back through candle's accumulation, not
-//! [`crate::grad`]'s sink.
+//! tolerance covers. The CPU path exists to test the numerics. Since the ops take the f32
+//! variables themselves, a weight's gradient (a bf16 product, widened to f32) goes to
+//! [`crate::grad`]'s sink as in f32 training: no bf16 copy of the weights in the graph and no
+//! second accumulation of their gradients.
 //!
 //! The scope is per thread (the thread that builds the graph: the training step's).
 

@@ -5,13 +5,18 @@
 //! ([`composite`]: im2col + cuBLAS, the input gradient of a stride-1 conv as a forward conv with
 //! the flipped, transposed kernel). Transposed convolutions (FCN's learned upsampling) are the
 //! same pieces with their roles swapped. Weight gradients go to [`crate::grad`]'s sink where
-//! one is installed. Every piece takes f32 or bf16 operands (mixed precision) and gives its
-//! result in the operands' type; bf16 goes to cuDNN as bf16 (products accumulated in f32), and on
-//! the CPU through the f32 kernels on the widened values, rounded back.
+//! one is installed.
+//!
+//! Mixed precision: a piece takes f32 or bf16 operands, and where one is bf16 it computes in
+//! bf16 (the other cast; on the CPU rounded to bf16 values, then the f32 kernels, the result
+//! rounded back), with products accumulated in f32. Under autocast the activations are bf16 and
+//! the weights and biases come as the f32 variables themselves, cast inside the op: their
+//! gradients come back in f32 (a bf16 product, widened) and reach [`crate::grad`]'s sink as any
+//! variable's do. bf16 goes to cuDNN as bf16.
 
-use super::{applies_low, f32_values, storage_of};
+use super::{applies_low, f32_values, rounded_values, storage_of};
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use seg_kernels::conv as kernel;
 use seg_kernels::Geom;
 
@@ -41,6 +46,20 @@ enum Piece {
 struct ConvOp {
     g: Geom,
     piece: Piece,
+    /// The result's type where it is not the first operand's (a weight gradient: its
+    /// weight's).
+    out: Option<DType>,
+}
+
+/// Whether two operand types make a convolution: equal, or bf16 activations with f32
+/// parameters (mixed precision).
+fn compatible(x: DType, p: DType) -> bool {
+    x == p || (x == DType::BF16 && p == DType::F32)
+}
+
+/// Whether any of the types is bf16: then the product is computed in bf16.
+fn low(types: &[DType]) -> bool {
+    types.contains(&DType::BF16)
 }
 
 impl ConvOp {
@@ -53,8 +72,9 @@ impl ConvOp {
         }
     }
 
-    fn run(&self, a: &Tensor, b: &Tensor, piece: Piece) -> Result<Tensor> {
-        a.apply_op2_no_bwd(b, &ConvOp { g: self.g, piece })
+    /// `piece` of this convolution on `(a, b)`, its result of type `out` (default: `a`'s).
+    fn run(&self, a: &Tensor, b: &Tensor, piece: Piece, out: Option<DType>) -> Result<Tensor> {
+        a.apply_op2_no_bwd(b, &ConvOp { g: self.g, piece, out })
     }
 }
 
@@ -68,14 +88,18 @@ impl CustomOp2 for ConvOp {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (a, b) = (f32_values(s1, l1, self.name())?, f32_values(s2, l2, self.name())?);
+        let low = low(&[s1.dtype(), s2.dtype()]);
+        let (a, b) = (
+            rounded_values(s1, l1, self.name(), low)?,
+            rounded_values(s2, l2, self.name(), low)?,
+        );
         let g = &self.g;
         let out = match self.piece {
             Piece::Forward => kernel::forward(g, &a, &b),
             Piece::InputGrad => kernel::input_grad(g, &a, &b),
             Piece::WeightGrad => kernel::weight_grad(g, &a, &b),
         };
-        Ok((storage_of(out, s1.dtype()), self.out_shape()))
+        Ok((storage_of(out, low, self.out.unwrap_or(s1.dtype())), self.out_shape()))
     }
 
     #[cfg(feature = "cuda")]
@@ -86,7 +110,16 @@ impl CustomOp2 for ConvOp {
         s2: &candle_core::CudaStorage,
         l2: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        if seg_cuda::cudnn::takes(s1.dtype()) {
+        let dtype = if low(&[s1.dtype(), s2.dtype()]) {
+            DType::BF16
+        } else {
+            s1.dtype()
+        };
+        let (c1, c2) = (cuda::cast(s1, l1, dtype)?, cuda::cast(s2, l2, dtype)?);
+        let ((s1, l1), (s2, l2)) = (cuda::operand(&c1, s1, l1), cuda::operand(&c2, s2, l2));
+        let (l1, l2) = (&*l1, &*l2);
+        let out_dtype = self.out.unwrap_or(dtype);
+        if seg_cuda::cudnn::takes(dtype) {
             let g = &self.g;
             let out = match self.piece {
                 Piece::Forward => seg_cuda::cudnn::forward(g, s1, l1, s2, l2)?,
@@ -94,7 +127,9 @@ impl CustomOp2 for ConvOp {
                 Piece::WeightGrad => seg_cuda::cudnn::weight_grad(g, s1, l1, s2, l2)?,
             };
             if let Some(out) = out {
-                return Ok((out, self.out_shape()));
+                let shape = self.out_shape();
+                let out = cuda::cast(&out, &Layout::contiguous(&shape), out_dtype)?.unwrap_or(out);
+                return Ok((out, shape));
             }
         }
         let (a, b) = (cuda::tensor(s1, l1)?, cuda::tensor(s2, l2)?);
@@ -103,7 +138,7 @@ impl CustomOp2 for ConvOp {
             Piece::InputGrad => composite::input_grad(&self.g, &a, &b)?,
             Piece::WeightGrad => composite::weight_grad(&self.g, &a, &b)?,
         };
-        cuda::storage(&out)
+        cuda::storage(&out.to_dtype(out_dtype)?)
     }
 
     fn bwd(&self, a: &Tensor, b: &Tensor, res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
@@ -111,13 +146,13 @@ impl CustomOp2 for ConvOp {
         match self.piece {
             // y = conv(x, w): dx = convᵀ(dy, w), dw = Σ dy · im2col(x)ᵀ.
             Piece::Forward => Ok((
-                needed(a, || self.run(&grad, b, Piece::InputGrad))?,
-                weight_grad(b, || self.run(a, &grad, Piece::WeightGrad))?,
+                needed(a, || self.run(&grad, b, Piece::InputGrad, None))?,
+                weight_grad(b, || self.run(a, &grad, Piece::WeightGrad, Some(b.dtype())))?,
             )),
             // A transposed conv t = convᵀ(u, w): du = conv(dt, w), dw = Σ u · im2col(dt)ᵀ.
             Piece::InputGrad => Ok((
-                needed(a, || self.run(&grad, b, Piece::Forward))?,
-                weight_grad(b, || self.run(&grad, a, Piece::WeightGrad))?,
+                needed(a, || self.run(&grad, b, Piece::Forward, None))?,
+                weight_grad(b, || self.run(&grad, a, Piece::WeightGrad, Some(b.dtype())))?,
             )),
             Piece::WeightGrad => candle_core::bail!("conv2d-weight-grad has no gradient"),
         }
@@ -244,6 +279,26 @@ mod cuda {
         ))
     }
 
+    /// `s` converted to `dtype` (one cast kernel, contiguous), or `None` where it has that type.
+    pub(super) fn cast(s: &CudaStorage, l: &Layout, dtype: candle_core::DType) -> Result<Option<CudaStorage>> {
+        if s.dtype() == dtype {
+            return Ok(None);
+        }
+        s.to_dtype(l, dtype).map(Some)
+    }
+
+    /// An operand as the op uses it: its cast (contiguous) where one was made, else itself.
+    pub(super) fn operand<'a>(
+        cast: &'a Option<CudaStorage>,
+        s: &'a CudaStorage,
+        l: &'a Layout,
+    ) -> (&'a CudaStorage, std::borrow::Cow<'a, Layout>) {
+        match cast {
+            Some(c) => (c, std::borrow::Cow::Owned(Layout::contiguous(l.shape()))),
+            None => (s, std::borrow::Cow::Borrowed(l)),
+        }
+    }
+
     pub(super) fn storage(t: &Tensor) -> Result<(CudaStorage, Shape)> {
         let t = t.contiguous()?;
         let (st, l) = t.storage_and_layout();
@@ -272,10 +327,11 @@ fn packed(t: &Tensor) -> Result<Tensor> {
     }
 }
 
-/// `conv2d(x, w)` with `w: Co×C×kh×kw`, one group, no bias.
+/// `conv2d(x, w)` with `w: Co×C×kh×kw`, one group, no bias. `x` bf16 with `w` f32 computes
+/// in bf16 (mixed precision, see the module documentation).
 pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize, dilation: usize) -> Result<Tensor> {
     let g = geom(x.dims4()?, w.dims4()?, stride, padding, dilation)?;
-    if !supported(x) || x.dtype() != w.dtype() {
+    if !supported(x) || !compatible(x.dtype(), w.dtype()) {
         return x.conv2d(w, padding, stride, dilation, 1);
     }
     packed(x)?.apply_op2(
@@ -283,6 +339,7 @@ pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize, dilation: u
         ConvOp {
             g,
             piece: Piece::Forward,
+            out: None,
         },
     )
 }
@@ -307,7 +364,7 @@ pub fn conv_transpose2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize, d
     if (g.ho, g.wo) != (h, wd) {
         candle_core::bail!("conv_transpose2d: geometry mismatch ({h}x{wd} in, {ho}x{wo} out)");
     }
-    if !supported(x) || x.dtype() != w.dtype() {
+    if !supported(x) || !compatible(x.dtype(), w.dtype()) {
         return x.conv_transpose2d(w, padding, 0, stride, dilation);
     }
     packed(x)?.apply_op2(
@@ -315,6 +372,7 @@ pub fn conv_transpose2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize, d
         ConvOp {
             g,
             piece: Piece::InputGrad,
+            out: None,
         },
     )
 }
@@ -361,13 +419,14 @@ impl CustomOp3 for ConvBiasRelu {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let g = &self.0;
+        let low = low(&[s1.dtype(), s2.dtype(), s3.dtype()]);
         let (x, w, b) = (
-            f32_values(s1, l1, self.name())?,
-            f32_values(s2, l2, self.name())?,
-            f32_values(s3, l3, self.name())?,
+            rounded_values(s1, l1, self.name(), low)?,
+            rounded_values(s2, l2, self.name(), low)?,
+            rounded_values(s3, l3, self.name(), low)?,
         );
         let y = kernel::forward_bias_relu(g, &x, &w, &b);
-        Ok((storage_of(y, s1.dtype()), Shape::from((g.n, g.co, g.ho, g.wo))))
+        Ok((storage_of(y, low, s1.dtype()), Shape::from((g.n, g.co, g.ho, g.wo))))
     }
 
     #[cfg(feature = "cuda")]
@@ -380,7 +439,11 @@ impl CustomOp3 for ConvBiasRelu {
         s3: &candle_core::CudaStorage,
         l3: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        if seg_cuda::cudnn::takes(s1.dtype()) {
+        let dtype = s1.dtype();
+        let (c2, c3) = (cuda::cast(s2, l2, dtype)?, cuda::cast(s3, l3, dtype)?);
+        let ((s2, l2), (s3, l3)) = (cuda::operand(&c2, s2, l2), cuda::operand(&c3, s3, l3));
+        let (l2, l3) = (&*l2, &*l3);
+        if seg_cuda::cudnn::takes(dtype) {
             if let Some(y) = seg_cuda::cudnn::forward_bias_relu(&self.0, (s1, l1), (s2, l2), (s3, l3))? {
                 let g = &self.0;
                 return Ok((y, Shape::from((g.n, g.co, g.ho, g.wo))));
@@ -412,11 +475,12 @@ impl CustomOp3 for ConvBiasRelu {
         let op = ConvOp {
             g: self.0,
             piece: Piece::Forward,
+            out: None,
         };
         Ok((
-            needed(x, || op.run(&g, w, Piece::InputGrad))?,
-            weight_grad(w, || op.run(x, &g, Piece::WeightGrad))?,
-            weight_grad(b, || Ok(db))?,
+            needed(x, || op.run(&g, w, Piece::InputGrad, None))?,
+            weight_grad(w, || op.run(x, &g, Piece::WeightGrad, Some(w.dtype())))?,
+            weight_grad(b, || db.to_dtype(b.dtype()))?,
         ))
     }
 }
@@ -474,7 +538,7 @@ pub fn conv2d_bias_relu(
     if b.dims1()? != g.co {
         candle_core::bail!("conv2d: bias has {} entries for {} output channels", b.dims1()?, g.co);
     }
-    if !supported(x) || x.dtype() != w.dtype() || x.dtype() != b.dtype() {
+    if !supported(x) || !compatible(x.dtype(), w.dtype()) || !compatible(x.dtype(), b.dtype()) {
         return x
             .conv2d(w, padding, stride, dilation, 1)?
             .broadcast_add(&b.reshape((1, g.co, 1, 1))?)?

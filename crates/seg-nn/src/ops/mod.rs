@@ -29,20 +29,35 @@ pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result
 /// The contiguous values of an f32 or bf16 CPU operand as f32 (borrowed for f32, widened for
 /// bf16), or an error naming the op.
 pub(crate) fn f32_values<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<Cow<'a, [f32]>> {
+    rounded_values(s, l, what, false)
+}
+
+/// As [`f32_values`], and with `round` an f32 operand's values rounded to bf16 (an operand of a
+/// product computed in bf16: the cast CUDA makes).
+pub(crate) fn rounded_values<'a>(s: &'a CpuStorage, l: &Layout, what: &str, round: bool) -> Result<Cow<'a, [f32]>> {
     let Some((a, b)) = l.contiguous_offsets() else {
         candle_core::bail!("{what}: contiguous input expected")
     };
     match s {
+        CpuStorage::F32(v) if round => Ok(Cow::Owned(v[a..b].iter().map(|&x| to_bf16(x)).collect())),
         CpuStorage::F32(v) => Ok(Cow::Borrowed(&v[a..b])),
         CpuStorage::BF16(v) => Ok(Cow::Owned(v[a..b].iter().map(|x| x.to_f32()).collect())),
         _ => candle_core::bail!("{what}: f32 or bf16 input expected"),
     }
 }
 
-/// A kernel's f32 result as CPU storage of `dtype` (bf16: rounded to nearest even).
-pub(crate) fn storage_of(v: Vec<f32>, dtype: DType) -> CpuStorage {
+/// `x` rounded to the nearest bf16 value (ties to even).
+fn to_bf16(x: f32) -> f32 {
+    half::bf16::from_f32(x).to_f32()
+}
+
+/// A kernel's f32 result as CPU storage of `dtype`: bf16 rounded to nearest even; f32 as it is,
+/// or, for a product computed in bf16 (`low`), rounded to bf16 values (CUDA's bf16 result,
+/// widened).
+pub(crate) fn storage_of(v: Vec<f32>, low: bool, dtype: DType) -> CpuStorage {
     match dtype {
         DType::BF16 => CpuStorage::BF16(v.into_iter().map(half::bf16::from_f32).collect()),
+        _ if low => CpuStorage::F32(v.into_iter().map(to_bf16).collect()),
         _ => CpuStorage::F32(v),
     }
 }

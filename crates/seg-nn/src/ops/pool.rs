@@ -18,7 +18,7 @@ impl CustomOp1 for MaxPool2 {
         let (n, c, h, w) = l.shape().dims4()?;
         let x = f32_values(s, l, "max_pool2x2")?;
         let out = seg_kernels::pool::max_pool2(&x, n * c, h, w);
-        Ok((storage_of(out, s.dtype()), Shape::from((n, c, h / 2, w / 2))))
+        Ok((storage_of(out, false, s.dtype()), Shape::from((n, c, h / 2, w / 2))))
     }
 
     #[cfg(feature = "cuda")]
@@ -49,7 +49,7 @@ impl CustomOp2 for MaxPool2Bwd {
             );
         }
         let out = seg_kernels::pool::max_pool2_grad(&x, &g, n * c, h, w);
-        Ok((storage_of(out, s2.dtype()), Shape::from((n, c, h, w))))
+        Ok((storage_of(out, false, s2.dtype()), Shape::from((n, c, h, w))))
     }
 
     #[cfg(feature = "cuda")]

@@ -775,3 +775,37 @@ fn no_grad_builds_no_graph_and_keeps_the_values() {
         assert!(net(p).track_op(), "the scope ended with its guard");
     }
 }
+
+/// Under bf16 the conv ops take the f32 variables and hand their gradients, in f32, to the
+/// sink of `seg_nn::backward` as in f32 training: the same gradients as candle's plain pass.
+#[test]
+fn bf16_weight_gradients_reach_the_variables_through_the_sink() {
+    let vars = VarMap::new();
+    let vb = seg_nn::init::seeded_builder(&vars, 9, DType::F32, &cpu());
+    let pad = seg_nn::layers::ConvCfg {
+        padding: 1,
+        ..Default::default()
+    };
+    let conv = seg_nn::conv2d(3, 6, 3, pad, vb.pp("c")).unwrap();
+    let up = ConvTranspose2d::bilinear(6, 2, vb.pp("up"), &vars).unwrap();
+    let mut rng = seg_core::Rng::new(4);
+    let x = (0..2 * 3 * 8 * 8).map(|_| rng.range_f32(-1.0, 1.0)).collect::<Vec<_>>();
+    let x = Tensor::from_vec(x, (2, 3, 8, 8), &cpu()).unwrap();
+    let loss = || {
+        let _bf16 = seg_nn::autocast(seg_nn::Precision::Bf16);
+        let y = up.forward(&conv.forward_relu(&x).unwrap()).unwrap();
+        seg_nn::precision::to_f32(&y)
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .mean_all()
+            .unwrap()
+    };
+    let (plain, sunk) = (loss().backward().unwrap(), seg_nn::backward(&loss()).unwrap());
+    for name in ["c.weight", "c.bias", "up.weight"] {
+        let v = vars.data().lock().unwrap()[name].clone();
+        let (a, b) = (plain.get(v.as_tensor()).unwrap(), sunk.get(v.as_tensor()).unwrap());
+        assert_eq!(a.dtype(), DType::F32, "{name}");
+        assert_eq!(max_diff(a, b), 0.0, "{name}");
+    }
+}
