@@ -176,7 +176,7 @@ fn bench(c: &mut Criterion) {
                     let _no_grad = seg_train::infer::graph_free(&dev);
                     let _precision = seg_nn::autocast(precision);
                     let f = s.method.deployed().forward_taps(&x, false, &[]).unwrap();
-                    let ids = f.logits().unwrap().argmax_keepdim(1).unwrap();
+                    let ids = seg_nn::argmax_channels(f.logits().unwrap()).unwrap();
                     dev.synchronize().unwrap();
                     ids
                 })

@@ -66,6 +66,21 @@ extern "C" __global__ void max_pool2_bwd(const float* x, const float* g, float* 
     }
 }
 
+// The class id of every pixel: the first maximum over the c channels of an n x c x hw tensor,
+// one thread per pixel (neighbouring threads read neighbouring pixels of one channel).
+extern "C" __global__ void argmax_channels(const float* x, unsigned int* ids, unsigned int c, unsigned int hw, unsigned int pixels) {
+    unsigned int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= pixels) return;
+    const float* p = x + (unsigned long long)(i / hw) * c * hw + (i % hw);
+    float best = p[0];
+    unsigned int id = 0;
+    for (unsigned int k = 1; k < c; k++) {
+        float v = p[(unsigned long long)k * hw];
+        if (v > best) { best = v; id = k; }
+    }
+    ids[i] = id;
+}
+
 // bf16 as its bits: widening is exact; narrowing rounds to nearest even (NaN stays NaN).
 __device__ __forceinline__ float bf_f(unsigned short h) { return __uint_as_float(((unsigned int)h) << 16); }
 __device__ __forceinline__ unsigned short f_bf(float f) {
@@ -275,6 +290,30 @@ fn max_pool2_bwd_of<T: CudaDType + DeviceRepr>(
     Ok(CudaStorage::wrap_cuda_slice(dx, dev))
 }
 
+/// The per-pixel argmax over the channels of a contiguous f32 `N×C×HW` tensor: `N·HW` u32 ids,
+/// the first maximum winning (as `seg_kernels::argmax`).
+pub fn argmax_channels(x: &CudaStorage, l: &Layout) -> Result<CudaStorage> {
+    const WHAT: &str = "argmax over channels";
+    let (n, c, h, w) = l.shape().dims4()?;
+    let (x0, x1) = range(l, WHAT)?;
+    if c == 0 {
+        candle_core::bail!("{WHAT}: no channels");
+    }
+    let u = |v: usize| u32::try_from(v).map_err(|_| candle_core::Error::Msg(format!("{WHAT}: {v} exceeds u32")));
+    let (c32, hw32) = (u(c)?, u(h * w)?);
+    let (cfg, pixels) = config(n * h * w, WHAT)?;
+    let dev = x.device().clone();
+    let func = dev.get_or_load_custom_func("argmax_channels", MODULE, ptx()?)?;
+    let xv = x.as_cuda_slice::<f32>()?.slice(x0..x1);
+    // SAFETY: the kernel writes every one of the `pixels` ids.
+    let mut ids = unsafe { dev.alloc::<u32>(n * h * w) }?;
+    let mut launch = func.builder();
+    launch.arg(&xv).arg(&mut ids).arg(&c32).arg(&hw32).arg(&pixels);
+    // SAFETY: x holds N·C·HW values, ids N·HW.
+    unsafe { launch.launch(cfg) }.map_err(candle_core::Error::wrap)?;
+    Ok(CudaStorage::wrap_cuda_slice(ids, dev))
+}
+
 /// `y = relu(y + b)` in place, for a contiguous bf16 `N×C×HW` result `y` (as a convolution gives
 /// it, offset 0) and a bias `b` of `C` bf16 values: one rounding, as PyTorch's bf16 bias add.
 pub fn bias_relu_bf16(
@@ -367,6 +406,7 @@ mod tests {
         let ptx = super::ptx().unwrap();
         for k in [
             "sgd_step",
+            "argmax_channels",
             "max_pool2_fwd",
             "max_pool2_bwd",
             "max_pool2_fwd_bf16",

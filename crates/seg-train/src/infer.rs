@@ -69,8 +69,7 @@ pub fn predict_train_ids(
     let feats = backbone.forward_taps(&x, false, &[])?;
     let logits = feats.logits()?.narrow(2, 0, sh as usize)?.narrow(3, 0, sw as usize)?;
     let logits = seg_nn::resize_bilinear(&logits, h as usize, w as usize)?;
-    let pred = logits
-        .argmax(1)?
+    let pred = seg_nn::argmax_channels(&logits)?
         .to_dtype(candle_core::DType::U8)?
         .to_device(&Device::Cpu)?;
     let n = images.len();

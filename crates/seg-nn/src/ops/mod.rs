@@ -7,6 +7,7 @@
 //! precision, [`crate::precision`]): on the CPU the kernels run in f32 on the widened values and
 //! the result is rounded back to bf16.
 
+pub mod argmax;
 pub mod conv;
 pub mod norm;
 pub mod pool;

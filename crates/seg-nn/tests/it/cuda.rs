@@ -245,3 +245,22 @@ fn bf16_autocast_on_cuda_matches_the_cpu_emulation() {
         );
     }
 }
+
+/// The NVRTC argmax over channels gives the CPU kernel's ids, ties included.
+#[test]
+fn argmax_channels_on_cuda_matches_the_cpu() {
+    let mut rng = seg_core::Rng::new(2);
+    let x: Vec<f32> = (0..2 * 19 * 33 * 65).map(|_| rng.below(5) as f32).collect();
+    let x = Tensor::from_vec(x, (2, 19, 33, 65), &Device::Cpu).unwrap();
+    let ids = |t: &Tensor| {
+        seg_nn::argmax_channels(t)
+            .unwrap()
+            .to_device(&Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<u32>()
+            .unwrap()
+    };
+    assert_eq!(ids(&x.to_device(&gpu()).unwrap()), ids(&x));
+}

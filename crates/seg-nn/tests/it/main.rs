@@ -809,3 +809,19 @@ fn bf16_weight_gradients_reach_the_variables_through_the_sink() {
         assert_eq!(max_diff(a, b), 0.0, "{name}");
     }
 }
+
+/// The per-pixel argmax op gives candle's `argmax(1)`: the same ids, ties to the first channel.
+#[test]
+fn argmax_channels_matches_candles_argmax() {
+    let mut rng = seg_core::Rng::new(8);
+    // Few distinct values, so ties are common.
+    let x: Vec<f32> = (0..3 * 7 * 9 * 11).map(|_| rng.below(4) as f32).collect();
+    let x = Tensor::from_vec(x, (3, 7, 9, 11), &cpu()).unwrap();
+    let ours = seg_nn::argmax_channels(&x).unwrap();
+    let theirs = x.argmax(1).unwrap();
+    assert_eq!(ours.dims(), theirs.dims());
+    assert_eq!(
+        ours.flatten_all().unwrap().to_vec1::<u32>().unwrap(),
+        theirs.flatten_all().unwrap().to_vec1::<u32>().unwrap()
+    );
+}
