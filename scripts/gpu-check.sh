@@ -7,7 +7,10 @@
 #   scripts/gpu-check.sh OUTDIR tests # ldd and the CUDA tests only
 #   scripts/gpu-check.sh OUTDIR profile # per-call host cost, phases of a VGG step, VGG benches
 #   scripts/gpu-check.sh OUTDIR precision # bf16 and real sizes against PyTorch (f32, autocast,
-#                                         # channels-last), FP32-only convolutions, inference
+#                                         # channels-last), with peak memory
+#   scripts/gpu-check.sh OUTDIR inference # inference (f32 and bf16) against PyTorch, and the
+#                                         # steps with FP32-only convolutions
+# (`precision` and `inference` each fit in under 600 s with every step at its time limit.)
 # Results: OUTDIR/summary.txt plus one log per step.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -84,17 +87,21 @@ vgg_round() {
 }
 # Mixed precision and real sizes against PyTorch on the same card: our VGG steps at 1x3x256x512,
 # 1x3x512x1024 and 4x3x512x1024 in f32 and bf16, PyTorch eager f32, bf16 autocast and bf16
-# autocast channels-last at the same sizes, both sides with FP32-only convolutions, inference.
+# autocast channels-last at the same sizes.
 precision_round() {
   local sizes="--size 1x256x512 --size 1x512x1024 --size 4x512x1024"
-  step bench-ours-sizes 420 $B/bench-train-step --bench --noplot --warm-up-time 1 --measurement-time 3 'train_step/vgg'
+  step bench-ours-sizes 200 $B/bench-train-step --bench --noplot --warm-up-time 1 --measurement-time 3 'train_step/vgg'
   grep -E "^train_step/|time:|^peak GPU memory" "$OUT/bench-ours-sizes.log" | tee -a "$S"
-  step bench-torch-f32 240 python3 benches/reference/train_step_torch.py --device cuda --iters 10 $sizes
+  step bench-torch-f32 110 python3 benches/reference/train_step_torch.py --device cuda --iters 10 $sizes
   cat "$OUT/bench-torch-f32.log" | tee -a "$S"
-  step bench-torch-bf16 240 python3 benches/reference/train_step_torch.py --device cuda --iters 10 --amp bf16 $sizes
+  step bench-torch-bf16 110 python3 benches/reference/train_step_torch.py --device cuda --iters 10 --amp bf16 $sizes
   cat "$OUT/bench-torch-bf16.log" | tee -a "$S"
-  step bench-torch-bf16-cl 240 python3 benches/reference/train_step_torch.py --device cuda --iters 10 --amp bf16 --channels-last $sizes
+  step bench-torch-bf16-cl 110 python3 benches/reference/train_step_torch.py --device cuda --iters 10 --amp bf16 --channels-last $sizes
   cat "$OUT/bench-torch-bf16-cl.log" | tee -a "$S"
+}
+# Full-resolution inference (forward + argmax at 1x3x1024x2048), ours and PyTorch's, in f32 and
+# under bf16 autocast.
+inference_round() {
   step infer-ours 90 $B/bench-train-step --bench --noplot --warm-up-time 1 --measurement-time 3 'infer/vgg'
   grep -E "^infer/|time:" "$OUT/infer-ours.log" | tee -a "$S"
   step infer-torch 90 python3 benches/reference/train_step_torch.py --device cuda --iters 10 --model vgg16-fcn8s --infer
@@ -102,10 +109,14 @@ precision_round() {
   step infer-torch-bf16 90 python3 benches/reference/train_step_torch.py --device cuda --iters 10 --model vgg16-fcn8s --infer --amp bf16
   cat "$OUT/infer-torch-bf16.log" | tee -a "$S"
 }
-if [ "${2:-}" = "precision" ]; then  # `scripts/gpu-check.sh OUT precision`: bf16, real sizes, inference
+if [ "${2:-}" = "precision" ]; then  # `scripts/gpu-check.sh OUT precision`: bf16 and real sizes
   step test-seg-nn 60 $B/test-seg-nn cuda --test-threads 1
   grep -E "^test |test result" "$OUT/test-seg-nn.log" | tee -a "$S"
   precision_round
+  exit 0
+fi
+if [ "${2:-}" = "inference" ]; then  # `scripts/gpu-check.sh OUT inference`: inference, FP32-only convolutions
+  inference_round
   SEG_CUDA_TF32=0 vgg_round -fp32 --no-tf32
   exit 0
 fi
