@@ -4,8 +4,8 @@
 //! transposed one as a naive loop; with the feature, only the forward uses cuDNN, and the
 //! binary then needs `libcudnn` to link and to start. Here `libcudnn.so.9` is opened with
 //! `dlopen` the first time a convolution runs on CUDA: the forward, the input gradient (also
-//! the transposed convolution's forward), the kernel gradient, the bias gradient and ReLU's
-//! gradient each become one cuDNN call. Where the library is missing (or `SEG_CUDNN=0`), the
+//! the transposed convolution's forward) and the kernel gradient each become one cuDNN call
+//! (the bias and ReLU around them are NVRTC kernels, [`crate::nvrtc`]). Where the library is missing (or `SEG_CUDNN=0`), the
 //! caller falls back to candle's tensor ops, so `--features cuda` still builds and runs without
 //! cuDNN.
 //!
@@ -20,14 +20,12 @@
 //! The convolution pieces take f32 or bf16 operands (mixed precision): bf16 tensors with f32
 //! accumulation (cuDNN's "pseudo-bf16" configuration), on tensor cores whatever the TF32
 //! setting. A geometry no plan and no legacy algorithm takes (bf16 on a GPU without bf16
-//! engines, say) is logged once and left to the caller's candle fallback. The fused bias and
-//! ReLU of [`forward_bias_relu`] run on cuDNN for f32 and as one NVRTC kernel for bf16.
+//! engines, say) is logged once and left to the caller's candle fallback.
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr};
 use candle_core::cuda_backend::{CudaDType, CudaDevice};
-use candle_core::op::BackpropOp;
-use candle_core::{CudaStorage, DType, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{CudaStorage, DType, Layout, Result};
 use seg_kernels::Geom;
 use std::cell::RefCell;
 use std::collections::hash_map::Entry;
@@ -46,8 +44,6 @@ const CROSS_CORRELATION: c_int = 1;
 const DEFAULT_MATH: c_int = 0;
 const TENSOR_OP_MATH: c_int = 1;
 const FMA_MATH: c_int = 3;
-const ACTIVATION_RELU: c_int = 1;
-const NOT_PROPAGATE_NAN: c_int = 0;
 /// The largest workspace an algorithm may ask for.
 const MAX_WORKSPACE: usize = 1 << 30;
 /// The scaling factors cuDNN takes by pointer (alpha = 1, beta = 0: overwrite the output).
@@ -88,8 +84,6 @@ struct Api {
     create_conv: unsafe extern "C" fn(*mut Ptr) -> Status,
     set_conv_2d: unsafe extern "C" fn(Ptr, c_int, c_int, c_int, c_int, c_int, c_int, c_int, c_int) -> Status,
     set_math: unsafe extern "C" fn(Ptr, c_int) -> Status,
-    create_activation: unsafe extern "C" fn(*mut Ptr) -> Status,
-    set_activation: unsafe extern "C" fn(Ptr, c_int, c_int, f64) -> Status,
     fwd_algo: GetAlgo,
     fwd_ws: WorkspaceSize,
     fwd: Run,
@@ -99,10 +93,6 @@ struct Api {
     bwd_filter_algo: GetAlgo,
     bwd_filter_ws: WorkspaceSize,
     bwd_filter: Run,
-    bwd_bias: unsafe extern "C" fn(Ptr, CPtr, Ptr, CPtr, CPtr, Ptr, Ptr) -> Status,
-    add_tensor: unsafe extern "C" fn(Ptr, CPtr, Ptr, CPtr, CPtr, Ptr, Ptr) -> Status,
-    act_fwd: unsafe extern "C" fn(Ptr, Ptr, CPtr, Ptr, CPtr, CPtr, Ptr, Ptr) -> Status,
-    act_bwd: unsafe extern "C" fn(Ptr, Ptr, CPtr, Ptr, CPtr, Ptr, CPtr, Ptr, CPtr, CPtr, Ptr, Ptr) -> Status,
     be_create: unsafe extern "C" fn(c_int, *mut Ptr) -> Status,
     be_destroy: unsafe extern "C" fn(Ptr) -> Status,
     be_set: unsafe extern "C" fn(Ptr, c_int, c_int, i64, CPtr) -> Status,
@@ -141,8 +131,6 @@ impl Api {
             create_conv: sym!("cudnnCreateConvolutionDescriptor"),
             set_conv_2d: sym!("cudnnSetConvolution2dDescriptor"),
             set_math: sym!("cudnnSetConvolutionMathType"),
-            create_activation: sym!("cudnnCreateActivationDescriptor"),
-            set_activation: sym!("cudnnSetActivationDescriptor"),
             fwd_algo: sym!("cudnnGetConvolutionForwardAlgorithm_v7"),
             fwd_ws: sym!("cudnnGetConvolutionForwardWorkspaceSize"),
             fwd: sym!("cudnnConvolutionForward"),
@@ -152,10 +140,6 @@ impl Api {
             bwd_filter_algo: sym!("cudnnGetConvolutionBackwardFilterAlgorithm_v7"),
             bwd_filter_ws: sym!("cudnnGetConvolutionBackwardFilterWorkspaceSize"),
             bwd_filter: sym!("cudnnConvolutionBackwardFilter"),
-            bwd_bias: sym!("cudnnConvolutionBackwardBias"),
-            add_tensor: sym!("cudnnAddTensor"),
-            act_fwd: sym!("cudnnActivationForward"),
-            act_bwd: sym!("cudnnActivationBackward"),
             be_create: sym!("cudnnBackendCreateDescriptor"),
             be_destroy: sym!("cudnnBackendDestroyDescriptor"),
             be_set: sym!("cudnnBackendSetAttribute"),
@@ -263,21 +247,12 @@ struct LegacyPlan {
     workspace: usize,
 }
 
-/// Descriptors of one `N×C×H×W` tensor shape, for the elementwise calls.
-#[derive(Clone, Copy)]
-struct Elementwise {
-    t: Ptr,
-    bias: Ptr,
-}
-
 #[derive(Default)]
 struct ThreadState {
     handles: HashMap<candle_core::cuda_backend::DeviceId, Ptr>,
     /// Per device (a graph plan belongs to its handle), geometry, piece, element type, TF32 and
     /// alignment.
     plans: HashMap<(candle_core::cuda_backend::DeviceId, Geom, Kind, c_int, bool, usize), Exec>,
-    shapes: HashMap<(usize, usize, usize, usize), Elementwise>,
-    relu: Option<Ptr>,
 }
 
 thread_local! {
@@ -408,14 +383,6 @@ fn view<'a, T: Elem>(
         candle_core::bail!("cuDNN: contiguous operands expected")
     };
     Ok(s.as_cuda_slice::<T>()?.slice(a..b))
-}
-
-/// A contiguous f32 view of a CUDA operand.
-fn f32_view<'a>(
-    s: &'a CudaStorage,
-    l: &Layout,
-) -> Result<candle_core::cuda_backend::cudarc::driver::CudaView<'a, f32>> {
-    view::<f32>(s, l)
 }
 
 /// Runs `f(api, handle, stream, state)` with this thread's handle for `dev`, bound to candle's
@@ -937,8 +904,8 @@ pub fn weight_grad(
 }
 
 /// `relu(conv(x, w) + b)`: the convolution, then the bias added and the ReLU applied in place
-/// (cuDNN for f32; for bf16 one NVRTC kernel, [`crate::nvrtc::bias_relu_bf16`]); `None` where
-/// cuDNN cannot run the convolution.
+/// by one NVRTC kernel ([`crate::nvrtc::bias_relu`]; f32 or bf16); `None` where cuDNN cannot
+/// run the convolution.
 pub fn forward_bias_relu(
     g: &Geom,
     (s1, l1): (&CudaStorage, &Layout),
@@ -948,109 +915,6 @@ pub fn forward_bias_relu(
     let Some(mut y) = forward(g, s1, l1, s2, l2)? else {
         return Ok(None);
     };
-    if candle_core::backend::BackendStorage::dtype(&y) == DType::BF16 {
-        crate::nvrtc::bias_relu_bf16(&mut y, (g.n, g.co, g.ho * g.wo), s3, l3)?;
-        return Ok(Some(y));
-    }
-    let dev = y.device().clone();
-    let b = f32_view(s3, l3)?;
-    with_handle(&dev, |api, handle, stream, st| {
-        let relu = relu_desc(api, st)?;
-        let e = elementwise(api, st, (g.n, g.co, g.ho, g.wo))?;
-        let out = y.as_cuda_slice_mut::<f32>()?;
-        let (pb, _rb) = b.device_ptr(stream);
-        let (py, _ry) = out.device_ptr_mut(stream);
-        let (one, zero) = (scale(&ONE), scale(&ZERO));
-        // SAFETY: y is N×Co×Ho×Wo and b has Co entries, as the descriptors say; the activation
-        // runs in place, which cuDNN allows.
-        unsafe {
-            api.check(
-                "add bias",
-                (api.add_tensor)(handle, one, e.bias, pb as CPtr, one, e.t, py as Ptr),
-            )?;
-            api.check(
-                "relu forward",
-                (api.act_fwd)(handle, relu, one, e.t, py as CPtr, zero, e.t, py as Ptr),
-            )
-        }
-    })?;
+    crate::nvrtc::bias_relu(&mut y, (g.n, g.co, g.ho * g.wo), s3, l3)?;
     Ok(Some(y))
-}
-
-/// The descriptors of an `N×C×H×W` tensor and its per-channel bias, made once per shape.
-fn elementwise(api: &Api, st: &mut ThreadState, shape: (usize, usize, usize, usize)) -> Result<Elementwise> {
-    let e = match st.shapes.entry(shape) {
-        Entry::Occupied(e) => e.into_mut(),
-        Entry::Vacant(e) => e.insert(Elementwise {
-            t: tensor_desc(api, shape, DATA_FLOAT)?,
-            bias: tensor_desc(api, (1, shape.1, 1, 1), DATA_FLOAT)?,
-        }),
-    };
-    Ok(*e)
-}
-
-fn relu_desc(api: &Api, st: &mut ThreadState) -> Result<Ptr> {
-    if let Some(d) = st.relu {
-        return Ok(d);
-    }
-    let mut d = std::ptr::null_mut();
-    // SAFETY: d is a valid out-pointer.
-    unsafe {
-        api.check("create activation descriptor", (api.create_activation)(&mut d))?;
-        api.check(
-            "set activation descriptor",
-            (api.set_activation)(d, ACTIVATION_RELU, NOT_PROPAGATE_NAN, 0.0),
-        )?;
-    }
-    st.relu = Some(d);
-    Ok(d)
-}
-
-fn wrap(s: CudaStorage, shape: impl Into<Shape>) -> Tensor {
-    Tensor::from_storage(Storage::Cuda(s), shape, BackpropOp::none(), false)
-}
-
-/// ReLU's gradient `g = dr · [r > 0]` and the bias gradient `Σ g` per channel, from the ReLU
-/// output `r` (`N×C×H×W`, CUDA, f32).
-pub fn relu_grad_and_bias_sum(dr: &Tensor, r: &Tensor) -> Result<(Tensor, Tensor)> {
-    let (n, c, h, w) = dr.dims4()?;
-    if r.dims4()? != (n, c, h, w) {
-        candle_core::bail!("relu-grad: gradient {:?} and output {:?} differ", dr.dims(), r.dims());
-    }
-    let (ds, dl) = dr.storage_and_layout();
-    let (rs, rl) = r.storage_and_layout();
-    let (Storage::Cuda(ds), Storage::Cuda(rs)) = (&*ds, &*rs) else {
-        candle_core::bail!("relu-grad: CUDA tensors expected")
-    };
-    let dev = ds.device().clone();
-    let (dv, rv) = (f32_view(ds, dl)?, f32_view(rs, rl)?);
-    let mut g = alloc::<f32>(&dev, n * c * h * w)?;
-    let mut db = alloc::<f32>(&dev, c)?;
-    with_handle(&dev, |api, handle, stream, st| {
-        let relu = relu_desc(api, st)?;
-        let e = elementwise(api, st, (n, c, h, w))?;
-        let (pd, _rd) = dv.device_ptr(stream);
-        let (pr, _rr) = rv.device_ptr(stream);
-        let (pg, _rg) = g.device_ptr_mut(stream);
-        let (pb, _rb) = db.device_ptr_mut(stream);
-        let (one, zero) = (scale(&ONE), scale(&ZERO));
-        // SAFETY: all four buffers match the descriptors' shapes; for ReLU the mask [x > 0]
-        // equals [r > 0], so r stands for both x and y.
-        unsafe {
-            api.check(
-                "relu backward",
-                (api.act_bwd)(
-                    handle, relu, one, e.t, pr as CPtr, e.t, pd as CPtr, e.t, pr as CPtr, zero, e.t, pg as Ptr,
-                ),
-            )?;
-            api.check(
-                "bias gradient",
-                (api.bwd_bias)(handle, one, e.t, pg as CPtr, zero, e.bias, pb as Ptr),
-            )
-        }
-    })?;
-    Ok((
-        wrap(CudaStorage::wrap_cuda_slice(g, dev.clone()), (n, c, h, w)),
-        wrap(CudaStorage::wrap_cuda_slice(db, dev), c),
-    ))
 }

@@ -2,9 +2,10 @@
 //! kernel per parameter (candle's ops would take eight passes and two fresh buffers), and the
 //! 2×2 max pool with its first-maximum gradient, one kernel each way (the reshape + max
 //! composite takes about ten, and sends the gradient to every tied maximum, unlike the CPU
-//! op). For bf16 mixed precision: the same pool on bf16 (exact: a maximum and a routed gradient
-//! need no rounding), the bias and ReLU after a bf16 convolution in place, and ReLU's gradient
-//! with the bias gradient summed in f32. bf16 values are handled as their bits (`unsigned
+//! op). The bias and ReLU after a convolution in place, and ReLU's gradient with the bias
+//! gradient, one pass each (cuDNN's calls took two). For bf16 mixed precision: the same pool on
+//! bf16 (exact: a maximum and a routed gradient need no rounding), and the bias kernels on bf16
+//! with f32 arithmetic. And the per-pixel argmax of a prediction. bf16 values are handled as their bits (`unsigned
 //! short`) with explicit conversions, so no CUDA header is needed. The source is compiled with
 //! NVRTC the first time it is needed, once per process.
 
@@ -121,19 +122,29 @@ extern "C" __global__ void max_pool2_bwd_bf16(const unsigned short* x, const uns
     }
 }
 
-// y = relu(y + b[channel]) in place on an N x C x HW bf16 tensor, one rounding.
-extern "C" __global__ void bias_relu_bf16(unsigned short* y, const unsigned short* b, unsigned int c, unsigned int hw, unsigned int n) {
+// The same element access for f32 and bf16 (widened to f32, narrowed with one rounding).
+__device__ __forceinline__ float ld(const float* p, unsigned long long i) { return p[i]; }
+__device__ __forceinline__ float ld(const unsigned short* p, unsigned long long i) { return bf_f(p[i]); }
+__device__ __forceinline__ void st(float* p, unsigned long long i, float v) { p[i] = v; }
+__device__ __forceinline__ void st(unsigned short* p, unsigned long long i, float v) { p[i] = f_bf(v); }
+
+// y = relu(y + b[channel]) in place on an N x C x HW tensor (for bf16: one rounding).
+template <typename T>
+__device__ void bias_relu(T* y, const T* b, unsigned int c, unsigned int hw, unsigned int n) {
     unsigned int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
-    float v = bf_f(y[i]) + bf_f(b[(i / hw) % c]);
-    y[i] = f_bf(v > 0.0f ? v : 0.0f);
+    float v = ld(y, i) + ld(b, (i / hw) % c);
+    st(y, i, v > 0.0f ? v : 0.0f);
 }
+extern "C" __global__ void bias_relu_f32(float* y, const float* b, unsigned int c, unsigned int hw, unsigned int n) { bias_relu(y, b, c, hw, n); }
+extern "C" __global__ void bias_relu_bf16(unsigned short* y, const unsigned short* b, unsigned int c, unsigned int hw, unsigned int n) { bias_relu(y, b, c, hw, n); }
 
-// g = dr * [r > 0] (exact) over N x C x HW, and db[channel] += the sum of g over a chunk of
-// CHUNK elements of that channel (f32, db zeroed by the caller). Grid: (chunks, C), 256 threads.
+// g = dr * [r > 0] (exact) over N x C x HW, and part[channel * chunks + chunk] = the f32 sum of
+// g over that chunk of CHUNK elements of the channel. Grid: (chunks, C), 256 threads.
 #define CHUNK 4096
-extern "C" __global__ void relu_grad_bias_sum_bf16(const unsigned short* dr, const unsigned short* r, unsigned short* g, float* db, unsigned int n, unsigned int c, unsigned int hw) {
-    __shared__ float part[256];
+template <typename T>
+__device__ void relu_grad_part(const T* dr, const T* r, T* g, float* part, unsigned int n, unsigned int c, unsigned int hw) {
+    __shared__ float sums[256];
     unsigned int ch = blockIdx.y;
     unsigned long long per = (unsigned long long)n * hw;
     unsigned long long k0 = (unsigned long long)blockIdx.x * CHUNK;
@@ -141,21 +152,32 @@ extern "C" __global__ void relu_grad_bias_sum_bf16(const unsigned short* dr, con
     for (unsigned long long k = k0 + threadIdx.x; k < k0 + CHUNK && k < per; k += blockDim.x) {
         unsigned long long img = k / hw, j = k % hw;
         unsigned long long at = (img * c + ch) * hw + j;
-        unsigned short v = bf_f(r[at]) > 0.0f ? dr[at] : (unsigned short)0;
-        g[at] = v;
-        acc += bf_f(v);
+        float v = ld(r, at) > 0.0f ? ld(dr, at) : 0.0f;
+        st(g, at, v);
+        acc += v;
     }
-    part[threadIdx.x] = acc;
+    sums[threadIdx.x] = acc;
     __syncthreads();
     for (unsigned int s = blockDim.x / 2; s > 0; s >>= 1) {
-        if (threadIdx.x < s) part[threadIdx.x] += part[threadIdx.x + s];
+        if (threadIdx.x < s) sums[threadIdx.x] += sums[threadIdx.x + s];
         __syncthreads();
     }
-    if (threadIdx.x == 0) atomicAdd(&db[ch], part[0]);
+    if (threadIdx.x == 0) part[(unsigned long long)ch * gridDim.x + blockIdx.x] = sums[0];
+}
+extern "C" __global__ void relu_grad_part_f32(const float* dr, const float* r, float* g, float* part, unsigned int n, unsigned int c, unsigned int hw) { relu_grad_part(dr, r, g, part, n, c, hw); }
+extern "C" __global__ void relu_grad_part_bf16(const unsigned short* dr, const unsigned short* r, unsigned short* g, float* part, unsigned int n, unsigned int c, unsigned int hw) { relu_grad_part(dr, r, g, part, n, c, hw); }
+
+// db[channel] = the sum of its chunks' partial sums, in chunk order (deterministic).
+extern "C" __global__ void sum_parts(const float* part, float* db, unsigned int chunks, unsigned int c) {
+    unsigned int ch = blockIdx.x * blockDim.x + threadIdx.x;
+    if (ch >= c) return;
+    float acc = 0.0f;
+    for (unsigned int k = 0; k < chunks; k++) acc += part[(unsigned long long)ch * chunks + k];
+    db[ch] = acc;
 }
 "#;
 
-/// Elements of one channel per block of `relu_grad_bias_sum_bf16` (`CHUNK` in the source).
+/// Elements of one channel per block of `relu_grad_part_*` (`CHUNK` in the source).
 const CHUNK: usize = 4096;
 
 fn ptx() -> Result<&'static str> {
@@ -314,30 +336,53 @@ pub fn argmax_channels(x: &CudaStorage, l: &Layout) -> Result<CudaStorage> {
     Ok(CudaStorage::wrap_cuda_slice(ids, dev))
 }
 
-/// `y = relu(y + b)` in place, for a contiguous bf16 `N×C×HW` result `y` (as a convolution gives
-/// it, offset 0) and a bias `b` of `C` bf16 values: one rounding, as PyTorch's bf16 bias add.
-pub fn bias_relu_bf16(
+/// An element type of the bias and ReLU kernels: f32, or bf16 (arithmetic in f32).
+trait Elem: CudaDType + DeviceRepr {
+    /// The kernels' name suffix.
+    const SUFFIX: &'static str;
+}
+
+impl Elem for f32 {
+    const SUFFIX: &'static str = "f32";
+}
+
+impl Elem for bf16 {
+    const SUFFIX: &'static str = "bf16";
+}
+
+/// `y = relu(y + b)` in place, for a contiguous `N×C×HW` result `y` (as a convolution gives it,
+/// offset 0) and a bias `b` of `C` values of the same type, f32 or bf16: one pass (cuDNN's bias
+/// add and activation took two), and for bf16 one rounding, as PyTorch's bf16 bias add.
+pub fn bias_relu(y: &mut CudaStorage, dims: (usize, usize, usize), b: &CudaStorage, lb: &Layout) -> Result<()> {
+    match (y.dtype(), b.dtype()) {
+        (DType::F32, DType::F32) => bias_relu_of::<f32>(y, dims, b, lb),
+        (DType::BF16, DType::BF16) => bias_relu_of::<bf16>(y, dims, b, lb),
+        (a, c) => candle_core::bail!("bias + relu on CUDA: output {a:?} and bias {c:?}"),
+    }
+}
+
+fn bias_relu_of<T: Elem>(
     y: &mut CudaStorage,
     (n, c, hw): (usize, usize, usize),
     b: &CudaStorage,
     lb: &Layout,
 ) -> Result<()> {
-    const WHAT: &str = "bias + relu (bf16)";
+    const WHAT: &str = "bias + relu";
     let (b0, b1) = range(lb, WHAT)?;
     if b1 - b0 != c {
         candle_core::bail!("{WHAT}: {} bias values for {c} channels", b1 - b0);
     }
     let total = n * c * hw;
-    if y.as_cuda_slice::<bf16>()?.len() < total {
+    if y.as_cuda_slice::<T>()?.len() < total {
         candle_core::bail!("{WHAT}: the output holds fewer than {total} values");
     }
     let (cfg, total) = config(total, WHAT)?;
     let u = |v: usize| u32::try_from(v).map_err(|_| candle_core::Error::Msg(format!("{WHAT}: {v} exceeds u32")));
     let (c32, hw32) = (u(c)?, u(hw)?);
     let dev = y.device().clone();
-    let func = dev.get_or_load_custom_func("bias_relu_bf16", MODULE, ptx()?)?;
-    let bv = b.as_cuda_slice::<bf16>()?.slice(b0..b1);
-    let yv = y.as_cuda_slice_mut::<bf16>()?;
+    let func = dev.get_or_load_custom_func(&format!("bias_relu_{}", T::SUFFIX), MODULE, ptx()?)?;
+    let bv = b.as_cuda_slice::<T>()?.slice(b0..b1);
+    let yv = y.as_cuda_slice_mut::<T>()?;
     let mut launch = func.builder();
     launch.arg(yv).arg(&bv).arg(&c32).arg(&hw32).arg(&total);
     // SAFETY: y holds at least `total` = N·C·HW values (checked), b holds C.
@@ -345,10 +390,21 @@ pub fn bias_relu_bf16(
     Ok(())
 }
 
-/// ReLU's gradient `g = dr · [r > 0]` and the bias gradient `Σ g` per channel (summed in f32,
-/// then rounded to bf16), from the ReLU output `r` (`N×C×H×W`, CUDA, bf16).
-pub fn relu_grad_and_bias_sum_bf16(dr: &Tensor, r: &Tensor) -> Result<(Tensor, Tensor)> {
-    const WHAT: &str = "relu-grad (bf16)";
+/// ReLU's gradient `g = dr · [r > 0]` and the bias gradient `Σ g` per channel, from the ReLU
+/// output `r` (`N×C×H×W`, CUDA, both f32 or both bf16): one pass over the tensors (cuDNN's
+/// activation backward and bias gradient took two), the sums accumulated in f32 in a fixed
+/// order (per chunk, then the chunks in order: the same bits every run), then given in `dr`'s
+/// type.
+pub fn relu_grad_and_bias_sum(dr: &Tensor, r: &Tensor) -> Result<(Tensor, Tensor)> {
+    match (dr.dtype(), r.dtype()) {
+        (DType::F32, DType::F32) => relu_grad_of::<f32>(dr, r),
+        (DType::BF16, DType::BF16) => relu_grad_of::<bf16>(dr, r),
+        (a, b) => candle_core::bail!("relu-grad on CUDA: gradient {a:?} and output {b:?}"),
+    }
+}
+
+fn relu_grad_of<T: Elem>(dr: &Tensor, r: &Tensor) -> Result<(Tensor, Tensor)> {
+    const WHAT: &str = "relu-grad";
     let (n, c, h, w) = dr.dims4()?;
     if r.dims4()? != (n, c, h, w) {
         candle_core::bail!("{WHAT}: gradient {:?} and output {:?} differ", dr.dims(), r.dims());
@@ -370,31 +426,41 @@ pub fn relu_grad_and_bias_sum_bf16(dr: &Tensor, r: &Tensor) -> Result<(Tensor, T
         shared_mem_bytes: 0,
     };
     let dev = ds.device().clone();
-    let func = dev.get_or_load_custom_func("relu_grad_bias_sum_bf16", MODULE, ptx()?)?;
+    let func = dev.get_or_load_custom_func(&format!("relu_grad_part_{}", T::SUFFIX), MODULE, ptx()?)?;
     let (dv, rv) = (
-        ds.as_cuda_slice::<bf16>()?.slice(d0..d1),
-        rs.as_cuda_slice::<bf16>()?.slice(r0..r1),
+        ds.as_cuda_slice::<T>()?.slice(d0..d1),
+        rs.as_cuda_slice::<T>()?.slice(r0..r1),
     );
-    // SAFETY: the kernel writes every element of g (each (image, channel, pixel) once).
-    let mut g = unsafe { dev.alloc::<bf16>(total) }?;
-    let mut db = dev.alloc_zeros::<f32>(c)?;
+    // SAFETY: the kernel writes every element of g (each (image, channel, pixel) once) and
+    // every partial sum (each (channel, chunk) block once).
+    let mut g = unsafe { dev.alloc::<T>(total) }?;
+    // SAFETY: as above.
+    let mut part = unsafe { dev.alloc::<f32>(c * chunks as usize) }?;
     let mut launch = func.builder();
     launch
         .arg(&dv)
         .arg(&rv)
         .arg(&mut g)
-        .arg(&mut db)
+        .arg(&mut part)
         .arg(&n32)
         .arg(&c32)
         .arg(&hw32);
-    // SAFETY: dr, r and g hold N·C·H·W values, db C; the grid covers every channel and chunk.
+    // SAFETY: dr, r and g hold N·C·H·W values, part C·chunks; the grid is (chunks, C).
     unsafe { launch.launch(cfg) }.map_err(candle_core::Error::wrap)?;
+    let (sum_cfg, _) = config(c, WHAT)?;
+    let sum = dev.get_or_load_custom_func("sum_parts", MODULE, ptx()?)?;
+    // SAFETY: one thread per channel writes its sum.
+    let mut db = unsafe { dev.alloc::<f32>(c) }?;
+    let mut launch = sum.builder();
+    launch.arg(&part).arg(&mut db).arg(&chunks).arg(&c32);
+    // SAFETY: part holds C·chunks values, db C.
+    unsafe { launch.launch(sum_cfg) }.map_err(candle_core::Error::wrap)?;
     let wrap = |s: CudaStorage, shape: candle_core::Shape| {
         Tensor::from_storage(Storage::Cuda(s), shape, BackpropOp::none(), false)
     };
     Ok((
         wrap(CudaStorage::wrap_cuda_slice(g, dev.clone()), (n, c, h, w).into()),
-        wrap(CudaStorage::wrap_cuda_slice(db, dev), c.into()).to_dtype(DType::BF16)?,
+        wrap(CudaStorage::wrap_cuda_slice(db, dev), c.into()).to_dtype(dr.dtype())?,
     ))
 }
 
@@ -411,8 +477,11 @@ mod tests {
             "max_pool2_bwd",
             "max_pool2_fwd_bf16",
             "max_pool2_bwd_bf16",
+            "bias_relu_f32",
             "bias_relu_bf16",
-            "relu_grad_bias_sum_bf16",
+            "relu_grad_part_f32",
+            "relu_grad_part_bf16",
+            "sum_parts",
         ] {
             assert!(ptx.contains(&format!(".entry {k}")), "{k} missing from the PTX");
         }

@@ -504,20 +504,13 @@ fn weight_grad(w: &Tensor, f: impl FnOnce() -> Result<Tensor>) -> Result<Option<
     }
 }
 
-/// ReLU's and the bias's gradients in one call on CUDA: cuDNN's for f32 (where it is loaded),
-/// an NVRTC kernel's for bf16 (the sum accumulated in f32).
+/// ReLU's and the bias's gradients in one NVRTC kernel on CUDA (f32 or bf16; the sum in f32).
 #[cfg(feature = "cuda")]
 fn cuda_relu_grad(dr: &Tensor, r: &Tensor) -> Result<Option<(Tensor, Tensor)>> {
-    if !dr.device().is_cuda() {
+    if !dr.device().is_cuda() || !matches!(dr.dtype(), DType::F32 | DType::BF16) {
         return Ok(None);
     }
-    match dr.dtype() {
-        candle_core::DType::F32 if seg_cuda::cudnn::available() => {
-            seg_cuda::cudnn::relu_grad_and_bias_sum(dr, &r.contiguous()?).map(Some)
-        }
-        candle_core::DType::BF16 => seg_cuda::nvrtc::relu_grad_and_bias_sum_bf16(dr, &r.contiguous()?).map(Some),
-        _ => Ok(None),
-    }
+    seg_cuda::nvrtc::relu_grad_and_bias_sum(dr, &r.contiguous()?).map(Some)
 }
 
 #[cfg(not(feature = "cuda"))]
