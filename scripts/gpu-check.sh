@@ -91,7 +91,7 @@ vgg_round() {
 precision_round() {
   local sizes="--size 1x256x512 --size 1x512x1024 --size 4x512x1024"
   step bench-ours-sizes 200 $B/bench-train-step --bench --noplot --warm-up-time 1 --measurement-time 3 'train_step/vgg'
-  grep -E "^train_step/|time:|^peak GPU memory" "$OUT/bench-ours-sizes.log" | tee -a "$S"
+  grep -E "^train_step/|time:|^peak GPU memory|^cuDNN geometries" "$OUT/bench-ours-sizes.log" | tee -a "$S"
   step bench-torch-f32 110 python3 benches/reference/train_step_torch.py --device cuda --iters 10 $sizes
   cat "$OUT/bench-torch-f32.log" | tee -a "$S"
   step bench-torch-bf16 110 python3 benches/reference/train_step_torch.py --device cuda --iters 10 --amp bf16 $sizes

@@ -132,6 +132,11 @@ fn bench(c: &mut Criterion) {
                             "peak GPU memory train_step/{name}: {:.0} MiB",
                             peak as f64 / (1u64 << 20) as f64
                         );
+                        // A convolution cuDNN could not plan runs on candle's far slower ops.
+                        println!(
+                            "cuDNN geometries left to candle so far: {}",
+                            seg_cuda::cudnn::left_to_candle()
+                        );
                     }
                 }
             }

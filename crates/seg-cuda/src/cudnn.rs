@@ -31,6 +31,7 @@ use std::cell::RefCell;
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_void};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 type Status = c_int;
@@ -191,6 +192,16 @@ pub fn set_tf32(allow: bool) {
 /// forbids, else yes).
 pub fn tf32() -> bool {
     crate::settings::cuda_tf32()
+}
+
+/// Geometries (with piece and type) that cuDNN could not run, left to candle's ops.
+static LEFT_TO_CANDLE: AtomicUsize = AtomicUsize::new(0);
+
+/// How many convolution geometries (each with its piece and element type) cuDNN has had no plan
+/// and no legacy algorithm for in this process, so that candle's slower ops run them; the
+/// benchmarks print it, since a fallback is otherwise only a log line.
+pub fn left_to_candle() -> usize {
+    LEFT_TO_CANDLE.load(Ordering::Relaxed)
 }
 
 /// Whether cuDNN runs the convolution pieces on operands of `dtype`: f32 or bf16, with cuDNN
@@ -502,6 +513,7 @@ fn conv_piece_of<T: Elem>(
                                 "cuDNN runs no {kind:?} convolution for {g:?} in {}: {err}; candle's ops run it",
                                 if T::CUDNN == DATA_BFLOAT16 { "bf16" } else { "f32" }
                             );
+                            LEFT_TO_CANDLE.fetch_add(1, Ordering::Relaxed);
                             Exec::Unsupported
                         }
                     },

@@ -19,6 +19,11 @@ pub mod cudnn {
         false
     }
 
+    /// Convolution geometries left to candle's ops (none: a build without CUDA runs none).
+    pub fn left_to_candle() -> usize {
+        0
+    }
+
     /// Records whether TF32 may be used (no effect in a build without CUDA).
     pub fn set_tf32(allow: bool) {
         crate::settings::set_cuda_tf32(allow);
