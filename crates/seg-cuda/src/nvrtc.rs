@@ -34,20 +34,39 @@ extern "C" __global__ void sgd_step(float* p, float* buf, const float* g, float 
     p[i] = __fsub_rn(pi, __fmul_rn(b, lr));
 }
 
+// bf16 as its bits: widening is exact; narrowing rounds to nearest even (NaN stays NaN).
+__device__ __forceinline__ float bf_f(unsigned short h) { return __uint_as_float(((unsigned int)h) << 16); }
+__device__ __forceinline__ unsigned short f_bf(float f) {
+    unsigned int u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (unsigned short)(u >> 16);
+}
+
+// The same element access for f32 and bf16 (widened to f32, narrowed with one rounding).
+__device__ __forceinline__ float ld(const float* p, unsigned long long i) { return p[i]; }
+__device__ __forceinline__ float ld(const unsigned short* p, unsigned long long i) { return bf_f(p[i]); }
+__device__ __forceinline__ void st(float* p, unsigned long long i, float v) { p[i] = v; }
+__device__ __forceinline__ void st(unsigned short* p, unsigned long long i, float v) { p[i] = f_bf(v); }
+
 // One thread per output: x is planes x h x w, y planes x (h/2) x (w/2).
-extern "C" __global__ void max_pool2_fwd(const float* x, float* y, unsigned int planes, unsigned int h, unsigned int w) {
+template <typename T>
+__device__ void max_pool2_fwd(const T* x, T* y, unsigned int planes, unsigned int h, unsigned int w) {
     unsigned int ho = h / 2, wo = w / 2;
     unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (unsigned long long)planes * ho * wo) return;
     unsigned int ox = i % wo, oy = (i / wo) % ho;
     unsigned long long p = i / ((unsigned long long)wo * ho);
-    const float* b = x + p * h * w + 2ull * oy * w + 2ull * ox;
-    y[i] = fmaxf(fmaxf(fmaxf(b[0], b[1]), b[w]), b[w + 1]);
+    const T* b = x + p * h * w + 2ull * oy * w + 2ull * ox;
+    st(y, i, fmaxf(fmaxf(fmaxf(ld(b, 0), ld(b, 1)), ld(b, w)), ld(b, w + 1)));
 }
+extern "C" __global__ void max_pool2_fwd_f32(const float* x, float* y, unsigned int planes, unsigned int h, unsigned int w) { max_pool2_fwd(x, y, planes, h, w); }
+extern "C" __global__ void max_pool2_fwd_bf16(const unsigned short* x, unsigned short* y, unsigned int planes, unsigned int h, unsigned int w) { max_pool2_fwd(x, y, planes, h, w); }
 
 // One thread per window: the window's gradient goes to its first maximum (row-major order,
 // later ties lose), the other three get zero.
-extern "C" __global__ void max_pool2_bwd(const float* x, const float* g, float* dx, unsigned int planes, unsigned int h, unsigned int w) {
+template <typename T>
+__device__ void max_pool2_bwd(const T* x, const T* g, T* dx, unsigned int planes, unsigned int h, unsigned int w) {
     unsigned int ho = h / 2, wo = w / 2;
     unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (unsigned long long)planes * ho * wo) return;
@@ -60,12 +79,14 @@ extern "C" __global__ void max_pool2_bwd(const float* x, const float* g, float* 
     o[3] = o[2] + 1;
     int best = 0;
     for (int k = 1; k < 4; k++) {
-        if (x[o[k]] > x[o[best]]) best = k;
+        if (ld(x, o[k]) > ld(x, o[best])) best = k;
     }
     for (int k = 0; k < 4; k++) {
-        dx[o[k]] = k == best ? g[i] : 0.0f;
+        dx[o[k]] = k == best ? g[i] : (T)0;
     }
 }
+extern "C" __global__ void max_pool2_bwd_f32(const float* x, const float* g, float* dx, unsigned int planes, unsigned int h, unsigned int w) { max_pool2_bwd(x, g, dx, planes, h, w); }
+extern "C" __global__ void max_pool2_bwd_bf16(const unsigned short* x, const unsigned short* g, unsigned short* dx, unsigned int planes, unsigned int h, unsigned int w) { max_pool2_bwd(x, g, dx, planes, h, w); }
 
 // The class id of every pixel: the first maximum over the c channels of an n x c x hw tensor,
 // one thread per pixel (neighbouring threads read neighbouring pixels of one channel).
@@ -81,52 +102,6 @@ extern "C" __global__ void argmax_channels(const float* x, unsigned int* ids, un
     }
     ids[i] = id;
 }
-
-// bf16 as its bits: widening is exact; narrowing rounds to nearest even (NaN stays NaN).
-__device__ __forceinline__ float bf_f(unsigned short h) { return __uint_as_float(((unsigned int)h) << 16); }
-__device__ __forceinline__ unsigned short f_bf(float f) {
-    unsigned int u = __float_as_uint(f);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40u);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (unsigned short)(u >> 16);
-}
-
-// The two pool kernels above on bf16 (the same comparisons, on the widened values).
-extern "C" __global__ void max_pool2_fwd_bf16(const unsigned short* x, unsigned short* y, unsigned int planes, unsigned int h, unsigned int w) {
-    unsigned int ho = h / 2, wo = w / 2;
-    unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (unsigned long long)planes * ho * wo) return;
-    unsigned int ox = i % wo, oy = (i / wo) % ho;
-    unsigned long long p = i / ((unsigned long long)wo * ho);
-    const unsigned short* b = x + p * h * w + 2ull * oy * w + 2ull * ox;
-    y[i] = f_bf(fmaxf(fmaxf(fmaxf(bf_f(b[0]), bf_f(b[1])), bf_f(b[w])), bf_f(b[w + 1])));
-}
-
-extern "C" __global__ void max_pool2_bwd_bf16(const unsigned short* x, const unsigned short* g, unsigned short* dx, unsigned int planes, unsigned int h, unsigned int w) {
-    unsigned int ho = h / 2, wo = w / 2;
-    unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (unsigned long long)planes * ho * wo) return;
-    unsigned int ox = i % wo, oy = (i / wo) % ho;
-    unsigned long long p = i / ((unsigned long long)wo * ho);
-    unsigned long long o[4];
-    o[0] = p * h * w + 2ull * oy * w + 2ull * ox;
-    o[1] = o[0] + 1;
-    o[2] = o[0] + w;
-    o[3] = o[2] + 1;
-    int best = 0;
-    for (int k = 1; k < 4; k++) {
-        if (bf_f(x[o[k]]) > bf_f(x[o[best]])) best = k;
-    }
-    for (int k = 0; k < 4; k++) {
-        dx[o[k]] = k == best ? g[i] : (unsigned short)0;
-    }
-}
-
-// The same element access for f32 and bf16 (widened to f32, narrowed with one rounding).
-__device__ __forceinline__ float ld(const float* p, unsigned long long i) { return p[i]; }
-__device__ __forceinline__ float ld(const unsigned short* p, unsigned long long i) { return bf_f(p[i]); }
-__device__ __forceinline__ void st(float* p, unsigned long long i, float v) { p[i] = v; }
-__device__ __forceinline__ void st(unsigned short* p, unsigned long long i, float v) { p[i] = f_bf(v); }
 
 // y = relu(y + b[channel]) in place on an N x C x HW tensor (for bf16: one rounding).
 template <typename T>
@@ -247,23 +222,37 @@ fn pool_dims(l: &Layout, what: &str) -> Result<(u32, u32, u32)> {
     Ok((u(n * c)?, u(h)?, u(w)?))
 }
 
+/// An element type of the pool, bias and ReLU kernels: f32, or bf16 (arithmetic in f32).
+trait Elem: CudaDType + DeviceRepr {
+    /// The kernels' name suffix.
+    const SUFFIX: &'static str;
+}
+
+impl Elem for f32 {
+    const SUFFIX: &'static str = "f32";
+}
+
+impl Elem for bf16 {
+    const SUFFIX: &'static str = "bf16";
+}
+
 /// 2×2 max pool, stride 2, of a contiguous `N×C×H×W` f32 or bf16 tensor.
 pub fn max_pool2(x: &CudaStorage, l: &Layout) -> Result<CudaStorage> {
     match x.dtype() {
-        DType::F32 => max_pool2_of::<f32>(x, l, "max_pool2_fwd"),
-        DType::BF16 => max_pool2_of::<bf16>(x, l, "max_pool2_fwd_bf16"),
+        DType::F32 => max_pool2_of::<f32>(x, l),
+        DType::BF16 => max_pool2_of::<bf16>(x, l),
         other => candle_core::bail!("max_pool2x2 on CUDA: f32 or bf16 expected, got {other:?}"),
     }
 }
 
-fn max_pool2_of<T: CudaDType + DeviceRepr>(x: &CudaStorage, l: &Layout, kernel: &str) -> Result<CudaStorage> {
+fn max_pool2_of<T: Elem>(x: &CudaStorage, l: &Layout) -> Result<CudaStorage> {
     const WHAT: &str = "max_pool2x2";
     let (planes, h, w) = pool_dims(l, WHAT)?;
     let (x0, x1) = range(l, WHAT)?;
     let n = planes as usize * (h / 2) as usize * (w / 2) as usize;
     let (cfg, _) = config(n, WHAT)?;
     let dev = x.device().clone();
-    let func = dev.get_or_load_custom_func(kernel, MODULE, ptx()?)?;
+    let func = dev.get_or_load_custom_func(&format!("max_pool2_fwd_{}", T::SUFFIX), MODULE, ptx()?)?;
     let xv = x.as_cuda_slice::<T>()?.slice(x0..x1);
     // SAFETY: the kernel writes every one of the `n` outputs.
     let mut y = unsafe { dev.alloc::<T>(n) }?;
@@ -278,16 +267,15 @@ fn max_pool2_of<T: CudaDType + DeviceRepr>(x: &CudaStorage, l: &Layout, kernel: 
 /// bf16).
 pub fn max_pool2_bwd(x: &CudaStorage, lx: &Layout, g: &CudaStorage, lg: &Layout) -> Result<CudaStorage> {
     match (x.dtype(), g.dtype()) {
-        (DType::F32, DType::F32) => max_pool2_bwd_of::<f32>((x, lx), (g, lg), "max_pool2_bwd"),
-        (DType::BF16, DType::BF16) => max_pool2_bwd_of::<bf16>((x, lx), (g, lg), "max_pool2_bwd_bf16"),
+        (DType::F32, DType::F32) => max_pool2_bwd_of::<f32>((x, lx), (g, lg)),
+        (DType::BF16, DType::BF16) => max_pool2_bwd_of::<bf16>((x, lx), (g, lg)),
         (a, b) => candle_core::bail!("max_pool2x2 backward on CUDA: input {a:?} and gradient {b:?}"),
     }
 }
 
-fn max_pool2_bwd_of<T: CudaDType + DeviceRepr>(
+fn max_pool2_bwd_of<T: Elem>(
     (x, lx): (&CudaStorage, &Layout),
     (g, lg): (&CudaStorage, &Layout),
-    kernel: &str,
 ) -> Result<CudaStorage> {
     const WHAT: &str = "max_pool2x2 backward";
     let (planes, h, w) = pool_dims(lx, WHAT)?;
@@ -298,7 +286,7 @@ fn max_pool2_bwd_of<T: CudaDType + DeviceRepr>(
     }
     let (cfg, _) = config(windows, WHAT)?;
     let dev = x.device().clone();
-    let func = dev.get_or_load_custom_func(kernel, MODULE, ptx()?)?;
+    let func = dev.get_or_load_custom_func(&format!("max_pool2_bwd_{}", T::SUFFIX), MODULE, ptx()?)?;
     let (xv, gv) = (
         x.as_cuda_slice::<T>()?.slice(x0..x1),
         g.as_cuda_slice::<T>()?.slice(g0..g1),
@@ -334,20 +322,6 @@ pub fn argmax_channels(x: &CudaStorage, l: &Layout) -> Result<CudaStorage> {
     // SAFETY: x holds N·C·HW values, ids N·HW.
     unsafe { launch.launch(cfg) }.map_err(candle_core::Error::wrap)?;
     Ok(CudaStorage::wrap_cuda_slice(ids, dev))
-}
-
-/// An element type of the bias and ReLU kernels: f32, or bf16 (arithmetic in f32).
-trait Elem: CudaDType + DeviceRepr {
-    /// The kernels' name suffix.
-    const SUFFIX: &'static str;
-}
-
-impl Elem for f32 {
-    const SUFFIX: &'static str = "f32";
-}
-
-impl Elem for bf16 {
-    const SUFFIX: &'static str = "bf16";
 }
 
 /// `y = relu(y + b)` in place, for a contiguous `N×C×HW` result `y` (as a convolution gives it,
@@ -473,8 +447,8 @@ mod tests {
         for k in [
             "sgd_step",
             "argmax_channels",
-            "max_pool2_fwd",
-            "max_pool2_bwd",
+            "max_pool2_fwd_f32",
+            "max_pool2_bwd_f32",
             "max_pool2_fwd_bf16",
             "max_pool2_bwd_bf16",
             "bias_relu_f32",

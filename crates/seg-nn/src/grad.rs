@@ -47,9 +47,14 @@ pub fn no_grad() -> NoGrad {
     }
 }
 
+/// Whether a [`no_grad`] scope is open on this thread.
+pub(crate) fn disabled() -> bool {
+    NO_GRAD.with(Cell::get) > 0
+}
+
 /// `t` as a layer uses it now: detached inside a [`no_grad`] scope, itself otherwise.
 pub(crate) fn param(t: &Tensor) -> Tensor {
-    if NO_GRAD.with(Cell::get) > 0 {
+    if disabled() {
         t.detach()
     } else {
         t.clone()

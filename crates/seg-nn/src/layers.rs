@@ -90,7 +90,7 @@ impl Conv2d {
     /// mode (so nothing is lowered twice) and its result, bf16 under autocast, is returned.
     fn in_use(&self, x: &Tensor, f: impl FnOnce(&Self, &Tensor) -> Result<Tensor>) -> Result<Option<Tensor>> {
         let low = crate::precision::lowers(x);
-        let frozen = crate::grad::param(&self.weight).id() != self.weight.id();
+        let frozen = crate::grad::disabled() && self.weight.track_op();
         if !low && !frozen {
             return Ok(None);
         }
@@ -153,8 +153,8 @@ pub fn max_pool2x2(x: &Tensor) -> Result<Tensor> {
     if h % 2 != 0 || w % 2 != 0 {
         candle_core::bail!("max_pool2x2 needs even height and width, got {h}x{w}");
     }
-    let low = matches!(x.dtype(), DType::F32 | DType::BF16);
-    let on_cuda = cfg!(feature = "cuda") && x.device().is_cuda() && low;
+    let float = matches!(x.dtype(), DType::F32 | DType::BF16);
+    let on_cuda = cfg!(feature = "cuda") && x.device().is_cuda() && float;
     if crate::ops::applies_low(x) || on_cuda {
         return crate::ops::pool::max_pool2(x);
     }

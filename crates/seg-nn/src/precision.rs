@@ -1,10 +1,9 @@
 //! Mixed precision, as PyTorch's `torch.autocast(dtype=torch.bfloat16)` does it: inside an
 //! [`autocast`] scope the convolutions (and transposed convolutions) of [`crate::layers`] take
 //! bfloat16 operands (f32 inputs are cast; the f32 weights and biases are cast inside the op)
-//! and give a bfloat16 result, and
-//! the activations stay bf16 through what follows inside the network: ReLU, the max pool,
-//! skip additions and crops keep their input's type, and batch norm and bilinear resize compute
-//! in f32 and hand back bf16. A network's outputs leave the region through [`to_f32`] (the
+//! and give a bfloat16 result, and the activations stay bf16 through what follows inside the
+//! network: ReLU, the max pool, skip additions and crops keep their input's type, and batch
+//! norm and bilinear resize compute in f32 and hand back bf16. A network's outputs leave the region through [`to_f32`] (the
 //! backbones' feature maps and logits, the heads' outputs), so losses, reductions and everything
 //! the methods compute stay f32, as do the weights, optimiser state and batch-norm statistics
 //! (the "master weights"). Outside a scope, or with [`Precision::F32`], nothing changes.
