@@ -1,17 +1,24 @@
 #!/usr/bin/env bash
 # Every GPU check in one run, for a machine with an NVIDIA GPU, PyTorch with CUDA and no
 # registry. Build here first (needs the CUDA toolchain, see ../shared/docs/cuda.md):
-#   scripts/gpu-check.sh --build      # writes gpu/ : xz-compressed CUDA binaries
+#   scripts/gpu-check.sh --build      # writes gpu/ (ignored by git): xz-compressed CUDA binaries
 # then, on the GPU machine, in the repository root with gpu/ beside it:
-#   scripts/gpu-check.sh OUTDIR       # ldd, CUDA tests, benchmarks vs PyTorch, demo
+#   scripts/gpu-check.sh OUTDIR       # everything below, most needed first, within the budget
 #   scripts/gpu-check.sh OUTDIR tests # ldd and the CUDA tests only
-#   scripts/gpu-check.sh OUTDIR profile # per-call host cost, phases of a VGG step, VGG benches
 #   scripts/gpu-check.sh OUTDIR precision # bf16 and real sizes against PyTorch (f32, autocast,
 #                                         # channels-last), with peak memory
 #   scripts/gpu-check.sh OUTDIR inference # inference (f32 and bf16) against PyTorch, and the
 #                                         # steps with FP32-only convolutions
-# (`precision` and `inference` each fit in under 600 s with every step at its time limit.)
-# Results: OUTDIR/summary.txt plus one log per step.
+#   scripts/gpu-check.sh OUTDIR presets # the GTA5 -> Cityscapes presets' time per step
+#   scripts/gpu-check.sh OUTDIR demo    # demo --quick and the whole demo on the GPU
+#   scripts/gpu-check.sh OUTDIR profile # per-call host cost, phases of a VGG step, VGG benches
+# The whole run stops itself after SEG_GPU_BUDGET seconds (default 560): a step starts only
+# with at least 20 s left and gets at most what is left, so the run ends inside one 600 s call
+# of a lent machine, with what it measured so far written. In the default order: the CUDA tests,
+# bf16 and real sizes, inference, FP32-only convolutions, the presets, the demos, then the
+# checks without cuDNN, the host profile and a second round of the VGG steps.
+# Results: OUTDIR/summary.txt (the lines that matter) and OUTDIR/logs.txt (every step's whole
+# output, one after another): two files, whatever the number of steps.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,19 +42,26 @@ for l in open(sys.argv[4]):
   BIN=$(pick seg-adapt seg-adapt bin); STEP=$(pick vgg_step seg-fcn bin)
   OVER=$(pick cuda_overhead seg-nn bin)
   rm -rf gpu && mkdir gpu
+  echo "$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . ':!gpu' || echo +changes)" > gpu/commit
   for pair in "$BIN:seg-adapt" "$NN:test-seg-nn" "$AD:test-seg-adapt" "$BE:bench-train-step" "$STEP:vgg-step" "$OVER:cuda-overhead"; do
     src=${pair%%:*}; dst=${pair##*:}
     strip -o "gpu/$dst" "$src" && xz -6 -T2 "gpu/$dst"
   done
   ls -la gpu
+  du -sh gpu
   exit 0
 fi
 
-OUT=${1:?usage: scripts/gpu-check.sh OUTDIR | --build}
+OUT=${1:?usage: scripts/gpu-check.sh OUTDIR [tests|precision|inference|presets|demo|profile] | --build}
+MODE=${2:-all}
 mkdir -p "$OUT"
 S="$OUT/summary.txt"
+LOGS="$OUT/logs.txt"
+L=$(mktemp -d)  # one log per step, appended to $LOGS as each step ends
+START=$(date +%s)
+BUDGET=${SEG_GPU_BUDGET:-560}
 say() { echo "$*" | tee -a "$S"; }
-say "date: $(date -u +%FT%TZ)"
+say "date: $(date -u +%FT%TZ), mode: $MODE, budget: $BUDGET s, binaries of commit $(cat gpu/commit 2>/dev/null || echo unknown)"
 say "gpu: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1)"
 say "torch: $(python3 -c 'import torch;print(torch.__version__, torch.version.cuda)' 2>&1)"
 B=/tmp/seg-gpu && mkdir -p $B
@@ -56,34 +70,60 @@ NV=$(python3 -c 'import nvidia,os;print(os.path.dirname(nvidia.__path__[0]))' 2>
 # cuDNN is opened at run time (seg_cuda::cudnn), from the same Python environment as PyTorch's.
 export LD_LIBRARY_PATH="$NV/cu13/lib:$NV/cublas/lib:$NV/cuda_runtime/lib:$NV/curand/lib:$NV/cudnn/lib:${LD_LIBRARY_PATH:-}"
 say "cudnn: $(ls $NV/cudnn/lib/libcudnn.so.* $NV/cu13/lib/libcudnn.so.* 2>/dev/null | tr '\n' ' ')"
-ldd $B/seg-adapt > "$OUT/ldd.txt" 2>&1
-if grep -q "not found" "$OUT/ldd.txt"; then say "ldd: MISSING $(grep 'not found' "$OUT/ldd.txt" | tr '\n' ' ')"; else say "ldd: all libraries found"; fi
+ldd $B/seg-adapt > "$L/ldd.log" 2>&1
+if grep -q "not found" "$L/ldd.log"; then say "ldd: MISSING $(grep 'not found' "$L/ldd.log" | tr '\n' ' ')"; else say "ldd: all libraries found"; fi
 export SEG_ADAPT_BIN=$B/seg-adapt
+export PYTHONUNBUFFERED=1
 
-step() { # name timeout command...
-  local name=$1 t=$2; shift 2
+# step NAME LIMIT COMMAND...: runs COMMAND with its output in $L/NAME.log, for at most LIMIT
+# seconds and at most what is left of the budget (skipped with under 20 s left); rc 124: timed
+# out, rc 125: skipped.
+step() {
+  local name=$1 limit=$2; shift 2
+  local left=$((START + BUDGET - $(date +%s) - 5))
+  if [ "$left" -lt 20 ]; then
+    say "$name: skipped ($left s of the budget left)"
+    : > "$L/$name.log"
+    return 125
+  fi
+  [ "$left" -lt "$limit" ] && limit=$left
   local t0=$(date +%s.%N)
-  timeout "$t" "$@" > "$OUT/$name.log" 2>&1
+  timeout "$limit" "$@" > "$L/$name.log" 2>&1
   local rc=$?
-  say "$name: rc=$rc ($(python3 -c "print(round($(date +%s.%N)-$t0,1))") s)"
+  say "$name: rc=$rc ($(python3 -c "print(round($(date +%s.%N)-$t0,1))") s, limit $limit s)"
+  { echo "===== $name (rc=$rc) ====="; cat "$L/$name.log"; } >> "$LOGS"
   return $rc
 }
+log() { cat "$L/$1.log"; }
+
 export SEG_BENCH_DEVICE=cuda  # the benches and vgg-step run on the GPU
+tests() {
+  step test-seg-nn 90 $B/test-seg-nn cuda --test-threads 1
+  log test-seg-nn | grep -E "^test |test result|panicked|left:|right:" | tee -a "$S"
+  step test-seg-adapt 120 $B/test-seg-adapt cuda --test-threads 1
+  log test-seg-adapt | grep -E "^test |test result|panicked" | tee -a "$S"
+}
+# The fallback without cuDNN (candle's im2col + cuBLAS) on the same cases.
+tests_without_cudnn() {
+  SEG_CUDNN=0 step test-seg-nn-no-cudnn 60 $B/test-seg-nn cuda --test-threads 1
+  log test-seg-nn-no-cudnn | grep -E "test result|panicked" | tee -a "$S"
+}
 # The host's cost per call of a step's pieces, and where a VGG step's time goes (synchronised
 # after each phase).
 profile() {
-  step cuda-overhead 60 $B/cuda-overhead; cat "$OUT/cuda-overhead.log" | tee -a "$S"
+  step cuda-overhead 60 $B/cuda-overhead; log cuda-overhead | tee -a "$S"
   for m in full reduced; do
-    step vgg-phases-$m 60 $B/vgg-step $m 6; cat "$OUT/vgg-phases-$m.log" | tee -a "$S"
+    step vgg-phases-$m 60 $B/vgg-step $m 6; log vgg-phases-$m | tee -a "$S"
   done
 }
-# One round of the VGG steps, ours then PyTorch's: vgg_round SUFFIX [reference-script flags].
+# One round of the VGG steps at 1x3x256x512, ours then PyTorch's: vgg_round SUFFIX [reference
+# flags].
 vgg_round() {
   local sfx=$1; shift
   step bench-ours$sfx 90 $B/bench-train-step --bench --noplot --warm-up-time 1 --measurement-time 3 'train_step/vgg[^/]*/1x3x256x512'
-  grep -E "^train_step/|time:" "$OUT/bench-ours$sfx.log" | tee -a "$S"
+  log bench-ours$sfx | grep -E "^train_step/|time:" | tee -a "$S"
   step bench-torch$sfx 60 python3 benches/reference/train_step_torch.py --device cuda --iters 20 "$@"
-  cat "$OUT/bench-torch$sfx.log" | tee -a "$S"
+  log bench-torch$sfx | tee -a "$S"
 }
 # Mixed precision and real sizes against PyTorch on the same card: our VGG steps at 1x3x256x512,
 # 1x3x512x1024 and 4x3x512x1024 in f32 and bf16, PyTorch eager f32, bf16 autocast and bf16
@@ -91,57 +131,58 @@ vgg_round() {
 precision_round() {
   local sizes="--size 1x256x512 --size 1x512x1024 --size 4x512x1024"
   step bench-ours-sizes 200 $B/bench-train-step --bench --noplot --warm-up-time 1 --measurement-time 3 'train_step/vgg'
-  grep -E "^train_step/|time:|^peak GPU memory|^cuDNN geometries" "$OUT/bench-ours-sizes.log" | tee -a "$S"
+  log bench-ours-sizes | grep -E "^train_step/|time:|^peak GPU memory|^cuDNN geometries" | tee -a "$S"
   step bench-torch-f32 110 python3 benches/reference/train_step_torch.py --device cuda --iters 10 $sizes
-  cat "$OUT/bench-torch-f32.log" | tee -a "$S"
+  log bench-torch-f32 | tee -a "$S"
   step bench-torch-bf16 110 python3 benches/reference/train_step_torch.py --device cuda --iters 10 --amp bf16 $sizes
-  cat "$OUT/bench-torch-bf16.log" | tee -a "$S"
+  log bench-torch-bf16 | tee -a "$S"
   step bench-torch-bf16-cl 110 python3 benches/reference/train_step_torch.py --device cuda --iters 10 --amp bf16 --channels-last $sizes
-  cat "$OUT/bench-torch-bf16-cl.log" | tee -a "$S"
+  log bench-torch-bf16-cl | tee -a "$S"
 }
 # Full-resolution inference (forward + argmax at 1x3x1024x2048), ours and PyTorch's, in f32 and
 # under bf16 autocast.
 inference_round() {
   step infer-ours 90 $B/bench-train-step --bench --noplot --warm-up-time 1 --measurement-time 3 'infer/vgg'
-  grep -E "^infer/|time:" "$OUT/infer-ours.log" | tee -a "$S"
+  log infer-ours | grep -E "^infer/|time:" | tee -a "$S"
   step infer-torch 90 python3 benches/reference/train_step_torch.py --device cuda --iters 10 --model vgg16-fcn8s --infer
-  cat "$OUT/infer-torch.log" | tee -a "$S"
+  log infer-torch | tee -a "$S"
   step infer-torch-bf16 90 python3 benches/reference/train_step_torch.py --device cuda --iters 10 --model vgg16-fcn8s --infer --amp bf16
-  cat "$OUT/infer-torch-bf16.log" | tee -a "$S"
+  log infer-torch-bf16 | tee -a "$S"
 }
-if [ "${2:-}" = "precision" ]; then  # `scripts/gpu-check.sh OUT precision`: bf16 and real sizes
-  step test-seg-nn 60 $B/test-seg-nn cuda --test-threads 1
-  grep -E "^test |test result" "$OUT/test-seg-nn.log" | tee -a "$S"
-  precision_round
-  exit 0
-fi
-if [ "${2:-}" = "inference" ]; then  # `scripts/gpu-check.sh OUT inference`: inference, FP32-only convolutions
-  inference_round
-  SEG_CUDA_TF32=0 vgg_round -fp32 --no-tf32
-  exit 0
-fi
-if [ "${2:-}" = "profile" ]; then  # `scripts/gpu-check.sh OUT profile`: where a VGG step's time goes
-  profile
-  vgg_round ""
-  exit 0
-fi
-step test-seg-nn 60 $B/test-seg-nn cuda --test-threads 1
-grep -E "^test |test result" "$OUT/test-seg-nn.log" | tee -a "$S"
-step test-seg-adapt 120 $B/test-seg-adapt cuda --test-threads 1
-grep -E "^test |test result" "$OUT/test-seg-adapt.log" | tee -a "$S"
-# The fallback without cuDNN (candle's im2col + cuBLAS) on the same cases.
-SEG_CUDNN=0 step test-seg-nn-no-cudnn 60 $B/test-seg-nn cuda --test-threads 1
-grep -E "test result" "$OUT/test-seg-nn-no-cudnn.log" | tee -a "$S"
-[ "${2:-}" = "tests" ] && exit 0   # `scripts/gpu-check.sh OUT tests`: the CUDA tests only
-# Training step and inference, ours then PyTorch eager, same card, back to back.
-step bench-ours 420 $B/bench-train-step --bench --noplot --warm-up-time 1 --measurement-time 3
-grep -E "^(train_step|infer)/|time:|thrpt:" "$OUT/bench-ours.log" | tee -a "$S"
-step bench-torch 90 python3 benches/reference/train_step_torch.py --device cuda --iters 20 --infer
-cat "$OUT/bench-torch.log" | tee -a "$S"
-# Both sides with FP32-only convolutions (no TF32 tensor cores), VGG steps only.
-SEG_CUDA_TF32=0 vgg_round -fp32 --no-tf32
-profile
-step demo-quick 80 $B/seg-adapt demo --quick --device cuda --seeds 1 --out "$OUT/demo"
-tail -15 "$OUT/demo-quick.log" | tee -a "$S"
-# A second round of the VGG steps, both sides, for the spread between rounds.
-vgg_round -2
+# The GTA5 -> Cityscapes presets at their crop and batch: 20 timed steps each (docs/real-data.md).
+presets() {
+  step presets 200 bash scripts/time-presets.sh $B/seg-adapt 20 cuda
+  log presets | tee -a "$S"
+}
+# The demos on the GPU: the quick one, then the whole one (3 seeds, every arm) with its time.
+demos() {
+  step demo-quick 80 $B/seg-adapt demo --quick --device cuda --seeds 1 --out "$L/demo-quick"
+  log demo-quick | tail -15 | tee -a "$S"
+  step demo 400 $B/seg-adapt demo --device cuda --out "$L/demo"
+  log demo | tail -25 | tee -a "$S"
+  [ -f "$L/demo/report.md" ] && { echo "===== demo report.md ====="; cat "$L/demo/report.md"; } >> "$LOGS"
+}
+
+case "$MODE" in
+  tests) tests; tests_without_cudnn ;;
+  precision) precision_round ;;
+  inference) inference_round; SEG_CUDA_TF32=0 vgg_round -fp32 --no-tf32 ;;
+  presets) presets ;;
+  demo) demos ;;
+  profile) profile; vgg_round "" ;;
+  all)
+    tests
+    precision_round
+    inference_round
+    # Both sides with FP32-only convolutions (no TF32 tensor cores), VGG steps only.
+    SEG_CUDA_TF32=0 vgg_round -fp32 --no-tf32
+    presets
+    demos
+    tests_without_cudnn
+    profile
+    # A second round of the VGG steps, both sides, for the spread between rounds.
+    vgg_round -2
+    ;;
+  *) echo "unknown mode $MODE: tests, precision, inference, presets, demo, profile, or none for all" >&2; exit 2 ;;
+esac
+say "done: $(( $(date +%s) - START )) s"
