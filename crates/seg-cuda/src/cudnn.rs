@@ -18,9 +18,12 @@
 //! `SEG_CUDA_TF32=0` asks for FP32 multiply-adds only.
 //!
 //! The convolution pieces take f32 or bf16 operands (mixed precision): bf16 tensors with f32
-//! accumulation (cuDNN's "pseudo-bf16" configuration), on tensor cores whatever the TF32
-//! setting. A geometry no plan and no legacy algorithm takes (bf16 on a GPU without bf16
-//! engines, say) is logged once and left to the caller's candle fallback.
+//! compute type (cuDNN's "pseudo-bf16" configuration), on tensor cores whatever the TF32
+//! setting. As in PyTorch, engines whose numerical notes say they reduce partial sums in
+//! reduced precision are allowed (only FP16 down-conversion is refused). A geometry no plan and
+//! no legacy algorithm takes (bf16 on a GPU without bf16 engines, say), or whose plan cuDNN
+//! refuses as not supported when it runs, is logged once and left to the caller's candle
+//! fallback, counted by [`left_to_candle`].
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr};
@@ -160,6 +163,12 @@ impl Api {
         let msg = unsafe { std::ffi::CStr::from_ptr((self.error_string)(s)) };
         candle_core::bail!("cuDNN {what}: {} (status {s})", msg.to_string_lossy())
     }
+}
+
+/// Whether `s` is one of cuDNN 9's "not supported" statuses (3000-3999): the operation, shape,
+/// type or layout has no implementation, as opposed to a bad parameter or a failure.
+fn not_supported(s: Status) -> bool {
+    (3000..4000).contains(&s)
 }
 
 /// cuDNN, where it loads and is not turned off (the `cudnn` setting, `SEG_CUDNN=0`).
@@ -546,37 +555,51 @@ fn conv_piece_of<T: Elem>(
             Kind::WeightGrad => [pa, po, pb],
         }
         .map(|p| p as Ptr);
-        let plan = match exec {
-            Exec::Graph(p) => return p.run(api, handle, xwy, pws).map(|()| true),
-            Exec::Legacy(p) => p,
+        let (status, what) = match &*exec {
+            Exec::Graph(p) => (p.run(api, handle, xwy, pws)?, "graph execute (convolution)"),
+            Exec::Legacy(plan) => {
+                let (run, what) = match kind {
+                    Kind::Forward => (api.fwd, "convolution forward"),
+                    Kind::InputGrad => (api.bwd_data, "convolution backward data"),
+                    Kind::WeightGrad => (api.bwd_filter, "convolution backward filter"),
+                };
+                let descs = [plan.x, plan.w, plan.y];
+                let [i1, i2, o] = kind.legacy_order();
+                // SAFETY: the pointers are live device buffers of the sizes the descriptors
+                // state, on the stream the handle is bound to; the workspace has the size the
+                // plan asked for.
+                let status = unsafe {
+                    run(
+                        handle,
+                        scale(&ONE),
+                        descs[i1],
+                        xwy[i1],
+                        descs[i2],
+                        xwy[i2],
+                        plan.conv,
+                        plan.algo,
+                        pws,
+                        plan.workspace,
+                        scale(&ZERO),
+                        descs[o],
+                        xwy[o],
+                    )
+                };
+                (status, what)
+            }
             Exec::Unsupported => return Ok(false),
         };
-        let (run, what) = match kind {
-            Kind::Forward => (api.fwd, "convolution forward"),
-            Kind::InputGrad => (api.bwd_data, "convolution backward data"),
-            Kind::WeightGrad => (api.bwd_filter, "convolution backward filter"),
-        };
-        let descs = [plan.x, plan.w, plan.y];
-        let [i1, i2, o] = kind.legacy_order();
-        // SAFETY: the pointers are live device buffers of the sizes the descriptors state, on
-        // the stream the handle is bound to; the workspace has the size the plan asked for.
-        let status = unsafe {
-            run(
-                handle,
-                scale(&ONE),
-                descs[i1],
-                xwy[i1],
-                descs[i2],
-                xwy[i2],
-                plan.conv,
-                plan.algo,
-                pws,
-                plan.workspace,
-                scale(&ZERO),
-                descs[o],
-                xwy[o],
-            )
-        };
+        if not_supported(status) {
+            // A plan that built but will not run (cuDNN can decide so only at execution):
+            // candle's ops run this geometry from now on.
+            tracing::warn!(
+                "cuDNN's {what} refused {kind:?} for {g:?} in {}: status {status}; candle's ops run it",
+                if T::CUDNN == DATA_BFLOAT16 { "bf16" } else { "f32" }
+            );
+            LEFT_TO_CANDLE.fetch_add(1, Ordering::Relaxed);
+            *exec = Exec::Unsupported;
+            return Ok(false);
+        }
         api.check(what, status).map(|()| true)
     })?;
     Ok(ran.then(|| CudaStorage::wrap_cuda_slice(out, dev)))
@@ -868,8 +891,15 @@ mod graph {
             None
         }
 
-        /// Runs the plan on `ptrs` (x, w, y as the forward convolution names them).
-        pub(super) fn run(&self, api: &Api, handle: Ptr, ptrs: [Ptr; 3], workspace: Ptr) -> candle_core::Result<()> {
+        /// Runs the plan on `ptrs` (x, w, y as the forward convolution names them): cuDNN's
+        /// status, or an error where the operands could not be bound.
+        pub(super) fn run(
+            &self,
+            api: &Api,
+            handle: Ptr,
+            ptrs: [Ptr; 3],
+            workspace: Ptr,
+        ) -> candle_core::Result<super::Status> {
             let Some(vp) = Desc::new(api, D_VARIANT_PACK) else {
                 candle_core::bail!("cuDNN: could not create a variant pack")
             };
@@ -882,8 +912,7 @@ mod graph {
             }
             // SAFETY: the plan was finalised for this handle; the pointers are live buffers of
             // the shapes and alignment the plan was built for, the workspace of its size.
-            let s = unsafe { (api.be_execute)(handle, self.plan, vp.d) };
-            api.check("graph execute (convolution)", s)
+            Ok(unsafe { (api.be_execute)(handle, self.plan, vp.d) })
         }
     }
 }

@@ -5,7 +5,7 @@
 
 // SGD with momentum and weight decay in one pass: buf = m*buf + (g + wd*p); p -= lr*buf.
 extern "C" __global__ void sgd_step(float* p, float* buf, const float* g, float m, float wd, float lr, unsigned int n) {
-    unsigned int i = blockIdx.x * blockDim.x + threadIdx.x;
+    unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     float pi = p[i];
     float gi = wd != 0.0f ? __fadd_rn(g[i], __fmul_rn(pi, wd)) : g[i];
@@ -71,7 +71,7 @@ extern "C" __global__ void max_pool2_bwd_bf16(const unsigned short* x, const uns
 // The class id of every pixel: the first maximum over the c channels of an n x c x hw tensor,
 // one thread per pixel (neighbouring threads read neighbouring pixels of one channel).
 extern "C" __global__ void argmax_channels(const float* x, unsigned int* ids, unsigned int c, unsigned int hw, unsigned int pixels) {
-    unsigned int i = blockIdx.x * blockDim.x + threadIdx.x;
+    unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= pixels) return;
     const float* p = x + (unsigned long long)(i / hw) * c * hw + (i % hw);
     float best = p[0];
@@ -86,7 +86,7 @@ extern "C" __global__ void argmax_channels(const float* x, unsigned int* ids, un
 // y = relu(y + b[channel]) in place on an N x C x HW tensor (for bf16: one rounding).
 template <typename T>
 __device__ void bias_relu(T* y, const T* b, unsigned int c, unsigned int hw, unsigned int n) {
-    unsigned int i = blockIdx.x * blockDim.x + threadIdx.x;
+    unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     float v = ld(y, i) + ld(b, (i / hw) % c);
     st(y, i, v > 0.0f ? v : 0.0f);

@@ -11,9 +11,10 @@
 //! Both devices carry real bf16 tensors, so a type mismatch shows on the CPU as on CUDA. On
 //! CUDA the products run in bf16 on cuDNN (accumulating in f32). The CPU has no bf16 kernels
 //! (candle 0.11's CPU convolutions refuse bf16), so the custom ops widen bf16 operands to f32,
-//! run the f32 kernels and round the result to bf16: the same numerics but one rounding where
-//! CUDA with a bias has two (the product, then the bias added in bf16), which the CUDA test's
-//! tolerance covers. The CPU path exists to test the numerics. Since the ops take the f32
+//! run the f32 kernels and round the result to bf16: the same numerics, with the same two
+//! roundings as CUDA where a bias follows a product (the product, then the bias added), the
+//! fused convolution + bias + ReLU included; only the order of the products' f32 sums differs.
+//! The CPU path exists to test the numerics. Since the ops take the f32
 //! variables themselves, a weight's gradient (a bf16 product, widened to f32) goes to
 //! [`crate::grad`]'s sink as in f32 training: no bf16 copy of the weights in the graph and no
 //! second accumulation of their gradients.

@@ -14,7 +14,7 @@
 //! gradients come back in f32 (a bf16 product, widened) and reach [`crate::grad`]'s sink as any
 //! variable's do. bf16 goes to cuDNN as bf16.
 
-use super::{applies_low, f32_values, rounded_values, storage_of};
+use super::{applies_low, f32_values, rounded_values, storage_of, to_bf16};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use seg_kernels::conv as kernel;
@@ -425,7 +425,18 @@ impl CustomOp3 for ConvBiasRelu {
             rounded_values(s2, l2, self.name(), low)?,
             rounded_values(s3, l3, self.name(), low)?,
         );
-        let y = kernel::forward_bias_relu(g, &x, &w, &b);
+        let y = if low {
+            // CUDA's two roundings: the bf16 product (cuDNN's result), then the bias added in
+            // f32 and the sum rounded (the NVRTC kernel; `storage_of` rounds).
+            let mut y = kernel::forward(g, &x, &w);
+            let plane = g.ho * g.wo;
+            for (i, v) in y.iter_mut().enumerate() {
+                *v = (to_bf16(*v) + b[(i / plane) % g.co]).max(0.0);
+            }
+            y
+        } else {
+            kernel::forward_bias_relu(g, &x, &w, &b)
+        };
         Ok((storage_of(y, low, s1.dtype()), Shape::from((g.n, g.co, g.ho, g.wo))))
     }
 

@@ -48,7 +48,7 @@ pub(crate) fn rounded_values<'a>(s: &'a CpuStorage, l: &Layout, what: &str, roun
 }
 
 /// `x` rounded to the nearest bf16 value (ties to even).
-fn to_bf16(x: f32) -> f32 {
+pub(crate) fn to_bf16(x: f32) -> f32 {
     half::bf16::from_f32(x).to_f32()
 }
 

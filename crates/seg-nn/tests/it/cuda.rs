@@ -181,7 +181,11 @@ fn pool_norm_loss_and_resize_on_cuda_match_the_cpu() {
 /// fallback with `SEG_CUDNN=0`) against the CPU's emulation of the same numerics: a conv layer
 /// with bias in its fused ReLU form (the NVRTC bias + ReLU and its gradient), the bf16 max
 /// pool, a strided conv and a transposed conv; the output, which stays bf16, and the gradients
-/// of the weights, the bias and the input, within bf16's rounding.
+/// of the weights, the bias and the input, within bf16's rounding. Both round in the same
+/// places, but the products' f32 sums run in another order, so a value near a rounding boundary
+/// can land one bf16 step apart, and a pool window holding a near-tie can route its gradient
+/// to another element: the output is held element by element, the gradients in relative L2
+/// norm.
 #[test]
 fn bf16_autocast_on_cuda_matches_the_cpu_emulation() {
     use candle_core::Module;
@@ -234,15 +238,22 @@ fn bf16_autocast_on_cuda_matches_the_cpu_emulation() {
         "strided conv weight gradient",
         "input gradient",
     ];
-    for ((a, b), what) in cuda.iter().zip(&cpu).zip(names) {
+    for (i, ((a, b), what)) in cuda.iter().zip(&cpu).zip(names).enumerate() {
         assert_eq!(a.dtype(), DType::F32, "{what}: f32 outside the network");
         let (a, b) = (host(a), host(b));
         let scale = b.iter().fold(1e-12f32, |m, v| m.max(v.abs()));
         let d = a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-        assert!(
-            d <= 3e-2 * scale,
-            "{what}: CUDA and the CPU emulation differ by {d} (scale {scale})"
-        );
+        let norm = |v: &mut dyn Iterator<Item = f32>| v.map(|x| (x as f64).powi(2)).sum::<f64>().sqrt();
+        let rel = norm(&mut a.iter().zip(&b).map(|(x, y)| x - y)) / norm(&mut b.iter().copied()).max(1e-30);
+        eprintln!("{what}: max difference {d} (scale {scale}), relative L2 {rel:.2e}");
+        if i == 0 {
+            assert!(
+                d <= 3e-2 * scale,
+                "{what}: CUDA and the CPU emulation differ by {d} (scale {scale})"
+            );
+        } else {
+            assert!(rel <= 2e-2, "{what}: relative L2 difference {rel:.2e}");
+        }
     }
 }
 
