@@ -9,7 +9,7 @@
 //! (the "master weights"). Outside a scope, or with [`Precision::F32`], nothing changes.
 //!
 //! Both devices carry real bf16 tensors, so a type mismatch shows on the CPU as on CUDA. On
-//! CUDA the products run in bf16 on cuDNN (accumulating in f32). The CPU has no bf16 kernels
+//! CUDA the products run in bf16 on cuDNN (f32 compute type). The CPU has no bf16 kernels
 //! (candle 0.11's CPU convolutions refuse bf16), so the custom ops widen bf16 operands to f32,
 //! run the f32 kernels and round the result to bf16: the same numerics, with the same two
 //! roundings as CUDA where a bias follows a product (the product, then the bias added), the
