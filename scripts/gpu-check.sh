@@ -19,6 +19,7 @@
 # checks without cuDNN, the host profile and a second round of the VGG steps.
 # Results: OUTDIR/summary.txt (the lines that matter) and OUTDIR/logs.txt (every step's whole
 # output, one after another): two files, whatever the number of steps.
+# `python3 scripts/gpu_table.py OUTDIR/summary.txt` turns the summary into the docs' tables.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
