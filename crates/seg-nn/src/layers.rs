@@ -373,7 +373,7 @@ impl Module for ConvTranspose2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let w = crate::grad::param(&self.weight);
         if crate::precision::lowers(x) {
-            // bf16 activations, the f32 weight cast inside the op (see `Conv2d::in_use`).
+            // bf16 activations, the f32 weight cast by the op (see `Conv2d::in_use`).
             let x = crate::precision::operand(x)?;
             return crate::ops::conv::conv_transpose2d(&x, &w, self.stride, self.padding, 1);
         }

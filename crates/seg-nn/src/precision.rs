@@ -1,6 +1,6 @@
 //! Mixed precision, as PyTorch's `torch.autocast(dtype=torch.bfloat16)` does it: inside an
 //! [`autocast`] scope the convolutions (and transposed convolutions) of [`crate::layers`] take
-//! bfloat16 operands (f32 inputs are cast; the f32 weights and biases are cast inside the op)
+//! bfloat16 operands (f32 inputs are cast; the f32 weights and biases are cast by the op)
 //! and give a bfloat16 result, and the activations stay bf16 through what follows inside the
 //! network: ReLU, the max pool, skip additions and crops keep their input's type, and batch
 //! norm and bilinear resize compute in f32 and hand back bf16. A network's outputs leave the region through [`to_f32`] (the
@@ -16,8 +16,9 @@
 //! fused convolution + bias + ReLU included; only the order of the products' f32 sums differs.
 //! The CPU path exists to test the numerics. Since the ops take the f32
 //! variables themselves, a weight's gradient (a bf16 product, widened to f32) goes to
-//! [`crate::grad`]'s sink as in f32 training: no bf16 copy of the weights in the graph and no
-//! second accumulation of their gradients.
+//! [`crate::grad`]'s sink as in f32 training: no bf16 weight in the graph and no second
+//! accumulation of their gradients. Each conv op keeps the bf16 copy of its weight it computed
+//! its forward with, for its backward pass: one cast per weight and step.
 //!
 //! The scope is per thread (the thread that builds the graph: the training step's).
 

@@ -10,15 +10,18 @@
 //! Mixed precision: a piece takes f32 or bf16 operands, and where one is bf16 it computes in
 //! bf16 (the other cast; on the CPU rounded to bf16 values, then the f32 kernels, the result
 //! rounded back), with products accumulated in f32. Under autocast the activations are bf16 and
-//! the weights and biases come as the f32 variables themselves, cast inside the op: their
-//! gradients come back in f32 (a bf16 product, widened) and reach [`crate::grad`]'s sink as any
-//! variable's do. bf16 goes to cuDNN as bf16.
+//! the weights and biases come as the f32 variables themselves: the op is built with a bf16 copy
+//! of the weight, computes its forward with it and keeps it for the input gradient of its
+//! backward pass (one cast per step, as PyTorch's autocast cache), and the bias is cast inside
+//! the op. Their gradients come back in f32 (a bf16 product, widened) and reach
+//! [`crate::grad`]'s sink as any variable's do. bf16 goes to cuDNN as bf16.
 
 use super::{applies_low, f32_values, rounded_values, storage_of, to_bf16};
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
 use seg_kernels::conv as kernel;
 use seg_kernels::Geom;
+use std::ops::Deref;
 
 /// The geometry of `conv2d(x, w)`, or candle's error naming the mismatch.
 fn geom(
@@ -42,13 +45,59 @@ enum Piece {
     WeightGrad,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct ConvOp {
     g: Geom,
     piece: Piece,
     /// The result's type where it is not the first operand's (a weight gradient: its
     /// weight's).
     out: Option<DType>,
+    /// The bf16 copy of the weight under mixed precision (the forward pieces of a layer).
+    w: Kept,
+}
+
+/// Under mixed precision (bf16 activations, an f32 weight variable), the weight's bf16 copy,
+/// made once when the op is built and kept by the op until its backward pass, which reuses it
+/// for the input gradient instead of casting the weight a second time (PyTorch's autocast keeps
+/// its cast weights the same way). The forward pass computes with it in place of its second
+/// operand, which stays the variable so its gradient reaches it.
+#[derive(Debug, Clone, Default)]
+struct Kept(Option<Tensor>);
+
+impl Kept {
+    /// The bf16 copy of `w` when `x` is bf16 and `w` f32; otherwise none.
+    fn of(x: &Tensor, w: &Tensor) -> Result<Self> {
+        Ok(Self(if x.dtype() == DType::BF16 && w.dtype() == DType::F32 {
+            Some(w.detach().to_dtype(DType::BF16)?)
+        } else {
+            None
+        }))
+    }
+
+    /// The weight operand of a backward piece: the kept copy, else the weight itself.
+    fn or<'a>(&'a self, w: &'a Tensor) -> &'a Tensor {
+        self.0.as_ref().unwrap_or(w)
+    }
+
+    /// The kept copy's storage (read-locked) and layout.
+    fn storage(&self) -> Option<(impl Deref<Target = Storage> + '_, &Layout)> {
+        self.0.as_ref().map(|t| t.storage_and_layout())
+    }
+}
+
+/// A CPU op's weight operand: the kept copy where there is one, else `(s, l)`.
+fn cpu_weight<'a, G: Deref<Target = Storage>>(
+    kept: &'a Option<(G, &Layout)>,
+    s: &'a CpuStorage,
+    l: &'a Layout,
+) -> Result<(&'a CpuStorage, &'a Layout)> {
+    match kept {
+        Some((st, kl)) => match &**st {
+            Storage::Cpu(c) => Ok((c, kl)),
+            _ => candle_core::bail!("conv2d: the kept bf16 weight is not on the CPU"),
+        },
+        None => Ok((s, l)),
+    }
 }
 
 /// Whether two operand types make a convolution: equal, or bf16 activations with f32
@@ -74,7 +123,13 @@ impl ConvOp {
 
     /// `piece` of this convolution on `(a, b)`, its result of type `out` (default: `a`'s).
     fn run(&self, a: &Tensor, b: &Tensor, piece: Piece, out: Option<DType>) -> Result<Tensor> {
-        a.apply_op2_no_bwd(b, &ConvOp { g: self.g, piece, out })
+        let op = ConvOp {
+            g: self.g,
+            piece,
+            out,
+            w: Kept::default(),
+        };
+        a.apply_op2_no_bwd(b, &op)
     }
 }
 
@@ -88,6 +143,8 @@ impl CustomOp2 for ConvOp {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let kept = self.w.storage();
+        let (s2, l2) = cpu_weight(&kept, s2, l2)?;
         let low = low(&[s1.dtype(), s2.dtype()]);
         let (a, b) = (
             rounded_values(s1, l1, self.name(), low)?,
@@ -110,6 +167,8 @@ impl CustomOp2 for ConvOp {
         s2: &candle_core::CudaStorage,
         l2: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let kept = self.w.storage();
+        let (s2, l2) = cuda::weight(&kept, s2, l2)?;
         let dtype = if low(&[s1.dtype(), s2.dtype()]) {
             DType::BF16
         } else {
@@ -143,15 +202,16 @@ impl CustomOp2 for ConvOp {
 
     fn bwd(&self, a: &Tensor, b: &Tensor, res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.to_dtype(res.dtype())?.contiguous()?;
+        let w = self.w.or(b);
         match self.piece {
             // y = conv(x, w): dx = convᵀ(dy, w), dw = Σ dy · im2col(x)ᵀ.
             Piece::Forward => Ok((
-                needed(a, || self.run(&grad, b, Piece::InputGrad, None))?,
+                needed(a, || self.run(&grad, w, Piece::InputGrad, None))?,
                 weight_grad(b, || self.run(a, &grad, Piece::WeightGrad, Some(b.dtype())))?,
             )),
             // A transposed conv t = convᵀ(u, w): du = conv(dt, w), dw = Σ u · im2col(dt)ᵀ.
             Piece::InputGrad => Ok((
-                needed(a, || self.run(&grad, b, Piece::Forward, None))?,
+                needed(a, || self.run(&grad, w, Piece::Forward, None))?,
                 weight_grad(b, || self.run(&grad, a, Piece::WeightGrad, Some(b.dtype())))?,
             )),
             Piece::WeightGrad => candle_core::bail!("conv2d-weight-grad has no gradient"),
@@ -287,6 +347,21 @@ mod cuda {
         s.to_dtype(l, dtype).map(Some)
     }
 
+    /// A CUDA op's weight operand: the kept copy where there is one, else `(s, l)`.
+    pub(super) fn weight<'a, G: std::ops::Deref<Target = Storage>>(
+        kept: &'a Option<(G, &Layout)>,
+        s: &'a CudaStorage,
+        l: &'a Layout,
+    ) -> Result<(&'a CudaStorage, &'a Layout)> {
+        match kept {
+            Some((st, kl)) => match &**st {
+                Storage::Cuda(c) => Ok((c, kl)),
+                _ => candle_core::bail!("conv2d: the kept bf16 weight is not on the GPU"),
+            },
+            None => Ok((s, l)),
+        }
+    }
+
     /// An operand as the op uses it: its cast (contiguous) where one was made, else itself.
     pub(super) fn operand<'a>(
         cast: &'a Option<CudaStorage>,
@@ -334,12 +409,15 @@ pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize, dilation: u
     if !supported(x) || !compatible(x.dtype(), w.dtype()) {
         return x.conv2d(w, padding, stride, dilation, 1);
     }
+    let w = packed(w)?;
+    let kept = Kept::of(x, &w)?;
     packed(x)?.apply_op2(
-        &packed(w)?,
+        &w,
         ConvOp {
             g,
             piece: Piece::Forward,
             out: None,
+            w: kept,
         },
     )
 }
@@ -367,12 +445,15 @@ pub fn conv_transpose2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize, d
     if !supported(x) || !compatible(x.dtype(), w.dtype()) {
         return x.conv_transpose2d(w, padding, 0, stride, dilation);
     }
+    let w = packed(w)?;
+    let kept = Kept::of(x, &w)?;
     packed(x)?.apply_op2(
-        &packed(w)?,
+        &w,
         ConvOp {
             g,
             piece: Piece::InputGrad,
             out: None,
+            w: kept,
         },
     )
 }
@@ -380,8 +461,12 @@ pub fn conv_transpose2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize, d
 /// `relu(conv2d(x, w) + b)` as one op: the output is the only activation kept for the backward
 /// pass (its sign is the ReLU mask), where the unfused layer keeps three (the conv output, the
 /// biased sum and the ReLU output) and makes four more passes over them.
-#[derive(Debug, Clone, Copy)]
-struct ConvBiasRelu(Geom);
+#[derive(Debug, Clone)]
+struct ConvBiasRelu {
+    g: Geom,
+    /// The bf16 copy of the weight under mixed precision.
+    w: Kept,
+}
 
 /// ReLU's gradient `g = dr · [r > 0]` and the bias gradient `Σ g` per channel, in one pass
 /// (CPU, f32 or bf16, contiguous `N×C×H×W`; [`kernel::relu_grad_and_bias_sum`], in f32, the
@@ -418,7 +503,9 @@ impl CustomOp3 for ConvBiasRelu {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let g = &self.0;
+        let g = &self.g;
+        let kept = self.w.storage();
+        let (s2, l2) = cpu_weight(&kept, s2, l2)?;
         let low = low(&[s1.dtype(), s2.dtype(), s3.dtype()]);
         let (x, w, b) = (
             rounded_values(s1, l1, self.name(), low)?,
@@ -451,17 +538,19 @@ impl CustomOp3 for ConvBiasRelu {
         l3: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         let dtype = s1.dtype();
+        let kept = self.w.storage();
+        let (s2, l2) = cuda::weight(&kept, s2, l2)?;
         let (c2, c3) = (cuda::cast(s2, l2, dtype)?, cuda::cast(s3, l3, dtype)?);
         let ((s2, l2), (s3, l3)) = (cuda::operand(&c2, s2, l2), cuda::operand(&c3, s3, l3));
         let (l2, l3) = (&*l2, &*l3);
         if seg_cuda::cudnn::takes(dtype) {
-            if let Some(y) = seg_cuda::cudnn::forward_bias_relu(&self.0, (s1, l1), (s2, l2), (s3, l3))? {
-                let g = &self.0;
+            if let Some(y) = seg_cuda::cudnn::forward_bias_relu(&self.g, (s1, l1), (s2, l2), (s3, l3))? {
+                let g = &self.g;
                 return Ok((y, Shape::from((g.n, g.co, g.ho, g.wo))));
             }
         }
         let (x, w, b) = (cuda::tensor(s1, l1)?, cuda::tensor(s2, l2)?, cuda::tensor(s3, l3)?);
-        let y = composite::forward(&self.0, &x, &w)?.broadcast_add(&b.reshape((1, self.0.co, 1, 1))?)?;
+        let y = composite::forward(&self.g, &x, &w)?.broadcast_add(&b.reshape((1, self.g.co, 1, 1))?)?;
         cuda::storage(&y.relu()?)
     }
 
@@ -484,12 +573,13 @@ impl CustomOp3 for ConvBiasRelu {
             (g, db)
         };
         let op = ConvOp {
-            g: self.0,
+            g: self.g,
             piece: Piece::Forward,
             out: None,
+            w: Kept::default(),
         };
         Ok((
-            needed(x, || op.run(&g, w, Piece::InputGrad, None))?,
+            needed(x, || op.run(&g, self.w.or(w), Piece::InputGrad, None))?,
             weight_grad(w, || op.run(x, &g, Piece::WeightGrad, Some(w.dtype())))?,
             weight_grad(b, || db.to_dtype(b.dtype()))?,
         ))
@@ -548,5 +638,7 @@ pub fn conv2d_bias_relu(
             .broadcast_add(&b.reshape((1, g.co, 1, 1))?)?
             .relu();
     }
-    packed(x)?.apply_op3(&packed(w)?, &packed(b)?, ConvBiasRelu(g))
+    let w = packed(w)?;
+    let kept = Kept::of(x, &w)?;
+    packed(x)?.apply_op3(&w, &packed(b)?, ConvBiasRelu { g, w: kept })
 }
