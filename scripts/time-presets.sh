@@ -3,7 +3,7 @@
 # at hand: generates the embedded benchmark at Cityscapes' full size (four images a split),
 # points each preset at it (without ImageNet weights, which do not change the time), and runs
 # `seg-adapt check --time-steps N`, which times N training steps at the preset's crop and batch
-# (the first step's warm-up and one checkpoint included). For the curriculum, `check` times its
+# after two untimed warm-up steps (no checkpoint or evaluation counted). For the curriculum, `check` times its
 # stage-1 steps and its training steps apart; the table gives the training steps' rate and the
 # whole run with both stages.
 # Prints a markdown table: seconds per step and the preset's whole run at that rate.

@@ -319,6 +319,27 @@ impl Trainer {
         })
     }
 
+    /// Seconds per training step at the steady rate, for an estimate of a run's time: `warmup`
+    /// steps untimed (the first builds the convolution plans and fills the allocator's and the
+    /// loaders' caches), then `n` timed, each ending with its losses read back (so the device has
+    /// finished it); no checkpoint, evaluation, log or report is written. The steps are the
+    /// run's first, so a method's stage before training is timed as such.
+    pub fn time_steps(mut self, warmup: usize, n: usize) -> Result<f64, TrainError> {
+        self.s.method.start()?;
+        let stop = (warmup + n).min(self.total_steps());
+        while self.step < stop.min(warmup) {
+            self.one_step()?;
+            self.step += 1;
+        }
+        let start = Instant::now();
+        let first = self.step;
+        while self.step < stop {
+            self.one_step()?;
+            self.step += 1;
+        }
+        Ok(start.elapsed().as_secs_f64() / (self.step - first).max(1) as f64)
+    }
+
     /// The deployed network (for evaluation after training).
     pub fn backbone(&self) -> &dyn Backbone {
         self.s.method.deployed()

@@ -16,10 +16,14 @@ use crate::run::{DeviceName, Split};
 pub struct Args {
     /// The run configuration (TOML) to check.
     pub config: PathBuf,
-    /// Training steps to time for the estimate (0: no timing).
+    /// Training steps to time for the estimate (0: no timing), after up to two untimed warm-up
+    /// steps (convolution plans, allocator and loader caches).
     #[arg(long, default_value_t = 3)]
     pub time_steps: usize,
 }
+
+/// Untimed steps before the timed ones, where the stage has room for them.
+const WARMUP: usize = 2;
 
 pub fn run(args: Args, device_name: &DeviceName) -> anyhow::Result<()> {
     let cfg = RunConfig::load(&args.config)?;
@@ -67,13 +71,13 @@ pub fn run(args: Args, device_name: &DeviceName) -> anyhow::Result<()> {
     if args.time_steps > 0 && blocking.is_empty() {
         let device = crate::run::device(device_name)?;
         let dir = std::env::temp_dir().join(format!("seg-adapt-check-{}", std::process::id()));
-        let time = |cfg: &RunConfig, n: usize| {
+        // (seconds for `n` steps at the steady rate, warm-up steps) within a stage of `len` steps.
+        let time = |cfg: &RunConfig, n: usize, len: usize| {
+            let warmup = WARMUP.min(len.saturating_sub(n));
             let timed = (|| {
                 let setup = crate::run::build_setup(cfg, &dir, &device, false, false)?;
-                let trainer = seg_train::Trainer::new(setup)?;
-                let start = Instant::now();
-                trainer.run_until(n)?;
-                anyhow::Ok(start.elapsed().as_secs_f64())
+                let per = seg_train::Trainer::new(setup)?.time_steps(warmup, n)?;
+                anyhow::Ok((per * n as f64, warmup))
             })();
             let _ = std::fs::remove_dir_all(&dir);
             timed.context("timing training steps")
@@ -84,11 +88,11 @@ pub fn run(args: Args, device_name: &DeviceName) -> anyhow::Result<()> {
         let mut before = 0.0;
         if pretrain > 0 {
             let n = args.time_steps.min(pretrain);
-            let secs = time(&cfg, n)?;
+            let (secs, warmup) = time(&cfg, n, pretrain)?;
             let per = secs / n.max(1) as f64;
             before = per * pretrain as f64;
             println!(
-                "timing: {n} steps of the {pretrain}-step stage before training on {device_name} in {secs:.1}s ({per:.2} s/step)"
+                "timing: {n} steps of the {pretrain}-step stage before training on {device_name} in {secs:.1}s ({per:.2} s/step, after {warmup} untimed)"
             );
         }
         let train_cfg = RunConfig {
@@ -96,11 +100,11 @@ pub fn run(args: Args, device_name: &DeviceName) -> anyhow::Result<()> {
             ..cfg.clone()
         };
         let n = args.time_steps.min(cfg.trainer.steps);
-        let secs = time(&train_cfg, n)?;
+        let (secs, warmup) = time(&train_cfg, n, cfg.trainer.steps)?;
         let per = secs / n.max(1) as f64;
         let total = before + per * cfg.trainer.steps as f64;
         println!(
-            "timing: {n} training steps on {} in {secs:.1}s ({per:.2} s/step, the first step's warm-up and a checkpoint included); {} steps{}: about {}h {:02}min, evaluation not included",
+            "timing: {n} training steps on {} in {secs:.1}s ({per:.2} s/step, after {warmup} untimed warm-up steps); {} steps{}: about {}h {:02}min, evaluation and checkpoints not included",
             device_name,
             cfg.trainer.steps,
             if pretrain > 0 { format!(" and the {pretrain} before them") } else { String::new() },
