@@ -104,12 +104,11 @@ pub fn run(args: Args, device_name: &DeviceName) -> anyhow::Result<()> {
         let per = secs / n.max(1) as f64;
         let total = before + per * cfg.trainer.steps as f64;
         println!(
-            "timing: {n} training steps on {} in {secs:.1}s ({per:.2} s/step, after {warmup} untimed warm-up steps); {} steps{}: about {}h {:02}min, evaluation and checkpoints not included",
+            "timing: {n} training steps on {} in {secs:.1}s ({per:.2} s/step, after {warmup} untimed warm-up steps); {} steps{}: about {}, evaluation and checkpoints not included",
             device_name,
             cfg.trainer.steps,
             if pretrain > 0 { format!(" and the {pretrain} before them") } else { String::new() },
-            (total / 3600.0) as u64,
-            ((total % 3600.0) / 60.0).round() as u64
+            hours_minutes(total)
         );
     }
     anyhow::ensure!(
@@ -120,4 +119,22 @@ pub fn run(args: Args, device_name: &DeviceName) -> anyhow::Result<()> {
     );
     println!("check passed: {}", args.config.display());
     Ok(())
+}
+
+/// `secs` as `Hh MMmin`, rounded to the minute first (so 59.6 minutes past an hour read as the
+/// next hour, not as `60min`).
+fn hours_minutes(secs: f64) -> String {
+    let minutes = (secs / 60.0).round() as u64;
+    format!("{}h {:02}min", minutes / 60, minutes % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn hours_and_minutes_round_to_the_minute_first() {
+        assert_eq!(super::hours_minutes(0.0), "0h 00min");
+        assert_eq!(super::hours_minutes(3599.7), "1h 00min");
+        assert_eq!(super::hours_minutes(49.0 * 3600.0 + 59.6 * 60.0), "50h 00min");
+        assert_eq!(super::hours_minutes(2.0 * 3600.0 + 5.0 * 60.0 + 20.0), "2h 05min");
+    }
 }
