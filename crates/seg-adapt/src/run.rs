@@ -275,7 +275,8 @@ pub fn build_setup(
         Domain::Source,
         device.clone(),
     )
-    .with_cache(t.cache_images);
+    .with_cache(t.cache_images)
+    .with_lookahead(t.prefetch);
     let target_ds = if method.needs_target() || reestimate {
         let (ds, skipped) = open(cfg, Split::TargetTrain)?;
         left_out.insert(Split::TargetTrain.name().into(), skipped);
@@ -295,7 +296,8 @@ pub fn build_setup(
                 device.clone(),
             )
             .with_cache(t.cache_images)
-            .with_labels(false),
+            .with_labels(false)
+            .with_lookahead(t.prefetch),
         )
     } else {
         None

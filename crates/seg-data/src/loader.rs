@@ -6,6 +6,7 @@
 //! slot), so a batch is the same whatever the thread scheduling, and a resumed run continues
 //! the exact sequence from the saved [`LoaderState`].
 
+use std::collections::VecDeque;
 use std::sync::{Arc, OnceLock};
 
 use candle_core::{Device, Tensor};
@@ -142,17 +143,42 @@ pub fn prepare(sample: &Sample, aug: &Augment, rng: &mut Rng) -> (seg_labels::Rg
 }
 
 /// Training loader: endless, shuffled, augmented batches on a device.
+///
+/// With a lookahead of `k` ([`Loader::with_lookahead`]), the next `k` batches are decoded and
+/// augmented in the background on rayon's threads while the caller trains on the current one
+/// (PyTorch's `DataLoader` workers): on a GPU a full-size PNG takes longer to decode than a
+/// training step takes. The batches are the same as without lookahead, and [`Loader::state`]
+/// is the position after the last batch handed out, so a checkpoint resumes exactly.
 pub struct Loader {
-    dataset: Arc<Dataset>,
+    shared: Arc<Shared>,
     sampler: Sampler,
-    augment: Augment,
     batch_size: usize,
-    seed: u64,
     draws: u64,
     domain: Domain,
-    with_labels: bool,
-    cache: Option<Vec<OnceLock<Arc<Sample>>>>,
     device: Device,
+    lookahead: usize,
+    /// Batches drawn from the sampler and being prepared, oldest first.
+    ahead: VecDeque<Ahead>,
+    /// The position after the last batch handed out.
+    consumed: LoaderState,
+}
+
+/// What preparing a sample needs, shared with the background jobs.
+#[derive(Clone)]
+struct Shared {
+    dataset: Arc<Dataset>,
+    augment: Augment,
+    seed: u64,
+    with_labels: bool,
+    cache: Option<Arc<Vec<OnceLock<Arc<Sample>>>>>,
+}
+
+/// One batch drawn ahead: its draw number, the sampler's position after it, and its samples
+/// (each prepared, or the error that stopped it) once the job is done.
+struct Ahead {
+    draw: u64,
+    after: LoaderState,
+    samples: std::sync::mpsc::Receiver<Vec<Result<Prepared, DataError>>>,
 }
 
 impl Loader {
@@ -166,69 +192,117 @@ impl Loader {
     ) -> Self {
         let sampler = Sampler::new(dataset.len(), seed);
         Self {
-            dataset,
+            shared: Arc::new(Shared {
+                dataset,
+                augment,
+                seed,
+                with_labels: true,
+                cache: None,
+            }),
             sampler,
-            augment,
             batch_size: batch_size.max(1),
-            seed,
             draws: 0,
             domain,
-            with_labels: true,
-            cache: None,
             device,
+            lookahead: 0,
+            ahead: VecDeque::new(),
+            consumed: LoaderState {
+                epoch: 0,
+                pos: 0,
+                draws: 0,
+            },
         }
     }
 
     /// Keep decoded samples in memory (small datasets such as the embedded benchmark).
     pub fn with_cache(mut self, cache: bool) -> Self {
-        self.cache = cache.then(|| (0..self.dataset.len()).map(|_| OnceLock::new()).collect());
+        let n = self.shared.dataset.len();
+        Arc::make_mut(&mut self.shared).cache = cache.then(|| Arc::new((0..n).map(|_| OnceLock::new()).collect()));
         self
     }
 
     /// Whether batches carry labels (false for unlabelled target batches).
     pub fn with_labels(mut self, with_labels: bool) -> Self {
-        self.with_labels = with_labels;
+        Arc::make_mut(&mut self.shared).with_labels = with_labels;
         self
     }
 
-    pub fn state(&self) -> LoaderState {
-        let (epoch, pos) = self.sampler.position();
-        LoaderState {
-            epoch,
-            pos,
-            draws: self.draws,
-        }
+    /// Prepare up to `batches` batches ahead in the background (0: each when it is asked for).
+    pub fn with_lookahead(mut self, batches: usize) -> Self {
+        self.lookahead = batches;
+        self
     }
 
+    /// The position after the last batch handed out (batches prepared ahead do not count).
+    pub fn state(&self) -> LoaderState {
+        self.consumed
+    }
+
+    /// Continues from `state`; batches prepared ahead are dropped.
     pub fn restore(&mut self, state: LoaderState) {
+        self.ahead.clear();
         self.sampler.seek(state.epoch, state.pos);
         self.draws = state.draws;
+        self.consumed = state;
     }
 
-    fn load(&self, i: usize) -> Result<Arc<Sample>, DataError> {
-        if let Some(cache) = &self.cache {
-            if let Some(s) = cache[i].get() {
-                return Ok(s.clone());
-            }
-            let s = Arc::new(self.dataset.get(i)?);
-            let _ = cache[i].set(s.clone());
-            return Ok(s);
-        }
-        Ok(Arc::new(self.dataset.get(i)?))
-    }
-
-    /// The next batch. Under [`ErrorPolicy::Skip`] a sample that fails to decode is replaced by
-    /// the next one from the sampler (with a warning); under `Fail` the error names the file.
-    pub fn next_batch(&mut self) -> Result<Batch, DataError> {
+    /// Draws the next batch's samples from the sampler and starts preparing them: on rayon's
+    /// threads with a lookahead, at once otherwise.
+    fn draw_ahead(&mut self) {
         let draw = self.draws;
         self.draws += 1;
         let indices: Vec<usize> = (0..self.batch_size).map(|_| self.sampler.next_index()).collect();
-        let skip = self.dataset.options().error_policy == ErrorPolicy::Skip;
-        let mut prepared: Vec<Option<Prepared>> = indices
-            .par_iter()
-            .enumerate()
-            .map(|(slot, &i)| self.prepare_one(i, draw, slot as u64))
-            .collect::<Vec<_>>()
+        let (epoch, pos) = self.sampler.position();
+        let after = LoaderState {
+            epoch,
+            pos,
+            draws: self.draws,
+        };
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let shared = self.shared.clone();
+        let job = move || {
+            let samples = indices
+                .par_iter()
+                .enumerate()
+                .map(|(slot, &i)| shared.prepare_one(i, draw, slot as u64))
+                .collect();
+            // The loader may be gone (or restored) by now: then nobody wants these.
+            let _ = tx.send(samples);
+        };
+        if self.lookahead > 0 {
+            rayon::spawn(job);
+        } else {
+            job();
+        }
+        self.ahead.push_back(Ahead {
+            draw,
+            after,
+            samples: rx,
+        });
+    }
+
+    /// The next batch. Under [`ErrorPolicy::Skip`] a sample that fails to decode is replaced by
+    /// one drawn at random from the dataset by the batch's own generator (with a warning), so a
+    /// batch does not depend on how far ahead the loader reads; under `Fail` the error names
+    /// the file.
+    pub fn next_batch(&mut self) -> Result<Batch, DataError> {
+        while self.ahead.len() <= self.lookahead {
+            self.draw_ahead();
+        }
+        let Some(next) = self.ahead.pop_front() else {
+            return Err(DataError::Empty {
+                dataset: self.shared.dataset.name(),
+                split: self.shared.dataset.split().to_string(),
+                root: self.shared.dataset.root().to_path_buf(),
+                detail: ": no batch was drawn".into(),
+            });
+        };
+        let samples = next.samples.recv().map_err(|_| DataError::Invalid {
+            path: self.shared.dataset.root().to_path_buf(),
+            reason: "a background decoding job ended without its batch".into(),
+        })?;
+        let skip = self.shared.dataset.options().error_policy == ErrorPolicy::Skip;
+        let mut prepared: Vec<Option<Prepared>> = samples
             .into_iter()
             .map(|r| match r {
                 Ok(p) => Ok(Some(p)),
@@ -239,30 +313,48 @@ impl Loader {
                 Err(e) => Err(e),
             })
             .collect::<Result<_, _>>()?;
-        // Refill skipped slots sequentially; give up after two epochs without one good sample.
+        // Refill skipped slots from the batch's own generator; give up after two epochs'
+        // worth of draws without one good sample.
+        let len = self.shared.dataset.len();
+        let mut refill = Rng::derive(self.shared.seed, &[next.draw, u64::MAX]);
         let mut attempts = 0;
         for slot in prepared.iter_mut() {
             let mut misses = 0;
             while slot.is_none() {
                 attempts += 1;
                 misses += 1;
-                if misses > 2 * self.dataset.len() {
+                if misses > 2 * len {
                     return Err(DataError::Empty {
-                        dataset: self.dataset.name(),
-                        split: self.dataset.split().to_string(),
-                        root: self.dataset.root().to_path_buf(),
+                        dataset: self.shared.dataset.name(),
+                        split: self.shared.dataset.split().to_string(),
+                        root: self.shared.dataset.root().to_path_buf(),
                         detail: ": every sample failed to decode".into(),
                     });
                 }
-                let i = self.sampler.next_index();
-                match self.prepare_one(i, draw, 1000 + attempts as u64) {
+                let i = refill.below(len);
+                match self.shared.prepare_one(i, next.draw, 1000 + attempts as u64) {
                     Ok(p) => *slot = Some(p),
                     Err(e) => tracing::warn!("skipping sample: {e}"),
                 }
             }
         }
+        self.consumed = next.after;
         let prepared: Vec<Prepared> = prepared.into_iter().flatten().collect();
-        self.collate(prepared)
+        collate(prepared, self.domain, &self.device)
+    }
+}
+
+impl Shared {
+    fn load(&self, i: usize) -> Result<Arc<Sample>, DataError> {
+        if let Some(cache) = &self.cache {
+            if let Some(s) = cache[i].get() {
+                return Ok(s.clone());
+            }
+            let s = Arc::new(self.dataset.get(i)?);
+            let _ = cache[i].set(s.clone());
+            return Ok(s);
+        }
+        Ok(Arc::new(self.dataset.get(i)?))
     }
 
     fn prepare_one(&self, i: usize, draw: u64, slot: u64) -> Result<Prepared, DataError> {
@@ -278,10 +370,6 @@ impl Loader {
             pixels,
             label: if self.with_labels { lab } else { None },
         })
-    }
-
-    fn collate(&self, prepared: Vec<Prepared>) -> Result<Batch, DataError> {
-        collate(prepared, self.domain, &self.device)
     }
 }
 

@@ -206,6 +206,68 @@ fn loader_batches_are_seeded_and_resumable() {
     assert_eq!(second.names, again.names);
 }
 
+/// Batches prepared ahead in the background are the batches prepared on demand, in the same
+/// order; the state is the position after the last batch handed out, so restoring it (with or
+/// without lookahead) continues the same sequence.
+#[test]
+fn loader_lookahead_gives_the_same_batches_and_resumes_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    cityscapes_tree(dir.path());
+    let ds = Arc::new(open_dataset(DatasetName::Cityscapes, dir.path(), "train", labelled()).unwrap());
+    let aug = Augment {
+        crop: Some([3, 3]),
+        scale_range: [0.8, 1.5],
+        ..Default::default()
+    };
+    let dev = candle_core::Device::Cpu;
+    let loader = |ahead: usize| {
+        Loader::new(ds.clone(), 2, aug.clone(), 11, seg_core::Domain::Source, dev.clone()).with_lookahead(ahead)
+    };
+    let flat = |t: &candle_core::Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let batches = |l: &mut Loader, n: usize| {
+        (0..n)
+            .map(|_| {
+                let b = l.next_batch().unwrap();
+                (
+                    b.names.clone(),
+                    flat(&b.images),
+                    flat(&b.labels.unwrap().to_dtype(candle_core::DType::F32).unwrap()),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut plain = loader(0);
+    let reference = batches(&mut plain, 7);
+    let mut p = loader(0);
+    batches(&mut p, 3);
+    let after_three = p.state();
+    for ahead in [1, 3] {
+        let mut l = loader(ahead);
+        let first = batches(&mut l, 3);
+        assert_eq!(first, reference[..3], "lookahead {ahead}");
+        let state = l.state();
+        assert_eq!(
+            state, after_three,
+            "the state counts the batches handed out, lookahead {ahead}"
+        );
+        let mut again = loader(0);
+        again.restore(state);
+        assert_eq!(
+            batches(&mut again, 4),
+            reference[3..],
+            "restored without lookahead, from {ahead}"
+        );
+        let mut again = loader(ahead);
+        again.restore(state);
+        assert_eq!(
+            batches(&mut again, 4),
+            reference[3..],
+            "restored with lookahead {ahead}"
+        );
+        assert_eq!(batches(&mut l, 4), reference[3..], "lookahead {ahead}, continued");
+    }
+}
+
 #[test]
 fn loader_skips_or_fails_on_a_corrupt_sample_as_asked() {
     let dir = tempfile::tempdir().unwrap();
@@ -224,9 +286,15 @@ fn loader_skips_or_fails_on_a_corrupt_sample_as_asked() {
         ..labelled()
     };
     let skip = Arc::new(open_dataset(DatasetName::Gta5, dir.path(), "all", opts).unwrap());
-    let mut l = Loader::new(skip, 3, aug, 1, seg_core::Domain::Source, dev);
+    let mut l = Loader::new(skip.clone(), 3, aug.clone(), 1, seg_core::Domain::Source, dev.clone());
     let b = l.next_batch().unwrap();
     assert!(b.names.iter().all(|n| n == "00001"), "{:?}", b.names);
+    // The same batch when decoded ahead in the background.
+    let mut l = Loader::new(skip, 3, aug, 1, seg_core::Domain::Source, dev).with_lookahead(2);
+    let ahead = l.next_batch().unwrap();
+    assert_eq!(ahead.names, b.names);
+    let flat = |t: &candle_core::Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!(flat(&ahead.images), flat(&b.images));
 }
 
 #[test]
