@@ -181,8 +181,9 @@ fn missing_roots_and_empty_splits_name_the_path() {
     assert!(e.contains("no usable samples") || e.contains("no images"), "{e}");
 }
 
-#[test]
-fn loader_batches_are_seeded_and_resumable() {
+/// A Cityscapes train split on disk, opened, and a random-scale 3×3-crop augmentation (the
+/// folder lives as long as the first value).
+fn loader_fixture() -> (tempfile::TempDir, Arc<seg_data::Dataset>, Augment) {
     let dir = tempfile::tempdir().unwrap();
     cityscapes_tree(dir.path());
     let ds = Arc::new(open_dataset(DatasetName::Cityscapes, dir.path(), "train", labelled()).unwrap());
@@ -191,6 +192,12 @@ fn loader_batches_are_seeded_and_resumable() {
         scale_range: [0.8, 1.5],
         ..Default::default()
     };
+    (dir, ds, aug)
+}
+
+#[test]
+fn loader_batches_are_seeded_and_resumable() {
+    let (_dir, ds, aug) = loader_fixture();
     let dev = candle_core::Device::Cpu;
     let mut a = Loader::new(ds.clone(), 2, aug.clone(), 7, seg_core::Domain::Source, dev.clone());
     let first = a.next_batch().unwrap();
@@ -211,14 +218,7 @@ fn loader_batches_are_seeded_and_resumable() {
 /// without lookahead) continues the same sequence.
 #[test]
 fn loader_lookahead_gives_the_same_batches_and_resumes_exactly() {
-    let dir = tempfile::tempdir().unwrap();
-    cityscapes_tree(dir.path());
-    let ds = Arc::new(open_dataset(DatasetName::Cityscapes, dir.path(), "train", labelled()).unwrap());
-    let aug = Augment {
-        crop: Some([3, 3]),
-        scale_range: [0.8, 1.5],
-        ..Default::default()
-    };
+    let (_dir, ds, aug) = loader_fixture();
     let dev = candle_core::Device::Cpu;
     let loader = |ahead: usize| {
         Loader::new(ds.clone(), 2, aug.clone(), 11, seg_core::Domain::Source, dev.clone()).with_lookahead(ahead)

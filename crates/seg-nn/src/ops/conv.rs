@@ -85,18 +85,26 @@ impl Kept {
     }
 }
 
-/// A CPU op's weight operand: the kept copy where there is one, else `(s, l)`.
-fn cpu_weight<'a, G: Deref<Target = Storage>>(
+/// An op's weight operand: the kept copy where there is one (its storage of the op's device,
+/// `of` picks it), else `(s, l)`.
+fn weight_operand<'a, S, G: Deref<Target = Storage>>(
     kept: &'a Option<(G, &Layout)>,
-    s: &'a CpuStorage,
-    l: &'a Layout,
-) -> Result<(&'a CpuStorage, &'a Layout)> {
+    (s, l): (&'a S, &'a Layout),
+    of: fn(&Storage) -> Option<&S>,
+) -> Result<(&'a S, &'a Layout)> {
     match kept {
-        Some((st, kl)) => match &**st {
-            Storage::Cpu(c) => Ok((c, kl)),
-            _ => candle_core::bail!("conv2d: the kept bf16 weight is not on the CPU"),
+        Some((st, kl)) => match of(st) {
+            Some(c) => Ok((c, kl)),
+            None => candle_core::bail!("conv2d: the kept bf16 weight is on another device"),
         },
         None => Ok((s, l)),
+    }
+}
+
+fn cpu_storage(s: &Storage) -> Option<&CpuStorage> {
+    match s {
+        Storage::Cpu(c) => Some(c),
+        _ => None,
     }
 }
 
@@ -144,7 +152,7 @@ impl CustomOp2 for ConvOp {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let kept = self.w.storage();
-        let (s2, l2) = cpu_weight(&kept, s2, l2)?;
+        let (s2, l2) = weight_operand(&kept, (s2, l2), cpu_storage)?;
         let low = low(&[s1.dtype(), s2.dtype()]);
         let (a, b) = (
             rounded_values(s1, l1, self.name(), low)?,
@@ -353,13 +361,10 @@ mod cuda {
         s: &'a CudaStorage,
         l: &'a Layout,
     ) -> Result<(&'a CudaStorage, &'a Layout)> {
-        match kept {
-            Some((st, kl)) => match &**st {
-                Storage::Cuda(c) => Ok((c, kl)),
-                _ => candle_core::bail!("conv2d: the kept bf16 weight is not on the GPU"),
-            },
-            None => Ok((s, l)),
-        }
+        super::weight_operand(kept, (s, l), |st| match st {
+            Storage::Cuda(c) => Some(c),
+            _ => None,
+        })
     }
 
     /// An operand as the op uses it: its cast (contiguous) where one was made, else itself.
@@ -505,7 +510,7 @@ impl CustomOp3 for ConvBiasRelu {
     ) -> Result<(CpuStorage, Shape)> {
         let g = &self.g;
         let kept = self.w.storage();
-        let (s2, l2) = cpu_weight(&kept, s2, l2)?;
+        let (s2, l2) = weight_operand(&kept, (s2, l2), cpu_storage)?;
         let low = low(&[s1.dtype(), s2.dtype(), s3.dtype()]);
         let (x, w, b) = (
             rounded_values(s1, l1, self.name(), low)?,
