@@ -81,7 +81,7 @@ export PYTHONUNBUFFERED=1
 # out, rc 125: skipped.
 step() {
   local name=$1 limit=$2; shift 2
-  local left=$((START + BUDGET - $(date +%s) - 5))
+  local left=$((START + BUDGET - $(date +%s) - 15))
   if [ "$left" -lt 20 ]; then
     say "$name: skipped ($left s of the budget left)"
     : > "$L/$name.log"
@@ -89,7 +89,7 @@ step() {
   fi
   [ "$left" -lt "$limit" ] && limit=$left
   local t0=$(date +%s.%N)
-  timeout "$limit" "$@" > "$L/$name.log" 2>&1
+  timeout -k 10 "$limit" "$@" > "$L/$name.log" 2>&1  # KILL 10 s after TERM if still there
   local rc=$?
   say "$name: rc=$rc ($(python3 -c "print(round($(date +%s.%N)-$t0,1))") s, limit $limit s)"
   { echo "===== $name (rc=$rc) ====="; cat "$L/$name.log"; } >> "$LOGS"

@@ -3,9 +3,9 @@
 # at hand: generates the embedded benchmark at Cityscapes' full size (four images a split),
 # points each preset at it (without ImageNet weights, which do not change the time), and runs
 # `seg-adapt check --time-steps N`, which times N training steps at the preset's crop and batch
-# after two untimed warm-up steps (no checkpoint or evaluation counted). For the curriculum, `check` times its
-# stage-1 steps and its training steps apart; the table gives the training steps' rate and the
-# whole run with both stages.
+# after 2 + trainer.prefetch untimed warm-up steps (no checkpoint or evaluation counted). For
+# the curriculum, `check` times its stage-1 steps and its training steps apart; the table gives
+# the training steps' rate and the whole run with both stages.
 # Prints a markdown table: seconds per step and the preset's whole run at that rate.
 #
 # usage: scripts/time-presets.sh [SEG_ADAPT_BINARY] [STEPS] [DEVICE]

@@ -117,6 +117,18 @@ impl Api {
         let Some(lib) = lib else {
             return Err(errors.join("; "));
         };
+        // The signatures and enumerations below are cuDNN 9's; an older library (the unversioned
+        // name may be one) is refused, so candle's ops run instead.
+        // SAFETY: `cudnnGetVersion` has this signature in every cuDNN: no arguments, the
+        // version number returned.
+        let version = unsafe {
+            lib.get::<unsafe extern "C" fn() -> usize>(b"cudnnGetVersion\0")
+                .map(|f| f())
+        }
+        .map_err(|e| format!("cudnnGetVersion: {e}"))?;
+        if version < 90000 {
+            return Err(format!("cuDNN 9 is needed, this library is version {version}"));
+        }
         macro_rules! sym {
             ($name:literal) => {
                 // SAFETY: the symbol has the C signature of the field it is stored in (cuDNN 9's
@@ -590,14 +602,29 @@ fn conv_piece_of<T: Elem>(
             Exec::Unsupported => return Ok(false),
         };
         if not_supported(status) {
-            // A plan that built but will not run (cuDNN can decide so only at execution):
-            // candle's ops run this geometry from now on.
+            // A plan that built but will not run (cuDNN can decide so only at execution): the
+            // legacy calls take this geometry from the next call on where a graph plan was
+            // refused and they have an algorithm, candle's ops otherwise (and for this call).
+            let legacy = match exec {
+                Exec::Graph(_) => LegacyPlan::new(api, handle, g, kind, T::CUDNN, allow).ok(),
+                _ => None,
+            };
             tracing::warn!(
-                "cuDNN's {what} refused {kind:?} for {g:?} in {}: status {status}; candle's ops run it",
-                if T::CUDNN == DATA_BFLOAT16 { "bf16" } else { "f32" }
+                "cuDNN's {what} refused {kind:?} for {g:?} in {}: status {status}; {} run it",
+                if T::CUDNN == DATA_BFLOAT16 { "bf16" } else { "f32" },
+                if legacy.is_some() {
+                    "the legacy calls"
+                } else {
+                    "candle's ops"
+                }
             );
-            LEFT_TO_CANDLE.fetch_add(1, Ordering::Relaxed);
-            *exec = Exec::Unsupported;
+            *exec = match legacy {
+                Some(p) => Exec::Legacy(p),
+                None => {
+                    LEFT_TO_CANDLE.fetch_add(1, Ordering::Relaxed);
+                    Exec::Unsupported
+                }
+            };
             return Ok(false);
         }
         api.check(what, status).map(|()| true)

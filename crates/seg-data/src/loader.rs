@@ -7,6 +7,8 @@
 //! the exact sequence from the saved [`LoaderState`].
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::{Arc, OnceLock};
 
 use candle_core::{Device, Tensor};
@@ -161,6 +163,15 @@ pub struct Loader {
     ahead: VecDeque<Ahead>,
     /// The position after the last batch handed out.
     consumed: LoaderState,
+    /// Set when the batches being prepared are no longer wanted (a restore, or the loader
+    /// dropped): their jobs stop before their next sample.
+    cancel: Arc<AtomicBool>,
+}
+
+impl Drop for Loader {
+    fn drop(&mut self) {
+        self.cancel.store(true, Ordering::Relaxed);
+    }
 }
 
 /// What preparing a sample needs, shared with the background jobs.
@@ -174,11 +185,12 @@ struct Shared {
 }
 
 /// One batch drawn ahead: its draw number, the sampler's position after it, and its samples
-/// (each prepared, or the error that stopped it) once the job is done.
+/// (each prepared, or the error that stopped it) once the job is done; `Err` with the message
+/// of a job that panicked.
 struct Ahead {
     draw: u64,
     after: LoaderState,
-    samples: std::sync::mpsc::Receiver<Vec<Result<Prepared, DataError>>>,
+    samples: Receiver<std::result::Result<Vec<Result<Prepared, DataError>>, String>>,
 }
 
 impl Loader {
@@ -211,6 +223,7 @@ impl Loader {
                 pos: 0,
                 draws: 0,
             },
+            cancel: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -218,12 +231,15 @@ impl Loader {
     pub fn with_cache(mut self, cache: bool) -> Self {
         let n = self.shared.dataset.len();
         Arc::make_mut(&mut self.shared).cache = cache.then(|| Arc::new((0..n).map(|_| OnceLock::new()).collect()));
+        // Batches already prepared ahead were made with the old setting.
+        self.restore(self.consumed);
         self
     }
 
     /// Whether batches carry labels (false for unlabelled target batches).
     pub fn with_labels(mut self, with_labels: bool) -> Self {
         Arc::make_mut(&mut self.shared).with_labels = with_labels;
+        self.restore(self.consumed);
         self
     }
 
@@ -240,6 +256,8 @@ impl Loader {
 
     /// Continues from `state`; batches prepared ahead are dropped.
     pub fn restore(&mut self, state: LoaderState) {
+        self.cancel.store(true, Ordering::Relaxed);
+        self.cancel = Arc::new(AtomicBool::new(false));
         self.ahead.clear();
         self.sampler.seek(state.epoch, state.pos);
         self.draws = state.draws;
@@ -259,13 +277,30 @@ impl Loader {
             draws: self.draws,
         };
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let shared = self.shared.clone();
+        let (shared, cancel) = (self.shared.clone(), self.cancel.clone());
         let job = move || {
-            let samples = indices
-                .par_iter()
-                .enumerate()
-                .map(|(slot, &i)| shared.prepare_one(i, draw, slot as u64))
-                .collect();
+            // A panic becomes the batch's error (on rayon's threads it would end the process).
+            let samples = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                indices
+                    .par_iter()
+                    .enumerate()
+                    .map(|(slot, &i)| {
+                        if cancel.load(Ordering::Relaxed) {
+                            return Err(DataError::Invalid {
+                                path: shared.dataset.root().to_path_buf(),
+                                reason: "batch no longer wanted".into(),
+                            });
+                        }
+                        shared.prepare_one(i, draw, slot as u64)
+                    })
+                    .collect()
+            }))
+            .map_err(|p| {
+                p.downcast_ref::<&str>()
+                    .map(|m| m.to_string())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".into())
+            });
             // The loader may be gone (or restored) by now: then nobody wants these.
             let _ = tx.send(samples);
         };
@@ -297,10 +332,18 @@ impl Loader {
                 detail: ": no batch was drawn".into(),
             });
         };
-        let samples = next.samples.recv().map_err(|_| DataError::Invalid {
-            path: self.shared.dataset.root().to_path_buf(),
-            reason: "a background decoding job ended without its batch".into(),
-        })?;
+        // The batch counts as handed out, error or not (as when the sampler drew it on demand).
+        self.consumed = next.after;
+        let root = || self.shared.dataset.root().to_path_buf();
+        let samples = wait(&next.samples)
+            .ok_or_else(|| DataError::Invalid {
+                path: root(),
+                reason: "a background decoding job ended without its batch".into(),
+            })?
+            .map_err(|panic| DataError::Invalid {
+                path: root(),
+                reason: format!("preparing a batch failed: {panic}"),
+            })?;
         let skip = self.shared.dataset.options().error_policy == ErrorPolicy::Skip;
         let mut prepared: Vec<Option<Prepared>> = samples
             .into_iter()
@@ -313,10 +356,11 @@ impl Loader {
                 Err(e) => Err(e),
             })
             .collect::<Result<_, _>>()?;
-        // Refill skipped slots from the batch's own generator; give up after two epochs'
-        // worth of draws without one good sample.
+        // Refill skipped slots by walking a permutation of the dataset drawn by the batch's own
+        // generator; give up after two passes without one good sample.
         let len = self.shared.dataset.len();
-        let mut refill = Rng::derive(self.shared.seed, &[next.draw, u64::MAX]);
+        let mut order: Vec<usize> = (0..len).collect();
+        Rng::derive(self.shared.seed, &[next.draw, u64::MAX]).shuffle(&mut order);
         let mut attempts = 0;
         for slot in prepared.iter_mut() {
             let mut misses = 0;
@@ -331,16 +375,35 @@ impl Loader {
                         detail: ": every sample failed to decode".into(),
                     });
                 }
-                let i = refill.below(len);
+                let i = order[(attempts - 1) % len];
                 match self.shared.prepare_one(i, next.draw, 1000 + attempts as u64) {
                     Ok(p) => *slot = Some(p),
                     Err(e) => tracing::warn!("skipping sample: {e}"),
                 }
             }
         }
-        self.consumed = next.after;
         let prepared: Vec<Prepared> = prepared.into_iter().flatten().collect();
         collate(prepared, self.domain, &self.device)
+    }
+}
+
+/// A batch's samples once its job has sent them (`None`: the job is gone). On one of rayon's
+/// threads (a loader used inside a parallel job) the wait runs other queued jobs meanwhile, the
+/// batch's own among them, instead of blocking the thread.
+fn wait<T>(rx: &Receiver<T>) -> Option<T> {
+    if rayon::current_thread_index().is_none() {
+        return rx.recv().ok();
+    }
+    loop {
+        match rx.try_recv() {
+            Ok(v) => return Some(v),
+            Err(TryRecvError::Disconnected) => return None,
+            Err(TryRecvError::Empty) => {
+                if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                    std::thread::yield_now();
+                }
+            }
+        }
     }
 }
 

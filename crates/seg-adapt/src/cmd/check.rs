@@ -16,13 +16,14 @@ use crate::run::{DeviceName, Split};
 pub struct Args {
     /// The run configuration (TOML) to check.
     pub config: PathBuf,
-    /// Training steps to time for the estimate (0: no timing), after up to two untimed warm-up
-    /// steps (convolution plans, allocator and loader caches).
+    /// Training steps to time for the estimate (0: no timing), after up to 2 + `trainer.prefetch`
+    /// untimed warm-up steps (convolution plans, allocator caches, the batches decoded ahead).
     #[arg(long, default_value_t = 3)]
     pub time_steps: usize,
 }
 
-/// Untimed steps before the timed ones, where the stage has room for them.
+/// Untimed steps before the timed ones (besides one per batch decoded ahead), where the stage
+/// has room for them.
 const WARMUP: usize = 2;
 
 pub fn run(args: Args, device_name: &DeviceName) -> anyhow::Result<()> {
@@ -72,8 +73,10 @@ pub fn run(args: Args, device_name: &DeviceName) -> anyhow::Result<()> {
         let device = crate::run::device(device_name)?;
         let dir = std::env::temp_dir().join(format!("seg-adapt-check-{}", std::process::id()));
         // (seconds for `n` steps at the steady rate, warm-up steps) within a stage of `len` steps.
+        // The warm-up also hands out the batches the loaders prepared ahead at the start, so
+        // the timed steps wait on decoding as a long run's do.
         let time = |cfg: &RunConfig, n: usize, len: usize| {
-            let warmup = WARMUP.min(len.saturating_sub(n));
+            let warmup = (WARMUP + cfg.trainer.prefetch).min(len.saturating_sub(n));
             let timed = (|| {
                 let setup = crate::run::build_setup(cfg, &dir, &device, false, false)?;
                 let per = seg_train::Trainer::new(setup)?.time_steps(warmup, n)?;
