@@ -268,6 +268,29 @@ fn loader_lookahead_gives_the_same_batches_and_resumes_exactly() {
     }
 }
 
+/// A loader with lookahead used from inside a one-thread rayon pool (its jobs queue on the
+/// thread that waits for them) still hands out its batches: the wait runs the queued jobs.
+#[test]
+fn loader_lookahead_inside_a_rayon_job_does_not_wait_on_itself() {
+    let (_dir, ds, aug) = loader_fixture();
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    let names = pool.install(|| {
+        let mut l = Loader::new(
+            ds.clone(),
+            2,
+            aug.clone(),
+            3,
+            seg_core::Domain::Source,
+            candle_core::Device::Cpu,
+        )
+        .with_lookahead(3);
+        (0..4).map(|_| l.next_batch().unwrap().names).collect::<Vec<_>>()
+    });
+    let mut plain = Loader::new(ds, 2, aug, 3, seg_core::Domain::Source, candle_core::Device::Cpu);
+    let expected: Vec<_> = (0..4).map(|_| plain.next_batch().unwrap().names).collect();
+    assert_eq!(names, expected);
+}
+
 #[test]
 fn loader_skips_or_fails_on_a_corrupt_sample_as_asked() {
     let dir = tempfile::tempdir().unwrap();
