@@ -83,9 +83,10 @@ def ratio(theirs, ours):
 
 
 def main(path):
-    secs = sections(open(path, encoding="utf-8").read().splitlines())
-    head = [l for l in open(path, encoding="utf-8").read().splitlines()[:4]]
-    print("\n".join(f"<!-- {l} -->" for l in head))
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    secs = sections(lines)
+    print("\n".join(f"<!-- {l} -->" for l in lines[:4]))
     missing = []
 
     def sec(name):

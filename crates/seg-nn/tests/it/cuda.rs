@@ -194,15 +194,8 @@ fn bf16_autocast_on_cuda_matches_the_cpu_emulation() {
     let run = |dev: &Device| {
         let vars = VarMap::new();
         let vb = seg_nn::init::seeded_builder(&vars, 4, DType::F32, dev);
-        let pad = seg_nn::layers::ConvCfg {
-            padding: 1,
-            ..Default::default()
-        };
-        let strided = seg_nn::layers::ConvCfg {
-            stride: 2,
-            padding: 1,
-            ..Default::default()
-        };
+        let pad = super::padded();
+        let strided = super::strided();
         let conv = seg_nn::conv2d(16, 32, 3, pad, vb.pp("c")).unwrap();
         let down = seg_nn::conv2d(32, 32, 3, strided, vb.pp("d")).unwrap();
         let up =

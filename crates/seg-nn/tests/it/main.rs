@@ -8,6 +8,19 @@ use seg_nn::{cross_entropy_ignore, max_pool2x2, resize_bilinear, BatchNorm2d, Co
 #[cfg(feature = "cuda")]
 mod cuda;
 
+/// A 3×3 convolution's "same" padding (1), stride 1.
+fn padded() -> seg_nn::layers::ConvCfg {
+    seg_nn::layers::ConvCfg {
+        padding: 1,
+        ..Default::default()
+    }
+}
+
+/// A 3×3 convolution at stride 2, padding 1 (halves the size).
+fn strided() -> seg_nn::layers::ConvCfg {
+    seg_nn::layers::ConvCfg { stride: 2, ..padded() }
+}
+
 /// All values of a tensor, flattened.
 trait Flat {
     fn flat(&self) -> Vec<f32>;
@@ -577,10 +590,7 @@ fn settings_switch_the_cpu_kernels_in_one_process_with_the_same_results() {
     let before = Settings::current();
     let vars = VarMap::new();
     let vb = VarBuilder::from_varmap(&vars, DType::F32, &cpu());
-    let cfg = seg_nn::layers::ConvCfg {
-        padding: 1,
-        ..Default::default()
-    };
+    let cfg = padded();
     let conv = seg_nn::conv2d(16, 32, 3, cfg, vb.pp("c")).unwrap();
     let x = Tensor::randn(0f32, 1.0, (2, 16, 20, 24), &cpu()).unwrap();
     let fast = Settings {
@@ -619,10 +629,7 @@ fn settings_switch_the_cpu_kernels_in_one_process_with_the_same_results() {
 fn bf16_autocast_rounds_the_convolutions_operands_and_result() {
     let vars = VarMap::new();
     let vb = VarBuilder::from_varmap(&vars, DType::F32, &cpu());
-    let cfg = seg_nn::layers::ConvCfg {
-        padding: 1,
-        ..Default::default()
-    };
+    let cfg = padded();
     let conv = seg_nn::conv2d(8, 16, 3, cfg, vb.pp("c")).unwrap();
     let up = ConvTranspose2d::bilinear(16, 2, vb.pp("up"), &vars).unwrap();
     let x = Tensor::randn(0f32, 1.0, (2, 8, 12, 10), &cpu()).unwrap();
@@ -687,15 +694,8 @@ fn bf16_autocast_rounds_the_convolutions_operands_and_result() {
 fn bf16_network_pieces_keep_bf16_and_track_f32() {
     let vars = VarMap::new();
     let vb = seg_nn::init::seeded_builder(&vars, 11, DType::F32, &cpu());
-    let pad = seg_nn::layers::ConvCfg {
-        padding: 1,
-        ..Default::default()
-    };
-    let strided = seg_nn::layers::ConvCfg {
-        stride: 2,
-        padding: 1,
-        ..Default::default()
-    };
+    let pad = padded();
+    let strided = strided();
     let conv = seg_nn::conv2d(4, 8, 3, pad, vb.pp("c")).unwrap();
     let down = seg_nn::conv2d(8, 8, 3, strided, vb.pp("d")).unwrap();
     let bn = seg_nn::BatchNorm2d::new(8, vb.pp("bn"), &vars).unwrap();
@@ -748,10 +748,7 @@ fn bf16_network_pieces_keep_bf16_and_track_f32() {
 fn no_grad_builds_no_graph_and_keeps_the_values() {
     let vars = VarMap::new();
     let vb = seg_nn::init::seeded_builder(&vars, 5, DType::F32, &cpu());
-    let pad = seg_nn::layers::ConvCfg {
-        padding: 1,
-        ..Default::default()
-    };
+    let pad = padded();
     let conv = seg_nn::conv2d(3, 4, 3, pad, vb.pp("c")).unwrap();
     let bn = seg_nn::BatchNorm2d::new(4, vb.pp("bn"), &vars).unwrap();
     let up = ConvTranspose2d::bilinear(4, 2, vb.pp("up"), &vars).unwrap();
@@ -783,10 +780,7 @@ fn no_grad_builds_no_graph_and_keeps_the_values() {
 fn bf16_weight_gradients_reach_the_variables_through_the_sink() {
     let vars = VarMap::new();
     let vb = seg_nn::init::seeded_builder(&vars, 9, DType::F32, &cpu());
-    let pad = seg_nn::layers::ConvCfg {
-        padding: 1,
-        ..Default::default()
-    };
+    let pad = padded();
     let conv = seg_nn::conv2d(3, 6, 3, pad, vb.pp("c")).unwrap();
     let up = ConvTranspose2d::bilinear(6, 2, vb.pp("up"), &vars).unwrap();
     let mut rng = seg_core::Rng::new(4);
