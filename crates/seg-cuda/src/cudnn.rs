@@ -29,7 +29,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr};
 use candle_core::cuda_backend::{CudaDType, CudaDevice};
 use candle_core::{CudaStorage, DType, Layout, Result};
-use seg_kernels::Geom;
+use seg_kernels::{Geom, Piece};
 use std::cell::RefCell;
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
@@ -250,22 +250,13 @@ fn tensor_cores(data_type: c_int, allow_tf32: bool) -> bool {
     data_type == DATA_BFLOAT16 || allow_tf32
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-enum Kind {
-    Forward,
-    InputGrad,
-    WeightGrad,
-}
-
-impl Kind {
-    /// The order in which the legacy calls take the forward convolution's `(x, w, y)`: the two
-    /// inputs, then the output (`(x, w) → y`, `(w, dy) → dx`, `(x, dy) → dw`).
-    fn legacy_order(self) -> [usize; 3] {
-        match self {
-            Kind::Forward => [0, 1, 2],
-            Kind::InputGrad => [1, 2, 0],
-            Kind::WeightGrad => [0, 2, 1],
-        }
+/// The order in which the legacy calls take the forward convolution's `(x, w, y)` for `piece`:
+/// the two inputs, then the output (`(x, w) → y`, `(w, dy) → dx`, `(x, dy) → dw`).
+fn legacy_order(piece: Piece) -> [usize; 3] {
+    match piece {
+        Piece::Forward => [0, 1, 2],
+        Piece::InputGrad => [1, 2, 0],
+        Piece::WeightGrad => [0, 2, 1],
     }
 }
 
@@ -284,7 +275,7 @@ struct ThreadState {
     handles: HashMap<candle_core::cuda_backend::DeviceId, Ptr>,
     /// Per device (a graph plan belongs to its handle), geometry, piece, element type, TF32 and
     /// alignment.
-    plans: HashMap<(candle_core::cuda_backend::DeviceId, Geom, Kind, c_int, bool, usize), Exec>,
+    plans: HashMap<(candle_core::cuda_backend::DeviceId, Geom, Piece, c_int, bool, usize), Exec>,
 }
 
 thread_local! {
@@ -321,7 +312,7 @@ fn math_ok(math: c_int, tensor_cores: bool) -> bool {
 }
 
 impl LegacyPlan {
-    fn new(api: &Api, handle: Ptr, g: &Geom, kind: Kind, data_type: c_int, allow_tf32: bool) -> Result<Self> {
+    fn new(api: &Api, handle: Ptr, g: &Geom, kind: Piece, data_type: c_int, allow_tf32: bool) -> Result<Self> {
         let cores = tensor_cores(data_type, allow_tf32);
         let x = tensor_desc(api, (g.n, g.c, g.h, g.w), data_type)?;
         let y = tensor_desc(api, (g.n, g.co, g.ho, g.wo), data_type)?;
@@ -349,12 +340,12 @@ impl LegacyPlan {
             api.check("set math type", (api.set_math)(conv, math))?;
         }
         let (get, size): (GetAlgo, WorkspaceSize) = match kind {
-            Kind::Forward => (api.fwd_algo, api.fwd_ws),
-            Kind::InputGrad => (api.bwd_data_algo, api.bwd_data_ws),
-            Kind::WeightGrad => (api.bwd_filter_algo, api.bwd_filter_ws),
+            Piece::Forward => (api.fwd_algo, api.fwd_ws),
+            Piece::InputGrad => (api.bwd_data_algo, api.bwd_data_ws),
+            Piece::WeightGrad => (api.bwd_filter_algo, api.bwd_filter_ws),
         };
         let xwy = [x, w, y];
-        let [a, b, c] = kind.legacy_order().map(|i| xwy[i]);
+        let [a, b, c] = legacy_order(kind).map(|i| xwy[i]);
         let mut perf = [AlgoPerf {
             algo: 0,
             status: 0,
@@ -479,15 +470,14 @@ fn alignment(ptrs: &[u64]) -> usize {
     a as usize
 }
 
-/// One convolution piece: `(x, w) → y`, `(dy, w) → dx` or `(x, dy) → dw`, all NCHW, both
-/// operands f32 or both bf16; `None` where cuDNN has no way to run it.
-fn conv_piece(
+/// One convolution piece: `(x, w) → y`, `(dy, w) → dx` (also a transposed convolution's
+/// forward) or `(x, dy) → dw`, all NCHW, both operands f32 or both bf16; `None` where cuDNN has
+/// no way to run it (the caller falls back).
+pub fn conv(
     g: &Geom,
-    kind: Kind,
-    s1: &CudaStorage,
-    l1: &Layout,
-    s2: &CudaStorage,
-    l2: &Layout,
+    kind: Piece,
+    (s1, l1): (&CudaStorage, &Layout),
+    (s2, l2): (&CudaStorage, &Layout),
 ) -> Result<Option<CudaStorage>> {
     use candle_core::backend::BackendStorage;
     match (s1.dtype(), s2.dtype()) {
@@ -499,18 +489,14 @@ fn conv_piece(
 
 fn conv_piece_of<T: Elem>(
     g: &Geom,
-    kind: Kind,
+    kind: Piece,
     (s1, l1): (&CudaStorage, &Layout),
     (s2, l2): (&CudaStorage, &Layout),
 ) -> Result<Option<CudaStorage>> {
     let dev = s1.device().clone();
     let (a, b) = (view::<T>(s1, l1)?, view::<T>(s2, l2)?);
     let allow = tf32();
-    let len = match kind {
-        Kind::Forward => g.n * g.co * g.ho * g.wo,
-        Kind::InputGrad => g.n * g.c * g.h * g.w,
-        Kind::WeightGrad => g.co * g.c * g.kh * g.kw,
-    };
+    let len = kind.out_dims(g).iter().product();
     let mut out = alloc::<T>(&dev, len)?;
     let ran = with_handle(&dev, |api, handle, stream, st| {
         let (pa, _ra) = a.device_ptr(stream);
@@ -562,21 +548,21 @@ fn conv_piece_of<T: Elem>(
         // The operands as (x, w, y) of the forward convolution: for the input gradient y is
         // the given dy and x the output; for the kernel gradient w is the output.
         let xwy = match kind {
-            Kind::Forward => [pa, pb, po],
-            Kind::InputGrad => [po, pb, pa],
-            Kind::WeightGrad => [pa, po, pb],
+            Piece::Forward => [pa, pb, po],
+            Piece::InputGrad => [po, pb, pa],
+            Piece::WeightGrad => [pa, po, pb],
         }
         .map(|p| p as Ptr);
         let (status, what) = match &*exec {
             Exec::Graph(p) => (p.run(api, handle, xwy, pws)?, "graph execute (convolution)"),
             Exec::Legacy(plan) => {
                 let (run, what) = match kind {
-                    Kind::Forward => (api.fwd, "convolution forward"),
-                    Kind::InputGrad => (api.bwd_data, "convolution backward data"),
-                    Kind::WeightGrad => (api.bwd_filter, "convolution backward filter"),
+                    Piece::Forward => (api.fwd, "convolution forward"),
+                    Piece::InputGrad => (api.bwd_data, "convolution backward data"),
+                    Piece::WeightGrad => (api.bwd_filter, "convolution backward filter"),
                 };
                 let descs = [plan.x, plan.w, plan.y];
-                let [i1, i2, o] = kind.legacy_order();
+                let [i1, i2, o] = legacy_order(kind);
                 // SAFETY: the pointers are live device buffers of the sizes the descriptors
                 // state, on the stream the handle is bound to; the workspace has the size the
                 // plan asked for.
@@ -638,7 +624,7 @@ fn conv_piece_of<T: Elem>(
 /// finalised execution plan, kept for the life of the thread. A call then only binds the
 /// pointers (a variant pack) and executes.
 mod graph {
-    use super::{Api, CPtr, Geom, Kind, Ptr, CROSS_CORRELATION, DATA_FLOAT, MAX_WORKSPACE};
+    use super::{Api, CPtr, Geom, Piece, Ptr, CROSS_CORRELATION, DATA_FLOAT, MAX_WORKSPACE};
     use std::ffi::c_int;
 
     const T_HANDLE: c_int = 0;
@@ -802,7 +788,7 @@ mod graph {
             api: &Api,
             handle: Ptr,
             g: &Geom,
-            kind: Kind,
+            kind: Piece,
             data_type: c_int,
             allow_tf32: bool,
             align: usize,
@@ -822,9 +808,9 @@ mod graph {
             conv.set(A_CONV_POST_PADDINGS, T_INT64, &[p, p])?;
             conv.finalize()?;
             let (op_kind, attrs) = match kind {
-                Kind::Forward => (D_OP_FORWARD, A_FORWARD),
-                Kind::InputGrad => (D_OP_BWD_DATA, A_BWD_DATA),
-                Kind::WeightGrad => (D_OP_BWD_FILTER, A_BWD_FILTER),
+                Piece::Forward => (D_OP_FORWARD, A_FORWARD),
+                Piece::InputGrad => (D_OP_BWD_DATA, A_BWD_DATA),
+                Piece::WeightGrad => (D_OP_BWD_FILTER, A_BWD_FILTER),
             };
             let op = Desc::new(api, op_kind)?;
             op.set(attrs[0], T_FLOAT, &[1f32])?;
@@ -944,33 +930,6 @@ mod graph {
     }
 }
 
-/// `y = conv(x, w)`; `None` where cuDNN cannot run it (the caller falls back).
-pub fn forward(g: &Geom, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> Result<Option<CudaStorage>> {
-    conv_piece(g, Kind::Forward, s1, l1, s2, l2)
-}
-
-/// `dx = convᵀ(dy, w)` (and a transposed convolution's forward); `None` as for [`forward`].
-pub fn input_grad(
-    g: &Geom,
-    s1: &CudaStorage,
-    l1: &Layout,
-    s2: &CudaStorage,
-    l2: &Layout,
-) -> Result<Option<CudaStorage>> {
-    conv_piece(g, Kind::InputGrad, s1, l1, s2, l2)
-}
-
-/// `dw` from `(x, dy)`; `None` as for [`forward`].
-pub fn weight_grad(
-    g: &Geom,
-    s1: &CudaStorage,
-    l1: &Layout,
-    s2: &CudaStorage,
-    l2: &Layout,
-) -> Result<Option<CudaStorage>> {
-    conv_piece(g, Kind::WeightGrad, s1, l1, s2, l2)
-}
-
 /// `relu(conv(x, w) + b)`: the convolution, then the bias added and the ReLU applied in place
 /// by one NVRTC kernel ([`crate::nvrtc::bias_relu`]; f32 or bf16); `None` where cuDNN cannot
 /// run the convolution.
@@ -980,7 +939,7 @@ pub fn forward_bias_relu(
     (s2, l2): (&CudaStorage, &Layout),
     (s3, l3): (&CudaStorage, &Layout),
 ) -> Result<Option<CudaStorage>> {
-    let Some(mut y) = forward(g, s1, l1, s2, l2)? else {
+    let Some(mut y) = conv(g, Piece::Forward, (s1, l1), (s2, l2))? else {
         return Ok(None);
     };
     crate::nvrtc::bias_relu(&mut y, (g.n, g.co, g.ho * g.wo), s3, l3)?;

@@ -7,6 +7,30 @@ const TILE_BYTES: usize = 4 << 20;
 /// Fewest output pixels per tile (a product with a shorter side runs at a fraction of the speed).
 const MIN_TILE_COLS: usize = 512;
 
+/// Which piece of a convolution a kernel or op computes; each takes two tensors. (The CPU
+/// kernels of [`crate::conv`] are one function each; `seg-nn`'s ops and `seg-cuda`'s cuDNN
+/// plans are keyed by it.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Piece {
+    /// (x, w) → y.
+    Forward,
+    /// (dy, w) → dx; also a transposed convolution's forward.
+    InputGrad,
+    /// (x, dy) → dw.
+    WeightGrad,
+}
+
+impl Piece {
+    /// The dimensions of the piece's result in `g`: y, dx or dw.
+    pub fn out_dims(self, g: &Geom) -> [usize; 4] {
+        match self {
+            Piece::Forward => [g.n, g.co, g.ho, g.wo],
+            Piece::InputGrad => [g.n, g.c, g.h, g.w],
+            Piece::WeightGrad => [g.co, g.c, g.kh, g.kw],
+        }
+    }
+}
+
 /// Geometry of a convolution `x: N×C×H×W`, `w: Co×C×kh×kw` → `y: N×Co×Ho×Wo`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Geom {

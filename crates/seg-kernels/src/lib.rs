@@ -21,5 +21,5 @@ pub mod update;
 pub mod winograd;
 pub mod xent;
 
-pub use geom::{Geom, GeomError};
+pub use geom::{Geom, GeomError, Piece};
 pub use settings::Settings;

@@ -20,7 +20,7 @@ use super::{applies_low, f32_values, rounded_values, storage_of, to_bf16};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
 use seg_kernels::conv as kernel;
-use seg_kernels::Geom;
+use seg_kernels::{Geom, Piece};
 use std::ops::Deref;
 
 /// The geometry of `conv2d(x, w)`, or candle's error naming the mismatch.
@@ -32,17 +32,6 @@ fn geom(
     dil: usize,
 ) -> Result<Geom> {
     Geom::conv(x, k, stride, pad, dil).map_err(|e| candle_core::Error::Msg(e.0))
-}
-
-/// Which piece of a convolution an op computes. Each op takes two tensors.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Piece {
-    /// (x, w) → y.
-    Forward,
-    /// (dy, w) → dx; also a transposed convolution's forward.
-    InputGrad,
-    /// (x, dy) → dw.
-    WeightGrad,
 }
 
 #[derive(Debug, Clone)]
@@ -121,12 +110,7 @@ fn low(types: &[DType]) -> bool {
 
 impl ConvOp {
     fn out_shape(&self) -> Shape {
-        let g = self.g;
-        match self.piece {
-            Piece::Forward => Shape::from((g.n, g.co, g.ho, g.wo)),
-            Piece::InputGrad => Shape::from((g.n, g.c, g.h, g.w)),
-            Piece::WeightGrad => Shape::from((g.co, g.c, g.kh, g.kw)),
-        }
+        Shape::from(self.piece.out_dims(&self.g).to_vec())
     }
 
     /// `piece` of this convolution on `(a, b)`, its result of type `out` (default: `a`'s).
@@ -187,13 +171,7 @@ impl CustomOp2 for ConvOp {
         let (l1, l2) = (&*l1, &*l2);
         let out_dtype = self.out.unwrap_or(dtype);
         if seg_cuda::cudnn::takes(dtype) {
-            let g = &self.g;
-            let out = match self.piece {
-                Piece::Forward => seg_cuda::cudnn::forward(g, s1, l1, s2, l2)?,
-                Piece::InputGrad => seg_cuda::cudnn::input_grad(g, s1, l1, s2, l2)?,
-                Piece::WeightGrad => seg_cuda::cudnn::weight_grad(g, s1, l1, s2, l2)?,
-            };
-            if let Some(out) = out {
+            if let Some(out) = seg_cuda::cudnn::conv(&self.g, self.piece, (s1, l1), (s2, l2))? {
                 let shape = self.out_shape();
                 let out = cuda::cast(&out, &Layout::contiguous(&shape), out_dtype)?.unwrap_or(out);
                 return Ok((out, shape));
