@@ -117,6 +117,11 @@ pub struct DetRunConfig {
     pub trainer: DetTrainerConfig,
     /// ImageNet weights for SSD300's VGG16 trunk (torchvision keys; safetensors or `.pth`).
     pub init_weights: Option<PathBuf>,
+    /// Start from another detection run's detector: a run folder (or its checkpoint file) whose
+    /// weights and batch-norm statistics are copied in; domain branches and optimiser state
+    /// start fresh. Its `[model]` must be this run's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<PathBuf>,
 }
 
 /// `[method]` with a default (source-only).
@@ -164,6 +169,11 @@ impl DetRunConfig {
                     "trainer.{k} = {v}: must be finite and ≥ 0"
                 )));
             }
+        }
+        if self.init_weights.is_some() && self.init_from.is_some() {
+            return Err(DetRunError::Config(
+                "init_weights and init_from are both set: a run starts from one of them".into(),
+            ));
         }
         if self.init_weights.is_some() && self.model.arch != crate::SsdArch::Vgg300 {
             return Err(DetRunError::Config(
@@ -273,10 +283,18 @@ pub fn run(
     } else {
         cfg.open_source()?
     };
+    // A mismatched init_from is refused before anything is trained.
+    let init = match &cfg.init_from {
+        Some(from) => Some(init_checkpoint(cfg, from, device)?),
+        None => None,
+    };
     let vars = VarMap::new();
     let method = method_cfg.build(&cfg.model, &vars, device, cfg.trainer.seed)?;
     if let Some(w) = &cfg.init_weights {
         seg_fcn::weights::load_init_weights(&vars, "model", w)?;
+    }
+    if let Some(ck) = &init {
+        ck.restore_prefix(&vars, "model")?;
     }
     let tcfg = cfg.trainer_config();
     let mut stepper = Stepper::new(method.as_ref(), &vars, &tcfg)?;
@@ -453,6 +471,36 @@ pub fn run(
         report,
         last_losses: last,
     }))
+}
+
+/// The checkpoint `init_from` names (a run folder or the file itself), checked against `cfg`'s
+/// model.
+pub fn init_checkpoint(
+    cfg: &DetRunConfig,
+    from: &Path,
+    device: &Device,
+) -> Result<seg_train::checkpoint::Checkpoint, DetRunError> {
+    let file = if from.is_dir() {
+        from.join(seg_train::checkpoint::FILE)
+    } else {
+        from.to_path_buf()
+    };
+    let ck = seg_train::checkpoint::load(&file, device)?;
+    let theirs: DetRunConfig = toml::from_str(&ck.meta.config)
+        .map_err(|e| DetRunError::Config(format!("init_from {}: not a detection checkpoint: {e}", file.display())))?;
+    if theirs.model != cfg.model {
+        return Err(DetRunError::Config(format!(
+            "init_from {}: that run's [model] is not this run's ({:?} {}x{} against {:?} {}x{})",
+            file.display(),
+            theirs.model.arch,
+            theirs.model.input[0],
+            theirs.model.input[1],
+            cfg.model.arch,
+            cfg.model.input[0],
+            cfg.model.input[1],
+        )));
+    }
+    Ok(ck)
 }
 
 /// AdaBN: the detector's batch-norm statistics recomputed as the cumulative average over every

@@ -340,6 +340,7 @@ fn a_resumed_detection_run_ends_with_the_weights_of_one_that_never_stopped() {
             ..Default::default()
         },
         init_weights: None,
+        init_from: None,
     };
     let weights = |run: &std::path::Path| {
         let ck = seg_train::checkpoint::load(&run.join("checkpoint.safetensors"), &Device::Cpu).unwrap();
@@ -377,4 +378,68 @@ fn a_resumed_detection_run_ends_with_the_weights_of_one_that_never_stopped() {
     assert_eq!(whole.report, resumed.report);
     let lines = std::fs::read_to_string(b.join("metrics.jsonl")).unwrap();
     assert_eq!(lines.lines().count(), 4, "{lines}");
+}
+
+#[test]
+fn init_from_copies_the_detector_and_refuses_another_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("toy");
+    seg_data::toy::generate(&data, 5, seg_data::toy::Preset::Quick).unwrap();
+    let cfg = |method: &str, lr: f64, init_from: Option<std::path::PathBuf>| seg_ssd::train::DetRunConfig {
+        model: small(),
+        method: seg_ssd::train::DetMethodConfigField(DetMethodConfig::parse(method).unwrap()),
+        data: seg_ssd::train::DetDataConfig {
+            source_root: seg_data::toy::sim10k_path(&data),
+            target_root: seg_data::toy::paths(&data).2,
+            ..Default::default()
+        },
+        trainer: seg_ssd::train::DetTrainerConfig {
+            steps: 2,
+            batch_size: 2,
+            lr,
+            momentum: 0.0,
+            weight_decay: 0.0,
+            log_every: 1,
+            ..Default::default()
+        },
+        init_weights: None,
+        init_from,
+    };
+    let go = |c: &seg_ssd::train::DetRunConfig, run: &std::path::Path| {
+        seg_ssd::train::run(c, run, &Device::Cpu, &mut |_, _, _| {}, Default::default())
+            .map(|o| o.is_some())
+            .map_err(|e| e.to_string())
+    };
+    let conv_weights = |run: &std::path::Path| {
+        let ck = seg_train::checkpoint::load(&run.join("checkpoint.safetensors"), &Device::Cpu).unwrap();
+        let mut v: Vec<(String, Vec<f32>)> = ck
+            .tensors
+            .iter()
+            .filter(|(n, _)| n.starts_with("model.") && n.ends_with(".weight") && !n.contains("bn"))
+            .map(|(n, t)| (n.clone(), t.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    let (a, b, c) = (dir.path().join("a"), dir.path().join("b"), dir.path().join("c"));
+    go(&cfg("source-only", 0.01, None), &a).unwrap();
+    // At learning rate 0 the continued run keeps the weights it started from, which are the
+    // first run's and not its own seeded ones.
+    go(&cfg("source-only", 0.0, Some(a.clone())), &b).unwrap();
+    let (wa, wb) = (conv_weights(&a), conv_weights(&b));
+    assert!(!wa.is_empty());
+    assert_eq!(wa, wb);
+    // The stored config names where it started; the domain branches start fresh.
+    let stored = std::fs::read_to_string(b.join("config.toml")).unwrap();
+    assert!(stored.contains("init_from"), "{stored}");
+    go(&cfg("da-maps", 0.01, Some(a.clone())), &c).unwrap();
+    // Another model is refused, naming the checkpoint.
+    let mut other = cfg("source-only", 0.01, Some(a.clone()));
+    other.model.widths = [8, 8, 8, 8, 8, 16];
+    let e = go(&other, &dir.path().join("d")).unwrap_err();
+    assert!(e.contains("init_from") && e.contains("checkpoint.safetensors"), "{e}");
+    // So is a run that names both starting points.
+    let mut both = cfg("source-only", 0.01, Some(a));
+    both.init_weights = Some("vgg16.safetensors".into());
+    assert!(go(&both, &dir.path().join("e")).unwrap_err().contains("both set"));
 }

@@ -28,15 +28,15 @@ pub struct Args {
     /// The small benchmark and short runs (about two minutes, for tests).
     #[arg(long)]
     pub quick: bool,
-    /// Seeds per method (default: 3, or 2 with --quick).
+    /// Seeds per method (default: 3, or 2 with --quick; detection: 5, or 2).
     #[arg(long)]
     pub seeds: Option<usize>,
     /// Source-only pretraining steps shared by every arm of a seed (default: 240, or 80 with
-    /// --quick).
+    /// --quick; detection: 200, or 20).
     #[arg(long)]
     pub pretrain_steps: Option<usize>,
-    /// Steps of each arm after pretraining (default: 120, or 40 with --quick), the oracle's
-    /// included.
+    /// Steps of each arm after pretraining (default: 120, or 40 with --quick; detection: 100,
+    /// or 15), the oracle's included.
     #[arg(long)]
     pub steps: Option<usize>,
     /// Seed of the generated benchmark: other seeds are other instances of the same benchmark.
@@ -46,8 +46,8 @@ pub struct Args {
     #[arg(long, value_delimiter = ',')]
     pub methods: Option<Vec<String>>,
     /// `segmentation` (the default) or `detection`: the small SSD on the Sim10k-format source
-    /// and Cityscapes boxes, arms source-only, adabn, da-image, da-maps and oracle (`--steps`
-    /// per arm, default 300 or 30 with --quick; `--pretrain-steps` does not apply).
+    /// and Cityscapes boxes, arms source-only, adabn, da-image, da-maps and oracle, with the
+    /// same shared pretraining.
     #[arg(long, value_enum, default_value_t = super::Task::Segmentation)]
     pub task: super::Task,
 }
@@ -206,7 +206,7 @@ pub fn demo_config(
 }
 
 /// A 64-bit FNV-1a digest of a file, as hex.
-fn digest(path: &Path) -> anyhow::Result<String> {
+pub(crate) fn digest(path: &Path) -> anyhow::Result<String> {
     let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in bytes {
@@ -642,14 +642,11 @@ fn comparison(
 
 pub fn run(args: Args, device_name: &crate::run::DeviceName) -> anyhow::Result<()> {
     if args.task == super::Task::Detection {
-        anyhow::ensure!(
-            args.pretrain_steps.is_none(),
-            "--pretrain-steps does not apply to --task detection"
-        );
         return super::detect::demo(
             &args.out,
             args.quick,
             args.seeds,
+            args.pretrain_steps,
             args.steps,
             args.data_seed,
             args.methods.clone(),

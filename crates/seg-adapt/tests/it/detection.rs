@@ -171,7 +171,7 @@ fn detection_demo_quick_reports_every_arm() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let out = ok(&[
+    let args = [
         "demo",
         "--task",
         "detection",
@@ -180,9 +180,12 @@ fn detection_demo_quick_reports_every_arm() {
         p(dir.path()),
         "--seeds",
         "2",
+        "--pretrain-steps",
+        "3",
         "--steps",
         "2",
-    ]);
+    ];
+    let out = ok(&args);
     assert!(out.contains("car AP50") && out.contains("da-maps"), "{out}");
     let v = json(&dir.path().join("report.json"));
     assert_eq!(
@@ -197,6 +200,16 @@ fn detection_demo_quick_reports_every_arm() {
         );
     }
     assert!(dir.path().join("runs/da-image/seed1/checkpoint.safetensors").exists());
+    // Every trained arm of a seed continues from that seed's shared source-only pretraining.
+    for m in ["source-only", "da-image", "da-maps", "oracle"] {
+        let cfg = std::fs::read_to_string(dir.path().join(format!("runs/{m}/seed1/config.toml"))).unwrap();
+        let cfg: toml::Value = toml::from_str(&cfg).unwrap();
+        let from = std::path::PathBuf::from(cfg["init_from"].as_str().unwrap());
+        assert!(from.ends_with("runs/pretrain/seed1"), "{m}: {}", from.display());
+        assert_eq!(cfg["trainer"]["steps"].as_integer(), Some(2), "{m}");
+    }
+    let pre = std::fs::read_to_string(dir.path().join("runs/pretrain/seed1/config.toml")).unwrap();
+    assert!(pre.contains("steps = 3") && !pre.contains("init_from"), "{pre}");
     // Paired per-seed differences, as in the segmentation report.
     let p = &v["paired"]["da-maps"]["vs_adabn"];
     assert_eq!(p["n"], 2);
@@ -210,6 +223,33 @@ fn detection_demo_quick_reports_every_arm() {
     assert!((p["mean"].as_f64().unwrap() - mean).abs() < 1e-12);
     assert!(v["paired"]["source-only"]["vs_adabn"].is_null());
     super::check_page_in_chromium(&dir.path().join("report.html"));
+    // Run again, the finished runs are reused as they are; on another instance of the
+    // benchmark nothing is.
+    ok(&args);
+    let again = json(&dir.path().join("report.json"));
+    let trained = |v: &serde_json::Value| -> Vec<serde_json::Value> {
+        v["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["method"] != "adabn")
+            .cloned()
+            .collect()
+    };
+    assert_eq!(trained(&v), trained(&again));
+    let mut other = args.to_vec();
+    other[7] = "1";
+    other.extend(["--data-seed", "9"]);
+    ok(&other);
+    let fresh = json(&dir.path().join("report.json"));
+    for r in trained(&fresh) {
+        assert_eq!(r["data_seed"], 9, "{r}");
+        let before = trained(&v)
+            .into_iter()
+            .find(|b| b["method"] == r["method"] && b["seed"] == r["seed"])
+            .unwrap();
+        assert_ne!(before["init_digest"], r["init_digest"], "{r}");
+    }
 }
 
 #[test]
