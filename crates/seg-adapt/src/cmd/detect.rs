@@ -36,14 +36,29 @@ pub struct TrainArgs {
     /// Continue the run in `--out` from its last checkpoint (same config).
     #[arg(long)]
     pub resume: bool,
+    /// Start from another detection run's detector (a run folder or its checkpoint file):
+    /// weights and batch-norm statistics are copied, domain branches and optimiser state start
+    /// fresh, and the preset's ImageNet weights are not loaded; its `[model]` must be this
+    /// run's (`init_from`).
+    #[arg(long)]
+    pub init_from: Option<PathBuf>,
 }
 
-/// Reads a detection config file and applies `--set` overrides.
+/// Reads a detection config file and applies `--set` overrides. Naming a starting detector
+/// there (`--set init_from=RUN`) replaces the file's ImageNet weights.
 pub fn load_config(path: &Path, sets: &[String]) -> anyhow::Result<DetRunConfig> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut root: toml::Value = toml::from_str(&text).with_context(|| format!("{}: not TOML", path.display()))?;
+    let from_file = root.get("init_from").cloned();
     for s in sets {
         crate::config::set_key(&mut root, s)?;
+    }
+    if root.get("init_from").is_some() && root.get("init_from") != from_file.as_ref() {
+        if let Some(t) = root.as_table_mut() {
+            if t.remove("init_weights").is_some() {
+                tracing::info!("starting from the detector of init_from: the config's init_weights are not loaded");
+            }
+        }
     }
     let text = toml::to_string(&root)?;
     let cfg: DetRunConfig =
@@ -53,7 +68,12 @@ pub fn load_config(path: &Path, sets: &[String]) -> anyhow::Result<DetRunConfig>
 }
 
 pub fn train(args: TrainArgs, device_name: &crate::run::DeviceName) -> anyhow::Result<()> {
-    let cfg = load_config(&args.config, &args.set)?;
+    let mut sets = args.set.clone();
+    if let Some(from) = &args.init_from {
+        let quoted = toml::Value::String(from.display().to_string()).to_string();
+        sets.insert(0, format!("init_from={quoted}"));
+    }
+    let cfg = load_config(&args.config, &sets)?;
     let device = crate::run::device(device_name)?;
     let control = seg_ssd::train::RunControl {
         resume: args.resume,
@@ -409,35 +429,46 @@ pub fn demo(
     let mut md = String::from("# seg-adapt demo: detection, synthetic (Sim10k-format) → real (Cityscapes-format)\n\n");
     md += &meta;
     md += "\n\nCar AP at IoU 0.5 on target val (VOC07 11-point; all-point and COCO AP50 in report.json), mean ± sample std over seeds; paired columns: mean per-seed difference ± half-width of its 95% interval, in points.\n\n";
-    md += "| method | car AP50 % | ± | seeds | vs source-only | vs AdaBN | seeds above source-only |\n|---|---:|---:|---:|---:|---:|---:|\n";
+    md += "| method | car AP50 % | ± | seeds | vs source-only | vs AdaBN | seeds above source-only | seeds above AdaBN |\n|---|---:|---:|---:|---:|---:|---:|---:|\n";
     for m in &methods {
         let Some(x) = summary.get(m) else { continue };
         let (so, ab) = &vs[m];
         md += &format!(
-            "| {m} | {:.2} | {:.2} | {} | {} | {} | {} |\n",
+            "| {m} | {:.2} | {:.2} | {} | {} | {} | {} | {} |\n",
             100.0 * x.mean,
             100.0 * x.std,
             x.n,
             so.as_ref().map_or(String::new(), with_ci),
             ab.as_ref().map_or(String::new(), with_ci),
             so.as_ref().map_or(String::new(), |p| format!("{}/{}", p.positive, p.n)),
+            ab.as_ref().map_or(String::new(), |p| format!("{}/{}", p.positive, p.n)),
         );
     }
-    if let Some(so) = summary.get("source-only") {
-        md += "\nVerdicts against source-only's mean + std:\n\n";
-        for m in methods.iter().filter(|m| *m != "source-only" && *m != "oracle") {
-            if let Some(x) = summary.get(m) {
-                md += &format!(
-                    "- **{m}**: {:.2} % ({} source-only's mean + std, {:.2} %)\n",
-                    100.0 * x.mean,
-                    if x.mean > so.mean + so.std {
-                        "beyond"
-                    } else {
-                        "NOT beyond"
-                    },
-                    100.0 * (so.mean + so.std)
-                );
-            }
+    if let Some(ab_sum) = summary.get("adabn") {
+        md += "\nVerdicts against AdaBN (the baseline that costs no training):\n\n";
+        for m in methods
+            .iter()
+            .filter(|m| !["source-only", "oracle", "adabn"].contains(&m.as_str()))
+        {
+            let (Some(x), Some(p)) = (summary.get(m), vs.get(m).and_then(|v| v.1.as_ref())) else {
+                continue;
+            };
+            md += &format!(
+                "- **{m}**: {:+.2} points over AdaBN on average ({}); above on {} of {} seeds; the 95% interval {}.\n",
+                100.0 * p.mean,
+                if x.mean > ab_sum.mean + ab_sum.std {
+                    "beyond AdaBN's mean + std"
+                } else {
+                    "NOT beyond AdaBN's mean + std"
+                },
+                p.positive,
+                p.n,
+                if p.ci95.is_some_and(|[lo, _]| lo > 0.0) {
+                    "excludes 0"
+                } else {
+                    "includes 0"
+                },
+            );
         }
     }
     md += "\nPictures (seed 0, first val images; ground truth green, detections ≥ 0.3 red): `runs/<method>/seed0/eval/pictures/detections.png`.\n";
@@ -483,19 +514,20 @@ fn html_page(
     meta: &str,
 ) -> String {
     use seg_metrics::html;
-    let mut b = format!("<p>{}</p>\n<h2>Results</h2><table><tr><th>method</th><th>car AP50 %</th><th>±</th><th>seeds</th><th>vs source-only</th><th>vs AdaBN</th></tr>", html::escape(meta));
+    let mut b = format!("<p>{}</p>\n<h2>Results</h2><table><tr><th>method</th><th>car AP50 %</th><th>±</th><th>seeds</th><th>vs source-only</th><th>vs AdaBN</th><th>seeds above AdaBN</th></tr>", html::escape(meta));
     let mut bars = Vec::new();
     for m in methods {
         let Some(x) = summary.get(m) else { continue };
         let (so, ab) = &vs[m];
         b += &format!(
-            "<tr><td>{}</td><td>{:.2} %</td><td>{:.2}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{:.2} %</td><td>{:.2}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             html::escape(m),
             100.0 * x.mean,
             100.0 * x.std,
             x.n,
             so.as_ref().map_or(String::new(), with_ci),
             ab.as_ref().map_or(String::new(), with_ci),
+            ab.as_ref().map_or(String::new(), |p| format!("{}/{}", p.positive, p.n)),
         );
         bars.push((m.clone(), Some(100.0 * x.mean)));
     }

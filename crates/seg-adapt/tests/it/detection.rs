@@ -187,6 +187,10 @@ fn detection_demo_quick_reports_every_arm() {
     ];
     let out = ok(&args);
     assert!(out.contains("car AP50") && out.contains("da-maps"), "{out}");
+    assert!(
+        out.contains("seeds above AdaBN") && out.contains("Verdicts against AdaBN"),
+        "{out}"
+    );
     let v = json(&dir.path().join("report.json"));
     assert_eq!(
         v["runs"].as_array().unwrap().len(),
@@ -269,4 +273,19 @@ fn every_detection_preset_loads_and_validates() {
     for m in seg_ssd::method::DET_METHOD_NAMES.into_iter().filter(|m| *m != "adabn") {
         assert!(seen.contains(&m), "no preset for {m}");
     }
+}
+
+#[test]
+fn starting_from_a_detector_replaces_the_presets_imagenet_weights() {
+    let preset = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../configs/detection/sim10k-cityscapes_da-maps_ssd300.toml");
+    let plain = seg_adapt::cmd::detect::load_config(&preset, &[]).unwrap();
+    assert!(plain.init_weights.is_some() && plain.init_from.is_none());
+    let from = seg_adapt::cmd::detect::load_config(&preset, &["init_from=runs/sim10k_source-only".into()]).unwrap();
+    assert_eq!(
+        from.init_from.as_deref(),
+        Some(std::path::Path::new("runs/sim10k_source-only"))
+    );
+    assert!(from.init_weights.is_none());
+    assert_eq!(from.model, plain.model);
 }
