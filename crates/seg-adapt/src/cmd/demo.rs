@@ -642,16 +642,7 @@ fn comparison(
 
 pub fn run(args: Args, device_name: &crate::run::DeviceName) -> anyhow::Result<()> {
     if args.task == super::Task::Detection {
-        return super::detect::demo(
-            &args.out,
-            args.quick,
-            args.seeds,
-            args.pretrain_steps,
-            args.steps,
-            args.data_seed,
-            args.methods.clone(),
-            device_name,
-        );
+        return super::detect::demo(&args, device_name);
     }
     let start = std::time::Instant::now();
     let device = crate::run::device(device_name)?;

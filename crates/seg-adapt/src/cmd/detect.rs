@@ -307,16 +307,18 @@ fn run_adabn(out: &Path, seed: u64, data_seed: u64, device: &candle_core::Device
 }
 
 /// `seg-adapt demo --task detection`.
-pub fn demo(
-    out: &Path,
-    quick: bool,
-    seeds: Option<usize>,
-    pretrain_steps: Option<usize>,
-    steps: Option<usize>,
-    data_seed: u64,
-    methods: Option<Vec<String>>,
-    device: &crate::run::DeviceName,
-) -> anyhow::Result<()> {
+pub fn demo(args: &super::demo::Args, device: &crate::run::DeviceName) -> anyhow::Result<()> {
+    let super::demo::Args {
+        out,
+        quick,
+        seeds,
+        pretrain_steps,
+        steps,
+        data_seed,
+        methods,
+        task: _,
+    } = args;
+    let (out, quick, data_seed, methods) = (out.as_path(), *quick, *data_seed, methods.clone());
     let start = std::time::Instant::now();
     let device = crate::run::device(device)?;
     let preset = if quick { Preset::Quick } else { Preset::Default };
