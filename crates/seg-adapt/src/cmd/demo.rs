@@ -35,7 +35,7 @@ pub struct Args {
     /// --quick; detection: 200, or 20).
     #[arg(long)]
     pub pretrain_steps: Option<usize>,
-    /// Steps of each arm after pretraining (default: 120, or 40 with --quick; detection: 100,
+    /// Steps of each arm after pretraining (default: 120, or 40 with --quick; detection: 200,
     /// or 15), the oracle's included.
     #[arg(long)]
     pub steps: Option<usize>,
@@ -133,6 +133,16 @@ impl Phases {
     pub const QUICK: Self = Self {
         pretrain: 80,
         adapt: 40,
+    };
+    /// The detection demo's: 200 and 200.
+    pub const DETECTION: Self = Self {
+        pretrain: 200,
+        adapt: 200,
+    };
+    /// The detection demo's with `--quick`: 20 and 15.
+    pub const DETECTION_QUICK: Self = Self {
+        pretrain: 20,
+        adapt: 15,
     };
 }
 
@@ -326,6 +336,27 @@ pub struct Paired {
     pub positive: usize,
 }
 
+/// One line of a report's verdicts: method `m` (scores `x`, paired differences `p`) against
+/// AdaBN (`adabn`).
+pub(crate) fn adabn_verdict(m: &str, x: &Summary, adabn: &Summary, p: &Paired) -> String {
+    format!(
+        "- **{m}**: {:+.2} points over AdaBN on average ({}); above on {} of {} seeds; the 95% interval {}.\n",
+        100.0 * p.mean,
+        if x.mean > adabn.mean + adabn.std {
+            "beyond AdaBN's mean + std"
+        } else {
+            "NOT beyond AdaBN's mean + std"
+        },
+        p.positive,
+        p.n,
+        if p.ci95.is_some_and(|[lo, _]| lo > 0.0) {
+            "excludes 0"
+        } else {
+            "includes 0"
+        },
+    )
+}
+
 /// Pairs `a` and `b` (`(seed, value)`) by seed; `None` when they share no seed.
 pub fn paired(a: &[(u64, f64)], b: &[(u64, f64)]) -> Option<Paired> {
     let per_seed: Vec<(u64, f64)> = a
@@ -465,20 +496,7 @@ fn markdown(
             let (Some(x), Some(p)) = (summary.get(m), paired.get(m).and_then(|c| c.vs_adabn.as_ref())) else {
                 continue;
             };
-            let beyond = x.mean > ab_sum.mean + ab_sum.std;
-            let ci = p.ci95.is_some_and(|[lo, _]| lo > 0.0);
-            s.push_str(&format!(
-                "- **{m}**: {:+.2} points over AdaBN on average ({}); above on {} of {} seeds; the 95% interval {}.\n",
-                100.0 * p.mean,
-                if beyond {
-                    "beyond AdaBN's mean + std"
-                } else {
-                    "NOT beyond AdaBN's mean + std"
-                },
-                p.positive,
-                p.n,
-                if ci { "excludes 0" } else { "includes 0" },
-            ));
+            s.push_str(&adabn_verdict(m, x, ab_sum, p));
         }
         if let (Some(so_sum), Some(or)) = (summary.get("source-only"), summary.get("oracle")) {
             let best = summary

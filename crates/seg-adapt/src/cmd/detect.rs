@@ -20,11 +20,11 @@ use seg_ssd::method::DET_METHOD_NAMES;
 use seg_ssd::train::{DetMethodConfigField, DetRunConfig};
 use seg_ssd::{DetMethodConfig, SsdConfig};
 
-use super::demo::{digest, paired, with_ci, Paired, Phase, Phases, Summary, PRETRAIN};
+use super::demo::{adabn_verdict, digest, paired, with_ci, Paired, Phase, Phases, Summary, PRETRAIN};
 
 #[derive(clap::Args, Debug)]
 pub struct TrainArgs {
-    /// Detection run config (TOML: [model], [method], [data], [trainer], init_weights).
+    /// Detection run config (TOML: [model], [method], [data], [trainer], init_weights or init_from).
     pub config: PathBuf,
     /// Run folder: config.toml, metrics.jsonl, checkpoint.safetensors, detections.json, eval/.
     #[arg(long)]
@@ -94,18 +94,6 @@ pub fn train(args: TrainArgs, device_name: &crate::run::DeviceName) -> anyhow::R
     println!("run written to {}", args.out.display());
     Ok(())
 }
-
-/// The detection demo's schedule: source-only pretraining shared by every arm of a seed, then
-/// each arm's own steps from that detector (the segmentation demo's protocol).
-pub const DET_PHASES: Phases = Phases {
-    pretrain: 200,
-    adapt: 200,
-};
-/// `--quick`'s lengths.
-pub const DET_PHASES_QUICK: Phases = Phases {
-    pretrain: 20,
-    adapt: 15,
-};
 
 /// The demo's config for one run: the shared pretraining (`Phase::Pretrain`, source-only from
 /// the seeded initial weights) or one arm continuing from the pretrained detector in `init`
@@ -324,7 +312,7 @@ pub fn demo(args: &super::demo::Args, device: &crate::run::DeviceName) -> anyhow
     let preset = if quick { Preset::Quick } else { Preset::Default };
     // Five seeds: car AP on 100 val images moves by several points between seeds.
     let seeds = seeds.unwrap_or(if quick { 2 } else { 5 });
-    let lengths = if quick { DET_PHASES_QUICK } else { DET_PHASES };
+    let lengths = if quick { Phases::DETECTION_QUICK } else { Phases::DETECTION };
     let phases = Phases {
         pretrain: pretrain_steps.unwrap_or(lengths.pretrain),
         adapt: steps.unwrap_or(lengths.adapt),
@@ -455,22 +443,7 @@ pub fn demo(args: &super::demo::Args, device: &crate::run::DeviceName) -> anyhow
             let (Some(x), Some(p)) = (summary.get(m), vs.get(m).and_then(|v| v.1.as_ref())) else {
                 continue;
             };
-            md += &format!(
-                "- **{m}**: {:+.2} points over AdaBN on average ({}); above on {} of {} seeds; the 95% interval {}.\n",
-                100.0 * p.mean,
-                if x.mean > ab_sum.mean + ab_sum.std {
-                    "beyond AdaBN's mean + std"
-                } else {
-                    "NOT beyond AdaBN's mean + std"
-                },
-                p.positive,
-                p.n,
-                if p.ci95.is_some_and(|[lo, _]| lo > 0.0) {
-                    "excludes 0"
-                } else {
-                    "includes 0"
-                },
-            );
+            md += &adabn_verdict(m, x, ab_sum, p);
         }
     }
     md += "\nPictures (seed 0, first val images; ground truth green, detections ≥ 0.3 red): `runs/<method>/seed0/eval/pictures/detections.png`.\n";
