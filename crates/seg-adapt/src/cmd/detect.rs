@@ -312,7 +312,11 @@ pub fn demo(args: &super::demo::Args, device: &crate::run::DeviceName) -> anyhow
     let preset = if quick { Preset::Quick } else { Preset::Default };
     // Five seeds: car AP on 100 val images moves by several points between seeds.
     let seeds = seeds.unwrap_or(if quick { 2 } else { 5 });
-    let lengths = if quick { Phases::DETECTION_QUICK } else { Phases::DETECTION };
+    let lengths = if quick {
+        Phases::DETECTION_QUICK
+    } else {
+        Phases::DETECTION
+    };
     let phases = Phases {
         pretrain: pretrain_steps.unwrap_or(lengths.pretrain),
         adapt: steps.unwrap_or(lengths.adapt),
