@@ -113,7 +113,7 @@ pub fn demo_config(
     // domains apart within it. Each scene's photometrics are drawn per image and every domain's
     // batch is normalised by its own statistics, so what is left to tell apart is subtle:
     // at DA-Faster's learning rate the branches stayed at chance (BCE ≈ 0.69) and the reversed
-    // gradient carried nothing. Chosen on data seed 0 only (docs/detection.md).
+    // gradient carried nothing. Chosen on data seed 0 only (docs/demo-history.md).
     match &mut method {
         DetMethodConfig::DaImage(c) => {
             // The small SSD's maps have 48 and 64 channels; DA-Faster's 512 hidden channels
