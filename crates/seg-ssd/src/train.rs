@@ -283,10 +283,11 @@ pub fn run(
     } else {
         cfg.open_source()?
     };
-    // A mismatched init_from is refused before anything is trained.
+    // A mismatched init_from is refused before anything is trained; a resumed run takes every
+    // weight from its own checkpoint and does not need it.
     let init = match &cfg.init_from {
-        Some(from) => Some(init_checkpoint(cfg, from, device)?),
-        None => None,
+        Some(from) if !(control.resume && ckpt.exists()) => Some(init_checkpoint(cfg, from, device)?),
+        _ => None,
     };
     let vars = VarMap::new();
     let method = method_cfg.build(&cfg.model, &vars, device, cfg.trainer.seed)?;

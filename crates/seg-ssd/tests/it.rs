@@ -432,14 +432,33 @@ fn init_from_copies_the_detector_and_refuses_another_model() {
     // The stored config names where it started; the domain branches start fresh.
     let stored = std::fs::read_to_string(b.join("config.toml")).unwrap();
     assert!(stored.contains("init_from"), "{stored}");
-    go(&cfg("da-maps", 0.01, Some(a.clone())), &c).unwrap();
+    let stop = seg_ssd::train::RunControl {
+        resume: false,
+        stop_after: Some(1),
+    };
+    let da_maps = cfg("da-maps", 0.01, Some(a.clone()));
+    assert!(seg_ssd::train::run(&da_maps, &c, &Device::Cpu, &mut |_, _, _| {}, stop)
+        .unwrap()
+        .is_none());
     // Another model is refused, naming the checkpoint.
     let mut other = cfg("source-only", 0.01, Some(a.clone()));
     other.model.widths = [8, 8, 8, 8, 8, 16];
     let e = go(&other, &dir.path().join("d")).unwrap_err();
     assert!(e.contains("init_from") && e.contains("checkpoint.safetensors"), "{e}");
     // So is a run that names both starting points.
-    let mut both = cfg("source-only", 0.01, Some(a));
+    let mut both = cfg("source-only", 0.01, Some(a.clone()));
     both.init_weights = Some("vgg16.safetensors".into());
     assert!(go(&both, &dir.path().join("e")).unwrap_err().contains("both set"));
+    // A resumed run takes its weights from its own checkpoint: the run it started from may be
+    // gone by then.
+    std::fs::remove_dir_all(&a).unwrap();
+    let resume = seg_ssd::train::RunControl {
+        resume: true,
+        stop_after: None,
+    };
+    assert!(
+        seg_ssd::train::run(&da_maps, &c, &Device::Cpu, &mut |_, _, _| {}, resume)
+            .unwrap()
+            .is_some()
+    );
 }
