@@ -207,10 +207,12 @@ pub fn build_setup(
     resume: bool,
     progress: bool,
 ) -> anyhow::Result<TrainSetup> {
-    // A mismatched --init-from is refused before anything is built.
+    // A mismatched --init-from is refused before anything is built; a resumed run takes every
+    // weight from its own checkpoint and does not need it.
+    let resuming = resume && checkpoint_file(run_dir).exists();
     let init = match &cfg.model.init_from {
-        Some(from) => Some(init_checkpoint(cfg, from, device)?),
-        None => None,
+        Some(from) if !resuming => Some(init_checkpoint(cfg, from, device)?),
+        _ => None,
     };
     let (vars, backbone) = build_model(cfg, device)?;
     cfg.validate(backbone.stride())?;

@@ -107,9 +107,13 @@ fn init_from_copies_the_model_and_refuses_another() {
     // A resumed run keeps its saved config: only trainer.steps may change.
     args.push("--resume");
     ok(&args);
+    let resumed = args.clone();
     args.extend(["--seed", "9"]);
     let e = err(&args);
     assert!(e.contains("trainer.seed") && e.contains("--resume"), "{e}");
+    // Its weights all come from its own checkpoint: the run it started from may be gone.
+    std::fs::remove_dir_all(&first).unwrap();
+    ok(&resumed);
 }
 
 #[test]
