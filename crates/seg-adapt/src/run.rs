@@ -208,7 +208,7 @@ pub fn build_setup(
     progress: bool,
 ) -> anyhow::Result<TrainSetup> {
     // A mismatched --init-from is refused before anything is built; a resumed run takes every
-    // weight from its own checkpoint and does not need it.
+    // weight from its own checkpoint and needs neither its starting run nor ImageNet weights.
     let resuming = resume && checkpoint_file(run_dir).exists();
     let init = match &cfg.model.init_from {
         Some(from) if !resuming => Some(init_checkpoint(cfg, from, device)?),
@@ -233,7 +233,7 @@ pub fn build_setup(
             crop[1]
         );
     }
-    if let Some(init) = &cfg.model.init_weights {
+    if let Some(init) = cfg.model.init_weights.as_ref().filter(|_| !resuming) {
         let r = seg_fcn::weights::load_init_weights(&vars, "model", init)?;
         tracing::info!(
             "loaded {} tensors from {} ({} skipped)",

@@ -273,8 +273,6 @@ pub fn run(
             out.display()
         )));
     }
-    let cfg_path = out.join("config.toml");
-    seg_labels::fsutil::write_atomic(&cfg_path, cfg.to_toml().as_bytes()).map_err(write_err(&cfg_path))?;
     let method_cfg = &cfg.method.0;
     let classes = cfg.model.classes;
     let d = &cfg.data;
@@ -284,14 +282,15 @@ pub fn run(
         cfg.open_source()?
     };
     // A mismatched init_from is refused before anything is trained; a resumed run takes every
-    // weight from its own checkpoint and does not need it.
+    // weight from its own checkpoint and needs neither its starting run nor ImageNet weights.
+    let resuming = control.resume && ckpt.exists();
     let init = match &cfg.init_from {
-        Some(from) if !(control.resume && ckpt.exists()) => Some(init_checkpoint(cfg, from, device)?),
+        Some(from) if !resuming => Some(init_checkpoint(cfg, from, device)?),
         _ => None,
     };
     let vars = VarMap::new();
     let method = method_cfg.build(&cfg.model, &vars, device, cfg.trainer.seed)?;
-    if let Some(w) = &cfg.init_weights {
+    if let Some(w) = cfg.init_weights.as_ref().filter(|_| !resuming) {
         seg_fcn::weights::load_init_weights(&vars, "model", w)?;
     }
     if let Some(ck) = &init {
@@ -372,6 +371,10 @@ pub fn run(
     } else {
         let _ = std::fs::remove_file(&metrics);
     }
+    // Written once the checkpoint (if resuming) is known to be this config's: a refused resume
+    // leaves the run's own config.toml as it was.
+    let cfg_path = out.join("config.toml");
+    seg_labels::fsutil::write_atomic(&cfg_path, cfg.to_toml().as_bytes()).map_err(write_err(&cfg_path))?;
     let save = |step: usize, src: &DetLoader, tgt: Option<&DetLoader>, stepper: &Stepper| -> Result<(), DetRunError> {
         let mut tensors: Vec<(String, Tensor)> = {
             let data = vars.data().lock().unwrap_or_else(|p| p.into_inner());

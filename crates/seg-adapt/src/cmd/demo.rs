@@ -85,6 +85,9 @@ struct RunResult {
     /// reused only when it is unchanged.
     #[serde(default)]
     init_digest: Option<String>,
+    /// The benchmark generator's version the run's data came from.
+    #[serde(default)]
+    generator_version: u32,
 }
 
 /// Mean, sample standard deviation (0 for one value) and count of a method's scores over seeds.
@@ -266,6 +269,7 @@ fn run_one(
         if let Ok(r) = serde_json::from_str::<RunResult>(&text) {
             if r.miou.is_some()
                 && r.data_seed == data_seed
+                && r.generator_version == toy::GENERATOR_VERSION
                 && r.init_digest == init_digest
                 && RunConfig::load(&dir.join("config.toml")).ok().as_ref() == Some(cfg)
             {
@@ -290,6 +294,7 @@ fn run_one(
         seconds: start.elapsed().as_secs_f64(),
         data_seed,
         init_digest,
+        generator_version: toy::GENERATOR_VERSION,
     };
     seg_labels::fsutil::write_atomic(&done, serde_json::to_string_pretty(&r)?.as_bytes())?;
     Ok(r)
@@ -334,6 +339,22 @@ pub struct Paired {
     pub per_seed: Vec<(u64, f64)>,
     /// Seeds on which the difference is positive.
     pub positive: usize,
+}
+
+/// A `--methods` list in which source-only (added when missing) runs before AdaBN, which is
+/// derived from its run.
+pub(crate) fn with_source_only_first(mut list: Vec<String>) -> Vec<String> {
+    if let Some(a) = list.iter().position(|m| m == "adabn") {
+        match list.iter().position(|m| m == "source-only") {
+            None => list.insert(0, "source-only".into()),
+            Some(s) if s > a => {
+                let so = list.remove(s);
+                list.insert(a, so);
+            }
+            Some(_) => {}
+        }
+    }
+    list
 }
 
 /// One line of a report's verdicts: method `m` (scores `x`, paired differences `p`) against
@@ -681,11 +702,7 @@ pub fn run(args: Args, device_name: &crate::run::DeviceName) -> anyhow::Result<(
             for m in list {
                 m.parse::<MethodConfig>().map_err(|e| anyhow::anyhow!("{e}"))?;
             }
-            let mut v: Vec<String> = list.clone();
-            if v.iter().any(|m| m == "adabn") && !v.iter().any(|m| m == "source-only") {
-                v.insert(0, "source-only".into());
-            }
-            v
+            with_source_only_first(list.clone())
         }
         None => methods().iter().map(|s| s.to_string()).collect(),
     };
@@ -797,6 +814,24 @@ mod tests {
         ] {
             assert!((t_975(df) - want).abs() < 2e-3, "df {df}: {} vs {want}", t_975(df));
         }
+    }
+
+    #[test]
+    fn source_only_runs_before_adabn() {
+        let v = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            with_source_only_first(v(&["adabn", "dann"])),
+            v(&["source-only", "adabn", "dann"])
+        );
+        assert_eq!(
+            with_source_only_first(v(&["dann", "adabn", "source-only"])),
+            v(&["dann", "source-only", "adabn"])
+        );
+        assert_eq!(
+            with_source_only_first(v(&["source-only", "adabn"])),
+            v(&["source-only", "adabn"])
+        );
+        assert_eq!(with_source_only_first(v(&["dann"])), v(&["dann"]));
     }
 
     #[test]

@@ -20,7 +20,9 @@ use seg_ssd::method::DET_METHOD_NAMES;
 use seg_ssd::train::{DetMethodConfigField, DetRunConfig};
 use seg_ssd::{DetMethodConfig, SsdConfig};
 
-use super::demo::{adabn_verdict, digest, paired, with_ci, Paired, Phase, Phases, Summary, PRETRAIN};
+use super::demo::{
+    adabn_verdict, digest, paired, with_ci, with_source_only_first, Paired, Phase, Phases, Summary, PRETRAIN,
+};
 
 #[derive(clap::Args, Debug)]
 pub struct TrainArgs {
@@ -49,15 +51,17 @@ pub struct TrainArgs {
 pub fn load_config(path: &Path, sets: &[String]) -> anyhow::Result<DetRunConfig> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut root: toml::Value = toml::from_str(&text).with_context(|| format!("{}: not TOML", path.display()))?;
-    let from_file = root.get("init_from").cloned();
+    let (from_file, weights_file) = (root.get("init_from").cloned(), root.get("init_weights").cloned());
     for s in sets {
         crate::config::set_key(&mut root, s)?;
     }
-    if root.get("init_from").is_some() && root.get("init_from") != from_file.as_ref() {
+    // The file's ImageNet weights give way to a starting detector named on the command line;
+    // weights named there too are refused by `validate`.
+    let new_from = root.get("init_from").is_some() && root.get("init_from") != from_file.as_ref();
+    if new_from && weights_file.is_some() && root.get("init_weights") == weights_file.as_ref() {
         if let Some(t) = root.as_table_mut() {
-            if t.remove("init_weights").is_some() {
-                tracing::info!("starting from the detector of init_from: the config's init_weights are not loaded");
-            }
+            t.remove("init_weights");
+            tracing::info!("starting from the detector of init_from: the config's init_weights are not loaded");
         }
     }
     let text = toml::to_string(&root)?;
@@ -223,7 +227,11 @@ fn run_arm(
         Some(from) => Some(digest(&from.join(seg_train::checkpoint::FILE))?),
         None => None,
     };
-    let key = format!("{}\ndata seed {data_seed}", cfg.to_toml());
+    let key = format!(
+        "{}\ndata seed {data_seed}, generator version {}",
+        cfg.to_toml(),
+        toy::GENERATOR_VERSION
+    );
     if let Ok(bytes) = std::fs::read(&done) {
         if let Ok((c, r)) = serde_json::from_slice::<(String, DetResult)>(&bytes) {
             if c == key && r.data_seed == data_seed && r.init_digest == init_digest {
@@ -330,11 +338,7 @@ pub fn demo(args: &super::demo::Args, device: &crate::run::DeviceName) -> anyhow
             for m in &list {
                 DetMethodConfig::parse(m).map_err(|e| anyhow::anyhow!(e))?;
             }
-            let mut v = list;
-            if v.iter().any(|m| m == "adabn") && !v.iter().any(|m| m == "source-only") {
-                v.insert(0, "source-only".into());
-            }
-            v
+            with_source_only_first(list)
         }
         None => DET_METHOD_NAMES.iter().map(|s| s.to_string()).collect(),
     };
