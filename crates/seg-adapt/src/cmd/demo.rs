@@ -22,9 +22,11 @@ use crate::config::{DataConfig, EvalConfig, ModelConfig, RunConfig};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Output folder: data/, runs/, report.html, report.md, report.json, comparison.png.
-    #[arg(long, default_value = "runs/demo")]
-    pub out: PathBuf,
+    /// Output folder: data/, runs/, report.html, report.md, report.json, comparison.png
+    /// (default: runs/demo, or runs/demo-detection with --task detection). A folder holding
+    /// the other task's demo is refused.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
     /// The small benchmark and short runs (about two minutes, for tests).
     #[arg(long)]
     pub quick: bool,
@@ -339,6 +341,43 @@ pub struct Paired {
     pub per_seed: Vec<(u64, f64)>,
     /// Seeds on which the difference is positive.
     pub positive: usize,
+}
+
+/// Where a demo of `task` writes when `--out` is not given.
+pub fn default_out(task: super::Task) -> PathBuf {
+    match task {
+        super::Task::Segmentation => PathBuf::from("runs/demo"),
+        super::Task::Detection => PathBuf::from("runs/demo-detection"),
+    }
+}
+
+/// Claims `out` for the demo of `task`: a folder that holds the other task's demo (its
+/// `demo-task.txt`, or a report of the other kind) is refused, since both write `runs/`
+/// folders of the same names (`pretrain`, `source-only`, `oracle`) and the same report files.
+pub(crate) fn claim_out(out: &Path, task: super::Task) -> anyhow::Result<()> {
+    let name = |t: super::Task| match t {
+        super::Task::Segmentation => "segmentation",
+        super::Task::Detection => "detection",
+    };
+    let marker = out.join("demo-task.txt");
+    let found = match std::fs::read_to_string(&marker) {
+        Ok(s) => Some(s.trim().to_string()),
+        Err(_) => std::fs::read(out.join("report.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .map(|v| v["task"].as_str().unwrap_or("segmentation").to_string()),
+    };
+    if let Some(other) = found.filter(|t| t != name(task)) {
+        anyhow::bail!(
+            "{} holds the {other} demo's runs and report; the {} demo would overwrite them: choose another --out",
+            out.display(),
+            name(task)
+        );
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    seg_labels::fsutil::write_atomic(&marker, name(task).as_bytes())
+        .with_context(|| format!("writing {}", marker.display()))?;
+    Ok(())
 }
 
 /// A `--methods` list in which source-only (added when missing) runs before AdaBN, which is
@@ -680,8 +719,10 @@ fn comparison(
 }
 
 pub fn run(args: Args, device_name: &crate::run::DeviceName) -> anyhow::Result<()> {
+    let out = args.out.clone().unwrap_or_else(|| default_out(args.task));
+    claim_out(&out, args.task)?;
     if args.task == super::Task::Detection {
-        return super::detect::demo(&args, device_name);
+        return super::detect::demo(&args, &out, device_name);
     }
     let start = std::time::Instant::now();
     let device = crate::run::device(device_name)?;
@@ -706,7 +747,7 @@ pub fn run(args: Args, device_name: &crate::run::DeviceName) -> anyhow::Result<(
         }
         None => methods().iter().map(|s| s.to_string()).collect(),
     };
-    let data = args.out.join("data");
+    let data = out.join("data");
     match toy::read_manifest(&data) {
         Some(m) if m.preset == preset && m.generator_version == toy::GENERATOR_VERSION && m.seed == args.data_seed => {}
         _ => {
@@ -720,7 +761,7 @@ pub fn run(args: Args, device_name: &crate::run::DeviceName) -> anyhow::Result<(
     }
     let mut runs = Vec::new();
     for seed in 0..seeds as u64 {
-        let init = args.out.join("runs").join(PRETRAIN).join(format!("seed{seed}"));
+        let init = out.join("runs").join(PRETRAIN).join(format!("seed{seed}"));
         {
             let cfg = demo_config(&data, preset, "source-only", seed, phases, Phase::Pretrain, &init)?;
             eprintln!(
@@ -728,7 +769,7 @@ pub fn run(args: Args, device_name: &crate::run::DeviceName) -> anyhow::Result<(
                 start.elapsed().as_secs_f64(),
                 phases.pretrain
             );
-            let r = run_one(&cfg, PRETRAIN, &args.out, args.data_seed, &device)
+            let r = run_one(&cfg, PRETRAIN, &out, args.data_seed, &device)
                 .with_context(|| format!("demo pretraining seed {seed}"))?;
             eprintln!(
                 "         mIoU {}",
@@ -738,8 +779,8 @@ pub fn run(args: Args, device_name: &crate::run::DeviceName) -> anyhow::Result<(
         for m in &methods {
             let cfg = demo_config(&data, preset, m, seed, phases, Phase::Arm, &init)?;
             eprintln!("[{:>5.0}s] {m} seed {seed}", start.elapsed().as_secs_f64());
-            let r = run_one(&cfg, m, &args.out, args.data_seed, &device)
-                .with_context(|| format!("demo run {m} seed {seed}"))?;
+            let r =
+                run_one(&cfg, m, &out, args.data_seed, &device).with_context(|| format!("demo run {m} seed {seed}"))?;
             eprintln!(
                 "         mIoU {}",
                 r.miou.map_or("n/a".into(), |v| format!("{:.2} %", 100.0 * v))
@@ -749,9 +790,9 @@ pub fn run(args: Args, device_name: &crate::run::DeviceName) -> anyhow::Result<(
     }
     let summary = summarise(&runs, &methods);
     let paired = comparisons(&runs, &methods);
-    let init0 = args.out.join("runs").join(PRETRAIN).join("seed0");
+    let init0 = out.join("runs").join(PRETRAIN).join("seed0");
     let cfg0 = demo_config(&data, preset, "source-only", 0, phases, Phase::Arm, &init0)?;
-    comparison(&args.out, &cfg0, &methods, 0, &device)?;
+    comparison(&out, &cfg0, &methods, 0, &device)?;
     let s = preset.sizes();
     let meta = format!(
         "Embedded benchmark `{preset:?}`, generator version {}, data seed {} ({} source images, {} target train, {} target val, stored at {}x{}); small BN FCN trained at 64x128, batch 8 (+8 target). Per seed: {} source-only steps shared by every arm, then {} steps per arm from that model (AdaBN from the source-only arm; adaptation arms end with AdaBN's re-estimation of the batch-norm statistics over the same target batches; the oracle on target train labels). Seeds 0..{seeds}. Total time {:.0}s.",
@@ -767,8 +808,9 @@ pub fn run(args: Args, device_name: &crate::run::DeviceName) -> anyhow::Result<(
         start.elapsed().as_secs_f64()
     );
     let md = markdown(&runs, &summary, &paired, &methods, &meta);
-    let page = html_report(&args.out, &runs, &summary, &paired, &methods, &meta);
+    let page = html_report(&out, &runs, &summary, &paired, &methods, &meta);
     let json = serde_json::json!({
+        "task": "segmentation",
         "runs": runs,
         "summary": summary,
         "paired": paired,
@@ -781,18 +823,18 @@ pub fn run(args: Args, device_name: &crate::run::DeviceName) -> anyhow::Result<(
         "seconds": start.elapsed().as_secs_f64(),
     });
     seg_labels::fsutil::write_atomic(
-        &args.out.join("report.json"),
+        &out.join("report.json"),
         serde_json::to_string_pretty(&json)?.as_bytes(),
     )?;
-    seg_labels::fsutil::write_atomic(&args.out.join("report.md"), md.as_bytes())?;
-    seg_labels::fsutil::write_atomic(&args.out.join("report.html"), page.as_bytes())?;
+    seg_labels::fsutil::write_atomic(&out.join("report.md"), md.as_bytes())?;
+    seg_labels::fsutil::write_atomic(&out.join("report.html"), page.as_bytes())?;
     println!("{md}");
     println!(
         "wrote {}, {}, {} and {}",
-        args.out.join("report.html").display(),
-        args.out.join("report.md").display(),
-        args.out.join("report.json").display(),
-        args.out.join("comparison.png").display()
+        out.join("report.html").display(),
+        out.join("report.md").display(),
+        out.join("report.json").display(),
+        out.join("comparison.png").display()
     );
     Ok(())
 }
@@ -814,6 +856,28 @@ mod tests {
         ] {
             assert!((t_975(df) - want).abs() < 2e-3, "df {df}: {} vs {want}", t_975(df));
         }
+    }
+
+    #[test]
+    fn a_demo_folder_is_refused_to_the_other_task() {
+        use crate::cmd::Task;
+        let dir = tempfile::tempdir().unwrap();
+        let seg = dir.path().join("seg");
+        claim_out(&seg, Task::Segmentation).unwrap();
+        claim_out(&seg, Task::Segmentation).unwrap();
+        let e = claim_out(&seg, Task::Detection).unwrap_err().to_string();
+        assert!(e.contains("segmentation demo") && e.contains("seg"), "{e}");
+        // Folders written before the marker existed are told apart by their report.
+        let old_seg = dir.path().join("old-seg");
+        std::fs::create_dir_all(&old_seg).unwrap();
+        std::fs::write(old_seg.join("report.json"), r#"{"runs": []}"#).unwrap();
+        assert!(claim_out(&old_seg, Task::Detection).is_err());
+        let old_det = dir.path().join("old-det");
+        std::fs::create_dir_all(&old_det).unwrap();
+        std::fs::write(old_det.join("report.json"), r#"{"task": "detection"}"#).unwrap();
+        assert!(claim_out(&old_det, Task::Segmentation).is_err());
+        claim_out(&old_det, Task::Detection).unwrap();
+        assert_ne!(default_out(Task::Segmentation), default_out(Task::Detection));
     }
 
     #[test]

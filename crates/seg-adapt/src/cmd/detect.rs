@@ -303,9 +303,9 @@ fn run_adabn(out: &Path, seed: u64, data_seed: u64, device: &candle_core::Device
 }
 
 /// `seg-adapt demo --task detection`.
-pub fn demo(args: &super::demo::Args, device: &crate::run::DeviceName) -> anyhow::Result<()> {
+pub fn demo(args: &super::demo::Args, out: &Path, device: &crate::run::DeviceName) -> anyhow::Result<()> {
     let super::demo::Args {
-        out,
+        out: _,
         quick,
         seeds,
         pretrain_steps,
@@ -314,7 +314,7 @@ pub fn demo(args: &super::demo::Args, device: &crate::run::DeviceName) -> anyhow
         methods,
         task: _,
     } = args;
-    let (out, quick, data_seed, methods) = (out.as_path(), *quick, *data_seed, methods.clone());
+    let (quick, data_seed, methods) = (*quick, *data_seed, methods.clone());
     let start = std::time::Instant::now();
     let device = crate::run::device(device)?;
     let preset = if quick { Preset::Quick } else { Preset::Default };
