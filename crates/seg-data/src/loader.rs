@@ -357,10 +357,14 @@ impl Loader {
             })
             .collect::<Result<_, _>>()?;
         // Refill skipped slots by walking a permutation of the dataset drawn by the batch's own
-        // generator; give up after two passes without one good sample.
+        // generator (only for a batch with a slot to refill); give up after two passes without
+        // one good sample.
         let len = self.shared.dataset.len();
-        let mut order: Vec<usize> = (0..len).collect();
-        Rng::derive(self.shared.seed, &[next.draw, u64::MAX]).shuffle(&mut order);
+        let mut order: Vec<usize> = Vec::new();
+        if prepared.iter().any(Option::is_none) {
+            order.extend(0..len);
+            Rng::derive(self.shared.seed, &[next.draw, u64::MAX]).shuffle(&mut order);
+        }
         let mut attempts = 0;
         for slot in prepared.iter_mut() {
             let mut misses = 0;
