@@ -209,7 +209,7 @@ pub fn build_setup(
 ) -> anyhow::Result<TrainSetup> {
     // A mismatched --init-from is refused before anything is built; a resumed run takes every
     // weight from its own checkpoint and needs neither its starting run nor ImageNet weights.
-    let resuming = resume && checkpoint_file(run_dir).exists();
+    let resuming = resume && seg_train::checkpoint::file_of(run_dir).exists();
     let init = match &cfg.model.init_from {
         Some(from) if !resuming => Some(init_checkpoint(cfg, from, device)?),
         _ => None,
@@ -357,20 +357,11 @@ fn write_left_out(run_dir: &Path, left_out: &BTreeMap<String, Vec<LeftOut>>) -> 
     seg_labels::fsutil::write_atomic(&path, json.as_bytes()).with_context(|| format!("writing {}", path.display()))
 }
 
-/// The checkpoint file of a run folder (or the file itself).
-pub fn checkpoint_file(path: &Path) -> PathBuf {
-    if path.is_dir() {
-        path.join(seg_train::checkpoint::FILE)
-    } else {
-        path.to_path_buf()
-    }
-}
-
 /// The checkpoint of the run at `from` that `cfg` starts from (its model's weights and
 /// batch-norm statistics are copied in; heads and optimiser state are not), refusing a run of
 /// another model with both names.
 fn init_checkpoint(cfg: &RunConfig, from: &Path, device: &Device) -> anyhow::Result<seg_train::checkpoint::Checkpoint> {
-    let file = checkpoint_file(from);
+    let file = seg_train::checkpoint::file_of(from);
     let ck = seg_train::checkpoint::load(&file, device).with_context(|| format!("--init-from {}", from.display()))?;
     let theirs = RunConfig::parse(&ck.meta.config)
         .with_context(|| format!("{}: config stored in the checkpoint", file.display()))?;
@@ -433,7 +424,7 @@ pub struct Trained {
 }
 
 pub fn load_trained(checkpoint: &Path, device: &Device) -> anyhow::Result<Trained> {
-    let file = checkpoint_file(checkpoint);
+    let file = seg_train::checkpoint::file_of(checkpoint);
     let ck = seg_train::checkpoint::load(&file, device)?;
     let cfg = RunConfig::parse(&ck.meta.config)
         .with_context(|| format!("{}: config stored in the checkpoint", file.display()))?;

@@ -484,24 +484,17 @@ pub fn init_checkpoint(
     from: &Path,
     device: &Device,
 ) -> Result<seg_train::checkpoint::Checkpoint, DetRunError> {
-    let file = if from.is_dir() {
-        from.join(seg_train::checkpoint::FILE)
-    } else {
-        from.to_path_buf()
-    };
+    let file = seg_train::checkpoint::file_of(from);
     let ck = seg_train::checkpoint::load(&file, device)?;
     let theirs: DetRunConfig = toml::from_str(&ck.meta.config)
         .map_err(|e| DetRunError::Config(format!("init_from {}: not a detection checkpoint: {e}", file.display())))?;
     if theirs.model != cfg.model {
+        // The whole section: the two may differ in any field (the widths too).
         return Err(DetRunError::Config(format!(
-            "init_from {}: that run's [model] is not this run's ({:?} {}x{} against {:?} {}x{})",
+            "init_from {}: that run's [model] is not this run's ({:?} against {:?})",
             file.display(),
-            theirs.model.arch,
-            theirs.model.input[0],
-            theirs.model.input[1],
-            cfg.model.arch,
-            cfg.model.input[0],
-            cfg.model.input[1],
+            theirs.model,
+            cfg.model,
         )));
     }
     Ok(ck)

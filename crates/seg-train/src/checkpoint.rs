@@ -18,6 +18,15 @@ pub const VERSION: &str = "1";
 /// The checkpoint's file name in a run folder (segmentation and detection runs alike).
 pub const FILE: &str = "checkpoint.safetensors";
 
+/// The checkpoint file a path names: a run folder's [`FILE`], or the path itself.
+pub fn file_of(path: &Path) -> PathBuf {
+    if path.is_dir() {
+        path.join(FILE)
+    } else {
+        path.to_path_buf()
+    }
+}
+
 /// Everything in a checkpoint besides tensors.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CheckpointMeta {

@@ -264,7 +264,7 @@ fn run_one(
         cfg.model.init_from.clone()
     };
     let init_digest = match &init {
-        Some(dir) => Some(digest(&crate::run::checkpoint_file(dir))?),
+        Some(dir) => Some(digest(&seg_train::checkpoint::file_of(dir))?),
         None => None,
     };
     if let Ok(text) = std::fs::read_to_string(&done) {

@@ -224,26 +224,27 @@ fn run_arm(
     let dir = out.join("runs").join(name).join(format!("seed{seed}"));
     let done = dir.join("result.json");
     let init_digest = match &cfg.init_from {
-        Some(from) => Some(digest(&from.join(seg_train::checkpoint::FILE))?),
+        Some(from) => Some(digest(&seg_train::checkpoint::file_of(from))?),
         None => None,
     };
-    let key = format!(
-        "{}\ndata seed {data_seed}, generator version {}",
+    // Everything the run depends on: a finished run (`result.json`, stored with it) is reused,
+    // and one killed midway continues from its last checkpoint (`started.txt`), only when it is
+    // unchanged; otherwise the run starts over.
+    let stamp = format!(
+        "{}\ndata seed {data_seed}, generator version {}\ninit {}",
         cfg.to_toml(),
-        toy::GENERATOR_VERSION
+        toy::GENERATOR_VERSION,
+        init_digest.as_deref().unwrap_or("none")
     );
     if let Ok(bytes) = std::fs::read(&done) {
         if let Ok((c, r)) = serde_json::from_slice::<(String, DetResult)>(&bytes) {
-            if c == key && r.data_seed == data_seed && r.init_digest == init_digest {
+            if c == stamp {
                 return Ok(r);
             }
         }
     }
     let t = std::time::Instant::now();
-    // A run killed midway continues from its last checkpoint when nothing it depends on changed
-    // (`started` holds what it was started with); otherwise it starts over.
     let started = dir.join("started.txt");
-    let stamp = format!("{key}\ninit {}", init_digest.as_deref().unwrap_or("none"));
     let ckpt = dir.join(seg_train::checkpoint::FILE);
     let same = std::fs::read_to_string(&started).is_ok_and(|s| s == stamp)
         && seg_train::checkpoint::load(&ckpt, device).is_ok_and(|c| c.meta.config == cfg.to_toml());
@@ -265,7 +266,7 @@ fn run_arm(
         init_digest,
         ..result(name, seed, &o.report, t.elapsed().as_secs_f64())
     };
-    seg_labels::fsutil::write_atomic(&done, &serde_json::to_vec(&(key, &r))?)?;
+    seg_labels::fsutil::write_atomic(&done, &serde_json::to_vec(&(stamp, &r))?)?;
     Ok(r)
 }
 
@@ -297,7 +298,7 @@ fn run_adabn(out: &Path, seed: u64, data_seed: u64, device: &candle_core::Device
     )?;
     Ok(DetResult {
         data_seed,
-        init_digest: Some(digest(&from.join(seg_train::checkpoint::FILE))?),
+        init_digest: Some(digest(&seg_train::checkpoint::file_of(&from))?),
         ..result("adabn", seed, &report, t.elapsed().as_secs_f64())
     })
 }
