@@ -6,7 +6,8 @@
 //! Every run is evaluated on the target val split; `report.md`, `report.json` and a
 //! picture comparing the methods' predictions are written, with each method's paired per-seed
 //! difference to AdaBN and to source-only (arms of one seed share the initial model and the
-//! batches). Finished runs are reused, so an interrupted demo continues where it stopped.
+//! batches). Finished runs are reused and a killed run resumes from its last checkpoint, so an
+//! interrupted demo continues where it stopped (`demo_run::Stamp`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -18,6 +19,7 @@ use seg_fcn::ModelName;
 use seg_labels::png_io;
 use seg_methods::MethodConfig;
 
+use super::demo_run::Stamp;
 use crate::config::{DataConfig, EvalConfig, ModelConfig, RunConfig};
 
 #[derive(clap::Args, Debug)]
@@ -83,13 +85,9 @@ struct RunResult {
     /// The benchmark instance the run trained on.
     #[serde(default)]
     data_seed: u64,
-    /// Digest of the checkpoint the run started from (`model.init_from`); a finished run is
-    /// reused only when it is unchanged.
+    /// Digest of the checkpoint the run started from (`model.init_from`).
     #[serde(default)]
     init_digest: Option<String>,
-    /// The benchmark generator's version the run's data came from.
-    #[serde(default)]
-    generator_version: u32,
 }
 
 /// Mean, sample standard deviation (0 for one value) and count of a method's scores over seeds.
@@ -220,17 +218,6 @@ pub fn demo_config(
     })
 }
 
-/// A 64-bit FNV-1a digest of a file, as hex.
-pub(crate) fn digest(path: &Path) -> anyhow::Result<String> {
-    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    Ok(format!("{h:016x}"))
-}
-
 fn final_report(run_dir: &Path) -> anyhow::Result<serde_json::Value> {
     let eval = run_dir.join("eval");
     let mut steps: Vec<PathBuf> = std::fs::read_dir(&eval)
@@ -246,7 +233,9 @@ fn final_report(run_dir: &Path) -> anyhow::Result<serde_json::Value> {
     Ok(serde_json::from_str(&text)?)
 }
 
-/// Trains (or reuses) one run of the demo into `runs/<name>/seed<N>`.
+/// Trains (or reuses) one run of the demo into `runs/<name>/seed<N>`: a finished run is reused,
+/// and one killed midway resumes, while its config, benchmark instance and starting checkpoint
+/// are unchanged ([`Stamp`]).
 fn run_one(
     cfg: &RunConfig,
     name: &str,
@@ -256,36 +245,21 @@ fn run_one(
 ) -> anyhow::Result<RunResult> {
     let seed = cfg.trainer.seed;
     let dir = out.join("runs").join(name).join(format!("seed{seed}"));
-    let done = dir.join("result.json");
     // AdaBN starts from the source-only arm, every other arm from `init_from`.
     let init = if name == "adabn" {
         Some(out.join("runs").join("source-only").join(format!("seed{seed}")))
     } else {
         cfg.model.init_from.clone()
     };
-    let init_digest = match &init {
-        Some(dir) => Some(digest(&seg_train::checkpoint::file_of(dir))?),
-        None => None,
-    };
-    if let Ok(text) = std::fs::read_to_string(&done) {
-        if let Ok(r) = serde_json::from_str::<RunResult>(&text) {
-            if r.miou.is_some()
-                && r.data_seed == data_seed
-                && r.generator_version == toy::GENERATOR_VERSION
-                && r.init_digest == init_digest
-                && RunConfig::load(&dir.join("config.toml")).ok().as_ref() == Some(cfg)
-            {
-                return Ok(r);
-            }
-        }
+    let stamp = Stamp::new(cfg.to_toml()?, data_seed, init.as_deref())?;
+    if let Some(r) = stamp.finished::<RunResult>(&dir).filter(|r| r.miou.is_some()) {
+        return Ok(r);
     }
     let start = std::time::Instant::now();
+    let resume = stamp.start(&dir)?;
     let outcome = match (name, &init) {
-        ("adabn", Some(from)) => {
-            std::fs::create_dir_all(&dir)?;
-            crate::run::adabn_from(cfg, from, &dir, device)?
-        }
-        _ => crate::run::train(cfg, &dir, device, false, true)?,
+        ("adabn", Some(from)) => crate::run::adabn_from(cfg, from, &dir, device)?,
+        _ => crate::run::train(cfg, &dir, device, resume, true)?,
     };
     let report = final_report(&dir)?;
     let r = RunResult {
@@ -295,10 +269,9 @@ fn run_one(
         class_iou: report.get("class_iou").cloned().unwrap_or_default(),
         seconds: start.elapsed().as_secs_f64(),
         data_seed,
-        init_digest,
-        generator_version: toy::GENERATOR_VERSION,
+        init_digest: stamp.init_digest(),
     };
-    seg_labels::fsutil::write_atomic(&done, serde_json::to_string_pretty(&r)?.as_bytes())?;
+    stamp.finish(&dir, &r)?;
     Ok(r)
 }
 

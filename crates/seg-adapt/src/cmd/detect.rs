@@ -20,9 +20,8 @@ use seg_ssd::method::DET_METHOD_NAMES;
 use seg_ssd::train::{DetMethodConfigField, DetRunConfig};
 use seg_ssd::{DetMethodConfig, SsdConfig};
 
-use super::demo::{
-    adabn_verdict, digest, paired, with_ci, with_source_only_first, Paired, Phase, Phases, Summary, PRETRAIN,
-};
+use super::demo::{adabn_verdict, paired, with_ci, with_source_only_first, Paired, Phase, Phases, Summary, PRETRAIN};
+use super::demo_run::{digest, Stamp};
 
 #[derive(clap::Args, Debug)]
 pub struct TrainArgs {
@@ -211,8 +210,9 @@ fn result(method: &str, seed: u64, r: &DetReport, seconds: f64) -> DetResult {
     }
 }
 
-/// Trains (or reuses) one run of `cfg` into `runs/<name>/seed<seed>`. A finished run is reused
-/// when its config, benchmark instance and starting checkpoint are unchanged.
+/// Trains (or reuses) one run of `cfg` into `runs/<name>/seed<seed>`: a finished run is reused,
+/// and one killed midway resumes, while its config, benchmark instance and starting checkpoint
+/// are unchanged ([`Stamp`]).
 fn run_arm(
     out: &Path,
     name: &str,
@@ -222,51 +222,23 @@ fn run_arm(
 ) -> anyhow::Result<DetResult> {
     let seed = cfg.trainer.seed;
     let dir = out.join("runs").join(name).join(format!("seed{seed}"));
-    let done = dir.join("result.json");
-    let init_digest = match &cfg.init_from {
-        Some(from) => Some(digest(&seg_train::checkpoint::file_of(from))?),
-        None => None,
-    };
-    // Everything the run depends on: a finished run (`result.json`, stored with it) is reused,
-    // and one killed midway continues from its last checkpoint (`started.txt`), only when it is
-    // unchanged; otherwise the run starts over.
-    let stamp = format!(
-        "{}\ndata seed {data_seed}, generator version {}\ninit {}",
-        cfg.to_toml(),
-        toy::GENERATOR_VERSION,
-        init_digest.as_deref().unwrap_or("none")
-    );
-    if let Ok(bytes) = std::fs::read(&done) {
-        if let Ok((c, r)) = serde_json::from_slice::<(String, DetResult)>(&bytes) {
-            if c == stamp {
-                return Ok(r);
-            }
-        }
+    let stamp = Stamp::new(cfg.to_toml(), data_seed, cfg.init_from.as_deref())?;
+    if let Some(r) = stamp.finished(&dir) {
+        return Ok(r);
     }
     let t = std::time::Instant::now();
-    let started = dir.join("started.txt");
-    let ckpt = dir.join(seg_train::checkpoint::FILE);
-    let same = std::fs::read_to_string(&started).is_ok_and(|s| s == stamp)
-        && seg_train::checkpoint::load(&ckpt, device).is_ok_and(|c| c.meta.config == cfg.to_toml());
-    for stale in [&ckpt, &done] {
-        if !same && stale.exists() {
-            std::fs::remove_file(stale).with_context(|| format!("removing {}", stale.display()))?;
-        }
-    }
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    seg_labels::fsutil::write_atomic(&started, stamp.as_bytes())?;
     let control = seg_ssd::train::RunControl {
-        resume: same,
+        resume: stamp.start(&dir)?,
         stop_after: None,
     };
     let o = seg_ssd::train::run(cfg, &dir, device, &mut |_, _, _| {}, control)?
         .context("the run stopped before its last step")?;
     let r = DetResult {
         data_seed,
-        init_digest,
+        init_digest: stamp.init_digest(),
         ..result(name, seed, &o.report, t.elapsed().as_secs_f64())
     };
-    seg_labels::fsutil::write_atomic(&done, &serde_json::to_vec(&(stamp, &r))?)?;
+    stamp.finish(&dir, &r)?;
     Ok(r)
 }
 

@@ -2,6 +2,7 @@
 
 pub mod check;
 pub mod demo;
+mod demo_run;
 pub mod detect;
 pub mod eval;
 pub mod gen_toy;

@@ -234,6 +234,22 @@ fn demo_quick_reports_every_method() {
     assert!(dir.path().join("report.md").exists());
     check_page_in_chromium(&dir.path().join("report.html"));
     assert!(dir.path().join("runs/dann/seed0/report.html").exists());
+    // Run again, every finished run is reused as it is (its recorded time included).
+    ok(&[
+        "demo",
+        "--quick",
+        "--out",
+        p(dir.path()),
+        "--seeds",
+        "2",
+        "--pretrain-steps",
+        "2",
+        "--steps",
+        "2",
+    ]);
+    let again: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("report.json")).unwrap()).unwrap();
+    assert_eq!(again["runs"], v["runs"]);
 }
 
 #[test]

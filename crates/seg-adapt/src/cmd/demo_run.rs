@@ -1,0 +1,146 @@
+//! What the demos (segmentation and detection) keep between invocations.
+//!
+//! A run's [`Stamp`] holds everything its result depends on: the resolved config, the benchmark
+//! instance (data seed and generator version) and the digest of the checkpoint it starts from.
+//! A finished run (`result.json`, written with its stamp) is reused, and a run killed midway
+//! continues from its last checkpoint (`started.txt`), only while the stamp is unchanged;
+//! otherwise the run starts over.
+
+use anyhow::Context;
+use std::path::Path;
+
+use seg_data::toy;
+use seg_labels::fsutil::write_atomic;
+
+/// A 64-bit FNV-1a digest of a file, as hex.
+pub(crate) fn digest(path: &Path) -> anyhow::Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    Ok(format!("{h:016x}"))
+}
+
+/// Everything a demo run depends on.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Stamp {
+    config: String,
+    text: String,
+    init_digest: Option<String>,
+}
+
+/// `result.json`: a finished run's result with the stamp it was trained under.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Finished<R> {
+    stamp: String,
+    result: R,
+}
+
+const RESULT: &str = "result.json";
+const STARTED: &str = "started.txt";
+
+impl Stamp {
+    /// The stamp of a run of `config` (its resolved TOML) on benchmark instance `data_seed`,
+    /// starting from the checkpoint `init` (a run folder or a checkpoint file), if any.
+    pub(crate) fn new(config: String, data_seed: u64, init: Option<&Path>) -> anyhow::Result<Self> {
+        let init_digest = match init {
+            Some(from) => Some(digest(&seg_train::checkpoint::file_of(from))?),
+            None => None,
+        };
+        let text = format!(
+            "{config}\ndata seed {data_seed}, generator version {}\ninit {}",
+            toy::GENERATOR_VERSION,
+            init_digest.as_deref().unwrap_or("none")
+        );
+        Ok(Self {
+            config,
+            text,
+            init_digest,
+        })
+    }
+
+    /// The digest of the starting checkpoint, for the run's result.
+    pub(crate) fn init_digest(&self) -> Option<String> {
+        self.init_digest.clone()
+    }
+
+    /// The result of a run in `dir` that finished under this stamp.
+    pub(crate) fn finished<R: serde::de::DeserializeOwned>(&self, dir: &Path) -> Option<R> {
+        let bytes = std::fs::read(dir.join(RESULT)).ok()?;
+        let done: Finished<R> = serde_json::from_slice(&bytes).ok()?;
+        (done.stamp == self.text).then_some(done.result)
+    }
+
+    /// Prepares `dir` for training under this stamp: `true` when it holds a run killed midway
+    /// under the same stamp with a checkpoint of the same config, to resume from; otherwise a
+    /// checkpoint or result left there is removed and the run starts over.
+    pub(crate) fn start(&self, dir: &Path) -> anyhow::Result<bool> {
+        let ckpt = dir.join(seg_train::checkpoint::FILE);
+        let same = std::fs::read_to_string(dir.join(STARTED)).is_ok_and(|s| s == self.text)
+            && seg_train::checkpoint::load(&ckpt, &candle_core::Device::Cpu)
+                .is_ok_and(|c| c.meta.config == self.config);
+        if !same {
+            for stale in [ckpt, dir.join(RESULT)] {
+                if stale.exists() {
+                    std::fs::remove_file(&stale).with_context(|| format!("removing {}", stale.display()))?;
+                }
+            }
+        }
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        write_atomic(&dir.join(STARTED), self.text.as_bytes())?;
+        Ok(same)
+    }
+
+    /// Records `result` as the run's in `dir`, under this stamp.
+    pub(crate) fn finish<R: serde::Serialize>(&self, dir: &Path, result: &R) -> anyhow::Result<()> {
+        let done = Finished {
+            stamp: self.text.clone(),
+            result,
+        };
+        write_atomic(&dir.join(RESULT), serde_json::to_string_pretty(&done)?.as_bytes())
+            .with_context(|| format!("writing {}", dir.join(RESULT).display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct R {
+        score: f64,
+    }
+
+    #[test]
+    fn a_result_is_reused_only_under_the_same_stamp() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("run");
+        let a = Stamp::new("steps = 10\n".into(), 0, None).unwrap();
+        assert!(!a.start(&dir).unwrap(), "a new folder has nothing to resume");
+        assert_eq!(a.finished::<R>(&dir), None);
+        a.finish(&dir, &R { score: 0.5 }).unwrap();
+        assert_eq!(a.finished::<R>(&dir), Some(R { score: 0.5 }));
+        let other_seed = Stamp::new("steps = 10\n".into(), 1, None).unwrap();
+        let other_config = Stamp::new("steps = 11\n".into(), 0, None).unwrap();
+        assert_eq!(other_seed.finished::<R>(&dir), None);
+        assert_eq!(other_config.finished::<R>(&dir), None);
+
+        // Another starting checkpoint is another stamp.
+        let init = tmp.path().join("init.safetensors");
+        std::fs::write(&init, b"one").unwrap();
+        let from_one = Stamp::new("steps = 10\n".into(), 0, Some(&init)).unwrap();
+        std::fs::write(&init, b"two").unwrap();
+        let from_two = Stamp::new("steps = 10\n".into(), 0, Some(&init)).unwrap();
+        assert_ne!(from_one, from_two);
+        assert_eq!(from_one.finished::<R>(&dir), None);
+
+        // Starting over under another stamp removes the old result (and any checkpoint); with no
+        // checkpoint to resume from, the same stamp starts over too.
+        assert!(!other_seed.start(&dir).unwrap());
+        assert!(!dir.join(RESULT).exists());
+        assert!(!other_seed.start(&dir).unwrap());
+        assert!(Stamp::new("x".into(), 0, Some(&tmp.path().join("missing"))).is_err());
+    }
+}
