@@ -73,7 +73,7 @@ pub enum Split {
 }
 
 impl Split {
-    /// The name used in messages and in `left_out.json`.
+    /// The name used in messages and in `skipped.json`.
     pub fn name(self) -> &'static str {
         match self {
             Split::Source => "source",

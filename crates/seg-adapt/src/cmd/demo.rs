@@ -6,8 +6,8 @@
 //! Every run is evaluated on the target val split; `report.md`, `report.json` and a
 //! picture comparing the methods' predictions are written, with each method's paired per-seed
 //! difference to AdaBN and to source-only (arms of one seed share the initial model and the
-//! batches). Finished runs are reused and a killed run resumes from its last checkpoint, so an
-//! interrupted demo continues where it stopped (`demo_run::Stamp`).
+//! batches). Finished runs are reused (a killed run that had written a checkpoint resumes from
+//! it), so an interrupted demo continues where it stopped (`demo_run::Stamp`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -29,7 +29,7 @@ pub struct Args {
     /// the other task's demo is refused.
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// The small benchmark and short runs (about two minutes, for tests).
+    /// The small benchmark and short runs (a few minutes, for tests).
     #[arg(long)]
     pub quick: bool,
     /// Seeds per method (default: 3, or 2 with --quick; detection: 5, or 2).
