@@ -93,6 +93,28 @@ fn tick_step(span: f64) -> f64 {
     }
 }
 
+/// A point the chart can place: finite, and small enough that spans between points stay finite.
+fn plottable(&(x, y): &(f64, f64)) -> bool {
+    x.is_finite() && y.is_finite() && x.abs() < 1e300 && y.abs() < 1e300
+}
+
+/// `[lo, hi]`, or a range around a single value wide enough to change it at any magnitude.
+fn widened(lo: f64, hi: f64) -> (f64, f64) {
+    if hi > lo {
+        return (lo, hi);
+    }
+    let pad = (lo.abs() * 1e-3).max(1.0);
+    (lo - pad, hi + pad)
+}
+
+/// The ticks `from, from + step, …` up to `to`: computed from their index, so a step too small
+/// to move the sum at that magnitude cannot loop, and never more than 100.
+fn ticks(from: f64, to: f64, step: f64) -> impl Iterator<Item = f64> {
+    let n = ((to - from) / step + 1e-9).floor() + 1.0;
+    let n = if n.is_finite() && n >= 1.0 { n.min(101.0) as usize } else { 0 };
+    (0..n).map(move |i| from + i as f64 * step)
+}
+
 fn fmt_tick(v: f64) -> String {
     if v.abs() >= 100.0 || v == v.round() {
         format!("{v:.0}")
@@ -111,7 +133,7 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) 
     let pts: Vec<(f64, f64)> = series
         .iter()
         .flat_map(|s| s.points.iter().copied())
-        .filter(|(x, y)| x.is_finite() && y.is_finite())
+        .filter(plottable)
         .collect();
     let mut svg = format!(
         "<svg class=\"chart\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" role=\"img\"><title>{}</title><text x=\"{}\" y=\"18\" class=\"t\">{}</text>",
@@ -126,14 +148,8 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) 
     let fold = |f: fn(f64, f64) -> f64, init: f64, sel: fn(&(f64, f64)) -> f64| pts.iter().map(sel).fold(init, f);
     let (mut x0, mut x1) = (fold(f64::min, f64::MAX, |p| p.0), fold(f64::max, f64::MIN, |p| p.0));
     let (mut y0, mut y1) = (fold(f64::min, f64::MAX, |p| p.1), fold(f64::max, f64::MIN, |p| p.1));
-    if x1 <= x0 {
-        x0 -= 1.0;
-        x1 += 1.0;
-    }
-    if y1 <= y0 {
-        y0 -= 1.0;
-        y1 += 1.0;
-    }
+    (x0, x1) = widened(x0, x1);
+    (y0, y1) = widened(y0, y1);
     let ys = tick_step(y1 - y0);
     y0 = (y0 / ys).floor() * ys;
     y1 = (y1 / ys).ceil() * ys;
@@ -144,8 +160,7 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) 
         svg,
         "<rect x=\"{l}\" y=\"{t}\" width=\"{pw}\" height=\"{ph}\" fill=\"none\" stroke=\"#999\"/>"
     );
-    let mut y = y0;
-    while y <= y1 + ys * 1e-9 {
+    for y in ticks(y0, y1, ys) {
         let py = sy(y);
         let _ = write!(
             svg,
@@ -155,11 +170,9 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) 
             py + 4.0,
             fmt_tick(y)
         );
-        y += ys;
     }
     let xs = tick_step(x1 - x0);
-    let mut x = (x0 / xs).ceil() * xs;
-    while x <= x1 + xs * 1e-9 {
+    for x in ticks((x0 / xs).ceil() * xs, x1, xs) {
         let _ = write!(
             svg,
             "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
@@ -167,7 +180,6 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) 
             t + ph + 16.0,
             fmt_tick(x)
         );
-        x += xs;
     }
     let _ = write!(
         svg,
@@ -184,7 +196,7 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) 
         let p: Vec<&(f64, f64)> = s
             .points
             .iter()
-            .filter(|(x, y)| x.is_finite() && y.is_finite())
+            .filter(|p| plottable(p))
             .collect();
         if p.is_empty() {
             continue;
@@ -475,5 +487,23 @@ mod tests {
         let bars = bar_chart("b", &[("road".into(), Some(0.5)), ("rider".into(), None)]);
         assert!(bars.contains("50.0 %") && bars.contains("n/a"));
         assert!(escape("<a & 'b'>").contains("&lt;a &amp; &#39;b&#39;&gt;"));
+    }
+
+    #[test]
+    fn charts_of_extreme_values_end_with_a_few_ticks() {
+        // A loss of 1e20 on every step made `y += step` stand still: the chart never ended.
+        for points in [
+            vec![(1.0, 1e20), (2.0, 1e20)],
+            vec![(1.0, 6.46e15), (2.0, 6.46e15)],
+            vec![(1.0, -1e299), (2.0, 1e299)],
+            vec![(1e18, 0.5), (1e18, 0.5)],
+            vec![(1.0, f64::MAX), (2.0, 1.0)],
+            vec![(1.0, 0.0), (2.0, 1e-300)],
+        ] {
+            let svg = line_chart("t", "x", "y", &[Series { name: "seg".into(), points }]);
+            assert!(svg.len() < 20_000, "{} bytes", svg.len());
+            assert!(svg.contains("class=\"mark\"") || svg.contains("no data"));
+            assert!(!svg.contains("NaN") && !svg.contains("inf"), "{svg}");
+        }
     }
 }
