@@ -181,7 +181,24 @@ fn read_pth(path: &Path) -> Result<std::collections::HashMap<String, Tensor>, We
         stack.finalize().map_err(|e| read(format!("{pkl}: {e}")))?
     };
     let dir = std::path::PathBuf::from(pkl.trim_end_matches(".pkl"));
-    let names: Vec<String> = tensor_entries(path, obj, &dir)?.into_iter().map(|(n, _)| n).collect();
+    let infos = tensor_entries(path, obj, &dir)?;
+    // The reader below allocates each tensor from its declared shape: a shape larger than its
+    // storage entry (a corrupt or crafted file) is refused here rather than allocated.
+    for (name, info) in &infos {
+        let stored = zip
+            .by_name(&info.path)
+            .map_err(|e| read(format!("tensor `{name}`: storage `{}`: {e}", info.path)))?
+            .size();
+        let needed = byte_extent(info);
+        if needed.is_none_or(|n| n > stored) {
+            return Err(read(format!(
+                "tensor `{name}` of shape {:?} runs past its storage `{}` ({stored} bytes)",
+                info.layout.dims(),
+                info.path
+            )));
+        }
+    }
+    let names: Vec<String> = infos.into_iter().map(|(n, _)| n).collect();
     let pth = PthTensors::new(path, None).map_err(|e| read(e.to_string()))?;
     let mut out = std::collections::HashMap::with_capacity(names.len());
     for name in names {
@@ -302,18 +319,31 @@ fn read_legacy_pth(path: &Path) -> Result<std::collections::HashMap<String, Tens
         if !layout.is_contiguous() {
             return Err(read(format!("tensor `{name}` is not contiguous")));
         }
-        let size = info.dtype.size_in_bytes();
-        // candle's pickle reader keeps the storage offset in bytes.
+        let last = byte_extent(&info)
+            .and_then(|n| usize::try_from(n).ok())
+            .and_then(|n| n.checked_add(range.start))
+            .filter(|&last| last <= range.end)
+            .ok_or_else(|| read(format!("tensor `{name}` runs past its storage `{key}`")))?;
+        // candle's pickle reader keeps the storage offset in bytes (no overflow: `last` is past it).
         let first = range.start + layout.start_offset();
-        let last = first + layout.shape().elem_count() * size;
-        if last > range.end {
-            return Err(read(format!("tensor `{name}` runs past its storage `{key}`")));
-        }
         let t = Tensor::from_raw_buffer(&bytes[first..last], info.dtype, layout.dims(), &Device::Cpu)
             .map_err(|e| read(format!("tensor `{name}`: {e}")))?;
         out.insert(name, t);
     }
     Ok(out)
+}
+
+/// The bytes of its storage a tensor reaches (its offset, in bytes as candle's pickle reader
+/// keeps it, plus its elements); `None` when that overflows.
+fn byte_extent(info: &candle_core::pickle::TensorInfo) -> Option<u64> {
+    let elems = info
+        .layout
+        .dims()
+        .iter()
+        .try_fold(1u64, |n, &d| n.checked_mul(d as u64))?;
+    elems
+        .checked_mul(info.dtype.size_in_bytes() as u64)?
+        .checked_add(info.layout.start_offset() as u64)
 }
 
 /// A few words on what a pickled value is, for error messages.

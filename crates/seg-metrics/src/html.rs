@@ -111,7 +111,11 @@ fn widened(lo: f64, hi: f64) -> (f64, f64) {
 /// to move the sum at that magnitude cannot loop, and never more than 100.
 fn ticks(from: f64, to: f64, step: f64) -> impl Iterator<Item = f64> {
     let n = ((to - from) / step + 1e-9).floor() + 1.0;
-    let n = if n.is_finite() && n >= 1.0 { n.min(101.0) as usize } else { 0 };
+    let n = if n.is_finite() && n >= 1.0 {
+        n.min(101.0) as usize
+    } else {
+        0
+    };
     (0..n).map(move |i| from + i as f64 * step)
 }
 
@@ -193,11 +197,7 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) 
     );
     let mut shown = 0;
     for (i, s) in series.iter().enumerate() {
-        let p: Vec<&(f64, f64)> = s
-            .points
-            .iter()
-            .filter(|p| plottable(p))
-            .collect();
+        let p: Vec<&(f64, f64)> = s.points.iter().filter(|p| plottable(p)).collect();
         if p.is_empty() {
             continue;
         }
@@ -500,7 +500,15 @@ mod tests {
             vec![(1.0, f64::MAX), (2.0, 1.0)],
             vec![(1.0, 0.0), (2.0, 1e-300)],
         ] {
-            let svg = line_chart("t", "x", "y", &[Series { name: "seg".into(), points }]);
+            let svg = line_chart(
+                "t",
+                "x",
+                "y",
+                &[Series {
+                    name: "seg".into(),
+                    points,
+                }],
+            );
             assert!(svg.len() < 20_000, "{} bytes", svg.len());
             assert!(svg.contains("class=\"mark\"") || svg.contains("no data"));
             assert!(!svg.contains("NaN") && !svg.contains("inf"), "{svg}");

@@ -170,4 +170,34 @@ fn torchvision_pth_archives_load_as_they_come() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("vgg16.pth") && e.contains("truncated"), "{e}");
+
+    // A zip archive whose tensor declares more elements than its storage holds (2^30 x 3 x 3 x
+    // 3 floats, 116 GiB, over 6912 bytes) is refused by name before anything is allocated.
+    let huge = dir.path().join("huge.pth");
+    let file = std::fs::File::open(fixture("vgg16-first-layer.pth")).unwrap();
+    let mut src = zip::ZipArchive::new(file).unwrap();
+    let mut out = zip::ZipWriter::new(std::fs::File::create(&huge).unwrap());
+    let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    for i in 0..src.len() {
+        let mut entry = src.by_index(i).unwrap();
+        let name = entry.name().unwrap().into_owned();
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut entry, &mut bytes).unwrap();
+        if name.ends_with("data.pkl") {
+            // The pickled shape (64, 3, 3, 3) as four one-byte ints; 2^30 as a four-byte int.
+            let shape = b"(K@K\x03K\x03K\x03t";
+            let at = bytes.windows(shape.len()).position(|w| w == shape).unwrap();
+            bytes.splice(at..at + 3, *b"(J\x00\x00\x00\x40");
+        }
+        out.start_file(name, opts).unwrap();
+        std::io::Write::write_all(&mut out, &bytes).unwrap();
+    }
+    out.finish().unwrap();
+    let e = seg_fcn::weights::load_init_weights(&vars, "model", &huge)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("huge.pth") && e.contains("features.0.weight") && e.contains("runs past its storage"),
+        "{e}"
+    );
 }
