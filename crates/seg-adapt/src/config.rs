@@ -116,8 +116,14 @@ impl RunConfig {
         Self::parse(&text).with_context(|| format!("{}: invalid config", path.display()))
     }
 
+    /// Parses a config; a number that is not finite (`nan`, `inf`) is refused naming its key.
     pub fn parse(text: &str) -> anyhow::Result<Self> {
-        toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))
+        let cfg: Self = toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
+        let tree = toml::Value::try_from(&cfg).context("cannot serialise the config")?;
+        if let Some((key, v)) = seg_train::config::first_non_finite(&tree) {
+            anyhow::bail!("{key} = {v}: every number in a config must be finite");
+        }
+        Ok(cfg)
     }
 
     pub fn to_toml(&self) -> anyhow::Result<String> {
@@ -138,10 +144,8 @@ impl RunConfig {
 
     /// Checks what can be checked before any work starts.
     pub fn validate(&self, stride: usize) -> anyhow::Result<()> {
-        let t = &self.trainer;
-        anyhow::ensure!(t.steps > 0, "trainer.steps must be at least 1");
-        anyhow::ensure!(t.batch_size > 0, "trainer.batch_size must be at least 1");
-        anyhow::ensure!(self.augment.base_scale > 0.0, "augment.base_scale must be positive");
+        self.trainer.validate().map_err(anyhow::Error::msg)?;
+        self.augment.validate().map_err(anyhow::Error::msg)?;
         if let Some([w, h]) = self.augment.crop {
             anyhow::ensure!(
                 w % stride as u32 == 0 && h % stride as u32 == 0 && w > 0 && h > 0,

@@ -407,6 +407,12 @@ pub fn train(
     resume: bool,
     progress: bool,
 ) -> anyhow::Result<TrainOutcome> {
+    // Training from step 0 would replace the folder's checkpoint, config and metrics.
+    anyhow::ensure!(
+        resume || !run_dir.join(seg_train::checkpoint::FILE).exists(),
+        "{} already holds a run (checkpoint.safetensors): pass --resume to continue it, or choose another --out",
+        run_dir.display()
+    );
     std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
     let setup = build_setup(cfg, run_dir, device, resume, progress)?;
     seg_labels::fsutil::write_atomic(&run_dir.join("config.toml"), cfg.to_toml()?.as_bytes())
@@ -428,6 +434,9 @@ pub fn load_trained(checkpoint: &Path, device: &Device) -> anyhow::Result<Traine
     let ck = seg_train::checkpoint::load(&file, device)?;
     let cfg = RunConfig::parse(&ck.meta.config)
         .with_context(|| format!("{}: config stored in the checkpoint", file.display()))?;
+    cfg.augment
+        .validate()
+        .map_err(|e| anyhow::anyhow!("{}: config stored in the checkpoint: {e}", file.display()))?;
     let (vars, backbone) = build_model(&cfg, device)?;
     // `vars` holds only the model's variables (no head): those are all that inference needs.
     ck.restore_vars(&vars)?;
@@ -462,9 +471,12 @@ pub fn adabn_from(cfg: &RunConfig, from_dir: &Path, run_dir: &Path, device: &Dev
         config: cfg.to_toml()?,
     };
     let ck = run_dir.join(seg_train::checkpoint::FILE);
-    if ck.exists() {
-        // Keep the trained source-only checkpoint (with its optimiser state) beside the result.
-        std::fs::copy(&ck, run_dir.join("checkpoint-before-adabn.safetensors"))
+    let before = run_dir.join("checkpoint-before-adabn.safetensors");
+    if ck.exists() && !before.exists() {
+        // Keep the trained source-only checkpoint (with its optimiser state) beside the result,
+        // once: applied again, AdaBN must not replace that copy with its own output.
+        let bytes = std::fs::read(&ck).with_context(|| format!("{}: cannot read", ck.display()))?;
+        seg_labels::fsutil::write_atomic(&before, &bytes)
             .with_context(|| format!("keeping a copy of {}", ck.display()))?;
     }
     seg_train::checkpoint::save(&ck, &tensors, &meta)?;

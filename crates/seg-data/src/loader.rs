@@ -98,6 +98,36 @@ impl Default for Augment {
     }
 }
 
+/// The largest resize factor (`base_scale` times the top of `scale_range`) a config may ask for:
+/// the datasets are downscaled (GTA5 by half in the presets); a factor of 100 would ask for
+/// images of 10,000 times the pixels.
+pub const MAX_SCALE: f32 = 4.0;
+
+impl Augment {
+    /// Checks the values no batch could be made with; the message names the key (`augment.*`).
+    pub fn validate(&self) -> Result<(), String> {
+        let [lo, hi] = self.scale_range;
+        if !(self.base_scale > 0.0 && self.base_scale <= MAX_SCALE) {
+            return Err(format!(
+                "augment.base_scale = {}: must be in (0, {MAX_SCALE}]",
+                self.base_scale
+            ));
+        }
+        if !(lo > 0.0 && lo <= hi && self.base_scale * hi <= MAX_SCALE) {
+            return Err(format!(
+                "augment.scale_range = [{lo}, {hi}]: must be 0 < lo ≤ hi with base_scale × hi ≤ {MAX_SCALE}"
+            ));
+        }
+        if let Some(c) = self.std.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
+            return Err(format!("augment.std has {c}: every channel's std must be positive"));
+        }
+        if let Some(m) = self.mean.iter().find(|m| !m.is_finite()) {
+            return Err(format!("augment.mean has {m}: every channel's mean must be finite"));
+        }
+        Ok(())
+    }
+}
+
 /// Position of a loader, stored in checkpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LoaderState {

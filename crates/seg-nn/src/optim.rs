@@ -47,6 +47,34 @@ fn default_eps() -> f64 {
 }
 
 impl OptimizerConfig {
+    /// Checks the settings (`key` names the config section in the message): momentum and betas
+    /// in `[0, 1)`, weight decay ≥ 0, Adam's eps > 0.
+    pub fn validate(&self, key: &str) -> std::result::Result<(), String> {
+        let unit = |name: &str, v: f64| {
+            if (0.0..1.0).contains(&v) {
+                Ok(())
+            } else {
+                Err(format!("{key}.{name} = {v}: must be in [0, 1)"))
+            }
+        };
+        let (OptimizerConfig::Sgd { weight_decay, .. } | OptimizerConfig::Adam { weight_decay, .. }) = *self;
+        if !(weight_decay >= 0.0 && weight_decay.is_finite()) {
+            return Err(format!("{key}.weight_decay = {weight_decay}: must be finite and ≥ 0"));
+        }
+        match *self {
+            OptimizerConfig::Sgd { momentum, .. } => unit("momentum", momentum),
+            OptimizerConfig::Adam { beta1, beta2, eps, .. } => {
+                unit("beta1", beta1)?;
+                unit("beta2", beta2)?;
+                if eps > 0.0 && eps.is_finite() {
+                    Ok(())
+                } else {
+                    Err(format!("{key}.eps = {eps}: must be finite and positive"))
+                }
+            }
+        }
+    }
+
     /// Builds the optimiser over `(name, variable, lr multiplier)` triples.
     pub fn build(&self, params: Vec<(String, Var, f64)>) -> Result<Box<dyn Optimizer>> {
         Ok(match *self {

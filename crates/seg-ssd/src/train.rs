@@ -154,14 +154,32 @@ impl DetRunConfig {
     pub fn validate(&self) -> Result<(), DetRunError> {
         self.model.validate().map_err(DetRunError::Config)?;
         self.method.0.validate(&self.model).map_err(DetRunError::Config)?;
+        if let Some((key, v)) = toml::Value::try_from(self)
+            .ok()
+            .as_ref()
+            .and_then(seg_train::config::first_non_finite)
+        {
+            return Err(DetRunError::Config(format!(
+                "{key} = {v}: every number in a config must be finite"
+            )));
+        }
         let t = &self.trainer;
+        if t.steps == 0 {
+            return Err(DetRunError::Config("trainer.steps must be at least 1".into()));
+        }
         if t.batch_size == 0 {
             return Err(DetRunError::Config("trainer.batch_size must be at least 1".into()));
         }
+        if !(0.0..1.0).contains(&t.momentum) {
+            return Err(DetRunError::Config(format!(
+                "trainer.momentum = {}: must be in [0, 1)",
+                t.momentum
+            )));
+        }
         for (k, v) in [
             ("lr", t.lr),
+            ("lr_power", t.lr_power),
             ("head_lr", t.head_lr),
-            ("momentum", t.momentum),
             ("weight_decay", t.weight_decay),
         ] {
             if !v.is_finite() || v < 0.0 {

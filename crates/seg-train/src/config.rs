@@ -109,7 +109,73 @@ pub struct GroupSettings {
     pub lr: Option<f64>,
 }
 
+/// The most batches a loader may decode ahead (`trainer.prefetch`): each holds a whole batch of
+/// decoded, augmented images in memory.
+pub const MAX_PREFETCH: usize = 64;
+
+/// The dotted key of the first number in a config tree that is not finite (TOML allows `nan`
+/// and `inf`; no setting of a run takes them).
+pub fn first_non_finite(v: &toml::Value) -> Option<(String, f64)> {
+    match v {
+        toml::Value::Float(f) if !f.is_finite() => Some((String::new(), *f)),
+        toml::Value::Table(t) => t.iter().find_map(|(k, v)| {
+            first_non_finite(v).map(|(key, f)| {
+                (
+                    if key.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{k}.{key}")
+                    },
+                    f,
+                )
+            })
+        }),
+        toml::Value::Array(a) => a
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| first_non_finite(v).map(|(key, f)| (format!("[{i}]{key}"), f))),
+        _ => None,
+    }
+}
+
 impl TrainerConfig {
+    /// Checks what a run could not train with; the message names the key (`trainer.*`).
+    pub fn validate(&self) -> Result<(), String> {
+        if self.steps == 0 {
+            return Err("trainer.steps must be at least 1".into());
+        }
+        if self.batch_size == 0 || self.target_batch_size == Some(0) {
+            return Err("trainer.batch_size and trainer.target_batch_size must be at least 1".into());
+        }
+        let rates = [("lr", self.lr), ("head_lr", self.head_lr), ("lr_power", self.lr_power)]
+            .into_iter()
+            .map(|(k, v)| (format!("trainer.{k}"), v))
+            .chain(
+                self.groups
+                    .iter()
+                    .filter_map(|(g, s)| s.lr.map(|lr| (format!("trainer.groups.{g}.lr"), lr))),
+            );
+        for (key, v) in rates {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(format!("{key} = {v}: must be finite and ≥ 0"));
+            }
+        }
+        self.optimizer.validate("trainer.optimizer")?;
+        self.head_optimizer.validate("trainer.head_optimizer")?;
+        for (g, s) in &self.groups {
+            if let Some(o) = &s.optimizer {
+                o.validate(&format!("trainer.groups.{g}.optimizer"))?;
+            }
+        }
+        if self.prefetch > MAX_PREFETCH {
+            return Err(format!(
+                "trainer.prefetch = {}: at most {MAX_PREFETCH} batches are decoded ahead",
+                self.prefetch
+            ));
+        }
+        Ok(())
+    }
+
     /// The optimiser and base learning rate of group `name`.
     pub fn group_settings(&self, name: &str) -> (OptimizerConfig, f64) {
         let (opt, lr) = if name == "segmenter" {

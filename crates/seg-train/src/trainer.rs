@@ -64,6 +64,7 @@ pub struct Trainer {
 impl Trainer {
     /// Builds one optimiser per parameter group of the method.
     pub fn new(s: TrainSetup) -> Result<Self, TrainError> {
+        s.config.validate().map_err(TrainError::Setup)?;
         let stepper = Stepper::new(s.method.as_ref(), &s.vars, &s.config)?;
         let stages = s.method.stages();
         let pretrain = stages
@@ -216,10 +217,11 @@ impl Trainer {
                 } else {
                     "none written yet".to_string()
                 };
+                // Steps count from 1, as in `metrics.jsonl`.
                 Err(TrainError::NonFinite {
                     term,
                     value,
-                    step: self.step,
+                    step: self.step + 1,
                     last,
                 })
             }

@@ -184,7 +184,41 @@ fn bad_input_is_refused_before_training_with_a_clear_message() {
     std::fs::write(&cfg, "[data]\nsource_dataset = \"gta5\"\nsource_rot = \"x\"\n").unwrap();
     let e = err(&["train", p(&cfg), "--out", p(&out)]);
     assert!(e.contains("source_rot") && e.contains("bad.toml"), "{e}");
+    // Values no run can train with name their key: a NaN rate saved NaN weights, an infinite
+    // scale aborted on a 100 GB allocation, a zero std made every input NaN.
+    for (set, key) in [
+        ("trainer.lr=nan", "trainer.lr"),
+        ("trainer.lr=-1.0", "trainer.lr"),
+        ("trainer.lr_power=nan", "trainer.lr_power"),
+        ("trainer.groups.segmenter.lr=inf", "trainer.groups.segmenter.lr"),
+        ("trainer.optimizer.momentum=1.5", "trainer.optimizer.momentum"),
+        ("trainer.prefetch=1000000", "trainer.prefetch"),
+        ("augment.base_scale=inf", "augment.base_scale"),
+        ("augment.base_scale=100.0", "augment.base_scale"),
+        ("augment.scale_range=[0.5, 50.0]", "augment.scale_range"),
+        ("augment.std=[0.0, 0.0, 0.0]", "augment.std"),
+        ("augment.mean=[nan, 0.0, 0.0]", "augment.mean"),
+    ] {
+        let mut a = train_args(p(&out), p(&gta), p(&cs), "source-only");
+        a.extend(["--set", set]);
+        let e = err(&a);
+        assert!(e.contains(key), "{set}: {e}");
+    }
     assert!(!out.join("checkpoint.safetensors").exists());
+    // A finished run is never trained over from step 0: its checkpoint, config and metrics stay.
+    ok(&train_args(p(&out), p(&gta), p(&cs), "source-only"));
+    let kept: Vec<Vec<u8>> = ["checkpoint.safetensors", "config.toml", "metrics.jsonl"]
+        .iter()
+        .map(|f| std::fs::read(out.join(f)).unwrap())
+        .collect();
+    let e = err(&train_args(p(&out), p(&gta), p(&cs), "dann"));
+    assert!(e.contains("already holds a run") && e.contains("--resume"), "{e}");
+    for (f, bytes) in ["checkpoint.safetensors", "config.toml", "metrics.jsonl"]
+        .iter()
+        .zip(&kept)
+    {
+        assert_eq!(&std::fs::read(out.join(f)).unwrap(), bytes, "{f}");
+    }
 }
 
 #[test]

@@ -169,6 +169,36 @@ fn non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint() {
     assert!(err.contains("checkpoint"), "{err}");
 }
 
+#[test]
+fn non_finite_weights_are_never_checkpointed_and_bad_rates_never_train() {
+    let a = tempfile::tempdir().unwrap();
+    Trainer::new(setup(a.path(), 2, 0.01, false)).unwrap().run().unwrap();
+    let ck = a.path().join("checkpoint.safetensors");
+    let bytes = std::fs::read(&ck).unwrap();
+    let meta = seg_train::checkpoint::load(&ck, &Device::Cpu).unwrap().meta;
+    for bad in [f32::NAN, f32::INFINITY] {
+        let w = candle_core::Tensor::new(&[1f32, bad], &Device::Cpu).unwrap();
+        let e = seg_train::checkpoint::save(&ck, &[("model.w".into(), w)], &meta)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("checkpoint.safetensors") && e.contains("`model.w`"), "{e}");
+        assert_eq!(
+            std::fs::read(&ck).unwrap(),
+            bytes,
+            "the checkpoint already there is kept"
+        );
+    }
+    // A learning rate or decay power that is not a finite non-negative number is refused
+    // before the first step (a NaN rate trained on and saved NaN weights).
+    for (lr, power) in [(f64::NAN, 0.9), (-1.0, 0.9), (0.01, f64::NAN), (0.01, -2.0)] {
+        let mut s = setup(a.path(), 2, lr, true);
+        s.config.lr_power = power;
+        let e = Trainer::new(s).err().unwrap().to_string();
+        assert!(e.contains("trainer.lr"), "{e}");
+    }
+    assert_eq!(std::fs::read(&ck).unwrap(), bytes);
+}
+
 /// The loss of each logged step of a run's `metrics.jsonl`.
 fn seg_losses(run: &Path) -> Vec<f64> {
     std::fs::read_to_string(run.join("metrics.jsonl"))
