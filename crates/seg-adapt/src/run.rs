@@ -312,16 +312,11 @@ pub fn build_setup(
         }
         _ => None,
     };
-    let eval = match open(cfg, Split::Val) {
-        Ok((ds, skipped)) => {
-            left_out.insert("val".into(), skipped);
-            Some((ds, eval_setup(cfg, device), cfg.eval.protocol))
-        }
-        Err(e) => {
-            tracing::warn!("no evaluation during training: {e:#}");
-            None
-        }
-    };
+    // Every run is evaluated on the target val split: one that cannot be opened stops the run
+    // here, not after training (`check` says the same).
+    let (val, skipped) = open(cfg, Split::Val).context("the target val split, which every run is evaluated on")?;
+    left_out.insert("val".into(), skipped);
+    let eval = Some((val, eval_setup(cfg, device), cfg.eval.protocol));
     write_left_out(run_dir, &left_out)?;
     Ok(TrainSetup {
         run_dir: run_dir.to_path_buf(),

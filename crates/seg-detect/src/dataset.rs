@@ -275,9 +275,28 @@ impl DetDataset {
     }
 }
 
-/// Decodes a JPEG or PNG file to 8-bit RGB, naming the file on failure.
+/// Whether a JPEG file ends its last scan: an end-of-image marker (`FF D9`) must follow the last
+/// start-of-scan marker (`FF DA`). Neither pair can occur inside entropy-coded data (a coded
+/// `FF` is followed by `00` or a restart marker), so a file cut inside a scan has none after it.
+/// The decoder fills a cut scan with grey and reports nothing, as PIL's "image file is
+/// truncated" does not.
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let last = |marker: u8| bytes.windows(2).rposition(|w| w == [0xFF, marker]);
+    match (last(0xDA), last(0xD9)) {
+        (Some(sos), Some(eoi)) => eoi > sos,
+        _ => false,
+    }
+}
+
+/// Decodes a JPEG or PNG file to 8-bit RGB, naming the file on failure (a JPEG cut short too).
 pub fn decode_image(path: &Path) -> Result<RgbImage, DetError> {
     let bytes = std::fs::read(path).map_err(DetError::io(path))?;
+    if bytes.starts_with(&[0xFF, 0xD8]) && !jpeg_is_complete(&bytes) {
+        return Err(DetError::invalid(
+            path,
+            "cannot decode image: truncated JPEG (no end-of-image marker after its last scan)",
+        ));
+    }
     let img =
         image::load_from_memory(&bytes).map_err(|e| DetError::invalid(path, format!("cannot decode image: {e}")))?;
     let rgb = img.to_rgb8();
@@ -321,6 +340,33 @@ pub fn boxes_from_instance_ids(width: u32, height: u32, values: &[u16], classes:
 mod tests {
     use super::*;
     use crate::classes::CAR;
+
+    #[test]
+    fn a_jpeg_cut_inside_its_scan_is_refused_by_name() {
+        // Noise, so the scan is most of the file.
+        let (w, h) = (256u32, 128u32);
+        let px: Vec<u8> = (0..w * h * 3)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8)
+            .collect();
+        let mut jpeg = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90)
+            .encode(&px, w, h, image::ExtendedColorType::Rgb8)
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("3000011.jpg");
+        std::fs::write(&path, &jpeg).unwrap();
+        assert_eq!(decode_image(&path).unwrap().width, w);
+        // Bytes after the end-of-image marker (some cameras' padding) are allowed.
+        let mut padded = jpeg.clone();
+        padded.extend_from_slice(&[0; 64]);
+        std::fs::write(&path, &padded).unwrap();
+        assert!(decode_image(&path).is_ok());
+        for cut in [jpeg.len() * 2 / 3, jpeg.len() - 2] {
+            std::fs::write(&path, &jpeg[..cut]).unwrap();
+            let e = decode_image(&path).unwrap_err().to_string();
+            assert!(e.contains("3000011.jpg") && e.contains("truncated JPEG"), "{e}");
+        }
+    }
 
     #[test]
     fn instance_boxes_follow_the_detectron_rule() {

@@ -294,6 +294,8 @@ pub fn run(
     let method_cfg = &cfg.method.0;
     let classes = cfg.model.classes;
     let d = &cfg.data;
+    // The evaluation split is opened before any training, so a wrong name stops the run now.
+    let val = DetDataset::open_cityscapes(&d.target_root, &d.target_val, true, classes)?;
     let source = if method_cfg.trains_on_target_labels() {
         DetDataset::open_cityscapes(&d.target_root, &d.target_train, true, classes)?
     } else {
@@ -468,7 +470,6 @@ pub fn run(
         }
     }
     save(t.steps, &src, tgt.as_ref(), &stepper)?;
-    let val = DetDataset::open_cityscapes(&d.target_root, &d.target_val, true, classes)?;
     let source = format!(
         "Cityscapes `{}` split under `{}`; {} ({}) after {} steps.",
         d.target_val,

@@ -5,9 +5,10 @@
 //! On CUDA all of it runs in a [`seg_nn::grad::no_grad`] scope ([`graph_free`]).
 
 use candle_core::Device;
+use rayon::prelude::*;
 use seg_core::Backbone;
 use seg_data::loader::{images_to_tensor, Augment};
-use seg_data::{Batcher, Dataset, Loader};
+use seg_data::{Dataset, ErrorPolicy, Loader};
 use seg_labels::png_io::RgbImage;
 use seg_metrics::report::{Evaluator, Sample};
 
@@ -80,11 +81,26 @@ pub fn predict_train_ids(
 /// Evaluates `backbone` on a labelled dataset; every image is predicted at full resolution.
 pub fn evaluate(backbone: &dyn Backbone, dataset: &Dataset, setup: &EvalSetup) -> Result<Evaluator, TrainError> {
     let mut ev = Evaluator::new(setup.keep_samples);
-    for batch in Batcher::new(dataset)
-        .batch_size(setup.batch_size)
-        .return_last_incomplete_batch(true)
-    {
-        let batch = batch?;
+    let skip = dataset.options().error_policy == ErrorPolicy::Skip;
+    let size = setup.batch_size.max(1);
+    for start in (0..dataset.len()).step_by(size) {
+        let loaded: Vec<_> = (start..(start + size).min(dataset.len()))
+            .into_par_iter()
+            .map(|i| dataset.get(i))
+            .collect();
+        let mut batch = Vec::with_capacity(loaded.len());
+        for sample in loaded {
+            match sample {
+                Ok(s) => batch.push(s),
+                // Under `error_policy = "skip"` a file that opened but does not decode (a PNG
+                // cut after its header) is left out of the evaluation and named, as in training.
+                Err(e) if skip => {
+                    tracing::warn!("evaluation: left out {e}");
+                    ev.warn(format!("left out of the evaluation (error_policy = \"skip\"): {e}"));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
         // Group by size: real datasets may mix sizes.
         let mut i = 0;
         while i < batch.len() {

@@ -101,9 +101,18 @@ fn detection_input_errors_name_the_entry_or_key() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path());
     let out = dir.path().join("r");
-    for (set, named) in [("trainer.stepz=3", "stepz"), ("method.kind=yolo", "yolo")] {
+    for (set, named) in [
+        ("trainer.stepz=3", "stepz"),
+        ("method.kind=yolo", "yolo"),
+        ("trainer.lr_power=nan", "trainer.lr_power"),
+        ("trainer.lr=inf", "trainer.lr"),
+        ("trainer.steps=0", "trainer.steps"),
+        // The evaluation split is opened before training (it was found missing after it).
+        ("data.target_val=nosuch", "nosuch"),
+    ] {
         let e = err(&["train-detector", p(&cfg), "--out", p(&out), "--set", set]);
         assert!(e.contains(named), "{set}: {e}");
+        assert!(!out.join("checkpoint.safetensors").exists(), "{set}");
     }
     let (_, _, cs) = seg_data::toy::paths(toy());
     let dets = dir.path().join("d.json");

@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::{bin, err, ok, p, toy, train_args};
+use super::{bin, err, leak, ok, p, toy, train_args};
 
 /// A GTA5-layout copy of the first `n` source pairs.
 fn gta_copy(n: usize) -> (tempfile::TempDir, PathBuf) {
@@ -315,6 +315,67 @@ fn unusable_pairs_are_left_out_named_and_counted() {
         .map(|l| l["name"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(names, ["00003", "00005"]);
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_broken_val_split_stops_the_run_before_training_or_is_evaluated_without_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let cs = dir.path().join("cityscapes");
+    copy_dir(&toy().join("cityscapes"), &cs);
+    let gta = toy().join("gta5");
+    // A val label cut after its header: it opens, but does not decode.
+    let city = std::fs::read_dir(cs.join("gtFine/val"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut labels: Vec<PathBuf> = std::fs::read_dir(&city)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|f| f.to_string_lossy().ends_with("_gtFine_labelIds.png"))
+        .collect();
+    labels.sort();
+    let bytes = std::fs::read(&labels[0]).unwrap();
+    std::fs::write(&labels[0], &bytes[..bytes.len() / 2]).unwrap();
+    let name = labels[0].file_name().unwrap().to_string_lossy().into_owned();
+
+    // error_policy = "skip": the run finishes, evaluated without it, and its report names it.
+    let out = dir.path().join("skip");
+    let mut a = train_args(p(&out), p(&gta), p(&cs), "source-only");
+    a.extend(["--set", "data.error_policy=skip"]);
+    ok(&a);
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("eval/step_000003/report.json")).unwrap()).unwrap();
+    let warnings = report["warnings"].to_string();
+    assert!(warnings.contains(&name) && warnings.contains("left out"), "{warnings}");
+    // error_policy = "fail": the run stops naming the file.
+    let e = err(&train_args(p(&dir.path().join("fail")), p(&gta), p(&cs), "source-only"));
+    assert!(e.contains(&name), "{e}");
+
+    // A val split that cannot be opened stops the run before its first step, under either
+    // policy (it used to train without evaluation and exit 0).
+    std::fs::remove_dir_all(cs.join("gtFine/val")).unwrap();
+    for policy in ["fail", "skip"] {
+        let out = dir.path().join(format!("no-val-{policy}"));
+        let mut a = train_args(p(&out), p(&gta), p(&cs), "source-only");
+        a.extend(["--set", leak(format!("data.error_policy={policy}"))]);
+        let e = err(&a);
+        assert!(e.contains("val split") && e.contains("gtFine"), "{policy}: {e}");
+        assert!(!out.join("checkpoint.safetensors").exists());
+    }
 }
 
 #[test]

@@ -88,6 +88,7 @@ fn init_from_copies_the_model_and_refuses_another() {
     args.extend(["--init-from", p(&first)]);
     ok(&args);
     let nowhere = dir.path().join("nowhere");
+    let out = dir.path().join("cli-nowhere");
     let mut args = crate::train_args(p(&out), p(&gta), p(&cs), "dann");
     args.extend(["--init-from", p(&nowhere)]);
     let e = err(&args);
