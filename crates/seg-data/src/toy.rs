@@ -857,10 +857,40 @@ fn io<T>(r: Result<T, seg_labels::PngError>) -> Result<T, DataError> {
     r.map_err(DataError::from)
 }
 
-/// Writes the whole benchmark under `out`: `gta5/`, `synthia/`, `cityscapes/` and `toy.json`.
+/// The folders [`generate`] writes under its output folder.
+pub const DATASET_DIRS: [&str; 4] = ["gta5", "synthia", "sim10k", "cityscapes"];
+
+/// Writes the whole benchmark under `out`: `gta5/`, `synthia/`, `sim10k/`, `cityscapes/` and
+/// `toy.json` (last, so a folder without it is incomplete). A benchmark already there (with its
+/// `toy.json`) is replaced whole, so no file of another preset stays behind; dataset folders
+/// without a `toy.json` (real data, perhaps) are refused, never overwritten.
 pub fn generate(out: &Path, seed: u64, preset: Preset) -> Result<ToyManifest, DataError> {
     let sizes = preset.sizes();
     let (w, h) = (sizes.width, sizes.height);
+    let present: Vec<&str> = DATASET_DIRS.into_iter().filter(|d| out.join(d).exists()).collect();
+    if !present.is_empty() {
+        let manifest = out.join("toy.json");
+        if !manifest.exists() {
+            return Err(DataError::Invalid {
+                path: out.to_path_buf(),
+                reason: format!(
+                    "already holds {} without a toy.json: not written by gen-toy, so nothing is overwritten; choose another folder",
+                    present.iter().map(|d| format!("{d}/")).collect::<Vec<_>>().join(", ")
+                ),
+            });
+        }
+        let remove = |path: &Path, r: std::io::Result<()>| {
+            r.map_err(|e| DataError::Invalid {
+                path: path.to_path_buf(),
+                reason: format!("cannot remove the previous benchmark: {e}"),
+            })
+        };
+        remove(&manifest, std::fs::remove_file(&manifest))?;
+        for d in present {
+            let dir = out.join(d);
+            remove(&dir, std::fs::remove_dir_all(&dir))?;
+        }
+    }
     std::fs::create_dir_all(out).map_err(|source| DataError::ReadDir {
         path: out.to_path_buf(),
         source,

@@ -7,7 +7,9 @@ use seg_data::toy::{self, Preset};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Output folder; `gta5/`, `synthia/`, `sim10k/`, `cityscapes/` and `toy.json` are written inside.
+    /// Output folder; `gta5/`, `synthia/`, `sim10k/`, `cityscapes/` and `toy.json` are written
+    /// inside. A benchmark already there is replaced whole; dataset folders without a `toy.json`
+    /// (real data) are refused, never overwritten.
     #[arg(long)]
     pub out: PathBuf,
     /// Seed of the generator: the same seed writes the same bytes; another seed is another

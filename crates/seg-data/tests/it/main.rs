@@ -321,6 +321,30 @@ fn loader_skips_or_fails_on_a_corrupt_sample_as_asked() {
 }
 
 #[test]
+fn toy_benchmark_replaces_its_own_files_and_never_touches_real_data() {
+    let dir = tempfile::tempdir().unwrap();
+    seg_data::toy::generate(dir.path(), 3, seg_data::toy::Preset::Quick).unwrap();
+    // A file of a larger preset's benchmark (more images) is gone after generating again.
+    let stray = dir.path().join("gta5/images/99999.png");
+    std::fs::copy(dir.path().join("gta5/images/00001.png"), &stray).unwrap();
+    seg_data::toy::generate(dir.path(), 4, seg_data::toy::Preset::Quick).unwrap();
+    assert!(!stray.exists());
+    assert_eq!(seg_data::toy::read_manifest(dir.path()).unwrap().seed, 4);
+    // Dataset folders without a toy.json are refused, and left as they are.
+    let real = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(real.path().join("gta5/images")).unwrap();
+    std::fs::write(real.path().join("gta5/images/00001.png"), b"a real image").unwrap();
+    let e = seg_data::toy::generate(real.path(), 0, seg_data::toy::Preset::Quick)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("gta5/") && e.contains("toy.json"), "{e}");
+    assert_eq!(
+        std::fs::read(real.path().join("gta5/images/00001.png")).unwrap(),
+        b"a real image"
+    );
+}
+
+#[test]
 fn toy_benchmark_is_deterministic_and_readable() {
     let a = tempfile::tempdir().unwrap();
     let b = tempfile::tempdir().unwrap();
