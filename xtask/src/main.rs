@@ -7,7 +7,7 @@
 //!   builds `seg-adapt` with the right features and profile, runs `seg-adapt train`, and prints
 //!   where the run went.
 //! - `check-cuda`: builds `seg-adapt` with `--features cuda` into `target/cuda` (no GPU needed;
-//!   sets up the CUDA toolchain with `../shared/tools/cuda-toolchain.sh` when nvcc is missing).
+//!   CUDA 13.0's `nvcc` on `PATH`).
 //! - `bench-compare [--python PATH] [--skip-vgg] [--skip-ssd] [--rounds N]`: criterion benchmarks and the PyTorch / numpy
 //!   references back to back, and a table of ratios against the goals.
 //! - `crash-test [--trials N] [--steps N]`: SIGKILLs training at random moments, resumes, and
@@ -43,7 +43,9 @@ fn main() -> ExitCode {
         eprintln!("{USAGE}");
         return ExitCode::FAILURE;
     };
-    if matches!(task.as_str(), "--help" | "-h" | "help") || rest.iter().any(|a| a == "--help" || a == "-h") {
+    // Flags after `--` belong to seg-adapt (`cargo xtask train-seg ... -- --help` is its help).
+    let ours = rest.split(|a| a == "--").next().unwrap_or_default();
+    if matches!(task.as_str(), "--help" | "-h" | "help") || ours.iter().any(|a| a == "--help" || a == "-h") {
         println!("{USAGE}");
         return ExitCode::SUCCESS;
     }

@@ -51,13 +51,17 @@ pub fn train_seg(args: &[String]) -> Result<(), String> {
     let config =
         config.ok_or("train-seg needs --config FILE (a preset of configs/, e.g. configs/demo/pretrain.toml)")?;
     pass.extend(extra.iter().cloned());
-    let out = match pass.iter().position(|a| a == "--out") {
-        Some(i) => pass[i + 1].clone(),
+    // The value after a flag (a flag given last after `--` has none: seg-adapt says so).
+    let value_of = |flag: &str| {
+        pass.iter()
+            .position(|a| a == flag)
+            .map(|i| pass.get(i + 1).cloned().ok_or_else(|| format!("{flag} needs a value")))
+            .transpose()
+    };
+    let out = match value_of("--out")? {
+        Some(out) => out,
         None => {
-            let method = pass
-                .iter()
-                .position(|a| a == "--method")
-                .map_or("run".to_string(), |i| pass[i + 1].clone());
+            let method = value_of("--method")?.unwrap_or_else(|| "run".to_string());
             let dir = format!("runs/{method}");
             pass.push("--out".into());
             pass.push(dir.clone());
@@ -84,7 +88,9 @@ pub fn train_seg(args: &[String]) -> Result<(), String> {
         train.args(["--device", "cuda"]);
     }
     run(&mut train)?;
-    println!("run written to {}", root.join(&out).display());
+    if !pass.iter().any(|a| a == "--help" || a == "-h") {
+        println!("run written to {}", root.join(&out).display());
+    }
     Ok(())
 }
 
