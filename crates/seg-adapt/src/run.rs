@@ -358,8 +358,7 @@ fn write_left_out(run_dir: &Path, left_out: &BTreeMap<String, Vec<LeftOut>>) -> 
 fn init_checkpoint(cfg: &RunConfig, from: &Path, device: &Device) -> anyhow::Result<seg_train::checkpoint::Checkpoint> {
     let file = seg_train::checkpoint::file_of(from);
     let ck = seg_train::checkpoint::load(&file, device).with_context(|| format!("--init-from {}", from.display()))?;
-    let theirs = RunConfig::parse(&ck.meta.config)
-        .with_context(|| format!("{}: config stored in the checkpoint", file.display()))?;
+    let theirs = stored_config(&file, &ck.meta.config)?;
     anyhow::ensure!(
         theirs.model.name == cfg.model.name,
         "--init-from {}: that run trained model `{}`, this run is model `{}`",
@@ -424,11 +423,26 @@ pub struct Trained {
     pub step: usize,
 }
 
+/// The run config a checkpoint stores; a detector's checkpoint (its config has
+/// `data.source_format`) is named as such rather than by the first key that does not parse.
+fn stored_config(file: &Path, text: &str) -> anyhow::Result<RunConfig> {
+    RunConfig::parse(text).map_err(|e| {
+        let tree: Option<toml::Value> = toml::from_str(text).ok();
+        if tree.is_some_and(|t| t.get("data").and_then(|d| d.get("source_format")).is_some()) {
+            anyhow::anyhow!(
+                "{}: a detector's checkpoint, not a segmentation model's (detectors go to `train-detector --init-from` and `eval --task detection`)",
+                file.display()
+            )
+        } else {
+            e.context(format!("{}: config stored in the checkpoint", file.display()))
+        }
+    })
+}
+
 pub fn load_trained(checkpoint: &Path, device: &Device) -> anyhow::Result<Trained> {
     let file = seg_train::checkpoint::file_of(checkpoint);
     let ck = seg_train::checkpoint::load(&file, device)?;
-    let cfg = RunConfig::parse(&ck.meta.config)
-        .with_context(|| format!("{}: config stored in the checkpoint", file.display()))?;
+    let cfg = stored_config(&file, &ck.meta.config)?;
     cfg.augment
         .validate()
         .map_err(|e| anyhow::anyhow!("{}: config stored in the checkpoint: {e}", file.display()))?;

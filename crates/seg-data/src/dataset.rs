@@ -63,6 +63,10 @@ pub struct DatasetOptions {
     pub require_labels: bool,
 }
 
+/// Cityscapes' label files: `<name>` followed by one of these, in `gtFine/<split>/<city>/`.
+pub(crate) const CS_LABEL_IDS: &str = "_gtFine_labelIds.png";
+pub(crate) const CS_TRAIN_IDS: &str = "_gtFine_labelTrainIds.png";
+
 /// A sample left out of a run before it started, and why.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LeftOut {
@@ -156,7 +160,7 @@ impl Dataset {
                     None if opts.require_labels => {
                         return Err(DataError::NoLabel {
                             path: e.image.clone(),
-                            expected: PathBuf::from(format!("a label file for `{}`", e.name)),
+                            expected: self.expected_label(e),
                         })
                     }
                     None => None,
@@ -205,6 +209,25 @@ impl Dataset {
         Ok(left_out)
     }
 
+    /// Where the label of a sample without one would be: Cityscapes' `gtFine` file (labelIds,
+    /// or labelTrainIds when those are asked for); for the other formats, whose label path does
+    /// not depend on the file being there, the sample's name.
+    fn expected_label(&self, entry: &SampleRef) -> PathBuf {
+        if self.name != "cityscapes" {
+            return PathBuf::from(format!("a label file for `{}`", entry.name));
+        }
+        let city = entry.image.parent().and_then(|p| p.file_name()).unwrap_or_default();
+        let suffix = match self.options.label_source {
+            LabelSource::TrainIds => CS_TRAIN_IDS,
+            _ => CS_LABEL_IDS,
+        };
+        self.root
+            .join("gtFine")
+            .join(&self.split)
+            .join(city)
+            .join(format!("{}{suffix}", entry.name))
+    }
+
     /// The label map for a label file (Cityscapes mixes labelIds and labelTrainIds files).
     fn label_map_for(&self, label: &Path) -> &LabelMap {
         let name = label.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
@@ -239,7 +262,7 @@ impl Dataset {
             None if self.options.require_labels => {
                 return Err(DataError::NoLabel {
                     path: entry.image.clone(),
-                    expected: PathBuf::from(format!("a label file for `{}`", entry.name)),
+                    expected: self.expected_label(entry),
                 })
             }
             None => None,

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use seg_labels::{DatasetKind, LabelEncoding, LabelMap};
 
-use crate::dataset::{Dataset, DatasetOptions, LabelSource, SampleRef};
+use crate::dataset::{Dataset, DatasetOptions, LabelSource, SampleRef, CS_LABEL_IDS, CS_TRAIN_IDS};
 use crate::error::DataError;
 
 /// The dataset formats the readers understand.
@@ -237,8 +237,6 @@ fn open_flat(
 }
 
 const CS_IMAGE_SUFFIX: &str = "_leftImg8bit.png";
-const CS_LABEL_IDS: &str = "_gtFine_labelIds.png";
-const CS_TRAIN_IDS: &str = "_gtFine_labelTrainIds.png";
 
 fn open_cityscapes(root: &Path, split: &str, options: DatasetOptions) -> Result<Dataset, DataError> {
     let image_root = root.join("leftImg8bit").join(split);

@@ -7,13 +7,10 @@ pub enum DetError {
     /// A file exists but its content is unusable.
     #[error("{path}: {reason}")]
     Invalid { path: PathBuf, reason: String },
-    /// A file or folder could not be read.
-    #[error("reading {path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// A file or folder could not be read. The reason is in the message (not also a `source`,
+    /// which would print it twice).
+    #[error("{path}: cannot read: {cause}")]
+    Io { path: PathBuf, cause: std::io::Error },
     #[error(transparent)]
     Png(#[from] seg_labels::PngError),
     /// One entry of a detections file is refused.
@@ -35,7 +32,16 @@ impl DetError {
 
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.into();
-        move |source| DetError::Io { path, source }
+        move |cause| DetError::Io { path, cause }
+    }
+
+    /// The reason alone, for lists that name the file beside it.
+    pub fn reason(&self) -> String {
+        match self {
+            DetError::Invalid { reason, .. } => reason.clone(),
+            DetError::Io { cause, .. } => format!("cannot read: {cause}"),
+            other => other.to_string(),
+        }
     }
 
     /// The file the error is about.

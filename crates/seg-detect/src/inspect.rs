@@ -55,7 +55,7 @@ pub fn inspect(ds: &DetDataset, progress: &(dyn Fn() + Sync)) -> DetInspectRepor
                     one.usable = false;
                     one.problems.push(DetProblem {
                         file: e.image.display().to_string(),
-                        reason: err.to_string(),
+                        reason: err.reason(),
                     });
                 }
             }
@@ -87,7 +87,7 @@ pub fn inspect(ds: &DetDataset, progress: &(dyn Fn() + Sync)) -> DetInspectRepor
                         one.usable = false;
                         one.problems.push(DetProblem {
                             file,
-                            reason: err.to_string(),
+                            reason: err.reason(),
                         });
                     }
                 }

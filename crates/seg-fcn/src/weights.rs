@@ -22,7 +22,7 @@ pub struct InitReport {
 
 #[derive(Debug, thiserror::Error)]
 pub enum WeightsError {
-    #[error("{path}: cannot read safetensors file: {reason}")]
+    #[error("{path}: cannot load weights: {reason}")]
     Read { path: String, reason: String },
     #[error("{path}: tensor `{key}` has shape {found:?} but the model's `{target}` is {expected:?}")]
     Shape {

@@ -505,8 +505,8 @@ pub fn init_checkpoint(
 ) -> Result<seg_train::checkpoint::Checkpoint, DetRunError> {
     let file = seg_train::checkpoint::file_of(from);
     let ck = seg_train::checkpoint::load(&file, device)?;
-    let theirs: DetRunConfig = toml::from_str(&ck.meta.config)
-        .map_err(|e| DetRunError::Config(format!("init_from {}: not a detection checkpoint: {e}", file.display())))?;
+    let theirs = stored_config(&ck.meta.config)
+        .map_err(|e| DetRunError::Config(format!("init_from {}: {e}", file.display())))?;
     if theirs.model != cfg.model {
         // The whole section: the two may differ in any field (the widths too).
         return Err(DetRunError::Config(format!(
@@ -666,12 +666,29 @@ pub struct LoadedDetector {
     _vars: VarMap,
 }
 
+/// The detection config a checkpoint stores; a segmentation run's checkpoint (its config has
+/// `data.source_dataset` and `[augment]`) is named as such rather than by the first key that
+/// does not parse.
+fn stored_config(text: &str) -> Result<DetRunConfig, String> {
+    toml::from_str(text).map_err(|e| {
+        let tree: Option<toml::Value> = toml::from_str(text).ok();
+        let segmentation = tree
+            .as_ref()
+            .is_some_and(|t| t.get("data").and_then(|d| d.get("source_dataset")).is_some());
+        if segmentation {
+            "a segmentation run's checkpoint, not a detector's (segmentation checkpoints go to `train`, `eval` and `predict`)".to_string()
+        } else {
+            format!("not a detection checkpoint: {}", e.to_string().trim_end())
+        }
+    })
+}
+
 /// Loads `run_dir`'s detector.
 pub fn load_detector(run_dir: &Path, device: &Device) -> Result<LoadedDetector, DetRunError> {
     let ckpt_path = run_dir.join(seg_train::checkpoint::FILE);
     let ckpt = seg_train::checkpoint::load(&ckpt_path, device)?;
-    let cfg: DetRunConfig = toml::from_str(&ckpt.meta.config)
-        .map_err(|e| DetRunError::Config(format!("{}: not a detection checkpoint: {e}", ckpt_path.display())))?;
+    let cfg =
+        stored_config(&ckpt.meta.config).map_err(|e| DetRunError::Config(format!("{}: {e}", ckpt_path.display())))?;
     let vars = VarMap::new();
     let method = cfg.method.0.build(&cfg.model, &vars, device, cfg.trainer.seed)?;
     ckpt.restore_prefix(&vars, "model")?;

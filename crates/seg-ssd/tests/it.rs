@@ -477,3 +477,29 @@ fn init_from_copies_the_detector_and_refuses_another_model() {
             .is_some()
     );
 }
+
+#[test]
+fn another_tasks_checkpoint_is_named_as_such() {
+    let dir = tempfile::tempdir().unwrap();
+    let meta = seg_train::checkpoint::CheckpointMeta {
+        step: 1,
+        source_loader: None,
+        target_loader: None,
+        config: "[data]\nsource_dataset = \"gta5\"\n\n[augment]\nbase_scale = 0.5\n".into(),
+    };
+    let w = candle_core::Tensor::zeros(2, candle_core::DType::F32, &Device::Cpu).unwrap();
+    seg_train::checkpoint::save(
+        &dir.path().join(seg_train::checkpoint::FILE),
+        &[("model.w".into(), w)],
+        &meta,
+    )
+    .unwrap();
+    let e = seg_ssd::train::load_detector(dir.path(), &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("checkpoint.safetensors") && e.contains("a segmentation run's checkpoint"),
+        "{e}"
+    );
+}

@@ -85,9 +85,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         (InspectDataset::Gta5, _) => DatasetName::Gta5,
         (InspectDataset::Synthia, _) => DatasetName::Synthia,
     };
+    // A missing label is a problem where every run needs one: the sources, and Cityscapes'
+    // val split (evaluation); Cityscapes' train split may be used without labels.
+    let require_labels = dataset != DatasetName::Cityscapes || args.split == "val";
     let options = DatasetOptions {
         size_policy: args.size_policy,
         list: args.list.clone(),
+        require_labels,
         ..Default::default()
     };
     let ds = seg_data::open_dataset(dataset, &args.root, &args.split, options)

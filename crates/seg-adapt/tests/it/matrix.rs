@@ -365,6 +365,28 @@ fn a_broken_val_split_stops_the_run_before_training_or_is_evaluated_without_the_
     let e = err(&train_args(p(&dir.path().join("fail")), p(&gta), p(&cs), "source-only"));
     assert!(e.contains(&name), "{e}");
 
+    // A val image without its label: `inspect` lists it with the file it expected.
+    std::fs::remove_file(&labels[1]).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&ok(&[
+        "inspect",
+        "--dataset",
+        "cityscapes",
+        "--root",
+        p(&cs),
+        "--split",
+        "val",
+        "--json",
+    ]))
+    .unwrap();
+    let probs = problems(&v);
+    let missing = labels[1].file_name().unwrap().to_string_lossy().into_owned();
+    assert!(
+        probs
+            .iter()
+            .any(|(_, r)| r.contains("no label file") && r.contains(&missing)),
+        "{probs:?}"
+    );
+
     // A val split that cannot be opened stops the run before its first step, under either
     // policy (it used to train without evaluation and exit 0).
     std::fs::remove_dir_all(cs.join("gtFine/val")).unwrap();
