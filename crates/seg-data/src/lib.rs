@@ -17,5 +17,5 @@ pub mod transform;
 pub use dataset::{Dataset, DatasetOptions, ErrorPolicy, LabelSource, LeftOut, Sample, SampleRef, SizePolicy};
 pub use error::DataError;
 pub use inspect::{inspect, inspect_with_progress, InspectReport, Problem, ProblemKind};
-pub use loader::{Augment, Batcher, Loader, Sampler};
+pub use loader::{Augment, Loader, Sampler};
 pub use readers::{open_dataset, DatasetName, Split};

@@ -1,6 +1,6 @@
 //! From dataset to candle batches: an endless, reshuffling, seeded [`Sampler`]; [`Augment`]
 //! settings; a training [`Loader`] that decodes and augments a batch in parallel with rayon
-//! and collates it on a device; and an in-order [`Batcher`] for evaluation.
+//! and collates it on a device.
 //!
 //! Every random choice for a sample is drawn from a generator derived from (seed, draw number,
 //! slot), so a batch is the same whatever the thread scheduling, and a resumed run continues
@@ -508,53 +508,6 @@ fn collate(prepared: Vec<Prepared>, domain: Domain, device: &Device) -> Result<B
         names,
         det: None,
     })
-}
-
-/// In-order batches of decoded samples for evaluation, in candle-datasets' builder shape.
-pub struct Batcher<'a> {
-    dataset: &'a Dataset,
-    batch_size: usize,
-    return_last_incomplete_batch: bool,
-    next: usize,
-}
-
-impl<'a> Batcher<'a> {
-    pub fn new(dataset: &'a Dataset) -> Self {
-        Self {
-            dataset,
-            batch_size: 16,
-            return_last_incomplete_batch: true,
-            next: 0,
-        }
-    }
-
-    pub fn batch_size(mut self, batch_size: usize) -> Self {
-        self.batch_size = batch_size.max(1);
-        self
-    }
-
-    pub fn return_last_incomplete_batch(mut self, yes: bool) -> Self {
-        self.return_last_incomplete_batch = yes;
-        self
-    }
-}
-
-impl Iterator for Batcher<'_> {
-    type Item = Result<Vec<Sample>, DataError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        let len = self.dataset.len();
-        if self.next >= len {
-            return None;
-        }
-        let end = (self.next + self.batch_size).min(len);
-        if end - self.next < self.batch_size && !self.return_last_incomplete_batch {
-            return None;
-        }
-        let range = self.next..end;
-        self.next = end;
-        Some(range.into_par_iter().map(|i| self.dataset.get(i)).collect())
-    }
 }
 
 /// Normalises whole decoded samples into one `N×3×H×W` tensor (all the same size).
