@@ -14,7 +14,8 @@ use crate::run::{DeviceName, Split};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The run configuration (TOML) to check.
+    /// The run configuration (TOML) to check: a segmentation run's, or a detection run's (one
+    /// with `data.source_format`, as `train-detector` takes).
     pub config: PathBuf,
     /// Training steps to time for the estimate (0: no timing), after up to 2 + `trainer.prefetch`
     /// untimed warm-up steps (convolution plans, allocator caches, the batches decoded ahead).
@@ -27,6 +28,13 @@ pub struct Args {
 const WARMUP: usize = 2;
 
 pub fn run(args: Args, device_name: &DeviceName) -> anyhow::Result<()> {
+    // A detection config (Sim10k-style `data.source_format`) is checked by the detection side.
+    let text = std::fs::read_to_string(&args.config)
+        .with_context(|| format!("{}: cannot read config", args.config.display()))?;
+    let tree: Option<toml::Value> = toml::from_str(&text).ok();
+    if tree.is_some_and(|t| t.get("data").and_then(|d| d.get("source_format")).is_some()) {
+        return super::detect::check(&args.config, args.time_steps, device_name);
+    }
     let cfg = RunConfig::load(&args.config)?;
     println!("# resolved config ({})\n{}", args.config.display(), cfg.to_toml()?);
     let mut roles = vec![Split::training(&cfg)];
@@ -126,7 +134,7 @@ pub fn run(args: Args, device_name: &DeviceName) -> anyhow::Result<()> {
 
 /// `secs` as `Hh MMmin`, rounded to the minute first (so 59.6 minutes past an hour read as the
 /// next hour, not as `60min`).
-fn hours_minutes(secs: f64) -> String {
+pub(crate) fn hours_minutes(secs: f64) -> String {
     let minutes = (secs / 60.0).round() as u64;
     format!("{}h {:02}min", minutes / 60, minutes % 60)
 }

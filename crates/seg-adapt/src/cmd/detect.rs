@@ -70,6 +70,100 @@ pub fn load_config(path: &Path, sets: &[String]) -> anyhow::Result<DetRunConfig>
     Ok(cfg)
 }
 
+/// `seg-adapt check` of a detection config: reads every image and annotation of the source,
+/// target train and val splits (in parallel, with a progress bar), lists each problem with its
+/// file, and times a few training steps for an estimate of the run's duration. A sample that
+/// does not read stops a detection run when it is drawn (there is no skip policy), so any such
+/// sample fails the check.
+pub fn check(config: &Path, time_steps: usize, device_name: &crate::run::DeviceName) -> anyhow::Result<()> {
+    let cfg = load_config(config, &[])?;
+    println!("# resolved config ({})\n{}", config.display(), cfg.to_toml());
+    let d = &cfg.data;
+    let classes = cfg.model.classes;
+    let source = if cfg.method.0.trains_on_target_labels() {
+        DetDataset::open_cityscapes(&d.target_root, &d.target_train, true, classes)?
+    } else {
+        cfg.open_source()?
+    };
+    let splits = [
+        ("source", source),
+        (
+            "target-train",
+            DetDataset::open_cityscapes(&d.target_root, &d.target_train, false, classes)?,
+        ),
+        (
+            "val",
+            DetDataset::open_cityscapes(&d.target_root, &d.target_val, true, classes)?,
+        ),
+    ];
+    let mut blocking = Vec::new();
+    for (role, ds) in &splits {
+        let start = std::time::Instant::now();
+        let bar = indicatif::ProgressBar::new(ds.len() as u64);
+        if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        }
+        bar.set_message(format!("reading every file of the {role} dataset"));
+        let r = seg_detect::inspect::inspect(ds, &|| bar.inc(1));
+        bar.finish_and_clear();
+        println!(
+            "{role}: {} {}: {} samples, {} usable, {} problems ({:.1}s)",
+            r.dataset,
+            r.split,
+            r.samples,
+            r.usable,
+            r.problems.len(),
+            start.elapsed().as_secs_f64()
+        );
+        for p in &r.problems {
+            println!("  {}: {}", p.file, p.reason);
+        }
+        if r.usable < r.samples {
+            blocking.push(format!("{role}: {} of {} samples", r.samples - r.usable, r.samples));
+        }
+    }
+    if time_steps > 0 && blocking.is_empty() {
+        let device = crate::run::device(device_name)?;
+        let dir = std::env::temp_dir().join(format!("seg-adapt-check-{}", std::process::id()));
+        let warmup = 2.min(cfg.trainer.steps.saturating_sub(1));
+        let n = time_steps.min(cfg.trainer.steps - warmup);
+        let mut timed = cfg.clone();
+        timed.trainer.log_every = 1;
+        let mut at = Vec::new();
+        let control = seg_ssd::train::RunControl {
+            resume: false,
+            stop_after: Some(warmup + n),
+        };
+        let t0 = std::time::Instant::now();
+        let result = seg_ssd::train::run(
+            &timed,
+            &dir,
+            &device,
+            &mut |_, _, _| at.push(std::time::Instant::now()),
+            control,
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+        result.context("timing training steps")?;
+        // Each step's end is logged: the timed steps are those after the warm-up's last (with no
+        // warm-up, setting up counts too).
+        let from = warmup.checked_sub(1).and_then(|i| at.get(i).copied()).unwrap_or(t0);
+        let secs = at.last().map_or(0.0, |b| b.duration_since(from).as_secs_f64());
+        let per = secs / n.max(1) as f64;
+        println!(
+            "timing: {n} training steps on {device_name} in {secs:.1}s ({per:.2} s/step, after {warmup} untimed warm-up steps); {} steps: about {}, evaluation and checkpoints not included",
+            cfg.trainer.steps,
+            super::check::hours_minutes(per * cfg.trainer.steps as f64)
+        );
+    }
+    anyhow::ensure!(
+        blocking.is_empty(),
+        "samples that do not read would stop the detection run when drawn ({}); fix or remove them",
+        blocking.join("; ")
+    );
+    println!("check passed: {}", config.display());
+    Ok(())
+}
+
 pub fn train(args: TrainArgs, device_name: &crate::run::DeviceName) -> anyhow::Result<()> {
     let mut sets = args.set.clone();
     if let Some(from) = &args.init_from {

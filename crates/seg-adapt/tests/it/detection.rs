@@ -301,3 +301,40 @@ fn starting_from_a_detector_replaces_the_presets_imagenet_weights() {
     assert!(from.init_weights.is_none());
     assert_eq!(from.model, plain.model);
 }
+
+#[test]
+fn check_reads_a_detection_configs_splits_and_times_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let out = ok(&["check", p(&cfg), "--time-steps", "1"]);
+    for line in [
+        "source: sim10k",
+        "target-train: cityscapes",
+        "val: cityscapes",
+        "timing: 1 training steps",
+        "check passed",
+    ] {
+        assert!(out.contains(line), "{line}: {out}");
+    }
+    // A Sim10k image cut inside its scan would stop the run when drawn: named, and the check fails.
+    let sim = dir.path().join("sim10k");
+    super::matrix::copy_dir(&seg_data::toy::sim10k_path(toy()), &sim);
+    let jpg = std::fs::read_dir(sim.join("VOC2012/JPEGImages"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let bytes = std::fs::read(&jpg).unwrap();
+    std::fs::write(&jpg, &bytes[..bytes.len() * 2 / 3]).unwrap();
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace(p(&seg_data::toy::sim10k_path(toy())), p(&sim));
+    std::fs::write(&cfg, text).unwrap();
+    let o = super::run(&["check", p(&cfg), "--time-steps", "0"]);
+    let (stdout, stderr) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(!o.status.success(), "{stdout}");
+    let name = jpg.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(stdout.contains(&name) && stdout.contains("truncated JPEG"), "{stdout}");
+    assert!(stderr.contains("would stop the detection run"), "{stderr}");
+}

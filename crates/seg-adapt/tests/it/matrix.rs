@@ -317,7 +317,7 @@ fn unusable_pairs_are_left_out_named_and_counted() {
     assert_eq!(names, ["00003", "00005"]);
 }
 
-fn copy_dir(from: &Path, to: &Path) {
+pub(crate) fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {
         let e = e.unwrap();
