@@ -145,12 +145,32 @@ impl RunConfig {
     /// Checks what can be checked before any work starts.
     pub fn validate(&self, stride: usize) -> anyhow::Result<()> {
         self.trainer.validate().map_err(anyhow::Error::msg)?;
+        let tree = toml::Value::try_from(self).context("cannot serialise the config")?;
+        for section in ["model", "method"] {
+            if let Some((key, n)) = tree
+                .get(section)
+                .and_then(|v| seg_train::config::first_oversized(section, v))
+            {
+                anyhow::bail!(
+                    "{key} = {n}: sizes in [{section}] are at most {}",
+                    seg_train::config::MAX_SIZE
+                );
+            }
+        }
         self.augment.validate().map_err(anyhow::Error::msg)?;
         if let Some([w, h]) = self.augment.crop {
             anyhow::ensure!(
                 w % stride as u32 == 0 && h % stride as u32 == 0 && w > 0 && h > 0,
-                "crop {w}x{h} is not a multiple of the network's stride {stride} (model {})",
+                "crop {w}x{h}: width and height must be positive multiples of the network's stride {stride} (model {})",
                 self.model.name
+            );
+            // One batch of input floats, before any activation: 1024 × 3 × 512 × 1024 is 6 GiB.
+            let batch = self.trainer.batch_size.max(self.trainer.target_batch_size.unwrap_or(0));
+            let floats = batch as u64 * 3 * w as u64 * h as u64;
+            anyhow::ensure!(
+                floats <= 1 << 30,
+                "a batch of {batch} crops of {w}x{h} is {:.1} GiB of input floats alone: lower trainer.batch_size or augment.crop",
+                floats as f64 * 4.0 / (1u64 << 30) as f64
             );
         } else {
             anyhow::bail!("augment.crop is required (`crop = [W, H]` in [augment], or --set augment.crop=[W,H]): batches need one size");
@@ -254,7 +274,15 @@ crop = [64, 64]
             .validate(48)
             .unwrap_err()
             .to_string()
-            .contains("multiple of the network's stride"));
+            .contains("multiples of the network's stride"));
+        // A batch whose input floats alone would not fit in memory.
+        let big = RunConfig::parse(&format!(
+            "{}\n[trainer]\nbatch_size = 1024\n",
+            MINIMAL.replace("crop = [64, 64]", "crop = [1024, 512]")
+        ))
+        .unwrap();
+        let e = big.validate(8).unwrap_err().to_string();
+        assert!(e.contains("1024 crops of 1024x512") && e.contains("GiB"), "{e}");
     }
 
     #[test]

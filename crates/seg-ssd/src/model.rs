@@ -87,9 +87,9 @@ impl SsdConfig {
     pub fn validate(&self) -> std::result::Result<(), String> {
         if self.arch == SsdArch::Small {
             let [w, h] = self.input;
-            if w < 64 || h < 64 || w % 64 != 0 || h % 64 != 0 {
+            if w < 64 || h < 64 || w % 64 != 0 || h % 64 != 0 || w > 2048 || h > 2048 {
                 return Err(format!(
-                    "model.input {w}x{h}: width and height must be multiples of 64, at least 64"
+                    "model.input {w}x{h}: width and height must be multiples of 64, from 64 to 2048"
                 ));
             }
             if self.widths.contains(&0) {

@@ -167,8 +167,25 @@ impl DetRunConfig {
         if t.steps == 0 {
             return Err(DetRunError::Config("trainer.steps must be at least 1".into()));
         }
-        if t.batch_size == 0 {
-            return Err(DetRunError::Config("trainer.batch_size must be at least 1".into()));
+        if !(1..=seg_train::config::MAX_BATCH).contains(&t.batch_size) {
+            return Err(DetRunError::Config(format!(
+                "trainer.batch_size = {}: must be from 1 to {}",
+                t.batch_size,
+                seg_train::config::MAX_BATCH
+            )));
+        }
+        let tree = toml::Value::try_from(self).ok();
+        for section in ["model", "method"] {
+            if let Some((key, n)) = tree
+                .as_ref()
+                .and_then(|t| t.get(section))
+                .and_then(|v| seg_train::config::first_oversized(section, v))
+            {
+                return Err(DetRunError::Config(format!(
+                    "{key} = {n}: sizes in [{section}] are at most {}",
+                    seg_train::config::MAX_SIZE
+                )));
+            }
         }
         if !(0.0..1.0).contains(&t.momentum) {
             return Err(DetRunError::Config(format!(

@@ -138,14 +138,42 @@ pub fn first_non_finite(v: &toml::Value) -> Option<(String, f64)> {
     }
 }
 
+/// The largest batch a run may ask for (`trainer.batch_size`, `target_batch_size`): the papers
+/// train with 1 to 32; a typo of 100,000,000 would ask for terabytes.
+pub const MAX_BATCH: usize = 1024;
+
+/// The largest size (a width, a hidden layer, a pool) a `[model]` or `[method]` section may ask
+/// for: the models' widest layer is VGG's 4096; a layer of 8192 × 8192 3×3 weights is 2.4 GB.
+pub const MAX_SIZE: i64 = 8192;
+
+/// The dotted key and value of the first integer in a `[model]` or `[method]` section (`section`
+/// names it) above [`MAX_SIZE`], seeds and step counts (`*steps`) aside: the sizes of layers,
+/// whose weights are allocated from them before any check a layer could make.
+pub fn first_oversized(section: &str, v: &toml::Value) -> Option<(String, i64)> {
+    match v {
+        toml::Value::Integer(n) if *n > MAX_SIZE => Some((section.to_string(), *n)),
+        toml::Value::Table(t) => t
+            .iter()
+            .filter(|(k, _)| *k != "seed" && !k.ends_with("steps"))
+            .find_map(|(k, v)| first_oversized(&format!("{section}.{k}"), v)),
+        toml::Value::Array(a) => a.iter().find_map(|v| first_oversized(section, v)),
+        _ => None,
+    }
+}
+
 impl TrainerConfig {
     /// Checks what a run could not train with; the message names the key (`trainer.*`).
     pub fn validate(&self) -> Result<(), String> {
         if self.steps == 0 {
             return Err("trainer.steps must be at least 1".into());
         }
-        if self.batch_size == 0 || self.target_batch_size == Some(0) {
-            return Err("trainer.batch_size and trainer.target_batch_size must be at least 1".into());
+        for (key, n) in [
+            ("batch_size", Some(self.batch_size)),
+            ("target_batch_size", self.target_batch_size),
+        ] {
+            if let Some(n) = n.filter(|n| !(1..=MAX_BATCH).contains(n)) {
+                return Err(format!("trainer.{key} = {n}: must be from 1 to {MAX_BATCH}"));
+            }
         }
         let rates = [("lr", self.lr), ("head_lr", self.head_lr), ("lr_power", self.lr_power)]
             .into_iter()

@@ -176,7 +176,7 @@ fn bad_input_is_refused_before_training_with_a_clear_message() {
     let mut a = train_args(p(&out), p(&gta), p(&cs), "source-only");
     a.extend(["--set", "augment.crop=[60, 60]"]);
     let e = err(&a);
-    assert!(e.contains("multiple of the network's stride"), "{e}");
+    assert!(e.contains("multiples of the network's stride"), "{e}");
     a.extend(["--set", "augment.crop=[512, 512]"]);
     let e = err(&a);
     assert!(e.contains("larger than the source images"), "{e}");
@@ -198,8 +198,12 @@ fn bad_input_is_refused_before_training_with_a_clear_message() {
         ("augment.scale_range=[0.5, 50.0]", "augment.scale_range"),
         ("augment.std=[0.0, 0.0, 0.0]", "augment.std"),
         ("augment.mean=[nan, 0.0, 0.0]", "augment.mean"),
+        // Sizes that aborted on their allocation.
+        ("trainer.batch_size=100000000", "trainer.batch_size"),
+        ("trainer.target_batch_size=100000000", "trainer.target_batch_size"),
+        ("method.hidden=1000000000", "method.hidden"),
     ] {
-        let mut a = train_args(p(&out), p(&gta), p(&cs), "source-only");
+        let mut a = train_args(p(&out), p(&gta), p(&cs), "dann");
         a.extend(["--set", set]);
         let e = err(&a);
         assert!(e.contains(key), "{set}: {e}");
