@@ -58,15 +58,21 @@ pub fn error_map(width: u32, height: u32, gt: &[u8], pred: &[u8]) -> RgbImage {
     from_pixels(width, height, pixels)
 }
 
-/// Nearest-neighbour resize to `width` (height keeps the aspect ratio, at least 1 pixel).
+/// The most rows a resized picture keeps: a label one pixel wide and millions tall (a valid
+/// PNG) scaled to a sheet's tile width would be terabytes.
+pub const MAX_PICTURE_HEIGHT: u32 = 4096;
+
+/// Nearest-neighbour resize to `width` (height keeps the aspect ratio, at least 1 pixel); of a
+/// picture taller than [`MAX_PICTURE_HEIGHT`] after resizing, only its top rows are kept.
 pub fn resize_to_width(img: &RgbImage, width: u32) -> RgbImage {
     if img.width == width || img.width == 0 || img.height == 0 {
         return img.clone();
     }
-    let height = ((img.height as u64 * width as u64) / img.width as u64).max(1) as u32;
+    let full = ((img.height as u64 * width as u64) / img.width as u64).max(1);
+    let height = full.min(MAX_PICTURE_HEIGHT as u64) as u32;
     let mut data = Vec::with_capacity(3 * width as usize * height as usize);
     for y in 0..height as u64 {
-        let sy = ((y * img.height as u64 + img.height as u64 / 2) / height as u64).min(img.height as u64 - 1);
+        let sy = ((y * img.height as u64 + img.height as u64 / 2) / full).min(img.height as u64 - 1);
         for x in 0..width as u64 {
             let sx = ((x * img.width as u64 + img.width as u64 / 2) / width as u64).min(img.width as u64 - 1);
             let i = 3 * (sy * img.width as u64 + sx) as usize;
@@ -150,6 +156,21 @@ fn blit(dst: &mut RgbImage, tile: &RgbImage, x0: u32, y0: u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tall_thin_picture_keeps_its_top_rows_at_the_tile_width() {
+        // 1 × 4,000,000 pixels (7.8 KB as a PNG) at a 2048-pixel tile: 8 billion rows unchecked.
+        let tall = RgbImage {
+            width: 1,
+            height: 4_000_000,
+            data: vec![7; 12_000_000],
+        };
+        let r = resize_to_width(&tall, 2048);
+        assert_eq!((r.width, r.height), (2048, MAX_PICTURE_HEIGHT));
+        assert!(r.data.iter().all(|&v| v == 7));
+        let small = resize_to_width(&from_pixels(2, 1, [[1, 2, 3], [4, 5, 6]].into_iter()), 4);
+        assert_eq!((small.width, small.height), (4, 2));
+    }
 
     #[test]
     fn colours_overlay_and_errors() {
