@@ -24,6 +24,14 @@ struct Cli {
 }
 
 fn main() -> std::process::ExitCode {
+    // Output piped into a reader that stops early (`seg-adapt inspect ... | head`) ends the
+    // process quietly, as for any Unix tool, instead of a panic in `println!`: Rust's runtime
+    // ignores SIGPIPE, which turns the write into an error that `println!` panics on.
+    #[cfg(unix)]
+    // SAFETY: called once, before any thread is started; SIG_DFL is a valid action for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SEG_ADAPT_LOG")

@@ -226,6 +226,21 @@ fn bad_input_is_refused_before_training_with_a_clear_message() {
 }
 
 #[test]
+fn output_into_a_closed_pipe_ends_without_a_panic() {
+    // The reader is gone before the command prints (`seg-adapt inspect ... | head -0`).
+    let mut child = std::process::Command::new(bin())
+        .args(["inspect", "--dataset", "gta5", "--root", p(&toy().join("gta5"))])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let o = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
 fn demo_quick_reports_every_method() {
     if std::env::var("SEG_SKIP_SLOW").is_ok_and(|v| v == "1") {
         return;
