@@ -77,6 +77,15 @@ pub fn run(args: Args, device_name: &DeviceName) -> anyhow::Result<()> {
             println!("  {}: {} [{verdict}]", p.file, p.reason);
         }
     }
+    if args.time_steps == 0 && blocking.is_empty() {
+        // Without timing, the run is still set up once (and dropped), so every check `train`
+        // makes before its first step is made here too: crop, sizes, weights, `init_from`.
+        let device = crate::run::device(device_name)?;
+        let dir = std::env::temp_dir().join(format!("seg-adapt-check-{}", std::process::id()));
+        let setup = crate::run::build_setup(&cfg, &dir, &device, false, false).map(drop);
+        let _ = std::fs::remove_dir_all(&dir);
+        setup.context("the run would stop before its first step")?;
+    }
     if args.time_steps > 0 && blocking.is_empty() {
         let device = crate::run::device(device_name)?;
         let dir = std::env::temp_dir().join(format!("seg-adapt-check-{}", std::process::id()));

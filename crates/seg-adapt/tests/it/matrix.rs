@@ -449,4 +449,22 @@ fn check_reads_every_file_times_steps_and_fails_when_the_run_would_stop() {
     write("skip");
     let out = ok(&["check", p(&cfg), "--time-steps", "0"]);
     assert!(out.contains("00004.png") && out.contains("left out"), "{out}");
+    // Without timing, what `train` refuses before its first step is refused too.
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    for (from, to, named) in [
+        (
+            "crop = [64, 64]",
+            "crop = [100, 64]",
+            "multiples of the network's stride",
+        ),
+        (
+            "[model]\nname = \"small\"",
+            "[model]\nname = \"small\"\ninit_from = \"/nowhere\"",
+            "/nowhere",
+        ),
+    ] {
+        std::fs::write(&cfg, text.replace(from, to)).unwrap();
+        let e = err(&["check", p(&cfg), "--time-steps", "0"]);
+        assert!(e.contains(named) && e.contains("before its first step"), "{e}");
+    }
 }
