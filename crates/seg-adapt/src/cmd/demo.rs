@@ -355,6 +355,19 @@ pub(crate) fn claim_out(out: &Path, task: super::Task) -> anyhow::Result<()> {
 
 /// A `--methods` list in which source-only (added when missing) runs before AdaBN, which is
 /// derived from its run.
+/// A `--methods` list as the demos run it: a name given twice is refused (its seeds would be
+/// counted twice in the report), then [`with_source_only_first`].
+pub(crate) fn method_list(list: Vec<String>) -> anyhow::Result<Vec<String>> {
+    if let Some((i, m)) = list.iter().enumerate().find(|(i, m)| list[..*i].contains(m)) {
+        anyhow::bail!(
+            "--methods names `{m}` twice (entries {} and {})",
+            list.iter().position(|x| x == m).unwrap_or(0) + 1,
+            i + 1
+        );
+    }
+    Ok(with_source_only_first(list))
+}
+
 pub(crate) fn with_source_only_first(mut list: Vec<String>) -> Vec<String> {
     if let Some(a) = list.iter().position(|m| m == "adabn") {
         match list.iter().position(|m| m == "source-only") {
@@ -716,7 +729,7 @@ pub fn run(args: Args, device_name: &crate::run::DeviceName) -> anyhow::Result<(
             for m in list {
                 m.parse::<MethodConfig>().map_err(|e| anyhow::anyhow!("{e}"))?;
             }
-            with_source_only_first(list.clone())
+            method_list(list.clone())?
         }
         None => methods().iter().map(|s| s.to_string()).collect(),
     };
@@ -869,6 +882,10 @@ mod tests {
             v(&["source-only", "adabn"])
         );
         assert_eq!(with_source_only_first(v(&["dann"])), v(&["dann"]));
+        // A method given twice would count its seeds twice.
+        let e = method_list(v(&["dann", "adabn", "dann"])).unwrap_err().to_string();
+        assert!(e.contains("`dann` twice") && e.contains("entries 1 and 3"), "{e}");
+        assert_eq!(method_list(v(&["adabn"])).unwrap(), v(&["source-only", "adabn"]));
     }
 
     #[test]

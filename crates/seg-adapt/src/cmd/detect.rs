@@ -20,7 +20,7 @@ use seg_ssd::method::DET_METHOD_NAMES;
 use seg_ssd::train::{DetMethodConfigField, DetRunConfig};
 use seg_ssd::{DetMethodConfig, SsdConfig};
 
-use super::demo::{adabn_verdict, paired, with_ci, with_source_only_first, Paired, Phase, Phases, Summary, PRETRAIN};
+use super::demo::{adabn_verdict, method_list, paired, with_ci, Paired, Phase, Phases, Summary, PRETRAIN};
 use super::demo_run::{digest, Stamp};
 
 #[derive(clap::Args, Debug)]
@@ -405,7 +405,7 @@ pub fn demo(args: &super::demo::Args, out: &Path, device: &crate::run::DeviceNam
             for m in &list {
                 DetMethodConfig::parse(m).map_err(|e| anyhow::anyhow!(e))?;
             }
-            with_source_only_first(list)
+            method_list(list)?
         }
         None => DET_METHOD_NAMES.iter().map(|s| s.to_string()).collect(),
     };
