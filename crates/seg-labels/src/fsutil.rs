@@ -44,7 +44,7 @@ pub fn write_atomic_with(
 }
 
 /// Whether `name` is one of [`write_atomic_with`]'s temporary files: `.NAME.PID.tmp`.
-fn is_temp_name(name: &str) -> bool {
+pub fn is_temp_name(name: &str) -> bool {
     let Some(inner) = name.strip_prefix('.').and_then(|n| n.strip_suffix(".tmp")) else {
         return false;
     };

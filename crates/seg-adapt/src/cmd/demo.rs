@@ -324,10 +324,36 @@ pub fn default_out(task: super::Task) -> PathBuf {
     }
 }
 
+/// What a demo writes in its folder; a folder holding anything else is not a demo's.
+const DEMO_ENTRIES: [&str; 7] = [
+    "data",
+    "runs",
+    "report.md",
+    "report.json",
+    "report.html",
+    "comparison.png",
+    "demo-task.txt",
+];
+
 /// Claims `out` for the demo of `task`: a folder that holds the other task's demo (its
 /// `demo-task.txt`, or a report of the other kind) is refused, since both write `runs/`
-/// folders of the same names (`pretrain`, `source-only`, `oracle`) and the same report files.
+/// folders of the same names (`pretrain`, `source-only`, `oracle`) and the same report files;
+/// so is a folder holding anything a demo does not write (the user's own files).
 pub(crate) fn claim_out(out: &Path, task: super::Task) -> anyhow::Result<()> {
+    if let Ok(entries) = std::fs::read_dir(out) {
+        let foreign: Vec<String> = entries
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !DEMO_ENTRIES.contains(&n.as_str()) && !seg_labels::fsutil::is_temp_name(n))
+            .collect();
+        if let Some(first) = foreign.first() {
+            anyhow::bail!(
+                "{} holds files a demo does not write (`{first}`{}): the demo writes data/, runs/ and its reports there; choose a new or empty --out",
+                out.display(),
+                if foreign.len() > 1 { format!(" and {} more", foreign.len() - 1) } else { String::new() }
+            );
+        }
+    }
     let name = |t: super::Task| match t {
         super::Task::Segmentation => "segmentation",
         super::Task::Detection => "detection",
@@ -353,8 +379,6 @@ pub(crate) fn claim_out(out: &Path, task: super::Task) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A `--methods` list in which source-only (added when missing) runs before AdaBN, which is
-/// derived from its run.
 /// A `--methods` list as the demos run it: a name given twice is refused (its seeds would be
 /// counted twice in the report), then [`with_source_only_first`].
 pub(crate) fn method_list(list: Vec<String>) -> anyhow::Result<Vec<String>> {
@@ -368,6 +392,8 @@ pub(crate) fn method_list(list: Vec<String>) -> anyhow::Result<Vec<String>> {
     Ok(with_source_only_first(list))
 }
 
+/// A `--methods` list in which source-only (added when missing) runs before AdaBN, which is
+/// derived from its run.
 pub(crate) fn with_source_only_first(mut list: Vec<String>) -> Vec<String> {
     if let Some(a) = list.iter().position(|m| m == "adabn") {
         match list.iter().position(|m| m == "source-only") {
@@ -863,6 +889,13 @@ mod tests {
         std::fs::write(old_det.join("report.json"), r#"{"task": "detection"}"#).unwrap();
         assert!(claim_out(&old_det, Task::Segmentation).is_err());
         claim_out(&old_det, Task::Detection).unwrap();
+        // A folder with the user's own files is not a demo's.
+        let mine = dir.path().join("mine");
+        std::fs::create_dir_all(&mine).unwrap();
+        std::fs::write(mine.join("notes.md"), "keep").unwrap();
+        let e = claim_out(&mine, Task::Segmentation).unwrap_err().to_string();
+        assert!(e.contains("`notes.md`") && e.contains("new or empty --out"), "{e}");
+        assert_eq!(std::fs::read_to_string(mine.join("notes.md")).unwrap(), "keep");
         assert_ne!(default_out(Task::Segmentation), default_out(Task::Detection));
     }
 
