@@ -123,6 +123,10 @@ impl RunConfig {
         if let Some((key, v)) = seg_train::config::first_non_finite(&tree) {
             anyhow::bail!("{key} = {v}: every number in a config must be finite");
         }
+        let raw: toml::Value = toml::from_str(text).context("cannot read the config as TOML")?;
+        if let Some((key, n, m)) = seg_train::config::first_array_length_mismatch(&raw, &tree) {
+            anyhow::bail!("{key} has {n} values where {m} are expected");
+        }
         Ok(cfg)
     }
 

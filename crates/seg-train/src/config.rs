@@ -138,6 +138,30 @@ pub fn first_non_finite(v: &toml::Value) -> Option<(String, f64)> {
     }
 }
 
+/// The first array of a config as written (`raw`) whose parsed value (`typed`, serialised back)
+/// has another length: `(dotted key, written, kept)`. The TOML reader fills a fixed-length
+/// array (`crop = [W, H]`) from the first elements and drops the rest without a word.
+pub fn first_array_length_mismatch(raw: &toml::Value, typed: &toml::Value) -> Option<(String, usize, usize)> {
+    match (raw, typed) {
+        (toml::Value::Array(a), toml::Value::Array(b)) if a.len() != b.len() => Some((String::new(), a.len(), b.len())),
+        (toml::Value::Table(a), toml::Value::Table(b)) => a.iter().find_map(|(k, v)| {
+            let w = b.get(k)?;
+            first_array_length_mismatch(v, w).map(|(key, n, m)| {
+                (
+                    if key.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{k}.{key}")
+                    },
+                    n,
+                    m,
+                )
+            })
+        }),
+        _ => None,
+    }
+}
+
 /// The largest batch a run may ask for (`trainer.batch_size`, `target_batch_size`): the papers
 /// train with 1 to 32; a typo of 100,000,000 would ask for terabytes.
 pub const MAX_BATCH: usize = 1024;

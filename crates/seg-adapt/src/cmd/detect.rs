@@ -66,6 +66,10 @@ pub fn load_config(path: &Path, sets: &[String]) -> anyhow::Result<DetRunConfig>
     let text = toml::to_string(&root)?;
     let cfg: DetRunConfig =
         toml::from_str(&text).with_context(|| format!("{}: invalid detection config", path.display()))?;
+    let typed = toml::Value::try_from(&cfg).context("cannot serialise the config")?;
+    if let Some((key, n, m)) = seg_train::config::first_array_length_mismatch(&root, &typed) {
+        anyhow::bail!("{}: {key} has {n} values where {m} are expected", path.display());
+    }
     cfg.validate().with_context(|| format!("{}", path.display()))?;
     Ok(cfg)
 }

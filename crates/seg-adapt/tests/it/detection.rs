@@ -109,6 +109,7 @@ fn detection_input_errors_name_the_entry_or_key() {
         ("trainer.steps=0", "trainer.steps"),
         ("trainer.batch_size=100000000", "trainer.batch_size"),
         ("model.input=[6400000, 6400]", "model.input"),
+        ("model.input=[128, 64, 5]", "model.input has 3 values"),
         ("model.widths=[1000000, 1000000, 16, 16, 16, 16]", "model.widths"),
         // The evaluation split is opened before training (it was found missing after it).
         ("data.target_val=nosuch", "nosuch"),

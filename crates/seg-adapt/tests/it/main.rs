@@ -202,6 +202,9 @@ fn bad_input_is_refused_before_training_with_a_clear_message() {
         ("trainer.batch_size=100000000", "trainer.batch_size"),
         ("trainer.target_batch_size=100000000", "trainer.target_batch_size"),
         ("method.hidden=1000000000", "method.hidden"),
+        // A fixed-length array with more values kept the first ones without a word.
+        ("augment.crop=[64, 64, 99]", "augment.crop has 3 values where 2"),
+        ("augment.mean=[0.5, 0.5, 0.5, 7.0]", "augment.mean has 4 values"),
     ] {
         let mut a = train_args(p(&out), p(&gta), p(&cs), "dann");
         a.extend(["--set", set]);
