@@ -101,6 +101,8 @@ pub fn open_dataset(
 }
 
 /// The entries of `dir` that `keep` accepts, sorted by path.
+/// The entries of `dir` that `keep` accepts, sorted; hidden ones (`.name`: macOS's `._*`
+/// companions, a `.trash/` folder) are never samples, as the official scripts' `glob` skips them.
 fn sorted_entries(dir: &Path, keep: impl Fn(&std::fs::DirEntry) -> bool) -> Result<Vec<PathBuf>, DataError> {
     let err = |source| DataError::ReadDir {
         path: dir.to_path_buf(),
@@ -109,7 +111,7 @@ fn sorted_entries(dir: &Path, keep: impl Fn(&std::fs::DirEntry) -> bool) -> Resu
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).map_err(err)? {
         let e = e.map_err(err)?;
-        if keep(&e) {
+        if !e.file_name().as_encoded_bytes().starts_with(b".") && keep(&e) {
             out.push(e.path());
         }
     }

@@ -150,7 +150,8 @@ fn read_dir_sorted(dir: &Path) -> Result<Vec<std::fs::DirEntry>, FolderError> {
     Ok(entries)
 }
 
-/// `ROOT/gtFine/SPLIT/*/*_gtFine_labelIds.png`, sorted by name.
+/// `ROOT/gtFine/SPLIT/*/*_gtFine_labelIds.png`, sorted by name; as the official evaluator's
+/// `glob`, `*` matches no hidden name (`.trash/`, macOS's `._*` companions).
 fn find_ground_truth(root: &Path, split: &str) -> Result<Vec<Pair>, FolderError> {
     if !root.is_dir() {
         return Err(FolderError::MissingDir {
@@ -166,12 +167,16 @@ fn find_ground_truth(root: &Path, split: &str) -> Result<Vec<Pair>, FolderError>
         });
     }
     let mut pairs = Vec::new();
+    let hidden = |e: &std::fs::DirEntry| e.file_name().as_encoded_bytes().starts_with(b".");
     for city in read_dir_sorted(&gt_dir)? {
         let city_path = city.path();
-        if !city_path.is_dir() {
+        if !city_path.is_dir() || hidden(&city) {
             continue;
         }
         for f in read_dir_sorted(&city_path)? {
+            if hidden(&f) {
+                continue;
+            }
             let file = f.file_name().to_string_lossy().into_owned();
             if let Some(name) = file.strip_suffix(GT_SUFFIX) {
                 pairs.push(Pair {

@@ -50,6 +50,8 @@ fn missing_pairs_and_symlink_loops_are_listed_with_the_os_reason() {
     std::os::unix::fs::symlink("loop.png", root.join("images/loop.png")).unwrap();
     // A looping directory link too: never followed, never hangs.
     std::os::unix::fs::symlink("..", root.join("images/up")).unwrap();
+    // A macOS companion file is hidden, so no sample (as for the official scripts' glob).
+    std::fs::write(root.join("images/._00003.png"), b"AppleDouble").unwrap();
     let v = inspect_json(&root);
     let probs = problems(&v);
     assert!(

@@ -189,6 +189,17 @@ fn missing_prediction_is_an_error_or_counts_as_wrong() {
 }
 
 #[test]
+fn hidden_ground_truth_files_are_not_ground_truth_as_for_the_official_glob() {
+    let f = Fixture::golden();
+    let (gt, _) = golden_pair();
+    // A macOS companion file and a hidden folder: `glob("*/*_gtFine_labelIds.png")` sees neither.
+    f.gt("frankfurt", "._frankfurt_000000_000294", &gt);
+    f.gt(".trash", "munster_000002_000019", &gt);
+    let r = evaluate_folder(&f.opts()).unwrap().finish(Protocol::Classes19);
+    assert_eq!(r.images, 2);
+}
+
+#[test]
 fn several_candidates_are_an_error_naming_them() {
     let f = Fixture::golden();
     let (_, pred) = golden_pair();
