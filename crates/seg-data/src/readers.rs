@@ -352,9 +352,11 @@ pub fn orphan_labels(ds: &Dataset) -> Vec<PathBuf> {
         .collect()
 }
 
+/// Cityscapes labelIds files whose camera image (`leftImg8bit/SPLIT/CITY/NAME_leftImg8bit.png`)
+/// does not exist; a pair left out for another reason (its size, a split list) is not one.
 fn cityscapes_orphans(ds: &Dataset) -> Vec<PathBuf> {
     let label_root = ds.root.join("gtFine").join(&ds.split);
-    let have: std::collections::HashSet<String> = ds.entries.iter().map(|e| e.name.clone()).collect();
+    let image_root = ds.root.join("leftImg8bit").join(&ds.split);
     let mut out = Vec::new();
     for city in sorted_dirs(&label_root).unwrap_or_default() {
         for p in sorted_pngs(&city).unwrap_or_default() {
@@ -363,7 +365,10 @@ fn cityscapes_orphans(ds: &Dataset) -> Vec<PathBuf> {
                 .map(|f| f.to_string_lossy().into_owned())
                 .unwrap_or_default();
             if let Some(stem) = f.strip_suffix(CS_LABEL_IDS) {
-                if !have.contains(stem) {
+                let image = city
+                    .file_name()
+                    .map(|c| image_root.join(c).join(format!("{stem}{CS_IMAGE_SUFFIX}")));
+                if image.is_some_and(|i| !i.exists()) {
                     out.push(p);
                 }
             }

@@ -81,6 +81,16 @@ pub fn predict_train_ids(
 /// Evaluates `backbone` on a labelled dataset; every image is predicted at full resolution.
 pub fn evaluate(backbone: &dyn Backbone, dataset: &Dataset, setup: &EvalSetup) -> Result<Evaluator, TrainError> {
     let mut ev = Evaluator::new(setup.keep_samples);
+    // Ground truth without its camera image cannot be predicted from: named, since the
+    // official evaluator (which pairs every ground-truth file with a prediction) would count it.
+    for orphan in seg_data::readers::orphan_labels(dataset) {
+        let message = format!(
+            "{}: ground truth without its camera image, not in this evaluation (the official evaluator would need a prediction for it)",
+            orphan.display()
+        );
+        tracing::warn!("{message}");
+        ev.warn(message);
+    }
     let skip = dataset.options().error_policy == ErrorPolicy::Skip;
     let size = setup.batch_size.max(1);
     for start in (0..dataset.len()).step_by(size) {

@@ -353,6 +353,16 @@ fn a_broken_val_split_stops_the_run_before_training_or_is_evaluated_without_the_
     let bytes = std::fs::read(&labels[0]).unwrap();
     std::fs::write(&labels[0], &bytes[..bytes.len() / 2]).unwrap();
     let name = labels[0].file_name().unwrap().to_string_lossy().into_owned();
+    // A val label whose camera image is gone: named in the report, not silently dropped.
+    let orphan = labels[2].file_name().unwrap().to_string_lossy().into_owned();
+    let stem = orphan.strip_suffix("_gtFine_labelIds.png").unwrap();
+    let city_name = city.file_name().unwrap();
+    std::fs::remove_file(
+        cs.join("leftImg8bit/val")
+            .join(city_name)
+            .join(format!("{stem}_leftImg8bit.png")),
+    )
+    .unwrap();
 
     // error_policy = "skip": the run finishes, evaluated without it, and its report names it.
     let out = dir.path().join("skip");
@@ -363,6 +373,10 @@ fn a_broken_val_split_stops_the_run_before_training_or_is_evaluated_without_the_
         serde_json::from_str(&std::fs::read_to_string(out.join("eval/step_000003/report.json")).unwrap()).unwrap();
     let warnings = report["warnings"].to_string();
     assert!(warnings.contains(&name) && warnings.contains("left out"), "{warnings}");
+    assert!(
+        warnings.contains(&orphan) && warnings.contains("without its camera image"),
+        "{warnings}"
+    );
     // error_policy = "fail": the run stops naming the file.
     let e = err(&train_args(p(&dir.path().join("fail")), p(&gta), p(&cs), "source-only"));
     assert!(e.contains(&name), "{e}");
