@@ -45,15 +45,43 @@ fn collect_pngs(dir: &Path, out: &mut Vec<PathBuf>, depth: usize) -> anyhow::Res
         .collect();
     entries.sort_by_key(|e| e.path());
     for e in entries {
+        // Hidden entries (macOS's `._*` companions) are no images.
+        if e.file_name().as_encoded_bytes().starts_with(b".") {
+            continue;
+        }
         let ft = e.file_type()?;
         let p = e.path();
         if ft.is_dir() {
             collect_pngs(&p, out, depth + 1)?;
-        } else if ft.is_file() && p.extension().is_some_and(|x| x.eq_ignore_ascii_case("png")) {
+        } else if ft.is_symlink() && p.is_dir() {
+            // Linked folders are not entered (links could loop); said, not skipped silently.
+            tracing::warn!("{}: a link to a folder, not entered", p.display());
+        } else if (ft.is_file() || ft.is_symlink()) && p.extension().is_some_and(|x| x.eq_ignore_ascii_case("png")) {
+            // A linked file is read like any other; one that leads nowhere fails naming it.
             out.push(p);
         }
     }
     Ok(())
+}
+
+/// `path` made absolute with its links resolved, for a path that may not exist yet: its
+/// nearest existing ancestor resolved, the rest appended.
+fn resolved(path: &Path) -> PathBuf {
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut head = abs.as_path();
+    let mut tail = Vec::new();
+    loop {
+        if let Ok(real) = head.canonicalize() {
+            return tail.iter().rev().fold(real, |p, c| p.join(c));
+        }
+        match (head.parent(), head.file_name()) {
+            (Some(parent), Some(name)) => {
+                tail.push(name.to_os_string());
+                head = parent;
+            }
+            _ => return abs,
+        }
+    }
 }
 
 pub fn run(args: Args, device_name: &crate::run::DeviceName) -> anyhow::Result<()> {
@@ -70,35 +98,60 @@ pub fn run(args: Args, device_name: &crate::run::DeviceName) -> anyhow::Result<(
     };
     anyhow::ensure!(!inputs.is_empty(), "{}: no PNG images found", args.input.display());
     let base = if args.input.is_dir() {
+        // Predictions written inside the input folder would be read as inputs next time.
+        anyhow::ensure!(
+            !resolved(&args.out).starts_with(resolved(&args.input)),
+            "--out {} is inside --input {}: the predictions would be taken for images next time; choose another --out",
+            args.out.display(),
+            args.input.display()
+        );
         args.input.clone()
     } else {
         args.input.parent().map(Path::to_path_buf).unwrap_or_default()
     };
+    let suffix = match args.format {
+        Format::Labelids => "labelIds",
+        Format::Trainids => "labelTrainIds",
+        Format::Color => "color",
+        Format::Overlay => "overlay",
+    };
+    // Each input's output file; two inputs with one output (`a.png` and `a.PNG`, or `a.png` and
+    // `a_leftImg8bit.png`) are refused before anything is written.
+    let mut outputs: std::collections::BTreeMap<PathBuf, &Path> = std::collections::BTreeMap::new();
+    let mut plan = Vec::with_capacity(inputs.len());
     for path in &inputs {
-        let img = png_io::read_rgb(path)?;
-        let pred = seg_train::predict_train_ids(trained.backbone.as_ref(), &[&img], &setup)?.remove(0);
         let rel = path.strip_prefix(&base).unwrap_or(path).to_path_buf();
         let stem = rel
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
         let stem = stem.strip_suffix("_leftImg8bit").unwrap_or(&stem).to_string();
-        let dir = args.out.join(rel.parent().unwrap_or(Path::new("")));
+        let file = args
+            .out
+            .join(rel.parent().unwrap_or(Path::new("")))
+            .join(format!("{stem}_{suffix}.png"));
+        if let Some(first) = outputs.insert(file.clone(), path) {
+            anyhow::bail!(
+                "{} and {} would both be predicted into {}: rename one",
+                first.display(),
+                path.display(),
+                file.display()
+            );
+        }
+        plan.push((path, file));
+    }
+    for (path, file) in plan {
+        let img = png_io::read_rgb(path)?;
+        let pred = seg_train::predict_train_ids(trained.backbone.as_ref(), &[&img], &setup)?.remove(0);
         let (w, h) = (img.width, img.height);
         match args.format {
             Format::Labelids => {
                 let ids: Vec<u8> = pred.iter().map(|&t| train_id_to_id(t)).collect();
-                png_io::write_gray8(&dir.join(format!("{stem}_labelIds.png")), w, h, &ids)?;
+                png_io::write_gray8(&file, w, h, &ids)?;
             }
-            Format::Trainids => png_io::write_gray8(&dir.join(format!("{stem}_labelTrainIds.png")), w, h, &pred)?,
-            Format::Color => png_io::write_rgb(
-                &dir.join(format!("{stem}_color.png")),
-                &seg_metrics::pictures::colorize(w, h, &pred),
-            )?,
-            Format::Overlay => png_io::write_rgb(
-                &dir.join(format!("{stem}_overlay.png")),
-                &seg_metrics::pictures::overlay(&img, &pred, 0.5),
-            )?,
+            Format::Trainids => png_io::write_gray8(&file, w, h, &pred)?,
+            Format::Color => png_io::write_rgb(&file, &seg_metrics::pictures::colorize(w, h, &pred))?,
+            Format::Overlay => png_io::write_rgb(&file, &seg_metrics::pictures::overlay(&img, &pred, 0.5))?,
         }
     }
     println!("wrote {} predictions to {}", inputs.len(), args.out.display());

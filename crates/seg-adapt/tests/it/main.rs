@@ -162,6 +162,48 @@ fn train_eval_predict_round_trip() {
         report["miou"], report2["miou"],
         "checkpoint evaluation and prediction-folder evaluation agree"
     );
+
+    // A folder of odd inputs: a linked image is predicted; two inputs with one output name
+    // are refused before anything is written; an --out inside --input is refused.
+    let odd = dir.path().join("odd");
+    std::fs::create_dir_all(&odd).unwrap();
+    let image = std::fs::read_dir(cs.join("leftImg8bit/val"))
+        .unwrap()
+        .flat_map(|c| std::fs::read_dir(c.unwrap().path()).unwrap())
+        .map(|e| e.unwrap().path())
+        .next()
+        .unwrap();
+    std::os::unix::fs::symlink(&image, odd.join("linked.png")).unwrap();
+    let predict = |input: &Path, out: &Path| -> Vec<String> {
+        [
+            "predict",
+            "--checkpoint",
+            p(&run_dir),
+            "--input",
+            p(input),
+            "--out",
+            p(out),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let args = predict(&odd, &dir.path().join("odd-out"));
+    let out = ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.contains("wrote 1 predictions"), "{out}");
+    assert!(dir.path().join("odd-out/linked_labelIds.png").exists());
+    std::fs::copy(&image, odd.join("a.png")).unwrap();
+    std::fs::copy(&image, odd.join("a_leftImg8bit.png")).unwrap();
+    let args = predict(&odd, &dir.path().join("odd-out2"));
+    let e = err(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        e.contains("a.png") && e.contains("a_leftImg8bit.png") && e.contains("rename one"),
+        "{e}"
+    );
+    assert!(!dir.path().join("odd-out2").exists());
+    let args = predict(&odd, &odd.join("preds"));
+    let e = err(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(e.contains("inside --input"), "{e}");
 }
 
 #[test]
