@@ -119,6 +119,14 @@ impl DetDataset {
                 "no samples listed",
             ));
         }
+        // An id listed twice would be trained on and counted twice.
+        let mut seen = std::collections::HashSet::new();
+        if let Some(dup) = ids.iter().find(|id| !seen.insert(id.as_str())) {
+            return Err(DetError::invalid(
+                list.as_deref().unwrap_or(&ann_dir),
+                format!("lists `{dup}` twice"),
+            ));
+        }
         let entries = ids
             .into_iter()
             .map(|id| DetEntry {

@@ -140,6 +140,9 @@ impl Default for DetMethodConfigField {
 pub enum DetRunError {
     #[error("invalid detection config: {0}")]
     Config(String),
+    /// The run folder or a checkpoint does not fit what was asked (the message says how).
+    #[error("{0}")]
+    Run(String),
     #[error(transparent)]
     Data(#[from] DetError),
     #[error(transparent)]
@@ -303,8 +306,14 @@ pub fn run(
     std::fs::create_dir_all(out).map_err(write_err(out))?;
     let ckpt = out.join(seg_train::checkpoint::FILE);
     if ckpt.exists() && !control.resume {
-        return Err(DetRunError::Config(format!(
+        return Err(DetRunError::Run(format!(
             "{} already holds a checkpoint: pass --resume to continue it, or choose another --out",
+            out.display()
+        )));
+    }
+    if control.resume && !ckpt.exists() {
+        return Err(DetRunError::Run(format!(
+            "{}: nothing to resume (no checkpoint.safetensors); leave out --resume to start the run",
             out.display()
         )));
     }
@@ -522,8 +531,8 @@ pub fn init_checkpoint(
 ) -> Result<seg_train::checkpoint::Checkpoint, DetRunError> {
     let file = seg_train::checkpoint::file_of(from);
     let ck = seg_train::checkpoint::load(&file, device)?;
-    let theirs = stored_config(&ck.meta.config)
-        .map_err(|e| DetRunError::Config(format!("init_from {}: {e}", file.display())))?;
+    let theirs =
+        stored_config(&ck.meta.config).map_err(|e| DetRunError::Run(format!("init_from {}: {e}", file.display())))?;
     if theirs.model != cfg.model {
         // The whole section: the two may differ in any field (the widths too).
         return Err(DetRunError::Config(format!(
@@ -705,7 +714,7 @@ pub fn load_detector(run_dir: &Path, device: &Device) -> Result<LoadedDetector, 
     let ckpt_path = run_dir.join(seg_train::checkpoint::FILE);
     let ckpt = seg_train::checkpoint::load(&ckpt_path, device)?;
     let cfg =
-        stored_config(&ckpt.meta.config).map_err(|e| DetRunError::Config(format!("{}: {e}", ckpt_path.display())))?;
+        stored_config(&ckpt.meta.config).map_err(|e| DetRunError::Run(format!("{}: {e}", ckpt_path.display())))?;
     let vars = VarMap::new();
     let method = cfg.method.0.build(&cfg.model, &vars, device, cfg.trainer.seed)?;
     ckpt.restore_prefix(&vars, "model")?;

@@ -273,6 +273,13 @@ fn bad_sim10k_files_are_named_with_the_reason() {
     let reasons: Vec<String> = r.problems.iter().map(|p| format!("{}: {}", p.file, p.reason)).collect();
     assert_eq!(reasons.len(), 4, "{reasons:?}");
     assert!(reasons.iter().any(|p| p.contains("102.xml") && p.contains("clipped")));
+    // A list naming an id twice is refused by name (it was trained on and counted twice).
+    let list = dir.path().join("twice.txt");
+    std::fs::write(&list, "100\n101\n100\n").unwrap();
+    let e = DetDataset::open_sim10k(dir.path(), Some(&list), ClassSet::Car)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("twice.txt") && e.contains("`100` twice"), "{e}");
     // A missing split folder is refused by name.
     let e = DetDataset::open_sim10k(&dir.path().join("nope"), None, ClassSet::Car)
         .unwrap_err()
@@ -362,9 +369,16 @@ fn a_resumed_detection_run_ends_with_the_weights_of_one_that_never_stopped() {
         stop_after: Some(3),
     };
     assert!(go(&b, stop).unwrap().is_none());
-    // Without --resume a folder with a checkpoint is refused.
+    // Without --resume a folder with a checkpoint is refused; --resume with none is refused too
+    // (it started from step 0 without a word).
     let e = go(&b, Default::default()).err().unwrap();
-    assert!(e.contains("--resume"), "{e}");
+    assert!(e.contains("--resume") && !e.contains("invalid detection config"), "{e}");
+    let resume = seg_ssd::train::RunControl {
+        resume: true,
+        stop_after: None,
+    };
+    let e = go(&dir.path().join("empty"), resume).err().unwrap();
+    assert!(e.contains("nothing to resume"), "{e}");
     let resumed = go(
         &b,
         seg_ssd::train::RunControl {
