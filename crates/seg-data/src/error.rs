@@ -6,10 +6,13 @@ use std::path::PathBuf;
 pub enum DataError {
     #[error("{what} not found: expected {path}")]
     Missing { what: &'static str, path: PathBuf },
-    #[error("{path}: cannot list directory: {source}")]
-    ReadDir { path: PathBuf, source: std::io::Error },
-    #[error("{path}: cannot read split list: {source}")]
-    List { path: PathBuf, source: std::io::Error },
+    // The reasons are in the messages, not also `source`s (which would print them twice).
+    #[error("{path}: cannot list directory: {cause}")]
+    ReadDir { path: PathBuf, cause: std::io::Error },
+    #[error("{path}: cannot read split list: {cause}")]
+    List { path: PathBuf, cause: std::io::Error },
+    #[error("{path}: cannot write: {cause}")]
+    Write { path: PathBuf, cause: std::io::Error },
     #[error(transparent)]
     Png(#[from] seg_labels::PngError),
     #[error("{image}: image is {iw}x{ih} but its label {label} is {lw}x{lh}")]
@@ -49,6 +52,7 @@ impl DataError {
         match self {
             DataError::Missing { path, .. }
             | DataError::ReadDir { path, .. }
+            | DataError::Write { path, .. }
             | DataError::List { path, .. }
             | DataError::NoLabel { path, .. }
             | DataError::Invalid { path, .. } => Some(path),

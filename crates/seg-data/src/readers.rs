@@ -104,9 +104,9 @@ pub fn open_dataset(
 /// The entries of `dir` that `keep` accepts, sorted; hidden ones (`.name`: macOS's `._*`
 /// companions, a `.trash/` folder) are never samples, as the official scripts' `glob` skips them.
 fn sorted_entries(dir: &Path, keep: impl Fn(&std::fs::DirEntry) -> bool) -> Result<Vec<PathBuf>, DataError> {
-    let err = |source| DataError::ReadDir {
+    let err = |cause| DataError::ReadDir {
         path: dir.to_path_buf(),
-        source,
+        cause,
     };
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).map_err(err)? {
@@ -156,9 +156,9 @@ fn sorted_dirs(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
 }
 
 fn read_list(path: &Path) -> Result<Vec<String>, DataError> {
-    let text = std::fs::read_to_string(path).map_err(|source| DataError::List {
+    let text = std::fs::read_to_string(path).map_err(|cause| DataError::List {
         path: path.to_path_buf(),
-        source,
+        cause,
     })?;
     Ok(text
         .lines()

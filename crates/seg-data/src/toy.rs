@@ -891,9 +891,9 @@ pub fn generate(out: &Path, seed: u64, preset: Preset) -> Result<ToyManifest, Da
             remove(&dir, std::fs::remove_dir_all(&dir))?;
         }
     }
-    std::fs::create_dir_all(out).map_err(|source| DataError::ReadDir {
+    std::fs::create_dir_all(out).map_err(|cause| DataError::Write {
         path: out.to_path_buf(),
-        source,
+        cause,
     })?;
     let palette = label_id_palette();
 
@@ -1017,17 +1017,17 @@ pub fn generate(out: &Path, seed: u64, preset: Preset) -> Result<ToyManifest, Da
         path: out.join("toy.json"),
         reason: e.to_string(),
     })?;
-    seg_labels::fsutil::write_atomic(&out.join("toy.json"), &json).map_err(|source| DataError::ReadDir {
+    seg_labels::fsutil::write_atomic(&out.join("toy.json"), &json).map_err(|cause| DataError::Write {
         path: out.join("toy.json"),
-        source,
+        cause,
     })?;
     Ok(manifest)
 }
 
 fn write_file(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
-    let err = |source| DataError::ReadDir {
+    let err = |cause| DataError::Write {
         path: path.to_path_buf(),
-        source,
+        cause,
     };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(err)?;

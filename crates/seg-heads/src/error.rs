@@ -37,11 +37,11 @@ pub enum HeadError {
         reason: String,
     },
     /// Creating the head's variables failed.
-    #[error("method `{method}`: building the head failed: {source}")]
+    /// The reason is in the message (not also a `source`, which would print it twice).
+    #[error("method `{method}`: building the head failed: {cause}")]
     Build {
         method: &'static str,
-        #[source]
-        source: candle_core::Error,
+        cause: candle_core::Error,
     },
 }
 
@@ -55,7 +55,7 @@ impl HeadError {
     }
 
     pub fn build(method: &'static str) -> impl FnOnce(candle_core::Error) -> Self {
-        move |source| HeadError::Build { method, source }
+        move |cause| HeadError::Build { method, cause }
     }
 }
 

@@ -12,8 +12,9 @@ pub const MAX_PIXELS: u64 = 8192 * 8192;
 /// What went wrong with one PNG file.
 #[derive(Debug, thiserror::Error)]
 pub enum PngError {
-    #[error("{path}: cannot read file: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    /// The reason is in the message (not also a `source`, which would print it twice).
+    #[error("{path}: cannot read file: {cause}")]
+    Io { path: PathBuf, cause: std::io::Error },
     #[error("{path}: not a valid PNG ({reason})")]
     Corrupt { path: PathBuf, reason: String },
     #[error("{path}: declared size {width}x{height} exceeds the limit of {max} pixels")]
@@ -85,9 +86,9 @@ fn describe_png(color: png::ColorType, depth: png::BitDepth) -> String {
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>, PngError> {
-    std::fs::read(path).map_err(|source| PngError::Io {
+    std::fs::read(path).map_err(|cause| PngError::Io {
         path: path.to_path_buf(),
-        source,
+        cause,
     })
 }
 
@@ -107,9 +108,9 @@ fn corrupt(path: &Path, e: impl std::fmt::Display) -> PngError {
 pub fn read_size(path: &Path) -> Result<(u32, u32), PngError> {
     use std::io::Read;
     let mut head = [0u8; 24];
-    let mut file = std::fs::File::open(path).map_err(|source| PngError::Io {
+    let mut file = std::fs::File::open(path).map_err(|cause| PngError::Io {
         path: path.to_path_buf(),
-        source,
+        cause,
     })?;
     let mut got = 0;
     while got < head.len() {
@@ -117,10 +118,10 @@ pub fn read_size(path: &Path) -> Result<(u32, u32), PngError> {
             Ok(0) => break,
             Ok(n) => got += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(source) => {
+            Err(cause) => {
                 return Err(PngError::Io {
                     path: path.to_path_buf(),
-                    source,
+                    cause,
                 })
             }
         }

@@ -80,8 +80,9 @@ pub enum FolderError {
     MissingDir { what: &'static str, path: PathBuf },
     #[error("no ground truth found: nothing matches {pattern}")]
     NoGroundTruth { pattern: String },
-    #[error("{path}: cannot read folder: {source}")]
-    ReadDir { path: PathBuf, source: std::io::Error },
+    // The reasons are in the messages, not also `source`s (which would print them twice).
+    #[error("{path}: cannot read folder: {cause}")]
+    ReadDir { path: PathBuf, cause: std::io::Error },
     #[error(
         "{} ground-truth image(s) have no prediction under {} (each needs one `<city>_<seq>_<frame>*.png`): {}",
         names.len(), pred_dir.display(), list_names(names)
@@ -106,8 +107,8 @@ pub enum FolderError {
     },
     #[error(transparent)]
     Png(#[from] PngError),
-    #[error("{path}: {source}")]
-    Metrics { path: PathBuf, source: MetricsError },
+    #[error("{path}: {cause}")]
+    Metrics { path: PathBuf, cause: MetricsError },
 }
 
 fn list_names(names: &[String]) -> String {
@@ -138,9 +139,9 @@ struct Pair {
 }
 
 fn read_dir_sorted(dir: &Path) -> Result<Vec<std::fs::DirEntry>, FolderError> {
-    let err = |source| FolderError::ReadDir {
+    let err = |cause| FolderError::ReadDir {
         path: dir.to_path_buf(),
-        source,
+        cause,
     };
     let mut entries = std::fs::read_dir(dir)
         .map_err(err)?
@@ -211,9 +212,9 @@ fn find_predictions(dir: &Path) -> Result<Vec<(String, PathBuf)>, FolderError> {
     while let Some(d) = stack.pop() {
         for e in read_dir_sorted(&d)? {
             let path = e.path();
-            let ft = e.file_type().map_err(|source| FolderError::ReadDir {
+            let ft = e.file_type().map_err(|cause| FolderError::ReadDir {
                 path: path.clone(),
-                source,
+                cause,
             })?;
             if ft.is_dir() {
                 stack.push(path);
@@ -313,7 +314,7 @@ fn evaluate_pair(
     }
     let metrics_err = |path: &Path| {
         let path = path.to_path_buf();
-        move |source| FolderError::Metrics { path, source }
+        move |cause| FolderError::Metrics { path, cause }
     };
     let pred = match &pair.pred {
         Some(path) => {

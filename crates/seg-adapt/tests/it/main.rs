@@ -254,6 +254,12 @@ fn bad_input_is_refused_before_training_with_a_clear_message() {
         assert!(e.contains(key), "{set}: {e}");
     }
     assert!(!out.join("checkpoint.safetensors").exists());
+    // The OS's reason is said once (each error kept it in its message and as its source too).
+    let mut a = train_args(p(&out), p(&gta), p(&cs), "source-only");
+    a.extend(["--set", "data.source_list=/nonexistent-list.txt"]);
+    let e = err(&a);
+    assert!(e.contains("cannot read split list"), "{e}");
+    assert_eq!(e.matches("No such file or directory").count(), 1, "{e}");
     // A finished run is never trained over from step 0: its checkpoint, config and metrics stay.
     ok(&train_args(p(&out), p(&gta), p(&cs), "source-only"));
     let kept: Vec<Vec<u8>> = ["checkpoint.safetensors", "config.toml", "metrics.jsonl"]
