@@ -210,6 +210,18 @@ pub fn build_setup(
     // A mismatched --init-from is refused before anything is built; a resumed run takes every
     // weight from its own checkpoint and needs neither its starting run nor ImageNet weights.
     let resuming = resume && seg_train::checkpoint::file_of(run_dir).exists();
+    if resuming {
+        // A run is resumed only towards a later step than its checkpoint's.
+        let file = seg_train::checkpoint::file_of(run_dir);
+        let at = seg_train::checkpoint::read_meta(&file)?.step;
+        let total = cfg.method.pretraining().0 + cfg.trainer.steps;
+        anyhow::ensure!(
+            at <= total,
+            "{}: the run is at step {at}, past the {total} steps asked for: resume with --steps of at least {}",
+            file.display(),
+            at - cfg.method.pretraining().0.min(at)
+        );
+    }
     let init = match &cfg.model.init_from {
         Some(from) if !resuming => Some(init_checkpoint(cfg, from, device)?),
         _ => None,

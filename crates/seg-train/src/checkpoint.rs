@@ -130,6 +130,35 @@ pub fn load(path: &Path, device: &Device) -> Result<Checkpoint, TrainError> {
     from_bytes(path, &bytes, device)
 }
 
+/// A checkpoint's metadata alone, from its header (the tensors are not read).
+pub fn read_meta(path: &Path) -> Result<CheckpointMeta, TrainError> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).map_err(|e| bad(path, format!("cannot read checkpoint: {e}")))?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len)
+        .map_err(|e| bad(path, format!("not a safetensors file or truncated ({e})")))?;
+    let n = u64::from_le_bytes(len);
+    // safetensors' own bound on a header.
+    if n > 100_000_000 {
+        return Err(bad(path, "not a safetensors file or truncated (header too large)"));
+    }
+    let mut head = vec![0u8; 8 + n as usize];
+    head[..8].copy_from_slice(&len);
+    file.read_exact(&mut head[8..])
+        .map_err(|e| bad(path, format!("not a safetensors file or truncated ({e})")))?;
+    let header: serde_json::Value =
+        serde_json::from_slice(&head[8..]).map_err(|e| bad(path, format!("not a safetensors file ({e})")))?;
+    let info = &header["__metadata__"];
+    if info["format"].as_str() != Some(FORMAT) {
+        return Err(bad(
+            path,
+            "not a seg-adapt checkpoint (no `format: seg-adapt-checkpoint` in its metadata)",
+        ));
+    }
+    serde_json::from_str(info["meta"].as_str().unwrap_or(""))
+        .map_err(|e| bad(path, format!("corrupt checkpoint metadata: {e}")))
+}
+
 /// Validates and decodes checkpoint `bytes` (read from `path`, which errors name).
 pub fn from_bytes(path: &Path, bytes: &[u8], device: &Device) -> Result<Checkpoint, TrainError> {
     let (_, header) = safetensors::SafeTensors::read_metadata(bytes)

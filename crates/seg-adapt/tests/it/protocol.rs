@@ -115,6 +115,16 @@ fn init_from_copies_the_model_and_refuses_another() {
     // Its weights all come from its own checkpoint: the run it started from may be gone.
     std::fs::remove_dir_all(&first).unwrap();
     ok(&resumed);
+    // Resuming towards fewer steps than the run has done is refused, its config left as it was.
+    let config = std::fs::read(out.join("config.toml")).unwrap();
+    let mut fewer = resumed.clone();
+    fewer[5] = "1";
+    let e = err(&fewer);
+    assert!(
+        e.contains("past the 1 steps") && e.contains("--steps of at least 3"),
+        "{e}"
+    );
+    assert_eq!(std::fs::read(out.join("config.toml")).unwrap(), config);
 }
 
 #[test]
