@@ -19,7 +19,7 @@ pub fn write_atomic_with(
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    std::fs::create_dir_all(&dir)?;
+    create_dir_all(&dir)?;
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -41,6 +41,15 @@ pub fn write_atomic_with(
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// `std::fs::create_dir_all`, whose error says which part of the path is a file when that is
+/// why it failed (the OS says only "File exists").
+pub fn create_dir_all(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| match dir.ancestors().find(|a| a.is_file()) {
+        Some(file) => std::io::Error::new(e.kind(), format!("{} is a file, not a folder", file.display())),
+        None => e,
+    })
 }
 
 /// Whether `name` is one of [`write_atomic_with`]'s temporary files: `.NAME.PID.tmp`.
@@ -84,6 +93,18 @@ pub fn append_line(path: &Path, line: &str) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_where_a_folder_is_needed_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("afile");
+        std::fs::write(&file, b"mine").unwrap();
+        let e = write_atomic(&file.join("eval/report.json"), b"{}")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("afile is a file, not a folder"), "{e}");
+        assert_eq!(std::fs::read(&file).unwrap(), b"mine");
+    }
 
     #[test]
     fn atomic_write_replaces_and_leaves_no_temp() {

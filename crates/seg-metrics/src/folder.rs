@@ -76,7 +76,7 @@ pub struct FolderOptions {
 /// Why a folder could not be evaluated. Every variant names the files involved.
 #[derive(Debug, thiserror::Error)]
 pub enum FolderError {
-    #[error("{what} folder not found: {path}")]
+    #[error("{what} folder not found: {path}{}", if path.is_file() { " (a file, not a folder)" } else { "" })]
     MissingDir { what: &'static str, path: PathBuf },
     #[error("no ground truth found: nothing matches {pattern}")]
     NoGroundTruth { pattern: String },

@@ -137,6 +137,9 @@ pub fn read_meta(path: &Path) -> Result<CheckpointMeta, TrainError> {
     let mut len = [0u8; 8];
     file.read_exact(&mut len)
         .map_err(|e| bad(path, format!("not a safetensors file or truncated ({e})")))?;
+    if let Some(what) = looks_like(&len) {
+        return Err(bad(path, what));
+    }
     let n = u64::from_le_bytes(len);
     // safetensors' own bound on a header.
     if n > 100_000_000 {
@@ -159,8 +162,20 @@ pub fn read_meta(path: &Path) -> Result<CheckpointMeta, TrainError> {
         .map_err(|e| bad(path, format!("corrupt checkpoint metadata: {e}")))
 }
 
+/// What a file that is no checkpoint looks like, from its first bytes, for the message.
+fn looks_like(head: &[u8]) -> Option<&'static str> {
+    if head.starts_with(b"PK\x03\x04") || head.starts_with(&[0x80, 0x02, 0x8a, 0x0a]) {
+        Some("a PyTorch file (.pth), not a seg-adapt checkpoint: ImageNet weights go to model.init_weights")
+    } else {
+        None
+    }
+}
+
 /// Validates and decodes checkpoint `bytes` (read from `path`, which errors name).
 pub fn from_bytes(path: &Path, bytes: &[u8], device: &Device) -> Result<Checkpoint, TrainError> {
+    if let Some(what) = looks_like(bytes) {
+        return Err(bad(path, what));
+    }
     let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
         .map_err(|e| bad(path, format!("not a safetensors file or truncated ({e:?})")))?;
     let info = header.metadata().clone().unwrap_or_default();

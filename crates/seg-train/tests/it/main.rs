@@ -143,6 +143,17 @@ fn truncated_and_foreign_checkpoints_are_refused() {
     candle_core::safetensors::save(&m, &f).unwrap();
     let e = seg_train::checkpoint::load(&f, &Device::Cpu).err().unwrap().to_string();
     assert!(e.contains("not a seg-adapt checkpoint"), "{e}");
+    // torchvision's weights passed as a checkpoint are named for what they are.
+    let pth = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../seg-fcn/tests/fixtures/vgg16-first-layer.pth");
+    for e in [
+        seg_train::checkpoint::load(&pth, &Device::Cpu)
+            .err()
+            .unwrap()
+            .to_string(),
+        seg_train::checkpoint::read_meta(&pth).err().unwrap().to_string(),
+    ] {
+        assert!(e.contains("a PyTorch file") && e.contains("init_weights"), "{e}");
+    }
     // Resuming from a truncated checkpoint leaves it untouched.
     std::fs::write(&ck, &bytes[..bytes.len() - 7]).unwrap();
     let err = Trainer::new(setup(a.path(), 4, 0.01, true))
