@@ -806,8 +806,9 @@ pub fn run(args: Args, device_name: &crate::run::DeviceName) -> anyhow::Result<(
     let cfg0 = demo_config(&data, preset, "source-only", 0, phases, Phase::Arm, &init0)?;
     comparison(&out, &cfg0, &methods, 0, &device)?;
     let s = preset.sizes();
+    let last_seed = seeds.saturating_sub(1);
     let meta = format!(
-        "Embedded benchmark `{preset:?}`, generator version {}, data seed {} ({} source images, {} target train, {} target val, stored at {}x{}); small BN FCN trained at 64x128, batch 8 (+8 target). Per seed: {} source-only steps shared by every arm, then {} steps per arm from that model (AdaBN from the source-only arm; adaptation arms end with AdaBN's re-estimation of the batch-norm statistics over the same target batches; the oracle on target train labels). Seeds 0..{seeds}. Total time {:.0}s.",
+        "Embedded benchmark `{preset:?}`, generator version {}, data seed {} ({} source images, {} target train, {} target val, stored at {}x{}); small BN FCN trained at 64x128, batch 8 (+8 target). Per seed: {} source-only steps shared by every arm, then {} steps per arm from that model (AdaBN from the source-only arm; adaptation arms end with AdaBN's re-estimation of the batch-norm statistics over the same target batches; the oracle on target train labels). Seeds 0 to {last_seed} ({seeds} in all). Total time {:.0}s.",
         toy::GENERATOR_VERSION,
         args.data_seed,
         s.gta5,

@@ -481,8 +481,9 @@ pub fn demo(args: &super::demo::Args, out: &Path, device: &crate::run::DeviceNam
         vs.insert(m.clone(), (so, ab));
     }
     let s = preset.sizes();
+    let last_seed = seeds.saturating_sub(1);
     let meta = format!(
-        "Embedded benchmark `{preset:?}`, generator version {}, data seed {data_seed}: source {} Sim10k-layout images (JPEG, VOC XML), target Cityscapes train {} (unlabelled) / val {}, {}x{}. Small batch-norm SSD at {}x{}, car only, batch 8 (+8 target), SGD poly 0.9. Per seed: {} source-only steps at lr {DET_LR} shared by every arm, then {} steps per arm from that detector at lr {DET_ARM_LR} (domain branches: reversal weight {DET_DOMAIN_WEIGHT}, lr {DET_LR} × {DET_DOMAIN_LR_MULT}; da-image's classifiers with 64 hidden channels); AdaBN = the source-only arm with its statistics re-estimated on target train; the adaptation arms end with the same re-estimation; the oracle continues on target train boxes. Seeds 0..{seeds}. Last checkpoint only. Total time {:.0}s.",
+        "Embedded benchmark `{preset:?}`, generator version {}, data seed {data_seed}: source {} Sim10k-layout images (JPEG, VOC XML), target Cityscapes train {} (unlabelled) / val {}, {}x{}. Small batch-norm SSD at {}x{}, car only, batch 8 (+8 target), SGD poly 0.9. Per seed: {} source-only steps at lr {DET_LR} shared by every arm, then {} steps per arm from that detector at lr {DET_ARM_LR} (domain branches: reversal weight {DET_DOMAIN_WEIGHT}, lr {DET_LR} × {DET_DOMAIN_LR_MULT}; da-image's classifiers with 64 hidden channels); AdaBN = the source-only arm with its statistics re-estimated on target train; the adaptation arms end with the same re-estimation; the oracle continues on target train boxes. Seeds 0 to {last_seed} ({seeds} in all). Last checkpoint only. Total time {:.0}s.",
         toy::GENERATOR_VERSION,
         s.sim10k,
         s.target_train,
