@@ -268,7 +268,12 @@ fn label_to_train() -> [u8; 256] {
 
 /// Reads one prediction as train ids; also returns its largest raw value.
 fn read_prediction(path: &Path, format: PredFormat) -> Result<(u32, u32, Vec<u8>, u16), FolderError> {
-    let img = png_io::read_label(path, LabelEncoding::Ids8)?;
+    // 8-bit grayscale or palette, or one 16-bit gray channel (`cv2.imwrite` of a uint16 array),
+    // which the official evaluator's PIL reads as the same ids.
+    let img = match png_io::read_label(path, LabelEncoding::Ids8) {
+        Ok(img) => img,
+        Err(e8) => png_io::read_label(path, LabelEncoding::Instance16).map_err(|_| e8)?,
+    };
     let valid = |v: u16| match format {
         PredFormat::LabelIds => (v as usize) < NUM_LABEL_IDS,
         PredFormat::TrainIds => v < NUM_CLASSES as u16 || v == IGNORE as u16,

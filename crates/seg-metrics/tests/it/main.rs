@@ -189,6 +189,26 @@ fn missing_prediction_is_an_error_or_counts_as_wrong() {
 }
 
 #[test]
+fn sixteen_bit_predictions_score_as_their_eight_bit_twins() {
+    let f = Fixture::golden();
+    let want = evaluate_folder(&f.opts()).unwrap().finish(Protocol::Classes19).miou;
+    let (_, pred) = golden_pair();
+    let wide: Vec<u16> = pred.iter().map(|&v| v as u16).collect();
+    let p = f.pred.join("frankfurt/frankfurt_000000_000294_leftImg8bit.png");
+    seg_labels::png_io::write_gray16(&p, W, H, &wide).unwrap();
+    assert_eq!(
+        evaluate_folder(&f.opts()).unwrap().finish(Protocol::Classes19).miou,
+        want
+    );
+    // A 16-bit value beyond the label ids is refused naming it, as an 8-bit one is.
+    let mut bad = wide.clone();
+    bad[0] = 300;
+    seg_labels::png_io::write_gray16(&p, W, H, &bad).unwrap();
+    let e = err_of(&f, &f.opts());
+    assert!(e.contains("300") && e.contains("frankfurt_000000_000294"), "{e}");
+}
+
+#[test]
 fn hidden_ground_truth_files_are_not_ground_truth_as_for_the_official_glob() {
     let f = Fixture::golden();
     let (gt, _) = golden_pair();
