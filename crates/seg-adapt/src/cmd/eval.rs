@@ -118,6 +118,14 @@ fn evaluate_checkpoint(
 
 fn evaluate_predictions(args: &Args) -> anyhow::Result<(seg_metrics::report::Evaluator, String)> {
     let pred = args.pred.clone().context("give a prediction folder with --pred")?;
+    // The report's pictures written inside the prediction folder would be taken for
+    // predictions next time.
+    anyhow::ensure!(
+        !super::resolved(&args.out).starts_with(super::resolved(&pred)),
+        "--out {} is inside --pred {}: the report's pictures would be taken for predictions next time; choose another --out",
+        args.out.display(),
+        pred.display()
+    );
     let opts = FolderOptions {
         root: args.root.clone(),
         split: args.split.clone(),

@@ -57,3 +57,23 @@ pub enum Task {
     /// Object detection (Sim10k → Cityscapes boxes).
     Detection,
 }
+
+/// `path` made absolute with its links resolved, for a path that may not exist yet: its
+/// nearest existing ancestor resolved, the rest appended.
+pub(crate) fn resolved(path: &std::path::Path) -> std::path::PathBuf {
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut head = abs.as_path();
+    let mut tail = Vec::new();
+    loop {
+        if let Ok(real) = head.canonicalize() {
+            return tail.iter().rev().fold(real, |p, c| p.join(c));
+        }
+        match (head.parent(), head.file_name()) {
+            (Some(parent), Some(name)) => {
+                tail.push(name.to_os_string());
+                head = parent;
+            }
+            _ => return abs,
+        }
+    }
+}

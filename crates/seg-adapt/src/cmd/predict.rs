@@ -64,26 +64,6 @@ fn collect_pngs(dir: &Path, out: &mut Vec<PathBuf>, depth: usize) -> anyhow::Res
     Ok(())
 }
 
-/// `path` made absolute with its links resolved, for a path that may not exist yet: its
-/// nearest existing ancestor resolved, the rest appended.
-fn resolved(path: &Path) -> PathBuf {
-    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-    let mut head = abs.as_path();
-    let mut tail = Vec::new();
-    loop {
-        if let Ok(real) = head.canonicalize() {
-            return tail.iter().rev().fold(real, |p, c| p.join(c));
-        }
-        match (head.parent(), head.file_name()) {
-            (Some(parent), Some(name)) => {
-                tail.push(name.to_os_string());
-                head = parent;
-            }
-            _ => return abs,
-        }
-    }
-}
-
 pub fn run(args: Args, device_name: &crate::run::DeviceName) -> anyhow::Result<()> {
     let device = crate::run::device(device_name)?;
     let trained = crate::run::load_trained(&args.checkpoint, &device)?;
@@ -100,7 +80,7 @@ pub fn run(args: Args, device_name: &crate::run::DeviceName) -> anyhow::Result<(
     let base = if args.input.is_dir() {
         // Predictions written inside the input folder would be read as inputs next time.
         anyhow::ensure!(
-            !resolved(&args.out).starts_with(resolved(&args.input)),
+            !super::resolved(&args.out).starts_with(super::resolved(&args.input)),
             "--out {} is inside --input {}: the predictions would be taken for images next time; choose another --out",
             args.out.display(),
             args.input.display()

@@ -162,6 +162,16 @@ fn train_eval_predict_round_trip() {
         report["miou"], report2["miou"],
         "checkpoint evaluation and prediction-folder evaluation agree"
     );
+    let e = err(&[
+        "eval",
+        "--pred",
+        p(&preds),
+        "--root",
+        p(&cs),
+        "--out",
+        p(&preds.join("report")),
+    ]);
+    assert!(e.contains("inside --pred"), "{e}");
 
     // A folder of odd inputs: a linked image is predicted; two inputs with one output name
     // are refused before anything is written; an --out inside --input is refused.
