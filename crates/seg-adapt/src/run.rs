@@ -404,6 +404,24 @@ pub fn eval_setup(cfg: &RunConfig, device: &Device) -> EvalSetup {
     }
 }
 
+/// The files of a run that training from step 0 would replace.
+pub const RUN_FILES: [&str; 3] = [seg_train::checkpoint::FILE, "config.toml", "metrics.jsonl"];
+
+/// Refuses a folder holding a run's files (or a user's `config.toml`) for a run from step 0.
+pub fn refuse_a_run_folder(dir: &Path) -> anyhow::Result<()> {
+    match RUN_FILES.iter().find(|f| dir.join(f).exists()) {
+        Some(&f) if f == seg_train::checkpoint::FILE => anyhow::bail!(
+            "{} already holds a run ({f}): pass --resume to continue it, or choose another --out",
+            dir.display()
+        ),
+        Some(f) => anyhow::bail!(
+            "{} already holds {f} (a run stopped before its first checkpoint, or a file of yours): training from step 0 would replace it; choose another --out, or remove it",
+            dir.display()
+        ),
+        None => Ok(()),
+    }
+}
+
 /// Trains one run: saves the resolved config, then trains (or resumes) through the method's
 /// stages (AdaBN's re-estimation is the last stage of `adabn` and of every adaptation method).
 pub fn train(
@@ -413,13 +431,11 @@ pub fn train(
     resume: bool,
     progress: bool,
 ) -> anyhow::Result<TrainOutcome> {
-    // Training from step 0 would replace the folder's checkpoint, config and metrics.
-    anyhow::ensure!(
-        resume || !run_dir.join(seg_train::checkpoint::FILE).exists(),
-        "{} already holds a run (checkpoint.safetensors): pass --resume to continue it, or choose another --out",
-        run_dir.display()
-    );
-    std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+    // One process at a time writes a run folder.
+    let _lock = seg_labels::fsutil::lock_dir(run_dir)?;
+    if !resume {
+        refuse_a_run_folder(run_dir)?;
+    }
     let setup = build_setup(cfg, run_dir, device, resume, progress)?;
     seg_labels::fsutil::write_atomic(&run_dir.join("config.toml"), cfg.to_toml()?.as_bytes())
         .with_context(|| format!("writing {}", run_dir.join("config.toml").display()))?;

@@ -52,6 +52,41 @@ pub fn create_dir_all(dir: &Path) -> std::io::Result<()> {
     })
 }
 
+/// An exclusive hold on a folder (`DIR/.lock`, an OS file lock): two processes writing one run
+/// folder at once would interleave their metrics and overwrite each other's checkpoints. The
+/// OS releases it when the process ends, however it ends.
+#[derive(Debug)]
+pub struct DirLock {
+    _file: std::fs::File,
+}
+
+/// The name of [`DirLock`]'s file.
+pub const LOCK_FILE: &str = ".lock";
+
+/// Takes `dir`'s lock (creating `dir`), or says that another process holds it; every error
+/// names `dir`.
+pub fn lock_dir(dir: &Path) -> std::io::Result<DirLock> {
+    let named = |e: std::io::Error| std::io::Error::new(e.kind(), format!("{}: {e}", dir.display()));
+    create_dir_all(dir).map_err(named)?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(LOCK_FILE))
+        .map_err(named)?;
+    match file.try_lock() {
+        Ok(()) => Ok(DirLock { _file: file }),
+        Err(std::fs::TryLockError::WouldBlock) => Err(std::io::Error::new(
+            std::io::ErrorKind::WouldBlock,
+            format!(
+                "{} is in use by another seg-adapt process (wait for it, or choose another folder)",
+                dir.display()
+            ),
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(named(e)),
+    }
+}
+
 /// Whether `name` is one of [`write_atomic_with`]'s temporary files: `.NAME.PID.tmp`.
 pub fn is_temp_name(name: &str) -> bool {
     let Some(inner) = name.strip_prefix('.').and_then(|n| n.strip_suffix(".tmp")) else {
@@ -93,6 +128,17 @@ pub fn append_line(path: &Path, line: &str) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_locked_folder_is_refused_until_its_lock_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run");
+        let held = lock_dir(&run).unwrap();
+        let e = lock_dir(&run).unwrap_err().to_string();
+        assert!(e.contains("in use by another seg-adapt process"), "{e}");
+        drop(held);
+        lock_dir(&run).unwrap();
+    }
 
     #[test]
     fn a_file_where_a_folder_is_needed_is_named() {

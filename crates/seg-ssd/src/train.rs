@@ -303,11 +303,22 @@ pub fn run(
     control: RunControl,
 ) -> Result<Option<DetOutcome>, DetRunError> {
     cfg.validate()?;
-    std::fs::create_dir_all(out).map_err(write_err(out))?;
+    // One process at a time writes a run folder.
+    let _lock = seg_labels::fsutil::lock_dir(out).map_err(|e| DetRunError::Run(e.to_string()))?;
     let ckpt = out.join(seg_train::checkpoint::FILE);
     if ckpt.exists() && !control.resume {
         return Err(DetRunError::Run(format!(
             "{} already holds a checkpoint: pass --resume to continue it, or choose another --out",
+            out.display()
+        )));
+    }
+    // Training from step 0 would replace these.
+    if let Some(f) = ["config.toml", "metrics.jsonl"]
+        .into_iter()
+        .find(|f| out.join(f).exists() && !control.resume)
+    {
+        return Err(DetRunError::Run(format!(
+            "{} already holds {f} (a run stopped before its first checkpoint, or a file of yours): training from step 0 would replace it; choose another --out, or remove it",
             out.display()
         )));
     }

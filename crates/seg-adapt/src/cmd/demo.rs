@@ -325,7 +325,8 @@ pub fn default_out(task: super::Task) -> PathBuf {
 }
 
 /// What a demo writes in its folder; a folder holding anything else is not a demo's.
-const DEMO_ENTRIES: [&str; 7] = [
+const DEMO_ENTRIES: [&str; 8] = [
+    seg_labels::fsutil::LOCK_FILE,
     "data",
     "runs",
     "report.md",
@@ -339,7 +340,7 @@ const DEMO_ENTRIES: [&str; 7] = [
 /// `demo-task.txt`, or a report of the other kind) is refused, since both write `runs/`
 /// folders of the same names (`pretrain`, `source-only`, `oracle`) and the same report files;
 /// so is a folder holding anything a demo does not write (the user's own files).
-pub(crate) fn claim_out(out: &Path, task: super::Task) -> anyhow::Result<()> {
+pub(crate) fn claim_out(out: &Path, task: super::Task) -> anyhow::Result<seg_labels::fsutil::DirLock> {
     if let Ok(entries) = std::fs::read_dir(out) {
         let foreign: Vec<String> = entries
             .filter_map(Result::ok)
@@ -358,6 +359,8 @@ pub(crate) fn claim_out(out: &Path, task: super::Task) -> anyhow::Result<()> {
         super::Task::Segmentation => "segmentation",
         super::Task::Detection => "detection",
     };
+    // One demo at a time in a folder: two would write the same runs.
+    let lock = seg_labels::fsutil::lock_dir(out)?;
     let marker = out.join("demo-task.txt");
     let found = match std::fs::read_to_string(&marker) {
         Ok(s) => Some(s.trim().to_string()),
@@ -373,15 +376,17 @@ pub(crate) fn claim_out(out: &Path, task: super::Task) -> anyhow::Result<()> {
             name(task)
         );
     }
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     seg_labels::fsutil::write_atomic(&marker, name(task).as_bytes())
         .with_context(|| format!("writing {}", marker.display()))?;
-    Ok(())
+    Ok(lock)
 }
 
 /// A `--methods` list as the demos run it: a name given twice is refused (its seeds would be
 /// counted twice in the report), then [`with_source_only_first`].
 pub(crate) fn method_list(list: Vec<String>) -> anyhow::Result<Vec<String>> {
+    // `--methods "dann, adabn"`: the names without their spaces (they name the run folders).
+    let list: Vec<String> = list.into_iter().map(|m| m.trim().to_string()).collect();
+    anyhow::ensure!(list.iter().all(|m| !m.is_empty()), "--methods has an empty name");
     if let Some((i, m)) = list.iter().enumerate().find(|(i, m)| list[..*i].contains(m)) {
         anyhow::bail!(
             "--methods names `{m}` twice (entries {} and {})",
@@ -732,7 +737,6 @@ fn comparison(
 
 pub fn run(args: Args, device_name: &crate::run::DeviceName) -> anyhow::Result<()> {
     let out = args.out.clone().unwrap_or_else(|| default_out(args.task));
-    claim_out(&out, args.task)?;
     if args.task == super::Task::Detection {
         return super::detect::demo(&args, &out, device_name);
     }
@@ -752,13 +756,16 @@ pub fn run(args: Args, device_name: &crate::run::DeviceName) -> anyhow::Result<(
     );
     let methods: Vec<String> = match &args.methods {
         Some(list) => {
-            for m in list {
+            let list = method_list(list.clone())?;
+            for m in &list {
                 m.parse::<MethodConfig>().map_err(|e| anyhow::anyhow!("{e}"))?;
             }
-            method_list(list.clone())?
+            list
         }
         None => methods().iter().map(|s| s.to_string()).collect(),
     };
+    // Only once every argument is known good is the folder claimed (and locked for the run).
+    let _claim = claim_out(&out, args.task)?;
     let data = out.join("data");
     match toy::read_manifest(&data) {
         Some(m) if m.preset == preset && m.generator_version == toy::GENERATOR_VERSION && m.seed == args.data_seed => {}
@@ -897,6 +904,10 @@ mod tests {
         let e = claim_out(&mine, Task::Segmentation).unwrap_err().to_string();
         assert!(e.contains("`notes.md`") && e.contains("new or empty --out"), "{e}");
         assert_eq!(std::fs::read_to_string(mine.join("notes.md")).unwrap(), "keep");
+        assert!(
+            !mine.join(seg_labels::fsutil::LOCK_FILE).exists(),
+            "nothing written there"
+        );
         assert_ne!(default_out(Task::Segmentation), default_out(Task::Detection));
     }
 
@@ -917,7 +928,7 @@ mod tests {
         );
         assert_eq!(with_source_only_first(v(&["dann"])), v(&["dann"]));
         // A method given twice would count its seeds twice.
-        let e = method_list(v(&["dann", "adabn", "dann"])).unwrap_err().to_string();
+        let e = method_list(v(&["dann", "adabn", " dann"])).unwrap_err().to_string();
         assert!(e.contains("`dann` twice") && e.contains("entries 1 and 3"), "{e}");
         assert_eq!(method_list(v(&["adabn"])).unwrap(), v(&["source-only", "adabn"]));
     }

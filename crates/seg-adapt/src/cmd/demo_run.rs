@@ -74,15 +74,17 @@ impl Stamp {
     }
 
     /// Prepares `dir` for training under this stamp: `true` when it holds a run killed midway
-    /// under the same stamp with a checkpoint of the same config, to resume from; otherwise a
-    /// checkpoint or result left there is removed and the run starts over.
+    /// under the same stamp with a checkpoint of the same config, to resume from; otherwise the
+    /// checkpoint, config, metrics or result left there is removed and the run starts over.
     pub(crate) fn start(&self, dir: &Path) -> anyhow::Result<bool> {
         let ckpt = dir.join(seg_train::checkpoint::FILE);
         let same = std::fs::read_to_string(dir.join(STARTED)).is_ok_and(|s| s == self.text)
             && seg_train::checkpoint::load(&ckpt, &candle_core::Device::Cpu)
                 .is_ok_and(|c| c.meta.config == self.config);
         if !same {
-            for stale in [ckpt, dir.join(RESULT)] {
+            // Everything a run from step 0 writes, so that it finds the folder empty of runs.
+            let stale = crate::run::RUN_FILES.map(|f| dir.join(f));
+            for stale in stale.iter().chain([&dir.join(RESULT)]) {
                 if stale.exists() {
                     std::fs::remove_file(&stale).with_context(|| format!("removing {}", stale.display()))?;
                 }

@@ -406,13 +406,16 @@ pub fn demo(args: &super::demo::Args, out: &Path, device: &crate::run::DeviceNam
     );
     let methods: Vec<String> = match methods {
         Some(list) => {
+            let list = method_list(list)?;
             for m in &list {
                 DetMethodConfig::parse(m).map_err(|e| anyhow::anyhow!(e))?;
             }
-            method_list(list)?
+            list
         }
         None => DET_METHOD_NAMES.iter().map(|s| s.to_string()).collect(),
     };
+    // Only once every argument is known good is the folder claimed (and locked for the run).
+    let _claim = super::demo::claim_out(out, super::Task::Detection)?;
     let data = out.join("data");
     match toy::read_manifest(&data) {
         Some(m) if m.preset == preset && m.generator_version == toy::GENERATOR_VERSION && m.seed == data_seed => {}

@@ -278,6 +278,28 @@ fn bad_input_is_refused_before_training_with_a_clear_message() {
         .collect();
     let e = err(&train_args(p(&out), p(&gta), p(&cs), "dann"));
     assert!(e.contains("already holds a run") && e.contains("--resume"), "{e}");
+    // A folder another process is writing is refused, even with --resume.
+    let held = seg_labels::fsutil::lock_dir(&out).unwrap();
+    let mut a = train_args(p(&out), p(&gta), p(&cs), "source-only");
+    a.push("--resume");
+    let e = err(&a);
+    assert!(e.contains("in use by another seg-adapt process"), "{e}");
+    drop(held);
+    // A config.toml of the user's in --out is not replaced by a run from step 0.
+    let mine = dir.path().join("mine");
+    std::fs::create_dir_all(&mine).unwrap();
+    std::fs::write(mine.join("config.toml"), "# my notes\n").unwrap();
+    let e = err(&train_args(p(&mine), p(&gta), p(&cs), "source-only"));
+    assert!(e.contains("already holds config.toml"), "{e}");
+    assert_eq!(
+        std::fs::read_to_string(mine.join("config.toml")).unwrap(),
+        "# my notes\n"
+    );
+    // A demo refused for its arguments leaves nothing in its folder.
+    let d = dir.path().join("demo");
+    let e = err(&["demo", "--seeds", "0", "--out", p(&d)]);
+    assert!(e.contains("--seeds"), "{e}");
+    assert!(!d.join("demo-task.txt").exists());
     for (f, bytes) in ["checkpoint.safetensors", "config.toml", "metrics.jsonl"]
         .iter()
         .zip(&kept)
@@ -441,7 +463,9 @@ fn check_page_in_chromium(page: &Path) {
         eprintln!("note: Chromium not installed; the page was checked without rendering it");
         return;
     };
-    let shot = page.with_file_name("screenshot.png");
+    // Beside the page would put a file the demo does not write into its folder.
+    let shots = tempfile::tempdir().unwrap();
+    let shot = shots.path().join("screenshot.png");
     let out = Command::new(chromium)
         .args([
             "--headless",
