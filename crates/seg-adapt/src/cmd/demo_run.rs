@@ -86,7 +86,7 @@ impl Stamp {
             let stale = crate::run::RUN_FILES.map(|f| dir.join(f));
             for stale in stale.iter().chain([&dir.join(RESULT)]) {
                 if stale.exists() {
-                    std::fs::remove_file(&stale).with_context(|| format!("removing {}", stale.display()))?;
+                    std::fs::remove_file(stale).with_context(|| format!("removing {}", stale.display()))?;
                 }
             }
         }
