@@ -172,6 +172,16 @@ fn train_eval_predict_round_trip() {
         p(&preds.join("report")),
     ]);
     assert!(e.contains("inside --pred"), "{e}");
+    let e = err(&[
+        "eval",
+        "--checkpoint",
+        p(&run_dir),
+        "--root",
+        p(&cs),
+        "--out",
+        p(&run_dir),
+    ]);
+    assert!(e.contains("is a run folder"), "{e}");
 
     // A folder of odd inputs: a linked image is predicted; two inputs with one output name
     // are refused before anything is written; an --out inside --input is refused.
