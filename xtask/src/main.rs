@@ -38,6 +38,7 @@ tasks:
 `cargo xtask <task> --help` prints this too.";
 
 fn main() -> ExitCode {
+    exit_cleanly_when_stdout_fails();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((task, rest)) = args.split_first() else {
         eprintln!("{USAGE}");
@@ -65,4 +66,27 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `println!` panics when standard output cannot be written (a full disk, `> /dev/full`; a
+/// closed pipe where SIGPIPE is ignored): that becomes an error line and a failed exit instead
+/// of a panic message, and a closed pipe a quiet exit, as for any Unix tool.
+fn exit_cleanly_when_stdout_fails() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.starts_with("failed printing to stdout") {
+            if message.contains("Broken pipe") {
+                std::process::exit(141);
+            }
+            eprintln!("error: {message}");
+            std::process::exit(1);
+        }
+        default(info);
+    }));
 }

@@ -27,6 +27,7 @@ fn main() -> std::process::ExitCode {
     // Output piped into a reader that stops early (`seg-adapt inspect ... | head`) ends the
     // process quietly, as for any Unix tool, instead of a panic in `println!`: Rust's runtime
     // ignores SIGPIPE, which turns the write into an error that `println!` panics on.
+    exit_cleanly_when_stdout_fails();
     #[cfg(unix)]
     // SAFETY: called once, before any thread is started; SIG_DFL is a valid action for SIGPIPE.
     unsafe {
@@ -52,4 +53,27 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// `println!` panics when standard output cannot be written (a full disk, `> /dev/full`; a
+/// closed pipe where SIGPIPE is ignored): that becomes an error line and a failed exit instead
+/// of a panic message, and a closed pipe a quiet exit, as for any Unix tool.
+fn exit_cleanly_when_stdout_fails() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.starts_with("failed printing to stdout") {
+            if message.contains("Broken pipe") {
+                std::process::exit(141);
+            }
+            eprintln!("error: {message}");
+            std::process::exit(1);
+        }
+        default(info);
+    }));
 }
