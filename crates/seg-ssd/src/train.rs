@@ -401,10 +401,29 @@ pub fn run(
     let mut start = 0;
     if control.resume && ckpt.exists() {
         let ck = seg_train::checkpoint::load(&ckpt, device)?;
-        if ck.meta.config != cfg.to_toml() {
-            return Err(DetRunError::Config(format!(
-                "{}: the checkpoint was written by another config; resume with the run's own config.toml",
-                ckpt.display()
+        // As for segmentation runs, only the step count may change on resume (a later one).
+        let theirs =
+            stored_config(&ck.meta.config).map_err(|e| DetRunError::Run(format!("{}: {e}", ckpt.display())))?;
+        let same_but_steps = DetRunConfig {
+            trainer: DetTrainerConfig {
+                steps: cfg.trainer.steps,
+                ..theirs.trainer.clone()
+            },
+            ..theirs.clone()
+        };
+        if same_but_steps.to_toml() != cfg.to_toml() {
+            return Err(DetRunError::Run(format!(
+                "{}: the run was trained with another config ({}); resume with the run's own config.toml (only trainer.steps may change)",
+                ckpt.display(),
+                first_difference(&theirs.to_toml(), &cfg.to_toml())
+            )));
+        }
+        if ck.meta.step > cfg.trainer.steps {
+            return Err(DetRunError::Run(format!(
+                "{}: the run is at step {}, past the {} steps asked for",
+                ckpt.display(),
+                ck.meta.step,
+                cfg.trainer.steps
             )));
         }
         let _ = seg_labels::fsutil::remove_stale_temps(out);
@@ -701,6 +720,36 @@ pub struct LoadedDetector {
     pub method: Box<dyn DetMethod>,
     pub step: usize,
     _vars: VarMap,
+}
+
+/// The first dotted key whose value differs between two configs' TOML.
+fn first_difference(a: &str, b: &str) -> String {
+    fn flat(prefix: &str, v: &toml::Value, out: &mut std::collections::BTreeMap<String, String>) {
+        match v {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    flat(&key, v, out);
+                }
+            }
+            other => {
+                out.insert(prefix.to_string(), other.to_string());
+            }
+        }
+    }
+    let (mut fa, mut fb) = (Default::default(), Default::default());
+    if let (Ok(a), Ok(b)) = (toml::from_str::<toml::Value>(a), toml::from_str::<toml::Value>(b)) {
+        flat("", &a, &mut fa);
+        flat("", &b, &mut fb);
+    }
+    fa.keys()
+        .chain(fb.keys())
+        .find(|k| fa.get(*k) != fb.get(*k))
+        .map_or("a setting".to_string(), |k| format!("`{k}` differs"))
 }
 
 /// The detection config a checkpoint stores; a segmentation run's checkpoint (its config has

@@ -392,6 +392,22 @@ fn a_resumed_detection_run_ends_with_the_weights_of_one_that_never_stopped() {
     assert_eq!(whole.report, resumed.report);
     let lines = std::fs::read_to_string(b.join("metrics.jsonl")).unwrap();
     assert_eq!(lines.lines().count(), 4, "{lines}");
+    // Resumed with another setting, the run names it; with more steps, it goes on.
+    let mut other = cfg.clone();
+    other.trainer.lr = 0.02;
+    let e = seg_ssd::train::run(&other, &b, &Device::Cpu, &mut |_, _, _| {}, resume)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("`trainer.lr` differs") && e.contains("only trainer.steps"),
+        "{e}"
+    );
+    let mut longer = cfg.clone();
+    longer.trainer.steps = 6;
+    seg_ssd::train::run(&longer, &b, &Device::Cpu, &mut |_, _, _| {}, resume).unwrap();
+    let lines = std::fs::read_to_string(b.join("metrics.jsonl")).unwrap();
+    assert_eq!(lines.lines().count(), 6, "{lines}");
 }
 
 #[test]

@@ -50,6 +50,8 @@ pub struct TrainArgs {
 pub fn load_config(path: &Path, sets: &[String]) -> anyhow::Result<DetRunConfig> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut root: toml::Value = toml::from_str(&text).with_context(|| format!("{}: not TOML", path.display()))?;
+    // The file alone first, so that its errors give the file's own line numbers.
+    toml::from_str::<DetRunConfig>(&text).with_context(|| format!("{}: invalid detection config", path.display()))?;
     let (from_file, weights_file) = (root.get("init_from").cloned(), root.get("init_weights").cloned());
     for s in sets {
         crate::config::set_key(&mut root, s)?;
@@ -64,8 +66,14 @@ pub fn load_config(path: &Path, sets: &[String]) -> anyhow::Result<DetRunConfig>
         }
     }
     let text = toml::to_string(&root)?;
-    let cfg: DetRunConfig =
-        toml::from_str(&text).with_context(|| format!("{}: invalid detection config", path.display()))?;
+    let cfg: DetRunConfig = toml::from_str(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: {}: {}",
+            path.display(),
+            sets.iter().map(|s| format!("--set {s}")).collect::<Vec<_>>().join(" "),
+            e.message()
+        )
+    })?;
     let typed = toml::Value::try_from(&cfg).context("cannot serialise the config")?;
     if let Some((key, n, m)) = seg_train::config::first_array_length_mismatch(&root, &typed) {
         anyhow::bail!("{}: {key} has {n} values where {m} are expected", path.display());

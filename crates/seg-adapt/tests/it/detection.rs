@@ -118,6 +118,17 @@ fn detection_input_errors_name_the_entry_or_key() {
         assert!(e.contains(named), "{set}: {e}");
         assert!(!out.join("checkpoint.safetensors").exists(), "{set}");
     }
+    // A file's error gives the file's own line; a --set's names the --set.
+    let bad = dir.path().join("bad.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&bad, text.replacen("[model]\n", "[model]\nbogus = 1\n", 1)).unwrap();
+    let e = err(&["train-detector", p(&bad), "--out", p(&out)]);
+    assert!(
+        e.contains("bad.toml") && e.contains("line 2") && e.contains("bogus"),
+        "{e}"
+    );
+    let e = err(&["train-detector", p(&cfg), "--out", p(&out), "--set", "trainer.seed=-1"]);
+    assert!(e.contains("--set trainer.seed=-1"), "{e}");
     let (_, _, cs) = seg_data::toy::paths(toy());
     let dets = dir.path().join("d.json");
     std::fs::write(
