@@ -111,15 +111,23 @@ pub fn run_task(args: &[String], root: &Path) -> Result<(), String> {
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
-            "--python" => given = Some(PathBuf::from(it.next().ok_or_else(usage)?)),
+            "--python" => {
+                given = Some(PathBuf::from(
+                    it.next()
+                        .ok_or_else(|| format!("--python needs a value\n{}", usage()))?,
+                ))
+            }
             "--skip-vgg" => vgg = false,
             "--skip-ssd" => ssd = false,
             "--rounds" => {
-                rounds = it
+                let v = it
                     .next()
-                    .and_then(|v| v.parse().ok())
+                    .ok_or_else(|| format!("--rounds needs a value\n{}", usage()))?;
+                rounds = v
+                    .parse()
+                    .ok()
                     .filter(|&r| r > 0)
-                    .ok_or_else(usage)?
+                    .ok_or_else(|| format!("--rounds: `{v}` is not a whole number of at least 1\n{}", usage()))?
             }
             other => return Err(format!("unknown argument `{other}`\n{}", usage())),
         }

@@ -141,13 +141,17 @@ pub fn run(args: &[String], root: &Path) -> Result<(), String> {
     let mut steps = 200usize;
     let mut it = args.iter();
     while let Some(a) = it.next() {
-        let v = it.next().ok_or_else(|| format!("{a} needs a value"))?;
-        let n = v.parse::<usize>().map_err(|_| format!("{a}: `{v}` is not a number"))?;
-        match a.as_str() {
-            "--trials" => trials = n,
-            "--steps" => steps = n,
+        let slot = match a.as_str() {
+            "--trials" => &mut trials,
+            "--steps" => &mut steps,
             o => return Err(format!("unknown flag `{o}`: expected --trials N, --steps N")),
-        }
+        };
+        let v = it.next().ok_or_else(|| format!("{a} needs a value"))?;
+        *slot = v
+            .parse::<usize>()
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| format!("{a}: `{v}` is not a whole number of at least 1"))?;
     }
     crate::tasks::cargo(root, &["build", "--release", "-p", "seg-adapt"])?;
     let bin = root.join("target/release/seg-adapt");
@@ -205,6 +209,12 @@ pub fn run(args: &[String], root: &Path) -> Result<(), String> {
     let b = tensor_bytes(&crashed.join("checkpoint.safetensors"))?;
     if a != b {
         return Err("the final weights after crashes differ from the uninterrupted run".into());
+    }
+    // A test that killed nothing tested nothing.
+    if kills == 0 {
+        return Err(format!(
+            "no trial was killed before its run finished ({trials} trials of {steps} steps): nothing was tested; give more --steps"
+        ));
     }
     println!(
         "crash-test passed: {kills} SIGKILLs over {trials} trials; final weights identical to the uninterrupted run"

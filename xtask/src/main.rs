@@ -46,7 +46,11 @@ fn main() -> ExitCode {
     };
     // Flags after `--` belong to seg-adapt (`cargo xtask train-seg ... -- --help` is its help).
     let ours = rest.split(|a| a == "--").next().unwrap_or_default();
-    if matches!(task.as_str(), "--help" | "-h" | "help") || ours.iter().any(|a| a == "--help" || a == "-h") {
+    let known = matches!(
+        task.as_str(),
+        "train-seg" | "check-cuda" | "crash-test" | "bench-compare"
+    );
+    if matches!(task.as_str(), "--help" | "-h" | "help") || (known && ours.iter().any(|a| a == "--help" || a == "-h")) {
         println!("{USAGE}");
         return ExitCode::SUCCESS;
     }

@@ -566,10 +566,10 @@ pub fn init_checkpoint(
     if theirs.model != cfg.model {
         // The whole section: the two may differ in any field (the widths too).
         return Err(DetRunError::Config(format!(
-            "init_from {}: that run's [model] is not this run's ({:?} against {:?})",
+            "init_from {}: that run's [model] is not this run's\nthat run's:\n{}this run's:\n{}",
             file.display(),
-            theirs.model,
-            cfg.model,
+            toml::to_string(&theirs.model).unwrap_or_default(),
+            toml::to_string(&cfg.model).unwrap_or_default(),
         )));
     }
     Ok(ck)

@@ -479,7 +479,10 @@ fn init_from_copies_the_detector_and_refuses_another_model() {
     other.model.widths = [8, 8, 8, 8, 8, 16];
     let e = go(&other, &dir.path().join("d")).unwrap_err();
     assert!(e.contains("init_from") && e.contains("checkpoint.safetensors"), "{e}");
-    assert!(e.contains("widths: [8, 8, 8, 8, 8, 16]"), "{e}");
+    assert!(
+        e.contains("widths = [8, 8, 8, 8, 8, 16]") && e.contains("widths = [8, 8, 8, 8, 8, 8]"),
+        "{e}"
+    );
     // So is a run that names both starting points.
     let mut both = cfg("source-only", 0.01, Some(a.clone()));
     both.init_weights = Some("vgg16.safetensors".into());

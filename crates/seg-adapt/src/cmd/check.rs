@@ -36,6 +36,9 @@ pub fn run(args: Args, device_name: &DeviceName) -> anyhow::Result<()> {
         return super::detect::check(&args.config, args.time_steps, device_name);
     }
     let cfg = RunConfig::load(&args.config)?;
+    // The device first: reading every file takes long, and a device that cannot open would
+    // stop the run anyway.
+    crate::run::device(device_name)?;
     println!("# resolved config ({})\n{}", args.config.display(), cfg.to_toml()?);
     let mut roles = vec![Split::training(&cfg)];
     if cfg.method.reads_target_train() {

@@ -89,6 +89,7 @@ pub fn load_config(path: &Path, sets: &[String]) -> anyhow::Result<DetRunConfig>
 /// sample fails the check.
 pub fn check(config: &Path, time_steps: usize, device_name: &crate::run::DeviceName) -> anyhow::Result<()> {
     let cfg = load_config(config, &[])?;
+    crate::run::device(device_name)?;
     println!("# resolved config ({})\n{}", config.display(), cfg.to_toml());
     let d = &cfg.data;
     let classes = cfg.model.classes;
