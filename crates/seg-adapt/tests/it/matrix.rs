@@ -234,8 +234,8 @@ fn a_full_disk_while_writing_a_checkpoint_or_report_loses_nothing() {
     assert!(!out.contains("exit=0"), "{out}");
     assert_eq!(
         listing(&out),
-        ["config.toml", "metrics.jsonl"],
-        "no partial checkpoint or temp file: {out}"
+        [".lock", "config.toml", "metrics.jsonl"],
+        "no partial checkpoint or temp file (the folder's lock aside): {out}"
     );
     // Evaluation whose report does not fit: same.
     let script = format!(
