@@ -175,7 +175,8 @@ pub fn run(args: &[String], root: &Path) -> Result<(), String> {
     let mut jitter = Jitter(0xC0FFEE);
     let mut kills = 0;
     for trial in 0..trials {
-        let resume = crashed.join("checkpoint.safetensors").exists();
+        // A run killed before its first checkpoint has written its config: resumed from step 0.
+        let resume = crashed.join("config.toml").exists();
         let mut child = train_cmd(&bin, &config, &crashed, steps, resume)
             .stdout(std::process::Stdio::null())
             .spawn()
@@ -202,7 +203,7 @@ pub fn run(args: &[String], root: &Path) -> Result<(), String> {
         check_reports(&crashed)?;
     }
     // Finish the interrupted run.
-    let resume = crashed.join("checkpoint.safetensors").exists();
+    let resume = crashed.join("config.toml").exists();
     crate::tasks::run(&mut train_cmd(&bin, &config, &crashed, steps, resume))?;
     check_metrics(&crashed.join("metrics.jsonl"))?;
     let a = tensor_bytes(&reference.join("checkpoint.safetensors"))?;

@@ -436,6 +436,21 @@ pub fn train(
     if !resume {
         refuse_a_run_folder(run_dir)?;
     }
+    // A run stopped before its first checkpoint (its config.toml written) resumes from step 0;
+    // a folder without a run has nothing to resume.
+    let has_checkpoint = seg_train::checkpoint::file_of(run_dir).is_file();
+    if resume && !has_checkpoint {
+        anyhow::ensure!(
+            run_dir.join("config.toml").is_file(),
+            "{}: nothing to resume (no checkpoint.safetensors or config.toml); leave out --resume to start the run",
+            run_dir.display()
+        );
+        tracing::info!(
+            "{}: no checkpoint yet, so the run starts from step 0",
+            run_dir.display()
+        );
+    }
+    let resume = resume && has_checkpoint;
     let setup = build_setup(cfg, run_dir, device, resume, progress)?;
     seg_labels::fsutil::write_atomic(&run_dir.join("config.toml"), cfg.to_toml()?.as_bytes())
         .with_context(|| format!("writing {}", run_dir.join("config.toml").display()))?;

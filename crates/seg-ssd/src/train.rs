@@ -322,9 +322,11 @@ pub fn run(
             out.display()
         )));
     }
-    if control.resume && !ckpt.exists() {
+    // A run stopped before its first checkpoint (its config.toml written) resumes from step 0;
+    // a folder without a run has nothing to resume.
+    if control.resume && !ckpt.exists() && !out.join("config.toml").exists() {
         return Err(DetRunError::Run(format!(
-            "{}: nothing to resume (no checkpoint.safetensors); leave out --resume to start the run",
+            "{}: nothing to resume (no checkpoint.safetensors or config.toml); leave out --resume to start the run",
             out.display()
         )));
     }

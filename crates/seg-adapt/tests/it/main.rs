@@ -305,6 +305,21 @@ fn bad_input_is_refused_before_training_with_a_clear_message() {
         std::fs::read_to_string(mine.join("config.toml")).unwrap(),
         "# my notes\n"
     );
+    // A run stopped before its first checkpoint resumes from step 0; an empty folder has
+    // nothing to resume.
+    let early = dir.path().join("early");
+    ok(&train_args(p(&early), p(&gta), p(&cs), "source-only"));
+    std::fs::remove_file(early.join("checkpoint.safetensors")).unwrap();
+    let mut a = train_args(p(&early), p(&gta), p(&cs), "source-only");
+    a.push("--resume");
+    ok(&a);
+    assert!(early.join("checkpoint.safetensors").exists());
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let mut a = train_args(p(&empty), p(&gta), p(&cs), "source-only");
+    a.push("--resume");
+    let e = err(&a);
+    assert!(e.contains("nothing to resume"), "{e}");
     // A demo refused for its arguments leaves nothing in its folder.
     let d = dir.path().join("demo");
     let e = err(&["demo", "--seeds", "0", "--out", p(&d)]);
