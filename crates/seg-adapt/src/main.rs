@@ -67,6 +67,10 @@ fn exit_cleanly_when_stdout_fails() {
             .map(String::as_str)
             .or_else(|| info.payload().downcast_ref::<&str>().copied())
             .unwrap_or("");
+        if message.starts_with("failed printing to stderr") {
+            // Nowhere left to say it.
+            std::process::exit(1);
+        }
         if message.starts_with("failed printing to stdout") {
             if message.contains("Broken pipe") {
                 std::process::exit(141);

@@ -415,7 +415,7 @@ pub fn refuse_a_run_folder(dir: &Path) -> anyhow::Result<()> {
             dir.display()
         ),
         Some(f) => anyhow::bail!(
-            "{} already holds {f} (a run stopped before its first checkpoint, or a file of yours): training from step 0 would replace it; choose another --out, or remove it",
+            "{} already holds {f}: a run stopped before its first checkpoint starts over with --resume; a file of yours stays if you choose another --out",
             dir.display()
         ),
         None => Ok(()),

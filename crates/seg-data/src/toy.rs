@@ -891,7 +891,7 @@ pub fn generate(out: &Path, seed: u64, preset: Preset) -> Result<ToyManifest, Da
             remove(&dir, std::fs::remove_dir_all(&dir))?;
         }
     }
-    std::fs::create_dir_all(out).map_err(|cause| DataError::Write {
+    seg_labels::fsutil::create_dir_all(out).map_err(|cause| DataError::Write {
         path: out.to_path_buf(),
         cause,
     })?;

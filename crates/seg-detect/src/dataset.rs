@@ -67,10 +67,14 @@ pub struct DetDataset {
     pub entries: Vec<DetEntry>,
 }
 
+/// The entries of `dir`, sorted; hidden ones (macOS's `._*` companions, `.trash/`) are never
+/// samples, as the official scripts' `glob` skips them.
 fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>, DetError> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(DetError::io(dir))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter_map(|e| e.ok())
+        .filter(|e| !e.file_name().as_encoded_bytes().starts_with(b"."))
+        .map(|e| e.path())
         .collect();
     v.sort();
     Ok(v)

@@ -318,17 +318,23 @@ pub fn run(
         .find(|f| out.join(f).exists() && !control.resume)
     {
         return Err(DetRunError::Run(format!(
-            "{} already holds {f} (a run stopped before its first checkpoint, or a file of yours): training from step 0 would replace it; choose another --out, or remove it",
+            "{} already holds {f}: a run stopped before its first checkpoint starts over with --resume; a file of yours stays if you choose another --out",
             out.display()
         )));
     }
     // A run stopped before its first checkpoint (its config.toml written) resumes from step 0;
     // a folder without a run has nothing to resume.
-    if control.resume && !ckpt.exists() && !out.join("config.toml").exists() {
-        return Err(DetRunError::Run(format!(
-            "{}: nothing to resume (no checkpoint.safetensors or config.toml); leave out --resume to start the run",
-            out.display()
-        )));
+    if control.resume && !ckpt.exists() {
+        let saved = out.join("config.toml");
+        let text = std::fs::read_to_string(&saved).map_err(|_| {
+            DetRunError::Run(format!(
+                "{}: nothing to resume (no checkpoint.safetensors or config.toml); leave out --resume to start the run",
+                out.display()
+            ))
+        })?;
+        // Its config.toml must be this run's (the step count aside), as a checkpoint's must.
+        let theirs = stored_config(&text).map_err(|e| DetRunError::Run(format!("{}: {e}", saved.display())))?;
+        same_but_steps(&theirs, cfg).map_err(|e| DetRunError::Run(format!("{}: {e}", saved.display())))?;
     }
     let method_cfg = &cfg.method.0;
     let classes = cfg.model.classes;
@@ -403,23 +409,9 @@ pub fn run(
     let mut start = 0;
     if control.resume && ckpt.exists() {
         let ck = seg_train::checkpoint::load(&ckpt, device)?;
-        // As for segmentation runs, only the step count may change on resume (a later one).
         let theirs =
             stored_config(&ck.meta.config).map_err(|e| DetRunError::Run(format!("{}: {e}", ckpt.display())))?;
-        let same_but_steps = DetRunConfig {
-            trainer: DetTrainerConfig {
-                steps: cfg.trainer.steps,
-                ..theirs.trainer.clone()
-            },
-            ..theirs.clone()
-        };
-        if same_but_steps.to_toml() != cfg.to_toml() {
-            return Err(DetRunError::Run(format!(
-                "{}: the run was trained with another config ({}); resume with the run's own config.toml (only trainer.steps may change)",
-                ckpt.display(),
-                first_difference(&theirs.to_toml(), &cfg.to_toml())
-            )));
-        }
+        same_but_steps(&theirs, cfg).map_err(|e| DetRunError::Run(format!("{}: {e}", ckpt.display())))?;
         if ck.meta.step > cfg.trainer.steps {
             return Err(DetRunError::Run(format!(
                 "{}: the run is at step {}, past the {} steps asked for",
@@ -567,7 +559,7 @@ pub fn init_checkpoint(
         stored_config(&ck.meta.config).map_err(|e| DetRunError::Run(format!("init_from {}: {e}", file.display())))?;
     if theirs.model != cfg.model {
         // The whole section: the two may differ in any field (the widths too).
-        return Err(DetRunError::Config(format!(
+        return Err(DetRunError::Run(format!(
             "init_from {}: that run's [model] is not this run's\nthat run's:\n{}this run's:\n{}",
             file.display(),
             toml::to_string(&theirs.model).unwrap_or_default(),
@@ -722,6 +714,25 @@ pub struct LoadedDetector {
     pub method: Box<dyn DetMethod>,
     pub step: usize,
     _vars: VarMap,
+}
+
+/// As for segmentation runs, only the step count may change on resume (to a later one, checked
+/// against the checkpoint's step).
+fn same_but_steps(theirs: &DetRunConfig, cfg: &DetRunConfig) -> Result<(), String> {
+    let with_these_steps = DetRunConfig {
+        trainer: DetTrainerConfig {
+            steps: cfg.trainer.steps,
+            ..theirs.trainer.clone()
+        },
+        ..theirs.clone()
+    };
+    if with_these_steps.to_toml() == cfg.to_toml() {
+        return Ok(());
+    }
+    Err(format!(
+        "the run was trained with another config ({}); resume with the run's own config.toml (only trainer.steps may change)",
+        first_difference(&theirs.to_toml(), &cfg.to_toml())
+    ))
 }
 
 /// The first dotted key whose value differs between two configs' TOML.

@@ -325,8 +325,7 @@ pub fn default_out(task: super::Task) -> PathBuf {
 }
 
 /// What a demo writes in its folder; a folder holding anything else is not a demo's.
-const DEMO_ENTRIES: [&str; 8] = [
-    seg_labels::fsutil::LOCK_FILE,
+const DEMO_ENTRIES: [&str; 7] = [
     "data",
     "runs",
     "report.md",
@@ -345,7 +344,8 @@ pub(crate) fn claim_out(out: &Path, task: super::Task) -> anyhow::Result<seg_lab
         let foreign: Vec<String> = entries
             .filter_map(Result::ok)
             .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| !DEMO_ENTRIES.contains(&n.as_str()) && !seg_labels::fsutil::is_temp_name(n))
+            // Hidden names (`.DS_Store`, a killed write's temp file, the lock) are no one's work.
+            .filter(|n| !DEMO_ENTRIES.contains(&n.as_str()) && !n.starts_with('.'))
             .collect();
         if let Some(first) = foreign.first() {
             anyhow::bail!(
@@ -908,6 +908,11 @@ mod tests {
             !mine.join(seg_labels::fsutil::LOCK_FILE).exists(),
             "nothing written there"
         );
+        // Hidden files (Finder's .DS_Store) are no one's work.
+        let finder = dir.path().join("finder");
+        std::fs::create_dir_all(&finder).unwrap();
+        std::fs::write(finder.join(".DS_Store"), "").unwrap();
+        claim_out(&finder, Task::Segmentation).unwrap();
         assert_ne!(default_out(Task::Segmentation), default_out(Task::Detection));
     }
 

@@ -49,6 +49,7 @@ pub struct TrainArgs {
 /// there (`--set init_from=RUN`) replaces the file's ImageNet weights.
 pub fn load_config(path: &Path, sets: &[String]) -> anyhow::Result<DetRunConfig> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text_of_file = text.clone();
     let mut root: toml::Value = toml::from_str(&text).with_context(|| format!("{}: not TOML", path.display()))?;
     // The file alone first, so that its errors give the file's own line numbers.
     toml::from_str::<DetRunConfig>(&text).with_context(|| format!("{}: invalid detection config", path.display()))?;
@@ -74,11 +75,28 @@ pub fn load_config(path: &Path, sets: &[String]) -> anyhow::Result<DetRunConfig>
             e.message()
         )
     })?;
+    // A check that fails is the file's when the file alone fails it too, else the --set's.
+    let blame = |e: anyhow::Error| -> anyhow::Error {
+        let file_alone = toml::from_str::<toml::Value>(&text_of_file)
+            .ok()
+            .zip(toml::from_str::<DetRunConfig>(&text_of_file).ok())
+            .is_some_and(|(raw, c)| {
+                c.validate().is_ok()
+                    && toml::Value::try_from(&c)
+                        .ok()
+                        .is_some_and(|t| seg_train::config::first_array_length_mismatch(&raw, &t).is_none())
+            });
+        if sets.is_empty() || !file_alone {
+            e.context(path.display().to_string())
+        } else {
+            e.context(sets.iter().map(|s| format!("--set {s}")).collect::<Vec<_>>().join(" "))
+        }
+    };
     let typed = toml::Value::try_from(&cfg).context("cannot serialise the config")?;
     if let Some((key, n, m)) = seg_train::config::first_array_length_mismatch(&root, &typed) {
-        anyhow::bail!("{}: {key} has {n} values where {m} are expected", path.display());
+        return Err(blame(anyhow::anyhow!("{key} has {n} values where {m} are expected")));
     }
-    cfg.validate().with_context(|| format!("{}", path.display()))?;
+    cfg.validate().map_err(|e| blame(e.into()))?;
     Ok(cfg)
 }
 

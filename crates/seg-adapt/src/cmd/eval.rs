@@ -64,12 +64,17 @@ pub fn run(args: Args, device_name: &crate::run::DeviceName) -> anyhow::Result<(
     let Dataset::Cityscapes = args.dataset;
     // A run's own files (its report.html, detections.json) are not to be replaced by another
     // evaluation's.
-    anyhow::ensure!(
-        !args.out.join(seg_train::checkpoint::FILE).exists(),
-        "--out {} is a run folder: write the evaluation into a folder of its own (e.g. {})",
-        args.out.display(),
-        args.out.join("val").display()
-    );
+    if let Some(f) = crate::run::RUN_FILES
+        .iter()
+        .chain(&["demo-task.txt"])
+        .find(|f| args.out.join(f).exists())
+    {
+        anyhow::bail!(
+            "--out {} is a run's or a demo's folder (it holds {f}): write the evaluation into a folder of its own (e.g. {})",
+            args.out.display(),
+            args.out.join("val").display()
+        );
+    }
     if args.task == super::Task::Detection {
         return super::detect::eval(
             &args.root,

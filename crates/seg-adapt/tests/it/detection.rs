@@ -129,6 +129,8 @@ fn detection_input_errors_name_the_entry_or_key() {
     );
     let e = err(&["train-detector", p(&cfg), "--out", p(&out), "--set", "trainer.seed=-1"]);
     assert!(e.contains("--set trainer.seed=-1"), "{e}");
+    let e = err(&["train-detector", p(&cfg), "--out", p(&out), "--set", "trainer.lr=nan"]);
+    assert!(e.contains("--set trainer.lr=nan") && !e.contains("det.toml"), "{e}");
     let (_, _, cs) = seg_data::toy::paths(toy());
     let dets = dir.path().join("d.json");
     std::fs::write(

@@ -181,7 +181,7 @@ fn train_eval_predict_round_trip() {
         "--out",
         p(&run_dir),
     ]);
-    assert!(e.contains("is a run folder"), "{e}");
+    assert!(e.contains("is a run's or a demo's folder"), "{e}");
 
     // A folder of odd inputs: a linked image is predicted; two inputs with one output name
     // are refused before anything is written; an --out inside --input is refused.
@@ -359,6 +359,14 @@ fn output_into_a_closed_pipe_ends_without_a_panic() {
         "{stderr}"
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
+    // An error onto a full standard error: a failed exit, not a panic's 101.
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let o = std::process::Command::new(bin())
+        .args(["check", "/nonexistent-config.toml"])
+        .stderr(full)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
 }
 
 #[test]
