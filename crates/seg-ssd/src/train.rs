@@ -735,33 +735,12 @@ fn same_but_steps(theirs: &DetRunConfig, cfg: &DetRunConfig) -> Result<(), Strin
     ))
 }
 
-/// The first dotted key whose value differs between two configs' TOML.
+/// The first dotted key whose value differs between two configs' TOML, for a message.
 fn first_difference(a: &str, b: &str) -> String {
-    fn flat(prefix: &str, v: &toml::Value, out: &mut std::collections::BTreeMap<String, String>) {
-        match v {
-            toml::Value::Table(t) => {
-                for (k, v) in t {
-                    let key = if prefix.is_empty() {
-                        k.clone()
-                    } else {
-                        format!("{prefix}.{k}")
-                    };
-                    flat(&key, v, out);
-                }
-            }
-            other => {
-                out.insert(prefix.to_string(), other.to_string());
-            }
-        }
-    }
-    let (mut fa, mut fb) = (Default::default(), Default::default());
-    if let (Ok(a), Ok(b)) = (toml::from_str::<toml::Value>(a), toml::from_str::<toml::Value>(b)) {
-        flat("", &a, &mut fa);
-        flat("", &b, &mut fb);
-    }
-    fa.keys()
-        .chain(fb.keys())
-        .find(|k| fa.get(*k) != fb.get(*k))
+    let tree = |t: &str| toml::from_str::<toml::Value>(t).ok();
+    tree(a)
+        .zip(tree(b))
+        .and_then(|(a, b)| seg_train::config::first_difference(&a, &b))
         .map_or("a setting".to_string(), |k| format!("`{k}` differs"))
 }
 

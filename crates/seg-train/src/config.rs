@@ -162,6 +162,31 @@ pub fn first_array_length_mismatch(raw: &toml::Value, typed: &toml::Value) -> Op
     }
 }
 
+/// The first dotted key (`trainer.lr`) whose value differs between two config trees.
+pub fn first_difference(a: &toml::Value, b: &toml::Value) -> Option<String> {
+    fn flatten(prefix: &str, v: &toml::Value, out: &mut BTreeMap<String, String>) {
+        match v {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    flatten(&key, v, out);
+                }
+            }
+            other => {
+                out.insert(prefix.to_string(), other.to_string());
+            }
+        }
+    }
+    let (mut fa, mut fb) = (BTreeMap::new(), BTreeMap::new());
+    flatten("", a, &mut fa);
+    flatten("", b, &mut fb);
+    fa.keys().chain(fb.keys()).find(|k| fa.get(*k) != fb.get(*k)).cloned()
+}
+
 /// The largest batch a run may ask for (`trainer.batch_size`, `target_batch_size`): the papers
 /// train with 1 to 32; a typo of 100,000,000 would ask for terabytes.
 pub const MAX_BATCH: usize = 1024;

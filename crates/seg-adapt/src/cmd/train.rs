@@ -102,28 +102,7 @@ pub fn resolve(args: &Args) -> anyhow::Result<RunConfig> {
 
 /// The first dotted key whose value differs between two configs.
 fn first_difference(a: &RunConfig, b: &RunConfig) -> anyhow::Result<String> {
-    fn flatten(prefix: &str, v: &toml::Value, out: &mut std::collections::BTreeMap<String, String>) {
-        match v {
-            toml::Value::Table(t) => {
-                for (k, v) in t {
-                    let key = if prefix.is_empty() {
-                        k.clone()
-                    } else {
-                        format!("{prefix}.{k}")
-                    };
-                    flatten(&key, v, out);
-                }
-            }
-            other => {
-                out.insert(prefix.to_string(), other.to_string());
-            }
-        }
-    }
-    let mut fa = std::collections::BTreeMap::new();
-    let mut fb = std::collections::BTreeMap::new();
-    flatten("", &toml::Value::try_from(a)?, &mut fa);
-    flatten("", &toml::Value::try_from(b)?, &mut fb);
-    let differs = fa.keys().chain(fb.keys()).find(|k| fa.get(*k) != fb.get(*k)).cloned();
+    let differs = seg_train::config::first_difference(&toml::Value::try_from(a)?, &toml::Value::try_from(b)?);
     Ok(differs.unwrap_or_else(|| "the config".into()))
 }
 
