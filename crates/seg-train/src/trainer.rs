@@ -175,6 +175,16 @@ impl Trainer {
         seg_labels::fsutil::append_line(&path, &value.to_string()).map_err(|cause| TrainError::Write { path, cause })
     }
 
+    /// The mIoU `metrics.jsonl` logged for `step`'s evaluation, if any.
+    fn logged_miou(&self, step: usize) -> Option<f64> {
+        let text = std::fs::read_to_string(self.metrics_path()).ok()?;
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["step"].as_u64() == Some(step as u64))
+            .filter_map(|v| v["eval"]["miou"].as_f64())
+            .last()
+    }
+
     /// Evaluates on the target val split and writes `eval/step_N/`.
     pub fn evaluate_now(&self) -> Result<Option<f64>, TrainError> {
         let Some((ds, setup, protocol)) = &self.s.eval else {
@@ -271,6 +281,11 @@ impl Trainer {
                 0
             };
         let mut last_eval = None;
+        // A finished run resumed has nothing left to do: its checkpoint and evaluation stand
+        // (they were written again, and the evaluation logged twice). One killed after its last
+        // checkpoint but before its evaluation was logged still evaluates.
+        let finished =
+            self.s.resume && self.step >= total && (self.s.eval.is_none() || self.logged_miou(self.step).is_some());
         let stop = stop.min(total);
         while self.step < stop {
             let t0 = Instant::now();
@@ -298,14 +313,18 @@ impl Trainer {
             }
         }
         bar.finish_and_clear();
-        if self.step == total && self.s.method.stages().contains(&Stage::ReestimateBn) {
-            if let Some((loader, batches)) = self.s.final_bn.as_mut() {
-                crate::infer::reestimate_bn(self.s.method.deployed(), loader, *batches)?;
+        if finished {
+            last_eval = self.logged_miou(self.step);
+        } else {
+            if self.step == total && self.s.method.stages().contains(&Stage::ReestimateBn) {
+                if let Some((loader, batches)) = self.s.final_bn.as_mut() {
+                    crate::infer::reestimate_bn(self.s.method.deployed(), loader, *batches)?;
+                }
             }
-        }
-        self.save_checkpoint()?;
-        if self.s.eval.is_some() && self.step == total {
-            last_eval = self.evaluate_now()?;
+            self.save_checkpoint()?;
+            if self.s.eval.is_some() && self.step == total {
+                last_eval = self.evaluate_now()?;
+            }
         }
         // The run's page: training curves, per-class IoU and predictions, from what is on disk.
         let title = format!("seg-adapt run: {} ({} steps)", self.s.method.name(), self.step);

@@ -114,7 +114,19 @@ fn init_from_copies_the_model_and_refuses_another() {
     assert!(e.contains("trainer.seed") && e.contains("--resume"), "{e}");
     // Its weights all come from its own checkpoint: the run it started from may be gone.
     std::fs::remove_dir_all(&first).unwrap();
-    ok(&resumed);
+    // Resuming a finished run does nothing more: no second evaluation logged, the same mIoU.
+    let metrics = std::fs::read(out.join("metrics.jsonl")).unwrap();
+    let said = ok(&resumed);
+    assert!(said.contains("target val mIoU") && said.contains(" %"), "{said}");
+    assert_eq!(std::fs::read(out.join("metrics.jsonl")).unwrap(), metrics);
+    // Killed after its last checkpoint but before its evaluation was logged: it evaluates.
+    let text = String::from_utf8(metrics).unwrap();
+    let kept: Vec<&str> = text.lines().filter(|l| !l.contains("\"eval\"")).collect();
+    std::fs::write(out.join("metrics.jsonl"), kept.join("\n") + "\n").unwrap();
+    let said = ok(&resumed);
+    assert!(said.contains(" %"), "{said}");
+    let again = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    assert_eq!(again.matches("\"eval\"").count(), 1, "{again}");
     // Resuming towards fewer steps than the run has done is refused, its config left as it was.
     let config = std::fs::read(out.join("config.toml")).unwrap();
     let mut fewer = resumed.clone();
