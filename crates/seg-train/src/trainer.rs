@@ -179,10 +179,10 @@ impl Trainer {
     fn logged_miou(&self, step: usize) -> Option<f64> {
         let text = std::fs::read_to_string(self.metrics_path()).ok()?;
         text.lines()
+            .rev()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
             .filter(|v| v["step"].as_u64() == Some(step as u64))
-            .filter_map(|v| v["eval"]["miou"].as_f64())
-            .last()
+            .find_map(|v| v["eval"]["miou"].as_f64())
     }
 
     /// Evaluates on the target val split and writes `eval/step_N/`.
