@@ -187,6 +187,14 @@ impl RunConfig {
     }
 }
 
+/// Whether a config's TOML is a detection run's (`data.source_format`, Sim10k-style) rather than
+/// a segmentation run's.
+pub fn is_detection_config(text: &str) -> bool {
+    toml::from_str::<toml::Value>(text)
+        .ok()
+        .is_some_and(|t| t.get("data").and_then(|d| d.get("source_format")).is_some())
+}
+
 /// Parses `WxH`.
 pub fn parse_crop(s: &str) -> Result<[u32; 2], String> {
     let (w, h) = s

@@ -214,12 +214,13 @@ pub fn build_setup(
         // A run is resumed only towards a later step than its checkpoint's.
         let file = seg_train::checkpoint::file_of(run_dir);
         let at = seg_train::checkpoint::read_meta(&file)?.step;
-        let total = cfg.method.pretraining().0 + cfg.trainer.steps;
+        let pretrain = cfg.method.pretraining().0;
+        let total = pretrain + cfg.trainer.steps;
         anyhow::ensure!(
             at <= total,
             "{}: the run is at step {at}, past the {total} steps asked for: resume with --steps of at least {}",
             file.display(),
-            at - cfg.method.pretraining().0.min(at)
+            at - pretrain.min(at)
         );
     }
     let init = match &cfg.model.init_from {
@@ -404,24 +405,6 @@ pub fn eval_setup(cfg: &RunConfig, device: &Device) -> EvalSetup {
     }
 }
 
-/// The files of a run that training from step 0 would replace.
-pub const RUN_FILES: [&str; 3] = [seg_train::checkpoint::FILE, "config.toml", "metrics.jsonl"];
-
-/// Refuses a folder holding a run's files (or a user's `config.toml`) for a run from step 0.
-pub fn refuse_a_run_folder(dir: &Path) -> anyhow::Result<()> {
-    match RUN_FILES.iter().find(|f| dir.join(f).exists()) {
-        Some(&f) if f == seg_train::checkpoint::FILE => anyhow::bail!(
-            "{} already holds a run ({f}): pass --resume to continue it, or choose another --out",
-            dir.display()
-        ),
-        Some(f) => anyhow::bail!(
-            "{} already holds {f}: a run stopped before its first checkpoint starts over with --resume; a file of yours stays if you choose another --out",
-            dir.display()
-        ),
-        None => Ok(()),
-    }
-}
-
 /// Trains one run: saves the resolved config, then trains (or resumes) through the method's
 /// stages (AdaBN's re-estimation is the last stage of `adabn` and of every adaptation method).
 pub fn train(
@@ -433,24 +416,15 @@ pub fn train(
 ) -> anyhow::Result<TrainOutcome> {
     // One process at a time writes a run folder.
     let _lock = seg_labels::fsutil::lock_dir(run_dir)?;
-    if !resume {
-        refuse_a_run_folder(run_dir)?;
-    }
-    // A run stopped before its first checkpoint (its config.toml written) resumes from step 0;
-    // a folder without a run has nothing to resume.
-    let has_checkpoint = seg_train::checkpoint::file_of(run_dir).is_file();
+    // A run stopped before its first checkpoint (its config.toml written) resumes from step 0.
+    let has_checkpoint = seg_train::checkpoint::check_run_folder(run_dir, resume).map_err(anyhow::Error::msg)?;
     if resume && !has_checkpoint {
-        anyhow::ensure!(
-            run_dir.join("config.toml").is_file(),
-            "{}: nothing to resume (no checkpoint.safetensors or config.toml); leave out --resume to start the run",
-            run_dir.display()
-        );
         tracing::info!(
             "{}: no checkpoint yet, so the run starts from step 0",
             run_dir.display()
         );
     }
-    let resume = resume && has_checkpoint;
+    let resume = has_checkpoint;
     let setup = build_setup(cfg, run_dir, device, resume, progress)?;
     seg_labels::fsutil::write_atomic(&run_dir.join("config.toml"), cfg.to_toml()?.as_bytes())
         .with_context(|| format!("writing {}", run_dir.join("config.toml").display()))?;
@@ -470,8 +444,7 @@ pub struct Trained {
 /// `data.source_format`) is named as such rather than by the first key that does not parse.
 fn stored_config(file: &Path, text: &str) -> anyhow::Result<RunConfig> {
     RunConfig::parse(text).map_err(|e| {
-        let tree: Option<toml::Value> = toml::from_str(text).ok();
-        if tree.is_some_and(|t| t.get("data").and_then(|d| d.get("source_format")).is_some()) {
+        if crate::config::is_detection_config(text) {
             anyhow::anyhow!(
                 "{}: a detector's checkpoint, not a segmentation model's (detectors go to `train-detector --init-from` and `eval --task detection`)",
                 file.display()

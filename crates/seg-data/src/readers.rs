@@ -100,9 +100,8 @@ pub fn open_dataset(
     Ok(ds)
 }
 
-/// The entries of `dir` that `keep` accepts, sorted by path.
-/// The entries of `dir` that `keep` accepts, sorted; hidden ones (`.name`: macOS's `._*`
-/// companions, a `.trash/` folder) are never samples, as the official scripts' `glob` skips them.
+/// The entries of `dir` that `keep` accepts, sorted by path, hidden ones aside
+/// (`fsutil::is_hidden`).
 fn sorted_entries(dir: &Path, keep: impl Fn(&std::fs::DirEntry) -> bool) -> Result<Vec<PathBuf>, DataError> {
     let err = |cause| DataError::ReadDir {
         path: dir.to_path_buf(),
@@ -111,7 +110,7 @@ fn sorted_entries(dir: &Path, keep: impl Fn(&std::fs::DirEntry) -> bool) -> Resu
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).map_err(err)? {
         let e = e.map_err(err)?;
-        if !e.file_name().as_encoded_bytes().starts_with(b".") && keep(&e) {
+        if !seg_labels::fsutil::is_hidden(&e.file_name()) && keep(&e) {
             out.push(e.path());
         }
     }

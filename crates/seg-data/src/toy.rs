@@ -1030,7 +1030,7 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
         cause,
     };
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(err)?;
+        seg_labels::fsutil::create_dir_all(dir).map_err(err)?;
     }
     seg_labels::fsutil::write_atomic(path, bytes).map_err(err)
 }

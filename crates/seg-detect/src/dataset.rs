@@ -67,13 +67,12 @@ pub struct DetDataset {
     pub entries: Vec<DetEntry>,
 }
 
-/// The entries of `dir`, sorted; hidden ones (macOS's `._*` companions, `.trash/`) are never
-/// samples, as the official scripts' `glob` skips them.
+/// The entries of `dir`, sorted, hidden ones aside (`fsutil::is_hidden`).
 fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>, DetError> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(DetError::io(dir))?
         .filter_map(|e| e.ok())
-        .filter(|e| !e.file_name().as_encoded_bytes().starts_with(b"."))
+        .filter(|e| !seg_labels::fsutil::is_hidden(&e.file_name()))
         .map(|e| e.path())
         .collect();
     v.sort();

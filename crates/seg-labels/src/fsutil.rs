@@ -87,8 +87,15 @@ pub fn lock_dir(dir: &Path) -> std::io::Result<DirLock> {
     }
 }
 
+/// Whether a file or folder name is hidden (`.name`): macOS's `._*` companions, `.DS_Store`, a
+/// `.trash/` folder, the lock and temporary files here. No reader takes one for a sample or for
+/// ground truth, as the official scripts' `glob` (whose `*` matches no leading dot) skips them.
+pub fn is_hidden(name: &std::ffi::OsStr) -> bool {
+    name.as_encoded_bytes().starts_with(b".")
+}
+
 /// Whether `name` is one of [`write_atomic_with`]'s temporary files: `.NAME.PID.tmp`.
-pub fn is_temp_name(name: &str) -> bool {
+fn is_temp_name(name: &str) -> bool {
     let Some(inner) = name.strip_prefix('.').and_then(|n| n.strip_suffix(".tmp")) else {
         return false;
     };

@@ -168,7 +168,7 @@ fn find_ground_truth(root: &Path, split: &str) -> Result<Vec<Pair>, FolderError>
         });
     }
     let mut pairs = Vec::new();
-    let hidden = |e: &std::fs::DirEntry| e.file_name().as_encoded_bytes().starts_with(b".");
+    let hidden = |e: &std::fs::DirEntry| seg_labels::fsutil::is_hidden(&e.file_name());
     for city in read_dir_sorted(&gt_dir)? {
         let city_path = city.path();
         if !city_path.is_dir() || hidden(&city) {

@@ -157,11 +157,8 @@ impl DetRunConfig {
     pub fn validate(&self) -> Result<(), DetRunError> {
         self.model.validate().map_err(DetRunError::Config)?;
         self.method.0.validate(&self.model).map_err(DetRunError::Config)?;
-        if let Some((key, v)) = toml::Value::try_from(self)
-            .ok()
-            .as_ref()
-            .and_then(seg_train::config::first_non_finite)
-        {
+        let tree = toml::Value::try_from(self).ok();
+        if let Some((key, v)) = tree.as_ref().and_then(seg_train::config::first_non_finite) {
             return Err(DetRunError::Config(format!(
                 "{key} = {v}: every number in a config must be finite"
             )));
@@ -177,7 +174,6 @@ impl DetRunConfig {
                 seg_train::config::MAX_BATCH
             )));
         }
-        let tree = toml::Value::try_from(self).ok();
         for section in ["model", "method"] {
             if let Some((key, n)) = tree
                 .as_ref()
@@ -306,33 +302,13 @@ pub fn run(
     // One process at a time writes a run folder.
     let _lock = seg_labels::fsutil::lock_dir(out).map_err(|e| DetRunError::Run(e.to_string()))?;
     let ckpt = out.join(seg_train::checkpoint::FILE);
-    if ckpt.exists() && !control.resume {
-        return Err(DetRunError::Run(format!(
-            "{} already holds a checkpoint: pass --resume to continue it, or choose another --out",
-            out.display()
-        )));
-    }
-    // Training from step 0 would replace these.
-    if let Some(f) = ["config.toml", "metrics.jsonl"]
-        .into_iter()
-        .find(|f| out.join(f).exists() && !control.resume)
-    {
-        return Err(DetRunError::Run(format!(
-            "{} already holds {f}: a run stopped before its first checkpoint starts over with --resume; a file of yours stays if you choose another --out",
-            out.display()
-        )));
-    }
-    // A run stopped before its first checkpoint (its config.toml written) resumes from step 0;
-    // a folder without a run has nothing to resume.
-    if control.resume && !ckpt.exists() {
+    let resuming = seg_train::checkpoint::check_run_folder(out, control.resume).map_err(DetRunError::Run)?;
+    // A run stopped before its first checkpoint resumes from step 0, with its config.toml's
+    // config only (the step count aside), as a checkpoint's.
+    if control.resume && !resuming {
         let saved = out.join("config.toml");
-        let text = std::fs::read_to_string(&saved).map_err(|_| {
-            DetRunError::Run(format!(
-                "{}: nothing to resume (no checkpoint.safetensors or config.toml); leave out --resume to start the run",
-                out.display()
-            ))
-        })?;
-        // Its config.toml must be this run's (the step count aside), as a checkpoint's must.
+        let text =
+            std::fs::read_to_string(&saved).map_err(|e| DetRunError::Run(format!("{}: {e}", saved.display())))?;
         let theirs = stored_config(&text).map_err(|e| DetRunError::Run(format!("{}: {e}", saved.display())))?;
         same_but_steps(&theirs, cfg).map_err(|e| DetRunError::Run(format!("{}: {e}", saved.display())))?;
     }
@@ -348,7 +324,6 @@ pub fn run(
     };
     // A mismatched init_from is refused before anything is trained; a resumed run takes every
     // weight from its own checkpoint and needs neither its starting run nor ImageNet weights.
-    let resuming = control.resume && ckpt.exists();
     let init = match &cfg.init_from {
         Some(from) if !resuming => Some(init_checkpoint(cfg, from, device)?),
         _ => None,
@@ -407,7 +382,7 @@ pub fn run(
     };
     let metrics = out.join("metrics.jsonl");
     let mut start = 0;
-    if control.resume && ckpt.exists() {
+    if resuming {
         let ck = seg_train::checkpoint::load(&ckpt, device)?;
         let theirs =
             stored_config(&ck.meta.config).map_err(|e| DetRunError::Run(format!("{}: {e}", ckpt.display())))?;

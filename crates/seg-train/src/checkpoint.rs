@@ -2,7 +2,8 @@
 //! statistics) and every optimiser's state, with the step, the loaders' positions and the
 //! resolved run configuration in its metadata. Written to a temporary file and renamed, so a
 //! crash leaves the previous checkpoint intact; a truncated or foreign file is refused before
-//! anything is overwritten.
+//! anything is overwritten. Also what a run folder must hold to start or resume a run
+//! ([`check_run_folder`]), for segmentation and detection runs alike.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -17,6 +18,37 @@ pub const FORMAT: &str = "seg-adapt-checkpoint";
 pub const VERSION: &str = "1";
 /// The checkpoint's file name in a run folder (segmentation and detection runs alike).
 pub const FILE: &str = "checkpoint.safetensors";
+
+/// The files of a run that training from step 0 would replace.
+pub const RUN_FILES: [&str; 3] = [FILE, "config.toml", "metrics.jsonl"];
+
+/// Whether `dir` fits a run that starts from step 0 (`resume` false) or resumes: a run from
+/// step 0 refuses a folder holding a run's files (or a user's `config.toml`); resuming needs a
+/// run there, a checkpoint or the `config.toml` of a run stopped before its first checkpoint.
+/// `Ok(true)` when there is a checkpoint to resume from.
+pub fn check_run_folder(dir: &Path, resume: bool) -> Result<bool, String> {
+    let has_checkpoint = dir.join(FILE).is_file();
+    if !resume {
+        return match RUN_FILES.iter().find(|f| dir.join(f).exists()) {
+            Some(&f) if f == FILE => Err(format!(
+                "{} already holds a run ({f}): pass --resume to continue it, or choose another --out",
+                dir.display()
+            )),
+            Some(f) => Err(format!(
+                "{} already holds {f}: a run stopped before its first checkpoint starts over with --resume; a file of yours stays if you choose another --out",
+                dir.display()
+            )),
+            None => Ok(false),
+        };
+    }
+    if !has_checkpoint && !dir.join("config.toml").is_file() {
+        return Err(format!(
+            "{}: nothing to resume (no checkpoint.safetensors or config.toml); leave out --resume to start the run",
+            dir.display()
+        ));
+    }
+    Ok(has_checkpoint)
+}
 
 /// The checkpoint file a path names: a run folder's [`FILE`], or the path itself.
 pub fn file_of(path: &Path) -> PathBuf {
@@ -151,14 +183,26 @@ pub fn read_meta(path: &Path) -> Result<CheckpointMeta, TrainError> {
         .map_err(|e| bad(path, format!("not a safetensors file or truncated ({e})")))?;
     let header: serde_json::Value =
         serde_json::from_slice(&head[8..]).map_err(|e| bad(path, format!("not a safetensors file ({e})")))?;
-    let info = &header["__metadata__"];
-    if info["format"].as_str() != Some(FORMAT) {
+    let info: HashMap<String, String> = serde_json::from_value(header["__metadata__"].clone()).unwrap_or_default();
+    meta_of(path, &info)
+}
+
+/// The metadata of a checkpoint from its safetensors `__metadata__`: ours (format and version),
+/// and whole.
+fn meta_of(path: &Path, info: &HashMap<String, String>) -> Result<CheckpointMeta, TrainError> {
+    if info.get("format").map(String::as_str) != Some(FORMAT) {
         return Err(bad(
             path,
             "not a seg-adapt checkpoint (no `format: seg-adapt-checkpoint` in its metadata)",
         ));
     }
-    serde_json::from_str(info["meta"].as_str().unwrap_or(""))
+    if info.get("version").map(String::as_str) != Some(VERSION) {
+        return Err(bad(
+            path,
+            format!("unsupported checkpoint version {:?}", info.get("version")),
+        ));
+    }
+    serde_json::from_str(info.get("meta").map(String::as_str).unwrap_or(""))
         .map_err(|e| bad(path, format!("corrupt checkpoint metadata: {e}")))
 }
 
@@ -178,21 +222,7 @@ pub fn from_bytes(path: &Path, bytes: &[u8], device: &Device) -> Result<Checkpoi
     }
     let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
         .map_err(|e| bad(path, format!("not a safetensors file or truncated ({e:?})")))?;
-    let info = header.metadata().clone().unwrap_or_default();
-    if info.get("format").map(String::as_str) != Some(FORMAT) {
-        return Err(bad(
-            path,
-            "not a seg-adapt checkpoint (no `format: seg-adapt-checkpoint` in its metadata)",
-        ));
-    }
-    if info.get("version").map(String::as_str) != Some(VERSION) {
-        return Err(bad(
-            path,
-            format!("unsupported checkpoint version {:?}", info.get("version")),
-        ));
-    }
-    let meta: CheckpointMeta = serde_json::from_str(info.get("meta").map(String::as_str).unwrap_or(""))
-        .map_err(|e| bad(path, format!("corrupt checkpoint metadata: {e}")))?;
+    let meta = meta_of(path, &header.metadata().clone().unwrap_or_default())?;
     // Validates every tensor's extent against the file size (a truncated body is refused here).
     safetensors::SafeTensors::deserialize(bytes)
         .map_err(|e| bad(path, format!("truncated or corrupt checkpoint ({e:?})")))?;

@@ -113,23 +113,25 @@ pub struct GroupSettings {
 /// decoded, augmented images in memory.
 pub const MAX_PREFETCH: usize = 64;
 
+/// `key` under `section` (`section.key`), or `key` alone at the top.
+fn dotted(section: &str, key: &str) -> String {
+    if section.is_empty() {
+        key.to_string()
+    } else if key.is_empty() {
+        section.to_string()
+    } else {
+        format!("{section}.{key}")
+    }
+}
+
 /// The dotted key of the first number in a config tree that is not finite (TOML allows `nan`
 /// and `inf`; no setting of a run takes them).
 pub fn first_non_finite(v: &toml::Value) -> Option<(String, f64)> {
     match v {
         toml::Value::Float(f) if !f.is_finite() => Some((String::new(), *f)),
-        toml::Value::Table(t) => t.iter().find_map(|(k, v)| {
-            first_non_finite(v).map(|(key, f)| {
-                (
-                    if key.is_empty() {
-                        k.clone()
-                    } else {
-                        format!("{k}.{key}")
-                    },
-                    f,
-                )
-            })
-        }),
+        toml::Value::Table(t) => t
+            .iter()
+            .find_map(|(k, v)| first_non_finite(v).map(|(key, f)| (dotted(k, &key), f))),
         toml::Value::Array(a) => a
             .iter()
             .enumerate()
@@ -144,20 +146,9 @@ pub fn first_non_finite(v: &toml::Value) -> Option<(String, f64)> {
 pub fn first_array_length_mismatch(raw: &toml::Value, typed: &toml::Value) -> Option<(String, usize, usize)> {
     match (raw, typed) {
         (toml::Value::Array(a), toml::Value::Array(b)) if a.len() != b.len() => Some((String::new(), a.len(), b.len())),
-        (toml::Value::Table(a), toml::Value::Table(b)) => a.iter().find_map(|(k, v)| {
-            let w = b.get(k)?;
-            first_array_length_mismatch(v, w).map(|(key, n, m)| {
-                (
-                    if key.is_empty() {
-                        k.clone()
-                    } else {
-                        format!("{k}.{key}")
-                    },
-                    n,
-                    m,
-                )
-            })
-        }),
+        (toml::Value::Table(a), toml::Value::Table(b)) => a
+            .iter()
+            .find_map(|(k, v)| first_array_length_mismatch(v, b.get(k)?).map(|(key, n, m)| (dotted(k, &key), n, m))),
         _ => None,
     }
 }
@@ -168,12 +159,7 @@ pub fn first_difference(a: &toml::Value, b: &toml::Value) -> Option<String> {
         match v {
             toml::Value::Table(t) => {
                 for (k, v) in t {
-                    let key = if prefix.is_empty() {
-                        k.clone()
-                    } else {
-                        format!("{prefix}.{k}")
-                    };
-                    flatten(&key, v, out);
+                    flatten(&dotted(prefix, k), v, out);
                 }
             }
             other => {
@@ -204,7 +190,7 @@ pub fn first_oversized(section: &str, v: &toml::Value) -> Option<(String, i64)> 
         toml::Value::Table(t) => t
             .iter()
             .filter(|(k, _)| *k != "seed" && !k.ends_with("steps"))
-            .find_map(|(k, v)| first_oversized(&format!("{section}.{k}"), v)),
+            .find_map(|(k, v)| first_oversized(&dotted(section, k), v)),
         toml::Value::Array(a) => a.iter().find_map(|v| first_oversized(section, v)),
         _ => None,
     }

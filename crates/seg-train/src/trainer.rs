@@ -284,8 +284,12 @@ impl Trainer {
         // A finished run resumed has nothing left to do: its checkpoint and evaluation stand
         // (they were written again, and the evaluation logged twice). One killed after its last
         // checkpoint but before its evaluation was logged still evaluates.
-        let finished =
-            self.s.resume && self.step >= total && (self.s.eval.is_none() || self.logged_miou(self.step).is_some());
+        let logged = if self.s.resume && self.step >= total {
+            self.logged_miou(self.step)
+        } else {
+            None
+        };
+        let finished = self.s.resume && self.step >= total && (self.s.eval.is_none() || logged.is_some());
         let stop = stop.min(total);
         while self.step < stop {
             let t0 = Instant::now();
@@ -314,7 +318,7 @@ impl Trainer {
         }
         bar.finish_and_clear();
         if finished {
-            last_eval = self.logged_miou(self.step);
+            last_eval = logged;
         } else {
             if self.step == total && self.s.method.stages().contains(&Stage::ReestimateBn) {
                 if let Some((loader, batches)) = self.s.final_bn.as_mut() {

@@ -31,14 +31,14 @@ pub fn run(args: Args, device_name: &DeviceName) -> anyhow::Result<()> {
     // A detection config (Sim10k-style `data.source_format`) is checked by the detection side.
     let text = std::fs::read_to_string(&args.config)
         .with_context(|| format!("{}: cannot read config", args.config.display()))?;
-    let tree: Option<toml::Value> = toml::from_str(&text).ok();
-    if tree.is_some_and(|t| t.get("data").and_then(|d| d.get("source_format")).is_some()) {
+    if crate::config::is_detection_config(&text) {
         return super::detect::check(&args.config, args.time_steps, device_name);
     }
     let cfg = RunConfig::load(&args.config)?;
     // The device first: reading every file takes long, and a device that cannot open would
     // stop the run anyway.
-    crate::run::device(device_name)?;
+    let device = crate::run::device(device_name)?;
+    let dir = std::env::temp_dir().join(format!("seg-adapt-check-{}", std::process::id()));
     println!("# resolved config ({})\n{}", args.config.display(), cfg.to_toml()?);
     let mut roles = vec![Split::training(&cfg)];
     if cfg.method.reads_target_train() {
@@ -83,15 +83,11 @@ pub fn run(args: Args, device_name: &DeviceName) -> anyhow::Result<()> {
     if args.time_steps == 0 && blocking.is_empty() {
         // Without timing, the run is still set up once (and dropped), so every check `train`
         // makes before its first step is made here too: crop, sizes, weights, `init_from`.
-        let device = crate::run::device(device_name)?;
-        let dir = std::env::temp_dir().join(format!("seg-adapt-check-{}", std::process::id()));
         let setup = crate::run::build_setup(&cfg, &dir, &device, false, false).map(drop);
         let _ = std::fs::remove_dir_all(&dir);
         setup.context("the run would stop before its first step")?;
     }
     if args.time_steps > 0 && blocking.is_empty() {
-        let device = crate::run::device(device_name)?;
-        let dir = std::env::temp_dir().join(format!("seg-adapt-check-{}", std::process::id()));
         // (seconds for `n` steps at the steady rate, warm-up steps) within a stage of `len` steps.
         // The warm-up also hands out the batches the loaders prepared ahead at the start, so
         // the timed steps wait on decoding as a long run's do.

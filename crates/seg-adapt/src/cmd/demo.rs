@@ -343,9 +343,10 @@ pub(crate) fn claim_out(out: &Path, task: super::Task) -> anyhow::Result<seg_lab
     if let Ok(entries) = std::fs::read_dir(out) {
         let foreign: Vec<String> = entries
             .filter_map(Result::ok)
-            .map(|e| e.file_name().to_string_lossy().into_owned())
             // Hidden names (`.DS_Store`, a killed write's temp file, the lock) are no one's work.
-            .filter(|n| !DEMO_ENTRIES.contains(&n.as_str()) && !n.starts_with('.'))
+            .filter(|e| !seg_labels::fsutil::is_hidden(&e.file_name()))
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !DEMO_ENTRIES.contains(&n.as_str()))
             .collect();
         if let Some(first) = foreign.first() {
             anyhow::bail!(

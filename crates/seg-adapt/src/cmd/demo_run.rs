@@ -83,7 +83,7 @@ impl Stamp {
                 .is_ok_and(|c| c.meta.config == self.config);
         if !same {
             // Everything a run from step 0 writes, so that it finds the folder empty of runs.
-            let stale = crate::run::RUN_FILES.map(|f| dir.join(f));
+            let stale = seg_train::checkpoint::RUN_FILES.map(|f| dir.join(f));
             for stale in stale.iter().chain([&dir.join(RESULT)]) {
                 if stale.exists() {
                     std::fs::remove_file(stale).with_context(|| format!("removing {}", stale.display()))?;

@@ -49,10 +49,11 @@ pub struct TrainArgs {
 /// there (`--set init_from=RUN`) replaces the file's ImageNet weights.
 pub fn load_config(path: &Path, sets: &[String]) -> anyhow::Result<DetRunConfig> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let text_of_file = text.clone();
-    let mut root: toml::Value = toml::from_str(&text).with_context(|| format!("{}: not TOML", path.display()))?;
+    let file_raw: toml::Value = toml::from_str(&text).with_context(|| format!("{}: not TOML", path.display()))?;
     // The file alone first, so that its errors give the file's own line numbers.
-    toml::from_str::<DetRunConfig>(&text).with_context(|| format!("{}: invalid detection config", path.display()))?;
+    let file_cfg: DetRunConfig =
+        toml::from_str(&text).with_context(|| format!("{}: invalid detection config", path.display()))?;
+    let mut root = file_raw.clone();
     let (from_file, weights_file) = (root.get("init_from").cloned(), root.get("init_weights").cloned());
     for s in sets {
         crate::config::set_key(&mut root, s)?;
@@ -66,37 +67,26 @@ pub fn load_config(path: &Path, sets: &[String]) -> anyhow::Result<DetRunConfig>
             tracing::info!("starting from the detector of init_from: the config's init_weights are not loaded");
         }
     }
-    let text = toml::to_string(&root)?;
-    let cfg: DetRunConfig = toml::from_str(&text).map_err(|e| {
-        anyhow::anyhow!(
-            "{}: {}: {}",
-            path.display(),
-            sets.iter().map(|s| format!("--set {s}")).collect::<Vec<_>>().join(" "),
-            e.message()
-        )
-    })?;
-    // A check that fails is the file's when the file alone fails it too, else the --set's.
-    let blame = |e: anyhow::Error| -> anyhow::Error {
-        let file_alone = toml::from_str::<toml::Value>(&text_of_file)
-            .ok()
-            .zip(toml::from_str::<DetRunConfig>(&text_of_file).ok())
-            .is_some_and(|(raw, c)| {
-                c.validate().is_ok()
-                    && toml::Value::try_from(&c)
-                        .ok()
-                        .is_some_and(|t| seg_train::config::first_array_length_mismatch(&raw, &t).is_none())
-            });
-        if sets.is_empty() || !file_alone {
-            e.context(path.display().to_string())
-        } else {
-            e.context(sets.iter().map(|s| format!("--set {s}")).collect::<Vec<_>>().join(" "))
+    let flags = sets.iter().map(|s| format!("--set {s}")).collect::<Vec<_>>().join(" ");
+    let cfg: DetRunConfig = toml::from_str(&toml::to_string(&root)?)
+        .map_err(|e| anyhow::anyhow!("{}: {flags}: {}", path.display(), e.message()))?;
+    // Array lengths as written, then the values.
+    let checked = |raw: &toml::Value, cfg: &DetRunConfig| -> anyhow::Result<()> {
+        let typed = toml::Value::try_from(cfg).context("cannot serialise the config")?;
+        if let Some((key, n, m)) = seg_train::config::first_array_length_mismatch(raw, &typed) {
+            anyhow::bail!("{key} has {n} values where {m} are expected");
         }
+        Ok(cfg.validate()?)
     };
-    let typed = toml::Value::try_from(&cfg).context("cannot serialise the config")?;
-    if let Some((key, n, m)) = seg_train::config::first_array_length_mismatch(&root, &typed) {
-        return Err(blame(anyhow::anyhow!("{key} has {n} values where {m} are expected")));
+    if let Err(e) = checked(&root, &cfg) {
+        // The file's when the file alone fails it too, else the --set's.
+        let culprit = if sets.is_empty() || checked(&file_raw, &file_cfg).is_err() {
+            path.display().to_string()
+        } else {
+            flags
+        };
+        return Err(e.context(culprit));
     }
-    cfg.validate().map_err(|e| blame(e.into()))?;
     Ok(cfg)
 }
 
@@ -107,7 +97,7 @@ pub fn load_config(path: &Path, sets: &[String]) -> anyhow::Result<DetRunConfig>
 /// sample fails the check.
 pub fn check(config: &Path, time_steps: usize, device_name: &crate::run::DeviceName) -> anyhow::Result<()> {
     let cfg = load_config(config, &[])?;
-    crate::run::device(device_name)?;
+    let device = crate::run::device(device_name)?;
     println!("# resolved config ({})\n{}", config.display(), cfg.to_toml());
     let d = &cfg.data;
     let classes = cfg.model.classes;
@@ -154,7 +144,6 @@ pub fn check(config: &Path, time_steps: usize, device_name: &crate::run::DeviceN
         }
     }
     if time_steps > 0 && blocking.is_empty() {
-        let device = crate::run::device(device_name)?;
         let dir = std::env::temp_dir().join(format!("seg-adapt-check-{}", std::process::id()));
         let warmup = 2.min(cfg.trainer.steps.saturating_sub(1));
         let n = time_steps.min(cfg.trainer.steps - warmup);

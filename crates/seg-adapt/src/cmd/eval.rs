@@ -64,7 +64,7 @@ pub fn run(args: Args, device_name: &crate::run::DeviceName) -> anyhow::Result<(
     let Dataset::Cityscapes = args.dataset;
     // A run's own files (its report.html, detections.json) are not to be replaced by another
     // evaluation's.
-    if let Some(f) = crate::run::RUN_FILES
+    if let Some(f) = seg_train::checkpoint::RUN_FILES
         .iter()
         .chain(&["demo-task.txt"])
         .find(|f| args.out.join(f).exists())

@@ -46,7 +46,7 @@ fn collect_pngs(dir: &Path, out: &mut Vec<PathBuf>, depth: usize) -> anyhow::Res
     entries.sort_by_key(|e| e.path());
     for e in entries {
         // Hidden entries (macOS's `._*` companions) are no images.
-        if e.file_name().as_encoded_bytes().starts_with(b".") {
+        if seg_labels::fsutil::is_hidden(&e.file_name()) {
             continue;
         }
         let ft = e.file_type()?;
