@@ -511,9 +511,12 @@ pub fn run(
         &val,
         t.batch_size.max(1),
         device,
-        &out.join("eval"),
-        Some(&out.join("detections.json")),
-        source,
+        ReportTo {
+            dir: &out.join("eval"),
+            detections: Some(&out.join("detections.json")),
+            pictures: 4,
+            source,
+        },
     )?;
     Ok(Some(DetOutcome {
         report,
@@ -641,17 +644,26 @@ pub fn detect(ssd: &Ssd, ds: &DetDataset, batch: usize, device: &Device) -> Resu
     Ok(all)
 }
 
-/// Detects on `ds` (annotated), scores the classes of `ds`'s class set, writes the report
-/// (saying where it came from: `source`; pictures of the first four images) to `out` and, if
-/// asked, the detections file.
+/// Where [`evaluate_detector`] writes its report.
+pub struct ReportTo<'a> {
+    /// The report folder.
+    pub dir: &'a Path,
+    /// The detections file, if one is wanted.
+    pub detections: Option<&'a Path>,
+    /// Pictures of the first this many images.
+    pub pictures: usize,
+    /// Where the detections came from, said in the report.
+    pub source: String,
+}
+
+/// Detects on `ds` (annotated), scores the classes of `ds`'s class set and writes the report
+/// (and, if asked, the detections file) as `to` says.
 pub fn evaluate_detector(
     ssd: &Ssd,
     ds: &DetDataset,
     batch: usize,
     device: &Device,
-    out: &Path,
-    dets_file: Option<&Path>,
-    source: String,
+    to: ReportTo<'_>,
 ) -> Result<DetReport, DetRunError> {
     let found = detect(ssd, ds, batch, device)?;
     let gt = ds.all_boxes()?;
@@ -673,13 +685,18 @@ pub fn evaluate_detector(
             });
         }
     }
-    if let Some(p) = dets_file {
+    if let Some(p) = to.detections {
         write_detections(p, &records)?;
     }
     let mut report = DetReport::compute(&gt, &inputs, ds.classes);
-    report.source = Some(source);
-    let pictures = first_pictures(ds, &gt, |i| found[i].iter().map(|&(_, b, s)| (b, s)).collect(), 4);
-    report.write(out, &pictures)?;
+    report.source = Some(to.source);
+    let pictures = first_pictures(
+        ds,
+        &gt,
+        |i| found[i].iter().map(|&(_, b, s)| (b, s)).collect(),
+        to.pictures,
+    );
+    report.write(to.dir, &pictures)?;
     Ok(report)
 }
 

@@ -372,15 +372,18 @@ fn run_adabn(out: &Path, seed: u64, data_seed: u64, device: &candle_core::Device
         &val,
         8,
         device,
-        &dir.join("eval"),
-        Some(&dir.join("detections.json")),
-        format!(
+        seg_ssd::train::ReportTo {
+            dir: &dir.join("eval"),
+            detections: Some(&dir.join("detections.json")),
+            pictures: 4,
+            source: format!(
             "Cityscapes `{}` split under `{}`; the source-only detector of `{}` with its batch-norm statistics re-estimated on `{}`.",
             cfg.data.target_val,
             cfg.data.target_root.display(),
             from.display(),
             cfg.data.target_train
         ),
+        },
     )?;
     Ok(DetResult {
         data_seed,
@@ -638,15 +641,9 @@ fn html_page(
 }
 
 /// `eval --task detection`: AP of a detections file or a trained detector on a Cityscapes split.
-pub fn eval(
-    root: &Path,
-    split: &str,
-    pred: Option<&Path>,
-    checkpoint: Option<&Path>,
-    classes: ClassSet,
-    out: &Path,
-    device: &crate::run::DeviceName,
-) -> anyhow::Result<()> {
+pub fn eval(args: &super::eval::Args, classes: ClassSet, device: &crate::run::DeviceName) -> anyhow::Result<()> {
+    let (root, split, out) = (&args.root, &args.split, &args.out);
+    let (pred, checkpoint) = (args.pred.as_deref(), args.checkpoint.as_deref());
     let ds = DetDataset::open_cityscapes(root, split, true, classes)?;
     let report = match (pred, checkpoint) {
         (Some(p), _) => {
@@ -662,7 +659,7 @@ pub fn eval(
                         .map(|d| (d.bbox, d.score))
                         .collect()
                 },
-                4,
+                args.samples,
             );
             r.source = Some(format!(
                 "Cityscapes `{split}` split under `{}`; detections from `{}`.",
@@ -691,9 +688,12 @@ pub fn eval(
                 &ds,
                 8,
                 &device,
-                out,
-                Some(&out.join("detections.json")),
-                source,
+                seg_ssd::train::ReportTo {
+                    dir: out,
+                    detections: Some(&out.join("detections.json")),
+                    pictures: args.samples,
+                    source,
+                },
             )?
         }
         (None, None) => anyhow::bail!("give --pred DETS.json or --checkpoint RUN_DIR"),

@@ -22,9 +22,10 @@ pub struct Args {
     /// AP at IoU 0.5 per class in the VOC07, all-point and COCO flavours).
     #[arg(long, value_enum, default_value_t = super::Task::Segmentation)]
     pub task: super::Task,
-    /// Detection: the classes evaluated, `all` (Cityscapes' eight instance classes) or `car`.
-    #[arg(long, default_value = "all")]
-    pub classes: seg_detect::ClassSet,
+    /// Detection: the classes evaluated, `all` (Cityscapes' eight instance classes, the
+    /// default) or `car`.
+    #[arg(long)]
+    pub classes: Option<seg_detect::ClassSet>,
     /// Dataset holding the ground truth.
     #[arg(long, value_enum, default_value_t = Dataset::Cityscapes)]
     pub dataset: Dataset,
@@ -43,13 +44,15 @@ pub struct Args {
     /// Run folder of a trained model to evaluate instead of a prediction folder.
     #[arg(long)]
     pub checkpoint: Option<PathBuf>,
-    /// What the prediction PNGs hold: `labelids` (0..=33, official) or `trainids` (0..=18, 255).
-    #[arg(long, default_value = "labelids")]
-    pub pred_format: PredFormat,
-    /// Classes averaged in the mean IoU: 19, 16 (SYNTHIA) or 13.
-    #[arg(long, default_value = "19")]
-    pub protocol: Protocol,
-    /// Count ground-truth images without a prediction as all wrong instead of failing.
+    /// Segmentation: what the prediction PNGs hold, `labelids` (0..=33, official; the default)
+    /// or `trainids` (0..=18, 255).
+    #[arg(long)]
+    pub pred_format: Option<PredFormat>,
+    /// Segmentation: classes averaged in the mean IoU, 19 (the default), 16 (SYNTHIA) or 13.
+    #[arg(long)]
+    pub protocol: Option<Protocol>,
+    /// Segmentation: count ground-truth images without a prediction as all wrong instead of
+    /// failing.
     #[arg(long)]
     pub missing_as_wrong: bool,
     /// Number of images (the first by name) shown in the report's pictures.
@@ -76,16 +79,17 @@ pub fn run(args: Args, device_name: &crate::run::DeviceName) -> anyhow::Result<(
         );
     }
     if args.task == super::Task::Detection {
-        return super::detect::eval(
-            &args.root,
-            &args.split,
-            args.pred.as_deref(),
-            args.checkpoint.as_deref(),
-            args.classes,
-            &args.out,
-            device_name,
-        );
+        super::refuse_unused(
+            &[
+                ("--pred-format", args.pred_format.is_some()),
+                ("--protocol", args.protocol.is_some()),
+                ("--missing-as-wrong", args.missing_as_wrong),
+            ],
+            "segmentation (--task segmentation)",
+        )?;
+        return super::detect::eval(&args, args.classes.unwrap_or(seg_detect::ClassSet::All), device_name);
     }
+    super::refuse_unused(&[("--classes", args.classes.is_some())], "detection (--task detection)")?;
     let (evaluator, source) = match &args.checkpoint {
         Some(run_dir) => evaluate_checkpoint(&args, run_dir, device_name)?,
         None => evaluate_predictions(&args)?,
@@ -93,7 +97,7 @@ pub fn run(args: Args, device_name: &crate::run::DeviceName) -> anyhow::Result<(
     for w in evaluator.warnings() {
         eprintln!("warning: {w}");
     }
-    let mut report = evaluator.finish(args.protocol);
+    let mut report = evaluator.finish(args.protocol.unwrap_or(Protocol::Classes19));
     report.source = Some(source);
     report
         .write(&args.out)
@@ -143,7 +147,7 @@ fn evaluate_predictions(args: &Args) -> anyhow::Result<(seg_metrics::report::Eva
         root: args.root.clone(),
         split: args.split.clone(),
         pred_dir: pred.clone(),
-        pred_format: args.pred_format,
+        pred_format: args.pred_format.unwrap_or_default(),
         missing_as_wrong: args.missing_as_wrong,
         samples: args.samples,
     };
@@ -158,7 +162,7 @@ fn evaluate_predictions(args: &Args) -> anyhow::Result<(seg_metrics::report::Eva
         "Cityscapes `{}` split under `{}`; predictions ({}) from `{}`.",
         args.split,
         args.root.display(),
-        args.pred_format,
+        args.pred_format.unwrap_or_default(),
         pred.display()
     );
     Ok((evaluator, source))

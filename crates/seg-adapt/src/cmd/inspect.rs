@@ -15,21 +15,22 @@ pub struct Args {
     /// sim10k is always detection).
     #[arg(long, value_enum, default_value_t = super::Task::Segmentation)]
     pub task: super::Task,
-    /// Detection: `all` eight Cityscapes instance classes, or `car`.
-    #[arg(long, default_value = "all")]
-    pub classes: seg_detect::ClassSet,
+    /// Detection: `all` eight Cityscapes instance classes (the default), or `car`.
+    #[arg(long)]
+    pub classes: Option<seg_detect::ClassSet>,
     /// The dataset's root folder (the layout of `data/README.md`).
     #[arg(long)]
     pub root: PathBuf,
-    /// Cityscapes split (train, val, test); GTA5 and SYNTHIA have none.
-    #[arg(long, default_value = "train")]
-    pub split: String,
-    /// A split list file instead of a directory scan.
+    /// Cityscapes split (train, the default; val, test); GTA5, SYNTHIA and Sim10k have none.
+    #[arg(long)]
+    pub split: Option<String>,
+    /// Segmentation and Sim10k: a split list file instead of a directory scan.
     #[arg(long)]
     pub list: Option<PathBuf>,
-    /// What to do with image/label size mismatches: skip (report) or resize-label-nearest.
-    #[arg(long, default_value = "skip", value_parser = parse_size_policy)]
-    pub size_policy: SizePolicy,
+    /// Segmentation: what to do with image/label size mismatches, skip (report; the default)
+    /// or resize-label-nearest.
+    #[arg(long, value_parser = parse_size_policy)]
+    pub size_policy: Option<SizePolicy>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -69,14 +70,32 @@ struct JsonReport<'a> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    let detection = args.task == super::Task::Detection || args.dataset == InspectDataset::Sim10k;
+    if detection {
+        super::refuse_unused(&[("--size-policy", args.size_policy.is_some())], "segmentation")?;
+    } else {
+        super::refuse_unused(
+            &[("--classes", args.classes.is_some())],
+            "detection (--task detection, sim10k)",
+        )?;
+    }
+    if args.dataset != InspectDataset::Cityscapes {
+        super::refuse_unused(
+            &[("--split", args.split.is_some())],
+            "Cityscapes (the others have no splits: give a list file with --list)",
+        )?;
+    }
+    let classes = args.classes.unwrap_or(seg_detect::ClassSet::All);
+    let split = args.split.as_deref().unwrap_or("train");
     let dataset = match (args.dataset, args.task) {
         (InspectDataset::Sim10k, _) => {
-            let ds = seg_detect::DetDataset::open_sim10k(&args.root, args.list.as_deref(), args.classes)
+            let ds = seg_detect::DetDataset::open_sim10k(&args.root, args.list.as_deref(), classes)
                 .with_context(|| format!("opening sim10k at {}", args.root.display()))?;
             return super::detect::inspect(&ds, args.json);
         }
         (InspectDataset::Cityscapes, super::Task::Detection) => {
-            let ds = seg_detect::DetDataset::open_cityscapes(&args.root, &args.split, true, args.classes)
+            super::refuse_unused(&[("--list", args.list.is_some())], "segmentation and Sim10k")?;
+            let ds = seg_detect::DetDataset::open_cityscapes(&args.root, split, true, classes)
                 .with_context(|| format!("opening cityscapes at {}", args.root.display()))?;
             return super::detect::inspect(&ds, args.json);
         }
@@ -87,14 +106,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     // A missing label is a problem where every run needs one: the sources, and Cityscapes'
     // val split (evaluation); Cityscapes' train split may be used without labels.
-    let require_labels = dataset != DatasetName::Cityscapes || args.split == "val";
+    let require_labels = dataset != DatasetName::Cityscapes || split == "val";
     let options = DatasetOptions {
-        size_policy: args.size_policy,
+        size_policy: args.size_policy.unwrap_or(SizePolicy::Skip),
         list: args.list.clone(),
         require_labels,
         ..Default::default()
     };
-    let ds = seg_data::open_dataset(dataset, &args.root, &args.split, options)
+    let ds = seg_data::open_dataset(dataset, &args.root, split, options)
         .with_context(|| format!("opening {} at {}", dataset, args.root.display()))?;
     let r = seg_data::inspect(&ds);
     if args.json {

@@ -77,3 +77,13 @@ pub(crate) fn resolved(path: &std::path::Path) -> std::path::PathBuf {
         }
     }
 }
+
+/// Refuses the first option of `options` (its flag, and whether it was given) that was given:
+/// an option the chosen task or dataset does not read is a mistake to name, not to ignore.
+/// `used_by` names what reads it.
+pub(crate) fn refuse_unused(options: &[(&str, bool)], used_by: &str) -> anyhow::Result<()> {
+    match options.iter().find(|(_, given)| *given) {
+        Some((flag, _)) => anyhow::bail!("{flag} is not read here: it is for {used_by}"),
+        None => Ok(()),
+    }
+}

@@ -130,6 +130,87 @@ fn inspect_json_counts_the_generated_labels() {
 }
 
 #[test]
+fn options_the_task_or_dataset_does_not_read_are_refused() {
+    let (gta, cs) = (toy().join("gta5"), toy().join("cityscapes"));
+    let (gta, cs) = (p(&gta), p(&cs));
+    let out = tempfile::tempdir().unwrap();
+    let cases: [(&[&str], &str); 6] = [
+        (
+            &["inspect", "--dataset", "gta5", "--root", gta, "--split", "val"],
+            "--split",
+        ),
+        (
+            &["inspect", "--dataset", "cityscapes", "--root", cs, "--classes", "car"],
+            "--classes",
+        ),
+        (
+            &[
+                "inspect",
+                "--dataset",
+                "cityscapes",
+                "--task",
+                "detection",
+                "--root",
+                cs,
+                "--size-policy",
+                "skip",
+            ],
+            "--size-policy",
+        ),
+        (
+            &[
+                "eval",
+                "--pred",
+                cs,
+                "--root",
+                cs,
+                "--out",
+                p(out.path()),
+                "--classes",
+                "car",
+            ],
+            "--classes",
+        ),
+        (
+            &[
+                "eval",
+                "--task",
+                "detection",
+                "--pred",
+                cs,
+                "--root",
+                cs,
+                "--out",
+                p(out.path()),
+                "--protocol",
+                "16",
+            ],
+            "--protocol",
+        ),
+        (
+            &[
+                "eval",
+                "--task",
+                "detection",
+                "--pred",
+                cs,
+                "--root",
+                cs,
+                "--out",
+                p(out.path()),
+                "--missing-as-wrong",
+            ],
+            "--missing-as-wrong",
+        ),
+    ];
+    for (args, flag) in cases {
+        let e = err(args);
+        assert!(e.contains(&format!("{flag} is not read here")), "{args:?}: {e}");
+    }
+    assert!(!out.path().join("report.json").exists());
+}
+
+#[test]
 fn train_eval_predict_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     let run_dir = dir.path().join("run");
