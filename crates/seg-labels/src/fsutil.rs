@@ -54,10 +54,15 @@ pub fn create_dir_all(dir: &Path) -> std::io::Result<()> {
 
 /// An exclusive hold on a folder (`DIR/.lock`, an OS file lock): two processes writing one run
 /// folder at once would interleave their metrics and overwrite each other's checkpoints. The
-/// OS releases it when the process ends, however it ends.
+/// OS releases it when the process ends, however it ends. Dropped with nothing written beside
+/// it (a run refused after taking the lock), it takes its file away, and the folder too if
+/// [`lock_dir`] created it: a refused command leaves no trace.
 #[derive(Debug)]
 pub struct DirLock {
-    _file: std::fs::File,
+    file: Option<std::fs::File>,
+    dir: std::path::PathBuf,
+    /// The folders [`lock_dir`] created, `dir` first.
+    created: Vec<std::path::PathBuf>,
 }
 
 /// The name of [`DirLock`]'s file.
@@ -67,23 +72,80 @@ pub const LOCK_FILE: &str = ".lock";
 /// names `dir`.
 pub fn lock_dir(dir: &Path) -> std::io::Result<DirLock> {
     let named = |e: std::io::Error| std::io::Error::new(e.kind(), format!("{}: {e}", dir.display()));
+    let created = dir
+        .ancestors()
+        .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
+        .map(Path::to_path_buf)
+        .collect();
     create_dir_all(dir).map_err(named)?;
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(dir.join(LOCK_FILE))
-        .map_err(named)?;
-    match file.try_lock() {
-        Ok(()) => Ok(DirLock { _file: file }),
-        Err(std::fs::TryLockError::WouldBlock) => Err(std::io::Error::new(
-            std::io::ErrorKind::WouldBlock,
-            format!(
-                "{} is in use by another seg-adapt process (wait for it, or choose another folder)",
-                dir.display()
-            ),
-        )),
-        Err(std::fs::TryLockError::Error(e)) => Err(named(e)),
+    // A holder that ends with an empty folder unlinks the lock file: a lock won on a file so
+    // unlinked holds nothing, and is taken again on the file now at the path.
+    for _ in 0..64 {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(LOCK_FILE))
+            .map_err(named)?;
+        match file.try_lock() {
+            Ok(()) if is_linked_at(&file, &dir.join(LOCK_FILE)) => {
+                return Ok(DirLock {
+                    file: Some(file),
+                    dir: dir.to_path_buf(),
+                    created,
+                });
+            }
+            Ok(()) => create_dir_all(dir).map_err(named)?,
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::WouldBlock,
+                    format!(
+                        "{} is in use by another seg-adapt process (wait for it, or choose another folder)",
+                        dir.display()
+                    ),
+                ));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(named(e)),
+        }
+    }
+    Err(std::io::Error::other(format!(
+        "{}: its lock file keeps being removed by another process",
+        dir.display()
+    )))
+}
+
+/// Whether the open `file` is the one at `path` (not unlinked, nor replaced).
+fn is_linked_at(file: &std::fs::File, path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        match (file.metadata(), std::fs::metadata(path)) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = file;
+        path.exists()
+    }
+}
+
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        let only_the_lock = std::fs::read_dir(&self.dir)
+            .is_ok_and(|entries| entries.filter_map(Result::ok).all(|e| e.file_name() == LOCK_FILE));
+        let lock = self.dir.join(LOCK_FILE);
+        if only_the_lock && self.file.as_ref().is_some_and(|f| is_linked_at(f, &lock)) {
+            // Unlinked while still held, so no other process can win it in between.
+            let _ = std::fs::remove_file(&lock);
+            for d in &self.created {
+                if std::fs::remove_dir(d).is_err() {
+                    break;
+                }
+            }
+        }
+        drop(self.file.take());
     }
 }
 
@@ -145,6 +207,38 @@ mod tests {
         assert!(e.contains("in use by another seg-adapt process"), "{e}");
         drop(held);
         lock_dir(&run).unwrap();
+    }
+
+    #[test]
+    fn a_lock_dropped_with_nothing_written_leaves_no_trace() {
+        let dir = tempfile::tempdir().unwrap();
+        // A folder the lock created goes with it.
+        let run = dir.path().join("new/run");
+        drop(lock_dir(&run).unwrap());
+        assert!(!dir.path().join("new").exists());
+        // A folder the user made stays, empty.
+        let made = dir.path().join("made");
+        std::fs::create_dir(&made).unwrap();
+        drop(lock_dir(&made).unwrap());
+        assert_eq!(std::fs::read_dir(&made).unwrap().count(), 0);
+        // Once something is written, the folder and its lock stay.
+        let held = lock_dir(&run).unwrap();
+        std::fs::write(run.join("metrics.jsonl"), "").unwrap();
+        drop(held);
+        assert!(run.join(LOCK_FILE).exists() && run.join("metrics.jsonl").exists());
+        // A lock whose file was unlinked by its holder is not a lock: the next is taken on the
+        // file at the path.
+        let gone = dir.path().join("gone");
+        let a = lock_dir(&gone).unwrap();
+        std::fs::remove_file(gone.join(LOCK_FILE)).unwrap();
+        let b = lock_dir(&gone).unwrap();
+        assert!(gone.join(LOCK_FILE).exists());
+        let e = lock_dir(&gone).unwrap_err().to_string();
+        assert!(e.contains("in use by another"), "{e}");
+        drop(a);
+        assert!(gone.join(LOCK_FILE).exists(), "not the dropped lock's file to remove");
+        drop(b);
+        assert_eq!(std::fs::read_dir(&gone).unwrap().count(), 0);
     }
 
     #[test]

@@ -361,6 +361,8 @@ fn bad_input_is_refused_before_training_with_a_clear_message() {
     let e = err(&a);
     assert!(e.contains("cannot read split list"), "{e}");
     assert_eq!(e.matches("No such file or directory").count(), 1, "{e}");
+    // A run refused after claiming its folder (here, for its data) leaves no folder behind.
+    assert!(!out.exists(), "a refused run left {}", out.display());
     // A finished run is never trained over from step 0: its checkpoint, config and metrics stay.
     ok(&train_args(p(&out), p(&gta), p(&cs), "source-only"));
     let kept: Vec<Vec<u8>> = ["checkpoint.safetensors", "config.toml", "metrics.jsonl"]
@@ -401,6 +403,7 @@ fn bad_input_is_refused_before_training_with_a_clear_message() {
     a.push("--resume");
     let e = err(&a);
     assert!(e.contains("nothing to resume"), "{e}");
+    assert_eq!(std::fs::read_dir(&empty).unwrap().count(), 0, "the user's folder stays, empty");
     // A demo refused for its arguments leaves nothing in its folder.
     let d = dir.path().join("demo");
     let e = err(&["demo", "--seeds", "0", "--out", p(&d)]);
