@@ -19,7 +19,7 @@ use seg_fcn::ModelName;
 use seg_labels::png_io;
 use seg_methods::MethodConfig;
 
-use super::demo_run::Stamp;
+use super::demo_run::{Ledger, Stamp};
 use crate::config::{DataConfig, EvalConfig, ModelConfig, RunConfig};
 
 #[derive(clap::Args, Debug)]
@@ -88,6 +88,10 @@ struct RunResult {
     /// Digest of the checkpoint the run started from (`model.init_from`).
     #[serde(default)]
     init_digest: Option<String>,
+    /// Reused from an earlier invocation of the demo in the same folder (`seconds` is then
+    /// what its training took in that one).
+    #[serde(default)]
+    reused: bool,
 }
 
 /// Mean, sample standard deviation (0 for one value) and count of a method's scores over seeds.
@@ -253,7 +257,7 @@ fn run_one(
     };
     let stamp = Stamp::new(cfg.to_toml()?, data_seed, init.as_deref())?;
     if let Some(r) = stamp.finished::<RunResult>(&dir).filter(|r| r.miou.is_some()) {
-        return Ok(r);
+        return Ok(RunResult { reused: true, ..r });
     }
     let start = std::time::Instant::now();
     let resume = stamp.start(&dir)?;
@@ -270,6 +274,7 @@ fn run_one(
         seconds: start.elapsed().as_secs_f64(),
         data_seed,
         init_digest: stamp.init_digest(),
+        reused: false,
     };
     stamp.finish(&dir, &r)?;
     Ok(r)
@@ -780,6 +785,7 @@ pub fn run(args: Args, device_name: &crate::run::DeviceName) -> anyhow::Result<(
         }
     }
     let mut runs = Vec::new();
+    let mut ledger = Ledger::default();
     for seed in 0..seeds as u64 {
         let init = out.join("runs").join(PRETRAIN).join(format!("seed{seed}"));
         {
@@ -791,6 +797,7 @@ pub fn run(args: Args, device_name: &crate::run::DeviceName) -> anyhow::Result<(
             );
             let r = run_one(&cfg, PRETRAIN, &out, args.data_seed, &device)
                 .with_context(|| format!("demo pretraining seed {seed}"))?;
+            ledger.note(r.reused, r.seconds);
             eprintln!(
                 "         mIoU {}",
                 r.miou.map_or("n/a".into(), |v| format!("{:.2} %", 100.0 * v))
@@ -801,6 +808,7 @@ pub fn run(args: Args, device_name: &crate::run::DeviceName) -> anyhow::Result<(
             eprintln!("[{:>5.0}s] {m} seed {seed}", start.elapsed().as_secs_f64());
             let r =
                 run_one(&cfg, m, &out, args.data_seed, &device).with_context(|| format!("demo run {m} seed {seed}"))?;
+            ledger.note(r.reused, r.seconds);
             eprintln!(
                 "         mIoU {}",
                 r.miou.map_or("n/a".into(), |v| format!("{:.2} %", 100.0 * v))
@@ -816,7 +824,7 @@ pub fn run(args: Args, device_name: &crate::run::DeviceName) -> anyhow::Result<(
     let s = preset.sizes();
     let last_seed = seeds.saturating_sub(1);
     let meta = format!(
-        "Embedded benchmark `{preset:?}`, generator version {}, data seed {} ({} source images, {} target train, {} target val, stored at {}x{}); small BN FCN trained at 64x128, batch 8 (+8 target). Per seed: {} source-only steps shared by every arm, then {} steps per arm from that model (AdaBN from the source-only arm; adaptation arms end with AdaBN's re-estimation of the batch-norm statistics over the same target batches; the oracle on target train labels). Seeds 0 to {last_seed} ({seeds} in all). Total time {:.0}s.",
+        "Embedded benchmark `{preset:?}`, generator version {}, data seed {} ({} source images, {} target train, {} target val, stored at {}x{}); small BN FCN trained at 64x128, batch 8 (+8 target). Per seed: {} source-only steps shared by every arm, then {} steps per arm from that model (AdaBN from the source-only arm; adaptation arms end with AdaBN's re-estimation of the batch-norm statistics over the same target batches; the oracle on target train labels). Seeds 0 to {last_seed} ({seeds} in all). {}",
         toy::GENERATOR_VERSION,
         args.data_seed,
         s.gta5,
@@ -826,7 +834,7 @@ pub fn run(args: Args, device_name: &crate::run::DeviceName) -> anyhow::Result<(
         s.height,
         phases.pretrain,
         phases.adapt,
-        start.elapsed().as_secs_f64()
+        ledger.describe(start.elapsed().as_secs_f64())
     );
     let md = markdown(&runs, &summary, &paired, &methods, &meta);
     let page = html_report(&out, &runs, &summary, &paired, &methods, &meta);
@@ -842,6 +850,8 @@ pub fn run(args: Args, device_name: &crate::run::DeviceName) -> anyhow::Result<(
         "data_seed": args.data_seed,
         "generator_version": toy::GENERATOR_VERSION,
         "seconds": start.elapsed().as_secs_f64(),
+        "reused_runs": ledger.reused,
+        "reused_runs_seconds": ledger.reused_seconds,
     });
     seg_labels::fsutil::write_atomic(
         &out.join("report.json"),

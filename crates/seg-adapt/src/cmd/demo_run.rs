@@ -106,6 +106,41 @@ impl Stamp {
     }
 }
 
+/// The time behind a demo's results: a demo run again in its folder reuses finished runs, so
+/// its own wall time says little of what the results cost.
+#[derive(Debug, Default)]
+pub(crate) struct Ledger {
+    /// Runs noted.
+    pub(crate) runs: usize,
+    /// Of which reused.
+    pub(crate) reused: usize,
+    /// What the reused runs' training took when they were trained.
+    pub(crate) reused_seconds: f64,
+}
+
+impl Ledger {
+    /// Notes one run (an arm or a pretraining): `reused` from an earlier invocation, where its
+    /// training took `seconds`.
+    pub(crate) fn note(&mut self, reused: bool, seconds: f64) {
+        self.runs += 1;
+        if reused {
+            self.reused += 1;
+            self.reused_seconds += seconds;
+        }
+    }
+
+    /// The report's sentence on time, given this invocation's `wall` seconds.
+    pub(crate) fn describe(&self, wall: f64) -> String {
+        match self.reused {
+            0 => format!("Total time {wall:.0}s."),
+            n => format!(
+                "Total time {wall:.0}s in this invocation, which reused {n} of its {} runs from an earlier one in the same folder (their training took {:.0}s then).",
+                self.runs, self.reused_seconds
+            ),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,5 +179,20 @@ mod tests {
         assert!(!dir.join(RESULT).exists());
         assert!(!other_seed.start(&dir).unwrap());
         assert!(Stamp::new("x".into(), 0, Some(&tmp.path().join("missing"))).is_err());
+    }
+
+    #[test]
+    fn the_ledger_says_what_was_reused_and_what_it_cost() {
+        let mut l = Ledger::default();
+        l.note(false, 30.0);
+        assert_eq!(l.describe(31.4), "Total time 31s.");
+        l.note(true, 200.0);
+        l.note(true, 100.0);
+        let d = l.describe(35.0);
+        assert!(
+            d.starts_with("Total time 35s in this invocation, which reused 2 of its 3 runs"),
+            "{d}"
+        );
+        assert!(d.contains("took 300s then"), "{d}");
     }
 }

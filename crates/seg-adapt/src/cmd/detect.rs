@@ -21,7 +21,7 @@ use seg_ssd::train::{DetMethodConfigField, DetRunConfig};
 use seg_ssd::{DetMethodConfig, SsdConfig};
 
 use super::demo::{adabn_verdict, method_list, paired, with_ci, Paired, Phase, Phases, Summary, PRETRAIN};
-use super::demo_run::{digest, Stamp};
+use super::demo_run::{digest, Ledger, Stamp};
 
 #[derive(clap::Args, Debug)]
 pub struct TrainArgs {
@@ -308,6 +308,10 @@ struct DetResult {
     /// a finished run is reused only when it is unchanged.
     #[serde(default)]
     init_digest: Option<String>,
+    /// Reused from an earlier invocation of the demo in the same folder (`seconds` is then
+    /// what its training took in that one).
+    #[serde(default)]
+    reused: bool,
 }
 
 fn result(method: &str, seed: u64, r: &DetReport, seconds: f64) -> DetResult {
@@ -321,6 +325,7 @@ fn result(method: &str, seed: u64, r: &DetReport, seconds: f64) -> DetResult {
         seconds,
         data_seed: 0,
         init_digest: None,
+        reused: false,
     }
 }
 
@@ -337,8 +342,8 @@ fn run_arm(
     let seed = cfg.trainer.seed;
     let dir = out.join("runs").join(name).join(format!("seed{seed}"));
     let stamp = Stamp::new(cfg.to_toml(), data_seed, cfg.init_from.as_deref())?;
-    if let Some(r) = stamp.finished(&dir) {
-        return Ok(r);
+    if let Some(r) = stamp.finished::<DetResult>(&dir) {
+        return Ok(DetResult { reused: true, ..r });
     }
     let t = std::time::Instant::now();
     let control = seg_ssd::train::RunControl {
@@ -447,6 +452,7 @@ pub fn demo(args: &super::demo::Args, out: &Path, device: &crate::run::DeviceNam
         }
     }
     let mut runs: Vec<DetResult> = Vec::new();
+    let mut ledger = Ledger::default();
     for seed in 0..seeds as u64 {
         let init = out.join("runs").join(PRETRAIN).join(format!("seed{seed}"));
         {
@@ -458,6 +464,7 @@ pub fn demo(args: &super::demo::Args, out: &Path, device: &crate::run::DeviceNam
             );
             let r = run_arm(out, PRETRAIN, &cfg, data_seed, &device)
                 .with_context(|| format!("detection demo pretraining seed {seed}"))?;
+            ledger.note(r.reused, r.seconds);
             eprintln!(
                 "         car AP50 {}",
                 r.voc07.map_or("n/a".into(), |v| format!("{:.2} %", 100.0 * v))
@@ -472,6 +479,7 @@ pub fn demo(args: &super::demo::Args, out: &Path, device: &crate::run::DeviceNam
                 run_arm(out, m, &cfg, data_seed, &device)
             }
             .with_context(|| format!("detection demo run {m} seed {seed}"))?;
+            ledger.note(r.reused, r.seconds);
             eprintln!(
                 "         car AP50 {}",
                 r.voc07.map_or("n/a".into(), |v| format!("{:.2} %", 100.0 * v))
@@ -505,7 +513,7 @@ pub fn demo(args: &super::demo::Args, out: &Path, device: &crate::run::DeviceNam
     let s = preset.sizes();
     let last_seed = seeds.saturating_sub(1);
     let meta = format!(
-        "Embedded benchmark `{preset:?}`, generator version {}, data seed {data_seed}: source {} Sim10k-layout images (JPEG, VOC XML), target Cityscapes train {} (unlabelled) / val {}, {}x{}. Small batch-norm SSD at {}x{}, car only, batch 8 (+8 target), SGD poly 0.9. Per seed: {} source-only steps at lr {DET_LR} shared by every arm, then {} steps per arm from that detector at lr {DET_ARM_LR} (domain branches: reversal weight {DET_DOMAIN_WEIGHT}, lr {DET_LR} × {DET_DOMAIN_LR_MULT}; da-image's classifiers with 64 hidden channels); AdaBN = the source-only arm with its statistics re-estimated on target train; the adaptation arms end with the same re-estimation; the oracle continues on target train boxes. Seeds 0 to {last_seed} ({seeds} in all). Last checkpoint only. Total time {:.0}s.",
+        "Embedded benchmark `{preset:?}`, generator version {}, data seed {data_seed}: source {} Sim10k-layout images (JPEG, VOC XML), target Cityscapes train {} (unlabelled) / val {}, {}x{}. Small batch-norm SSD at {}x{}, car only, batch 8 (+8 target), SGD poly 0.9. Per seed: {} source-only steps at lr {DET_LR} shared by every arm, then {} steps per arm from that detector at lr {DET_ARM_LR} (domain branches: reversal weight {DET_DOMAIN_WEIGHT}, lr {DET_LR} × {DET_DOMAIN_LR_MULT}; da-image's classifiers with 64 hidden channels); AdaBN = the source-only arm with its statistics re-estimated on target train; the adaptation arms end with the same re-estimation; the oracle continues on target train boxes. Seeds 0 to {last_seed} ({seeds} in all). Last checkpoint only. {}",
         toy::GENERATOR_VERSION,
         s.sim10k,
         s.target_train,
@@ -516,7 +524,7 @@ pub fn demo(args: &super::demo::Args, out: &Path, device: &crate::run::DeviceNam
         s.height,
         phases.pretrain,
         phases.adapt,
-        start.elapsed().as_secs_f64()
+        ledger.describe(start.elapsed().as_secs_f64())
     );
     let mut md = String::from("# seg-adapt demo: detection, synthetic (Sim10k-format) → real (Cityscapes-format)\n\n");
     md += &meta;
@@ -565,6 +573,8 @@ pub fn demo(args: &super::demo::Args, out: &Path, device: &crate::run::DeviceNam
         "data_seed": data_seed,
         "generator_version": toy::GENERATOR_VERSION,
         "seconds": start.elapsed().as_secs_f64(),
+        "reused_runs": ledger.reused,
+        "reused_runs_seconds": ledger.reused_seconds,
     });
     std::fs::create_dir_all(out)?;
     seg_labels::fsutil::write_atomic(

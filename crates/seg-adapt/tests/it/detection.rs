@@ -269,10 +269,23 @@ fn detection_demo_quick_reports_every_arm() {
             .unwrap()
             .iter()
             .filter(|r| r["method"] != "adabn")
-            .cloned()
+            .map(|r| {
+                let mut r = r.as_object().unwrap().clone();
+                r.remove("reused");
+                serde_json::Value::Object(r)
+            })
             .collect()
     };
     assert_eq!(trained(&v), trained(&again));
+    assert!(
+        again["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["reused"] == (r["method"] != "adabn")),
+        "{again}"
+    );
+    assert!(again["reused_runs"].as_u64().unwrap() > 0);
     ok(&args("1", "9"));
     let fresh = json(&dir.path().join("report.json"));
     for r in trained(&fresh) {

@@ -403,7 +403,11 @@ fn bad_input_is_refused_before_training_with_a_clear_message() {
     a.push("--resume");
     let e = err(&a);
     assert!(e.contains("nothing to resume"), "{e}");
-    assert_eq!(std::fs::read_dir(&empty).unwrap().count(), 0, "the user's folder stays, empty");
+    assert_eq!(
+        std::fs::read_dir(&empty).unwrap().count(),
+        0,
+        "the user's folder stays, empty"
+    );
     // A demo refused for its arguments leaves nothing in its folder.
     let d = dir.path().join("demo");
     let e = err(&["demo", "--seeds", "0", "--out", p(&d)]);
@@ -515,7 +519,35 @@ fn demo_quick_reports_every_method() {
     ]);
     let again: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("report.json")).unwrap()).unwrap();
-    assert_eq!(again["runs"], v["runs"]);
+    let runs = again["runs"].as_array().unwrap();
+    assert!(runs.iter().all(|r| r["reused"] == true), "{again}");
+    let as_trained = |r: &serde_json::Value| {
+        serde_json::Value::Object(
+            r.as_object()
+                .unwrap()
+                .clone()
+                .into_iter()
+                .filter(|(k, _)| k != "reused")
+                .collect(),
+        )
+    };
+    assert_eq!(
+        runs.iter().map(as_trained).collect::<Vec<_>>(),
+        v["runs"].as_array().unwrap().iter().map(as_trained).collect::<Vec<_>>()
+    );
+    // The report says what the reused runs cost, not only the short wall time of this one.
+    assert_eq!(
+        again["reused_runs"].as_u64(),
+        Some(runs.len() as u64 + 2),
+        "the arms and two pretrainings"
+    );
+    let seconds: f64 = runs.iter().map(|r| r["seconds"].as_f64().unwrap()).sum();
+    assert!(again["reused_runs_seconds"].as_f64().unwrap() >= seconds);
+    let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+    assert!(
+        md.contains(&format!("reused {} of its {} runs", runs.len() + 2, runs.len() + 2)),
+        "{md}"
+    );
 }
 
 #[test]
