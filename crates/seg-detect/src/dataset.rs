@@ -57,6 +57,14 @@ pub struct DetTruth {
     pub problems: Vec<String>,
 }
 
+/// A sample left out of a run before it started (`data.error_policy = "skip"`), and why.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct DetLeftOut {
+    pub name: String,
+    pub image: PathBuf,
+    pub reason: String,
+}
+
 /// A listed detection dataset.
 #[derive(Debug, Clone)]
 pub struct DetDataset {
@@ -213,6 +221,31 @@ impl DetDataset {
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// Leaves out the samples that do not load: every one is read as [`Self::load`] reads it
+    /// (image decoded, annotation parsed, their sizes compared), in parallel. Returns what was
+    /// left out, in entry order, each with the error that names its file.
+    pub fn leave_out_unloadable(&mut self) -> Vec<DetLeftOut> {
+        use rayon::prelude::*;
+        let verdicts: Vec<Option<String>> = (0..self.len())
+            .into_par_iter()
+            .map(|i| self.load(i).err().map(|e| e.to_string()))
+            .collect();
+        let mut left_out = Vec::new();
+        let mut verdicts = verdicts.into_iter();
+        self.entries.retain(|e| match verdicts.next().flatten() {
+            Some(reason) => {
+                left_out.push(DetLeftOut {
+                    name: e.name.clone(),
+                    image: e.image.clone(),
+                    reason,
+                });
+                false
+            }
+            None => true,
+        });
+        left_out
     }
 
     /// The ground truth of sample `i` (its annotation only).

@@ -50,6 +50,11 @@ pub struct DetDataConfig {
     pub target_root: PathBuf,
     pub target_train: String,
     pub target_val: String,
+    /// `fail` (the default): a sample that does not load stops the run, naming its file.
+    /// `skip`: every sample of every split is read before training (as `seg-adapt check`
+    /// reads them) and those that do not load are left out of training and evaluation, each
+    /// named once in the log and listed in the run's `skipped.json`.
+    pub error_policy: seg_data::ErrorPolicy,
 }
 
 impl Default for DetDataConfig {
@@ -62,6 +67,7 @@ impl Default for DetDataConfig {
             target_root: PathBuf::new(),
             target_train: "train".into(),
             target_val: "val".into(),
+            error_policy: seg_data::ErrorPolicy::Fail,
         }
     }
 }
@@ -316,12 +322,17 @@ pub fn run(
     let classes = cfg.model.classes;
     let d = &cfg.data;
     // The evaluation split is opened before any training, so a wrong name stops the run now.
-    let val = DetDataset::open_cityscapes(&d.target_root, &d.target_val, true, classes)?;
+    let mut left_out = LeftOut::new(d.error_policy);
+    let val = left_out.apply(
+        "val",
+        DetDataset::open_cityscapes(&d.target_root, &d.target_val, true, classes)?,
+    )?;
     let source = if method_cfg.trains_on_target_labels() {
         DetDataset::open_cityscapes(&d.target_root, &d.target_train, true, classes)?
     } else {
         cfg.open_source()?
     };
+    let source = left_out.apply("source", source)?;
     // A mismatched init_from is refused before anything is trained; a resumed run takes every
     // weight from its own checkpoint and needs neither its starting run nor ImageNet weights.
     let init = match &cfg.init_from {
@@ -355,12 +366,8 @@ pub fn run(
     .with_hflip(t.hflip);
     let needs_target_images = method.needs_target() || method.stages().contains(&Stage::ReestimateBn);
     let target_train = if needs_target_images {
-        Some(Arc::new(DetDataset::open_cityscapes(
-            &d.target_root,
-            &d.target_train,
-            false,
-            classes,
-        )?))
+        let ds = DetDataset::open_cityscapes(&d.target_root, &d.target_train, false, classes)?;
+        Some(Arc::new(left_out.apply("target-train", ds)?))
     } else {
         None
     };
@@ -415,11 +422,16 @@ pub fn run(
         seg_train::checkpoint::trim_metrics(&metrics, start)?;
     } else {
         let _ = std::fs::remove_file(&metrics);
+        if let Some(counts) = left_out.counts() {
+            let line = serde_json::json!({"step": 0, "left_out": counts});
+            seg_labels::fsutil::append_line(&metrics, &line.to_string()).map_err(write_err(&metrics))?;
+        }
     }
     // Written once the checkpoint (if resuming) is known to be this config's: a refused resume
     // leaves the run's own config.toml as it was.
     let cfg_path = out.join("config.toml");
     seg_labels::fsutil::write_atomic(&cfg_path, cfg.to_toml().as_bytes()).map_err(write_err(&cfg_path))?;
+    left_out.write(out)?;
     let save = |step: usize, src: &DetLoader, tgt: Option<&DetLoader>, stepper: &Stepper| -> Result<(), DetRunError> {
         let mut tensors: Vec<(String, Tensor)> = {
             let data = vars.data().lock().unwrap_or_else(|p| p.into_inner());
@@ -522,6 +534,66 @@ pub fn run(
         report,
         last_losses: last,
     }))
+}
+
+/// The samples a run leaves out under `data.error_policy = "skip"`, per dataset role.
+struct LeftOut {
+    policy: seg_data::ErrorPolicy,
+    by_role: std::collections::BTreeMap<&'static str, Vec<seg_detect::DetLeftOut>>,
+}
+
+impl LeftOut {
+    fn new(policy: seg_data::ErrorPolicy) -> Self {
+        Self {
+            policy,
+            by_role: Default::default(),
+        }
+    }
+
+    /// `ds` with the samples that do not load left out (under `skip`; as it is under `fail`),
+    /// each named once in the log; a dataset left with nothing is an error.
+    fn apply(&mut self, role: &'static str, mut ds: DetDataset) -> Result<DetDataset, DetRunError> {
+        if self.policy != seg_data::ErrorPolicy::Skip {
+            return Ok(ds);
+        }
+        let gone = ds.leave_out_unloadable();
+        for l in &gone {
+            tracing::warn!("{role}: left out `{}`: {}", l.name, l.reason);
+        }
+        if ds.is_empty() {
+            return Err(DetRunError::Run(format!(
+                "{}: every sample of the {role} dataset was left out ({} of them; the first: {})",
+                ds.root.display(),
+                gone.len(),
+                gone.first().map_or("", |l| l.reason.as_str())
+            )));
+        }
+        self.by_role.insert(role, gone);
+        Ok(ds)
+    }
+
+    /// How many samples each role left out, if any was.
+    fn counts(&self) -> Option<std::collections::BTreeMap<&'static str, usize>> {
+        let counts: std::collections::BTreeMap<_, _> = self
+            .by_role
+            .iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(r, v)| (*r, v.len()))
+            .collect();
+        (!counts.is_empty()).then_some(counts)
+    }
+
+    /// `skipped.json` in the run folder (each left-out sample's name, image and reason, per
+    /// role) when anything was left out; a stale one is removed otherwise.
+    fn write(&self, out: &Path) -> Result<(), DetRunError> {
+        let path = out.join("skipped.json");
+        if self.counts().is_none() {
+            let _ = std::fs::remove_file(&path);
+            return Ok(());
+        }
+        let json = serde_json::to_string_pretty(&self.by_role).map_err(|e| DetRunError::Run(e.to_string()))?;
+        seg_labels::fsutil::write_atomic(&path, json.as_bytes()).map_err(write_err(&path))
+    }
 }
 
 /// The checkpoint `init_from` names (a run folder or the file itself), checked against `cfg`'s

@@ -139,8 +139,14 @@ pub fn check(config: &Path, time_steps: usize, device_name: &crate::run::DeviceN
         for p in &r.problems {
             println!("  {}: {}", p.file, p.reason);
         }
-        if r.usable < r.samples {
-            blocking.push(format!("{role}: {} of {} samples", r.samples - r.usable, r.samples));
+        let unusable = r.samples - r.usable;
+        match d.error_policy {
+            _ if unusable == 0 => {}
+            seg_data::ErrorPolicy::Skip if r.usable > 0 => {
+                println!("  {unusable} sample(s) left out of the run (error_policy = \"skip\")")
+            }
+            seg_data::ErrorPolicy::Skip => blocking.push(format!("{role}: all {} samples", r.samples)),
+            seg_data::ErrorPolicy::Fail => blocking.push(format!("{role}: {unusable} of {} samples", r.samples)),
         }
     }
     if time_steps > 0 && blocking.is_empty() {
@@ -177,7 +183,7 @@ pub fn check(config: &Path, time_steps: usize, device_name: &crate::run::DeviceN
     }
     anyhow::ensure!(
         blocking.is_empty(),
-        "samples that do not read would stop the detection run when drawn ({}); fix or remove them",
+        "samples that do not read would stop the detection run ({}); fix or remove them, or set data.error_policy = \"skip\" to leave them out",
         blocking.join("; ")
     );
     println!("check passed: {}", config.display());
@@ -264,6 +270,7 @@ pub fn demo_config(
             target_root: toy::paths(data).2,
             target_train: "train".into(),
             target_val: "val".into(),
+            error_policy: seg_data::ErrorPolicy::Fail,
         },
         trainer: seg_ssd::train::DetTrainerConfig {
             steps,

@@ -367,4 +367,31 @@ fn check_reads_a_detection_configs_splits_and_times_steps() {
     let name = jpg.file_name().unwrap().to_string_lossy().into_owned();
     assert!(stdout.contains(&name) && stdout.contains("truncated JPEG"), "{stdout}");
     assert!(stderr.contains("would stop the detection run"), "{stderr}");
+    // Under `error_policy = "skip"` it is left out: the check passes, and a run leaves it out
+    // of training, names it once and lists it in skipped.json and metrics.jsonl.
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("[data]\n", "[data]\nerror_policy = \"skip\"\n");
+    std::fs::write(&cfg, text).unwrap();
+    let out = ok(&["check", p(&cfg), "--time-steps", "0"]);
+    assert!(
+        out.contains("1 sample(s) left out of the run") && out.contains("check passed"),
+        "{out}"
+    );
+    let run = dir.path().join("run");
+    let o = super::run(&["train-detector", p(&cfg), "--out", p(&run)]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    let id = name.trim_end_matches(".jpg");
+    assert_eq!(stderr.matches(&format!("left out `{id}`")).count(), 1, "{stderr}");
+    let skipped = json(&run.join("skipped.json"));
+    assert_eq!(skipped["source"][0]["name"], id, "{skipped}");
+    assert!(skipped["source"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("truncated JPEG"));
+    assert_eq!(skipped["val"].as_array().map(Vec::len), Some(0), "{skipped}");
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let first: serde_json::Value = serde_json::from_str(metrics.lines().next().unwrap()).unwrap();
+    assert_eq!(first["left_out"]["source"], 1, "{metrics}");
 }
