@@ -20,6 +20,7 @@ use seg_labels::png_io;
 use seg_methods::MethodConfig;
 
 use super::demo_run::{Ledger, Stamp};
+use super::demo_stats::{arm_curves_html, comparisons, results_markdown, summarise, with_ci, Comparison, Summary};
 use crate::config::{DataConfig, EvalConfig, ModelConfig, RunConfig};
 
 #[derive(clap::Args, Debug)]
@@ -92,35 +93,6 @@ struct RunResult {
     /// what its training took in that one).
     #[serde(default)]
     reused: bool,
-}
-
-/// Mean, sample standard deviation (0 for one value) and count of a method's scores over seeds.
-#[derive(Debug, Clone, serde::Serialize)]
-pub(crate) struct Summary {
-    pub(crate) mean: f64,
-    pub(crate) std: f64,
-    pub(crate) n: usize,
-}
-
-impl Summary {
-    /// `None` for no values.
-    pub(crate) fn of(v: &[f64]) -> Option<Self> {
-        let n = v.len();
-        if n == 0 {
-            return None;
-        }
-        let mean = v.iter().sum::<f64>() / n as f64;
-        let var = if n > 1 {
-            v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64
-        } else {
-            0.0
-        };
-        Some(Self {
-            mean,
-            std: var.sqrt(),
-            n,
-        })
-    }
 }
 
 /// The demo's schedule: source-only pretraining shared by every arm, then each arm's own steps.
@@ -280,47 +252,6 @@ fn run_one(
     Ok(r)
 }
 
-fn summarise(runs: &[RunResult], methods: &[String]) -> BTreeMap<String, Summary> {
-    methods
-        .iter()
-        .filter_map(|m| {
-            let v: Vec<f64> = runs.iter().filter(|r| &r.method == m).filter_map(|r| r.miou).collect();
-            Summary::of(&v).map(|x| (m.clone(), x))
-        })
-        .collect()
-}
-
-/// Two-sided 95% quantile of Student's t distribution with `df` degrees of freedom
-/// (`scipy.stats.t.ppf(0.975, df)`: tabulated to 30, then `1.96 + 2.4 / df`, within 0.002).
-pub fn t_975(df: usize) -> f64 {
-    const TABLE: [f64; 30] = [
-        12.706205, 4.302653, 3.182446, 2.776445, 2.570582, 2.446912, 2.364624, 2.306004, 2.262157, 2.228139, 2.200985,
-        2.178813, 2.160369, 2.144787, 2.131450, 2.119905, 2.109816, 2.100922, 2.093024, 2.085963, 2.079614, 2.073873,
-        2.068658, 2.063899, 2.059539, 2.055529, 2.051831, 2.048407, 2.045230, 2.042272,
-    ];
-    match df {
-        0 => f64::INFINITY,
-        1..=30 => TABLE[df - 1],
-        _ => 1.959964 + 2.4 / df as f64,
-    }
-}
-
-/// A paired comparison over seeds: the per-seed differences `a - b`, their mean, sample
-/// standard deviation, and the 95% confidence interval of the mean from the t distribution
-/// (absent with a single seed).
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct Paired {
-    pub mean: f64,
-    pub std: f64,
-    pub n: usize,
-    /// `[low, high]` of the 95% confidence interval of the mean difference.
-    pub ci95: Option<[f64; 2]>,
-    /// `(seed, difference)` for every seed both sides have.
-    pub per_seed: Vec<(u64, f64)>,
-    /// Seeds on which the difference is positive.
-    pub positive: usize,
-}
-
 /// Where a demo of `task` writes when `--out` is not given.
 pub fn default_out(task: super::Task) -> PathBuf {
     match task {
@@ -419,98 +350,12 @@ pub(crate) fn with_source_only_first(mut list: Vec<String>) -> Vec<String> {
     list
 }
 
-/// One line of a report's verdicts: method `m` (scores `x`, paired differences `p`) against
-/// AdaBN (`adabn`).
-pub(crate) fn adabn_verdict(m: &str, x: &Summary, adabn: &Summary, p: &Paired) -> String {
-    format!(
-        "- **{m}**: {:+.2} points over AdaBN on average ({}); above on {} of {} seeds; the 95% interval {}.\n",
-        100.0 * p.mean,
-        if x.mean > adabn.mean + adabn.std {
-            "beyond AdaBN's mean + std"
-        } else {
-            "NOT beyond AdaBN's mean + std"
-        },
-        p.positive,
-        p.n,
-        if p.ci95.is_some_and(|[lo, _]| lo > 0.0) {
-            "excludes 0"
-        } else {
-            "includes 0"
-        },
-    )
-}
-
-/// Pairs `a` and `b` (`(seed, value)`) by seed; `None` when they share no seed.
-pub fn paired(a: &[(u64, f64)], b: &[(u64, f64)]) -> Option<Paired> {
-    let per_seed: Vec<(u64, f64)> = a
-        .iter()
-        .filter_map(|&(seed, x)| b.iter().find(|(s, _)| *s == seed).map(|&(_, y)| (seed, x - y)))
-        .collect();
-    let diffs: Vec<f64> = per_seed.iter().map(|d| d.1).collect();
-    let Summary { mean, std, n } = Summary::of(&diffs)?;
-    let ci95 = (n > 1).then(|| {
-        let half = t_975(n - 1) * std / (n as f64).sqrt();
-        [mean - half, mean + half]
-    });
-    let positive = per_seed.iter().filter(|d| d.1 > 0.0).count();
-    Some(Paired {
-        mean,
-        std,
-        n,
-        ci95,
-        per_seed,
-        positive,
-    })
-}
-
 /// `(seed, mIoU)` of one method's finished runs.
 fn scores(runs: &[RunResult], method: &str) -> Vec<(u64, f64)> {
     runs.iter()
         .filter(|r| r.method == method)
         .filter_map(|r| r.miou.map(|m| (r.seed, m)))
         .collect()
-}
-
-/// One method's paired differences to source-only and to AdaBN (in mIoU fractions; absent for
-/// the baseline itself and where no seed is shared).
-#[derive(Debug, Clone, serde::Serialize)]
-struct Comparison {
-    vs_source_only: Option<Paired>,
-    vs_adabn: Option<Paired>,
-}
-
-/// Every method's [`Comparison`], computed once for the JSON and the markdown report.
-fn comparisons(runs: &[RunResult], methods: &[String]) -> BTreeMap<String, Comparison> {
-    let so = scores(runs, "source-only");
-    let ab = scores(runs, "adabn");
-    methods
-        .iter()
-        .map(|m| {
-            let mine = scores(runs, m);
-            let vs = |base: &[(u64, f64)], skip: &[&str]| {
-                if skip.contains(&m.as_str()) {
-                    None
-                } else {
-                    paired(&mine, base)
-                }
-            };
-            (
-                m.clone(),
-                Comparison {
-                    vs_source_only: vs(&so, &["source-only"]),
-                    vs_adabn: vs(&ab, &["source-only", "adabn"]),
-                },
-            )
-        })
-        .collect()
-}
-
-/// `+1.23 ± 0.45` (the 95% interval's half-width), in points.
-pub(crate) fn with_ci(p: &Paired) -> String {
-    match p.ci95 {
-        Some([lo, hi]) => format!("{:+.2} ± {:.2}", 100.0 * p.mean, 100.0 * (hi - lo) / 2.0),
-        None => format!("{:+.2}", 100.0 * p.mean),
-    }
 }
 
 /// Per class (train-id order), each method's IoU averaged over its seeds (`None` where no run
@@ -548,58 +393,9 @@ fn markdown(
         "\n\nTarget val mIoU (19 classes, official evaluation rules, last checkpoint), mean ± sample std over \
          seeds. The \"vs\" columns are paired: the mean over seeds of each seed's difference (arms of one seed \
          start from the same model and see the same batches), ± the half-width of its 95% confidence interval \
-         (t distribution); the last column counts the seeds on which the method beat AdaBN.\n\n",
+         (t distribution); the last two count the seeds on which the method beat source-only and AdaBN.\n\n",
     );
-    s.push_str(
-        "| method | mIoU % | ± | seeds | vs source-only | vs AdaBN | seeds above AdaBN |\n|---|---:|---:|---:|---:|---:|---:|\n",
-    );
-    for m in methods {
-        let (Some(x), Some(c)) = (summary.get(m), paired.get(m)) else {
-            continue;
-        };
-        let (vs_so, vs_ab) = (&c.vs_source_only, &c.vs_adabn);
-        s.push_str(&format!(
-            "| {m} | {:.2} | {:.2} | {} | {} | {} | {} |\n",
-            100.0 * x.mean,
-            100.0 * x.std,
-            x.n,
-            vs_so.as_ref().map_or(String::new(), with_ci),
-            vs_ab.as_ref().map_or(String::new(), with_ci),
-            vs_ab
-                .as_ref()
-                .map_or(String::new(), |p| format!("{}/{}", p.positive, p.n)),
-        ));
-    }
-    if let Some(ab_sum) = summary.get("adabn") {
-        s.push_str("\nVerdicts against AdaBN (the baseline that costs no training):\n\n");
-        for m in methods
-            .iter()
-            .filter(|m| !["source-only", "oracle", "adabn"].contains(&m.as_str()))
-        {
-            let (Some(x), Some(p)) = (summary.get(m), paired.get(m).and_then(|c| c.vs_adabn.as_ref())) else {
-                continue;
-            };
-            s.push_str(&adabn_verdict(m, x, ab_sum, p));
-        }
-        if let (Some(so_sum), Some(or)) = (summary.get("source-only"), summary.get("oracle")) {
-            let best = summary
-                .iter()
-                .filter(|(k, _)| k.as_str() != "oracle")
-                .map(|(_, v)| v.mean)
-                .fold(f64::MIN, f64::max);
-            s.push_str(&format!(
-                "- AdaBN {} source-only ({:+.2}); the oracle {} every other arm ({:+.2} over the best).\n",
-                if ab_sum.mean > so_sum.mean {
-                    "above"
-                } else {
-                    "NOT above"
-                },
-                100.0 * (ab_sum.mean - so_sum.mean),
-                if or.mean > best { "above" } else { "NOT above" },
-                100.0 * (or.mean - best),
-            ));
-        }
-    }
+    s.push_str(&results_markdown("mIoU %", methods, summary, paired));
     s.push_str("\n## Per-class IoU % (mean over seeds)\n\n| class |");
     for m in methods {
         s.push_str(&format!(" {m} |"));
@@ -669,26 +465,12 @@ fn html_report(
     b.push_str("</table>");
     let rows = class_means(runs, methods);
     b.push_str(&html::heat_table("Per-class IoU % (mean over seeds)", methods, &rows));
-    let series: Vec<html::Series> = methods
-        .iter()
-        .filter_map(|m| {
-            let text = std::fs::read_to_string(out.join("runs").join(m).join("seed0/metrics.jsonl")).ok()?;
-            let (losses, _) = html::curves(&text);
-            let seg = losses.into_iter().find(|s| s.name == "seg")?;
-            Some(html::Series {
-                name: m.clone(),
-                points: seg.points,
-            })
-        })
-        .collect();
-    if !series.is_empty() {
-        b.push_str(&html::line_chart(
-            "Source cross-entropy of each arm (seed 0)",
-            "step",
-            "seg loss",
-            &series,
-        ));
-    }
+    b.push_str(&arm_curves_html(
+        out,
+        methods,
+        "seg",
+        "Source cross-entropy of each arm (seed 0)",
+    ));
     if let Some(img) = html::png_img(&out.join("comparison.png"), "predictions of every method") {
         b.push_str("<h2>Predictions (seed 0)</h2><p>Columns: image, ground truth, then one per method in the table's order.</p>");
         b.push_str(&img);
@@ -816,8 +598,8 @@ pub fn run(args: Args, device_name: &crate::run::DeviceName) -> anyhow::Result<(
             runs.push(r);
         }
     }
-    let summary = summarise(&runs, &methods);
-    let paired = comparisons(&runs, &methods);
+    let summary = summarise(&methods, |m| scores(&runs, m));
+    let paired = comparisons(&methods, |m| scores(&runs, m));
     let init0 = out.join("runs").join(PRETRAIN).join("seed0");
     let cfg0 = demo_config(&data, preset, "source-only", 0, phases, Phase::Arm, &init0)?;
     comparison(&out, &cfg0, &methods, 0, &device)?;
@@ -873,21 +655,6 @@ pub fn run(args: Args, device_name: &crate::run::DeviceName) -> anyhow::Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn t_quantiles_match_scipy() {
-        // scipy.stats.t.ppf(0.975, df) for df = 1, 2, 4, 30, 60, 120.
-        for (df, want) in [
-            (1, 12.706204736),
-            (2, 4.302652730),
-            (4, 2.776445105),
-            (30, 2.042272456),
-            (60, 2.000297822),
-            (120, 1.979930405),
-        ] {
-            assert!((t_975(df) - want).abs() < 2e-3, "df {df}: {} vs {want}", t_975(df));
-        }
-    }
 
     #[test]
     fn a_demo_folder_is_refused_to_the_other_task() {
@@ -947,23 +714,5 @@ mod tests {
         let e = method_list(v(&["dann", "adabn", " dann"])).unwrap_err().to_string();
         assert!(e.contains("`dann` twice") && e.contains("entries 1 and 3"), "{e}");
         assert_eq!(method_list(v(&["adabn"])).unwrap(), v(&["source-only", "adabn"]));
-    }
-
-    #[test]
-    fn paired_differences_match_by_seed() {
-        let a = [(0, 0.30), (1, 0.25), (2, 0.28)];
-        let b = [(2, 0.26), (0, 0.27), (1, 0.24), (7, 0.9)];
-        let p = paired(&a, &b).unwrap();
-        assert_eq!(p.n, 3);
-        assert_eq!(p.positive, 3);
-        // Differences 0.03, 0.01, 0.02: mean 0.02, std 0.01, half-width 4.302653 * 0.01 / sqrt(3).
-        assert!((p.mean - 0.02).abs() < 1e-12);
-        assert!((p.std - 0.01).abs() < 1e-12);
-        let [lo, hi] = p.ci95.unwrap();
-        let half = 4.302653 * 0.01 / 3f64.sqrt();
-        assert!((lo - (0.02 - half)).abs() < 1e-9 && (hi - (0.02 + half)).abs() < 1e-9);
-        let one = paired(&a[..1], &b).unwrap();
-        assert_eq!((one.n, one.ci95), (1, None));
-        assert!(paired(&a, &[(9, 0.1)]).is_none());
     }
 }

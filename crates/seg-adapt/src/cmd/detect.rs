@@ -20,8 +20,9 @@ use seg_ssd::method::DET_METHOD_NAMES;
 use seg_ssd::train::{DetMethodConfigField, DetRunConfig};
 use seg_ssd::{DetMethodConfig, SsdConfig};
 
-use super::demo::{adabn_verdict, method_list, paired, with_ci, Paired, Phase, Phases, Summary, PRETRAIN};
+use super::demo::{method_list, Phase, Phases, PRETRAIN};
 use super::demo_run::{digest, Ledger, Stamp};
+use super::demo_stats::{arm_curves_html, comparisons, results_markdown, summarise, with_ci, Comparison, Summary};
 
 #[derive(clap::Args, Debug)]
 pub struct TrainArgs {
@@ -500,23 +501,8 @@ pub fn demo(args: &super::demo::Args, out: &Path, device: &crate::run::DeviceNam
             .filter_map(|r| r.voc07.map(|v| (r.seed, v)))
             .collect()
     };
-    let mut summary = BTreeMap::new();
-    let mut vs: BTreeMap<String, (Option<Paired>, Option<Paired>)> = BTreeMap::new();
-    for m in &methods {
-        let s = scores(m);
-        if let Some(x) = Summary::of(&s.iter().map(|v| v.1).collect::<Vec<_>>()) {
-            summary.insert(m.clone(), x);
-        }
-        // Paired columns as in the segmentation table: none against itself, and source-only
-        // is not compared with AdaBN (it is AdaBN's starting point).
-        let so = (m != "source-only")
-            .then(|| paired(&s, &scores("source-only")))
-            .flatten();
-        let ab = (m != "source-only" && m != "adabn")
-            .then(|| paired(&s, &scores("adabn")))
-            .flatten();
-        vs.insert(m.clone(), (so, ab));
-    }
+    let summary = summarise(&methods, scores);
+    let vs = comparisons(&methods, scores);
     let s = preset.sizes();
     let last_seed = seeds.saturating_sub(1);
     let meta = format!(
@@ -536,43 +522,14 @@ pub fn demo(args: &super::demo::Args, out: &Path, device: &crate::run::DeviceNam
     let mut md = String::from("# seg-adapt demo: detection, synthetic (Sim10k-format) → real (Cityscapes-format)\n\n");
     md += &meta;
     md += "\n\nCar AP at IoU 0.5 on target val (VOC07 11-point; all-point and COCO AP50 in report.json), mean ± sample std over seeds; paired columns: mean per-seed difference ± half-width of its 95% interval, in points.\n\n";
-    md += "| method | car AP50 % | ± | seeds | vs source-only | vs AdaBN | seeds above source-only | seeds above AdaBN |\n|---|---:|---:|---:|---:|---:|---:|---:|\n";
-    for m in &methods {
-        let Some(x) = summary.get(m) else { continue };
-        let (so, ab) = &vs[m];
-        md += &format!(
-            "| {m} | {:.2} | {:.2} | {} | {} | {} | {} | {} |\n",
-            100.0 * x.mean,
-            100.0 * x.std,
-            x.n,
-            so.as_ref().map_or(String::new(), with_ci),
-            ab.as_ref().map_or(String::new(), with_ci),
-            so.as_ref().map_or(String::new(), |p| format!("{}/{}", p.positive, p.n)),
-            ab.as_ref().map_or(String::new(), |p| format!("{}/{}", p.positive, p.n)),
-        );
-    }
-    if let Some(ab_sum) = summary.get("adabn") {
-        md += "\nVerdicts against AdaBN (the baseline that costs no training):\n\n";
-        for m in methods
-            .iter()
-            .filter(|m| !["source-only", "oracle", "adabn"].contains(&m.as_str()))
-        {
-            let (Some(x), Some(p)) = (summary.get(m), vs.get(m).and_then(|v| v.1.as_ref())) else {
-                continue;
-            };
-            md += &adabn_verdict(m, x, ab_sum, p);
-        }
-    }
+    md += &results_markdown("car AP50 %", &methods, &summary, &vs);
     md += "\nPictures (seed 0, first val images; ground truth green, detections ≥ 0.3 red): `runs/<method>/seed0/eval/pictures/detections.png`.\n";
     let page = html_page(out, &methods, &summary, &vs, &meta);
     let json = serde_json::json!({
         "task": "detection",
         "runs": runs,
         "summary": summary,
-        "paired": vs
-            .iter()
-            .map(|(m, (so, ab))| (m.clone(), serde_json::json!({"vs_source_only": so, "vs_adabn": ab})))
-            .collect::<serde_json::Map<String, serde_json::Value>>(),
+        "paired": vs,
         "pretrain_steps": phases.pretrain,
         "steps": phases.adapt,
         "seeds": seeds,
@@ -604,15 +561,17 @@ fn html_page(
     out: &Path,
     methods: &[String],
     summary: &BTreeMap<String, Summary>,
-    vs: &BTreeMap<String, (Option<Paired>, Option<Paired>)>,
+    vs: &BTreeMap<String, Comparison>,
     meta: &str,
 ) -> String {
     use seg_metrics::html;
     let mut b = format!("<p>{}</p>\n<h2>Results</h2><table><tr><th>method</th><th>car AP50 %</th><th>±</th><th>seeds</th><th>vs source-only</th><th>vs AdaBN</th><th>seeds above AdaBN</th></tr>", html::escape(meta));
     let mut bars = Vec::new();
     for m in methods {
-        let Some(x) = summary.get(m) else { continue };
-        let (so, ab) = &vs[m];
+        let (Some(x), Some(c)) = (summary.get(m), vs.get(m)) else {
+            continue;
+        };
+        let (so, ab) = (&c.vs_source_only, &c.vs_adabn);
         b += &format!(
             "<tr><td>{}</td><td>{:.2} %</td><td>{:.2}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             html::escape(m),
@@ -627,26 +586,12 @@ fn html_page(
     }
     b += "</table>";
     b += &html::bar_chart("Car AP50 % (VOC07), mean over seeds", &bars);
-    let series: Vec<html::Series> = methods
-        .iter()
-        .filter_map(|m| {
-            let text = std::fs::read_to_string(out.join("runs").join(m).join("seed0/metrics.jsonl")).ok()?;
-            let (losses, _) = html::curves(&text);
-            let conf = losses.into_iter().find(|s| s.name == "det_conf")?;
-            Some(html::Series {
-                name: m.clone(),
-                points: conf.points,
-            })
-        })
-        .collect();
-    if !series.is_empty() {
-        b += &html::line_chart(
-            "Source classification loss of each arm (seed 0)",
-            "step",
-            "det_conf",
-            &series,
-        );
-    }
+    b += &arm_curves_html(
+        out,
+        methods,
+        "det_conf",
+        "Source classification loss of each arm (seed 0)",
+    );
     b += "<h2>Detections on target val (seed 0)</h2>";
     for m in methods {
         let p = out.join("runs").join(m).join("seed0/eval/pictures/detections.png");

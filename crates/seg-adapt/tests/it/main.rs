@@ -131,81 +131,40 @@ fn inspect_json_counts_the_generated_labels() {
 
 #[test]
 fn options_the_task_or_dataset_does_not_read_are_refused() {
-    let (gta, cs) = (toy().join("gta5"), toy().join("cityscapes"));
-    let (gta, cs) = (p(&gta), p(&cs));
-    let out = tempfile::tempdir().unwrap();
-    let cases: [(&[&str], &str); 6] = [
+    let (gta, cs, out) = (
+        toy().join("gta5"),
+        toy().join("cityscapes"),
+        tempfile::tempdir().unwrap(),
+    );
+    let cases = [
+        ("inspect --dataset gta5 --root GTA --split val", "--split"),
+        ("inspect --dataset cityscapes --root CS --classes car", "--classes"),
         (
-            &["inspect", "--dataset", "gta5", "--root", gta, "--split", "val"],
-            "--split",
-        ),
-        (
-            &["inspect", "--dataset", "cityscapes", "--root", cs, "--classes", "car"],
-            "--classes",
-        ),
-        (
-            &[
-                "inspect",
-                "--dataset",
-                "cityscapes",
-                "--task",
-                "detection",
-                "--root",
-                cs,
-                "--size-policy",
-                "skip",
-            ],
+            "inspect --dataset cityscapes --task detection --root CS --size-policy skip",
             "--size-policy",
         ),
+        ("eval --pred CS --root CS --out OUT --classes car", "--classes"),
         (
-            &[
-                "eval",
-                "--pred",
-                cs,
-                "--root",
-                cs,
-                "--out",
-                p(out.path()),
-                "--classes",
-                "car",
-            ],
-            "--classes",
-        ),
-        (
-            &[
-                "eval",
-                "--task",
-                "detection",
-                "--pred",
-                cs,
-                "--root",
-                cs,
-                "--out",
-                p(out.path()),
-                "--protocol",
-                "16",
-            ],
+            "eval --task detection --pred CS --root CS --out OUT --protocol 16",
             "--protocol",
         ),
         (
-            &[
-                "eval",
-                "--task",
-                "detection",
-                "--pred",
-                cs,
-                "--root",
-                cs,
-                "--out",
-                p(out.path()),
-                "--missing-as-wrong",
-            ],
+            "eval --task detection --pred CS --root CS --out OUT --missing-as-wrong",
             "--missing-as-wrong",
         ),
     ];
-    for (args, flag) in cases {
-        let e = err(args);
-        assert!(e.contains(&format!("{flag} is not read here")), "{args:?}: {e}");
+    for (line, flag) in cases {
+        let args: Vec<&str> = line
+            .split(' ')
+            .map(|w| match w {
+                "GTA" => p(&gta),
+                "CS" => p(&cs),
+                "OUT" => p(out.path()),
+                w => w,
+            })
+            .collect();
+        let e = err(&args);
+        assert!(e.contains(&format!("{flag} is not read here")), "{line}: {e}");
     }
     assert!(!out.path().join("report.json").exists());
 }

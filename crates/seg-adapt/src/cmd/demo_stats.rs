@@ -1,0 +1,313 @@
+//! The statistics and report pieces both demos share: per-method summaries over seeds, paired
+//! per-seed differences with their t-distribution 95% interval, the results table and its
+//! verdicts against AdaBN, and the arms' training curves.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Mean, sample standard deviation (0 for one value) and count of a method's scores over seeds.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct Summary {
+    pub(crate) mean: f64,
+    pub(crate) std: f64,
+    pub(crate) n: usize,
+}
+
+impl Summary {
+    /// `None` for no values.
+    pub(crate) fn of(v: &[f64]) -> Option<Self> {
+        let n = v.len();
+        if n == 0 {
+            return None;
+        }
+        let mean = v.iter().sum::<f64>() / n as f64;
+        let var = if n > 1 {
+            v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64
+        } else {
+            0.0
+        };
+        Some(Self {
+            mean,
+            std: var.sqrt(),
+            n,
+        })
+    }
+}
+
+/// Two-sided 95% quantile of Student's t distribution with `df` degrees of freedom
+/// (`scipy.stats.t.ppf(0.975, df)`: tabulated to 30, then `1.96 + 2.4 / df`, within 0.002).
+pub(crate) fn t_975(df: usize) -> f64 {
+    const TABLE: [f64; 30] = [
+        12.706205, 4.302653, 3.182446, 2.776445, 2.570582, 2.446912, 2.364624, 2.306004, 2.262157, 2.228139, 2.200985,
+        2.178813, 2.160369, 2.144787, 2.131450, 2.119905, 2.109816, 2.100922, 2.093024, 2.085963, 2.079614, 2.073873,
+        2.068658, 2.063899, 2.059539, 2.055529, 2.051831, 2.048407, 2.045230, 2.042272,
+    ];
+    match df {
+        0 => f64::INFINITY,
+        1..=30 => TABLE[df - 1],
+        _ => 1.959964 + 2.4 / df as f64,
+    }
+}
+
+/// A paired comparison over seeds: the per-seed differences `a - b`, their mean, sample
+/// standard deviation, and the 95% confidence interval of the mean from the t distribution
+/// (absent with a single seed).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub(crate) struct Paired {
+    pub(crate) mean: f64,
+    pub(crate) std: f64,
+    pub(crate) n: usize,
+    /// `[low, high]` of the 95% confidence interval of the mean difference.
+    pub(crate) ci95: Option<[f64; 2]>,
+    /// `(seed, difference)` for every seed both sides have.
+    pub(crate) per_seed: Vec<(u64, f64)>,
+    /// Seeds on which the difference is positive.
+    pub(crate) positive: usize,
+}
+
+/// Pairs `a` and `b` (`(seed, value)`) by seed; `None` when they share no seed.
+pub(crate) fn paired(a: &[(u64, f64)], b: &[(u64, f64)]) -> Option<Paired> {
+    let per_seed: Vec<(u64, f64)> = a
+        .iter()
+        .filter_map(|&(seed, x)| b.iter().find(|(s, _)| *s == seed).map(|&(_, y)| (seed, x - y)))
+        .collect();
+    let diffs: Vec<f64> = per_seed.iter().map(|d| d.1).collect();
+    let Summary { mean, std, n } = Summary::of(&diffs)?;
+    let ci95 = (n > 1).then(|| {
+        let half = t_975(n - 1) * std / (n as f64).sqrt();
+        [mean - half, mean + half]
+    });
+    let positive = per_seed.iter().filter(|d| d.1 > 0.0).count();
+    Some(Paired {
+        mean,
+        std,
+        n,
+        ci95,
+        per_seed,
+        positive,
+    })
+}
+
+/// One line of a report's verdicts: method `m` (scores `x`, paired differences `p`) against
+/// AdaBN (`adabn`).
+pub(crate) fn adabn_verdict(m: &str, x: &Summary, adabn: &Summary, p: &Paired) -> String {
+    format!(
+        "- **{m}**: {:+.2} points over AdaBN on average ({}); above on {} of {} seeds; the 95% interval {}.\n",
+        100.0 * p.mean,
+        if x.mean > adabn.mean + adabn.std {
+            "beyond AdaBN's mean + std"
+        } else {
+            "NOT beyond AdaBN's mean + std"
+        },
+        p.positive,
+        p.n,
+        if p.ci95.is_some_and(|[lo, _]| lo > 0.0) {
+            "excludes 0"
+        } else {
+            "includes 0"
+        },
+    )
+}
+
+/// `+1.23 ± 0.45` (the 95% interval's half-width), in points.
+pub(crate) fn with_ci(p: &Paired) -> String {
+    match p.ci95 {
+        Some([lo, hi]) => format!("{:+.2} ± {:.2}", 100.0 * p.mean, 100.0 * (hi - lo) / 2.0),
+        None => format!("{:+.2}", 100.0 * p.mean),
+    }
+}
+
+/// One method's paired differences to source-only and to AdaBN (in the score's fractions;
+/// absent for the baseline itself and where no seed is shared).
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct Comparison {
+    pub(crate) vs_source_only: Option<Paired>,
+    pub(crate) vs_adabn: Option<Paired>,
+}
+
+/// Every method's [`Comparison`], from `scores(method)`: its `(seed, score)` pairs.
+pub(crate) fn comparisons(
+    methods: &[String],
+    scores: impl Fn(&str) -> Vec<(u64, f64)>,
+) -> BTreeMap<String, Comparison> {
+    let so = scores("source-only");
+    let ab = scores("adabn");
+    methods
+        .iter()
+        .map(|m| {
+            let mine = scores(m);
+            let vs = |base: &[(u64, f64)], skip: &[&str]| {
+                if skip.contains(&m.as_str()) {
+                    None
+                } else {
+                    paired(&mine, base)
+                }
+            };
+            (
+                m.clone(),
+                Comparison {
+                    vs_source_only: vs(&so, &["source-only"]),
+                    vs_adabn: vs(&ab, &["source-only", "adabn"]),
+                },
+            )
+        })
+        .collect()
+}
+
+/// Every method's [`Summary`] over its seeds' scores (`scores(method)`, as for [`comparisons`]);
+/// a method without a score is absent.
+pub(crate) fn summarise(methods: &[String], scores: impl Fn(&str) -> Vec<(u64, f64)>) -> BTreeMap<String, Summary> {
+    methods
+        .iter()
+        .filter_map(|m| {
+            let v: Vec<f64> = scores(m).into_iter().map(|(_, x)| x).collect();
+            Summary::of(&v).map(|x| (m.clone(), x))
+        })
+        .collect()
+}
+
+/// The report's results table in markdown (`metric`: the score column's header, in %), then one
+/// verdict line per adaptation method against AdaBN when AdaBN was run.
+pub(crate) fn results_markdown(
+    metric: &str,
+    methods: &[String],
+    summary: &BTreeMap<String, Summary>,
+    paired: &BTreeMap<String, Comparison>,
+) -> String {
+    let mut s = format!(
+        "| method | {metric} | ± | seeds | vs source-only | vs AdaBN | seeds above source-only | seeds above AdaBN |\n|---|---:|---:|---:|---:|---:|---:|---:|\n"
+    );
+    let above = |p: &Option<Paired>| p.as_ref().map_or(String::new(), |p| format!("{}/{}", p.positive, p.n));
+    for m in methods {
+        let (Some(x), Some(c)) = (summary.get(m), paired.get(m)) else {
+            continue;
+        };
+        s += &format!(
+            "| {m} | {:.2} | {:.2} | {} | {} | {} | {} | {} |\n",
+            100.0 * x.mean,
+            100.0 * x.std,
+            x.n,
+            c.vs_source_only.as_ref().map_or(String::new(), with_ci),
+            c.vs_adabn.as_ref().map_or(String::new(), with_ci),
+            above(&c.vs_source_only),
+            above(&c.vs_adabn),
+        );
+    }
+    if let Some(ab) = summary.get("adabn") {
+        s += "\nVerdicts against AdaBN (the baseline that costs no training):\n\n";
+        for m in methods
+            .iter()
+            .filter(|m| !["source-only", "oracle", "adabn"].contains(&m.as_str()))
+        {
+            if let (Some(x), Some(p)) = (summary.get(m), paired.get(m).and_then(|c| c.vs_adabn.as_ref())) {
+                s += &adabn_verdict(m, x, ab, p);
+            }
+        }
+        if let (Some(so), Some(or)) = (summary.get("source-only"), summary.get("oracle")) {
+            let best = summary
+                .iter()
+                .filter(|(k, _)| k.as_str() != "oracle")
+                .map(|(_, v)| v.mean)
+                .fold(f64::MIN, f64::max);
+            let above = |yes: bool| if yes { "above" } else { "NOT above" };
+            s += &format!(
+                "- AdaBN {} source-only ({:+.2}); the oracle {} every other arm ({:+.2} over the best).\n",
+                above(ab.mean > so.mean),
+                100.0 * (ab.mean - so.mean),
+                above(or.mean > best),
+                100.0 * (or.mean - best),
+            );
+        }
+    }
+    s
+}
+
+/// A chart of one loss term (`term` in `metrics.jsonl`) of every arm's seed-0 run under
+/// `out/runs/`, or nothing when no run logged it.
+pub(crate) fn arm_curves_html(out: &Path, methods: &[String], term: &str, title: &str) -> String {
+    use seg_metrics::html;
+    let series: Vec<html::Series> = methods
+        .iter()
+        .filter_map(|m| {
+            let text = std::fs::read_to_string(out.join("runs").join(m).join("seed0/metrics.jsonl")).ok()?;
+            let (losses, _) = html::curves(&text);
+            let curve = losses.into_iter().find(|s| s.name == term)?;
+            Some(html::Series {
+                name: m.clone(),
+                points: curve.points,
+            })
+        })
+        .collect();
+    if series.is_empty() {
+        return String::new();
+    }
+    html::line_chart(title, "step", term, &series)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn t_quantiles_match_scipy() {
+        // scipy.stats.t.ppf(0.975, df) for df = 1, 2, 4, 30, 60, 120.
+        for (df, want) in [
+            (1, 12.706204736),
+            (2, 4.302652730),
+            (4, 2.776445105),
+            (30, 2.042272456),
+            (60, 2.000297822),
+            (120, 1.979930405),
+        ] {
+            assert!((t_975(df) - want).abs() < 2e-3, "df {df}: {} vs {want}", t_975(df));
+        }
+    }
+
+    #[test]
+    fn paired_differences_match_by_seed() {
+        let a = [(0, 0.30), (1, 0.25), (2, 0.28)];
+        let b = [(2, 0.26), (0, 0.27), (1, 0.24), (7, 0.9)];
+        let p = paired(&a, &b).unwrap();
+        assert_eq!(p.n, 3);
+        assert_eq!(p.positive, 3);
+        // Differences 0.03, 0.01, 0.02: mean 0.02, std 0.01, half-width 4.302653 * 0.01 / sqrt(3).
+        assert!((p.mean - 0.02).abs() < 1e-12);
+        assert!((p.std - 0.01).abs() < 1e-12);
+        let [lo, hi] = p.ci95.unwrap();
+        let half = 4.302653 * 0.01 / 3f64.sqrt();
+        assert!((lo - (0.02 - half)).abs() < 1e-9 && (hi - (0.02 + half)).abs() < 1e-9);
+        let one = paired(&a[..1], &b).unwrap();
+        assert_eq!((one.n, one.ci95), (1, None));
+        assert!(paired(&a, &[(9, 0.1)]).is_none());
+    }
+
+    #[test]
+    fn the_results_table_and_verdicts_say_what_the_seeds_show() {
+        let methods: Vec<String> = ["source-only", "adabn", "oracle", "dann"].map(String::from).to_vec();
+        let by_method = [
+            ("source-only", [0.20, 0.22]),
+            ("adabn", [0.25, 0.24]),
+            ("oracle", [0.40, 0.41]),
+            ("dann", [0.27, 0.23]),
+        ];
+        let scores = |m: &str| -> Vec<(u64, f64)> {
+            by_method
+                .iter()
+                .filter(|(n, _)| *n == m)
+                .flat_map(|(_, v)| v.iter().enumerate().map(|(s, &x)| (s as u64, x)))
+                .collect()
+        };
+        let summary = summarise(&methods, scores);
+        let paired = comparisons(&methods, scores);
+        assert!(paired["adabn"].vs_adabn.is_none() && paired["source-only"].vs_source_only.is_none());
+        let md = results_markdown("mIoU %", &methods, &summary, &paired);
+        // dann: +0.02 and -0.01 against AdaBN, +0.07 and +0.01 against source-only.
+        assert!(md.contains("| dann | 25.00 | 2.83 | 2 | +4.00 ± "), "{md}");
+        assert!(md.contains("| 2/2 | 1/2 |"), "{md}");
+        assert!(md.contains("- **dann**: +0.50 points over AdaBN on average (NOT beyond AdaBN's mean + std); above on 1 of 2 seeds; the 95% interval includes 0."), "{md}");
+        assert!(
+            md.contains("- AdaBN above source-only (+3.50); the oracle above every other arm (+15.50 over the best)."),
+            "{md}"
+        );
+    }
+}
