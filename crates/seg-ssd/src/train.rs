@@ -54,6 +54,9 @@ pub struct DetDataConfig {
     /// `skip`: every sample of every split is read before training (as `seg-adapt check`
     /// reads them) and those that do not load are left out of training and evaluation, each
     /// named once in the log and listed in the run's `skipped.json`.
+    // Written only when not the default, so configs (and the demo's stamps) written before the
+    // key existed stay the same.
+    #[serde(skip_serializing_if = "is_fail")]
     pub error_policy: seg_data::ErrorPolicy,
 }
 
@@ -394,6 +397,7 @@ pub fn run(
         let theirs =
             stored_config(&ck.meta.config).map_err(|e| DetRunError::Run(format!("{}: {e}", ckpt.display())))?;
         same_but_steps(&theirs, cfg).map_err(|e| DetRunError::Run(format!("{}: {e}", ckpt.display())))?;
+        left_out.same_as_recorded(out)?;
         if ck.meta.step > cfg.trainer.steps {
             return Err(DetRunError::Run(format!(
                 "{}: the run is at step {}, past the {} steps asked for",
@@ -422,16 +426,17 @@ pub fn run(
         seg_train::checkpoint::trim_metrics(&metrics, start)?;
     } else {
         let _ = std::fs::remove_file(&metrics);
-        if let Some(counts) = left_out.counts() {
-            let line = serde_json::json!({"step": 0, "left_out": counts});
-            seg_labels::fsutil::append_line(&metrics, &line.to_string()).map_err(write_err(&metrics))?;
-        }
     }
     // Written once the checkpoint (if resuming) is known to be this config's: a refused resume
-    // leaves the run's own config.toml as it was.
+    // leaves the run's own config.toml as it was. Before anything else of the run, so that a
+    // run killed now is one `--resume` restarts.
     let cfg_path = out.join("config.toml");
     seg_labels::fsutil::write_atomic(&cfg_path, cfg.to_toml().as_bytes()).map_err(write_err(&cfg_path))?;
     left_out.write(out)?;
+    if let Some(counts) = left_out.counts().filter(|_| !resuming) {
+        let line = serde_json::json!({"step": 0, "left_out": counts});
+        seg_labels::fsutil::append_line(&metrics, &line.to_string()).map_err(write_err(&metrics))?;
+    }
     let save = |step: usize, src: &DetLoader, tgt: Option<&DetLoader>, stepper: &Stepper| -> Result<(), DetRunError> {
         let mut tensors: Vec<(String, Tensor)> = {
             let data = vars.data().lock().unwrap_or_else(|p| p.into_inner());
@@ -517,7 +522,7 @@ pub fn run(
             crate::SsdArch::Small => "small batch-norm SSD",
         },
         t.steps
-    );
+    ) + &left_out.val_note();
     let report = evaluate_detector(
         ssd,
         &val,
@@ -534,6 +539,10 @@ pub fn run(
         report,
         last_losses: last,
     }))
+}
+
+fn is_fail(p: &seg_data::ErrorPolicy) -> bool {
+    *p == seg_data::ErrorPolicy::Fail
 }
 
 /// The samples a run leaves out under `data.error_policy = "skip"`, per dataset role.
@@ -572,6 +581,14 @@ impl LeftOut {
         Ok(ds)
     }
 
+    /// The report's word on val images left out, if any were: the AP is over the others.
+    fn val_note(&self) -> String {
+        match self.by_role.get("val").map_or(0, Vec::len) {
+            0 => String::new(),
+            n => format!(" {n} val image(s) that do not load were left out of the evaluation (skipped.json)."),
+        }
+    }
+
     /// How many samples each role left out, if any was.
     fn counts(&self) -> Option<std::collections::BTreeMap<&'static str, usize>> {
         let counts: std::collections::BTreeMap<_, _> = self
@@ -581,6 +598,59 @@ impl LeftOut {
             .map(|(r, v)| (*r, v.len()))
             .collect();
         (!counts.is_empty()).then_some(counts)
+    }
+
+    /// Refuses to resume the run in `out` when what is left out now differs from what its
+    /// `skipped.json` recorded when it started (a file fixed or broken since): the loaders'
+    /// saved positions index the datasets as they were, so the run would go on, without a word,
+    /// on other data than it started with.
+    fn same_as_recorded(&self, out: &Path) -> Result<(), DetRunError> {
+        let path = out.join("skipped.json");
+        let recorded: std::collections::BTreeSet<(String, String)> = match std::fs::read_to_string(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
+            Err(e) => return Err(DetRunError::Run(format!("{}: {e}", path.display()))),
+            Ok(text) => {
+                let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+                    DetRunError::Run(format!(
+                        "{}: not the run's record of left-out samples: {e}",
+                        path.display()
+                    ))
+                })?;
+                v.as_object()
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|(role, list)| {
+                        list.as_array()
+                            .into_iter()
+                            .flatten()
+                            .map(move |l| (role.clone(), l["name"].as_str().unwrap_or_default().to_string()))
+                    })
+                    .collect()
+            }
+        };
+        let now: std::collections::BTreeSet<(String, String)> = self
+            .by_role
+            .iter()
+            .flat_map(|(role, v)| v.iter().map(move |l| (role.to_string(), l.name.clone())))
+            .collect();
+        if recorded == now {
+            return Ok(());
+        }
+        let say = |set: std::collections::BTreeSet<&(String, String)>| {
+            let mut names: Vec<String> = set.iter().take(3).map(|(r, n)| format!("{r} `{n}`")).collect();
+            if set.len() > 3 {
+                names.push(format!("and {} more", set.len() - 3));
+            }
+            names.join(", ")
+        };
+        let (added, gone) = (now.difference(&recorded).collect(), recorded.difference(&now).collect());
+        Err(DetRunError::Run(format!(
+            "{}: the samples left out now are not those the run left out when it started (now also: {}; no longer: {}): \
+             resumed, it would train on other data than it started with; restore the files as they were, or start the run over without --resume",
+            out.display(),
+            Some(say(added)).filter(|s| !s.is_empty()).unwrap_or_else(|| "none".into()),
+            Some(say(gone)).filter(|s| !s.is_empty()).unwrap_or_else(|| "none".into()),
+        )))
     }
 
     /// `skipped.json` in the run folder (each left-out sample's name, image and reason, per

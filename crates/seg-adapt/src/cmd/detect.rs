@@ -184,8 +184,17 @@ pub fn check(config: &Path, time_steps: usize, device_name: &crate::run::DeviceN
     }
     anyhow::ensure!(
         blocking.is_empty(),
-        "samples that do not read would stop the detection run ({}); fix or remove them, or set data.error_policy = \"skip\" to leave them out",
-        blocking.join("; ")
+        "{}",
+        match d.error_policy {
+            seg_data::ErrorPolicy::Fail => format!(
+                "samples that do not read would stop the detection run ({}); fix or remove them, or set data.error_policy = \"skip\" to leave them out",
+                blocking.join("; ")
+            ),
+            seg_data::ErrorPolicy::Skip => format!(
+                "no sample of a split reads ({}): the run would have nothing left of it",
+                blocking.join("; ")
+            ),
+        }
     );
     println!("check passed: {}", config.display());
     Ok(())

@@ -90,6 +90,15 @@ pub fn run(args: Args, device_name: &crate::run::DeviceName) -> anyhow::Result<(
         return super::detect::eval(&args, args.classes.unwrap_or(seg_detect::ClassSet::All), device_name);
     }
     super::refuse_unused(&[("--classes", args.classes.is_some())], "detection (--task detection)")?;
+    if args.checkpoint.is_some() {
+        super::refuse_unused(
+            &[
+                ("--pred-format", args.pred_format.is_some()),
+                ("--missing-as-wrong", args.missing_as_wrong),
+            ],
+            "a prediction folder (--pred)",
+        )?;
+    }
     let (evaluator, source) = match &args.checkpoint {
         Some(run_dir) => evaluate_checkpoint(&args, run_dir, device_name)?,
         None => evaluate_predictions(&args)?,

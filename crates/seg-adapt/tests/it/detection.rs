@@ -394,4 +394,21 @@ fn check_reads_a_detection_configs_splits_and_times_steps() {
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     let first: serde_json::Value = serde_json::from_str(metrics.lines().next().unwrap()).unwrap();
     assert_eq!(first["left_out"]["source"], 1, "{metrics}");
+    // Resumed after the file was mended, the run would index another dataset than it started
+    // with: refused, naming the sample.
+    std::fs::write(&jpg, &bytes).unwrap();
+    let e = err(&[
+        "train-detector",
+        p(&cfg),
+        "--out",
+        p(&run),
+        "--resume",
+        "--set",
+        "trainer.steps=3",
+    ]);
+    assert!(
+        e.contains("not those the run left out when it started") && e.contains(&format!("no longer: source `{id}`")),
+        "{e}"
+    );
+    assert!(run.join("skipped.json").exists(), "the run's record stays");
 }

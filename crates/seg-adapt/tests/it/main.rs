@@ -152,6 +152,10 @@ fn options_the_task_or_dataset_does_not_read_are_refused() {
             "eval --task detection --pred CS --root CS --out OUT --missing-as-wrong",
             "--missing-as-wrong",
         ),
+        (
+            "eval --checkpoint CS --root CS --out OUT --pred-format trainids",
+            "--pred-format",
+        ),
     ];
     for (line, flag) in cases {
         let args: Vec<&str> = line
