@@ -72,15 +72,14 @@ pub const LOCK_FILE: &str = ".lock";
 /// names `dir`.
 pub fn lock_dir(dir: &Path) -> std::io::Result<DirLock> {
     let named = |e: std::io::Error| std::io::Error::new(e.kind(), format!("{}: {e}", dir.display()));
-    let created = dir
-        .ancestors()
-        .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
-        .map(Path::to_path_buf)
-        .collect();
-    create_dir_all(dir).map_err(named)?;
-    // A holder that ends with an empty folder unlinks the lock file: a lock won on a file so
-    // unlinked holds nothing, and is taken again on the file now at the path.
+    // A holder that ends with an empty folder unlinks the lock file (and the folders it
+    // created): a lock won on a file so unlinked holds nothing, and is taken again on the file
+    // now at the path.
+    let mut created: Vec<std::path::PathBuf> = Vec::new();
     for _ in 0..64 {
+        let missing = dir.ancestors().take_while(|a| !a.as_os_str().is_empty() && !a.exists());
+        created.extend(missing.map(Path::to_path_buf));
+        create_dir_all(dir).map_err(named)?;
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -89,13 +88,16 @@ pub fn lock_dir(dir: &Path) -> std::io::Result<DirLock> {
             .map_err(named)?;
         match file.try_lock() {
             Ok(()) if is_linked_at(&file, &dir.join(LOCK_FILE)) => {
+                // Deepest first, as they are removed.
+                created.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+                created.dedup();
                 return Ok(DirLock {
                     file: Some(file),
                     dir: dir.to_path_buf(),
                     created,
                 });
             }
-            Ok(()) => create_dir_all(dir).map_err(named)?,
+            Ok(()) => continue,
             Err(std::fs::TryLockError::WouldBlock) => {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::WouldBlock,
