@@ -16,8 +16,13 @@
 mod bench_compare;
 mod crash_test;
 mod tasks;
+// One file with seg-adapt's (xtask has no dependencies to share it through).
+#[path = "../../crates/seg-adapt/src/stdout_hook.rs"]
+mod stdout_hook;
 
 use std::process::ExitCode;
+
+use stdout_hook::exit_cleanly_when_stdout_fails;
 
 /// Every task with its options, as `--help` prints them.
 const USAGE: &str = "usage: cargo xtask <task> [options]
@@ -70,31 +75,4 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// `println!` panics when standard output cannot be written (a full disk, `> /dev/full`; a
-/// closed pipe where SIGPIPE is ignored): that becomes an error line and a failed exit instead
-/// of a panic message, and a closed pipe a quiet exit, as for any Unix tool.
-fn exit_cleanly_when_stdout_fails() {
-    let default = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        let message = info
-            .payload()
-            .downcast_ref::<String>()
-            .map(String::as_str)
-            .or_else(|| info.payload().downcast_ref::<&str>().copied())
-            .unwrap_or("");
-        if message.starts_with("failed printing to stderr") {
-            // Nowhere left to say it.
-            std::process::exit(1);
-        }
-        if message.starts_with("failed printing to stdout") {
-            if message.contains("Broken pipe") {
-                std::process::exit(141);
-            }
-            eprintln!("error: {message}");
-            std::process::exit(1);
-        }
-        default(info);
-    }));
 }

@@ -4,6 +4,10 @@
 use clap::Parser;
 use seg_adapt::cmd;
 
+// Shared with xtask (which has no dependencies) by path.
+mod stdout_hook;
+use stdout_hook::exit_cleanly_when_stdout_fails;
+
 /// Large buffers are reused across training steps instead of re-faulted (see `seg_alloc`).
 #[global_allocator]
 static ALLOC: seg_alloc::CachingAlloc = seg_alloc::CachingAlloc::new();
@@ -45,7 +49,24 @@ fn main() -> std::process::ExitCode {
     // The kernels' runtime switches (`SEG_SGEMM`, `SEG_WINOGRAD`, `SEG_CUDNN`, ...), read once.
     seg_kernels::Settings::from_env().apply();
     seg_cuda::Settings::from_env().apply();
-    let cli = Cli::parse();
+    // clap's own exit ignores a failed write: `--help > /dev/full` would exit 0 having said
+    // nothing. Its text goes through `print!`, whose failure the hook above reports.
+    let cli = Cli::try_parse().unwrap_or_else(|e| {
+        let styled = |terminal: bool| match terminal {
+            true => e.render().ansi().to_string(),
+            false => e.render().to_string(),
+        };
+        if e.use_stderr() {
+            eprint!("{}", styled(std::io::IsTerminal::is_terminal(&std::io::stderr())));
+        } else {
+            print!("{}", styled(std::io::IsTerminal::is_terminal(&std::io::stdout())));
+            if let Err(err) = std::io::Write::flush(&mut std::io::stdout()) {
+                eprintln!("error: failed printing to stdout: {err}");
+                std::process::exit(1);
+            }
+        }
+        std::process::exit(e.exit_code());
+    });
     match cmd::run(cli.command, &cli.device) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -53,31 +74,4 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
-}
-
-/// `println!` panics when standard output cannot be written (a full disk, `> /dev/full`; a
-/// closed pipe where SIGPIPE is ignored): that becomes an error line and a failed exit instead
-/// of a panic message, and a closed pipe a quiet exit, as for any Unix tool.
-fn exit_cleanly_when_stdout_fails() {
-    let default = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        let message = info
-            .payload()
-            .downcast_ref::<String>()
-            .map(String::as_str)
-            .or_else(|| info.payload().downcast_ref::<&str>().copied())
-            .unwrap_or("");
-        if message.starts_with("failed printing to stderr") {
-            // Nowhere left to say it.
-            std::process::exit(1);
-        }
-        if message.starts_with("failed printing to stdout") {
-            if message.contains("Broken pipe") {
-                std::process::exit(141);
-            }
-            eprintln!("error: {message}");
-            std::process::exit(1);
-        }
-        default(info);
-    }));
 }

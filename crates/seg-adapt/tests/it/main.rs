@@ -418,6 +418,19 @@ fn output_into_a_closed_pipe_ends_without_a_panic() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(1));
+    // Help onto a full disk is not a success that said nothing.
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let o = std::process::Command::new(bin())
+        .args(["train", "--help"])
+        .stdout(full)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && stderr.contains("No space left on device"),
+        "{stderr}"
+    );
+    assert!(ok(&["train", "--help"]).contains("--resume"));
 }
 
 #[test]
