@@ -102,7 +102,11 @@ impl DetReport {
             let path = out.join("pictures/detections.png");
             seg_labels::png_io::write_rgb(&path, &sheet)?;
             self.pictures = vec!["pictures/detections.png".into()];
+        } else {
+            self.pictures.clear();
         }
+        let dir = out.join("pictures");
+        seg_metrics::pictures::remove_stale(out, &self.pictures).map_err(DetError::io(&dir))?;
         let json = serde_json::to_vec_pretty(self).map_err(|e| DetError::invalid(out, e.to_string()))?;
         let p = out.join("report.json");
         seg_labels::fsutil::write_atomic(&p, &json).map_err(DetError::io(&p))?;

@@ -153,6 +153,27 @@ fn blit(dst: &mut RgbImage, tile: &RgbImage, x0: u32, y0: u32) {
     }
 }
 
+/// Removes the PNG files under `report_dir/pictures/` that the report written there now does
+/// not list (`listed`: paths relative to `report_dir`, as a report keeps them): an evaluation
+/// written again into the same folder, with other images or none, would leave the earlier
+/// one's pictures beside a report they do not belong to.
+pub fn remove_stale(report_dir: &std::path::Path, listed: &[String]) -> std::io::Result<()> {
+    let dir = report_dir.join("pictures");
+    let entries = match std::fs::read_dir(&dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        other => other?,
+    };
+    for e in entries {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        let ours = name.ends_with(".png") && e.file_type()?.is_file();
+        if ours && !listed.iter().any(|l| *l == format!("pictures/{name}")) {
+            std::fs::remove_file(e.path())?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,5 +233,19 @@ mod tests {
         assert_eq!(at(GAP, GAP), &MISSING_COLOR);
         assert_eq!(at(2 * GAP + 4, GAP), &[128, 64, 128]);
         assert_eq!(at(0, 0), &[255, 255, 255]);
+    }
+
+    #[test]
+    fn pictures_the_report_no_longer_lists_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let pics = dir.path().join("pictures");
+        std::fs::create_dir_all(&pics).unwrap();
+        for f in ["a_gt.png", "b_gt.png", "notes.txt"] {
+            std::fs::write(pics.join(f), b"x").unwrap();
+        }
+        remove_stale(dir.path(), &["pictures/a_gt.png".into()]).unwrap();
+        assert!(pics.join("a_gt.png").exists() && pics.join("notes.txt").exists());
+        assert!(!pics.join("b_gt.png").exists());
+        remove_stale(&dir.path().join("nowhere"), &[]).unwrap();
     }
 }

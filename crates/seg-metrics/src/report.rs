@@ -414,7 +414,9 @@ impl Report {
         put("report.json", json.as_bytes())?;
         put("report.md", self.markdown().as_bytes())?;
         put("confusion.csv", self.confusion_csv().as_bytes())?;
-        self.write_pictures(&out_dir.join("pictures"))
+        let dir = out_dir.join("pictures");
+        self.write_pictures(&dir)?;
+        pictures::remove_stale(out_dir, &self.pictures).map_err(|cause| ReportError::Io { path: dir, cause })
     }
 
     fn write_pictures(&self, dir: &Path) -> Result<(), ReportError> {

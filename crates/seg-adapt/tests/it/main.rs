@@ -188,6 +188,23 @@ fn train_eval_predict_round_trip() {
     assert!(table.contains("mIoU"));
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(ev.join("report.json")).unwrap()).unwrap();
+    // Written again into the same folder without pictures, the earlier pictures go with the
+    // earlier report.
+    assert!(ev.join("pictures/sheet.png").exists());
+    let ev0 = dir.path().join("eval0");
+    matrix::copy_dir(&ev, &ev0);
+    ok(&[
+        "eval",
+        "--checkpoint",
+        p(&run_dir),
+        "--root",
+        p(&cs),
+        "--out",
+        p(&ev0),
+        "--samples",
+        "0",
+    ]);
+    assert_eq!(std::fs::read_dir(ev0.join("pictures")).unwrap().count(), 0);
     let preds = dir.path().join("pred");
     ok(&[
         "predict",
