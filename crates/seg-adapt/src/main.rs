@@ -50,20 +50,13 @@ fn main() -> std::process::ExitCode {
     seg_kernels::Settings::from_env().apply();
     seg_cuda::Settings::from_env().apply();
     // clap's own exit ignores a failed write: `--help > /dev/full` would exit 0 having said
-    // nothing. Its text goes through `print!`, whose failure the hook above reports.
+    // nothing. Printed with clap's own rules (colours, NO_COLOR), its failure is an exit 1.
     let cli = Cli::try_parse().unwrap_or_else(|e| {
-        let styled = |terminal: bool| match terminal {
-            true => e.render().ansi().to_string(),
-            false => e.render().to_string(),
-        };
-        if e.use_stderr() {
-            eprint!("{}", styled(std::io::IsTerminal::is_terminal(&std::io::stderr())));
-        } else {
-            print!("{}", styled(std::io::IsTerminal::is_terminal(&std::io::stdout())));
-            if let Err(err) = std::io::Write::flush(&mut std::io::stdout()) {
-                eprintln!("error: failed printing to stdout: {err}");
-                std::process::exit(1);
-            }
+        let written = e.print().and_then(|()| std::io::Write::flush(&mut std::io::stdout()));
+        if let Err(err) = written {
+            let stream = if e.use_stderr() { "stderr" } else { "stdout" };
+            eprintln!("error: failed printing to {stream}: {err}");
+            std::process::exit(1);
         }
         std::process::exit(e.exit_code());
     });

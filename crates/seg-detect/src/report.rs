@@ -89,6 +89,12 @@ impl DetReport {
     /// `pictures/detections.png`, each through a temporary file and a rename.
     pub fn write(&mut self, out: &Path, pictures: &[RgbImage]) -> Result<(), DetError> {
         std::fs::create_dir_all(out).map_err(DetError::io(out))?;
+        let listed: &[String] = if pictures.is_empty() {
+            &[]
+        } else {
+            &["pictures/detections.png".to_string()]
+        };
+        let stale = seg_metrics::pictures::stale(out, listed);
         if !pictures.is_empty() {
             let rows: Vec<Vec<RgbImage>> = pictures
                 .chunks(2)
@@ -105,8 +111,7 @@ impl DetReport {
         } else {
             self.pictures.clear();
         }
-        let dir = out.join("pictures");
-        seg_metrics::pictures::remove_stale(out, &self.pictures).map_err(DetError::io(&dir))?;
+        seg_metrics::pictures::remove(&stale).map_err(DetError::io(&out.join("pictures")))?;
         let json = serde_json::to_vec_pretty(self).map_err(|e| DetError::invalid(out, e.to_string()))?;
         let p = out.join("report.json");
         seg_labels::fsutil::write_atomic(&p, &json).map_err(DetError::io(&p))?;

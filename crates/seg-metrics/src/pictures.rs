@@ -153,22 +153,37 @@ fn blit(dst: &mut RgbImage, tile: &RgbImage, x0: u32, y0: u32) {
     }
 }
 
-/// Removes the PNG files under `report_dir/pictures/` that the report written there now does
-/// not list (`listed`: paths relative to `report_dir`, as a report keeps them): an evaluation
-/// written again into the same folder, with other images or none, would leave the earlier
-/// one's pictures beside a report they do not belong to.
-pub fn remove_stale(report_dir: &std::path::Path, listed: &[String]) -> std::io::Result<()> {
-    let dir = report_dir.join("pictures");
-    let entries = match std::fs::read_dir(&dir) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        other => other?,
+/// The pictures of the report already in `report_dir` (its `report.json`'s `pictures`) that a
+/// report listing `now` will not list: an evaluation written again into the same folder, with
+/// other images or none, would leave them beside a report they do not belong to. Read before
+/// the new report replaces the old; only the old report's own files are named, never a file
+/// of the user's.
+pub fn stale(report_dir: &std::path::Path, now: &[String]) -> Vec<std::path::PathBuf> {
+    let Ok(text) = std::fs::read_to_string(report_dir.join("report.json")) else {
+        return Vec::new();
     };
-    for e in entries {
-        let e = e?;
-        let name = e.file_name().to_string_lossy().into_owned();
-        let ours = name.ends_with(".png") && e.file_type()?.is_file();
-        if ours && !listed.iter().any(|l| *l == format!("pictures/{name}")) {
-            std::fs::remove_file(e.path())?;
+    let Ok(old) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return Vec::new();
+    };
+    old["pictures"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p.as_str())
+        .filter(|p| !now.iter().any(|n| n == p))
+        // The report's own naming: one PNG directly under `pictures/`.
+        .filter_map(|p| p.strip_prefix("pictures/"))
+        .filter(|name| name.ends_with(".png") && !name.contains(['/', '\\']) && !name.starts_with('.'))
+        .map(|name| report_dir.join("pictures").join(name))
+        .collect()
+}
+
+/// Removes the files [`stale`] named (those already gone are no error).
+pub fn remove(files: &[std::path::PathBuf]) -> std::io::Result<()> {
+    for f in files {
+        match std::fs::remove_file(f) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
         }
     }
     Ok(())
@@ -236,16 +251,22 @@ mod tests {
     }
 
     #[test]
-    fn pictures_the_report_no_longer_lists_are_removed() {
+    fn only_the_earlier_reports_pictures_that_it_no_longer_lists_are_removed() {
         let dir = tempfile::tempdir().unwrap();
         let pics = dir.path().join("pictures");
         std::fs::create_dir_all(&pics).unwrap();
-        for f in ["a_gt.png", "b_gt.png", "notes.txt"] {
+        for f in ["a_gt.png", "b_gt.png", "holiday.png"] {
             std::fs::write(pics.join(f), b"x").unwrap();
         }
-        remove_stale(dir.path(), &["pictures/a_gt.png".into()]).unwrap();
-        assert!(pics.join("a_gt.png").exists() && pics.join("notes.txt").exists());
+        // No earlier report: nothing is the report's to remove.
+        assert!(stale(dir.path(), &[]).is_empty());
+        let old = r#"{"pictures": ["pictures/a_gt.png", "pictures/b_gt.png", "pictures/../x.png"]}"#;
+        std::fs::write(dir.path().join("report.json"), old).unwrap();
+        let gone = stale(dir.path(), &["pictures/a_gt.png".into()]);
+        assert_eq!(gone, [pics.join("b_gt.png")]);
+        remove(&gone).unwrap();
+        remove(&gone).unwrap();
+        assert!(pics.join("a_gt.png").exists() && pics.join("holiday.png").exists());
         assert!(!pics.join("b_gt.png").exists());
-        remove_stale(&dir.path().join("nowhere"), &[]).unwrap();
     }
 }

@@ -409,6 +409,7 @@ impl Report {
             let path = out_dir.join(name);
             seg_labels::fsutil::write_atomic(&path, bytes).map_err(|cause| ReportError::Io { path, cause })
         };
+        let stale = pictures::stale(out_dir, &self.pictures);
         let mut json = serde_json::to_string_pretty(self)?;
         json.push('\n');
         put("report.json", json.as_bytes())?;
@@ -416,7 +417,7 @@ impl Report {
         put("confusion.csv", self.confusion_csv().as_bytes())?;
         let dir = out_dir.join("pictures");
         self.write_pictures(&dir)?;
-        pictures::remove_stale(out_dir, &self.pictures).map_err(|cause| ReportError::Io { path: dir, cause })
+        pictures::remove(&stale).map_err(|cause| ReportError::Io { path: dir, cause })
     }
 
     fn write_pictures(&self, dir: &Path) -> Result<(), ReportError> {

@@ -600,10 +600,11 @@ impl LeftOut {
         (!counts.is_empty()).then_some(counts)
     }
 
-    /// Refuses to resume the run in `out` when what is left out now differs from what its
-    /// `skipped.json` recorded when it started (a file fixed or broken since): the loaders'
-    /// saved positions index the datasets as they were, so the run would go on, without a word,
-    /// on other data than it started with.
+    /// Refuses to resume the run in `out` when what its training splits leave out now differs
+    /// from what its `skipped.json` recorded when it started (a file fixed or broken since):
+    /// the loaders' saved positions index the datasets as they were, so the run would go on,
+    /// without a word, on other data than it started with. Val is only evaluated, at the end,
+    /// on what reads then.
     fn same_as_recorded(&self, out: &Path) -> Result<(), DetRunError> {
         let path = out.join("skipped.json");
         let recorded: std::collections::BTreeSet<(String, String)> = match std::fs::read_to_string(&path) {
@@ -625,12 +626,14 @@ impl LeftOut {
                             .flatten()
                             .map(move |l| (role.clone(), l["name"].as_str().unwrap_or_default().to_string()))
                     })
+                    .filter(|(role, _)| role != "val")
                     .collect()
             }
         };
         let now: std::collections::BTreeSet<(String, String)> = self
             .by_role
             .iter()
+            .filter(|(role, _)| **role != "val")
             .flat_map(|(role, v)| v.iter().map(move |l| (role.to_string(), l.name.clone())))
             .collect();
         if recorded == now {

@@ -193,6 +193,7 @@ fn train_eval_predict_round_trip() {
     assert!(ev.join("pictures/sheet.png").exists());
     let ev0 = dir.path().join("eval0");
     matrix::copy_dir(&ev, &ev0);
+    std::fs::write(ev0.join("pictures/holiday.png"), b"mine").unwrap();
     ok(&[
         "eval",
         "--checkpoint",
@@ -204,7 +205,11 @@ fn train_eval_predict_round_trip() {
         "--samples",
         "0",
     ]);
-    assert_eq!(std::fs::read_dir(ev0.join("pictures")).unwrap().count(), 0);
+    let left: Vec<_> = std::fs::read_dir(ev0.join("pictures"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, ["holiday.png"], "the user's own picture stays");
     let preds = dir.path().join("pred");
     ok(&[
         "predict",
