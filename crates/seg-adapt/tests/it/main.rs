@@ -173,6 +173,11 @@ fn options_the_task_or_dataset_does_not_read_are_refused() {
     assert!(!out.path().join("report.json").exists());
 }
 
+/// `eval` of the run in `run` on the Cityscapes root `root`, into `out`.
+fn checkpoint_eval<'a>(run: &'a Path, root: &'a Path, out: &'a Path) -> Vec<&'a str> {
+    vec!["eval", "--checkpoint", p(run), "--root", p(root), "--out", p(out)]
+}
+
 #[test]
 fn train_eval_predict_round_trip() {
     let dir = tempfile::tempdir().unwrap();
@@ -184,7 +189,7 @@ fn train_eval_predict_round_trip() {
         assert!(run_dir.join(f).exists(), "{f}");
     }
     let ev = dir.path().join("eval");
-    let table = ok(&["eval", "--checkpoint", p(&run_dir), "--root", p(&cs), "--out", p(&ev)]);
+    let table = ok(&checkpoint_eval(&run_dir, &cs, &ev));
     assert!(table.contains("mIoU"));
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(ev.join("report.json")).unwrap()).unwrap();
@@ -194,17 +199,9 @@ fn train_eval_predict_round_trip() {
     let ev0 = dir.path().join("eval0");
     matrix::copy_dir(&ev, &ev0);
     std::fs::write(ev0.join("pictures/holiday.png"), b"mine").unwrap();
-    ok(&[
-        "eval",
-        "--checkpoint",
-        p(&run_dir),
-        "--root",
-        p(&cs),
-        "--out",
-        p(&ev0),
-        "--samples",
-        "0",
-    ]);
+    let mut a = checkpoint_eval(&run_dir, &cs, &ev0);
+    a.extend(["--samples", "0"]);
+    ok(&a);
     let left: Vec<_> = std::fs::read_dir(ev0.join("pictures"))
         .unwrap()
         .map(|e| e.unwrap().file_name())
@@ -238,15 +235,7 @@ fn train_eval_predict_round_trip() {
         p(&preds.join("report")),
     ]);
     assert!(e.contains("inside --pred"), "{e}");
-    let e = err(&[
-        "eval",
-        "--checkpoint",
-        p(&run_dir),
-        "--root",
-        p(&cs),
-        "--out",
-        p(&run_dir),
-    ]);
+    let e = err(&checkpoint_eval(&run_dir, &cs, &run_dir));
     assert!(e.contains("is a run's or a demo's folder"), "{e}");
 
     // A folder of odd inputs: a linked image is predicted; two inputs with one output name
@@ -419,19 +408,25 @@ fn output_into_a_closed_pipe_ends_without_a_panic() {
     let o = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
-    // Output onto a full disk is an error line and a failed exit, not a panic.
-    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
-    let o = std::process::Command::new(bin())
-        .args(["inspect", "--dataset", "gta5", "--root", p(&toy().join("gta5"))])
-        .stdout(full)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        !o.status.success() && stderr.contains("No space left on device"),
-        "{stderr}"
-    );
-    assert!(!stderr.contains("panicked"), "{stderr}");
+    // Output onto a full disk is an error line and a failed exit, not a panic; help too is
+    // not a success that said nothing.
+    let onto_full_disk = |args: &[&str]| {
+        let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+        let o = std::process::Command::new(bin())
+            .args(args)
+            .stdout(full)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(
+            !o.status.success() && stderr.contains("No space left on device"),
+            "{args:?}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    };
+    onto_full_disk(&["inspect", "--dataset", "gta5", "--root", p(&toy().join("gta5"))]);
+    onto_full_disk(&["train", "--help"]);
+    assert!(ok(&["train", "--help"]).contains("--resume"));
     // An error onto a full standard error: a failed exit, not a panic's 101.
     let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
     let o = std::process::Command::new(bin())
@@ -440,19 +435,6 @@ fn output_into_a_closed_pipe_ends_without_a_panic() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(1));
-    // Help onto a full disk is not a success that said nothing.
-    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
-    let o = std::process::Command::new(bin())
-        .args(["train", "--help"])
-        .stdout(full)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        !o.status.success() && stderr.contains("No space left on device"),
-        "{stderr}"
-    );
-    assert!(ok(&["train", "--help"]).contains("--resume"));
 }
 
 #[test]
