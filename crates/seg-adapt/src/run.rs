@@ -1,7 +1,6 @@
 //! Builds runs from a [`RunConfig`]: datasets, loaders, model, head and trainer; and rebuilds
 //! a trained model from a run folder for evaluation and prediction.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -230,7 +229,7 @@ pub fn build_setup(
     let (vars, backbone) = build_model(cfg, device)?;
     cfg.validate(backbone.stride())?;
     let has_bn = backbone.has_batch_norm();
-    let mut left_out: BTreeMap<String, Vec<LeftOut>> = BTreeMap::new();
+    let mut left_out = seg_train::checkpoint::LeftOutByRole::new();
     let role = Split::training(cfg);
     let (source, skipped) = open(cfg, role)?;
     left_out.insert(role.name().into(), skipped);
@@ -328,9 +327,16 @@ pub fn build_setup(
     // Every run is evaluated on the target val split: one that cannot be opened stops the run
     // here, not after training (`check` says the same).
     let (val, skipped) = open(cfg, Split::Val).context("the target val split, which every run is evaluated on")?;
-    left_out.insert("val".into(), skipped);
+    left_out.insert(Split::Val.name().into(), skipped);
     let eval = Some((val, eval_setup(cfg, device), cfg.eval.protocol));
-    write_left_out(run_dir, &left_out)?;
+    if resuming {
+        seg_train::checkpoint::same_left_out_as_recorded(run_dir, &left_out, Split::Val.name())
+            .map_err(anyhow::Error::msg)?;
+    }
+    let skipped = run_dir.join(seg_train::checkpoint::SKIPPED);
+    std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+    seg_train::checkpoint::write_left_out(run_dir, &left_out)
+        .with_context(|| format!("writing {}", skipped.display()))?;
     Ok(TrainSetup {
         run_dir: run_dir.to_path_buf(),
         config: cfg.trainer.clone(),
@@ -350,19 +356,6 @@ pub fn build_setup(
             .filter(|(_, n)| *n > 0)
             .collect(),
     })
-}
-
-/// Writes `skipped.json` into the run folder when anything was left out: per dataset role, each
-/// sample's name, image file and reason.
-fn write_left_out(run_dir: &Path, left_out: &BTreeMap<String, Vec<LeftOut>>) -> anyhow::Result<()> {
-    let path = run_dir.join("skipped.json");
-    if left_out.values().all(Vec::is_empty) {
-        let _ = std::fs::remove_file(&path);
-        return Ok(());
-    }
-    std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
-    let json = serde_json::to_string_pretty(left_out)?;
-    seg_labels::fsutil::write_atomic(&path, json.as_bytes()).with_context(|| format!("writing {}", path.display()))
 }
 
 /// The checkpoint of the run at `from` that `cfg` starts from (its model's weights and

@@ -67,13 +67,7 @@ pub struct DatasetOptions {
 pub(crate) const CS_LABEL_IDS: &str = "_gtFine_labelIds.png";
 pub(crate) const CS_TRAIN_IDS: &str = "_gtFine_labelTrainIds.png";
 
-/// A sample left out of a run before it started, and why.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct LeftOut {
-    pub name: String,
-    pub image: PathBuf,
-    pub reason: String,
-}
+pub use seg_labels::LeftOut;
 
 /// A decoded sample: RGB pixels and train ids (255 = ignore).
 #[derive(Debug, Clone)]

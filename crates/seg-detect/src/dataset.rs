@@ -57,14 +57,6 @@ pub struct DetTruth {
     pub problems: Vec<String>,
 }
 
-/// A sample left out of a run before it started (`data.error_policy = "skip"`), and why.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct DetLeftOut {
-    pub name: String,
-    pub image: PathBuf,
-    pub reason: String,
-}
-
 /// A listed detection dataset.
 #[derive(Debug, Clone)]
 pub struct DetDataset {
@@ -226,7 +218,7 @@ impl DetDataset {
     /// Leaves out the samples that do not load: every one is read as [`Self::load`] reads it
     /// (image decoded, annotation parsed, their sizes compared), in parallel. Returns what was
     /// left out, in entry order, each with the error that names its file.
-    pub fn leave_out_unloadable(&mut self) -> Vec<DetLeftOut> {
+    pub fn leave_out_unloadable(&mut self) -> Vec<seg_labels::LeftOut> {
         use rayon::prelude::*;
         let verdicts: Vec<Option<String>> = (0..self.len())
             .into_par_iter()
@@ -236,7 +228,7 @@ impl DetDataset {
         let mut verdicts = verdicts.into_iter();
         self.entries.retain(|e| match verdicts.next().flatten() {
             Some(reason) => {
-                left_out.push(DetLeftOut {
+                left_out.push(seg_labels::LeftOut {
                     name: e.name.clone(),
                     image: e.image.clone(),
                     reason,

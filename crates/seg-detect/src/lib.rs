@@ -21,6 +21,6 @@ pub mod voc;
 pub use ap::{evaluate, Ap3, ApInput};
 pub use boxes::{GtBox, PixelBox};
 pub use classes::{ClassSet, DET_CLASSES};
-pub use dataset::{DetDataset, DetFormat, DetLeftOut, DetSample};
+pub use dataset::{DetDataset, DetFormat, DetSample};
 pub use dets::Detection;
 pub use error::DetError;

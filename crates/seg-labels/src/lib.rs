@@ -4,10 +4,12 @@
 
 pub mod cityscapes;
 pub mod fsutil;
+pub mod left_out;
 pub mod maps;
 pub mod png_io;
 
 pub use cityscapes::{Label, LABELS, NUM_CLASSES, TRAIN_CLASS_NAMES, TRAIN_COLORS};
+pub use left_out::LeftOut;
 pub use maps::{DatasetKind, LabelMap, Protocol};
 pub use png_io::{LabelEncoding, LabelImage, PngError, RgbImage};
 

@@ -397,7 +397,7 @@ pub fn run(
         let theirs =
             stored_config(&ck.meta.config).map_err(|e| DetRunError::Run(format!("{}: {e}", ckpt.display())))?;
         same_but_steps(&theirs, cfg).map_err(|e| DetRunError::Run(format!("{}: {e}", ckpt.display())))?;
-        left_out.same_as_recorded(out)?;
+        seg_train::checkpoint::same_left_out_as_recorded(out, &left_out.by_role, "val").map_err(DetRunError::Run)?;
         if ck.meta.step > cfg.trainer.steps {
             return Err(DetRunError::Run(format!(
                 "{}: the run is at step {}, past the {} steps asked for",
@@ -432,7 +432,8 @@ pub fn run(
     // run killed now is one `--resume` restarts.
     let cfg_path = out.join("config.toml");
     seg_labels::fsutil::write_atomic(&cfg_path, cfg.to_toml().as_bytes()).map_err(write_err(&cfg_path))?;
-    left_out.write(out)?;
+    let skipped = out.join(seg_train::checkpoint::SKIPPED);
+    seg_train::checkpoint::write_left_out(out, &left_out.by_role).map_err(write_err(&skipped))?;
     if let Some(counts) = left_out.counts().filter(|_| !resuming) {
         let line = serde_json::json!({"step": 0, "left_out": counts});
         seg_labels::fsutil::append_line(&metrics, &line.to_string()).map_err(write_err(&metrics))?;
@@ -545,10 +546,11 @@ fn is_fail(p: &seg_data::ErrorPolicy) -> bool {
     *p == seg_data::ErrorPolicy::Fail
 }
 
-/// The samples a run leaves out under `data.error_policy = "skip"`, per dataset role.
+/// The samples a run leaves out under `data.error_policy = "skip"`, per dataset role; a run
+/// folder's `skipped.json` as `seg_train::checkpoint` writes and checks it for both tasks.
 struct LeftOut {
     policy: seg_data::ErrorPolicy,
-    by_role: std::collections::BTreeMap<&'static str, Vec<seg_detect::DetLeftOut>>,
+    by_role: seg_train::checkpoint::LeftOutByRole,
 }
 
 impl LeftOut {
@@ -561,7 +563,7 @@ impl LeftOut {
 
     /// `ds` with the samples that do not load left out (under `skip`; as it is under `fail`),
     /// each named once in the log; a dataset left with nothing is an error.
-    fn apply(&mut self, role: &'static str, mut ds: DetDataset) -> Result<DetDataset, DetRunError> {
+    fn apply(&mut self, role: &str, mut ds: DetDataset) -> Result<DetDataset, DetRunError> {
         if self.policy != seg_data::ErrorPolicy::Skip {
             return Ok(ds);
         }
@@ -577,7 +579,7 @@ impl LeftOut {
                 gone.first().map_or("", |l| l.reason.as_str())
             )));
         }
-        self.by_role.insert(role, gone);
+        self.by_role.insert(role.to_string(), gone);
         Ok(ds)
     }
 
@@ -590,82 +592,14 @@ impl LeftOut {
     }
 
     /// How many samples each role left out, if any was.
-    fn counts(&self) -> Option<std::collections::BTreeMap<&'static str, usize>> {
+    fn counts(&self) -> Option<std::collections::BTreeMap<&str, usize>> {
         let counts: std::collections::BTreeMap<_, _> = self
             .by_role
             .iter()
             .filter(|(_, v)| !v.is_empty())
-            .map(|(r, v)| (*r, v.len()))
+            .map(|(r, v)| (r.as_str(), v.len()))
             .collect();
         (!counts.is_empty()).then_some(counts)
-    }
-
-    /// Refuses to resume the run in `out` when what its training splits leave out now differs
-    /// from what its `skipped.json` recorded when it started (a file fixed or broken since):
-    /// the loaders' saved positions index the datasets as they were, so the run would go on,
-    /// without a word, on other data than it started with. Val is only evaluated, at the end,
-    /// on what reads then.
-    fn same_as_recorded(&self, out: &Path) -> Result<(), DetRunError> {
-        let path = out.join("skipped.json");
-        let recorded: std::collections::BTreeSet<(String, String)> = match std::fs::read_to_string(&path) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
-            Err(e) => return Err(DetRunError::Run(format!("{}: {e}", path.display()))),
-            Ok(text) => {
-                let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-                    DetRunError::Run(format!(
-                        "{}: not the run's record of left-out samples: {e}",
-                        path.display()
-                    ))
-                })?;
-                v.as_object()
-                    .into_iter()
-                    .flatten()
-                    .flat_map(|(role, list)| {
-                        list.as_array()
-                            .into_iter()
-                            .flatten()
-                            .map(move |l| (role.clone(), l["name"].as_str().unwrap_or_default().to_string()))
-                    })
-                    .filter(|(role, _)| role != "val")
-                    .collect()
-            }
-        };
-        let now: std::collections::BTreeSet<(String, String)> = self
-            .by_role
-            .iter()
-            .filter(|(role, _)| **role != "val")
-            .flat_map(|(role, v)| v.iter().map(move |l| (role.to_string(), l.name.clone())))
-            .collect();
-        if recorded == now {
-            return Ok(());
-        }
-        let say = |set: std::collections::BTreeSet<&(String, String)>| {
-            let mut names: Vec<String> = set.iter().take(3).map(|(r, n)| format!("{r} `{n}`")).collect();
-            if set.len() > 3 {
-                names.push(format!("and {} more", set.len() - 3));
-            }
-            names.join(", ")
-        };
-        let (added, gone) = (now.difference(&recorded).collect(), recorded.difference(&now).collect());
-        Err(DetRunError::Run(format!(
-            "{}: the samples left out now are not those the run left out when it started (now also: {}; no longer: {}): \
-             resumed, it would train on other data than it started with; restore the files as they were, or start the run over without --resume",
-            out.display(),
-            Some(say(added)).filter(|s| !s.is_empty()).unwrap_or_else(|| "none".into()),
-            Some(say(gone)).filter(|s| !s.is_empty()).unwrap_or_else(|| "none".into()),
-        )))
-    }
-
-    /// `skipped.json` in the run folder (each left-out sample's name, image and reason, per
-    /// role) when anything was left out; a stale one is removed otherwise.
-    fn write(&self, out: &Path) -> Result<(), DetRunError> {
-        let path = out.join("skipped.json");
-        if self.counts().is_none() {
-            let _ = std::fs::remove_file(&path);
-            return Ok(());
-        }
-        let json = serde_json::to_string_pretty(&self.by_role).map_err(|e| DetRunError::Run(e.to_string()))?;
-        seg_labels::fsutil::write_atomic(&path, json.as_bytes()).map_err(write_err(&path))
     }
 }
 

@@ -50,6 +50,67 @@ pub fn check_run_folder(dir: &Path, resume: bool) -> Result<bool, String> {
     Ok(has_checkpoint)
 }
 
+/// A run folder's record of the samples left out before training, per dataset role.
+pub const SKIPPED: &str = "skipped.json";
+
+/// The samples a run leaves out, by dataset role (`source`, `target-train`, `val`, ...).
+pub type LeftOutByRole = std::collections::BTreeMap<String, Vec<seg_labels::LeftOut>>;
+
+/// Writes [`SKIPPED`] into `run_dir` when anything was left out (each sample's name, image file
+/// and reason, per role); removes a stale one otherwise.
+pub fn write_left_out(run_dir: &Path, left_out: &LeftOutByRole) -> std::io::Result<()> {
+    let path = run_dir.join(SKIPPED);
+    if left_out.values().all(Vec::is_empty) {
+        let _ = std::fs::remove_file(&path);
+        return Ok(());
+    }
+    let json = serde_json::to_string_pretty(left_out).map_err(std::io::Error::other)?;
+    seg_labels::fsutil::write_atomic(&path, json.as_bytes())
+}
+
+/// Refuses to resume the run in `run_dir` when what its training roles (all but `evaluated`)
+/// leave out now differs from what its [`SKIPPED`] recorded when it started (a file mended or
+/// broken since): the loaders' saved positions index the datasets as they were, so the run
+/// would go on, without a word, on other data than it started with. The evaluated split is
+/// only read at evaluation, on what reads then.
+pub fn same_left_out_as_recorded(run_dir: &Path, left_out: &LeftOutByRole, evaluated: &str) -> Result<(), String> {
+    let path = run_dir.join(SKIPPED);
+    let recorded: LeftOutByRole = match std::fs::read_to_string(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => LeftOutByRole::new(),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+        Ok(text) => serde_json::from_str(&text)
+            .map_err(|e| format!("{}: not the run's record of left-out samples: {e}", path.display()))?,
+    };
+    let names = |by_role: &LeftOutByRole| -> std::collections::BTreeSet<(String, String)> {
+        by_role
+            .iter()
+            .filter(|(role, _)| *role != evaluated)
+            .flat_map(|(role, v)| v.iter().map(move |l| (role.clone(), l.name.clone())))
+            .collect()
+    };
+    let (then, now) = (names(&recorded), names(left_out));
+    if then == now {
+        return Ok(());
+    }
+    let say = |set: Vec<&(String, String)>| match set.len() {
+        0 => "none".to_string(),
+        n => {
+            let mut named: Vec<String> = set.iter().take(3).map(|(r, s)| format!("{r} `{s}`")).collect();
+            if n > 3 {
+                named.push(format!("and {} more", n - 3));
+            }
+            named.join(", ")
+        }
+    };
+    Err(format!(
+        "{}: the samples left out now are not those the run left out when it started (now also: {}; no longer: {}): \
+         resumed, it would train on other data than it started with; restore the files as they were, or start the run over without --resume",
+        run_dir.display(),
+        say(now.difference(&then).collect()),
+        say(then.difference(&now).collect()),
+    ))
+}
+
 /// The checkpoint file a path names: a run folder's [`FILE`], or the path itself.
 pub fn file_of(path: &Path) -> PathBuf {
     if path.is_dir() {

@@ -293,6 +293,22 @@ fn unusable_pairs_are_left_out_named_and_counted() {
     let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
     let first: serde_json::Value = serde_json::from_str(metrics.lines().next().unwrap()).unwrap();
     assert_eq!(first["left_out"]["source"], 1, "{first}");
+    // Resumed after the pair was mended, the run would index another dataset than it started
+    // with: refused, naming the sample, with the run's record kept.
+    let label = root.join("labels/00003.png");
+    let broken = std::fs::read(&label).unwrap();
+    std::fs::copy(root.join("labels/00002.png"), &label).unwrap();
+    let e = err(&{
+        let mut a = train_args(p(&out), p(&root), p(&cs), "source-only");
+        a.extend(["--resume", "--set", "trainer.steps=4"]);
+        a
+    });
+    assert!(
+        e.contains("not those the run left out when it started") && e.contains("no longer: source `00003`"),
+        "{e}"
+    );
+    assert_eq!(left_out(&out).unwrap()["source"][0]["name"], "00003");
+    std::fs::write(&label, broken).unwrap();
 
     // resize-label-nearest keeps the pair.
     let out = dir.path().join("resize");

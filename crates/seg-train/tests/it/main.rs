@@ -249,3 +249,28 @@ fn bf16_mixed_precision_trains_within_a_few_per_cent_of_f32() {
         "master weights stay f32"
     );
 }
+
+#[test]
+fn a_resume_is_refused_when_the_training_splits_leave_out_other_samples() {
+    use seg_train::checkpoint::{same_left_out_as_recorded, write_left_out, LeftOutByRole, SKIPPED};
+    let dir = tempfile::tempdir().unwrap();
+    let l = |name: &str| seg_labels::LeftOut {
+        name: name.into(),
+        image: format!("images/{name}.png").into(),
+        reason: "unreadable".into(),
+    };
+    let at_start: LeftOutByRole = [("source".to_string(), vec![l("a")]), ("val".to_string(), vec![l("v")])].into();
+    // A run started before anything was left out has no record: none is the record.
+    same_left_out_as_recorded(dir.path(), &LeftOutByRole::new(), "val").unwrap();
+    write_left_out(dir.path(), &at_start).unwrap();
+    same_left_out_as_recorded(dir.path(), &at_start, "val").unwrap();
+    // Val is read at evaluation only: a mended val file does not stop a resume.
+    let val_mended: LeftOutByRole = [("source".to_string(), vec![l("a")])].into();
+    same_left_out_as_recorded(dir.path(), &val_mended, "val").unwrap();
+    let other: LeftOutByRole = [("source".to_string(), vec![l("b")])].into();
+    let e = same_left_out_as_recorded(dir.path(), &other, "val").unwrap_err();
+    assert!(e.contains("now also: source `b`; no longer: source `a`"), "{e}");
+    // Nothing left out now: the record goes.
+    write_left_out(dir.path(), &LeftOutByRole::new()).unwrap();
+    assert!(!dir.path().join(SKIPPED).exists());
+}
