@@ -120,9 +120,7 @@ impl RunConfig {
     pub fn parse(text: &str) -> anyhow::Result<Self> {
         let cfg: Self = toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
         let tree = toml::Value::try_from(&cfg).context("cannot serialise the config")?;
-        if let Some((key, v)) = seg_train::config::first_non_finite(&tree) {
-            anyhow::bail!("{key} = {v}: every number in a config must be finite");
-        }
+        seg_train::config::refuse_non_finite(&tree).map_err(anyhow::Error::msg)?;
         let raw: toml::Value = toml::from_str(text).context("cannot read the config as TOML")?;
         if let Some((key, n, m)) = seg_train::config::first_array_length_mismatch(&raw, &tree) {
             anyhow::bail!("{key} has {n} values where {m} are expected");
@@ -150,17 +148,7 @@ impl RunConfig {
     pub fn validate(&self, stride: usize) -> anyhow::Result<()> {
         self.trainer.validate().map_err(anyhow::Error::msg)?;
         let tree = toml::Value::try_from(self).context("cannot serialise the config")?;
-        for section in ["model", "method"] {
-            if let Some((key, n)) = tree
-                .get(section)
-                .and_then(|v| seg_train::config::first_oversized(section, v))
-            {
-                anyhow::bail!(
-                    "{key} = {n}: sizes in [{section}] are at most {}",
-                    seg_train::config::MAX_SIZE
-                );
-            }
-        }
+        seg_train::config::refuse_oversized(&tree).map_err(anyhow::Error::msg)?;
         self.augment.validate().map_err(anyhow::Error::msg)?;
         if let Some([w, h]) = self.augment.crop {
             anyhow::ensure!(

@@ -166,12 +166,9 @@ impl DetRunConfig {
     pub fn validate(&self) -> Result<(), DetRunError> {
         self.model.validate().map_err(DetRunError::Config)?;
         self.method.0.validate(&self.model).map_err(DetRunError::Config)?;
-        let tree = toml::Value::try_from(self).ok();
-        if let Some((key, v)) = tree.as_ref().and_then(seg_train::config::first_non_finite) {
-            return Err(DetRunError::Config(format!(
-                "{key} = {v}: every number in a config must be finite"
-            )));
-        }
+        let tree = toml::Value::try_from(self)
+            .map_err(|e| DetRunError::Config(format!("cannot serialise the config: {e}")))?;
+        seg_train::config::refuse_non_finite(&tree).map_err(DetRunError::Config)?;
         let t = &self.trainer;
         if t.steps == 0 {
             return Err(DetRunError::Config("trainer.steps must be at least 1".into()));
@@ -183,18 +180,7 @@ impl DetRunConfig {
                 seg_train::config::MAX_BATCH
             )));
         }
-        for section in ["model", "method"] {
-            if let Some((key, n)) = tree
-                .as_ref()
-                .and_then(|t| t.get(section))
-                .and_then(|v| seg_train::config::first_oversized(section, v))
-            {
-                return Err(DetRunError::Config(format!(
-                    "{key} = {n}: sizes in [{section}] are at most {}",
-                    seg_train::config::MAX_SIZE
-                )));
-            }
-        }
+        seg_train::config::refuse_oversized(&tree).map_err(DetRunError::Config)?;
         if !(0.0..1.0).contains(&t.momentum) {
             return Err(DetRunError::Config(format!(
                 "trainer.momentum = {}: must be in [0, 1)",
@@ -800,19 +786,14 @@ fn same_but_steps(theirs: &DetRunConfig, cfg: &DetRunConfig) -> Result<(), Strin
     if with_these_steps.to_toml() == cfg.to_toml() {
         return Ok(());
     }
+    let tree = |c: &DetRunConfig| toml::Value::try_from(c).ok();
+    let differs = tree(theirs)
+        .zip(tree(cfg))
+        .and_then(|(a, b)| seg_train::config::first_difference(&a, &b));
     Err(format!(
         "the run was trained with another config ({}); resume with the run's own config.toml (only trainer.steps may change)",
-        first_difference(&theirs.to_toml(), &cfg.to_toml())
+        differs.map_or("a setting".to_string(), |k| format!("`{k}` differs"))
     ))
-}
-
-/// The first dotted key whose value differs between two configs' TOML, for a message.
-fn first_difference(a: &str, b: &str) -> String {
-    let tree = |t: &str| toml::from_str::<toml::Value>(t).ok();
-    tree(a)
-        .zip(tree(b))
-        .and_then(|(a, b)| seg_train::config::first_difference(&a, &b))
-        .map_or("a setting".to_string(), |k| format!("`{k}` differs"))
 }
 
 /// The detection config a checkpoint stores; a segmentation run's checkpoint (its config has

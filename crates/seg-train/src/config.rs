@@ -181,6 +181,25 @@ pub const MAX_BATCH: usize = 1024;
 /// for: the models' widest layer is VGG's 4096; a layer of 8192 × 8192 3×3 weights is 2.4 GB.
 pub const MAX_SIZE: i64 = 8192;
 
+/// A whole run config (serialised) refused, naming the key, when a number in it is not finite.
+pub fn refuse_non_finite(tree: &toml::Value) -> Result<(), String> {
+    match first_non_finite(tree) {
+        Some((key, v)) => Err(format!("{key} = {v}: every number in a config must be finite")),
+        None => Ok(()),
+    }
+}
+
+/// A whole run config (serialised) refused, naming the key, when its `[model]` or `[method]`
+/// asks for a size above [`MAX_SIZE`] ([`first_oversized`]).
+pub fn refuse_oversized(tree: &toml::Value) -> Result<(), String> {
+    for section in ["model", "method"] {
+        if let Some((key, n)) = tree.get(section).and_then(|v| first_oversized(section, v)) {
+            return Err(format!("{key} = {n}: sizes in [{section}] are at most {MAX_SIZE}"));
+        }
+    }
+    Ok(())
+}
+
 /// The dotted key and value of the first integer in a `[model]` or `[method]` section (`section`
 /// names it) above [`MAX_SIZE`], seeds and step counts (`*steps`) aside: the sizes of layers,
 /// whose weights are allocated from them before any check a layer could make.

@@ -94,8 +94,9 @@ pub fn load_config(path: &Path, sets: &[String]) -> anyhow::Result<DetRunConfig>
 /// `seg-adapt check` of a detection config: reads every image and annotation of the source,
 /// target train and val splits (in parallel, with a progress bar), lists each problem with its
 /// file, and times a few training steps for an estimate of the run's duration. A sample that
-/// does not read stops a detection run when it is drawn (there is no skip policy), so any such
-/// sample fails the check.
+/// does not read fails the check under `data.error_policy = "fail"` (the run would stop when
+/// it is drawn); under `"skip"` it is counted as left out, and only a split with nothing left
+/// fails the check.
 pub fn check(config: &Path, time_steps: usize, device_name: &crate::run::DeviceName) -> anyhow::Result<()> {
     let cfg = load_config(config, &[])?;
     let device = crate::run::device(device_name)?;
@@ -612,8 +613,9 @@ fn html_page(
 }
 
 /// `eval --task detection`: AP of a detections file or a trained detector on a Cityscapes split.
-pub fn eval(args: &super::eval::Args, classes: ClassSet, device: &crate::run::DeviceName) -> anyhow::Result<()> {
+pub fn eval(args: &super::eval::Args, device: &crate::run::DeviceName) -> anyhow::Result<()> {
     let (root, split, out) = (&args.root, &args.split, &args.out);
+    let classes = args.classes.unwrap_or(ClassSet::All);
     let (pred, checkpoint) = (args.pred.as_deref(), args.checkpoint.as_deref());
     let ds = DetDataset::open_cityscapes(root, split, true, classes)?;
     let report = match (pred, checkpoint) {

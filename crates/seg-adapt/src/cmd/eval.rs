@@ -87,7 +87,7 @@ pub fn run(args: Args, device_name: &crate::run::DeviceName) -> anyhow::Result<(
             ],
             "segmentation (--task segmentation)",
         )?;
-        return super::detect::eval(&args, args.classes.unwrap_or(seg_detect::ClassSet::All), device_name);
+        return super::detect::eval(&args, device_name);
     }
     super::refuse_unused(&[("--classes", args.classes.is_some())], "detection (--task detection)")?;
     if args.checkpoint.is_some() {

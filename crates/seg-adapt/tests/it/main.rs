@@ -443,7 +443,7 @@ fn demo_quick_reports_every_method() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let out = ok(&[
+    let demo = [
         "demo",
         "--quick",
         "--out",
@@ -454,7 +454,8 @@ fn demo_quick_reports_every_method() {
         "2",
         "--steps",
         "2",
-    ]);
+    ];
+    let out = ok(&demo);
     assert!(out.contains("source-only") && out.contains("cross-city"), "{out}");
     assert!(out.contains("seeds above AdaBN"), "{out}");
     let v: serde_json::Value =
@@ -485,18 +486,7 @@ fn demo_quick_reports_every_method() {
     check_page_in_chromium(&dir.path().join("report.html"));
     assert!(dir.path().join("runs/dann/seed0/report.html").exists());
     // Run again, every finished run is reused as it is (its recorded time included).
-    ok(&[
-        "demo",
-        "--quick",
-        "--out",
-        p(dir.path()),
-        "--seeds",
-        "2",
-        "--pretrain-steps",
-        "2",
-        "--steps",
-        "2",
-    ]);
+    ok(&demo);
     let again: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("report.json")).unwrap()).unwrap();
     let runs = again["runs"].as_array().unwrap();
