@@ -338,16 +338,21 @@ fn open_cityscapes(root: &Path, split: &str, options: DatasetOptions) -> Result<
 
 /// Label files with no image beside them, for inspection reports.
 pub fn orphan_labels(ds: &Dataset) -> Vec<PathBuf> {
-    let label_dir = match ds.name {
-        "gta5" => ds.root.join("labels"),
-        "synthia" => ds.root.join("GT").join("LABELS"),
+    let (image_dir, label_dir) = match ds.name {
+        "gta5" => (ds.root.join("images"), ds.root.join("labels")),
+        "synthia" => (ds.root.join("RGB"), ds.root.join("GT").join("LABELS")),
         _ => return cityscapes_orphans(ds),
     };
-    let have: std::collections::HashSet<String> = ds.entries.iter().map(|e| e.name.clone()).collect();
+    // An orphan is a label whose image does not exist: a pair a split list leaves out is not one.
+    let images: std::collections::HashSet<String> = sorted_pngs(&image_dir)
+        .unwrap_or_default()
+        .iter()
+        .map(|p| file_stem(p))
+        .collect();
     sorted_pngs(&label_dir)
         .unwrap_or_default()
         .into_iter()
-        .filter(|p| !have.contains(&file_stem(p)))
+        .filter(|p| !images.contains(&file_stem(p)))
         .collect()
 }
 

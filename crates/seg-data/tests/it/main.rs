@@ -66,6 +66,28 @@ fn gta5_palette_labels_are_read_as_indices_and_problems_listed() {
 }
 
 #[test]
+fn a_split_list_leaves_the_other_pairs_out_without_calling_them_orphans() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    gta5_tree(root);
+    // A label with no image at all is the one orphan, list or not.
+    png_io::write_palette8(&root.join("labels/00009.png"), 1, 1, &[7], &label_id_palette()).unwrap();
+    let list = root.join("train.txt");
+    std::fs::write(&list, "00001.png\n").unwrap();
+    let opts = DatasetOptions {
+        list: Some(list),
+        ..labelled()
+    };
+    let ds = open_dataset(DatasetName::Gta5, root, "train", opts).unwrap();
+    assert_eq!(ds.len(), 1);
+    let r = seg_data::inspect(&ds);
+    assert_eq!((r.samples, r.usable), (1, 1));
+    assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
+    assert!(r.problems[0].file.ends_with("labels/00009.png"), "{:?}", r.problems);
+    assert_eq!(r.problems[0].kind, seg_data::inspect::ProblemKind::OrphanLabel);
+}
+
+#[test]
 fn size_mismatch_policy_resizes_with_nearest() {
     let dir = tempfile::tempdir().unwrap();
     gta5_tree(dir.path());
