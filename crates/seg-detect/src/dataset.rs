@@ -150,54 +150,63 @@ impl DetDataset {
         })
     }
 
-    /// Cityscapes' `split` under `root`. With `annotations`, the samples are the
-    /// `gtFine/<split>/*/*_gtFine_instanceIds.png` files (the evaluation's image list); without,
-    /// the `leftImg8bit/<split>/*/*_leftImg8bit.png` images (unlabelled target training).
+    /// Cityscapes' `split` under `root`. With `annotations`, the samples are the images and
+    /// `gtFine/<split>/*/*_gtFine_instanceIds.png` files by name (the evaluation's image list): one
+    /// without the other is a sample that does not load, named by its missing file; without, the
+    /// `leftImg8bit/<split>/*/*_leftImg8bit.png` images (unlabelled target training).
     pub fn open_cityscapes(root: &Path, split: &str, annotations: bool, classes: ClassSet) -> Result<Self, DetError> {
+        const IMAGE: &str = "_leftImg8bit.png";
+        const INSTANCES: &str = "_gtFine_instanceIds.png";
         let (top, suffix) = if annotations {
-            ("gtFine", "_gtFine_instanceIds.png")
+            ("gtFine", INSTANCES)
         } else {
-            ("leftImg8bit", "_leftImg8bit.png")
+            ("leftImg8bit", IMAGE)
         };
         let dir = root.join(top).join(split);
         if !dir.is_dir() {
             return Err(DetError::invalid(&dir, "missing: not a Cityscapes split folder"));
         }
-        let mut entries = Vec::new();
-        for city in read_dir_sorted(&dir)?.into_iter().filter(|p| p.is_dir()) {
-            for f in read_dir_sorted(&city)? {
-                let Some(stem) = f
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .and_then(|n| n.strip_suffix(suffix))
-                    .map(str::to_string)
-                else {
-                    continue;
-                };
+        // (city, stem) of every file ending in `suffix` under `base/<city>/`.
+        let stems = |base: &Path, suffix: &str| -> Result<Vec<(String, String)>, DetError> {
+            let mut out = Vec::new();
+            for city in read_dir_sorted(base)?.into_iter().filter(|p| p.is_dir()) {
                 let city_name = city
                     .file_name()
                     .map(|c| c.to_string_lossy().into_owned())
                     .unwrap_or_default();
-                let image = root
-                    .join("leftImg8bit")
-                    .join(split)
-                    .join(&city_name)
-                    .join(format!("{stem}_leftImg8bit.png"));
-                let ann = root
-                    .join("gtFine")
-                    .join(split)
-                    .join(&city_name)
-                    .join(format!("{stem}_gtFine_instanceIds.png"));
-                entries.push(DetEntry {
-                    name: stem,
-                    image,
-                    annotation: annotations.then_some(ann),
-                });
+                for f in read_dir_sorted(&city)? {
+                    if let Some(stem) = f
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .and_then(|n| n.strip_suffix(suffix))
+                    {
+                        out.push((city_name.clone(), stem.to_string()));
+                    }
+                }
             }
-        }
-        if entries.is_empty() {
+            Ok(out)
+        };
+        let mut found: std::collections::BTreeSet<(String, String)> = stems(&dir, suffix)?.into_iter().collect();
+        if found.is_empty() {
             return Err(DetError::invalid(&dir, format!("no `*{suffix}` files found")));
         }
+        let images = root.join("leftImg8bit").join(split);
+        if annotations && images.is_dir() {
+            found.extend(stems(&images, IMAGE)?);
+        }
+        let entries = found
+            .into_iter()
+            .map(|(city, stem)| DetEntry {
+                image: images.join(&city).join(format!("{stem}{IMAGE}")),
+                annotation: annotations.then(|| {
+                    root.join("gtFine")
+                        .join(split)
+                        .join(&city)
+                        .join(format!("{stem}{INSTANCES}"))
+                }),
+                name: stem,
+            })
+            .collect();
         Ok(Self {
             format: DetFormat::Cityscapes,
             root: root.to_path_buf(),
@@ -402,6 +411,58 @@ mod tests {
             let e = decode_image(&path).unwrap_err().to_string();
             assert!(e.contains("3000011.jpg") && e.contains("truncated JPEG"), "{e}");
         }
+    }
+
+    #[test]
+    fn a_cityscapes_image_without_usable_instance_ids_is_a_sample_that_says_why() {
+        use seg_labels::png_io;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let city = |top: &str, name: &str| root.join(top).join("val/lindau").join(name);
+        let image = RgbImage {
+            width: 2,
+            height: 1,
+            data: vec![9; 6],
+        };
+        for stem in ["lindau_000000_000019", "lindau_000001_000019", "lindau_000002_000019"] {
+            png_io::write_rgb(&city("leftImg8bit", &format!("{stem}_leftImg8bit.png")), &image).unwrap();
+        }
+        let ann = |stem: &str| city("gtFine", &format!("{stem}_gtFine_instanceIds.png"));
+        png_io::write_gray16(&ann("lindau_000000_000019"), 2, 1, &[26000, 7]).unwrap();
+        // 000001 has no instanceIds; 000002's was saved as 8 bits; 000003 has no image.
+        png_io::write_gray8(&ann("lindau_000002_000019"), 2, 1, &[26, 7]).unwrap();
+        png_io::write_gray16(&ann("lindau_000003_000019"), 2, 1, &[7, 7]).unwrap();
+        let ds = DetDataset::open_cityscapes(root, "val", true, ClassSet::Car).unwrap();
+        let names: Vec<&str> = ds.entries.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "lindau_000000_000019",
+                "lindau_000001_000019",
+                "lindau_000002_000019",
+                "lindau_000003_000019"
+            ]
+        );
+        assert_eq!(ds.load(0).unwrap().boxes.len(), 1);
+        let e = ds.load(1).unwrap_err().to_string();
+        assert!(
+            e.contains("lindau_000001_000019_gtFine_instanceIds.png") && e.contains("cannot read"),
+            "{e}"
+        );
+        let e = ds.load(2).unwrap_err().to_string();
+        assert!(
+            e.contains("lindau_000002_000019_gtFine_instanceIds.png") && e.contains("8 bits cannot hold"),
+            "{e}"
+        );
+        let e = ds.load(3).unwrap_err().to_string();
+        assert!(e.contains("lindau_000003_000019_leftImg8bit.png"), "{e}");
+        // Unlabelled target training takes the images alone.
+        assert_eq!(
+            DetDataset::open_cityscapes(root, "val", false, ClassSet::Car)
+                .unwrap()
+                .len(),
+            3
+        );
     }
 
     #[test]

@@ -58,8 +58,8 @@ pub enum LabelEncoding {
     Ids8,
     /// SYNTHIA `GT/LABELS`: 16 bits per channel, class id in the first channel.
     Synthia16,
-    /// Cityscapes `*_gtFine_instanceIds.png`: one 16-bit grayscale channel (8-bit accepted);
-    /// values ≥ 1000 are `label id × 1000 + instance`, smaller ones plain label ids.
+    /// Cityscapes `*_gtFine_instanceIds.png`: one 16-bit grayscale channel (as cityscapesScripts
+    /// writes it; 8 bits cannot hold an instance); values ≥ 1000 are `label id × 1000 + instance`, smaller ones plain label ids.
     Instance16,
 }
 
@@ -272,7 +272,12 @@ pub fn decode_label(path: &Path, bytes: &[u8], encoding: LabelEncoding) -> Resul
                 " (8-bit colour: a GT/COLOR rendering, or a label re-saved by a tool that dropped the high byte?)",
             ))
         }
-        (LabelEncoding::Instance16, png::ColorType::Grayscale) if bits == 16 || bits == 8 => {}
+        (LabelEncoding::Instance16, png::ColorType::Grayscale) if bits == 16 => {}
+        (LabelEncoding::Instance16, png::ColorType::Grayscale | png::ColorType::Indexed) => {
+            return Err(wrong(
+                " (8 bits cannot hold label id × 1000 + instance: a labelIds file, or re-saved by a tool that dropped the high byte?)",
+            ))
+        }
         _ => return Err(wrong("")),
     }
     let buf = decode_frame(path, &mut reader)?;
