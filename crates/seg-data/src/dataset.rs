@@ -100,6 +100,8 @@ pub struct Dataset {
     pub(crate) label_maps: Vec<(String, LabelMap)>,
     pub(crate) encoding: LabelEncoding,
     pub(crate) options: DatasetOptions,
+    /// What [`Dataset::leave_out_unusable`] took out, for the reports that must say so.
+    pub(crate) left_out: Vec<LeftOut>,
 }
 
 impl Dataset {
@@ -131,6 +133,11 @@ impl Dataset {
         &self.options
     }
 
+    /// The samples [`Dataset::leave_out_unusable`] left out, in entry order.
+    pub fn left_out(&self) -> &[LeftOut] {
+        &self.left_out
+    }
+
     /// Keeps only the entries for which `keep` is true (used after validation).
     pub fn retain(&mut self, keep: impl FnMut(&SampleRef) -> bool) {
         self.entries.retain(keep);
@@ -138,17 +145,20 @@ impl Dataset {
 
     /// Leaves out, before any training, the samples that could not be used: under
     /// `size_policy = "skip"` the pairs whose image and label headers declare different sizes;
-    /// under `error_policy = "skip"` the samples whose files cannot be opened as PNGs and, when
-    /// labels are required, those without a label. Under `error_policy = "fail"` such a file
-    /// is an error naming it. Reads only the files' first bytes (in parallel). Returns what was
-    /// left out, in entry order.
+    /// under `error_policy = "skip"` the samples whose files do not decode (every sample is
+    /// decoded once, as training reads it) and, when labels are required, those without a
+    /// label. Under `error_policy = "fail"` only the files' first bytes are read, and a file
+    /// that cannot be opened as a PNG, or a missing label, is an error naming it (a file corrupt
+    /// further in stops the run when it is drawn). In parallel; returns what was left out, in
+    /// entry order.
     pub fn leave_out_unusable(&mut self) -> Result<Vec<LeftOut>, DataError> {
         use rayon::prelude::*;
         let opts = self.options.clone();
         let verdicts: Vec<Result<Option<String>, DataError>> = self
             .entries
             .par_iter()
-            .map(|e| {
+            .enumerate()
+            .map(|(i, e)| {
                 let label = match &e.label {
                     Some(l) => Some(l),
                     None if opts.require_labels => {
@@ -176,6 +186,10 @@ impl Dataset {
                         ));
                     }
                 }
+                if opts.error_policy == ErrorPolicy::Skip {
+                    // A file cut or corrupt past its header decodes no further than here.
+                    self.get(i)?;
+                }
                 Ok(None)
             })
             .collect();
@@ -200,6 +214,7 @@ impl Dataset {
         }
         let mut flags = keep.into_iter();
         self.entries.retain(|_| flags.next().unwrap_or(true));
+        self.left_out.extend(left_out.iter().cloned());
         Ok(left_out)
     }
 

@@ -234,6 +234,7 @@ fn open_flat(
         label_maps: vec![(String::new(), LabelMap::new(kind))],
         encoding,
         options,
+        left_out: Vec::new(),
     })
 }
 
@@ -333,6 +334,7 @@ fn open_cityscapes(root: &Path, split: &str, options: DatasetOptions) -> Result<
         ],
         encoding: LabelEncoding::Ids8,
         options,
+        left_out: Vec::new(),
     })
 }
 

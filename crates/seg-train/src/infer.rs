@@ -91,6 +91,11 @@ pub fn evaluate(backbone: &dyn Backbone, dataset: &Dataset, setup: &EvalSetup) -
         tracing::warn!("{message}");
         ev.warn(message);
     }
+    // Samples left out before the run (a size mismatch, or a file that does not decode under
+    // `error_policy = "skip"`): the mean is over the others, and the report says which.
+    for l in dataset.left_out() {
+        ev.warn(format!("left out of the evaluation: {}", l.reason));
+    }
     let skip = dataset.options().error_policy == ErrorPolicy::Skip;
     let size = setup.batch_size.max(1);
     for start in (0..dataset.len()).step_by(size) {

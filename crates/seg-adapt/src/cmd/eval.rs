@@ -128,7 +128,11 @@ fn evaluate_checkpoint(
         require_labels: true,
         ..Default::default()
     };
-    let ds = seg_data::open_dataset(seg_data::DatasetName::Cityscapes, &args.root, &args.split, opts)?;
+    let mut ds = seg_data::open_dataset(seg_data::DatasetName::Cityscapes, &args.root, &args.split, opts)?;
+    // The default size policy, as in training: a pair whose sizes differ is left out and named
+    // in the report's warnings.
+    ds.leave_out_unusable()
+        .with_context(|| format!("checking the {} split", args.split))?;
     let mut setup = crate::run::eval_setup(&trained.cfg, &device);
     setup.keep_samples = args.samples;
     let ev = seg_train::evaluate(trained.backbone.as_ref(), &ds, &setup)?;

@@ -319,6 +319,10 @@ fn unusable_pairs_are_left_out_named_and_counted() {
     // An image that is not a PNG: an error naming it before training (error_policy = "fail"),
     // or left out and named with error_policy = "skip".
     std::fs::write(root.join("images/00005.png"), b"not a png").unwrap();
+    // A label cut after its header opens as a PNG but does not decode: under "skip" it is left
+    // out before training too, not skipped each time it is drawn.
+    let cut = std::fs::read(root.join("labels/00004.png")).unwrap();
+    std::fs::write(root.join("labels/00004.png"), &cut[..cut.len() / 2]).unwrap();
     let out = dir.path().join("fail");
     let e = err(&train_args(p(&out), p(&root), p(&cs), "source-only"));
     assert!(e.contains("00005.png") && e.contains("not a valid PNG"), "{e}");
@@ -332,7 +336,10 @@ fn unusable_pairs_are_left_out_named_and_counted() {
         .iter()
         .map(|l| l["name"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(names, ["00003", "00005"]);
+    assert_eq!(names, ["00003", "00004", "00005"]);
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let first: serde_json::Value = serde_json::from_str(metrics.lines().next().unwrap()).unwrap();
+    assert_eq!(first["left_out"]["source"], 3, "{first}");
 }
 
 pub(crate) fn copy_dir(from: &Path, to: &Path) {
@@ -379,6 +386,10 @@ fn a_broken_val_split_stops_the_run_before_training_or_is_evaluated_without_the_
             .join(format!("{stem}_leftImg8bit.png")),
     )
     .unwrap();
+    // A val label of another size than its image: left out under the default size policy, and
+    // the evaluation's report says so.
+    let small = labels[3].file_name().unwrap().to_string_lossy().into_owned();
+    seg_labels::png_io::write_gray8(&labels[3], 8, 4, &[7u8; 32]).unwrap();
 
     // error_policy = "skip": the run finishes, evaluated without it, and its report names it.
     let out = dir.path().join("skip");
@@ -392,6 +403,19 @@ fn a_broken_val_split_stops_the_run_before_training_or_is_evaluated_without_the_
     assert!(
         warnings.contains(&orphan) && warnings.contains("without its camera image"),
         "{warnings}"
+    );
+    assert!(warnings.contains(&small) && warnings.contains("8x4"), "{warnings}");
+    let skipped: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("skipped.json")).unwrap()).unwrap();
+    let val: Vec<&str> = skipped["val"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["reason"].as_str().unwrap())
+        .collect();
+    assert!(
+        val.len() == 2 && val.iter().any(|r| r.contains(&name)) && val.iter().any(|r| r.contains(&small)),
+        "{val:?}"
     );
     // error_policy = "fail": the run stops naming the file.
     let e = err(&train_args(p(&dir.path().join("fail")), p(&gta), p(&cs), "source-only"));
