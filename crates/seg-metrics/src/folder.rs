@@ -1,6 +1,7 @@
 //! Evaluation of a folder of prediction PNGs against Cityscapes ground truth, matched the way
-//! the official evaluator does it: ground truth is `ROOT/gtFine/SPLIT/*/*_gtFine_labelIds.png`,
-//! and each `{city}_{seq}_{frame}` needs exactly one `.png` anywhere under the prediction folder
+//! the official evaluator does it: ground truth is `ROOT/gtFine/SPLIT/*/*_gtFine_labelIds.png`
+//! (`*_gtFine_labelTrainIds.png` where an image has no labelIds file, with a warning: the
+//! official evaluator would not count it), and each `{city}_{seq}_{frame}` needs exactly one `.png` anywhere under the prediction folder
 //! (walked recursively without following symlinked folders, as `os.walk` does) whose file name
 //! starts with it. Images are decoded in parallel; counts go through [`Evaluator`].
 
@@ -15,6 +16,7 @@ use crate::confusion::MetricsError;
 use crate::report::{Evaluator, Sample};
 
 const GT_SUFFIX: &str = "_gtFine_labelIds.png";
+const GT_TRAIN_SUFFIX: &str = "_gtFine_labelTrainIds.png";
 
 /// How prediction PNGs encode classes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -135,6 +137,8 @@ struct Pair {
     name: String,
     city: String,
     gt: PathBuf,
+    /// Ground truth in `_gtFine_labelTrainIds.png` (no labelIds file beside it).
+    train_ids: bool,
     pred: Option<PathBuf>,
 }
 
@@ -151,8 +155,8 @@ fn read_dir_sorted(dir: &Path) -> Result<Vec<std::fs::DirEntry>, FolderError> {
     Ok(entries)
 }
 
-/// `ROOT/gtFine/SPLIT/*/*_gtFine_labelIds.png`, sorted by name; as the official evaluator's
-/// `glob`, `*` matches no hidden name (`.trash/`, macOS's `._*` companions).
+/// `ROOT/gtFine/SPLIT/*/*_gtFine_labelIds.png` (or `_labelTrainIds.png` where an image has no
+/// labelIds), sorted by name; as the official evaluator's `glob`, `*` matches no hidden name (`.trash/`, macOS's `._*` companions).
 fn find_ground_truth(root: &Path, split: &str) -> Result<Vec<Pair>, FolderError> {
     if !root.is_dir() {
         return Err(FolderError::MissingDir {
@@ -179,14 +183,19 @@ fn find_ground_truth(root: &Path, split: &str) -> Result<Vec<Pair>, FolderError>
                 continue;
             }
             let file = f.file_name().to_string_lossy().into_owned();
-            if let Some(name) = file.strip_suffix(GT_SUFFIX) {
-                pairs.push(Pair {
-                    name: name.to_string(),
-                    city: city.file_name().to_string_lossy().into_owned(),
-                    gt: f.path(),
-                    pred: None,
-                });
-            }
+            let (name, train_ids) = match (file.strip_suffix(GT_SUFFIX), file.strip_suffix(GT_TRAIN_SUFFIX)) {
+                (Some(name), _) => (name, false),
+                // labelTrainIds stand in only where the labelIds file is absent.
+                (None, Some(name)) if !city_path.join(format!("{name}{GT_SUFFIX}")).exists() => (name, true),
+                _ => continue,
+            };
+            pairs.push(Pair {
+                name: name.to_string(),
+                city: city.file_name().to_string_lossy().into_owned(),
+                gt: f.path(),
+                train_ids,
+                pred: None,
+            });
         }
     }
     if pairs.is_empty() {
@@ -266,8 +275,9 @@ fn label_to_train() -> [u8; 256] {
     })
 }
 
-/// Reads one prediction as train ids; also returns its largest raw value.
-fn read_prediction(path: &Path, format: PredFormat) -> Result<(u32, u32, Vec<u8>, u16), FolderError> {
+/// Reads one prediction as train ids; also returns which raw values it holds (bit `v` for value
+/// `v` < 63, bit 63 for any larger).
+fn read_prediction(path: &Path, format: PredFormat) -> Result<(u32, u32, Vec<u8>, u64), FolderError> {
     // 8-bit grayscale or palette, or one 16-bit gray channel (`cv2.imwrite` of a uint16 array),
     // which the official evaluator's PIL reads as the same ids.
     let img = match png_io::read_label(path, LabelEncoding::Ids8) {
@@ -285,7 +295,7 @@ fn read_prediction(path: &Path, format: PredFormat) -> Result<(u32, u32, Vec<u8>
             format,
         });
     }
-    let max = img.data.iter().copied().max().unwrap_or(0);
+    let seen = img.data.iter().fold(0u64, |m, &v| m | 1 << v.min(63));
     let ids = match format {
         PredFormat::LabelIds => {
             let table = label_to_train();
@@ -293,27 +303,33 @@ fn read_prediction(path: &Path, format: PredFormat) -> Result<(u32, u32, Vec<u8>
         }
         PredFormat::TrainIds => img.data.iter().map(|&v| v as u8).collect(),
     };
-    Ok((img.width, img.height, ids, max))
+    Ok((img.width, img.height, ids, seen))
 }
 
 /// Partial result of one worker: the evaluation and the largest prediction value seen.
 struct Partial {
     ev: Evaluator,
-    max_pred: Option<u16>,
+    /// The raw values the predictions hold, as [`read_prediction`] gives them.
+    seen: u64,
 }
 
 fn evaluate_pair(
     opts: &FolderOptions,
-    map: &LabelMap,
+    maps: &[LabelMap; 2],
     pair: &Pair,
     keep: bool,
     acc: &mut Partial,
 ) -> Result<(), FolderError> {
     let gt_img = png_io::read_label(&pair.gt, LabelEncoding::Ids8)?;
+    let (map, range) = if pair.train_ids {
+        (&maps[1], "train ids 0..=18 or 255")
+    } else {
+        (&maps[0], "label ids 0..=33")
+    };
     let (gt, outside) = map.map_all(&gt_img.data);
     if outside > 0 {
         acc.ev.warn(format!(
-            "{}: {outside} pixels hold label ids outside 0..=33; they are ignored",
+            "{}: {outside} pixels hold values outside {range}; they are ignored",
             pair.gt.display()
         ));
     }
@@ -323,7 +339,7 @@ fn evaluate_pair(
     };
     let pred = match &pair.pred {
         Some(path) => {
-            let (w, h, ids, max) = read_prediction(path, opts.pred_format)?;
+            let (w, h, ids, seen) = read_prediction(path, opts.pred_format)?;
             if (w, h) != (gt_img.width, gt_img.height) {
                 return Err(FolderError::SizeMismatch {
                     pred: path.clone(),
@@ -334,7 +350,7 @@ fn evaluate_pair(
                     gt_height: gt_img.height,
                 });
             }
-            acc.max_pred = Some(acc.max_pred.map_or(max, |m| m.max(max)));
+            acc.seen |= seen;
             acc.ev.add(&gt, &ids).map_err(metrics_err(path))?;
             ids
         }
@@ -390,29 +406,45 @@ pub fn evaluate_folder(opts: &FolderOptions) -> Result<Evaluator, FolderError> {
             names: missing,
         });
     }
-    let map = LabelMap::new(DatasetKind::Cityscapes);
+    let maps = [
+        LabelMap::new(DatasetKind::Cityscapes),
+        LabelMap::new(DatasetKind::CityscapesTrainIds),
+    ];
     let new_partial = || Partial {
         ev: Evaluator::new(opts.samples),
-        max_pred: None,
+        seen: 0,
     };
     let result = pairs
         .par_iter()
         .enumerate()
         .try_fold(new_partial, |mut acc, (i, pair)| {
-            evaluate_pair(opts, &map, pair, i < opts.samples, &mut acc)?;
+            evaluate_pair(opts, &maps, pair, i < opts.samples, &mut acc)?;
             Ok::<_, FolderError>(acc)
         })
         .try_reduce(new_partial, |mut a, b| {
             a.ev.merge(b.ev);
-            a.max_pred = match (a.max_pred, b.max_pred) {
-                (Some(x), Some(y)) => Some(x.max(y)),
-                (x, y) => x.or(y),
-            };
+            a.seen |= b.seen;
             Ok(a)
         })?;
     let mut ev = result.ev;
+    let from_train_ids: Vec<&Pair> = pairs.iter().filter(|p| p.train_ids).collect();
+    if let Some(first) = from_train_ids.first() {
+        ev.warn(format!(
+            "{} ground-truth image(s) have only `*{GT_TRAIN_SUFFIX}` (the first: {}): evaluated from those; \
+             the official evaluator reads `*{GT_SUFFIX}` only and would not count them",
+            from_train_ids.len(),
+            first.gt.display()
+        ));
+    }
     if opts.pred_format == PredFormat::LabelIds {
-        if let Some(max) = result.max_pred.filter(|&m| m < NUM_CLASSES as u16) {
+        // Train ids are 0..=18; so are the label ids of road, sidewalk, building, wall, fence
+        // and pole (7, 8, 11, 12, 13, 17). Predictions of those classes alone are label ids as
+        // they should be; any other value below 19 (void or an unused label id) is a train id.
+        let seen = result.seen;
+        let below_19 = seen != 0 && seen >> NUM_CLASSES == 0;
+        let not_a_class_id = (0..NUM_CLASSES as u8).any(|v| seen >> v & 1 == 1 && id_to_train_id(v) == IGNORE);
+        if below_19 && not_a_class_id {
+            let max = 63 - seen.leading_zeros();
             ev.warn(format!(
                 "every prediction holds only values 0..={max}: these look like trainIds, not label ids; \
                  if so, evaluate them with the trainids prediction format (`--pred-format trainids`)"
@@ -443,6 +475,7 @@ mod tests {
         let mk = |n: &str| Pair {
             name: n.into(),
             city: "c".into(),
+            train_ids: false,
             gt: PathBuf::new(),
             pred: None,
         };

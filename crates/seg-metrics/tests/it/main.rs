@@ -296,6 +296,59 @@ fn train_ids_as_label_ids_warn_and_trainids_format_agrees() {
 }
 
 #[test]
+fn predictions_of_classes_whose_label_ids_are_below_19_do_not_look_like_train_ids() {
+    let f = Fixture::new();
+    let (gt, _) = golden_pair();
+    f.gt("frankfurt", "frankfurt_000000_000294", &gt);
+    f.image("frankfurt", "frankfurt_000000_000294");
+    // All road and sidewalk (label ids 7 and 8): a poor model, not a format mistake.
+    f.pred(
+        "frankfurt_000000_000294.png",
+        &[7u8, 8].repeat((W * H) as usize)[..(W * H) as usize],
+    );
+    let ev = evaluate_folder(&f.opts()).unwrap();
+    assert!(ev.warnings().is_empty(), "{:?}", ev.warnings());
+}
+
+#[test]
+fn ground_truth_in_label_train_ids_alone_is_evaluated_and_said() {
+    let f = Fixture::golden();
+    let want = evaluate_folder(&f.opts()).unwrap().finish(Protocol::Classes19);
+    // lindau's ground truth as labelTrainIds only; frankfurt's keeps its labelIds, beside a
+    // labelTrainIds file that must not be read for it.
+    let (gt, _) = golden_pair();
+    let train: Vec<u8> = gt.iter().map(|&v| seg_labels::cityscapes::id_to_train_id(v)).collect();
+    let dir = f.root.join("gtFine/val");
+    std::fs::remove_file(dir.join("lindau/lindau_000001_000019_gtFine_labelIds.png")).unwrap();
+    write_gray8(
+        &dir.join("lindau/lindau_000001_000019_gtFine_labelTrainIds.png"),
+        W,
+        H,
+        &train,
+    )
+    .unwrap();
+    write_gray8(
+        &dir.join("frankfurt/frankfurt_000000_000294_gtFine_labelTrainIds.png"),
+        W,
+        H,
+        &[0; (W * H) as usize],
+    )
+    .unwrap();
+    let ev = evaluate_folder(&f.opts()).unwrap();
+    assert!(
+        ev.warnings()
+            .iter()
+            .any(|w| w.starts_with("1 ground-truth image(s)")
+                && w.contains("lindau_000001_000019_gtFine_labelTrainIds.png")),
+        "{:?}",
+        ev.warnings()
+    );
+    let got = ev.finish(Protocol::Classes19);
+    assert_eq!(got.confusion, want.confusion);
+    assert_eq!(got.miou, want.miou);
+}
+
+#[test]
 fn missing_folders_name_the_expected_path() {
     let f = Fixture::golden();
     let mut opts = f.opts();
