@@ -35,13 +35,24 @@ pub enum Command {
 }
 
 /// Runs one subcommand; `device` is the global `--device` (commands that compute nothing on a
-/// device ignore it).
+/// device refuse any other than the CPU, as any option they do not read).
 pub fn run(command: Command, device: &crate::run::DeviceName) -> anyhow::Result<()> {
+    let no_model = |what: &str| refuse_unused(&[("--device", *device != Default::default())], what);
     match command {
         Command::Check(a) => check::run(a, device),
         Command::Demo(a) => demo::run(a, device),
-        Command::GenToy(a) => gen_toy::run(a),
-        Command::Inspect(a) => inspect::run(a),
+        Command::GenToy(a) => {
+            no_model("commands that run a model: gen-toy writes files on the CPU")?;
+            gen_toy::run(a)
+        }
+        Command::Inspect(a) => {
+            no_model("commands that run a model: inspect reads files on the CPU")?;
+            inspect::run(a)
+        }
+        Command::Eval(a) if a.checkpoint.is_none() => {
+            no_model("eval --checkpoint, which runs a model: predictions from --pred are scored on the CPU")?;
+            eval::run(a, device)
+        }
         Command::Eval(a) => eval::run(a, device),
         Command::Train(a) => train::run(*a, device),
         Command::TrainDetector(a) => detect::train(a, device),

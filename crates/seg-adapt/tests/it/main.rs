@@ -156,6 +156,13 @@ fn options_the_task_or_dataset_does_not_read_are_refused() {
             "eval --checkpoint CS --root CS --out OUT --pred-format trainids",
             "--pred-format",
         ),
+        ("inspect --dataset gta5 --root GTA --device cuda", "--device"),
+        ("--device cuda:1 gen-toy --out OUT", "--device"),
+        ("eval --pred CS --root CS --out OUT --device cuda", "--device"),
+        (
+            "eval --task detection --pred CS --root CS --out OUT --device cuda",
+            "--device",
+        ),
     ];
     for (line, flag) in cases {
         let args: Vec<&str> = line
