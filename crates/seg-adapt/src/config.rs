@@ -141,6 +141,11 @@ impl RunConfig {
         let mut root = toml::Value::try_from(self).context("cannot serialise the config")?;
         let (key, value) = set_key(&mut root, assignment)?;
         let text = toml::to_string(&root).context("cannot serialise the config")?;
+        // The reason alone: a line and column would point into this generated text, which the
+        // user never wrote.
+        if let Err(e) = toml::from_str::<Self>(&text) {
+            anyhow::bail!("--set {key}={value}: {}", e.message().trim_end());
+        }
         Self::parse(&text).map_err(|e| anyhow::anyhow!("--set {key}={value}: {e:#}"))
     }
 

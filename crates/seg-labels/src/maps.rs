@@ -140,8 +140,9 @@ impl LabelMap {
     }
 }
 
-/// An evaluation protocol: which train classes the mean is taken over.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+/// An evaluation protocol: which train classes the mean is taken over. Written as the string
+/// `"19"`, `"16"` or `"13"`; read from that or the bare number (`protocol = 16`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 pub enum Protocol {
     /// The 19 Cityscapes train classes (GTA5 → Cityscapes).
     #[serde(rename = "19")]
@@ -189,10 +190,42 @@ impl std::str::FromStr for Protocol {
     }
 }
 
+impl<'de> serde::Deserialize<'de> for Protocol {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            Number(i64),
+            Text(String),
+        }
+        let text = match Written::deserialize(d)
+            .map_err(|_| serde::de::Error::custom("expected the protocol \"19\", \"16\" or \"13\""))?
+        {
+            Written::Number(n) => n.to_string(),
+            Written::Text(t) => t,
+        };
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::cityscapes::TRAIN_CLASS_NAMES;
+
+    #[test]
+    fn protocols_read_as_strings_or_numbers() {
+        #[derive(serde::Deserialize)]
+        struct E {
+            protocol: Protocol,
+        }
+        let read = |t: &str| toml::from_str::<E>(t).map(|e| e.protocol).map_err(|e| e.to_string());
+        assert_eq!(read("protocol = \"16\""), Ok(Protocol::Classes16));
+        assert_eq!(read("protocol = 13"), Ok(Protocol::Classes13));
+        let e = read("protocol = 17").unwrap_err();
+        assert!(e.contains("unknown protocol `17`: expected 19, 16 or 13"), "{e}");
+        assert!(read("protocol = 1.5").unwrap_err().contains("expected the protocol"));
+    }
 
     #[test]
     fn gta5_map_is_the_cityscapes_train_id_map() {

@@ -220,6 +220,10 @@ fn set_overrides_any_key_and_names_a_bad_one() {
     assert_eq!(c.method, "advent".parse::<MethodConfig>().unwrap());
     let c = cfg.with_set("data.source_root=/elsewhere/gta5").unwrap();
     assert_eq!(c.data.source_root, Path::new("/elsewhere/gta5"));
+    let c = cfg.with_set("eval.protocol=16").unwrap();
+    assert_eq!(c.eval.protocol, seg_labels::Protocol::Classes16);
+    let e = format!("{:#}", cfg.with_set("eval.protocol=17").unwrap_err());
+    assert!(e.contains("expected 19, 16 or 13") && !e.contains("line"), "{e}");
     for (bad, names) in [
         ("method.hiden=3", "hiden"),
         ("trainer.steps=abc", "trainer.steps"),
