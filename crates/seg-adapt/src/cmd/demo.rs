@@ -451,10 +451,10 @@ fn html_report(
                 .join(", ")
         });
         b.push_str(&format!(
-            "<tr><td><a href=\"runs/{m}/seed0/report.html\">{}</a></td><td>{:.2} %</td><td>{:.2}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td><a href=\"runs/{m}/seed0/report.html\">{}</a></td><td>{:.2} %</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             html::escape(m),
             100.0 * x.mean,
-            100.0 * x.std,
+            x.spread(),
             x.n,
             c.vs_source_only.as_ref().map_or(String::new(), with_ci),
             c.vs_adabn.as_ref().map_or(String::new(), with_ci),

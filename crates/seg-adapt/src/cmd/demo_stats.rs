@@ -32,6 +32,15 @@ impl Summary {
             n,
         })
     }
+
+    /// The sample standard deviation in points for a table (`n/a` for one seed).
+    pub(crate) fn spread(&self) -> String {
+        if self.n > 1 {
+            format!("{:.2}", 100.0 * self.std)
+        } else {
+            "n/a".into()
+        }
+    }
 }
 
 /// Two-sided 95% quantile of Student's t distribution with `df` degrees of freedom
@@ -92,19 +101,20 @@ pub(crate) fn paired(a: &[(u64, f64)], b: &[(u64, f64)]) -> Option<Paired> {
 /// AdaBN (`adabn`).
 pub(crate) fn adabn_verdict(m: &str, x: &Summary, adabn: &Summary, p: &Paired) -> String {
     format!(
-        "- **{m}**: {:+.2} points over AdaBN on average ({}); above on {} of {} seeds; the 95% interval {}.\n",
+        "- **{m}**: {:+.2} points over AdaBN on average ({}); above on {} of {} seeds; {}.\n",
         100.0 * p.mean,
-        if x.mean > adabn.mean + adabn.std {
-            "beyond AdaBN's mean + std"
-        } else {
-            "NOT beyond AdaBN's mean + std"
+        match (adabn.n > 1, x.mean > adabn.mean + adabn.std) {
+            (true, true) => "beyond AdaBN's mean + std",
+            (true, false) => "NOT beyond AdaBN's mean + std",
+            (false, true) => "above AdaBN's one seed",
+            (false, false) => "NOT above AdaBN's one seed",
         },
         p.positive,
         p.n,
-        if p.ci95.is_some_and(|[lo, _]| lo > 0.0) {
-            "excludes 0"
-        } else {
-            "includes 0"
+        match p.ci95 {
+            Some([lo, _]) if lo > 0.0 => "the 95% interval excludes 0",
+            Some(_) => "the 95% interval includes 0",
+            None => "one seed gives no 95% interval",
         },
     )
 }
@@ -183,9 +193,9 @@ pub(crate) fn results_markdown(
             continue;
         };
         s += &format!(
-            "| {m} | {:.2} | {:.2} | {} | {} | {} | {} | {} |\n",
+            "| {m} | {:.2} | {} | {} | {} | {} | {} | {} |\n",
             100.0 * x.mean,
-            100.0 * x.std,
+            x.spread(),
             x.n,
             c.vs_source_only.as_ref().map_or(String::new(), with_ci),
             c.vs_adabn.as_ref().map_or(String::new(), with_ci),
@@ -307,6 +317,19 @@ mod tests {
         assert!(md.contains("- **dann**: +0.50 points over AdaBN on average (NOT beyond AdaBN's mean + std); above on 1 of 2 seeds; the 95% interval includes 0."), "{md}");
         assert!(
             md.contains("- AdaBN above source-only (+3.50); the oracle above every other arm (+15.50 over the best)."),
+            "{md}"
+        );
+        // One seed: no spread and no interval, said as such.
+        let first = |m: &str| scores(m).into_iter().take(1).collect::<Vec<_>>();
+        let md = results_markdown(
+            "mIoU %",
+            &methods,
+            &summarise(&methods, first),
+            &comparisons(&methods, first),
+        );
+        assert!(md.contains("| dann | 27.00 | n/a | 1 | +7.00 | +2.00 |"), "{md}");
+        assert!(
+            md.contains("(above AdaBN's one seed); above on 1 of 1 seeds; one seed gives no 95% interval."),
             "{md}"
         );
     }

@@ -583,10 +583,10 @@ fn html_page(
         };
         let (so, ab) = (&c.vs_source_only, &c.vs_adabn);
         b += &format!(
-            "<tr><td>{}</td><td>{:.2} %</td><td>{:.2}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{:.2} %</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             html::escape(m),
             100.0 * x.mean,
-            100.0 * x.std,
+            x.spread(),
             x.n,
             so.as_ref().map_or(String::new(), with_ci),
             ab.as_ref().map_or(String::new(), with_ci),
