@@ -119,14 +119,15 @@ fn ticks(from: f64, to: f64, step: f64) -> impl Iterator<Item = f64> {
     (0..n).map(move |i| from + i as f64 * step)
 }
 
-fn fmt_tick(v: f64) -> String {
-    if v.abs() >= 100.0 || v == v.round() {
-        format!("{v:.0}")
-    } else if v.abs() >= 1.0 {
-        format!("{v:.1}")
-    } else {
-        format!("{v:.3}")
+/// A tick's label with as many decimals as its axis's `step` needs, the same for every tick of
+/// the axis (`0.0 0.5 1.0 1.5`, `19.50 19.55 19.60`); large or tiny magnitudes in exponent form.
+fn fmt_tick(v: f64, step: f64) -> String {
+    if v.abs() >= 1e6 || (v != 0.0 && step < 1e-4) {
+        return format!("{v:.2e}");
     }
+    // Steps are 1, 2 or 5 times a power of ten: that power's decimals show every tick apart.
+    let decimals = (-(step.log10() + 1e-9).floor()).max(0.0) as usize;
+    format!("{v:.decimals$}")
 }
 
 /// A line chart with axes, ticks and a legend. Series without finite points are left out; with
@@ -172,7 +173,7 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) 
             l + pw,
             l - 4.0,
             py + 4.0,
-            fmt_tick(y)
+            fmt_tick(y, ys)
         );
     }
     let xs = tick_step(x1 - x0);
@@ -182,7 +183,7 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) 
             "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
             sx(x),
             t + ph + 16.0,
-            fmt_tick(x)
+            fmt_tick(x, xs)
         );
     }
     let _ = write!(
@@ -513,5 +514,21 @@ mod tests {
             assert!(svg.contains("class=\"mark\"") || svg.contains("no data"));
             assert!(!svg.contains("NaN") && !svg.contains("inf"), "{svg}");
         }
+    }
+
+    #[test]
+    fn tick_labels_of_an_axis_are_distinct_and_share_their_decimals() {
+        let labels = |lo: f64, hi: f64| {
+            let step = tick_step(hi - lo);
+            let from = (lo / step).floor() * step;
+            ticks(from, hi, step).map(|v| fmt_tick(v, step)).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            labels(0.0, 1.4),
+            ["0.0", "0.2", "0.4", "0.6", "0.8", "1.0", "1.2", "1.4"]
+        );
+        let narrow = labels(19.52, 19.71);
+        assert_eq!(narrow, ["19.50", "19.55", "19.60", "19.65", "19.70"]);
+        assert_eq!(labels(0.0, 1200.0), ["0", "200", "400", "600", "800", "1000", "1200"]);
     }
 }
