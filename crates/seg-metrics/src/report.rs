@@ -151,6 +151,19 @@ impl Evaluator {
         let mut warnings = self.warnings;
         let mut missing = self.missing;
         missing.sort();
+        if let Some(first) = missing.first() {
+            warnings.push(format!(
+                "{} ground-truth image(s) without a prediction counted as all wrong (--missing-as-wrong; the first: {first})",
+                missing.len()
+            ));
+        }
+        if cm.total() == 0 {
+            warnings.push(
+                "no ground-truth pixel of a train class was evaluated (every pixel is ignored, or there were no images): \
+                 the scores are n/a"
+                    .to_string(),
+            );
+        }
         let mut samples = self.samples;
         for s in &mut samples {
             if let Some(img) = &s.image {
@@ -266,8 +279,14 @@ pub struct Report {
     samples: Vec<Sample>,
 }
 
+/// A percentage without its unit (for columns headed `%`), or `n/a`.
 fn pct(v: Option<f64>) -> String {
     v.map_or_else(|| "n/a".to_string(), |v| format!("{:.2}", 100.0 * v))
+}
+
+/// A percentage with its unit, or `n/a` alone.
+fn pct_unit(v: Option<f64>) -> String {
+    v.map_or_else(|| "n/a".to_string(), |v| format!("{:.2} %", 100.0 * v))
 }
 
 /// Keeps names safe as file names.
@@ -302,8 +321,8 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "pixel accuracy {}%, {} images, {} pixels",
-            pct(self.pixel_accuracy),
+            "pixel accuracy {}, {} images, {} pixels",
+            pct_unit(self.pixel_accuracy),
             self.images,
             self.pixels
         );
@@ -318,13 +337,13 @@ impl Report {
             let _ = writeln!(s, "{src}\n");
         }
         let n = self.protocol.num_classes();
-        let _ = writeln!(s, "* **mIoU ({n} classes): {} %**", pct(self.miou));
+        let _ = writeln!(s, "* **mIoU ({n} classes): {}**", pct_unit(self.miou));
         let _ = writeln!(
             s,
-            "* pixel accuracy: {} % (all 19 classes' pixels)",
-            pct(self.pixel_accuracy)
+            "* pixel accuracy: {} (all 19 classes' pixels)",
+            pct_unit(self.pixel_accuracy)
         );
-        let _ = writeln!(s, "* mean class accuracy: {} %", pct(self.mean_class_accuracy));
+        let _ = writeln!(s, "* mean class accuracy: {}", pct_unit(self.mean_class_accuracy));
         let _ = writeln!(s, "* images: {}, evaluated pixels: {}", self.images, self.pixels);
         if !self.missing_counted_wrong.is_empty() {
             let _ = writeln!(

@@ -103,10 +103,10 @@ pub fn run(args: Args, device_name: &crate::run::DeviceName) -> anyhow::Result<(
         Some(run_dir) => evaluate_checkpoint(&args, run_dir, device_name)?,
         None => evaluate_predictions(&args)?,
     };
-    for w in evaluator.warnings() {
+    let mut report = evaluator.finish(args.protocol.unwrap_or(Protocol::Classes19));
+    for w in &report.warnings {
         eprintln!("warning: {w}");
     }
-    let mut report = evaluator.finish(args.protocol.unwrap_or(Protocol::Classes19));
     report.source = Some(source);
     report
         .write(&args.out)

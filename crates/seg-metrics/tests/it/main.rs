@@ -183,9 +183,37 @@ fn missing_prediction_is_an_error_or_counts_as_wrong() {
     let r = evaluate_folder(&opts).unwrap().finish(Protocol::Classes19);
     assert_eq!(r.images, 3);
     assert_eq!(r.missing_counted_wrong, ["munster_000002_000019"]);
+    assert!(
+        r.warnings
+            .iter()
+            .any(|w| w.contains("1 ground-truth image(s) without a prediction counted as all wrong")),
+        "{:?}",
+        r.warnings
+    );
     // road: TP 16, FN 8 + 12 (all wrong) → 16/36; sidewalk: TP 8, FP 8, FN 4 → 8/20; car 0/3.
     let want = (16.0 / 36.0 + 8.0 / 20.0 + 0.0) / 3.0;
     assert!((r.miou.unwrap() - want).abs() < 1e-12, "{:?} vs {want}", r.miou);
+}
+
+#[test]
+fn ground_truth_that_is_all_ignored_gives_n_a_with_its_unit_left_out_and_a_warning() {
+    let f = Fixture::new();
+    f.gt("frankfurt", "frankfurt_000000_000294", &[0; (W * H) as usize]);
+    f.image("frankfurt", "frankfurt_000000_000294");
+    f.pred("frankfurt_000000_000294.png", &[7; (W * H) as usize]);
+    let r = evaluate_folder(&f.opts()).unwrap().finish(Protocol::Classes19);
+    assert_eq!((r.miou, r.pixels), (None, 0));
+    assert!(
+        r.warnings.iter().any(|w| w.contains("the scores are n/a")),
+        "{:?}",
+        r.warnings
+    );
+    let text = r.text_table();
+    assert!(
+        text.contains("pixel accuracy n/a,") && !text.contains("n/a%") && !text.contains("n/a %"),
+        "{text}"
+    );
+    assert!(!r.markdown().contains("n/a %"));
 }
 
 #[test]
