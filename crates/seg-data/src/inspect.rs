@@ -39,6 +39,8 @@ pub struct InspectReport {
     pub samples: usize,
     /// Samples training would use.
     pub usable: usize,
+    /// Usable samples that have a label (all of them where labels are required).
+    pub labelled: usize,
     /// Image sizes as `WxH` → count.
     pub image_sizes: BTreeMap<String, usize>,
     /// Label pixels per train class, in train-id order.
@@ -110,6 +112,7 @@ fn summarise(ds: &Dataset, results: Vec<One>) -> InspectReport {
         split: ds.split().to_string(),
         samples: ds.len(),
         usable: 0,
+        labelled: 0,
         image_sizes: BTreeMap::new(),
         class_pixels: [0; NUM_CLASSES],
         ignored_pixels: 0,
@@ -126,6 +129,7 @@ fn summarise(ds: &Dataset, results: Vec<One>) -> InspectReport {
             *report.image_sizes.entry(format!("{w}x{h}")).or_default() += 1;
         }
         if let Some((c, ign, outside)) = r.counts {
+            report.labelled += 1;
             for (a, b) in report.class_pixels.iter_mut().zip(c) {
                 *a += b;
             }

@@ -62,6 +62,7 @@ struct JsonReport<'a> {
     split: &'a str,
     samples: usize,
     usable: usize,
+    labelled: usize,
     image_sizes: &'a std::collections::BTreeMap<String, usize>,
     class_pixels: serde_json::Map<String, serde_json::Value>,
     ignored_pixels: u64,
@@ -127,6 +128,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             split: &r.split,
             samples: r.samples,
             usable: r.usable,
+            labelled: r.labelled,
             image_sizes: &r.image_sizes,
             class_pixels,
             ignored_pixels: r.ignored_pixels,
@@ -139,6 +141,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     println!("{} {}: {} samples, {} usable", r.dataset, r.split, r.samples, r.usable);
     for (size, n) in &r.image_sizes {
         println!("  image size {size}: {n}");
+    }
+    if r.labelled == 0 {
+        // Cityscapes' train split without gtFine: what unlabelled target training reads.
+        println!("  no labels in this split: images only, no class counts");
+        print_problems(r.problems.iter().map(|p| (p.file.as_str(), p.reason.as_str())));
+        return Ok(());
+    }
+    if r.labelled < r.usable {
+        println!(
+            "  {} of the {} usable samples have labels (the class counts are theirs)",
+            r.labelled, r.usable
+        );
     }
     let total: u64 = r.class_pixels.iter().sum::<u64>() + r.ignored_pixels;
     println!("  {:<14} {:>12} {:>7}", "class", "pixels", "%");

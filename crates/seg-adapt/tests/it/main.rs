@@ -130,6 +130,36 @@ fn inspect_json_counts_the_generated_labels() {
 }
 
 #[test]
+fn inspect_of_a_split_without_labels_says_so() {
+    // Cityscapes' train split as adaptation reads it: camera images, no gtFine.
+    let dir = tempfile::tempdir().unwrap();
+    let cs = dir.path().join("cityscapes");
+    matrix::copy_dir(
+        &toy().join("cityscapes/leftImg8bit/train"),
+        &cs.join("leftImg8bit/train"),
+    );
+    let args = [
+        "inspect",
+        "--dataset",
+        "cityscapes",
+        "--root",
+        p(&cs),
+        "--split",
+        "train",
+    ];
+    let text = ok(&args);
+    assert!(
+        text.contains("no labels in this split") && !text.contains("road"),
+        "{text}"
+    );
+    let mut json = args.to_vec();
+    json.push("--json");
+    let v: serde_json::Value = serde_json::from_str(&ok(&json)).unwrap();
+    assert_eq!(v["labelled"], 0);
+    assert!(v["usable"].as_u64().unwrap() > 0);
+}
+
+#[test]
 fn options_the_task_or_dataset_does_not_read_are_refused() {
     let (gta, cs, out) = (
         toy().join("gta5"),
