@@ -134,6 +134,50 @@ pub struct LoaderState {
     pub epoch: u64,
     pub pos: usize,
     pub draws: u64,
+    /// The samples the position indexes (absent in checkpoints written before it was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<DatasetIdentity>,
+}
+
+/// Which samples, in which order, a loader draws from: their count and a digest of their
+/// names (FNV-1a, 64 bits). A loader position means nothing over another list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DatasetIdentity {
+    pub samples: u64,
+    pub names_digest: u64,
+}
+
+impl DatasetIdentity {
+    pub fn of<'a>(names: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut samples = 0;
+        for name in names {
+            samples += 1;
+            // Each name ends with a 0 byte, so `ab`,`c` and `a`,`bc` differ.
+            for &b in name.as_bytes().iter().chain(&[0]) {
+                h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        Self {
+            samples,
+            names_digest: h,
+        }
+    }
+
+    /// Refuses a saved position over other samples than `self`'s; `role` names the dataset.
+    pub fn check_resume(&self, saved: &LoaderState, role: &str) -> Result<(), String> {
+        match saved.dataset {
+            Some(then) if then != *self => Err(format!(
+                "the {role} dataset is not the one the checkpoint's loader position indexes: {} samples now, {} then{}; \
+                 a resumed run would draw other samples than the run it continues. Restore the dataset as it was, or \
+                 start the run again in a new folder",
+                self.samples,
+                then.samples,
+                if then.samples == self.samples { ", with other names" } else { "" }
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// An augmented sample in CHW floats.
@@ -252,6 +296,7 @@ impl Loader {
                 epoch: 0,
                 pos: 0,
                 draws: 0,
+                dataset: None,
             },
             cancel: Arc::new(AtomicBool::new(false)),
         }
@@ -281,7 +326,23 @@ impl Loader {
 
     /// The position after the last batch handed out (batches prepared ahead do not count).
     pub fn state(&self) -> LoaderState {
-        self.consumed
+        LoaderState {
+            dataset: Some(self.identity()),
+            ..self.consumed
+        }
+    }
+
+    /// The samples this loader draws from.
+    pub fn identity(&self) -> DatasetIdentity {
+        DatasetIdentity::of(self.shared.dataset.entries().iter().map(|e| e.name.as_str()))
+    }
+
+    /// Continues from a checkpoint's `state`, refusing one saved over another dataset (`role`
+    /// names it in the message).
+    pub fn resume(&mut self, state: LoaderState, role: &str) -> Result<(), String> {
+        self.identity().check_resume(&state, role)?;
+        self.restore(state);
+        Ok(())
     }
 
     /// Continues from `state`; batches prepared ahead are dropped.
@@ -305,6 +366,7 @@ impl Loader {
             epoch,
             pos,
             draws: self.draws,
+            dataset: None,
         };
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let (shared, cancel) = (self.shared.clone(), self.cancel.clone());

@@ -128,13 +128,22 @@ impl DetLoader {
             epoch,
             pos,
             draws: self.draws,
+            dataset: Some(self.identity()),
         }
     }
 
-    /// Continues from a saved [`Self::state`].
-    pub fn restore(&mut self, st: seg_data::loader::LoaderState) {
+    /// The samples this loader draws from.
+    pub fn identity(&self) -> seg_data::loader::DatasetIdentity {
+        seg_data::loader::DatasetIdentity::of(self.ds.entries.iter().map(|e| e.name.as_str()))
+    }
+
+    /// Continues from a saved [`Self::state`], refusing one saved over another dataset (`role`
+    /// names it in the message).
+    pub fn resume(&mut self, st: seg_data::loader::LoaderState, role: &str) -> Result<(), String> {
+        self.identity().check_resume(&st, role)?;
         self.sampler.seek(st.epoch, st.pos);
         self.draws = st.draws;
+        Ok(())
     }
 
     pub fn with_hflip(mut self, hflip: bool) -> Self {

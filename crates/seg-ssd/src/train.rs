@@ -402,11 +402,17 @@ pub fn run(
                 })
             })?;
         }
+        let refused = |reason: String| {
+            DetRunError::Train(TrainError::Checkpoint {
+                path: ckpt.clone(),
+                reason,
+            })
+        };
         if let Some(st) = ck.meta.source_loader {
-            src.restore(st);
+            src.resume(st, "training").map_err(refused)?;
         }
         if let (Some(l), Some(st)) = (tgt.as_mut(), ck.meta.target_loader) {
-            l.restore(st);
+            l.resume(st, "target training").map_err(refused)?;
         }
         start = ck.meta.step;
         seg_train::checkpoint::trim_metrics(&metrics, start)?;

@@ -134,11 +134,15 @@ impl Trainer {
                 reason: format!("optimizer state of `{}`: {e}", g.id),
             })?;
         }
+        let refused = |reason: String| TrainError::Checkpoint {
+            path: ck.path.clone(),
+            reason,
+        };
         if let Some(st) = ck.meta.source_loader {
-            self.s.source.restore(st);
+            self.s.source.resume(st, "training").map_err(refused)?;
         }
         if let (Some(t), Some(st)) = (self.s.target.as_mut(), ck.meta.target_loader) {
-            t.restore(st);
+            t.resume(st, "target training").map_err(refused)?;
         }
         self.step = ck.meta.step;
         crate::checkpoint::trim_metrics(&self.metrics_path(), self.step)?;

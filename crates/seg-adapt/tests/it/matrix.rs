@@ -342,6 +342,38 @@ fn unusable_pairs_are_left_out_named_and_counted() {
     assert_eq!(first["left_out"]["source"], 3, "{first}");
 }
 
+#[test]
+fn a_resume_over_a_dataset_that_changed_on_disk_is_refused() {
+    let (dir, root) = gta_copy(6);
+    let cs = toy().join("cityscapes");
+    let out = dir.path().join("run");
+    ok(&train_args(p(&out), p(&root), p(&cs), "source-only"));
+    let resume = {
+        let mut a = train_args(p(&out), p(&root), p(&cs), "source-only");
+        a.extend(["--resume", "--set", "trainer.steps=4"]);
+        a
+    };
+    // A pair deleted (not left out: gone) shifts every loader position after it.
+    let moved = dir.path().join("moved");
+    std::fs::create_dir_all(&moved).unwrap();
+    for sub in ["images", "labels"] {
+        std::fs::rename(root.join(sub).join("00006.png"), moved.join(format!("{sub}.png"))).unwrap();
+    }
+    let before = std::fs::read(out.join("checkpoint.safetensors")).unwrap();
+    let e = err(&resume);
+    assert!(
+        e.contains("training dataset is not the one the checkpoint's loader position indexes")
+            && e.contains("5 samples now, 6 then"),
+        "{e}"
+    );
+    assert_eq!(std::fs::read(out.join("checkpoint.safetensors")).unwrap(), before);
+    // Put back, the run resumes.
+    for sub in ["images", "labels"] {
+        std::fs::rename(moved.join(format!("{sub}.png")), root.join(sub).join("00006.png")).unwrap();
+    }
+    ok(&resume);
+}
+
 pub(crate) fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {
