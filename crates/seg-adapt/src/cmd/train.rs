@@ -32,7 +32,8 @@ pub struct Args {
     /// adaptsegnet, advent-minent or advent.
     #[arg(long)]
     pub method: Option<MethodConfig>,
-    /// Training steps (`trainer.steps`).
+    /// Training steps (`trainer.steps`). A method with a stage before training (the curriculum's
+    /// `method.pretrain_steps`, 400 by default) runs that stage first, in addition.
     #[arg(long)]
     pub steps: Option<usize>,
     /// Seed of initialisation, sampling, augmentation and the methods' random draws
