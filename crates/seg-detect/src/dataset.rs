@@ -432,6 +432,16 @@ mod tests {
         // 000001 has no instanceIds; 000002's was saved as 8 bits; 000003 has no image.
         png_io::write_gray8(&ann("lindau_000002_000019"), 2, 1, &[26, 7]).unwrap();
         png_io::write_gray16(&ann("lindau_000003_000019"), 2, 1, &[7, 7]).unwrap();
+        // Hidden files and folders (macOS's `._*` companions, `.trash/`) are no samples.
+        std::fs::write(ann("._lindau_000004_000019"), b"junk").unwrap();
+        std::fs::write(city("leftImg8bit", "._lindau_000004_000019_leftImg8bit.png"), b"junk").unwrap();
+        png_io::write_gray16(
+            &root.join("gtFine/val/.trash/x_000000_000019_gtFine_instanceIds.png"),
+            2,
+            1,
+            &[7, 7],
+        )
+        .unwrap();
         let ds = DetDataset::open_cityscapes(root, "val", true, ClassSet::Car).unwrap();
         let names: Vec<&str> = ds.entries.iter().map(|e| e.name.as_str()).collect();
         assert_eq!(
