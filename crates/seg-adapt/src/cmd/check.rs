@@ -46,6 +46,7 @@ pub fn run(args: Args, device_name: &DeviceName) -> anyhow::Result<()> {
     }
     roles.push(Split::Val);
     let mut blocking = Vec::new();
+    let mut unreadable = 0;
     for role in roles {
         let ds = crate::run::open_all(&cfg, role)?;
         let start = Instant::now();
@@ -71,7 +72,10 @@ pub fn run(args: Args, device_name: &DeviceName) -> anyhow::Result<()> {
             let verdict = match (p.kind, cfg.data.error_policy) {
                 (ProblemKind::SizeMismatch, _) => "left out (size_policy)",
                 (ProblemKind::OrphanLabel, _) => "never read",
-                (ProblemKind::Unreadable, seg_data::ErrorPolicy::Skip) => "left out (error_policy = \"skip\")",
+                (ProblemKind::Unreadable, seg_data::ErrorPolicy::Skip) => {
+                    unreadable += 1;
+                    "left out (error_policy = \"skip\")"
+                }
                 (ProblemKind::Unreadable, seg_data::ErrorPolicy::Fail) => {
                     blocking.push(p.file.clone());
                     "STOPS THE RUN (error_policy = \"fail\")"
@@ -79,6 +83,12 @@ pub fn run(args: Args, device_name: &DeviceName) -> anyhow::Result<()> {
             };
             println!("  {}: {} [{verdict}]", p.file, p.reason);
         }
+    }
+    // Every file was decoded above: when none failed, the run's own pass over them under
+    // "skip" would find nothing, so the set-up below reads headers only (as under "fail").
+    let mut cfg = cfg;
+    if cfg.data.error_policy == seg_data::ErrorPolicy::Skip && unreadable == 0 {
+        cfg.data.error_policy = seg_data::ErrorPolicy::Fail;
     }
     if args.time_steps == 0 && blocking.is_empty() {
         // Without timing, the run is still set up once (and dropped), so every check `train`

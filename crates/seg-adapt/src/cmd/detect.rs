@@ -120,6 +120,7 @@ pub fn check(config: &Path, time_steps: usize, device_name: &crate::run::DeviceN
         ),
     ];
     let mut blocking = Vec::new();
+    let mut left_out = 0;
     for (role, ds) in &splits {
         let start = std::time::Instant::now();
         let bar = indicatif::ProgressBar::new(ds.len() as u64);
@@ -145,6 +146,7 @@ pub fn check(config: &Path, time_steps: usize, device_name: &crate::run::DeviceN
         match d.error_policy {
             _ if unusable == 0 => {}
             seg_data::ErrorPolicy::Skip if r.usable > 0 => {
+                left_out += unusable;
                 println!("  {unusable} sample(s) left out of the run (error_policy = \"skip\")")
             }
             seg_data::ErrorPolicy::Skip => blocking.push(format!("{role}: all {} samples", r.samples)),
@@ -157,6 +159,11 @@ pub fn check(config: &Path, time_steps: usize, device_name: &crate::run::DeviceN
         let n = time_steps.min(cfg.trainer.steps - warmup);
         let mut timed = cfg.clone();
         timed.trainer.log_every = 1;
+        // Every sample was loaded above: when none failed, the run's own pass over them under
+        // "skip" would find nothing, and is left out.
+        if left_out == 0 {
+            timed.data.error_policy = seg_data::ErrorPolicy::Fail;
+        }
         let mut at = Vec::new();
         let control = seg_ssd::train::RunControl {
             resume: false,
