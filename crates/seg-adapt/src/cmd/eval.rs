@@ -48,7 +48,8 @@ pub struct Args {
     /// or `trainids` (0..=18, 255).
     #[arg(long)]
     pub pred_format: Option<PredFormat>,
-    /// Segmentation: classes averaged in the mean IoU, 19 (the default), 16 (SYNTHIA) or 13.
+    /// Segmentation: classes averaged in the mean IoU, 19, 16 (SYNTHIA) or 13; by default the
+    /// run's `eval.protocol` with --checkpoint, 19 with --pred.
     #[arg(long)]
     pub protocol: Option<Protocol>,
     /// Segmentation: count ground-truth images without a prediction as all wrong instead of
@@ -99,11 +100,16 @@ pub fn run(args: Args, device_name: &crate::run::DeviceName) -> anyhow::Result<(
             "a prediction folder (--pred)",
         )?;
     }
-    let (evaluator, source) = match &args.checkpoint {
+    // A run's evaluation protocol is its config's (`eval.protocol`, 16 for SYNTHIA presets)
+    // unless --protocol says otherwise; a prediction folder's is 19 by default.
+    let (evaluator, source, protocol) = match &args.checkpoint {
         Some(run_dir) => evaluate_checkpoint(&args, run_dir, device_name)?,
-        None => evaluate_predictions(&args)?,
+        None => {
+            let (ev, source) = evaluate_predictions(&args)?;
+            (ev, source, Protocol::Classes19)
+        }
     };
-    let mut report = evaluator.finish(args.protocol.unwrap_or(Protocol::Classes19));
+    let mut report = evaluator.finish(args.protocol.unwrap_or(protocol));
     for w in &report.warnings {
         eprintln!("warning: {w}");
     }
@@ -121,7 +127,7 @@ fn evaluate_checkpoint(
     args: &Args,
     run_dir: &std::path::Path,
     device_name: &crate::run::DeviceName,
-) -> anyhow::Result<(seg_metrics::report::Evaluator, String)> {
+) -> anyhow::Result<(seg_metrics::report::Evaluator, String, Protocol)> {
     let device = crate::run::device(device_name)?;
     let trained = crate::run::load_trained(run_dir, &device)?;
     let opts = seg_data::DatasetOptions {
@@ -143,7 +149,7 @@ fn evaluate_checkpoint(
         run_dir.display(),
         trained.step
     );
-    Ok((ev, source))
+    Ok((ev, source, trained.cfg.eval.protocol))
 }
 
 fn evaluate_predictions(args: &Args) -> anyhow::Result<(seg_metrics::report::Evaluator, String)> {

@@ -220,7 +220,11 @@ fn train_eval_predict_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     let run_dir = dir.path().join("run");
     let (gta, cs) = (toy().join("gta5"), toy().join("cityscapes"));
-    let out = ok(&train_args(p(&run_dir), p(&gta), p(&cs), "dann"));
+    // A run evaluated under the 16-class protocol (as SYNTHIA's presets are): `eval
+    // --checkpoint` takes the run's protocol unless told otherwise.
+    let mut train = train_args(p(&run_dir), p(&gta), p(&cs), "dann");
+    train.extend(["--set", "eval.protocol=16"]);
+    let out = ok(&train);
     assert!(out.contains("target val mIoU"), "{out}");
     for f in ["config.toml", "checkpoint.safetensors", "metrics.jsonl"] {
         assert!(run_dir.join(f).exists(), "{f}");
@@ -230,6 +234,7 @@ fn train_eval_predict_round_trip() {
     assert!(table.contains("mIoU"));
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(ev.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["protocol"], "16");
     // Written again into the same folder without pictures, the earlier pictures go with the
     // earlier report.
     assert!(ev.join("pictures/sheet.png").exists());
@@ -255,7 +260,17 @@ fn train_eval_predict_round_trip() {
         p(&preds),
     ]);
     let ev2 = dir.path().join("eval2");
-    ok(&["eval", "--pred", p(&preds), "--root", p(&cs), "--out", p(&ev2)]);
+    ok(&[
+        "eval",
+        "--pred",
+        p(&preds),
+        "--root",
+        p(&cs),
+        "--protocol",
+        "16",
+        "--out",
+        p(&ev2),
+    ]);
     let report2: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(ev2.join("report.json")).unwrap()).unwrap();
     assert_eq!(
