@@ -273,6 +273,12 @@ pub fn build_setup(
     };
     // Second streams and frozen copies: the same model, its variables under another prefix.
     let rebuild = |vb: candle_nn::VarBuilder<'_>| seg_fcn::build(cfg.model.name, seg_labels::NUM_CLASSES, vb, &vars);
+    if let Some(own) = cfg.method.own_seed().filter(|&s| s != 0 && s != cfg.trainer.seed) {
+        tracing::warn!(
+            "method.seed = {own} is not used: the method's random draws follow trainer.seed = {}",
+            cfg.trainer.seed
+        );
+    }
     let method = cfg
         .method
         .clone()

@@ -187,6 +187,18 @@ impl MethodConfig {
         })
     }
 
+    /// The seed written in the method's own section (`method.seed`), for the methods that have
+    /// one; runs replace it with the run's seed ([`Self::with_seed`]).
+    pub fn own_seed(&self) -> Option<u64> {
+        match self {
+            MethodConfig::Dann(c) => Some(c.seed),
+            MethodConfig::FcnWild(c) => Some(c.seed),
+            MethodConfig::CrossCity(c) => Some(c.seed),
+            MethodConfig::San(c) => Some(c.seed),
+            _ => None,
+        }
+    }
+
     /// The same method with its random seed (dropout masks, SAN noise) set to `seed`; the
     /// trainer passes the run seed so that runs with different seeds differ here too.
     pub fn with_seed(mut self, seed: u64) -> Self {

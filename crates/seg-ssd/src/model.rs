@@ -8,8 +8,8 @@
 //! (`conf.{k}`, background first). fc6/fc7 are trained from scratch (torchvision's VGG16 has
 //! fully connected fc6/fc7; the SSD authors' subsampled conversion is not reproduced).
 //!
-//! [`SsdArch::Small`] is a batch-norm SSD for the CPU demo: five stride-2 3×3 conv + BN + ReLU
-//! blocks and a sixth, source maps at strides 8, 16, 32, 64, with the same heads.
+//! [`SsdArch::Small`] is a batch-norm SSD for the CPU demo: six stride-2 3×3 conv + BN + ReLU
+//! blocks, the last four the source maps (strides 8, 16, 32, 64), with the same heads.
 
 use candle_core::{Module, ModuleT, Result, Tensor};
 use candle_nn::{VarBuilder, VarMap};

@@ -94,7 +94,8 @@ impl Default for TrainerConfig {
 }
 
 /// Batches decoded ahead by default: enough that a GPU step of tens of milliseconds does not
-/// wait on full-size PNGs (about 57 ms each to decode and augment on one core).
+/// wait on full-size PNGs (tens of milliseconds each to decode and augment on one core: the
+/// pipeline benchmark in docs/perf.md).
 const DEFAULT_PREFETCH: usize = 4;
 
 fn is_default_prefetch(n: &usize) -> bool {

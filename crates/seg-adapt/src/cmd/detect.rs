@@ -28,7 +28,8 @@ use super::demo_stats::{arm_curves_html, comparisons, results_markdown, summaris
 pub struct TrainArgs {
     /// Detection run config (TOML: [model], [method], [data], [trainer], init_weights or init_from).
     pub config: PathBuf,
-    /// Run folder: config.toml, metrics.jsonl, checkpoint.safetensors, detections.json, eval/.
+    /// Run folder: config.toml, metrics.jsonl, checkpoint.safetensors, detections.json, eval/,
+    /// and skipped.json when samples are left out.
     #[arg(long)]
     pub out: PathBuf,
     /// Override one config key (repeatable), e.g. `--set trainer.steps=200` or

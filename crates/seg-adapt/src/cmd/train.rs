@@ -15,7 +15,8 @@ pub struct Args {
     /// run's `config.toml`. Required unless `--resume` finds the run folder's saved config.
     #[arg(value_name = "CONFIG", required_unless_present = "resume")]
     pub config: Option<PathBuf>,
-    /// Run folder: config.toml, checkpoint.safetensors, metrics.jsonl, eval/, report.html.
+    /// Run folder: config.toml, checkpoint.safetensors, metrics.jsonl, eval/, report.html, and
+    /// skipped.json when samples are left out.
     #[arg(long)]
     pub out: PathBuf,
     /// Continue from the run folder's checkpoint, with its saved config.
