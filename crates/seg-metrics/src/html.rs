@@ -234,7 +234,8 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) 
     svg
 }
 
-/// Horizontal bars of per-class IoU in percent (`None` = no score, drawn as "n/a").
+/// Horizontal bars of scores given as fractions, drawn and labelled in percent (`None` = no
+/// score, drawn as "n/a").
 pub fn bar_chart(title: &str, bars: &[(String, Option<f64>)]) -> String {
     let (l, w, row) = (120.0, 520.0, 16.0);
     let h = 30.0 + row * bars.len() as f64 + 10.0;

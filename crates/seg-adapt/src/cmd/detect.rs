@@ -600,7 +600,8 @@ fn html_page(
             ab.as_ref().map_or(String::new(), with_ci),
             ab.as_ref().map_or(String::new(), |p| format!("{}/{}", p.positive, p.n)),
         );
-        bars.push((m.clone(), Some(100.0 * x.mean)));
+        // The chart takes fractions, as for per-class IoU.
+        bars.push((m.clone(), Some(x.mean)));
     }
     b += "</table>";
     b += &html::bar_chart("Car AP50 % (VOC07), mean over seeds", &bars);

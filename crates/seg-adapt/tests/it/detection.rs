@@ -259,6 +259,12 @@ fn detection_demo_quick_reports_every_arm() {
     assert!((p["mean"].as_f64().unwrap() - mean).abs() < 1e-12);
     assert!(v["paired"]["source-only"]["vs_adabn"].is_null());
     super::check_page_in_chromium(&dir.path().join("report.html"));
+    // The page's bar of each arm is its mean VOC07 AP, in percent as in the table.
+    let page = std::fs::read_to_string(dir.path().join("report.html")).unwrap();
+    for arm in v["summary"].as_object().unwrap().values() {
+        let label = format!(">{:.1} %</text>", 100.0 * arm["mean"].as_f64().unwrap());
+        assert!(page.contains(&label), "{label} not in the page");
+    }
     // Run again, the finished runs are reused as they are; on another instance of the
     // benchmark nothing is.
     ok(&args("2", "0"));
