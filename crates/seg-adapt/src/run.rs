@@ -425,9 +425,11 @@ pub fn train(
     }
     let resume = has_checkpoint;
     let setup = build_setup(cfg, run_dir, device, resume, progress)?;
+    let trainer = Trainer::new(setup)?;
+    // Written once the run is set up: a config refused before (a group the method does not
+    // have, say) leaves no config.toml that would hold the folder.
     seg_labels::fsutil::write_atomic(&run_dir.join("config.toml"), cfg.to_toml()?.as_bytes())
         .with_context(|| format!("writing {}", run_dir.join("config.toml").display()))?;
-    let trainer = Trainer::new(setup)?;
     Ok(trainer.run()?)
 }
 

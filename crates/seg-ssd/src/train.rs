@@ -298,15 +298,8 @@ pub fn run(
     let _lock = seg_labels::fsutil::lock_dir(out).map_err(|e| DetRunError::Run(e.to_string()))?;
     let ckpt = out.join(seg_train::checkpoint::FILE);
     let resuming = seg_train::checkpoint::check_run_folder(out, control.resume).map_err(DetRunError::Run)?;
-    // A run stopped before its first checkpoint resumes from step 0, with its config.toml's
-    // config only (the step count aside), as a checkpoint's.
-    if control.resume && !resuming {
-        let saved = out.join("config.toml");
-        let text =
-            std::fs::read_to_string(&saved).map_err(|e| DetRunError::Run(format!("{}: {e}", saved.display())))?;
-        let theirs = stored_config(&text).map_err(|e| DetRunError::Run(format!("{}: {e}", saved.display())))?;
-        same_but_steps(&theirs, cfg).map_err(|e| DetRunError::Run(format!("{}: {e}", saved.display())))?;
-    }
+    // A run stopped before its first checkpoint starts over from step 0 under `--resume`, with
+    // this config: nothing of it is kept that the config would have to agree with.
     let method_cfg = &cfg.method.0;
     let classes = cfg.model.classes;
     let d = &cfg.data;

@@ -51,7 +51,7 @@ pub struct Args {
 /// The run's configuration: the config file (with `--resume` and no CONFIG, the run folder's
 /// saved config), then the flags, then each `--set`. A resumed run keeps its saved config: the
 /// result may differ from it in `trainer.steps` only (to extend a run), anything else is an error
-/// naming the key. Starting from another run's model (`--init-from`, or `model.init_from` set on
+/// naming the key; a run stopped before its first checkpoint starts over with any config. Starting from another run's model (`--init-from`, or `model.init_from` set on
 /// the command line) replaces the preset's ImageNet weights.
 pub fn resolve(args: &Args) -> anyhow::Result<RunConfig> {
     let saved_path = args.out.join("config.toml");
@@ -87,7 +87,10 @@ pub fn resolve(args: &Args) -> anyhow::Result<RunConfig> {
         tracing::info!("starting from the model of --init-from: the config's init_weights are not loaded");
         cfg.model.init_weights = None;
     }
-    if let Some(saved) = saved {
+    // Without a checkpoint (a run stopped before its first one) there is nothing the config must
+    // agree with: `--resume` starts that run over from step 0, with this config.
+    let has_checkpoint = args.out.join(seg_train::checkpoint::FILE).is_file();
+    if let Some(saved) = saved.filter(|_| has_checkpoint) {
         let mut extended = cfg.clone();
         extended.trainer.steps = saved.trainer.steps;
         if extended != saved {
@@ -102,8 +105,12 @@ pub fn resolve(args: &Args) -> anyhow::Result<RunConfig> {
     Ok(cfg)
 }
 
-/// The first dotted key whose value differs between two configs.
+/// The first dotted key whose value differs between two configs (`method.kind` for another
+/// method, rather than the first of its settings that differs).
 fn first_difference(a: &RunConfig, b: &RunConfig) -> anyhow::Result<String> {
+    if a.method.name() != b.method.name() {
+        return Ok("method.kind".into());
+    }
     let differs = seg_train::config::first_difference(&toml::Value::try_from(a)?, &toml::Value::try_from(b)?);
     Ok(differs.unwrap_or_else(|| "the config".into()))
 }

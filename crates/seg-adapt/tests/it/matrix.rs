@@ -374,6 +374,42 @@ fn a_resume_over_a_dataset_that_changed_on_disk_is_refused() {
     ok(&resume);
 }
 
+#[test]
+fn a_run_refused_at_set_up_or_stopped_before_its_first_checkpoint_does_not_hold_its_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let (gta, cs) = (toy().join("gta5"), toy().join("cityscapes"));
+    let out = dir.path().join("run");
+    let args = |extra: &[&'static str]| {
+        let mut a = train_args(p(&out), p(&gta), p(&cs), "dann");
+        a.extend(extra);
+        a
+    };
+    // A group the method does not have: refused once the method is built, with nothing left.
+    let e = err(&args(&["--set", "trainer.groups.generator.lr=1e-3"]));
+    assert!(e.contains("trainer.groups.generator"), "{e}");
+    assert!(!out.exists(), "the folder the command created is gone");
+    // A run stopped by a NaN loss before its first checkpoint: `--resume` with a mended config
+    // starts it over (nothing of it is kept that the new config would have to agree with).
+    let e = err(&args(&[
+        "--set",
+        "trainer.lr=1e30",
+        "--set",
+        "trainer.checkpoint_every=0",
+    ]));
+    assert!(
+        e.contains("not finite") || e.contains("NaN") || e.contains("infinite"),
+        "{e}"
+    );
+    assert!(out.join("config.toml").exists() && !out.join("checkpoint.safetensors").exists());
+    ok(&args(&["--resume"]));
+    assert!(out.join("checkpoint.safetensors").exists());
+    // With a checkpoint, a resume that changes the method is refused naming `method.kind`.
+    let mut other = train_args(p(&out), p(&gta), p(&cs), "fcn-wild");
+    other.push("--resume");
+    let e = err(&other);
+    assert!(e.contains("change `method.kind`"), "{e}");
+}
+
 pub(crate) fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {
