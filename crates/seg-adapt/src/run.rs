@@ -369,7 +369,8 @@ pub fn build_setup(
 /// another model with both names.
 fn init_checkpoint(cfg: &RunConfig, from: &Path, device: &Device) -> anyhow::Result<seg_train::checkpoint::Checkpoint> {
     let file = seg_train::checkpoint::file_of(from);
-    let ck = seg_train::checkpoint::load(&file, device).with_context(|| format!("model.init_from (--init-from) {}", from.display()))?;
+    let ck = seg_train::checkpoint::load(&file, device)
+        .with_context(|| format!("model.init_from (--init-from) {}", from.display()))?;
     let theirs = stored_config(&file, &ck.meta.config)?;
     anyhow::ensure!(
         theirs.model.name == cfg.model.name,

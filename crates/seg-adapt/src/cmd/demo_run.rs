@@ -82,12 +82,23 @@ impl Stamp {
             && seg_train::checkpoint::load(&ckpt, &candle_core::Device::Cpu)
                 .is_ok_and(|c| c.meta.config == self.config);
         if !same {
-            // Everything a run from step 0 writes, so that it finds the folder empty of runs.
-            let stale = seg_train::checkpoint::RUN_FILES.map(|f| dir.join(f));
-            for stale in stale.iter().chain([&dir.join(RESULT)]) {
+            // Everything a run writes, so that the run from step 0 finds the folder empty of
+            // runs and no evaluation of the earlier one stays beside it.
+            let files = seg_train::checkpoint::RUN_FILES.iter().chain(&[
+                RESULT,
+                seg_train::checkpoint::SKIPPED,
+                "report.html",
+                "detections.json",
+                "checkpoint-before-adabn.safetensors",
+            ]);
+            for stale in files.map(|f| dir.join(f)) {
                 if stale.exists() {
-                    std::fs::remove_file(stale).with_context(|| format!("removing {}", stale.display()))?;
+                    std::fs::remove_file(&stale).with_context(|| format!("removing {}", stale.display()))?;
                 }
+            }
+            let evals = dir.join("eval");
+            if evals.is_dir() {
+                std::fs::remove_dir_all(&evals).with_context(|| format!("removing {}", evals.display()))?;
             }
         }
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -175,8 +186,15 @@ mod tests {
 
         // Starting over under another stamp removes the old result (and any checkpoint); with no
         // checkpoint to resume from, the same stamp starts over too.
+        std::fs::create_dir_all(dir.join("eval/step_000010")).unwrap();
+        std::fs::write(dir.join("eval/step_000010/report.json"), b"{}").unwrap();
+        std::fs::write(dir.join("report.html"), b"<html>").unwrap();
         assert!(!other_seed.start(&dir).unwrap());
         assert!(!dir.join(RESULT).exists());
+        assert!(
+            !dir.join("eval").exists() && !dir.join("report.html").exists(),
+            "no evaluation of the earlier run stays"
+        );
         assert!(!other_seed.start(&dir).unwrap());
         assert!(Stamp::new("x".into(), 0, Some(&tmp.path().join("missing"))).is_err());
     }
