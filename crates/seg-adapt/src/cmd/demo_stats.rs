@@ -5,11 +5,12 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// Mean, sample standard deviation (0 for one value) and count of a method's scores over seeds.
+/// Mean, sample standard deviation (none for one value: `null` in JSON) and count of a method's
+/// scores over seeds.
 #[derive(Debug, Clone, serde::Serialize)]
 pub(crate) struct Summary {
     pub(crate) mean: f64,
-    pub(crate) std: f64,
+    pub(crate) std: Option<f64>,
     pub(crate) n: usize,
 }
 
@@ -21,25 +22,13 @@ impl Summary {
             return None;
         }
         let mean = v.iter().sum::<f64>() / n as f64;
-        let var = if n > 1 {
-            v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64
-        } else {
-            0.0
-        };
-        Some(Self {
-            mean,
-            std: var.sqrt(),
-            n,
-        })
+        let std = (n > 1).then(|| (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt());
+        Some(Self { mean, std, n })
     }
 
     /// The sample standard deviation in points for a table (`n/a` for one seed).
     pub(crate) fn spread(&self) -> String {
-        if self.n > 1 {
-            format!("{:.2}", 100.0 * self.std)
-        } else {
-            "n/a".into()
-        }
+        self.std.map_or_else(|| "n/a".into(), |s| format!("{:.2}", 100.0 * s))
     }
 }
 
@@ -64,7 +53,7 @@ pub(crate) fn t_975(df: usize) -> f64 {
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub(crate) struct Paired {
     pub(crate) mean: f64,
-    pub(crate) std: f64,
+    pub(crate) std: Option<f64>,
     pub(crate) n: usize,
     /// `[low, high]` of the 95% confidence interval of the mean difference.
     pub(crate) ci95: Option<[f64; 2]>,
@@ -82,7 +71,7 @@ pub(crate) fn paired(a: &[(u64, f64)], b: &[(u64, f64)]) -> Option<Paired> {
         .collect();
     let diffs: Vec<f64> = per_seed.iter().map(|d| d.1).collect();
     let Summary { mean, std, n } = Summary::of(&diffs)?;
-    let ci95 = (n > 1).then(|| {
+    let ci95 = std.map(|std| {
         let half = t_975(n - 1) * std / (n as f64).sqrt();
         [mean - half, mean + half]
     });
@@ -103,11 +92,11 @@ pub(crate) fn adabn_verdict(m: &str, x: &Summary, adabn: &Summary, p: &Paired) -
     format!(
         "- **{m}**: {:+.2} points over AdaBN on average ({}); above on {} of {} seeds; {}.\n",
         100.0 * p.mean,
-        match (adabn.n > 1, x.mean > adabn.mean + adabn.std) {
-            (true, true) => "beyond AdaBN's mean + std",
-            (true, false) => "NOT beyond AdaBN's mean + std",
-            (false, true) => "above AdaBN's one seed",
-            (false, false) => "NOT above AdaBN's one seed",
+        match adabn.std {
+            Some(std) if x.mean > adabn.mean + std => "beyond AdaBN's mean + std",
+            Some(_) => "NOT beyond AdaBN's mean + std",
+            None if x.mean > adabn.mean => "above AdaBN's one seed",
+            None => "NOT above AdaBN's one seed",
         },
         p.positive,
         p.n,
@@ -282,7 +271,7 @@ mod tests {
         assert_eq!(p.positive, 3);
         // Differences 0.03, 0.01, 0.02: mean 0.02, std 0.01, half-width 4.302653 * 0.01 / sqrt(3).
         assert!((p.mean - 0.02).abs() < 1e-12);
-        assert!((p.std - 0.01).abs() < 1e-12);
+        assert!((p.std.unwrap() - 0.01).abs() < 1e-12);
         let [lo, hi] = p.ci95.unwrap();
         let half = 4.302653 * 0.01 / 3f64.sqrt();
         assert!((lo - (0.02 - half)).abs() < 1e-9 && (hi - (0.02 + half)).abs() < 1e-9);
