@@ -469,7 +469,7 @@ fn html_report(
         out,
         methods,
         "seg",
-        "Source cross-entropy of each arm (seed 0)",
+        "The seg term of each arm (seed 0): source cross-entropy; SAN's on real features, × (1 − generated_task_share)",
     ));
     if let Some(img) = html::png_img(&out.join("comparison.png"), "predictions of every method") {
         b.push_str("<h2>Predictions (seed 0)</h2><p>Columns: image, ground truth, then one per method in the table's order.</p>");
