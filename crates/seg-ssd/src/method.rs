@@ -135,7 +135,19 @@ impl DetMethodConfig {
             DetMethodConfig::DaImage(c) => {
                 if c.maps.is_empty() || c.maps.iter().any(|&m| m >= sources) {
                     return Err(format!(
-                        "method.maps {:?}: the detector has source maps 0..{sources}",
+                        "method.maps {:?}: the detector's source maps are 0 to {} (at least one)",
+                        c.maps,
+                        sources - 1
+                    ));
+                }
+                if let Some(m) = c
+                    .maps
+                    .iter()
+                    .enumerate()
+                    .find_map(|(i, m)| c.maps[..i].contains(m).then_some(m))
+                {
+                    return Err(format!(
+                        "method.maps {:?} names map {m} twice (it would get two classifiers)",
                         c.maps
                     ));
                 }

@@ -118,6 +118,22 @@ fn detection_input_errors_name_the_entry_or_key() {
         assert!(e.contains(named), "{set}: {e}");
         assert!(!out.join("checkpoint.safetensors").exists(), "{set}");
     }
+    for (maps, said) in [
+        ("method.maps=[4]", "source maps are 0 to 3"),
+        ("method.maps=[3, 3]", "names map 3 twice"),
+    ] {
+        let e = err(&[
+            "train-detector",
+            p(&cfg),
+            "--out",
+            p(&out),
+            "--set",
+            "method.kind=da-image",
+            "--set",
+            maps,
+        ]);
+        assert!(e.contains(said), "{maps}: {e}");
+    }
     // A file's error gives the file's own line; a --set's names the --set.
     let bad = dir.path().join("bad.toml");
     let text = std::fs::read_to_string(&cfg).unwrap();
