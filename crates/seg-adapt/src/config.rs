@@ -173,6 +173,11 @@ impl RunConfig {
             anyhow::bail!("augment.crop is required (`crop = [W, H]` in [augment], or --set augment.crop=[W,H]): batches need one size");
         }
         anyhow::ensure!(
+            (1..=1024).contains(&self.eval.batch_size),
+            "eval.batch_size = {}: images per evaluation pass must be 1 to 1024",
+            self.eval.batch_size
+        );
+        anyhow::ensure!(
             self.model.init_weights.is_none() || self.model.init_from.is_none(),
             "model.init_weights and model.init_from are both set: a run starts from one of them"
         );

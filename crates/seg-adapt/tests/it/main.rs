@@ -362,6 +362,7 @@ fn bad_input_is_refused_before_training_with_a_clear_message() {
         ("trainer.groups.segmenter.lr=inf", "trainer.groups.segmenter.lr"),
         ("trainer.optimizer.momentum=1.5", "trainer.optimizer.momentum"),
         ("trainer.prefetch=1000000", "trainer.prefetch"),
+        ("eval.batch_size=0", "eval.batch_size"),
         ("augment.base_scale=inf", "augment.base_scale"),
         ("augment.base_scale=100.0", "augment.base_scale"),
         ("augment.scale_range=[0.5, 50.0]", "augment.scale_range"),

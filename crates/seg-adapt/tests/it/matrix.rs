@@ -287,7 +287,10 @@ fn unusable_pairs_are_left_out_named_and_counted() {
     assert!(o.status.success(), "{stderr}");
     assert_eq!(stderr.lines().filter(|l| l.contains("00003")).count(), 1, "{stderr}");
     assert!(stderr.contains("left out") && stderr.contains("64x32"), "{stderr}");
-    assert!(!stderr.contains('\u{1b}'), "no colour codes in a log that is not a terminal: {stderr}");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "no colour codes in a log that is not a terminal: {stderr}"
+    );
     let v = left_out(&out).unwrap();
     assert_eq!(v["source"].as_array().unwrap().len(), 1, "{v}");
     assert_eq!(v["source"][0]["name"], "00003");
