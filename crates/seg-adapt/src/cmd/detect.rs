@@ -26,8 +26,10 @@ use super::demo_stats::{arm_curves_html, comparisons, results_markdown, summaris
 
 #[derive(clap::Args, Debug)]
 pub struct TrainArgs {
-    /// Detection run config (TOML: [model], [method], [data], [trainer], init_weights or init_from).
-    pub config: PathBuf,
+    /// Detection run config (TOML: [model], [method], [data], [trainer], init_weights or
+    /// init_from). Optional with `--resume`, which then reads the run folder's config.toml.
+    #[arg(value_name = "CONFIG", required_unless_present = "resume")]
+    pub config: Option<PathBuf>,
     /// Run folder: config.toml, metrics.jsonl, checkpoint.safetensors, detections.json, eval/,
     /// and skipped.json when samples are left out.
     #[arg(long)]
@@ -215,7 +217,16 @@ pub fn train(args: TrainArgs, device_name: &crate::run::DeviceName) -> anyhow::R
         let quoted = toml::Value::String(from.display().to_string()).to_string();
         sets.insert(0, format!("init_from={quoted}"));
     }
-    let cfg = load_config(&args.config, &sets)?;
+    let saved = args.out.join("config.toml");
+    let config = match &args.config {
+        Some(c) => c,
+        None if saved.is_file() => &saved,
+        None => anyhow::bail!(
+            "{}: no saved config to resume from; name a CONFIG (a preset of `configs/detection/`)",
+            saved.display()
+        ),
+    };
+    let cfg = load_config(config, &sets)?;
     let device = crate::run::device(device_name)?;
     let control = seg_ssd::train::RunControl {
         resume: args.resume,

@@ -94,6 +94,19 @@ fn train_detector_then_eval_the_checkpoint_and_its_detections_file_alike() {
     assert_eq!(v["ap50"].as_object().unwrap().len(), 8);
     assert!(v["ap50"]["train"].is_null());
     assert_eq!(v["ap50"]["car"], a["ap50"]["car"]);
+    // Resumed without CONFIG, the run folder's config.toml is the config (as for `train`).
+    ok(&[
+        "train-detector",
+        "--out",
+        p(&run),
+        "--resume",
+        "--set",
+        "trainer.steps=4",
+    ]);
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 4);
+    let e = err(&["train-detector", "--out", p(&dir.path().join("none")), "--resume"]);
+    assert!(e.contains("no saved config to resume from"), "{e}");
 }
 
 #[test]
