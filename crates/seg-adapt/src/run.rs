@@ -215,9 +215,17 @@ pub fn build_setup(
         let at = seg_train::checkpoint::read_meta(&file)?.step;
         let pretrain = cfg.method.pretraining().0;
         let total = pretrain + cfg.trainer.steps;
+        let stage = if pretrain > 0 {
+            format!(
+                " ({pretrain} of the stage before training and {} training steps)",
+                cfg.trainer.steps
+            )
+        } else {
+            String::new()
+        };
         anyhow::ensure!(
             at <= total,
-            "{}: the run is at step {at}, past the {total} steps asked for: resume with --steps of at least {}",
+            "{}: the run is at step {at}, past the {total} steps asked for{stage}: resume with --steps (trainer.steps) of at least {}",
             file.display(),
             at - pretrain.min(at)
         );

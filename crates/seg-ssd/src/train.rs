@@ -379,10 +379,11 @@ pub fn run(
         seg_train::checkpoint::same_left_out_as_recorded(out, &left_out.by_role, "val").map_err(DetRunError::Run)?;
         if ck.meta.step > cfg.trainer.steps {
             return Err(DetRunError::Run(format!(
-                "{}: the run is at step {}, past the {} steps asked for",
+                "{}: the run is at step {}, past the {} steps asked for: resume with trainer.steps of at least {}",
                 ckpt.display(),
                 ck.meta.step,
-                cfg.trainer.steps
+                cfg.trainer.steps,
+                ck.meta.step
             )));
         }
         let _ = seg_labels::fsutil::remove_stale_temps(out);

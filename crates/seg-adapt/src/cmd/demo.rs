@@ -147,7 +147,8 @@ pub fn demo_config(
 ) -> anyhow::Result<RunConfig> {
     let (gta, _, cs) = toy::paths(data);
     let s = preset.sizes();
-    // Train at 64x128 whatever the stored size; evaluation upsamples to full resolution.
+    // Train on 128x64 (width x height) whatever the stored size; evaluation upsamples to full
+    // resolution.
     let scale = 64.0 / s.height as f32;
     let mut method: MethodConfig = method.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
     if let MethodConfig::San(c) = &mut method {
@@ -606,7 +607,7 @@ pub fn run(args: Args, device_name: &crate::run::DeviceName) -> anyhow::Result<(
     let s = preset.sizes();
     let last_seed = seeds.saturating_sub(1);
     let meta = format!(
-        "Embedded benchmark `{preset:?}`, generator version {}, data seed {} ({} source images, {} target train, {} target val, stored at {}x{}); small BN FCN trained at 64x128, batch 8 (+8 target). Per seed: {} source-only steps shared by every arm, then {} steps per arm from that model (AdaBN from the source-only arm; adaptation arms end with AdaBN's re-estimation of the batch-norm statistics over the same target batches; the oracle on target train labels). Seeds 0 to {last_seed} ({seeds} in all). {}",
+        "Embedded benchmark `{preset:?}`, generator version {}, data seed {} ({} source images, {} target train, {} target val, stored at {}x{}); small BN FCN trained on 128x64 crops, batch 8 (+8 target). Per seed: {} source-only steps shared by every arm, then {} steps per arm from that model (AdaBN from the source-only arm; adaptation arms end with AdaBN's re-estimation of the batch-norm statistics over the same target batches; the oracle on target train labels). Seeds 0 to {last_seed} ({seeds} in all). {}",
         toy::GENERATOR_VERSION,
         args.data_seed,
         s.gta5,

@@ -16,7 +16,7 @@ pub struct Args {
     /// instance of the same benchmark.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// `quick` (64×128, small), `default` (128×256) or `full` (1024×2048, four images a split, two in val:
+    /// `quick` (128×64, small), `default` (256×128) or `full` (2048×1024, four images a split, two in val:
     /// for timing the real-size presets of `configs/`).
     #[arg(long, default_value = "default")]
     pub preset: Preset,

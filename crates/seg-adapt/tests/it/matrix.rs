@@ -412,6 +412,21 @@ fn a_run_refused_at_set_up_or_stopped_before_its_first_checkpoint_does_not_hold_
     other.push("--resume");
     let e = err(&other);
     assert!(e.contains("change `method.kind`"), "{e}");
+    // The curriculum's steps count its stage before training too: a resume towards fewer says
+    // how the count splits.
+    let cur = dir.path().join("curriculum");
+    let mut c = train_args(p(&cur), p(&gta), p(&cs), "curriculum");
+    c.extend(["--set", "method.pretrain_steps=2"]);
+    ok(&c);
+    c.push("--resume");
+    assert_eq!((c[4], c[5]), ("--steps", "3"));
+    c[5] = "1";
+    let e = err(&c);
+    assert!(
+        e.contains("at step 5, past the 3 steps asked for (2 of the stage before training and 1 training steps)")
+            && e.contains("of at least 3"),
+        "{e}"
+    );
 }
 
 pub(crate) fn copy_dir(from: &Path, to: &Path) {

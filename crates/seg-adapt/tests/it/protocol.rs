@@ -133,7 +133,7 @@ fn init_from_copies_the_model_and_refuses_another() {
     fewer[5] = "1";
     let e = err(&fewer);
     assert!(
-        e.contains("past the 1 steps") && e.contains("--steps of at least 3"),
+        e.contains("past the 1 steps") && e.contains("--steps (trainer.steps) of at least 3"),
         "{e}"
     );
     assert_eq!(std::fs::read(out.join("config.toml")).unwrap(), config);
