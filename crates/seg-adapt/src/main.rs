@@ -37,20 +37,21 @@ fn main() -> std::process::ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    tracing_subscriber::fmt()
+    let log = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SEG_ADAPT_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
-        // Colours for a terminal only: a log redirected to a file, or NO_COLOR, gets plain text.
-        .with_ansi(
-            std::io::IsTerminal::is_terminal(&std::io::stderr())
-                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
-        )
         .without_time()
-        .with_target(false)
-        .init();
+        .with_target(false);
+    // Colours for a terminal only (there tracing-subscriber honours NO_COLOR itself): a log
+    // redirected to a file gets plain text.
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        log.init();
+    } else {
+        log.with_ansi(false).init();
+    }
     // The kernels' runtime switches (`SEG_SGEMM`, `SEG_WINOGRAD`, `SEG_CUDNN`, ...), read once.
     seg_kernels::Settings::from_env().apply();
     seg_cuda::Settings::from_env().apply();

@@ -13,6 +13,7 @@ pub mod folder;
 pub mod html;
 pub mod pictures;
 pub mod report;
+pub mod seeds;
 
 pub use confusion::{ConfusionMatrix, MetricsError, COLUMNS, VOID_COLUMN};
 pub use folder::{evaluate_folder, FolderError, FolderOptions, PredFormat};

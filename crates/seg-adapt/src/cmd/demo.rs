@@ -20,8 +20,9 @@ use seg_labels::png_io;
 use seg_methods::MethodConfig;
 
 use super::demo_run::{Ledger, Stamp};
-use super::demo_stats::{arm_curves_html, comparisons, results_markdown, summarise, with_ci, Comparison, Summary};
+use super::demo_stats::{arm_curves_html, comparisons, results_markdown, summarise, with_ci, Comparison};
 use crate::config::{DataConfig, EvalConfig, ModelConfig, RunConfig};
+use seg_metrics::seeds::Summary;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {

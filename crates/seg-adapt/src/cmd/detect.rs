@@ -22,7 +22,8 @@ use seg_ssd::{DetMethodConfig, SsdConfig};
 
 use super::demo::{method_list, Phase, Phases, PRETRAIN};
 use super::demo_run::{digest, Ledger, Stamp};
-use super::demo_stats::{arm_curves_html, comparisons, results_markdown, summarise, with_ci, Comparison, Summary};
+use super::demo_stats::{arm_curves_html, comparisons, results_markdown, summarise, with_ci, Comparison};
+use seg_metrics::seeds::Summary;
 
 #[derive(clap::Args, Debug)]
 pub struct TrainArgs {
