@@ -212,7 +212,9 @@ pub fn build_setup(
     if resuming {
         // A run is resumed only towards a later step than its checkpoint's.
         let file = seg_train::checkpoint::file_of(run_dir);
-        let at = seg_train::checkpoint::read_meta(&file)?.step;
+        let meta = seg_train::checkpoint::read_meta(&file)?;
+        stored_config(&file, &meta.config)?;
+        let at = meta.step;
         let pretrain = cfg.method.pretraining().0;
         let total = pretrain + cfg.trainer.steps;
         let stage = if pretrain > 0 {

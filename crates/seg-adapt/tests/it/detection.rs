@@ -107,6 +107,15 @@ fn train_detector_then_eval_the_checkpoint_and_its_detections_file_alike() {
     assert_eq!(metrics.lines().count(), 4);
     let e = err(&["train-detector", "--out", p(&dir.path().join("none")), "--resume"]);
     assert!(e.contains("no saved config to resume from"), "{e}");
+    // A detector's checkpoint in a segmentation run's folder is refused by name on resume.
+    let seg = dir.path().join("seg");
+    std::fs::create_dir_all(&seg).unwrap();
+    std::fs::copy(run.join("checkpoint.safetensors"), seg.join("checkpoint.safetensors")).unwrap();
+    let (gta, _, _) = seg_data::toy::paths(toy());
+    let mut resume = super::train_args(p(&seg), p(&gta), p(&cs), "source-only");
+    resume.push("--resume");
+    let e = err(&resume);
+    assert!(e.contains("a detector's checkpoint"), "{e}");
 }
 
 #[test]
