@@ -21,6 +21,10 @@ pub struct Args {
     /// untimed warm-up steps (convolution plans, allocator caches, the batches decoded ahead).
     #[arg(long, default_value_t = 3)]
     pub time_steps: usize,
+    /// Override one config key (repeatable), as `train --set` and `train-detector --set` take
+    /// it, so that the run checked is the run trained.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
 }
 
 /// Untimed steps before the timed ones (besides one per batch decoded ahead), where the stage
@@ -32,9 +36,12 @@ pub fn run(args: Args, device_name: &DeviceName) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&args.config)
         .with_context(|| format!("{}: cannot read config", args.config.display()))?;
     if crate::config::is_detection_config(&text) {
-        return super::detect::check(&args.config, args.time_steps, device_name);
+        return super::detect::check(&args.config, &args.set, args.time_steps, device_name);
     }
-    let cfg = RunConfig::load(&args.config)?;
+    let mut cfg = RunConfig::load(&args.config)?;
+    for kv in &args.set {
+        cfg = cfg.with_set(kv)?;
+    }
     // The device first: reading every file takes long, and a device that cannot open would
     // stop the run anyway.
     let device = crate::run::device(device_name)?;
@@ -86,7 +93,6 @@ pub fn run(args: Args, device_name: &DeviceName) -> anyhow::Result<()> {
     }
     // Every file was decoded above: when none failed, the run's own pass over them under
     // "skip" would find nothing, so the set-up below reads headers only (as under "fail").
-    let mut cfg = cfg;
     if cfg.data.error_policy == seg_data::ErrorPolicy::Skip && unreadable == 0 {
         cfg.data.error_policy = seg_data::ErrorPolicy::Fail;
     }

@@ -101,8 +101,13 @@ pub fn load_config(path: &Path, sets: &[String]) -> anyhow::Result<DetRunConfig>
 /// does not read fails the check under `data.error_policy = "fail"` (the run would stop when
 /// it is drawn); under `"skip"` it is counted as left out, and only a split with nothing left
 /// fails the check.
-pub fn check(config: &Path, time_steps: usize, device_name: &crate::run::DeviceName) -> anyhow::Result<()> {
-    let cfg = load_config(config, &[])?;
+pub fn check(
+    config: &Path,
+    sets: &[String],
+    time_steps: usize,
+    device_name: &crate::run::DeviceName,
+) -> anyhow::Result<()> {
+    let cfg = load_config(config, sets)?;
     let device = crate::run::device(device_name)?;
     println!("# resolved config ({})\n{}", config.display(), cfg.to_toml());
     let d = &cfg.data;

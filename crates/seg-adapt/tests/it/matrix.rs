@@ -589,6 +589,9 @@ fn check_reads_every_file_times_steps_and_fails_when_the_run_would_stop() {
     std::fs::write(root.join("images/00004.png"), b"").unwrap();
     let e = err(&["check", p(&cfg), "--time-steps", "0"]);
     assert!(e.contains("would stop the run") && e.contains("00004.png"), "{e}");
+    // `--set` checks the run as `train --set` would train it.
+    let out = ok(&["check", p(&cfg), "--time-steps", "0", "--set", "data.error_policy=skip"]);
+    assert!(out.contains("00004.png") && out.contains("left out"), "{out}");
     write("skip");
     let out = ok(&["check", p(&cfg), "--time-steps", "0"]);
     assert!(out.contains("00004.png") && out.contains("left out"), "{out}");
