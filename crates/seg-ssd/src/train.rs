@@ -465,6 +465,7 @@ pub fn run(
             total: t.steps,
             power: t.lr_power,
         };
+        let t0 = std::time::Instant::now();
         let terms = stepper.step(method.as_ref(), &cx, at)?;
         let logged = t.log_every > 0 && ((step + 1) % t.log_every == 0 || step + 1 == t.steps);
         if logged {
@@ -478,7 +479,12 @@ pub fn run(
                     "none yet".into()
                 },
             })?;
-            let line = serde_json::json!({"step": step + 1, "losses": values});
+            // As a segmentation run's lines: the detector's rate at this step, and the step's
+            // throughput (source and target images).
+            let lr = seg_nn::poly_lr(t.lr, step, t.steps, t.lr_power);
+            let images = sb.images.dims()[0] + tb.as_ref().map_or(0, |b| b.images.dims()[0]);
+            let ips = images as f64 / t0.elapsed().as_secs_f64().max(1e-9);
+            let line = serde_json::json!({"step": step + 1, "lr": lr, "losses": values, "images_per_sec": ips});
             seg_labels::fsutil::append_line(&metrics, &line.to_string()).map_err(write_err(&metrics))?;
             progress(step + 1, t.steps, &values);
             last = values;

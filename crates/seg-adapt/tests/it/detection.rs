@@ -44,6 +44,13 @@ fn train_detector_then_eval_the_checkpoint_and_its_detections_file_alike() {
         metrics.contains("domain_adv") && metrics.contains("det_loc"),
         "{metrics}"
     );
+    for line in metrics.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(
+            v["lr"].is_number() && v["images_per_sec"].as_f64().unwrap() > 0.0,
+            "{line}"
+        );
+    }
     let trained = json(&run.join("eval/report.json"));
     assert!(run.join("eval/pictures/detections.png").exists());
     let (_, _, cs) = seg_data::toy::paths(toy());
