@@ -210,8 +210,9 @@ pub fn parse_crop(s: &str) -> Result<[u32; 2], String> {
 }
 
 /// Applies one `--set key=value` to a config as a TOML tree: the value is read as TOML (a
-/// number, boolean, array...) or else taken as a string; `method.kind = X` replaces the whole
-/// `[method]` section (another method's settings would not fit). Returns the key and value
+/// number, boolean, array...) or else taken as a string; an empty value takes the key out (its
+/// default applies); `method.kind = X` replaces the whole `[method]` section (another method's
+/// settings would not fit). Returns the key and value
 /// for messages; the caller re-parses the tree, which names an unknown key or a wrong type.
 pub fn set_key(root: &mut toml::Value, assignment: &str) -> anyhow::Result<(String, String)> {
     let (key, value) = assignment
@@ -231,6 +232,23 @@ pub fn set_key(root: &mut toml::Value, assignment: &str) -> anyhow::Result<(Stri
     let table = root
         .as_table_mut()
         .ok_or_else(|| anyhow::anyhow!("the config is not a table"))?;
+    if value.is_empty() {
+        // `KEY=` with nothing after it takes the key out: its default applies (no ImageNet
+        // weights for `model.init_weights=`), or the parse names it when it is required.
+        anyhow::ensure!(
+            parts != ["method", "kind"],
+            "--set `{assignment}`: a run needs a method"
+        );
+        let (last, path) = parts.split_last().unwrap_or((&"", &[]));
+        let mut node = Some(table);
+        for part in path {
+            node = node.and_then(|t| t.get_mut(*part)).and_then(toml::Value::as_table_mut);
+        }
+        if let Some(t) = node {
+            t.remove(*last);
+        }
+        return Ok((key.to_string(), value.to_string()));
+    }
     if parts == ["method", "kind"] {
         let mut t = toml::Table::new();
         t.insert("kind".into(), parsed);

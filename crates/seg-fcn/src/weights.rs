@@ -40,9 +40,26 @@ pub enum WeightsError {
     NothingLoaded { path: String },
 }
 
+/// Refuses a weights file that is not there, saying where torchvision's comes from and how to
+/// do without (checked before a long read of the datasets, and by the loader).
+pub fn weights_file_exists(path: &Path) -> Result<(), WeightsError> {
+    if path.is_file() {
+        return Ok(());
+    }
+    Err(WeightsError::Read {
+        path: path.display().to_string(),
+        reason: "no such file: torchvision's ImageNet VGG16 is \
+                 https://download.pytorch.org/models/vgg16-397923af.pth (loaded as it comes); \
+                 without init_weights (`--set model.init_weights=`, or `--set init_weights=` for a \
+                 detector) the model starts from random weights"
+            .into(),
+    })
+}
+
 /// Loads `path` into the variables of `vars` under `prefix` (e.g. `model`).
 pub fn load_init_weights(vars: &VarMap, prefix: &str, path: &Path) -> Result<InitReport, WeightsError> {
     let p = path.display().to_string();
+    weights_file_exists(path)?;
     let read = |e: candle_core::Error| WeightsError::Read {
         path: p.clone(),
         reason: e.to_string(),

@@ -42,6 +42,16 @@ pub fn run(args: Args, device_name: &DeviceName) -> anyhow::Result<()> {
     for kv in &args.set {
         cfg = cfg.with_set(kv)?;
     }
+    // What the config alone settles is refused before reading every file, which takes minutes
+    // on a full dataset: sizes and settings against the model, the ImageNet weights' file.
+    {
+        let (_, backbone) = crate::run::build_model(&cfg, &candle_core::Device::Cpu)?;
+        cfg.validate(backbone.stride())
+            .context("the run would stop before its first step")?;
+    }
+    if let Some(w) = &cfg.model.init_weights {
+        seg_fcn::weights::weights_file_exists(w).context("the run would stop before its first step")?;
+    }
     // The device first: reading every file takes long, and a device that cannot open would
     // stop the run anyway.
     let device = crate::run::device(device_name)?;

@@ -73,8 +73,31 @@ pub fn load_config(path: &Path, sets: &[String]) -> anyhow::Result<DetRunConfig>
         }
     }
     let flags = sets.iter().map(|s| format!("--set {s}")).collect::<Vec<_>>().join(" ");
-    let cfg: DetRunConfig = toml::from_str(&toml::to_string(&root)?)
-        .map_err(|e| anyhow::anyhow!("{}: {flags}: {}", path.display(), e.message()))?;
+    let parsed: Result<DetRunConfig, _> = toml::from_str(&toml::to_string(&root)?);
+    let cfg = match parsed {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            // The first --set after which the config no longer reads is the one to name.
+            let mut tree = file_raw.clone();
+            let culprit = sets
+                .iter()
+                .find(|s| {
+                    crate::config::set_key(&mut tree, s).is_ok()
+                        && toml::to_string(&tree)
+                            .ok()
+                            .and_then(|t| toml::from_str::<DetRunConfig>(&t).err())
+                            .is_some()
+                })
+                .map_or(flags.clone(), |s| format!("--set {s}"));
+            let hint = match e.message() {
+                m if m.contains("unknown field `init_weights`") || m.contains("unknown field `init_from`") => {
+                    " (in a detection config, init_weights and init_from are top-level keys)"
+                }
+                _ => "",
+            };
+            anyhow::bail!("{}: {culprit}: {}{hint}", path.display(), e.message().trim_end());
+        }
+    };
     // Array lengths as written, then the values.
     let checked = |raw: &toml::Value, cfg: &DetRunConfig| -> anyhow::Result<()> {
         let typed = toml::Value::try_from(cfg).context("cannot serialise the config")?;
@@ -108,6 +131,10 @@ pub fn check(
     device_name: &crate::run::DeviceName,
 ) -> anyhow::Result<()> {
     let cfg = load_config(config, sets)?;
+    // The ImageNet weights' file is refused before the long read of every file.
+    if let Some(w) = &cfg.init_weights {
+        seg_fcn::weights::weights_file_exists(w).context("the run would stop before its first step")?;
+    }
     let device = crate::run::device(device_name)?;
     println!("# resolved config ({})\n{}", config.display(), cfg.to_toml());
     let d = &cfg.data;

@@ -174,6 +174,48 @@ fn detection_input_errors_name_the_entry_or_key() {
     );
     let e = err(&["train-detector", p(&cfg), "--out", p(&out), "--set", "trainer.seed=-1"]);
     assert!(e.contains("--set trainer.seed=-1"), "{e}");
+    // Of several --set, the one after which the config no longer reads is named alone.
+    let e = err(&[
+        "train-detector",
+        p(&cfg),
+        "--out",
+        p(&out),
+        "--set",
+        "trainer.steps=2",
+        "--set",
+        "trainer.lr=abc",
+        "--set",
+        "trainer.seed=1",
+    ]);
+    assert!(
+        e.contains("--set trainer.lr=abc: ") && !e.contains("trainer.steps=2") && !e.contains("trainer.seed=1"),
+        "{e}"
+    );
+    let e = err(&[
+        "train-detector",
+        p(&cfg),
+        "--out",
+        p(&out),
+        "--set",
+        "model.init_weights=w.pth",
+    ]);
+    assert!(e.contains("init_weights and init_from are top-level keys"), "{e}");
+    // Missing ImageNet weights: refused by `check` before it reads the data, saying where
+    // torchvision's file comes from.
+    let e = err(&[
+        "check",
+        p(&cfg),
+        "--time-steps",
+        "0",
+        "--set",
+        "model.arch=vgg300",
+        "--set",
+        "init_weights=nowhere/vgg16.pth",
+    ]);
+    assert!(
+        e.contains("nowhere/vgg16.pth") && e.contains("download.pytorch.org/models/vgg16-397923af.pth"),
+        "{e}"
+    );
     let e = err(&["train-detector", p(&cfg), "--out", p(&out), "--set", "trainer.lr=nan"]);
     assert!(e.contains("--set trainer.lr=nan") && !e.contains("det.toml"), "{e}");
     let (_, _, cs) = seg_data::toy::paths(toy());

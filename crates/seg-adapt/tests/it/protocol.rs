@@ -220,6 +220,10 @@ fn set_overrides_any_key_and_names_a_bad_one() {
     assert_eq!(c.method, "advent".parse::<MethodConfig>().unwrap());
     let c = cfg.with_set("data.source_root=/elsewhere/gta5").unwrap();
     assert_eq!(c.data.source_root, Path::new("/elsewhere/gta5"));
+    // `KEY=` takes the key out: no ImageNet weights, the model starts from random ones.
+    assert!(cfg.model.init_weights.is_some());
+    assert_eq!(cfg.with_set("model.init_weights=").unwrap().model.init_weights, None);
+    assert!(format!("{:#}", cfg.with_set("data.source_root=").unwrap_err()).contains("source_root"));
     let c = cfg.with_set("eval.protocol=16").unwrap();
     assert_eq!(c.eval.protocol, seg_labels::Protocol::Classes16);
     let e = format!("{:#}", cfg.with_set("eval.protocol=17").unwrap_err());
