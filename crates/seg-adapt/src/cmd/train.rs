@@ -56,7 +56,16 @@ pub struct Args {
 pub fn resolve(args: &Args) -> anyhow::Result<RunConfig> {
     let saved_path = args.out.join("config.toml");
     let saved = match args.resume && saved_path.exists() {
-        true => Some(RunConfig::load(&saved_path)?),
+        true => {
+            let text = std::fs::read_to_string(&saved_path).unwrap_or_default();
+            anyhow::ensure!(
+                !crate::config::is_detection_config(&text),
+                "{} is a detection run's folder: resume it with `train-detector --out {} --resume`",
+                args.out.display(),
+                args.out.display()
+            );
+            Some(RunConfig::load(&saved_path)?)
+        }
         false => None,
     };
     let mut cfg = match (&args.config, &saved) {

@@ -114,6 +114,12 @@ fn train_detector_then_eval_the_checkpoint_and_its_detections_file_alike() {
     assert_eq!(metrics.lines().count(), 4);
     let e = err(&["train-detector", "--out", p(&dir.path().join("none")), "--resume"]);
     assert!(e.contains("no saved config to resume from"), "{e}");
+    // Each task's resume refuses the other's run folder by name.
+    let e = err(&["train", "--out", p(&run), "--resume"]);
+    assert!(
+        e.contains("is a detection run's folder") && e.contains("train-detector"),
+        "{e}"
+    );
     // A detector's checkpoint in a segmentation run's folder is refused by name on resume.
     let seg = dir.path().join("seg");
     std::fs::create_dir_all(&seg).unwrap();

@@ -412,6 +412,8 @@ fn a_run_refused_at_set_up_or_stopped_before_its_first_checkpoint_does_not_hold_
     other.push("--resume");
     let e = err(&other);
     assert!(e.contains("change `method.kind`"), "{e}");
+    let e = err(&["train-detector", "--out", p(&out), "--resume"]);
+    assert!(e.contains("is a segmentation run's folder"), "{e}");
     // The curriculum's steps count its stage before training too: a resume towards fewer says
     // how the count splits.
     let cur = dir.path().join("curriculum");
