@@ -28,17 +28,20 @@ use stdout_hook::exit_cleanly_when_stdout_fails;
 const USAGE: &str = "usage: cargo xtask <task> [options]
 
 tasks:
-  train-seg --config FILE [--method M] [--steps N] [--seed S] [--out DIR (default runs/METHOD)]
+  train-seg --config FILE [--method M] [--steps N] [--seed S]
+            [--out DIR (default runs/METHOD, runs/run without --method)]
             [--cuda] [--release|--debug] [-- extra seg-adapt train flags, e.g. --set key=value]
-      build seg-adapt with the right features and profile and run `seg-adapt train FILE`
+      build seg-adapt with cargo (the right features and profile) and run
+      `seg-adapt train FILE`; paths are relative to the workspace root
   check-cuda
       build seg-adapt with --features cuda into target/cuda (no GPU needed)
   bench-compare [--python PATH] [--skip-vgg] [--skip-ssd] [--rounds N (default 2)]
       criterion benchmarks and the PyTorch / numpy references back to back, and a table of
       ratios against the goals (2 threads; the references in target/bench-venv)
-  crash-test [--trials N] [--steps N]
-      SIGKILL training at random moments, resume, and check that nothing is half-written and
-      the final weights equal an uninterrupted run's
+  crash-test [--trials N (default 12)] [--steps N (default 200)]
+      build seg-adapt with cargo, SIGKILL a DANN run on the quick benchmark at random moments,
+      resume, and check that nothing is half-written and that the final weights equal an
+      uninterrupted run's; works in target/crash-test (emptied first)
 
 `cargo xtask <task> --help` prints this too.";
 

@@ -26,8 +26,8 @@ use seg_metrics::seeds::Summary;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Output folder: data/, runs/, report.html, report.md, report.json, comparison.png
-    /// (default: runs/demo, or runs/demo-detection with --task detection). A folder holding
+    /// Output folder: data/, runs/, report.html, report.md, report.json (and comparison.png for
+    /// segmentation; default: runs/demo, or runs/demo-detection with --task detection). A folder holding
     /// the other task's demo is refused.
     #[arg(long)]
     pub out: Option<PathBuf>,
