@@ -139,7 +139,7 @@ impl RunConfig {
     /// defaults. An unknown key or a wrong type is an error that names the key.
     pub fn with_set(&self, assignment: &str) -> anyhow::Result<Self> {
         let mut root = toml::Value::try_from(self).context("cannot serialise the config")?;
-        let (key, value) = set_key(&mut root, assignment)?;
+        let (key, value) = seg_train::config::set_key(&mut root, assignment).map_err(anyhow::Error::msg)?;
         let text = toml::to_string(&root).context("cannot serialise the config")?;
         // The reason alone: a line and column would point into this generated text, which the
         // user never wrote.
@@ -207,67 +207,6 @@ pub fn parse_crop(s: &str) -> Result<[u32; 2], String> {
         .parse::<u32>()
         .map_err(|_| format!("crop height `{h}` is not a number"))?;
     Ok([w, h])
-}
-
-/// Applies one `--set key=value` to a config as a TOML tree: the value is read as TOML (a
-/// number, boolean, array...) or else taken as a string; an empty value takes the key out (its
-/// default applies); `method.kind = X` replaces the whole `[method]` section (another method's
-/// settings would not fit). Returns the key and value
-/// for messages; the caller re-parses the tree, which names an unknown key or a wrong type.
-pub fn set_key(root: &mut toml::Value, assignment: &str) -> anyhow::Result<(String, String)> {
-    let (key, value) = assignment
-        .split_once('=')
-        .ok_or_else(|| anyhow::anyhow!("--set `{assignment}`: expected key=value"))?;
-    let key = key.trim();
-    let value = value.trim();
-    let parsed: toml::Value = match toml::from_str::<toml::Table>(&format!("v = {value}")) {
-        Ok(mut t) => t.remove("v").unwrap_or(toml::Value::String(value.to_string())),
-        Err(_) => toml::Value::String(value.to_string()),
-    };
-    let parts: Vec<&str> = key.split('.').collect();
-    anyhow::ensure!(
-        parts.iter().all(|p| !p.is_empty()),
-        "--set `{assignment}`: `{key}` is not a dotted key"
-    );
-    let table = root
-        .as_table_mut()
-        .ok_or_else(|| anyhow::anyhow!("the config is not a table"))?;
-    if value.is_empty() {
-        // `KEY=` with nothing after it takes the key out: its default applies (no ImageNet
-        // weights for `model.init_weights=`), or the parse names it when it is required.
-        anyhow::ensure!(
-            parts != ["method", "kind"],
-            "--set `{assignment}`: a run needs a method"
-        );
-        let (last, path) = parts.split_last().unwrap_or((&"", &[]));
-        let mut node = Some(table);
-        for part in path {
-            node = node.and_then(|t| t.get_mut(*part)).and_then(toml::Value::as_table_mut);
-        }
-        if let Some(t) = node {
-            t.remove(*last);
-        }
-        return Ok((key.to_string(), value.to_string()));
-    }
-    if parts == ["method", "kind"] {
-        let mut t = toml::Table::new();
-        t.insert("kind".into(), parsed);
-        table.insert("method".into(), toml::Value::Table(t));
-    } else {
-        let mut node = table;
-        for (i, part) in parts.iter().enumerate() {
-            if i + 1 == parts.len() {
-                node.insert(part.to_string(), parsed.clone());
-                break;
-            }
-            node = node
-                .entry(part.to_string())
-                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-                .as_table_mut()
-                .ok_or_else(|| anyhow::anyhow!("--set {key}: `{}` is not a section", parts[..=i].join(".")))?;
-        }
-    }
-    Ok((key.to_string(), value.to_string()))
 }
 
 #[cfg(test)]

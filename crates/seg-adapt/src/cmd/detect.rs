@@ -61,7 +61,7 @@ pub fn load_config(path: &Path, sets: &[String]) -> anyhow::Result<DetRunConfig>
     let mut root = file_raw.clone();
     let (from_file, weights_file) = (root.get("init_from").cloned(), root.get("init_weights").cloned());
     for s in sets {
-        crate::config::set_key(&mut root, s)?;
+        seg_train::config::set_key(&mut root, s).map_err(anyhow::Error::msg)?;
     }
     // The file's ImageNet weights give way to a starting detector named on the command line;
     // weights named there too are refused by `validate`.
@@ -82,7 +82,7 @@ pub fn load_config(path: &Path, sets: &[String]) -> anyhow::Result<DetRunConfig>
             let culprit = sets
                 .iter()
                 .find(|s| {
-                    crate::config::set_key(&mut tree, s).is_ok()
+                    seg_train::config::set_key(&mut tree, s).is_ok()
                         && toml::to_string(&tree)
                             .ok()
                             .and_then(|t| toml::from_str::<DetRunConfig>(&t).err())
