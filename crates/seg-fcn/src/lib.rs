@@ -33,6 +33,14 @@ impl ModelName {
             ModelName::Small => "small",
         }
     }
+
+    /// The network's output stride, known before it is built (crops must be multiples of it).
+    pub fn stride(self) -> usize {
+        match self {
+            ModelName::Vgg16Fcn8s | ModelName::Vgg16Fcn8sReduced => vgg::STRIDE,
+            ModelName::Small => small::STRIDE,
+        }
+    }
 }
 
 impl std::str::FromStr for ModelName {

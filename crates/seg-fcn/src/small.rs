@@ -92,6 +92,9 @@ impl SmallFcn {
     }
 }
 
+/// The small FCN's output stride (the last block dilated rather than strided).
+pub(crate) const STRIDE: usize = 8;
+
 impl Backbone for SmallFcn {
     fn forward_taps(&self, images: &Tensor, train: bool, taps: &[FeatureTap]) -> Result<Features> {
         let (_, _, h, w) = images.dims4()?;
@@ -122,7 +125,7 @@ impl Backbone for SmallFcn {
     }
 
     fn stride(&self) -> usize {
-        8
+        STRIDE
     }
 
     fn taps(&self) -> &'static [FeatureTap] {

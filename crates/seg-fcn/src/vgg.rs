@@ -195,6 +195,9 @@ impl Fcn8s {
     }
 }
 
+/// VGG16-FCN8s's output stride (five 2×2 pools).
+pub(crate) const STRIDE: usize = 32;
+
 impl Backbone for Fcn8s {
     fn forward_taps(&self, images: &Tensor, _train: bool, taps: &[FeatureTap]) -> Result<Features> {
         let mut f = Features::default();
@@ -249,7 +252,7 @@ impl Backbone for Fcn8s {
     }
 
     fn stride(&self) -> usize {
-        32
+        STRIDE
     }
 
     fn taps(&self) -> &'static [FeatureTap] {

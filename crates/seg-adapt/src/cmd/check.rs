@@ -44,11 +44,8 @@ pub fn run(args: Args, device_name: &DeviceName) -> anyhow::Result<()> {
     }
     // What the config alone settles is refused before reading every file, which takes minutes
     // on a full dataset: sizes and settings against the model, the ImageNet weights' file.
-    {
-        let (_, backbone) = crate::run::build_model(&cfg, &candle_core::Device::Cpu)?;
-        cfg.validate(backbone.stride())
-            .context("the run would stop before its first step")?;
-    }
+    cfg.validate(cfg.model.name.stride())
+        .context("the run would stop before its first step")?;
     if let Some(w) = &cfg.model.init_weights {
         seg_fcn::weights::weights_file_exists(w).context("the run would stop before its first step")?;
     }

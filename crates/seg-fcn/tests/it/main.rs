@@ -52,6 +52,7 @@ fn reduced_vgg_fcn8s_has_torchvision_names_and_stride_32() {
         assert!(names.contains(&n.to_string()), "{n} missing");
     }
     assert_eq!(m.stride(), 32);
+    assert_eq!(ModelName::Vgg16Fcn8sReduced.stride(), m.stride());
     let x = Tensor::randn(0f32, 1.0, (1, 3, 64, 96), &Device::Cpu).unwrap();
     let f = m.forward_taps(&x, false, m.taps()).unwrap();
     assert_eq!(f.logits().unwrap().dims(), &[1, 19, 64, 96]);
