@@ -193,6 +193,26 @@ pub fn is_detection_config(text: &str) -> bool {
         .is_some_and(|t| t.get("data").and_then(|d| d.get("source_format")).is_some())
 }
 
+/// Refuses `--resume` into `out` when the run folder's saved `config.toml` is the other task's
+/// (`detection`: the resuming command is `train-detector`), naming the command that resumes it.
+pub fn refuse_other_tasks_folder(out: &std::path::Path, detection: bool) -> anyhow::Result<()> {
+    let Ok(text) = std::fs::read_to_string(out.join("config.toml")) else {
+        return Ok(());
+    };
+    let (theirs, resume_with) = match is_detection_config(&text) {
+        true => ("detection", "train-detector"),
+        false => ("segmentation", "train"),
+    };
+    let readable = toml::from_str::<toml::Value>(&text).is_ok();
+    anyhow::ensure!(
+        !readable || is_detection_config(&text) == detection,
+        "{} is a {theirs} run's folder: resume it with `{resume_with} --out {} --resume`",
+        out.display(),
+        out.display()
+    );
+    Ok(())
+}
+
 /// Parses `WxH`.
 pub fn parse_crop(s: &str) -> Result<[u32; 2], String> {
     let (w, h) = s

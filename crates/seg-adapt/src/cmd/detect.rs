@@ -251,14 +251,8 @@ pub fn train(args: TrainArgs, device_name: &crate::run::DeviceName) -> anyhow::R
         sets.insert(0, format!("init_from={quoted}"));
     }
     let saved = args.out.join("config.toml");
-    if args.resume && saved.is_file() {
-        let text = std::fs::read_to_string(&saved).unwrap_or_default();
-        anyhow::ensure!(
-            crate::config::is_detection_config(&text) || toml::from_str::<toml::Value>(&text).is_err(),
-            "{} is a segmentation run's folder: resume it with `train --out {} --resume`",
-            args.out.display(),
-            args.out.display()
-        );
+    if args.resume {
+        crate::config::refuse_other_tasks_folder(&args.out, true)?;
     }
     let config = match &args.config {
         Some(c) => c,

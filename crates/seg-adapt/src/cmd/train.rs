@@ -57,13 +57,7 @@ pub fn resolve(args: &Args) -> anyhow::Result<RunConfig> {
     let saved_path = args.out.join("config.toml");
     let saved = match args.resume && saved_path.exists() {
         true => {
-            let text = std::fs::read_to_string(&saved_path).unwrap_or_default();
-            anyhow::ensure!(
-                !crate::config::is_detection_config(&text),
-                "{} is a detection run's folder: resume it with `train-detector --out {} --resume`",
-                args.out.display(),
-                args.out.display()
-            );
+            crate::config::refuse_other_tasks_folder(&args.out, false)?;
             Some(RunConfig::load(&saved_path)?)
         }
         false => None,
