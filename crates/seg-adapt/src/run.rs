@@ -415,6 +415,9 @@ pub fn eval_setup(cfg: &RunConfig, device: &Device) -> EvalSetup {
     }
 }
 
+/// The copy of a source-only run's checkpoint that AdaBN applied to it keeps beside its own.
+pub(crate) const BEFORE_ADABN: &str = "checkpoint-before-adabn.safetensors";
+
 /// Trains one run: saves the resolved config, then trains (or resumes) through the method's
 /// stages (AdaBN's re-estimation is the last stage of `adabn` and of every adaptation method).
 pub fn train(
@@ -508,7 +511,7 @@ pub fn adabn_from(cfg: &RunConfig, from_dir: &Path, run_dir: &Path, device: &Dev
         config: cfg.to_toml()?,
     };
     let ck = run_dir.join(seg_train::checkpoint::FILE);
-    let before = run_dir.join("checkpoint-before-adabn.safetensors");
+    let before = run_dir.join(BEFORE_ADABN);
     if ck.exists() && !before.exists() {
         // Keep the trained source-only checkpoint (with its optimiser state) beside the result,
         // once: applied again, AdaBN must not replace that copy with its own output.

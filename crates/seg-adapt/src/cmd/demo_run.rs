@@ -89,7 +89,7 @@ impl Stamp {
                 seg_train::checkpoint::SKIPPED,
                 "report.html",
                 "detections.json",
-                "checkpoint-before-adabn.safetensors",
+                crate::run::BEFORE_ADABN,
             ]);
             for stale in files.map(|f| dir.join(f)) {
                 if stale.exists() {
