@@ -276,8 +276,8 @@ impl TrainerConfig {
 /// Applies one `--set key=value` to a config as a TOML tree: the value is read as TOML (a
 /// number, boolean, array...) or else taken as a string; an empty value takes the key out (its
 /// default applies); `method.kind = X` replaces the whole `[method]` section (another method's
-/// settings would not fit). Returns the key and value
-/// for messages; the caller re-parses the tree, which names an unknown key or a wrong type.
+/// settings would not fit). Returns the key and value for messages; the caller re-parses the
+/// tree, which names an unknown key or a wrong type.
 pub fn set_key(root: &mut toml::Value, assignment: &str) -> Result<(String, String), String> {
     let (key, value) = assignment
         .split_once('=')
