@@ -136,6 +136,12 @@ fn detection_input_errors_name_the_entry_or_key() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path());
     let out = dir.path().join("r");
+    // `train-detector` of the test config with each of `sets` as a `--set`: its error.
+    let with_sets = |sets: &[&str]| {
+        let mut a = vec!["train-detector", p(&cfg), "--out", p(&out)];
+        a.extend(sets.iter().flat_map(|s| ["--set", *s]));
+        err(&a)
+    };
     for (set, named) in [
         ("trainer.stepz=3", "stepz"),
         ("method.kind=yolo", "yolo"),
@@ -149,7 +155,7 @@ fn detection_input_errors_name_the_entry_or_key() {
         // The evaluation split is opened before training (it was found missing after it).
         ("data.target_val=nosuch", "nosuch"),
     ] {
-        let e = err(&["train-detector", p(&cfg), "--out", p(&out), "--set", set]);
+        let e = with_sets(&[set]);
         assert!(e.contains(named), "{set}: {e}");
         assert!(!out.join("checkpoint.safetensors").exists(), "{set}");
     }
@@ -157,16 +163,7 @@ fn detection_input_errors_name_the_entry_or_key() {
         ("method.maps=[4]", "source maps are 0 to 3"),
         ("method.maps=[3, 3]", "names map 3 twice"),
     ] {
-        let e = err(&[
-            "train-detector",
-            p(&cfg),
-            "--out",
-            p(&out),
-            "--set",
-            "method.kind=da-image",
-            "--set",
-            maps,
-        ]);
+        let e = with_sets(&["method.kind=da-image", maps]);
         assert!(e.contains(said), "{maps}: {e}");
     }
     // A file's error gives the file's own line; a --set's names the --set.
@@ -178,33 +175,15 @@ fn detection_input_errors_name_the_entry_or_key() {
         e.contains("bad.toml") && e.contains("line 2") && e.contains("bogus"),
         "{e}"
     );
-    let e = err(&["train-detector", p(&cfg), "--out", p(&out), "--set", "trainer.seed=-1"]);
+    let e = with_sets(&["trainer.seed=-1"]);
     assert!(e.contains("--set trainer.seed=-1"), "{e}");
     // Of several --set, the one after which the config no longer reads is named alone.
-    let e = err(&[
-        "train-detector",
-        p(&cfg),
-        "--out",
-        p(&out),
-        "--set",
-        "trainer.steps=2",
-        "--set",
-        "trainer.lr=abc",
-        "--set",
-        "trainer.seed=1",
-    ]);
+    let e = with_sets(&["trainer.steps=2", "trainer.lr=abc", "trainer.seed=1"]);
     assert!(
         e.contains("--set trainer.lr=abc: ") && !e.contains("trainer.steps=2") && !e.contains("trainer.seed=1"),
         "{e}"
     );
-    let e = err(&[
-        "train-detector",
-        p(&cfg),
-        "--out",
-        p(&out),
-        "--set",
-        "model.init_weights=w.pth",
-    ]);
+    let e = with_sets(&["model.init_weights=w.pth"]);
     assert!(e.contains("init_weights and init_from are top-level keys"), "{e}");
     // Missing ImageNet weights: refused by `check` before it reads the data, saying where
     // torchvision's file comes from.
@@ -222,7 +201,7 @@ fn detection_input_errors_name_the_entry_or_key() {
         e.contains("nowhere/vgg16.pth") && e.contains("download.pytorch.org/models/vgg16-397923af.pth"),
         "{e}"
     );
-    let e = err(&["train-detector", p(&cfg), "--out", p(&out), "--set", "trainer.lr=nan"]);
+    let e = with_sets(&["trainer.lr=nan"]);
     assert!(e.contains("--set trainer.lr=nan") && !e.contains("det.toml"), "{e}");
     let (_, _, cs) = seg_data::toy::paths(toy());
     let dets = dir.path().join("d.json");
