@@ -106,7 +106,7 @@ fn example(root: &Path, pkg: &str, name: &str, args: &[&str]) -> Result<String, 
     )
 }
 
-pub fn run_task(args: &[String], root: &Path) -> Result<(), String> {
+pub(crate) fn run_task(args: &[String], root: &Path) -> Result<(), String> {
     let (mut given, mut vgg, mut ssd, mut rounds) = (None, true, true, 2usize);
     let mut it = args.iter();
     while let Some(a) = it.next() {

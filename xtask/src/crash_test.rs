@@ -136,7 +136,7 @@ fn check_metrics(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
-pub fn run(args: &[String], root: &Path) -> Result<(), String> {
+pub(crate) fn run(args: &[String], root: &Path) -> Result<(), String> {
     let mut trials = 12usize;
     let mut steps = 200usize;
     let mut it = args.iter();

@@ -3,14 +3,14 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-pub fn root() -> PathBuf {
+pub(crate) fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
-pub fn run(cmd: &mut Command) -> Result<(), String> {
+pub(crate) fn run(cmd: &mut Command) -> Result<(), String> {
     eprintln!("$ {cmd:?}");
     let status = cmd.status().map_err(|e| format!("cannot start {cmd:?}: {e}"))?;
     if status.success() {
@@ -21,7 +21,7 @@ pub fn run(cmd: &mut Command) -> Result<(), String> {
 }
 
 /// `cargo xtask train-seg`.
-pub fn train_seg(args: &[String]) -> Result<(), String> {
+pub(crate) fn train_seg(args: &[String]) -> Result<(), String> {
     let (ours, extra) = match args.iter().position(|a| a == "--") {
         Some(i) => (&args[..i], &args[i + 1..]),
         None => (args, &[][..]),
@@ -95,7 +95,7 @@ pub fn train_seg(args: &[String]) -> Result<(), String> {
 }
 
 /// `cargo xtask check-cuda`.
-pub fn check_cuda(args: &[String]) -> Result<(), String> {
+pub(crate) fn check_cuda(args: &[String]) -> Result<(), String> {
     if let Some(a) = args.first() {
         return Err(format!("check-cuda takes no arguments, got `{a}`"));
     }
@@ -124,6 +124,6 @@ pub fn check_cuda(args: &[String]) -> Result<(), String> {
 }
 
 /// Runs cargo in the workspace root.
-pub fn cargo(root: &Path, args: &[&str]) -> Result<(), String> {
+pub(crate) fn cargo(root: &Path, args: &[&str]) -> Result<(), String> {
     run(Command::new(env!("CARGO")).current_dir(root).args(args))
 }
