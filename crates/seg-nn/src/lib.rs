@@ -23,7 +23,7 @@ pub use grad::backward;
 pub use layers::{bilinear_kernel, conv2d, max_pool2x2, resize_bilinear, BatchNorm2d, Conv2d, ConvTranspose2d};
 pub use loss::{bce_with_logits, bce_with_logits_per_element, cross_entropy_ignore};
 pub use ops::argmax::argmax_channels;
-pub use optim::{Adam, Optimizer, OptimizerConfig, Sgd};
+pub use optim::{Adam, Optimizer, OptimizerConfig, OptimizerKind, OptimizerPatch, Sgd};
 pub use precision::{autocast, Precision};
 pub use schedule::{lambda_schedule, poly_lr};
 

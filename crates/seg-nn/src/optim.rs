@@ -89,6 +89,110 @@ impl OptimizerConfig {
     }
 }
 
+/// The two optimisers, as a config's `kind` names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OptimizerKind {
+    Sgd,
+    Adam,
+}
+
+impl OptimizerKind {
+    fn name(self) -> &'static str {
+        match self {
+            OptimizerKind::Sgd => "sgd",
+            OptimizerKind::Adam => "adam",
+        }
+    }
+}
+
+/// An optimiser table as a config file writes it, every field optional: it amends an
+/// optimiser ([`OptimizerConfig::amended`]), so a field left out keeps that optimiser's value.
+/// A `kind` other than the amended optimiser's starts from that kind's own defaults (PyTorch's:
+/// SGD momentum 0.9 here, weight decay 0; Adam betas 0.9 and 0.999, eps 1e-8, weight decay 0).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OptimizerPatch {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<OptimizerKind>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub momentum: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weight_decay: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub beta1: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub beta2: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eps: Option<f64>,
+}
+
+impl OptimizerConfig {
+    pub fn kind(&self) -> OptimizerKind {
+        match self {
+            OptimizerConfig::Sgd { .. } => OptimizerKind::Sgd,
+            OptimizerConfig::Adam { .. } => OptimizerKind::Adam,
+        }
+    }
+
+    /// `kind` with its defaults.
+    pub fn fresh(kind: OptimizerKind) -> Self {
+        match kind {
+            OptimizerKind::Sgd => OptimizerConfig::Sgd {
+                momentum: default_momentum(),
+                weight_decay: 0.0,
+            },
+            OptimizerKind::Adam => OptimizerConfig::Adam {
+                beta1: default_beta1(),
+                beta2: default_beta2(),
+                eps: default_eps(),
+                weight_decay: 0.0,
+            },
+        }
+    }
+
+    /// This optimiser with `patch`'s fields written over it (from [`OptimizerConfig::fresh`]
+    /// when the patch names another kind). A field the resulting kind does not have is an
+    /// error naming it.
+    pub fn amended(&self, patch: &OptimizerPatch) -> std::result::Result<Self, String> {
+        let kind = patch.kind.unwrap_or(self.kind());
+        let mut out = if kind == self.kind() {
+            self.clone()
+        } else {
+            Self::fresh(kind)
+        };
+        let foreign: &[(&str, Option<f64>)] = match kind {
+            OptimizerKind::Sgd => &[("beta1", patch.beta1), ("beta2", patch.beta2), ("eps", patch.eps)],
+            OptimizerKind::Adam => &[("momentum", patch.momentum)],
+        };
+        if let Some((name, _)) = foreign.iter().find(|(_, v)| v.is_some()) {
+            let has = match kind {
+                OptimizerKind::Sgd => "momentum, weight_decay",
+                OptimizerKind::Adam => "beta1, beta2, eps, weight_decay",
+            };
+            return Err(format!("`{name}` is not a setting of {} (it has: {has})", kind.name()));
+        }
+        match &mut out {
+            OptimizerConfig::Sgd { momentum, weight_decay } => {
+                *momentum = patch.momentum.unwrap_or(*momentum);
+                *weight_decay = patch.weight_decay.unwrap_or(*weight_decay);
+            }
+            OptimizerConfig::Adam {
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+            } => {
+                *beta1 = patch.beta1.unwrap_or(*beta1);
+                *beta2 = patch.beta2.unwrap_or(*beta2);
+                *eps = patch.eps.unwrap_or(*eps);
+                *weight_decay = patch.weight_decay.unwrap_or(*weight_decay);
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// An optimiser over a fixed set of named parameters.
 pub trait Optimizer: Send {
     /// One update with learning rate `lr` (times each parameter's multiplier). Parameters

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use seg_nn::{OptimizerConfig, Precision};
+use seg_nn::{OptimizerConfig, OptimizerPatch, Precision};
 
 /// Which domain's images set the batch-norm running statistics during adaptation.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -29,9 +29,14 @@ pub struct TrainerConfig {
     pub lr: f64,
     /// Poly decay power.
     pub lr_power: f64,
+    /// The segmenter's optimiser. A table in the file amends the default: a field left out
+    /// keeps the default's value ([`OptimizerConfig::amended`]).
+    #[serde(deserialize_with = "segmenter_optimizer")]
     pub optimizer: OptimizerConfig,
     /// Learning rate of the head's groups (discriminators, generators), before multipliers.
     pub head_lr: f64,
+    /// Every other group's optimiser, amended by a table in the file as `optimizer` is.
+    #[serde(deserialize_with = "head_optimizer")]
     pub head_optimizer: OptimizerConfig,
     /// Per parameter group (`segmenter`, `discriminator`, `generator`, or a group a method
     /// names: `dsn`, `curriculum`, `two-stream`), an optimiser and learning rate replacing the
@@ -102,11 +107,28 @@ fn is_default_prefetch(n: &usize) -> bool {
     *n == DEFAULT_PREFETCH
 }
 
-/// One parameter group's optimiser settings; a field left out keeps the default.
+fn segmenter_optimizer<'de, D: serde::Deserializer<'de>>(d: D) -> Result<OptimizerConfig, D::Error> {
+    amend(d, TrainerConfig::default().optimizer)
+}
+
+fn head_optimizer<'de, D: serde::Deserializer<'de>>(d: D) -> Result<OptimizerConfig, D::Error> {
+    amend(d, TrainerConfig::default().head_optimizer)
+}
+
+fn amend<'de, D: serde::Deserializer<'de>>(d: D, base: OptimizerConfig) -> Result<OptimizerConfig, D::Error> {
+    let patch = <OptimizerPatch as serde::Deserialize>::deserialize(d)?;
+    base.amended(&patch).map_err(serde::de::Error::custom)
+}
+
+/// One parameter group's optimiser settings; a field left out keeps the default. The optimiser
+/// table amends the group's default (`trainer.optimizer` for the segmenter,
+/// `trainer.head_optimizer` for the others) field by field.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GroupSettings {
-    pub optimizer: Option<OptimizerConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub optimizer: Option<OptimizerPatch>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub lr: Option<f64>,
 }
 
@@ -245,10 +267,10 @@ impl TrainerConfig {
         }
         self.optimizer.validate("trainer.optimizer")?;
         self.head_optimizer.validate("trainer.head_optimizer")?;
-        for (g, s) in &self.groups {
-            if let Some(o) = &s.optimizer {
-                o.validate(&format!("trainer.groups.{g}.optimizer"))?;
-            }
+        for g in self.groups.keys() {
+            self.group_settings(g)?
+                .0
+                .validate(&format!("trainer.groups.{g}.optimizer"))?;
         }
         if self.prefetch > MAX_PREFETCH {
             return Err(format!(
@@ -259,17 +281,24 @@ impl TrainerConfig {
         Ok(())
     }
 
-    /// The optimiser and base learning rate of group `name`.
-    pub fn group_settings(&self, name: &str) -> (OptimizerConfig, f64) {
+    /// The optimiser and base learning rate of group `name`; an error names a group's optimiser
+    /// table that sets a field its kind does not have.
+    pub fn group_settings(&self, name: &str) -> Result<(OptimizerConfig, f64), String> {
         let (opt, lr) = if name == "segmenter" {
             (self.optimizer.clone(), self.lr)
         } else {
             (self.head_optimizer.clone(), self.head_lr)
         };
-        match self.groups.get(name) {
-            Some(g) => (g.optimizer.clone().unwrap_or(opt), g.lr.unwrap_or(lr)),
-            None => (opt, lr),
-        }
+        let Some(g) = self.groups.get(name) else {
+            return Ok((opt, lr));
+        };
+        let opt = match &g.optimizer {
+            Some(patch) => opt
+                .amended(patch)
+                .map_err(|e| format!("trainer.groups.{name}.optimizer: {e}"))?,
+            None => opt,
+        };
+        Ok((opt, g.lr.unwrap_or(lr)))
     }
 }
 
@@ -330,4 +359,83 @@ pub fn set_key(root: &mut toml::Value, assignment: &str) -> Result<(String, Stri
         }
     }
     Ok((key.to_string(), value.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trainer(text: &str) -> Result<TrainerConfig, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn an_optimizer_table_amends_the_default_field_by_field() {
+        let t =
+            trainer("[optimizer]\nmomentum = 0.95\n[head_optimizer]\nkind = \"adam\"\nweight_decay = 1e-4\n").unwrap();
+        // The fields left out keep the trainer's defaults (weight decay 5e-4, beta2 0.99), not
+        // the optimiser kind's.
+        let expect_sgd = OptimizerConfig::Sgd {
+            momentum: 0.95,
+            weight_decay: 5e-4,
+        };
+        assert_eq!(t.optimizer, expect_sgd);
+        let expect_adam = OptimizerConfig::Adam {
+            beta1: 0.9,
+            beta2: 0.99,
+            eps: 1e-8,
+            weight_decay: 1e-4,
+        };
+        assert_eq!(t.head_optimizer, expect_adam);
+        // Another kind starts from its own defaults.
+        let t = trainer("[optimizer]\nkind = \"adam\"\n").unwrap();
+        assert_eq!(t.optimizer, OptimizerConfig::fresh(seg_nn::OptimizerKind::Adam));
+        // The resolved config, written out and read back, is the same.
+        let t = trainer("[optimizer]\nmomentum = 0.5\n[groups.discriminator.optimizer]\nbeta2 = 0.9\n").unwrap();
+        assert_eq!(trainer(&toml::to_string(&t).unwrap()).unwrap(), t);
+    }
+
+    #[test]
+    fn a_groups_optimizer_amends_its_groups_default() {
+        let t = trainer(
+            "[optimizer]\nweight_decay = 1e-3\n[groups.segmenter.optimizer]\nmomentum = 0.8\n[groups.discriminator.optimizer]\nbeta1 = 0.5\n",
+        )
+        .unwrap();
+        t.validate().unwrap();
+        let expect_segmenter = OptimizerConfig::Sgd {
+            momentum: 0.8,
+            weight_decay: 1e-3,
+        };
+        assert_eq!(t.group_settings("segmenter").unwrap(), (expect_segmenter, 0.01));
+        let expect_discriminator = OptimizerConfig::Adam {
+            beta1: 0.5,
+            beta2: 0.99,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        };
+        assert_eq!(t.group_settings("discriminator").unwrap(), (expect_discriminator, 1e-3));
+        assert_eq!(t.group_settings("generator").unwrap().0, t.head_optimizer);
+    }
+
+    #[test]
+    fn a_setting_of_the_other_kind_is_named() {
+        let e = trainer("[optimizer]\nbeta2 = 0.9\n").unwrap_err();
+        assert!(
+            e.contains("`beta2` is not a setting of sgd") && e.contains("momentum, weight_decay"),
+            "{e}"
+        );
+        let e = trainer("[head_optimizer]\nkind = \"adam\"\nmomentum = 0.9\n").unwrap_err();
+        assert!(e.contains("`momentum` is not a setting of adam"), "{e}");
+        let e = trainer("[optimizer]\nmomentom = 0.9\n").unwrap_err();
+        assert!(e.contains("momentom"), "{e}");
+        let t = trainer("[groups.discriminator.optimizer]\nmomentum = 0.9\n").unwrap();
+        let e = t.validate().unwrap_err();
+        assert!(
+            e.contains("trainer.groups.discriminator.optimizer: `momentum` is not a setting of adam"),
+            "{e}"
+        );
+        let t = trainer("[groups.segmenter.optimizer]\nmomentum = 1.5\n").unwrap();
+        let e = t.validate().unwrap_err();
+        assert!(e.contains("trainer.groups.segmenter.optimizer.momentum = 1.5"), "{e}");
+    }
 }

@@ -107,7 +107,7 @@ impl Stepper {
         let mut groups = Vec::new();
         for (id, (loss, mut params)) in by_group {
             params.sort_by(|a, b| a.0.cmp(&b.0));
-            let (opt, lr) = cfg.group_settings(id.name());
+            let (opt, lr) = cfg.group_settings(id.name()).map_err(TrainError::Setup)?;
             groups.push(Group {
                 id,
                 loss,

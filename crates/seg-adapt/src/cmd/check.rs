@@ -134,7 +134,8 @@ pub fn run(args: Args, device_name: &DeviceName) -> anyhow::Result<()> {
             let per = secs / n.max(1) as f64;
             before = per * pretrain as f64;
             println!(
-                "timing: {n} steps of the {pretrain}-step stage before training on {device_name} in {secs:.1}s ({per:.2} s/step, after {warmup} untimed)"
+                "timing: {} of the {pretrain}-step stage before training on {device_name} in {secs:.1}s ({per:.2} s/step, after {warmup} untimed)",
+                steps(n)
             );
         }
         let train_cfg = RunConfig {
@@ -146,9 +147,11 @@ pub fn run(args: Args, device_name: &DeviceName) -> anyhow::Result<()> {
         let per = secs / n.max(1) as f64;
         let total = before + per * cfg.trainer.steps as f64;
         println!(
-            "timing: {n} training steps on {} in {secs:.1}s ({per:.2} s/step, after {warmup} untimed warm-up steps); {} steps{}: about {}, evaluation and checkpoints not included",
+            "timing: {} on {} in {secs:.1}s ({per:.2} s/step, after {} untimed); {}{}: about {}, evaluation and checkpoints not included",
+            steps(n).replace("step", "training step"),
             device_name,
-            cfg.trainer.steps,
+            steps(warmup).replace("step", "warm-up step"),
+            steps(cfg.trainer.steps),
             if pretrain > 0 { format!(" and the {pretrain} before them") } else { String::new() },
             hours_minutes(total)
         );
@@ -161,6 +164,11 @@ pub fn run(args: Args, device_name: &DeviceName) -> anyhow::Result<()> {
     );
     println!("check passed: {}", args.config.display());
     Ok(())
+}
+
+/// `n step` or `n steps`.
+pub(crate) fn steps(n: usize) -> String {
+    format!("{n} step{}", if n == 1 { "" } else { "s" })
 }
 
 /// `secs` as `Hh MMmin`, rounded to the minute first (so 59.6 minutes past an hour read as the
@@ -178,5 +186,12 @@ mod tests {
         assert_eq!(super::hours_minutes(3599.7), "1h 00min");
         assert_eq!(super::hours_minutes(49.0 * 3600.0 + 59.6 * 60.0), "50h 00min");
         assert_eq!(super::hours_minutes(2.0 * 3600.0 + 5.0 * 60.0 + 20.0), "2h 05min");
+    }
+
+    #[test]
+    fn one_step_is_singular() {
+        assert_eq!(super::steps(1), "1 step");
+        assert_eq!(super::steps(0), "0 steps");
+        assert_eq!(super::steps(400), "400 steps");
     }
 }

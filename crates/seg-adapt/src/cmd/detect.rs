@@ -221,8 +221,10 @@ pub fn check(
         let secs = at.last().map_or(0.0, |b| b.duration_since(from).as_secs_f64());
         let per = secs / n.max(1) as f64;
         println!(
-            "timing: {n} training steps on {device_name} in {secs:.1}s ({per:.2} s/step, after {warmup} untimed warm-up steps); {} steps: about {}, evaluation and checkpoints not included",
-            cfg.trainer.steps,
+            "timing: {} on {device_name} in {secs:.1}s ({per:.2} s/step, after {} untimed); {}: about {}, evaluation and checkpoints not included",
+            super::check::steps(n).replace("step", "training step"),
+            super::check::steps(warmup).replace("step", "warm-up step"),
+            super::check::steps(cfg.trainer.steps),
             super::check::hours_minutes(per * cfg.trainer.steps as f64)
         );
     }

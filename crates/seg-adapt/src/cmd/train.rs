@@ -124,9 +124,9 @@ pub fn run(args: Args, device_name: &crate::run::DeviceName) -> anyhow::Result<(
     let outcome = crate::run::train(&cfg, &args.out, &device, args.resume, true)
         .with_context(|| format!("training run {}", args.out.display()))?;
     println!(
-        "run {}: {} steps in {:.1}s, checkpoint {}, target val mIoU {}",
+        "run {}: {} in {:.1}s, checkpoint {}, target val mIoU {}",
         args.out.display(),
-        outcome.steps,
+        super::check::steps(outcome.steps),
         outcome.seconds,
         outcome.checkpoint.display(),
         outcome

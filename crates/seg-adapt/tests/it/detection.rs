@@ -419,7 +419,7 @@ fn check_reads_a_detection_configs_splits_and_times_steps() {
         "source: sim10k",
         "target-train: cityscapes",
         "val: cityscapes",
-        "timing: 1 training steps",
+        "timing: 1 training step on",
         "check passed",
     ] {
         assert!(out.contains(line), "{line}: {out}");
