@@ -516,18 +516,24 @@ pub fn run(
         },
         t.steps
     ) + &left_out.val_note();
+    let eval_dir = out.join("eval");
     let report = evaluate_detector(
         ssd,
         &val,
         t.batch_size.max(1),
         device,
         ReportTo {
-            dir: &out.join("eval"),
+            dir: &eval_dir,
             detections: Some(&out.join("detections.json")),
             pictures: 4,
             source,
         },
     )?;
+    // As a segmentation run's evaluation line: AP50 per class (fractions, three flavours, null
+    // for a class without ground truth) and where the report is.
+    let line =
+        serde_json::json!({"step": t.steps, "eval": {"ap50": report.ap50, "dir": eval_dir.display().to_string()}});
+    seg_labels::fsutil::append_line(&metrics, &line.to_string()).map_err(write_err(&metrics))?;
     Ok(Some(DetOutcome {
         report,
         last_losses: last,

@@ -390,8 +390,10 @@ fn a_resumed_detection_run_ends_with_the_weights_of_one_that_never_stopped() {
     .unwrap();
     assert_eq!(weights(&a), weights(&b));
     assert_eq!(whole.report, resumed.report);
+    // Four loss lines and the evaluation's.
     let lines = std::fs::read_to_string(b.join("metrics.jsonl")).unwrap();
-    assert_eq!(lines.lines().count(), 4, "{lines}");
+    assert_eq!(lines.lines().count(), 5, "{lines}");
+    assert!(lines.lines().last().unwrap().contains("\"eval\""), "{lines}");
     // Resumed with another setting, the run names it; with more steps, it goes on.
     let mut other = cfg.clone();
     other.trainer.lr = 0.02;
@@ -415,8 +417,9 @@ fn a_resumed_detection_run_ends_with_the_weights_of_one_that_never_stopped() {
     let mut longer = cfg.clone();
     longer.trainer.steps = 6;
     seg_ssd::train::run(&longer, &b, &Device::Cpu, &mut |_, _, _| {}, resume).unwrap();
+    // The 4-step run's five lines, steps 5 and 6, and the new evaluation.
     let lines = std::fs::read_to_string(b.join("metrics.jsonl")).unwrap();
-    assert_eq!(lines.lines().count(), 6, "{lines}");
+    assert_eq!(lines.lines().count(), 8, "{lines}");
 }
 
 #[test]

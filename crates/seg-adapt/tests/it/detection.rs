@@ -39,12 +39,17 @@ fn train_detector_then_eval_the_checkpoint_and_its_detections_file_alike() {
     ]);
     assert!(out.contains("AP50 VOC07") && out.contains("car"), "{out}");
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
-    assert_eq!(metrics.lines().count(), 3);
+    // Three loss lines, then the evaluation's (as a segmentation run's).
+    assert_eq!(metrics.lines().count(), 4);
     assert!(
         metrics.contains("domain_adv") && metrics.contains("det_loc"),
         "{metrics}"
     );
-    for line in metrics.lines() {
+    let last: serde_json::Value = serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
+    assert_eq!(last["step"], 3, "{last}");
+    assert!(last["eval"]["ap50"]["car"]["voc07"].is_number(), "{last}");
+    assert!(last["eval"]["dir"].as_str().unwrap().ends_with("eval"), "{last}");
+    for line in metrics.lines().take(3) {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
         assert!(
             v["lr"].is_number() && v["images_per_sec"].as_f64().unwrap() > 0.0,
@@ -110,8 +115,9 @@ fn train_detector_then_eval_the_checkpoint_and_its_detections_file_alike() {
         "--set",
         "trainer.steps=4",
     ]);
+    // The 3-step run's lines and evaluation, then step 4 and its evaluation.
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
-    assert_eq!(metrics.lines().count(), 4);
+    assert_eq!(metrics.lines().count(), 6, "{metrics}");
     let e = err(&["train-detector", "--out", p(&dir.path().join("none")), "--resume"]);
     assert!(e.contains("no saved config to resume from"), "{e}");
     // Each task's resume refuses the other's run folder by name.
