@@ -842,6 +842,26 @@ pub fn load_detector(run_dir: &Path, device: &Device) -> Result<LoadedDetector, 
     })
 }
 
+/// Writes `loaded`'s detector as it is now (after a batch-norm re-estimation, say) as the run
+/// `cfg` at `run_dir`: `checkpoint.safetensors` (no loader or optimiser state: a result to
+/// evaluate, not a run to resume) and `config.toml`, each through a temporary file and a rename.
+pub fn save_detector(loaded: &LoadedDetector, cfg: &DetRunConfig, run_dir: &Path) -> Result<(), DetRunError> {
+    let tensors: Vec<(String, Tensor)> = {
+        let data = loaded._vars.data().lock().unwrap_or_else(|p| p.into_inner());
+        data.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect()
+    };
+    let meta = seg_train::checkpoint::CheckpointMeta {
+        step: loaded.step,
+        source_loader: None,
+        target_loader: None,
+        config: cfg.to_toml(),
+    };
+    std::fs::create_dir_all(run_dir).map_err(write_err(run_dir))?;
+    seg_train::checkpoint::save(&run_dir.join(seg_train::checkpoint::FILE), &tensors, &meta)?;
+    let cfg_path = run_dir.join("config.toml");
+    seg_labels::fsutil::write_atomic(&cfg_path, cfg.to_toml().as_bytes()).map_err(write_err(&cfg_path))
+}
+
 /// The image-name index of a split, for reading a detections file.
 pub fn image_index(ds: &DetDataset) -> HashMap<String, usize> {
     ds.entries

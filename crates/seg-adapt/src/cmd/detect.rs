@@ -447,6 +447,13 @@ fn run_adabn(out: &Path, seed: u64, data_seed: u64, device: &candle_core::Device
     seg_ssd::train::reestimate_bn(ssd, &ds, cfg.model.input_size(), cfg.trainer.batch_size, device)?;
     let val = DetDataset::open_cityscapes(&cfg.data.target_root, &cfg.data.target_val, true, cfg.model.classes)?;
     let dir = out.join("runs/adabn").join(format!("seed{seed}"));
+    // Kept as the run of method `adabn` it is (source-only training, then the re-estimation),
+    // for `eval --task detection --checkpoint`.
+    let adabn = DetRunConfig {
+        method: DetMethodConfigField(DetMethodConfig::Adabn),
+        ..cfg.clone()
+    };
+    seg_ssd::train::save_detector(&loaded, &adabn, &dir)?;
     let report = seg_ssd::train::evaluate_detector(
         ssd,
         &val,
@@ -673,8 +680,19 @@ fn html_page(
 /// `eval --task detection`: AP of a detections file or a trained detector on a Cityscapes split.
 pub fn eval(args: &super::eval::Args, device: &crate::run::DeviceName) -> anyhow::Result<()> {
     let (root, split, out) = (&args.root, &args.split, &args.out);
-    let classes = args.classes.unwrap_or(ClassSet::All);
     let (pred, checkpoint) = (args.pred.as_deref(), args.checkpoint.as_deref());
+    // A trained detector is evaluated on its own classes unless --classes says otherwise.
+    let loaded = match (pred, checkpoint) {
+        (None, Some(run_dir)) => {
+            let device = crate::run::device(device)?;
+            Some((seg_ssd::train::load_detector(run_dir, &device)?, device))
+        }
+        _ => None,
+    };
+    let classes = args
+        .classes
+        .or(loaded.as_ref().map(|(l, _)| l.cfg.model.classes))
+        .unwrap_or(ClassSet::All);
     let ds = DetDataset::open_cityscapes(root, split, true, classes)?;
     let report = match (pred, checkpoint) {
         (Some(p), _) => {
@@ -701,8 +719,7 @@ pub fn eval(args: &super::eval::Args, device: &crate::run::DeviceName) -> anyhow
             r
         }
         (None, Some(run_dir)) => {
-            let device = crate::run::device(device)?;
-            let loaded = seg_ssd::train::load_detector(run_dir, &device)?;
+            let (loaded, device) = loaded.context("the detector was loaded above")?;
             let has = loaded.cfg.model.classes;
             anyhow::ensure!(
                 classes.indices().into_iter().all(|c| has.contains(c)),

@@ -22,8 +22,8 @@ pub struct Args {
     /// AP at IoU 0.5 per class in the VOC07, all-point and COCO flavours).
     #[arg(long, value_enum, default_value_t = super::Task::Segmentation)]
     pub task: super::Task,
-    /// Detection: the classes evaluated, `all` (Cityscapes' eight instance classes, the
-    /// default) or `car`.
+    /// Detection: the classes evaluated, `all` (Cityscapes' eight instance classes) or `car`;
+    /// by default `all` for --pred and the detector's own classes for --checkpoint.
     #[arg(long)]
     pub classes: Option<seg_detect::ClassSet>,
     /// Dataset holding the ground truth.

@@ -83,11 +83,26 @@ fn train_detector_then_eval_the_checkpoint_and_its_detections_file_alike() {
     let dets = run.join("detections.json");
     let by_ckpt = eval("by-ckpt", "car", ["--checkpoint", p(&run)]);
     let by_file = eval("by-file", "car", ["--pred", p(&dets)]);
-    // A car detector is not scored on all eight classes.
+    // A car detector is scored on its own class by default, and never on all eight.
+    let own = dir.path().join("own");
+    ok(&[
+        "eval",
+        "--task",
+        "detection",
+        "--root",
+        p(&cs),
+        "--checkpoint",
+        p(&run),
+        "--out",
+        p(&own),
+    ]);
+    assert_eq!(json(&own.join("report.json"))["ap50"], trained["ap50"]);
     let e = err(&[
         "eval",
         "--task",
         "detection",
+        "--classes",
+        "all",
         "--root",
         p(&cs),
         "--checkpoint",
@@ -312,6 +327,28 @@ fn detection_demo_quick_reports_every_arm() {
         );
     }
     assert!(dir.path().join("runs/da-image/seed1/checkpoint.safetensors").exists());
+    // The AdaBN arm keeps its detector as a run of method `adabn`, which `eval --checkpoint`
+    // scores as the demo did.
+    let adabn = dir.path().join("runs/adabn/seed0");
+    let cfg: toml::Value = toml::from_str(&std::fs::read_to_string(adabn.join("config.toml")).unwrap()).unwrap();
+    assert_eq!(cfg["method"]["kind"].as_str(), Some("adabn"), "{cfg}");
+    let eval_out = tempfile::tempdir().unwrap();
+    let eval_out = eval_out.path();
+    ok(&[
+        "eval",
+        "--task",
+        "detection",
+        "--root",
+        cfg["data"]["target_root"].as_str().unwrap(),
+        "--split",
+        "val",
+        "--checkpoint",
+        p(&adabn),
+        "--out",
+        p(eval_out),
+    ]);
+    let car = |r: &std::path::Path| json(&r.join("report.json"))["ap50"]["car"]["voc07"].as_f64().unwrap();
+    assert!((car(eval_out) - car(&adabn.join("eval"))).abs() < 1e-6);
     // Every trained arm of a seed continues from that seed's shared source-only pretraining.
     for m in ["source-only", "da-image", "da-maps", "oracle"] {
         let cfg = std::fs::read_to_string(dir.path().join(format!("runs/{m}/seed1/config.toml"))).unwrap();
