@@ -219,16 +219,17 @@ pub fn build_setup(
         let total = pretrain + cfg.trainer.steps;
         let stage = if pretrain > 0 {
             format!(
-                " ({pretrain} of the stage before training and {} training steps)",
-                cfg.trainer.steps
+                " ({pretrain} of the stage before training and {})",
+                seg_core::steps(cfg.trainer.steps).replace("step", "training step")
             )
         } else {
             String::new()
         };
         anyhow::ensure!(
             at <= total,
-            "{}: the run is at step {at}, past the {total} steps asked for{stage}: resume with --steps (trainer.steps) of at least {}",
+            "{}: the run is at step {at}, past the {} asked for{stage}: resume with --steps (trainer.steps) of at least {}",
             file.display(),
+            seg_core::steps(total),
             at - pretrain.min(at)
         );
     }

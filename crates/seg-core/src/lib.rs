@@ -11,6 +11,8 @@ pub mod rng;
 
 pub use batch::{Batch, DetTargets, Domain};
 pub use method::{Method, ParamSet, SegMethod, Stage, StepCx};
-pub use model::{AdaptationHead, Backbone, FeatureTap, Features, GroupId, HeadInput, HeadParams, LossTerm, StepInfo};
+pub use model::{
+    steps, AdaptationHead, Backbone, FeatureTap, Features, GroupId, HeadInput, HeadParams, LossTerm, StepInfo,
+};
 pub use rng::Rng;
 pub use seg_labels::{IGNORE, NUM_CLASSES};

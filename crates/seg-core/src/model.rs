@@ -117,6 +117,11 @@ pub trait Backbone: Send + Sync {
     fn set_bn_momentum(&self, momentum: Option<f64>, reset: bool) -> Result<()>;
 }
 
+/// `n step` or `n steps`, for messages.
+pub fn steps(n: usize) -> String {
+    format!("{n} step{}", if n == 1 { "" } else { "s" })
+}
+
 /// Where training is, for schedules inside heads.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StepInfo {

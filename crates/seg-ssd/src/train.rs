@@ -373,16 +373,23 @@ pub fn run(
     let mut start = 0;
     if resuming {
         let ck = seg_train::checkpoint::load(&ckpt, device)?;
+        if ck.meta.source_loader.is_none() {
+            // `save_detector`'s: a detector to evaluate (the demo's AdaBN arm), no training state.
+            return Err(DetRunError::Run(format!(
+                "{}: holds a detector to evaluate (no optimiser or sampler state), not a run to resume: evaluate it with `eval --task detection --checkpoint`, or train into another folder",
+                ckpt.display()
+            )));
+        }
         let theirs =
             stored_config(&ck.meta.config).map_err(|e| DetRunError::Run(format!("{}: {e}", ckpt.display())))?;
         same_but_steps(&theirs, cfg).map_err(|e| DetRunError::Run(format!("{}: {e}", ckpt.display())))?;
         seg_train::checkpoint::same_left_out_as_recorded(out, &left_out.by_role, "val").map_err(DetRunError::Run)?;
         if ck.meta.step > cfg.trainer.steps {
             return Err(DetRunError::Run(format!(
-                "{}: the run is at step {}, past the {} steps asked for: resume with trainer.steps of at least {}",
+                "{}: the run is at step {}, past the {} asked for: resume with trainer.steps of at least {}",
                 ckpt.display(),
                 ck.meta.step,
-                cfg.trainer.steps,
+                seg_core::steps(cfg.trainer.steps),
                 ck.meta.step
             )));
         }
@@ -442,6 +449,20 @@ pub fn run(
         };
         Ok(seg_train::checkpoint::save(&ckpt, &tensors, &meta)?)
     };
+    // A finished run resumed has nothing left to do: its checkpoint and evaluation stand. One
+    // killed after its last checkpoint but before its evaluation was logged still evaluates.
+    if resuming && start >= t.steps && logged_eval(&metrics, start) {
+        let path = out.join("eval/report.json");
+        if let Some(report) = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<DetReport>(&b).ok())
+        {
+            return Ok(Some(DetOutcome {
+                report,
+                last_losses: last_logged_losses(&metrics),
+            }));
+        }
+    }
     let mut last = std::collections::BTreeMap::new();
     let mut saved_at = start;
     for step in start..t.steps {
@@ -538,6 +559,31 @@ pub fn run(
         report,
         last_losses: last,
     }))
+}
+
+/// The lines of `metrics.jsonl` (those that parse).
+fn metric_lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Whether `metrics.jsonl` holds the evaluation of `step`.
+fn logged_eval(path: &Path, step: usize) -> bool {
+    metric_lines(path)
+        .iter()
+        .any(|v| v["step"].as_u64() == Some(step as u64) && v.get("eval").is_some())
+}
+
+/// The losses of the last loss line of `metrics.jsonl`.
+fn last_logged_losses(path: &Path) -> std::collections::BTreeMap<String, f32> {
+    metric_lines(path)
+        .iter()
+        .rev()
+        .find_map(|v| serde_json::from_value(v.get("losses")?.clone()).ok())
+        .unwrap_or_default()
 }
 
 fn is_fail(p: &seg_data::ErrorPolicy) -> bool {

@@ -394,6 +394,10 @@ fn a_resumed_detection_run_ends_with_the_weights_of_one_that_never_stopped() {
     let lines = std::fs::read_to_string(b.join("metrics.jsonl")).unwrap();
     assert_eq!(lines.lines().count(), 5, "{lines}");
     assert!(lines.lines().last().unwrap().contains("\"eval\""), "{lines}");
+    // Resumed once finished, it has nothing left to do: the same report, no line added.
+    let again = go(&b, resume).unwrap().unwrap();
+    assert_eq!(again.report.ap50, resumed.report.ap50);
+    assert_eq!(std::fs::read_to_string(b.join("metrics.jsonl")).unwrap(), lines);
     // Resumed with another setting, the run names it; with more steps, it goes on.
     let mut other = cfg.clone();
     other.trainer.lr = 0.02;

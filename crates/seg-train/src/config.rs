@@ -39,8 +39,8 @@ pub struct TrainerConfig {
     #[serde(deserialize_with = "head_optimizer")]
     pub head_optimizer: OptimizerConfig,
     /// Per parameter group (`segmenter`, `discriminator`, `generator`, or a group a method
-    /// names: `dsn`, `curriculum`, `two-stream`), an optimiser and learning rate replacing the
-    /// defaults above (`optimizer`/`lr` for the segmenter, `head_optimizer`/`head_lr` for every
+    /// names: `dsn`, `curriculum`, `two-stream`), an optimiser table amending and a learning
+    /// rate replacing the defaults above (`optimizer`/`lr` for the segmenter, `head_optimizer`/`head_lr` for every
     /// other group). In TOML: `[trainer.groups.discriminator] lr = 1e-4`.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub groups: BTreeMap<String, GroupSettings>,
@@ -108,16 +108,21 @@ fn is_default_prefetch(n: &usize) -> bool {
 }
 
 fn segmenter_optimizer<'de, D: serde::Deserializer<'de>>(d: D) -> Result<OptimizerConfig, D::Error> {
-    amend(d, TrainerConfig::default().optimizer)
+    amend(d, TrainerConfig::default().optimizer, "trainer.optimizer")
 }
 
 fn head_optimizer<'de, D: serde::Deserializer<'de>>(d: D) -> Result<OptimizerConfig, D::Error> {
-    amend(d, TrainerConfig::default().head_optimizer)
+    amend(d, TrainerConfig::default().head_optimizer, "trainer.head_optimizer")
 }
 
-fn amend<'de, D: serde::Deserializer<'de>>(d: D, base: OptimizerConfig) -> Result<OptimizerConfig, D::Error> {
+fn amend<'de, D: serde::Deserializer<'de>>(
+    d: D,
+    base: OptimizerConfig,
+    key: &str,
+) -> Result<OptimizerConfig, D::Error> {
     let patch = <OptimizerPatch as serde::Deserialize>::deserialize(d)?;
-    base.amended(&patch).map_err(serde::de::Error::custom)
+    base.amended(&patch)
+        .map_err(|e| serde::de::Error::custom(format!("{key}: {e}")))
 }
 
 /// One parameter group's optimiser settings; a field left out keeps the default. The optimiser
@@ -340,23 +345,33 @@ pub fn set_key(root: &mut toml::Value, assignment: &str) -> Result<(String, Stri
         }
         return Ok((key.to_string(), value.to_string()));
     }
-    if parts == ["method", "kind"] {
-        let mut t = toml::Table::new();
-        t.insert("kind".into(), parsed);
-        table.insert("method".into(), toml::Value::Table(t));
-    } else {
-        let mut node = table;
-        for (i, part) in parts.iter().enumerate() {
-            if i + 1 == parts.len() {
-                node.insert(part.to_string(), parsed.clone());
-                break;
-            }
-            node = node
-                .entry(part.to_string())
-                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-                .as_table_mut()
-                .ok_or_else(|| format!("--set {key}: `{}` is not a section", parts[..=i].join(".")))?;
+    // Another kind of method or optimiser than the table's starts from that kind's settings:
+    // the table's other keys (the old kind's) go.
+    let n = parts.len();
+    let kind_key =
+        n >= 2 && parts[n - 1] == "kind" && (parts[n - 2] == "method" || parts[n - 2].ends_with("optimizer"));
+    let mut node = table;
+    for (i, part) in parts.iter().enumerate() {
+        let other_kind = || {
+            node.get(*part)
+                .and_then(|t| t.get("kind"))
+                .is_some_and(|k| *k != parsed)
+        };
+        if kind_key && i + 2 == n && (parts[0] == "method" || other_kind()) {
+            let mut t = toml::Table::new();
+            t.insert("kind".into(), parsed);
+            node.insert(part.to_string(), toml::Value::Table(t));
+            break;
         }
+        if i + 1 == n {
+            node.insert(part.to_string(), parsed);
+            break;
+        }
+        node = node
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .ok_or_else(|| format!("--set {key}: `{}` is not a section", parts[..=i].join(".")))?;
     }
     Ok((key.to_string(), value.to_string()))
 }
@@ -387,6 +402,9 @@ mod tests {
             weight_decay: 1e-4,
         };
         assert_eq!(t.head_optimizer, expect_adam);
+        // The same kind alone is the default.
+        let t = trainer("[optimizer]\nkind = \"sgd\"\n[head_optimizer]\nkind = \"adam\"\n").unwrap();
+        assert_eq!(t, TrainerConfig::default());
         // Another kind starts from its own defaults.
         let t = trainer("[optimizer]\nkind = \"adam\"\n").unwrap();
         assert_eq!(t.optimizer, OptimizerConfig::fresh(seg_nn::OptimizerKind::Adam));
@@ -418,10 +436,41 @@ mod tests {
     }
 
     #[test]
+    fn setting_an_optimizers_kind_starts_from_that_kinds_settings() {
+        let trainer = toml::Value::try_from(TrainerConfig::default()).unwrap();
+        let mut root = toml::Value::Table(toml::Table::from_iter([("trainer".to_string(), trainer)]));
+        // The same kind keeps the table's settings.
+        set_key(&mut root, "trainer.optimizer.momentum=0.5").unwrap();
+        set_key(&mut root, "trainer.optimizer.kind=sgd").unwrap();
+        let t: TrainerConfig = root["trainer"].clone().try_into().unwrap();
+        assert!(matches!(
+            t.optimizer,
+            OptimizerConfig::Sgd {
+                momentum: 0.5,
+                weight_decay: 5e-4
+            }
+        ));
+        set_key(&mut root, "trainer.optimizer.kind=adam").unwrap();
+        set_key(&mut root, "trainer.groups.discriminator.optimizer.kind=sgd").unwrap();
+        set_key(&mut root, "trainer.head_optimizer.beta2=0.9").unwrap();
+        let t: TrainerConfig = root["trainer"].clone().try_into().unwrap();
+        assert_eq!(t.optimizer, OptimizerConfig::fresh(seg_nn::OptimizerKind::Adam));
+        let (disc, _) = t.group_settings("discriminator").unwrap();
+        assert_eq!(disc, OptimizerConfig::fresh(seg_nn::OptimizerKind::Sgd));
+        let OptimizerConfig::Adam {
+            beta2, weight_decay, ..
+        } = t.head_optimizer
+        else {
+            panic!("{:?}", t.head_optimizer)
+        };
+        assert_eq!((beta2, weight_decay), (0.9, 0.0));
+    }
+
+    #[test]
     fn a_setting_of_the_other_kind_is_named() {
         let e = trainer("[optimizer]\nbeta2 = 0.9\n").unwrap_err();
         assert!(
-            e.contains("`beta2` is not a setting of sgd") && e.contains("momentum, weight_decay"),
+            e.contains("trainer.optimizer: `beta2` is not a setting of sgd") && e.contains("momentum, weight_decay"),
             "{e}"
         );
         let e = trainer("[head_optimizer]\nkind = \"adam\"\nmomentum = 0.9\n").unwrap_err();

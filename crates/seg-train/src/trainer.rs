@@ -335,7 +335,11 @@ impl Trainer {
             }
         }
         // The run's page: training curves, per-class IoU and predictions, from what is on disk.
-        let title = format!("seg-adapt run: {} ({} steps)", self.s.method.name(), self.step);
+        let title = format!(
+            "seg-adapt run: {} ({})",
+            self.s.method.name(),
+            seg_core::steps(self.step)
+        );
         seg_metrics::html::write_run_page(&self.s.run_dir, &title).map_err(|cause| TrainError::Write {
             path: self.s.run_dir.join("report.html"),
             cause,

@@ -135,7 +135,7 @@ pub fn run(args: Args, device_name: &DeviceName) -> anyhow::Result<()> {
             before = per * pretrain as f64;
             println!(
                 "timing: {} of the {pretrain}-step stage before training on {device_name} in {secs:.1}s ({per:.2} s/step, after {warmup} untimed)",
-                steps(n)
+                seg_core::steps(n)
             );
         }
         let train_cfg = RunConfig {
@@ -148,10 +148,10 @@ pub fn run(args: Args, device_name: &DeviceName) -> anyhow::Result<()> {
         let total = before + per * cfg.trainer.steps as f64;
         println!(
             "timing: {} on {} in {secs:.1}s ({per:.2} s/step, after {} untimed); {}{}: about {}, evaluation and checkpoints not included",
-            steps(n).replace("step", "training step"),
+            seg_core::steps(n).replace("step", "training step"),
             device_name,
-            steps(warmup).replace("step", "warm-up step"),
-            steps(cfg.trainer.steps),
+            seg_core::steps(warmup).replace("step", "warm-up step"),
+            seg_core::steps(cfg.trainer.steps),
             if pretrain > 0 { format!(" and the {pretrain} before them") } else { String::new() },
             hours_minutes(total)
         );
@@ -164,11 +164,6 @@ pub fn run(args: Args, device_name: &DeviceName) -> anyhow::Result<()> {
     );
     println!("check passed: {}", args.config.display());
     Ok(())
-}
-
-/// `n step` or `n steps`.
-pub(crate) fn steps(n: usize) -> String {
-    format!("{n} step{}", if n == 1 { "" } else { "s" })
 }
 
 /// `secs` as `Hh MMmin`, rounded to the minute first (so 59.6 minutes past an hour read as the
@@ -190,8 +185,8 @@ mod tests {
 
     #[test]
     fn one_step_is_singular() {
-        assert_eq!(super::steps(1), "1 step");
-        assert_eq!(super::steps(0), "0 steps");
-        assert_eq!(super::steps(400), "400 steps");
+        assert_eq!(seg_core::steps(1), "1 step");
+        assert_eq!(seg_core::steps(0), "0 steps");
+        assert_eq!(seg_core::steps(400), "400 steps");
     }
 }

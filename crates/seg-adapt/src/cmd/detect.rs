@@ -222,9 +222,9 @@ pub fn check(
         let per = secs / n.max(1) as f64;
         println!(
             "timing: {} on {device_name} in {secs:.1}s ({per:.2} s/step, after {} untimed); {}: about {}, evaluation and checkpoints not included",
-            super::check::steps(n).replace("step", "training step"),
-            super::check::steps(warmup).replace("step", "warm-up step"),
-            super::check::steps(cfg.trainer.steps),
+            seg_core::steps(n).replace("step", "training step"),
+            seg_core::steps(warmup).replace("step", "warm-up step"),
+            seg_core::steps(cfg.trainer.steps),
             super::check::hours_minutes(per * cfg.trainer.steps as f64)
         );
     }

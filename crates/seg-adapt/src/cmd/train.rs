@@ -126,7 +126,7 @@ pub fn run(args: Args, device_name: &crate::run::DeviceName) -> anyhow::Result<(
     println!(
         "run {}: {} in {:.1}s, checkpoint {}, target val mIoU {}",
         args.out.display(),
-        super::check::steps(outcome.steps),
+        seg_core::steps(outcome.steps),
         outcome.seconds,
         outcome.checkpoint.display(),
         outcome

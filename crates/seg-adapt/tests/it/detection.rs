@@ -347,6 +347,8 @@ fn detection_demo_quick_reports_every_arm() {
         "--out",
         p(eval_out),
     ]);
+    let e = err(&["train-detector", "--out", p(&adabn), "--resume"]);
+    assert!(e.contains("not a run to resume"), "{e}");
     let car = |r: &std::path::Path| json(&r.join("report.json"))["ap50"]["car"]["voc07"].as_f64().unwrap();
     assert!((car(eval_out) - car(&adabn.join("eval"))).abs() < 1e-6);
     // Every trained arm of a seed continues from that seed's shared source-only pretraining.

@@ -425,7 +425,7 @@ fn a_run_refused_at_set_up_or_stopped_before_its_first_checkpoint_does_not_hold_
     c[5] = "1";
     let e = err(&c);
     assert!(
-        e.contains("at step 5, past the 3 steps asked for (2 of the stage before training and 1 training steps)")
+        e.contains("at step 5, past the 3 steps asked for (2 of the stage before training and 1 training step)")
             && e.contains("of at least 3"),
         "{e}"
     );
@@ -582,9 +582,9 @@ fn check_reads_every_file_times_steps_and_fails_when_the_run_would_stop() {
     )
     .unwrap();
     let out = ok(&["check", p(&curriculum), "--time-steps", "1"]);
-    assert!(out.contains("1 steps of the 50-step stage before training"), "{out}");
+    assert!(out.contains("1 step of the 50-step stage before training"), "{out}");
     assert!(
-        out.contains("1 training steps") && out.contains("1000 steps and the 50 before them: about"),
+        out.contains("1 training step on") && out.contains("1000 steps and the 50 before them: about"),
         "{out}"
     );
 

@@ -133,7 +133,7 @@ fn init_from_copies_the_model_and_refuses_another() {
     fewer[5] = "1";
     let e = err(&fewer);
     assert!(
-        e.contains("past the 1 steps") && e.contains("--steps (trainer.steps) of at least 3"),
+        e.contains("past the 1 step asked for") && e.contains("--steps (trainer.steps) of at least 3"),
         "{e}"
     );
     assert_eq!(std::fs::read(out.join("config.toml")).unwrap(), config);
@@ -218,6 +218,37 @@ fn set_overrides_any_key_and_names_a_bad_one() {
     assert_eq!(c.trainer.groups["discriminator"].lr, Some(1e-4));
     let c = cfg.with_set("method.kind=advent").unwrap();
     assert_eq!(c.method, "advent".parse::<MethodConfig>().unwrap());
+    // An optimiser table is amended field by field; another kind starts from its defaults, and
+    // a group's table amends the group's default optimiser.
+    let c = cfg.with_set("trainer.optimizer.momentum=0.5").unwrap();
+    assert_eq!(
+        c.trainer.optimizer,
+        seg_nn::OptimizerConfig::Sgd {
+            momentum: 0.5,
+            weight_decay: 5e-4
+        }
+    );
+    let c = cfg.with_set("trainer.optimizer.kind=adam").unwrap();
+    assert_eq!(
+        c.trainer.optimizer,
+        seg_nn::OptimizerConfig::fresh(seg_nn::OptimizerKind::Adam)
+    );
+    let c = cfg
+        .with_set("trainer.groups.discriminator.optimizer.beta1=0.5")
+        .unwrap();
+    let (disc, _) = c.trainer.group_settings("discriminator").unwrap();
+    assert_eq!(
+        disc,
+        c.trainer
+            .head_optimizer
+            .amended(&seg_nn::OptimizerPatch {
+                beta1: Some(0.5),
+                ..Default::default()
+            })
+            .unwrap()
+    );
+    let e = cfg.with_set("trainer.optimizer.beta2=0.9").unwrap_err().to_string();
+    assert!(e.contains("trainer.optimizer: `beta2` is not a setting of sgd"), "{e}");
     let c = cfg.with_set("data.source_root=/elsewhere/gta5").unwrap();
     assert_eq!(c.data.source_root, Path::new("/elsewhere/gta5"));
     // `KEY=` takes the key out: no ImageNet weights, the model starts from random ones.
