@@ -11,39 +11,22 @@ use std::collections::HashMap;
 use candle_core::backprop::GradStore;
 use candle_core::{Result, Tensor, Var};
 
-/// Which optimiser a parameter group uses, and its settings.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+/// Which optimiser a parameter group uses, and its settings. Written to a config whole (with
+/// its `kind`); read back, as any optimiser table, through [`OptimizerPatch`] and
+/// [`OptimizerConfig::amended`], so it has no `Deserialize` of its own.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum OptimizerConfig {
     Sgd {
-        #[serde(default = "default_momentum")]
         momentum: f64,
-        #[serde(default)]
         weight_decay: f64,
     },
     Adam {
-        #[serde(default = "default_beta1")]
         beta1: f64,
-        #[serde(default = "default_beta2")]
         beta2: f64,
-        #[serde(default = "default_eps")]
         eps: f64,
-        #[serde(default)]
         weight_decay: f64,
     },
-}
-
-fn default_momentum() -> f64 {
-    0.9
-}
-fn default_beta1() -> f64 {
-    0.9
-}
-fn default_beta2() -> f64 {
-    0.999
-}
-fn default_eps() -> f64 {
-    1e-8
 }
 
 impl OptimizerConfig {
@@ -135,17 +118,18 @@ impl OptimizerConfig {
         }
     }
 
-    /// `kind` with its defaults.
+    /// `kind` with its own defaults (PyTorch's, with SGD momentum 0.9: the value every FCN and
+    /// adaptation paper uses, where PyTorch's default is 0).
     pub fn fresh(kind: OptimizerKind) -> Self {
         match kind {
             OptimizerKind::Sgd => OptimizerConfig::Sgd {
-                momentum: default_momentum(),
+                momentum: 0.9,
                 weight_decay: 0.0,
             },
             OptimizerKind::Adam => OptimizerConfig::Adam {
-                beta1: default_beta1(),
-                beta2: default_beta2(),
-                eps: default_eps(),
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
                 weight_decay: 0.0,
             },
         }
