@@ -136,7 +136,12 @@ pub fn check(
         seg_fcn::weights::weights_file_exists(w).context("the run would stop before its first step")?;
     }
     let device = crate::run::device(device_name)?;
-    println!("# resolved config ({})\n{}", config.display(), cfg.to_toml());
+    let text = cfg.to_toml();
+    println!("# resolved config ({})\n{text}", config.display());
+    super::check::print_implied(
+        &text,
+        &[("data.error_policy", toml::Value::try_from(cfg.data.error_policy))],
+    );
     let d = &cfg.data;
     let classes = cfg.model.classes;
     let source = if cfg.method.0.trains_on_target_labels() {

@@ -465,6 +465,7 @@ fn check_reads_a_detection_configs_splits_and_times_steps() {
         "target-train: cityscapes",
         "val: cityscapes",
         "timing: 1 training step on",
+        "# not written above, at their defaults: data.error_policy = \"fail\"",
         "check passed",
     ] {
         assert!(out.contains(line), "{line}: {out}");

@@ -573,6 +573,10 @@ fn check_reads_every_file_times_steps_and_fails_when_the_run_would_stop() {
     );
     assert!(out.contains("s/step") && out.contains("1000 steps: about"), "{out}");
     assert!(out.contains("kind = \"dann\""), "the resolved config: {out}");
+    assert!(
+        out.contains("# not written above, at their defaults: trainer.prefetch = 4, trainer.precision = \"f32\""),
+        "{out}"
+    );
     // The curriculum's stage 1 and its training steps are timed apart, and both are counted.
     let curriculum = dir.path().join("curriculum.toml");
     let text = std::fs::read_to_string(&cfg).unwrap();
