@@ -224,3 +224,35 @@ pub fn first_pictures(
         })
         .collect()
 }
+
+/// `eval --task detection --pred`: the report of the detections file `dets_file` on `ds`
+/// (its ground truth of `classes`), written to `out` with pictures of the first `samples`
+/// images; `source` says what was evaluated.
+pub fn evaluate_file(
+    ds: &crate::DetDataset,
+    dets_file: &Path,
+    classes: ClassSet,
+    samples: usize,
+    out: &Path,
+    source: String,
+) -> Result<DetReport, DetError> {
+    let gt = ds.all_boxes()?;
+    let index = ds
+        .entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.name.clone(), i))
+        .collect();
+    let dets = crate::dets::read_detections(dets_file, &index)?;
+    let mut r = DetReport::compute(&gt, &dets, classes);
+    let boxes_of = |i: usize| {
+        dets.iter()
+            .filter(|d| d.image == i)
+            .map(|d| (d.bbox, d.score))
+            .collect()
+    };
+    let pictures = first_pictures(ds, &gt, boxes_of, samples);
+    r.source = Some(source);
+    r.write(out, &pictures)?;
+    Ok(r)
+}

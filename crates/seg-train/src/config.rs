@@ -307,6 +307,26 @@ impl TrainerConfig {
     }
 }
 
+/// The settings of `settings` (dotted key, value) that a config's text leaves out at their
+/// defaults (so that configs written before they existed read the same), as a comment line
+/// to print under it; empty when every one is written.
+pub fn unwritten_defaults(text: &str, settings: &[(&str, Result<toml::Value, toml::ser::Error>)]) -> String {
+    let missing: Vec<String> = settings
+        .iter()
+        .filter_map(|(key, value)| {
+            let name = key.rsplit('.').next().unwrap_or(key);
+            let written = text.lines().any(|l| l.starts_with(&format!("{name} =")));
+            let value = value.as_ref().ok()?;
+            (!written).then(|| format!("{key} = {value}"))
+        })
+        .collect();
+    if missing.is_empty() {
+        String::new()
+    } else {
+        format!("# not written above, at their defaults: {}\n\n", missing.join(", "))
+    }
+}
+
 /// Applies one `--set key=value` to a config as a TOML tree: the value is read as TOML (a
 /// number, boolean, array...) or else taken as a string; an empty value takes the key out (its
 /// default applies); `method.kind = X` replaces the whole `[method]` section (another method's

@@ -59,7 +59,7 @@ pub fn run(args: Args, device_name: &DeviceName) -> anyhow::Result<()> {
         ("trainer.prefetch", toml::Value::try_from(cfg.trainer.prefetch)),
         ("trainer.precision", toml::Value::try_from(cfg.trainer.precision)),
     ];
-    print_implied(&text, &implied);
+    print!("{}", seg_train::config::unwritten_defaults(&text, &implied));
     let mut roles = vec![Split::training(&cfg)];
     if cfg.method.reads_target_train() {
         roles.push(Split::TargetTrain);
@@ -170,23 +170,6 @@ pub fn run(args: Args, device_name: &DeviceName) -> anyhow::Result<()> {
     );
     println!("check passed: {}", args.config.display());
     Ok(())
-}
-
-/// The settings a config file leaves out at their defaults (so that configs written before
-/// they existed read the same), as a comment line under the resolved config.
-pub(crate) fn print_implied(text: &str, settings: &[(&str, Result<toml::Value, toml::ser::Error>)]) {
-    let missing: Vec<String> = settings
-        .iter()
-        .filter_map(|(key, value)| {
-            let name = key.rsplit('.').next().unwrap_or(key);
-            let written = text.lines().any(|l| l.starts_with(&format!("{name} =")));
-            let value = value.as_ref().ok()?;
-            (!written).then(|| format!("{key} = {value}"))
-        })
-        .collect();
-    if !missing.is_empty() {
-        println!("# not written above, at their defaults: {}\n", missing.join(", "));
-    }
 }
 
 /// `secs` as `Hh MMmin`, rounded to the minute first (so 59.6 minutes past an hour read as the

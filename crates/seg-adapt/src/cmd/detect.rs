@@ -138,10 +138,8 @@ pub fn check(
     let device = crate::run::device(device_name)?;
     let text = cfg.to_toml();
     println!("# resolved config ({})\n{text}", config.display());
-    super::check::print_implied(
-        &text,
-        &[("data.error_policy", toml::Value::try_from(cfg.data.error_policy))],
-    );
+    let implied = [("data.error_policy", toml::Value::try_from(cfg.data.error_policy))];
+    print!("{}", seg_train::config::unwritten_defaults(&text, &implied));
     let d = &cfg.data;
     let classes = cfg.model.classes;
     let source = if cfg.method.0.trains_on_target_labels() {
@@ -701,27 +699,12 @@ pub fn eval(args: &super::eval::Args, device: &crate::run::DeviceName) -> anyhow
     let ds = DetDataset::open_cityscapes(root, split, true, classes)?;
     let report = match (pred, checkpoint) {
         (Some(p), _) => {
-            let gt = ds.all_boxes()?;
-            let dets = seg_detect::dets::read_detections(p, &seg_ssd::train::image_index(&ds))?;
-            let mut r = DetReport::compute(&gt, &dets, classes);
-            let pictures = seg_detect::report::first_pictures(
-                &ds,
-                &gt,
-                |i| {
-                    dets.iter()
-                        .filter(|d| d.image == i)
-                        .map(|d| (d.bbox, d.score))
-                        .collect()
-                },
-                args.samples,
-            );
-            r.source = Some(format!(
+            let source = format!(
                 "Cityscapes `{split}` split under `{}`; detections from `{}`.",
                 root.display(),
                 p.display()
-            ));
-            r.write(out, &pictures)?;
-            r
+            );
+            seg_detect::report::evaluate_file(&ds, p, classes, args.samples, out, source)?
         }
         (None, Some(run_dir)) => {
             let (loaded, device) = loaded.context("the detector was loaded above")?;
