@@ -153,10 +153,10 @@ pub fn run(args: Args, device_name: &DeviceName) -> anyhow::Result<()> {
         let per = secs / n.max(1) as f64;
         let total = before + per * cfg.trainer.steps as f64;
         println!(
-            "timing: {} on {} in {secs:.1}s ({per:.2} s/step, after {} untimed); {}{}: about {}, evaluation and checkpoints not included",
+            "timing: {} on {} in {secs:.1}s ({per:.2} s/step, after {}); {}{}: about {}, evaluation and checkpoints not included",
             seg_core::steps(n).replace("step", "training step"),
             device_name,
-            seg_core::steps(warmup).replace("step", "warm-up step"),
+            seg_core::steps(warmup).replace("step", "untimed warm-up step"),
             seg_core::steps(cfg.trainer.steps),
             if pretrain > 0 { format!(" and the {pretrain} before them") } else { String::new() },
             hours_minutes(total)

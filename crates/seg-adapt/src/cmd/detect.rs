@@ -224,9 +224,9 @@ pub fn check(
         let secs = at.last().map_or(0.0, |b| b.duration_since(from).as_secs_f64());
         let per = secs / n.max(1) as f64;
         println!(
-            "timing: {} on {device_name} in {secs:.1}s ({per:.2} s/step, after {} untimed); {}: about {}, evaluation and checkpoints not included",
+            "timing: {} on {device_name} in {secs:.1}s ({per:.2} s/step, after {}); {}: about {}, evaluation and checkpoints not included",
             seg_core::steps(n).replace("step", "training step"),
-            seg_core::steps(warmup).replace("step", "warm-up step"),
+            seg_core::steps(warmup).replace("step", "untimed warm-up step"),
             seg_core::steps(cfg.trainer.steps),
             super::check::hours_minutes(per * cfg.trainer.steps as f64)
         );
