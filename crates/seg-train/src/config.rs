@@ -286,6 +286,22 @@ impl TrainerConfig {
         Ok(())
     }
 
+    /// For `check`: what each group's optimiser table (written as the amendment it is) comes
+    /// to, as comment lines; empty when no group has one.
+    pub fn groups_resolved(&self) -> String {
+        let mut out = String::new();
+        for (g, s) in &self.groups {
+            if s.optimizer.is_none() {
+                continue;
+            }
+            if let Ok((opt, _)) = self.group_settings(g) {
+                let table = toml::Value::try_from(&opt).map(|v| v.to_string()).unwrap_or_default();
+                out += &format!("# trainer.groups.{g}.optimizer comes to {}\n", table.trim_end());
+            }
+        }
+        out
+    }
+
     /// The optimiser and base learning rate of group `name`; an error names a group's optimiser
     /// table that sets a field its kind does not have.
     pub fn group_settings(&self, name: &str) -> Result<(OptimizerConfig, f64), String> {
@@ -323,7 +339,7 @@ pub fn unwritten_defaults(text: &str, settings: &[(&str, Result<toml::Value, tom
     if missing.is_empty() {
         String::new()
     } else {
-        format!("# not written above, at their defaults: {}\n\n", missing.join(", "))
+        format!("# not written above, at their defaults: {}\n", missing.join(", "))
     }
 }
 
@@ -484,6 +500,26 @@ mod tests {
             panic!("{:?}", t.head_optimizer)
         };
         assert_eq!((beta2, weight_decay), (0.9, 0.0));
+    }
+
+    #[test]
+    fn check_notes_say_what_a_groups_table_comes_to_and_which_defaults_are_unwritten() {
+        let t = trainer("[groups.discriminator.optimizer]\nbeta1 = 0.5\n[groups.generator]\nlr = 0.1\n").unwrap();
+        assert_eq!(
+            t.groups_resolved(),
+            "# trainer.groups.discriminator.optimizer comes to { beta1 = 0.5, beta2 = 0.99, eps = 0.00000001, kind = \"adam\", weight_decay = 0.0 }\n"
+        );
+        assert_eq!(TrainerConfig::default().groups_resolved(), "");
+        let text = toml::to_string(&t).unwrap();
+        let settings = [
+            ("trainer.prefetch", toml::Value::try_from(t.prefetch)),
+            ("trainer.seed", toml::Value::try_from(t.seed)),
+        ];
+        assert_eq!(
+            unwritten_defaults(&text, &settings),
+            "# not written above, at their defaults: trainer.prefetch = 4\n"
+        );
+        assert_eq!(unwritten_defaults(&text, &settings[1..]), "");
     }
 
     #[test]

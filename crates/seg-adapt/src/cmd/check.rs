@@ -59,7 +59,10 @@ pub fn run(args: Args, device_name: &DeviceName) -> anyhow::Result<()> {
         ("trainer.prefetch", toml::Value::try_from(cfg.trainer.prefetch)),
         ("trainer.precision", toml::Value::try_from(cfg.trainer.precision)),
     ];
-    print!("{}", seg_train::config::unwritten_defaults(&text, &implied));
+    let notes = cfg.trainer.groups_resolved() + &seg_train::config::unwritten_defaults(&text, &implied);
+    if !notes.is_empty() {
+        println!("{notes}");
+    }
     let mut roles = vec![Split::training(&cfg)];
     if cfg.method.reads_target_train() {
         roles.push(Split::TargetTrain);

@@ -139,7 +139,10 @@ pub fn check(
     let text = cfg.to_toml();
     println!("# resolved config ({})\n{text}", config.display());
     let implied = [("data.error_policy", toml::Value::try_from(cfg.data.error_policy))];
-    print!("{}", seg_train::config::unwritten_defaults(&text, &implied));
+    let notes = seg_train::config::unwritten_defaults(&text, &implied);
+    if !notes.is_empty() {
+        println!("{notes}");
+    }
     let d = &cfg.data;
     let classes = cfg.model.classes;
     let source = if cfg.method.0.trains_on_target_labels() {
