@@ -283,6 +283,15 @@ impl DetDataset {
         }
     }
 
+    /// Each sample's index by its name, for reading a detections file.
+    pub fn image_index(&self) -> std::collections::HashMap<String, usize> {
+        self.entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.name.clone(), i))
+            .collect()
+    }
+
     /// The ground-truth boxes of every sample, in order (the evaluation's ground truth).
     pub fn all_boxes(&self) -> Result<Vec<Vec<GtBox>>, DetError> {
         (0..self.len()).map(|i| self.truth(i).map(|t| t.boxes)).collect()

@@ -237,13 +237,7 @@ pub fn evaluate_file(
     source: String,
 ) -> Result<DetReport, DetError> {
     let gt = ds.all_boxes()?;
-    let index = ds
-        .entries
-        .iter()
-        .enumerate()
-        .map(|(i, e)| (e.name.clone(), i))
-        .collect();
-    let dets = crate::dets::read_detections(dets_file, &index)?;
+    let dets = crate::dets::read_detections(dets_file, &ds.image_index())?;
     let mut r = DetReport::compute(&gt, &dets, classes);
     let boxes_of = |i: usize| {
         dets.iter()

@@ -9,7 +9,6 @@
 //! A run folder holds `config.toml`, `metrics.jsonl`, `checkpoint.safetensors`,
 //! `detections.json` (target val) and `eval/` (`report.json`, `report.md`, `pictures/`).
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -906,13 +905,4 @@ pub fn save_detector(loaded: &LoadedDetector, cfg: &DetRunConfig, run_dir: &Path
     seg_train::checkpoint::save(&run_dir.join(seg_train::checkpoint::FILE), &tensors, &meta)?;
     let cfg_path = run_dir.join("config.toml");
     seg_labels::fsutil::write_atomic(&cfg_path, cfg.to_toml().as_bytes()).map_err(write_err(&cfg_path))
-}
-
-/// The image-name index of a split, for reading a detections file.
-pub fn image_index(ds: &DetDataset) -> HashMap<String, usize> {
-    ds.entries
-        .iter()
-        .enumerate()
-        .map(|(i, e)| (e.name.clone(), i))
-        .collect()
 }
