@@ -497,14 +497,7 @@ pub fn adabn_from(cfg: &RunConfig, from_dir: &Path, run_dir: &Path, device: &Dev
     let trained = load_trained(from_dir, device)?;
     let mut loader = adabn_loader(cfg, Arc::new(open(cfg, Split::TargetTrain)?.0), device);
     seg_train::reestimate_bn(trained.backbone.as_ref(), &mut loader, cfg.eval.adabn_batches)?;
-    let data = trained
-        .vars
-        .data()
-        .lock()
-        .map_err(|_| anyhow::anyhow!("poisoned var map"))?;
-    let tensors: Vec<(String, candle_core::Tensor)> =
-        data.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
-    drop(data);
+    let tensors = seg_train::checkpoint::var_tensors(&trained.vars)?;
     let meta = seg_train::CheckpointMeta {
         step: trained.step,
         source_loader: None,

@@ -145,15 +145,14 @@ impl OptimizerConfig {
         } else {
             Self::fresh(kind)
         };
-        let foreign: &[(&str, Option<f64>)] = match kind {
-            OptimizerKind::Sgd => &[("beta1", patch.beta1), ("beta2", patch.beta2), ("eps", patch.eps)],
-            OptimizerKind::Adam => &[("momentum", patch.momentum)],
+        let (foreign, has): (&[(&str, Option<f64>)], &str) = match kind {
+            OptimizerKind::Sgd => (
+                &[("beta1", patch.beta1), ("beta2", patch.beta2), ("eps", patch.eps)],
+                "momentum, weight_decay",
+            ),
+            OptimizerKind::Adam => (&[("momentum", patch.momentum)], "beta1, beta2, eps, weight_decay"),
         };
         if let Some((name, _)) = foreign.iter().find(|(_, v)| v.is_some()) {
-            let has = match kind {
-                OptimizerKind::Sgd => "momentum, weight_decay",
-                OptimizerKind::Adam => "beta1, beta2, eps, weight_decay",
-            };
             return Err(format!("`{name}` is not a setting of {} (it has: {has})", kind.name()));
         }
         match &mut out {

@@ -12,7 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use candle_core::{Device, Tensor, D};
+use candle_core::{Device, D};
 use candle_nn::VarMap;
 use seg_core::{Domain, Stage, StepCx, StepInfo};
 use seg_detect::ap::ApInput;
@@ -431,10 +431,7 @@ pub fn run(
         seg_labels::fsutil::append_line(&metrics, &line.to_string()).map_err(write_err(&metrics))?;
     }
     let save = |step: usize, src: &DetLoader, tgt: Option<&DetLoader>, stepper: &Stepper| -> Result<(), DetRunError> {
-        let mut tensors: Vec<(String, Tensor)> = {
-            let data = vars.data().lock().unwrap_or_else(|p| p.into_inner());
-            data.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect()
-        };
+        let mut tensors = seg_train::checkpoint::var_tensors(&vars)?;
         for g in &stepper.groups {
             for (n, t) in g.optimizer.state() {
                 tensors.push((format!("optim.{}.{n}", g.id), t));
@@ -450,7 +447,7 @@ pub fn run(
     };
     // A finished run resumed has nothing left to do: its checkpoint and evaluation stand. One
     // killed after its last checkpoint but before its evaluation was logged still evaluates.
-    if resuming && start >= t.steps && logged_eval(&metrics, start) {
+    if resuming && start >= t.steps && seg_train::checkpoint::logged_eval(&metrics, start).is_some() {
         let path = out.join("eval/report.json");
         if let Some(report) = std::fs::read(&path)
             .ok()
@@ -560,25 +557,9 @@ pub fn run(
     }))
 }
 
-/// The lines of `metrics.jsonl` (those that parse).
-fn metric_lines(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
-
-/// Whether `metrics.jsonl` holds the evaluation of `step`.
-fn logged_eval(path: &Path, step: usize) -> bool {
-    metric_lines(path)
-        .iter()
-        .any(|v| v["step"].as_u64() == Some(step as u64) && v.get("eval").is_some())
-}
-
 /// The losses of the last loss line of `metrics.jsonl`.
 fn last_logged_losses(path: &Path) -> std::collections::BTreeMap<String, f32> {
-    metric_lines(path)
+    seg_train::checkpoint::metric_lines(path)
         .iter()
         .rev()
         .find_map(|v| serde_json::from_value(v.get("losses")?.clone()).ok())
@@ -891,10 +872,7 @@ pub fn load_detector(run_dir: &Path, device: &Device) -> Result<LoadedDetector, 
 /// `cfg` at `run_dir`: `checkpoint.safetensors` (no loader or optimiser state: a result to
 /// evaluate, not a run to resume) and `config.toml`, each through a temporary file and a rename.
 pub fn save_detector(loaded: &LoadedDetector, cfg: &DetRunConfig, run_dir: &Path) -> Result<(), DetRunError> {
-    let tensors: Vec<(String, Tensor)> = {
-        let data = loaded._vars.data().lock().unwrap_or_else(|p| p.into_inner());
-        data.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect()
-    };
+    let tensors = seg_train::checkpoint::var_tensors(&loaded._vars)?;
     let meta = seg_train::checkpoint::CheckpointMeta {
         step: loaded.step,
         source_loader: None,

@@ -295,6 +295,16 @@ pub fn from_bytes(path: &Path, bytes: &[u8], device: &Device) -> Result<Checkpoi
     })
 }
 
+/// Every variable of `vars` by name (weights and batch-norm statistics), to save: the inverse
+/// of [`Checkpoint::restore_vars`].
+pub fn var_tensors(vars: &candle_nn::VarMap) -> Result<Vec<(String, Tensor)>, TrainError> {
+    let data = vars
+        .data()
+        .lock()
+        .map_err(|_| TrainError::Setup("poisoned var map".into()))?;
+    Ok(data.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect())
+}
+
 impl Checkpoint {
     /// Copies the stored values into `vars`, refusing missing names and wrong shapes before
     /// changing anything.
@@ -353,6 +363,26 @@ impl Checkpoint {
             .filter_map(|(k, v)| k.strip_prefix(&prefix).map(|k| (k.to_string(), v.clone())))
             .collect()
     }
+}
+
+/// The lines of a run's `metrics.jsonl`, in order (those that parse; none when it cannot be
+/// read).
+pub fn metric_lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// The `eval` object `metrics.jsonl` logged last for `step`'s evaluation, if any (both tasks
+/// log one line `{"step", "eval": {...}}` per evaluation).
+pub fn logged_eval(path: &Path, step: usize) -> Option<serde_json::Value> {
+    metric_lines(path)
+        .into_iter()
+        .rev()
+        .filter(|v| v["step"].as_u64() == Some(step as u64))
+        .find_map(|mut v| v.get_mut("eval").map(serde_json::Value::take))
 }
 
 /// Keeps the lines of a run's `metrics.jsonl` whose `step` is at most `step` (a resumed run

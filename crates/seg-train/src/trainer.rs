@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use candle_nn::VarMap;
 use seg_core::{Backbone, SegMethod, Stage, StepCx, StepInfo};
 use seg_data::{Dataset, Loader};
@@ -151,15 +151,7 @@ impl Trainer {
     }
 
     fn save_checkpoint(&self) -> Result<(), TrainError> {
-        let mut tensors: Vec<(String, Tensor)> = {
-            let data = self
-                .s
-                .vars
-                .data()
-                .lock()
-                .map_err(|_| TrainError::Setup("poisoned var map".into()))?;
-            data.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect()
-        };
+        let mut tensors = crate::checkpoint::var_tensors(&self.s.vars)?;
         for g in &self.stepper.groups {
             for (n, t) in g.optimizer.state() {
                 tensors.push((format!("optim.{}.{n}", g.id), t));
@@ -181,12 +173,7 @@ impl Trainer {
 
     /// The mIoU `metrics.jsonl` logged for `step`'s evaluation, if any.
     fn logged_miou(&self, step: usize) -> Option<f64> {
-        let text = std::fs::read_to_string(self.metrics_path()).ok()?;
-        text.lines()
-            .rev()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|v| v["step"].as_u64() == Some(step as u64))
-            .find_map(|v| v["eval"]["miou"].as_f64())
+        crate::checkpoint::logged_eval(&self.metrics_path(), step)?["miou"].as_f64()
     }
 
     /// Evaluates on the target val split and writes `eval/step_N/`.

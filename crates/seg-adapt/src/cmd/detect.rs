@@ -691,16 +691,16 @@ pub fn eval(args: &super::eval::Args, device: &crate::run::DeviceName) -> anyhow
     let loaded = match (pred, checkpoint) {
         (None, Some(run_dir)) => {
             let device = crate::run::device(device)?;
-            Some((seg_ssd::train::load_detector(run_dir, &device)?, device))
+            Some((run_dir, seg_ssd::train::load_detector(run_dir, &device)?, device))
         }
         _ => None,
     };
     let classes = args
         .classes
-        .or(loaded.as_ref().map(|(l, _)| l.cfg.model.classes))
+        .or(loaded.as_ref().map(|(_, l, _)| l.cfg.model.classes))
         .unwrap_or(ClassSet::All);
     let ds = DetDataset::open_cityscapes(root, split, true, classes)?;
-    let report = match (pred, checkpoint) {
+    let report = match (pred, loaded) {
         (Some(p), _) => {
             let source = format!(
                 "Cityscapes `{split}` split under `{}`; detections from `{}`.",
@@ -709,8 +709,7 @@ pub fn eval(args: &super::eval::Args, device: &crate::run::DeviceName) -> anyhow
             );
             seg_detect::report::evaluate_file(&ds, p, classes, args.samples, out, source)?
         }
-        (None, Some(run_dir)) => {
-            let (loaded, device) = loaded.context("the detector was loaded above")?;
+        (None, Some((run_dir, loaded, device))) => {
             let has = loaded.cfg.model.classes;
             anyhow::ensure!(
                 classes.indices().into_iter().all(|c| has.contains(c)),
