@@ -176,6 +176,33 @@ impl OptimizerConfig {
     }
 }
 
+impl From<&OptimizerConfig> for OptimizerPatch {
+    /// The whole optimiser as a table: every field of its kind written.
+    fn from(c: &OptimizerConfig) -> Self {
+        match *c {
+            OptimizerConfig::Sgd { momentum, weight_decay } => OptimizerPatch {
+                kind: Some(OptimizerKind::Sgd),
+                momentum: Some(momentum),
+                weight_decay: Some(weight_decay),
+                ..OptimizerPatch::default()
+            },
+            OptimizerConfig::Adam {
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+            } => OptimizerPatch {
+                kind: Some(OptimizerKind::Adam),
+                beta1: Some(beta1),
+                beta2: Some(beta2),
+                eps: Some(eps),
+                weight_decay: Some(weight_decay),
+                momentum: None,
+            },
+        }
+    }
+}
+
 /// An optimiser over a fixed set of named parameters.
 pub trait Optimizer: Send {
     /// One update with learning rate `lr` (times each parameter's multiplier). Parameters

@@ -302,6 +302,30 @@ impl TrainerConfig {
         out
     }
 
+    /// This config with its groups in one spelling: of each group, what differs from the
+    /// group's default once resolved (its optimiser table written whole, its rate), and a group
+    /// that comes to its default left out; a group that does not resolve is kept as written. A
+    /// resume compares its config with the saved one in this form, so two spellings of one
+    /// setting agree and a real change is named by its own key.
+    pub fn with_groups_resolved(&self) -> Self {
+        let mut bare = self.clone();
+        bare.groups.clear();
+        let mut out = bare.clone();
+        for (g, s) in &self.groups {
+            let settings = match (self.group_settings(g), bare.group_settings(g)) {
+                (Ok((opt, lr)), Ok((default_opt, default_lr))) => GroupSettings {
+                    optimizer: (opt != default_opt).then(|| OptimizerPatch::from(&opt)),
+                    lr: (lr != default_lr).then_some(lr),
+                },
+                _ => s.clone(),
+            };
+            if settings != GroupSettings::default() {
+                out.groups.insert(g.clone(), settings);
+            }
+        }
+        out
+    }
+
     /// The optimiser and base learning rate of group `name`; an error names a group's optimiser
     /// table that sets a field its kind does not have.
     pub fn group_settings(&self, name: &str) -> Result<(OptimizerConfig, f64), String> {
@@ -418,6 +442,34 @@ mod tests {
 
     fn trainer(text: &str) -> Result<TrainerConfig, String> {
         toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn groups_resolved_make_two_spellings_of_one_setting_equal() {
+        let plain = trainer("").unwrap();
+        // A group written as its default, and a table that restates the default's fields.
+        let restated = trainer(
+            "[groups.discriminator.optimizer]\nbeta2 = 0.99\n[groups.segmenter]\nlr = 0.01\n[groups.generator.optimizer]\nkind = \"adam\"\n",
+        )
+        .unwrap();
+        assert_ne!(plain, restated);
+        assert_eq!(plain.with_groups_resolved(), restated.with_groups_resolved());
+        // A kind written out, or its field left to the default it amends, is the same table.
+        let a = trainer("[groups.discriminator.optimizer]\nbeta1 = 0.5\n").unwrap();
+        let b = trainer("[groups.discriminator.optimizer]\nkind = \"adam\"\nbeta1 = 0.5\neps = 1e-8\n").unwrap();
+        assert_eq!(a.with_groups_resolved(), b.with_groups_resolved());
+        // A real change still shows, under the group's key.
+        let c = trainer("[groups.discriminator.optimizer]\nbeta1 = 0.6\n").unwrap();
+        let tree = |t: &TrainerConfig| toml::Value::try_from(t.with_groups_resolved()).unwrap();
+        assert_eq!(
+            first_difference(&tree(&a), &tree(&c)).as_deref(),
+            Some("groups.discriminator.optimizer.beta1")
+        );
+        // Once resolved, the form is kept.
+        assert_eq!(
+            a.with_groups_resolved().with_groups_resolved(),
+            a.with_groups_resolved()
+        );
     }
 
     #[test]

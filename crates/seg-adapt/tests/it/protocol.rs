@@ -109,6 +109,13 @@ fn init_from_copies_the_model_and_refuses_another() {
     args.push("--resume");
     ok(&args);
     let resumed = args.clone();
+    // The saved config spelt another way is the same config; a group's real change is named.
+    let mut restated = args.clone();
+    restated.extend(["--set", "trainer.groups.discriminator.optimizer.beta2=0.99"]);
+    ok(&restated);
+    restated.extend(["--set", "trainer.groups.discriminator.optimizer.beta1=0.5"]);
+    let e = err(&restated);
+    assert!(e.contains("trainer.groups.discriminator.optimizer.beta1"), "{e}");
     args.extend(["--seed", "9"]);
     let e = err(&args);
     assert!(e.contains("trainer.seed") && e.contains("--resume"), "{e}");
