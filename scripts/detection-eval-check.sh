@@ -18,13 +18,13 @@ if [[ ! -x $bin ]]; then
 fi
 bin=$(cd "$(dirname "$bin")" && pwd)/$(basename "$bin")
 
-if ! "$venv/bin/python" -c 'import numpy, PIL, pycocotools.cocoeval' >/dev/null 2>&1; then
-    say "creating $venv with pycocotools 2.0.11"
+if ! "$venv/bin/python" -c 'import numpy, PIL, cv2, pycocotools.cocoeval' >/dev/null 2>&1; then
+    say "creating $venv with pycocotools 2.0.11 and OpenCV"
     command -v python3 >/dev/null || { say "python3 is required"; exit 2; }
     rm -rf "$venv"
     python3 -m venv "$venv" || { say "python3 -m venv failed (install python3-venv)"; exit 2; }
     "$venv/bin/pip" install --quiet --disable-pip-version-check \
-        "pycocotools==2.0.11" "numpy==2.4.6" "pillow==13.0.0" ||
+        "pycocotools==2.0.11" "numpy==2.4.6" "pillow==13.0.0" "opencv-python-headless==5.0.0.93" ||
         { say "pip install pycocotools numpy pillow failed"; exit 2; }
 fi
 

@@ -942,11 +942,16 @@ pub fn generate(out: &Path, seed: u64, preset: Preset) -> Result<ToyManifest, Da
     let ids: Vec<String> = (0..sizes.sim10k).map(|i| format!("{}", 3_000_000 + i)).collect();
     ids.par_iter().enumerate().try_for_each(|(i, id)| {
         let s = generate_one(Domain::Gta5, seed, (1_000_000 + i) as u64, w, h);
-        let boxes: Vec<seg_detect::GtBox> =
-            seg_detect::dataset::boxes_from_instance_ids(w, h, &s.instance_ids, seg_detect::ClassSet::All)
-                .into_iter()
-                .filter(|b| matches!(seg_detect::DET_CLASSES[b.class].name, "car" | "motorcycle" | "person"))
-                .collect();
+        let boxes: Vec<seg_detect::GtBox> = seg_detect::dataset::boxes_from_instance_ids(
+            w,
+            h,
+            &s.instance_ids,
+            seg_detect::ClassSet::All,
+            seg_detect::dataset::BoxRule::Tight,
+        )
+        .into_iter()
+        .filter(|b| matches!(seg_detect::DET_CLASSES[b.class].name, "car" | "motorcycle" | "person"))
+        .collect();
         let jpg = voc.join("JPEGImages").join(format!("{id}.jpg"));
         write_jpeg(&jpg, &s.image)?;
         let xml = seg_detect::voc::to_voc_xml(&format!("{id}.jpg"), w, h, &boxes);

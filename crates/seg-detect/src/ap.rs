@@ -15,7 +15,10 @@
 //!
 //! A class without ground-truth boxes has no AP (`None`), as in pycocotools (`voc_eval.py`
 //! divides by zero there). Ties in score keep the input order (image order, then detection
-//! order), as pycocotools' stable sort does.
+//! order), as pycocotools' stable sort does. `voc_eval.py` sorts with numpy's default, unstable
+//! `argsort`, whose order among tied scores depends on numpy's version and the processor
+//! (beyond 16 detections); with a stable sort it gives exactly these numbers, and without ties
+//! any sort does.
 
 use crate::boxes::{GtBox, PixelBox};
 

@@ -58,10 +58,10 @@ pub fn class_of_label_id(id: u16) -> Option<usize> {
     DET_CLASSES.iter().position(|c| c.label_id as u16 == id)
 }
 
-/// The class index of a Sim10k XML object name (`car`, `motorbike`, `person`); Cityscapes names
-/// are accepted too.
+/// The class index of a Sim10k XML object name (`car`, `motorbike`, `person`), without regard to
+/// case or surrounding spaces; Cityscapes names are accepted too.
 pub fn sim10k_class(name: &str) -> Option<usize> {
-    match name.trim() {
+    match name.trim().to_ascii_lowercase().as_str() {
         "motorbike" => class_index("motorcycle"),
         n => class_index(n),
     }

@@ -107,7 +107,15 @@ impl DetDataset {
                 text.lines()
                     .map(str::trim)
                     .filter(|s| !s.is_empty())
-                    .map(|s| s.split_whitespace().next().unwrap_or(s).to_string())
+                    .map(|s| s.split_whitespace().next().unwrap_or(s))
+                    // `3384800.jpg` names the same sample as `3384800`.
+                    .map(|s| {
+                        [".jpg", ".JPG", ".xml"]
+                            .iter()
+                            .find_map(|x| s.strip_suffix(x))
+                            .unwrap_or(s)
+                            .to_string()
+                    })
                     .collect()
             }
             None => read_dir_sorted(&ann_dir)?
@@ -270,7 +278,7 @@ impl DetDataset {
             }
             DetFormat::Cityscapes => {
                 let l = png_io::read_label(ann, LabelEncoding::Instance16)?;
-                let all = boxes_from_instance_ids(l.width, l.height, &l.data, ClassSet::All);
+                let all = boxes_from_instance_ids(l.width, l.height, &l.data, ClassSet::All, BoxRule::Detectron);
                 let boxes = all.iter().copied().filter(|b| self.classes.contains(b.class)).collect();
                 Ok(DetTruth {
                     width: l.width,
@@ -361,25 +369,51 @@ pub fn decode_image(path: &Path) -> Result<RgbImage, DetError> {
     })
 }
 
+/// How boxes are drawn from an instance-id map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BoxRule {
+    /// The tight box of every instance's pixels (the embedded benchmark's Sim10k boxes, which a
+    /// game engine gives whole).
+    Tight,
+    /// Detectron's Cityscapes converter (`convert_cityscapes_to_coco.py`, used by the
+    /// Sim10k → Cityscapes papers that report COCO AP50): an instance whose mask has an outer
+    /// contour of at most 4 coordinates (OpenCV's `findContours` with `RETR_EXTERNAL` and
+    /// `CHAIN_APPROX_NONE`: an outer 8-connected part of one or two pixels) is left out whole;
+    /// the others get the extent of their outer contours, which is the tight box of their pixels.
+    Detectron,
+}
+
 /// Boxes of a Cityscapes instance-id map: every value ≥ 1000 is one instance of label id
-/// `value / 1000`; instances of the detection classes in `classes` get the tight box of their
-/// pixels (0-based, inclusive), in increasing instance-value order. Values below 1000 (label
-/// ids of pixels without an instance) and instances of other labels (caravan, trailer) give no
-/// box.
-pub fn boxes_from_instance_ids(width: u32, height: u32, values: &[u16], classes: ClassSet) -> Vec<GtBox> {
+/// `value / 1000`; instances of the detection classes in `classes` get a box (0-based,
+/// inclusive) under `rule`, in increasing instance-value order. Values below 1000 (label ids of
+/// pixels without an instance) and instances of other labels (caravan, trailer) give no box.
+pub fn boxes_from_instance_ids(
+    width: u32,
+    height: u32,
+    values: &[u16],
+    classes: ClassSet,
+    rule: BoxRule,
+) -> Vec<GtBox> {
+    let w = width as usize;
+    let values = &values[..values.len().min(w * height as usize)];
     let mut ext: std::collections::BTreeMap<u16, [u32; 4]> = std::collections::BTreeMap::new();
-    for (i, &v) in values.iter().enumerate().take(width as usize * height as usize) {
+    for (i, &v) in values.iter().enumerate() {
         if v < 1000 {
             continue;
         }
-        let (x, y) = ((i % width as usize) as u32, (i / width as usize) as u32);
+        let (x, y) = ((i % w) as u32, (i / w) as u32);
         let e = ext.entry(v).or_insert([x, y, x, y]);
         e[0] = e[0].min(x);
         e[1] = e[1].min(y);
         e[2] = e[2].max(x);
         e[3] = e[3].max(y);
     }
+    let slivers = match rule {
+        BoxRule::Tight => std::collections::BTreeSet::new(),
+        BoxRule::Detectron => instances_with_outer_slivers(w, values, &ext),
+    };
     ext.into_iter()
+        .filter(|(v, _)| !slivers.contains(v))
         .filter_map(|(v, e)| {
             let class = class_of_label_id(v / 1000)?;
             classes.contains(class).then_some(GtBox {
@@ -388,6 +422,126 @@ pub fn boxes_from_instance_ids(width: u32, height: u32, values: &[u16], classes:
             })
         })
         .collect()
+}
+
+/// The instance values (≥ 1000) whose mask has an outer 8-connected part of at most two pixels:
+/// the parts whose outer contour, as OpenCV traces it, has at most two points. A part lying in
+/// a hole of its own instance has no outer contour (`RETR_EXTERNAL`) and does not count.
+///
+/// One pass labels the 8-connected parts of equal values (union-find) and counts their pixels;
+/// only a part of one or two pixels is then looked at: outer when a straight run of other
+/// values leads from it to its instance's box edge, else when a 4-connected flood of other
+/// values (within the box, widened by one pixel) reaches that edge.
+fn instances_with_outer_slivers(
+    w: usize,
+    values: &[u16],
+    boxes: &std::collections::BTreeMap<u16, [u32; 4]>,
+) -> std::collections::BTreeSet<u16> {
+    fn find(parent: &mut [u32], mut i: u32) -> u32 {
+        while parent[i as usize] != i {
+            let up = parent[parent[i as usize] as usize];
+            parent[i as usize] = up;
+            i = up;
+        }
+        i
+    }
+    let n = values.len();
+    let mut parent: Vec<u32> = (0..n as u32).collect();
+    for i in 0..n {
+        let v = values[i];
+        if v < 1000 {
+            continue;
+        }
+        let (x, y) = (i % w, i / w);
+        let mut neighbours = [None; 4];
+        if x > 0 {
+            neighbours[0] = Some(i - 1);
+        }
+        if y > 0 {
+            neighbours[1] = Some(i - w);
+            if x > 0 {
+                neighbours[2] = Some(i - w - 1);
+            }
+            if x + 1 < w {
+                neighbours[3] = Some(i - w + 1);
+            }
+        }
+        for j in neighbours.into_iter().flatten().filter(|&j| values[j] == v) {
+            let (a, b) = (find(&mut parent, i as u32), find(&mut parent, j as u32));
+            if a != b {
+                parent[a.max(b) as usize] = a.min(b);
+            }
+        }
+    }
+    // Pixels of each part, up to three (a part of three or more is never a sliver).
+    let mut parts: std::collections::HashMap<u32, Vec<usize>> = std::collections::HashMap::new();
+    for i in (0..n).filter(|&i| values[i] >= 1000) {
+        let part = parts.entry(find(&mut parent, i as u32)).or_default();
+        if part.len() < 3 {
+            part.push(i);
+        }
+    }
+    let mut out = std::collections::BTreeSet::new();
+    let mut outside: std::collections::HashMap<u16, Vec<bool>> = std::collections::HashMap::new();
+    let mut small: Vec<&Vec<usize>> = parts.values().filter(|p| p.len() <= 2).collect();
+    small.sort();
+    for part in small {
+        let v = values[part[0]];
+        if out.contains(&v) {
+            continue;
+        }
+        let [x0, y0, x1, y1] = boxes[&v].map(|c| c as usize);
+        let straight_out = part.iter().any(|&i| {
+            let (x, y) = (i % w, i / w);
+            (x0..x).all(|xx| values[y * w + xx] != v)
+                || (x + 1..=x1).all(|xx| values[y * w + xx] != v)
+                || (y0..y).all(|yy| values[yy * w + x] != v)
+                || (y + 1..=y1).all(|yy| values[yy * w + x] != v)
+        });
+        let is_outer = straight_out || {
+            // The box widened by one pixel, flooded from its edge through other values.
+            let (bw, bh) = (x1 - x0 + 3, y1 - y0 + 3);
+            let flood = outside.entry(v).or_insert_with(|| {
+                let mine = |bx: usize, by: usize| {
+                    (1..=bw - 2).contains(&bx)
+                        && (1..=bh - 2).contains(&by)
+                        && values[(y0 + by - 1) * w + x0 + bx - 1] == v
+                };
+                let mut seen = vec![false; bw * bh];
+                let mut stack: Vec<(usize, usize)> = (0..bw).flat_map(|bx| [(bx, 0), (bx, bh - 1)]).collect();
+                stack.extend((0..bh).flat_map(|by| [(0, by), (bw - 1, by)]));
+                while let Some((bx, by)) = stack.pop() {
+                    if seen[by * bw + bx] || mine(bx, by) {
+                        continue;
+                    }
+                    seen[by * bw + bx] = true;
+                    if bx > 0 {
+                        stack.push((bx - 1, by));
+                    }
+                    if bx + 1 < bw {
+                        stack.push((bx + 1, by));
+                    }
+                    if by > 0 {
+                        stack.push((bx, by - 1));
+                    }
+                    if by + 1 < bh {
+                        stack.push((bx, by + 1));
+                    }
+                }
+                seen
+            });
+            part.iter().any(|&i| {
+                let (bx, by) = (i % w - x0 + 1, i / w - y0 + 1);
+                [(bx - 1, by), (bx + 1, by), (bx, by - 1), (bx, by + 1)]
+                    .iter()
+                    .any(|&(nx, ny)| flood[ny * bw + nx])
+            })
+        };
+        if is_outer {
+            out.insert(v);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -429,15 +583,16 @@ mod tests {
         let root = dir.path();
         let city = |top: &str, name: &str| root.join(top).join("val/lindau").join(name);
         let image = RgbImage {
-            width: 2,
+            width: 3,
             height: 1,
-            data: vec![9; 6],
+            data: vec![9; 9],
         };
         for stem in ["lindau_000000_000019", "lindau_000001_000019", "lindau_000002_000019"] {
             png_io::write_rgb(&city("leftImg8bit", &format!("{stem}_leftImg8bit.png")), &image).unwrap();
         }
         let ann = |stem: &str| city("gtFine", &format!("{stem}_gtFine_instanceIds.png"));
-        png_io::write_gray16(&ann("lindau_000000_000019"), 2, 1, &[26000, 7]).unwrap();
+        // A car of three pixels (Detectron's converter leaves out a part of one or two).
+        png_io::write_gray16(&ann("lindau_000000_000019"), 3, 1, &[26000, 26000, 26000]).unwrap();
         // 000001 has no instanceIds; 000002's was saved as 8 bits; 000003 has no image.
         png_io::write_gray8(&ann("lindau_000002_000019"), 2, 1, &[26, 7]).unwrap();
         png_io::write_gray16(&ann("lindau_000003_000019"), 2, 1, &[7, 7]).unwrap();
@@ -485,7 +640,7 @@ mod tests {
     }
 
     #[test]
-    fn instance_boxes_follow_the_detectron_rule() {
+    fn tight_instance_boxes_cover_every_part() {
         // 6×4 map: a car (26000) in two parts, a person (24001), a caravan (29000),
         // plain label ids 26 (car group) and 7 (road).
         #[rustfmt::skip]
@@ -495,12 +650,84 @@ mod tests {
             29000, 7,     7,     24001, 24001, 7,
             29000, 7,     26000, 7,     7,     7,
         ];
-        let b = boxes_from_instance_ids(6, 4, &v, ClassSet::All);
+        let b = boxes_from_instance_ids(6, 4, &v, ClassSet::All, BoxRule::Tight);
         assert_eq!(b.len(), 2);
         assert_eq!(b[0].class, 0);
         assert_eq!(b[0].bbox, PixelBox::new(3.0, 1.0, 4.0, 2.0));
         assert_eq!(b[1].class, CAR);
         assert_eq!(b[1].bbox, PixelBox::new(1.0, 0.0, 2.0, 3.0));
-        assert_eq!(boxes_from_instance_ids(6, 4, &v, ClassSet::Car).len(), 1);
+        assert_eq!(
+            boxes_from_instance_ids(6, 4, &v, ClassSet::Car, BoxRule::Tight).len(),
+            1
+        );
+        // Detectron's converter leaves the car out: its one-pixel part has an outer contour
+        // of one point.
+        let b = boxes_from_instance_ids(6, 4, &v, ClassSet::All, BoxRule::Detectron);
+        assert_eq!(b.len(), 1);
+        assert_eq!(b[0].class, 0);
+    }
+
+    /// An instance-id map of `w`×`h` filled with road (7), with `(value, x0, y0, x1, y1)`
+    /// rectangles (inclusive) painted in order.
+    fn painted(w: usize, h: usize, rects: &[(u16, usize, usize, usize, usize)]) -> Vec<u16> {
+        let mut v = vec![7u16; w * h];
+        for &(id, x0, y0, x1, y1) in rects {
+            for y in y0..=y1 {
+                for x in x0..=x1 {
+                    v[y * w + x] = id;
+                }
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn detectron_boxes_match_opencvs_outer_contours() {
+        // Expected boxes as OpenCV 5.0's findContours (RETR_EXTERNAL, CHAIN_APPROX_NONE) and
+        // Detectron's `min(len_p) <= 4` filter give them on the same maps.
+        let boxes = |w: usize, h: usize, v: &[u16]| -> Vec<(usize, [f64; 4])> {
+            boxes_from_instance_ids(w as u32, h as u32, v, ClassSet::All, BoxRule::Detectron)
+                .into_iter()
+                .map(|b| (b.class, [b.bbox.x_min, b.bbox.y_min, b.bbox.x_max, b.bbox.y_max]))
+                .collect()
+        };
+        // A car with a stray pixel, a one-pixel car, a two-pixel car (left out); a 3×1 car, a
+        // 2×2 car, a plain car (kept); a car group region (no instance).
+        let v = painted(
+            64,
+            48,
+            &[
+                (26001, 5, 5, 14, 12),
+                (26001, 60, 40, 60, 40),
+                (26002, 30, 20, 30, 20),
+                (26003, 40, 25, 41, 25),
+                (26004, 10, 30, 12, 30),
+                (26005, 20, 35, 21, 36),
+                (26006, 40, 2, 59, 19),
+                (26, 2, 44, 29, 46),
+            ],
+        );
+        assert_eq!(
+            boxes(64, 48, &v),
+            vec![
+                (CAR, [10.0, 30.0, 12.0, 30.0]),
+                (CAR, [20.0, 35.0, 21.0, 36.0]),
+                (CAR, [40.0, 2.0, 59.0, 19.0])
+            ]
+        );
+        // A ring with a one-pixel island in its hole (no outer contour: kept), a diagonal
+        // two-pixel person, a one-pixel car in the image's corner (left out), a 3×1 truck.
+        let mut v = painted(12, 12, &[(26001, 2, 2, 8, 8), (7, 3, 3, 7, 7), (26001, 5, 5, 5, 5)]);
+        v[11] = 24001;
+        v[12 + 10] = 24001;
+        v[10 * 12..10 * 12 + 3].fill(27001);
+        v[12 * 12 - 1] = 26002;
+        assert_eq!(
+            boxes(12, 12, &v),
+            vec![(CAR, [2.0, 2.0, 8.0, 8.0]), (3, [0.0, 10.0, 2.0, 10.0])]
+        );
+        // A ring along the image's edges, a two-pixel island in its hole: kept.
+        let v = painted(6, 6, &[(26001, 0, 0, 5, 5), (7, 1, 1, 4, 4), (26001, 2, 2, 3, 2)]);
+        assert_eq!(boxes(6, 6, &v), vec![(CAR, [0.0, 0.0, 5.0, 5.0])]);
     }
 }

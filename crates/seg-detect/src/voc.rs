@@ -1,11 +1,15 @@
 //! PASCAL VOC XML annotations, as Sim10k ships them (`VOC2012/Annotations/*.xml`).
 //!
-//! Read: `<size><width>/<height>`, and per `<object>` its `<name>`, `<difficult>` (default 0) and
-//! `<bndbox>` with `xmin ymin xmax ymax` as 1-based inclusive pixel indices (shifted to 0-based
-//! here). Refused with the file named: text that is not XML, a missing or non-numeric size or
-//! coordinate, `xmax < xmin` or `ymax < ymin`, an object name that is not a known class. Listed
-//! as problems (the box kept, clipped to the image): a box reaching outside the image. A box
-//! wholly outside the image is dropped, also listed; so is an annotation with no objects.
+//! Read: `<size><width>/<height>`, and per `<object>` its `<name>` and `<bndbox>` with `xmin ymin
+//! xmax ymax` as 1-based inclusive pixel indices (shifted to 0-based here). `<difficult>` and
+//! `<truncated>` are not read: every object is a box, as the Sim10k loaders of the
+//! adaptation papers take them (Sim10k marks none difficult). Names are matched without regard
+//! to case or surrounding spaces: Sim10k's `car`, `motorbike` and `person`, and the eight
+//! Cityscapes instance classes (VOC conversions of Cityscapes use those). Refused with the file
+//! named: text that is not XML, a missing or non-numeric size or coordinate, `xmax < xmin` or
+//! `ymax < ymin`. Listed as problems: an object of another class (left out, as the papers'
+//! loaders skip it), a box reaching outside the image (kept, clipped to the image), a box
+//! wholly outside the image (dropped), an annotation with no objects.
 
 use std::path::Path;
 
@@ -85,12 +89,14 @@ pub fn parse_voc(path: &Path, text: &str, classes: ClassSet) -> Result<VocAnnota
     for (k, obj) in root.children().filter(|c| c.has_tag_name("object")).enumerate() {
         let name =
             text_of(obj, "name").ok_or_else(|| DetError::invalid(path, format!("object {k}: missing <name>")))?;
-        let class = sim10k_class(name).ok_or_else(|| {
-            DetError::invalid(
-                path,
-                format!("object {k}: unknown class `{name}` (expected car, motorbike or person)"),
-            )
-        })?;
+        let Some(class) = sim10k_class(name) else {
+            out.problems.push(format!(
+                "object {k}: class `{name}` is not a detection class (car, motorbike, person, or one of \
+                 Cityscapes' {}); left out",
+                crate::classes::DET_CLASSES.map(|c| c.name).join(", ")
+            ));
+            continue;
+        };
         let what = format!("object {k} ({name})");
         let bb = child(obj, "bndbox").ok_or_else(|| DetError::invalid(path, format!("{what}: missing <bndbox>")))?;
         let x0 = number(path, bb, "xmin", &what)? - 1.0;
@@ -137,7 +143,8 @@ pub fn parse_voc(path: &Path, text: &str, classes: ClassSet) -> Result<VocAnnota
         }
     }
     if out.objects == 0 {
-        out.problems.push("annotation has no objects".into());
+        out.problems
+            .push("annotation has no objects of a detection class".into());
     }
     Ok(out)
 }
@@ -200,8 +207,17 @@ mod tests {
         let err = |t: &str| parse_voc(p, t, ClassSet::All).unwrap_err().to_string();
         assert!(err("<annotation><size>").contains("malformed XML"));
         assert!(err("<annotation></annotation>").contains("missing <size>"));
-        let bad_name = GOOD.replace("person", "tractor");
-        assert!(err(&bad_name).contains("unknown class `tractor`"));
+        // An object of another class is left out and listed; names match without regard to case.
+        let other = parse_voc(p, &GOOD.replace("person", "tractor"), ClassSet::All).unwrap();
+        assert_eq!((other.objects, other.boxes.len()), (2, 2));
+        assert!(
+            other.problems[1].contains("object 2: class `tractor` is not a detection class")
+                && other.problems[1].contains("left out"),
+            "{:?}",
+            other.problems
+        );
+        let upper = parse_voc(p, &GOOD.replace("<name>car", "<name> Car"), ClassSet::Car).unwrap();
+        assert_eq!(upper.boxes.len(), 1);
         let swapped = GOOD.replace("<xmax>30</xmax>", "<xmax>0</xmax>");
         assert!(err(&swapped).contains("xmax < xmin"));
         let nan = GOOD.replace("<ymin>2</ymin>", "<ymin>two</ymin>");
@@ -209,6 +225,9 @@ mod tests {
         assert!(err(&nan).starts_with("bad.xml"));
         let empty = "<annotation><size><width>4</width><height>4</height></size></annotation>";
         let a = parse_voc(p, empty, ClassSet::Car).unwrap();
-        assert_eq!(a.problems, vec!["annotation has no objects".to_string()]);
+        assert_eq!(
+            a.problems,
+            vec!["annotation has no objects of a detection class".to_string()]
+        );
     }
 }

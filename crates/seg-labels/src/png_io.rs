@@ -301,14 +301,22 @@ pub fn decode_label(path: &Path, bytes: &[u8], encoding: LabelEncoding) -> Resul
                 buf[..n].iter().map(|&v| v as u16).collect()
             } else {
                 // Packed 1/2/4-bit rows: unpack each row's values, most significant bits first.
+                // Palette indices are the values. Grey samples of 2 and 4 bits are scaled to 8
+                // bits (× 85, × 17), as the PNG specification and PIL read them (an optimiser
+                // stores an image of 0, 17, …, 255 as 4 bits); 1-bit grey stays 0/1, as numpy
+                // reads PIL's mode "1".
                 let per_byte = 8 / bits as usize;
                 let mask = (1u16 << bits) - 1;
+                let scale = match (color, bits) {
+                    (png::ColorType::Grayscale, 2 | 4) => 255 / mask,
+                    _ => 1,
+                };
                 let mut out = Vec::with_capacity(n);
                 for row in buf.chunks_exact(row_bytes).take(h as usize) {
                     for x in 0..w as usize {
                         let byte = row[x / per_byte] as u16;
                         let shift = 8 - bits as usize * (x % per_byte + 1);
-                        out.push((byte >> shift) & mask);
+                        out.push(((byte >> shift) & mask) * scale);
                     }
                 }
                 out
@@ -610,9 +618,17 @@ mod tests {
             &[9, 1, 8, 2, 7, 3],
         );
         assert_eq!(read_rgb(&p).unwrap().data, vec![9, 8, 7]);
-        // 4-bit grayscale label: ids 0..15 as PIL reads them.
+        // Low-bit grayscale labels as PIL (and so the official evaluator) reads them: 4 and 2
+        // bits scaled to 8 (× 17, × 85), 1 bit as 0/1; palette indices as they are.
         raw_png(&p, 4, 1, png::ColorType::Grayscale, png::BitDepth::Four, &[0x7B, 0x1F]);
-        assert_eq!(read_label(&p, LabelEncoding::Ids8).unwrap().data, vec![7, 11, 1, 15]);
+        assert_eq!(
+            read_label(&p, LabelEncoding::Ids8).unwrap().data,
+            vec![119, 187, 17, 255]
+        );
+        raw_png(&p, 4, 1, png::ColorType::Grayscale, png::BitDepth::Two, &[0x1B]);
+        assert_eq!(read_label(&p, LabelEncoding::Ids8).unwrap().data, vec![0, 85, 170, 255]);
+        raw_png(&p, 4, 1, png::ColorType::Grayscale, png::BitDepth::One, &[0xA0]);
+        assert_eq!(read_label(&p, LabelEncoding::Ids8).unwrap().data, vec![1, 0, 1, 0]);
         // Grayscale + alpha label: refused, naming what it is.
         raw_png(
             &p,

@@ -277,13 +277,18 @@ fn label_to_train() -> [u8; 256] {
 
 /// Reads one prediction as train ids; also returns which raw values it holds (bit `v` for value
 /// `v` < 63, bit 63 for any larger).
+/// A prediction's or a ground truth's ids: 8-bit (or fewer) grayscale or palette, or one 16-bit
+/// gray channel (`cv2.imwrite` or PIL's `fromarray` of a uint16 array), which the official
+/// evaluator's PIL reads as the same ids. A file neither can read gets the 8-bit reader's error.
+fn read_ids(path: &Path) -> Result<png_io::LabelImage, png_io::PngError> {
+    match png_io::read_label(path, LabelEncoding::Ids8) {
+        Ok(img) => Ok(img),
+        Err(e8) => png_io::read_label(path, LabelEncoding::Instance16).map_err(|_| e8),
+    }
+}
+
 fn read_prediction(path: &Path, format: PredFormat) -> Result<(u32, u32, Vec<u8>, u64), FolderError> {
-    // 8-bit grayscale or palette, or one 16-bit gray channel (`cv2.imwrite` of a uint16 array),
-    // which the official evaluator's PIL reads as the same ids.
-    let img = match png_io::read_label(path, LabelEncoding::Ids8) {
-        Ok(img) => img,
-        Err(e8) => png_io::read_label(path, LabelEncoding::Instance16).map_err(|_| e8)?,
-    };
+    let img = read_ids(path)?;
     let valid = |v: u16| match format {
         PredFormat::LabelIds => (v as usize) < NUM_LABEL_IDS,
         PredFormat::TrainIds => v < NUM_CLASSES as u16 || v == IGNORE as u16,
@@ -320,7 +325,7 @@ fn evaluate_pair(
     keep: bool,
     acc: &mut Partial,
 ) -> Result<(), FolderError> {
-    let gt_img = png_io::read_label(&pair.gt, LabelEncoding::Ids8)?;
+    let gt_img = read_ids(&pair.gt)?;
     let (map, range) = if pair.train_ids {
         (&maps[1], "train ids 0..=18 or 255")
     } else {

@@ -265,17 +265,26 @@ fn bad_sim10k_files_are_named_with_the_reason() {
     assert!(e1.contains("101.xml") && e1.contains("malformed XML"), "{e1}");
     let s2 = ds.load(2).unwrap();
     assert_eq!(s2.boxes[0].bbox.x_max, 63.0, "clipped to the image");
-    let e3 = ds.load(3).unwrap_err().to_string();
-    assert!(e3.contains("103.xml") && e3.contains("unknown class `tank`"), "{e3}");
+    // The tank is left out (as the papers' loaders skip other classes), the sample kept.
+    assert!(ds.load(3).unwrap().boxes.is_empty());
     let r = seg_detect::inspect::inspect(&ds, &|| {});
-    assert_eq!((r.samples, r.usable), (4, 1));
+    assert_eq!((r.samples, r.usable), (4, 2));
     assert_eq!(r.boxes["car"], 1);
     let reasons: Vec<String> = r.problems.iter().map(|p| format!("{}: {}", p.file, p.reason)).collect();
-    assert_eq!(reasons.len(), 4, "{reasons:?}");
+    assert_eq!(reasons.len(), 5, "{reasons:?}");
     assert!(reasons.iter().any(|p| p.contains("102.xml") && p.contains("clipped")));
+    assert!(reasons
+        .iter()
+        .any(|p| p.contains("103.xml") && p.contains("class `tank`") && p.contains("left out")));
+    // A list may name files (`101.jpg`) rather than ids.
+    let list = dir.path().join("files.txt");
+    std::fs::write(&list, "100.jpg\n101.xml\n").unwrap();
+    let ds = DetDataset::open_sim10k(dir.path(), Some(&list), ClassSet::Car).unwrap();
+    let names: Vec<&str> = ds.entries.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(names, ["100", "101"]);
     // A list naming an id twice is refused by name (it was trained on and counted twice).
     let list = dir.path().join("twice.txt");
-    std::fs::write(&list, "100\n101\n100\n").unwrap();
+    std::fs::write(&list, "100\n101\n100.jpg\n").unwrap();
     let e = DetDataset::open_sim10k(dir.path(), Some(&list), ClassSet::Car)
         .unwrap_err()
         .to_string();

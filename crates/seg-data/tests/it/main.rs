@@ -185,6 +185,26 @@ fn cityscapes_pairs_by_name_and_accepts_a_split_list() {
 }
 
 #[test]
+fn linked_city_folders_are_cities() {
+    // A city kept elsewhere and linked in (images and labels), as the official evaluator's
+    // glob follows the link; a link that leads nowhere is no city.
+    let dir = tempfile::tempdir().unwrap();
+    cityscapes_tree(dir.path());
+    let away = dir.path().join("elsewhere");
+    for top in ["leftImg8bit", "gtFine"] {
+        let city = dir.path().join(top).join("train/aachen");
+        let moved = away.join(top);
+        std::fs::create_dir_all(&moved).unwrap();
+        std::fs::rename(&city, moved.join("aachen")).unwrap();
+        std::os::unix::fs::symlink(moved.join("aachen"), &city).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("nowhere"), dir.path().join(top).join("train/gone")).unwrap();
+    }
+    let ds = open_dataset(DatasetName::Cityscapes, dir.path(), "train", labelled()).unwrap();
+    assert_eq!(ds.len(), 2);
+    assert_eq!(ds.get(1).unwrap().label.unwrap(), vec![0, 1, 2, 255, 10, 11, 18, 255]);
+}
+
+#[test]
 fn missing_roots_and_empty_splits_name_the_path() {
     let dir = tempfile::tempdir().unwrap();
     let e = open_dataset(DatasetName::Cityscapes, &dir.path().join("nope"), "val", labelled())

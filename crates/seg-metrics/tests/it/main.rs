@@ -234,6 +234,19 @@ fn sixteen_bit_predictions_score_as_their_eight_bit_twins() {
     seg_labels::png_io::write_gray16(&p, W, H, &bad).unwrap();
     let e = err_of(&f, &f.opts());
     assert!(e.contains("300") && e.contains("frankfurt_000000_000294"), "{e}");
+    // Ground truth saved with 16 bits (PIL's `fromarray` of a uint16 array) scores as its
+    // 8-bit twin too, as the official evaluator reads it.
+    seg_labels::png_io::write_gray16(&p, W, H, &wide).unwrap();
+    let (gt, _) = golden_pair();
+    let gt_wide: Vec<u16> = gt.iter().map(|&v| v as u16).collect();
+    let gt_path = f
+        .root
+        .join("gtFine/val/frankfurt/frankfurt_000000_000294_gtFine_labelIds.png");
+    seg_labels::png_io::write_gray16(&gt_path, W, H, &gt_wide).unwrap();
+    assert_eq!(
+        evaluate_folder(&f.opts()).unwrap().finish(Protocol::Classes19).miou,
+        want
+    );
 }
 
 #[test]
