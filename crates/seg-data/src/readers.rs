@@ -353,10 +353,16 @@ pub fn orphan_labels(ds: &Dataset) -> Vec<PathBuf> {
         .iter()
         .map(|p| file_stem(p))
         .collect();
+    // DAFormer's and MMSegmentation's GTA5 conversion writes `NNNNN_labelTrainIds.png` beside
+    // each `NNNNN.png` label: a companion of a label, not a label without an image.
     sorted_pngs(&label_dir)
         .unwrap_or_default()
         .into_iter()
-        .filter(|p| !images.contains(&file_stem(p)))
+        .filter(|p| {
+            let stem = file_stem(p);
+            let owner = stem.strip_suffix("_labelTrainIds").unwrap_or(&stem);
+            !images.contains(owner)
+        })
         .collect()
 }
 

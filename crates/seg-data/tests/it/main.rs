@@ -72,6 +72,8 @@ fn a_split_list_leaves_the_other_pairs_out_without_calling_them_orphans() {
     gta5_tree(root);
     // A label with no image at all is the one orphan, list or not.
     png_io::write_palette8(&root.join("labels/00009.png"), 1, 1, &[7], &label_id_palette()).unwrap();
+    // DAFormer's conversion writes a trainIds companion beside each label: no orphan.
+    png_io::write_gray8(&root.join("labels/00001_labelTrainIds.png"), 1, 1, &[0]).unwrap();
     let list = root.join("train.txt");
     std::fs::write(&list, "00001.png\n").unwrap();
     let opts = DatasetOptions {
