@@ -110,11 +110,11 @@ impl DetDataset {
                     .map(|s| s.split_whitespace().next().unwrap_or(s))
                     // `3384800.jpg` names the same sample as `3384800`.
                     .map(|s| {
-                        [".jpg", ".JPG", ".xml"]
-                            .iter()
-                            .find_map(|x| s.strip_suffix(x))
-                            .unwrap_or(s)
-                            .to_string()
+                        let (stem, ext) = s.rsplit_once('.').unwrap_or((s, ""));
+                        match ext.to_ascii_lowercase().as_str() {
+                            "jpg" | "jpeg" | "xml" | "png" => stem.to_string(),
+                            _ => s.to_string(),
+                        }
                     })
                     .collect()
             }
@@ -378,7 +378,8 @@ pub enum BoxRule {
     /// Detectron's Cityscapes converter (`convert_cityscapes_to_coco.py`, used by the
     /// Sim10k → Cityscapes papers that report COCO AP50): an instance whose mask has an outer
     /// contour of at most 4 coordinates (OpenCV's `findContours` with `RETR_EXTERNAL` and
-    /// `CHAIN_APPROX_NONE`: an outer 8-connected part of one or two pixels) is left out whole;
+    /// `CHAIN_APPROX_NONE`, as OpenCV 3.2 and later trace them, the image's border counting as
+    /// background: an outer 8-connected part of one or two pixels) is left out whole;
     /// the others get the extent of their outer contours, which is the tight box of their pixels.
     Detectron,
 }
@@ -395,7 +396,11 @@ pub fn boxes_from_instance_ids(
     rule: BoxRule,
 ) -> Vec<GtBox> {
     let w = width as usize;
-    let values = &values[..values.len().min(w * height as usize)];
+    if w == 0 {
+        return Vec::new();
+    }
+    // Whole rows only: a map shorter than its size says is read as far as it goes.
+    let values = &values[..values.len().min(w * height as usize) / w * w];
     let mut ext: std::collections::BTreeMap<u16, [u32; 4]> = std::collections::BTreeMap::new();
     for (i, &v) in values.iter().enumerate() {
         if v < 1000 {
@@ -482,53 +487,66 @@ fn instances_with_outer_slivers(
         }
     }
     let mut out = std::collections::BTreeSet::new();
-    let mut outside: std::collections::HashMap<u16, Vec<bool>> = std::collections::HashMap::new();
-    let mut small: Vec<&Vec<usize>> = parts.values().filter(|p| p.len() <= 2).collect();
+    // Small parts grouped by instance, so that one instance's flood is made once and dropped.
+    let mut small: Vec<(u16, &Vec<usize>)> = parts
+        .values()
+        .filter(|p| p.len() <= 2)
+        .map(|p| (values[p[0]], p))
+        .collect();
     small.sort();
-    for part in small {
-        let v = values[part[0]];
+    let mut flooded: Option<(u16, Vec<bool>)> = None;
+    for (v, part) in small {
         if out.contains(&v) {
             continue;
         }
-        let [x0, y0, x1, y1] = boxes[&v].map(|c| c as usize);
+        let Some(&[x0, y0, x1, y1]) = boxes.get(&v).map(|b| b.map(|c| c as usize)).as_ref() else {
+            continue;
+        };
+        // Each straight run scanned from the part outwards: it stops at the first pixel of the
+        // instance, which is near in a hole.
         let straight_out = part.iter().any(|&i| {
             let (x, y) = (i % w, i / w);
-            (x0..x).all(|xx| values[y * w + xx] != v)
+            (x0..x).rev().all(|xx| values[y * w + xx] != v)
                 || (x + 1..=x1).all(|xx| values[y * w + xx] != v)
-                || (y0..y).all(|yy| values[yy * w + x] != v)
+                || (y0..y).rev().all(|yy| values[yy * w + x] != v)
                 || (y + 1..=y1).all(|yy| values[yy * w + x] != v)
         });
         let is_outer = straight_out || {
             // The box widened by one pixel, flooded from its edge through other values.
             let (bw, bh) = (x1 - x0 + 3, y1 - y0 + 3);
-            let flood = outside.entry(v).or_insert_with(|| {
-                let mine = |bx: usize, by: usize| {
-                    (1..=bw - 2).contains(&bx)
-                        && (1..=bh - 2).contains(&by)
-                        && values[(y0 + by - 1) * w + x0 + bx - 1] == v
-                };
-                let mut seen = vec![false; bw * bh];
-                let mut stack: Vec<(usize, usize)> = (0..bw).flat_map(|bx| [(bx, 0), (bx, bh - 1)]).collect();
-                stack.extend((0..bh).flat_map(|by| [(0, by), (bw - 1, by)]));
-                while let Some((bx, by)) = stack.pop() {
-                    if seen[by * bw + bx] || mine(bx, by) {
-                        continue;
+            if flooded.as_ref().is_none_or(|(fv, _)| *fv != v) {
+                flooded = None;
+            }
+            let (_, flood) = flooded.get_or_insert_with(|| {
+                (v, {
+                    let mine = |bx: usize, by: usize| {
+                        (1..=bw - 2).contains(&bx)
+                            && (1..=bh - 2).contains(&by)
+                            && values[(y0 + by - 1) * w + x0 + bx - 1] == v
+                    };
+                    let mut seen = vec![false; bw * bh];
+                    let mut stack: Vec<(usize, usize)> = (0..bw).flat_map(|bx| [(bx, 0), (bx, bh - 1)]).collect();
+                    stack.extend((0..bh).flat_map(|by| [(0, by), (bw - 1, by)]));
+                    while let Some((bx, by)) = stack.pop() {
+                        if seen[by * bw + bx] || mine(bx, by) {
+                            continue;
+                        }
+                        seen[by * bw + bx] = true;
+                        if bx > 0 {
+                            stack.push((bx - 1, by));
+                        }
+                        if bx + 1 < bw {
+                            stack.push((bx + 1, by));
+                        }
+                        if by > 0 {
+                            stack.push((bx, by - 1));
+                        }
+                        if by + 1 < bh {
+                            stack.push((bx, by + 1));
+                        }
                     }
-                    seen[by * bw + bx] = true;
-                    if bx > 0 {
-                        stack.push((bx - 1, by));
-                    }
-                    if bx + 1 < bw {
-                        stack.push((bx + 1, by));
-                    }
-                    if by > 0 {
-                        stack.push((bx, by - 1));
-                    }
-                    if by + 1 < bh {
-                        stack.push((bx, by + 1));
-                    }
-                }
-                seen
+                    seen
+                })
             });
             part.iter().any(|&i| {
                 let (bx, by) = (i % w - x0 + 1, i / w - y0 + 1);
@@ -729,5 +747,48 @@ mod tests {
         // A ring along the image's edges, a two-pixel island in its hole: kept.
         let v = painted(6, 6, &[(26001, 0, 0, 5, 5), (7, 1, 1, 4, 4), (26001, 2, 2, 3, 2)]);
         assert_eq!(boxes(6, 6, &v), vec![(CAR, [0.0, 0.0, 5.0, 5.0])]);
+        // The same ring opened by one pixel: the island is outer, the car left out.
+        let mut open = v.clone();
+        open[3] = 7;
+        assert!(boxes(6, 6, &open).is_empty());
+        // An island whose four straight runs all meet the car, walled on three sides with the
+        // fourth wall short of a corner: a bent way out (dropped); the fourth wall closing the
+        // corner diagonally shuts it (kept).
+        let walled = |top: [usize; 3]| {
+            let mut v = painted(
+                10,
+                10,
+                &[
+                    (26001, 5, 5, 5, 5),
+                    (26001, 3, 4, 3, 6),
+                    (26001, 7, 4, 7, 6),
+                    (26001, 4, 7, 6, 7),
+                ],
+            );
+            for x in top {
+                v[3 * 10 + x] = 26001;
+            }
+            v
+        };
+        assert!(boxes(10, 10, &walled([5, 6, 7])).is_empty());
+        assert_eq!(boxes(10, 10, &walled([4, 5, 6])), vec![(CAR, [3.0, 3.0, 7.0, 7.0])]);
+        // An island in a ring in the hole of another ring: kept.
+        let v = painted(
+            15,
+            15,
+            &[
+                (26001, 1, 1, 13, 13),
+                (7, 2, 2, 12, 12),
+                (26001, 4, 4, 10, 10),
+                (7, 5, 5, 9, 9),
+                (26001, 7, 7, 7, 7),
+            ],
+        );
+        assert_eq!(boxes(15, 15, &v), vec![(CAR, [1.0, 1.0, 13.0, 13.0])]);
+        // A map shorter than its size says: its whole rows are read, nothing panics.
+        let mut short = painted(8, 3, &[(26000, 6, 0, 7, 1), (26000, 0, 2, 2, 2), (26000, 4, 2, 4, 2)]);
+        short.truncate(21);
+        assert_eq!(boxes(8, 3, &short), vec![(CAR, [6.0, 0.0, 7.0, 1.0])]);
+        assert!(boxes_from_instance_ids(0, 3, &short, ClassSet::All, BoxRule::Detectron).is_empty());
     }
 }

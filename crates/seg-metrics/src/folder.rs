@@ -275,8 +275,6 @@ fn label_to_train() -> [u8; 256] {
     })
 }
 
-/// Reads one prediction as train ids; also returns which raw values it holds (bit `v` for value
-/// `v` < 63, bit 63 for any larger).
 /// A prediction's or a ground truth's ids: 8-bit (or fewer) grayscale or palette, or one 16-bit
 /// gray channel (`cv2.imwrite` or PIL's `fromarray` of a uint16 array), which the official
 /// evaluator's PIL reads as the same ids. A file neither can read gets the 8-bit reader's error.
@@ -287,6 +285,8 @@ fn read_ids(path: &Path) -> Result<png_io::LabelImage, png_io::PngError> {
     }
 }
 
+/// Reads one prediction as train ids; also returns which raw values it holds (bit `v` for value
+/// `v` < 63, bit 63 for any larger).
 fn read_prediction(path: &Path, format: PredFormat) -> Result<(u32, u32, Vec<u8>, u64), FolderError> {
     let img = read_ids(path)?;
     let valid = |v: u16| match format {

@@ -278,7 +278,7 @@ fn bad_sim10k_files_are_named_with_the_reason() {
         .any(|p| p.contains("103.xml") && p.contains("class `tank`") && p.contains("left out")));
     // A list may name files (`101.jpg`) rather than ids.
     let list = dir.path().join("files.txt");
-    std::fs::write(&list, "100.jpg\n101.xml\n").unwrap();
+    std::fs::write(&list, "100.JPG\n101.xml\n").unwrap();
     let ds = DetDataset::open_sim10k(dir.path(), Some(&list), ClassSet::Car).unwrap();
     let names: Vec<&str> = ds.entries.iter().map(|e| e.name.as_str()).collect();
     assert_eq!(names, ["100", "101"]);

@@ -302,28 +302,32 @@ impl TrainerConfig {
         out
     }
 
-    /// This config with its groups in one spelling: of each group, what differs from the
-    /// group's default once resolved (its optimiser table written whole, its rate), and a group
-    /// that comes to its default left out; a group that does not resolve is kept as written. A
-    /// resume compares its config with the saved one in this form, so two spellings of one
-    /// setting agree and a real change is named by its own key.
-    pub fn with_groups_resolved(&self) -> Self {
-        let mut bare = self.clone();
-        bare.groups.clear();
-        let mut out = bare.clone();
-        for (g, s) in &self.groups {
-            let settings = match (self.group_settings(g), bare.group_settings(g)) {
-                (Ok((opt, lr)), Ok((default_opt, default_lr))) => GroupSettings {
-                    optimizer: (opt != default_opt).then(|| OptimizerPatch::from(&opt)),
-                    lr: (lr != default_lr).then_some(lr),
-                },
-                _ => s.clone(),
-            };
-            if settings != GroupSettings::default() {
-                out.groups.insert(g.clone(), settings);
+    /// Two configs with their groups in one spelling, for comparing them (as a resume compares
+    /// its config with the saved one): every group that either names is written out on both
+    /// sides as it resolves, its optimiser table whole and its rate, so that two spellings of
+    /// one setting agree and a change is named by its own key (`….optimizer.weight_decay`). A
+    /// group that does not resolve is kept as written.
+    pub fn groups_resolved_together(a: &Self, b: &Self) -> (Self, Self) {
+        let names: std::collections::BTreeSet<&String> = a.groups.keys().chain(b.groups.keys()).collect();
+        let spelt = |c: &Self| {
+            let mut out = c.clone();
+            for name in &names {
+                match c.group_settings(name) {
+                    Ok((opt, lr)) => {
+                        out.groups.insert(
+                            (*name).clone(),
+                            GroupSettings {
+                                optimizer: Some(OptimizerPatch::from(&opt)),
+                                lr: Some(lr),
+                            },
+                        );
+                    }
+                    Err(_) => continue,
+                }
             }
-        }
-        out
+            out
+        };
+        (spelt(a), spelt(b))
     }
 
     /// The optimiser and base learning rate of group `name`; an error names a group's optimiser
@@ -445,31 +449,47 @@ mod tests {
     }
 
     #[test]
-    fn groups_resolved_make_two_spellings_of_one_setting_equal() {
+    fn groups_resolved_together_make_two_spellings_of_one_setting_equal() {
+        let same = |a: &TrainerConfig, b: &TrainerConfig| {
+            let (a, b) = TrainerConfig::groups_resolved_together(a, b);
+            a == b
+        };
+        let differ = |a: &TrainerConfig, b: &TrainerConfig| {
+            let (a, b) = TrainerConfig::groups_resolved_together(a, b);
+            let tree = |t: &TrainerConfig| toml::Value::try_from(t).unwrap();
+            first_difference(&tree(&a), &tree(&b))
+        };
         let plain = trainer("").unwrap();
-        // A group written as its default, and a table that restates the default's fields.
+        // A group written as its default, and tables that restate the default's fields.
         let restated = trainer(
             "[groups.discriminator.optimizer]\nbeta2 = 0.99\n[groups.segmenter]\nlr = 0.01\n[groups.generator.optimizer]\nkind = \"adam\"\n",
         )
         .unwrap();
         assert_ne!(plain, restated);
-        assert_eq!(plain.with_groups_resolved(), restated.with_groups_resolved());
-        // A kind written out, or its field left to the default it amends, is the same table.
+        assert!(same(&plain, &restated));
+        // A kind written out, or a field left to the default it amends, is the same table.
         let a = trainer("[groups.discriminator.optimizer]\nbeta1 = 0.5\n").unwrap();
         let b = trainer("[groups.discriminator.optimizer]\nkind = \"adam\"\nbeta1 = 0.5\neps = 1e-8\n").unwrap();
-        assert_eq!(a.with_groups_resolved(), b.with_groups_resolved());
-        // A real change still shows, under the group's key.
+        assert!(same(&a, &b));
+        // A real change is named by its own key, whichever side leaves the group out.
         let c = trainer("[groups.discriminator.optimizer]\nbeta1 = 0.6\n").unwrap();
-        let tree = |t: &TrainerConfig| toml::Value::try_from(t.with_groups_resolved()).unwrap();
+        assert_eq!(differ(&a, &c).as_deref(), Some("groups.discriminator.optimizer.beta1"));
+        let wd = trainer("[groups.discriminator.optimizer]\nweight_decay = 0.01\n").unwrap();
         assert_eq!(
-            first_difference(&tree(&a), &tree(&c)).as_deref(),
-            Some("groups.discriminator.optimizer.beta1")
+            differ(&plain, &wd).as_deref(),
+            Some("groups.discriminator.optimizer.weight_decay")
         );
-        // Once resolved, the form is kept.
         assert_eq!(
-            a.with_groups_resolved().with_groups_resolved(),
-            a.with_groups_resolved()
+            differ(&wd, &plain).as_deref(),
+            Some("groups.discriminator.optimizer.weight_decay")
         );
+        let seg = trainer("[groups.segmenter.optimizer]\nweight_decay = 1e-3\n").unwrap();
+        assert_eq!(
+            differ(&plain, &seg).as_deref(),
+            Some("groups.segmenter.optimizer.weight_decay")
+        );
+        let lr = trainer("[groups.generator]\nlr = 0.5\n").unwrap();
+        assert_eq!(differ(&plain, &lr).as_deref(), Some("groups.generator.lr"));
     }
 
     #[test]

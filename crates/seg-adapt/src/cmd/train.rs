@@ -95,10 +95,10 @@ pub fn resolve(args: &Args) -> anyhow::Result<RunConfig> {
     let has_checkpoint = args.out.join(seg_train::checkpoint::FILE).is_file();
     if let Some(saved) = saved.filter(|_| has_checkpoint) {
         let mut extended = cfg.clone();
-        extended.trainer = extended.trainer.with_groups_resolved();
         extended.trainer.steps = saved.trainer.steps;
         let mut saved = saved;
-        saved.trainer = saved.trainer.with_groups_resolved();
+        (saved.trainer, extended.trainer) =
+            seg_train::config::TrainerConfig::groups_resolved_together(&saved.trainer, &extended.trainer);
         if extended != saved {
             let key = first_difference(&saved, &extended)?;
             anyhow::bail!(

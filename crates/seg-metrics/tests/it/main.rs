@@ -247,6 +247,18 @@ fn sixteen_bit_predictions_score_as_their_eight_bit_twins() {
         evaluate_folder(&f.opts()).unwrap().finish(Protocol::Classes19).miou,
         want
     );
+    // A ground-truth value beyond the label ids is ignored, with a warning naming the file.
+    let mut gt_bad = gt_wide.clone();
+    gt_bad[0] = 26001;
+    seg_labels::png_io::write_gray16(&gt_path, W, H, &gt_bad).unwrap();
+    let r = evaluate_folder(&f.opts()).unwrap().finish(Protocol::Classes19);
+    assert!(
+        r.warnings
+            .iter()
+            .any(|w| w.contains("frankfurt_000000_000294_gtFine_labelIds.png") && w.contains("outside label ids")),
+        "{:?}",
+        r.warnings
+    );
 }
 
 #[test]
