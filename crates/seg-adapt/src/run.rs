@@ -264,6 +264,9 @@ pub fn build_setup(
             init.display(),
             r.skipped.len()
         );
+        if let Some(w) = r.missing_warning(init) {
+            tracing::warn!("{w}");
+        }
     }
     if let Some(ck) = &init {
         let n = ck.restore_prefix(&vars, "model")?;

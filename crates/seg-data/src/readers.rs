@@ -161,7 +161,9 @@ fn read_list(path: &Path) -> Result<Vec<String>, DataError> {
         path: path.to_path_buf(),
         cause,
     })?;
+    // A byte-order mark (Notepad's UTF-8) is no part of the first name.
     Ok(text
+        .trim_start_matches('\u{feff}')
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))

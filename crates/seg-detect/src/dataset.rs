@@ -104,7 +104,8 @@ impl DetDataset {
         let ids: Vec<String> = match &list {
             Some(l) => {
                 let text = std::fs::read_to_string(l).map_err(DetError::io(l))?;
-                text.lines()
+                text.trim_start_matches('\u{feff}')
+                    .lines()
                     .map(str::trim)
                     .filter(|s| !s.is_empty())
                     .map(|s| s.split_whitespace().next().unwrap_or(s))

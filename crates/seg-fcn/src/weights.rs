@@ -18,6 +18,35 @@ use candle_nn::VarMap;
 pub struct InitReport {
     pub loaded: Vec<String>,
     pub skipped: Vec<String>,
+    /// The model's ImageNet-initialised tensors (torchvision's names: its `features.N.*`, and
+    /// `classifier.0` / `classifier.3` where fc6/fc7 have VGG16's sizes) that the file lacks:
+    /// they keep their random initialisation. torchvision's file has every one; PyTorch's
+    /// strict `load_state_dict` would refuse a file without them.
+    pub missing: Vec<String>,
+}
+
+impl InitReport {
+    /// A warning for a file that left some of the model's ImageNet layers random, naming the
+    /// first few; `None` when it had them all.
+    pub fn missing_warning(&self, path: &Path) -> Option<String> {
+        if self.missing.is_empty() {
+            return None;
+        }
+        let shown: Vec<&str> = self.missing.iter().take(6).map(String::as_str).collect();
+        let more = self.missing.len() - shown.len();
+        Some(format!(
+            "{}: {} of the model's ImageNet-initialised tensors are not in the file and keep their random \
+             initialisation: {}{} (torchvision's vgg16-397923af.pth has every one)",
+            path.display(),
+            self.missing.len(),
+            shown.join(", "),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
+        ))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -35,10 +64,25 @@ pub enum WeightsError {
     #[error("{path}: entry `{key}` is not a tensor ({what}): only a state_dict of tensors can be loaded")]
     NotTensor { path: String, key: String, what: String },
     #[error(
-        "{path}: no tensor in the file matches the model (expected torchvision VGG16 keys such as `features.0.weight`)"
+        "{path}: no tensor in the file matches the model (expected torchvision VGG16 keys such as `features.0.weight`){hint}"
     )]
-    NothingLoaded { path: String },
+    NothingLoaded { path: String, hint: String },
+    #[error(
+        "{path}: the model has no layer that takes ImageNet weights (torchvision VGG16's `features.N`): \
+         model.init_weights is for the VGG16 models; leave it out to start from random weights, or \
+         start from another run's model with model.init_from"
+    )]
+    NoImageNetLayers { path: String },
 }
+
+/// VGG16's fully connected layers as torchvision stores them: key, the model's name for it, and
+/// its element count (fc6 7×7×512 → 4096, fc7 4096 → 4096).
+const VGG_CLASSIFIER: [(&str, &str, usize); 4] = [
+    ("classifier.0.weight", "fc6.weight", 4096 * 512 * 7 * 7),
+    ("classifier.0.bias", "fc6.bias", 4096),
+    ("classifier.3.weight", "fc7.weight", 4096 * 4096),
+    ("classifier.3.bias", "fc7.bias", 4096),
+];
 
 /// Refuses a weights file that is not there, saying where torchvision's comes from and how to
 /// do without (checked before a long read of the datasets, and by the loader).
@@ -82,17 +126,33 @@ pub fn load_init_weights(vars: &VarMap, prefix: &str, path: &Path) -> Result<Ini
         path: p.clone(),
         reason: "poisoned var map".into(),
     })?;
+    // The model's tensors an ImageNet file initialises, by torchvision's names.
+    let features = format!("{prefix}.features.");
+    let mut expected: std::collections::BTreeSet<String> = data
+        .keys()
+        .filter_map(|k| k.strip_prefix(&features).map(|rest| (k, rest)))
+        .filter(|(_, rest)| rest.ends_with(".weight") || rest.ends_with(".bias"))
+        .map(|(k, _)| k[prefix.len() + 1..].to_string())
+        .collect();
+    if expected.is_empty() {
+        return Err(WeightsError::NoImageNetLayers { path: p });
+    }
+    for (key, ours, n) in VGG_CLASSIFIER {
+        if data
+            .get(&format!("{prefix}.{ours}"))
+            .is_some_and(|v| v.elem_count() == n)
+        {
+            expected.insert(key.to_string());
+        }
+    }
     let mut report = InitReport::default();
     let mut keys: Vec<_> = tensors.keys().cloned().collect();
     keys.sort();
     for key in keys {
         let t = &tensors[&key];
-        let target = match key.as_str() {
-            "classifier.0.weight" => "fc6.weight".to_string(),
-            "classifier.0.bias" => "fc6.bias".to_string(),
-            "classifier.3.weight" => "fc7.weight".to_string(),
-            "classifier.3.bias" => "fc7.bias".to_string(),
-            k => k.to_string(),
+        let target = match VGG_CLASSIFIER.iter().find(|(k, ..)| *k == key) {
+            Some((_, ours, _)) => ours.to_string(),
+            None => key.clone(),
         };
         let full = format!("{prefix}.{target}");
         let Some(var) = data.get(&full) else {
@@ -129,8 +189,17 @@ pub fn load_init_weights(vars: &VarMap, prefix: &str, path: &Path) -> Result<Ini
         report.loaded.push(key);
     }
     if report.loaded.is_empty() {
-        return Err(WeightsError::NothingLoaded { path: p });
+        let hint = if report.skipped.iter().any(|k| k.starts_with("model.")) {
+            "; its keys start with `model.`, as a seg-adapt checkpoint's do: start from another run's model with model.init_from"
+        } else {
+            ""
+        };
+        return Err(WeightsError::NothingLoaded {
+            path: p,
+            hint: hint.into(),
+        });
     }
+    report.missing = expected.into_iter().filter(|k| !report.loaded.contains(k)).collect();
     Ok(report)
 }
 
@@ -148,18 +217,17 @@ enum PthFormat {
 /// `.safetensors` name, or a file of another name that is no PyTorch file).
 fn pth_format(path: &Path) -> Option<PthFormat> {
     use std::io::Read;
+    // The bytes decide before the name: a `.pth` renamed `.safetensors` is still a `.pth`.
     let ext = path.extension().and_then(|e| e.to_str());
-    if ext == Some("safetensors") {
-        return None;
-    }
     let mut head = Vec::with_capacity(LEGACY_MAGIC.len());
     let _ = std::fs::File::open(path).and_then(|f| f.take(LEGACY_MAGIC.len() as u64).read_to_end(&mut head));
     if head[..] == LEGACY_MAGIC {
         Some(PthFormat::Legacy)
-    } else if head.starts_with(b"PK\x03\x04")
-        || head.starts_with(&LEGACY_MAGIC[..4])
-        || matches!(ext, Some("pth" | "pt" | "bin" | "ckpt"))
-    {
+    } else if head.starts_with(b"PK\x03\x04") {
+        Some(PthFormat::Zip)
+    } else if ext == Some("safetensors") {
+        None
+    } else if head.starts_with(&LEGACY_MAGIC[..4]) || matches!(ext, Some("pth" | "pt" | "bin" | "ckpt")) {
         Some(PthFormat::Zip)
     } else {
         None

@@ -323,7 +323,9 @@ pub fn run(
     let vars = VarMap::new();
     let method = method_cfg.build(&cfg.model, &vars, device, cfg.trainer.seed)?;
     if let Some(w) = cfg.init_weights.as_ref().filter(|_| !resuming) {
-        seg_fcn::weights::load_init_weights(&vars, "model", w)?;
+        if let Some(warning) = seg_fcn::weights::load_init_weights(&vars, "model", w)?.missing_warning(w) {
+            tracing::warn!("{warning}");
+        }
     }
     if let Some(ck) = &init {
         ck.restore_prefix(&vars, "model")?;

@@ -91,6 +91,9 @@ pub fn run(args: Args, device_name: &DeviceName) -> anyhow::Result<()> {
             r.problems.len(),
             start.elapsed().as_secs_f64()
         );
+        if let Some(w) = r.train_ids_warning() {
+            println!("  warning: {w}");
+        }
         for p in &r.problems {
             let verdict = match (p.kind, cfg.data.error_policy) {
                 (ProblemKind::SizeMismatch, _) => "left out (size_policy)",
@@ -114,8 +117,10 @@ pub fn run(args: Args, device_name: &DeviceName) -> anyhow::Result<()> {
     }
     if args.time_steps == 0 && blocking.is_empty() {
         // Without timing, the run is still set up once (and dropped), so every check `train`
-        // makes before its first step is made here too: crop, sizes, weights, `init_from`.
-        let setup = crate::run::build_setup(&cfg, &dir, &device, false, false).map(drop);
+        // makes before its first step is made here too: crop, sizes, weights, `init_from`, the
+        // parameter groups and their optimisers.
+        let setup = crate::run::build_setup(&cfg, &dir, &device, false, false)
+            .and_then(|s| seg_train::Trainer::new(s).map(drop).map_err(anyhow::Error::from));
         let _ = std::fs::remove_dir_all(&dir);
         setup.context("the run would stop before its first step")?;
     }

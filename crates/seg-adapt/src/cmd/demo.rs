@@ -48,7 +48,8 @@ pub struct Args {
     /// Seed of the generated benchmark: other seeds are other instances of the same benchmark.
     #[arg(long, default_value_t = 0)]
     pub data_seed: u64,
-    /// Comma-separated subset of methods (default: all).
+    /// Comma-separated subset of methods (default: all); source-only and adabn, which every
+    /// verdict is measured against, are run whether named or not.
     #[arg(long, value_delimiter = ',')]
     pub methods: Option<Vec<String>>,
     /// `segmentation` (the default) or `detection`: the small SSD on the Sim10k-format source
@@ -321,7 +322,8 @@ pub(crate) fn claim_out(out: &Path, task: super::Task) -> anyhow::Result<seg_lab
 }
 
 /// A `--methods` list as the demos run it: a name given twice is refused (its seeds would be
-/// counted twice in the report), then [`with_source_only_first`].
+/// counted twice in the report); source-only and AdaBN, which every verdict is measured
+/// against, are added when missing; then [`with_source_only_first`].
 pub(crate) fn method_list(list: Vec<String>) -> anyhow::Result<Vec<String>> {
     // `--methods "dann, adabn"`: the names without their spaces (they name the run folders).
     let list: Vec<String> = list.into_iter().map(|m| m.trim().to_string()).collect();
@@ -332,6 +334,12 @@ pub(crate) fn method_list(list: Vec<String>) -> anyhow::Result<Vec<String>> {
             list.iter().position(|x| x == m).unwrap_or(0) + 1,
             i + 1
         );
+    }
+    let mut list = list;
+    for (i, baseline) in ["source-only", "adabn"].into_iter().enumerate() {
+        if !list.iter().any(|m| m == baseline) {
+            list.insert(i.min(list.len()), baseline.into());
+        }
     }
     Ok(with_source_only_first(list))
 }
@@ -716,5 +724,11 @@ mod tests {
         let e = method_list(v(&["dann", "adabn", " dann"])).unwrap_err().to_string();
         assert!(e.contains("`dann` twice") && e.contains("entries 1 and 3"), "{e}");
         assert_eq!(method_list(v(&["adabn"])).unwrap(), v(&["source-only", "adabn"]));
+        // The baselines every verdict needs are run whether named or not.
+        assert_eq!(method_list(v(&["dann"])).unwrap(), v(&["source-only", "adabn", "dann"]));
+        assert_eq!(
+            method_list(v(&["dann", "source-only"])).unwrap(),
+            v(&["dann", "source-only", "adabn"])
+        );
     }
 }

@@ -68,6 +68,7 @@ struct JsonReport<'a> {
     ignored_pixels: u64,
     outside_table_pixels: u64,
     problems: &'a [seg_data::Problem],
+    warnings: Vec<String>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -134,6 +135,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             ignored_pixels: r.ignored_pixels,
             outside_table_pixels: r.outside_table_pixels,
             problems: &r.problems,
+            warnings: r.train_ids_warning().into_iter().collect(),
         };
         println!("{}", serde_json::to_string(&j)?);
         return Ok(());
@@ -170,6 +172,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "  ({} label pixels had ids outside the dataset's table and were ignored)",
             r.outside_table_pixels
         );
+    }
+    if let Some(w) = r.train_ids_warning() {
+        println!("warning: {w}");
     }
     print_problems(r.problems.iter().map(|p| (p.file.as_str(), p.reason.as_str())));
     Ok(())

@@ -614,6 +614,11 @@ fn check_reads_every_file_times_steps_and_fails_when_the_run_would_stop() {
             "[model]\nname = \"small\"\ninit_from = \"/nowhere\"",
             "/nowhere",
         ),
+        (
+            "[trainer]",
+            "[trainer.groups.generator]\nlr = 1e-4\n[trainer]",
+            "has no such parameter group",
+        ),
     ] {
         std::fs::write(&cfg, text.replace(from, to)).unwrap();
         let e = err(&["check", p(&cfg), "--time-steps", "0"]);

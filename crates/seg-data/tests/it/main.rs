@@ -63,6 +63,20 @@ fn gta5_palette_labels_are_read_as_indices_and_problems_listed() {
     );
     assert!(r.problems[1].file.ends_with("images/00003.png"));
     assert!(r.problems[1].reason.contains("not a valid PNG"), "{:?}", r.problems[1]);
+    assert_eq!(r.train_ids_warning(), None);
+}
+
+#[test]
+fn labels_already_in_train_ids_are_named_as_such() {
+    // A GTA5 label converted to train ids (road 0, sidewalk 1, car 13, sky 10, ignore 255), as
+    // DAFormer's conversion writes it, read as the label ids GTA5 holds.
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    png_io::write_rgb(&root.join("images/00001.png"), &rgb(4, 2, 10)).unwrap();
+    png_io::write_gray8(&root.join("labels/00001.png"), 4, 2, &[0, 0, 1, 13, 10, 255, 255, 0]).unwrap();
+    let ds = open_dataset(DatasetName::Gta5, root, "all", labelled()).unwrap();
+    let w = seg_data::inspect(&ds).train_ids_warning().unwrap();
+    assert!(w.contains("look like train ids") && w.contains("label ids 0-33"), "{w}");
 }
 
 #[test]
@@ -75,7 +89,8 @@ fn a_split_list_leaves_the_other_pairs_out_without_calling_them_orphans() {
     // DAFormer's conversion writes a trainIds companion beside each label: no orphan.
     png_io::write_gray8(&root.join("labels/00001_labelTrainIds.png"), 1, 1, &[0]).unwrap();
     let list = root.join("train.txt");
-    std::fs::write(&list, "00001.png\n").unwrap();
+    // Saved with a byte-order mark, as Notepad saves UTF-8.
+    std::fs::write(&list, "\u{feff}00001.png\n").unwrap();
     let opts = DatasetOptions {
         list: Some(list),
         ..labelled()

@@ -81,6 +81,20 @@ fn torchvision_keys_load_into_the_model_and_mismatches_are_errors() {
     let r = seg_fcn::weights::load_init_weights(&vars, "model", &path).unwrap();
     assert_eq!(r.loaded, vec!["features.0.bias", "features.0.weight"]);
     assert_eq!(r.skipped, vec!["classifier.6.weight"]);
+    // The reduced model's other 12 conv layers are not in the file: named, as a warning says.
+    assert_eq!(r.missing.len(), 24, "{:?}", r.missing);
+    assert!(r.missing.contains(&"features.28.weight".to_string()), "{:?}", r.missing);
+    assert!(
+        !r.missing.iter().any(|k| k.starts_with("classifier.")),
+        "reduced fc6/fc7 are not VGG16's"
+    );
+    let warning = r.missing_warning(&path).unwrap();
+    assert!(
+        warning.contains("vgg16.safetensors")
+            && warning.contains("24 of the model's ImageNet-initialised tensors")
+            && warning.contains("and 18 more"),
+        "{warning}"
+    );
     let v = vars.data().lock().unwrap()["model.features.0.weight"]
         .as_tensor()
         .mean_all()
@@ -98,6 +112,30 @@ fn torchvision_keys_load_into_the_model_and_mismatches_are_errors() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("features.2.weight") && e.contains("[64, 64, 3, 3]"), "{e}");
+    // A model without VGG16's layers takes no ImageNet weights; a run's checkpoint is pointed
+    // to model.init_from.
+    let (small, _m) = model(ModelName::Small);
+    let e = seg_fcn::weights::load_init_weights(&small, "model", &path)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("has no layer that takes ImageNet weights") && e.contains("init_from"),
+        "{e}"
+    );
+    let mut ck: HashMap<String, Tensor> = HashMap::new();
+    ck.insert(
+        "model.features.0.weight".into(),
+        Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap(),
+    );
+    let ck_path = dir.path().join("checkpoint.safetensors");
+    candle_core::safetensors::save(&ck, &ck_path).unwrap();
+    let e = seg_fcn::weights::load_init_weights(&vars, "model", &ck_path)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("no tensor in the file matches") && e.contains("model.init_from"),
+        "{e}"
+    );
     std::fs::write(&path, b"not safetensors").unwrap();
     let e = seg_fcn::weights::load_init_weights(&vars, "model", &path)
         .unwrap_err()
@@ -146,6 +184,14 @@ fn torchvision_pth_archives_load_as_they_come() {
         first_layer_loads(file);
     }
     let (vars, _m) = model(ModelName::Vgg16Fcn8sReduced);
+    // Renamed `.safetensors`, each is still read as what its bytes say.
+    let dir = tempfile::tempdir().unwrap();
+    for file in ["vgg16-first-layer.pth", "vgg16-first-layer-legacy.pth"] {
+        let renamed = dir.path().join(file.replace(".pth", ".safetensors"));
+        std::fs::copy(fixture(file), &renamed).unwrap();
+        let r = seg_fcn::weights::load_init_weights(&vars, "model", &renamed).unwrap();
+        assert_eq!(r.loaded, vec!["features.0.bias", "features.0.weight"], "{file}");
+    }
 
     // A state_dict with anything but tensors is refused, naming the entry.
     let e = seg_fcn::weights::load_init_weights(&vars, "model", &fixture("not-only-tensors.pth"))
