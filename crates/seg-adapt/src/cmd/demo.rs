@@ -323,7 +323,7 @@ pub(crate) fn claim_out(out: &Path, task: super::Task) -> anyhow::Result<seg_lab
 
 /// A `--methods` list as the demos run it: a name given twice is refused (its seeds would be
 /// counted twice in the report); source-only and AdaBN, which every verdict is measured
-/// against, are added when missing; then [`with_source_only_first`].
+/// against, run first whether named or not (AdaBN is taken from the source-only run).
 pub(crate) fn method_list(list: Vec<String>) -> anyhow::Result<Vec<String>> {
     // `--methods "dann, adabn"`: the names without their spaces (they name the run folders).
     let list: Vec<String> = list.into_iter().map(|m| m.trim().to_string()).collect();
@@ -335,29 +335,9 @@ pub(crate) fn method_list(list: Vec<String>) -> anyhow::Result<Vec<String>> {
             i + 1
         );
     }
-    let mut list = list;
-    for (i, baseline) in ["source-only", "adabn"].into_iter().enumerate() {
-        if !list.iter().any(|m| m == baseline) {
-            list.insert(i.min(list.len()), baseline.into());
-        }
-    }
-    Ok(with_source_only_first(list))
-}
-
-/// A `--methods` list in which source-only (added when missing) runs before AdaBN, which is
-/// derived from its run.
-pub(crate) fn with_source_only_first(mut list: Vec<String>) -> Vec<String> {
-    if let Some(a) = list.iter().position(|m| m == "adabn") {
-        match list.iter().position(|m| m == "source-only") {
-            None => list.insert(0, "source-only".into()),
-            Some(s) if s > a => {
-                let so = list.remove(s);
-                list.insert(a, so);
-            }
-            Some(_) => {}
-        }
-    }
-    list
+    let baselines = ["source-only", "adabn"];
+    let others = list.into_iter().filter(|m| !baselines.contains(&m.as_str()));
+    Ok(baselines.into_iter().map(String::from).chain(others).collect())
 }
 
 /// `(seed, mIoU)` of one method's finished runs.
@@ -705,30 +685,15 @@ mod tests {
     }
 
     #[test]
-    fn source_only_runs_before_adabn() {
+    fn source_only_and_adabn_run_first() {
         let v = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(
-            with_source_only_first(v(&["adabn", "dann"])),
-            v(&["source-only", "adabn", "dann"])
-        );
-        assert_eq!(
-            with_source_only_first(v(&["dann", "adabn", "source-only"])),
-            v(&["dann", "source-only", "adabn"])
-        );
-        assert_eq!(
-            with_source_only_first(v(&["source-only", "adabn"])),
-            v(&["source-only", "adabn"])
-        );
-        assert_eq!(with_source_only_first(v(&["dann"])), v(&["dann"]));
+        let baselines_first = v(&["source-only", "adabn", "dann"]);
+        for given in [&["adabn", "dann"][..], &["dann", "adabn", "source-only"], &["dann"]] {
+            assert_eq!(method_list(v(given)).unwrap(), baselines_first, "{given:?}");
+        }
+        assert_eq!(method_list(v(&["adabn"])).unwrap(), v(&["source-only", "adabn"]));
         // A method given twice would count its seeds twice.
         let e = method_list(v(&["dann", "adabn", " dann"])).unwrap_err().to_string();
         assert!(e.contains("`dann` twice") && e.contains("entries 1 and 3"), "{e}");
-        assert_eq!(method_list(v(&["adabn"])).unwrap(), v(&["source-only", "adabn"]));
-        // The baselines every verdict needs are run whether named or not.
-        assert_eq!(method_list(v(&["dann"])).unwrap(), v(&["source-only", "adabn", "dann"]));
-        assert_eq!(
-            method_list(v(&["dann", "source-only"])).unwrap(),
-            v(&["dann", "source-only", "adabn"])
-        );
     }
 }
