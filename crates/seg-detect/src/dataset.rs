@@ -68,7 +68,7 @@ pub struct DetDataset {
 }
 
 /// The entries of `dir`, sorted, hidden ones aside (`fsutil::is_hidden`).
-fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>, DetError> {
+pub(crate) fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>, DetError> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(DetError::io(dir))?
         .filter_map(|e| e.ok())

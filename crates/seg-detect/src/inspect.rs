@@ -120,5 +120,32 @@ pub fn inspect(ds: &DetDataset, progress: &(dyn Fn() + Sync)) -> DetInspectRepor
         }
         r.problems.extend(one.problems);
     }
+    r.problems.extend(unannotated_images(ds));
     r
+}
+
+/// Sim10k JPEGs without an annotation file beside them (`Annotations/<id>.xml`): never read by
+/// a run, listed as a label without its image is for segmentation. An image a split list leaves
+/// out is not one.
+fn unannotated_images(ds: &DetDataset) -> Vec<DetProblem> {
+    let Some(images) = ds.entries.first().and_then(|e| e.image.parent()) else {
+        return Vec::new();
+    };
+    if ds.format != crate::dataset::DetFormat::Sim10k {
+        return Vec::new();
+    }
+    let annotations = images.with_file_name("Annotations");
+    crate::dataset::read_dir_sorted(images)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|x| x.eq_ignore_ascii_case("jpg")))
+        .filter(|p| {
+            let stem = p.file_stem().unwrap_or_default().to_string_lossy();
+            !annotations.join(format!("{stem}.xml")).exists()
+        })
+        .map(|p| DetProblem {
+            file: p.display().to_string(),
+            reason: "image with no annotation file (never read)".into(),
+        })
+        .collect()
 }

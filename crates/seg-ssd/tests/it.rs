@@ -272,6 +272,16 @@ fn bad_sim10k_files_are_named_with_the_reason() {
     assert_eq!(r.boxes["car"], 1);
     let reasons: Vec<String> = r.problems.iter().map(|p| format!("{}: {}", p.file, p.reason)).collect();
     assert_eq!(reasons.len(), 5, "{reasons:?}");
+    // A JPEG without its annotation file is listed (no run reads it).
+    std::fs::copy(voc.join("JPEGImages/102.jpg"), voc.join("JPEGImages/199.jpg")).unwrap();
+    let r = seg_detect::inspect::inspect(&ds, &|| {});
+    assert!(
+        r.problems
+            .iter()
+            .any(|p| p.file.ends_with("JPEGImages/199.jpg") && p.reason.contains("no annotation file")),
+        "{:?}",
+        r.problems
+    );
     assert!(reasons.iter().any(|p| p.contains("102.xml") && p.contains("clipped")));
     assert!(reasons
         .iter()
