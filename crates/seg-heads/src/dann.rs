@@ -30,7 +30,8 @@ pub struct DannConfig {
     pub max_weight: f64,
     /// Steepness of the lambda ramp. Default 10 (paper).
     pub gamma: f64,
-    /// Learning-rate multiplier of the discriminator. Default 1 (paper: one learning rate).
+    /// Learning-rate multiplier of the discriminator. Default 1 (ours: the discriminator at
+    /// `trainer.head_lr`; DANN anneals one rate for the whole network, mu0 / (1 + 10p)^0.75).
     pub disc_lr_mult: f64,
     /// Seed of the dropout masks (the trainer sets the run seed, see `MethodConfig::with_seed`).
     /// Default 0.

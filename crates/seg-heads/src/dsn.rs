@@ -32,13 +32,13 @@ pub struct DsnConfig {
     pub tap: FeatureTap,
     /// Width of the private encoders' and the decoder's hidden convolutions. Default 8 (ours).
     pub width: usize,
-    /// Weight `alpha` of the scale-invariant reconstruction loss. Default 0.1 (ours; paper
-    /// 0.01–0.15 by task).
+    /// Weight `alpha` of the scale-invariant reconstruction loss. Default 0.1 (ours; DSN chose
+    /// its weights per task).
     pub recon_weight: f64,
-    /// Weight `beta` of the difference loss. Default 0.05 (paper: 0.05–0.075).
+    /// Weight `beta` of the difference loss. Default 0.05 (ours; DSN chose its weights per task).
     pub diff_weight: f64,
     /// Ceiling `gamma` of the similarity loss's gradient reversal weight, ramped as DANN's.
-    /// Default 1 (ours; paper 0.25 with its own schedule).
+    /// Default 1 (ours; DSN chose its weights per task).
     pub sim_weight: f64,
     /// Steepness of the ramp. Default 10 (DANN's).
     pub gamma: f64,

@@ -97,8 +97,8 @@ pub struct DetTrainerConfig {
 
 impl Default for DetTrainerConfig {
     fn default() -> Self {
-        // SSD300's published schedule (Liu et al.): SGD 1e-3, momentum 0.9, weight decay 5e-4,
-        // batch 32; 120k iterations on VOC.
+        // SSD300's optimiser (Liu et al.): SGD 1e-3, momentum 0.9, weight decay 5e-4, batch 32;
+        // 120k iterations as ssd.pytorch's VOC schedule (data/config.py) runs.
         Self {
             steps: 120_000,
             batch_size: 32,
