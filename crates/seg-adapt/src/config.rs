@@ -139,7 +139,7 @@ impl RunConfig {
     /// defaults. An unknown key or a wrong type is an error that names the key.
     pub fn with_set(&self, assignment: &str) -> anyhow::Result<Self> {
         let mut root = toml::Value::try_from(self).context("cannot serialise the config")?;
-        let (key, value) = seg_train::config::set_key(&mut root, assignment).map_err(anyhow::Error::msg)?;
+        let (key, value) = seg_train::config::set_key_of::<Self>(&mut root, assignment).map_err(anyhow::Error::msg)?;
         let text = toml::to_string(&root).context("cannot serialise the config")?;
         // The reason alone: a line and column would point into this generated text, which the
         // user never wrote.

@@ -61,6 +61,8 @@ pub enum WeightsError {
         found: Vec<usize>,
         expected: Vec<usize>,
     },
+    #[error("{path}: tensor `{key}` holds a NaN or infinite value: such weights would train to nothing")]
+    NonFinite { path: String, key: String },
     #[error("{path}: entry `{key}` is not a tensor ({what}): only a state_dict of tensors can be loaded")]
     NotTensor { path: String, key: String, what: String },
     #[error(
@@ -69,8 +71,8 @@ pub enum WeightsError {
     NothingLoaded { path: String, hint: String },
     #[error(
         "{path}: the model has no layer that takes ImageNet weights (torchvision VGG16's `features.N`): \
-         model.init_weights is for the VGG16 models; leave it out to start from random weights, or \
-         start from another run's model with model.init_from"
+         ImageNet weights are for the VGG16 models; leave them out to start from random weights, or \
+         start from another run's model with init_from"
     )]
     NoImageNetLayers { path: String },
 }
@@ -181,6 +183,15 @@ pub fn load_init_weights(vars: &VarMap, prefix: &str, path: &Path) -> Result<Ini
         } else {
             t.reshape(want.as_slice()).map_err(|_| shape_err())?
         };
+        // x · 0 is 0 for every finite x and NaN for a NaN or an infinity (a max would skip NaN).
+        let finite = t
+            .to_dtype(candle_core::DType::F32)
+            .and_then(|t| t.affine(0.0, 0.0)?.sum_all()?.to_scalar::<f32>())
+            .map_err(read)?
+            .is_finite();
+        if !finite {
+            return Err(WeightsError::NonFinite { path: p, key });
+        }
         let t = t
             .to_dtype(var.dtype())
             .and_then(|t| t.to_device(var.device()))
@@ -190,7 +201,7 @@ pub fn load_init_weights(vars: &VarMap, prefix: &str, path: &Path) -> Result<Ini
     }
     if report.loaded.is_empty() {
         let hint = if report.skipped.iter().any(|k| k.starts_with("model.")) {
-            "; its keys start with `model.`, as a seg-adapt checkpoint's do: start from another run's model with model.init_from"
+            "; its keys start with `model.`, as a seg-adapt checkpoint's do: start from another run's model with init_from (`model.init_from` in a segmentation config, top-level `init_from` in a detection one)"
         } else {
             ""
         };

@@ -119,6 +119,15 @@ impl DetMethodConfig {
         })
     }
 
+    /// Whether a run of the method reads the target's unlabelled train images: the adaptation
+    /// methods train on them, AdaBN re-estimates its statistics on them.
+    pub fn reads_target_train(&self) -> bool {
+        matches!(
+            self,
+            DetMethodConfig::Adabn | DetMethodConfig::DaImage(_) | DetMethodConfig::DaMaps(_)
+        )
+    }
+
     /// Whether the method trains on the target's boxes (the oracle).
     pub fn trains_on_target_labels(&self) -> bool {
         matches!(self, DetMethodConfig::Oracle)

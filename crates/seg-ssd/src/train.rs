@@ -278,7 +278,8 @@ pub struct RunControl {
     /// folder that already holds a checkpoint is refused.
     pub resume: bool,
     /// Stop after this many steps (a checkpoint is written there; no evaluation). For tests of
-    /// resuming.
+    /// resuming; `Some(0)` sets the run up (data, detector, weights) and stops before its
+    /// first step, as `check --time-steps 0` does.
     pub stop_after: Option<usize>,
 }
 
@@ -460,6 +461,9 @@ pub fn run(
                 last_losses: last_logged_losses(&metrics),
             }));
         }
+    }
+    if control.stop_after == Some(start) {
+        return Ok(None);
     }
     let mut last = std::collections::BTreeMap::new();
     let mut saved_at = start;

@@ -371,6 +371,27 @@ pub fn unwritten_defaults(text: &str, settings: &[(&str, Result<toml::Value, tom
     }
 }
 
+/// [`set_key`] for a config of type `T`: a key taken out (`KEY=`) must name one of `T`'s
+/// settings, as a key given a value must (the parse names that one): a typo taken out would
+/// otherwise pass without a word.
+pub fn set_key_of<T: serde::de::DeserializeOwned>(
+    root: &mut toml::Value,
+    assignment: &str,
+) -> Result<(String, String), String> {
+    let (key, value) = set_key(root, assignment)?;
+    if value.is_empty() {
+        let mut probe = root.clone();
+        set_key(&mut probe, &format!("{key}=0"))?;
+        if let Err(e) = probe.try_into::<T>() {
+            let message = e.to_string();
+            if message.contains("unknown field") {
+                return Err(format!("--set {key}=: {}", message.trim_end()));
+            }
+        }
+    }
+    Ok((key, value))
+}
+
 /// Applies one `--set key=value` to a config as a TOML tree: the value is read as TOML (a
 /// number, boolean, array...) or else taken as a string; an empty value takes the key out (its
 /// default applies); `method.kind = X` replaces the whole `[method]` section (another method's

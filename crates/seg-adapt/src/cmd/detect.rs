@@ -61,7 +61,7 @@ pub fn load_config(path: &Path, sets: &[String]) -> anyhow::Result<DetRunConfig>
     let mut root = file_raw.clone();
     let (from_file, weights_file) = (root.get("init_from").cloned(), root.get("init_weights").cloned());
     for s in sets {
-        seg_train::config::set_key(&mut root, s).map_err(anyhow::Error::msg)?;
+        seg_train::config::set_key_of::<DetRunConfig>(&mut root, s).map_err(anyhow::Error::msg)?;
     }
     // The file's ImageNet weights give way to a starting detector named on the command line;
     // weights named there too are refused by `validate`.
@@ -150,17 +150,16 @@ pub fn check(
     } else {
         cfg.open_source()?
     };
-    let splits = [
-        ("source", source),
-        (
-            "target-train",
-            DetDataset::open_cityscapes(&d.target_root, &d.target_train, false, classes)?,
-        ),
-        (
-            "val",
-            DetDataset::open_cityscapes(&d.target_root, &d.target_val, true, classes)?,
-        ),
-    ];
+    // The splits the run reads: target train only for the methods that read it.
+    let mut splits = vec![("source", source)];
+    if cfg.method.0.reads_target_train() {
+        let ds = DetDataset::open_cityscapes(&d.target_root, &d.target_train, false, classes)?;
+        splits.push(("target-train", ds));
+    }
+    splits.push((
+        "val",
+        DetDataset::open_cityscapes(&d.target_root, &d.target_val, true, classes)?,
+    ));
     let mut blocking = Vec::new();
     let mut left_out = 0;
     for (role, ds) in &splits {
@@ -194,6 +193,22 @@ pub fn check(
             seg_data::ErrorPolicy::Skip => blocking.push(format!("{role}: all {} samples", r.samples)),
             seg_data::ErrorPolicy::Fail => blocking.push(format!("{role}: {unusable} of {} samples", r.samples)),
         }
+    }
+    if time_steps == 0 && blocking.is_empty() {
+        // Without timing the run is still set up once (data, detector, weights, init_from) and
+        // dropped, so that what `train-detector` refuses before its first step is refused here.
+        let dir = std::env::temp_dir().join(format!("seg-adapt-check-{}", std::process::id()));
+        let control = seg_ssd::train::RunControl {
+            resume: false,
+            stop_after: Some(0),
+        };
+        let mut set_up = cfg.clone();
+        if left_out == 0 {
+            set_up.data.error_policy = seg_data::ErrorPolicy::Fail;
+        }
+        let result = seg_ssd::train::run(&set_up, &dir, &device, &mut |_, _, _| {}, control);
+        let _ = std::fs::remove_dir_all(&dir);
+        result.context("the run would stop before its first step")?;
     }
     if time_steps > 0 && blocking.is_empty() {
         let dir = std::env::temp_dir().join(format!("seg-adapt-check-{}", std::process::id()));

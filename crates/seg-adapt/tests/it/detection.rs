@@ -460,9 +460,12 @@ fn check_reads_a_detection_configs_splits_and_times_steps() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path());
     let out = ok(&["check", p(&cfg), "--time-steps", "1"]);
+    // Source-only reads no target train image, and neither does its check.
+    assert!(!out.contains("target-train"), "{out}");
+    let adabn = ok(&["check", p(&cfg), "--time-steps", "0", "--set", "method.kind=adabn"]);
+    assert!(adabn.contains("target-train: cityscapes"), "{adabn}");
     for line in [
         "source: sim10k",
-        "target-train: cityscapes",
         "val: cityscapes",
         "timing: 1 training step on",
         "# not written above, at their defaults: data.error_policy = \"fail\"",
@@ -502,6 +505,10 @@ fn check_reads_a_detection_configs_splits_and_times_steps() {
         out.contains("1 sample(s) left out of the run") && out.contains("check passed"),
         "{out}"
     );
+    // Without timing the run is still set up: what train-detector refuses before its first
+    // step is refused here too.
+    let e = err(&["check", p(&cfg), "--time-steps", "0", "--set", "init_from=/nowhere"]);
+    assert!(e.contains("/nowhere") && e.contains("before its first step"), "{e}");
     let run = dir.path().join("run");
     let o = super::run(&["train-detector", p(&cfg), "--out", p(&run)]);
     let stderr = String::from_utf8_lossy(&o.stderr);

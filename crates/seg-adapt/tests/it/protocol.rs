@@ -226,6 +226,17 @@ fn set_overrides_any_key_and_names_a_bad_one() {
     assert_eq!(c.augment.crop, Some([512, 256]));
     let c = cfg.with_set("trainer.groups.discriminator.lr=1e-4").unwrap();
     assert_eq!(c.trainer.groups["discriminator"].lr, Some(1e-4));
+    // A key taken out must be a setting too: a typo is named, not passed over.
+    assert!(cfg
+        .with_set("model.init_weights=")
+        .unwrap()
+        .model
+        .init_weights
+        .is_none());
+    let e = format!("{:#}", cfg.with_set("trainer.lr_powr=").unwrap_err());
+    assert!(e.contains("lr_powr"), "{e}");
+    let e = format!("{:#}", cfg.with_set("bogus.key=").unwrap_err());
+    assert!(e.contains("bogus"), "{e}");
     let c = cfg.with_set("method.kind=advent").unwrap();
     assert_eq!(c.method, "advent".parse::<MethodConfig>().unwrap());
     // An optimiser table is amended field by field; another kind starts from its defaults, and

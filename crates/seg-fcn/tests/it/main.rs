@@ -136,6 +136,24 @@ fn torchvision_keys_load_into_the_model_and_mismatches_are_errors() {
         e.contains("no tensor in the file matches") && e.contains("model.init_from"),
         "{e}"
     );
+    // A NaN in the file is refused naming the file and the tensor (it trained on as zeros
+    // behind the ReLUs until the first checkpoint refused to be written).
+    let mut nan: HashMap<String, Tensor> = HashMap::new();
+    let mut w = vec![0.5f32; 64 * 27];
+    w[100] = f32::NAN;
+    nan.insert(
+        "features.0.weight".into(),
+        Tensor::from_vec(w, (64, 3, 3, 3), &Device::Cpu).unwrap(),
+    );
+    let nan_path = dir.path().join("nan.safetensors");
+    candle_core::safetensors::save(&nan, &nan_path).unwrap();
+    let e = seg_fcn::weights::load_init_weights(&vars, "model", &nan_path)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("nan.safetensors") && e.contains("features.0.weight") && e.contains("NaN"),
+        "{e}"
+    );
     std::fs::write(&path, b"not safetensors").unwrap();
     let e = seg_fcn::weights::load_init_weights(&vars, "model", &path)
         .unwrap_err()
