@@ -40,7 +40,7 @@ pub fn read_detections(path: &Path, images: &HashMap<String, usize>) -> Result<V
         let image = *images
             .get(&d.image)
             .ok_or_else(|| refuse(format!("image `{}` is not in the split", d.image)))?;
-        let class = class_index(&d.class).ok_or_else(|| {
+        let class = class_index(&d.class.trim().to_ascii_lowercase()).ok_or_else(|| {
             refuse(format!(
                 "unknown class `{}` (expected one of {})",
                 d.class,

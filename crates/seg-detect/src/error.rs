@@ -40,6 +40,14 @@ impl DetError {
         match self {
             DetError::Invalid { reason, .. } => reason.clone(),
             DetError::Io { cause, .. } => format!("cannot read: {cause}"),
+            // A PNG error starts with its file, which the problem line names already.
+            DetError::Png(e) => {
+                let text = e.to_string();
+                match text.split_once(".png: ") {
+                    Some((_, reason)) => reason.to_string(),
+                    None => text,
+                }
+            }
             other => other.to_string(),
         }
     }

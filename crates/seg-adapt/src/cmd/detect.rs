@@ -728,7 +728,12 @@ pub fn eval(args: &super::eval::Args, device: &crate::run::DeviceName) -> anyhow
             let has = loaded.cfg.model.classes;
             anyhow::ensure!(
                 classes.indices().into_iter().all(|c| has.contains(c)),
-                "the detector detects `{has}` classes; evaluate it with --classes {has}"
+                "the detector's class set is `{has}` ({}); evaluate it with --classes {has}",
+                has.indices()
+                    .iter()
+                    .map(|&c| seg_detect::DET_CLASSES[c].name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
             let source = format!(
                 "Cityscapes `{split}` split under `{}`; detector from `{}` (step {}).",
