@@ -283,6 +283,25 @@ pub struct RunControl {
     pub stop_after: Option<usize>,
 }
 
+/// Sets a run of `cfg` up in a scratch folder (data, detector, weights, `init_from`) and drops
+/// it before its first step, so that what the run would refuse before training is refused now
+/// (`check --time-steps 0`). `all_read`: every sample was just read without a failure, so the
+/// run's own pass over them under `error_policy = "skip"` is left out.
+pub fn set_up_only(cfg: &DetRunConfig, device: &Device, all_read: bool) -> Result<(), DetRunError> {
+    let mut cfg = cfg.clone();
+    if all_read {
+        cfg.data.error_policy = seg_data::ErrorPolicy::Fail;
+    }
+    let dir = std::env::temp_dir().join(format!("seg-adapt-check-{}", std::process::id()));
+    let control = RunControl {
+        resume: false,
+        stop_after: Some(0),
+    };
+    let result = run(&cfg, &dir, device, &mut |_, _, _| {}, control);
+    let _ = std::fs::remove_dir_all(&dir);
+    result.map(drop)
+}
+
 /// Trains `cfg` into `out`, evaluates on target val, and returns the report (`None` when
 /// `control.stop_after` stopped it first). `progress` gets `(step, total, losses)` at each
 /// logged step.

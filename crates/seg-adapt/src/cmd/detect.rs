@@ -197,18 +197,8 @@ pub fn check(
     if time_steps == 0 && blocking.is_empty() {
         // Without timing the run is still set up once (data, detector, weights, init_from) and
         // dropped, so that what `train-detector` refuses before its first step is refused here.
-        let dir = std::env::temp_dir().join(format!("seg-adapt-check-{}", std::process::id()));
-        let control = seg_ssd::train::RunControl {
-            resume: false,
-            stop_after: Some(0),
-        };
-        let mut set_up = cfg.clone();
-        if left_out == 0 {
-            set_up.data.error_policy = seg_data::ErrorPolicy::Fail;
-        }
-        let result = seg_ssd::train::run(&set_up, &dir, &device, &mut |_, _, _| {}, control);
-        let _ = std::fs::remove_dir_all(&dir);
-        result.context("the run would stop before its first step")?;
+        seg_ssd::train::set_up_only(&cfg, &device, left_out == 0)
+            .context("the run would stop before its first step")?;
     }
     if time_steps > 0 && blocking.is_empty() {
         let dir = std::env::temp_dir().join(format!("seg-adapt-check-{}", std::process::id()));
