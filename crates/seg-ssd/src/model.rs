@@ -85,6 +85,19 @@ impl SsdConfig {
     }
 
     pub fn validate(&self) -> std::result::Result<(), String> {
+        // SSD300's size and widths are fixed: a setting of the small SSD's would be ignored.
+        if self.arch == SsdArch::Vgg300 {
+            let small = Self::default();
+            if self.input != small.input && self.input != [300, 300] {
+                let [w, h] = self.input;
+                return Err(format!(
+                    "model.input {w}x{h}: SSD300 on VGG16 always takes 300x300; model.input is the small SSD's (arch = \"small\"): leave it out (`--set model.input=`)"
+                ));
+            }
+            if self.widths != small.widths {
+                return Err("model.widths: SSD300 on VGG16 has VGG16's widths; model.widths is the small SSD's: leave it out (`--set model.widths=`)".into());
+            }
+        }
         if self.arch == SsdArch::Small {
             let [w, h] = self.input;
             if w < 64 || h < 64 || w % 64 != 0 || h % 64 != 0 || w > 2048 || h > 2048 {
@@ -369,5 +382,24 @@ impl Ssd {
         let sources = self.sources(x, train)?;
         let (loc, conf) = self.heads(&sources)?;
         Ok(SsdOut { sources, loc, conf })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ssd300_refuses_the_small_ssds_settings_it_would_ignore() {
+        let mut cfg = SsdConfig::vgg300(ClassSet::Car);
+        assert!(cfg.validate().is_ok());
+        cfg.input = [256, 128];
+        assert!(cfg.validate().is_ok(), "the default, as saved configs hold it");
+        cfg.input = [512, 512];
+        let e = cfg.validate().unwrap_err();
+        assert!(e.contains("model.input 512x512") && e.contains("300x300"), "{e}");
+        cfg.input = [300, 300];
+        cfg.widths[0] = 32;
+        assert!(cfg.validate().unwrap_err().contains("model.widths"));
     }
 }

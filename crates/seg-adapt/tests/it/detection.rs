@@ -216,10 +216,18 @@ fn detection_input_errors_name_the_entry_or_key() {
         "--set",
         "model.arch=vgg300",
         "--set",
+        "model.input=",
+        "--set",
         "init_weights=nowhere/vgg16.pth",
     ]);
     assert!(
         e.contains("nowhere/vgg16.pth") && e.contains("download.pytorch.org/models/vgg16-397923af.pth"),
+        "{e}"
+    );
+    // The small SSD's input size left in a config switched to SSD300 would be ignored: named.
+    let e = with_sets(&["model.arch=vgg300"]);
+    assert!(
+        e.contains("model.input 128x64") && e.contains("--set model.input="),
         "{e}"
     );
     let e = with_sets(&["trainer.lr=nan"]);
