@@ -512,55 +512,60 @@ fn instances_with_outer_slivers(
                 || (y0..y).rev().all(|yy| values[yy * w + x] != v)
                 || (y + 1..=y1).all(|yy| values[yy * w + x] != v)
         });
-        let is_outer = straight_out || {
-            // The box widened by one pixel, flooded from its edge through other values.
-            let (bw, bh) = (x1 - x0 + 3, y1 - y0 + 3);
-            if flooded.as_ref().is_none_or(|(fv, _)| *fv != v) {
-                flooded = None;
-            }
-            let (_, flood) = flooded.get_or_insert_with(|| {
-                (v, {
-                    let mine = |bx: usize, by: usize| {
-                        (1..=bw - 2).contains(&bx)
-                            && (1..=bh - 2).contains(&by)
-                            && values[(y0 + by - 1) * w + x0 + bx - 1] == v
-                    };
-                    let mut seen = vec![false; bw * bh];
-                    let mut stack: Vec<(usize, usize)> = (0..bw).flat_map(|bx| [(bx, 0), (bx, bh - 1)]).collect();
-                    stack.extend((0..bh).flat_map(|by| [(0, by), (bw - 1, by)]));
-                    while let Some((bx, by)) = stack.pop() {
-                        if seen[by * bw + bx] || mine(bx, by) {
-                            continue;
-                        }
-                        seen[by * bw + bx] = true;
-                        if bx > 0 {
-                            stack.push((bx - 1, by));
-                        }
-                        if bx + 1 < bw {
-                            stack.push((bx + 1, by));
-                        }
-                        if by > 0 {
-                            stack.push((bx, by - 1));
-                        }
-                        if by + 1 < bh {
-                            stack.push((bx, by + 1));
-                        }
-                    }
-                    seen
-                })
-            });
-            part.iter().any(|&i| {
-                let (bx, by) = (i % w - x0 + 1, i / w - y0 + 1);
-                [(bx - 1, by), (bx + 1, by), (bx, by - 1), (bx, by + 1)]
-                    .iter()
-                    .any(|&(nx, ny)| flood[ny * bw + nx])
-            })
+        if straight_out {
+            out.insert(v);
+            continue;
+        }
+        // One flood per instance (the small parts come grouped by instance).
+        let flood = match flooded.take() {
+            Some((fv, f)) if fv == v => f,
+            _ => outside_of(w, values, v, [x0, y0, x1, y1]),
         };
+        let bw = x1 - x0 + 3;
+        let is_outer = part.iter().any(|&i| {
+            let (bx, by) = (i % w - x0 + 1, i / w - y0 + 1);
+            [(bx - 1, by), (bx + 1, by), (bx, by - 1), (bx, by + 1)]
+                .iter()
+                .any(|&(nx, ny)| flood[ny * bw + nx])
+        });
+        flooded = Some((v, flood));
         if is_outer {
             out.insert(v);
         }
     }
     out
+}
+
+/// The cells of instance `v`'s box `[x0, y0, x1, y1]` widened by one pixel (row-major, width
+/// `x1 - x0 + 3`) that a 4-connected flood of other values reaches from the widened edge: the
+/// background outside the instance, as against the holes it encloses.
+fn outside_of(w: usize, values: &[u16], v: u16, [x0, y0, x1, y1]: [usize; 4]) -> Vec<bool> {
+    let (bw, bh) = (x1 - x0 + 3, y1 - y0 + 3);
+    let mine = |bx: usize, by: usize| {
+        (1..=bw - 2).contains(&bx) && (1..=bh - 2).contains(&by) && values[(y0 + by - 1) * w + x0 + bx - 1] == v
+    };
+    let mut seen = vec![false; bw * bh];
+    let mut stack: Vec<(usize, usize)> = (0..bw).flat_map(|bx| [(bx, 0), (bx, bh - 1)]).collect();
+    stack.extend((0..bh).flat_map(|by| [(0, by), (bw - 1, by)]));
+    while let Some((bx, by)) = stack.pop() {
+        if seen[by * bw + bx] || mine(bx, by) {
+            continue;
+        }
+        seen[by * bw + bx] = true;
+        if bx > 0 {
+            stack.push((bx - 1, by));
+        }
+        if bx + 1 < bw {
+            stack.push((bx + 1, by));
+        }
+        if by > 0 {
+            stack.push((bx, by - 1));
+        }
+        if by + 1 < bh {
+            stack.push((bx, by + 1));
+        }
+    }
+    seen
 }
 
 #[cfg(test)]
