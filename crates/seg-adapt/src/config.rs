@@ -4,60 +4,12 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use seg_data::{Augment, DatasetName, ErrorPolicy, SizePolicy};
+use seg_data::Augment;
+pub use seg_data::DataConfig;
 use seg_fcn::ModelName;
 use seg_labels::Protocol;
 use seg_methods::MethodConfig;
 use seg_train::TrainerConfig;
-
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DataConfig {
-    pub source_dataset: DatasetName,
-    pub source_root: PathBuf,
-    pub target_dataset: DatasetName,
-    pub target_root: PathBuf,
-    #[serde(default = "train_split")]
-    pub target_train_split: String,
-    #[serde(default = "val_split")]
-    pub target_val_split: String,
-    /// Split list file for the source (instead of a directory scan).
-    #[serde(default)]
-    pub source_list: Option<PathBuf>,
-    #[serde(default)]
-    pub size_policy: SizePolicy,
-    #[serde(default)]
-    pub error_policy: ErrorPolicy,
-}
-
-impl DataConfig {
-    /// Source and target with the default splits and policies.
-    pub fn new(
-        source_dataset: DatasetName,
-        source_root: PathBuf,
-        target_dataset: DatasetName,
-        target_root: PathBuf,
-    ) -> Self {
-        Self {
-            source_dataset,
-            source_root,
-            target_dataset,
-            target_root,
-            target_train_split: train_split(),
-            target_val_split: val_split(),
-            source_list: None,
-            size_policy: SizePolicy::default(),
-            error_policy: ErrorPolicy::default(),
-        }
-    }
-}
-
-fn train_split() -> String {
-    "train".into()
-}
-fn val_split() -> String {
-    "val".into()
-}
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -1,7 +1,7 @@
 //! Builds runs from a [`RunConfig`]: datasets, loaders, model, head and trainer; and rebuilds
 //! a trained model from a run folder for evaluation and prediction.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -9,7 +9,7 @@ use candle_core::{DType, Device};
 use candle_nn::VarMap;
 use rayon::prelude::*;
 use seg_core::{Backbone, Domain, Stage};
-use seg_data::{open_dataset, Dataset, DatasetOptions, LeftOut, Loader};
+use seg_data::{Dataset, LeftOut, Loader, Role};
 use seg_heads::SizeConstraints;
 use seg_methods::PartSeeds;
 use seg_train::{EvalSetup, TrainOutcome, TrainSetup, Trainer};
@@ -58,50 +58,19 @@ pub fn device(name: &DeviceName) -> anyhow::Result<Device> {
     }
 }
 
-/// One of a run's datasets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Split {
-    /// The labelled synthetic source (train split).
-    Source,
-    /// The target's training split, images only (what adaptation sees).
-    TargetTrain,
-    /// The target's training split with its labels (the oracle's training data).
-    TargetTrainLabelled,
-    /// The target's validation split, with labels (evaluation).
-    Val,
-}
-
-impl Split {
-    /// The name used in messages and in `skipped.json`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Split::Source => "source",
-            Split::TargetTrain => "target-train",
-            Split::TargetTrainLabelled => "target-train-labelled",
-            Split::Val => "val",
-        }
-    }
-
-    /// The split a method trains its segmenter on: the target's labelled training split for the
-    /// oracle, the source otherwise.
-    pub fn training(cfg: &RunConfig) -> Self {
-        if cfg.method.trains_on_target_labels() {
-            Split::TargetTrainLabelled
-        } else {
-            Split::Source
-        }
-    }
-}
-
-impl std::fmt::Display for Split {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
+/// The dataset a method trains its segmenter on: the target's labelled training split for the
+/// oracle, the source otherwise.
+pub fn training_role(cfg: &RunConfig) -> Role {
+    if cfg.method.trains_on_target_labels() {
+        Role::TargetTrainLabelled
+    } else {
+        Role::Source
     }
 }
 
 /// Opens one of the run's datasets and leaves out the samples its policies say to leave out ([`Dataset::leave_out_unusable`]),
 /// naming each once in the log.
-fn open(cfg: &RunConfig, which: Split) -> anyhow::Result<(Dataset, Vec<LeftOut>)> {
+fn open(cfg: &RunConfig, which: Role) -> anyhow::Result<(Dataset, Vec<LeftOut>)> {
     let what = || format!("checking the {which} dataset");
     let mut ds = open_all(cfg, which)?;
     let left_out = ds.leave_out_unusable().with_context(what)?;
@@ -119,42 +88,10 @@ fn open(cfg: &RunConfig, which: Split) -> anyhow::Result<(Dataset, Vec<LeftOut>)
 }
 
 /// Opens one of the run's datasets as it is on disk (nothing left out).
-pub fn open_all(cfg: &RunConfig, which: Split) -> anyhow::Result<Dataset> {
-    let d = &cfg.data;
-    let opts = |require_labels: bool, list: Option<PathBuf>| DatasetOptions {
-        size_policy: d.size_policy,
-        error_policy: d.error_policy,
-        require_labels,
-        list,
-        ..Default::default()
-    };
-    let (name, root, split, o) = match which {
-        Split::Source => (
-            d.source_dataset,
-            &d.source_root,
-            "train",
-            opts(true, d.source_list.clone()),
-        ),
-        Split::TargetTrain => (
-            d.target_dataset,
-            &d.target_root,
-            d.target_train_split.as_str(),
-            opts(false, None),
-        ),
-        Split::TargetTrainLabelled => (
-            d.target_dataset,
-            &d.target_root,
-            d.target_train_split.as_str(),
-            opts(true, None),
-        ),
-        Split::Val => (
-            d.target_dataset,
-            &d.target_root,
-            d.target_val_split.as_str(),
-            opts(true, None),
-        ),
-    };
-    open_dataset(name, root, split, o)
+pub fn open_all(cfg: &RunConfig, which: Role) -> anyhow::Result<Dataset> {
+    let (name, root, _, _) = cfg.data.place(which);
+    cfg.data
+        .open(which)
         .with_context(|| format!("opening the {which} dataset ({name} at {})", root.display()))
 }
 
@@ -241,7 +178,7 @@ pub fn build_setup(
     cfg.validate(backbone.stride())?;
     let has_bn = backbone.has_batch_norm();
     let mut left_out = seg_train::checkpoint::LeftOutByRole::new();
-    let role = Split::training(cfg);
+    let role = training_role(cfg);
     let (source, skipped) = open(cfg, role)?;
     left_out.insert(role.name().into(), skipped);
     let source = Arc::new(source);
@@ -312,8 +249,8 @@ pub fn build_setup(
     .with_cache(t.cache_images)
     .with_lookahead(t.prefetch);
     let target_ds = if method.needs_target() || reestimate {
-        let (ds, skipped) = open(cfg, Split::TargetTrain)?;
-        left_out.insert(Split::TargetTrain.name().into(), skipped);
+        let (ds, skipped) = open(cfg, Role::TargetTrain)?;
+        left_out.insert(Role::TargetTrain.name().into(), skipped);
         Some(Arc::new(ds))
     } else {
         None
@@ -346,11 +283,11 @@ pub fn build_setup(
     };
     // Every run is evaluated on the target val split: one that cannot be opened stops the run
     // here, not after training (`check` says the same).
-    let (val, skipped) = open(cfg, Split::Val).context("the target val split, which every run is evaluated on")?;
-    left_out.insert(Split::Val.name().into(), skipped);
+    let (val, skipped) = open(cfg, Role::Val).context("the target val split, which every run is evaluated on")?;
+    left_out.insert(Role::Val.name().into(), skipped);
     let eval = Some((val, eval_setup(cfg, device), cfg.eval.protocol));
     if resuming {
-        seg_train::checkpoint::same_left_out_as_recorded(run_dir, &left_out, Split::Val.name())
+        seg_train::checkpoint::same_left_out_as_recorded(run_dir, &left_out, Role::Val.name())
             .map_err(anyhow::Error::msg)?;
     }
     let skipped = run_dir.join(seg_train::checkpoint::SKIPPED);
@@ -498,7 +435,7 @@ pub fn load_trained(checkpoint: &Path, device: &Device) -> anyhow::Result<Traine
 pub fn adabn_from(cfg: &RunConfig, from_dir: &Path, run_dir: &Path, device: &Device) -> anyhow::Result<TrainOutcome> {
     let start = std::time::Instant::now();
     let trained = load_trained(from_dir, device)?;
-    let mut loader = adabn_loader(cfg, Arc::new(open(cfg, Split::TargetTrain)?.0), device);
+    let mut loader = adabn_loader(cfg, Arc::new(open(cfg, Role::TargetTrain)?.0), device);
     seg_train::reestimate_bn(trained.backbone.as_ref(), &mut loader, cfg.eval.adabn_batches)?;
     let tensors = seg_train::checkpoint::var_tensors(&trained.vars)?;
     let meta = seg_train::CheckpointMeta {
@@ -518,7 +455,7 @@ pub fn adabn_from(cfg: &RunConfig, from_dir: &Path, run_dir: &Path, device: &Dev
     }
     seg_train::checkpoint::save(&ck, &tensors, &meta)?;
     seg_labels::fsutil::write_atomic(&run_dir.join("config.toml"), cfg.to_toml()?.as_bytes())?;
-    let val = open(cfg, Split::Val)?.0;
+    let val = open(cfg, Role::Val)?.0;
     let report =
         seg_train::evaluate(trained.backbone.as_ref(), &val, &eval_setup(cfg, device))?.finish(cfg.eval.protocol);
     report.write(&run_dir.join("eval").join(format!("step_{:06}", trained.step)))?;

@@ -159,6 +159,13 @@ impl Dataset {
             .par_iter()
             .enumerate()
             .map(|(i, e)| {
+                if !e.image.is_file() {
+                    // Only a split list names files without finding them.
+                    return Err(DataError::Missing {
+                        what: "image named by the split list",
+                        path: e.image.clone(),
+                    });
+                }
                 let label = match &e.label {
                     Some(l) => Some(l),
                     None if opts.require_labels => {

@@ -6,6 +6,7 @@
 //! Readers do no tensor work: a [`Dataset`] is `len()` + `get(i)` over plain buffers; only
 //! [`loader`] touches candle.
 
+pub mod config;
 pub mod dataset;
 pub mod error;
 pub mod inspect;
@@ -14,6 +15,7 @@ pub mod readers;
 pub mod toy;
 pub mod transform;
 
+pub use config::{DataConfig, Role};
 pub use dataset::{Dataset, DatasetOptions, ErrorPolicy, LabelSource, LeftOut, Sample, SampleRef, SizePolicy};
 pub use error::DataError;
 pub use inspect::{inspect, inspect_with_progress, InspectReport, Problem, ProblemKind};

@@ -10,7 +10,8 @@ use anyhow::Context;
 use seg_data::ProblemKind;
 
 use crate::config::RunConfig;
-use crate::run::{DeviceName, Split};
+use crate::run::DeviceName;
+use seg_data::Role;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -63,11 +64,11 @@ pub fn run(args: Args, device_name: &DeviceName) -> anyhow::Result<()> {
     if !notes.is_empty() {
         println!("{notes}");
     }
-    let mut roles = vec![Split::training(&cfg)];
+    let mut roles = vec![crate::run::training_role(&cfg)];
     if cfg.method.reads_target_train() {
-        roles.push(Split::TargetTrain);
+        roles.push(Role::TargetTrain);
     }
-    roles.push(Split::Val);
+    roles.push(Role::Val);
     let mut blocking = Vec::new();
     let mut unreadable = 0;
     for role in roles {
@@ -81,8 +82,13 @@ pub fn run(args: Args, device_name: &DeviceName) -> anyhow::Result<()> {
         bar.set_message(format!("reading every file of the {role} dataset"));
         let r = seg_data::inspect_with_progress(&ds, &|| bar.inc(1));
         bar.finish_and_clear();
+        let list = cfg
+            .data
+            .place(role)
+            .3
+            .map_or(String::new(), |l| format!(" (list {})", l.display()));
         println!(
-            "{role}: {} {} at {}: {} samples, {} usable, {} problems ({:.1}s)",
+            "{role}: {} {} at {}{list}: {} samples, {} usable, {} problems ({:.1}s)",
             r.dataset,
             r.split,
             ds.root().display(),

@@ -44,6 +44,10 @@ pub struct Args {
     /// Run folder of a trained model to evaluate instead of a prediction folder.
     #[arg(long)]
     pub checkpoint: Option<PathBuf>,
+    /// With --checkpoint: evaluate only the images a split list names (as `data.target_val_list`,
+    /// e.g. AdaptSegNet's `cityscapes_list/val.txt`) instead of the whole split.
+    #[arg(long, requires = "checkpoint")]
+    pub list: Option<PathBuf>,
     /// Segmentation: what the prediction PNGs hold, `labelids` (0..=33, official; the default)
     /// or `trainids` (0..=18, 255).
     #[arg(long)]
@@ -85,6 +89,7 @@ pub fn run(args: Args, device_name: &crate::run::DeviceName) -> anyhow::Result<(
                 ("--pred-format", args.pred_format.is_some()),
                 ("--protocol", args.protocol.is_some()),
                 ("--missing-as-wrong", args.missing_as_wrong),
+                ("--list", args.list.is_some()),
             ],
             "segmentation (--task segmentation)",
         )?;
@@ -132,6 +137,7 @@ fn evaluate_checkpoint(
     let trained = crate::run::load_trained(run_dir, &device)?;
     let opts = seg_data::DatasetOptions {
         require_labels: true,
+        list: args.list.clone(),
         ..Default::default()
     };
     let mut ds = seg_data::open_dataset(seg_data::DatasetName::Cityscapes, &args.root, &args.split, opts)?;
@@ -142,8 +148,12 @@ fn evaluate_checkpoint(
     let mut setup = crate::run::eval_setup(&trained.cfg, &device);
     setup.keep_samples = args.samples;
     let ev = seg_train::evaluate(trained.backbone.as_ref(), &ds, &setup)?;
+    let listed = args
+        .list
+        .as_ref()
+        .map_or(String::new(), |l| format!(" (the images {} names)", l.display()));
     let source = format!(
-        "Cityscapes `{}` split under `{}`; model from `{}` (step {}), full-resolution inference.",
+        "Cityscapes `{}` split under `{}`{listed}; model from `{}` (step {}), full-resolution inference.",
         args.split,
         args.root.display(),
         run_dir.display(),

@@ -334,6 +334,63 @@ fn train_eval_predict_round_trip() {
 }
 
 #[test]
+fn split_lists_choose_the_target_images_of_a_run_and_of_its_evaluation() {
+    // AdaptSegNet's `cityscapes_list/*.txt`: `city/stem_leftImg8bit.png` per line.
+    let dir = tempfile::tempdir().unwrap();
+    let (gta, cs) = (toy().join("gta5"), toy().join("cityscapes"));
+    let listed = |split: &str, n: usize| -> PathBuf {
+        let base = cs.join("leftImg8bit").join(split);
+        let mut lines: Vec<String> = std::fs::read_dir(&base)
+            .unwrap()
+            .flat_map(|c| std::fs::read_dir(c.unwrap().path()).unwrap())
+            .map(|e| {
+                e.unwrap()
+                    .path()
+                    .strip_prefix(&base)
+                    .unwrap()
+                    .to_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        lines.sort();
+        lines.truncate(n);
+        let f = dir.path().join(format!("{split}.txt"));
+        std::fs::write(&f, lines.join("\n") + "\n").unwrap();
+        f
+    };
+    let (train_list, val_list) = (listed("train", 6), listed("val", 3));
+    let run_dir = dir.path().join("run");
+    let mut train = train_args(p(&run_dir), p(&gta), p(&cs), "dann");
+    train.extend([
+        "--set",
+        leak(format!("data.target_train_list={}", p(&train_list))),
+        "--set",
+        leak(format!("data.target_val_list={}", p(&val_list))),
+    ]);
+    ok(&train);
+    let images = |report: &Path| -> u64 {
+        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(report).unwrap()).unwrap();
+        v["images"].as_u64().unwrap()
+    };
+    assert_eq!(images(&run_dir.join("eval/step_000003/report.json")), 3);
+    let ev = dir.path().join("eval");
+    let mut a = checkpoint_eval(&run_dir, &cs, &ev);
+    a.extend(["--list", p(&val_list)]);
+    ok(&a);
+    assert_eq!(images(&ev.join("report.json")), 3);
+    // A line naming an image that is not there stops the evaluation, naming the file.
+    let mut text = std::fs::read_to_string(&val_list).unwrap();
+    text.push_str("lindau/lindau_999999_000019_leftImg8bit.png\n");
+    std::fs::write(&val_list, text).unwrap();
+    let e = err(&a);
+    assert!(
+        e.contains("lindau_999999_000019_leftImg8bit.png") && e.contains("not found"),
+        "{e}"
+    );
+}
+
+#[test]
 fn bad_input_is_refused_before_training_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use seg_data::{open_dataset, Augment, DatasetName, DatasetOptions, ErrorPolicy, Loader, SizePolicy};
+use seg_data::{open_dataset, Augment, DataConfig, DatasetName, DatasetOptions, ErrorPolicy, Loader, Role, SizePolicy};
 use seg_labels::cityscapes::label_id_palette;
 use seg_labels::png_io::{self, RgbImage};
 
@@ -199,6 +199,71 @@ fn cityscapes_pairs_by_name_and_accepts_a_split_list() {
     let s = ds.get(0).unwrap();
     assert_eq!(s.label.unwrap(), vec![0, 1, 2, 255, 18, 255, 3, 3]);
     assert_eq!(s.outside_ids, 1);
+}
+
+#[test]
+fn run_config_lists_pick_the_target_samples_of_each_role() {
+    // AdaptSegNet's `cityscapes_list/{train,val}.txt` lines: `city/stem_leftImg8bit.png`.
+    let dir = tempfile::tempdir().unwrap();
+    cityscapes_tree(dir.path());
+    gta5_tree(&dir.path().join("gta5"));
+    let mut cfg = DataConfig::new(
+        DatasetName::Gta5,
+        dir.path().join("gta5"),
+        DatasetName::Cityscapes,
+        dir.path().to_path_buf(),
+    );
+    let names = |cfg: &DataConfig, role| -> Vec<String> {
+        cfg.open(role)
+            .unwrap()
+            .entries()
+            .iter()
+            .map(|e| e.name.clone())
+            .collect()
+    };
+    assert_eq!(names(&cfg, Role::TargetTrain).len(), 2);
+    let train = dir.path().join("train.txt");
+    std::fs::write(
+        &train,
+        "aachen/aachen_000001_000019_leftImg8bit.png
+",
+    )
+    .unwrap();
+    let val = dir.path().join("val.txt");
+    std::fs::write(
+        &val,
+        "lindau/lindau_000005_000019_leftImg8bit.png
+lindau/lindau_000009_000019_leftImg8bit.png
+",
+    )
+    .unwrap();
+    cfg.target_train_list = Some(train);
+    cfg.target_val_list = Some(val);
+    assert_eq!(names(&cfg, Role::TargetTrain), ["aachen_000001_000019"]);
+    assert_eq!(names(&cfg, Role::TargetTrainLabelled), ["aachen_000001_000019"]);
+    assert_eq!(names(&cfg, Role::Source).len(), 3, "the source list is its own key");
+    // A listed image that is not on disk stops the run naming it, or is left out under "skip".
+    let mut ds = cfg.open(Role::Val).unwrap();
+    assert_eq!(ds.len(), 2);
+    let e = ds.leave_out_unusable().unwrap_err().to_string();
+    assert!(
+        e.contains("lindau_000009_000019_leftImg8bit.png") && e.contains("not found"),
+        "{e}"
+    );
+    cfg.error_policy = ErrorPolicy::Skip;
+    let mut ds = cfg.open(Role::Val).unwrap();
+    let left = ds.leave_out_unusable().unwrap();
+    assert_eq!(ds.len(), 1);
+    assert_eq!(left.len(), 1);
+    assert!(
+        left[0].name.contains("lindau_000009") && left[0].reason.contains("lindau_000009"),
+        "{left:?}"
+    );
+    // The labelled roles need the labels; the target's unlabelled training split does not.
+    std::fs::remove_dir_all(dir.path().join("gtFine/train")).unwrap();
+    assert!(cfg.open(Role::TargetTrain).is_ok());
+    let e = cfg.open(Role::TargetTrainLabelled).unwrap_err().to_string();
+    assert!(e.contains("gtFine/train"), "{e}");
 }
 
 #[test]
