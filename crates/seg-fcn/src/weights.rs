@@ -183,13 +183,10 @@ pub fn load_init_weights(vars: &VarMap, prefix: &str, path: &Path) -> Result<Ini
         } else {
             t.reshape(want.as_slice()).map_err(|_| shape_err())?
         };
-        // x · 0 is 0 for every finite x and NaN for a NaN or an infinity (a max would skip NaN).
-        let finite = t
-            .to_dtype(candle_core::DType::F32)
-            .and_then(|t| t.affine(0.0, 0.0)?.sum_all()?.to_scalar::<f32>())
+        if seg_nn::vars::first_non_finite([(key.as_str(), &t)])
             .map_err(read)?
-            .is_finite();
-        if !finite {
+            .is_some()
+        {
             return Err(WeightsError::NonFinite { path: p, key });
         }
         let t = t

@@ -169,26 +169,11 @@ fn sorted_metadata(mut bytes: Vec<u8>) -> Result<Vec<u8>, String> {
     Ok(bytes)
 }
 
-/// The first floating-point tensor holding a NaN or an infinity (its values' sum is then not
-/// finite; one read-back for all of them).
-fn first_non_finite(tensors: &[(String, Tensor)]) -> candle_core::Result<Option<&str>> {
-    let floats: Vec<&(String, Tensor)> = tensors.iter().filter(|(_, t)| t.dtype().is_float()).collect();
-    if floats.is_empty() {
-        return Ok(None);
-    }
-    let sums = floats
-        .iter()
-        .map(|(_, t)| t.to_dtype(candle_core::DType::F32)?.sum_all()?.to_device(&Device::Cpu))
-        .collect::<candle_core::Result<Vec<_>>>()?;
-    let sums = Tensor::stack(&sums, 0)?.to_vec1::<f32>()?;
-    Ok(sums.iter().position(|s| !s.is_finite()).map(|i| floats[i].0.as_str()))
-}
-
 /// Serialises tensors + metadata and writes them atomically. Weights or optimiser state holding
 /// a NaN or an infinity are refused (the checkpoint already at `path` is kept): a resumed run
 /// could not recover from them.
 pub fn save(path: &Path, tensors: &[(String, Tensor)], meta: &CheckpointMeta) -> Result<(), TrainError> {
-    if let Some(name) = first_non_finite(tensors)? {
+    if let Some(name) = seg_nn::vars::first_non_finite(tensors.iter().map(|(n, t)| (n.as_str(), t)))? {
         return Err(bad(
             path,
             format!(
