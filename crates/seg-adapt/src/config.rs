@@ -77,6 +77,9 @@ impl RunConfig {
         if let Some((key, n, m)) = seg_train::config::first_array_length_mismatch(&raw, &tree) {
             anyhow::bail!("{key} has {n} values where {m} are expected");
         }
+        if let Some((key, kind)) = seg_train::config::key_of_a_kind_without_settings(&raw, &tree) {
+            anyhow::bail!("{key}: unknown key: method `{kind}` has no settings");
+        }
         Ok(cfg)
     }
 

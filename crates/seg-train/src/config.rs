@@ -181,6 +181,18 @@ pub fn first_array_length_mismatch(raw: &toml::Value, typed: &toml::Value) -> Op
     }
 }
 
+/// A key written in `[method]` (`raw`) for a kind that has no settings (`source-only`,
+/// `oracle`, `adabn`: `typed`, serialised back, holds only `kind`): `(dotted key, kind)`. The
+/// TOML reader refuses another kind's unknown keys but passes over these without a word.
+pub fn key_of_a_kind_without_settings(raw: &toml::Value, typed: &toml::Value) -> Option<(String, String)> {
+    let (raw, typed) = (raw.get("method")?.as_table()?, typed.get("method")?.as_table()?);
+    if typed.keys().any(|k| k != "kind") {
+        return None;
+    }
+    let kind = typed.get("kind")?.as_str()?.to_string();
+    raw.keys().find(|k| *k != "kind").map(|k| (format!("method.{k}"), kind))
+}
+
 /// The first dotted key (`trainer.lr`) whose value differs between two config trees.
 pub fn first_difference(a: &toml::Value, b: &toml::Value) -> Option<String> {
     fn flatten(prefix: &str, v: &toml::Value, out: &mut BTreeMap<String, String>) {

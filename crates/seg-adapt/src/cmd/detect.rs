@@ -104,6 +104,9 @@ pub fn load_config(path: &Path, sets: &[String]) -> anyhow::Result<DetRunConfig>
         if let Some((key, n, m)) = seg_train::config::first_array_length_mismatch(raw, &typed) {
             anyhow::bail!("{key} has {n} values where {m} are expected");
         }
+        if let Some((key, kind)) = seg_train::config::key_of_a_kind_without_settings(raw, &typed) {
+            anyhow::bail!("{key}: unknown key: method `{kind}` has no settings");
+        }
         Ok(cfg.validate()?)
     };
     if let Err(e) = checked(&root, &cfg) {

@@ -239,6 +239,27 @@ fn set_overrides_any_key_and_names_a_bad_one() {
     assert!(e.contains("bogus"), "{e}");
     let c = cfg.with_set("method.kind=advent").unwrap();
     assert_eq!(c.method, "advent".parse::<MethodConfig>().unwrap());
+    // A kind without settings refuses a key as the others refuse an unknown one.
+    let adabn = cfg.with_set("method.kind=adabn").unwrap();
+    let e = format!("{:#}", adabn.with_set("method.hidden=3").unwrap_err());
+    assert!(
+        e.contains("method.hidden") && e.contains("`adabn` has no settings"),
+        "{e}"
+    );
+    let e = format!(
+        "{:#}",
+        RunConfig::parse(
+            &adabn
+                .to_toml()
+                .unwrap()
+                .replace("kind = \"adabn\"", "kind = \"source-only\"\nfoo = 1")
+        )
+        .unwrap_err()
+    );
+    assert!(
+        e.contains("method.foo") && e.contains("`source-only` has no settings"),
+        "{e}"
+    );
     // An optimiser table is amended field by field; another kind starts from its defaults, and
     // a group's table amends the group's default optimiser.
     let c = cfg.with_set("trainer.optimizer.momentum=0.5").unwrap();
