@@ -117,11 +117,15 @@ impl RunConfig {
                 self.model.name
             );
             // One batch of input floats, before any activation: 1024 × 3 × 512 × 1024 is 6 GiB.
-            let batch = self.trainer.batch_size.max(self.trainer.target_batch_size.unwrap_or(0));
+            let target = self.trainer.target_batch_size.unwrap_or(0);
+            let (batch, key) = match self.trainer.batch_size.max(target) {
+                b if b == self.trainer.batch_size => (b, "trainer.batch_size"),
+                b => (b, "trainer.target_batch_size"),
+            };
             let floats = batch as u64 * 3 * w as u64 * h as u64;
             anyhow::ensure!(
                 floats <= 1 << 30,
-                "a batch of {batch} crops of {w}x{h} is {:.1} GiB of input floats alone: lower trainer.batch_size or augment.crop",
+                "a batch of {batch} crops of {w}x{h} is {:.1} GiB of input floats alone: lower {key} or augment.crop",
                 floats as f64 * 4.0 / (1u64 << 30) as f64
             );
         } else {

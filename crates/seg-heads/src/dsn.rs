@@ -70,12 +70,14 @@ impl Default for DsnConfig {
 
 impl DsnConfig {
     pub fn validate(&self) -> std::result::Result<(), HeadError> {
-        if self.width == 0 || self.disc_hidden == 0 || self.recon_pool == 0 {
-            return Err(HeadError::invalid(
-                METHOD,
-                "width",
-                "widths and recon_pool must be at least 1",
-            ));
+        for (field, value) in [
+            ("width", self.width),
+            ("disc_hidden", self.disc_hidden),
+            ("recon_pool", self.recon_pool),
+        ] {
+            if value == 0 {
+                return Err(HeadError::invalid(METHOD, field, "0 must be at least 1"));
+            }
         }
         check_range(METHOD, "recon_weight", self.recon_weight, 0.0, f64::MAX)?;
         check_range(METHOD, "diff_weight", self.diff_weight, 0.0, f64::MAX)?;

@@ -78,12 +78,41 @@ pub fn require_tap(
 /// Checks that `value` lies in `[lo, hi]` (finite).
 pub fn check_range(method: &'static str, field: &'static str, value: f64, lo: f64, hi: f64) -> Result<(), HeadError> {
     if value.is_finite() && (lo..=hi).contains(&value) {
-        Ok(())
+        return Ok(());
+    }
+    // An f32 setting widened to f64 is shown as written (-0.1, not -0.10000000149011612).
+    let shown = if f64::from(value as f32) == value {
+        (value as f32).to_string()
     } else {
-        Err(HeadError::invalid(
-            method,
-            field,
-            format!("{value} is outside [{lo}, {hi}]"),
-        ))
+        value.to_string()
+    };
+    let wanted = if hi == f64::MAX {
+        format!("must be at least {lo}")
+    } else {
+        format!("is outside [{lo}, {hi}]")
+    };
+    Err(HeadError::invalid(method, field, format!("{shown} {wanted}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_setting_out_of_range_is_shown_as_written_with_its_bound() {
+        let e = check_range("dann", "gamma", -1.0, 0.0, f64::MAX).unwrap_err().to_string();
+        assert!(e.contains("`gamma`: -1 must be at least 0"), "{e}");
+        let e = check_range("fcn-wild", "dropout", f64::from(-0.1f32), 0.0, 0.99)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("-0.1 is outside [0, 0.99]"), "{e}");
+        let e = crate::DsnConfig {
+            recon_pool: 0,
+            ..Default::default()
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("`recon_pool`"), "{e}");
     }
 }

@@ -188,7 +188,10 @@ fn detection_input_errors_name_the_entry_or_key() {
         assert!(e.contains(said), "{maps}: {e}");
     }
     let e = with_sets(&["method.kind=adabn", "method.weight=1"]);
-    assert!(e.contains("method.weight") && e.contains("`adabn` has no settings"), "{e}");
+    assert!(
+        e.contains("method.weight") && e.contains("`adabn` has no settings"),
+        "{e}"
+    );
     // A file's error gives the file's own line; a --set's names the --set.
     let bad = dir.path().join("bad.toml");
     let text = std::fs::read_to_string(&cfg).unwrap();

@@ -438,6 +438,16 @@ fn bad_input_is_refused_before_training_with_a_clear_message() {
         let e = err(&a);
         assert!(e.contains(key), "{set}: {e}");
     }
+    // The batch too large for its crop is named: here the target's.
+    let mut a = train_args(p(&out), p(&gta), p(&cs), "dann");
+    a.extend([
+        "--set",
+        "augment.crop=[2048, 1024]",
+        "--set",
+        "trainer.target_batch_size=683",
+    ]);
+    let e = err(&a);
+    assert!(e.contains("lower trainer.target_batch_size"), "{e}");
     assert!(!out.join("checkpoint.safetensors").exists());
     // The OS's reason is said once (each error kept it in its message and as its source too).
     let mut a = train_args(p(&out), p(&gta), p(&cs), "source-only");
