@@ -100,7 +100,9 @@ mod tests {
 
     #[test]
     fn a_setting_out_of_range_is_shown_as_written_with_its_bound() {
-        let e = check_range("dann", "gamma", -1.0, 0.0, f64::MAX).unwrap_err().to_string();
+        let e = check_range("dann", "gamma", -1.0, 0.0, f64::MAX)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("`gamma`: -1 must be at least 0"), "{e}");
         let e = check_range("fcn-wild", "dropout", f64::from(-0.1f32), 0.0, 0.99)
             .unwrap_err()
@@ -114,5 +116,14 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("`recon_pool`"), "{e}");
+        let wide = crate::output_adv::OutputAdvConfig {
+            ndf: 2048,
+            ..Default::default()
+        };
+        let e = wide
+            .validate(crate::output_adv::OutputMap::Softmax)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`ndf`: 2048 must be 1 to 1024"), "{e}");
     }
 }

@@ -76,11 +76,23 @@ impl Default for OutputAdvConfig {
     }
 }
 
+/// The widest first layer of the output discriminator: its last conv is then 8192 wide, the
+/// widest a `[method]` may ask for.
+pub const MAX_NDF: usize = 1024;
+
 impl OutputAdvConfig {
     pub fn validate(&self, map: OutputMap) -> std::result::Result<(), HeadError> {
         let m = map.method();
-        if self.ndf == 0 {
-            return Err(HeadError::invalid(m, "ndf", "must be at least 1"));
+        // The last conv is 8 × ndf wide; at ndf = 2048 its 4×4 weights alone are 17 GB.
+        if !(1..=MAX_NDF).contains(&self.ndf) {
+            return Err(HeadError::invalid(
+                m,
+                "ndf",
+                format!(
+                    "{} must be 1 to {MAX_NDF} (its widest conv is 8 × ndf channels)",
+                    self.ndf
+                ),
+            ));
         }
         if self.pool == 0 {
             return Err(HeadError::invalid(m, "pool", "must be at least 1"));
