@@ -70,7 +70,13 @@ impl RunConfig {
 
     /// Parses a config; a number that is not finite (`nan`, `inf`) is refused naming its key.
     pub fn parse(text: &str) -> anyhow::Result<Self> {
-        let cfg: Self = toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
+        let cfg: Self = toml::from_str(text).map_err(|e| {
+            let raw = toml::from_str::<toml::Value>(text).ok();
+            match raw.and_then(|r| seg_train::config::bad_key_of_kind_section::<MethodConfig>(&r, "method")) {
+                Some((key, why)) => anyhow::anyhow!("{key}: {why}"),
+                None => anyhow::anyhow!("{}", e.to_string().trim_end()),
+            }
+        })?;
         let tree = toml::Value::try_from(&cfg).context("cannot serialise the config")?;
         seg_train::config::refuse_non_finite(&tree).map_err(anyhow::Error::msg)?;
         let raw: toml::Value = toml::from_str(text).context("cannot read the config as TOML")?;

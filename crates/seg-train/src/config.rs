@@ -193,6 +193,22 @@ pub fn key_of_a_kind_without_settings(raw: &toml::Value, typed: &toml::Value) ->
     raw.keys().find(|k| *k != "kind").map(|k| (format!("method.{k}"), kind))
 }
 
+/// The key of a section read by its `kind` (`[method]`) whose value does not read, with the
+/// reason: `(dotted key, reason)`. The TOML reader reports such a value (`hidden = 2.5`) at
+/// the section's header, without its key; each key is read here alone beside `kind`.
+pub fn bad_key_of_kind_section<T: serde::de::DeserializeOwned>(
+    raw: &toml::Value,
+    section: &str,
+) -> Option<(String, String)> {
+    let table = raw.get(section)?.as_table()?;
+    let kind = table.get("kind")?;
+    table.iter().filter(|(k, _)| *k != "kind").find_map(|(k, v)| {
+        let probe = toml::Table::from_iter([("kind".to_string(), kind.clone()), (k.clone(), v.clone())]);
+        let message = toml::Value::Table(probe).try_into::<T>().err()?.to_string();
+        (!message.contains("missing field")).then(|| (format!("{section}.{k}"), message.trim_end().to_string()))
+    })
+}
+
 /// The first dotted key (`trainer.lr`) whose value differs between two config trees.
 pub fn first_difference(a: &toml::Value, b: &toml::Value) -> Option<String> {
     fn flatten(prefix: &str, v: &toml::Value, out: &mut BTreeMap<String, String>) {

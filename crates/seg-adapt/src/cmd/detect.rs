@@ -56,8 +56,13 @@ pub fn load_config(path: &Path, sets: &[String]) -> anyhow::Result<DetRunConfig>
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let file_raw: toml::Value = toml::from_str(&text).with_context(|| format!("{}: not TOML", path.display()))?;
     // The file alone first, so that its errors give the file's own line numbers.
-    let file_cfg: DetRunConfig =
-        toml::from_str(&text).with_context(|| format!("{}: invalid detection config", path.display()))?;
+    let file_cfg: DetRunConfig = match toml::from_str(&text) {
+        Ok(cfg) => cfg,
+        Err(e) => match seg_train::config::bad_key_of_kind_section::<seg_ssd::DetMethodConfig>(&file_raw, "method") {
+            Some((key, why)) => anyhow::bail!("{}: invalid detection config: {key}: {why}", path.display()),
+            None => return Err(anyhow::Error::new(e).context(format!("{}: invalid detection config", path.display()))),
+        },
+    };
     let mut root = file_raw.clone();
     let (from_file, weights_file) = (root.get("init_from").cloned(), root.get("init_weights").cloned());
     for s in sets {

@@ -239,6 +239,15 @@ fn set_overrides_any_key_and_names_a_bad_one() {
     assert!(e.contains("bogus"), "{e}");
     let c = cfg.with_set("method.kind=advent").unwrap();
     assert_eq!(c.method, "advent".parse::<MethodConfig>().unwrap());
+    // A value of the wrong type in [method] is named by its key (the reader points at the
+    // section's header).
+    let text = cfg.with_set("method.kind=dann").unwrap().to_toml().unwrap();
+    let text: Vec<&str> = text
+        .lines()
+        .map(|l| if l.starts_with("hidden =") { "hidden = 2.5" } else { l })
+        .collect();
+    let e = format!("{:#}", RunConfig::parse(&text.join("\n")).unwrap_err());
+    assert!(e.contains("method.hidden: invalid type: floating point `2.5`"), "{e}");
     // A kind without settings refuses a key as the others refuse an unknown one.
     let adabn = cfg.with_set("method.kind=adabn").unwrap();
     let e = format!("{:#}", adabn.with_set("method.hidden=3").unwrap_err());
