@@ -92,6 +92,12 @@ pub fn weights_file_exists(path: &Path) -> Result<(), WeightsError> {
     if path.is_file() {
         return Ok(());
     }
+    if path.is_dir() {
+        return Err(WeightsError::Read {
+            path: path.display().to_string(),
+            reason: "a folder, not a weights file (torchvision's `vgg16-397923af.pth`, or a `.safetensors`)".into(),
+        });
+    }
     Err(WeightsError::Read {
         path: path.display().to_string(),
         reason: "no such file: torchvision's ImageNet VGG16 is \
@@ -122,7 +128,13 @@ pub fn load_init_weights(vars: &VarMap, prefix: &str, path: &Path) -> Result<Ini
             reason: "malformed PyTorch pickle (the reader gave up on its structure)".into(),
         })??
     } else {
-        candle_core::safetensors::load(path, &Device::Cpu).map_err(read)?
+        candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| WeightsError::Read {
+            path: p.clone(),
+            reason: format!(
+                "not a weights file: read as safetensors (it starts with no PyTorch signature): {e}; \
+                 expected torchvision's `.pth` or a `.safetensors` of its keys"
+            ),
+        })?
     };
     let data = vars.data().lock().map_err(|_| WeightsError::Read {
         path: p.clone(),
@@ -257,8 +269,11 @@ fn read_pth(path: &Path) -> Result<std::collections::HashMap<String, Tensor>, We
         reason,
     };
     let file = std::fs::File::open(path).map_err(|e| read(e.to_string()))?;
-    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file))
-        .map_err(|e| read(format!("not a PyTorch archive (zip): {e}")))?;
+    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(|e| {
+        read(format!(
+            "not a PyTorch file: neither a zip archive ({e}) nor the older pickle format, by its first bytes"
+        ))
+    })?;
     let pkl = zip
         .file_names()
         .filter_map(Result::ok)

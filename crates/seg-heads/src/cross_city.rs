@@ -101,7 +101,7 @@ impl CrossCityConfig {
         check_range(METHOD, "ga_weight", self.ga_weight, 0.0, f64::MAX)?;
         check_range(METHOD, "ca_weight", self.ca_weight, 0.0, f64::MAX)?;
         check_range(METHOD, "ramp_fraction", self.ramp_fraction, 0.0, 1.0)?;
-        check_range(METHOD, "gamma", self.gamma, 0.0, f64::MAX)?;
+        crate::error::check_gamma(METHOD, self.gamma)?;
         check_range(METHOD, "ca_start_fraction", self.ca_start_fraction, 0.0, 1.0)?;
         check_range(METHOD, "min_presence", self.min_presence, 0.0, 1.0)?;
         check_range(METHOD, "ga_lr_mult", self.ga_lr_mult, 0.0, f64::MAX)?;

@@ -61,7 +61,7 @@ impl DannConfig {
         check_range(METHOD, "init_std", self.init_std, 0.0, f64::MAX)?;
         check_range(METHOD, "dropout", self.dropout as f64, 0.0, 0.99)?;
         check_range(METHOD, "max_weight", self.max_weight, 0.0, f64::MAX)?;
-        check_range(METHOD, "gamma", self.gamma, 0.0, f64::MAX)?;
+        crate::error::check_gamma(METHOD, self.gamma)?;
         check_range(METHOD, "disc_lr_mult", self.disc_lr_mult, 0.0, f64::MAX)
     }
 

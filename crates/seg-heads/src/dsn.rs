@@ -82,7 +82,7 @@ impl DsnConfig {
         check_range(METHOD, "recon_weight", self.recon_weight, 0.0, f64::MAX)?;
         check_range(METHOD, "diff_weight", self.diff_weight, 0.0, f64::MAX)?;
         check_range(METHOD, "sim_weight", self.sim_weight, 0.0, f64::MAX)?;
-        check_range(METHOD, "gamma", self.gamma, 0.0, f64::MAX)?;
+        crate::error::check_gamma(METHOD, self.gamma)?;
         check_range(METHOD, "private_lr_mult", self.private_lr_mult, 0.0, f64::MAX)
     }
 }

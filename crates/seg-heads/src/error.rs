@@ -75,6 +75,19 @@ pub fn require_tap(
     }
 }
 
+/// Checks the steepness of a ramp (`2 / (1 + exp(-gamma p)) - 1`): finite and above 0, since at
+/// 0 the ramp stays 0 and the adaptation term it weights never counts.
+pub fn check_gamma(method: &'static str, value: f64) -> Result<(), HeadError> {
+    if value.is_finite() && value > 0.0 {
+        return Ok(());
+    }
+    Err(HeadError::invalid(
+        method,
+        "gamma",
+        format!("{value} must be above 0 (at 0 the ramp stays 0 and the adaptation term it weights never counts)"),
+    ))
+}
+
 /// Checks that `value` lies in `[lo, hi]` (finite).
 pub fn check_range(method: &'static str, field: &'static str, value: f64, lo: f64, hi: f64) -> Result<(), HeadError> {
     if value.is_finite() && (lo..=hi).contains(&value) {
@@ -100,10 +113,12 @@ mod tests {
 
     #[test]
     fn a_setting_out_of_range_is_shown_as_written_with_its_bound() {
-        let e = check_range("dann", "gamma", -1.0, 0.0, f64::MAX)
+        let e = check_range("dann", "adv_weight", -1.0, 0.0, f64::MAX)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("`gamma`: -1 must be at least 0"), "{e}");
+        assert!(e.contains("`adv_weight`: -1 must be at least 0"), "{e}");
+        let e = check_gamma("dann", 0.0).unwrap_err().to_string();
+        assert!(e.contains("`gamma`: 0 must be above 0"), "{e}");
         let e = check_range("fcn-wild", "dropout", f64::from(-0.1f32), 0.0, 0.99)
             .unwrap_err()
             .to_string();

@@ -94,7 +94,7 @@ impl FcnWildConfig {
         check_range(METHOD, "lower_slack", self.lower_slack, 0.0, 1.0)?;
         check_range(METHOD, "large_alpha", self.large_alpha, 0.0, 1.0)?;
         check_range(METHOD, "large_grad_scale", self.large_grad_scale, 0.0, 1.0)?;
-        check_range(METHOD, "gamma", self.gamma, 0.0, f64::MAX)?;
+        crate::error::check_gamma(METHOD, self.gamma)?;
         check_range(METHOD, "disc_lr_mult", self.disc_lr_mult, 0.0, f64::MAX)
     }
 }

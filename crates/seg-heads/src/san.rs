@@ -113,7 +113,7 @@ impl SanConfig {
         check_range(METHOD, "adv_weight", self.adv_weight, 0.0, f64::MAX)?;
         check_range(METHOD, "alpha", self.alpha, 0.0, f64::MAX)?;
         check_range(METHOD, "segmenter_adv_weight", self.segmenter_adv_weight, 0.0, f64::MAX)?;
-        check_range(METHOD, "gamma", self.gamma, 0.0, f64::MAX)?;
+        crate::error::check_gamma(METHOD, self.gamma)?;
         check_range(METHOD, "generated_task_share", self.generated_task_share, 0.0, 1.0)?;
         check_range(METHOD, "gen_lr_mult", self.gen_lr_mult, 0.0, f64::MAX)?;
         check_range(METHOD, "disc_lr_mult", self.disc_lr_mult, 0.0, f64::MAX)

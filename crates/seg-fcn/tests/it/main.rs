@@ -227,7 +227,22 @@ fn torchvision_pth_archives_load_as_they_come() {
     let e = seg_fcn::weights::load_init_weights(&vars, "model", &bad)
         .unwrap_err()
         .to_string();
-    assert!(e.contains("vgg16.pth") && e.contains("not a PyTorch archive"), "{e}");
+    assert!(e.contains("vgg16.pth") && e.contains("not a PyTorch file"), "{e}");
+    // A config given as weights says it was read as safetensors and what is expected; a folder
+    // is called a folder.
+    let toml = dir.path().join("run.toml");
+    std::fs::write(&toml, "[data]\nsource_dataset = \"gta5\"\n").unwrap();
+    let e = seg_fcn::weights::load_init_weights(&vars, "model", &toml)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("run.toml") && e.contains("not a weights file: read as safetensors") && e.contains(".pth"),
+        "{e}"
+    );
+    let e = seg_fcn::weights::load_init_weights(&vars, "model", dir.path())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("a folder, not a weights file"), "{e}");
     // A truncated legacy file too.
     let legacy = std::fs::read(fixture("vgg16-first-layer-legacy.pth")).unwrap();
     std::fs::write(&bad, &legacy[..legacy.len() - 100]).unwrap();
