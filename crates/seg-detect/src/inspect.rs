@@ -8,11 +8,26 @@ use rayon::prelude::*;
 use crate::classes::DET_CLASSES;
 use crate::dataset::{decode_image, DetDataset};
 
-/// One problem, with the file it is about.
+/// One problem, with the file it is about and what a run does with its sample.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct DetProblem {
     pub file: String,
     pub reason: String,
+    pub effect: Effect,
+}
+
+/// What a run does with the sample a problem is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Effect {
+    /// The sample does not read: the run stops on it (`error_policy = "fail"`) or leaves it
+    /// out (`"skip"`).
+    Unusable,
+    /// The sample is trained and evaluated as the reason says (a box clipped, an object of
+    /// another class left out, an image without boxes).
+    Kept,
+    /// The file is no sample's (an image without an annotation).
+    NeverRead,
 }
 
 /// Counts and problems of one detection split.
@@ -56,6 +71,7 @@ pub fn inspect(ds: &DetDataset, progress: &(dyn Fn() + Sync)) -> DetInspectRepor
                     one.problems.push(DetProblem {
                         file: e.image.display().to_string(),
                         reason: err.reason(),
+                        effect: Effect::Unusable,
                     });
                 }
             }
@@ -72,6 +88,7 @@ pub fn inspect(ds: &DetDataset, progress: &(dyn Fn() + Sync)) -> DetInspectRepor
                                         "annotation says {}x{} but the image is {}x{}",
                                         t.width, t.height, s.0, s.1
                                     ),
+                                    effect: Effect::Unusable,
                                 });
                             }
                         }
@@ -79,6 +96,7 @@ pub fn inspect(ds: &DetDataset, progress: &(dyn Fn() + Sync)) -> DetInspectRepor
                             one.problems.push(DetProblem {
                                 file: file.clone(),
                                 reason: p,
+                                effect: Effect::Kept,
                             });
                         }
                         one.boxes = t.boxes.iter().map(|b| b.class).collect();
@@ -88,6 +106,7 @@ pub fn inspect(ds: &DetDataset, progress: &(dyn Fn() + Sync)) -> DetInspectRepor
                         one.problems.push(DetProblem {
                             file,
                             reason: err.reason(),
+                            effect: Effect::Unusable,
                         });
                     }
                 }
@@ -146,6 +165,7 @@ fn unannotated_images(ds: &DetDataset) -> Vec<DetProblem> {
         .map(|p| DetProblem {
             file: p.display().to_string(),
             reason: "image with no annotation file (never read)".into(),
+            effect: Effect::NeverRead,
         })
         .collect()
 }

@@ -88,13 +88,13 @@ pub fn run(args: Args, device_name: &DeviceName) -> anyhow::Result<()> {
             .3
             .map_or(String::new(), |l| format!(" (list {})", l.display()));
         println!(
-            "{role}: {} {} at {}{list}: {} samples, {} usable, {} problems ({:.1}s)",
+            "{role}: {} {} at {}{list}: {}, {} usable, {} ({:.1}s)",
             r.dataset,
             r.split,
             ds.root().display(),
-            r.samples,
+            super::count(r.samples, "sample"),
             r.usable,
-            r.problems.len(),
+            super::count(r.problems.len(), "problem"),
             start.elapsed().as_secs_f64()
         );
         if let Some(w) = r.train_ids_warning() {

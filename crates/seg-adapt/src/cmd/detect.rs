@@ -180,16 +180,23 @@ pub fn check(
         let r = seg_detect::inspect::inspect(ds, &|| bar.inc(1));
         bar.finish_and_clear();
         println!(
-            "{role}: {} {}: {} samples, {} usable, {} problems ({:.1}s)",
+            "{role}: {} {}: {}, {} usable, {} ({:.1}s)",
             r.dataset,
             r.split,
-            r.samples,
+            super::count(r.samples, "sample"),
             r.usable,
-            r.problems.len(),
+            super::count(r.problems.len(), "problem"),
             start.elapsed().as_secs_f64()
         );
         for p in &r.problems {
-            println!("  {}: {}", p.file, p.reason);
+            use seg_detect::inspect::Effect;
+            let verdict = match (p.effect, d.error_policy) {
+                (Effect::Kept, _) => "kept",
+                (Effect::NeverRead, _) => "never read",
+                (Effect::Unusable, seg_data::ErrorPolicy::Skip) => "left out (error_policy = \"skip\")",
+                (Effect::Unusable, seg_data::ErrorPolicy::Fail) => "STOPS THE RUN (error_policy = \"fail\")",
+            };
+            println!("  {}: {} [{verdict}]", p.file, p.reason);
         }
         let unusable = r.samples - r.usable;
         match d.error_policy {

@@ -186,7 +186,7 @@ pub fn print_problems<'a>(problems: impl ExactSizeIterator<Item = (&'a str, &'a 
         println!("no problems");
         return;
     }
-    println!("{} problems:", problems.len());
+    println!("{}:", super::count(problems.len(), "problem"));
     for (file, reason) in problems {
         println!("  {file}: {reason}");
     }

@@ -90,6 +90,15 @@ pub(crate) fn resolved(path: &std::path::Path) -> std::path::PathBuf {
     }
 }
 
+/// `n` and the noun, plural unless `n` is 1: "1 problem", "3 problems".
+pub(crate) fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 /// Refuses the first option of `options` (its flag, and whether it was given) that was given:
 /// an option the chosen task or dataset does not read is a mistake to name, not to ignore.
 /// `used_by` names what reads it.

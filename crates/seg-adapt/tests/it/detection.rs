@@ -505,7 +505,12 @@ fn check_reads_a_detection_configs_splits_and_times_steps() {
     let (stdout, stderr) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
     assert!(!o.status.success(), "{stdout}");
     let name = jpg.file_name().unwrap().to_string_lossy().into_owned();
-    assert!(stdout.contains(&name) && stdout.contains("truncated JPEG"), "{stdout}");
+    assert!(
+        stdout.contains(&name)
+            && stdout.contains("truncated JPEG")
+            && stdout.contains("[STOPS THE RUN (error_policy = \"fail\")]"),
+        "{stdout}"
+    );
     assert!(stderr.contains("would stop the detection run"), "{stderr}");
     // Under `error_policy = "skip"` it is left out: the check passes, and a run leaves it out
     // of training, names it once and lists it in skipped.json and metrics.jsonl.
@@ -515,7 +520,9 @@ fn check_reads_a_detection_configs_splits_and_times_steps() {
     std::fs::write(&cfg, text).unwrap();
     let out = ok(&["check", p(&cfg), "--time-steps", "0"]);
     assert!(
-        out.contains("1 sample(s) left out of the run") && out.contains("check passed"),
+        out.contains("1 sample(s) left out of the run")
+            && out.contains("[left out (error_policy = \"skip\")]")
+            && out.contains("check passed"),
         "{out}"
     );
     // Without timing the run is still set up: what train-detector refuses before its first
