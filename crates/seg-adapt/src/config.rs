@@ -74,6 +74,10 @@ impl RunConfig {
             let raw = toml::from_str::<toml::Value>(text).ok();
             match raw.and_then(|r| seg_train::config::bad_key_of_kind_section::<MethodConfig>(&r, "method")) {
                 Some((key, why)) => anyhow::anyhow!("{key}: {why}"),
+                None if e.message().contains("missing field `source_dataset`") => anyhow::anyhow!(
+                    "{}\n(a segmentation config names data.source_dataset; a detection config names data.source_format, \"sim10k\" or \"cityscapes\", instead)",
+                    e.to_string().trim_end()
+                ),
                 None => anyhow::anyhow!("{}", e.to_string().trim_end()),
             }
         })?;

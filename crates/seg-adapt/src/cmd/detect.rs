@@ -60,6 +60,15 @@ pub fn load_config(path: &Path, sets: &[String]) -> anyhow::Result<DetRunConfig>
         Ok(cfg) => cfg,
         Err(e) => match seg_train::config::bad_key_of_kind_section::<seg_ssd::DetMethodConfig>(&file_raw, "method") {
             Some((key, why)) => anyhow::bail!("{}: invalid detection config: {key}: {why}", path.display()),
+            None if e.message().contains("unknown field `augment`")
+                || e.message().contains("unknown field `source_dataset`") =>
+            {
+                anyhow::bail!(
+                    "{}: a segmentation config, which `seg-adapt train` takes (a detection config names data.source_format): {}",
+                    path.display(),
+                    e.to_string().trim_end()
+                )
+            }
             None => return Err(anyhow::Error::new(e).context(format!("{}: invalid detection config", path.display()))),
         },
     };
@@ -97,6 +106,9 @@ pub fn load_config(path: &Path, sets: &[String]) -> anyhow::Result<DetRunConfig>
             let hint = match e.message() {
                 m if m.contains("unknown field `init_weights`") || m.contains("unknown field `init_from`") => {
                     " (in a detection config, init_weights and init_from are top-level keys)"
+                }
+                m if m.contains("unknown field `augment`") || m.contains("unknown field `source_dataset`") => {
+                    " (a segmentation config, which `seg-adapt train` takes)"
                 }
                 _ => "",
             };

@@ -187,6 +187,18 @@ fn detection_input_errors_name_the_entry_or_key() {
         let e = with_sets(&["method.kind=da-image", maps]);
         assert!(e.contains(said), "{maps}: {e}");
     }
+    // A config of the other task says which it is.
+    let e = err(&["train-detector", super::base_config(), "--out", p(&out)]);
+    assert!(
+        e.contains("a segmentation config, which `seg-adapt train` takes"),
+        "{e}"
+    );
+    let seg = dir.path().join("seg.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let without: Vec<&str> = text.lines().filter(|l| !l.starts_with("source_format")).collect();
+    std::fs::write(&seg, without.join("\n")).unwrap();
+    let e = err(&["check", p(&seg)]);
+    assert!(e.contains("a detection config names data.source_format"), "{e}");
     let e = with_sets(&["method.kind=adabn", "method.weight=1"]);
     assert!(
         e.contains("method.weight") && e.contains("`adabn` has no settings"),
