@@ -16,6 +16,12 @@ pub enum TrainError {
         step: usize,
         last: String,
     },
+    #[error(
+        "the device ran out of memory in a training step on {batches}: lower trainer.batch_size or \
+         trainer.target_batch_size, or the input size (augment.crop; a detector's model.input), or \
+         train in bf16 (trainer.precision = \"bf16\", CUDA) ({cause})"
+    )]
+    OutOfMemory { batches: String, cause: String },
     #[error("invalid setup: {0}")]
     Setup(String),
     #[error(transparent)]

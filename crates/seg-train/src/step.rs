@@ -125,6 +125,10 @@ impl Stepper {
     /// every optimiser group whose loss group had terms steps at `poly(lr, at)`. Returns the
     /// terms (values still on the device).
     pub fn step(&mut self, method: &dyn Method, cx: &StepCx<'_>, at: LrAt) -> Result<Vec<LossTerm>, TrainError> {
+        self.step_unnamed(method, cx, at).map_err(|e| out_of_memory(e, cx))
+    }
+
+    fn step_unnamed(&mut self, method: &dyn Method, cx: &StepCx<'_>, at: LrAt) -> Result<Vec<LossTerm>, TrainError> {
         let terms = {
             let _precision = seg_nn::autocast(self.precision);
             method.losses(cx)?
@@ -154,6 +158,23 @@ impl Stepper {
     }
 }
 
+/// A step that ran the device out of memory (CUDA's `CUDA_ERROR_OUT_OF_MEMORY`) is named with
+/// its batches and the settings that size them; any other error is returned as it is.
+pub fn out_of_memory(e: TrainError, cx: &StepCx<'_>) -> TrainError {
+    let TrainError::Tensor(inner) = &e else {
+        return e;
+    };
+    let cause = inner.to_string();
+    if !(cause.contains("OUT_OF_MEMORY") || cause.to_ascii_lowercase().contains("out of memory")) {
+        return e;
+    }
+    let mut batches = format!("a source batch of {:?}", cx.source.images.dims());
+    if let Some(t) = cx.target {
+        batches += &format!(" and a target batch of {:?}", t.images.dims());
+    }
+    TrainError::OutOfMemory { batches, cause }
+}
+
 /// Reads the terms' values back (after the optimisers stepped), summed by name; the first
 /// non-finite one is returned as the inner error.
 pub fn read_terms(terms: &[LossTerm]) -> Result<Result<TermValues, NonFiniteTerm>, TrainError> {
@@ -169,4 +190,44 @@ pub fn read_terms(terms: &[LossTerm]) -> Result<Result<TermValues, NonFiniteTerm
         *values.entry(t.name.to_string()).or_insert(0.0) += v;
     }
     Ok(Ok(values))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Tensor};
+    use seg_core::{Batch, Domain, Stage, StepInfo};
+
+    #[test]
+    fn a_device_out_of_memory_names_the_batches_and_the_settings() {
+        let batch = |n: usize| Batch {
+            images: Tensor::zeros((n, 3, 8, 16), candle_core::DType::F32, &Device::Cpu).unwrap(),
+            labels: None,
+            domain: Domain::Source,
+            names: Vec::new(),
+            det: None,
+        };
+        let (source, target) = (batch(4), batch(2));
+        let cx = StepCx {
+            source: &source,
+            target: Some(&target),
+            stage: Stage::Train,
+            step: StepInfo {
+                step: 0,
+                total_steps: 1,
+            },
+            target_bn_only: false,
+        };
+        let oom = candle_core::Error::Msg("DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")".into());
+        let e = out_of_memory(TrainError::Tensor(oom), &cx).to_string();
+        assert!(
+            e.contains("ran out of memory")
+                && e.contains("a source batch of [4, 3, 8, 16] and a target batch of [2, 3, 8, 16]")
+                && e.contains("trainer.batch_size")
+                && e.contains("CUDA_ERROR_OUT_OF_MEMORY"),
+            "{e}"
+        );
+        let other = TrainError::Tensor(candle_core::Error::Msg("shape mismatch".into()));
+        assert!(matches!(out_of_memory(other, &cx), TrainError::Tensor(_)));
+    }
 }
