@@ -272,6 +272,23 @@ impl Trainer {
                 0
             };
         let mut last_eval = None;
+        // The checkpoint of a step that also evaluates is written first: a run killed during
+        // that evaluation has no result logged for the step, and evaluates again.
+        let every = self.s.config.eval_every;
+        if self.s.resume
+            && self.s.eval.is_some()
+            && every > 0
+            && self.step > 0
+            && self.step < total
+            && self.step.is_multiple_of(every)
+            && self.logged_miou(self.step).is_none()
+        {
+            tracing::info!(
+                "evaluating step {} again: the run stopped during its evaluation",
+                self.step
+            );
+            last_eval = self.evaluate_now()?;
+        }
         // A finished run resumed has nothing left to do: its checkpoint and evaluation stand
         // (they were written again, and the evaluation logged twice). One killed after its last
         // checkpoint but before its evaluation was logged still evaluates.

@@ -124,6 +124,68 @@ fn resumed_run_ends_with_the_same_weights() {
     assert_eq!(strip(&log_a), strip(&log_b));
 }
 
+/// [`setup`] with an evaluation every 2 steps on 4 source images (what is evaluated does not
+/// matter here, only that it is).
+fn setup_evaluating(run_dir: &Path, steps: usize, resume: bool) -> TrainSetup {
+    let mut s = setup(run_dir, steps, 0.01, resume);
+    s.config.eval_every = 2;
+    let list = run_dir.with_extension("list");
+    std::fs::write(&list, "00001.png\n00002.png\n00003.png\n00004.png\n").unwrap();
+    let opts = DatasetOptions {
+        require_labels: true,
+        list: Some(list),
+        ..Default::default()
+    };
+    let ds = open_dataset(DatasetName::Gta5, &toy().join("gta5"), "all", opts).unwrap();
+    let eval = seg_train::EvalSetup {
+        augment: Augment {
+            base_scale: 0.25,
+            ..Default::default()
+        },
+        device: Device::Cpu,
+        batch_size: 2,
+        keep_samples: 0,
+    };
+    s.eval = Some((ds, eval, seg_labels::Protocol::Classes19));
+    s
+}
+
+#[test]
+fn a_run_stopped_during_an_evaluation_evaluates_again_when_resumed() {
+    // The checkpoint of step 2 is written before step 2's evaluation: a kill during the
+    // evaluation leaves the checkpoint and no logged result.
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (ra, rb) = (a.path().join("run"), b.path().join("run"));
+    Trainer::new(setup_evaluating(&ra, 4, false)).unwrap().run().unwrap();
+    Trainer::new(setup_evaluating(&rb, 4, false))
+        .unwrap()
+        .run_until(2)
+        .unwrap();
+    let log = std::fs::read_to_string(rb.join("metrics.jsonl")).unwrap();
+    let cut: String = log
+        .lines()
+        .filter(|l| !l.contains("\"eval\""))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(rb.join("metrics.jsonl"), cut).unwrap();
+    std::fs::remove_dir_all(rb.join("eval")).unwrap();
+    Trainer::new(setup_evaluating(&rb, 4, true)).unwrap().run().unwrap();
+    let evals = |run: &Path| -> Vec<String> {
+        std::fs::read_to_string(run.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("\"eval\""))
+            .map(|l| l.replace(&run.display().to_string(), "RUN"))
+            .collect()
+    };
+    assert_eq!(evals(&ra).len(), 2, "steps 2 and 4");
+    assert_eq!(evals(&ra), evals(&rb));
+    for step in ["step_000002", "step_000004"] {
+        let report = |run: &Path| std::fs::read(run.join("eval").join(step).join("report.json")).unwrap();
+        assert_eq!(report(&ra), report(&rb), "{step}");
+    }
+}
+
 #[test]
 fn truncated_and_foreign_checkpoints_are_refused() {
     let a = tempfile::tempdir().unwrap();
