@@ -398,7 +398,7 @@ pub struct Trained {
 
 /// The run config a checkpoint stores; a detector's checkpoint (its config has
 /// `data.source_format`) is named as such rather than by the first key that does not parse.
-fn stored_config(file: &Path, text: &str) -> anyhow::Result<RunConfig> {
+pub(crate) fn stored_config(file: &Path, text: &str) -> anyhow::Result<RunConfig> {
     RunConfig::parse(text).map_err(|e| {
         if crate::config::is_detection_config(text) {
             anyhow::anyhow!(

@@ -12,14 +12,14 @@ use crate::config::RunConfig;
 #[derive(clap::Args, Debug, Default)]
 pub struct Args {
     /// A TOML run configuration: a preset of `configs/` (`configs/demo/` holds the demo's) or a
-    /// run's `config.toml`. Required unless `--resume` finds the run folder's saved config.
+    /// run's `config.toml`. Required unless `--resume` finds the run's checkpoint or saved config.
     #[arg(value_name = "CONFIG", required_unless_present = "resume")]
     pub config: Option<PathBuf>,
     /// Run folder: config.toml, checkpoint.safetensors, metrics.jsonl, eval/, report.html, and
     /// skipped.json when samples are left out.
     #[arg(long)]
     pub out: PathBuf,
-    /// Continue from the run folder's checkpoint, with its saved config.
+    /// Continue from the run folder's checkpoint, with the config it was trained with.
     #[arg(long)]
     pub resume: bool,
     /// Override one config value, `key=value` with a dotted key and a TOML value
@@ -49,16 +49,40 @@ pub struct Args {
 }
 
 /// The run's configuration: the config file (with `--resume` and no CONFIG, the run folder's
-/// saved config), then the flags, then each `--set`. A resumed run keeps its saved config: the
+/// checkpoint's config), then the flags, then each `--set`. A resumed run keeps the config its
+/// checkpoint was trained with (which an edited or lost `config.toml` does not change): the
 /// result may differ from it in `trainer.steps` only (to extend a run), anything else is an error
 /// naming the key; a run stopped before its first checkpoint starts over with any config. Starting from another run's model (`--init-from`, or `model.init_from` set on
 /// the command line) replaces the preset's ImageNet weights.
 pub fn resolve(args: &Args) -> anyhow::Result<RunConfig> {
     let saved_path = args.out.join("config.toml");
-    let saved = match args.resume && saved_path.exists() {
+    let checkpoint = args.out.join(seg_train::checkpoint::FILE);
+    let has_checkpoint = checkpoint.is_file();
+    let saved = match args.resume && (saved_path.exists() || has_checkpoint) {
         true => {
             crate::config::refuse_other_tasks_folder(&args.out, false)?;
-            Some(RunConfig::load(&saved_path)?)
+            if has_checkpoint {
+                // The config the checkpoint was trained with, which `config.toml` may no longer
+                // be (edited, lost or another run's).
+                let meta = seg_train::checkpoint::read_meta(&checkpoint)?;
+                let trained = crate::run::stored_config(&checkpoint, &meta.config)?;
+                if let Ok(mut file) = RunConfig::load(&saved_path) {
+                    file.trainer.steps = trained.trainer.steps;
+                    let mut same = trained.clone();
+                    (file.trainer, same.trainer) =
+                        seg_train::config::TrainerConfig::groups_resolved_together(&file.trainer, &same.trainer);
+                    if file != same {
+                        tracing::warn!(
+                            "{} differs from the config the checkpoint was trained with (`{}`): the checkpoint's is used",
+                            saved_path.display(),
+                            first_difference(&same, &file)?
+                        );
+                    }
+                }
+                Some(trained)
+            } else {
+                Some(RunConfig::load(&saved_path)?)
+            }
         }
         false => None,
     };
@@ -92,7 +116,6 @@ pub fn resolve(args: &Args) -> anyhow::Result<RunConfig> {
     }
     // Without a checkpoint (a run stopped before its first one) there is nothing the config must
     // agree with: `--resume` starts that run over from step 0, with this config.
-    let has_checkpoint = args.out.join(seg_train::checkpoint::FILE).is_file();
     if let Some(saved) = saved.filter(|_| has_checkpoint) {
         let mut extended = cfg.clone();
         extended.trainer.steps = saved.trainer.steps;
@@ -102,8 +125,9 @@ pub fn resolve(args: &Args) -> anyhow::Result<RunConfig> {
         if extended != saved {
             let key = first_difference(&saved, &extended)?;
             anyhow::bail!(
-                "--resume continues the run in {} with its saved config; CONFIG or the flags change `{key}` \
-                 (only trainer.steps may change on resume): start a new run in another folder",
+                "--resume continues the run in {} with the config its checkpoint was trained with; CONFIG, the flags \
+                 or an edited config.toml change `{key}` (only trainer.steps may change on resume): start a new run \
+                 in another folder",
                 args.out.display()
             );
         }

@@ -147,6 +147,33 @@ fn init_from_copies_the_model_and_refuses_another() {
         "{e}"
     );
     assert_eq!(std::fs::read(out.join("config.toml")).unwrap(), config);
+    // The config a resume must agree with is the checkpoint's: config.toml lost, a changed
+    // flag is still refused; config.toml edited, the checkpoint's is used and the edit named.
+    std::fs::remove_file(out.join("config.toml")).unwrap();
+    let mut batch = resumed.clone();
+    batch.extend(["--set", "trainer.batch_size=1"]);
+    let e = err(&batch);
+    assert!(
+        e.contains("`trainer.batch_size`") && e.contains("its checkpoint was trained with"),
+        "{e}"
+    );
+    ok(&resumed);
+    let text = std::fs::read_to_string(out.join("config.toml")).unwrap();
+    std::fs::write(
+        out.join("config.toml"),
+        text.replacen("batch_size = 2", "batch_size = 3", 1),
+    )
+    .unwrap();
+    let o = crate::run(&["train", "--out", p(&out), "--resume"]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("differs from the config the checkpoint was trained with (`trainer.batch_size`)"),
+        "{stderr}"
+    );
+    assert!(std::fs::read_to_string(out.join("config.toml"))
+        .unwrap()
+        .contains("batch_size = 2\n"));
 }
 
 #[test]
