@@ -374,9 +374,12 @@ pub fn train(
     let has_checkpoint = seg_train::checkpoint::check_run_folder(run_dir, resume).map_err(anyhow::Error::msg)?;
     if resume && !has_checkpoint {
         tracing::info!(
-            "{}: no checkpoint yet, so the run starts from step 0",
+            "{}: no checkpoint to resume from (the run stopped before its first, or it was removed), so the run starts from step 0",
             run_dir.display()
         );
+        if let Err(e) = seg_labels::fsutil::remove_stale_temps(run_dir) {
+            tracing::warn!("{}: cannot clear temporary files: {e}", run_dir.display());
+        }
     }
     let resume = has_checkpoint;
     let setup = build_setup(cfg, run_dir, device, resume, progress)?;

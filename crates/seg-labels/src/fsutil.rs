@@ -46,10 +46,49 @@ pub fn write_atomic_with(
 /// `std::fs::create_dir_all`, whose error says which part of the path is a file when that is
 /// why it failed (the OS says only "File exists").
 pub fn create_dir_all(dir: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| match dir.ancestors().find(|a| a.is_file()) {
-        Some(file) => std::io::Error::new(e.kind(), format!("{} is a file, not a folder", file.display())),
+    // The first part of the path that is there and is no folder (a file, or a device such as
+    // `/dev/null`).
+    let blocker = || {
+        dir.ancestors()
+            .filter(|a| !a.as_os_str().is_empty())
+            .find(|a| a.exists() && !a.is_dir())
+    };
+    std::fs::create_dir_all(dir).map_err(|e| match blocker() {
+        Some(file) if file.is_file() => {
+            std::io::Error::new(e.kind(), format!("{} is a file, not a folder", file.display()))
+        }
+        Some(other) => std::io::Error::new(e.kind(), format!("{} is not a folder", other.display())),
         None => e,
     })
+}
+
+/// Checks, before a long computation, that files can be written into `dir` (created later if
+/// missing): the nearest part of the path that is there must be a folder that takes a file.
+pub fn check_writable_dir(dir: &Path) -> std::io::Result<()> {
+    let Some(there) = dir.ancestors().find(|a| a.as_os_str().is_empty() || a.exists()) else {
+        return Ok(());
+    };
+    let there = if there.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        there
+    };
+    if !there.is_dir() {
+        let what = if there.is_file() {
+            "is a file, not a folder"
+        } else {
+            "is not a folder"
+        };
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotADirectory,
+            format!("{} {what}", there.display()),
+        ));
+    }
+    let probe = there.join(format!(".probe.txt.{}.tmp", std::process::id()));
+    std::fs::write(&probe, b"")
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{}: cannot write here: {e}", there.display())))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
 }
 
 /// An exclusive hold on a folder (`DIR/.lock`, an OS file lock): two processes writing one run
@@ -79,13 +118,26 @@ pub fn lock_dir(dir: &Path) -> std::io::Result<DirLock> {
     for _ in 0..64 {
         let missing = dir.ancestors().take_while(|a| !a.as_os_str().is_empty() && !a.exists());
         created.extend(missing.map(Path::to_path_buf));
-        create_dir_all(dir).map_err(named)?;
+        // Its own message names the part of the path that is no folder.
+        create_dir_all(dir).map_err(|e| {
+            if e.to_string().contains(" not a folder") {
+                e
+            } else {
+                named(e)
+            }
+        })?;
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(dir.join(LOCK_FILE))
-            .map_err(named)?;
+            .map_err(|e| {
+                let lock = dir.join(LOCK_FILE);
+                std::io::Error::new(
+                    e.kind(),
+                    format!("{}: cannot open the run's lock file: {e}", lock.display()),
+                )
+            })?;
         match file.try_lock() {
             Ok(()) if is_linked_at(&file, &dir.join(LOCK_FILE)) => {
                 // Deepest first, as they are removed.
@@ -158,14 +210,34 @@ pub fn is_hidden(name: &std::ffi::OsStr) -> bool {
     name.as_encoded_bytes().starts_with(b".")
 }
 
-/// Whether `name` is one of [`write_atomic_with`]'s temporary files: `.NAME.PID.tmp`.
+/// The kinds of file the project writes through [`write_atomic_with`], by extension.
+const WRITTEN: [&str; 11] = [
+    "safetensors",
+    "toml",
+    "json",
+    "jsonl",
+    "md",
+    "html",
+    "csv",
+    "png",
+    "txt",
+    "jpg",
+    "xml",
+];
+
+/// Whether `name` is one of [`write_atomic_with`]'s temporary files: `.NAME.PID.tmp`, NAME a
+/// kind of file the project writes (a user's `.bashrc.42.tmp` is not one).
 fn is_temp_name(name: &str) -> bool {
     let Some(inner) = name.strip_prefix('.').and_then(|n| n.strip_suffix(".tmp")) else {
         return false;
     };
-    inner
-        .rsplit_once('.')
-        .is_some_and(|(target, pid)| !target.is_empty() && !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+    inner.rsplit_once('.').is_some_and(|(target, pid)| {
+        !pid.is_empty()
+            && pid.bytes().all(|b| b.is_ascii_digit())
+            && target
+                .rsplit_once('.')
+                .is_some_and(|(stem, ext)| !stem.is_empty() && WRITTEN.contains(&ext))
+    })
 }
 
 /// Removes the temporary files that writes killed midway left under `dir` (recursively, not
@@ -252,6 +324,19 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("afile is a file, not a folder"), "{e}");
+        let e = create_dir_all(Path::new("/dev/null")).unwrap_err().to_string();
+        assert!(e.contains("/dev/null is not a folder"), "{e}");
+        // The same before a long computation, with a folder that takes no file.
+        let e = check_writable_dir(&file.join("out")).unwrap_err().to_string();
+        assert!(e.contains("afile is a file, not a folder"), "{e}");
+        let e = check_writable_dir(Path::new("/dev/null")).unwrap_err().to_string();
+        assert!(e.contains("/dev/null is not a folder"), "{e}");
+        check_writable_dir(&dir.path().join("new/out")).unwrap();
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "the probe is removed"
+        );
         assert_eq!(std::fs::read(&file).unwrap(), b"mine");
     }
 
@@ -288,7 +373,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let sub = dir.path().join("eval/pictures");
         std::fs::create_dir_all(&sub).unwrap();
-        for name in [".a.png.123.tmp", "keep.png", ".hidden", "x.tmp", ".b.json.tmp"] {
+        for name in [
+            ".a.png.123.tmp",
+            "keep.png",
+            ".hidden",
+            "x.tmp",
+            ".b.json.tmp",
+            ".bashrc.42.tmp",
+            ".my.data.1.tmp",
+        ] {
             std::fs::write(sub.join(name), b"x").unwrap();
         }
         std::fs::write(dir.path().join(".checkpoint.safetensors.9.tmp"), b"x").unwrap();
@@ -298,7 +391,17 @@ mod tests {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         left.sort();
-        assert_eq!(left, [".b.json.tmp", ".hidden", "keep.png", "x.tmp"]);
+        assert_eq!(
+            left,
+            [
+                ".b.json.tmp",
+                ".bashrc.42.tmp",
+                ".hidden",
+                ".my.data.1.tmp",
+                "keep.png",
+                "x.tmp"
+            ]
+        );
     }
 
     #[test]

@@ -70,6 +70,7 @@ pub struct Args {
 
 pub fn run(args: Args, device_name: &crate::run::DeviceName) -> anyhow::Result<()> {
     let Dataset::Cityscapes = args.dataset;
+    seg_labels::fsutil::check_writable_dir(&args.out).context("--out")?;
     // A run's own files (its report.html, detections.json) are not to be replaced by another
     // evaluation's.
     if let Some(f) = seg_train::checkpoint::RUN_FILES

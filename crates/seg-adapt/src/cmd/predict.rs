@@ -65,6 +65,7 @@ fn collect_pngs(dir: &Path, out: &mut Vec<PathBuf>, depth: usize) -> anyhow::Res
 }
 
 pub fn run(args: Args, device_name: &crate::run::DeviceName) -> anyhow::Result<()> {
+    seg_labels::fsutil::check_writable_dir(&args.out).context("--out")?;
     let device = crate::run::device(device_name)?;
     let trained = crate::run::load_trained(&args.checkpoint, &device)?;
     let setup = crate::run::eval_setup(&trained.cfg, &device);
