@@ -22,8 +22,12 @@ pub const FILE: &str = "checkpoint.safetensors";
 /// The files of a run that training from step 0 would replace.
 pub const RUN_FILES: [&str; 3] = [FILE, "config.toml", "metrics.jsonl"];
 
+/// Files the demo keeps in a run's folder beside the run (its stamp, written before the run
+/// starts, and its result): no obstacle to a run from step 0.
+pub const COMPANIONS: [&str; 2] = ["started.txt", "result.json"];
+
 /// Whether `dir` fits a run that starts from step 0 (`resume` false) or resumes: a run from
-/// step 0 refuses a folder holding a run's files (or a user's `config.toml`); resuming needs a
+/// step 0 takes a new or empty folder, and names a run's files (or a user's `config.toml`) there; resuming needs a
 /// run there, a checkpoint or the `config.toml` of a run stopped before its first checkpoint.
 /// `Ok(true)` when there is a checkpoint to resume from.
 pub fn check_run_folder(dir: &Path, resume: bool) -> Result<bool, String> {
@@ -38,7 +42,21 @@ pub fn check_run_folder(dir: &Path, resume: bool) -> Result<bool, String> {
                 "{} already holds {f}: a run stopped before its first checkpoint starts over with --resume; a file of yours stays if you choose another --out",
                 dir.display()
             )),
-            None => Ok(false),
+            // Anything else the run would write beside, or replace (a report.html of yours):
+            // a run from step 0 takes a new or empty folder (hidden files aside).
+            None => match std::fs::read_dir(dir).ok().and_then(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| e.file_name())
+                    .find(|n| !seg_labels::fsutil::is_hidden(n) && !COMPANIONS.iter().any(|c| n == c))
+            }) {
+                Some(other) => Err(format!(
+                    "{} holds no run but other files (`{}`, which a run could replace): a run starts in a new or empty folder; choose another --out",
+                    dir.display(),
+                    other.to_string_lossy()
+                )),
+                None => Ok(false),
+            },
         };
     }
     if !has_checkpoint && !dir.join("config.toml").is_file() {

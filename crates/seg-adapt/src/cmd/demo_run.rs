@@ -38,6 +38,7 @@ struct Finished<R> {
     result: R,
 }
 
+// Both are seg_train::checkpoint::COMPANIONS: a run starting in the folder passes over them.
 const RESULT: &str = "result.json";
 const STARTED: &str = "started.txt";
 

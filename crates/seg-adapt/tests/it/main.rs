@@ -478,6 +478,15 @@ fn bad_input_is_refused_before_training_with_a_clear_message() {
     std::fs::write(mine.join("config.toml"), "# my notes\n").unwrap();
     let e = err(&train_args(p(&mine), p(&gta), p(&cs), "source-only"));
     assert!(e.contains("already holds config.toml"), "{e}");
+    // Nor is a page of the user's, or a dataset a run is pointed into by mistake.
+    let page = dir.path().join("page");
+    std::fs::create_dir_all(&page).unwrap();
+    std::fs::write(page.join("report.html"), "mine").unwrap();
+    let e = err(&train_args(p(&page), p(&gta), p(&cs), "source-only"));
+    assert!(e.contains("holds no run but other files (`report.html`"), "{e}");
+    let e = err(&train_args(p(&cs), p(&gta), p(&cs), "source-only"));
+    assert!(e.contains("a run starts in a new or empty folder"), "{e}");
+    assert_eq!(std::fs::read_to_string(page.join("report.html")).unwrap(), "mine");
     assert_eq!(
         std::fs::read_to_string(mine.join("config.toml")).unwrap(),
         "# my notes\n"
