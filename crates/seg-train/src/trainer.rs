@@ -182,11 +182,10 @@ impl Trainer {
             return Ok(None);
         };
         let report = evaluate(self.s.method.deployed(), ds, setup)?.finish(*protocol);
-        let dir = self.s.run_dir.join("eval").join(format!("step_{:06}", self.step));
-        report.write(&dir)?;
-        self.log(
-            serde_json::json!({"step": self.step, "eval": {"miou": report.miou, "dir": dir.display().to_string()}}),
-        )?;
+        // The folder is named relative to the run's, which may move.
+        let rel = format!("eval/step_{:06}", self.step);
+        report.write(&self.s.run_dir.join(&rel))?;
+        self.log(serde_json::json!({"step": self.step, "eval": {"miou": report.miou, "dir": rel}}))?;
         Ok(report.miou)
     }
 
