@@ -394,16 +394,25 @@ pub fn trim_metrics(path: &Path, step: usize) -> Result<(), TrainError> {
     let Ok(text) = std::fs::read_to_string(path) else {
         return Ok(());
     };
+    let mut unreadable = 0;
     let kept: String = text
         .lines()
         .filter(|l| {
-            serde_json::from_str::<serde_json::Value>(l)
+            let at = serde_json::from_str::<serde_json::Value>(l)
                 .ok()
-                .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
-                .is_some_and(|s| s as usize <= step)
+                .and_then(|v| v.get("step").and_then(|s| s.as_u64()));
+            unreadable += usize::from(at.is_none() && !l.trim().is_empty());
+            at.is_some_and(|s| s as usize <= step)
         })
         .map(|l| format!("{l}\n"))
         .collect();
+    if unreadable > 0 {
+        // A line cut by a crash is the last one; any other was written by something else.
+        tracing::warn!(
+            "{}: dropped {unreadable} line(s) that are not a run's JSON (a line cut by a crash, or an edit)",
+            path.display()
+        );
+    }
     seg_labels::fsutil::write_atomic(path, kept.as_bytes()).map_err(|cause| TrainError::Write {
         path: path.to_path_buf(),
         cause,
