@@ -22,9 +22,10 @@ pub const FILE: &str = "checkpoint.safetensors";
 /// The files of a run that training from step 0 would replace.
 pub const RUN_FILES: [&str; 3] = [FILE, "config.toml", "metrics.jsonl"];
 
-/// Files the demo keeps in a run's folder beside the run (its stamp, written before the run
-/// starts, and its result): no obstacle to a run from step 0.
-pub const COMPANIONS: [&str; 2] = ["started.txt", "result.json"];
+/// Files that may be in a run's folder before its `config.toml` (a run killed in its set-up
+/// leaves them), no obstacle to a run from step 0: the run's `skipped.json`, and the demo's
+/// stamp and result.
+pub const COMPANIONS: [&str; 3] = [SKIPPED, "started.txt", "result.json"];
 
 /// Whether `dir` fits a run that starts from step 0 (`resume` false) or resumes: a run from
 /// step 0 takes a new or empty folder, and names a run's files (or a user's `config.toml`) there; resuming needs a
