@@ -573,8 +573,7 @@ pub fn run(
     )?;
     // As a segmentation run's evaluation line: AP50 per class (fractions, three flavours, null
     // for a class without ground truth) and where the report is.
-    let line =
-        serde_json::json!({"step": t.steps, "eval": {"ap50": report.ap50, "dir": "eval"}});
+    let line = serde_json::json!({"step": t.steps, "eval": {"ap50": report.ap50, "dir": "eval"}});
     seg_labels::fsutil::append_line(&metrics, &line.to_string()).map_err(write_err(&metrics))?;
     Ok(Some(DetOutcome {
         report,
