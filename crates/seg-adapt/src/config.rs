@@ -62,6 +62,16 @@ pub struct RunConfig {
 }
 
 impl RunConfig {
+    /// This config with the settings a resumed run may change taken from `other`: the step
+    /// count and those that do not change what is trained (how often to checkpoint, evaluate
+    /// and log, caching and decoding ahead, the evaluation's batch and pictures).
+    pub fn with_settings_of(&self, other: &Self) -> Self {
+        let mut c = self.clone();
+        c.trainer = self.trainer.with_free_settings_of(&other.trainer);
+        (c.eval.batch_size, c.eval.pictures) = (other.eval.batch_size, other.eval.pictures);
+        c
+    }
+
     /// Reads a TOML file; errors name the file and the offending key.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read config", path.display()))?;

@@ -9,6 +9,7 @@
 //! Here are the candle op shells around them ([`ops`]), the layers, losses, optimisers,
 //! schedules, seeded initialisation and the gradient sink.
 
+pub mod device;
 pub mod grad;
 pub mod init;
 pub mod layers;

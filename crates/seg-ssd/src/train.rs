@@ -835,12 +835,15 @@ pub struct LoadedDetector {
     _vars: VarMap,
 }
 
-/// As for segmentation runs, only the step count may change on resume (to a later one, checked
-/// against the checkpoint's step).
+/// As for segmentation runs, only the step count (to a later one, checked against the
+/// checkpoint's step) and the settings that do not change what is trained (how often to log
+/// and checkpoint) may change on resume.
 fn same_but_steps(theirs: &DetRunConfig, cfg: &DetRunConfig) -> Result<(), String> {
     let with_these_steps = DetRunConfig {
         trainer: DetTrainerConfig {
             steps: cfg.trainer.steps,
+            log_every: cfg.trainer.log_every,
+            checkpoint_every: cfg.trainer.checkpoint_every,
             ..theirs.trainer.clone()
         },
         ..theirs.clone()
@@ -853,7 +856,7 @@ fn same_but_steps(theirs: &DetRunConfig, cfg: &DetRunConfig) -> Result<(), Strin
         .zip(tree(cfg))
         .and_then(|(a, b)| seg_train::config::first_difference(&a, &b));
     Err(format!(
-        "the run was trained with another config ({}); resume with the run's own config.toml (only trainer.steps may change)",
+        "the run was trained with another config ({}); resume with the run's own config (only trainer.steps, log_every and checkpoint_every may change)",
         differs.map_or("a setting".to_string(), |k| format!("`{k}` differs"))
     ))
 }

@@ -66,6 +66,23 @@ pub struct TrainerConfig {
     pub precision: Precision,
 }
 
+impl TrainerConfig {
+    /// Takes from `other` the settings a resumed run may change: the step count, and those that
+    /// do not change what is trained (how often to checkpoint, evaluate and log; the images
+    /// cached and the batches decoded ahead). What remains must be equal for a resume.
+    pub fn with_free_settings_of(&self, other: &Self) -> Self {
+        Self {
+            steps: other.steps,
+            checkpoint_every: other.checkpoint_every,
+            eval_every: other.eval_every,
+            log_every: other.log_every,
+            cache_images: other.cache_images,
+            prefetch: other.prefetch,
+            ..self.clone()
+        }
+    }
+}
+
 impl Default for TrainerConfig {
     fn default() -> Self {
         Self {

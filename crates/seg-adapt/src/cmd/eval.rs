@@ -105,6 +105,9 @@ pub fn run(args: Args, device_name: &crate::run::DeviceName) -> anyhow::Result<(
             ],
             "a prediction folder (--pred)",
         )?;
+    } else {
+        // The official evaluator takes every ground-truth file of the split.
+        super::refuse_unused(&[("--list", args.list.is_some())], "a trained model (--checkpoint)")?;
     }
     // A run's evaluation protocol is its config's (`eval.protocol`, 16 for SYNTHIA presets)
     // unless --protocol says otherwise; a prediction folder's is 19 by default.
@@ -141,6 +144,12 @@ fn evaluate_checkpoint(
         list: args.list.clone(),
         ..Default::default()
     };
+    if let (None, Some(l)) = (&args.list, &trained.cfg.data.target_val_list) {
+        eprintln!(
+            "note: the run evaluated the images of its data.target_val_list; `--list {}` evaluates the same",
+            l.display()
+        );
+    }
     let mut ds = seg_data::open_dataset(seg_data::DatasetName::Cityscapes, &args.root, &args.split, opts)?;
     // The default size policy, as in training: a pair whose sizes differ is left out and named
     // in the report's warnings.

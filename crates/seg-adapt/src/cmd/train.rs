@@ -65,19 +65,24 @@ pub fn resolve(args: &Args) -> anyhow::Result<RunConfig> {
                 // The config the checkpoint was trained with, which `config.toml` may no longer
                 // be (edited, lost or another run's).
                 let meta = seg_train::checkpoint::read_meta(&checkpoint)?;
-                let trained = crate::run::stored_config(&checkpoint, &meta.config)?;
-                if let Ok(mut file) = RunConfig::load(&saved_path) {
-                    file.trainer.steps = trained.trainer.steps;
-                    let mut same = trained.clone();
-                    (file.trainer, same.trainer) =
-                        seg_train::config::TrainerConfig::groups_resolved_together(&file.trainer, &same.trainer);
-                    if file != same {
-                        tracing::warn!(
-                            "{} differs from the config the checkpoint was trained with (`{}`): the checkpoint's is used",
-                            saved_path.display(),
-                            first_difference(&same, &file)?
-                        );
+                let mut trained = crate::run::stored_config(&checkpoint, &meta.config)?;
+                match RunConfig::load(&saved_path) {
+                    // Without CONFIG, the run folder's config.toml says what may change.
+                    Ok(file) if args.config.is_none() => {
+                        let (same, edited) = resumable(&trained, &file);
+                        if edited != same {
+                            tracing::warn!(
+                                "{} differs from the config the checkpoint was trained with (`{}`): the checkpoint's is used",
+                                saved_path.display(),
+                                first_difference(&same, &edited)?
+                            );
+                        }
+                        trained = trained.with_settings_of(&file);
                     }
+                    Err(e) if saved_path.exists() && args.config.is_none() => {
+                        tracing::warn!("{e:#}: the config the checkpoint was trained with is used, and written back")
+                    }
+                    _ => {}
                 }
                 Some(trained)
             } else {
@@ -117,22 +122,27 @@ pub fn resolve(args: &Args) -> anyhow::Result<RunConfig> {
     // Without a checkpoint (a run stopped before its first one) there is nothing the config must
     // agree with: `--resume` starts that run over from step 0, with this config.
     if let Some(saved) = saved.filter(|_| has_checkpoint) {
-        let mut extended = cfg.clone();
-        extended.trainer.steps = saved.trainer.steps;
-        let mut saved = saved;
-        (saved.trainer, extended.trainer) =
-            seg_train::config::TrainerConfig::groups_resolved_together(&saved.trainer, &extended.trainer);
+        let (saved, extended) = resumable(&saved, &cfg);
         if extended != saved {
             let key = first_difference(&saved, &extended)?;
             anyhow::bail!(
                 "--resume continues the run in {} with the config its checkpoint was trained with; CONFIG, the flags \
-                 or an edited config.toml change `{key}` (only trainer.steps may change on resume): start a new run \
-                 in another folder",
+                 or an edited config.toml change `{key}` (on resume only trainer.steps may change, and the settings \
+                 that do not change what is trained: how often to checkpoint, evaluate and log, caching, prefetch, \
+                 eval.batch_size and eval.pictures): start a new run in another folder",
                 args.out.display()
             );
         }
     }
     Ok(cfg)
+}
+
+/// `trained` and `asked` made comparable for a resume: `asked` with the settings it may change
+/// taken from `trained`, the trainer groups of both resolved alike.
+fn resumable(trained: &RunConfig, asked: &RunConfig) -> (RunConfig, RunConfig) {
+    let (mut a, mut b) = (trained.clone(), asked.with_settings_of(trained));
+    (a.trainer, b.trainer) = seg_train::config::TrainerConfig::groups_resolved_together(&a.trainer, &b.trainer);
+    (a, b)
 }
 
 /// The first dotted key whose value differs between two configs (`method.kind` for another

@@ -379,6 +379,19 @@ fn split_lists_choose_the_target_images_of_a_run_and_of_its_evaluation() {
     a.extend(["--list", p(&val_list)]);
     ok(&a);
     assert_eq!(images(&ev.join("report.json")), 3);
+    // A prediction folder is evaluated on the whole split, as the official evaluator does.
+    let e = err(&[
+        "eval",
+        "--pred",
+        p(&ev),
+        "--root",
+        p(&cs),
+        "--list",
+        p(&val_list),
+        "--out",
+        p(&dir.path().join("e2")),
+    ]);
+    assert!(e.contains("--list is not read here"), "{e}");
     // A line naming an image that is not there stops the evaluation, naming the file.
     let mut text = std::fs::read_to_string(&val_list).unwrap();
     text.push_str("lindau/lindau_999999_000019_leftImg8bit.png\n");

@@ -174,6 +174,30 @@ fn init_from_copies_the_model_and_refuses_another() {
     assert!(std::fs::read_to_string(out.join("config.toml"))
         .unwrap()
         .contains("batch_size = 2\n"));
+    // Without CONFIG, config.toml's step count extends the run, as --steps does; settings that
+    // do not change what is trained may change; a config.toml that no longer reads is named.
+    let text = std::fs::read_to_string(out.join("config.toml")).unwrap();
+    std::fs::write(out.join("config.toml"), text.replacen("steps = 3", "steps = 4", 1)).unwrap();
+    let said = ok(&["train", "--out", p(&out), "--resume"]);
+    assert!(said.contains(": 4 steps"), "{said}");
+    let mut speed = resumed.clone();
+    speed[5] = "5";
+    speed.extend([
+        "--set",
+        "trainer.prefetch=0",
+        "--set",
+        "eval.batch_size=1",
+        "--set",
+        "trainer.log_every=2",
+    ]);
+    ok(&speed);
+    std::fs::write(out.join("config.toml"), "lr = = x\n").unwrap();
+    let o = crate::run(&["train", "--out", p(&out), "--resume"]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        o.status.success() && stderr.contains("config.toml: invalid config") && stderr.contains("written back"),
+        "{stderr}"
+    );
 }
 
 #[test]
