@@ -146,6 +146,7 @@ impl Trainer {
         }
         self.step = ck.meta.step;
         crate::checkpoint::trim_metrics(&self.metrics_path(), self.step)?;
+        self.warn_of_another_val_set();
         tracing::info!("resumed from step {} ({})", self.step, ck.path.display());
         Ok(())
     }
@@ -176,16 +177,40 @@ impl Trainer {
         crate::checkpoint::logged_eval(&self.metrics_path(), step)?["miou"].as_f64()
     }
 
+    /// Warns when the val images differ from those the run's evaluations so far were on (a list
+    /// or the split's folder changed between sessions): its curve would mix two image sets.
+    /// Training is not affected, so the run goes on.
+    fn warn_of_another_val_set(&self) {
+        let Some((ds, _, _)) = &self.s.eval else {
+            return;
+        };
+        let logged = checkpoint::metric_lines(&self.metrics_path())
+            .into_iter()
+            .rev()
+            .find_map(|v| v.get("eval")?.get("val").cloned());
+        let now = val_identity(ds);
+        if let Some(then) = logged.filter(|then| *then != now) {
+            tracing::warn!(
+                "the target val split now holds {} images where the run's evaluations so far had {} (or other ones): \
+                 its curve will mix two sets of images (data.target_val_list or the split's folder changed)",
+                now["images"],
+                then["images"]
+            );
+        }
+    }
+
     /// Evaluates on the target val split and writes `eval/step_N/`.
     pub fn evaluate_now(&self) -> Result<Option<f64>, TrainError> {
         let Some((ds, setup, protocol)) = &self.s.eval else {
             return Ok(None);
         };
         let report = evaluate(self.s.method.deployed(), ds, setup)?.finish(*protocol);
-        // The folder is named relative to the run's, which may move.
+        // The folder is named relative to the run's, which may move; the images evaluated by
+        // their count and a digest of their names, so that a resume can tell another val set.
         let rel = format!("eval/step_{:06}", self.step);
         report.write(&self.s.run_dir.join(&rel))?;
-        self.log(serde_json::json!({"step": self.step, "eval": {"miou": report.miou, "dir": rel}}))?;
+        let val = val_identity(ds);
+        self.log(serde_json::json!({"step": self.step, "eval": {"miou": report.miou, "dir": rel, "val": val}}))?;
         Ok(report.miou)
     }
 
@@ -380,4 +405,10 @@ impl Trainer {
     pub fn backbone(&self) -> &dyn Backbone {
         self.s.method.deployed()
     }
+}
+
+/// The images an evaluation is on: their count and a digest of their names.
+fn val_identity(ds: &Dataset) -> serde_json::Value {
+    let id = seg_data::loader::DatasetIdentity::of(ds.entries().iter().map(|e| e.name.as_str()));
+    serde_json::json!({"images": id.samples, "digest": format!("{:016x}", id.names_digest)})
 }

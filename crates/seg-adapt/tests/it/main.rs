@@ -374,6 +374,22 @@ fn split_lists_choose_the_target_images_of_a_run_and_of_its_evaluation() {
         v["images"].as_u64().unwrap()
     };
     assert_eq!(images(&run_dir.join("eval/step_000003/report.json")), 3);
+    // The val list cut between sessions: the resumed run goes on (training is the same) and
+    // says its curve now mixes two sets of images.
+    let kept = std::fs::read_to_string(&val_list).unwrap();
+    std::fs::write(
+        &val_list,
+        kept.lines().take(2).map(|l| format!("{l}\n")).collect::<String>(),
+    )
+    .unwrap();
+    let o = run(&["train", "--out", p(&run_dir), "--resume", "--steps", "4"]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        o.status.success() && stderr.contains("now holds 2 images where the run's evaluations so far had 3"),
+        "{stderr}"
+    );
+    assert_eq!(images(&run_dir.join("eval/step_000004/report.json")), 2);
+    std::fs::write(&val_list, kept).unwrap();
     let ev = dir.path().join("eval");
     let mut a = checkpoint_eval(&run_dir, &cs, &ev);
     a.extend(["--list", p(&val_list)]);
