@@ -94,7 +94,10 @@ pub fn open_dataset(
             dataset: ds.name,
             split: ds.split.clone(),
             root: root.to_path_buf(),
-            detail: String::from(": no images found"),
+            detail: match &ds.options.list {
+                Some(list) => format!(": the split list {} names no images", list.display()),
+                None => String::from(": no images found"),
+            },
         });
     }
     Ok(ds)
@@ -263,7 +266,18 @@ fn open_cityscapes(root: &Path, split: &str, options: DatasetOptions) -> Result<
         Some(list) => read_list(list)?
             .into_iter()
             .map(|l| {
-                // Accept `city/stem_leftImg8bit.png`, `leftImg8bit/val/city/...`, or a bare stem.
+                // Accept `city/stem_leftImg8bit.png`, `leftImg8bit/val/city/...`, or a bare stem;
+                // a line of another split (`leftImg8bit/train/...` in a val list) is refused.
+                if let Some(other) = l
+                    .strip_prefix("leftImg8bit/")
+                    .and_then(|r| r.split('/').next())
+                    .filter(|s| *s != split)
+                {
+                    return Err(DataError::Invalid {
+                        path: list.clone(),
+                        reason: format!("line `{l}` names the `{other}` split, but the `{split}` split is read"),
+                    });
+                }
                 let rel = l
                     .trim_start_matches("leftImg8bit/")
                     .trim_start_matches(&format!("{split}/"))
@@ -278,9 +292,9 @@ fn open_cityscapes(root: &Path, split: &str, options: DatasetOptions) -> Result<
                     .map(|f| f.to_string_lossy().into_owned())
                     .unwrap_or_default();
                 let city = file.split('_').next().unwrap_or_default().to_string();
-                image_root.join(city).join(file)
+                Ok(image_root.join(city).join(file))
             })
-            .collect(),
+            .collect::<Result<_, _>>()?,
         None => {
             let mut all = Vec::new();
             for city in sorted_dirs(&image_root)? {

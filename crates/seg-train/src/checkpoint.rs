@@ -52,7 +52,7 @@ pub fn check_run_folder(dir: &Path, resume: bool) -> Result<bool, String> {
                     .find(|n| !seg_labels::fsutil::is_hidden(n) && !COMPANIONS.iter().any(|c| n == c))
             }) {
                 Some(other) => Err(format!(
-                    "{} holds no run but other files (`{}`, which a run could replace): a run starts in a new or empty folder; choose another --out",
+                    "{} holds no run but other files (`{}`): a run starts in a new or empty folder; choose another --out",
                     dir.display(),
                     other.to_string_lossy()
                 )),

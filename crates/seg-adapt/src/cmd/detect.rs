@@ -294,9 +294,21 @@ pub fn train(args: TrainArgs, device_name: &crate::run::DeviceName) -> anyhow::R
     if args.resume {
         crate::config::refuse_other_tasks_folder(&args.out, true)?;
     }
+    let checkpoint = args.out.join(seg_train::checkpoint::FILE);
     let config = match &args.config {
         Some(c) => c,
         None if saved.is_file() => &saved,
+        // A lost config.toml is restored from the config the checkpoint stores.
+        None if args.resume && checkpoint.is_file() => {
+            let meta = seg_train::checkpoint::read_meta(&checkpoint)?;
+            seg_labels::fsutil::write_atomic(&saved, meta.config.as_bytes())
+                .with_context(|| format!("restoring {}", saved.display()))?;
+            tracing::warn!(
+                "{}: missing, restored from the config the checkpoint stores",
+                saved.display()
+            );
+            &saved
+        }
         None => anyhow::bail!(
             "{}: no saved config to resume from; name a CONFIG (a preset of `configs/detection/`)",
             saved.display()

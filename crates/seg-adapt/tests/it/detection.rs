@@ -133,6 +133,19 @@ fn train_detector_then_eval_the_checkpoint_and_its_detections_file_alike() {
     // The 3-step run's lines and evaluation, then step 4 and its evaluation.
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     assert_eq!(metrics.lines().count(), 6, "{metrics}");
+    // A lost config.toml is restored from the checkpoint's, which the resume then agrees with.
+    let config = std::fs::read(run.join("config.toml")).unwrap();
+    std::fs::remove_file(run.join("config.toml")).unwrap();
+    let e = err(&[
+        "train-detector",
+        "--out",
+        p(&run),
+        "--resume",
+        "--set",
+        "trainer.lr=0.5",
+    ]);
+    assert!(e.contains("`trainer.lr` differs"), "{e}");
+    assert_eq!(std::fs::read(run.join("config.toml")).unwrap(), config);
     let e = err(&["train-detector", "--out", p(&dir.path().join("none")), "--resume"]);
     assert!(e.contains("no saved config to resume from"), "{e}");
     // Each task's resume refuses the other's run folder by name.

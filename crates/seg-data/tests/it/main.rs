@@ -264,6 +264,17 @@ lindau/lindau_000009_000019_leftImg8bit.png
     assert!(cfg.open(Role::TargetTrain).is_ok());
     let e = cfg.open(Role::TargetTrainLabelled).unwrap_err().to_string();
     assert!(e.contains("gtFine/train"), "{e}");
+    // A line of another split, and a list naming nothing, name the list.
+    let val = cfg.target_val_list.clone().unwrap();
+    std::fs::write(&val, "leftImg8bit/train/aachen/aachen_000001_000019_leftImg8bit.png\n").unwrap();
+    let e = cfg.open(Role::Val).unwrap_err().to_string();
+    assert!(e.contains("val.txt") && e.contains("names the `train` split"), "{e}");
+    std::fs::write(&val, "# nothing yet\n\n").unwrap();
+    let e = cfg.open(Role::Val).unwrap_err().to_string();
+    assert!(
+        e.contains("the split list") && e.contains("val.txt names no images"),
+        "{e}"
+    );
 }
 
 #[test]
