@@ -138,6 +138,12 @@ fn check_unique(entries: &[SampleRef], list: Option<&Path>) -> Result<(), DataEr
     let mut seen: std::collections::HashMap<&str, &Path> = std::collections::HashMap::new();
     for e in entries {
         if let Some(first) = seen.insert(&e.name, &e.image) {
+            if let Some(l) = list.filter(|_| first == e.image) {
+                return Err(DataError::Invalid {
+                    path: l.to_path_buf(),
+                    reason: format!("names `{}` twice ({})", e.name, e.image.display()),
+                });
+            }
             return Err(DataError::Duplicate {
                 name: e.name.clone(),
                 first: first.to_path_buf(),

@@ -103,6 +103,11 @@ fn duplicate_sample_names_are_refused_naming_both_files() {
     let list = root.join("list.txt");
     std::fs::write(&list, "00001.png\n00002.png\n00001.png\n").unwrap();
     let e = err(&["inspect", "--dataset", "gta5", "--root", p(&root), "--list", p(&list)]);
+    assert!(e.contains("list.txt: names `00001` twice"), "{e}");
+    // Two lines naming two files of one sample name (`00001.png`, `00001.PNG`).
+    std::fs::copy(root.join("images/00001.png"), root.join("images/00001.PNG")).unwrap();
+    std::fs::write(&list, "00001.png\n00001.PNG\n").unwrap();
+    let e = err(&["inspect", "--dataset", "gta5", "--root", p(&root), "--list", p(&list)]);
     assert!(
         e.contains("duplicate sample name `00001`") && e.contains("list.txt names it twice"),
         "{e}"
