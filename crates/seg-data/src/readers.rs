@@ -297,8 +297,16 @@ fn open_cityscapes(root: &Path, split: &str, options: DatasetOptions) -> Result<
                     .file_name()
                     .map(|f| f.to_string_lossy().into_owned())
                     .unwrap_or_default();
-                let city = file.split('_').next().unwrap_or_default().to_string();
-                Ok(image_root.join(city).join(file))
+                // `{city}_{seq}_{frame}_leftImg8bit.png`: the city is the name's first part.
+                let Some((city, _)) = file.split_once('_') else {
+                    return Err(DataError::Invalid {
+                        path: list.clone(),
+                        reason: format!(
+                            "line `{l}` is no Cityscapes image name (`{{city}}_{{seq}}_{{frame}}_leftImg8bit.png`)"
+                        ),
+                    });
+                };
+                Ok(image_root.join(city).join(&file))
             })
             .collect::<Result<_, _>>()?,
         None => {

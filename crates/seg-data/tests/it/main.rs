@@ -269,6 +269,9 @@ lindau/lindau_000009_000019_leftImg8bit.png
     std::fs::write(&val, "leftImg8bit/train/aachen/aachen_000001_000019_leftImg8bit.png\n").unwrap();
     let e = cfg.open(Role::Val).unwrap_err().to_string();
     assert!(e.contains("val.txt") && e.contains("names the `train` split"), "{e}");
+    std::fs::write(&val, "00001.png\n").unwrap();
+    let e = cfg.open(Role::Val).unwrap_err().to_string();
+    assert!(e.contains("line `00001.png` is no Cityscapes image name"), "{e}");
     std::fs::write(&val, "# nothing yet\n\n").unwrap();
     let e = cfg.open(Role::Val).unwrap_err().to_string();
     assert!(
