@@ -23,6 +23,10 @@ pub struct Group {
     pub optimizer: Box<dyn Optimizer>,
     /// Learning rate at the start of a stage (before per-parameter multipliers).
     pub lr: f64,
+    /// Values in its parameters, and in the optimiser's state for them (momentum; Adam's two
+    /// moments).
+    pub values: usize,
+    pub state_values: usize,
 }
 
 /// The optimiser groups of a method, built from its parameter sets.
@@ -108,17 +112,44 @@ impl Stepper {
         for (id, (loss, mut params)) in by_group {
             params.sort_by(|a, b| a.0.cmp(&b.0));
             let (opt, lr) = cfg.group_settings(id.name()).map_err(TrainError::Setup)?;
+            let values: usize = params.iter().map(|(_, v, _)| v.elem_count()).sum();
+            let state_values = match opt {
+                seg_nn::OptimizerConfig::Sgd { momentum, .. } if momentum == 0.0 => 0,
+                seg_nn::OptimizerConfig::Sgd { .. } => values,
+                seg_nn::OptimizerConfig::Adam { .. } => 2 * values,
+            };
             groups.push(Group {
                 id,
                 loss,
                 optimizer: opt.build(params)?,
                 lr,
+                values,
+                state_values,
             });
         }
         Ok(Self {
             groups,
             precision: cfg.precision,
         })
+    }
+
+    /// The trainable parameters by group, and what they and their optimiser state hold in f32:
+    /// `segmenter 14.71 M, discriminator 0.53 M: 61 MB, 183 MB with optimiser state`.
+    pub fn summary(&self) -> String {
+        let groups: Vec<String> = self
+            .groups
+            .iter()
+            .map(|g| format!("{} {:.2} M", g.id, g.values as f64 / 1e6))
+            .collect();
+        let values: usize = self.groups.iter().map(|g| g.values).sum();
+        let state: usize = self.groups.iter().map(|g| g.state_values).sum();
+        let mb = |n: usize| (n * 4) as f64 / 1e6;
+        format!(
+            "{}: {:.0} MB, {:.0} MB with optimiser state",
+            groups.join(", "),
+            mb(values),
+            mb(values + state)
+        )
     }
 
     /// One step: the method's terms for `cx`, one backward per loss group that has terms, then

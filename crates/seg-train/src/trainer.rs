@@ -82,6 +82,12 @@ impl Trainer {
         })
     }
 
+    /// The trainable parameters by group and the memory they take with their optimiser state
+    /// ([`Stepper::summary`]).
+    pub fn parameter_summary(&self) -> String {
+        self.stepper.summary()
+    }
+
     /// Steps of the whole run: the method's pretraining plus the trainer's `steps`.
     pub fn total_steps(&self) -> usize {
         self.pretrain + self.s.config.steps

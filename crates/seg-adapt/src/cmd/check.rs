@@ -126,7 +126,8 @@ pub fn run(args: Args, device_name: &DeviceName) -> anyhow::Result<()> {
         // makes before its first step is made here too: crop, sizes, weights, `init_from`, the
         // parameter groups and their optimisers.
         let setup = crate::run::build_setup(&cfg, &dir, &device, false, false)
-            .and_then(|s| seg_train::Trainer::new(s).map(drop).map_err(anyhow::Error::from));
+            .and_then(|s| seg_train::Trainer::new(s).map_err(anyhow::Error::from))
+            .map(|t| println!("trainable parameters: {}", t.parameter_summary()));
         let _ = std::fs::remove_dir_all(&dir);
         setup.context("the run would stop before its first step")?;
     }
@@ -138,7 +139,9 @@ pub fn run(args: Args, device_name: &DeviceName) -> anyhow::Result<()> {
             let warmup = (WARMUP + cfg.trainer.prefetch).min(len.saturating_sub(n));
             let timed = (|| {
                 let setup = crate::run::build_setup(cfg, &dir, &device, false, false)?;
-                let per = seg_train::Trainer::new(setup)?.time_steps(warmup, n)?;
+                let trainer = seg_train::Trainer::new(setup)?;
+                println!("trainable parameters: {}", trainer.parameter_summary());
+                let per = trainer.time_steps(warmup, n)?;
                 anyhow::Ok((per * n as f64, warmup))
             })();
             let _ = std::fs::remove_dir_all(&dir);

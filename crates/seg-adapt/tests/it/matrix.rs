@@ -577,6 +577,10 @@ fn check_reads_every_file_times_steps_and_fails_when_the_run_would_stop() {
         "{out}"
     );
     assert!(out.contains("s/step") && out.contains("1000 steps: about"), "{out}");
+    assert!(
+        out.contains("trainable parameters: discriminator") && out.contains("MB with optimiser state"),
+        "{out}"
+    );
     assert!(out.contains("kind = \"dann\""), "the resolved config: {out}");
     assert!(
         out.contains("# not written above, at their defaults: trainer.prefetch = 4, trainer.precision = \"f32\""),
