@@ -114,8 +114,7 @@ impl Stepper {
             let (opt, lr) = cfg.group_settings(id.name()).map_err(TrainError::Setup)?;
             let values: usize = params.iter().map(|(_, v, _)| v.elem_count()).sum();
             let state_values = match opt {
-                seg_nn::OptimizerConfig::Sgd { momentum, .. } if momentum == 0.0 => 0,
-                seg_nn::OptimizerConfig::Sgd { .. } => values,
+                seg_nn::OptimizerConfig::Sgd { momentum, .. } => values * usize::from(momentum != 0.0),
                 seg_nn::OptimizerConfig::Adam { .. } => 2 * values,
             };
             groups.push(Group {
