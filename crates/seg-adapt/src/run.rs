@@ -7,7 +7,6 @@ use std::sync::Arc;
 use anyhow::Context;
 use candle_core::{DType, Device};
 use candle_nn::VarMap;
-use rayon::prelude::*;
 use seg_core::{Backbone, Domain, Stage};
 use seg_data::{Dataset, LeftOut, Loader, Role};
 use seg_heads::SizeConstraints;
@@ -76,33 +75,12 @@ pub fn build_model(cfg: &RunConfig, device: &Device) -> anyhow::Result<(VarMap, 
 
 /// Per-image class fractions of the source labels, for FCNs in the Wild's size constraints.
 fn source_fractions(ds: &Dataset) -> anyhow::Result<SizeConstraints> {
-    let fractions: Vec<[f32; seg_labels::NUM_CLASSES]> = (0..ds.len())
-        .into_par_iter()
-        .filter_map(|i| ds.load_label(i).ok().flatten())
-        .map(|label| {
-            let ids = label.ids;
-            let mut c = [0u64; seg_labels::NUM_CLASSES];
-            let mut n = 0u64;
-            for &v in &ids {
-                if (v as usize) < seg_labels::NUM_CLASSES {
-                    c[v as usize] += 1;
-                    n += 1;
-                }
-            }
-            std::array::from_fn(|k| if n == 0 { 0.0 } else { c[k] as f32 / n as f32 })
-        })
-        .collect();
+    let fractions = ds.label_class_fractions();
     anyhow::ensure!(
         !fractions.is_empty(),
         "no readable source labels to learn size constraints from"
     );
     Ok(SizeConstraints::from_fractions(&fractions))
-}
-
-fn first_size(ds: &Dataset) -> Option<(u32, u32)> {
-    ds.entries()
-        .first()
-        .and_then(|e| seg_labels::png_io::probe(&e.image).ok())
 }
 
 /// Everything `train` needs, checked before any work starts.
@@ -153,7 +131,7 @@ pub fn build_setup(
     left_out.insert(role.name().into(), skipped);
     let source = Arc::new(source);
     let crop = cfg.augment.crop.unwrap_or([0, 0]);
-    if let Some((w, h)) = first_size(&source) {
+    if let Some((w, h)) = seg_data::Dataset::first_image_size(&source) {
         let s = cfg.augment.base_scale * cfg.augment.scale_range[0].min(cfg.augment.scale_range[1]);
         let (sw, sh) = ((w as f32 * s).round() as u32, (h as f32 * s).round() as u32);
         anyhow::ensure!(
@@ -338,10 +316,17 @@ pub fn train(
     resume: bool,
     progress: bool,
 ) -> anyhow::Result<TrainOutcome> {
-    // One process at a time writes a run folder.
+    // Refused before the lock is taken, a run leaves no `.lock` in a folder that is not its own.
+    if run_dir.is_dir() {
+        seg_train::checkpoint::check_run_folder(run_dir, resume).map_err(anyhow::Error::msg)?;
+    }
+    // One process at a time writes a run folder; what was checked before is checked again.
     let _lock = seg_labels::fsutil::lock_dir(run_dir)?;
     // A run stopped before its first checkpoint (its config.toml written) resumes from step 0.
     let has_checkpoint = seg_train::checkpoint::check_run_folder(run_dir, resume).map_err(anyhow::Error::msg)?;
+    if has_checkpoint {
+        agrees_with_checkpoint(cfg, run_dir)?;
+    }
     if resume && !has_checkpoint {
         tracing::info!(
             "{}: no checkpoint to resume from (the run stopped before its first, or it was removed), so the run starts from step 0",
@@ -359,6 +344,45 @@ pub fn train(
     seg_labels::fsutil::write_atomic(&run_dir.join("config.toml"), cfg.to_toml()?.as_bytes())
         .with_context(|| format!("writing {}", run_dir.join("config.toml").display()))?;
     Ok(trainer.run()?)
+}
+
+/// Refuses to resume the run in `run_dir` with `cfg` when it differs from the config the run's
+/// checkpoint was trained with in more than the settings a resume may change. Run by `resolve`,
+/// and again under the run folder's lock (another process may have written the checkpoint since).
+pub(crate) fn agrees_with_checkpoint(cfg: &RunConfig, run_dir: &Path) -> anyhow::Result<()> {
+    let checkpoint = run_dir.join(seg_train::checkpoint::FILE);
+    let meta = seg_train::checkpoint::read_meta(&checkpoint)?;
+    let trained = stored_config(&checkpoint, &meta.config)?;
+    let (saved, extended) = resumable(&trained, cfg);
+    if extended != saved {
+        let key = first_difference(&saved, &extended)?;
+        anyhow::bail!(
+            "--resume continues the run in {} with the config its checkpoint was trained with; CONFIG, the flags \
+             or an edited config.toml change `{key}` (on resume only trainer.steps may change, and the settings \
+             that do not change what is trained: how often to checkpoint, evaluate and log, caching, prefetch, \
+             eval.batch_size and eval.pictures, where the data and weights are): start a new run in another folder",
+            run_dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// `trained` and `asked` made comparable for a resume: `asked` with the settings it may change
+/// taken from `trained`, the trainer groups of both resolved alike.
+pub(crate) fn resumable(trained: &RunConfig, asked: &RunConfig) -> (RunConfig, RunConfig) {
+    let (mut a, mut b) = (trained.clone(), asked.with_settings_of(trained));
+    (a.trainer, b.trainer) = seg_train::config::TrainerConfig::groups_resolved_together(&a.trainer, &b.trainer);
+    (a, b)
+}
+
+/// The first dotted key whose value differs between two configs (`method.kind` for another
+/// method, rather than the first of its settings that differs).
+pub(crate) fn first_difference(a: &RunConfig, b: &RunConfig) -> anyhow::Result<String> {
+    if a.method.name() != b.method.name() {
+        return Ok("method.kind".into());
+    }
+    let differs = seg_train::config::first_difference(&toml::Value::try_from(a)?, &toml::Value::try_from(b)?);
+    Ok(differs.unwrap_or_else(|| "the config".into()))
 }
 
 /// A trained model rebuilt from a run folder (or a checkpoint file).

@@ -95,6 +95,18 @@ impl DataConfig {
         }
     }
 
+    /// This section with the folders and list files of `other` (a run's data moved).
+    pub fn with_places_of(&self, other: &Self) -> Self {
+        Self {
+            source_root: other.source_root.clone(),
+            target_root: other.target_root.clone(),
+            source_list: other.source_list.clone(),
+            target_train_list: other.target_train_list.clone(),
+            target_val_list: other.target_val_list.clone(),
+            ..self.clone()
+        }
+    }
+
     /// The format, folder, split and list file of one of the run's datasets.
     pub fn place(&self, role: Role) -> (DatasetName, &Path, &str, Option<&Path>) {
         match role {

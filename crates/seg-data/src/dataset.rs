@@ -159,8 +159,9 @@ impl Dataset {
             .par_iter()
             .enumerate()
             .map(|(i, e)| {
-                if !e.image.is_file() {
-                    // Only a split list names files without finding them.
+                if opts.list.is_some() && !e.image.is_file() {
+                    // A split list names files without finding them (a folder scan's dangling
+                    // link is left to the reader, which gives the OS's reason).
                     return Err(DataError::Missing {
                         what: "image named by the split list",
                         path: e.image.clone(),
@@ -267,6 +268,30 @@ impl Dataset {
             ids,
             outside,
         }))
+    }
+
+    /// The size of the first image, from its header.
+    pub fn first_image_size(&self) -> Option<(u32, u32)> {
+        self.entries.first().and_then(|e| png_io::probe(&e.image).ok())
+    }
+
+    /// Per labelled image, the share of its labelled pixels in each of the 19 classes (images
+    /// whose label does not read are passed over); in parallel, in entry order.
+    pub fn label_class_fractions(&self) -> Vec<[f32; seg_labels::NUM_CLASSES]> {
+        use rayon::prelude::*;
+        (0..self.len())
+            .into_par_iter()
+            .filter_map(|i| self.load_label(i).ok().flatten())
+            .map(|label| {
+                let mut c = [0u64; seg_labels::NUM_CLASSES];
+                let mut n = 0u64;
+                for &v in label.ids.iter().filter(|&&v| (v as usize) < seg_labels::NUM_CLASSES) {
+                    c[v as usize] += 1;
+                    n += 1;
+                }
+                std::array::from_fn(|k| if n == 0 { 0.0 } else { c[k] as f32 / n as f32 })
+            })
+            .collect()
     }
 
     /// Decodes entry `i` fully, applying the size policy to a mismatched label.

@@ -219,6 +219,11 @@ pub fn bad_key_of_kind_section<T: serde::de::DeserializeOwned>(
 ) -> Option<(String, String)> {
     let table = raw.get(section)?.as_table()?;
     let kind = table.get("kind")?;
+    // A kind that does not read is the reader's own error to give (and the other task's hints).
+    let alone = toml::Table::from_iter([("kind".to_string(), kind.clone())]);
+    if toml::Value::Table(alone).try_into::<T>().is_err() {
+        return None;
+    }
     table.iter().filter(|(k, _)| *k != "kind").find_map(|(k, v)| {
         let probe = toml::Table::from_iter([("kind".to_string(), kind.clone()), (k.clone(), v.clone())]);
         let message = toml::Value::Table(probe).try_into::<T>().err()?.to_string();

@@ -17,9 +17,9 @@ pub enum TrainError {
         last: String,
     },
     #[error(
-        "the device ran out of memory in a training step on {batches}: lower trainer.batch_size or \
-         trainer.target_batch_size, or the input size (augment.crop; a detector's model.input), or \
-         train in bf16 (trainer.precision = \"bf16\", CUDA) ({cause})"
+        "the device ran out of memory in a training step on {batches}: lower the batch or the input \
+         size (segmentation: trainer.batch_size, trainer.target_batch_size, augment.crop, or \
+         trainer.precision = \"bf16\"; detection: trainer.batch_size, model.input) ({cause})"
     )]
     OutOfMemory { batches: String, cause: String },
     #[error("invalid setup: {0}")]

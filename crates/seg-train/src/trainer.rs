@@ -311,7 +311,7 @@ impl Trainer {
             && self.step > 0
             && self.step < total
             && self.step.is_multiple_of(every)
-            && self.logged_miou(self.step).is_none()
+            && crate::checkpoint::logged_eval(&self.metrics_path(), self.step).is_none()
         {
             tracing::info!(
                 "evaluating step {} again: the run stopped during its evaluation",

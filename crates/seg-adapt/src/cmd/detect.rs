@@ -301,6 +301,11 @@ pub fn train(args: TrainArgs, device_name: &crate::run::DeviceName) -> anyhow::R
         // A lost config.toml is restored from the config the checkpoint stores.
         None if args.resume && checkpoint.is_file() => {
             let meta = seg_train::checkpoint::read_meta(&checkpoint)?;
+            anyhow::ensure!(
+                crate::config::is_detection_config(&meta.config),
+                "{}: a segmentation run's checkpoint, not a detector's (resume it with `seg-adapt train --resume`)",
+                checkpoint.display()
+            );
             seg_labels::fsutil::write_atomic(&saved, meta.config.as_bytes())
                 .with_context(|| format!("restoring {}", saved.display()))?;
             tracing::warn!(

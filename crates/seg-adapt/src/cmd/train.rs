@@ -69,12 +69,12 @@ pub fn resolve(args: &Args) -> anyhow::Result<RunConfig> {
                 match RunConfig::load(&saved_path) {
                     // Without CONFIG, the run folder's config.toml says what may change.
                     Ok(file) if args.config.is_none() => {
-                        let (same, edited) = resumable(&trained, &file);
+                        let (same, edited) = crate::run::resumable(&trained, &file);
                         if edited != same {
                             tracing::warn!(
                                 "{} differs from the config the checkpoint was trained with (`{}`): the checkpoint's is used",
                                 saved_path.display(),
-                                first_difference(&same, &edited)?
+                                crate::run::first_difference(&same, &edited)?
                             );
                         }
                         trained = trained.with_settings_of(&file);
@@ -121,38 +121,10 @@ pub fn resolve(args: &Args) -> anyhow::Result<RunConfig> {
     }
     // Without a checkpoint (a run stopped before its first one) there is nothing the config must
     // agree with: `--resume` starts that run over from step 0, with this config.
-    if let Some(saved) = saved.filter(|_| has_checkpoint) {
-        let (saved, extended) = resumable(&saved, &cfg);
-        if extended != saved {
-            let key = first_difference(&saved, &extended)?;
-            anyhow::bail!(
-                "--resume continues the run in {} with the config its checkpoint was trained with; CONFIG, the flags \
-                 or an edited config.toml change `{key}` (on resume only trainer.steps may change, and the settings \
-                 that do not change what is trained: how often to checkpoint, evaluate and log, caching, prefetch, \
-                 eval.batch_size and eval.pictures): start a new run in another folder",
-                args.out.display()
-            );
-        }
+    if args.resume && has_checkpoint {
+        crate::run::agrees_with_checkpoint(&cfg, &args.out)?;
     }
     Ok(cfg)
-}
-
-/// `trained` and `asked` made comparable for a resume: `asked` with the settings it may change
-/// taken from `trained`, the trainer groups of both resolved alike.
-fn resumable(trained: &RunConfig, asked: &RunConfig) -> (RunConfig, RunConfig) {
-    let (mut a, mut b) = (trained.clone(), asked.with_settings_of(trained));
-    (a.trainer, b.trainer) = seg_train::config::TrainerConfig::groups_resolved_together(&a.trainer, &b.trainer);
-    (a, b)
-}
-
-/// The first dotted key whose value differs between two configs (`method.kind` for another
-/// method, rather than the first of its settings that differs).
-fn first_difference(a: &RunConfig, b: &RunConfig) -> anyhow::Result<String> {
-    if a.method.name() != b.method.name() {
-        return Ok("method.kind".into());
-    }
-    let differs = seg_train::config::first_difference(&toml::Value::try_from(a)?, &toml::Value::try_from(b)?);
-    Ok(differs.unwrap_or_else(|| "the config".into()))
 }
 
 pub fn run(args: Args, device_name: &crate::run::DeviceName) -> anyhow::Result<()> {

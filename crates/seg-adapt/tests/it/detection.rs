@@ -201,6 +201,14 @@ fn detection_input_errors_name_the_entry_or_key() {
         assert!(e.contains(said), "{maps}: {e}");
     }
     // A config of the other task says which it is.
+    // A preset whose [method] holds settings too (the kind, not a setting, is what is wrong).
+    let preset =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/gta5-cityscapes_dann_vgg16-fcn8s.toml");
+    let e = err(&["train-detector", p(&preset), "--out", p(&out)]);
+    assert!(
+        e.contains("a segmentation config, which `seg-adapt train` takes"),
+        "{e}"
+    );
     let e = err(&["train-detector", super::base_config(), "--out", p(&out)]);
     assert!(
         e.contains("a segmentation config, which `seg-adapt train` takes"),

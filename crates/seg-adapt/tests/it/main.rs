@@ -515,6 +515,10 @@ fn bad_input_is_refused_before_training_with_a_clear_message() {
     assert!(e.contains("holds no run but other files (`report.html`"), "{e}");
     let e = err(&train_args(p(&cs), p(&gta), p(&cs), "source-only"));
     assert!(e.contains("a run starts in a new or empty folder"), "{e}");
+    assert!(
+        !cs.join(".lock").exists(),
+        "a refused run leaves no lock in a folder not its own"
+    );
     assert_eq!(std::fs::read_to_string(page.join("report.html")).unwrap(), "mine");
     assert_eq!(
         std::fs::read_to_string(mine.join("config.toml")).unwrap(),

@@ -191,6 +191,13 @@ fn init_from_copies_the_model_and_refuses_another() {
         "trainer.log_every=2",
     ]);
     ok(&speed);
+    // Data moved: a resume names where it is now.
+    let moved = dir.path().join("moved-gta5");
+    std::os::unix::fs::symlink(&gta, &moved).unwrap();
+    let mut relocated = resumed.clone();
+    relocated[5] = "6";
+    relocated.extend(["--set", crate::leak(format!("data.source_root={}", p(&moved)))]);
+    ok(&relocated);
     std::fs::write(out.join("config.toml"), "lr = = x\n").unwrap();
     let o = crate::run(&["train", "--out", p(&out), "--resume"]);
     let stderr = String::from_utf8_lossy(&o.stderr);
