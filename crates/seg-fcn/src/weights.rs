@@ -131,7 +131,7 @@ pub fn load_init_weights(vars: &VarMap, prefix: &str, path: &Path) -> Result<Ini
         candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| WeightsError::Read {
             path: p.clone(),
             reason: format!(
-                "not a weights file: read as safetensors (it starts with no PyTorch signature): {e}; \
+                "cannot be read as safetensors (it starts with no PyTorch signature): {e}; \
                  expected torchvision's `.pth` or a `.safetensors` of its keys"
             ),
         })?

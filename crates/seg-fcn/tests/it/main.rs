@@ -236,7 +236,7 @@ fn torchvision_pth_archives_load_as_they_come() {
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("run.toml") && e.contains("not a weights file: read as safetensors") && e.contains(".pth"),
+        e.contains("run.toml") && e.contains("cannot be read as safetensors") && e.contains(".pth"),
         "{e}"
     );
     let e = seg_fcn::weights::load_init_weights(&vars, "model", dir.path())
