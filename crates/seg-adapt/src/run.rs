@@ -131,7 +131,7 @@ pub fn build_setup(
     left_out.insert(role.name().into(), skipped);
     let source = Arc::new(source);
     let crop = cfg.augment.crop.unwrap_or([0, 0]);
-    if let Some((w, h)) = seg_data::Dataset::first_image_size(&source) {
+    if let Some((w, h)) = source.first_image_size() {
         let s = cfg.augment.base_scale * cfg.augment.scale_range[0].min(cfg.augment.scale_range[1]);
         let (sw, sh) = ((w as f32 * s).round() as u32, (h as f32 * s).round() as u32);
         anyhow::ensure!(
@@ -316,25 +316,11 @@ pub fn train(
     resume: bool,
     progress: bool,
 ) -> anyhow::Result<TrainOutcome> {
-    // Refused before the lock is taken, a run leaves no `.lock` in a folder that is not its own.
-    if run_dir.is_dir() {
-        seg_train::checkpoint::check_run_folder(run_dir, resume).map_err(anyhow::Error::msg)?;
-    }
-    // One process at a time writes a run folder; what was checked before is checked again.
-    let _lock = seg_labels::fsutil::lock_dir(run_dir)?;
     // A run stopped before its first checkpoint (its config.toml written) resumes from step 0.
-    let has_checkpoint = seg_train::checkpoint::check_run_folder(run_dir, resume).map_err(anyhow::Error::msg)?;
+    let (_lock, has_checkpoint) =
+        seg_train::checkpoint::take_run_folder(run_dir, resume).map_err(anyhow::Error::msg)?;
     if has_checkpoint {
         agrees_with_checkpoint(cfg, run_dir)?;
-    }
-    if resume && !has_checkpoint {
-        tracing::info!(
-            "{}: no checkpoint to resume from (the run stopped before its first, or it was removed), so the run starts from step 0",
-            run_dir.display()
-        );
-        if let Err(e) = seg_labels::fsutil::remove_stale_temps(run_dir) {
-            tracing::warn!("{}: cannot clear temporary files: {e}", run_dir.display());
-        }
     }
     let resume = has_checkpoint;
     let setup = build_setup(cfg, run_dir, device, resume, progress)?;
@@ -347,8 +333,8 @@ pub fn train(
 }
 
 /// Refuses to resume the run in `run_dir` with `cfg` when it differs from the config the run's
-/// checkpoint was trained with in more than the settings a resume may change. Run by `resolve`,
-/// and again under the run folder's lock (another process may have written the checkpoint since).
+/// checkpoint was trained with in more than the settings a resume may change. Run under the run
+/// folder's lock, so that no other process writes the checkpoint between the check and the run.
 pub(crate) fn agrees_with_checkpoint(cfg: &RunConfig, run_dir: &Path) -> anyhow::Result<()> {
     let checkpoint = run_dir.join(seg_train::checkpoint::FILE);
     let meta = seg_train::checkpoint::read_meta(&checkpoint)?;

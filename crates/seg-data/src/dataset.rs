@@ -159,13 +159,8 @@ impl Dataset {
             .par_iter()
             .enumerate()
             .map(|(i, e)| {
-                if opts.list.is_some() && !e.image.is_file() {
-                    // A split list names files without finding them (a folder scan's dangling
-                    // link is left to the reader, which gives the OS's reason).
-                    return Err(DataError::Missing {
-                        what: "image named by the split list",
-                        path: e.image.clone(),
-                    });
+                if let Some(missing) = self.listed_but_missing(e) {
+                    return Err(missing);
                 }
                 let label = match &e.label {
                     Some(l) => Some(l),
@@ -268,6 +263,17 @@ impl Dataset {
             ids,
             outside,
         }))
+    }
+
+    /// The error for a sample whose image a split list names but that is not on disk, naming
+    /// the list (a folder scan's dangling link is left to the reader, which gives the OS's
+    /// reason); `None` for any other sample.
+    pub fn listed_but_missing(&self, e: &SampleRef) -> Option<DataError> {
+        let list = self.options.list.as_ref().filter(|_| !e.image.is_file())?;
+        Some(DataError::Invalid {
+            path: e.image.clone(),
+            reason: format!("image named by the split list {} not found", list.display()),
+        })
     }
 
     /// The size of the first image, from its header.

@@ -99,17 +99,13 @@ pub fn inspect_with_progress(ds: &Dataset, done: &(dyn Fn() + Sync)) -> InspectR
 }
 
 fn inspect_one(ds: &Dataset, i: usize) -> One {
-    let image = &ds.entries()[i].image;
-    if let Some(list) = ds.options.list.as_ref().filter(|_| !image.is_file()) {
+    let entry = &ds.entries()[i];
+    if let Some(missing) = ds.listed_but_missing(entry) {
         // As the run says it (`leave_out_unusable`), with the list that names it.
         return One {
             size: None,
             counts: None,
-            problem: Some(Problem {
-                file: image.display().to_string(),
-                reason: format!("image named by the split list {} not found", list.display()),
-                kind: ProblemKind::Unreadable,
-            }),
+            problem: Some(problem_of(&missing, &entry.image)),
         };
     }
     match ds.get(i) {

@@ -54,12 +54,20 @@ pub fn create_dir_all(dir: &Path) -> std::io::Result<()> {
             .find(|a| a.exists() && !a.is_dir())
     };
     std::fs::create_dir_all(dir).map_err(|e| match blocker() {
-        Some(file) if file.is_file() => {
-            std::io::Error::new(e.kind(), format!("{} is a file, not a folder", file.display()))
-        }
-        Some(other) => std::io::Error::new(e.kind(), format!("{} is not a folder", other.display())),
+        Some(there) => not_a_folder(there),
         None => e,
     })
+}
+
+/// The error for a part of a path that is there and is no folder, naming it (kind
+/// `NotADirectory`, by which callers know the message names the path).
+fn not_a_folder(there: &Path) -> std::io::Error {
+    let what = if there.is_file() {
+        "is a file, not a folder"
+    } else {
+        "is not a folder"
+    };
+    std::io::Error::new(std::io::ErrorKind::NotADirectory, format!("{} {what}", there.display()))
 }
 
 /// Checks, before a long computation, that files can be written into `dir` (created later if
@@ -74,15 +82,7 @@ pub fn check_writable_dir(dir: &Path) -> std::io::Result<()> {
         there
     };
     if !there.is_dir() {
-        let what = if there.is_file() {
-            "is a file, not a folder"
-        } else {
-            "is not a folder"
-        };
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::NotADirectory,
-            format!("{} {what}", there.display()),
-        ));
+        return Err(not_a_folder(there));
     }
     let probe = there.join(format!(".probe.txt.{}.tmp", std::process::id()));
     std::fs::write(&probe, b"")
@@ -118,9 +118,9 @@ pub fn lock_dir(dir: &Path) -> std::io::Result<DirLock> {
     for _ in 0..64 {
         let missing = dir.ancestors().take_while(|a| !a.as_os_str().is_empty() && !a.exists());
         created.extend(missing.map(Path::to_path_buf));
-        // Its own message names the part of the path that is no folder.
+        // A part of the path that is no folder is named by the error itself.
         create_dir_all(dir).map_err(|e| {
-            if e.to_string().contains(" not a folder") {
+            if e.kind() == std::io::ErrorKind::NotADirectory {
                 e
             } else {
                 named(e)

@@ -313,20 +313,10 @@ pub fn run(
     control: RunControl,
 ) -> Result<Option<DetOutcome>, DetRunError> {
     cfg.validate()?;
-    // Refused before the lock is taken, a run leaves no `.lock` in a folder not its own.
-    if out.is_dir() {
-        seg_train::checkpoint::check_run_folder(out, control.resume).map_err(DetRunError::Run)?;
-    }
-    // One process at a time writes a run folder.
-    let _lock = seg_labels::fsutil::lock_dir(out).map_err(|e| DetRunError::Run(e.to_string()))?;
-    let ckpt = out.join(seg_train::checkpoint::FILE);
-    let resuming = seg_train::checkpoint::check_run_folder(out, control.resume).map_err(DetRunError::Run)?;
     // A run stopped before its first checkpoint starts over from step 0 under `--resume`, with
-    // this config: nothing of it is kept that the config would have to agree with, and the
-    // temporary files its killed writes left are cleared.
-    if control.resume && !resuming {
-        let _ = seg_labels::fsutil::remove_stale_temps(out);
-    }
+    // this config: nothing of it is kept that the config would have to agree with.
+    let (_lock, resuming) = seg_train::checkpoint::take_run_folder(out, control.resume).map_err(DetRunError::Run)?;
+    let ckpt = out.join(seg_train::checkpoint::FILE);
     let method_cfg = &cfg.method.0;
     let classes = cfg.model.classes;
     let d = &cfg.data;

@@ -69,6 +69,29 @@ pub fn check_run_folder(dir: &Path, resume: bool) -> Result<bool, String> {
     Ok(has_checkpoint)
 }
 
+/// Takes the folder of a run from step 0 or of a resume ([`check_run_folder`]) for this
+/// process: checked before its lock is taken (a refused run leaves no `.lock` in a folder not its
+/// own), locked (one process at a time writes a run folder), and checked again under the lock.
+/// A resume with no checkpoint yet starts over from step 0, its killed writes' temporary files
+/// cleared. Returns the lock and whether there is a checkpoint to resume from.
+pub fn take_run_folder(dir: &Path, resume: bool) -> Result<(seg_labels::fsutil::DirLock, bool), String> {
+    if dir.is_dir() {
+        check_run_folder(dir, resume)?;
+    }
+    let lock = seg_labels::fsutil::lock_dir(dir).map_err(|e| e.to_string())?;
+    let has_checkpoint = check_run_folder(dir, resume)?;
+    if resume && !has_checkpoint {
+        tracing::info!(
+            "{}: no checkpoint to resume from (the run stopped before its first, or it was removed), so the run starts from step 0",
+            dir.display()
+        );
+        if let Err(e) = seg_labels::fsutil::remove_stale_temps(dir) {
+            tracing::warn!("{}: cannot clear temporary files: {e}", dir.display());
+        }
+    }
+    Ok((lock, has_checkpoint))
+}
+
 /// A run folder's record of the samples left out before training, per dataset role.
 pub const SKIPPED: &str = "skipped.json";
 

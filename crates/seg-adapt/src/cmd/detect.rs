@@ -50,6 +50,12 @@ pub struct TrainArgs {
     pub init_from: Option<PathBuf>,
 }
 
+/// Whether a detection config's parse error is about a key only segmentation configs have: the
+/// file is a segmentation config.
+fn names_a_segmentation_key(message: &str) -> bool {
+    message.contains("unknown field `augment`") || message.contains("unknown field `source_dataset`")
+}
+
 /// Reads a detection config file and applies `--set` overrides. Naming a starting detector
 /// there (`--set init_from=RUN`) replaces the file's ImageNet weights.
 pub fn load_config(path: &Path, sets: &[String]) -> anyhow::Result<DetRunConfig> {
@@ -60,9 +66,7 @@ pub fn load_config(path: &Path, sets: &[String]) -> anyhow::Result<DetRunConfig>
         Ok(cfg) => cfg,
         Err(e) => match seg_train::config::bad_key_of_kind_section::<seg_ssd::DetMethodConfig>(&file_raw, "method") {
             Some((key, why)) => anyhow::bail!("{}: invalid detection config: {key}: {why}", path.display()),
-            None if e.message().contains("unknown field `augment`")
-                || e.message().contains("unknown field `source_dataset`") =>
-            {
+            None if names_a_segmentation_key(e.message()) => {
                 anyhow::bail!(
                     "{}: a segmentation config, which `seg-adapt train` takes (a detection config names data.source_format): {}",
                     path.display(),
@@ -107,9 +111,7 @@ pub fn load_config(path: &Path, sets: &[String]) -> anyhow::Result<DetRunConfig>
                 m if m.contains("unknown field `init_weights`") || m.contains("unknown field `init_from`") => {
                     " (in a detection config, init_weights and init_from are top-level keys)"
                 }
-                m if m.contains("unknown field `augment`") || m.contains("unknown field `source_dataset`") => {
-                    " (a segmentation config, which `seg-adapt train` takes)"
-                }
+                m if names_a_segmentation_key(m) => " (a segmentation config, which `seg-adapt train` takes)",
                 _ => "",
             };
             anyhow::bail!("{}: {culprit}: {}{hint}", path.display(), e.message().trim_end());

@@ -119,11 +119,9 @@ pub fn resolve(args: &Args) -> anyhow::Result<RunConfig> {
         tracing::info!("starting from the model of --init-from: the config's init_weights are not loaded");
         cfg.model.init_weights = None;
     }
-    // Without a checkpoint (a run stopped before its first one) there is nothing the config must
-    // agree with: `--resume` starts that run over from step 0, with this config.
-    if args.resume && has_checkpoint {
-        crate::run::agrees_with_checkpoint(&cfg, &args.out)?;
-    }
+    // Whether it agrees with the checkpoint's is checked by `run::train`, under the run folder's
+    // lock. Without a checkpoint (a run stopped before its first one) there is nothing the config
+    // must agree with: `--resume` starts that run over from step 0, with this config.
     Ok(cfg)
 }
 
