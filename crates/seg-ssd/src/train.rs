@@ -401,7 +401,7 @@ pub fn run(
         }
         let theirs =
             stored_config(&ck.meta.config).map_err(|e| DetRunError::Run(format!("{}: {e}", ckpt.display())))?;
-        same_but_steps(&theirs, cfg).map_err(|e| DetRunError::Run(format!("{}: {e}", ckpt.display())))?;
+        same_but_free_settings(&theirs, cfg).map_err(|e| DetRunError::Run(format!("{}: {e}", ckpt.display())))?;
         seg_train::checkpoint::same_left_out_as_recorded(out, &left_out.by_role, "val").map_err(DetRunError::Run)?;
         if ck.meta.step > cfg.trainer.steps {
             return Err(DetRunError::Run(format!(
@@ -833,30 +833,85 @@ pub struct LoadedDetector {
     _vars: VarMap,
 }
 
-/// As for segmentation runs, only the step count (to a later one, checked against the
-/// checkpoint's step) and the settings that do not change what is trained (how often to log
-/// and checkpoint) may change on resume.
-fn same_but_steps(theirs: &DetRunConfig, cfg: &DetRunConfig) -> Result<(), String> {
-    let with_these_steps = DetRunConfig {
-        trainer: DetTrainerConfig {
-            steps: cfg.trainer.steps,
-            log_every: cfg.trainer.log_every,
-            checkpoint_every: cfg.trainer.checkpoint_every,
-            ..theirs.trainer.clone()
-        },
-        ..theirs.clone()
-    };
-    if with_these_steps.to_toml() == cfg.to_toml() {
-        return Ok(());
+impl DetRunConfig {
+    /// This config with the settings a resumed run may change taken from `other`: the step
+    /// count (checked against the checkpoint's step), how often to log and checkpoint, and where
+    /// the data and starting weights are (data moved: the loaders still refuse other training
+    /// samples, `skipped.json` other left-out ones, and a resume reads no starting weights).
+    pub fn with_free_settings_of(&self, other: &Self) -> Self {
+        let mut c = self.clone();
+        let (t, o) = (&mut c.trainer, &other.trainer);
+        (t.steps, t.log_every, t.checkpoint_every) = (o.steps, o.log_every, o.checkpoint_every);
+        let (d, o) = (&mut c.data, &other.data);
+        d.source_root.clone_from(&o.source_root);
+        d.source_list.clone_from(&o.source_list);
+        d.target_root.clone_from(&o.target_root);
+        c.init_weights.clone_from(&other.init_weights);
+        c.init_from.clone_from(&other.init_from);
+        c
+    }
+}
+
+/// The first dotted key at which `cfg` changes more of `theirs` (a checkpoint's config) than a
+/// resume may change ([`DetRunConfig::with_free_settings_of`]); `None` when it does not.
+pub fn resume_difference(theirs: &DetRunConfig, cfg: &DetRunConfig) -> Option<String> {
+    let same = theirs.with_free_settings_of(cfg);
+    if same.to_toml() == cfg.to_toml() {
+        return None;
     }
     let tree = |c: &DetRunConfig| toml::Value::try_from(c).ok();
-    let differs = tree(theirs)
+    let differs = tree(&same)
         .zip(tree(cfg))
         .and_then(|(a, b)| seg_train::config::first_difference(&a, &b));
-    Err(format!(
-        "the run was trained with another config ({}); resume with the run's own config (only trainer.steps, log_every and checkpoint_every may change)",
-        differs.map_or("a setting".to_string(), |k| format!("`{k}` differs"))
-    ))
+    Some(differs.unwrap_or_else(|| "a setting".into()))
+}
+
+fn same_but_free_settings(theirs: &DetRunConfig, cfg: &DetRunConfig) -> Result<(), String> {
+    match resume_difference(theirs, cfg) {
+        None => Ok(()),
+        Some(key) => Err(format!(
+            "the run was trained with another config (`{key}` differs); resume with the run's own config (only \
+             trainer.steps, log_every, checkpoint_every and where the data and weights are may change), or start a \
+             new run in another folder"
+        )),
+    }
+}
+
+/// The config `train-detector --resume` without CONFIG continues the run in `out` with: the one
+/// its checkpoint was trained with, taking from the folder's `config.toml` the settings a resume
+/// may change. An edited, lost or unreadable `config.toml` does not change it, and is named in
+/// the warning returned beside it. `None` when the folder has no checkpoint.
+pub fn resume_config(out: &Path) -> Result<Option<(DetRunConfig, Option<String>)>, DetRunError> {
+    let ckpt = out.join(seg_train::checkpoint::FILE);
+    if !ckpt.is_file() {
+        return Ok(None);
+    }
+    let meta = seg_train::checkpoint::read_meta(&ckpt)?;
+    let theirs = stored_config(&meta.config).map_err(|e| DetRunError::Run(format!("{}: {e}", ckpt.display())))?;
+    let path = out.join("config.toml");
+    let file = match std::fs::read_to_string(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err("missing".to_string()),
+        Err(e) => Err(format!("cannot be read ({e})")),
+        Ok(text) => toml::from_str::<DetRunConfig>(&text).map_err(|e| format!("invalid ({})", e.message())),
+    };
+    Ok(Some(match file {
+        Ok(file) => {
+            let warning = resume_difference(&theirs, &file).map(|key| {
+                format!(
+                    "{}: differs from the config the checkpoint was trained with (`{key}`): the checkpoint's is used, and written back",
+                    path.display()
+                )
+            });
+            (theirs.with_free_settings_of(&file), warning)
+        }
+        Err(why) => {
+            let warning = format!(
+                "{}: {why}: restored from the config the checkpoint was trained with",
+                path.display()
+            );
+            (theirs, Some(warning))
+        }
+    }))
 }
 
 /// The detection config a checkpoint stores; a segmentation run's checkpoint (its config has

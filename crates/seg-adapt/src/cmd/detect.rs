@@ -296,26 +296,18 @@ pub fn train(args: TrainArgs, device_name: &crate::run::DeviceName) -> anyhow::R
     if args.resume {
         crate::config::refuse_other_tasks_folder(&args.out, true)?;
     }
-    let checkpoint = args.out.join(seg_train::checkpoint::FILE);
+    // Without CONFIG a resume continues with the config its checkpoint was trained with; an
+    // edited or lost config.toml is named and written back.
+    if args.resume && args.config.is_none() {
+        if let Some((trained, Some(warning))) = seg_ssd::train::resume_config(&args.out)? {
+            tracing::warn!("{warning}");
+            seg_labels::fsutil::write_atomic(&saved, trained.to_toml().as_bytes())
+                .with_context(|| format!("writing {}", saved.display()))?;
+        }
+    }
     let config = match &args.config {
         Some(c) => c,
         None if saved.is_file() => &saved,
-        // A lost config.toml is restored from the config the checkpoint stores.
-        None if args.resume && checkpoint.is_file() => {
-            let meta = seg_train::checkpoint::read_meta(&checkpoint)?;
-            anyhow::ensure!(
-                crate::config::is_detection_config(&meta.config),
-                "{}: a segmentation run's checkpoint, not a detector's (resume it with `seg-adapt train --resume`)",
-                checkpoint.display()
-            );
-            seg_labels::fsutil::write_atomic(&saved, meta.config.as_bytes())
-                .with_context(|| format!("restoring {}", saved.display()))?;
-            tracing::warn!(
-                "{}: missing, restored from the config the checkpoint stores",
-                saved.display()
-            );
-            &saved
-        }
         None => anyhow::bail!(
             "{}: no saved config to resume from; name a CONFIG (a preset of `configs/detection/`)",
             saved.display()

@@ -146,6 +146,31 @@ fn train_detector_then_eval_the_checkpoint_and_its_detections_file_alike() {
     ]);
     assert!(e.contains("`trainer.lr` differs"), "{e}");
     assert_eq!(std::fs::read(run.join("config.toml")).unwrap(), config);
+    // An edited config.toml does not change what is trained: it is named, and written back with
+    // the checkpoint's config. The data may move (here: the target, by a link).
+    let mut edited: toml::Value = toml::from_str(std::str::from_utf8(&config).unwrap()).unwrap();
+    edited["trainer"]["lr"] = toml::Value::Float(0.5);
+    std::fs::write(run.join("config.toml"), toml::to_string(&edited).unwrap()).unwrap();
+    let moved = dir.path().join("moved-cityscapes");
+    std::os::unix::fs::symlink(&cs, &moved).unwrap();
+    let target = format!("data.target_root={:?}", p(&moved));
+    let resumed = super::run(&[
+        "train-detector",
+        "--out",
+        p(&run),
+        "--resume",
+        "--set",
+        "trainer.steps=5",
+        "--set",
+        &target,
+    ]);
+    let said = String::from_utf8_lossy(&resumed.stderr);
+    assert!(resumed.status.success(), "{said}");
+    assert!(said.contains("config.toml: differs") && said.contains("`trainer.lr`"), "{said}");
+    let now: toml::Value = toml::from_str(&std::fs::read_to_string(run.join("config.toml")).unwrap()).unwrap();
+    assert_eq!(now["trainer"]["lr"].as_float(), Some(0.01));
+    assert_eq!(now["trainer"]["steps"].as_integer(), Some(5));
+    assert_eq!(now["data"]["target_root"].as_str(), Some(p(&moved)));
     let e = err(&["train-detector", "--out", p(&dir.path().join("none")), "--resume"]);
     assert!(e.contains("no saved config to resume from"), "{e}");
     // Each task's resume refuses the other's run folder by name.
