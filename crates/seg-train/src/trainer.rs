@@ -59,6 +59,9 @@ pub struct Trainer {
     /// Steps of the method's pretraining stage, before the trainer's `steps`.
     pretrain: usize,
     step: usize,
+    /// On resume, the `trainer.eval_every` of the config the checkpoint was written under (a
+    /// resume may change it): whether the checkpoint's step had an evaluation due.
+    eval_every_then: Option<usize>,
 }
 
 impl Trainer {
@@ -79,6 +82,7 @@ impl Trainer {
             stepper,
             pretrain,
             step: 0,
+            eval_every_then: None,
         })
     }
 
@@ -151,6 +155,10 @@ impl Trainer {
             t.resume(st, "target training").map_err(refused)?;
         }
         self.step = ck.meta.step;
+        self.eval_every_then = toml::from_str::<toml::Value>(&ck.meta.config)
+            .ok()
+            .and_then(|c| c.get("trainer")?.get("eval_every")?.as_integer())
+            .and_then(|n| usize::try_from(n).ok());
         crate::checkpoint::trim_metrics(&self.metrics_path(), self.step)?;
         self.warn_of_another_val_set();
         tracing::info!("resumed from step {} ({})", self.step, ck.path.display());
@@ -304,17 +312,17 @@ impl Trainer {
         let mut last_eval = None;
         // The checkpoint of a step that also evaluates is written first: a run killed during
         // that evaluation has no result logged for the step, and evaluates again.
-        let every = self.s.config.eval_every;
+        // Due under the interval of the run that wrote the checkpoint, or under this one's.
+        let due = |every: usize| every > 0 && self.step.is_multiple_of(every);
         if self.s.resume
             && self.s.eval.is_some()
-            && every > 0
             && self.step > 0
             && self.step < total
-            && self.step.is_multiple_of(every)
+            && (due(self.s.config.eval_every) || self.eval_every_then.is_some_and(due))
             && crate::checkpoint::logged_eval(&self.metrics_path(), self.step).is_none()
         {
             tracing::info!(
-                "evaluating step {} again: the run stopped during its evaluation",
+                "evaluating step {}: the run stopped before its evaluation was logged",
                 self.step
             );
             last_eval = self.evaluate_now()?;

@@ -166,7 +166,10 @@ fn train_detector_then_eval_the_checkpoint_and_its_detections_file_alike() {
     ]);
     let said = String::from_utf8_lossy(&resumed.stderr);
     assert!(resumed.status.success(), "{said}");
-    assert!(said.contains("config.toml: differs") && said.contains("`trainer.lr`"), "{said}");
+    assert!(
+        said.contains("config.toml: differs") && said.contains("`trainer.lr`"),
+        "{said}"
+    );
     let now: toml::Value = toml::from_str(&std::fs::read_to_string(run.join("config.toml")).unwrap()).unwrap();
     assert_eq!(now["trainer"]["lr"].as_float(), Some(0.01));
     assert_eq!(now["trainer"]["steps"].as_integer(), Some(5));

@@ -129,6 +129,7 @@ fn resumed_run_ends_with_the_same_weights() {
 fn setup_evaluating(run_dir: &Path, steps: usize, resume: bool) -> TrainSetup {
     let mut s = setup(run_dir, steps, 0.01, resume);
     s.config.eval_every = 2;
+    s.config_toml = "[trainer]\neval_every = 2\n".into();
     let list = run_dir.with_extension("list");
     std::fs::write(&list, "00001.png\n00002.png\n00003.png\n00004.png\n").unwrap();
     let opts = DatasetOptions {
@@ -161,14 +162,18 @@ fn a_run_stopped_during_an_evaluation_evaluates_again_when_resumed() {
         .unwrap()
         .run_until(2)
         .unwrap();
-    let log = std::fs::read_to_string(rb.join("metrics.jsonl")).unwrap();
-    let cut: String = log
-        .lines()
-        .filter(|l| !l.contains("\"eval\""))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    std::fs::write(rb.join("metrics.jsonl"), cut).unwrap();
-    std::fs::remove_dir_all(rb.join("eval")).unwrap();
+    // What a kill during step 2's evaluation leaves: no result logged, no evaluation folder.
+    let cut = |run: &Path| {
+        let log = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+        let kept: String = log
+            .lines()
+            .filter(|l| !l.contains("\"eval\""))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(run.join("metrics.jsonl"), kept).unwrap();
+        std::fs::remove_dir_all(run.join("eval")).unwrap();
+    };
+    cut(&rb);
     Trainer::new(setup_evaluating(&rb, 4, true)).unwrap().run().unwrap();
     let evals = |run: &Path| -> Vec<String> {
         std::fs::read_to_string(run.join("metrics.jsonl"))
@@ -184,6 +189,29 @@ fn a_run_stopped_during_an_evaluation_evaluates_again_when_resumed() {
         let report = |run: &Path| std::fs::read(run.join("eval").join(step).join("report.json")).unwrap();
         assert_eq!(report(&ra), report(&rb), "{step}");
     }
+    // A resume that changes eval_every (2 to 3) still evaluates the step that had one due.
+    let c = tempfile::tempdir().unwrap();
+    let rc = c.path().join("run");
+    Trainer::new(setup_evaluating(&rc, 4, false))
+        .unwrap()
+        .run_until(2)
+        .unwrap();
+    cut(&rc);
+    let mut resumed = setup_evaluating(&rc, 4, true);
+    resumed.config.eval_every = 3;
+    resumed.config_toml = "[trainer]\neval_every = 3\n".into();
+    Trainer::new(resumed).unwrap().run().unwrap();
+    let steps: Vec<u64> = evals(&rc)
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(steps, [2, 3, 4]);
+    let report = |run: &Path| std::fs::read(run.join("eval/step_000002/report.json")).unwrap();
+    assert_eq!(report(&ra), report(&rc));
 }
 
 #[test]
