@@ -112,8 +112,9 @@ pub trait Backbone: Send + Sync {
     fn num_classes(&self) -> usize;
     /// Whether the model has batch norm (AdaBN needs it).
     fn has_batch_norm(&self) -> bool;
-    /// Sets the running-statistics momentum of every batch-norm layer (`None` = PyTorch's
-    /// cumulative average, used to re-estimate statistics), and optionally resets them.
+    /// Sets the running-statistics momentum of every batch-norm layer (`None` = the pooled
+    /// statistics of every batch since the reset, used to re-estimate them), and optionally
+    /// resets them.
     fn set_bn_momentum(&self, momentum: Option<f64>, reset: bool) -> Result<()>;
 }
 

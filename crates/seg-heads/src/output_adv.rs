@@ -19,7 +19,8 @@ use crate::ops::pool_to;
 pub enum OutputMap {
     /// The softmax probabilities (AdaptSegNet).
     Softmax,
-    /// `-p log p` per class (AdvEnt).
+    /// `-p log p / log C` per class (AdvEnt; its code's `prob_2_entropy`), so that the maps sum
+    /// over classes to the normalised entropy, in `[0, 1]`.
     SelfInformation,
 }
 
@@ -35,7 +36,10 @@ impl OutputMap {
     pub fn of(self, logits: &Tensor) -> Result<Tensor> {
         match self {
             OutputMap::Softmax => seg_nn::loss::softmax_channels(logits),
-            OutputMap::SelfInformation => self_information(logits),
+            OutputMap::SelfInformation => {
+                let c = logits.dim(1)?;
+                self_information(logits)? / (c as f64).ln().max(f64::MIN_POSITIVE)
+            }
         }
     }
 }

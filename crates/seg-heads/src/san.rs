@@ -210,16 +210,16 @@ impl SanGenerator {
 /// `Rng::derive(seed, [step, 0])`, the terms are (`share` = `generated_task_share`):
 /// - `san_disc` (Discriminator): mean of BCE(D(target conv5), 1) and BCE(D(f'), 0), both
 ///   **detached**.
-/// - `gen_adv` (Generator): `adv_weight · BCE(D(f'), 1)` (non-saturating: fool D), with conv1
-///   and conv5 **detached**: only the generator's own graph is differentiated.
+/// - `gen_adv` (Generator): `adv_weight · BCE(D(f'), 1)` (non-saturating: fool D), with conv5
+///   **detached** (the Generator group updates the generator only).
 /// - `gen_task` (Generator): `alpha · CE(backbone.forward_from(source, conv5, f'), labels)`,
-///   conv1 and conv5 detached likewise.
-/// - `san_task` (Segmenter): `share · alpha ·` the same cross-entropy with the generator's
-///   residual **detached**, so the classifier and conv1..conv5 learn from generated features;
-///   the trainer weights its plain source cross-entropy `1 - share`
-///   ([`AdaptationHead::source_task_weight`]).
+///   conv5 detached likewise.
+/// - `san_task` (Segmenter): `share · alpha ·` the same cross-entropy, so the classifier and
+///   conv1..conv5 learn from generated features, conv1 also through the generator's input (the
+///   Segmenter group leaves the generator's weights as they are); the trainer weights its plain
+///   source cross-entropy `1 - share` ([`AdaptationHead::source_task_weight`]).
 /// - `san_adv` (Segmenter, only when `segmenter_adv_weight > 0`): `segmenter_adv_weight · w ·`
-///   the mean of BCE(D(f'), 1) (residual detached) and BCE(D(target conv5), 0), with `w` the
+///   the mean of BCE(D(f'), 1) and BCE(D(target conv5), 0), with `w` the
 ///   ramp (or 1): the paper's adversarial update of conv1..conv5, which moves both sides of
 ///   `L_adv` (the discriminator's loss with its labels inverted).
 ///
@@ -313,11 +313,12 @@ impl AdaptationHead for SanHead {
         let step = input.step.step;
         let c1 = input.source.get(FeatureTap::Conv1)?;
         let c5 = input.source.get(FeatureTap::Conv5)?;
-        // The generator's terms see detached backbone features (no wasted backward pass into
-        // the backbone); the segmenter's terms see a detached residual.
-        let residual = self.residual(&c1.detach(), c5, step)?;
+        // One residual serves both: the generator's terms see conv5 detached (its group updates
+        // the generator only); the segmenter's reach conv1..conv5 through both paths, conv1
+        // through the generator's input, as the paper trains G and conv1..conv5 together.
+        let residual = self.residual(c1, c5, step)?;
         let fake_gen = (c5.detach() + &residual)?;
-        let fake_seg = (c5 + residual.detach())?;
+        let fake_seg = (c5 + &residual)?;
         let real = input.target.get(FeatureTap::Conv5)?;
 
         let disc = ((self.disc_mean(&real.detach(), 1.0, step, 1)?

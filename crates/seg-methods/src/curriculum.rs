@@ -232,7 +232,7 @@ impl Curriculum {
         let estimate = logq.exp()?.detach();
         let pred = predicted_distribution(&logits, self.cfg.sharpen)?;
         let dist = (estimate * (pred + 1e-8)?.log()?)?.sum(1)?.neg()?.mean_all()?;
-        let pseudo = self.landmarks(&cells.detach(), &logits)?;
+        let pseudo = landmarks(&cells.detach(), &logits, self.cfg.landmark_fraction)?;
         let landmarks = cross_entropy_ignore(&logits, &pseudo, seg_labels_ignore())?;
         Ok(vec![
             LossTerm::new("seg", seg, GroupId::SEGMENTER),
@@ -240,35 +240,36 @@ impl Curriculum {
             LossTerm::new("landmarks", (landmarks * self.cfg.landmark_weight)?, GroupId::SEGMENTER),
         ])
     }
+}
 
-    /// Pixel labels `N×H×W` from the cell regressor: the most confident `landmark_fraction` of
-    /// the batch's cells keep their predicted class, every other pixel is ignored. Computed on
-    /// the device (a sort, no read-back).
-    fn landmarks(&self, cells: &Tensor, logits: &Tensor) -> Result<Tensor> {
-        let (n, _, h, w) = cells.dims4()?;
-        let (_, _, hh, ww) = logits.dims4()?;
-        let p = candle_nn::ops::softmax(cells, 1)?;
-        let conf = p.max(1)?; // N×h×w
-        let arg = p.argmax(1)?.to_dtype(DType::U32)?;
-        let m = n * h * w;
-        let keep = ((m as f64 * self.cfg.landmark_fraction).ceil() as usize).clamp(1, m);
-        let (sorted, _) = conf.flatten_all()?.unsqueeze(0)?.sort_last_dim(false)?;
-        let threshold = sorted.narrow(1, keep - 1, 1)?.reshape(())?;
-        let mask = conf.broadcast_ge(&threshold)?;
-        let ignore = arg.ones_like()?.affine(0.0, seg_labels_ignore() as f64)?;
-        let labels = mask.where_cond(&arg, &ignore)?;
-        if hh % h != 0 || ww % w != 0 {
-            return Err(candle_core::Error::Msg(format!(
-                "curriculum: the {h}x{w} feature grid does not divide the {hh}x{ww} output"
-            )));
-        }
-        let (sh, sw) = (hh / h, ww / w);
-        labels
-            .reshape((n, h, 1, w, 1))?
-            .broadcast_as((n, h, sh, w, sw))?
-            .contiguous()?
-            .reshape((n, hh, ww))
+/// Pixel labels `N×H×W` from the cell regressor: the most confident `fraction` of
+/// each image's cells (the paper's superpixels of an image) keep their predicted class, every
+/// other pixel is ignored. Computed on the device (a sort per image, no read-back).
+fn landmarks(cells: &Tensor, logits: &Tensor, fraction: f64) -> Result<Tensor> {
+    let (n, _, h, w) = cells.dims4()?;
+    let (_, _, hh, ww) = logits.dims4()?;
+    let p = candle_nn::ops::softmax(cells, 1)?;
+    let conf = p.max(1)?; // N×h×w
+    let arg = p.argmax(1)?.to_dtype(DType::U32)?;
+    let m = h * w;
+    let keep = ((m as f64 * fraction).ceil() as usize).clamp(1, m);
+    let per_image = conf.reshape((n, m))?;
+    let (sorted, _) = per_image.sort_last_dim(false)?;
+    let threshold = sorted.narrow(1, keep - 1, 1)?;
+    let mask = per_image.broadcast_ge(&threshold)?.reshape((n, h, w))?;
+    let ignore = arg.ones_like()?.affine(0.0, seg_labels_ignore() as f64)?;
+    let labels = mask.where_cond(&arg, &ignore)?;
+    if hh % h != 0 || ww % w != 0 {
+        return Err(candle_core::Error::Msg(format!(
+            "curriculum: the {h}x{w} feature grid does not divide the {hh}x{ww} output"
+        )));
     }
+    let (sh, sw) = (hh / h, ww / w);
+    labels
+        .reshape((n, h, 1, w, 1))?
+        .broadcast_as((n, h, sh, w, sw))?
+        .contiguous()?
+        .reshape((n, hh, ww))
 }
 
 impl Method for Curriculum {
@@ -306,5 +307,31 @@ impl Method for Curriculum {
 impl SegMethod for Curriculum {
     fn deployed(&self) -> &dyn Backbone {
         self.backbone.as_ref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor};
+
+    #[test]
+    fn landmarks_are_the_most_confident_cells_of_each_image() {
+        // Two images of 2×2 cells, class 0 more likely from cell 0 to cell 3; image 0 is far
+        // more confident than image 1. A batch-wide cut would keep image 0's cells only.
+        let mut v = vec![0f32; 2 * 3 * 4];
+        for (img, scale) in [(0, 2.0), (1, 0.1)] {
+            for cell in 0..4 {
+                v[img * 12 + cell] = scale * (cell + 1) as f32;
+            }
+        }
+        let cells = Tensor::from_vec(v, (2, 3, 2, 2), &Device::Cpu).unwrap();
+        let logits = Tensor::zeros((2, 3, 4, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let labels = super::landmarks(&cells, &logits, 0.5).unwrap();
+        let l = labels.to_vec3::<u32>().unwrap();
+        for img in &l {
+            // Cells 0 and 1 (the top row, 2×2 pixels each) ignored, cells 2 and 3 class 0.
+            assert!(img[..2].iter().flatten().all(|&x| x == 255), "{l:?}");
+            assert!(img[2..].iter().flatten().all(|&x| x == 0), "{l:?}");
+        }
     }
 }

@@ -173,12 +173,18 @@ pub struct BatchNorm2d {
     eps: f64,
 }
 
-/// How running statistics are updated: exponential (`Some(momentum)`) or a cumulative average
-/// over the batches seen since the last reset (`None`, PyTorch's `momentum=None`).
-#[derive(Debug, Clone, Copy)]
+/// How running statistics are updated: exponential (`Some(momentum)`) or, with `None`, the
+/// statistics of every value seen since the last reset, as if all its batches were one (AdaBN's
+/// "mean and variance over the target domain"): the pooled mean, and the unbiased pooled
+/// variance, which counts the spread of the batch means as well (PyTorch's `momentum=None`
+/// averages the batch variances and leaves that spread out).
+#[derive(Debug, Clone)]
 struct BnMode {
     momentum: Option<f64>,
-    batches: u64,
+    /// Values per channel seen since the last reset.
+    seen: f64,
+    /// Under `momentum = None`: the (biased) variance of the values seen since the last reset.
+    pooled_var: Option<Tensor>,
 }
 
 /// Names of variables that hold statistics, not trained parameters.
@@ -219,7 +225,8 @@ impl BatchNorm2d {
         let (running_mean, running_var) = (var("running_mean")?, var("running_var")?);
         let mode = std::sync::Arc::new(std::sync::Mutex::new(BnMode {
             momentum: Some(0.1),
-            batches: 0,
+            seen: 0.0,
+            pooled_var: None,
         }));
         Ok(Self {
             weight,
@@ -259,7 +266,7 @@ impl BatchNorm2d {
             .map_err(|_| candle_core::Error::Msg("poisoned batch-norm mode".into()))?;
         mode.momentum = momentum;
         if reset {
-            mode.batches = 0;
+            (mode.seen, mode.pooled_var) = (0.0, None);
             self.running_mean.set(&self.running_mean.as_tensor().zeros_like()?)?;
             self.running_var.set(&self.running_var.as_tensor().ones_like()?)?;
         }
@@ -293,21 +300,47 @@ impl ModuleT for BatchNorm2d {
             let (mean, var) = Self::batch_stats(x)?;
             (None, mean, var)
         };
-        let unbiased = if count > 1.0 {
-            (var.detach() * (count / (count - 1.0)))?
-        } else {
-            var.detach()
+        let mut mode = self
+            .mode
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("poisoned batch-norm mode".into()))?;
+        let (seen, batch_mean, batch_var) = (mode.seen, mean.detach(), var.detach());
+        mode.seen += count;
+        let (new_mean, new_var) = match mode.momentum {
+            Some(m) => {
+                let unbiased = if count > 1.0 {
+                    (&batch_var * (count / (count - 1.0)))?
+                } else {
+                    batch_var.clone()
+                };
+                (
+                    ((self.running_mean.as_tensor() * (1.0 - m))? + (&batch_mean * m)?)?,
+                    ((self.running_var.as_tensor() * (1.0 - m))? + (unbiased * m)?)?,
+                )
+            }
+            None => {
+                // The batch merged into everything seen before (Chan et al.'s pairwise update,
+                // stable where the mean is large against the spread).
+                let n = mode.seen;
+                let (pooled_mean, pooled_var) = match &mode.pooled_var {
+                    None => (batch_mean, batch_var),
+                    Some(prev) => {
+                        let delta = (&batch_mean - self.running_mean.as_tensor())?;
+                        let mean = (self.running_mean.as_tensor() + (&delta * (count / n))?)?;
+                        let var = ((prev * (seen / n))? + (&batch_var * (count / n))?)?;
+                        (mean, (var + (delta.sqr()? * (seen * count / (n * n)))?)?)
+                    }
+                };
+                let unbiased = if n > 1.0 {
+                    (&pooled_var * (n / (n - 1.0)))?
+                } else {
+                    pooled_var.clone()
+                };
+                mode.pooled_var = Some(pooled_var);
+                (pooled_mean, unbiased)
+            }
         };
-        let m = {
-            let mut mode = self
-                .mode
-                .lock()
-                .map_err(|_| candle_core::Error::Msg("poisoned batch-norm mode".into()))?;
-            mode.batches += 1;
-            mode.momentum.unwrap_or(1.0 / mode.batches as f64)
-        };
-        let new_mean = ((self.running_mean.as_tensor() * (1.0 - m))? + (mean.detach() * m)?)?;
-        let new_var = ((self.running_var.as_tensor() * (1.0 - m))? + (unbiased * m)?)?;
+        drop(mode);
         self.running_mean.set(&new_mean)?;
         self.running_var.set(&new_var)?;
         match normalised {

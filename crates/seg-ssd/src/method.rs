@@ -18,8 +18,8 @@
 //!
 //! Domain terms follow the project's GRL pattern: `domain_disc` (discriminator group) trains
 //! the classifiers on detached maps, source = 1, target = 0, binary cross-entropy averaged over
-//! locations and sites; `domain_adv` (segmenter group) is the same loss through the reversal
-//! layer, so the detector receives −weight times its gradient.
+//! each site's locations and summed over sites; `domain_adv` (segmenter group) is the same loss
+//! through the reversal layer, so each site's map receives −weight times its own term's gradient.
 
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarMap;
@@ -280,7 +280,8 @@ struct DetAdapt {
 }
 
 impl DetAdapt {
-    /// Mean over sites of `(BCE(D(s), 1) + BCE(D(t), 0)) / 2`, on maps passed through `f`.
+    /// Sum over sites of `(BCE(D(s), 1) + BCE(D(t), 0)) / 2`, on maps passed through `f`: each
+    /// site's classifier has its own loss at full weight, as DA-Faster's one classifier has.
     fn domain_loss(&self, s: &[Tensor], t: &[Tensor], f: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
         let mut total: Option<Tensor> = None;
         for b in &self.branches {
@@ -292,8 +293,7 @@ impl DetAdapt {
                 None => l,
             });
         }
-        let total = total.ok_or_else(|| candle_core::Error::Msg("no domain branches".into()))?;
-        total / self.branches.len() as f64
+        total.ok_or_else(|| candle_core::Error::Msg("no domain branches".into()))
     }
 }
 

@@ -672,8 +672,8 @@ pub fn init_checkpoint(
     Ok(ck)
 }
 
-/// AdaBN: the detector's batch-norm statistics recomputed as the cumulative average over every
-/// target train image (one pass, no gradients), then back to momentum 0.1.
+/// AdaBN: the detector's batch-norm statistics recomputed as the pooled mean and variance of
+/// every target train image (one pass, no gradients), then back to momentum 0.1.
 pub fn reestimate_bn(
     ssd: &Ssd,
     ds: &DetDataset,

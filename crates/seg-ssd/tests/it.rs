@@ -529,18 +529,21 @@ fn init_from_copies_the_detector_and_refuses_another_model() {
         resume: true,
         stop_after: None,
     };
-    // Resuming with another config (here without init_from) is refused and leaves the run's
-    // own config.toml as it was.
-    let mut without = da_maps.clone();
-    without.init_from = None;
-    let e = seg_ssd::train::run(&without, &c, &Device::Cpu, &mut |_, _, _| {}, resume)
+    // Resuming with another config (here another learning rate) is refused, naming the key, and
+    // leaves the run's own config.toml as it was.
+    let mut faster = da_maps.clone();
+    faster.trainer.lr *= 2.0;
+    let e = seg_ssd::train::run(&faster, &c, &Device::Cpu, &mut |_, _, _| {}, resume)
         .err()
         .unwrap()
         .to_string();
-    assert!(e.contains("another config"), "{e}");
+    assert!(e.contains("another config") && e.contains("`trainer.lr`"), "{e}");
     assert_eq!(std::fs::read_to_string(c.join("config.toml")).unwrap(), stored);
+    // Where the run started may change (here: taken out, the run being gone).
+    let mut without = da_maps.clone();
+    without.init_from = None;
     assert!(
-        seg_ssd::train::run(&da_maps, &c, &Device::Cpu, &mut |_, _, _| {}, resume)
+        seg_ssd::train::run(&without, &c, &Device::Cpu, &mut |_, _, _| {}, resume)
             .unwrap()
             .is_some()
     );

@@ -151,8 +151,8 @@ pub fn evaluate(backbone: &dyn Backbone, dataset: &Dataset, setup: &EvalSetup) -
     Ok(ev)
 }
 
-/// AdaBN: re-estimates every batch-norm layer's statistics as the cumulative average over
-/// `batches` target batches (forward passes in training mode, no gradient step).
+/// AdaBN: re-estimates every batch-norm layer's statistics as the mean and variance of all
+/// `batches` target batches together (forward passes in training mode, no gradient step).
 pub fn reestimate_bn(backbone: &dyn Backbone, target: &mut Loader, batches: usize) -> Result<(), TrainError> {
     if !backbone.has_batch_norm() {
         return Err(TrainError::Setup(

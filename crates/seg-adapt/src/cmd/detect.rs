@@ -354,18 +354,22 @@ pub fn demo_config(
     // batch is normalised by its own statistics, so what is left to tell apart is subtle:
     // at DA-Faster's learning rate the branches stayed at chance (BCE ≈ 0.69) and the reversed
     // gradient carried nothing. Chosen on data seed 0 only (docs/demo-history.md).
+    // The weight and rate are shared by the method's sites (one classifier each, each with its
+    // own loss): per site, the totals divided by their number.
+    let model = SsdConfig {
+        input: [s.width as usize, s.height as usize],
+        classes: ClassSet::Car,
+        ..Default::default()
+    };
+    let per_site = |sites: usize| (DET_DOMAIN_WEIGHT / sites as f64, DET_DOMAIN_LR_MULT / sites as f64);
     match &mut method {
         DetMethodConfig::DaImage(c) => {
             // The small SSD's maps have 48 and 64 channels; DA-Faster's 512 hidden channels
             // (for conv5_3's 512) would cost five times the detector itself.
             c.hidden = 64;
-            c.weight = DET_DOMAIN_WEIGHT;
-            c.disc_lr_mult = DET_DOMAIN_LR_MULT;
+            (c.weight, c.disc_lr_mult) = per_site(c.maps.len());
         }
-        DetMethodConfig::DaMaps(c) => {
-            c.weight = DET_DOMAIN_WEIGHT;
-            c.disc_lr_mult = DET_DOMAIN_LR_MULT;
-        }
+        DetMethodConfig::DaMaps(c) => (c.weight, c.disc_lr_mult) = per_site(model.prior_spec().maps.len()),
         _ => {}
     }
     let (steps, lr, init_from) = match phase {
@@ -373,11 +377,7 @@ pub fn demo_config(
         Phase::Arm => (phases.adapt, DET_ARM_LR, Some(init.to_path_buf())),
     };
     Ok(DetRunConfig {
-        model: SsdConfig {
-            input: [s.width as usize, s.height as usize],
-            classes: ClassSet::Car,
-            ..Default::default()
-        },
+        model,
         method: DetMethodConfigField(method),
         data: seg_ssd::train::DetDataConfig {
             source_format: DetFormat::Sim10k,
@@ -411,9 +411,11 @@ pub fn demo_config(
 const DET_LR: f64 = 0.02;
 /// The arms' learning rate for the detector, continuing from the pretrained one.
 const DET_ARM_LR: f64 = 0.01;
-/// The demo's gradient-reversal weight (DA-Faster's default: 0.1).
+/// The demo's gradient-reversal weight, shared by the sites (DA-Faster's default: 0.1 for its
+/// one site).
 const DET_DOMAIN_WEIGHT: f64 = 1.0;
-/// The domain branches' learning-rate multiplier on [`DET_LR`] (so SGD at 0.4, poly-decayed).
+/// The domain branches' learning-rate multiplier on [`DET_LR`] (so SGD at 0.4, poly-decayed),
+/// shared by the sites likewise.
 const DET_DOMAIN_LR_MULT: f64 = 20.0;
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -629,7 +631,7 @@ pub fn demo(args: &super::demo::Args, out: &Path, device: &crate::run::DeviceNam
     let s = preset.sizes();
     let last_seed = seeds.saturating_sub(1);
     let meta = format!(
-        "Embedded benchmark `{preset:?}`, generator version {}, data seed {data_seed}: source {} Sim10k-layout images (JPEG, VOC XML), target Cityscapes train {} (unlabelled) / val {}, {}x{}. Small batch-norm SSD at {}x{}, car only, batch 8 (+8 target), SGD poly 0.9. Per seed: {} source-only steps at lr {DET_LR} shared by every arm, then {} steps per arm from that detector at lr {DET_ARM_LR} (domain branches: reversal weight {DET_DOMAIN_WEIGHT}, lr {DET_LR} × {DET_DOMAIN_LR_MULT}; da-image's classifiers with 64 hidden channels); AdaBN = the source-only arm with its statistics re-estimated on target train; the adaptation arms end with the same re-estimation; the oracle continues on target train boxes. Seeds 0 to {last_seed} ({seeds} in all). Last checkpoint only. {}",
+        "Embedded benchmark `{preset:?}`, generator version {}, data seed {data_seed}: source {} Sim10k-layout images (JPEG, VOC XML), target Cityscapes train {} (unlabelled) / val {}, {}x{}. Small batch-norm SSD at {}x{}, car only, batch 8 (+8 target), SGD poly 0.9. Per seed: {} source-only steps at lr {DET_LR} shared by every arm, then {} steps per arm from that detector at lr {DET_ARM_LR} (domain branches: reversal weight {DET_DOMAIN_WEIGHT} and lr {DET_LR} × {DET_DOMAIN_LR_MULT}, each divided among the branches; da-image's classifiers with 64 hidden channels); AdaBN = the source-only arm with its statistics re-estimated on target train; the adaptation arms end with the same re-estimation; the oracle continues on target train boxes. Seeds 0 to {last_seed} ({seeds} in all). Last checkpoint only. {}",
         toy::GENERATOR_VERSION,
         s.sim10k,
         s.target_train,

@@ -4,3 +4,4 @@
 mod common;
 mod discriminator;
 mod grl;
+mod output_maps;

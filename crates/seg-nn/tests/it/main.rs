@@ -234,19 +234,34 @@ fn bce_on_logits_is_stable() {
 }
 
 #[test]
-fn cumulative_batch_norm_statistics_average_the_batches() {
+fn cumulative_batch_norm_statistics_are_those_of_all_batches_together() {
     let vars = VarMap::new();
     let vb = VarBuilder::from_varmap(&vars, DType::F32, &cpu());
     let bn = BatchNorm2d::new(1, vb.pp("bn"), &vars).unwrap();
+    let stats = || {
+        let data = vars.data().lock().unwrap();
+        let get = |n: &str| data[n].as_tensor().to_vec1::<f32>().unwrap()[0];
+        (get("bn.running_mean"), get("bn.running_var"))
+    };
     bn.set_momentum(None, true).unwrap();
-    for v in [[1f32, 3.0], [5.0, 7.0]] {
-        bn.forward_t(&Tensor::from_vec(v.to_vec(), (1, 1, 1, 2), &cpu()).unwrap(), true)
+    for v in [vec![1f32, 3.0], vec![5.0, 7.0], vec![1000.0, 1000.5, 1001.0, 1001.5]] {
+        let n = v.len();
+        bn.forward_t(&Tensor::from_vec(v, (1, 1, 1, n), &cpu()).unwrap(), true)
             .unwrap();
     }
-    let data = vars.data().lock().unwrap();
-    // Means 2 and 6 → 4; unbiased variances 2 and 2 → 2.
-    assert_eq!(data["bn.running_mean"].as_tensor().to_vec1::<f32>().unwrap(), vec![4.0]);
-    assert_eq!(data["bn.running_var"].as_tensor().to_vec1::<f32>().unwrap(), vec![2.0]);
+    // Of the eight values together: mean 501, unbiased variance Σ(x − 501)² / 7. Averaging the
+    // batches' means and variances (PyTorch's momentum=None) would give 338.3 and 1.5.
+    let all = [1f64, 3.0, 5.0, 7.0, 1000.0, 1000.5, 1001.0, 1001.5];
+    let mean = all.iter().sum::<f64>() / 8.0;
+    let var = all.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / 7.0;
+    let (m, v) = stats();
+    assert!(close(m, mean as f32, 1e-4), "{m} vs {mean}");
+    assert!(close(v, var as f32, 1e-3), "{v} vs {var}");
+    // A reset starts over: one batch's own statistics.
+    bn.set_momentum(None, true).unwrap();
+    bn.forward_t(&Tensor::from_vec(vec![1f32, 3.0], (1, 1, 1, 2), &cpu()).unwrap(), true)
+        .unwrap();
+    assert_eq!(stats(), (2.0, 2.0));
 }
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
