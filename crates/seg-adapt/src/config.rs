@@ -140,6 +140,12 @@ impl RunConfig {
                 "crop {w}x{h}: width and height must be positive multiples of the network's stride {stride} (model {})",
                 self.model.name
             );
+            let min = self.method.min_crop_side() as u32;
+            anyhow::ensure!(
+                w >= min && h >= min,
+                "crop {w}x{h}: method `{}` needs at least {min} pixels a side (its discriminator's five stride-2 convolutions)",
+                self.method.name()
+            );
             // One batch of input floats, before any activation: 1024 × 3 × 512 × 1024 is 6 GiB.
             let target = self.trainer.target_batch_size.unwrap_or(0);
             let (batch, key) = match self.trainer.batch_size.max(target) {

@@ -225,8 +225,12 @@ impl Dataset {
     /// or labelTrainIds when those are asked for); for the other formats, whose label path does
     /// not depend on the file being there, the sample's name.
     fn expected_label(&self, entry: &SampleRef) -> PathBuf {
-        if self.name != "cityscapes" {
-            return PathBuf::from(format!("a label file for `{}`", entry.name));
+        let file = entry.image.file_name().unwrap_or_default();
+        match self.name {
+            "gta5" => return self.root.join("labels").join(file),
+            "synthia" => return self.root.join("GT").join("LABELS").join(file),
+            "cityscapes" => {}
+            _ => return PathBuf::from(format!("a label file for `{}`", entry.name)),
         }
         let city = entry.image.parent().and_then(|p| p.file_name()).unwrap_or_default();
         let suffix = match self.options.label_source {

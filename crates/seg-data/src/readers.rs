@@ -96,11 +96,49 @@ pub fn open_dataset(
             root: root.to_path_buf(),
             detail: match &ds.options.list {
                 Some(list) => format!(": the split list {} names no images", list.display()),
-                None => String::from(": no images found"),
+                None => nothing_found(name, root, split),
             },
         });
     }
     Ok(ds)
+}
+
+/// Why a split read without a list has no images: the pattern looked for, and what is there
+/// instead (JPEGs, `.PNG`, other names), counted with an example.
+fn nothing_found(name: DatasetName, root: &Path, split: &str) -> String {
+    let (dir, pattern, depth) = match name {
+        DatasetName::Cityscapes => (
+            root.join("leftImg8bit").join(split),
+            format!("leftImg8bit/{split}/{{city}}/*{CS_IMAGE_SUFFIX}"),
+            2,
+        ),
+        DatasetName::Gta5 => (root.join("images"), "images/*.png".to_string(), 1),
+        DatasetName::Synthia => (root.join("RGB"), "RGB/*.png".to_string(), 1),
+    };
+    fn files(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if seg_labels::fsutil::is_hidden(&e.file_name()) {
+                continue;
+            }
+            match p.is_dir() {
+                true if depth > 1 => files(&p, depth - 1, out),
+                true => {}
+                false => out.push(p),
+            }
+        }
+    }
+    let mut others = Vec::new();
+    files(&dir, depth, &mut others);
+    others.sort();
+    match others.first() {
+        None => format!(": no images found (looked for {pattern})"),
+        Some(first) => format!(
+            ": no images found (looked for {pattern}; {} other file(s) there, such as {})",
+            others.len(),
+            first.strip_prefix(root).unwrap_or(first).display()
+        ),
+    }
 }
 
 /// The entries of `dir` that `keep` accepts, sorted by path, hidden ones aside
@@ -230,7 +268,11 @@ fn open_flat(
     let entries = images
         .into_iter()
         .map(|image| {
-            let label = image.file_name().map(|f| label_dir.join(f)).filter(|_| has_labels);
+            // A missing label is told as such ("no label file"), as Cityscapes' is.
+            let label = image
+                .file_name()
+                .map(|f| label_dir.join(f))
+                .filter(|l| has_labels && l.symlink_metadata().is_ok());
             SampleRef {
                 name: file_stem(&image),
                 image,

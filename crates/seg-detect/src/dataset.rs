@@ -268,7 +268,8 @@ impl DetDataset {
         match self.format {
             DetFormat::Sim10k => {
                 let text = std::fs::read_to_string(ann).map_err(DetError::io(ann))?;
-                let a = parse_voc(ann, &text, self.classes)?;
+                let image_size = || png_io::read_size(&e.image).map_err(DetError::from);
+                let a = parse_voc(ann, &text, self.classes, image_size)?;
                 Ok(DetTruth {
                     width: a.width,
                     height: a.height,
@@ -338,23 +339,10 @@ impl DetDataset {
     }
 }
 
-/// Whether a JPEG file ends its last scan: an end-of-image marker (`FF D9`) must follow the last
-/// start-of-scan marker (`FF DA`). Neither pair can occur inside entropy-coded data (a coded
-/// `FF` is followed by `00` or a restart marker), so a file cut inside a scan has none after it.
-/// The decoder fills a cut scan with grey and reports nothing, as PIL's "image file is
-/// truncated" does not.
-fn jpeg_is_complete(bytes: &[u8]) -> bool {
-    let last = |marker: u8| bytes.windows(2).rposition(|w| w == [0xFF, marker]);
-    match (last(0xDA), last(0xD9)) {
-        (Some(sos), Some(eoi)) => eoi > sos,
-        _ => false,
-    }
-}
-
 /// Decodes a JPEG or PNG file to 8-bit RGB, naming the file on failure (a JPEG cut short too).
 pub fn decode_image(path: &Path) -> Result<RgbImage, DetError> {
     let bytes = std::fs::read(path).map_err(DetError::io(path))?;
-    if bytes.starts_with(&[0xFF, 0xD8]) && !jpeg_is_complete(&bytes) {
+    if bytes.starts_with(&[0xFF, 0xD8]) && !seg_labels::png_io::jpeg_is_complete(&bytes) {
         return Err(DetError::invalid(
             path,
             "cannot decode image: truncated JPEG (no end-of-image marker after its last scan)",

@@ -52,8 +52,15 @@ fn number(path: &Path, n: Node<'_, '_>, tag: &str, what: &str) -> Result<f64, De
     Ok(v)
 }
 
-/// Parses the XML text of `path` (named in errors), keeping the boxes of `classes`.
-pub fn parse_voc(path: &Path, text: &str, classes: ClassSet) -> Result<VocAnnotation, DetError> {
+/// Parses the XML text of `path` (named in errors), keeping the boxes of `classes`. An
+/// annotation without `<size>` takes `image_size()` (the image's own, as py-faster-rcnn's
+/// loader, which never reads `<size>`, does).
+pub fn parse_voc(
+    path: &Path,
+    text: &str,
+    classes: ClassSet,
+    image_size: impl FnOnce() -> Result<(u32, u32), DetError>,
+) -> Result<VocAnnotation, DetError> {
     let doc = Document::parse(text).map_err(|e| DetError::invalid(path, format!("malformed XML: {e}")))?;
     let root = doc.root_element();
     if !root.has_tag_name("annotation") {
@@ -62,9 +69,13 @@ pub fn parse_voc(path: &Path, text: &str, classes: ClassSet) -> Result<VocAnnota
             format!("root element is <{}>, expected <annotation>", root.tag_name().name()),
         ));
     }
-    let size = child(root, "size").ok_or_else(|| DetError::invalid(path, "missing <size>"))?;
-    let width = number(path, size, "width", "<size>")?;
-    let height = number(path, size, "height", "<size>")?;
+    let (width, height) = match child(root, "size") {
+        Some(size) => (
+            number(path, size, "width", "<size>")?,
+            number(path, size, "height", "<size>")?,
+        ),
+        None => image_size().map(|(w, h)| (w as f64, h as f64))?,
+    };
     if width < 1.0
         || height < 1.0
         || width > 65535.0
@@ -178,6 +189,11 @@ mod tests {
     use super::*;
     use crate::classes::CAR;
 
+    /// The size of an image that should not be needed.
+    fn unused() -> Result<(u32, u32), DetError> {
+        panic!("the annotation's <size> is read")
+    }
+
     const GOOD: &str = "<annotation><filename>3384827.jpg</filename><size><width>100</width><height>50</height><depth>3</depth></size>\
         <object><name>car</name><difficult>0</difficult><bndbox><xmin>1</xmin><ymin>2</ymin><xmax>30</xmax><ymax>20</ymax></bndbox></object>\
         <object><name>motorbike</name><bndbox><xmin>40</xmin><ymin>10</ymin><xmax>120</xmax><ymax>40</ymax></bndbox></object>\
@@ -187,7 +203,7 @@ mod tests {
     #[test]
     fn reads_shifts_clips_and_filters() {
         let p = Path::new("a.xml");
-        let a = parse_voc(p, GOOD, ClassSet::All).unwrap();
+        let a = parse_voc(p, GOOD, ClassSet::All, unused).unwrap();
         assert_eq!((a.width, a.height, a.objects), (100, 50, 3));
         assert_eq!(a.boxes.len(), 2);
         assert_eq!(a.boxes[0].class, CAR);
@@ -195,20 +211,25 @@ mod tests {
         assert_eq!(a.boxes[1].bbox, PixelBox::new(39.0, 9.0, 99.0, 39.0));
         assert_eq!(a.problems.len(), 2, "{:?}", a.problems);
         assert!(a.problems[0].contains("clipped") && a.problems[1].contains("dropped"));
-        let cars = parse_voc(p, GOOD, ClassSet::Car).unwrap();
+        let cars = parse_voc(p, GOOD, ClassSet::Car, unused).unwrap();
         assert_eq!(cars.boxes.len(), 1);
-        let round = parse_voc(p, &to_voc_xml("x.jpg", 100, 50, &a.boxes), ClassSet::All).unwrap();
+        let round = parse_voc(p, &to_voc_xml("x.jpg", 100, 50, &a.boxes), ClassSet::All, unused).unwrap();
         assert_eq!(round.boxes, a.boxes);
     }
 
     #[test]
     fn refuses_bad_annotations_naming_the_reason() {
         let p = Path::new("bad.xml");
-        let err = |t: &str| parse_voc(p, t, ClassSet::All).unwrap_err().to_string();
+        let err = |t: &str| parse_voc(p, t, ClassSet::All, unused).unwrap_err().to_string();
         assert!(err("<annotation><size>").contains("malformed XML"));
-        assert!(err("<annotation></annotation>").contains("missing <size>"));
+        // Without <size>, the image's own size is used (py-faster-rcnn never reads <size>).
+        let sizeless = GOOD.replace("<size><width>100</width><height>50</height><depth>3</depth></size>", "");
+        let a = parse_voc(p, &sizeless, ClassSet::All, || Ok((100, 50))).unwrap();
+        assert_eq!((a.width, a.height, a.boxes.len()), (100, 50, 2));
+        let unreadable = parse_voc(p, &sizeless, ClassSet::All, || Err(DetError::invalid(p, "no image")));
+        assert!(unreadable.unwrap_err().to_string().contains("no image"));
         // An object of another class is left out and listed; names match without regard to case.
-        let other = parse_voc(p, &GOOD.replace("person", "tractor"), ClassSet::All).unwrap();
+        let other = parse_voc(p, &GOOD.replace("person", "tractor"), ClassSet::All, unused).unwrap();
         assert_eq!((other.objects, other.boxes.len()), (2, 2));
         assert!(
             other.problems[1].contains("object 2: class `tractor` is not a detection class")
@@ -216,7 +237,7 @@ mod tests {
             "{:?}",
             other.problems
         );
-        let upper = parse_voc(p, &GOOD.replace("<name>car", "<name> Car"), ClassSet::Car).unwrap();
+        let upper = parse_voc(p, &GOOD.replace("<name>car", "<name> Car"), ClassSet::Car, unused).unwrap();
         assert_eq!(upper.boxes.len(), 1);
         let swapped = GOOD.replace("<xmax>30</xmax>", "<xmax>0</xmax>");
         assert!(err(&swapped).contains("xmax < xmin"));
@@ -224,7 +245,7 @@ mod tests {
         assert!(err(&nan).contains("not a number"));
         assert!(err(&nan).starts_with("bad.xml"));
         let empty = "<annotation><size><width>4</width><height>4</height></size></annotation>";
-        let a = parse_voc(p, empty, ClassSet::Car).unwrap();
+        let a = parse_voc(p, empty, ClassSet::Car, unused).unwrap();
         assert_eq!(
             a.problems,
             vec!["annotation has no objects of a detection class".to_string()]

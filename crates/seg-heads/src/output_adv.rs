@@ -14,6 +14,10 @@ use crate::entropy::self_information;
 use crate::error::{check_range, HeadError};
 use crate::ops::pool_to;
 
+/// The smallest side of the output map the discriminator takes: its five stride-2 4×4
+/// convolutions (padding 1) halve it five times and the last needs 2 pixels.
+pub const MIN_SIDE: usize = 32;
+
 /// What the discriminator looks at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutputMap {
@@ -156,8 +160,9 @@ pub struct OutputAdvHead {
 }
 
 impl OutputAdvHead {
-    /// Builds the head under `vb`. The input must be at least 32 pixels on each side for the
-    /// discriminator's five stride-2 convolutions; the trainer's crop is checked when it runs.
+    /// Builds the head under `vb`. The output map must be at least [`MIN_SIDE`] pixels a side
+    /// for the discriminator's five stride-2 convolutions; a run's config is checked against it
+    /// before any work starts (`MethodConfig::min_crop_side`).
     pub fn new(
         cfg: &OutputAdvConfig,
         map: OutputMap,
@@ -204,9 +209,9 @@ impl AdaptationHead for OutputAdvHead {
             let m = self.map.of(logits)?;
             let (_, _, h, w) = m.dims4()?;
             let p = self.cfg.pool;
-            // The discriminator's five stride-2 convolutions need 32 pixels a side: smaller
-            // outputs are not pooled.
-            if p > 1 && h % p == 0 && w % p == 0 && h / p >= 32 && w / p >= 32 {
+            // The discriminator's five stride-2 convolutions need MIN_SIDE pixels a side:
+            // smaller outputs are not pooled.
+            if p > 1 && h % p == 0 && w % p == 0 && h / p >= MIN_SIDE && w / p >= MIN_SIDE {
                 pool_to(&m, h / p, w / p)
             } else {
                 Ok(m)

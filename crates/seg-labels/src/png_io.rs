@@ -53,8 +53,9 @@ pub struct LabelImage {
 /// How a label PNG is expected to be encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LabelEncoding {
-    /// One 8-bit channel of ids: grayscale (`L`) or palette indices (`P`), as Cityscapes
-    /// `labelIds`/`labelTrainIds`, GTA5 labels and prediction PNGs are read by PIL.
+    /// One channel of ids: 8-bit grayscale (`L`) or palette indices (`P`), as Cityscapes
+    /// `labelIds`/`labelTrainIds`, GTA5 labels and prediction PNGs are read by PIL; 16-bit
+    /// grayscale too when every value is at most 255 (a label re-saved with 16 bits).
     Ids8,
     /// SYNTHIA `GT/LABELS`: 16 bits per channel, class id in the first channel.
     Synthia16,
@@ -103,8 +104,8 @@ fn corrupt(path: &Path, e: impl std::fmt::Display) -> PngError {
     }
 }
 
-/// The declared `(width, height)` of a PNG from its first 24 bytes (signature and IHDR), without
-/// reading the rest of the file: cheap enough to check every pair of a large dataset up front.
+/// The declared `(width, height)` of a PNG from its first 24 bytes (signature and IHDR; a
+/// JPEG's from its frame header), without reading the rest of the file: cheap enough to check every pair of a large dataset up front.
 pub fn read_size(path: &Path) -> Result<(u32, u32), PngError> {
     use std::io::Read;
     let mut head = [0u8; 24];
@@ -129,6 +130,22 @@ pub fn read_size(path: &Path) -> Result<(u32, u32), PngError> {
     const SIGNATURE: [u8; 8] = [0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A];
     if got == 0 {
         return Err(corrupt(path, "empty file"));
+    }
+    if head.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        // A JPEG (read by its content, as `decode_rgb` reads it): its frame header.
+        let reader = image::ImageReader::open(path)
+            .map_err(|cause| PngError::Io {
+                path: path.to_path_buf(),
+                cause,
+            })?
+            .with_guessed_format()
+            .map_err(|cause| PngError::Io {
+                path: path.to_path_buf(),
+                cause,
+            })?;
+        return reader
+            .into_dimensions()
+            .map_err(|e| corrupt(path, format!("a JPEG that does not decode: {e}")));
     }
     if got < head.len() || head[..8] != SIGNATURE || &head[12..16] != b"IHDR" {
         return Err(corrupt(path, "no PNG signature and IHDR header"));
@@ -197,15 +214,65 @@ fn decode_frame<R: std::io::BufRead + std::io::Seek>(
     Ok(buf)
 }
 
-/// Decodes any PNG as 8-bit RGB (palette expanded, gray replicated, alpha dropped, 16-bit
-/// reduced to its high byte).
+/// Decodes any PNG (or JPEG) as 8-bit RGB (palette expanded, gray replicated, alpha dropped,
+/// 16-bit reduced to its high byte).
 pub fn read_rgb(path: &Path) -> Result<RgbImage, PngError> {
     let bytes = read_file(path)?;
     decode_rgb(path, &bytes)
 }
 
-/// [`read_rgb`] from bytes already in memory; `path` only names the file in errors.
+/// Whether a JPEG file ends its last scan: an end-of-image marker (`FF D9`) must follow the last
+/// start-of-scan marker (`FF DA`). Neither pair can occur inside entropy-coded data (a coded
+/// `FF` is followed by `00` or a restart marker), so a file cut inside a scan has none after it.
+/// The decoder fills a cut scan with grey and reports nothing, as PIL's "image file is
+/// truncated" does not.
+pub fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let last = |marker: u8| bytes.windows(2).rposition(|w| w == [0xFF, marker]);
+    match (last(0xDA), last(0xD9)) {
+        (Some(sos), Some(eoi)) => eoi > sos,
+        _ => false,
+    }
+}
+
+/// A JPEG as 8-bit RGB (the size bounded before decoding, a file cut short refused).
+fn decode_jpeg(path: &Path, bytes: &[u8]) -> Result<RgbImage, PngError> {
+    let bad = |reason: String| PngError::Corrupt {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let reader = image::ImageReader::with_format(Cursor::new(bytes), image::ImageFormat::Jpeg);
+    let (w, h) = reader
+        .into_dimensions()
+        .map_err(|e| bad(format!("a JPEG that does not decode: {e}")))?;
+    if w as u64 * h as u64 > MAX_PIXELS {
+        return Err(PngError::TooLarge {
+            path: path.to_path_buf(),
+            width: w,
+            height: h,
+            max: MAX_PIXELS,
+        });
+    }
+    if !jpeg_is_complete(bytes) {
+        return Err(bad(
+            "a truncated JPEG (no end-of-image marker after its last scan)".into()
+        ));
+    }
+    let img = image::load_from_memory_with_format(bytes, image::ImageFormat::Jpeg)
+        .map_err(|e| bad(format!("a JPEG that does not decode: {e}")))?
+        .to_rgb8();
+    Ok(RgbImage {
+        width: img.width(),
+        height: img.height(),
+        data: img.into_raw(),
+    })
+}
+
+/// [`read_rgb`] from bytes already in memory; `path` only names the file in errors. A JPEG is
+/// read by its content whatever its name (as PIL and OpenCV read a file).
 pub fn decode_rgb(path: &Path, bytes: &[u8]) -> Result<RgbImage, PngError> {
+    if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        return decode_jpeg(path, bytes);
+    }
     let ((w, h, _, _), mut reader) = open(path, bytes, png::Transformations::EXPAND)?;
     let buf = decode_frame(path, &mut reader)?;
     let (color, depth) = reader.output_color_type();
@@ -257,9 +324,9 @@ pub fn decode_label(path: &Path, bytes: &[u8], encoding: LabelEncoding) -> Resul
     let bits = depth as u8;
     match (encoding, color) {
         (LabelEncoding::Ids8, png::ColorType::Grayscale | png::ColorType::Indexed) if bits <= 8 => {}
-        (LabelEncoding::Ids8, png::ColorType::Grayscale) => {
-            return Err(wrong(" (16-bit values: an instanceIds or SYNTHIA-style file?)"))
-        }
+        // 16-bit grey ids are read as numpy reads PIL's mode I;16, as long as they are ids
+        // (checked below).
+        (LabelEncoding::Ids8, png::ColorType::Grayscale) if bits == 16 => {}
         (LabelEncoding::Ids8, png::ColorType::Rgb | png::ColorType::Rgba) => {
             return Err(wrong(
                 " (a colour image: label ids must be one channel, not a *_color.png rendering)",
@@ -284,14 +351,22 @@ pub fn decode_label(path: &Path, bytes: &[u8], encoding: LabelEncoding) -> Resul
     let n = (w as usize) * (h as usize);
     let row_bytes = (w as usize * bits as usize).div_ceil(8);
     let data: Vec<u16> = match encoding {
-        LabelEncoding::Instance16 if bits == 16 => {
+        LabelEncoding::Ids8 | LabelEncoding::Instance16 if bits == 16 => {
             if buf.len() < n * 2 {
                 return Err(corrupt(path, "pixel data shorter than the header declares"));
             }
-            buf.chunks_exact(2)
+            let values: Vec<u16> = buf
+                .chunks_exact(2)
                 .take(n)
                 .map(|px| u16::from_be_bytes([px[0], px[1]]))
-                .collect()
+                .collect();
+            let max = values.iter().copied().max().unwrap_or(0);
+            if encoding == LabelEncoding::Ids8 && max > 255 {
+                return Err(wrong(&format!(
+                    " with values up to {max}: an instanceIds or SYNTHIA-style file?"
+                )));
+            }
+            values
         }
         LabelEncoding::Ids8 | LabelEncoding::Instance16 => {
             if buf.len() < row_bytes * h as usize {
@@ -653,7 +728,20 @@ mod tests {
             &[0x6A, 0x01],
         );
         let e = read_label(&p, LabelEncoding::Ids8).unwrap_err().to_string();
-        assert!(e.contains("16-bit grayscale") && e.contains("instanceIds"), "{e}");
+        assert!(
+            e.contains("16-bit grayscale") && e.contains("up to 27137") && e.contains("instanceIds"),
+            "{e}"
+        );
+        // 16-bit grayscale ids (a label re-saved with 16 bits) are read as ids, as numpy does.
+        raw_png(
+            &p,
+            2,
+            1,
+            png::ColorType::Grayscale,
+            png::BitDepth::Sixteen,
+            &[0, 26, 0, 255],
+        );
+        assert_eq!(read_label(&p, LabelEncoding::Ids8).unwrap().data, vec![26, 255]);
         // 8-bit grayscale where SYNTHIA's 16-bit labels are expected.
         raw_png(&p, 1, 1, png::ColorType::Grayscale, png::BitDepth::Eight, &[3]);
         let e = read_label(&p, LabelEncoding::Synthia16).unwrap_err().to_string();

@@ -232,6 +232,16 @@ impl MethodConfig {
         matches!(self, MethodConfig::FcnWild(_))
     }
 
+    /// The smallest side a training crop may have (the models' outputs are at the input's
+    /// resolution): AdaptSegNet's and AdvEnt's discriminators need
+    /// [`seg_heads::output_adv::MIN_SIDE`] pixels a side of the output map.
+    pub fn min_crop_side(&self) -> usize {
+        match self {
+            MethodConfig::Adaptsegnet(_) | MethodConfig::Advent(_) => seg_heads::output_adv::MIN_SIDE,
+            _ => 1,
+        }
+    }
+
     /// Checks the hyperparameters alone (no model needed).
     pub fn validate(&self) -> Result<(), HeadError> {
         match self {

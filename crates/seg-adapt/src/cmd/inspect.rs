@@ -140,13 +140,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&j)?);
         return Ok(());
     }
-    println!("{} {}: {} samples, {} usable", r.dataset, r.split, r.samples, r.usable);
+    println!(
+        "{} {}: {}, {} usable",
+        r.dataset,
+        r.split,
+        super::count(r.samples, "sample"),
+        r.usable
+    );
     for (size, n) in &r.image_sizes {
         println!("  image size {size}: {n}");
     }
     if r.labelled == 0 {
         // Cityscapes' train split without gtFine: what unlabelled target training reads.
-        println!("  no labels in this split: images only, no class counts");
+        match r.usable {
+            0 => println!("  no usable sample, so no class counts"),
+            _ => println!("  no labels in this split: images only, no class counts"),
+        }
         print_problems(r.problems.iter().map(|p| (p.file.as_str(), p.reason.as_str())));
         return Ok(());
     }

@@ -20,7 +20,8 @@ pub struct Args {
     /// Run folder or checkpoint file.
     #[arg(long)]
     pub checkpoint: PathBuf,
-    /// An image, or a folder searched recursively for PNGs.
+    /// An image (PNG or JPEG), or a folder searched recursively for `.png`, `.jpg` and `.jpeg`
+    /// files.
     #[arg(long)]
     pub input: PathBuf,
     /// Output folder: one PNG per input image, in the input's sub-folders, named
@@ -33,7 +34,7 @@ pub struct Args {
     pub format: Format,
 }
 
-fn collect_pngs(dir: &Path, out: &mut Vec<PathBuf>, depth: usize) -> anyhow::Result<()> {
+fn collect_images(dir: &Path, out: &mut Vec<PathBuf>, depth: usize) -> anyhow::Result<()> {
     anyhow::ensure!(
         depth < 32,
         "{}: folders nested too deep (a symlink loop?)",
@@ -52,11 +53,14 @@ fn collect_pngs(dir: &Path, out: &mut Vec<PathBuf>, depth: usize) -> anyhow::Res
         let ft = e.file_type()?;
         let p = e.path();
         if ft.is_dir() {
-            collect_pngs(&p, out, depth + 1)?;
+            collect_images(&p, out, depth + 1)?;
         } else if ft.is_symlink() && p.is_dir() {
             // Linked folders are not entered (links could loop); said, not skipped silently.
             tracing::warn!("{}: a link to a folder, not entered", p.display());
-        } else if (ft.is_file() || ft.is_symlink()) && p.extension().is_some_and(|x| x.eq_ignore_ascii_case("png")) {
+        } else if (ft.is_file() || ft.is_symlink())
+            && p.extension()
+                .is_some_and(|x| ["png", "jpg", "jpeg"].iter().any(|e| x.eq_ignore_ascii_case(e)))
+        {
             // A linked file is read like any other; one that leads nowhere fails naming it.
             out.push(p);
         }
@@ -71,13 +75,17 @@ pub fn run(args: Args, device_name: &crate::run::DeviceName) -> anyhow::Result<(
     let setup = crate::run::eval_setup(&trained.cfg, &device);
     let inputs = if args.input.is_dir() {
         let mut v = Vec::new();
-        collect_pngs(&args.input, &mut v, 0)?;
+        collect_images(&args.input, &mut v, 0)?;
         v
     } else {
         anyhow::ensure!(args.input.is_file(), "input not found: {}", args.input.display());
         vec![args.input.clone()]
     };
-    anyhow::ensure!(!inputs.is_empty(), "{}: no PNG images found", args.input.display());
+    anyhow::ensure!(
+        !inputs.is_empty(),
+        "{}: no PNG or JPEG images found",
+        args.input.display()
+    );
     let base = if args.input.is_dir() {
         // Predictions written inside the input folder would be read as inputs next time.
         anyhow::ensure!(

@@ -319,6 +319,17 @@ fn train_eval_predict_round_trip() {
     let out = ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(out.contains("wrote 1 predictions"), "{out}");
     assert!(dir.path().join("odd-out/linked_labelIds.png").exists());
+    // A user's photos: JPEGs, any case of the extension.
+    let photos = dir.path().join("photos");
+    std::fs::create_dir_all(&photos).unwrap();
+    let jpegs = seg_data::toy::sim10k_path(toy()).join("VOC2012/JPEGImages");
+    let jpeg = std::fs::read_dir(&jpegs).unwrap().next().unwrap().unwrap().path();
+    std::fs::copy(&jpeg, photos.join("photo.JPG")).unwrap();
+    let args = predict(&photos, &dir.path().join("photos-out"));
+    let out = ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.contains("wrote 1 predictions"), "{out}");
+    let pred = seg_labels::png_io::read_size(&dir.path().join("photos-out/photo_labelIds.png")).unwrap();
+    assert_eq!(pred, seg_labels::png_io::read_size(&jpeg).unwrap());
     std::fs::copy(&image, odd.join("a.png")).unwrap();
     std::fs::copy(&image, odd.join("a_leftImg8bit.png")).unwrap();
     let args = predict(&odd, &dir.path().join("odd-out2"));

@@ -619,6 +619,11 @@ fn check_reads_every_file_times_steps_and_fails_when_the_run_would_stop() {
             "multiples of the network's stride",
         ),
         (
+            "kind = \"dann\"\n\n[augment]\ncrop = [64, 64]",
+            "kind = \"advent\"\n\n[augment]\ncrop = [64, 16]",
+            "method `advent` needs at least 32 pixels a side",
+        ),
+        (
             "[model]\nname = \"small\"",
             "[model]\nname = \"small\"\ninit_from = \"/nowhere\"",
             "/nowhere",

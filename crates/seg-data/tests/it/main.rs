@@ -64,6 +64,35 @@ fn gta5_palette_labels_are_read_as_indices_and_problems_listed() {
     assert!(r.problems[1].file.ends_with("images/00003.png"));
     assert!(r.problems[1].reason.contains("not a valid PNG"), "{:?}", r.problems[1]);
     assert_eq!(r.train_ids_warning(), None);
+    // An image without its label is told as such, naming the label looked for.
+    png_io::write_rgb(&dir.path().join("images/00004.png"), &rgb(4, 2, 10)).unwrap();
+    let ds = open_dataset(DatasetName::Gta5, dir.path(), "all", labelled()).unwrap();
+    let e = ds.get(3).unwrap_err().to_string();
+    assert!(
+        e.contains("images/00004.png: no label file for this image (expected") && e.contains("labels/00004.png"),
+        "{e}"
+    );
+}
+
+#[test]
+fn an_image_is_read_by_its_content_a_jpeg_named_png_too() {
+    // PIL and OpenCV read a file by its content; so does the reader (labels stay PNG).
+    let dir = tempfile::tempdir().unwrap();
+    gta5_tree(dir.path());
+    let mut jpeg = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 100)
+        .encode(&[10u8; 4 * 2 * 3], 4, 2, image::ExtendedColorType::Rgb8)
+        .unwrap();
+    std::fs::write(dir.path().join("images/00001.png"), &jpeg).unwrap();
+    let ds = open_dataset(DatasetName::Gta5, dir.path(), "all", labelled()).unwrap();
+    let s = ds.get(0).unwrap();
+    assert_eq!((s.image.width, s.image.height), (4, 2));
+    assert!(s.image.data.iter().all(|&v| v.abs_diff(10) <= 2), "{:?}", s.image.data);
+    assert_eq!(png_io::read_size(&dir.path().join("images/00001.png")).unwrap(), (4, 2));
+    // Cut short, it is named as such.
+    std::fs::write(dir.path().join("images/00001.png"), &jpeg[..jpeg.len() - 2]).unwrap();
+    let e = ds.get(0).unwrap_err().to_string();
+    assert!(e.contains("00001.png") && e.contains("truncated JPEG"), "{e}");
 }
 
 #[test]
@@ -316,7 +345,20 @@ fn missing_roots_and_empty_splits_name_the_path() {
     let e = open_dataset(DatasetName::Gta5, dir.path(), "all", labelled())
         .unwrap_err()
         .to_string();
-    assert!(e.contains("no usable samples") || e.contains("no images"), "{e}");
+    assert!(e.contains("no images found (looked for images/*.png)"), "{e}");
+    // What is there instead is counted, with an example (JPEGs where PNGs are read).
+    let val = dir.path().join("leftImg8bit/val/lindau");
+    std::fs::create_dir_all(&val).unwrap();
+    std::fs::create_dir_all(dir.path().join("gtFine/val/lindau")).unwrap();
+    std::fs::write(val.join("lindau_000000_000019_leftImg8bit.jpg"), b"x").unwrap();
+    std::fs::write(val.join("lindau_000001_000019_leftImg8bit.jpg"), b"x").unwrap();
+    let e = open_dataset(DatasetName::Cityscapes, dir.path(), "val", labelled())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("looked for leftImg8bit/val/{city}/*_leftImg8bit.png; 2 other file(s) there, such as leftImg8bit/val/lindau/lindau_000000_000019_leftImg8bit.jpg"),
+        "{e}"
+    );
 }
 
 /// A Cityscapes train split on disk, opened, and a random-scale 3×3-crop augmentation (the
