@@ -38,7 +38,8 @@ pub struct CurriculumConfig {
     pub dist_weight: f64,
     /// Weight of the landmark term. Default 0.2 (ours).
     pub landmark_weight: f64,
-    /// Share of the landmark cells kept, the most confident first. Default 0.3 (paper: top 30%).
+    /// Share of each image's landmark cells kept, the most confident first. Default 0.3 (paper:
+    /// the top 30% of each image's 100 superpixels).
     pub landmark_fraction: f64,
     /// A landmark cell's label in stage 1 is its majority class when that class covers at least
     /// this share of its labelled pixels (else the cell is ignored). Default 0.5 (ours).
