@@ -86,10 +86,23 @@ pub enum FolderError {
     #[error("{path}: cannot read folder: {cause}")]
     ReadDir { path: PathBuf, cause: std::io::Error },
     #[error(
-        "{} ground-truth image(s) have no prediction under {} (each needs one `<city>_<seq>_<frame>*.png`): {}",
-        names.len(), pred_dir.display(), list_names(names)
+        "{} ground-truth image(s) have no prediction under {} (each needs one `<city>_<seq>_<frame>*.png`): {}{}",
+        names.len(), pred_dir.display(), list_names(names),
+        match linked_folders.first() {
+            Some(first) => format!(
+                "\n(linked folders are not searched, as the official evaluator's os.walk does not: {} of them, such as {})",
+                linked_folders.len(),
+                first.display()
+            ),
+            None => String::new(),
+        }
     )]
-    Missing { pred_dir: PathBuf, names: Vec<String> },
+    Missing {
+        pred_dir: PathBuf,
+        names: Vec<String>,
+        /// Symlinked folders under the prediction folder, which were not entered.
+        linked_folders: Vec<PathBuf>,
+    },
     #[error("several predictions for {name}: {}", list_paths(candidates))]
     Ambiguous { name: String, candidates: Vec<PathBuf> },
     #[error("{pred}: prediction is {pred_width}x{pred_height} but the ground truth {gt} is {gt_width}x{gt_height}")]
@@ -207,16 +220,18 @@ fn find_ground_truth(root: &Path, split: &str) -> Result<Vec<Pair>, FolderError>
     Ok(pairs)
 }
 
-/// Every `*.png` under `dir` as (file name, path), sorted by name. Symlinked folders are not
-/// entered (so links cannot loop); symlinked files count.
-fn find_predictions(dir: &Path) -> Result<Vec<(String, PathBuf)>, FolderError> {
+/// Every `*.png` under `dir` as (file name, path), sorted by name, and the symlinked folders,
+/// which are not entered (as `os.walk` does not; links cannot loop); symlinked files count.
+type Found = (Vec<(String, PathBuf)>, Vec<PathBuf>);
+
+fn find_predictions(dir: &Path) -> Result<Found, FolderError> {
     if !dir.is_dir() {
         return Err(FolderError::MissingDir {
             what: "prediction",
             path: dir.to_path_buf(),
         });
     }
-    let mut out = Vec::new();
+    let (mut out, mut linked) = (Vec::new(), Vec::new());
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for e in read_dir_sorted(&d)? {
@@ -229,6 +244,10 @@ fn find_predictions(dir: &Path) -> Result<Vec<(String, PathBuf)>, FolderError> {
                 stack.push(path);
                 continue;
             }
+            if ft.is_symlink() && path.is_dir() {
+                linked.push(path);
+                continue;
+            }
             let is_file = ft.is_file() || (ft.is_symlink() && path.is_file());
             let name = e.file_name().to_string_lossy().into_owned();
             if is_file && name.ends_with(".png") {
@@ -237,7 +256,8 @@ fn find_predictions(dir: &Path) -> Result<Vec<(String, PathBuf)>, FolderError> {
         }
     }
     out.sort();
-    Ok(out)
+    linked.sort();
+    Ok((out, linked))
 }
 
 /// Matches each ground truth to the predictions whose name starts with it.
@@ -403,12 +423,13 @@ fn evaluate_pair(
 /// evaluator's [`Evaluator::warnings`].
 pub fn evaluate_folder(opts: &FolderOptions) -> Result<Evaluator, FolderError> {
     let mut pairs = find_ground_truth(&opts.root, &opts.split)?;
-    let preds = find_predictions(&opts.pred_dir)?;
+    let (preds, linked_folders) = find_predictions(&opts.pred_dir)?;
     let missing = match_predictions(&mut pairs, &preds)?;
     if !missing.is_empty() && !opts.missing_as_wrong {
         return Err(FolderError::Missing {
             pred_dir: opts.pred_dir.clone(),
             names: missing,
+            linked_folders,
         });
     }
     let maps = [

@@ -456,4 +456,13 @@ fn symlink_loops_in_the_prediction_folder_are_not_followed() {
     std::os::unix::fs::symlink(&f.pred, f.pred.join("nested/loop")).unwrap();
     let ev = evaluate_folder(&f.opts()).unwrap();
     assert_eq!(ev.images(), 2);
+    // A prediction found only through a linked folder is missing, and the message says why.
+    let away = f.pred.with_extension("away");
+    std::fs::rename(f.pred.join("nested/deeper"), &away).unwrap();
+    std::os::unix::fs::symlink(&away, f.pred.join("nested/deeper")).unwrap();
+    let e = err_of(&f, &f.opts());
+    assert!(
+        e.contains("lindau_000001_000019") && e.contains("linked folders are not searched") && e.contains("2 of them"),
+        "{e}"
+    );
 }
