@@ -7,7 +7,7 @@ use std::path::Path;
 fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data) {
         for classes in [seg_detect::ClassSet::Car, seg_detect::ClassSet::All] {
-            let _ = seg_detect::voc::parse_voc(Path::new("fuzz.xml"), text, classes);
+            let _ = seg_detect::voc::parse_voc(Path::new("fuzz.xml"), text, classes, || Ok((100, 100)));
         }
     }
     let dir = std::env::temp_dir().join(format!("seg-fuzz-dets-{}", std::process::id()));

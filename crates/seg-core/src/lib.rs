@@ -16,3 +16,9 @@ pub use model::{
 };
 pub use rng::Rng;
 pub use seg_labels::{IGNORE, NUM_CLASSES};
+
+/// The version of what the methods compute from a config: raised whenever a change makes the
+/// same config train other weights (2: AdvEnt's maps over log C, per-image curriculum
+/// landmarks, SAN's conv1 through the generator, AdaBN's pooled statistics, detection domain
+/// terms summed over sites). The demo reuses a finished run only under the same version.
+pub const METHODS_VERSION: u32 = 2;

@@ -225,12 +225,15 @@ impl Dataset {
     /// or labelTrainIds when those are asked for); for the other formats, whose label path does
     /// not depend on the file being there, the sample's name.
     fn expected_label(&self, entry: &SampleRef) -> PathBuf {
-        let file = entry.image.file_name().unwrap_or_default();
-        match self.name {
-            "gta5" => return self.root.join("labels").join(file),
-            "synthia" => return self.root.join("GT").join("LABELS").join(file),
-            "cityscapes" => {}
-            _ => return PathBuf::from(format!("a label file for `{}`", entry.name)),
+        let flat = self
+            .name
+            .parse::<crate::DatasetName>()
+            .ok()
+            .map(|n| n.flat_folders(&self.root));
+        match flat {
+            Some(Some((_, labels))) => return labels.join(entry.image.file_name().unwrap_or_default()),
+            Some(None) => {}
+            None => return PathBuf::from(format!("a label file for `{}`", entry.name)),
         }
         let city = entry.image.parent().and_then(|p| p.file_name()).unwrap_or_default();
         let suffix = match self.options.label_source {

@@ -62,6 +62,7 @@ impl DataError {
             DataError::Png(e) => match e {
                 seg_labels::PngError::Io { path, .. }
                 | seg_labels::PngError::Corrupt { path, .. }
+                | seg_labels::PngError::Jpeg { path, .. }
                 | seg_labels::PngError::TooLarge { path, .. }
                 | seg_labels::PngError::WrongEncoding { path, .. }
                 | seg_labels::PngError::Write { path, .. } => Some(path),

@@ -32,6 +32,18 @@ impl DatasetName {
     }
 }
 
+impl DatasetName {
+    /// The image and label folders under the root of a dataset without splits (GTA5: `images/`,
+    /// `labels/`; SYNTHIA: `RGB/`, `GT/LABELS/`); `None` for Cityscapes.
+    pub fn flat_folders(self, root: &Path) -> Option<(PathBuf, PathBuf)> {
+        match self {
+            DatasetName::Cityscapes => None,
+            DatasetName::Gta5 => Some((root.join("images"), root.join("labels"))),
+            DatasetName::Synthia => Some((root.join("RGB"), root.join("GT").join("LABELS"))),
+        }
+    }
+}
+
 impl std::str::FromStr for DatasetName {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -70,24 +82,14 @@ pub fn open_dataset(
     }
     let ds = match name {
         DatasetName::Cityscapes => open_cityscapes(root, split, options)?,
-        DatasetName::Gta5 => open_flat(
-            root,
-            "gta5",
-            &root.join("images"),
-            &root.join("labels"),
-            LabelEncoding::Ids8,
-            DatasetKind::Gta5,
-            options,
-        )?,
-        DatasetName::Synthia => open_flat(
-            root,
-            "synthia",
-            &root.join("RGB"),
-            &root.join("GT").join("LABELS"),
-            LabelEncoding::Synthia16,
-            DatasetKind::Synthia,
-            options,
-        )?,
+        DatasetName::Gta5 | DatasetName::Synthia => {
+            let (images, labels) = name.flat_folders(root).unwrap_or_default();
+            let (encoding, kind) = match name {
+                DatasetName::Gta5 => (LabelEncoding::Ids8, DatasetKind::Gta5),
+                _ => (LabelEncoding::Synthia16, DatasetKind::Synthia),
+            };
+            open_flat(root, name.as_str(), &images, &labels, encoding, kind, options)?
+        }
     };
     if ds.is_empty() {
         return Err(DataError::Empty {
@@ -112,8 +114,11 @@ fn nothing_found(name: DatasetName, root: &Path, split: &str) -> String {
             format!("leftImg8bit/{split}/{{city}}/*{CS_IMAGE_SUFFIX}"),
             2,
         ),
-        DatasetName::Gta5 => (root.join("images"), "images/*.png".to_string(), 1),
-        DatasetName::Synthia => (root.join("RGB"), "RGB/*.png".to_string(), 1),
+        DatasetName::Gta5 | DatasetName::Synthia => {
+            let images = name.flat_folders(root).unwrap_or_default().0;
+            let shown = images.strip_prefix(root).unwrap_or(&images).display().to_string();
+            (images, format!("{shown}/*.png"), 1)
+        }
     };
     fn files(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
         for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {

@@ -339,23 +339,10 @@ impl DetDataset {
     }
 }
 
-/// Decodes a JPEG or PNG file to 8-bit RGB, naming the file on failure (a JPEG cut short too).
+/// Decodes a JPEG or PNG file (by its content) to 8-bit RGB, naming the file on failure (a JPEG
+/// cut short too): `png_io::read_rgb`, which every reader shares.
 pub fn decode_image(path: &Path) -> Result<RgbImage, DetError> {
-    let bytes = std::fs::read(path).map_err(DetError::io(path))?;
-    if bytes.starts_with(&[0xFF, 0xD8]) && !seg_labels::png_io::jpeg_is_complete(&bytes) {
-        return Err(DetError::invalid(
-            path,
-            "cannot decode image: truncated JPEG (no end-of-image marker after its last scan)",
-        ));
-    }
-    let img =
-        image::load_from_memory(&bytes).map_err(|e| DetError::invalid(path, format!("cannot decode image: {e}")))?;
-    let rgb = img.to_rgb8();
-    Ok(RgbImage {
-        width: rgb.width(),
-        height: rgb.height(),
-        data: rgb.into_raw(),
-    })
+    Ok(png_io::read_rgb(path)?)
 }
 
 /// How boxes are drawn from an instance-id map.

@@ -1,6 +1,6 @@
 //! Adversarial alignment in the output space: a fully convolutional discriminator on a map
 //! derived from the segmenter's prediction, the softmax (AdaptSegNet, Tsai et al., CVPR 2018)
-//! or the weighted self-information `-p log p` (AdvEnt, Vu et al., CVPR 2019). The
+//! or the weighted self-information `-p log p / log C` (AdvEnt, Vu et al., CVPR 2019). The
 //! discriminator learns source (1) from target (0) on detached maps; the segmenter is trained
 //! GAN-style, with flipped labels, to make target maps look like source ones.
 

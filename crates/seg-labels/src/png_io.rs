@@ -17,6 +17,9 @@ pub enum PngError {
     Io { path: PathBuf, cause: std::io::Error },
     #[error("{path}: not a valid PNG ({reason})")]
     Corrupt { path: PathBuf, reason: String },
+    /// A file whose content is a JPEG (read by content wherever an image is read).
+    #[error("{path}: not a valid JPEG ({reason})")]
+    Jpeg { path: PathBuf, reason: String },
     #[error("{path}: declared size {width}x{height} exceeds the limit of {max} pixels")]
     TooLarge {
         path: PathBuf,
@@ -143,9 +146,10 @@ pub fn read_size(path: &Path) -> Result<(u32, u32), PngError> {
                 path: path.to_path_buf(),
                 cause,
             })?;
-        return reader
-            .into_dimensions()
-            .map_err(|e| corrupt(path, format!("a JPEG that does not decode: {e}")));
+        return reader.into_dimensions().map_err(|e| PngError::Jpeg {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        });
     }
     if got < head.len() || head[..8] != SIGNATURE || &head[12..16] != b"IHDR" {
         return Err(corrupt(path, "no PNG signature and IHDR header"));
@@ -236,14 +240,12 @@ pub fn jpeg_is_complete(bytes: &[u8]) -> bool {
 
 /// A JPEG as 8-bit RGB (the size bounded before decoding, a file cut short refused).
 fn decode_jpeg(path: &Path, bytes: &[u8]) -> Result<RgbImage, PngError> {
-    let bad = |reason: String| PngError::Corrupt {
+    let bad = |reason: String| PngError::Jpeg {
         path: path.to_path_buf(),
         reason,
     };
     let reader = image::ImageReader::with_format(Cursor::new(bytes), image::ImageFormat::Jpeg);
-    let (w, h) = reader
-        .into_dimensions()
-        .map_err(|e| bad(format!("a JPEG that does not decode: {e}")))?;
+    let (w, h) = reader.into_dimensions().map_err(|e| bad(e.to_string()))?;
     if w as u64 * h as u64 > MAX_PIXELS {
         return Err(PngError::TooLarge {
             path: path.to_path_buf(),
@@ -253,12 +255,10 @@ fn decode_jpeg(path: &Path, bytes: &[u8]) -> Result<RgbImage, PngError> {
         });
     }
     if !jpeg_is_complete(bytes) {
-        return Err(bad(
-            "a truncated JPEG (no end-of-image marker after its last scan)".into()
-        ));
+        return Err(bad("truncated JPEG: no end-of-image marker after its last scan".into()));
     }
     let img = image::load_from_memory_with_format(bytes, image::ImageFormat::Jpeg)
-        .map_err(|e| bad(format!("a JPEG that does not decode: {e}")))?
+        .map_err(|e| bad(e.to_string()))?
         .to_rgb8();
     Ok(RgbImage {
         width: img.width(),

@@ -174,17 +174,16 @@ pub struct BatchNorm2d {
 }
 
 /// How running statistics are updated: exponential (`Some(momentum)`) or, with `None`, the
-/// statistics of every value seen since the last reset, as if all its batches were one (AdaBN's
+/// statistics of every value seen since `None` was set, as if all its batches were one (AdaBN's
 /// "mean and variance over the target domain"): the pooled mean, and the unbiased pooled
 /// variance, which counts the spread of the batch means as well (PyTorch's `momentum=None`
 /// averages the batch variances and leaves that spread out).
 #[derive(Debug, Clone)]
 struct BnMode {
     momentum: Option<f64>,
-    /// Values per channel seen since the last reset.
-    seen: f64,
-    /// Under `momentum = None`: the (biased) variance of the values seen since the last reset.
-    pooled_var: Option<Tensor>,
+    /// Under `momentum = None`: the values seen since the estimate started (per channel), their
+    /// mean and their (biased) variance.
+    pooled: Option<(f64, Tensor, Tensor)>,
 }
 
 /// Names of variables that hold statistics, not trained parameters.
@@ -225,8 +224,7 @@ impl BatchNorm2d {
         let (running_mean, running_var) = (var("running_mean")?, var("running_var")?);
         let mode = std::sync::Arc::new(std::sync::Mutex::new(BnMode {
             momentum: Some(0.1),
-            seen: 0.0,
-            pooled_var: None,
+            pooled: None,
         }));
         Ok(Self {
             weight,
@@ -257,16 +255,16 @@ impl BatchNorm2d {
         Ok((mean, var))
     }
 
-    /// Sets the update rule of the running statistics (`None` = cumulative average) and, with
-    /// `reset`, restarts them at mean 0, variance 1 (AdaBN re-estimation).
+    /// Sets the update rule of the running statistics (`None` = the pooled statistics of the
+    /// batches from now on) and, with `reset`, restarts them at mean 0, variance 1 (AdaBN
+    /// re-estimation).
     pub fn set_momentum(&self, momentum: Option<f64>, reset: bool) -> Result<()> {
         let mut mode = self
             .mode
             .lock()
             .map_err(|_| candle_core::Error::Msg("poisoned batch-norm mode".into()))?;
-        mode.momentum = momentum;
+        (mode.momentum, mode.pooled) = (momentum, None);
         if reset {
-            (mode.seen, mode.pooled_var) = (0.0, None);
             self.running_mean.set(&self.running_mean.as_tensor().zeros_like()?)?;
             self.running_var.set(&self.running_var.as_tensor().ones_like()?)?;
         }
@@ -304,45 +302,44 @@ impl ModuleT for BatchNorm2d {
             .mode
             .lock()
             .map_err(|_| candle_core::Error::Msg("poisoned batch-norm mode".into()))?;
-        let (seen, batch_mean, batch_var) = (mode.seen, mean.detach(), var.detach());
-        mode.seen += count;
-        let (new_mean, new_var) = match mode.momentum {
-            Some(m) => {
-                let unbiased = if count > 1.0 {
-                    (&batch_var * (count / (count - 1.0)))?
-                } else {
-                    batch_var.clone()
-                };
-                (
-                    ((self.running_mean.as_tensor() * (1.0 - m))? + (&batch_mean * m)?)?,
-                    ((self.running_var.as_tensor() * (1.0 - m))? + (unbiased * m)?)?,
-                )
+        let (batch_mean, batch_var) = (mean.detach(), var.detach());
+        let unbiased = |var: &Tensor, n: f64| {
+            if n > 1.0 {
+                var * (n / (n - 1.0))
+            } else {
+                Ok(var.clone())
             }
+        };
+        let (new_mean, new_var) = match mode.momentum {
+            Some(m) => (
+                ((self.running_mean.as_tensor() * (1.0 - m))? + (&batch_mean * m)?)?,
+                ((self.running_var.as_tensor() * (1.0 - m))? + (unbiased(&batch_var, count)? * m)?)?,
+            ),
             None => {
                 // The batch merged into everything seen before (Chan et al.'s pairwise update,
                 // stable where the mean is large against the spread).
-                let n = mode.seen;
-                let (pooled_mean, pooled_var) = match &mode.pooled_var {
-                    None => (batch_mean, batch_var),
-                    Some(prev) => {
-                        let delta = (&batch_mean - self.running_mean.as_tensor())?;
-                        let mean = (self.running_mean.as_tensor() + (&delta * (count / n))?)?;
-                        let var = ((prev * (seen / n))? + (&batch_var * (count / n))?)?;
-                        (mean, (var + (delta.sqr()? * (seen * count / (n * n)))?)?)
+                let (n, mean, var) = match mode.pooled.take() {
+                    None => (count, batch_mean, batch_var),
+                    Some((seen, mean, var)) => {
+                        let n = seen + count;
+                        let delta = (&batch_mean - &mean)?;
+                        let merged_var = ((var * (seen / n))? + (&batch_var * (count / n))?)?;
+                        (
+                            n,
+                            (mean + (&delta * (count / n))?)?,
+                            (merged_var + (delta.sqr()? * (seen * count / (n * n)))?)?,
+                        )
                     }
                 };
-                let unbiased = if n > 1.0 {
-                    (&pooled_var * (n / (n - 1.0)))?
-                } else {
-                    pooled_var.clone()
-                };
-                mode.pooled_var = Some(pooled_var);
-                (pooled_mean, unbiased)
+                let out = (mean.clone(), unbiased(&var, n)?);
+                mode.pooled = Some((n, mean, var));
+                out
             }
         };
-        drop(mode);
+        // Set under the lock, so that two passes through the layer do not interleave.
         self.running_mean.set(&new_mean)?;
         self.running_var.set(&new_var)?;
+        drop(mode);
         match normalised {
             Some(y) => Ok(y),
             None => self.normalise(x, &mean, &var),

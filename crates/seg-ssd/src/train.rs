@@ -393,11 +393,7 @@ pub fn run(
     if resuming {
         let ck = seg_train::checkpoint::load(&ckpt, device)?;
         if ck.meta.source_loader.is_none() {
-            // `save_detector`'s: a detector to evaluate (the demo's AdaBN arm), no training state.
-            return Err(DetRunError::Run(format!(
-                "{}: holds a detector to evaluate (no optimiser or sampler state), not a run to resume: evaluate it with `eval --task detection --checkpoint`, or train into another folder",
-                ckpt.display()
-            )));
+            return Err(evaluate_only(&ckpt));
         }
         let theirs =
             stored_config(&ck.meta.config).map_err(|e| DetRunError::Run(format!("{}: {e}", ckpt.display())))?;
@@ -877,17 +873,29 @@ fn same_but_free_settings(theirs: &DetRunConfig, cfg: &DetRunConfig) -> Result<(
     }
 }
 
+/// The refusal to resume from `save_detector`'s checkpoint: a detector to evaluate (the demo's
+/// AdaBN arm), with no optimiser or sampler state.
+fn evaluate_only(ckpt: &Path) -> DetRunError {
+    DetRunError::Run(format!(
+        "{}: holds a detector to evaluate (no optimiser or sampler state), not a run to resume: evaluate it with `eval --task detection --checkpoint`, or train into another folder",
+        ckpt.display()
+    ))
+}
+
 /// The config `train-detector --resume` without CONFIG continues the run in `out` with: the one
 /// its checkpoint was trained with, taking from the folder's `config.toml` the settings a resume
-/// may change. An edited, lost or unreadable `config.toml` does not change it, and is named in
-/// the warning returned beside it. `None` when the folder has no checkpoint.
-pub fn resume_config(out: &Path) -> Result<Option<(DetRunConfig, Option<String>)>, DetRunError> {
+/// may change. An edited, lost or unreadable `config.toml` does not change it, and is named in a
+/// warning. `None` when the folder has no checkpoint; refused for `save_detector`'s checkpoint.
+pub fn resume_config(out: &Path) -> Result<Option<DetRunConfig>, DetRunError> {
     let ckpt = out.join(seg_train::checkpoint::FILE);
     if !ckpt.is_file() {
         return Ok(None);
     }
     let meta = seg_train::checkpoint::read_meta(&ckpt)?;
     let theirs = stored_config(&meta.config).map_err(|e| DetRunError::Run(format!("{}: {e}", ckpt.display())))?;
+    if meta.source_loader.is_none() {
+        return Err(evaluate_only(&ckpt));
+    }
     let path = out.join("config.toml");
     let file = match std::fs::read_to_string(&path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err("missing".to_string()),
@@ -896,20 +904,20 @@ pub fn resume_config(out: &Path) -> Result<Option<(DetRunConfig, Option<String>)
     };
     Ok(Some(match file {
         Ok(file) => {
-            let warning = resume_difference(&theirs, &file).map(|key| {
-                format!(
-                    "{}: differs from the config the checkpoint was trained with (`{key}`): the checkpoint's is used, and written back",
+            if let Some(key) = resume_difference(&theirs, &file) {
+                tracing::warn!(
+                    "{}: differs from the config the checkpoint was trained with (`{key}`): the checkpoint's is used (and written back)",
                     path.display()
-                )
-            });
-            (theirs.with_free_settings_of(&file), warning)
+                );
+            }
+            theirs.with_free_settings_of(&file)
         }
         Err(why) => {
-            let warning = format!(
-                "{}: {why}: restored from the config the checkpoint was trained with",
+            tracing::warn!(
+                "{}: {why}: the config the checkpoint was trained with is used (and written back)",
                 path.display()
             );
-            (theirs, Some(warning))
+            theirs
         }
     }))
 }

@@ -1,7 +1,8 @@
 //! What the demos (segmentation and detection) keep between invocations.
 //!
 //! A run's [`Stamp`] holds everything its result depends on: the resolved config, the benchmark
-//! instance (data seed and generator version) and the digest of the checkpoint it starts from.
+//! instance (data seed and generator version), the methods' version (`seg_core::METHODS_VERSION`)
+//! and the digest of the checkpoint it starts from.
 //! A finished run (`result.json`, written with its stamp) is reused, and a run killed midway
 //! continues from its last checkpoint (`started.txt`), only while the stamp is unchanged;
 //! otherwise the run starts over.
@@ -51,8 +52,9 @@ impl Stamp {
             None => None,
         };
         let text = format!(
-            "{config}\ndata seed {data_seed}, generator version {}\ninit {}",
+            "{config}\ndata seed {data_seed}, generator version {}, methods version {}\ninit {}",
             toy::GENERATOR_VERSION,
+            seg_core::METHODS_VERSION,
             init_digest.as_deref().unwrap_or("none")
         );
         Ok(Self {

@@ -60,9 +60,14 @@ fn names_a_segmentation_key(message: &str) -> bool {
 /// there (`--set init_from=RUN`) replaces the file's ImageNet weights.
 pub fn load_config(path: &Path, sets: &[String]) -> anyhow::Result<DetRunConfig> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    config_of(path, &text, sets)
+}
+
+/// [`load_config`] of a config's `text`; `path` names it in errors.
+fn config_of(path: &Path, text: &str, sets: &[String]) -> anyhow::Result<DetRunConfig> {
     let file_raw: toml::Value = toml::from_str(&text).with_context(|| format!("{}: not TOML", path.display()))?;
     // The file alone first, so that its errors give the file's own line numbers.
-    let file_cfg: DetRunConfig = match toml::from_str(&text) {
+    let file_cfg: DetRunConfig = match toml::from_str(text) {
         Ok(cfg) => cfg,
         Err(e) => match seg_train::config::bad_key_of_kind_section::<seg_ssd::DetMethodConfig>(&file_raw, "method") {
             Some((key, why)) => anyhow::bail!("{}: invalid detection config: {key}: {why}", path.display()),
@@ -296,24 +301,21 @@ pub fn train(args: TrainArgs, device_name: &crate::run::DeviceName) -> anyhow::R
     if args.resume {
         crate::config::refuse_other_tasks_folder(&args.out, true)?;
     }
-    // Without CONFIG a resume continues with the config its checkpoint was trained with; an
-    // edited or lost config.toml is named and written back.
-    if args.resume && args.config.is_none() {
-        if let Some((trained, Some(warning))) = seg_ssd::train::resume_config(&args.out)? {
-            tracing::warn!("{warning}");
-            seg_labels::fsutil::write_atomic(&saved, trained.to_toml().as_bytes())
-                .with_context(|| format!("writing {}", saved.display()))?;
-        }
-    }
-    let config = match &args.config {
-        Some(c) => c,
-        None if saved.is_file() => &saved,
-        None => anyhow::bail!(
+    // Without CONFIG a resume continues with the config its checkpoint was trained with (an
+    // edited or lost config.toml is named; the run writes it back, under its folder's lock).
+    let resumed = match args.resume && args.config.is_none() {
+        true => seg_ssd::train::resume_config(&args.out)?,
+        false => None,
+    };
+    let cfg = match (&args.config, resumed) {
+        (Some(c), _) => load_config(c, &sets)?,
+        (None, Some(trained)) => config_of(&saved, &trained.to_toml(), &sets)?,
+        (None, None) if saved.is_file() => load_config(&saved, &sets)?,
+        (None, None) => anyhow::bail!(
             "{}: no saved config to resume from; name a CONFIG (a preset of `configs/detection/`)",
             saved.display()
         ),
     };
-    let cfg = load_config(config, &sets)?;
     let device = crate::run::device(device_name)?;
     let control = seg_ssd::train::RunControl {
         resume: args.resume,
@@ -414,8 +416,9 @@ const DET_ARM_LR: f64 = 0.01;
 /// The demo's gradient-reversal weight, shared by the sites (DA-Faster's default: 0.1 for its
 /// one site).
 const DET_DOMAIN_WEIGHT: f64 = 1.0;
-/// The domain branches' learning-rate multiplier on [`DET_LR`] (so SGD at 0.4, poly-decayed),
-/// shared by the sites likewise.
+/// The domain branches' learning-rate multiplier on [`DET_LR`], shared by the sites likewise
+/// (0.4 in all, poly-decayed: 0.2 for each of da-image's two classifiers, 0.1 for each of
+/// da-maps' four branches).
 const DET_DOMAIN_LR_MULT: f64 = 20.0;
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]

@@ -82,6 +82,10 @@ pub fn resolve(args: &Args) -> anyhow::Result<RunConfig> {
                     Err(e) if saved_path.exists() && args.config.is_none() => {
                         tracing::warn!("{e:#}: the config the checkpoint was trained with is used, and written back")
                     }
+                    Err(_) if args.config.is_none() => tracing::warn!(
+                        "{}: missing: the config the checkpoint was trained with is used, and written back",
+                        saved_path.display()
+                    ),
                     _ => {}
                 }
                 Some(trained)
