@@ -426,6 +426,7 @@ pub fn adabn_from(cfg: &RunConfig, from_dir: &Path, run_dir: &Path, device: &Dev
         source_loader: None,
         target_loader: None,
         config: cfg.to_toml()?,
+        methods_version: seg_core::METHODS_VERSION,
     };
     let ck = run_dir.join(seg_train::checkpoint::FILE);
     let before = run_dir.join(BEFORE_ADABN);

@@ -395,6 +395,9 @@ pub fn run(
         if ck.meta.source_loader.is_none() {
             return Err(evaluate_only(&ckpt));
         }
+        if let Some(warning) = ck.meta.other_methods_warning(&ckpt) {
+            tracing::warn!("{warning}");
+        }
         let theirs =
             stored_config(&ck.meta.config).map_err(|e| DetRunError::Run(format!("{}: {e}", ckpt.display())))?;
         same_but_free_settings(&theirs, cfg).map_err(|e| DetRunError::Run(format!("{}: {e}", ckpt.display())))?;
@@ -458,6 +461,7 @@ pub fn run(
             source_loader: Some(src.state()),
             target_loader: tgt.map(|l| l.state()),
             config: cfg.to_toml(),
+            methods_version: seg_core::METHODS_VERSION,
         };
         Ok(seg_train::checkpoint::save(&ckpt, &tensors, &meta)?)
     };
@@ -966,6 +970,7 @@ pub fn save_detector(loaded: &LoadedDetector, cfg: &DetRunConfig, run_dir: &Path
         source_loader: None,
         target_loader: None,
         config: cfg.to_toml(),
+        methods_version: seg_core::METHODS_VERSION,
     };
     std::fs::create_dir_all(run_dir).map_err(write_err(run_dir))?;
     seg_train::checkpoint::save(&run_dir.join(seg_train::checkpoint::FILE), &tensors, &meta)?;

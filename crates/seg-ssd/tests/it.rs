@@ -557,6 +557,7 @@ fn another_tasks_checkpoint_is_named_as_such() {
         source_loader: None,
         target_loader: None,
         config: "[data]\nsource_dataset = \"gta5\"\n\n[augment]\nbase_scale = 0.5\n".into(),
+        methods_version: seg_core::METHODS_VERSION,
     };
     let w = candle_core::Tensor::zeros(2, candle_core::DType::F32, &Device::Cpu).unwrap();
     seg_train::checkpoint::save(

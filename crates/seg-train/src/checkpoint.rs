@@ -170,6 +170,29 @@ pub struct CheckpointMeta {
     pub target_loader: Option<LoaderState>,
     /// The resolved run configuration (TOML), so a checkpoint file alone can rebuild its model.
     pub config: String,
+    /// `seg_core::METHODS_VERSION` of the build that wrote it (1: written before the version
+    /// was recorded): a resume under another version is warned of.
+    #[serde(default = "first_methods_version")]
+    pub methods_version: u32,
+}
+
+fn first_methods_version() -> u32 {
+    1
+}
+
+impl CheckpointMeta {
+    /// A warning when the checkpoint at `path` was written by a build whose methods computed
+    /// otherwise than this one's (`seg_core::METHODS_VERSION`).
+    pub fn other_methods_warning(&self, path: &Path) -> Option<String> {
+        (self.methods_version != seg_core::METHODS_VERSION).then(|| {
+            format!(
+                "{}: written by a build whose methods compute otherwise (methods version {}, this build {}): the resumed run goes on with this build's, so it is not the run an unbroken one of either build would give",
+                path.display(),
+                self.methods_version,
+                seg_core::METHODS_VERSION
+            )
+        })
+    }
 }
 
 /// A loaded checkpoint.

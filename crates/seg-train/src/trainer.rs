@@ -130,6 +130,9 @@ impl Trainer {
     /// and drops `metrics.jsonl` lines written after it.
     fn resume(&mut self) -> Result<(), TrainError> {
         let ck = checkpoint::load(&self.checkpoint_path(), &self.s.device)?;
+        if let Some(warning) = ck.meta.other_methods_warning(&ck.path) {
+            tracing::warn!("{warning}");
+        }
         // Writes killed midway leave `.NAME.PID.tmp` files; nothing reads them.
         match seg_labels::fsutil::remove_stale_temps(&self.s.run_dir) {
             Ok(0) => {}
@@ -177,6 +180,7 @@ impl Trainer {
             source_loader: Some(self.s.source.state()),
             target_loader: self.s.target.as_ref().map(|t| t.state()),
             config: self.s.config_toml.clone(),
+            methods_version: seg_core::METHODS_VERSION,
         };
         checkpoint::save(&self.checkpoint_path(), &tensors, &meta)
     }

@@ -364,3 +364,20 @@ fn a_resume_is_refused_when_the_training_splits_leave_out_other_samples() {
     write_left_out(dir.path(), &LeftOutByRole::new()).unwrap();
     assert!(!dir.path().join(SKIPPED).exists());
 }
+
+#[test]
+fn a_checkpoint_of_a_build_whose_methods_computed_otherwise_is_named_on_resume() {
+    let a = tempfile::tempdir().unwrap();
+    Trainer::new(setup(a.path(), 2, 0.01, false)).unwrap().run().unwrap();
+    let ck = a.path().join("checkpoint.safetensors");
+    let meta = seg_train::checkpoint::read_meta(&ck).unwrap();
+    assert_eq!(meta.methods_version, seg_core::METHODS_VERSION);
+    assert_eq!(meta.other_methods_warning(&ck), None);
+    // A checkpoint written before the version was recorded reads as version 1.
+    let mut json = serde_json::to_value(&meta).unwrap();
+    json.as_object_mut().unwrap().remove("methods_version");
+    let old: seg_train::CheckpointMeta = serde_json::from_value(json).unwrap();
+    assert_eq!(old.methods_version, 1);
+    let w = old.other_methods_warning(&ck).unwrap();
+    assert!(w.contains("checkpoint.safetensors") && w.contains("methods version 1"), "{w}");
+}
