@@ -65,7 +65,7 @@ pub fn load_config(path: &Path, sets: &[String]) -> anyhow::Result<DetRunConfig>
 
 /// [`load_config`] of a config's `text`; `path` names it in errors.
 fn config_of(path: &Path, text: &str, sets: &[String]) -> anyhow::Result<DetRunConfig> {
-    let file_raw: toml::Value = toml::from_str(&text).with_context(|| format!("{}: not TOML", path.display()))?;
+    let file_raw: toml::Value = toml::from_str(text).with_context(|| format!("{}: not TOML", path.display()))?;
     // The file alone first, so that its errors give the file's own line numbers.
     let file_cfg: DetRunConfig = match toml::from_str(text) {
         Ok(cfg) => cfg,

@@ -379,5 +379,8 @@ fn a_checkpoint_of_a_build_whose_methods_computed_otherwise_is_named_on_resume()
     let old: seg_train::CheckpointMeta = serde_json::from_value(json).unwrap();
     assert_eq!(old.methods_version, 1);
     let w = old.other_methods_warning(&ck).unwrap();
-    assert!(w.contains("checkpoint.safetensors") && w.contains("methods version 1"), "{w}");
+    assert!(
+        w.contains("checkpoint.safetensors") && w.contains("methods version 1"),
+        "{w}"
+    );
 }
