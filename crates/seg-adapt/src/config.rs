@@ -185,7 +185,12 @@ pub fn is_detection_config(text: &str) -> bool {
 /// Refuses `--resume` into `out` when the run folder's saved `config.toml` is the other task's
 /// (`detection`: the resuming command is `train-detector`), naming the command that resumes it.
 pub fn refuse_other_tasks_folder(out: &std::path::Path, detection: bool) -> anyhow::Result<()> {
-    let Ok(text) = std::fs::read_to_string(out.join("config.toml")) else {
+    // The checkpoint's config says whose run it is; config.toml may have been replaced.
+    let stored = seg_train::checkpoint::read_meta(&out.join(seg_train::checkpoint::FILE)).map(|m| m.config);
+    let Some(text) = stored
+        .ok()
+        .or_else(|| std::fs::read_to_string(out.join("config.toml")).ok())
+    else {
         return Ok(());
     };
     let (theirs, resume_with) = match is_detection_config(&text) {

@@ -324,12 +324,9 @@ pub fn train(
     }
     let resume = has_checkpoint;
     let setup = build_setup(cfg, run_dir, device, resume, progress)?;
-    let trainer = Trainer::new(setup)?;
-    // Written once the run is set up: a config refused before (a group the method does not
-    // have, say) leaves no config.toml that would hold the folder.
-    seg_labels::fsutil::write_atomic(&run_dir.join("config.toml"), cfg.to_toml()?.as_bytes())
-        .with_context(|| format!("writing {}", run_dir.join("config.toml").display()))?;
-    Ok(trainer.run()?)
+    // The trainer writes config.toml once the run is set up and a resume restored (a config or
+    // resume refused before leaves the folder as it was).
+    Ok(Trainer::new(setup)?.run()?)
 }
 
 /// Refuses to resume the run in `run_dir` with `cfg` when it differs from the config the run's

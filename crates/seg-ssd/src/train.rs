@@ -389,7 +389,7 @@ pub fn run(
         _ => None,
     };
     let metrics = out.join("metrics.jsonl");
-    let mut start = 0;
+    let (mut start, mut stored) = (0, None);
     if resuming {
         let ck = seg_train::checkpoint::load(&ckpt, device)?;
         if ck.meta.source_loader.is_none() {
@@ -434,15 +434,21 @@ pub fn run(
             l.resume(st, "target training").map_err(refused)?;
         }
         start = ck.meta.step;
+        stored = Some(ck.meta.config.clone());
         seg_train::checkpoint::trim_metrics(&metrics, start)?;
     } else {
         let _ = std::fs::remove_file(&metrics);
     }
+    // A finished run resumed has nothing left to do: its checkpoint and evaluation stand. One
+    // killed after its last checkpoint but before its evaluation was logged still evaluates.
+    let finished = resuming && start >= t.steps && seg_train::checkpoint::logged_eval(&metrics, start).is_some();
     // Written once the checkpoint (if resuming) is known to be this config's: a refused resume
     // leaves the run's own config.toml as it was. Before anything else of the run, so that a
-    // run killed now is one `--resume` restarts.
+    // run killed now is one `--resume` restarts. A finished run keeps its checkpoint's config
+    // (a free setting changed for nothing is not recorded).
     let cfg_path = out.join("config.toml");
-    seg_labels::fsutil::write_atomic(&cfg_path, cfg.to_toml().as_bytes()).map_err(write_err(&cfg_path))?;
+    let text = stored.filter(|_| finished).unwrap_or_else(|| cfg.to_toml());
+    seg_labels::fsutil::write_atomic(&cfg_path, text.as_bytes()).map_err(write_err(&cfg_path))?;
     let skipped = out.join(seg_train::checkpoint::SKIPPED);
     seg_train::checkpoint::write_left_out(out, &left_out.by_role).map_err(write_err(&skipped))?;
     if let Some(counts) = left_out.counts().filter(|_| !resuming) {
@@ -465,9 +471,7 @@ pub fn run(
         };
         Ok(seg_train::checkpoint::save(&ckpt, &tensors, &meta)?)
     };
-    // A finished run resumed has nothing left to do: its checkpoint and evaluation stand. One
-    // killed after its last checkpoint but before its evaluation was logged still evaluates.
-    if resuming && start >= t.steps && seg_train::checkpoint::logged_eval(&metrics, start).is_some() {
+    if finished {
         let path = out.join("eval/report.json");
         if let Some(report) = std::fs::read(&path)
             .ok()
@@ -910,7 +914,7 @@ pub fn resume_config(out: &Path) -> Result<Option<DetRunConfig>, DetRunError> {
         Ok(file) => {
             if let Some(key) = resume_difference(&theirs, &file) {
                 tracing::warn!(
-                    "{}: differs from the config the checkpoint was trained with (`{key}`): the checkpoint's is used (and written back)",
+                    "{}: differs from the config the checkpoint was trained with (`{key}`): the checkpoint's is used",
                     path.display()
                 );
             }
@@ -918,7 +922,7 @@ pub fn resume_config(out: &Path) -> Result<Option<DetRunConfig>, DetRunError> {
         }
         Err(why) => {
             tracing::warn!(
-                "{}: {why}: the config the checkpoint was trained with is used (and written back)",
+                "{}: {why}: the config the checkpoint was trained with is used",
                 path.display()
             );
             theirs

@@ -62,6 +62,8 @@ pub struct Trainer {
     /// On resume, the `trainer.eval_every` of the config the checkpoint was written under (a
     /// resume may change it): whether the checkpoint's step had an evaluation due.
     eval_every_then: Option<usize>,
+    /// On resume, the config the checkpoint stores (TOML).
+    config_then: Option<String>,
 }
 
 impl Trainer {
@@ -83,6 +85,7 @@ impl Trainer {
             pretrain,
             step: 0,
             eval_every_then: None,
+            config_then: None,
         })
     }
 
@@ -162,6 +165,7 @@ impl Trainer {
             .ok()
             .and_then(|c| c.get("trainer")?.get("eval_every")?.as_integer())
             .and_then(|n| usize::try_from(n).ok());
+        self.config_then = Some(ck.meta.config.clone());
         crate::checkpoint::trim_metrics(&self.metrics_path(), self.step)?;
         self.warn_of_another_val_set();
         tracing::info!("resumed from step {} ({})", self.step, ck.path.display());
@@ -313,6 +317,27 @@ impl Trainer {
             } else {
                 0
             };
+        // A finished run resumed has nothing left to do: its checkpoint and evaluation stand
+        // (they were written again, and the evaluation logged twice). One killed after its last
+        // checkpoint but before its evaluation was logged still evaluates.
+        let logged = if self.s.resume && self.step >= total {
+            self.logged_miou(self.step)
+        } else {
+            None
+        };
+        let finished = self.s.resume && self.step >= total && (self.s.eval.is_none() || logged.is_some());
+        // `config.toml` says what the checkpoint holds, written once the run is known to go on
+        // (a refused resume leaves it as it was): this run's config, or a finished run's own when
+        // nothing is left to do (so that a changed free setting is not recorded for nothing).
+        let config = match (&self.config_then, finished) {
+            (Some(then), true) => then.clone(),
+            _ => self.s.config_toml.clone(),
+        };
+        let config_path = self.s.run_dir.join("config.toml");
+        seg_labels::fsutil::write_atomic(&config_path, config.as_bytes()).map_err(|cause| TrainError::Write {
+            path: config_path,
+            cause,
+        })?;
         let mut last_eval = None;
         // The checkpoint of a step that also evaluates is written first: a run killed during
         // that evaluation has no result logged for the step, and evaluates again.
@@ -331,15 +356,6 @@ impl Trainer {
             );
             last_eval = self.evaluate_now()?;
         }
-        // A finished run resumed has nothing left to do: its checkpoint and evaluation stand
-        // (they were written again, and the evaluation logged twice). One killed after its last
-        // checkpoint but before its evaluation was logged still evaluates.
-        let logged = if self.s.resume && self.step >= total {
-            self.logged_miou(self.step)
-        } else {
-            None
-        };
-        let finished = self.s.resume && self.step >= total && (self.s.eval.is_none() || logged.is_some());
         let stop = stop.min(total);
         while self.step < stop {
             let t0 = Instant::now();

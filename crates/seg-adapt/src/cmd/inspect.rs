@@ -115,8 +115,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         require_labels,
         ..Default::default()
     };
-    let ds = seg_data::open_dataset(dataset, &args.root, split, options)
-        .with_context(|| format!("opening {} at {}", dataset, args.root.display()))?;
+    // Every opening error names the root or the file.
+    let ds = seg_data::open_dataset(dataset, &args.root, split, options)?;
     let r = seg_data::inspect(&ds);
     if args.json {
         let class_pixels = TRAIN_CLASS_NAMES

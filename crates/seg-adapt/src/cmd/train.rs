@@ -80,10 +80,10 @@ pub fn resolve(args: &Args) -> anyhow::Result<RunConfig> {
                         trained = trained.with_settings_of(&file);
                     }
                     Err(e) if saved_path.exists() && args.config.is_none() => {
-                        tracing::warn!("{e:#}: the config the checkpoint was trained with is used, and written back")
+                        tracing::warn!("{e:#}: the config the checkpoint was trained with is used")
                     }
                     Err(_) if args.config.is_none() => tracing::warn!(
-                        "{}: missing: the config the checkpoint was trained with is used, and written back",
+                        "{}: missing: the config the checkpoint was trained with is used",
                         saved_path.display()
                     ),
                     _ => {}

@@ -182,7 +182,7 @@ fn train_detector_then_eval_the_checkpoint_and_its_detections_file_alike() {
         e.contains("is a detection run's folder") && e.contains("train-detector"),
         "{e}"
     );
-    // A detector's checkpoint in a segmentation run's folder is refused by name on resume.
+    // A detector's checkpoint makes a detection run's folder, whatever config.toml says.
     let seg = dir.path().join("seg");
     std::fs::create_dir_all(&seg).unwrap();
     std::fs::copy(run.join("checkpoint.safetensors"), seg.join("checkpoint.safetensors")).unwrap();
@@ -190,7 +190,10 @@ fn train_detector_then_eval_the_checkpoint_and_its_detections_file_alike() {
     let mut resume = super::train_args(p(&seg), p(&gta), p(&cs), "source-only");
     resume.push("--resume");
     let e = err(&resume);
-    assert!(e.contains("a detector's checkpoint"), "{e}");
+    assert!(
+        e.contains("is a detection run's folder") && e.contains("train-detector"),
+        "{e}"
+    );
 }
 
 #[test]

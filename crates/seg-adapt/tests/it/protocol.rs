@@ -198,13 +198,47 @@ fn init_from_copies_the_model_and_refuses_another() {
     relocated[5] = "6";
     relocated.extend(["--set", crate::leak(format!("data.source_root={}", p(&moved)))]);
     ok(&relocated);
+    // A resume refused once the checkpoint is read (here: the source lost an image) leaves
+    // config.toml as it was, so that the next resume is not sent to the refused data.
+    let fewer = dir.path().join("fewer-gta5");
+    for sub in ["images", "labels"] {
+        std::fs::create_dir_all(fewer.join(sub)).unwrap();
+        for e in std::fs::read_dir(gta.join(sub)).unwrap().skip(1) {
+            let e = e.unwrap();
+            std::os::unix::fs::symlink(e.path(), fewer.join(sub).join(e.file_name())).unwrap();
+        }
+    }
+    let before = std::fs::read(out.join("config.toml")).unwrap();
+    let mut refused = resumed.clone();
+    refused[5] = "7";
+    refused.extend(["--set", crate::leak(format!("data.source_root={}", p(&fewer)))]);
+    let e = err(&refused);
+    assert!(e.contains("loader position"), "{e}");
+    assert_eq!(std::fs::read(out.join("config.toml")).unwrap(), before);
+    // A finished run resumed with a free setting changed has nothing to do, and its
+    // config.toml stays the checkpoint's.
+    ok(&["train", "--out", p(&out), "--resume", "--set", "trainer.log_every=5"]);
+    assert_eq!(std::fs::read(out.join("config.toml")).unwrap(), before);
+    // config.toml replaced by the other task's: the checkpoint says whose run it is.
+    std::fs::write(
+        out.join("config.toml"),
+        "[data]\nsource_format = \"sim10k\"\nsource_root = \"x\"\ntarget_root = \"y\"\n",
+    )
+    .unwrap();
+    ok(&["train", "--out", p(&out), "--resume"]);
+    assert_eq!(std::fs::read(out.join("config.toml")).unwrap(), before);
     std::fs::write(out.join("config.toml"), "lr = = x\n").unwrap();
     let o = crate::run(&["train", "--out", p(&out), "--resume"]);
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(
-        o.status.success() && stderr.contains("config.toml: invalid config") && stderr.contains("written back"),
+        o.status.success()
+            && stderr.contains("config.toml: invalid config")
+            && stderr.contains("the config the checkpoint was trained with is used"),
         "{stderr}"
     );
+    // Written again (the run goes on, here with nothing left to do): the checkpoint's config.
+    let back = std::fs::read_to_string(out.join("config.toml")).unwrap();
+    assert!(back.contains("[trainer]") && back.contains("steps = 6"), "{back}");
 }
 
 #[test]
