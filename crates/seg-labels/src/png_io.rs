@@ -148,7 +148,7 @@ pub fn read_size(path: &Path) -> Result<(u32, u32), PngError> {
             })?;
         return reader.into_dimensions().map_err(|e| PngError::Jpeg {
             path: path.to_path_buf(),
-            reason: e.to_string(),
+            reason: e.to_string().trim_end().to_string(),
         });
     }
     if got < head.len() || head[..8] != SIGNATURE || &head[12..16] != b"IHDR" {
@@ -245,7 +245,7 @@ fn decode_jpeg(path: &Path, bytes: &[u8]) -> Result<RgbImage, PngError> {
         reason,
     };
     let reader = image::ImageReader::with_format(Cursor::new(bytes), image::ImageFormat::Jpeg);
-    let (w, h) = reader.into_dimensions().map_err(|e| bad(e.to_string()))?;
+    let (w, h) = reader.into_dimensions().map_err(|e| bad(e.to_string().trim_end().to_string()))?;
     if w as u64 * h as u64 > MAX_PIXELS {
         return Err(PngError::TooLarge {
             path: path.to_path_buf(),
@@ -258,7 +258,7 @@ fn decode_jpeg(path: &Path, bytes: &[u8]) -> Result<RgbImage, PngError> {
         return Err(bad("truncated JPEG: no end-of-image marker after its last scan".into()));
     }
     let img = image::load_from_memory_with_format(bytes, image::ImageFormat::Jpeg)
-        .map_err(|e| bad(e.to_string()))?
+        .map_err(|e| bad(e.to_string().trim_end().to_string()))?
         .to_rgb8();
     Ok(RgbImage {
         width: img.width(),
