@@ -245,7 +245,9 @@ fn decode_jpeg(path: &Path, bytes: &[u8]) -> Result<RgbImage, PngError> {
         reason,
     };
     let reader = image::ImageReader::with_format(Cursor::new(bytes), image::ImageFormat::Jpeg);
-    let (w, h) = reader.into_dimensions().map_err(|e| bad(e.to_string().trim_end().to_string()))?;
+    let (w, h) = reader
+        .into_dimensions()
+        .map_err(|e| bad(e.to_string().trim_end().to_string()))?;
     if w as u64 * h as u64 > MAX_PIXELS {
         return Err(PngError::TooLarge {
             path: path.to_path_buf(),
