@@ -307,8 +307,8 @@ pub fn eval_setup(cfg: &RunConfig, device: &Device) -> EvalSetup {
 /// The copy of a source-only run's checkpoint that AdaBN applied to it keeps beside its own.
 pub(crate) const BEFORE_ADABN: &str = "checkpoint-before-adabn.safetensors";
 
-/// Trains one run: saves the resolved config, then trains (or resumes) through the method's
-/// stages (AdaBN's re-estimation is the last stage of `adabn` and of every adaptation method).
+/// Trains one run (or resumes it; the trainer writes `config.toml` once the run is set up and a
+/// resume restored) through the method's stages (AdaBN's re-estimation is the last stage of `adabn` and of every adaptation method).
 pub fn train(
     cfg: &RunConfig,
     run_dir: &Path,

@@ -28,7 +28,9 @@ use seg_metrics::seeds::Summary;
 #[derive(clap::Args, Debug)]
 pub struct TrainArgs {
     /// Detection run config (TOML: [model], [method], [data], [trainer], init_weights or
-    /// init_from). Optional with `--resume`, which then reads the run folder's config.toml.
+    /// init_from). Optional with `--resume`, which continues with the config its checkpoint was
+    /// trained with (config.toml gives the settings a resume may change; without a checkpoint,
+    /// config.toml is the config).
     #[arg(value_name = "CONFIG", required_unless_present = "resume")]
     pub config: Option<PathBuf>,
     /// Run folder: config.toml, metrics.jsonl, checkpoint.safetensors, detections.json, eval/,
