@@ -121,11 +121,7 @@ fn nothing_found(name: DatasetName, root: &Path, split: &str) -> String {
         }
     };
     fn files(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
-        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            let p = e.path();
-            if seg_labels::fsutil::is_hidden(&e.file_name()) {
-                continue;
-            }
+        for p in sorted_entries(dir, |_| true).unwrap_or_default() {
             match p.is_dir() {
                 true if depth > 1 => files(&p, depth - 1, out),
                 true => {}
@@ -135,7 +131,6 @@ fn nothing_found(name: DatasetName, root: &Path, split: &str) -> String {
     }
     let mut others = Vec::new();
     files(&dir, depth, &mut others);
-    others.sort();
     match others.first() {
         None => format!(": no images found (looked for {pattern})"),
         Some(first) => format!(

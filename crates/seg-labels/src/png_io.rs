@@ -136,16 +136,12 @@ pub fn read_size(path: &Path) -> Result<(u32, u32), PngError> {
     }
     if head.starts_with(&[0xFF, 0xD8, 0xFF]) {
         // A JPEG (read by its content, as `decode_rgb` reads it): its frame header.
-        let reader = image::ImageReader::open(path)
-            .map_err(|cause| PngError::Io {
-                path: path.to_path_buf(),
-                cause,
-            })?
-            .with_guessed_format()
-            .map_err(|cause| PngError::Io {
-                path: path.to_path_buf(),
-                cause,
-            })?;
+        use std::io::Seek;
+        file.rewind().map_err(|cause| PngError::Io {
+            path: path.to_path_buf(),
+            cause,
+        })?;
+        let reader = image::ImageReader::with_format(BufReader::new(file), image::ImageFormat::Jpeg);
         return reader.into_dimensions().map_err(|e| PngError::Jpeg {
             path: path.to_path_buf(),
             reason: e.to_string().trim_end().to_string(),

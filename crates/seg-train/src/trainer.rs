@@ -59,10 +59,9 @@ pub struct Trainer {
     /// Steps of the method's pretraining stage, before the trainer's `steps`.
     pretrain: usize,
     step: usize,
-    /// On resume, the `trainer.eval_every` of the config the checkpoint was written under (a
-    /// resume may change it): whether the checkpoint's step had an evaluation due.
-    eval_every_then: Option<usize>,
-    /// On resume, the config the checkpoint stores (TOML).
+    /// On resume, the config the checkpoint stores (TOML): what a finished run keeps in its
+    /// `config.toml`, and its `trainer.eval_every` (a resume may change it) says whether the
+    /// checkpoint's step had an evaluation due.
     config_then: Option<String>,
 }
 
@@ -84,7 +83,6 @@ impl Trainer {
             stepper,
             pretrain,
             step: 0,
-            eval_every_then: None,
             config_then: None,
         })
     }
@@ -161,10 +159,6 @@ impl Trainer {
             t.resume(st, "target training").map_err(refused)?;
         }
         self.step = ck.meta.step;
-        self.eval_every_then = toml::from_str::<toml::Value>(&ck.meta.config)
-            .ok()
-            .and_then(|c| c.get("trainer")?.get("eval_every")?.as_integer())
-            .and_then(|n| usize::try_from(n).ok());
         self.config_then = Some(ck.meta.config.clone());
         crate::checkpoint::trim_metrics(&self.metrics_path(), self.step)?;
         self.warn_of_another_val_set();
@@ -343,11 +337,17 @@ impl Trainer {
         // that evaluation has no result logged for the step, and evaluates again.
         // Due under the interval of the run that wrote the checkpoint, or under this one's.
         let due = |every: usize| every > 0 && self.step.is_multiple_of(every);
+        let every_then = self
+            .config_then
+            .as_deref()
+            .and_then(|text| toml::from_str::<toml::Value>(text).ok())
+            .and_then(|c| c.get("trainer")?.get("eval_every")?.as_integer())
+            .and_then(|n| usize::try_from(n).ok());
         if self.s.resume
             && self.s.eval.is_some()
             && self.step > 0
             && self.step < total
-            && (due(self.s.config.eval_every) || self.eval_every_then.is_some_and(due))
+            && (due(self.s.config.eval_every) || every_then.is_some_and(due))
             && crate::checkpoint::logged_eval(&self.metrics_path(), self.step).is_none()
         {
             tracing::info!(
