@@ -61,6 +61,22 @@ pub struct RunConfig {
     pub eval: EvalConfig,
 }
 
+impl seg_train::resume::Resumable for RunConfig {
+    fn with_free_settings_of(&self, other: &Self) -> Self {
+        self.with_settings_of(other)
+    }
+
+    /// The trainer groups of both resolved alike.
+    fn comparable(mut a: Self, mut b: Self) -> (Self, Self) {
+        (a.trainer, b.trainer) = seg_train::config::TrainerConfig::groups_resolved_together(&a.trainer, &b.trainer);
+        (a, b)
+    }
+
+    fn whole_difference(a: &Self, b: &Self) -> Option<String> {
+        (a.method.name() != b.method.name()).then(|| "method.kind".into())
+    }
+}
+
 impl RunConfig {
     /// This config with the settings a resumed run may change taken from `other`: the step
     /// count and those that do not change what is trained (how often to checkpoint, evaluate

@@ -336,9 +336,7 @@ pub(crate) fn agrees_with_checkpoint(cfg: &RunConfig, run_dir: &Path) -> anyhow:
     let checkpoint = run_dir.join(seg_train::checkpoint::FILE);
     let meta = seg_train::checkpoint::read_meta(&checkpoint)?;
     let trained = stored_config(&checkpoint, &meta.config)?;
-    let (saved, extended) = resumable(&trained, cfg);
-    if extended != saved {
-        let key = first_difference(&saved, &extended)?;
+    if let Some(key) = seg_train::resume::resume_difference(&trained, cfg) {
         anyhow::bail!(
             "--resume continues the run in {} with the config its checkpoint was trained with; CONFIG, the flags \
              or an edited config.toml change `{key}` (on resume only trainer.steps may change, and the settings \
@@ -348,24 +346,6 @@ pub(crate) fn agrees_with_checkpoint(cfg: &RunConfig, run_dir: &Path) -> anyhow:
         );
     }
     Ok(())
-}
-
-/// `trained` and `asked` made comparable for a resume: `asked` with the settings it may change
-/// taken from `trained`, the trainer groups of both resolved alike.
-pub(crate) fn resumable(trained: &RunConfig, asked: &RunConfig) -> (RunConfig, RunConfig) {
-    let (mut a, mut b) = (trained.clone(), asked.with_settings_of(trained));
-    (a.trainer, b.trainer) = seg_train::config::TrainerConfig::groups_resolved_together(&a.trainer, &b.trainer);
-    (a, b)
-}
-
-/// The first dotted key whose value differs between two configs (`method.kind` for another
-/// method, rather than the first of its settings that differs).
-pub(crate) fn first_difference(a: &RunConfig, b: &RunConfig) -> anyhow::Result<String> {
-    if a.method.name() != b.method.name() {
-        return Ok("method.kind".into());
-    }
-    let differs = seg_train::config::first_difference(&toml::Value::try_from(a)?, &toml::Value::try_from(b)?);
-    Ok(differs.unwrap_or_else(|| "the config".into()))
 }
 
 /// A trained model rebuilt from a run folder (or a checkpoint file).

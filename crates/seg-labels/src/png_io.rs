@@ -65,6 +65,10 @@ pub enum LabelEncoding {
     /// Cityscapes `*_gtFine_instanceIds.png`: one 16-bit grayscale channel (as cityscapesScripts
     /// writes it; 8 bits cannot hold an instance); values ≥ 1000 are `label id × 1000 + instance`, smaller ones plain label ids.
     Instance16,
+    /// One channel of ids, 8 bits or fewer ([`LabelEncoding::Ids8`]) or 16-bit grayscale with
+    /// any values, as PIL and numpy read either: prediction and ground-truth folders of
+    /// `eval --pred`, whose ids the caller checks.
+    AnyIds,
 }
 
 impl LabelEncoding {
@@ -73,6 +77,7 @@ impl LabelEncoding {
             LabelEncoding::Ids8 => "a single-channel 8-bit label-id PNG (grayscale or palette)",
             LabelEncoding::Synthia16 => "a 16-bit SYNTHIA label PNG (class id in the first channel)",
             LabelEncoding::Instance16 => "a single-channel 16-bit instance-id PNG (Cityscapes instanceIds)",
+            LabelEncoding::AnyIds => "a single-channel id PNG (8-bit grayscale or palette, or 16-bit grayscale)",
         }
     }
 }
@@ -321,11 +326,12 @@ pub fn decode_label(path: &Path, bytes: &[u8], encoding: LabelEncoding) -> Resul
     };
     let bits = depth as u8;
     match (encoding, color) {
-        (LabelEncoding::Ids8, png::ColorType::Grayscale | png::ColorType::Indexed) if bits <= 8 => {}
+        (LabelEncoding::Ids8 | LabelEncoding::AnyIds, png::ColorType::Grayscale | png::ColorType::Indexed)
+            if bits <= 8 => {}
         // 16-bit grey ids are read as numpy reads PIL's mode I;16, as long as they are ids
-        // (checked below).
-        (LabelEncoding::Ids8, png::ColorType::Grayscale) if bits == 16 => {}
-        (LabelEncoding::Ids8, png::ColorType::Rgb | png::ColorType::Rgba) => {
+        // (checked below for Ids8).
+        (LabelEncoding::Ids8 | LabelEncoding::AnyIds, png::ColorType::Grayscale) if bits == 16 => {}
+        (LabelEncoding::Ids8 | LabelEncoding::AnyIds, png::ColorType::Rgb | png::ColorType::Rgba) => {
             return Err(wrong(
                 " (a colour image: label ids must be one channel, not a *_color.png rendering)",
             ))
@@ -349,7 +355,7 @@ pub fn decode_label(path: &Path, bytes: &[u8], encoding: LabelEncoding) -> Resul
     let n = (w as usize) * (h as usize);
     let row_bytes = (w as usize * bits as usize).div_ceil(8);
     let data: Vec<u16> = match encoding {
-        LabelEncoding::Ids8 | LabelEncoding::Instance16 if bits == 16 => {
+        LabelEncoding::Ids8 | LabelEncoding::Instance16 | LabelEncoding::AnyIds if bits == 16 => {
             if buf.len() < n * 2 {
                 return Err(corrupt(path, "pixel data shorter than the header declares"));
             }
@@ -366,7 +372,7 @@ pub fn decode_label(path: &Path, bytes: &[u8], encoding: LabelEncoding) -> Resul
             }
             values
         }
-        LabelEncoding::Ids8 | LabelEncoding::Instance16 => {
+        LabelEncoding::Ids8 | LabelEncoding::Instance16 | LabelEncoding::AnyIds => {
             if buf.len() < row_bytes * h as usize {
                 return Err(corrupt(path, "pixel data shorter than the header declares"));
             }
@@ -730,6 +736,8 @@ mod tests {
             e.contains("16-bit grayscale") && e.contains("up to 27137") && e.contains("instanceIds"),
             "{e}"
         );
+        // Any ids, as `eval --pred` reads both folders: the values as they are, in one decode.
+        assert_eq!(read_label(&p, LabelEncoding::AnyIds).unwrap().data, vec![27137]);
         // 16-bit grayscale ids (a label re-saved with 16 bits) are read as ids, as numpy does.
         raw_png(
             &p,
@@ -740,6 +748,10 @@ mod tests {
             &[0, 26, 0, 255],
         );
         assert_eq!(read_label(&p, LabelEncoding::Ids8).unwrap().data, vec![26, 255]);
+        assert_eq!(read_label(&p, LabelEncoding::AnyIds).unwrap().data, vec![26, 255]);
+        raw_png(&p, 1, 1, png::ColorType::Rgb, png::BitDepth::Eight, &[1, 2, 3]);
+        let e = read_label(&p, LabelEncoding::AnyIds).unwrap_err().to_string();
+        assert!(e.contains("a colour image") && e.contains("single-channel id PNG"), "{e}");
         // 8-bit grayscale where SYNTHIA's 16-bit labels are expected.
         raw_png(&p, 1, 1, png::ColorType::Grayscale, png::BitDepth::Eight, &[3]);
         let e = read_label(&p, LabelEncoding::Synthia16).unwrap_err().to_string();

@@ -297,12 +297,9 @@ fn label_to_train() -> [u8; 256] {
 
 /// A prediction's or a ground truth's ids: 8-bit (or fewer) grayscale or palette, or one 16-bit
 /// gray channel (`cv2.imwrite` or PIL's `fromarray` of a uint16 array), which the official
-/// evaluator's PIL reads as the same ids. A file neither can read gets the 8-bit reader's error.
+/// evaluator's PIL reads as the same ids.
 fn read_ids(path: &Path) -> Result<png_io::LabelImage, png_io::PngError> {
-    match png_io::read_label(path, LabelEncoding::Ids8) {
-        Ok(img) => Ok(img),
-        Err(e8) => png_io::read_label(path, LabelEncoding::Instance16).map_err(|_| e8),
-    }
+    png_io::read_label(path, LabelEncoding::AnyIds)
 }
 
 /// Reads one prediction as train ids; also returns which raw values it holds (bit `v` for value

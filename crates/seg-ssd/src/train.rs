@@ -837,12 +837,12 @@ pub struct LoadedDetector {
     _vars: VarMap,
 }
 
-impl DetRunConfig {
+impl seg_train::resume::Resumable for DetRunConfig {
     /// This config with the settings a resumed run may change taken from `other`: the step
     /// count (checked against the checkpoint's step), how often to log and checkpoint, and where
     /// the data and starting weights are (data moved: the loaders still refuse other training
     /// samples, `skipped.json` other left-out ones, and a resume reads no starting weights).
-    pub fn with_free_settings_of(&self, other: &Self) -> Self {
+    fn with_free_settings_of(&self, other: &Self) -> Self {
         let mut c = self.clone();
         let (t, o) = (&mut c.trainer, &other.trainer);
         (t.steps, t.log_every, t.checkpoint_every) = (o.steps, o.log_every, o.checkpoint_every);
@@ -856,22 +856,8 @@ impl DetRunConfig {
     }
 }
 
-/// The first dotted key at which `cfg` changes more of `theirs` (a checkpoint's config) than a
-/// resume may change ([`DetRunConfig::with_free_settings_of`]); `None` when it does not.
-pub fn resume_difference(theirs: &DetRunConfig, cfg: &DetRunConfig) -> Option<String> {
-    let same = theirs.with_free_settings_of(cfg);
-    if same.to_toml() == cfg.to_toml() {
-        return None;
-    }
-    let tree = |c: &DetRunConfig| toml::Value::try_from(c).ok();
-    let differs = tree(&same)
-        .zip(tree(cfg))
-        .and_then(|(a, b)| seg_train::config::first_difference(&a, &b));
-    Some(differs.unwrap_or_else(|| "a setting".into()))
-}
-
 fn same_but_free_settings(theirs: &DetRunConfig, cfg: &DetRunConfig) -> Result<(), String> {
-    match resume_difference(theirs, cfg) {
+    match seg_train::resume::resume_difference(theirs, cfg) {
         None => Ok(()),
         Some(key) => Err(format!(
             "the run was trained with another config (`{key}` differs); resume with the run's own config (only \
@@ -895,39 +881,15 @@ fn evaluate_only(ckpt: &Path) -> DetRunError {
 /// may change. An edited, lost or unreadable `config.toml` does not change it, and is named in a
 /// warning. `None` when the folder has no checkpoint; refused for `save_detector`'s checkpoint.
 pub fn resume_config(out: &Path) -> Result<Option<DetRunConfig>, DetRunError> {
-    let ckpt = out.join(seg_train::checkpoint::FILE);
-    if !ckpt.is_file() {
-        return Ok(None);
-    }
-    let meta = seg_train::checkpoint::read_meta(&ckpt)?;
-    let theirs = stored_config(&meta.config).map_err(|e| DetRunError::Run(format!("{}: {e}", ckpt.display())))?;
-    if meta.source_loader.is_none() {
-        return Err(evaluate_only(&ckpt));
-    }
-    let path = out.join("config.toml");
-    let file = match std::fs::read_to_string(&path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err("missing".to_string()),
-        Err(e) => Err(format!("cannot be read ({e})")),
-        Ok(text) => toml::from_str::<DetRunConfig>(&text).map_err(|e| format!("invalid ({})", e.message())),
+    let stored = |ckpt: &Path, meta: &seg_train::CheckpointMeta| {
+        let theirs = stored_config(&meta.config).map_err(|e| DetRunError::Run(format!("{}: {e}", ckpt.display())))?;
+        match meta.source_loader {
+            Some(_) => Ok(theirs),
+            None => Err(evaluate_only(ckpt)),
+        }
     };
-    Ok(Some(match file {
-        Ok(file) => {
-            if let Some(key) = resume_difference(&theirs, &file) {
-                tracing::warn!(
-                    "{}: differs from the config the checkpoint was trained with (`{key}`): the checkpoint's is used",
-                    path.display()
-                );
-            }
-            theirs.with_free_settings_of(&file)
-        }
-        Err(why) => {
-            tracing::warn!(
-                "{}: {why}: the config the checkpoint was trained with is used",
-                path.display()
-            );
-            theirs
-        }
-    }))
+    let parse = |text: &str| toml::from_str::<DetRunConfig>(text).map_err(|e| e.message().to_string());
+    seg_train::resume::checkpoint_config(out, stored, parse)
 }
 
 /// The detection config a checkpoint stores; a segmentation run's checkpoint (its config has

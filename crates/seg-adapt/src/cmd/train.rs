@@ -56,41 +56,22 @@ pub struct Args {
 /// the command line) replaces the preset's ImageNet weights.
 pub fn resolve(args: &Args) -> anyhow::Result<RunConfig> {
     let saved_path = args.out.join("config.toml");
-    let checkpoint = args.out.join(seg_train::checkpoint::FILE);
-    let has_checkpoint = checkpoint.is_file();
-    let saved = match args.resume && (saved_path.exists() || has_checkpoint) {
+    if args.resume && (saved_path.exists() || args.out.join(seg_train::checkpoint::FILE).is_file()) {
+        crate::config::refuse_other_tasks_folder(&args.out, false)?;
+    }
+    // Without CONFIG a resume continues with the config its checkpoint was trained with (which
+    // an edited, lost or another run's config.toml does not change), taking from config.toml
+    // the settings a resume may change; a run stopped before its first checkpoint, with its
+    // config.toml.
+    let saved = match args.resume && args.config.is_none() {
         true => {
-            crate::config::refuse_other_tasks_folder(&args.out, false)?;
-            if has_checkpoint {
-                // The config the checkpoint was trained with, which `config.toml` may no longer
-                // be (edited, lost or another run's).
-                let meta = seg_train::checkpoint::read_meta(&checkpoint)?;
-                let mut trained = crate::run::stored_config(&checkpoint, &meta.config)?;
-                match RunConfig::load(&saved_path) {
-                    // Without CONFIG, the run folder's config.toml says what may change.
-                    Ok(file) if args.config.is_none() => {
-                        let (same, edited) = crate::run::resumable(&trained, &file);
-                        if edited != same {
-                            tracing::warn!(
-                                "{} differs from the config the checkpoint was trained with (`{}`): the checkpoint's is used",
-                                saved_path.display(),
-                                crate::run::first_difference(&same, &edited)?
-                            );
-                        }
-                        trained = trained.with_settings_of(&file);
-                    }
-                    Err(e) if saved_path.exists() && args.config.is_none() => {
-                        tracing::warn!("{e:#}: the config the checkpoint was trained with is used")
-                    }
-                    Err(_) if args.config.is_none() => tracing::warn!(
-                        "{}: missing: the config the checkpoint was trained with is used",
-                        saved_path.display()
-                    ),
-                    _ => {}
-                }
-                Some(trained)
-            } else {
-                Some(RunConfig::load(&saved_path)?)
+            let parse = |text: &str| RunConfig::parse(text).map_err(|e| format!("{e:#}"));
+            let stored = |file: &std::path::Path, meta: &seg_train::CheckpointMeta| {
+                crate::run::stored_config(file, &meta.config)
+            };
+            match seg_train::resume::checkpoint_config(&args.out, stored, parse)? {
+                None if saved_path.exists() => Some(RunConfig::load(&saved_path)?),
+                resumed => resumed,
             }
         }
         false => None,
