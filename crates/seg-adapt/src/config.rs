@@ -108,7 +108,7 @@ impl RunConfig {
                     "{}\n(a segmentation config names data.source_dataset; a detection config names data.source_format, \"sim10k\" or \"cityscapes\", instead)",
                     e.to_string().trim_end()
                 ),
-                None => anyhow::anyhow!("{}", e.to_string().trim_end()),
+                None => anyhow::anyhow!("{}", seg_train::config::plain_types(e.to_string().trim_end())),
             }
         })?;
         let tree = toml::Value::try_from(&cfg).context("cannot serialise the config")?;
@@ -139,7 +139,10 @@ impl RunConfig {
         // The reason alone: a line and column would point into this generated text, which the
         // user never wrote.
         if let Err(e) = toml::from_str::<Self>(&text) {
-            anyhow::bail!("--set {key}={value}: {}", e.message().trim_end());
+            anyhow::bail!(
+                "--set {key}={value}: {}",
+                seg_train::config::plain_types(e.message().trim_end())
+            );
         }
         Self::parse(&text).map_err(|e| anyhow::anyhow!("--set {key}={value}: {e:#}"))
     }
@@ -147,6 +150,26 @@ impl RunConfig {
     /// Checks what can be checked before any work starts.
     pub fn validate(&self, stride: usize) -> anyhow::Result<()> {
         self.trainer.validate().map_err(anyhow::Error::msg)?;
+        // The method's own settings (a width of 0, a dropout above 1) settle nothing else.
+        self.method.validate()?;
+        let d = &self.data;
+        let path = |p: &Option<std::path::PathBuf>| p.as_ref().is_some_and(|p| p.as_os_str().is_empty());
+        for (key, empty) in [
+            ("data.source_root", d.source_root.as_os_str().is_empty()),
+            ("data.target_root", d.target_root.as_os_str().is_empty()),
+            ("data.target_train_split", d.target_train_split.trim().is_empty()),
+            ("data.target_val_split", d.target_val_split.trim().is_empty()),
+            ("data.source_list", path(&d.source_list)),
+            ("data.target_train_list", path(&d.target_train_list)),
+            ("data.target_val_list", path(&d.target_val_list)),
+            ("model.init_weights", path(&self.model.init_weights)),
+            ("model.init_from", path(&self.model.init_from)),
+        ] {
+            anyhow::ensure!(
+                !empty,
+                "{key} = \"\": name a file or folder (or leave the key out, `--set {key}=`, where it is optional)"
+            );
+        }
         let tree = toml::Value::try_from(self).context("cannot serialise the config")?;
         seg_train::config::refuse_oversized(&tree).map_err(anyhow::Error::msg)?;
         self.augment.validate().map_err(anyhow::Error::msg)?;

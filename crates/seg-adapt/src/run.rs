@@ -91,6 +91,8 @@ pub fn build_setup(
     resume: bool,
     progress: bool,
 ) -> anyhow::Result<TrainSetup> {
+    // What the config alone settles, before any weights or data are read.
+    cfg.validate(cfg.model.name.stride())?;
     // A mismatched --init-from is refused before anything is built; a resumed run takes every
     // weight from its own checkpoint and needs neither its starting run nor ImageNet weights.
     let resuming = resume && seg_train::checkpoint::file_of(run_dir).exists();
@@ -123,12 +125,16 @@ pub fn build_setup(
         _ => None,
     };
     let (vars, backbone) = build_model(cfg, device)?;
-    cfg.validate(backbone.stride())?;
     let has_bn = backbone.has_batch_norm();
     let mut left_out = seg_train::checkpoint::LeftOutByRole::new();
     let role = training_role(cfg);
     let (source, skipped) = open(cfg, role)?;
     left_out.insert(role.name().into(), skipped);
+    // Labels already converted to train ids read as mostly void: said before hours of training
+    // on them, from the first labels (`inspect` and `check` look at every one).
+    if let Some(w) = seg_data::inspect(&source.head(16)).train_ids_warning() {
+        tracing::warn!("{role} dataset at {}: {w}", source.root().display());
+    }
     let source = Arc::new(source);
     let crop = cfg.augment.crop.unwrap_or([0, 0]);
     if let Some((w, h)) = source.first_image_size() {
@@ -424,6 +430,8 @@ pub fn adabn_from(cfg: &RunConfig, from_dir: &Path, run_dir: &Path, device: &Dev
         .with_context(|| format!("writing {}", run_dir.join("report.html").display()))?;
     Ok(TrainOutcome {
         steps: trained.step,
+        // Reported as the model's steps, as before the re-estimation.
+        first_step: 0,
         final_miou: report.miou,
         checkpoint: ck,
         seconds: start.elapsed().as_secs_f64(),

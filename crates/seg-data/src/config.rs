@@ -132,7 +132,8 @@ impl DataConfig {
     }
 
     /// Opens one of the run's datasets as it is on disk (nothing left out yet): labels are
-    /// required everywhere but in the target's unlabelled training split.
+    /// required everywhere but in the target's unlabelled training split, which is opened
+    /// without them.
     pub fn open(&self, role: Role) -> Result<Dataset, DataError> {
         let (name, root, split, list) = self.place(role);
         let options = DatasetOptions {
@@ -142,6 +143,15 @@ impl DataConfig {
             list: list.map(Path::to_path_buf),
             ..Default::default()
         };
-        open_dataset(name, root, split, options)
+        let mut ds = open_dataset(name, root, split, options)?;
+        if role == Role::TargetTrain {
+            // Unlabelled target training reads images only: label files that happen to be there
+            // (Cityscapes' gtFine/train) are neither read nor checked, so none of them stops the
+            // run or leaves its image out.
+            for e in &mut ds.entries {
+                e.label = None;
+            }
+        }
+        Ok(ds)
     }
 }

@@ -129,6 +129,13 @@ impl Dataset {
         &self.entries
     }
 
+    /// The same dataset with its first `n` samples only (a quick look before a run).
+    pub fn head(&self, n: usize) -> Dataset {
+        let mut d = self.clone();
+        d.entries.truncate(n);
+        d
+    }
+
     pub fn options(&self) -> &DatasetOptions {
         &self.options
     }

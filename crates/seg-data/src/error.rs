@@ -59,14 +59,7 @@ impl DataError {
             DataError::SizeMismatch { image, .. } => Some(image),
             DataError::Duplicate { second, .. } => Some(second),
             DataError::Empty { root, .. } => Some(root),
-            DataError::Png(e) => match e {
-                seg_labels::PngError::Io { path, .. }
-                | seg_labels::PngError::Corrupt { path, .. }
-                | seg_labels::PngError::Jpeg { path, .. }
-                | seg_labels::PngError::TooLarge { path, .. }
-                | seg_labels::PngError::WrongEncoding { path, .. }
-                | seg_labels::PngError::Write { path, .. } => Some(path),
-            },
+            DataError::Png(e) => Some(e.path()),
             DataError::Tensor(_) => None,
         }
     }

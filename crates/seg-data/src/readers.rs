@@ -203,6 +203,17 @@ fn sorted_dirs(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
     sorted_entries(dir, |e| std::fs::metadata(e.path()).is_ok_and(|m| m.is_dir()))
 }
 
+/// Refuses a folder that exists but cannot be listed (no permission), naming it.
+fn listable(dir: &Path) -> Result<(), DataError> {
+    match std::fs::read_dir(dir) {
+        Err(cause) if dir.is_dir() => Err(DataError::ReadDir {
+            path: dir.to_path_buf(),
+            cause,
+        }),
+        _ => Ok(()),
+    }
+}
+
 fn read_list(path: &Path) -> Result<Vec<String>, DataError> {
     let text = std::fs::read_to_string(path).map_err(|cause| DataError::List {
         path: path.to_path_buf(),
@@ -259,6 +270,9 @@ fn open_flat(
         None => sorted_pngs(image_dir)?,
     };
     let has_labels = label_dir.is_dir();
+    if has_labels && options.require_labels {
+        listable(label_dir)?;
+    }
     if options.require_labels && !has_labels {
         return Err(DataError::Missing {
             what: "label folder",
@@ -330,8 +344,11 @@ fn open_cityscapes(root: &Path, split: &str, options: DatasetOptions) -> Result<
                     .trim_start_matches("leftImg8bit/")
                     .trim_start_matches(&format!("{split}/"))
                     .to_string();
+                // A bare stem, or the file's stem (`…_leftImg8bit`, what `Path.stem` gives).
                 let rel = if rel.ends_with(".png") {
                     rel
+                } else if rel.ends_with("_leftImg8bit") {
+                    format!("{rel}.png")
                 } else {
                     format!("{rel}{CS_IMAGE_SUFFIX}")
                 };
@@ -362,6 +379,16 @@ fn open_cityscapes(root: &Path, split: &str, options: DatasetOptions) -> Result<
             all
         }
     };
+    // A label folder that cannot be listed (no permission) is said to be so, rather than each of
+    // its labels being missing.
+    let cities: std::collections::BTreeSet<&Path> = images
+        .iter()
+        .filter_map(|i| i.parent()?.file_name())
+        .map(Path::new)
+        .collect();
+    for city in cities.into_iter().filter(|_| options.require_labels) {
+        listable(&label_root.join(city))?;
+    }
     let entries = images
         .into_iter()
         .map(|image| {

@@ -258,6 +258,25 @@ impl DetDataset {
         left_out
     }
 
+    /// The first sample, in entry order, whose image header does not read (missing, empty, not
+    /// a PNG or JPEG, a declared size above the limit) or whose annotation file is missing: what
+    /// a run under `error_policy = "fail"` checks before its first step, for the price of
+    /// headers rather than of decoding every file (that is `check`'s, and `skip`'s).
+    pub fn first_missing_or_unreadable(&self) -> Option<DetError> {
+        use rayon::prelude::*;
+        self.entries
+            .par_iter()
+            .map(|e| -> Result<(), DetError> {
+                png_io::read_size(&e.image)?;
+                if let Some(a) = &e.annotation {
+                    std::fs::metadata(a).map_err(DetError::io(a))?;
+                }
+                Ok(())
+            })
+            .find_first(Result::is_err)
+            .and_then(Result::err)
+    }
+
     /// The ground truth of sample `i` (its annotation only).
     pub fn truth(&self, i: usize) -> Result<DetTruth, DetError> {
         let e = &self.entries[i];

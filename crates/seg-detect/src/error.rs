@@ -40,14 +40,8 @@ impl DetError {
         match self {
             DetError::Invalid { reason, .. } => reason.clone(),
             DetError::Io { cause, .. } => format!("cannot read: {cause}"),
-            // A PNG error starts with its file, which the problem line names already.
-            DetError::Png(e) => {
-                let text = e.to_string();
-                match text.split_once(".png: ") {
-                    Some((_, reason)) => reason.to_string(),
-                    None => text,
-                }
-            }
+            // An image error starts with its file, which the problem line names already.
+            DetError::Png(e) => e.reason(),
             other => other.to_string(),
         }
     }
@@ -56,7 +50,7 @@ impl DetError {
     pub fn file(&self) -> Option<&std::path::Path> {
         match self {
             DetError::Invalid { path, .. } | DetError::Io { path, .. } | DetError::Detection { path, .. } => Some(path),
-            DetError::Png(_) => None,
+            DetError::Png(e) => Some(e.path()),
         }
     }
 }

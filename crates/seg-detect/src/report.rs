@@ -24,6 +24,7 @@ pub const TILE_WIDTH: u32 = 512;
 pub struct DetReport {
     pub ap50: BTreeMap<String, Option<Ap3>>,
     pub images: usize,
+    /// Detections of the evaluated classes.
     pub detections: usize,
     /// Ground-truth boxes per class.
     pub gt_boxes: BTreeMap<String, usize>,
@@ -46,7 +47,7 @@ impl DetReport {
         Self {
             ap50,
             images: gt.len(),
-            detections: dets.len(),
+            detections: dets.iter().filter(|d| classes.contains(d.class)).count(),
             gt_boxes,
             source: None,
             pictures: Vec::new(),
@@ -241,7 +242,7 @@ pub fn evaluate_file(
     let mut r = DetReport::compute(&gt, &dets, classes);
     let boxes_of = |i: usize| {
         dets.iter()
-            .filter(|d| d.image == i)
+            .filter(|d| d.image == i && classes.contains(d.class))
             .map(|d| (d.bbox, d.score))
             .collect()
     };
@@ -249,4 +250,39 @@ pub fn evaluate_file(
     r.source = Some(source);
     r.write(out, &pictures)?;
     Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::boxes::{GtBox, PixelBox};
+
+    #[test]
+    fn detections_of_classes_not_evaluated_are_not_counted() {
+        let bbox = PixelBox {
+            x_min: 0.0,
+            y_min: 0.0,
+            x_max: 9.0,
+            y_max: 9.0,
+        };
+        let car = crate::classes::CAR;
+        let other = (car + 1) % DET_CLASSES.len();
+        let gt = vec![vec![GtBox { class: car, bbox }]];
+        let det = |class| ApInput {
+            image: 0,
+            class,
+            bbox,
+            score: 0.9,
+        };
+        let r = DetReport::compute(&gt, &[det(other)], ClassSet::Car);
+        assert_eq!(r.detections, 0);
+        assert_eq!(r.car_voc07(), Some(0.0));
+        let r = DetReport::compute(&gt, &[det(other), det(car)], ClassSet::Car);
+        assert_eq!(r.detections, 1);
+        assert!((r.car_voc07().unwrap() - 1.0).abs() < 1e-9);
+        assert_eq!(
+            DetReport::compute(&gt, &[det(other), det(car)], ClassSet::All).detections,
+            2
+        );
+    }
 }

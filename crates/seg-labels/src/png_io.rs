@@ -37,6 +37,36 @@ pub enum PngError {
     Write { path: PathBuf, reason: String },
 }
 
+impl PngError {
+    /// The file the error is about.
+    pub fn path(&self) -> &Path {
+        match self {
+            PngError::Io { path, .. }
+            | PngError::Corrupt { path, .. }
+            | PngError::Jpeg { path, .. }
+            | PngError::TooLarge { path, .. }
+            | PngError::WrongEncoding { path, .. }
+            | PngError::Write { path, .. } => path,
+        }
+    }
+
+    /// The message without the file's name in front, for lists that name the file beside it.
+    pub fn reason(&self) -> String {
+        let text = self.to_string();
+        let prefix = format!("{}: ", self.path().display());
+        text.strip_prefix(&prefix).map(str::to_string).unwrap_or(text)
+    }
+}
+
+/// Whether a file is named as a JPEG (`.jpg`, `.jpeg`, any case): one whose content is neither a
+/// PNG nor a JPEG (empty, cut before its first marker) is then refused as a JPEG.
+fn named_jpeg(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|x| x.eq_ignore_ascii_case("jpg") || x.eq_ignore_ascii_case("jpeg"))
+}
+
+const PNG_SIGNATURE: [u8; 8] = [0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A];
+
 /// An 8-bit RGB image, row-major, `data.len() == 3 * width * height`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RgbImage {
@@ -135,11 +165,16 @@ pub fn read_size(path: &Path) -> Result<(u32, u32), PngError> {
             }
         }
     }
-    const SIGNATURE: [u8; 8] = [0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A];
+    if got == 0 && named_jpeg(path) {
+        return Err(PngError::Jpeg {
+            path: path.to_path_buf(),
+            reason: "empty file".into(),
+        });
+    }
     if got == 0 {
         return Err(corrupt(path, "empty file"));
     }
-    if head.starts_with(&[0xFF, 0xD8, 0xFF]) {
+    if head.starts_with(&[0xFF, 0xD8, 0xFF]) || (named_jpeg(path) && !head.starts_with(&PNG_SIGNATURE)) {
         // A JPEG (read by its content, as `decode_rgb` reads it): its frame header.
         use std::io::Seek;
         file.rewind().map_err(|cause| PngError::Io {
@@ -152,7 +187,7 @@ pub fn read_size(path: &Path) -> Result<(u32, u32), PngError> {
             reason: e.to_string().trim_end().to_string(),
         });
     }
-    if got < head.len() || head[..8] != SIGNATURE || &head[12..16] != b"IHDR" {
+    if got < head.len() || head[..8] != PNG_SIGNATURE || &head[12..16] != b"IHDR" {
         return Err(corrupt(path, "no PNG signature and IHDR header"));
     }
     let be = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
@@ -245,6 +280,9 @@ fn decode_jpeg(path: &Path, bytes: &[u8]) -> Result<RgbImage, PngError> {
         path: path.to_path_buf(),
         reason,
     };
+    if bytes.is_empty() {
+        return Err(bad("empty file".into()));
+    }
     let reader = image::ImageReader::with_format(Cursor::new(bytes), image::ImageFormat::Jpeg);
     let (w, h) = reader
         .into_dimensions()
@@ -273,7 +311,7 @@ fn decode_jpeg(path: &Path, bytes: &[u8]) -> Result<RgbImage, PngError> {
 /// [`read_rgb`] from bytes already in memory; `path` only names the file in errors. A JPEG is
 /// read by its content whatever its name (as PIL and OpenCV read a file).
 pub fn decode_rgb(path: &Path, bytes: &[u8]) -> Result<RgbImage, PngError> {
-    if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+    if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) || (named_jpeg(path) && !bytes.starts_with(&PNG_SIGNATURE)) {
         return decode_jpeg(path, bytes);
     }
     let ((w, h, _, _), mut reader) = open(path, bytes, png::Transformations::EXPAND)?;
@@ -751,10 +789,40 @@ mod tests {
         assert_eq!(read_label(&p, LabelEncoding::AnyIds).unwrap().data, vec![26, 255]);
         raw_png(&p, 1, 1, png::ColorType::Rgb, png::BitDepth::Eight, &[1, 2, 3]);
         let e = read_label(&p, LabelEncoding::AnyIds).unwrap_err().to_string();
-        assert!(e.contains("a colour image") && e.contains("single-channel id PNG"), "{e}");
+        assert!(
+            e.contains("a colour image") && e.contains("single-channel id PNG"),
+            "{e}"
+        );
         // 8-bit grayscale where SYNTHIA's 16-bit labels are expected.
         raw_png(&p, 1, 1, png::ColorType::Grayscale, png::BitDepth::Eight, &[3]);
         let e = read_label(&p, LabelEncoding::Synthia16).unwrap_err().to_string();
         assert!(e.contains("8-bit grayscale PNG") && e.contains("16-bit SYNTHIA"), "{e}");
+    }
+
+    #[test]
+    fn a_file_named_as_a_jpeg_that_is_neither_format_is_refused_as_a_jpeg() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("3384801.jpg");
+        std::fs::write(&p, b"").unwrap();
+        for e in [read_rgb(&p).unwrap_err(), read_size(&p).unwrap_err()] {
+            let text = e.to_string();
+            assert!(text.contains("not a valid JPEG (empty file)"), "{text}");
+            assert_eq!(e.reason(), "not a valid JPEG (empty file)");
+            assert_eq!(e.path(), p.as_path());
+        }
+        std::fs::write(&p, b"GIF89a not an image").unwrap();
+        let e = read_rgb(&p).unwrap_err().to_string();
+        assert!(e.contains("3384801.jpg: not a valid JPEG"), "{e}");
+        // A missing file's reason does not repeat its name.
+        std::fs::remove_file(&p).unwrap();
+        let e = read_rgb(&p).unwrap_err();
+        assert!(e.reason().starts_with("cannot read file"), "{}", e.reason());
+        // Named .png, an empty file is still an empty PNG.
+        let q = dir.path().join("a.png");
+        std::fs::write(&q, b"").unwrap();
+        assert!(read_rgb(&q)
+            .unwrap_err()
+            .to_string()
+            .contains("not a valid PNG (empty file)"));
     }
 }

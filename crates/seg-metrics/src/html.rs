@@ -416,12 +416,29 @@ pub fn run_page(run_dir: &Path, title: &str) -> String {
         .as_ref()
         .and_then(|d| std::fs::read_to_string(d.join("report.json")).ok())
         .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
-    if let Some(m) = report.as_ref().and_then(|r| r.get("miou")).and_then(|m| m.as_f64()) {
-        let _ = write!(
-            body,
-            "<p>Target val mIoU (last checkpoint): <b>{:.2} %</b></p>",
-            100.0 * m
-        );
+    if let Some(r) = &report {
+        if let Some(m) = r.get("miou").and_then(|m| m.as_f64()) {
+            // As report.md says it: the classes averaged and the images evaluated.
+            let classes = r.get("class_iou").and_then(|c| c.as_object()).map_or(0, |c| c.len());
+            let images = r.get("images").and_then(|n| n.as_u64()).unwrap_or(0);
+            let _ = write!(
+                body,
+                "<p>Target val mIoU (last checkpoint, {classes} classes, {images} images): <b>{:.2} %</b></p>",
+                100.0 * m
+            );
+        }
+        let warnings: Vec<&str> = r
+            .get("warnings")
+            .and_then(|w| w.as_array())
+            .map(|w| w.iter().filter_map(|s| s.as_str()).collect())
+            .unwrap_or_default();
+        if !warnings.is_empty() {
+            body.push_str("<h2>Warnings of the evaluation</h2><ul>");
+            for w in warnings {
+                let _ = write!(body, "<li>{}</li>", escape(w));
+            }
+            body.push_str("</ul>");
+        }
     }
     // A run that did not train (AdaBN applied to a finished run) has no curves to draw.
     if !losses.is_empty() {

@@ -8,6 +8,7 @@
 //! [`Evaluator::finish`] and [`Report::write`]. [`folder::evaluate_folder`] is that path fed
 //! from PNG files.
 
+pub mod compare;
 pub mod confusion;
 pub mod folder;
 pub mod html;

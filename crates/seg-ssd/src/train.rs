@@ -7,7 +7,8 @@
 //! top 200 per image) and the evaluation on target val (`seg_detect::report`).
 //!
 //! A run folder holds `config.toml`, `metrics.jsonl`, `checkpoint.safetensors`,
-//! `detections.json` (target val) and `eval/` (`report.json`, `report.md`, `pictures/`).
+//! and, per evaluation on target val, `eval/step_NNNNNN/` (`report.json`, `report.md`, `pictures/`,
+//! `detections.json`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -320,19 +321,8 @@ pub fn run(
     let method_cfg = &cfg.method.0;
     let classes = cfg.model.classes;
     let d = &cfg.data;
-    // The evaluation split is opened before any training, so a wrong name stops the run now.
-    let mut left_out = LeftOut::new(d.error_policy);
-    let val = left_out.apply(
-        "val",
-        DetDataset::open_cityscapes(&d.target_root, &d.target_val, true, classes)?,
-    )?;
-    let source = if method_cfg.trains_on_target_labels() {
-        DetDataset::open_cityscapes(&d.target_root, &d.target_train, true, classes)?
-    } else {
-        cfg.open_source()?
-    };
-    let source = left_out.apply("source", source)?;
-    // A mismatched init_from is refused before anything is trained; a resumed run takes every
+    // A mismatched init_from or weights file is refused before the data is read (under `skip`,
+    // every sample decoded) and anything is trained; a resumed run takes every
     // weight from its own checkpoint and needs neither its starting run nor ImageNet weights.
     let init = match &cfg.init_from {
         Some(from) if !resuming => Some(init_checkpoint(cfg, from, device)?),
@@ -348,6 +338,18 @@ pub fn run(
     if let Some(ck) = &init {
         ck.restore_prefix(&vars, "model")?;
     }
+    // The evaluation split is opened before any training, so a wrong name stops the run now.
+    let mut left_out = LeftOut::new(d.error_policy);
+    let val = left_out.apply(
+        "val",
+        DetDataset::open_cityscapes(&d.target_root, &d.target_val, true, classes)?,
+    )?;
+    let source = if method_cfg.trains_on_target_labels() {
+        DetDataset::open_cityscapes(&d.target_root, &d.target_train, true, classes)?
+    } else {
+        cfg.open_source()?
+    };
+    let source = left_out.apply("source", source)?;
     let tcfg = cfg.trainer_config();
     let mut stepper = Stepper::new(method.as_ref(), &vars, &tcfg)?;
     let ssd = method.detector();
@@ -472,7 +474,7 @@ pub fn run(
         Ok(seg_train::checkpoint::save(&ckpt, &tensors, &meta)?)
     };
     if finished {
-        let path = out.join("eval/report.json");
+        let path = out.join(eval_dir(start)).join("report.json");
         if let Some(report) = std::fs::read(&path)
             .ok()
             .and_then(|b| serde_json::from_slice::<DetReport>(&b).ok())
@@ -560,27 +562,38 @@ pub fn run(
         },
         t.steps
     ) + &left_out.val_note();
-    let eval_dir = out.join("eval");
+    let rel = eval_dir(t.steps);
+    let dir = out.join(&rel);
     let report = evaluate_detector(
         ssd,
         &val,
         t.batch_size.max(1),
         device,
         ReportTo {
-            dir: &eval_dir,
-            detections: Some(&out.join("detections.json")),
+            dir: &dir,
+            detections: Some(&dir.join("detections.json")),
             pictures: 4,
             source,
         },
     )?;
     // As a segmentation run's evaluation line: AP50 per class (fractions, three flavours, null
     // for a class without ground truth) and where the report is.
-    let line = serde_json::json!({"step": t.steps, "eval": {"ap50": report.ap50, "dir": "eval"}});
-    seg_labels::fsutil::append_line(&metrics, &line.to_string()).map_err(write_err(&metrics))?;
+    // A finished run whose evaluation folder was removed evaluates again; its line stands.
+    if seg_train::checkpoint::logged_eval(&metrics, t.steps).is_none() {
+        let line = serde_json::json!({"step": t.steps, "eval": {"ap50": report.ap50, "dir": rel}});
+        seg_labels::fsutil::append_line(&metrics, &line.to_string()).map_err(write_err(&metrics))?;
+    }
     Ok(Some(DetOutcome {
         report,
         last_losses: last,
     }))
+}
+
+/// A run's evaluation folder at `step`, relative to the run's: `eval/step_NNNNNN` (the step in
+/// six digits), as a segmentation run names it; each holds `report.json`, `report.md`,
+/// `pictures/` and `detections.json`, so a run extended later keeps every earlier evaluation.
+pub fn eval_dir(step: usize) -> String {
+    format!("eval/step_{step:06}")
 }
 
 /// The losses of the last loss line of `metrics.jsonl`.
@@ -615,7 +628,14 @@ impl LeftOut {
     /// each named once in the log; a dataset left with nothing is an error.
     fn apply(&mut self, role: &str, mut ds: DetDataset) -> Result<DetDataset, DetRunError> {
         if self.policy != seg_data::ErrorPolicy::Skip {
-            return Ok(ds);
+            // A missing or unreadable file stops the run now, not when its sample is drawn
+            // (for val: after the whole training).
+            return match ds.first_missing_or_unreadable() {
+                Some(e) => Err(DetRunError::Run(format!(
+                    "{role}: {e} (data.error_policy = \"fail\"; `seg-adapt check CONFIG` lists every problem, \"skip\" leaves such samples out)"
+                ))),
+                None => Ok(ds),
+            };
         }
         let gone = ds.leave_out_unloadable();
         for l in &gone {
@@ -854,6 +874,10 @@ impl seg_train::resume::Resumable for DetRunConfig {
         c.init_from.clone_from(&other.init_from);
         c
     }
+
+    fn whole_difference(a: &Self, b: &Self) -> Option<String> {
+        (a.method.0.name() != b.method.0.name()).then(|| "method.kind".into())
+    }
 }
 
 fn same_but_free_settings(theirs: &DetRunConfig, cfg: &DetRunConfig) -> Result<(), String> {
@@ -909,9 +933,9 @@ fn stored_config(text: &str) -> Result<DetRunConfig, String> {
     })
 }
 
-/// Loads `run_dir`'s detector.
+/// Loads the detector of a run folder or of its checkpoint file.
 pub fn load_detector(run_dir: &Path, device: &Device) -> Result<LoadedDetector, DetRunError> {
-    let ckpt_path = run_dir.join(seg_train::checkpoint::FILE);
+    let ckpt_path = seg_train::checkpoint::file_of(run_dir);
     let ckpt = seg_train::checkpoint::load(&ckpt_path, device)?;
     let cfg =
         stored_config(&ckpt.meta.config).map_err(|e| DetRunError::Run(format!("{}: {e}", ckpt_path.display())))?;

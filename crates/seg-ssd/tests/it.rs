@@ -428,6 +428,16 @@ fn a_resumed_detection_run_ends_with_the_weights_of_one_that_never_stopped() {
         e.contains("`trainer.lr` differs") && e.contains("only trainer.steps"),
         "{e}"
     );
+    // Another method is named as such, not by the first of its settings that differs.
+    for method in ["oracle", "da-image"] {
+        let mut other = cfg.clone();
+        other.method = seg_ssd::train::DetMethodConfigField(DetMethodConfig::parse(method).unwrap());
+        let e = seg_ssd::train::run(&other, &b, &Device::Cpu, &mut |_, _, _| {}, resume)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("`method.kind` differs"), "{method}: {e}");
+    }
     // A run stopped before its first checkpoint: --resume starts it over from step 0, with
     // the config given (a mended one too: nothing of the stopped run is kept).
     let early = dir.path().join("early");

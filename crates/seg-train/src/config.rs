@@ -227,8 +227,40 @@ pub fn bad_key_of_kind_section<T: serde::de::DeserializeOwned>(
     table.iter().filter(|(k, _)| *k != "kind").find_map(|(k, v)| {
         let probe = toml::Table::from_iter([("kind".to_string(), kind.clone()), (k.clone(), v.clone())]);
         let message = toml::Value::Table(probe).try_into::<T>().err()?.to_string();
-        (!message.contains("missing field")).then(|| (format!("{section}.{k}"), message.trim_end().to_string()))
+        (!message.contains("missing field")).then(|| (format!("{section}.{k}"), plain_types(message.trim_end())))
     })
+}
+
+/// A TOML or serde message in a config's words rather than Rust's: `expected usize` becomes
+/// `expected a whole number of at least 0`, `expected f64` `expected a number`, `expected struct
+/// TrainerConfig` `expected a table`.
+pub fn plain_types(message: &str) -> String {
+    let mut out = message.to_string();
+    for (rust, plain) in [
+        ("usize", "a whole number of at least 0"),
+        ("u64", "a whole number of at least 0"),
+        ("u32", "a whole number of at least 0"),
+        ("u16", "a whole number from 0 to 65535"),
+        ("u8", "a whole number from 0 to 255"),
+        ("i64", "a whole number"),
+        ("i32", "a whole number"),
+        ("f64", "a number"),
+        ("f32", "a number"),
+    ] {
+        for end in [",", ")", "\n", " "] {
+            out = out.replace(&format!("expected {rust}{end}"), &format!("expected {plain}{end}"));
+        }
+        if let Some(head) = out.strip_suffix(&format!("expected {rust}")) {
+            out = format!("{head}expected {plain}");
+        }
+    }
+    while let Some(at) = out.find("expected struct ") {
+        let name_end = out[at + 16..]
+            .find(|c: char| !c.is_alphanumeric() && c != '_')
+            .map_or(out.len(), |n| at + 16 + n);
+        out.replace_range(at..name_end, "expected a table");
+    }
+    out
 }
 
 /// The first dotted key (`trainer.lr`) whose value differs between two config trees.
@@ -517,6 +549,24 @@ mod tests {
 
     fn trainer(text: &str) -> Result<TrainerConfig, String> {
         toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn messages_name_types_in_a_configs_words() {
+        assert_eq!(
+            plain_types("invalid value: integer `-5`, expected usize"),
+            "invalid value: integer `-5`, expected a whole number of at least 0"
+        );
+        assert_eq!(
+            plain_types("invalid type: integer `5`, expected struct TrainerConfig\n"),
+            "invalid type: integer `5`, expected a table\n"
+        );
+        assert_eq!(
+            plain_types("invalid type: string \"x\", expected f64"),
+            "invalid type: string \"x\", expected a number"
+        );
+        // A word that only starts like a type name is left alone.
+        assert_eq!(plain_types("expected u8bit"), "expected u8bit");
     }
 
     #[test]

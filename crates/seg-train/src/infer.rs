@@ -96,6 +96,24 @@ pub fn evaluate(backbone: &dyn Backbone, dataset: &Dataset, setup: &EvalSetup) -
     for l in dataset.left_out() {
         ev.warn(format!("left out of the evaluation: {}", l.reason));
     }
+    // Cityscapes ground truth read from labelTrainIds where labelIds is absent: said, as
+    // `eval --pred` says it, since the official evaluator would not count those images.
+    let from_train_ids: Vec<&std::path::Path> = dataset
+        .entries()
+        .iter()
+        .filter_map(|e| e.label.as_deref())
+        .filter(|l| l.to_string_lossy().ends_with("_gtFine_labelTrainIds.png"))
+        .collect();
+    if let Some(first) = from_train_ids.first() {
+        let message = format!(
+            "{} ground-truth image(s) have only `*_gtFine_labelTrainIds.png` (the first: {}): evaluated from those; \
+             the official evaluator reads `*_gtFine_labelIds.png` only and would not count them",
+            from_train_ids.len(),
+            first.display()
+        );
+        tracing::warn!("{message}");
+        ev.warn(message);
+    }
     let skip = dataset.options().error_policy == ErrorPolicy::Skip;
     let size = setup.batch_size.max(1);
     for start in (0..dataset.len()).step_by(size) {

@@ -133,18 +133,27 @@ impl Stepper {
     }
 
     /// The trainable parameters by group, and what they and their optimiser state hold in f32:
-    /// `segmenter 14.71 M, discriminator 0.53 M: 61 MB, 183 MB with optimiser state`.
+    /// `segmenter 14.71 M, discriminator 530.4 k: 61 MB, 183 MB with optimiser state`.
     pub fn summary(&self) -> String {
+        // Millions of values and megabytes, with a decimal more for the small ones (a small
+        // model's discriminator is thousands of values, not "0.00 M").
+        let count = |n: usize| match n {
+            0..1_000_000 => format!("{:.1} k", n as f64 / 1e3),
+            _ => format!("{:.2} M", n as f64 / 1e6),
+        };
+        let mb = |n: usize| match (n * 4) as f64 / 1e6 {
+            m if m < 10.0 => format!("{m:.2} MB"),
+            m => format!("{m:.0} MB"),
+        };
         let groups: Vec<String> = self
             .groups
             .iter()
-            .map(|g| format!("{} {:.2} M", g.id, g.values as f64 / 1e6))
+            .map(|g| format!("{} {}", g.id, count(g.values)))
             .collect();
         let values: usize = self.groups.iter().map(|g| g.values).sum();
         let state: usize = self.groups.iter().map(|g| g.state_values).sum();
-        let mb = |n: usize| (n * 4) as f64 / 1e6;
         format!(
-            "{}: {:.0} MB, {:.0} MB with optimiser state",
+            "{}: {}, {} with optimiser state",
             groups.join(", "),
             mb(values),
             mb(values + state)

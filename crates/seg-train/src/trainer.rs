@@ -47,7 +47,9 @@ pub struct TrainSetup {
 /// What a finished run produced.
 #[derive(Debug, Clone)]
 pub struct TrainOutcome {
+    /// The step this run ended at, and the one it started from (0, or a resumed checkpoint's).
     pub steps: usize,
+    pub first_step: usize,
     pub final_miou: Option<f64>,
     pub checkpoint: PathBuf,
     pub seconds: f64,
@@ -216,6 +218,21 @@ impl Trainer {
     }
 
     /// Evaluates on the target val split and writes `eval/step_N/`.
+    /// The run's page, `report.html`: training curves, per-class IoU and predictions, from what
+    /// is on disk.
+    fn write_page(&self) -> Result<(), TrainError> {
+        let title = format!(
+            "seg-adapt run: {} ({})",
+            self.s.method.name(),
+            seg_core::steps(self.step)
+        );
+        seg_metrics::html::write_run_page(&self.s.run_dir, &title).map_err(|cause| TrainError::Write {
+            path: self.s.run_dir.join("report.html"),
+            cause,
+        })?;
+        Ok(())
+    }
+
     pub fn evaluate_now(&self) -> Result<Option<f64>, TrainError> {
         let Some((ds, setup, protocol)) = &self.s.eval else {
             return Ok(None);
@@ -293,6 +310,7 @@ impl Trainer {
             }
         }
         let total = self.total_steps();
+        let first_step = self.step;
         let start = Instant::now();
         let bar = if self.s.progress {
             let b = indicatif::ProgressBar::new(total as u64);
@@ -370,6 +388,15 @@ impl Trainer {
                     _ => 0.0,
                 };
                 self.log(serde_json::json!({"step": self.step, "lr": lr, "losses": losses, "images_per_sec": ips}))?;
+                if self.s.progress && bar.is_hidden() {
+                    // No terminal to draw the bar on (a log file, a job queue): a line per log step.
+                    let msg: Vec<String> = losses.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
+                    tracing::info!(
+                        "step {}/{total}: {} | lr {lr:.3e} | {ips:.1} img/s",
+                        self.step,
+                        msg.join(", ")
+                    );
+                }
             }
             let msg: Vec<String> = losses.iter().map(|(k, v)| format!("{k} {v:.3}")).collect();
             bar.set_message(format!("{} | {ips:.1} img/s", msg.join(" ")));
@@ -380,6 +407,15 @@ impl Trainer {
             }
             if cfg.eval_every > 0 && self.step.is_multiple_of(cfg.eval_every) && self.step < total {
                 last_eval = self.evaluate_now()?;
+                if let (true, Some(m)) = (self.s.progress, last_eval) {
+                    let line = format!("step {}: target val mIoU {:.2} %", self.step, 100.0 * m);
+                    match bar.is_hidden() {
+                        true => tracing::info!("{line}"),
+                        false => bar.println(line),
+                    }
+                }
+                // The run's page follows its evaluations, so a stopped run has one too.
+                self.write_page()?;
             }
         }
         bar.finish_and_clear();
@@ -396,18 +432,10 @@ impl Trainer {
                 last_eval = self.evaluate_now()?;
             }
         }
-        // The run's page: training curves, per-class IoU and predictions, from what is on disk.
-        let title = format!(
-            "seg-adapt run: {} ({})",
-            self.s.method.name(),
-            seg_core::steps(self.step)
-        );
-        seg_metrics::html::write_run_page(&self.s.run_dir, &title).map_err(|cause| TrainError::Write {
-            path: self.s.run_dir.join("report.html"),
-            cause,
-        })?;
+        self.write_page()?;
         Ok(TrainOutcome {
             steps: self.step,
+            first_step,
             final_miou: last_eval,
             checkpoint: self.checkpoint_path(),
             seconds: start.elapsed().as_secs_f64(),

@@ -20,8 +20,8 @@ use seg_labels::png_io;
 use seg_methods::MethodConfig;
 
 use super::demo_run::{Ledger, Stamp};
-use super::demo_stats::{arm_curves_html, comparisons, results_markdown, summarise, with_ci, Comparison};
 use crate::config::{DataConfig, EvalConfig, ModelConfig, RunConfig};
+use seg_metrics::compare::{arm_curves_html, comparisons, results_markdown, summarise, with_ci, Comparison};
 use seg_metrics::seeds::Summary;
 
 #[derive(clap::Args, Debug)]
@@ -459,7 +459,7 @@ fn html_report(
         out,
         methods,
         "seg",
-        "The seg term of each arm (seed 0): source cross-entropy; SAN's on real features, × (1 − generated_task_share)",
+        "The seg term of each arm (seed 0) over its training steps (the curriculum's stage before training left out): source cross-entropy; SAN's on real features, × (1 − generated_task_share)",
     ));
     if let Some(img) = html::png_img(&out.join("comparison.png"), "predictions of every method") {
         b.push_str("<h2>Predictions (seed 0)</h2><p>Columns: image, ground truth, then one per method in the table's order.</p>");

@@ -22,7 +22,7 @@ use seg_ssd::{DetMethodConfig, SsdConfig};
 
 use super::demo::{method_list, Phase, Phases, PRETRAIN};
 use super::demo_run::{digest, Ledger, Stamp};
-use super::demo_stats::{arm_curves_html, comparisons, results_markdown, summarise, with_ci, Comparison};
+use seg_metrics::compare::{arm_curves_html, comparisons, results_markdown, summarise, with_ci, Comparison};
 use seg_metrics::seeds::Summary;
 
 #[derive(clap::Args, Debug)]
@@ -33,8 +33,9 @@ pub struct TrainArgs {
     /// config.toml is the config).
     #[arg(value_name = "CONFIG", required_unless_present = "resume")]
     pub config: Option<PathBuf>,
-    /// Run folder: config.toml, metrics.jsonl, checkpoint.safetensors, detections.json, eval/,
-    /// and skipped.json when samples are left out.
+    /// Run folder: config.toml, metrics.jsonl, checkpoint.safetensors, eval/step_NNNNNN/ (each
+    /// evaluation's report, pictures and detections.json), and skipped.json when samples are left
+    /// out.
     #[arg(long)]
     pub out: PathBuf,
     /// Override one config key (repeatable), e.g. `--set trainer.steps=200` or
@@ -80,7 +81,11 @@ fn config_of(path: &Path, text: &str, sets: &[String]) -> anyhow::Result<DetRunC
                     e.to_string().trim_end()
                 )
             }
-            None => return Err(anyhow::Error::new(e).context(format!("{}: invalid detection config", path.display()))),
+            None => anyhow::bail!(
+                "{}: invalid detection config: {}",
+                path.display(),
+                seg_train::config::plain_types(e.to_string().trim_end())
+            ),
         },
     };
     let mut root = file_raw.clone();
@@ -121,7 +126,11 @@ fn config_of(path: &Path, text: &str, sets: &[String]) -> anyhow::Result<DetRunC
                 m if names_a_segmentation_key(m) => " (a segmentation config, which `seg-adapt train` takes)",
                 _ => "",
             };
-            anyhow::bail!("{}: {culprit}: {}{hint}", path.display(), e.message().trim_end());
+            anyhow::bail!(
+                "{}: {culprit}: {}{hint}",
+                path.display(),
+                seg_train::config::plain_types(e.message().trim_end())
+            );
         }
     };
     // Array lengths as written, then the values.
@@ -516,8 +525,8 @@ fn run_adabn(out: &Path, seed: u64, data_seed: u64, device: &candle_core::Device
         8,
         device,
         seg_ssd::train::ReportTo {
-            dir: &dir.join("eval"),
-            detections: Some(&dir.join("detections.json")),
+            dir: &dir.join(seg_ssd::train::eval_dir(loaded.step)),
+            detections: Some(&dir.join(seg_ssd::train::eval_dir(loaded.step)).join("detections.json")),
             pictures: 4,
             source: format!(
             "Cityscapes `{}` split under `{}`; the source-only detector of `{}` with its batch-norm statistics re-estimated on `{}`.",
@@ -653,7 +662,7 @@ pub fn demo(args: &super::demo::Args, out: &Path, device: &crate::run::DeviceNam
     md += &meta;
     md += "\n\nCar AP at IoU 0.5 on target val (VOC07 11-point; all-point and COCO AP50 in report.json), mean ± sample std over seeds; paired columns: mean per-seed difference ± half-width of its 95% interval, in points.\n\n";
     md += &results_markdown("car AP50 %", &methods, &summary, &vs);
-    md += "\nPictures (seed 0, first val images; ground truth green, detections ≥ 0.3 red): `runs/<method>/seed0/eval/pictures/detections.png`.\n";
+    md += "\nPictures (seed 0, first val images; ground truth green, detections ≥ 0.3 red): `runs/<method>/seed0/eval/step_NNNNNN/pictures/detections.png`.\n";
     let page = html_page(out, &methods, &summary, &vs, &meta);
     let json = serde_json::json!({
         "task": "detection",
@@ -725,8 +734,8 @@ fn html_page(
     );
     b += "<h2>Detections on target val (seed 0)</h2>";
     for m in methods {
-        let p = out.join("runs").join(m).join("seed0/eval/pictures/detections.png");
-        if let Some(img) = html::png_img(&p, m) {
+        let last = html::last_eval_dir(&out.join("runs").join(m).join("seed0"));
+        if let Some(img) = last.and_then(|d| html::png_img(&d.join("pictures/detections.png"), m)) {
             b += &format!("<h3>{}</h3>{img}", html::escape(m));
         }
     }

@@ -41,7 +41,7 @@ pub struct Args {
     /// 0-based inclusive pixel indices.
     #[arg(long, conflicts_with = "checkpoint")]
     pub pred: Option<PathBuf>,
-    /// Run folder of a trained model to evaluate instead of a prediction folder.
+    /// Run folder of a trained model (or its checkpoint file) to evaluate instead of predictions.
     #[arg(long)]
     pub checkpoint: Option<PathBuf>,
     /// With --checkpoint: evaluate only the images a split list names (as `data.target_val_list`,
@@ -68,6 +68,16 @@ pub struct Args {
     pub out: PathBuf,
 }
 
+/// The run folder whose `eval/` folder holds `out` (at any depth), if any.
+fn run_whose_evaluations_hold(out: &std::path::Path) -> Option<PathBuf> {
+    let out = std::path::absolute(out).ok()?;
+    out.ancestors().skip(1).find_map(|dir| {
+        let is_run = seg_train::checkpoint::RUN_FILES.iter().any(|f| dir.join(f).is_file());
+        let first = out.strip_prefix(dir).ok()?.components().next()?;
+        (is_run && first.as_os_str() == "eval").then(|| dir.to_path_buf())
+    })
+}
+
 pub fn run(args: Args, device_name: &crate::run::DeviceName) -> anyhow::Result<()> {
     let Dataset::Cityscapes = args.dataset;
     seg_labels::fsutil::check_writable_dir(&args.out).context("--out")?;
@@ -82,6 +92,15 @@ pub fn run(args: Args, device_name: &crate::run::DeviceName) -> anyhow::Result<(
             "--out {} is a run's or a demo's folder (it holds {f}): write the evaluation into a folder of its own (e.g. {})",
             args.out.display(),
             args.out.join("val").display()
+        );
+    }
+    // Nor its evaluations (`eval/`, where metrics.jsonl's evaluation lines point).
+    if let Some(run) = run_whose_evaluations_hold(&args.out) {
+        anyhow::bail!(
+            "--out {} is inside the evaluations of the run in {}: write the evaluation into a folder of its own (e.g. {})",
+            args.out.display(),
+            run.display(),
+            run.join("eval-other").display()
         );
     }
     if args.task == super::Task::Detection {
@@ -139,9 +158,14 @@ fn evaluate_checkpoint(
 ) -> anyhow::Result<(seg_metrics::report::Evaluator, String, Protocol)> {
     let device = crate::run::device(device_name)?;
     let trained = crate::run::load_trained(run_dir, &device)?;
+    // The run's own data policies, so that the run's evaluation and this one of the same data
+    // score the same images (a mismatched pair resized or left out; under `skip`, a file that
+    // does not read left out and named).
     let opts = seg_data::DatasetOptions {
         require_labels: true,
         list: args.list.clone(),
+        size_policy: trained.cfg.data.size_policy,
+        error_policy: trained.cfg.data.error_policy,
         ..Default::default()
     };
     if let (None, Some(l)) = (&args.list, &trained.cfg.data.target_val_list) {
@@ -151,8 +175,6 @@ fn evaluate_checkpoint(
         );
     }
     let mut ds = seg_data::open_dataset(seg_data::DatasetName::Cityscapes, &args.root, &args.split, opts)?;
-    // The default size policy, as in training: a pair whose sizes differ is left out and named
-    // in the report's warnings.
     ds.leave_out_unusable()
         .with_context(|| format!("checking the {} split", args.split))?;
     let mut setup = crate::run::eval_setup(&trained.cfg, &device);

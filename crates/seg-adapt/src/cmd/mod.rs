@@ -3,7 +3,6 @@
 pub mod check;
 pub mod demo;
 mod demo_run;
-mod demo_stats;
 pub mod detect;
 pub mod eval;
 pub mod gen_toy;

@@ -143,6 +143,11 @@ pub fn run(args: Args, device_name: &crate::run::DeviceName) -> anyhow::Result<(
             Format::Overlay => png_io::write_rgb(&file, &seg_metrics::pictures::overlay(&img, &pred, 0.5))?,
         }
     }
-    println!("wrote {} predictions to {}", inputs.len(), args.out.display());
+    let n = inputs.len();
+    println!(
+        "wrote {n} prediction{} to {}",
+        if n == 1 { "" } else { "s" },
+        args.out.display()
+    );
     Ok(())
 }

@@ -28,9 +28,9 @@ pub struct Args {
     /// unknown key or a wrong type is an error naming the key.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
-    /// The method, with its default hyperparameters (replaces the config's `[method]`):
-    /// source-only, oracle, adabn, dann, fcn-wild, cross-city, san, dsn, curriculum, two-stream,
-    /// adaptsegnet, advent-minent or advent.
+    /// The method, with its default hyperparameters (replaces the config's `[method]`, which is
+    /// kept as it is when it names this method already): source-only, oracle, adabn, dann,
+    /// fcn-wild, cross-city, san, dsn, curriculum, two-stream, adaptsegnet, advent-minent or advent.
     #[arg(long)]
     pub method: Option<MethodConfig>,
     /// Training steps (`trainer.steps`). A method with a stage before training (the curriculum's
@@ -85,7 +85,7 @@ pub fn resolve(args: &Args) -> anyhow::Result<RunConfig> {
         ),
     };
     let from_file = cfg.model.init_from.clone();
-    if let Some(m) = &args.method {
+    if let Some(m) = args.method.as_ref().filter(|m| m.name() != cfg.method.name()) {
         cfg.method = m.clone();
     }
     if let Some(v) = args.steps {
@@ -115,12 +115,19 @@ pub fn run(args: Args, device_name: &crate::run::DeviceName) -> anyhow::Result<(
     let device = crate::run::device(device_name)?;
     let outcome = crate::run::train(&cfg, &args.out, &device, args.resume, true)
         .with_context(|| format!("training run {}", args.out.display()))?;
+    // A resumed run says what this command trained: `steps 91-150 of 150`.
+    let trained = match outcome.first_step {
+        0 => seg_core::steps(outcome.steps),
+        f if f >= outcome.steps => format!("nothing left to train at step {}", outcome.steps),
+        f if f + 1 == outcome.steps => format!("step {f} of {f}", f = outcome.steps),
+        f => format!("steps {}-{} of {}", f + 1, outcome.steps, outcome.steps),
+    };
     println!(
-        "run {}: {} in {:.1}s, checkpoint {}, target val mIoU {}",
+        "run {}: {trained} in {:.1}s, checkpoint {}, target val mIoU ({} classes) {}",
         args.out.display(),
-        seg_core::steps(outcome.steps),
         outcome.seconds,
         outcome.checkpoint.display(),
+        cfg.eval.protocol.num_classes(),
         outcome
             .final_miou
             .map_or("n/a".into(), |m| format!("{:.2} %", 100.0 * m))

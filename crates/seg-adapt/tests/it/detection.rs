@@ -48,7 +48,7 @@ fn train_detector_then_eval_the_checkpoint_and_its_detections_file_alike() {
     let last: serde_json::Value = serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
     assert_eq!(last["step"], 3, "{last}");
     assert!(last["eval"]["ap50"]["car"]["voc07"].is_number(), "{last}");
-    assert!(last["eval"]["dir"].as_str().unwrap().ends_with("eval"), "{last}");
+    assert_eq!(last["eval"]["dir"], "eval/step_000003", "{last}");
     for line in metrics.lines().take(3) {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
         assert!(
@@ -56,8 +56,8 @@ fn train_detector_then_eval_the_checkpoint_and_its_detections_file_alike() {
             "{line}"
         );
     }
-    let trained = json(&run.join("eval/report.json"));
-    assert!(run.join("eval/pictures/detections.png").exists());
+    let trained = json(&run.join("eval/step_000003/report.json"));
+    assert!(run.join("eval/step_000003/pictures/detections.png").exists());
     let (_, _, cs) = seg_data::toy::paths(toy());
     // `eval --task detection` on val with `input` (`--checkpoint DIR` or `--pred FILE`).
     let eval = |name: &str, classes: &str, input: [&str; 2]| {
@@ -80,7 +80,7 @@ fn train_detector_then_eval_the_checkpoint_and_its_detections_file_alike() {
         ]);
         out
     };
-    let dets = run.join("detections.json");
+    let dets = run.join("eval/step_000003/detections.json");
     let by_ckpt = eval("by-ckpt", "car", ["--checkpoint", p(&run)]);
     let by_file = eval("by-file", "car", ["--pred", p(&dets)]);
     // A car detector is scored on its own class by default, and never on all eight.
@@ -224,6 +224,25 @@ fn detection_input_errors_name_the_entry_or_key() {
         assert!(e.contains(named), "{set}: {e}");
         assert!(!out.join("checkpoint.safetensors").exists(), "{set}");
     }
+    // Under error_policy = "fail", a val image that is not there stops the run before its
+    // first step (it stopped after the whole training), naming the file.
+    let (_, _, cs) = seg_data::toy::paths(toy());
+    let broken = dir.path().join("cs");
+    super::matrix::copy_dir(&cs, &broken);
+    let city = std::fs::read_dir(broken.join("leftImg8bit/val"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let gone = std::fs::read_dir(&city).unwrap().next().unwrap().unwrap().path();
+    std::fs::remove_file(&gone).unwrap();
+    let e = with_sets(&[&format!("data.target_root={:?}", p(&broken))]);
+    assert!(
+        e.contains(gone.file_name().unwrap().to_str().unwrap()) && e.contains("error_policy"),
+        "{e}"
+    );
+    assert!(!out.join("checkpoint.safetensors").exists());
     for (maps, said) in [
         ("method.maps=[4]", "source maps are 0 to 3"),
         ("method.maps=[3, 3]", "names map 3 twice"),
@@ -398,10 +417,9 @@ fn detection_demo_quick_reports_every_arm() {
     );
     for m in seg_ssd::method::DET_METHOD_NAMES {
         assert!(v["summary"][m]["mean"].is_number(), "{m}: {v}");
-        assert!(
-            dir.path().join(format!("runs/{m}/seed0/eval/report.json")).exists(),
-            "{m}"
-        );
+        let run = dir.path().join(format!("runs/{m}/seed0"));
+        let last = seg_metrics::html::last_eval_dir(&run);
+        assert!(last.is_some_and(|d| d.join("detections.json").exists()), "{m}");
     }
     assert!(dir.path().join("runs/da-image/seed1/checkpoint.safetensors").exists());
     // The AdaBN arm keeps its detector as a run of method `adabn`, which `eval --checkpoint`
@@ -427,7 +445,8 @@ fn detection_demo_quick_reports_every_arm() {
     let e = err(&["train-detector", "--out", p(&adabn), "--resume"]);
     assert!(e.contains("not a run to resume"), "{e}");
     let car = |r: &std::path::Path| json(&r.join("report.json"))["ap50"]["car"]["voc07"].as_f64().unwrap();
-    assert!((car(eval_out) - car(&adabn.join("eval"))).abs() < 1e-6);
+    let adabn_eval = seg_metrics::html::last_eval_dir(&adabn).unwrap();
+    assert!((car(eval_out) - car(&adabn_eval)).abs() < 1e-6);
     // Every trained arm of a seed continues from that seed's shared source-only pretraining.
     for m in ["source-only", "da-image", "da-maps", "oracle"] {
         let cfg = std::fs::read_to_string(dir.path().join(format!("runs/{m}/seed1/config.toml"))).unwrap();

@@ -289,6 +289,21 @@ fn train_eval_predict_round_trip() {
     assert!(e.contains("inside --pred"), "{e}");
     let e = err(&checkpoint_eval(&run_dir, &cs, &run_dir));
     assert!(e.contains("is a run's or a demo's folder"), "{e}");
+    // Nor into the run's own evaluations, which metrics.jsonl points at.
+    let own = std::fs::read_dir(run_dir.join("eval"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let e = err(&checkpoint_eval(&run_dir, &cs, &own));
+    assert!(e.contains("is inside the evaluations of the run"), "{e}");
+    // The run's checkpoint file names the run as its folder does.
+    let ev3 = dir.path().join("eval3");
+    ok(&checkpoint_eval(&run_dir.join("checkpoint.safetensors"), &cs, &ev3));
+    let report3: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ev3.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["miou"], report3["miou"]);
 
     // A folder of odd inputs: a linked image is predicted; two inputs with one output name
     // are refused before anything is written; an --out inside --input is refused.
@@ -317,7 +332,7 @@ fn train_eval_predict_round_trip() {
     };
     let args = predict(&odd, &dir.path().join("odd-out"));
     let out = ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    assert!(out.contains("wrote 1 predictions"), "{out}");
+    assert!(out.contains("wrote 1 prediction to"), "{out}");
     assert!(dir.path().join("odd-out/linked_labelIds.png").exists());
     // A user's photos: JPEGs, any case of the extension.
     let photos = dir.path().join("photos");
@@ -327,7 +342,7 @@ fn train_eval_predict_round_trip() {
     std::fs::copy(&jpeg, photos.join("photo.JPG")).unwrap();
     let args = predict(&photos, &dir.path().join("photos-out"));
     let out = ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    assert!(out.contains("wrote 1 predictions"), "{out}");
+    assert!(out.contains("wrote 1 prediction to"), "{out}");
     let pred = seg_labels::png_io::read_size(&dir.path().join("photos-out/photo_labelIds.png")).unwrap();
     assert_eq!(pred, seg_labels::png_io::read_size(&jpeg).unwrap());
     std::fs::copy(&image, odd.join("a.png")).unwrap();
@@ -472,6 +487,13 @@ fn bad_input_is_refused_before_training_with_a_clear_message() {
         // A fixed-length array with more values kept the first ones without a word.
         ("augment.crop=[64, 64, 99]", "augment.crop has 3 values where 2"),
         ("augment.mean=[0.5, 0.5, 0.5, 7.0]", "augment.mean has 4 values"),
+        // An empty path names its key, and a method setting out of range is refused before
+        // any file is read.
+        ("data.source_root=\"\"", "data.source_root = \"\""),
+        ("data.target_val_split=\"\"", "data.target_val_split"),
+        ("method.hidden=0", "hidden"),
+        // Types in a config's words, not Rust's.
+        ("trainer.steps=-5", "expected a whole number of at least 0"),
     ] {
         let mut a = train_args(p(&out), p(&gta), p(&cs), "dann");
         a.extend(["--set", set]);

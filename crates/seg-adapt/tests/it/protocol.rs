@@ -179,7 +179,7 @@ fn init_from_copies_the_model_and_refuses_another() {
     let text = std::fs::read_to_string(out.join("config.toml")).unwrap();
     std::fs::write(out.join("config.toml"), text.replacen("steps = 3", "steps = 4", 1)).unwrap();
     let said = ok(&["train", "--out", p(&out), "--resume"]);
-    assert!(said.contains(": 4 steps"), "{said}");
+    assert!(said.contains(": step 4 of 4 in"), "{said}");
     let mut speed = resumed.clone();
     speed[5] = "5";
     speed.extend([

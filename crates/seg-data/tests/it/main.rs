@@ -213,6 +213,22 @@ fn cityscapes_pairs_by_name_and_accepts_a_split_list() {
     let ds = open_dataset(DatasetName::Cityscapes, dir.path(), "val", opts).unwrap();
     assert_eq!(ds.len(), 1);
     assert!(ds.get(0).is_ok());
+    // Each way of naming one image: the file, its stem (Python's `Path.stem`), the bare name.
+    for line in [
+        "lindau_000005_000019_leftImg8bit.png",
+        "lindau_000005_000019_leftImg8bit",
+        "lindau_000005_000019",
+    ] {
+        let list = dir.path().join("one.txt");
+        std::fs::write(&list, format!("{line}\n")).unwrap();
+        let opts = DatasetOptions {
+            list: Some(list),
+            ..labelled()
+        };
+        let ds = open_dataset(DatasetName::Cityscapes, dir.path(), "val", opts).unwrap();
+        assert_eq!(ds.entries()[0].name, "lindau_000005_000019", "{line}");
+        assert!(ds.get(0).is_ok(), "{line}");
+    }
 
     // labelTrainIds are used where labelIds are absent.
     let gt = dir.path().join("gtFine/val/lindau");
@@ -251,6 +267,20 @@ fn run_config_lists_pick_the_target_samples_of_each_role() {
             .collect()
     };
     assert_eq!(names(&cfg, Role::TargetTrain).len(), 2);
+    // Unlabelled target training reads no labels: a junk one and one of another size neither
+    // stop the run nor leave their images out; the oracle's labelled split still checks them.
+    let gt = dir.path().join("gtFine/train/aachen");
+    std::fs::write(gt.join("aachen_000000_000019_gtFine_labelIds.png"), b"junk").unwrap();
+    png_io::write_gray8(&gt.join("aachen_000001_000019_gtFine_labelIds.png"), 2, 2, &[7; 4]).unwrap();
+    let mut unlabelled = cfg.open(Role::TargetTrain).unwrap();
+    assert!(unlabelled.entries().iter().all(|e| e.label.is_none()));
+    assert!(unlabelled.leave_out_unusable().unwrap().is_empty());
+    assert!(cfg
+        .open(Role::TargetTrainLabelled)
+        .unwrap()
+        .leave_out_unusable()
+        .is_err());
+    cityscapes_tree(dir.path());
     let train = dir.path().join("train.txt");
     std::fs::write(
         &train,

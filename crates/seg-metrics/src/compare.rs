@@ -1,15 +1,16 @@
-//! The statistics and report pieces both demos share: per-method summaries over seeds, paired
-//! per-seed differences with their t-distribution 95% interval, the results table and its
-//! verdicts against AdaBN, and the arms' training curves.
+//! The statistics and report pieces both demos (segmentation and detection) share: per-method
+//! summaries over seeds, paired per-seed differences with their t-distribution 95% interval,
+//! the results table and its verdicts against AdaBN, and the arms' training curves (aligned on
+//! their training steps).
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use seg_metrics::seeds::{paired, Paired, Summary};
+use crate::seeds::{paired, Paired, Summary};
 
 /// One line of a report's verdicts: method `m` (scores `x`, paired differences `p`) against
 /// AdaBN (`adabn`).
-pub(crate) fn adabn_verdict(m: &str, x: &Summary, adabn: &Summary, p: &Paired) -> String {
+pub fn adabn_verdict(m: &str, x: &Summary, adabn: &Summary, p: &Paired) -> String {
     format!(
         "- **{m}**: {:+.2} points over AdaBN on average ({}); above on {} of {} seeds; {}.\n",
         100.0 * p.mean,
@@ -30,7 +31,7 @@ pub(crate) fn adabn_verdict(m: &str, x: &Summary, adabn: &Summary, p: &Paired) -
 }
 
 /// `+1.23 ± 0.45` (the 95% interval's half-width), in points.
-pub(crate) fn with_ci(p: &Paired) -> String {
+pub fn with_ci(p: &Paired) -> String {
     match p.ci95 {
         Some([lo, hi]) => format!("{:+.2} ± {:.2}", 100.0 * p.mean, 100.0 * (hi - lo) / 2.0),
         None => format!("{:+.2}", 100.0 * p.mean),
@@ -40,16 +41,13 @@ pub(crate) fn with_ci(p: &Paired) -> String {
 /// One method's paired differences to source-only and to AdaBN (in the score's fractions;
 /// absent for the baseline itself and where no seed is shared).
 #[derive(Debug, Clone, serde::Serialize)]
-pub(crate) struct Comparison {
-    pub(crate) vs_source_only: Option<Paired>,
-    pub(crate) vs_adabn: Option<Paired>,
+pub struct Comparison {
+    pub vs_source_only: Option<Paired>,
+    pub vs_adabn: Option<Paired>,
 }
 
 /// Every method's [`Comparison`], from `scores(method)`: its `(seed, score)` pairs.
-pub(crate) fn comparisons(
-    methods: &[String],
-    scores: impl Fn(&str) -> Vec<(u64, f64)>,
-) -> BTreeMap<String, Comparison> {
+pub fn comparisons(methods: &[String], scores: impl Fn(&str) -> Vec<(u64, f64)>) -> BTreeMap<String, Comparison> {
     let so = scores("source-only");
     let ab = scores("adabn");
     methods
@@ -76,7 +74,7 @@ pub(crate) fn comparisons(
 
 /// Every method's [`Summary`] over its seeds' scores (`scores(method)`, as for [`comparisons`]);
 /// a method without a score is absent.
-pub(crate) fn summarise(methods: &[String], scores: impl Fn(&str) -> Vec<(u64, f64)>) -> BTreeMap<String, Summary> {
+pub fn summarise(methods: &[String], scores: impl Fn(&str) -> Vec<(u64, f64)>) -> BTreeMap<String, Summary> {
     methods
         .iter()
         .filter_map(|m| {
@@ -88,7 +86,7 @@ pub(crate) fn summarise(methods: &[String], scores: impl Fn(&str) -> Vec<(u64, f
 
 /// The report's results table in markdown (`metric`: the score column's header, in %), then one
 /// verdict line per adaptation method against AdaBN when AdaBN was run.
-pub(crate) fn results_markdown(
+pub fn results_markdown(
     metric: &str,
     methods: &[String],
     summary: &BTreeMap<String, Summary>,
@@ -144,8 +142,8 @@ pub(crate) fn results_markdown(
 
 /// A chart of one loss term (`term` in `metrics.jsonl`) of every arm's seed-0 run under
 /// `out/runs/`, or nothing when no run logged it.
-pub(crate) fn arm_curves_html(out: &Path, methods: &[String], term: &str, title: &str) -> String {
-    use seg_metrics::html;
+pub fn arm_curves_html(out: &Path, methods: &[String], term: &str, title: &str) -> String {
+    use crate::html;
     let series: Vec<html::Series> = methods
         .iter()
         .filter_map(|m| {
@@ -158,9 +156,27 @@ pub(crate) fn arm_curves_html(out: &Path, methods: &[String], term: &str, title:
             })
         })
         .collect();
-    if series.is_empty() {
+    // Every arm trains the same steps; the curriculum's stage before training logs first, so
+    // its curve is aligned on the others' last step and that stage left out.
+    let last = |s: &html::Series| s.points.last().map_or(0.0, |p| p.0);
+    let Some(end) = series.iter().map(last).min_by(f64::total_cmp) else {
         return String::new();
-    }
+    };
+    let series: Vec<html::Series> = series
+        .into_iter()
+        .map(|s| {
+            let shift = last(&s) - end;
+            html::Series {
+                points: s
+                    .points
+                    .iter()
+                    .filter(|p| p.0 > shift)
+                    .map(|p| (p.0 - shift, p.1))
+                    .collect(),
+                name: s.name,
+            }
+        })
+        .collect();
     html::line_chart(title, "step", term, &series)
 }
 
