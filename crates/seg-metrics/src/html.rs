@@ -386,14 +386,18 @@ pub fn curves(metrics_jsonl: &str) -> (Vec<Series>, Series) {
 
 /// The last `eval/step_*` folder of a run.
 pub fn last_eval_dir(run_dir: &Path) -> Option<PathBuf> {
-    let mut steps: Vec<PathBuf> = std::fs::read_dir(run_dir.join("eval"))
+    let eval = run_dir.join("eval");
+    let mut steps: Vec<PathBuf> = std::fs::read_dir(&eval)
         .ok()?
         .filter_map(Result::ok)
         .map(|e| e.path())
         .filter(|p| p.join("report.json").is_file())
         .collect();
     steps.sort();
-    steps.pop()
+    // A detection run written before evaluations had a folder per step: `eval/` itself.
+    steps
+        .pop()
+        .or_else(|| eval.join("report.json").is_file().then_some(eval))
 }
 
 /// Per-class IoU of an evaluation's `report.json`, in train-id order.

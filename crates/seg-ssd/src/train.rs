@@ -474,8 +474,11 @@ pub fn run(
         Ok(seg_train::checkpoint::save(&ckpt, &tensors, &meta)?)
     };
     if finished {
+        // Where a run finished before evaluations had a folder per step kept it: `eval/`.
         let path = out.join(eval_dir(start)).join("report.json");
+        let old = out.join("eval/report.json");
         if let Some(report) = std::fs::read(&path)
+            .or_else(|_| std::fs::read(&old))
             .ok()
             .and_then(|b| serde_json::from_slice::<DetReport>(&b).ok())
         {

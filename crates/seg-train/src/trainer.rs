@@ -217,7 +217,6 @@ impl Trainer {
         }
     }
 
-    /// Evaluates on the target val split and writes `eval/step_N/`.
     /// The run's page, `report.html`: training curves, per-class IoU and predictions, from what
     /// is on disk.
     fn write_page(&self) -> Result<(), TrainError> {
@@ -233,6 +232,7 @@ impl Trainer {
         Ok(())
     }
 
+    /// Evaluates on the target val split and writes `eval/step_N/`.
     pub fn evaluate_now(&self) -> Result<Option<f64>, TrainError> {
         let Some((ds, setup, protocol)) = &self.s.eval else {
             return Ok(None);

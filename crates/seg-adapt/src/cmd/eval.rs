@@ -68,12 +68,25 @@ pub struct Args {
     pub out: PathBuf,
 }
 
-/// The run folder whose `eval/` folder holds `out` (at any depth), if any.
+/// The run folder whose `eval/` folder holds `out` (at any depth), if any: a folder holding a
+/// checkpoint, or both a `config.toml` and a `metrics.jsonl` (a user's own `config.toml` alone
+/// makes no run). `..` is resolved by name first, as the shell does.
 fn run_whose_evaluations_hold(out: &std::path::Path) -> Option<PathBuf> {
-    let out = std::path::absolute(out).ok()?;
-    out.ancestors().skip(1).find_map(|dir| {
-        let is_run = seg_train::checkpoint::RUN_FILES.iter().any(|f| dir.join(f).is_file());
-        let first = out.strip_prefix(dir).ok()?.components().next()?;
+    use std::path::Component;
+    let mut plain = PathBuf::new();
+    for c in std::path::absolute(out).ok()?.components() {
+        match c {
+            Component::ParentDir => {
+                plain.pop();
+            }
+            Component::CurDir => {}
+            c => plain.push(c),
+        }
+    }
+    plain.ancestors().skip(1).find_map(|dir| {
+        let has = |f: &str| dir.join(f).is_file();
+        let is_run = has(seg_train::checkpoint::FILE) || (has("config.toml") && has("metrics.jsonl"));
+        let first = plain.strip_prefix(dir).ok()?.components().next()?;
         (is_run && first.as_os_str() == "eval").then(|| dir.to_path_buf())
     })
 }
@@ -81,8 +94,8 @@ fn run_whose_evaluations_hold(out: &std::path::Path) -> Option<PathBuf> {
 pub fn run(args: Args, device_name: &crate::run::DeviceName) -> anyhow::Result<()> {
     let Dataset::Cityscapes = args.dataset;
     seg_labels::fsutil::check_writable_dir(&args.out).context("--out")?;
-    // A run's own files (its report.html, detections.json) are not to be replaced by another
-    // evaluation's.
+    // A run's own files (its config, checkpoint and metrics, a demo's marker) are not to be
+    // replaced by another evaluation's.
     if let Some(f) = seg_train::checkpoint::RUN_FILES
         .iter()
         .chain(&["demo-task.txt"])

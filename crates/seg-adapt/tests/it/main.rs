@@ -298,6 +298,14 @@ fn train_eval_predict_round_trip() {
         .path();
     let e = err(&checkpoint_eval(&run_dir, &cs, &own));
     assert!(e.contains("is inside the evaluations of the run"), "{e}");
+    // Beside the run's evaluations (`..` read by name), or under a folder holding only a
+    // user's config.toml, an evaluation is written.
+    ok(&checkpoint_eval(&run_dir, &cs, &run_dir.join("eval/../eval-b")));
+    assert!(run_dir.join("eval-b/report.json").exists());
+    let exp = dir.path().join("exp");
+    std::fs::create_dir_all(&exp).unwrap();
+    std::fs::write(exp.join("config.toml"), "# mine\n").unwrap();
+    ok(&checkpoint_eval(&run_dir, &cs, &exp.join("eval/a")));
     // The run's checkpoint file names the run as its folder does.
     let ev3 = dir.path().join("eval3");
     ok(&checkpoint_eval(&run_dir.join("checkpoint.safetensors"), &cs, &ev3));
@@ -446,6 +454,39 @@ fn split_lists_choose_the_target_images_of_a_run_and_of_its_evaluation() {
 }
 
 #[test]
+fn eval_of_a_checkpoint_scores_the_images_the_run_scored() {
+    // A val label of another size than its image: a run under `resize-label-nearest` scores it,
+    // and so does `eval --checkpoint` of that run (it left the pair out, another number).
+    let dir = tempfile::tempdir().unwrap();
+    let (gta, cs) = (toy().join("gta5"), dir.path().join("cs"));
+    matrix::copy_dir(&toy().join("cityscapes"), &cs);
+    let label = std::fs::read_dir(cs.join("gtFine/val"))
+        .unwrap()
+        .flat_map(|c| std::fs::read_dir(c.unwrap().path()).unwrap())
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with("_gtFine_labelIds.png"))
+        .unwrap();
+    let l = seg_labels::png_io::read_label(&label, seg_labels::LabelEncoding::Ids8).unwrap();
+    let (w, h) = (l.width / 2, l.height / 2);
+    let half: Vec<u8> = (0..h)
+        .flat_map(|y| (0..w).map(move |x| (y, x)))
+        .map(|(y, x)| l.data[(2 * y * l.width + 2 * x) as usize] as u8)
+        .collect();
+    seg_labels::png_io::write_gray8(&label, w, h, &half).unwrap();
+    let run_dir = dir.path().join("run");
+    let mut a = train_args(p(&run_dir), p(&gta), p(&cs), "source-only");
+    a.extend(["--set", "data.size_policy=\"resize-label-nearest\""]);
+    ok(&a);
+    let json = |f: &Path| -> serde_json::Value { serde_json::from_str(&std::fs::read_to_string(f).unwrap()).unwrap() };
+    let trained = json(&run_dir.join("eval/step_000003/report.json"));
+    let ev = dir.path().join("ev");
+    ok(&checkpoint_eval(&run_dir, &cs, &ev));
+    let again = json(&ev.join("report.json"));
+    assert_eq!(again["images"], trained["images"]);
+    assert_eq!(again["miou"], trained["miou"]);
+}
+
+#[test]
 fn bad_input_is_refused_before_training_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
@@ -500,6 +541,13 @@ fn bad_input_is_refused_before_training_with_a_clear_message() {
         let e = err(&a);
         assert!(e.contains(key), "{set}: {e}");
     }
+    // A method setting out of range is refused before any data is read: the missing source
+    // folder is never reached.
+    let nowhere = dir.path().join("nowhere-src");
+    let mut a = train_args(p(&out), p(&nowhere), p(&cs), "dann");
+    a.extend(["--set", "method.hidden=0"]);
+    let e = err(&a);
+    assert!(e.contains("hidden") && !e.contains("nowhere-src"), "{e}");
     // The batch too large for its crop is named: here the target's.
     let mut a = train_args(p(&out), p(&gta), p(&cs), "dann");
     a.extend([
