@@ -19,8 +19,10 @@ static ALLOC: seg_alloc::CachingAlloc = seg_alloc::CachingAlloc::new();
     about = "Train semantic segmentation on synthetic data and adapt it to real images"
 )]
 struct Cli {
-    /// Where to compute: `cpu`, `cuda` (GPU 0) or `cuda:N` (a build with `--features cuda`);
-    /// before or after the subcommand.
+    /// Where the commands that run a model compute (train, train-detector, check, eval
+    /// --checkpoint, predict, demo): `cpu`, `cuda` (GPU 0) or `cuda:N` (a build with `--features
+    /// cuda`); before or after the subcommand. The others (gen-toy, inspect, eval --pred) run on
+    /// the CPU and refuse another device.
     #[arg(long, global = true, default_value = "cpu")]
     device: seg_adapt::run::DeviceName,
     #[command(subcommand)]
