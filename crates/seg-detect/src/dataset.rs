@@ -225,6 +225,63 @@ impl DetDataset {
         })
     }
 
+    /// Keeps the Cityscapes samples a split list names, as AdaptSegNet's
+    /// `cityscapes_list/{train,val}.txt` names them (`city/stem_leftImg8bit.png`, with or without
+    /// `leftImg8bit/<split>/` in front, the file's stem or the bare `stem`; `#` comments and
+    /// blank lines aside), in the split's order. A line naming no sample of the split, a sample
+    /// named twice, or another split's path is refused, naming the list.
+    pub fn keep_listed(&mut self, list: &Path) -> Result<(), DetError> {
+        let text = std::fs::read_to_string(list).map_err(DetError::io(list))?;
+        let mut wanted = std::collections::HashSet::new();
+        for line in text.trim_start_matches('\u{feff}').lines().map(str::trim) {
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            if let Some(other) = line
+                .strip_prefix("leftImg8bit/")
+                .and_then(|r| r.split('/').next())
+                .filter(|s| *s != self.split)
+            {
+                return Err(DetError::invalid(
+                    list,
+                    format!(
+                        "line `{line}` names the `{other}` split, but the `{}` split is read",
+                        self.split
+                    ),
+                ));
+            }
+            let file = line.rsplit('/').next().unwrap_or(line);
+            let stem = ["_leftImg8bit.png", "_gtFine_instanceIds.png", "_leftImg8bit", ".png"]
+                .iter()
+                .find_map(|suffix| file.strip_suffix(suffix))
+                .unwrap_or(file);
+            if !wanted.insert(stem.to_string()) {
+                return Err(DetError::invalid(list, format!("names `{stem}` twice")));
+            }
+        }
+        if wanted.is_empty() {
+            return Err(DetError::invalid(list, "no samples listed"));
+        }
+        let before = self.entries.len();
+        self.entries.retain(|e| wanted.contains(&e.name));
+        if self.entries.len() < wanted.len() {
+            let on_disk: std::collections::HashSet<&str> = self.entries.iter().map(|e| e.name.as_str()).collect();
+            let mut missing: Vec<&String> = wanted.iter().filter(|w| !on_disk.contains(w.as_str())).collect();
+            missing.sort();
+            return Err(DetError::invalid(
+                list,
+                format!(
+                    "names {} image(s) not in the `{}` split under {} (the first: `{}`; the split holds {before})",
+                    missing.len(),
+                    self.split,
+                    self.root.display(),
+                    missing[0]
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -655,6 +712,37 @@ mod tests {
                 .len(),
             3
         );
+        // A split list keeps the samples it names, however each line names its image.
+        let list = root.join("val.txt");
+        let keep = |text: &str| {
+            std::fs::write(&list, text).unwrap();
+            let mut ds = DetDataset::open_cityscapes(root, "val", true, ClassSet::Car).unwrap();
+            ds.keep_listed(&list)
+                .map(|()| ds.entries.iter().map(|e| e.name.clone()).collect::<Vec<_>>())
+        };
+        let both = ["lindau_000000_000019", "lindau_000002_000019"];
+        for text in [
+            "lindau/lindau_000002_000019_leftImg8bit.png\nlindau/lindau_000000_000019_leftImg8bit.png\n",
+            "# val\nleftImg8bit/val/lindau/lindau_000000_000019_leftImg8bit.png\n\nlindau_000002_000019\n",
+            "lindau_000000_000019_leftImg8bit\r\nlindau_000002_000019_gtFine_instanceIds.png\r\n",
+        ] {
+            assert_eq!(keep(text).unwrap(), both, "{text}");
+        }
+        for (text, said) in [
+            (
+                "lindau_000000_000019\nlindau_000000_000019_leftImg8bit.png\n",
+                "names `lindau_000000_000019` twice",
+            ),
+            ("lindau_000009_000019\n", "names 1 image(s) not in the `val` split"),
+            (
+                "leftImg8bit/train/lindau/lindau_000000_000019_leftImg8bit.png\n",
+                "names the `train` split",
+            ),
+            ("# nothing\n", "no samples listed"),
+        ] {
+            let e = keep(text).unwrap_err().to_string();
+            assert!(e.contains(said) && e.contains("val.txt"), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -50,6 +50,13 @@ pub struct DetDataConfig {
     pub target_root: PathBuf,
     pub target_train: String,
     pub target_val: String,
+    /// Split lists choosing the target's training and validation images (AdaptSegNet's
+    /// `cityscapes_list/{train,val}.txt` lines; [`DetDataset::keep_listed`]); every image of
+    /// the split when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_train_list: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_val_list: Option<PathBuf>,
     /// `fail` (the default): a sample that does not load stops the run, naming its file.
     /// `skip`: every sample of every split is read before training (as `seg-adapt check`
     /// reads them) and those that do not load are left out of training and evaluation, each
@@ -70,8 +77,31 @@ impl Default for DetDataConfig {
             target_root: PathBuf::new(),
             target_train: "train".into(),
             target_val: "val".into(),
+            target_train_list: None,
+            target_val_list: None,
             error_policy: seg_data::ErrorPolicy::Fail,
         }
+    }
+}
+
+impl DetDataConfig {
+    /// The target's training (`train`) or validation split, with (`annotations`) or without its
+    /// boxes, as its split list chooses.
+    pub fn open_target(
+        &self,
+        train: bool,
+        annotations: bool,
+        classes: seg_detect::ClassSet,
+    ) -> Result<DetDataset, DetError> {
+        let (split, list) = match train {
+            true => (&self.target_train, &self.target_train_list),
+            false => (&self.target_val, &self.target_val_list),
+        };
+        let mut ds = DetDataset::open_cityscapes(&self.target_root, split, annotations, classes)?;
+        if let Some(l) = list {
+            ds.keep_listed(l)?;
+        }
+        Ok(ds)
     }
 }
 
@@ -340,12 +370,9 @@ pub fn run(
     }
     // The evaluation split is opened before any training, so a wrong name stops the run now.
     let mut left_out = LeftOut::new(d.error_policy);
-    let val = left_out.apply(
-        "val",
-        DetDataset::open_cityscapes(&d.target_root, &d.target_val, true, classes)?,
-    )?;
+    let val = left_out.apply("val", d.open_target(false, true, classes)?)?;
     let source = if method_cfg.trains_on_target_labels() {
-        DetDataset::open_cityscapes(&d.target_root, &d.target_train, true, classes)?
+        d.open_target(true, true, classes)?
     } else {
         cfg.open_source()?
     };
@@ -369,7 +396,7 @@ pub fn run(
     .with_hflip(t.hflip);
     let needs_target_images = method.needs_target() || method.stages().contains(&Stage::ReestimateBn);
     let target_train = if needs_target_images {
-        let ds = DetDataset::open_cityscapes(&d.target_root, &d.target_train, false, classes)?;
+        let ds = d.open_target(true, false, classes)?;
         Some(Arc::new(left_out.apply("target-train", ds)?))
     } else {
         None
@@ -873,6 +900,8 @@ impl seg_train::resume::Resumable for DetRunConfig {
         d.source_root.clone_from(&o.source_root);
         d.source_list.clone_from(&o.source_list);
         d.target_root.clone_from(&o.target_root);
+        d.target_train_list.clone_from(&o.target_train_list);
+        d.target_val_list.clone_from(&o.target_val_list);
         c.init_weights.clone_from(&other.init_weights);
         c.init_from.clone_from(&other.init_from);
         c

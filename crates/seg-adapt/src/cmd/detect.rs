@@ -184,20 +184,17 @@ pub fn check(
     let d = &cfg.data;
     let classes = cfg.model.classes;
     let source = if cfg.method.0.trains_on_target_labels() {
-        DetDataset::open_cityscapes(&d.target_root, &d.target_train, true, classes)?
+        d.open_target(true, true, classes)?
     } else {
         cfg.open_source()?
     };
     // The splits the run reads: target train only for the methods that read it.
     let mut splits = vec![("source", source)];
     if cfg.method.0.reads_target_train() {
-        let ds = DetDataset::open_cityscapes(&d.target_root, &d.target_train, false, classes)?;
+        let ds = d.open_target(true, false, classes)?;
         splits.push(("target-train", ds));
     }
-    splits.push((
-        "val",
-        DetDataset::open_cityscapes(&d.target_root, &d.target_val, true, classes)?,
-    ));
+    splits.push(("val", d.open_target(false, true, classes)?));
     let mut blocking = Vec::new();
     let mut left_out = 0;
     for (role, ds) in &splits {
@@ -209,8 +206,15 @@ pub fn check(
         bar.set_message(format!("reading every file of the {role} dataset"));
         let r = seg_detect::inspect::inspect(ds, &|| bar.inc(1));
         bar.finish_and_clear();
+        let list = match *role {
+            "val" => d.target_val_list.as_ref(),
+            "target-train" => d.target_train_list.as_ref(),
+            _ if cfg.method.0.trains_on_target_labels() => d.target_train_list.as_ref(),
+            _ => d.source_list.as_ref(),
+        }
+        .map_or(String::new(), |l| format!(" (list {})", l.display()));
         println!(
-            "{role}: {} {}: {}, {} usable, {} ({:.1}s)",
+            "{role}: {} {}{list}: {}, {} usable, {} ({:.1}s)",
             r.dataset,
             r.split,
             super::count(r.samples, "sample"),
@@ -398,9 +402,8 @@ pub fn demo_config(
             source_list: None,
             source_split: "train".into(),
             target_root: toy::paths(data).2,
-            target_train: "train".into(),
-            target_val: "val".into(),
             error_policy: seg_data::ErrorPolicy::Fail,
+            ..Default::default()
         },
         trainer: seg_ssd::train::DetTrainerConfig {
             steps,
@@ -508,9 +511,9 @@ fn run_adabn(out: &Path, seed: u64, data_seed: u64, device: &candle_core::Device
     let loaded = seg_ssd::train::load_detector(&from, device)?;
     let cfg = &loaded.cfg;
     let ssd = loaded.method.detector();
-    let ds = DetDataset::open_cityscapes(&cfg.data.target_root, &cfg.data.target_train, false, cfg.model.classes)?;
+    let ds = cfg.data.open_target(true, false, cfg.model.classes)?;
     seg_ssd::train::reestimate_bn(ssd, &ds, cfg.model.input_size(), cfg.trainer.batch_size, device)?;
-    let val = DetDataset::open_cityscapes(&cfg.data.target_root, &cfg.data.target_val, true, cfg.model.classes)?;
+    let val = cfg.data.open_target(false, true, cfg.model.classes)?;
     let dir = out.join("runs/adabn").join(format!("seed{seed}"));
     // Kept as the run of method `adabn` it is (source-only training, then the re-estimation),
     // for `eval --task detection --checkpoint`.
@@ -758,7 +761,10 @@ pub fn eval(args: &super::eval::Args, device: &crate::run::DeviceName) -> anyhow
         .classes
         .or(loaded.as_ref().map(|(_, l, _)| l.cfg.model.classes))
         .unwrap_or(ClassSet::All);
-    let ds = DetDataset::open_cityscapes(root, split, true, classes)?;
+    let mut ds = DetDataset::open_cityscapes(root, split, true, classes)?;
+    if let Some(l) = &args.list {
+        ds.keep_listed(l)?;
+    }
     let report = match (pred, loaded) {
         (Some(p), _) => {
             let source = format!(

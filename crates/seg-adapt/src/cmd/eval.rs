@@ -44,7 +44,7 @@ pub struct Args {
     /// Run folder of a trained model (or its checkpoint file) to evaluate instead of predictions.
     #[arg(long)]
     pub checkpoint: Option<PathBuf>,
-    /// With --checkpoint: evaluate only the images a split list names (as `data.target_val_list`,
+    /// With --checkpoint (either task): evaluate only the images a split list names (as `data.target_val_list`,
     /// e.g. AdaptSegNet's `cityscapes_list/val.txt`) instead of the whole split.
     #[arg(long, requires = "checkpoint")]
     pub list: Option<PathBuf>,
@@ -122,7 +122,6 @@ pub fn run(args: Args, device_name: &crate::run::DeviceName) -> anyhow::Result<(
                 ("--pred-format", args.pred_format.is_some()),
                 ("--protocol", args.protocol.is_some()),
                 ("--missing-as-wrong", args.missing_as_wrong),
-                ("--list", args.list.is_some()),
             ],
             "segmentation (--task segmentation)",
         )?;

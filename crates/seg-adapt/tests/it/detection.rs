@@ -646,3 +646,59 @@ fn check_reads_a_detection_configs_splits_and_times_steps() {
     );
     assert!(run.join("skipped.json").exists(), "the run's record stays");
 }
+
+#[test]
+fn a_target_val_list_chooses_the_images_a_detection_run_and_its_evaluation_score() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let (_, _, cs) = seg_data::toy::paths(toy());
+    // AdaptSegNet's `cityscapes_list/val.txt` lines: `city/stem_leftImg8bit.png`.
+    let mut lines: Vec<String> = std::fs::read_dir(cs.join("leftImg8bit/val"))
+        .unwrap()
+        .flat_map(|c| std::fs::read_dir(c.unwrap().path()).unwrap())
+        .map(|e| {
+            let f = e.unwrap().path();
+            let city = f.parent().unwrap().file_name().unwrap().to_string_lossy().into_owned();
+            format!("{city}/{}", f.file_name().unwrap().to_string_lossy())
+        })
+        .collect();
+    lines.sort();
+    lines.truncate(3);
+    let list = dir.path().join("val.txt");
+    std::fs::write(&list, lines.join("\n") + "\n").unwrap();
+    let run = dir.path().join("run");
+    let set = format!("data.target_val_list={:?}", p(&list));
+    ok(&["train-detector", p(&cfg), "--out", p(&run), "--set", &set]);
+    let trained = json(&run.join("eval/step_000002/report.json"));
+    assert_eq!(trained["images"], 3, "{trained}");
+    let out = dir.path().join("ev");
+    ok(&[
+        "eval",
+        "--task",
+        "detection",
+        "--root",
+        p(&cs),
+        "--checkpoint",
+        p(&run),
+        "--list",
+        p(&list),
+        "--out",
+        p(&out),
+    ]);
+    let again = json(&out.join("report.json"));
+    assert_eq!(
+        (&again["images"], &again["ap50"]),
+        (&trained["images"], &trained["ap50"])
+    );
+    // A line naming no image of the split stops the run before training, naming the list.
+    std::fs::write(&list, "lindau/lindau_999999_000019_leftImg8bit.png\n").unwrap();
+    let e = err(&[
+        "train-detector",
+        p(&cfg),
+        "--out",
+        p(&dir.path().join("r2")),
+        "--set",
+        &set,
+    ]);
+    assert!(e.contains("val.txt") && e.contains("not in the `val` split"), "{e}");
+}
