@@ -847,7 +847,6 @@ pub fn evaluate_detector(
     let found = detect(ssd, ds, batch, device)?;
     let gt = ds.all_boxes()?;
     let mut inputs = Vec::new();
-    let mut records = Vec::new();
     for (i, dets) in found.iter().enumerate() {
         for &(class, bbox, score) in dets {
             inputs.push(ApInput {
@@ -856,16 +855,10 @@ pub fn evaluate_detector(
                 bbox,
                 score,
             });
-            records.push(Detection {
-                image: ds.entries[i].name.clone(),
-                class: DET_CLASSES[class].name.to_string(),
-                bbox: [bbox.x_min, bbox.y_min, bbox.x_max, bbox.y_max],
-                score,
-            });
         }
     }
     if let Some(p) = to.detections {
-        write_detections(p, &records)?;
+        write_detections(p, &detection_records(ds, &found))?;
     }
     let mut report = DetReport::compute(&gt, &inputs, ds.classes);
     report.source = Some(to.source);
@@ -877,6 +870,23 @@ pub fn evaluate_detector(
     );
     report.write(to.dir, &pictures)?;
     Ok(report)
+}
+
+/// What [`detect`] found on `ds`, as the records of a detections file (`image` the sample's
+/// name, class names, 0-based inclusive boxes), the format `eval --task detection --pred` reads.
+pub fn detection_records(ds: &DetDataset, found: &[ImageDetections]) -> Vec<Detection> {
+    found
+        .iter()
+        .enumerate()
+        .flat_map(|(i, dets)| {
+            dets.iter().map(move |&(class, bbox, score)| Detection {
+                image: ds.entries[i].name.clone(),
+                class: DET_CLASSES[class].name.to_string(),
+                bbox: [bbox.x_min, bbox.y_min, bbox.x_max, bbox.y_max],
+                score,
+            })
+        })
+        .collect()
 }
 
 /// A trained detector loaded from a run folder (its `config.toml` and checkpoint).

@@ -811,6 +811,57 @@ pub fn eval(args: &super::eval::Args, device: &crate::run::DeviceName) -> anyhow
     Ok(())
 }
 
+/// `predict` with a detector (a run folder or its checkpoint file): its detections on every
+/// image of `inputs` (at the detector's score threshold and per-image cap), one
+/// `out/detections.json`; two inputs with one name are refused before anything is written.
+pub fn predict(checkpoint: &Path, inputs: &[PathBuf], out: &Path, device: &candle_core::Device) -> anyhow::Result<()> {
+    let loaded = seg_ssd::train::load_detector(checkpoint, device)?;
+    let mut named: BTreeMap<String, &PathBuf> = BTreeMap::new();
+    let mut entries = Vec::with_capacity(inputs.len());
+    for path in inputs {
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let name = stem.strip_suffix("_leftImg8bit").unwrap_or(&stem).to_string();
+        if let Some(first) = named.insert(name.clone(), path) {
+            anyhow::bail!(
+                "{} and {} are both image `{name}` of the detections: rename one",
+                first.display(),
+                path.display()
+            );
+        }
+        entries.push(seg_detect::dataset::DetEntry {
+            name,
+            image: path.clone(),
+            annotation: None,
+        });
+    }
+    let ds = DetDataset {
+        format: DetFormat::Cityscapes,
+        root: out.to_path_buf(),
+        split: "predict".into(),
+        classes: loaded.cfg.model.classes,
+        entries,
+    };
+    let found = seg_ssd::train::detect(
+        loaded.method.detector(),
+        &ds,
+        loaded.cfg.trainer.batch_size.max(1),
+        device,
+    )?;
+    let records = seg_ssd::train::detection_records(&ds, &found);
+    let file = out.join("detections.json");
+    seg_detect::dets::write_detections(&file, &records)?;
+    println!(
+        "wrote {} detections of {} images to {}",
+        records.len(),
+        inputs.len(),
+        file.display()
+    );
+    Ok(())
+}
+
 /// `inspect` of a detection dataset.
 pub fn inspect(ds: &DetDataset, json: bool) -> anyhow::Result<()> {
     let bar = indicatif::ProgressBar::new(ds.len() as u64);

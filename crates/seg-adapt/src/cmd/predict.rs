@@ -17,7 +17,7 @@ pub enum Format {
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Run folder or checkpoint file.
+    /// Run folder or checkpoint file: a segmentation model's, or a detector's.
     #[arg(long)]
     pub checkpoint: PathBuf,
     /// An image (PNG or JPEG), or a folder searched recursively for `.png`, `.jpg` and `.jpeg`
@@ -25,7 +25,9 @@ pub struct Args {
     #[arg(long)]
     pub input: PathBuf,
     /// Output folder: one PNG per input image, in the input's sub-folders, named
-    /// `<stem>_labelIds.png` (or `_labelTrainIds`, `_color`, `_overlay`).
+    /// `<stem>_labelIds.png` (or `_labelTrainIds`, `_color`, `_overlay`); for a detector, one
+    /// `detections.json` of every input (`image` its stem without `_leftImg8bit`, as `eval --task
+    /// detection --pred` reads it).
     #[arg(long)]
     pub out: PathBuf,
     /// `labelids` (what the official evaluator takes), `trainids`, `color` (the Cityscapes
@@ -71,8 +73,6 @@ fn collect_images(dir: &Path, out: &mut Vec<PathBuf>, depth: usize) -> anyhow::R
 pub fn run(args: Args, device_name: &crate::run::DeviceName) -> anyhow::Result<()> {
     seg_labels::fsutil::check_writable_dir(&args.out).context("--out")?;
     let device = crate::run::device(device_name)?;
-    let trained = crate::run::load_trained(&args.checkpoint, &device)?;
-    let setup = crate::run::eval_setup(&trained.cfg, &device);
     let inputs = if args.input.is_dir() {
         let mut v = Vec::new();
         collect_images(&args.input, &mut v, 0)?;
@@ -86,6 +86,17 @@ pub fn run(args: Args, device_name: &crate::run::DeviceName) -> anyhow::Result<(
         "{}: no PNG or JPEG images found",
         args.input.display()
     );
+    // A detector's checkpoint: its detections, one file for every input.
+    let meta = seg_train::checkpoint::read_meta(&seg_train::checkpoint::file_of(&args.checkpoint))?;
+    if crate::config::is_detection_config(&meta.config) {
+        anyhow::ensure!(
+            args.format == Format::Labelids,
+            "--format is for segmentation models: a detector writes detections.json"
+        );
+        return super::detect::predict(&args.checkpoint, &inputs, &args.out, &device);
+    }
+    let trained = crate::run::load_trained(&args.checkpoint, &device)?;
+    let setup = crate::run::eval_setup(&trained.cfg, &device);
     let base = if args.input.is_dir() {
         // Predictions written inside the input folder would be read as inputs next time.
         anyhow::ensure!(

@@ -81,6 +81,22 @@ fn train_detector_then_eval_the_checkpoint_and_its_detections_file_alike() {
         out
     };
     let dets = run.join("eval/step_000003/detections.json");
+    // `predict` with the detector: one detections.json of every image, which scores as the
+    // run's own evaluation did.
+    let preds = dir.path().join("preds");
+    let said = ok(&[
+        "predict",
+        "--checkpoint",
+        p(&run),
+        "--input",
+        p(&cs.join("leftImg8bit/val")),
+        "--out",
+        p(&preds),
+    ]);
+    assert!(said.contains("detections of 30 images"), "{said}");
+    let by_predict = eval("by-predict", "car", ["--pred", p(&preds.join("detections.json"))]);
+    let car = |r: &serde_json::Value| r["ap50"]["car"]["voc07"].as_f64().unwrap();
+    assert!((car(&json(&by_predict.join("report.json"))) - car(&trained)).abs() < 1e-6);
     let by_ckpt = eval("by-ckpt", "car", ["--checkpoint", p(&run)]);
     let by_file = eval("by-file", "car", ["--pred", p(&dets)]);
     // A car detector is scored on its own class by default, and never on all eight.
