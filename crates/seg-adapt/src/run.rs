@@ -368,7 +368,7 @@ pub(crate) fn stored_config(file: &Path, text: &str) -> anyhow::Result<RunConfig
     RunConfig::parse(text).map_err(|e| {
         if crate::config::is_detection_config(text) {
             anyhow::anyhow!(
-                "{}: a detector's checkpoint, not a segmentation model's (detectors go to `train-detector --init-from` and `eval --task detection`)",
+                "{}: a detector's checkpoint, not a segmentation model's (detectors go to `train-detector --init-from`, `eval --task detection` and `predict`)",
                 file.display()
             )
         } else {
