@@ -62,8 +62,18 @@ pub struct RunConfig {
 }
 
 impl seg_train::resume::Resumable for RunConfig {
+    /// This config with the settings a resumed run may change taken from `other`: the step
+    /// count and those that do not change what is trained (how often to checkpoint, evaluate
+    /// and log, caching and decoding ahead, the evaluation's batch and pictures), and where the
+    /// data, lists and starting weights are (data moved; the loaders and `skipped.json` still
+    /// refuse other training samples, and a resume reads no starting weights).
     fn with_free_settings_of(&self, other: &Self) -> Self {
-        self.with_settings_of(other)
+        let mut c = self.clone();
+        c.trainer = self.trainer.with_free_settings_of(&other.trainer);
+        (c.eval.batch_size, c.eval.pictures) = (other.eval.batch_size, other.eval.pictures);
+        c.data = self.data.with_places_of(&other.data);
+        (c.model.init_weights, c.model.init_from) = (other.model.init_weights.clone(), other.model.init_from.clone());
+        c
     }
 
     /// The trainer groups of both resolved alike.
@@ -78,20 +88,6 @@ impl seg_train::resume::Resumable for RunConfig {
 }
 
 impl RunConfig {
-    /// This config with the settings a resumed run may change taken from `other`: the step
-    /// count and those that do not change what is trained (how often to checkpoint, evaluate
-    /// and log, caching and decoding ahead, the evaluation's batch and pictures), and where the
-    /// data, lists and starting weights are (data moved; the loaders and `skipped.json` still
-    /// refuse other training samples, and a resume reads no starting weights).
-    pub fn with_settings_of(&self, other: &Self) -> Self {
-        let mut c = self.clone();
-        c.trainer = self.trainer.with_free_settings_of(&other.trainer);
-        (c.eval.batch_size, c.eval.pictures) = (other.eval.batch_size, other.eval.pictures);
-        c.data = self.data.with_places_of(&other.data);
-        (c.model.init_weights, c.model.init_from) = (other.model.init_weights.clone(), other.model.init_from.clone());
-        c
-    }
-
     /// Reads a TOML file; errors name the file and the offending key.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read config", path.display()))?;

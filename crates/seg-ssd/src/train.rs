@@ -502,7 +502,7 @@ pub fn run(
     };
     if finished {
         // Where a run finished before evaluations had a folder per step kept it: `eval/`.
-        let path = out.join(eval_dir(start)).join("report.json");
+        let path = out.join(seg_train::checkpoint::eval_dir(start)).join("report.json");
         let old = out.join("eval/report.json");
         if let Some(report) = std::fs::read(&path)
             .or_else(|_| std::fs::read(&old))
@@ -592,7 +592,7 @@ pub fn run(
         },
         t.steps
     ) + &left_out.val_note();
-    let rel = eval_dir(t.steps);
+    let rel = seg_train::checkpoint::eval_dir(t.steps);
     let dir = out.join(&rel);
     let report = evaluate_detector(
         ssd,
@@ -617,13 +617,6 @@ pub fn run(
         report,
         last_losses: last,
     }))
-}
-
-/// A run's evaluation folder at `step`, relative to the run's: `eval/step_NNNNNN` (the step in
-/// six digits), as a segmentation run names it; each holds `report.json`, `report.md`,
-/// `pictures/` and `detections.json`, so a run extended later keeps every earlier evaluation.
-pub fn eval_dir(step: usize) -> String {
-    format!("eval/step_{step:06}")
 }
 
 /// The losses of the last loss line of `metrics.jsonl`.

@@ -19,6 +19,12 @@ pub const VERSION: &str = "1";
 /// The checkpoint's file name in a run folder (segmentation and detection runs alike).
 pub const FILE: &str = "checkpoint.safetensors";
 
+/// A run's evaluation folder at `step`, relative to the run's: `eval/step_NNNNNN` (the step in
+/// six digits), for segmentation and detection runs alike (`metrics.jsonl`'s `dir`).
+pub fn eval_dir(step: usize) -> String {
+    format!("eval/step_{step:06}")
+}
+
 /// The files of a run that training from step 0 would replace.
 pub const RUN_FILES: [&str; 3] = [FILE, "config.toml", "metrics.jsonl"];
 

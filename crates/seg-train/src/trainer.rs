@@ -240,7 +240,7 @@ impl Trainer {
         let report = evaluate(self.s.method.deployed(), ds, setup)?.finish(*protocol);
         // The folder is named relative to the run's, which may move; the images evaluated by
         // their count and a digest of their names, so that a resume can tell another val set.
-        let rel = format!("eval/step_{:06}", self.step);
+        let rel = crate::checkpoint::eval_dir(self.step);
         report.write(&self.s.run_dir.join(&rel))?;
         let val = val_identity(ds);
         self.log(serde_json::json!({"step": self.step, "eval": {"miou": report.miou, "dir": rel, "val": val}}))?;

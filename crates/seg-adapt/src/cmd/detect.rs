@@ -515,6 +515,7 @@ fn run_adabn(out: &Path, seed: u64, data_seed: u64, device: &candle_core::Device
     seg_ssd::train::reestimate_bn(ssd, &ds, cfg.model.input_size(), cfg.trainer.batch_size, device)?;
     let val = cfg.data.open_target(false, true, cfg.model.classes)?;
     let dir = out.join("runs/adabn").join(format!("seed{seed}"));
+    let eval_to = dir.join(seg_train::checkpoint::eval_dir(loaded.step));
     // Kept as the run of method `adabn` it is (source-only training, then the re-estimation),
     // for `eval --task detection --checkpoint`.
     let adabn = DetRunConfig {
@@ -528,8 +529,8 @@ fn run_adabn(out: &Path, seed: u64, data_seed: u64, device: &candle_core::Device
         8,
         device,
         seg_ssd::train::ReportTo {
-            dir: &dir.join(seg_ssd::train::eval_dir(loaded.step)),
-            detections: Some(&dir.join(seg_ssd::train::eval_dir(loaded.step)).join("detections.json")),
+            dir: &eval_to,
+            detections: Some(&eval_to.join("detections.json")),
             pictures: 4,
             source: format!(
             "Cityscapes `{}` split under `{}`; the source-only detector of `{}` with its batch-norm statistics re-estimated on `{}`.",
@@ -819,11 +820,7 @@ pub fn predict(checkpoint: &Path, inputs: &[PathBuf], out: &Path, device: &candl
     let mut named: BTreeMap<String, &PathBuf> = BTreeMap::new();
     let mut entries = Vec::with_capacity(inputs.len());
     for path in inputs {
-        let stem = path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let name = stem.strip_suffix("_leftImg8bit").unwrap_or(&stem).to_string();
+        let name = super::image_name(path);
         if let Some(first) = named.insert(name.clone(), path) {
             anyhow::bail!(
                 "{} and {} are both image `{name}` of the detections: rename one",

@@ -70,19 +70,9 @@ pub struct Args {
 
 /// The run folder whose `eval/` folder holds `out` (at any depth), if any: a folder holding a
 /// checkpoint, or both a `config.toml` and a `metrics.jsonl` (a user's own `config.toml` alone
-/// makes no run). `..` is resolved by name first, as the shell does.
+/// makes no run). `out` is taken as [`super::resolved`] gives it (`..` and links resolved).
 fn run_whose_evaluations_hold(out: &std::path::Path) -> Option<PathBuf> {
-    use std::path::Component;
-    let mut plain = PathBuf::new();
-    for c in std::path::absolute(out).ok()?.components() {
-        match c {
-            Component::ParentDir => {
-                plain.pop();
-            }
-            Component::CurDir => {}
-            c => plain.push(c),
-        }
-    }
+    let plain = super::resolved(out);
     plain.ancestors().skip(1).find_map(|dir| {
         let has = |f: &str| dir.join(f).is_file();
         let is_run = has(seg_train::checkpoint::FILE) || (has("config.toml") && has("metrics.jsonl"));

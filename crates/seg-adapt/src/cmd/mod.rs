@@ -69,6 +69,16 @@ pub enum Task {
     Detection,
 }
 
+/// The name an input image's prediction takes: its file's stem without Cityscapes'
+/// `_leftImg8bit` (`frankfurt_000000_000294`), as the evaluations pair predictions by it.
+pub(crate) fn image_name(path: &std::path::Path) -> String {
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    stem.strip_suffix("_leftImg8bit").unwrap_or(&stem).to_string()
+}
+
 /// `path` made absolute with its links resolved, for a path that may not exist yet: its
 /// nearest existing ancestor resolved, the rest appended.
 pub(crate) fn resolved(path: &std::path::Path) -> std::path::PathBuf {

@@ -121,11 +121,7 @@ pub fn run(args: Args, device_name: &crate::run::DeviceName) -> anyhow::Result<(
     let mut plan = Vec::with_capacity(inputs.len());
     for path in &inputs {
         let rel = path.strip_prefix(&base).unwrap_or(path).to_path_buf();
-        let stem = rel
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let stem = stem.strip_suffix("_leftImg8bit").unwrap_or(&stem).to_string();
+        let stem = super::image_name(&rel);
         let file = args
             .out
             .join(rel.parent().unwrap_or(Path::new("")))

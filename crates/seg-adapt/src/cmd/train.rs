@@ -52,7 +52,7 @@ pub struct Args {
 /// checkpoint's config), then the flags, then each `--set`. A resumed run keeps the config its
 /// checkpoint was trained with (which an edited or lost `config.toml` does not change): the
 /// result may differ from it in `trainer.steps` (to extend a run) and the settings a resume may
-/// change (`RunConfig::with_settings_of`), anything else is an error naming the key; a run stopped before its first checkpoint starts over with any config. Starting from another run's model (`--init-from`, or `model.init_from` set on
+/// change (`Resumable::with_free_settings_of` of `RunConfig`), anything else is an error naming the key; a run stopped before its first checkpoint starts over with any config. Starting from another run's model (`--init-from`, or `model.init_from` set on
 /// the command line) replaces the preset's ImageNet weights.
 pub fn resolve(args: &Args) -> anyhow::Result<RunConfig> {
     let saved_path = args.out.join("config.toml");
