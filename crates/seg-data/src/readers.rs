@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use seg_labels::{DatasetKind, LabelEncoding, LabelMap};
+use seg_labels::{split_list, DatasetKind, LabelEncoding, LabelMap};
 
 use crate::dataset::{Dataset, DatasetOptions, LabelSource, SampleRef, CS_LABEL_IDS, CS_TRAIN_IDS};
 use crate::error::DataError;
@@ -203,10 +203,11 @@ fn sorted_dirs(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
     sorted_entries(dir, |e| std::fs::metadata(e.path()).is_ok_and(|m| m.is_dir()))
 }
 
-/// Refuses a folder that exists but cannot be listed (no permission), naming it.
+/// Refuses a folder that is there but cannot be listed (no permission, a file or a link that
+/// leads nowhere in its place), naming it; one that is not there at all is no error here.
 fn listable(dir: &Path) -> Result<(), DataError> {
     match std::fs::read_dir(dir) {
-        Err(cause) if dir.is_dir() => Err(DataError::ReadDir {
+        Err(cause) if dir.symlink_metadata().is_ok() => Err(DataError::ReadDir {
             path: dir.to_path_buf(),
             cause,
         }),
@@ -215,18 +216,10 @@ fn listable(dir: &Path) -> Result<(), DataError> {
 }
 
 fn read_list(path: &Path) -> Result<Vec<String>, DataError> {
-    let text = std::fs::read_to_string(path).map_err(|cause| DataError::List {
+    split_list::read(path).map_err(|cause| DataError::List {
         path: path.to_path_buf(),
         cause,
-    })?;
-    // A byte-order mark (Notepad's UTF-8) is no part of the first name.
-    Ok(text
-        .trim_start_matches('\u{feff}')
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(String::from)
-        .collect())
+    })
 }
 
 fn file_stem(p: &Path) -> String {
@@ -328,44 +321,13 @@ fn open_cityscapes(root: &Path, split: &str, options: DatasetOptions) -> Result<
         Some(list) => read_list(list)?
             .into_iter()
             .map(|l| {
-                // Accept `city/stem_leftImg8bit.png`, `leftImg8bit/val/city/...`, or a bare stem;
-                // a line of another split (`leftImg8bit/train/...` in a val list) is refused.
-                if let Some(other) = l
-                    .strip_prefix("leftImg8bit/")
-                    .and_then(|r| r.split('/').next())
-                    .filter(|s| *s != split)
-                {
-                    return Err(DataError::Invalid {
-                        path: list.clone(),
-                        reason: format!("line `{l}` names the `{other}` split, but the `{split}` split is read"),
-                    });
-                }
-                let rel = l
-                    .trim_start_matches("leftImg8bit/")
-                    .trim_start_matches(&format!("{split}/"))
-                    .to_string();
-                // A bare stem, or the file's stem (`…_leftImg8bit`, what `Path.stem` gives).
-                let rel = if rel.ends_with(".png") {
-                    rel
-                } else if rel.ends_with("_leftImg8bit") {
-                    format!("{rel}.png")
-                } else {
-                    format!("{rel}{CS_IMAGE_SUFFIX}")
-                };
-                let file = Path::new(&rel)
-                    .file_name()
-                    .map(|f| f.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                // `{city}_{seq}_{frame}_leftImg8bit.png`: the city is the name's first part.
-                let Some((city, _)) = file.split_once('_') else {
-                    return Err(DataError::Invalid {
-                        path: list.clone(),
-                        reason: format!(
-                            "line `{l}` is no Cityscapes image name (`{{city}}_{{seq}}_{{frame}}_leftImg8bit.png`)"
-                        ),
-                    });
-                };
-                Ok(image_root.join(city).join(&file))
+                // AdaptSegNet's `city/stem_leftImg8bit.png` and the other forms of
+                // `split_list::cityscapes_line`; another split's line is refused.
+                let listed = split_list::cityscapes_line(&l, split).map_err(|reason| DataError::Invalid {
+                    path: list.clone(),
+                    reason,
+                })?;
+                Ok::<_, DataError>(image_root.join(&listed.city).join(listed.image_file()))
             })
             .collect::<Result<_, _>>()?,
         None => {
@@ -379,8 +341,8 @@ fn open_cityscapes(root: &Path, split: &str, options: DatasetOptions) -> Result<
             all
         }
     };
-    // A label folder that cannot be listed (no permission) is said to be so, rather than each of
-    // its labels being missing.
+    // A label folder that cannot be listed (no permission, a file in its place) is said to be so,
+    // rather than each of its labels being missing.
     let cities: std::collections::BTreeSet<&Path> = images
         .iter()
         .filter_map(|i| i.parent()?.file_name())

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use seg_labels::png_io::{self, LabelEncoding};
+use seg_labels::split_list;
 use seg_labels::RgbImage;
 
 use crate::boxes::{GtBox, PixelBox};
@@ -226,36 +227,17 @@ impl DetDataset {
     }
 
     /// Keeps the Cityscapes samples a split list names, as AdaptSegNet's
-    /// `cityscapes_list/{train,val}.txt` names them (`city/stem_leftImg8bit.png`, with or without
-    /// `leftImg8bit/<split>/` in front, the file's stem or the bare `stem`; `#` comments and
-    /// blank lines aside), in the split's order. A line naming no sample of the split, a sample
+    /// `cityscapes_list/{train,val}.txt` names them (every line form of
+    /// [`split_list::cityscapes_line`], as the segmentation readers take them), in the split's
+    /// order. A line naming no sample of the split, a sample
     /// named twice, or another split's path is refused, naming the list.
     pub fn keep_listed(&mut self, list: &Path) -> Result<(), DetError> {
-        let text = std::fs::read_to_string(list).map_err(DetError::io(list))?;
         let mut wanted = std::collections::HashSet::new();
-        for line in text.trim_start_matches('\u{feff}').lines().map(str::trim) {
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            if let Some(other) = line
-                .strip_prefix("leftImg8bit/")
-                .and_then(|r| r.split('/').next())
-                .filter(|s| *s != self.split)
-            {
-                return Err(DetError::invalid(
-                    list,
-                    format!(
-                        "line `{line}` names the `{other}` split, but the `{}` split is read",
-                        self.split
-                    ),
-                ));
-            }
-            let file = line.rsplit('/').next().unwrap_or(line);
-            let stem = ["_leftImg8bit.png", "_gtFine_instanceIds.png", "_leftImg8bit", ".png"]
-                .iter()
-                .find_map(|suffix| file.strip_suffix(suffix))
-                .unwrap_or(file);
-            if !wanted.insert(stem.to_string()) {
+        for line in split_list::read(list).map_err(DetError::io(list))? {
+            let stem = split_list::cityscapes_line(&line, &self.split)
+                .map_err(|reason| DetError::invalid(list, reason))?
+                .stem;
+            if !wanted.insert(stem.clone()) {
                 return Err(DetError::invalid(list, format!("names `{stem}` twice")));
             }
         }

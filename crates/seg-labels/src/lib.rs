@@ -7,6 +7,7 @@ pub mod fsutil;
 pub mod left_out;
 pub mod maps;
 pub mod png_io;
+pub mod split_list;
 
 pub use cityscapes::{Label, LABELS, NUM_CLASSES, TRAIN_CLASS_NAMES, TRAIN_COLORS};
 pub use left_out::LeftOut;

@@ -218,6 +218,7 @@ fn cityscapes_pairs_by_name_and_accepts_a_split_list() {
         "lindau_000005_000019_leftImg8bit.png",
         "lindau_000005_000019_leftImg8bit",
         "lindau_000005_000019",
+        "gtFine/val/lindau/lindau_000005_000019_gtFine_labelIds.png",
     ] {
         let list = dir.path().join("one.txt");
         std::fs::write(&list, format!("{line}\n")).unwrap();
@@ -357,6 +358,36 @@ fn linked_city_folders_are_cities() {
     let ds = open_dataset(DatasetName::Cityscapes, dir.path(), "train", labelled()).unwrap();
     assert_eq!(ds.len(), 2);
     assert_eq!(ds.get(1).unwrap().label.unwrap(), vec![0, 1, 2, 255, 10, 11, 18, 255]);
+}
+
+#[test]
+fn a_label_city_folder_that_cannot_be_listed_is_named() {
+    // A file, or a link that leads nowhere, where a city's label folder belongs: the folder is
+    // named once, not each of its labels called missing. (A folder without read permission
+    // takes the same path, but cannot be made here: tests may run as root.)
+    let dir = tempfile::tempdir().unwrap();
+    cityscapes_tree(dir.path());
+    let city = dir.path().join("gtFine/train/aachen");
+    std::fs::remove_dir_all(&city).unwrap();
+    std::fs::write(&city, b"not a folder").unwrap();
+    let e = open_dataset(DatasetName::Cityscapes, dir.path(), "train", labelled()).unwrap_err();
+    assert_eq!(e.file(), Some(city.as_path()), "{e}");
+    assert!(e.to_string().contains("cannot list"), "{e}");
+    std::fs::remove_file(&city).unwrap();
+    std::os::unix::fs::symlink(dir.path().join("nowhere"), &city).unwrap();
+    let e = open_dataset(DatasetName::Cityscapes, dir.path(), "train", labelled()).unwrap_err();
+    assert_eq!(e.file(), Some(city.as_path()), "{e}");
+    // Unlabelled reading (target training) does not look at the labels.
+    let unlabelled = DatasetOptions {
+        require_labels: false,
+        ..Default::default()
+    };
+    assert_eq!(
+        open_dataset(DatasetName::Cityscapes, dir.path(), "train", unlabelled)
+            .unwrap()
+            .len(),
+        2
+    );
 }
 
 #[test]
