@@ -44,7 +44,8 @@ fn main() -> std::process::ExitCode {
             tracing_subscriber::EnvFilter::try_from_env("SEG_ADAPT_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
+        // Lines above a progress bar, not glued to its end.
+        .with_writer(seg_train::progress::LogWriter::default)
         .without_time()
         .with_target(false);
     // Colours for a terminal only (there tracing-subscriber honours NO_COLOR itself): a log

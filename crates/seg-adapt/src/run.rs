@@ -425,6 +425,7 @@ pub fn adabn_from(cfg: &RunConfig, from_dir: &Path, run_dir: &Path, device: &Dev
     let val = open(cfg, Role::Val)?.0;
     let report =
         seg_train::evaluate(trained.backbone.as_ref(), &val, &eval_setup(cfg, device))?.finish(cfg.eval.protocol);
+    seg_train::infer::log_new_warnings(&report.warnings, &val, &mut Default::default());
     report.write(&run_dir.join(seg_train::checkpoint::eval_dir(trained.step)))?;
     seg_metrics::html::write_run_page(run_dir, "seg-adapt run: adabn (re-estimated statistics)")
         .with_context(|| format!("writing {}", run_dir.join("report.html").display()))?;

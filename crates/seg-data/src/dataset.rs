@@ -141,6 +141,26 @@ impl Dataset {
     }
 
     /// The samples [`Dataset::leave_out_unusable`] left out, in entry order.
+    /// A warning when Cityscapes ground truth is read from `*_gtFine_labelTrainIds.png` where
+    /// an image has no `*_gtFine_labelIds.png`: the official evaluator reads labelIds only, so
+    /// an evaluation of this split would count images it does not.
+    pub fn train_ids_only_warning(&self) -> Option<String> {
+        let from_train_ids: Vec<&Path> = self
+            .entries
+            .iter()
+            .filter_map(|e| e.label.as_deref())
+            .filter(|l| l.to_string_lossy().ends_with(CS_TRAIN_IDS))
+            .collect();
+        from_train_ids.first().map(|first| {
+            format!(
+                "{} ground-truth image(s) have only `*_gtFine_labelTrainIds.png` (the first: {}): read from those; \
+                 the official evaluator reads `*_gtFine_labelIds.png` only and would not count them",
+                from_train_ids.len(),
+                first.display()
+            )
+        })
+    }
+
     pub fn left_out(&self) -> &[LeftOut] {
         &self.left_out
     }

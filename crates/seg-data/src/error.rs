@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
-    #[error("{what} not found: expected {path}")]
+    #[error("{}", seg_labels::fsutil::missing_folder(what, path))]
     Missing { what: &'static str, path: PathBuf },
     // The reasons are in the messages, not also `source`s (which would print them twice).
     #[error("{path}: cannot list directory: {cause}")]

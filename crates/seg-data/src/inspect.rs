@@ -49,9 +49,21 @@ pub struct InspectReport {
     /// Label pixels whose raw value was outside the dataset's table (counted in `ignored_pixels`).
     pub outside_table_pixels: u64,
     pub problems: Vec<Problem>,
+    /// [`Dataset::train_ids_only_warning`].
+    #[serde(skip)]
+    pub train_ids_only: Option<String>,
 }
 
 impl InspectReport {
+    /// Every warning about the split's labels: [`Self::train_ids_warning`], and ground truth
+    /// read from labelTrainIds (an evaluation of the split would not be the official one).
+    pub fn warnings(&self) -> Vec<String> {
+        self.train_ids_warning()
+            .into_iter()
+            .chain(self.train_ids_only.clone())
+            .collect()
+    }
+
     /// A warning when labels read as Cityscapes label ids (GTA5, Cityscapes `labelIds`) hold
     /// none of the classes from traffic light on (label ids 19 to 33) and are mostly ignored:
     /// the mark of labels already converted to train ids (0-18, 255), whose road (0) reads as
@@ -148,6 +160,7 @@ fn summarise(ds: &Dataset, results: Vec<One>) -> InspectReport {
         ignored_pixels: 0,
         outside_table_pixels: 0,
         problems: Vec::new(),
+        train_ids_only: ds.train_ids_only_warning(),
     };
     for r in results {
         if let Some(p) = r.problem {
@@ -169,8 +182,8 @@ fn summarise(ds: &Dataset, results: Vec<One>) -> InspectReport {
     }
     for orphan in crate::readers::orphan_labels(ds) {
         report.problems.push(Problem {
-            file: orphan.display().to_string(),
-            reason: "label file with no matching image".into(),
+            file: orphan.label.display().to_string(),
+            reason: orphan.reason(),
             kind: ProblemKind::OrphanLabel,
         });
     }

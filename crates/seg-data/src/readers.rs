@@ -401,8 +401,30 @@ fn open_cityscapes(root: &Path, split: &str, options: DatasetOptions) -> Result<
     })
 }
 
+/// A label file with no image beside it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Orphan {
+    pub label: PathBuf,
+    /// Where its image belongs (a folder may be in its place).
+    pub image: PathBuf,
+}
+
+impl Orphan {
+    /// What is wrong, for a report: no image, or something else where the image belongs.
+    pub fn reason(&self) -> String {
+        if self.image.is_dir() {
+            format!(
+                "label file whose image {} is a folder, not an image",
+                self.image.display()
+            )
+        } else {
+            "label file with no matching image".into()
+        }
+    }
+}
+
 /// Label files with no image beside them, for inspection reports.
-pub fn orphan_labels(ds: &Dataset) -> Vec<PathBuf> {
+pub fn orphan_labels(ds: &Dataset) -> Vec<Orphan> {
     let (image_dir, label_dir) = match ds.name {
         "gta5" => (ds.root.join("images"), ds.root.join("labels")),
         "synthia" => (ds.root.join("RGB"), ds.root.join("GT").join("LABELS")),
@@ -424,12 +446,16 @@ pub fn orphan_labels(ds: &Dataset) -> Vec<PathBuf> {
             let owner = stem.strip_suffix("_labelTrainIds").unwrap_or(&stem);
             !images.contains(owner)
         })
+        .map(|label| Orphan {
+            image: image_dir.join(label.file_name().unwrap_or_default()),
+            label,
+        })
         .collect()
 }
 
 /// Cityscapes labelIds files whose camera image (`leftImg8bit/SPLIT/CITY/NAME_leftImg8bit.png`)
 /// does not exist; a pair left out for another reason (its size, a split list) is not one.
-fn cityscapes_orphans(ds: &Dataset) -> Vec<PathBuf> {
+fn cityscapes_orphans(ds: &Dataset) -> Vec<Orphan> {
     let label_root = ds.root.join("gtFine").join(&ds.split);
     let image_root = ds.root.join("leftImg8bit").join(&ds.split);
     let mut out = Vec::new();
@@ -443,8 +469,8 @@ fn cityscapes_orphans(ds: &Dataset) -> Vec<PathBuf> {
                 let image = city
                     .file_name()
                     .map(|c| image_root.join(c).join(format!("{stem}{CS_IMAGE_SUFFIX}")));
-                if image.is_some_and(|i| !i.exists()) {
-                    out.push(p);
+                if let Some(image) = image.filter(|i| !i.is_file()) {
+                    out.push(Orphan { label: p, image });
                 }
             }
         }

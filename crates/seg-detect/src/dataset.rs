@@ -174,7 +174,11 @@ impl DetDataset {
         };
         let dir = root.join(top).join(split);
         if !dir.is_dir() {
-            return Err(DetError::invalid(&dir, "missing: not a Cityscapes split folder"));
+            let reason = match dir.symlink_metadata() {
+                Ok(_) => "is no folder: a Cityscapes split folder belongs here",
+                Err(_) => "missing: not a Cityscapes split folder",
+            };
+            return Err(DetError::invalid(&dir, reason));
         }
         // (city, stem) of every file ending in `suffix` under `base/<city>/`.
         let stems = |base: &Path, suffix: &str| -> Result<Vec<(String, String)>, DetError> {

@@ -70,6 +70,20 @@ fn not_a_folder(there: &Path) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::NotADirectory, format!("{} {what}", there.display()))
 }
 
+/// Why a folder a reader needs is not one, for its error: `{what} not found: expected {path}`,
+/// or, when something else is there, `{what} {path} is a file, not a folder`.
+pub fn missing_folder(what: &str, path: &Path) -> String {
+    match path.symlink_metadata() {
+        Ok(_) if path.is_dir() => format!("{what} {} cannot be read as a folder", path.display()),
+        Ok(_) if path.is_file() => format!("{what} {} is a file, not a folder", path.display()),
+        Ok(m) if m.file_type().is_symlink() && !path.exists() => {
+            format!("{what} {} is a link that leads nowhere", path.display())
+        }
+        Ok(_) => format!("{what} {} is not a folder", path.display()),
+        Err(_) => format!("{what} not found: expected {}", path.display()),
+    }
+}
+
 /// Checks, before a long computation, that files can be written into `dir` (created later if
 /// missing): the nearest part of the path that is there must be a folder that takes a file.
 pub fn check_writable_dir(dir: &Path) -> std::io::Result<()> {

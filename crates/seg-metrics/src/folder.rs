@@ -78,7 +78,7 @@ pub struct FolderOptions {
 /// Why a folder could not be evaluated. Every variant names the files involved.
 #[derive(Debug, thiserror::Error)]
 pub enum FolderError {
-    #[error("{what} folder not found: {path}{}", if path.is_file() { " (a file, not a folder)" } else { "" })]
+    #[error("{}", seg_labels::fsutil::missing_folder(&format!("{what} folder"), path))]
     MissingDir { what: &'static str, path: PathBuf },
     #[error("no ground truth found: nothing matches {pattern}")]
     NoGroundTruth { pattern: String },

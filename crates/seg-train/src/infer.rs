@@ -78,7 +78,26 @@ pub fn predict_train_ids(
     Ok(flat)
 }
 
+/// The evaluation's warning for a sample left out before the run (named already when the run
+/// or the evaluation opened its data).
+pub fn left_out_warning(l: &seg_labels::LeftOut) -> String {
+    format!("left out of the evaluation: {}", l.reason)
+}
+
+/// Logs the warnings of an evaluation of `dataset` that `said` does not hold yet, adding them:
+/// each once per run, not at every evaluation. The samples the dataset left out before the run
+/// are not logged again (they were named when it opened).
+pub fn log_new_warnings(warnings: &[String], dataset: &Dataset, said: &mut std::collections::BTreeSet<String>) {
+    let named: std::collections::BTreeSet<String> = dataset.left_out().iter().map(left_out_warning).collect();
+    for w in warnings.iter().filter(|w| !named.contains(*w)) {
+        if said.insert(w.clone()) {
+            tracing::warn!("evaluation: {w}");
+        }
+    }
+}
+
 /// Evaluates `backbone` on a labelled dataset; every image is predicted at full resolution.
+/// Its warnings are in the evaluator's report, for the caller to show (nothing is logged here).
 pub fn evaluate(backbone: &dyn Backbone, dataset: &Dataset, setup: &EvalSetup) -> Result<Evaluator, TrainError> {
     let mut ev = Evaluator::new(setup.keep_samples);
     // Ground truth without its camera image cannot be predicted from: named, since the
@@ -86,32 +105,18 @@ pub fn evaluate(backbone: &dyn Backbone, dataset: &Dataset, setup: &EvalSetup) -
     for orphan in seg_data::readers::orphan_labels(dataset) {
         let message = format!(
             "{}: ground truth without its camera image, not in this evaluation (the official evaluator would need a prediction for it)",
-            orphan.display()
+            orphan.label.display()
         );
-        tracing::warn!("{message}");
         ev.warn(message);
     }
     // Samples left out before the run (a size mismatch, or a file that does not decode under
     // `error_policy = "skip"`): the mean is over the others, and the report says which.
     for l in dataset.left_out() {
-        ev.warn(format!("left out of the evaluation: {}", l.reason));
+        ev.warn(left_out_warning(l));
     }
     // Cityscapes ground truth read from labelTrainIds where labelIds is absent: said, as
     // `eval --pred` says it, since the official evaluator would not count those images.
-    let from_train_ids: Vec<&std::path::Path> = dataset
-        .entries()
-        .iter()
-        .filter_map(|e| e.label.as_deref())
-        .filter(|l| l.to_string_lossy().ends_with("_gtFine_labelTrainIds.png"))
-        .collect();
-    if let Some(first) = from_train_ids.first() {
-        let message = format!(
-            "{} ground-truth image(s) have only `*_gtFine_labelTrainIds.png` (the first: {}): evaluated from those; \
-             the official evaluator reads `*_gtFine_labelIds.png` only and would not count them",
-            from_train_ids.len(),
-            first.display()
-        );
-        tracing::warn!("{message}");
+    if let Some(message) = dataset.train_ids_only_warning() {
         ev.warn(message);
     }
     let skip = dataset.options().error_policy == ErrorPolicy::Skip;
@@ -127,10 +132,7 @@ pub fn evaluate(backbone: &dyn Backbone, dataset: &Dataset, setup: &EvalSetup) -
                 Ok(s) => batch.push(s),
                 // Under `error_policy = "skip"` a file that opened but does not decode (a PNG
                 // cut after its header) is left out of the evaluation and named, as in training.
-                Err(e) if skip => {
-                    tracing::warn!("evaluation: left out {e}");
-                    ev.warn(format!("left out of the evaluation (error_policy = \"skip\"): {e}"));
-                }
+                Err(e) if skip => ev.warn(format!("left out of the evaluation (error_policy = \"skip\"): {e}")),
                 Err(e) => return Err(e.into()),
             }
         }

@@ -65,6 +65,9 @@ pub struct Trainer {
     /// `config.toml`, and its `trainer.eval_every` (a resume may change it) says whether the
     /// checkpoint's step had an evaluation due.
     config_then: Option<String>,
+    /// The evaluation warnings already logged: each is said once per run, not at every
+    /// evaluation.
+    warned: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl Trainer {
@@ -86,6 +89,7 @@ impl Trainer {
             pretrain,
             step: 0,
             config_then: None,
+            warned: Default::default(),
         })
     }
 
@@ -238,6 +242,9 @@ impl Trainer {
             return Ok(None);
         };
         let report = evaluate(self.s.method.deployed(), ds, setup)?.finish(*protocol);
+        let mut warned = self.warned.lock().unwrap_or_else(|p| p.into_inner());
+        crate::infer::log_new_warnings(&report.warnings, ds, &mut warned);
+        drop(warned);
         // The folder is named relative to the run's, which may move; the images evaluated by
         // their count and a digest of their names, so that a resume can tell another val set.
         let rel = crate::checkpoint::eval_dir(self.step);
@@ -319,9 +326,9 @@ impl Trainer {
                     .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
             );
             b.set_position(self.step as u64);
-            b
+            crate::progress::Shown::new(b)
         } else {
-            indicatif::ProgressBar::hidden()
+            crate::progress::Shown::new(indicatif::ProgressBar::hidden())
         };
         let per_step = self.s.config.batch_size
             + if self.s.method.needs_target() {

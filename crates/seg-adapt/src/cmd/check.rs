@@ -97,7 +97,7 @@ pub fn run(args: Args, device_name: &DeviceName) -> anyhow::Result<()> {
             super::count(r.problems.len(), "problem"),
             start.elapsed().as_secs_f64()
         );
-        if let Some(w) = r.train_ids_warning() {
+        for w in r.warnings() {
             println!("  warning: {w}");
         }
         for p in &r.problems {

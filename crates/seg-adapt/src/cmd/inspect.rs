@@ -135,7 +135,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             ignored_pixels: r.ignored_pixels,
             outside_table_pixels: r.outside_table_pixels,
             problems: &r.problems,
-            warnings: r.train_ids_warning().into_iter().collect(),
+            warnings: r.warnings(),
         };
         println!("{}", serde_json::to_string(&j)?);
         return Ok(());
@@ -182,7 +182,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             r.outside_table_pixels
         );
     }
-    if let Some(w) = r.train_ids_warning() {
+    for w in r.warnings() {
         println!("warning: {w}");
     }
     print_problems(r.problems.iter().map(|p| (p.file.as_str(), p.reason.as_str())));

@@ -131,6 +131,19 @@ fn a_split_list_leaves_the_other_pairs_out_without_calling_them_orphans() {
     assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
     assert!(r.problems[0].file.ends_with("labels/00009.png"), "{:?}", r.problems);
     assert_eq!(r.problems[0].kind, seg_data::inspect::ProblemKind::OrphanLabel);
+    assert_eq!(r.problems[0].reason, "label file with no matching image");
+    // A folder where the label's image belongs is said to be one.
+    std::fs::create_dir(root.join("images/00009.png")).unwrap();
+    let r = seg_data::inspect(&open_dataset(DatasetName::Gta5, root, "train", labelled()).unwrap());
+    let orphan = r
+        .problems
+        .iter()
+        .find(|p| p.file.ends_with("labels/00009.png"))
+        .unwrap();
+    assert!(
+        orphan.reason.ends_with("images/00009.png is a folder, not an image"),
+        "{orphan:?}"
+    );
 }
 
 #[test]
@@ -245,6 +258,12 @@ fn cityscapes_pairs_by_name_and_accepts_a_split_list() {
     let s = ds.get(0).unwrap();
     assert_eq!(s.label.unwrap(), vec![0, 1, 2, 255, 18, 255, 3, 3]);
     assert_eq!(s.outside_ids, 1);
+    // `inspect` (and `check`) say it before a run does: not what the official evaluator counts.
+    let w = seg_data::inspect(&ds).warnings();
+    assert!(
+        w.len() == 1 && w[0].starts_with("1 ground-truth image(s) have only `*_gtFine_labelTrainIds.png`"),
+        "{w:?}"
+    );
 }
 
 #[test]
@@ -397,6 +416,13 @@ fn missing_roots_and_empty_splits_name_the_path() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("nope") && e.contains("not found"), "{e}");
+    // A file where the root belongs is said to be one, not "not found".
+    let file = dir.path().join("afile");
+    std::fs::write(&file, b"x").unwrap();
+    for name in [DatasetName::Cityscapes, DatasetName::Gta5] {
+        let e = open_dataset(name, &file, "val", labelled()).unwrap_err().to_string();
+        assert!(e.ends_with("afile is a file, not a folder"), "{e}");
+    }
     let e = open_dataset(DatasetName::Cityscapes, dir.path(), "val", labelled())
         .unwrap_err()
         .to_string();
