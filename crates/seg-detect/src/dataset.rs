@@ -220,7 +220,21 @@ impl DetDataset {
                 }),
                 name: stem,
             })
-            .collect();
+            .collect::<Vec<_>>();
+        // Detections name their image by its stem: one stem in two cities cannot be told apart.
+        let mut seen: std::collections::HashMap<&str, &Path> = std::collections::HashMap::new();
+        for e in &entries {
+            if let Some(first) = seen.insert(&e.name, &e.image) {
+                return Err(DetError::invalid(
+                    &e.image,
+                    format!(
+                        "duplicate image name `{}` (also {}): detections are matched to images by name",
+                        e.name,
+                        first.display()
+                    ),
+                ));
+            }
+        }
         Ok(Self {
             format: DetFormat::Cityscapes,
             root: root.to_path_buf(),
@@ -729,6 +743,20 @@ mod tests {
             let e = keep(text).unwrap_err().to_string();
             assert!(e.contains(said) && e.contains("val.txt"), "{text}: {e}");
         }
+        // One stem in two cities: detections could not say which, so the split is refused.
+        std::fs::create_dir_all(root.join("gtFine/val/munster")).unwrap();
+        std::fs::copy(
+            ann("lindau_000000_000019"),
+            root.join("gtFine/val/munster/lindau_000000_000019_gtFine_instanceIds.png"),
+        )
+        .unwrap();
+        let e = DetDataset::open_cityscapes(root, "val", true, ClassSet::Car)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("duplicate image name `lindau_000000_000019`") && e.contains("munster") && e.contains("lindau/"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -24,8 +24,19 @@ pub struct Detection {
 /// Reads and checks a detections file against the images of the split (`images[name]` = index).
 pub fn read_detections(path: &Path, images: &HashMap<String, usize>) -> Result<Vec<ApInput>, DetError> {
     let bytes = std::fs::read(path).map_err(DetError::io(path))?;
-    let value: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|e| DetError::invalid(path, format!("not JSON: {e}")))?;
+    let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| match non_finite(&bytes, &e) {
+        Some((index, token)) => DetError::Detection {
+            path: path.to_path_buf(),
+            index,
+            reason: format!(
+                "`{token}` (line {}, column {}) is not a finite number: scores and boxes must be \
+                 (Python's `json.dump` writes NaN and Infinity unless given `allow_nan=False`)",
+                e.line(),
+                e.column()
+            ),
+        },
+        None => DetError::invalid(path, format!("not JSON: {e}")),
+    })?;
     let list = value
         .as_array()
         .ok_or_else(|| DetError::invalid(path, "expected a JSON list of detections"))?;
@@ -67,6 +78,48 @@ pub fn read_detections(path: &Path, images: &HashMap<String, usize>) -> Result<V
     Ok(out)
 }
 
+/// Where JSON parsing stopped at a number that is not finite (`NaN`, `Infinity`, `-Infinity`,
+/// which Python writes, or one too large for a float, `1e999`): the entry of the top-level list
+/// it is in and the token, so that the error names the entry as the other checks do.
+fn non_finite(bytes: &[u8], e: &serde_json::Error) -> Option<(usize, String)> {
+    let line_start: usize = bytes
+        .split_inclusive(|&b| b == b'\n')
+        .take(e.line().saturating_sub(1))
+        .map(<[u8]>::len)
+        .sum();
+    let at = (line_start + e.column().saturating_sub(1)).min(bytes.len());
+    let part = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.');
+    let start = bytes[..at].iter().rposition(|b| !part(b)).map_or(0, |i| i + 1);
+    let end = bytes[start..]
+        .iter()
+        .position(|b| !part(b))
+        .map_or(bytes.len(), |i| start + i);
+    let token = std::str::from_utf8(&bytes[start..end]).ok()?;
+    let named = matches!(token, "NaN" | "Infinity" | "-Infinity" | "+Infinity");
+    let overflow = e.to_string().starts_with("number out of range") && token.parse::<f64>().is_ok();
+    if !named && !overflow {
+        return None;
+    }
+    // Entries are the objects opened at depth one, outside strings.
+    let (mut depth, mut entries, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &b in &bytes[..start] {
+        match (in_string, b) {
+            (true, _) if escaped => escaped = false,
+            (true, b'\\') => escaped = true,
+            (true, b'"') => in_string = false,
+            (true, _) => {}
+            (false, b'"') => in_string = true,
+            (false, b'[' | b'{') => {
+                depth += 1;
+                entries += usize::from(depth == 2 && b == b'{');
+            }
+            (false, b']' | b'}') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Some((entries.checked_sub(1)?, token.to_string()))
+}
+
 /// Writes detections as a detections file (atomically).
 pub fn write_detections(path: &Path, dets: &[Detection]) -> Result<(), DetError> {
     let bytes = serde_json::to_vec(dets).map_err(|e| DetError::invalid(path, e.to_string()))?;
@@ -98,11 +151,24 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("x_max < x_min"));
-        assert!(check(&ok.replace("0.5", "NaN"))
+        // Python's `json.dump` writes NaN; a number too large is no float: both named by entry.
+        let two = format!("[{}, {}]", &ok[1..ok.len() - 1], &ok[1..ok.len() - 1]);
+        for (bad, token) in [
+            (two.replacen("0.5", "NaN", 2), "`NaN`"),
+            (two.replacen("0.5}", "1e999}", 2), "`1e999`"),
+            (two.replacen("0.5}", "-Infinity}", 2), "`-Infinity`"),
+        ] {
+            let bad = bad.replacen(token.trim_matches('`'), "0.5", 1);
+            let e = check(&bad).unwrap_err().to_string();
+            assert!(
+                e.contains("entry 1: ") && e.contains(token) && e.contains("not a finite number"),
+                "{bad}: {e}"
+            );
+        }
+        assert!(check("[{\"score\": Nope}]")
             .unwrap_err()
             .to_string()
             .contains("not JSON"));
-        assert!(check(&ok.replace("0.5}", "1e999}")).is_err());
         assert!(check("{}").unwrap_err().to_string().contains("list"));
         assert!(check(&ok.replace(", \"score\": 0.5", ""))
             .unwrap_err()

@@ -32,6 +32,9 @@ pub struct DetReport {
     pub source: Option<String>,
     #[serde(default)]
     pub pictures: Vec<String>,
+    /// What a reader should know of the evaluation (images missing beside their ground truth).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 impl DetReport {
@@ -51,6 +54,7 @@ impl DetReport {
             gt_boxes,
             source: None,
             pictures: Vec::new(),
+            warnings: Vec::new(),
         }
     }
 
@@ -143,6 +147,12 @@ impl DetReport {
             "\n{} images, {} detections. VOC07 = 11-point (`voc_eval.py`, use_07_metric), all-point = VOC2010+, COCO = pycocotools AP50 (101 recall points, 100 detections per image).",
             self.images, self.detections
         );
+        if !self.warnings.is_empty() {
+            md += "\n## Warnings\n\n";
+            for w in &self.warnings {
+                let _ = writeln!(md, "- {w}");
+            }
+        }
         if !self.pictures.is_empty() {
             md += "\n![detections](pictures/detections.png)\n\nGround truth in green, detections scoring at least 0.3 in red.\n";
         }
@@ -240,6 +250,21 @@ pub fn evaluate_file(
     let gt = ds.all_boxes()?;
     let dets = crate::dets::read_detections(dets_file, &ds.image_index())?;
     let mut r = DetReport::compute(&gt, &dets, classes);
+    // The boxes come from the instanceIds files alone; an image missing beside its ground truth
+    // is evaluated all the same, and said, as no detector could have seen it here.
+    let missing: Vec<&Path> = ds
+        .entries
+        .iter()
+        .map(|e| e.image.as_path())
+        .filter(|i| !i.is_file())
+        .collect();
+    if let Some(first) = missing.first() {
+        r.warnings.push(format!(
+            "{} image(s) missing beside their ground truth (the first: {}): evaluated from their `*_gtFine_instanceIds.png` all the same",
+            missing.len(),
+            first.display()
+        ));
+    }
     let boxes_of = |i: usize| {
         dets.iter()
             .filter(|d| d.image == i && classes.contains(d.class))
@@ -284,5 +309,40 @@ mod tests {
             DetReport::compute(&gt, &[det(other), det(car)], ClassSet::All).detections,
             2
         );
+    }
+
+    #[test]
+    fn an_image_missing_beside_its_ground_truth_is_evaluated_and_said() {
+        use seg_labels::png_io;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let at = |top: &str, name: String| root.join(top).join("val/lindau").join(name);
+        for (stem, image) in [("lindau_000000_000019", true), ("lindau_000001_000019", false)] {
+            let car = [26000u16, 26000, 26000, 26000, 26000, 26000];
+            png_io::write_gray16(&at("gtFine", format!("{stem}_gtFine_instanceIds.png")), 3, 2, &car).unwrap();
+            if image {
+                let rgb = RgbImage {
+                    width: 3,
+                    height: 2,
+                    data: vec![9; 18],
+                };
+                png_io::write_rgb(&at("leftImg8bit", format!("{stem}_leftImg8bit.png")), &rgb).unwrap();
+            }
+        }
+        let ds = crate::DetDataset::open_cityscapes(root, "val", true, ClassSet::Car).unwrap();
+        let dets = root.join("dets.json");
+        std::fs::write(&dets, "[]").unwrap();
+        let out = root.join("out");
+        let r = evaluate_file(&ds, &dets, ClassSet::Car, 0, &out, String::new()).unwrap();
+        assert_eq!((r.images, r.gt_boxes["car"]), (2, 2));
+        assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
+        assert!(
+            r.warnings[0].starts_with("1 image(s) missing beside their ground truth (the first: ")
+                && r.warnings[0].contains("lindau_000001_000019_leftImg8bit.png"),
+            "{:?}",
+            r.warnings
+        );
+        let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+        assert!(md.contains("## Warnings\n\n- 1 image(s) missing"), "{md}");
     }
 }

@@ -807,6 +807,9 @@ pub fn eval(args: &super::eval::Args, device: &crate::run::DeviceName) -> anyhow
         }
         (None, None) => anyhow::bail!("give --pred DETS.json or --checkpoint RUN_DIR"),
     };
+    for w in &report.warnings {
+        eprintln!("warning: {w}");
+    }
     print!("{}", report.text_table());
     println!("report written to {}", out.join("report.json").display());
     Ok(())
