@@ -7,7 +7,10 @@ Writes a small dataset in the real Cityscapes layout (fixed seed): three val cit
 ignored ids included) except `train` (31, absent from the ground truth but predicted) and
 `motorcycle` (32, in neither); predictions with every other id 0..33. Runs the official
 evaluator through its Python API and `seg-adapt eval` on the same files (label ids, and the
-same predictions as train ids), and compares every class IoU and the means to 1e-6.
+same predictions as train ids), and compares every class IoU and the means to 1e-6. Each
+ground-truth image also has its `*_gtFine_instanceIds.png` (instances of every class with
+instances, of varied sizes, caravan and trailer ones too, whose label ids the predictions also
+hold): the instance-level iIoU per class and category and the category IoU are compared as well.
 Exit status 0 when everything agrees, 1 on any disagreement.
 Run through scripts/official-eval-check.sh, which prepares the virtual environment.
 """
@@ -70,6 +73,14 @@ def generate(root, pred_dir, pred_train_dir, seed=20240613):
                       f"{pred_dir}/{city}", f"{pred_train_dir}/{city}"):
                 os.makedirs(d, exist_ok=True)
             Image.fromarray(gt, mode="L").save(f"{root}/gtFine/val/{city}/{stem}_gtFine_labelIds.png")
+            # Instances: the ground truth's pixels of classes with instances, grouped into
+            # instances by 8x8 blocks (an index 0..5 per block, so that an instance is one or
+            # several blocks, of varied sizes); other pixels keep their plain label id.
+            bw, bh = -(-w // 8), -(-h // 8)
+            k = np.kron(rng.integers(0, 6, size=(bh, bw)), np.ones((8, 8), dtype=np.int64))[:h, :w]
+            has_inst = np.array([id2label[i].hasInstances for i in range(34)])
+            inst = np.where(has_inst[gt], gt.astype(np.int64) * 1000 + k, gt).astype(np.uint16)
+            Image.fromarray(inst).save(f"{root}/gtFine/val/{city}/{stem}_gtFine_instanceIds.png")
             yy, xx = np.mgrid[0:h, 0:w]
             rgb = np.stack([xx * 255 // max(w - 1, 1), yy * 255 // max(h - 1, 1),
                             np.full_like(xx, 128)], axis=-1).astype(np.uint8)
@@ -81,11 +92,11 @@ def generate(root, pred_dir, pred_train_dir, seed=20240613):
 
 def official(root, pred_dir):
     """The official evaluator via its Python API: per-class IoU by label name, and the mean."""
-    if not hasattr(np, "in1d"):  # removed in numpy 2.4; only the (disabled) nIoU path uses it
+    if not hasattr(np, "in1d"):  # removed in numpy 2.4; the nIoU path uses it
         np.in1d = lambda a, b, **kw: np.isin(a, b, **kw).ravel()
     import cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling as ev
 
-    ev.args.evalInstLevelScore = False
+    ev.args.evalInstLevelScore = True
     ev.args.JSONOutput = False
     ev.args.quiet = True
     ev.args.colorized = False
@@ -94,7 +105,7 @@ def official(root, pred_dir):
     gts = sorted(glob.glob(os.path.join(root, "gtFine", "val", "*", "*_gtFine_labelIds.png")))
     preds = [ev.getPrediction(ev.args, g) for g in gts]
     result = ev.evaluateImgLists(preds, gts, ev.args)
-    return result["classScores"], result["averageScoreClasses"], len(gts)
+    return result, len(gts)
 
 
 def ours(binary, root, pred_dir, out, fmt, protocol):
@@ -129,7 +140,8 @@ def main():
 
     from cityscapesscripts.helpers.labels import trainId2label
 
-    scores, mean, n = official(root, pred_dir)
+    result, n = official(root, pred_dir)
+    scores, mean = result["classScores"], result["averageScoreClasses"]
     assert n == len(names), (n, len(names))
     class_names = [trainId2label[t].name for t in range(19)]
     off = [scores[c] for c in class_names]
@@ -155,6 +167,34 @@ def main():
         if not close(off_mean[proto], rep["miou"]):
             failures.append(f"{fmt_}/{proto} mIoU: ours {rep['miou']}, official {off_mean[proto]}")
 
+    # Instance-level and category scores. Train-id predictions cannot hold caravan or trailer,
+    # which the official vehicle category masks count: that one score is compared for label ids.
+    inst_names = [c for c in class_names if c in result["classInstScores"] and not math.isnan(result["classInstScores"][c])]
+    for (fmt_, proto), rep in reports.items():
+        protocol_ids = {"19": range(19), "16": PROTOCOL_16, "13": PROTOCOL_13}[proto]
+        mine = [class_names[t] for t in protocol_ids if class_names[t] in rep["class_iiou"]]
+        for name in mine:
+            if not close(result["classInstScores"][name], rep["class_iiou"][name]):
+                failures.append(f"{fmt_}/{proto} iIoU {name}: ours {rep['class_iiou'][name]}, official {result['classInstScores'][name]}")
+        want = float(np.nanmean([result["classInstScores"][c] for c in mine])) if mine else None
+        if not close(want, rep["mean_iiou"]):
+            failures.append(f"{fmt_}/{proto} mean iIoU: ours {rep['mean_iiou']}, official {want}")
+        for cat, o in result["categoryScores"].items():
+            if cat == "void":
+                continue
+            if not close(o, rep["category_iou"].get(cat)):
+                failures.append(f"{fmt_}/{proto} category IoU {cat}: ours {rep['category_iou'].get(cat)}, official {o}")
+        if not close(result["averageScoreCategories"], rep["mean_category_iou"]):
+            failures.append(f"{fmt_}/{proto} mean category IoU: ours {rep['mean_category_iou']}, official {result['averageScoreCategories']}")
+        for cat in ("human", "vehicle"):
+            if fmt_ == "trainids" and cat == "vehicle":
+                continue
+            o = result["categoryInstScores"][cat]
+            if not close(o, rep["category_iiou"].get(cat)):
+                failures.append(f"{fmt_}/{proto} category iIoU {cat}: ours {rep['category_iiou'].get(cat)}, official {o}")
+        if fmt_ == "labelids" and not close(result["averageScoreInstCategories"], rep["mean_category_iiou"]):
+            failures.append(f"{fmt_}/{proto} mean category iIoU: ours {rep['mean_category_iiou']}, official {result['averageScoreInstCategories']}")
+
     main_rep = reports[("labelids", "19")]
     print(f"{'class':<14} {'official':>9} {'seg-adapt':>9}")
     for name, o in zip(class_names, off):
@@ -163,6 +203,19 @@ def main():
     for proto in ("19", "16", "13"):
         key = ("labelids", proto)
         print(f"{'mIoU ' + proto:<14} {fmt(off_mean[proto]):>9} {fmt(reports[key]['miou']):>9}")
+    print(f"{'class iIoU':<14} {'official':>9} {'seg-adapt':>9}")
+    for name in inst_names:
+        o, v = result["classInstScores"][name], main_rep["class_iiou"].get(name)
+        print(f"{name:<14} {fmt(o):>9} {fmt(v):>9}{'' if close(o, v) else '  <-- differs'}")
+    print(f"{'mean iIoU':<14} {fmt(result['averageScoreInstClasses']):>9} {fmt(main_rep['mean_iiou']):>9}")
+    for cat in ("flat", "construction", "object", "nature", "sky", "human", "vehicle"):
+        o, v = result["categoryScores"][cat], main_rep["category_iou"].get(cat)
+        print(f"{'cat ' + cat:<14} {fmt(o):>9} {fmt(v):>9}{'' if close(o, v) else '  <-- differs'}")
+    for cat in ("human", "vehicle"):
+        o, v = result["categoryInstScores"][cat], main_rep["category_iiou"].get(cat)
+        print(f"{'cat iIoU ' + cat:<14} {fmt(o):>9} {fmt(v):>9}{'' if close(o, v) else '  <-- differs'}")
+    if not close(result["averageScoreInstClasses"], main_rep["mean_iiou"]):
+        failures.append(f"labelids/19 mean iIoU: ours {main_rep['mean_iiou']}, official {result['averageScoreInstClasses']}")
     # The generated data must exercise the rules it is meant to check.
     if not (off[16] == 0.0 and math.isnan(off[17])):
         failures.append(f"generator: expected train IoU 0 and motorcycle NaN, got {off[16]}, {off[17]}")

@@ -13,6 +13,7 @@ use seg_labels::png_io::{self, LabelEncoding, PngError};
 use seg_labels::{DatasetKind, LabelMap, IGNORE, NUM_CLASSES};
 
 use crate::confusion::MetricsError;
+use crate::instances;
 use crate::report::{Evaluator, Sample};
 
 const GT_SUFFIX: &str = "_gtFine_labelIds.png";
@@ -302,9 +303,19 @@ fn read_ids(path: &Path) -> Result<png_io::LabelImage, png_io::PngError> {
     png_io::read_label(path, LabelEncoding::AnyIds)
 }
 
-/// Reads one prediction as train ids; also returns which raw values it holds (bit `v` for value
-/// `v` < 63, bit 63 for any larger).
-fn read_prediction(path: &Path, format: PredFormat) -> Result<(u32, u32, Vec<u8>, u64), FolderError> {
+/// One prediction: train ids, the instance category of each pixel as the official category
+/// masks read the raw ids ([`crate::instances`]), and which raw values it holds (bit `v` for
+/// value `v` < 63, bit 63 for any larger).
+struct Prediction {
+    width: u32,
+    height: u32,
+    ids: Vec<u8>,
+    categories: Vec<u8>,
+    seen: u64,
+}
+
+/// Reads one prediction.
+fn read_prediction(path: &Path, format: PredFormat) -> Result<Prediction, FolderError> {
     let img = read_ids(path)?;
     let valid = |v: u16| match format {
         PredFormat::LabelIds => (v as usize) < NUM_LABEL_IDS,
@@ -325,7 +336,25 @@ fn read_prediction(path: &Path, format: PredFormat) -> Result<(u32, u32, Vec<u8>
         }
         PredFormat::TrainIds => img.data.iter().map(|&v| v as u8).collect(),
     };
-    Ok((img.width, img.height, ids, seen))
+    let categories = match format {
+        PredFormat::LabelIds => img
+            .data
+            .iter()
+            .map(|&v| instances::pred_category_of_label_id(v))
+            .collect(),
+        PredFormat::TrainIds => img
+            .data
+            .iter()
+            .map(|&v| instances::pred_category_of_train_id(v as u8))
+            .collect(),
+    };
+    Ok(Prediction {
+        width: img.width,
+        height: img.height,
+        ids,
+        categories,
+        seen,
+    })
 }
 
 /// Partial result of one worker: the evaluation and the largest prediction value seen.
@@ -359,28 +388,32 @@ fn evaluate_pair(
         let path = path.to_path_buf();
         move |cause| FolderError::Metrics { path, cause }
     };
-    let pred = match &pair.pred {
+    let (pred, categories) = match &pair.pred {
         Some(path) => {
-            let (w, h, ids, seen) = read_prediction(path, opts.pred_format)?;
-            if (w, h) != (gt_img.width, gt_img.height) {
+            let p = read_prediction(path, opts.pred_format)?;
+            if (p.width, p.height) != (gt_img.width, gt_img.height) {
                 return Err(FolderError::SizeMismatch {
                     pred: path.clone(),
-                    pred_width: w,
-                    pred_height: h,
+                    pred_width: p.width,
+                    pred_height: p.height,
                     gt: pair.gt.clone(),
                     gt_width: gt_img.width,
                     gt_height: gt_img.height,
                 });
             }
-            acc.seen |= seen;
-            acc.ev.add(&gt, &ids).map_err(metrics_err(path))?;
-            ids
+            acc.seen |= p.seen;
+            acc.ev.add(&gt, &p.ids).map_err(metrics_err(path))?;
+            (p.ids, p.categories)
         }
         None => {
             acc.ev.add_missing(&pair.name, &gt).map_err(metrics_err(&pair.gt))?;
-            vec![IGNORE; gt.len()]
+            (vec![IGNORE; gt.len()], vec![instances::NO_CATEGORY; gt.len()])
         }
     };
+    match instances::read_beside(&pair.gt, gt_img.width, gt_img.height) {
+        Ok(inst) => acc.ev.add_instances(&inst, &gt, &pred, &categories),
+        Err(why) => acc.ev.no_instances(&pair.name, why),
+    }
     if keep {
         let image_path = opts
             .root

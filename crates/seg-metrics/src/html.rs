@@ -431,6 +431,19 @@ pub fn run_page(run_dir: &Path, title: &str) -> String {
                 100.0 * m
             );
         }
+        // The official evaluator's other scores, where the report has them.
+        let pct = |key: &str| r.get(key).and_then(|v| v.as_f64()).map(|v| format!("{:.2} %", 100.0 * v));
+        let others: Vec<String> = [
+            ("categories mIoU", "mean_category_iou"),
+            ("iIoU over classes", "mean_iiou"),
+            ("iIoU over categories", "mean_category_iiou"),
+        ]
+        .iter()
+        .filter_map(|(what, key)| pct(key).map(|v| format!("{what} {v}")))
+        .collect();
+        if !others.is_empty() {
+            let _ = write!(body, "<p>{}</p>", escape(&others.join("; ")));
+        }
         let warnings: Vec<&str> = r
             .get("warnings")
             .and_then(|w| w.as_array())

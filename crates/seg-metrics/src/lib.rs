@@ -6,12 +6,14 @@
 //! The one evaluation path: build an [`Evaluator`], call [`Evaluator::add`] per image with
 //! ground-truth and predicted train ids (and [`Evaluator::keep_sample`] for pictures), then
 //! [`Evaluator::finish`] and [`Report::write`]. [`folder::evaluate_folder`] is that path fed
-//! from PNG files.
+//! from PNG files. With `*_gtFine_instanceIds.png` at hand ([`Evaluator::add_instances`]), the
+//! report has the official instance-level iIoU too ([`instances`]); category IoU always.
 
 pub mod compare;
 pub mod confusion;
 pub mod folder;
 pub mod html;
+pub mod instances;
 pub mod pictures;
 pub mod report;
 pub mod seeds;

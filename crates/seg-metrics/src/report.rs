@@ -9,6 +9,11 @@
 //!   the mean of its non-null values is `miou`); `class_iou_all` has all 19;
 //! * `class_accuracy` (protocol's classes), `pixel_accuracy` (over all 19 classes' pixels),
 //!   `mean_class_accuracy` (protocol's classes present in the ground truth);
+//! * `category_iou` (the 7 evaluated categories, flat to vehicle) and `mean_category_iou`;
+//! * `class_iiou` (the protocol's classes with instances, person to bicycle), `mean_iiou`,
+//!   `category_iiou` (human, vehicle) and `mean_category_iiou`: the official instance-level
+//!   scores, `null` unless every image's `*_gtFine_instanceIds.png` was read; `instances`, the
+//!   ground-truth instances they weigh;
 //! * `protocol` (`"19"`, `"16"` or `"13"`), `images`, `pixels` (evaluated pixels),
 //!   `missing_counted_wrong`, `source`, `warnings`, `pictures` (paths relative to the report).
 
@@ -19,6 +24,7 @@ use seg_labels::{png_io, Protocol, RgbImage, NUM_CLASSES, TRAIN_CLASS_NAMES};
 use serde::{Deserialize, Serialize};
 
 use crate::confusion::{ConfusionMatrix, MetricsError, COLUMNS, VOID_COLUMN};
+use crate::instances::{self, InstanceStats, CATEGORIES, INSTANCE_CATEGORIES};
 use crate::pictures;
 
 /// Width of one tile in `pictures/sheet.png`.
@@ -59,6 +65,11 @@ pub struct Evaluator {
     samples: Vec<Sample>,
     missing: Vec<String>,
     warnings: Vec<String>,
+    instances: InstanceStats,
+    /// Images whose instances were added.
+    instance_images: usize,
+    /// Why an image's instanceIds could not be read, by image name.
+    no_instances: Vec<(String, String)>,
 }
 
 impl Evaluator {
@@ -71,7 +82,31 @@ impl Evaluator {
             samples: Vec::new(),
             missing: Vec::new(),
             warnings: Vec::new(),
+            instances: InstanceStats::default(),
+            instance_images: 0,
+            no_instances: Vec::new(),
         }
+    }
+
+    /// Adds the ground-truth instances of an image [`Self::add`]ed (its `*_gtFine_instanceIds.png`,
+    /// the ground truth and prediction in train ids, and the prediction's instance categories,
+    /// all of one length) for the instance-level scores; see [`instances`].
+    pub fn add_instances(
+        &mut self,
+        instance_ids: &[u16],
+        gt_train_ids: &[u8],
+        pred_train_ids: &[u8],
+        pred_category: &[u8],
+    ) {
+        self.instances
+            .add(instance_ids, gt_train_ids, pred_train_ids, pred_category);
+        self.instance_images += 1;
+    }
+
+    /// Records an image whose instanceIds could not be had (`why`): the report then has no
+    /// instance-level scores, and says why when other images had theirs.
+    pub fn no_instances(&mut self, name: &str, why: String) {
+        self.no_instances.push((name.to_string(), why));
     }
 
     /// Counts one image (train ids, same length; see [`ConfusionMatrix::add`]).
@@ -120,6 +155,9 @@ impl Evaluator {
         }
         self.missing.extend(other.missing);
         self.warnings.extend(other.warnings);
+        self.instances.merge(&other.instances);
+        self.instance_images += other.instance_images;
+        self.no_instances.extend(other.no_instances);
     }
 
     pub fn confusion(&self) -> &ConfusionMatrix {
@@ -164,6 +202,33 @@ impl Evaluator {
                     .to_string(),
             );
         }
+        // The instance-level scores need every image's instances, as the official evaluator
+        // (which stops without them) has them.
+        let mut no_instances = self.no_instances;
+        no_instances.sort();
+        let with_instances = self.images > 0 && self.instance_images == self.images && no_instances.is_empty();
+        if let Some((name, why)) = no_instances.first().filter(|_| self.instance_images > 0) {
+            warnings.push(format!(
+                "iIoU n/a: {} of {} image(s) have no usable `*_gtFine_instanceIds.png` (the first, {name}: {why})",
+                no_instances.len(),
+                self.images
+            ));
+        }
+        let iiou = with_instances.then(|| self.instances.class_iiou(&cm));
+        let category_iiou = with_instances.then(|| self.instances.category_iiou(&cm));
+        let instance_classes: Vec<usize> = protocol
+            .train_ids()
+            .iter()
+            .map(|&t| t as usize)
+            .filter(|t| instances::instance_train_ids().contains(t))
+            .collect();
+        let class_iiou = ClassScores(
+            instance_classes
+                .iter()
+                .map(|&t| (TRAIN_CLASS_NAMES[t].to_string(), iiou.and_then(|v| v[t])))
+                .collect(),
+        );
+        let category_iou = instances::category_iou(&cm);
         let mut samples = self.samples;
         for s in &mut samples {
             if let Some(img) = &s.image {
@@ -202,6 +267,25 @@ impl Evaluator {
             class_accuracy: in_protocol(&acc),
             pixel_accuracy: cm.pixel_accuracy(),
             mean_class_accuracy: cm.mean_class_accuracy(protocol),
+            mean_category_iou: mean(category_iou.iter().flatten().copied()),
+            category_iou: ClassScores(
+                CATEGORIES
+                    .iter()
+                    .zip(category_iou)
+                    .map(|(n, v)| (n.to_string(), v))
+                    .collect(),
+            ),
+            mean_iiou: mean(class_iiou.0.iter().filter_map(|(_, v)| *v)),
+            class_iiou,
+            mean_category_iiou: category_iiou.and_then(|v| mean(v.iter().flatten().copied())),
+            category_iiou: ClassScores(
+                INSTANCE_CATEGORIES
+                    .iter()
+                    .enumerate()
+                    .map(|(k, n)| (n.to_string(), category_iiou.and_then(|v| v[k])))
+                    .collect(),
+            ),
+            instances: with_instances.then_some(self.instances.instances),
             images: self.images,
             pixels: cm.total(),
             missing_counted_wrong: missing,
@@ -265,6 +349,21 @@ pub struct Report {
     pub class_accuracy: ClassScores,
     pub pixel_accuracy: Option<f64>,
     pub mean_class_accuracy: Option<f64>,
+    #[serde(default)]
+    pub category_iou: ClassScores,
+    #[serde(default)]
+    pub mean_category_iou: Option<f64>,
+    #[serde(default)]
+    pub class_iiou: ClassScores,
+    #[serde(default)]
+    pub mean_iiou: Option<f64>,
+    #[serde(default)]
+    pub category_iiou: ClassScores,
+    #[serde(default)]
+    pub mean_category_iiou: Option<f64>,
+    /// Ground-truth instances the iIoU weighs (`None`: no instance-level scores).
+    #[serde(default)]
+    pub instances: Option<usize>,
     pub images: usize,
     pub pixels: u64,
     /// Images without a prediction, counted as all wrong.
@@ -277,6 +376,11 @@ pub struct Report {
     pub confusion: ConfusionMatrix,
     #[serde(skip)]
     samples: Vec<Sample>,
+}
+
+fn mean(values: impl Iterator<Item = f64>) -> Option<f64> {
+    let (sum, n) = values.fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
+    (n > 0).then(|| sum / n as f64)
 }
 
 /// A percentage without its unit (for columns headed `%`), or `n/a`.
@@ -326,7 +430,19 @@ impl Report {
             self.images,
             self.pixels
         );
+        let _ = writeln!(
+            s,
+            "categories mIoU {}; iIoU {} (classes), {} (categories)",
+            pct_unit(self.mean_category_iou),
+            pct_unit(self.mean_iiou),
+            pct_unit(self.mean_category_iiou)
+        );
         s
+    }
+
+    /// The iIoU of a class by name, for tables: `-` for a class without instances.
+    fn iiou_cell(&self, name: &str) -> String {
+        self.class_iiou.get(name).map_or_else(|| "-".to_string(), pct)
     }
 
     /// `report.md`: summary, per-class table in percent, pictures, warnings.
@@ -344,6 +460,17 @@ impl Report {
             pct_unit(self.pixel_accuracy)
         );
         let _ = writeln!(s, "* mean class accuracy: {}", pct_unit(self.mean_class_accuracy));
+        let _ = writeln!(
+            s,
+            "* categories: mIoU {}; instance-level iIoU: {} over classes, {} over categories{}",
+            pct_unit(self.mean_category_iou),
+            pct_unit(self.mean_iiou),
+            pct_unit(self.mean_category_iiou),
+            match self.instances {
+                Some(n) => format!(" ({n} ground-truth instances)"),
+                None => " (no `*_gtFine_instanceIds.png` for every image)".to_string(),
+            }
+        );
         let _ = writeln!(s, "* images: {}, evaluated pixels: {}", self.images, self.pixels);
         if !self.missing_counted_wrong.is_empty() {
             let _ = writeln!(
@@ -354,21 +481,45 @@ impl Report {
             );
         }
         let _ = writeln!(s, "\nIoU follows the official Cityscapes evaluator: false positives count only on non-ignored ground truth; n/a = no pixel in ground truth or prediction (left out of the mean).\n");
-        let _ = writeln!(s, "| class | IoU % | accuracy % | GT pixels |");
-        let _ = writeln!(s, "|---|---:|---:|---:|");
+        let _ = writeln!(s, "| class | IoU % | iIoU % | accuracy % | GT pixels |");
+        let _ = writeln!(s, "|---|---:|---:|---:|---:|");
         for ((name, iou), (_, acc)) in self.class_iou.0.iter().zip(&self.class_accuracy.0) {
             let gt = TRAIN_CLASS_NAMES
                 .iter()
                 .position(|n| n == name)
                 .map_or(0, |c| self.confusion.gt_pixels(c));
-            let _ = writeln!(s, "| {name} | {} | {} | {gt} |", pct(*iou), pct(*acc));
+            let _ = writeln!(
+                s,
+                "| {name} | {} | {} | {} | {gt} |",
+                pct(*iou),
+                self.iiou_cell(name),
+                pct(*acc)
+            );
         }
         let _ = writeln!(
             s,
-            "| **mean** | **{}** | **{}** | |",
+            "| **mean** | **{}** | **{}** | **{}** | |",
             pct(self.miou),
+            pct(self.mean_iiou),
             pct(self.mean_class_accuracy)
         );
+        if !self.category_iou.0.is_empty() {
+            let _ = writeln!(s, "\n| category | IoU % | iIoU % |\n|---|---:|---:|");
+            for (name, iou) in &self.category_iou.0 {
+                let iiou = self.category_iiou.get(name).map_or_else(|| "-".to_string(), pct);
+                let _ = writeln!(s, "| {name} | {} | {iiou} |", pct(*iou));
+            }
+            let _ = writeln!(
+                s,
+                "| **mean** | **{}** | **{}** |",
+                pct(self.mean_category_iou),
+                pct(self.mean_category_iiou)
+            );
+            let _ = writeln!(
+                s,
+                "\niIoU weighs each ground-truth instance by its class's average size over its own (the official evaluator's nIoU); `-`: a class or category without instances."
+            );
+        }
         if !self.pictures.is_empty() {
             let _ = writeln!(s, "\n## Pictures\n");
             let _ = writeln!(

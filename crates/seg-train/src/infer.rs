@@ -124,12 +124,16 @@ pub fn evaluate(backbone: &dyn Backbone, dataset: &Dataset, setup: &EvalSetup) -
     for start in (0..dataset.len()).step_by(size) {
         let loaded: Vec<_> = (start..(start + size).min(dataset.len()))
             .into_par_iter()
-            .map(|i| dataset.get(i))
+            .map(|i| (i, dataset.get(i)))
             .collect();
         let mut batch = Vec::with_capacity(loaded.len());
-        for sample in loaded {
+        let mut index = Vec::with_capacity(loaded.len());
+        for (i, sample) in loaded {
             match sample {
-                Ok(s) => batch.push(s),
+                Ok(s) => {
+                    batch.push(s);
+                    index.push(i);
+                }
                 // Under `error_policy = "skip"` a file that opened but does not decode (a PNG
                 // cut after its header) is left out of the evaluation and named, as in training.
                 Err(e) if skip => ev.warn(format!("left out of the evaluation (error_policy = \"skip\"): {e}")),
@@ -146,7 +150,7 @@ pub fn evaluate(backbone: &dyn Backbone, dataset: &Dataset, setup: &EvalSetup) -
                 .map_or(batch.len(), |k| i + k);
             let imgs: Vec<&RgbImage> = batch[i..j].iter().map(|s| &s.image).collect();
             let preds = predict_train_ids(backbone, &imgs, setup)?;
-            for (s, pred) in batch[i..j].iter().zip(preds) {
+            for ((s, pred), &k) in batch[i..j].iter().zip(preds).zip(&index[i..j]) {
                 let Some(gt) = &s.label else {
                     return Err(TrainError::Setup(format!(
                         "evaluation sample `{}` has no label",
@@ -154,6 +158,19 @@ pub fn evaluate(backbone: &dyn Backbone, dataset: &Dataset, setup: &EvalSetup) -
                     )));
                 };
                 ev.add(gt, &pred)?;
+                // The instance-level scores, where the ground truth has its instanceIds.
+                let label = dataset.entries()[k].label.as_deref();
+                match label.map(|l| seg_metrics::instances::read_beside(l, s.image.width, s.image.height)) {
+                    Some(Ok(inst)) => {
+                        let categories: Vec<u8> = pred
+                            .iter()
+                            .map(|&p| seg_metrics::instances::pred_category_of_train_id(p))
+                            .collect();
+                        ev.add_instances(&inst, gt, &pred, &categories);
+                    }
+                    Some(Err(why)) => ev.no_instances(&s.name, why),
+                    None => ev.no_instances(&s.name, "no ground-truth file".into()),
+                }
                 if ev.wants_sample(&s.name) {
                     ev.keep_sample(Sample {
                         name: s.name.clone(),

@@ -466,3 +466,53 @@ fn symlink_loops_in_the_prediction_folder_are_not_followed() {
         "{e}"
     );
 }
+
+#[test]
+fn instance_ids_give_the_official_iiou_and_categories_always_have_their_iou() {
+    // The golden pair's one car pixel is an instance (26000), predicted void: car iIoU 0.
+    let f = Fixture::golden();
+    let (gt, _) = golden_pair();
+    let inst: Vec<u16> = gt.iter().map(|&g| if g == 26 { 26000 } else { u16::from(g) }).collect();
+    let inst_path = |city: &str, stem: &str| {
+        f.root
+            .join("gtFine/val")
+            .join(city)
+            .join(format!("{stem}_gtFine_instanceIds.png"))
+    };
+    let frankfurt = inst_path("frankfurt", "frankfurt_000000_000294");
+    seg_labels::png_io::write_gray16(&frankfurt, W, H, &inst).unwrap();
+    // Without every image's instances, no iIoU, and the report says which one lacks them.
+    let r = evaluate_folder(&f.opts()).unwrap().finish(Protocol::Classes19);
+    assert_eq!((r.mean_iiou, r.instances), (None, None));
+    assert_eq!(r.class_iiou.get("car"), Some(None));
+    let w = r.warnings.iter().find(|w| w.starts_with("iIoU n/a")).expect("a warning");
+    assert!(w.contains("1 of 2 image(s)") && w.contains("lindau_000001_000019_gtFine_instanceIds.png not found"), "{w}");
+    // Category IoU needs no instances: flat is all right, vehicle all wrong.
+    assert_eq!(r.category_iou.get("flat"), Some(Some(1.0)));
+    assert_eq!(r.category_iou.get("vehicle"), Some(Some(0.0)));
+    assert_eq!(r.category_iou.get("sky"), Some(None));
+    assert_eq!(r.mean_category_iou, Some(0.5));
+
+    seg_labels::png_io::write_gray16(&inst_path("lindau", "lindau_000001_000019"), W, H, &inst).unwrap();
+    let r = evaluate_folder(&f.opts()).unwrap().finish(Protocol::Classes19);
+    assert!(!r.warnings.iter().any(|w| w.starts_with("iIoU")), "{:?}", r.warnings);
+    assert_eq!(r.instances, Some(2));
+    assert_eq!(r.class_iiou.get("car"), Some(Some(0.0)));
+    assert_eq!(r.class_iiou.get("person"), Some(None));
+    assert_eq!(r.class_iiou.get("road"), None, "road has no instances");
+    assert_eq!((r.mean_iiou, r.mean_category_iiou), (Some(0.0), Some(0.0)));
+    let out = f.root.parent().unwrap().join("out_inst");
+    r.write(&out).unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(json["category_iou"]["flat"], 1.0);
+    assert_eq!(json["class_iiou"]["car"], 0.0);
+    assert!(json["category_iiou"]["human"].is_null());
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("| car | 0.00 | 0.00 |") && md.contains("| road | 66.67 | - |"), "{md}");
+    assert!(md.contains("| flat | 100.00 | - |") && md.contains("| vehicle | 0.00 | 0.00 |"), "{md}");
+    assert!(r.text_table().contains("categories mIoU 50.00 %; iIoU 0.00 % (classes), 0.00 % (categories)"));
+    // A size that is not the ground truth's is no instance map.
+    seg_labels::png_io::write_gray16(&frankfurt, 1, 1, &[7]).unwrap();
+    let r = evaluate_folder(&f.opts()).unwrap().finish(Protocol::Classes19);
+    assert!(r.warnings.iter().any(|w| w.contains("is 1x1 but the labels are 7x3")), "{:?}", r.warnings);
+}
