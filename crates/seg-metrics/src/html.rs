@@ -432,7 +432,11 @@ pub fn run_page(run_dir: &Path, title: &str) -> String {
             );
         }
         // The official evaluator's other scores, where the report has them.
-        let pct = |key: &str| r.get(key).and_then(|v| v.as_f64()).map(|v| format!("{:.2} %", 100.0 * v));
+        let pct = |key: &str| {
+            r.get(key)
+                .and_then(|v| v.as_f64())
+                .map(|v| format!("{:.2} %", 100.0 * v))
+        };
         let others: Vec<String> = [
             ("categories mIoU", "mean_category_iou"),
             ("iIoU over classes", "mean_iiou"),

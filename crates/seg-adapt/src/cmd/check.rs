@@ -24,7 +24,7 @@ pub struct Args {
     pub time_steps: usize,
     /// Override one config key (repeatable), as `train --set` and `train-detector --set` take
     /// it, so that the run checked is the run trained.
-    #[arg(long = "set", value_name = "KEY=VALUE")]
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = super::setting())]
     pub set: Vec<String>,
 }
 

@@ -40,7 +40,7 @@ pub struct TrainArgs {
     pub out: PathBuf,
     /// Override one config key (repeatable), e.g. `--set trainer.steps=200` or
     /// `--set method.kind=da-maps`; an unknown key or a wrong type is an error naming it.
-    #[arg(long = "set", value_name = "KEY=VALUE")]
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = super::setting())]
     pub set: Vec<String>,
     /// Continue the run in `--out` from its last checkpoint (same config).
     #[arg(long)]

@@ -108,6 +108,22 @@ pub(crate) fn count(n: usize, noun: &str) -> String {
     }
 }
 
+/// The parser of `--set KEY=VALUE`: text, as a TOML config is. A value that is not UTF-8 (a path
+/// of a Latin-1 file system) is refused naming the argument and why, where clap's own check would
+/// say only that some argument was not UTF-8.
+pub(crate) fn setting() -> impl clap::builder::TypedValueParser<Value = String> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::OsStringValueParser::new().try_map(|raw| {
+        raw.into_string().map_err(|raw| {
+            format!(
+                "`{}` is not UTF-8: a setting is TOML text, so a path in it must be too \
+                 (give the folder a UTF-8 name, or a UTF-8 link to it)",
+                raw.to_string_lossy()
+            )
+        })
+    })
+}
+
 /// Refuses the first option of `options` (its flag, and whether it was given) that was given:
 /// an option the chosen task or dataset does not read is a mistake to name, not to ignore.
 /// `used_by` names what reads it.

@@ -26,7 +26,7 @@ pub struct Args {
     /// (`trainer.lr=0.001`, `data.source_root=/data/gta5`, `method.adv_weight=0.01`,
     /// `trainer.groups.discriminator.lr=1e-4`); repeatable, applied after the flags below. An
     /// unknown key or a wrong type is an error naming the key.
-    #[arg(long = "set", value_name = "KEY=VALUE")]
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = super::setting())]
     pub set: Vec<String>,
     /// The method, with its default hyperparameters (replaces the config's `[method]`, which is
     /// kept as it is when it names this method already): source-only, oracle, adabn, dann,

@@ -88,6 +88,21 @@ fn non_utf8_file_names_are_read_like_any_other() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // A setting is TOML text: a path in it that is not UTF-8 is refused, naming the argument.
+    let mut set = std::ffi::OsString::from("data.source_root=");
+    set.push(&parent);
+    let out = Command::new(bin())
+        .args(["train", "--out"])
+        .arg(parent.with_file_name("run"))
+        .arg("--set")
+        .arg(&set)
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && e.contains("for '--set <KEY=VALUE>'") && e.contains("is not UTF-8"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -485,8 +485,15 @@ fn instance_ids_give_the_official_iiou_and_categories_always_have_their_iou() {
     let r = evaluate_folder(&f.opts()).unwrap().finish(Protocol::Classes19);
     assert_eq!((r.mean_iiou, r.instances), (None, None));
     assert_eq!(r.class_iiou.get("car"), Some(None));
-    let w = r.warnings.iter().find(|w| w.starts_with("iIoU n/a")).expect("a warning");
-    assert!(w.contains("1 of 2 image(s)") && w.contains("lindau_000001_000019_gtFine_instanceIds.png not found"), "{w}");
+    let w = r
+        .warnings
+        .iter()
+        .find(|w| w.starts_with("iIoU n/a"))
+        .expect("a warning");
+    assert!(
+        w.contains("1 of 2 image(s)") && w.contains("lindau_000001_000019_gtFine_instanceIds.png not found"),
+        "{w}"
+    );
     // Category IoU needs no instances: flat is all right, vehicle all wrong.
     assert_eq!(r.category_iou.get("flat"), Some(Some(1.0)));
     assert_eq!(r.category_iou.get("vehicle"), Some(Some(0.0)));
@@ -508,11 +515,23 @@ fn instance_ids_give_the_official_iiou_and_categories_always_have_their_iou() {
     assert_eq!(json["class_iiou"]["car"], 0.0);
     assert!(json["category_iiou"]["human"].is_null());
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
-    assert!(md.contains("| car | 0.00 | 0.00 |") && md.contains("| road | 66.67 | - |"), "{md}");
-    assert!(md.contains("| flat | 100.00 | - |") && md.contains("| vehicle | 0.00 | 0.00 |"), "{md}");
-    assert!(r.text_table().contains("categories mIoU 50.00 %; iIoU 0.00 % (classes), 0.00 % (categories)"));
+    assert!(
+        md.contains("| car | 0.00 | 0.00 |") && md.contains("| road | 66.67 | - |"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| flat | 100.00 | - |") && md.contains("| vehicle | 0.00 | 0.00 |"),
+        "{md}"
+    );
+    assert!(r
+        .text_table()
+        .contains("categories mIoU 50.00 %; iIoU 0.00 % (classes), 0.00 % (categories)"));
     // A size that is not the ground truth's is no instance map.
     seg_labels::png_io::write_gray16(&frankfurt, 1, 1, &[7]).unwrap();
     let r = evaluate_folder(&f.opts()).unwrap().finish(Protocol::Classes19);
-    assert!(r.warnings.iter().any(|w| w.contains("is 1x1 but the labels are 7x3")), "{:?}", r.warnings);
+    assert!(
+        r.warnings.iter().any(|w| w.contains("is 1x1 but the labels are 7x3")),
+        "{:?}",
+        r.warnings
+    );
 }
