@@ -409,6 +409,38 @@ pub fn class_iou(report_json: &serde_json::Value) -> Vec<(String, Option<f64>)> 
         .unwrap_or_default()
 }
 
+/// The samples a run left out before it started, from its `skipped.json` (role → list of
+/// `{name, image, reason}`): a count per role and the first few, named with their reasons.
+fn left_out_section(run_dir: &Path) -> String {
+    const SHOWN: usize = 5;
+    let Some(roles) = std::fs::read_to_string(run_dir.join("skipped.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v.as_object().cloned())
+    else {
+        return String::new();
+    };
+    let mut items = String::new();
+    for (role, list) in &roles {
+        let Some(list) = list.as_array().filter(|l| !l.is_empty()) else {
+            continue;
+        };
+        let _ = write!(items, "<li>{}: {} sample(s)<ul>", escape(role), list.len());
+        for e in list.iter().take(SHOWN) {
+            let field = |k: &str| e.get(k).and_then(|v| v.as_str()).unwrap_or_default();
+            let _ = write!(items, "<li>{}: {}</li>", escape(field("name")), escape(field("reason")));
+        }
+        if list.len() > SHOWN {
+            let _ = write!(items, "<li>and {} more (skipped.json)</li>", list.len() - SHOWN);
+        }
+        items.push_str("</ul></li>");
+    }
+    if items.is_empty() {
+        return String::new();
+    }
+    format!("<h2>Left out before training</h2><ul>{items}</ul>")
+}
+
 /// The page of one training run: final mIoU, training curves, per-class IoU and the last
 /// evaluation's prediction sheet.
 pub fn run_page(run_dir: &Path, title: &str) -> String {
@@ -461,6 +493,7 @@ pub fn run_page(run_dir: &Path, title: &str) -> String {
             body.push_str("</ul>");
         }
     }
+    body.push_str(&left_out_section(run_dir));
     // A run that did not train (AdaBN applied to a finished run) has no curves to draw.
     if !losses.is_empty() {
         body.push_str(&line_chart("Training losses", "step", "loss", &losses));
@@ -527,6 +560,45 @@ mod tests {
         let bars = bar_chart("b", &[("road".into(), Some(0.5)), ("rider".into(), None)]);
         assert!(bars.contains("50.0 %") && bars.contains("n/a"));
         assert!(escape("<a & 'b'>").contains("&lt;a &amp; &#39;b&#39;&gt;"));
+    }
+
+    #[test]
+    fn the_run_page_names_what_the_run_left_out_and_the_official_other_scores() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path();
+        let entry = |i: usize| format!("{{\"name\": \"{i:05}\", \"image\": \"x.png\", \"reason\": \"a <bad> label\"}}");
+        let source: Vec<String> = (0..7).map(entry).collect();
+        std::fs::write(
+            run.join("skipped.json"),
+            format!("{{\"source\": [{}], \"val\": []}}", source.join(",")),
+        )
+        .unwrap();
+        let eval = run.join("eval/step_000010");
+        std::fs::create_dir_all(&eval).unwrap();
+        std::fs::write(
+            eval.join("report.json"),
+            r#"{"miou": 0.5, "class_iou": {"road": 0.5}, "images": 3, "mean_category_iou": 0.75, "mean_iiou": null}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            run.join("metrics.jsonl"),
+            "{\"step\":10,\"eval\":{\"miou\":0.5,\"dir\":\"eval/step_000010\"}}\n",
+        )
+        .unwrap();
+        let page = run_page(run, "t");
+        assert!(
+            page.contains("<h2>Left out before training</h2><ul><li>source: 7 sample(s)"),
+            "{page}"
+        );
+        assert!(
+            page.contains("<li>00000: a &lt;bad&gt; label</li>") && page.contains("and 2 more"),
+            "{page}"
+        );
+        assert!(!page.contains("val: "), "an empty role is not listed");
+        assert!(
+            page.contains("categories mIoU 75.00 %") && !page.contains("iIoU over classes"),
+            "{page}"
+        );
     }
 
     #[test]
