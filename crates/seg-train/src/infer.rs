@@ -124,15 +124,23 @@ pub fn evaluate(backbone: &dyn Backbone, dataset: &Dataset, setup: &EvalSetup) -
     for start in (0..dataset.len()).step_by(size) {
         let loaded: Vec<_> = (start..(start + size).min(dataset.len()))
             .into_par_iter()
-            .map(|i| (i, dataset.get(i)))
+            .map(|i| {
+                let sample = dataset.get(i);
+                // The ground truth's instances (for iIoU), read beside it in the same pass.
+                let instances = match (&sample, dataset.entries()[i].label.as_deref()) {
+                    (Ok(s), Some(label)) => seg_metrics::instances::read_beside(label, s.image.width, s.image.height),
+                    _ => Err("no ground-truth file".to_string()),
+                };
+                (sample, instances)
+            })
             .collect();
         let mut batch = Vec::with_capacity(loaded.len());
-        let mut index = Vec::with_capacity(loaded.len());
-        for (i, sample) in loaded {
+        let mut instances = Vec::with_capacity(loaded.len());
+        for (sample, inst) in loaded {
             match sample {
                 Ok(s) => {
                     batch.push(s);
-                    index.push(i);
+                    instances.push(inst);
                 }
                 // Under `error_policy = "skip"` a file that opened but does not decode (a PNG
                 // cut after its header) is left out of the evaluation and named, as in training.
@@ -150,7 +158,7 @@ pub fn evaluate(backbone: &dyn Backbone, dataset: &Dataset, setup: &EvalSetup) -
                 .map_or(batch.len(), |k| i + k);
             let imgs: Vec<&RgbImage> = batch[i..j].iter().map(|s| &s.image).collect();
             let preds = predict_train_ids(backbone, &imgs, setup)?;
-            for ((s, pred), &k) in batch[i..j].iter().zip(preds).zip(&index[i..j]) {
+            for ((s, pred), inst) in batch[i..j].iter().zip(preds).zip(&instances[i..j]) {
                 let Some(gt) = &s.label else {
                     return Err(TrainError::Setup(format!(
                         "evaluation sample `{}` has no label",
@@ -159,17 +167,15 @@ pub fn evaluate(backbone: &dyn Backbone, dataset: &Dataset, setup: &EvalSetup) -
                 };
                 ev.add(gt, &pred)?;
                 // The instance-level scores, where the ground truth has its instanceIds.
-                let label = dataset.entries()[k].label.as_deref();
-                match label.map(|l| seg_metrics::instances::read_beside(l, s.image.width, s.image.height)) {
-                    Some(Ok(inst)) => {
+                match inst {
+                    Ok(inst) => {
                         let categories: Vec<u8> = pred
                             .iter()
                             .map(|&p| seg_metrics::instances::pred_category_of_train_id(p))
                             .collect();
-                        ev.add_instances(&inst, gt, &pred, &categories);
+                        ev.add_instances(inst, gt, &pred, &categories);
                     }
-                    Some(Err(why)) => ev.no_instances(&s.name, why),
-                    None => ev.no_instances(&s.name, "no ground-truth file".into()),
+                    Err(why) => ev.no_instances(&s.name, why.clone()),
                 }
                 if ev.wants_sample(&s.name) {
                     ev.keep_sample(Sample {
