@@ -140,7 +140,6 @@ impl Dataset {
         &self.options
     }
 
-    /// The samples [`Dataset::leave_out_unusable`] left out, in entry order.
     /// A warning when Cityscapes ground truth is read from `*_gtFine_labelTrainIds.png` where
     /// an image has no `*_gtFine_labelIds.png`: the official evaluator reads labelIds only, so
     /// an evaluation of this split would count images it does not.
@@ -161,6 +160,7 @@ impl Dataset {
         })
     }
 
+    /// The samples [`Dataset::leave_out_unusable`] left out, in entry order.
     pub fn left_out(&self) -> &[LeftOut] {
         &self.left_out
     }

@@ -92,13 +92,14 @@ pub fn resize_bilinear_window(img: &RgbImage, nw: u32, nh: u32, win: Window) -> 
     }
 }
 
-/// Nearest-neighbour resize of a label map (PIL `NEAREST`: source = floor((x + 0.5) * in / out)).
-pub fn resize_nearest(label: &[u8], w: u32, h: u32, nw: u32, nh: u32) -> Vec<u8> {
+/// Nearest-neighbour resize of a label map (PIL `NEAREST`: source = floor((x + 0.5) * in / out));
+/// of any pixel type (8-bit ids, 16-bit instance ids).
+pub fn resize_nearest<T: Copy>(label: &[T], w: u32, h: u32, nw: u32, nh: u32) -> Vec<T> {
     resize_nearest_window(label, w, h, nw, nh, Window::whole(nw, nh))
 }
 
 /// The pixels of `resize_nearest(label, w, h, nw, nh)` inside `win`.
-pub fn resize_nearest_window(label: &[u8], w: u32, h: u32, nw: u32, nh: u32, win: Window) -> Vec<u8> {
+pub fn resize_nearest_window<T: Copy>(label: &[T], w: u32, h: u32, nw: u32, nh: u32, win: Window) -> Vec<T> {
     if (nw, nh) == (w, h) && win == Window::whole(nw, nh) {
         return label.to_vec();
     }

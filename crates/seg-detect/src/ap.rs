@@ -14,8 +14,9 @@
 //!   `0, 0.01, …, 1` (the first point at or after each; 0 past the last recall), then averaged.
 //!
 //! A class without ground-truth boxes has no AP (`None`), as in pycocotools (`voc_eval.py`
-//! divides by zero there). Ties in score keep the input order (image order, then detection
-//! order), as pycocotools' stable sort does. `voc_eval.py` sorts with numpy's default, unstable
+//! divides by zero there). Ties in score: for VOC they keep the detections file's order; for COCO
+//! they keep it within an image and come in image order across images (the split's images by
+//! name), as pycocotools' stable sort over its per-image lists does. `voc_eval.py` sorts with numpy's default, unstable
 //! `argsort`, whose order among tied scores depends on numpy's version and the processor
 //! (beyond 16 detections); with a stable sort it gives exactly these numbers, and without ties
 //! any sort does.

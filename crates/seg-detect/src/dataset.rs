@@ -224,9 +224,11 @@ impl DetDataset {
         // Detections name their image by its stem: one stem in two cities cannot be told apart.
         let mut seen: std::collections::HashMap<&str, &Path> = std::collections::HashMap::new();
         for e in &entries {
-            if let Some(first) = seen.insert(&e.name, &e.image) {
+            // The file that is there: the annotation (evaluation), else the image.
+            let file = e.annotation.as_deref().filter(|a| a.is_file()).unwrap_or(&e.image);
+            if let Some(first) = seen.insert(&e.name, file) {
                 return Err(DetError::invalid(
-                    &e.image,
+                    file,
                     format!(
                         "duplicate image name `{}` (also {}): detections are matched to images by name",
                         e.name,

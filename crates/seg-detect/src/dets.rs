@@ -79,9 +79,16 @@ pub fn read_detections(path: &Path, images: &HashMap<String, usize>) -> Result<V
 }
 
 /// Where JSON parsing stopped at a number that is not finite (`NaN`, `Infinity`, `-Infinity`,
-/// which Python writes, or one too large for a float, `1e999`): the entry of the top-level list
-/// it is in and the token, so that the error names the entry as the other checks do.
+/// which Python writes, or one too large for a float, `1e999`) inside the top-level list: the
+/// entry it is in and the token, so that the error names the entry as the other checks do.
+/// Any other error, or one outside a list, is left to serde's message.
 fn non_finite(bytes: &[u8], e: &serde_json::Error) -> Option<(usize, String)> {
+    let message = e.to_string();
+    let overflow = message.starts_with("number out of range");
+    // `NaN` and `Infinity` stop serde at "expected value", `-Infinity` at "invalid number".
+    if !overflow && !message.starts_with("expected value") && !message.starts_with("invalid number") {
+        return None;
+    }
     let line_start: usize = bytes
         .split_inclusive(|&b| b == b'\n')
         .take(e.line().saturating_sub(1))
@@ -96,26 +103,47 @@ fn non_finite(bytes: &[u8], e: &serde_json::Error) -> Option<(usize, String)> {
         .map_or(bytes.len(), |i| start + i);
     let token = std::str::from_utf8(&bytes[start..end]).ok()?;
     let named = matches!(token, "NaN" | "Infinity" | "-Infinity" | "+Infinity");
-    let overflow = e.to_string().starts_with("number out of range") && token.parse::<f64>().is_ok();
-    if !named && !overflow {
+    if !(named || (overflow && token.parse::<f64>().is_ok())) {
         return None;
     }
-    // Entries are the objects opened at depth one, outside strings.
-    let (mut depth, mut entries, mut in_string, mut escaped) = (0usize, 0usize, false, false);
-    for &b in &bytes[..start] {
-        match (in_string, b) {
-            (true, _) if escaped => escaped = false,
-            (true, b'\\') => escaped = true,
-            (true, b'"') => in_string = false,
-            (true, _) => {}
-            (false, b'"') => in_string = true,
-            (false, b'[' | b'{') => {
-                depth += 1;
-                entries += usize::from(depth == 2 && b == b'{');
+    // The entries are the values of the top-level list, counted as they start, outside strings.
+    let text = bytes[..start].trim_ascii_start();
+    if text.first() != Some(&b'[') {
+        return None;
+    }
+    let (mut depth, mut entries, mut expecting) = (0usize, 0usize, false);
+    let (mut in_string, mut escaped) = (false, false);
+    for &b in text {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
             }
-            (false, b']' | b'}') => depth = depth.saturating_sub(1),
+            continue;
+        }
+        if depth == 1 && expecting && !b.is_ascii_whitespace() && b != b']' {
+            entries += 1;
+            expecting = false;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                expecting = depth == 1;
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            b',' if depth == 1 => expecting = true,
             _ => {}
         }
+    }
+    if depth == 0 {
+        return None;
+    }
+    // The token itself starts an entry when the list expects one (`[NaN]`).
+    if depth == 1 && expecting {
+        entries += 1;
     }
     Some((entries.checked_sub(1)?, token.to_string()))
 }
@@ -169,6 +197,15 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("not JSON"));
+        // Entries that are not objects count as entries; other errors beside such a word, or
+        // a file that is no list, keep serde's message.
+        let e = check("[[1], 2, {\"score\": NaN}]").unwrap_err().to_string();
+        assert!(e.contains("entry 2: `NaN`"), "{e}");
+        assert!(check("[NaN]").unwrap_err().to_string().contains("entry 0: `NaN`"));
+        for text in ["{\"a\": {\"s\": NaN}}", &format!("{ok} NaN"), "[{NaN: 1}]"] {
+            let e = check(text).unwrap_err().to_string();
+            assert!(e.contains("not JSON"), "{text}: {e}");
+        }
         assert!(check("{}").unwrap_err().to_string().contains("list"));
         assert!(check(&ok.replace(", \"score\": 0.5", ""))
             .unwrap_err()

@@ -34,33 +34,39 @@ impl CityscapesImage {
 }
 
 /// Reads one line of a Cityscapes list of the `split` split: `city/stem_leftImg8bit.png`
-/// (AdaptSegNet's form), the same with `leftImg8bit/<split>/` in front, a label's path
-/// (`gtFine/<split>/city/stem_gtFine_labelIds.png`, `_labelTrainIds`, `_instanceIds`), the
-/// file's stem (`stem_leftImg8bit`, what Python's `Path.stem` gives) or the bare `stem`. A line
-/// naming another split's folder, or no `{city}_{seq}_{frame}` name, is refused with the reason.
+/// (AdaptSegNet's form), the same with `leftImg8bit/<split>/` in front (or `./`, or any folders
+/// before `leftImg8bit/`), a label's path (`gtFine/<split>/city/stem_gtFine_labelIds.png`,
+/// `_labelTrainIds`, `_instanceIds`, `_color`, `_polygons.json`), the file's stem
+/// (`stem_leftImg8bit`, what Python's `Path.stem` gives) or the bare `stem`; `\` separates
+/// folders as `/` does. A line naming another split's folder, or whose name has not the three
+/// parts of `{city}_{seq}_{frame}`, is refused with the reason.
 pub fn cityscapes_line(line: &str, split: &str) -> Result<CityscapesImage, String> {
-    let other_split = ["leftImg8bit/", "gtFine/"]
-        .iter()
-        .find_map(|top| line.strip_prefix(top))
-        .and_then(|rest| rest.split('/').next())
-        .filter(|s| *s != split);
+    let parts: Vec<&str> = line.split(['/', '\\']).collect();
+    let other_split = parts
+        .windows(2)
+        .find(|w| w[0] == "leftImg8bit" || w[0] == "gtFine")
+        .map(|w| w[1])
+        .filter(|s| *s != split && parts.len() > 2);
     if let Some(other) = other_split {
         return Err(format!(
             "line `{line}` names the `{other}` split, but the `{split}` split is read"
         ));
     }
     let file = line.rsplit(['/', '\\']).next().unwrap_or(line);
-    const SUFFIXES: [&str; 6] = [
+    const SUFFIXES: [&str; 8] = [
         "_leftImg8bit.png",
         "_gtFine_labelIds.png",
         "_gtFine_labelTrainIds.png",
         "_gtFine_instanceIds.png",
+        "_gtFine_color.png",
+        "_gtFine_polygons.json",
         "_leftImg8bit",
         ".png",
     ];
     let stem = SUFFIXES.iter().find_map(|s| file.strip_suffix(s)).unwrap_or(file);
-    match stem.split_once('_') {
-        Some((city, rest)) if !city.is_empty() && !rest.is_empty() => Ok(CityscapesImage {
+    let named: Vec<&str> = stem.split('_').collect();
+    match named.as_slice() {
+        [city, seq, frame] if [city, seq, frame].iter().all(|p| !p.is_empty()) => Ok(CityscapesImage {
             city: city.to_string(),
             stem: stem.to_string(),
         }),
@@ -89,6 +95,9 @@ mod tests {
             "lindau_000002_000019_leftImg8bit",
             "lindau_000002_000019",
             "lindau\\lindau_000002_000019_leftImg8bit.png",
+            "./leftImg8bit/val/lindau/lindau_000002_000019_leftImg8bit.png",
+            "/data/cityscapes/gtFine/val/lindau/lindau_000002_000019_gtFine_polygons.json",
+            "lindau_000002_000019_gtFine_color.png",
         ] {
             assert_eq!(cityscapes_line(line, "val").as_ref(), Ok(&want), "{line}");
         }
@@ -101,7 +110,21 @@ mod tests {
         assert!(e.contains("`train` split") && e.contains("`val` split"), "{e}");
         let e = cityscapes_line("gtFine/train/aachen/aachen_000000_000019_gtFine_labelIds.png", "val").unwrap_err();
         assert!(e.contains("`train` split"), "{e}");
-        for line in ["frankfurt", "frankfurt_", "_000001", "a/b/.png"] {
+        let e = cityscapes_line(
+            "/d/cs/leftImg8bit/train/aachen/aachen_000000_000019_leftImg8bit.png",
+            "val",
+        )
+        .unwrap_err();
+        assert!(e.contains("`train` split"), "{e}");
+        for line in [
+            "frankfurt",
+            "frankfurt_",
+            "_000001",
+            "a/b/.png",
+            "a_1",
+            "a__1",
+            "x_1_2_3_gtFine_labelIds.json",
+        ] {
             let e = cityscapes_line(line, "val").unwrap_err();
             assert!(e.contains("no Cityscapes image name"), "{line}: {e}");
         }

@@ -410,7 +410,7 @@ fn evaluate_pair(
             (vec![IGNORE; gt.len()], vec![instances::NO_CATEGORY; gt.len()])
         }
     };
-    match instances::read_beside(&pair.gt, gt_img.width, gt_img.height) {
+    match instances::read_beside_of_size(&pair.gt, gt_img.width, gt_img.height) {
         Ok(inst) => acc.ev.add_instances(&inst, &gt, &pred, &categories),
         Err(why) => acc.ev.no_instances(&pair.name, why),
     }

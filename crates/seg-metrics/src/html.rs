@@ -438,7 +438,7 @@ fn left_out_section(run_dir: &Path) -> String {
     if items.is_empty() {
         return String::new();
     }
-    format!("<h2>Left out before training</h2><ul>{items}</ul>")
+    format!("<h2>Left out before the run</h2><ul>{items}</ul>")
 }
 
 /// The page of one training run: final mIoU, training curves, per-class IoU and the last
@@ -587,7 +587,7 @@ mod tests {
         .unwrap();
         let page = run_page(run, "t");
         assert!(
-            page.contains("<h2>Left out before training</h2><ul><li>source: 7 sample(s)"),
+            page.contains("<h2>Left out before the run</h2><ul><li>source: 7 sample(s)"),
             "{page}"
         );
         assert!(

@@ -11,9 +11,10 @@
 //! above 1000 of an instanceIds map (`label id × 1000 + k`) whose label is evaluated and has
 //! instances (person to bicycle; caravan and trailer are ignored in evaluation).
 //!
-//! One difference from the official script, by construction: predictions here are train ids,
-//! so a prediction of caravan or trailer (ignored label ids 29, 30), which the official
-//! `vehicle` iIoU counts as vehicle, counts as void; a model trained here never predicts them.
+//! The official category masks read predicted label ids, in which caravan and trailer (ignored
+//! label ids 29, 30) count as vehicle: a prediction's categories are taken from its raw ids
+//! ([`pred_category_of_label_id`]) and such pixels, void in the confusion matrix, are counted
+//! apart. Predictions in train ids (a model's, or `--pred-format trainids`) cannot hold them.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -89,10 +90,11 @@ impl InstanceStats {
     /// [`pred_category_of_train_id`]), all of one length (the caller checks the sizes). Values
     /// outside the table (`65535`) are no instance.
     pub fn add(&mut self, instance_ids: &[u16], gt_train_ids: &[u8], pred_train_ids: &[u8], pred_category: &[u8]) {
-        // Per instance: (pixels, predicted as its class, predicted as its category); the last
-        // instance is looked up first, as its pixels come in runs.
-        let mut per: HashMap<u16, (u64, u64, u64)> = HashMap::new();
-        let mut last: Option<(u16, usize, u8)> = None;
+        // Per instance: (id, pixels, predicted as its class, predicted as its category), found
+        // through `slot`; the last instance is tried first, as its pixels come in runs.
+        let mut per: Vec<(u16, u64, u64, u64)> = Vec::new();
+        let mut slot: HashMap<u16, usize> = HashMap::new();
+        let mut last: Option<(u16, usize, usize, u8)> = None;
         for (((&v, &g), &p), &pc) in instance_ids
             .iter()
             .zip(gt_train_ids)
@@ -111,26 +113,28 @@ impl InstanceStats {
             if v <= 1000 {
                 continue;
             }
-            let (train, category) = match last {
-                Some((id, t, c)) if id == v => (t, c),
-                _ => match instance_class(v) {
-                    Some((t, c)) => {
-                        last = Some((v, t, c as u8));
-                        (t, c as u8)
-                    }
-                    None => continue,
-                },
+            let (k, train, category) = match last {
+                Some((id, k, t, c)) if id == v => (k, t, c),
+                _ => {
+                    let Some((t, c)) = instance_class(v) else {
+                        continue;
+                    };
+                    let k = *slot.entry(v).or_insert_with(|| {
+                        per.push((v, 0, 0, 0));
+                        per.len() - 1
+                    });
+                    last = Some((v, k, t, c as u8));
+                    (k, t, c as u8)
+                }
             };
-            let e = per.entry(v).or_default();
-            e.0 += 1;
-            e.1 += u64::from(usize::from(p) == train);
-            e.2 += u64::from(pc == category + 1);
+            let e = &mut per[k];
+            e.1 += 1;
+            e.2 += u64::from(usize::from(p) == train);
+            e.3 += u64::from(pc == category + 1);
         }
         // In ascending id order, as the official `np.unique`, for the same float sums.
-        let mut ids: Vec<u16> = per.keys().copied().collect();
-        ids.sort_unstable();
-        for v in ids {
-            let (size, tp, cat_tp) = per[&v];
+        per.sort_unstable_by_key(|e| e.0);
+        for (v, size, tp, cat_tp) in per {
             let Some((train, category)) = instance_class(v) else {
                 continue;
             };
@@ -250,28 +254,34 @@ pub fn category_iou(cm: &ConfusionMatrix) -> [Option<f64>; 7] {
     })
 }
 
-/// The `*_gtFine_instanceIds.png` beside a ground-truth file (the official evaluator's
-/// `replace("labelIds", "instanceIds")`; beside `_labelTrainIds.png` too), read and of the
-/// ground truth's size, or why not.
-pub fn read_beside(gt: &Path, width: u32, height: u32) -> Result<Vec<u16>, String> {
+/// The `*_gtFine_instanceIds.png` beside a Cityscapes ground-truth file (`*_gtFine_labelIds.png`,
+/// as the official evaluator's `replace("labelIds", "instanceIds")`, or `*_gtFine_labelTrainIds.png`),
+/// read, or why not. The caller compares its size with the labels'.
+pub fn read_beside(gt: &Path) -> Result<png_io::LabelImage, String> {
     let file = gt
         .file_name()
         .map(|f| f.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let path = gt.with_file_name(
-        file.replace("_labelTrainIds", "_instanceIds")
-            .replace("_labelIds", "_instanceIds"),
-    );
+    let Some(stem) = ["_gtFine_labelIds.png", "_gtFine_labelTrainIds.png"]
+        .iter()
+        .find_map(|suffix| file.strip_suffix(suffix))
+    else {
+        return Err(format!("{} is no Cityscapes ground-truth file name", gt.display()));
+    };
+    let path = gt.with_file_name(format!("{stem}_gtFine_instanceIds.png"));
     if !path.is_file() {
         return Err(format!("{} not found", path.display()));
     }
-    let img = png_io::read_label(&path, LabelEncoding::Instance16).map_err(|e| e.to_string())?;
+    png_io::read_label(&path, LabelEncoding::Instance16).map_err(|e| e.to_string())
+}
+
+/// [`read_beside`], of the ground truth's size (`width`×`height`), or why not.
+pub fn read_beside_of_size(gt: &Path, width: u32, height: u32) -> Result<Vec<u16>, String> {
+    let img = read_beside(gt)?;
     if (img.width, img.height) != (width, height) {
         return Err(format!(
-            "{} is {}x{} but the labels are {width}x{height}",
-            path.display(),
-            img.width,
-            img.height
+            "its `*_gtFine_instanceIds.png` is {}x{} but the labels are {width}x{height}",
+            img.width, img.height
         ));
     }
     Ok(img.data)

@@ -468,7 +468,7 @@ impl Report {
             pct_unit(self.mean_category_iiou),
             match self.instances {
                 Some(n) => format!(" ({n} ground-truth instances)"),
-                None => " (no `*_gtFine_instanceIds.png` for every image)".to_string(),
+                None => " (n/a: not every image has its `*_gtFine_instanceIds.png`)".to_string(),
             }
         );
         let _ = writeln!(s, "* images: {}, evaluated pixels: {}", self.images, self.pixels);

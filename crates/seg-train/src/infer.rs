@@ -96,6 +96,24 @@ pub fn log_new_warnings(warnings: &[String], dataset: &Dataset, said: &mut std::
     }
 }
 
+/// The instance map beside `label` at the image's size: under `size_policy =
+/// "resize-label-nearest"` resized as the label was; otherwise it must be the image's size.
+fn instances_of(label: &std::path::Path, width: u32, height: u32, dataset: &Dataset) -> Result<Vec<u16>, String> {
+    let img = seg_metrics::instances::read_beside(label)?;
+    if (img.width, img.height) == (width, height) {
+        return Ok(img.data);
+    }
+    if dataset.options().size_policy == seg_data::SizePolicy::ResizeLabelNearest {
+        return Ok(seg_data::transform::resize_nearest(
+            &img.data, img.width, img.height, width, height,
+        ));
+    }
+    Err(format!(
+        "its `*_gtFine_instanceIds.png` is {}x{} but the image is {width}x{height}",
+        img.width, img.height
+    ))
+}
+
 /// Evaluates `backbone` on a labelled dataset; every image is predicted at full resolution.
 /// Its warnings are in the evaluator's report, for the caller to show (nothing is logged here).
 pub fn evaluate(backbone: &dyn Backbone, dataset: &Dataset, setup: &EvalSetup) -> Result<Evaluator, TrainError> {
@@ -128,7 +146,7 @@ pub fn evaluate(backbone: &dyn Backbone, dataset: &Dataset, setup: &EvalSetup) -
                 let sample = dataset.get(i);
                 // The ground truth's instances (for iIoU), read beside it in the same pass.
                 let instances = match (&sample, dataset.entries()[i].label.as_deref()) {
-                    (Ok(s), Some(label)) => seg_metrics::instances::read_beside(label, s.image.width, s.image.height),
+                    (Ok(s), Some(label)) => instances_of(label, s.image.width, s.image.height, dataset),
                     _ => Err("no ground-truth file".to_string()),
                 };
                 (sample, instances)

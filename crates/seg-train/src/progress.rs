@@ -4,36 +4,44 @@
 //! the bar instead of being glued to its end.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use indicatif::ProgressBar;
 
-static SHOWN: Mutex<Option<ProgressBar>> = Mutex::new(None);
+/// The bar on the terminal, with the number its [`Shown`] was given.
+static SHOWN: Mutex<Option<(u64, ProgressBar)>> = Mutex::new(None);
+static NEXT: AtomicU64 = AtomicU64::new(0);
 
-fn shown() -> MutexGuard<'static, Option<ProgressBar>> {
+fn shown() -> MutexGuard<'static, Option<(u64, ProgressBar)>> {
     SHOWN.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// A bar registered as the one on the terminal until it is dropped; derefs to the bar.
-pub struct Shown(ProgressBar);
+/// A bar registered as the one on the terminal until it is dropped (the latest one shown wins;
+/// dropping an earlier one leaves it registered); derefs to the bar.
+pub struct Shown(u64, ProgressBar);
 
 impl Shown {
     pub fn new(bar: ProgressBar) -> Self {
-        *shown() = Some(bar.clone());
-        Shown(bar)
+        let id = NEXT.fetch_add(1, Ordering::Relaxed);
+        *shown() = Some((id, bar.clone()));
+        Shown(id, bar)
     }
 }
 
 impl std::ops::Deref for Shown {
     type Target = ProgressBar;
     fn deref(&self) -> &ProgressBar {
-        &self.0
+        &self.1
     }
 }
 
 impl Drop for Shown {
     fn drop(&mut self) {
-        *shown() = None;
+        let mut shown = shown();
+        if shown.as_ref().is_some_and(|(id, _)| *id == self.0) {
+            *shown = None;
+        }
     }
 }
 
@@ -50,7 +58,7 @@ impl LogWriter {
             return;
         }
         // The bar is cloned out so that the lock is not held while it redraws.
-        let bar = shown().clone();
+        let bar = shown().as_ref().map(|(_, bar)| bar.clone());
         let line = std::mem::take(&mut self.line);
         let write = || {
             let _ = std::io::stderr().lock().write_all(&line);
@@ -86,14 +94,18 @@ mod tests {
 
     #[test]
     fn a_bar_is_registered_while_it_lives_and_lines_pass_without_one() {
-        let bar = Shown::new(ProgressBar::hidden());
-        assert!(shown().is_some());
-        // A hidden bar is not suspended; the line goes straight out.
+        let first = Shown::new(ProgressBar::hidden());
+        let second = Shown::new(ProgressBar::hidden());
+        // Dropping the earlier bar leaves the later one registered.
+        drop(first);
+        assert_eq!(shown().as_ref().map(|(id, _)| *id), Some(second.0));
+        // A hidden bar is not suspended; the gathered line goes out on flush.
         let mut w = LogWriter::default();
-        w.write_all(b"").unwrap();
+        w.write_all(b"a line\n").unwrap();
+        assert_eq!(w.line, b"a line\n");
         w.flush().unwrap();
         assert!(w.line.is_empty());
-        drop(bar);
+        drop(second);
         assert!(shown().is_none());
     }
 }

@@ -74,7 +74,7 @@ pub fn run(args: Args, device_name: &DeviceName) -> anyhow::Result<()> {
     for role in roles {
         let ds = crate::run::open_all(&cfg, role)?;
         let start = Instant::now();
-        let bar = indicatif::ProgressBar::new(ds.len() as u64);
+        let bar = seg_train::progress::Shown::new(indicatif::ProgressBar::new(ds.len() as u64));
         bar.set_style(
             indicatif::ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}]")
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),

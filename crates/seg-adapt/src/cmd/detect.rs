@@ -199,7 +199,7 @@ pub fn check(
     let mut left_out = 0;
     for (role, ds) in &splits {
         let start = std::time::Instant::now();
-        let bar = indicatif::ProgressBar::new(ds.len() as u64);
+        let bar = seg_train::progress::Shown::new(indicatif::ProgressBar::new(ds.len() as u64));
         if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
             bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
         }
@@ -864,7 +864,7 @@ pub fn predict(checkpoint: &Path, inputs: &[PathBuf], out: &Path, device: &candl
 
 /// `inspect` of a detection dataset.
 pub fn inspect(ds: &DetDataset, json: bool) -> anyhow::Result<()> {
-    let bar = indicatif::ProgressBar::new(ds.len() as u64);
+    let bar = seg_train::progress::Shown::new(indicatif::ProgressBar::new(ds.len() as u64));
     if json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
