@@ -473,6 +473,20 @@ fn eval_of_a_checkpoint_scores_the_images_the_run_scored() {
         .map(|(y, x)| l.data[(2 * y * l.width + 2 * x) as usize] as u8)
         .collect();
     seg_labels::png_io::write_gray8(&label, w, h, &half).unwrap();
+    // Its instanceIds halved too, as a label of that size would come: resized with the label.
+    let instances = label.with_file_name(
+        label
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .replace("_labelIds", "_instanceIds"),
+    );
+    let i = seg_labels::png_io::read_label(&instances, seg_labels::LabelEncoding::Instance16).unwrap();
+    let half: Vec<u16> = (0..h)
+        .flat_map(|y| (0..w).map(move |x| (y, x)))
+        .map(|(y, x)| i.data[(2 * y * i.width + 2 * x) as usize])
+        .collect();
+    seg_labels::png_io::write_gray16(&instances, w, h, &half).unwrap();
     let run_dir = dir.path().join("run");
     let mut a = train_args(p(&run_dir), p(&gta), p(&cs), "source-only");
     a.extend(["--set", "data.size_policy=\"resize-label-nearest\""]);
@@ -484,6 +498,11 @@ fn eval_of_a_checkpoint_scores_the_images_the_run_scored() {
     let again = json(&ev.join("report.json"));
     assert_eq!(again["images"], trained["images"]);
     assert_eq!(again["miou"], trained["miou"]);
+    // Every val image has its instances, the resized one too: the instance-level scores.
+    assert!(trained["instances"].as_u64().is_some_and(|n| n > 0), "{trained}");
+    assert!(trained["mean_category_iou"].is_f64(), "{trained}");
+    assert_eq!(again["mean_iiou"], trained["mean_iiou"]);
+    assert_eq!(again["instances"], trained["instances"]);
 }
 
 #[test]
