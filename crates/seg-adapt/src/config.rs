@@ -100,6 +100,10 @@ impl RunConfig {
             let raw = toml::from_str::<toml::Value>(text).ok();
             match raw.and_then(|r| seg_train::config::bad_key_of_kind_section::<MethodConfig>(&r, "method")) {
                 Some((key, why)) => anyhow::anyhow!("{key}: {why}"),
+                None if is_detection_config(text) => anyhow::anyhow!(
+                    "{}\n(a detection config, which `seg-adapt train-detector` takes)",
+                    seg_train::config::plain_types(e.to_string().trim_end())
+                ),
                 None if e.message().contains("missing field `source_dataset`") => anyhow::anyhow!(
                     "{}\n(a segmentation config names data.source_dataset; a detection config names data.source_format, \"sim10k\" or \"cityscapes\", instead)",
                     e.to_string().trim_end()
@@ -209,12 +213,9 @@ impl RunConfig {
     }
 }
 
-/// Whether a config's TOML is a detection run's (`data.source_format`, Sim10k-style) rather than
-/// a segmentation run's.
+/// Whether a config's TOML is a detection run's ([`seg_ssd::train::is_detection_config`]).
 pub fn is_detection_config(text: &str) -> bool {
-    toml::from_str::<toml::Value>(text)
-        .ok()
-        .is_some_and(|t| t.get("data").and_then(|d| d.get("source_format")).is_some())
+    seg_ssd::train::is_detection_config(text)
 }
 
 /// Refuses `--resume` into `out` when the run folder's saved `config.toml` is the other task's

@@ -42,7 +42,9 @@ pub struct DetDataConfig {
     /// Source format: `sim10k` (VOC XML) or `cityscapes` (instance boxes of `source_split`).
     pub source_format: DetFormat,
     pub source_root: PathBuf,
-    /// Sim10k split list (default `VOC2012/ImageSets/Main/trainval10k.txt` when present).
+    /// The source's split list: Sim10k ids (default `VOC2012/ImageSets/Main/trainval10k.txt`
+    /// when present), or, for a Cityscapes-format source, Cityscapes lines as the target's
+    /// lists ([`DetDataset::keep_listed`]).
     pub source_list: Option<PathBuf>,
     /// Cityscapes-format source split.
     pub source_split: String,
@@ -252,7 +254,11 @@ impl DetRunConfig {
         match d.source_format {
             DetFormat::Sim10k => DetDataset::open_sim10k(&d.source_root, d.source_list.as_deref(), self.model.classes),
             DetFormat::Cityscapes => {
-                DetDataset::open_cityscapes(&d.source_root, &d.source_split, true, self.model.classes)
+                let mut ds = DetDataset::open_cityscapes(&d.source_root, &d.source_split, true, self.model.classes)?;
+                if let Some(l) = &d.source_list {
+                    ds.keep_listed(l)?;
+                }
+                Ok(ds)
             }
         }
     }
@@ -441,6 +447,12 @@ pub fn run(
             )));
         }
         let _ = seg_labels::fsutil::remove_stale_temps(out);
+        tracing::info!(
+            "resuming {} at step {} of {}",
+            out.display(),
+            ck.meta.step,
+            cfg.trainer.steps
+        );
         ck.restore_vars(&vars)?;
         for g in &mut stepper.groups {
             g.optimizer.load_state(&ck.optimizer_state(g.id.name())).map_err(|e| {
@@ -630,6 +642,55 @@ fn last_logged_losses(path: &Path) -> std::collections::BTreeMap<String, f32> {
 
 fn is_fail(p: &seg_data::ErrorPolicy) -> bool {
     *p == seg_data::ErrorPolicy::Fail
+}
+
+/// Whether a config's TOML is a detection run's rather than a segmentation run's: it has a key
+/// only detection configs have (`data.source_format`, `data.target_train`, `data.target_val`,
+/// `data.source_split`, `model.arch`, `model.classes`, `model.widths`, `model.input`), or a
+/// detection method (`method.kind` `da-image` or `da-maps`). Every key may be left out of a
+/// config, so one marker is enough.
+pub fn is_detection_config(text: &str) -> bool {
+    let Ok(t) = toml::from_str::<toml::Value>(text) else {
+        return false;
+    };
+    let has = |section: &str, keys: &[&str]| {
+        t.get(section)
+            .and_then(|s| s.as_table())
+            .is_some_and(|s| keys.iter().any(|k| s.contains_key(*k)))
+    };
+    let detection_method = t
+        .get("method")
+        .and_then(|m| m.get("kind"))
+        .and_then(|k| k.as_str())
+        .is_some_and(|k| matches!(k, "da-image" | "da-maps"));
+    has("data", &["source_format", "target_train", "target_val", "source_split"])
+        || has("model", &["arch", "classes", "widths", "input"])
+        || detection_method
+}
+
+/// `eval --checkpoint` of a detector on `ds` under its run's `policy`: under `"skip"`, the
+/// samples that do not load are left out, each named in the log, as the run's own evaluation
+/// left them out (under `"fail"` the evaluation stops on the first, naming it). Returns the
+/// report's note on them, empty when none was; a split left with nothing is an error.
+pub fn leave_out_as_the_run_did(ds: &mut DetDataset, policy: seg_data::ErrorPolicy) -> Result<String, DetRunError> {
+    if policy != seg_data::ErrorPolicy::Skip {
+        return Ok(String::new());
+    }
+    let gone = ds.leave_out_unloadable();
+    for l in &gone {
+        tracing::warn!("left out `{}` (data.error_policy = \"skip\"): {}", l.name, l.reason);
+    }
+    if ds.is_empty() {
+        return Err(DetRunError::Run(format!(
+            "{}: every image of the `{}` split was left out",
+            ds.root.display(),
+            ds.split
+        )));
+    }
+    Ok(match gone.len() {
+        0 => String::new(),
+        n => format!(" {n} image(s) that do not load were left out (the run's data.error_policy = \"skip\")."),
+    })
 }
 
 /// The samples a run leaves out under `data.error_policy = "skip"`, per dataset role; a run

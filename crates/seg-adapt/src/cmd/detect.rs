@@ -750,6 +750,10 @@ fn html_page(
 pub fn eval(args: &super::eval::Args, device: &crate::run::DeviceName) -> anyhow::Result<()> {
     let (root, split, out) = (&args.root, &args.split, &args.out);
     let (pred, checkpoint) = (args.pred.as_deref(), args.checkpoint.as_deref());
+    // A detections file is scored against the whole split, as the official evaluations do.
+    if pred.is_some() {
+        super::refuse_unused(&[("--list", args.list.is_some())], "a trained detector (--checkpoint)")?;
+    }
     // A trained detector is evaluated on its own classes unless --classes says otherwise.
     let loaded = match (pred, checkpoint) {
         (None, Some(run_dir)) => {
@@ -786,8 +790,15 @@ pub fn eval(args: &super::eval::Args, device: &crate::run::DeviceName) -> anyhow
                     .collect::<Vec<_>>()
                     .join(", ")
             );
+            // The run's error policy: under "skip", what does not load is left out and named,
+            // as in the run's own evaluation, which the two then agree with.
+            let note = seg_ssd::train::leave_out_as_the_run_did(&mut ds, loaded.cfg.data.error_policy)?;
+            let list = args
+                .list
+                .as_ref()
+                .map_or(String::new(), |l| format!(", the images {} names", l.display()));
             let source = format!(
-                "Cityscapes `{split}` split under `{}`; detector from `{}` (step {}).",
+                "Cityscapes `{split}` split under `{}`{list}; detector from `{}` (step {}).{note}",
                 root.display(),
                 run_dir.display(),
                 loaded.step
@@ -854,9 +865,9 @@ pub fn predict(checkpoint: &Path, inputs: &[PathBuf], out: &Path, device: &candl
     let file = out.join("detections.json");
     seg_detect::dets::write_detections(&file, &records)?;
     println!(
-        "wrote {} detections of {} images to {}",
-        records.len(),
-        inputs.len(),
+        "wrote {} of {} to {}",
+        super::count(records.len(), "detection"),
+        super::count(inputs.len(), "image"),
         file.display()
     );
     Ok(())

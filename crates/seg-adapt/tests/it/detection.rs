@@ -93,7 +93,7 @@ fn train_detector_then_eval_the_checkpoint_and_its_detections_file_alike() {
         "--out",
         p(&preds),
     ]);
-    assert!(said.contains("detections of 30 images"), "{said}");
+    assert!(said.contains(" of 30 images to "), "{said}");
     let by_predict = eval("by-predict", "car", ["--pred", p(&preds.join("detections.json"))]);
     let car = |r: &serde_json::Value| r["ap50"]["car"]["voc07"].as_f64().unwrap();
     assert!((car(&json(&by_predict.join("report.json"))) - car(&trained)).abs() < 1e-6);
@@ -284,8 +284,15 @@ fn detection_input_errors_name_the_entry_or_key() {
     let text = std::fs::read_to_string(&cfg).unwrap();
     let without: Vec<&str> = text.lines().filter(|l| !l.starts_with("source_format")).collect();
     std::fs::write(&seg, without.join("\n")).unwrap();
-    let e = err(&["check", p(&seg)]);
-    assert!(e.contains("a detection config names data.source_format"), "{e}");
+    // Without data.source_format (Sim10k by default), its other keys say it is a detection
+    // config; `train` says so too.
+    let said = ok(&["check", p(&seg), "--time-steps", "0"]);
+    assert!(said.contains("source: sim10k"), "{said}");
+    let e = err(&["train", p(&seg), "--out", p(&out)]);
+    assert!(
+        e.contains("a detection config, which `seg-adapt train-detector` takes"),
+        "{e}"
+    );
     let e = with_sets(&["method.kind=adabn", "method.weight=1"]);
     assert!(
         e.contains("method.weight") && e.contains("`adabn` has no settings"),
@@ -706,6 +713,41 @@ fn a_target_val_list_chooses_the_images_a_detection_run_and_its_evaluation_score
         (&again["images"], &again["ap50"]),
         (&trained["images"], &trained["ap50"])
     );
+    // A detections file is scored against the whole split: --list is for a detector.
+    let dets = run.join("eval/step_000002/detections.json");
+    let e = err(&[
+        "eval",
+        "--task",
+        "detection",
+        "--root",
+        p(&cs),
+        "--pred",
+        p(&dets),
+        "--list",
+        p(&list),
+        "--out",
+        p(&dir.path().join("ev2")),
+    ]);
+    assert!(e.contains("--list is not read here"), "{e}");
+    // A Cityscapes-format source takes the same lines as its split list.
+    let said = ok(&[
+        "check",
+        p(&cfg),
+        "--time-steps",
+        "0",
+        "--set",
+        "data.source_format=\"cityscapes\"",
+        "--set",
+        &format!("data.source_root={:?}", p(&cs)),
+        "--set",
+        "data.source_split=\"val\"",
+        "--set",
+        &format!("data.source_list={:?}", p(&list)),
+    ]);
+    assert!(
+        said.contains("source: cityscapes val") && said.contains(": 3 samples"),
+        "{said}"
+    );
     // A line naming no image of the split stops the run before training, naming the list.
     std::fs::write(&list, "lindau/lindau_999999_000019_leftImg8bit.png\n").unwrap();
     let e = err(&[
@@ -717,4 +759,58 @@ fn a_target_val_list_chooses_the_images_a_detection_run_and_its_evaluation_score
         &set,
     ]);
     assert!(e.contains("val.txt") && e.contains("not in the `val` split"), "{e}");
+}
+
+#[test]
+fn eval_of_a_detector_leaves_out_what_its_run_left_out() {
+    // A val annotation saved with 8 bits: a run under `error_policy = "skip"` leaves it out,
+    // and so does `eval --checkpoint` of that run (it stopped on the file).
+    let dir = tempfile::tempdir().unwrap();
+    let (_, _, toy_cs) = seg_data::toy::paths(toy());
+    let cs = dir.path().join("cs");
+    super::matrix::copy_dir(&toy_cs, &cs);
+    let ann = std::fs::read_dir(cs.join("gtFine/val"))
+        .unwrap()
+        .flat_map(|c| std::fs::read_dir(c.unwrap().path()).unwrap())
+        .map(|e| e.unwrap().path())
+        .filter(|f| f.to_string_lossy().ends_with("_gtFine_instanceIds.png"))
+        .min()
+        .unwrap();
+    seg_labels::png_io::write_gray8(&ann, 2, 1, &[26, 7]).unwrap();
+    let cfg = config(dir.path());
+    let run = dir.path().join("run");
+    let sets = [
+        "--set".to_string(),
+        format!("data.target_root={:?}", p(&cs)),
+        "--set".to_string(),
+        "data.error_policy=\"skip\"".to_string(),
+    ];
+    let mut a = vec!["train-detector", p(&cfg), "--out", p(&run)];
+    a.extend(sets.iter().map(String::as_str));
+    ok(&a);
+    let trained = json(&run.join("eval/step_000002/report.json"));
+    let out = dir.path().join("ev");
+    ok(&[
+        "eval",
+        "--task",
+        "detection",
+        "--root",
+        p(&cs),
+        "--checkpoint",
+        p(&run),
+        "--out",
+        p(&out),
+    ]);
+    let again = json(&out.join("report.json"));
+    assert_eq!(
+        (&again["images"], &again["ap50"]),
+        (&trained["images"], &trained["ap50"])
+    );
+    assert!(
+        again["source"]
+            .as_str()
+            .unwrap()
+            .contains("1 image(s) that do not load were left out"),
+        "{again}"
+    );
 }
