@@ -622,7 +622,11 @@ pub fn run(
     // for a class without ground truth) and where the report is.
     // A finished run whose evaluation folder was removed evaluates again; its line stands.
     if seg_train::checkpoint::logged_eval(&metrics, t.steps).is_none() {
-        let line = serde_json::json!({"step": t.steps, "eval": {"ap50": report.ap50, "dir": rel}});
+        // The images evaluated, by their count and a digest of their names, as a segmentation
+        // run's lines say them: a resume on a changed val split is told apart.
+        let id = seg_data::loader::DatasetIdentity::of(val.entries.iter().map(|e| e.name.as_str()));
+        let images = serde_json::json!({"images": id.samples, "digest": format!("{:016x}", id.names_digest)});
+        let line = serde_json::json!({"step": t.steps, "eval": {"ap50": report.ap50, "dir": rel, "val": images}});
         seg_labels::fsutil::append_line(&metrics, &line.to_string()).map_err(write_err(&metrics))?;
     }
     Ok(Some(DetOutcome {

@@ -49,6 +49,9 @@ fn train_detector_then_eval_the_checkpoint_and_its_detections_file_alike() {
     assert_eq!(last["step"], 3, "{last}");
     assert!(last["eval"]["ap50"]["car"]["voc07"].is_number(), "{last}");
     assert_eq!(last["eval"]["dir"], "eval/step_000003", "{last}");
+    // The images evaluated, as a segmentation run's line says them.
+    assert!(last["eval"]["val"]["images"].as_u64().is_some_and(|n| n > 0), "{last}");
+    assert_eq!(last["eval"]["val"]["digest"].as_str().map(str::len), Some(16), "{last}");
     for line in metrics.lines().take(3) {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
         assert!(
