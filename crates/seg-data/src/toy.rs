@@ -860,41 +860,54 @@ fn io<T>(r: Result<T, seg_labels::PngError>) -> Result<T, DataError> {
 /// The folders [`generate`] writes under its output folder.
 pub const DATASET_DIRS: [&str; 4] = ["gta5", "synthia", "sim10k", "cityscapes"];
 
+/// The marker [`generate`] writes before anything else and removes after `toy.json`: dataset
+/// folders beside it are a benchmark whose writing was stopped, which a new one replaces.
+pub const INCOMPLETE: &str = "toy.incomplete";
+
 /// Writes the whole benchmark under `out`: `gta5/`, `synthia/`, `sim10k/`, `cityscapes/` and
 /// `toy.json` (last, so a folder without it is incomplete). A benchmark already there (with its
-/// `toy.json`) is replaced whole, so no file of another preset stays behind; dataset folders
-/// without a `toy.json` (real data, perhaps) are refused, never overwritten.
+/// `toy.json`, or its [`INCOMPLETE`] marker when its writing was stopped) is replaced whole, so
+/// no file of another preset stays behind; dataset folders with neither (real data, perhaps)
+/// are refused, never overwritten.
 pub fn generate(out: &Path, seed: u64, preset: Preset) -> Result<ToyManifest, DataError> {
     let sizes = preset.sizes();
     let (w, h) = (sizes.width, sizes.height);
     let present: Vec<&str> = DATASET_DIRS.into_iter().filter(|d| out.join(d).exists()).collect();
-    if !present.is_empty() {
-        let manifest = out.join("toy.json");
-        if !manifest.exists() {
-            return Err(DataError::Invalid {
-                path: out.to_path_buf(),
-                reason: format!(
-                    "already holds {} without a toy.json: not written by gen-toy, so nothing is overwritten; choose another folder",
-                    present.iter().map(|d| format!("{d}/")).collect::<Vec<_>>().join(", ")
-                ),
-            });
-        }
-        let remove = |path: &Path, r: std::io::Result<()>| {
-            r.map_err(|e| DataError::Invalid {
-                path: path.to_path_buf(),
-                reason: format!("cannot remove the previous benchmark: {e}"),
-            })
-        };
-        remove(&manifest, std::fs::remove_file(&manifest))?;
-        for d in present {
-            let dir = out.join(d);
-            remove(&dir, std::fs::remove_dir_all(&dir))?;
-        }
+    let (manifest, marker) = (out.join("toy.json"), out.join(INCOMPLETE));
+    if !present.is_empty() && !manifest.exists() && !marker.exists() {
+        return Err(DataError::Invalid {
+            path: out.to_path_buf(),
+            reason: format!(
+                "already holds {} without a toy.json or {INCOMPLETE}: not written by gen-toy, so nothing is \
+                 overwritten; remove them or choose another folder",
+                present.iter().map(|d| format!("{d}/")).collect::<Vec<_>>().join(", ")
+            ),
+        });
     }
+    let remove = |path: &Path, r: std::io::Result<()>| {
+        r.map_err(|e| DataError::Invalid {
+            path: path.to_path_buf(),
+            reason: format!("cannot remove the previous benchmark: {e}"),
+        })
+    };
+    if manifest.exists() {
+        remove(&manifest, std::fs::remove_file(&manifest))?;
+    }
+    for d in present {
+        let dir = out.join(d);
+        remove(&dir, std::fs::remove_dir_all(&dir))?;
+    }
+    // Said before the first file: a stop from here on leaves a benchmark the next run replaces.
     seg_labels::fsutil::create_dir_all(out).map_err(|cause| DataError::Write {
         path: out.to_path_buf(),
         cause,
     })?;
+    seg_labels::fsutil::write_atomic(&marker, b"a benchmark is being written here by seg-adapt gen-toy\n").map_err(
+        |cause| DataError::Write {
+            path: marker.clone(),
+            cause,
+        },
+    )?;
     let palette = label_id_palette();
 
     // GTA5: images/NNNNN.png, labels/NNNNN.png (palette index = label id).
@@ -1026,6 +1039,7 @@ pub fn generate(out: &Path, seed: u64, preset: Preset) -> Result<ToyManifest, Da
         path: out.join("toy.json"),
         cause,
     })?;
+    std::fs::remove_file(&marker).map_err(|cause| DataError::Write { path: marker, cause })?;
     Ok(manifest)
 }
 

@@ -123,7 +123,10 @@ fn ticks(from: f64, to: f64, step: f64) -> impl Iterator<Item = f64> {
 /// the axis (`0.0 0.5 1.0 1.5`, `19.50 19.55 19.60`); large or tiny magnitudes in exponent form.
 fn fmt_tick(v: f64, step: f64) -> String {
     if v.abs() >= 1e6 || (v != 0.0 && step < 1e-4) {
-        return format!("{v:.2e}");
+        // As many digits as the step needs below the value's own, so that ticks of a nearly
+        // flat curve (1.520001, 1.520002) stay apart.
+        let digits = (v.abs().max(step).log10().floor() - step.log10().floor()).clamp(2.0, 15.0) as usize;
+        return format!("{v:.digits$e}");
     }
     // Steps are 1, 2 or 5 times a power of ten: that power's decimals show every tick apart.
     let decimals = (-(step.log10() + 1e-9).floor()).max(0.0) as usize;
@@ -641,5 +644,9 @@ mod tests {
         let narrow = labels(19.52, 19.71);
         assert_eq!(narrow, ["19.50", "19.55", "19.60", "19.65", "19.70"]);
         assert_eq!(labels(0.0, 1200.0), ["0", "200", "400", "600", "800", "1000", "1200"]);
+        // A nearly flat loss: ticks a millionth apart are told apart.
+        let flat = labels(1.520001, 1.520004);
+        let distinct: std::collections::BTreeSet<&String> = flat.iter().collect();
+        assert_eq!(distinct.len(), flat.len(), "{flat:?}");
     }
 }

@@ -42,7 +42,9 @@ pub struct TrainArgs {
     /// `--set method.kind=da-maps`; an unknown key or a wrong type is an error naming it.
     #[arg(long = "set", value_name = "KEY=VALUE", value_parser = super::setting())]
     pub set: Vec<String>,
-    /// Continue the run in `--out` from its last checkpoint (same config).
+    /// Continue the run in `--out` from its last checkpoint, with the config it was trained with
+    /// (`trainer.steps`, the log and checkpoint intervals and where the data and weights are may
+    /// change; anything else is refused naming the key).
     #[arg(long)]
     pub resume: bool,
     /// Start from another detection run's detector (a run folder or its checkpoint file):

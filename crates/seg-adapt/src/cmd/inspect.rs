@@ -15,7 +15,8 @@ pub struct Args {
     /// sim10k is always detection).
     #[arg(long, value_enum, default_value_t = super::Task::Segmentation)]
     pub task: super::Task,
-    /// Detection: `all` eight Cityscapes instance classes (the default), or `car`.
+    /// Detection: `all`, the eight Cityscapes instance classes (Sim10k's car, motorbike and
+    /// person among them; the default), or `car`.
     #[arg(long)]
     pub classes: Option<seg_detect::ClassSet>,
     /// The dataset's root folder (the layout of `data/README.md`).

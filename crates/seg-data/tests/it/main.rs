@@ -597,6 +597,19 @@ fn toy_benchmark_replaces_its_own_files_and_never_touches_real_data() {
     seg_data::toy::generate(dir.path(), 4, seg_data::toy::Preset::Quick).unwrap();
     assert!(!stray.exists());
     assert_eq!(seg_data::toy::read_manifest(dir.path()).unwrap().seed, 4);
+    assert!(
+        !dir.path().join(seg_data::toy::INCOMPLETE).exists(),
+        "the marker goes once done"
+    );
+    // A benchmark whose writing was stopped (its marker, no toy.json, a temporary file left)
+    // is replaced by the next one, as a stopped demo is run again.
+    std::fs::remove_file(dir.path().join("toy.json")).unwrap();
+    std::fs::write(dir.path().join(seg_data::toy::INCOMPLETE), b"").unwrap();
+    let tmp = dir.path().join("sim10k/VOC2012/Annotations/.3000088.xml.11234.tmp");
+    std::fs::write(&tmp, b"half").unwrap();
+    seg_data::toy::generate(dir.path(), 5, seg_data::toy::Preset::Quick).unwrap();
+    assert_eq!(seg_data::toy::read_manifest(dir.path()).unwrap().seed, 5);
+    assert!(!tmp.exists() && !dir.path().join(seg_data::toy::INCOMPLETE).exists());
     // Dataset folders without a toy.json are refused, and left as they are.
     let real = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(real.path().join("gta5/images")).unwrap();
