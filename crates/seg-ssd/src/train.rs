@@ -672,6 +672,24 @@ pub fn is_detection_config(text: &str) -> bool {
         || detection_method
 }
 
+/// Leaves out the samples of `ds` that do not load, each named in the log under `role`; a
+/// dataset left with nothing is an error.
+fn leave_out_named(role: &str, ds: &mut DetDataset) -> Result<Vec<seg_labels::LeftOut>, DetRunError> {
+    let gone = ds.leave_out_unloadable();
+    for l in &gone {
+        tracing::warn!("{role}: left out `{}`: {}", l.name, l.reason);
+    }
+    if ds.is_empty() {
+        return Err(DetRunError::Run(format!(
+            "{}: every sample of the {role} dataset was left out ({} of them; the first: {})",
+            ds.root.display(),
+            gone.len(),
+            gone.first().map_or("", |l| l.reason.as_str())
+        )));
+    }
+    Ok(gone)
+}
+
 /// `eval --checkpoint` of a detector on `ds` under its run's `policy`: under `"skip"`, the
 /// samples that do not load are left out, each named in the log, as the run's own evaluation
 /// left them out (under `"fail"` the evaluation stops on the first, naming it). Returns the
@@ -680,17 +698,7 @@ pub fn leave_out_as_the_run_did(ds: &mut DetDataset, policy: seg_data::ErrorPoli
     if policy != seg_data::ErrorPolicy::Skip {
         return Ok(String::new());
     }
-    let gone = ds.leave_out_unloadable();
-    for l in &gone {
-        tracing::warn!("left out `{}` (data.error_policy = \"skip\"): {}", l.name, l.reason);
-    }
-    if ds.is_empty() {
-        return Err(DetRunError::Run(format!(
-            "{}: every image of the `{}` split was left out",
-            ds.root.display(),
-            ds.split
-        )));
-    }
+    let gone = leave_out_named("val", ds)?;
     Ok(match gone.len() {
         0 => String::new(),
         n => format!(" {n} image(s) that do not load were left out (the run's data.error_policy = \"skip\")."),
@@ -725,18 +733,7 @@ impl LeftOut {
                 None => Ok(ds),
             };
         }
-        let gone = ds.leave_out_unloadable();
-        for l in &gone {
-            tracing::warn!("{role}: left out `{}`: {}", l.name, l.reason);
-        }
-        if ds.is_empty() {
-            return Err(DetRunError::Run(format!(
-                "{}: every sample of the {role} dataset was left out ({} of them; the first: {})",
-                ds.root.display(),
-                gone.len(),
-                gone.first().map_or("", |l| l.reason.as_str())
-            )));
-        }
+        let gone = leave_out_named(role, &mut ds)?;
         self.by_role.insert(role.to_string(), gone);
         Ok(ds)
     }
