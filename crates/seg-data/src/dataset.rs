@@ -150,14 +150,9 @@ impl Dataset {
             .filter_map(|e| e.label.as_deref())
             .filter(|l| l.to_string_lossy().ends_with(CS_TRAIN_IDS))
             .collect();
-        from_train_ids.first().map(|first| {
-            format!(
-                "{} ground-truth image(s) have only `*_gtFine_labelTrainIds.png` (the first: {}): read from those; \
-                 the official evaluator reads `*_gtFine_labelIds.png` only and would not count them",
-                from_train_ids.len(),
-                first.display()
-            )
-        })
+        from_train_ids
+            .first()
+            .map(|first| seg_labels::cityscapes::train_ids_only_warning(from_train_ids.len(), first))
     }
 
     /// The samples [`Dataset::leave_out_unusable`] left out, in entry order.

@@ -126,6 +126,18 @@ pub fn label_by_id(id: u8) -> Option<&'static Label> {
     LABELS.get(id as usize).filter(|l| l.id == id as i16)
 }
 
+/// The warning for Cityscapes ground truth read from `*_gtFine_labelTrainIds.png` where an image
+/// has no `*_gtFine_labelIds.png` (`count` images, the first `first`): the official evaluator
+/// reads labelIds only, so an evaluation of them is not its own. One sentence for the readers
+/// (`inspect`, `check`, a run's evaluation) and for `eval --pred`.
+pub fn train_ids_only_warning(count: usize, first: &std::path::Path) -> String {
+    format!(
+        "{count} ground-truth image(s) have only `*_gtFine_labelTrainIds.png` (the first: {}): read from those; \
+         the official evaluator reads `*_gtFine_labelIds.png` only and would not count them",
+        first.display()
+    )
+}
+
 /// Label id → train id (255 for ignored ids and for ids outside the table).
 pub fn id_to_train_id(id: u8) -> u8 {
     match label_by_id(id) {

@@ -485,11 +485,9 @@ pub fn evaluate_folder(opts: &FolderOptions) -> Result<Evaluator, FolderError> {
     let mut ev = result.ev;
     let from_train_ids: Vec<&Pair> = pairs.iter().filter(|p| p.train_ids).collect();
     if let Some(first) = from_train_ids.first() {
-        ev.warn(format!(
-            "{} ground-truth image(s) have only `*{GT_TRAIN_SUFFIX}` (the first: {}): evaluated from those; \
-             the official evaluator reads `*{GT_SUFFIX}` only and would not count them",
+        ev.warn(seg_labels::cityscapes::train_ids_only_warning(
             from_train_ids.len(),
-            first.gt.display()
+            &first.gt,
         ));
     }
     if opts.pred_format == PredFormat::LabelIds {

@@ -90,11 +90,20 @@ impl InstanceStats {
     /// [`pred_category_of_train_id`]), all of one length (the caller checks the sizes). Values
     /// outside the table (`65535`) are no instance.
     pub fn add(&mut self, instance_ids: &[u16], gt_train_ids: &[u8], pred_train_ids: &[u8], pred_category: &[u8]) {
-        // Per instance: (id, pixels, predicted as its class, predicted as its category), found
-        // through `slot`; the last instance is tried first, as its pixels come in runs.
-        let mut per: Vec<(u16, u64, u64, u64)> = Vec::new();
+        // Per instance: its id, train id and category, and its pixels, those predicted as its
+        // class and those predicted as its category; found through `slot`, the last instance
+        // tried first, as its pixels come in runs.
+        struct Instance {
+            id: u16,
+            train: usize,
+            category: usize,
+            size: u64,
+            tp: u64,
+            cat_tp: u64,
+        }
+        let mut per: Vec<Instance> = Vec::new();
         let mut slot: HashMap<u16, usize> = HashMap::new();
-        let mut last: Option<(u16, usize, usize, u8)> = None;
+        let mut last: Option<(u16, usize)> = None;
         for (((&v, &g), &p), &pc) in instance_ids
             .iter()
             .zip(gt_train_ids)
@@ -113,41 +122,45 @@ impl InstanceStats {
             if v <= 1000 {
                 continue;
             }
-            let (k, train, category) = match last {
-                Some((id, k, t, c)) if id == v => (k, t, c),
+            let k = match last {
+                Some((id, k)) if id == v => k,
                 _ => {
-                    let Some((t, c)) = instance_class(v) else {
+                    let Some((train, category)) = instance_class(v) else {
                         continue;
                     };
                     let k = *slot.entry(v).or_insert_with(|| {
-                        per.push((v, 0, 0, 0));
+                        per.push(Instance {
+                            id: v,
+                            train,
+                            category,
+                            size: 0,
+                            tp: 0,
+                            cat_tp: 0,
+                        });
                         per.len() - 1
                     });
-                    last = Some((v, k, t, c as u8));
-                    (k, t, c as u8)
+                    last = Some((v, k));
+                    k
                 }
             };
             let e = &mut per[k];
-            e.1 += 1;
-            e.2 += u64::from(usize::from(p) == train);
-            e.3 += u64::from(pc == category + 1);
+            e.size += 1;
+            e.tp += u64::from(usize::from(p) == e.train);
+            e.cat_tp += u64::from(usize::from(pc) == e.category + 1);
         }
         // In ascending id order, as the official `np.unique`, for the same float sums.
-        per.sort_unstable_by_key(|e| e.0);
-        for (v, size, tp, cat_tp) in per {
-            let Some((train, category)) = instance_class(v) else {
+        per.sort_unstable_by_key(|e| e.id);
+        for e in per {
+            let Some(avg) = avg_size(e.train) else {
                 continue;
             };
-            let Some(avg) = avg_size(train) else {
-                continue;
-            };
-            let weight = avg / size as f64;
-            let c = &mut self.classes[train];
-            c.tp += tp as f64 * weight;
-            c.fn_ += (size - tp) as f64 * weight;
-            let k = &mut self.categories[category];
-            k.tp += cat_tp as f64 * weight;
-            k.fn_ += (size - cat_tp) as f64 * weight;
+            let weight = avg / e.size as f64;
+            let c = &mut self.classes[e.train];
+            c.tp += e.tp as f64 * weight;
+            c.fn_ += (e.size - e.tp) as f64 * weight;
+            let k = &mut self.categories[e.category];
+            k.tp += e.cat_tp as f64 * weight;
+            k.fn_ += (e.size - e.cat_tp) as f64 * weight;
             self.instances += 1;
         }
     }

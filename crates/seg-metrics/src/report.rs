@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use seg_labels::{png_io, Protocol, RgbImage, NUM_CLASSES, TRAIN_CLASS_NAMES};
 use serde::{Deserialize, Serialize};
 
-use crate::confusion::{ConfusionMatrix, MetricsError, COLUMNS, VOID_COLUMN};
+use crate::confusion::{mean, ConfusionMatrix, MetricsError, COLUMNS, VOID_COLUMN};
 use crate::instances::{self, InstanceStats, CATEGORIES, INSTANCE_CATEGORIES};
 use crate::pictures;
 
@@ -376,11 +376,6 @@ pub struct Report {
     pub confusion: ConfusionMatrix,
     #[serde(skip)]
     samples: Vec<Sample>,
-}
-
-fn mean(values: impl Iterator<Item = f64>) -> Option<f64> {
-    let (sum, n) = values.fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
-    (n > 0).then(|| sum / n as f64)
 }
 
 /// A percentage without its unit (for columns headed `%`), or `n/a`.
