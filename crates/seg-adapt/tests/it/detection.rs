@@ -22,6 +22,13 @@ fn json(path: &std::path::Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
+/// `seg-adapt eval --task detection --root ROOT` followed by `rest`.
+fn eval_args<'a>(root: &'a str, rest: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec!["eval", "--task", "detection", "--root", root];
+    a.extend_from_slice(rest);
+    a
+}
+
 #[test]
 fn train_detector_then_eval_the_checkpoint_and_its_detections_file_alike() {
     let dir = tempfile::tempdir().unwrap();
@@ -698,19 +705,10 @@ fn a_target_val_list_chooses_the_images_a_detection_run_and_its_evaluation_score
     let trained = json(&run.join("eval/step_000002/report.json"));
     assert_eq!(trained["images"], 3, "{trained}");
     let out = dir.path().join("ev");
-    ok(&[
-        "eval",
-        "--task",
-        "detection",
-        "--root",
+    ok(&eval_args(
         p(&cs),
-        "--checkpoint",
-        p(&run),
-        "--list",
-        p(&list),
-        "--out",
-        p(&out),
-    ]);
+        &["--checkpoint", p(&run), "--list", p(&list), "--out", p(&out)],
+    ));
     let again = json(&out.join("report.json"));
     assert_eq!(
         (&again["images"], &again["ap50"]),
@@ -718,19 +716,11 @@ fn a_target_val_list_chooses_the_images_a_detection_run_and_its_evaluation_score
     );
     // A detections file is scored against the whole split: --list is for a detector.
     let dets = run.join("eval/step_000002/detections.json");
-    let e = err(&[
-        "eval",
-        "--task",
-        "detection",
-        "--root",
+    let ev2 = dir.path().join("ev2");
+    let e = err(&eval_args(
         p(&cs),
-        "--pred",
-        p(&dets),
-        "--list",
-        p(&list),
-        "--out",
-        p(&dir.path().join("ev2")),
-    ]);
+        &["--pred", p(&dets), "--list", p(&list), "--out", p(&ev2)],
+    ));
     assert!(e.contains("--list is not read here"), "{e}");
     // A Cityscapes-format source takes the same lines as its split list.
     let said = ok(&[
@@ -793,17 +783,7 @@ fn eval_of_a_detector_leaves_out_what_its_run_left_out() {
     ok(&a);
     let trained = json(&run.join("eval/step_000002/report.json"));
     let out = dir.path().join("ev");
-    ok(&[
-        "eval",
-        "--task",
-        "detection",
-        "--root",
-        p(&cs),
-        "--checkpoint",
-        p(&run),
-        "--out",
-        p(&out),
-    ]);
+    ok(&eval_args(p(&cs), &["--checkpoint", p(&run), "--out", p(&out)]));
     let again = json(&out.join("report.json"));
     assert_eq!(
         (&again["images"], &again["ap50"]),
