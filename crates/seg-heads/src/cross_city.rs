@@ -1,6 +1,8 @@
 //! Cross-City adaptation (Chen et al., "No More Discrimination", ICCV 2017): global per-cell
-//! adversarial alignment of fc7 plus class-wise adversarial alignment weighted by the soft
-//! presence of each class in each grid cell, with ramped weights and a delayed class-wise start.
+//! adversarial alignment of fc7 plus class-wise adversarial alignment weighted by the presence
+//! of each class in each grid cell (the share of its pixels: from labels on the source; from the
+//! argmax prediction on the target by default, or the detached softmax with
+//! `target_presence = "soft"`), with ramped weights and a delayed class-wise start.
 
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
@@ -194,8 +196,8 @@ impl CrossCityHead {
         presence_weighted_bce(&logits, weights, target, self.cfg.min_presence)
     }
 
-    /// Soft class presence per cell of an `h × w` grid: source from labels, target from the
-    /// detached predicted softmax.
+    /// Class presence per cell of an `h × w` grid: source from labels, target from the detached
+    /// prediction (argmax or softmax, `target_presence`).
     fn presence(
         &self,
         input: &HeadInput<'_>,

@@ -69,7 +69,8 @@ fn reduce_blocks_to(
 
 /// Class-wise loss weighted by soft presence: for each image `n` and class `c`,
 /// `sum_cells w · bce(x, target) / sum_cells w`, averaged over the `(n, c)` pairs whose mean
-/// weight per cell exceeds `min_presence` (pairs below it are ignored; zero when none is left).
+/// weight per cell is at least `min_presence` and above 0 (the others are ignored, so that a
+/// threshold of 0 does not count absent classes in the mean; zero when none is left).
 /// `logits`, `weights`: `N×C×h×w`; `weights` should carry no gradient.
 pub fn presence_weighted_bce(logits: &Tensor, weights: &Tensor, target: f64, min_presence: f64) -> Result<Tensor> {
     let (_, _, h, w) = logits.dims4()?;
@@ -77,9 +78,10 @@ pub fn presence_weighted_bce(logits: &Tensor, weights: &Tensor, target: f64, min
     let per = seg_nn::bce_with_logits_per_element(logits, target)?;
     let num = (per * &weights)?.sum(D::Minus1)?.sum(D::Minus1)?; // N × C
     let den = weights.sum(D::Minus1)?.sum(D::Minus1)?;
-    let present = den
+    let present = (den
         .ge(min_presence.max(0.0) * (h * w) as f64)?
-        .to_dtype(logits.dtype())?;
+        .to_dtype(logits.dtype())?
+        * den.gt(0.0)?.to_dtype(logits.dtype())?)?;
     // On the device: no read-back (and wait for the GPU) in the middle of a step.
     let count = present.sum_all()?.maximum(1.0)?;
     let per_pair = (num / den.clamp(1e-12, f64::INFINITY)?)?;

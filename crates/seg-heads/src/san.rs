@@ -223,10 +223,14 @@ impl SanGenerator {
 ///   ramp (or 1): the paper's adversarial update of conv1..conv5, which moves both sides of
 ///   `L_adv` (the discriminator's loss with its labels inverted).
 ///
-/// This is the paper's alternation: D on `san_disc`; G on `gen_adv + gen_task`; the segmenter
-/// on `seg + san_task + san_adv`. The extra passes through the backbone's layers after conv5
-/// (`forward_from`) run in training mode; the trainer freezes the batch-norm running statistics
-/// while a head computes its terms, so generated features never enter the test-time statistics.
+/// The paper alternates D, G and the segmenter; here the three groups (D on `san_disc`; G on
+/// `gen_adv + gen_task`; the segmenter on `seg + san_task + san_adv`) are differentiated from
+/// one forward pass and stepped together, as AdaptSegNet's reference code does. The extra passes
+/// through the backbone's layers after conv5 (`forward_from`) run in training mode; under
+/// `trainer.bn_stats = "target"` (the default) the batch-norm running statistics are frozen
+/// while a head computes its terms, so generated features never enter the test-time
+/// statistics; under `"mixed"` they do, until the run's final re-estimation on target images
+/// (`eval.adabn_batches`).
 pub struct SanHead {
     cfg: SanConfig,
     gen: SanGenerator,

@@ -54,7 +54,7 @@ pub enum MethodConfig {
     Dann(DannConfig),
     /// Global per-cell alignment plus category-size constraints.
     FcnWild(FcnWildConfig),
-    /// Global plus class-wise alignment weighted by soft grid-cell class presence.
+    /// Global plus class-wise alignment weighted by grid-cell class presence.
     CrossCity(CrossCityConfig),
     /// Conditional generator on conv1 adding a residual to conv5.
     San(SanConfig),

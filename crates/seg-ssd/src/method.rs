@@ -36,7 +36,9 @@ use crate::model::{Ssd, SsdConfig};
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DaImageConfig {
-    /// Source maps the classifiers read (0 = conv4_3, 1 = fc7). Default [0, 1].
+    /// Source maps the classifiers read, by index in the detector's list of source maps (for
+    /// VGG16-SSD300, 0 = conv4_3 and 1 = fc7; for the small SSD, its first two maps). Default
+    /// [0, 1].
     pub maps: Vec<usize>,
     /// Hidden channels of each classifier. Default 512 (paper).
     pub hidden: usize,

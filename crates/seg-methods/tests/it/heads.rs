@@ -465,4 +465,65 @@ fn class_wise_pairs_need_the_class_to_be_predicted() {
         .to_scalar::<f32>()
         .unwrap();
     assert!((loss - std::f32::consts::LN_2).abs() < 1e-5, "{loss}");
+    // A threshold of 0 keeps the pairs present at all, not the absent ones: they would add
+    // nothing to the sum and still count in the mean (halving it here).
+    let weights = Tensor::new(&[1f32, 0.0], &Device::Cpu)
+        .unwrap()
+        .reshape((1, 2, 1, 1))
+        .unwrap();
+    let logits = Tensor::new(&[0f32, 4.0], &Device::Cpu)
+        .unwrap()
+        .reshape((1, 2, 1, 1))
+        .unwrap();
+    let loss = seg_heads::ops::presence_weighted_bce(&logits, &weights, 1.0, 0.0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!((loss - std::f32::consts::LN_2).abs() < 1e-6, "{loss}");
+}
+
+/// Steps the segmenter's variables `steps` times along the gradient of the term named `adv`
+/// alone (plain gradient descent, `lr`), then returns the value of the term named `disc`
+/// before and after.
+fn disc_before_and_after(s: &Setup, adv: &str, disc: &str, steps: usize, lr: f64) -> (f32, f32) {
+    let model = groups(s)[&GroupId::SEGMENTER].clone();
+    let term = |name: &str| {
+        let (src, tgt, labels) = forward(s, 3);
+        losses(s, &src, &tgt, &labels, MID)
+            .into_iter()
+            .find(|t| t.name == name)
+            .unwrap_or_else(|| panic!("no term {name}"))
+            .value
+    };
+    let before = term(disc).to_scalar::<f32>().unwrap();
+    for _ in 0..steps {
+        let grads = term(adv).backward().unwrap();
+        for (_, v) in &model {
+            if let Some(g) = grads.get(v.as_tensor()) {
+                v.set(&(v.as_tensor() - (g * lr).unwrap()).unwrap()).unwrap();
+            }
+        }
+    }
+    (before, term(disc).to_scalar::<f32>().unwrap())
+}
+
+#[test]
+fn the_segmenters_adversarial_terms_push_against_their_discriminator() {
+    // Gradient descent on the segmenter's side of each adversarial pair (reversed gradient,
+    // inverted labels) must make the discriminator's own loss, on the features it then sees,
+    // go up: a sign or a label swapped on either side would make it fall.
+    let all = methods();
+    for (i, adv, disc) in [
+        (0, "domain_adv", "domain_disc"),
+        (2, "ga_adv", "ga_disc"),
+        (3, "san_adv", "san_disc"),
+    ] {
+        let s = setup(&all[i]);
+        let (before, after) = disc_before_and_after(&s, adv, disc, 10, 0.05);
+        assert!(
+            after > before + 1e-3,
+            "{}: {disc} went from {before} to {after} when the segmenter followed {adv}",
+            all[i].name()
+        );
+    }
 }
