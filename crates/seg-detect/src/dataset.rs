@@ -249,38 +249,42 @@ impl DetDataset {
     /// Keeps the Cityscapes samples a split list names, as AdaptSegNet's
     /// `cityscapes_list/{train,val}.txt` names them (every line form of
     /// [`split_list::cityscapes_line`], as the segmentation readers take them), in the split's
-    /// order. A line naming no sample of the split, a sample
-    /// named twice, or another split's path is refused, naming the list.
+    /// order. A line naming an image that is not on disk stays a sample that does not load,
+    /// named by its missing file (the run stops on it, or leaves it out under
+    /// `error_policy = "skip"`, as the segmentation readers do); a sample named twice or
+    /// another split's path is refused, naming the list.
     pub fn keep_listed(&mut self, list: &Path) -> Result<(), DetError> {
-        let mut wanted = std::collections::HashSet::new();
+        let mut wanted = std::collections::HashMap::new();
         for line in split_list::read(list).map_err(DetError::io(list))? {
-            let stem = split_list::cityscapes_line(&line, &self.split)
-                .map_err(|reason| DetError::invalid(list, reason))?
-                .stem;
-            if !wanted.insert(stem.clone()) {
-                return Err(DetError::invalid(list, format!("names `{stem}` twice")));
+            let listed =
+                split_list::cityscapes_line(&line, &self.split).map_err(|reason| DetError::invalid(list, reason))?;
+            if wanted.contains_key(&listed.stem) {
+                return Err(DetError::invalid(list, format!("names `{}` twice", listed.stem)));
             }
+            wanted.insert(listed.stem.clone(), listed);
         }
         if wanted.is_empty() {
             return Err(DetError::invalid(list, "no samples listed"));
         }
-        let before = self.entries.len();
-        self.entries.retain(|e| wanted.contains(&e.name));
-        if self.entries.len() < wanted.len() {
-            let on_disk: std::collections::HashSet<&str> = self.entries.iter().map(|e| e.name.as_str()).collect();
-            let mut missing: Vec<&String> = wanted.iter().filter(|w| !on_disk.contains(w.as_str())).collect();
-            missing.sort();
-            return Err(DetError::invalid(
-                list,
-                format!(
-                    "names {} image(s) not in the `{}` split under {} (the first: `{}`; the split holds {before})",
-                    missing.len(),
-                    self.split,
-                    self.root.display(),
-                    missing[0]
-                ),
-            ));
+        let annotated = self.entries.iter().any(|e| e.annotation.is_some());
+        self.entries.retain(|e| wanted.remove(&e.name).is_some());
+        // What is left names no file of the split: the files it names, which do not load.
+        for (stem, listed) in wanted {
+            let images = self.root.join("leftImg8bit").join(&self.split).join(&listed.city);
+            self.entries.push(DetEntry {
+                image: images.join(listed.image_file()),
+                annotation: annotated.then(|| {
+                    self.root
+                        .join("gtFine")
+                        .join(&self.split)
+                        .join(&listed.city)
+                        .join(format!("{stem}_gtFine_instanceIds.png"))
+                }),
+                name: stem,
+            });
         }
+        let city = |e: &DetEntry| e.image.parent().and_then(|p| p.file_name()).map(|c| c.to_os_string());
+        self.entries.sort_by(|a, b| (city(a), &a.name).cmp(&(city(b), &b.name)));
         Ok(())
     }
 
@@ -735,7 +739,6 @@ mod tests {
                 "lindau_000000_000019\nlindau_000000_000019_leftImg8bit.png\n",
                 "names `lindau_000000_000019` twice",
             ),
-            ("lindau_000009_000019\n", "names 1 image(s) not in the `val` split"),
             (
                 "leftImg8bit/train/lindau/lindau_000000_000019_leftImg8bit.png\n",
                 "names the `train` split",
@@ -745,6 +748,19 @@ mod tests {
             let e = keep(text).unwrap_err().to_string();
             assert!(e.contains(said) && e.contains("val.txt"), "{text}: {e}");
         }
+        // A listed image that is not on disk is a sample that does not load, named by its file
+        // (the run's error policy decides), in the split's order.
+        assert_eq!(
+            keep("lindau_000009_000019\nlindau_000000_000019\n").unwrap(),
+            ["lindau_000000_000019", "lindau_000009_000019"]
+        );
+        let mut ds = DetDataset::open_cityscapes(root, "val", true, ClassSet::Car).unwrap();
+        ds.keep_listed(&list).unwrap();
+        let e = ds.load(1).unwrap_err().to_string();
+        assert!(e.contains("lindau_000009_000019_") && e.contains("cannot read"), "{e}");
+        let left_out = ds.leave_out_unloadable();
+        assert_eq!(left_out.len(), 1);
+        assert_eq!(left_out[0].name, "lindau_000009_000019");
         // One stem in two cities: detections could not say which, so the split is refused.
         std::fs::create_dir_all(root.join("gtFine/val/munster")).unwrap();
         std::fs::copy(
