@@ -149,18 +149,17 @@ pub struct DatasetIdentity {
 
 impl DatasetIdentity {
     pub fn of<'a>(names: impl IntoIterator<Item = &'a str>) -> Self {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut h = seg_labels::fsutil::Fnv::default();
         let mut samples = 0;
         for name in names {
             samples += 1;
             // Each name ends with a 0 byte, so `ab`,`c` and `a`,`bc` differ.
-            for &b in name.as_bytes().iter().chain(&[0]) {
-                h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
-            }
+            h.write(name.as_bytes());
+            h.write(&[0]);
         }
         Self {
             samples,
-            names_digest: h,
+            names_digest: h.0,
         }
     }
 

@@ -118,6 +118,19 @@ pub struct ToyManifest {
     pub seed: u64,
     pub preset: Preset,
     pub sizes: ToySizes,
+    /// What was written ([`contents`]), so that a damaged benchmark is told from a whole one
+    /// ([`stale`]); absent in manifests of earlier versions.
+    #[serde(default)]
+    pub contents: Option<Contents>,
+}
+
+/// The benchmark's files as written: their count and an FNV-1a digest of every file's path
+/// (relative, sorted) and bytes. Hidden names (`.DS_Store`, a stopped write's temp file) are
+/// passed over.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Contents {
+    pub files: usize,
+    pub digest: String,
 }
 
 const TRAIN_CITIES: [&str; 4] = ["aachen", "bochum", "bremen", "cologne"];
@@ -1030,6 +1043,7 @@ pub fn generate(out: &Path, seed: u64, preset: Preset) -> Result<ToyManifest, Da
         seed,
         preset,
         sizes,
+        contents: Some(contents(out)?),
     };
     let json = serde_json::to_vec_pretty(&manifest).map_err(|e| DataError::Invalid {
         path: out.join("toy.json"),
@@ -1064,6 +1078,80 @@ pub fn write_jpeg(path: &Path, img: &RgbImage) -> Result<(), DataError> {
             reason: format!("cannot encode JPEG: {e}"),
         })?;
     write_file(path, &bytes)
+}
+
+/// The [`Contents`] of the benchmark's dataset folders under `dir`.
+pub fn contents(dir: &Path) -> Result<Contents, DataError> {
+    fn walk(root: &Path, dir: &Path, files: &mut Vec<(String, PathBuf)>) -> Result<(), DataError> {
+        let listing = |cause| DataError::ReadDir {
+            path: dir.to_path_buf(),
+            cause,
+        };
+        for entry in std::fs::read_dir(dir).map_err(listing)? {
+            let entry = entry.map_err(listing)?;
+            if seg_labels::fsutil::is_hidden(&entry.file_name()) {
+                continue;
+            }
+            let path = entry.path();
+            if path.is_dir() {
+                walk(root, &path, files)?;
+            } else {
+                let rel = path.strip_prefix(root).unwrap_or(&path);
+                files.push((rel.to_string_lossy().replace('\\', "/"), path));
+            }
+        }
+        Ok(())
+    }
+    let mut files = Vec::new();
+    for d in DATASET_DIRS {
+        if dir.join(d).is_dir() {
+            walk(dir, &dir.join(d), &mut files)?;
+        }
+    }
+    files.sort();
+    let mut h = seg_labels::fsutil::Fnv::default();
+    for (rel, path) in &files {
+        let bytes = std::fs::read(path).map_err(|e| DataError::Invalid {
+            path: path.clone(),
+            reason: format!("cannot read: {e}"),
+        })?;
+        h.write(rel.as_bytes());
+        h.write(&[0]);
+        h.write(&(bytes.len() as u64).to_le_bytes());
+        h.write(&bytes);
+    }
+    Ok(Contents {
+        files: files.len(),
+        digest: h.hex(),
+    })
+}
+
+/// Why the benchmark under `dir` must be written (again) to be instance `seed` of `preset`, or
+/// `None` when the one there is that benchmark, whole: another preset, seed or generator
+/// version, or files missing, added or changed since it was written (the generator is
+/// deterministic, so writing it again restores the very files the runs were trained on).
+pub fn stale(dir: &Path, seed: u64, preset: Preset) -> Option<String> {
+    let Some(m) = read_manifest(dir) else {
+        return Some("no complete benchmark there".into());
+    };
+    if m.preset != preset || m.seed != seed || m.generator_version != GENERATOR_VERSION {
+        return Some(format!(
+            "the one there is {:?}, seed {}, generator version {}",
+            m.preset, m.seed, m.generator_version
+        ));
+    }
+    let Some(written) = m.contents else {
+        return Some("the one there has no record of its files (written by an earlier version)".into());
+    };
+    match contents(dir) {
+        Err(e) => Some(format!("the one there cannot be read whole: {e}")),
+        Ok(now) if now.files != written.files => Some(format!(
+            "the one there holds {} files where {} were written",
+            now.files, written.files
+        )),
+        Ok(now) if now != written => Some("a file of the one there changed since it was written".into()),
+        Ok(_) => None,
+    }
 }
 
 /// Reads `toy.json` if a complete benchmark is present under `dir`.

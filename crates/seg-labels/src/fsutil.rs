@@ -224,6 +224,30 @@ pub fn is_hidden(name: &std::ffi::OsStr) -> bool {
     name.as_encoded_bytes().starts_with(b".")
 }
 
+/// FNV-1a (64 bits): the project's digest of file contents and name lists (stable across
+/// versions and platforms, unlike `std`'s hasher). Start from [`Fnv::default`], feed bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fnv(pub u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv {
+    pub fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    /// The digest as 16 hex digits.
+    pub fn hex(self) -> String {
+        format!("{:016x}", self.0)
+    }
+}
+
 /// The kinds of file the project writes through [`write_atomic_with`], by extension.
 const WRITTEN: [&str; 11] = [
     "safetensors",

@@ -11,6 +11,7 @@
 
 pub mod compare;
 pub mod confusion;
+pub mod demo_report;
 pub mod folder;
 pub mod html;
 pub mod instances;

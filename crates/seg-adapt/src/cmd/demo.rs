@@ -9,7 +9,6 @@
 //! batches). Finished runs are reused (a killed run that had written a checkpoint resumes from
 //! it), so an interrupted demo continues where it stopped (`demo_run::Stamp`).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -21,8 +20,8 @@ use seg_methods::MethodConfig;
 
 use super::demo_run::{Ledger, Stamp};
 use crate::config::{DataConfig, EvalConfig, ModelConfig, RunConfig};
-use seg_metrics::compare::{arm_curves_html, comparisons, results_markdown, summarise, with_ci, Comparison};
-use seg_metrics::seeds::Summary;
+use seg_metrics::compare::{comparisons, summarise};
+use seg_metrics::demo_report::{self, scores, ArmResult as RunResult};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -77,25 +76,6 @@ const HEAD_LR: f64 = 1e-3;
 /// Where the source-only pretraining of each seed goes (under `runs/`).
 /// The pretraining run's name among the demo's runs (`runs/pretrain/seedN`).
 pub const PRETRAIN: &str = "pretrain";
-
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-struct RunResult {
-    method: String,
-    seed: u64,
-    miou: Option<f64>,
-    class_iou: serde_json::Value,
-    seconds: f64,
-    /// The benchmark instance the run trained on.
-    #[serde(default)]
-    data_seed: u64,
-    /// Digest of the checkpoint the run started from (`model.init_from`).
-    #[serde(default)]
-    init_digest: Option<String>,
-    /// Reused from an earlier invocation of the demo in the same folder (`seconds` is then
-    /// what its training took in that one).
-    #[serde(default)]
-    reused: bool,
-}
 
 /// The demo's schedule: source-only pretraining shared by every arm, then each arm's own steps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -232,7 +212,12 @@ fn run_one(
     };
     let stamp = Stamp::new(cfg.to_toml()?, data_seed, init.as_deref())?;
     if let Some(r) = stamp.finished::<RunResult>(&dir).filter(|r| r.miou.is_some()) {
-        return Ok(RunResult { reused: true, ..r });
+        // A result kept by an older version lacks the later scores: the report has them.
+        let r = RunResult { reused: true, ..r };
+        return Ok(match final_report(&dir) {
+            Ok(report) => r.with_report(&report),
+            Err(_) => r,
+        });
     }
     let start = std::time::Instant::now();
     let resume = stamp.start(&dir)?;
@@ -240,17 +225,21 @@ fn run_one(
         ("adabn", Some(from)) => crate::run::adabn_from(cfg, from, &dir, device)?,
         _ => crate::run::train(cfg, &dir, device, resume, true)?,
     };
-    let report = final_report(&dir)?;
     let r = RunResult {
         method: name.to_string(),
         seed,
         miou: outcome.final_miou,
-        class_iou: report.get("class_iou").cloned().unwrap_or_default(),
+        class_iou: Default::default(),
+        mean_category_iou: None,
+        mean_iiou: None,
+        mean_category_iiou: None,
+        warnings: Vec::new(),
         seconds: start.elapsed().as_secs_f64(),
         data_seed,
         init_digest: stamp.init_digest(),
         reused: false,
-    };
+    }
+    .with_report(&final_report(&dir)?);
     stamp.finish(&dir, &r)?;
     Ok(r)
 }
@@ -340,134 +329,6 @@ pub(crate) fn method_list(list: Vec<String>) -> anyhow::Result<Vec<String>> {
     Ok(baselines.into_iter().map(String::from).chain(others).collect())
 }
 
-/// `(seed, mIoU)` of one method's finished runs.
-fn scores(runs: &[RunResult], method: &str) -> Vec<(u64, f64)> {
-    runs.iter()
-        .filter(|r| r.method == method)
-        .filter_map(|r| r.miou.map(|m| (r.seed, m)))
-        .collect()
-}
-
-/// Per class (train-id order), each method's IoU averaged over its seeds (`None` where no run
-/// scored the class); the markdown table and the HTML chart show the same numbers.
-fn class_means(runs: &[RunResult], methods: &[String]) -> Vec<(&'static str, Vec<Option<f64>>)> {
-    seg_labels::TRAIN_CLASS_NAMES
-        .iter()
-        .map(|name| {
-            let vals = methods
-                .iter()
-                .map(|m| {
-                    let v: Vec<f64> = runs
-                        .iter()
-                        .filter(|r| &r.method == m)
-                        .filter_map(|r| r.class_iou.get(*name).and_then(|v| v.as_f64()))
-                        .collect();
-                    (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
-                })
-                .collect();
-            (*name, vals)
-        })
-        .collect()
-}
-
-fn markdown(
-    runs: &[RunResult],
-    summary: &BTreeMap<String, Summary>,
-    paired: &BTreeMap<String, Comparison>,
-    methods: &[String],
-    meta: &str,
-) -> String {
-    let mut s = String::from("# seg-adapt demo: synthetic (GTA5-format) → real (Cityscapes-format)\n\n");
-    s.push_str(meta);
-    s.push_str(
-        "\n\nTarget val mIoU (19 classes, official evaluation rules, last checkpoint), mean ± sample std over \
-         seeds. The \"vs\" columns are paired: the mean over seeds of each seed's difference (arms of one seed \
-         start from the same model and see the same batches), ± the half-width of its 95% confidence interval \
-         (t distribution); the last two count the seeds on which the method beat source-only and AdaBN.\n\n",
-    );
-    s.push_str(&results_markdown("mIoU %", methods, summary, paired));
-    s.push_str("\n## Per-class IoU % (mean over seeds)\n\n| class |");
-    for m in methods {
-        s.push_str(&format!(" {m} |"));
-    }
-    s.push_str("\n|---|");
-    for _ in methods {
-        s.push_str("---:|");
-    }
-    s.push('\n');
-    for (name, vals) in class_means(runs, methods) {
-        s.push_str(&format!("| {name} |"));
-        for v in vals {
-            match v {
-                Some(v) => s.push_str(&format!(" {:.1} |", 100.0 * v)),
-                None => s.push_str(" n/a |"),
-            }
-        }
-        s.push('\n');
-    }
-    s.push_str("\n![Predictions of every method on the same target val images](comparison.png)\n\n");
-    s.push_str("Columns of `comparison.png`: image, ground truth, then one column per method (seed 0) in the order of the table.\n");
-    s
-}
-
-/// The demo's self-contained page: the results table with the paired columns, the per-seed
-/// differences, per-class IoU of every method as a chart, the source cross-entropy of every arm
-/// over steps (seed 0), the predictions picture, and links to each run's own page.
-fn html_report(
-    out: &Path,
-    runs: &[RunResult],
-    summary: &BTreeMap<String, Summary>,
-    paired: &BTreeMap<String, Comparison>,
-    methods: &[String],
-    meta: &str,
-) -> String {
-    use seg_metrics::html;
-    let mut b = format!("<p>{}</p>\n", html::escape(meta));
-    b.push_str(
-        "<h2>Results</h2><p>Target val mIoU (19 classes, official rules, last checkpoint), mean ± sample std over \
-         seeds; paired columns: mean per-seed difference ± half-width of its 95% interval (t distribution), in points.</p>\
-         <table><tr><th>method</th><th>mIoU %</th><th>±</th><th>seeds</th><th>vs source-only</th><th>vs AdaBN</th>\
-         <th>seeds above AdaBN</th><th>per seed vs AdaBN</th></tr>",
-    );
-    for m in methods {
-        let (Some(x), Some(c)) = (summary.get(m), paired.get(m)) else {
-            continue;
-        };
-        let per_seed = c.vs_adabn.as_ref().map_or(String::new(), |p| {
-            p.per_seed
-                .iter()
-                .map(|(s, d)| format!("{s}: {:+.2}", 100.0 * d))
-                .collect::<Vec<_>>()
-                .join(", ")
-        });
-        b.push_str(&format!(
-            "<tr><td><a href=\"runs/{m}/seed0/report.html\">{}</a></td><td>{:.2} %</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            html::escape(m),
-            100.0 * x.mean,
-            x.spread(),
-            x.n,
-            c.vs_source_only.as_ref().map_or(String::new(), with_ci),
-            c.vs_adabn.as_ref().map_or(String::new(), with_ci),
-            c.vs_adabn.as_ref().map_or(String::new(), |p| format!("{}/{}", p.positive, p.n)),
-            per_seed,
-        ));
-    }
-    b.push_str("</table>");
-    let rows = class_means(runs, methods);
-    b.push_str(&html::heat_table("Per-class IoU % (mean over seeds)", methods, &rows));
-    b.push_str(&arm_curves_html(
-        out,
-        methods,
-        "seg",
-        "The seg term of each arm (seed 0) over its training steps (the curriculum's stage before training left out): source cross-entropy; SAN's on real features, × (1 − generated_task_share)",
-    ));
-    if let Some(img) = html::png_img(&out.join("comparison.png"), "predictions of every method") {
-        b.push_str("<h2>Predictions (seed 0)</h2><p>Columns: image, ground truth, then one per method in the table's order.</p>");
-        b.push_str(&img);
-    }
-    html::page("seg-adapt demo: synthetic (GTA5-format) → real (Cityscapes-format)", &b)
-}
-
 /// Image | ground truth | each method's prediction (first seed), for the first val images.
 fn comparison(
     out: &Path,
@@ -545,16 +406,13 @@ pub fn run(args: Args, device_name: &crate::run::DeviceName) -> anyhow::Result<(
     // Only once every argument is known good is the folder claimed (and locked for the run).
     let _claim = claim_out(&out, args.task)?;
     let data = out.join("data");
-    match toy::read_manifest(&data) {
-        Some(m) if m.preset == preset && m.generator_version == toy::GENERATOR_VERSION && m.seed == args.data_seed => {}
-        _ => {
-            eprintln!(
-                "generating the embedded benchmark ({preset:?}, seed {}) in {}",
-                args.data_seed,
-                data.display()
-            );
-            toy::generate(&data, args.data_seed, preset)?;
-        }
+    if let Some(why) = toy::stale(&data, args.data_seed, preset) {
+        eprintln!(
+            "writing the embedded benchmark ({preset:?}, seed {}) in {}: {why}",
+            args.data_seed,
+            data.display()
+        );
+        toy::generate(&data, args.data_seed, preset)?;
     }
     let mut runs = Vec::new();
     let mut ledger = Ledger::default();
@@ -608,8 +466,8 @@ pub fn run(args: Args, device_name: &crate::run::DeviceName) -> anyhow::Result<(
         phases.adapt,
         ledger.describe(start.elapsed().as_secs_f64())
     );
-    let md = markdown(&runs, &summary, &paired, &methods, &meta);
-    let page = html_report(&out, &runs, &summary, &paired, &methods, &meta);
+    let md = demo_report::markdown(&runs, &summary, &paired, &methods, &meta);
+    let page = demo_report::html_page(&out, &runs, &summary, &paired, &methods, &meta);
     let json = serde_json::json!({
         "task": "segmentation",
         "runs": runs,

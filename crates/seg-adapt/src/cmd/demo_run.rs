@@ -16,12 +16,9 @@ use seg_labels::fsutil::write_atomic;
 /// A 64-bit FNV-1a digest of a file, as hex.
 pub(crate) fn digest(path: &Path) -> anyhow::Result<String> {
     let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    Ok(format!("{h:016x}"))
+    let mut h = seg_labels::fsutil::Fnv::default();
+    h.write(&bytes);
+    Ok(h.hex())
 }
 
 /// Everything a demo run depends on.

@@ -21,7 +21,7 @@ use seg_ssd::train::{DetMethodConfigField, DetRunConfig};
 use seg_ssd::{DetMethodConfig, SsdConfig};
 
 use super::demo::{method_list, Phase, Phases, PRETRAIN};
-use super::demo_run::{digest, Ledger, Stamp};
+use super::demo_run::{Ledger, Stamp};
 use seg_metrics::compare::{arm_curves_html, comparisons, results_markdown, summarise, with_ci, Comparison};
 use seg_metrics::seeds::Summary;
 
@@ -506,24 +506,30 @@ fn run_arm(
     Ok(r)
 }
 
-/// AdaBN from the source-only run of `seed`.
+/// AdaBN from the source-only run of `seed`; a finished one is reused while the source-only
+/// checkpoint and the benchmark instance are unchanged ([`Stamp`]).
 fn run_adabn(out: &Path, seed: u64, data_seed: u64, device: &candle_core::Device) -> anyhow::Result<DetResult> {
     let t = std::time::Instant::now();
     let from = out.join("runs/source-only").join(format!("seed{seed}"));
     let loaded = seg_ssd::train::load_detector(&from, device)?;
     let cfg = &loaded.cfg;
-    let ssd = loaded.method.detector();
-    let ds = cfg.data.open_target(true, false, cfg.model.classes)?;
-    seg_ssd::train::reestimate_bn(ssd, &ds, cfg.model.input_size(), cfg.trainer.batch_size, device)?;
-    let val = cfg.data.open_target(false, true, cfg.model.classes)?;
-    let dir = out.join("runs/adabn").join(format!("seed{seed}"));
-    let eval_to = dir.join(seg_train::checkpoint::eval_dir(loaded.step));
     // Kept as the run of method `adabn` it is (source-only training, then the re-estimation),
     // for `eval --task detection --checkpoint`.
     let adabn = DetRunConfig {
         method: DetMethodConfigField(DetMethodConfig::Adabn),
         ..cfg.clone()
     };
+    let dir = out.join("runs/adabn").join(format!("seed{seed}"));
+    let stamp = Stamp::new(adabn.to_toml(), data_seed, Some(&from))?;
+    if let Some(r) = stamp.finished::<DetResult>(&dir) {
+        return Ok(DetResult { reused: true, ..r });
+    }
+    stamp.start(&dir)?;
+    let ssd = loaded.method.detector();
+    let ds = cfg.data.open_target(true, false, cfg.model.classes)?;
+    seg_ssd::train::reestimate_bn(ssd, &ds, cfg.model.input_size(), cfg.trainer.batch_size, device)?;
+    let val = cfg.data.open_target(false, true, cfg.model.classes)?;
+    let eval_to = dir.join(seg_train::checkpoint::eval_dir(loaded.step));
     seg_ssd::train::save_detector(&loaded, &adabn, &dir)?;
     let report = seg_ssd::train::evaluate_detector(
         ssd,
@@ -543,11 +549,13 @@ fn run_adabn(out: &Path, seed: u64, data_seed: u64, device: &candle_core::Device
         ),
         },
     )?;
-    Ok(DetResult {
+    let r = DetResult {
         data_seed,
-        init_digest: Some(digest(&seg_train::checkpoint::file_of(&from))?),
+        init_digest: stamp.init_digest(),
         ..result("adabn", seed, &report, t.elapsed().as_secs_f64())
-    })
+    };
+    stamp.finish(&dir, &r)?;
+    Ok(r)
 }
 
 /// `seg-adapt demo --task detection`.
@@ -594,15 +602,13 @@ pub fn demo(args: &super::demo::Args, out: &Path, device: &crate::run::DeviceNam
     // Only once every argument is known good is the folder claimed (and locked for the run).
     let _claim = super::demo::claim_out(out, super::Task::Detection)?;
     let data = out.join("data");
-    match toy::read_manifest(&data) {
-        Some(m) if m.preset == preset && m.generator_version == toy::GENERATOR_VERSION && m.seed == data_seed => {}
-        _ => {
-            eprintln!(
-                "generating the embedded benchmark ({preset:?}, seed {data_seed}) in {}",
-                data.display()
-            );
-            toy::generate(&data, data_seed, preset)?;
-        }
+    if let Some(why) = toy::stale(&data, data_seed, preset) {
+        eprintln!(
+            "writing the embedded benchmark ({preset:?}, seed {}) in {}: {why}",
+            data_seed,
+            data.display()
+        );
+        toy::generate(&data, data_seed, preset)?;
     }
     let mut runs: Vec<DetResult> = Vec::new();
     let mut ledger = Ledger::default();

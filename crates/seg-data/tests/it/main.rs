@@ -588,6 +588,49 @@ fn loader_skips_or_fails_on_a_corrupt_sample_as_asked() {
 }
 
 #[test]
+fn a_damaged_benchmark_is_told_from_a_whole_one_and_written_again_as_it_was() {
+    use seg_data::toy::{self, Preset};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    assert!(toy::stale(d, 1, Preset::Quick)
+        .unwrap()
+        .contains("no complete benchmark"));
+    toy::generate(d, 1, Preset::Quick).unwrap();
+    assert_eq!(toy::stale(d, 1, Preset::Quick), None);
+    assert!(toy::stale(d, 2, Preset::Quick).unwrap().contains("seed 1"));
+    assert!(toy::stale(d, 1, Preset::Default).unwrap().contains("Quick"));
+    // Hidden files (a stopped write's temp file, Finder's) are no part of it.
+    std::fs::write(d.join("cityscapes/.DS_Store"), b"").unwrap();
+    assert_eq!(toy::stale(d, 1, Preset::Quick), None);
+    let label = d.join("cityscapes/gtFine/val/frankfurt");
+    let label = std::fs::read_dir(&label).unwrap().next().unwrap().unwrap().path();
+    let original = std::fs::read(&label).unwrap();
+    // Truncated, changed in place (same size), or gone: each is told apart.
+    std::fs::write(&label, &original[..original.len() / 2]).unwrap();
+    assert!(toy::stale(d, 1, Preset::Quick).unwrap().contains("changed"));
+    let mut flipped = original.clone();
+    flipped[original.len() / 2] ^= 1;
+    std::fs::write(&label, &flipped).unwrap();
+    assert!(toy::stale(d, 1, Preset::Quick).unwrap().contains("changed"));
+    std::fs::remove_file(&label).unwrap();
+    let why = toy::stale(d, 1, Preset::Quick).unwrap();
+    let written = toy::read_manifest(d).unwrap().contents.unwrap().files;
+    assert!(
+        why.contains(&format!("holds {} files where {written} were written", written - 1)),
+        "{why}"
+    );
+    // The generator is deterministic: written again, the benchmark is the one that was.
+    toy::generate(d, 1, Preset::Quick).unwrap();
+    assert_eq!(std::fs::read(&label).unwrap(), original);
+    assert_eq!(toy::stale(d, 1, Preset::Quick), None);
+    // A manifest of an earlier version, without a record of its files, is written again.
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(d.join("toy.json")).unwrap()).unwrap();
+    m.as_object_mut().unwrap().remove("contents");
+    std::fs::write(d.join("toy.json"), serde_json::to_vec(&m).unwrap()).unwrap();
+    assert!(toy::stale(d, 1, Preset::Quick).unwrap().contains("earlier version"));
+}
+
+#[test]
 fn toy_benchmark_replaces_its_own_files_and_never_touches_real_data() {
     let dir = tempfile::tempdir().unwrap();
     seg_data::toy::generate(dir.path(), 3, seg_data::toy::Preset::Quick).unwrap();
