@@ -83,6 +83,41 @@ fn source_fractions(ds: &Dataset) -> anyhow::Result<SizeConstraints> {
     Ok(SizeConstraints::from_fractions(&fractions))
 }
 
+/// The config's method on `backbone` (its heads, second streams and frozen copies).
+fn build_method(
+    cfg: &RunConfig,
+    backbone: Box<dyn Backbone>,
+    vars: &VarMap,
+    device: &Device,
+    stats: Option<&SizeConstraints>,
+) -> anyhow::Result<Box<dyn seg_core::SegMethod>> {
+    let seeds = PartSeeds {
+        head: cfg.trainer.seed ^ 0x4EAD,
+        copies: cfg.trainer.seed ^ 0xC0B1,
+    };
+    // Second streams and frozen copies: the same model, its variables under another prefix.
+    let rebuild = |vb: candle_nn::VarBuilder<'_>| seg_fcn::build(cfg.model.name, seg_labels::NUM_CLASSES, vb, vars);
+    cfg.method
+        .clone()
+        .with_seed(cfg.trainer.seed)
+        .build_on(backbone, vars, device, seeds, &rebuild, stats)
+        .with_context(|| format!("method `{}` with model `{}`", cfg.method.name(), cfg.model.name))
+}
+
+/// What `train` refuses once the model is built, refused with no data read (`check` runs it
+/// before it decodes every file): an `init_from` run that is missing or of another model, and a
+/// method that does not fit the model (a feature tap it lacks). FCNs in the Wild's size
+/// constraints, learnt from the source labels in a run, are uniform here.
+pub fn refuse_what_the_model_settles(cfg: &RunConfig, device: &Device) -> anyhow::Result<()> {
+    if let Some(from) = &cfg.model.init_from {
+        init_checkpoint(cfg, from, device)?;
+    }
+    let (vars, backbone) = build_model(cfg, device)?;
+    let uniform = SizeConstraints::from_fractions(&[[1.0 / seg_labels::NUM_CLASSES as f32; seg_labels::NUM_CLASSES]]);
+    let stats = cfg.method.needs_source_stats().then_some(&uniform);
+    build_method(cfg, backbone, &vars, device, stats).map(drop)
+}
+
 /// Everything `train` needs, checked before any work starts.
 pub fn build_setup(
     cfg: &RunConfig,
@@ -172,24 +207,13 @@ pub fn build_setup(
     } else {
         None
     };
-    let seeds = PartSeeds {
-        head: cfg.trainer.seed ^ 0x4EAD,
-        copies: cfg.trainer.seed ^ 0xC0B1,
-    };
-    // Second streams and frozen copies: the same model, its variables under another prefix.
-    let rebuild = |vb: candle_nn::VarBuilder<'_>| seg_fcn::build(cfg.model.name, seg_labels::NUM_CLASSES, vb, &vars);
     if let Some(own) = cfg.method.own_seed().filter(|&s| s != 0 && s != cfg.trainer.seed) {
         tracing::warn!(
             "method.seed = {own} is not used: the method's random draws follow trainer.seed = {}",
             cfg.trainer.seed
         );
     }
-    let method = cfg
-        .method
-        .clone()
-        .with_seed(cfg.trainer.seed)
-        .build_on(backbone, &vars, device, seeds, &rebuild, stats.as_ref())
-        .with_context(|| format!("method `{}` with model `{}`", cfg.method.name(), cfg.model.name))?;
+    let method = build_method(cfg, backbone, &vars, device, stats.as_ref())?;
     let reestimate = method.stages().contains(&Stage::ReestimateBn);
     let t = &cfg.trainer;
     let src_loader = Loader::new(
@@ -329,10 +353,16 @@ pub fn train(
         agrees_with_checkpoint(cfg, run_dir)?;
     }
     let resume = has_checkpoint;
-    let setup = build_setup(cfg, run_dir, device, resume, progress)?;
+    // A run from step 0 that stops before it trained anything (a file that does not decode in
+    // its first batch) leaves the folder as it found it, so that the same command runs again.
+    let fresh = !has_checkpoint && !run_dir.join("config.toml").exists();
     // The trainer writes config.toml once the run is set up and a resume restored (a config or
     // resume refused before leaves the folder as it was).
-    Ok(Trainer::new(setup)?.run()?)
+    let outcome = build_setup(cfg, run_dir, device, resume, progress).and_then(|setup| Ok(Trainer::new(setup)?.run()?));
+    if outcome.is_err() && fresh {
+        seg_train::checkpoint::forget_untrained(run_dir);
+    }
+    outcome
 }
 
 /// Refuses to resume the run in `run_dir` with `cfg` when it differs from the config the run's

@@ -36,6 +36,22 @@ pub struct DetEntry {
     pub name: String,
     pub image: PathBuf,
     pub annotation: Option<PathBuf>,
+    /// The split list that named the sample, if one did: a listed image not on disk is named
+    /// with its list.
+    pub listed_by: Option<PathBuf>,
+}
+
+impl DetEntry {
+    /// A listed sample whose image is not on disk: the error names the list as well.
+    fn listed_but_missing(&self) -> Result<(), DetError> {
+        match &self.listed_by {
+            Some(list) if matches!(self.image.try_exists(), Ok(false)) => Err(DetError::invalid(
+                &self.image,
+                format!("image named by the split list {} not found", list.display()),
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// A decoded sample.
@@ -146,6 +162,7 @@ impl DetDataset {
                 image: img_dir.join(format!("{id}.jpg")),
                 annotation: Some(ann_dir.join(format!("{id}.xml"))),
                 name: id,
+                listed_by: list.clone(),
             })
             .collect();
         Ok(Self {
@@ -219,6 +236,7 @@ impl DetDataset {
                         .join(format!("{stem}{INSTANCES}"))
                 }),
                 name: stem,
+                listed_by: None,
             })
             .collect::<Vec<_>>();
         // Detections name their image by its stem: one stem in two cities cannot be told apart.
@@ -250,7 +268,7 @@ impl DetDataset {
     /// `cityscapes_list/{train,val}.txt` names them (every line form of
     /// [`split_list::cityscapes_line`], as the segmentation readers take them), in the split's
     /// order. A line naming an image that is not on disk stays a sample that does not load,
-    /// named by its missing file (the run stops on it, or leaves it out under
+    /// named by its missing file and the list (the run stops on it, or leaves it out under
     /// `error_policy = "skip"`, as the segmentation readers do); a sample named twice or
     /// another split's path is refused, naming the list.
     pub fn keep_listed(&mut self, list: &Path) -> Result<(), DetError> {
@@ -281,6 +299,7 @@ impl DetDataset {
                         .join(format!("{stem}_gtFine_instanceIds.png"))
                 }),
                 name: stem,
+                listed_by: Some(list.to_path_buf()),
             });
         }
         let city = |e: &DetEntry| e.image.parent().and_then(|p| p.file_name()).map(|c| c.to_os_string());
@@ -330,6 +349,7 @@ impl DetDataset {
         self.entries
             .par_iter()
             .map(|e| -> Result<(), DetError> {
+                e.listed_but_missing()?;
                 png_io::read_size(&e.image)?;
                 if let Some(a) = &e.annotation {
                     std::fs::metadata(a).map_err(DetError::io(a))?;
@@ -349,7 +369,7 @@ impl DetDataset {
             .ok_or_else(|| DetError::invalid(&e.image, "this dataset was opened without annotations"))?;
         match self.format {
             DetFormat::Sim10k => {
-                let text = std::fs::read_to_string(ann).map_err(DetError::io(ann))?;
+                let text = crate::voc::decode_xml(ann, &std::fs::read(ann).map_err(DetError::io(ann))?)?;
                 let image_size = || png_io::read_size(&e.image).map_err(DetError::from);
                 let a = parse_voc(ann, &text, self.classes, image_size)?;
                 Ok(DetTruth {
@@ -393,6 +413,7 @@ impl DetDataset {
     /// annotations; an image whose size differs from its annotation's is refused.
     pub fn load(&self, i: usize) -> Result<DetSample, DetError> {
         let e = &self.entries[i];
+        e.listed_but_missing()?;
         let image = decode_image(&e.image)?;
         let boxes = if e.annotation.is_some() {
             let t = self.truth(i)?;
@@ -749,7 +770,7 @@ mod tests {
             assert!(e.contains(said) && e.contains("val.txt"), "{text}: {e}");
         }
         // A listed image that is not on disk is a sample that does not load, named by its file
-        // (the run's error policy decides), in the split's order.
+        // and the list (the run's error policy decides), in the split's order.
         assert_eq!(
             keep("lindau_000009_000019\nlindau_000000_000019\n").unwrap(),
             ["lindau_000000_000019", "lindau_000009_000019"]
@@ -757,7 +778,12 @@ mod tests {
         let mut ds = DetDataset::open_cityscapes(root, "val", true, ClassSet::Car).unwrap();
         ds.keep_listed(&list).unwrap();
         let e = ds.load(1).unwrap_err().to_string();
-        assert!(e.contains("lindau_000009_000019_") && e.contains("cannot read"), "{e}");
+        assert!(
+            e.contains("lindau_000009_000019_leftImg8bit.png: image named by the split list")
+                && e.contains("val.txt not found"),
+            "{e}"
+        );
+        assert_eq!(ds.first_missing_or_unreadable().unwrap().to_string(), e);
         let left_out = ds.leave_out_unloadable();
         assert_eq!(left_out.len(), 1);
         assert_eq!(left_out[0].name, "lindau_000009_000019");

@@ -75,7 +75,29 @@ pub fn read_detections(path: &Path, images: &HashMap<String, usize>) -> Result<V
             score: d.score,
         });
     }
+    // A JSON value keeps the last of a key written twice in an entry; read as detections, the
+    // entries refuse it, naming the entry.
+    if let Err(e) = serde_json::from_slice::<Vec<Detection>>(&bytes) {
+        return Err(match entry_at(&bytes, offset_of(&bytes, &e)) {
+            Some(index) => DetError::Detection {
+                path: path.to_path_buf(),
+                index,
+                reason: e.to_string(),
+            },
+            None => DetError::invalid(path, format!("not a detections file: {e}")),
+        });
+    }
     Ok(out)
+}
+
+/// The byte offset of the line and column a JSON error names.
+fn offset_of(bytes: &[u8], e: &serde_json::Error) -> usize {
+    let line_start: usize = bytes
+        .split_inclusive(|&b| b == b'\n')
+        .take(e.line().saturating_sub(1))
+        .map(<[u8]>::len)
+        .sum();
+    (line_start + e.column().saturating_sub(1)).min(bytes.len())
 }
 
 /// Where JSON parsing stopped at a number that is not finite (`NaN`, `Infinity`, `-Infinity`,
@@ -89,12 +111,7 @@ fn non_finite(bytes: &[u8], e: &serde_json::Error) -> Option<(usize, String)> {
     if !overflow && !message.starts_with("expected value") && !message.starts_with("invalid number") {
         return None;
     }
-    let line_start: usize = bytes
-        .split_inclusive(|&b| b == b'\n')
-        .take(e.line().saturating_sub(1))
-        .map(<[u8]>::len)
-        .sum();
-    let at = (line_start + e.column().saturating_sub(1)).min(bytes.len());
+    let at = offset_of(bytes, e);
     let part = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.');
     let start = bytes[..at].iter().rposition(|b| !part(b)).map_or(0, |i| i + 1);
     let end = bytes[start..]
@@ -106,8 +123,14 @@ fn non_finite(bytes: &[u8], e: &serde_json::Error) -> Option<(usize, String)> {
     if !(named || (overflow && token.parse::<f64>().is_ok())) {
         return None;
     }
+    Some((entry_at(bytes, start)?, token.to_string()))
+}
+
+/// The entry of the top-level list that byte `at` is in, or that starts at `at`; none when `at`
+/// is outside the list (or the file is no list).
+fn entry_at(bytes: &[u8], at: usize) -> Option<usize> {
     // The entries are the values of the top-level list, counted as they start, outside strings.
-    let text = bytes[..start].trim_ascii_start();
+    let text = bytes[..at].trim_ascii_start();
     if text.first() != Some(&b'[') {
         return None;
     }
@@ -145,7 +168,7 @@ fn non_finite(bytes: &[u8], e: &serde_json::Error) -> Option<(usize, String)> {
     if depth == 1 && expecting {
         entries += 1;
     }
-    Some((entries.checked_sub(1)?, token.to_string()))
+    entries.checked_sub(1)
 }
 
 /// Writes detections as a detections file (atomically).
@@ -207,6 +230,14 @@ mod tests {
             assert!(e.contains("not JSON"), "{text}: {e}");
         }
         assert!(check("{}").unwrap_err().to_string().contains("list"));
+        // A key written twice is refused, not read as its last value.
+        let twice = format!(
+            "[{}, {}]",
+            &ok[1..ok.len() - 1],
+            ok[1..ok.len() - 1].replacen("\"score\": 0.5", "\"score\": 0.5, \"image\": \"a_000000_000019\"", 1)
+        );
+        let e = check(&twice).unwrap_err().to_string();
+        assert!(e.contains("entry 1: duplicate field `image`"), "{e}");
         assert!(check(&ok.replace(", \"score\": 0.5", ""))
             .unwrap_err()
             .to_string()

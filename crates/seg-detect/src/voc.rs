@@ -52,6 +52,63 @@ fn number(path: &Path, n: Node<'_, '_>, tag: &str, what: &str) -> Result<f64, De
     Ok(v)
 }
 
+/// The text of an annotation file's bytes, as an XML reader takes them: UTF-8 (a byte-order
+/// mark dropped), UTF-16 with its byte-order mark, or the single-byte encoding its XML
+/// declaration names (`ISO-8859-1`, `latin1`, `windows-1252`: bytes above 127 read as Latin-1,
+/// which changes nothing a box is read from). Another declared encoding, or bytes that are not
+/// what the file says, is refused naming the file.
+pub fn decode_xml(path: &Path, bytes: &[u8]) -> Result<String, DetError> {
+    let utf16 = |big: bool| -> Result<String, DetError> {
+        let units = bytes[2..].chunks(2).map(|c| match (c, big) {
+            ([a, b], true) => Ok(u16::from_be_bytes([*a, *b])),
+            ([a, b], false) => Ok(u16::from_le_bytes([*a, *b])),
+            _ => Err(()),
+        });
+        let units: Result<Vec<u16>, ()> = units.collect();
+        let units = units.map_err(|()| DetError::invalid(path, "UTF-16 text of an odd number of bytes"))?;
+        String::from_utf16(&units).map_err(|e| DetError::invalid(path, format!("not valid UTF-16: {e}")))
+    };
+    match bytes {
+        [0xFF, 0xFE, ..] => return utf16(false),
+        [0xFE, 0xFF, ..] => return utf16(true),
+        [0xEF, 0xBB, 0xBF, rest @ ..] => return utf8(path, rest),
+        _ => {}
+    }
+    let head = &bytes[..bytes.len().min(256)];
+    let declared = head
+        .strip_prefix(b"<?xml")
+        .and_then(|rest| rest.split(|&b| b == b'>').next())
+        .and_then(|decl| {
+            let decl = String::from_utf8_lossy(decl).into_owned();
+            let at = decl.find("encoding")?;
+            let value = decl[at + "encoding".len()..]
+                .trim_start()
+                .strip_prefix('=')?
+                .trim_start();
+            let quote = value.chars().next().filter(|q| *q == '"' || *q == '\'')?;
+            Some(value[1..].split(quote).next()?.to_ascii_lowercase())
+        });
+    match declared.as_deref() {
+        None | Some("utf-8" | "utf8" | "us-ascii" | "ascii") => utf8(path, bytes),
+        Some("iso-8859-1" | "iso8859-1" | "latin1" | "latin-1" | "l1" | "windows-1252" | "cp1252") => {
+            Ok(bytes.iter().map(|&b| char::from(b)).collect())
+        }
+        Some(other) => Err(DetError::invalid(
+            path,
+            format!("declares encoding `{other}`, which is not read (UTF-8, UTF-16 and ISO-8859-1 are)"),
+        )),
+    }
+}
+
+fn utf8(path: &Path, bytes: &[u8]) -> Result<String, DetError> {
+    String::from_utf8(bytes.to_vec()).map_err(|e| {
+        DetError::invalid(
+            path,
+            format!("not UTF-8 text ({e}), and no XML declaration names another encoding"),
+        )
+    })
+}
+
 /// Parses the XML text of `path` (named in errors), keeping the boxes of `classes`. An
 /// annotation without `<size>` takes `image_size()` (the image's own, as py-faster-rcnn's
 /// loader, which never reads `<size>`, does).
@@ -188,6 +245,38 @@ pub fn to_voc_xml(filename: &str, width: u32, height: u32, boxes: &[GtBox]) -> S
 mod tests {
     use super::*;
     use crate::classes::CAR;
+
+    #[test]
+    fn annotations_are_read_in_the_encoding_they_declare() {
+        let p = Path::new("a.xml");
+        let body = "<annotation><folder>Caf\u{e9}</folder><size><width>100</width><height>50</height></size>\
+            <object><name>car</name><bndbox><xmin>1</xmin><ymin>2</ymin><xmax>30</xmax><ymax>20</ymax></bndbox></object></annotation>";
+        let read = |bytes: &[u8]| parse_voc(p, &decode_xml(p, bytes)?, ClassSet::All, unused);
+        let latin1: Vec<u8> = "<?xml version='1.0' encoding=\"ISO-8859-1\"?>\n"
+            .chars()
+            .chain(body.chars())
+            .map(|c| u8::try_from(u32::from(c)).unwrap())
+            .collect();
+        assert_eq!(read(&latin1).unwrap().boxes.len(), 1);
+        for big in [false, true] {
+            let mut bytes = if big { vec![0xFE, 0xFF] } else { vec![0xFF, 0xFE] };
+            for u in "<?xml version=\"1.0\" encoding=\"UTF-16\"?>"
+                .encode_utf16()
+                .chain(body.encode_utf16())
+            {
+                bytes.extend(if big { u.to_be_bytes() } else { u.to_le_bytes() });
+            }
+            assert_eq!(read(&bytes).unwrap().boxes.len(), 1);
+        }
+        let mut bom = vec![0xEF, 0xBB, 0xBF];
+        bom.extend(body.as_bytes());
+        assert_eq!(read(&bom).unwrap().boxes.len(), 1);
+        // Latin-1 bytes without a declaration, and an encoding not read, are named.
+        let e = read(&latin1[latin1.iter().position(|&b| b == b'\n').unwrap() + 1..]).unwrap_err();
+        assert!(e.to_string().contains("a.xml: not UTF-8 text"), "{e}");
+        let e = read(b"<?xml version=\"1.0\" encoding=\"Shift_JIS\"?><annotation/>").unwrap_err();
+        assert!(e.to_string().contains("declares encoding `shift_jis`"), "{e}");
+    }
 
     /// The size of an image that should not be needed.
     fn unused() -> Result<(u32, u32), DetError> {

@@ -164,15 +164,7 @@ pub fn lock_dir(dir: &Path) -> std::io::Result<DirLock> {
                 });
             }
             Ok(()) => continue,
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::WouldBlock,
-                    format!(
-                        "{} is in use by another seg-adapt process (wait for it, or choose another folder)",
-                        dir.display()
-                    ),
-                ));
-            }
+            Err(std::fs::TryLockError::WouldBlock) => return Err(in_use(dir)),
             Err(std::fs::TryLockError::Error(e)) => return Err(named(e)),
         }
     }
@@ -180,6 +172,26 @@ pub fn lock_dir(dir: &Path) -> std::io::Result<DirLock> {
         "{}: its lock file keeps being removed by another process",
         dir.display()
     )))
+}
+
+fn in_use(dir: &Path) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::WouldBlock,
+        format!(
+            "{} is in use by another seg-adapt process (wait for it, or choose another folder)",
+            dir.display()
+        ),
+    )
+}
+
+/// The error [`lock_dir`] gives when another process holds `dir`'s lock, if one does now;
+/// creates nothing (a folder without a lock file is held by none).
+pub fn held_by_another(dir: &Path) -> Option<std::io::Error> {
+    let file = std::fs::File::open(dir.join(LOCK_FILE)).ok()?;
+    match file.try_lock() {
+        Err(std::fs::TryLockError::WouldBlock) => Some(in_use(dir)),
+        _ => None,
+    }
 }
 
 /// Whether the open `file` is the one at `path` (not unlinked, nor replaced).

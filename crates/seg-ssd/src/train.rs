@@ -353,6 +353,25 @@ pub fn run(
     // A run stopped before its first checkpoint starts over from step 0 under `--resume`, with
     // this config: nothing of it is kept that the config would have to agree with.
     let (_lock, resuming) = seg_train::checkpoint::take_run_folder(out, control.resume).map_err(DetRunError::Run)?;
+    // A run from step 0 that stops before it trained anything (a file that does not decode in
+    // its first batch) leaves the folder as it found it, so that the same command runs again.
+    let fresh = !resuming && !out.join("config.toml").exists();
+    let outcome = run_locked(cfg, out, device, progress, control, resuming);
+    if outcome.is_err() && fresh {
+        seg_train::checkpoint::forget_untrained(out);
+    }
+    outcome
+}
+
+/// [`run`] once the run folder is taken.
+fn run_locked(
+    cfg: &DetRunConfig,
+    out: &Path,
+    device: &Device,
+    progress: Progress<'_>,
+    control: RunControl,
+    resuming: bool,
+) -> Result<Option<DetOutcome>, DetRunError> {
     let ckpt = out.join(seg_train::checkpoint::FILE);
     let method_cfg = &cfg.method.0;
     let classes = cfg.model.classes;

@@ -82,7 +82,9 @@ pub fn check_run_folder(dir: &Path, resume: bool) -> Result<bool, String> {
 /// cleared. Returns the lock and whether there is a checkpoint to resume from.
 pub fn take_run_folder(dir: &Path, resume: bool) -> Result<(seg_labels::fsutil::DirLock, bool), String> {
     if dir.is_dir() {
-        check_run_folder(dir, resume)?;
+        // What another process's run is writing in its set-up is named as that process's.
+        check_run_folder(dir, resume)
+            .map_err(|e| seg_labels::fsutil::held_by_another(dir).map_or(e, |busy| busy.to_string()))?;
     }
     let lock = seg_labels::fsutil::lock_dir(dir).map_err(|e| e.to_string())?;
     let has_checkpoint = check_run_folder(dir, resume)?;
@@ -419,6 +421,26 @@ impl Checkpoint {
             .filter_map(|(k, v)| k.strip_prefix(&prefix).map(|k| (k.to_string(), v.clone())))
             .collect()
     }
+}
+
+/// Takes back what a run from step 0 wrote into `dir` when it stopped with nothing to show for
+/// it: no checkpoint, no evaluation and no training step in `metrics.jsonl` (a file that does not
+/// decode in its first batches, say). Its `config.toml`, `metrics.jsonl`, `report.html` and
+/// `skipped.json` go, so that the same command, without `--resume`, runs again once the data is
+/// mended. For a run that found neither a checkpoint nor a `config.toml` in `dir` when it
+/// started, called under its lock. Returns whether anything was taken back.
+pub fn forget_untrained(dir: &Path) -> bool {
+    let trained = metric_lines(&dir.join("metrics.jsonl"))
+        .iter()
+        .any(|v| v["step"].as_u64().is_some_and(|s| s > 0));
+    if trained || dir.join(FILE).exists() || dir.join("eval").exists() {
+        return false;
+    }
+    let mut removed = false;
+    for f in ["config.toml", "metrics.jsonl", "report.html", SKIPPED] {
+        removed |= std::fs::remove_file(dir.join(f)).is_ok();
+    }
+    removed
 }
 
 /// The lines of a run's `metrics.jsonl`, in order (those that parse; none when it cannot be

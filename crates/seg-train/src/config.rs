@@ -236,6 +236,14 @@ pub fn bad_key_of_kind_section<T: serde::de::DeserializeOwned>(
 /// TrainerConfig` `expected a table`.
 pub fn plain_types(message: &str) -> String {
     let mut out = message.to_string();
+    // An integer beyond 64 bits reaches serde as a 128-bit one: too large, not of another type.
+    for wide in ["` as i128", "` as u128"] {
+        if out.contains(wide) {
+            out = out
+                .replace(wide, "` (too large)")
+                .replace("invalid type: integer", "invalid value: integer");
+        }
+    }
     for (rust, plain) in [
         ("usize", "a whole number of at least 0"),
         ("u64", "a whole number of at least 0"),
@@ -474,6 +482,12 @@ pub fn set_key_of<T: serde::de::DeserializeOwned>(
     Ok((key, value))
 }
 
+/// Whether `text` is written as a whole number (an optional sign, then digits and underscores).
+fn is_whole_number(text: &str) -> bool {
+    let digits = text.strip_prefix(['+', '-']).unwrap_or(text);
+    digits.starts_with(|c: char| c.is_ascii_digit()) && digits.chars().all(|c| c.is_ascii_digit() || c == '_')
+}
+
 /// Applies one `--set key=value` to a config as a TOML tree: the value is read as TOML (a
 /// number, boolean, array...) or else taken as a string; an empty value takes the key out (its
 /// default applies); `method.kind = X` replaces the whole `[method]` section (another method's
@@ -487,6 +501,13 @@ pub fn set_key(root: &mut toml::Value, assignment: &str) -> Result<(String, Stri
     let value = value.trim();
     let parsed: toml::Value = match toml::from_str::<toml::Table>(&format!("v = {value}")) {
         Ok(mut t) => t.remove("v").unwrap_or(toml::Value::String(value.to_string())),
+        // Digits that are no TOML integer are a number out of range, not a word.
+        Err(_) if is_whole_number(value) => {
+            return Err(format!(
+                "--set {key}={value}: too large a whole number (at most {})",
+                i64::MAX
+            ))
+        }
         Err(_) => toml::Value::String(value.to_string()),
     };
     let parts: Vec<&str> = key.split('.').collect();
@@ -564,6 +585,20 @@ mod tests {
         assert_eq!(
             plain_types("invalid type: string \"x\", expected f64"),
             "invalid type: string \"x\", expected a number"
+        );
+        assert_eq!(
+            plain_types("invalid type: integer `99999999999999999999` as i128, expected usize"),
+            "invalid value: integer `99999999999999999999` (too large), expected a whole number of at least 0"
+        );
+        let mut root = toml::Value::Table(toml::Table::new());
+        let e = set_key(&mut root, "trainer.steps=99999999999999999999").unwrap_err();
+        assert!(
+            e.contains("trainer.steps=99999999999999999999: too large a whole number"),
+            "{e}"
+        );
+        assert!(
+            set_key(&mut root, "data.source_root=1_000x").is_ok(),
+            "a word stays a string"
         );
         // A word that only starts like a type name is left alone.
         assert_eq!(plain_types("expected u8bit"), "expected u8bit");

@@ -53,6 +53,7 @@ pub fn run(args: Args, device_name: &DeviceName) -> anyhow::Result<()> {
     // The device first: reading every file takes long, and a device that cannot open would
     // stop the run anyway.
     let device = crate::run::device(device_name)?;
+    crate::run::refuse_what_the_model_settles(&cfg, &device).context("the run would stop before its first step")?;
     let dir = std::env::temp_dir().join(format!("seg-adapt-check-{}", std::process::id()));
     let text = cfg.to_toml()?;
     println!("# resolved config ({})\n{text}", args.config.display());
@@ -181,7 +182,7 @@ pub fn run(args: Args, device_name: &DeviceName) -> anyhow::Result<()> {
     }
     anyhow::ensure!(
         blocking.is_empty(),
-        "{} file(s) would stop the run under error_policy = \"fail\" (the first: {}); fix them or set data.error_policy = \"skip\"",
+        "{} file(s) would stop the run under error_policy = \"fail\", on the first it reaches (the first listed: {}); fix them or set data.error_policy = \"skip\"",
         blocking.len(),
         blocking[0]
     );

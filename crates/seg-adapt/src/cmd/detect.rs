@@ -854,6 +854,7 @@ pub fn predict(checkpoint: &Path, inputs: &[PathBuf], out: &Path, device: &candl
             name,
             image: path.clone(),
             annotation: None,
+            listed_by: None,
         });
     }
     let ds = DetDataset {

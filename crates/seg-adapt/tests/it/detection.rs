@@ -742,7 +742,7 @@ fn a_target_val_list_chooses_the_images_a_detection_run_and_its_evaluation_score
         "{said}"
     );
     // A line naming an image that is not on disk is a sample that does not load, as in the
-    // segmentation readers: it stops the run, named, or is left out under "skip".
+    // segmentation readers: it stops the run, named with the list, or is left out under "skip".
     let missing = "lindau_999999_000019";
     std::fs::write(
         &list,
@@ -751,7 +751,11 @@ fn a_target_val_list_chooses_the_images_a_detection_run_and_its_evaluation_score
     .unwrap();
     let r2 = dir.path().join("r2");
     let e = err(&["train-detector", p(&cfg), "--out", p(&r2), "--set", &set]);
-    assert!(e.contains(missing) && e.contains("cannot read"), "{e}");
+    assert!(
+        e.contains(&format!("{missing}_leftImg8bit.png: image named by the split list"))
+            && e.contains("val.txt not found"),
+        "{e}"
+    );
     let r3 = dir.path().join("r3");
     ok(&[
         "train-detector",

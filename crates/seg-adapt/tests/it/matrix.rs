@@ -412,13 +412,38 @@ fn a_run_refused_at_set_up_or_stopped_before_its_first_checkpoint_does_not_hold_
     let e = err(&args(&["--set", "trainer.groups.generator.lr=1e-3"]));
     assert!(e.contains("trainer.groups.generator"), "{e}");
     assert!(!out.exists(), "the folder the command created is gone");
-    // A run stopped by a NaN loss before its first checkpoint: `--resume` with a mended config
-    // starts it over (nothing of it is kept that the new config would have to agree with).
+    // Target images that do not decode past their header stop a run under "fail" when first
+    // drawn, before it trained anything: the folder is left as the command found it (none), so
+    // that the same command runs once the data is mended.
+    let cut = dir.path().join("cut");
+    copy_dir(&cs, &cut);
+    for city in std::fs::read_dir(cut.join("leftImg8bit/train")).unwrap() {
+        for f in std::fs::read_dir(city.unwrap().path()).unwrap() {
+            let f = f.unwrap().path();
+            let bytes = std::fs::read(&f).unwrap();
+            std::fs::write(&f, &bytes[..bytes.len() / 2]).unwrap();
+        }
+    }
+    let at = |root: &'static str| {
+        let mut a = train_args(p(&out), p(&gta), root, "dann");
+        a.extend(["--set", "trainer.steps=1"]);
+        a
+    };
+    let e = err(&at(leak(p(&cut).to_string())));
+    assert!(e.contains("_leftImg8bit.png") && e.contains("not a valid PNG"), "{e}");
+    assert!(!out.exists(), "nothing of a run that trained nothing is kept");
+    ok(&at(leak(p(&cs).to_string())));
+    std::fs::remove_dir_all(&out).unwrap();
+    // A run stopped by a NaN loss after a step but before its first checkpoint: `--resume`
+    // with a mended config starts it over (nothing of it is kept that the new config would
+    // have to agree with).
     let e = err(&args(&[
         "--set",
         "trainer.lr=1e30",
         "--set",
         "trainer.checkpoint_every=0",
+        "--set",
+        "trainer.log_every=1",
     ]));
     assert!(
         e.contains("not finite") || e.contains("NaN") || e.contains("infinite"),
@@ -619,6 +644,17 @@ fn check_reads_every_file_times_steps_and_fails_when_the_run_would_stop() {
     std::fs::write(root.join("images/00004.png"), b"").unwrap();
     let e = err(&["check", p(&cfg), "--time-steps", "0"]);
     assert!(e.contains("would stop the run") && e.contains("00004.png"), "{e}");
+    // What the model settles is refused before any file is decoded, as `train` refuses it.
+    for (set, named) in [
+        ("model.init_from=/nowhere/run", "/nowhere/run"),
+        ("method.tap=pool4", "pool4"),
+    ] {
+        let e = err(&["check", p(&cfg), "--time-steps", "0", "--set", set]);
+        assert!(
+            e.contains("before its first step") && e.contains(named) && !e.contains("00004.png"),
+            "{set}: {e}"
+        );
+    }
     // `--set` checks the run as `train --set` would train it.
     let out = ok(&["check", p(&cfg), "--time-steps", "0", "--set", "data.error_policy=skip"]);
     assert!(out.contains("00004.png") && out.contains("left out"), "{out}");

@@ -366,6 +366,52 @@ fn a_resume_is_refused_when_the_training_splits_leave_out_other_samples() {
 }
 
 #[test]
+fn a_run_folder_another_process_is_setting_up_is_named_as_in_use() {
+    use seg_train::checkpoint::take_run_folder;
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    // The first run holds the lock and has written its config, not yet a checkpoint.
+    let first = seg_labels::fsutil::lock_dir(&run).unwrap();
+    std::fs::write(run.join("config.toml"), "").unwrap();
+    for resume in [false, true] {
+        let e = take_run_folder(&run, resume).map(drop).unwrap_err();
+        assert!(e.contains("in use by another seg-adapt process"), "{e}");
+    }
+    // Before its config is written too.
+    std::fs::remove_file(run.join("config.toml")).unwrap();
+    let e = take_run_folder(&run, true).map(drop).unwrap_err();
+    assert!(e.contains("in use by another seg-adapt process"), "{e}");
+    // Once it has ended, a folder it left is judged on its files.
+    std::fs::write(run.join("config.toml"), "").unwrap();
+    drop(first);
+    let e = take_run_folder(&run, false).map(drop).unwrap_err();
+    assert!(e.contains("already holds config.toml"), "{e}");
+}
+
+#[cfg(unix)]
+#[test]
+fn a_left_out_file_whose_name_is_not_utf8_is_recorded_lossily() {
+    use seg_train::checkpoint::{same_left_out_as_recorded, write_left_out, LeftOutByRole, SKIPPED};
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let image = std::path::Path::new("images").join(std::ffi::OsStr::from_bytes(b"caf\xe9.png"));
+    let left: LeftOutByRole = [(
+        "source".to_string(),
+        vec![seg_labels::LeftOut {
+            name: "caf\u{fffd}".into(),
+            image,
+            reason: "image is 64x32 but its label is 66x32".into(),
+        }],
+    )]
+    .into();
+    write_left_out(dir.path(), &left).unwrap();
+    let text = std::fs::read_to_string(dir.path().join(SKIPPED)).unwrap();
+    assert!(text.contains("images/caf\u{fffd}.png"), "{text}");
+    // The record reads back, and a resume that leaves out the same sample goes ahead.
+    same_left_out_as_recorded(dir.path(), &left, "val").unwrap();
+}
+
+#[test]
 fn a_checkpoint_of_a_build_whose_methods_computed_otherwise_is_named_on_resume() {
     let a = tempfile::tempdir().unwrap();
     Trainer::new(setup(a.path(), 2, 0.01, false)).unwrap().run().unwrap();
