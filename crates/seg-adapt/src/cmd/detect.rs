@@ -176,6 +176,10 @@ pub fn check(
         seg_fcn::weights::weights_file_exists(w).context("the run would stop before its first step")?;
     }
     let device = crate::run::device(device_name)?;
+    // So is a starting run that is missing or of another detector, as `train-detector` refuses it.
+    if let Some(from) = &cfg.init_from {
+        seg_ssd::train::init_checkpoint(&cfg, from, &device).context("the run would stop before its first step")?;
+    }
     let text = cfg.to_toml();
     println!("# resolved config ({})\n{text}", config.display());
     let implied = [("data.error_policy", toml::Value::try_from(cfg.data.error_policy))];

@@ -628,6 +628,13 @@ fn check_reads_a_detection_configs_splits_and_times_steps() {
         "{stdout}"
     );
     assert!(stderr.contains("would stop the detection run"), "{stderr}");
+    // A starting run that is not there is refused before any file is read.
+    let o = super::run(&["check", p(&cfg), "--time-steps", "0", "--set", "init_from=/nowhere"]);
+    let (stdout, stderr) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(
+        !o.status.success() && stderr.contains("/nowhere") && !stdout.contains(&name),
+        "{stdout}\n{stderr}"
+    );
     // Under `error_policy = "skip"` it is left out: the check passes, and a run leaves it out
     // of training, names it once and lists it in skipped.json and metrics.jsonl.
     let text = std::fs::read_to_string(&cfg)
