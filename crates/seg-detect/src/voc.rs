@@ -52,28 +52,39 @@ fn number(path: &Path, n: Node<'_, '_>, tag: &str, what: &str) -> Result<f64, De
     Ok(v)
 }
 
-/// The text of an annotation file's bytes, as an XML reader takes them: UTF-8 (a byte-order
-/// mark dropped), UTF-16 with its byte-order mark, or the single-byte encoding its XML
-/// declaration names (`ISO-8859-1`, `latin1`, `windows-1252`: bytes above 127 read as Latin-1,
-/// which changes nothing a box is read from). Another declared encoding, or bytes that are not
-/// what the file says, is refused naming the file.
+/// The text of an annotation file's bytes, as an XML reader takes them: UTF-16 by its
+/// byte-order mark (or by `<` and a zero byte, without one); otherwise UTF-8 whenever the bytes
+/// are UTF-8, whatever the declaration says (as before: the XML reader ignores it), a UTF-8
+/// byte-order mark dropped; otherwise the single-byte encoding the XML declaration names
+/// (`ISO-8859-1`, `latin1`, `windows-1252`: bytes above 127 read as Latin-1, which changes
+/// nothing a box is read from). Anything else is refused naming the file and the encoding.
 pub fn decode_xml(path: &Path, bytes: &[u8]) -> Result<String, DetError> {
-    let utf16 = |big: bool| -> Result<String, DetError> {
-        let units = bytes[2..].chunks(2).map(|c| match (c, big) {
-            ([a, b], true) => Ok(u16::from_be_bytes([*a, *b])),
-            ([a, b], false) => Ok(u16::from_le_bytes([*a, *b])),
-            _ => Err(()),
-        });
-        let units: Result<Vec<u16>, ()> = units.collect();
-        let units = units.map_err(|()| DetError::invalid(path, "UTF-16 text of an odd number of bytes"))?;
+    let utf16 = |body: &[u8], big: bool| -> Result<String, DetError> {
+        if body.len() % 2 != 0 {
+            return Err(DetError::invalid(path, "UTF-16 text of an odd number of bytes"));
+        }
+        let units: Vec<u16> = body
+            .chunks_exact(2)
+            .map(|c| match big {
+                true => u16::from_be_bytes([c[0], c[1]]),
+                false => u16::from_le_bytes([c[0], c[1]]),
+            })
+            .collect();
         String::from_utf16(&units).map_err(|e| DetError::invalid(path, format!("not valid UTF-16: {e}")))
     };
-    match bytes {
-        [0xFF, 0xFE, ..] => return utf16(false),
-        [0xFE, 0xFF, ..] => return utf16(true),
-        [0xEF, 0xBB, 0xBF, rest @ ..] => return utf8(path, rest),
-        _ => {}
-    }
+    let (bytes, bom) = match bytes {
+        [0xFF, 0xFE, 0, 0, ..] => return Err(DetError::invalid(path, "UTF-32 text, which is not read")),
+        [0xFF, 0xFE, rest @ ..] => return utf16(rest, false),
+        [0xFE, 0xFF, rest @ ..] => return utf16(rest, true),
+        [b'<', 0, ..] => return utf16(bytes, false),
+        [0, b'<', ..] => return utf16(bytes, true),
+        [0xEF, 0xBB, 0xBF, rest @ ..] => (rest, true),
+        _ => (bytes, false),
+    };
+    let not_utf8 = match std::str::from_utf8(bytes) {
+        Ok(text) => return Ok(text.to_string()),
+        Err(e) => e,
+    };
     let head = &bytes[..bytes.len().min(256)];
     let declared = head
         .strip_prefix(b"<?xml")
@@ -89,24 +100,28 @@ pub fn decode_xml(path: &Path, bytes: &[u8]) -> Result<String, DetError> {
             Some(value[1..].split(quote).next()?.to_ascii_lowercase())
         });
     match declared.as_deref() {
-        None | Some("utf-8" | "utf8" | "us-ascii" | "ascii") => utf8(path, bytes),
-        Some("iso-8859-1" | "iso8859-1" | "latin1" | "latin-1" | "l1" | "windows-1252" | "cp1252") => {
+        Some("iso-8859-1" | "iso8859-1" | "iso_8859-1" | "latin1" | "latin-1" | "l1" | "windows-1252" | "cp1252")
+            if !bom =>
+        {
             Ok(bytes.iter().map(|&b| char::from(b)).collect())
         }
-        Some(other) => Err(DetError::invalid(
+        Some(other) if !other.starts_with("utf") && !other.contains("ascii") => Err(DetError::invalid(
             path,
-            format!("declares encoding `{other}`, which is not read (UTF-8, UTF-16 and ISO-8859-1 are)"),
+            format!(
+                "not UTF-8 text ({not_utf8}) but `{other}`, as its XML declaration says, which is not read \
+                 (UTF-8, UTF-16 and ISO-8859-1 are){}",
+                if bom {
+                    "; it also starts with UTF-8's byte-order mark"
+                } else {
+                    ""
+                }
+            ),
+        )),
+        _ => Err(DetError::invalid(
+            path,
+            format!("not UTF-8 text ({not_utf8}), and no XML declaration names another encoding"),
         )),
     }
-}
-
-fn utf8(path: &Path, bytes: &[u8]) -> Result<String, DetError> {
-    String::from_utf8(bytes.to_vec()).map_err(|e| {
-        DetError::invalid(
-            path,
-            format!("not UTF-8 text ({e}), and no XML declaration names another encoding"),
-        )
-    })
 }
 
 /// Parses the XML text of `path` (named in errors), keeping the boxes of `classes`. An
@@ -274,8 +289,17 @@ mod tests {
         // Latin-1 bytes without a declaration, and an encoding not read, are named.
         let e = read(&latin1[latin1.iter().position(|&b| b == b'\n').unwrap() + 1..]).unwrap_err();
         assert!(e.to_string().contains("a.xml: not UTF-8 text"), "{e}");
-        let e = read(b"<?xml version=\"1.0\" encoding=\"Shift_JIS\"?><annotation/>").unwrap_err();
-        assert!(e.to_string().contains("declares encoding `shift_jis`"), "{e}");
+        let e = read(b"<?xml version=\"1.0\" encoding=\"Shift_JIS\"?><annotation>\x82\xa0</annotation>").unwrap_err();
+        assert!(
+            e.to_string().contains("but `shift_jis`, as its XML declaration says"),
+            "{e}"
+        );
+        // UTF-8 bytes are read whatever the declaration says (the XML reader ignores it), as
+        // before; UTF-16 without its byte-order mark is told by its zero bytes.
+        let ascii = format!("<?xml version=\"1.0\" encoding=\"GBK\"?>{body}").replace('\u{e9}', "e");
+        assert_eq!(read(ascii.as_bytes()).unwrap().boxes.len(), 1);
+        let bare: Vec<u8> = body.encode_utf16().flat_map(u16::to_le_bytes).collect();
+        assert_eq!(read(&bare).unwrap().boxes.len(), 1);
     }
 
     /// The size of an image that should not be needed.

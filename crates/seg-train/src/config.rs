@@ -236,12 +236,28 @@ pub fn bad_key_of_kind_section<T: serde::de::DeserializeOwned>(
 /// TrainerConfig` `expected a table`.
 pub fn plain_types(message: &str) -> String {
     let mut out = message.to_string();
-    // An integer beyond 64 bits reaches serde as a 128-bit one: too large, not of another type.
+    // An integer beyond 64 bits reaches serde as a 128-bit one from a file, and as a word from
+    // `--set` (TOML has no such integer, so the value was taken as a string): out of range,
+    // not of another type.
     for wide in ["` as i128", "` as u128"] {
         if out.contains(wide) {
             out = out
-                .replace(wide, "` (too large)")
+                .replace(wide, "` (out of range)")
                 .replace("invalid type: integer", "invalid value: integer");
+        }
+    }
+    let word = "invalid type: string \"";
+    if let Some(at) = out.find(word) {
+        let rest = &out[at + word.len()..];
+        if let Some(end) = rest.find('"') {
+            let digits = &rest[..end];
+            let unsigned = digits.strip_prefix(['-', '+']).unwrap_or(digits);
+            let integer =
+                !unsigned.is_empty() && !unsigned.starts_with('0') && unsigned.bytes().all(|b| b.is_ascii_digit());
+            if integer && digits.parse::<i64>().is_err() && rest[end..].starts_with("\", expected ") {
+                let replaced = format!("invalid value: integer `{digits}` (out of range)");
+                out.replace_range(at..at + word.len() + end + 1, &replaced);
+            }
         }
     }
     for (rust, plain) in [
@@ -482,12 +498,6 @@ pub fn set_key_of<T: serde::de::DeserializeOwned>(
     Ok((key, value))
 }
 
-/// Whether `text` is written as a whole number (an optional sign, then digits and underscores).
-fn is_whole_number(text: &str) -> bool {
-    let digits = text.strip_prefix(['+', '-']).unwrap_or(text);
-    digits.starts_with(|c: char| c.is_ascii_digit()) && digits.chars().all(|c| c.is_ascii_digit() || c == '_')
-}
-
 /// Applies one `--set key=value` to a config as a TOML tree: the value is read as TOML (a
 /// number, boolean, array...) or else taken as a string; an empty value takes the key out (its
 /// default applies); `method.kind = X` replaces the whole `[method]` section (another method's
@@ -501,13 +511,6 @@ pub fn set_key(root: &mut toml::Value, assignment: &str) -> Result<(String, Stri
     let value = value.trim();
     let parsed: toml::Value = match toml::from_str::<toml::Table>(&format!("v = {value}")) {
         Ok(mut t) => t.remove("v").unwrap_or(toml::Value::String(value.to_string())),
-        // Digits that are no TOML integer are a number out of range, not a word.
-        Err(_) if is_whole_number(value) => {
-            return Err(format!(
-                "--set {key}={value}: too large a whole number (at most {})",
-                i64::MAX
-            ))
-        }
         Err(_) => toml::Value::String(value.to_string()),
     };
     let parts: Vec<&str> = key.split('.').collect();
@@ -586,20 +589,22 @@ mod tests {
             plain_types("invalid type: string \"x\", expected f64"),
             "invalid type: string \"x\", expected a number"
         );
+        // Beyond 64 bits: from a file (as i128), and from `--set` (taken as a word).
+        let wide =
+            "invalid value: integer `99999999999999999999` (out of range), expected a whole number of at least 0";
         assert_eq!(
             plain_types("invalid type: integer `99999999999999999999` as i128, expected usize"),
-            "invalid value: integer `99999999999999999999` (too large), expected a whole number of at least 0"
+            wide
         );
-        let mut root = toml::Value::Table(toml::Table::new());
-        let e = set_key(&mut root, "trainer.steps=99999999999999999999").unwrap_err();
-        assert!(
-            e.contains("trainer.steps=99999999999999999999: too large a whole number"),
-            "{e}"
+        assert_eq!(
+            plain_types("invalid type: string \"99999999999999999999\", expected usize"),
+            wide
         );
-        assert!(
-            set_key(&mut root, "data.source_root=1_000x").is_ok(),
-            "a word stays a string"
-        );
+        // A word of digits that a 64-bit integer holds, or with a leading zero, stays a word.
+        for word in ["\"0100\"", "\"12\"", "\"1_000\""] {
+            let message = format!("invalid type: string {word}, expected usize");
+            assert!(plain_types(&message).starts_with("invalid type: string"), "{word}");
+        }
         // A word that only starts like a type name is left alone.
         assert_eq!(plain_types("expected u8bit"), "expected u8bit");
     }
