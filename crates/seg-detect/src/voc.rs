@@ -60,7 +60,7 @@ fn number(path: &Path, n: Node<'_, '_>, tag: &str, what: &str) -> Result<f64, De
 /// nothing a box is read from). Anything else is refused naming the file and the encoding.
 pub fn decode_xml(path: &Path, bytes: &[u8]) -> Result<String, DetError> {
     let utf16 = |body: &[u8], big: bool| -> Result<String, DetError> {
-        if body.len() % 2 != 0 {
+        if !body.len().is_multiple_of(2) {
             return Err(DetError::invalid(path, "UTF-16 text of an odd number of bytes"));
         }
         let units: Vec<u16> = body
