@@ -7,8 +7,9 @@
 //! to case or surrounding spaces: Sim10k's `car`, `motorbike` and `person`, and the eight
 //! Cityscapes instance classes (VOC conversions of Cityscapes use those). Refused with the file
 //! named: text that is not XML, a missing or non-numeric size or coordinate, `xmax < xmin` or
-//! `ymax < ymin`. Listed as problems: an object of another class (left out, as the papers'
-//! loaders skip it), a box reaching outside the image (kept, clipped to the image), a box
+//! `ymax < ymin`, two `<size>` elements that disagree. Listed as problems: an object of another
+//! class (left out, as the papers' loaders skip it), a box reaching outside the image (kept,
+//! clipped to the image), a box
 //! wholly outside the image (dropped), an annotation with no objects.
 
 use std::path::Path;
@@ -148,6 +149,22 @@ pub fn parse_voc(
         ),
         None => image_size().map(|(w, h)| (w as f64, h as f64))?,
     };
+    // A second <size> that says otherwise leaves the image's size in doubt.
+    for other in root.children().filter(|c| c.has_tag_name("size")).skip(1) {
+        let again = (
+            number(path, other, "width", "<size>")?,
+            number(path, other, "height", "<size>")?,
+        );
+        if again != (width, height) {
+            return Err(DetError::invalid(
+                path,
+                format!(
+                    "two <size> elements, {width}x{height} and {}x{}: which is the image's?",
+                    again.0, again.1
+                ),
+            ));
+        }
+    }
     if width < 1.0
         || height < 1.0
         || width > 65535.0
@@ -300,6 +317,18 @@ mod tests {
         assert_eq!(read(ascii.as_bytes()).unwrap().boxes.len(), 1);
         let bare: Vec<u8> = body.encode_utf16().flat_map(u16::to_le_bytes).collect();
         assert_eq!(read(&bare).unwrap().boxes.len(), 1);
+    }
+
+    #[test]
+    fn a_second_size_that_disagrees_is_refused() {
+        let p = Path::new("a.xml");
+        let size = "<size><width>100</width><height>50</height></size>";
+        let object = "<object><name>car</name><bndbox><xmin>1</xmin><ymin>2</ymin><xmax>30</xmax><ymax>20</ymax></bndbox></object>";
+        let same = format!("<annotation>{size}{object}{size}</annotation>");
+        assert_eq!(parse_voc(p, &same, ClassSet::All, unused).unwrap().width, 100);
+        let other = format!("<annotation>{size}{object}{}</annotation>", size.replace("100", "120"));
+        let e = parse_voc(p, &other, ClassSet::All, unused).unwrap_err().to_string();
+        assert!(e.contains("a.xml: two <size> elements, 100x50 and 120x50"), "{e}");
     }
 
     /// The size of an image that should not be needed.
