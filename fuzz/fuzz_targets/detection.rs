@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use std::path::Path;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(text) = std::str::from_utf8(data) {
+    // The annotation's bytes as the dataset reads them (UTF-8, UTF-16, a declared Latin-1).
+    if let Ok(text) = seg_detect::voc::decode_xml(Path::new("fuzz.xml"), data) {
+        let text = text.as_str();
         for classes in [seg_detect::ClassSet::Car, seg_detect::ClassSet::All] {
             let _ = seg_detect::voc::parse_voc(Path::new("fuzz.xml"), text, classes, || Ok((100, 100)));
         }
