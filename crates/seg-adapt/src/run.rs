@@ -352,10 +352,12 @@ pub fn train(
     if has_checkpoint {
         agrees_with_checkpoint(cfg, run_dir)?;
     }
-    let resume = has_checkpoint;
     // A run from step 0 that stops before it trained anything (a file that does not decode in
     // its first batch) leaves the folder as it found it, so that the same command runs again.
-    let fresh = !has_checkpoint && !run_dir.join("config.toml").exists();
+    // Without --resume the folder held no run files (`take_run_folder` refuses them); with it,
+    // it held a checkpoint or a stopped run's config.toml, which stay.
+    let fresh = !resume;
+    let resume = has_checkpoint;
     // The trainer writes config.toml once the run is set up and a resume restored (a config or
     // resume refused before leaves the folder as it was).
     let outcome = build_setup(cfg, run_dir, device, resume, progress).and_then(|setup| Ok(Trainer::new(setup)?.run()?));

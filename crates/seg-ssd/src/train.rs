@@ -355,7 +355,9 @@ pub fn run(
     let (_lock, resuming) = seg_train::checkpoint::take_run_folder(out, control.resume).map_err(DetRunError::Run)?;
     // A run from step 0 that stops before it trained anything (a file that does not decode in
     // its first batch) leaves the folder as it found it, so that the same command runs again.
-    let fresh = !resuming && !out.join("config.toml").exists();
+    // Without --resume the folder held no run files (`take_run_folder` refuses them); with it,
+    // it held a checkpoint or a stopped run's config.toml, which stay.
+    let fresh = !control.resume;
     let outcome = run_locked(cfg, out, device, progress, control, resuming);
     if outcome.is_err() && fresh {
         seg_train::checkpoint::forget_untrained(out);

@@ -427,20 +427,18 @@ impl Checkpoint {
 /// it: no checkpoint, no evaluation and no training step in `metrics.jsonl` (a file that does not
 /// decode in its first batches, say). Its `config.toml`, `metrics.jsonl`, `report.html` and
 /// `skipped.json` go, so that the same command, without `--resume`, runs again once the data is
-/// mended. For a run that found neither a checkpoint nor a `config.toml` in `dir` when it
-/// started, called under its lock. Returns whether anything was taken back.
-pub fn forget_untrained(dir: &Path) -> bool {
+/// mended. For a run from step 0 without `--resume` (whose folder [`take_run_folder`] found
+/// without a run's files), called under its lock.
+pub fn forget_untrained(dir: &Path) {
     let trained = metric_lines(&dir.join("metrics.jsonl"))
         .iter()
         .any(|v| v["step"].as_u64().is_some_and(|s| s > 0));
     if trained || dir.join(FILE).exists() || dir.join("eval").exists() {
-        return false;
+        return;
     }
-    let mut removed = false;
     for f in ["config.toml", "metrics.jsonl", "report.html", SKIPPED] {
-        removed |= std::fs::remove_file(dir.join(f)).is_ok();
+        let _ = std::fs::remove_file(dir.join(f));
     }
-    removed
 }
 
 /// The lines of a run's `metrics.jsonl`, in order (those that parse; none when it cannot be
