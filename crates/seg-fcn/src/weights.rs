@@ -119,11 +119,16 @@ pub fn load_init_weights(vars: &VarMap, prefix: &str, path: &Path) -> Result<Ini
     let tensors = if let Some(format) = pth_format(path) {
         // candle's pickle reader indexes into tuples it reads from the file; a crafted file can
         // make it panic, which must not take the process down.
-        std::panic::catch_unwind(|| match format {
+        // The panic is answered by the error below, so the default hook's message (which
+        // names candle's source, not the file) is kept off the terminal meanwhile.
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let caught = std::panic::catch_unwind(|| match format {
             PthFormat::Zip => read_pth(path),
             PthFormat::Legacy => read_legacy_pth(path),
-        })
-        .map_err(|_| WeightsError::Read {
+        });
+        std::panic::set_hook(hook);
+        caught.map_err(|_| WeightsError::Read {
             path: p.clone(),
             reason: "malformed PyTorch pickle (the reader gave up on its structure)".into(),
         })??
@@ -190,10 +195,14 @@ pub fn load_init_weights(vars: &VarMap, prefix: &str, path: &Path) -> Result<Ini
             }
             return Err(shape_err());
         }
+        // Only torchvision's fully connected fc6/fc7 change shape (into convolutions); any other
+        // tensor must have the model's shape, not merely its element count.
         let t: Tensor = if t.dims() == want.as_slice() {
             t.clone()
-        } else {
+        } else if key.starts_with("classifier.") && t.rank() <= 2 {
             t.reshape(want.as_slice()).map_err(|_| shape_err())?
+        } else {
+            return Err(shape_err());
         };
         if seg_nn::vars::first_non_finite([(key.as_str(), &t)])
             .map_err(read)?
@@ -262,7 +271,8 @@ const LEGACY_MAGIC: [u8; 15] = [
 
 /// Every tensor of a `torch.save(state_dict)` zip archive, refusing entries that are not tensors.
 fn read_pth(path: &Path) -> Result<std::collections::HashMap<String, Tensor>, WeightsError> {
-    use candle_core::pickle::{PthTensors, Stack};
+    use candle_core::pickle::Stack;
+    use std::io::Read as _;
     let p = path.display().to_string();
     let read = |reason: String| WeightsError::Read {
         path: p.clone(),
@@ -289,34 +299,75 @@ fn read_pth(path: &Path) -> Result<std::collections::HashMap<String, Tensor>, We
         stack.finalize().map_err(|e| read(format!("{pkl}: {e}")))?
     };
     let dir = std::path::PathBuf::from(pkl.trim_end_matches(".pkl"));
+    // `torch.save` records the byte order of the storages beside data.pkl (absent: little).
+    let order = dir.parent().map(|d| d.join("byteorder").to_string_lossy().into_owned());
+    if let Some(mut entry) = order.and_then(|o| zip.by_name(&o).ok()) {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut (&mut entry).take(16), &mut text);
+        if text.trim() == "big" {
+            return Err(read(
+                "its storages are big-endian (`byteorder` = big); save the weights on a little-endian machine".into(),
+            ));
+        }
+    }
     let infos = tensor_entries(path, obj, &dir)?;
-    // The reader below allocates each tensor from its declared shape: a shape larger than its
-    // storage entry (a corrupt or crafted file) is refused here rather than allocated.
-    for (name, info) in &infos {
-        let stored = zip
+    let mut out = std::collections::HashMap::with_capacity(infos.len());
+    for (name, info) in infos {
+        // Only the bytes the tensor reaches are read: a storage whose entry claims more (a
+        // corrupt or crafted archive) is never allocated whole.
+        let needed = byte_extent(&info).unwrap_or(u64::MAX);
+        let mut entry = zip
             .by_name(&info.path)
-            .map_err(|e| read(format!("tensor `{name}`: storage `{}`: {e}", info.path)))?
-            .size();
-        let needed = byte_extent(info);
-        if needed.is_none_or(|n| n > stored) {
+            .map_err(|e| read(format!("tensor `{name}`: storage `{}`: {e}", info.path)))?;
+        let stored = entry.size();
+        if needed > stored {
             return Err(read(format!(
                 "tensor `{name}` of shape {:?} runs past its storage `{}` ({stored} bytes)",
                 info.layout.dims(),
                 info.path
             )));
         }
-    }
-    let names: Vec<String> = infos.into_iter().map(|(n, _)| n).collect();
-    let pth = PthTensors::new(path, None).map_err(|e| read(e.to_string()))?;
-    let mut out = std::collections::HashMap::with_capacity(names.len());
-    for name in names {
-        let t = pth
-            .get(&name)
-            .map_err(|e| read(format!("tensor `{name}`: {e}")))?
-            .ok_or_else(|| read(format!("tensor `{name}` could not be read")))?;
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut (&mut entry).take(needed), &mut bytes)
+            .map_err(|e| read(format!("tensor `{name}`: storage `{}`: {e}", info.path)))?;
+        if (bytes.len() as u64) < needed {
+            return Err(read(format!("tensor `{name}`: storage `{}` is truncated", info.path)));
+        }
+        let t = tensor_from_storage(&info, &bytes).map_err(|e| read(format!("tensor `{name}`: {e}")))?;
         out.insert(name, t);
     }
     Ok(out)
+}
+
+/// The tensor `info` describes, from the bytes of its storage (up to its last element): any
+/// offset and strides (a view, channels-last weights), little-endian.
+fn tensor_from_storage(info: &candle_core::pickle::TensorInfo, bytes: &[u8]) -> candle_core::Result<Tensor> {
+    let layout = &info.layout;
+    let size = info.dtype.size_in_bytes();
+    if layout.is_contiguous() {
+        let first = layout.start_offset();
+        let last = first + layout.shape().elem_count() * size;
+        return Tensor::from_raw_buffer(&bytes[first..last], info.dtype, layout.dims(), &Device::Cpu);
+    }
+    // A strided view: the storage's elements, then each element's index in it, row-major.
+    if bytes.len() / size > u32::MAX as usize {
+        candle_core::bail!("a strided view into a storage of over 2^32 elements is not read");
+    }
+    let storage = Tensor::from_raw_buffer(
+        &bytes[..bytes.len() / size * size],
+        info.dtype,
+        &[bytes.len() / size],
+        &Device::Cpu,
+    )?;
+    let mut index = vec![(layout.start_offset() / size) as u32];
+    for (&d, &st) in layout.dims().iter().zip(layout.stride()) {
+        index = index
+            .iter()
+            .flat_map(|&base| (0..d).map(move |i| base + (i * st) as u32))
+            .collect();
+    }
+    let index = Tensor::from_vec(index, &[layout.shape().elem_count()], &Device::Cpu)?;
+    storage.index_select(&index, 0)?.reshape(layout.dims())
 }
 
 /// The `(name, tensor info)` of every entry of a pickled state_dict, refusing anything else.
@@ -345,7 +396,18 @@ fn tensor_entries(
                 what: "a key that is not a string".into(),
             });
         };
+        // `torch.save(model.state_dict())` keeps each module's version in `_metadata`.
+        if name == "_metadata" && matches!(value, Object::Dict(_)) {
+            continue;
+        }
         let what = describe(&value);
+        let value = upgrade_rebuild(value);
+        if let Some(offset) = storage_offset(&value).filter(|o| !(0..=1 << 40).contains(o)) {
+            return Err(WeightsError::Read {
+                path: p.clone(),
+                reason: format!("tensor `{name}` has storage offset {offset}"),
+            });
+        }
         match value.into_tensor_info(key.clone(), dir) {
             Ok(Some(info)) => out.push((name.clone(), info)),
             _ => {
@@ -358,6 +420,51 @@ fn tensor_entries(
         }
     }
     Ok(out)
+}
+
+/// PyTorch before 0.4 pickled a tensor as `torch._utils._rebuild_tensor(storage, offset, size,
+/// stride)` (torchvision's VGG16 file among them); its arguments are the first four of
+/// `_rebuild_tensor_v2`, which candle's reader takes.
+fn upgrade_rebuild(value: candle_core::pickle::Object) -> candle_core::pickle::Object {
+    use candle_core::pickle::Object;
+    match value {
+        Object::Reduce { callable, args } => {
+            let callable = match *callable {
+                Object::Class {
+                    module_name,
+                    class_name,
+                } if module_name == "torch._utils" && class_name == "_rebuild_tensor" => Object::Class {
+                    module_name,
+                    class_name: "_rebuild_tensor_v2".into(),
+                },
+                other => other,
+            };
+            Object::Reduce {
+                callable: Box::new(callable),
+                args,
+            }
+        }
+        other => other,
+    }
+}
+
+/// The storage offset (in elements) a `_rebuild_tensor_v2` call gives, when it has one.
+fn storage_offset(value: &candle_core::pickle::Object) -> Option<i64> {
+    use candle_core::pickle::Object;
+    let Object::Reduce { callable, args } = value else {
+        return None;
+    };
+    let Object::Class { class_name, .. } = callable.as_ref() else {
+        return None;
+    };
+    let Object::Tuple(args) = args.as_ref() else {
+        return None;
+    };
+    match (class_name.as_str(), args.get(1)) {
+        ("_rebuild_tensor_v2", Some(Object::Int(o))) => Some(*o as i64),
+        ("_rebuild_tensor_v2", Some(Object::Long(o))) => i64::try_from(*o).ok().or(Some(i64::MAX)),
+        _ => None,
+    }
 }
 
 /// PyTorch's legacy serialisation: pickles of the magic number, the protocol version and the
@@ -380,7 +487,18 @@ fn read_legacy_pth(path: &Path) -> Result<std::collections::HashMap<String, Tens
             .map_err(|e| read(format!("legacy PyTorch file, {what}: {e}")))
     };
     let _protocol = pickle("protocol version")?;
-    let _sys_info = pickle("system info")?;
+    let sys_info = pickle("system info")?;
+    if let Object::Dict(entries) = &sys_info {
+        let big = entries
+            .iter()
+            .any(|(k, v)| matches!((k, v), (Object::Unicode(k), Object::Bool(false)) if k == "little_endian"));
+        if big {
+            return Err(read(
+                "its storages are big-endian (`little_endian` = False); save the weights on a little-endian machine"
+                    .into(),
+            ));
+        }
+    }
     let obj = pickle("state_dict")?;
     let keys = match pickle("storage keys")? {
         Object::List(keys) => keys
@@ -423,35 +541,36 @@ fn read_legacy_pth(path: &Path) -> Result<std::collections::HashMap<String, Tens
         let range = storages
             .get(&key)
             .ok_or_else(|| read(format!("tensor `{name}`: storage `{key}` is not in the file")))?;
-        let layout = &info.layout;
-        if !layout.is_contiguous() {
-            return Err(read(format!("tensor `{name}` is not contiguous")));
-        }
         let last = byte_extent(&info)
             .and_then(|n| usize::try_from(n).ok())
             .and_then(|n| n.checked_add(range.start))
             .filter(|&last| last <= range.end)
             .ok_or_else(|| read(format!("tensor `{name}` runs past its storage `{key}`")))?;
-        // candle's pickle reader keeps the storage offset in bytes (no overflow: `last` is past it).
-        let first = range.start + layout.start_offset();
-        let t = Tensor::from_raw_buffer(&bytes[first..last], info.dtype, layout.dims(), &Device::Cpu)
-            .map_err(|e| read(format!("tensor `{name}`: {e}")))?;
+        let t =
+            tensor_from_storage(&info, &bytes[range.start..last]).map_err(|e| read(format!("tensor `{name}`: {e}")))?;
         out.insert(name, t);
     }
     Ok(out)
 }
 
 /// The bytes of its storage a tensor reaches (its offset, in bytes as candle's pickle reader
-/// keeps it, plus its elements); `None` when that overflows.
+/// keeps it, up to the end of its last element along its strides); `None` when that overflows.
 fn byte_extent(info: &candle_core::pickle::TensorInfo) -> Option<u64> {
-    let elems = info
-        .layout
+    let layout = &info.layout;
+    let start = layout.start_offset() as u64;
+    if layout.dims().contains(&0) {
+        return Some(start);
+    }
+    let last = layout
         .dims()
         .iter()
-        .try_fold(1u64, |n, &d| n.checked_mul(d as u64))?;
-    elems
+        .zip(layout.stride())
+        .try_fold(0u64, |n, (&d, &st)| {
+            n.checked_add((d as u64 - 1).checked_mul(st as u64)?)
+        })?;
+    last.checked_add(1)?
         .checked_mul(info.dtype.size_in_bytes() as u64)?
-        .checked_add(info.layout.start_offset() as u64)
+        .checked_add(start)
 }
 
 /// A few words on what a pickled value is, for error messages.
