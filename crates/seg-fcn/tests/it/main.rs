@@ -281,3 +281,50 @@ fn torchvision_pth_archives_load_as_they_come() {
         "{e}"
     );
 }
+
+/// The values of the hand-written fixtures (`tests/fixtures/README.md`).
+fn hand_value(key: usize, k: usize) -> f32 {
+    ((k % 251) as f32 - 125.0) / 256.0 + key as f32 / 8.0
+}
+
+#[test]
+fn pth_variants_torch_writes_load_or_are_refused_by_name() {
+    // PyTorch before 0.4 (`_rebuild_tensor`, in both formats), a state_dict with `_metadata`,
+    // and channels-last strides load every value where PyTorch would put it.
+    for file in [
+        "hand-legacy-v1.pth",
+        "hand-v1zip.pth",
+        "hand-metadata.pth",
+        "hand-channels-last.pth",
+    ] {
+        let (vars, _m) = model(ModelName::Vgg16Fcn8sReduced);
+        let r = seg_fcn::weights::load_init_weights(&vars, "model", &fixture(file)).unwrap();
+        assert_eq!(r.loaded, vec!["features.0.bias", "features.0.weight"], "{file}");
+        let data = vars.data().lock().unwrap();
+        let w = data["model.features.0.weight"]
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert!(w.iter().enumerate().all(|(k, &v)| v == hand_value(1, k)), "{file}");
+        let b = data["model.features.0.bias"].as_tensor().to_vec1::<f32>().unwrap();
+        assert!(b.iter().enumerate().all(|(k, &v)| v == hand_value(2, k)), "{file}");
+    }
+    let (vars, _m) = model(ModelName::Vgg16Fcn8sReduced);
+    let refused = |file: &str| {
+        seg_fcn::weights::load_init_weights(&vars, "model", &fixture(file))
+            .unwrap_err()
+            .to_string()
+    };
+    for file in ["hand-bigendian.pth", "hand-legacy-big.pth"] {
+        let e = refused(file);
+        assert!(e.contains(file) && e.contains("big-endian"), "{e}");
+    }
+    // 1728 elements as [3, 64, 3, 3]: the count fits, the shape does not.
+    let e = refused("hand-same-count-shape.pth");
+    assert!(e.contains("[3, 64, 3, 3]") && e.contains("[64, 3, 3, 3]"), "{e}");
+    // A rebuild call with too few arguments: candle's reader panics, caught and named.
+    let e = refused("hand-short-args.pth");
+    assert!(e.contains("hand-short-args.pth") && e.contains("malformed"), "{e}");
+}
