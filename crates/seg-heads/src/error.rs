@@ -90,7 +90,11 @@ pub fn check_gamma(method: &'static str, value: f64) -> Result<(), HeadError> {
 
 /// Checks that `value` lies in `[lo, hi]` (finite).
 pub fn check_range(method: &'static str, field: &'static str, value: f64, lo: f64, hi: f64) -> Result<(), HeadError> {
-    if value.is_finite() && (lo..=hi).contains(&value) {
+    // An f32 setting widened to f64 (0.99 becomes 0.9900000095...) is compared as f32 too, so
+    // a bound written in the docs is inside the range.
+    let as_f32 = |b: f64| if b.abs() < f64::from(f32::MAX) { f64::from(b as f32) } else { b };
+    let within = |v: f64| (lo..=hi).contains(&v) || (as_f32(lo)..=as_f32(hi)).contains(&v);
+    if value.is_finite() && within(value) {
         return Ok(());
     }
     // An f32 setting widened to f64 is shown as written (-0.1, not -0.10000000149011612).
@@ -123,6 +127,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("-0.1 is outside [0, 0.99]"), "{e}");
+        // The documented bound itself, written in a config (an f32 widened to f64), is inside.
+        check_range("dann", "dropout", f64::from(0.99f32), 0.0, 0.99).unwrap();
+        assert!(check_range("dann", "dropout", f64::from(0.991f32), 0.0, 0.99).is_err());
         let e = crate::DsnConfig {
             recon_pool: 0,
             ..Default::default()
