@@ -369,7 +369,8 @@ impl DetDataset {
             .ok_or_else(|| DetError::invalid(&e.image, "this dataset was opened without annotations"))?;
         match self.format {
             DetFormat::Sim10k => {
-                let text = crate::voc::decode_xml(ann, &std::fs::read(ann).map_err(DetError::io(ann))?)?;
+                let text =
+                    crate::voc::decode_xml(ann, &seg_labels::fsutil::read_regular(ann).map_err(DetError::io(ann))?)?;
                 let image_size = || png_io::read_size(&e.image).map_err(DetError::from);
                 let a = parse_voc(ann, &text, self.classes, image_size)?;
                 Ok(DetTruth {

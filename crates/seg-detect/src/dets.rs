@@ -23,7 +23,7 @@ pub struct Detection {
 
 /// Reads and checks a detections file against the images of the split (`images[name]` = index).
 pub fn read_detections(path: &Path, images: &HashMap<String, usize>) -> Result<Vec<ApInput>, DetError> {
-    let bytes = std::fs::read(path).map_err(DetError::io(path))?;
+    let bytes = seg_labels::fsutil::read_regular(path).map_err(DetError::io(path))?;
     let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| match non_finite(&bytes, &e) {
         Some((index, token)) => DetError::Detection {
             path: path.to_path_buf(),

@@ -194,6 +194,24 @@ pub fn held_by_another(dir: &Path) -> Option<std::io::Error> {
     }
 }
 
+/// Reads a whole file, refusing anything but a regular file (a link to `/dev/zero`, a FIFO or a
+/// device would be read without end, or never).
+pub fn read_regular(path: &Path) -> std::io::Result<Vec<u8>> {
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() {
+        let what = if meta.is_dir() {
+            "a folder"
+        } else {
+            "a device, FIFO or socket"
+        };
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("not a regular file ({what})"),
+        ));
+    }
+    std::fs::read(path)
+}
+
 /// Whether the open `file` is the one at `path` (not unlinked, nor replaced).
 fn is_linked_at(file: &std::fs::File, path: &Path) -> bool {
     #[cfg(unix)]
@@ -463,5 +481,21 @@ mod tests {
         assert!(err.is_err());
         assert_eq!(std::fs::read(&p).unwrap(), b"old");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn only_regular_files_are_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let link = dir.path().join("zero.png");
+        std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
+        let e = super::read_regular(&link).unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+        assert!(super::read_regular(dir.path())
+            .unwrap_err()
+            .to_string()
+            .contains("a folder"));
+        std::fs::write(dir.path().join("f"), b"ok").unwrap();
+        assert_eq!(super::read_regular(&dir.path().join("f")).unwrap(), b"ok");
     }
 }

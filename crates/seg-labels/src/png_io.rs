@@ -125,7 +125,7 @@ fn describe_png(color: png::ColorType, depth: png::BitDepth) -> String {
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>, PngError> {
-    std::fs::read(path).map_err(|cause| PngError::Io {
+    crate::fsutil::read_regular(path).map_err(|cause| PngError::Io {
         path: path.to_path_buf(),
         cause,
     })

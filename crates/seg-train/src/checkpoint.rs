@@ -277,7 +277,8 @@ pub fn save(path: &Path, tensors: &[(String, Tensor)], meta: &CheckpointMeta) ->
 
 /// Reads and validates a checkpoint.
 pub fn load(path: &Path, device: &Device) -> Result<Checkpoint, TrainError> {
-    let bytes = std::fs::read(path).map_err(|e| bad(path, format!("cannot read checkpoint: {e}")))?;
+    let bytes =
+        seg_labels::fsutil::read_regular(path).map_err(|e| bad(path, format!("cannot read checkpoint: {e}")))?;
     from_bytes(path, &bytes, device)
 }
 
