@@ -462,7 +462,7 @@ fn storage_offset(value: &candle_core::pickle::Object) -> Option<i64> {
     };
     match (class_name.as_str(), args.get(1)) {
         ("_rebuild_tensor_v2", Some(Object::Int(o))) => Some(*o as i64),
-        ("_rebuild_tensor_v2", Some(Object::Long(o))) => i64::try_from(*o).ok().or(Some(i64::MAX)),
+        ("_rebuild_tensor_v2", Some(Object::Long(o))) => Some(*o),
         _ => None,
     }
 }
