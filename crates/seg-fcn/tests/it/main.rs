@@ -167,26 +167,28 @@ fn fixture(name: &str) -> std::path::PathBuf {
         .join(name)
 }
 
-/// Loads a fixture holding VGG16's first layer and checks every value.
-fn first_layer_loads(file: &str) {
+/// Loads a fixture holding VGG16's first layer: the report, the weight's values in row-major
+/// order and the bias.
+fn load_first_layer(file: &str) -> (seg_fcn::weights::InitReport, Vec<f32>, Vec<f32>) {
     let (vars, _m) = model(ModelName::Vgg16Fcn8sReduced);
     let r = seg_fcn::weights::load_init_weights(&vars, "model", &fixture(file)).unwrap();
     assert_eq!(r.loaded, vec!["features.0.bias", "features.0.weight"], "{file}");
-    assert_eq!(r.skipped, vec!["classifier.6.bias"], "{file}");
     let data = vars.data().lock().unwrap();
-    let w = data["model.features.0.weight"]
-        .as_tensor()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
+    let w = data["model.features.0.weight"].as_tensor().flatten_all().unwrap();
+    let b = data["model.features.0.bias"].as_tensor();
+    (r, w.to_vec1::<f32>().unwrap(), b.to_vec1::<f32>().unwrap())
+}
+
+/// Loads a fixture holding VGG16's first layer and checks every value.
+fn first_layer_loads(file: &str) {
+    let (r, w, b) = load_first_layer(file);
+    assert_eq!(r.skipped, vec!["classifier.6.bias"], "{file}");
     assert_eq!(w.len(), 1728);
     assert!(
         w.iter().enumerate().all(|(k, &v)| v == k as f32 / 1000.0),
         "{file}: {:?}",
         &w[..4]
     );
-    let b = data["model.features.0.bias"].as_tensor().to_vec1::<f32>().unwrap();
     assert_eq!(
         b,
         (10..74).map(|k| k as f32).collect::<Vec<_>>(),
@@ -297,18 +299,8 @@ fn pth_variants_torch_writes_load_or_are_refused_by_name() {
         "hand-metadata.pth",
         "hand-channels-last.pth",
     ] {
-        let (vars, _m) = model(ModelName::Vgg16Fcn8sReduced);
-        let r = seg_fcn::weights::load_init_weights(&vars, "model", &fixture(file)).unwrap();
-        assert_eq!(r.loaded, vec!["features.0.bias", "features.0.weight"], "{file}");
-        let data = vars.data().lock().unwrap();
-        let w = data["model.features.0.weight"]
-            .as_tensor()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
+        let (_, w, b) = load_first_layer(file);
         assert!(w.iter().enumerate().all(|(k, &v)| v == hand_value(1, k)), "{file}");
-        let b = data["model.features.0.bias"].as_tensor().to_vec1::<f32>().unwrap();
         assert!(b.iter().enumerate().all(|(k, &v)| v == hand_value(2, k)), "{file}");
     }
     let (vars, _m) = model(ModelName::Vgg16Fcn8sReduced);
