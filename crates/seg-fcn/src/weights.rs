@@ -303,7 +303,7 @@ fn read_pth(path: &Path) -> Result<std::collections::HashMap<String, Tensor>, We
     let order = dir.parent().map(|d| d.join("byteorder").to_string_lossy().into_owned());
     if let Some(mut entry) = order.and_then(|o| zip.by_name(&o).ok()) {
         let mut text = String::new();
-        let _ = std::io::Read::read_to_string(&mut (&mut entry).take(16), &mut text);
+        let _ = (&mut entry).take(16).read_to_string(&mut text);
         if text.trim() == "big" {
             return Err(read(
                 "its storages are big-endian (`byteorder` = big); save the weights on a little-endian machine".into(),
@@ -328,7 +328,9 @@ fn read_pth(path: &Path) -> Result<std::collections::HashMap<String, Tensor>, We
             )));
         }
         let mut bytes = Vec::new();
-        std::io::Read::read_to_end(&mut (&mut entry).take(needed), &mut bytes)
+        (&mut entry)
+            .take(needed)
+            .read_to_end(&mut bytes)
             .map_err(|e| read(format!("tensor `{name}`: storage `{}`: {e}", info.path)))?;
         if (bytes.len() as u64) < needed {
             return Err(read(format!("tensor `{name}`: storage `{}` is truncated", info.path)));

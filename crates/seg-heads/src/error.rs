@@ -91,15 +91,8 @@ pub fn check_gamma(method: &'static str, value: f64) -> Result<(), HeadError> {
 /// Checks that `value` lies in `[lo, hi]` (finite).
 pub fn check_range(method: &'static str, field: &'static str, value: f64, lo: f64, hi: f64) -> Result<(), HeadError> {
     // An f32 setting widened to f64 (0.99 becomes 0.9900000095...) is compared as f32 too, so
-    // a bound written in the docs is inside the range.
-    let as_f32 = |b: f64| {
-        if b.abs() < f64::from(f32::MAX) {
-            f64::from(b as f32)
-        } else {
-            b
-        }
-    };
-    let within = |v: f64| (lo..=hi).contains(&v) || (as_f32(lo)..=as_f32(hi)).contains(&v);
+    // a bound written in the docs is inside the range (`f64::MAX as f32` is infinite).
+    let within = |v: f64| (lo..=hi).contains(&v) || (lo as f32..=hi as f32).contains(&(v as f32));
     if value.is_finite() && within(value) {
         return Ok(());
     }
