@@ -108,6 +108,9 @@ pub trait Backbone: Send + Sync {
     fn taps(&self) -> &'static [FeatureTap];
     /// Channels of the feature map at a tap, if the model has that tap.
     fn tap_channels(&self, tap: FeatureTap) -> Option<usize>;
+    /// Stride of the feature map at a tap relative to the input (1 for `Logits`), if the model
+    /// has that tap.
+    fn tap_stride(&self, tap: FeatureTap) -> Option<usize>;
     /// Number of output classes.
     fn num_classes(&self) -> usize;
     /// Whether the model has batch norm (AdaBN needs it).

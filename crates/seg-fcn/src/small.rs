@@ -144,6 +144,14 @@ impl Backbone for SmallFcn {
         }
     }
 
+    fn tap_stride(&self, tap: FeatureTap) -> Option<usize> {
+        match tap {
+            FeatureTap::Conv1 | FeatureTap::Logits => Some(1),
+            FeatureTap::Pool3 | FeatureTap::Conv5 | FeatureTap::Fc7 => Some(STRIDE),
+            FeatureTap::Pool4 => None,
+        }
+    }
+
     fn num_classes(&self) -> usize {
         self.cfg.num_classes
     }

@@ -269,6 +269,15 @@ impl Backbone for Fcn8s {
         })
     }
 
+    fn tap_stride(&self, tap: FeatureTap) -> Option<usize> {
+        Some(match tap {
+            FeatureTap::Conv1 | FeatureTap::Logits => 1,
+            FeatureTap::Pool3 => 8,
+            FeatureTap::Pool4 | FeatureTap::Conv5 => 16,
+            FeatureTap::Fc7 => STRIDE,
+        })
+    }
+
     fn num_classes(&self) -> usize {
         self.cfg.num_classes
     }

@@ -203,12 +203,16 @@ impl DsnHead {
     pub fn new(cfg: &DsnConfig, backbone: &dyn Backbone, vb: VarBuilder<'_>) -> std::result::Result<Self, HeadError> {
         cfg.validate()?;
         let c = require_tap(backbone, METHOD, cfg.tap)?;
-        let stride = backbone.stride();
+        // The private encoders halve the image until they reach the tap's grid.
+        let stride = backbone.tap_stride(cfg.tap).unwrap_or_else(|| backbone.stride());
         if !stride.is_power_of_two() {
             return Err(HeadError::invalid(
                 METHOD,
                 "tap",
-                format!("the model's stride {stride} is not a power of two"),
+                format!(
+                    "`{}` is at stride {stride} in this model, not a power of two (the private encoders halve the image until they reach it)",
+                    cfg.tap.name()
+                ),
             ));
         }
         let build = HeadError::build(METHOD);

@@ -14,6 +14,20 @@ fn model(name: ModelName) -> (VarMap, Box<dyn seg_core::Backbone>) {
     (vars, m)
 }
 
+/// Every tap's map has the channels and stride the model reports for it.
+fn taps_match_what_the_model_reports(m: &dyn seg_core::Backbone, f: &seg_core::Features, h: usize, w: usize) {
+    for &tap in m.taps() {
+        let (_, c, th, tw) = f.get(tap).unwrap().dims4().unwrap();
+        let s = m.tap_stride(tap).unwrap();
+        assert_eq!(
+            (c, th * s, tw * s),
+            (m.tap_channels(tap).unwrap(), h, w),
+            "{}",
+            tap.name()
+        );
+    }
+}
+
 #[test]
 fn small_model_taps_have_the_documented_shapes() {
     let (_, m) = model(ModelName::Small);
@@ -23,6 +37,8 @@ fn small_model_taps_have_the_documented_shapes() {
     assert_eq!(f.get(FeatureTap::Conv1).unwrap().dims(), &[2, 16, 40, 56]);
     assert_eq!(f.get(FeatureTap::Fc7).unwrap().dims(), &[2, 64, 5, 7]);
     assert!(m.tap_channels(FeatureTap::Pool4).is_none());
+    assert!(m.tap_stride(FeatureTap::Pool4).is_none());
+    taps_match_what_the_model_reports(m.as_ref(), &f, 40, 56);
     // Resuming from conv5 with the same map reproduces the logits (eval mode is deterministic).
     let f = m.forward_taps(&x, false, m.taps()).unwrap();
     let again = m
@@ -59,6 +75,7 @@ fn reduced_vgg_fcn8s_has_torchvision_names_and_stride_32() {
     assert_eq!(f.get(FeatureTap::Pool3).unwrap().dims(), &[1, 256, 8, 12]);
     assert_eq!(f.get(FeatureTap::Pool4).unwrap().dims(), &[1, 512, 4, 6]);
     assert_eq!(f.get(FeatureTap::Fc7).unwrap().dims(), &[1, 1024, 2, 3]);
+    taps_match_what_the_model_reports(m.as_ref(), &f, 64, 96);
 }
 
 #[test]

@@ -105,6 +105,14 @@ impl Backbone for TinyNet {
         }
     }
 
+    fn tap_stride(&self, tap: FeatureTap) -> Option<usize> {
+        self.tap_channels(tap)?;
+        Some(match tap {
+            FeatureTap::Conv1 | FeatureTap::Logits => 1,
+            _ => 2,
+        })
+    }
+
     fn num_classes(&self) -> usize {
         CLASSES
     }

@@ -4,7 +4,9 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
-use seg_core::{Backbone, Batch, Domain, GroupId, LossTerm, Method, Rng, SegMethod, Stage, StepCx, StepInfo};
+use seg_core::{
+    Backbone, Batch, Domain, FeatureTap, GroupId, LossTerm, Method, Rng, SegMethod, Stage, StepCx, StepInfo,
+};
 use seg_heads::dsn::{difference_loss, scale_invariant_mse};
 use seg_heads::entropy::normalized_entropy;
 use seg_methods::two_stream::{layer_regulariser, mmd2};
@@ -32,6 +34,10 @@ struct Built {
 }
 
 fn build(name: &str, second_with_conv1: bool) -> Result<Built, seg_heads::HeadError> {
+    build_config(name.parse().unwrap(), second_with_conv1)
+}
+
+fn build_config(method: MethodConfig, second_with_conv1: bool) -> Result<Built, seg_heads::HeadError> {
     let vars = VarMap::new();
     let vb = seg_nn::init::seeded_builder(&vars, 7, DType::F32, &Device::Cpu);
     let net = TinyNet::new(vb.pp("model"), true).unwrap();
@@ -39,7 +45,6 @@ fn build(name: &str, second_with_conv1: bool) -> Result<Built, seg_heads::HeadEr
     let another = |prefix: &str| -> candle_core::Result<Box<dyn Backbone>> {
         Ok(Box::new(TinyNet::new(copy.pp(prefix), second_with_conv1)?))
     };
-    let method: MethodConfig = name.parse().unwrap();
     let stats = crate::common::stats();
     let method = method.build(MethodParts {
         backbone: Box::new(net),
@@ -110,6 +115,31 @@ fn difference_loss_is_zero_for_orthogonal_representations() {
     let x = randn(&mut Rng::new(1), &[2, 3, 4, 4], 0.0);
     assert!(scalar(&scale_invariant_mse(&x, &(&x + 0.7).unwrap()).unwrap()).abs() < 1e-6);
     assert!(scalar(&scale_invariant_mse(&x, &x.zeros_like().unwrap()).unwrap()) > 0.1);
+}
+
+/// DSN's private encoders reach the grid of whichever tap is shared, at whatever stride the
+/// model has it (the tiny net: conv1 and logits at 1, conv5 and fc7 at 2).
+#[test]
+fn dsn_shares_any_tap_at_that_taps_stride() {
+    let (source, target) = batches(3, false);
+    for tap in [
+        FeatureTap::Conv1,
+        FeatureTap::Conv5,
+        FeatureTap::Fc7,
+        FeatureTap::Logits,
+    ] {
+        let cfg = seg_heads::dsn::DsnConfig {
+            tap,
+            ..Default::default()
+        };
+        let built = build_config(MethodConfig::Dsn(cfg), true).unwrap_or_else(|e| panic!("{}: {e}", tap.name()));
+        let terms = terms(built.method.as_ref(), Stage::Train, &source, Some(&target));
+        // seg + recon, difference, sim_disc, sim_adv
+        assert_eq!(terms.len(), 5, "{}", tap.name());
+        for t in &terms {
+            assert!(scalar(&t.value).is_finite(), "{} {}", tap.name(), t.name);
+        }
+    }
 }
 
 #[test]
