@@ -405,9 +405,39 @@ impl DetDataset {
             .collect()
     }
 
-    /// The ground-truth boxes of every sample, in order (the evaluation's ground truth).
+    /// The ground-truth boxes of every sample, in order (the evaluation's ground truth). An
+    /// image on disk whose header gives another size than its annotation is refused, as
+    /// [`DetDataset::load`] refuses it: boxes and detections would be in different frames. An
+    /// image that is not there (or whose header does not read) is not needed to score a
+    /// detections file and is left to the caller.
     pub fn all_boxes(&self) -> Result<Vec<Vec<GtBox>>, DetError> {
-        (0..self.len()).map(|i| self.truth(i).map(|t| t.boxes)).collect()
+        (0..self.len())
+            .map(|i| {
+                let t = self.truth(i)?;
+                let image = &self.entries[i].image;
+                if let Some(Ok((w, h))) = image.is_file().then(|| png_io::read_size(image)) {
+                    self.same_size(i, (w, h), &t)?;
+                }
+                Ok(t.boxes)
+            })
+            .collect()
+    }
+
+    /// Refuses sample `i` when its image (`width`, `height`) and its annotation disagree.
+    fn same_size(&self, i: usize, (width, height): (u32, u32), t: &DetTruth) -> Result<(), DetError> {
+        if (t.width, t.height) == (width, height) {
+            return Ok(());
+        }
+        let e = &self.entries[i];
+        Err(DetError::invalid(
+            &e.image,
+            format!(
+                "image is {width}x{height} but its annotation {} says {}x{}",
+                e.annotation.as_ref().map_or(String::new(), |a| a.display().to_string()),
+                t.width,
+                t.height
+            ),
+        ))
     }
 
     /// Decodes sample `i`'s image (JPEG or PNG), with its boxes when the dataset has
@@ -418,19 +448,7 @@ impl DetDataset {
         let image = decode_image(&e.image)?;
         let boxes = if e.annotation.is_some() {
             let t = self.truth(i)?;
-            if (t.width, t.height) != (image.width, image.height) {
-                return Err(DetError::invalid(
-                    &e.image,
-                    format!(
-                        "image is {}x{} but its annotation {} says {}x{}",
-                        image.width,
-                        image.height,
-                        e.annotation.as_ref().map_or(String::new(), |a| a.display().to_string()),
-                        t.width,
-                        t.height
-                    ),
-                ));
-            }
+            self.same_size(i, (image.width, image.height), &t)?;
             t.boxes
         } else {
             Vec::new()
@@ -676,6 +694,41 @@ mod tests {
             std::fs::write(&path, &jpeg[..cut]).unwrap();
             let e = decode_image(&path).unwrap_err().to_string();
             assert!(e.contains("3000011.jpg") && e.contains("truncated JPEG"), "{e}");
+        }
+    }
+
+    /// Scoring detections needs only the ground truth, but an image beside it of another size
+    /// than its instanceIds puts boxes and detections in different frames: refused by name.
+    #[test]
+    fn ground_truth_of_another_size_than_its_image_is_refused() {
+        use seg_labels::png_io;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let city = |top: &str, name: &str| root.join(top).join("val/ulm").join(name);
+        let ann = |stem: &str| city("gtFine", &format!("{stem}_gtFine_instanceIds.png"));
+        let img = |stem: &str| city("leftImg8bit", &format!("{stem}_leftImg8bit.png"));
+        png_io::write_gray16(&ann("ulm_000000_000019"), 3, 1, &[26000, 26000, 26000]).unwrap();
+        png_io::write_gray16(&ann("ulm_000001_000019"), 3, 1, &[26001, 26001, 26001]).unwrap();
+        let image = |width: u32| RgbImage {
+            width,
+            height: 1,
+            data: vec![9; 3 * width as usize],
+        };
+        png_io::write_rgb(&img("ulm_000000_000019"), &image(3)).unwrap();
+        // 000001's image is not there: its boxes are scored all the same.
+        let ds = DetDataset::open_cityscapes(root, "val", true, ClassSet::Car).unwrap();
+        assert_eq!(ds.all_boxes().unwrap().iter().map(Vec::len).collect::<Vec<_>>(), [1, 1]);
+        png_io::write_rgb(&img("ulm_000001_000019"), &image(4)).unwrap();
+        let ds = DetDataset::open_cityscapes(root, "val", true, ClassSet::Car).unwrap();
+        for e in [ds.all_boxes().unwrap_err(), ds.load(1).unwrap_err()] {
+            let e = e.to_string();
+            assert!(
+                e.contains("ulm_000001_000019_leftImg8bit.png")
+                    && e.contains("ulm_000001_000019_gtFine_instanceIds.png")
+                    && e.contains("4x1")
+                    && e.contains("3x1"),
+                "{e}"
+            );
         }
     }
 
