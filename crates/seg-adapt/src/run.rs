@@ -172,14 +172,15 @@ pub fn build_setup(
     }
     let source = Arc::new(source);
     let crop = cfg.augment.crop.unwrap_or([0, 0]);
-    if let Some((w, h)) = source.first_image_size() {
+    if let Some((first, (w, h))) = source.first_image_size() {
         let s = cfg.augment.base_scale * cfg.augment.scale_range[0].min(cfg.augment.scale_range[1]);
         let (sw, sh) = ((w as f32 * s).round() as u32, (h as f32 * s).round() as u32);
         anyhow::ensure!(
             crop[0] <= sw && crop[1] <= sh,
-            "crop {}x{} is larger than the source images ({w}x{h} scaled by {s} = {sw}x{sh})",
+            "augment.crop = [{}, {}] is larger than the source images at their smallest scale (the first, {}, is {w}x{h}, scaled by {s} to {sw}x{sh})",
             crop[0],
-            crop[1]
+            crop[1],
+            first.display()
         );
     }
     if let Some(init) = cfg.model.init_weights.as_ref().filter(|_| !resuming) {

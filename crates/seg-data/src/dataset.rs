@@ -305,9 +305,11 @@ impl Dataset {
         })
     }
 
-    /// The size of the first image, from its header.
-    pub fn first_image_size(&self) -> Option<(u32, u32)> {
-        self.entries.first().and_then(|e| png_io::probe(&e.image).ok())
+    /// The first image and its size, from its header (none when there is no image or its
+    /// header does not read: the loader names that file).
+    pub fn first_image_size(&self) -> Option<(&Path, (u32, u32))> {
+        let e = self.entries.first()?;
+        Some((e.image.as_path(), png_io::read_size(&e.image).ok()?))
     }
 
     /// Per labelled image, the share of its labelled pixels in each of the 19 classes (images

@@ -520,7 +520,10 @@ fn bad_input_is_refused_before_training_with_a_clear_message() {
     assert!(e.contains("multiples of the network's stride"), "{e}");
     a.extend(["--set", "augment.crop=[512, 512]"]);
     let e = err(&a);
-    assert!(e.contains("larger than the source images"), "{e}");
+    assert!(
+        e.contains("augment.crop = [512, 512] is larger than the source images") && e.contains("00001.png"),
+        "{e}"
+    );
     let cfg = dir.path().join("bad.toml");
     std::fs::write(&cfg, "[data]\nsource_dataset = \"gta5\"\nsource_rot = \"x\"\n").unwrap();
     let e = err(&["train", p(&cfg), "--out", p(&out)]);
