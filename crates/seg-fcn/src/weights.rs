@@ -98,6 +98,12 @@ pub fn weights_file_exists(path: &Path) -> Result<(), WeightsError> {
             reason: "a folder, not a weights file (torchvision's `vgg16-397923af.pth`, or a `.safetensors`)".into(),
         });
     }
+    if path.exists() {
+        return Err(WeightsError::Read {
+            path: path.display().to_string(),
+            reason: "not a regular file (a device, FIFO or socket), not a weights file".into(),
+        });
+    }
     Err(WeightsError::Read {
         path: path.display().to_string(),
         reason: "no such file: torchvision's ImageNet VGG16 is \

@@ -212,6 +212,17 @@ pub fn read_regular(path: &Path) -> std::io::Result<Vec<u8>> {
     std::fs::read(path)
 }
 
+/// [`read_regular`] as UTF-8 text (config files, split lists), as `std::fs::read_to_string`
+/// would read it.
+pub fn read_regular_text(path: &Path) -> std::io::Result<String> {
+    String::from_utf8(read_regular(path)?).map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("not UTF-8 text (byte {} is not)", e.utf8_error().valid_up_to()),
+        )
+    })
+}
+
 /// Whether the open `file` is the one at `path` (not unlinked, nor replaced).
 fn is_linked_at(file: &std::fs::File, path: &Path) -> bool {
     #[cfg(unix)]
@@ -497,5 +508,16 @@ mod tests {
             .contains("a folder"));
         std::fs::write(dir.path().join("f"), b"ok").unwrap();
         assert_eq!(super::read_regular(&dir.path().join("f")).unwrap(), b"ok");
+        // Text (configs, split lists) alike, and text that is not UTF-8 says where it stops.
+        let e = super::read_regular_text(&link).unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+        let e = crate::split_list::read(&link).unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+        assert_eq!(super::read_regular_text(&dir.path().join("f")).unwrap(), "ok");
+        std::fs::write(dir.path().join("latin1"), b"caf\xe9").unwrap();
+        let e = super::read_regular_text(&dir.path().join("latin1"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not UTF-8") && e.contains("byte 3"), "{e}");
     }
 }

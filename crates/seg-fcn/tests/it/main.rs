@@ -262,6 +262,13 @@ fn torchvision_pth_archives_load_as_they_come() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("a folder, not a weights file"), "{e}");
+    // A link to a device is there, but is no file (it was called missing).
+    let device = dir.path().join("zero.pth");
+    std::os::unix::fs::symlink("/dev/zero", &device).unwrap();
+    let e = seg_fcn::weights::load_init_weights(&vars, "model", &device)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("zero.pth") && e.contains("not a regular file"), "{e}");
     // A truncated legacy file too.
     let legacy = std::fs::read(fixture("vgg16-first-layer-legacy.pth")).unwrap();
     std::fs::write(&bad, &legacy[..legacy.len() - 100]).unwrap();
