@@ -408,6 +408,13 @@ impl Checkpoint {
                 ));
             }
         }
+        let selected = mine.iter().map(|(name, _)| (name.as_str(), &self.tensors[*name]));
+        if let Some(name) = seg_nn::vars::first_non_finite(selected)? {
+            return Err(bad(
+                &self.path,
+                format!("variable `{name}` holds a NaN or an infinity: these weights cannot be used"),
+            ));
+        }
         for (name, var) in &mine {
             var.set(&self.tensors[*name].to_dtype(var.dtype())?)?;
         }

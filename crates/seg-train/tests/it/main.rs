@@ -288,6 +288,38 @@ fn non_finite_weights_are_never_checkpointed_and_bad_rates_never_train() {
             bytes,
             "the checkpoint already there is kept"
         );
+        // One written elsewhere with such values is refused when restored (eval, predict,
+        // resume), before any variable changes.
+        let vars = candle_nn::VarMap::new();
+        let vb = candle_nn::VarBuilder::from_varmap(&vars, candle_core::DType::F32, &Device::Cpu);
+        let mine = vb.pp("model").get(2, "w").unwrap();
+        let other = vb.pp("model").get(2, "v").unwrap();
+        let written = seg_train::checkpoint::Checkpoint {
+            meta: meta.clone(),
+            tensors: [
+                (
+                    "model.v".to_string(),
+                    candle_core::Tensor::new(&[3f32, 4.0], &Device::Cpu).unwrap(),
+                ),
+                (
+                    "model.w".to_string(),
+                    candle_core::Tensor::new(&[1f32, bad], &Device::Cpu).unwrap(),
+                ),
+            ]
+            .into_iter()
+            .collect(),
+            path: ck.clone(),
+        };
+        let before = (mine.to_vec1::<f32>().unwrap(), other.to_vec1::<f32>().unwrap());
+        let e = written.restore_prefix(&vars, "model").unwrap_err().to_string();
+        assert!(
+            e.contains("checkpoint.safetensors") && e.contains("`model.w`") && e.contains("NaN"),
+            "{e}"
+        );
+        assert_eq!(
+            before,
+            (mine.to_vec1::<f32>().unwrap(), other.to_vec1::<f32>().unwrap())
+        );
     }
     // A learning rate or decay power that is not a finite non-negative number is refused
     // before the first step (a NaN rate trained on and saved NaN weights).
