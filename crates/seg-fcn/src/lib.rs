@@ -4,6 +4,7 @@
 //! demo. Variable names follow torchvision's VGG16 keys (`features.N.weight`), so ImageNet
 //! weights converted to safetensors load as they are.
 
+mod pickle_scan;
 pub mod small;
 pub mod vgg;
 pub mod weights;

@@ -275,6 +275,9 @@ const LEGACY_MAGIC: [u8; 15] = [
     0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19, b'.',
 ];
 
+/// Largest `data.pkl` read from a zip archive.
+const MAX_PICKLE: u64 = 256 << 20;
+
 /// Every tensor of a `torch.save(state_dict)` zip archive, refusing entries that are not tensors.
 fn read_pth(path: &Path) -> Result<std::collections::HashMap<String, Tensor>, WeightsError> {
     use candle_core::pickle::Stack;
@@ -298,9 +301,22 @@ fn read_pth(path: &Path) -> Result<std::collections::HashMap<String, Tensor>, We
         .ok_or_else(|| read("not a PyTorch archive: no data.pkl inside".into()))?;
     let obj = {
         let entry = zip.by_name(&pkl).map_err(|e| read(e.to_string()))?;
+        // A state_dict's pickle is kilobytes (its tensors are in other entries).
+        let mut bytes = Vec::new();
+        entry
+            .take(MAX_PICKLE + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| read(format!("{pkl}: {e}")))?;
+        if bytes.len() as u64 > MAX_PICKLE {
+            return Err(read(format!(
+                "{pkl} is over {} MiB: not a state_dict's pickle",
+                MAX_PICKLE >> 20
+            )));
+        }
+        crate::pickle_scan::scan(&bytes).map_err(|e| read(format!("{pkl}: {e}")))?;
         let mut stack = Stack::empty();
         stack
-            .read_loop(&mut std::io::BufReader::new(entry))
+            .read_loop(&mut std::io::Cursor::new(&bytes))
             .map_err(|e| read(format!("{pkl}: {e}")))?;
         stack.finalize().map_err(|e| read(format!("{pkl}: {e}")))?
     };
@@ -488,6 +504,9 @@ fn read_legacy_pth(path: &Path) -> Result<std::collections::HashMap<String, Tens
     let bytes = std::fs::read(path).map_err(|e| read(e.to_string()))?;
     let mut cur = std::io::Cursor::new(&bytes[LEGACY_MAGIC.len()..]);
     let mut pickle = |what: &str| -> Result<Object, WeightsError> {
+        let at = cur.position() as usize;
+        let rest = cur.get_ref().get(at..).unwrap_or_default();
+        crate::pickle_scan::scan(rest).map_err(|e| read(format!("legacy PyTorch file, {what}: {e}")))?;
         let mut stack = Stack::empty();
         stack
             .read_loop(&mut cur)

@@ -269,6 +269,32 @@ fn torchvision_pth_archives_load_as_they_come() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("zero.pth") && e.contains("not a regular file"), "{e}");
+    // A legacy file whose state_dict nests lists a million deep (candle's reader overflowed
+    // the stack dropping them and aborted) or was saved with protocol 4.
+    let magic = [
+        0x80u8, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19, b'.',
+    ];
+    let mut deep = magic.to_vec();
+    deep.extend([0x80, 2, b'M', 0xe9, 0x03, b'.', 0x80, 2, b'}', b'.', 0x80, 2]);
+    deep.extend(std::iter::repeat_n(b']', 1_000_000));
+    deep.extend(std::iter::repeat_n(b'a', 999_999));
+    deep.push(b'.');
+    let nested = dir.path().join("nested.pth");
+    std::fs::write(&nested, &deep).unwrap();
+    let e = seg_fcn::weights::load_init_weights(&vars, "model", &nested)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("nested.pth") && e.contains("state_dict") && e.contains("nest over"),
+        "{e}"
+    );
+    let mut four = magic.to_vec();
+    four.extend([0x80, 4, 0x95, 1, 0, 0, 0, 0, 0, 0, 0, b'.']);
+    std::fs::write(&nested, &four).unwrap();
+    let e = seg_fcn::weights::load_init_weights(&vars, "model", &nested)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("FRAME (pickle protocol 4)"), "{e}");
     // A truncated legacy file too.
     let legacy = std::fs::read(fixture("vgg16-first-layer-legacy.pth")).unwrap();
     std::fs::write(&bad, &legacy[..legacy.len() - 100]).unwrap();
