@@ -411,6 +411,7 @@ fn tensor_entries(
             ),
         });
     };
+    let entries = inner_state_dict(entries);
     let mut out = Vec::with_capacity(entries.len());
     for (key, value) in entries {
         let Object::Unicode(name) = &key else {
@@ -443,7 +444,36 @@ fn tensor_entries(
             }
         }
     }
+    // `nn.DataParallel` and DistributedDataParallel save every key under `module.`.
+    if !out.is_empty() && out.iter().all(|(name, _)| name.starts_with("module.")) {
+        for (name, _) in &mut out {
+            name.drain(.."module.".len());
+        }
+    }
     Ok(out)
+}
+
+/// The state_dict inside a training checkpoint (`{"epoch": …, "state_dict": {…}, "optimizer":
+/// {…}}`, as most training scripts and mmcv save it; `"model"` in others): the entries of the
+/// dict under `state_dict`, else under `model`, else `entries` themselves (a state_dict's values
+/// are tensors, never a dict under those names).
+fn inner_state_dict(
+    entries: Vec<(candle_core::pickle::Object, candle_core::pickle::Object)>,
+) -> Vec<(candle_core::pickle::Object, candle_core::pickle::Object)> {
+    use candle_core::pickle::Object;
+    let under = |name: &str| {
+        entries
+            .iter()
+            .position(|(k, v)| matches!((k, v), (Object::Unicode(k), Object::Dict(_)) if k == name))
+    };
+    let Some(i) = under("state_dict").or_else(|| under("model")) else {
+        return entries;
+    };
+    let mut entries = entries;
+    match entries.swap_remove(i).1 {
+        Object::Dict(inner) => inner,
+        _ => Vec::new(),
+    }
 }
 
 /// PyTorch before 0.4 pickled a tensor as `torch._utils._rebuild_tensor(storage, offset, size,

@@ -342,12 +342,14 @@ fn hand_value(key: usize, k: usize) -> f32 {
 #[test]
 fn pth_variants_torch_writes_load_or_are_refused_by_name() {
     // PyTorch before 0.4 (`_rebuild_tensor`, in both formats), a state_dict with `_metadata`,
-    // and channels-last strides load every value where PyTorch would put it.
+    // channels-last strides, and a training checkpoint's `state_dict` with DataParallel's
+    // `module.` prefix load every value where PyTorch would put it.
     for file in [
         "hand-legacy-v1.pth",
         "hand-v1zip.pth",
         "hand-metadata.pth",
         "hand-channels-last.pth",
+        "hand-wrapped.pth",
     ] {
         let (_, w, b) = load_first_layer(file);
         assert!(w.iter().enumerate().all(|(k, &v)| v == hand_value(1, k)), "{file}");
