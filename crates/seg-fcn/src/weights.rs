@@ -433,8 +433,18 @@ fn tensor_entries(
                 reason: format!("tensor `{name}` has storage offset {offset}"),
             });
         }
+        let rebuilt = matches!(&value, Object::Reduce { callable, .. }
+            if matches!(callable.as_ref(), Object::Class { class_name, .. } if class_name == "_rebuild_tensor_v2"));
         match value.into_tensor_info(key.clone(), dir) {
             Ok(Some(info)) => out.push((name.clone(), info)),
+            Err(e) if rebuilt && e.to_string().contains("unsupported storage type") => {
+                return Err(WeightsError::Read {
+                    path: p.clone(),
+                    reason: format!(
+                        "tensor `{name}`: {e} (float, double, half, bfloat16, uint8 and int64 storages are read)"
+                    ),
+                })
+            }
             _ => {
                 return Err(WeightsError::NotTensor {
                     path: p.clone(),

@@ -368,6 +368,12 @@ fn pth_variants_torch_writes_load_or_are_refused_by_name() {
     // 1728 elements as [3, 64, 3, 3]: the count fits, the shape does not.
     let e = refused("hand-same-count-shape.pth");
     assert!(e.contains("[3, 64, 3, 3]") && e.contains("[64, 3, 3, 3]"), "{e}");
+    // int32 storages are tensors, of a type the loader does not read.
+    let e = refused("hand-int32.pth");
+    assert!(
+        e.contains("IntStorage") && e.contains("features.0.") && e.contains("int64"),
+        "{e}"
+    );
     // A rebuild call with too few arguments: candle's reader panics, caught and named.
     let e = refused("hand-short-args.pth");
     assert!(e.contains("hand-short-args.pth") && e.contains("malformed"), "{e}");
