@@ -141,10 +141,14 @@ pub fn load_init_weights(vars: &VarMap, prefix: &str, path: &Path) -> Result<Ini
     } else {
         candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| WeightsError::Read {
             path: p.clone(),
-            reason: format!(
-                "cannot be read as safetensors (it starts with no PyTorch signature): {e}; \
-                 expected torchvision's `.pth` or a `.safetensors` of its keys"
-            ),
+            reason: if path.extension().is_some_and(|x| x == "safetensors") {
+                format!("not a valid safetensors file: {e}")
+            } else {
+                format!(
+                    "cannot be read as safetensors (it starts with no PyTorch signature): {e}; \
+                     expected torchvision's `.pth` or a `.safetensors` of its keys"
+                )
+            },
         })?
     };
     let data = vars.data().lock().map_err(|_| WeightsError::Read {
@@ -193,9 +197,13 @@ pub fn load_init_weights(vars: &VarMap, prefix: &str, path: &Path) -> Result<Ini
             expected: want.clone(),
         };
         if t.elem_count() != var.elem_count() {
-            if key.starts_with("classifier.") {
-                // A model whose fc6/fc7 are not VGG16's (SSD300's dilated 3×3 fc6 with 1024
-                // channels) trains them from scratch.
+            // A model whose fc6/fc7 are not VGG16's (SSD300's dilated 3×3 fc6 with 1024
+            // channels, the reduced FCN's) trains them from scratch; one whose are takes them
+            // only in VGG16's shape.
+            let not_vgg16 = VGG_CLASSIFIER
+                .iter()
+                .any(|(k, _, n)| *k == key && *n != var.elem_count());
+            if not_vgg16 {
                 report.skipped.push(key);
                 continue;
             }
@@ -289,9 +297,15 @@ fn read_pth(path: &Path) -> Result<std::collections::HashMap<String, Tensor>, We
     };
     let file = std::fs::File::open(path).map_err(|e| read(e.to_string()))?;
     let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(|e| {
-        read(format!(
-            "not a PyTorch file: neither a zip archive ({e}) nor the older pickle format, by its first bytes"
-        ))
+        let mut head = [0u8; 4];
+        let zipped = std::fs::File::open(path)
+            .and_then(|mut f| f.read_exact(&mut head))
+            .is_ok_and(|()| head == *b"PK\x03\x04");
+        read(if zipped {
+            format!("a zip archive, cut short or damaged ({e}): download or copy the file again")
+        } else {
+            format!("not a PyTorch file: neither a zip archive ({e}) nor the older pickle format, by its first bytes")
+        })
     })?;
     let pkl = zip
         .file_names()
@@ -433,8 +447,7 @@ fn tensor_entries(
                 reason: format!("tensor `{name}` has storage offset {offset}"),
             });
         }
-        let rebuilt = matches!(&value, Object::Reduce { callable, .. }
-            if matches!(callable.as_ref(), Object::Class { class_name, .. } if class_name == "_rebuild_tensor_v2"));
+        let rebuilt = rebuild_call(&value).is_some_and(|(name, _)| name == "_rebuild_tensor_v2");
         match value.into_tensor_info(key.clone(), dir) {
             Ok(Some(info)) => out.push((name.clone(), info)),
             Err(e) if rebuilt && e.to_string().contains("unsupported storage type") => {
@@ -515,19 +528,30 @@ fn upgrade_rebuild(value: candle_core::pickle::Object) -> candle_core::pickle::O
 /// The storage offset (in elements) a `_rebuild_tensor_v2` call gives, when it has one.
 fn storage_offset(value: &candle_core::pickle::Object) -> Option<i64> {
     use candle_core::pickle::Object;
+    match rebuild_call(value)? {
+        ("_rebuild_tensor_v2", [_, Object::Int(o), ..]) => Some(*o as i64),
+        ("_rebuild_tensor_v2", [_, Object::Long(o), ..]) => Some(*o),
+        _ => None,
+    }
+}
+
+/// The rebuild function and arguments of a pickled tensor, through the wrappers candle's reader
+/// looks through (`_rebuild_parameter` for an `nn.Parameter`, `_rebuild_from_type_v2` for a
+/// tensor subclass).
+fn rebuild_call(value: &candle_core::pickle::Object) -> Option<(&str, &[candle_core::pickle::Object])> {
+    use candle_core::pickle::Object;
     let Object::Reduce { callable, args } = value else {
         return None;
     };
-    let Object::Class { class_name, .. } = callable.as_ref() else {
+    let (Object::Class { class_name, .. }, Object::Tuple(args)) = (callable.as_ref(), args.as_ref()) else {
         return None;
     };
-    let Object::Tuple(args) = args.as_ref() else {
-        return None;
-    };
-    match (class_name.as_str(), args.get(1)) {
-        ("_rebuild_tensor_v2", Some(Object::Int(o))) => Some(*o as i64),
-        ("_rebuild_tensor_v2", Some(Object::Long(o))) => Some(*o),
-        _ => None,
+    match (class_name.as_str(), args.as_slice()) {
+        ("_rebuild_parameter", [inner, ..]) => rebuild_call(inner),
+        ("_rebuild_from_type_v2", [Object::Class { class_name, .. }, _, Object::Tuple(inner), ..]) => {
+            Some((class_name.as_str(), inner.as_slice()))
+        }
+        (name, args) => Some((name, args)),
     }
 }
 

@@ -105,6 +105,31 @@ fn torchvision_keys_load_into_the_model_and_mismatches_are_errors() {
         !r.missing.iter().any(|k| k.starts_with("classifier.")),
         "reduced fc6/fc7 are not VGG16's"
     );
+    // A classifier in another shape is the reduced model's to skip (its fc7 is not VGG16's),
+    // and refused with both shapes by a model whose fc7 is VGG16's.
+    t.insert(
+        "classifier.3.weight".into(),
+        Tensor::zeros((10, 10), DType::F32, &Device::Cpu).unwrap(),
+    );
+    let odd = dir.path().join("odd-classifier.safetensors");
+    candle_core::safetensors::save(&t, &odd).unwrap();
+    let r = seg_fcn::weights::load_init_weights(&vars, "model", &odd).unwrap();
+    assert!(
+        r.skipped.contains(&"classifier.3.weight".to_string()),
+        "{:?}",
+        r.skipped
+    );
+    let fc7 = VarMap::new();
+    let vb = VarBuilder::from_varmap(&fc7, DType::F32, &Device::Cpu).pp("model");
+    vb.pp("features.0").get((64, 3, 3, 3), "weight").unwrap();
+    vb.pp("fc7").get((4096, 4096, 1, 1), "weight").unwrap();
+    let e = seg_fcn::weights::load_init_weights(&fc7, "model", &odd)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("classifier.3.weight") && e.contains("[10, 10]") && e.contains("[4096, 4096, 1, 1]"),
+        "{e}"
+    );
     let warning = r.missing_warning(&path).unwrap();
     assert!(
         warning.contains("vgg16.safetensors")
@@ -247,6 +272,22 @@ fn torchvision_pth_archives_load_as_they_come() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("vgg16.pth") && e.contains("not a PyTorch file"), "{e}");
+    // A zip archive cut short says so; a broken .safetensors is called one.
+    let whole = std::fs::read(fixture("vgg16-first-layer.pth")).unwrap();
+    std::fs::write(&bad, &whole[..whole.len() / 2]).unwrap();
+    let e = seg_fcn::weights::load_init_weights(&vars, "model", &bad)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("vgg16.pth") && e.contains("a zip archive, cut short"), "{e}");
+    let broken = dir.path().join("w.safetensors");
+    std::fs::write(&broken, b"\x10\0\0\0\0\0\0\0{\"a\":").unwrap();
+    let e = seg_fcn::weights::load_init_weights(&vars, "model", &broken)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("w.safetensors: cannot load weights: not a valid safetensors file"),
+        "{e}"
+    );
     // A config given as weights says it was read as safetensors and what is expected; a folder
     // is called a folder.
     let toml = dir.path().join("run.toml");
@@ -350,6 +391,7 @@ fn pth_variants_torch_writes_load_or_are_refused_by_name() {
         "hand-metadata.pth",
         "hand-channels-last.pth",
         "hand-wrapped.pth",
+        "hand-parameter.pth",
     ] {
         let (_, w, b) = load_first_layer(file);
         assert!(w.iter().enumerate().all(|(k, &v)| v == hand_value(1, k)), "{file}");
@@ -368,6 +410,9 @@ fn pth_variants_torch_writes_load_or_are_refused_by_name() {
     // 1728 elements as [3, 64, 3, 3]: the count fits, the shape does not.
     let e = refused("hand-same-count-shape.pth");
     assert!(e.contains("[3, 64, 3, 3]") && e.contains("[64, 3, 3, 3]"), "{e}");
+    // An offset of 2^62 inside an `nn.Parameter`'s rebuild call is refused as it is outside one.
+    let e = refused("hand-parameter-offset.pth");
+    assert!(e.contains("storage offset 4611686018427387904"), "{e}");
     // int32 storages are tensors, of a type the loader does not read.
     let e = refused("hand-int32.pth");
     assert!(
