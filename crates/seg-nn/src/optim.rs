@@ -222,6 +222,13 @@ fn load_into(state: &HashMap<String, Tensor>, key: &str, var: &Var) -> Result<()
     let t = state
         .get(key)
         .ok_or_else(|| candle_core::Error::Msg(format!("optimizer state `{key}` missing")))?;
+    if t.dims() != var.dims() {
+        candle_core::bail!(
+            "optimizer state `{key}` has shape {:?}, its variable {:?}",
+            t.dims(),
+            var.dims()
+        );
+    }
     var.set(&t.to_device(var.device())?.to_dtype(var.dtype())?)
 }
 

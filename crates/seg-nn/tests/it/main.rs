@@ -117,6 +117,14 @@ fn sgd_momentum_and_weight_decay_follow_pytorch() {
     let state = opt.state();
     assert_eq!(state[0].0, "p.momentum");
     assert!(close(state[0].1.to_vec1::<f32>().unwrap()[0], 5.859, 1e-5));
+    // A saved state of another shape is refused naming its key (it said only "shape mismatch").
+    let wrong =
+        std::collections::HashMap::from([("p.momentum".to_string(), Tensor::zeros(2, DType::F32, &cpu()).unwrap())]);
+    let e = opt.load_state(&wrong).unwrap_err().to_string();
+    assert!(
+        e.contains("`p.momentum`") && e.contains("[2]") && e.contains("[1]"),
+        "{e}"
+    );
 }
 
 #[test]
