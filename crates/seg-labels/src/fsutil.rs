@@ -152,7 +152,7 @@ pub fn lock_dir(dir: &Path) -> std::io::Result<DirLock> {
                     format!("{}: cannot open the run's lock file: {e}", lock.display()),
                 )
             })?;
-        match file.try_lock() {
+        match try_lock_patiently(&file) {
             Ok(()) if is_linked_at(&file, &dir.join(LOCK_FILE)) => {
                 // Deepest first, as they are removed.
                 created.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
@@ -174,6 +174,24 @@ pub fn lock_dir(dir: &Path) -> std::io::Result<DirLock> {
     )))
 }
 
+/// `file.try_lock()`, tried again for a moment while another process holds the lock: a
+/// [`held_by_another`] probe holds it for an instant, a run for as long as it runs.
+fn try_lock_patiently(file: &std::fs::File) -> Result<(), std::fs::TryLockError> {
+    let mut tries = 0;
+    loop {
+        match file.try_lock() {
+            Err(std::fs::TryLockError::WouldBlock) if tries < PROBE_TRIES => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// How many times a lock found held is tried again, 20 ms apart.
+const PROBE_TRIES: u32 = 10;
+
 fn in_use(dir: &Path) -> std::io::Error {
     std::io::Error::new(
         std::io::ErrorKind::WouldBlock,
@@ -188,7 +206,7 @@ fn in_use(dir: &Path) -> std::io::Error {
 /// creates nothing (a folder without a lock file is held by none).
 pub fn held_by_another(dir: &Path) -> Option<std::io::Error> {
     let file = std::fs::File::open(dir.join(LOCK_FILE)).ok()?;
-    match file.try_lock() {
+    match try_lock_patiently(&file) {
         Err(std::fs::TryLockError::WouldBlock) => Some(in_use(dir)),
         _ => None,
     }
@@ -360,6 +378,27 @@ mod tests {
         assert!(e.contains("in use by another seg-adapt process"), "{e}");
         drop(held);
         lock_dir(&run).unwrap();
+    }
+
+    /// Another process's probe ([`held_by_another`]) holds the lock for an instant: a run
+    /// starting in that instant waits it out instead of calling the folder in use.
+    #[test]
+    fn a_lock_held_for_an_instant_is_waited_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run");
+        std::fs::create_dir(&run).unwrap();
+        std::fs::write(run.join(LOCK_FILE), "").unwrap();
+        let probe = std::fs::File::open(run.join(LOCK_FILE)).unwrap();
+        probe.try_lock().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let release = std::thread::spawn(move || {
+            tx.send(()).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(30));
+            drop(probe);
+        });
+        rx.recv().unwrap();
+        lock_dir(&run).unwrap();
+        release.join().unwrap();
     }
 
     #[test]
