@@ -172,16 +172,21 @@ pub fn build_setup(
     }
     let source = Arc::new(source);
     let crop = cfg.augment.crop.unwrap_or([0, 0]);
-    if let Some((first, (w, h))) = source.first_image_size() {
+    // A crop padded on one side in every sample, even from the widest or tallest image, is a
+    // mistake (smaller images are padded with ignore, as documented).
+    if let Some(largest) = source.largest_image_sizes() {
         let s = cfg.augment.base_scale * cfg.augment.scale_range[0].min(cfg.augment.scale_range[1]);
-        let (sw, sh) = ((w as f32 * s).round() as u32, (h as f32 * s).round() as u32);
-        anyhow::ensure!(
-            crop[0] <= sw && crop[1] <= sh,
-            "augment.crop = [{}, {}] is larger than the source images at their smallest scale (the first, {}, is {w}x{h}, scaled by {s} to {sw}x{sh})",
-            crop[0],
-            crop[1],
-            first.display()
-        );
+        for (axis, (image, (w, h))) in largest.into_iter().enumerate() {
+            let (sw, sh) = ((w as f32 * s).round() as u32, (h as f32 * s).round() as u32);
+            anyhow::ensure!(
+                crop[axis] <= [sw, sh][axis],
+                "augment.crop = [{}, {}] is larger than every source image at the smallest scale (the {}, {}, is {w}x{h}, scaled by {s} to {sw}x{sh})",
+                crop[0],
+                crop[1],
+                ["widest", "tallest"][axis],
+                image.display()
+            );
+        }
     }
     if let Some(init) = cfg.model.init_weights.as_ref().filter(|_| !resuming) {
         let r = seg_fcn::weights::load_init_weights(&vars, "model", init)?;

@@ -305,11 +305,27 @@ impl Dataset {
         })
     }
 
-    /// The first image and its size, from its header (none when there is no image or its
-    /// header does not read: the loader names that file).
-    pub fn first_image_size(&self) -> Option<(&Path, (u32, u32))> {
-        let e = self.entries.first()?;
-        Some((e.image.as_path(), png_io::read_size(&e.image).ok()?))
+    /// The widest and the tallest image and their sizes, from their headers, in parallel (the
+    /// first in entry order on a tie; images whose header does not read are passed over: the
+    /// loader names those files). `None` for a dataset without a readable image.
+    pub fn largest_image_sizes(&self) -> Option<[(&Path, (u32, u32)); 2]> {
+        use rayon::prelude::*;
+        let sizes: Vec<(usize, (u32, u32))> = self
+            .entries
+            .par_iter()
+            .enumerate()
+            .filter_map(|(i, e)| Some((i, png_io::read_size(&e.image).ok()?)))
+            .collect();
+        let pick = |key: fn(&(u32, u32)) -> u32| {
+            let (i, size) = sizes
+                .iter()
+                .fold(None, |best: Option<&(usize, (u32, u32))>, s| match best {
+                    Some(b) if key(&b.1) >= key(&s.1) => Some(b),
+                    _ => Some(s),
+                })?;
+            Some((self.entries[*i].image.as_path(), *size))
+        };
+        Some([pick(|s| s.0)?, pick(|s| s.1)?])
     }
 
     /// Per labelled image, the share of its labelled pixels in each of the 19 classes (images

@@ -521,7 +521,7 @@ fn bad_input_is_refused_before_training_with_a_clear_message() {
     a.extend(["--set", "augment.crop=[512, 512]"]);
     let e = err(&a);
     assert!(
-        e.contains("augment.crop = [512, 512] is larger than the source images") && e.contains("00001.png"),
+        e.contains("augment.crop = [512, 512] is larger than every source image") && e.contains("the widest"),
         "{e}"
     );
     let cfg = dir.path().join("bad.toml");

@@ -146,6 +146,26 @@ fn a_split_list_leaves_the_other_pairs_out_without_calling_them_orphans() {
     );
 }
 
+/// The crop check's sizes: the widest and the tallest image, whatever the order of the files.
+#[test]
+fn the_widest_and_tallest_images_are_found_in_any_order() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, w, h) in [
+        ("00001", 72, 40),
+        ("00002", 128, 30),
+        ("00003", 100, 64),
+        ("00004", 128, 64),
+    ] {
+        png_io::write_rgb(&dir.path().join(format!("images/{name}.png")), &rgb(w, h, 1)).unwrap();
+    }
+    std::fs::write(dir.path().join("images/00005.png"), b"not a png").unwrap();
+    let ds = open_dataset(DatasetName::Gta5, dir.path(), "all", DatasetOptions::default()).unwrap();
+    let [(wide, ws), (tall, ts)] = ds.largest_image_sizes().unwrap();
+    // On a tie, the first in entry order.
+    assert!(wide.ends_with("images/00002.png") && ws == (128, 30), "{wide:?} {ws:?}");
+    assert!(tall.ends_with("images/00003.png") && ts == (100, 64), "{tall:?} {ts:?}");
+}
+
 #[test]
 fn size_mismatch_policy_resizes_with_nearest() {
     let dir = tempfile::tempdir().unwrap();
