@@ -64,23 +64,14 @@ impl InspectReport {
             .collect()
     }
 
-    /// A warning when labels read as Cityscapes label ids (GTA5, Cityscapes `labelIds`) hold
-    /// none of the classes from traffic light on (label ids 19 to 33) and are mostly ignored:
-    /// the mark of labels already converted to train ids (0-18, 255), whose road (0) reads as
-    /// void and whose 255 is outside the table.
+    /// [`seg_labels::cityscapes::train_ids_look_warning`] for labels read as Cityscapes label
+    /// ids (GTA5, Cityscapes `labelIds`).
     pub fn train_ids_warning(&self) -> Option<String> {
-        let total: u64 = self.class_pixels.iter().sum::<u64>() + self.ignored_pixels;
-        let later: u64 = self.class_pixels[6..].iter().sum();
         let reads_label_ids = matches!(self.dataset.as_str(), "gta5" | "cityscapes");
-        (reads_label_ids && self.labelled > 0 && later == 0 && self.ignored_pixels * 2 > total).then(|| {
-            format!(
-                "the labels hold no pixel of traffic light to bicycle (label ids 19-33) and {:.0}% of them \
-                 are ignored: they look like train ids (0-18, 255, as DAFormer's and MMSegmentation's \
-                 conversions write them), where this reader takes Cityscapes label ids 0-33; give the \
-                 original labels",
-                100.0 * self.ignored_pixels as f64 / total.max(1) as f64
-            )
-        })
+        if self.labelled == 0 || !reads_label_ids {
+            return None;
+        }
+        seg_labels::cityscapes::train_ids_look_warning(&self.class_pixels, self.ignored_pixels)
     }
 }
 

@@ -138,6 +138,25 @@ pub fn train_ids_only_warning(count: usize, first: &std::path::Path) -> String {
     )
 }
 
+/// A warning when labels read as Cityscapes label ids (GTA5, Cityscapes `labelIds`), counted
+/// as `class_pixels` per train id and `ignored` pixels, hold none of the classes from traffic
+/// light on (label ids 19 to 33) and are mostly ignored: the mark of labels already converted
+/// to train ids (0-18, 255), whose road (0) reads as void and whose 255 is outside the table.
+/// One sentence for the readers (`inspect`, `check`), a run's evaluation and `eval --pred`.
+pub fn train_ids_look_warning(class_pixels: &[u64; crate::NUM_CLASSES], ignored: u64) -> Option<String> {
+    let total: u64 = class_pixels.iter().sum::<u64>() + ignored;
+    let later: u64 = class_pixels[6..].iter().sum();
+    (total > 0 && later == 0 && ignored * 2 > total).then(|| {
+        format!(
+            "the labels hold no pixel of traffic light to bicycle (label ids 19-33) and {:.0}% of them \
+             are ignored: they look like train ids (0-18, 255, as DAFormer's and MMSegmentation's \
+             conversions write them), where this reader takes Cityscapes label ids 0-33; give the \
+             original labels",
+            100.0 * ignored as f64 / total as f64
+        )
+    })
+}
+
 /// Label id → train id (255 for ignored ids and for ids outside the table).
 pub fn id_to_train_id(id: u8) -> u8 {
     match label_by_id(id) {

@@ -362,6 +362,9 @@ struct Partial {
     ev: Evaluator,
     /// The raw values the predictions hold, as [`read_prediction`] gives them.
     seen: u64,
+    /// Pixels of the ground truth read from labelIds, per train id, and ignored ones.
+    gt_pixels: [u64; NUM_CLASSES],
+    gt_ignored: u64,
 }
 
 fn evaluate_pair(
@@ -378,6 +381,14 @@ fn evaluate_pair(
         (&maps[0], "label ids 0..=33")
     };
     let (gt, outside) = map.map_all(&gt_img.data);
+    if !pair.train_ids {
+        for &v in &gt {
+            match acc.gt_pixels.get_mut(v as usize) {
+                Some(c) => *c += 1,
+                None => acc.gt_ignored += 1,
+            }
+        }
+    }
     if outside > 0 {
         acc.ev.warn(format!(
             "{}: {outside} pixels hold values outside {range}; they are ignored",
@@ -469,6 +480,8 @@ pub fn evaluate_folder(opts: &FolderOptions) -> Result<Evaluator, FolderError> {
     let new_partial = || Partial {
         ev: Evaluator::new(opts.samples),
         seen: 0,
+        gt_pixels: [0; NUM_CLASSES],
+        gt_ignored: 0,
     };
     let result = pairs
         .par_iter()
@@ -480,9 +493,16 @@ pub fn evaluate_folder(opts: &FolderOptions) -> Result<Evaluator, FolderError> {
         .try_reduce(new_partial, |mut a, b| {
             a.ev.merge(b.ev);
             a.seen |= b.seen;
+            for (x, y) in a.gt_pixels.iter_mut().zip(b.gt_pixels) {
+                *x += y;
+            }
+            a.gt_ignored += b.gt_ignored;
             Ok(a)
         })?;
     let mut ev = result.ev;
+    if let Some(w) = seg_labels::cityscapes::train_ids_look_warning(&result.gt_pixels, result.gt_ignored) {
+        ev.warn(format!("ground truth `*_gtFine_labelIds.png`: {w}"));
+    }
     let from_train_ids: Vec<&Pair> = pairs.iter().filter(|p| p.train_ids).collect();
     if let Some(first) = from_train_ids.first() {
         ev.warn(seg_labels::cityscapes::train_ids_only_warning(

@@ -348,6 +348,24 @@ fn train_ids_as_label_ids_warn_and_trainids_format_agrees() {
     );
 }
 
+/// Ground truth converted to train ids but named labelIds scores 0 for every class from
+/// traffic light on: the evaluation says why, as `check` says it of a training split.
+#[test]
+fn ground_truth_in_train_ids_named_label_ids_is_said() {
+    let f = Fixture::new();
+    let gt: Vec<u8> = (0..W * H).map(|i| [0u8, 1, 2, 255, 255, 255][i as usize % 6]).collect();
+    f.gt("frankfurt", "frankfurt_000000_000294", &gt);
+    f.pred("frankfurt_000000_000294.png", &[7u8; (W * H) as usize]);
+    let ev = evaluate_folder(&f.opts()).unwrap();
+    assert!(
+        ev.warnings()
+            .iter()
+            .any(|w| w.contains("gtFine_labelIds") && w.contains("look like train ids")),
+        "{:?}",
+        ev.warnings()
+    );
+}
+
 #[test]
 fn predictions_of_classes_whose_label_ids_are_below_19_do_not_look_like_train_ids() {
     let f = Fixture::new();

@@ -462,3 +462,43 @@ fn a_checkpoint_of_a_build_whose_methods_computed_otherwise_is_named_on_resume()
         "{w}"
     );
 }
+
+/// Ground truth already converted to train ids, read as the label ids GTA5 holds, scores 0 for
+/// every class from traffic light on: the evaluation says why, as `check` does.
+#[test]
+fn an_evaluation_on_train_id_ground_truth_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let image = seg_labels::png_io::RgbImage {
+        width: 8,
+        height: 8,
+        data: vec![90; 8 * 8 * 3],
+    };
+    seg_labels::png_io::write_rgb(&root.join("images/00001.png"), &image).unwrap();
+    let ids: Vec<u8> = (0..64).map(|i| [0, 1, 13, 255][i % 4]).collect();
+    seg_labels::png_io::write_gray8(&root.join("labels/00001.png"), 8, 8, &ids).unwrap();
+    let opts = DatasetOptions {
+        require_labels: true,
+        ..Default::default()
+    };
+    let vars = VarMap::new();
+    let vb = seg_nn::init::seeded_builder(&vars, 3, DType::F32, &Device::Cpu);
+    let backbone = seg_fcn::build(seg_fcn::ModelName::Small, 19, vb.pp("model"), &vars).unwrap();
+    let setup = seg_train::EvalSetup {
+        augment: Augment::default(),
+        device: Device::Cpu,
+        batch_size: 1,
+        keep_samples: 0,
+    };
+    let warned = |ds: &seg_data::Dataset| {
+        let ev = seg_train::evaluate(backbone.as_ref(), ds, &setup).unwrap();
+        ev.warnings().iter().any(|w| w.contains("look like train ids"))
+    };
+    let ds = open_dataset(DatasetName::Gta5, root, "all", opts.clone()).unwrap();
+    assert!(warned(&ds));
+    // The toy benchmark's GTA5 labels are label ids: no warning.
+    let toy_ds = open_dataset(DatasetName::Gta5, &toy().join("gta5"), "all", opts)
+        .unwrap()
+        .head(2);
+    assert!(!warned(&toy_ds));
+}
