@@ -71,9 +71,12 @@ pub fn run(args: Args, device_name: &DeviceName) -> anyhow::Result<()> {
     }
     roles.push(Role::Val);
     let mut blocking = Vec::new();
+    // What a run under "fail" stops on before its first step (a header that does not read, a
+    // missing label), in the order the run checks its datasets: other files stop it when drawn.
+    let mut first_stop = None;
     let mut unreadable = 0;
     for role in roles {
-        let ds = crate::run::open_all(&cfg, role)?;
+        let mut ds = crate::run::open_all(&cfg, role)?;
         let start = Instant::now();
         let bar = seg_train::progress::Shown::new(indicatif::ProgressBar::new(ds.len() as u64));
         bar.set_style(
@@ -115,6 +118,9 @@ pub fn run(args: Args, device_name: &DeviceName) -> anyhow::Result<()> {
                 }
             };
             println!("  {}: {} [{verdict}]", p.file, p.reason);
+        }
+        if cfg.data.error_policy == seg_data::ErrorPolicy::Fail && first_stop.is_none() {
+            first_stop = ds.leave_out_unusable().err().map(|e| e.to_string());
         }
     }
     // Every file was decoded above: when none failed, the run's own pass over them under
@@ -180,12 +186,16 @@ pub fn run(args: Args, device_name: &DeviceName) -> anyhow::Result<()> {
             hours_minutes(total)
         );
     }
-    anyhow::ensure!(
-        blocking.is_empty(),
-        "{} file(s) would stop the run under error_policy = \"fail\", on the first it reaches (the first listed: {}); fix them or set data.error_policy = \"skip\"",
-        blocking.len(),
-        blocking[0]
-    );
+    if !blocking.is_empty() {
+        let which = match &first_stop {
+            Some(stop) => format!("before its first step, on {stop}"),
+            None => format!("on the first it draws (the first listed: {})", blocking[0]),
+        };
+        anyhow::bail!(
+            "{} file(s) would stop the run under error_policy = \"fail\", {which}; fix them or set data.error_policy = \"skip\"",
+            blocking.len()
+        );
+    }
     println!("check passed: {}", args.config.display());
     Ok(())
 }

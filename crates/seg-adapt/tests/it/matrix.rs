@@ -644,6 +644,18 @@ fn check_reads_every_file_times_steps_and_fails_when_the_run_would_stop() {
     std::fs::write(root.join("images/00004.png"), b"").unwrap();
     let e = err(&["check", p(&cfg), "--time-steps", "0"]);
     assert!(e.contains("would stop the run") && e.contains("00004.png"), "{e}");
+    // A file cut after its header stops a run only when drawn; the empty one stops it before
+    // its first step, and that is the one named, whichever sorts first.
+    let whole = std::fs::read(root.join("images/00002.png")).unwrap();
+    std::fs::write(root.join("images/00002.png"), &whole[..whole.len() - 20]).unwrap();
+    let e = err(&["check", p(&cfg), "--time-steps", "0"]);
+    assert!(
+        e.contains("2 file(s) would stop the run")
+            && e.contains("before its first step, on")
+            && e.contains("00004.png: "),
+        "{e}"
+    );
+    std::fs::write(root.join("images/00002.png"), &whole).unwrap();
     // What the model settles is refused before any file is decoded, as `train` refuses it.
     for (set, named) in [
         ("model.init_from=/nowhere/run", "/nowhere/run"),
