@@ -131,8 +131,30 @@ fn read_file(path: &Path) -> Result<Vec<u8>, PngError> {
     })
 }
 
+/// The png decoder's message with each chunk's debug form (`ChunkType { type: IDAT, critical:
+/// true, … }`) written as its name (`IDAT`).
+fn chunk_names(message: &str) -> String {
+    const OPEN: &str = "ChunkType { type: ";
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find(OPEN) {
+        let after = &rest[at + OPEN.len()..];
+        let (Some(comma), Some(close)) = (after.find(','), after.find('}')) else {
+            break;
+        };
+        if comma > close {
+            break;
+        }
+        out.push_str(&rest[..at]);
+        out.push_str(&after[..comma]);
+        rest = &after[close + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
 fn corrupt(path: &Path, e: impl std::fmt::Display) -> PngError {
-    let mut reason = e.to_string();
+    let mut reason = chunk_names(&e.to_string());
     if reason.contains("end of file") || reason.contains("UnexpectedEof") || reason.contains("unexpected EOF") {
         reason = format!("truncated: {reason}");
     }
@@ -664,6 +686,22 @@ mod tests {
 
         let e = read_rgb(&dir.path().join("missing.png")).unwrap_err().to_string();
         assert!(e.contains("missing.png") && e.contains("cannot read"), "{e}");
+
+        // A chunk whose checksum does not match is named by its type, not the decoder's debug
+        // form of it.
+        let mut bytes = bytes.clone();
+        let last = bytes.len() - 13; // the byte before IEND's length field: IDAT's CRC
+        bytes[last] ^= 0xff;
+        std::fs::write(&p, &bytes).unwrap();
+        let e = read_rgb(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("CRC") && e.contains("IDAT") && !e.contains("ChunkType"),
+            "{e}"
+        );
+        assert_eq!(
+            chunk_names("x ChunkType { type: IDAT, critical: true, private: false } chunk, ChunkType { type: tEXt, critical: false }."),
+            "x IDAT chunk, tEXt."
+        );
     }
 
     #[test]
