@@ -154,10 +154,14 @@ fn unannotated_images(ds: &DetDataset) -> Vec<DetProblem> {
         return Vec::new();
     }
     let annotations = images.with_file_name("Annotations");
+    // A sample (named by the split list) whose annotation is missing is listed already, as a
+    // sample that does not load.
+    let samples: std::collections::HashSet<&std::path::Path> = ds.entries.iter().map(|e| e.image.as_path()).collect();
     crate::dataset::read_dir_sorted(images)
         .unwrap_or_default()
         .into_iter()
         .filter(|p| p.extension().is_some_and(|x| x.eq_ignore_ascii_case("jpg")))
+        .filter(|p| !samples.contains(p.as_path()))
         .filter(|p| {
             let stem = p.file_stem().unwrap_or_default().to_string_lossy();
             !annotations.join(format!("{stem}.xml")).exists()

@@ -286,6 +286,20 @@ fn bad_sim10k_files_are_named_with_the_reason() {
     assert!(reasons
         .iter()
         .any(|p| p.contains("103.xml") && p.contains("class `tank`") && p.contains("left out")));
+    // Named by a split list, it is a sample that does not load, listed once as such.
+    let list = dir.path().join("with199.txt");
+    std::fs::write(&list, "102\n199\n").unwrap();
+    let listed = DetDataset::open_sim10k(dir.path(), Some(&list), ClassSet::Car).unwrap();
+    let r = seg_detect::inspect::inspect(&listed, &|| {});
+    let about_199: Vec<&str> = r
+        .problems
+        .iter()
+        .filter(|p| p.file.contains("199."))
+        .map(|p| p.reason.as_str())
+        .collect();
+    assert_eq!(about_199.len(), 1, "{:?}", r.problems);
+    assert!(!about_199[0].contains("never read"), "{about_199:?}");
+    std::fs::remove_file(voc.join("JPEGImages/199.jpg")).unwrap();
     // A list may name files (`101.jpg`) rather than ids.
     let list = dir.path().join("files.txt");
     std::fs::write(&list, "100.JPG\n101.xml\n").unwrap();
