@@ -90,8 +90,8 @@ impl seg_train::resume::Resumable for RunConfig {
 impl RunConfig {
     /// Reads a TOML file; errors name the file and the offending key.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = seg_labels::fsutil::read_regular_text(path)
-            .with_context(|| format!("{}: cannot read config", path.display()))?;
+        let text =
+            seg_labels::fsutil::read_text(path).with_context(|| format!("{}: cannot read config", path.display()))?;
         Self::parse(&text).with_context(|| format!("{}: invalid config", path.display()))
     }
 

@@ -120,7 +120,7 @@ impl DetDataset {
             .or_else(|| default_list.is_file().then_some(default_list));
         let ids: Vec<String> = match &list {
             Some(l) => {
-                let text = seg_labels::fsutil::read_regular_text(l).map_err(DetError::io(l))?;
+                let text = seg_labels::fsutil::read_text(l).map_err(DetError::io(l))?;
                 text.trim_start_matches('\u{feff}')
                     .lines()
                     .map(str::trim)

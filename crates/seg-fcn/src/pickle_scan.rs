@@ -115,6 +115,10 @@ struct Machine<'a> {
     /// Bytes of every object built so far, clones included.
     spent: u64,
     protocol: Option<u8>,
+    /// Where `bytes` starts in its file, for messages.
+    base: usize,
+    /// Offsets of LONG1 opcodes of more than 8 bytes.
+    wide_longs: Vec<usize>,
 }
 
 impl<'a> Machine<'a> {
@@ -123,7 +127,7 @@ impl<'a> Machine<'a> {
         let Some(end) = end else {
             return Err(format!(
                 "the pickle ends inside an argument at byte {} ({n} bytes wanted, {} left)",
-                self.pos,
+                self.base + self.pos,
                 self.bytes.len() - self.pos
             ));
         };
@@ -140,7 +144,10 @@ impl<'a> Machine<'a> {
     fn line(&mut self) -> Result<&'a [u8], String> {
         let rest = &self.bytes[self.pos..];
         let Some(n) = rest.iter().position(|&b| b == b'\n') else {
-            return Err(format!("the pickle ends inside a GLOBAL name at byte {}", self.pos));
+            return Err(format!(
+                "the pickle ends inside a GLOBAL name at byte {}",
+                self.base + self.pos
+            ));
         };
         self.pos += n + 1;
         Ok(&rest[..n])
@@ -172,12 +179,12 @@ impl<'a> Machine<'a> {
     fn pop(&mut self, op: &str) -> Result<Value, String> {
         self.stack
             .pop()
-            .ok_or_else(|| format!("{op} at byte {} finds the stack empty", self.pos - 1))
+            .ok_or_else(|| format!("{op} at byte {} finds the stack empty", self.base + self.pos - 1))
     }
 
     fn pop_to_mark(&mut self, op: &str) -> Result<Vec<Value>, String> {
         let Some(at) = self.stack.iter().rposition(|v| v.kind == Kind::Mark) else {
-            return Err(format!("{op} at byte {} finds no MARK", self.pos - 1));
+            return Err(format!("{op} at byte {} finds no MARK", self.base + self.pos - 1));
         };
         let out = self.stack.split_off(at + 1);
         self.stack.pop();
@@ -186,7 +193,7 @@ impl<'a> Machine<'a> {
 
     /// Adds `items` to the container on top of the stack, which must be of `kind`.
     fn extend_top(&mut self, kind: Kind, items: &[Value], op: &str) -> Result<(), String> {
-        let at = self.pos - 1;
+        let at = self.base + self.pos - 1;
         let top = self
             .stack
             .last()
@@ -208,7 +215,7 @@ impl<'a> Machine<'a> {
     }
 
     fn step(&mut self) -> Result<bool, String> {
-        let at = self.pos;
+        let at = self.base + self.pos;
         let op = *self
             .take(1)
             .map_err(|_| format!("the pickle ends at byte {at} without its STOP opcode"))?
@@ -219,14 +226,17 @@ impl<'a> Machine<'a> {
                 self.protocol = Some(self.take(1)?[0]);
             }
             b'c' => {
-                let module = self.line()?;
-                let class = self.line()?;
+                // candle drops a `\r` before each newline, and reads the names lossily: every
+                // byte that is not UTF-8 becomes a 3-byte U+FFFD.
+                let name = |l: &'a [u8]| l.strip_suffix(b"\r").unwrap_or(l);
+                let module = name(self.line()?);
+                let class = name(self.line()?);
                 let kind = if module == b"collections" && (class == b"OrderedDict" || class == b"defaultdict") {
                     Kind::DictClass
                 } else {
                     Kind::Other
                 };
-                self.push(Value::leaf(kind, module.len() + class.len()))?;
+                self.push(Value::leaf(kind, 3 * (module.len() + class.len())))?;
             }
             b'K' => {
                 self.take(1)?;
@@ -245,8 +255,13 @@ impl<'a> Machine<'a> {
                 self.push(Value::leaf(Kind::Other, 0))?;
             }
             0x8a => {
-                let n = self.take(1)?[0];
-                self.take(n as usize)?;
+                let n = self.take(1)?[0] as usize;
+                self.take(n)?;
+                // candle shifts each byte into an i64: past 8 bytes the shift overflows (a
+                // panic with overflow checks). Mended below into an equal-length int.
+                if n > 8 {
+                    self.wide_longs.push(at - self.base);
+                }
                 self.push(Value::leaf(Kind::Other, 0))?;
             }
             b'X' => {
@@ -297,13 +312,8 @@ impl<'a> Machine<'a> {
                 }
                 self.extend_top(Kind::Dict, &items, "SETITEMS")?;
             }
-            b'd' => {
-                let items = self.pop_to_mark("DICT")?;
-                if items.len() % 2 != 0 {
-                    return Err(format!("DICT at byte {at} has a key without a value"));
-                }
-                self.push(Value::of(Kind::Dict, &items))?;
-            }
+            // candle reads DICT as EMPTY_DICT (the MARK and the items stay on the stack).
+            b'd' => self.push(Value::leaf(Kind::Dict, 0))?,
             b'b' => {
                 let args = self.pop("BUILD")?;
                 let obj = self.pop("BUILD")?;
@@ -341,10 +351,10 @@ impl<'a> Machine<'a> {
                 } else {
                     self.u32()?
                 };
-                let top = *self
-                    .stack
-                    .last()
-                    .ok_or_else(|| format!("BINPUT at byte {at} finds the stack empty"))?;
+                let top = *self.stack.last().ok_or_else(|| {
+                    let name = if op == b'q' { "BINPUT" } else { "LONG_BINPUT" };
+                    format!("{name} at byte {at} finds the stack empty")
+                })?;
                 let v = self.built(top)?;
                 self.memo.insert(id, v);
             }
@@ -367,24 +377,49 @@ impl<'a> Machine<'a> {
     }
 }
 
-/// Dry-runs the pickle at the start of `bytes`, returning its length (through its STOP opcode),
-/// or why candle's reader must not be given it.
-pub(crate) fn scan(bytes: &[u8]) -> Result<usize, String> {
-    let mut m = Machine {
-        bytes,
-        pos: 0,
-        stack: Vec::new(),
-        memo: std::collections::HashMap::new(),
-        spent: 0,
-        protocol: None,
+/// Dry-runs the pickle at the start of `bytes` (at byte `base` of its file, for messages),
+/// returning its length through its STOP opcode, or why candle's reader must not be given it.
+/// A LONG1 integer of more than 8 bytes (a 64-bit seed beside a checkpoint's state_dict) is
+/// mended in place into an int of the same length, 0, which candle reads without overflowing:
+/// no tensor's size, stride or offset is that large.
+pub(crate) fn check(bytes: &mut [u8], base: usize) -> Result<usize, String> {
+    let (len, wide) = {
+        let mut m = Machine {
+            bytes: &*bytes,
+            pos: 0,
+            stack: Vec::new(),
+            memo: std::collections::HashMap::new(),
+            spent: 0,
+            protocol: None,
+            base,
+            wide_longs: Vec::new(),
+        };
+        while !m.step()? {}
+        (m.pos, m.wide_longs)
     };
-    while !m.step()? {}
-    Ok(m.pos)
+    for at in wide {
+        // LONG1, its length n, n bytes: BININT1 0 or BININT2 0 (as n is even or odd), then
+        // PROTO 2 pairs, which push nothing.
+        let total = 2 + bytes[at + 1] as usize;
+        let push: &[u8] = if total.is_multiple_of(2) {
+            &[b'K', 0]
+        } else {
+            &[b'M', 0, 0]
+        };
+        let span = &mut bytes[at..at + total];
+        span[..push.len()].copy_from_slice(push);
+        for pair in span[push.len()..].chunks_exact_mut(2) {
+            pair.copy_from_slice(&[0x80, 2]);
+        }
+    }
+    Ok(len)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::scan;
+    fn scan(bytes: &[u8]) -> Result<usize, String> {
+        super::check(&mut bytes.to_vec(), 0)
+    }
 
     fn read(bytes: &[u8]) -> candle_core::Result<candle_core::pickle::Object> {
         let mut stack = candle_core::pickle::Stack::empty();
@@ -437,6 +472,48 @@ mod tests {
         p.push(b'.');
         let e = scan(&p).unwrap_err();
         assert!(e.contains("would take over 512 MiB"), "{e}");
+    }
+
+    /// What candle reads otherwise than Python: DICT as EMPTY_DICT, LONG1 past 8 bytes (whose
+    /// shift overflows: mended), GLOBAL names lossily (each non-UTF-8 byte three bytes).
+    #[test]
+    fn candles_own_readings_are_followed() {
+        let p = [0x80, 2, b'(', b'K', 1, b'd', b'.'];
+        assert_eq!(scan(&p).unwrap(), p.len());
+        read(&p).unwrap();
+        for n in [9u8, 10, 200] {
+            let mut p = vec![0x80, 2, b'}', b'X'];
+            p.extend(4u32.to_le_bytes());
+            p.extend(b"seed");
+            p.extend([0x8a, n]);
+            p.extend(std::iter::repeat_n(0xff, n as usize));
+            p.extend([b's', b'.']);
+            let len = p.len();
+            assert_eq!(super::check(&mut p, 0).unwrap(), len, "{n}");
+            assert_eq!(p.len(), len);
+            let obj = read(&p).unwrap();
+            assert_eq!(
+                obj,
+                candle_core::pickle::Object::Dict(vec![(
+                    candle_core::pickle::Object::Unicode("seed".into()),
+                    candle_core::pickle::Object::Int(0)
+                )]),
+                "{n}"
+            );
+        }
+        // 100 MiB of 0xff as a class name would be 300 MiB read, twice with its memo copy.
+        let mut p = vec![0x80, 2, b'c'];
+        p.extend(std::iter::repeat_n(0xff, 100 << 20));
+        p.extend(b"\nx\n");
+        p.extend([b'q', 0, b'.']);
+        let e = scan(&p).unwrap_err();
+        assert!(e.contains("512 MiB"), "{e}");
+        // Names written with `\r\n` are candle's names without the `\r`.
+        let mut p = vec![0x80, 2, b'c'];
+        p.extend(b"collections\r\nOrderedDict\r\n");
+        p.extend([b')', b'R', b'K', 1, b'K', 2, b's', b'.']);
+        scan(&p).unwrap();
+        read(&p).unwrap();
     }
 
     #[test]

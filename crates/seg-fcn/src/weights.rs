@@ -327,7 +327,7 @@ fn read_pth(path: &Path) -> Result<std::collections::HashMap<String, Tensor>, We
                 MAX_PICKLE >> 20
             )));
         }
-        crate::pickle_scan::scan(&bytes).map_err(|e| read(format!("{pkl}: {e}")))?;
+        crate::pickle_scan::check(&mut bytes, 0).map_err(|e| read(format!("{pkl}: {e}")))?;
         let mut stack = Stack::empty();
         stack
             .read_loop(&mut std::io::Cursor::new(&bytes))
@@ -565,20 +565,24 @@ fn read_legacy_pth(path: &Path) -> Result<std::collections::HashMap<String, Tens
         path: p.clone(),
         reason,
     };
-    let bytes = std::fs::read(path).map_err(|e| read(e.to_string()))?;
+    let mut bytes = std::fs::read(path).map_err(|e| read(e.to_string()))?;
+    // The four pickles, each dry-run (and mended) before candle's reader is given any.
+    const PICKLES: [&str; 4] = ["protocol version", "system info", "state_dict", "storage keys"];
+    let mut at = LEGACY_MAGIC.len();
+    for what in PICKLES {
+        let rest = bytes.get_mut(at..).unwrap_or_default();
+        at += crate::pickle_scan::check(rest, at).map_err(|e| read(format!("legacy PyTorch file, {what}: {e}")))?;
+    }
     let mut cur = std::io::Cursor::new(&bytes[LEGACY_MAGIC.len()..]);
     let mut pickle = |what: &str| -> Result<Object, WeightsError> {
-        let at = cur.position() as usize;
-        let rest = cur.get_ref().get(at..).unwrap_or_default();
-        crate::pickle_scan::scan(rest).map_err(|e| read(format!("legacy PyTorch file, {what}: {e}")))?;
         let mut stack = Stack::empty();
         stack
             .read_loop(&mut cur)
             .and_then(|_| stack.finalize())
             .map_err(|e| read(format!("legacy PyTorch file, {what}: {e}")))
     };
-    let _protocol = pickle("protocol version")?;
-    let sys_info = pickle("system info")?;
+    let _protocol = pickle(PICKLES[0])?;
+    let sys_info = pickle(PICKLES[1])?;
     if let Object::Dict(entries) = &sys_info {
         let big = entries
             .iter()
@@ -590,8 +594,8 @@ fn read_legacy_pth(path: &Path) -> Result<std::collections::HashMap<String, Tens
             ));
         }
     }
-    let obj = pickle("state_dict")?;
-    let keys = match pickle("storage keys")? {
+    let obj = pickle(PICKLES[2])?;
+    let keys = match pickle(PICKLES[3])? {
         Object::List(keys) => keys
             .into_iter()
             .map(|k| match k {

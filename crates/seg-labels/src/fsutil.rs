@@ -190,7 +190,7 @@ fn try_lock_patiently(file: &std::fs::File) -> Result<(), std::fs::TryLockError>
 }
 
 /// How many times a lock found held is tried again, 20 ms apart.
-const PROBE_TRIES: u32 = 10;
+const PROBE_TRIES: u32 = 25;
 
 fn in_use(dir: &Path) -> std::io::Error {
     std::io::Error::new(
@@ -230,10 +230,29 @@ pub fn read_regular(path: &Path) -> std::io::Result<Vec<u8>> {
     std::fs::read(path)
 }
 
-/// [`read_regular`] as UTF-8 text (config files, split lists), as `std::fs::read_to_string`
-/// would read it.
-pub fn read_regular_text(path: &Path) -> std::io::Result<String> {
-    String::from_utf8(read_regular(path)?).map_err(|e| {
+/// Largest text file [`read_text`] reads.
+pub const MAX_TEXT: u64 = 64 << 20;
+
+/// A config file or split list as UTF-8 text, read up to [`MAX_TEXT`] bytes: a FIFO or
+/// `/dev/stdin` (`--config <(…)`) is read to its end, a link to `/dev/zero` is refused at the
+/// bound rather than read without end.
+pub fn read_text(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    if std::fs::metadata(path)?.is_dir() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "a folder, not a file",
+        ));
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?.take(MAX_TEXT + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_TEXT {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("over {} MiB: not a config or list file", MAX_TEXT >> 20),
+        ));
+    }
+    String::from_utf8(bytes).map_err(|e| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             format!("not UTF-8 text (byte {} is not)", e.utf8_error().valid_up_to()),
@@ -393,7 +412,7 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::channel();
         let release = std::thread::spawn(move || {
             tx.send(()).unwrap();
-            std::thread::sleep(std::time::Duration::from_millis(30));
+            std::thread::sleep(std::time::Duration::from_millis(10));
             drop(probe);
         });
         rx.recv().unwrap();
@@ -547,16 +566,33 @@ mod tests {
             .contains("a folder"));
         std::fs::write(dir.path().join("f"), b"ok").unwrap();
         assert_eq!(super::read_regular(&dir.path().join("f")).unwrap(), b"ok");
-        // Text (configs, split lists) alike, and text that is not UTF-8 says where it stops.
-        let e = super::read_regular_text(&link).unwrap_err().to_string();
-        assert!(e.contains("not a regular file"), "{e}");
+        // Text (configs, split lists) is read to a bound, so a FIFO still reads, and text that
+        // is not UTF-8 says where it stops.
+        let e = super::read_text(&link).unwrap_err().to_string();
+        assert!(e.contains("over 64 MiB"), "{e}");
         let e = crate::split_list::read(&link).unwrap_err().to_string();
-        assert!(e.contains("not a regular file"), "{e}");
-        assert_eq!(super::read_regular_text(&dir.path().join("f")).unwrap(), "ok");
-        std::fs::write(dir.path().join("latin1"), b"caf\xe9").unwrap();
-        let e = super::read_regular_text(&dir.path().join("latin1"))
+        assert!(e.contains("over 64 MiB"), "{e}");
+        assert!(super::read_text(dir.path())
             .unwrap_err()
-            .to_string();
+            .to_string()
+            .contains("a folder"));
+        assert_eq!(super::read_text(&dir.path().join("f")).unwrap(), "ok");
+        std::fs::write(dir.path().join("latin1"), b"caf\xe9").unwrap();
+        let e = super::read_text(&dir.path().join("latin1")).unwrap_err().to_string();
         assert!(e.contains("not UTF-8") && e.contains("byte 3"), "{e}");
+        // A FIFO (`<(…)` in a shell) is read to its end.
+        let fifo = dir.path().join("fifo");
+        if std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            let writer = {
+                let fifo = fifo.clone();
+                std::thread::spawn(move || std::fs::write(fifo, "[data]\n").unwrap())
+            };
+            assert_eq!(super::read_text(&fifo).unwrap(), "[data]\n");
+            writer.join().unwrap();
+        }
     }
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 
 /// The names a list file holds, trimmed, in its order.
 pub fn read(path: &Path) -> std::io::Result<Vec<String>> {
-    let text = crate::fsutil::read_regular_text(path)?;
+    let text = crate::fsutil::read_text(path)?;
     Ok(text
         .trim_start_matches('\u{feff}')
         .lines()

@@ -34,7 +34,7 @@ const WARMUP: usize = 2;
 
 pub fn run(args: Args, device_name: &DeviceName) -> anyhow::Result<()> {
     // A detection config (Sim10k-style `data.source_format`) is checked by the detection side.
-    let text = seg_labels::fsutil::read_regular_text(&args.config)
+    let text = seg_labels::fsutil::read_text(&args.config)
         .with_context(|| format!("{}: cannot read config", args.config.display()))?;
     if crate::config::is_detection_config(&text) {
         return super::detect::check(&args.config, &args.set, args.time_steps, device_name);
@@ -185,6 +185,9 @@ pub fn run(args: Args, device_name: &DeviceName) -> anyhow::Result<()> {
             if pretrain > 0 { format!(" and the {pretrain} before them") } else { String::new() },
             hours_minutes(total)
         );
+    }
+    if let (true, Some(stop)) = (blocking.is_empty(), &first_stop) {
+        anyhow::bail!("the run would stop before its first step, on {stop}");
     }
     if !blocking.is_empty() {
         let which = match &first_stop {

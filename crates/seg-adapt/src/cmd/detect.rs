@@ -64,8 +64,8 @@ fn names_a_segmentation_key(message: &str) -> bool {
 /// Reads a detection config file and applies `--set` overrides. Naming a starting detector
 /// there (`--set init_from=RUN`) replaces the file's ImageNet weights.
 pub fn load_config(path: &Path, sets: &[String]) -> anyhow::Result<DetRunConfig> {
-    let text = seg_labels::fsutil::read_regular_text(path)
-        .with_context(|| format!("{}: cannot read config", path.display()))?;
+    let text =
+        seg_labels::fsutil::read_text(path).with_context(|| format!("{}: cannot read config", path.display()))?;
     config_of(path, &text, sets)
 }
 
