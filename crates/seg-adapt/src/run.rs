@@ -160,6 +160,8 @@ pub fn build_setup(
         _ => None,
     };
     let (vars, backbone) = build_model(cfg, device)?;
+    // A tap the model lacks, before the data are opened.
+    cfg.method.refuse_on(backbone.as_ref())?;
     let has_bn = backbone.has_batch_norm();
     let mut left_out = seg_train::checkpoint::LeftOutByRole::new();
     let role = training_role(cfg);

@@ -334,6 +334,18 @@ impl MethodConfig {
             )?)),
         })
     }
+
+    /// What the method needs of `backbone` (its taps at strides it can use, batch norm for
+    /// AdaBN), checked by building the head on variables of its own that are then dropped:
+    /// a run refuses a wrong tap before it opens its data. Uniform size constraints stand in
+    /// for `fcn-wild`'s, which need the source labels.
+    pub fn refuse_on(&self, backbone: &dyn Backbone) -> Result<(), HeadError> {
+        let scratch = VarMap::new();
+        let vb = VarBuilder::from_varmap(&scratch, candle_core::DType::F32, &candle_core::Device::Cpu);
+        const N: usize = seg_core::NUM_CLASSES;
+        let uniform = SizeConstraints::from_fractions(&[[1.0 / N as f32; N]]);
+        self.build_head(backbone, vb, &scratch, Some(&uniform)).map(drop)
+    }
 }
 
 impl std::str::FromStr for MethodConfig {

@@ -514,6 +514,12 @@ fn bad_input_is_refused_before_training_with_a_clear_message() {
     assert!(e.contains("magic") && e.contains("dann"), "{e}");
     let e = err(&train_args(p(&out), p(&gta), p(&dir.path().join("nowhere")), "dann"));
     assert!(e.contains("nowhere"), "{e}");
+    // A tap the model lacks is refused before the data are opened.
+    let nowhere = dir.path().join("nowhere");
+    let mut a = train_args(p(&out), p(&nowhere), p(&cs), "dann");
+    a.extend(["--set", "method.tap=pool4"]);
+    let e = err(&a);
+    assert!(e.contains("pool4") && !e.contains("nowhere"), "{e}");
     let mut a = train_args(p(&out), p(&gta), p(&cs), "source-only");
     a.extend(["--set", "augment.crop=[60, 60]"]);
     let e = err(&a);
