@@ -365,12 +365,14 @@ struct Partial {
     /// Pixels of the ground truth read from labelIds, per train id, and ignored ones.
     gt_pixels: [u64; NUM_CLASSES],
     gt_ignored: u64,
+    /// Ground truth with values outside its encoding's range: (pair index, pixels, range).
+    outside: Vec<(usize, u64, &'static str)>,
 }
 
 fn evaluate_pair(
     opts: &FolderOptions,
     maps: &[LabelMap; 2],
-    pair: &Pair,
+    (index, pair): (usize, &Pair),
     keep: bool,
     acc: &mut Partial,
 ) -> Result<(), FolderError> {
@@ -390,10 +392,7 @@ fn evaluate_pair(
         }
     }
     if outside > 0 {
-        acc.ev.warn(format!(
-            "{}: {outside} pixels hold values outside {range}; they are ignored",
-            pair.gt.display()
-        ));
+        acc.outside.push((index, outside, range));
     }
     let metrics_err = |path: &Path| {
         let path = path.to_path_buf();
@@ -482,12 +481,13 @@ pub fn evaluate_folder(opts: &FolderOptions) -> Result<Evaluator, FolderError> {
         seen: 0,
         gt_pixels: [0; NUM_CLASSES],
         gt_ignored: 0,
+        outside: Vec::new(),
     };
     let result = pairs
         .par_iter()
         .enumerate()
         .try_fold(new_partial, |mut acc, (i, pair)| {
-            evaluate_pair(opts, &maps, pair, i < opts.samples, &mut acc)?;
+            evaluate_pair(opts, &maps, (i, pair), i < opts.samples, &mut acc)?;
             Ok::<_, FolderError>(acc)
         })
         .try_reduce(new_partial, |mut a, b| {
@@ -497,9 +497,25 @@ pub fn evaluate_folder(opts: &FolderOptions) -> Result<Evaluator, FolderError> {
                 *x += y;
             }
             a.gt_ignored += b.gt_ignored;
+            a.outside.extend(b.outside);
             Ok(a)
         })?;
     let mut ev = result.ev;
+    // One line (per encoding) for the ground-truth files with values outside its range, not
+    // one per file: the first in file order is named.
+    let mut outside = result.outside;
+    outside.sort_unstable();
+    for range in ["label ids 0..=33", "train ids 0..=18 or 255"] {
+        let these: Vec<_> = outside.iter().filter(|o| o.2 == range).collect();
+        if let Some(&&(first, pixels, _)) = these.first() {
+            let total: u64 = these.iter().map(|o| o.1).sum();
+            ev.warn(format!(
+                "{} ground-truth file(s) hold {total} pixels of values outside {range}, which are ignored (the first: {}, {pixels} pixels)",
+                these.len(),
+                pairs[first].gt.display()
+            ));
+        }
+    }
     if let Some(w) = seg_labels::cityscapes::train_ids_look_warning(&result.gt_pixels, result.gt_ignored) {
         ev.warn(format!("ground truth `*_gtFine_labelIds.png`: {w}"));
     }

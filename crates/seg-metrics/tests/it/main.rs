@@ -354,8 +354,10 @@ fn train_ids_as_label_ids_warn_and_trainids_format_agrees() {
 fn ground_truth_in_train_ids_named_label_ids_is_said() {
     let f = Fixture::new();
     let gt: Vec<u8> = (0..W * H).map(|i| [0u8, 1, 2, 255, 255, 255][i as usize % 6]).collect();
-    f.gt("frankfurt", "frankfurt_000000_000294", &gt);
-    f.pred("frankfurt_000000_000294.png", &[7u8; (W * H) as usize]);
+    for stem in ["frankfurt_000000_000294", "frankfurt_000001_000019"] {
+        f.gt("frankfurt", stem, &gt);
+        f.pred(&format!("{stem}.png"), &[7u8; (W * H) as usize]);
+    }
     let ev = evaluate_folder(&f.opts()).unwrap();
     assert!(
         ev.warnings()
@@ -363,6 +365,18 @@ fn ground_truth_in_train_ids_named_label_ids_is_said() {
             .any(|w| w.contains("gtFine_labelIds") && w.contains("look like train ids")),
         "{:?}",
         ev.warnings()
+    );
+    // The 255s of both files are said once, naming the first.
+    let outside: Vec<&String> = ev
+        .warnings()
+        .iter()
+        .filter(|w| w.contains("outside label ids"))
+        .collect();
+    assert_eq!(outside.len(), 1, "{outside:?}");
+    assert!(
+        outside[0].starts_with("2 ground-truth file(s) hold 18 pixels")
+            && outside[0].contains("frankfurt_000000_000294_gtFine_labelIds.png, 9 pixels"),
+        "{outside:?}"
     );
 }
 
