@@ -408,15 +408,20 @@ impl Checkpoint {
                 ));
             }
         }
-        let selected = mine.iter().map(|(name, _)| (name.as_str(), &self.tensors[*name]));
+        // In the variables' dtype: an f32 value beyond f16's range is an infinity there.
+        let values = mine
+            .iter()
+            .map(|(name, var)| self.tensors[*name].to_dtype(var.dtype()))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let selected = mine.iter().zip(&values).map(|((name, _), t)| (name.as_str(), t));
         if let Some(name) = seg_nn::vars::first_non_finite(selected)? {
             return Err(bad(
                 &self.path,
                 format!("variable `{name}` holds a NaN or an infinity: these weights cannot be used"),
             ));
         }
-        for (name, var) in &mine {
-            var.set(&self.tensors[*name].to_dtype(var.dtype())?)?;
+        for ((_, var), t) in mine.iter().zip(&values) {
+            var.set(t)?;
         }
         Ok(mine.len())
     }
