@@ -192,12 +192,7 @@ pub fn build_setup(
     }
     if let Some(init) = cfg.model.init_weights.as_ref().filter(|_| !resuming) {
         let r = seg_fcn::weights::load_init_weights(&vars, "model", init)?;
-        tracing::info!(
-            "loaded {} tensors from {} ({} skipped)",
-            r.loaded.len(),
-            init.display(),
-            r.skipped.len()
-        );
+        tracing::info!("{}", r.summary(init));
         if let Some(w) = r.missing_warning(init) {
             tracing::warn!("{w}");
         }

@@ -158,7 +158,7 @@ impl<'a> Machine<'a> {
         self.spent = self.spent.saturating_add(v.bytes);
         if self.spent > MAX_BYTES {
             return Err(format!(
-                "its objects would take over {} MiB (memo entries copied into one another): not a state_dict",
+                "reading it would build over {} MiB of objects (a very large pickle, or memo entries copied into one another): save the state_dict alone (`torch.save(model.state_dict(), …)`)",
                 MAX_BYTES >> 20
             ));
         }
@@ -471,7 +471,7 @@ mod tests {
         }
         p.push(b'.');
         let e = scan(&p).unwrap_err();
-        assert!(e.contains("would take over 512 MiB"), "{e}");
+        assert!(e.contains("build over 512 MiB of objects"), "{e}");
     }
 
     /// What candle reads otherwise than Python: DICT as EMPTY_DICT, LONG1 past 8 bytes (whose

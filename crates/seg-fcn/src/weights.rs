@@ -23,9 +23,30 @@ pub struct InitReport {
     /// they keep their random initialisation. torchvision's file has every one; PyTorch's
     /// strict `load_state_dict` would refuse a file without them.
     pub missing: Vec<String>,
+    /// Where in the file the tensors were read from, if not its top level (a training
+    /// checkpoint's `state_dict` entry).
+    pub read_from: Option<String>,
 }
 
 impl InitReport {
+    /// `loaded N tensors from FILE (M skipped: …)`, naming the first skipped keys and where in
+    /// the file the tensors were read from.
+    pub fn summary(&self, path: &Path) -> String {
+        let shown: Vec<&str> = self.skipped.iter().take(4).map(String::as_str).collect();
+        let more = self.skipped.len() - shown.len();
+        let skipped = match (shown.is_empty(), more) {
+            (true, _) => "0 skipped".to_string(),
+            (false, 0) => format!("{} skipped: {}", self.skipped.len(), shown.join(", ")),
+            (false, _) => format!("{} skipped: {} and {more} more", self.skipped.len(), shown.join(", ")),
+        };
+        let from = self.read_from.as_ref().map_or(String::new(), |f| format!("; {f}"));
+        format!(
+            "loaded {} tensors from {} ({skipped}{from})",
+            self.loaded.len(),
+            path.display()
+        )
+    }
+
     /// A warning for a file that left some of the model's ImageNet layers random, naming the
     /// first few; `None` when it had them all.
     pub fn missing_warning(&self, path: &Path) -> Option<String> {
@@ -122,7 +143,7 @@ pub fn load_init_weights(vars: &VarMap, prefix: &str, path: &Path) -> Result<Ini
         path: p.clone(),
         reason: e.to_string(),
     };
-    let tensors = if let Some(format) = pth_format(path) {
+    let (tensors, read_from) = if let Some(format) = pth_format(path) {
         // candle's pickle reader indexes into tuples it reads from the file; a crafted file can
         // make it panic, which must not take the process down.
         // The panic is answered by the error below, so the default hook's message (which
@@ -139,7 +160,7 @@ pub fn load_init_weights(vars: &VarMap, prefix: &str, path: &Path) -> Result<Ini
             reason: "malformed PyTorch pickle (the reader gave up on its structure)".into(),
         })??
     } else {
-        candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| WeightsError::Read {
+        let tensors = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| WeightsError::Read {
             path: p.clone(),
             reason: if path.extension().is_some_and(|x| x == "safetensors") {
                 format!("not a valid safetensors file: {e}")
@@ -149,8 +170,19 @@ pub fn load_init_weights(vars: &VarMap, prefix: &str, path: &Path) -> Result<Ini
                      expected torchvision's `.pth` or a `.safetensors` of its keys"
                 )
             },
-        })?
+        })?;
+        (tensors, None)
     };
+    // `nn.DataParallel` and DistributedDataParallel save every key under `module.`.
+    let tensors: std::collections::HashMap<String, Tensor> =
+        if !tensors.is_empty() && tensors.keys().all(|k| k.starts_with("module.")) {
+            tensors
+                .into_iter()
+                .map(|(k, t)| (k["module.".len()..].to_string(), t))
+                .collect()
+        } else {
+            tensors
+        };
     let data = vars.data().lock().map_err(|_| WeightsError::Read {
         path: p.clone(),
         reason: "poisoned var map".into(),
@@ -174,7 +206,10 @@ pub fn load_init_weights(vars: &VarMap, prefix: &str, path: &Path) -> Result<Ini
             expected.insert(key.to_string());
         }
     }
-    let mut report = InitReport::default();
+    let mut report = InitReport {
+        read_from,
+        ..Default::default()
+    };
     let mut keys: Vec<_> = tensors.keys().cloned().collect();
     keys.sort();
     for key in keys {
@@ -256,19 +291,32 @@ enum PthFormat {
 }
 
 /// The PyTorch format of a file, from its first bytes; a `.pth`-like name that matches neither
-/// counts as a zip archive (whose reader then says what is wrong); `None` for safetensors (a
-/// `.safetensors` name, or a file of another name that is no PyTorch file).
+/// counts as a zip archive (whose reader then says what is wrong); `None` for safetensors (its
+/// bytes, whatever the name; a `.safetensors` name; or a file of another name that is no
+/// PyTorch file).
 fn pth_format(path: &Path) -> Option<PthFormat> {
     use std::io::Read;
-    // The bytes decide before the name: a `.pth` renamed `.safetensors` is still a `.pth`.
+    // The bytes decide before the name: a `.pth` renamed `.safetensors` is still a `.pth`, and
+    // a safetensors file renamed `.pth` still a safetensors file.
     let ext = path.extension().and_then(|e| e.to_str());
-    let mut head = Vec::with_capacity(LEGACY_MAGIC.len());
-    let _ = std::fs::File::open(path).and_then(|f| f.take(LEGACY_MAGIC.len() as u64).read_to_end(&mut head));
-    if head[..] == LEGACY_MAGIC {
+    let mut head = Vec::with_capacity(16);
+    let _ = std::fs::File::open(path).and_then(|f| f.take(16).read_to_end(&mut head));
+    let size = std::fs::metadata(path).map_or(0, |m| m.len());
+    // The magic number pickled with any protocol: 2 (PyTorch's default), 3, or 4 and later
+    // (a FRAME first), which the legacy reader names.
+    let legacy = head.first() == Some(&0x80)
+        && (head.get(2..15) == Some(&LEGACY_MAGIC[2..]) || (head.get(1) >= Some(&4) && head.get(2) == Some(&0x95)));
+    // safetensors: an 8-byte little-endian header length, then the JSON header.
+    let safetensors = head.get(8) == Some(&b'{')
+        && head
+            .get(..8)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .is_some_and(|n| u64::from_le_bytes(n).saturating_add(8) <= size);
+    if legacy {
         Some(PthFormat::Legacy)
     } else if head.starts_with(b"PK\x03\x04") {
         Some(PthFormat::Zip)
-    } else if ext == Some("safetensors") {
+    } else if safetensors || ext == Some("safetensors") {
         None
     } else if head.starts_with(&LEGACY_MAGIC[..4]) || matches!(ext, Some("pth" | "pt" | "bin" | "ckpt")) {
         Some(PthFormat::Zip)
@@ -287,7 +335,7 @@ const LEGACY_MAGIC: [u8; 15] = [
 const MAX_PICKLE: u64 = 256 << 20;
 
 /// Every tensor of a `torch.save(state_dict)` zip archive, refusing entries that are not tensors.
-fn read_pth(path: &Path) -> Result<std::collections::HashMap<String, Tensor>, WeightsError> {
+fn read_pth(path: &Path) -> Result<PthTensors, WeightsError> {
     use candle_core::pickle::Stack;
     use std::io::Read as _;
     let p = path.display().to_string();
@@ -346,7 +394,7 @@ fn read_pth(path: &Path) -> Result<std::collections::HashMap<String, Tensor>, We
             ));
         }
     }
-    let infos = tensor_entries(path, obj, &dir)?;
+    let (infos, note) = tensor_entries(path, obj, &dir)?;
     let mut out = std::collections::HashMap::with_capacity(infos.len());
     for (name, info) in infos {
         // Only the bytes the tensor reaches are read: a storage whose entry claims more (a
@@ -374,7 +422,7 @@ fn read_pth(path: &Path) -> Result<std::collections::HashMap<String, Tensor>, We
         let t = tensor_from_storage(&info, &bytes).map_err(|e| read(format!("tensor `{name}`: {e}")))?;
         out.insert(name, t);
     }
-    Ok(out)
+    Ok((out, note))
 }
 
 /// The tensor `info` describes, from the bytes of its storage (up to its last element): any
@@ -413,7 +461,7 @@ fn tensor_entries(
     path: &Path,
     obj: candle_core::pickle::Object,
     dir: &Path,
-) -> Result<Vec<(String, candle_core::pickle::TensorInfo)>, WeightsError> {
+) -> Result<(NamedInfos, Option<String>), WeightsError> {
     use candle_core::pickle::Object;
     let p = path.display().to_string();
     let Object::Dict(entries) = obj else {
@@ -425,7 +473,7 @@ fn tensor_entries(
             ),
         });
     };
-    let entries = inner_state_dict(entries);
+    let (entries, note) = inner_state_dict(entries);
     let mut out = Vec::with_capacity(entries.len());
     for (key, value) in entries {
         let Object::Unicode(name) = &key else {
@@ -450,13 +498,18 @@ fn tensor_entries(
         let rebuilt = rebuild_call(&value).is_some_and(|(name, _)| name == "_rebuild_tensor_v2");
         match value.into_tensor_info(key.clone(), dir) {
             Ok(Some(info)) => out.push((name.clone(), info)),
-            Err(e) if rebuilt && e.to_string().contains("unsupported storage type") => {
+            // A tensor's rebuild call whose arguments candle cannot take: what is wrong with it.
+            Err(e) if rebuilt => {
+                let e = e.to_string();
+                let reason = if e.contains("unsupported storage type") {
+                    format!("tensor `{name}`: {e} (float, double, half, bfloat16, uint8 and int64 storages are read)")
+                } else {
+                    format!("tensor `{name}`: its size, stride or storage cannot be read ({e})")
+                };
                 return Err(WeightsError::Read {
                     path: p.clone(),
-                    reason: format!(
-                        "tensor `{name}`: {e} (float, double, half, bfloat16, uint8 and int64 storages are read)"
-                    ),
-                })
+                    reason,
+                });
             }
             _ => {
                 return Err(WeightsError::NotTensor {
@@ -467,37 +520,48 @@ fn tensor_entries(
             }
         }
     }
-    // `nn.DataParallel` and DistributedDataParallel save every key under `module.`.
-    if !out.is_empty() && out.iter().all(|(name, _)| name.starts_with("module.")) {
-        for (name, _) in &mut out {
-            name.drain(.."module.".len());
-        }
-    }
-    Ok(out)
+    Ok((out, note))
 }
 
 /// The state_dict inside a training checkpoint (`{"epoch": …, "state_dict": {…}, "optimizer":
 /// {…}}`, as most training scripts and mmcv save it; `"model"` in others): the entries of the
 /// dict under `state_dict`, else under `model`, else `entries` themselves (a state_dict's values
 /// are tensors, never a dict under those names).
+/// Also says where they were read from, and whether the other name held a dict too.
 fn inner_state_dict(
     entries: Vec<(candle_core::pickle::Object, candle_core::pickle::Object)>,
-) -> Vec<(candle_core::pickle::Object, candle_core::pickle::Object)> {
+) -> (Entries, Option<String>) {
     use candle_core::pickle::Object;
     let under = |name: &str| {
         entries
             .iter()
             .position(|(k, v)| matches!((k, v), (Object::Unicode(k), Object::Dict(_)) if k == name))
     };
-    let Some(i) = under("state_dict").or_else(|| under("model")) else {
-        return entries;
+    let (state_dict, model) = (under("state_dict"), under("model"));
+    let Some(i) = state_dict.or(model) else {
+        return (entries, None);
+    };
+    let note = match (state_dict, model) {
+        (Some(_), Some(_)) => "read from its `state_dict` entry (it also holds a `model` dict, not read)",
+        (Some(_), None) => "read from its `state_dict` entry",
+        _ => "read from its `model` entry",
     };
     let mut entries = entries;
     match entries.swap_remove(i).1 {
-        Object::Dict(inner) => inner,
-        _ => Vec::new(),
+        Object::Dict(inner) => (inner, Some(note.into())),
+        _ => (Vec::new(), None),
     }
 }
+
+/// Each tensor's name and where its storage is.
+type NamedInfos = Vec<(String, candle_core::pickle::TensorInfo)>;
+
+/// A pickled dict's entries.
+type Entries = Vec<(candle_core::pickle::Object, candle_core::pickle::Object)>;
+
+/// The tensors of a `.pth` file by name, and where in the file they were read from (a training
+/// checkpoint's entry), if not its top level.
+type PthTensors = (std::collections::HashMap<String, Tensor>, Option<String>);
 
 /// PyTorch before 0.4 pickled a tensor as `torch._utils._rebuild_tensor(storage, offset, size,
 /// stride)` (torchvision's VGG16 file among them); its arguments are the first four of
@@ -558,7 +622,7 @@ fn rebuild_call(value: &candle_core::pickle::Object) -> Option<(&str, &[candle_c
 /// PyTorch's legacy serialisation: pickles of the magic number, the protocol version and the
 /// system info, the pickled state_dict (storages as persistent ids), the pickled list of storage
 /// keys, then each storage in that order as a little-endian `i64` element count and raw bytes.
-fn read_legacy_pth(path: &Path) -> Result<std::collections::HashMap<String, Tensor>, WeightsError> {
+fn read_legacy_pth(path: &Path) -> Result<PthTensors, WeightsError> {
     use candle_core::pickle::{Object, Stack};
     let p = path.display().to_string();
     let read = |reason: String| WeightsError::Read {
@@ -566,14 +630,23 @@ fn read_legacy_pth(path: &Path) -> Result<std::collections::HashMap<String, Tens
         reason,
     };
     let mut bytes = std::fs::read(path).map_err(|e| read(e.to_string()))?;
+    // The magic number, pickled with protocol 2 or 3; a later protocol's opcodes are named.
+    let start = if bytes.get(2..15) == Some(&LEGACY_MAGIC[2..]) {
+        LEGACY_MAGIC.len()
+    } else {
+        return Err(read(match crate::pickle_scan::check(&mut bytes, 0) {
+            Err(e) => format!("legacy PyTorch file, magic number: {e}"),
+            Ok(_) => "it does not start with PyTorch's magic number".into(),
+        }));
+    };
     // The four pickles, each dry-run (and mended) before candle's reader is given any.
     const PICKLES: [&str; 4] = ["protocol version", "system info", "state_dict", "storage keys"];
-    let mut at = LEGACY_MAGIC.len();
+    let mut at = start;
     for what in PICKLES {
         let rest = bytes.get_mut(at..).unwrap_or_default();
         at += crate::pickle_scan::check(rest, at).map_err(|e| read(format!("legacy PyTorch file, {what}: {e}")))?;
     }
-    let mut cur = std::io::Cursor::new(&bytes[LEGACY_MAGIC.len()..]);
+    let mut cur = std::io::Cursor::new(&bytes[start..]);
     let mut pickle = |what: &str| -> Result<Object, WeightsError> {
         let mut stack = Stack::empty();
         stack
@@ -605,14 +678,14 @@ fn read_legacy_pth(path: &Path) -> Result<std::collections::HashMap<String, Tens
             .collect::<Result<Vec<String>, _>>()?,
         other => return Err(read(format!("storage keys: {} instead of a list", describe(&other)))),
     };
-    let infos = tensor_entries(path, obj, Path::new(""))?;
+    let (infos, note) = tensor_entries(path, obj, Path::new(""))?;
     let key_of = |info: &candle_core::pickle::TensorInfo| info.path.rsplit('/').next().unwrap_or("").to_string();
     // Each storage's element size, from the tensors that use it.
     let mut elem = std::collections::HashMap::new();
     for (_, info) in &infos {
         elem.insert(key_of(info), info.dtype.size_in_bytes());
     }
-    let mut pos = LEGACY_MAGIC.len() + cur.position() as usize;
+    let mut pos = start + cur.position() as usize;
     let mut storages = std::collections::HashMap::new();
     for key in keys {
         let count = bytes
@@ -645,7 +718,7 @@ fn read_legacy_pth(path: &Path) -> Result<std::collections::HashMap<String, Tens
             tensor_from_storage(&info, &bytes[range.start..last]).map_err(|e| read(format!("tensor `{name}`: {e}")))?;
         out.insert(name, t);
     }
-    Ok(out)
+    Ok((out, note))
 }
 
 /// The bytes of its storage a tensor reaches (its offset, in bytes as candle's pickle reader

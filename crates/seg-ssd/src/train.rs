@@ -388,7 +388,9 @@ fn run_locked(
     let vars = VarMap::new();
     let method = method_cfg.build(&cfg.model, &vars, device, cfg.trainer.seed)?;
     if let Some(w) = cfg.init_weights.as_ref().filter(|_| !resuming) {
-        if let Some(warning) = seg_fcn::weights::load_init_weights(&vars, "model", w)?.missing_warning(w) {
+        let r = seg_fcn::weights::load_init_weights(&vars, "model", w)?;
+        tracing::info!("{}", r.summary(w));
+        if let Some(warning) = r.missing_warning(w) {
             tracing::warn!("{warning}");
         }
     }

@@ -1,6 +1,7 @@
 //! Shape, tap and weight-loading tests of the FCN models.
 
 use std::collections::HashMap;
+use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
@@ -104,6 +105,20 @@ fn torchvision_keys_load_into_the_model_and_mismatches_are_errors() {
     assert!(
         !r.missing.iter().any(|k| k.starts_with("classifier.")),
         "reduced fc6/fc7 are not VGG16's"
+    );
+    // DataParallel's `module.` prefix is dropped in safetensors files too, and a safetensors
+    // file renamed `.pth` is read by its bytes.
+    let prefixed: HashMap<String, Tensor> = t.iter().map(|(k, v)| (format!("module.{k}"), v.clone())).collect();
+    let renamed = dir.path().join("dp.pth");
+    candle_core::safetensors::save(&prefixed, &renamed).unwrap();
+    let r = seg_fcn::weights::load_init_weights(&vars, "model", &renamed).unwrap();
+    assert_eq!(r.loaded, vec!["features.0.bias", "features.0.weight"]);
+    assert_eq!(
+        r.summary(&renamed),
+        format!(
+            "loaded 2 tensors from {} (1 skipped: classifier.6.weight)",
+            renamed.display()
+        )
     );
     // A classifier in another shape is the reduced model's to skip (its fc7 is not VGG16's),
     // and refused with both shapes by a model whose fc7 is VGG16's.
@@ -393,6 +408,8 @@ fn pth_variants_torch_writes_load_or_are_refused_by_name() {
         "hand-channels-last.pth",
         "hand-wrapped.pth",
         "hand-parameter.pth",
+        "hand-legacy-p3.pth",
+        "hand-model-and-state-dict.pth",
     ] {
         let (_, w, b) = load_first_layer(file);
         assert!(w.iter().enumerate().all(|(k, &v)| v == hand_value(1, k)), "{file}");
@@ -411,6 +428,26 @@ fn pth_variants_torch_writes_load_or_are_refused_by_name() {
     // 1728 elements as [3, 64, 3, 3]: the count fits, the shape does not.
     let e = refused("hand-same-count-shape.pth");
     assert!(e.contains("[3, 64, 3, 3]") && e.contains("[64, 3, 3, 3]"), "{e}");
+    // A legacy file pickled with protocol 4 names the opcode it stops on (it was called "not a
+    // PyTorch file"); a negative stride is named as such (it was "not a tensor").
+    let e = refused("hand-legacy-p4.pth");
+    assert!(
+        e.contains("magic number") && e.contains("FRAME (pickle protocol 4) at byte 2"),
+        "{e}"
+    );
+    let e = refused("hand-negative-stride.pth");
+    assert!(
+        e.contains("features.0.weight`: its size, stride or storage cannot be read"),
+        "{e}"
+    );
+    // A checkpoint with both a `model` and a `state_dict` dict: the summary says which was read.
+    let summary = seg_fcn::weights::load_init_weights(&vars, "model", &fixture("hand-model-and-state-dict.pth"))
+        .unwrap()
+        .summary(Path::new("both.pth"));
+    assert_eq!(
+        summary,
+        "loaded 2 tensors from both.pth (0 skipped; read from its `state_dict` entry (it also holds a `model` dict, not read))"
+    );
     // An offset of 2^62 inside an `nn.Parameter`'s rebuild call is refused as it is outside one.
     let e = refused("hand-parameter-offset.pth");
     assert!(e.contains("storage offset 4611686018427387904"), "{e}");
