@@ -8,6 +8,13 @@ use candle_nn::{VarBuilder, VarMap};
 use seg_core::FeatureTap;
 use seg_fcn::{build, ModelName};
 
+/// The error loading `path` into `vars` gives, as text.
+fn refusal(vars: &VarMap, path: &Path) -> String {
+    seg_fcn::weights::load_init_weights(vars, "model", path)
+        .unwrap_err()
+        .to_string()
+}
+
 fn model(name: ModelName) -> (VarMap, Box<dyn seg_core::Backbone>) {
     let vars = VarMap::new();
     let vb = VarBuilder::from_varmap(&vars, DType::F32, &Device::Cpu);
@@ -138,9 +145,7 @@ fn torchvision_keys_load_into_the_model_and_mismatches_are_errors() {
     let vb = VarBuilder::from_varmap(&fc7, DType::F32, &Device::Cpu).pp("model");
     vb.pp("features.0").get((64, 3, 3, 3), "weight").unwrap();
     vb.pp("fc7").get((4096, 4096, 1, 1), "weight").unwrap();
-    let e = seg_fcn::weights::load_init_weights(&fc7, "model", &odd)
-        .unwrap_err()
-        .to_string();
+    let e = refusal(&fc7, &odd);
     assert!(
         e.contains("classifier.3.weight") && e.contains("[10, 10]") && e.contains("[4096, 4096, 1, 1]"),
         "{e}"
@@ -165,16 +170,12 @@ fn torchvision_keys_load_into_the_model_and_mismatches_are_errors() {
         Tensor::zeros((64, 64, 1, 1), DType::F32, &Device::Cpu).unwrap(),
     );
     candle_core::safetensors::save(&t, &path).unwrap();
-    let e = seg_fcn::weights::load_init_weights(&vars, "model", &path)
-        .unwrap_err()
-        .to_string();
+    let e = refusal(&vars, &path);
     assert!(e.contains("features.2.weight") && e.contains("[64, 64, 3, 3]"), "{e}");
     // A model without VGG16's layers takes no ImageNet weights; a run's checkpoint is pointed
     // to model.init_from.
     let (small, _m) = model(ModelName::Small);
-    let e = seg_fcn::weights::load_init_weights(&small, "model", &path)
-        .unwrap_err()
-        .to_string();
+    let e = refusal(&small, &path);
     assert!(
         e.contains("has no layer that takes ImageNet weights") && e.contains("init_from"),
         "{e}"
@@ -186,9 +187,7 @@ fn torchvision_keys_load_into_the_model_and_mismatches_are_errors() {
     );
     let ck_path = dir.path().join("checkpoint.safetensors");
     candle_core::safetensors::save(&ck, &ck_path).unwrap();
-    let e = seg_fcn::weights::load_init_weights(&vars, "model", &ck_path)
-        .unwrap_err()
-        .to_string();
+    let e = refusal(&vars, &ck_path);
     assert!(
         e.contains("no tensor in the file matches") && e.contains("model.init_from"),
         "{e}"
@@ -204,17 +203,13 @@ fn torchvision_keys_load_into_the_model_and_mismatches_are_errors() {
     );
     let nan_path = dir.path().join("nan.safetensors");
     candle_core::safetensors::save(&nan, &nan_path).unwrap();
-    let e = seg_fcn::weights::load_init_weights(&vars, "model", &nan_path)
-        .unwrap_err()
-        .to_string();
+    let e = refusal(&vars, &nan_path);
     assert!(
         e.contains("nan.safetensors") && e.contains("features.0.weight") && e.contains("NaN"),
         "{e}"
     );
     std::fs::write(&path, b"not safetensors").unwrap();
-    let e = seg_fcn::weights::load_init_weights(&vars, "model", &path)
-        .unwrap_err()
-        .to_string();
+    let e = refusal(&vars, &path);
     assert!(e.contains("vgg16.safetensors"), "{e}");
 }
 
@@ -271,9 +266,7 @@ fn torchvision_pth_archives_load_as_they_come() {
     }
 
     // A state_dict with anything but tensors is refused, naming the entry.
-    let e = seg_fcn::weights::load_init_weights(&vars, "model", &fixture("not-only-tensors.pth"))
-        .unwrap_err()
-        .to_string();
+    let e = refusal(&vars, &fixture("not-only-tensors.pth"));
     assert!(
         e.contains("not-only-tensors.pth") && e.contains("`epoch`") && e.contains("integer 3"),
         "{e}"
@@ -283,22 +276,16 @@ fn torchvision_pth_archives_load_as_they_come() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("vgg16.pth");
     std::fs::write(&bad, b"not a zip").unwrap();
-    let e = seg_fcn::weights::load_init_weights(&vars, "model", &bad)
-        .unwrap_err()
-        .to_string();
+    let e = refusal(&vars, &bad);
     assert!(e.contains("vgg16.pth") && e.contains("not a PyTorch file"), "{e}");
     // A zip archive cut short says so; a broken .safetensors is called one.
     let whole = std::fs::read(fixture("vgg16-first-layer.pth")).unwrap();
     std::fs::write(&bad, &whole[..whole.len() / 2]).unwrap();
-    let e = seg_fcn::weights::load_init_weights(&vars, "model", &bad)
-        .unwrap_err()
-        .to_string();
+    let e = refusal(&vars, &bad);
     assert!(e.contains("vgg16.pth") && e.contains("a zip archive, cut short"), "{e}");
     let broken = dir.path().join("w.safetensors");
     std::fs::write(&broken, b"\x10\0\0\0\0\0\0\0{\"a\":").unwrap();
-    let e = seg_fcn::weights::load_init_weights(&vars, "model", &broken)
-        .unwrap_err()
-        .to_string();
+    let e = refusal(&vars, &broken);
     assert!(
         e.contains("w.safetensors: cannot load weights: not a valid safetensors file"),
         "{e}"
@@ -307,23 +294,17 @@ fn torchvision_pth_archives_load_as_they_come() {
     // is called a folder.
     let toml = dir.path().join("run.toml");
     std::fs::write(&toml, "[data]\nsource_dataset = \"gta5\"\n").unwrap();
-    let e = seg_fcn::weights::load_init_weights(&vars, "model", &toml)
-        .unwrap_err()
-        .to_string();
+    let e = refusal(&vars, &toml);
     assert!(
         e.contains("run.toml") && e.contains("cannot be read as safetensors") && e.contains(".pth"),
         "{e}"
     );
-    let e = seg_fcn::weights::load_init_weights(&vars, "model", dir.path())
-        .unwrap_err()
-        .to_string();
+    let e = refusal(&vars, dir.path());
     assert!(e.contains("a folder, not a weights file"), "{e}");
     // A link to a device is there, but is no file (it was called missing).
     let device = dir.path().join("zero.pth");
     std::os::unix::fs::symlink("/dev/zero", &device).unwrap();
-    let e = seg_fcn::weights::load_init_weights(&vars, "model", &device)
-        .unwrap_err()
-        .to_string();
+    let e = refusal(&vars, &device);
     assert!(e.contains("zero.pth") && e.contains("not a regular file"), "{e}");
     // A legacy file whose state_dict nests lists a million deep (candle's reader overflowed
     // the stack dropping them and aborted) or was saved with protocol 4.
@@ -337,9 +318,7 @@ fn torchvision_pth_archives_load_as_they_come() {
     deep.push(b'.');
     let nested = dir.path().join("nested.pth");
     std::fs::write(&nested, &deep).unwrap();
-    let e = seg_fcn::weights::load_init_weights(&vars, "model", &nested)
-        .unwrap_err()
-        .to_string();
+    let e = refusal(&vars, &nested);
     assert!(
         e.contains("nested.pth") && e.contains("state_dict") && e.contains("nest over"),
         "{e}"
@@ -347,17 +326,13 @@ fn torchvision_pth_archives_load_as_they_come() {
     let mut four = magic.to_vec();
     four.extend([0x80, 4, 0x95, 1, 0, 0, 0, 0, 0, 0, 0, b'.']);
     std::fs::write(&nested, &four).unwrap();
-    let e = seg_fcn::weights::load_init_weights(&vars, "model", &nested)
-        .unwrap_err()
-        .to_string();
+    let e = refusal(&vars, &nested);
     // At its byte of the file: 15 of magic, 2 of PROTO.
     assert!(e.contains("FRAME (pickle protocol 4) at byte 17"), "{e}");
     // A truncated legacy file too.
     let legacy = std::fs::read(fixture("vgg16-first-layer-legacy.pth")).unwrap();
     std::fs::write(&bad, &legacy[..legacy.len() - 100]).unwrap();
-    let e = seg_fcn::weights::load_init_weights(&vars, "model", &bad)
-        .unwrap_err()
-        .to_string();
+    let e = refusal(&vars, &bad);
     assert!(e.contains("vgg16.pth") && e.contains("truncated"), "{e}");
 
     // A zip archive whose tensor declares more elements than its storage holds (2^30 x 3 x 3 x
@@ -382,9 +357,7 @@ fn torchvision_pth_archives_load_as_they_come() {
         std::io::Write::write_all(&mut out, &bytes).unwrap();
     }
     out.finish().unwrap();
-    let e = seg_fcn::weights::load_init_weights(&vars, "model", &huge)
-        .unwrap_err()
-        .to_string();
+    let e = refusal(&vars, &huge);
     assert!(
         e.contains("huge.pth") && e.contains("features.0.weight") && e.contains("runs past its storage"),
         "{e}"
@@ -416,11 +389,7 @@ fn pth_variants_torch_writes_load_or_are_refused_by_name() {
         assert!(b.iter().enumerate().all(|(k, &v)| v == hand_value(2, k)), "{file}");
     }
     let (vars, _m) = model(ModelName::Vgg16Fcn8sReduced);
-    let refused = |file: &str| {
-        seg_fcn::weights::load_init_weights(&vars, "model", &fixture(file))
-            .unwrap_err()
-            .to_string()
-    };
+    let refused = |file: &str| refusal(&vars, &fixture(file));
     for file in ["hand-bigendian.pth", "hand-legacy-big.pth"] {
         let e = refused(file);
         assert!(e.contains(file) && e.contains("big-endian"), "{e}");
