@@ -654,7 +654,16 @@ fn read_legacy_pth(path: &Path) -> Result<PthTensors, WeightsError> {
             .and_then(|_| stack.finalize())
             .map_err(|e| read(format!("legacy PyTorch file, {what}: {e}")))
     };
-    let _protocol = pickle(PICKLES[0])?;
+    // PyTorch's legacy format has one version, 1001, and `torch.load` refuses any other.
+    match pickle(PICKLES[0])? {
+        Object::Int(1001) | Object::Long(1001) => {}
+        other => {
+            return Err(read(format!(
+                "legacy PyTorch file of protocol version {} (PyTorch's is 1001)",
+                describe(&other)
+            )))
+        }
+    }
     let sys_info = pickle(PICKLES[1])?;
     if let Object::Dict(entries) = &sys_info {
         let big = entries

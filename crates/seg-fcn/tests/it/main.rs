@@ -404,6 +404,11 @@ fn pth_variants_torch_writes_load_or_are_refused_by_name() {
         e.contains("magic number") && e.contains("FRAME (pickle protocol 4) at byte 2"),
         "{e}"
     );
+    let e = refused("hand-legacy-v1000.pth");
+    assert!(
+        e.contains("protocol version the integer 1000 (PyTorch's is 1001)"),
+        "{e}"
+    );
     let e = refused("hand-negative-stride.pth");
     assert!(
         e.contains("features.0.weight`: its size, stride or storage cannot be read"),
