@@ -23,8 +23,10 @@ pub struct Detection {
 
 /// Reads and checks a detections file against the images of the split (`images[name]` = index).
 pub fn read_detections(path: &Path, images: &HashMap<String, usize>) -> Result<Vec<ApInput>, DetError> {
-    let bytes = seg_labels::fsutil::read_regular(path).map_err(DetError::io(path))?;
-    let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| match non_finite(&bytes, &e) {
+    let read = seg_labels::fsutil::read_regular(path).map_err(DetError::io(path))?;
+    // A UTF-8 byte-order mark (Notepad's, PowerShell's `Out-File`) is no part of the JSON.
+    let bytes: &[u8] = read.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&read);
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| match non_finite(bytes, &e) {
         Some((index, token)) => DetError::Detection {
             path: path.to_path_buf(),
             index,
@@ -77,8 +79,8 @@ pub fn read_detections(path: &Path, images: &HashMap<String, usize>) -> Result<V
     }
     // A JSON value keeps the last of a key written twice in an entry; read as detections, the
     // entries refuse it, naming the entry.
-    if let Err(e) = serde_json::from_slice::<Vec<Detection>>(&bytes) {
-        return Err(match entry_at(&bytes, offset_of(&bytes, &e)) {
+    if let Err(e) = serde_json::from_slice::<Vec<Detection>>(bytes) {
+        return Err(match entry_at(bytes, offset_of(bytes, &e)) {
             Some(index) => DetError::Detection {
                 path: path.to_path_buf(),
                 index,
@@ -192,6 +194,8 @@ mod tests {
         };
         let ok = r#"[{"image": "a_000000_000019", "class": "car", "box": [1, 2, 3.5, 4], "score": 0.5}]"#;
         assert_eq!(check(ok).unwrap().len(), 1);
+        // A UTF-8 byte-order mark before the list is read past.
+        assert_eq!(check(&format!("\u{feff}{ok}")).unwrap().len(), 1);
         let e = check(&ok.replace("a_000000_000019", "b")).unwrap_err().to_string();
         assert!(e.contains("entry 0") && e.contains("image `b`"), "{e}");
         assert!(check(&ok.replace("\"car\"", "\"tank\""))

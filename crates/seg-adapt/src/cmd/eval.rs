@@ -68,44 +68,10 @@ pub struct Args {
     pub out: PathBuf,
 }
 
-/// The run folder whose `eval/` folder holds `out` (at any depth), if any: a folder holding a
-/// checkpoint, or both a `config.toml` and a `metrics.jsonl` (a user's own `config.toml` alone
-/// makes no run). `out` is taken as [`super::resolved`] gives it (`..` and links resolved).
-fn run_whose_evaluations_hold(out: &std::path::Path) -> Option<PathBuf> {
-    let plain = super::resolved(out);
-    plain.ancestors().skip(1).find_map(|dir| {
-        let has = |f: &str| dir.join(f).is_file();
-        let is_run = has(seg_train::checkpoint::FILE) || (has("config.toml") && has("metrics.jsonl"));
-        let first = plain.strip_prefix(dir).ok()?.components().next()?;
-        (is_run && first.as_os_str() == "eval").then(|| dir.to_path_buf())
-    })
-}
-
 pub fn run(args: Args, device_name: &crate::run::DeviceName) -> anyhow::Result<()> {
     let Dataset::Cityscapes = args.dataset;
     seg_labels::fsutil::check_writable_dir(&args.out).context("--out")?;
-    // A run's own files (its config, checkpoint and metrics, a demo's marker) are not to be
-    // replaced by another evaluation's.
-    if let Some(f) = seg_train::checkpoint::RUN_FILES
-        .iter()
-        .chain(&["demo-task.txt"])
-        .find(|f| args.out.join(f).exists())
-    {
-        anyhow::bail!(
-            "--out {} is a run's or a demo's folder (it holds {f}): write the evaluation into a folder of its own (e.g. {})",
-            args.out.display(),
-            args.out.join("val").display()
-        );
-    }
-    // Nor its evaluations (`eval/`, where metrics.jsonl's evaluation lines point).
-    if let Some(run) = run_whose_evaluations_hold(&args.out) {
-        anyhow::bail!(
-            "--out {} is inside the evaluations of the run in {}: write the evaluation into a folder of its own (e.g. {})",
-            args.out.display(),
-            run.display(),
-            run.join("eval-other").display()
-        );
-    }
+    super::refuse_run_folders(&args.out, "evaluation")?;
     if args.task == super::Task::Detection {
         super::refuse_unused(
             &[

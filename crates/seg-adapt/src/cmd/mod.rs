@@ -133,3 +133,42 @@ pub(crate) fn refuse_unused(options: &[(&str, bool)], used_by: &str) -> anyhow::
         None => Ok(()),
     }
 }
+
+/// The run folder whose `eval/` folder holds `out` (at any depth), if any: a folder holding a
+/// checkpoint, or both a `config.toml` and a `metrics.jsonl` (a user's own `config.toml` alone
+/// makes no run). `out` is taken as [`resolved`] gives it (`..` and links resolved).
+fn run_whose_evaluations_hold(out: &std::path::Path) -> Option<std::path::PathBuf> {
+    let plain = resolved(out);
+    plain.ancestors().skip(1).find_map(|dir| {
+        let has = |f: &str| dir.join(f).is_file();
+        let is_run = has(seg_train::checkpoint::FILE) || (has("config.toml") && has("metrics.jsonl"));
+        let first = plain.strip_prefix(dir).ok()?.components().next()?;
+        (is_run && first.as_os_str() == "eval").then(|| dir.to_path_buf())
+    })
+}
+
+/// Refuses an `--out` that is a run's or a demo's folder, or inside a run's evaluations
+/// (`eval/`, where `metrics.jsonl`'s evaluation lines point): what `what` writes there would
+/// replace the run's own files.
+pub(crate) fn refuse_run_folders(out: &std::path::Path, what: &str) -> anyhow::Result<()> {
+    if let Some(f) = seg_train::checkpoint::RUN_FILES
+        .iter()
+        .chain(&["demo-task.txt"])
+        .find(|f| out.join(f).exists())
+    {
+        anyhow::bail!(
+            "--out {} is a run's or a demo's folder (it holds {f}): write the {what} into a folder of its own (e.g. {})",
+            out.display(),
+            out.join("val").display()
+        );
+    }
+    if let Some(run) = run_whose_evaluations_hold(out) {
+        anyhow::bail!(
+            "--out {} is inside the evaluations of the run in {}: write the {what} into a folder of its own (e.g. {})",
+            out.display(),
+            run.display(),
+            run.join("eval-other").display()
+        );
+    }
+    Ok(())
+}

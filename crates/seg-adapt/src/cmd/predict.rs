@@ -72,6 +72,7 @@ fn collect_images(dir: &Path, out: &mut Vec<PathBuf>, depth: usize) -> anyhow::R
 
 pub fn run(args: Args, device_name: &crate::run::DeviceName) -> anyhow::Result<()> {
     seg_labels::fsutil::check_writable_dir(&args.out).context("--out")?;
+    super::refuse_run_folders(&args.out, "predictions")?;
     let device = crate::run::device(device_name)?;
     let inputs = if args.input.is_dir() {
         let mut v = Vec::new();

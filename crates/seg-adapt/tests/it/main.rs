@@ -298,6 +298,19 @@ fn train_eval_predict_round_trip() {
         .path();
     let e = err(&checkpoint_eval(&run_dir, &cs, &own));
     assert!(e.contains("is inside the evaluations of the run"), "{e}");
+    // Predictions alike (they replaced the run's evaluation files).
+    for out in [&run_dir, &own] {
+        let e = err(&[
+            "predict",
+            "--checkpoint",
+            p(&run_dir),
+            "--input",
+            p(&cs.join("leftImg8bit/val")),
+            "--out",
+            p(out),
+        ]);
+        assert!(e.contains("write the predictions into a folder of its own"), "{e}");
+    }
     // Beside the run's evaluations (`..` read by name), or under a folder holding only a
     // user's config.toml, an evaluation is written.
     ok(&checkpoint_eval(&run_dir, &cs, &run_dir.join("eval/../eval-b")));
