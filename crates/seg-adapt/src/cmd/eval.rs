@@ -72,6 +72,12 @@ pub fn run(args: Args, device_name: &crate::run::DeviceName) -> anyhow::Result<(
     let Dataset::Cityscapes = args.dataset;
     seg_labels::fsutil::check_writable_dir(&args.out).context("--out")?;
     super::refuse_run_folders(&args.out, "evaluation")?;
+    // An evaluation replaces its own report (report.json is written first), never a user's.
+    anyhow::ensure!(
+        !args.out.join("report.md").exists() || args.out.join("report.json").exists(),
+        "--out {} holds a report.md that no evaluation wrote (no report.json beside it): write the evaluation into a folder of its own",
+        args.out.display()
+    );
     if args.task == super::Task::Detection {
         super::refuse_unused(
             &[

@@ -249,6 +249,13 @@ fn train_eval_predict_round_trip() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(left, ["holiday.png"], "the user's own picture stays");
+    // A folder holding a user's own report.md (no report.json beside it) is not written into.
+    let mine = dir.path().join("notes");
+    std::fs::create_dir_all(&mine).unwrap();
+    std::fs::write(mine.join("report.md"), "# my notes\n").unwrap();
+    let e = err(&checkpoint_eval(&run_dir, &cs, &mine));
+    assert!(e.contains("holds a report.md that no evaluation wrote"), "{e}");
+    assert_eq!(std::fs::read_to_string(mine.join("report.md")).unwrap(), "# my notes\n");
     let preds = dir.path().join("pred");
     ok(&[
         "predict",
