@@ -215,6 +215,10 @@ fn checkpoint_eval<'a>(run: &'a Path, root: &'a Path, out: &'a Path) -> Vec<&'a 
     vec!["eval", "--checkpoint", p(run), "--root", p(root), "--out", p(out)]
 }
 
+fn predict_args<'a>(run: &'a Path, input: &'a Path, out: &'a Path) -> Vec<&'a str> {
+    vec!["predict", "--checkpoint", p(run), "--input", p(input), "--out", p(out)]
+}
+
 #[test]
 fn train_eval_predict_round_trip() {
     let dir = tempfile::tempdir().unwrap();
@@ -257,15 +261,8 @@ fn train_eval_predict_round_trip() {
     assert!(e.contains("holds a report.md that no evaluation wrote"), "{e}");
     assert_eq!(std::fs::read_to_string(mine.join("report.md")).unwrap(), "# my notes\n");
     let preds = dir.path().join("pred");
-    ok(&[
-        "predict",
-        "--checkpoint",
-        p(&run_dir),
-        "--input",
-        p(&cs.join("leftImg8bit/val")),
-        "--out",
-        p(&preds),
-    ]);
+    let val_images = cs.join("leftImg8bit/val");
+    ok(&predict_args(&run_dir, &val_images, &preds));
     let ev2 = dir.path().join("eval2");
     ok(&[
         "eval",
@@ -307,15 +304,7 @@ fn train_eval_predict_round_trip() {
     assert!(e.contains("is inside the evaluations of the run"), "{e}");
     // Predictions alike (they replaced the run's evaluation files).
     for out in [&run_dir, &own] {
-        let e = err(&[
-            "predict",
-            "--checkpoint",
-            p(&run_dir),
-            "--input",
-            p(&cs.join("leftImg8bit/val")),
-            "--out",
-            p(out),
-        ]);
+        let e = err(&predict_args(&run_dir, &val_images, out));
         assert!(e.contains("write the predictions into a folder of its own"), "{e}");
     }
     // Beside the run's evaluations (`..` read by name), or under a folder holding only a
