@@ -67,12 +67,17 @@ impl InspectReport {
     /// [`seg_labels::cityscapes::train_ids_look_warning`] for labels read as Cityscapes label
     /// ids (GTA5, Cityscapes `labelIds`).
     pub fn train_ids_warning(&self) -> Option<String> {
-        let reads_label_ids = matches!(self.dataset.as_str(), "gta5" | "cityscapes");
-        if self.labelled == 0 || !reads_label_ids {
+        if self.labelled == 0 || !reads_label_ids(&self.dataset) {
             return None;
         }
         seg_labels::cityscapes::train_ids_look_warning(&self.class_pixels, self.ignored_pixels)
     }
+}
+
+/// Whether a dataset of this name reads its labels as Cityscapes label ids (GTA5, Cityscapes
+/// `labelIds`), which labels already converted to train ids would be mistaken for.
+pub fn reads_label_ids(dataset: &str) -> bool {
+    matches!(dataset, "gta5" | "cityscapes")
 }
 
 struct One {

@@ -107,6 +107,16 @@ fn unread_opcode(op: u8) -> Option<(&'static str, u8)> {
     })
 }
 
+/// `v`, if it nests no deeper than [`MAX_DEPTH`].
+fn shallow(v: Value) -> Result<Value, String> {
+    if v.depth > MAX_DEPTH {
+        return Err(format!(
+            "its objects nest over {MAX_DEPTH} levels deep: not a state_dict"
+        ));
+    }
+    Ok(v)
+}
+
 struct Machine<'a> {
     bytes: &'a [u8],
     pos: usize,
@@ -162,12 +172,7 @@ impl<'a> Machine<'a> {
                 MAX_BYTES >> 20
             ));
         }
-        if v.depth > MAX_DEPTH {
-            return Err(format!(
-                "its objects nest over {MAX_DEPTH} levels deep: not a state_dict"
-            ));
-        }
-        Ok(v)
+        shallow(v)
     }
 
     fn push(&mut self, v: Value) -> Result<(), String> {
@@ -203,14 +208,8 @@ impl<'a> Machine<'a> {
             let want = if kind == Kind::List { "a list" } else { "a dict" };
             return Err(format!("{op} at byte {at} adds to something that is not {want}"));
         }
-        let grown = top.with(items);
-        // The items moved in; only the depth can pass the limit here.
-        if grown.depth > MAX_DEPTH {
-            return Err(format!(
-                "its objects nest over {MAX_DEPTH} levels deep: not a state_dict"
-            ));
-        }
-        *self.stack.last_mut().expect("checked above") = grown;
+        // The items moved in; only the depth can pass a limit here.
+        *self.stack.last_mut().expect("checked above") = shallow(top.with(items))?;
         Ok(())
     }
 

@@ -304,8 +304,8 @@ fn pth_format(path: &Path) -> Option<PthFormat> {
     let size = std::fs::metadata(path).map_or(0, |m| m.len());
     // The magic number pickled with any protocol: 2 (PyTorch's default), 3, or 4 and later
     // (a FRAME first), which the legacy reader names.
-    let legacy = head.first() == Some(&0x80)
-        && (head.get(2..15) == Some(&LEGACY_MAGIC[2..]) || (head.get(1) >= Some(&4) && head.get(2) == Some(&0x95)));
+    let legacy =
+        pickled_magic(&head) || (head.first() == Some(&0x80) && head.get(1) >= Some(&4) && head.get(2) == Some(&0x95));
     // safetensors: an 8-byte little-endian header length, then the JSON header.
     let safetensors = head.get(8) == Some(&b'{')
         && head
@@ -330,6 +330,12 @@ fn pth_format(path: &Path) -> Option<PthFormat> {
 const LEGACY_MAGIC: [u8; 15] = [
     0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19, b'.',
 ];
+
+/// Whether `bytes` start with [`LEGACY_MAGIC`] pickled with any protocol up to 3 (the same bytes
+/// but the protocol's).
+fn pickled_magic(bytes: &[u8]) -> bool {
+    bytes.first() == Some(&0x80) && bytes.get(2..15) == Some(&LEGACY_MAGIC[2..])
+}
 
 /// Largest `data.pkl` read from a zip archive.
 const MAX_PICKLE: u64 = 256 << 20;
@@ -631,7 +637,7 @@ fn read_legacy_pth(path: &Path) -> Result<PthTensors, WeightsError> {
     };
     let mut bytes = std::fs::read(path).map_err(|e| read(e.to_string()))?;
     // The magic number, pickled with protocol 2 or 3; a later protocol's opcodes are named.
-    let start = if bytes.get(2..15) == Some(&LEGACY_MAGIC[2..]) {
+    let start = if pickled_magic(&bytes) {
         LEGACY_MAGIC.len()
     } else {
         return Err(read(match crate::pickle_scan::check(&mut bytes, 0) {

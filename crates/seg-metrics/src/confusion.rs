@@ -43,6 +43,8 @@ pub enum MetricsError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfusionMatrix {
     counts: [[u64; COLUMNS]; NUM_CLASSES],
+    /// Ground-truth pixels of 255 (ignored, not evaluated).
+    ignored: u64,
 }
 
 impl Default for ConfusionMatrix {
@@ -154,6 +156,7 @@ impl ConfusionMatrix {
     pub fn new() -> Self {
         Self {
             counts: [[0; COLUMNS]; NUM_CLASSES],
+            ignored: 0,
         }
     }
 
@@ -193,6 +196,7 @@ impl ConfusionMatrix {
                 *cell += h[r * STRIDE + c];
             }
         }
+        self.ignored += h[ROW_DISCARD * STRIDE..(ROW_DISCARD + 1) * STRIDE].iter().sum::<u64>();
         Ok(())
     }
 
@@ -210,11 +214,18 @@ impl ConfusionMatrix {
                 *x += y;
             }
         }
+        self.ignored += other.ignored;
     }
 
-    /// Builds a matrix from raw counts (tests, or a matrix read back from `confusion.csv`).
+    /// Builds a matrix from raw counts (tests, or a matrix read back from `confusion.csv`);
+    /// its ignored pixels are not known, and counted 0.
     pub fn from_counts(counts: [[u64; COLUMNS]; NUM_CLASSES]) -> Self {
-        Self { counts }
+        Self { counts, ignored: 0 }
+    }
+
+    /// Ground-truth pixels of 255 the added images held (ignored, not evaluated).
+    pub fn ignored(&self) -> u64 {
+        self.ignored
     }
 
     /// Raw counts: `counts()[gt][pred]`, with `pred == VOID_COLUMN` for predicted 255.
@@ -303,6 +314,7 @@ mod tests {
         let mut m = ConfusionMatrix::new();
         for (&g, &p) in gt.iter().zip(pred) {
             if g == IGNORE {
+                m.ignored += 1;
                 continue;
             }
             let col = if p == IGNORE { VOID_COLUMN } else { p as usize };

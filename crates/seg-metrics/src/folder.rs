@@ -32,8 +32,8 @@ pub enum PredFormat {
 impl PredFormat {
     fn range(self) -> &'static str {
         match self {
-            PredFormat::LabelIds => "label ids 0..=33",
-            PredFormat::TrainIds => "train ids 0..=18 or 255",
+            PredFormat::LabelIds => LABEL_IDS_RANGE,
+            PredFormat::TrainIds => TRAIN_IDS_RANGE,
         }
     }
 }
@@ -357,12 +357,19 @@ fn read_prediction(path: &Path, format: PredFormat) -> Result<Prediction, Folder
     })
 }
 
+/// The values label ids, and train ids, may take (in messages about predictions and ground
+/// truth).
+const LABEL_IDS_RANGE: &str = "label ids 0..=33";
+const TRAIN_IDS_RANGE: &str = "train ids 0..=18 or 255";
+
 /// Partial result of one worker: the evaluation and the largest prediction value seen.
 struct Partial {
     ev: Evaluator,
     /// The raw values the predictions hold, as [`read_prediction`] gives them.
     seen: u64,
-    /// Pixels of the ground truth read from labelIds, per train id, and ignored ones.
+    /// Pixels of the ground truth read from labelIds, per train id, and ignored ones (counted
+    /// here rather than taken from the confusion matrix, which holds labelTrainIds ground
+    /// truth too: only labelIds can look like train ids).
     gt_pixels: [u64; NUM_CLASSES],
     gt_ignored: u64,
     /// Ground truth with values outside its encoding's range: (pair index, pixels, range).
@@ -378,9 +385,9 @@ fn evaluate_pair(
 ) -> Result<(), FolderError> {
     let gt_img = read_ids(&pair.gt)?;
     let (map, range) = if pair.train_ids {
-        (&maps[1], "train ids 0..=18 or 255")
+        (&maps[1], TRAIN_IDS_RANGE)
     } else {
-        (&maps[0], "label ids 0..=33")
+        (&maps[0], LABEL_IDS_RANGE)
     };
     let (gt, outside) = map.map_all(&gt_img.data);
     if !pair.train_ids {
@@ -505,7 +512,7 @@ pub fn evaluate_folder(opts: &FolderOptions) -> Result<Evaluator, FolderError> {
     // one per file: the first in file order is named.
     let mut outside = result.outside;
     outside.sort_unstable();
-    for range in ["label ids 0..=33", "train ids 0..=18 or 255"] {
+    for range in [LABEL_IDS_RANGE, TRAIN_IDS_RANGE] {
         let these: Vec<_> = outside.iter().filter(|o| o.2 == range).collect();
         if let Some(&&(first, pixels, _)) = these.first() {
             let total: u64 = these.iter().map(|o| o.1).sum();

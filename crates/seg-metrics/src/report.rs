@@ -164,6 +164,14 @@ impl Evaluator {
         &self.confusion
     }
 
+    /// [`seg_labels::cityscapes::train_ids_look_warning`] of the ground truth added so far,
+    /// from its pixels per class and ignored: for ground truth read as label ids.
+    pub fn train_ids_look_warning(&self) -> Option<String> {
+        let cm = &self.confusion;
+        let per_class: [u64; NUM_CLASSES] = std::array::from_fn(|c| cm.gt_pixels(c));
+        seg_labels::cityscapes::train_ids_look_warning(&per_class, cm.ignored())
+    }
+
     pub fn images(&self) -> usize {
         self.images
     }

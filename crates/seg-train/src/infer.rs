@@ -139,10 +139,6 @@ pub fn evaluate(backbone: &dyn Backbone, dataset: &Dataset, setup: &EvalSetup) -
     }
     let skip = dataset.options().error_policy == ErrorPolicy::Skip;
     let size = setup.batch_size.max(1);
-    // The ground truth's pixels per train id and ignored, for the warning that it looks like
-    // labels already converted to train ids (every class from traffic light on would score 0).
-    let mut class_pixels = [0u64; seg_labels::NUM_CLASSES];
-    let mut ignored = 0u64;
     for start in (0..dataset.len()).step_by(size) {
         let loaded: Vec<_> = (start..(start + size).min(dataset.len()))
             .into_par_iter()
@@ -188,12 +184,6 @@ pub fn evaluate(backbone: &dyn Backbone, dataset: &Dataset, setup: &EvalSetup) -
                     )));
                 };
                 ev.add(gt, &pred)?;
-                for &v in gt {
-                    match class_pixels.get_mut(v as usize) {
-                        Some(c) => *c += 1,
-                        None => ignored += 1,
-                    }
-                }
                 // The instance-level scores, where the ground truth has its instanceIds.
                 match inst {
                     Ok(inst) => {
@@ -219,8 +209,9 @@ pub fn evaluate(backbone: &dyn Backbone, dataset: &Dataset, setup: &EvalSetup) -
             i = j;
         }
     }
-    let reads_label_ids = matches!(dataset.name(), "gta5" | "cityscapes");
-    let warning = reads_label_ids.then(|| seg_labels::cityscapes::train_ids_look_warning(&class_pixels, ignored));
+    // Ground truth that looks like labels already converted to train ids (every class from
+    // traffic light on scores 0).
+    let warning = seg_data::inspect::reads_label_ids(dataset.name()).then(|| ev.train_ids_look_warning());
     if let Some(w) = warning.flatten() {
         ev.warn(format!(
             "{} ground truth at {}: {w}",
