@@ -48,7 +48,10 @@ fn number(path: &Path, n: Node<'_, '_>, tag: &str, what: &str) -> Result<f64, De
         .parse()
         .map_err(|_| DetError::invalid(path, format!("{what}: <{tag}> is `{t}`, not a number")))?;
     if !v.is_finite() {
-        return Err(DetError::invalid(path, format!("{what}: <{tag}> is `{t}`")));
+        return Err(DetError::invalid(
+            path,
+            format!("{what}: <{tag}> is `{t}`, not a finite number"),
+        ));
     }
     Ok(v)
 }
@@ -386,6 +389,12 @@ mod tests {
         let nan = GOOD.replace("<ymin>2</ymin>", "<ymin>two</ymin>");
         assert!(err(&nan).contains("not a number"));
         assert!(err(&nan).starts_with("bad.xml"));
+        let infinite = GOOD.replace("<ymin>2</ymin>", "<ymin>NaN</ymin>");
+        assert!(
+            err(&infinite).contains("<ymin> is `NaN`, not a finite number"),
+            "{}",
+            err(&infinite)
+        );
         let empty = "<annotation><size><width>4</width><height>4</height></size></annotation>";
         let a = parse_voc(p, empty, ClassSet::Car, unused).unwrap();
         assert_eq!(

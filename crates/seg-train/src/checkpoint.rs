@@ -118,6 +118,20 @@ pub fn write_left_out(run_dir: &Path, left_out: &LeftOutByRole) -> std::io::Resu
     seg_labels::fsutil::write_atomic(&path, json.as_bytes())
 }
 
+/// The run folder a file a run wrote lies in (the folder itself, or up to three levels above it,
+/// as `eval/step_000200/detections.json`), with what its [`SKIPPED`] records; `None` outside a
+/// run folder or when the run left nothing out (an unreadable record reads as nothing).
+pub fn left_out_of_run_holding(file: &Path) -> Option<(PathBuf, LeftOutByRole)> {
+    let run_dir = file
+        .ancestors()
+        .skip(1)
+        .take(4)
+        .find(|dir| RUN_FILES.iter().any(|f| dir.join(f).is_file()))?;
+    let text = std::fs::read_to_string(run_dir.join(SKIPPED)).ok()?;
+    let recorded: LeftOutByRole = serde_json::from_str(&text).ok()?;
+    Some((run_dir.to_path_buf(), recorded))
+}
+
 /// Refuses to resume the run in `run_dir` when what its training roles (all but `evaluated`)
 /// leave out now differs from what its [`SKIPPED`] recorded when it started (a file mended or
 /// broken since): the loaders' saved positions index the datasets as they were, so the run

@@ -240,9 +240,12 @@ pub fn plain_types(message: &str) -> String {
     // `--set` (TOML has no such integer, so the value was taken as a string): out of range,
     // not of another type.
     for wide in ["` as i128", "` as u128"] {
-        if out.contains(wide) {
+        if let Some(at) = out.find(wide) {
+            let negative = out[..at]
+                .rfind('`')
+                .is_some_and(|tick| out[tick + 1..at].starts_with('-'));
             out = out
-                .replace(wide, "` (out of range)")
+                .replace(wide, &format!("` {}", out_of_range(negative)))
                 .replace("invalid type: integer", "invalid value: integer");
         }
     }
@@ -255,7 +258,10 @@ pub fn plain_types(message: &str) -> String {
             let integer =
                 !unsigned.is_empty() && !unsigned.starts_with('0') && unsigned.bytes().all(|b| b.is_ascii_digit());
             if integer && digits.parse::<i64>().is_err() && rest[end..].starts_with("\", expected ") {
-                let replaced = format!("invalid value: integer `{digits}` (out of range)");
+                let replaced = format!(
+                    "invalid value: integer `{digits}` {}",
+                    out_of_range(digits.starts_with('-'))
+                );
                 out.replace_range(at..at + word.len() + end + 1, &replaced);
             }
         }
@@ -285,6 +291,15 @@ pub fn plain_types(message: &str) -> String {
         out.replace_range(at..name_end, "expected a table");
     }
     out
+}
+
+/// What a config's integers hold (TOML's are 64-bit and signed), for a value beyond them.
+fn out_of_range(negative: bool) -> String {
+    if negative {
+        format!("(out of range: a config's whole numbers go down to {})", i64::MIN)
+    } else {
+        format!("(out of range: a config's whole numbers go up to {})", i64::MAX)
+    }
 }
 
 /// The first dotted key (`trainer.lr`) whose value differs between two config trees.
@@ -590,8 +605,8 @@ mod tests {
             "invalid type: string \"x\", expected a number"
         );
         // Beyond 64 bits: from a file (as i128), and from `--set` (taken as a word).
-        let wide =
-            "invalid value: integer `99999999999999999999` (out of range), expected a whole number of at least 0";
+        let wide = "invalid value: integer `99999999999999999999` (out of range: a config's whole numbers go up to \
+                    9223372036854775807), expected a whole number of at least 0";
         assert_eq!(
             plain_types("invalid type: integer `99999999999999999999` as i128, expected usize"),
             wide
@@ -599,6 +614,11 @@ mod tests {
         assert_eq!(
             plain_types("invalid type: string \"99999999999999999999\", expected usize"),
             wide
+        );
+        assert_eq!(
+            plain_types("invalid type: string \"-99999999999999999999\", expected i64"),
+            "invalid value: integer `-99999999999999999999` (out of range: a config's whole numbers go down to \
+             -9223372036854775808), expected a whole number"
         );
         // A word of digits that a 64-bit integer holds, or with a leading zero, stays a word.
         for word in ["\"0100\"", "\"12\"", "\"1_000\""] {

@@ -570,6 +570,18 @@ fn every_detection_preset_loads_and_validates() {
 }
 
 #[test]
+fn an_unknown_set_key_is_named_as_the_flag_it_came_from() {
+    let preset = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../configs/detection/sim10k-cityscapes_da-maps_ssd300.toml");
+    let e = seg_adapt::cmd::detect::load_config(&preset, &["trainer.lr=0.01".into(), "trainer.bogus=1".into()])
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("--set trainer.bogus=1: unknown field `bogus`"), "{e}");
+    // The file read cleanly: naming it would send the user to the wrong place.
+    assert!(!e.contains("ssd300.toml"), "{e}");
+}
+
+#[test]
 fn starting_from_a_detector_replaces_the_presets_imagenet_weights() {
     let preset = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../configs/detection/sim10k-cityscapes_da-maps_ssd300.toml");
@@ -821,4 +833,73 @@ fn eval_of_a_detector_leaves_out_what_its_run_left_out() {
             .contains("1 image(s) that do not load were left out"),
         "{again}"
     );
+}
+
+#[test]
+fn a_runs_detections_file_is_scored_with_a_word_on_the_images_the_run_left_out() {
+    // A val image cut after its header: the run under `error_policy = "skip"` leaves it out;
+    // its detections file, scored with --pred (headers only), counts it as an image without a
+    // detection, and says so, pointing at `--checkpoint`.
+    let dir = tempfile::tempdir().unwrap();
+    let (_, _, toy_cs) = seg_data::toy::paths(toy());
+    let cs = dir.path().join("cs");
+    super::matrix::copy_dir(&toy_cs, &cs);
+    let image = std::fs::read_dir(cs.join("leftImg8bit/val"))
+        .unwrap()
+        .flat_map(|c| std::fs::read_dir(c.unwrap().path()).unwrap())
+        .map(|e| e.unwrap().path())
+        .min()
+        .unwrap();
+    let bytes = std::fs::read(&image).unwrap();
+    std::fs::write(&image, &bytes[..bytes.len() / 2]).unwrap();
+    let cfg = config(dir.path());
+    let run = dir.path().join("run");
+    let target = format!("data.target_root={:?}", p(&cs));
+    ok(&[
+        "train-detector",
+        p(&cfg),
+        "--out",
+        p(&run),
+        "--set",
+        &target,
+        "--set",
+        "data.error_policy=\"skip\"",
+    ]);
+    let trained = json(&run.join("eval/step_000002/report.json"));
+    let dets = run.join("eval/step_000002/detections.json");
+    let out = dir.path().join("ev");
+    let o = super::run(&eval_args(p(&cs), &["--pred", p(&dets), "--out", p(&out)]));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    let stem = image
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .trim_end_matches("_leftImg8bit.png");
+    assert!(
+        stderr.contains("left 1 of these images out of its evaluation")
+            && stderr.contains(&format!("first `{stem}`"))
+            && stderr.contains("eval --checkpoint"),
+        "{stderr}"
+    );
+    let scored = json(&out.join("report.json"));
+    assert_eq!(
+        scored["images"].as_u64(),
+        trained["images"].as_u64().map(|n| n + 1),
+        "{scored}"
+    );
+    assert!(scored["source"]
+        .as_str()
+        .unwrap()
+        .contains("scored here as images without a detection"));
+    // A detections file outside any run folder gets no such word.
+    let copy = dir.path().join("dets.json");
+    std::fs::copy(&dets, &copy).unwrap();
+    let o = super::run(&eval_args(
+        p(&cs),
+        &["--pred", p(&copy), "--out", p(&dir.path().join("ev2"))],
+    ));
+    assert!(o.status.success());
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("left 1 of"));
 }
