@@ -483,21 +483,7 @@ pub fn run(args: Args, device_name: &crate::run::DeviceName) -> anyhow::Result<(
         "reused_runs": ledger.reused,
         "reused_runs_seconds": ledger.reused_seconds,
     });
-    seg_labels::fsutil::write_atomic(
-        &out.join("report.json"),
-        serde_json::to_string_pretty(&json)?.as_bytes(),
-    )?;
-    seg_labels::fsutil::write_atomic(&out.join("report.md"), md.as_bytes())?;
-    seg_labels::fsutil::write_atomic(&out.join("report.html"), page.as_bytes())?;
-    println!("{md}");
-    println!(
-        "wrote {}, {}, {} and {}",
-        out.join("report.html").display(),
-        out.join("report.md").display(),
-        out.join("report.json").display(),
-        out.join("comparison.png").display()
-    );
-    Ok(())
+    super::demo_run::write_reports(&out, &json, &md, &page, &["comparison.png"])
 }
 
 #[cfg(test)]

@@ -695,21 +695,7 @@ pub fn demo(args: &super::demo::Args, out: &Path, device: &crate::run::DeviceNam
         "reused_runs": ledger.reused,
         "reused_runs_seconds": ledger.reused_seconds,
     });
-    std::fs::create_dir_all(out)?;
-    seg_labels::fsutil::write_atomic(
-        &out.join("report.json"),
-        serde_json::to_string_pretty(&json)?.as_bytes(),
-    )?;
-    seg_labels::fsutil::write_atomic(&out.join("report.md"), md.as_bytes())?;
-    seg_labels::fsutil::write_atomic(&out.join("report.html"), page.as_bytes())?;
-    println!("{md}");
-    println!(
-        "wrote {}, {} and {}",
-        out.join("report.html").display(),
-        out.join("report.md").display(),
-        out.join("report.json").display()
-    );
-    Ok(())
+    super::demo_run::write_reports(out, &json, &md, &page, &[])
 }
 
 fn html_page(
