@@ -142,12 +142,18 @@ pub fn run(args: Args, device_name: &DeviceName) -> anyhow::Result<()> {
         // (seconds for `n` steps at the steady rate, warm-up steps) within a stage of `len` steps.
         // The warm-up also hands out the batches the loaders prepared ahead at the start, so
         // the timed steps wait on decoding as a long run's do.
+        // Each stage's parameters, once when both stages train the same ones.
+        let said = std::cell::RefCell::new(String::new());
         let time = |cfg: &RunConfig, n: usize, len: usize| {
             let warmup = (WARMUP + cfg.trainer.prefetch).min(len.saturating_sub(n));
             let timed = (|| {
                 let setup = crate::run::build_setup(cfg, &dir, &device, false, false)?;
                 let trainer = seg_train::Trainer::new(setup)?;
-                println!("trainable parameters: {}", trainer.parameter_summary());
+                let summary = trainer.parameter_summary();
+                if *said.borrow() != summary {
+                    println!("trainable parameters: {summary}");
+                    said.replace(summary);
+                }
                 let per = trainer.time_steps(warmup, n)?;
                 anyhow::Ok((per * n as f64, warmup))
             })();

@@ -25,9 +25,11 @@ use seg_metrics::demo_report::{self, scores, ArmResult as RunResult};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Output folder: data/, runs/, report.html, report.md, report.json (and comparison.png for
-    /// segmentation; default: runs/demo, or runs/demo-detection with --task detection). A folder holding
-    /// the other task's demo is refused.
+    /// Output folder: data/, runs/ (one run folder per arm and seed, each with the demo's
+    /// started.txt and, once finished, result.json, by which a demo run again reuses it),
+    /// report.html, report.md, report.json (and comparison.png for segmentation), demo-task.txt
+    /// (the task it holds); default: runs/demo, or runs/demo-detection with --task detection. A
+    /// folder holding the other task's demo is refused.
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// The small benchmark and short runs (a few minutes, for tests).

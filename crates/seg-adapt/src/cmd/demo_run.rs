@@ -152,6 +152,31 @@ impl Ledger {
     }
 }
 
+/// Writes a demo's `report.json`, `report.md` and `report.html` into `out` (each to a temporary
+/// file, then renamed), prints the markdown and a line naming the files written, `also` (such
+/// as a chart beside them) included.
+pub(crate) fn write_reports(
+    out: &Path,
+    json: &serde_json::Value,
+    md: &str,
+    page: &str,
+    also: &[&str],
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out)?;
+    write_atomic(&out.join("report.json"), serde_json::to_string_pretty(json)?.as_bytes())?;
+    write_atomic(&out.join("report.md"), md.as_bytes())?;
+    write_atomic(&out.join("report.html"), page.as_bytes())?;
+    println!("{md}");
+    let mut files: Vec<String> = ["report.html", "report.md", "report.json"]
+        .iter()
+        .chain(also)
+        .map(|f| out.join(f).display().to_string())
+        .collect();
+    let last = files.pop().unwrap_or_default();
+    println!("wrote {} and {last}", files.join(", "));
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,29 +239,3 @@ mod tests {
         assert!(d.contains("took 300s then"), "{d}");
     }
 }
-
-/// Writes a demo's `report.json`, `report.md` and `report.html` into `out` (each to a temporary
-/// file, then renamed), prints the markdown and a line naming the files written, `also` (such
-/// as a chart beside them) included.
-pub(crate) fn write_reports(
-    out: &Path,
-    json: &serde_json::Value,
-    md: &str,
-    page: &str,
-    also: &[&str],
-) -> anyhow::Result<()> {
-    std::fs::create_dir_all(out)?;
-    write_atomic(&out.join("report.json"), serde_json::to_string_pretty(json)?.as_bytes())?;
-    write_atomic(&out.join("report.md"), md.as_bytes())?;
-    write_atomic(&out.join("report.html"), page.as_bytes())?;
-    println!("{md}");
-    let mut files: Vec<String> = ["report.html", "report.md", "report.json"]
-        .iter()
-        .chain(also)
-        .map(|f| out.join(f).display().to_string())
-        .collect();
-    let last = files.pop().unwrap_or_default();
-    println!("wrote {} and {last}", files.join(", "));
-    Ok(())
-}
-

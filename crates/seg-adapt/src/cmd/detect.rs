@@ -147,11 +147,21 @@ fn config_of(path: &Path, text: &str, sets: &[String]) -> anyhow::Result<DetRunC
         Ok(cfg.validate()?)
     };
     if let Err(e) = checked(&root, &cfg) {
-        // The file's when the file alone fails it too, else the --set's.
+        // The file's when the file alone fails it too, else the first --set after which the
+        // config fails (all of them when only their combination does).
         let culprit = if sets.is_empty() || checked(&file_raw, &file_cfg).is_err() {
             path.display().to_string()
         } else {
-            flags
+            let mut tree = file_raw.clone();
+            sets.iter()
+                .find(|s| {
+                    seg_train::config::set_key(&mut tree, s).is_ok()
+                        && toml::to_string(&tree)
+                            .ok()
+                            .and_then(|t| toml::from_str::<DetRunConfig>(&t).ok())
+                            .is_some_and(|c| checked(&tree, &c).is_err())
+                })
+                .map_or(flags, |s| format!("--set {s}"))
         };
         return Err(e.context(culprit));
     }

@@ -60,7 +60,8 @@ pub struct Args {
     /// failing.
     #[arg(long)]
     pub missing_as_wrong: bool,
-    /// Number of images (the first by name) shown in the report's pictures.
+    /// Number of images (the first by name) shown in the report's pictures (`pictures/`; none
+    /// with 0).
     #[arg(long, default_value_t = 4)]
     pub samples: usize,
     /// Output folder for the report.

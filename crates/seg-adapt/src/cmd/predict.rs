@@ -25,9 +25,10 @@ pub struct Args {
     #[arg(long)]
     pub input: PathBuf,
     /// Output folder: one PNG per input image, in the input's sub-folders, named
-    /// `<stem>_labelIds.png` (or `_labelTrainIds`, `_color`, `_overlay`); for a detector, one
-    /// `detections.json` of every input (`image` its stem without `_leftImg8bit`, as `eval --task
-    /// detection --pred` reads it).
+    /// `<stem>_labelIds.png` (or `_labelTrainIds`, `_color`, `_overlay`), a Cityscapes image's
+    /// `_leftImg8bit` dropped from its stem (`aachen_000000_000019_labelIds.png`, the name the
+    /// official evaluator matches); for a detector, one `detections.json` of every input (`image`
+    /// its stem without `_leftImg8bit`, as `eval --task detection --pred` reads it).
     #[arg(long)]
     pub out: PathBuf,
     /// `labelids` (what the official evaluator takes), `trainids`, `color` (the Cityscapes

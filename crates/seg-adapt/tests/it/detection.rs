@@ -570,7 +570,7 @@ fn every_detection_preset_loads_and_validates() {
 }
 
 #[test]
-fn an_unknown_set_key_is_named_as_the_flag_it_came_from() {
+fn a_bad_set_key_or_value_is_named_as_the_flag_it_came_from() {
     let preset = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../configs/detection/sim10k-cityscapes_da-maps_ssd300.toml");
     let e = seg_adapt::cmd::detect::load_config(&preset, &["trainer.lr=0.01".into(), "trainer.bogus=1".into()])
@@ -579,6 +579,14 @@ fn an_unknown_set_key_is_named_as_the_flag_it_came_from() {
     assert!(e.starts_with("--set trainer.bogus=1: unknown field `bogus`"), "{e}");
     // The file read cleanly: naming it would send the user to the wrong place.
     assert!(!e.contains("ssd300.toml"), "{e}");
+    // A value the checks refuse names its flag only, not the others given with it.
+    let e = seg_adapt::cmd::detect::load_config(&preset, &["trainer.steps=1".into(), "method.hidden=0".into()])
+        .unwrap_err();
+    let e = format!("{e:#}");
+    assert!(
+        e.starts_with("--set method.hidden=0: ") && !e.contains("trainer.steps"),
+        "{e}"
+    );
 }
 
 #[test]

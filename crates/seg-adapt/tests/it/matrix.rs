@@ -636,6 +636,8 @@ fn check_reads_every_file_times_steps_and_fails_when_the_run_would_stop() {
     .unwrap();
     let out = ok(&["check", p(&curriculum), "--time-steps", "1"]);
     assert!(out.contains("1 step of the 50-step stage before training"), "{out}");
+    // Both stages train the same parameters: said once.
+    assert_eq!(out.matches("trainable parameters:").count(), 1, "{out}");
     assert!(
         out.contains("1 training step on") && out.contains("1000 steps and the 50 before them: about"),
         "{out}"
