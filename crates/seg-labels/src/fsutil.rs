@@ -233,6 +233,16 @@ pub fn read_regular(path: &Path) -> std::io::Result<Vec<u8>> {
 /// Largest text file [`read_text`] reads.
 pub const MAX_TEXT: u64 = 64 << 20;
 
+/// A log of lines the project appends to (a run's `metrics.jsonl`), as text: a byte that is
+/// not UTF-8 (an edit, a disk error) spoils its own line, not the whole file.
+pub fn read_log_lossy(path: &Path) -> std::io::Result<String> {
+    let bytes = std::fs::read(path)?;
+    Ok(match String::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    })
+}
+
 /// A config file or split list as UTF-8 text, read up to [`MAX_TEXT`] bytes: a FIFO or
 /// `/dev/stdin` (`--config <(…)`) is read to its end, a link to `/dev/zero` is refused at the
 /// bound rather than read without end.

@@ -147,7 +147,8 @@ pub fn arm_curves_html(out: &Path, methods: &[String], term: &str, title: &str) 
     let series: Vec<html::Series> = methods
         .iter()
         .filter_map(|m| {
-            let text = std::fs::read_to_string(out.join("runs").join(m).join("seed0/metrics.jsonl")).ok()?;
+            let text =
+                seg_labels::fsutil::read_log_lossy(&out.join("runs").join(m).join("seed0/metrics.jsonl")).ok()?;
             let (losses, _) = html::curves(&text);
             let curve = losses.into_iter().find(|s| s.name == term)?;
             Some(html::Series {

@@ -448,7 +448,7 @@ fn left_out_section(run_dir: &Path) -> String {
 /// evaluation's prediction sheet.
 pub fn run_page(run_dir: &Path, title: &str) -> String {
     let mut body = String::new();
-    let metrics = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap_or_default();
+    let metrics = seg_labels::fsutil::read_log_lossy(&run_dir.join("metrics.jsonl")).unwrap_or_default();
     let (losses, miou) = curves(&metrics);
     let last = last_eval_dir(run_dir);
     let report = last

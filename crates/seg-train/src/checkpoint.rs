@@ -471,7 +471,7 @@ pub fn forget_untrained(dir: &Path) {
 /// The lines of a run's `metrics.jsonl`, in order (those that parse; none when it cannot be
 /// read).
 pub fn metric_lines(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
+    seg_labels::fsutil::read_log_lossy(path)
         .unwrap_or_default()
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
@@ -491,8 +491,15 @@ pub fn logged_eval(path: &Path, step: usize) -> Option<serde_json::Value> {
 /// Keeps the lines of a run's `metrics.jsonl` whose `step` is at most `step` (a resumed run
 /// writes the rest again); a missing file is left missing.
 pub fn trim_metrics(path: &Path, step: usize) -> Result<(), TrainError> {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return Ok(());
+    let text = match seg_labels::fsutil::read_log_lossy(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(cause) => {
+            return Err(TrainError::Checkpoint {
+                path: path.to_path_buf(),
+                reason: format!("cannot read: {cause}"),
+            })
+        }
     };
     let mut unreadable = 0;
     let kept: String = text

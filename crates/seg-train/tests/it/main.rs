@@ -502,3 +502,24 @@ fn an_evaluation_on_train_id_ground_truth_says_so() {
         .head(2);
     assert!(!warned(&toy_ds));
 }
+
+#[test]
+fn a_metrics_log_with_bytes_that_are_not_utf8_is_still_trimmed_to_the_checkpoint() {
+    // A line of other bytes (an edit, a disk error) spoils that line only: the steps past the
+    // checkpoint still go, the run's own lines stay, and what is appended next starts a line.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("metrics.jsonl");
+    let mut log = Vec::new();
+    for step in 1..=4 {
+        log.extend_from_slice(format!("{{\"step\":{step},\"lr\":0.01}}\n").as_bytes());
+    }
+    log.extend_from_slice(b"x\xffx\n{\"step\":5,\"lr\":0.01}\n\xfe\xfe");
+    std::fs::write(&path, &log).unwrap();
+    assert_eq!(seg_train::checkpoint::metric_lines(&path).len(), 5);
+    seg_train::checkpoint::trim_metrics(&path, 3).unwrap();
+    let kept = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(
+        kept,
+        "{\"step\":1,\"lr\":0.01}\n{\"step\":2,\"lr\":0.01}\n{\"step\":3,\"lr\":0.01}\n"
+    );
+}
