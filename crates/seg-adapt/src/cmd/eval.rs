@@ -79,6 +79,9 @@ pub fn run(args: Args, device_name: &crate::run::DeviceName) -> anyhow::Result<(
         "--out {} holds a report.md that no evaluation wrote (no report.json beside it): write the evaluation into a folder of its own",
         args.out.display()
     );
+    // Two evaluations into one folder would leave a report of one beside the pictures of the
+    // other.
+    let _lock = seg_labels::fsutil::lock_dir(&args.out).context("--out")?;
     if args.task == super::Task::Detection {
         super::refuse_unused(
             &[

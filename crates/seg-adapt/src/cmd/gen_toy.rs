@@ -24,6 +24,8 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let start = std::time::Instant::now();
+    // Two generations into one folder would remove each other's files half-way.
+    let _lock = seg_labels::fsutil::lock_dir(&args.out).context("--out")?;
     let m = toy::generate(&args.out, args.seed, args.preset)
         .with_context(|| format!("generating the embedded benchmark in {}", args.out.display()))?;
     let s = m.sizes;

@@ -74,6 +74,8 @@ fn collect_images(dir: &Path, out: &mut Vec<PathBuf>, depth: usize) -> anyhow::R
 pub fn run(args: Args, device_name: &crate::run::DeviceName) -> anyhow::Result<()> {
     seg_labels::fsutil::check_writable_dir(&args.out).context("--out")?;
     super::refuse_run_folders(&args.out, "predictions")?;
+    // Two commands predicting into one folder would mix their files.
+    let _lock = seg_labels::fsutil::lock_dir(&args.out).context("--out")?;
     let device = crate::run::device(device_name)?;
     let inputs = if args.input.is_dir() {
         let mut v = Vec::new();

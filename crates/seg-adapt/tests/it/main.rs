@@ -925,3 +925,46 @@ fn check_page_in_chromium(page: &Path) {
         colors.len()
     );
 }
+
+#[test]
+fn commands_writing_into_one_folder_refuse_one_another() {
+    // An evaluation, a prediction or a benchmark written into a folder another process holds
+    // would mix the two commands' files (a report of one beside the pictures of the other).
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let held = seg_labels::fsutil::lock_dir(&out).unwrap();
+    let cs = dir.path().join("cs");
+    let missing = dir.path().join("run");
+    for args in [
+        vec!["eval", "--root", p(&cs), "--pred", p(&cs), "--out", p(&out)],
+        vec![
+            "eval",
+            "--task",
+            "detection",
+            "--root",
+            p(&cs),
+            "--pred",
+            p(&cs),
+            "--out",
+            p(&out),
+        ],
+        vec![
+            "predict",
+            "--checkpoint",
+            p(&missing),
+            "--input",
+            p(&cs),
+            "--out",
+            p(&out),
+        ],
+        vec!["gen-toy", "--out", p(&out), "--preset", "quick"],
+    ] {
+        let e = err(&args);
+        assert!(e.contains("in use by another seg-adapt process"), "{args:?}: {e}");
+    }
+    drop(held);
+    // Free again, a refused evaluation leaves no folder behind.
+    let e = err(&["eval", "--root", p(&cs), "--pred", p(&cs), "--out", p(&out)]);
+    assert!(!e.contains("in use"), "{e}");
+    assert!(!out.exists());
+}
