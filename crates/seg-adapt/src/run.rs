@@ -135,7 +135,29 @@ pub fn build_setup(
         // A run is resumed only towards a later step than its checkpoint's.
         let file = seg_train::checkpoint::file_of(run_dir);
         let meta = seg_train::checkpoint::read_meta(&file)?;
-        stored_config(&file, &meta.config)?;
+        let stored = stored_config(&file, &meta.config)?;
+        // The starting run may have moved (a resume reads no starting weights), but a run of
+        // another model named now would be recorded in config.toml as this run's start.
+        if let Some(from) = cfg
+            .model
+            .init_from
+            .as_ref()
+            .filter(|f| stored.model.init_from.as_ref() != Some(*f))
+        {
+            let theirs = seg_train::checkpoint::file_of(from);
+            if theirs.is_file() {
+                let model = stored_config(&theirs, &seg_train::checkpoint::read_meta(&theirs)?.config)
+                    .with_context(|| format!("model.init_from (--init-from) {}", from.display()))?
+                    .model
+                    .name;
+                anyhow::ensure!(
+                    model == cfg.model.name,
+                    "model.init_from (--init-from) {}: that run trained model `{model}`, this run is model `{}`",
+                    from.display(),
+                    cfg.model.name
+                );
+            }
+        }
         let at = meta.step;
         let pretrain = cfg.method.pretraining().0;
         let total = pretrain + cfg.trainer.steps;

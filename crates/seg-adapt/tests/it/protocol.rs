@@ -122,6 +122,25 @@ fn init_from_copies_the_model_and_refuses_another() {
     args.extend(["--seed", "9"]);
     let e = err(&args);
     assert!(e.contains("trainer.seed") && e.contains("--resume"), "{e}");
+    // The start may have moved, but a run of another model named as the start on resume is
+    // refused, naming both (config.toml would record it as this run's start).
+    let ck = seg_train::checkpoint::load(&first.join(seg_train::checkpoint::FILE), &Device::Cpu).unwrap();
+    let mut meta = ck.meta.clone();
+    meta.config = meta
+        .config
+        .replace("name = \"small\"", "name = \"vgg16-fcn8s-reduced\"");
+    assert_ne!(meta.config, ck.meta.config);
+    let vgg = dir.path().join("vgg");
+    std::fs::create_dir_all(&vgg).unwrap();
+    let tensors: Vec<_> = ck.tensors.into_iter().collect();
+    seg_train::checkpoint::save(&vgg.join(seg_train::checkpoint::FILE), &tensors, &meta).unwrap();
+    let mut other_start = resumed.clone();
+    other_start.extend(["--set", crate::leak(format!("model.init_from={}", p(&vgg)))]);
+    let e = err(&other_start);
+    assert!(
+        e.contains("that run trained model `vgg16-fcn8s-reduced`, this run is model `small`"),
+        "{e}"
+    );
     // Its weights all come from its own checkpoint: the run it started from may be gone.
     std::fs::remove_dir_all(&first).unwrap();
     // Resuming a finished run does nothing more: no second evaluation logged, the same mIoU.
