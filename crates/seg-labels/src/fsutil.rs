@@ -46,14 +46,24 @@ pub fn write_atomic_with(
 /// `std::fs::create_dir_all`, whose error says which part of the path is a file when that is
 /// why it failed (the OS says only "File exists").
 pub fn create_dir_all(dir: &Path) -> std::io::Result<()> {
+    // `new/.` is `new` (the OS finds no `new` to look into).
+    let dir: std::path::PathBuf = dir.components().collect();
     // The first part of the path that is there and is no folder (a file, or a device such as
-    // `/dev/null`).
+    // `/dev/null`), or a link to nothing.
     let blocker = || {
         dir.ancestors()
             .filter(|a| !a.as_os_str().is_empty())
-            .find(|a| a.exists() && !a.is_dir())
+            .find(|a| (a.exists() && !a.is_dir()) || (!a.exists() && a.symlink_metadata().is_ok()))
     };
-    std::fs::create_dir_all(dir).map_err(|e| match blocker() {
+    std::fs::create_dir_all(&dir).map_err(|e| match blocker() {
+        Some(there) if !there.exists() => std::io::Error::new(
+            std::io::ErrorKind::NotADirectory,
+            format!(
+                "{} is a link to {}, which does not exist",
+                there.display(),
+                std::fs::read_link(there).unwrap_or_default().display()
+            ),
+        ),
         Some(there) => not_a_folder(there),
         None => e,
     })
@@ -485,6 +495,20 @@ mod tests {
             "the probe is removed"
         );
         assert_eq!(std::fs::read(&file).unwrap(), b"mine");
+        // A link to nothing is named as one (the OS says only "File exists"), and a folder
+        // named with a trailing `/.` is made like any other.
+        #[cfg(unix)]
+        {
+            let link = dir.path().join("dangling");
+            std::os::unix::fs::symlink(dir.path().join("gone"), &link).unwrap();
+            let e = create_dir_all(&link.join("run")).unwrap_err().to_string();
+            assert!(
+                e.contains("dangling is a link to") && e.contains("gone, which does not exist"),
+                "{e}"
+            );
+        }
+        create_dir_all(&dir.path().join("fresh/.")).unwrap();
+        assert!(dir.path().join("fresh").is_dir());
     }
 
     #[test]

@@ -340,6 +340,18 @@ fn meta_of(path: &Path, info: &HashMap<String, String>) -> Result<CheckpointMeta
         .map_err(|e| bad(path, format!("corrupt checkpoint metadata: {e}")))
 }
 
+/// A safetensors error in a user's words: what is wrong with the file, not the variant's name.
+fn in_words(e: &safetensors::SafeTensorError) -> String {
+    use safetensors::SafeTensorError as E;
+    match e {
+        E::MetadataIncompleteBuffer => {
+            "its size is not the one its header gives: cut short, or bytes added after it".into()
+        }
+        E::HeaderTooSmall | E::InvalidHeaderLength => "it ends inside its header".into(),
+        other => other.to_string(),
+    }
+}
+
 /// What a file that is no checkpoint looks like, from its first bytes, for the message.
 fn looks_like(head: &[u8]) -> Option<&'static str> {
     if head.starts_with(b"PK\x03\x04") || head.starts_with(&[0x80, 0x02, 0x8a, 0x0a]) {
@@ -355,11 +367,11 @@ pub fn from_bytes(path: &Path, bytes: &[u8], device: &Device) -> Result<Checkpoi
         return Err(bad(path, what));
     }
     let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
-        .map_err(|e| bad(path, format!("not a safetensors file or truncated ({e:?})")))?;
+        .map_err(|e| bad(path, format!("not a safetensors file or truncated ({})", in_words(&e))))?;
     let meta = meta_of(path, &header.metadata().clone().unwrap_or_default())?;
     // Validates every tensor's extent against the file size (a truncated body is refused here).
     safetensors::SafeTensors::deserialize(bytes)
-        .map_err(|e| bad(path, format!("truncated or corrupt checkpoint ({e:?})")))?;
+        .map_err(|e| bad(path, format!("truncated or corrupt checkpoint ({})", in_words(&e))))?;
     let tensors = candle_core::safetensors::load_buffer(bytes, device).map_err(|e| bad(path, e.to_string()))?;
     Ok(Checkpoint {
         meta,

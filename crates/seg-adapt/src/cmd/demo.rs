@@ -378,6 +378,7 @@ fn comparison(
 
 pub fn run(args: Args, device_name: &crate::run::DeviceName) -> anyhow::Result<()> {
     let out = args.out.clone().unwrap_or_else(|| default_out(args.task));
+    super::refuse_inside_evaluations(&out, "demo")?;
     if args.task == super::Task::Detection {
         return super::detect::demo(&args, &out, device_name);
     }

@@ -323,6 +323,7 @@ pub fn check(
 }
 
 pub fn train(args: TrainArgs, device_name: &crate::run::DeviceName) -> anyhow::Result<()> {
+    super::refuse_inside_evaluations(&args.out, "run")?;
     let mut sets = args.set.clone();
     if let Some(from) = &args.init_from {
         let quoted = toml::Value::String(from.display().to_string()).to_string();
@@ -342,6 +343,10 @@ pub fn train(args: TrainArgs, device_name: &crate::run::DeviceName) -> anyhow::R
         (Some(c), _) => load_config(c, &sets)?,
         (None, Some(trained)) => config_of(&saved, &trained.to_toml(), &sets)?,
         (None, None) if saved.is_file() => load_config(&saved, &sets)?,
+        (None, None) if !args.out.exists() => anyhow::bail!(
+            "--resume: nothing to resume: {} does not exist (without --resume, a CONFIG starts a run there)",
+            args.out.display()
+        ),
         (None, None) => anyhow::bail!(
             "{}: no saved config to resume from; name a CONFIG (a preset of `configs/detection/`)",
             saved.display()

@@ -162,6 +162,12 @@ pub(crate) fn refuse_run_folders(out: &std::path::Path, what: &str) -> anyhow::R
             out.join("val").display()
         );
     }
+    refuse_inside_evaluations(out, what)
+}
+
+/// Refuses an `--out` inside a run's evaluations (`eval/`), which the run's resume and its
+/// report page take for its own.
+pub(crate) fn refuse_inside_evaluations(out: &std::path::Path, what: &str) -> anyhow::Result<()> {
     if let Some(run) = run_whose_evaluations_hold(out) {
         anyhow::bail!(
             "--out {} is inside the evaluations of the run in {}: write the {what} into a folder of its own (e.g. {})",

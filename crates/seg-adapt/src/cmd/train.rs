@@ -79,6 +79,10 @@ pub fn resolve(args: &Args) -> anyhow::Result<RunConfig> {
     let mut cfg = match (&args.config, &saved) {
         (Some(path), _) => RunConfig::load(path)?,
         (None, Some(s)) => s.clone(),
+        (None, None) if !args.out.exists() => anyhow::bail!(
+            "--resume: nothing to resume: {} does not exist (without --resume, a CONFIG starts a run there)",
+            args.out.display()
+        ),
         (None, None) => anyhow::bail!(
             "{}: no saved config to resume from; name a CONFIG (a preset of `configs/`)",
             saved_path.display()
@@ -111,6 +115,7 @@ pub fn resolve(args: &Args) -> anyhow::Result<RunConfig> {
 }
 
 pub fn run(args: Args, device_name: &crate::run::DeviceName) -> anyhow::Result<()> {
+    super::refuse_inside_evaluations(&args.out, "run")?;
     let cfg = resolve(&args)?;
     let device = crate::run::device(device_name)?;
     let outcome = crate::run::train(&cfg, &args.out, &device, args.resume, true)

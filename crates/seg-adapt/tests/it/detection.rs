@@ -201,7 +201,18 @@ fn train_detector_then_eval_the_checkpoint_and_its_detections_file_alike() {
     assert_eq!(now["trainer"]["steps"].as_integer(), Some(5));
     assert_eq!(now["data"]["target_root"].as_str(), Some(p(&moved)));
     let e = err(&["train-detector", "--out", p(&dir.path().join("none")), "--resume"]);
+    assert!(
+        e.contains("nothing to resume") && e.contains("none does not exist"),
+        "{e}"
+    );
+    std::fs::create_dir_all(dir.path().join("empty")).unwrap();
+    let e = err(&["train-detector", "--out", p(&dir.path().join("empty")), "--resume"]);
     assert!(e.contains("no saved config to resume from"), "{e}");
+    let e = err(&["train", "--out", p(&dir.path().join("none")), "--resume"]);
+    assert!(
+        e.contains("nothing to resume") && e.contains("none does not exist"),
+        "{e}"
+    );
     // Each task's resume refuses the other's run folder by name.
     let e = err(&["train", "--out", p(&run), "--resume"]);
     assert!(

@@ -307,6 +307,20 @@ fn train_eval_predict_round_trip() {
         let e = err(&predict_args(&run_dir, &val_images, out));
         assert!(e.contains("write the predictions into a folder of its own"), "{e}");
     }
+    // And a run, a detector's run or a demo there, which the run's page would take for its own.
+    let inner = own.join("mine");
+    for args in [
+        vec!["train", base_config(), "--out", p(&inner)],
+        vec!["train-detector", base_config(), "--out", p(&inner)],
+        vec!["demo", "--quick", "--out", p(&inner)],
+    ] {
+        let e = err(&args);
+        assert!(
+            e.contains("is inside the evaluations of the run") && e.contains("write the "),
+            "{args:?}: {e}"
+        );
+    }
+    assert!(!inner.exists());
     // Beside the run's evaluations (`..` read by name), or under a folder holding only a
     // user's config.toml, an evaluation is written.
     ok(&checkpoint_eval(&run_dir, &cs, &run_dir.join("eval/../eval-b")));

@@ -224,6 +224,14 @@ fn truncated_and_foreign_checkpoints_are_refused() {
     std::fs::write(&t, &bytes[..bytes.len() / 2]).unwrap();
     let e = seg_train::checkpoint::load(&t, &Device::Cpu).err().unwrap().to_string();
     assert!(e.contains("truncated.safetensors") && e.contains("truncated"), "{e}");
+    // In words, not the reader's names for its errors.
+    assert!(
+        e.contains("cut short") && !e.contains("MetadataIncompleteBuffer"),
+        "{e}"
+    );
+    std::fs::write(&t, &bytes[..12]).unwrap();
+    let e = seg_train::checkpoint::load(&t, &Device::Cpu).err().unwrap().to_string();
+    assert!(e.contains("truncated") && !e.contains("Header"), "{e}");
     let f = a.path().join("foreign.safetensors");
     let mut m = std::collections::HashMap::new();
     m.insert(
