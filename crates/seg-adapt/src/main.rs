@@ -69,8 +69,17 @@ fn main() -> std::process::ExitCode {
         }
         std::process::exit(e.exit_code());
     });
+    let demo = matches!(cli.command, cmd::Command::Demo(_));
     match cmd::run(cli.command, &cli.device) {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) if cmd::was_interrupted(&e) => {
+            let next = match demo {
+                true => "the same demo command continues it (finished runs are kept, the interrupted one resumes)",
+                false => "the same command with --resume continues the run from there",
+            };
+            eprintln!("{e:#}\n{next}");
+            std::process::ExitCode::from(130)
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE

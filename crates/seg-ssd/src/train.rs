@@ -555,6 +555,8 @@ fn run_locked(
     }
     let mut last = std::collections::BTreeMap::new();
     let mut saved_at = start;
+    // A signal from here on ends the step under way, then the run, with a checkpoint.
+    let catch = seg_train::interrupt::catch();
     for step in start..t.steps {
         let sb = src.next_batch()?;
         let tb = match &mut tgt {
@@ -609,7 +611,18 @@ fn run_locked(
         if control.stop_after == Some(done) {
             return Ok(None);
         }
+        if seg_train::interrupt::requested() && done < t.steps {
+            if saved_at != done {
+                save(done, &src, tgt.as_ref(), &stepper)?;
+            }
+            return Err(TrainError::Interrupted {
+                step: done,
+                checkpoint: ckpt.clone(),
+            }
+            .into());
+        }
     }
+    drop(catch);
     if method.stages().contains(&Stage::ReestimateBn) {
         if let Some(ds) = &target_train {
             reestimate_bn(ssd, ds, size, t.batch_size, device)?;

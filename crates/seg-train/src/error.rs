@@ -22,6 +22,9 @@ pub enum TrainError {
          trainer.precision = \"bf16\"; detection: trainer.batch_size, model.input) ({cause})"
     )]
     OutOfMemory { batches: String, cause: String },
+    /// A signal stopped the training loop ([`crate::interrupt`]) after the checkpoint of `step`.
+    #[error("interrupted at step {step}: its checkpoint {checkpoint} is written")]
+    Interrupted { step: usize, checkpoint: PathBuf },
     #[error("invalid setup: {0}")]
     Setup(String),
     #[error(transparent)]

@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod infer;
+pub mod interrupt;
 pub mod progress;
 pub mod resume;
 pub mod step;

@@ -382,6 +382,8 @@ impl Trainer {
             last_eval = self.evaluate_now()?;
         }
         let stop = stop.min(total);
+        // A signal from here on ends the step under way, then the run, with a checkpoint.
+        let catch = crate::interrupt::catch();
         while self.step < stop {
             let t0 = Instant::now();
             let losses = self.one_step()?;
@@ -424,7 +426,17 @@ impl Trainer {
                 // The run's page follows its evaluations, so a stopped run has one too.
                 self.write_page()?;
             }
+            if crate::interrupt::requested() && self.step < stop {
+                bar.finish_and_clear();
+                self.save_checkpoint()?;
+                self.write_page()?;
+                return Err(TrainError::Interrupted {
+                    step: self.step,
+                    checkpoint: self.checkpoint_path(),
+                });
+            }
         }
+        drop(catch);
         bar.finish_and_clear();
         if finished {
             last_eval = logged;

@@ -178,3 +178,16 @@ pub(crate) fn refuse_inside_evaluations(out: &std::path::Path, what: &str) -> an
     }
     Ok(())
 }
+
+/// Whether a command ended because a signal interrupted its training loop (after writing a
+/// checkpoint): the process then exits 130, as for any command stopped by Ctrl-C.
+pub fn was_interrupted(e: &anyhow::Error) -> bool {
+    use seg_train::error::TrainError;
+    e.chain().any(|c| {
+        matches!(c.downcast_ref::<TrainError>(), Some(TrainError::Interrupted { .. }))
+            || matches!(
+                c.downcast_ref::<seg_ssd::train::DetRunError>(),
+                Some(seg_ssd::train::DetRunError::Train(TrainError::Interrupted { .. }))
+            )
+    })
+}

@@ -922,3 +922,72 @@ fn a_runs_detections_file_is_scored_with_a_word_on_the_images_the_run_left_out()
     assert!(o.status.success());
     assert!(!String::from_utf8_lossy(&o.stderr).contains("left 1 of"));
 }
+
+#[cfg(unix)]
+#[test]
+fn ctrl_c_during_detector_training_writes_a_checkpoint_to_resume_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let run = dir.path().join("run");
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "train-detector",
+            p(&cfg),
+            "--out",
+            p(&run),
+            "--set",
+            "trainer.steps=400",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let child = std::process::Command::new(super::bin())
+        .args(args(&["--set", "trainer.batch_size=1"]))
+        .env("SEG_ADAPT_LOG", "warn")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let metrics = run.join("metrics.jsonl");
+    let started = std::time::Instant::now();
+    while !std::fs::read_to_string(&metrics).is_ok_and(|t| t.contains("\"step\":1,")) {
+        assert!(started.elapsed().as_secs() < 120, "the run never logged a step");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    let at = seg_train::checkpoint::read_meta(&run.join("checkpoint.safetensors"))
+        .unwrap()
+        .step;
+    assert!(
+        (1..400).contains(&at) && stderr.contains(&format!("interrupted at step {at}:")),
+        "{at}: {stderr}"
+    );
+    // The log holds every step up to the checkpoint, once.
+    let steps: Vec<u64> = seg_train::checkpoint::metric_lines(&metrics)
+        .iter()
+        .filter_map(|v| v["step"].as_u64())
+        .collect();
+    assert_eq!(steps, (1..=at as u64).collect::<Vec<_>>());
+    // Resumed (to two steps past it, not the 400), it goes on from there.
+    let more = format!("trainer.steps={}", at + 2);
+    let said = ok(&args(&["--set", "trainer.batch_size=1", "--set", &more, "--resume"])
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>());
+    assert!(said.contains("AP50"), "{said}");
+    assert_eq!(
+        seg_train::checkpoint::read_meta(&run.join("checkpoint.safetensors"))
+            .unwrap()
+            .step,
+        at + 2
+    );
+}

@@ -982,3 +982,70 @@ fn commands_writing_into_one_folder_refuse_one_another() {
     assert!(!e.contains("in use"), "{e}");
     assert!(!out.exists());
 }
+
+#[cfg(unix)]
+#[test]
+fn ctrl_c_during_training_writes_a_checkpoint_that_resumes_to_the_same_weights() {
+    // With no periodic checkpoint, Ctrl-C used to lose every step. Now the step under way
+    // finishes, its checkpoint is written, the command exits 130, and --resume reaches the
+    // weights of a run never interrupted.
+    let dir = tempfile::tempdir().unwrap();
+    let (gta, cs) = (toy().join("gta5"), toy().join("cityscapes"));
+    let args = |out: &Path| -> Vec<String> {
+        let mut a: Vec<String> = train_args(p(out), p(&gta), p(&cs), "dann")
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        a[5] = "120".into();
+        for set in [
+            "augment.crop=[32,32]",
+            "trainer.batch_size=1",
+            "trainer.log_every=1",
+            "trainer.checkpoint_every=0",
+        ] {
+            a.extend(["--set".to_string(), set.to_string()]);
+        }
+        a
+    };
+    let whole = dir.path().join("whole");
+    let a = args(&whole);
+    ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let cut = dir.path().join("cut");
+    let child = Command::new(bin())
+        .args(args(&cut))
+        .env("SEG_ADAPT_LOG", "warn")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Signalled once the loop runs (its first step logged).
+    let metrics = cut.join("metrics.jsonl");
+    let started = std::time::Instant::now();
+    while !std::fs::read_to_string(&metrics).is_ok_and(|t| t.contains("\"step\":1,")) {
+        assert!(started.elapsed().as_secs() < 120, "the run never logged a step");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("interrupted at step") && stderr.contains("with --resume continues the run"),
+        "{stderr}"
+    );
+    let at = seg_train::checkpoint::read_meta(&cut.join("checkpoint.safetensors"))
+        .unwrap()
+        .step;
+    assert!((1..120).contains(&at), "{at}");
+    assert!(stderr.contains(&format!("interrupted at step {at}:")), "{stderr}");
+    let mut resume = args(&cut);
+    resume.push("--resume".into());
+    ok(&resume.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(
+        std::fs::read(cut.join("checkpoint.safetensors")).unwrap(),
+        std::fs::read(whole.join("checkpoint.safetensors")).unwrap()
+    );
+}
