@@ -555,8 +555,9 @@ fn run_locked(
     }
     let mut last = std::collections::BTreeMap::new();
     let mut saved_at = start;
-    // A signal from here on ends the step under way, then the run, with a checkpoint.
-    let catch = seg_train::interrupt::catch();
+    // A signal from here on ends the step under way, then the run, with a checkpoint (not in
+    // `check`'s timed steps, which stop by themselves and keep no checkpoint).
+    let catch = control.stop_after.is_none().then(seg_train::interrupt::catch);
     for step in start..t.steps {
         let sb = src.next_batch()?;
         let tb = match &mut tgt {
@@ -611,7 +612,7 @@ fn run_locked(
         if control.stop_after == Some(done) {
             return Ok(None);
         }
-        if seg_train::interrupt::requested() && done < t.steps {
+        if done < t.steps && catch.is_some() && seg_train::interrupt::take() {
             if saved_at != done {
                 save(done, &src, tgt.as_ref(), &stepper)?;
             }
@@ -629,6 +630,14 @@ fn run_locked(
         }
     }
     save(t.steps, &src, tgt.as_ref(), &stepper)?;
+    // A signal during the last step: the final checkpoint stands, and a resume evaluates it.
+    if control.stop_after.is_none() && seg_train::interrupt::take() {
+        return Err(TrainError::Interrupted {
+            step: t.steps,
+            checkpoint: ckpt.clone(),
+        }
+        .into());
+    }
     let source = format!(
         "Cityscapes `{}` split under `{}`; {} ({}) after {} steps.",
         d.target_val,

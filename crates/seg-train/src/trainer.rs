@@ -411,9 +411,24 @@ impl Trainer {
             bar.set_message(format!("{} | {ips:.1} img/s", msg.join(" ")));
             bar.set_position(self.step as u64);
             let cfg = &self.s.config;
-            if cfg.checkpoint_every > 0 && self.step.is_multiple_of(cfg.checkpoint_every) && self.step < total {
+            let saved = cfg.checkpoint_every > 0 && self.step.is_multiple_of(cfg.checkpoint_every) && self.step < total;
+            if saved {
                 self.save_checkpoint()?;
             }
+            // Stopped by a signal: this step's checkpoint, before an evaluation due now (a
+            // resume evaluates a due step whose result was not logged).
+            if self.step < stop && crate::interrupt::take() {
+                bar.finish_and_clear();
+                if !saved {
+                    self.save_checkpoint()?;
+                }
+                self.write_page()?;
+                return Err(TrainError::Interrupted {
+                    step: self.step,
+                    checkpoint: self.checkpoint_path(),
+                });
+            }
+            let cfg = &self.s.config;
             if cfg.eval_every > 0 && self.step.is_multiple_of(cfg.eval_every) && self.step < total {
                 last_eval = self.evaluate_now()?;
                 if let (true, Some(m)) = (self.s.progress, last_eval) {
@@ -425,15 +440,6 @@ impl Trainer {
                 }
                 // The run's page follows its evaluations, so a stopped run has one too.
                 self.write_page()?;
-            }
-            if crate::interrupt::requested() && self.step < stop {
-                bar.finish_and_clear();
-                self.save_checkpoint()?;
-                self.write_page()?;
-                return Err(TrainError::Interrupted {
-                    step: self.step,
-                    checkpoint: self.checkpoint_path(),
-                });
             }
         }
         drop(catch);
@@ -447,6 +453,15 @@ impl Trainer {
                 }
             }
             self.save_checkpoint()?;
+            // A signal during the last step: the final checkpoint stands, and a resume
+            // evaluates it (as one of a run killed during that evaluation).
+            if crate::interrupt::take() {
+                self.write_page()?;
+                return Err(TrainError::Interrupted {
+                    step: self.step,
+                    checkpoint: self.checkpoint_path(),
+                });
+            }
             if self.s.eval.is_some() && self.step == total {
                 last_eval = self.evaluate_now()?;
             }

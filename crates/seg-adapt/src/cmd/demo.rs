@@ -409,6 +409,8 @@ pub fn run(args: Args, device_name: &crate::run::DeviceName) -> anyhow::Result<(
     // Only once every argument is known good is the folder claimed (and locked for the run).
     let _claim = claim_out(&out, args.task)?;
     let data = out.join("data");
+    // The benchmark too: a `gen-toy --out` of this data/ would remove its datasets under the runs.
+    let _data = seg_labels::fsutil::lock_dir(&data)?;
     if let Some(why) = toy::stale(&data, args.data_seed, preset) {
         eprintln!(
             "writing the embedded benchmark ({preset:?}, seed {}) in {}: {why}",

@@ -621,6 +621,8 @@ pub fn demo(args: &super::demo::Args, out: &Path, device: &crate::run::DeviceNam
     // Only once every argument is known good is the folder claimed (and locked for the run).
     let _claim = super::demo::claim_out(out, super::Task::Detection)?;
     let data = out.join("data");
+    // The benchmark too: a `gen-toy --out` of this data/ would remove its datasets under the runs.
+    let _data = seg_labels::fsutil::lock_dir(&data)?;
     if let Some(why) = toy::stale(&data, data_seed, preset) {
         eprintln!(
             "writing the embedded benchmark ({preset:?}, seed {}) in {}: {why}",

@@ -977,75 +977,104 @@ fn commands_writing_into_one_folder_refuse_one_another() {
         assert!(e.contains("in use by another seg-adapt process"), "{args:?}: {e}");
     }
     drop(held);
+    // A demo holds its benchmark's folder too, and is refused while another process holds it.
+    for task in ["segmentation", "detection"] {
+        let demo = dir.path().join(task);
+        let data = seg_labels::fsutil::lock_dir(&demo.join("data")).unwrap();
+        let e = err(&["demo", "--quick", "--task", task, "--out", p(&demo)]);
+        assert!(e.contains("data is in use by another seg-adapt process"), "{e}");
+        drop(data);
+    }
     // Free again, a refused evaluation leaves no folder behind.
     let e = err(&["eval", "--root", p(&cs), "--pred", p(&cs), "--out", p(&out)]);
     assert!(!e.contains("in use"), "{e}");
     assert!(!out.exists());
 }
 
+/// A child process killed when dropped (a test that fails midway leaves no run behind).
 #[cfg(unix)]
-#[test]
-fn ctrl_c_during_training_writes_a_checkpoint_that_resumes_to_the_same_weights() {
-    // With no periodic checkpoint, Ctrl-C used to lose every step. Now the step under way
-    // finishes, its checkpoint is written, the command exits 130, and --resume reaches the
-    // weights of a run never interrupted.
-    let dir = tempfile::tempdir().unwrap();
-    let (gta, cs) = (toy().join("gta5"), toy().join("cityscapes"));
-    let args = |out: &Path| -> Vec<String> {
-        let mut a: Vec<String> = train_args(p(out), p(&gta), p(&cs), "dann")
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        a[5] = "120".into();
-        for set in [
-            "augment.crop=[32,32]",
-            "trainer.batch_size=1",
-            "trainer.log_every=1",
-            "trainer.checkpoint_every=0",
-        ] {
-            a.extend(["--set".to_string(), set.to_string()]);
+pub(crate) struct Reaped(pub Option<std::process::Child>);
+
+#[cfg(unix)]
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
         }
-        a
-    };
-    let whole = dir.path().join("whole");
-    let a = args(&whole);
-    ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
-    let cut = dir.path().join("cut");
+    }
+}
+
+/// Starts `seg-adapt args` and, once its run folder's `metrics.jsonl` logs its first step (the
+/// training loop runs), sends it `signal`; its exit code and standard error.
+#[cfg(unix)]
+pub(crate) fn signalled_once_training(args: &[String], run: &Path, signal: libc::c_int) -> (Option<i32>, String) {
     let child = Command::new(bin())
-        .args(args(&cut))
+        .args(args)
         .env("SEG_ADAPT_LOG", "warn")
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Signalled once the loop runs (its first step logged).
-    let metrics = cut.join("metrics.jsonl");
+    let mut child = Reaped(Some(child));
+    let metrics = run.join("metrics.jsonl");
     let started = std::time::Instant::now();
     while !std::fs::read_to_string(&metrics).is_ok_and(|t| t.contains("\"step\":1,")) {
-        assert!(started.elapsed().as_secs() < 120, "the run never logged a step");
+        assert!(started.elapsed().as_secs() < 300, "the run never logged a step");
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
-    let killed = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(130), "{stderr}");
-    assert!(
-        stderr.contains("interrupted at step") && stderr.contains("with --resume continues the run"),
-        "{stderr}"
-    );
+    let pid = child.0.as_ref().unwrap().id() as libc::pid_t;
+    // SAFETY: signals the child this test started and still holds (not yet waited for).
+    assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+    let out = child.0.take().unwrap().wait_with_output().unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[cfg(unix)]
+#[test]
+fn ctrl_c_during_training_writes_the_checkpoint_of_the_step_under_way() {
+    // With no periodic checkpoint, Ctrl-C used to lose every step. Now the step under way
+    // finishes, its checkpoint is written and the command exits 130 (many steps: the signal
+    // lands long before the last).
+    let dir = tempfile::tempdir().unwrap();
+    let (gta, cs) = (toy().join("gta5"), toy().join("cityscapes"));
+    let cut = dir.path().join("cut");
+    let mut args: Vec<String> = train_args(p(&cut), p(&gta), p(&cs), "dann")
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args[5] = "100000".into();
+    for set in [
+        "augment.crop=[32,32]",
+        "trainer.batch_size=1",
+        "trainer.log_every=1",
+        "trainer.checkpoint_every=0",
+    ] {
+        args.extend(["--set".to_string(), set.to_string()]);
+    }
+    let (code, stderr) = signalled_once_training(&args, &cut, libc::SIGINT);
+    assert_eq!(code, Some(130), "{stderr}");
     let at = seg_train::checkpoint::read_meta(&cut.join("checkpoint.safetensors"))
         .unwrap()
         .step;
-    assert!((1..120).contains(&at), "{at}");
-    assert!(stderr.contains(&format!("interrupted at step {at}:")), "{stderr}");
-    let mut resume = args(&cut);
-    resume.push("--resume".into());
-    ok(&resume.iter().map(String::as_str).collect::<Vec<_>>());
-    assert_eq!(
-        std::fs::read(cut.join("checkpoint.safetensors")).unwrap(),
-        std::fs::read(whole.join("checkpoint.safetensors")).unwrap()
+    assert!(at >= 1, "{at}");
+    assert!(
+        stderr.contains(&format!("interrupted at step {at}:")) && stderr.contains("with --resume continues the run"),
+        "{stderr}"
+    );
+    // Every step up to it logged once, and the report page written.
+    let steps: Vec<u64> = seg_train::checkpoint::metric_lines(&cut.join("metrics.jsonl"))
+        .iter()
+        .filter_map(|v| v["step"].as_u64())
+        .collect();
+    assert_eq!(steps, (1..=at as u64).collect::<Vec<_>>());
+    assert!(cut.join("report.html").is_file());
+    // The checkpoint is a run's like any other: a resume takes it (a change of batch is
+    // refused by its key, as for a periodic checkpoint).
+    let mut resume = args.clone();
+    resume.extend(["--set".into(), "trainer.batch_size=2".into(), "--resume".into()]);
+    let e = err(&resume.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        e.contains("`trainer.batch_size`") && e.contains("its checkpoint was trained with"),
+        "{e}"
     );
 }
