@@ -54,7 +54,7 @@ pub fn run(args: Args, device_name: &DeviceName) -> anyhow::Result<()> {
     // stop the run anyway.
     let device = crate::run::device(device_name)?;
     crate::run::refuse_what_the_model_settles(&cfg, &device).context("the run would stop before its first step")?;
-    let dir = std::env::temp_dir().join(format!("seg-adapt-check-{}", std::process::id()));
+    let dir = super::check_scratch_dir();
     let text = cfg.to_toml()?;
     println!("# resolved config ({})\n{text}", args.config.display());
     let implied = [

@@ -266,7 +266,7 @@ pub fn check(
             .context("the run would stop before its first step")?;
     }
     if time_steps > 0 && blocking.is_empty() {
-        let dir = std::env::temp_dir().join(format!("seg-adapt-check-{}", std::process::id()));
+        let dir = super::check_scratch_dir();
         let warmup = 2.min(cfg.trainer.steps.saturating_sub(1));
         let n = time_steps.min(cfg.trainer.steps - warmup);
         let mut timed = cfg.clone();

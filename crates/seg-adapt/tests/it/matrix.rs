@@ -607,6 +607,31 @@ fn check_reads_every_file_times_steps_and_fails_when_the_run_would_stop() {
         .unwrap()
     };
     write("fail");
+    // The scratch folder of an earlier check killed while timing (its process gone) is
+    // removed; that of a process still running stays.
+    let temp = tempfile::tempdir().unwrap();
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let gone_pid = gone.id();
+    gone.wait().unwrap();
+    let stale = temp.path().join(format!("seg-adapt-check-{gone_pid}"));
+    let alive = temp.path().join(format!("seg-adapt-check-{}", std::process::id()));
+    for d in [&stale, &alive] {
+        std::fs::create_dir_all(d).unwrap();
+        std::fs::write(d.join("checkpoint.safetensors"), b"left behind").unwrap();
+    }
+    let o = std::process::Command::new(super::bin())
+        .args(["check", p(&cfg), "--time-steps", "1"])
+        .env("TMPDIR", temp.path())
+        .env("SEG_ADAPT_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!stale.exists() && alive.exists());
+    assert_eq!(
+        std::fs::read_dir(temp.path()).unwrap().count(),
+        1,
+        "check's own scratch folder is removed"
+    );
     let out = ok(&["check", p(&cfg), "--time-steps", "2"]);
     assert!(
         out.contains("source: gta5") && out.contains("6 samples, 6 usable, 0 problems"),
