@@ -4,8 +4,8 @@
 //! Tasks:
 //! - `train-seg --config FILE [--method M] [--steps N] [--seed S] [--out DIR] [--cuda]
 //!   [--release|--debug] [-- extra seg-adapt flags]`:
-//!   builds `seg-adapt` with the right features and profile, runs `seg-adapt train`, and prints
-//!   where the run went.
+//!   builds `seg-adapt` with the right features and profile, says where the run goes, and runs
+//!   `seg-adapt train` (on Unix in this process's place, so that Ctrl-C reaches the run alone).
 //! - `check-cuda`: builds `seg-adapt` with `--features cuda` into `target/cuda` (no GPU needed;
 //!   CUDA 13.0's `nvcc` on `PATH`).
 //! - `bench-compare [--python PATH] [--skip-vgg] [--skip-ssd] [--rounds N]`: criterion benchmarks and the PyTorch / numpy

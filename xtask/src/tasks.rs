@@ -87,11 +87,28 @@ pub(crate) fn train_seg(args: &[String]) -> Result<(), String> {
     if cuda {
         train.args(["--device", "cuda"]);
     }
-    run(&mut train)?;
-    if !pass.iter().any(|a| a == "--help" || a == "-h") {
-        println!("run written to {}", root.join(&out).display());
+    let help = pass.iter().any(|a| a == "--help" || a == "-h");
+    // On Unix the run takes this process's place (as `cargo run` hands this one its own): one
+    // process that Ctrl-C reaches, which writes its checkpoint and exits 130, instead of this
+    // one ending first and leaving it to finish behind the shell's prompt.
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        if !help {
+            println!("training into {}", root.join(&out).display());
+        }
+        eprintln!("$ {train:?}");
+        let e = train.exec();
+        Err(format!("cannot start {train:?}: {e}"))
     }
-    Ok(())
+    #[cfg(not(unix))]
+    {
+        run(&mut train)?;
+        if !help {
+            println!("run written to {}", root.join(&out).display());
+        }
+        Ok(())
+    }
 }
 
 /// `cargo xtask check-cuda`.
