@@ -32,7 +32,7 @@ pub enum SsdArch {
 
 /// The detector's settings (`[model]` of a detection run).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default, deny_unknown_fields, from = "SsdConfigAsWritten")]
 pub struct SsdConfig {
     pub arch: SsdArch,
     /// Classes detected (`car` for Sim10k → Cityscapes, or `all` eight).
@@ -41,6 +41,46 @@ pub struct SsdConfig {
     pub input: [usize; 2],
     /// Channel widths of the small SSD's six blocks.
     pub widths: [usize; 6],
+}
+
+/// `[model]` as a file or `--set` writes it: SSD300 left at the small SSD's default input reads
+/// as the 300×300 it runs at, so that the config printed, saved and compared on resume says so
+/// (runs saved before say 256×128 and read the same).
+#[derive(serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct SsdConfigAsWritten {
+    arch: SsdArch,
+    classes: ClassSet,
+    input: [usize; 2],
+    widths: [usize; 6],
+}
+
+impl Default for SsdConfigAsWritten {
+    fn default() -> Self {
+        let d = SsdConfig::default();
+        Self {
+            arch: d.arch,
+            classes: d.classes,
+            input: d.input,
+            widths: d.widths,
+        }
+    }
+}
+
+impl From<SsdConfigAsWritten> for SsdConfig {
+    fn from(w: SsdConfigAsWritten) -> Self {
+        let small = SsdConfig::default();
+        let input = match w.arch {
+            SsdArch::Vgg300 if w.input == small.input => [300, 300],
+            _ => w.input,
+        };
+        Self {
+            arch: w.arch,
+            classes: w.classes,
+            input,
+            widths: w.widths,
+        }
+    }
 }
 
 impl Default for SsdConfig {
@@ -401,5 +441,25 @@ mod tests {
         cfg.input = [300, 300];
         cfg.widths[0] = 32;
         assert!(cfg.validate().unwrap_err().contains("model.widths"));
+    }
+
+    #[test]
+    fn ssd300_reads_and_prints_as_the_300x300_it_runs_at() {
+        let read = |text: &str| toml::from_str::<SsdConfig>(text).unwrap();
+        // Left out, or as runs saved before wrote it: 300x300 (and so both compare equal).
+        for text in ["arch = \"vgg300\"", "arch = \"vgg300\"\ninput = [256, 128]"] {
+            let cfg = read(text);
+            assert_eq!(cfg.input, [300, 300], "{text}");
+            assert_eq!(cfg, SsdConfig::vgg300(ClassSet::Car));
+            assert!(toml::to_string(&cfg).unwrap().contains("input = [300, 300]"));
+        }
+        // Another size stays what was written, for `validate` to refuse by name.
+        assert_eq!(read("arch = \"vgg300\"\ninput = [512, 512]").input, [512, 512]);
+        // The small SSD's default is its own.
+        assert_eq!(read("arch = \"small\"").input, [256, 128]);
+        let e = toml::from_str::<SsdConfig>("arch = \"small\"\nwidth = 3")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `width`"), "{e}");
     }
 }
