@@ -623,14 +623,16 @@ fn run_locked(
             .into());
         }
     }
-    drop(catch);
     if method.stages().contains(&Stage::ReestimateBn) {
         if let Some(ds) = &target_train {
             reestimate_bn(ssd, ds, size, t.batch_size, device)?;
         }
     }
     save(t.steps, &src, tgt.as_ref(), &stepper)?;
-    // A signal during the last step: the final checkpoint stands, and a resume evaluates it.
+    // Signals are caught until the final checkpoint is written (through the last step and the
+    // re-estimation of batch-norm statistics); one caught by then ends the run here, and a
+    // resume evaluates the checkpoint.
+    drop(catch);
     if control.stop_after.is_none() && seg_train::interrupt::take() {
         return Err(TrainError::Interrupted {
             step: t.steps,

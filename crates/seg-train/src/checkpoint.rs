@@ -93,6 +93,10 @@ pub fn take_run_folder(dir: &Path, resume: bool) -> Result<(seg_labels::fsutil::
             "{}: no checkpoint to resume from (the run stopped before its first, or it was removed), so the run starts from step 0",
             dir.display()
         );
+    }
+    // A run from step 0 starts clear of what a write killed midway (in a set-up stopped
+    // before) left; a resume clears them once its checkpoint is known good.
+    if !has_checkpoint {
         if let Err(e) = seg_labels::fsutil::remove_stale_temps(dir) {
             tracing::warn!("{}: cannot clear temporary files: {e}", dir.display());
         }

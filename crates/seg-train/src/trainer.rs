@@ -419,14 +419,7 @@ impl Trainer {
             // resume evaluates a due step whose result was not logged).
             if self.step < stop && crate::interrupt::take() {
                 bar.finish_and_clear();
-                if !saved {
-                    self.save_checkpoint()?;
-                }
-                self.write_page()?;
-                return Err(TrainError::Interrupted {
-                    step: self.step,
-                    checkpoint: self.checkpoint_path(),
-                });
+                return Err(self.stop_here(saved)?);
             }
             let cfg = &self.s.config;
             if cfg.eval_every > 0 && self.step.is_multiple_of(cfg.eval_every) && self.step < total {
@@ -440,9 +433,13 @@ impl Trainer {
                 }
                 // The run's page follows its evaluations, so a stopped run has one too.
                 self.write_page()?;
+                // A signal during the evaluation: stopped here, not after one more step.
+                if self.step < stop && crate::interrupt::take() {
+                    bar.finish_and_clear();
+                    return Err(self.stop_here(saved)?);
+                }
             }
         }
-        drop(catch);
         bar.finish_and_clear();
         if finished {
             last_eval = logged;
@@ -453,8 +450,11 @@ impl Trainer {
                 }
             }
             self.save_checkpoint()?;
-            // A signal during the last step: the final checkpoint stands, and a resume
-            // evaluates it (as one of a run killed during that evaluation).
+            // Signals are caught until the final checkpoint is written (through the last step
+            // and the re-estimation of batch-norm statistics); one caught by then ends the run
+            // here, and a resume evaluates the checkpoint (as one of a run killed during that
+            // evaluation).
+            drop(catch);
             if crate::interrupt::take() {
                 self.write_page()?;
                 return Err(TrainError::Interrupted {
@@ -473,6 +473,19 @@ impl Trainer {
             final_miou: last_eval,
             checkpoint: self.checkpoint_path(),
             seconds: start.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// The end of a run stopped by a signal after step `self.step`: its checkpoint (unless
+    /// `saved` already) and page, and the error that says so.
+    fn stop_here(&mut self, saved: bool) -> Result<TrainError, TrainError> {
+        if !saved {
+            self.save_checkpoint()?;
+        }
+        self.write_page()?;
+        Ok(TrainError::Interrupted {
+            step: self.step,
+            checkpoint: self.checkpoint_path(),
         })
     }
 

@@ -3,74 +3,15 @@
 //! foreign files, and a non-finite loss stops the run and keeps the last good checkpoint.
 
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
 
 use candle_core::{DType, Device};
 use candle_nn::VarMap;
-use seg_core::Domain;
-use seg_data::{open_dataset, Augment, DatasetName, DatasetOptions, Loader};
-use seg_train::{TrainSetup, Trainer, TrainerConfig};
+use seg_data::{open_dataset, Augment, DatasetName, DatasetOptions};
+use seg_train::{TrainSetup, Trainer};
 
-fn toy() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let d = tempfile::tempdir().unwrap();
-        seg_data::toy::generate(d.path(), 11, seg_data::toy::Preset::Quick).unwrap();
-        d
-    })
-    .path()
-}
-
-fn setup(run_dir: &Path, steps: usize, lr: f64, resume: bool) -> TrainSetup {
-    let device = Device::Cpu;
-    let vars = VarMap::new();
-    let vb = seg_nn::init::seeded_builder(&vars, 3, DType::F32, &device);
-    let backbone = seg_fcn::build(seg_fcn::ModelName::Small, 19, vb.pp("model"), &vars).unwrap();
-    let opts = DatasetOptions {
-        require_labels: true,
-        ..Default::default()
-    };
-    let ds = Arc::new(open_dataset(DatasetName::Gta5, &toy().join("gta5"), "all", opts).unwrap());
-    let aug = Augment {
-        crop: Some([32, 32]),
-        scale_range: [0.8, 1.2],
-        ..Default::default()
-    };
-    let config = TrainerConfig {
-        steps,
-        batch_size: 2,
-        lr,
-        checkpoint_every: 2,
-        log_every: 1,
-        seed: 5,
-        ..Default::default()
-    };
-    TrainSetup {
-        run_dir: run_dir.to_path_buf(),
-        source: Loader::new(ds, 2, aug, 5, Domain::Source, device.clone()),
-        config,
-        config_toml: String::from("# test"),
-        method: Box::new(
-            seg_methods::FeatureAlignment::new(
-                "source-only",
-                backbone,
-                seg_nn::vars::trainable_under(&vars, "model"),
-                None,
-                &vars,
-                false,
-            )
-            .unwrap(),
-        ),
-        vars,
-        target: None,
-        eval: None,
-        device,
-        resume,
-        progress: false,
-        final_bn: None,
-        left_out: Default::default(),
-    }
-}
+#[path = "../common/mod.rs"]
+mod common;
+use common::{setup, toy};
 
 fn weights(path: &Path) -> Vec<(String, Vec<f32>)> {
     let ck = seg_train::checkpoint::load(path, &Device::Cpu).unwrap();
@@ -426,6 +367,13 @@ fn a_run_folder_another_process_is_setting_up_is_named_as_in_use() {
     drop(first);
     let e = take_run_folder(&run, false).map(drop).unwrap_err();
     assert!(e.contains("already holds config.toml"), "{e}");
+    // A set-up stopped while writing leaves a temporary file; a run from step 0 starts clear
+    // of it (it stayed beside the new run's files).
+    std::fs::remove_file(run.join("config.toml")).unwrap();
+    std::fs::write(run.join(".config.toml.7764.tmp"), "").unwrap();
+    let lock = take_run_folder(&run, false).unwrap();
+    assert!(!run.join(".config.toml.7764.tmp").exists());
+    drop(lock);
 }
 
 #[cfg(unix)]
