@@ -315,6 +315,42 @@ impl Drop for DirLock {
     }
 }
 
+/// `$TMPDIR/{prefix}{this process's id}`, a folder of this process's own, after removing
+/// those of the same prefix whose process is gone (one killed before it could remove its own).
+pub fn scratch_dir(prefix: &str) -> std::path::PathBuf {
+    let temp = std::env::temp_dir();
+    if let Ok(entries) = std::fs::read_dir(&temp) {
+        for e in entries.filter_map(Result::ok) {
+            let name = e.file_name();
+            let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(prefix)?.parse::<u32>().ok()) else {
+                continue;
+            };
+            if pid != std::process::id() && !process_lives(pid) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    temp.join(format!("{prefix}{}", std::process::id()))
+}
+
+/// Whether a process of this id runs (on other platforms than Unix: assumed so).
+fn process_lives(pid: u32) -> bool {
+    #[cfg(unix)]
+    {
+        let Ok(pid) = libc::pid_t::try_from(pid) else {
+            return true;
+        };
+        // SAFETY: signal 0 sends nothing; it only asks whether the process exists.
+        let r = unsafe { libc::kill(pid, 0) };
+        r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = pid;
+        true
+    }
+}
+
 /// Whether a file or folder name is hidden (`.name`): macOS's `._*` companions, `.DS_Store`, a
 /// `.trash/` folder, the lock and temporary files here. No reader takes one for a sample or for
 /// ground truth, as the official scripts' `glob` (whose `*` matches no leading dot) skips them.

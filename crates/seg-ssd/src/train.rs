@@ -752,6 +752,29 @@ pub fn leave_out_as_the_run_did(ds: &mut DetDataset, policy: seg_data::ErrorPoli
     })
 }
 
+/// A word on the images of `ds` that the run whose folder holds the detections file `pred` left
+/// out of its evaluation (`error_policy = "skip"`): scored here as images without a detection,
+/// where the run's own evaluation and `--checkpoint` leave them out.
+pub fn left_out_by_the_run_of(pred: &Path, ds: &DetDataset) -> Option<String> {
+    let (run_dir, recorded) = seg_train::checkpoint::left_out_of_run_holding(pred)?;
+    let names: std::collections::HashSet<&str> = ds.entries.iter().map(|e| e.name.as_str()).collect();
+    let gone: Vec<&str> = recorded
+        .get("val")?
+        .iter()
+        .map(|l| l.name.as_str())
+        .filter(|n| names.contains(n))
+        .collect();
+    let first = gone.first()?;
+    Some(format!(
+        "the run in {} left {} of these images out of its evaluation ({}, first `{first}`): they are \
+         scored here as images without a detection; `eval --checkpoint {}` leaves them out as the run did",
+        run_dir.display(),
+        gone.len(),
+        run_dir.join(seg_train::checkpoint::SKIPPED).display(),
+        run_dir.display()
+    ))
+}
+
 /// The samples a run leaves out under `data.error_policy = "skip"`, per dataset role; a run
 /// folder's `skipped.json` as `seg_train::checkpoint` writes and checks it for both tasks.
 struct LeftOut {

@@ -787,7 +787,7 @@ pub fn eval(args: &super::eval::Args, device: &crate::run::DeviceName) -> anyhow
     }
     let report = match (pred, loaded) {
         (Some(p), _) => {
-            let note = match left_out_by_the_run_of(p, &ds) {
+            let note = match seg_ssd::train::left_out_by_the_run_of(p, &ds) {
                 Some(w) => {
                     eprintln!("warning: {w}");
                     format!(" {w}")
@@ -846,29 +846,6 @@ pub fn eval(args: &super::eval::Args, device: &crate::run::DeviceName) -> anyhow
     print!("{}", report.text_table());
     println!("report written to {}", out.join("report.json").display());
     Ok(())
-}
-
-/// A word on the images of `ds` that the run whose folder holds the detections file `pred` left
-/// out of its evaluation (`error_policy = "skip"`): scored here as images without a detection,
-/// where the run's own evaluation and `--checkpoint` leave them out.
-fn left_out_by_the_run_of(pred: &Path, ds: &DetDataset) -> Option<String> {
-    let (run_dir, recorded) = seg_train::checkpoint::left_out_of_run_holding(pred)?;
-    let names: std::collections::HashSet<&str> = ds.entries.iter().map(|e| e.name.as_str()).collect();
-    let gone: Vec<&str> = recorded
-        .get("val")?
-        .iter()
-        .map(|l| l.name.as_str())
-        .filter(|n| names.contains(n))
-        .collect();
-    let first = gone.first()?;
-    Some(format!(
-        "the run in {} left {} of these images out of its evaluation ({}, first `{first}`): they are \
-         scored here as images without a detection; `eval --checkpoint {}` leaves them out as the run did",
-        run_dir.display(),
-        gone.len(),
-        run_dir.join(seg_train::checkpoint::SKIPPED).display(),
-        run_dir.display()
-    ))
 }
 
 /// `predict` with a detector (a run folder or its checkpoint file): its detections on every

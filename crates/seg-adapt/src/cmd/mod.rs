@@ -193,39 +193,8 @@ pub fn was_interrupted(e: &anyhow::Error) -> bool {
 }
 
 /// The scratch folder where `check` times training steps (removed when timing ends), after
-/// removing those of earlier `check`s that were killed before removing theirs (their process
-/// is gone): a detector's timed run leaves a checkpoint there, hundreds of MB for SSD300.
+/// removing those of earlier `check`s killed before removing theirs: a detector's timed run
+/// leaves a checkpoint there, hundreds of MB for SSD300.
 pub(crate) fn check_scratch_dir() -> std::path::PathBuf {
-    let temp = std::env::temp_dir();
-    const PREFIX: &str = "seg-adapt-check-";
-    if let Ok(entries) = std::fs::read_dir(&temp) {
-        for e in entries.filter_map(Result::ok) {
-            let name = e.file_name();
-            let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(PREFIX)?.parse::<u32>().ok()) else {
-                continue;
-            };
-            if pid != std::process::id() && !process_lives(pid) {
-                let _ = std::fs::remove_dir_all(e.path());
-            }
-        }
-    }
-    temp.join(format!("{PREFIX}{}", std::process::id()))
-}
-
-/// Whether a process of this id runs (on other platforms than Unix: assumed so).
-fn process_lives(pid: u32) -> bool {
-    #[cfg(unix)]
-    {
-        let Ok(pid) = libc::pid_t::try_from(pid) else {
-            return true;
-        };
-        // SAFETY: signal 0 sends nothing; it only asks whether the process exists.
-        let r = unsafe { libc::kill(pid, 0) };
-        r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = pid;
-        true
-    }
+    seg_labels::fsutil::scratch_dir("seg-adapt-check-")
 }
