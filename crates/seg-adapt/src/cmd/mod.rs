@@ -176,6 +176,21 @@ pub(crate) fn refuse_inside_evaluations(out: &std::path::Path, what: &str) -> an
             run.join("eval-other").display()
         );
     }
+    // A demo's folder holds only what the demo writes: anything else there stops its next run
+    // (or the arm whose folder it took). Its runs themselves may still be resumed.
+    let plain = resolved(out);
+    let a_run = seg_train::checkpoint::RUN_FILES.iter().any(|f| plain.join(f).exists());
+    if let Some(demo) = plain
+        .ancestors()
+        .skip(1)
+        .find(|d| !a_run && d.join("demo-task.txt").is_file())
+    {
+        anyhow::bail!(
+            "--out {} is inside the demo in {}, which holds only what the demo writes: write the {what} into a folder of its own",
+            out.display(),
+            demo.display()
+        );
+    }
     Ok(())
 }
 

@@ -984,6 +984,16 @@ fn commands_writing_into_one_folder_refuse_one_another() {
         let e = err(&["demo", "--quick", "--task", task, "--out", p(&demo)]);
         assert!(e.contains("data is in use by another seg-adapt process"), "{e}");
         drop(data);
+        // Nor does anything else write into a demo's folder, such as an arm it has not reached.
+        let arm = demo.join("runs/dann/seed0");
+        for args in [
+            vec!["eval", "--root", p(&cs), "--pred", p(&cs), "--out", p(&arm)],
+            vec!["train", base_config(), "--out", p(&arm)],
+        ] {
+            let e = err(&args);
+            assert!(e.contains("is inside the demo in"), "{args:?}: {e}");
+        }
+        assert!(!arm.exists());
     }
     // Free again, a refused evaluation leaves no folder behind.
     let e = err(&["eval", "--root", p(&cs), "--pred", p(&cs), "--out", p(&out)]);
