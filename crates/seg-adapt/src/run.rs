@@ -146,16 +146,9 @@ pub fn build_setup(
         {
             let theirs = seg_train::checkpoint::file_of(from);
             if theirs.is_file() {
-                let model = stored_config(&theirs, &seg_train::checkpoint::read_meta(&theirs)?.config)
-                    .with_context(|| format!("model.init_from (--init-from) {}", from.display()))?
-                    .model
-                    .name;
-                anyhow::ensure!(
-                    model == cfg.model.name,
-                    "model.init_from (--init-from) {}: that run trained model `{model}`, this run is model `{}`",
-                    from.display(),
-                    cfg.model.name
-                );
+                let meta = seg_train::checkpoint::read_meta(&theirs)
+                    .with_context(|| format!("model.init_from (--init-from) {}", from.display()))?;
+                same_model_as(cfg, from, &theirs, &meta.config)?;
             }
         }
         let at = meta.step;
@@ -325,15 +318,24 @@ fn init_checkpoint(cfg: &RunConfig, from: &Path, device: &Device) -> anyhow::Res
     let file = seg_train::checkpoint::file_of(from);
     let ck = seg_train::checkpoint::load(&file, device)
         .with_context(|| format!("model.init_from (--init-from) {}", from.display()))?;
-    let theirs = stored_config(&file, &ck.meta.config)?;
+    same_model_as(cfg, from, &file, &ck.meta.config)?;
+    Ok(ck)
+}
+
+/// Refuses an `init_from` run at `from` (its checkpoint `file`, whose stored config is
+/// `stored`) of another model than `cfg`'s, naming both.
+fn same_model_as(cfg: &RunConfig, from: &Path, file: &Path, stored: &str) -> anyhow::Result<()> {
+    let theirs = stored_config(file, stored)
+        .with_context(|| format!("model.init_from (--init-from) {}", from.display()))?
+        .model
+        .name;
     anyhow::ensure!(
-        theirs.model.name == cfg.model.name,
-        "model.init_from (--init-from) {}: that run trained model `{}`, this run is model `{}`",
+        theirs == cfg.model.name,
+        "model.init_from (--init-from) {}: that run trained model `{theirs}`, this run is model `{}`",
         from.display(),
-        theirs.model.name,
         cfg.model.name
     );
-    Ok(ck)
+    Ok(())
 }
 
 /// The target batches (of the target train split `ds`) AdaBN re-estimates batch-norm statistics

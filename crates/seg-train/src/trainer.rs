@@ -456,11 +456,7 @@ impl Trainer {
             // evaluation).
             drop(catch);
             if crate::interrupt::take() {
-                self.write_page()?;
-                return Err(TrainError::Interrupted {
-                    step: self.step,
-                    checkpoint: self.checkpoint_path(),
-                });
+                return Err(self.stop_here(true)?);
             }
             if self.s.eval.is_some() && self.step == total {
                 last_eval = self.evaluate_now()?;

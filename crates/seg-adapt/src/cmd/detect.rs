@@ -61,6 +61,19 @@ fn names_a_segmentation_key(message: &str) -> bool {
     message.contains("unknown field `augment`") || message.contains("unknown field `source_dataset`")
 }
 
+/// The first of `sets`, applied in turn to the file's tree `file_raw`, after which `fails` (given
+/// the tree and its text) says the config fails: the flag to name in the error.
+fn first_set_after_which<'a>(
+    file_raw: &toml::Value,
+    sets: &'a [String],
+    fails: impl Fn(&toml::Value, &str) -> bool,
+) -> Option<&'a String> {
+    let mut tree = file_raw.clone();
+    sets.iter().find(|s| {
+        seg_train::config::set_key(&mut tree, s).is_ok() && toml::to_string(&tree).is_ok_and(|t| fails(&tree, &t))
+    })
+}
+
 /// Reads a detection config file and applies `--set` overrides. Naming a starting detector
 /// there (`--set init_from=RUN`) replaces the file's ImageNet weights.
 pub fn load_config(path: &Path, sets: &[String]) -> anyhow::Result<DetRunConfig> {
@@ -111,16 +124,7 @@ fn config_of(path: &Path, text: &str, sets: &[String]) -> anyhow::Result<DetRunC
         Ok(cfg) => cfg,
         Err(e) => {
             // The first --set after which the config no longer reads is the one to name.
-            let mut tree = file_raw.clone();
-            let culprit = sets
-                .iter()
-                .find(|s| {
-                    seg_train::config::set_key(&mut tree, s).is_ok()
-                        && toml::to_string(&tree)
-                            .ok()
-                            .and_then(|t| toml::from_str::<DetRunConfig>(&t).err())
-                            .is_some()
-                })
+            let culprit = first_set_after_which(&file_raw, sets, |_, t| toml::from_str::<DetRunConfig>(t).is_err())
                 .map_or_else(|| format!("{}: {flags}", path.display()), |s| format!("--set {s}"));
             let hint = match e.message() {
                 m if m.contains("unknown field `init_weights`") || m.contains("unknown field `init_from`") => {
@@ -152,16 +156,10 @@ fn config_of(path: &Path, text: &str, sets: &[String]) -> anyhow::Result<DetRunC
         let culprit = if sets.is_empty() || checked(&file_raw, &file_cfg).is_err() {
             path.display().to_string()
         } else {
-            let mut tree = file_raw.clone();
-            sets.iter()
-                .find(|s| {
-                    seg_train::config::set_key(&mut tree, s).is_ok()
-                        && toml::to_string(&tree)
-                            .ok()
-                            .and_then(|t| toml::from_str::<DetRunConfig>(&t).ok())
-                            .is_some_and(|c| checked(&tree, &c).is_err())
-                })
-                .map_or(flags, |s| format!("--set {s}"))
+            first_set_after_which(&file_raw, sets, |tree, t| {
+                toml::from_str::<DetRunConfig>(t).is_ok_and(|c| checked(tree, &c).is_err())
+            })
+            .map_or(flags, |s| format!("--set {s}"))
         };
         return Err(e.context(culprit));
     }

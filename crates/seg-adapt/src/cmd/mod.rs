@@ -136,9 +136,8 @@ pub(crate) fn refuse_unused(options: &[(&str, bool)], used_by: &str) -> anyhow::
 
 /// The run folder whose `eval/` folder holds `out` (at any depth), if any: a folder holding a
 /// checkpoint, or both a `config.toml` and a `metrics.jsonl` (a user's own `config.toml` alone
-/// makes no run). `out` is taken as [`resolved`] gives it (`..` and links resolved).
-fn run_whose_evaluations_hold(out: &std::path::Path) -> Option<std::path::PathBuf> {
-    let plain = resolved(out);
+/// makes no run). `plain` is `--out` as [`resolved`] gives it (`..` and links resolved).
+fn run_whose_evaluations_hold(plain: &std::path::Path) -> Option<std::path::PathBuf> {
     plain.ancestors().skip(1).find_map(|dir| {
         let has = |f: &str| dir.join(f).is_file();
         let is_run = has(seg_train::checkpoint::FILE) || (has("config.toml") && has("metrics.jsonl"));
@@ -168,7 +167,8 @@ pub(crate) fn refuse_run_folders(out: &std::path::Path, what: &str) -> anyhow::R
 /// Refuses an `--out` inside a run's evaluations (`eval/`), which the run's resume and its
 /// report page take for its own.
 pub(crate) fn refuse_inside_evaluations(out: &std::path::Path, what: &str) -> anyhow::Result<()> {
-    if let Some(run) = run_whose_evaluations_hold(out) {
+    let plain = resolved(out);
+    if let Some(run) = run_whose_evaluations_hold(&plain) {
         anyhow::bail!(
             "--out {} is inside the evaluations of the run in {}: write the {what} into a folder of its own (e.g. {})",
             out.display(),
@@ -178,13 +178,9 @@ pub(crate) fn refuse_inside_evaluations(out: &std::path::Path, what: &str) -> an
     }
     // A demo's folder holds only what the demo writes: anything else there stops its next run
     // (or the arm whose folder it took). Its runs themselves may still be resumed.
-    let plain = resolved(out);
     let a_run = seg_train::checkpoint::RUN_FILES.iter().any(|f| plain.join(f).exists());
-    if let Some(demo) = plain
-        .ancestors()
-        .skip(1)
-        .find(|d| !a_run && d.join("demo-task.txt").is_file())
-    {
+    let demo = (!a_run).then(|| plain.ancestors().skip(1).find(|d| d.join("demo-task.txt").is_file()));
+    if let Some(demo) = demo.flatten() {
         anyhow::bail!(
             "--out {} is inside the demo in {}, which holds only what the demo writes: write the {what} into a folder of its own",
             out.display(),
